@@ -1,0 +1,460 @@
+//! The client: start, inspect, signal and manage orchestration instances.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::clock::{Clock, SystemClock};
+use crate::context::Limits;
+use crate::error::{ClientError, decode, encode};
+use crate::history::{Event, HistoryEvent, RuntimeStatus};
+use crate::ids::{InstanceId, Timestamp};
+use crate::registry::{Orchestrator, Registry};
+use crate::storage::{CreateResult, IdReusePolicy, InstancePage, InstanceQuery, InstanceRecord, Message, NewInstance, Store};
+
+/// Options for starting an instance.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::{IdReusePolicy, InstanceId, StartOptions};
+///
+/// let opts = StartOptions::new()
+///     .instance_id(InstanceId::new("nightly-report").unwrap())
+///     .reuse(IdReusePolicy::DedupeRunning);
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct StartOptions {
+    /// Explicit instance id (default: a random one).
+    pub instance_id: Option<InstanceId>,
+    /// Do not start before this time.
+    pub scheduled_start: Option<Timestamp>,
+    /// What to do if the id is taken.
+    pub reuse: IdReusePolicy,
+    /// Version to stamp (default: the worker's version).
+    pub version: Option<String>,
+}
+
+impl StartOptions {
+    /// Defaults: random id, start now, replace finished instances.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Uses this instance id.
+    pub fn instance_id(mut self, id: InstanceId) -> Self {
+        self.instance_id = Some(id);
+        self
+    }
+    /// Starts no earlier than `at`.
+    pub fn scheduled_start(mut self, at: Timestamp) -> Self {
+        self.scheduled_start = Some(at);
+        self
+    }
+    /// Sets the id-reuse policy.
+    pub fn reuse(mut self, policy: IdReusePolicy) -> Self {
+        self.reuse = policy;
+        self
+    }
+    /// Stamps this version.
+    pub fn version(mut self, v: impl Into<String>) -> Self {
+        self.version = Some(v.into());
+        self
+    }
+}
+
+/// What a purge removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PurgeResult {
+    /// Instances deleted (including sub-orchestrations).
+    pub deleted: usize,
+}
+
+/// Starts and manages orchestration instances.
+///
+/// A client obtained from [`crate::Worker::client`] knows the worker's registrations and
+/// rejects unknown orchestrator names and undeserializable inputs at start.
+#[derive(Clone)]
+pub struct Client {
+    store: Arc<dyn Store>,
+    registry: Option<Arc<Registry>>,
+    clock: Arc<dyn Clock>,
+    limits: Limits,
+    version: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client on a store, without a registry (names are not checked at start).
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self::from_parts(store, None, Arc::new(SystemClock), Limits::default(), None)
+    }
+
+    pub(crate) fn from_parts(
+        store: Arc<dyn Store>,
+        registry: Option<Arc<Registry>>,
+        clock: Arc<dyn Clock>,
+        limits: Limits,
+        version: Option<String>,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            clock,
+            limits,
+            version,
+        }
+    }
+
+    /// The store this client talks to.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Starts an orchestration with a random instance id.
+    pub async fn start<O: Orchestrator>(
+        &self,
+        orchestrator: O,
+        input: O::Input,
+    ) -> Result<InstanceHandle<O::Output>, ClientError> {
+        self.start_with(orchestrator, input, StartOptions::default()).await
+    }
+
+    /// Starts an orchestration with options.
+    pub async fn start_with<O: Orchestrator>(
+        &self,
+        orchestrator: O,
+        input: O::Input,
+        options: StartOptions,
+    ) -> Result<InstanceHandle<O::Output>, ClientError> {
+        let _ = orchestrator;
+        let payload = encode(&input)?;
+        let id = self.start_raw(O::NAME, &payload, options).await?;
+        Ok(self.handle(id))
+    }
+
+    /// Starts an orchestration by name with a JSON input (for HTTP and other untyped
+    /// callers). Returns the instance id (the existing one when a start was deduplicated).
+    ///
+    /// # Errors
+    /// `UnknownOrchestrator` or `PayloadDecode` when this client knows the registry;
+    /// `InstanceAlreadyExists` per the reuse policy; `PayloadTooLarge`.
+    pub async fn start_raw(&self, name: &str, input: &str, options: StartOptions) -> Result<InstanceId, ClientError> {
+        self.check_size(input)?;
+        if let Some(reg) = &self.registry {
+            if !reg.check_orchestrator_input(name, input)? {
+                return Err(ClientError::UnknownOrchestrator(name.to_owned()));
+            }
+        } else if serde_json::from_str::<serde::de::IgnoredAny>(input).is_err() {
+            return Err(decode::<serde_json::Value>(input).unwrap_err().into());
+        }
+        let id = options.instance_id.unwrap_or_else(InstanceId::random);
+        let mut new = NewInstance::new(id.clone(), name, input.to_owned(), self.clock.now());
+        new.scheduled_start = options.scheduled_start;
+        new.reuse = options.reuse;
+        new.version = options.version.or_else(|| self.version.clone());
+        match self.store.create_instance(new).await? {
+            CreateResult::Created | CreateResult::Existing(_) => Ok(id),
+        }
+    }
+
+    /// A typed handle to an existing instance.
+    pub fn handle<O>(&self, instance_id: InstanceId) -> InstanceHandle<O> {
+        InstanceHandle {
+            client: self.clone(),
+            instance_id,
+            _o: PhantomData,
+        }
+    }
+
+    /// The instance's status record.
+    ///
+    /// # Errors
+    /// `InstanceNotFound` for an unknown id.
+    pub async fn status(&self, instance_id: &InstanceId) -> Result<InstanceRecord, ClientError> {
+        self.store
+            .read_instance(instance_id)
+            .await?
+            .ok_or_else(|| ClientError::InstanceNotFound(instance_id.to_string()))
+    }
+
+    /// The instance's status and the history of its current execution.
+    pub async fn status_with_history(
+        &self,
+        instance_id: &InstanceId,
+    ) -> Result<(InstanceRecord, Vec<HistoryEvent>), ClientError> {
+        let record = self.status(instance_id).await?;
+        let history = self.store.read_history(instance_id).await?;
+        Ok((record, history))
+    }
+
+    /// Waits until the instance is completed, failed or terminated, and returns its record.
+    /// Woken by the store on every change; no polling.
+    pub async fn wait_for_completion(&self, instance_id: &InstanceId) -> Result<InstanceRecord, ClientError> {
+        let mut changes = self.store.signals().changed.subscribe();
+        loop {
+            let r = self.status(instance_id).await?;
+            if r.status.is_terminal() {
+                return Ok(r);
+            }
+            if changes.changed().await.is_err() {
+                return Err(ClientError::Store(crate::error::StoreError::Backend(
+                    "store closed".to_owned(),
+                )));
+            }
+        }
+    }
+
+    /// Raises an external event on an instance (buffered if nobody waits yet).
+    ///
+    /// # Errors
+    /// `InstanceNotFound`, `InstanceNotRunning` (finished), `PayloadTooLarge`.
+    pub async fn raise_event<T: Serialize + ?Sized>(
+        &self,
+        instance_id: &InstanceId,
+        name: &str,
+        data: &T,
+    ) -> Result<(), ClientError> {
+        let payload = encode(data)?;
+        self.raise_event_raw(instance_id, name, payload).await
+    }
+
+    /// Raises an event with a JSON payload.
+    pub async fn raise_event_raw(&self, instance_id: &InstanceId, name: &str, data: String) -> Result<(), ClientError> {
+        self.check_size(&data)?;
+        self.send(
+            instance_id,
+            Event::EventRaised {
+                name: name.to_owned(),
+                input: data,
+            },
+        )
+        .await
+    }
+
+    /// Terminates a running instance and, recursively, its running sub-orchestrations.
+    pub async fn terminate(&self, instance_id: &InstanceId, reason: &str) -> Result<(), ClientError> {
+        self.send(
+            instance_id,
+            Event::ExecutionTerminated {
+                reason: reason.to_owned(),
+            },
+        )
+        .await
+    }
+
+    /// Suspends a running instance: messages are kept but not delivered until resumed.
+    pub async fn suspend(&self, instance_id: &InstanceId, reason: &str) -> Result<(), ClientError> {
+        self.send(
+            instance_id,
+            Event::ExecutionSuspended {
+                reason: reason.to_owned(),
+            },
+        )
+        .await
+    }
+
+    /// Resumes a suspended instance.
+    pub async fn resume(&self, instance_id: &InstanceId, reason: &str) -> Result<(), ClientError> {
+        self.send(
+            instance_id,
+            Event::ExecutionResumed {
+                reason: reason.to_owned(),
+            },
+        )
+        .await
+    }
+
+    async fn send(&self, instance_id: &InstanceId, event: Event) -> Result<(), ClientError> {
+        let msg = Message::new(event, None, self.clock.now());
+        self.store.send_message(instance_id, msg).await?;
+        Ok(())
+    }
+
+    /// Deletes a finished instance, its history and its finished sub-orchestrations.
+    ///
+    /// # Errors
+    /// `InstanceNotFound`; `InstanceStillRunning` if it has not finished.
+    pub async fn purge(&self, instance_id: &InstanceId) -> Result<PurgeResult, ClientError> {
+        let mut deleted = 0;
+        let mut stack = vec![instance_id.clone()];
+        let mut first = true;
+        while let Some(id) = stack.pop() {
+            let Some(r) = self.store.read_instance(&id).await? else {
+                if first {
+                    return Err(ClientError::InstanceNotFound(id.to_string()));
+                }
+                continue;
+            };
+            if !r.status.is_terminal() {
+                if first {
+                    return Err(ClientError::InstanceStillRunning(id.to_string()));
+                }
+                continue;
+            }
+            first = false;
+            for e in self.store.read_history(&id).await? {
+                if let Event::SubOrchestrationCreated { instance_id, .. } = e.event {
+                    stack.push(instance_id);
+                }
+            }
+            if self.store.purge_instance(&id).await? {
+                deleted += 1;
+            }
+        }
+        Ok(PurgeResult { deleted })
+    }
+
+    /// Deletes every finished instance matching the query (paging through all of them).
+    pub async fn purge_by_filter(&self, query: InstanceQuery) -> Result<PurgeResult, ClientError> {
+        let mut query = query;
+        if query.statuses.is_empty() {
+            query.statuses = vec![
+                RuntimeStatus::Completed,
+                RuntimeStatus::Failed,
+                RuntimeStatus::Terminated,
+            ];
+        }
+        query.statuses.retain(|s| s.is_terminal());
+        let mut ids = Vec::new();
+        loop {
+            let page = self.store.query_instances(&query).await?;
+            ids.extend(page.instances.into_iter().map(|r| r.instance_id));
+            match page.continuation {
+                Some(c) => query.continuation = Some(c),
+                None => break,
+            }
+        }
+        let mut total = PurgeResult::default();
+        for id in ids {
+            match self.purge(&id).await {
+                Ok(r) => total.deleted += r.deleted,
+                Err(ClientError::InstanceNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
+    }
+
+    /// Lists instances, one page at a time.
+    pub async fn query(&self, query: &InstanceQuery) -> Result<InstancePage, ClientError> {
+        Ok(self.store.query_instances(query).await?)
+    }
+
+    fn check_size(&self, payload: &str) -> Result<(), ClientError> {
+        if payload.len() > self.limits.max_payload_bytes {
+            return Err(ClientError::PayloadTooLarge {
+                size: payload.len(),
+                limit: self.limits.max_payload_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A typed handle to one instance whose output is `O`.
+pub struct InstanceHandle<O> {
+    client: Client,
+    instance_id: InstanceId,
+    _o: PhantomData<fn() -> O>,
+}
+
+impl<O> Clone for InstanceHandle<O> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            instance_id: self.instance_id.clone(),
+            _o: PhantomData,
+        }
+    }
+}
+
+impl<O> std::fmt::Debug for InstanceHandle<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceHandle")
+            .field("instance_id", &self.instance_id)
+            .finish()
+    }
+}
+
+impl<O: DeserializeOwned> InstanceHandle<O> {
+    /// The instance id.
+    pub fn id(&self) -> &InstanceId {
+        &self.instance_id
+    }
+
+    /// Waits for the instance to finish and returns its typed output.
+    ///
+    /// # Errors
+    /// [`ClientError::Failed`] with the failure details, [`ClientError::Terminated`], or
+    /// [`ClientError::PayloadDecode`] if the output is not an `O`.
+    pub async fn wait(&self) -> Result<O, ClientError> {
+        let r = self.client.wait_for_completion(&self.instance_id).await?;
+        output_of(r)
+    }
+
+    /// [`wait`](Self::wait) with a wall-clock timeout; `Ok(None)` on timeout.
+    pub async fn wait_timeout(&self, timeout: Duration) -> Result<Option<O>, ClientError> {
+        match tokio::time::timeout(timeout, self.wait()).await {
+            Ok(r) => r.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The current status record.
+    pub async fn status(&self) -> Result<InstanceRecord, ClientError> {
+        self.client.status(&self.instance_id).await
+    }
+
+    /// Raises an event on this instance.
+    pub async fn raise<T: Serialize + ?Sized>(&self, name: &str, data: &T) -> Result<(), ClientError> {
+        self.client.raise_event(&self.instance_id, name, data).await
+    }
+
+    /// Terminates this instance.
+    pub async fn terminate(&self, reason: &str) -> Result<(), ClientError> {
+        self.client.terminate(&self.instance_id, reason).await
+    }
+
+    /// Suspends this instance.
+    pub async fn suspend(&self, reason: &str) -> Result<(), ClientError> {
+        self.client.suspend(&self.instance_id, reason).await
+    }
+
+    /// Resumes this instance.
+    pub async fn resume(&self, reason: &str) -> Result<(), ClientError> {
+        self.client.resume(&self.instance_id, reason).await
+    }
+
+    /// The history of the current execution.
+    pub async fn history(&self) -> Result<Vec<HistoryEvent>, ClientError> {
+        Ok(self.client.status_with_history(&self.instance_id).await?.1)
+    }
+}
+
+/// Decodes the output of a finished instance, or turns its failure into an error.
+pub fn output_of<O: DeserializeOwned>(r: InstanceRecord) -> Result<O, ClientError> {
+    match r.status {
+        RuntimeStatus::Completed => Ok(decode(r.output.as_deref().unwrap_or("null"))?),
+        RuntimeStatus::Failed => Err(ClientError::Failed(r.failure.unwrap_or_else(|| {
+            crate::error::FailureDetails::new("Unknown", "the orchestration failed")
+        }))),
+        RuntimeStatus::Terminated => Err(ClientError::Terminated {
+            reason: r
+                .output
+                .and_then(|o| serde_json::from_str::<String>(&o).ok())
+                .unwrap_or_default(),
+        }),
+        _ => Err(ClientError::InstanceNotRunning(r.instance_id.to_string())),
+    }
+}

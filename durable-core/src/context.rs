@@ -1,0 +1,1249 @@
+//! The orchestration context: the durable operations orchestration code may await.
+//!
+//! Every method that creates a durable action is `#[track_caller]`; the caller's source
+//! location is recorded in history so a non-determinism error can point at both the recorded
+//! and the current line.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::Location;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{FailureDetails, OrchestrationError, PayloadDecodeError, TaskError, decode, encode};
+use crate::history::{Payload, SourceLocation};
+use crate::ids::{InstanceId, Timestamp};
+use crate::registry::{Activity, BoxFuture, Orchestrator};
+use crate::retry::RetryPolicy;
+
+/// Limits enforced on orchestrations, with clear errors when exceeded.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest JSON payload (input, output, event data) in bytes. Default 1 MiB.
+    pub max_payload_bytes: usize,
+    /// Most actions one execution may schedule (runaway-loop guard). Default 100,000.
+    pub max_actions: u64,
+    /// Largest custom status in bytes. Default 16 KiB.
+    pub max_custom_status_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 1 << 20,
+            max_actions: 100_000,
+            max_custom_status_bytes: 16 << 10,
+        }
+    }
+}
+
+/// The kind of a durable action, used to match code against history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ActionKind {
+    Activity { name: String },
+    Timer,
+    SubOrchestration { name: String },
+    SendEvent { name: String },
+}
+
+impl fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ActionKind::Activity { name } => write!(f, "activity `{name}`"),
+            ActionKind::Timer => f.write_str("a timer"),
+            ActionKind::SubOrchestration { name } => write!(f, "sub-orchestration `{name}`"),
+            ActionKind::SendEvent { name } => write!(f, "sending event `{name}`"),
+        }
+    }
+}
+
+/// An action the code emitted, waiting to be matched against history or recorded.
+#[derive(Debug, Clone)]
+pub(crate) struct Action {
+    pub(crate) seq: u64,
+    pub(crate) location: SourceLocation,
+    pub(crate) detail: ActionDetail,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum ActionDetail {
+    Activity {
+        name: String,
+        input: Payload,
+    },
+    Timer {
+        fire_at: Timestamp,
+    },
+    SubOrchestration {
+        name: String,
+        instance_id: InstanceId,
+        input: Payload,
+        version: Option<String>,
+    },
+    SendEvent {
+        instance_id: InstanceId,
+        name: String,
+        input: Payload,
+    },
+}
+
+impl ActionDetail {
+    pub(crate) fn kind(&self) -> ActionKind {
+        match self {
+            ActionDetail::Activity { name, .. } => ActionKind::Activity { name: name.clone() },
+            ActionDetail::Timer { .. } => ActionKind::Timer,
+            ActionDetail::SubOrchestration { name, .. } => {
+                ActionKind::SubOrchestration { name: name.clone() }
+            }
+            ActionDetail::SendEvent { name, .. } => ActionKind::SendEvent { name: name.clone() },
+        }
+    }
+}
+
+/// The result delivered to a slot.
+#[derive(Debug, Clone)]
+pub(crate) enum SlotResult {
+    Ok(Payload),
+    Err(FailureDetails),
+    Fired,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    result: Option<SlotResult>,
+    waker: Option<Waker>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    name: String,
+    result: Option<Payload>,
+    waker: Option<Waker>,
+}
+
+/// Mutable state shared by the context, its futures and the replay executor.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) instance_id: InstanceId,
+    pub(crate) name: String,
+    pub(crate) version: Option<String>,
+    pub(crate) now: Timestamp,
+    pub(crate) replaying: bool,
+    pub(crate) next_seq: u64,
+    pub(crate) emitted: Vec<Action>,
+    slots: HashMap<u64, Slot>,
+    /// Buffered events by name: (arrival number, data).
+    buffered: HashMap<String, VecDeque<(u64, Payload)>>,
+    arrivals: u64,
+    waiters: HashMap<String, VecDeque<u64>>,
+    waiter_slots: HashMap<u64, Waiter>,
+    next_waiter: u64,
+    guid_counter: u64,
+    pub(crate) custom_status: Option<Payload>,
+    pub(crate) continue_as_new: Option<(Payload, Option<String>)>,
+    pub(crate) failure: Option<FailureDetails>,
+    pub(crate) limits: Limits,
+    pub(crate) slot_polls: u64,
+}
+
+impl State {
+    pub(crate) fn new(instance_id: InstanceId, name: String, limits: Limits) -> Self {
+        Self {
+            instance_id,
+            name,
+            version: None,
+            now: Timestamp::EPOCH,
+            replaying: true,
+            next_seq: 0,
+            emitted: Vec::new(),
+            slots: HashMap::new(),
+            buffered: HashMap::new(),
+            arrivals: 0,
+            waiters: HashMap::new(),
+            waiter_slots: HashMap::new(),
+            next_waiter: 0,
+            guid_counter: 0,
+            custom_status: None,
+            continue_as_new: None,
+            failure: None,
+            limits,
+            slot_polls: 0,
+        }
+    }
+
+    /// Delivers a completion to the slot of `seq`; `false` if nobody holds that slot.
+    pub(crate) fn complete(&mut self, seq: u64, result: SlotResult) -> bool {
+        match self.slots.get_mut(&seq) {
+            Some(slot) => {
+                slot.result = Some(result);
+                if let Some(w) = slot.waker.take() {
+                    w.wake();
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Delivers an external event: to the oldest waiter of that name, else to the buffer.
+    pub(crate) fn raise(&mut self, name: &str, data: Payload) {
+        self.arrivals += 1;
+        let arrival = self.arrivals;
+        self.route_event(name, arrival, data);
+    }
+
+    fn route_event(&mut self, name: &str, arrival: u64, data: Payload) {
+        if let Some(queue) = self.waiters.get_mut(name) {
+            if let Some(id) = queue.pop_front() {
+                if queue.is_empty() {
+                    self.waiters.remove(name);
+                }
+                if let Some(w) = self.waiter_slots.get_mut(&id) {
+                    w.result = Some(data);
+                    if let Some(wk) = w.waker.take() {
+                        wk.wake();
+                    }
+                    return;
+                }
+            }
+        }
+        self.buffered
+            .entry(name.to_owned())
+            .or_default()
+            .push_back((arrival, data));
+    }
+
+    /// Buffered (never consumed) events in arrival order, for continue-as-new.
+    pub(crate) fn take_unconsumed_events(&mut self) -> Vec<(String, Payload)> {
+        let mut all: Vec<(u64, String, Payload)> = Vec::new();
+        for (name, q) in self.buffered.drain() {
+            for (arrival, data) in q {
+                all.push((arrival, name.clone(), data));
+            }
+        }
+        for w in self.waiter_slots.values_mut() {
+            if let Some(data) = w.result.take() {
+                all.push((u64::MAX, w.name.clone(), data));
+            }
+        }
+        all.sort_by_key(|(a, _, _)| *a);
+        all.into_iter().map(|(_, n, d)| (n, d)).collect()
+    }
+
+    /// Number of durable futures the code is currently awaiting.
+    pub(crate) fn live_waits(&self) -> usize {
+        self.slots.values().filter(|s| s.waker.is_some()).count()
+            + self
+                .waiter_slots
+                .values()
+                .filter(|w| w.waker.is_some())
+                .count()
+    }
+
+    fn next_action_seq(&mut self) -> Result<u64, FailureDetails> {
+        if self.next_seq >= self.limits.max_actions {
+            let f = FailureDetails::new(
+                "ActionLimitExceeded",
+                format!(
+                    "the orchestration scheduled more than the maximum of {} actions; \
+                     use continue-as-new for long-running loops",
+                    self.limits.max_actions
+                ),
+            )
+            .non_retriable();
+            self.failure.get_or_insert_with(|| f.clone());
+            return Err(f);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    fn check_payload(&self, what: &str, payload: &str) -> Result<(), FailureDetails> {
+        if payload.len() > self.limits.max_payload_bytes {
+            return Err(FailureDetails::new(
+                "PayloadTooLarge",
+                format!(
+                    "{what} payload of {} bytes exceeds the limit of {} bytes",
+                    payload.len(),
+                    self.limits.max_payload_bytes
+                ),
+            )
+            .non_retriable());
+        }
+        Ok(())
+    }
+}
+
+pub(crate) type Shared = Arc<Mutex<State>>;
+
+pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    // A poisoned lock only means user code panicked while we held it; the state is still
+    // consistent because every mutation is a single step.
+    shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The handle orchestration code uses to schedule durable work.
+///
+/// Cheap to clone. Every `await` in an orchestrator must be on a future from this context
+/// (or a combinator of them): activities, sub-orchestrations, timers and external events.
+/// Other futures — tokio timers, channels, IO — are detected and reported.
+#[derive(Clone)]
+pub struct OrchestrationContext {
+    pub(crate) shared: Shared,
+}
+
+impl fmt::Debug for OrchestrationContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = lock(&self.shared);
+        f.debug_struct("OrchestrationContext")
+            .field("instance_id", &s.instance_id)
+            .field("name", &s.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OrchestrationContext {
+    /// The id of the running instance.
+    pub fn instance_id(&self) -> InstanceId {
+        lock(&self.shared).instance_id.clone()
+    }
+
+    /// The orchestrator's durable name.
+    pub fn name(&self) -> String {
+        lock(&self.shared).name.clone()
+    }
+
+    /// The version stamped on this instance at start (or at continue-as-new).
+    pub fn version(&self) -> Option<String> {
+        lock(&self.shared).version.clone()
+    }
+
+    /// The current time, deterministically: the recorded timestamp of the current episode.
+    ///
+    /// # Determinism
+    /// Reads the time recorded in history; replays see the same value.
+    pub fn now(&self) -> Timestamp {
+        lock(&self.shared).now
+    }
+
+    /// `true` while the code is re-executing steps already recorded in history.
+    ///
+    /// # Determinism
+    /// Use it only to skip side effects such as logging; never to change what the code
+    /// schedules.
+    pub fn is_replaying(&self) -> bool {
+        lock(&self.shared).replaying
+    }
+
+    /// A new UUID, deterministic across replays (name-based v5 over the instance id, the
+    /// episode time and a counter).
+    ///
+    /// # Determinism
+    /// Records nothing; derives the value from replay-stable inputs.
+    pub fn new_guid(&self) -> uuid::Uuid {
+        let mut s = lock(&self.shared);
+        s.guid_counter += 1;
+        let name = format!(
+            "{}_{}_{}",
+            s.instance_id,
+            s.now.as_unix_millis(),
+            s.guid_counter
+        );
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes())
+    }
+
+    /// Sets the custom status visible to clients (serialized as JSON; limit 16 KiB by
+    /// default). `None`-like values can be set with `&()`.
+    ///
+    /// # Determinism
+    /// Records `CustomStatusSet` in history when the value changes.
+    pub fn set_custom_status<T: Serialize + ?Sized>(&self, status: &T) -> Result<(), OrchestrationError> {
+        let payload = encode(status).map_err(OrchestrationError::from)?;
+        let mut s = lock(&self.shared);
+        if payload.len() > s.limits.max_custom_status_bytes {
+            return Err(OrchestrationError::non_retriable(format!(
+                "custom status of {} bytes exceeds the limit of {} bytes",
+                payload.len(),
+                s.limits.max_custom_status_bytes
+            )));
+        }
+        s.custom_status = Some(payload);
+        Ok(())
+    }
+
+    /// Schedules an activity and returns a future for its typed output.
+    ///
+    /// # Determinism
+    /// Records `TaskScheduled` (with this call's source location) when created, and
+    /// `TaskCompleted` / `TaskFailed` when the result arrives. On replay the recorded result
+    /// is returned without running the activity again.
+    #[track_caller]
+    pub fn call<A: Activity>(&self, activity: A, input: A::Input) -> TaskFuture<A::Output> {
+        let _ = activity;
+        let location = Location::caller();
+        match encode(&input) {
+            Ok(payload) => self.schedule_activity_raw(A::NAME, payload, location),
+            Err(e) => TaskFuture::failed(TaskError::Decode(e), &self.shared),
+        }
+    }
+
+    /// Schedules an activity with a durable retry policy: each retry is a durable timer
+    /// followed by a new schedule, so retries survive restarts.
+    ///
+    /// # Determinism
+    /// Records one `TaskScheduled` per attempt and one `TimerCreated` per back-off.
+    #[track_caller]
+    pub fn call_with_retry<A: Activity>(
+        &self,
+        activity: A,
+        input: A::Input,
+        policy: RetryPolicy,
+    ) -> BoxFuture<'static, Result<A::Output, TaskError>> {
+        let _ = activity;
+        let location = Location::caller();
+        let ctx = self.clone();
+        let payload = encode(&input);
+        Box::pin(async move {
+            let payload = payload.map_err(TaskError::Decode)?;
+            let raw = ctx
+                .retry_loop(&policy, location, |ctx| {
+                    ctx.schedule_activity_raw::<()>(A::NAME, payload.clone(), location)
+                        .into_raw()
+                })
+                .await?;
+            decode::<A::Output>(&raw).map_err(TaskError::Decode)
+        })
+    }
+
+    /// Starts a sub-orchestration (instance id derived from this instance's id) and returns
+    /// a future for its typed output.
+    ///
+    /// # Determinism
+    /// Records `SubOrchestrationCreated`, then `SubOrchestrationCompleted` / `Failed`.
+    #[track_caller]
+    pub fn call_sub_orchestrator<O: Orchestrator>(&self, orchestrator: O, input: O::Input) -> TaskFuture<O::Output> {
+        let _ = orchestrator;
+        let location = Location::caller();
+        match encode(&input) {
+            Ok(payload) => self.schedule_sub_raw(O::NAME, payload, None, None, location),
+            Err(e) => TaskFuture::failed(TaskError::Decode(e), &self.shared),
+        }
+    }
+
+    /// Starts a sub-orchestration with options: explicit instance id, version, retry policy.
+    ///
+    /// # Determinism
+    /// As [`call_sub_orchestrator`](Self::call_sub_orchestrator), once per attempt.
+    #[track_caller]
+    pub fn call_sub_orchestrator_with<O: Orchestrator>(
+        &self,
+        orchestrator: O,
+        input: O::Input,
+        options: SubOrchestrationOptions,
+    ) -> BoxFuture<'static, Result<O::Output, TaskError>> {
+        let _ = orchestrator;
+        let location = Location::caller();
+        let ctx = self.clone();
+        let payload = encode(&input);
+        Box::pin(async move {
+            let payload = payload.map_err(TaskError::Decode)?;
+            let SubOrchestrationOptions {
+                instance_id,
+                version,
+                retry,
+            } = options;
+            let policy = retry.unwrap_or_else(|| RetryPolicy::new(1, Duration::ZERO));
+            let raw = ctx
+                .retry_loop(&policy, location, |ctx| {
+                    ctx.schedule_sub_raw::<()>(
+                        O::NAME,
+                        payload.clone(),
+                        instance_id.clone(),
+                        version.clone(),
+                        location,
+                    )
+                    .into_raw()
+                })
+                .await?;
+            decode::<O::Output>(&raw).map_err(TaskError::Decode)
+        })
+    }
+
+    async fn retry_loop<F>(
+        &self,
+        policy: &RetryPolicy,
+        location: &'static Location<'static>,
+        mut attempt_fn: F,
+    ) -> Result<Payload, TaskError>
+    where
+        F: FnMut(&OrchestrationContext) -> RawTask,
+    {
+        let started = self.now();
+        let mut attempt = 1u32;
+        loop {
+            match attempt_fn(self).await {
+                Ok(v) => return Ok(v),
+                Err(TaskError::Failed(f)) => {
+                    let Some(delay) = policy.next_delay(attempt, &f) else {
+                        return Err(TaskError::Failed(f));
+                    };
+                    if let Some(total) = policy.total_timeout {
+                        let elapsed = self.now().saturating_duration_since(started);
+                        if elapsed + delay > total {
+                            return Err(TaskError::Failed(f));
+                        }
+                    }
+                    self.timer_at_located(self.now() + delay, location).await;
+                    attempt += 1;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    pub(crate) fn schedule_activity_raw<T>(
+        &self,
+        name: &str,
+        payload: Payload,
+        location: &'static Location<'static>,
+    ) -> TaskFuture<T> {
+        self.emit_slot(location, |s| {
+            s.check_payload("activity input", &payload)?;
+            Ok(ActionDetail::Activity {
+                name: name.to_owned(),
+                input: payload,
+            })
+        })
+    }
+
+    fn schedule_sub_raw<T>(
+        &self,
+        name: &str,
+        payload: Payload,
+        instance_id: Option<InstanceId>,
+        version: Option<String>,
+        location: &'static Location<'static>,
+    ) -> TaskFuture<T> {
+        self.emit_slot(location, |s| {
+            s.check_payload("sub-orchestration input", &payload)?;
+            let instance_id = match instance_id {
+                Some(id) => id,
+                None => {
+                    let candidate = format!("{}:{}", s.instance_id, s.next_seq);
+                    InstanceId::new(candidate).unwrap_or_else(|_| InstanceId::random_from_seed(&s.instance_id, s.next_seq))
+                }
+            };
+            Ok(ActionDetail::SubOrchestration {
+                name: name.to_owned(),
+                instance_id,
+                input: payload,
+                version: version.or_else(|| s.version.clone()),
+            })
+        })
+    }
+
+    fn emit_slot<T>(
+        &self,
+        location: &'static Location<'static>,
+        make: impl FnOnce(&State) -> Result<ActionDetail, FailureDetails>,
+    ) -> TaskFuture<T> {
+        let mut s = lock(&self.shared);
+        let detail = match make(&s) {
+            Ok(d) => d,
+            Err(f) => {
+                drop(s);
+                return TaskFuture::failed(TaskError::Failed(f), &self.shared);
+            }
+        };
+        let seq = match s.next_action_seq() {
+            Ok(seq) => seq,
+            Err(f) => {
+                drop(s);
+                return TaskFuture::failed(TaskError::Failed(f), &self.shared);
+            }
+        };
+        s.slots.insert(seq, Slot::default());
+        s.emitted.push(Action {
+            seq,
+            location: SourceLocation::from_caller(location),
+            detail,
+        });
+        drop(s);
+        TaskFuture {
+            inner: TaskInner::Slot(SlotFuture {
+                shared: Arc::clone(&self.shared),
+                seq,
+                done: false,
+            }),
+            _t: PhantomData,
+        }
+    }
+
+    /// A durable timer that fires after `duration` (measured from [`now`](Self::now)).
+    ///
+    /// # Determinism
+    /// Records `TimerCreated` with the absolute fire time, then `TimerFired`.
+    #[track_caller]
+    pub fn sleep(&self, duration: Duration) -> TimerFuture {
+        let at = self.now() + duration;
+        self.timer_at_located(at, Location::caller())
+    }
+
+    /// A durable timer that fires at `fire_at`.
+    ///
+    /// # Determinism
+    /// Records `TimerCreated`, then `TimerFired`.
+    #[track_caller]
+    pub fn timer_at(&self, fire_at: Timestamp) -> TimerFuture {
+        self.timer_at_located(fire_at, Location::caller())
+    }
+
+    fn timer_at_located(&self, fire_at: Timestamp, location: &'static Location<'static>) -> TimerFuture {
+        TimerFuture {
+            inner: self.emit_slot(location, |_| Ok(ActionDetail::Timer { fire_at })),
+        }
+    }
+
+    /// Waits for the external event `name` and decodes its data as `T`.
+    ///
+    /// Events raised before anyone waits are buffered; several waiters of one name are
+    /// served oldest first; a waiter dropped before its event arrives releases its claim.
+    ///
+    /// # Determinism
+    /// Records nothing when created; the delivered `EventRaised` is in history.
+    pub fn wait_for_event<T: DeserializeOwned>(&self, name: &str) -> EventFuture<T> {
+        let mut s = lock(&self.shared);
+        s.next_waiter += 1;
+        let id = s.next_waiter;
+        let mut waiter = Waiter {
+            name: name.to_owned(),
+            result: None,
+            waker: None,
+        };
+        let buffered = s.buffered.get_mut(name).and_then(VecDeque::pop_front);
+        if s.buffered.get(name).is_some_and(VecDeque::is_empty) {
+            s.buffered.remove(name);
+        }
+        match buffered {
+            Some((_, data)) => waiter.result = Some(data),
+            None => s.waiters.entry(name.to_owned()).or_default().push_back(id),
+        }
+        s.waiter_slots.insert(id, waiter);
+        drop(s);
+        EventFuture {
+            shared: Arc::clone(&self.shared),
+            id,
+            done: false,
+            _t: PhantomData,
+        }
+    }
+
+    /// Waits for the external event `name` at most `timeout`; on timeout returns
+    /// [`TaskError::Timeout`] and releases the claim on the event.
+    ///
+    /// # Determinism
+    /// Records a `TimerCreated` for the timeout.
+    #[track_caller]
+    pub fn wait_for_event_timeout<T: DeserializeOwned + Send + 'static>(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<T, TaskError>> {
+        let event = self.wait_for_event::<T>(name);
+        let timer = self.sleep(timeout);
+        Box::pin(async move {
+            match select(event, timer).await {
+                Either::Left(v) => v,
+                Either::Right(()) => Err(TaskError::Timeout),
+            }
+        })
+    }
+
+    /// Sends an event to another instance (fire and forget).
+    ///
+    /// # Determinism
+    /// Records `EventSent`.
+    #[track_caller]
+    pub fn raise_event<T: Serialize + ?Sized>(
+        &self,
+        instance_id: &InstanceId,
+        name: &str,
+        data: &T,
+    ) -> Result<(), OrchestrationError> {
+        let location = Location::caller();
+        let payload = encode(data).map_err(OrchestrationError::from)?;
+        let mut s = lock(&self.shared);
+        s.check_payload("event", &payload)
+            .map_err(|f| OrchestrationError::non_retriable(f.message))?;
+        let seq = s
+            .next_action_seq()
+            .map_err(|f| OrchestrationError::non_retriable(f.message))?;
+        s.emitted.push(Action {
+            seq,
+            location: SourceLocation::from_caller(location),
+            detail: ActionDetail::SendEvent {
+                instance_id: instance_id.clone(),
+                name: name.to_owned(),
+                input: payload,
+            },
+        });
+        Ok(())
+    }
+
+    /// Ends this execution and starts a new one of the same orchestrator with `input`,
+    /// with a fresh history. Unprocessed external events are carried over.
+    ///
+    /// The returned future never completes; write `return ctx.continue_as_new(x).await;`.
+    ///
+    /// # Determinism
+    /// Records `ContinuedAsNew`.
+    pub fn continue_as_new<T, I: Serialize>(&self, input: I) -> ContinueAsNew<T> {
+        self.continue_as_new_versioned(input, None)
+    }
+
+    /// [`continue_as_new`](Self::continue_as_new) with a new version for the next execution.
+    pub fn continue_as_new_versioned<T, I: Serialize>(&self, input: I, version: Option<String>) -> ContinueAsNew<T> {
+        let mut s = lock(&self.shared);
+        match encode(&input) {
+            Ok(p) => {
+                let version = version.or_else(|| s.version.clone());
+                s.continue_as_new = Some((p, version));
+            }
+            Err(e) => {
+                s.failure
+                    .get_or_insert_with(|| FailureDetails::from_error(&e).non_retriable());
+            }
+        }
+        ContinueAsNew { _t: PhantomData }
+    }
+
+    /// Awaits all futures, in any completion order; outputs come back in input order.
+    /// Each completion costs O(1), so fan-outs of many thousands stay linear.
+    pub fn when_all<F: Future>(&self, futures: impl IntoIterator<Item = F>) -> WhenAll<F> {
+        when_all(futures)
+    }
+
+    /// Awaits the first of several futures; returns its index and output. The others are
+    /// dropped (their timers stay in history; event waiters release their claims).
+    pub fn when_any<F: Future>(&self, futures: impl IntoIterator<Item = F>) -> WhenAny<F> {
+        when_any(futures)
+    }
+}
+
+impl InstanceId {
+    fn random_from_seed(parent: &InstanceId, seq: u64) -> InstanceId {
+        let name = format!("{parent}:{seq}");
+        InstanceId::from_trusted(
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes())
+                .simple()
+                .to_string(),
+        )
+    }
+}
+
+/// Options for [`OrchestrationContext::call_sub_orchestrator_with`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SubOrchestrationOptions {
+    /// Explicit child instance id (default: `{parent}:{seq}`).
+    pub instance_id: Option<InstanceId>,
+    /// Version for the child (default: the parent's).
+    pub version: Option<String>,
+    /// Retry policy for failed children.
+    pub retry: Option<RetryPolicy>,
+}
+
+impl SubOrchestrationOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets the child's instance id.
+    pub fn instance_id(mut self, id: InstanceId) -> Self {
+        self.instance_id = Some(id);
+        self
+    }
+    /// Sets the child's version.
+    pub fn version(mut self, v: impl Into<String>) -> Self {
+        self.version = Some(v.into());
+        self
+    }
+    /// Sets a retry policy.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+}
+
+#[derive(Debug)]
+struct SlotFuture {
+    shared: Shared,
+    seq: u64,
+    done: bool,
+}
+
+impl Future for SlotFuture {
+    type Output = SlotResult;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<SlotResult> {
+        if self.done {
+            return Poll::Pending;
+        }
+        let mut s = lock(&self.shared);
+        s.slot_polls += 1;
+        let seq = self.seq;
+        let Some(slot) = s.slots.get_mut(&seq) else {
+            return Poll::Pending;
+        };
+        if let Some(result) = slot.result.take() {
+            s.slots.remove(&seq);
+            drop(s);
+            self.done = true;
+            return Poll::Ready(result);
+        }
+        match &slot.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => slot.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for SlotFuture {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut s = lock(&self.shared);
+            if let Some(slot) = s.slots.get_mut(&self.seq) {
+                slot.waker = None;
+                if slot.result.is_some() {
+                    s.slots.remove(&self.seq);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum TaskInner {
+    Slot(SlotFuture),
+    Failed(Option<TaskError>),
+}
+
+/// The future of an activity or sub-orchestration result, decoded as `T`.
+#[must_use = "futures do nothing unless awaited; the action is scheduled either way"]
+#[derive(Debug)]
+pub struct TaskFuture<T> {
+    inner: TaskInner,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> TaskFuture<T> {
+    fn failed(err: TaskError, _shared: &Shared) -> Self {
+        Self {
+            inner: TaskInner::Failed(Some(err)),
+            _t: PhantomData,
+        }
+    }
+
+    fn into_raw(self) -> RawTask {
+        RawTask(TaskFuture {
+            inner: self.inner,
+            _t: PhantomData,
+        })
+    }
+
+    fn poll_raw(&mut self, cx: &mut Context<'_>) -> Poll<Result<Payload, TaskError>> {
+        match &mut self.inner {
+            TaskInner::Failed(e) => match e.take() {
+                Some(e) => Poll::Ready(Err(e)),
+                None => Poll::Pending,
+            },
+            TaskInner::Slot(f) => match Pin::new(f).poll(cx) {
+                Poll::Ready(SlotResult::Ok(p)) => Poll::Ready(Ok(p)),
+                Poll::Ready(SlotResult::Err(e)) => Poll::Ready(Err(TaskError::Failed(e))),
+                Poll::Ready(SlotResult::Fired) => Poll::Ready(Ok("null".to_owned())),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<T: DeserializeOwned> Future for TaskFuture<T> {
+    type Output = Result<T, TaskError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.poll_raw(cx)
+            .map(|r| r.and_then(|p| decode_typed::<T>(&p).map_err(TaskError::Decode)))
+    }
+}
+
+/// A task future yielding the undecoded JSON payload.
+#[derive(Debug)]
+pub(crate) struct RawTask(TaskFuture<()>);
+
+impl Future for RawTask {
+    type Output = Result<Payload, TaskError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.poll_raw(cx)
+    }
+}
+
+fn decode_typed<T: DeserializeOwned>(p: &str) -> Result<T, PayloadDecodeError> {
+    decode(p)
+}
+
+/// A durable timer; completes with `()` when it fires.
+#[must_use = "futures do nothing unless awaited; the timer is created either way"]
+#[derive(Debug)]
+pub struct TimerFuture {
+    inner: TaskFuture<()>,
+}
+
+impl Future for TimerFuture {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // A timer can only fail to be created when the action limit is hit; the failure is
+        // recorded on the orchestration, so the timer just never fires.
+        match self.inner.poll_raw(cx) {
+            Poll::Ready(Ok(_)) => Poll::Ready(()),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+/// Waits for an external event; completes with its data decoded as `T`.
+#[must_use = "futures do nothing unless awaited"]
+#[derive(Debug)]
+pub struct EventFuture<T> {
+    shared: Shared,
+    id: u64,
+    done: bool,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Future for EventFuture<T> {
+    type Output = Result<T, TaskError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.done {
+            return Poll::Pending;
+        }
+        let mut s = lock(&self.shared);
+        s.slot_polls += 1;
+        let id = self.id;
+        let Some(w) = s.waiter_slots.get_mut(&id) else {
+            return Poll::Pending;
+        };
+        if let Some(data) = w.result.take() {
+            s.waiter_slots.remove(&id);
+            drop(s);
+            self.done = true;
+            return Poll::Ready(decode::<T>(&data).map_err(TaskError::Decode));
+        }
+        w.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl<T> Drop for EventFuture<T> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut s = lock(&self.shared);
+        if let Some(w) = s.waiter_slots.remove(&self.id) {
+            match w.result {
+                // Delivered but never consumed: hand it to the next waiter or the buffer,
+                // ahead of anything that arrived later.
+                Some(data) => {
+                    let name = w.name;
+                    if let Some(next) = s.waiters.get_mut(&name).and_then(VecDeque::pop_front) {
+                        if let Some(nw) = s.waiter_slots.get_mut(&next) {
+                            nw.result = Some(data);
+                            if let Some(wk) = nw.waker.take() {
+                                wk.wake();
+                            }
+                        }
+                    } else {
+                        s.buffered.entry(name).or_default().push_front((0, data));
+                    }
+                }
+                None => {
+                    if let Some(q) = s.waiters.get_mut(&w.name) {
+                        q.retain(|x| *x != self.id);
+                        if q.is_empty() {
+                            s.waiters.remove(&w.name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The future returned by [`OrchestrationContext::continue_as_new`]; it never completes.
+#[must_use = "await it: `return ctx.continue_as_new(input).await;`"]
+#[derive(Debug)]
+pub struct ContinueAsNew<T> {
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Future for ContinueAsNew<T> {
+    type Output = T;
+    fn poll(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<T> {
+        Poll::Pending
+    }
+}
+
+/// Either of two outputs, from [`select`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Either<A, B> {
+    /// The first future finished first.
+    Left(A),
+    /// The second future finished first.
+    Right(B),
+}
+
+/// Races two futures of different types; the first polled ready wins (the left one on a tie).
+pub fn select<A: Future, B: Future>(a: A, b: B) -> Select<A, B> {
+    Select {
+        a: Box::pin(a),
+        b: Box::pin(b),
+    }
+}
+
+/// Future of [`select`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct Select<A, B> {
+    a: Pin<Box<A>>,
+    b: Pin<Box<B>>,
+}
+
+impl<A, B> fmt::Debug for Select<A, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Select")
+    }
+}
+
+impl<A: Future, B: Future> Future for Select<A, B> {
+    type Output = Either<A::Output, B::Output>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(v) = self.a.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(v));
+        }
+        if let Poll::Ready(v) = self.b.as_mut().poll(cx) {
+            return Poll::Ready(Either::Right(v));
+        }
+        Poll::Pending
+    }
+}
+
+/// Per-child wakers: a woken child pushes its index, so a combinator re-polls only children
+/// that can make progress.
+struct ReadyQueue {
+    inner: Mutex<(Vec<usize>, Option<Waker>)>,
+}
+
+struct ChildWaker {
+    index: usize,
+    queue: Arc<ReadyQueue>,
+}
+
+impl std::task::Wake for ChildWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        let parent = {
+            let mut q = self
+                .queue
+                .inner
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            q.0.push(self.index);
+            q.1.clone()
+        };
+        if let Some(p) = parent {
+            p.wake();
+        }
+    }
+}
+
+struct Children<F: Future> {
+    futures: Vec<Option<Pin<Box<F>>>>,
+    wakers: Vec<Waker>,
+    queue: Arc<ReadyQueue>,
+    started: bool,
+}
+
+impl<F: Future> Children<F> {
+    fn new(futures: impl IntoIterator<Item = F>) -> Self {
+        let futures: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+        let queue = Arc::new(ReadyQueue {
+            inner: Mutex::new((Vec::new(), None)),
+        });
+        let wakers = (0..futures.len())
+            .map(|index| {
+                Waker::from(Arc::new(ChildWaker {
+                    index,
+                    queue: Arc::clone(&queue),
+                }))
+            })
+            .collect();
+        Self {
+            futures,
+            wakers,
+            queue,
+            started: false,
+        }
+    }
+
+    /// Polls the children that were woken (all of them the first time), in a deterministic
+    /// order, calling `on_ready` for each that completes; stops early if it returns `true`.
+    fn poll_ready(&mut self, cx: &mut Context<'_>, mut on_ready: impl FnMut(usize, F::Output) -> bool) {
+        {
+            let mut q = self
+                .queue
+                .inner
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match &q.1 {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => q.1 = Some(cx.waker().clone()),
+            }
+        }
+        let mut batch: Vec<usize> = if self.started {
+            Vec::new()
+        } else {
+            self.started = true;
+            (0..self.futures.len()).collect()
+        };
+        let mut seen: HashSet<usize> = HashSet::new();
+        loop {
+            if batch.is_empty() {
+                let mut q = self
+                    .queue
+                    .inner
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                batch = std::mem::take(&mut q.0);
+                if batch.is_empty() {
+                    return;
+                }
+                seen.clear();
+            }
+            for i in std::mem::take(&mut batch) {
+                if !seen.insert(i) {
+                    continue;
+                }
+                let Some(fut) = self.futures[i].as_mut() else {
+                    continue;
+                };
+                let mut child_cx = Context::from_waker(&self.wakers[i]);
+                if let Poll::Ready(out) = fut.as_mut().poll(&mut child_cx) {
+                    self.futures[i] = None;
+                    if on_ready(i, out) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Awaits all futures; see [`OrchestrationContext::when_all`].
+pub fn when_all<F: Future>(futures: impl IntoIterator<Item = F>) -> WhenAll<F> {
+    let children = Children::new(futures);
+    let n = children.futures.len();
+    WhenAll {
+        outputs: (0..n).map(|_| None).collect(),
+        remaining: n,
+        children,
+    }
+}
+
+/// Future of [`when_all`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct WhenAll<F: Future> {
+    children: Children<F>,
+    outputs: Vec<Option<F::Output>>,
+    remaining: usize,
+}
+
+impl<F: Future> fmt::Debug for WhenAll<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WhenAll")
+            .field("remaining", &self.remaining)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Unpin for WhenAll<F> {}
+
+impl<F: Future> Future for WhenAll<F> {
+    type Output = Vec<F::Output>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let outputs = &mut this.outputs;
+        let remaining = &mut this.remaining;
+        this.children.poll_ready(cx, |i, out| {
+            outputs[i] = Some(out);
+            *remaining -= 1;
+            false
+        });
+        if this.remaining == 0 {
+            Poll::Ready(this.outputs.iter_mut().filter_map(Option::take).collect())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// Awaits the first future; see [`OrchestrationContext::when_any`].
+pub fn when_any<F: Future>(futures: impl IntoIterator<Item = F>) -> WhenAny<F> {
+    WhenAny {
+        children: Children::new(futures),
+    }
+}
+
+/// Future of [`when_any`]: `(index, output)` of the first future to complete.
+#[must_use = "futures do nothing unless awaited"]
+pub struct WhenAny<F: Future> {
+    children: Children<F>,
+}
+
+impl<F: Future> fmt::Debug for WhenAny<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WhenAny")
+    }
+}
+
+impl<F: Future> Unpin for WhenAny<F> {}
+
+impl<F: Future> Future for WhenAny<F> {
+    type Output = (usize, F::Output);
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.children.futures.is_empty() {
+            return Poll::Pending;
+        }
+        let mut winner = None;
+        self.children.poll_ready(cx, |i, out| {
+            winner = Some((i, out));
+            true
+        });
+        match winner {
+            Some(w) => {
+                // Drop the losers now so event waiters release their claims.
+                self.children.futures.clear();
+                Poll::Ready(w)
+            }
+            None => Poll::Pending,
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! The event-sourcing vocabulary: every instance has an append-only history of
+//! [`HistoryEvent`]s from which its state is rebuilt by replay.
+//!
+//! History is plain serde data; [`to_json`] and [`from_json`] export and import it (for
+//! instance to replay a production history against new code in a test).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::FailureDetails;
+use crate::ids::{InstanceId, Timestamp};
+
+/// A JSON-encoded payload (input, output or event data) as stored in history.
+pub type Payload = String;
+
+/// Where in the user's source a durable action was created (from `#[track_caller]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceLocation {
+    /// Source file.
+    pub file: String,
+    /// Line, 1-based.
+    pub line: u32,
+    /// Column, 1-based.
+    pub column: u32,
+}
+
+impl SourceLocation {
+    pub(crate) fn from_caller(loc: &'static std::panic::Location<'static>) -> Self {
+        Self {
+            file: loc.file().to_owned(),
+            line: loc.line(),
+            column: loc.column(),
+        }
+    }
+}
+
+impl std::fmt::Display for SourceLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// The parent of a sub-orchestration: where its result must be delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    /// The parent instance.
+    pub instance_id: InstanceId,
+    /// The parent's execution number when the child was created.
+    pub execution: u32,
+    /// The sequence number of the `SubOrchestrationCreated` action in the parent.
+    pub seq: u64,
+}
+
+/// The lifecycle status of an orchestration instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum RuntimeStatus {
+    /// Created, not yet started by a worker (or scheduled for later).
+    Pending,
+    /// Started and not finished.
+    Running,
+    /// Suspended: messages are kept but not delivered until resumed.
+    Suspended,
+    /// Finished with an output.
+    Completed,
+    /// Finished with a failure.
+    Failed,
+    /// Ended from outside.
+    Terminated,
+    /// Transient status between an execution and the next one started by continue-as-new.
+    ContinuedAsNew,
+}
+
+impl RuntimeStatus {
+    /// `true` for statuses that end an instance: completed, failed, terminated.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RuntimeStatus::Completed | RuntimeStatus::Failed | RuntimeStatus::Terminated
+        )
+    }
+
+    /// The Durable Functions name of the status (`"Running"`, `"Completed"`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeStatus::Pending => "Pending",
+            RuntimeStatus::Running => "Running",
+            RuntimeStatus::Suspended => "Suspended",
+            RuntimeStatus::Completed => "Completed",
+            RuntimeStatus::Failed => "Failed",
+            RuntimeStatus::Terminated => "Terminated",
+            RuntimeStatus::ContinuedAsNew => "ContinuedAsNew",
+        }
+    }
+
+    /// Parses a Durable Functions status name, case-insensitively.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            RuntimeStatus::Pending,
+            RuntimeStatus::Running,
+            RuntimeStatus::Suspended,
+            RuntimeStatus::Completed,
+            RuntimeStatus::Failed,
+            RuntimeStatus::Terminated,
+            RuntimeStatus::ContinuedAsNew,
+        ]
+        .into_iter()
+        .find(|s| s.as_str().eq_ignore_ascii_case(text))
+    }
+}
+
+/// One entry of an instance's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEvent {
+    /// Position in the history of the current execution, from 0.
+    pub index: u64,
+    /// When the event was recorded (for actions: the episode's time).
+    pub timestamp: Timestamp,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// What happened: the history vocabulary.
+///
+/// Events are either *messages* delivered to the orchestration (started, completions, timer
+/// fired, event raised, suspend/resume/terminate), *actions* the code took (scheduled,
+/// created, sent) — matched by sequence number on replay — or *markers*.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "eventType")]
+#[non_exhaustive]
+pub enum Event {
+    /// The execution started with this input.
+    ExecutionStarted {
+        /// Orchestrator name.
+        name: String,
+        /// Version stamped at start.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
+        /// JSON input.
+        input: Payload,
+        /// Set for sub-orchestrations.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<ParentRef>,
+        /// Set when the start was scheduled for later.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheduled_start: Option<Timestamp>,
+    },
+    /// An episode began; its timestamp is `ctx.now()` for the code run in it.
+    OrchestratorStarted,
+    /// An activity was scheduled.
+    TaskScheduled {
+        /// Action sequence number.
+        seq: u64,
+        /// Activity name.
+        name: String,
+        /// JSON input.
+        input: Payload,
+        /// Where the code scheduled it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        location: Option<SourceLocation>,
+    },
+    /// An activity returned a value.
+    TaskCompleted {
+        /// Sequence number of the `TaskScheduled`.
+        seq: u64,
+        /// JSON output.
+        result: Payload,
+    },
+    /// An activity failed.
+    TaskFailed {
+        /// Sequence number of the `TaskScheduled`.
+        seq: u64,
+        /// What went wrong.
+        failure: FailureDetails,
+    },
+    /// A durable timer was created.
+    TimerCreated {
+        /// Action sequence number.
+        seq: u64,
+        /// When it fires.
+        fire_at: Timestamp,
+        /// Where the code created it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        location: Option<SourceLocation>,
+    },
+    /// A durable timer fired.
+    TimerFired {
+        /// Sequence number of the `TimerCreated`.
+        seq: u64,
+        /// When it was due.
+        fire_at: Timestamp,
+    },
+    /// A sub-orchestration was created.
+    SubOrchestrationCreated {
+        /// Action sequence number.
+        seq: u64,
+        /// Orchestrator name.
+        name: String,
+        /// The child's instance id.
+        instance_id: InstanceId,
+        /// JSON input.
+        input: Payload,
+        /// Version given to the child.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
+        /// Where the code created it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        location: Option<SourceLocation>,
+    },
+    /// A sub-orchestration completed.
+    SubOrchestrationCompleted {
+        /// Sequence number of the `SubOrchestrationCreated`.
+        seq: u64,
+        /// JSON output.
+        result: Payload,
+    },
+    /// A sub-orchestration failed (or could not be created).
+    SubOrchestrationFailed {
+        /// Sequence number of the `SubOrchestrationCreated`.
+        seq: u64,
+        /// What went wrong.
+        failure: FailureDetails,
+    },
+    /// An external event arrived.
+    EventRaised {
+        /// Event name.
+        name: String,
+        /// JSON data.
+        input: Payload,
+    },
+    /// The code sent an event to another instance.
+    EventSent {
+        /// Action sequence number.
+        seq: u64,
+        /// Target instance.
+        instance_id: InstanceId,
+        /// Event name.
+        name: String,
+        /// JSON data.
+        input: Payload,
+        /// Where the code sent it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        location: Option<SourceLocation>,
+    },
+    /// The execution ended and a new one starts with this input.
+    ContinuedAsNew {
+        /// Input of the next execution.
+        input: Payload,
+        /// Version of the next execution.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
+    },
+    /// The instance was terminated from outside.
+    ExecutionTerminated {
+        /// Why.
+        #[serde(default)]
+        reason: String,
+    },
+    /// The instance was suspended.
+    ExecutionSuspended {
+        /// Why.
+        #[serde(default)]
+        reason: String,
+    },
+    /// The instance was resumed.
+    ExecutionResumed {
+        /// Why.
+        #[serde(default)]
+        reason: String,
+    },
+    /// The code set its custom status.
+    CustomStatusSet {
+        /// JSON status, or `None` when cleared.
+        status: Option<Payload>,
+    },
+    /// The execution finished.
+    ExecutionCompleted {
+        /// Completed, failed or terminated.
+        status: RuntimeStatus,
+        /// JSON output, on success.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<Payload>,
+        /// Failure details, on failure.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure: Option<FailureDetails>,
+    },
+}
+
+impl Event {
+    /// The event's type name, as it appears in exported JSON (`"TaskScheduled"`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::ExecutionStarted { .. } => "ExecutionStarted",
+            Event::OrchestratorStarted => "OrchestratorStarted",
+            Event::TaskScheduled { .. } => "TaskScheduled",
+            Event::TaskCompleted { .. } => "TaskCompleted",
+            Event::TaskFailed { .. } => "TaskFailed",
+            Event::TimerCreated { .. } => "TimerCreated",
+            Event::TimerFired { .. } => "TimerFired",
+            Event::SubOrchestrationCreated { .. } => "SubOrchestrationCreated",
+            Event::SubOrchestrationCompleted { .. } => "SubOrchestrationCompleted",
+            Event::SubOrchestrationFailed { .. } => "SubOrchestrationFailed",
+            Event::EventRaised { .. } => "EventRaised",
+            Event::EventSent { .. } => "EventSent",
+            Event::ContinuedAsNew { .. } => "ContinuedAsNew",
+            Event::ExecutionTerminated { .. } => "ExecutionTerminated",
+            Event::ExecutionSuspended { .. } => "ExecutionSuspended",
+            Event::ExecutionResumed { .. } => "ExecutionResumed",
+            Event::CustomStatusSet { .. } => "CustomStatusSet",
+            Event::ExecutionCompleted { .. } => "ExecutionCompleted",
+        }
+    }
+
+    /// The action sequence number for scheduling events (actions the code took).
+    pub fn action_seq(&self) -> Option<u64> {
+        match self {
+            Event::TaskScheduled { seq, .. }
+            | Event::TimerCreated { seq, .. }
+            | Event::SubOrchestrationCreated { seq, .. }
+            | Event::EventSent { seq, .. } => Some(*seq),
+            _ => None,
+        }
+    }
+
+    /// `true` for events delivered to the orchestration as messages.
+    pub fn is_message(&self) -> bool {
+        matches!(
+            self,
+            Event::ExecutionStarted { .. }
+                | Event::TaskCompleted { .. }
+                | Event::TaskFailed { .. }
+                | Event::TimerFired { .. }
+                | Event::SubOrchestrationCompleted { .. }
+                | Event::SubOrchestrationFailed { .. }
+                | Event::EventRaised { .. }
+                | Event::ExecutionTerminated { .. }
+                | Event::ExecutionSuspended { .. }
+                | Event::ExecutionResumed { .. }
+        )
+    }
+}
+
+/// Exports a history as pretty JSON.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::history::{self, Event, HistoryEvent};
+/// use durable_core::Timestamp;
+///
+/// let h = vec![HistoryEvent { index: 0, timestamp: Timestamp::EPOCH, event: Event::OrchestratorStarted }];
+/// let json = history::to_json(&h);
+/// assert_eq!(history::from_json(&json).unwrap(), h);
+/// ```
+pub fn to_json(history: &[HistoryEvent]) -> String {
+    serde_json::to_string_pretty(history).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// Imports a history exported by [`to_json`].
+pub fn from_json(json: &str) -> Result<Vec<HistoryEvent>, serde_json::Error> {
+    serde_json::from_str(json)
+}
+
+/// Renders a history one event per line, for assertion messages and logs.
+pub fn pretty(history: &[HistoryEvent]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for e in history {
+        let detail = match &e.event {
+            Event::ExecutionStarted { name, input, .. } => format!("{name}({input})"),
+            Event::TaskScheduled { seq, name, input, .. } => format!("#{seq} {name}({input})"),
+            Event::TaskCompleted { seq, result } => format!("#{seq} -> {result}"),
+            Event::TaskFailed { seq, failure } => format!("#{seq} !! {failure}"),
+            Event::TimerCreated { seq, fire_at, .. } => format!("#{seq} at {fire_at}"),
+            Event::TimerFired { seq, .. } => format!("#{seq}"),
+            Event::SubOrchestrationCreated {
+                seq,
+                name,
+                instance_id,
+                ..
+            } => format!("#{seq} {name} as {instance_id}"),
+            Event::SubOrchestrationCompleted { seq, result } => format!("#{seq} -> {result}"),
+            Event::SubOrchestrationFailed { seq, failure } => format!("#{seq} !! {failure}"),
+            Event::EventRaised { name, input } => format!("{name}({input})"),
+            Event::EventSent {
+                seq,
+                instance_id,
+                name,
+                ..
+            } => format!("#{seq} {name} to {instance_id}"),
+            Event::ContinuedAsNew { input, .. } => input.clone(),
+            Event::ExecutionTerminated { reason }
+            | Event::ExecutionSuspended { reason }
+            | Event::ExecutionResumed { reason } => reason.clone(),
+            Event::CustomStatusSet { status } => format!("{status:?}"),
+            Event::ExecutionCompleted {
+                status,
+                output,
+                failure,
+            } => format!(
+                "{} {}",
+                status.as_str(),
+                output
+                    .clone()
+                    .or_else(|| failure.as_ref().map(ToString::to_string))
+                    .unwrap_or_default()
+            ),
+            Event::OrchestratorStarted => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{:>4} {} {:<26} {}",
+            e.index,
+            e.timestamp,
+            e.event.kind(),
+            detail
+        );
+    }
+    out
+}

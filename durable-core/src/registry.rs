@@ -1,0 +1,305 @@
+//! The traits the macros implement ([`Activity`], [`Orchestrator`]) and the registry that
+//! maps durable names to code.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::context::OrchestrationContext;
+use crate::error::{BuildError, FailureDetails, PayloadDecodeError, ToFailure, decode, encode};
+use crate::history::Payload;
+use crate::ids::InstanceId;
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A typed activity: a unit of real work (IO, side effects) run at least once.
+///
+/// `#[activity]` implements this on a marker type named after the function; it can also be
+/// implemented by hand.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::prelude::*;
+///
+/// #[derive(Clone, Copy)]
+/// struct SayHello;
+///
+/// impl Activity for SayHello {
+///     const NAME: &'static str = "say_hello";
+///     type Input = String;
+///     type Output = String;
+///     type Error = ActivityError;
+///     async fn run(&self, _ctx: ActivityContext, name: String) -> Result<String, ActivityError> {
+///         Ok(format!("Hello {name}!"))
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an activity",
+    note = "put `#[activity]` on an `async fn` to define one"
+)]
+pub trait Activity: Send + Sync + 'static {
+    /// The durable name recorded in history.
+    const NAME: &'static str;
+    /// Input type (serialized as JSON).
+    type Input: Serialize + DeserializeOwned + Send + 'static;
+    /// Output type (serialized as JSON).
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// Error type; recorded as [`FailureDetails`].
+    type Error: ToFailure + Send + 'static;
+
+    /// Runs the activity.
+    fn run(
+        &self,
+        ctx: ActivityContext,
+        input: Self::Input,
+    ) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
+}
+
+/// A typed orchestrator: deterministic code that coordinates activities, timers, events and
+/// sub-orchestrations, rebuilt by replay.
+///
+/// `#[orchestrator]` implements this on a marker type; it can also be implemented by hand.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::prelude::*;
+///
+/// #[derive(Clone, Copy)]
+/// struct Double;
+///
+/// impl Orchestrator for Double {
+///     const NAME: &'static str = "double";
+///     type Input = i64;
+///     type Output = i64;
+///     type Error = OrchestrationError;
+///     async fn run(_ctx: OrchestrationContext, x: i64) -> Result<i64, OrchestrationError> {
+///         Ok(x * 2)
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an orchestrator",
+    note = "put `#[orchestrator]` on an `async fn` to define one"
+)]
+pub trait Orchestrator: Send + Sync + 'static {
+    /// The durable name recorded in history.
+    const NAME: &'static str;
+    /// Input type (serialized as JSON).
+    type Input: Serialize + DeserializeOwned + Send + 'static;
+    /// Output type (serialized as JSON).
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// Error type; recorded as [`FailureDetails`].
+    type Error: ToFailure + Send + 'static;
+
+    /// Runs the orchestration. The future must only await durable operations from `ctx`.
+    fn run(
+        ctx: OrchestrationContext,
+        input: Self::Input,
+    ) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send + 'static;
+}
+
+/// What an activity can learn about the call it serves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ActivityContext {
+    /// The orchestration instance that scheduled the activity.
+    pub instance_id: InstanceId,
+    /// The activity's durable name.
+    pub name: String,
+    /// The action sequence number in the orchestration.
+    pub seq: u64,
+}
+
+impl ActivityContext {
+    /// A context for calling an activity directly (in unit tests).
+    pub fn for_test(instance_id: &str) -> Self {
+        Self {
+            instance_id: InstanceId::from_trusted(instance_id.to_owned()),
+            name: String::new(),
+            seq: 0,
+        }
+    }
+}
+
+/// Something that can be registered on a worker: an activity or orchestrator marker.
+///
+/// The macros implement it; for hand-written types use [`ActivityRegistration`] /
+/// [`OrchestratorRegistration`] or the builder's `activity` / `orchestrator` methods.
+pub trait Registration {
+    /// Adds itself to the registry.
+    fn register_into(self, registry: &mut Registry);
+}
+
+/// Registers an [`Activity`] value.
+#[derive(Debug)]
+pub struct ActivityRegistration<A>(pub A);
+
+impl<A: Activity> Registration for ActivityRegistration<A> {
+    fn register_into(self, registry: &mut Registry) {
+        registry.add_activity(self.0);
+    }
+}
+
+/// Registers an [`Orchestrator`] type.
+#[derive(Debug)]
+pub struct OrchestratorRegistration<O>(pub O);
+
+impl<O: Orchestrator> Registration for OrchestratorRegistration<O> {
+    fn register_into(self, registry: &mut Registry) {
+        registry.add_orchestrator::<O>();
+    }
+}
+
+pub(crate) type ActivityFn =
+    dyn Fn(ActivityContext, Payload) -> BoxFuture<'static, Result<Payload, FailureDetails>> + Send + Sync;
+pub(crate) type OrchestratorFn = dyn Fn(OrchestrationContext, Payload) -> BoxFuture<'static, Result<Payload, FailureDetails>>
+    + Send
+    + Sync;
+type InputCheckFn = dyn Fn(&str) -> Result<(), PayloadDecodeError> + Send + Sync;
+
+/// Name → code for activities and orchestrators.
+#[derive(Default, Clone)]
+pub struct Registry {
+    activities: HashMap<String, Arc<ActivityFn>>,
+    orchestrators: HashMap<String, OrchestratorEntry>,
+    duplicates: Vec<(&'static str, String)>,
+}
+
+#[derive(Clone)]
+pub(crate) struct OrchestratorEntry {
+    pub(crate) run: Arc<OrchestratorFn>,
+    pub(crate) check_input: Arc<InputCheckFn>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("activities", &self.activities.keys().collect::<Vec<_>>())
+            .field("orchestrators", &self.orchestrators.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers an activity under `A::NAME`.
+    pub fn add_activity<A: Activity>(&mut self, activity: A) {
+        let activity = Arc::new(activity);
+        let f: Arc<ActivityFn> = Arc::new(move |ctx, input: Payload| {
+            let activity = Arc::clone(&activity);
+            Box::pin(async move {
+                let input: A::Input = decode(&input)
+                    .map_err(|e| FailureDetails::from_error(&e).non_retriable())?;
+                match activity.run(ctx, input).await {
+                    Ok(out) => encode(&out).map_err(|e| FailureDetails::from_error(&e)),
+                    Err(e) => Err(e.to_failure()),
+                }
+            })
+        });
+        self.insert_activity(A::NAME, f);
+    }
+
+    /// Registers an activity from a closure over raw JSON payloads (used by mocks).
+    pub fn add_activity_raw(
+        &mut self,
+        name: &str,
+        f: impl Fn(ActivityContext, Payload) -> BoxFuture<'static, Result<Payload, FailureDetails>>
+        + Send
+        + Sync
+        + 'static,
+    ) {
+        self.insert_activity(name, Arc::new(f));
+    }
+
+    /// Replaces (or adds) the activity registered under `name`.
+    pub fn replace_activity_raw(
+        &mut self,
+        name: &str,
+        f: impl Fn(ActivityContext, Payload) -> BoxFuture<'static, Result<Payload, FailureDetails>>
+        + Send
+        + Sync
+        + 'static,
+    ) {
+        self.activities.insert(name.to_owned(), Arc::new(f));
+    }
+
+    fn insert_activity(&mut self, name: &str, f: Arc<ActivityFn>) {
+        if self.activities.insert(name.to_owned(), f).is_some() {
+            self.duplicates.push(("activity", name.to_owned()));
+        }
+    }
+
+    /// Registers an orchestrator under `O::NAME`.
+    pub fn add_orchestrator<O: Orchestrator>(&mut self) {
+        let run: Arc<OrchestratorFn> = Arc::new(|ctx, input: Payload| {
+            Box::pin(async move {
+                let input: O::Input = decode(&input)
+                    .map_err(|e| FailureDetails::from_error(&e).non_retriable())?;
+                match O::run(ctx, input).await {
+                    Ok(out) => encode(&out).map_err(|e| FailureDetails::from_error(&e)),
+                    Err(e) => Err(e.to_failure()),
+                }
+            })
+        });
+        let check_input: Arc<InputCheckFn> = Arc::new(|text| decode::<O::Input>(text).map(drop));
+        let entry = OrchestratorEntry { run, check_input };
+        if self.orchestrators.insert(O::NAME.to_owned(), entry).is_some() {
+            self.duplicates.push(("orchestrator", O::NAME.to_owned()));
+        }
+    }
+
+    /// Adds anything implementing [`Registration`].
+    pub fn register(&mut self, r: impl Registration) {
+        r.register_into(self);
+    }
+
+    /// `true` if an orchestrator of this name is registered.
+    pub fn has_orchestrator(&self, name: &str) -> bool {
+        self.orchestrators.contains_key(name)
+    }
+
+    /// `true` if an activity of this name is registered.
+    pub fn has_activity(&self, name: &str) -> bool {
+        self.activities.contains_key(name)
+    }
+
+    /// Checks that `input` deserializes as the named orchestrator's input type.
+    /// `Ok(false)` means the name is unknown.
+    pub fn check_orchestrator_input(&self, name: &str, input: &str) -> Result<bool, PayloadDecodeError> {
+        match self.orchestrators.get(name) {
+            Some(e) => (e.check_input)(input).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    pub(crate) fn orchestrator(&self, name: &str) -> Option<&OrchestratorEntry> {
+        self.orchestrators.get(name)
+    }
+
+    pub(crate) fn activity(&self, name: &str) -> Option<Arc<ActivityFn>> {
+        self.activities.get(name).cloned()
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), BuildError> {
+        match self.duplicates.first() {
+            Some((kind, name)) => Err(BuildError::DuplicateName {
+                kind,
+                name: name.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}

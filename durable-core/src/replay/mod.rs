@@ -1,0 +1,846 @@
+//! The replay executor: a pure state machine that runs orchestration code against history.
+//!
+//! **Owns:** the orchestration future and its own waker, the shared context state, matching
+//! of the actions the code emits against the actions recorded in history, suspension and
+//! termination, and the list of commands an episode produces.
+//!
+//! **Never does:** IO, tokio, storage, reading the clock or randomness. Time comes in through
+//! [`Replayer::begin_episode`]; history and messages come in through `handle_*`; the worker
+//! turns the returned [`EpisodeResult`] into one atomic store commit.
+//!
+//! # Protocol
+//! ```text
+//! let mut r = Replayer::new(instance, execution, name, code, limits);
+//! r.handle_history(&history)?;          // re-runs the code, matching every action
+//! r.begin_episode(now);                 // records OrchestratorStarted(now)
+//! for m in messages { r.handle_message(m); }   // one at a time, polling after each
+//! let result = r.finish_episode()?;     // new events + commands + outcome
+//! ```
+//! The same `Replayer` can be kept (cached) and fed the next episode without replaying.
+//!
+//! Each message is delivered and then the future is polled until it can make no further
+//! progress, so completion order inside an episode is the order of history — which makes
+//! `when_any`, `select` and `join!` deterministic.
+
+mod mismatch;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
+use crate::context::{
+    Action, ActionDetail, ActionKind, Limits, OrchestrationContext, SlotResult, State, lock,
+};
+use crate::error::FailureDetails;
+use crate::history::{Event, HistoryEvent, ParentRef, Payload, RuntimeStatus};
+use crate::ids::{InstanceId, Timestamp};
+use crate::registry::{BoxFuture, OrchestratorFn};
+
+pub use mismatch::ReplayError;
+
+thread_local! {
+    static REPLAYING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `true` while the current thread is polling orchestration code that is replaying history.
+/// Used by [`crate::logging::ReplaySafe`] to drop duplicate log lines.
+pub fn is_replaying_on_this_thread() -> bool {
+    REPLAYING.with(std::cell::Cell::get)
+}
+
+/// What the worker must do as a result of an episode.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Command {
+    /// Enqueue an activity task.
+    ScheduleActivity {
+        /// Action sequence number.
+        seq: u64,
+        /// Activity name.
+        name: String,
+        /// JSON input.
+        input: Payload,
+    },
+    /// Enqueue a `TimerFired` message for this instance, visible at `fire_at`.
+    CreateTimer {
+        /// Action sequence number.
+        seq: u64,
+        /// Due time.
+        fire_at: Timestamp,
+    },
+    /// Create a child instance.
+    StartSubOrchestration {
+        /// Action sequence number.
+        seq: u64,
+        /// Orchestrator name.
+        name: String,
+        /// Child id.
+        instance_id: InstanceId,
+        /// JSON input.
+        input: Payload,
+        /// Child version.
+        version: Option<String>,
+    },
+    /// Deliver an `EventRaised` to another instance.
+    SendEvent {
+        /// Target instance.
+        instance_id: InstanceId,
+        /// Event name.
+        name: String,
+        /// JSON data.
+        input: Payload,
+    },
+    /// Tell the parent that this sub-orchestration finished.
+    NotifyParent {
+        /// The parent.
+        parent: ParentRef,
+        /// `SubOrchestrationCompleted` or `SubOrchestrationFailed`.
+        event: Event,
+    },
+    /// Terminate a running child (terminate cascades).
+    TerminateChild {
+        /// The child.
+        instance_id: InstanceId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Returned `Ok`.
+    Completed(Payload),
+    /// Returned `Err`, panicked or broke a limit.
+    Failed(FailureDetails),
+    /// Terminated from outside.
+    Terminated(String),
+    /// Continued as new.
+    ContinuedAsNew {
+        /// Input of the next execution.
+        input: Payload,
+        /// Version of the next execution.
+        version: Option<String>,
+        /// Unprocessed external events carried into the next execution, in arrival order.
+        carried: Vec<(String, Payload)>,
+    },
+}
+
+impl Outcome {
+    /// The runtime status this outcome leaves the instance in.
+    pub fn status(&self) -> RuntimeStatus {
+        match self {
+            Outcome::Completed(_) => RuntimeStatus::Completed,
+            Outcome::Failed(_) => RuntimeStatus::Failed,
+            Outcome::Terminated(_) => RuntimeStatus::Terminated,
+            Outcome::ContinuedAsNew { .. } => RuntimeStatus::ContinuedAsNew,
+        }
+    }
+}
+
+/// The result of one episode.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct EpisodeResult {
+    /// Events to append to history, in order.
+    pub new_events: Vec<HistoryEvent>,
+    /// Work to enqueue.
+    pub commands: Vec<Command>,
+    /// `Some` when the execution ended.
+    pub outcome: Option<Outcome>,
+    /// The current custom status.
+    pub custom_status: Option<Payload>,
+    /// `true` while the instance is suspended.
+    pub suspended: bool,
+}
+
+/// Counters of the executor's work, for tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayStats {
+    /// Polls of the orchestration future.
+    pub polls: u64,
+    /// Polls of individual durable futures (activities, timers, events, sub-orchestrations).
+    pub task_polls: u64,
+    /// History events processed by replay.
+    pub events_replayed: u64,
+    /// Messages handled as new.
+    pub messages: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Open {
+    Activity,
+    Timer,
+    Sub(InstanceId),
+}
+
+/// The top-level waker: records that the future asked to be polled, and whether that came
+/// from something other than our own durable primitives.
+#[derive(Debug, Default)]
+struct TopWaker {
+    woken: AtomicBool,
+    in_executor: AtomicBool,
+    foreign: AtomicBool,
+}
+
+impl Wake for TopWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        if !self.in_executor.load(Ordering::SeqCst) {
+            self.foreign.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Most consecutive self-wakes (e.g. `yield_now`) tolerated within one delivery.
+const MAX_SPINS: u32 = 10_000;
+
+/// Runs one orchestration execution; see the [module docs](self).
+pub struct Replayer {
+    shared: Arc<Mutex<State>>,
+    top: Arc<TopWaker>,
+    waker: Waker,
+    future: Option<BoxFuture<'static, Result<Payload, FailureDetails>>>,
+    run: Arc<OrchestratorFn>,
+    instance_id: InstanceId,
+    name: String,
+    execution: u32,
+    parent: Option<ParentRef>,
+    history_len: u64,
+    now: Timestamp,
+    replaying: bool,
+    new_events: Vec<HistoryEvent>,
+    commands: Vec<Command>,
+    pending_match: VecDeque<Action>,
+    open: HashMap<u64, Open>,
+    suspended: bool,
+    deferred: VecDeque<Event>,
+    outcome: Option<Outcome>,
+    outcome_reported: bool,
+    recorded_custom_status: Option<Payload>,
+    error: Option<ReplayError>,
+    stats: ReplayStats,
+    started: bool,
+}
+
+impl fmt::Debug for Replayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replayer")
+            .field("instance_id", &self.instance_id)
+            .field("name", &self.name)
+            .field("execution", &self.execution)
+            .field("history_len", &self.history_len)
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replayer {
+    /// A replayer for one execution of `name` on `instance_id`, running `run`.
+    pub(crate) fn new(
+        instance_id: InstanceId,
+        execution: u32,
+        name: &str,
+        run: Arc<OrchestratorFn>,
+        limits: Limits,
+    ) -> Self {
+        let top = Arc::new(TopWaker::default());
+        let waker = Waker::from(Arc::clone(&top));
+        Self {
+            shared: Arc::new(Mutex::new(State::new(
+                instance_id.clone(),
+                name.to_owned(),
+                limits,
+            ))),
+            top,
+            waker,
+            future: None,
+            run,
+            instance_id,
+            name: name.to_owned(),
+            execution,
+            parent: None,
+            history_len: 0,
+            now: Timestamp::EPOCH,
+            replaying: true,
+            new_events: Vec::new(),
+            commands: Vec::new(),
+            pending_match: VecDeque::new(),
+            open: HashMap::new(),
+            suspended: false,
+            deferred: VecDeque::new(),
+            outcome: None,
+            outcome_reported: false,
+            recorded_custom_status: None,
+            error: None,
+            stats: ReplayStats::default(),
+            started: false,
+        }
+    }
+
+    /// Number of history events this replayer has seen (replayed plus new).
+    pub fn history_len(&self) -> u64 {
+        self.history_len
+    }
+
+    /// The execution number this replayer runs.
+    pub fn execution(&self) -> u32 {
+        self.execution
+    }
+
+    /// Work counters.
+    pub fn stats(&self) -> ReplayStats {
+        let mut s = self.stats;
+        s.task_polls = lock(&self.shared).slot_polls;
+        s
+    }
+
+    /// `true` once the execution has ended.
+    pub fn is_finished(&self) -> bool {
+        self.outcome.is_some()
+    }
+
+    /// Replays recorded history, re-running the code and matching every action it emits
+    /// against the recorded ones.
+    ///
+    /// # Errors
+    /// [`ReplayError::Nondeterminism`] when code and history disagree. The error is sticky.
+    pub fn handle_history(&mut self, history: &[HistoryEvent]) -> Result<(), ReplayError> {
+        self.check_error()?;
+        self.top.in_executor.store(true, Ordering::SeqCst);
+        self.set_replaying(true);
+        let result = self.replay_events(history);
+        self.set_replaying(false);
+        self.top.in_executor.store(false, Ordering::SeqCst);
+        if let Err(e) = &result {
+            self.error = Some(e.clone());
+        }
+        result
+    }
+
+    fn replay_events(&mut self, history: &[HistoryEvent]) -> Result<(), ReplayError> {
+        for ev in history {
+            self.history_len += 1;
+            self.stats.events_replayed += 1;
+            let is_end = matches!(
+                ev.event,
+                Event::ExecutionCompleted { .. } | Event::ContinuedAsNew { .. }
+            );
+            if self.outcome.is_some() && !is_end {
+                return Err(self.mismatch_finished_early(ev));
+            }
+            match &ev.event {
+                Event::OrchestratorStarted => {
+                    self.check_no_extra(ev.index, Some(&ev.event))?;
+                    self.now = self.now.max(ev.timestamp);
+                    lock(&self.shared).now = self.now;
+                }
+                e if e.action_seq().is_some() => self.match_action(ev)?,
+                Event::CustomStatusSet { status } => {
+                    self.recorded_custom_status.clone_from(status);
+                }
+                Event::ExecutionCompleted { .. } | Event::ContinuedAsNew { .. } => {
+                    self.check_no_extra(ev.index, Some(&ev.event))?;
+                    self.check_completion(ev)?;
+                    self.outcome_reported = true;
+                }
+                e => {
+                    self.check_no_extra(ev.index, Some(e))?;
+                    if self.accept(e) {
+                        self.deliver(e.clone());
+                    }
+                }
+            }
+        }
+        self.check_no_extra(self.history_len, None)?;
+        if self.outcome.is_some() && !self.outcome_reported {
+            return Err(self.mismatch_finished_at_end());
+        }
+        Ok(())
+    }
+
+    /// Starts a new episode at `now` (never earlier than the previous episode's time).
+    pub fn begin_episode(&mut self, now: Timestamp) {
+        self.now = self.now.max(now);
+        lock(&self.shared).now = self.now;
+        self.set_replaying(false);
+        if self.outcome.is_none() {
+            self.append(Event::OrchestratorStarted);
+        }
+    }
+
+    /// Handles one new message (appended to history unless it is a duplicate or stale).
+    /// Returns `false` if the message was ignored.
+    pub fn handle_message(&mut self, event: Event) -> bool {
+        if self.error.is_some() {
+            return false;
+        }
+        self.stats.messages += 1;
+        if let Some(Outcome::ContinuedAsNew { carried, .. }) = &mut self.outcome {
+            if let Event::EventRaised { name, input } = event {
+                carried.push((name, input));
+            }
+            return false;
+        }
+        if self.outcome.is_some() {
+            tracing::debug!(instance = %self.instance_id, kind = event.kind(), "message after completion ignored");
+            return false;
+        }
+        if !self.accept(&event) {
+            tracing::debug!(instance = %self.instance_id, kind = event.kind(), "duplicate or unknown completion ignored");
+            return false;
+        }
+        self.top.in_executor.store(true, Ordering::SeqCst);
+        self.append(event.clone());
+        self.deliver(event);
+        self.top.in_executor.store(false, Ordering::SeqCst);
+        true
+    }
+
+    /// Ends the episode: checks that the code is waiting on something durable and returns
+    /// what to commit. The replayer can be kept for the next episode.
+    ///
+    /// # Errors
+    /// The sticky replay error, or [`ReplayError::ForeignAwait`] when the code is blocked
+    /// on a future that no durable event can complete.
+    pub fn finish_episode(&mut self) -> Result<EpisodeResult, ReplayError> {
+        self.check_error()?;
+        if self.outcome.is_none() && self.future.is_some() {
+            let foreign = self.top.foreign.swap(false, Ordering::SeqCst);
+            if lock(&self.shared).live_waits() == 0 && self.deferred.is_empty() {
+                let e = ReplayError::ForeignAwait {
+                    instance: self.instance_id.to_string(),
+                    name: self.name.clone(),
+                    woken_from_outside: foreign,
+                };
+                self.error = Some(e.clone());
+                return Err(e);
+            }
+            if foreign {
+                tracing::warn!(
+                    instance = %self.instance_id,
+                    "orchestration was woken by something other than a durable operation \
+                     (a tokio timer, channel or IO?); use ctx.sleep, ctx.wait_for_event or an activity"
+                );
+            }
+        }
+        if let (Some(outcome), false) = (&self.outcome, self.outcome_reported) {
+            self.outcome_reported = true;
+            let outcome = outcome.clone();
+            self.record_outcome(&outcome);
+        }
+        Ok(EpisodeResult {
+            new_events: std::mem::take(&mut self.new_events),
+            commands: std::mem::take(&mut self.commands),
+            outcome: self.outcome.clone(),
+            custom_status: self.recorded_custom_status.clone(),
+            suspended: self.suspended,
+        })
+    }
+
+    fn check_error(&self) -> Result<(), ReplayError> {
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn set_replaying(&mut self, on: bool) {
+        self.replaying = on;
+        lock(&self.shared).replaying = on;
+    }
+
+    fn append(&mut self, event: Event) {
+        self.new_events.push(HistoryEvent {
+            index: self.history_len,
+            timestamp: self.now,
+            event,
+        });
+        self.history_len += 1;
+    }
+
+    /// Decides whether a message is applied: completions must answer an open action of the
+    /// right kind (duplicates and stale completions are dropped).
+    fn accept(&mut self, event: &Event) -> bool {
+        let (seq, ok): (u64, fn(&Open) -> bool) = match event {
+            Event::TaskCompleted { seq, .. } | Event::TaskFailed { seq, .. } => {
+                (*seq, |o| matches!(o, Open::Activity))
+            }
+            Event::TimerFired { seq, .. } => (*seq, |o| matches!(o, Open::Timer)),
+            Event::SubOrchestrationCompleted { seq, .. } | Event::SubOrchestrationFailed { seq, .. } => {
+                (*seq, |o| matches!(o, Open::Sub(_)))
+            }
+            Event::ExecutionStarted { .. } => return !self.started,
+            _ => return true,
+        };
+        match self.open.get(&seq) {
+            Some(o) if ok(o) => {
+                self.open.remove(&seq);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn deliver(&mut self, event: Event) {
+        let control = matches!(
+            event,
+            Event::ExecutionResumed { .. }
+                | Event::ExecutionTerminated { .. }
+                | Event::ExecutionSuspended { .. }
+        );
+        if self.suspended && !control {
+            self.deferred.push_back(event);
+            return;
+        }
+        match event {
+            Event::ExecutionStarted {
+                input,
+                parent,
+                version,
+                ..
+            } => {
+                self.started = true;
+                self.parent = parent;
+                lock(&self.shared).version = version;
+                let ctx = OrchestrationContext {
+                    shared: Arc::clone(&self.shared),
+                };
+                self.future = Some((self.run)(ctx, input));
+                self.top.woken.store(true, Ordering::SeqCst);
+            }
+            Event::TaskCompleted { seq, result } | Event::SubOrchestrationCompleted { seq, result } => {
+                lock(&self.shared).complete(seq, SlotResult::Ok(result));
+            }
+            Event::TaskFailed { seq, failure } | Event::SubOrchestrationFailed { seq, failure } => {
+                lock(&self.shared).complete(seq, SlotResult::Err(failure));
+            }
+            Event::TimerFired { seq, .. } => {
+                lock(&self.shared).complete(seq, SlotResult::Fired);
+            }
+            Event::EventRaised { name, input } => lock(&self.shared).raise(&name, input),
+            Event::ExecutionSuspended { .. } => self.suspended = true,
+            Event::ExecutionResumed { .. } => {
+                self.suspended = false;
+                while let Some(e) = self.deferred.pop_front() {
+                    self.deliver(e);
+                    if self.outcome.is_some() {
+                        break;
+                    }
+                }
+            }
+            Event::ExecutionTerminated { reason } => {
+                self.future = None;
+                self.set_outcome(Outcome::Terminated(reason));
+            }
+            _ => {}
+        }
+        self.poll();
+    }
+
+    fn set_outcome(&mut self, outcome: Outcome) {
+        if self.outcome.is_none() {
+            self.outcome = Some(outcome);
+        }
+    }
+
+    fn poll(&mut self) {
+        let mut spins = 0;
+        while self.top.woken.swap(false, Ordering::SeqCst) && self.outcome.is_none() {
+            let Some(fut) = self.future.as_mut() else {
+                return;
+            };
+            spins += 1;
+            if spins > MAX_SPINS {
+                self.set_outcome(Outcome::Failed(FailureDetails::new(
+                    "Nondeterminism",
+                    "the orchestration keeps waking itself without awaiting a durable operation",
+                )));
+                break;
+            }
+            self.stats.polls += 1;
+            let mut cx = Context::from_waker(&self.waker);
+            REPLAYING.with(|r| r.set(self.replaying));
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx)));
+            REPLAYING.with(|r| r.set(false));
+            self.drain_emitted();
+            let mut state = lock(&self.shared);
+            if let Some(f) = state.failure.take() {
+                drop(state);
+                self.set_outcome(Outcome::Failed(f));
+                break;
+            }
+            match result {
+                Err(panic) => {
+                    drop(state);
+                    let mut f = FailureDetails::from_panic(panic.as_ref());
+                    f.message = format!("orchestrator panicked: {}", f.message);
+                    self.set_outcome(Outcome::Failed(f));
+                }
+                Ok(Poll::Ready(Ok(output))) => {
+                    let limit = state.limits.max_payload_bytes;
+                    drop(state);
+                    if output.len() > limit {
+                        self.set_outcome(Outcome::Failed(
+                            FailureDetails::new(
+                                "PayloadTooLarge",
+                                format!(
+                                    "orchestration output of {} bytes exceeds the limit of {limit} bytes",
+                                    output.len()
+                                ),
+                            )
+                            .non_retriable(),
+                        ));
+                    } else {
+                        self.set_outcome(Outcome::Completed(output));
+                    }
+                }
+                Ok(Poll::Ready(Err(f))) => {
+                    drop(state);
+                    self.set_outcome(Outcome::Failed(f));
+                }
+                Ok(Poll::Pending) => {
+                    if let Some((input, version)) = state.continue_as_new.take() {
+                        let carried = state.take_unconsumed_events();
+                        drop(state);
+                        self.set_outcome(Outcome::ContinuedAsNew {
+                            input,
+                            version,
+                            carried,
+                        });
+                    } else {
+                        drop(state);
+                    }
+                }
+            }
+            self.sync_custom_status();
+        }
+        if self.outcome.is_some() {
+            self.future = None;
+            if let Some(Outcome::ContinuedAsNew { carried, .. }) = &mut self.outcome {
+                for e in self.deferred.drain(..) {
+                    if let Event::EventRaised { name, input } = e {
+                        carried.push((name, input));
+                    }
+                }
+            }
+        }
+    }
+
+    fn sync_custom_status(&mut self) {
+        if self.replaying {
+            return;
+        }
+        let current = lock(&self.shared).custom_status.clone();
+        if current != self.recorded_custom_status {
+            self.recorded_custom_status.clone_from(&current);
+            self.append(Event::CustomStatusSet { status: current });
+        }
+    }
+
+    fn drain_emitted(&mut self) {
+        let emitted = std::mem::take(&mut lock(&self.shared).emitted);
+        if emitted.is_empty() {
+            return;
+        }
+        if self.replaying {
+            self.pending_match.extend(emitted);
+            return;
+        }
+        for action in emitted {
+            self.record_action(action);
+        }
+    }
+
+    fn record_action(&mut self, action: Action) {
+        let Action {
+            seq,
+            location,
+            detail,
+        } = action;
+        let location = Some(location);
+        let (event, command) = match detail {
+            ActionDetail::Activity { name, input } => {
+                self.open.insert(seq, Open::Activity);
+                (
+                    Event::TaskScheduled {
+                        seq,
+                        name: name.clone(),
+                        input: input.clone(),
+                        location,
+                    },
+                    Command::ScheduleActivity { seq, name, input },
+                )
+            }
+            ActionDetail::Timer { fire_at } => {
+                self.open.insert(seq, Open::Timer);
+                (
+                    Event::TimerCreated {
+                        seq,
+                        fire_at,
+                        location,
+                    },
+                    Command::CreateTimer { seq, fire_at },
+                )
+            }
+            ActionDetail::SubOrchestration {
+                name,
+                instance_id,
+                input,
+                version,
+            } => {
+                self.open.insert(seq, Open::Sub(instance_id.clone()));
+                (
+                    Event::SubOrchestrationCreated {
+                        seq,
+                        name: name.clone(),
+                        instance_id: instance_id.clone(),
+                        input: input.clone(),
+                        version: version.clone(),
+                        location,
+                    },
+                    Command::StartSubOrchestration {
+                        seq,
+                        name,
+                        instance_id,
+                        input,
+                        version,
+                    },
+                )
+            }
+            ActionDetail::SendEvent {
+                instance_id,
+                name,
+                input,
+            } => (
+                Event::EventSent {
+                    seq,
+                    instance_id: instance_id.clone(),
+                    name: name.clone(),
+                    input: input.clone(),
+                    location,
+                },
+                Command::SendEvent {
+                    instance_id,
+                    name,
+                    input,
+                },
+            ),
+        };
+        self.append(event);
+        self.commands.push(command);
+    }
+
+    fn record_outcome(&mut self, outcome: &Outcome) {
+        let event = match outcome {
+            Outcome::Completed(out) => Event::ExecutionCompleted {
+                status: RuntimeStatus::Completed,
+                output: Some(out.clone()),
+                failure: None,
+            },
+            Outcome::Failed(f) => Event::ExecutionCompleted {
+                status: RuntimeStatus::Failed,
+                output: None,
+                failure: Some(f.clone()),
+            },
+            Outcome::Terminated(reason) => Event::ExecutionCompleted {
+                status: RuntimeStatus::Terminated,
+                output: Some(serde_json::Value::String(reason.clone()).to_string()),
+                failure: None,
+            },
+            Outcome::ContinuedAsNew { input, version, .. } => Event::ContinuedAsNew {
+                input: input.clone(),
+                version: version.clone(),
+            },
+        };
+        self.append(event);
+        if let Outcome::Terminated(reason) = outcome {
+            let children: Vec<InstanceId> = self
+                .open
+                .values()
+                .filter_map(|o| match o {
+                    Open::Sub(id) => Some(id.clone()),
+                    _ => None,
+                })
+                .collect();
+            for instance_id in children {
+                self.commands.push(Command::TerminateChild {
+                    instance_id,
+                    reason: reason.clone(),
+                });
+            }
+        }
+        if let Some(parent) = self.parent.clone() {
+            let event = match outcome {
+                Outcome::Completed(out) => Some(Event::SubOrchestrationCompleted {
+                    seq: parent.seq,
+                    result: out.clone(),
+                }),
+                Outcome::Failed(f) => Some(Event::SubOrchestrationFailed {
+                    seq: parent.seq,
+                    failure: f.clone(),
+                }),
+                Outcome::Terminated(reason) => Some(Event::SubOrchestrationFailed {
+                    seq: parent.seq,
+                    failure: FailureDetails::new(
+                        "Terminated",
+                        format!("sub-orchestration {} was terminated: {reason}", self.instance_id),
+                    ),
+                }),
+                Outcome::ContinuedAsNew { .. } => None,
+            };
+            if let Some(event) = event {
+                self.commands.push(Command::NotifyParent { parent, event });
+            }
+        }
+    }
+
+    fn match_action(&mut self, ev: &HistoryEvent) -> Result<(), ReplayError> {
+        let Some(action) = self.pending_match.pop_front() else {
+            return Err(self.mismatch_missing(ev));
+        };
+        let recorded_seq = ev.event.action_seq().unwrap_or(u64::MAX);
+        let recorded_kind = recorded_kind(&ev.event);
+        let now_kind = action.detail.kind();
+        if recorded_seq != action.seq || recorded_kind != now_kind {
+            return Err(self.mismatch_different(ev, &action));
+        }
+        match &ev.event {
+            Event::TaskScheduled { seq, .. } => {
+                self.open.insert(*seq, Open::Activity);
+            }
+            Event::TimerCreated { seq, .. } => {
+                self.open.insert(*seq, Open::Timer);
+            }
+            Event::SubOrchestrationCreated {
+                seq, instance_id, ..
+            } => {
+                self.open.insert(*seq, Open::Sub(instance_id.clone()));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn recorded_kind(event: &Event) -> ActionKind {
+    match event {
+        Event::TaskScheduled { name, .. } => ActionKind::Activity { name: name.clone() },
+        Event::SubOrchestrationCreated { name, .. } => {
+            ActionKind::SubOrchestration { name: name.clone() }
+        }
+        Event::EventSent { name, .. } => ActionKind::SendEvent { name: name.clone() },
+        _ => ActionKind::Timer,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,518 @@
+//! An in-memory [`Store`] with the same semantics as the durable stores (no durability).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{
+    ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, IdReusePolicy, InstancePage, InstanceQuery,
+    InstanceRecord, LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem, Store, StoreSignals,
+};
+use crate::error::{FailureDetails, StoreError};
+use crate::history::{Event, HistoryEvent, RuntimeStatus};
+use crate::ids::{InstanceId, Timestamp};
+
+/// An in-memory store: for tests, the test harness and trying things out.
+///
+/// Clones share the same data, so a "crashed" worker can be replaced by a new one on the
+/// same store.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::MemoryStore;
+/// let store = MemoryStore::new();
+/// let same = store.clone();
+/// # let _ = same;
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    data: Mutex<Data>,
+    signals: StoreSignals,
+}
+
+#[derive(Debug, Default)]
+struct Data {
+    instances: BTreeMap<String, Inst>,
+    /// Unlocked instances with messages, keyed by their earliest visibility.
+    ready: BTreeSet<(Timestamp, String)>,
+    /// Locked instances by lease expiry.
+    orch_leases: BTreeSet<(Timestamp, String)>,
+    activities: BTreeMap<(Timestamp, u64), ActivityTask>,
+    activity_leases: HashMap<u64, (ActivityTask, Timestamp, u64)>,
+    activity_lease_expiry: BTreeSet<(Timestamp, u64)>,
+    next_id: u64,
+}
+
+#[derive(Debug)]
+struct Inst {
+    record: InstanceRecord,
+    history: Vec<HistoryEvent>,
+    inbox: BTreeMap<MessageId, Message>,
+    lock: Option<(u64, Timestamp)>,
+    ready_key: Option<Timestamp>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn data(&self) -> MutexGuard<'_, Data> {
+        self.inner
+            .data
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Data {
+    fn next(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Recomputes whether `id` belongs in the ready set.
+    fn refresh_ready(&mut self, id: &str) {
+        let Some(inst) = self.instances.get_mut(id) else {
+            return;
+        };
+        if let Some(old) = inst.ready_key.take() {
+            self.ready.remove(&(old, id.to_owned()));
+        }
+        if inst.lock.is_none() {
+            if let Some((first, _)) = inst.inbox.first_key_value() {
+                inst.ready_key = Some(first.visible_at);
+                self.ready.insert((first.visible_at, id.to_owned()));
+            }
+        }
+    }
+
+    fn enqueue(&mut self, id: &str, mut message: Message) -> bool {
+        message.id.seq = self.next();
+        let Some(inst) = self.instances.get_mut(id) else {
+            return false;
+        };
+        inst.inbox.insert(message.id, message);
+        self.refresh_ready(id);
+        true
+    }
+
+    fn release_expired(&mut self, now: Timestamp) {
+        while let Some((t, id)) = self.orch_leases.first().cloned() {
+            if t > now {
+                break;
+            }
+            self.orch_leases.pop_first();
+            if let Some(inst) = self.instances.get_mut(&id) {
+                if inst.lock.is_some_and(|(_, until)| until <= now) {
+                    inst.lock = None;
+                    self.refresh_ready(&id);
+                }
+            }
+        }
+        while let Some((t, id)) = self.activity_lease_expiry.first().copied() {
+            if t > now {
+                break;
+            }
+            self.activity_lease_expiry.pop_first();
+            if let Some((task, until, _)) = self.activity_leases.get(&id) {
+                if *until <= now {
+                    let task = task.clone();
+                    self.activity_leases.remove(&id);
+                    self.activities.insert((now, id), task);
+                }
+            }
+        }
+    }
+
+    fn create(&mut self, new: NewInstance) -> Result<CreateResult, StoreError> {
+        let key = new.instance_id.as_str().to_owned();
+        let mut execution = 1;
+        if let Some(existing) = self.instances.get(&key) {
+            let finished = existing.record.status.is_terminal();
+            match (new.reuse, finished) {
+                (IdReusePolicy::DedupeRunning, false) => {
+                    return Ok(CreateResult::Existing(existing.record.clone()));
+                }
+                (IdReusePolicy::RejectExisting, _) | (_, false) => {
+                    return Err(StoreError::InstanceAlreadyExists(key));
+                }
+                _ => {}
+            }
+            execution = existing.record.execution + 1;
+            self.remove_instance(&key);
+        }
+        let start = new.start_message();
+        let record = InstanceRecord {
+            instance_id: new.instance_id,
+            name: new.name,
+            version: new.version,
+            execution,
+            status: RuntimeStatus::Pending,
+            input: new.input,
+            output: None,
+            failure: None,
+            custom_status: None,
+            created_at: new.created_at,
+            last_updated_at: new.created_at,
+            scheduled_start: new.scheduled_start,
+            parent: new.parent,
+            last_error: None,
+        };
+        self.instances.insert(
+            key.clone(),
+            Inst {
+                record,
+                history: Vec::new(),
+                inbox: BTreeMap::new(),
+                lock: None,
+                ready_key: None,
+            },
+        );
+        self.enqueue(&key, start);
+        Ok(CreateResult::Created)
+    }
+
+    fn remove_instance(&mut self, key: &str) -> bool {
+        let Some(inst) = self.instances.remove(key) else {
+            return false;
+        };
+        if let Some(t) = inst.ready_key {
+            self.ready.remove(&(t, key.to_owned()));
+        }
+        if let Some((_, until)) = inst.lock {
+            self.orch_leases.remove(&(until, key.to_owned()));
+        }
+        self.activities
+            .retain(|_, t| t.instance_id.as_str() != key);
+        self.activity_leases
+            .retain(|_, (t, _, _)| t.instance_id.as_str() != key);
+        true
+    }
+
+    fn check_lock(&self, id: &InstanceId, lock: LockToken) -> Result<(), StoreError> {
+        match self.instances.get(id.as_str()) {
+            Some(inst) if inst.lock.is_some_and(|(t, _)| t == lock.0) => Ok(()),
+            _ => Err(StoreError::LockLost(id.to_string())),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create_instance(&self, new: NewInstance) -> Result<CreateResult, StoreError> {
+        let r = self.data().create(new)?;
+        self.inner.signals.orchestration_work();
+        Ok(r)
+    }
+
+    async fn send_message(&self, instance_id: &InstanceId, message: Message) -> Result<(), StoreError> {
+        {
+            let mut d = self.data();
+            let Some(inst) = d.instances.get(instance_id.as_str()) else {
+                return Err(StoreError::InstanceNotFound(instance_id.to_string()));
+            };
+            if inst.record.status.is_terminal() {
+                return Err(StoreError::InstanceNotRunning(instance_id.to_string()));
+            }
+            d.enqueue(instance_id.as_str(), message);
+        }
+        self.inner.signals.orchestration_work();
+        Ok(())
+    }
+
+    async fn fetch_orchestration_work(
+        &self,
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> Result<Option<OrchestrationWorkItem>, StoreError> {
+        let mut d = self.data();
+        d.release_expired(now);
+        let Some((t, id)) = d.ready.first().cloned() else {
+            return Ok(None);
+        };
+        if t > now {
+            return Ok(None);
+        }
+        d.ready.remove(&(t, id.clone()));
+        let token = d.next();
+        let until = now + lock_for;
+        d.orch_leases.insert((until, id.clone()));
+        let inst = d.instances.get_mut(&id).expect("ready set only names live instances");
+        inst.ready_key = None;
+        inst.lock = Some((token, until));
+        let upper = MessageId {
+            visible_at: now,
+            seq: u64::MAX,
+        };
+        let messages: Vec<Message> = inst
+            .inbox
+            .range(..=upper)
+            .map(|(_, m)| m.clone())
+            .collect();
+        Ok(Some(OrchestrationWorkItem {
+            instance: inst.record.clone(),
+            history_len: inst.history.len() as u64,
+            messages,
+            lock: LockToken(token),
+        }))
+    }
+
+    async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError> {
+        let mut activity_work = false;
+        {
+            let mut d = self.data();
+            d.check_lock(&commit.instance_id, commit.lock)?;
+            let key = commit.instance_id.as_str().to_owned();
+            // Sub-orchestrations first: a refused child becomes a failure message to us.
+            let mut refusals = Vec::new();
+            let execution = d.instances[&key].record.execution;
+            for (seq, child) in commit.new_instances {
+                let child_id = child.instance_id.clone();
+                if let Err(e) = d.create(child) {
+                    refusals.push(Message::new(
+                        Event::SubOrchestrationFailed {
+                            seq,
+                            failure: FailureDetails::new(
+                                "SubOrchestrationNotCreated",
+                                format!("could not create sub-orchestration `{child_id}`: {e}"),
+                            ),
+                        },
+                        Some(execution),
+                        commit.now,
+                    ));
+                }
+            }
+            let inst = d.instances.get_mut(&key).expect("lock check proved the instance exists");
+            for id in &commit.consumed {
+                inst.inbox.remove(id);
+            }
+            inst.history.extend(commit.new_events);
+            let r = &mut inst.record;
+            r.status = commit.status;
+            r.output = commit.output;
+            r.failure = commit.failure;
+            r.custom_status = commit.custom_status;
+            r.last_updated_at = commit.now;
+            r.last_error = None;
+            if let Some(next) = &commit.next_execution {
+                inst.history.clear();
+                r.execution += 1;
+                r.input.clone_from(&next.input);
+                r.version.clone_from(&next.version);
+                r.status = RuntimeStatus::ContinuedAsNew;
+                r.output = None;
+                r.failure = None;
+            }
+            let (_, until) = inst.lock.take().expect("lock checked above");
+            d.orch_leases.remove(&(until, key.clone()));
+            if let Some(next) = commit.next_execution {
+                for m in next.messages {
+                    d.enqueue(&key, m);
+                }
+            }
+            for m in refusals {
+                d.enqueue(&key, m);
+            }
+            for task in commit.activities {
+                let id = d.next();
+                d.activities.insert((commit.now, id), task);
+                activity_work = true;
+            }
+            for (target, m) in commit.messages {
+                if !d.enqueue(target.as_str(), m) {
+                    tracing::debug!(target = %target, "message to unknown instance dropped");
+                }
+            }
+            d.refresh_ready(&key);
+        }
+        if activity_work {
+            self.inner.signals.activity_work();
+        }
+        self.inner.signals.orchestration_work();
+        Ok(())
+    }
+
+    async fn abandon_episode(
+        &self,
+        instance_id: &InstanceId,
+        lock: LockToken,
+        retry_at: Timestamp,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
+        {
+            let mut d = self.data();
+            d.check_lock(instance_id, lock)?;
+            let key = instance_id.as_str().to_owned();
+            let inst = d.instances.get_mut(&key).expect("lock check proved the instance exists");
+            let (_, until) = inst.lock.take().expect("lock checked above");
+            inst.record.last_error = error;
+            // Delay the messages by re-keying them to retry_at.
+            let msgs: Vec<Message> = std::mem::take(&mut inst.inbox).into_values().collect();
+            for mut m in msgs {
+                if m.id.visible_at < retry_at {
+                    m.id.visible_at = retry_at;
+                }
+                inst.inbox.insert(m.id, m);
+            }
+            d.orch_leases.remove(&(until, key.clone()));
+            d.refresh_ready(&key);
+        }
+        self.inner.signals.orchestration_work();
+        Ok(())
+    }
+
+    async fn fetch_activity_work(
+        &self,
+        now: Timestamp,
+        lock_for: Duration,
+        max: usize,
+    ) -> Result<Vec<ActivityWorkItem>, StoreError> {
+        let mut d = self.data();
+        d.release_expired(now);
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(entry) = d.activities.first_entry() else {
+                break;
+            };
+            if entry.key().0 > now {
+                break;
+            }
+            let ((_, id), task) = entry.remove_entry();
+            let token = d.next();
+            let until = now + lock_for;
+            d.activity_leases.insert(id, (task.clone(), until, token));
+            d.activity_lease_expiry.insert((until, id));
+            out.push(ActivityWorkItem {
+                id,
+                task,
+                lock: LockToken(token),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn complete_activity(&self, id: u64, lock: LockToken, result: Message) -> Result<(), StoreError> {
+        {
+            let mut d = self.data();
+            let Some((task, until, token)) = d.activity_leases.get(&id).cloned() else {
+                return Err(StoreError::LockLost(format!("activity task {id}")));
+            };
+            if token != lock.0 {
+                return Err(StoreError::LockLost(format!("activity task {id}")));
+            }
+            d.activity_leases.remove(&id);
+            d.activity_lease_expiry.remove(&(until, id));
+            let key = task.instance_id.as_str();
+            let running = d
+                .instances
+                .get(key)
+                .is_some_and(|i| !i.record.status.is_terminal());
+            if running {
+                d.enqueue(key, result);
+            }
+        }
+        self.inner.signals.orchestration_work();
+        Ok(())
+    }
+
+    async fn abandon_activity(&self, id: u64, lock: LockToken, retry_at: Timestamp) -> Result<(), StoreError> {
+        {
+            let mut d = self.data();
+            let Some((task, until, token)) = d.activity_leases.get(&id).cloned() else {
+                return Err(StoreError::LockLost(format!("activity task {id}")));
+            };
+            if token != lock.0 {
+                return Err(StoreError::LockLost(format!("activity task {id}")));
+            }
+            d.activity_leases.remove(&id);
+            d.activity_lease_expiry.remove(&(until, id));
+            d.activities.insert((retry_at, id), task);
+        }
+        self.inner.signals.activity_work();
+        Ok(())
+    }
+
+    async fn next_wake_time(&self) -> Result<Option<Timestamp>, StoreError> {
+        let d = self.data();
+        let candidates = [
+            d.ready.first().map(|(t, _)| *t),
+            d.orch_leases.first().map(|(t, _)| *t),
+            d.activities.first_key_value().map(|((t, _), _)| *t),
+            d.activity_lease_expiry.first().map(|(t, _)| *t),
+        ];
+        Ok(candidates.into_iter().flatten().min())
+    }
+
+    async fn read_instance(&self, instance_id: &InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
+        Ok(self
+            .data()
+            .instances
+            .get(instance_id.as_str())
+            .map(|i| i.record.clone()))
+    }
+
+    async fn read_history(&self, instance_id: &InstanceId) -> Result<Vec<HistoryEvent>, StoreError> {
+        Ok(self
+            .data()
+            .instances
+            .get(instance_id.as_str())
+            .map(|i| i.history.clone())
+            .unwrap_or_default())
+    }
+
+    async fn query_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError> {
+        let d = self.data();
+        let page = query.effective_page_size();
+        let start = match (&query.continuation, &query.id_prefix) {
+            (Some(c), _) => Bound::Excluded(c.clone()),
+            (None, Some(p)) => Bound::Included(p.clone()),
+            (None, None) => Bound::Unbounded,
+        };
+        let mut instances = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        for (key, inst) in d.instances.range((start, Bound::Unbounded)) {
+            if let Some(p) = &query.id_prefix {
+                if !key.starts_with(p.as_str()) {
+                    break;
+                }
+            }
+            if !query.matches(&inst.record) {
+                continue;
+            }
+            if instances.len() == page {
+                more = true;
+                break;
+            }
+            instances.push(inst.record.clone());
+            last = Some(key.clone());
+        }
+        Ok(InstancePage {
+            instances,
+            continuation: if more { last } else { None },
+        })
+    }
+
+    async fn purge_instance(&self, instance_id: &InstanceId) -> Result<bool, StoreError> {
+        let removed = self.data().remove_instance(instance_id.as_str());
+        if removed {
+            self.inner.signals.changed.send_modify(|v| *v = v.wrapping_add(1));
+        }
+        Ok(removed)
+    }
+
+    fn signals(&self) -> &StoreSignals {
+        &self.inner.signals
+    }
+}

@@ -1,0 +1,458 @@
+//! Storage: the [`Store`] trait every backend implements, and the in-memory store.
+//!
+//! A store keeps, per instance, a record (status, input, output, custom status), an
+//! append-only history and an inbox of messages; plus a queue of activity tasks. The
+//! operations are few, atomic and batch-friendly: an episode's whole effect is one
+//! [`Store::commit_episode`]. Stores know nothing about replay.
+
+mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+
+use crate::error::{FailureDetails, StoreError};
+use crate::history::{Event, HistoryEvent, ParentRef, Payload, RuntimeStatus};
+use crate::ids::{InstanceId, Timestamp};
+
+pub use memory::MemoryStore;
+
+/// What a store knows about one instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct InstanceRecord {
+    /// Instance id.
+    pub instance_id: InstanceId,
+    /// Orchestrator name.
+    pub name: String,
+    /// Version stamped at start.
+    pub version: Option<String>,
+    /// Execution number; grows with continue-as-new and id reuse.
+    pub execution: u32,
+    /// Current status.
+    pub status: RuntimeStatus,
+    /// JSON input of the current execution.
+    pub input: Payload,
+    /// JSON output, once completed (or the reason, once terminated).
+    pub output: Option<Payload>,
+    /// Failure details, once failed.
+    pub failure: Option<FailureDetails>,
+    /// JSON custom status.
+    pub custom_status: Option<Payload>,
+    /// When the instance was created.
+    pub created_at: Timestamp,
+    /// Last change.
+    pub last_updated_at: Timestamp,
+    /// Scheduled start time, if any.
+    pub scheduled_start: Option<Timestamp>,
+    /// Parent, for sub-orchestrations.
+    pub parent: Option<ParentRef>,
+    /// Why the instance is stuck (non-determinism, unknown orchestrator, version mismatch).
+    pub last_error: Option<String>,
+}
+
+/// What to do when an instance id is already taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum IdReusePolicy {
+    /// Replace a finished instance; reject if it is still running (Durable Functions' default).
+    #[default]
+    ReplaceFinished,
+    /// Reject whenever the id exists.
+    RejectExisting,
+    /// Replace a finished instance; return the existing one if it is still running
+    /// (deduplicated start).
+    DedupeRunning,
+}
+
+/// A new instance to create.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct NewInstance {
+    /// Instance id.
+    pub instance_id: InstanceId,
+    /// Orchestrator name.
+    pub name: String,
+    /// Version to stamp.
+    pub version: Option<String>,
+    /// JSON input.
+    pub input: Payload,
+    /// Start no earlier than this.
+    pub scheduled_start: Option<Timestamp>,
+    /// Parent, for sub-orchestrations.
+    pub parent: Option<ParentRef>,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// What to do if the id exists.
+    pub reuse: IdReusePolicy,
+}
+
+impl NewInstance {
+    /// A new instance with default options.
+    pub fn new(instance_id: InstanceId, name: impl Into<String>, input: Payload, created_at: Timestamp) -> Self {
+        Self {
+            instance_id,
+            name: name.into(),
+            version: None,
+            input,
+            scheduled_start: None,
+            parent: None,
+            created_at,
+            reuse: IdReusePolicy::default(),
+        }
+    }
+
+    /// The `ExecutionStarted` message that begins this instance.
+    pub fn start_message(&self) -> Message {
+        Message::new(
+            Event::ExecutionStarted {
+                name: self.name.clone(),
+                version: self.version.clone(),
+                input: self.input.clone(),
+                parent: self.parent.clone(),
+                scheduled_start: self.scheduled_start,
+            },
+            None,
+            self.scheduled_start.unwrap_or(self.created_at),
+        )
+    }
+}
+
+/// What [`Store::create_instance`] did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum CreateResult {
+    /// A new instance (or a replacement of a finished one) was created.
+    Created,
+    /// The id belongs to a running instance and the policy deduplicates: nothing changed.
+    Existing(InstanceRecord),
+}
+
+/// Orders messages in an inbox: by visibility time, then arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct MessageId {
+    /// When the message becomes visible.
+    pub visible_at: Timestamp,
+    /// Store-assigned arrival number.
+    pub seq: u64,
+}
+
+/// A message in an instance's inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Message {
+    /// Assigned by the store on enqueue.
+    pub id: MessageId,
+    /// The event to deliver.
+    pub event: Event,
+    /// For completions: the execution they belong to (stale ones are dropped).
+    pub execution: Option<u32>,
+}
+
+impl Message {
+    /// A message visible from `visible_at`.
+    pub fn new(event: Event, execution: Option<u32>, visible_at: Timestamp) -> Self {
+        Self {
+            id: MessageId { visible_at, seq: 0 },
+            event,
+            execution,
+        }
+    }
+}
+
+/// A lease on a work item; commits with a stale token are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LockToken(pub u64);
+
+/// An instance with visible messages, locked for one episode.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct OrchestrationWorkItem {
+    /// The instance.
+    pub instance: InstanceRecord,
+    /// Length of its current history (the worker's cache uses it to detect staleness).
+    pub history_len: u64,
+    /// Visible messages, in order.
+    pub messages: Vec<Message>,
+    /// The lease.
+    pub lock: LockToken,
+}
+
+/// An activity task to enqueue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ActivityTask {
+    /// The orchestration that scheduled it.
+    pub instance_id: InstanceId,
+    /// Its execution.
+    pub execution: u32,
+    /// Action sequence number.
+    pub seq: u64,
+    /// Activity name.
+    pub name: String,
+    /// JSON input.
+    pub input: Payload,
+}
+
+/// A leased activity task.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ActivityWorkItem {
+    /// Store id of the task.
+    pub id: u64,
+    /// The task.
+    pub task: ActivityTask,
+    /// The lease.
+    pub lock: LockToken,
+}
+
+/// Starting the next execution after continue-as-new.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct NextExecution {
+    /// Input of the next execution.
+    pub input: Payload,
+    /// Version of the next execution.
+    pub version: Option<String>,
+    /// Messages the new execution starts with: `ExecutionStarted`, then carried events.
+    pub messages: Vec<Message>,
+}
+
+/// Everything one episode changes, applied atomically by [`Store::commit_episode`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EpisodeCommit {
+    /// The instance.
+    pub instance_id: InstanceId,
+    /// The lease from the work item.
+    pub lock: LockToken,
+    /// Messages handled in this episode (removed from the inbox).
+    pub consumed: Vec<MessageId>,
+    /// Events appended to history.
+    pub new_events: Vec<HistoryEvent>,
+    /// New status.
+    pub status: RuntimeStatus,
+    /// Output (completed / terminated).
+    pub output: Option<Payload>,
+    /// Failure (failed).
+    pub failure: Option<FailureDetails>,
+    /// Custom status.
+    pub custom_status: Option<Payload>,
+    /// Commit time.
+    pub now: Timestamp,
+    /// Activities to enqueue.
+    pub activities: Vec<ActivityTask>,
+    /// Messages to enqueue: to this instance (timers) or others.
+    pub messages: Vec<(InstanceId, Message)>,
+    /// Sub-orchestrations to create. If a child id is taken by a running instance, the
+    /// store delivers `SubOrchestrationFailed` to this instance instead.
+    pub new_instances: Vec<(u64, NewInstance)>,
+    /// Set for continue-as-new: history is reset and the next execution begins.
+    pub next_execution: Option<NextExecution>,
+}
+
+impl EpisodeCommit {
+    /// An empty commit for `instance_id` under `lock`.
+    pub fn new(instance_id: InstanceId, lock: LockToken, status: RuntimeStatus, now: Timestamp) -> Self {
+        Self {
+            instance_id,
+            lock,
+            consumed: Vec::new(),
+            new_events: Vec::new(),
+            status,
+            output: None,
+            failure: None,
+            custom_status: None,
+            now,
+            activities: Vec::new(),
+            messages: Vec::new(),
+            new_instances: Vec::new(),
+            next_execution: None,
+        }
+    }
+}
+
+/// Filters for [`Store::query_instances`].
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct InstanceQuery {
+    /// Only these statuses (empty: all).
+    pub statuses: Vec<RuntimeStatus>,
+    /// Only this orchestrator name.
+    pub name: Option<String>,
+    /// Created at or after.
+    pub created_from: Option<Timestamp>,
+    /// Created at or before.
+    pub created_to: Option<Timestamp>,
+    /// Instance ids starting with this prefix.
+    pub id_prefix: Option<String>,
+    /// Page size (0: default 100).
+    pub page_size: usize,
+    /// Continuation token from the previous page.
+    pub continuation: Option<String>,
+}
+
+impl InstanceQuery {
+    /// All instances, 100 per page.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Only these statuses.
+    pub fn statuses(mut self, statuses: impl IntoIterator<Item = RuntimeStatus>) -> Self {
+        self.statuses = statuses.into_iter().collect();
+        self
+    }
+    /// Only this orchestrator name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// Created in `[from, to]`.
+    pub fn created_between(mut self, from: Option<Timestamp>, to: Option<Timestamp>) -> Self {
+        self.created_from = from;
+        self.created_to = to;
+        self
+    }
+    /// Ids with this prefix.
+    pub fn id_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.id_prefix = Some(prefix.into());
+        self
+    }
+    /// Page size.
+    pub fn page_size(mut self, n: usize) -> Self {
+        self.page_size = n;
+        self
+    }
+    /// Continue after a previous page.
+    pub fn continuation(mut self, token: Option<String>) -> Self {
+        self.continuation = token;
+        self
+    }
+
+    /// `true` if `r` passes the filters (paging aside).
+    pub fn matches(&self, r: &InstanceRecord) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&r.status))
+            && self.name.as_ref().is_none_or(|n| *n == r.name)
+            && self.created_from.is_none_or(|t| r.created_at >= t)
+            && self.created_to.is_none_or(|t| r.created_at <= t)
+            && self
+                .id_prefix
+                .as_ref()
+                .is_none_or(|p| r.instance_id.as_str().starts_with(p.as_str()))
+    }
+
+    /// The effective page size.
+    pub fn effective_page_size(&self) -> usize {
+        if self.page_size == 0 { 100 } else { self.page_size.min(10_000) }
+    }
+}
+
+/// One page of query results.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct InstancePage {
+    /// The instances, ordered by id.
+    pub instances: Vec<InstanceRecord>,
+    /// Token for the next page; `None` on the last page.
+    pub continuation: Option<String>,
+}
+
+/// Wake-ups a store gives to dispatchers and waiting clients, so nothing polls.
+#[derive(Debug)]
+pub struct StoreSignals {
+    /// Orchestration work may be available.
+    pub orchestration: Notify,
+    /// Activity work may be available.
+    pub activity: Notify,
+    /// Some instance changed (bumped on every commit and control message).
+    pub changed: watch::Sender<u64>,
+}
+
+impl Default for StoreSignals {
+    fn default() -> Self {
+        Self {
+            orchestration: Notify::new(),
+            activity: Notify::new(),
+            changed: watch::channel(0).0,
+        }
+    }
+}
+
+impl StoreSignals {
+    /// Signals new orchestration work and a state change.
+    pub fn orchestration_work(&self) {
+        self.orchestration.notify_one();
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+    /// Signals new activity work.
+    pub fn activity_work(&self) {
+        self.activity.notify_one();
+    }
+}
+
+/// A durable store of instances, histories, inboxes and activity tasks.
+///
+/// Every operation is atomic. An implementation must pass the conformance tests in
+/// `durable-core/tests/store.rs`.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Creates an instance (record + `ExecutionStarted` in its inbox), following the id-reuse
+    /// policy.
+    async fn create_instance(&self, new: NewInstance) -> Result<CreateResult, StoreError>;
+
+    /// Enqueues a message for an instance. Fails with `InstanceNotFound`, or with
+    /// `InstanceNotRunning` when the instance is finished.
+    async fn send_message(&self, instance_id: &InstanceId, message: Message) -> Result<(), StoreError>;
+
+    /// Leases the next instance with messages visible at `now`.
+    async fn fetch_orchestration_work(&self, now: Timestamp, lock_for: Duration)
+    -> Result<Option<OrchestrationWorkItem>, StoreError>;
+
+    /// Applies an episode atomically. Fails with `LockLost` if the lease is no longer held.
+    async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError>;
+
+    /// Releases a lease without changes; the messages become visible again at `retry_at`.
+    /// `error` is shown in the instance's status.
+    async fn abandon_episode(
+        &self,
+        instance_id: &InstanceId,
+        lock: LockToken,
+        retry_at: Timestamp,
+        error: Option<String>,
+    ) -> Result<(), StoreError>;
+
+    /// Leases up to `max` activity tasks visible at `now`.
+    async fn fetch_activity_work(
+        &self,
+        now: Timestamp,
+        lock_for: Duration,
+        max: usize,
+    ) -> Result<Vec<ActivityWorkItem>, StoreError>;
+
+    /// Removes a leased activity task and enqueues its result to the instance, atomically.
+    async fn complete_activity(&self, id: u64, lock: LockToken, result: Message) -> Result<(), StoreError>;
+
+    /// Returns a leased activity task to the queue, visible again at `retry_at`.
+    async fn abandon_activity(&self, id: u64, lock: LockToken, retry_at: Timestamp) -> Result<(), StoreError>;
+
+    /// The earliest future time at which work becomes visible (a timer, a delayed message,
+    /// an expiring lease), for dispatchers to sleep until.
+    async fn next_wake_time(&self) -> Result<Option<Timestamp>, StoreError>;
+
+    /// Reads an instance record.
+    async fn read_instance(&self, instance_id: &InstanceId) -> Result<Option<InstanceRecord>, StoreError>;
+
+    /// Reads the history of the instance's current execution.
+    async fn read_history(&self, instance_id: &InstanceId) -> Result<Vec<HistoryEvent>, StoreError>;
+
+    /// Lists instances matching a query, ordered by id, one page at a time.
+    async fn query_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError>;
+
+    /// Removes every trace of an instance. Returns `false` if it did not exist.
+    async fn purge_instance(&self, instance_id: &InstanceId) -> Result<bool, StoreError>;
+
+    /// The store's wake-up signals.
+    fn signals(&self) -> &StoreSignals;
+}

@@ -1,0 +1,137 @@
+//! The activity dispatcher: lease activity tasks, run them (a panic becomes a failure), and
+//! hand each result to its orchestration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::Inner;
+use crate::error::FailureDetails;
+use crate::history::Event;
+use crate::registry::ActivityContext;
+use crate::storage::{ActivityWorkItem, Message};
+
+pub(crate) async fn dispatch(inner: Arc<Inner>) {
+    let mut running = JoinSet::new();
+    let mut shutdown = inner.shutdown.clone();
+    loop {
+        while running.try_join_next().is_some() {}
+        if inner.is_shutting_down() {
+            break;
+        }
+        // Wait for at least one free slot, then take as many as are free.
+        let Ok(first) = Arc::clone(&inner.activity_slots).acquire_owned().await else {
+            break;
+        };
+        let extra = inner.activity_slots.available_permits();
+        let notified = inner.store.signals().activity.notified();
+        let now = inner.clock.now();
+        match inner
+            .store
+            .fetch_activity_work(now, inner.options.activity_lock, 1 + extra)
+            .await
+        {
+            Ok(items) if !items.is_empty() => {
+                let mut first = Some(first);
+                for item in items {
+                    let permit = match first.take() {
+                        Some(p) => p,
+                        None => match Arc::clone(&inner.activity_slots).try_acquire_owned() {
+                            Ok(p) => p,
+                            Err(_) => Arc::clone(&inner.activity_slots)
+                                .acquire_owned()
+                                .await
+                                .expect("the semaphore is never closed"),
+                        },
+                    };
+                    let inner = Arc::clone(&inner);
+                    let span = tracing::info_span!("activity", name = %item.task.name, instance = %item.task.instance_id, seq = item.task.seq);
+                    running.spawn(
+                        async move {
+                            run_activity(&inner, item).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
+                }
+            }
+            Ok(_) => {
+                drop(first);
+                let next = inner.store.next_wake_time().await.ok().flatten();
+                let sleep = async {
+                    match next {
+                        Some(t) => inner.clock.sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = notified => {}
+                    () = sleep => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            Err(e) => {
+                drop(first);
+                tracing::error!(error = %e, "fetching activity work failed");
+                let retry = inner.clock.now() + Duration::from_millis(500);
+                tokio::select! {
+                    () = inner.clock.sleep_until(retry) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+    while running.join_next().await.is_some() {}
+}
+
+async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
+    let task = &item.task;
+    let result = match inner.registry.activity(&task.name) {
+        None => Err(FailureDetails::new(
+            "UnknownActivity",
+            format!("no activity named `{}` is registered on this worker", task.name),
+        )),
+        Some(f) => {
+            let ctx = ActivityContext {
+                instance_id: task.instance_id.clone(),
+                name: task.name.clone(),
+                seq: task.seq,
+            };
+            // Run on its own task so a panic is caught and reported, not fatal.
+            match tokio::spawn(f(ctx, task.input.clone())).await {
+                Ok(r) => r,
+                Err(join) if join.is_panic() => {
+                    let mut f = FailureDetails::from_panic(join.into_panic().as_ref());
+                    f.message = format!("activity `{}` panicked: {}", task.name, f.message);
+                    Err(f)
+                }
+                Err(_) => Err(FailureDetails::new("Cancelled", "the activity task was cancelled")),
+            }
+        }
+    };
+    let limit = inner.options.limits.max_payload_bytes;
+    let event = match result {
+        Ok(out) if out.len() > limit => Event::TaskFailed {
+            seq: task.seq,
+            failure: FailureDetails::new(
+                "PayloadTooLarge",
+                format!("activity output of {} bytes exceeds the limit of {limit} bytes", out.len()),
+            )
+            .non_retriable(),
+        },
+        Ok(out) => Event::TaskCompleted {
+            seq: task.seq,
+            result: out,
+        },
+        Err(failure) => Event::TaskFailed {
+            seq: task.seq,
+            failure,
+        },
+    };
+    let message = Message::new(event, Some(task.execution), inner.clock.now());
+    if let Err(e) = inner.store.complete_activity(item.id, item.lock, message).await {
+        tracing::warn!(error = %e, "activity result not recorded; the task will run again");
+    }
+}

@@ -1,0 +1,374 @@
+//! The orchestration dispatcher: lease an instance, run one episode, commit it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::{Inner, VersionMatch, VersionMismatchAction};
+use crate::error::{FailureDetails, StoreError};
+use crate::history::{Event, ParentRef, RuntimeStatus};
+use crate::ids::{InstanceId, Timestamp};
+use crate::replay::{Command, EpisodeResult, Outcome, Replayer};
+use crate::storage::{EpisodeCommit, IdReusePolicy, Message, NewInstance, NextExecution, OrchestrationWorkItem};
+
+/// Runs until shutdown: fetch work, spawn episodes, sleep until the next due time.
+pub(crate) async fn dispatch(inner: Arc<Inner>) {
+    let mut running = JoinSet::new();
+    let mut shutdown = inner.shutdown.clone();
+    loop {
+        while running.try_join_next().is_some() {}
+        if inner.is_shutting_down() {
+            break;
+        }
+        let Ok(permit) = Arc::clone(&inner.orch_slots).acquire_owned().await else {
+            break;
+        };
+        let signals = inner.store.signals();
+        let notified = signals.orchestration.notified();
+        let now = inner.clock.now();
+        match inner
+            .store
+            .fetch_orchestration_work(now, inner.options.orchestration_lock)
+            .await
+        {
+            Ok(Some(item)) => {
+                let inner = Arc::clone(&inner);
+                let span = tracing::info_span!("episode", instance = %item.instance.instance_id, name = %item.instance.name);
+                running.spawn(
+                    async move {
+                        run_episode(&inner, item).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+            Ok(None) => {
+                drop(permit);
+                let next = inner.store.next_wake_time().await.ok().flatten();
+                let sleep = async {
+                    match next {
+                        Some(t) => inner.clock.sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = notified => {}
+                    () = sleep => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            Err(e) => {
+                drop(permit);
+                tracing::error!(error = %e, "fetching orchestration work failed");
+                let retry = inner.clock.now() + Duration::from_millis(500);
+                tokio::select! {
+                    () = inner.clock.sleep_until(retry) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+    while running.join_next().await.is_some() {}
+}
+
+fn lock_cache<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why an episode could not run; the instance is left as it is and retried later.
+enum Stuck {
+    Error(String),
+    Store(StoreError),
+}
+
+async fn run_episode(inner: &Inner, item: OrchestrationWorkItem) {
+    let id = item.instance.instance_id.clone();
+    let lock = item.lock;
+    match try_episode(inner, item).await {
+        Ok(()) => {
+            lock_cache(&inner.stuck).remove(&id);
+        }
+        Err(Stuck::Store(StoreError::LockLost(_))) => {
+            tracing::warn!(instance = %id, "lease lost; episode discarded");
+            evict(inner, &id);
+        }
+        Err(Stuck::Store(e)) => {
+            tracing::error!(instance = %id, error = %e, "episode commit failed");
+            evict(inner, &id);
+            let retry_at = inner.clock.now() + Duration::from_millis(500);
+            let _ = inner.store.abandon_episode(&id, lock, retry_at, Some(e.to_string())).await;
+        }
+        Err(Stuck::Error(msg)) => {
+            evict(inner, &id);
+            let attempts = {
+                let mut stuck = lock_cache(&inner.stuck);
+                let n = stuck.entry(id.clone()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let backoff = Duration::from_millis(250u64.saturating_mul(1u64 << attempts.min(16)))
+                .min(inner.options.max_stuck_backoff);
+            tracing::error!(instance = %id, attempts, retry_in = ?backoff, "{msg}");
+            let retry_at = inner.clock.now() + backoff;
+            if let Err(e) = inner.store.abandon_episode(&id, lock, retry_at, Some(msg)).await {
+                tracing::warn!(instance = %id, error = %e, "could not abandon episode");
+            }
+        }
+    }
+}
+
+fn evict(inner: &Inner, id: &InstanceId) {
+    if let Some(c) = lock_cache(&inner.cache).as_mut() {
+        c.pop(id);
+    }
+}
+
+fn version_allowed(inner: &Inner, version: Option<&str>) -> bool {
+    let mine = inner.options.version.as_deref();
+    match inner.options.version_match {
+        VersionMatch::Any => true,
+        VersionMatch::Strict => version == mine,
+        VersionMatch::CurrentOrOlder => match (version, mine) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(v), Some(m)) => compare_versions(v, m) != std::cmp::Ordering::Greater,
+        },
+    }
+}
+
+/// Compares dotted versions numerically where both parts are numbers (`1.10 > 1.9`).
+pub(crate) fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    let mut pa = a.split('.');
+    let mut pb = b.split('.');
+    loop {
+        match (pa.next(), pb.next()) {
+            (None, None) => return std::cmp::Ordering::Equal,
+            (Some(_), None) => return std::cmp::Ordering::Greater,
+            (None, Some(_)) => return std::cmp::Ordering::Less,
+            (Some(x), Some(y)) => {
+                let ord = match (x.parse::<u64>(), y.parse::<u64>()) {
+                    (Ok(x), Ok(y)) => x.cmp(&y),
+                    _ => x.cmp(y),
+                };
+                if ord != std::cmp::Ordering::Equal {
+                    return ord;
+                }
+            }
+        }
+    }
+}
+
+async fn try_episode(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), Stuck> {
+    let OrchestrationWorkItem {
+        instance,
+        history_len,
+        mut messages,
+        lock,
+    } = item;
+    let id = instance.instance_id.clone();
+    let now = inner.clock.now();
+
+    // The start of an execution is always delivered first.
+    messages.sort_by_key(|m| !matches!(m.event, Event::ExecutionStarted { .. }));
+
+    if instance.status.is_terminal() {
+        // Late messages to a finished instance are consumed and dropped.
+        let mut commit = EpisodeCommit::new(id.clone(), lock, instance.status, now);
+        commit.consumed = messages.iter().map(|m| m.id).collect();
+        commit.output.clone_from(&instance.output);
+        commit.failure.clone_from(&instance.failure);
+        commit.custom_status.clone_from(&instance.custom_status);
+        commit.now = instance.last_updated_at;
+        return inner.store.commit_episode(commit).await.map_err(Stuck::Store);
+    }
+
+    if !version_allowed(inner, instance.version.as_deref()) {
+        let msg = format!(
+            "instance version {:?} does not match this worker's version {:?} ({:?})",
+            instance.version, inner.options.version, inner.options.version_match
+        );
+        if inner.options.on_version_mismatch == VersionMismatchAction::LeavePending {
+            return Err(Stuck::Error(msg));
+        }
+        let mut commit = EpisodeCommit::new(id.clone(), lock, RuntimeStatus::Failed, now);
+        commit.consumed = messages.iter().map(|m| m.id).collect();
+        commit.failure = Some(FailureDetails::new("VersionMismatch", msg).non_retriable());
+        return inner.store.commit_episode(commit).await.map_err(Stuck::Store);
+    }
+
+    let Some(entry) = inner.registry.orchestrator(&instance.name) else {
+        return Err(Stuck::Error(format!(
+            "no orchestrator named `{}` is registered on this worker; the instance stays pending until a worker that knows it picks it up",
+            instance.name
+        )));
+    };
+
+    let cached = lock_cache(&inner.cache)
+        .as_mut()
+        .and_then(|c| c.pop(&id))
+        .filter(|r| r.execution() == instance.execution && r.history_len() == history_len);
+    let mut replayer = if let Some(r) = cached {
+        r
+    } else {
+        let history = inner.store.read_history(&id).await.map_err(Stuck::Store)?;
+        let mut r = Replayer::new(
+            id.clone(),
+            instance.execution,
+            &instance.name,
+            Arc::clone(&entry.run),
+            inner.options.limits.clone(),
+        );
+        r.handle_history(&history)
+            .map_err(|e| Stuck::Error(e.to_string()))?;
+        r
+    };
+
+    replayer.begin_episode(now);
+    let mut consumed = Vec::with_capacity(messages.len());
+    for m in messages {
+        consumed.push(m.id);
+        if m.execution.is_some_and(|e| e != instance.execution) {
+            tracing::debug!(instance = %id, kind = m.event.kind(), "message for an earlier execution dropped");
+            continue;
+        }
+        replayer.handle_message(m.event);
+    }
+    let result = replayer
+        .finish_episode()
+        .map_err(|e| Stuck::Error(e.to_string()))?;
+    let finished = result.outcome.is_some();
+    let commit = build_commit(&instance, lock, now, consumed, result);
+    inner.store.commit_episode(commit).await.map_err(Stuck::Store)?;
+    if !finished {
+        if let Some(c) = lock_cache(&inner.cache).as_mut() {
+            c.put(id, replayer);
+        }
+    }
+    Ok(())
+}
+
+fn build_commit(
+    instance: &crate::storage::InstanceRecord,
+    lock: crate::storage::LockToken,
+    now: Timestamp,
+    consumed: Vec<crate::storage::MessageId>,
+    result: EpisodeResult,
+) -> EpisodeCommit {
+    let id = &instance.instance_id;
+    let execution = instance.execution;
+    let status = match &result.outcome {
+        Some(o) => o.status(),
+        None if result.suspended => RuntimeStatus::Suspended,
+        None => RuntimeStatus::Running,
+    };
+    let mut commit = EpisodeCommit::new(id.clone(), lock, status, now);
+    commit.consumed = consumed;
+    commit.new_events = result.new_events;
+    commit.custom_status = result.custom_status;
+    match result.outcome {
+        Some(Outcome::Completed(out)) => commit.output = Some(out),
+        Some(Outcome::Failed(f)) => commit.failure = Some(f),
+        Some(Outcome::Terminated(reason)) => {
+            commit.output = Some(serde_json::Value::String(reason).to_string());
+        }
+        Some(Outcome::ContinuedAsNew {
+            input,
+            version,
+            carried,
+        }) => {
+            let mut messages = vec![Message::new(
+                Event::ExecutionStarted {
+                    name: instance.name.clone(),
+                    version: version.clone(),
+                    input: input.clone(),
+                    parent: instance.parent.clone(),
+                    scheduled_start: None,
+                },
+                None,
+                now,
+            )];
+            messages.extend(
+                carried
+                    .into_iter()
+                    .map(|(name, input)| Message::new(Event::EventRaised { name, input }, None, now)),
+            );
+            commit.next_execution = Some(NextExecution {
+                input,
+                version,
+                messages,
+            });
+        }
+        None => {}
+    }
+    for c in result.commands {
+        match c {
+            Command::ScheduleActivity { seq, name, input } => {
+                commit.activities.push(crate::storage::ActivityTask {
+                    instance_id: id.clone(),
+                    execution,
+                    seq,
+                    name,
+                    input,
+                });
+            }
+            Command::CreateTimer { seq, fire_at } => commit.messages.push((
+                id.clone(),
+                Message::new(Event::TimerFired { seq, fire_at }, Some(execution), fire_at),
+            )),
+            Command::StartSubOrchestration {
+                seq,
+                name,
+                instance_id,
+                input,
+                version,
+            } => {
+                let mut child = NewInstance::new(instance_id, name, input, now);
+                child.version = version;
+                child.reuse = IdReusePolicy::ReplaceFinished;
+                child.parent = Some(ParentRef {
+                    instance_id: id.clone(),
+                    execution,
+                    seq,
+                });
+                commit.new_instances.push((seq, child));
+            }
+            Command::SendEvent {
+                instance_id,
+                name,
+                input,
+            } => commit.messages.push((
+                instance_id,
+                Message::new(Event::EventRaised { name, input }, None, now),
+            )),
+            Command::NotifyParent { parent, event } => {
+                let execution = Some(parent.execution);
+                commit
+                    .messages
+                    .push((parent.instance_id, Message::new(event, execution, now)));
+            }
+            Command::TerminateChild {
+                instance_id,
+                reason,
+            } => commit.messages.push((
+                instance_id,
+                Message::new(Event::ExecutionTerminated { reason }, None, now),
+            )),
+        }
+    }
+    commit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compare_versions;
+    use std::cmp::Ordering;
+
+    #[test]
+    fn versions_compare_numerically() {
+        assert_eq!(compare_versions("1.10", "1.9"), Ordering::Greater);
+        assert_eq!(compare_versions("2.0", "2.0"), Ordering::Equal);
+        assert_eq!(compare_versions("1.0", "1.0.1"), Ordering::Less);
+    }
+}

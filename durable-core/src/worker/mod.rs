@@ -1,0 +1,342 @@
+//! The IO shell: dispatchers that lease work from the store, run episodes through the replay
+//! executor and activities through the registry, and commit the results.
+//!
+//! This is the only module that spawns, awaits the store or sleeps (through [`Clock`]).
+
+mod activity;
+mod episode;
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::client::Client;
+use crate::clock::{Clock, SystemClock};
+use crate::context::Limits;
+use crate::error::BuildError;
+use crate::ids::InstanceId;
+use crate::registry::{Activity, ActivityRegistration, Orchestrator, OrchestratorRegistration, Registration, Registry};
+use crate::replay::Replayer;
+use crate::storage::Store;
+
+/// How a worker treats instances stamped with another version than its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum VersionMatch {
+    /// Run every instance regardless of version.
+    #[default]
+    Any,
+    /// Run only instances of exactly the worker's version.
+    Strict,
+    /// Run instances of the worker's version or older.
+    CurrentOrOlder,
+}
+
+/// What a worker does with an instance whose version it may not run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum VersionMismatchAction {
+    /// Leave it pending (another worker may run it); the status shows why.
+    #[default]
+    LeavePending,
+    /// Fail it.
+    Fail,
+}
+
+/// Tuning knobs of a [`Worker`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WorkerOptions {
+    /// Episodes run at once. Default 32.
+    pub max_concurrent_orchestrations: usize,
+    /// Activities run at once. Default 64.
+    pub max_concurrent_activities: usize,
+    /// Live orchestrations kept in memory between episodes. Default 10,000.
+    pub cache_capacity: usize,
+    /// Lease on an instance during an episode. Default 60 s.
+    pub orchestration_lock: Duration,
+    /// Lease on an activity task while it runs. Default 5 min.
+    pub activity_lock: Duration,
+    /// Payload and action limits.
+    pub limits: Limits,
+    /// Version stamped on new instances started through this worker's client.
+    pub version: Option<String>,
+    /// Which instance versions this worker runs.
+    pub version_match: VersionMatch,
+    /// What happens to instances it may not run.
+    pub on_version_mismatch: VersionMismatchAction,
+    /// Longest back-off before a stuck episode (non-determinism, unknown name) is retried.
+    pub max_stuck_backoff: Duration,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            max_concurrent_orchestrations: 32,
+            max_concurrent_activities: 64,
+            cache_capacity: 10_000,
+            orchestration_lock: Duration::from_secs(60),
+            activity_lock: Duration::from_secs(300),
+            limits: Limits::default(),
+            version: None,
+            version_match: VersionMatch::Any,
+            on_version_mismatch: VersionMismatchAction::LeavePending,
+            max_stuck_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Builds a [`Worker`]: store, registrations, clock and options.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::prelude::*;
+///
+/// # #[derive(Clone, Copy)] struct Double;
+/// # impl Orchestrator for Double {
+/// #     const NAME: &'static str = "double";
+/// #     type Input = i64; type Output = i64; type Error = OrchestrationError;
+/// #     async fn run(_ctx: OrchestrationContext, x: i64) -> Result<i64, OrchestrationError> { Ok(x * 2) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let worker = Worker::builder()
+///     .store(MemoryStore::new())
+///     .orchestrator(Double)
+///     .start()?;
+/// let client = worker.client();
+/// let run = client.start(Double, 21).await?;
+/// assert_eq!(run.wait().await?, 42);
+/// worker.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default)]
+pub struct WorkerBuilder {
+    store: Option<Arc<dyn Store>>,
+    registry: Registry,
+    clock: Option<Arc<dyn Clock>>,
+    options: WorkerOptions,
+}
+
+impl WorkerBuilder {
+    /// The store to run on.
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// The store to run on, shared.
+    pub fn store_arc(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Registers anything the macros generate (activity or orchestrator markers).
+    pub fn register(mut self, r: impl Registration) -> Self {
+        self.registry.register(r);
+        self
+    }
+
+    /// Registers an activity implemented by hand.
+    pub fn activity<A: Activity>(self, activity: A) -> Self {
+        self.register(ActivityRegistration(activity))
+    }
+
+    /// Registers an orchestrator implemented by hand.
+    pub fn orchestrator<O: Orchestrator>(self, orchestrator: O) -> Self {
+        self.register(OrchestratorRegistration(orchestrator))
+    }
+
+    /// Uses a complete registry (replacing registrations made so far).
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// The clock (default: [`SystemClock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Replaces all options.
+    pub fn options(mut self, options: WorkerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Sets the live-orchestration cache size (0 disables caching: every episode replays).
+    pub fn cache_capacity(mut self, n: usize) -> Self {
+        self.options.cache_capacity = n;
+        self
+    }
+
+    /// Sets concurrency limits.
+    pub fn concurrency(mut self, orchestrations: usize, activities: usize) -> Self {
+        self.options.max_concurrent_orchestrations = orchestrations.max(1);
+        self.options.max_concurrent_activities = activities.max(1);
+        self
+    }
+
+    /// Sets payload and action limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.options.limits = limits;
+        self
+    }
+
+    /// Sets the worker's version and how it treats other versions.
+    pub fn version(mut self, version: impl Into<String>, matching: VersionMatch, on_mismatch: VersionMismatchAction) -> Self {
+        self.options.version = Some(version.into());
+        self.options.version_match = matching;
+        self.options.on_version_mismatch = on_mismatch;
+        self
+    }
+
+    /// Starts the dispatchers on the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`BuildError::MissingStore`] without a store; [`BuildError::DuplicateName`] when two
+    /// registrations share a name.
+    pub fn start(self) -> Result<Worker, BuildError> {
+        let store = self.store.ok_or(BuildError::MissingStore)?;
+        self.registry.validate()?;
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let registry = Arc::new(self.registry);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let cache = NonZeroUsize::new(self.options.cache_capacity).map(lru::LruCache::new);
+        let client = Client::from_parts(
+            Arc::clone(&store),
+            Some(Arc::clone(&registry)),
+            Arc::clone(&clock),
+            self.options.limits.clone(),
+            self.options.version.clone(),
+        );
+        let inner = Arc::new(Inner {
+            orch_slots: Arc::new(Semaphore::new(self.options.max_concurrent_orchestrations)),
+            activity_slots: Arc::new(Semaphore::new(self.options.max_concurrent_activities)),
+            store,
+            registry,
+            clock,
+            options: self.options,
+            cache: Mutex::new(cache),
+            stuck: Mutex::new(HashMap::new()),
+            shutdown: shutdown_rx,
+        });
+        let tasks = vec![
+            tokio::spawn(episode::dispatch(Arc::clone(&inner))),
+            tokio::spawn(activity::dispatch(Arc::clone(&inner))),
+        ];
+        Ok(Worker {
+            inner,
+            client,
+            tasks,
+            shutdown: shutdown_tx,
+        })
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) options: WorkerOptions,
+    pub(crate) cache: Mutex<Option<lru::LruCache<InstanceId, Replayer>>>,
+    pub(crate) stuck: Mutex<HashMap<InstanceId, u32>>,
+    pub(crate) orch_slots: Arc<Semaphore>,
+    pub(crate) activity_slots: Arc<Semaphore>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+impl Inner {
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// A running worker: dispatchers for orchestration episodes, activities and timers.
+///
+/// Dropping a worker aborts its dispatchers; call [`Worker::shutdown`] to let in-flight
+/// work finish first.
+pub struct Worker {
+    inner: Arc<Inner>,
+    client: Client,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("registry", &self.inner.registry)
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A builder.
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder::default()
+    }
+
+    /// A client on the same store, knowing this worker's registrations (so starting an
+    /// unknown orchestrator is rejected at once).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Number of live orchestrations in the cache.
+    pub fn cached_instances(&self) -> usize {
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, lru::LruCache::len)
+    }
+
+    /// Replay work counters summed over cached instances, for tests and benchmarks.
+    pub fn cached_stats(&self, instance_id: &InstanceId) -> Option<crate::replay::ReplayStats> {
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+            .and_then(|c| c.peek(instance_id).map(Replayer::stats))
+    }
+
+    /// Stops taking new work, waits for in-flight episodes and activities to finish, then
+    /// stops the dispatchers.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+        let orch = self.inner.options.max_concurrent_orchestrations as u32;
+        let act = self.inner.options.max_concurrent_activities as u32;
+        let _ = self.inner.orch_slots.acquire_many(orch).await;
+        let _ = self.inner.activity_slots.acquire_many(act).await;
+    }
+
+    /// Stops everything at once without waiting or releasing leases — as if the process
+    /// crashed. Leased work becomes available again when its lease expires.
+    pub fn abort(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
