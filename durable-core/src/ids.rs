@@ -38,6 +38,7 @@ impl InstanceId {
     }
 
     /// Wraps an id that may use the `@` prefix reserved for system instances (entities).
+    #[allow(dead_code, reason = "entity instance ids (`@name@key`) are built with it")]
     pub(crate) fn new_system(id: impl Into<String>) -> Result<Self, InvalidInstanceId> {
         let id = id.into();
         validate_instance_id(&id, true)?;

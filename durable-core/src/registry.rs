@@ -40,6 +40,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///         Ok(format!("Hello {name}!"))
 ///     }
 /// }
+/// # let _ = SayHello;
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an activity",
@@ -85,6 +86,7 @@ pub trait Activity: Send + Sync + 'static {
 ///         Ok(x * 2)
 ///     }
 /// }
+/// # let _ = Double;
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an orchestrator",
