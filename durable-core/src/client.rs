@@ -383,7 +383,7 @@ impl<O> std::fmt::Debug for InstanceHandle<O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InstanceHandle")
             .field("instance_id", &self.instance_id)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

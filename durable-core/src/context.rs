@@ -535,13 +535,11 @@ impl OrchestrationContext {
     ) -> TaskFuture<T> {
         self.emit_slot(location, |s| {
             s.check_payload("sub-orchestration input", &payload)?;
-            let instance_id = match instance_id {
-                Some(id) => id,
-                None => {
-                    let candidate = format!("{}:{}", s.instance_id, s.next_seq);
-                    InstanceId::new(candidate).unwrap_or_else(|_| InstanceId::random_from_seed(&s.instance_id, s.next_seq))
-                }
-            };
+            let instance_id = instance_id.unwrap_or_else(|| {
+                let candidate = format!("{}:{}", s.instance_id, s.next_seq);
+                InstanceId::new(candidate)
+                    .unwrap_or_else(|_| InstanceId::random_from_seed(&s.instance_id, s.next_seq))
+            });
             Ok(ActionDetail::SubOrchestration {
                 name: name.to_owned(),
                 instance_id,

@@ -362,6 +362,7 @@ pub fn from_json(json: &str) -> Result<Vec<HistoryEvent>, serde_json::Error> {
 }
 
 /// Renders a history one event per line, for assertion messages and logs.
+#[allow(clippy::match_same_arms, reason = "one arm per event kind reads best")]
 pub fn pretty(history: &[HistoryEvent]) -> String {
     use std::fmt::Write;
     let mut out = String::new();

@@ -173,6 +173,7 @@ impl Timestamp {
 
     /// Formats as RFC 3339 / ISO 8601 in UTC with millisecond precision
     /// (`2024-05-01T12:00:00.000Z`), the shape Durable Functions' HTTP API uses.
+    #[allow(clippy::many_single_char_names, clippy::cast_possible_wrap)]
     pub fn to_rfc3339(self) -> String {
         let ms = self.0 % 1000;
         let secs = self.0 / 1000;

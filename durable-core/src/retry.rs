@@ -103,7 +103,9 @@ impl RetryPolicy {
                 return None;
             }
         }
-        let factor = self.backoff_coefficient.powi(attempt.saturating_sub(1) as i32);
+        let factor = self
+            .backoff_coefficient
+            .powi(i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX));
         let secs = self.first_interval.as_secs_f64() * factor;
         let delay = if secs.is_finite() && secs < self.max_interval.as_secs_f64() {
             Duration::from_secs_f64(secs)

@@ -122,6 +122,7 @@ impl NewInstance {
 
 /// What [`Store::create_instance`] did.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant, reason = "returned once per start; boxing buys nothing")]
 #[non_exhaustive]
 pub enum CreateResult {
     /// A new instance (or a replacement of a finished one) was created.

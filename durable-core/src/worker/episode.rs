@@ -303,61 +303,66 @@ fn build_commit(
         None => {}
     }
     for c in result.commands {
-        match c {
-            Command::ScheduleActivity { seq, name, input } => {
-                commit.activities.push(crate::storage::ActivityTask {
-                    instance_id: id.clone(),
-                    execution,
-                    seq,
-                    name,
-                    input,
-                });
-            }
-            Command::CreateTimer { seq, fire_at } => commit.messages.push((
-                id.clone(),
-                Message::new(Event::TimerFired { seq, fire_at }, Some(execution), fire_at),
-            )),
-            Command::StartSubOrchestration {
-                seq,
-                name,
-                instance_id,
-                input,
-                version,
-            } => {
-                let mut child = NewInstance::new(instance_id, name, input, now);
-                child.version = version;
-                child.reuse = IdReusePolicy::ReplaceFinished;
-                child.parent = Some(ParentRef {
-                    instance_id: id.clone(),
-                    execution,
-                    seq,
-                });
-                commit.new_instances.push((seq, child));
-            }
-            Command::SendEvent {
-                instance_id,
-                name,
-                input,
-            } => commit.messages.push((
-                instance_id,
-                Message::new(Event::EventRaised { name, input }, None, now),
-            )),
-            Command::NotifyParent { parent, event } => {
-                let execution = Some(parent.execution);
-                commit
-                    .messages
-                    .push((parent.instance_id, Message::new(event, execution, now)));
-            }
-            Command::TerminateChild {
-                instance_id,
-                reason,
-            } => commit.messages.push((
-                instance_id,
-                Message::new(Event::ExecutionTerminated { reason }, None, now),
-            )),
-        }
+        apply_command(&mut commit, id, execution, now, c);
     }
     commit
+}
+
+/// Turns one replay command into part of the store commit.
+fn apply_command(commit: &mut EpisodeCommit, id: &InstanceId, execution: u32, now: Timestamp, c: Command) {
+    match c {
+        Command::ScheduleActivity { seq, name, input } => {
+            commit.activities.push(crate::storage::ActivityTask {
+                instance_id: id.clone(),
+                execution,
+                seq,
+                name,
+                input,
+            });
+        }
+        Command::CreateTimer { seq, fire_at } => commit.messages.push((
+            id.clone(),
+            Message::new(Event::TimerFired { seq, fire_at }, Some(execution), fire_at),
+        )),
+        Command::StartSubOrchestration {
+            seq,
+            name,
+            instance_id,
+            input,
+            version,
+        } => {
+            let mut child = NewInstance::new(instance_id, name, input, now);
+            child.version = version;
+            child.reuse = IdReusePolicy::ReplaceFinished;
+            child.parent = Some(ParentRef {
+                instance_id: id.clone(),
+                execution,
+                seq,
+            });
+            commit.new_instances.push((seq, child));
+        }
+        Command::SendEvent {
+            instance_id,
+            name,
+            input,
+        } => commit.messages.push((
+            instance_id,
+            Message::new(Event::EventRaised { name, input }, None, now),
+        )),
+        Command::NotifyParent { parent, event } => {
+            let execution = Some(parent.execution);
+            commit
+                .messages
+                .push((parent.instance_id, Message::new(event, execution, now)));
+        }
+        Command::TerminateChild {
+            instance_id,
+            reason,
+        } => commit.messages.push((
+            instance_id,
+            Message::new(Event::ExecutionTerminated { reason }, None, now),
+        )),
+    }
 }
 
 #[cfg(test)]

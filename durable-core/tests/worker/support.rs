@@ -93,17 +93,15 @@ pub async fn wait_until(
             changes.changed().await.unwrap();
         }
     };
-    match tokio::time::timeout(GUARD, check).await {
-        Ok(v) => v,
-        Err(_) => {
-            let r = store.read_instance(id).await.unwrap();
-            let h = store.read_history(id).await.unwrap();
-            panic!(
-                "gave up waiting for {what}\nrecord: {r:#?}\nhistory:\n{}",
-                history::pretty(&h)
-            );
-        }
+    if let Ok(v) = tokio::time::timeout(GUARD, check).await {
+        return v;
     }
+    let r = store.read_instance(id).await.unwrap();
+    let h = store.read_history(id).await.unwrap();
+    panic!(
+        "gave up waiting for {what}\nrecord: {r:#?}\nhistory:\n{}",
+        history::pretty(&h)
+    );
 }
 
 /// Waits until the instance's history has at least `n` events of kind `kind`.

@@ -1,0 +1,70 @@
+//! The demo: runs the durable patterns end to end and prints what happens.
+//!
+//! ```text
+//! cargo run -p examples --bin demo
+//! ```
+
+use std::time::Duration;
+
+use durable_core::prelude::*;
+use examples::approval::{APPROVAL_EVENT, ApprovalFlow, ApprovalRequest, Decision};
+use examples::chaining::HelloSequence;
+use examples::fan_out::WordCount;
+use examples::monitor::{JobMonitor, MonitorInput};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let worker = examples::register_all(Worker::builder().store(MemoryStore::new())).start()?;
+    let client = worker.client();
+
+    println!("== 1. chaining");
+    let run = client
+        .start(HelloSequence, vec!["Tokyo".into(), "Seattle".into(), "London".into()])
+        .await?;
+    println!("   started {}", run.id());
+    println!("   -> {:?}", run.wait().await?);
+
+    println!("== 2. fan-out/fan-in");
+    let docs: Vec<String> = (1..=100).map(|i| "lorem ipsum ".repeat(i)).collect();
+    let run = client.start(WordCount, docs).await?;
+    println!("   started {} over 100 documents in parallel", run.id());
+    println!("   -> {} words", run.wait().await?);
+
+    println!("== 4. monitor");
+    let input = MonitorInput {
+        done_on: 3,
+        interval_ms: 200,
+        deadline_ms: 10_000,
+    };
+    let run = client.start(JobMonitor, input).await?;
+    println!("   started {} (polls on a durable timer)", run.id());
+    println!("   -> {}", run.wait().await?);
+
+    println!("== 5. human interaction");
+    let req = ApprovalRequest {
+        item: "purchase order 42".into(),
+        timeout_hours: 72,
+    };
+    let run = client.start(ApprovalFlow, req).await?;
+    println!("   started {}; waiting up to 72h for `{APPROVAL_EVENT}`", run.id());
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while run.status().await.map(|s| s.status) != Ok(RuntimeStatus::Running) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await?;
+    run.raise(
+        APPROVAL_EVENT,
+        &Decision {
+            approved: true,
+            by: "ada".into(),
+        },
+    )
+    .await?;
+    println!("   raised `{APPROVAL_EVENT}`");
+    println!("   -> {}", run.wait().await?);
+
+    worker.shutdown().await;
+    println!("all patterns completed");
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Each pattern, run on the real engine with a manual clock.
+
+use std::time::Duration;
+
+use durable_core::prelude::*;
+use durable_core::{Clock, Store};
+use durable_testing::ManualClock;
+use examples::approval::{APPROVAL_EVENT, ApprovalFlow, ApprovalRequest, Decision};
+use examples::chaining::HelloSequence;
+use examples::fan_out::WordCount;
+use examples::monitor::{JobMonitor, MonitorInput};
+
+fn env() -> (Worker, Client, ManualClock, MemoryStore) {
+    let clock = ManualClock::default();
+    let store = MemoryStore::new();
+    let worker = examples::register_all(Worker::builder().store(store.clone()).clock(clock.as_clock()))
+        .start()
+        .unwrap();
+    let client = worker.client();
+    (worker, client, clock, store)
+}
+
+/// Waits (woken by store changes) until the instance's history holds `n` events of `kind`.
+async fn wait_for(store: &MemoryStore, id: &InstanceId, kind: &str, n: usize) {
+    let mut changes = store.signals().changed.subscribe();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let h = store.read_history(id).await.unwrap();
+            if h.iter().filter(|e| e.event.kind() == kind).count() >= n {
+                return;
+            }
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("engine made progress");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaining_greets_in_order() {
+    let (_w, client, _c, _s) = env();
+    let run = client.start(HelloSequence, vec!["A".into(), "B".into()]).await.unwrap();
+    assert_eq!(run.wait().await.unwrap(), ["Hello A!", "Hello B!"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_sums_every_document() {
+    let (_w, client, _c, _s) = env();
+    let docs: Vec<String> = (1..=50).map(|i| "w ".repeat(i)).collect();
+    let run = client.start(WordCount, docs).await.unwrap();
+    assert_eq!(run.wait().await.unwrap(), (1..=50).sum::<usize>());
+    let h = run.history().await.unwrap();
+    assert_eq!(h.iter().filter(|e| e.event.kind() == "TaskScheduled").count(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_backs_off_and_gives_up_at_the_deadline() {
+    let (_w, client, clock, store) = env();
+    let input = MonitorInput {
+        done_on: 100,
+        interval_ms: 60_000,
+        deadline_ms: 600_000,
+    };
+    let run = client.start(JobMonitor, input).await.unwrap();
+    // Intervals 1, 2, 4, 4, 4 minutes... until the 10-minute deadline.
+    for (i, minutes) in [1u64, 2, 4].into_iter().enumerate() {
+        wait_for(&store, run.id(), "TimerCreated", i + 1).await;
+        clock.advance(Duration::from_secs(minutes * 60));
+    }
+    assert_eq!(run.wait().await.unwrap(), "gave up after 4 checks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_is_answered_or_escalates_after_72_hours() {
+    let (_w, client, clock, store) = env();
+    let req = || ApprovalRequest {
+        item: "po-1".into(),
+        timeout_hours: 72,
+    };
+    let run = client.start(ApprovalFlow, req()).await.unwrap();
+    wait_for(&store, run.id(), "TimerCreated", 1).await;
+    let decision = Decision {
+        approved: false,
+        by: "bob".into(),
+    };
+    run.raise(APPROVAL_EVENT, &decision).await.unwrap();
+    assert_eq!(run.wait().await.unwrap(), "po-1 rejected by bob");
+
+    let t0 = clock.now();
+    let run = client.start(ApprovalFlow, req()).await.unwrap();
+    wait_for(&store, run.id(), "TimerCreated", 1).await;
+    clock.advance(Duration::from_secs(72 * 3600));
+    assert_eq!(run.wait().await.unwrap(), "po-1 escalated after 72h");
+    let h = run.history().await.unwrap();
+    let notified = h.iter().filter(|e| e.event.kind() == "TaskCompleted").count();
+    assert_eq!(notified, 2, "request and escalation were both sent");
+    assert!(clock.now() >= t0 + Duration::from_secs(72 * 3600));
+}
