@@ -139,6 +139,10 @@ impl Client {
     ) -> Result<InstanceHandle<O::Output>, ClientError> {
         let _ = orchestrator;
         let payload = encode(&input)?;
+        let mut options = options;
+        if options.version.is_none() {
+            options.version = O::VERSION.map(str::to_owned);
+        }
         let id = self.start_raw(O::NAME, &payload, options).await?;
         Ok(self.handle(id))
     }

@@ -51,6 +51,8 @@
 #![doc(test(attr(deny(warnings))))]
 #![deny(clippy::disallowed_methods)]
 
+#[doc(hidden)]
+pub mod __private;
 pub mod client;
 pub mod clock;
 pub mod context;
@@ -63,6 +65,85 @@ pub mod replay;
 pub mod retry;
 pub mod storage;
 pub mod worker;
+
+/// Defines an activity from an `async fn`: a unit of real work (IO, side effects), run at
+/// least once, whose result is recorded in history.
+///
+/// `#[activity] async fn name(input: I) -> Result<O, E>` generates a typed marker `name`
+/// (a unit struct implementing [`Activity`]) that orchestrations call with
+/// `ctx.call(name, input)` and workers register with `.register(name)`. The body stays
+/// callable directly: `name::run(input).await`. An [`ActivityContext`] may come first.
+/// `E` is any `std::error::Error` or [`ActivityError`]; its type, message and cause chain
+/// are recorded. `#[activity(name = "charge_v2")]` sets the durable name.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::prelude::*;
+///
+/// /// Greets someone.
+/// #[activity]
+/// async fn greet(name: String) -> Result<String, ActivityError> {
+///     Ok(format!("Hello {name}!"))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // The body is plain Rust, testable without the runtime:
+/// assert_eq!(greet::run("Ada".into()).await.unwrap(), "Hello Ada!");
+/// assert_eq!(<greet as Activity>::NAME, "greet");
+/// # }
+/// ```
+pub use durable_macros::activity;
+
+/// Defines an orchestrator from an `async fn` taking the [`OrchestrationContext`] first.
+///
+/// `#[orchestrator] async fn name(ctx: OrchestrationContext, input: I) -> Result<O, E>`
+/// generates a typed marker `name` implementing [`Orchestrator`] and a typed client proxy:
+/// `name::start(&client, input)`, `name::start_with(&client, input, options)` and
+/// `name::handle(&client, id)`, all returning [`InstanceHandle<O>`].
+///
+/// Arguments: `name = ".."` (durable name), `version = ".."` (stamped on new instances),
+/// `allow_nondeterminism` (turns off the determinism lint), `crate = path`.
+///
+/// The body is checked for well-known non-deterministic calls — `SystemTime::now`,
+/// `Instant::now`, `Utc::now`, `Uuid::new_v4`, `rand`, `tokio::spawn`, `tokio::time::sleep`,
+/// `std::thread::sleep`, `std::env::var`, file and network IO, `unsafe` blocks — each a compile
+/// error naming the replay-safe replacement (`ctx.now()`, `ctx.new_guid()`, `ctx.sleep(..)`,
+/// an activity).
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::prelude::*;
+///
+/// #[activity]
+/// async fn greet(name: String) -> Result<String, ActivityError> {
+///     Ok(format!("Hello {name}!"))
+/// }
+///
+/// #[orchestrator]
+/// async fn hello_cities(ctx: OrchestrationContext, cities: Vec<String>) -> Result<Vec<String>, OrchestrationError> {
+///     let mut out = Vec::new();
+///     for city in cities {
+///         out.push(ctx.call(greet, city).await?);
+///     }
+///     Ok(out)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let worker = Worker::builder()
+///     .store(MemoryStore::new())
+///     .register(greet)
+///     .register(hello_cities)
+///     .start()?;
+/// let run = hello_cities::start(&worker.client(), vec!["Oslo".into()]).await?;
+/// assert_eq!(run.wait().await?, ["Hello Oslo!"]);
+/// # worker.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub use durable_macros::orchestrator;
 
 pub use client::{Client, InstanceHandle, PurgeResult, StartOptions};
 pub use clock::{Clock, SystemClock};
@@ -81,7 +162,7 @@ pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, Wor
 /// Everything orchestration, activity and worker code usually needs.
 pub mod prelude {
     pub use crate::{
-        Activity, ActivityContext, ActivityError, Client, ClientError, Either, FailureDetails,
+        activity, orchestrator, Activity, ActivityContext, ActivityError, Client, ClientError, Either, FailureDetails,
         IdReusePolicy, InstanceHandle, InstanceId, MemoryStore, OrchestrationContext,
         OrchestrationError, Orchestrator, RetryPolicy, RuntimeStatus, StartOptions, TaskError,
         Timestamp, Worker, select, when_all, when_any,

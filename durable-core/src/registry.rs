@@ -95,6 +95,9 @@ pub trait Activity: Send + Sync + 'static {
 pub trait Orchestrator: Send + Sync + 'static {
     /// The durable name recorded in history.
     const NAME: &'static str;
+    /// The version new instances are stamped with when the start does not name one
+    /// (`#[orchestrator(version = "..")]`); `None` uses the worker's version.
+    const VERSION: Option<&'static str> = None;
     /// Input type (serialized as JSON).
     type Input: Serialize + DeserializeOwned + Send + 'static;
     /// Output type (serialized as JSON).

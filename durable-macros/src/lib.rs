@@ -1,4 +1,30 @@
-//! Procedural macros for `durable`: `#[orchestrator]`, `#[activity]` and `#[entity]`.
-//!
-//! The macros land in a later milestone; this crate already exists so the workspace layout
-//! is fixed and `durable-core` can re-export it.
+//! Procedural macros for `durable`: `#[activity]` and `#[orchestrator]` turn ordinary
+//! `async fn`s into typed durable definitions. Use them through `durable_core`
+//! (`use durable_core::prelude::*;`), whose docs carry the examples.
+
+mod args;
+mod ast;
+mod errors;
+mod expand;
+mod lint;
+
+use proc_macro::TokenStream;
+
+/// Turns `async fn name(input: I) -> Result<O, E>` (optionally taking an
+/// `ActivityContext` first) into a typed activity marker named `name`.
+///
+/// See `durable_core::activity` for the full documentation.
+#[proc_macro_attribute]
+pub fn activity(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::run(args::Kind::Activity, attr.into(), item.into()).into()
+}
+
+/// Turns `async fn name(ctx: OrchestrationContext, input: I) -> Result<O, E>` into a typed
+/// orchestrator marker named `name` with a client proxy (`name::start(&client, input)`),
+/// and rejects non-deterministic calls in its body.
+///
+/// See `durable_core::orchestrator` for the full documentation.
+#[proc_macro_attribute]
+pub fn orchestrator(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::run(args::Kind::Orchestrator, attr.into(), item.into()).into()
+}

@@ -1,0 +1,182 @@
+//! Parsing of macro arguments: `#[activity(name = "..")]`,
+//! `#[orchestrator(name = "..", version = "..", allow_nondeterminism)]`.
+
+use proc_macro2::Span;
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::{Ident, LitStr, Path, Token};
+
+/// Which macro the arguments belong to; decides the valid keys.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Activity,
+    Orchestrator,
+}
+
+impl Kind {
+    pub(crate) fn attr(self) -> &'static str {
+        match self {
+            Kind::Activity => "#[activity]",
+            Kind::Orchestrator => "#[orchestrator]",
+        }
+    }
+
+    fn valid(self) -> &'static [&'static str] {
+        match self {
+            Kind::Activity => &["name", "crate"],
+            Kind::Orchestrator => &["name", "version", "allow_nondeterminism", "crate"],
+        }
+    }
+}
+
+/// One `key`, `key = value` item, kept with its spans for error reporting.
+pub(crate) struct Arg {
+    pub(crate) key: Ident,
+    pub(crate) value: Option<syn::Expr>,
+}
+
+impl Parse for Arg {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let key = if input.peek(Token![crate]) {
+            let t: Token![crate] = input.parse()?;
+            Ident::new("crate", t.span)
+        } else {
+            input.parse::<Ident>()?
+        };
+        let value = if input.peek(Token![=]) {
+            input.parse::<Token![=]>()?;
+            Some(input.parse::<syn::Expr>()?)
+        } else {
+            None
+        };
+        Ok(Arg { key, value })
+    }
+}
+
+/// The validated arguments.
+#[derive(Default)]
+pub(crate) struct Args {
+    pub(crate) name: Option<LitStr>,
+    pub(crate) version: Option<LitStr>,
+    pub(crate) allow_nondeterminism: bool,
+    pub(crate) krate: Option<Path>,
+}
+
+/// Parses and validates attribute arguments, accumulating every problem.
+pub(crate) fn parse(kind: Kind, tokens: proc_macro2::TokenStream, errors: &mut crate::errors::Errors) -> Args {
+    let mut args = Args::default();
+    if tokens.is_empty() {
+        return args;
+    }
+    let list = match syn::parse::Parser::parse2(Punctuated::<Arg, Token![,]>::parse_terminated, tokens) {
+        Ok(l) => l,
+        Err(e) => {
+            errors.push_error(syn::Error::new(
+                e.span(),
+                format!(
+                    "malformed {} arguments; expected a comma-separated list of: {}",
+                    kind.attr(),
+                    kind.valid().join(", ")
+                ),
+            ));
+            return args;
+        }
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for arg in list {
+        let key = arg.key.to_string();
+        if !kind.valid().contains(&key.as_str()) {
+            errors.push(
+                &arg.key,
+                format!(
+                    "unknown {} argument `{key}`; expected one of: {}",
+                    kind.attr(),
+                    kind.valid().join(", ")
+                ),
+            );
+            continue;
+        }
+        if seen.contains(&key) {
+            errors.push(&arg.key, format!("duplicate {} argument `{key}`", kind.attr()));
+            continue;
+        }
+        seen.push(key.clone());
+        match key.as_str() {
+            "name" | "version" => match string_value(&arg) {
+                Ok(lit) => {
+                    if key == "name" {
+                        if let Err(msg) = check_name(&lit.value()) {
+                            errors.push(&lit, msg);
+                        }
+                        args.name = Some(lit);
+                    } else {
+                        if lit.value().trim().is_empty() {
+                            errors.push(&lit, "`version` must be a non-empty string literal, e.g. `version = \"2\"`");
+                        }
+                        args.version = Some(lit);
+                    }
+                }
+                Err(e) => errors.push_error(e),
+            },
+            "allow_nondeterminism" => {
+                if let Some(v) = &arg.value {
+                    errors.push(v, "`allow_nondeterminism` takes no value; write `#[orchestrator(allow_nondeterminism)]`");
+                }
+                args.allow_nondeterminism = true;
+            }
+            "crate" => match &arg.value {
+                Some(syn::Expr::Path(p)) => args.krate = Some(p.path.clone()),
+                Some(syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Str(s), ..
+                })) => match s.parse::<Path>() {
+                    Ok(p) => args.krate = Some(p),
+                    Err(_) => errors.push(s, "`crate` must name a path, e.g. `crate = durable_core`"),
+                },
+                Some(other) => errors.push(other, "`crate` must name a path, e.g. `crate = durable_core`"),
+                None => errors.push(&arg.key, "`crate` needs a value, e.g. `crate = durable_core`"),
+            },
+            _ => unreachable!("checked against the valid list"),
+        }
+    }
+    args
+}
+
+fn string_value(arg: &Arg) -> syn::Result<LitStr> {
+    let key = &arg.key;
+    match &arg.value {
+        Some(syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(s), ..
+        })) => Ok(s.clone()),
+        Some(other) => Err(syn::Error::new_spanned(
+            other,
+            format!("`{key}` must be a string literal, e.g. `{key} = \"charge_card\"`"),
+        )),
+        None => Err(syn::Error::new(
+            key.span(),
+            format!("`{key}` needs a value, e.g. `{key} = \"charge_card\"`"),
+        )),
+    }
+}
+
+/// Durable names: 1–100 characters, no whitespace, `/`, `\`, `#`, `?` or `@`.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("`name` must not be empty".to_owned());
+    }
+    if name.chars().count() > 100 {
+        return Err("`name` must be at most 100 characters".to_owned());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '\\' | '#' | '?' | '@'))
+    {
+        return Err(format!(
+            "`name` must not contain {c:?}; use letters, digits, `_`, `-`, `.` or `:`"
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn call_site() -> Span {
+    Span::call_site()
+}

@@ -1,0 +1,88 @@
+//! Code generation. Codegen never validates: it runs on a checked [`Function`] model.
+
+pub(crate) mod activity;
+pub(crate) mod orchestrator;
+
+use proc_macro2::TokenStream;
+use quote::quote;
+use syn::{LitStr, Type};
+
+use crate::args::{self, Args, Kind};
+use crate::ast::{self, Function};
+use crate::errors::Errors;
+
+/// The path generated code uses for `durable_core` (overridable with `crate = ..`).
+pub(crate) fn krate(args: &Args) -> TokenStream {
+    match &args.krate {
+        Some(p) => quote!(#p),
+        None => quote!(::durable_core),
+    }
+}
+
+pub(crate) fn input_type(f: &Function) -> Type {
+    f.input
+        .as_ref()
+        .map_or_else(|| syn::parse_quote!(()), |p| (*p.ty).clone())
+}
+
+pub(crate) fn durable_name(args: &Args, f: &Function) -> LitStr {
+    args.name
+        .clone()
+        .unwrap_or_else(|| LitStr::new(&f.item.sig.ident.to_string(), f.item.sig.ident.span()))
+}
+
+/// Parses arguments and item, checks them, and expands; on any error returns the user's
+/// item unchanged followed by every error, so IDEs keep working and no follow-on errors drown
+/// the real one.
+pub(crate) fn run(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::new();
+    let args = args::parse(kind, attr, &mut errors);
+    let parsed: syn::ItemFn = match syn::parse2(item.clone()) {
+        Ok(f) => f,
+        Err(_) => {
+            errors.push_error(syn::Error::new(
+                args::call_site(),
+                format!("{} goes on an `async fn`", kind.attr()),
+            ));
+            let err = errors.finish().unwrap_err().into_compile_error();
+            return quote!(#item #err);
+        }
+    };
+    let function = ast::function(kind, parsed, &mut errors);
+    if let (Some(f), Kind::Orchestrator) = (&function, kind) {
+        if !args.allow_nondeterminism {
+            crate::lint::check(&f.item.block, &mut errors);
+        }
+    }
+    if let Err(e) = errors.finish() {
+        let err = e.into_compile_error();
+        return quote!(#item #err);
+    }
+    let function = function.expect("no errors means the model was built");
+    let out = match kind {
+        Kind::Activity => activity::expand(&args, &function),
+        Kind::Orchestrator => orchestrator::expand(&args, &function),
+    };
+    if std::env::var_os("DURABLE_MACROS_DEBUG").is_some() {
+        eprintln!("{out}");
+    }
+    out
+}
+
+/// `#[allow]`s every generated marker carries.
+pub(crate) fn marker_attrs() -> TokenStream {
+    quote! {
+        #[allow(non_camel_case_types, missing_docs, unreachable_pub)]
+        #[derive(::core::fmt::Debug, ::core::clone::Clone, ::core::marker::Copy, ::core::default::Default, ::core::cmp::PartialEq, ::core::cmp::Eq, ::core::hash::Hash)]
+    }
+}
+
+/// The user's non-doc attributes (they go on the body function).
+pub(crate) fn body_attrs(f: &Function) -> Vec<syn::Attribute> {
+    f.item
+        .attrs
+        .iter()
+        .filter(|a| !a.path().is_ident("doc"))
+        .cloned()
+        .collect()
+}
