@@ -125,7 +125,8 @@ struct Slot {
 #[derive(Debug)]
 struct Waiter {
     name: String,
-    result: Option<Payload>,
+    /// The delivered event: (arrival number, data).
+    result: Option<(u64, Payload)>,
     waker: Option<Waker>,
 }
 
@@ -207,7 +208,7 @@ impl State {
                     self.waiters.remove(name);
                 }
                 if let Some(w) = self.waiter_slots.get_mut(&id) {
-                    w.result = Some(data);
+                    w.result = Some((arrival, data));
                     if let Some(wk) = w.waker.take() {
                         wk.wake();
                     }
@@ -230,22 +231,20 @@ impl State {
             }
         }
         for w in self.waiter_slots.values_mut() {
-            if let Some(data) = w.result.take() {
-                all.push((u64::MAX, w.name.clone(), data));
+            if let Some((arrival, data)) = w.result.take() {
+                all.push((arrival, w.name.clone(), data));
             }
         }
         all.sort_by_key(|(a, _, _)| *a);
         all.into_iter().map(|(_, n, d)| (n, d)).collect()
     }
 
-    /// Number of durable futures the code is currently awaiting.
-    pub(crate) fn live_waits(&self) -> usize {
-        self.slots.values().filter(|s| s.waker.is_some()).count()
-            + self
-                .waiter_slots
-                .values()
-                .filter(|w| w.waker.is_some())
-                .count()
+    /// `true` if the code is awaiting at least one durable future. Stops at the first one
+    /// found: it runs once per episode, and counting every open slot would make a fan-out
+    /// delivered one completion per episode quadratic.
+    pub(crate) fn has_live_waits(&self) -> bool {
+        self.slots.values().any(|s| s.waker.is_some())
+            || self.waiter_slots.values().any(|w| w.waker.is_some())
     }
 
     fn next_action_seq(&mut self) -> Result<u64, FailureDetails> {
@@ -632,7 +631,7 @@ impl OrchestrationContext {
             s.buffered.remove(name);
         }
         match buffered {
-            Some((_, data)) => waiter.result = Some(data),
+            Some(delivered) => waiter.result = Some(delivered),
             None => s.waiters.entry(name.to_owned()).or_default().push_back(id),
         }
         s.waiter_slots.insert(id, waiter);
@@ -938,7 +937,7 @@ impl<T: DeserializeOwned> Future for EventFuture<T> {
         let Some(w) = s.waiter_slots.get_mut(&id) else {
             return Poll::Pending;
         };
-        if let Some(data) = w.result.take() {
+        if let Some((_, data)) = w.result.take() {
             s.waiter_slots.remove(&id);
             drop(s);
             self.done = true;
@@ -959,17 +958,17 @@ impl<T> Drop for EventFuture<T> {
             match w.result {
                 // Delivered but never consumed: hand it to the next waiter or the buffer,
                 // ahead of anything that arrived later.
-                Some(data) => {
+                Some(delivered) => {
                     let name = w.name;
                     if let Some(next) = s.waiters.get_mut(&name).and_then(VecDeque::pop_front) {
                         if let Some(nw) = s.waiter_slots.get_mut(&next) {
-                            nw.result = Some(data);
+                            nw.result = Some(delivered);
                             if let Some(wk) = nw.waker.take() {
                                 wk.wake();
                             }
                         }
                     } else {
-                        s.buffered.entry(name).or_default().push_front((0, data));
+                        s.buffered.entry(name).or_default().push_front(delivered);
                     }
                 }
                 None => {

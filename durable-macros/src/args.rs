@@ -103,17 +103,17 @@ pub(crate) fn parse(kind: Kind, tokens: proc_macro2::TokenStream, errors: &mut c
         seen.push(key.clone());
         match key.as_str() {
             "name" | "version" => match string_value(&arg) {
-                Ok(lit) => {
+                Ok(text) => {
                     if key == "name" {
-                        if let Err(msg) = check_name(&lit.value()) {
-                            errors.push(&lit, msg);
+                        if let Err(msg) = check_name(&text.value()) {
+                            errors.push(&text, msg);
                         }
-                        args.name = Some(lit);
+                        args.name = Some(text);
                     } else {
-                        if lit.value().trim().is_empty() {
-                            errors.push(&lit, "`version` must be a non-empty string literal, e.g. `version = \"2\"`");
+                        if text.value().trim().is_empty() {
+                            errors.push(&text, "`version` must be a non-empty string literal, e.g. `version = \"2\"`");
                         }
-                        args.version = Some(lit);
+                        args.version = Some(text);
                     }
                 }
                 Err(e) => errors.push_error(e),

@@ -57,44 +57,7 @@ pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<
         ok = false;
     }
 
-    let (ctx_name, ctx_example) = match kind {
-        Kind::Activity => ("ActivityContext", "ctx: ActivityContext"),
-        Kind::Orchestrator => ("OrchestrationContext", "ctx: OrchestrationContext"),
-    };
-    let mut context = None;
-    let mut inputs: Vec<PatType> = Vec::new();
-    for (i, arg) in sig.inputs.iter().enumerate() {
-        match arg {
-            FnArg::Receiver(r) => {
-                errors.push(
-                    r,
-                    format!("{attr} must be on a free function, not a method taking `self`"),
-                );
-                ok = false;
-            }
-            FnArg::Typed(pt) => {
-                if last_segment_is(&pt.ty, ctx_name) {
-                    if i == 0 {
-                        context = Some(pt.clone());
-                    } else {
-                        errors.push(
-                            pt,
-                            format!("the `{ctx_name}` parameter must come first: `async fn {}({ctx_example}, ..)`", sig.ident),
-                        );
-                        ok = false;
-                    }
-                } else if let Type::Reference(_) = *pt.ty {
-                    errors.push(
-                        &pt.ty,
-                        format!("{attr} inputs are deserialized values and cannot be references; take the input by value"),
-                    );
-                    ok = false;
-                } else {
-                    inputs.push(pt.clone());
-                }
-            }
-        }
-    }
+    let (context, mut inputs) = classify_params(kind, sig, errors, &mut ok);
     if kind == Kind::Orchestrator && context.is_none() && ok {
         let target = sig.inputs.first().map_or_else(|| sig.ident.span(), Spanned::span);
         errors.push_error(syn::Error::new(
@@ -150,6 +113,55 @@ pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<
         docs,
         item,
     })
+}
+
+/// Splits the parameters into the optional leading context and the inputs.
+fn classify_params(
+    kind: Kind,
+    sig: &syn::Signature,
+    errors: &mut Errors,
+    ok: &mut bool,
+) -> (Option<PatType>, Vec<PatType>) {
+    let attr = kind.attr();
+    let (ctx_name, ctx_example) = match kind {
+        Kind::Activity => ("ActivityContext", "ctx: ActivityContext"),
+        Kind::Orchestrator => ("OrchestrationContext", "ctx: OrchestrationContext"),
+    };
+    let mut context = None;
+    let mut inputs: Vec<PatType> = Vec::new();
+    for (i, arg) in sig.inputs.iter().enumerate() {
+        match arg {
+            FnArg::Receiver(r) => {
+                errors.push(
+                    r,
+                    format!("{attr} must be on a free function, not a method taking `self`"),
+                );
+                *ok = false;
+            }
+            FnArg::Typed(pt) => {
+                if last_segment_is(&pt.ty, ctx_name) {
+                    if i == 0 {
+                        context = Some(pt.clone());
+                    } else {
+                        errors.push(
+                            pt,
+                            format!("the `{ctx_name}` parameter must come first: `async fn {}({ctx_example}, ..)`", sig.ident),
+                        );
+                        *ok = false;
+                    }
+                } else if let Type::Reference(_) = *pt.ty {
+                    errors.push(
+                        &pt.ty,
+                        format!("{attr} inputs are deserialized values and cannot be references; take the input by value"),
+                    );
+                    *ok = false;
+                } else {
+                    inputs.push(pt.clone());
+                }
+            }
+        }
+    }
+    (context, inputs)
 }
 
 /// Splits `Result<T, E>` (any path ending in `Result` with two type arguments).

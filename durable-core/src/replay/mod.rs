@@ -415,7 +415,7 @@ impl Replayer {
         self.check_error()?;
         if self.outcome.is_none() && self.future.is_some() {
             let foreign = self.top.foreign.swap(false, Ordering::SeqCst);
-            if lock(&self.shared).live_waits() == 0 && self.deferred.is_empty() {
+            if !lock(&self.shared).has_live_waits() && self.deferred.is_empty() {
                 let e = ReplayError::ForeignAwait {
                     instance: self.instance_id.to_string(),
                     name: self.name.clone(),
@@ -763,15 +763,18 @@ impl Replayer {
         };
         self.append(event);
         if let Outcome::Terminated(reason) = outcome {
-            let children: Vec<InstanceId> = self
+            // In action order: `open` is a HashMap, whose iteration order differs between
+            // a cached and a replayed executor.
+            let mut children: Vec<(u64, InstanceId)> = self
                 .open
-                .values()
-                .filter_map(|o| match o {
-                    Open::Sub(id) => Some(id.clone()),
+                .iter()
+                .filter_map(|(seq, o)| match o {
+                    Open::Sub(id) => Some((*seq, id.clone())),
                     _ => None,
                 })
                 .collect();
-            for instance_id in children {
+            children.sort_unstable_by_key(|(seq, _)| *seq);
+            for (_, instance_id) in children {
                 self.commands.push(Command::TerminateChild {
                     instance_id,
                     reason: reason.clone(),

@@ -13,10 +13,9 @@ use crate::errors::Errors;
 
 /// The path generated code uses for `durable_core` (overridable with `crate = ..`).
 pub(crate) fn krate(args: &Args) -> TokenStream {
-    match &args.krate {
-        Some(p) => quote!(#p),
-        None => quote!(::durable_core),
-    }
+    args.krate
+        .as_ref()
+        .map_or_else(|| quote!(::durable_core), |p| quote!(#p))
 }
 
 pub(crate) fn input_type(f: &Function) -> Type {
@@ -37,16 +36,13 @@ pub(crate) fn durable_name(args: &Args, f: &Function) -> LitStr {
 pub(crate) fn run(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut errors = Errors::new();
     let args = args::parse(kind, attr, &mut errors);
-    let parsed: syn::ItemFn = match syn::parse2(item.clone()) {
-        Ok(f) => f,
-        Err(_) => {
-            errors.push_error(syn::Error::new(
-                args::call_site(),
-                format!("{} goes on an `async fn`", kind.attr()),
-            ));
-            let err = errors.finish().unwrap_err().into_compile_error();
-            return quote!(#item #err);
-        }
+    let Ok(parsed) = syn::parse2::<syn::ItemFn>(item.clone()) else {
+        errors.push_error(syn::Error::new(
+            args::call_site(),
+            format!("{} goes on an `async fn`", kind.attr()),
+        ));
+        let err = errors.finish().unwrap_err().into_compile_error();
+        return quote!(#item #err);
     };
     let function = ast::function(kind, parsed, &mut errors);
     if let (Some(f), Kind::Orchestrator) = (&function, kind) {

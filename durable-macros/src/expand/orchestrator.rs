@@ -29,10 +29,10 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
     let docs = &f.docs;
     let attrs = body_attrs(f);
     let name = durable_name(args, f);
-    let version = match &args.version {
-        Some(v) => quote!(::core::option::Option::Some(#v)),
-        None => quote!(::core::option::Option::None),
-    };
+    let version = args.version.as_ref().map_or_else(
+        || quote!(::core::option::Option::None),
+        |v| quote!(::core::option::Option::Some(#v)),
+    );
     let input_ty = input_type(f);
     let output = &f.output;
     let error = &f.error;

@@ -1,0 +1,9 @@
+use durable_core::prelude::*;
+
+#[orchestrator]
+async fn flow(_ctx: OrchestrationContext, input: u32) -> Result<u32, OrchestrationError> {
+    let _home = std::env::var("HOME");
+    Ok(input)
+}
+
+fn main() {}

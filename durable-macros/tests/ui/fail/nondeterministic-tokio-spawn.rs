@@ -1,0 +1,9 @@
+use durable_core::prelude::*;
+
+#[orchestrator]
+async fn flow(_ctx: OrchestrationContext, input: u32) -> Result<u32, OrchestrationError> {
+    let _handle = tokio::spawn(async {});
+    Ok(input)
+}
+
+fn main() {}
