@@ -14,12 +14,12 @@ use durable_core::WorkerBuilder;
 /// Registers every pattern's orchestrators and activities.
 pub fn register_all(builder: WorkerBuilder) -> WorkerBuilder {
     builder
-        .activity(chaining::Greet)
-        .orchestrator(chaining::HelloSequence)
-        .activity(fan_out::CountWords)
-        .orchestrator(fan_out::WordCount)
-        .activity(monitor::CheckJob)
-        .orchestrator(monitor::JobMonitor)
-        .activity(approval::Notify)
-        .orchestrator(approval::ApprovalFlow)
+        .register(chaining::greet)
+        .register(chaining::hello_sequence)
+        .register(fan_out::count_words)
+        .register(fan_out::word_count)
+        .register(monitor::check_job)
+        .register(monitor::job_monitor)
+        .register(approval::notify)
+        .register(approval::approval_flow)
 }

@@ -4,11 +4,7 @@ use std::time::Duration;
 
 use durable_core::prelude::*;
 
-/// Reports whether a (simulated) job has finished: it finishes on the given check number.
-#[derive(Debug, Clone, Copy)]
-pub struct CheckJob;
-
-/// Input of [`CheckJob`].
+/// Input of [`check_job`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Check {
     /// Which check this is (1-based).
@@ -17,14 +13,10 @@ pub struct Check {
     pub done_on: u32,
 }
 
-impl Activity for CheckJob {
-    const NAME: &'static str = "check_job";
-    type Input = Check;
-    type Output = bool;
-    type Error = ActivityError;
-    async fn run(&self, _ctx: ActivityContext, c: Check) -> Result<bool, ActivityError> {
-        Ok(c.attempt >= c.done_on)
-    }
+/// Reports whether a (simulated) job has finished: it finishes on the given check number.
+#[activity]
+pub async fn check_job(c: Check) -> Result<bool, ActivityError> {
+    Ok(c.attempt >= c.done_on)
 }
 
 /// What the monitor watches.
@@ -38,30 +30,26 @@ pub struct MonitorInput {
     pub deadline_ms: u64,
 }
 
-/// Polls [`CheckJob`] with growing intervals until it reports done or the deadline passes.
-#[derive(Debug, Clone, Copy)]
-pub struct JobMonitor;
-
-impl Orchestrator for JobMonitor {
-    const NAME: &'static str = "job_monitor";
-    type Input = MonitorInput;
-    type Output = String;
-    type Error = OrchestrationError;
-    async fn run(ctx: OrchestrationContext, input: MonitorInput) -> Result<String, OrchestrationError> {
-        let deadline = ctx.now() + Duration::from_millis(input.deadline_ms);
-        let mut interval = Duration::from_millis(input.interval_ms);
-        let mut attempt = 1;
-        loop {
-            ctx.set_custom_status(&format!("check {attempt}"))?;
-            if ctx.call(CheckJob, Check { attempt, done_on: input.done_on }).await? {
-                return Ok(format!("done after {attempt} checks"));
-            }
-            if ctx.now() + interval > deadline {
-                return Ok(format!("gave up after {attempt} checks"));
-            }
-            ctx.sleep(interval).await;
-            interval = (interval * 2).min(Duration::from_millis(input.interval_ms * 4));
-            attempt += 1;
+/// Polls [`check_job`] with growing intervals until it reports done or the deadline passes.
+#[orchestrator]
+pub async fn job_monitor(ctx: OrchestrationContext, input: MonitorInput) -> Result<String, OrchestrationError> {
+    let deadline = ctx.now() + Duration::from_millis(input.deadline_ms);
+    let mut interval = Duration::from_millis(input.interval_ms);
+    let mut attempt = 1;
+    loop {
+        ctx.set_custom_status(&format!("check {attempt}"))?;
+        let check = Check {
+            attempt,
+            done_on: input.done_on,
+        };
+        if ctx.call(check_job, check).await? {
+            return Ok(format!("done after {attempt} checks"));
         }
+        if ctx.now() + interval > deadline {
+            return Ok(format!("gave up after {attempt} checks"));
+        }
+        ctx.sleep(interval).await;
+        interval = (interval * 2).min(Duration::from_millis(input.interval_ms * 4));
+        attempt += 1;
     }
 }

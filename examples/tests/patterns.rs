@@ -5,10 +5,10 @@ use std::time::Duration;
 use durable_core::prelude::*;
 use durable_core::{Clock, Store};
 use durable_testing::ManualClock;
-use examples::approval::{APPROVAL_EVENT, ApprovalFlow, ApprovalRequest, Decision};
-use examples::chaining::HelloSequence;
-use examples::fan_out::WordCount;
-use examples::monitor::{JobMonitor, MonitorInput};
+use examples::approval::{APPROVAL_EVENT, ApprovalRequest, Decision, approval_flow};
+use examples::chaining::hello_sequence;
+use examples::fan_out::word_count;
+use examples::monitor::{MonitorInput, job_monitor};
 
 fn env() -> (Worker, Client, ManualClock, MemoryStore) {
     let clock = ManualClock::default();
@@ -39,7 +39,7 @@ async fn wait_for(store: &MemoryStore, id: &InstanceId, kind: &str, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaining_greets_in_order() {
     let (_w, client, _c, _s) = env();
-    let run = client.start(HelloSequence, vec!["A".into(), "B".into()]).await.unwrap();
+    let run = hello_sequence::start(&client, vec!["A".into(), "B".into()]).await.unwrap();
     assert_eq!(run.wait().await.unwrap(), ["Hello A!", "Hello B!"]);
 }
 
@@ -47,7 +47,7 @@ async fn chaining_greets_in_order() {
 async fn fan_out_sums_every_document() {
     let (_w, client, _c, _s) = env();
     let docs: Vec<String> = (1..=50).map(|i| "w ".repeat(i)).collect();
-    let run = client.start(WordCount, docs).await.unwrap();
+    let run = word_count::start(&client, docs).await.unwrap();
     assert_eq!(run.wait().await.unwrap(), (1..=50).sum::<usize>());
     let h = run.history().await.unwrap();
     assert_eq!(h.iter().filter(|e| e.event.kind() == "TaskScheduled").count(), 50);
@@ -61,7 +61,7 @@ async fn monitor_backs_off_and_gives_up_at_the_deadline() {
         interval_ms: 60_000,
         deadline_ms: 600_000,
     };
-    let run = client.start(JobMonitor, input).await.unwrap();
+    let run = job_monitor::start(&client, input).await.unwrap();
     // Intervals 1, 2, 4, 4, 4 minutes... until the 10-minute deadline.
     for (i, minutes) in [1u64, 2, 4].into_iter().enumerate() {
         wait_for(&store, run.id(), "TimerCreated", i + 1).await;
@@ -77,7 +77,7 @@ async fn approval_is_answered_or_escalates_after_72_hours() {
         item: "po-1".into(),
         timeout_hours: 72,
     };
-    let run = client.start(ApprovalFlow, req()).await.unwrap();
+    let run = approval_flow::start(&client, req()).await.unwrap();
     wait_for(&store, run.id(), "TimerCreated", 1).await;
     let decision = Decision {
         approved: false,
@@ -87,7 +87,7 @@ async fn approval_is_answered_or_escalates_after_72_hours() {
     assert_eq!(run.wait().await.unwrap(), "po-1 rejected by bob");
 
     let t0 = clock.now();
-    let run = client.start(ApprovalFlow, req()).await.unwrap();
+    let run = approval_flow::start(&client, req()).await.unwrap();
     wait_for(&store, run.id(), "TimerCreated", 1).await;
     clock.advance(Duration::from_secs(72 * 3600));
     assert_eq!(run.wait().await.unwrap(), "po-1 escalated after 72h");

@@ -14,20 +14,23 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 // ---------------------------------------------------------------- chaining
 
-activity!(Greet, String => String, |name| { Ok(format!("Hello {name}!")) });
-activity!(Shout, String => String, |s| { Ok(s.to_uppercase()) });
+#[activity]
+async fn greet(name: String) -> Result<String, ActivityError> { Ok(format!("Hello {name}!")) }
+#[activity]
+async fn shout(s: String) -> Result<String, ActivityError> { Ok(s.to_uppercase()) }
 
-orchestrator!(Chain, String => String, |ctx, name| {
-    let a = ctx.call(Greet, name).await?;
-    let b = ctx.call(Shout, a).await?;
-    let c = ctx.call(Greet, b).await?;
+#[orchestrator]
+async fn chain(ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    let a = ctx.call(greet, name).await?;
+    let b = ctx.call(shout, a).await?;
+    let c = ctx.call(greet, b).await?;
     Ok(c)
-});
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaining_passes_each_output_to_the_next_step() {
-    let env = start(|b| b.activity(Greet).activity(Shout).orchestrator(Chain));
-    let run = env.client.start(Chain, "ada".into()).await.unwrap();
+    let env = start(|b| b.register(greet).register(shout).register(chain));
+    let run = chain::start(&env.client, "ada".into()).await.unwrap();
     assert_eq!(run.wait().await.unwrap(), "Hello HELLO ADA!!");
     let h = run.history().await.unwrap();
     assert_eq!(count(&h, "TaskScheduled"), 3);
@@ -40,8 +43,8 @@ async fn chaining_passes_each_output_to_the_next_step() {
             _ => None,
         })
         .collect();
-    assert_eq!(names[0].0, "Greet");
-    assert_eq!(names[1].0, "Shout");
+    assert_eq!(names[0].0, "greet");
+    assert_eq!(names[1].0, "shout");
     assert!(names[0].1.ends_with("main.rs"), "location recorded: {:?}", names[0].1);
 }
 
@@ -50,38 +53,40 @@ async fn chaining_passes_each_output_to_the_next_step() {
 static FAN_CALLS: [AtomicUsize; 20] = [const { AtomicUsize::new(0) }; 20];
 static FAN_GATE_OPEN: AtomicBool = AtomicBool::new(false);
 
-activity!(FanWork, u64 => u64, |i| {
+#[activity]
+async fn fan_work(i: u64) -> Result<u64, ActivityError> {
     FAN_CALLS[i as usize].fetch_add(1, Ordering::SeqCst);
     if i >= 10 && !FAN_GATE_OPEN.load(Ordering::SeqCst) {
         // The first worker "crashes" while these are in flight.
         std::future::pending::<()>().await;
     }
     Ok(i * i)
-});
+}
 
-orchestrator!(FanOut, u64 => u64, |ctx, n| {
-    let tasks = (0..n).map(|i| ctx.call(FanWork, i));
+#[orchestrator]
+async fn fan_out(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationError> {
+    let tasks = (0..n).map(|i| ctx.call(fan_work, i));
     let results = ctx.when_all(tasks).await;
     let mut sum = 0;
     for r in results {
         sum += r?;
     }
     Ok(sum)
-});
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_survives_a_crash_without_rerunning_completed_activities() {
-    let env = start(|b| b.activity(FanWork).orchestrator(FanOut));
-    let run = env.client.start(FanOut, 20).await.unwrap();
+    let env = start(|b| b.register(fan_work).register(fan_out));
+    let run = fan_out::start(&env.client, 20).await.unwrap();
     wait_for_events(&env.store, run.id(), "TaskCompleted", 10).await;
     // Crash: no cleanup, leases stay held until they expire.
     let (store, clock) = (env.store.clone(), env.clock.clone());
     env.worker.abort();
     FAN_GATE_OPEN.store(true, Ordering::SeqCst);
 
-    let env2 = start_on(store, clock, |b| b.activity(FanWork).orchestrator(FanOut));
+    let env2 = start_on(store, clock, |b| b.register(fan_work).register(fan_out));
     env2.clock.advance(Duration::from_secs(600)); // past every lease
-    let out = env2.client.handle::<u64>(run.id().clone()).wait().await.unwrap();
+    let out = fan_out::handle(&env2.client, run.id().clone()).wait().await.unwrap();
     assert_eq!(out, (0..20).map(|i| i * i).sum::<u64>());
     for (i, calls) in FAN_CALLS.iter().enumerate().take(10) {
         assert_eq!(calls.load(Ordering::SeqCst), 1, "completed activity {i} ran again");
@@ -95,16 +100,17 @@ async fn fan_out_survives_a_crash_without_rerunning_completed_activities() {
 
 // ---------------------------------------------------------------- timers
 
-orchestrator!(Nap, u64 => Timestamp, |ctx, hours| {
+#[orchestrator]
+async fn nap(ctx: OrchestrationContext, hours: u64) -> Result<Timestamp, OrchestrationError> {
     ctx.sleep(HOUR * hours as u32).await;
     Ok(ctx.now())
-});
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_timer_fires_on_the_manual_clock() {
-    let env = start(|b| b.orchestrator(Nap));
+    let env = start(|b| b.register(nap));
     let t0 = env.clock.now();
-    let run = env.client.start(Nap, 72).await.unwrap();
+    let run = env.client.start(nap, 72).await.unwrap();
     let h = wait_for_events(&env.store, run.id(), "TimerCreated", 1).await;
     assert_eq!(timers(&h), vec![t0 + HOUR * 72]);
     env.clock.advance(HOUR * 71);
@@ -117,20 +123,21 @@ async fn durable_timer_fires_on_the_manual_clock() {
 
 // ---------------------------------------------------------------- events
 
-orchestrator!(TwoWaiters, () => (i32, i32), |ctx, _input| {
+#[orchestrator]
+async fn two_waiters(ctx: OrchestrationContext, _input: ()) -> Result<(i32, i32), OrchestrationError> {
     let first = ctx.wait_for_event::<i32>("x");
     let second = ctx.wait_for_event::<i32>("x");
     let b = second.await?;
     let a = first.await?;
     Ok((a, b))
-});
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_go_to_waiters_oldest_first_even_when_raised_before_the_wait() {
-    let env = start(|b| b.orchestrator(TwoWaiters));
+    let env = start(|b| b.register(two_waiters));
     // Scheduled start: the events arrive before the orchestration runs at all.
     let opts = StartOptions::new().scheduled_start(env.clock.now() + HOUR);
-    let run = env.client.start_with(TwoWaiters, (), opts).await.unwrap();
+    let run = env.client.start_with(two_waiters, (), opts).await.unwrap();
     run.raise("x", &1).await.unwrap();
     run.raise("x", &2).await.unwrap();
     assert_eq!(run.status().await.unwrap().status, RuntimeStatus::Pending);
@@ -138,14 +145,15 @@ async fn events_go_to_waiters_oldest_first_even_when_raised_before_the_wait() {
     assert_eq!(run.wait().await.unwrap(), (1, 2));
 
     // Raised after the wait began.
-    let run = env.client.start(TwoWaiters, ()).await.unwrap();
+    let run = env.client.start(two_waiters, ()).await.unwrap();
     wait_status(&env.store, run.id(), RuntimeStatus::Running).await;
     run.raise("x", &10).await.unwrap();
     run.raise("x", &20).await.unwrap();
     assert_eq!(run.wait().await.unwrap(), (10, 20));
 }
 
-orchestrator!(Approval, () => String, |ctx, _input| {
+#[orchestrator]
+async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
     match ctx.wait_for_event_timeout::<bool>("approve", HOUR * 72).await {
         Ok(true) => Ok("approved".into()),
         Ok(false) => Ok("rejected".into()),
@@ -156,17 +164,17 @@ orchestrator!(Approval, () => String, |ctx, _input| {
         }
         Err(e) => Err(e.into()),
     }
-});
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_versus_timer_race_both_ways() {
-    let env = start(|b| b.orchestrator(Approval));
-    let run = env.client.start(Approval, ()).await.unwrap();
+    let env = start(|b| b.register(approval));
+    let run = env.client.start(approval, ()).await.unwrap();
     wait_for_events(&env.store, run.id(), "TimerCreated", 1).await;
     run.raise("approve", &true).await.unwrap();
     assert_eq!(run.wait().await.unwrap(), "approved");
 
-    let run = env.client.start(Approval, ()).await.unwrap();
+    let run = env.client.start(approval, ()).await.unwrap();
     wait_for_events(&env.store, run.id(), "TimerCreated", 1).await;
     env.clock.advance(HOUR * 72);
     wait_for_events(&env.store, run.id(), "TimerFired", 1).await;
@@ -178,32 +186,34 @@ async fn event_versus_timer_race_both_ways() {
 
 // ---------------------------------------------------------------- sub-orchestrations
 
-orchestrator!(Child, i64 => i64, |ctx, x| {
+#[orchestrator]
+async fn child(_ctx: OrchestrationContext, x: i64) -> Result<i64, OrchestrationError> {
     if x < 0 {
         return Err(OrchestrationError::new(format!("negative input {x}")));
     }
     Ok(x * 2)
-});
+}
 
-orchestrator!(Parent, i64 => String, |ctx, x| {
-    match ctx.call_sub_orchestrator(Child, x).await {
+#[orchestrator]
+async fn parent(ctx: OrchestrationContext, x: i64) -> Result<String, OrchestrationError> {
+    match ctx.call_sub_orchestrator(child, x).await {
         Ok(v) => Ok(format!("child said {v}")),
         Err(TaskError::Failed(f)) => Ok(format!("child failed: {}", f.message)),
         Err(e) => Err(e.into()),
     }
-});
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sub_orchestration_results_and_failures_reach_the_parent() {
-    let env = start(|b| b.orchestrator(Child).orchestrator(Parent));
-    let ok = env.client.start(Parent, 21).await.unwrap();
+    let env = start(|b| b.register(child).register(parent));
+    let ok = env.client.start(parent, 21).await.unwrap();
     assert_eq!(ok.wait().await.unwrap(), "child said 42");
     let child_id = InstanceId::new(format!("{}:0", ok.id())).unwrap();
-    let child = env.client.status(&child_id).await.unwrap();
-    assert_eq!(child.status, RuntimeStatus::Completed);
-    assert_eq!(child.parent.unwrap().instance_id, *ok.id());
+    let child_record = env.client.status(&child_id).await.unwrap();
+    assert_eq!(child_record.status, RuntimeStatus::Completed);
+    assert_eq!(child_record.parent.unwrap().instance_id, *ok.id());
 
-    let bad = env.client.start(Parent, -1).await.unwrap();
+    let bad = env.client.start(parent, -1).await.unwrap();
     assert_eq!(bad.wait().await.unwrap(), "child failed: negative input -1");
 }
 
@@ -211,24 +221,26 @@ async fn sub_orchestration_results_and_failures_reach_the_parent() {
 
 static FLAKY_CALLS: AtomicUsize = AtomicUsize::new(0);
 
-activity!(Flaky, () => u32, |_input| {
+#[activity]
+async fn flaky(_input: ()) -> Result<u32, ActivityError> {
     let n = FLAKY_CALLS.fetch_add(1, Ordering::SeqCst) + 1;
     if n < 3 {
         return Err(ActivityError::new(format!("attempt {n} failed")));
     }
     Ok(n as u32)
-});
+}
 
-orchestrator!(RetryFlaky, () => u32, |ctx, _input| {
+#[orchestrator]
+async fn retry_flaky(ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {
     let policy = RetryPolicy::new(5, Duration::from_secs(10)).backoff_coefficient(2.0);
-    Ok(ctx.call_with_retry(Flaky, (), policy).await?)
-});
+    Ok(ctx.call_with_retry(flaky, (), policy).await?)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_back_off_on_durable_timers() {
-    let env = start(|b| b.activity(Flaky).orchestrator(RetryFlaky));
+    let env = start(|b| b.register(flaky).register(retry_flaky));
     let t0 = env.clock.now();
-    let run = env.client.start(RetryFlaky, ()).await.unwrap();
+    let run = env.client.start(retry_flaky, ()).await.unwrap();
     let h = wait_for_events(&env.store, run.id(), "TimerCreated", 1).await;
     assert_eq!(timers(&h), vec![t0 + Duration::from_secs(10)]);
     env.clock.advance(Duration::from_secs(10));
@@ -244,19 +256,20 @@ async fn retries_back_off_on_durable_timers() {
 
 // ---------------------------------------------------------------- continue-as-new
 
-orchestrator!(Accumulate, i32 => i32, |ctx, total| {
+#[orchestrator]
+async fn accumulate(ctx: OrchestrationContext, total: i32) -> Result<i32, OrchestrationError> {
     if total >= 3 {
         return Ok(total);
     }
     let add: i32 = ctx.wait_for_event("add").await?;
     ctx.continue_as_new(total + add).await
-});
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continue_as_new_carries_unprocessed_events_over() {
-    let env = start(|b| b.orchestrator(Accumulate));
+    let env = start(|b| b.register(accumulate));
     let opts = StartOptions::new().scheduled_start(env.clock.now() + HOUR);
-    let run = env.client.start_with(Accumulate, 0, opts).await.unwrap();
+    let run = env.client.start_with(accumulate, 0, opts).await.unwrap();
     for _ in 0..3 {
         run.raise("add", &1).await.unwrap();
     }
@@ -270,25 +283,27 @@ async fn continue_as_new_carries_unprocessed_events_over() {
 
 // ---------------------------------------------------------------- terminate / suspend / resume
 
-orchestrator!(WaitForGo, () => String, |ctx, _input| {
+#[orchestrator]
+async fn wait_for_go(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
     let v: String = ctx.wait_for_event("go").await?;
     Ok(v)
-});
+}
 
-orchestrator!(ParentOfWaiter, () => String, |ctx, _input| {
-    Ok(ctx.call_sub_orchestrator(WaitForGo, ()).await?)
-});
+#[orchestrator]
+async fn parent_of_waiter(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+    Ok(ctx.call_sub_orchestrator(wait_for_go, ()).await?)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminate_suspend_resume_and_their_errors() {
-    let env = start(|b| b.orchestrator(WaitForGo).orchestrator(ParentOfWaiter));
+    let env = start(|b| b.register(wait_for_go).register(parent_of_waiter));
     let unknown = InstanceId::new("nope").unwrap();
     assert!(matches!(env.client.terminate(&unknown, "x").await, Err(ClientError::InstanceNotFound(_))));
     assert!(matches!(env.client.suspend(&unknown, "x").await, Err(ClientError::InstanceNotFound(_))));
     assert!(matches!(env.client.status(&unknown).await, Err(ClientError::InstanceNotFound(_))));
 
     // Suspend holds events back; resume delivers them.
-    let run = env.client.start(WaitForGo, ()).await.unwrap();
+    let run = env.client.start(wait_for_go, ()).await.unwrap();
     wait_status(&env.store, run.id(), RuntimeStatus::Running).await;
     run.suspend("maintenance").await.unwrap();
     wait_status(&env.store, run.id(), RuntimeStatus::Suspended).await;
@@ -301,27 +316,28 @@ async fn terminate_suspend_resume_and_their_errors() {
     assert!(matches!(run.resume("x").await, Err(ClientError::InstanceNotRunning(_))));
 
     // Terminate cascades to the running child.
-    let parent = env.client.start(ParentOfWaiter, ()).await.unwrap();
-    let child_id = InstanceId::new(format!("{}:0", parent.id())).unwrap();
+    let parent_run = env.client.start(parent_of_waiter, ()).await.unwrap();
+    let child_id = InstanceId::new(format!("{}:0", parent_run.id())).unwrap();
     wait_status(&env.store, &child_id, RuntimeStatus::Running).await;
-    parent.terminate("shutting down").await.unwrap();
-    match parent.wait().await {
+    parent_run.terminate("shutting down").await.unwrap();
+    match parent_run.wait().await {
         Err(ClientError::Terminated { reason }) => assert_eq!(reason, "shutting down"),
         other => panic!("expected terminated, got {other:?}"),
     }
-    let child = wait_done(&env.store, &child_id).await;
-    assert_eq!(child.status, RuntimeStatus::Terminated);
-    assert!(matches!(parent.terminate("again").await, Err(ClientError::InstanceNotRunning(_))));
+    let child_record = wait_done(&env.store, &child_id).await;
+    assert_eq!(child_record.status, RuntimeStatus::Terminated);
+    assert!(matches!(parent_run.terminate("again").await, Err(ClientError::InstanceNotRunning(_))));
 }
 
 // ---------------------------------------------------------------- purge, query, id reuse
 
-orchestrator!(Echo, String => String, |ctx, s| { Ok(s) });
+#[orchestrator]
+async fn echo(_ctx: OrchestrationContext, s: String) -> Result<String, OrchestrationError> { Ok(s) }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_removes_instances_and_children() {
-    let env = start(|b| b.orchestrator(Child).orchestrator(Parent).orchestrator(WaitForGo));
-    let run = env.client.start(Parent, 1).await.unwrap();
+    let env = start(|b| b.register(child).register(parent).register(wait_for_go));
+    let run = env.client.start(parent, 1).await.unwrap();
     run.wait().await.unwrap();
     let child_id = InstanceId::new(format!("{}:0", run.id())).unwrap();
     let purged = env.client.purge(run.id()).await.unwrap();
@@ -331,15 +347,15 @@ async fn purge_removes_instances_and_children() {
     assert!(env.store.read_history(run.id()).await.unwrap().is_empty());
     assert!(matches!(env.client.purge(run.id()).await, Err(ClientError::InstanceNotFound(_))));
 
-    let running = env.client.start(WaitForGo, ()).await.unwrap();
+    let running = env.client.start(wait_for_go, ()).await.unwrap();
     assert!(matches!(env.client.purge(running.id()).await, Err(ClientError::InstanceStillRunning(_))));
 
     for _ in 0..3 {
-        env.client.start(Child, 5).await.unwrap().wait().await.unwrap();
+        env.client.start(child, 5).await.unwrap().wait().await.unwrap();
     }
     let r = env
         .client
-        .purge_by_filter(InstanceQuery::new().name("Child"))
+        .purge_by_filter(InstanceQuery::new().name("child"))
         .await
         .unwrap();
     assert_eq!(r.deleted, 3);
@@ -348,12 +364,12 @@ async fn purge_removes_instances_and_children() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_filters_and_pages() {
-    let env = start(|b| b.orchestrator(Echo).orchestrator(WaitForGo));
+    let env = start(|b| b.register(echo).register(wait_for_go));
     for i in 0..25 {
         let opts = StartOptions::new().instance_id(InstanceId::new(format!("q-{i:02}")).unwrap());
-        env.client.start_with(Echo, format!("{i}"), opts).await.unwrap().wait().await.unwrap();
+        env.client.start_with(echo, format!("{i}"), opts).await.unwrap().wait().await.unwrap();
     }
-    let waiting = env.client.start(WaitForGo, ()).await.unwrap();
+    let waiting = env.client.start(wait_for_go, ()).await.unwrap();
     wait_status(&env.store, waiting.id(), RuntimeStatus::Running).await;
 
     let mut q = InstanceQuery::new().id_prefix("q-").page_size(10);
@@ -379,7 +395,7 @@ async fn query_filters_and_pages() {
         .unwrap();
     assert_eq!(running.instances.len(), 1);
     assert_eq!(running.instances[0].instance_id, *waiting.id());
-    let by_name = env.client.query(&InstanceQuery::new().name("Echo").page_size(100)).await.unwrap();
+    let by_name = env.client.query(&InstanceQuery::new().name("echo").page_size(100)).await.unwrap();
     assert_eq!(by_name.instances.len(), 25);
     let none = env
         .client
@@ -391,30 +407,30 @@ async fn query_filters_and_pages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn id_reuse_policies() {
-    let env = start(|b| b.orchestrator(Echo).orchestrator(WaitForGo));
+    let env = start(|b| b.register(echo).register(wait_for_go));
     let id = InstanceId::new("singleton").unwrap();
     let opts = || StartOptions::new().instance_id(id.clone());
-    let first = env.client.start_with(Echo, "one".into(), opts()).await.unwrap();
+    let first = env.client.start_with(echo, "one".into(), opts()).await.unwrap();
     assert_eq!(first.wait().await.unwrap(), "one");
     // Finished: the default policy replaces it.
-    let second = env.client.start_with(Echo, "two".into(), opts()).await.unwrap();
+    let second = env.client.start_with(echo, "two".into(), opts()).await.unwrap();
     assert_eq!(second.wait().await.unwrap(), "two");
     assert_eq!(second.status().await.unwrap().execution, 2);
     // RejectExisting refuses even a finished instance.
     let reject = env
         .client
-        .start_with(Echo, "three".into(), opts().reuse(IdReusePolicy::RejectExisting))
+        .start_with(echo, "three".into(), opts().reuse(IdReusePolicy::RejectExisting))
         .await;
     assert!(matches!(reject, Err(ClientError::InstanceAlreadyExists(_))));
 
     let wid = InstanceId::new("waiting-singleton").unwrap();
     let wopts = || StartOptions::new().instance_id(wid.clone());
-    env.client.start_with(WaitForGo, (), wopts()).await.unwrap();
-    let again = env.client.start_with(WaitForGo, (), wopts()).await;
+    env.client.start_with(wait_for_go, (), wopts()).await.unwrap();
+    let again = env.client.start_with(wait_for_go, (), wopts()).await;
     assert!(matches!(again, Err(ClientError::InstanceAlreadyExists(_))));
     let deduped = env
         .client
-        .start_with(WaitForGo, (), wopts().reuse(IdReusePolicy::DedupeRunning))
+        .start_with(wait_for_go, (), wopts().reuse(IdReusePolicy::DedupeRunning))
         .await
         .unwrap();
     assert_eq!(deduped.id(), &wid);
@@ -423,71 +439,69 @@ async fn id_reuse_policies() {
 
 // ---------------------------------------------------------------- non-determinism and foreign wakes
 
-activity!(StepA, () => String, |_i| { Ok("a".into()) });
-activity!(StepB, () => String, |_i| { Ok("b".into()) });
+#[activity]
+async fn step_a(_i: ()) -> Result<String, ActivityError> { Ok("a".into()) }
+#[activity]
+async fn step_b(_i: ()) -> Result<String, ActivityError> { Ok("b".into()) }
 
-orchestrator!(Versioned, () => String, |ctx, _input| {
-    let first = ctx.call(StepA, ()).await?;
+#[orchestrator]
+async fn versioned(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+    let first = ctx.call(step_a, ()).await?;
     let go: String = ctx.wait_for_event("go").await?;
     Ok(format!("{first}{go}"))
-});
+}
 
 mod v2 {
     use super::*;
-    // The same orchestrator name, but the first step changed: replay must notice.
-    #[derive(Clone, Copy, Debug)]
-    pub(super) struct Versioned;
-    impl Orchestrator for Versioned {
-        const NAME: &'static str = "Versioned";
-        type Input = ();
-        type Output = String;
-        type Error = OrchestrationError;
-        async fn run(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
-            let first = ctx.call(StepB, ()).await?;
-            let go: String = ctx.wait_for_event("go").await?;
-            Ok(format!("{first}{go}"))
-        }
+
+    /// The same durable name as `versioned`, but the first step changed: replay must notice.
+    #[orchestrator(name = "versioned")]
+    pub(super) async fn versioned(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+        let first = ctx.call(step_b, ()).await?;
+        let go: String = ctx.wait_for_event("go").await?;
+        Ok(format!("{first}{go}"))
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nondeterminism_leaves_the_instance_stuck_until_fixed_code_runs_it() {
-    let env = start(|b| b.activity(StepA).activity(StepB).orchestrator(Versioned));
-    let run = env.client.start(Versioned, ()).await.unwrap();
+    let env = start(|b| b.register(step_a).register(step_b).register(versioned));
+    let run = env.client.start(versioned, ()).await.unwrap();
     wait_for_events(&env.store, run.id(), "TaskCompleted", 1).await;
     let (store, clock) = (env.store.clone(), env.clock.clone());
     env.worker.shutdown().await;
 
     // A deploy with changed code and no cache: replay detects the change.
     let bad = start_on(store.clone(), clock.clone(), |b| {
-        b.activity(StepA).activity(StepB).orchestrator(v2::Versioned)
+        b.register(step_a).register(step_b).orchestrator(v2::versioned)
     });
     run.raise("go", "!").await.unwrap();
     let err = wait_error(&store, run.id()).await;
     assert!(err.contains("non-determinism"), "{err}");
-    assert!(err.contains("recorded activity `StepA`"), "{err}");
-    assert!(err.contains("now schedules activity `StepB`"), "{err}");
+    assert!(err.contains("recorded activity `step_a`"), "{err}");
+    assert!(err.contains("now schedules activity `step_b`"), "{err}");
     assert!(err.contains("main.rs"), "source locations are named: {err}");
     assert_eq!(run.status().await.unwrap().status, RuntimeStatus::Running, "stuck, not failed");
     bad.worker.shutdown().await;
 
     // Rolling the fix out rescues it.
-    let good = start_on(store.clone(), clock.clone(), |b| b.activity(StepA).orchestrator(Versioned));
+    let good = start_on(store.clone(), clock.clone(), |b| b.register(step_a).register(versioned));
     good.clock.advance(Duration::from_secs(3600)); // past the retry back-off
     assert_eq!(run.wait().await.unwrap(), "a!");
 }
 
-orchestrator!(AwaitsChannel, () => (), |ctx, _input| {
+#[orchestrator]
+async fn awaits_channel(_ctx: OrchestrationContext, _input: ()) -> Result<(), OrchestrationError> {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     std::mem::forget(tx);
     let _ = rx.await;
     Ok(())
-});
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn awaiting_a_non_durable_future_is_reported() {
-    let env = start(|b| b.orchestrator(AwaitsChannel));
-    let run = env.client.start(AwaitsChannel, ()).await.unwrap();
+    let env = start(|b| b.register(awaits_channel));
+    let run = env.client.start(awaits_channel, ()).await.unwrap();
     let err = wait_error(&env.store, run.id()).await;
     assert!(err.contains("not a durable operation"), "{err}");
     assert!(err.contains("ctx.sleep"), "{err}");
@@ -498,8 +512,8 @@ async fn awaiting_a_non_durable_future_is_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_rejected_with_typed_errors() {
-    let env = start(|b| b.orchestrator(Nap));
-    let err = env.client.start_raw("Nap", "\"ten\"", StartOptions::new()).await.unwrap_err();
+    let env = start(|b| b.register(nap));
+    let err = env.client.start_raw("nap", "\"ten\"", StartOptions::new()).await.unwrap_err();
     match err {
         ClientError::PayloadDecode(e) => assert_eq!(e.expected, "u64"),
         other => panic!("{other:?}"),
@@ -508,39 +522,42 @@ async fn bad_input_is_rejected_with_typed_errors() {
     assert!(matches!(err, ClientError::UnknownOrchestrator(ref n) if n == "NoSuchThing"));
     assert!(InstanceId::new("bad/id").is_err());
     let big = "x".repeat(2 << 20);
-    let run = env.client.start(Nap, 1).await.unwrap();
+    let run = env.client.start(nap, 1).await.unwrap();
     assert!(matches!(run.raise("e", &big).await, Err(ClientError::PayloadTooLarge { .. })));
 }
 
-activity!(Explode, () => (), |_i| { panic!("kaboom") });
+#[activity]
+async fn explode(_i: ()) -> Result<(), ActivityError> { panic!("kaboom") }
 
-orchestrator!(CallsExplode, () => String, |ctx, _input| {
-    match ctx.call(Explode, ()).await {
+#[orchestrator]
+async fn calls_explode(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+    match ctx.call(explode, ()).await {
         Err(TaskError::Failed(f)) => Ok(format!("{}|{}", f.error_type, f.message)),
         other => Ok(format!("unexpected {other:?}")),
     }
-});
+}
 
-orchestrator!(PanicsItself, () => (), |ctx, _input| { panic!("orchestrator bug") });
+#[orchestrator]
+async fn panics_itself(_ctx: OrchestrationContext, _input: ()) -> Result<(), OrchestrationError> { panic!("orchestrator bug") }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panics_become_failures_with_details() {
-    let env = start(|b| b.activity(Explode).orchestrator(CallsExplode).orchestrator(PanicsItself));
-    let out = env.client.start(CallsExplode, ()).await.unwrap().wait().await.unwrap();
-    assert_eq!(out, "panic|activity `Explode` panicked: kaboom");
-    match env.client.start(PanicsItself, ()).await.unwrap().wait().await {
+    let env = start(|b| b.register(explode).register(calls_explode).register(panics_itself));
+    let out = env.client.start(calls_explode, ()).await.unwrap().wait().await.unwrap();
+    assert_eq!(out, "panic|activity `explode` panicked: kaboom");
+    match env.client.start(panics_itself, ()).await.unwrap().wait().await {
         Err(ClientError::Failed(f)) => assert!(f.message.contains("orchestrator bug"), "{f}"),
         other => panic!("{other:?}"),
     }
     // The worker survived both.
-    let out = env.client.start(CallsExplode, ()).await.unwrap().wait().await.unwrap();
+    let out = env.client.start(calls_explode, ()).await.unwrap().wait().await.unwrap();
     assert!(out.starts_with("panic|"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_activity_completion_is_ignored() {
-    let env = start(|b| b.activity(StepA).orchestrator(Versioned));
-    let run = env.client.start(Versioned, ()).await.unwrap();
+    let env = start(|b| b.register(step_a).register(versioned));
+    let run = env.client.start(versioned, ()).await.unwrap();
     wait_for_events(&env.store, run.id(), "TaskCompleted", 1).await;
     // At-least-once redelivery of the same result, then a stale one for an unknown step.
     let dup = durable_core::storage::Message::new(
@@ -563,31 +580,32 @@ async fn duplicate_activity_completion_is_ignored() {
 
 // ---------------------------------------------------------------- versioning and custom status
 
-orchestrator!(ReportVersion, () => Option<String>, |ctx, _input| {
+#[orchestrator]
+async fn report_version(ctx: OrchestrationContext, _input: ()) -> Result<Option<String>, OrchestrationError> {
     ctx.set_custom_status(&"checking")?;
     Ok(ctx.version())
-});
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_is_stamped_and_matched() {
     let env = start(|b| {
-        b.orchestrator(ReportVersion)
+        b.register(report_version)
             .version("2.0", VersionMatch::CurrentOrOlder, VersionMismatchAction::LeavePending)
     });
-    let run = env.client.start(ReportVersion, ()).await.unwrap();
+    let run = env.client.start(report_version, ()).await.unwrap();
     assert_eq!(run.wait().await.unwrap().as_deref(), Some("2.0"));
     assert_eq!(run.status().await.unwrap().custom_status.as_deref(), Some("\"checking\""));
 
     let older = env
         .client
-        .start_with(ReportVersion, (), StartOptions::new().version("1.9"))
+        .start_with(report_version, (), StartOptions::new().version("1.9"))
         .await
         .unwrap();
     assert_eq!(older.wait().await.unwrap().as_deref(), Some("1.9"));
 
     let newer = env
         .client
-        .start_with(ReportVersion, (), StartOptions::new().version("2.1"))
+        .start_with(report_version, (), StartOptions::new().version("2.1"))
         .await
         .unwrap();
     let err = wait_error(&env.store, newer.id()).await;
@@ -595,28 +613,29 @@ async fn version_is_stamped_and_matched() {
     assert_eq!(newer.status().await.unwrap().status, RuntimeStatus::Pending);
 }
 
-orchestrator!(SubWithOptions, () => i64, |ctx, _input| {
+#[orchestrator]
+async fn sub_with_options(ctx: OrchestrationContext, _input: ()) -> Result<i64, OrchestrationError> {
     let id = InstanceId::new("explicit-child").unwrap();
     let opts = SubOrchestrationOptions::new().instance_id(id);
-    Ok(ctx.call_sub_orchestrator_with(Child, 4, opts).await?)
-});
+    Ok(ctx.call_sub_orchestrator_with(child, 4, opts).await?)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sub_orchestration_with_explicit_id() {
-    let env = start(|b| b.orchestrator(Child).orchestrator(SubWithOptions));
-    let run = env.client.start(SubWithOptions, ()).await.unwrap();
+    let env = start(|b| b.register(child).register(sub_with_options));
+    let run = env.client.start(sub_with_options, ()).await.unwrap();
     assert_eq!(run.wait().await.unwrap(), 8);
-    let child = env.client.status(&InstanceId::new("explicit-child").unwrap()).await.unwrap();
-    assert_eq!(child.status, RuntimeStatus::Completed);
+    let child_record = env.client.status(&InstanceId::new("explicit-child").unwrap()).await.unwrap();
+    assert_eq!(child_record.status, RuntimeStatus::Completed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_registration_is_a_clear_error() {
     let err = Worker::builder()
         .store(MemoryStore::new())
-        .orchestrator(Echo)
-        .orchestrator(Echo)
+        .register(echo)
+        .register(echo)
         .start()
         .unwrap_err();
-    assert!(err.to_string().contains("duplicate orchestrator name `Echo`"), "{err}");
+    assert!(err.to_string().contains("duplicate orchestrator name `echo`"), "{err}");
 }

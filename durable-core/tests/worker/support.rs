@@ -11,40 +11,6 @@ use durable_core::prelude::*;
 use durable_core::{InstanceRecord, Store, WorkerBuilder};
 use durable_testing::ManualClock;
 
-/// Defines an orchestrator by hand (the macros are not used in these engine tests).
-#[macro_export]
-macro_rules! orchestrator {
-    ($name:ident, $in:ty => $out:ty, |$ctx:ident, $input:pat_param| $body:block) => {
-        #[derive(Clone, Copy, Debug)]
-        struct $name;
-        impl Orchestrator for $name {
-            const NAME: &'static str = stringify!($name);
-            type Input = $in;
-            type Output = $out;
-            type Error = OrchestrationError;
-            #[allow(unused_variables)]
-            async fn run($ctx: OrchestrationContext, $input: $in) -> Result<$out, OrchestrationError> $body
-        }
-    };
-}
-
-/// Defines an activity by hand.
-#[macro_export]
-macro_rules! activity {
-    ($name:ident, $in:ty => $out:ty, |$input:pat_param| $body:block) => {
-        #[derive(Clone, Copy, Debug)]
-        struct $name;
-        impl Activity for $name {
-            const NAME: &'static str = stringify!($name);
-            type Input = $in;
-            type Output = $out;
-            type Error = ActivityError;
-            #[allow(unused_variables)]
-            async fn run(&self, _ctx: ActivityContext, $input: $in) -> Result<$out, ActivityError> $body
-        }
-    };
-}
-
 pub struct Env {
     pub worker: Worker,
     pub client: Client,

@@ -7,10 +7,10 @@
 use std::time::Duration;
 
 use durable_core::prelude::*;
-use examples::approval::{APPROVAL_EVENT, ApprovalFlow, ApprovalRequest, Decision};
-use examples::chaining::HelloSequence;
-use examples::fan_out::WordCount;
-use examples::monitor::{JobMonitor, MonitorInput};
+use examples::approval::{APPROVAL_EVENT, ApprovalRequest, Decision, approval_flow};
+use examples::chaining::hello_sequence;
+use examples::fan_out::word_count;
+use examples::monitor::{MonitorInput, job_monitor};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,15 +18,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = worker.client();
 
     println!("== 1. chaining");
-    let run = client
-        .start(HelloSequence, vec!["Tokyo".into(), "Seattle".into(), "London".into()])
+    let run = hello_sequence::start(&client, vec!["Tokyo".into(), "Seattle".into(), "London".into()])
         .await?;
     println!("   started {}", run.id());
     println!("   -> {:?}", run.wait().await?);
 
     println!("== 2. fan-out/fan-in");
     let docs: Vec<String> = (1..=100).map(|i| "lorem ipsum ".repeat(i)).collect();
-    let run = client.start(WordCount, docs).await?;
+    let run = word_count::start(&client, docs).await?;
     println!("   started {} over 100 documents in parallel", run.id());
     println!("   -> {} words", run.wait().await?);
 
@@ -36,7 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         interval_ms: 200,
         deadline_ms: 10_000,
     };
-    let run = client.start(JobMonitor, input).await?;
+    let run = job_monitor::start(&client, input).await?;
     println!("   started {} (polls on a durable timer)", run.id());
     println!("   -> {}", run.wait().await?);
 
@@ -45,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         item: "purchase order 42".into(),
         timeout_hours: 72,
     };
-    let run = client.start(ApprovalFlow, req).await?;
+    let run = approval_flow::start(&client, req).await?;
     println!("   started {}; waiting up to 72h for `{APPROVAL_EVENT}`", run.id());
     tokio::time::timeout(Duration::from_secs(5), async {
         while run.status().await.map(|s| s.status) != Ok(RuntimeStatus::Running) {
