@@ -82,3 +82,73 @@ pub(crate) fn body_attrs(f: &Function) -> Vec<syn::Attribute> {
         .cloned()
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::run;
+    use crate::args::Kind;
+
+    fn expand(kind: Kind, attr: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> String {
+        run(kind, attr, item).to_string()
+    }
+
+    #[test]
+    fn activity_expands_to_marker_trait_impl_and_registration() {
+        let out = expand(
+            Kind::Activity,
+            quote!(),
+            quote!(pub async fn greet(name: String) -> Result<String, ActivityError> { Ok(name) }),
+        );
+        assert!(out.contains("pub struct greet ;"), "{out}");
+        assert!(out.contains("impl :: durable_core :: Activity for greet"), "{out}");
+        assert!(out.contains("const NAME : & 'static str = \"greet\""), "{out}");
+        assert!(out.contains("impl :: durable_core :: Registration for greet"), "{out}");
+        assert!(!out.contains("compile_error"), "{out}");
+    }
+
+    #[test]
+    fn orchestrator_expands_proxies_and_honours_name_version_and_crate() {
+        let out = expand(
+            Kind::Orchestrator,
+            quote!(name = "flow.v2", version = "2", crate = my_durable),
+            quote!(async fn flow(ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> { Ok(n) }),
+        );
+        assert!(out.contains("impl my_durable :: Orchestrator for flow"), "{out}");
+        assert!(out.contains("\"flow.v2\""), "{out}");
+        assert!(out.contains("Some (\"2\")"), "{out}");
+        for proxy in ["async fn start", "async fn start_with", "fn handle"] {
+            assert!(out.contains(proxy), "missing {proxy}: {out}");
+        }
+    }
+
+    #[test]
+    fn errors_accumulate_and_the_item_is_still_emitted() {
+        let out = expand(
+            Kind::Orchestrator,
+            quote!(retries = 3),
+            quote!(fn flow(a: u32, b: u32) -> u32 { a + b }),
+        );
+        assert!(out.contains("fn flow"), "user item kept: {out}");
+        assert!(out.contains("unknown #[orchestrator] argument `retries`"), "{out}");
+        assert!(out.contains("must be `async`"), "{out}");
+        assert!(out.contains("must return `Result<T, E>`"), "{out}");
+    }
+
+    #[test]
+    fn lint_flags_nondeterminism_but_not_nested_items_or_ctx_methods() {
+        let body = quote!(async fn flow(ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> {
+            let _t = ctx.now();
+            fn helper() -> std::time::SystemTime { std::time::SystemTime::now() }
+            let _id = uuid::Uuid::new_v4();
+            Ok(n)
+        });
+        let out = expand(Kind::Orchestrator, quote!(), body.clone());
+        assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        assert!(out.contains("uuid::Uuid::new_v4"), "{out}");
+        assert!(out.contains("ctx.new_guid()"), "{out}");
+        let allowed = expand(Kind::Orchestrator, quote!(allow_nondeterminism), body);
+        assert!(!allowed.contains("compile_error"), "{allowed}");
+    }
+}
