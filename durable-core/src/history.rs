@@ -273,6 +273,97 @@ pub enum Event {
         /// JSON status, or `None` when cleared.
         status: Option<Payload>,
     },
+    /// The code called an entity operation (request/response).
+    EntityCalled {
+        /// Action sequence number.
+        seq: u64,
+        /// The entity's instance id (`@name@key`).
+        entity: InstanceId,
+        /// Operation name.
+        operation: String,
+        /// JSON input.
+        input: Payload,
+        /// Where the code called it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        location: Option<SourceLocation>,
+    },
+    /// The code signalled an entity (one-way).
+    EntitySignaled {
+        /// Action sequence number.
+        seq: u64,
+        /// The entity's instance id.
+        entity: InstanceId,
+        /// Operation name.
+        operation: String,
+        /// JSON input.
+        input: Payload,
+        /// Where the code signalled it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        location: Option<SourceLocation>,
+    },
+    /// The code asked to lock entities for a critical section.
+    EntityLockRequested {
+        /// Action sequence number.
+        seq: u64,
+        /// The entities, in lock order.
+        entities: Vec<InstanceId>,
+        /// Where the code asked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        location: Option<SourceLocation>,
+    },
+    /// The code left its critical section and released the locks.
+    EntityUnlockSent {
+        /// Action sequence number.
+        seq: u64,
+        /// The entities released.
+        entities: Vec<InstanceId>,
+        /// Where the section ended.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        location: Option<SourceLocation>,
+    },
+    /// An entity answered a call.
+    EntityResponded {
+        /// Sequence number of the `EntityCalled`.
+        seq: u64,
+        /// JSON result, on success.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<Payload>,
+        /// Failure details, when the operation failed (its state change was rolled back).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure: Option<FailureDetails>,
+    },
+    /// Every lock of a critical section is held.
+    EntityLockGranted {
+        /// Sequence number of the `EntityLockRequested`.
+        seq: u64,
+    },
+    /// (Entity inbox) an operation to run.
+    EntityOperation {
+        /// Operation name.
+        operation: String,
+        /// JSON input.
+        input: Payload,
+        /// The sending orchestration, if any (for critical sections).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sender: Option<InstanceId>,
+        /// Where to send the result, for calls.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<ParentRef>,
+    },
+    /// (Entity inbox) a lock request travelling through the entities in lock order.
+    EntityLockRequest {
+        /// The orchestration asking, and the action to complete once all locks are held.
+        owner: ParentRef,
+        /// All entities of the critical section, in lock order.
+        entities: Vec<InstanceId>,
+        /// Index of the entity this request is for.
+        position: u32,
+    },
+    /// (Entity inbox) the lock held by `owner` is released.
+    EntityUnlock {
+        /// The orchestration that held the lock.
+        owner: InstanceId,
+    },
     /// The execution finished.
     ExecutionCompleted {
         /// Completed, failed or terminated.
@@ -307,6 +398,15 @@ impl Event {
             Event::ExecutionSuspended { .. } => "ExecutionSuspended",
             Event::ExecutionResumed { .. } => "ExecutionResumed",
             Event::CustomStatusSet { .. } => "CustomStatusSet",
+            Event::EntityCalled { .. } => "EntityCalled",
+            Event::EntitySignaled { .. } => "EntitySignaled",
+            Event::EntityLockRequested { .. } => "EntityLockRequested",
+            Event::EntityUnlockSent { .. } => "EntityUnlockSent",
+            Event::EntityResponded { .. } => "EntityResponded",
+            Event::EntityLockGranted { .. } => "EntityLockGranted",
+            Event::EntityOperation { .. } => "EntityOperation",
+            Event::EntityLockRequest { .. } => "EntityLockRequest",
+            Event::EntityUnlock { .. } => "EntityUnlock",
             Event::ExecutionCompleted { .. } => "ExecutionCompleted",
         }
     }
@@ -317,7 +417,11 @@ impl Event {
             Event::TaskScheduled { seq, .. }
             | Event::TimerCreated { seq, .. }
             | Event::SubOrchestrationCreated { seq, .. }
-            | Event::EventSent { seq, .. } => Some(*seq),
+            | Event::EventSent { seq, .. }
+            | Event::EntityCalled { seq, .. }
+            | Event::EntitySignaled { seq, .. }
+            | Event::EntityLockRequested { seq, .. }
+            | Event::EntityUnlockSent { seq, .. } => Some(*seq),
             _ => None,
         }
     }
@@ -336,6 +440,8 @@ impl Event {
                 | Event::ExecutionTerminated { .. }
                 | Event::ExecutionSuspended { .. }
                 | Event::ExecutionResumed { .. }
+                | Event::EntityResponded { .. }
+                | Event::EntityLockGranted { .. }
         )
     }
 }
@@ -406,6 +512,32 @@ pub fn pretty(history: &[HistoryEvent]) -> String {
                     .or_else(|| failure.as_ref().map(ToString::to_string))
                     .unwrap_or_default()
             ),
+            Event::EntityCalled {
+                seq,
+                entity,
+                operation,
+                input,
+                ..
+            }
+            | Event::EntitySignaled {
+                seq,
+                entity,
+                operation,
+                input,
+                ..
+            } => format!("#{seq} {entity}.{operation}({input})"),
+            Event::EntityLockRequested { seq, entities, .. } | Event::EntityUnlockSent { seq, entities, .. } => {
+                let names: Vec<&str> = entities.iter().map(InstanceId::as_str).collect();
+                format!("#{seq} [{}]", names.join(", "))
+            }
+            Event::EntityResponded { seq, result, failure } => match (result, failure) {
+                (_, Some(f)) => format!("#{seq} !! {f}"),
+                (r, None) => format!("#{seq} -> {}", r.as_deref().unwrap_or("null")),
+            },
+            Event::EntityLockGranted { seq } => format!("#{seq}"),
+            Event::EntityOperation { operation, input, .. } => format!("{operation}({input})"),
+            Event::EntityLockRequest { owner, position, .. } => format!("for {} at {position}", owner.instance_id),
+            Event::EntityUnlock { owner } => format!("by {owner}"),
             Event::OrchestratorStarted => String::new(),
         };
         let _ = writeln!(

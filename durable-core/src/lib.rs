@@ -156,7 +156,7 @@ pub use history::{Event, HistoryEvent, RuntimeStatus};
 pub use ids::{InstanceId, Timestamp};
 pub use registry::{Activity, ActivityContext, Orchestrator, Registration, Registry};
 pub use retry::RetryPolicy;
-pub use storage::{IdReusePolicy, InstanceQuery, InstanceRecord, MemoryStore, Store};
+pub use storage::{IdReusePolicy, InstanceQuery, InstanceRecord, MemoryStore, RedbStore, Store};
 pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, WorkerOptions};
 
 /// Everything orchestration, activity and worker code usually needs.

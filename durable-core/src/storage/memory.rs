@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::{
     ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, IdReusePolicy, InstancePage, InstanceQuery,
-    InstanceRecord, LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem, Store, StoreSignals,
+    InstanceRecord, LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem, Store, StoreSignals, WorkKind,
 };
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, RuntimeStatus};
@@ -195,8 +195,14 @@ impl Data {
         }
         self.activities
             .retain(|_, t| t.instance_id.as_str() != key);
-        self.activity_leases
-            .retain(|_, (t, _, _)| t.instance_id.as_str() != key);
+        let expiry = &mut self.activity_lease_expiry;
+        self.activity_leases.retain(|id, (t, until, _)| {
+            let keep = t.instance_id.as_str() != key;
+            if !keep {
+                expiry.remove(&(*until, *id));
+            }
+            keep
+        });
         true
     }
 
@@ -279,13 +285,19 @@ impl Store for MemoryStore {
             let execution = d.instances[&key].record.execution;
             for (seq, child) in commit.new_instances {
                 let child_id = child.instance_id.clone();
-                if let Err(e) = d.create(child) {
+                // Replacing the parent itself would drop the lock held by this commit.
+                let refused = if child_id == commit.instance_id {
+                    Some("a sub-orchestration cannot take its parent's id".to_owned())
+                } else {
+                    d.create(child).err().map(|e| e.to_string())
+                };
+                if let Some(reason) = refused {
                     refusals.push(Message::new(
                         Event::SubOrchestrationFailed {
                             seq,
                             failure: FailureDetails::new(
                                 "SubOrchestrationNotCreated",
-                                format!("could not create sub-orchestration `{child_id}`: {e}"),
+                                format!("could not create sub-orchestration `{child_id}`: {reason}"),
                             ),
                         },
                         Some(execution),
@@ -444,13 +456,23 @@ impl Store for MemoryStore {
     }
 
     async fn next_wake_time(&self) -> Result<Option<Timestamp>, StoreError> {
+        let a = self.next_wake_time_for(WorkKind::Orchestration).await?;
+        let b = self.next_wake_time_for(WorkKind::Activity).await?;
+        Ok(a.into_iter().chain(b).min())
+    }
+
+    async fn next_wake_time_for(&self, kind: WorkKind) -> Result<Option<Timestamp>, StoreError> {
         let d = self.data();
-        let candidates = [
-            d.ready.first().map(|(t, _)| *t),
-            d.orch_leases.first().map(|(t, _)| *t),
-            d.activities.first_key_value().map(|((t, _), _)| *t),
-            d.activity_lease_expiry.first().map(|(t, _)| *t),
-        ];
+        let candidates = match kind {
+            WorkKind::Orchestration => [
+                d.ready.first().map(|(t, _)| *t),
+                d.orch_leases.first().map(|(t, _)| *t),
+            ],
+            WorkKind::Activity => [
+                d.activities.first_key_value().map(|((t, _), _)| *t),
+                d.activity_lease_expiry.first().map(|(t, _)| *t),
+            ],
+        };
         Ok(candidates.into_iter().flatten().min())
     }
 

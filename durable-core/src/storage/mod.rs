@@ -1,11 +1,15 @@
-//! Storage: the [`Store`] trait every backend implements, and the in-memory store.
+//! Storage: the [`Store`] trait every backend implements, the in-memory store and the redb
+//! store.
 //!
 //! A store keeps, per instance, a record (status, input, output, custom status), an
 //! append-only history and an inbox of messages; plus a queue of activity tasks. The
 //! operations are few, atomic and batch-friendly: an episode's whole effect is one
 //! [`Store::commit_episode`]. Stores know nothing about replay.
 
+#[doc(hidden)]
+pub mod conformance;
 mod memory;
+mod redb;
 
 use std::time::Duration;
 
@@ -18,6 +22,7 @@ use crate::history::{Event, HistoryEvent, ParentRef, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 
 pub use memory::MemoryStore;
+pub use self::redb::{RedbDurability, RedbStore, RedbStoreBuilder};
 
 /// What a store knows about one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -360,6 +365,16 @@ pub struct InstancePage {
     pub continuation: Option<String>,
 }
 
+/// The two kinds of leased work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WorkKind {
+    /// Orchestration (and entity) episodes: inbox messages and instance leases.
+    Orchestration,
+    /// Activity tasks and their leases.
+    Activity,
+}
+
 /// Wake-ups a store gives to dispatchers and waiting clients, so nothing polls.
 #[derive(Debug)]
 pub struct StoreSignals {
@@ -395,8 +410,8 @@ impl StoreSignals {
 
 /// A durable store of instances, histories, inboxes and activity tasks.
 ///
-/// Every operation is atomic. An implementation must pass the conformance tests in
-/// `durable-core/tests/store.rs`.
+/// Every operation is atomic. An implementation must pass the conformance suite in
+/// `storage::conformance` (run against every store by `durable-core/tests/store.rs`).
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Creates an instance (record + `ExecutionStarted` in its inbox), following the id-reuse
@@ -441,6 +456,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The earliest future time at which work becomes visible (a timer, a delayed message,
     /// an expiring lease), for dispatchers to sleep until.
     async fn next_wake_time(&self) -> Result<Option<Timestamp>, StoreError>;
+
+    /// [`next_wake_time`](Store::next_wake_time) for one kind of work only, so a dispatcher
+    /// does not wake for work it cannot take. The default answers for all kinds.
+    async fn next_wake_time_for(&self, kind: WorkKind) -> Result<Option<Timestamp>, StoreError> {
+        let _ = kind;
+        self.next_wake_time().await
+    }
 
     /// Reads an instance record.
     async fn read_instance(&self, instance_id: &InstanceId) -> Result<Option<InstanceRecord>, StoreError>;

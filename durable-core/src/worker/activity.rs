@@ -11,7 +11,7 @@ use super::Inner;
 use crate::error::FailureDetails;
 use crate::history::Event;
 use crate::registry::ActivityContext;
-use crate::storage::{ActivityWorkItem, Message};
+use crate::storage::{WorkKind, ActivityWorkItem, Message};
 
 pub(crate) async fn dispatch(inner: Arc<Inner>) {
     let mut running = JoinSet::new();
@@ -59,7 +59,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
             }
             Ok(_) => {
                 drop(first);
-                let next = inner.store.next_wake_time().await.ok().flatten();
+                let next = inner.store.next_wake_time_for(WorkKind::Activity).await.ok().flatten();
                 let sleep = async {
                     match next {
                         Some(t) => inner.clock.sleep_until(t).await,

@@ -11,7 +11,7 @@ use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, ParentRef, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 use crate::replay::{Command, EpisodeResult, Outcome, Replayer};
-use crate::storage::{EpisodeCommit, IdReusePolicy, Message, NewInstance, NextExecution, OrchestrationWorkItem};
+use crate::storage::{WorkKind, EpisodeCommit, IdReusePolicy, Message, NewInstance, NextExecution, OrchestrationWorkItem};
 
 /// Runs until shutdown: fetch work, spawn episodes, sleep until the next due time.
 pub(crate) async fn dispatch(inner: Arc<Inner>) {
@@ -46,7 +46,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
             }
             Ok(None) => {
                 drop(permit);
-                let next = inner.store.next_wake_time().await.ok().flatten();
+                let next = inner.store.next_wake_time_for(WorkKind::Orchestration).await.ok().flatten();
                 let sleep = async {
                     match next {
                         Some(t) => inner.clock.sleep_until(t).await,

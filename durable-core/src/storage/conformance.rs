@@ -1,0 +1,1421 @@
+//! The store conformance suite: every [`Store`] implementation must pass it.
+//!
+//! Each case is a `pub async fn` taking a fresh, empty store and panicking with a message
+//! that names what went wrong. Run them one test per case (the way `tests/store.rs` does, so
+//! a failure names its case), or all at once with [`run_all`].
+//!
+//! Time is never read: every case passes `now` explicitly, so lease expiry and delayed
+//! messages are tested by passing a later `now`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{
+    ActivityTask, CreateResult, EpisodeCommit, IdReusePolicy, InstanceQuery, Message, NewInstance,
+    NextExecution, OrchestrationWorkItem, Store,
+};
+use crate::error::{FailureDetails, StoreError};
+use crate::history::{Event, HistoryEvent, ParentRef, RuntimeStatus};
+use crate::ids::{InstanceId, Timestamp};
+
+/// Runs every case, each against a fresh store from `make`, printing the case name first.
+pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
+    macro_rules! run {
+        ($($case:ident),* $(,)?) => {$(
+            eprintln!("store conformance: {}", stringify!($case));
+            $case(make()).await;
+        )*};
+    }
+    run!(
+        create_and_fetch,
+        scheduled_start,
+        id_reuse_replace_finished,
+        id_reuse_reject_existing,
+        id_reuse_dedupe_running,
+        commit_applies_everything,
+        sub_orchestration_refused_when_child_running,
+        sub_orchestration_with_parents_id_is_refused,
+        continue_as_new,
+        message_order,
+        lease_excludes_and_expires,
+        activity_lease_expiry_requeues,
+        complete_activity_enqueues_result,
+        abandon_activity_delays_task,
+        abandon_episode_delays_messages,
+        next_wake_time,
+        send_message_errors,
+        query_filters,
+        query_paging,
+        purge_removes_everything,
+        signals,
+        concurrent_writes,
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+/// The suite's epoch.
+const T0: Timestamp = Timestamp::from_unix_millis(1_700_000_000_000);
+/// A lease long enough not to expire within a case.
+const LONG: Duration = Duration::from_secs(24 * 3600);
+
+fn at(ms: u64) -> Timestamp {
+    T0 + Duration::from_millis(ms)
+}
+
+fn id(s: &str) -> InstanceId {
+    InstanceId::new(s).expect("valid instance id")
+}
+
+fn new_instance(instance: &str, name: &str, input: &str, created_at: Timestamp) -> NewInstance {
+    NewInstance::new(id(instance), name, input.to_owned(), created_at)
+}
+
+fn raised(name: &str, visible_at: Timestamp) -> Message {
+    Message::new(
+        Event::EventRaised {
+            name: name.to_owned(),
+            input: "null".to_owned(),
+        },
+        None,
+        visible_at,
+    )
+}
+
+fn ev(index: u64, timestamp: Timestamp, event: Event) -> HistoryEvent {
+    HistoryEvent {
+        index,
+        timestamp,
+        event,
+    }
+}
+
+fn task(instance: &str, seq: u64, name: &str, input: &str) -> ActivityTask {
+    ActivityTask {
+        instance_id: id(instance),
+        execution: 1,
+        seq,
+        name: name.to_owned(),
+        input: input.to_owned(),
+    }
+}
+
+/// A short label per message: the event name for raised events, else the event kind.
+fn labels(messages: &[Message]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| match &m.event {
+            Event::EventRaised { name, .. } => name.clone(),
+            other => other.kind().to_owned(),
+        })
+        .collect()
+}
+
+async fn create(store: &Arc<dyn Store>, new: NewInstance) {
+    let what = new.instance_id.to_string();
+    let r = store.create_instance(new).await;
+    assert!(
+        matches!(r, Ok(CreateResult::Created)),
+        "create_instance(`{what}`) should create it, got {r:?}"
+    );
+}
+
+async fn fetch(store: &Arc<dyn Store>, now: Timestamp) -> Option<OrchestrationWorkItem> {
+    store
+        .fetch_orchestration_work(now, LONG)
+        .await
+        .expect("fetch_orchestration_work")
+}
+
+/// Fetches work that must exist, for instance `want`.
+async fn fetch_one(store: &Arc<dyn Store>, want: &str, now: Timestamp) -> OrchestrationWorkItem {
+    let item = fetch(store, now)
+        .await
+        .unwrap_or_else(|| panic!("expected work for `{want}` at {now}, found none"));
+    assert_eq!(
+        item.instance.instance_id.as_str(),
+        want,
+        "fetched the wrong instance"
+    );
+    item
+}
+
+/// Fetches every instance with work at `now` (leasing them all), sorted by id.
+async fn fetch_all(store: &Arc<dyn Store>, now: Timestamp) -> Vec<OrchestrationWorkItem> {
+    let mut out = Vec::new();
+    while let Some(item) = fetch(store, now).await {
+        assert!(
+            out.iter().all(
+                |o: &OrchestrationWorkItem| o.instance.instance_id != item.instance.instance_id
+            ),
+            "instance `{}` was fetched twice while locked",
+            item.instance.instance_id
+        );
+        out.push(item);
+        assert!(
+            out.len() < 1000,
+            "fetch_orchestration_work never returns None"
+        );
+    }
+    out.sort_by(|a, b| a.instance.instance_id.cmp(&b.instance.instance_id));
+    out
+}
+
+/// A commit consuming every message of `item`.
+fn commit_for(
+    item: &OrchestrationWorkItem,
+    status: RuntimeStatus,
+    now: Timestamp,
+) -> EpisodeCommit {
+    let mut c = EpisodeCommit::new(item.instance.instance_id.clone(), item.lock, status, now);
+    c.consumed = item.messages.iter().map(|m| m.id).collect();
+    c
+}
+
+async fn commit(store: &Arc<dyn Store>, commit: EpisodeCommit) {
+    let what = commit.instance_id.to_string();
+    store
+        .commit_episode(commit)
+        .await
+        .unwrap_or_else(|e| panic!("commit_episode(`{what}`) failed: {e}"));
+}
+
+/// Runs one episode of the only ready instance `instance` at `now`, consuming its messages
+/// and recording `OrchestratorStarted`, then lets `edit` shape the commit.
+async fn episode(
+    store: &Arc<dyn Store>,
+    instance: &str,
+    now: Timestamp,
+    status: RuntimeStatus,
+    edit: impl FnOnce(&mut EpisodeCommit),
+) {
+    let item = fetch_one(store, instance, now).await;
+    let mut c = commit_for(&item, status, now);
+    c.new_events
+        .push(ev(item.history_len, now, Event::OrchestratorStarted));
+    edit(&mut c);
+    commit(store, c).await;
+}
+
+/// Runs a finishing episode: the instance ends with `status`.
+async fn finish(store: &Arc<dyn Store>, instance: &str, now: Timestamp, status: RuntimeStatus) {
+    episode(store, instance, now, status, |c| {
+        let (output, failure) = if status == RuntimeStatus::Failed {
+            (None, Some(FailureDetails::new("Boom", "it failed")))
+        } else {
+            (Some("\"done\"".to_owned()), None)
+        };
+        let next = c.new_events.last().map_or(0, |e| e.index + 1);
+        c.new_events.push(ev(
+            next,
+            now,
+            Event::ExecutionCompleted {
+                status,
+                output: output.clone(),
+                failure: failure.clone(),
+            },
+        ));
+        c.output = output;
+        c.failure = failure;
+    })
+    .await;
+}
+
+async fn record(store: &Arc<dyn Store>, instance: &str) -> super::InstanceRecord {
+    store
+        .read_instance(&id(instance))
+        .await
+        .expect("read_instance")
+        .unwrap_or_else(|| panic!("instance `{instance}` should exist"))
+}
+
+async fn history(store: &Arc<dyn Store>, instance: &str) -> Vec<HistoryEvent> {
+    store
+        .read_history(&id(instance))
+        .await
+        .expect("read_history")
+}
+
+async fn query_ids(store: &Arc<dyn Store>, query: &InstanceQuery) -> (Vec<String>, Option<String>) {
+    let page = store.query_instances(query).await.expect("query_instances");
+    (
+        page.instances
+            .iter()
+            .map(|r| r.instance_id.as_str().to_owned())
+            .collect(),
+        page.continuation,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Cases
+
+/// A created instance reads back as Pending, execution 1, with `ExecutionStarted` in its inbox.
+pub async fn create_and_fetch(store: Arc<dyn Store>) {
+    let mut new = new_instance("a", "Greet", "\"hi\"", T0);
+    new.version = Some("v1".to_owned());
+    create(&store, new).await;
+
+    let r = record(&store, "a").await;
+    assert_eq!(r.instance_id.as_str(), "a");
+    assert_eq!(r.name, "Greet");
+    assert_eq!(r.version.as_deref(), Some("v1"));
+    assert_eq!(r.execution, 1, "a new instance is execution 1");
+    assert_eq!(
+        r.status,
+        RuntimeStatus::Pending,
+        "a new instance is Pending"
+    );
+    assert_eq!(r.input, "\"hi\"");
+    assert_eq!(r.output, None);
+    assert_eq!(r.failure, None);
+    assert_eq!(r.custom_status, None);
+    assert_eq!(r.created_at, T0);
+    assert_eq!(r.last_updated_at, T0);
+    assert_eq!(r.parent, None);
+    assert_eq!(r.last_error, None);
+    assert!(
+        history(&store, "a").await.is_empty(),
+        "a new instance has no history"
+    );
+    assert_eq!(
+        store
+            .read_instance(&id("nope"))
+            .await
+            .expect("read_instance"),
+        None
+    );
+    assert!(history(&store, "nope").await.is_empty());
+
+    let item = fetch_one(&store, "a", T0).await;
+    assert_eq!(
+        item.instance, r,
+        "the work item carries the instance record"
+    );
+    assert_eq!(item.history_len, 0);
+    assert_eq!(
+        item.messages.len(),
+        1,
+        "exactly the start message: {:?}",
+        item.messages
+    );
+    let m = &item.messages[0];
+    assert_eq!(m.id.visible_at, T0);
+    match &m.event {
+        Event::ExecutionStarted {
+            name,
+            input,
+            version,
+            ..
+        } => {
+            assert_eq!(name, "Greet");
+            assert_eq!(input, "\"hi\"");
+            assert_eq!(version.as_deref(), Some("v1"));
+        }
+        other => panic!("expected ExecutionStarted, got {other:?}"),
+    }
+    assert!(
+        fetch(&store, T0).await.is_none(),
+        "a locked instance is not fetched again"
+    );
+}
+
+/// A scheduled start is invisible until its time.
+pub async fn scheduled_start(store: Arc<dyn Store>) {
+    let mut new = new_instance("later", "Greet", "null", T0);
+    new.scheduled_start = Some(at(60_000));
+    create(&store, new).await;
+    assert_eq!(
+        record(&store, "later").await.scheduled_start,
+        Some(at(60_000))
+    );
+    assert!(
+        fetch(&store, at(59_999)).await.is_none(),
+        "not visible before its scheduled start"
+    );
+    let item = fetch_one(&store, "later", at(60_000)).await;
+    assert_eq!(labels(&item.messages), ["ExecutionStarted"]);
+    assert_eq!(item.messages[0].id.visible_at, at(60_000));
+}
+
+/// `ReplaceFinished` replaces a finished instance (execution + 1) and rejects a running one.
+pub async fn id_reuse_replace_finished(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Job", "1", T0)).await;
+    let again = store
+        .create_instance(new_instance("a", "Job", "2", T0))
+        .await;
+    assert_eq!(
+        again,
+        Err(StoreError::InstanceAlreadyExists("a".into())),
+        "a pending instance is running: not replaced"
+    );
+    finish(&store, "a", at(10), RuntimeStatus::Completed).await;
+    assert_eq!(history(&store, "a").await.len(), 2);
+
+    create(&store, new_instance("a", "Job", "2", at(1000))).await;
+    let r = record(&store, "a").await;
+    assert_eq!(r.execution, 2, "replacing bumps the execution");
+    assert_eq!(r.status, RuntimeStatus::Pending);
+    assert_eq!(r.input, "2");
+    assert_eq!(r.output, None);
+    assert_eq!(r.created_at, at(1000));
+    assert!(
+        history(&store, "a").await.is_empty(),
+        "the old history is gone"
+    );
+
+    let item = fetch_one(&store, "a", at(1000)).await;
+    assert_eq!(
+        labels(&item.messages),
+        ["ExecutionStarted"],
+        "only the new start message"
+    );
+    match &item.messages[0].event {
+        Event::ExecutionStarted { input, .. } => assert_eq!(input, "2"),
+        other => panic!("expected ExecutionStarted, got {other:?}"),
+    }
+    commit(&store, commit_for(&item, RuntimeStatus::Running, at(1001))).await;
+    let running = store
+        .create_instance(new_instance("a", "Job", "3", at(2000)))
+        .await;
+    assert_eq!(running, Err(StoreError::InstanceAlreadyExists("a".into())));
+    let r = record(&store, "a").await;
+    assert_eq!(
+        (r.execution, r.status, r.input.as_str()),
+        (2, RuntimeStatus::Running, "2")
+    );
+}
+
+/// `RejectExisting` rejects whenever the id exists.
+pub async fn id_reuse_reject_existing(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Job", "1", T0)).await;
+    let mut dup = new_instance("a", "Job", "2", T0);
+    dup.reuse = IdReusePolicy::RejectExisting;
+    assert_eq!(
+        store.create_instance(dup.clone()).await,
+        Err(StoreError::InstanceAlreadyExists("a".into()))
+    );
+    finish(&store, "a", at(10), RuntimeStatus::Completed).await;
+    assert_eq!(
+        store.create_instance(dup).await,
+        Err(StoreError::InstanceAlreadyExists("a".into())),
+        "RejectExisting also rejects a finished instance"
+    );
+    let r = record(&store, "a").await;
+    assert_eq!((r.execution, r.status), (1, RuntimeStatus::Completed));
+}
+
+/// `DedupeRunning` returns the running instance, and replaces a finished one.
+pub async fn id_reuse_dedupe_running(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Job", "1", T0)).await;
+    let mut dup = new_instance("a", "Job", "2", at(5));
+    dup.reuse = IdReusePolicy::DedupeRunning;
+    match store.create_instance(dup.clone()).await {
+        Ok(CreateResult::Existing(r)) => {
+            assert_eq!(r.instance_id.as_str(), "a");
+            assert_eq!((r.execution, r.input.as_str()), (1, "1"));
+        }
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    let item = fetch_one(&store, "a", T0).await;
+    assert_eq!(
+        labels(&item.messages),
+        ["ExecutionStarted"],
+        "dedupe enqueued nothing"
+    );
+    store
+        .abandon_episode(&id("a"), item.lock, T0, None)
+        .await
+        .expect("abandon_episode");
+
+    finish(&store, "a", at(10), RuntimeStatus::Failed).await;
+    assert_eq!(record(&store, "a").await.status, RuntimeStatus::Failed);
+    assert!(matches!(
+        store.create_instance(dup).await,
+        Ok(CreateResult::Created)
+    ));
+    let r = record(&store, "a").await;
+    assert_eq!(
+        (r.execution, r.status, r.input.as_str()),
+        (2, RuntimeStatus::Pending, "2")
+    );
+    assert_eq!(r.failure, None);
+}
+
+/// One commit appends history, consumes messages, enqueues activities, timers and messages,
+/// and creates sub-orchestrations.
+#[allow(clippy::too_many_lines, reason = "one scenario, asserted step by step")]
+pub async fn commit_applies_everything(store: Arc<dyn Store>) {
+    create(&store, new_instance("p", "Parent", "1", T0)).await;
+    let item = fetch_one(&store, "p", T0).await;
+    create(&store, new_instance("o", "Other", "null", T0)).await;
+
+    let now = at(1000);
+    let fire_at = at(10_000);
+    let mut c = commit_for(&item, RuntimeStatus::Running, now);
+    c.new_events = vec![
+        ev(0, now, Event::OrchestratorStarted),
+        ev(1, now, item.messages[0].event.clone()),
+        ev(
+            2,
+            now,
+            Event::TaskScheduled {
+                seq: 0,
+                name: "charge".into(),
+                input: "5".into(),
+                location: None,
+            },
+        ),
+        ev(
+            3,
+            now,
+            Event::TimerCreated {
+                seq: 1,
+                fire_at,
+                location: None,
+            },
+        ),
+        ev(
+            4,
+            now,
+            Event::SubOrchestrationCreated {
+                seq: 2,
+                name: "Child".into(),
+                instance_id: id("c"),
+                input: "7".into(),
+                version: None,
+                location: None,
+            },
+        ),
+        ev(
+            5,
+            now,
+            Event::EventSent {
+                seq: 3,
+                instance_id: id("o"),
+                name: "ping".into(),
+                input: "null".into(),
+                location: None,
+            },
+        ),
+    ];
+    c.custom_status = Some("\"busy\"".into());
+    c.activities = vec![task("p", 0, "charge", "5")];
+    c.messages = vec![
+        (
+            id("p"),
+            Message::new(Event::TimerFired { seq: 1, fire_at }, Some(1), fire_at),
+        ),
+        (id("o"), raised("ping", now)),
+        (id("ghost"), raised("lost", now)),
+    ];
+    let mut child = new_instance("c", "Child", "7", now);
+    child.parent = Some(ParentRef {
+        instance_id: id("p"),
+        execution: 1,
+        seq: 2,
+    });
+    c.new_instances = vec![(2, child)];
+    let events = c.new_events.clone();
+    commit(&store, c).await;
+
+    assert_eq!(
+        history(&store, "p").await,
+        events,
+        "history is the appended events"
+    );
+    let p = record(&store, "p").await;
+    assert_eq!(p.status, RuntimeStatus::Running);
+    assert_eq!(p.custom_status.as_deref(), Some("\"busy\""));
+    assert_eq!(p.last_updated_at, now);
+    assert_eq!(p.execution, 1);
+    let child = record(&store, "c").await;
+    assert_eq!(
+        (child.status, child.execution, child.input.as_str()),
+        (RuntimeStatus::Pending, 1, "7")
+    );
+    assert_eq!(
+        child.parent,
+        Some(ParentRef {
+            instance_id: id("p"),
+            execution: 1,
+            seq: 2
+        })
+    );
+    assert_eq!(
+        store
+            .read_instance(&id("ghost"))
+            .await
+            .expect("read_instance"),
+        None,
+        "a message to an unknown instance creates nothing"
+    );
+
+    let items = fetch_all(&store, now).await;
+    let ids: Vec<&str> = items
+        .iter()
+        .map(|i| i.instance.instance_id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["c", "o"],
+        "p's start was consumed and its timer is not visible yet"
+    );
+    assert_eq!(labels(&items[0].messages), ["ExecutionStarted"]);
+    match &items[0].messages[0].event {
+        Event::ExecutionStarted { parent, .. } => {
+            assert_eq!(parent.as_ref().map(|p| p.instance_id.as_str()), Some("p"));
+        }
+        other => panic!("expected ExecutionStarted, got {other:?}"),
+    }
+    assert_eq!(labels(&items[1].messages), ["ExecutionStarted", "ping"]);
+    assert!(
+        fetch(&store, at(9_999)).await.is_none(),
+        "the timer is invisible before its time"
+    );
+
+    let tasks = store
+        .fetch_activity_work(now, LONG, 10)
+        .await
+        .expect("fetch_activity_work");
+    assert_eq!(tasks.len(), 1, "one activity was enqueued");
+    assert_eq!(tasks[0].task, task("p", 0, "charge", "5"));
+
+    let timer = fetch_one(&store, "p", fire_at).await;
+    assert_eq!(timer.history_len, 6);
+    assert_eq!(labels(&timer.messages), ["TimerFired"]);
+    assert_eq!(timer.messages[0].execution, Some(1));
+    assert_eq!(timer.messages[0].id.visible_at, fire_at);
+}
+
+/// A child id taken by a running instance is refused: the parent gets `SubOrchestrationFailed`.
+pub async fn sub_orchestration_refused_when_child_running(store: Arc<dyn Store>) {
+    create(&store, new_instance("p", "Parent", "1", T0)).await;
+    let item = fetch_one(&store, "p", T0).await;
+    create(&store, new_instance("c", "Child", "\"orig\"", T0)).await;
+
+    let mut c = commit_for(&item, RuntimeStatus::Running, at(5));
+    let mut child = new_instance("c", "Child", "\"new\"", at(5));
+    child.parent = Some(ParentRef {
+        instance_id: id("p"),
+        execution: 1,
+        seq: 7,
+    });
+    c.new_instances = vec![(7, child)];
+    commit(&store, c).await;
+
+    let items = fetch_all(&store, at(5)).await;
+    let ids: Vec<&str> = items
+        .iter()
+        .map(|i| i.instance.instance_id.as_str())
+        .collect();
+    assert_eq!(ids, ["c", "p"]);
+    assert_eq!(
+        labels(&items[0].messages),
+        ["ExecutionStarted"],
+        "the running child is untouched"
+    );
+    let refusal = &items[1].messages;
+    assert_eq!(labels(refusal), ["SubOrchestrationFailed"]);
+    assert_eq!(refusal[0].execution, Some(1));
+    match &refusal[0].event {
+        Event::SubOrchestrationFailed { seq, failure } => {
+            assert_eq!(*seq, 7);
+            assert!(
+                failure.message.contains("`c`"),
+                "failure names the child: {failure}"
+            );
+        }
+        other => panic!("expected SubOrchestrationFailed, got {other:?}"),
+    }
+    let child = record(&store, "c").await;
+    assert_eq!((child.execution, child.input.as_str()), (1, "\"orig\""));
+    assert_eq!(child.parent, None);
+}
+
+/// A sub-orchestration may not take its parent's id, even when the parent is finished and
+/// `ReplaceFinished` would otherwise replace it: the parent gets `SubOrchestrationFailed`.
+pub async fn sub_orchestration_with_parents_id_is_refused(store: Arc<dyn Store>) {
+    create(&store, new_instance("p", "Parent", "1", T0)).await;
+    finish(&store, "p", T0, RuntimeStatus::Completed).await;
+    // Messages from other instances' commits reach a finished instance, so it is fetched.
+    create(&store, new_instance("o", "Other", "null", T0)).await;
+    episode(&store, "o", T0, RuntimeStatus::Running, |c| {
+        c.messages = vec![(id("p"), raised("late", T0))];
+    })
+    .await;
+    let item = fetch_one(&store, "p", T0).await;
+    assert_eq!(labels(&item.messages), ["late"]);
+    let mut c = commit_for(&item, RuntimeStatus::Completed, at(1));
+    c.output = Some("\"done\"".into());
+    c.new_instances = vec![(4, new_instance("p", "Parent", "2", at(1)))];
+    commit(&store, c).await;
+    let r = record(&store, "p").await;
+    assert_eq!(
+        (r.execution, r.input.as_str()),
+        (1, "1"),
+        "the parent was not replaced"
+    );
+    let item = fetch_one(&store, "p", at(1)).await;
+    assert_eq!(labels(&item.messages), ["SubOrchestrationFailed"]);
+}
+
+/// Continue-as-new resets history, bumps the execution and enqueues the new start messages.
+pub async fn continue_as_new(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Loop", "1", T0)).await;
+    let item = fetch_one(&store, "a", T0).await;
+    let now = at(100);
+    let mut c = commit_for(&item, RuntimeStatus::Running, now);
+    c.new_events = vec![
+        ev(0, now, Event::OrchestratorStarted),
+        ev(
+            1,
+            now,
+            Event::ContinuedAsNew {
+                input: "2".into(),
+                version: Some("v2".into()),
+            },
+        ),
+    ];
+    c.output = Some("\"ignored\"".into());
+    let start = Message::new(
+        Event::ExecutionStarted {
+            name: "Loop".into(),
+            version: Some("v2".into()),
+            input: "2".into(),
+            parent: None,
+            scheduled_start: None,
+        },
+        None,
+        now,
+    );
+    c.next_execution = Some(NextExecution {
+        input: "2".into(),
+        version: Some("v2".into()),
+        messages: vec![start, raised("carried", now)],
+    });
+    commit(&store, c).await;
+
+    assert!(
+        history(&store, "a").await.is_empty(),
+        "continue-as-new resets history"
+    );
+    let r = record(&store, "a").await;
+    assert_eq!(r.execution, 2, "continue-as-new bumps the execution");
+    assert_eq!(r.status, RuntimeStatus::ContinuedAsNew);
+    assert_eq!(r.input, "2");
+    assert_eq!(r.version.as_deref(), Some("v2"));
+    assert_eq!(r.output, None);
+
+    let next = fetch_one(&store, "a", now).await;
+    assert_eq!(next.history_len, 0);
+    assert_eq!(labels(&next.messages), ["ExecutionStarted", "carried"]);
+    let mut c = commit_for(&next, RuntimeStatus::Running, at(200));
+    c.new_events = vec![ev(0, at(200), Event::OrchestratorStarted)];
+    commit(&store, c).await;
+    let h = history(&store, "a").await;
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0].event, Event::OrchestratorStarted);
+}
+
+/// Messages come by visibility time, then arrival; instances by their earliest message.
+pub async fn message_order(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    let a = id("a");
+    for (name, ms) in [("m1", 5), ("m2", 1), ("m3", 1), ("m4", 100)] {
+        store
+            .send_message(&a, raised(name, at(ms)))
+            .await
+            .expect("send_message");
+    }
+    let item = fetch_one(&store, "a", at(10)).await;
+    assert_eq!(
+        labels(&item.messages),
+        ["ExecutionStarted", "m2", "m3", "m1"],
+        "ordered by visible_at then arrival; m4 is not visible yet"
+    );
+    assert!(
+        item.messages.windows(2).all(|w| w[0].id < w[1].id),
+        "message ids increase in delivery order"
+    );
+
+    let mut x = new_instance("x", "Job", "null", T0);
+    x.scheduled_start = Some(at(5));
+    let mut y = new_instance("y", "Job", "null", T0);
+    y.scheduled_start = Some(at(3));
+    create(&store, x).await;
+    create(&store, y).await;
+    fetch_one(&store, "y", at(10)).await;
+    fetch_one(&store, "x", at(10)).await;
+}
+
+/// A locked instance is not fetched again until its lease expires; a stale token's commit
+/// fails with `LockLost` and changes nothing.
+pub async fn lease_excludes_and_expires(store: Arc<dyn Store>) {
+    let lease = Duration::from_secs(30);
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    let first = store
+        .fetch_orchestration_work(T0, lease)
+        .await
+        .expect("fetch")
+        .expect("work for a");
+    assert!(fetch(&store, T0).await.is_none(), "locked");
+    store
+        .send_message(&id("a"), raised("late", T0))
+        .await
+        .expect("send_message");
+    assert!(fetch(&store, at(29_999)).await.is_none(), "still locked");
+    let second = fetch_one(&store, "a", at(30_000)).await;
+    assert_ne!(second.lock, first.lock, "a new lease has a new token");
+    assert_eq!(labels(&second.messages), ["ExecutionStarted", "late"]);
+
+    let mut stale = commit_for(&first, RuntimeStatus::Completed, at(30_001));
+    stale.new_events = vec![ev(0, at(30_001), Event::OrchestratorStarted)];
+    stale.output = Some("\"stale\"".into());
+    stale.activities = vec![task("a", 0, "x", "null")];
+    stale.messages = vec![(id("a"), raised("from-stale", at(30_001)))];
+    let r = store.commit_episode(stale).await;
+    assert!(
+        matches!(r, Err(StoreError::LockLost(_))),
+        "stale commit must fail, got {r:?}"
+    );
+    let r = store
+        .abandon_episode(&id("a"), first.lock, at(40_000), Some("stale".into()))
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::LockLost(_))),
+        "stale abandon must fail, got {r:?}"
+    );
+
+    assert!(
+        history(&store, "a").await.is_empty(),
+        "the stale commit changed nothing"
+    );
+    let rec = record(&store, "a").await;
+    assert_eq!(
+        (rec.status, rec.output.as_deref(), rec.last_error.as_deref()),
+        (RuntimeStatus::Pending, None, None)
+    );
+    assert!(
+        store
+            .fetch_activity_work(at(30_001), LONG, 10)
+            .await
+            .expect("fetch_activity_work")
+            .is_empty(),
+        "the stale commit enqueued nothing"
+    );
+
+    let mut c = EpisodeCommit::new(id("a"), second.lock, RuntimeStatus::Running, at(30_002));
+    c.consumed = vec![second.messages[0].id];
+    commit(&store, c).await;
+    let rest = fetch_one(&store, "a", at(30_002)).await;
+    assert_eq!(
+        labels(&rest.messages),
+        ["late"],
+        "only consumed messages are removed"
+    );
+}
+
+/// An activity lease that expires puts the task back in the queue.
+pub async fn activity_lease_expiry_requeues(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    episode(&store, "a", T0, RuntimeStatus::Running, |c| {
+        c.activities = vec![task("a", 0, "one", "1"), task("a", 1, "two", "2")];
+    })
+    .await;
+    let lease = Duration::from_secs(10);
+    let first = store
+        .fetch_activity_work(T0, lease, 1)
+        .await
+        .expect("fetch");
+    assert_eq!(first.len(), 1, "at most `max` tasks");
+    assert_eq!(first[0].task.name, "one", "tasks come in enqueue order");
+    let second = store
+        .fetch_activity_work(T0, lease, 10)
+        .await
+        .expect("fetch");
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].task.name, "two");
+    assert!(
+        store
+            .fetch_activity_work(at(9_999), lease, 10)
+            .await
+            .expect("fetch")
+            .is_empty(),
+        "leased tasks are not fetched again"
+    );
+    let again = store
+        .fetch_activity_work(at(10_000), lease, 10)
+        .await
+        .expect("fetch");
+    let mut names: Vec<&str> = again.iter().map(|w| w.task.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["one", "two"], "expired leases put the tasks back");
+    let one = again
+        .iter()
+        .find(|w| w.task.name == "one")
+        .expect("task one");
+    assert_eq!(one.id, first[0].id, "the same task comes back");
+    assert_ne!(one.lock, first[0].lock, "under a new lease");
+
+    let result = Message::new(
+        Event::TaskCompleted {
+            seq: 0,
+            result: "1".into(),
+        },
+        Some(1),
+        at(10_000),
+    );
+    let r = store
+        .complete_activity(first[0].id, first[0].lock, result.clone())
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::LockLost(_))),
+        "stale completion must fail, got {r:?}"
+    );
+    let r = store
+        .abandon_activity(first[0].id, first[0].lock, at(10_000))
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::LockLost(_))),
+        "stale abandon must fail, got {r:?}"
+    );
+    assert!(
+        fetch(&store, at(10_000)).await.is_none(),
+        "the stale completion enqueued nothing"
+    );
+    store
+        .complete_activity(one.id, one.lock, result)
+        .await
+        .expect("complete_activity");
+    let item = fetch_one(&store, "a", at(10_000)).await;
+    assert_eq!(labels(&item.messages), ["TaskCompleted"]);
+}
+
+/// Completing a task removes it and enqueues its result, atomically; a finished instance
+/// drops the result.
+pub async fn complete_activity_enqueues_result(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    episode(&store, "a", T0, RuntimeStatus::Running, |c| {
+        c.activities = vec![task("a", 0, "one", "1"), task("a", 1, "two", "2")];
+    })
+    .await;
+    let work = store
+        .fetch_activity_work(T0, LONG, 10)
+        .await
+        .expect("fetch");
+    assert_eq!(work.len(), 2);
+    assert_eq!(work[0].task, task("a", 0, "one", "1"));
+    assert_ne!(work[0].id, work[1].id, "task ids are unique");
+
+    let result = Message::new(
+        Event::TaskCompleted {
+            seq: 0,
+            result: "42".into(),
+        },
+        Some(1),
+        at(100),
+    );
+    store
+        .complete_activity(work[0].id, work[0].lock, result.clone())
+        .await
+        .expect("complete_activity");
+    let r = store
+        .complete_activity(work[0].id, work[0].lock, result)
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::LockLost(_))),
+        "a task completes once, got {r:?}"
+    );
+
+    let item = fetch_one(&store, "a", at(100)).await;
+    assert_eq!(labels(&item.messages), ["TaskCompleted"]);
+    assert_eq!(item.messages[0].execution, Some(1));
+    assert_eq!(
+        item.messages[0].event,
+        Event::TaskCompleted {
+            seq: 0,
+            result: "42".into()
+        }
+    );
+    // Finish the instance: the second task's result is then dropped.
+    let mut c = commit_for(&item, RuntimeStatus::Completed, at(101));
+    c.output = Some("\"done\"".into());
+    commit(&store, c).await;
+    store
+        .complete_activity(
+            work[1].id,
+            work[1].lock,
+            Message::new(
+                Event::TaskCompleted {
+                    seq: 1,
+                    result: "2".into(),
+                },
+                Some(1),
+                at(102),
+            ),
+        )
+        .await
+        .expect("complete_activity");
+    assert!(
+        fetch(&store, at(102)).await.is_none(),
+        "a finished instance gets no result"
+    );
+    let far = at(365 * 24 * 3600 * 1000);
+    assert!(
+        store
+            .fetch_activity_work(far, LONG, 10)
+            .await
+            .expect("fetch")
+            .is_empty(),
+        "completed tasks are gone from the queue"
+    );
+}
+
+/// An abandoned task is visible again at `retry_at`, not before.
+pub async fn abandon_activity_delays_task(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    episode(&store, "a", T0, RuntimeStatus::Running, |c| {
+        c.activities = vec![task("a", 0, "one", "1")];
+    })
+    .await;
+    let work = store
+        .fetch_activity_work(T0, LONG, 10)
+        .await
+        .expect("fetch");
+    assert_eq!(work.len(), 1);
+    store
+        .abandon_activity(work[0].id, work[0].lock, at(5_000))
+        .await
+        .expect("abandon_activity");
+    assert!(
+        store
+            .fetch_activity_work(at(4_999), LONG, 10)
+            .await
+            .expect("fetch")
+            .is_empty()
+    );
+    assert_eq!(
+        store.next_wake_time().await.expect("next_wake_time"),
+        Some(at(5_000))
+    );
+    let again = store
+        .fetch_activity_work(at(5_000), LONG, 10)
+        .await
+        .expect("fetch");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, work[0].id);
+    assert_eq!(again[0].task, task("a", 0, "one", "1"));
+}
+
+/// Abandoning an episode delays its messages to `retry_at` and records the error.
+pub async fn abandon_episode_delays_messages(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    store
+        .send_message(&id("a"), raised("later", at(9_000)))
+        .await
+        .expect("send_message");
+    let item = fetch_one(&store, "a", T0).await;
+    assert_eq!(labels(&item.messages), ["ExecutionStarted"]);
+    store
+        .abandon_episode(&id("a"), item.lock, at(5_000), Some("boom".into()))
+        .await
+        .expect("abandon_episode");
+    let r = record(&store, "a").await;
+    assert_eq!(
+        r.last_error.as_deref(),
+        Some("boom"),
+        "the error shows in the status"
+    );
+    assert_eq!(r.status, RuntimeStatus::Pending);
+    assert!(
+        fetch(&store, at(4_999)).await.is_none(),
+        "messages are delayed to retry_at"
+    );
+    assert_eq!(
+        store.next_wake_time().await.expect("next_wake_time"),
+        Some(at(5_000))
+    );
+
+    let again = fetch_one(&store, "a", at(5_000)).await;
+    assert_eq!(labels(&again.messages), ["ExecutionStarted"]);
+    assert_eq!(again.messages[0].id.visible_at, at(5_000));
+    assert_eq!(
+        again.messages[0].id.seq, item.messages[0].id.seq,
+        "arrival order is kept"
+    );
+    commit(
+        &store,
+        commit_for(&again, RuntimeStatus::Running, at(5_001)),
+    )
+    .await;
+    assert_eq!(
+        record(&store, "a").await.last_error,
+        None,
+        "a commit clears the error"
+    );
+    let later = fetch_one(&store, "a", at(9_000)).await;
+    assert_eq!(
+        labels(&later.messages),
+        ["later"],
+        "later messages keep their own time"
+    );
+}
+
+/// `next_wake_time` is the earliest time work becomes visible (or a lease expires).
+pub async fn next_wake_time(store: Arc<dyn Store>) {
+    assert_eq!(
+        store.next_wake_time().await.expect("next_wake_time"),
+        None,
+        "an empty store never wakes"
+    );
+    let mut later = new_instance("later", "Job", "null", T0);
+    later.scheduled_start = Some(at(60_000));
+    create(&store, later).await;
+    assert_eq!(
+        store.next_wake_time().await.expect("next_wake_time"),
+        Some(at(60_000))
+    );
+
+    create(&store, new_instance("now", "Job", "null", T0)).await;
+    assert_eq!(
+        store.next_wake_time().await.expect("next_wake_time"),
+        Some(T0)
+    );
+    let item = store
+        .fetch_orchestration_work(T0, Duration::from_secs(300))
+        .await
+        .expect("fetch")
+        .expect("work for `now`");
+    assert_eq!(item.instance.instance_id.as_str(), "now");
+    assert_eq!(
+        store.next_wake_time().await.expect("next_wake_time"),
+        Some(at(60_000)),
+        "a locked instance's messages do not count, its lease expiry (300s) is later"
+    );
+    let mut c = commit_for(&item, RuntimeStatus::Running, T0);
+    c.messages = vec![(
+        id("now"),
+        Message::new(
+            Event::TimerFired {
+                seq: 0,
+                fire_at: at(30_000),
+            },
+            Some(1),
+            at(30_000),
+        ),
+    )];
+    commit(&store, c).await;
+    assert_eq!(
+        store.next_wake_time().await.expect("next_wake_time"),
+        Some(at(30_000)),
+        "the timer"
+    );
+}
+
+/// Sending to an unknown instance or a finished one fails with a typed error.
+pub async fn send_message_errors(store: Arc<dyn Store>) {
+    let r = store.send_message(&id("nope"), raised("x", T0)).await;
+    assert_eq!(r, Err(StoreError::InstanceNotFound("nope".into())));
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    store
+        .send_message(&id("a"), raised("x", T0))
+        .await
+        .expect("send to a running instance");
+    finish(&store, "a", T0, RuntimeStatus::Completed).await;
+    let r = store.send_message(&id("a"), raised("y", T0)).await;
+    assert_eq!(r, Err(StoreError::InstanceNotRunning("a".into())));
+    assert!(
+        fetch(&store, at(1)).await.is_none(),
+        "the refused message was not enqueued"
+    );
+}
+
+/// Query filters: status, name, created range, id prefix.
+pub async fn query_filters(store: Arc<dyn Store>) {
+    create(&store, new_instance("order-2", "Order", "null", at(1000))).await;
+    finish(&store, "order-2", at(1000), RuntimeStatus::Completed).await;
+    create(&store, new_instance("order-1", "Order", "null", T0)).await;
+    create(&store, new_instance("ship-1", "Ship", "null", at(2000))).await;
+    create(&store, new_instance("order-3", "Order", "null", at(3000))).await;
+
+    let all = query_ids(&store, &InstanceQuery::new()).await;
+    assert_eq!(
+        all,
+        (
+            vec![
+                "order-1".into(),
+                "order-2".into(),
+                "order-3".into(),
+                "ship-1".into()
+            ],
+            None
+        )
+    );
+    let ids = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+    let cases: Vec<(InstanceQuery, Vec<String>)> = vec![
+        (
+            InstanceQuery::new().statuses([RuntimeStatus::Completed]),
+            ids(&["order-2"]),
+        ),
+        (
+            InstanceQuery::new().statuses([RuntimeStatus::Pending, RuntimeStatus::Running]),
+            ids(&["order-1", "order-3", "ship-1"]),
+        ),
+        (InstanceQuery::new().name("Ship"), ids(&["ship-1"])),
+        (
+            InstanceQuery::new().created_between(Some(at(1000)), Some(at(2000))),
+            ids(&["order-2", "ship-1"]),
+        ),
+        (
+            InstanceQuery::new().created_between(Some(at(2500)), None),
+            ids(&["order-3"]),
+        ),
+        (
+            InstanceQuery::new().id_prefix("order-"),
+            ids(&["order-1", "order-2", "order-3"]),
+        ),
+        (
+            InstanceQuery::new()
+                .id_prefix("order-")
+                .name("Order")
+                .statuses([RuntimeStatus::Pending]),
+            ids(&["order-1", "order-3"]),
+        ),
+        (InstanceQuery::new().id_prefix("zzz"), vec![]),
+    ];
+    for (q, want) in cases {
+        let (got, cont) = query_ids(&store, &q).await;
+        assert_eq!(got, want, "query {q:?}");
+        assert_eq!(cont, None, "one page for {q:?}");
+    }
+}
+
+/// Paging by continuation token: every instance once, in id order, and `None` at the end.
+pub async fn query_paging(store: Arc<dyn Store>) {
+    let want: Vec<String> = (0..25).map(|i| format!("inst-{i:02}")).collect();
+    for (i, name) in want.iter().enumerate() {
+        create(&store, new_instance(name, "Job", "null", at(i as u64))).await;
+    }
+    let mut got = Vec::new();
+    let mut sizes = Vec::new();
+    let mut token = None;
+    loop {
+        let q = InstanceQuery::new()
+            .page_size(10)
+            .continuation(token.clone());
+        let (ids, next) = query_ids(&store, &q).await;
+        sizes.push(ids.len());
+        got.extend(ids);
+        match next {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+        assert!(sizes.len() < 10, "paging does not end");
+    }
+    assert_eq!(sizes, [10, 10, 5]);
+    assert_eq!(got, want, "every instance once, in id order");
+
+    // A prefix whose matches fill the pages exactly: the last full page ends the paging.
+    let q = InstanceQuery::new().id_prefix("inst-0").page_size(5);
+    let (first, token) = query_ids(&store, &q).await;
+    assert_eq!(first, want[0..5]);
+    assert!(token.is_some());
+    let (second, token) = query_ids(&store, &q.clone().continuation(token)).await;
+    assert_eq!(second, want[5..10]);
+    assert_eq!(token, None, "no empty last page");
+}
+
+/// Purge removes record, history, inbox and tasks; the second purge returns `false`.
+pub async fn purge_removes_everything(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    episode(&store, "a", T0, RuntimeStatus::Running, |c| {
+        c.activities = vec![task("a", 0, "leased", "1"), task("a", 1, "queued", "2")];
+        c.messages = vec![(
+            id("a"),
+            Message::new(
+                Event::TimerFired {
+                    seq: 2,
+                    fire_at: at(10_000),
+                },
+                Some(1),
+                at(10_000),
+            ),
+        )];
+    })
+    .await;
+    store
+        .send_message(&id("a"), raised("x", T0))
+        .await
+        .expect("send_message");
+    let leased = store.fetch_activity_work(T0, LONG, 1).await.expect("fetch");
+    assert_eq!(leased.len(), 1);
+    assert!(!history(&store, "a").await.is_empty());
+
+    assert!(
+        store.purge_instance(&id("a")).await.expect("purge"),
+        "purge of an existing instance"
+    );
+    assert_eq!(
+        store.next_wake_time().await.expect("next_wake_time"),
+        None,
+        "nothing left to wake for: no inbox, no tasks, no leases"
+    );
+    assert_eq!(
+        store.read_instance(&id("a")).await.expect("read_instance"),
+        None
+    );
+    assert!(history(&store, "a").await.is_empty(), "history is gone");
+    let far = at(365 * 24 * 3600 * 1000);
+    assert!(fetch(&store, far).await.is_none(), "the inbox is gone");
+    assert!(
+        store
+            .fetch_activity_work(far, LONG, 10)
+            .await
+            .expect("fetch")
+            .is_empty(),
+        "queued and leased tasks are gone"
+    );
+    let r = store
+        .complete_activity(
+            leased[0].id,
+            leased[0].lock,
+            Message::new(
+                Event::TaskCompleted {
+                    seq: 0,
+                    result: "1".into(),
+                },
+                Some(1),
+                T0,
+            ),
+        )
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::LockLost(_))),
+        "a purged task's lease is gone, got {r:?}"
+    );
+    assert!(query_ids(&store, &InstanceQuery::new()).await.0.is_empty());
+    assert!(
+        !store.purge_instance(&id("a")).await.expect("purge"),
+        "second purge returns false"
+    );
+
+    create(&store, new_instance("a", "Job", "\"fresh\"", at(1))).await;
+    assert_eq!(
+        record(&store, "a").await.execution,
+        1,
+        "no trace of the purged instance"
+    );
+    let item = fetch_one(&store, "a", far).await;
+    assert_eq!(labels(&item.messages), ["ExecutionStarted"]);
+
+    // Purging a locked instance drops its lease: the old worker's commit fails.
+    assert!(store.purge_instance(&id("a")).await.expect("purge"));
+    let r = store
+        .commit_episode(commit_for(&item, RuntimeStatus::Running, far))
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::LockLost(_))),
+        "commit after purge, got {r:?}"
+    );
+    assert_eq!(
+        store.read_instance(&id("a")).await.expect("read_instance"),
+        None
+    );
+}
+
+/// Writes wake the dispatchers and bump the change counter.
+pub async fn signals(store: Arc<dyn Store>) {
+    let wait = Duration::from_secs(5);
+    let sig = store.signals();
+    let mut changed = sig.changed.subscribe();
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    assert!(
+        tokio::time::timeout(wait, sig.orchestration.notified())
+            .await
+            .is_ok(),
+        "create signals orchestration work"
+    );
+    assert!(
+        changed.has_changed().expect("watch open"),
+        "create bumps `changed`"
+    );
+    changed.borrow_and_update();
+
+    episode(&store, "a", T0, RuntimeStatus::Running, |c| {
+        c.activities = vec![task("a", 0, "one", "1")];
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(wait, sig.activity.notified())
+            .await
+            .is_ok(),
+        "a commit with activities signals activity work"
+    );
+    assert!(
+        changed.has_changed().expect("watch open"),
+        "a commit bumps `changed`"
+    );
+    changed.borrow_and_update();
+
+    assert!(!store.purge_instance(&id("nope")).await.expect("purge"));
+    assert!(
+        !changed.has_changed().expect("watch open"),
+        "purging nothing changes nothing"
+    );
+    assert!(store.purge_instance(&id("a")).await.expect("purge"));
+    assert!(
+        changed.has_changed().expect("watch open"),
+        "purge bumps `changed`"
+    );
+}
+
+/// Many concurrent writers (group commit in stores that batch) all succeed.
+pub async fn concurrent_writes(store: Arc<dyn Store>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..64u64 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let name = format!("c-{i:02}");
+            store
+                .create_instance(new_instance(&name, "Job", "null", at(i)))
+                .await
+                .map(|_| ())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("task").expect("concurrent create");
+    }
+    let page = store
+        .query_instances(&InstanceQuery::new().page_size(1000))
+        .await
+        .expect("query");
+    assert_eq!(
+        page.instances.len(),
+        64,
+        "every concurrent create is stored"
+    );
+    let items = fetch_all(&store, at(100)).await;
+    assert_eq!(items.len(), 64, "every instance is fetchable once");
+    let mut commits = tokio::task::JoinSet::new();
+    for item in items {
+        let store = Arc::clone(&store);
+        commits.spawn(async move {
+            let c = commit_for(&item, RuntimeStatus::Completed, at(200));
+            store.commit_episode(c).await
+        });
+    }
+    while let Some(r) = commits.join_next().await {
+        r.expect("task").expect("concurrent commit");
+    }
+    let done = store
+        .query_instances(
+            &InstanceQuery::new()
+                .statuses([RuntimeStatus::Completed])
+                .page_size(1000),
+        )
+        .await
+        .expect("query");
+    assert_eq!(done.instances.len(), 64);
+}

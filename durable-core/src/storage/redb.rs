@@ -1,0 +1,1519 @@
+//! [`RedbStore`]: the embedded, durable [`Store`] on redb, in one file or in memory.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
+};
+use tokio::sync::oneshot;
+
+use super::{
+    ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, IdReusePolicy, InstancePage,
+    InstanceQuery, InstanceRecord, LockToken, Message, MessageId, NewInstance,
+    OrchestrationWorkItem, Store, StoreSignals, WorkKind,
+};
+use crate::error::{FailureDetails, StoreError};
+use crate::history::{Event, HistoryEvent, RuntimeStatus};
+use crate::ids::{InstanceId, Timestamp};
+
+/// Names and small counters: the format version and the id counter.
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// Instance records by id (ordered: queries page by id).
+const INSTANCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("instances");
+/// History of the current execution: (instance, index) so appends are contiguous.
+const HISTORY: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("history");
+/// Inboxes: (instance, visible at, seq), so an instance's messages come in delivery order.
+const INBOX: TableDefinition<'_, (&str, u64, u64), &[u8]> = TableDefinition::new("inbox");
+/// One row per instance with messages, keyed by its earliest visibility.
+const READY: TableDefinition<'_, (u64, &str), ()> = TableDefinition::new("ready");
+/// Activity queue: (visible at, task id).
+const ACTIVITIES: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("activities");
+/// An instance's queued tasks: (instance, task id) -> visible at. Used by purge and replace.
+const ACTIVITY_OWNERS: TableDefinition<'_, (&str, u64), u64> =
+    TableDefinition::new("activity_owners");
+
+/// The on-disk format this build reads and writes.
+const FORMAT_VERSION: u64 = 1;
+const FORMAT_VERSION_KEY: &str = "format_version";
+const NEXT_ID_KEY: &str = "next_id";
+/// The most operations one group commit applies.
+const MAX_BATCH: usize = 1024;
+/// With [`RedbDurability::Relaxed`], every this many batches one is committed durably.
+const RELAXED_SYNC_EVERY: u32 = 256;
+
+/// How durable each commit of a [`RedbStore`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RedbDurability {
+    /// Every commit is fsynced before the caller is answered: an acknowledged change survives
+    /// a crash or power loss. The default.
+    #[default]
+    Immediate,
+    /// Commits are not fsynced; one group commit in every 256 is, and so is the last one when
+    /// the store is dropped cleanly. **Risk:** a crash (a killed process as much as a power
+    /// loss) rolls the file back to the last durable commit, losing acknowledged changes made
+    /// after it: started instances disappear, finished episodes and activities run again. The
+    /// file itself stays consistent. For tests, benchmarks and throw-away work.
+    Relaxed,
+}
+
+/// Builds a [`RedbStore`] with non-default options.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::RedbStore;
+/// use durable_core::storage::RedbDurability;
+///
+/// let store = RedbStore::builder()
+///     .durability(RedbDurability::Relaxed)
+///     .in_memory()
+///     .unwrap();
+/// # drop(store);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct RedbStoreBuilder {
+    durability: RedbDurability,
+    cache_size: Option<usize>,
+}
+
+impl RedbStoreBuilder {
+    /// How durable commits are; see [`RedbDurability`].
+    pub fn durability(mut self, durability: RedbDurability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// redb's page cache size in bytes (redb's default is 1 GiB).
+    pub fn cache_size(mut self, bytes: usize) -> Self {
+        self.cache_size = Some(bytes);
+        self
+    }
+
+    /// Opens the store in the file at `path`, creating the file if it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] when the file cannot be opened or created, is already open
+    /// (by another process or another store in this one), is not a redb file, is corrupt, or
+    /// holds another format version of the store.
+    pub fn open(self, path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let builder = self.redb_builder();
+        let db = guard_panic(&shown, || builder.create(path)).map_err(|e| open_error(&shown, e))?;
+        RedbStore::start(db, self.durability, &shown)
+    }
+
+    /// Opens a fresh store in memory (redb's `InMemoryBackend`): same code and semantics as
+    /// the file store, nothing survives the process.
+    pub fn in_memory(self) -> Result<RedbStore, StoreError> {
+        let builder = self.redb_builder();
+        let db = guard_panic("in-memory store", || {
+            builder.create_with_backend(redb::backends::InMemoryBackend::new())
+        })
+        .map_err(|e| open_error("in-memory store", e))?;
+        RedbStore::start(db, self.durability, "in-memory store")
+    }
+
+    fn redb_builder(&self) -> redb::Builder {
+        let mut builder = Database::builder();
+        if let Some(bytes) = self.cache_size {
+            builder.set_cache_size(bytes);
+        }
+        builder
+    }
+}
+
+/// Runs `f`, turning a panic inside redb (its debug builds assert on some corruptions) into an
+/// error.
+fn guard_panic<T>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, DatabaseError>,
+) -> Result<T, OpenError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(OpenError::Db),
+        Err(_) => Err(OpenError::Panic(format!(
+            "cannot open {what}: redb panicked while reading it (the file is probably corrupt)"
+        ))),
+    }
+}
+
+enum OpenError {
+    Db(DatabaseError),
+    Panic(String),
+}
+
+fn open_error(what: &str, e: OpenError) -> StoreError {
+    StoreError::Backend(match e {
+        OpenError::Panic(msg) => msg,
+        OpenError::Db(DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch) => {
+            format!(
+                "cannot open {what}: the database is already open (by another process or another store)"
+            )
+        }
+        OpenError::Db(DatabaseError::UpgradeRequired(v)) => {
+            format!("cannot open {what}: redb file format {v} needs a manual upgrade")
+        }
+        OpenError::Db(DatabaseError::Storage(redb::StorageError::Io(io))) => {
+            format!("cannot open {what}: {io}")
+        }
+        OpenError::Db(DatabaseError::Storage(redb::StorageError::Corrupted(msg))) => {
+            format!("cannot open {what}: the file is corrupt: {msg}")
+        }
+        OpenError::Db(other) => format!("cannot open {what}: {other}"),
+    })
+}
+
+/// A durable [`Store`] on [redb](https://docs.rs/redb): one file, or redb's in-memory backend.
+///
+/// Clones share the same database. Dropping the last clone finishes the pending commits and
+/// closes the file. Errors (a corrupt file, a file already open, IO) are
+/// [`StoreError::Backend`] with a message saying what failed.
+///
+/// # Layout
+///
+/// Every table is a typed redb `TableDefinition` const. Values are JSON (`serde_json`); keys
+/// are redb tuples, so every range is one B-tree scan:
+///
+/// | table | key | value |
+/// | --- | --- | --- |
+/// | `meta` | name | `u64` (format version, id counter) |
+/// | `instances` | instance id | [`InstanceRecord`] |
+/// | `history` | (instance id, index) | [`HistoryEvent`] |
+/// | `inbox` | (instance id, visible at, seq) | [`Message`] |
+/// | `ready` | (earliest visible at, instance id) | — one row per instance with messages |
+/// | `activities` | (visible at, task id) | [`ActivityTask`] |
+/// | `activity_owners` | (instance id, task id) | visible at — finds an instance's tasks |
+///
+/// The instance table is ordered by id, which is what queries page by.
+///
+/// # Leases
+///
+/// redb is a single-process database, so leases (locked instances, leased activity tasks) live
+/// in memory, in one mutex, next to the database; after a restart every lease is released,
+/// which is exactly what an expired lease means. A leased task or a locked instance stays in
+/// its queue table; fetches skip the leased entries.
+///
+/// # Transactions, blocking and group commit
+///
+/// Every operation that writes is applied inside one redb write transaction by a dedicated
+/// writer thread. The writer takes every operation that is waiting (up to a bound) and
+/// applies them in **one** transaction with one fsync (group commit); each caller is
+/// answered once that transaction is durable. An operation that fails its own checks
+/// (a lost lease, an id taken) changes nothing and fails alone; a storage error fails the
+/// whole batch. Reads and fetches, which are blocking redb calls, run on tokio's blocking
+/// pool (`spawn_blocking`).
+///
+/// The writer holds the lease mutex from the start of a batch until it is durable, so a fetch
+/// never sees a lease released by a commit that is not yet visible.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::RedbStore;
+///
+/// let dir = std::env::temp_dir().join(format!("durable-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let store = RedbStore::open(dir.join("store.redb")).unwrap();
+/// drop(store);
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// let scratch = RedbStore::in_memory().unwrap();
+/// # drop(scratch);
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedbStore {
+    inner: Arc<Inner>,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in the file at `path`, with durable commits.
+    ///
+    /// # Errors
+    ///
+    /// See [`RedbStoreBuilder::open`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::builder().open(path)
+    }
+
+    /// A fresh store in memory (redb's `InMemoryBackend`).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::builder().in_memory()
+    }
+
+    /// A builder for non-default options (durability, cache size).
+    pub fn builder() -> RedbStoreBuilder {
+        RedbStoreBuilder::default()
+    }
+
+    fn start(db: Database, durability: RedbDurability, what: &str) -> Result<Self, StoreError> {
+        let next_id = catch_unwind(AssertUnwindSafe(|| init(&db)))
+            .unwrap_or_else(|_| {
+                Err(Fatal(
+                    "redb panicked while reading the file (corrupt file?)".into(),
+                ))
+            })
+            .map_err(|e| StoreError::Backend(format!("cannot open {what}: {}", e.0)))?;
+        let core = Arc::new(Core {
+            db,
+            leases: Mutex::new(Leases {
+                next_id,
+                ..Leases::default()
+            }),
+            signals: StoreSignals::default(),
+            durability,
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer_core = Arc::clone(&core);
+        let writer = std::thread::Builder::new()
+            .name("durable-redb-writer".into())
+            .spawn(move || writer_loop(&writer_core, &rx))
+            .map_err(|e| {
+                StoreError::Backend(format!("cannot start the store's writer thread: {e}"))
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                core,
+                tx: Some(tx),
+                writer: Some(writer),
+            }),
+        })
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<Outcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .as_ref()
+            .ok_or_else(writer_gone)?
+            .send(Request { op, reply })
+            .map_err(|_| writer_gone())?;
+        rx.await.map_err(|_| writer_gone())?
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Core) -> Result<T, Fatal> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let core = Arc::clone(&self.inner.core);
+        match tokio::task::spawn_blocking(move || f(&core)).await {
+            Ok(r) => r.map_err(StoreError::from),
+            Err(e) => Err(StoreError::Backend(format!("store read failed: {e}"))),
+        }
+    }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::Backend("the store's writer thread has stopped".into())
+}
+
+/// Checks or writes the format version and creates the tables; returns the id counter.
+fn init(db: &Database) -> Result<u64, Fatal> {
+    let txn = db.begin_write()?;
+    let existing: Vec<String> = txn
+        .list_tables()?
+        .map(|t| redb::TableHandle::name(&t).to_owned())
+        .collect();
+    let next_id = {
+        let mut meta = txn.open_table(META)?;
+        let version = meta.get(FORMAT_VERSION_KEY)?.map(|v| v.value());
+        match version {
+            Some(FORMAT_VERSION) => {}
+            Some(v) => {
+                return Err(Fatal(format!(
+                    "the file holds store format version {v}; this build of durable reads version {FORMAT_VERSION}"
+                )));
+            }
+            None if existing.is_empty() => {
+                meta.insert(FORMAT_VERSION_KEY, FORMAT_VERSION)?;
+            }
+            None => {
+                return Err(Fatal(
+                    "the file is a redb database but not a durable store (it has no format version record)".into(),
+                ));
+            }
+        }
+        meta.get(NEXT_ID_KEY)?.map_or(0, |v| v.value())
+    };
+    drop(Tables::open(&txn)?);
+    txn.commit()?;
+    Ok(next_id)
+}
+
+#[derive(Debug)]
+struct Inner {
+    core: Arc<Core>,
+    tx: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish what is queued and stop; joining it
+        // means the file is closed when the last clone is gone (a re-open then succeeds).
+        drop(self.tx.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+struct Core {
+    db: Database,
+    leases: Mutex<Leases>,
+    signals: StoreSignals,
+    durability: RedbDurability,
+}
+
+impl fmt::Debug for Core {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Core")
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Core {
+    fn leases(&self) -> MutexGuard<'_, Leases> {
+        self.leases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// In-memory lease state, plus the id counter (persisted with every batch).
+#[derive(Debug, Clone, Default)]
+struct Leases {
+    /// Next message seq / activity id (persisted in `meta`).
+    next_id: u64,
+    /// Lease tokens (in memory only: leases do not survive a restart).
+    next_token: u64,
+    /// Locked instances: token and expiry.
+    orch: HashMap<String, (u64, Timestamp)>,
+    orch_expiry: BTreeSet<(Timestamp, String)>,
+    /// Leased activity tasks.
+    activity: HashMap<u64, ActivityLease>,
+    activity_expiry: BTreeSet<(Timestamp, u64)>,
+}
+
+#[derive(Debug, Clone)]
+struct ActivityLease {
+    /// The task's key in `activities`.
+    visible_at: Timestamp,
+    until: Timestamp,
+    token: u64,
+    instance_id: String,
+}
+
+impl Leases {
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn release_expired(&mut self, now: Timestamp) {
+        while let Some((t, id)) = self.orch_expiry.first().cloned() {
+            if t > now {
+                break;
+            }
+            self.orch_expiry.pop_first();
+            if self.orch.get(&id).is_some_and(|(_, until)| *until <= now) {
+                self.orch.remove(&id);
+            }
+        }
+        while let Some((t, id)) = self.activity_expiry.first().copied() {
+            if t > now {
+                break;
+            }
+            self.activity_expiry.pop_first();
+            if self.activity.get(&id).is_some_and(|l| l.until <= now) {
+                self.activity.remove(&id);
+            }
+        }
+    }
+
+    fn lock(&mut self, id: &str, until: Timestamp) -> u64 {
+        let token = self.token();
+        self.orch.insert(id.to_owned(), (token, until));
+        self.orch_expiry.insert((until, id.to_owned()));
+        token
+    }
+
+    fn holds(&self, id: &str, lock: LockToken) -> bool {
+        self.orch.get(id).is_some_and(|(t, _)| *t == lock.0)
+    }
+
+    fn unlock(&mut self, id: &str) {
+        if let Some((_, until)) = self.orch.remove(id) {
+            self.orch_expiry.remove(&(until, id.to_owned()));
+        }
+    }
+
+    fn take_activity(&mut self, id: u64, lock: LockToken) -> Option<ActivityLease> {
+        if self.activity.get(&id).is_none_or(|l| l.token != lock.0) {
+            return None;
+        }
+        let lease = self.activity.remove(&id)?;
+        self.activity_expiry.remove(&(lease.until, id));
+        Some(lease)
+    }
+}
+
+/// A storage failure: aborts the whole batch (or read) it happens in.
+#[derive(Debug)]
+struct Fatal(String);
+
+macro_rules! fatal_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Fatal {
+            fn from(e: $t) -> Self {
+                Fatal(format!("redb: {e}"))
+            }
+        }
+    )*};
+}
+fatal_from!(
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+impl From<serde_json::Error> for Fatal {
+    fn from(e: serde_json::Error) -> Self {
+        Fatal(format!("a stored value does not decode: {e}"))
+    }
+}
+
+impl From<Fatal> for StoreError {
+    fn from(e: Fatal) -> Self {
+        StoreError::Backend(e.0)
+    }
+}
+
+type R<T> = Result<T, Fatal>;
+
+fn ts(t: Timestamp) -> u64 {
+    t.as_unix_millis()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> R<T> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+fn read_record(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> R<Option<InstanceRecord>> {
+    t.get(id)?.map(|v| decode(v.value())).transpose()
+}
+
+fn history_len(t: &impl ReadableTable<(&'static str, u64), &'static [u8]>, id: &str) -> R<u64> {
+    let last = t
+        .range((id, 0u64)..=(id, u64::MAX))?
+        .next_back()
+        .transpose()?;
+    Ok(last.map_or(0, |(k, _)| k.value().1 + 1))
+}
+
+fn inbox_first(
+    t: &impl ReadableTable<(&'static str, u64, u64), &'static [u8]>,
+    id: &str,
+) -> R<Option<u64>> {
+    let first = t
+        .range((id, 0u64, 0u64)..=(id, u64::MAX, u64::MAX))?
+        .next()
+        .transpose()?;
+    Ok(first.map(|(k, _)| k.value().1))
+}
+
+/// Decodes an inbox row, taking the id from the key.
+fn inbox_message(key: (&str, u64, u64), value: &[u8]) -> R<Message> {
+    let mut m: Message = decode(value)?;
+    m.id = MessageId {
+        visible_at: Timestamp::from_unix_millis(key.1),
+        seq: key.2,
+    };
+    Ok(m)
+}
+
+/// The write-side tables of one transaction.
+struct Tables<'t> {
+    meta: Table<'t, &'static str, u64>,
+    instances: Table<'t, &'static str, &'static [u8]>,
+    history: Table<'t, (&'static str, u64), &'static [u8]>,
+    inbox: Table<'t, (&'static str, u64, u64), &'static [u8]>,
+    ready: Table<'t, (u64, &'static str), ()>,
+    activities: Table<'t, (u64, u64), &'static [u8]>,
+    owners: Table<'t, (&'static str, u64), u64>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> R<Self> {
+        Ok(Self {
+            meta: txn.open_table(META)?,
+            instances: txn.open_table(INSTANCES)?,
+            history: txn.open_table(HISTORY)?,
+            inbox: txn.open_table(INBOX)?,
+            ready: txn.open_table(READY)?,
+            activities: txn.open_table(ACTIVITIES)?,
+            owners: txn.open_table(ACTIVITY_OWNERS)?,
+        })
+    }
+
+    fn put_record(&mut self, r: &InstanceRecord) -> R<()> {
+        let bytes = serde_json::to_vec(r)?;
+        self.instances
+            .insert(r.instance_id.as_str(), bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// Keeps `ready` equal to (first inbox visibility, id) after the inbox of `id` changed.
+    fn fix_ready(&mut self, id: &str, before: Option<u64>, after: Option<u64>) -> R<()> {
+        if before != after {
+            if let Some(b) = before {
+                self.ready.remove((b, id))?;
+            }
+            if let Some(a) = after {
+                self.ready.insert((a, id), ())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a message to an existing instance's inbox; `false` if there is no such instance.
+    fn enqueue(&mut self, leases: &mut Leases, id: &str, mut message: Message) -> R<bool> {
+        message.id.seq = leases.next_id();
+        if self.instances.get(id)?.is_none() {
+            return Ok(false);
+        }
+        let before = inbox_first(&self.inbox, id)?;
+        let vis = ts(message.id.visible_at);
+        let bytes = serde_json::to_vec(&message)?;
+        self.inbox
+            .insert((id, vis, message.id.seq), bytes.as_slice())?;
+        let after = Some(before.map_or(vis, |b| b.min(vis)));
+        self.fix_ready(id, before, after)?;
+        Ok(true)
+    }
+
+    fn enqueue_activity(
+        &mut self,
+        leases: &mut Leases,
+        now: Timestamp,
+        task: &ActivityTask,
+    ) -> R<()> {
+        let id = leases.next_id();
+        let bytes = serde_json::to_vec(task)?;
+        self.activities.insert((ts(now), id), bytes.as_slice())?;
+        self.owners
+            .insert((task.instance_id.as_str(), id), ts(now))?;
+        Ok(())
+    }
+
+    /// Removes every trace of an instance: record, history, inbox, queued and leased tasks,
+    /// its lock.
+    fn remove_instance(&mut self, leases: &mut Leases, id: &str) -> R<bool> {
+        if self.instances.remove(id)?.is_none() {
+            return Ok(false);
+        }
+        let before = inbox_first(&self.inbox, id)?;
+        self.fix_ready(id, before, None)?;
+        self.inbox
+            .retain_in((id, 0u64, 0u64)..=(id, u64::MAX, u64::MAX), |_, _| false)?;
+        self.history
+            .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
+        let tasks: Vec<(u64, u64)> = self
+            .owners
+            .range((id, 0u64)..=(id, u64::MAX))?
+            .map(|e| e.map(|(k, v)| (k.value().1, v.value())))
+            .collect::<Result<_, _>>()?;
+        for (task, vis) in tasks {
+            self.owners.remove((id, task))?;
+            self.activities.remove((vis, task))?;
+            if let Some(lease) = leases.activity.remove(&task) {
+                leases.activity_expiry.remove(&(lease.until, task));
+            }
+        }
+        leases.unlock(id);
+        Ok(true)
+    }
+
+    fn create(
+        &mut self,
+        leases: &mut Leases,
+        new: NewInstance,
+    ) -> R<Result<CreateResult, StoreError>> {
+        let key = new.instance_id.as_str().to_owned();
+        let mut execution = 1;
+        if let Some(existing) = read_record(&self.instances, &key)? {
+            let finished = existing.status.is_terminal();
+            match (new.reuse, finished) {
+                (IdReusePolicy::DedupeRunning, false) => {
+                    return Ok(Ok(CreateResult::Existing(existing)));
+                }
+                (IdReusePolicy::RejectExisting, _) | (_, false) => {
+                    return Ok(Err(StoreError::InstanceAlreadyExists(key)));
+                }
+                _ => {}
+            }
+            execution = existing.execution + 1;
+            self.remove_instance(leases, &key)?;
+        }
+        let start = new.start_message();
+        let record = InstanceRecord {
+            instance_id: new.instance_id,
+            name: new.name,
+            version: new.version,
+            execution,
+            status: RuntimeStatus::Pending,
+            input: new.input,
+            output: None,
+            failure: None,
+            custom_status: None,
+            created_at: new.created_at,
+            last_updated_at: new.created_at,
+            scheduled_start: new.scheduled_start,
+            parent: new.parent,
+            last_error: None,
+        };
+        self.put_record(&record)?;
+        self.enqueue(leases, &key, start)?;
+        Ok(Ok(CreateResult::Created))
+    }
+
+    fn send(
+        &mut self,
+        leases: &mut Leases,
+        id: &InstanceId,
+        message: Message,
+    ) -> R<Result<(), StoreError>> {
+        match read_record(&self.instances, id.as_str())? {
+            None => Ok(Err(StoreError::InstanceNotFound(id.to_string()))),
+            Some(r) if r.status.is_terminal() => {
+                Ok(Err(StoreError::InstanceNotRunning(id.to_string())))
+            }
+            Some(_) => {
+                self.enqueue(leases, id.as_str(), message)?;
+                Ok(Ok(()))
+            }
+        }
+    }
+
+    /// Applies an episode; returns whether activity tasks were enqueued.
+    fn commit(
+        &mut self,
+        leases: &mut Leases,
+        commit: EpisodeCommit,
+    ) -> R<Result<bool, StoreError>> {
+        let key = commit.instance_id.as_str().to_owned();
+        if !leases.holds(&key, commit.lock) {
+            return Ok(Err(StoreError::LockLost(key)));
+        }
+        let Some(mut record) = read_record(&self.instances, &key)? else {
+            return Ok(Err(StoreError::LockLost(key)));
+        };
+        let execution = record.execution;
+        // Sub-orchestrations first: a refused child becomes a failure message to us.
+        let mut refusals = Vec::new();
+        for (seq, child) in commit.new_instances {
+            let child_id = child.instance_id.clone();
+            let refused = if child_id == commit.instance_id {
+                Some("a sub-orchestration cannot take its parent's id".to_owned())
+            } else {
+                self.create(leases, child)?.err().map(|e| e.to_string())
+            };
+            if let Some(reason) = refused {
+                refusals.push(Message::new(
+                    Event::SubOrchestrationFailed {
+                        seq,
+                        failure: FailureDetails::new(
+                            "SubOrchestrationNotCreated",
+                            format!("could not create sub-orchestration `{child_id}`: {reason}"),
+                        ),
+                    },
+                    Some(execution),
+                    commit.now,
+                ));
+            }
+        }
+        let before = inbox_first(&self.inbox, &key)?;
+        for id in &commit.consumed {
+            self.inbox
+                .remove((key.as_str(), ts(id.visible_at), id.seq))?;
+        }
+        let after = inbox_first(&self.inbox, &key)?;
+        self.fix_ready(&key, before, after)?;
+        record.status = commit.status;
+        record.output = commit.output;
+        record.failure = commit.failure;
+        record.custom_status = commit.custom_status;
+        record.last_updated_at = commit.now;
+        record.last_error = None;
+        if let Some(next) = &commit.next_execution {
+            self.history
+                .retain_in((key.as_str(), 0u64)..=(key.as_str(), u64::MAX), |_, _| {
+                    false
+                })?;
+            record.execution += 1;
+            record.input.clone_from(&next.input);
+            record.version.clone_from(&next.version);
+            record.status = RuntimeStatus::ContinuedAsNew;
+            record.output = None;
+            record.failure = None;
+        } else {
+            let start = history_len(&self.history, &key)?;
+            for (i, event) in commit.new_events.iter().enumerate() {
+                let bytes = serde_json::to_vec(event)?;
+                self.history
+                    .insert((key.as_str(), start + i as u64), bytes.as_slice())?;
+            }
+        }
+        self.put_record(&record)?;
+        leases.unlock(&key);
+        if let Some(next) = commit.next_execution {
+            for m in next.messages {
+                self.enqueue(leases, &key, m)?;
+            }
+        }
+        for m in refusals {
+            self.enqueue(leases, &key, m)?;
+        }
+        let activity_work = !commit.activities.is_empty();
+        for task in &commit.activities {
+            self.enqueue_activity(leases, commit.now, task)?;
+        }
+        for (target, m) in commit.messages {
+            if !self.enqueue(leases, target.as_str(), m)? {
+                tracing::debug!(target = %target, "message to unknown instance dropped");
+            }
+        }
+        Ok(Ok(activity_work))
+    }
+
+    fn abandon_episode(
+        &mut self,
+        leases: &mut Leases,
+        id: &InstanceId,
+        lock: LockToken,
+        retry_at: Timestamp,
+        error: Option<String>,
+    ) -> R<Result<(), StoreError>> {
+        let key = id.as_str();
+        if !leases.holds(key, lock) {
+            return Ok(Err(StoreError::LockLost(key.to_owned())));
+        }
+        let Some(mut record) = read_record(&self.instances, key)? else {
+            return Ok(Err(StoreError::LockLost(key.to_owned())));
+        };
+        record.last_error = error;
+        self.put_record(&record)?;
+        leases.unlock(key);
+        // Delay the messages by re-keying them to retry_at.
+        let retry = ts(retry_at);
+        let before = inbox_first(&self.inbox, key)?;
+        let early: Vec<(u64, u64, Vec<u8>)> = self
+            .inbox
+            .range((key, 0u64, 0u64)..(key, retry, 0u64))?
+            .map(|e| e.map(|(k, v)| (k.value().1, k.value().2, v.value().to_vec())))
+            .collect::<Result<_, _>>()?;
+        for (vis, seq, bytes) in early {
+            self.inbox.remove((key, vis, seq))?;
+            let mut m = inbox_message((key, vis, seq), &bytes)?;
+            m.id.visible_at = retry_at;
+            let bytes = serde_json::to_vec(&m)?;
+            self.inbox.insert((key, retry, seq), bytes.as_slice())?;
+        }
+        let after = inbox_first(&self.inbox, key)?;
+        self.fix_ready(key, before, after)?;
+        Ok(Ok(()))
+    }
+
+    fn complete_activity(
+        &mut self,
+        leases: &mut Leases,
+        id: u64,
+        lock: LockToken,
+        result: Message,
+    ) -> R<Result<(), StoreError>> {
+        let Some(lease) = leases.take_activity(id, lock) else {
+            return Ok(Err(StoreError::LockLost(format!("activity task {id}"))));
+        };
+        self.activities.remove((ts(lease.visible_at), id))?;
+        self.owners.remove((lease.instance_id.as_str(), id))?;
+        let running = read_record(&self.instances, &lease.instance_id)?
+            .is_some_and(|r| !r.status.is_terminal());
+        if running {
+            self.enqueue(leases, &lease.instance_id, result)?;
+        }
+        Ok(Ok(()))
+    }
+
+    fn abandon_activity(
+        &mut self,
+        leases: &mut Leases,
+        id: u64,
+        lock: LockToken,
+        retry_at: Timestamp,
+    ) -> R<Result<(), StoreError>> {
+        let Some(lease) = leases.take_activity(id, lock) else {
+            return Ok(Err(StoreError::LockLost(format!("activity task {id}"))));
+        };
+        let bytes = self
+            .activities
+            .remove((ts(lease.visible_at), id))?
+            .map(|v| v.value().to_vec());
+        if let Some(bytes) = bytes {
+            self.activities
+                .insert((ts(retry_at), id), bytes.as_slice())?;
+            self.owners
+                .insert((lease.instance_id.as_str(), id), ts(retry_at))?;
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// One write operation, applied by the writer thread.
+enum WriteOp {
+    Create(NewInstance),
+    Send(InstanceId, Message),
+    Commit(Box<EpisodeCommit>),
+    AbandonEpisode {
+        instance_id: InstanceId,
+        lock: LockToken,
+        retry_at: Timestamp,
+        error: Option<String>,
+    },
+    CompleteActivity {
+        id: u64,
+        lock: LockToken,
+        result: Message,
+    },
+    AbandonActivity {
+        id: u64,
+        lock: LockToken,
+        retry_at: Timestamp,
+    },
+    Purge(InstanceId),
+}
+
+/// What a write returned.
+enum Outcome {
+    Done,
+    Created(Box<CreateResult>),
+    Purged(bool),
+}
+
+impl Outcome {
+    fn unexpected() -> StoreError {
+        StoreError::Backend(
+            "internal error: the store's writer answered with the wrong kind of result".into(),
+        )
+    }
+}
+
+/// Which signals to send once a write is durable.
+#[derive(Debug, Clone, Copy, Default)]
+struct Wake {
+    orchestration: bool,
+    activity: bool,
+    changed: bool,
+}
+
+struct Request {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+fn writer_loop(core: &Core, rx: &mpsc::Receiver<Request>) {
+    let mut batches: u32 = 0;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        batches = batches.wrapping_add(1);
+        let durable = match core.durability {
+            RedbDurability::Immediate => true,
+            RedbDurability::Relaxed => batches % RELAXED_SYNC_EVERY == 0,
+        };
+        run_batch(core, batch, durable);
+    }
+}
+
+/// Applies a batch in one write transaction and answers every caller once it is committed.
+fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
+    let mut leases = core.leases();
+    let snapshot = leases.clone();
+    let mut replies = Vec::with_capacity(batch.len());
+    let ran = catch_unwind(AssertUnwindSafe(|| -> R<()> {
+        let mut txn = core.db.begin_write()?;
+        if !durable {
+            txn.set_durability(redb::Durability::None)?;
+        }
+        let mut fatal = None;
+        {
+            let mut tables = Tables::open(&txn)?;
+            for Request { op, reply } in batch {
+                if fatal.is_some() {
+                    replies.push((reply, None));
+                    continue;
+                }
+                match apply(&mut tables, &mut leases, op) {
+                    Ok(r) => replies.push((reply, Some(r))),
+                    Err(e) => {
+                        fatal = Some(e);
+                        replies.push((reply, None));
+                    }
+                }
+            }
+            if fatal.is_none() {
+                let next_id = leases.next_id;
+                tables.meta.insert(NEXT_ID_KEY, next_id)?;
+            }
+        }
+        if let Some(e) = fatal {
+            return Err(e);
+        }
+        txn.commit()?;
+        Ok(())
+    }));
+    let failure = match ran {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.0),
+        Err(_) => {
+            Some("internal error: the store's writer panicked; the batch was discarded".to_owned())
+        }
+    };
+    if let Some(msg) = failure {
+        *leases = snapshot;
+        drop(leases);
+        tracing::error!(error = %msg, "store commit failed");
+        for (reply, _) in replies {
+            let _ = reply.send(Err(StoreError::Backend(msg.clone())));
+        }
+        return;
+    }
+    drop(leases);
+    for (reply, result) in replies {
+        let result = result.unwrap_or_else(|| Err(Outcome::unexpected()));
+        if let Ok((_, wake)) = &result {
+            if wake.activity {
+                core.signals.activity_work();
+            }
+            if wake.orchestration {
+                core.signals.orchestration_work();
+            }
+            if wake.changed {
+                core.signals.changed.send_modify(|v| *v = v.wrapping_add(1));
+            }
+        }
+        let _ = reply.send(result.map(|(outcome, _)| outcome));
+    }
+}
+
+/// Applies one operation. The inner error is the operation's own (nothing was written); the
+/// outer one is a storage failure that aborts the batch.
+fn apply(
+    t: &mut Tables<'_>,
+    leases: &mut Leases,
+    op: WriteOp,
+) -> R<Result<(Outcome, Wake), StoreError>> {
+    let orchestration = Wake {
+        orchestration: true,
+        ..Wake::default()
+    };
+    Ok(match op {
+        WriteOp::Create(new) => t
+            .create(leases, new)?
+            .map(|r| (Outcome::Created(Box::new(r)), orchestration)),
+        WriteOp::Send(id, message) => t
+            .send(leases, &id, message)?
+            .map(|()| (Outcome::Done, orchestration)),
+        WriteOp::Commit(commit) => t.commit(leases, *commit)?.map(|activity| {
+            (
+                Outcome::Done,
+                Wake {
+                    orchestration: true,
+                    activity,
+                    changed: false,
+                },
+            )
+        }),
+        WriteOp::AbandonEpisode {
+            instance_id,
+            lock,
+            retry_at,
+            error,
+        } => t
+            .abandon_episode(leases, &instance_id, lock, retry_at, error)?
+            .map(|()| (Outcome::Done, orchestration)),
+        WriteOp::CompleteActivity { id, lock, result } => t
+            .complete_activity(leases, id, lock, result)?
+            .map(|()| (Outcome::Done, orchestration)),
+        WriteOp::AbandonActivity { id, lock, retry_at } => {
+            t.abandon_activity(leases, id, lock, retry_at)?.map(|()| {
+                (
+                    Outcome::Done,
+                    Wake {
+                        activity: true,
+                        ..Wake::default()
+                    },
+                )
+            })
+        }
+        WriteOp::Purge(id) => {
+            let removed = t.remove_instance(leases, id.as_str())?;
+            Ok((
+                Outcome::Purged(removed),
+                Wake {
+                    changed: removed,
+                    ..Wake::default()
+                },
+            ))
+        }
+    })
+}
+
+impl Core {
+    fn fetch_orchestration(
+        &self,
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> R<Option<OrchestrationWorkItem>> {
+        let mut leases = self.leases();
+        leases.release_expired(now);
+        let txn = self.db.begin_read()?;
+        let ready = txn.open_table(READY)?;
+        let mut chosen = None;
+        for entry in ready.iter()? {
+            let (k, _) = entry?;
+            let (vis, id) = k.value();
+            if vis > ts(now) {
+                break;
+            }
+            if !leases.orch.contains_key(id) {
+                chosen = Some(id.to_owned());
+                break;
+            }
+        }
+        let Some(id) = chosen else {
+            return Ok(None);
+        };
+        let Some(instance) = read_record(&txn.open_table(INSTANCES)?, &id)? else {
+            return Err(Fatal(format!(
+                "the ready index names instance `{id}`, which has no record"
+            )));
+        };
+        let history_len = history_len(&txn.open_table(HISTORY)?, &id)?;
+        let inbox = txn.open_table(INBOX)?;
+        let mut messages = Vec::new();
+        for entry in inbox.range((id.as_str(), 0u64, 0u64)..=(id.as_str(), ts(now), u64::MAX))? {
+            let (k, v) = entry?;
+            messages.push(inbox_message(k.value(), v.value())?);
+        }
+        let token = leases.lock(&id, now + lock_for);
+        Ok(Some(OrchestrationWorkItem {
+            instance,
+            history_len,
+            messages,
+            lock: LockToken(token),
+        }))
+    }
+
+    fn fetch_activities(
+        &self,
+        now: Timestamp,
+        lock_for: Duration,
+        max: usize,
+    ) -> R<Vec<ActivityWorkItem>> {
+        let mut leases = self.leases();
+        leases.release_expired(now);
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok(out);
+        }
+        let txn = self.db.begin_read()?;
+        let queue = txn.open_table(ACTIVITIES)?;
+        for entry in queue.iter()? {
+            let (k, v) = entry?;
+            let (vis, id) = k.value();
+            if vis > ts(now) {
+                break;
+            }
+            if leases.activity.contains_key(&id) {
+                continue;
+            }
+            let task: ActivityTask = decode(v.value())?;
+            let token = leases.token();
+            let until = now + lock_for;
+            leases.activity.insert(
+                id,
+                ActivityLease {
+                    visible_at: Timestamp::from_unix_millis(vis),
+                    until,
+                    token,
+                    instance_id: task.instance_id.as_str().to_owned(),
+                },
+            );
+            leases.activity_expiry.insert((until, id));
+            out.push(ActivityWorkItem {
+                id,
+                task,
+                lock: LockToken(token),
+            });
+            if out.len() == max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn next_wake_time(&self, kind: Option<WorkKind>) -> R<Option<Timestamp>> {
+        let leases = self.leases();
+        let txn = self.db.begin_read()?;
+        let want_orch = kind != Some(WorkKind::Activity);
+        let want_activity = kind != Some(WorkKind::Orchestration);
+        let mut ready_at = None;
+        if want_orch {
+            for entry in txn.open_table(READY)?.iter()? {
+                let (k, _) = entry?;
+                let (vis, id) = k.value();
+                if !leases.orch.contains_key(id) {
+                    ready_at = Some(vis);
+                    break;
+                }
+            }
+        }
+        let mut activity_at = None;
+        if want_activity {
+            for entry in txn.open_table(ACTIVITIES)?.iter()? {
+                let (k, _) = entry?;
+                let (vis, id) = k.value();
+                if !leases.activity.contains_key(&id) {
+                    activity_at = Some(vis);
+                    break;
+                }
+            }
+        }
+        let candidates = [
+            ready_at.map(Timestamp::from_unix_millis),
+            leases.orch_expiry.first().map(|(t, _)| *t).filter(|_| want_orch),
+            activity_at.map(Timestamp::from_unix_millis),
+            leases.activity_expiry.first().map(|(t, _)| *t).filter(|_| want_activity),
+        ];
+        Ok(candidates.into_iter().flatten().min())
+    }
+
+    fn read_instance(&self, id: &str) -> R<Option<InstanceRecord>> {
+        let txn = self.db.begin_read()?;
+        read_record(&txn.open_table(INSTANCES)?, id)
+    }
+
+    fn read_history(&self, id: &str) -> R<Vec<HistoryEvent>> {
+        let txn = self.db.begin_read()?;
+        let history = txn.open_table(HISTORY)?;
+        let mut out = Vec::new();
+        for entry in history.range((id, 0u64)..=(id, u64::MAX))? {
+            let (_, v) = entry?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn query(&self, query: &InstanceQuery) -> R<InstancePage> {
+        use std::ops::Bound;
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(INSTANCES)?;
+        let page = query.effective_page_size();
+        let start = match (&query.continuation, &query.id_prefix) {
+            (Some(c), _) => Bound::Excluded(c.as_str()),
+            (None, Some(p)) => Bound::Included(p.as_str()),
+            (None, None) => Bound::Unbounded,
+        };
+        let mut instances = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        for entry in table.range::<&str>((start, Bound::Unbounded))? {
+            let (k, v) = entry?;
+            let key = k.value();
+            if let Some(p) = &query.id_prefix {
+                if !key.starts_with(p.as_str()) {
+                    break;
+                }
+            }
+            let record: InstanceRecord = decode(v.value())?;
+            if !query.matches(&record) {
+                continue;
+            }
+            if instances.len() == page {
+                more = true;
+                break;
+            }
+            last = Some(key.to_owned());
+            instances.push(record);
+        }
+        Ok(InstancePage {
+            instances,
+            continuation: if more { last } else { None },
+        })
+    }
+}
+
+#[async_trait]
+impl Store for RedbStore {
+    async fn create_instance(&self, new: NewInstance) -> Result<CreateResult, StoreError> {
+        match self.write(WriteOp::Create(new)).await? {
+            Outcome::Created(r) => Ok(*r),
+            _ => Err(Outcome::unexpected()),
+        }
+    }
+
+    async fn send_message(
+        &self,
+        instance_id: &InstanceId,
+        message: Message,
+    ) -> Result<(), StoreError> {
+        self.write(WriteOp::Send(instance_id.clone(), message))
+            .await
+            .map(drop)
+    }
+
+    async fn fetch_orchestration_work(
+        &self,
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> Result<Option<OrchestrationWorkItem>, StoreError> {
+        self.blocking(move |core| core.fetch_orchestration(now, lock_for))
+            .await
+    }
+
+    async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError> {
+        self.write(WriteOp::Commit(Box::new(commit)))
+            .await
+            .map(drop)
+    }
+
+    async fn abandon_episode(
+        &self,
+        instance_id: &InstanceId,
+        lock: LockToken,
+        retry_at: Timestamp,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
+        self.write(WriteOp::AbandonEpisode {
+            instance_id: instance_id.clone(),
+            lock,
+            retry_at,
+            error,
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn fetch_activity_work(
+        &self,
+        now: Timestamp,
+        lock_for: Duration,
+        max: usize,
+    ) -> Result<Vec<ActivityWorkItem>, StoreError> {
+        self.blocking(move |core| core.fetch_activities(now, lock_for, max))
+            .await
+    }
+
+    async fn complete_activity(
+        &self,
+        id: u64,
+        lock: LockToken,
+        result: Message,
+    ) -> Result<(), StoreError> {
+        self.write(WriteOp::CompleteActivity { id, lock, result })
+            .await
+            .map(drop)
+    }
+
+    async fn abandon_activity(
+        &self,
+        id: u64,
+        lock: LockToken,
+        retry_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.write(WriteOp::AbandonActivity { id, lock, retry_at })
+            .await
+            .map(drop)
+    }
+
+    async fn next_wake_time(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.blocking(|core| core.next_wake_time(None)).await
+    }
+
+    async fn next_wake_time_for(&self, kind: WorkKind) -> Result<Option<Timestamp>, StoreError> {
+        self.blocking(move |core| core.next_wake_time(Some(kind))).await
+    }
+
+    async fn read_instance(
+        &self,
+        instance_id: &InstanceId,
+    ) -> Result<Option<InstanceRecord>, StoreError> {
+        let id = instance_id.as_str().to_owned();
+        self.blocking(move |core| core.read_instance(&id)).await
+    }
+
+    async fn read_history(
+        &self,
+        instance_id: &InstanceId,
+    ) -> Result<Vec<HistoryEvent>, StoreError> {
+        let id = instance_id.as_str().to_owned();
+        self.blocking(move |core| core.read_history(&id)).await
+    }
+
+    async fn query_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError> {
+        let query = query.clone();
+        self.blocking(move |core| core.query(&query)).await
+    }
+
+    async fn purge_instance(&self, instance_id: &InstanceId) -> Result<bool, StoreError> {
+        match self.write(WriteOp::Purge(instance_id.clone())).await? {
+            Outcome::Purged(removed) => Ok(removed),
+            _ => Err(Outcome::unexpected()),
+        }
+    }
+
+    fn signals(&self) -> &StoreSignals {
+        &self.inner.core.signals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_meta(path: &Path, key: &str, value: u64) {
+        let db = Database::create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert(key, value).unwrap();
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn unknown_format_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        drop(RedbStore::open(&path).unwrap());
+        write_meta(&path, FORMAT_VERSION_KEY, 99);
+        let err = RedbStore::open(&path).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+        assert!(
+            msg.contains("format version 99") && msg.contains("version 1"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn foreign_redb_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            let def: TableDefinition<'_, u64, u64> = TableDefinition::new("something_else");
+            txn.open_table(def).unwrap().insert(1, 2).unwrap();
+            txn.commit().unwrap();
+        }
+        let msg = RedbStore::open(&path).unwrap_err().to_string();
+        assert!(msg.contains("not a durable store"), "{msg}");
+    }
+
+    #[test]
+    fn fresh_file_gets_the_current_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        drop(RedbStore::open(&path).unwrap());
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        assert_eq!(
+            meta.get(FORMAT_VERSION_KEY).unwrap().map(|v| v.value()),
+            Some(FORMAT_VERSION)
+        );
+    }
+
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+
+    /// Damaged files give errors (or, where redb does not notice, a working store), never a
+    /// panic in the caller.
+    #[tokio::test]
+    async fn damaged_files_never_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            for i in 0..50 {
+                let id = InstanceId::new(format!("i-{i}")).unwrap();
+                store
+                    .create_instance(NewInstance::new(
+                        id,
+                        "Job",
+                        "\"x\"".repeat(50),
+                        Timestamp::EPOCH,
+                    ))
+                    .await
+                    .unwrap();
+            }
+        }
+        let pristine = std::fs::read(&path).unwrap();
+        let len = pristine.len();
+        let damages: Vec<Damage> = vec![
+            Box::new(|b| b.truncate(b.len() / 2)),
+            Box::new(|b| b.truncate(100)),
+            Box::new(|b| b[..512].fill(0xFF)),
+            Box::new(move |b| b[len / 3..len / 3 + 8192].fill(0x5A)),
+            Box::new(move |b| b[len - 8192..].fill(0)),
+        ];
+        for (i, damage) in damages.iter().enumerate() {
+            let mut bytes = pristine.clone();
+            damage(&mut bytes);
+            std::fs::write(&path, &bytes).unwrap();
+            let opened = RedbStore::open(&path);
+            eprintln!("damage {i}: {:?}", opened.as_ref().map(|_| "opened"));
+            match opened {
+                Err(StoreError::Backend(msg)) => assert!(!msg.is_empty()),
+                Err(other) => panic!("damage {i}: unexpected error {other:?}"),
+                Ok(store) => {
+                    // Whatever redb makes of it, every call answers.
+                    let _ = store.query_instances(&InstanceQuery::new()).await;
+                    let _ = store
+                        .create_instance(NewInstance::new(
+                            InstanceId::new("new").unwrap(),
+                            "Job",
+                            "null".into(),
+                            Timestamp::EPOCH,
+                        ))
+                        .await;
+                    let _ = store
+                        .fetch_orchestration_work(Timestamp::EPOCH, Duration::from_secs(1))
+                        .await;
+                }
+            }
+        }
+    }
+}
