@@ -1,11 +1,16 @@
-//! The demo: runs the durable patterns end to end and prints what happens.
+//! The demo: runs the durable patterns end to end on an embedded redb file
+//! (`durable-demo.redb` in the working directory) and prints what happens.
 //!
 //! ```text
 //! cargo run -p examples --bin demo
 //! ```
+//!
+//! Instances have fixed ids and are started with [`IdReusePolicy::DedupeRunning`]: kill the
+//! demo midway and run it again, and it picks the unfinished instances up where they were.
 
 use std::time::Duration;
 
+use durable_core::RedbStore;
 use durable_core::prelude::*;
 use examples::approval::{APPROVAL_EVENT, ApprovalRequest, Decision, approval_flow};
 use examples::chaining::hello_sequence;
@@ -14,18 +19,30 @@ use examples::monitor::{MonitorInput, job_monitor};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let worker = examples::register_all(Worker::builder().store(MemoryStore::new())).start()?;
+    let path = "durable-demo.redb";
+    let store = RedbStore::open(path)?;
+    println!("store: {path} (redb, fsync on every commit)");
+    let worker = examples::register_all(Worker::builder().store(store)).start()?;
     let client = worker.client();
+    let opts = |id: &str| {
+        StartOptions::new()
+            .instance_id(InstanceId::new(id).expect("valid id"))
+            .reuse(IdReusePolicy::DedupeRunning)
+    };
 
     println!("== 1. chaining");
-    let run = hello_sequence::start(&client, vec!["Tokyo".into(), "Seattle".into(), "London".into()])
-        .await?;
+    let run = hello_sequence::start_with(
+        &client,
+        vec!["Tokyo".into(), "Seattle".into(), "London".into()],
+        opts("demo-chaining"),
+    )
+    .await?;
     println!("   started {}", run.id());
     println!("   -> {:?}", run.wait().await?);
 
     println!("== 2. fan-out/fan-in");
     let docs: Vec<String> = (1..=100).map(|i| "lorem ipsum ".repeat(i)).collect();
-    let run = word_count::start(&client, docs).await?;
+    let run = word_count::start_with(&client, docs, opts("demo-fan-out")).await?;
     println!("   started {} over 100 documents in parallel", run.id());
     println!("   -> {} words", run.wait().await?);
 
@@ -35,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         interval_ms: 200,
         deadline_ms: 10_000,
     };
-    let run = job_monitor::start(&client, input).await?;
+    let run = job_monitor::start_with(&client, input, opts("demo-monitor")).await?;
     println!("   started {} (polls on a durable timer)", run.id());
     println!("   -> {}", run.wait().await?);
 
@@ -44,7 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         item: "purchase order 42".into(),
         timeout_hours: 72,
     };
-    let run = approval_flow::start(&client, req).await?;
+    let run = approval_flow::start_with(&client, req, opts("demo-approval")).await?;
     println!("   started {}; waiting up to 72h for `{APPROVAL_EVENT}`", run.id());
     tokio::time::timeout(Duration::from_secs(5), async {
         while run.status().await.map(|s| s.status) != Ok(RuntimeStatus::Running) {
