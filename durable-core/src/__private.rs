@@ -1,5 +1,11 @@
 //! Items used only by code the macros generate. Not public API: may change at any time.
 
+pub use crate::entity::{CallTarget, ClientTarget, SignalTarget};
+pub use crate::registry::BoxFuture;
+
+use crate::error::{FailureDetails, ToFailure};
+use crate::history::Payload as Json;
+
 /// Implemented for every type that can cross history as JSON.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a durable payload",
@@ -8,3 +14,61 @@
 pub trait Payload: serde::Serialize + serde::de::DeserializeOwned + Send + 'static {}
 
 impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> Payload for T {}
+
+/// The durable name of an `#[entity]` struct (the struct attribute implements it).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is missing `#[entity]` on its struct",
+    note = "put `#[entity]` on the struct definition as well as on its `impl` block"
+)]
+pub trait EntityName {
+    /// The entity type name.
+    const NAME: &'static str;
+}
+
+/// Entity state must be serde and have an initial value.
+#[diagnostic::on_unimplemented(
+    message = "entity state `{Self}` must implement `Default` (or its impl block must define `fn initial() -> Self`) and serde",
+    note = "derive `Default, Serialize, Deserialize` on the entity struct"
+)]
+pub trait EntityState: serde::Serialize + serde::de::DeserializeOwned + Send + 'static {}
+
+impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> EntityState for T {}
+
+/// Decodes an entity operation's input.
+pub fn decode_input<T: serde::de::DeserializeOwned>(operation: &str, input: &str) -> Result<T, FailureDetails> {
+    crate::error::decode(input).map_err(|e| {
+        let mut f = FailureDetails::from_error(&e).non_retriable();
+        f.message = format!("input of operation `{operation}`: {}", f.message);
+        f
+    })
+}
+
+/// Encodes an entity operation's output.
+pub fn encode_output<T: serde::Serialize>(value: &T) -> Result<Json, FailureDetails> {
+    crate::error::encode(value).map_err(|e| FailureDetails::from_error(&e))
+}
+
+/// Converts an operation's `Result` into the recorded form.
+pub fn result_output<T: serde::Serialize, E: ToFailure>(r: Result<T, E>) -> Result<Json, FailureDetails> {
+    match r {
+        Ok(v) => encode_output(&v),
+        Err(e) => Err(e.to_failure()),
+    }
+}
+
+/// Encodes a client-side signal input.
+pub fn encode_client<T: serde::Serialize + ?Sized>(value: &T) -> Result<Json, crate::ClientError> {
+    Ok(crate::error::encode(value)?)
+}
+
+/// The failure for an operation name the entity does not have.
+pub fn unknown_operation(entity: &str, operation: &str, known: &[&str]) -> FailureDetails {
+    FailureDetails::new(
+        "UnknownOperation",
+        format!(
+            "entity `{entity}` has no operation `{operation}`; it has: {}",
+            known.join(", ")
+        ),
+    )
+    .non_retriable()
+}

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::clock::{Clock, SystemClock};
 use crate::context::Limits;
+use crate::entity::{ClientTarget, Entity, EntityId};
 use crate::error::{ClientError, decode, encode};
 use crate::history::{Event, HistoryEvent, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
@@ -67,6 +68,83 @@ impl StartOptions {
     }
 }
 
+fn entity_record(r: &InstanceRecord) -> Option<crate::entity::EntityRecord> {
+    r.output.as_deref().and_then(|o| decode(o).ok())
+}
+
+/// Filters for [`Client::list_entities`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct EntityQuery {
+    /// Only entities of this type name.
+    pub name: Option<String>,
+    /// Only keys with this prefix (needs `name`).
+    pub key_prefix: Option<String>,
+    /// Last operation at or after.
+    pub last_operation_from: Option<Timestamp>,
+    /// Last operation at or before.
+    pub last_operation_to: Option<Timestamp>,
+    /// Return the state of each entity.
+    pub include_state: bool,
+    /// Also list entities whose state was deleted.
+    pub include_deleted: bool,
+    /// Page size (0: default 100).
+    pub page_size: usize,
+    /// Continuation token from the previous page.
+    pub continuation: Option<String>,
+}
+
+impl EntityQuery {
+    /// All entities, without state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Only entities of type `name`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+    /// Include states.
+    pub fn with_state(mut self) -> Self {
+        self.include_state = true;
+        self
+    }
+    /// Page size.
+    pub fn page_size(mut self, n: usize) -> Self {
+        self.page_size = n;
+        self
+    }
+    /// Continue after a previous page.
+    pub fn continuation(mut self, token: Option<String>) -> Self {
+        self.continuation = token;
+        self
+    }
+}
+
+/// One listed entity.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct EntityMetadata {
+    /// Its id.
+    pub id: EntityId,
+    /// When its last operation batch ran.
+    pub last_operation_at: Timestamp,
+    /// The orchestration holding its lock, if any.
+    pub locked_by: Option<InstanceId>,
+    /// Its JSON state, when asked for.
+    pub state: Option<String>,
+}
+
+/// One page of [`Client::list_entities`].
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct EntityPage {
+    /// The entities, ordered by id.
+    pub entities: Vec<EntityMetadata>,
+    /// Token for the next page.
+    pub continuation: Option<String>,
+}
+
 /// What a purge removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -121,6 +199,11 @@ impl Client {
         &self.store
     }
 
+    /// The payload limits this client enforces (those of its worker).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// Starts an orchestration with a random instance id.
     pub async fn start<O: Orchestrator>(
         &self,
@@ -170,6 +253,26 @@ impl Client {
         match self.store.create_instance(new).await? {
             CreateResult::Created | CreateResult::Existing(_) => Ok(id),
         }
+    }
+
+    /// Starts the orchestration of an existing instance again, with the same name, input and
+    /// version (Durable Functions' `RestartAsync`). With `new_instance_id` the new run gets a
+    /// fresh random id and the old instance is left as it is; without it the run replaces
+    /// the instance under the same id, which must then be finished.
+    ///
+    /// # Errors
+    /// `InstanceNotFound`; `InstanceAlreadyExists` when restarting a running instance under
+    /// its own id; the errors of [`start_raw`](Self::start_raw).
+    pub async fn restart(&self, instance_id: &InstanceId, new_instance_id: bool) -> Result<InstanceId, ClientError> {
+        let record = self.status(instance_id).await?;
+        let id = if new_instance_id {
+            InstanceId::random()
+        } else {
+            record.instance_id.clone()
+        };
+        let mut options = StartOptions::new().instance_id(id);
+        options.version = record.version.clone();
+        self.start_raw(&record.name, &record.input, options).await
     }
 
     /// A typed handle to an existing instance.
@@ -353,6 +456,107 @@ impl Client {
     /// Lists instances, one page at a time.
     pub async fn query(&self, query: &InstanceQuery) -> Result<InstancePage, ClientError> {
         Ok(self.store.query_instances(query).await?)
+    }
+
+    /// A typed proxy for entity `E` with `key`: one async method per operation that signals
+    /// it (acknowledged once durable), plus `state()` and `delete()`.
+    pub fn entity<E: Entity>(&self, key: &str) -> E::ClientProxy {
+        E::ClientProxy::from(ClientTarget {
+            client: self.clone(),
+            entity: EntityId {
+                name: E::NAME.to_lowercase(),
+                key: key.to_owned(),
+            },
+            scheduled: None,
+        })
+    }
+
+    /// Signals an entity operation with a JSON input, creating the entity on demand;
+    /// delivered no earlier than `scheduled` when given.
+    ///
+    /// # Errors
+    /// `InvalidInstanceId` for a bad key, `PayloadTooLarge`, store errors.
+    pub async fn signal_entity_raw(
+        &self,
+        entity: &EntityId,
+        operation: &str,
+        input: String,
+        scheduled: Option<Timestamp>,
+    ) -> Result<(), ClientError> {
+        self.check_size(&input)?;
+        let checked = EntityId::new(&entity.name, &entity.key)?;
+        let now = self.clock.now();
+        self.store
+            .create_instance(crate::entity::entity_instance(&checked, now))
+            .await?;
+        let msg = Message::new(
+            Event::EntityOperation {
+                operation: operation.to_owned(),
+                input,
+                sender: None,
+                reply_to: None,
+            },
+            None,
+            scheduled.unwrap_or(now).max(now),
+        );
+        self.store.send_message(&checked.instance_id(), msg).await?;
+        Ok(())
+    }
+
+    /// Reads an entity's state as JSON; `None` if it has none (never created or deleted).
+    pub async fn read_entity_raw(&self, entity: &EntityId) -> Result<Option<String>, ClientError> {
+        let Some(r) = self.store.read_instance(&entity.instance_id()).await? else {
+            return Ok(None);
+        };
+        Ok(entity_record(&r).and_then(|e| e.state))
+    }
+
+    /// Reads and decodes an entity's state (a snapshot, not linearized with in-flight
+    /// operations).
+    pub async fn read_entity<E: Entity>(&self, key: &str) -> Result<Option<E>, ClientError> {
+        let id = EntityId::of::<E>(key)?;
+        match self.read_entity_raw(&id).await? {
+            Some(json) => Ok(Some(decode(&json)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Lists entities, one page at a time.
+    pub async fn list_entities(&self, query: &EntityQuery) -> Result<EntityPage, ClientError> {
+        let prefix = match &query.name {
+            Some(n) => format!("@{}@{}", n.to_lowercase(), query.key_prefix.as_deref().unwrap_or("")),
+            None => "@".to_owned(),
+        };
+        let mut q = InstanceQuery::new().id_prefix(prefix).page_size(query.page_size);
+        q.include_entities = true;
+        q.continuation.clone_from(&query.continuation);
+        let page = self.store.query_instances(&q).await?;
+        let entities = page
+            .instances
+            .iter()
+            .filter_map(|r| {
+                let id = EntityId::from_instance_id(&r.instance_id)?;
+                let rec = entity_record(r).unwrap_or_default();
+                if rec.state.is_none() && !query.include_deleted {
+                    return None;
+                }
+                if query.last_operation_from.is_some_and(|t| r.last_updated_at < t)
+                    || query.last_operation_to.is_some_and(|t| r.last_updated_at > t)
+                {
+                    return None;
+                }
+                Some(EntityMetadata {
+                    id,
+                    last_operation_at: r.last_updated_at,
+                    locked_by: rec.lock.map(|l| l.instance_id),
+                    state: if query.include_state { rec.state } else { None },
+                })
+            })
+            .collect();
+        Ok(EntityPage {
+            entities,
+            continuation: page.continuation,
+        })
     }
 
     fn check_size(&self, payload: &str) -> Result<(), ClientError> {

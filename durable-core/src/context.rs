@@ -52,6 +52,10 @@ pub(crate) enum ActionKind {
     Timer,
     SubOrchestration { name: String },
     SendEvent { name: String },
+    EntityCall { operation: String },
+    EntitySignal { operation: String },
+    EntityLock,
+    EntityUnlock,
 }
 
 impl fmt::Display for ActionKind {
@@ -61,6 +65,10 @@ impl fmt::Display for ActionKind {
             ActionKind::Timer => f.write_str("a timer"),
             ActionKind::SubOrchestration { name } => write!(f, "sub-orchestration `{name}`"),
             ActionKind::SendEvent { name } => write!(f, "sending event `{name}`"),
+            ActionKind::EntityCall { operation } => write!(f, "entity call `{operation}`"),
+            ActionKind::EntitySignal { operation } => write!(f, "entity signal `{operation}`"),
+            ActionKind::EntityLock => f.write_str("an entity lock"),
+            ActionKind::EntityUnlock => f.write_str("an entity unlock"),
         }
     }
 }
@@ -93,6 +101,22 @@ pub(crate) enum ActionDetail {
         name: String,
         input: Payload,
     },
+    EntityCall {
+        entity: InstanceId,
+        operation: String,
+        input: Payload,
+    },
+    EntitySignal {
+        entity: InstanceId,
+        operation: String,
+        input: Payload,
+    },
+    EntityLock {
+        entities: Vec<InstanceId>,
+    },
+    EntityUnlock {
+        entities: Vec<InstanceId>,
+    },
 }
 
 impl ActionDetail {
@@ -104,6 +128,14 @@ impl ActionDetail {
                 ActionKind::SubOrchestration { name: name.clone() }
             }
             ActionDetail::SendEvent { name, .. } => ActionKind::SendEvent { name: name.clone() },
+            ActionDetail::EntityCall { operation, .. } => ActionKind::EntityCall {
+                operation: operation.clone(),
+            },
+            ActionDetail::EntitySignal { operation, .. } => ActionKind::EntitySignal {
+                operation: operation.clone(),
+            },
+            ActionDetail::EntityLock { .. } => ActionKind::EntityLock,
+            ActionDetail::EntityUnlock { .. } => ActionKind::EntityUnlock,
         }
     }
 }
@@ -153,6 +185,8 @@ pub(crate) struct State {
     pub(crate) failure: Option<FailureDetails>,
     pub(crate) limits: Limits,
     pub(crate) slot_polls: u64,
+    /// Entities locked by the current critical section.
+    pub(crate) critical_section: Option<Vec<InstanceId>>,
 }
 
 impl State {
@@ -177,6 +211,7 @@ impl State {
             failure: None,
             limits,
             slot_polls: 0,
+            critical_section: None,
         }
     }
 
@@ -534,6 +569,11 @@ impl OrchestrationContext {
     ) -> TaskFuture<T> {
         self.emit_slot(location, |s| {
             s.check_payload("sub-orchestration input", &payload)?;
+            if s.critical_section.is_some() {
+                return Err(lock_violation(
+                    "sub-orchestrations cannot start inside a critical section".to_owned(),
+                ));
+            }
             let instance_id = instance_id.unwrap_or_else(|| {
                 let candidate = format!("{}:{}", s.instance_id, s.next_seq);
                 InstanceId::new(candidate)
@@ -723,6 +763,132 @@ impl OrchestrationContext {
         ContinueAsNew { _t: PhantomData }
     }
 
+    /// A typed proxy for calling operations of entity `E` with `key` (request/response).
+    ///
+    /// # Determinism
+    /// Each call records `EntityCalled`, then `EntityResponded`.
+    ///
+    /// # Examples
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Counter { value: i64 }
+    ///
+    /// #[entity]
+    /// impl Counter {
+    ///     fn add(&mut self, amount: i64) { self.value += amount; }
+    ///     fn get(&self) -> i64 { self.value }
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn bump(ctx: OrchestrationContext, key: String) -> Result<i64, OrchestrationError> {
+    ///     let counter = ctx.entity::<Counter>(&key);
+    ///     counter.add(1).await?;
+    ///     Ok(counter.get().await?)
+    /// }
+    /// # let _ = bump;
+    /// ```
+    pub fn entity<E: crate::entity::Entity>(&self, key: &str) -> E::CallProxy {
+        E::CallProxy::from(crate::entity::CallTarget {
+            ctx: self.clone(),
+            entity: crate::entity::EntityId {
+                name: E::NAME.to_lowercase(),
+                key: key.to_owned(),
+            },
+        })
+    }
+
+    /// A typed proxy for signalling entity `E` with `key` (one-way, no result).
+    ///
+    /// # Determinism
+    /// Each signal records `EntitySignaled`.
+    pub fn signal_entity<E: crate::entity::Entity>(&self, key: &str) -> E::SignalProxy {
+        E::SignalProxy::from(crate::entity::SignalTarget {
+            sink: Arc::new(self.clone()),
+            entity: crate::entity::EntityId {
+                name: E::NAME.to_lowercase(),
+                key: key.to_owned(),
+            },
+        })
+    }
+
+    /// Calls an entity operation, serializing `input` (used by the generated proxies).
+    ///
+    /// # Determinism
+    /// Records `EntityCalled`, then `EntityResponded`.
+    #[track_caller]
+    pub fn call_entity<T, I: Serialize + ?Sized>(
+        &self,
+        entity: &crate::entity::EntityId,
+        operation: &str,
+        input: &I,
+    ) -> TaskFuture<T> {
+        match encode(input) {
+            Ok(p) => self.call_entity_raw(entity, operation, p),
+            Err(e) => TaskFuture::failed(TaskError::Decode(e), &self.shared),
+        }
+    }
+
+    /// Calls an entity operation with a JSON input (used by the generated proxies).
+    ///
+    /// Inside a critical section only the locked entities may be called.
+    ///
+    /// # Determinism
+    /// Records `EntityCalled`, then `EntityResponded`.
+    #[track_caller]
+    pub fn call_entity_raw<T>(&self, entity: &crate::entity::EntityId, operation: &str, input: Payload) -> TaskFuture<T> {
+        let location = Location::caller();
+        let target = entity.instance_id();
+        self.emit_slot(location, |s| {
+            s.check_payload("entity operation input", &input)?;
+            if let Some(locked) = &s.critical_section {
+                if !locked.contains(&target) {
+                    return Err(lock_violation(format!(
+                        "entity `{target}` is not locked by the current critical section; lock it too or call it outside the section"
+                    )));
+                }
+            }
+            Ok(ActionDetail::EntityCall {
+                entity: target,
+                operation: operation.to_owned(),
+                input,
+            })
+        })
+    }
+
+    /// Locks entities for a critical section: completes once all are held. Locks are taken
+    /// in one global order, so sections never deadlock. Inside the section only the locked
+    /// entities may be called and no sub-orchestration may start; the section ends when the
+    /// returned guard is dropped (or released), or when the orchestration ends.
+    ///
+    /// # Determinism
+    /// Records `EntityLockRequested`, then `EntityLockGranted`; the release records
+    /// `EntityUnlockSent`.
+    #[track_caller]
+    pub fn lock(&self, entities: &[crate::entity::EntityId]) -> LockFuture {
+        let location = Location::caller();
+        let mut ids: Vec<InstanceId> = entities.iter().map(crate::entity::EntityId::instance_id).collect();
+        ids.sort();
+        ids.dedup();
+        let requested = ids.clone();
+        let inner = self.emit_slot(location, move |s| {
+            if s.critical_section.is_some() {
+                return Err(lock_violation("critical sections cannot be nested".to_owned()));
+            }
+            if ids.is_empty() {
+                return Err(lock_violation("a critical section needs at least one entity".to_owned()));
+            }
+            Ok(ActionDetail::EntityLock { entities: ids })
+        });
+        LockFuture {
+            inner,
+            entities: requested,
+            ctx: self.clone(),
+        }
+    }
+
     /// Awaits all futures, in any completion order; outputs come back in input order.
     /// Each completion costs O(1), so fan-outs of many thousands stay linear.
     pub fn when_all<F: Future>(&self, futures: impl IntoIterator<Item = F>) -> WhenAll<F> {
@@ -744,6 +910,105 @@ impl InstanceId {
                 .simple()
                 .to_string(),
         )
+    }
+}
+
+fn lock_violation(message: String) -> FailureDetails {
+    FailureDetails::new("LockViolation", message).non_retriable()
+}
+
+impl crate::entity::SignalSink for OrchestrationContext {
+    #[track_caller]
+    fn send_signal(&self, entity: &crate::entity::EntityId, operation: &str, input: Payload) {
+        let location = Location::caller();
+        let mut s = lock(&self.shared);
+        if let Err(f) = s.check_payload("entity signal input", &input) {
+            s.failure.get_or_insert(f);
+            return;
+        }
+        let Ok(seq) = s.next_action_seq() else { return };
+        s.emitted.push(Action {
+            seq,
+            location: SourceLocation::from_caller(location),
+            detail: ActionDetail::EntitySignal {
+                entity: entity.instance_id(),
+                operation: operation.to_owned(),
+                input,
+            },
+        });
+    }
+}
+
+/// Future of [`OrchestrationContext::lock`]: the critical section once all locks are held.
+#[must_use = "futures do nothing unless awaited"]
+#[derive(Debug)]
+pub struct LockFuture {
+    inner: TaskFuture<()>,
+    entities: Vec<InstanceId>,
+    ctx: OrchestrationContext,
+}
+
+impl Future for LockFuture {
+    type Output = Result<CriticalSection, TaskError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.inner.poll_raw(cx) {
+            Poll::Ready(Ok(_)) => {
+                let entities = std::mem::take(&mut self.entities);
+                lock(&self.ctx.shared).critical_section = Some(entities.clone());
+                Poll::Ready(Ok(CriticalSection {
+                    ctx: self.ctx.clone(),
+                    entities,
+                    released: false,
+                }))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A held critical section; dropping it releases the locks.
+#[derive(Debug)]
+pub struct CriticalSection {
+    ctx: OrchestrationContext,
+    entities: Vec<InstanceId>,
+    released: bool,
+}
+
+impl CriticalSection {
+    /// The locked entities' instance ids, in lock order.
+    pub fn entities(&self) -> &[InstanceId] {
+        &self.entities
+    }
+
+    /// Releases the locks now.
+    #[track_caller]
+    pub fn release(mut self) {
+        self.release_at(Location::caller());
+    }
+
+    fn release_at(&mut self, location: &'static Location<'static>) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        let mut s = lock(&self.ctx.shared);
+        s.critical_section = None;
+        let Ok(seq) = s.next_action_seq() else { return };
+        s.emitted.push(Action {
+            seq,
+            location: SourceLocation::from_caller(location),
+            detail: ActionDetail::EntityUnlock {
+                entities: self.entities.clone(),
+            },
+        });
+    }
+}
+
+impl Drop for CriticalSection {
+    #[track_caller]
+    fn drop(&mut self) {
+        self.release_at(Location::caller());
     }
 }
 

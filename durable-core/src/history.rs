@@ -336,6 +336,9 @@ pub enum Event {
     EntityLockGranted {
         /// Sequence number of the `EntityLockRequested`.
         seq: u64,
+        /// The locked entities (so a receiver that no longer wants them can release them).
+        #[serde(default)]
+        entities: Vec<InstanceId>,
     },
     /// (Entity inbox) an operation to run.
     EntityOperation {
@@ -534,7 +537,7 @@ pub fn pretty(history: &[HistoryEvent]) -> String {
                 (_, Some(f)) => format!("#{seq} !! {f}"),
                 (r, None) => format!("#{seq} -> {}", r.as_deref().unwrap_or("null")),
             },
-            Event::EntityLockGranted { seq } => format!("#{seq}"),
+            Event::EntityLockGranted { seq, .. } => format!("#{seq}"),
             Event::EntityOperation { operation, input, .. } => format!("{operation}({input})"),
             Event::EntityLockRequest { owner, position, .. } => format!("for {} at {position}", owner.instance_id),
             Event::EntityUnlock { owner } => format!("by {owner}"),

@@ -56,6 +56,7 @@ pub mod __private;
 pub mod client;
 pub mod clock;
 pub mod context;
+pub mod entity;
 pub mod error;
 pub mod history;
 pub mod ids;
@@ -145,16 +146,73 @@ pub use durable_macros::activity;
 /// ```
 pub use durable_macros::orchestrator;
 
-pub use client::{Client, InstanceHandle, PurgeResult, StartOptions};
+/// Defines a durable entity — addressable state with operations that run one at a time,
+/// exactly once, in the order each sender sent them.
+///
+/// Put `#[entity]` on a struct (the state: `Serialize + Deserialize`, plus `Default` or an
+/// associated `fn initial() -> Self` in the impl block) and on its `impl` block. Methods
+/// taking `&mut self` are operations that update the state; `&self` methods are reads.
+/// Operations may be `async`, may take an [`EntityContext`] right after `self` (to signal
+/// other entities, start orchestrations or delete the state) and at most one input, and
+/// return `T` or `Result<T, E>`. A failing operation (an `Err` or a panic) rolls its state
+/// change back and reports the failure to its caller. The name is the lower-cased struct
+/// name unless `#[entity(name = "..")]` on the struct says otherwise.
+///
+/// Generated proxies give one typed method per operation:
+/// - `client.entity::<Counter>(key)`: signals (acknowledged once durable, optionally
+///   delayed with `.at(time)`), `state()`, `delete()`;
+/// - `ctx.entity::<Counter>(key)`: request/response calls from an orchestration;
+/// - `ctx.signal_entity::<Counter>(key)` / `entity_ctx.signal_entity::<..>(key)`: one-way
+///   signals from orchestrations and entities.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::prelude::*;
+///
+/// #[entity]
+/// #[derive(Default, Serialize, Deserialize)]
+/// struct Counter {
+///     value: i64,
+/// }
+///
+/// #[entity]
+/// impl Counter {
+///     fn add(&mut self, amount: i64) {
+///         self.value += amount;
+///     }
+///     fn get(&self) -> i64 {
+///         self.value
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let worker = Worker::builder().store(MemoryStore::new()).register(Counter::entity()).start()?;
+/// let client = worker.client();
+/// client.entity::<Counter>("page-views").add(5).await?;
+/// # let mut changes = client.store().signals().changed.subscribe();
+/// # while client.entity::<Counter>("page-views").state().await?.map(|c| c.value) != Some(5) {
+/// #     changes.changed().await?;
+/// # }
+/// let state = client.entity::<Counter>("page-views").state().await?;
+/// assert_eq!(state.map(|c| c.value), Some(5));
+/// # worker.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub use durable_macros::entity;
+
+pub use client::{Client, EntityMetadata, EntityPage, EntityQuery, InstanceHandle, PurgeResult, StartOptions};
 pub use clock::{Clock, SystemClock};
-pub use context::{Either, Limits, OrchestrationContext, SubOrchestrationOptions, select, when_all, when_any};
+pub use context::{CriticalSection, Either, Limits, OrchestrationContext, SubOrchestrationOptions, select, when_all, when_any};
+pub use entity::{Entity, EntityContext, EntityId};
 pub use error::{
     ActivityError, BuildError, ClientError, FailureDetails, InvalidInstanceId, OrchestrationError,
     PayloadDecodeError, StoreError, TaskError, ToFailure,
 };
 pub use history::{Event, HistoryEvent, RuntimeStatus};
 pub use ids::{InstanceId, Timestamp};
-pub use registry::{Activity, ActivityContext, Orchestrator, Registration, Registry};
+pub use registry::{Activity, ActivityContext, EntityRegistration, Orchestrator, Registration, Registry};
 pub use retry::RetryPolicy;
 pub use storage::{IdReusePolicy, InstanceQuery, InstanceRecord, MemoryStore, RedbStore, Store};
 pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, WorkerOptions};
@@ -162,7 +220,7 @@ pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, Wor
 /// Everything orchestration, activity and worker code usually needs.
 pub mod prelude {
     pub use crate::{
-        activity, orchestrator, Activity, ActivityContext, ActivityError, Client, ClientError, Either, FailureDetails,
+        activity, entity, orchestrator, Activity, EntityContext, EntityId, ActivityContext, ActivityError, Client, ClientError, Either, FailureDetails,
         IdReusePolicy, InstanceHandle, InstanceId, MemoryStore, OrchestrationContext,
         OrchestrationError, Orchestrator, RetryPolicy, RuntimeStatus, StartOptions, TaskError,
         Timestamp, Worker, select, when_all, when_any,

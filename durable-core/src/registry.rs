@@ -154,6 +154,34 @@ impl<A: Activity> Registration for ActivityRegistration<A> {
     }
 }
 
+/// Registers an [`Entity`](crate::entity::Entity) type.
+pub struct EntityRegistration<E>(std::marker::PhantomData<fn() -> E>);
+
+impl<E> EntityRegistration<E> {
+    /// A registration of `E`.
+    pub fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<E> Default for EntityRegistration<E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<E> fmt::Debug for EntityRegistration<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EntityRegistration")
+    }
+}
+
+impl<E: crate::entity::Entity> Registration for EntityRegistration<E> {
+    fn register_into(self, registry: &mut Registry) {
+        registry.add_entity::<E>();
+    }
+}
+
 /// Registers an [`Orchestrator`] type.
 #[derive(Debug)]
 pub struct OrchestratorRegistration<O>(pub O);
@@ -166,6 +194,11 @@ impl<O: Orchestrator> Registration for OrchestratorRegistration<O> {
 
 pub(crate) type ActivityFn =
     dyn Fn(ActivityContext, Payload) -> BoxFuture<'static, Result<Payload, FailureDetails>> + Send + Sync;
+
+/// A registered activity with its types erased: JSON input in, JSON output or failure out
+/// (see [`Registry::activity_handler`]).
+pub type ActivityHandler =
+    Arc<dyn Fn(ActivityContext, Payload) -> BoxFuture<'static, Result<Payload, FailureDetails>> + Send + Sync>;
 pub(crate) type OrchestratorFn = dyn Fn(OrchestrationContext, Payload) -> BoxFuture<'static, Result<Payload, FailureDetails>>
     + Send
     + Sync;
@@ -176,6 +209,7 @@ type InputCheckFn = dyn Fn(&str) -> Result<(), PayloadDecodeError> + Send + Sync
 pub struct Registry {
     activities: HashMap<String, Arc<ActivityFn>>,
     orchestrators: HashMap<String, OrchestratorEntry>,
+    entities: HashMap<String, Arc<crate::entity::EntityFn>>,
     duplicates: Vec<(&'static str, String)>,
 }
 
@@ -190,6 +224,7 @@ impl fmt::Debug for Registry {
         f.debug_struct("Registry")
             .field("activities", &self.activities.keys().collect::<Vec<_>>())
             .field("orchestrators", &self.orchestrators.keys().collect::<Vec<_>>())
+            .field("entities", &self.entities.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -241,6 +276,51 @@ impl Registry {
         self.activities.insert(name.to_owned(), Arc::new(f));
     }
 
+    /// The names of the registered activities, sorted.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::Registry;
+    ///
+    /// let mut registry = Registry::new();
+    /// registry.add_activity_raw("b", |_, input| Box::pin(async move { Ok(input) }));
+    /// registry.add_activity_raw("a", |_, input| Box::pin(async move { Ok(input) }));
+    /// assert_eq!(registry.activity_names(), ["a", "b"]);
+    /// ```
+    pub fn activity_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.activities.keys().cloned().collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The type-erased handler registered under `name` (JSON input in, JSON output or
+    /// failure out), so that a test harness or middleware can wrap it and put the wrapper
+    /// back with [`replace_activity_raw`](Self::replace_activity_raw).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::{ActivityContext, Registry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let mut registry = Registry::new();
+    /// registry.add_activity_raw("echo", |_, input| Box::pin(async move { Ok(input) }));
+    /// let real = registry.activity_handler("echo").unwrap();
+    /// registry.replace_activity_raw("echo", move |ctx, input| {
+    ///     let real = real.clone();
+    ///     Box::pin(async move { real(ctx, format!("[{input}]")).await })
+    /// });
+    /// let wrapped = registry.activity_handler("echo").unwrap();
+    /// assert_eq!(wrapped(ActivityContext::for_test("i"), "1".into()).await.unwrap(), "[1]");
+    /// assert!(registry.activity_handler("missing").is_none());
+    /// # }
+    /// ```
+    pub fn activity_handler(&self, name: &str) -> Option<ActivityHandler> {
+        self.activities.get(name).cloned()
+    }
+
     fn insert_activity(&mut self, name: &str, f: Arc<ActivityFn>) {
         if self.activities.insert(name.to_owned(), f).is_some() {
             self.duplicates.push(("activity", name.to_owned()));
@@ -264,6 +344,23 @@ impl Registry {
         if self.orchestrators.insert(O::NAME.to_owned(), entry).is_some() {
             self.duplicates.push(("orchestrator", O::NAME.to_owned()));
         }
+    }
+
+    /// Registers an entity type under `E::NAME` (case-insensitive).
+    pub fn add_entity<E: crate::entity::Entity>(&mut self) {
+        let name = E::NAME.to_lowercase();
+        if self.entities.insert(name.clone(), crate::entity::runner::<E>()).is_some() {
+            self.duplicates.push(("entity", name));
+        }
+    }
+
+    pub(crate) fn entity(&self, name: &str) -> Option<Arc<crate::entity::EntityFn>> {
+        self.entities.get(name).cloned()
+    }
+
+    /// `true` if an entity of this name is registered.
+    pub fn has_entity(&self, name: &str) -> bool {
+        self.entities.contains_key(&name.to_lowercase())
     }
 
     /// Adds anything implementing [`Registration`].

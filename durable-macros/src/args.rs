@@ -11,6 +11,7 @@ use syn::{Ident, LitStr, Path, Token};
 pub(crate) enum Kind {
     Activity,
     Orchestrator,
+    Entity,
 }
 
 impl Kind {
@@ -18,12 +19,13 @@ impl Kind {
         match self {
             Kind::Activity => "#[activity]",
             Kind::Orchestrator => "#[orchestrator]",
+            Kind::Entity => "#[entity]",
         }
     }
 
     fn valid(self) -> &'static [&'static str] {
         match self {
-            Kind::Activity => &["name", "crate"],
+            Kind::Activity | Kind::Entity => &["name", "crate"],
             Kind::Orchestrator => &["name", "version", "allow_nondeterminism", "crate"],
         }
     }

@@ -86,7 +86,7 @@ pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<
     let Some((output, error)) = result else {
         let msg = match kind {
             Kind::Activity => format!("{attr} functions must return `Result<T, E>`, e.g. `Result<Receipt, ActivityError>`"),
-            Kind::Orchestrator => {
+            Kind::Orchestrator | Kind::Entity => {
                 format!("{attr} functions must return `Result<T, E>`, e.g. `Result<Receipt, OrchestrationError>`")
             }
         };
@@ -125,7 +125,7 @@ fn classify_params(
     let attr = kind.attr();
     let (ctx_name, ctx_example) = match kind {
         Kind::Activity => ("ActivityContext", "ctx: ActivityContext"),
-        Kind::Orchestrator => ("OrchestrationContext", "ctx: OrchestrationContext"),
+        Kind::Orchestrator | Kind::Entity => ("OrchestrationContext", "ctx: OrchestrationContext"),
     };
     let mut context = None;
     let mut inputs: Vec<PatType> = Vec::new();

@@ -19,6 +19,15 @@ pub fn activity(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::run(args::Kind::Activity, attr.into(), item.into()).into()
 }
 
+/// Defines a durable entity: put it on a serde struct (its state) and on the struct's
+/// `impl` block (its operations).
+///
+/// See `durable_core::entity` for the full documentation.
+#[proc_macro_attribute]
+pub fn entity(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::run_entity(attr.into(), item.into()).into()
+}
+
 /// Turns `async fn name(ctx: OrchestrationContext, input: I) -> Result<O, E>` into a typed
 /// orchestrator marker named `name` with a client proxy (`name::start(&client, input)`),
 /// and rejects non-deterministic calls in its body.

@@ -36,6 +36,13 @@ pub enum ReplayError {
         /// `true` if a foreign waker fired.
         woken_from_outside: bool,
     },
+    /// [`replay_history`](super::replay_history) was asked to replay an orchestrator that the
+    /// registry does not know.
+    #[error("no orchestrator named `{name}` is registered, so its history cannot be replayed")]
+    UnknownOrchestrator {
+        /// The orchestrator name.
+        name: String,
+    },
 }
 
 fn loc_text(event: &Event) -> String {

@@ -22,6 +22,7 @@
 //! progress, so completion order inside an episode is the order of history — which makes
 //! `when_any`, `select` and `join!` deterministic.
 
+mod check;
 mod mismatch;
 
 use std::collections::{HashMap, VecDeque};
@@ -39,6 +40,7 @@ use crate::history::{Event, HistoryEvent, ParentRef, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 use crate::registry::{BoxFuture, OrchestratorFn};
 
+pub use check::replay_history;
 pub use mismatch::ReplayError;
 
 thread_local! {
@@ -98,6 +100,13 @@ pub enum Command {
         /// The parent.
         parent: ParentRef,
         /// `SubOrchestrationCompleted` or `SubOrchestrationFailed`.
+        event: Event,
+    },
+    /// Deliver a message to an entity, creating the entity if it does not exist.
+    SendEntityMessage {
+        /// The entity.
+        entity: crate::entity::EntityId,
+        /// `EntityOperation`, `EntityLockRequest` or `EntityUnlock`.
         event: Event,
     },
     /// Terminate a running child (terminate cascades).
@@ -177,6 +186,8 @@ enum Open {
     Activity,
     Timer,
     Sub(InstanceId),
+    EntityCall,
+    EntityLock(Vec<InstanceId>),
 }
 
 /// The top-level waker: records that the future asked to be polled, and whether that came
@@ -478,6 +489,8 @@ impl Replayer {
             Event::SubOrchestrationCompleted { seq, .. } | Event::SubOrchestrationFailed { seq, .. } => {
                 (*seq, |o| matches!(o, Open::Sub(_)))
             }
+            Event::EntityResponded { seq, .. } => (*seq, |o| matches!(o, Open::EntityCall)),
+            Event::EntityLockGranted { seq, .. } => (*seq, |o| matches!(o, Open::EntityLock(_))),
             Event::ExecutionStarted { .. } => return !self.started,
             _ => return true,
         };
@@ -523,8 +536,15 @@ impl Replayer {
             Event::TaskFailed { seq, failure } | Event::SubOrchestrationFailed { seq, failure } => {
                 lock(&self.shared).complete(seq, SlotResult::Err(failure));
             }
-            Event::TimerFired { seq, .. } => {
+            Event::TimerFired { seq, .. } | Event::EntityLockGranted { seq, .. } => {
                 lock(&self.shared).complete(seq, SlotResult::Fired);
+            }
+            Event::EntityResponded { seq, result, failure } => {
+                let r = match failure {
+                    Some(f) => SlotResult::Err(f),
+                    None => SlotResult::Ok(result.unwrap_or_else(|| "null".to_owned())),
+                };
+                lock(&self.shared).complete(seq, r);
             }
             Event::EventRaised { name, input } => lock(&self.shared).raise(&name, input),
             Event::ExecutionSuspended { .. } => self.suspended = true,
@@ -660,6 +680,7 @@ impl Replayer {
         }
     }
 
+    #[allow(clippy::too_many_lines, reason = "one arm per action kind")]
     fn record_action(&mut self, action: Action) {
         let Action {
             seq,
@@ -734,12 +755,156 @@ impl Replayer {
                     input,
                 },
             ),
+            ActionDetail::EntityCall {
+                entity,
+                operation,
+                input,
+            } => {
+                self.open.insert(seq, Open::EntityCall);
+                let command = Self::entity_command(
+                    &entity,
+                    Event::EntityOperation {
+                        operation: operation.clone(),
+                        input: input.clone(),
+                        sender: Some(self.instance_id.clone()),
+                        reply_to: Some(self.reply_to(seq)),
+                    },
+                );
+                (
+                    Event::EntityCalled {
+                        seq,
+                        entity,
+                        operation,
+                        input,
+                        location,
+                    },
+                    command,
+                )
+            }
+            ActionDetail::EntitySignal {
+                entity,
+                operation,
+                input,
+            } => {
+                let command = Self::entity_command(
+                    &entity,
+                    Event::EntityOperation {
+                        operation: operation.clone(),
+                        input: input.clone(),
+                        sender: Some(self.instance_id.clone()),
+                        reply_to: None,
+                    },
+                );
+                (
+                    Event::EntitySignaled {
+                        seq,
+                        entity,
+                        operation,
+                        input,
+                        location,
+                    },
+                    command,
+                )
+            }
+            ActionDetail::EntityLock { entities } => {
+                self.open.insert(seq, Open::EntityLock(entities.clone()));
+                let first = entities.first().cloned().unwrap_or_else(|| self.instance_id.clone());
+                let command = Self::entity_command(
+                    &first,
+                    Event::EntityLockRequest {
+                        owner: self.reply_to(seq),
+                        entities: entities.clone(),
+                        position: 0,
+                    },
+                );
+                (
+                    Event::EntityLockRequested {
+                        seq,
+                        entities,
+                        location,
+                    },
+                    command,
+                )
+            }
+            ActionDetail::EntityUnlock { entities } => {
+                for e in entities.iter().skip(1) {
+                    let c = self.unlock_command(e);
+                    self.commands.push(c);
+                }
+                let command = match entities.first() {
+                    Some(e) => self.unlock_command(e),
+                    None => return,
+                };
+                (
+                    Event::EntityUnlockSent {
+                        seq,
+                        entities,
+                        location,
+                    },
+                    command,
+                )
+            }
         };
         self.append(event);
         self.commands.push(command);
     }
 
+    fn reply_to(&self, seq: u64) -> ParentRef {
+        ParentRef {
+            instance_id: self.instance_id.clone(),
+            execution: self.execution,
+            seq,
+        }
+    }
+
+    fn entity_command(entity: &InstanceId, event: Event) -> Command {
+        let entity = crate::entity::EntityId::from_instance_id(entity).unwrap_or_else(|| crate::entity::EntityId {
+            name: String::new(),
+            key: entity.to_string(),
+        });
+        Command::SendEntityMessage { entity, event }
+    }
+
+    fn unlock_command(&self, entity: &InstanceId) -> Command {
+        Self::entity_command(
+            entity,
+            Event::EntityUnlock {
+                owner: self.instance_id.clone(),
+            },
+        )
+    }
+
+    /// Releases entity locks still held (or still being acquired) when the execution ends.
+    fn release_locks_at_end(&mut self) {
+        let mut entities: Vec<InstanceId> = Vec::new();
+        {
+            let mut s = lock(&self.shared);
+            if let Some(held) = s.critical_section.take() {
+                entities.extend(held);
+            }
+            // A guard dropped together with the future emitted its unlock too late to be
+            // recorded as an action; release those entities here.
+            for a in std::mem::take(&mut s.emitted) {
+                if let ActionDetail::EntityUnlock { entities: e } = a.detail {
+                    entities.extend(e);
+                }
+            }
+        }
+        for o in self.open.values() {
+            if let Open::EntityLock(e) = o {
+                entities.extend(e.iter().cloned());
+            }
+        }
+        entities.sort();
+        entities.dedup();
+        for e in entities {
+            let c = self.unlock_command(&e);
+            self.commands.push(c);
+        }
+    }
+
     fn record_outcome(&mut self, outcome: &Outcome) {
+        self.release_locks_at_end();
         let event = match outcome {
             Outcome::Completed(out) => Event::ExecutionCompleted {
                 status: RuntimeStatus::Completed,
@@ -828,6 +993,12 @@ impl Replayer {
             } => {
                 self.open.insert(*seq, Open::Sub(instance_id.clone()));
             }
+            Event::EntityCalled { seq, .. } => {
+                self.open.insert(*seq, Open::EntityCall);
+            }
+            Event::EntityLockRequested { seq, entities, .. } => {
+                self.open.insert(*seq, Open::EntityLock(entities.clone()));
+            }
             _ => {}
         }
         Ok(())
@@ -841,6 +1012,14 @@ fn recorded_kind(event: &Event) -> ActionKind {
             ActionKind::SubOrchestration { name: name.clone() }
         }
         Event::EventSent { name, .. } => ActionKind::SendEvent { name: name.clone() },
+        Event::EntityCalled { operation, .. } => ActionKind::EntityCall {
+            operation: operation.clone(),
+        },
+        Event::EntitySignaled { operation, .. } => ActionKind::EntitySignal {
+            operation: operation.clone(),
+        },
+        Event::EntityLockRequested { .. } => ActionKind::EntityLock,
+        Event::EntityUnlockSent { .. } => ActionKind::EntityUnlock,
         _ => ActionKind::Timer,
     }
 }

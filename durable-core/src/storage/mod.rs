@@ -298,6 +298,9 @@ pub struct InstanceQuery {
     pub page_size: usize,
     /// Continuation token from the previous page.
     pub continuation: Option<String>,
+    /// Include entity instances (`@name@key`); off by default so orchestration queries
+    /// list only orchestrations.
+    pub include_entities: bool,
 }
 
 impl InstanceQuery {
@@ -339,7 +342,8 @@ impl InstanceQuery {
 
     /// `true` if `r` passes the filters (paging aside).
     pub fn matches(&self, r: &InstanceRecord) -> bool {
-        (self.statuses.is_empty() || self.statuses.contains(&r.status))
+        (self.include_entities || !r.instance_id.as_str().starts_with('@'))
+            && (self.statuses.is_empty() || self.statuses.contains(&r.status))
             && self.name.as_ref().is_none_or(|n| *n == r.name)
             && self.created_from.is_none_or(|t| r.created_at >= t)
             && self.created_to.is_none_or(|t| r.created_at <= t)

@@ -78,7 +78,7 @@ fn lock_cache<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Why an episode could not run; the instance is left as it is and retried later.
-enum Stuck {
+pub(crate) enum Stuck {
     Error(String),
     Store(StoreError),
 }
@@ -177,11 +177,30 @@ async fn try_episode(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), S
         // Late messages to a finished instance are consumed and dropped.
         let mut commit = EpisodeCommit::new(id.clone(), lock, instance.status, now);
         commit.consumed = messages.iter().map(|m| m.id).collect();
+        release_unwanted_locks(&id, &messages, &mut commit, now);
         commit.output.clone_from(&instance.output);
         commit.failure.clone_from(&instance.failure);
         commit.custom_status.clone_from(&instance.custom_status);
         commit.now = instance.last_updated_at;
         return inner.store.commit_episode(commit).await.map_err(Stuck::Store);
+    }
+
+    if id.as_str().starts_with('@') {
+        return super::entity::run_batch(inner, instance, messages, lock, now).await;
+    }
+
+    // Messages that arrive before a scheduled start wait for it (a terminate does not).
+    let not_started = history_len == 0
+        && !messages
+            .iter()
+            .any(|m| matches!(m.event, Event::ExecutionStarted { .. } | Event::ExecutionTerminated { .. }));
+    if not_started {
+        let start = instance.scheduled_start.unwrap_or(now).max(now + Duration::from_millis(1));
+        return inner
+            .store
+            .abandon_episode(&id, lock, start, None)
+            .await
+            .map_err(Stuck::Store);
     }
 
     if !version_allowed(inner, instance.version.as_deref()) {
@@ -227,10 +246,12 @@ async fn try_episode(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), S
 
     replayer.begin_episode(now);
     let mut consumed = Vec::with_capacity(messages.len());
+    let mut stale = Vec::new();
     for m in messages {
         consumed.push(m.id);
         if m.execution.is_some_and(|e| e != instance.execution) {
             tracing::debug!(instance = %id, kind = m.event.kind(), "message for an earlier execution dropped");
+            stale.push(m);
             continue;
         }
         replayer.handle_message(m.event);
@@ -239,7 +260,8 @@ async fn try_episode(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), S
         .finish_episode()
         .map_err(|e| Stuck::Error(e.to_string()))?;
     let finished = result.outcome.is_some();
-    let commit = build_commit(&instance, lock, now, consumed, result);
+    let mut commit = build_commit(&instance, lock, now, consumed, result);
+    release_unwanted_locks(&id, &stale, &mut commit, now);
     inner.store.commit_episode(commit).await.map_err(Stuck::Store)?;
     if !finished {
         if let Some(c) = lock_cache(&inner.cache).as_mut() {
@@ -247,6 +269,21 @@ async fn try_episode(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), S
         }
     }
     Ok(())
+}
+
+/// Locks granted to an execution that has ended (or moved on with continue-as-new) are
+/// released at once, so an entity is never left locked by an orchestration that is gone.
+fn release_unwanted_locks(id: &InstanceId, messages: &[Message], commit: &mut EpisodeCommit, now: Timestamp) {
+    for m in messages {
+        if let Event::EntityLockGranted { entities, .. } = &m.event {
+            for e in entities {
+                commit.messages.push((
+                    e.clone(),
+                    Message::new(Event::EntityUnlock { owner: id.clone() }, None, now),
+                ));
+            }
+        }
+    }
 }
 
 fn build_commit(
@@ -354,6 +391,14 @@ fn apply_command(commit: &mut EpisodeCommit, id: &InstanceId, execution: u32, no
             commit
                 .messages
                 .push((parent.instance_id, Message::new(event, execution, now)));
+        }
+        Command::SendEntityMessage { entity, event } => {
+            commit
+                .new_instances
+                .push((u64::MAX, crate::entity::entity_instance(&entity, now)));
+            commit
+                .messages
+                .push((entity.instance_id(), Message::new(event, None, now)));
         }
         Command::TerminateChild {
             instance_id,

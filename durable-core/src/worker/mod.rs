@@ -4,6 +4,7 @@
 //! This is the only module that spawns, awaits the store or sleeps (through [`Clock`]).
 
 mod activity;
+mod entity;
 mod episode;
 
 use std::collections::HashMap;
@@ -150,6 +151,12 @@ impl WorkerBuilder {
     /// Registers an orchestrator implemented by hand.
     pub fn orchestrator<O: Orchestrator>(self, orchestrator: O) -> Self {
         self.register(OrchestratorRegistration(orchestrator))
+    }
+
+    /// Registers an entity type (`#[entity]` types can also use `.register(Type::entity())`).
+    pub fn entity<E: crate::entity::Entity>(mut self) -> Self {
+        self.registry.add_entity::<E>();
+        self
     }
 
     /// Uses a complete registry (replacing registrations made so far).

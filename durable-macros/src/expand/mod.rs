@@ -1,6 +1,7 @@
 //! Code generation. Codegen never validates: it runs on a checked [`Function`] model.
 
 pub(crate) mod activity;
+pub(crate) mod entity;
 pub(crate) mod orchestrator;
 
 use proc_macro2::TokenStream;
@@ -57,12 +58,53 @@ pub(crate) fn run(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenStre
     let function = function.expect("no errors means the model was built");
     let out = match kind {
         Kind::Activity => activity::expand(&args, &function),
-        Kind::Orchestrator => orchestrator::expand(&args, &function),
+        Kind::Orchestrator | Kind::Entity => orchestrator::expand(&args, &function),
     };
     if std::env::var_os("DURABLE_MACROS_DEBUG").is_some() {
         eprintln!("{out}");
     }
     out
+}
+
+/// `#[entity]` on a struct or on its impl block.
+pub(crate) fn run_entity(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::new();
+    let args = args::parse(Kind::Entity, attr, &mut errors);
+    let out = if let Ok(s) = syn::parse2::<syn::ItemStruct>(item.clone()) {
+        if s.generics.params.is_empty() {
+            Some(entity::expand_struct(&args, &s))
+        } else {
+            errors.push(&s.generics, "#[entity] types cannot be generic");
+            None
+        }
+    } else if let Ok(i) = syn::parse2::<syn::ItemImpl>(item.clone()) {
+        if args.name.is_some() {
+            errors.push_error(syn::Error::new(
+                args::call_site(),
+                "put `name = ..` on the struct's #[entity], not on the impl block",
+            ));
+        }
+        entity::expand_impl(&args, &i, &mut errors)
+    } else {
+        errors.push_error(syn::Error::new(
+            args::call_site(),
+            "#[entity] goes on a struct and on its `impl` block",
+        ));
+        None
+    };
+    match (errors.finish(), out) {
+        (Ok(()), Some(out)) => {
+            if std::env::var_os("DURABLE_MACROS_DEBUG").is_some() {
+                eprintln!("{out}");
+            }
+            out
+        }
+        (Err(e), _) => {
+            let err = e.into_compile_error();
+            quote!(#item #err)
+        }
+        (Ok(()), None) => item,
+    }
 }
 
 /// `#[allow]`s every generated marker carries.

@@ -1,0 +1,553 @@
+//! Durable entities: addressable state with operations that run one at a time.
+//!
+//! An entity is identified by an [`EntityId`] (name, key) and stored as a system instance
+//! `@name@key`. Operations arrive as messages in its inbox; a batch of them runs in one
+//! episode and commits atomically with the state, the replies and the signals it sends.
+//! Critical sections lock several entities in one global order (sorted ids), so they cannot
+//! deadlock.
+//!
+//! The batch logic here ([`EntityRecord::handle`]) is pure apart from awaiting the user's
+//! operation futures; the worker feeds it messages and commits what it returns.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{FailureDetails, InvalidInstanceId, decode, encode};
+use crate::history::{Event, ParentRef, Payload};
+use crate::ids::{InstanceId, Timestamp};
+use crate::registry::BoxFuture;
+use crate::storage::{IdReusePolicy, Message, NewInstance};
+
+/// The address of one entity: its type name and a key.
+///
+/// Names are case-insensitive (stored lower-case). The backing instance id is
+/// `@name@key`, which must follow the instance-id rules (at most 100 characters, no `/`,
+/// `\`, `#`, `?` or control characters).
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::EntityId;
+///
+/// let id = EntityId::new("Counter", "page-views").unwrap();
+/// assert_eq!(id.instance_id().as_str(), "@counter@page-views");
+/// assert_eq!(EntityId::from_instance_id(&id.instance_id()), Some(id));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EntityId {
+    /// Entity type name (lower-case).
+    pub name: String,
+    /// Entity key.
+    pub key: String,
+}
+
+impl EntityId {
+    /// An entity id; fails if the resulting instance id breaks the id rules.
+    pub fn new(name: &str, key: &str) -> Result<Self, InvalidInstanceId> {
+        let id = Self {
+            name: name.to_lowercase(),
+            key: key.to_owned(),
+        };
+        if id.name.is_empty() || id.name.contains('@') {
+            return Err(InvalidInstanceId {
+                id: format!("@{}@{key}", id.name),
+                reason: "an entity name must be non-empty and must not contain `@`",
+            });
+        }
+        InstanceId::new_system(id.instance_string())?;
+        Ok(id)
+    }
+
+    /// The id of entity type `E` with `key`.
+    pub fn of<E: Entity>(key: &str) -> Result<Self, InvalidInstanceId> {
+        Self::new(E::NAME, key)
+    }
+
+    fn instance_string(&self) -> String {
+        format!("@{}@{}", self.name, self.key)
+    }
+
+    /// The backing instance id, `@name@key`.
+    pub fn instance_id(&self) -> InstanceId {
+        InstanceId::from_trusted(self.instance_string())
+    }
+
+    /// Parses an `@name@key` instance id.
+    pub fn from_instance_id(id: &InstanceId) -> Option<Self> {
+        let rest = id.as_str().strip_prefix('@')?;
+        let (name, key) = rest.split_once('@')?;
+        Some(Self {
+            name: name.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for EntityId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "@{}@{}", self.name, self.key)
+    }
+}
+
+/// A side effect of an entity operation, applied only if the operation succeeds.
+#[derive(Debug, Clone)]
+pub(crate) enum Effect {
+    Signal {
+        target: EntityId,
+        operation: String,
+        input: Payload,
+    },
+    StartOrchestration {
+        name: String,
+        instance_id: InstanceId,
+        input: Payload,
+    },
+}
+
+/// What an entity operation can do besides changing state: learn its id, signal other
+/// entities, start orchestrations and delete its own state.
+#[derive(Clone)]
+pub struct EntityContext {
+    id: EntityId,
+    effects: Arc<Mutex<Vec<Effect>>>,
+    deleted: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for EntityContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntityContext")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EntityContext {
+    pub(crate) fn new(id: EntityId) -> Self {
+        Self {
+            id,
+            effects: Arc::new(Mutex::new(Vec::new())),
+            deleted: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A context for calling entity methods directly in unit tests.
+    pub fn for_test(name: &str, key: &str) -> Self {
+        Self::new(EntityId {
+            name: name.to_lowercase(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// This entity's id.
+    pub fn id(&self) -> &EntityId {
+        &self.id
+    }
+
+    /// Typed one-way signals to another entity, sent if this operation succeeds.
+    pub fn signal_entity<E: Entity>(&self, key: &str) -> E::SignalProxy {
+        let target = EntityId {
+            name: E::NAME.to_lowercase(),
+            key: key.to_owned(),
+        };
+        E::SignalProxy::from(SignalTarget {
+            sink: Arc::new(self.clone()),
+            entity: target,
+        })
+    }
+
+    /// Starts an orchestration (with a fresh id) if this operation succeeds; returns its id.
+    pub fn start_orchestration<O: crate::Orchestrator>(&self, input: &O::Input) -> Result<InstanceId, FailureDetails> {
+        let input = encode(input).map_err(|e| FailureDetails::from_error(&e))?;
+        let instance_id = InstanceId::random();
+        self.push(Effect::StartOrchestration {
+            name: O::NAME.to_owned(),
+            instance_id: instance_id.clone(),
+            input,
+        });
+        Ok(instance_id)
+    }
+
+    /// Deletes this entity's state when the operation completes.
+    pub fn delete_state(&self) {
+        self.deleted.store(true, Ordering::SeqCst);
+    }
+
+    fn push(&self, e: Effect) {
+        self.effects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(e);
+    }
+
+    fn take_effects(&self) -> Vec<Effect> {
+        std::mem::take(
+            &mut *self
+                .effects
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// Where typed signal proxies send their signals: an orchestration (recorded as an action)
+/// or an entity operation (an effect). Implemented by the runtime.
+pub trait SignalSink: Send + Sync {
+    /// Sends `operation(input)` to `entity`.
+    #[track_caller]
+    fn send_signal(&self, entity: &EntityId, operation: &str, input: Payload);
+}
+
+impl SignalSink for EntityContext {
+    fn send_signal(&self, entity: &EntityId, operation: &str, input: Payload) {
+        self.push(Effect::Signal {
+            target: entity.clone(),
+            operation: operation.to_owned(),
+            input,
+        });
+    }
+}
+
+/// The target of a generated signal proxy.
+#[derive(Clone)]
+pub struct SignalTarget {
+    /// Where signals go.
+    pub sink: Arc<dyn SignalSink>,
+    /// The entity signalled.
+    pub entity: EntityId,
+}
+
+impl fmt::Debug for SignalTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignalTarget")
+            .field("entity", &self.entity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignalTarget {
+    /// Serializes `input` and sends the signal. A value that cannot be serialized is
+    /// dropped with an error log (the typed proxies only pass serializable inputs).
+    #[track_caller]
+    pub fn send<T: Serialize + ?Sized>(&self, operation: &str, input: &T) {
+        match encode(input) {
+            Ok(p) => self.sink.send_signal(&self.entity, operation, p),
+            Err(e) => tracing::error!(entity = %self.entity, operation, error = %e, "signal input does not serialize"),
+        }
+    }
+}
+
+/// The target of a generated orchestration call proxy.
+#[derive(Debug, Clone)]
+pub struct CallTarget {
+    /// The calling orchestration.
+    pub ctx: crate::OrchestrationContext,
+    /// The entity called.
+    pub entity: EntityId,
+}
+
+/// The target of a generated client proxy.
+#[derive(Debug, Clone)]
+pub struct ClientTarget {
+    /// The client.
+    pub client: crate::Client,
+    /// The entity.
+    pub entity: EntityId,
+    /// Deliver signals no earlier than this.
+    pub scheduled: Option<Timestamp>,
+}
+
+/// A typed entity: serde state plus operations. `#[entity]` implements this for a struct
+/// and its `impl` block; see [`macro@crate::entity`].
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an entity",
+    note = "put `#[entity]` on the struct and on its `impl` block"
+)]
+pub trait Entity: Serialize + DeserializeOwned + Send + 'static {
+    /// The entity type name (case-insensitive).
+    const NAME: &'static str;
+    /// Typed one-way signals from clients (async, acknowledged once durable) plus state reads.
+    type ClientProxy: From<ClientTarget>;
+    /// Typed request/response calls from orchestrations.
+    type CallProxy: From<CallTarget>;
+    /// Typed one-way signals from orchestrations and entities.
+    type SignalProxy: From<SignalTarget>;
+
+    /// The state of an entity that has none yet.
+    fn initial() -> Self;
+
+    /// Runs operation `operation` with JSON `input` on `self`.
+    fn dispatch<'a>(
+        &'a mut self,
+        ctx: &'a EntityContext,
+        operation: &'a str,
+        input: &'a str,
+    ) -> BoxFuture<'a, Result<Payload, FailureDetails>>;
+}
+
+/// The built-in operation that deletes an entity's state.
+pub const DELETE_OPERATION: &str = "delete";
+
+/// The result of one operation.
+pub(crate) struct OpOutcome {
+    pub(crate) result: Result<Payload, FailureDetails>,
+    pub(crate) state: Option<Payload>,
+    pub(crate) effects: Vec<Effect>,
+}
+
+pub(crate) type EntityFn =
+    dyn Fn(EntityContext, Option<Payload>, String, Payload) -> BoxFuture<'static, OpOutcome> + Send + Sync;
+
+/// Builds the type-erased runner for entity type `E`.
+pub(crate) fn runner<E: Entity>() -> Arc<EntityFn> {
+    Arc::new(|ctx: EntityContext, state: Option<Payload>, operation: String, input: Payload| {
+        Box::pin(async move {
+            let unchanged = |result| OpOutcome {
+                result,
+                state: state.clone(),
+                effects: Vec::new(),
+            };
+            if operation == DELETE_OPERATION {
+                return OpOutcome {
+                    result: Ok("null".to_owned()),
+                    state: None,
+                    effects: Vec::new(),
+                };
+            }
+            let mut value: E = match &state {
+                Some(s) => match decode(s) {
+                    Ok(v) => v,
+                    Err(e) => return unchanged(Err(FailureDetails::from_error(&e))),
+                },
+                None => E::initial(),
+            };
+            let fut = value.dispatch(&ctx, &operation, &input);
+            let result = CatchUnwind(fut).await;
+            let result = match result {
+                Ok(r) => r,
+                Err(panic) => {
+                    let mut f = FailureDetails::from_panic(panic.as_ref());
+                    f.message = format!("entity operation `{operation}` panicked: {}", f.message);
+                    Err(f)
+                }
+            };
+            match result {
+                Err(f) => unchanged(Err(f)),
+                Ok(out) => {
+                    let new_state = if ctx.deleted.load(Ordering::SeqCst) {
+                        None
+                    } else {
+                        match encode(&value) {
+                            Ok(s) => Some(s),
+                            Err(e) => return unchanged(Err(FailureDetails::from_error(&e))),
+                        }
+                    };
+                    OpOutcome {
+                        result: Ok(out),
+                        state: new_state,
+                        effects: ctx.take_effects(),
+                    }
+                }
+            }
+        })
+    })
+}
+
+/// Catches a panic raised while polling the inner future.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *inner).poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(p) => Poll::Ready(Err(p)),
+        }
+    }
+}
+
+/// What an entity instance stores: its state, its lock and operations deferred while
+/// another orchestration holds the lock.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct EntityRecord {
+    #[serde(default)]
+    pub(crate) state: Option<Payload>,
+    #[serde(default)]
+    pub(crate) lock: Option<ParentRef>,
+    #[serde(default)]
+    pub(crate) queue: VecDeque<Event>,
+}
+
+/// The effects of a batch, for the store commit.
+#[derive(Debug, Default)]
+pub(crate) struct BatchOutput {
+    pub(crate) messages: Vec<(InstanceId, Message)>,
+    pub(crate) new_instances: Vec<(u64, NewInstance)>,
+    pub(crate) operations: u64,
+}
+
+impl BatchOutput {
+    /// Sends `event` to an entity, creating it on demand.
+    pub(crate) fn send_to_entity(&mut self, target: &EntityId, event: Event, now: Timestamp) {
+        let id = target.instance_id();
+        self.new_instances.push((u64::MAX, entity_instance(target, now)));
+        self.messages.push((id, Message::new(event, None, now)));
+    }
+}
+
+/// The system instance backing an entity, created on first use.
+pub(crate) fn entity_instance(target: &EntityId, now: Timestamp) -> NewInstance {
+    let mut n = NewInstance::new(target.instance_id(), target.name.clone(), "null".to_owned(), now);
+    n.reuse = IdReusePolicy::DedupeRunning;
+    n
+}
+
+impl EntityRecord {
+    /// Handles one inbox message: runs operations, grants and releases locks, and defers
+    /// what must wait for the current lock holder.
+    pub(crate) async fn handle(
+        &mut self,
+        id: &EntityId,
+        run: &EntityFn,
+        event: Event,
+        now: Timestamp,
+        out: &mut BatchOutput,
+    ) {
+        match event {
+            Event::EntityUnlock { owner } if self.lock.as_ref().is_some_and(|l| l.instance_id == owner) => {
+                self.lock = None;
+                // Deferred messages run now, in arrival order, until a new lock holds.
+                let deferred: Vec<Event> = self.queue.drain(..).collect();
+                for e in deferred {
+                    Box::pin(self.handle(id, run, e, now, out)).await;
+                }
+            }
+            ref e if self.must_wait(e) => self.queue.push_back(event),
+            Event::EntityLockRequest {
+                owner,
+                entities,
+                position,
+            } => {
+                self.lock = Some(owner.clone());
+                let next = position as usize + 1;
+                if let Some(next_entity) = entities.get(next).and_then(EntityId::from_instance_id) {
+                    out.send_to_entity(
+                        &next_entity,
+                        Event::EntityLockRequest {
+                            owner,
+                            entities,
+                            position: next as u32,
+                        },
+                        now,
+                    );
+                } else {
+                    let execution = Some(owner.execution);
+                    out.messages.push((
+                        owner.instance_id,
+                        Message::new(
+                            Event::EntityLockGranted {
+                                seq: owner.seq,
+                                entities,
+                            },
+                            execution,
+                            now,
+                        ),
+                    ));
+                }
+            }
+            Event::EntityOperation {
+                operation,
+                input,
+                reply_to,
+                ..
+            } => self.run_operation(id, run, operation, input, reply_to, now, out).await,
+            _ => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments, reason = "internal step of `handle`")]
+    async fn run_operation(
+        &mut self,
+        id: &EntityId,
+        run: &EntityFn,
+        operation: String,
+        input: Payload,
+        reply_to: Option<ParentRef>,
+        now: Timestamp,
+        out: &mut BatchOutput,
+    ) {
+                out.operations += 1;
+                let outcome = run(EntityContext::new(id.clone()), self.state.clone(), operation.clone(), input).await;
+                if let Err(f) = &outcome.result {
+                    if reply_to.is_none() {
+                        tracing::warn!(entity = %id, operation, failure = %f, "signalled entity operation failed; its state change was rolled back");
+                    }
+                }
+                self.state = outcome.state;
+                for effect in outcome.effects {
+                    match effect {
+                        Effect::Signal {
+                            target,
+                            operation,
+                            input,
+                        } => out.send_to_entity(
+                            &target,
+                            Event::EntityOperation {
+                                operation,
+                                input,
+                                sender: Some(id.instance_id()),
+                                reply_to: None,
+                            },
+                            now,
+                        ),
+                        Effect::StartOrchestration {
+                            name,
+                            instance_id,
+                            input,
+                        } => out
+                            .new_instances
+                            .push((u64::MAX, NewInstance::new(instance_id, name, input, now))),
+                    }
+                }
+                if let Some(reply) = reply_to {
+                    let (result, failure) = match outcome.result {
+                        Ok(r) => (Some(r), None),
+                        Err(f) => (None, Some(f)),
+                    };
+                    out.messages.push((
+                        reply.instance_id,
+                        Message::new(
+                            Event::EntityResponded {
+                                seq: reply.seq,
+                                result,
+                                failure,
+                            },
+                            Some(reply.execution),
+                            now,
+                        ),
+                    ));
+                }
+            }
+
+    /// Operations and lock requests from anyone but the lock holder wait.
+    fn must_wait(&self, event: &Event) -> bool {
+        let Some(lock) = &self.lock else {
+            return false;
+        };
+        match event {
+            Event::EntityOperation { sender, .. } => sender.as_ref() != Some(&lock.instance_id),
+            Event::EntityLockRequest { owner, .. } => owner.instance_id != lock.instance_id,
+            _ => false,
+        }
+    }
+}
