@@ -35,7 +35,10 @@ pub trait EntityState: serde::Serialize + serde::de::DeserializeOwned + Send + '
 impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> EntityState for T {}
 
 /// Decodes an entity operation's input.
-pub fn decode_input<T: serde::de::DeserializeOwned>(operation: &str, input: &str) -> Result<T, FailureDetails> {
+pub fn decode_input<T: serde::de::DeserializeOwned>(
+    operation: &str,
+    input: &str,
+) -> Result<T, FailureDetails> {
     crate::error::decode(input).map_err(|e| {
         let mut f = FailureDetails::from_error(&e).non_retriable();
         f.message = format!("input of operation `{operation}`: {}", f.message);
@@ -49,7 +52,9 @@ pub fn encode_output<T: serde::Serialize>(value: &T) -> Result<Json, FailureDeta
 }
 
 /// Converts an operation's `Result` into the recorded form.
-pub fn result_output<T: serde::Serialize, E: ToFailure>(r: Result<T, E>) -> Result<Json, FailureDetails> {
+pub fn result_output<T: serde::Serialize, E: ToFailure>(
+    r: Result<T, E>,
+) -> Result<Json, FailureDetails> {
     match r {
         Ok(v) => encode_output(&v),
         Err(e) => Err(e.to_failure()),

@@ -14,7 +14,10 @@ use crate::error::{ClientError, decode, encode};
 use crate::history::{Event, HistoryEvent, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 use crate::registry::{Orchestrator, Registry};
-use crate::storage::{CreateResult, IdReusePolicy, InstancePage, InstanceQuery, InstanceRecord, Message, NewInstance, Store};
+use crate::storage::{
+    CreateResult, IdReusePolicy, InstancePage, InstanceQuery, InstanceRecord, Message, NewInstance,
+    Store,
+};
 
 /// Options for starting an instance.
 ///
@@ -168,7 +171,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("store", &self.store).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
     }
 }
 
@@ -210,7 +215,8 @@ impl Client {
         orchestrator: O,
         input: O::Input,
     ) -> Result<InstanceHandle<O::Output>, ClientError> {
-        self.start_with(orchestrator, input, StartOptions::default()).await
+        self.start_with(orchestrator, input, StartOptions::default())
+            .await
     }
 
     /// Starts an orchestration with options.
@@ -236,7 +242,12 @@ impl Client {
     /// # Errors
     /// `UnknownOrchestrator` or `PayloadDecode` when this client knows the registry;
     /// `InstanceAlreadyExists` per the reuse policy; `PayloadTooLarge`.
-    pub async fn start_raw(&self, name: &str, input: &str, options: StartOptions) -> Result<InstanceId, ClientError> {
+    pub async fn start_raw(
+        &self,
+        name: &str,
+        input: &str,
+        options: StartOptions,
+    ) -> Result<InstanceId, ClientError> {
         self.check_size(input)?;
         if let Some(reg) = &self.registry {
             if !reg.check_orchestrator_input(name, input)? {
@@ -263,7 +274,11 @@ impl Client {
     /// # Errors
     /// `InstanceNotFound`; `InstanceAlreadyExists` when restarting a running instance under
     /// its own id; the errors of [`start_raw`](Self::start_raw).
-    pub async fn restart(&self, instance_id: &InstanceId, new_instance_id: bool) -> Result<InstanceId, ClientError> {
+    pub async fn restart(
+        &self,
+        instance_id: &InstanceId,
+        new_instance_id: bool,
+    ) -> Result<InstanceId, ClientError> {
         let record = self.status(instance_id).await?;
         let id = if new_instance_id {
             InstanceId::random()
@@ -307,7 +322,10 @@ impl Client {
 
     /// Waits until the instance is completed, failed or terminated, and returns its record.
     /// Woken by the store on every change; no polling.
-    pub async fn wait_for_completion(&self, instance_id: &InstanceId) -> Result<InstanceRecord, ClientError> {
+    pub async fn wait_for_completion(
+        &self,
+        instance_id: &InstanceId,
+    ) -> Result<InstanceRecord, ClientError> {
         let mut changes = self.store.signals().changed.subscribe();
         loop {
             let r = self.status(instance_id).await?;
@@ -337,7 +355,12 @@ impl Client {
     }
 
     /// Raises an event with a JSON payload.
-    pub async fn raise_event_raw(&self, instance_id: &InstanceId, name: &str, data: String) -> Result<(), ClientError> {
+    pub async fn raise_event_raw(
+        &self,
+        instance_id: &InstanceId,
+        name: &str,
+        data: String,
+    ) -> Result<(), ClientError> {
         self.check_size(&data)?;
         self.send(
             instance_id,
@@ -350,7 +373,11 @@ impl Client {
     }
 
     /// Terminates a running instance and, recursively, its running sub-orchestrations.
-    pub async fn terminate(&self, instance_id: &InstanceId, reason: &str) -> Result<(), ClientError> {
+    pub async fn terminate(
+        &self,
+        instance_id: &InstanceId,
+        reason: &str,
+    ) -> Result<(), ClientError> {
         self.send(
             instance_id,
             Event::ExecutionTerminated {
@@ -524,10 +551,16 @@ impl Client {
     /// Lists entities, one page at a time.
     pub async fn list_entities(&self, query: &EntityQuery) -> Result<EntityPage, ClientError> {
         let prefix = match &query.name {
-            Some(n) => format!("@{}@{}", n.to_lowercase(), query.key_prefix.as_deref().unwrap_or("")),
+            Some(n) => format!(
+                "@{}@{}",
+                n.to_lowercase(),
+                query.key_prefix.as_deref().unwrap_or("")
+            ),
             None => "@".to_owned(),
         };
-        let mut q = InstanceQuery::new().id_prefix(prefix).page_size(query.page_size);
+        let mut q = InstanceQuery::new()
+            .id_prefix(prefix)
+            .page_size(query.page_size);
         q.include_entities = true;
         q.continuation.clone_from(&query.continuation);
         let page = self.store.query_instances(&q).await?;
@@ -540,8 +573,12 @@ impl Client {
                 if rec.state.is_none() && !query.include_deleted {
                     return None;
                 }
-                if query.last_operation_from.is_some_and(|t| r.last_updated_at < t)
-                    || query.last_operation_to.is_some_and(|t| r.last_updated_at > t)
+                if query
+                    .last_operation_from
+                    .is_some_and(|t| r.last_updated_at < t)
+                    || query
+                        .last_operation_to
+                        .is_some_and(|t| r.last_updated_at > t)
                 {
                     return None;
                 }
@@ -625,7 +662,11 @@ impl<O: DeserializeOwned> InstanceHandle<O> {
     }
 
     /// Raises an event on this instance.
-    pub async fn raise<T: Serialize + ?Sized>(&self, name: &str, data: &T) -> Result<(), ClientError> {
+    pub async fn raise<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        data: &T,
+    ) -> Result<(), ClientError> {
         self.client.raise_event(&self.instance_id, name, data).await
     }
 

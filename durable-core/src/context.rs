@@ -17,7 +17,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{FailureDetails, OrchestrationError, PayloadDecodeError, TaskError, decode, encode};
+use crate::error::{
+    FailureDetails, OrchestrationError, PayloadDecodeError, TaskError, decode, encode,
+};
 use crate::history::{Payload, SourceLocation};
 use crate::ids::{InstanceId, Timestamp};
 use crate::registry::{Activity, BoxFuture, Orchestrator};
@@ -322,7 +324,9 @@ pub(crate) type Shared = Arc<Mutex<State>>;
 pub(crate) fn lock(shared: &Shared) -> MutexGuard<'_, State> {
     // A poisoned lock only means user code panicked while we held it; the state is still
     // consistent because every mutation is a single step.
-    shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The handle orchestration code uses to schedule durable work.
@@ -400,7 +404,10 @@ impl OrchestrationContext {
     ///
     /// # Determinism
     /// Records `CustomStatusSet` in history when the value changes.
-    pub fn set_custom_status<T: Serialize + ?Sized>(&self, status: &T) -> Result<(), OrchestrationError> {
+    pub fn set_custom_status<T: Serialize + ?Sized>(
+        &self,
+        status: &T,
+    ) -> Result<(), OrchestrationError> {
         let payload = encode(status).map_err(OrchestrationError::from)?;
         let mut s = lock(&self.shared);
         if payload.len() > s.limits.max_custom_status_bytes {
@@ -464,7 +471,11 @@ impl OrchestrationContext {
     /// # Determinism
     /// Records `SubOrchestrationCreated`, then `SubOrchestrationCompleted` / `Failed`.
     #[track_caller]
-    pub fn call_sub_orchestrator<O: Orchestrator>(&self, orchestrator: O, input: O::Input) -> TaskFuture<O::Output> {
+    pub fn call_sub_orchestrator<O: Orchestrator>(
+        &self,
+        orchestrator: O,
+        input: O::Input,
+    ) -> TaskFuture<O::Output> {
         let _ = orchestrator;
         let location = Location::caller();
         match encode(&input) {
@@ -644,7 +655,11 @@ impl OrchestrationContext {
         self.timer_at_located(fire_at, Location::caller())
     }
 
-    fn timer_at_located(&self, fire_at: Timestamp, location: &'static Location<'static>) -> TimerFuture {
+    fn timer_at_located(
+        &self,
+        fire_at: Timestamp,
+        location: &'static Location<'static>,
+    ) -> TimerFuture {
         TimerFuture {
             inner: self.emit_slot(location, |_| Ok(ActionDetail::Timer { fire_at })),
         }
@@ -748,7 +763,11 @@ impl OrchestrationContext {
     }
 
     /// [`continue_as_new`](Self::continue_as_new) with a new version for the next execution.
-    pub fn continue_as_new_versioned<T, I: Serialize>(&self, input: I, version: Option<String>) -> ContinueAsNew<T> {
+    pub fn continue_as_new_versioned<T, I: Serialize>(
+        &self,
+        input: I,
+        version: Option<String>,
+    ) -> ContinueAsNew<T> {
         let mut s = lock(&self.shared);
         match encode(&input) {
             Ok(p) => {
@@ -838,7 +857,12 @@ impl OrchestrationContext {
     /// # Determinism
     /// Records `EntityCalled`, then `EntityResponded`.
     #[track_caller]
-    pub fn call_entity_raw<T>(&self, entity: &crate::entity::EntityId, operation: &str, input: Payload) -> TaskFuture<T> {
+    pub fn call_entity_raw<T>(
+        &self,
+        entity: &crate::entity::EntityId,
+        operation: &str,
+        input: Payload,
+    ) -> TaskFuture<T> {
         let location = Location::caller();
         let target = entity.instance_id();
         self.emit_slot(location, |s| {
@@ -869,16 +893,23 @@ impl OrchestrationContext {
     #[track_caller]
     pub fn lock(&self, entities: &[crate::entity::EntityId]) -> LockFuture {
         let location = Location::caller();
-        let mut ids: Vec<InstanceId> = entities.iter().map(crate::entity::EntityId::instance_id).collect();
+        let mut ids: Vec<InstanceId> = entities
+            .iter()
+            .map(crate::entity::EntityId::instance_id)
+            .collect();
         ids.sort();
         ids.dedup();
         let requested = ids.clone();
         let inner = self.emit_slot(location, move |s| {
             if s.critical_section.is_some() {
-                return Err(lock_violation("critical sections cannot be nested".to_owned()));
+                return Err(lock_violation(
+                    "critical sections cannot be nested".to_owned(),
+                ));
             }
             if ids.is_empty() {
-                return Err(lock_violation("a critical section needs at least one entity".to_owned()));
+                return Err(lock_violation(
+                    "a critical section needs at least one entity".to_owned(),
+                ));
             }
             Ok(ActionDetail::EntityLock { entities: ids })
         });
@@ -1368,7 +1399,11 @@ impl<F: Future> Children<F> {
 
     /// Polls the children that were woken (all of them the first time), in a deterministic
     /// order, calling `on_ready` for each that completes; stops early if it returns `true`.
-    fn poll_ready(&mut self, cx: &mut Context<'_>, mut on_ready: impl FnMut(usize, F::Output) -> bool) {
+    fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut on_ready: impl FnMut(usize, F::Output) -> bool,
+    ) {
         {
             let mut q = self
                 .queue

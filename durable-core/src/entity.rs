@@ -165,7 +165,10 @@ impl EntityContext {
     }
 
     /// Starts an orchestration (with a fresh id) if this operation succeeds; returns its id.
-    pub fn start_orchestration<O: crate::Orchestrator>(&self, input: &O::Input) -> Result<InstanceId, FailureDetails> {
+    pub fn start_orchestration<O: crate::Orchestrator>(
+        &self,
+        input: &O::Input,
+    ) -> Result<InstanceId, FailureDetails> {
         let input = encode(input).map_err(|e| FailureDetails::from_error(&e))?;
         let instance_id = InstanceId::random();
         self.push(Effect::StartOrchestration {
@@ -240,7 +243,9 @@ impl SignalTarget {
     pub fn send<T: Serialize + ?Sized>(&self, operation: &str, input: &T) {
         match encode(input) {
             Ok(p) => self.sink.send_signal(&self.entity, operation, p),
-            Err(e) => tracing::error!(entity = %self.entity, operation, error = %e, "signal input does not serialize"),
+            Err(e) => {
+                tracing::error!(entity = %self.entity, operation, error = %e, "signal input does not serialize")
+            }
         }
     }
 }
@@ -303,62 +308,66 @@ pub(crate) struct OpOutcome {
     pub(crate) effects: Vec<Effect>,
 }
 
-pub(crate) type EntityFn =
-    dyn Fn(EntityContext, Option<Payload>, String, Payload) -> BoxFuture<'static, OpOutcome> + Send + Sync;
+pub(crate) type EntityFn = dyn Fn(EntityContext, Option<Payload>, String, Payload) -> BoxFuture<'static, OpOutcome>
+    + Send
+    + Sync;
 
 /// Builds the type-erased runner for entity type `E`.
 pub(crate) fn runner<E: Entity>() -> Arc<EntityFn> {
-    Arc::new(|ctx: EntityContext, state: Option<Payload>, operation: String, input: Payload| {
-        Box::pin(async move {
-            let unchanged = |result| OpOutcome {
-                result,
-                state: state.clone(),
-                effects: Vec::new(),
-            };
-            if operation == DELETE_OPERATION {
-                return OpOutcome {
-                    result: Ok("null".to_owned()),
-                    state: None,
+    Arc::new(
+        |ctx: EntityContext, state: Option<Payload>, operation: String, input: Payload| {
+            Box::pin(async move {
+                let unchanged = |result| OpOutcome {
+                    result,
+                    state: state.clone(),
                     effects: Vec::new(),
                 };
-            }
-            let mut value: E = match &state {
-                Some(s) => match decode(s) {
-                    Ok(v) => v,
-                    Err(e) => return unchanged(Err(FailureDetails::from_error(&e))),
-                },
-                None => E::initial(),
-            };
-            let fut = value.dispatch(&ctx, &operation, &input);
-            let result = CatchUnwind(fut).await;
-            let result = match result {
-                Ok(r) => r,
-                Err(panic) => {
-                    let mut f = FailureDetails::from_panic(panic.as_ref());
-                    f.message = format!("entity operation `{operation}` panicked: {}", f.message);
-                    Err(f)
-                }
-            };
-            match result {
-                Err(f) => unchanged(Err(f)),
-                Ok(out) => {
-                    let new_state = if ctx.deleted.load(Ordering::SeqCst) {
-                        None
-                    } else {
-                        match encode(&value) {
-                            Ok(s) => Some(s),
-                            Err(e) => return unchanged(Err(FailureDetails::from_error(&e))),
-                        }
+                if operation == DELETE_OPERATION {
+                    return OpOutcome {
+                        result: Ok("null".to_owned()),
+                        state: None,
+                        effects: Vec::new(),
                     };
-                    OpOutcome {
-                        result: Ok(out),
-                        state: new_state,
-                        effects: ctx.take_effects(),
+                }
+                let mut value: E = match &state {
+                    Some(s) => match decode(s) {
+                        Ok(v) => v,
+                        Err(e) => return unchanged(Err(FailureDetails::from_error(&e))),
+                    },
+                    None => E::initial(),
+                };
+                let fut = value.dispatch(&ctx, &operation, &input);
+                let result = CatchUnwind(fut).await;
+                let result = match result {
+                    Ok(r) => r,
+                    Err(panic) => {
+                        let mut f = FailureDetails::from_panic(panic.as_ref());
+                        f.message =
+                            format!("entity operation `{operation}` panicked: {}", f.message);
+                        Err(f)
+                    }
+                };
+                match result {
+                    Err(f) => unchanged(Err(f)),
+                    Ok(out) => {
+                        let new_state = if ctx.deleted.load(Ordering::SeqCst) {
+                            None
+                        } else {
+                            match encode(&value) {
+                                Ok(s) => Some(s),
+                                Err(e) => return unchanged(Err(FailureDetails::from_error(&e))),
+                            }
+                        };
+                        OpOutcome {
+                            result: Ok(out),
+                            state: new_state,
+                            effects: ctx.take_effects(),
+                        }
                     }
                 }
-            }
-        })
-    })
+            })
+        },
+    )
 }
 
 /// Catches a panic raised while polling the inner future.
@@ -400,14 +409,20 @@ impl BatchOutput {
     /// Sends `event` to an entity, creating it on demand.
     pub(crate) fn send_to_entity(&mut self, target: &EntityId, event: Event, now: Timestamp) {
         let id = target.instance_id();
-        self.new_instances.push((u64::MAX, entity_instance(target, now)));
+        self.new_instances
+            .push((u64::MAX, entity_instance(target, now)));
         self.messages.push((id, Message::new(event, None, now)));
     }
 }
 
 /// The system instance backing an entity, created on first use.
 pub(crate) fn entity_instance(target: &EntityId, now: Timestamp) -> NewInstance {
-    let mut n = NewInstance::new(target.instance_id(), target.name.clone(), "null".to_owned(), now);
+    let mut n = NewInstance::new(
+        target.instance_id(),
+        target.name.clone(),
+        "null".to_owned(),
+        now,
+    );
     n.reuse = IdReusePolicy::DedupeRunning;
     n
 }
@@ -424,7 +439,9 @@ impl EntityRecord {
         out: &mut BatchOutput,
     ) {
         match event {
-            Event::EntityUnlock { owner } if self.lock.as_ref().is_some_and(|l| l.instance_id == owner) => {
+            Event::EntityUnlock { owner }
+                if self.lock.as_ref().is_some_and(|l| l.instance_id == owner) =>
+            {
                 self.lock = None;
                 // Deferred messages run now, in arrival order, until a new lock holds.
                 let deferred: Vec<Event> = self.queue.drain(..).collect();
@@ -470,7 +487,10 @@ impl EntityRecord {
                 input,
                 reply_to,
                 ..
-            } => self.run_operation(id, run, operation, input, reply_to, now, out).await,
+            } => {
+                self.run_operation(id, run, operation, input, reply_to, now, out)
+                    .await
+            }
             _ => {}
         }
     }
@@ -486,58 +506,64 @@ impl EntityRecord {
         now: Timestamp,
         out: &mut BatchOutput,
     ) {
-                out.operations += 1;
-                let outcome = run(EntityContext::new(id.clone()), self.state.clone(), operation.clone(), input).await;
-                if let Err(f) = &outcome.result {
-                    if reply_to.is_none() {
-                        tracing::warn!(entity = %id, operation, failure = %f, "signalled entity operation failed; its state change was rolled back");
-                    }
-                }
-                self.state = outcome.state;
-                for effect in outcome.effects {
-                    match effect {
-                        Effect::Signal {
-                            target,
-                            operation,
-                            input,
-                        } => out.send_to_entity(
-                            &target,
-                            Event::EntityOperation {
-                                operation,
-                                input,
-                                sender: Some(id.instance_id()),
-                                reply_to: None,
-                            },
-                            now,
-                        ),
-                        Effect::StartOrchestration {
-                            name,
-                            instance_id,
-                            input,
-                        } => out
-                            .new_instances
-                            .push((u64::MAX, NewInstance::new(instance_id, name, input, now))),
-                    }
-                }
-                if let Some(reply) = reply_to {
-                    let (result, failure) = match outcome.result {
-                        Ok(r) => (Some(r), None),
-                        Err(f) => (None, Some(f)),
-                    };
-                    out.messages.push((
-                        reply.instance_id,
-                        Message::new(
-                            Event::EntityResponded {
-                                seq: reply.seq,
-                                result,
-                                failure,
-                            },
-                            Some(reply.execution),
-                            now,
-                        ),
-                    ));
-                }
+        out.operations += 1;
+        let outcome = run(
+            EntityContext::new(id.clone()),
+            self.state.clone(),
+            operation.clone(),
+            input,
+        )
+        .await;
+        if let Err(f) = &outcome.result {
+            if reply_to.is_none() {
+                tracing::warn!(entity = %id, operation, failure = %f, "signalled entity operation failed; its state change was rolled back");
             }
+        }
+        self.state = outcome.state;
+        for effect in outcome.effects {
+            match effect {
+                Effect::Signal {
+                    target,
+                    operation,
+                    input,
+                } => out.send_to_entity(
+                    &target,
+                    Event::EntityOperation {
+                        operation,
+                        input,
+                        sender: Some(id.instance_id()),
+                        reply_to: None,
+                    },
+                    now,
+                ),
+                Effect::StartOrchestration {
+                    name,
+                    instance_id,
+                    input,
+                } => out
+                    .new_instances
+                    .push((u64::MAX, NewInstance::new(instance_id, name, input, now))),
+            }
+        }
+        if let Some(reply) = reply_to {
+            let (result, failure) = match outcome.result {
+                Ok(r) => (Some(r), None),
+                Err(f) => (None, Some(f)),
+            };
+            out.messages.push((
+                reply.instance_id,
+                Message::new(
+                    Event::EntityResponded {
+                        seq: reply.seq,
+                        result,
+                        failure,
+                    },
+                    Some(reply.execution),
+                    now,
+                ),
+            ));
+        }
+    }
 
     /// Operations and lock requests from anyone but the lock holder wait.
     fn must_wait(&self, event: &Event) -> bool {

@@ -345,7 +345,9 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Pa
     })
 }
 
-pub(crate) fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, PayloadDecodeError> {
+pub(crate) fn encode<T: serde::Serialize + ?Sized>(
+    value: &T,
+) -> Result<String, PayloadDecodeError> {
     serde_json::to_string(value).map_err(|e| PayloadDecodeError {
         expected: std::any::type_name::<T>(),
         message: e.to_string(),

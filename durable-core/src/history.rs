@@ -478,7 +478,9 @@ pub fn pretty(history: &[HistoryEvent]) -> String {
     for e in history {
         let detail = match &e.event {
             Event::ExecutionStarted { name, input, .. } => format!("{name}({input})"),
-            Event::TaskScheduled { seq, name, input, .. } => format!("#{seq} {name}({input})"),
+            Event::TaskScheduled {
+                seq, name, input, ..
+            } => format!("#{seq} {name}({input})"),
             Event::TaskCompleted { seq, result } => format!("#{seq} -> {result}"),
             Event::TaskFailed { seq, failure } => format!("#{seq} !! {failure}"),
             Event::TimerCreated { seq, fire_at, .. } => format!("#{seq} at {fire_at}"),
@@ -529,17 +531,26 @@ pub fn pretty(history: &[HistoryEvent]) -> String {
                 input,
                 ..
             } => format!("#{seq} {entity}.{operation}({input})"),
-            Event::EntityLockRequested { seq, entities, .. } | Event::EntityUnlockSent { seq, entities, .. } => {
+            Event::EntityLockRequested { seq, entities, .. }
+            | Event::EntityUnlockSent { seq, entities, .. } => {
                 let names: Vec<&str> = entities.iter().map(InstanceId::as_str).collect();
                 format!("#{seq} [{}]", names.join(", "))
             }
-            Event::EntityResponded { seq, result, failure } => match (result, failure) {
+            Event::EntityResponded {
+                seq,
+                result,
+                failure,
+            } => match (result, failure) {
                 (_, Some(f)) => format!("#{seq} !! {f}"),
                 (r, None) => format!("#{seq} -> {}", r.as_deref().unwrap_or("null")),
             },
             Event::EntityLockGranted { seq, .. } => format!("#{seq}"),
-            Event::EntityOperation { operation, input, .. } => format!("{operation}({input})"),
-            Event::EntityLockRequest { owner, position, .. } => format!("for {} at {position}", owner.instance_id),
+            Event::EntityOperation {
+                operation, input, ..
+            } => format!("{operation}({input})"),
+            Event::EntityLockRequest {
+                owner, position, ..
+            } => format!("for {} at {position}", owner.instance_id),
             Event::EntityUnlock { owner } => format!("by {owner}"),
             Event::OrchestratorStarted => String::new(),
         };

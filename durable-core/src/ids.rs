@@ -38,7 +38,10 @@ impl InstanceId {
     }
 
     /// Wraps an id that may use the `@` prefix reserved for system instances (entities).
-    #[allow(dead_code, reason = "entity instance ids (`@name@key`) are built with it")]
+    #[allow(
+        dead_code,
+        reason = "entity instance ids (`@name@key`) are built with it"
+    )]
     pub(crate) fn new_system(id: impl Into<String>) -> Result<Self, InvalidInstanceId> {
         let id = id.into();
         validate_instance_id(&id, true)?;
@@ -277,7 +280,9 @@ mod tests {
             assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()), Some(t));
         }
         assert_eq!(
-            Timestamp::parse_rfc3339("2024-02-29T12:30:00+02:00").unwrap().to_rfc3339(),
+            Timestamp::parse_rfc3339("2024-02-29T12:30:00+02:00")
+                .unwrap()
+                .to_rfc3339(),
             "2024-02-29T10:30:00.000Z"
         );
         assert_eq!(Timestamp::parse_rfc3339("nonsense"), None);

@@ -59,6 +59,8 @@ pub mod context;
 pub mod entity;
 pub mod error;
 pub mod history;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod ids;
 pub mod logging;
 pub mod registry;
@@ -202,9 +204,14 @@ pub use durable_macros::orchestrator;
 /// ```
 pub use durable_macros::entity;
 
-pub use client::{Client, EntityMetadata, EntityPage, EntityQuery, InstanceHandle, PurgeResult, StartOptions};
+pub use client::{
+    Client, EntityMetadata, EntityPage, EntityQuery, InstanceHandle, PurgeResult, StartOptions,
+};
 pub use clock::{Clock, SystemClock};
-pub use context::{CriticalSection, Either, Limits, OrchestrationContext, SubOrchestrationOptions, select, when_all, when_any};
+pub use context::{
+    CriticalSection, Either, Limits, OrchestrationContext, SubOrchestrationOptions, select,
+    when_all, when_any,
+};
 pub use entity::{Entity, EntityContext, EntityId};
 pub use error::{
     ActivityError, BuildError, ClientError, FailureDetails, InvalidInstanceId, OrchestrationError,
@@ -212,7 +219,9 @@ pub use error::{
 };
 pub use history::{Event, HistoryEvent, RuntimeStatus};
 pub use ids::{InstanceId, Timestamp};
-pub use registry::{Activity, ActivityContext, EntityRegistration, Orchestrator, Registration, Registry};
+pub use registry::{
+    Activity, ActivityContext, EntityRegistration, Orchestrator, Registration, Registry,
+};
 pub use retry::RetryPolicy;
 pub use storage::{IdReusePolicy, InstanceQuery, InstanceRecord, MemoryStore, RedbStore, Store};
 pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, WorkerOptions};
@@ -220,10 +229,11 @@ pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, Wor
 /// Everything orchestration, activity and worker code usually needs.
 pub mod prelude {
     pub use crate::{
-        activity, entity, orchestrator, Activity, EntityContext, EntityId, ActivityContext, ActivityError, Client, ClientError, Either, FailureDetails,
-        IdReusePolicy, InstanceHandle, InstanceId, MemoryStore, OrchestrationContext,
-        OrchestrationError, Orchestrator, RetryPolicy, RuntimeStatus, StartOptions, TaskError,
-        Timestamp, Worker, select, when_all, when_any,
+        Activity, ActivityContext, ActivityError, Client, ClientError, Either, EntityContext,
+        EntityId, FailureDetails, IdReusePolicy, InstanceHandle, InstanceId, MemoryStore,
+        OrchestrationContext, OrchestrationError, Orchestrator, RetryPolicy, RuntimeStatus,
+        StartOptions, TaskError, Timestamp, Worker, activity, entity, orchestrator, select,
+        when_all, when_any,
     };
     pub use serde::{Deserialize, Serialize};
 }

@@ -192,13 +192,17 @@ impl<O: Orchestrator> Registration for OrchestratorRegistration<O> {
     }
 }
 
-pub(crate) type ActivityFn =
-    dyn Fn(ActivityContext, Payload) -> BoxFuture<'static, Result<Payload, FailureDetails>> + Send + Sync;
+pub(crate) type ActivityFn = dyn Fn(ActivityContext, Payload) -> BoxFuture<'static, Result<Payload, FailureDetails>>
+    + Send
+    + Sync;
 
 /// A registered activity with its types erased: JSON input in, JSON output or failure out
 /// (see [`Registry::activity_handler`]).
-pub type ActivityHandler =
-    Arc<dyn Fn(ActivityContext, Payload) -> BoxFuture<'static, Result<Payload, FailureDetails>> + Send + Sync>;
+pub type ActivityHandler = Arc<
+    dyn Fn(ActivityContext, Payload) -> BoxFuture<'static, Result<Payload, FailureDetails>>
+        + Send
+        + Sync,
+>;
 pub(crate) type OrchestratorFn = dyn Fn(OrchestrationContext, Payload) -> BoxFuture<'static, Result<Payload, FailureDetails>>
     + Send
     + Sync;
@@ -223,7 +227,10 @@ impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
             .field("activities", &self.activities.keys().collect::<Vec<_>>())
-            .field("orchestrators", &self.orchestrators.keys().collect::<Vec<_>>())
+            .field(
+                "orchestrators",
+                &self.orchestrators.keys().collect::<Vec<_>>(),
+            )
             .field("entities", &self.entities.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -241,8 +248,8 @@ impl Registry {
         let f: Arc<ActivityFn> = Arc::new(move |ctx, input: Payload| {
             let activity = Arc::clone(&activity);
             Box::pin(async move {
-                let input: A::Input = decode(&input)
-                    .map_err(|e| FailureDetails::from_error(&e).non_retriable())?;
+                let input: A::Input =
+                    decode(&input).map_err(|e| FailureDetails::from_error(&e).non_retriable())?;
                 match activity.run(ctx, input).await {
                     Ok(out) => encode(&out).map_err(|e| FailureDetails::from_error(&e)),
                     Err(e) => Err(e.to_failure()),
@@ -331,8 +338,8 @@ impl Registry {
     pub fn add_orchestrator<O: Orchestrator>(&mut self) {
         let run: Arc<OrchestratorFn> = Arc::new(|ctx, input: Payload| {
             Box::pin(async move {
-                let input: O::Input = decode(&input)
-                    .map_err(|e| FailureDetails::from_error(&e).non_retriable())?;
+                let input: O::Input =
+                    decode(&input).map_err(|e| FailureDetails::from_error(&e).non_retriable())?;
                 match O::run(ctx, input).await {
                     Ok(out) => encode(&out).map_err(|e| FailureDetails::from_error(&e)),
                     Err(e) => Err(e.to_failure()),
@@ -341,7 +348,11 @@ impl Registry {
         });
         let check_input: Arc<InputCheckFn> = Arc::new(|text| decode::<O::Input>(text).map(drop));
         let entry = OrchestratorEntry { run, check_input };
-        if self.orchestrators.insert(O::NAME.to_owned(), entry).is_some() {
+        if self
+            .orchestrators
+            .insert(O::NAME.to_owned(), entry)
+            .is_some()
+        {
             self.duplicates.push(("orchestrator", O::NAME.to_owned()));
         }
     }
@@ -349,7 +360,11 @@ impl Registry {
     /// Registers an entity type under `E::NAME` (case-insensitive).
     pub fn add_entity<E: crate::entity::Entity>(&mut self) {
         let name = E::NAME.to_lowercase();
-        if self.entities.insert(name.clone(), crate::entity::runner::<E>()).is_some() {
+        if self
+            .entities
+            .insert(name.clone(), crate::entity::runner::<E>())
+            .is_some()
+        {
             self.duplicates.push(("entity", name));
         }
     }
@@ -380,7 +395,11 @@ impl Registry {
 
     /// Checks that `input` deserializes as the named orchestrator's input type.
     /// `Ok(false)` means the name is unknown.
-    pub fn check_orchestrator_input(&self, name: &str, input: &str) -> Result<bool, PayloadDecodeError> {
+    pub fn check_orchestrator_input(
+        &self,
+        name: &str,
+        input: &str,
+    ) -> Result<bool, PayloadDecodeError> {
         match self.orchestrators.get(name) {
             Some(e) => (e.check_input)(input).map(|()| true),
             None => Ok(false),

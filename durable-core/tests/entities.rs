@@ -123,11 +123,19 @@ where
 }
 
 async fn counter_value(client: &Client, key: &str) -> Option<i64> {
-    client.entity::<Counter>(key).state().await.unwrap().map(|c| c.value)
+    client
+        .entity::<Counter>(key)
+        .state()
+        .await
+        .unwrap()
+        .map(|c| c.value)
 }
 
 #[orchestrator]
-async fn counting(ctx: OrchestrationContext, key: String) -> Result<(i64, String), OrchestrationError> {
+async fn counting(
+    ctx: OrchestrationContext,
+    key: String,
+) -> Result<(i64, String), OrchestrationError> {
     let counter = ctx.entity::<Counter>(&key);
     counter.add(10).await?;
     ctx.signal_entity::<Counter>(&key).add(5);
@@ -140,17 +148,29 @@ async fn counting(ctx: OrchestrationContext, key: String) -> Result<(i64, String
         .await
         .unwrap_err();
     let value = counter.get().await?;
-    Ok((value, format!("{failed} | {}", unknown.failure().map_or("", |f| f.error_type.as_str()))))
+    Ok((
+        value,
+        format!(
+            "{failed} | {}",
+            unknown.failure().map_or("", |f| f.error_type.as_str())
+        ),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregator_counts_signals_from_many_sources() {
     let (_w, client, store) = worker();
-    assert_eq!(counter_value(&client, "hits").await, None, "no state before the first operation");
+    assert_eq!(
+        counter_value(&client, "hits").await,
+        None,
+        "no state before the first operation"
+    );
     let mut tasks = Vec::new();
     for i in 1..=20 {
         let c = client.clone();
-        tasks.push(tokio::spawn(async move { c.entity::<Counter>("hits").add(i).await }));
+        tasks.push(tokio::spawn(async move {
+            c.entity::<Counter>("hits").add(i).await
+        }));
     }
     for t in tasks {
         t.await.unwrap().unwrap();
@@ -161,7 +181,9 @@ async fn aggregator_counts_signals_from_many_sources() {
     assert_eq!(errors, "refused | UnknownOperation");
     assert!(seen >= 210 + 10, "the call saw the earlier signals: {seen}");
     let total = eventually(&store, || async {
-        counter_value(&client, "hits").await.filter(|v| *v == 210 + 15)
+        counter_value(&client, "hits")
+            .await
+            .filter(|v| *v == 210 + 15)
     })
     .await;
     assert_eq!(total, 225, "the failed operation was rolled back");
@@ -193,23 +215,45 @@ async fn operations_from_one_sender_run_in_order_and_effects_apply() {
     // Deletion through the context and through the built-in operation.
     client.entity::<Log>("l1").erase().await.unwrap();
     eventually(&store, || async {
-        client.entity::<Log>("l1").state().await.unwrap().is_none().then_some(())
+        client
+            .entity::<Log>("l1")
+            .state()
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
     })
     .await;
     client.entity::<Counter>("shared").delete().await.unwrap();
-    eventually(&store, || async { counter_value(&client, "shared").await.is_none().then_some(()) }).await;
+    eventually(&store, || async {
+        counter_value(&client, "shared")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entities_are_listed_with_paging() {
     let (_w, client, store) = worker();
     for i in 0..12 {
-        client.entity::<Counter>(&format!("c{i:02}")).add(i).await.unwrap();
+        client
+            .entity::<Counter>(&format!("c{i:02}"))
+            .add(i)
+            .await
+            .unwrap();
     }
     client.entity::<Log>("x").append(1).await.unwrap();
-    eventually(&store, || async { counter_value(&client, "c11").await.filter(|v| *v == 11) }).await;
     eventually(&store, || async {
-        let page = client.list_entities(&EntityQuery::new().name("counter").page_size(100)).await.unwrap();
+        counter_value(&client, "c11").await.filter(|v| *v == 11)
+    })
+    .await;
+    eventually(&store, || async {
+        let page = client
+            .list_entities(&EntityQuery::new().name("counter").page_size(100))
+            .await
+            .unwrap();
         (page.entities.len() == 12).then_some(())
     })
     .await;
@@ -224,10 +268,21 @@ async fn entities_are_listed_with_paging() {
         }
     }
     assert_eq!(seen.len(), 12);
-    assert_eq!(seen[3], ("c03".to_owned(), Some("{\"value\":3}".to_owned())));
+    assert_eq!(
+        seen[3],
+        ("c03".to_owned(), Some("{\"value\":3}".to_owned()))
+    );
     // Orchestration queries do not list entities.
-    let orchestrations = client.query(&durable_core::InstanceQuery::new()).await.unwrap();
-    assert!(orchestrations.instances.iter().all(|r| !r.instance_id.as_str().starts_with('@')));
+    let orchestrations = client
+        .query(&durable_core::InstanceQuery::new())
+        .await
+        .unwrap();
+    assert!(
+        orchestrations
+            .instances
+            .iter()
+            .all(|r| !r.instance_id.as_str().starts_with('@'))
+    );
     // A bad key is a clear error.
     assert!(matches!(
         client.entity::<Counter>("bad/key").add(1).await,
@@ -268,7 +323,11 @@ async fn concurrent_transfers_conserve_money_and_never_deadlock() {
         // Overlapping pairs in both directions: a->b and b->a compete for the same locks.
         let from = accounts[i % 4];
         let to = accounts[(i + 1 + i / 4) % 4];
-        let to = if to == from { accounts[(i + 2) % 4] } else { to };
+        let to = if to == from {
+            accounts[(i + 2) % 4]
+        } else {
+            to
+        };
         let t = Transfer {
             from: from.into(),
             to: to.into(),
@@ -295,7 +354,10 @@ async fn concurrent_transfers_conserve_money_and_never_deadlock() {
             .list_entities(&EntityQuery::new().name("account"))
             .await
             .unwrap();
-        page.entities.iter().all(|e| e.locked_by.is_none()).then_some(())
+        page.entities
+            .iter()
+            .all(|e| e.locked_by.is_none())
+            .then_some(())
     })
     .await;
 }
@@ -306,7 +368,10 @@ async fn echo(_ctx: OrchestrationContext, v: u32) -> Result<u32, OrchestrationEr
 }
 
 #[orchestrator]
-async fn bad_section(ctx: OrchestrationContext, _input: ()) -> Result<Vec<String>, OrchestrationError> {
+async fn bad_section(
+    ctx: OrchestrationContext,
+    _input: (),
+) -> Result<Vec<String>, OrchestrationError> {
     let a = EntityId::of::<Account>("p")?;
     let section = ctx.lock(&[a.clone()]).await?;
     let mut errors = Vec::new();
@@ -331,10 +396,18 @@ async fn bad_section(ctx: OrchestrationContext, _input: ()) -> Result<Vec<String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn critical_section_rules_are_typed_errors() {
     let (_w, client, _store) = worker();
-    let errors = bad_section::start(&client, ()).await.unwrap().wait().await.unwrap();
+    let errors = bad_section::start(&client, ())
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     assert_eq!(errors[0], "LockViolation");
     assert_eq!(errors[1], "critical sections cannot be nested");
-    assert_eq!(errors[2], "sub-orchestrations cannot start inside a critical section");
+    assert_eq!(
+        errors[2],
+        "sub-orchestrations cannot start inside a critical section"
+    );
 }
 
 #[orchestrator]
@@ -378,7 +451,10 @@ async fn locked_by(client: &Client, key: &str) -> Option<InstanceId> {
     let mut q = EntityQuery::new().name("account");
     q.include_deleted = true;
     let page = client.list_entities(&q).await.unwrap();
-    page.entities.into_iter().find(|e| e.id.key == key).and_then(|e| e.locked_by)
+    page.entities
+        .into_iter()
+        .find(|e| e.id.key == key)
+        .and_then(|e| e.locked_by)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,19 +474,32 @@ async fn a_lock_granted_to_a_terminated_orchestration_is_released() {
     let b = hold_lock::start(&client, "t".into()).await.unwrap();
     eventually(&store, || async {
         let h = client.status_with_history(b.id()).await.ok()?.1;
-        h.iter().any(|e| e.event.kind() == "EntityLockRequested").then_some(())
+        h.iter()
+            .any(|e| e.event.kind() == "EntityLockRequested")
+            .then_some(())
     })
     .await;
     b.terminate("not needed").await.unwrap();
-    assert!(matches!(b.wait().await, Err(ClientError::Terminated { .. })));
+    assert!(matches!(
+        b.wait().await,
+        Err(ClientError::Terminated { .. })
+    ));
     a.raise("release", &()).await.unwrap();
     a.wait().await.unwrap();
     // The entity passed the lock to B, which is gone: B's worker hands it straight back.
     client.entity::<Account>("t").deposit(5).await.unwrap();
     let balance = eventually(&store, || async {
-        client.read_entity::<Account>("t").await.unwrap().map(|x| x.balance).filter(|b| *b == 105)
+        client
+            .read_entity::<Account>("t")
+            .await
+            .unwrap()
+            .map(|x| x.balance)
+            .filter(|b| *b == 105)
     })
     .await;
     assert_eq!(balance, 105);
-    eventually(&store, || async { locked_by(&client, "t").await.is_none().then_some(()) }).await;
+    eventually(&store, || async {
+        locked_by(&client, "t").await.is_none().then_some(())
+    })
+    .await;
 }

@@ -65,25 +65,30 @@ pub(crate) struct Args {
 }
 
 /// Parses and validates attribute arguments, accumulating every problem.
-pub(crate) fn parse(kind: Kind, tokens: proc_macro2::TokenStream, errors: &mut crate::errors::Errors) -> Args {
+pub(crate) fn parse(
+    kind: Kind,
+    tokens: proc_macro2::TokenStream,
+    errors: &mut crate::errors::Errors,
+) -> Args {
     let mut args = Args::default();
     if tokens.is_empty() {
         return args;
     }
-    let list = match syn::parse::Parser::parse2(Punctuated::<Arg, Token![,]>::parse_terminated, tokens) {
-        Ok(l) => l,
-        Err(e) => {
-            errors.push_error(syn::Error::new(
-                e.span(),
-                format!(
-                    "malformed {} arguments; expected a comma-separated list of: {}",
-                    kind.attr(),
-                    kind.valid().join(", ")
-                ),
-            ));
-            return args;
-        }
-    };
+    let list =
+        match syn::parse::Parser::parse2(Punctuated::<Arg, Token![,]>::parse_terminated, tokens) {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push_error(syn::Error::new(
+                    e.span(),
+                    format!(
+                        "malformed {} arguments; expected a comma-separated list of: {}",
+                        kind.attr(),
+                        kind.valid().join(", ")
+                    ),
+                ));
+                return args;
+            }
+        };
     let mut seen: Vec<String> = Vec::new();
     for arg in list {
         let key = arg.key.to_string();
@@ -99,7 +104,10 @@ pub(crate) fn parse(kind: Kind, tokens: proc_macro2::TokenStream, errors: &mut c
             continue;
         }
         if seen.contains(&key) {
-            errors.push(&arg.key, format!("duplicate {} argument `{key}`", kind.attr()));
+            errors.push(
+                &arg.key,
+                format!("duplicate {} argument `{key}`", kind.attr()),
+            );
             continue;
         }
         seen.push(key.clone());
@@ -129,13 +137,22 @@ pub(crate) fn parse(kind: Kind, tokens: proc_macro2::TokenStream, errors: &mut c
             "crate" => match &arg.value {
                 Some(syn::Expr::Path(p)) => args.krate = Some(p.path.clone()),
                 Some(syn::Expr::Lit(syn::ExprLit {
-                    lit: syn::Lit::Str(s), ..
+                    lit: syn::Lit::Str(s),
+                    ..
                 })) => match s.parse::<Path>() {
                     Ok(p) => args.krate = Some(p),
-                    Err(_) => errors.push(s, "`crate` must name a path, e.g. `crate = durable_core`"),
+                    Err(_) => {
+                        errors.push(s, "`crate` must name a path, e.g. `crate = durable_core`")
+                    }
                 },
-                Some(other) => errors.push(other, "`crate` must name a path, e.g. `crate = durable_core`"),
-                None => errors.push(&arg.key, "`crate` needs a value, e.g. `crate = durable_core`"),
+                Some(other) => errors.push(
+                    other,
+                    "`crate` must name a path, e.g. `crate = durable_core`",
+                ),
+                None => errors.push(
+                    &arg.key,
+                    "`crate` needs a value, e.g. `crate = durable_core`",
+                ),
             },
             _ => unreachable!("checked against the valid list"),
         }
@@ -147,7 +164,8 @@ fn string_value(arg: &Arg) -> syn::Result<LitStr> {
     let key = &arg.key;
     match &arg.value {
         Some(syn::Expr::Lit(syn::ExprLit {
-            lit: syn::Lit::Str(s), ..
+            lit: syn::Lit::Str(s),
+            ..
         })) => Ok(s.clone()),
         Some(other) => Err(syn::Error::new_spanned(
             other,

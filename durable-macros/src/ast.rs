@@ -33,7 +33,10 @@ pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<
     if sig.asyncness.is_none() {
         errors.push(
             sig.fn_token,
-            format!("{attr} functions must be `async`; write `async fn {}(..)`", sig.ident),
+            format!(
+                "{attr} functions must be `async`; write `async fn {}(..)`",
+                sig.ident
+            ),
         );
         ok = false;
     }
@@ -59,7 +62,10 @@ pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<
 
     let (context, mut inputs) = classify_params(kind, sig, errors, &mut ok);
     if kind == Kind::Orchestrator && context.is_none() && ok {
-        let target = sig.inputs.first().map_or_else(|| sig.ident.span(), Spanned::span);
+        let target = sig
+            .inputs
+            .first()
+            .map_or_else(|| sig.ident.span(), Spanned::span);
         errors.push_error(syn::Error::new(
             target,
             format!(
@@ -85,14 +91,20 @@ pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<
     };
     let Some((output, error)) = result else {
         let msg = match kind {
-            Kind::Activity => format!("{attr} functions must return `Result<T, E>`, e.g. `Result<Receipt, ActivityError>`"),
+            Kind::Activity => format!(
+                "{attr} functions must return `Result<T, E>`, e.g. `Result<Receipt, ActivityError>`"
+            ),
             Kind::Orchestrator | Kind::Entity => {
-                format!("{attr} functions must return `Result<T, E>`, e.g. `Result<Receipt, OrchestrationError>`")
+                format!(
+                    "{attr} functions must return `Result<T, E>`, e.g. `Result<Receipt, OrchestrationError>`"
+                )
             }
         };
         match &sig.output {
             ReturnType::Type(_, ty) => errors.push(ty, msg),
-            ReturnType::Default => errors.push_error(syn::Error::new(sig.paren_token.span.close(), msg)),
+            ReturnType::Default => {
+                errors.push_error(syn::Error::new(sig.paren_token.span.close(), msg))
+            }
         }
         return None;
     };

@@ -11,7 +11,10 @@ fn replacement(segments: &[String]) -> Option<&'static str> {
     let s: Vec<&str> = segments.iter().map(String::as_str).collect();
     let ends = |suffix: &[&str]| s.len() >= suffix.len() && s[s.len() - suffix.len()..] == *suffix;
     let first = s.first().copied().unwrap_or_default();
-    if ends(&["SystemTime", "now"]) || ends(&["Instant", "now"]) || ends(&["Utc", "now"]) || ends(&["Local", "now"])
+    if ends(&["SystemTime", "now"])
+        || ends(&["Instant", "now"])
+        || ends(&["Utc", "now"])
+        || ends(&["Local", "now"])
     {
         return Some("reads the wall clock, which differs on replay; use `ctx.now()`");
     }
@@ -19,16 +22,26 @@ fn replacement(segments: &[String]) -> Option<&'static str> {
         return Some("is random, which differs on replay; use `ctx.new_guid()`");
     }
     if ends(&["thread_rng"]) || (s.contains(&"rand") && (ends(&["random"]) || ends(&["rng"]))) {
-        return Some("is random, which differs on replay; use `ctx.new_guid()` or draw the value in an activity");
+        return Some(
+            "is random, which differs on replay; use `ctx.new_guid()` or draw the value in an activity",
+        );
     }
-    if ends(&["tokio", "spawn"]) || ends(&["thread", "spawn"]) || ends(&["task", "spawn"]) || ends(&["spawn_blocking"]) {
-        return Some("runs work outside the replay; await durable tasks with `ctx.when_all(..)` or move the work into an activity");
+    if ends(&["tokio", "spawn"])
+        || ends(&["thread", "spawn"])
+        || ends(&["task", "spawn"])
+        || ends(&["spawn_blocking"])
+    {
+        return Some(
+            "runs work outside the replay; await durable tasks with `ctx.when_all(..)` or move the work into an activity",
+        );
     }
     if ends(&["time", "sleep"]) || ends(&["thread", "sleep"]) || ends(&["time", "sleep_until"]) {
         return Some("is not durable; use `ctx.sleep(..)` or `ctx.timer_at(..)`");
     }
     if ends(&["env", "var"]) || ends(&["env", "vars"]) || ends(&["env", "var_os"]) {
-        return Some("reads the environment, which may differ on replay; pass it in the input or read it in an activity");
+        return Some(
+            "reads the environment, which may differ on replay; pass it in the input or read it in an activity",
+        );
     }
     if s.contains(&"fs") || ends(&["File", "open"]) || ends(&["File", "create"]) {
         return Some("does file IO; move this into an activity");

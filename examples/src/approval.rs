@@ -33,15 +33,25 @@ pub const APPROVAL_EVENT: &str = "approval";
 
 /// Asks for approval, waits up to the timeout, and escalates if nobody answers.
 #[orchestrator]
-pub async fn approval_flow(ctx: OrchestrationContext, req: ApprovalRequest) -> Result<String, OrchestrationError> {
-    ctx.call(notify, format!("please approve {}", req.item)).await?;
+pub async fn approval_flow(
+    ctx: OrchestrationContext,
+    req: ApprovalRequest,
+) -> Result<String, OrchestrationError> {
+    ctx.call(notify, format!("please approve {}", req.item))
+        .await?;
     let timeout = Duration::from_secs(req.timeout_hours * 3600);
-    match ctx.wait_for_event_timeout::<Decision>(APPROVAL_EVENT, timeout).await {
+    match ctx
+        .wait_for_event_timeout::<Decision>(APPROVAL_EVENT, timeout)
+        .await
+    {
         Ok(d) if d.approved => Ok(format!("{} approved by {}", req.item, d.by)),
         Ok(d) => Ok(format!("{} rejected by {}", req.item, d.by)),
         Err(e) if e.is_timeout() => {
             ctx.call(notify, format!("escalating {}", req.item)).await?;
-            Ok(format!("{} escalated after {}h", req.item, req.timeout_hours))
+            Ok(format!(
+                "{} escalated after {}h",
+                req.item, req.timeout_hours
+            ))
         }
         Err(e) => Err(e.into()),
     }

@@ -10,7 +10,10 @@ pub async fn greet(name: String) -> Result<String, ActivityError> {
 
 /// Greets each city in turn and collects the greetings.
 #[orchestrator]
-pub async fn hello_sequence(ctx: OrchestrationContext, cities: Vec<String>) -> Result<Vec<String>, OrchestrationError> {
+pub async fn hello_sequence(
+    ctx: OrchestrationContext,
+    cities: Vec<String>,
+) -> Result<Vec<String>, OrchestrationError> {
     let mut out = Vec::with_capacity(cities.len());
     for city in cities {
         out.push(ctx.call(greet, city).await?);

@@ -10,8 +10,13 @@ pub async fn count_words(text: String) -> Result<usize, ActivityError> {
 
 /// Counts the words of every document in parallel and sums them.
 #[orchestrator]
-pub async fn word_count(ctx: OrchestrationContext, docs: Vec<String>) -> Result<usize, OrchestrationError> {
-    let counts = ctx.when_all(docs.into_iter().map(|d| ctx.call(count_words, d))).await;
+pub async fn word_count(
+    ctx: OrchestrationContext,
+    docs: Vec<String>,
+) -> Result<usize, OrchestrationError> {
+    let counts = ctx
+        .when_all(docs.into_iter().map(|d| ctx.call(count_words, d)))
+        .await;
     let mut total = 0;
     for c in counts {
         total += c?;

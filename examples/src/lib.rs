@@ -1,10 +1,13 @@
 //! The durable patterns, written against `durable_core`, used by the demo binary and tested
 //! in `tests/`.
 //!
-//! Each module holds one pattern: [`chaining`], [`fan_out`], [`monitor`] and
-//! [`approval`] (human interaction).
+//! Each module holds one pattern: [`chaining`], [`fan_out`], [`monitor`],
+//! [`approval`] (human interaction) and [`aggregator`] (entities), plus [`bank`]
+//! (critical sections).
 
+pub mod aggregator;
 pub mod approval;
+pub mod bank;
 pub mod chaining;
 pub mod fan_out;
 pub mod monitor;
@@ -22,4 +25,8 @@ pub fn register_all(builder: WorkerBuilder) -> WorkerBuilder {
         .register(monitor::job_monitor)
         .register(approval::notify)
         .register(approval::approval_flow)
+        .register(aggregator::Stats::entity())
+        .register(aggregator::report_readings)
+        .register(bank::Account::entity())
+        .register(bank::transfer)
 }

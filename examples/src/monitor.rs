@@ -32,7 +32,10 @@ pub struct MonitorInput {
 
 /// Polls [`check_job`] with growing intervals until it reports done or the deadline passes.
 #[orchestrator]
-pub async fn job_monitor(ctx: OrchestrationContext, input: MonitorInput) -> Result<String, OrchestrationError> {
+pub async fn job_monitor(
+    ctx: OrchestrationContext,
+    input: MonitorInput,
+) -> Result<String, OrchestrationError> {
     let deadline = ctx.now() + Duration::from_millis(input.deadline_ms);
     let mut interval = Duration::from_millis(input.interval_ms);
     let mut attempt = 1;

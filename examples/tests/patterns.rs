@@ -13,9 +13,13 @@ use examples::monitor::{MonitorInput, job_monitor};
 fn env() -> (Worker, Client, ManualClock, MemoryStore) {
     let clock = ManualClock::default();
     let store = MemoryStore::new();
-    let worker = examples::register_all(Worker::builder().store(store.clone()).clock(clock.as_clock()))
-        .start()
-        .unwrap();
+    let worker = examples::register_all(
+        Worker::builder()
+            .store(store.clone())
+            .clock(clock.as_clock()),
+    )
+    .start()
+    .unwrap();
     let client = worker.client();
     (worker, client, clock, store)
 }
@@ -39,7 +43,9 @@ async fn wait_for(store: &MemoryStore, id: &InstanceId, kind: &str, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaining_greets_in_order() {
     let (_w, client, _c, _s) = env();
-    let run = hello_sequence::start(&client, vec!["A".into(), "B".into()]).await.unwrap();
+    let run = hello_sequence::start(&client, vec!["A".into(), "B".into()])
+        .await
+        .unwrap();
     assert_eq!(run.wait().await.unwrap(), ["Hello A!", "Hello B!"]);
 }
 
@@ -50,7 +56,12 @@ async fn fan_out_sums_every_document() {
     let run = word_count::start(&client, docs).await.unwrap();
     assert_eq!(run.wait().await.unwrap(), (1..=50).sum::<usize>());
     let h = run.history().await.unwrap();
-    assert_eq!(h.iter().filter(|e| e.event.kind() == "TaskScheduled").count(), 50);
+    assert_eq!(
+        h.iter()
+            .filter(|e| e.event.kind() == "TaskScheduled")
+            .count(),
+        50
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +103,69 @@ async fn approval_is_answered_or_escalates_after_72_hours() {
     clock.advance(Duration::from_secs(72 * 3600));
     assert_eq!(run.wait().await.unwrap(), "po-1 escalated after 72h");
     let h = run.history().await.unwrap();
-    let notified = h.iter().filter(|e| e.event.kind() == "TaskCompleted").count();
+    let notified = h
+        .iter()
+        .filter(|e| e.event.kind() == "TaskCompleted")
+        .count();
     assert_eq!(notified, 2, "request and escalation were both sent");
     assert!(clock.now() >= t0 + Duration::from_secs(72 * 3600));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregator_collects_signals_and_answers_calls() {
+    use examples::aggregator::{Stats, report_readings};
+    let (_w, client, _c, _s) = env();
+    let stats = client.entity::<Stats>("sensor-1");
+    for v in [1, 5] {
+        stats.record(v).await.unwrap();
+    }
+    let avg = report_readings::start(&client, vec![6])
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(avg, Some(4.0));
+    let s = stats.state().await.unwrap().unwrap();
+    assert_eq!((s.count, s.sum, s.max), (3, 12, Some(6)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_conserve_money() {
+    use examples::bank::{Account, Transfer, transfer};
+    let (_w, client, _c, _s) = env();
+    let pairs = [
+        ("a", "b"),
+        ("b", "a"),
+        ("a", "c"),
+        ("c", "b"),
+        ("b", "c"),
+        ("c", "a"),
+    ];
+    let mut runs = Vec::new();
+    for (i, (from, to)) in pairs.iter().cycle().take(18).enumerate() {
+        let t = Transfer {
+            from: (*from).into(),
+            to: (*to).into(),
+            amount: 10 + i as i64,
+        };
+        runs.push(transfer::start(&client, t).await.unwrap());
+    }
+    let mut done = 0;
+    for r in &runs {
+        if r.wait().await.unwrap() {
+            done += 1;
+        }
+    }
+    assert!(done > 0);
+    let mut total = 0;
+    for k in ["a", "b", "c"] {
+        total += client
+            .read_entity::<Account>(k)
+            .await
+            .unwrap()
+            .unwrap()
+            .balance;
+    }
+    assert_eq!(total, 300);
 }

@@ -75,9 +75,17 @@ pub fn replay_history(
     history: &[HistoryEvent],
 ) -> Result<(), ReplayError> {
     let Some(entry) = registry.orchestrator(name) else {
-        return Err(ReplayError::UnknownOrchestrator { name: name.to_owned() });
+        return Err(ReplayError::UnknownOrchestrator {
+            name: name.to_owned(),
+        });
     };
-    let mut replayer = Replayer::new(instance_id.clone(), 1, name, Arc::clone(&entry.run), Limits::default());
+    let mut replayer = Replayer::new(
+        instance_id.clone(),
+        1,
+        name,
+        Arc::clone(&entry.run),
+        Limits::default(),
+    );
     replayer.handle_history(history)?;
     if !replayer.is_finished() {
         // An episode boundary checks that the code waits on something durable.

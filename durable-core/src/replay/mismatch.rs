@@ -83,7 +83,11 @@ impl Replayer {
     }
 
     /// Every action the code emitted before this point must have been matched.
-    pub(super) fn check_no_extra(&mut self, index: u64, next: Option<&Event>) -> Result<(), ReplayError> {
+    pub(super) fn check_no_extra(
+        &mut self,
+        index: u64,
+        next: Option<&Event>,
+    ) -> Result<(), ReplayError> {
         let Some(extra) = self.pending_match.front() else {
             return Ok(());
         };
@@ -120,7 +124,10 @@ impl Replayer {
     }
 
     pub(super) fn mismatch_finished_early(&self, ev: &HistoryEvent) -> ReplayError {
-        let status = self.outcome.as_ref().map_or(RuntimeStatus::Running, Outcome::status);
+        let status = self
+            .outcome
+            .as_ref()
+            .map_or(RuntimeStatus::Running, Outcome::status);
         self.nondeterminism(format!(
             "the code now finishes ({}) but history continues at step {} with {}",
             status_text(status),
@@ -130,7 +137,10 @@ impl Replayer {
     }
 
     pub(super) fn mismatch_finished_at_end(&self) -> ReplayError {
-        let status = self.outcome.as_ref().map_or(RuntimeStatus::Running, Outcome::status);
+        let status = self
+            .outcome
+            .as_ref()
+            .map_or(RuntimeStatus::Running, Outcome::status);
         self.nondeterminism(format!(
             "the code now finishes ({}) where history, ending at step {}, shows it still running",
             status_text(status),

@@ -486,9 +486,8 @@ impl Replayer {
                 (*seq, |o| matches!(o, Open::Activity))
             }
             Event::TimerFired { seq, .. } => (*seq, |o| matches!(o, Open::Timer)),
-            Event::SubOrchestrationCompleted { seq, .. } | Event::SubOrchestrationFailed { seq, .. } => {
-                (*seq, |o| matches!(o, Open::Sub(_)))
-            }
+            Event::SubOrchestrationCompleted { seq, .. }
+            | Event::SubOrchestrationFailed { seq, .. } => (*seq, |o| matches!(o, Open::Sub(_))),
             Event::EntityResponded { seq, .. } => (*seq, |o| matches!(o, Open::EntityCall)),
             Event::EntityLockGranted { seq, .. } => (*seq, |o| matches!(o, Open::EntityLock(_))),
             Event::ExecutionStarted { .. } => return !self.started,
@@ -530,7 +529,8 @@ impl Replayer {
                 self.future = Some((self.run)(ctx, input));
                 self.top.woken.store(true, Ordering::SeqCst);
             }
-            Event::TaskCompleted { seq, result } | Event::SubOrchestrationCompleted { seq, result } => {
+            Event::TaskCompleted { seq, result }
+            | Event::SubOrchestrationCompleted { seq, result } => {
                 lock(&self.shared).complete(seq, SlotResult::Ok(result));
             }
             Event::TaskFailed { seq, failure } | Event::SubOrchestrationFailed { seq, failure } => {
@@ -539,7 +539,11 @@ impl Replayer {
             Event::TimerFired { seq, .. } | Event::EntityLockGranted { seq, .. } => {
                 lock(&self.shared).complete(seq, SlotResult::Fired);
             }
-            Event::EntityResponded { seq, result, failure } => {
+            Event::EntityResponded {
+                seq,
+                result,
+                failure,
+            } => {
                 let r = match failure {
                     Some(f) => SlotResult::Err(f),
                     None => SlotResult::Ok(result.unwrap_or_else(|| "null".to_owned())),
@@ -808,7 +812,10 @@ impl Replayer {
             }
             ActionDetail::EntityLock { entities } => {
                 self.open.insert(seq, Open::EntityLock(entities.clone()));
-                let first = entities.first().cloned().unwrap_or_else(|| self.instance_id.clone());
+                let first = entities
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| self.instance_id.clone());
                 let command = Self::entity_command(
                     &first,
                     Event::EntityLockRequest {
@@ -858,9 +865,11 @@ impl Replayer {
     }
 
     fn entity_command(entity: &InstanceId, event: Event) -> Command {
-        let entity = crate::entity::EntityId::from_instance_id(entity).unwrap_or_else(|| crate::entity::EntityId {
-            name: String::new(),
-            key: entity.to_string(),
+        let entity = crate::entity::EntityId::from_instance_id(entity).unwrap_or_else(|| {
+            crate::entity::EntityId {
+                name: String::new(),
+                key: entity.to_string(),
+            }
         });
         Command::SendEntityMessage { entity, event }
     }
@@ -960,7 +969,10 @@ impl Replayer {
                     seq: parent.seq,
                     failure: FailureDetails::new(
                         "Terminated",
-                        format!("sub-orchestration {} was terminated: {reason}", self.instance_id),
+                        format!(
+                            "sub-orchestration {} was terminated: {reason}",
+                            self.instance_id
+                        ),
                     ),
                 }),
                 Outcome::ContinuedAsNew { .. } => None,

@@ -8,8 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, IdReusePolicy, InstancePage, InstanceQuery,
-    InstanceRecord, LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem, Store, StoreSignals, WorkKind,
+    ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, IdReusePolicy, InstancePage,
+    InstanceQuery, InstanceRecord, LockToken, Message, MessageId, NewInstance,
+    OrchestrationWorkItem, Store, StoreSignals, WorkKind,
 };
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, RuntimeStatus};
@@ -193,8 +194,7 @@ impl Data {
         if let Some((_, until)) = inst.lock {
             self.orch_leases.remove(&(until, key.to_owned()));
         }
-        self.activities
-            .retain(|_, t| t.instance_id.as_str() != key);
+        self.activities.retain(|_, t| t.instance_id.as_str() != key);
         let expiry = &mut self.activity_lease_expiry;
         self.activity_leases.retain(|id, (t, until, _)| {
             let keep = t.instance_id.as_str() != key;
@@ -222,7 +222,11 @@ impl Store for MemoryStore {
         Ok(r)
     }
 
-    async fn send_message(&self, instance_id: &InstanceId, message: Message) -> Result<(), StoreError> {
+    async fn send_message(
+        &self,
+        instance_id: &InstanceId,
+        message: Message,
+    ) -> Result<(), StoreError> {
         {
             let mut d = self.data();
             let Some(inst) = d.instances.get(instance_id.as_str()) else {
@@ -254,18 +258,17 @@ impl Store for MemoryStore {
         let token = d.next();
         let until = now + lock_for;
         d.orch_leases.insert((until, id.clone()));
-        let inst = d.instances.get_mut(&id).expect("ready set only names live instances");
+        let inst = d
+            .instances
+            .get_mut(&id)
+            .expect("ready set only names live instances");
         inst.ready_key = None;
         inst.lock = Some((token, until));
         let upper = MessageId {
             visible_at: now,
             seq: u64::MAX,
         };
-        let messages: Vec<Message> = inst
-            .inbox
-            .range(..=upper)
-            .map(|(_, m)| m.clone())
-            .collect();
+        let messages: Vec<Message> = inst.inbox.range(..=upper).map(|(_, m)| m.clone()).collect();
         Ok(Some(OrchestrationWorkItem {
             instance: inst.record.clone(),
             history_len: inst.history.len() as u64,
@@ -297,7 +300,9 @@ impl Store for MemoryStore {
                             seq,
                             failure: FailureDetails::new(
                                 "SubOrchestrationNotCreated",
-                                format!("could not create sub-orchestration `{child_id}`: {reason}"),
+                                format!(
+                                    "could not create sub-orchestration `{child_id}`: {reason}"
+                                ),
                             ),
                         },
                         Some(execution),
@@ -305,7 +310,10 @@ impl Store for MemoryStore {
                     ));
                 }
             }
-            let inst = d.instances.get_mut(&key).expect("lock check proved the instance exists");
+            let inst = d
+                .instances
+                .get_mut(&key)
+                .expect("lock check proved the instance exists");
             for id in &commit.consumed {
                 inst.inbox.remove(id);
             }
@@ -366,7 +374,10 @@ impl Store for MemoryStore {
             let mut d = self.data();
             d.check_lock(instance_id, lock)?;
             let key = instance_id.as_str().to_owned();
-            let inst = d.instances.get_mut(&key).expect("lock check proved the instance exists");
+            let inst = d
+                .instances
+                .get_mut(&key)
+                .expect("lock check proved the instance exists");
             let (_, until) = inst.lock.take().expect("lock checked above");
             inst.record.last_error = error;
             // Delay the messages by re-keying them to retry_at.
@@ -414,7 +425,12 @@ impl Store for MemoryStore {
         Ok(out)
     }
 
-    async fn complete_activity(&self, id: u64, lock: LockToken, result: Message) -> Result<(), StoreError> {
+    async fn complete_activity(
+        &self,
+        id: u64,
+        lock: LockToken,
+        result: Message,
+    ) -> Result<(), StoreError> {
         {
             let mut d = self.data();
             let Some((task, until, token)) = d.activity_leases.get(&id).cloned() else {
@@ -438,7 +454,12 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn abandon_activity(&self, id: u64, lock: LockToken, retry_at: Timestamp) -> Result<(), StoreError> {
+    async fn abandon_activity(
+        &self,
+        id: u64,
+        lock: LockToken,
+        retry_at: Timestamp,
+    ) -> Result<(), StoreError> {
         {
             let mut d = self.data();
             let Some((task, until, token)) = d.activity_leases.get(&id).cloned() else {
@@ -476,7 +497,10 @@ impl Store for MemoryStore {
         Ok(candidates.into_iter().flatten().min())
     }
 
-    async fn read_instance(&self, instance_id: &InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
+    async fn read_instance(
+        &self,
+        instance_id: &InstanceId,
+    ) -> Result<Option<InstanceRecord>, StoreError> {
         Ok(self
             .data()
             .instances
@@ -484,7 +508,10 @@ impl Store for MemoryStore {
             .map(|i| i.record.clone()))
     }
 
-    async fn read_history(&self, instance_id: &InstanceId) -> Result<Vec<HistoryEvent>, StoreError> {
+    async fn read_history(
+        &self,
+        instance_id: &InstanceId,
+    ) -> Result<Vec<HistoryEvent>, StoreError> {
         Ok(self
             .data()
             .instances
@@ -529,7 +556,10 @@ impl Store for MemoryStore {
     async fn purge_instance(&self, instance_id: &InstanceId) -> Result<bool, StoreError> {
         let removed = self.data().remove_instance(instance_id.as_str());
         if removed {
-            self.inner.signals.changed.send_modify(|v| *v = v.wrapping_add(1));
+            self.inner
+                .signals
+                .changed
+                .send_modify(|v| *v = v.wrapping_add(1));
         }
         Ok(removed)
     }

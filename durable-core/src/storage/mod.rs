@@ -21,8 +21,8 @@ use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, ParentRef, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 
-pub use memory::MemoryStore;
 pub use self::redb::{RedbDurability, RedbStore, RedbStoreBuilder};
+pub use memory::MemoryStore;
 
 /// What a store knows about one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,7 +96,12 @@ pub struct NewInstance {
 
 impl NewInstance {
     /// A new instance with default options.
-    pub fn new(instance_id: InstanceId, name: impl Into<String>, input: Payload, created_at: Timestamp) -> Self {
+    pub fn new(
+        instance_id: InstanceId,
+        name: impl Into<String>,
+        input: Payload,
+        created_at: Timestamp,
+    ) -> Self {
         Self {
             instance_id,
             name: name.into(),
@@ -127,7 +132,10 @@ impl NewInstance {
 
 /// What [`Store::create_instance`] did.
 #[derive(Debug, Clone, PartialEq)]
-#[allow(clippy::large_enum_variant, reason = "returned once per start; boxing buys nothing")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per start; boxing buys nothing"
+)]
 #[non_exhaustive]
 pub enum CreateResult {
     /// A new instance (or a replacement of a finished one) was created.
@@ -137,7 +145,9 @@ pub enum CreateResult {
 }
 
 /// Orders messages in an inbox: by visibility time, then arrival.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct MessageId {
     /// When the message becomes visible.
     pub visible_at: Timestamp,
@@ -261,7 +271,12 @@ pub struct EpisodeCommit {
 
 impl EpisodeCommit {
     /// An empty commit for `instance_id` under `lock`.
-    pub fn new(instance_id: InstanceId, lock: LockToken, status: RuntimeStatus, now: Timestamp) -> Self {
+    pub fn new(
+        instance_id: InstanceId,
+        lock: LockToken,
+        status: RuntimeStatus,
+        now: Timestamp,
+    ) -> Self {
         Self {
             instance_id,
             lock,
@@ -355,7 +370,11 @@ impl InstanceQuery {
 
     /// The effective page size.
     pub fn effective_page_size(&self) -> usize {
-        if self.page_size == 0 { 100 } else { self.page_size.min(10_000) }
+        if self.page_size == 0 {
+            100
+        } else {
+            self.page_size.min(10_000)
+        }
     }
 }
 
@@ -424,11 +443,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Enqueues a message for an instance. Fails with `InstanceNotFound`, or with
     /// `InstanceNotRunning` when the instance is finished.
-    async fn send_message(&self, instance_id: &InstanceId, message: Message) -> Result<(), StoreError>;
+    async fn send_message(
+        &self,
+        instance_id: &InstanceId,
+        message: Message,
+    ) -> Result<(), StoreError>;
 
     /// Leases the next instance with messages visible at `now`.
-    async fn fetch_orchestration_work(&self, now: Timestamp, lock_for: Duration)
-    -> Result<Option<OrchestrationWorkItem>, StoreError>;
+    async fn fetch_orchestration_work(
+        &self,
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> Result<Option<OrchestrationWorkItem>, StoreError>;
 
     /// Applies an episode atomically. Fails with `LockLost` if the lease is no longer held.
     async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError>;
@@ -452,10 +478,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<ActivityWorkItem>, StoreError>;
 
     /// Removes a leased activity task and enqueues its result to the instance, atomically.
-    async fn complete_activity(&self, id: u64, lock: LockToken, result: Message) -> Result<(), StoreError>;
+    async fn complete_activity(
+        &self,
+        id: u64,
+        lock: LockToken,
+        result: Message,
+    ) -> Result<(), StoreError>;
 
     /// Returns a leased activity task to the queue, visible again at `retry_at`.
-    async fn abandon_activity(&self, id: u64, lock: LockToken, retry_at: Timestamp) -> Result<(), StoreError>;
+    async fn abandon_activity(
+        &self,
+        id: u64,
+        lock: LockToken,
+        retry_at: Timestamp,
+    ) -> Result<(), StoreError>;
 
     /// The earliest future time at which work becomes visible (a timer, a delayed message,
     /// an expiring lease), for dispatchers to sleep until.
@@ -469,10 +505,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// Reads an instance record.
-    async fn read_instance(&self, instance_id: &InstanceId) -> Result<Option<InstanceRecord>, StoreError>;
+    async fn read_instance(
+        &self,
+        instance_id: &InstanceId,
+    ) -> Result<Option<InstanceRecord>, StoreError>;
 
     /// Reads the history of the instance's current execution.
-    async fn read_history(&self, instance_id: &InstanceId) -> Result<Vec<HistoryEvent>, StoreError>;
+    async fn read_history(&self, instance_id: &InstanceId)
+    -> Result<Vec<HistoryEvent>, StoreError>;
 
     /// Lists instances matching a query, ordered by id, one page at a time.
     async fn query_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError>;

@@ -1216,9 +1216,17 @@ impl Core {
         }
         let candidates = [
             ready_at.map(Timestamp::from_unix_millis),
-            leases.orch_expiry.first().map(|(t, _)| *t).filter(|_| want_orch),
+            leases
+                .orch_expiry
+                .first()
+                .map(|(t, _)| *t)
+                .filter(|_| want_orch),
             activity_at.map(Timestamp::from_unix_millis),
-            leases.activity_expiry.first().map(|(t, _)| *t).filter(|_| want_activity),
+            leases
+                .activity_expiry
+                .first()
+                .map(|(t, _)| *t)
+                .filter(|_| want_activity),
         ];
         Ok(candidates.into_iter().flatten().min())
     }
@@ -1366,7 +1374,8 @@ impl Store for RedbStore {
     }
 
     async fn next_wake_time_for(&self, kind: WorkKind) -> Result<Option<Timestamp>, StoreError> {
-        self.blocking(move |core| core.next_wake_time(Some(kind))).await
+        self.blocking(move |core| core.next_wake_time(Some(kind)))
+            .await
     }
 
     async fn read_instance(

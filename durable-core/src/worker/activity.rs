@@ -11,7 +11,7 @@ use super::Inner;
 use crate::error::FailureDetails;
 use crate::history::Event;
 use crate::registry::ActivityContext;
-use crate::storage::{WorkKind, ActivityWorkItem, Message};
+use crate::storage::{ActivityWorkItem, Message, WorkKind};
 
 pub(crate) async fn dispatch(inner: Arc<Inner>) {
     let mut running = JoinSet::new();
@@ -59,7 +59,12 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
             }
             Ok(_) => {
                 drop(first);
-                let next = inner.store.next_wake_time_for(WorkKind::Activity).await.ok().flatten();
+                let next = inner
+                    .store
+                    .next_wake_time_for(WorkKind::Activity)
+                    .await
+                    .ok()
+                    .flatten();
                 let sleep = async {
                     match next {
                         Some(t) => inner.clock.sleep_until(t).await,
@@ -91,7 +96,10 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
     let result = match inner.registry.activity(&task.name) {
         None => Err(FailureDetails::new(
             "UnknownActivity",
-            format!("no activity named `{}` is registered on this worker", task.name),
+            format!(
+                "no activity named `{}` is registered on this worker",
+                task.name
+            ),
         )),
         Some(f) => {
             let ctx = ActivityContext {
@@ -107,7 +115,10 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
                     f.message = format!("activity `{}` panicked: {}", task.name, f.message);
                     Err(f)
                 }
-                Err(_) => Err(FailureDetails::new("Cancelled", "the activity task was cancelled")),
+                Err(_) => Err(FailureDetails::new(
+                    "Cancelled",
+                    "the activity task was cancelled",
+                )),
             }
         }
     };
@@ -117,7 +128,10 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
             seq: task.seq,
             failure: FailureDetails::new(
                 "PayloadTooLarge",
-                format!("activity output of {} bytes exceeds the limit of {limit} bytes", out.len()),
+                format!(
+                    "activity output of {} bytes exceeds the limit of {limit} bytes",
+                    out.len()
+                ),
             )
             .non_retriable(),
         },
@@ -131,7 +145,11 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
         },
     };
     let message = Message::new(event, Some(task.execution), inner.clock.now());
-    if let Err(e) = inner.store.complete_activity(item.id, item.lock, message).await {
+    if let Err(e) = inner
+        .store
+        .complete_activity(item.id, item.lock, message)
+        .await
+    {
         tracing::warn!(error = %e, "activity result not recorded; the task will run again");
     }
 }

@@ -29,7 +29,8 @@ pub(crate) async fn run_batch(
         )));
     };
     let mut record: EntityRecord = match instance.output.as_deref() {
-        Some(json) => decode(json).map_err(|e| Stuck::Error(format!("entity record of {id} is corrupt: {e}")))?,
+        Some(json) => decode(json)
+            .map_err(|e| Stuck::Error(format!("entity record of {id} is corrupt: {e}")))?,
         None => EntityRecord::default(),
     };
     let mut out = BatchOutput::default();
@@ -38,13 +39,24 @@ pub(crate) async fn run_batch(
         if matches!(m.event, Event::ExecutionStarted { .. }) {
             continue;
         }
-        record.handle(&id, run.as_ref(), m.event, now, &mut out).await;
+        record
+            .handle(&id, run.as_ref(), m.event, now, &mut out)
+            .await;
     }
     tracing::debug!(entity = %id, operations = out.operations, "entity batch");
-    let mut commit = EpisodeCommit::new(instance.instance_id.clone(), lock, RuntimeStatus::Running, now);
+    let mut commit = EpisodeCommit::new(
+        instance.instance_id.clone(),
+        lock,
+        RuntimeStatus::Running,
+        now,
+    );
     commit.consumed = consumed;
     commit.output = Some(crate::error::encode(&record).map_err(|e| Stuck::Error(e.to_string()))?);
     commit.messages = out.messages;
     commit.new_instances = out.new_instances;
-    inner.store.commit_episode(commit).await.map_err(Stuck::Store)
+    inner
+        .store
+        .commit_episode(commit)
+        .await
+        .map_err(Stuck::Store)
 }

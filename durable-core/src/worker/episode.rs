@@ -11,7 +11,10 @@ use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, ParentRef, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 use crate::replay::{Command, EpisodeResult, Outcome, Replayer};
-use crate::storage::{WorkKind, EpisodeCommit, IdReusePolicy, Message, NewInstance, NextExecution, OrchestrationWorkItem};
+use crate::storage::{
+    EpisodeCommit, IdReusePolicy, Message, NewInstance, NextExecution, OrchestrationWorkItem,
+    WorkKind,
+};
 
 /// Runs until shutdown: fetch work, spawn episodes, sleep until the next due time.
 pub(crate) async fn dispatch(inner: Arc<Inner>) {
@@ -46,7 +49,12 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
             }
             Ok(None) => {
                 drop(permit);
-                let next = inner.store.next_wake_time_for(WorkKind::Orchestration).await.ok().flatten();
+                let next = inner
+                    .store
+                    .next_wake_time_for(WorkKind::Orchestration)
+                    .await
+                    .ok()
+                    .flatten();
                 let sleep = async {
                     match next {
                         Some(t) => inner.clock.sleep_until(t).await,
@@ -98,7 +106,10 @@ async fn run_episode(inner: &Inner, item: OrchestrationWorkItem) {
             tracing::error!(instance = %id, error = %e, "episode commit failed");
             evict(inner, &id);
             let retry_at = inner.clock.now() + Duration::from_millis(500);
-            let _ = inner.store.abandon_episode(&id, lock, retry_at, Some(e.to_string())).await;
+            let _ = inner
+                .store
+                .abandon_episode(&id, lock, retry_at, Some(e.to_string()))
+                .await;
         }
         Err(Stuck::Error(msg)) => {
             evict(inner, &id);
@@ -112,7 +123,11 @@ async fn run_episode(inner: &Inner, item: OrchestrationWorkItem) {
                 .min(inner.options.max_stuck_backoff);
             tracing::error!(instance = %id, attempts, retry_in = ?backoff, "{msg}");
             let retry_at = inner.clock.now() + backoff;
-            if let Err(e) = inner.store.abandon_episode(&id, lock, retry_at, Some(msg)).await {
+            if let Err(e) = inner
+                .store
+                .abandon_episode(&id, lock, retry_at, Some(msg))
+                .await
+            {
                 tracing::warn!(instance = %id, error = %e, "could not abandon episode");
             }
         }
@@ -182,7 +197,11 @@ async fn try_episode(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), S
         commit.failure.clone_from(&instance.failure);
         commit.custom_status.clone_from(&instance.custom_status);
         commit.now = instance.last_updated_at;
-        return inner.store.commit_episode(commit).await.map_err(Stuck::Store);
+        return inner
+            .store
+            .commit_episode(commit)
+            .await
+            .map_err(Stuck::Store);
     }
 
     if id.as_str().starts_with('@') {
@@ -191,11 +210,17 @@ async fn try_episode(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), S
 
     // Messages that arrive before a scheduled start wait for it (a terminate does not).
     let not_started = history_len == 0
-        && !messages
-            .iter()
-            .any(|m| matches!(m.event, Event::ExecutionStarted { .. } | Event::ExecutionTerminated { .. }));
+        && !messages.iter().any(|m| {
+            matches!(
+                m.event,
+                Event::ExecutionStarted { .. } | Event::ExecutionTerminated { .. }
+            )
+        });
     if not_started {
-        let start = instance.scheduled_start.unwrap_or(now).max(now + Duration::from_millis(1));
+        let start = instance
+            .scheduled_start
+            .unwrap_or(now)
+            .max(now + Duration::from_millis(1));
         return inner
             .store
             .abandon_episode(&id, lock, start, None)
@@ -214,7 +239,11 @@ async fn try_episode(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), S
         let mut commit = EpisodeCommit::new(id.clone(), lock, RuntimeStatus::Failed, now);
         commit.consumed = messages.iter().map(|m| m.id).collect();
         commit.failure = Some(FailureDetails::new("VersionMismatch", msg).non_retriable());
-        return inner.store.commit_episode(commit).await.map_err(Stuck::Store);
+        return inner
+            .store
+            .commit_episode(commit)
+            .await
+            .map_err(Stuck::Store);
     }
 
     let Some(entry) = inner.registry.orchestrator(&instance.name) else {
@@ -262,7 +291,11 @@ async fn try_episode(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), S
     let finished = result.outcome.is_some();
     let mut commit = build_commit(&instance, lock, now, consumed, result);
     release_unwanted_locks(&id, &stale, &mut commit, now);
-    inner.store.commit_episode(commit).await.map_err(Stuck::Store)?;
+    inner
+        .store
+        .commit_episode(commit)
+        .await
+        .map_err(Stuck::Store)?;
     if !finished {
         if let Some(c) = lock_cache(&inner.cache).as_mut() {
             c.put(id, replayer);
@@ -273,7 +306,12 @@ async fn try_episode(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), S
 
 /// Locks granted to an execution that has ended (or moved on with continue-as-new) are
 /// released at once, so an entity is never left locked by an orchestration that is gone.
-fn release_unwanted_locks(id: &InstanceId, messages: &[Message], commit: &mut EpisodeCommit, now: Timestamp) {
+fn release_unwanted_locks(
+    id: &InstanceId,
+    messages: &[Message],
+    commit: &mut EpisodeCommit,
+    now: Timestamp,
+) {
     for m in messages {
         if let Event::EntityLockGranted { entities, .. } = &m.event {
             for e in entities {
@@ -327,9 +365,9 @@ fn build_commit(
                 now,
             )];
             messages.extend(
-                carried
-                    .into_iter()
-                    .map(|(name, input)| Message::new(Event::EventRaised { name, input }, None, now)),
+                carried.into_iter().map(|(name, input)| {
+                    Message::new(Event::EventRaised { name, input }, None, now)
+                }),
             );
             commit.next_execution = Some(NextExecution {
                 input,
@@ -346,7 +384,13 @@ fn build_commit(
 }
 
 /// Turns one replay command into part of the store commit.
-fn apply_command(commit: &mut EpisodeCommit, id: &InstanceId, execution: u32, now: Timestamp, c: Command) {
+fn apply_command(
+    commit: &mut EpisodeCommit,
+    id: &InstanceId,
+    execution: u32,
+    now: Timestamp,
+    c: Command,
+) {
     match c {
         Command::ScheduleActivity { seq, name, input } => {
             commit.activities.push(crate::storage::ActivityTask {

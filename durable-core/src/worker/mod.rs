@@ -20,7 +20,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::context::Limits;
 use crate::error::BuildError;
 use crate::ids::InstanceId;
-use crate::registry::{Activity, ActivityRegistration, Orchestrator, OrchestratorRegistration, Registration, Registry};
+use crate::registry::{
+    Activity, ActivityRegistration, Orchestrator, OrchestratorRegistration, Registration, Registry,
+};
 use crate::replay::Replayer;
 use crate::storage::Store;
 
@@ -197,7 +199,12 @@ impl WorkerBuilder {
     }
 
     /// Sets the worker's version and how it treats other versions.
-    pub fn version(mut self, version: impl Into<String>, matching: VersionMatch, on_mismatch: VersionMismatchAction) -> Self {
+    pub fn version(
+        mut self,
+        version: impl Into<String>,
+        matching: VersionMatch,
+        on_mismatch: VersionMismatchAction,
+    ) -> Self {
         self.options.version = Some(version.into());
         self.options.version_match = matching;
         self.options.on_version_mismatch = on_mismatch;

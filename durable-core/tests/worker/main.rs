@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use durable_core::history::Event;
 use durable_core::prelude::*;
-use durable_core::{Clock, InstanceQuery, Store, SubOrchestrationOptions, VersionMatch, VersionMismatchAction};
+use durable_core::{
+    Clock, InstanceQuery, Store, SubOrchestrationOptions, VersionMatch, VersionMismatchAction,
+};
 use support::*;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -15,9 +17,13 @@ const HOUR: Duration = Duration::from_secs(3600);
 // ---------------------------------------------------------------- chaining
 
 #[activity]
-async fn greet(name: String) -> Result<String, ActivityError> { Ok(format!("Hello {name}!")) }
+async fn greet(name: String) -> Result<String, ActivityError> {
+    Ok(format!("Hello {name}!"))
+}
 #[activity]
-async fn shout(s: String) -> Result<String, ActivityError> { Ok(s.to_uppercase()) }
+async fn shout(s: String) -> Result<String, ActivityError> {
+    Ok(s.to_uppercase())
+}
 
 #[orchestrator]
 async fn chain(ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
@@ -35,17 +41,29 @@ async fn chaining_passes_each_output_to_the_next_step() {
     let h = run.history().await.unwrap();
     assert_eq!(count(&h, "TaskScheduled"), 3);
     assert_eq!(count(&h, "TaskCompleted"), 3);
-    assert!(matches!(h.last().unwrap().event, Event::ExecutionCompleted { status: RuntimeStatus::Completed, .. }));
+    assert!(matches!(
+        h.last().unwrap().event,
+        Event::ExecutionCompleted {
+            status: RuntimeStatus::Completed,
+            ..
+        }
+    ));
     let names: Vec<_> = h
         .iter()
         .filter_map(|e| match &e.event {
-            Event::TaskScheduled { name, location, .. } => Some((name.clone(), location.clone().unwrap().file)),
+            Event::TaskScheduled { name, location, .. } => {
+                Some((name.clone(), location.clone().unwrap().file))
+            }
             _ => None,
         })
         .collect();
     assert_eq!(names[0].0, "greet");
     assert_eq!(names[1].0, "shout");
-    assert!(names[0].1.ends_with("main.rs"), "location recorded: {:?}", names[0].1);
+    assert!(
+        names[0].1.ends_with("main.rs"),
+        "location recorded: {:?}",
+        names[0].1
+    );
 }
 
 // ---------------------------------------------------------------- fan-out with a crash
@@ -86,13 +104,24 @@ async fn fan_out_survives_a_crash_without_rerunning_completed_activities() {
 
     let env2 = start_on(store, clock, |b| b.register(fan_work).register(fan_out));
     env2.clock.advance(Duration::from_secs(600)); // past every lease
-    let out = fan_out::handle(&env2.client, run.id().clone()).wait().await.unwrap();
+    let out = fan_out::handle(&env2.client, run.id().clone())
+        .wait()
+        .await
+        .unwrap();
     assert_eq!(out, (0..20).map(|i| i * i).sum::<u64>());
     for (i, calls) in FAN_CALLS.iter().enumerate().take(10) {
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "completed activity {i} ran again");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "completed activity {i} ran again"
+        );
     }
     for (i, calls) in FAN_CALLS.iter().enumerate().skip(10) {
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "in-flight activity {i} runs once more");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "in-flight activity {i} runs once more"
+        );
     }
     let h = run.history().await.unwrap();
     assert_eq!(count(&h, "TaskCompleted"), 20);
@@ -124,7 +153,10 @@ async fn durable_timer_fires_on_the_manual_clock() {
 // ---------------------------------------------------------------- events
 
 #[orchestrator]
-async fn two_waiters(ctx: OrchestrationContext, _input: ()) -> Result<(i32, i32), OrchestrationError> {
+async fn two_waiters(
+    ctx: OrchestrationContext,
+    _input: (),
+) -> Result<(i32, i32), OrchestrationError> {
     let first = ctx.wait_for_event::<i32>("x");
     let second = ctx.wait_for_event::<i32>("x");
     let b = second.await?;
@@ -154,7 +186,10 @@ async fn events_go_to_waiters_oldest_first_even_when_raised_before_the_wait() {
 
 #[orchestrator]
 async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
-    match ctx.wait_for_event_timeout::<bool>("approve", HOUR * 72).await {
+    match ctx
+        .wait_for_event_timeout::<bool>("approve", HOUR * 72)
+        .await
+    {
         Ok(true) => Ok("approved".into()),
         Ok(false) => Ok("rejected".into()),
         Err(e) if e.is_timeout() => {
@@ -181,7 +216,10 @@ async fn event_versus_timer_race_both_ways() {
     run.raise("approve", &false).await.unwrap();
     assert_eq!(run.wait().await.unwrap(), "escalated, then false");
     // Finished: events are refused with a typed error.
-    assert!(matches!(run.raise("approve", &true).await, Err(ClientError::InstanceNotRunning(_))));
+    assert!(matches!(
+        run.raise("approve", &true).await,
+        Err(ClientError::InstanceNotRunning(_))
+    ));
 }
 
 // ---------------------------------------------------------------- sub-orchestrations
@@ -245,7 +283,11 @@ async fn retries_back_off_on_durable_timers() {
     assert_eq!(timers(&h), vec![t0 + Duration::from_secs(10)]);
     env.clock.advance(Duration::from_secs(10));
     let h = wait_for_events(&env.store, run.id(), "TimerCreated", 2).await;
-    assert_eq!(timers(&h)[1], t0 + Duration::from_secs(30), "second back-off is doubled");
+    assert_eq!(
+        timers(&h)[1],
+        t0 + Duration::from_secs(30),
+        "second back-off is doubled"
+    );
     env.clock.advance(Duration::from_secs(20));
     assert_eq!(run.wait().await.unwrap(), 3);
     assert_eq!(FLAKY_CALLS.load(Ordering::SeqCst), 3);
@@ -278,7 +320,11 @@ async fn continue_as_new_carries_unprocessed_events_over() {
     let r = run.status().await.unwrap();
     assert_eq!(r.execution, 4, "three continue-as-new generations");
     let h = run.history().await.unwrap();
-    assert_eq!(count(&h, "EventRaised"), 0, "the last execution needed no event");
+    assert_eq!(
+        count(&h, "EventRaised"),
+        0,
+        "the last execution needed no event"
+    );
 }
 
 // ---------------------------------------------------------------- terminate / suspend / resume
@@ -290,7 +336,10 @@ async fn wait_for_go(ctx: OrchestrationContext, _input: ()) -> Result<String, Or
 }
 
 #[orchestrator]
-async fn parent_of_waiter(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+async fn parent_of_waiter(
+    ctx: OrchestrationContext,
+    _input: (),
+) -> Result<String, OrchestrationError> {
     Ok(ctx.call_sub_orchestrator(wait_for_go, ()).await?)
 }
 
@@ -298,9 +347,18 @@ async fn parent_of_waiter(ctx: OrchestrationContext, _input: ()) -> Result<Strin
 async fn terminate_suspend_resume_and_their_errors() {
     let env = start(|b| b.register(wait_for_go).register(parent_of_waiter));
     let unknown = InstanceId::new("nope").unwrap();
-    assert!(matches!(env.client.terminate(&unknown, "x").await, Err(ClientError::InstanceNotFound(_))));
-    assert!(matches!(env.client.suspend(&unknown, "x").await, Err(ClientError::InstanceNotFound(_))));
-    assert!(matches!(env.client.status(&unknown).await, Err(ClientError::InstanceNotFound(_))));
+    assert!(matches!(
+        env.client.terminate(&unknown, "x").await,
+        Err(ClientError::InstanceNotFound(_))
+    ));
+    assert!(matches!(
+        env.client.suspend(&unknown, "x").await,
+        Err(ClientError::InstanceNotFound(_))
+    ));
+    assert!(matches!(
+        env.client.status(&unknown).await,
+        Err(ClientError::InstanceNotFound(_))
+    ));
 
     // Suspend holds events back; resume delivers them.
     let run = env.client.start(wait_for_go, ()).await.unwrap();
@@ -312,8 +370,14 @@ async fn terminate_suspend_resume_and_their_errors() {
     assert_eq!(run.status().await.unwrap().status, RuntimeStatus::Suspended);
     run.resume("done").await.unwrap();
     assert_eq!(run.wait().await.unwrap(), "now");
-    assert!(matches!(run.suspend("x").await, Err(ClientError::InstanceNotRunning(_))));
-    assert!(matches!(run.resume("x").await, Err(ClientError::InstanceNotRunning(_))));
+    assert!(matches!(
+        run.suspend("x").await,
+        Err(ClientError::InstanceNotRunning(_))
+    ));
+    assert!(matches!(
+        run.resume("x").await,
+        Err(ClientError::InstanceNotRunning(_))
+    ));
 
     // Terminate cascades to the running child.
     let parent_run = env.client.start(parent_of_waiter, ()).await.unwrap();
@@ -326,13 +390,18 @@ async fn terminate_suspend_resume_and_their_errors() {
     }
     let child_record = wait_done(&env.store, &child_id).await;
     assert_eq!(child_record.status, RuntimeStatus::Terminated);
-    assert!(matches!(parent_run.terminate("again").await, Err(ClientError::InstanceNotRunning(_))));
+    assert!(matches!(
+        parent_run.terminate("again").await,
+        Err(ClientError::InstanceNotRunning(_))
+    ));
 }
 
 // ---------------------------------------------------------------- purge, query, id reuse
 
 #[orchestrator]
-async fn echo(_ctx: OrchestrationContext, s: String) -> Result<String, OrchestrationError> { Ok(s) }
+async fn echo(_ctx: OrchestrationContext, s: String) -> Result<String, OrchestrationError> {
+    Ok(s)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_removes_instances_and_children() {
@@ -342,16 +411,34 @@ async fn purge_removes_instances_and_children() {
     let child_id = InstanceId::new(format!("{}:0", run.id())).unwrap();
     let purged = env.client.purge(run.id()).await.unwrap();
     assert_eq!(purged.deleted, 2, "parent and child");
-    assert!(matches!(env.client.status(run.id()).await, Err(ClientError::InstanceNotFound(_))));
-    assert!(matches!(env.client.status(&child_id).await, Err(ClientError::InstanceNotFound(_))));
+    assert!(matches!(
+        env.client.status(run.id()).await,
+        Err(ClientError::InstanceNotFound(_))
+    ));
+    assert!(matches!(
+        env.client.status(&child_id).await,
+        Err(ClientError::InstanceNotFound(_))
+    ));
     assert!(env.store.read_history(run.id()).await.unwrap().is_empty());
-    assert!(matches!(env.client.purge(run.id()).await, Err(ClientError::InstanceNotFound(_))));
+    assert!(matches!(
+        env.client.purge(run.id()).await,
+        Err(ClientError::InstanceNotFound(_))
+    ));
 
     let running = env.client.start(wait_for_go, ()).await.unwrap();
-    assert!(matches!(env.client.purge(running.id()).await, Err(ClientError::InstanceStillRunning(_))));
+    assert!(matches!(
+        env.client.purge(running.id()).await,
+        Err(ClientError::InstanceStillRunning(_))
+    ));
 
     for _ in 0..3 {
-        env.client.start(child, 5).await.unwrap().wait().await.unwrap();
+        env.client
+            .start(child, 5)
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
     }
     let r = env
         .client
@@ -359,7 +446,10 @@ async fn purge_removes_instances_and_children() {
         .await
         .unwrap();
     assert_eq!(r.deleted, 3);
-    assert_eq!(env.client.status(running.id()).await.unwrap().status, RuntimeStatus::Running);
+    assert_eq!(
+        env.client.status(running.id()).await.unwrap().status,
+        RuntimeStatus::Running
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,7 +457,13 @@ async fn query_filters_and_pages() {
     let env = start(|b| b.register(echo).register(wait_for_go));
     for i in 0..25 {
         let opts = StartOptions::new().instance_id(InstanceId::new(format!("q-{i:02}")).unwrap());
-        env.client.start_with(echo, format!("{i}"), opts).await.unwrap().wait().await.unwrap();
+        env.client
+            .start_with(echo, format!("{i}"), opts)
+            .await
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
     }
     let waiting = env.client.start(wait_for_go, ()).await.unwrap();
     wait_status(&env.store, waiting.id(), RuntimeStatus::Running).await;
@@ -378,7 +474,11 @@ async fn query_filters_and_pages() {
     loop {
         let page = env.client.query(&q).await.unwrap();
         sizes.push(page.instances.len());
-        seen.extend(page.instances.into_iter().map(|r| r.instance_id.to_string()));
+        seen.extend(
+            page.instances
+                .into_iter()
+                .map(|r| r.instance_id.to_string()),
+        );
         match page.continuation {
             Some(c) => q = q.continuation(Some(c)),
             None => break,
@@ -395,7 +495,11 @@ async fn query_filters_and_pages() {
         .unwrap();
     assert_eq!(running.instances.len(), 1);
     assert_eq!(running.instances[0].instance_id, *waiting.id());
-    let by_name = env.client.query(&InstanceQuery::new().name("echo").page_size(100)).await.unwrap();
+    let by_name = env
+        .client
+        .query(&InstanceQuery::new().name("echo").page_size(100))
+        .await
+        .unwrap();
     assert_eq!(by_name.instances.len(), 25);
     let none = env
         .client
@@ -410,22 +514,37 @@ async fn id_reuse_policies() {
     let env = start(|b| b.register(echo).register(wait_for_go));
     let id = InstanceId::new("singleton").unwrap();
     let opts = || StartOptions::new().instance_id(id.clone());
-    let first = env.client.start_with(echo, "one".into(), opts()).await.unwrap();
+    let first = env
+        .client
+        .start_with(echo, "one".into(), opts())
+        .await
+        .unwrap();
     assert_eq!(first.wait().await.unwrap(), "one");
     // Finished: the default policy replaces it.
-    let second = env.client.start_with(echo, "two".into(), opts()).await.unwrap();
+    let second = env
+        .client
+        .start_with(echo, "two".into(), opts())
+        .await
+        .unwrap();
     assert_eq!(second.wait().await.unwrap(), "two");
     assert_eq!(second.status().await.unwrap().execution, 2);
     // RejectExisting refuses even a finished instance.
     let reject = env
         .client
-        .start_with(echo, "three".into(), opts().reuse(IdReusePolicy::RejectExisting))
+        .start_with(
+            echo,
+            "three".into(),
+            opts().reuse(IdReusePolicy::RejectExisting),
+        )
         .await;
     assert!(matches!(reject, Err(ClientError::InstanceAlreadyExists(_))));
 
     let wid = InstanceId::new("waiting-singleton").unwrap();
     let wopts = || StartOptions::new().instance_id(wid.clone());
-    env.client.start_with(wait_for_go, (), wopts()).await.unwrap();
+    env.client
+        .start_with(wait_for_go, (), wopts())
+        .await
+        .unwrap();
     let again = env.client.start_with(wait_for_go, (), wopts()).await;
     assert!(matches!(again, Err(ClientError::InstanceAlreadyExists(_))));
     let deduped = env
@@ -440,9 +559,13 @@ async fn id_reuse_policies() {
 // ---------------------------------------------------------------- non-determinism and foreign wakes
 
 #[activity]
-async fn step_a(_i: ()) -> Result<String, ActivityError> { Ok("a".into()) }
+async fn step_a(_i: ()) -> Result<String, ActivityError> {
+    Ok("a".into())
+}
 #[activity]
-async fn step_b(_i: ()) -> Result<String, ActivityError> { Ok("b".into()) }
+async fn step_b(_i: ()) -> Result<String, ActivityError> {
+    Ok("b".into())
+}
 
 #[orchestrator]
 async fn versioned(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
@@ -456,7 +579,10 @@ mod v2 {
 
     /// The same durable name as `versioned`, but the first step changed: replay must notice.
     #[orchestrator(name = "versioned")]
-    pub(super) async fn versioned(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+    pub(super) async fn versioned(
+        ctx: OrchestrationContext,
+        _input: (),
+    ) -> Result<String, OrchestrationError> {
         let first = ctx.call(step_b, ()).await?;
         let go: String = ctx.wait_for_event("go").await?;
         Ok(format!("{first}{go}"))
@@ -473,7 +599,9 @@ async fn nondeterminism_leaves_the_instance_stuck_until_fixed_code_runs_it() {
 
     // A deploy with changed code and no cache: replay detects the change.
     let bad = start_on(store.clone(), clock.clone(), |b| {
-        b.register(step_a).register(step_b).orchestrator(v2::versioned)
+        b.register(step_a)
+            .register(step_b)
+            .orchestrator(v2::versioned)
     });
     run.raise("go", "!").await.unwrap();
     let err = wait_error(&store, run.id()).await;
@@ -481,11 +609,17 @@ async fn nondeterminism_leaves_the_instance_stuck_until_fixed_code_runs_it() {
     assert!(err.contains("recorded activity `step_a`"), "{err}");
     assert!(err.contains("now schedules activity `step_b`"), "{err}");
     assert!(err.contains("main.rs"), "source locations are named: {err}");
-    assert_eq!(run.status().await.unwrap().status, RuntimeStatus::Running, "stuck, not failed");
+    assert_eq!(
+        run.status().await.unwrap().status,
+        RuntimeStatus::Running,
+        "stuck, not failed"
+    );
     bad.worker.shutdown().await;
 
     // Rolling the fix out rescues it.
-    let good = start_on(store.clone(), clock.clone(), |b| b.register(step_a).register(versioned));
+    let good = start_on(store.clone(), clock.clone(), |b| {
+        b.register(step_a).register(versioned)
+    });
     good.clock.advance(Duration::from_secs(3600)); // past the retry back-off
     assert_eq!(run.wait().await.unwrap(), "a!");
 }
@@ -513,24 +647,40 @@ async fn awaiting_a_non_durable_future_is_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_rejected_with_typed_errors() {
     let env = start(|b| b.register(nap));
-    let err = env.client.start_raw("nap", "\"ten\"", StartOptions::new()).await.unwrap_err();
+    let err = env
+        .client
+        .start_raw("nap", "\"ten\"", StartOptions::new())
+        .await
+        .unwrap_err();
     match err {
         ClientError::PayloadDecode(e) => assert_eq!(e.expected, "u64"),
         other => panic!("{other:?}"),
     }
-    let err = env.client.start_raw("NoSuchThing", "1", StartOptions::new()).await.unwrap_err();
+    let err = env
+        .client
+        .start_raw("NoSuchThing", "1", StartOptions::new())
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::UnknownOrchestrator(ref n) if n == "NoSuchThing"));
     assert!(InstanceId::new("bad/id").is_err());
     let big = "x".repeat(2 << 20);
     let run = env.client.start(nap, 1).await.unwrap();
-    assert!(matches!(run.raise("e", &big).await, Err(ClientError::PayloadTooLarge { .. })));
+    assert!(matches!(
+        run.raise("e", &big).await,
+        Err(ClientError::PayloadTooLarge { .. })
+    ));
 }
 
 #[activity]
-async fn explode(_i: ()) -> Result<(), ActivityError> { panic!("kaboom") }
+async fn explode(_i: ()) -> Result<(), ActivityError> {
+    panic!("kaboom")
+}
 
 #[orchestrator]
-async fn calls_explode(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+async fn calls_explode(
+    ctx: OrchestrationContext,
+    _input: (),
+) -> Result<String, OrchestrationError> {
     match ctx.call(explode, ()).await {
         Err(TaskError::Failed(f)) => Ok(format!("{}|{}", f.error_type, f.message)),
         other => Ok(format!("unexpected {other:?}")),
@@ -538,19 +688,46 @@ async fn calls_explode(ctx: OrchestrationContext, _input: ()) -> Result<String, 
 }
 
 #[orchestrator]
-async fn panics_itself(_ctx: OrchestrationContext, _input: ()) -> Result<(), OrchestrationError> { panic!("orchestrator bug") }
+async fn panics_itself(_ctx: OrchestrationContext, _input: ()) -> Result<(), OrchestrationError> {
+    panic!("orchestrator bug")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panics_become_failures_with_details() {
-    let env = start(|b| b.register(explode).register(calls_explode).register(panics_itself));
-    let out = env.client.start(calls_explode, ()).await.unwrap().wait().await.unwrap();
+    let env = start(|b| {
+        b.register(explode)
+            .register(calls_explode)
+            .register(panics_itself)
+    });
+    let out = env
+        .client
+        .start(calls_explode, ())
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     assert_eq!(out, "panic|activity `explode` panicked: kaboom");
-    match env.client.start(panics_itself, ()).await.unwrap().wait().await {
+    match env
+        .client
+        .start(panics_itself, ())
+        .await
+        .unwrap()
+        .wait()
+        .await
+    {
         Err(ClientError::Failed(f)) => assert!(f.message.contains("orchestrator bug"), "{f}"),
         other => panic!("{other:?}"),
     }
     // The worker survived both.
-    let out = env.client.start(calls_explode, ()).await.unwrap().wait().await.unwrap();
+    let out = env
+        .client
+        .start(calls_explode, ())
+        .await
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
     assert!(out.starts_with("panic|"));
 }
 
@@ -561,13 +738,19 @@ async fn duplicate_activity_completion_is_ignored() {
     wait_for_events(&env.store, run.id(), "TaskCompleted", 1).await;
     // At-least-once redelivery of the same result, then a stale one for an unknown step.
     let dup = durable_core::storage::Message::new(
-        Event::TaskCompleted { seq: 0, result: "\"z\"".into() },
+        Event::TaskCompleted {
+            seq: 0,
+            result: "\"z\"".into(),
+        },
         Some(1),
         env.clock.now(),
     );
     env.store.send_message(run.id(), dup.clone()).await.unwrap();
     let unknown = durable_core::storage::Message::new(
-        Event::TaskCompleted { seq: 99, result: "1".into() },
+        Event::TaskCompleted {
+            seq: 99,
+            result: "1".into(),
+        },
         Some(1),
         env.clock.now(),
     );
@@ -581,7 +764,10 @@ async fn duplicate_activity_completion_is_ignored() {
 // ---------------------------------------------------------------- versioning and custom status
 
 #[orchestrator]
-async fn report_version(ctx: OrchestrationContext, _input: ()) -> Result<Option<String>, OrchestrationError> {
+async fn report_version(
+    ctx: OrchestrationContext,
+    _input: (),
+) -> Result<Option<String>, OrchestrationError> {
     ctx.set_custom_status(&"checking")?;
     Ok(ctx.version())
 }
@@ -589,12 +775,18 @@ async fn report_version(ctx: OrchestrationContext, _input: ()) -> Result<Option<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_is_stamped_and_matched() {
     let env = start(|b| {
-        b.register(report_version)
-            .version("2.0", VersionMatch::CurrentOrOlder, VersionMismatchAction::LeavePending)
+        b.register(report_version).version(
+            "2.0",
+            VersionMatch::CurrentOrOlder,
+            VersionMismatchAction::LeavePending,
+        )
     });
     let run = env.client.start(report_version, ()).await.unwrap();
     assert_eq!(run.wait().await.unwrap().as_deref(), Some("2.0"));
-    assert_eq!(run.status().await.unwrap().custom_status.as_deref(), Some("\"checking\""));
+    assert_eq!(
+        run.status().await.unwrap().custom_status.as_deref(),
+        Some("\"checking\"")
+    );
 
     let older = env
         .client
@@ -614,7 +806,10 @@ async fn version_is_stamped_and_matched() {
 }
 
 #[orchestrator]
-async fn sub_with_options(ctx: OrchestrationContext, _input: ()) -> Result<i64, OrchestrationError> {
+async fn sub_with_options(
+    ctx: OrchestrationContext,
+    _input: (),
+) -> Result<i64, OrchestrationError> {
     let id = InstanceId::new("explicit-child").unwrap();
     let opts = SubOrchestrationOptions::new().instance_id(id);
     Ok(ctx.call_sub_orchestrator_with(child, 4, opts).await?)
@@ -625,7 +820,11 @@ async fn sub_orchestration_with_explicit_id() {
     let env = start(|b| b.register(child).register(sub_with_options));
     let run = env.client.start(sub_with_options, ()).await.unwrap();
     assert_eq!(run.wait().await.unwrap(), 8);
-    let child_record = env.client.status(&InstanceId::new("explicit-child").unwrap()).await.unwrap();
+    let child_record = env
+        .client
+        .status(&InstanceId::new("explicit-child").unwrap())
+        .await
+        .unwrap();
     assert_eq!(child_record.status, RuntimeStatus::Completed);
 }
 
@@ -637,5 +836,9 @@ async fn duplicate_registration_is_a_clear_error() {
         .register(echo)
         .start()
         .unwrap_err();
-    assert!(err.to_string().contains("duplicate orchestrator name `echo`"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("duplicate orchestrator name `echo`"),
+        "{err}"
+    );
 }

@@ -24,10 +24,18 @@ pub fn start(configure: impl FnOnce(WorkerBuilder) -> WorkerBuilder) -> Env {
     start_on(store, clock, configure)
 }
 
-pub fn start_on(store: MemoryStore, clock: ManualClock, configure: impl FnOnce(WorkerBuilder) -> WorkerBuilder) -> Env {
-    let worker = configure(Worker::builder().store(store.clone()).clock(clock.as_clock()))
-        .start()
-        .expect("worker starts");
+pub fn start_on(
+    store: MemoryStore,
+    clock: ManualClock,
+    configure: impl FnOnce(WorkerBuilder) -> WorkerBuilder,
+) -> Env {
+    let worker = configure(
+        Worker::builder()
+            .store(store.clone())
+            .clock(clock.as_clock()),
+    )
+    .start()
+    .expect("worker starts");
     let client = worker.client();
     Env {
         worker,
@@ -71,10 +79,17 @@ pub async fn wait_until(
 }
 
 /// Waits until the instance's history has at least `n` events of kind `kind`.
-pub async fn wait_for_events(store: &MemoryStore, id: &InstanceId, kind: &str, n: usize) -> Vec<HistoryEvent> {
-    wait_until(store, id, &format!("{n} x {kind}"), |_, h| count(h, kind) >= n)
-        .await
-        .1
+pub async fn wait_for_events(
+    store: &MemoryStore,
+    id: &InstanceId,
+    kind: &str,
+    n: usize,
+) -> Vec<HistoryEvent> {
+    wait_until(store, id, &format!("{n} x {kind}"), |_, h| {
+        count(h, kind) >= n
+    })
+    .await
+    .1
 }
 
 pub fn count(history: &[HistoryEvent], kind: &str) -> usize {
@@ -82,12 +97,18 @@ pub fn count(history: &[HistoryEvent], kind: &str) -> usize {
 }
 
 pub async fn wait_done(store: &MemoryStore, id: &InstanceId) -> InstanceRecord {
-    wait_until(store, id, "a terminal status", |r, _| r.status.is_terminal())
-        .await
-        .0
+    wait_until(store, id, "a terminal status", |r, _| {
+        r.status.is_terminal()
+    })
+    .await
+    .0
 }
 
-pub async fn wait_status(store: &MemoryStore, id: &InstanceId, status: RuntimeStatus) -> InstanceRecord {
+pub async fn wait_status(
+    store: &MemoryStore,
+    id: &InstanceId,
+    status: RuntimeStatus,
+) -> InstanceRecord {
     wait_until(store, id, status.as_str(), |r, _| r.status == status)
         .await
         .0

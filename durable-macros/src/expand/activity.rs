@@ -76,6 +76,7 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
             ///
             /// Runs the activity body directly, without the durable runtime (for unit tests).
             #(#attrs)*
+            #[allow(clippy::unused_async)]
             #vis async fn run(#(#params),*) #sig_output #body
         }
 

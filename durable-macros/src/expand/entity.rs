@@ -44,8 +44,10 @@ pub(crate) fn expand_struct(args: &Args, item: &ItemStruct) -> TokenStream {
         };
     };
     let client_doc = format!(" Typed client proxy of entity [`{ident}`]: signals and state reads.");
-    let call_doc = format!(" Typed orchestration proxy of entity [`{ident}`]: request/response calls.");
-    let signal_doc = format!(" Typed one-way signals to entity [`{ident}`] from orchestrations and entities.");
+    let call_doc =
+        format!(" Typed orchestration proxy of entity [`{ident}`]: request/response calls.");
+    let signal_doc =
+        format!(" Typed one-way signals to entity [`{ident}`] from orchestrations and entities.");
     quote! {
         #item
 
@@ -102,7 +104,11 @@ struct Operation {
 fn is_context(ty: &Type) -> bool {
     match ty {
         Type::Reference(r) => is_context(&r.elem),
-        Type::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == "EntityContext"),
+        Type::Path(p) => p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "EntityContext"),
         _ => false,
     }
 }
@@ -157,7 +163,10 @@ fn operations(item: &ItemImpl, errors: &mut Errors) -> (Vec<Operation>, bool) {
                 if i == 0 {
                     context = true;
                 } else {
-                    errors.push(pt, "the `EntityContext` parameter must come right after `self`");
+                    errors.push(
+                        pt,
+                        "the `EntityContext` parameter must come right after `self`",
+                    );
                 }
             } else {
                 inputs.push(pt.clone());
@@ -178,7 +187,12 @@ fn operations(item: &ItemImpl, errors: &mut Errors) -> (Vec<Operation>, bool) {
         };
         ops.push(Operation {
             ident: sig.ident.clone(),
-            docs: f.attrs.iter().filter(|a| a.path().is_ident("doc")).cloned().collect(),
+            docs: f
+                .attrs
+                .iter()
+                .filter(|a| a.path().is_ident("doc"))
+                .cloned()
+                .collect(),
             mutates,
             is_async: sig.asyncness.is_some(),
             context,
@@ -190,11 +204,21 @@ fn operations(item: &ItemImpl, errors: &mut Errors) -> (Vec<Operation>, bool) {
     (ops, has_initial)
 }
 
-#[allow(clippy::too_many_lines, reason = "one quote! block per generated item reads best in one place")]
-pub(crate) fn expand_impl(args: &Args, item: &ItemImpl, errors: &mut Errors) -> Option<TokenStream> {
+#[allow(
+    clippy::too_many_lines,
+    reason = "one quote! block per generated item reads best in one place"
+)]
+pub(crate) fn expand_impl(
+    args: &Args,
+    item: &ItemImpl,
+    errors: &mut Errors,
+) -> Option<TokenStream> {
     let krate = krate(args);
     if let Some((path, _)) = &item.trait_ {
-        errors.push(path, "#[entity] goes on the inherent `impl Type { .. }` block, not a trait impl");
+        errors.push(
+            path,
+            "#[entity] goes on the inherent `impl Type { .. }` block, not a trait impl",
+        );
         return None;
     }
     if !item.generics.params.is_empty() {
@@ -232,7 +256,11 @@ pub(crate) fn expand_impl(args: &Args, item: &ItemImpl, errors: &mut Errors) -> 
         if op.input.is_some() {
             call_args.push(quote!(__durable_arg));
         }
-        let awaited = if op.is_async { quote!(.await) } else { quote!() };
+        let awaited = if op.is_async {
+            quote!(.await)
+        } else {
+            quote!()
+        };
         let conv = if op.result.is_some() {
             quote!(#krate::__private::result_output(__durable_out))
         } else {
@@ -395,4 +423,3 @@ pub(crate) fn expand_impl(args: &Args, item: &ItemImpl, errors: &mut Errors) -> 
         };
     })
 }
-

@@ -132,7 +132,11 @@ mod tests {
     use super::run;
     use crate::args::Kind;
 
-    fn expand(kind: Kind, attr: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> String {
+    fn expand(
+        kind: Kind,
+        attr: proc_macro2::TokenStream,
+        item: proc_macro2::TokenStream,
+    ) -> String {
         run(kind, attr, item).to_string()
     }
 
@@ -141,12 +145,25 @@ mod tests {
         let out = expand(
             Kind::Activity,
             quote!(),
-            quote!(pub async fn greet(name: String) -> Result<String, ActivityError> { Ok(name) }),
+            quote!(
+                pub async fn greet(name: String) -> Result<String, ActivityError> {
+                    Ok(name)
+                }
+            ),
         );
         assert!(out.contains("pub struct greet ;"), "{out}");
-        assert!(out.contains("impl :: durable_core :: Activity for greet"), "{out}");
-        assert!(out.contains("const NAME : & 'static str = \"greet\""), "{out}");
-        assert!(out.contains("impl :: durable_core :: Registration for greet"), "{out}");
+        assert!(
+            out.contains("impl :: durable_core :: Activity for greet"),
+            "{out}"
+        );
+        assert!(
+            out.contains("const NAME : & 'static str = \"greet\""),
+            "{out}"
+        );
+        assert!(
+            out.contains("impl :: durable_core :: Registration for greet"),
+            "{out}"
+        );
         assert!(!out.contains("compile_error"), "{out}");
     }
 
@@ -155,9 +172,19 @@ mod tests {
         let out = expand(
             Kind::Orchestrator,
             quote!(name = "flow.v2", version = "2", crate = my_durable),
-            quote!(async fn flow(ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> { Ok(n) }),
+            quote!(
+                async fn flow(
+                    ctx: OrchestrationContext,
+                    n: u32,
+                ) -> Result<u32, OrchestrationError> {
+                    Ok(n)
+                }
+            ),
         );
-        assert!(out.contains("impl my_durable :: Orchestrator for flow"), "{out}");
+        assert!(
+            out.contains("impl my_durable :: Orchestrator for flow"),
+            "{out}"
+        );
         assert!(out.contains("\"flow.v2\""), "{out}");
         assert!(out.contains("Some (\"2\")"), "{out}");
         for proxy in ["async fn start", "async fn start_with", "fn handle"] {
@@ -170,22 +197,33 @@ mod tests {
         let out = expand(
             Kind::Orchestrator,
             quote!(retries = 3),
-            quote!(fn flow(a: u32, b: u32) -> u32 { a + b }),
+            quote!(
+                fn flow(a: u32, b: u32) -> u32 {
+                    a + b
+                }
+            ),
         );
         assert!(out.contains("fn flow"), "user item kept: {out}");
-        assert!(out.contains("unknown #[orchestrator] argument `retries`"), "{out}");
+        assert!(
+            out.contains("unknown #[orchestrator] argument `retries`"),
+            "{out}"
+        );
         assert!(out.contains("must be `async`"), "{out}");
         assert!(out.contains("must return `Result<T, E>`"), "{out}");
     }
 
     #[test]
     fn lint_flags_nondeterminism_but_not_nested_items_or_ctx_methods() {
-        let body = quote!(async fn flow(ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> {
-            let _t = ctx.now();
-            fn helper() -> std::time::SystemTime { std::time::SystemTime::now() }
-            let _id = uuid::Uuid::new_v4();
-            Ok(n)
-        });
+        let body = quote!(
+            async fn flow(ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> {
+                let _t = ctx.now();
+                fn helper() -> std::time::SystemTime {
+                    std::time::SystemTime::now()
+                }
+                let _id = uuid::Uuid::new_v4();
+                Ok(n)
+            }
+        );
         let out = expand(Kind::Orchestrator, quote!(), body.clone());
         assert_eq!(out.matches("compile_error").count(), 1, "{out}");
         assert!(out.contains("uuid::Uuid::new_v4"), "{out}");

@@ -76,6 +76,7 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
             ///
             /// The orchestration body. The runtime calls it; call it directly only from tests.
             #(#attrs)*
+            #[allow(clippy::unused_async)]
             #vis async fn run(#(#params),*) #sig_output #body
 
             #[doc = #start_doc]

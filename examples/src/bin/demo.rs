@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use durable_core::RedbStore;
 use durable_core::prelude::*;
+use examples::aggregator::{Stats, report_readings};
 use examples::approval::{APPROVAL_EVENT, ApprovalRequest, Decision, approval_flow};
+use examples::bank::{Account, Transfer, transfer};
 use examples::chaining::hello_sequence;
 use examples::fan_out::word_count;
 use examples::monitor::{MonitorInput, job_monitor};
@@ -62,7 +64,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         timeout_hours: 72,
     };
     let run = approval_flow::start_with(&client, req, opts("demo-approval")).await?;
-    println!("   started {}; waiting up to 72h for `{APPROVAL_EVENT}`", run.id());
+    println!(
+        "   started {}; waiting up to 72h for `{APPROVAL_EVENT}`",
+        run.id()
+    );
     tokio::time::timeout(Duration::from_secs(5), async {
         while run.status().await.map(|s| s.status) != Ok(RuntimeStatus::Running) {
             tokio::task::yield_now().await;
@@ -79,6 +84,53 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     println!("   raised `{APPROVAL_EVENT}`");
     println!("   -> {}", run.wait().await?);
+
+    println!("== 6. aggregator (entity)");
+    let stats = client.entity::<Stats>("sensor-1");
+    stats.reset().await?;
+    for v in [3, 9, 4] {
+        stats.record(v).await?;
+    }
+    println!("   signalled 3 readings to {}", stats.id());
+    let run = report_readings::start_with(&client, vec![10, 2], opts("demo-aggregator")).await?;
+    println!(
+        "   orchestration {} signalled 2 more and called `average`",
+        run.id()
+    );
+    println!("   -> average {:?}", run.wait().await?);
+    println!("   state: {:?}", stats.state().await?);
+
+    println!("== critical section: transfers between accounts");
+    let mut runs = Vec::new();
+    for (i, (from, to)) in [
+        ("alice", "bob"),
+        ("bob", "alice"),
+        ("alice", "carol"),
+        ("carol", "bob"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let t = Transfer {
+            from: from.into(),
+            to: to.into(),
+            amount: 30,
+        };
+        runs.push(transfer::start_with(&client, t, opts(&format!("demo-transfer-{i}"))).await?);
+    }
+    for r in &runs {
+        r.wait().await?;
+    }
+    let mut total = 0;
+    for who in ["alice", "bob", "carol"] {
+        let b = client
+            .read_entity::<Account>(who)
+            .await?
+            .map_or(0, |a| a.balance);
+        println!("   {who}: {b}");
+        total += b;
+    }
+    println!("   total {total} (money is conserved)");
 
     worker.shutdown().await;
     println!("all patterns completed");

@@ -1,0 +1,501 @@
+//! The endpoint handlers.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::payload::{Show, StatusPayload};
+use super::util::{
+    ApiError, Query, decode_token, encode_path_segment, encode_token, json_body, json_response,
+    read_body,
+};
+use super::{AppState, CheckStatus, PREFIX};
+use crate::client::StartOptions;
+use crate::history::RuntimeStatus;
+use crate::ids::InstanceId;
+use crate::storage::{InstanceQuery, InstanceRecord};
+
+type ApiResult = Result<Response, ApiError>;
+
+/// `Retry-After` (seconds) of a 202 status answer, as in Durable Functions.
+const STATUS_RETRY_AFTER: &str = "5";
+/// The paging header, in both directions.
+const CONTINUATION: &str = "x-ms-continuation-token";
+
+fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    p.map(|Path(v)| v)
+        .map_err(|e| ApiError::bad_request("InvalidPath", e.body_text()))
+}
+
+/// An id for operations that change an instance (the `@` prefix is reserved for entities).
+fn instance_id(id: String) -> Result<InstanceId, ApiError> {
+    Ok(InstanceId::new(id)?)
+}
+
+/// An id for reads and purges, which may name system instances (`@entity@key`).
+fn any_instance_id(id: String) -> Result<InstanceId, ApiError> {
+    Ok(InstanceId::new_system(id)?)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Purged {
+    instances_deleted: usize,
+}
+
+// ------------------------------------------------------------------------------ start
+
+/// `POST /orchestrators/{functionName}`.
+pub(super) async fn start(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let name = path(name)?;
+    start_impl(&state, name, None, query.as_deref(), &headers, body).await
+}
+
+/// `POST /orchestrators/{functionName}/{instanceId}`.
+pub(super) async fn start_with_id(
+    State(state): State<AppState>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let (name, id) = path(params)?;
+    start_impl(&state, name, Some(id), query.as_deref(), &headers, body).await
+}
+
+async fn start_impl(
+    state: &AppState,
+    name: String,
+    id: Option<String>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let query = Query::parse(query)?;
+    let id = id.map(instance_id).transpose()?;
+    let wait = wait_options(&query)?;
+    let bytes = read_body(body, state.body_limit()).await?;
+    let input = json_body(&bytes)?;
+    let mut options = StartOptions::new();
+    if let Some(id) = id {
+        options = options.instance_id(id);
+    }
+    if let Some(version) = query.get("version").filter(|v| !v.is_empty()) {
+        options = options.version(version);
+    }
+    let id = state.client.start_raw(&name, &input, options).await?;
+    after_start(state, &id, &query, headers, wait).await
+}
+
+/// `timeout` and `pollingInterval` (seconds): wait-for-completion mode when `timeout` is
+/// given. Durable Functions polls every `pollingInterval`; this engine is woken by the
+/// store, so only the check `pollingInterval <= timeout` remains.
+fn wait_options(query: &Query) -> Result<Option<Duration>, ApiError> {
+    let timeout = query.seconds("timeout")?;
+    let interval = query.seconds("pollingInterval")?;
+    if let (Some(t), Some(i)) = (timeout, interval) {
+        if i > t {
+            return Err(ApiError::bad_request(
+                "InvalidQueryParameter",
+                format!(
+                    "Total timeout {} should be bigger than retry timeout {}",
+                    t.as_secs_f64(),
+                    i.as_secs_f64()
+                ),
+            ));
+        }
+    }
+    Ok(timeout)
+}
+
+/// The answer to a start or restart: the check-status payload, or with a timeout, the
+/// output once finished in time.
+async fn after_start(
+    state: &AppState,
+    id: &InstanceId,
+    query: &Query,
+    headers: &HeaderMap,
+    wait: Option<Duration>,
+) -> ApiResult {
+    let fail_500 = query.bool("returnInternalServerErrorOnFailure", false)?;
+    let base = state.base_url(headers);
+    let check_status = || {
+        let c = CheckStatus::new(id, &base);
+        if fail_500 {
+            c.return_internal_server_error_on_failure()
+        } else {
+            c
+        }
+    };
+    let Some(timeout) = wait else {
+        return Ok(check_status().into_response());
+    };
+    let record = match tokio::time::timeout(timeout, state.client.wait_for_completion(id)).await {
+        Ok(record) => record?,
+        Err(_) => return Ok(check_status().into_response()),
+    };
+    if record.status == RuntimeStatus::Completed {
+        let output = record.output.as_deref().unwrap_or("null");
+        let mut response = (StatusCode::OK, output.to_owned()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        return Ok(response);
+    }
+    let show = Show {
+        input: true,
+        history_output: false,
+    };
+    Ok(status_response(&record, None, show, fail_500, None))
+}
+
+// ----------------------------------------------------------------------------- status
+
+/// `GET /instances/{instanceId}`.
+pub(super) async fn status(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult {
+    let id = any_instance_id(path(id)?)?;
+    let query = Query::parse(raw.as_deref())?;
+    let show_history = query.bool("showHistory", false)?;
+    let show = Show {
+        input: query.bool("showInput", true)?,
+        history_output: query.bool("showHistoryOutput", false)?,
+    };
+    let fail_500 = query.bool("returnInternalServerErrorOnFailure", false)?;
+    let (record, history) = if show_history {
+        let (r, h) = state.client.status_with_history(&id).await?;
+        (r, Some(h))
+    } else {
+        (state.client.status(&id).await?, None)
+    };
+    let mut location = format!(
+        "{}{PREFIX}/instances/{}",
+        state.base_url(&headers),
+        encode_path_segment(id.as_str())
+    );
+    if let Some(raw) = raw.filter(|r| !r.is_empty()) {
+        location.push('?');
+        location.push_str(&raw);
+    }
+    Ok(status_response(
+        &record,
+        history.as_deref(),
+        show,
+        fail_500,
+        Some(&location),
+    ))
+}
+
+/// 202 + `Location` + `Retry-After` while the instance runs, 200 when it has finished
+/// (500 for Failed when asked).
+fn status_response(
+    record: &InstanceRecord,
+    history: Option<&[crate::history::HistoryEvent]>,
+    show: Show,
+    fail_500: bool,
+    location: Option<&str>,
+) -> Response {
+    let code = match record.status {
+        RuntimeStatus::Failed if fail_500 => StatusCode::INTERNAL_SERVER_ERROR,
+        RuntimeStatus::Completed | RuntimeStatus::Terminated | RuntimeStatus::Failed => {
+            StatusCode::OK
+        }
+        _ => StatusCode::ACCEPTED,
+    };
+    let mut response = json_response(code, &StatusPayload::new(record, history, show));
+    if code == StatusCode::ACCEPTED {
+        let headers = response.headers_mut();
+        if let Some(location) = location.and_then(|l| HeaderValue::from_str(l).ok()) {
+            headers.insert(header::LOCATION, location);
+        }
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(STATUS_RETRY_AFTER),
+        );
+    }
+    response
+}
+
+// ------------------------------------------------------------------------------- list
+
+/// The filters shared by list and purge-by-filter; `None` when a status filter can match
+/// nothing (only `Canceled`).
+fn filters(query: &Query) -> Result<Option<InstanceQuery>, ApiError> {
+    let mut q = InstanceQuery::new().created_between(
+        query.timestamp("createdTimeFrom")?,
+        query.timestamp("createdTimeTo")?,
+    );
+    if let Some(statuses) = query.statuses("runtimeStatus")? {
+        if statuses.is_empty() {
+            return Ok(None);
+        }
+        q = q.statuses(statuses);
+    }
+    Ok(Some(q))
+}
+
+/// `GET /instances`.
+pub(super) async fn list(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult {
+    let query = Query::parse(raw.as_deref())?;
+    let show = Show {
+        input: query.bool("showInput", true)?,
+        history_output: false,
+    };
+    let top = query.count("top")?;
+    let continuation = match headers.get(CONTINUATION) {
+        None => None,
+        Some(v) => {
+            let text = v.to_str().unwrap_or("\u{0}").trim();
+            if text.is_empty() {
+                None
+            } else {
+                Some(decode_token(text).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "InvalidContinuationToken",
+                        format!("the `{CONTINUATION}` header is not a token this API returned"),
+                    )
+                })?)
+            }
+        }
+    };
+    let Some(mut q) = filters(&query)? else {
+        return Ok(list_response(&[], show, None));
+    };
+    if let Some(prefix) = query.get("instanceIdPrefix").filter(|p| !p.is_empty()) {
+        q = q.id_prefix(prefix);
+    }
+    q = q.page_size(top.unwrap_or(0)).continuation(continuation);
+    let page = state.client.query(&q).await?;
+    Ok(list_response(
+        &page.instances,
+        show,
+        page.continuation.as_deref(),
+    ))
+}
+
+fn list_response(records: &[InstanceRecord], show: Show, next: Option<&str>) -> Response {
+    let items: Vec<_> = records
+        .iter()
+        .map(|r| StatusPayload::new(r, None, show))
+        .collect();
+    let mut response = json_response(StatusCode::OK, &items);
+    let token = next.map(encode_token).unwrap_or_default();
+    if let Ok(value) = HeaderValue::from_str(&token) {
+        response.headers_mut().insert(CONTINUATION, value);
+    }
+    response
+}
+
+// ------------------------------------------------------------------------------ purge
+
+/// `DELETE /instances/{instanceId}`.
+pub(super) async fn purge(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let id = any_instance_id(path(id)?)?;
+    let result = state.client.purge(&id).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &Purged {
+            instances_deleted: result.deleted,
+        },
+    ))
+}
+
+/// `DELETE /instances` with filters.
+pub(super) async fn purge_by_filter(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let query = Query::parse(raw.as_deref())?;
+    if query.timestamp("createdTimeFrom")?.is_none() {
+        return Err(ApiError::bad_request(
+            "MissingQueryParameter",
+            "Please provide value for 'createdTimeFrom' parameter.",
+        ));
+    }
+    let deleted = match filters(&query)? {
+        Some(q) => state.client.purge_by_filter(q).await?.deleted,
+        None => 0,
+    };
+    if deleted == 0 {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NothingPurged",
+            "no finished instance matched the filter",
+        ));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &Purged {
+            instances_deleted: deleted,
+        },
+    ))
+}
+
+// ------------------------------------------------------------------------ raise event
+
+/// `POST /instances/{instanceId}/raiseEvent/{eventName}`.
+pub(super) async fn raise_event(
+    State(state): State<AppState>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    body: Body,
+) -> ApiResult {
+    let (id, name) = path(params)?;
+    let id = instance_id(id)?;
+    let bytes = read_body(body, state.body_limit()).await?;
+    let data = json_body(&bytes)?;
+    state.client.raise_event_raw(&id, &name, data).await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+// ------------------------------------------------------------------------- operations
+
+/// `POST /instances/{instanceId}/{operation}`: terminate, suspend, resume, rewind, restart.
+pub(super) async fn operation(
+    State(state): State<AppState>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let (id, op) = path(params)?;
+    let op = op.to_ascii_lowercase();
+    if !matches!(
+        op.as_str(),
+        "terminate" | "suspend" | "resume" | "rewind" | "restart"
+    ) {
+        return Err(not_found_error());
+    }
+    let id = instance_id(id)?;
+    let query = Query::parse(raw.as_deref())?;
+    let bytes = read_body(body, state.body_limit()).await?;
+    let client = &state.client;
+    match op.as_str() {
+        "terminate" => client.terminate(&id, &reason(&query, &bytes)).await?,
+        "suspend" => client.suspend(&id, &reason(&query, &bytes)).await?,
+        "resume" => client.resume(&id, &reason(&query, &bytes)).await?,
+        "rewind" => return rewind(state, &id).await,
+        _ => return restart(state, &id, &query, &headers).await,
+    }
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// The `reason` query parameter, else the body: a JSON string, other JSON as text, or
+/// plain text.
+fn reason(query: &Query, body: &[u8]) -> String {
+    if let Some(r) = query.get("reason") {
+        return r.to_owned();
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(serde_json::Value::Null) => String::new(),
+        Ok(other) => other.to_string(),
+        Err(_) => text.to_owned(),
+    }
+}
+
+/// Rewind needs engine support that does not exist yet: the checks Durable Functions makes
+/// are answered (404, 410, 412), and a rewindable (Failed) instance gets 501.
+async fn rewind(state: AppState, id: &InstanceId) -> ApiResult {
+    let record = state.client.status(id).await?;
+    match record.status {
+        RuntimeStatus::Failed => Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "RewindNotSupported",
+            "rewind is not supported by this engine yet; restart the instance instead \
+             (POST .../restart)",
+        )),
+        RuntimeStatus::Completed | RuntimeStatus::Terminated => Err(ApiError::new(
+            StatusCode::GONE,
+            "InstanceNotRunning",
+            format!(
+                "instance `{id}` has status {}; only Failed instances can be rewound",
+                record.status.as_str()
+            ),
+        )),
+        other => Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "InstanceNotFailed",
+            format!(
+                "instance `{id}` has status {}; only Failed instances can be rewound",
+                other.as_str()
+            ),
+        )),
+    }
+}
+
+async fn restart(
+    state: AppState,
+    id: &InstanceId,
+    query: &Query,
+    headers: &HeaderMap,
+) -> ApiResult {
+    let new_id = query.bool("restartWithNewInstanceId", true)?;
+    let wait = wait_options(query)?;
+    let started = match state.client.restart(id, new_id).await {
+        Ok(id) => id,
+        Err(crate::error::ClientError::InstanceNotFound(_)) => {
+            return Err(ApiError::bad_request(
+                "InstanceNotFound",
+                "InstanceId does not match a valid orchestration instance.",
+            ));
+        }
+        Err(crate::error::ClientError::InstanceAlreadyExists(_)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "InstanceAlreadyExists",
+                "A non-terminal instance with this instance ID already exists.",
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    after_start(&state, &started, query, headers, wait).await
+}
+
+// -------------------------------------------------------------------------- fallbacks
+
+fn not_found_error() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("no such endpoint; the management API lives under {PREFIX}/"),
+    )
+}
+
+/// Unmatched paths.
+pub(super) async fn not_found() -> ApiError {
+    not_found_error()
+}
+
+/// Matched paths with an unsupported method.
+pub(super) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        "this endpoint does not support this HTTP method",
+    )
+}

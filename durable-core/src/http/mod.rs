@@ -1,0 +1,560 @@
+//! The Durable Functions-compatible HTTP management API (feature `http`, on axum).
+//!
+//! [`router`] mounts the webhook API of Azure Durable Functions under
+//! `/runtime/webhooks/durabletask/`, with the same paths, query parameters, status codes,
+//! headers and JSON field names, so existing Durable Functions clients, Logic Apps-style
+//! 202 polling and curl recipes work unchanged:
+//!
+//! | Method & path (after the prefix) | Success | Errors |
+//! |---|---|---|
+//! | `POST /orchestrators/{name}[/{instanceId}]` (body: JSON input; `version`, `timeout` + `pollingInterval` in seconds) | 202 + check-status payload, or 200 with the output when it finished within `timeout` | 400, 409 (id of a running instance), 413 |
+//! | `GET /instances/{id}` (`showHistory`, `showHistoryOutput`, `showInput`, `returnInternalServerErrorOnFailure`) | 202 + `Location` + `Retry-After` while pending/running/suspended, 200 when finished (500 for Failed on request) | 400, 404 |
+//! | `GET /instances` (`createdTimeFrom`, `createdTimeTo`, `runtimeStatus`, `instanceIdPrefix`, `showInput`, `top`; `x-ms-continuation-token` header both ways) | 200 JSON array | 400 |
+//! | `DELETE /instances/{id}` | 200 `{"instancesDeleted": n}` | 404, 412 (still running) |
+//! | `DELETE /instances` (`createdTimeFrom` required, `createdTimeTo`, `runtimeStatus`) | 200 `{"instancesDeleted": n}` | 400, 404 (nothing matched) |
+//! | `POST /instances/{id}/raiseEvent/{event}` (body: JSON data) | 202 | 400, 404, 410 (finished) |
+//! | `POST /instances/{id}/terminate`, `/suspend`, `/resume` (`reason`) | 202 | 404, 410 |
+//! | `POST /instances/{id}/restart` (`restartWithNewInstanceId`, default true) | 202 + check-status payload of the new run | 400 (unknown id), 409 |
+//! | `POST /instances/{id}/rewind` | — (not implemented by the engine yet) | 404, 410, 412, 501 |
+//!
+//! Choices where Durable Functions is ambiguous or has no equivalent:
+//! - A Failed instance answers 200 with `runtimeStatus: "Failed"` and the failure details
+//!   (`errorType`, `errorMessage`, `causes`, `isNonRetriable`) in `output`; 500 only with
+//!   `returnInternalServerErrorOnFailure=true`.
+//! - `showInput` defaults to true, as in Durable Functions. The check-status payload does
+//!   not carry `rewindPostUri` (Durable Functions does not emit it either).
+//! - Every error answers with a JSON body `{"error": "<Code>", "message": "<text>"}`.
+//!   Malformed input (bad JSON, bad instance ids, unparsable query values, an unknown
+//!   orchestrator name) is a 400, never a 500; bodies over the payload limit are a 413.
+//! - Query parameter names are matched case-insensitively and booleans accept any casing
+//!   (`True`, `true`, `TRUE`). The `taskHub`, `connection` and `code` parameters real
+//!   clients send are accepted (`code` doubles as the bearer token, see below).
+//! - `raiseEvent` accepts any `Content-Type` as long as the body is JSON (curl's default
+//!   form content type included); an empty body raises the event with `null`.
+//! - A terminate, suspend or resume reason comes from the `reason` query parameter or,
+//!   failing that, from the body (a JSON string such as `"\"reason\""` or plain text).
+//! - Status timestamps (`createdTime`, `lastUpdatedTime`) have second precision
+//!   (`2024-01-01T00:00:00Z`); history timestamps keep milliseconds.
+//! - The `x-ms-continuation-token` response header is always present; it is empty on the
+//!   last page. Tokens are opaque (hex) and must be sent back unchanged.
+//! - Non-Durable-Functions extra: `lastError` in a status shows why a running instance is
+//!   stuck (non-determinism, unknown orchestrator on this worker), when it is.
+//!
+//! When [`HttpOptions::bearer_token`] is set, every request needs `Authorization: Bearer
+//! <token>` (or `?code=<token>`, which Durable Functions clients send); otherwise the
+//! answer is 401. [`serve`] binds loopback addresses freely and refuses any other address
+//! without a token.
+//!
+//! # Examples
+//!
+//! Serve the API next to a worker:
+//!
+//! ```no_run
+//! use durable_core::http::{self, HttpOptions};
+//! use durable_core::prelude::*;
+//!
+//! #[orchestrator]
+//! async fn hello(_ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+//!     Ok(format!("Hello {name}!"))
+//! }
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let worker = Worker::builder().store(MemoryStore::new()).register(hello).start()?;
+//! let server = http::serve(worker.client(), http::DEFAULT_ADDR, HttpOptions::new()).await?;
+//! println!("curl -X POST {}/runtime/webhooks/durabletask/orchestrators/hello -d '\"Ada\"'", server.url());
+//! server.wait().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Or mount [`router`] into an application of your own, and answer a start from your own
+//! handler with [`check_status_response`]:
+//!
+//! ```no_run
+//! use axum::http::HeaderMap;
+//! use axum::response::{IntoResponse, Response};
+//! use axum::routing::post;
+//! use durable_core::http::{self, HttpOptions};
+//! use durable_core::prelude::*;
+//!
+//! #[orchestrator]
+//! async fn hello(_ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+//!     Ok(format!("Hello {name}!"))
+//! }
+//!
+//! async fn greet(client: Client, headers: HeaderMap) -> Response {
+//!     match hello::start(&client, "Ada".into()).await {
+//!         Ok(run) => http::check_status_response(run.id(), &http::base_url_from_headers(&headers)),
+//!         Err(e) => (axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+//!     }
+//! }
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let worker = Worker::builder().store(MemoryStore::new()).register(hello).start()?;
+//! let client = worker.client();
+//! let app = axum::Router::new()
+//!     .route("/api/greet", post({
+//!         let client = client.clone();
+//!         move |headers: HeaderMap| greet(client, headers)
+//!     }))
+//!     .merge(http::router(client, HttpOptions::new()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7071").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+
+mod handlers;
+mod payload;
+mod util;
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Router, middleware};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::client::Client;
+use crate::ids::InstanceId;
+
+/// The path prefix every management endpoint lives under (Functions v2+).
+pub const PREFIX: &str = "/runtime/webhooks/durabletask";
+
+/// `127.0.0.1:7071`, the address the Azure Functions host uses locally.
+pub const DEFAULT_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7071));
+
+/// `Retry-After` (seconds) of the check-status response, as in Durable Functions.
+const CHECK_STATUS_RETRY_AFTER: &str = "10";
+
+/// Options of the HTTP management API.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::http::HttpOptions;
+///
+/// let options = HttpOptions::new()
+///     .base_url("https://jobs.example.com")
+///     .bearer_token("s3cret")
+///     .max_body_bytes(64 * 1024);
+/// assert_eq!(options.base_url.as_deref(), Some("https://jobs.example.com"));
+/// // The token never shows in logs:
+/// assert!(!format!("{options:?}").contains("s3cret"));
+/// ```
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct HttpOptions {
+    /// Scheme, host and port (plus any path the router is mounted under) used for the
+    /// absolute URLs of check-status payloads and `Location` headers, e.g.
+    /// `https://jobs.example.com`. Default: `http://` + the request's `Host` header.
+    pub base_url: Option<String>,
+    /// When set, every request must carry `Authorization: Bearer <token>` (or the
+    /// `code=<token>` query parameter); others get 401. An empty token rejects every
+    /// request.
+    pub bearer_token: Option<String>,
+    /// Largest request body accepted, in bytes; larger ones get 413. Default: the client's
+    /// payload limit ([`crate::Limits::max_payload_bytes`]).
+    pub max_body_bytes: Option<usize>,
+}
+
+impl fmt::Debug for HttpOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpOptions")
+            .field("base_url", &self.base_url)
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+impl HttpOptions {
+    /// Defaults: URLs from the `Host` header, no token, the client's payload limit.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the base URL of generated absolute URLs (trailing `/` ignored).
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = Some(url.into());
+        self
+    }
+
+    /// Requires this bearer token on every request.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.bearer_token = Some(token.into());
+        self
+    }
+
+    /// Sets the largest accepted request body.
+    pub fn max_body_bytes(mut self, n: usize) -> Self {
+        self.max_body_bytes = Some(n);
+        self
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    client: Client,
+    options: Arc<HttpOptions>,
+}
+
+impl AppState {
+    fn body_limit(&self) -> usize {
+        self.options
+            .max_body_bytes
+            .unwrap_or(self.client.limits().max_payload_bytes)
+    }
+
+    fn base_url(&self, headers: &HeaderMap) -> String {
+        match &self.options.base_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => base_url_from_headers(headers),
+        }
+    }
+}
+
+/// The management API as an axum [`Router`], every route under [`PREFIX`].
+///
+/// Merge it into an application (`app.merge(router(..))`) or serve it alone with
+/// [`serve`]. Unmatched paths answer 404 and unsupported methods 405, both with a JSON
+/// error body.
+///
+/// # Examples
+///
+/// ```no_run
+/// use durable_core::http::{self, HttpOptions};
+/// use durable_core::prelude::*;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let worker = Worker::builder().store(MemoryStore::new()).start()?;
+/// let app = http::router(worker.client(), HttpOptions::new().bearer_token("s3cret"));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:7071").await?;
+/// axum::serve(listener, app).await?;
+/// # Ok(()) }
+/// ```
+pub fn router(client: Client, options: HttpOptions) -> Router {
+    let token = options.bearer_token.clone();
+    let state = AppState {
+        client,
+        options: Arc::new(options),
+    };
+    let p = PREFIX;
+    let app = Router::new()
+        .route(
+            &format!("{p}/orchestrators/{{function_name}}"),
+            post(handlers::start),
+        )
+        .route(
+            &format!("{p}/orchestrators/{{function_name}}/{{instance_id}}"),
+            post(handlers::start_with_id),
+        )
+        .route(
+            &format!("{p}/instances"),
+            get(handlers::list).delete(handlers::purge_by_filter),
+        )
+        .route(
+            &format!("{p}/instances/"),
+            get(handlers::list).delete(handlers::purge_by_filter),
+        )
+        .route(
+            &format!("{p}/instances/{{instance_id}}"),
+            get(handlers::status).delete(handlers::purge),
+        )
+        .route(
+            &format!("{p}/instances/{{instance_id}}/raiseEvent/{{event_name}}"),
+            post(handlers::raise_event),
+        )
+        // terminate, suspend, resume, rewind, restart (matched case-insensitively).
+        .route(
+            &format!("{p}/instances/{{instance_id}}/{{operation}}"),
+            post(handlers::operation),
+        )
+        // ------------------------------------------------------------------ entities
+        // Durable Functions' entity endpoints belong here (http-api.md §2.2, #12–#14):
+        //   POST|DELETE {p}/entities/{entityName}/{entityKey}   signal (`op`, JSON body) → 202
+        //   GET         {p}/entities/{entityName}/{entityKey}   state → 200 / 404
+        //   GET         {p}/entities[/{entityName}]             list (`fetchState`, `top`,
+        //               `lastOperationTimeFrom/To`, `x-ms-continuation-token`) → 200
+        // Until they are added, these paths answer 404 through the fallback below.
+        // ---------------------------------------------------------------------------
+        .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .with_state(state);
+    match token {
+        Some(token) => app.layer(middleware::from_fn_with_state(
+            Arc::<str>::from(token),
+            util::require_token,
+        )),
+        None => app,
+    }
+}
+
+/// `http://` + the request's `Host` header (`http://localhost` without one): the base URL
+/// to pass to [`check_status_response`] from a handler that knows no better.
+///
+/// # Examples
+///
+/// ```
+/// use axum::http::{HeaderMap, HeaderValue, header};
+/// use durable_core::http::base_url_from_headers;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1:7071"));
+/// assert_eq!(base_url_from_headers(&headers), "http://127.0.0.1:7071");
+/// ```
+pub fn base_url_from_headers(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::trim)
+        .filter(|h| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~:[]%".contains(&b))
+        })
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+/// The management URLs of one instance: Durable Functions' check-status payload
+/// (`HttpManagementPayload`), returned with 202 by the start and restart endpoints and
+/// by [`check_status_response`].
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::InstanceId;
+/// use durable_core::http::CheckStatus;
+///
+/// let id = InstanceId::new("order 42").unwrap();
+/// let urls = CheckStatus::new(&id, "http://localhost:7071/");
+/// assert_eq!(urls.id, "order 42");
+/// assert_eq!(
+///     urls.status_query_get_uri,
+///     "http://localhost:7071/runtime/webhooks/durabletask/instances/order%2042"
+/// );
+/// let json = serde_json::to_value(&urls).unwrap();
+/// assert!(json["sendEventPostUri"].as_str().unwrap().ends_with("/raiseEvent/{eventName}"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct CheckStatus {
+    /// The instance id.
+    pub id: String,
+    /// `GET`: the instance's status.
+    pub status_query_get_uri: String,
+    /// `POST`: raise an event (replace `{eventName}`).
+    pub send_event_post_uri: String,
+    /// `POST`: terminate (replace `{text}` with a reason).
+    pub terminate_post_uri: String,
+    /// `DELETE`: purge the instance's history.
+    pub purge_history_delete_uri: String,
+    /// `POST`: start the orchestration again with the same input.
+    pub restart_post_uri: String,
+    /// `POST`: suspend (replace `{text}` with a reason).
+    pub suspend_post_uri: String,
+    /// `POST`: resume (replace `{text}` with a reason).
+    pub resume_post_uri: String,
+}
+
+impl CheckStatus {
+    /// The URLs of `instance_id` on a server reachable at `base_url` (scheme, host, port
+    /// and any mount path; a trailing `/` is ignored). The id is percent-encoded.
+    pub fn new(instance_id: &InstanceId, base_url: &str) -> Self {
+        let instance = format!(
+            "{}{PREFIX}/instances/{}",
+            base_url.trim_end_matches('/'),
+            util::encode_path_segment(instance_id.as_str())
+        );
+        Self {
+            id: instance_id.to_string(),
+            status_query_get_uri: instance.clone(),
+            send_event_post_uri: format!("{instance}/raiseEvent/{{eventName}}"),
+            terminate_post_uri: format!("{instance}/terminate?reason={{text}}"),
+            purge_history_delete_uri: instance.clone(),
+            restart_post_uri: format!("{instance}/restart"),
+            suspend_post_uri: format!("{instance}/suspend?reason={{text}}"),
+            resume_post_uri: format!("{instance}/resume?reason={{text}}"),
+        }
+    }
+
+    /// Appends `returnInternalServerErrorOnFailure=true` to the status URL, so polling
+    /// clients get a 500 when the instance fails.
+    pub fn return_internal_server_error_on_failure(mut self) -> Self {
+        self.status_query_get_uri
+            .push_str("?returnInternalServerErrorOnFailure=true");
+        self
+    }
+}
+
+impl IntoResponse for CheckStatus {
+    /// 202 Accepted, `Location` = the status URL, `Retry-After: 10`, the payload as JSON.
+    fn into_response(self) -> Response {
+        let location = HeaderValue::from_str(&self.status_query_get_uri).ok();
+        let mut response = util::json_response(StatusCode::ACCEPTED, &self);
+        let headers = response.headers_mut();
+        if let Some(location) = location {
+            headers.insert(header::LOCATION, location);
+        }
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(CHECK_STATUS_RETRY_AFTER),
+        );
+        response
+    }
+}
+
+/// Durable Functions' `CreateCheckStatusResponse`: the 202 Accepted a user's own HTTP
+/// handler returns after starting an orchestration, with `Location` and `Retry-After`
+/// headers and the [`CheckStatus`] management URLs as body.
+///
+/// # Examples
+///
+/// ```
+/// use axum::http::StatusCode;
+/// use durable_core::InstanceId;
+/// use durable_core::http::check_status_response;
+///
+/// let id = InstanceId::new("abc123").unwrap();
+/// let response = check_status_response(&id, "http://localhost:7071");
+/// assert_eq!(response.status(), StatusCode::ACCEPTED);
+/// assert_eq!(
+///     response.headers()["location"],
+///     "http://localhost:7071/runtime/webhooks/durabletask/instances/abc123"
+/// );
+/// assert_eq!(response.headers()["retry-after"], "10");
+/// ```
+pub fn check_status_response(instance_id: &InstanceId, base_url: &str) -> Response {
+    CheckStatus::new(instance_id, base_url).into_response()
+}
+
+/// Why [`serve`] did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// A non-loopback address was asked for without a bearer token.
+    #[error(
+        "refusing to serve the management API on non-loopback address {0} without a bearer \
+         token: set `HttpOptions::bearer_token`, or bind 127.0.0.1 / ::1"
+    )]
+    InsecureBind(SocketAddr),
+    /// The address could not be bound.
+    #[error("cannot bind the management API to {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A running management API server started by [`serve`]. Dropping it shuts the server
+/// down gracefully.
+#[derive(Debug)]
+pub struct HttpServer {
+    local_addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpServer {
+    /// The bound address (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// `http://{local_addr}`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish, and returns.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await.map_err(std::io::Error::other)?
+    }
+
+    /// Serves until the server fails (it never stops by itself).
+    pub async fn wait(mut self) -> std::io::Result<()> {
+        let _keep_running = self.shutdown.take();
+        (&mut self.task).await.map_err(std::io::Error::other)?
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Binds `addr` and serves [`router`] on it in a background task.
+///
+/// Loopback addresses (`127.0.0.1`, `::1`; [`DEFAULT_ADDR`] is `127.0.0.1:7071`) are
+/// always allowed; any other address is refused with [`ServeError::InsecureBind`] unless
+/// [`HttpOptions::bearer_token`] is set. Port 0 picks a free port
+/// ([`HttpServer::local_addr`] tells which).
+///
+/// # Examples
+///
+/// ```no_run
+/// use durable_core::http::{self, HttpOptions};
+/// use durable_core::prelude::*;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let worker = Worker::builder().store(MemoryStore::new()).start()?;
+/// // Loopback: no token needed.
+/// let local = http::serve(worker.client(), ([127, 0, 0, 1], 0).into(), HttpOptions::new()).await?;
+/// println!("management API at {}", local.url());
+/// // Every interface: refused without a token.
+/// assert!(http::serve(worker.client(), ([0, 0, 0, 0], 8080).into(), HttpOptions::new()).await.is_err());
+/// let public = http::serve(worker.client(), ([0, 0, 0, 0], 8080).into(), HttpOptions::new().bearer_token("s3cret")).await?;
+/// # drop(public);
+/// local.shutdown().await?;
+/// # Ok(()) }
+/// ```
+pub async fn serve(
+    client: Client,
+    addr: SocketAddr,
+    options: HttpOptions,
+) -> Result<HttpServer, ServeError> {
+    let has_token = options.bearer_token.as_ref().is_some_and(|t| !t.is_empty());
+    if !addr.ip().is_loopback() && !has_token {
+        return Err(ServeError::InsecureBind(addr));
+    }
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let app = router(client, options);
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await
+    });
+    Ok(HttpServer {
+        local_addr,
+        shutdown: Some(tx),
+        task,
+    })
+}

@@ -1,0 +1,935 @@
+//! The HTTP management API over real HTTP on a loopback socket: a worker on the in-memory
+//! store and a manual clock, `durable_core::http::serve` on 127.0.0.1:0, and hyper's client.
+#![cfg(feature = "http")]
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use durable_core::http::{self, HttpOptions, HttpServer, ServeError};
+use durable_core::prelude::*;
+use durable_core::{Limits, Store, WorkerBuilder};
+use durable_testing::ManualClock;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+const PREFIX: &str = "/runtime/webhooks/durabletask";
+/// Longest a test waits for the engine before failing (a guard against hangs, not timing).
+const GUARD: Duration = Duration::from_secs(20);
+const HOUR: Duration = Duration::from_secs(3600);
+
+// ------------------------------------------------------------------------ orchestrations
+
+#[activity]
+async fn greet(name: String) -> Result<String, ActivityError> {
+    Ok(format!("Hello {name}!"))
+}
+
+#[orchestrator]
+async fn hello(ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    ctx.set_custom_status(&json!({"step": "greeting"}))?;
+    Ok(ctx.call(greet, name).await?)
+}
+
+#[orchestrator]
+async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+    let answer: String = ctx.wait_for_event("approve").await?;
+    Ok(answer)
+}
+
+#[orchestrator]
+async fn nap(ctx: OrchestrationContext, hours: u32) -> Result<u32, OrchestrationError> {
+    ctx.sleep(HOUR * hours).await;
+    Ok(hours)
+}
+
+#[orchestrator]
+async fn doomed(_ctx: OrchestrationContext, _input: ()) -> Result<(), OrchestrationError> {
+    Err(OrchestrationError::new("the sky fell"))
+}
+
+// ------------------------------------------------------------------------------ harness
+
+struct Api {
+    worker: Option<Worker>,
+    store: MemoryStore,
+    clock: ManualClock,
+    server: Option<HttpServer>,
+    base: String,
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+    /// Error answers carry `{"error": code, "message": text}`.
+    fn assert_error(&self, status: StatusCode, code: &str) {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        assert!(
+            self.header("content-type")
+                .unwrap()
+                .starts_with("application/json"),
+            "{:?}",
+            self.headers
+        );
+        let body = self.json();
+        assert_eq!(body["error"], code, "{body}");
+        assert!(!body["message"].as_str().unwrap().is_empty());
+    }
+}
+
+async fn start_api(options: HttpOptions) -> Api {
+    start_api_with(options, |b| b).await
+}
+
+async fn start_api_with(
+    options: HttpOptions,
+    configure: impl FnOnce(WorkerBuilder) -> WorkerBuilder,
+) -> Api {
+    let store = MemoryStore::new();
+    let clock = ManualClock::default();
+    let builder = Worker::builder()
+        .store(store.clone())
+        .clock(clock.as_clock())
+        .register(greet)
+        .register(hello)
+        .register(approval)
+        .register(nap)
+        .register(doomed);
+    let worker = configure(builder).start().expect("worker starts");
+    let server = http::serve(worker.client(), ([127, 0, 0, 1], 0).into(), options)
+        .await
+        .expect("serves on loopback");
+    let base = server.url();
+    Api {
+        worker: Some(worker),
+        store,
+        clock,
+        server: Some(server),
+        base,
+        http: HttpClient::builder(TokioExecutor::new()).build_http(),
+    }
+}
+
+impl Api {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Reply {
+        let uri = if path.starts_with("http") {
+            path.to_owned()
+        } else {
+            format!("{}{PREFIX}{path}", self.base)
+        };
+        let mut request = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let body = Full::new(Bytes::from(body.unwrap_or("").to_owned()));
+        let response = self
+            .http
+            .request(request.body(body).unwrap())
+            .await
+            .expect("HTTP request");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("HTTP body")
+            .to_bytes();
+        Reply {
+            status,
+            headers,
+            text: String::from_utf8(bytes.to_vec()).unwrap(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        self.send(Method::GET, path, &[], None).await
+    }
+
+    async fn post(&self, path: &str, body: &str) -> Reply {
+        let headers: &[(&str, &str)] = if body.is_empty() {
+            &[]
+        } else {
+            &[("content-type", "application/json")]
+        };
+        self.send(Method::POST, path, headers, Some(body)).await
+    }
+
+    async fn delete(&self, path: &str) -> Reply {
+        self.send(Method::DELETE, path, &[], None).await
+    }
+
+    /// Starts `name` over HTTP and returns the new instance id.
+    async fn start(&self, path: &str, input: &str) -> String {
+        let r = self.post(&format!("/orchestrators/{path}"), input).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+        r.json()["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls the status endpoint until `done` holds, woken by store changes between polls.
+    async fn poll(&self, path: &str, what: &str, done: impl Fn(&Reply) -> bool) -> Reply {
+        let mut changes = self.store.signals().changed.subscribe();
+        let check = async {
+            loop {
+                changes.borrow_and_update();
+                let r = self.get(path).await;
+                if done(&r) {
+                    return r;
+                }
+                changes.changed().await.unwrap();
+            }
+        };
+        if let Ok(r) = tokio::time::timeout(GUARD, check).await {
+            return r;
+        }
+        panic!(
+            "gave up waiting for {what}; last: {}",
+            self.get(path).await.text
+        )
+    }
+
+    async fn wait_status(&self, id: &str, status: &str) -> Reply {
+        self.poll(&format!("/instances/{id}"), status, |r| {
+            r.json()["runtimeStatus"] == status
+        })
+        .await
+    }
+
+    async fn shutdown(mut self) {
+        self.server.take().unwrap().shutdown().await.unwrap();
+        self.worker.take().unwrap().shutdown().await;
+    }
+}
+
+// --------------------------------------------------------------------- start and status
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_answers_202_with_location_and_management_urls_then_status_reaches_completed() {
+    let api = start_api(HttpOptions::new()).await;
+    let r = api.post("/orchestrators/hello", "\"Tokyo\"").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(r.header("retry-after"), Some("10"));
+    let body = r.json();
+    let id = body["id"].as_str().unwrap();
+    let instance = format!("{}{PREFIX}/instances/{id}", api.base);
+    assert_eq!(r.header("location"), Some(instance.as_str()));
+    assert_eq!(body["statusQueryGetUri"], instance);
+    assert_eq!(
+        body["sendEventPostUri"],
+        format!("{instance}/raiseEvent/{{eventName}}")
+    );
+    assert_eq!(
+        body["terminatePostUri"],
+        format!("{instance}/terminate?reason={{text}}")
+    );
+    assert_eq!(body["purgeHistoryDeleteUri"], instance);
+    assert_eq!(body["restartPostUri"], format!("{instance}/restart"));
+    assert_eq!(
+        body["suspendPostUri"],
+        format!("{instance}/suspend?reason={{text}}")
+    );
+    assert_eq!(
+        body["resumePostUri"],
+        format!("{instance}/resume?reason={{text}}")
+    );
+    assert!(body.get("rewindPostUri").is_none());
+
+    // The Location URL is what a polling client follows.
+    let done = api
+        .poll(r.header("location").unwrap(), "Completed", |r| {
+            r.status == StatusCode::OK
+        })
+        .await;
+    let status = done.json();
+    assert_eq!(status["name"], "hello");
+    assert_eq!(status["instanceId"], id);
+    assert_eq!(status["runtimeStatus"], "Completed");
+    assert_eq!(status["input"], "Tokyo");
+    assert_eq!(status["output"], "Hello Tokyo!");
+    assert_eq!(status["customStatus"], json!({"step": "greeting"}));
+    // The manual clock starts at 2024-01-01T00:00:00Z; second precision, as Durable Functions.
+    assert_eq!(status["createdTime"], "2024-01-01T00:00:00Z");
+    assert_eq!(status["lastUpdatedTime"], "2024-01-01T00:00:00Z");
+    assert!(status.get("historyEvents").is_none());
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_202_with_location_and_retry_after_while_running_and_200_after_a_timer_fires() {
+    let api = start_api(HttpOptions::new()).await;
+    let id = api.start("nap/sleeper", "2").await;
+    assert_eq!(id, "sleeper");
+    let running = api.wait_status(&id, "Running").await;
+    assert_eq!(running.status, StatusCode::ACCEPTED);
+    assert_eq!(running.header("retry-after"), Some("5"));
+    assert_eq!(
+        running.header("location"),
+        Some(format!("{}{PREFIX}/instances/sleeper", api.base).as_str())
+    );
+    assert_eq!(running.json()["output"], Value::Null);
+
+    // Query parameters are kept in the Location of a 202.
+    let r = api.get("/instances/sleeper?showInput=false").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert!(
+        r.header("location")
+            .unwrap()
+            .ends_with("/instances/sleeper?showInput=false")
+    );
+    assert_eq!(r.json()["input"], Value::Null);
+
+    api.clock.advance(HOUR * 2);
+    let done = api
+        .poll("/instances/sleeper", "Completed", |r| {
+            r.status == StatusCode::OK
+        })
+        .await;
+    assert_eq!(done.json()["runtimeStatus"], "Completed");
+    assert_eq!(done.json()["output"], 2);
+    assert!(done.header("location").is_none());
+    assert_eq!(done.json()["lastUpdatedTime"], "2024-01-01T02:00:00Z");
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_history_shapes_events_like_durable_functions() {
+    let api = start_api(HttpOptions::new()).await;
+    let id = api.start("hello", "\"Lima\"").await;
+    api.wait_status(&id, "Completed").await;
+
+    let r = api
+        .get(&format!(
+            "/instances/{id}?showHistory=True&showHistoryOutput=true"
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let events = r.json()["historyEvents"].as_array().unwrap().clone();
+    let kinds: Vec<_> = events
+        .iter()
+        .map(|e| e["EventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["ExecutionStarted", "TaskCompleted", "ExecutionCompleted"],
+        "{events:#?}"
+    );
+    assert_eq!(events[0]["FunctionName"], "hello");
+    assert_eq!(events[0]["Input"], "Lima");
+    assert!(
+        events[0]["Timestamp"]
+            .as_str()
+            .unwrap()
+            .starts_with("2024-01-01T00:00:00")
+    );
+    assert_eq!(events[1]["FunctionName"], "greet");
+    assert_eq!(events[1]["Input"], "Lima");
+    assert_eq!(events[1]["Result"], "Hello Lima!");
+    assert!(events[1]["ScheduledTime"].is_string());
+    assert_eq!(events[2]["OrchestrationStatus"], "Completed");
+    assert_eq!(events[2]["Result"], "Hello Lima!");
+    for e in &events {
+        assert!(
+            e.get("EventId").is_none() && e.get("IsPlayed").is_none(),
+            "{e}"
+        );
+    }
+
+    // Without showHistoryOutput, no results; with showInput=FALSE, no inputs.
+    let r = api
+        .get(&format!("/instances/{id}?showHistory=TRUE&showInput=FALSE"))
+        .await;
+    let body = r.json();
+    assert_eq!(body["input"], Value::Null);
+    for e in body["historyEvents"].as_array().unwrap() {
+        assert!(e.get("Result").is_none() && e.get("Input").is_none(), "{e}");
+    }
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_instances_answer_200_with_failure_details_or_500_when_asked() {
+    let api = start_api(HttpOptions::new()).await;
+    let id = api.start("doomed", "").await;
+    let r = api.wait_status(&id, "Failed").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let output = &r.json()["output"];
+    assert_eq!(output["errorMessage"], "the sky fell", "{output}");
+    assert!(output["errorType"].is_string());
+
+    let r = api
+        .get(&format!(
+            "/instances/{id}?returnInternalServerErrorOnFailure=true"
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.json()["runtimeStatus"], "Failed");
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_can_wait_for_completion() {
+    let api = start_api(HttpOptions::new()).await;
+    // Finished within the timeout: 200 with the raw output.
+    let r = api
+        .post(
+            "/orchestrators/hello?timeout=20&pollingInterval=1",
+            "\"Oslo\"",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json(), "Hello Oslo!");
+
+    // Failed within the timeout: the status answer.
+    let r = api
+        .post("/orchestrators/doomed?timeout=20&pollingInterval=1", "")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json()["runtimeStatus"], "Failed");
+
+    // Not finished in time (the timer never fires on the manual clock): 202 + payload.
+    let r = api
+        .post("/orchestrators/nap?timeout=0.05&pollingInterval=0.01", "1")
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert!(r.json()["statusQueryGetUri"].is_string());
+
+    // A polling interval longer than the timeout is a bad request.
+    let r = api
+        .post("/orchestrators/hello?timeout=1&pollingInterval=5", "\"x\"")
+        .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "InvalidQueryParameter");
+    api.shutdown().await;
+}
+
+// ---------------------------------------------------------------------- events and control
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_an_event_completes_a_waiting_orchestration() {
+    let api = start_api(HttpOptions::new()).await;
+    let id = api.start("approval/order-1", "").await;
+    api.wait_status(&id, "Running").await;
+
+    let r = api
+        .post("/instances/order-1/raiseEvent/approve", "\"yes\"")
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert!(r.text.is_empty());
+    let done = api.wait_status(&id, "Completed").await;
+    assert_eq!(done.json()["output"], "yes");
+
+    // Finished: 410 Gone.
+    api.post("/instances/order-1/raiseEvent/approve", "\"again\"")
+        .await
+        .assert_error(StatusCode::GONE, "InstanceNotRunning");
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raise_event_accepts_what_curl_sends() {
+    let api = start_api(HttpOptions::new()).await;
+    let id = api.start("approval", "").await;
+    // curl -d '"ok"' sends a form content type; the body is JSON all the same.
+    let r = api
+        .send(
+            Method::POST,
+            &format!("/instances/{id}/raiseEvent/approve"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Some("\"ok\""),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(
+        api.wait_status(&id, "Completed").await.json()["output"],
+        "ok"
+    );
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_ends_a_running_instance_and_a_second_terminate_is_gone() {
+    let api = start_api(HttpOptions::new()).await;
+    let id = api.start("nap", "5").await;
+    api.wait_status(&id, "Running").await;
+    let r = api
+        .post(
+            &format!("/instances/{id}/terminate?reason=no+longer+needed"),
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let done = api.wait_status(&id, "Terminated").await;
+    assert_eq!(done.status, StatusCode::OK);
+    assert_eq!(done.json()["output"], "no longer needed");
+
+    api.post(&format!("/instances/{id}/terminate"), "")
+        .await
+        .assert_error(StatusCode::GONE, "InstanceNotRunning");
+
+    // A JSON-encoded string body is a reason too; operation names match in any casing.
+    let id = api.start("nap", "5").await;
+    let r = api
+        .post(&format!("/instances/{id}/Terminate"), "\"reason text\"")
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(
+        api.wait_status(&id, "Terminated").await.json()["output"],
+        "reason text"
+    );
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_and_resume() {
+    let api = start_api(HttpOptions::new()).await;
+    let id = api.start("approval", "").await;
+    api.wait_status(&id, "Running").await;
+
+    let r = api
+        .post(&format!("/instances/{id}/suspend?reason=hold"), "")
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let suspended = api.wait_status(&id, "Suspended").await;
+    assert_eq!(suspended.status, StatusCode::ACCEPTED);
+
+    // An event raised while suspended waits for the resume.
+    api.post(&format!("/instances/{id}/raiseEvent/approve"), "\"later\"")
+        .await;
+    let r = api
+        .post(&format!("/instances/{id}/resume?reason=go"), "")
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(
+        api.wait_status(&id, "Completed").await.json()["output"],
+        "later"
+    );
+
+    api.post(&format!("/instances/{id}/suspend"), "")
+        .await
+        .assert_error(StatusCode::GONE, "InstanceNotRunning");
+    api.post(&format!("/instances/{id}/resume"), "")
+        .await
+        .assert_error(StatusCode::GONE, "InstanceNotRunning");
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_starts_the_same_input_again_and_rewind_is_not_implemented() {
+    let api = start_api(HttpOptions::new()).await;
+    let id = api.start("hello/first", "\"Rome\"").await;
+    api.wait_status(&id, "Completed").await;
+
+    // A new id by default.
+    let r = api.post("/instances/first/restart", "").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let new_id = r.json()["id"].as_str().unwrap().to_owned();
+    assert_ne!(new_id, "first");
+    assert_eq!(
+        api.wait_status(&new_id, "Completed").await.json()["output"],
+        "Hello Rome!"
+    );
+
+    // The same id when asked.
+    let r = api
+        .post(
+            "/instances/first/restart?restartWithNewInstanceId=false",
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(r.json()["id"], "first");
+
+    // Unknown ids are a bad request (Durable Functions' answer); a running one under its
+    // own id is a conflict.
+    api.post("/instances/nobody/restart", "")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InstanceNotFound");
+    let sleeper = api.start("nap", "1").await;
+    api.post(
+        &format!("/instances/{sleeper}/restart?restartWithNewInstanceId=false"),
+        "",
+    )
+    .await
+    .assert_error(StatusCode::CONFLICT, "InstanceAlreadyExists");
+
+    // Rewind: the checks are answered, the operation itself is not implemented yet.
+    api.post(&format!("/instances/{sleeper}/rewind"), "")
+        .await
+        .assert_error(StatusCode::PRECONDITION_FAILED, "InstanceNotFailed");
+    let failed = api.start("doomed", "").await;
+    api.wait_status(&failed, "Failed").await;
+    api.post(&format!("/instances/{failed}/rewind?reason=retry"), "")
+        .await
+        .assert_error(StatusCode::NOT_IMPLEMENTED, "RewindNotSupported");
+    api.post(&format!("/instances/{new_id}/rewind"), "")
+        .await
+        .assert_error(StatusCode::GONE, "InstanceNotRunning");
+    api.post("/instances/nobody/rewind", "")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "InstanceNotFound");
+    api.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------- bad input
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_instances_are_404() {
+    let api = start_api(HttpOptions::new()).await;
+    api.get("/instances/nobody")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "InstanceNotFound");
+    api.post("/instances/nobody/raiseEvent/x", "1")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "InstanceNotFound");
+    for op in ["terminate", "suspend", "resume"] {
+        api.post(&format!("/instances/nobody/{op}"), "")
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "InstanceNotFound");
+    }
+    api.delete("/instances/nobody")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "InstanceNotFound");
+    // Unknown endpoints and methods.
+    api.get("/nothing-here")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "NotFound");
+    api.post("/instances/nobody/explode", "")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "NotFound");
+    api.send(Method::PUT, "/instances/nobody", &[], None)
+        .await
+        .assert_error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed");
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_is_400_with_a_json_body_never_500() {
+    let api = start_api(HttpOptions::new()).await;
+    api.post("/orchestrators/hello", "{not json")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidJson");
+    api.post("/orchestrators/hello", "42")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidPayload");
+    api.post("/orchestrators/no_such_thing", "1")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "UnknownOrchestrator");
+    let long = "x".repeat(101);
+    api.post(&format!("/orchestrators/hello/{long}"), "\"a\"")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidInstanceId");
+    api.post("/orchestrators/hello/%40entity", "\"a\"")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidInstanceId");
+    api.get("/instances/a%2Fb")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidInstanceId");
+    api.get("/instances/a%FFb")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidPath");
+    api.get("/instances/x?showHistory=maybe")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidQueryParameter");
+    api.get("/instances?createdTimeFrom=yesterday")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidQueryParameter");
+    api.get("/instances?runtimeStatus=Sleeping")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidQueryParameter");
+    api.get("/instances?top=-1")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidQueryParameter");
+    api.send(
+        Method::GET,
+        "/instances",
+        &[("x-ms-continuation-token", "not-a-token")],
+        None,
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "InvalidContinuationToken");
+    api.post("/orchestrators/hello?timeout=soon", "\"a\"")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidQueryParameter");
+
+    let id = api.start("approval", "").await;
+    api.post(
+        &format!("/instances/{id}/raiseEvent/approve"),
+        "{\"unterminated\": ",
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "InvalidJson");
+    // The id of a running instance is taken.
+    api.post(&format!("/orchestrators/approval/{id}"), "")
+        .await
+        .assert_error(StatusCode::CONFLICT, "InstanceAlreadyExists");
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_413() {
+    let api = start_api(HttpOptions::new().max_body_bytes(64)).await;
+    let big = format!("\"{}\"", "x".repeat(100));
+    api.post("/orchestrators/hello", &big)
+        .await
+        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge");
+    let id = api.start("approval", "").await;
+    api.post(&format!("/instances/{id}/raiseEvent/approve"), &big)
+        .await
+        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge");
+    api.shutdown().await;
+
+    // The worker's payload limit is the default body limit.
+    let api = start_api_with(HttpOptions::new(), |b| {
+        let mut limits = Limits::default();
+        limits.max_payload_bytes = 32;
+        b.limits(limits)
+    })
+    .await;
+    api.post("/orchestrators/hello", &big)
+        .await
+        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge");
+    api.shutdown().await;
+}
+
+// ------------------------------------------------------------------------ list and purge
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_filters_and_pages_through_the_continuation_header() {
+    let api = start_api(HttpOptions::new()).await;
+    for i in 1..=5 {
+        let id = api
+            .start(&format!("hello/page-{i}"), &format!("\"{i}\""))
+            .await;
+        api.wait_status(&id, "Completed").await;
+    }
+    api.start("nap/other", "1").await;
+    api.wait_status("other", "Running").await;
+
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let headers: Vec<(&str, &str)> = if token.is_empty() {
+            vec![]
+        } else {
+            vec![("x-ms-continuation-token", token.as_str())]
+        };
+        let r = api
+            .send(
+                Method::GET,
+                "/instances?instanceIdPrefix=page-&top=2",
+                &headers,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        pages += 1;
+        let items = r.json();
+        assert!(items.as_array().unwrap().len() <= 2);
+        for item in items.as_array().unwrap() {
+            assert_eq!(item["runtimeStatus"], "Completed");
+            assert!(item.get("historyEvents").is_none());
+            seen.push(item["instanceId"].as_str().unwrap().to_owned());
+        }
+        // Always present; empty on the last page.
+        token = r
+            .header("x-ms-continuation-token")
+            .expect("token header")
+            .to_owned();
+        if token.is_empty() {
+            break;
+        }
+        assert!(pages < 10, "paging does not end");
+    }
+    assert_eq!(seen, ["page-1", "page-2", "page-3", "page-4", "page-5"]);
+    assert_eq!(pages, 3);
+
+    // Status and creation-time filters.
+    let r = api.get("/instances?runtimeStatus=Running,Pending").await;
+    let ids: Vec<_> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instanceId"].clone())
+        .collect();
+    assert_eq!(ids, [json!("other")]);
+    let r = api.get("/instances?runtimeStatus=Canceled").await;
+    assert_eq!(r.json(), json!([]));
+    let r = api
+        .get("/instances?createdTimeFrom=2024-01-02T00:00:00Z")
+        .await;
+    assert_eq!(r.json(), json!([]));
+    let r = api
+        .get("/instances?createdTimeFrom=2023-12-31T00:00:00Z&createdTimeTo=2024-01-01T00:00:00Z&showInput=false")
+        .await;
+    let all = r.json();
+    assert_eq!(all.as_array().unwrap().len(), 6);
+    assert!(all.as_array().unwrap().iter().all(|i| i["input"].is_null()));
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_one_and_by_filter() {
+    let api = start_api(HttpOptions::new()).await;
+    let done = api.start("hello/done", "\"a\"").await;
+    api.wait_status(&done, "Completed").await;
+    let r = api.delete("/instances/done").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json(), json!({"instancesDeleted": 1}));
+    api.get("/instances/done")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "InstanceNotFound");
+    api.delete("/instances/done")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "InstanceNotFound");
+
+    // A running instance cannot be purged.
+    let running = api.start("nap", "1").await;
+    api.delete(&format!("/instances/{running}"))
+        .await
+        .assert_error(StatusCode::PRECONDITION_FAILED, "InstanceStillRunning");
+
+    for i in 0..3 {
+        let id = api.start(&format!("hello/old-{i}"), "\"b\"").await;
+        api.wait_status(&id, "Completed").await;
+    }
+    api.delete("/instances")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "MissingQueryParameter");
+    let r = api
+        .delete("/instances?createdTimeFrom=2023-01-01T00:00:00Z&runtimeStatus=Completed,Failed,Terminated")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json(), json!({"instancesDeleted": 3}));
+    // Nothing left to purge: 404.
+    api.delete("/instances?createdTimeFrom=2023-01-01")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "NothingPurged");
+    // The running instance survived.
+    assert_eq!(
+        api.get(&format!("/instances/{running}")).await.status,
+        StatusCode::ACCEPTED
+    );
+    api.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------- security
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_token_is_required_when_set() {
+    let api = start_api(HttpOptions::new().bearer_token("s3cret")).await;
+    let r = api.get("/instances").await;
+    r.assert_error(StatusCode::UNAUTHORIZED, "Unauthorized");
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    api.send(
+        Method::GET,
+        "/instances",
+        &[("authorization", "Bearer wrong")],
+        None,
+    )
+    .await
+    .assert_error(StatusCode::UNAUTHORIZED, "Unauthorized");
+    api.send(
+        Method::POST,
+        "/orchestrators/hello",
+        &[("authorization", "Basic czNjcmV0")],
+        Some("\"a\""),
+    )
+    .await
+    .assert_error(StatusCode::UNAUTHORIZED, "Unauthorized");
+
+    let r = api
+        .send(
+            Method::GET,
+            "/instances",
+            &[("authorization", "Bearer s3cret")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = api
+        .send(
+            Method::POST,
+            "/orchestrators/hello",
+            &[("authorization", "bearer s3cret")],
+            Some("\"a\""),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    // Durable Functions clients pass the key as `code`.
+    let r = api.get("/instances?code=s3cret").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_non_loopback_addresses_without_a_token() {
+    let worker = Worker::builder().store(MemoryStore::new()).start().unwrap();
+    let err = http::serve(
+        worker.client(),
+        ([0, 0, 0, 0], 0).into(),
+        HttpOptions::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ServeError::InsecureBind(_)), "{err}");
+    assert!(err.to_string().contains("bearer token"), "{err}");
+    let err = http::serve(
+        worker.client(),
+        ([0, 0, 0, 0], 0).into(),
+        HttpOptions::new().bearer_token(""),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ServeError::InsecureBind(_)), "{err}");
+    // IPv6 loopback is fine without a token (where the host has it).
+    if let Ok(server) = http::serve(
+        worker.client(),
+        "[::1]:0".parse().unwrap(),
+        HttpOptions::new(),
+    )
+    .await
+    {
+        assert!(server.local_addr().ip().is_loopback());
+        server.shutdown().await.unwrap();
+    }
+    worker.shutdown().await;
+}
+
+#[test]
+fn check_status_response_builds_the_management_payload() {
+    let id = InstanceId::new("order 7").unwrap();
+    let response = http::check_status_response(&id, "https://jobs.example.com/");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        response.headers()["location"],
+        "https://jobs.example.com/runtime/webhooks/durabletask/instances/order%207"
+    );
+    assert_eq!(response.headers()["retry-after"], "10");
+    let payload = http::CheckStatus::new(&id, "http://h").return_internal_server_error_on_failure();
+    assert_eq!(
+        payload.status_query_get_uri,
+        "http://h/runtime/webhooks/durabletask/instances/order%207?returnInternalServerErrorOnFailure=true"
+    );
+}

@@ -1,0 +1,15 @@
+use durable_core::prelude::*;
+
+#[derive(Default, Serialize, Deserialize)]
+struct Counter {
+    value: i64,
+}
+
+#[entity]
+impl Counter {
+    fn add(&mut self, amount: i64) {
+        self.value += amount;
+    }
+}
+
+fn main() {}

@@ -1,0 +1,16 @@
+use durable_core::prelude::*;
+
+#[entity]
+#[derive(Default, Serialize, Deserialize)]
+struct Counter {
+    value: i64,
+}
+
+#[entity]
+impl Counter {
+    fn take(self) -> i64 {
+        self.value
+    }
+}
+
+fn main() {}
