@@ -530,6 +530,12 @@ impl Client {
         Ok(())
     }
 
+    /// Whether this client's registry knows entity type `name`; `None` when the client has
+    /// no registry (it was not obtained from a worker).
+    pub fn knows_entity(&self, name: &str) -> Option<bool> {
+        self.registry.as_ref().map(|r| r.has_entity(name))
+    }
+
     /// Reads an entity's state as JSON; `None` if it has none (never created or deleted).
     pub async fn read_entity_raw(&self, entity: &EntityId) -> Result<Option<String>, ClientError> {
         let Some(r) = self.store.read_instance(&entity.instance_id()).await? else {

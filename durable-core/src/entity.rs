@@ -244,7 +244,7 @@ impl SignalTarget {
         match encode(input) {
             Ok(p) => self.sink.send_signal(&self.entity, operation, p),
             Err(e) => {
-                tracing::error!(entity = %self.entity, operation, error = %e, "signal input does not serialize")
+                tracing::error!(entity = %self.entity, operation, error = %e, "signal input does not serialize");
             }
         }
     }
@@ -489,7 +489,7 @@ impl EntityRecord {
                 ..
             } => {
                 self.run_operation(id, run, operation, input, reply_to, now, out)
-                    .await
+                    .await;
             }
             _ => {}
         }

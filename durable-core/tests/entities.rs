@@ -40,6 +40,9 @@ struct Log {
     items: Vec<u32>,
 }
 
+// `append` is async and `forward`/`erase` ignore the state on purpose: they exercise async
+// operations and context-only operations.
+#[allow(clippy::unused_async, clippy::unused_self)]
 #[entity]
 impl Log {
     async fn append(&mut self, item: u32) {
@@ -331,7 +334,7 @@ async fn concurrent_transfers_conserve_money_and_never_deadlock() {
         let t = Transfer {
             from: from.into(),
             to: to.into(),
-            amount: 7 + (i as i64 % 5) * 11,
+            amount: 7 + i64::try_from(i % 5).unwrap() * 11,
         };
         runs.push(transfer::start(&client, t).await.unwrap());
     }
@@ -373,7 +376,7 @@ async fn bad_section(
     _input: (),
 ) -> Result<Vec<String>, OrchestrationError> {
     let a = EntityId::of::<Account>("p")?;
-    let section = ctx.lock(&[a.clone()]).await?;
+    let section = ctx.lock(std::slice::from_ref(&a)).await?;
     let mut errors = Vec::new();
     match ctx.entity::<Account>("q").balance().await {
         Err(TaskError::Failed(f)) => errors.push(f.error_type),

@@ -109,7 +109,8 @@ async fn start_api_with(
         .register(hello)
         .register(approval)
         .register(nap)
-        .register(doomed);
+        .register(doomed)
+        .register(Counter::entity());
     let worker = configure(builder).start().expect("worker starts");
     let server = http::serve(worker.client(), ([127, 0, 0, 1], 0).into(), options)
         .await
@@ -932,4 +933,101 @@ fn check_status_response_builds_the_management_payload() {
         payload.status_query_get_uri,
         "http://h/runtime/webhooks/durabletask/instances/order%207?returnInternalServerErrorOnFailure=true"
     );
+}
+
+// ----------------------------------------------------------------------------- entities
+
+#[entity]
+#[derive(Default, Serialize, Deserialize)]
+struct Counter {
+    value: i64,
+}
+
+#[entity]
+impl Counter {
+    fn add(&mut self, amount: i64) {
+        self.value += amount;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entities_are_signalled_read_listed_and_deleted() {
+    let api = start_api(HttpOptions::new()).await;
+    assert_eq!(
+        api.get("/entities/counter/cats").await.status,
+        StatusCode::NOT_FOUND
+    );
+    for n in [5, 4] {
+        let r = api
+            .post("/entities/Counter/cats?op=add", &n.to_string())
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    }
+    // What `curl -d 1` sends: a form content type with a JSON body.
+    let r = api
+        .send(
+            Method::POST,
+            "/entities/counter/dogs?op=add",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Some("1"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let state = api
+        .poll("/entities/counter/cats", "state 9", |r| {
+            r.status == StatusCode::OK && r.json()["value"] == 9
+        })
+        .await;
+    assert_eq!(state.json(), serde_json::json!({ "value": 9 }));
+    api.poll("/entities/counter/dogs", "dogs", |r| {
+        r.status == StatusCode::OK
+    })
+    .await;
+
+    let list = api.get("/entities/counter?top=1&fetchState=true").await;
+    assert_eq!(list.status, StatusCode::OK);
+    let items = list.json();
+    assert_eq!(items.as_array().unwrap().len(), 1);
+    assert_eq!(
+        items[0]["entityId"],
+        serde_json::json!({ "key": "cats", "name": "counter" })
+    );
+    assert_eq!(items[0]["state"]["value"], 9);
+    assert!(
+        items[0]["lastOperationTime"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    let token = list.header("x-ms-continuation-token").unwrap().to_owned();
+    assert!(!token.is_empty());
+    let next = api
+        .send(
+            Method::GET,
+            "/entities/counter?top=1",
+            &[("x-ms-continuation-token", &token)],
+            None,
+        )
+        .await;
+    assert_eq!(next.json()[0]["entityId"]["key"], "dogs");
+    assert!(
+        next.json()[0].get("state").is_none(),
+        "no state without fetchState"
+    );
+
+    // Unknown entity names, bad operations and bad bodies.
+    api.post("/entities/nosuch/k?op=add", "1")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "UnknownEntity");
+    api.post("/entities/counter/k?op=add", "{not json")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidJson");
+
+    let r = api.delete("/entities/counter/cats").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    api.poll("/entities/counter/cats", "deleted", |r| {
+        r.status == StatusCode::NOT_FOUND
+    })
+    .await;
+    api.shutdown().await;
 }

@@ -142,7 +142,7 @@ pub(crate) fn parse(
                 })) => match s.parse::<Path>() {
                     Ok(p) => args.krate = Some(p),
                     Err(_) => {
-                        errors.push(s, "`crate` must name a path, e.g. `crate = durable_core`")
+                        errors.push(s, "`crate` must name a path, e.g. `crate = durable_core`");
                     }
                 },
                 Some(other) => errors.push(

@@ -103,7 +103,7 @@ pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<
         match &sig.output {
             ReturnType::Type(_, ty) => errors.push(ty, msg),
             ReturnType::Default => {
-                errors.push_error(syn::Error::new(sig.paren_token.span.close(), msg))
+                errors.push_error(syn::Error::new(sig.paren_token.span.close(), msg));
             }
         }
         return None;

@@ -147,7 +147,7 @@ async fn transfers_conserve_money() {
         let t = Transfer {
             from: (*from).into(),
             to: (*to).into(),
-            amount: 10 + i as i64,
+            amount: 10 + i64::try_from(i).unwrap(),
         };
         runs.push(transfer::start(&client, t).await.unwrap());
     }

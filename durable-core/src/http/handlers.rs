@@ -499,3 +499,185 @@ pub(super) async fn method_not_allowed() -> ApiError {
         "this endpoint does not support this HTTP method",
     )
 }
+
+// --------------------------------------------------------------------------- entities
+
+/// The entity id of a path; `$` stands for the empty key.
+fn entity_id(state: &AppState, name: &str, key: &str) -> Result<crate::entity::EntityId, ApiError> {
+    let key = if key == "$" { "" } else { key };
+    let id = crate::entity::EntityId::new(name, key)?;
+    if state.client.knows_entity(&id.name) == Some(false) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "UnknownEntity",
+            format!("no entity named `{}` is registered", id.name),
+        ));
+    }
+    Ok(id)
+}
+
+/// `POST /entities/{entityName}/{entityKey}?op=..`: signal an operation (202).
+pub(super) async fn signal_entity(
+    State(state): State<AppState>,
+    params: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let (name, key) = path(params)?;
+    let id = entity_id(&state, &name, &key)?;
+    let query = Query::parse(raw.as_deref())?;
+    let op = query.get("op").unwrap_or_default().to_owned();
+    let bytes = read_body(body, state.body_limit()).await?;
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|ct| ct.contains("json"));
+    let input = if bytes.iter().all(u8::is_ascii_whitespace) {
+        "null".to_owned()
+    } else if is_json {
+        json_body(&bytes)?
+    } else {
+        // curl's default form content type: a body that is valid JSON is taken as JSON;
+        // anything else is passed on as a JSON string, as Durable Functions does.
+        json_body(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()).to_string()
+        })
+    };
+    state
+        .client
+        .signal_entity_raw(&id, &op, input, None)
+        .await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// `DELETE /entities/{entityName}/{entityKey}`: signal the built-in `delete` operation.
+pub(super) async fn delete_entity(
+    State(state): State<AppState>,
+    params: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult {
+    let (name, key) = path(params)?;
+    let id = entity_id(&state, &name, &key)?;
+    state
+        .client
+        .signal_entity_raw(
+            &id,
+            crate::entity::DELETE_OPERATION,
+            "null".to_owned(),
+            None,
+        )
+        .await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// `GET /entities/{entityName}/{entityKey}`: the state (200) or 404.
+pub(super) async fn read_entity(
+    State(state): State<AppState>,
+    params: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult {
+    let (name, key) = path(params)?;
+    let id = entity_id(&state, &name, &key)?;
+    match state.client.read_entity_raw(&id).await? {
+        Some(json) => {
+            let mut r = Response::new(Body::from(json));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=utf-8"),
+            );
+            Ok(r)
+        }
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "EntityNotFound",
+            format!("entity `{id}` does not exist"),
+        )),
+    }
+}
+
+/// `GET /entities`.
+pub(super) async fn list_entities(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult {
+    list_entities_impl(&state, None, raw.as_deref(), &headers).await
+}
+
+/// `GET /entities/{entityName}`.
+pub(super) async fn list_entities_named(
+    State(state): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult {
+    let name = path(name)?;
+    list_entities_impl(&state, Some(name), raw.as_deref(), &headers).await
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EntityItem {
+    entity_id: EntityKeyJson,
+    last_operation_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct EntityKeyJson {
+    key: String,
+    name: String,
+}
+
+async fn list_entities_impl(
+    state: &AppState,
+    name: Option<String>,
+    raw: Option<&str>,
+    headers: &HeaderMap,
+) -> ApiResult {
+    let query = Query::parse(raw)?;
+    let mut q = crate::client::EntityQuery::new();
+    if let Some(n) = name {
+        q = q.name(n);
+    }
+    q.include_state = query.bool("fetchState", false)?;
+    q.last_operation_from = query.timestamp("lastOperationTimeFrom")?;
+    q.last_operation_to = query.timestamp("lastOperationTimeTo")?;
+    q.page_size = query.count("top")?.unwrap_or(100);
+    q.continuation = match headers
+        .get(CONTINUATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+    {
+        None | Some("") => None,
+        Some(text) => Some(decode_token(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "InvalidContinuationToken",
+                format!("the `{CONTINUATION}` header is not a token this API returned"),
+            )
+        })?),
+    };
+    let page = state.client.list_entities(&q).await?;
+    let items: Vec<EntityItem> = page
+        .entities
+        .into_iter()
+        .map(|e| EntityItem {
+            entity_id: EntityKeyJson {
+                key: e.id.key,
+                name: e.id.name,
+            },
+            last_operation_time: e.last_operation_at.to_rfc3339(),
+            state: e.state.and_then(|s| serde_json::from_str(&s).ok()),
+        })
+        .collect();
+    let mut response = json_response(StatusCode::OK, &items);
+    let token = page
+        .continuation
+        .as_deref()
+        .map(encode_token)
+        .unwrap_or_default();
+    if let Ok(value) = HeaderValue::from_str(&token) {
+        response.headers_mut().insert(CONTINUATION, value);
+    }
+    Ok(response)
+}

@@ -279,14 +279,19 @@ pub fn router(client: Client, options: HttpOptions) -> Router {
             &format!("{p}/instances/{{instance_id}}/{{operation}}"),
             post(handlers::operation),
         )
-        // ------------------------------------------------------------------ entities
-        // Durable Functions' entity endpoints belong here (http-api.md §2.2, #12–#14):
-        //   POST|DELETE {p}/entities/{entityName}/{entityKey}   signal (`op`, JSON body) → 202
-        //   GET         {p}/entities/{entityName}/{entityKey}   state → 200 / 404
-        //   GET         {p}/entities[/{entityName}]             list (`fetchState`, `top`,
-        //               `lastOperationTimeFrom/To`, `x-ms-continuation-token`) → 200
-        // Until they are added, these paths answer 404 through the fallback below.
-        // ---------------------------------------------------------------------------
+        // Entities: signal (POST; DELETE sends `delete`), read, list.
+        .route(&format!("{p}/entities"), get(handlers::list_entities))
+        .route(&format!("{p}/entities/"), get(handlers::list_entities))
+        .route(
+            &format!("{p}/entities/{{entity_name}}"),
+            get(handlers::list_entities_named),
+        )
+        .route(
+            &format!("{p}/entities/{{entity_name}}/{{entity_key}}"),
+            get(handlers::read_entity)
+                .post(handlers::signal_entity)
+                .delete(handlers::delete_entity),
+        )
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state);

@@ -175,6 +175,10 @@ pub(crate) fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the episode pipeline reads top to bottom"
+)]
 async fn try_episode(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), Stuck> {
     let OrchestrationWorkItem {
         instance,

@@ -7,10 +7,15 @@
 //!
 //! Instances have fixed ids and are started with [`IdReusePolicy::DedupeRunning`]: kill the
 //! demo midway and run it again, and it picks the unfinished instances up where they were.
+//!
+//! `cargo run -p examples --bin demo -- serve [--port 7071]` instead serves the Durable
+//! Functions-compatible HTTP API on 127.0.0.1 with every pattern registered, and prints curl
+//! lines to try.
 
 use std::time::Duration;
 
 use durable_core::RedbStore;
+use durable_core::http::{self, HttpOptions};
 use durable_core::prelude::*;
 use examples::aggregator::{Stats, report_readings};
 use examples::approval::{APPROVAL_EVENT, ApprovalRequest, Decision, approval_flow};
@@ -19,12 +24,120 @@ use examples::chaining::hello_sequence;
 use examples::fan_out::word_count;
 use examples::monitor::{MonitorInput, job_monitor};
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let path = "durable-demo.redb";
     let store = RedbStore::open(path)?;
     println!("store: {path} (redb, fsync on every commit)");
     let worker = examples::register_all(Worker::builder().store(store)).start()?;
+    match args.first().map(String::as_str) {
+        None => run_patterns(worker).await,
+        Some("serve") => {
+            let port = match args.get(1).map(String::as_str) {
+                Some("--port") => args.get(2).ok_or("--port needs a number")?.parse::<u16>()?,
+                Some(other) => {
+                    return Err(format!(
+                        "unknown argument `{other}`; usage: demo [serve [--port N]]"
+                    )
+                    .into());
+                }
+                None => 7071,
+            };
+            serve(worker, port).await
+        }
+        Some(other) => {
+            Err(format!("unknown command `{other}`; usage: demo [serve [--port N]]").into())
+        }
+    }
+}
+
+/// Serves the HTTP API until Ctrl-C.
+async fn serve(worker: Worker, port: u16) -> Result<(), BoxError> {
+    let server = http::serve(
+        worker.client(),
+        ([127, 0, 0, 1], port).into(),
+        HttpOptions::new(),
+    )
+    .await?;
+    let base = format!("{}{}", server.url(), http::PREFIX);
+    println!("serving the management API at {base}");
+    println!("try:");
+    println!(
+        "  curl -i -X POST {base}/orchestrators/hello_sequence -H 'content-type: application/json' -d '[\"Tokyo\",\"Lima\"]'"
+    );
+    println!("  curl -s {base}/instances/<id>?showHistory=true");
+    println!(
+        "  curl -i -X POST {base}/orchestrators/approval_flow/po-7 -d '{{\"item\":\"po-7\",\"timeout_hours\":72}}'"
+    );
+    println!(
+        "  curl -i -X POST {base}/instances/po-7/raiseEvent/approval -d '{{\"approved\":true,\"by\":\"ada\"}}'"
+    );
+    println!("  curl -i -X POST '{base}/entities/stats/sensor-1?op=record' -d 42");
+    println!("  curl -s {base}/entities/stats/sensor-1");
+    println!("  curl -s '{base}/instances?runtimeStatus=Running'");
+    tokio::signal::ctrl_c().await?;
+    server.shutdown().await?;
+    worker.shutdown().await;
+    Ok(())
+}
+
+/// Pattern 3 over real HTTP: start an orchestration with a POST, follow the 202's
+/// `Location` until the status answers 200 with the output.
+async fn async_http_api(worker: &Worker) -> Result<(), BoxError> {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client as HttpClient;
+    use hyper_util::rt::TokioExecutor;
+
+    let server = http::serve(
+        worker.client(),
+        ([127, 0, 0, 1], 0).into(),
+        HttpOptions::new(),
+    )
+    .await?;
+    let http: HttpClient<_, Full<axum::body::Bytes>> =
+        HttpClient::builder(TokioExecutor::new()).build_http();
+    let start = format!(
+        "{}{}/orchestrators/hello_sequence",
+        server.url(),
+        http::PREFIX
+    );
+    let request = axum::http::Request::post(&start)
+        .header("content-type", "application/json")
+        .body(Full::from(r#"["Cairo","Oslo"]"#))?;
+    let response = http.request(request).await?;
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .ok_or("no Location header")?
+        .to_owned();
+    println!("   POST {start} -> {}", response.status());
+    println!("   Location: {location}");
+    for _ in 0..200 {
+        let response = http.get(location.parse()?).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body)?;
+        println!("   GET Location -> {status} {}", json["runtimeStatus"]);
+        if status == axum::http::StatusCode::OK {
+            println!("   -> output {}", json["output"]);
+            server.shutdown().await?;
+            return Ok(());
+        }
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "a client honouring Retry-After, shortened for the demo"
+        )]
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err("the HTTP-started orchestration did not finish".into())
+}
+
+#[allow(clippy::too_many_lines, reason = "the demo script reads top to bottom")]
+async fn run_patterns(worker: Worker) -> Result<(), BoxError> {
     let client = worker.client();
     let opts = |id: &str| {
         StartOptions::new()
@@ -47,6 +160,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let run = word_count::start_with(&client, docs, opts("demo-fan-out")).await?;
     println!("   started {} over 100 documents in parallel", run.id());
     println!("   -> {} words", run.wait().await?);
+
+    println!("== 3. async HTTP API");
+    async_http_api(&worker).await?;
 
     println!("== 4. monitor");
     let input = MonitorInput {
