@@ -262,22 +262,7 @@ pub(super) async fn list(
         history_output: false,
     };
     let top = query.count("top")?;
-    let continuation = match headers.get(CONTINUATION) {
-        None => None,
-        Some(v) => {
-            let text = v.to_str().unwrap_or("\u{0}").trim();
-            if text.is_empty() {
-                None
-            } else {
-                Some(decode_token(text).ok_or_else(|| {
-                    ApiError::bad_request(
-                        "InvalidContinuationToken",
-                        format!("the `{CONTINUATION}` header is not a token this API returned"),
-                    )
-                })?)
-            }
-        }
-    };
+    let continuation = continuation_header(&headers)?;
     let Some(mut q) = filters(&query)? else {
         return Ok(list_response(&[], show, None));
     };
@@ -293,17 +278,38 @@ pub(super) async fn list(
     ))
 }
 
-fn list_response(records: &[InstanceRecord], show: Show, next: Option<&str>) -> Response {
-    let items: Vec<_> = records
-        .iter()
-        .map(|r| StatusPayload::new(r, None, show))
-        .collect();
-    let mut response = json_response(StatusCode::OK, &items);
+/// The `x-ms-continuation-token` request header, decoded; absent or empty means none.
+fn continuation_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(CONTINUATION) else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or("\u{0}").trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    decode_token(text).map(Some).ok_or_else(|| {
+        ApiError::bad_request(
+            "InvalidContinuationToken",
+            format!("the `{CONTINUATION}` header is not a token this API returned"),
+        )
+    })
+}
+
+/// Adds the `x-ms-continuation-token` response header (empty on the last page).
+fn with_continuation(mut response: Response, next: Option<&str>) -> Response {
     let token = next.map(encode_token).unwrap_or_default();
     if let Ok(value) = HeaderValue::from_str(&token) {
         response.headers_mut().insert(CONTINUATION, value);
     }
     response
+}
+
+fn list_response(records: &[InstanceRecord], show: Show, next: Option<&str>) -> Response {
+    let items: Vec<_> = records
+        .iter()
+        .map(|r| StatusPayload::new(r, None, show))
+        .collect();
+    with_continuation(json_response(StatusCode::OK, &items), next)
 }
 
 // ------------------------------------------------------------------------------ purge
@@ -644,19 +650,7 @@ async fn list_entities_impl(
     q.last_operation_from = query.timestamp("lastOperationTimeFrom")?;
     q.last_operation_to = query.timestamp("lastOperationTimeTo")?;
     q.page_size = query.count("top")?.unwrap_or(100);
-    q.continuation = match headers
-        .get(CONTINUATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-    {
-        None | Some("") => None,
-        Some(text) => Some(decode_token(text).ok_or_else(|| {
-            ApiError::bad_request(
-                "InvalidContinuationToken",
-                format!("the `{CONTINUATION}` header is not a token this API returned"),
-            )
-        })?),
-    };
+    q.continuation = continuation_header(headers)?;
     let page = state.client.list_entities(&q).await?;
     let items: Vec<EntityItem> = page
         .entities
@@ -670,14 +664,8 @@ async fn list_entities_impl(
             state: e.state.and_then(|s| serde_json::from_str(&s).ok()),
         })
         .collect();
-    let mut response = json_response(StatusCode::OK, &items);
-    let token = page
-        .continuation
-        .as_deref()
-        .map(encode_token)
-        .unwrap_or_default();
-    if let Ok(value) = HeaderValue::from_str(&token) {
-        response.headers_mut().insert(CONTINUATION, value);
-    }
-    Ok(response)
+    Ok(with_continuation(
+        json_response(StatusCode::OK, &items),
+        page.continuation.as_deref(),
+    ))
 }

@@ -17,10 +17,9 @@
 //     };
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote, quote_spanned};
-use syn::spanned::Spanned;
+use quote::{format_ident, quote};
 
-use super::{body_attrs, durable_name, input_type, krate, marker_attrs};
+use super::{body_attrs, durable_name, input_type, krate, marker_attrs, type_checks};
 use crate::args::Args;
 use crate::ast::Function;
 
@@ -48,24 +47,7 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
     let ignore_ctx = f.context.is_none().then(|| quote!(let _ = #ctx_arg;));
     let ignore_input = f.input.is_none().then(|| quote!(let _ = #input_arg;));
     let marker = marker_attrs();
-    let error_check = quote_spanned! {error.span()=>
-        const _: fn() = || {
-            fn __durable_assert_failure<E: #krate::ToFailure>() {}
-            __durable_assert_failure::<#error>();
-        };
-    };
-    let input_check = quote_spanned! {input_ty.span()=>
-        const _: fn() = || {
-            fn __durable_assert_payload<T: #krate::__private::Payload>() {}
-            __durable_assert_payload::<#input_ty>();
-        };
-    };
-    let output_check = quote_spanned! {output.span()=>
-        const _: fn() = || {
-            fn __durable_assert_payload<T: #krate::__private::Payload>() {}
-            __durable_assert_payload::<#output>();
-        };
-    };
+    let checks = type_checks(&krate, error, &input_ty, output);
     quote! {
         #(#docs)*
         #marker
@@ -81,9 +63,7 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
         }
 
         const _: () = {
-            #error_check
-            #input_check
-            #output_check
+            #checks
 
             impl #krate::Activity for #ident {
                 const NAME: &'static str = #name;

@@ -101,6 +101,19 @@ struct Operation {
     plain: Type,
 }
 
+impl Operation {
+    /// The proxy method's input parameter and the expression that passes it on.
+    fn param_and_value(&self) -> (TokenStream, TokenStream) {
+        match &self.input {
+            Some(p) => {
+                let ty = &p.ty;
+                (quote!(input: #ty), quote!(&input))
+            }
+            None => (quote!(), quote!(&())),
+        }
+    }
+}
+
 fn is_context(ty: &Type) -> bool {
     match ty {
         Type::Reference(r) => is_context(&r.elem),
@@ -279,13 +292,7 @@ pub(crate) fn expand_impl(
         let m = &op.ident;
         let name = m.to_string();
         let docs = &op.docs;
-        let (param, value) = match &op.input {
-            Some(p) => {
-                let ty = &p.ty;
-                (quote!(input: #ty), quote!(&input))
-            }
-            None => (quote!(), quote!(&())),
-        };
+        let (param, value) = op.param_and_value();
         quote! {
             #(#docs)*
             ///
@@ -301,13 +308,7 @@ pub(crate) fn expand_impl(
         let name = m.to_string();
         let docs = &op.docs;
         let out = op.result.as_ref().map_or(&op.plain, |(t, _)| t);
-        let (param, value) = match &op.input {
-            Some(p) => {
-                let ty = &p.ty;
-                (quote!(input: #ty), quote!(&input))
-            }
-            None => (quote!(), quote!(&())),
-        };
+        let (param, value) = op.param_and_value();
         quote! {
             #(#docs)*
             ///
@@ -322,13 +323,7 @@ pub(crate) fn expand_impl(
         let m = &op.ident;
         let name = m.to_string();
         let docs = &op.docs;
-        let (param, value) = match &op.input {
-            Some(p) => {
-                let ty = &p.ty;
-                (quote!(input: #ty), quote!(&input))
-            }
-            None => (quote!(), quote!(&())),
-        };
+        let (param, value) = op.param_and_value();
         quote! {
             #(#docs)*
             ///

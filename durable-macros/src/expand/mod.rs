@@ -107,6 +107,38 @@ pub(crate) fn run_entity(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
+/// Compile-time checks, reported at the user's types: the error converts into failure
+/// details, input and output are JSON payloads.
+pub(crate) fn type_checks(
+    krate: &TokenStream,
+    error: &Type,
+    input: &Type,
+    output: &Type,
+) -> TokenStream {
+    use quote::quote_spanned;
+    use syn::spanned::Spanned;
+    let payload = |ty: &Type| {
+        quote_spanned! {ty.span()=>
+            const _: fn() = || {
+                fn __durable_assert_payload<T: #krate::__private::Payload>() {}
+                __durable_assert_payload::<#ty>();
+            };
+        }
+    };
+    let (input_check, output_check) = (payload(input), payload(output));
+    let error_check = quote_spanned! {error.span()=>
+        const _: fn() = || {
+            fn __durable_assert_failure<E: #krate::ToFailure>() {}
+            __durable_assert_failure::<#error>();
+        };
+    };
+    quote! {
+        #error_check
+        #input_check
+        #output_check
+    }
+}
+
 /// `#[allow]`s every generated marker carries.
 pub(crate) fn marker_attrs() -> TokenStream {
     quote! {

@@ -15,10 +15,9 @@
 //     const _: () = { impl Orchestrator for approve { .. } impl Registration for approve { .. } };
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote, quote_spanned};
-use syn::spanned::Spanned;
+use quote::{format_ident, quote};
 
-use super::{body_attrs, durable_name, input_type, krate, marker_attrs};
+use super::{body_attrs, durable_name, input_type, krate, marker_attrs, type_checks};
 use crate::args::Args;
 use crate::ast::Function;
 
@@ -44,24 +43,7 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
     let call_input = f.input.as_ref().map(|_| quote!(, #input_arg));
     let ignore_input = f.input.is_none().then(|| quote!(let _ = #input_arg;));
     let marker = marker_attrs();
-    let error_check = quote_spanned! {error.span()=>
-        const _: fn() = || {
-            fn __durable_assert_failure<E: #krate::ToFailure>() {}
-            __durable_assert_failure::<#error>();
-        };
-    };
-    let input_check = quote_spanned! {input_ty.span()=>
-        const _: fn() = || {
-            fn __durable_assert_payload<T: #krate::__private::Payload>() {}
-            __durable_assert_payload::<#input_ty>();
-        };
-    };
-    let output_check = quote_spanned! {output.span()=>
-        const _: fn() = || {
-            fn __durable_assert_payload<T: #krate::__private::Payload>() {}
-            __durable_assert_payload::<#output>();
-        };
-    };
+    let checks = type_checks(&krate, error, &input_ty, output);
     let start_doc = format!(
         " Starts a new `{}` instance with a random id and returns its typed handle.",
         name.value()
@@ -104,9 +86,7 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
         }
 
         const _: () = {
-            #error_check
-            #input_check
-            #output_check
+            #checks
 
             impl #krate::Orchestrator for #ident {
                 const NAME: &'static str = #name;
