@@ -296,3 +296,67 @@ async fn approval_histories_replay_against_the_current_code() {
     let json = env.export_history(run.id()).await.unwrap();
     env.replay_check(run.id(), &json).unwrap();
 }
+
+// ---------------------------------------------------------------- 6. aggregator (entities)
+
+fn entity_patterns() -> TestEnvBuilder {
+    use examples::aggregator::{Stats, report_readings};
+    use examples::bank::{Account, transfer};
+    patterns()
+        .register(Stats::entity())
+        .register(report_readings)
+        .register(Account::entity())
+        .register(transfer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregator_counts_each_signal_exactly_once_across_crashes() {
+    use examples::aggregator::{Stats, report_readings};
+    let report = CrashTest::new(entity_patterns)
+        .run(|env| async move {
+            let stats = env.client().entity::<Stats>("sensor-1");
+            for v in [3, 9] {
+                stats.record(v).await.unwrap();
+            }
+            let run = env.start(report_readings, vec![10, 2]).await.unwrap();
+            let average = env.wait(&run).await.unwrap();
+            env.run_until_idle().await;
+            let s = stats.state().await.unwrap().unwrap();
+            (average, s.count, s.sum, s.max)
+        })
+        .await;
+    assert!(report.runs.iter().all(|r| r.crashes == 1), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_conserve_money_across_crashes() {
+    use examples::bank::{Account, Transfer, transfer};
+    let report = CrashTest::new(entity_patterns)
+        .run(|env| async move {
+            let mut runs = Vec::new();
+            for (from, to, amount) in [("a", "b", 30), ("b", "a", 50), ("a", "c", 70)] {
+                let t = Transfer {
+                    from: from.into(),
+                    to: to.into(),
+                    amount,
+                };
+                runs.push(env.start(transfer, t).await.unwrap());
+            }
+            let mut done = Vec::new();
+            for r in &runs {
+                done.push(env.wait(r).await.unwrap());
+            }
+            let mut total = 0;
+            for k in ["a", "b", "c"] {
+                total += env
+                    .client()
+                    .read_entity::<Account>(k)
+                    .await
+                    .unwrap()
+                    .map_or(100, |a| a.balance);
+            }
+            (done, total)
+        })
+        .await;
+    assert!(report.runs.iter().all(|r| r.crashes == 1), "{report}");
+}
