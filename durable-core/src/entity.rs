@@ -6,7 +6,7 @@
 //! Critical sections lock several entities in one global order (sorted ids), so they cannot
 //! deadlock.
 //!
-//! The batch logic here ([`EntityRecord::handle`]) is pure apart from awaiting the user's
+//! The batch logic here (`EntityRecord::handle`) is pure apart from awaiting the user's
 //! operation futures; the worker feeds it messages and commits what it returns.
 
 use std::collections::VecDeque;
