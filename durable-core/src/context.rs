@@ -154,6 +154,8 @@ pub(crate) enum SlotResult {
 struct Slot {
     result: Option<SlotResult>,
     waker: Option<Waker>,
+    /// The future was dropped before its result arrived.
+    abandoned: bool,
 }
 
 #[derive(Debug)]
@@ -189,6 +191,8 @@ pub(crate) struct State {
     pub(crate) slot_polls: u64,
     /// Entities locked by the current critical section.
     pub(crate) critical_section: Option<Vec<InstanceId>>,
+    /// The execution number (grows with continue-as-new), for derived child ids.
+    pub(crate) execution: u32,
 }
 
 impl State {
@@ -214,12 +218,18 @@ impl State {
             limits,
             slot_polls: 0,
             critical_section: None,
+            execution: 1,
         }
     }
 
-    /// Delivers a completion to the slot of `seq`; `false` if nobody holds that slot.
+    /// Delivers a completion to the slot of `seq`; `false` if nobody holds that slot (its
+    /// future was dropped, or it never existed).
     pub(crate) fn complete(&mut self, seq: u64, result: SlotResult) -> bool {
         match self.slots.get_mut(&seq) {
+            Some(slot) if slot.abandoned => {
+                self.slots.remove(&seq);
+                false
+            }
             Some(slot) => {
                 slot.result = Some(result);
                 if let Some(w) = slot.waker.take() {
@@ -586,7 +596,13 @@ impl OrchestrationContext {
                 ));
             }
             let instance_id = instance_id.unwrap_or_else(|| {
-                let candidate = format!("{}:{}", s.instance_id, s.next_seq);
+                // Later executions get their own ids, so a child of an earlier execution that
+                // is still running does not block this one's.
+                let candidate = if s.execution > 1 {
+                    format!("{}:{}:{}", s.instance_id, s.execution, s.next_seq)
+                } else {
+                    format!("{}:{}", s.instance_id, s.next_seq)
+                };
                 InstanceId::new(candidate)
                     .unwrap_or_else(|_| InstanceId::random_from_seed(&s.instance_id, s.next_seq))
             });
@@ -1118,6 +1134,8 @@ impl Drop for SlotFuture {
                 slot.waker = None;
                 if slot.result.is_some() {
                     s.slots.remove(&self.seq);
+                } else {
+                    slot.abandoned = true;
                 }
             }
         }

@@ -265,12 +265,10 @@ impl Replayer {
     ) -> Self {
         let top = Arc::new(TopWaker::default());
         let waker = Waker::from(Arc::clone(&top));
+        let mut state = State::new(instance_id.clone(), name.to_owned(), limits);
+        state.execution = execution;
         Self {
-            shared: Arc::new(Mutex::new(State::new(
-                instance_id.clone(),
-                name.to_owned(),
-                limits,
-            ))),
+            shared: Arc::new(Mutex::new(state)),
             top,
             waker,
             future: None,
@@ -341,9 +339,12 @@ impl Replayer {
         for ev in history {
             self.history_len += 1;
             self.stats.events_replayed += 1;
+            // The final poll's custom status is recorded after the outcome is known.
             let is_end = matches!(
                 ev.event,
-                Event::ExecutionCompleted { .. } | Event::ContinuedAsNew { .. }
+                Event::ExecutionCompleted { .. }
+                    | Event::ContinuedAsNew { .. }
+                    | Event::CustomStatusSet { .. }
             );
             if self.outcome.is_some() && !is_end {
                 return Err(self.mismatch_finished_early(ev));
@@ -386,6 +387,19 @@ impl Replayer {
         if self.outcome.is_none() {
             self.append(Event::OrchestratorStarted);
         }
+    }
+
+    /// `true` when this execution continued as new and `event` must be kept for the next
+    /// execution rather than consumed: terminate, suspend and resume apply to the instance,
+    /// not to one execution.
+    pub fn defers_to_next_execution(&self, event: &Event) -> bool {
+        matches!(self.outcome, Some(Outcome::ContinuedAsNew { .. }))
+            && matches!(
+                event,
+                Event::ExecutionTerminated { .. }
+                    | Event::ExecutionSuspended { .. }
+                    | Event::ExecutionResumed { .. }
+            )
     }
 
     /// Handles one new message (appended to history unless it is a duplicate or stale).
@@ -536,8 +550,20 @@ impl Replayer {
             Event::TaskFailed { seq, failure } | Event::SubOrchestrationFailed { seq, failure } => {
                 lock(&self.shared).complete(seq, SlotResult::Err(failure));
             }
-            Event::TimerFired { seq, .. } | Event::EntityLockGranted { seq, .. } => {
+            Event::TimerFired { seq, .. } => {
                 lock(&self.shared).complete(seq, SlotResult::Fired);
+            }
+            Event::EntityLockGranted { seq, entities } => {
+                let held = lock(&self.shared).complete(seq, SlotResult::Fired);
+                // The code dropped the lock future before the grant arrived (it lost a
+                // race): nobody will enter the section, so release the locks at once. On
+                // replay these commands were already issued the first time.
+                if !held && !self.replaying {
+                    for e in &entities {
+                        let c = self.unlock_command(e);
+                        self.commands.push(c);
+                    }
+                }
             }
             Event::EntityResponded {
                 seq,

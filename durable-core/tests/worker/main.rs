@@ -842,3 +842,25 @@ async fn duplicate_registration_is_a_clear_error() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------- review regressions
+
+#[orchestrator]
+async fn reports_status(ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {
+    let a = ctx.call(step_a, ()).await?;
+    ctx.set_custom_status(&format!("got {a}"))?;
+    Ok(7)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_history_with_a_final_custom_status_replays_cleanly() {
+    let env = start(|b| b.register(step_a).register(reports_status));
+    let run = reports_status::start(&env.client, ()).await.unwrap();
+    assert_eq!(run.wait().await.unwrap(), 7);
+    let history = run.history().await.unwrap();
+    let mut registry = durable_core::Registry::new();
+    registry.register(step_a);
+    registry.register(reports_status);
+    durable_core::replay::replay_history(&registry, "reports_status", run.id(), &history)
+        .expect("the recorded history replays against the same code");
+}
