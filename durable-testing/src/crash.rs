@@ -86,6 +86,10 @@ pub struct CrashRun {
     pub crash_after: Option<u64>,
     /// Crashes that happened (0 if the run had fewer commits).
     pub crashes: usize,
+    /// Store commits the crashed run made (across its restarts). Scenarios that start
+    /// instances concurrently may batch work differently from run to run, so this can differ
+    /// from the crash-free run's count.
+    pub commits: u64,
     /// Activity executions, real and mocked.
     pub executions: usize,
     /// Executions beyond the crash-free run's: activities re-run after the crash.
@@ -140,6 +144,15 @@ impl fmt::Display for CrashReport {
             self.total_reruns(),
             self.baseline_executions
         )?;
+        for r in self.runs.iter().filter(|r| r.crashes == 0) {
+            if let Some(n) = r.crash_after {
+                write!(
+                    f,
+                    "\n  crash after commit {n}: not reached (that run made {} commits)",
+                    r.commits
+                )?;
+            }
+        }
         for r in self.runs.iter().filter(|r| r.reruns > 0) {
             match r.crash_after {
                 Some(n) => write!(f, "\n  crash after commit {n}: {} re-run", r.reruns)?,
@@ -250,6 +263,7 @@ impl<F: FnMut() -> TestEnvBuilder> CrashTest<F> {
             report.runs.push(CrashRun {
                 crash_after: point,
                 crashes: env.crashes(),
+                commits: env.commits(),
                 executions,
                 reruns: executions.saturating_sub(report.baseline_executions),
             });

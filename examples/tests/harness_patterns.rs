@@ -358,5 +358,17 @@ async fn transfers_conserve_money_across_crashes() {
             (done, total)
         })
         .await;
-    assert!(report.runs.iter().all(|r| r.crashes == 1), "{report}");
+    // Three transfers run concurrently, so how work batches into commits varies between runs:
+    // a crash point near the end of the crash-free run may lie past a crashed run's last commit.
+    assert!(
+        report
+            .runs
+            .iter()
+            .all(|r| r.crashes == 1 || r.crash_after.is_some_and(|n| n > r.commits)),
+        "{report}"
+    );
+    assert!(
+        report.runs.iter().filter(|r| r.crashes == 1).count() * 10 >= report.runs.len() * 9,
+        "{report}"
+    );
 }
