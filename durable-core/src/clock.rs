@@ -36,7 +36,12 @@ impl Clock for SystemClock {
 
     #[allow(clippy::disallowed_methods)]
     fn sleep_until(&self, deadline: Timestamp) -> BoxFuture<'static, ()> {
-        let wait = deadline.saturating_duration_since(self.now());
+        // From the precise current time: `now()` is truncated to the millisecond, which
+        // would oversleep by up to a millisecond.
+        let wait = deadline
+            .to_system_time()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
         Box::pin(tokio::time::sleep(wait))
     }
 }

@@ -224,6 +224,8 @@ pub use registry::{
 };
 pub use retry::RetryPolicy;
 pub use storage::{IdReusePolicy, InstanceQuery, InstanceRecord, MemoryStore, RedbStore, Store};
+#[cfg(feature = "postgres")]
+pub use storage::{PostgresOptions, PostgresStore};
 pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, WorkerOptions};
 
 /// Everything orchestration, activity and worker code usually needs.

@@ -508,7 +508,10 @@ async fn a_lock_granted_to_a_terminated_orchestration_is_released() {
 }
 
 #[orchestrator]
-async fn gives_up_on_lock(ctx: OrchestrationContext, key: String) -> Result<String, OrchestrationError> {
+async fn gives_up_on_lock(
+    ctx: OrchestrationContext,
+    key: String,
+) -> Result<String, OrchestrationError> {
     let lock = ctx.lock(&[EntityId::of::<Account>(&key)?]);
     let outcome = match select(lock, ctx.sleep(Duration::from_millis(30))).await {
         Either::Left(_) => "locked",
@@ -535,15 +538,23 @@ async fn a_lock_that_lost_a_race_is_released_when_granted_later() {
     let quitter = gives_up_on_lock::start(&client, "r".into()).await.unwrap();
     eventually(&store, || async {
         let h = client.status_with_history(quitter.id()).await.ok()?.1;
-        h.iter().any(|e| e.event.kind() == "TimerFired").then_some(())
+        h.iter()
+            .any(|e| e.event.kind() == "TimerFired")
+            .then_some(())
     })
     .await;
     holder.raise("release", &()).await.unwrap();
     holder.wait().await.unwrap();
     // The grant reached the quitter, which no longer wants it: the entity is free again
     // while the quitter is still running.
-    eventually(&store, || async { locked_by(&client, "r").await.is_none().then_some(()) }).await;
-    assert_eq!(quitter.status().await.unwrap().status, RuntimeStatus::Running);
+    eventually(&store, || async {
+        locked_by(&client, "r").await.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        quitter.status().await.unwrap().status,
+        RuntimeStatus::Running
+    );
     quitter.raise("finish", &()).await.unwrap();
     assert_eq!(quitter.wait().await.unwrap(), "timed out");
 }

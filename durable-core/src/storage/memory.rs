@@ -206,6 +206,39 @@ impl Data {
         true
     }
 
+    /// Locks an unlocked instance and returns it with its visible messages.
+    fn lease(
+        &mut self,
+        key: &str,
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> Option<OrchestrationWorkItem> {
+        let ready_key = match self.instances.get(key) {
+            Some(inst) if inst.lock.is_none() => inst.ready_key,
+            _ => return None,
+        };
+        if let Some(t) = ready_key {
+            self.ready.remove(&(t, key.to_owned()));
+        }
+        let token = self.next();
+        let until = now + lock_for;
+        self.orch_leases.insert((until, key.to_owned()));
+        let inst = self.instances.get_mut(key)?;
+        inst.ready_key = None;
+        inst.lock = Some((token, until));
+        let upper = MessageId {
+            visible_at: now,
+            seq: u64::MAX,
+        };
+        let messages: Vec<Message> = inst.inbox.range(..=upper).map(|(_, m)| m.clone()).collect();
+        Some(OrchestrationWorkItem {
+            instance: inst.record.clone(),
+            history_len: inst.history.len() as u64,
+            messages,
+            lock: LockToken(token),
+        })
+    }
+
     fn check_lock(&self, id: &InstanceId, lock: LockToken) -> Result<(), StoreError> {
         match self.instances.get(id.as_str()) {
             Some(inst) if inst.lock.is_some_and(|(t, _)| t == lock.0) => Ok(()),
@@ -283,6 +316,16 @@ impl Store for MemoryStore {
             let mut d = self.data();
             d.check_lock(&commit.instance_id, commit.lock)?;
             let key = commit.instance_id.as_str().to_owned();
+            for &(task, lock) in &commit.completed_activities {
+                if d.activity_leases
+                    .get(&task)
+                    .is_some_and(|(_, _, token)| *token == lock.0)
+                {
+                    if let Some((_, until, _)) = d.activity_leases.remove(&task) {
+                        d.activity_lease_expiry.remove(&(until, task));
+                    }
+                }
+            }
             // Sub-orchestrations first: a refused child becomes a failure message to us.
             let mut refusals = Vec::new();
             let execution = d.instances[&key].record.execution;
@@ -361,6 +404,24 @@ impl Store for MemoryStore {
         }
         self.inner.signals.orchestration_work();
         Ok(())
+    }
+
+    fn supports_activity_handoff(&self) -> bool {
+        true
+    }
+
+    async fn fetch_instances_work(
+        &self,
+        instance_ids: &[InstanceId],
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
+        let mut d = self.data();
+        d.release_expired(now);
+        Ok(instance_ids
+            .iter()
+            .filter_map(|id| d.lease(id.as_str(), now, lock_for))
+            .collect())
     }
 
     async fn abandon_episode(

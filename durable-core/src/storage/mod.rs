@@ -9,6 +9,8 @@
 #[doc(hidden)]
 pub mod conformance;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod redb;
 
 use std::time::Duration;
@@ -23,6 +25,8 @@ use crate::ids::{InstanceId, Timestamp};
 
 pub use self::redb::{RedbDurability, RedbStore, RedbStoreBuilder};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresOptions, PostgresStore};
 
 /// What a store knows about one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,6 +271,11 @@ pub struct EpisodeCommit {
     pub new_instances: Vec<(u64, NewInstance)>,
     /// Set for continue-as-new: history is reset and the next execution begins.
     pub next_execution: Option<NextExecution>,
+    /// Leased activity tasks (id, lease) whose results this episode consumed straight from
+    /// the worker's memory (see [`Store::supports_activity_handoff`]): removed from the queue
+    /// in the same transaction. A task whose lease is no longer held is left alone (whoever
+    /// holds it reports the result, which the orchestration then ignores as a duplicate).
+    pub completed_activities: Vec<(u64, LockToken)>,
 }
 
 impl EpisodeCommit {
@@ -291,6 +300,7 @@ impl EpisodeCommit {
             messages: Vec::new(),
             new_instances: Vec::new(),
             next_execution: None,
+            completed_activities: Vec::new(),
         }
     }
 }
@@ -456,8 +466,51 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         lock_for: Duration,
     ) -> Result<Option<OrchestrationWorkItem>, StoreError>;
 
+    /// Leases up to `max` instances with messages visible at `now`, as
+    /// [`fetch_orchestration_work`](Store::fetch_orchestration_work) does one, so a dispatcher
+    /// with several free slots fetches once. The default fetches one.
+    async fn fetch_orchestration_batch(
+        &self,
+        now: Timestamp,
+        lock_for: Duration,
+        max: usize,
+    ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .fetch_orchestration_work(now, lock_for)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
     /// Applies an episode atomically. Fails with `LockLost` if the lease is no longer held.
     async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError>;
+
+    /// `true` if the store honours [`EpisodeCommit::completed_activities`] and
+    /// [`fetch_instance_work`](Store::fetch_instance_work), so a worker may hand an activity
+    /// result to its orchestration in memory and have it committed with the episode that
+    /// consumes it (one durable write per step instead of two; a crash before that commit
+    /// runs the activity again). The default is `false`: results go through
+    /// [`complete_activity`](Store::complete_activity).
+    fn supports_activity_handoff(&self) -> bool {
+        false
+    }
+
+    /// Leases the given instances for episodes whether or not they have visible messages
+    /// (their new messages come from the worker's memory), each with the messages it has.
+    /// Instances that are locked or do not exist are left out. Only called when
+    /// [`supports_activity_handoff`](Store::supports_activity_handoff) is `true`.
+    async fn fetch_instances_work(
+        &self,
+        instance_ids: &[InstanceId],
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
+        let _ = (instance_ids, now, lock_for);
+        Ok(Vec::new())
+    }
 
     /// Releases a lease without changes; the messages become visible again at `retry_at`.
     /// `error` is shown in the instance's status.

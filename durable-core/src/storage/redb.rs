@@ -1,6 +1,6 @@
 //! [`RedbStore`]: the embedded, durable [`Store`] on redb, in one file or in memory.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -214,8 +214,15 @@ fn open_error(what: &str, e: OpenError) -> StoreError {
 /// whole batch. Reads and fetches, which are blocking redb calls, run on tokio's blocking
 /// pool (`spawn_blocking`).
 ///
-/// The writer holds the lease mutex from the start of a batch until it is durable, so a fetch
-/// never sees a lease released by a commit that is not yet visible.
+/// The writer holds the lease mutex while it applies a batch, not while the batch is made
+/// durable; the leases a batch releases stay held (and shield their instances and tasks from
+/// fetches) until the batch is durable, so a fetch never sees a lease released by a commit
+/// that is not yet visible, and fetches are not blocked by the fsync.
+///
+/// An episode may also name activity tasks whose results it consumed from the worker's
+/// memory ([`EpisodeCommit::completed_activities`]): they leave the queue in the same
+/// transaction. The unleased queued tasks are indexed in memory, so fetching activities
+/// never walks over leased ones.
 ///
 /// # Examples
 ///
@@ -256,7 +263,7 @@ impl RedbStore {
     }
 
     fn start(db: Database, durability: RedbDurability, what: &str) -> Result<Self, StoreError> {
-        let next_id = catch_unwind(AssertUnwindSafe(|| init(&db)))
+        let (next_id, available) = catch_unwind(AssertUnwindSafe(|| init(&db)))
             .unwrap_or_else(|_| {
                 Err(Fatal(
                     "redb panicked while reading the file (corrupt file?)".into(),
@@ -267,6 +274,7 @@ impl RedbStore {
             db,
             leases: Mutex::new(Leases {
                 next_id,
+                available,
                 ..Leases::default()
             }),
             signals: StoreSignals::default(),
@@ -316,8 +324,9 @@ fn writer_gone() -> StoreError {
     StoreError::Backend("the store's writer thread has stopped".into())
 }
 
-/// Checks or writes the format version and creates the tables; returns the id counter.
-fn init(db: &Database) -> Result<u64, Fatal> {
+/// Checks or writes the format version and creates the tables; returns the id counter and
+/// the keys of the queued activity tasks (none is leased after a start).
+fn init(db: &Database) -> Result<(u64, BTreeSet<(u64, u64)>), Fatal> {
     let txn = db.begin_write()?;
     let existing: Vec<String> = txn
         .list_tables()?
@@ -344,9 +353,15 @@ fn init(db: &Database) -> Result<u64, Fatal> {
         }
         meta.get(NEXT_ID_KEY)?.map_or(0, |v| v.value())
     };
-    drop(Tables::open(&txn)?);
+    let mut available = BTreeSet::new();
+    {
+        let tables = Tables::open(&txn)?;
+        for entry in tables.activities.iter()? {
+            available.insert(entry?.0.value());
+        }
+    }
     txn.commit()?;
-    Ok(next_id)
+    Ok((next_id, available))
 }
 
 #[derive(Debug)]
@@ -403,6 +418,17 @@ struct Leases {
     /// Leased activity tasks.
     activity: HashMap<u64, ActivityLease>,
     activity_expiry: BTreeSet<(Timestamp, u64)>,
+    /// Instance locks released by the batch being committed, with the token released. They
+    /// stay in `orch` (so fetches skip the instance) until the batch is durable.
+    releasing_orch: HashMap<String, u64>,
+    /// Activity leases released by the batch being committed, likewise kept until then.
+    releasing_activity: HashSet<u64>,
+    /// Keys of the queued activity tasks that are not leased, so a fetch never walks over
+    /// leased ones (which stay in the table until their result is committed).
+    available: BTreeSet<(u64, u64)>,
+    /// Changes to `available` made by the batch being committed, applied once it is durable:
+    /// `true` adds the key, `false` removes it.
+    available_changes: Vec<((u64, u64), bool)>,
 }
 
 #[derive(Debug, Clone)]
@@ -425,13 +451,17 @@ impl Leases {
         self.next_token
     }
 
+    /// Drops expired leases, except those the batch being committed releases anyway (its
+    /// changes are not visible yet, so the entries must keep shielding them).
     fn release_expired(&mut self, now: Timestamp) {
         while let Some((t, id)) = self.orch_expiry.first().cloned() {
             if t > now {
                 break;
             }
             self.orch_expiry.pop_first();
-            if self.orch.get(&id).is_some_and(|(_, until)| *until <= now) {
+            if self.orch.get(&id).is_some_and(|(_, until)| *until <= now)
+                && !self.releasing_orch.contains_key(&id)
+            {
                 self.orch.remove(&id);
             }
         }
@@ -440,8 +470,12 @@ impl Leases {
                 break;
             }
             self.activity_expiry.pop_first();
-            if self.activity.get(&id).is_some_and(|l| l.until <= now) {
-                self.activity.remove(&id);
+            if self.activity.get(&id).is_some_and(|l| l.until <= now)
+                && !self.releasing_activity.contains(&id)
+            {
+                if let Some(lease) = self.activity.remove(&id) {
+                    self.available.insert((ts(lease.visible_at), id));
+                }
             }
         }
     }
@@ -453,23 +487,68 @@ impl Leases {
         token
     }
 
+    /// `true` if `lock` holds `id` (and the batch being applied has not released it).
     fn holds(&self, id: &str, lock: LockToken) -> bool {
-        self.orch.get(id).is_some_and(|(t, _)| *t == lock.0)
+        !self.releasing_orch.contains_key(id)
+            && self.orch.get(id).is_some_and(|(t, _)| *t == lock.0)
     }
 
+    /// Releases the lock on `id` once the batch being applied is durable.
     fn unlock(&mut self, id: &str) {
-        if let Some((_, until)) = self.orch.remove(id) {
-            self.orch_expiry.remove(&(until, id.to_owned()));
+        if let Some((token, _)) = self.orch.get(id) {
+            self.releasing_orch.insert(id.to_owned(), *token);
         }
     }
 
+    /// Releases an activity lease once the batch being applied is durable.
+    fn release_activity(&mut self, id: u64) {
+        if self.activity.contains_key(&id) {
+            self.releasing_activity.insert(id);
+        }
+    }
+
+    /// Checks and releases (once the batch is durable) an activity lease.
     fn take_activity(&mut self, id: u64, lock: LockToken) -> Option<ActivityLease> {
-        if self.activity.get(&id).is_none_or(|l| l.token != lock.0) {
+        if self.releasing_activity.contains(&id) {
             return None;
         }
-        let lease = self.activity.remove(&id)?;
-        self.activity_expiry.remove(&(lease.until, id));
+        let lease = self
+            .activity
+            .get(&id)
+            .filter(|l| l.token == lock.0)?
+            .clone();
+        self.releasing_activity.insert(id);
         Some(lease)
+    }
+
+    /// Ends a batch: applies its releases once it is durable, or forgets them when it failed
+    /// (nothing it did is visible then).
+    fn finish_batch(&mut self, committed: bool) {
+        let orch = std::mem::take(&mut self.releasing_orch);
+        let activities = std::mem::take(&mut self.releasing_activity);
+        let available = std::mem::take(&mut self.available_changes);
+        if !committed {
+            return;
+        }
+        for (key, add) in available {
+            if add {
+                self.available.insert(key);
+            } else {
+                self.available.remove(&key);
+            }
+        }
+        for (id, token) in orch {
+            if self.orch.get(&id).is_some_and(|(t, _)| *t == token) {
+                if let Some((_, until)) = self.orch.remove(&id) {
+                    self.orch_expiry.remove(&(until, id));
+                }
+            }
+        }
+        for id in activities {
+            if let Some(lease) = self.activity.remove(&id) {
+                self.activity_expiry.remove(&(lease.until, id));
+            }
+        }
     }
 }
 
@@ -623,6 +702,7 @@ impl<'t> Tables<'t> {
         self.activities.insert((ts(now), id), bytes.as_slice())?;
         self.owners
             .insert((task.instance_id.as_str(), id), ts(now))?;
+        leases.available_changes.push(((ts(now), id), true));
         Ok(())
     }
 
@@ -646,9 +726,8 @@ impl<'t> Tables<'t> {
         for (task, vis) in tasks {
             self.owners.remove((id, task))?;
             self.activities.remove((vis, task))?;
-            if let Some(lease) = leases.activity.remove(&task) {
-                leases.activity_expiry.remove(&(lease.until, task));
-            }
+            leases.release_activity(task);
+            leases.available_changes.push(((vis, task), false));
         }
         leases.unlock(id);
         Ok(true)
@@ -728,6 +807,12 @@ impl<'t> Tables<'t> {
         let Some(mut record) = read_record(&self.instances, &key)? else {
             return Ok(Err(StoreError::LockLost(key)));
         };
+        for &(task, lock) in &commit.completed_activities {
+            if let Some(lease) = leases.take_activity(task, lock) {
+                self.activities.remove((ts(lease.visible_at), task))?;
+                self.owners.remove((lease.instance_id.as_str(), task))?;
+            }
+        }
         let execution = record.execution;
         // Sub-orchestrations first: a refused child becomes a failure message to us.
         let mut refusals = Vec::new();
@@ -883,6 +968,7 @@ impl<'t> Tables<'t> {
                 .insert((ts(retry_at), id), bytes.as_slice())?;
             self.owners
                 .insert((lease.instance_id.as_str(), id), ts(retry_at))?;
+            leases.available_changes.push(((ts(retry_at), id), true));
         }
         Ok(Ok(()))
     }
@@ -960,9 +1046,12 @@ fn writer_loop(core: &Core, rx: &mpsc::Receiver<Request>) {
 }
 
 /// Applies a batch in one write transaction and answers every caller once it is committed.
+///
+/// The lease mutex is held while the operations are applied, not while the transaction is
+/// made durable: lease releases are deferred (see [`Leases::finish_batch`]) until then, so
+/// fetches can run during the fsync and still never see a lease released by a commit that is
+/// not yet visible.
 fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
-    let mut leases = core.leases();
-    let snapshot = leases.clone();
     let mut replies = Vec::with_capacity(batch.len());
     let ran = catch_unwind(AssertUnwindSafe(|| -> R<()> {
         let mut txn = core.db.begin_write()?;
@@ -972,6 +1061,7 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
         let mut fatal = None;
         {
             let mut tables = Tables::open(&txn)?;
+            let mut leases = core.leases();
             for Request { op, reply } in batch {
                 if fatal.is_some() {
                     replies.push((reply, None));
@@ -1003,16 +1093,14 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
             Some("internal error: the store's writer panicked; the batch was discarded".to_owned())
         }
     };
+    core.leases().finish_batch(failure.is_none());
     if let Some(msg) = failure {
-        *leases = snapshot;
-        drop(leases);
         tracing::error!(error = %msg, "store commit failed");
         for (reply, _) in replies {
             let _ = reply.send(Err(StoreError::Backend(msg.clone())));
         }
         return;
     }
-    drop(leases);
     for (reply, result) in replies {
         let result = result.unwrap_or_else(|| Err(Outcome::unexpected()));
         if let Ok((_, wake)) = &result {
@@ -1094,49 +1182,63 @@ fn apply(
 }
 
 impl Core {
+    /// Leases up to `max` unlocked instances with messages visible at `now`.
     fn fetch_orchestration(
         &self,
         now: Timestamp,
         lock_for: Duration,
-    ) -> R<Option<OrchestrationWorkItem>> {
+        max: usize,
+    ) -> R<Vec<OrchestrationWorkItem>> {
         let mut leases = self.leases();
         leases.release_expired(now);
         let txn = self.db.begin_read()?;
         let ready = txn.open_table(READY)?;
-        let mut chosen = None;
+        let mut chosen = Vec::new();
         for entry in ready.iter()? {
+            if chosen.len() >= max {
+                break;
+            }
             let (k, _) = entry?;
             let (vis, id) = k.value();
             if vis > ts(now) {
                 break;
             }
             if !leases.orch.contains_key(id) {
-                chosen = Some(id.to_owned());
-                break;
+                chosen.push(id.to_owned());
             }
         }
-        let Some(id) = chosen else {
-            return Ok(None);
-        };
-        let Some(instance) = read_record(&txn.open_table(INSTANCES)?, &id)? else {
-            return Err(Fatal(format!(
-                "the ready index names instance `{id}`, which has no record"
-            )));
-        };
-        let history_len = history_len(&txn.open_table(HISTORY)?, &id)?;
-        let inbox = txn.open_table(INBOX)?;
-        let mut messages = Vec::new();
-        for entry in inbox.range((id.as_str(), 0u64, 0u64)..=(id.as_str(), ts(now), u64::MAX))? {
-            let (k, v) = entry?;
-            messages.push(inbox_message(k.value(), v.value())?);
+        let mut items = Vec::with_capacity(chosen.len());
+        for id in chosen {
+            let Some(item) = lease_instance(&txn, &mut leases, &id, now, lock_for)? else {
+                return Err(Fatal(format!(
+                    "the ready index names instance `{id}`, which has no record"
+                )));
+            };
+            items.push(item);
         }
-        let token = leases.lock(&id, now + lock_for);
-        Ok(Some(OrchestrationWorkItem {
-            instance,
-            history_len,
-            messages,
-            lock: LockToken(token),
-        }))
+        Ok(items)
+    }
+
+    /// Leases the given instances, messages or not, leaving out locked or unknown ones.
+    fn fetch_instances(
+        &self,
+        ids: &[InstanceId],
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> R<Vec<OrchestrationWorkItem>> {
+        let mut leases = self.leases();
+        leases.release_expired(now);
+        let txn = self.db.begin_read()?;
+        let mut items = Vec::with_capacity(ids.len());
+        for id in ids {
+            if leases.orch.contains_key(id.as_str()) {
+                continue;
+            }
+            if let Some(item) = lease_instance(&txn, &mut leases, id.as_str(), now, lock_for)? {
+                items.push(item);
+            }
+        }
+        Ok(items)
     }
 
     fn fetch_activities(
@@ -1151,18 +1253,25 @@ impl Core {
         if max == 0 {
             return Ok(out);
         }
+        let keys: Vec<(u64, u64)> = leases
+            .available
+            .range(..=(ts(now), u64::MAX))
+            .take(max)
+            .copied()
+            .collect();
+        if keys.is_empty() {
+            return Ok(out);
+        }
         let txn = self.db.begin_read()?;
         let queue = txn.open_table(ACTIVITIES)?;
-        for entry in queue.iter()? {
-            let (k, v) = entry?;
-            let (vis, id) = k.value();
-            if vis > ts(now) {
-                break;
-            }
-            if leases.activity.contains_key(&id) {
+        for key in keys {
+            leases.available.remove(&key);
+            let Some(value) = queue.get(key)? else {
+                // Not in the committed table (removed by a batch being committed).
                 continue;
-            }
-            let task: ActivityTask = decode(v.value())?;
+            };
+            let task: ActivityTask = decode(value.value())?;
+            let (vis, id) = key;
             let token = leases.token();
             let until = now + lock_for;
             leases.activity.insert(
@@ -1180,9 +1289,6 @@ impl Core {
                 task,
                 lock: LockToken(token),
             });
-            if out.len() == max {
-                break;
-            }
         }
         Ok(out)
     }
@@ -1203,17 +1309,11 @@ impl Core {
                 }
             }
         }
-        let mut activity_at = None;
-        if want_activity {
-            for entry in txn.open_table(ACTIVITIES)?.iter()? {
-                let (k, _) = entry?;
-                let (vis, id) = k.value();
-                if !leases.activity.contains_key(&id) {
-                    activity_at = Some(vis);
-                    break;
-                }
-            }
-        }
+        let activity_at = if want_activity {
+            leases.available.first().map(|(vis, _)| *vis)
+        } else {
+            None
+        };
         let candidates = [
             ready_at.map(Timestamp::from_unix_millis),
             leases
@@ -1286,6 +1386,33 @@ impl Core {
     }
 }
 
+/// Reads an unlocked instance's record, history length and visible messages, and locks it.
+fn lease_instance(
+    txn: &redb::ReadTransaction,
+    leases: &mut Leases,
+    id: &str,
+    now: Timestamp,
+    lock_for: Duration,
+) -> R<Option<OrchestrationWorkItem>> {
+    let Some(instance) = read_record(&txn.open_table(INSTANCES)?, id)? else {
+        return Ok(None);
+    };
+    let history_len = history_len(&txn.open_table(HISTORY)?, id)?;
+    let inbox = txn.open_table(INBOX)?;
+    let mut messages = Vec::new();
+    for entry in inbox.range((id, 0u64, 0u64)..=(id, ts(now), u64::MAX))? {
+        let (k, v) = entry?;
+        messages.push(inbox_message(k.value(), v.value())?);
+    }
+    let token = leases.lock(id, now + lock_for);
+    Ok(Some(OrchestrationWorkItem {
+        instance,
+        history_len,
+        messages,
+        lock: LockToken(token),
+    }))
+}
+
 #[async_trait]
 impl Store for RedbStore {
     async fn create_instance(&self, new: NewInstance) -> Result<CreateResult, StoreError> {
@@ -1310,7 +1437,21 @@ impl Store for RedbStore {
         now: Timestamp,
         lock_for: Duration,
     ) -> Result<Option<OrchestrationWorkItem>, StoreError> {
-        self.blocking(move |core| core.fetch_orchestration(now, lock_for))
+        self.blocking(move |core| core.fetch_orchestration(now, lock_for, 1))
+            .await
+            .map(|items| items.into_iter().next())
+    }
+
+    async fn fetch_orchestration_batch(
+        &self,
+        now: Timestamp,
+        lock_for: Duration,
+        max: usize,
+    ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        self.blocking(move |core| core.fetch_orchestration(now, lock_for, max))
             .await
     }
 
@@ -1318,6 +1459,21 @@ impl Store for RedbStore {
         self.write(WriteOp::Commit(Box::new(commit)))
             .await
             .map(drop)
+    }
+
+    fn supports_activity_handoff(&self) -> bool {
+        true
+    }
+
+    async fn fetch_instances_work(
+        &self,
+        instance_ids: &[InstanceId],
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
+        let ids = instance_ids.to_vec();
+        self.blocking(move |core| core.fetch_instances(&ids, now, lock_for))
+            .await
     }
 
     async fn abandon_episode(
@@ -1420,6 +1576,78 @@ mod tests {
         let txn = db.begin_write().unwrap();
         txn.open_table(META).unwrap().insert(key, value).unwrap();
         txn.commit().unwrap();
+    }
+
+    /// An activity result handed off in memory is committed with the episode that consumes
+    /// it: the task leaves the queue in that commit, and only when its lease is still held.
+    #[tokio::test]
+    async fn handed_off_results_remove_their_task_with_the_episode() {
+        let store = RedbStore::in_memory().unwrap();
+        let t0 = Timestamp::from_unix_millis(1_000_000);
+        let lock_for = Duration::from_secs(60);
+        let id = InstanceId::new("i").unwrap();
+        store
+            .create_instance(NewInstance::new(id.clone(), "Job", "null".into(), t0))
+            .await
+            .unwrap();
+        // First episode schedules two activities.
+        let item = store
+            .fetch_orchestration_work(t0, lock_for)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut c = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Running, t0);
+        c.consumed = item.messages.iter().map(|m| m.id).collect();
+        for seq in 0..2 {
+            c.activities.push(ActivityTask {
+                instance_id: id.clone(),
+                execution: 1,
+                seq,
+                name: "work".into(),
+                input: "null".into(),
+            });
+        }
+        store.commit_episode(c).await.unwrap();
+        let tasks = store.fetch_activity_work(t0, lock_for, 10).await.unwrap();
+        assert_eq!(tasks.len(), 2);
+        assert!(store.supports_activity_handoff());
+
+        // The results come from memory: the instance is leased without inbox messages, and
+        // the commit names the tasks; the second with a stale lease, so it stays queued.
+        let items = store
+            .fetch_instances_work(std::slice::from_ref(&id), t0, lock_for)
+            .await
+            .unwrap();
+        assert_eq!(items.len(), 1);
+        assert!(items[0].messages.is_empty());
+        // Leased now: a second lease is refused.
+        assert!(
+            store
+                .fetch_instances_work(std::slice::from_ref(&id), t0, lock_for)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let mut c = EpisodeCommit::new(id.clone(), items[0].lock, RuntimeStatus::Running, t0);
+        c.completed_activities = vec![
+            (tasks[0].id, tasks[0].lock),
+            (tasks[1].id, LockToken(tasks[1].lock.0 + 1000)),
+        ];
+        store.commit_episode(c).await.unwrap();
+
+        // Past every lease, only the task whose result was not committed comes back.
+        let later = t0 + Duration::from_secs(3600);
+        let again = store
+            .fetch_activity_work(later, lock_for, 10)
+            .await
+            .unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, tasks[1].id);
+        assert_eq!(
+            store.next_wake_time_for(WorkKind::Activity).await.unwrap(),
+            Some(later + lock_for),
+            "the re-leased task's expiry is the next activity wake-up"
+        );
     }
 
     #[test]

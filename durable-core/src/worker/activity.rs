@@ -1,7 +1,10 @@
 //! The activity dispatcher: lease activity tasks, run them (a panic becomes a failure), and
 //! hand each result to its orchestration.
 
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
@@ -107,18 +110,14 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
                 name: task.name.clone(),
                 seq: task.seq,
             };
-            // Run on its own task so a panic is caught and reported, not fatal.
-            match tokio::spawn(f(ctx, task.input.clone())).await {
+            // A panic is caught and reported, not fatal (this already runs on its own task).
+            match CatchPanic(f(ctx, task.input.clone())).await {
                 Ok(r) => r,
-                Err(join) if join.is_panic() => {
-                    let mut f = FailureDetails::from_panic(join.into_panic().as_ref());
+                Err(panic) => {
+                    let mut f = FailureDetails::from_panic(panic.as_ref());
                     f.message = format!("activity `{}` panicked: {}", task.name, f.message);
                     Err(f)
                 }
-                Err(_) => Err(FailureDetails::new(
-                    "Cancelled",
-                    "the activity task was cancelled",
-                )),
             }
         }
     };
@@ -145,11 +144,40 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
         },
     };
     let message = Message::new(event, Some(task.execution), inner.clock.now());
+    if inner.store.supports_activity_handoff() && !inner.is_shutting_down() {
+        // Straight to the orchestration; committed with the episode that consumes it.
+        let result = super::handoff::HandedOff {
+            task: item.id,
+            lock: item.lock,
+            message,
+        };
+        if inner.handoffs().push(task.instance_id.clone(), result) {
+            inner.handoff_ready.notify_one();
+        }
+        return;
+    }
     if let Err(e) = inner
         .store
         .complete_activity(item.id, item.lock, message)
         .await
     {
         tracing::warn!(error = %e, "activity result not recorded; the task will run again");
+    }
+}
+
+/// Polls a future, turning a panic into an error: what a `tokio::spawn` of it would do,
+/// without a second task per activity.
+struct CatchPanic<F>(F);
+
+impl<F: Future + Unpin> Future for CatchPanic<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use super::handoff::HandedOff;
 use super::{Inner, VersionMatch, VersionMismatchAction};
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, ParentRef, RuntimeStatus};
@@ -17,38 +18,46 @@ use crate::storage::{
 };
 
 /// Runs until shutdown: fetch work, spawn episodes, sleep until the next due time.
+///
+/// Work comes from the store (inbox messages) and from activities that completed in this
+/// worker ([`handoff`](super::handoff)); the two take turns going first so neither starves
+/// the other. Every free slot is filled with one fetch.
 pub(crate) async fn dispatch(inner: Arc<Inner>) {
     let mut running = JoinSet::new();
     let mut shutdown = inner.shutdown.clone();
+    let mut store_first = false;
     loop {
         while running.try_join_next().is_some() {}
         if inner.is_shutting_down() {
             break;
         }
-        let Ok(permit) = Arc::clone(&inner.orch_slots).acquire_owned().await else {
+        let Ok(first) = Arc::clone(&inner.orch_slots).acquire_owned().await else {
             break;
         };
+        let mut permits = vec![first];
+        while let Ok(p) = Arc::clone(&inner.orch_slots).try_acquire_owned() {
+            permits.push(p);
+        }
         let signals = inner.store.signals();
         let notified = signals.orchestration.notified();
-        let now = inner.clock.now();
-        match inner
-            .store
-            .fetch_orchestration_work(now, inner.options.orchestration_lock)
-            .await
-        {
-            Ok(Some(item)) => {
-                let inner = Arc::clone(&inner);
-                let span = tracing::info_span!("episode", instance = %item.instance.instance_id, name = %item.instance.name);
-                running.spawn(
-                    async move {
-                        run_episode(&inner, item).await;
-                        drop(permit);
-                    }
-                    .instrument(span),
-                );
-            }
-            Ok(None) => {
-                drop(permit);
+        let handed_off = inner.handoff_ready.notified();
+        store_first = !store_first;
+        let mut started = 0;
+        if !store_first {
+            started += start_handed_off(&inner, &mut running, &mut permits).await;
+        }
+        let fetched = if permits.is_empty() {
+            Ok(0)
+        } else {
+            fetch_from_store(&inner, &mut running, &mut permits).await
+        };
+        if store_first {
+            started += start_handed_off(&inner, &mut running, &mut permits).await;
+        }
+        drop(permits);
+        match fetched {
+            Ok(n) if n + started > 0 => {}
+            Ok(_) => {
                 let next = inner
                     .store
                     .next_wake_time_for(WorkKind::Orchestration)
@@ -63,22 +72,111 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                 };
                 tokio::select! {
                     () = notified => {}
+                    () = handed_off => {}
                     () = sleep => {}
                     _ = shutdown.changed() => {}
                 }
             }
             Err(e) => {
-                drop(permit);
                 tracing::error!(error = %e, "fetching orchestration work failed");
-                let retry = inner.clock.now() + Duration::from_millis(500);
-                tokio::select! {
-                    () = inner.clock.sleep_until(retry) => {}
-                    _ = shutdown.changed() => {}
+                if started == 0 {
+                    let retry = inner.clock.now() + Duration::from_millis(500);
+                    tokio::select! {
+                        () = inner.clock.sleep_until(retry) => {}
+                        _ = shutdown.changed() => {}
+                    }
                 }
             }
         }
     }
     while running.join_next().await.is_some() {}
+}
+
+type Permit = tokio::sync::OwnedSemaphorePermit;
+
+/// Fetches up to one item per permit from the store and spawns their episodes.
+async fn fetch_from_store(
+    inner: &Arc<Inner>,
+    running: &mut JoinSet<()>,
+    permits: &mut Vec<Permit>,
+) -> Result<usize, StoreError> {
+    let now = inner.clock.now();
+    let items = inner
+        .store
+        .fetch_orchestration_batch(now, inner.options.orchestration_lock, permits.len())
+        .await?;
+    let n = items.len();
+    for item in items {
+        let Some(permit) = permits.pop() else {
+            break;
+        };
+        spawn_episode(inner, running, item, permit);
+    }
+    Ok(n)
+}
+
+/// Leases instances that have handed-off results and spawns their episodes; the results of
+/// instances the store will not lease (someone else holds them) are written to the store
+/// instead. Returns how many episodes started.
+async fn start_handed_off(
+    inner: &Arc<Inner>,
+    running: &mut JoinSet<()>,
+    permits: &mut Vec<Permit>,
+) -> usize {
+    let ids = inner.handoffs().next_ready(permits.len());
+    if ids.is_empty() {
+        return 0;
+    }
+    let now = inner.clock.now();
+    let items = match inner
+        .store
+        .fetch_instances_work(&ids, now, inner.options.orchestration_lock)
+        .await
+    {
+        Ok(items) => items,
+        Err(e) => {
+            tracing::warn!(error = %e, "leasing instances failed");
+            Vec::new()
+        }
+    };
+    let leased: std::collections::HashSet<InstanceId> = items
+        .iter()
+        .map(|i| i.instance.instance_id.clone())
+        .collect();
+    let n = items.len();
+    for item in items {
+        let Some(permit) = permits.pop() else {
+            break;
+        };
+        spawn_episode(inner, running, item, permit);
+    }
+    let unleased: Vec<_> = {
+        let mut h = inner.handoffs();
+        ids.iter()
+            .filter(|id| !leased.contains(*id))
+            .flat_map(|id| h.take(id))
+            .collect()
+    };
+    if !unleased.is_empty() {
+        let inner = Arc::clone(inner);
+        running.spawn(async move { super::handoff::write_through(&inner, unleased).await });
+    }
+    n
+}
+
+/// Spawns the episode of a leased instance, with the results handed off for it.
+fn spawn_episode(
+    inner: &Arc<Inner>,
+    running: &mut JoinSet<()>,
+    item: OrchestrationWorkItem,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let handed = inner
+        .handoffs()
+        .begin(&item.instance.instance_id, item.lock);
+    let inner = Arc::clone(inner);
+    let span = tracing::info_span!("episode", instance = %item.instance.instance_id, name = %item.instance.name);
+    running.spawn(run_episode(inner, item, handed, permit).instrument(span));
 }
 
 fn lock_cache<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -91,10 +189,28 @@ pub(crate) enum Stuck {
     Store(StoreError),
 }
 
-async fn run_episode(inner: &Inner, item: OrchestrationWorkItem) {
+async fn run_episode(
+    inner: Arc<Inner>,
+    item: OrchestrationWorkItem,
+    mut handed: Vec<HandedOff>,
+    permit: Permit,
+) {
+    let inner = &*inner;
     let id = item.instance.instance_id.clone();
     let lock = item.lock;
-    match try_episode(inner, item).await {
+    let mut permit = Some(permit);
+    let result = try_episode(inner, item, &mut handed, &mut permit).await;
+    drop(permit);
+    // Results the episode did not commit (it failed, or took a path that does not deliver
+    // them) are written to the store; so are those that arrived meanwhile if it failed
+    // (a stuck instance keeps its back-off), otherwise they are queued for the next episode.
+    let (wake, late) = inner.handoffs().end(&id, lock, result.is_ok());
+    handed.extend(late);
+    super::handoff::write_through(inner, handed).await;
+    if wake {
+        inner.handoff_ready.notify_one();
+    }
+    match result {
         Ok(()) => {
             lock_cache(&inner.stuck).remove(&id);
         }
@@ -179,7 +295,12 @@ pub(crate) fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
     clippy::too_many_lines,
     reason = "the episode pipeline reads top to bottom"
 )]
-async fn try_episode(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), Stuck> {
+async fn try_episode(
+    inner: &Inner,
+    item: OrchestrationWorkItem,
+    handed: &mut Vec<HandedOff>,
+    permit: &mut Option<Permit>,
+) -> Result<(), Stuck> {
     let OrchestrationWorkItem {
         instance,
         history_len,
@@ -201,11 +322,14 @@ async fn try_episode(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), S
         commit.failure.clone_from(&instance.failure);
         commit.custom_status.clone_from(&instance.custom_status);
         commit.now = instance.last_updated_at;
-        return inner
+        commit.completed_activities = handed.iter().map(|h| (h.task, h.lock)).collect();
+        inner
             .store
             .commit_episode(commit)
             .await
-            .map_err(Stuck::Store);
+            .map_err(Stuck::Store)?;
+        handed.clear();
+        return Ok(());
     }
 
     if id.as_str().starts_with('@') {
@@ -221,13 +345,15 @@ async fn try_episode(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), S
             )
         });
     if not_started {
+        // Wait for the scheduled start, or (when the start itself is held back, e.g. by a
+        // version mismatch) retry a second later, keeping the reason visible.
         let start = instance
             .scheduled_start
-            .unwrap_or(now)
+            .unwrap_or(now + Duration::from_secs(1))
             .max(now + Duration::from_millis(1));
         return inner
             .store
-            .abandon_episode(&id, lock, start, None)
+            .abandon_episode(&id, lock, start, instance.last_error.clone())
             .await
             .map_err(Stuck::Store);
     }
@@ -281,6 +407,10 @@ async fn try_episode(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), S
     let mut consumed = Vec::with_capacity(messages.len());
     let mut stale = Vec::new();
     for m in messages {
+        if replayer.defers_to_next_execution(&m.event) {
+            // Left in the inbox: it applies to the execution that starts next.
+            continue;
+        }
         consumed.push(m.id);
         if m.execution.is_some_and(|e| e != instance.execution) {
             tracing::debug!(instance = %id, kind = m.event.kind(), "message for an earlier execution dropped");
@@ -289,17 +419,31 @@ async fn try_episode(inner: &Inner, item: OrchestrationWorkItem) -> Result<(), S
         }
         replayer.handle_message(m.event);
     }
+    // Results handed off in memory come after the inbox (they completed after it was read).
+    for h in handed.iter() {
+        if h.message.execution.is_some_and(|e| e != instance.execution) {
+            tracing::debug!(instance = %id, "result for an earlier execution dropped");
+            continue;
+        }
+        replayer.handle_message(h.message.event.clone());
+    }
     let result = replayer
         .finish_episode()
         .map_err(|e| Stuck::Error(e.to_string()))?;
     let finished = result.outcome.is_some();
     let mut commit = build_commit(&instance, lock, now, consumed, result);
     release_unwanted_locks(&id, &stale, &mut commit, now);
+    commit.completed_activities = handed.iter().map(|h| (h.task, h.lock)).collect();
+    // The slot bounds episodes computing at once; waiting for the group commit is not
+    // computing, and letting the next episode start fills the next batch. The instance
+    // stays leased until the commit is done, so nothing else runs it meanwhile.
+    drop(permit.take());
     inner
         .store
         .commit_episode(commit)
         .await
         .map_err(Stuck::Store)?;
+    handed.clear();
     if !finished {
         if let Some(c) = lock_cache(&inner.cache).as_mut() {
             c.put(id, replayer);

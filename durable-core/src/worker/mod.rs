@@ -6,13 +6,14 @@
 mod activity;
 mod entity;
 mod episode;
+mod handoff;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::client::Client;
@@ -239,6 +240,8 @@ impl WorkerBuilder {
             options: self.options,
             cache: Mutex::new(cache),
             stuck: Mutex::new(HashMap::new()),
+            handoff: Mutex::new(handoff::Handoffs::default()),
+            handoff_ready: Notify::new(),
             shutdown: shutdown_rx,
         });
         let tasks = vec![
@@ -261,6 +264,10 @@ pub(crate) struct Inner {
     pub(crate) options: WorkerOptions,
     pub(crate) cache: Mutex<Option<lru::LruCache<InstanceId, Replayer>>>,
     pub(crate) stuck: Mutex<HashMap<InstanceId, u32>>,
+    /// Activity results handed to orchestrations in memory.
+    pub(crate) handoff: Mutex<handoff::Handoffs>,
+    /// Woken when an instance has handed-off results to deliver.
+    pub(crate) handoff_ready: Notify,
     pub(crate) orch_slots: Arc<Semaphore>,
     pub(crate) activity_slots: Arc<Semaphore>,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -269,6 +276,12 @@ pub(crate) struct Inner {
 impl Inner {
     pub(crate) fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    pub(crate) fn handoffs(&self) -> std::sync::MutexGuard<'_, handoff::Handoffs> {
+        self.handoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -335,6 +348,9 @@ impl Worker {
         let act = self.inner.options.max_concurrent_activities as u32;
         let _ = self.inner.orch_slots.acquire_many(orch).await;
         let _ = self.inner.activity_slots.acquire_many(act).await;
+        // Results still held in memory are written through, so none runs again.
+        let rest = self.inner.handoffs().take_all();
+        handoff::write_through(&self.inner, rest).await;
     }
 
     /// Stops everything at once without waiting or releasing leases — as if the process

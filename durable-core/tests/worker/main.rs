@@ -100,6 +100,8 @@ async fn fan_out_survives_a_crash_without_rerunning_completed_activities() {
     // Crash: no cleanup, leases stay held until they expire.
     let (store, clock) = (env.store.clone(), env.clock.clone());
     env.worker.abort();
+    // Activities 10.. were in flight or not yet started when the worker died.
+    let before: Vec<usize> = FAN_CALLS.iter().map(|c| c.load(Ordering::SeqCst)).collect();
     FAN_GATE_OPEN.store(true, Ordering::SeqCst);
 
     let env2 = start_on(store, clock, |b| b.register(fan_work).register(fan_out));
@@ -117,10 +119,15 @@ async fn fan_out_survives_a_crash_without_rerunning_completed_activities() {
         );
     }
     for (i, calls) in FAN_CALLS.iter().enumerate().skip(10) {
+        assert!(
+            before[i] <= 1,
+            "activity {i} ran {} times before the crash",
+            before[i]
+        );
         assert_eq!(
             calls.load(Ordering::SeqCst),
-            2,
-            "in-flight activity {i} runs once more"
+            before[i] + 1,
+            "activity {i}, unfinished at the crash, runs exactly once more"
         );
     }
     let h = run.history().await.unwrap();
@@ -844,6 +851,28 @@ async fn duplicate_registration_is_a_clear_error() {
 }
 
 // ---------------------------------------------------------------- review regressions
+
+#[orchestrator]
+async fn ticker(ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> {
+    let () = ctx.wait_for_event("tick").await?;
+    ctx.continue_as_new(n + 1).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_in_the_same_batch_as_continue_as_new_is_not_lost() {
+    let env = start(|b| b.register(ticker));
+    let opts = StartOptions::new().scheduled_start(env.clock.now() + HOUR);
+    let run = ticker::start_with(&env.client, 0, opts).await.unwrap();
+    run.raise("tick", &()).await.unwrap();
+    run.terminate("stop").await.unwrap();
+    // One batch: start, tick (continues as new), terminate (applies to the next execution).
+    env.clock.advance(HOUR);
+    match run.wait().await {
+        Err(ClientError::Terminated { reason }) => assert_eq!(reason, "stop"),
+        other => panic!("expected terminated, got {other:?}"),
+    }
+    assert_eq!(run.status().await.unwrap().execution, 2);
+}
 
 #[orchestrator]
 async fn reports_status(ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {

@@ -1,0 +1,2068 @@
+//! [`PostgresStore`]: the [`Store`] for many worker processes on many machines, on
+//! Postgres (feature `postgres`).
+
+use std::collections::{BTreeSet, HashSet};
+use std::error::Error as _;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
+};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, Config, NoTls, Notification};
+
+use super::{
+    ActivityWorkItem, CreateResult, EpisodeCommit, IdReusePolicy, InstancePage, InstanceQuery,
+    InstanceRecord, LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem, Store,
+    StoreSignals, WorkKind,
+};
+use crate::error::{FailureDetails, StoreError};
+use crate::history::{Event, HistoryEvent, RuntimeStatus};
+use crate::ids::{InstanceId, Timestamp};
+
+/// The schema version this build creates and understands.
+const SCHEMA_VERSION: i32 = 1;
+/// First key of the advisory lock that serialises migrations (the second is the hub's hash).
+const MIGRATION_LOCK: i32 = 0x6475_7261; // "dura"
+/// How often a transaction that Postgres aborted (deadlock, serialisation) is retried.
+const MAX_ATTEMPTS: u32 = 8;
+/// The longest task hub name (it is also part of the notification channel's name, which
+/// Postgres limits to 63 bytes).
+const MAX_HUB_LEN: usize = 48;
+/// Connections for taking leases (fetches) and reading wake times.
+const LEASE_POOL_SIZE: usize = 4;
+
+/// Runs `$body` (an async block using the transaction `$tx` and returning `R<T>`) in a
+/// transaction and commits it; retries when Postgres aborted the transaction (deadlock,
+/// serialisation failure). Evaluates to `Result<T, StoreError>`.
+macro_rules! retry_tx {
+    ($store:expr, $what:expr, $tx:ident => $body:expr) => {{
+        let store = &$store;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let result: R<_> = async {
+                let mut conn = store.conn().await?;
+                let $tx = conn.transaction().await?;
+                match $body.await {
+                    Ok(out) => {
+                        $tx.commit().await?;
+                        Ok(out)
+                    }
+                    Err(e) => {
+                        // Awaited, so the row locks are gone before the caller goes on
+                        // (a fetch would skip a row still locked by this transaction).
+                        let _ = $tx.rollback().await;
+                        Err(e)
+                    }
+                }
+            }
+            .await;
+            match result {
+                Err(Error::Db(e)) if attempt < MAX_ATTEMPTS && retryable(&e) => {
+                    tracing::debug!(error = %e, attempt, "transaction aborted by PostgreSQL; retrying");
+                    pause(Duration::from_millis(u64::from(attempt) * 5)).await;
+                }
+                other => break other.map_err(|e| store.err($what, e)),
+            }
+        }
+    }};
+}
+
+/// Appended to "permission denied" errors.
+const PRIVILEGES_HINT: &str = " (to create a task hub, the database user needs the CREATE \
+    privilege on the database; or an administrator creates the schema, owned by that user, \
+    and the store creates its tables in it)";
+
+/// The migrations, in order: entry `n` brings the schema from version `n` to `n + 1`.
+/// `{s}` is the quoted schema (the task hub).
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE {s}.schema_version (
+    version INT NOT NULL PRIMARY KEY,
+    installed_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+-- Message seqs, activity task ids and lease tokens.
+CREATE SEQUENCE {s}.ids;
+CREATE TABLE {s}.instances (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    -- The InstanceRecord as JSON.
+    record TEXT NOT NULL,
+    -- Earliest visible_at in the inbox; NULL when the inbox is empty.
+    ready_at BIGINT,
+    -- The lease: token and expiry (ms since the Unix epoch); NULL when not leased.
+    lock_token BIGINT,
+    locked_until BIGINT,
+    -- When a worker may take the instance: its first message, or its lease expiry.
+    due_at BIGINT GENERATED ALWAYS AS (
+        CASE WHEN lock_token IS NULL THEN ready_at
+             WHEN ready_at IS NULL THEN NULL
+             ELSE GREATEST(locked_until, ready_at) END
+    ) STORED
+);
+CREATE INDEX instances_due ON {s}.instances (due_at, id);
+CREATE TABLE {s}.history (
+    instance_id TEXT COLLATE "C" NOT NULL,
+    idx BIGINT NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (instance_id, idx)
+);
+CREATE TABLE {s}.inbox (
+    instance_id TEXT COLLATE "C" NOT NULL,
+    seq BIGINT NOT NULL,
+    visible_at BIGINT NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (instance_id, seq)
+);
+CREATE INDEX inbox_visible ON {s}.inbox (instance_id, visible_at, seq);
+CREATE TABLE {s}.activities (
+    id BIGINT PRIMARY KEY,
+    instance_id TEXT COLLATE "C" NOT NULL,
+    -- When the task may be taken: enqueue or retry time, or, while leased, the lease expiry.
+    visible_at BIGINT NOT NULL,
+    lock_token BIGINT,
+    task TEXT NOT NULL
+);
+CREATE INDEX activities_visible ON {s}.activities (visible_at, id);
+CREATE INDEX activities_instance ON {s}.activities (instance_id);
+"#];
+
+/// Options of a [`PostgresStore`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use durable_core::PostgresOptions;
+///
+/// let options = PostgresOptions::new("orders")
+///     .pool_size(32)
+///     .orchestration_lease(Duration::from_secs(30));
+/// assert_eq!(options.task_hub, "orders");
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PostgresOptions {
+    /// The task hub: a Postgres schema holding its tables, so several hubs share one
+    /// database. ASCII letters, digits and `_`, not starting with a digit or `pg_`, at most
+    /// 48 characters. Default `durable`.
+    pub task_hub: String,
+    /// Connections in the pool (one more is used for notifications). Default 16.
+    pub pool_size: usize,
+    /// Lease on an instance during an episode; `None` (the default) uses the worker's
+    /// `WorkerOptions::orchestration_lock`.
+    pub orchestration_lease: Option<Duration>,
+    /// Lease on an activity task while it runs; `None` (the default) uses the worker's
+    /// `WorkerOptions::activity_lock`.
+    pub activity_lease: Option<Duration>,
+    /// How often idle workers look for work even without a notification: the safety net
+    /// for a notification lost while the listening connection reconnects. Default 5 s.
+    pub fallback_poll: Duration,
+    /// Timeout for opening a connection. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Send each write's `NOTIFY` inside the write's own transaction instead of right after
+    /// it commits. Default `false`: Postgres serialises the commits of all transactions that
+    /// notify (one lock, held through the WAL flush), which caps a busy hub's write rate.
+    pub notify_in_transaction: bool,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            task_hub: "durable".to_owned(),
+            pool_size: 16,
+            orchestration_lease: None,
+            activity_lease: None,
+            fallback_poll: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            notify_in_transaction: false,
+        }
+    }
+}
+
+impl PostgresOptions {
+    /// Default options for the task hub `task_hub`.
+    pub fn new(task_hub: impl Into<String>) -> Self {
+        Self::default().task_hub(task_hub)
+    }
+    /// Sets the task hub (the schema).
+    pub fn task_hub(mut self, task_hub: impl Into<String>) -> Self {
+        self.task_hub = task_hub.into();
+        self
+    }
+    /// Sets the number of pooled connections.
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n.max(1);
+        self
+    }
+    /// Sets the lease on instances for every worker on this store.
+    pub fn orchestration_lease(mut self, lease: Duration) -> Self {
+        self.orchestration_lease = Some(lease);
+        self
+    }
+    /// Sets the lease on activity tasks for every worker on this store.
+    pub fn activity_lease(mut self, lease: Duration) -> Self {
+        self.activity_lease = Some(lease);
+        self
+    }
+    /// Sets the fallback poll interval.
+    pub fn fallback_poll(mut self, every: Duration) -> Self {
+        self.fallback_poll = every;
+        self
+    }
+    /// Sets the connect timeout.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+    /// Sends notifications inside each write's transaction; see
+    /// [`notify_in_transaction`](Self::notify_in_transaction).
+    pub fn notify_in_transaction(mut self, yes: bool) -> Self {
+        self.notify_in_transaction = yes;
+        self
+    }
+}
+
+/// A [`Store`] on Postgres: any number of worker processes, on any number of machines,
+/// share one task hub in one database.
+///
+/// Clones share one connection pool (plus a few connections for leases and one for
+/// notifications). Every error (connection refused, authentication,
+/// permissions, a task hub of an unknown schema version) is a [`StoreError::Backend`] whose
+/// message says what failed.
+///
+/// # Schema
+///
+/// The task hub is a schema, created and migrated by [`connect`](Self::connect) (under an
+/// advisory lock, so any number of processes may start at once); its `schema_version` table
+/// records the version, and a version newer than this build knows is refused. Values are
+/// JSON text; times are milliseconds since the Unix epoch.
+///
+/// | table | holds |
+/// | --- | --- |
+/// | `instances` | one row per instance: the [`InstanceRecord`], its earliest message time (`ready_at`), its lease (`lock_token`, `locked_until`) and `due_at`, when a worker may take it |
+/// | `history` | the current execution's [`HistoryEvent`]s by `(instance_id, idx)` |
+/// | `inbox` | [`Message`]s by `(instance_id, seq)`, read in `(visible_at, seq)` order |
+/// | `activities` | activity tasks; `visible_at` is when one may be taken (while leased: the lease expiry) |
+///
+/// # Leases and fencing
+///
+/// A worker takes an instance with `SELECT … FOR UPDATE SKIP LOCKED` on `due_at`, in the same
+/// statement as it writes a fresh random lease token and the lease expiry into the row;
+/// activity tasks likewise. Taking a lease is committed asynchronously (a lease lost in a
+/// database crash is just a released lease, and a random token is never handed out again);
+/// every other write is durable before it is acknowledged. A worker that dies leaves its
+/// leases to expire; `due_at` then makes the work visible again and the next worker takes it
+/// under a new token. Every commit locks the rows it touches (in id order, so commits never
+/// deadlock each other) and compares the token **inside the commit's transaction**: a worker
+/// whose lease was taken over (or whose instance was purged or replaced) gets
+/// [`StoreError::LockLost`] and changes nothing, so an episode is applied exactly once even
+/// when clocks disagree. An episode commits in one transaction: history, consumed messages,
+/// status, new messages, activity tasks (and those whose results it consumed from memory),
+/// timers, sub-orchestrations.
+///
+/// # Wake-ups
+///
+/// Right after each write commits, the store sends a `NOTIFY` on the channel
+/// `durable_<task hub>` (coalescing the writes made meanwhile into one); with
+/// [`PostgresOptions::notify_in_transaction`] it is sent inside the write's own transaction
+/// instead. Each store keeps one connection `LISTEN`ing and turns other processes'
+/// notifications into [`StoreSignals`] (its own writes signal in-process at once). Timers and
+/// lease expiries need no notification: dispatchers sleep until
+/// [`Store::next_wake_time_for`]. A slow poll ([`PostgresOptions::fallback_poll`]) covers
+/// notifications lost while reconnecting.
+///
+/// # Examples
+///
+/// ```no_run
+/// use durable_core::prelude::*;
+/// use durable_core::{PostgresOptions, PostgresStore};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = PostgresStore::connect(
+///     "postgres://durable@db.internal:5432/app",
+///     PostgresOptions::new("orders"),
+/// )
+/// .await?;
+/// let worker = Worker::builder().store(store).start()?;
+/// # worker.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    lease_pool: Pool,
+    sql: Sql,
+    hub: String,
+    channel: String,
+    /// Identifies this store in notification payloads, so it ignores its own.
+    origin: String,
+    options: PostgresOptions,
+    signals: Arc<StoreSignals>,
+    notifier: Arc<Notifier>,
+    listener: JoinHandle<()>,
+    notifier_task: JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.listener.abort();
+        self.notifier_task.abort();
+    }
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.inner.pool.status();
+        f.debug_struct("PostgresStore")
+            .field("task_hub", &self.inner.hub)
+            .field("pool_size", &status.size)
+            .field("pool_max_size", &status.max_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (a `postgres://user:password@host:port/database`
+    /// URL or a `host=… user=… dbname=…` string), creates or migrates the task hub's schema,
+    /// and starts listening for other processes' notifications.
+    ///
+    /// The connection uses no TLS; run it over a trusted network (or a TLS tunnel).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] when the URL is invalid, the server cannot be reached or
+    /// refuses the login, the user may not create the schema, the schema exists but is not a
+    /// task hub, or it holds a schema version newer than this build knows.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use durable_core::{PostgresOptions, PostgresStore};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), durable_core::StoreError> {
+    /// let store = PostgresStore::connect("postgres://postgres@localhost/app", PostgresOptions::default()).await?;
+    /// assert_eq!(store.task_hub(), "durable");
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+        let hub = options.task_hub.clone();
+        validate_hub(&hub)?;
+        let mut config: Config = url.parse().map_err(|e| {
+            StoreError::Backend(format!(
+                "invalid PostgreSQL connection string: {}",
+                describe(&e)
+            ))
+        })?;
+        if config.get_application_name().is_none() {
+            config.application_name("durable");
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(options.connect_timeout);
+        }
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = build_pool(manager, options.pool_size.max(1), &options)?;
+        // Leases are taken on their own connections with asynchronous commit: a lease lost
+        // in a database crash is a released lease, so taking one need not wait for the WAL
+        // flush. Every other write is durable before it is acknowledged.
+        let mut lease_config = config.clone();
+        let session = match config.get_options() {
+            Some(o) => format!("{o} -c synchronous_commit=off"),
+            None => "-c synchronous_commit=off".to_owned(),
+        };
+        lease_config.options(&session);
+        let lease_pool = build_pool(
+            Manager::from_config(
+                lease_config,
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            ),
+            LEASE_POOL_SIZE,
+            &options,
+        )?;
+        let schema = quote_ident(&hub);
+        migrate(&pool, &hub, &schema).await?;
+
+        let channel = format!("durable_{hub}");
+        let origin = format!("{:032x}", uuid::Uuid::new_v4().as_u128());
+        let signals = Arc::new(StoreSignals::default());
+        let (client, notifications) = listen(&config, &channel).await.map_err(|e| {
+            StoreError::Backend(format!(
+                "task hub `{hub}`: cannot open the notification connection: {}",
+                describe(&e)
+            ))
+        })?;
+        let listener = tokio::spawn(
+            Listener {
+                config,
+                channel: channel.clone(),
+                origin: origin.clone(),
+                signals: Arc::clone(&signals),
+                poll: options.fallback_poll,
+            }
+            .run(client, notifications),
+        );
+        let notifier = Arc::new(Notifier::default());
+        let notifier_task = tokio::spawn(Arc::clone(&notifier).run(
+            pool.clone(),
+            format!(
+                "BEGIN; SET LOCAL synchronous_commit TO OFF; NOTIFY {}, '{origin}:",
+                quote_ident(&channel)
+            ),
+        ));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                lease_pool,
+                sql: Sql::new(&schema),
+                hub,
+                channel,
+                origin,
+                options,
+                signals,
+                notifier,
+                listener,
+                notifier_task,
+            }),
+        })
+    }
+
+    /// The task hub (schema) this store works in.
+    pub fn task_hub(&self) -> &str {
+        &self.inner.hub
+    }
+
+    /// Removes the task hub: its schema and everything in it. Other processes on the hub
+    /// fail from then on. For tests and tear-down.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use durable_core::{PostgresOptions, PostgresStore};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), durable_core::StoreError> {
+    /// let store = PostgresStore::connect("postgres://postgres@localhost/test", PostgresOptions::new("scratch")).await?;
+    /// store.drop_task_hub().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn drop_task_hub(&self) -> Result<(), StoreError> {
+        let hub = self.inner.hub.clone();
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(&hub));
+        retry_tx!(self, "dropping the task hub", tx => async {
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                &[&MIGRATION_LOCK, &hub],
+            )
+            .await?;
+            tx.batch_execute(&sql).await?;
+            Ok::<(), Error>(())
+        })
+    }
+
+    fn err(&self, what: &str, e: Error) -> StoreError {
+        match e {
+            Error::Op(e) => e,
+            Error::Db(e) => StoreError::Backend(format!(
+                "PostgreSQL store, task hub `{}`: {what}: {}",
+                self.inner.hub,
+                describe(&e)
+            )),
+            Error::Other(msg) => StoreError::Backend(format!(
+                "PostgreSQL store, task hub `{}`: {what}: {msg}",
+                self.inner.hub
+            )),
+        }
+    }
+
+    async fn conn(&self) -> R<Object> {
+        get(&self.inner.pool).await
+    }
+
+    /// A connection with asynchronous commit, for taking leases.
+    async fn lease_conn(&self) -> R<Object> {
+        get(&self.inner.lease_pool).await
+    }
+
+    /// Sends the signals for `wake` in this process, and (unless the write's transaction
+    /// did) has the notifier tell the other processes.
+    fn signal(&self, wake: Wake) {
+        if !self.inner.options.notify_in_transaction {
+            self.inner.notifier.post(wake);
+        }
+        let s = &self.inner.signals;
+        if wake.activity {
+            s.activity_work();
+        }
+        if wake.orchestration {
+            s.orchestration_work();
+        } else if wake.changed {
+            s.changed.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// With [`PostgresOptions::notify_in_transaction`], queues the `NOTIFY` for `wake` in
+    /// `tx` (delivered if `tx` commits).
+    async fn notify(&self, tx: &Transaction<'_>, wake: Wake) -> R<()> {
+        if !self.inner.options.notify_in_transaction {
+            return Ok(());
+        }
+        let kinds = wake.kinds();
+        if kinds.is_empty() {
+            return Ok(());
+        }
+        let payload = format!("{}:{kinds}", self.inner.origin);
+        let st = tx.prepare_cached("SELECT pg_notify($1, $2)").await?;
+        tx.execute(&st, &[&self.inner.channel, &payload]).await?;
+        Ok(())
+    }
+
+    /// Creates (or replaces) an instance inside `tx`; its start message goes to `batch`.
+    async fn create_in(
+        &self,
+        tx: &Transaction<'_>,
+        new: &NewInstance,
+        batch: &mut Enqueue,
+    ) -> R<Result<CreateResult, StoreError>> {
+        let sql = &self.inner.sql;
+        let key = new.instance_id.as_str();
+        for _ in 0..MAX_ATTEMPTS {
+            let select = tx.prepare_cached(&sql.select_for_update).await?;
+            let existing = match tx.query_opt(&select, &[&key]).await? {
+                Some(row) => Some(decode::<InstanceRecord>(row.try_get(0)?)?),
+                None => None,
+            };
+            let mut execution = 1;
+            if let Some(existing) = &existing {
+                let finished = existing.status.is_terminal();
+                match (new.reuse, finished) {
+                    (IdReusePolicy::DedupeRunning, false) => {
+                        return Ok(Ok(CreateResult::Existing(existing.clone())));
+                    }
+                    (IdReusePolicy::RejectExisting, _) | (_, false) => {
+                        return Ok(Err(StoreError::InstanceAlreadyExists(key.to_owned())));
+                    }
+                    _ => {}
+                }
+                execution = existing.execution + 1;
+            }
+            let record = InstanceRecord {
+                instance_id: new.instance_id.clone(),
+                name: new.name.clone(),
+                version: new.version.clone(),
+                execution,
+                status: RuntimeStatus::Pending,
+                input: new.input.clone(),
+                output: None,
+                failure: None,
+                custom_status: None,
+                created_at: new.created_at,
+                last_updated_at: new.created_at,
+                scheduled_start: new.scheduled_start,
+                parent: new.parent.clone(),
+                last_error: None,
+            };
+            let json = serde_json::to_string(&record)?;
+            let status = record.status.as_str();
+            let created = ts(record.created_at);
+            let params: [&(dyn ToSql + Sync); 5] = [&key, &record.name, &status, &created, &json];
+            if existing.is_some() {
+                let (del_history, del_inbox, del_tasks, replace) = tokio::try_join!(
+                    tx.prepare_cached(&sql.delete_history),
+                    tx.prepare_cached(&sql.delete_inbox),
+                    tx.prepare_cached(&sql.delete_activities),
+                    tx.prepare_cached(&sql.replace_instance),
+                )?;
+                tokio::try_join!(
+                    async { tx.execute(&del_history, &[&key]).await },
+                    async { tx.execute(&del_inbox, &[&key]).await },
+                    async { tx.execute(&del_tasks, &[&key]).await },
+                    tx.execute(&replace, &params),
+                )?;
+            } else {
+                let insert = tx.prepare_cached(&sql.insert_instance).await?;
+                if tx.execute(&insert, &params).await? == 0 {
+                    // Created by a concurrent transaction since we looked: look again.
+                    continue;
+                }
+            }
+            batch.push(key, &new.start_message())?;
+            batch.touch(key);
+            return Ok(Ok(CreateResult::Created));
+        }
+        Err(Error::Other(format!(
+            "instance `{key}` kept appearing and disappearing while being created"
+        )))
+    }
+
+    async fn create_tx(&self, tx: &Transaction<'_>, new: &NewInstance) -> R<CreateResult> {
+        let mut batch = Enqueue::default();
+        let created = self
+            .create_in(tx, new, &mut batch)
+            .await?
+            .map_err(Error::Op)?;
+        batch.flush(self, tx).await?;
+        self.notify(tx, Wake::ORCHESTRATION).await?;
+        Ok(created)
+    }
+
+    async fn send_tx(&self, tx: &Transaction<'_>, id: &InstanceId, message: &Message) -> R<()> {
+        let key = id.as_str();
+        let select = tx.prepare_cached(&self.inner.sql.select_status).await?;
+        let Some(row) = tx.query_opt(&select, &[&key]).await? else {
+            return Err(Error::Op(StoreError::InstanceNotFound(key.to_owned())));
+        };
+        if status_is_terminal(row.try_get(0)?) {
+            return Err(Error::Op(StoreError::InstanceNotRunning(key.to_owned())));
+        }
+        let mut batch = Enqueue::default();
+        batch.push(key, message)?;
+        batch.flush(self, tx).await?;
+        self.notify(tx, Wake::ORCHESTRATION).await
+    }
+
+    /// Applies an episode inside `tx`; returns whether activity tasks were enqueued.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one atomic commit, step by step like the other stores"
+    )]
+    async fn commit_tx(&self, tx: &Transaction<'_>, c: &EpisodeCommit) -> R<bool> {
+        let sql = &self.inner.sql;
+        let key = c.instance_id.as_str();
+        // Lock every row this commit touches, in id order, so concurrent commits never
+        // deadlock; then check the lease under that lock.
+        let mut ids: BTreeSet<&str> = BTreeSet::new();
+        ids.insert(key);
+        ids.extend(c.messages.iter().map(|(t, _)| t.as_str()));
+        ids.extend(c.new_instances.iter().map(|(_, n)| n.instance_id.as_str()));
+        let ids: Vec<&str> = ids.into_iter().collect();
+        let lock_rows = tx.prepare_cached(&sql.lock_rows).await?;
+        let rows = tx.query(&lock_rows, &[&ids, &key]).await?;
+        let mut existing: HashSet<String> = HashSet::with_capacity(rows.len());
+        let mut own = None;
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            if id == key {
+                let token: Option<i64> = row.try_get(1)?;
+                let record: Option<String> = row.try_get(2)?;
+                own = Some((token, record));
+            }
+            existing.insert(id);
+        }
+        let record = match own {
+            Some((Some(token), Some(record))) if token == to_i64(c.lock.0) => record,
+            _ => return Err(Error::Op(StoreError::LockLost(key.to_owned()))),
+        };
+        let mut record: InstanceRecord = decode(&record)?;
+        let execution = record.execution;
+
+        // Sub-orchestrations first: a refused child becomes a failure message to us.
+        let mut batch = Enqueue::default();
+        let mut refusals = Vec::new();
+        for (seq, child) in &c.new_instances {
+            let child_id = &child.instance_id;
+            let refused = if *child_id == c.instance_id {
+                Some("a sub-orchestration cannot take its parent's id".to_owned())
+            } else {
+                match self.create_in(tx, child, &mut batch).await? {
+                    Ok(_) => {
+                        existing.insert(child_id.as_str().to_owned());
+                        None
+                    }
+                    Err(e) => Some(e.to_string()),
+                }
+            };
+            if let Some(reason) = refused {
+                refusals.push(Message::new(
+                    Event::SubOrchestrationFailed {
+                        seq: *seq,
+                        failure: FailureDetails::new(
+                            "SubOrchestrationNotCreated",
+                            format!("could not create sub-orchestration `{child_id}`: {reason}"),
+                        ),
+                    },
+                    Some(execution),
+                    c.now,
+                ));
+            }
+        }
+
+        record.status = c.status;
+        record.output.clone_from(&c.output);
+        record.failure.clone_from(&c.failure);
+        record.custom_status.clone_from(&c.custom_status);
+        record.last_updated_at = c.now;
+        record.last_error = None;
+        let mut events = Vec::new();
+        if let Some(next) = &c.next_execution {
+            record.execution += 1;
+            record.input.clone_from(&next.input);
+            record.version.clone_from(&next.version);
+            record.status = RuntimeStatus::ContinuedAsNew;
+            record.output = None;
+            record.failure = None;
+            for m in &next.messages {
+                batch.push(key, m)?;
+            }
+        } else {
+            for e in &c.new_events {
+                events.push(serde_json::to_string(e)?);
+            }
+        }
+        for m in &refusals {
+            batch.push(key, m)?;
+        }
+        for (target, m) in &c.messages {
+            if existing.contains(target.as_str()) {
+                batch.push(target.as_str(), m)?;
+            } else {
+                tracing::debug!(target = %target, "message to unknown instance dropped");
+            }
+        }
+        batch.touch(key);
+        let record_json = serde_json::to_string(&record)?;
+        let status = record.status.as_str();
+        let consumed: Vec<i64> = c.consumed.iter().map(|m| to_i64(m.seq)).collect();
+        let activities = !c.activities.is_empty();
+        let mut task_owners = Vec::with_capacity(c.activities.len());
+        let mut tasks = Vec::with_capacity(c.activities.len());
+        for t in &c.activities {
+            task_owners.push(t.instance_id.as_str());
+            tasks.push(serde_json::to_string(t)?);
+        }
+        let now = ts(c.now);
+
+        let handed_ids: Vec<i64> = c
+            .completed_activities
+            .iter()
+            .map(|(id, _)| to_i64(*id))
+            .collect();
+        let handed_tokens: Vec<i64> = c
+            .completed_activities
+            .iter()
+            .map(|(_, lock)| to_i64(lock.0))
+            .collect();
+        let (handed, consume, history, update, enqueue_tasks, enqueue, ready) = tokio::try_join!(
+            tx.prepare_cached(&sql.complete_handed_off),
+            tx.prepare_cached(&sql.consume),
+            tx.prepare_cached(if c.next_execution.is_some() {
+                &sql.delete_history
+            } else {
+                &sql.append_history
+            }),
+            tx.prepare_cached(&sql.update_record),
+            tx.prepare_cached(&sql.enqueue_activities),
+            tx.prepare_cached(&sql.enqueue),
+            tx.prepare_cached(&sql.refresh_ready),
+        )?;
+        // The own row's `ready_at` is set by `update_record`; others' by `refresh_ready`.
+        batch.touched.remove(key);
+        let touched: Vec<String> = std::mem::take(&mut batch.touched).into_iter().collect();
+        let history_params: Vec<&(dyn ToSql + Sync)> = if c.next_execution.is_some() {
+            vec![&key]
+        } else {
+            vec![&key, &events]
+        };
+        // Pipelined, one round trip: a statement is sent on its future's first poll and
+        // `try_join!` polls first in this order, so the server runs them in this order.
+        tokio::try_join!(
+            async {
+                if handed_ids.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&handed, &[&handed_ids, &handed_tokens]).await
+                }
+            },
+            async {
+                if consumed.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&consume, &[&key, &consumed]).await
+                }
+            },
+            async {
+                if c.next_execution.is_none() && events.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&history, &history_params).await
+                }
+            },
+            async {
+                if activities {
+                    tx.execute(&enqueue_tasks, &[&task_owners, &now, &tasks])
+                        .await
+                } else {
+                    Ok(0)
+                }
+            },
+            async {
+                if batch.ids.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&enqueue, &[&batch.ids, &batch.visible_at, &batch.messages])
+                        .await
+                }
+            },
+            async { tx.execute(&update, &[&key, &status, &record_json]).await },
+            async {
+                if touched.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&ready, &[&touched]).await
+                }
+            },
+        )?;
+        self.notify(
+            tx,
+            Wake {
+                orchestration: true,
+                activity: activities,
+                changed: false,
+            },
+        )
+        .await?;
+        Ok(activities)
+    }
+
+    async fn abandon_tx(
+        &self,
+        tx: &Transaction<'_>,
+        id: &InstanceId,
+        lock: LockToken,
+        retry_at: Timestamp,
+        error: Option<&str>,
+    ) -> R<()> {
+        let sql = &self.inner.sql;
+        let key = id.as_str();
+        let lock_rows = tx.prepare_cached(&sql.lock_rows).await?;
+        let rows = tx.query(&lock_rows, &[&vec![key], &key]).await?;
+        let record = match rows.first() {
+            Some(row) if row.try_get::<_, Option<i64>>(1)? == Some(to_i64(lock.0)) => {
+                row.try_get::<_, Option<String>>(2)?
+            }
+            _ => None,
+        };
+        let Some(record) = record else {
+            return Err(Error::Op(StoreError::LockLost(key.to_owned())));
+        };
+        let mut record: InstanceRecord = decode(&record)?;
+        record.last_error = error.map(str::to_owned);
+        let json = serde_json::to_string(&record)?;
+        let status = record.status.as_str();
+        let retry = ts(retry_at);
+        let (delay, update) = tokio::try_join!(
+            tx.prepare_cached(&sql.delay_inbox),
+            tx.prepare_cached(&sql.update_record),
+        )?;
+        tokio::try_join!(async { tx.execute(&delay, &[&key, &retry]).await }, async {
+            tx.execute(&update, &[&key, &status, &json]).await
+        },)?;
+        self.notify(tx, Wake::ORCHESTRATION).await
+    }
+
+    /// Runs one statement that is a whole write: in autocommit, or, with
+    /// [`PostgresOptions::notify_in_transaction`], in a transaction with its `NOTIFY`.
+    async fn write_one(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        wake: Wake,
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        if self.inner.options.notify_in_transaction {
+            return retry_tx!(self, what, tx => async {
+                let st = tx.prepare_cached(sql).await?;
+                let rows = tx.query(&st, params).await?;
+                self.notify(&tx, wake).await?;
+                Ok::<_, Error>(rows)
+            });
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result: R<Vec<tokio_postgres::Row>> = async {
+                let conn = self.conn().await?;
+                let st = conn.prepare_cached(sql).await?;
+                Ok(conn.query(&st, params).await?)
+            }
+            .await;
+            match result {
+                Err(Error::Db(e)) if attempt < MAX_ATTEMPTS && retryable(&e) => {
+                    pause(Duration::from_millis(u64::from(attempt) * 5)).await;
+                }
+                other => return other.map_err(|e| self.err(what, e)),
+            }
+        }
+    }
+
+    async fn purge_tx(&self, tx: &Transaction<'_>, id: &InstanceId) -> R<bool> {
+        let sql = &self.inner.sql;
+        let key = id.as_str();
+        let (del_tasks, del_inbox, del_history, del_instance) = tokio::try_join!(
+            tx.prepare_cached(&sql.delete_activities),
+            tx.prepare_cached(&sql.delete_inbox),
+            tx.prepare_cached(&sql.delete_history),
+            tx.prepare_cached(&sql.delete_instance),
+        )?;
+        // Tasks before the instance: the order `complete_activity` locks them in.
+        let (_, _, _, n) = tokio::try_join!(
+            async { tx.execute(&del_tasks, &[&key]).await },
+            async { tx.execute(&del_inbox, &[&key]).await },
+            async { tx.execute(&del_history, &[&key]).await },
+            async { tx.execute(&del_instance, &[&key]).await },
+        )?;
+        if n > 0 {
+            self.notify(
+                tx,
+                Wake {
+                    changed: true,
+                    ..Wake::default()
+                },
+            )
+            .await?;
+        }
+        Ok(n > 0)
+    }
+
+    async fn fetch_orchestration(
+        &self,
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> R<Option<OrchestrationWorkItem>> {
+        let conn = self.lease_conn().await?;
+        let st = conn
+            .prepare_cached(&self.inner.sql.fetch_orchestration)
+            .await?;
+        let until = ts(now + lock_for);
+        let rows = conn.query(&st, &[&ts(now), &until, &new_token()]).await?;
+        Ok(work_items(&rows)?.into_iter().next())
+    }
+
+    async fn fetch_instances(
+        &self,
+        ids: &[InstanceId],
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> R<Vec<OrchestrationWorkItem>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let conn = self.lease_conn().await?;
+        let st = conn.prepare_cached(&self.inner.sql.fetch_instances).await?;
+        let until = ts(now + lock_for);
+        let ids: Vec<&str> = ids.iter().map(InstanceId::as_str).collect();
+        let rows = conn
+            .query(&st, &[&ids, &ts(now), &until, &new_token()])
+            .await?;
+        work_items(&rows)
+    }
+
+    async fn fetch_activities(
+        &self,
+        now: Timestamp,
+        lock_for: Duration,
+        max: usize,
+    ) -> R<Vec<ActivityWorkItem>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let conn = self.lease_conn().await?;
+        let st = conn
+            .prepare_cached(&self.inner.sql.fetch_activities)
+            .await?;
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let rows = conn
+            .query(&st, &[&ts(now), &ts(now + lock_for), &limit, &new_token()])
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(ActivityWorkItem {
+                id: to_u64(row.try_get(0)?),
+                task: decode(row.try_get(1)?)?,
+                lock: LockToken(to_u64(row.try_get(2)?)),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn wake_time(&self, kind: Option<WorkKind>) -> R<Option<Timestamp>> {
+        let conn = self.lease_conn().await?;
+        let st = conn.prepare_cached(&self.inner.sql.next_wake).await?;
+        let row = conn.query_one(&st, &[]).await?;
+        let orch: Option<i64> = row.try_get(0)?;
+        let act: Option<i64> = row.try_get(1)?;
+        let candidates = match kind {
+            Some(WorkKind::Orchestration) => [orch, None],
+            Some(WorkKind::Activity) => [None, act],
+            None => [orch, act],
+        };
+        Ok(candidates.into_iter().flatten().min().map(from_ts))
+    }
+
+    async fn read_record(&self, id: &InstanceId) -> R<Option<InstanceRecord>> {
+        let conn = self.conn().await?;
+        let st = conn.prepare_cached(&self.inner.sql.read_record).await?;
+        match conn.query_opt(&st, &[&id.as_str()]).await? {
+            Some(row) => Ok(Some(decode(row.try_get(0)?)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn read_events(&self, id: &InstanceId) -> R<Vec<HistoryEvent>> {
+        let conn = self.conn().await?;
+        let st = conn.prepare_cached(&self.inner.sql.read_history).await?;
+        let rows = conn.query(&st, &[&id.as_str()]).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(decode(row.try_get(0)?)?);
+        }
+        Ok(out)
+    }
+
+    async fn query(&self, query: &InstanceQuery) -> R<InstancePage> {
+        let conn = self.conn().await?;
+        let st = conn.prepare_cached(&self.inner.sql.query).await?;
+        let page = query.effective_page_size();
+        let statuses: Vec<&str> = query.statuses.iter().map(|s| s.as_str()).collect();
+        let from = query.created_from.map(ts);
+        let to = query.created_to.map(ts);
+        let limit = i64::try_from(page + 1).unwrap_or(i64::MAX);
+        let rows = conn
+            .query(
+                &st,
+                &[
+                    &query.continuation,
+                    &query.id_prefix,
+                    &statuses,
+                    &query.name,
+                    &from,
+                    &to,
+                    &query.include_entities,
+                    &limit,
+                ],
+            )
+            .await?;
+        let more = rows.len() > page;
+        let mut instances = Vec::with_capacity(rows.len().min(page));
+        for row in rows.iter().take(page) {
+            let record: InstanceRecord = decode(row.try_get(0)?)?;
+            if query.matches(&record) {
+                instances.push(record);
+            }
+        }
+        let continuation = if more {
+            rows.get(page - 1)
+                .map(|row| row.try_get::<_, String>(1))
+                .transpose()?
+        } else {
+            None
+        };
+        Ok(InstancePage {
+            instances,
+            continuation,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_instance(&self, new: NewInstance) -> Result<CreateResult, StoreError> {
+        let r = retry_tx!(self, "creating an instance", tx => self.create_tx(&tx, &new))?;
+        self.signal(Wake::ORCHESTRATION);
+        Ok(r)
+    }
+
+    async fn send_message(
+        &self,
+        instance_id: &InstanceId,
+        message: Message,
+    ) -> Result<(), StoreError> {
+        retry_tx!(self, "sending a message", tx => self.send_tx(&tx, instance_id, &message))?;
+        self.signal(Wake::ORCHESTRATION);
+        Ok(())
+    }
+
+    async fn fetch_orchestration_work(
+        &self,
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> Result<Option<OrchestrationWorkItem>, StoreError> {
+        let lock_for = self.inner.options.orchestration_lease.unwrap_or(lock_for);
+        self.fetch_orchestration(now, lock_for)
+            .await
+            .map_err(|e| self.err("fetching orchestration work", e))
+    }
+
+    async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError> {
+        let activity =
+            retry_tx!(self, "committing an episode", tx => self.commit_tx(&tx, &commit))?;
+        self.signal(Wake {
+            orchestration: true,
+            activity,
+            changed: false,
+        });
+        Ok(())
+    }
+
+    fn supports_activity_handoff(&self) -> bool {
+        true
+    }
+
+    async fn fetch_instances_work(
+        &self,
+        instance_ids: &[InstanceId],
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
+        let lock_for = self.inner.options.orchestration_lease.unwrap_or(lock_for);
+        self.fetch_instances(instance_ids, now, lock_for)
+            .await
+            .map_err(|e| self.err("leasing instances", e))
+    }
+
+    async fn abandon_episode(
+        &self,
+        instance_id: &InstanceId,
+        lock: LockToken,
+        retry_at: Timestamp,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
+        retry_tx!(self, "abandoning an episode", tx => self.abandon_tx(
+            &tx,
+            instance_id,
+            lock,
+            retry_at,
+            error.as_deref(),
+        ))?;
+        self.signal(Wake::ORCHESTRATION);
+        Ok(())
+    }
+
+    async fn fetch_activity_work(
+        &self,
+        now: Timestamp,
+        lock_for: Duration,
+        max: usize,
+    ) -> Result<Vec<ActivityWorkItem>, StoreError> {
+        let lock_for = self.inner.options.activity_lease.unwrap_or(lock_for);
+        self.fetch_activities(now, lock_for, max)
+            .await
+            .map_err(|e| self.err("fetching activity work", e))
+    }
+
+    async fn complete_activity(
+        &self,
+        id: u64,
+        lock: LockToken,
+        result: Message,
+    ) -> Result<(), StoreError> {
+        let message = serde_json::to_string(&result)
+            .map_err(|e| self.err("completing an activity", e.into()))?;
+        let rows = self
+            .write_one(
+                "completing an activity",
+                &self.inner.sql.complete_activity,
+                &[
+                    &to_i64(id),
+                    &to_i64(lock.0),
+                    &ts(result.id.visible_at),
+                    &message,
+                ],
+                Wake::ORCHESTRATION,
+            )
+            .await?;
+        let taken = match rows.first() {
+            Some(row) => row
+                .try_get::<_, i64>(0)
+                .map_err(|e| self.err("completing an activity", e.into()))?,
+            None => 0,
+        };
+        if taken == 0 {
+            return Err(StoreError::LockLost(format!("activity task {id}")));
+        }
+        self.signal(Wake::ORCHESTRATION);
+        Ok(())
+    }
+
+    async fn abandon_activity(
+        &self,
+        id: u64,
+        lock: LockToken,
+        retry_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let wake = Wake {
+            activity: true,
+            ..Wake::default()
+        };
+        let rows = self
+            .write_one(
+                "abandoning an activity",
+                &self.inner.sql.release_activity,
+                &[&to_i64(id), &to_i64(lock.0), &ts(retry_at)],
+                wake,
+            )
+            .await?;
+        if rows.is_empty() {
+            return Err(StoreError::LockLost(format!("activity task {id}")));
+        }
+        self.signal(wake);
+        Ok(())
+    }
+
+    async fn next_wake_time(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.wake_time(None)
+            .await
+            .map_err(|e| self.err("reading the next wake time", e))
+    }
+
+    async fn next_wake_time_for(&self, kind: WorkKind) -> Result<Option<Timestamp>, StoreError> {
+        self.wake_time(Some(kind))
+            .await
+            .map_err(|e| self.err("reading the next wake time", e))
+    }
+
+    async fn read_instance(
+        &self,
+        instance_id: &InstanceId,
+    ) -> Result<Option<InstanceRecord>, StoreError> {
+        self.read_record(instance_id)
+            .await
+            .map_err(|e| self.err("reading an instance", e))
+    }
+
+    async fn read_history(
+        &self,
+        instance_id: &InstanceId,
+    ) -> Result<Vec<HistoryEvent>, StoreError> {
+        self.read_events(instance_id)
+            .await
+            .map_err(|e| self.err("reading a history", e))
+    }
+
+    async fn query_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError> {
+        self.query(query)
+            .await
+            .map_err(|e| self.err("querying instances", e))
+    }
+
+    async fn purge_instance(&self, instance_id: &InstanceId) -> Result<bool, StoreError> {
+        let removed =
+            retry_tx!(self, "purging an instance", tx => self.purge_tx(&tx, instance_id))?;
+        if removed {
+            self.signal(Wake {
+                changed: true,
+                ..Wake::default()
+            });
+        }
+        Ok(removed)
+    }
+
+    fn signals(&self) -> &StoreSignals {
+        &self.inner.signals
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// SQL
+
+/// Every statement, with the schema filled in (prepared and cached per connection).
+struct Sql {
+    fetch_orchestration: String,
+    fetch_instances: String,
+    complete_handed_off: String,
+    fetch_activities: String,
+    lock_rows: String,
+    select_for_update: String,
+    select_status: String,
+    insert_instance: String,
+    replace_instance: String,
+    update_record: String,
+    delete_instance: String,
+    delete_history: String,
+    delete_inbox: String,
+    delete_activities: String,
+    append_history: String,
+    consume: String,
+    enqueue: String,
+    refresh_ready: String,
+    delay_inbox: String,
+    enqueue_activities: String,
+    complete_activity: String,
+    release_activity: String,
+    next_wake: String,
+    read_record: String,
+    read_history: String,
+    query: String,
+}
+
+impl Sql {
+    #[allow(clippy::too_many_lines, reason = "one SQL text per statement")]
+    fn new(schema: &str) -> Self {
+        let s = |text: &str| text.replace("{s}", schema);
+        // The leased instance `picked` with its history length and its messages visible
+        // at $1.
+        let work_item = "SELECT p.record, p.lock_token,
+                   (SELECT COALESCE(MAX(h.idx) + 1, 0) FROM {s}.history h
+                    WHERE h.instance_id = p.id),
+                   m.visible_at, m.seq, m.message, p.id
+            FROM picked p
+            LEFT JOIN {s}.inbox m ON m.instance_id = p.id AND m.visible_at <= $1
+            ORDER BY p.id, m.visible_at, m.seq";
+        let terminal = ALL_STATUSES
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self {
+            // Lease the first due instance and read it with its visible messages, in one
+            // statement.
+            fetch_orchestration: s(&format!(
+                "WITH picked AS (
+                    UPDATE {{s}}.instances SET lock_token = $3, locked_until = $2
+                    WHERE id = (SELECT id FROM {{s}}.instances WHERE due_at <= $1
+                                ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                    RETURNING id, record, lock_token)
+                {work_item}"
+            )),
+            // Leases the instances in $1 that no one else holds, whatever their messages
+            // (rows locked in id order, as commits lock them).
+            fetch_instances: s(&format!(
+                "WITH picked AS (
+                    UPDATE {{s}}.instances SET lock_token = $4, locked_until = $3
+                    WHERE id IN (SELECT id FROM {{s}}.instances
+                                 WHERE id = ANY($1)
+                                   AND (lock_token IS NULL OR locked_until <= $2)
+                                 ORDER BY id FOR UPDATE)
+                    RETURNING id, record, lock_token)
+                {}",
+                work_item.replace("$1", "$2")
+            )),
+            // Lease up to $3 due tasks: while leased, a task is due again at its expiry.
+            fetch_activities: s("WITH cand AS (
+                    SELECT id, visible_at FROM {s}.activities WHERE visible_at <= $1
+                    ORDER BY visible_at, id LIMIT $3 FOR UPDATE SKIP LOCKED),
+                leased AS (
+                    UPDATE {s}.activities a
+                    SET lock_token = $4, visible_at = $2
+                    FROM cand WHERE a.id = cand.id
+                    RETURNING a.id, a.task, a.lock_token, cand.visible_at AS was)
+                SELECT id, task, lock_token FROM leased ORDER BY was, id"),
+            lock_rows: s("SELECT id, lock_token, CASE WHEN id = $2 THEN record END
+                FROM {s}.instances WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
+            select_for_update: s("SELECT record FROM {s}.instances WHERE id = $1 FOR UPDATE"),
+            select_status: s("SELECT status FROM {s}.instances WHERE id = $1 FOR UPDATE"),
+            insert_instance: s(
+                "INSERT INTO {s}.instances (id, name, status, created_at, record)
+                VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+            ),
+            replace_instance: s("UPDATE {s}.instances
+                SET name = $2, status = $3, created_at = $4, record = $5,
+                    ready_at = NULL, lock_token = NULL, locked_until = NULL
+                WHERE id = $1"),
+            // Ends the lease; run after the inbox changes, whose first time it records.
+            update_record: s("UPDATE {s}.instances
+                SET status = $2, record = $3, lock_token = NULL, locked_until = NULL,
+                    ready_at = (SELECT MIN(m.visible_at) FROM {s}.inbox m
+                                WHERE m.instance_id = $1)
+                WHERE id = $1"),
+            delete_instance: s("DELETE FROM {s}.instances WHERE id = $1"),
+            delete_history: s("DELETE FROM {s}.history WHERE instance_id = $1"),
+            delete_inbox: s("DELETE FROM {s}.inbox WHERE instance_id = $1"),
+            delete_activities: s("DELETE FROM {s}.activities WHERE instance_id = $1"),
+            append_history: s("INSERT INTO {s}.history (instance_id, idx, event)
+                SELECT $1, n.start + t.ord - 1, t.event
+                FROM unnest($2::text[]) WITH ORDINALITY AS t(event, ord),
+                     (SELECT COALESCE(MAX(idx) + 1, 0) AS start FROM {s}.history
+                      WHERE instance_id = $1) n"),
+            consume: s("DELETE FROM {s}.inbox WHERE instance_id = $1 AND seq = ANY($2)"),
+            // Seqs follow the order of the arrays (nextval runs after the sort).
+            enqueue: s(
+                "INSERT INTO {s}.inbox (instance_id, seq, visible_at, message)
+                SELECT t.instance_id, nextval('{s}.ids'), t.visible_at, t.message
+                FROM unnest($1::text[], $2::bigint[], $3::text[])
+                     WITH ORDINALITY AS t(instance_id, visible_at, message, ord)
+                ORDER BY t.ord",
+            ),
+            refresh_ready: s("UPDATE {s}.instances i SET ready_at = x.first
+                FROM (SELECT u.id, (SELECT MIN(m.visible_at) FROM {s}.inbox m
+                                    WHERE m.instance_id = u.id) AS first
+                      FROM unnest($1::text[]) AS u(id)) x
+                WHERE i.id = x.id AND i.ready_at IS DISTINCT FROM x.first"),
+            delay_inbox: s("UPDATE {s}.inbox SET visible_at = $2
+                WHERE instance_id = $1 AND visible_at < $2"),
+            enqueue_activities: s(
+                "INSERT INTO {s}.activities (id, instance_id, visible_at, task)
+                SELECT nextval('{s}.ids'), t.instance_id, $2, t.task
+                FROM unnest($1::text[], $3::text[]) WITH ORDINALITY AS t(instance_id, task, ord)
+                ORDER BY t.ord",
+            ),
+            // Removes tasks whose results an episode consumed from memory, if still leased.
+            complete_handed_off: s("DELETE FROM {s}.activities a
+                USING unnest($1::bigint[], $2::bigint[]) AS t(id, token)
+                WHERE a.id = t.id AND a.lock_token = t.token"),
+            // Removes the leased task and, if its instance is still running, enqueues the
+            // result: one statement. Answers (tasks removed, results enqueued).
+            complete_activity: s(&format!(
+                "WITH done AS (
+                    DELETE FROM {{s}}.activities WHERE id = $1 AND lock_token = $2
+                    RETURNING instance_id),
+                live AS (
+                    UPDATE {{s}}.instances i SET ready_at = LEAST(COALESCE(i.ready_at, $3), $3)
+                    FROM done WHERE i.id = done.instance_id AND i.status NOT IN ({terminal})
+                    RETURNING i.id),
+                queued AS (
+                    INSERT INTO {{s}}.inbox (instance_id, seq, visible_at, message)
+                    SELECT id, nextval('{{s}}.ids'), $3, $4 FROM live
+                    RETURNING 1)
+                SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM queued)"
+            )),
+            release_activity: s(
+                "UPDATE {s}.activities SET visible_at = $3, lock_token = NULL
+                WHERE id = $1 AND lock_token = $2 RETURNING 1",
+            ),
+            next_wake: s("SELECT (SELECT MIN(due_at) FROM {s}.instances),
+                                 (SELECT MIN(visible_at) FROM {s}.activities)"),
+            read_record: s("SELECT record FROM {s}.instances WHERE id = $1"),
+            read_history: s("SELECT event FROM {s}.history WHERE instance_id = $1 ORDER BY idx"),
+            query: s("SELECT record, id FROM {s}.instances
+                WHERE ($1::text IS NULL OR id > $1)
+                  AND ($2::text IS NULL OR (id >= $2 AND starts_with(id, $2)))
+                  AND (cardinality($3::text[]) = 0 OR status = ANY($3))
+                  AND ($4::text IS NULL OR name = $4)
+                  AND ($5::bigint IS NULL OR created_at >= $5)
+                  AND ($6::bigint IS NULL OR created_at <= $6)
+                  AND ($7 OR left(id, 1) <> '@')
+                ORDER BY id LIMIT $8"),
+        }
+    }
+}
+
+/// Messages to enqueue in one statement at the end of a transaction, plus the instances
+/// whose `ready_at` must be recomputed.
+#[derive(Default)]
+struct Enqueue {
+    ids: Vec<String>,
+    visible_at: Vec<i64>,
+    messages: Vec<String>,
+    touched: BTreeSet<String>,
+}
+
+impl Enqueue {
+    fn push(&mut self, id: &str, message: &Message) -> R<()> {
+        self.ids.push(id.to_owned());
+        self.visible_at.push(ts(message.id.visible_at));
+        self.messages.push(serde_json::to_string(message)?);
+        self.touch(id);
+        Ok(())
+    }
+
+    fn touch(&mut self, id: &str) {
+        self.touched.insert(id.to_owned());
+    }
+
+    async fn flush(self, store: &PostgresStore, tx: &Transaction<'_>) -> R<()> {
+        let sql = &store.inner.sql;
+        let (enqueue, ready) = tokio::try_join!(
+            tx.prepare_cached(&sql.enqueue),
+            tx.prepare_cached(&sql.refresh_ready),
+        )?;
+        let touched: Vec<String> = self.touched.into_iter().collect();
+        tokio::try_join!(
+            async {
+                if self.ids.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&enqueue, &[&self.ids, &self.visible_at, &self.messages])
+                        .await
+                }
+            },
+            async {
+                if touched.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&ready, &[&touched]).await
+                }
+            },
+        )?;
+        Ok(())
+    }
+}
+
+/// Checks or creates the task hub's schema, under an advisory lock so concurrent starts
+/// do not race.
+async fn migrate(pool: &Pool, hub: &str, schema: &str) -> Result<(), StoreError> {
+    let fail = |what: &str, e: &tokio_postgres::Error| {
+        let mut msg = format!("task hub `{hub}`: {what}: {}", describe(e));
+        if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+            msg.push_str(PRIVILEGES_HINT);
+        }
+        StoreError::Backend(msg)
+    };
+    let mut conn = pool.get().await.map_err(|e| match e {
+        PoolError::Backend(e) => fail("cannot connect to PostgreSQL", &e),
+        other => StoreError::Backend(format!(
+            "task hub `{hub}`: cannot connect to PostgreSQL: {other}"
+        )),
+    })?;
+    let tx = conn
+        .transaction()
+        .await
+        .map_err(|e| fail("cannot begin a transaction", &e))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&MIGRATION_LOCK, &hub],
+    )
+    .await
+    .map_err(|e| fail("cannot take the migration lock", &e))?;
+    let exists: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+            &[&hub],
+        )
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| fail("cannot look for the schema", &e))?;
+    if !exists {
+        tx.batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .map_err(|e| fail("cannot create the schema", &e))?;
+    }
+    let versioned: bool = tx
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("{schema}.schema_version")],
+        )
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| fail("cannot read the schema version", &e))?;
+    let current: i32 = if versioned {
+        tx.query_one(
+            &format!("SELECT COALESCE(MAX(version), 0) FROM {schema}.schema_version"),
+            &[],
+        )
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| fail("cannot read the schema version", &e))?
+    } else {
+        let relations: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1",
+                &[&hub],
+            )
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| fail("cannot inspect the schema", &e))?;
+        if relations > 0 {
+            return Err(StoreError::Backend(format!(
+                "task hub `{hub}`: the schema `{hub}` exists but is not a durable task hub (it has \
+                 no schema_version table); choose another task hub name"
+            )));
+        }
+        0
+    };
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Backend(format!(
+            "task hub `{hub}` has schema version {current}, but this build of durable knows \
+             versions up to {SCHEMA_VERSION}: upgrade durable, or use another task hub"
+        )));
+    }
+    for version in current + 1..=SCHEMA_VERSION {
+        let ddl =
+            MIGRATIONS[usize::try_from(version - 1).unwrap_or_default()].replace("{s}", schema);
+        tx.batch_execute(&ddl)
+            .await
+            .map_err(|e| fail(&format!("cannot migrate to schema version {version}"), &e))?;
+        tx.execute(
+            &format!("INSERT INTO {schema}.schema_version (version) VALUES ($1)"),
+            &[&version],
+        )
+        .await
+        .map_err(|e| fail("cannot record the schema version", &e))?;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| fail("cannot commit the schema", &e))
+}
+
+// ---------------------------------------------------------------------------------------
+// Notifications
+
+/// Which signals a write sends.
+#[derive(Debug, Clone, Copy, Default)]
+struct Wake {
+    orchestration: bool,
+    activity: bool,
+    changed: bool,
+}
+
+impl Wake {
+    const ORCHESTRATION: Wake = Wake {
+        orchestration: true,
+        activity: false,
+        changed: false,
+    };
+
+    /// The notification payload's kinds: `o`, `a`, `c`.
+    fn kinds(self) -> String {
+        let mut kinds = String::new();
+        if self.orchestration {
+            kinds.push('o');
+        }
+        if self.activity {
+            kinds.push('a');
+        }
+        if self.changed {
+            kinds.push('c');
+        }
+        kinds
+    }
+
+    fn bits(self) -> u8 {
+        u8::from(self.orchestration) | u8::from(self.activity) << 1 | u8::from(self.changed) << 2
+    }
+
+    fn from_bits(bits: u8) -> Self {
+        Wake {
+            orchestration: bits & 1 != 0,
+            activity: bits & 2 != 0,
+            changed: bits & 4 != 0,
+        }
+    }
+}
+
+/// Sends this process's notifications right after its writes commit, coalescing the writes
+/// made while one is on its way into the next. Each is its own short transaction with
+/// `synchronous_commit` off (a notification is not durable anyway), so the writes themselves
+/// commit without Postgres's notification lock and group their WAL flushes.
+#[derive(Default)]
+struct Notifier {
+    pending: AtomicU8,
+    wake: Notify,
+}
+
+impl Notifier {
+    fn post(&self, wake: Wake) {
+        let bits = wake.bits();
+        if bits != 0 {
+            self.pending.fetch_or(bits, Ordering::AcqRel);
+            self.wake.notify_one();
+        }
+    }
+
+    /// `prefix` is the batch up to the payload's opening quote and origin.
+    async fn run(self: Arc<Self>, pool: Pool, prefix: String) {
+        loop {
+            self.wake.notified().await;
+            let bits = self.pending.swap(0, Ordering::AcqRel);
+            if bits == 0 {
+                continue;
+            }
+            let sql = format!("{prefix}{}'; COMMIT", Wake::from_bits(bits).kinds());
+            let sent = match pool.get().await {
+                Ok(conn) => conn.batch_execute(&sql).await.map_err(|e| describe(&e)),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = sent {
+                // Other processes find the work on their fallback poll.
+                tracing::warn!(error = %e, "cannot send a PostgreSQL notification");
+            }
+        }
+    }
+}
+
+/// Opens a connection that `LISTEN`s on `channel`; notifications arrive on the receiver,
+/// which closes when the connection is lost.
+async fn listen(
+    config: &Config,
+    channel: &str,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        mpsc::UnboundedReceiver<Notification>,
+    ),
+    tokio_postgres::Error,
+> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if tx.send(n).is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "PostgreSQL notification connection failed");
+                    break;
+                }
+                None => break,
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
+        .await?;
+    Ok((client, rx))
+}
+
+/// The background task turning notifications into [`StoreSignals`].
+struct Listener {
+    config: Config,
+    channel: String,
+    origin: String,
+    signals: Arc<StoreSignals>,
+    poll: Duration,
+}
+
+impl Listener {
+    async fn run(
+        self,
+        client: tokio_postgres::Client,
+        notifications: mpsc::UnboundedReceiver<Notification>,
+    ) {
+        let mut client = Some(client);
+        let mut notifications = notifications;
+        let mut tick = tokio::time::interval(self.poll.max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                n = notifications.recv() => {
+                    if let Some(n) = n {
+                        self.handle(&n);
+                    } else {
+                        drop(client.take());
+                        let (c, rx) = self.reconnect().await;
+                        client = Some(c);
+                        notifications = rx;
+                        // Notifications may have been missed meanwhile: look at everything.
+                        self.signals.orchestration_work();
+                        self.signals.activity_work();
+                    }
+                }
+                _ = tick.tick() => {
+                    self.signals.orchestration.notify_one();
+                    self.signals.activity.notify_one();
+                }
+            }
+        }
+    }
+
+    fn handle(&self, n: &Notification) {
+        let Some((origin, kinds)) = n.payload().split_once(':') else {
+            return;
+        };
+        if origin == self.origin {
+            return;
+        }
+        for kind in kinds.chars() {
+            match kind {
+                'o' => self.signals.orchestration_work(),
+                'a' => self.signals.activity_work(),
+                'c' => self.signals.changed.send_modify(|v| *v = v.wrapping_add(1)),
+                _ => {}
+            }
+        }
+    }
+
+    async fn reconnect(
+        &self,
+    ) -> (
+        tokio_postgres::Client,
+        mpsc::UnboundedReceiver<Notification>,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match listen(&self.config, &self.channel).await {
+                Ok(pair) => return pair,
+                Err(e) => {
+                    tracing::warn!(error = %describe(&e), retry_in = ?backoff, "cannot reconnect the PostgreSQL notification listener");
+                    pause(backoff).await;
+                    // Keep polling meanwhile (slowly), so work still gets done.
+                    self.signals.orchestration.notify_one();
+                    self.signals.activity.notify_one();
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+/// An internal failure: the operation's own error (the transaction is rolled back), a
+/// database error, or anything else.
+enum Error {
+    Op(StoreError),
+    Db(tokio_postgres::Error),
+    Other(String),
+}
+
+type R<T> = Result<T, Error>;
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Error::Db(e)
+    }
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Error::Other(format!("a stored value does not encode or decode: {e}"))
+    }
+}
+
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    })
+}
+
+/// A database error with its cause, SQLSTATE, detail and hint.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut msg = format!("{} ({})", db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            msg.push_str("; ");
+            msg.push_str(detail);
+        }
+        if let Some(hint) = db.hint() {
+            msg.push_str("; hint: ");
+            msg.push_str(hint);
+        }
+        return msg;
+    }
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}
+
+/// Waits before retrying a database operation. Network back-off, not engine time: it does
+/// not go through the worker's `Clock`.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a retry back-off against the database, not orchestration or timer time"
+)]
+async fn pause(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+/// Work items from the rows of `fetch_orchestration` / `fetch_instances`: per leased instance
+/// (ordered by id), one row per visible message, or one row of NULL message columns.
+fn work_items(rows: &[tokio_postgres::Row]) -> R<Vec<OrchestrationWorkItem>> {
+    let mut out: Vec<OrchestrationWorkItem> = Vec::new();
+    let mut current: Option<String> = None;
+    for row in rows {
+        let id: String = row.try_get(6)?;
+        if current.as_deref() != Some(id.as_str()) {
+            out.push(OrchestrationWorkItem {
+                instance: decode(row.try_get(0)?)?,
+                history_len: to_u64(row.try_get(2)?),
+                messages: Vec::new(),
+                lock: LockToken(to_u64(row.try_get(1)?)),
+            });
+            current = Some(id);
+        }
+        let Some(visible_at) = row.try_get::<_, Option<i64>>(3)? else {
+            continue;
+        };
+        let seq: i64 = row.try_get(4)?;
+        let mut m: Message = decode(row.try_get(5)?)?;
+        m.id = MessageId {
+            visible_at: from_ts(visible_at),
+            seq: to_u64(seq),
+        };
+        if let Some(item) = out.last_mut() {
+            item.messages.push(m);
+        }
+    }
+    Ok(out)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(json: &str) -> R<T> {
+    Ok(serde_json::from_str(json)?)
+}
+
+/// Every status, to match the `status` column's text.
+const ALL_STATUSES: [RuntimeStatus; 7] = [
+    RuntimeStatus::Pending,
+    RuntimeStatus::Running,
+    RuntimeStatus::Suspended,
+    RuntimeStatus::Completed,
+    RuntimeStatus::Failed,
+    RuntimeStatus::Terminated,
+    RuntimeStatus::ContinuedAsNew,
+];
+
+fn status_is_terminal(status: &str) -> bool {
+    ALL_STATUSES
+        .into_iter()
+        .find(|s| s.as_str() == status)
+        .is_some_and(RuntimeStatus::is_terminal)
+}
+
+/// A fresh lease token: 63 random bits. Not from a sequence, because leases are written with
+/// asynchronous commit: after a database crash a sequence could hand out a token again, a
+/// random one (practically) never.
+fn new_token() -> i64 {
+    i64::try_from(uuid::Uuid::new_v4().as_u128() >> 65).unwrap_or(1)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn ts(t: Timestamp) -> i64 {
+    to_i64(t.as_unix_millis())
+}
+
+fn from_ts(v: i64) -> Timestamp {
+    Timestamp::from_unix_millis(to_u64(v))
+}
+
+async fn get(pool: &Pool) -> R<Object> {
+    pool.get().await.map_err(|e| match e {
+        PoolError::Backend(e) => Error::Db(e),
+        PoolError::Timeout(_) => Error::Other(format!(
+            "no database connection became free in time (pool of {}): {e}",
+            pool.status().max_size
+        )),
+        other => Error::Other(format!("cannot get a database connection: {other}")),
+    })
+}
+
+fn build_pool(
+    manager: Manager,
+    size: usize,
+    options: &PostgresOptions,
+) -> Result<Pool, StoreError> {
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .create_timeout(Some(options.connect_timeout))
+        .wait_timeout(Some(Duration::from_secs(120)))
+        .build()
+        .map_err(|e| StoreError::Backend(format!("cannot create the connection pool: {e}")))
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn validate_hub(hub: &str) -> Result<(), StoreError> {
+    let valid = !hub.is_empty()
+        && hub.len() <= MAX_HUB_LEN
+        && hub.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !hub.starts_with(|c: char| c.is_ascii_digit())
+        && !hub.to_ascii_lowercase().starts_with("pg_");
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::Backend(format!(
+            "invalid task hub name `{hub}`: use 1 to {MAX_HUB_LEN} ASCII letters, digits and `_`, \
+             not starting with a digit or `pg_`"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_names() {
+        for ok in ["durable", "Orders_2", "_x", &"h".repeat(MAX_HUB_LEN)] {
+            assert!(validate_hub(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "1abc",
+            "pg_hub",
+            "a-b",
+            "a b",
+            "a\"b",
+            &"h".repeat(MAX_HUB_LEN + 1),
+        ] {
+            let err = validate_hub(bad).unwrap_err();
+            assert!(err.to_string().contains("invalid task hub name"), "{err}");
+        }
+    }
+
+    #[test]
+    fn terminal_statuses() {
+        assert!(status_is_terminal("Completed"));
+        assert!(status_is_terminal("Failed"));
+        assert!(status_is_terminal("Terminated"));
+        assert!(!status_is_terminal("Running"));
+        assert!(!status_is_terminal("Pending"));
+        assert!(!status_is_terminal("ContinuedAsNew"));
+    }
+
+    #[tokio::test]
+    async fn bad_url_is_a_clear_error() {
+        let err = PostgresStore::connect("postgres://[::1", PostgresOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("invalid PostgreSQL connection string"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_a_clear_error() {
+        // Port 1 on loopback: nothing listens there.
+        let err = PostgresStore::connect(
+            "postgres://postgres@127.0.0.1:1/none",
+            PostgresOptions::default().connect_timeout(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap_err();
+        let msg = err.to_string();
+        eprintln!("{msg}");
+        assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+        assert!(msg.contains("cannot connect to PostgreSQL"), "{msg}");
+    }
+}

@@ -1,0 +1,901 @@
+//! The benchmark: W1–W4, cold replay (R) and memory (M) on the redb store with durable
+//! (fsync) commits, in a temporary directory; optionally side by side with duroxide.
+//!
+//! ```text
+//! cargo run --release -p examples --bin bench -- [--quick] [--only W1,W2,...] [--out FILE]
+//! cargo run --release -p examples --features duroxide --bin bench -- [--quick]   # + duroxide
+//! ```
+//!
+//! Prints one line per workload (median and p99 over the repeated runs or samples, the
+//! target and whether it is met) and writes the same table to `bench-results.md` (or `--out`).
+//! `--quick` is the CI smoke mode (seconds, smaller counts); the default is the full mode.
+//! Progress goes to stderr.
+//!
+//! | workload | what is measured |
+//! | --- | --- |
+//! | W1 | one `HelloSequence5` (5 chained no-op activities, string in/out), 50 times in sequence: start → observed completion |
+//! | W2 | 1,000 `HelloSequence5` started at once: orchestrations/s and activities/s until all complete |
+//! | W3 | one orchestration fanning out 10,000 (and 1,000) no-op activities and summing them: wall time |
+//! | W4 | 100 orchestrations each on a 1 s durable timer, started 10 ms apart: completion overshoot (also all at once) |
+//! | R | cold replay of a 10,000-event history (replay alone, and read from the store + replay): events/s |
+//! | M | peak RSS (`VmHWM`) of a fresh process holding 100,000 instances waiting on an external event |
+//!
+//! Figures, never asserts: a missed target is reported, not failed.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a benchmark measures wall time and waits on the wall clock"
+)]
+
+#[cfg(feature = "duroxide")]
+#[path = "bench/duroxide.rs"]
+mod duroxide;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use durable_core::prelude::*;
+use durable_core::storage::RedbDurability;
+use durable_core::{InstanceQuery, RedbStore, Registry};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `--relaxed`: commits without fsync.
+static RELAXED: AtomicBool = AtomicBool::new(false);
+
+// ---------------------------------------------------------------------------------------
+// The workloads' code.
+// ---------------------------------------------------------------------------------------
+
+/// A no-op step: the string goes through unchanged.
+#[activity]
+async fn hello_step(text: String) -> Result<String, ActivityError> {
+    Ok(text)
+}
+
+/// `HelloSequence5`: five chained steps, each taking the previous output.
+#[orchestrator]
+async fn hello_sequence5(
+    ctx: OrchestrationContext,
+    name: String,
+) -> Result<String, OrchestrationError> {
+    let mut text = name;
+    for _ in 0..5 {
+        text = ctx.call(hello_step, text).await?;
+    }
+    Ok(text)
+}
+
+/// A no-op activity on numbers.
+#[activity]
+async fn noop(i: u64) -> Result<u64, ActivityError> {
+    Ok(i)
+}
+
+/// Fans out `n` no-op activities at once and sums their results.
+#[orchestrator]
+async fn fan_out_sum(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationError> {
+    let results = ctx.when_all((0..n).map(|i| ctx.call(noop, i))).await;
+    let mut sum = 0;
+    for r in results {
+        sum += r?;
+    }
+    Ok(sum)
+}
+
+/// `n` no-op activities one after the other (builds the history that R replays).
+#[orchestrator]
+async fn chain(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationError> {
+    let mut sum = 0;
+    for i in 0..n {
+        sum += ctx.call(noop, i).await?;
+    }
+    Ok(sum)
+}
+
+/// Sleeps one second on a durable timer; returns the timer's due time (Unix ms).
+#[orchestrator]
+async fn sleeper(ctx: OrchestrationContext, millis: u64) -> Result<u64, OrchestrationError> {
+    let due = ctx.now() + Duration::from_millis(millis);
+    ctx.timer_at(due).await;
+    Ok(due.as_unix_millis())
+}
+
+/// Waits for the external event `go`.
+#[orchestrator]
+async fn waiter(ctx: OrchestrationContext, _unit: ()) -> Result<(), OrchestrationError> {
+    ctx.wait_for_event::<()>("go").await?;
+    Ok(())
+}
+
+fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register(hello_step);
+    r.register(hello_sequence5);
+    r.register(noop);
+    r.register(fan_out_sum);
+    r.register(chain);
+    r.register(sleeper);
+    r.register(waiter);
+    r
+}
+
+// ---------------------------------------------------------------------------------------
+// Arguments and sizes.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Args {
+    quick: bool,
+    only: Option<Vec<String>>,
+    out: PathBuf,
+    /// Commits without fsync (to see the CPU-bound ceiling); not the benchmark's figures.
+    relaxed: bool,
+    /// Internal: run M's child process with this many instances.
+    memory_child: Option<usize>,
+}
+
+fn parse_args() -> Result<Args, BoxError> {
+    let mut out = Args {
+        quick: false,
+        only: None,
+        out: PathBuf::from("bench-results.md"),
+        relaxed: false,
+        memory_child: None,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--quick" => out.quick = true,
+            "--full" => out.quick = false,
+            "--only" => {
+                out.only = Some(
+                    value()?
+                        .split(',')
+                        .map(|s| s.trim().to_ascii_uppercase())
+                        .collect(),
+                );
+            }
+            "--out" => out.out = PathBuf::from(value()?),
+            "--relaxed" => out.relaxed = true,
+            "--memory-child" => out.memory_child = Some(value()?.parse()?),
+            "-h" | "--help" => {
+                println!(
+                    "usage: bench [--quick] [--only W1,W2,W3,W4,R,M,DUROXIDE] [--out FILE] [--relaxed]\n\
+                     Runs the durable benchmarks on the redb store (fsync commits) in a temp dir.\n\
+                     --relaxed commits without fsync, to show the CPU-bound ceiling (not durable)."
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument `{other}` (try --help)").into()),
+        }
+    }
+    Ok(out)
+}
+
+/// Counts per mode.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    w1_samples: usize,
+    w2_instances: usize,
+    w2_runs: usize,
+    w3_big: u64,
+    w3_big_runs: usize,
+    w3_small_runs: usize,
+    w4_instances: usize,
+    w4_spacing: Duration,
+    r_steps: u64,
+    r_runs: usize,
+    m_instances: usize,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                w1_samples: 10,
+                w2_instances: 200,
+                w2_runs: 1,
+                w3_big: 10_000,
+                w3_big_runs: 1,
+                w3_small_runs: 2,
+                w4_instances: 20,
+                w4_spacing: Duration::from_millis(10),
+                r_steps: 333,
+                r_runs: 5,
+                m_instances: 10_000,
+            }
+        } else {
+            Self {
+                w1_samples: 50,
+                w2_instances: 1000,
+                w2_runs: 5,
+                w3_big: 10_000,
+                w3_big_runs: 5,
+                w3_small_runs: 10,
+                w4_instances: 100,
+                w4_spacing: Duration::from_millis(10),
+                r_steps: 3333,
+                r_runs: 20,
+                m_instances: 100_000,
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Statistics and the result table.
+// ---------------------------------------------------------------------------------------
+
+/// Nearest-rank percentile of `samples` (sorted here), `p` in 0..=100.
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    AtMost(f64),
+    AtLeast(f64),
+}
+
+/// One line of the table. For times `p99` is the slow tail; for rates it is the rate at the
+/// slow tail (the 1st percentile of the rates).
+#[derive(Debug, Clone)]
+struct Row {
+    system: &'static str,
+    workload: String,
+    metric: String,
+    unit: &'static str,
+    median: f64,
+    p99: f64,
+    n: usize,
+    target: Option<Target>,
+    note: String,
+}
+
+impl Row {
+    fn times(workload: &str, metric: &str, unit: &'static str, samples: &[f64]) -> Self {
+        Self {
+            system: "durable",
+            workload: workload.to_owned(),
+            metric: metric.to_owned(),
+            unit,
+            median: percentile(samples, 50.0),
+            p99: percentile(samples, 99.0),
+            n: samples.len(),
+            target: None,
+            note: String::new(),
+        }
+    }
+
+    fn rates(workload: &str, metric: &str, unit: &'static str, samples: &[f64]) -> Self {
+        Self {
+            p99: percentile(samples, 1.0),
+            ..Self::times(workload, metric, unit, samples)
+        }
+    }
+
+    fn target(mut self, t: Target) -> Self {
+        self.target = Some(t);
+        self
+    }
+
+    fn note(mut self, note: impl Into<String>) -> Self {
+        self.note = note.into();
+        self
+    }
+
+    #[cfg_attr(not(feature = "duroxide"), allow(dead_code))]
+    fn system(mut self, s: &'static str) -> Self {
+        self.system = s;
+        self
+    }
+
+    fn verdict(&self) -> &'static str {
+        match self.target {
+            None => "",
+            Some(Target::AtMost(t)) if self.median <= t => "met",
+            Some(Target::AtLeast(t)) if self.median >= t => "met",
+            Some(_) => "MISSED",
+        }
+    }
+
+    fn target_text(&self) -> String {
+        match self.target {
+            None => String::new(),
+            Some(Target::AtMost(t)) => format!("≤ {} {}", fmt_num(t), self.unit),
+            Some(Target::AtLeast(t)) => format!("≥ {} {}", fmt_num(t), self.unit),
+        }
+    }
+}
+
+fn fmt_num(x: f64) -> String {
+    if !x.is_finite() {
+        return "—".to_owned();
+    }
+    let a = x.abs();
+    if a >= 10_000.0 {
+        let s = format!("{x:.0}");
+        // Thousands separators.
+        let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        format!("{sign}{out}")
+    } else if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else if a >= 1.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+const HEADER: &str = "| system | workload | metric | median | p99 | n | target | | note |\n\
+                      | --- | --- | --- | ---: | ---: | ---: | --- | --- | --- |";
+
+fn row_line(r: &Row) -> String {
+    format!(
+        "| {} | {} | {} | {} {} | {} {} | {} | {} | {} | {} |",
+        r.system,
+        r.workload,
+        r.metric,
+        fmt_num(r.median),
+        r.unit,
+        fmt_num(r.p99),
+        r.unit,
+        r.n,
+        r.target_text(),
+        r.verdict(),
+        r.note
+    )
+}
+
+/// Collects rows, printing each as it comes.
+#[derive(Debug, Default)]
+struct Table {
+    rows: Vec<Row>,
+}
+
+impl Table {
+    fn push(&mut self, row: Row) {
+        if self.rows.is_empty() {
+            println!("{HEADER}");
+        }
+        println!("{}", row_line(&row));
+        self.rows.push(row);
+    }
+
+    fn markdown(&self, args: &Args) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# durable benchmark ({} mode)\n\n\
+             redb store, {} commits, temp dir; {} CPU(s); unix time {}.\n\
+             For times p99 is the slow tail; for rates it is the rate at the slow tail.\n",
+            if args.quick { "quick" } else { "full" },
+            if args.relaxed {
+                "RELAXED (no fsync, not durable)"
+            } else {
+                "durable (fsync)"
+            },
+            std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        );
+        let _ = writeln!(s, "{HEADER}");
+        for r in &self.rows {
+            let _ = writeln!(s, "{}", row_line(r));
+        }
+        s
+    }
+}
+
+fn progress(msg: &str) {
+    eprintln!("[bench] {msg}");
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+// ---------------------------------------------------------------------------------------
+// Setup.
+// ---------------------------------------------------------------------------------------
+
+/// A fresh redb file in a temp dir, a worker with every workload registered, its client.
+struct Env {
+    worker: Worker,
+    client: Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Result<Self, BoxError> {
+        let dir = tempfile::Builder::new().prefix("durable-bench").tempdir()?;
+        let durability = if RELAXED.load(Ordering::Relaxed) {
+            RedbDurability::Relaxed
+        } else {
+            RedbDurability::Immediate
+        };
+        let store = RedbStore::builder()
+            .durability(durability)
+            .open(dir.path().join("bench.redb"))?;
+        let worker = Worker::builder()
+            .store(store)
+            .registry(registry())
+            .start()?;
+        let client = worker.client();
+        Ok(Self {
+            worker,
+            client,
+            _dir: dir,
+        })
+    }
+
+    async fn close(self) {
+        self.worker.shutdown().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The workloads.
+// ---------------------------------------------------------------------------------------
+
+async fn w1(sizes: Sizes) -> Result<Vec<f64>, BoxError> {
+    let env = Env::new()?;
+    for _ in 0..5 {
+        hello_sequence5::start(&env.client, "warm-up".into())
+            .await?
+            .wait()
+            .await?;
+    }
+    let mut samples = Vec::with_capacity(sizes.w1_samples);
+    for i in 0..sizes.w1_samples {
+        let t = Instant::now();
+        let out = hello_sequence5::start(&env.client, format!("world-{i}"))
+            .await?
+            .wait()
+            .await?;
+        samples.push(ms(t.elapsed()));
+        debug_assert_eq!(out, format!("world-{i}"));
+    }
+    env.close().await;
+    Ok(samples)
+}
+
+/// Starts `n` `HelloSequence5` at once and waits for all; returns the wall time.
+async fn w2_run(n: usize) -> Result<Duration, BoxError> {
+    let env = Env::new()?;
+    let t = Instant::now();
+    let mut starts = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let client = env.client.clone();
+        starts.spawn(async move { hello_sequence5::start(&client, format!("w2-{i}")).await });
+    }
+    let mut handles = Vec::with_capacity(n);
+    while let Some(h) = starts.join_next().await {
+        handles.push(h??);
+    }
+    for h in &handles {
+        h.wait().await?;
+    }
+    let took = t.elapsed();
+    env.close().await;
+    Ok(took)
+}
+
+async fn w3_run(n: u64) -> Result<Duration, BoxError> {
+    let env = Env::new()?;
+    let t = Instant::now();
+    let sum = fan_out_sum::start(&env.client, n).await?.wait().await?;
+    let took = t.elapsed();
+    if sum != n * (n.saturating_sub(1)) / 2 {
+        return Err(format!("W3: wrong sum {sum}").into());
+    }
+    env.close().await;
+    Ok(took)
+}
+
+/// Starts `n` one-second sleepers `spacing` apart; returns each completion's overshoot
+/// (observed completion − timer due time) in ms.
+async fn w4_run(n: usize, spacing: Duration) -> Result<Vec<f64>, BoxError> {
+    let env = Env::new()?;
+    let mut waits = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let handle = sleeper::start(&env.client, 1000).await?;
+        let started = Instant::now();
+        waits.spawn(async move {
+            // Start waiting shortly before the timer is due, so idle waiters do not
+            // compete with the dispatchers.
+            tokio::time::sleep_until((started + Duration::from_millis(950)).into()).await;
+            let due: u64 = handle.wait().await?;
+            let now_ms = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+            Ok::<f64, ClientError>(now_ms - due as f64)
+        });
+        if !spacing.is_zero() {
+            tokio::time::sleep(spacing).await;
+        }
+    }
+    let mut out = Vec::with_capacity(n);
+    while let Some(r) = waits.join_next().await {
+        out.push(r??);
+    }
+    env.close().await;
+    Ok(out)
+}
+
+/// Builds a history by running `chain` with `steps` steps; returns (instance, history).
+async fn r_history(
+    env: &Env,
+    steps: u64,
+) -> Result<(InstanceId, Vec<durable_core::HistoryEvent>), BoxError> {
+    let h = chain::start(&env.client, steps).await?;
+    h.wait().await?;
+    let history = env.client.store().read_history(h.id()).await?;
+    Ok((h.id().clone(), history))
+}
+
+async fn r(sizes: Sizes, table: &mut Table) -> Result<(), BoxError> {
+    progress(&format!(
+        "R: building a history of {} chained steps",
+        sizes.r_steps
+    ));
+    let env = Env::new()?;
+    let t = Instant::now();
+    let (id, history) = r_history(&env, sizes.r_steps).await?;
+    progress(&format!(
+        "R: {} events recorded in {:.1} s; replaying",
+        history.len(),
+        t.elapsed().as_secs_f64()
+    ));
+    let registry = registry();
+    let name = <chain as Orchestrator>::NAME;
+    let events = history.len() as f64;
+    let mut rates = Vec::new();
+    for _ in 0..sizes.r_runs {
+        let t = Instant::now();
+        durable_core::replay::replay_history(&registry, name, &id, &history)?;
+        rates.push(events / t.elapsed().as_secs_f64());
+    }
+    table.push(
+        Row::rates(
+            "R",
+            &format!("cold replay, {} events", history.len()),
+            "events/s",
+            &rates,
+        )
+        .target(Target::AtLeast(1_000_000.0))
+        .note("replay_history: the executor alone"),
+    );
+    let store = Arc::clone(env.client.store());
+    let mut rates = Vec::new();
+    for _ in 0..sizes.r_runs {
+        let t = Instant::now();
+        let h = store.read_history(&id).await?;
+        durable_core::replay::replay_history(&registry, name, &id, &h)?;
+        rates.push(events / t.elapsed().as_secs_f64());
+    }
+    table.push(
+        Row::rates(
+            "R",
+            &format!("read + replay, {} events", history.len()),
+            "events/s",
+            &rates,
+        )
+        .note("history read from redb, then replayed"),
+    );
+    env.close().await;
+    Ok(())
+}
+
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// M's child: `n` instances waiting on an event; prints `M <n> <peak kB> <secs>`.
+async fn memory_child(n: usize) -> Result<(), BoxError> {
+    let env = Env::new()?;
+    let t = Instant::now();
+    let chunk = 1000;
+    let mut started = 0;
+    while started < n {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in started..(started + chunk).min(n) {
+            let client = env.client.clone();
+            set.spawn(async move { waiter::start(&client, ()).await.map(drop) });
+        }
+        while let Some(r) = set.join_next().await {
+            r??;
+        }
+        started = (started + chunk).min(n);
+        if started % 10_000 == 0 || started == n {
+            progress(&format!("M: {started}/{n} started"));
+        }
+    }
+    // Wait until every instance has run its first episode (none is Pending).
+    loop {
+        let page = env
+            .client
+            .query(
+                &InstanceQuery::new()
+                    .statuses([RuntimeStatus::Pending])
+                    .page_size(1),
+            )
+            .await?;
+        if page.instances.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let running = count_running(&env.client).await?;
+    let secs = t.elapsed().as_secs_f64();
+    let hwm = peak_rss_kb().unwrap_or(0);
+    progress(&format!(
+        "M: {running} instances waiting after {secs:.1} s; peak RSS {} MB",
+        hwm / 1024
+    ));
+    println!("M {running} {hwm} {secs}");
+    // Exit without an orderly shutdown: the figure is taken.
+    std::process::exit(0);
+}
+
+async fn count_running(client: &Client) -> Result<usize, BoxError> {
+    let mut count = 0;
+    let mut continuation = None;
+    loop {
+        let page = client
+            .query(
+                &InstanceQuery::new()
+                    .statuses([RuntimeStatus::Running])
+                    .page_size(10_000)
+                    .continuation(continuation),
+            )
+            .await?;
+        count += page.instances.len();
+        match page.continuation {
+            Some(c) => continuation = Some(c),
+            None => return Ok(count),
+        }
+    }
+}
+
+fn m(sizes: Sizes, table: &mut Table) -> Result<(), BoxError> {
+    progress(&format!(
+        "M: {} waiting instances in a child process",
+        sizes.m_instances
+    ));
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(["--memory-child", &sizes.m_instances.to_string()])
+        .args(RELAXED.load(Ordering::Relaxed).then_some("--relaxed"))
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = stdout.lines().find(|l| l.starts_with("M ")) else {
+        return Err(format!("M: the child failed ({}): {stdout}", out.status).into());
+    };
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    let (Some(running), Some(kb), Some(secs)) = (parts.get(1), parts.get(2), parts.get(3)) else {
+        return Err(format!("M: unexpected child output `{line}`").into());
+    };
+    let mb = kb.parse::<f64>()? / 1024.0;
+    let secs: f64 = secs.parse()?;
+    table.push(
+        Row::times(
+            "M",
+            &format!("peak RSS, {running} instances waiting"),
+            "MB",
+            &[mb],
+        )
+        .target(Target::AtMost(300.0))
+        .note(format!(
+            "VmHWM of a fresh process; all waiting after {secs:.1} s"
+        )),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Main.
+// ---------------------------------------------------------------------------------------
+
+fn wanted(args: &Args, name: &str) -> bool {
+    args.only
+        .as_ref()
+        .is_none_or(|o| o.iter().any(|x| x == name))
+}
+
+#[allow(clippy::too_many_lines, reason = "the workloads in order")]
+async fn run(args: Args) -> Result<(), BoxError> {
+    if let Some(n) = args.memory_child {
+        // The child runs with the same durability as its parent.
+        return memory_child(n).await;
+    }
+    let sizes = Sizes::new(args.quick);
+    let mut table = Table::default();
+    let mut ours = Ours::default();
+    let started = Instant::now();
+    progress(&format!(
+        "{} mode; redb with fsync commits in a temp dir",
+        if args.quick { "quick" } else { "full" }
+    ));
+
+    if wanted(&args, "W1") {
+        progress(&format!(
+            "W1: {} sequential HelloSequence5",
+            sizes.w1_samples
+        ));
+        let samples = w1(sizes).await?;
+        let row =
+            Row::times("W1", "HelloSequence5 latency", "ms", &samples).target(Target::AtMost(2.0));
+        ours.w1 = Some(row.median);
+        table.push(row);
+    }
+
+    if wanted(&args, "W2") {
+        let n = sizes.w2_instances;
+        let mut orch = Vec::new();
+        let mut acts = Vec::new();
+        for i in 0..sizes.w2_runs {
+            let took = w2_run(n).await?;
+            progress(&format!(
+                "W2 run {}/{}: {n} orchestrations in {:.3} s",
+                i + 1,
+                sizes.w2_runs,
+                took.as_secs_f64()
+            ));
+            orch.push(n as f64 / took.as_secs_f64());
+            acts.push(5.0 * n as f64 / took.as_secs_f64());
+        }
+        let row = Row::rates(
+            "W2",
+            &format!("{n} HelloSequence5 at once"),
+            "orch/s",
+            &orch,
+        )
+        .target(Target::AtLeast(5000.0));
+        ours.w2 = Some(row.median);
+        table.push(row);
+        table.push(Row::rates(
+            "W2",
+            &format!("{n} HelloSequence5 at once"),
+            "act/s",
+            &acts,
+        ));
+    }
+
+    if wanted(&args, "W3") {
+        for (n, runs, target) in [
+            (1000, sizes.w3_small_runs, 50.0),
+            (sizes.w3_big, sizes.w3_big_runs, 400.0),
+        ] {
+            let mut times = Vec::new();
+            for i in 0..runs {
+                let took = w3_run(n).await?;
+                progress(&format!(
+                    "W3 run {}/{runs}: fan-out of {n} in {:.3} s",
+                    i + 1,
+                    took.as_secs_f64()
+                ));
+                times.push(ms(took));
+            }
+            let row = Row::times("W3", &format!("fan-out/in of {n}"), "ms", &times)
+                .target(Target::AtMost(target));
+            ours.w3.push((n, row.median));
+            table.push(row);
+        }
+    }
+
+    if wanted(&args, "W4") {
+        let n = sizes.w4_instances;
+        progress(&format!(
+            "W4: {n} one-second timers, {} ms apart",
+            sizes.w4_spacing.as_millis()
+        ));
+        let over = w4_run(n, sizes.w4_spacing).await?;
+        table.push(
+            Row::times(
+                "W4",
+                &format!(
+                    "timer overshoot, {n} started {} ms apart",
+                    sizes.w4_spacing.as_millis()
+                ),
+                "ms",
+                &over,
+            )
+            .target(Target::AtMost(2.0)),
+        );
+        progress(&format!("W4: {n} one-second timers, all at once"));
+        let over = w4_run(n, Duration::ZERO).await?;
+        table.push(
+            Row::times(
+                "W4",
+                &format!("timer overshoot, {n} started at once"),
+                "ms",
+                &over,
+            )
+            .note("all due in the same millisecond: measures a burst of episodes"),
+        );
+    }
+
+    if wanted(&args, "R") {
+        r(sizes, &mut table).await?;
+    }
+
+    if wanted(&args, "M") {
+        m(sizes, &mut table)?;
+    }
+
+    #[cfg(feature = "duroxide")]
+    if wanted(&args, "DUROXIDE") {
+        duroxide::compare(&args, &ours, &mut table).await?;
+    }
+    #[cfg(not(feature = "duroxide"))]
+    {
+        let _ = &ours;
+        if args
+            .only
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|x| x == "DUROXIDE"))
+        {
+            progress("duroxide: not built; add `--features duroxide`");
+        }
+    }
+
+    let md = table.markdown(&args);
+    std::fs::write(&args.out, &md)?;
+    progress(&format!(
+        "done in {:.1} s; table written to {}",
+        started.elapsed().as_secs_f64(),
+        display(&args.out)
+    ));
+    Ok(())
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Our medians, for the side-by-side ratios.
+#[derive(Debug, Default)]
+#[cfg_attr(not(feature = "duroxide"), allow(dead_code))]
+struct Ours {
+    /// W1 median latency, ms.
+    w1: Option<f64>,
+    /// W2 median orchestrations/s.
+    w2: Option<f64>,
+    /// W3 median wall time per fan-out size, ms.
+    w3: Vec<(u64, f64)>,
+}
+
+fn main() -> Result<(), BoxError> {
+    let args = parse_args()?;
+    RELAXED.store(args.relaxed, Ordering::Relaxed);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
