@@ -409,6 +409,88 @@ impl Client {
         .await
     }
 
+    /// Rewinds a failed instance: it resumes at the point of failure, re-running what
+    /// failed, instead of starting over like a restart.
+    ///
+    /// The failures delivered in the episode that failed the orchestration are undone, and
+    /// everything the execution left unfinished runs again: failed and in-flight activities
+    /// are re-run, timers are re-armed, failed sub-orchestrations are rewound in turn and
+    /// sub-orchestrations that finished after the failure report their result again. Work
+    /// that completed stays completed, and failures the code handled earlier stay as they
+    /// were. History stays append-only: an `ExecutionRewound` event records the rewind, and
+    /// replay skips the events it undid. Fix the cause first (deploy the fixed activity or
+    /// orchestrator code), then rewind.
+    ///
+    /// The request is durable when this returns; a worker applies it shortly after, and
+    /// the instance then leaves `Failed`. An instance can be rewound again if it fails again.
+    ///
+    /// # Errors
+    /// `InstanceNotFound`; `CannotRewind` when the instance has not failed, or failed outside
+    /// its code (version mismatch), inside a critical section or while waiting for an entity
+    /// call (entity operations are not re-run) — restart those instead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use durable_core::prelude::*;
+    ///
+    /// static SERVICE_UP: AtomicBool = AtomicBool::new(false);
+    ///
+    /// #[activity]
+    /// async fn charge(amount: u32) -> Result<u32, ActivityError> {
+    ///     if !SERVICE_UP.load(Ordering::SeqCst) {
+    ///         return Err(ActivityError::new("payment service down"));
+    ///     }
+    ///     Ok(amount)
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn checkout(ctx: OrchestrationContext, amount: u32) -> Result<u32, OrchestrationError> {
+    ///     Ok(ctx.call(charge, amount).await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .register(charge)
+    ///     .register(checkout)
+    ///     .start()?;
+    /// let run = checkout::start(&worker.client(), 42).await?;
+    /// assert!(run.wait().await.is_err()); // the service was down
+    ///
+    /// SERVICE_UP.store(true, Ordering::SeqCst);
+    /// run.rewind("the payment service is back").await?;
+    /// while run.status().await?.status == RuntimeStatus::Failed {
+    ///     tokio::task::yield_now().await; // until a worker has applied the rewind
+    /// }
+    /// assert_eq!(run.wait().await?, 42);
+    /// # Ok(()) }
+    /// ```
+    pub async fn rewind(&self, instance_id: &InstanceId, reason: &str) -> Result<(), ClientError> {
+        let (record, history) = self.status_with_history(instance_id).await?;
+        let cannot = |reason: String| ClientError::CannotRewind {
+            instance: instance_id.to_string(),
+            reason,
+        };
+        if record.status != RuntimeStatus::Failed {
+            return Err(cannot(format!(
+                "it is {}; only a Failed instance can be rewound",
+                record.status.as_str()
+            )));
+        }
+        crate::replay::rewind::plan(&history).map_err(cannot)?;
+        self.send(
+            instance_id,
+            Event::ExecutionRewound {
+                reason: reason.to_owned(),
+                seqs: Vec::new(),
+            },
+        )
+        .await
+    }
+
     async fn send(&self, instance_id: &InstanceId, event: Event) -> Result<(), ClientError> {
         let msg = Message::new(event, None, self.clock.now());
         self.store.send_message(instance_id, msg).await?;
@@ -689,6 +771,11 @@ impl<O: DeserializeOwned> InstanceHandle<O> {
     /// Resumes this instance.
     pub async fn resume(&self, reason: &str) -> Result<(), ClientError> {
         self.client.resume(&self.instance_id, reason).await
+    }
+
+    /// Rewinds this instance after a failure; see [`Client::rewind`].
+    pub async fn rewind(&self, reason: &str) -> Result<(), ClientError> {
+        self.client.rewind(&self.instance_id, reason).await
     }
 
     /// The history of the current execution.

@@ -305,6 +305,15 @@ pub enum ClientError {
         /// The reason given at termination.
         reason: String,
     },
+    /// The instance cannot be rewound: it has not failed, or its failed execution cannot be
+    /// resumed (see [`crate::Client::rewind`]).
+    #[error("instance `{instance}` cannot be rewound: {reason}")]
+    CannotRewind {
+        /// The instance.
+        instance: String,
+        /// Why.
+        reason: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),

@@ -268,6 +268,17 @@ pub enum Event {
         #[serde(default)]
         reason: String,
     },
+    /// A failed execution was rewound (also the message that asks for it): its failure and
+    /// the failures of the actions in `seqs` no longer count on replay, and the work that
+    /// was left unfinished runs again. See [`crate::Client::rewind`].
+    ExecutionRewound {
+        /// Why.
+        #[serde(default)]
+        reason: String,
+        /// Actions whose recorded failures are undone (empty in the request message).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        seqs: Vec<u64>,
+    },
     /// The code set its custom status.
     CustomStatusSet {
         /// JSON status, or `None` when cleared.
@@ -400,6 +411,7 @@ impl Event {
             Event::ExecutionTerminated { .. } => "ExecutionTerminated",
             Event::ExecutionSuspended { .. } => "ExecutionSuspended",
             Event::ExecutionResumed { .. } => "ExecutionResumed",
+            Event::ExecutionRewound { .. } => "ExecutionRewound",
             Event::CustomStatusSet { .. } => "CustomStatusSet",
             Event::EntityCalled { .. } => "EntityCalled",
             Event::EntitySignaled { .. } => "EntitySignaled",
@@ -504,6 +516,7 @@ pub fn pretty(history: &[HistoryEvent]) -> String {
             Event::ExecutionTerminated { reason }
             | Event::ExecutionSuspended { reason }
             | Event::ExecutionResumed { reason } => reason.clone(),
+            Event::ExecutionRewound { reason, seqs } => format!("{reason} (undone: {seqs:?})"),
             Event::CustomStatusSet { status } => format!("{status:?}"),
             Event::ExecutionCompleted {
                 status,

@@ -535,7 +535,7 @@ async fn suspend_and_resume() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_starts_the_same_input_again_and_rewind_is_not_implemented() {
+async fn restart_starts_the_same_input_again_and_rewind_resumes_a_failed_one() {
     let api = start_api(HttpOptions::new()).await;
     let id = api.start("hello/first", "\"Rome\"").await;
     api.wait_status(&id, "Completed").await;
@@ -573,15 +573,36 @@ async fn restart_starts_the_same_input_again_and_rewind_is_not_implemented() {
     .await
     .assert_error(StatusCode::CONFLICT, "InstanceAlreadyExists");
 
-    // Rewind: the checks are answered, the operation itself is not implemented yet.
+    // Rewind: only a Failed instance; it runs again from the point of failure (here the
+    // code fails the same way again, so it ends Failed once more, with the rewind recorded).
     api.post(&format!("/instances/{sleeper}/rewind"), "")
         .await
-        .assert_error(StatusCode::PRECONDITION_FAILED, "InstanceNotFailed");
+        .assert_error(StatusCode::BAD_REQUEST, "InstanceNotFailed");
     let failed = api.start("doomed", "").await;
     api.wait_status(&failed, "Failed").await;
-    api.post(&format!("/instances/{failed}/rewind?reason=retry"), "")
-        .await
-        .assert_error(StatusCode::NOT_IMPLEMENTED, "RewindNotSupported");
+    let r = api
+        .post(&format!("/instances/{failed}/rewind?reason=retry"), "")
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let history = api
+        .poll(
+            &format!("/instances/{failed}?showHistory=true"),
+            "a rewound and failed-again history",
+            |r| {
+                let j = r.json();
+                j["runtimeStatus"] == "Failed"
+                    && j["historyEvents"]
+                        .as_array()
+                        .is_some_and(|h| h.iter().any(|e| e["EventType"] == "ExecutionRewound"))
+            },
+        )
+        .await;
+    let events = history.json()["historyEvents"].as_array().unwrap().clone();
+    let rewound = events
+        .iter()
+        .find(|e| e["EventType"] == "ExecutionRewound")
+        .unwrap();
+    assert_eq!(rewound["Reason"], "retry");
     api.post(&format!("/instances/{new_id}/rewind"), "")
         .await
         .assert_error(StatusCode::GONE, "InstanceNotRunning");

@@ -402,7 +402,7 @@ pub(super) async fn operation(
         "terminate" => client.terminate(&id, &reason(&query, &bytes)).await?,
         "suspend" => client.suspend(&id, &reason(&query, &bytes)).await?,
         "resume" => client.resume(&id, &reason(&query, &bytes)).await?,
-        "rewind" => return rewind(state, &id).await,
+        "rewind" => return rewind(state, &id, &reason(&query, &bytes)).await,
         _ => return restart(state, &id, &query, &headers).await,
     }
     Ok(StatusCode::ACCEPTED.into_response())
@@ -424,17 +424,16 @@ fn reason(query: &Query, body: &[u8]) -> String {
     }
 }
 
-/// Rewind needs engine support that does not exist yet: the checks Durable Functions makes
-/// are answered (404, 410, 412), and a rewindable (Failed) instance gets 501.
-async fn rewind(state: AppState, id: &InstanceId) -> ApiResult {
+/// Rewind: 202 once the request is durable; 404 for an unknown instance, 410 for a
+/// completed or terminated one, 400 for one that has not failed or cannot be rewound (as
+/// Durable Functions answers a non-rewindable instance).
+async fn rewind(state: AppState, id: &InstanceId, reason: &str) -> ApiResult {
     let record = state.client.status(id).await?;
     match record.status {
-        RuntimeStatus::Failed => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "RewindNotSupported",
-            "rewind is not supported by this engine yet; restart the instance instead \
-             (POST .../restart)",
-        )),
+        RuntimeStatus::Failed => {
+            state.client.rewind(id, reason).await?;
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
         RuntimeStatus::Completed | RuntimeStatus::Terminated => Err(ApiError::new(
             StatusCode::GONE,
             "InstanceNotRunning",
@@ -444,7 +443,7 @@ async fn rewind(state: AppState, id: &InstanceId) -> ApiResult {
             ),
         )),
         other => Err(ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
+            StatusCode::BAD_REQUEST,
             "InstanceNotFailed",
             format!(
                 "instance `{id}` has status {}; only Failed instances can be rewound",

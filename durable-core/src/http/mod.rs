@@ -15,7 +15,7 @@
 //! | `POST /instances/{id}/raiseEvent/{event}` (body: JSON data) | 202 | 400, 404, 410 (finished) |
 //! | `POST /instances/{id}/terminate`, `/suspend`, `/resume` (`reason`) | 202 | 404, 410 |
 //! | `POST /instances/{id}/restart` (`restartWithNewInstanceId`, default true) | 202 + check-status payload of the new run | 400 (unknown id), 409 |
-//! | `POST /instances/{id}/rewind` | — (not implemented by the engine yet) | 404, 410, 412, 501 |
+//! | `POST /instances/{id}/rewind` (`reason`) | 202; the failed instance resumes at its point of failure ([`crate::Client::rewind`]) | 400 (not failed, or not rewindable), 404, 410 (completed or terminated) |
 //!
 //! Choices where Durable Functions is ambiguous or has no equivalent:
 //! - A Failed instance answers 200 with `runtimeStatus: "Failed"` and the failure details

@@ -286,7 +286,9 @@ pub(super) fn shape_history(history: &[HistoryEvent], show: Show) -> Vec<History
             Event::ExecutionTerminated { reason } => {
                 item.input = show.input.then(|| Value::String(reason.clone()));
             }
-            Event::ExecutionSuspended { reason } | Event::ExecutionResumed { reason } => {
+            Event::ExecutionSuspended { reason }
+            | Event::ExecutionResumed { reason }
+            | Event::ExecutionRewound { reason, .. } => {
                 item.reason = Some(reason.clone());
             }
             Event::ExecutionCompleted {

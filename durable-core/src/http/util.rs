@@ -117,6 +117,7 @@ impl From<ClientError> for ApiError {
             ClientError::Terminated { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "OrchestrationTerminated")
             }
+            ClientError::CannotRewind { .. } => (StatusCode::BAD_REQUEST, "CannotRewind"),
             ClientError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "StoreError"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "ClientError"),
         };

@@ -24,6 +24,7 @@
 
 mod check;
 mod mismatch;
+pub(crate) mod rewind;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -231,6 +232,8 @@ pub struct Replayer {
     new_events: Vec<HistoryEvent>,
     commands: Vec<Command>,
     pending_match: VecDeque<Action>,
+    /// History ended past a rewind with actions in `pending_match` that are new.
+    rewound_tail: bool,
     open: HashMap<u64, Open>,
     suspended: bool,
     deferred: VecDeque<Event>,
@@ -283,6 +286,7 @@ impl Replayer {
             new_events: Vec::new(),
             commands: Vec::new(),
             pending_match: VecDeque::new(),
+            rewound_tail: false,
             open: HashMap::new(),
             suspended: false,
             deferred: VecDeque::new(),
@@ -336,9 +340,18 @@ impl Replayer {
     }
 
     fn replay_events(&mut self, history: &[HistoryEvent]) -> Result<(), ReplayError> {
-        for ev in history {
+        let rewound = rewind::skipped_positions(history);
+        // Set between a rewind and the next recorded end: code that finishes again during
+        // that stretch (it failed by itself, with nothing to re-run) records its outcome anew.
+        let mut after_rewind = false;
+        for (pos, ev) in history.iter().enumerate() {
             self.history_len += 1;
             self.stats.events_replayed += 1;
+            if rewound.contains(&pos) {
+                // Undone by a later rewind: the code runs on as if it never happened.
+                after_rewind |= matches!(ev.event, Event::ExecutionRewound { .. });
+                continue;
+            }
             // The final poll's custom status is recorded after the outcome is known.
             let is_end = matches!(
                 ev.event,
@@ -346,12 +359,24 @@ impl Replayer {
                     | Event::ContinuedAsNew { .. }
                     | Event::CustomStatusSet { .. }
             );
-            if self.outcome.is_some() && !is_end {
+            let episode_after_rewind =
+                after_rewind && matches!(ev.event, Event::OrchestratorStarted);
+            if self.outcome.is_some() && !is_end && !episode_after_rewind {
                 return Err(self.mismatch_finished_early(ev));
+            }
+            if matches!(
+                ev.event,
+                Event::ExecutionCompleted { .. } | Event::ContinuedAsNew { .. }
+            ) {
+                after_rewind = false;
             }
             match &ev.event {
                 Event::OrchestratorStarted => {
-                    self.check_no_extra(ev.index, Some(&ev.event))?;
+                    if !after_rewind {
+                        // After a rewind the code may run ahead of the episodes recorded
+                        // since; what it did is matched by the events that follow.
+                        self.check_no_extra(ev.index, Some(&ev.event))?;
+                    }
                     self.now = self.now.max(ev.timestamp);
                     lock(&self.shared).now = self.now;
                 }
@@ -372,8 +397,14 @@ impl Replayer {
                 }
             }
         }
-        self.check_no_extra(self.history_len, None)?;
-        if self.outcome.is_some() && !self.outcome_reported {
+        if after_rewind {
+            // Actions the code takes once it runs past the point of a rewind are new: they
+            // are recorded in the next episode.
+            self.rewound_tail = true;
+        } else {
+            self.check_no_extra(self.history_len, None)?;
+        }
+        if self.outcome.is_some() && !self.outcome_reported && !after_rewind {
             return Err(self.mismatch_finished_at_end());
         }
         Ok(())
@@ -386,6 +417,11 @@ impl Replayer {
         self.set_replaying(false);
         if self.outcome.is_none() {
             self.append(Event::OrchestratorStarted);
+        }
+        if std::mem::take(&mut self.rewound_tail) {
+            for action in std::mem::take(&mut self.pending_match) {
+                self.record_action(action);
+            }
         }
     }
 

@@ -1130,6 +1130,46 @@ pub async fn send_message_errors(store: Arc<dyn Store>) {
         fetch(&store, at(1)).await.is_none(),
         "the refused message was not enqueued"
     );
+
+    // A finished instance takes only a rewind request, and only when it failed.
+    let rewind = || {
+        Message::new(
+            Event::ExecutionRewound {
+                reason: "fix".into(),
+                seqs: Vec::new(),
+            },
+            None,
+            T0,
+        )
+    };
+    let r = store.send_message(&id("a"), rewind()).await;
+    assert_eq!(r, Err(StoreError::InstanceNotRunning("a".into())));
+    create(&store, new_instance("f", "Job", "null", T0)).await;
+    finish(&store, "f", T0, RuntimeStatus::Failed).await;
+    store
+        .send_message(&id("f"), rewind())
+        .await
+        .expect("a failed instance takes a rewind request");
+    let item = fetch(&store, at(1))
+        .await
+        .expect("the failed instance has work");
+    assert_eq!(item.instance.instance_id, id("f"));
+    assert!(matches!(
+        item.messages[0].event,
+        Event::ExecutionRewound { .. }
+    ));
+    // The rewind's episode makes it Running again, its failure cleared.
+    let mut c = commit_for(&item, RuntimeStatus::Running, at(1));
+    c.consumed = vec![item.messages[0].id];
+    commit(&store, c).await;
+    let r = record(&store, "f").await;
+    assert_eq!(r.status, RuntimeStatus::Running);
+    assert_eq!(r.failure, None);
+    let failed = store
+        .query_instances(&InstanceQuery::new().statuses([RuntimeStatus::Failed]))
+        .await
+        .expect("query");
+    assert!(failed.instances.is_empty(), "the status index moved on");
 }
 
 /// Query filters: status, name, created range, id prefix.

@@ -265,7 +265,7 @@ impl Store for MemoryStore {
             let Some(inst) = d.instances.get(instance_id.as_str()) else {
                 return Err(StoreError::InstanceNotFound(instance_id.to_string()));
             };
-            if inst.record.status.is_terminal() {
+            if !super::accepts_message(inst.record.status, &message.event) {
                 return Err(StoreError::InstanceNotRunning(instance_id.to_string()));
             }
             d.enqueue(instance_id.as_str(), message);

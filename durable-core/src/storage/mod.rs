@@ -182,6 +182,28 @@ impl Message {
     }
 }
 
+/// Whether an instance in `status` takes `event` as a message: a running one takes any; a
+/// finished one only a rewind request, and only if it failed. Every store's
+/// [`Store::send_message`] follows this.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::history::{Event, RuntimeStatus};
+/// use durable_core::storage::accepts_message;
+///
+/// let rewind = Event::ExecutionRewound { reason: String::new(), seqs: vec![] };
+/// assert!(accepts_message(RuntimeStatus::Failed, &rewind));
+/// assert!(!accepts_message(RuntimeStatus::Completed, &rewind));
+/// let resume = Event::ExecutionResumed { reason: String::new() };
+/// assert!(!accepts_message(RuntimeStatus::Failed, &resume));
+/// assert!(accepts_message(RuntimeStatus::Running, &resume));
+/// ```
+pub fn accepts_message(status: RuntimeStatus, event: &Event) -> bool {
+    !status.is_terminal()
+        || (status == RuntimeStatus::Failed && matches!(event, Event::ExecutionRewound { .. }))
+}
+
 /// A lease on a work item; commits with a stale token are refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LockToken(pub u64);
@@ -452,7 +474,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn create_instance(&self, new: NewInstance) -> Result<CreateResult, StoreError>;
 
     /// Enqueues a message for an instance. Fails with `InstanceNotFound`, or with
-    /// `InstanceNotRunning` when the instance is finished.
+    /// `InstanceNotRunning` when the instance is finished and the message is not one a
+    /// finished instance takes ([`accepts_message`]: a rewind request to a failed one).
     async fn send_message(
         &self,
         instance_id: &InstanceId,

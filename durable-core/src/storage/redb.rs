@@ -784,7 +784,7 @@ impl<'t> Tables<'t> {
     ) -> R<Result<(), StoreError>> {
         match read_record(&self.instances, id.as_str())? {
             None => Ok(Err(StoreError::InstanceNotFound(id.to_string()))),
-            Some(r) if r.status.is_terminal() => {
+            Some(r) if !super::accepts_message(r.status, &message.event) => {
                 Ok(Err(StoreError::InstanceNotRunning(id.to_string())))
             }
             Some(_) => {

@@ -11,6 +11,7 @@ use super::{Inner, VersionMatch, VersionMismatchAction};
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, ParentRef, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
+use crate::replay::rewind::{self, RewindPlan};
 use crate::replay::{Command, EpisodeResult, Outcome, Replayer};
 use crate::storage::{
     EpisodeCommit, IdReusePolicy, Message, NewInstance, NextExecution, OrchestrationWorkItem,
@@ -313,7 +314,22 @@ async fn try_episode(
     // The start of an execution is always delivered first.
     messages.sort_by_key(|m| !matches!(m.event, Event::ExecutionStarted { .. }));
 
-    if instance.status.is_terminal() {
+    let mut rewind = None;
+    if instance.status == RuntimeStatus::Failed {
+        if let Some(pos) = messages
+            .iter()
+            .position(|m| matches!(m.event, Event::ExecutionRewound { .. }))
+        {
+            if let Some(r) = prepare_rewind(inner, &instance, &messages[pos]).await? {
+                // What came before the request was addressed to the failed execution and is
+                // dropped; what came after it is delivered.
+                let before: Vec<Message> = messages.drain(..=pos).collect();
+                rewind = Some((r, before));
+            }
+        }
+    }
+
+    if instance.status.is_terminal() && rewind.is_none() {
         // Late messages to a finished instance are consumed and dropped.
         let mut commit = EpisodeCommit::new(id.clone(), lock, instance.status, now);
         commit.consumed = messages.iter().map(|m| m.id).collect();
@@ -386,11 +402,15 @@ async fn try_episode(
     let cached = lock_cache(&inner.cache)
         .as_mut()
         .and_then(|c| c.pop(&id))
-        .filter(|r| r.execution() == instance.execution && r.history_len() == history_len);
+        .filter(|r| r.execution() == instance.execution && r.history_len() == history_len)
+        .filter(|_| rewind.is_none());
     let mut replayer = if let Some(r) = cached {
         r
     } else {
-        let history = inner.store.read_history(&id).await.map_err(Stuck::Store)?;
+        let mut history = inner.store.read_history(&id).await.map_err(Stuck::Store)?;
+        if let Some((r, _)) = &rewind {
+            history.push(r.marker.clone());
+        }
         let mut r = Replayer::new(
             id.clone(),
             instance.execution,
@@ -406,7 +426,17 @@ async fn try_episode(
     replayer.begin_episode(now);
     let mut consumed = Vec::with_capacity(messages.len());
     let mut stale = Vec::new();
+    if let Some((_, before)) = &rewind {
+        consumed.extend(before.iter().map(|m| m.id));
+        stale.extend(before.iter().cloned());
+    }
     for m in messages {
+        if matches!(m.event, Event::ExecutionRewound { .. }) {
+            // Only a failed execution can be rewound; this one is not failed.
+            tracing::debug!(instance = %id, "rewind request for an instance that has not failed dropped");
+            consumed.push(m.id);
+            continue;
+        }
         if replayer.defers_to_next_execution(&m.event) {
             // Left in the inbox: it applies to the execution that starts next.
             continue;
@@ -432,6 +462,9 @@ async fn try_episode(
         .map_err(|e| Stuck::Error(e.to_string()))?;
     let finished = result.outcome.is_some();
     let mut commit = build_commit(&instance, lock, now, consumed, result);
+    if let Some((r, _)) = rewind {
+        apply_rewind(&mut commit, &instance, r, now);
+    }
     release_unwanted_locks(&id, &stale, &mut commit, now);
     commit.completed_activities = handed.iter().map(|h| (h.task, h.lock)).collect();
     // The slot bounds episodes computing at once; waiting for the group commit is not
@@ -450,6 +483,138 @@ async fn try_episode(
         }
     }
     Ok(())
+}
+
+/// A rewind ready to apply: the marker to append and what to re-drive.
+struct Rewind {
+    marker: crate::history::HistoryEvent,
+    plan: RewindPlan,
+    /// Messages for finished or failed children: (seq, message to send, to whom).
+    child_messages: Vec<(InstanceId, Message)>,
+}
+
+/// Plans the rewind `request` asks for, reading the history and the state of the children.
+/// `None` (logged) when the execution cannot be rewound; the request is then dropped like
+/// any late message.
+async fn prepare_rewind(
+    inner: &Inner,
+    instance: &crate::storage::InstanceRecord,
+    request: &Message,
+) -> Result<Option<Rewind>, Stuck> {
+    let Event::ExecutionRewound { reason, .. } = &request.event else {
+        return Ok(None);
+    };
+    let id = &instance.instance_id;
+    let history = inner.store.read_history(id).await.map_err(Stuck::Store)?;
+    let plan = match rewind::plan(&history) {
+        Ok(p) => p,
+        Err(why) => {
+            tracing::warn!(instance = %id, "rewind request dropped: {why}");
+            return Ok(None);
+        }
+    };
+    let now = inner.clock.now();
+    let mut child_messages = Vec::new();
+    for (seq, child) in &plan.children {
+        let to_parent = |event| {
+            (
+                id.clone(),
+                Message::new(event, Some(instance.execution), now),
+            )
+        };
+        let record = inner
+            .store
+            .read_instance(child)
+            .await
+            .map_err(Stuck::Store)?;
+        let Some(record) = record else {
+            child_messages.push(to_parent(Event::SubOrchestrationFailed {
+                seq: *seq,
+                failure: FailureDetails::new(
+                    "SubOrchestrationNotFound",
+                    format!("sub-orchestration `{child}` no longer exists (purged?)"),
+                )
+                .non_retriable(),
+            }));
+            continue;
+        };
+        match record.status {
+            RuntimeStatus::Failed => child_messages.push((
+                child.clone(),
+                Message::new(
+                    Event::ExecutionRewound {
+                        reason: reason.clone(),
+                        seqs: Vec::new(),
+                    },
+                    None,
+                    now,
+                ),
+            )),
+            RuntimeStatus::Completed => {
+                child_messages.push(to_parent(Event::SubOrchestrationCompleted {
+                    seq: *seq,
+                    result: record.output.unwrap_or_else(|| "null".to_owned()),
+                }));
+            }
+            RuntimeStatus::Terminated => {
+                child_messages.push(to_parent(Event::SubOrchestrationFailed {
+                    seq: *seq,
+                    failure: FailureDetails::new(
+                        "Terminated",
+                        format!("sub-orchestration `{child}` was terminated"),
+                    )
+                    .non_retriable(),
+                }));
+            }
+            // Still running: its result will reach the parent, which is running again.
+            _ => {}
+        }
+    }
+    let marker = crate::history::HistoryEvent {
+        index: history.len() as u64,
+        timestamp: now,
+        event: Event::ExecutionRewound {
+            reason: reason.clone(),
+            seqs: plan.seqs.clone(),
+        },
+    };
+    tracing::info!(instance = %id, undone = ?plan.seqs, activities = plan.activities.len(),
+        timers = plan.timers.len(), children = plan.children.len(), "rewinding");
+    Ok(Some(Rewind {
+        marker,
+        plan,
+        child_messages,
+    }))
+}
+
+/// Adds the rewind's marker and re-driven work to the episode's commit.
+fn apply_rewind(
+    commit: &mut EpisodeCommit,
+    instance: &crate::storage::InstanceRecord,
+    r: Rewind,
+    now: Timestamp,
+) {
+    let id = &instance.instance_id;
+    commit.new_events.insert(0, r.marker);
+    for (seq, name, input) in r.plan.activities {
+        apply_command(
+            commit,
+            id,
+            instance.execution,
+            now,
+            Command::ScheduleActivity { seq, name, input },
+        );
+    }
+    for (seq, fire_at) in r.plan.timers {
+        apply_command(
+            commit,
+            id,
+            instance.execution,
+            now,
+            Command::CreateTimer { seq, fire_at },
+        );
+    }
+    commit.messages.extend(r.child_messages);
 }
 
 /// Locks granted to an execution that has ended (or moved on with continue-as-new) are

@@ -1,5 +1,6 @@
 //! The engine end to end: worker + client + in-memory store + manual clock.
 
+mod rewind;
 mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

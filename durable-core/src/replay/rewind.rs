@@ -1,0 +1,289 @@
+//! Rewinding a failed execution: which recorded events replay skips, and what must run again.
+//!
+//! History stays append-only. A rewind appends an [`Event::ExecutionRewound`] marker; replay
+//! then skips the marker, the failed `ExecutionCompleted` before it and the failures of the
+//! actions the marker lists, so the code resumes at the point of failure with those actions
+//! pending. The worker re-drives everything the failed execution left unfinished
+//! ([`plan`]): activities run again, timers are re-armed, failed sub-orchestrations are
+//! rewound in turn and finished ones report their result again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
+use crate::ids::{InstanceId, Timestamp};
+
+/// Positions in `history` that replay skips because a later `ExecutionRewound` undid them
+/// (the markers themselves included).
+pub(crate) fn skipped_positions(history: &[HistoryEvent]) -> HashSet<usize> {
+    let mut skipped = HashSet::new();
+    if !history
+        .iter()
+        .any(|e| matches!(e.event, Event::ExecutionRewound { .. }))
+    {
+        return skipped;
+    }
+    let mut last_completion = None;
+    let mut last_failure: HashMap<u64, usize> = HashMap::new();
+    for (pos, e) in history.iter().enumerate() {
+        match &e.event {
+            Event::ExecutionCompleted { .. } => last_completion = Some(pos),
+            Event::TaskFailed { seq, .. } | Event::SubOrchestrationFailed { seq, .. } => {
+                last_failure.insert(*seq, pos);
+            }
+            Event::ExecutionRewound { seqs, .. } => {
+                skipped.insert(pos);
+                if let Some(c) = last_completion.take() {
+                    skipped.insert(c);
+                }
+                for s in seqs {
+                    if let Some(f) = last_failure.remove(s) {
+                        skipped.insert(f);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    skipped
+}
+
+/// Work a rewind re-drives.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct RewindPlan {
+    /// Actions whose failures the rewind undoes (recorded in the marker).
+    pub seqs: Vec<u64>,
+    /// Activities to run again: (seq, name, input).
+    pub activities: Vec<(u64, String, Payload)>,
+    /// Timers to re-arm: (seq, due time).
+    pub timers: Vec<(u64, Timestamp)>,
+    /// Sub-orchestrations with no result (failed, or whose result reached the failed parent
+    /// and was dropped): (seq, child id).
+    pub children: Vec<(u64, InstanceId)>,
+}
+
+/// What rewinding a failed execution with this history undoes and re-drives, or why it
+/// cannot be rewound.
+///
+/// The failures undone are those delivered in the episode that failed (the failure the code
+/// did not recover from; failures it handled earlier stay). Everything else the execution
+/// left unfinished runs again, since results that arrived after the failure were dropped.
+/// An execution with an unanswered entity call or an open critical section is refused: its
+/// locks were released when it failed, and entity operations are not re-run.
+pub(crate) fn plan(history: &[HistoryEvent]) -> Result<RewindPlan, String> {
+    let skipped = skipped_positions(history);
+    let view: Vec<&HistoryEvent> = history
+        .iter()
+        .enumerate()
+        .filter(|(pos, _)| !skipped.contains(pos))
+        .map(|(_, e)| e)
+        .collect();
+    let Some(end) = view.iter().rposition(|e| {
+        matches!(
+            e.event,
+            Event::ExecutionCompleted {
+                status: RuntimeStatus::Failed,
+                ..
+            }
+        )
+    }) else {
+        return Err(
+            "its history records no failure (a failure outside the orchestration code, \
+                    such as a version mismatch, cannot be rewound; restart it instead)"
+                .to_owned(),
+        );
+    };
+    let episode_start = view[..end]
+        .iter()
+        .rposition(|e| matches!(e.event, Event::OrchestratorStarted))
+        .unwrap_or(0);
+    let undone: Vec<u64> = view[episode_start..end]
+        .iter()
+        .filter_map(|e| match e.event {
+            Event::TaskFailed { seq, .. } | Event::SubOrchestrationFailed { seq, .. } => Some(seq),
+            _ => None,
+        })
+        .collect();
+
+    // Actions without a result, once the undone failures no longer count.
+    let mut open: BTreeMap<u64, &Event> = BTreeMap::new();
+    let mut locked = 0usize;
+    for e in &view[..end] {
+        match &e.event {
+            Event::TaskScheduled { seq, .. }
+            | Event::TimerCreated { seq, .. }
+            | Event::SubOrchestrationCreated { seq, .. }
+            | Event::EntityCalled { seq, .. } => {
+                open.insert(*seq, &e.event);
+            }
+            Event::TaskFailed { seq, .. } | Event::SubOrchestrationFailed { seq, .. }
+                if undone.contains(seq) => {}
+            Event::TaskCompleted { seq, .. }
+            | Event::TaskFailed { seq, .. }
+            | Event::TimerFired { seq, .. }
+            | Event::SubOrchestrationCompleted { seq, .. }
+            | Event::SubOrchestrationFailed { seq, .. }
+            | Event::EntityResponded { seq, .. } => {
+                open.remove(seq);
+            }
+            Event::EntityLockRequested { .. } => locked += 1,
+            Event::EntityUnlockSent { .. } => locked = locked.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if locked > 0 {
+        return Err(
+            "it failed inside a critical section (its entity locks were released when \
+                    it failed); restart it instead"
+                .to_owned(),
+        );
+    }
+    let mut plan = RewindPlan {
+        seqs: undone,
+        ..RewindPlan::default()
+    };
+    for (seq, event) in open {
+        match event {
+            Event::TaskScheduled { name, input, .. } => {
+                plan.activities.push((seq, name.clone(), input.clone()));
+            }
+            Event::TimerCreated { fire_at, .. } => plan.timers.push((seq, *fire_at)),
+            Event::SubOrchestrationCreated { instance_id, .. } => {
+                plan.children.push((seq, instance_id.clone()));
+            }
+            Event::EntityCalled { entity, .. } => {
+                return Err(format!(
+                    "it was waiting for entity `{entity}` to answer a call, and entity \
+                     operations are not re-run; restart it instead"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::FailureDetails;
+
+    fn h(events: Vec<Event>) -> Vec<HistoryEvent> {
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| HistoryEvent {
+                index: i as u64,
+                timestamp: Timestamp::EPOCH,
+                event,
+            })
+            .collect()
+    }
+
+    fn scheduled(seq: u64) -> Event {
+        Event::TaskScheduled {
+            seq,
+            name: format!("a{seq}"),
+            input: "null".into(),
+            location: None,
+        }
+    }
+
+    fn failed(seq: u64) -> Event {
+        Event::TaskFailed {
+            seq,
+            failure: FailureDetails::new("E", "boom"),
+        }
+    }
+
+    fn completion() -> Event {
+        Event::ExecutionCompleted {
+            status: RuntimeStatus::Failed,
+            output: None,
+            failure: Some(FailureDetails::new("E", "boom")),
+        }
+    }
+
+    fn started() -> Event {
+        Event::ExecutionStarted {
+            name: "o".into(),
+            version: None,
+            input: "null".into(),
+            parent: None,
+            scheduled_start: None,
+        }
+    }
+
+    #[test]
+    fn undoes_the_final_failure_and_reruns_unfinished_siblings() {
+        // 0 and 1 fail: 0 was handled in an earlier episode (a retry, say), 1 failed the run;
+        // 2 was still running and its result was dropped; 3 completed.
+        let history = h(vec![
+            started(),
+            Event::OrchestratorStarted,
+            scheduled(0),
+            scheduled(2),
+            scheduled(3),
+            Event::OrchestratorStarted,
+            failed(0),
+            Event::TaskCompleted {
+                seq: 3,
+                result: "1".into(),
+            },
+            scheduled(1),
+            Event::OrchestratorStarted,
+            failed(1),
+            completion(),
+        ]);
+        let p = plan(&history).unwrap();
+        assert_eq!(p.seqs, vec![1]);
+        let rerun: Vec<u64> = p.activities.iter().map(|a| a.0).collect();
+        assert_eq!(rerun, vec![1, 2]);
+        assert!(p.timers.is_empty() && p.children.is_empty());
+    }
+
+    #[test]
+    fn a_rewound_history_skips_the_undone_events_and_can_fail_and_rewind_again() {
+        let mut events = vec![
+            started(),
+            Event::OrchestratorStarted,
+            scheduled(0),
+            Event::OrchestratorStarted,
+            failed(0),
+            completion(),
+            Event::ExecutionRewound {
+                reason: "r".into(),
+                seqs: vec![0],
+            },
+        ];
+        let skipped = skipped_positions(&h(events.clone()));
+        assert_eq!(skipped, HashSet::from([4, 5, 6]));
+        // It fails again the same way, and is rewound again.
+        events.extend([Event::OrchestratorStarted, failed(0), completion()]);
+        let p = plan(&h(events.clone())).unwrap();
+        assert_eq!(p.seqs, vec![0]);
+        events.push(Event::ExecutionRewound {
+            reason: "r".into(),
+            seqs: vec![0],
+        });
+        let skipped = skipped_positions(&h(events));
+        assert_eq!(skipped, HashSet::from([4, 5, 6, 8, 9, 10]));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_redo() {
+        let running = h(vec![started(), Event::OrchestratorStarted, scheduled(0)]);
+        assert!(plan(&running).unwrap_err().contains("no failure"));
+        let in_section = h(vec![
+            started(),
+            Event::OrchestratorStarted,
+            Event::EntityLockRequested {
+                seq: 0,
+                entities: vec![],
+                location: None,
+            },
+            Event::OrchestratorStarted,
+            completion(),
+        ]);
+        assert!(plan(&in_section).unwrap_err().contains("critical section"));
+    }
+}

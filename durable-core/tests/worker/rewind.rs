@@ -1,0 +1,287 @@
+//! Rewind: a failed instance resumes at the point of failure.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use durable_core::history::{Event, HistoryEvent};
+use durable_core::prelude::*;
+
+use crate::support::*;
+
+// ------------------------------------------------------------- a failed fan-out step
+
+static STEP_CALLS: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
+static STEP_FIXED: AtomicBool = AtomicBool::new(false);
+static TOTAL_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+#[activity]
+async fn rw_step(i: usize) -> Result<usize, ActivityError> {
+    STEP_CALLS[i].fetch_add(1, Ordering::SeqCst);
+    if i == 3 && !STEP_FIXED.load(Ordering::SeqCst) {
+        return Err(ActivityError::new("step 3 is broken"));
+    }
+    Ok(i * 10)
+}
+
+#[activity]
+async fn rw_total(sum: usize) -> Result<String, ActivityError> {
+    TOTAL_CALLS.fetch_add(1, Ordering::SeqCst);
+    Ok(format!("total {sum}"))
+}
+
+#[orchestrator]
+async fn rw_fan(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+    let mut sum = ctx.call(rw_step, 0).await? + ctx.call(rw_step, 1).await?;
+    for r in ctx.when_all((2..5).map(|i| ctx.call(rw_step, i))).await {
+        sum += r?;
+    }
+    Ok(ctx.call(rw_total, sum).await?)
+}
+
+fn rewinds(h: &[HistoryEvent]) -> Vec<Vec<u64>> {
+    h.iter()
+        .filter_map(|e| match &e.event {
+            Event::ExecutionRewound { seqs, .. } => Some(seqs.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The sequence number of the `rw_step` call with this input, and the index of its
+/// `TaskCompleted`.
+fn step_events(h: &[HistoryEvent], i: usize) -> (u64, Option<u64>) {
+    let seq = h
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::TaskScheduled { seq, input, .. } if *input == i.to_string() => Some(*seq),
+            _ => None,
+        })
+        .unwrap();
+    let done = h.iter().find_map(|e| match &e.event {
+        Event::TaskCompleted { seq: s, .. } if *s == seq => Some(e.index),
+        _ => None,
+    });
+    (seq, done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewind_reruns_the_failed_step_and_what_was_in_flight_only() {
+    let env = start(|b| b.register(rw_step).register(rw_total).register(rw_fan));
+    let run = rw_fan::start(&env.client, ()).await.unwrap();
+    let failed = wait_status(&env.store, run.id(), RuntimeStatus::Failed).await;
+    assert!(failed.failure.unwrap().message.contains("step 3 is broken"));
+    let failed_at = run
+        .history()
+        .await
+        .unwrap()
+        .iter()
+        .find(|e| matches!(e.event, Event::ExecutionCompleted { .. }))
+        .unwrap()
+        .index;
+
+    STEP_FIXED.store(true, Ordering::SeqCst);
+    run.rewind("fixed").await.unwrap();
+    let r = wait_status(&env.store, run.id(), RuntimeStatus::Completed).await;
+    assert_eq!(r.output.as_deref(), Some("\"total 100\""));
+    assert!(r.failure.is_none());
+    assert_eq!(run.wait().await.unwrap(), "total 100");
+
+    let h = run.history().await.unwrap();
+    // Steps 0 and 1 finished before the failure: not re-run. Step 3 failed: re-run once.
+    // Steps 2 and 4 ran beside it: re-run only if their result had not been recorded when
+    // the run failed (a result reaching a failed instance is dropped).
+    for (i, calls) in STEP_CALLS.iter().enumerate() {
+        let (_, done) = step_events(&h, i);
+        let done = done.unwrap();
+        let expected = match i {
+            3 => 2,
+            _ if done < failed_at => 1,
+            _ => 2,
+        };
+        assert_eq!(calls.load(Ordering::SeqCst), expected, "step {i}");
+    }
+    assert_eq!(TOTAL_CALLS.load(Ordering::SeqCst), 1);
+    // Append-only: the failure and the rewind (naming the step it undid) stay in history.
+    assert_eq!(rewinds(&h), vec![vec![step_events(&h, 3).0]]);
+    assert_eq!(count(&h, "TaskFailed"), 1);
+    assert_eq!(count(&h, "ExecutionCompleted"), 2);
+
+    // A completed instance cannot be rewound, nor an unknown one.
+    let err = run.rewind("again").await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::CannotRewind { reason, .. } if reason.contains("Completed")),
+        "{err}"
+    );
+    let err = env
+        .client
+        .rewind(&InstanceId::new("nobody").unwrap(), "")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::InstanceNotFound(_)), "{err}");
+}
+
+// ------------------------------------------------------------- retries exhausted
+
+static RETRIED_CALLS: AtomicUsize = AtomicUsize::new(0);
+static RETRIED_FIXED: AtomicBool = AtomicBool::new(false);
+
+#[activity]
+async fn rw_retried(_input: ()) -> Result<u32, ActivityError> {
+    let n = RETRIED_CALLS.fetch_add(1, Ordering::SeqCst) + 1;
+    if !RETRIED_FIXED.load(Ordering::SeqCst) {
+        return Err(ActivityError::new(format!("attempt {n} failed")));
+    }
+    Ok(n as u32)
+}
+
+#[orchestrator]
+async fn rw_with_retry(ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {
+    let policy = RetryPolicy::new(2, Duration::from_secs(5));
+    Ok(ctx.call_with_retry(rw_retried, (), policy).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewind_after_exhausted_retries_reruns_the_last_attempt() {
+    let env = start(|b| b.register(rw_retried).register(rw_with_retry));
+    let run = rw_with_retry::start(&env.client, ()).await.unwrap();
+    wait_for_events(&env.store, run.id(), "TimerCreated", 1).await;
+    env.clock.advance(Duration::from_secs(5));
+    wait_status(&env.store, run.id(), RuntimeStatus::Failed).await;
+    assert_eq!(RETRIED_CALLS.load(Ordering::SeqCst), 2);
+
+    // Rewound before the fix: the last attempt runs again, fails again, and the instance
+    // is Failed again.
+    run.rewind("try again").await.unwrap();
+    wait_until(&env.store, run.id(), "failed after the rewind", |r, h| {
+        r.status == RuntimeStatus::Failed && count(h, "ExecutionCompleted") == 2
+    })
+    .await;
+    assert_eq!(RETRIED_CALLS.load(Ordering::SeqCst), 3);
+
+    // Fixed and rewound again: it completes. The first attempt's handled failure and the
+    // back-off stay as they were; each rewind re-ran the last attempt only.
+    RETRIED_FIXED.store(true, Ordering::SeqCst);
+    run.rewind("fixed").await.unwrap();
+    let r = wait_status(&env.store, run.id(), RuntimeStatus::Completed).await;
+    assert_eq!(r.output.as_deref(), Some("4"));
+    assert_eq!(RETRIED_CALLS.load(Ordering::SeqCst), 4);
+    let h = run.history().await.unwrap();
+    assert_eq!(count(&h, "TimerFired"), 1);
+    assert_eq!(count(&h, "TaskFailed"), 3);
+    assert_eq!(rewinds(&h).len(), 2);
+}
+
+// ------------------------------------------------------------- a failed sub-orchestration
+
+static LEAF_CALLS: AtomicUsize = AtomicUsize::new(0);
+static LEAF_FIXED: AtomicBool = AtomicBool::new(false);
+
+#[activity]
+async fn rw_leaf(x: u32) -> Result<u32, ActivityError> {
+    LEAF_CALLS.fetch_add(1, Ordering::SeqCst);
+    if !LEAF_FIXED.load(Ordering::SeqCst) {
+        return Err(ActivityError::new("leaf is broken"));
+    }
+    Ok(x + 1)
+}
+
+#[activity]
+async fn rw_one(_input: ()) -> Result<u32, ActivityError> {
+    Ok(10)
+}
+
+#[orchestrator]
+async fn rw_child(ctx: OrchestrationContext, x: u32) -> Result<u32, OrchestrationError> {
+    Ok(ctx.call(rw_leaf, x).await? * 2)
+}
+
+#[orchestrator]
+async fn rw_parent(ctx: OrchestrationContext, x: u32) -> Result<u32, OrchestrationError> {
+    let a = ctx.call(rw_one, ()).await?;
+    let b = ctx.call_sub_orchestrator(rw_child, x).await?;
+    Ok(a + b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewinding_a_parent_rewinds_its_failed_child() {
+    let env = start(|b| {
+        b.register(rw_one)
+            .register(rw_leaf)
+            .register(rw_child)
+            .register(rw_parent)
+    });
+    let run = rw_parent::start(&env.client, 4).await.unwrap();
+    wait_status(&env.store, run.id(), RuntimeStatus::Failed).await;
+    let child_id = run
+        .history()
+        .await
+        .unwrap()
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::SubOrchestrationCreated { instance_id, .. } => Some(instance_id.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        env.client.status(&child_id).await.unwrap().status,
+        RuntimeStatus::Failed
+    );
+
+    LEAF_FIXED.store(true, Ordering::SeqCst);
+    run.rewind("leaf fixed").await.unwrap();
+    let r = wait_status(&env.store, run.id(), RuntimeStatus::Completed).await;
+    assert_eq!(r.output.as_deref(), Some("20"));
+    let child = wait_status(&env.store, &child_id, RuntimeStatus::Completed).await;
+    assert_eq!(child.output.as_deref(), Some("10"));
+    assert_eq!(LEAF_CALLS.load(Ordering::SeqCst), 2);
+    let child_history = env.client.status_with_history(&child_id).await.unwrap().1;
+    assert_eq!(rewinds(&child_history).len(), 1);
+}
+
+// ------------------------------------------------------------- a bug in the orchestrator
+
+static PICKY_FIXED: AtomicBool = AtomicBool::new(false);
+static PICKY_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+#[activity]
+async fn rw_picky_step(i: usize) -> Result<usize, ActivityError> {
+    PICKY_CALLS.fetch_add(1, Ordering::SeqCst);
+    Ok(i * 10)
+}
+
+#[orchestrator]
+async fn rw_picky(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+    let a = ctx.call(rw_picky_step, 2).await?;
+    // Stands for a bug fixed by deploying new code (a flag is not deterministic, which is
+    // the point: the fixed code takes a path the failed run did not).
+    if !PICKY_FIXED.load(Ordering::SeqCst) {
+        return Err(OrchestrationError::new("bug in the orchestrator"));
+    }
+    let b = ctx.call(rw_picky_step, a).await?;
+    Ok(format!("total {b}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewind_after_fixing_the_orchestrator_resumes_without_rerunning_activities() {
+    let env = start(|b| b.register(rw_picky_step).register(rw_picky));
+    let run = rw_picky::start(&env.client, ()).await.unwrap();
+    let r = wait_status(&env.store, run.id(), RuntimeStatus::Failed).await;
+    assert!(
+        r.failure
+            .unwrap()
+            .message
+            .contains("bug in the orchestrator")
+    );
+    let calls = PICKY_CALLS.load(Ordering::SeqCst);
+
+    PICKY_FIXED.store(true, Ordering::SeqCst);
+    run.rewind("deployed the fix").await.unwrap();
+    let r = wait_status(&env.store, run.id(), RuntimeStatus::Completed).await;
+    assert_eq!(r.output.as_deref(), Some("\"total 200\""));
+    // The first step's recorded result was replayed, not re-run (one more call: the second
+    // step, which the fixed code went on to); nothing was undone.
+    assert_eq!(calls, 1);
+    assert_eq!(PICKY_CALLS.load(Ordering::SeqCst), 2);
+    let h = run.history().await.unwrap();
+    assert_eq!(rewinds(&h), vec![Vec::<u64>::new()]);
+}
