@@ -78,6 +78,7 @@ macro_rules! conformance_tests {
             activity_lease_expiry_requeues,
             complete_activity_enqueues_result,
             abandon_activity_delays_task,
+            renew_activity_lock_extends_the_lease,
             abandon_episode_delays_messages,
             next_wake_time,
             send_message_errors,

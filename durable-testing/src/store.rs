@@ -732,6 +732,27 @@ impl Store for HarnessStore {
         r
     }
 
+    async fn renew_activity_lock(
+        &self,
+        id: u64,
+        lock: LockToken,
+        until: Timestamp,
+    ) -> Result<(), StoreError> {
+        if self.live().is_none() {
+            return halt().await;
+        }
+        let r = self.inner().renew_activity_lock(id, lock, until).await;
+        if r.is_ok() {
+            let Some(mut st) = self.live() else {
+                return halt().await;
+            };
+            if let Some(l) = st.activity_leases.get_mut(&id) {
+                l.until = until;
+            }
+        }
+        r
+    }
+
     async fn abandon_activity(
         &self,
         id: u64,

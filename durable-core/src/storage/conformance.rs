@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    ActivityTask, CreateResult, EpisodeCommit, IdReusePolicy, InstanceQuery, Message, NewInstance,
-    NextExecution, OrchestrationWorkItem, Store,
+    ActivityTask, CreateResult, EpisodeCommit, IdReusePolicy, InstanceQuery, LockToken, Message,
+    NewInstance, NextExecution, OrchestrationWorkItem, Store,
 };
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, ParentRef, RuntimeStatus};
@@ -41,6 +41,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         activity_lease_expiry_requeues,
         complete_activity_enqueues_result,
         abandon_activity_delays_task,
+        renew_activity_lock_extends_the_lease,
         abandon_episode_delays_messages,
         next_wake_time,
         send_message_errors,
@@ -974,6 +975,53 @@ pub async fn complete_activity_enqueues_result(store: Arc<dyn Store>) {
 }
 
 /// An abandoned task is visible again at `retry_at`, not before.
+/// Renewing an activity lease keeps the task from being taken over at the old expiry; only
+/// the lease holder can renew.
+pub async fn renew_activity_lock_extends_the_lease(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    episode(&store, "a", T0, RuntimeStatus::Running, |c| {
+        c.activities = vec![task("a", 0, "one", "1")];
+    })
+    .await;
+    let lease = Duration::from_secs(10);
+    let work = store
+        .fetch_activity_work(T0, lease, 10)
+        .await
+        .expect("fetch");
+    assert_eq!(work.len(), 1);
+    let (task_id, lock) = (work[0].id, work[0].lock);
+    let wrong = LockToken(lock.0.wrapping_add(1));
+    assert!(matches!(
+        store.renew_activity_lock(task_id, wrong, at(30_000)).await,
+        Err(StoreError::LockLost(_))
+    ));
+    store
+        .renew_activity_lock(task_id, lock, at(30_000))
+        .await
+        .expect("renew");
+    assert!(
+        store
+            .fetch_activity_work(at(20_000), lease, 10)
+            .await
+            .expect("fetch")
+            .is_empty(),
+        "renewed: not taken over at the old expiry"
+    );
+    let taken = store
+        .fetch_activity_work(at(30_000), lease, 10)
+        .await
+        .expect("fetch");
+    assert_eq!(taken.len(), 1, "taken over once the renewed lease expired");
+    assert!(matches!(
+        store.renew_activity_lock(task_id, lock, at(60_000)).await,
+        Err(StoreError::LockLost(_))
+    ));
+    store
+        .complete_activity(taken[0].id, taken[0].lock, raised("x", at(30_000)))
+        .await
+        .expect("the new holder completes");
+}
+
 pub async fn abandon_activity_delays_task(store: Arc<dyn Store>) {
     create(&store, new_instance("a", "Job", "null", T0)).await;
     episode(&store, "a", T0, RuntimeStatus::Running, |c| {

@@ -515,6 +515,23 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn renew_activity_lock(
+        &self,
+        id: u64,
+        lock: LockToken,
+        until: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut guard = self.data();
+        let d = &mut *guard;
+        let Some(lease) = d.activity_leases.get_mut(&id).filter(|l| l.2 == lock.0) else {
+            return Err(StoreError::LockLost(format!("activity task {id}")));
+        };
+        let old = std::mem::replace(&mut lease.1, until);
+        d.activity_lease_expiry.remove(&(old, id));
+        d.activity_lease_expiry.insert((until, id));
+        Ok(())
+    }
+
     async fn abandon_activity(
         &self,
         id: u64,

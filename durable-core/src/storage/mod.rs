@@ -569,6 +569,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         retry_at: Timestamp,
     ) -> Result<(), StoreError>;
 
+    /// Extends the lease on a running activity task to `until`, so a long activity is not
+    /// taken over (and run again) while it is still running. The worker renews at half the
+    /// lease period. `LockLost` when the lease is no longer held (it expired and another
+    /// worker took the task, or the task is gone).
+    async fn renew_activity_lock(
+        &self,
+        id: u64,
+        lock: LockToken,
+        until: Timestamp,
+    ) -> Result<(), StoreError>;
+
     /// The earliest future time at which work becomes visible (a timer, a delayed message,
     /// an expiring lease), for dispatchers to sleep until.
     async fn next_wake_time(&self) -> Result<Option<Timestamp>, StoreError>;

@@ -1210,6 +1210,29 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn renew_activity_lock(
+        &self,
+        id: u64,
+        lock: LockToken,
+        until: Timestamp,
+    ) -> Result<(), StoreError> {
+        // While leased, a task's `visible_at` is its lease expiry.
+        let rows = async {
+            let conn = self.lease_conn().await?;
+            let st = conn.prepare_cached(&self.inner.sql.renew_activity).await?;
+            Ok::<_, Error>(
+                conn.query(&st, &[&to_i64(id), &to_i64(lock.0), &ts(until)])
+                    .await?,
+            )
+        }
+        .await
+        .map_err(|e| self.err("renewing an activity lease", e))?;
+        if rows.is_empty() {
+            return Err(StoreError::LockLost(format!("activity task {id}")));
+        }
+        Ok(())
+    }
+
     async fn abandon_activity(
         &self,
         id: u64,
@@ -1315,6 +1338,7 @@ struct Sql {
     enqueue_activities: String,
     complete_activity: String,
     release_activity: String,
+    renew_activity: String,
     next_wake: String,
     read_record: String,
     read_history: String,
@@ -1447,6 +1471,8 @@ impl Sql {
                 "UPDATE {s}.activities SET visible_at = $3, lock_token = NULL
                 WHERE id = $1 AND lock_token = $2 RETURNING 1",
             ),
+            renew_activity: s("UPDATE {s}.activities SET visible_at = $3
+                WHERE id = $1 AND lock_token = $2 RETURNING 1"),
             next_wake: s("SELECT (SELECT MIN(due_at) FROM {s}.instances),
                                  (SELECT MIN(visible_at) FROM {s}.activities)"),
             read_record: s("SELECT record FROM {s}.instances WHERE id = $1"),

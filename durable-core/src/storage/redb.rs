@@ -508,6 +508,20 @@ impl Leases {
     }
 
     /// Checks and releases (once the batch is durable) an activity lease.
+    /// Extends a held activity lease; `false` when it is not held (any more).
+    fn renew_activity(&mut self, id: u64, lock: LockToken, until: Timestamp) -> bool {
+        if self.releasing_activity.contains(&id) {
+            return false;
+        }
+        let Some(lease) = self.activity.get_mut(&id).filter(|l| l.token == lock.0) else {
+            return false;
+        };
+        lease.until = until;
+        // The old expiry entry is skipped when it comes up (the lease outlives it).
+        self.activity_expiry.insert((until, id));
+        true
+    }
+
     fn take_activity(&mut self, id: u64, lock: LockToken) -> Option<ActivityLease> {
         if self.releasing_activity.contains(&id) {
             return None;
@@ -1512,6 +1526,20 @@ impl Store for RedbStore {
         self.write(WriteOp::CompleteActivity { id, lock, result })
             .await
             .map(drop)
+    }
+
+    async fn renew_activity_lock(
+        &self,
+        id: u64,
+        lock: LockToken,
+        until: Timestamp,
+    ) -> Result<(), StoreError> {
+        // Leases live in memory (one process owns the file): nothing to write.
+        if self.inner.core.leases().renew_activity(id, lock, until) {
+            Ok(())
+        } else {
+            Err(StoreError::LockLost(format!("activity task {id}")))
+        }
     }
 
     async fn abandon_activity(

@@ -111,7 +111,13 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
                 seq: task.seq,
             };
             // A panic is caught and reported, not fatal (this already runs on its own task).
-            match CatchPanic(f(ctx, task.input.clone())).await {
+            // The lease is renewed while the activity runs, however long it takes.
+            let work = CatchPanic(f(ctx, task.input.clone()));
+            let outcome = tokio::select! {
+                r = work => r,
+                () = keep_leased(inner, &item) => unreachable!("renewal never ends"),
+            };
+            match outcome {
                 Ok(r) => r,
                 Err(panic) => {
                     let mut f = FailureDetails::from_panic(panic.as_ref());
@@ -162,6 +168,38 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
         .await
     {
         tracing::warn!(error = %e, "activity result not recorded; the task will run again");
+    }
+}
+
+/// Renews the activity's lease every half lease period, for as long as it is polled. If the
+/// lease is lost (the worker was cut off from the store for longer than a lease, and another
+/// worker took the task over), the activity runs on; its result is then refused by the store
+/// or ignored as a duplicate by the orchestration, so it is not applied twice.
+async fn keep_leased(inner: &Inner, item: &ActivityWorkItem) {
+    let period = inner.options.activity_lock;
+    let every = (period / 2).max(Duration::from_millis(1));
+    let mut next = inner.clock.now() + every;
+    loop {
+        inner.clock.sleep_until(next).await;
+        next = next + every;
+        if inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
+            // A crashed worker renews nothing: its leases expire and others take over.
+            std::future::pending::<()>().await;
+        }
+        let until = inner.clock.now() + period;
+        match inner
+            .store
+            .renew_activity_lock(item.id, item.lock, until)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "activity lease not renewed; it may run again elsewhere");
+                if matches!(e, crate::error::StoreError::LockLost(_)) {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
     }
 }
 

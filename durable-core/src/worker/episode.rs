@@ -382,14 +382,41 @@ async fn try_episode(
         if inner.options.on_version_mismatch == VersionMismatchAction::LeavePending {
             return Err(Stuck::Error(msg));
         }
+        let failure = FailureDetails::new("VersionMismatch", msg).non_retriable();
         let mut commit = EpisodeCommit::new(id.clone(), lock, RuntimeStatus::Failed, now);
         commit.consumed = messages.iter().map(|m| m.id).collect();
-        commit.failure = Some(FailureDetails::new("VersionMismatch", msg).non_retriable());
-        return inner
+        commit.failure = Some(failure.clone());
+        // No code runs, so do by hand what a failing execution does: tell the parent, and
+        // release the entity locks it holds or is being granted.
+        if let Some(parent) = &instance.parent {
+            commit.messages.push((
+                parent.instance_id.clone(),
+                Message::new(
+                    Event::SubOrchestrationFailed {
+                        seq: parent.seq,
+                        failure,
+                    },
+                    Some(parent.execution),
+                    now,
+                ),
+            ));
+        }
+        let history = inner.store.read_history(&id).await.map_err(Stuck::Store)?;
+        for entity in held_locks(&history) {
+            commit.messages.push((
+                entity,
+                Message::new(Event::EntityUnlock { owner: id.clone() }, None, now),
+            ));
+        }
+        release_unwanted_locks(&id, &messages, &mut commit, now);
+        commit.completed_activities = handed.iter().map(|h| (h.task, h.lock)).collect();
+        inner
             .store
             .commit_episode(commit)
             .await
-            .map_err(Stuck::Store);
+            .map_err(Stuck::Store)?;
+        handed.clear();
+        return Ok(());
     }
 
     let Some(entry) = inner.registry.orchestrator(&instance.name) else {
@@ -615,6 +642,19 @@ fn apply_rewind(
         );
     }
     commit.messages.extend(r.child_messages);
+}
+
+/// Entities whose locks this history holds: granted and not released since.
+fn held_locks(history: &[crate::history::HistoryEvent]) -> Vec<InstanceId> {
+    let mut held: Vec<InstanceId> = Vec::new();
+    for e in history {
+        match &e.event {
+            Event::EntityLockGranted { entities, .. } => held.extend(entities.iter().cloned()),
+            Event::EntityUnlockSent { entities, .. } => held.retain(|h| !entities.contains(h)),
+            _ => {}
+        }
+    }
+    held
 }
 
 /// Locks granted to an execution that has ended (or moved on with continue-as-new) are

@@ -243,6 +243,7 @@ impl WorkerBuilder {
             handoff: Mutex::new(handoff::Handoffs::default()),
             handoff_ready: Notify::new(),
             shutdown: shutdown_rx,
+            aborted: std::sync::atomic::AtomicBool::new(false),
         });
         let tasks = vec![
             tokio::spawn(episode::dispatch(Arc::clone(&inner))),
@@ -271,6 +272,9 @@ pub(crate) struct Inner {
     pub(crate) orch_slots: Arc<Semaphore>,
     pub(crate) activity_slots: Arc<Semaphore>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Set by [`Worker::abort`]: nothing of this worker may touch the store any more (its
+    /// aborted tasks may still be polled once before they are dropped).
+    pub(crate) aborted: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -356,6 +360,9 @@ impl Worker {
     /// Stops everything at once without waiting or releasing leases — as if the process
     /// crashed. Leased work becomes available again when its lease expires.
     pub fn abort(mut self) {
+        self.inner
+            .aborted
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         for t in self.tasks.drain(..) {
             t.abort();
         }

@@ -894,3 +894,101 @@ async fn a_completed_history_with_a_final_custom_status_replays_cleanly() {
     durable_core::replay::replay_history(&registry, "reports_status", run.id(), &history)
         .expect("the recorded history replays against the same code");
 }
+
+// ---------------------------------------------------------------- long activities
+
+static LONG_CALLS: AtomicUsize = AtomicUsize::new(0);
+static LONG_GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+#[activity]
+async fn long_job(_input: ()) -> Result<u32, ActivityError> {
+    LONG_CALLS.fetch_add(1, Ordering::SeqCst);
+    LONG_GATE.acquire().await.unwrap().forget();
+    Ok(7)
+}
+
+#[orchestrator]
+async fn long_run(ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {
+    Ok(ctx.call(long_job, ()).await?)
+}
+
+/// Waits (yielding, guarded) until `done` holds.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
+    let check = async {
+        while !done().await {
+            tokio::task::yield_now().await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(20), check)
+        .await
+        .is_err()
+    {
+        panic!("gave up waiting for {what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_activity_keeps_its_lease_and_runs_once() {
+    let env = start(|b| b.register(long_job).register(long_run));
+    let run = long_run::start(&env.client, ()).await.unwrap();
+    eventually("the activity to start", || async {
+        LONG_CALLS.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Twenty virtual minutes: four times the 5-minute activity lease. Each step waits for
+    // the worker's renewal to push the lease's expiry past the next step.
+    let half = Duration::from_secs(150);
+    for _ in 0..8 {
+        env.clock.advance(half);
+        let floor = env.clock.now() + half;
+        eventually("the lease to be renewed", || async {
+            env.store
+                .next_wake_time_for(durable_core::storage::WorkKind::Activity)
+                .await
+                .unwrap()
+                .is_some_and(|t| t > floor)
+        })
+        .await;
+    }
+    LONG_GATE.add_permits(1);
+    assert_eq!(run.wait().await.unwrap(), 7);
+    assert_eq!(
+        LONG_CALLS.load(Ordering::SeqCst),
+        1,
+        "the running activity was not taken over and run again"
+    );
+}
+
+// ---------------------------------------------------------------- version mismatch: fail
+
+#[orchestrator]
+async fn newer_child_parent(
+    ctx: OrchestrationContext,
+    _input: (),
+) -> Result<String, OrchestrationError> {
+    let opts = SubOrchestrationOptions::new().version("9.0");
+    match ctx.call_sub_orchestrator_with(child, 1, opts).await {
+        Ok(v) => Ok(format!("child answered {v}")),
+        Err(e) => Ok(format!("child failed: {e}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_failed_for_its_version_reports_to_its_parent() {
+    let env = start(|b| {
+        b.register(child).register(newer_child_parent).version(
+            "1.0",
+            VersionMatch::CurrentOrOlder,
+            VersionMismatchAction::Fail,
+        )
+    });
+    let run = env.client.start(newer_child_parent, ()).await.unwrap();
+    let out = run.wait().await.unwrap();
+    assert!(out.starts_with("child failed"), "{out}");
+    assert!(out.contains("does not match"), "{out}");
+    let h = run.history().await.unwrap();
+    assert_eq!(count(&h, "SubOrchestrationFailed"), 1);
+}
