@@ -426,8 +426,12 @@ impl Client {
     ///
     /// # Errors
     /// `InstanceNotFound`; `CannotRewind` when the instance has not failed, or failed outside
-    /// its code (version mismatch), inside a critical section or while waiting for an entity
-    /// call (entity operations are not re-run) — restart those instead.
+    /// its code (version mismatch), inside a critical section, while waiting for an entity
+    /// call (entity operations are not re-run), or because of a sub-orchestration that cannot
+    /// be rewound itself — restart those instead. A worker may still decline a request that
+    /// passed these checks (its code no longer replays the failed history, or its version
+    /// does not match the instance's and it fails mismatches); the instance then stays
+    /// Failed, with a warning in the worker's log.
     ///
     /// # Examples
     ///
@@ -480,7 +484,18 @@ impl Client {
                 record.status.as_str()
             )));
         }
-        crate::replay::rewind::plan(&history).map_err(cannot)?;
+        let plan = crate::replay::rewind::plan(&history).map_err(cannot)?;
+        for (seq, child) in &plan.children {
+            if !plan.seqs.contains(seq) {
+                continue;
+            }
+            let action =
+                crate::worker::rewind::child_action(&*self.store, &record, *seq, child, true)
+                    .await?;
+            if let crate::worker::rewind::ChildAction::KeepFailure(why) = action {
+                return Err(cannot(why));
+            }
+        }
         self.send(
             instance_id,
             Event::ExecutionRewound {

@@ -372,9 +372,12 @@ impl Replayer {
             }
             match &ev.event {
                 Event::OrchestratorStarted => {
-                    if !after_rewind {
-                        // After a rewind the code may run ahead of the episodes recorded
-                        // since; what it did is matched by the events that follow.
+                    if after_rewind {
+                        // The rewind's own episode: the code ran past the point of failure
+                        // during replay, and what it did is recorded after this event. From
+                        // here on every check applies again.
+                        after_rewind = false;
+                    } else {
                         self.check_no_extra(ev.index, Some(&ev.event))?;
                     }
                     self.now = self.now.max(ev.timestamp);

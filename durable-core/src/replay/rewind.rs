@@ -96,7 +96,14 @@ pub(crate) fn plan(history: &[HistoryEvent]) -> Result<RewindPlan, String> {
         .iter()
         .rposition(|e| matches!(e.event, Event::OrchestratorStarted))
         .unwrap_or(0);
-    let undone: Vec<u64> = view[episode_start..end]
+    // Failures delivered after the code's last action in that episode: a failure before an
+    // action may have been handled by it (a fallback, a retry), and undoing it would leave
+    // that action recorded with nothing in the code to match it.
+    let last_action = view[episode_start..end]
+        .iter()
+        .rposition(|e| e.event.action_seq().is_some())
+        .map_or(episode_start, |i| episode_start + i);
+    let undone: Vec<u64> = view[last_action..end]
         .iter()
         .filter_map(|e| match e.event {
             Event::TaskFailed { seq, .. } | Event::SubOrchestrationFailed { seq, .. } => Some(seq),
@@ -267,6 +274,26 @@ mod tests {
         });
         let skipped = skipped_positions(&h(events));
         assert_eq!(skipped, HashSet::from([4, 5, 6, 8, 9, 10]));
+    }
+
+    #[test]
+    fn a_failure_handled_in_the_failing_episode_stays() {
+        // In one episode: 0 fails and the code falls back to 2; then 1 fails the run.
+        let history = h(vec![
+            started(),
+            Event::OrchestratorStarted,
+            scheduled(0),
+            scheduled(1),
+            Event::OrchestratorStarted,
+            failed(0),
+            scheduled(2),
+            failed(1),
+            completion(),
+        ]);
+        let p = plan(&history).unwrap();
+        assert_eq!(p.seqs, vec![1]);
+        let rerun: Vec<u64> = p.activities.iter().map(|a| a.0).collect();
+        assert_eq!(rerun, vec![1, 2]);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::handoff::HandedOff;
+use super::rewind::ChildAction;
 use super::{Inner, VersionMatch, VersionMismatchAction};
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, ParentRef, RuntimeStatus};
@@ -320,32 +321,23 @@ async fn try_episode(
             .iter()
             .position(|m| matches!(m.event, Event::ExecutionRewound { .. }))
         {
-            if let Some(r) = prepare_rewind(inner, &instance, &messages[pos]).await? {
-                // What came before the request was addressed to the failed execution and is
-                // dropped; what came after it is delivered.
-                let before: Vec<Message> = messages.drain(..=pos).collect();
-                rewind = Some((r, before));
+            // The request is consumed whatever happens; the messages around it are
+            // delivered (rewound) or dropped (declined) like any others.
+            let request = messages.remove(pos);
+            match prepare_rewind(inner, &instance, &request).await? {
+                Ok(r) => rewind = Some((r, request.id)),
+                Err(why) => {
+                    tracing::warn!(instance = %id, "rewind request declined: {why}");
+                    return decline_rewind(inner, &instance, lock, &messages, request.id, handed)
+                        .await;
+                }
             }
         }
     }
 
     if instance.status.is_terminal() && rewind.is_none() {
         // Late messages to a finished instance are consumed and dropped.
-        let mut commit = EpisodeCommit::new(id.clone(), lock, instance.status, now);
-        commit.consumed = messages.iter().map(|m| m.id).collect();
-        release_unwanted_locks(&id, &messages, &mut commit, now);
-        commit.output.clone_from(&instance.output);
-        commit.failure.clone_from(&instance.failure);
-        commit.custom_status.clone_from(&instance.custom_status);
-        commit.now = instance.last_updated_at;
-        commit.completed_activities = handed.iter().map(|h| (h.task, h.lock)).collect();
-        inner
-            .store
-            .commit_episode(commit)
-            .await
-            .map_err(Stuck::Store)?;
-        handed.clear();
-        return Ok(());
+        return drop_late_messages(inner, &instance, lock, &messages, None, handed).await;
     }
 
     if id.as_str().starts_with('@') {
@@ -445,17 +437,23 @@ async fn try_episode(
             Arc::clone(&entry.run),
             inner.options.limits.clone(),
         );
-        r.handle_history(&history)
-            .map_err(|e| Stuck::Error(e.to_string()))?;
+        if let Err(e) = r.handle_history(&history) {
+            if let Some((_, request)) = rewind {
+                // The code does not replay the rewound history (it changed since the
+                // failure, say): the instance stays as it failed.
+                tracing::warn!(instance = %id, "rewind request declined: {e}");
+                return decline_rewind(inner, &instance, lock, &messages, request, handed).await;
+            }
+            return Err(Stuck::Error(e.to_string()));
+        }
         r
     };
 
     replayer.begin_episode(now);
     let mut consumed = Vec::with_capacity(messages.len());
     let mut stale = Vec::new();
-    if let Some((_, before)) = &rewind {
-        consumed.extend(before.iter().map(|m| m.id));
-        stale.extend(before.iter().cloned());
+    if let Some((_, request)) = &rewind {
+        consumed.push(*request);
     }
     for m in messages {
         if matches!(m.event, Event::ExecutionRewound { .. }) {
@@ -516,57 +514,52 @@ async fn try_episode(
 struct Rewind {
     marker: crate::history::HistoryEvent,
     plan: RewindPlan,
-    /// Messages for finished or failed children: (seq, message to send, to whom).
+    /// Rewind requests to failed children and results reported again to this instance.
     child_messages: Vec<(InstanceId, Message)>,
 }
 
-/// Plans the rewind `request` asks for, reading the history and the state of the children.
-/// `None` (logged) when the execution cannot be rewound; the request is then dropped like
-/// any late message.
+/// Plans the rewind `request` asks for, reading the history and the state of the children;
+/// `Ok(Err(why))` when this worker declines it.
 async fn prepare_rewind(
     inner: &Inner,
     instance: &crate::storage::InstanceRecord,
     request: &Message,
-) -> Result<Option<Rewind>, Stuck> {
+) -> Result<Result<Rewind, String>, Stuck> {
     let Event::ExecutionRewound { reason, .. } = &request.event else {
-        return Ok(None);
+        return Ok(Err("not a rewind request".to_owned()));
     };
     let id = &instance.instance_id;
-    let history = inner.store.read_history(id).await.map_err(Stuck::Store)?;
-    let plan = match rewind::plan(&history) {
-        Ok(p) => p,
-        Err(why) => {
-            tracing::warn!(instance = %id, "rewind request dropped: {why}");
-            return Ok(None);
+    if !version_allowed(inner, instance.version.as_deref()) {
+        let msg = format!(
+            "instance version {:?} does not match this worker's version {:?}",
+            instance.version, inner.options.version
+        );
+        if inner.options.on_version_mismatch == VersionMismatchAction::LeavePending {
+            // Left for a worker of the right version.
+            return Err(Stuck::Error(msg));
         }
+        return Ok(Err(msg));
+    }
+    if inner.registry.orchestrator(&instance.name).is_none() {
+        return Err(Stuck::Error(format!(
+            "no orchestrator named `{}` is registered on this worker; the rewind waits for a worker that knows it",
+            instance.name
+        )));
+    }
+    let history = inner.store.read_history(id).await.map_err(Stuck::Store)?;
+    let mut plan = match rewind::plan(&history) {
+        Ok(p) => p,
+        Err(why) => return Ok(Err(why)),
     };
     let now = inner.clock.now();
     let mut child_messages = Vec::new();
-    for (seq, child) in &plan.children {
-        let to_parent = |event| {
-            (
-                id.clone(),
-                Message::new(event, Some(instance.execution), now),
-            )
-        };
-        let record = inner
-            .store
-            .read_instance(child)
+    for (seq, child) in std::mem::take(&mut plan.children) {
+        let undone = plan.seqs.contains(&seq);
+        let action = super::rewind::child_action(&*inner.store, instance, seq, &child, undone)
             .await
             .map_err(Stuck::Store)?;
-        let Some(record) = record else {
-            child_messages.push(to_parent(Event::SubOrchestrationFailed {
-                seq: *seq,
-                failure: FailureDetails::new(
-                    "SubOrchestrationNotFound",
-                    format!("sub-orchestration `{child}` no longer exists (purged?)"),
-                )
-                .non_retriable(),
-            }));
-            continue;
-        };
-        match record.status {
-            RuntimeStatus::Failed => child_messages.push((
+        match action {
+            ChildAction::Rewind => child_messages.push((
                 child.clone(),
                 Message::new(
                     Event::ExecutionRewound {
@@ -577,25 +570,18 @@ async fn prepare_rewind(
                     now,
                 ),
             )),
-            RuntimeStatus::Completed => {
-                child_messages.push(to_parent(Event::SubOrchestrationCompleted {
-                    seq: *seq,
-                    result: record.output.unwrap_or_else(|| "null".to_owned()),
-                }));
+            ChildAction::Report(event) => child_messages.push((
+                id.clone(),
+                Message::new(event, Some(instance.execution), now),
+            )),
+            ChildAction::Wait => {}
+            ChildAction::KeepFailure(why) => {
+                tracing::warn!(instance = %id, seq, "a sub-orchestration's failure stays: {why}");
+                plan.seqs.retain(|s| *s != seq);
+                continue;
             }
-            RuntimeStatus::Terminated => {
-                child_messages.push(to_parent(Event::SubOrchestrationFailed {
-                    seq: *seq,
-                    failure: FailureDetails::new(
-                        "Terminated",
-                        format!("sub-orchestration `{child}` was terminated"),
-                    )
-                    .non_retriable(),
-                }));
-            }
-            // Still running: its result will reach the parent, which is running again.
-            _ => {}
         }
+        plan.children.push((seq, child));
     }
     let marker = crate::history::HistoryEvent {
         index: history.len() as u64,
@@ -607,11 +593,68 @@ async fn prepare_rewind(
     };
     tracing::info!(instance = %id, undone = ?plan.seqs, activities = plan.activities.len(),
         timers = plan.timers.len(), children = plan.children.len(), "rewinding");
-    Ok(Some(Rewind {
+    Ok(Ok(Rewind {
         marker,
         plan,
         child_messages,
     }))
+}
+
+/// Declines a rewind request: the instance stays as it failed, and its parent (if it is
+/// waiting for this instance again because it was rewound itself) hears the failure again.
+async fn decline_rewind(
+    inner: &Inner,
+    instance: &crate::storage::InstanceRecord,
+    lock: crate::storage::LockToken,
+    messages: &[Message],
+    request: crate::storage::MessageId,
+    handed: &mut Vec<HandedOff>,
+) -> Result<(), Stuck> {
+    drop_late_messages(inner, instance, lock, messages, Some(request), handed).await
+}
+
+/// Consumes and drops messages to a finished instance (releasing entity locks granted to
+/// it), keeping its record as it is. A declined rewind `request` is consumed too, and the
+/// failure is reported again to a parent, which may be waiting for it after its own rewind
+/// (a parent that is not waiting ignores it).
+async fn drop_late_messages(
+    inner: &Inner,
+    instance: &crate::storage::InstanceRecord,
+    lock: crate::storage::LockToken,
+    messages: &[Message],
+    request: Option<crate::storage::MessageId>,
+    handed: &mut Vec<HandedOff>,
+) -> Result<(), Stuck> {
+    let id = &instance.instance_id;
+    let now = inner.clock.now();
+    let mut commit = EpisodeCommit::new(id.clone(), lock, instance.status, now);
+    commit.consumed = messages.iter().map(|m| m.id).chain(request).collect();
+    release_unwanted_locks(id, messages, &mut commit, now);
+    if let (Some(_), Some(parent), Some(failure)) = (request, &instance.parent, &instance.failure) {
+        commit.messages.push((
+            parent.instance_id.clone(),
+            Message::new(
+                Event::SubOrchestrationFailed {
+                    seq: parent.seq,
+                    failure: failure.clone(),
+                },
+                Some(parent.execution),
+                now,
+            ),
+        ));
+    }
+    commit.output.clone_from(&instance.output);
+    commit.failure.clone_from(&instance.failure);
+    commit.custom_status.clone_from(&instance.custom_status);
+    commit.now = instance.last_updated_at;
+    commit.completed_activities = handed.iter().map(|h| (h.task, h.lock)).collect();
+    inner
+        .store
+        .commit_episode(commit)
+        .await
+        .map_err(Stuck::Store)?;
+    handed.clear();
+    Ok(())
 }
 
 /// Adds the rewind's marker and re-driven work to the episode's commit.
@@ -623,6 +666,11 @@ fn apply_rewind(
 ) {
     let id = &instance.instance_id;
     commit.new_events.insert(0, r.marker);
+    if commit.status.is_terminal() {
+        // It finished again in the rewind's own episode (failed again by itself, say):
+        // nothing is waiting for the unfinished work.
+        return;
+    }
     for (seq, name, input) in r.plan.activities {
         apply_command(
             commit,

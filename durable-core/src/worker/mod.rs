@@ -7,6 +7,7 @@ mod activity;
 mod entity;
 mod episode;
 mod handoff;
+pub(crate) mod rewind;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;

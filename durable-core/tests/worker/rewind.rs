@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use durable_core::history::{Event, HistoryEvent};
 use durable_core::prelude::*;
+use durable_core::{Clock, Store};
 
 use crate::support::*;
 
@@ -284,4 +285,182 @@ async fn rewind_after_fixing_the_orchestrator_resumes_without_rerunning_activiti
     assert_eq!(PICKY_CALLS.load(Ordering::SeqCst), 2);
     let h = run.history().await.unwrap();
     assert_eq!(rewinds(&h), vec![Vec::<u64>::new()]);
+}
+
+// ------------------------------------------------------------- what a rewind declines
+
+static RV_BLOCK: AtomicBool = AtomicBool::new(true);
+
+#[activity]
+async fn rv_act(i: u32) -> Result<u32, ActivityError> {
+    if RV_BLOCK.load(Ordering::SeqCst) {
+        std::future::pending::<()>().await;
+    }
+    Ok(i)
+}
+
+#[orchestrator]
+async fn rv_fallback(ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {
+    let a = ctx.call(rv_act, 0);
+    let b = ctx.call(rv_act, 1);
+    if a.await.is_err() {
+        // Handled: a fallback starts (and is not awaited).
+        drop(ctx.call(rv_act, 2));
+    }
+    Ok(b.await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_handled_in_the_failing_episode_is_not_undone() {
+    use durable_core::storage::Message;
+    let store = MemoryStore::new();
+    let clock = durable_testing::ManualClock::default();
+    let env1 = start_on(store.clone(), clock.clone(), |b| {
+        b.register(rv_act).register(rv_fallback)
+    });
+    let run = rv_fallback::start(&env1.client, ()).await.unwrap();
+    let id = run.id().clone();
+    wait_for_events(&store, &id, "TaskScheduled", 2).await;
+    env1.worker.abort();
+    // Both activities fail, and both results reach the orchestration in one episode.
+    let far = clock.now() + Duration::from_secs(3600);
+    let mut work = store
+        .fetch_activity_work(far, Duration::from_secs(600), 10)
+        .await
+        .unwrap();
+    work.sort_by_key(|w| w.task.seq);
+    assert_eq!(work.len(), 2);
+    for w in work {
+        let failed = Event::TaskFailed {
+            seq: w.task.seq,
+            failure: durable_core::error::FailureDetails::new("E", "boom"),
+        };
+        let m = Message::new(failed, Some(w.task.execution), clock.now());
+        store.complete_activity(w.id, w.lock, m).await.unwrap();
+    }
+    RV_BLOCK.store(false, Ordering::SeqCst);
+    let env2 = start_on(store.clone(), clock.clone(), |b| {
+        b.register(rv_act).register(rv_fallback)
+    });
+    wait_status(&store, &id, RuntimeStatus::Failed).await;
+
+    env2.client.rewind(&id, "fixed").await.unwrap();
+    let r = wait_status(&store, &id, RuntimeStatus::Completed).await;
+    assert_eq!(r.output.as_deref(), Some("1"));
+    let h = env2.client.status_with_history(&id).await.unwrap().1;
+    // Only the failure that failed the run (activity 1, seq 1) was undone.
+    assert_eq!(rewinds(&h), vec![vec![1]]);
+}
+
+#[orchestrator]
+async fn rv_buggy(_ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {
+    Err(OrchestrationError::new("bug"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_of_another_version_declines_a_rewind_once() {
+    use durable_core::{VersionMatch, VersionMismatchAction};
+    let store = MemoryStore::new();
+    let clock = durable_testing::ManualClock::default();
+    let env1 = start_on(store.clone(), clock.clone(), |b| b.register(rv_buggy));
+    let run = rv_buggy::start(&env1.client, ()).await.unwrap();
+    let id = run.id().clone();
+    wait_status(&store, &id, RuntimeStatus::Failed).await;
+    env1.worker.shutdown().await;
+
+    let env2 = start_on(store.clone(), clock.clone(), |b| {
+        b.register(rv_buggy)
+            .version("2", VersionMatch::Strict, VersionMismatchAction::Fail)
+    });
+    env2.client.rewind(&id, "r").await.unwrap();
+    // The request is consumed and dropped once: nothing left in the inbox, no lease held,
+    // the failure as it was.
+    let far = clock.now() + Duration::from_secs(3600);
+    let idle = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let next = store
+                .next_wake_time_for(durable_core::storage::WorkKind::Orchestration)
+                .await
+                .unwrap();
+            if next.is_none_or(|t| t > far) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(idle.is_ok(), "the declined request left work behind");
+    let r = env2.client.status(&id).await.unwrap();
+    assert_eq!(r.status, RuntimeStatus::Failed);
+    assert_eq!(r.failure.unwrap().message, "bug");
+    let h = env2.client.status_with_history(&id).await.unwrap().1;
+    assert!(rewinds(&h).is_empty());
+}
+
+#[orchestrator]
+async fn rv_waiter(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+    let v: String = ctx.wait_for_event("go").await?;
+    Ok(format!("got {v}"))
+}
+
+#[orchestrator]
+async fn rv_parent_of(
+    ctx: OrchestrationContext,
+    (child_id, version): (String, String),
+) -> Result<String, OrchestrationError> {
+    let opts = durable_core::SubOrchestrationOptions::new()
+        .instance_id(InstanceId::new(child_id).unwrap())
+        .version(version);
+    Ok(ctx.call_sub_orchestrator_with(rv_waiter, (), opts).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewind_that_depends_on_someone_elses_or_an_unrewindable_child_is_refused() {
+    use durable_core::{VersionMatch, VersionMismatchAction};
+    let env = start(|b| {
+        b.register(rv_waiter).register(rv_parent_of).version(
+            "9",
+            VersionMatch::CurrentOrOlder,
+            VersionMismatchAction::Fail,
+        )
+    });
+    // The child id is taken by an unrelated running instance: the parent fails.
+    let shared = InstanceId::new("rv-shared").unwrap();
+    env.client
+        .start_with(
+            rv_waiter,
+            (),
+            durable_core::StartOptions::new().instance_id(shared.clone()),
+        )
+        .await
+        .unwrap();
+    let p = rv_parent_of::start(&env.client, ("rv-shared".into(), "9".into()))
+        .await
+        .unwrap();
+    wait_status(&env.store, p.id(), RuntimeStatus::Failed).await;
+    env.client.raise_event(&shared, "go", "x").await.unwrap();
+    wait_status(&env.store, &shared, RuntimeStatus::Completed).await;
+    let err = p.rewind("retry").await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::CannotRewind { reason, .. } if reason.contains("not this orchestration's")),
+        "{err}"
+    );
+
+    // The child fails for its version (outside its code), so it cannot be rewound, and
+    // neither can the parent that failed with it.
+    let p = rv_parent_of::start(&env.client, ("rv-newer".into(), "10".into()))
+        .await
+        .unwrap();
+    wait_status(&env.store, p.id(), RuntimeStatus::Failed).await;
+    let child = env
+        .client
+        .status(&InstanceId::new("rv-newer").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(child.failure.unwrap().error_type, "VersionMismatch");
+    let err = p.rewind("retry").await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::CannotRewind { reason, .. } if reason.contains("rv-newer")),
+        "{err}"
+    );
 }
