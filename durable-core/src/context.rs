@@ -88,6 +88,8 @@ pub(crate) enum ActionDetail {
     Activity {
         name: String,
         input: Payload,
+        /// 1-based attempt under a retry policy.
+        attempt: u32,
     },
     Timer {
         fire_at: Timestamp,
@@ -442,7 +444,7 @@ impl OrchestrationContext {
         let _ = activity;
         let location = Location::caller();
         match encode(&input) {
-            Ok(payload) => self.schedule_activity_raw(A::NAME, payload, location),
+            Ok(payload) => self.schedule_activity_raw(A::NAME, payload, 1, location),
             Err(e) => TaskFuture::failed(TaskError::Decode(e), &self.shared),
         }
     }
@@ -466,8 +468,8 @@ impl OrchestrationContext {
         Box::pin(async move {
             let payload = payload.map_err(TaskError::Decode)?;
             let raw = ctx
-                .retry_loop(&policy, location, |ctx| {
-                    ctx.schedule_activity_raw::<()>(A::NAME, payload.clone(), location)
+                .retry_loop(&policy, location, |ctx, attempt| {
+                    ctx.schedule_activity_raw::<()>(A::NAME, payload.clone(), attempt, location)
                         .into_raw()
                 })
                 .await?;
@@ -518,7 +520,7 @@ impl OrchestrationContext {
             } = options;
             let policy = retry.unwrap_or_else(|| RetryPolicy::new(1, Duration::ZERO));
             let raw = ctx
-                .retry_loop(&policy, location, |ctx| {
+                .retry_loop(&policy, location, |ctx, _attempt| {
                     ctx.schedule_sub_raw::<()>(
                         O::NAME,
                         payload.clone(),
@@ -540,12 +542,12 @@ impl OrchestrationContext {
         mut attempt_fn: F,
     ) -> Result<Payload, TaskError>
     where
-        F: FnMut(&OrchestrationContext) -> RawTask,
+        F: FnMut(&OrchestrationContext, u32) -> RawTask,
     {
         let started = self.now();
         let mut attempt = 1u32;
         loop {
-            match attempt_fn(self).await {
+            match attempt_fn(self, attempt).await {
                 Ok(v) => return Ok(v),
                 Err(TaskError::Failed(f)) => {
                     let Some(delay) = policy.next_delay(attempt, &f) else {
@@ -569,6 +571,7 @@ impl OrchestrationContext {
         &self,
         name: &str,
         payload: Payload,
+        attempt: u32,
         location: &'static Location<'static>,
     ) -> TaskFuture<T> {
         self.emit_slot(location, |s| {
@@ -576,6 +579,7 @@ impl OrchestrationContext {
             Ok(ActionDetail::Activity {
                 name: name.to_owned(),
                 input: payload,
+                attempt,
             })
         })
     }

@@ -220,7 +220,8 @@ pub use error::{
 pub use history::{Event, HistoryEvent, RuntimeStatus};
 pub use ids::{InstanceId, Timestamp};
 pub use registry::{
-    Activity, ActivityContext, EntityRegistration, Orchestrator, Registration, Registry,
+    Activity, ActivityContext, Cancellation, EntityRegistration, Orchestrator, Registration,
+    Registry,
 };
 pub use retry::RetryPolicy;
 pub use storage::{IdReusePolicy, InstanceQuery, InstanceRecord, MemoryStore, RedbStore, Store};

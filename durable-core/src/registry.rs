@@ -113,6 +113,34 @@ pub trait Orchestrator: Send + Sync + 'static {
 }
 
 /// What an activity can learn about the call it serves.
+///
+/// Take it as the first parameter of an `#[activity]` function to read the calling
+/// instance, the attempt number under the caller's retry policy, and whether the activity
+/// should stop early.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::prelude::*;
+///
+/// #[activity]
+/// async fn transcode(ctx: ActivityContext, file: String) -> Result<String, ActivityError> {
+///     for chunk in 0..100 {
+///         if ctx.is_cancelled() {
+///             // The worker is shutting down: stop; the task runs again elsewhere.
+///             return Err(ActivityError::new(format!("cancelled at chunk {chunk}")));
+///         }
+///         // ... work on the chunk ...
+///     }
+///     Ok(format!("{file} (attempt {})", ctx.attempt))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let out = transcode::run(ActivityContext::for_test("order-7"), "a.mov".into()).await;
+/// assert_eq!(out.unwrap(), "a.mov (attempt 1)");
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ActivityContext {
@@ -122,15 +150,72 @@ pub struct ActivityContext {
     pub name: String,
     /// The action sequence number in the orchestration.
     pub seq: u64,
+    /// 1 for the first call; 2, 3, … for the retries of a `call_with_retry`. (A task that
+    /// runs again after a crash or a rewind keeps its number: activities are at least once.)
+    pub attempt: u32,
+    /// Fires when the activity should stop early.
+    pub cancellation: Cancellation,
 }
 
 impl ActivityContext {
-    /// A context for calling an activity directly (in unit tests).
+    /// A context for calling an activity directly (in unit tests): attempt 1, never
+    /// cancelled.
     pub fn for_test(instance_id: &str) -> Self {
         Self {
             instance_id: InstanceId::from_trusted(instance_id.to_owned()),
             name: String::new(),
             seq: 0,
+            attempt: 1,
+            cancellation: Cancellation::never(),
+        }
+    }
+
+    /// `true` once the activity should stop early (see [`Cancellation`]).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancellation.is_cancelled()
+    }
+}
+
+/// Tells a running activity to stop early: the worker is shutting down, or the activity's
+/// lease was lost (another worker took the task over after this one was cut off from the
+/// store). A failure returned after a shutdown's cancellation is not recorded: the task is
+/// put back and runs again; a result returned anyway is recorded as usual.
+///
+/// # Examples
+///
+/// ```
+/// # use durable_core::registry::Cancellation;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let c = Cancellation::never();
+/// assert!(!c.is_cancelled());
+/// // In an activity: `tokio::select! { r = work() => r, () = ctx.cancellation.cancelled() => ... }`
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Cancellation(tokio::sync::watch::Receiver<bool>);
+
+impl Cancellation {
+    /// A cancellation that never fires.
+    pub fn never() -> Self {
+        Self(tokio::sync::watch::channel(false).1)
+    }
+
+    pub(crate) fn new() -> (tokio::sync::watch::Sender<bool>, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Self(rx))
+    }
+
+    /// `true` once cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Completes when cancelled (never, if it never is).
+    pub async fn cancelled(&self) {
+        let mut rx = self.0.clone();
+        if rx.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }

@@ -66,6 +66,8 @@ pub enum Command {
         name: String,
         /// JSON input.
         input: Payload,
+        /// 1-based attempt under the caller's retry policy.
+        attempt: u32,
     },
     /// Enqueue a `TimerFired` message for this instance, visible at `fire_at`.
     CreateTimer {
@@ -758,7 +760,11 @@ impl Replayer {
         } = action;
         let location = Some(location);
         let (event, command) = match detail {
-            ActionDetail::Activity { name, input } => {
+            ActionDetail::Activity {
+                name,
+                input,
+                attempt,
+            } => {
                 self.open.insert(seq, Open::Activity);
                 (
                     Event::TaskScheduled {
@@ -767,7 +773,12 @@ impl Replayer {
                         input: input.clone(),
                         location,
                     },
-                    Command::ScheduleActivity { seq, name, input },
+                    Command::ScheduleActivity {
+                        seq,
+                        name,
+                        input,
+                        attempt,
+                    },
                 )
             }
             ActionDetail::Timer { fire_at } => {

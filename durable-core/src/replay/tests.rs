@@ -180,6 +180,7 @@ fn schedule(seq: u64, name: &str, input: &str) -> Command {
         seq,
         name: name.to_owned(),
         input: input.to_owned(),
+        attempt: 1,
     }
 }
 

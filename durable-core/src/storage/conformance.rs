@@ -94,6 +94,7 @@ fn ev(index: u64, timestamp: Timestamp, event: Event) -> HistoryEvent {
 
 fn task(instance: &str, seq: u64, name: &str, input: &str) -> ActivityTask {
     ActivityTask {
+        attempt: 1,
         instance_id: id(instance),
         execution: 1,
         seq,

@@ -236,6 +236,22 @@ pub struct ActivityTask {
     pub name: String,
     /// JSON input.
     pub input: Payload,
+    /// 1-based attempt under the caller's retry policy (1 in tasks written before it was
+    /// recorded).
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
+    pub attempt: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+#[allow(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_first_attempt(attempt: &u32) -> bool {
+    *attempt == 1
 }
 
 /// A leased activity task.

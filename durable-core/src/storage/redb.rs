@@ -1633,6 +1633,7 @@ mod tests {
                 seq,
                 name: "work".into(),
                 input: "null".into(),
+                attempt: 1,
             });
         }
         store.commit_episode(c).await.unwrap();

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::Inner;
 use crate::error::FailureDetails;
 use crate::history::Event;
-use crate::registry::ActivityContext;
+use crate::registry::{ActivityContext, Cancellation};
 use crate::storage::{ActivityWorkItem, Message, WorkKind};
 
 pub(crate) async fn dispatch(inner: Arc<Inner>) {
@@ -95,6 +96,10 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
 }
 
 async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
+    if inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
+        // Leased just as the worker was aborted: a crashed worker starts nothing.
+        return;
+    }
     let task = &item.task;
     let result = match inner.registry.activity(&task.name) {
         None => Err(FailureDetails::new(
@@ -105,26 +110,38 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
             ),
         )),
         Some(f) => {
-            let ctx = ActivityContext {
-                instance_id: task.instance_id.clone(),
-                name: task.name.clone(),
-                seq: task.seq,
-            };
+            let (cancel, cancellation) = Cancellation::new();
+            let mut ctx = ActivityContext::for_test(task.instance_id.as_str());
+            ctx.instance_id = task.instance_id.clone();
+            ctx.name.clone_from(&task.name);
+            ctx.seq = task.seq;
+            ctx.attempt = task.attempt;
+            ctx.cancellation = cancellation;
             // A panic is caught and reported, not fatal (this already runs on its own task).
             // The lease is renewed while the activity runs, however long it takes.
             let work = CatchPanic(f(ctx, task.input.clone()));
             let outcome = tokio::select! {
                 r = work => r,
-                () = keep_leased(inner, &item) => unreachable!("renewal never ends"),
+                () = keep_leased(inner, &item, &cancel) => unreachable!("renewal never ends"),
             };
-            match outcome {
+            let result = match outcome {
                 Ok(r) => r,
                 Err(panic) => {
                     let mut f = FailureDetails::from_panic(panic.as_ref());
                     f.message = format!("activity `{}` panicked: {}", task.name, f.message);
                     Err(f)
                 }
+            };
+            if result.is_err() && *cancel.borrow() && inner.is_shutting_down() {
+                // Stopped for the shutdown: not a failure of the task. It goes back to the
+                // queue and runs again (here after a restart, or on another worker).
+                let now = inner.clock.now();
+                if let Err(e) = inner.store.abandon_activity(item.id, item.lock, now).await {
+                    tracing::warn!(error = %e, "cancelled activity not put back; it runs again when its lease expires");
+                }
+                return;
             }
+            result
         }
     };
     let limit = inner.options.limits.max_payload_bytes;
@@ -171,16 +188,31 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
     }
 }
 
-/// Renews the activity's lease every half lease period, for as long as it is polled. If the
-/// lease is lost (the worker was cut off from the store for longer than a lease, and another
-/// worker took the task over), the activity runs on; its result is then refused by the store
-/// or ignored as a duplicate by the orchestration, so it is not applied twice.
-async fn keep_leased(inner: &Inner, item: &ActivityWorkItem) {
+/// Renews the activity's lease every half lease period, for as long as it is polled, and
+/// fires the activity's cancellation when the worker starts shutting down or the lease is
+/// lost (the worker was cut off from the store for longer than a lease and another worker
+/// took the task over; the activity may run on, but its result is then refused by the store
+/// or ignored as a duplicate by the orchestration, so it is not applied twice).
+async fn keep_leased(inner: &Inner, item: &ActivityWorkItem, cancel: &watch::Sender<bool>) {
     let period = inner.options.activity_lock;
     let every = (period / 2).max(Duration::from_millis(1));
     let mut next = inner.clock.now() + every;
+    let mut shutdown = inner.shutdown.clone();
+    let mut told = *shutdown.borrow();
+    if told {
+        cancel.send_replace(true);
+    }
     loop {
-        inner.clock.sleep_until(next).await;
+        tokio::select! {
+            () = inner.clock.sleep_until(next) => {}
+            changed = shutdown.changed(), if !told => {
+                if changed.is_err() || *shutdown.borrow() {
+                    told = true;
+                    cancel.send_replace(true);
+                }
+                continue;
+            }
+        }
         next = next + every;
         if inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
             // A crashed worker renews nothing: its leases expire and others take over.
@@ -196,6 +228,7 @@ async fn keep_leased(inner: &Inner, item: &ActivityWorkItem) {
             Err(e) => {
                 tracing::warn!(error = %e, "activity lease not renewed; it may run again elsewhere");
                 if matches!(e, crate::error::StoreError::LockLost(_)) {
+                    cancel.send_replace(true);
                     std::future::pending::<()>().await;
                 }
             }

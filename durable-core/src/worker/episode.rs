@@ -677,7 +677,12 @@ fn apply_rewind(
             id,
             instance.execution,
             now,
-            Command::ScheduleActivity { seq, name, input },
+            Command::ScheduleActivity {
+                seq,
+                name,
+                input,
+                attempt: 1,
+            },
         );
     }
     for (seq, fire_at) in r.plan.timers {
@@ -793,13 +798,19 @@ fn apply_command(
     c: Command,
 ) {
     match c {
-        Command::ScheduleActivity { seq, name, input } => {
+        Command::ScheduleActivity {
+            seq,
+            name,
+            input,
+            attempt,
+        } => {
             commit.activities.push(crate::storage::ActivityTask {
                 instance_id: id.clone(),
                 execution,
                 seq,
                 name,
                 input,
+                attempt,
             });
         }
         Command::CreateTimer { seq, fire_at } => commit.messages.push((
