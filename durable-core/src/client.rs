@@ -412,8 +412,8 @@ impl Client {
     /// Rewinds a failed instance: it resumes at the point of failure, re-running what
     /// failed, instead of starting over like a restart.
     ///
-    /// The failures delivered in the episode that failed the orchestration are undone, and
-    /// everything the execution left unfinished runs again: failed and in-flight activities
+    /// The failures delivered after the code's last action (those it did not recover from)
+    /// are undone, and everything the execution left unfinished runs again: failed and in-flight activities
     /// are re-run, timers are re-armed, failed sub-orchestrations are rewound in turn and
     /// sub-orchestrations that finished after the failure report their result again. Work
     /// that completed stays completed, and failures the code handled earlier stay as they

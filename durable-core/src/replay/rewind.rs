@@ -64,8 +64,8 @@ pub(crate) struct RewindPlan {
 /// What rewinding a failed execution with this history undoes and re-drives, or why it
 /// cannot be rewound.
 ///
-/// The failures undone are those delivered in the episode that failed (the failure the code
-/// did not recover from; failures it handled earlier stay). Everything else the execution
+/// The failures undone are those delivered after the code's last action (the failures it did
+/// not recover from; failures it handled, by a retry or a fallback, stay). Everything else the execution
 /// left unfinished runs again, since results that arrived after the failure were dropped.
 /// An execution with an unanswered entity call or an open critical section is refused: its
 /// locks were released when it failed, and entity operations are not re-run.
@@ -92,17 +92,14 @@ pub(crate) fn plan(history: &[HistoryEvent]) -> Result<RewindPlan, String> {
                 .to_owned(),
         );
     };
-    let episode_start = view[..end]
-        .iter()
-        .rposition(|e| matches!(e.event, Event::OrchestratorStarted))
-        .unwrap_or(0);
-    // Failures delivered after the code's last action in that episode: a failure before an
-    // action may have been handled by it (a fallback, a retry), and undoing it would leave
-    // that action recorded with nothing in the code to match it.
-    let last_action = view[episode_start..end]
+    // Failures delivered after the code's last action: a failure before an action may have
+    // been handled by it (a fallback, a retry), and undoing it would leave that action
+    // recorded with nothing in the code to match it. A failure after it may have arrived in
+    // an earlier episode (the code went on waiting for the rest of a `when_all`, say).
+    let last_action = view[..end]
         .iter()
         .rposition(|e| e.event.action_seq().is_some())
-        .map_or(episode_start, |i| episode_start + i);
+        .unwrap_or(0);
     let undone: Vec<u64> = view[last_action..end]
         .iter()
         .filter_map(|e| match e.event {
@@ -294,6 +291,30 @@ mod tests {
         assert_eq!(p.seqs, vec![1]);
         let rerun: Vec<u64> = p.activities.iter().map(|a| a.0).collect();
         assert_eq!(rerun, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_failure_delivered_before_the_failing_episode_is_undone() {
+        // 0 fails in one episode while the code waits on 1; 1 completes in the next one, and
+        // the code then reports 0's failure.
+        let history = h(vec![
+            started(),
+            Event::OrchestratorStarted,
+            scheduled(0),
+            scheduled(1),
+            Event::OrchestratorStarted,
+            failed(0),
+            Event::OrchestratorStarted,
+            Event::TaskCompleted {
+                seq: 1,
+                result: "1".into(),
+            },
+            completion(),
+        ]);
+        let p = plan(&history).unwrap();
+        assert_eq!(p.seqs, vec![0]);
+        let rerun: Vec<u64> = p.activities.iter().map(|a| a.0).collect();
+        assert_eq!(rerun, vec![0]);
     }
 
     #[test]

@@ -456,6 +456,13 @@ async fn try_episode(
         consumed.push(*request);
     }
     for m in messages {
+        if rewind.is_some() && is_result(&m.event) {
+            // A result queued for the failed run: the rewind re-drives that work, and its
+            // fresh result is the one that counts.
+            consumed.push(m.id);
+            stale.push(m);
+            continue;
+        }
         if matches!(m.event, Event::ExecutionRewound { .. }) {
             // Only a failed execution can be rewound; this one is not failed.
             tracing::debug!(instance = %id, "rewind request for an instance that has not failed dropped");
@@ -476,6 +483,10 @@ async fn try_episode(
     }
     // Results handed off in memory come after the inbox (they completed after it was read).
     for h in handed.iter() {
+        if rewind.is_some() {
+            // Results of the failed run, like those in the inbox above.
+            continue;
+        }
         if h.message.execution.is_some_and(|e| e != instance.execution) {
             tracing::debug!(instance = %id, "result for an earlier execution dropped");
             continue;
@@ -695,6 +706,20 @@ fn apply_rewind(
         );
     }
     commit.messages.extend(r.child_messages);
+}
+
+/// Results of the orchestration's own work (as opposed to events from outside).
+fn is_result(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::TaskCompleted { .. }
+            | Event::TaskFailed { .. }
+            | Event::TimerFired { .. }
+            | Event::SubOrchestrationCompleted { .. }
+            | Event::SubOrchestrationFailed { .. }
+            | Event::EntityResponded { .. }
+            | Event::EntityLockGranted { .. }
+    )
 }
 
 /// Entities whose locks this history holds: granted and not released since.

@@ -464,3 +464,124 @@ async fn a_rewind_that_depends_on_someone_elses_or_an_unrewindable_child_is_refu
         "{err}"
     );
 }
+
+// ------------------------------------------------------------- failures and results in flight
+
+static ME_FIXED: AtomicBool = AtomicBool::new(false);
+static ME_GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+#[activity]
+async fn me_act(i: u32) -> Result<u32, ActivityError> {
+    if i == 1 {
+        ME_GATE.acquire().await.unwrap().forget();
+        return Ok(1);
+    }
+    if !ME_FIXED.load(Ordering::SeqCst) {
+        return Err(ActivityError::new("broken"));
+    }
+    Ok(0)
+}
+
+#[orchestrator]
+async fn me_orch(ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {
+    let mut s = 0;
+    for r in ctx.when_all((0..2).map(|i| ctx.call(me_act, i))).await {
+        s += r?;
+    }
+    Ok(s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_delivered_before_the_failing_episode_is_undone() {
+    let env = start(|b| b.register(me_act).register(me_orch));
+    let run = me_orch::start(&env.client, ()).await.unwrap();
+    // Activity 0 fails while 1 is still running; the run fails only once 1 is in too.
+    wait_for_events(&env.store, run.id(), "TaskFailed", 1).await;
+    ME_GATE.add_permits(1);
+    wait_status(&env.store, run.id(), RuntimeStatus::Failed).await;
+    ME_FIXED.store(true, Ordering::SeqCst);
+    run.rewind("fixed").await.unwrap();
+    let r = wait_status(&env.store, run.id(), RuntimeStatus::Completed).await;
+    assert_eq!(r.output.as_deref(), Some("1"));
+    let h = run.history().await.unwrap();
+    assert_eq!(rewinds(&h), vec![vec![0]]);
+}
+
+static QB_FIXED: AtomicBool = AtomicBool::new(false);
+static QB_GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+#[activity]
+async fn qb_act(_i: u32) -> Result<u32, ActivityError> {
+    if !QB_FIXED.load(Ordering::SeqCst) {
+        return Err(ActivityError::new("a broken"));
+    }
+    Ok(1)
+}
+
+#[activity]
+async fn qb_leaf(_i: u32) -> Result<u32, ActivityError> {
+    if !QB_FIXED.load(Ordering::SeqCst) {
+        QB_GATE.acquire().await.unwrap().forget();
+        return Err(ActivityError::new("leaf broken"));
+    }
+    Ok(10)
+}
+
+#[orchestrator]
+async fn qb_child(ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {
+    Ok(ctx.call(qb_leaf, 0).await?)
+}
+
+#[orchestrator]
+async fn qb_orch(ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {
+    let a = ctx.call(qb_act, 0);
+    let c = ctx.call_sub_orchestrator(qb_child, ());
+    let a = a.await?;
+    Ok(a + c.await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_childs_failure_queued_for_the_failed_parent_does_not_defeat_its_rewind() {
+    let env = start(|b| {
+        b.register(qb_act)
+            .register(qb_leaf)
+            .register(qb_child)
+            .register(qb_orch)
+    });
+    let run = qb_orch::start(&env.client, ()).await.unwrap();
+    let id = run.id().clone();
+    let h = wait_for_events(&env.store, &id, "ExecutionCompleted", 1).await;
+    let child_id = h
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::SubOrchestrationCreated { instance_id, .. } => Some(instance_id.clone()),
+            _ => None,
+        })
+        .unwrap();
+    wait_for_events(&env.store, &child_id, "TaskScheduled", 1).await;
+    // Hold the failed parent's lease, so the child's failure waits in its inbox (as when no
+    // worker has got to it yet).
+    let item = env
+        .store
+        .fetch_instances_work(
+            std::slice::from_ref(&id),
+            env.clock.now(),
+            Duration::from_secs(600),
+        )
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    QB_GATE.add_permits(1);
+    wait_status(&env.store, &child_id, RuntimeStatus::Failed).await;
+    QB_FIXED.store(true, Ordering::SeqCst);
+    env.client.rewind(&id, "fixed").await.unwrap();
+    env.store
+        .abandon_episode(&id, item.lock, env.clock.now(), None)
+        .await
+        .unwrap();
+    let r = wait_status(&env.store, &id, RuntimeStatus::Completed).await;
+    assert_eq!(r.output.as_deref(), Some("11"));
+    let c = wait_status(&env.store, &child_id, RuntimeStatus::Completed).await;
+    assert_eq!(c.output.as_deref(), Some("10"));
+}
