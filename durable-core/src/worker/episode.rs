@@ -321,8 +321,9 @@ async fn try_episode(
             .iter()
             .position(|m| matches!(m.event, Event::ExecutionRewound { .. }))
         {
-            // The request is consumed whatever happens; the messages around it are
-            // delivered (rewound) or dropped (declined) like any others.
+            // The request is consumed once applied or declined (a worker of the wrong
+            // version that leaves work pending leaves it in the inbox); the messages around
+            // it are delivered (rewound) or dropped (declined) like any others.
             let request = messages.remove(pos);
             match prepare_rewind(inner, &instance, &request).await? {
                 Ok(r) => rewind = Some((r, request.id)),
