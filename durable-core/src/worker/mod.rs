@@ -7,6 +7,7 @@ mod activity;
 mod entity;
 mod episode;
 mod handoff;
+mod retention;
 pub(crate) mod rewind;
 
 use std::collections::HashMap;
@@ -76,6 +77,9 @@ pub struct WorkerOptions {
     pub on_version_mismatch: VersionMismatchAction,
     /// Longest back-off before a stuck episode (non-determinism, unknown name) is retried.
     pub max_stuck_backoff: Duration,
+    /// Purge orchestrations this long after they finished (completed, failed or
+    /// terminated), history included. Default `None`: keep everything.
+    pub retention: Option<Duration>,
 }
 
 impl Default for WorkerOptions {
@@ -91,6 +95,7 @@ impl Default for WorkerOptions {
             version_match: VersionMatch::Any,
             on_version_mismatch: VersionMismatchAction::LeavePending,
             max_stuck_backoff: Duration::from_secs(60),
+            retention: None,
         }
     }
 }
@@ -213,6 +218,31 @@ impl WorkerBuilder {
         self
     }
 
+    /// Purges orchestrations `keep_for` after they finished (completed, failed or
+    /// terminated), with their history, so the store does not grow forever. The worker
+    /// sweeps at start and then every quarter of `keep_for` (at least every hour); with many
+    /// workers on one store, each sweeps (purging is idempotent). Entities are not purged.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .retention(Duration::from_secs(30 * 24 * 3600)) // keep 30 days
+    ///     .start()?;
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn retention(mut self, keep_for: Duration) -> Self {
+        self.options.retention = Some(keep_for);
+        self
+    }
+
     /// Starts the dispatchers on the current tokio runtime.
     ///
     /// # Errors
@@ -246,10 +276,13 @@ impl WorkerBuilder {
             shutdown: shutdown_rx,
             aborted: std::sync::atomic::AtomicBool::new(false),
         });
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(episode::dispatch(Arc::clone(&inner))),
             tokio::spawn(activity::dispatch(Arc::clone(&inner))),
         ];
+        if let Some(keep_for) = inner.options.retention {
+            tasks.push(tokio::spawn(retention::run(Arc::clone(&inner), keep_for)));
+        }
         Ok(Worker {
             inner,
             client,

@@ -1091,3 +1091,40 @@ async fn a_shutdown_cancels_running_activities_without_failing_them() {
     assert_eq!(out, "done");
     assert_eq!(STOPPABLE_RUNS.load(Ordering::SeqCst), 2);
 }
+
+// ---------------------------------------------------------------- retention
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_instances_a_while_after_they_finished() {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    let env = start(|b| {
+        b.register(greet)
+            .register(shout)
+            .register(chain)
+            .register(wait_for_go)
+            .retention(DAY)
+    });
+    let done = chain::start(&env.client, "ada".into()).await.unwrap();
+    done.wait().await.unwrap();
+    let waiting = env.client.start(wait_for_go, ()).await.unwrap();
+    wait_status(&env.store, waiting.id(), RuntimeStatus::Running).await;
+
+    // Half a day later the finished one is still there; two days later it is gone, history
+    // and all, while the one still running is kept.
+    env.clock.advance(DAY / 2);
+    tokio::task::yield_now().await;
+    assert!(env.store.read_instance(done.id()).await.unwrap().is_some());
+    env.clock.advance(DAY * 2);
+    let gone = tokio::time::timeout(Duration::from_secs(20), async {
+        while env.store.read_instance(done.id()).await.unwrap().is_some() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the finished instance was purged");
+    assert!(env.store.read_history(done.id()).await.unwrap().is_empty());
+    assert_eq!(
+        env.client.status(waiting.id()).await.unwrap().status,
+        RuntimeStatus::Running
+    );
+}
