@@ -196,7 +196,7 @@ impl Timestamp {
         let y: i64 = dp.next()?.parse().ok()?;
         let mo: u32 = dp.next()?.parse().ok()?;
         let d: u32 = dp.next()?.parse().ok()?;
-        if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
+        if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) {
             return None;
         }
         // Split off the zone designator.
@@ -208,6 +208,9 @@ impl Timestamp {
             let (zh, zm) = z[1..].split_once(':').unwrap_or((&z[1..], "0"));
             let zh: i64 = zh.parse().ok()?;
             let zm: i64 = zm.parse().ok()?;
+            if !(0..=23).contains(&zh) || !(0..=59).contains(&zm) {
+                return None;
+            }
             (c, sign * (zh * 3600 + zm * 60))
         } else {
             (time, 0)
@@ -218,11 +221,14 @@ impl Timestamp {
         let sec_text = cp.next().unwrap_or("0");
         let (s_whole, frac) = sec_text.split_once('.').unwrap_or((sec_text, ""));
         let s: i64 = s_whole.parse().ok()?;
+        if !frac.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
         let mut ms = 0i64;
         for (i, c) in frac.chars().take(3).enumerate() {
             ms += i64::from(c.to_digit(10)?) * [100, 10, 1][i];
         }
-        if h > 23 || mi > 59 || s > 60 {
+        if !(0..=23).contains(&h) || !(0..=59).contains(&mi) || !(0..=60).contains(&s) {
             return None;
         }
         let days = days_from_civil(y, mo, d);
@@ -241,6 +247,16 @@ impl std::ops::Add<Duration> for Timestamp {
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.to_rfc3339())
+    }
+}
+
+/// Days in month `m` (1–12) of year `y`, proleptic Gregorian.
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        4 | 6 | 9 | 11 => 30,
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        _ => 31,
     }
 }
 
@@ -286,6 +302,26 @@ mod tests {
             "2024-02-29T10:30:00.000Z"
         );
         assert_eq!(Timestamp::parse_rfc3339("nonsense"), None);
+    }
+
+    #[test]
+    fn impossible_dates_and_times_are_refused() {
+        for bad in [
+            "2026-02-31T00:00:00Z",
+            "2025-02-29T00:00:00Z",
+            "2024-04-31T00:00:00Z",
+            "2024-01-01T24:00:00Z",
+            "2024-01-01T00:60:00Z",
+            "2024-01-01T00:00:00+99:99",
+            "2024-01-01T00:00:00+02:60",
+            "2024-01-01T00:00:00.12xZ",
+            "2024-01-01T-1:00:00Z",
+        ] {
+            assert_eq!(Timestamp::parse_rfc3339(bad), None, "{bad}");
+        }
+        assert!(Timestamp::parse_rfc3339("2024-02-29T00:00:00Z").is_some());
+        assert!(Timestamp::parse_rfc3339("2000-02-29T00:00:00Z").is_some());
+        assert!(Timestamp::parse_rfc3339("2024-01-01T00:00:00.123456Z").is_some());
     }
 
     #[test]

@@ -1052,3 +1052,26 @@ async fn entities_are_signalled_read_listed_and_deleted() {
     .await;
     api.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_instance_ids_get_urls_clients_do_not_collapse() {
+    let api = start_api(HttpOptions::new()).await;
+    let r = api.post("/orchestrators/hello/%2E", "\"Rome\"").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let location = r.header("location").unwrap().to_owned();
+    assert!(location.ends_with("/instances/%2E"), "{location}");
+    let done = api
+        .poll(&location, "the instance `.` to complete", |r| {
+            r.status == StatusCode::OK
+        })
+        .await;
+    assert_eq!(done.json()["instanceId"], ".");
+    assert_eq!(done.json()["output"], "Hello Rome!");
+    // Purged once: a second purge finds nothing.
+    let r = api.delete("/instances/%2E").await;
+    assert_eq!(r.json()["instancesDeleted"], 1, "{}", r.text);
+    api.delete("/instances/%2E")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "InstanceNotFound");
+    api.shutdown().await;
+}

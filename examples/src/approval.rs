@@ -39,7 +39,7 @@ pub async fn approval_flow(
 ) -> Result<String, OrchestrationError> {
     ctx.call(notify, format!("please approve {}", req.item))
         .await?;
-    let timeout = Duration::from_secs(req.timeout_hours * 3600);
+    let timeout = Duration::from_secs(req.timeout_hours.saturating_mul(3600));
     match ctx
         .wait_for_event_timeout::<Decision>(APPROVAL_EVENT, timeout)
         .await

@@ -321,6 +321,10 @@ pub(super) async fn purge(
 ) -> ApiResult {
     let id = any_instance_id(path(id)?)?;
     let result = state.client.purge(&id).await?;
+    if result.deleted == 0 {
+        // Purged by someone else between the check and the delete.
+        return Err(crate::error::ClientError::InstanceNotFound(id.to_string()).into());
+    }
     Ok(json_response(
         StatusCode::OK,
         &Purged {

@@ -306,9 +306,13 @@ fn hex_value(b: u8) -> Option<u8> {
 
 /// Percent-encodes everything but RFC 3986 unreserved characters, for one path segment.
 pub(super) fn encode_path_segment(text: &str) -> String {
+    // `.` and `..` as a whole segment would be collapsed by clients ("dot segments"), so
+    // their dots are encoded; elsewhere a dot stays as it is.
+    let dot_segment = text == "." || text == "..";
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+        let keep = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~');
+        if keep || (b == b'.' && !dot_segment) {
             out.push(char::from(b));
         } else {
             out.push('%');
@@ -447,6 +451,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_are_encoded_so_clients_do_not_collapse_them() {
+        assert_eq!(encode_path_segment("."), "%2E");
+        assert_eq!(encode_path_segment(".."), "%2E%2E");
+        assert_eq!(encode_path_segment("a.b"), "a.b");
+        assert_eq!(encode_path_segment("..."), "...");
+        assert_eq!(encode_path_segment("a b/c"), "a%20b%2Fc");
+    }
 
     #[test]
     fn query_values_are_decoded_and_matched_case_insensitively() {
