@@ -661,16 +661,23 @@ impl Client {
             ),
             None => "@".to_owned(),
         };
-        let mut q = InstanceQuery::new()
-            .id_prefix(prefix)
-            .page_size(query.page_size);
-        q.include_entities = true;
-        q.continuation.clone_from(&query.continuation);
-        let page = self.store.query_instances(&q).await?;
-        let entities = page
-            .instances
-            .iter()
-            .filter_map(|r| {
+        let wanted = if query.page_size == 0 {
+            InstanceQuery::new().effective_page_size()
+        } else {
+            query.page_size
+        };
+        let mut entities = Vec::new();
+        let mut continuation = query.continuation.clone();
+        // Deleted entities and time filters can leave a store page empty: read on until the
+        // page is full or the store runs out (a bounded number of reads per call).
+        for _ in 0..64 {
+            let mut q = InstanceQuery::new()
+                .id_prefix(prefix.clone())
+                .page_size(wanted - entities.len());
+            q.include_entities = true;
+            q.continuation = continuation.take();
+            let page = self.store.query_instances(&q).await?;
+            entities.extend(page.instances.iter().filter_map(|r| {
                 let id = EntityId::from_instance_id(&r.instance_id)?;
                 let rec = entity_record(r).unwrap_or_default();
                 if rec.state.is_none() && !query.include_deleted {
@@ -691,11 +698,15 @@ impl Client {
                     locked_by: rec.lock.map(|l| l.instance_id),
                     state: if query.include_state { rec.state } else { None },
                 })
-            })
-            .collect();
+            }));
+            continuation = page.continuation;
+            if entities.len() >= wanted || continuation.is_none() {
+                break;
+            }
+        }
         Ok(EntityPage {
             entities,
-            continuation: page.continuation,
+            continuation,
         })
     }
 

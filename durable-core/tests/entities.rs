@@ -275,6 +275,29 @@ async fn entities_are_listed_with_paging() {
         seen[3],
         ("c03".to_owned(), Some("{\"value\":3}".to_owned()))
     );
+    // Deleted entities do not leave empty pages: the first page of one skips them.
+    for i in 0..4 {
+        client
+            .entity::<Counter>(&format!("c{i:02}"))
+            .delete()
+            .await
+            .unwrap();
+    }
+    eventually(&store, || async {
+        let page = client
+            .list_entities(&EntityQuery::new().name("counter").page_size(100))
+            .await
+            .unwrap();
+        (page.entities.len() == 8).then_some(())
+    })
+    .await;
+    let first = client
+        .list_entities(&EntityQuery::new().name("counter").page_size(1))
+        .await
+        .unwrap();
+    assert_eq!(first.entities.len(), 1);
+    assert_eq!(first.entities[0].id.key, "c04");
+    assert!(first.continuation.is_some());
     // Orchestration queries do not list entities.
     let orchestrations = client
         .query(&durable_core::InstanceQuery::new())
