@@ -308,6 +308,13 @@ impl RedbStore {
         rx.await.map_err(|_| writer_gone())?
     }
 
+    /// Runs a short read (a lease fetch: one read transaction over a few keys, plus the
+    /// in-memory lease table) on the calling thread: handing it to the blocking pool and
+    /// back costs more than the read itself.
+    fn inline<T>(&self, f: impl FnOnce(&Core) -> Result<T, Fatal>) -> Result<T, StoreError> {
+        f(&self.inner.core).map_err(StoreError::from)
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Core) -> Result<T, Fatal> + Send + 'static,
@@ -1451,8 +1458,7 @@ impl Store for RedbStore {
         now: Timestamp,
         lock_for: Duration,
     ) -> Result<Option<OrchestrationWorkItem>, StoreError> {
-        self.blocking(move |core| core.fetch_orchestration(now, lock_for, 1))
-            .await
+        self.inline(move |core| core.fetch_orchestration(now, lock_for, 1))
             .map(|items| items.into_iter().next())
     }
 
@@ -1465,8 +1471,7 @@ impl Store for RedbStore {
         if max == 0 {
             return Ok(Vec::new());
         }
-        self.blocking(move |core| core.fetch_orchestration(now, lock_for, max))
-            .await
+        self.inline(move |core| core.fetch_orchestration(now, lock_for, max))
     }
 
     async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError> {
@@ -1486,8 +1491,7 @@ impl Store for RedbStore {
         lock_for: Duration,
     ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
         let ids = instance_ids.to_vec();
-        self.blocking(move |core| core.fetch_instances(&ids, now, lock_for))
-            .await
+        self.inline(move |core| core.fetch_instances(&ids, now, lock_for))
     }
 
     async fn abandon_episode(
@@ -1513,8 +1517,7 @@ impl Store for RedbStore {
         lock_for: Duration,
         max: usize,
     ) -> Result<Vec<ActivityWorkItem>, StoreError> {
-        self.blocking(move |core| core.fetch_activities(now, lock_for, max))
-            .await
+        self.inline(move |core| core.fetch_activities(now, lock_for, max))
     }
 
     async fn complete_activity(
