@@ -326,7 +326,7 @@ impl Client {
         &self,
         instance_id: &InstanceId,
     ) -> Result<InstanceRecord, ClientError> {
-        let mut changes = self.store.signals().changed.subscribe();
+        let mut changes = self.store.signals().finished.subscribe();
         loop {
             let r = self.status(instance_id).await?;
             if r.status.is_terminal() {

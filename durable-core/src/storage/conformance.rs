@@ -1453,10 +1453,24 @@ pub async fn signals(store: Arc<dyn Store>) {
         !changed.has_changed().expect("watch open"),
         "purging nothing changes nothing"
     );
+    // A commit that finishes an instance bumps `finished` (which completion waiters watch).
+    create(&store, new_instance("b", "Job", "null", T0)).await;
+    let mut finished = sig.finished.subscribe();
+    finish(&store, "b", T0, RuntimeStatus::Completed).await;
+    assert!(
+        finished.has_changed().expect("watch open"),
+        "finishing an instance bumps `finished`"
+    );
+    finished.borrow_and_update();
+
     assert!(store.purge_instance(&id("a")).await.expect("purge"));
     assert!(
         changed.has_changed().expect("watch open"),
         "purge bumps `changed`"
+    );
+    assert!(
+        finished.has_changed().expect("watch open"),
+        "purge bumps `finished` (a waiter learns the instance is gone)"
     );
 }
 

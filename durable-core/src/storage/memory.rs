@@ -312,6 +312,7 @@ impl Store for MemoryStore {
 
     async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError> {
         let mut activity_work = false;
+        let finished = commit.status.is_terminal();
         {
             let mut d = self.data();
             d.check_lock(&commit.instance_id, commit.lock)?;
@@ -403,6 +404,9 @@ impl Store for MemoryStore {
             self.inner.signals.activity_work();
         }
         self.inner.signals.orchestration_work();
+        if finished {
+            self.inner.signals.instance_finished();
+        }
         Ok(())
     }
 
@@ -634,10 +638,7 @@ impl Store for MemoryStore {
     async fn purge_instance(&self, instance_id: &InstanceId) -> Result<bool, StoreError> {
         let removed = self.data().remove_instance(instance_id.as_str());
         if removed {
-            self.inner
-                .signals
-                .changed
-                .send_modify(|v| *v = v.wrapping_add(1));
+            self.inner.signals.instance_finished();
         }
         Ok(removed)
     }

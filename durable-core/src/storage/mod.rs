@@ -455,6 +455,12 @@ pub struct StoreSignals {
     pub activity: Notify,
     /// Some instance changed (bumped on every commit and control message).
     pub changed: watch::Sender<u64>,
+    /// Some instance may have finished (reached a terminal status) or been purged: bumped
+    /// by every commit that finishes an instance (a store that cannot tell, such as one
+    /// hearing of other processes' writes, bumps it with `changed`). Waiting for completion
+    /// watches this rather than `changed`, so waiters wake when an instance ends, not on
+    /// every step of every instance.
+    pub finished: watch::Sender<u64>,
 }
 
 impl Default for StoreSignals {
@@ -463,11 +469,17 @@ impl Default for StoreSignals {
             orchestration: Notify::new(),
             activity: Notify::new(),
             changed: watch::channel(0).0,
+            finished: watch::channel(0).0,
         }
     }
 }
 
 impl StoreSignals {
+    /// Signals that an instance finished or was purged (and that something changed).
+    pub fn instance_finished(&self) {
+        self.finished.send_modify(|v| *v = v.wrapping_add(1));
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
     /// Signals new orchestration work and a state change.
     pub fn orchestration_work(&self) {
         self.orchestration.notify_one();

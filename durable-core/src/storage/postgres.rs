@@ -520,8 +520,11 @@ impl PostgresStore {
         }
         if wake.orchestration {
             s.orchestration_work();
-        } else if wake.changed {
-            s.changed.send_modify(|v| *v = v.wrapping_add(1));
+        }
+        if wake.orchestration || wake.changed {
+            // Whether an instance finished is not tracked per write here: waiters for
+            // completion look again after any change.
+            s.instance_finished();
         }
     }
 
@@ -1794,11 +1797,14 @@ impl Listener {
                         // Notifications may have been missed meanwhile: look at everything.
                         self.signals.orchestration_work();
                         self.signals.activity_work();
+                        self.signals.instance_finished();
                     }
                 }
                 _ = tick.tick() => {
                     self.signals.orchestration.notify_one();
                     self.signals.activity.notify_one();
+                    // Completion waiters too, in case a notification was lost.
+                    self.signals.instance_finished();
                 }
             }
         }
@@ -1813,9 +1819,12 @@ impl Listener {
         }
         for kind in kinds.chars() {
             match kind {
-                'o' => self.signals.orchestration_work(),
+                'o' => {
+                    self.signals.orchestration_work();
+                    self.signals.instance_finished();
+                }
                 'a' => self.signals.activity_work(),
-                'c' => self.signals.changed.send_modify(|v| *v = v.wrapping_add(1)),
+                'c' => self.signals.instance_finished(),
                 _ => {}
             }
         }

@@ -1040,6 +1040,16 @@ struct Wake {
     orchestration: bool,
     activity: bool,
     changed: bool,
+    finished: bool,
+}
+
+impl Wake {
+    fn merge(&mut self, other: Wake) {
+        self.orchestration |= other.orchestration;
+        self.activity |= other.activity;
+        self.changed |= other.changed;
+        self.finished |= other.finished;
+    }
 }
 
 struct Request {
@@ -1122,19 +1132,30 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
         }
         return;
     }
-    for (reply, result) in replies {
-        let result = result.unwrap_or_else(|| Err(Outcome::unexpected()));
-        if let Ok((_, wake)) = &result {
-            if wake.activity {
-                core.signals.activity_work();
+    // One round of signals for the whole batch, once it is durable, then the replies.
+    let mut wake = Wake::default();
+    let results: Vec<_> = replies
+        .into_iter()
+        .map(|(reply, result)| {
+            let result = result.unwrap_or_else(|| Err(Outcome::unexpected()));
+            if let Ok((_, w)) = &result {
+                wake.merge(*w);
             }
-            if wake.orchestration {
-                core.signals.orchestration_work();
-            }
-            if wake.changed {
-                core.signals.changed.send_modify(|v| *v = v.wrapping_add(1));
-            }
-        }
+            (reply, result)
+        })
+        .collect();
+    if wake.activity {
+        core.signals.activity_work();
+    }
+    if wake.orchestration {
+        core.signals.orchestration_work();
+    }
+    if wake.finished {
+        core.signals.instance_finished();
+    } else if wake.changed {
+        core.signals.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+    for (reply, result) in results {
         let _ = reply.send(result.map(|(outcome, _)| outcome));
     }
 }
@@ -1157,16 +1178,20 @@ fn apply(
         WriteOp::Send(id, message) => t
             .send(leases, &id, message)?
             .map(|()| (Outcome::Done, orchestration)),
-        WriteOp::Commit(commit) => t.commit(leases, *commit)?.map(|activity| {
-            (
-                Outcome::Done,
-                Wake {
-                    orchestration: true,
-                    activity,
-                    changed: false,
-                },
-            )
-        }),
+        WriteOp::Commit(commit) => {
+            let finished = commit.status.is_terminal();
+            t.commit(leases, *commit)?.map(|activity| {
+                (
+                    Outcome::Done,
+                    Wake {
+                        orchestration: true,
+                        activity,
+                        changed: false,
+                        finished,
+                    },
+                )
+            })
+        }
         WriteOp::AbandonEpisode {
             instance_id,
             lock,
@@ -1195,6 +1220,7 @@ fn apply(
                 Outcome::Purged(removed),
                 Wake {
                     changed: removed,
+                    finished: removed,
                     ..Wake::default()
                 },
             ))
