@@ -507,6 +507,53 @@ impl Drop for HttpServer {
     }
 }
 
+/// How long a client may take to send a request's headers before its connection is
+/// closed, so idle or trickling connections cannot pile up.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Accepts connections until `stop` fires, serving each as HTTP/1.1 with a header-read
+/// timeout; then lets in-flight requests finish.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "backing off a failing accept() is wall-clock IO pacing, not engine time"
+)]
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    mut stop: oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment, go on.
+                    tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
 /// Binds `addr` and serves [`router`] on it in a background task.
 ///
 /// Loopback addresses (`127.0.0.1`, `::1`; [`DEFAULT_ADDR`] is `127.0.0.1:7071`) are
@@ -550,13 +597,7 @@ pub async fn serve(
         .map_err(|source| ServeError::Bind { addr, source })?;
     let app = router(client, options);
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await
-    });
+    let task = tokio::spawn(accept_loop(listener, app, rx));
     Ok(HttpServer {
         local_addr,
         shutdown: Some(tx),
