@@ -540,7 +540,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError>;
 
     /// `true` if the store honours [`EpisodeCommit::completed_activities`] and
-    /// [`fetch_instance_work`](Store::fetch_instance_work), so a worker may hand an activity
+    /// [`fetch_instances_work`](Store::fetch_instances_work), so a worker may hand an activity
     /// result to its orchestration in memory and have it committed with the episode that
     /// consumes it (one durable write per step instead of two; a crash before that commit
     /// runs the activity again). The default is `false`: results go through
