@@ -4,6 +4,7 @@
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -96,7 +97,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
 }
 
 async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
-    if inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
+    if inner.aborted.load(Ordering::SeqCst) {
         // Leased just as the worker was aborted: a crashed worker starts nothing.
         return;
     }
@@ -120,10 +121,19 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
             // A panic is caught and reported, not fatal (this already runs on its own task).
             // The lease is renewed while the activity runs, however long it takes.
             let work = CatchPanic(f(ctx, task.input.clone()));
+            let lease_lost = AtomicBool::new(false);
             let outcome = tokio::select! {
                 r = work => r,
-                () = keep_leased(inner, &item, &cancel) => unreachable!("renewal never ends"),
+                () = keep_leased(inner, &item, &cancel, &lease_lost) => {
+                    unreachable!("renewal never ends")
+                }
             };
+            if lease_lost.load(Ordering::SeqCst) {
+                // Another worker took the task over; its result is the one that counts (this
+                // one may be no more than the reaction to the cancellation).
+                tracing::warn!("activity lease lost while it ran; its result is dropped");
+                return;
+            }
             let result = match outcome {
                 Ok(r) => r,
                 Err(panic) => {
@@ -191,9 +201,14 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
 /// Renews the activity's lease every half lease period, for as long as it is polled, and
 /// fires the activity's cancellation when the worker starts shutting down or the lease is
 /// lost (the worker was cut off from the store for longer than a lease and another worker
-/// took the task over; the activity may run on, but its result is then refused by the store
-/// or ignored as a duplicate by the orchestration, so it is not applied twice).
-async fn keep_leased(inner: &Inner, item: &ActivityWorkItem, cancel: &watch::Sender<bool>) {
+/// took the task over; `lease_lost` is set and the activity's result is then dropped, the
+/// new owner's counts).
+async fn keep_leased(
+    inner: &Inner,
+    item: &ActivityWorkItem,
+    cancel: &watch::Sender<bool>,
+    lease_lost: &AtomicBool,
+) {
     let period = inner.options.activity_lock;
     let every = (period / 2).max(Duration::from_millis(1));
     let mut next = inner.clock.now() + every;
@@ -214,7 +229,7 @@ async fn keep_leased(inner: &Inner, item: &ActivityWorkItem, cancel: &watch::Sen
             }
         }
         next = next + every;
-        if inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
+        if inner.aborted.load(Ordering::SeqCst) {
             // A crashed worker renews nothing: its leases expire and others take over.
             std::future::pending::<()>().await;
         }
@@ -228,6 +243,7 @@ async fn keep_leased(inner: &Inner, item: &ActivityWorkItem, cancel: &watch::Sen
             Err(e) => {
                 tracing::warn!(error = %e, "activity lease not renewed; it may run again elsewhere");
                 if matches!(e, crate::error::StoreError::LockLost(_)) {
+                    lease_lost.store(true, Ordering::SeqCst);
                     cancel.send_replace(true);
                     std::future::pending::<()>().await;
                 }

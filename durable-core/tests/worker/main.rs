@@ -1128,3 +1128,84 @@ async fn retention_purges_instances_a_while_after_they_finished() {
         RuntimeStatus::Running
     );
 }
+
+// ---------------------------------------------------------------- a lost activity lease
+
+static LL_RUNS: AtomicUsize = AtomicUsize::new(0);
+static LL_CANCELLED: AtomicUsize = AtomicUsize::new(0);
+
+#[activity]
+async fn ll_act(ctx: ActivityContext, _input: ()) -> Result<String, ActivityError> {
+    LL_RUNS.fetch_add(1, Ordering::SeqCst);
+    ctx.cancellation.cancelled().await;
+    LL_CANCELLED.fetch_add(1, Ordering::SeqCst);
+    Err(ActivityError::new("cancelled"))
+}
+
+#[orchestrator]
+async fn ll_orch(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+    Ok(ctx.call(ll_act, ()).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activity_that_lost_its_lease_does_not_report_a_result() {
+    use durable_core::storage::Message;
+    let env = start(|b| b.register(ll_act).register(ll_orch));
+    let run = env.client.start(ll_orch, ()).await.unwrap();
+    let id = run.id().clone();
+    let started = tokio::time::timeout(Duration::from_secs(20), async {
+        while LL_RUNS.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(started.is_ok(), "the activity started");
+    // "Another worker" takes the task over once the lease has expired (as if this worker had
+    // been cut off from the store).
+    let lock = Duration::from_secs(300);
+    let later = env.clock.now() + lock * 2;
+    let stolen = env
+        .store
+        .fetch_activity_work(later, lock * 10, 10)
+        .await
+        .unwrap();
+    assert_eq!(stolen.len(), 1);
+    // The first worker's renewal fails: its activity is cancelled and stops with an error.
+    env.clock.advance(lock / 2 + Duration::from_secs(1));
+    let cancelled = tokio::time::timeout(Duration::from_secs(20), async {
+        while LL_CANCELLED.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(cancelled.is_ok(), "the activity saw the cancellation");
+    // Give a wrongly reported result every chance to reach the orchestration first.
+    for _ in 0..5_000 {
+        let h = env.store.read_history(&id).await.unwrap();
+        assert_eq!(
+            count(&h, "TaskFailed"),
+            0,
+            "the cancelled run's failure was reported"
+        );
+        tokio::task::yield_now().await;
+    }
+    // The new owner's result is the one that counts.
+    let w = &stolen[0];
+    let done = Event::TaskCompleted {
+        seq: w.task.seq,
+        result: "\"from the new owner\"".into(),
+    };
+    let now = env.clock.now();
+    env.store
+        .complete_activity(
+            w.id,
+            w.lock,
+            Message::new(done, Some(w.task.execution), now),
+        )
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(20), run.wait()).await;
+    assert_eq!(out.expect("completes").unwrap(), "from the new owner");
+    let h = env.store.read_history(&id).await.unwrap();
+    assert_eq!(count(&h, "TaskFailed"), 0);
+}
