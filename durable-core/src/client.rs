@@ -539,7 +539,9 @@ impl Client {
                     stack.push(instance_id);
                 }
             }
-            if self.store.purge_instance(&id).await? {
+            // Only if still finished: it may have been started again under the same id.
+            let any_time = Timestamp::from_unix_millis(u64::MAX);
+            if self.store.purge_finished_instance(&id, any_time).await? {
                 deleted += 1;
             }
         }

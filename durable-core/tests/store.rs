@@ -85,6 +85,7 @@ macro_rules! conformance_tests {
             query_filters,
             query_paging,
             purge_removes_everything,
+            purge_finished_only_purges_what_has_finished,
             signals,
             concurrent_writes,
         );

@@ -809,6 +809,16 @@ impl Store for HarnessStore {
         self.inner().purge_instance(instance_id).await
     }
 
+    async fn purge_finished_instance(
+        &self,
+        instance_id: &InstanceId,
+        finished_by: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.inner()
+            .purge_finished_instance(instance_id, finished_by)
+            .await
+    }
+
     fn signals(&self) -> &StoreSignals {
         self.inner().signals()
     }

@@ -48,6 +48,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         query_filters,
         query_paging,
         purge_removes_everything,
+        purge_finished_only_purges_what_has_finished,
         signals,
         concurrent_writes,
     );
@@ -1471,6 +1472,49 @@ pub async fn signals(store: Arc<dyn Store>) {
     assert!(
         finished.has_changed().expect("watch open"),
         "purge bumps `finished` (a waiter learns the instance is gone)"
+    );
+}
+
+/// `purge_finished_instance` checks, atomically, that the instance has finished and by when.
+pub async fn purge_finished_only_purges_what_has_finished(store: Arc<dyn Store>) {
+    create(&store, new_instance("run", "Job", "null", T0)).await;
+    assert!(
+        !store
+            .purge_finished_instance(&id("run"), at(1_000_000))
+            .await
+            .expect("purge"),
+        "a pending instance is not purged"
+    );
+    assert!(record(&store, "run").await.status == RuntimeStatus::Pending);
+    create(&store, new_instance("done", "Job", "null", T0)).await;
+    finish(&store, "done", at(5_000), RuntimeStatus::Completed).await;
+    assert!(
+        !store
+            .purge_finished_instance(&id("done"), at(4_999))
+            .await
+            .expect("purge"),
+        "finished after the cutoff: kept"
+    );
+    assert!(
+        store
+            .purge_finished_instance(&id("done"), at(5_000))
+            .await
+            .expect("purge"),
+        "finished by the cutoff: purged"
+    );
+    assert!(
+        store
+            .read_instance(&id("done"))
+            .await
+            .expect("read")
+            .is_none(),
+        "gone"
+    );
+    assert!(
+        !store
+            .purge_finished_instance(&id("nope"), at(5_000))
+            .await
+            .expect("purge")
     );
 }
 

@@ -635,6 +635,24 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn purge_finished_instance(
+        &self,
+        instance_id: &InstanceId,
+        finished_by: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let removed = {
+            let mut d = self.data();
+            let qualifies = d.instances.get(instance_id.as_str()).is_some_and(|i| {
+                i.record.status.is_terminal() && i.record.last_updated_at <= finished_by
+            });
+            qualifies && d.remove_instance(instance_id.as_str())
+        };
+        if removed {
+            self.inner.signals.instance_finished();
+        }
+        Ok(removed)
+    }
+
     async fn purge_instance(&self, instance_id: &InstanceId) -> Result<bool, StoreError> {
         let removed = self.data().remove_instance(instance_id.as_str());
         if removed {

@@ -635,6 +635,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Removes every trace of an instance. Returns `false` if it did not exist.
     async fn purge_instance(&self, instance_id: &InstanceId) -> Result<bool, StoreError>;
 
+    /// Removes every trace of an instance if, at that moment, it has finished (completed,
+    /// failed or terminated) and was last updated no later than `finished_by` — checked and
+    /// done in one atomic step, so an instance started again under the same id meanwhile is
+    /// left alone. Returns `false` if it did not exist or did not qualify.
+    async fn purge_finished_instance(
+        &self,
+        instance_id: &InstanceId,
+        finished_by: Timestamp,
+    ) -> Result<bool, StoreError>;
+
     /// The store's wake-up signals.
     fn signals(&self) -> &StoreSignals;
 }

@@ -1297,6 +1297,36 @@ impl Store for PostgresStore {
             .map_err(|e| self.err("querying instances", e))
     }
 
+    async fn purge_finished_instance(
+        &self,
+        instance_id: &InstanceId,
+        finished_by: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let removed = retry_tx!(self, "purging a finished instance", tx => async {
+            // The row lock holds the record still while it is checked and deleted.
+            let select = tx.prepare_cached(&self.inner.sql.select_for_update).await?;
+            let qualifies = match tx.query_opt(&select, &[&instance_id.as_str()]).await? {
+                Some(row) => {
+                    let r = decode::<InstanceRecord>(row.try_get(0)?)?;
+                    r.status.is_terminal() && r.last_updated_at <= finished_by
+                }
+                None => false,
+            };
+            if qualifies {
+                self.purge_tx(&tx, instance_id).await
+            } else {
+                Ok(false)
+            }
+        })?;
+        if removed {
+            self.signal(Wake {
+                changed: true,
+                ..Wake::default()
+            });
+        }
+        Ok(removed)
+    }
+
     async fn purge_instance(&self, instance_id: &InstanceId) -> Result<bool, StoreError> {
         let removed =
             retry_tx!(self, "purging an instance", tx => self.purge_tx(&tx, instance_id))?;

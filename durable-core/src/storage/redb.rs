@@ -1017,6 +1017,8 @@ enum WriteOp {
         retry_at: Timestamp,
     },
     Purge(InstanceId),
+    /// Purge if finished by the time given.
+    PurgeFinished(InstanceId, Timestamp),
 }
 
 /// What a write returned.
@@ -1213,6 +1215,19 @@ fn apply(
                     },
                 )
             })
+        }
+        WriteOp::PurgeFinished(id, finished_by) => {
+            let qualifies = read_record(&t.instances, id.as_str())?
+                .is_some_and(|r| r.status.is_terminal() && r.last_updated_at <= finished_by);
+            let removed = qualifies && t.remove_instance(leases, id.as_str())?;
+            Ok((
+                Outcome::Purged(removed),
+                Wake {
+                    changed: removed,
+                    finished: removed,
+                    ..Wake::default()
+                },
+            ))
         }
         WriteOp::Purge(id) => {
             let removed = t.remove_instance(leases, id.as_str())?;
@@ -1610,6 +1625,20 @@ impl Store for RedbStore {
     async fn query_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError> {
         let query = query.clone();
         self.blocking(move |core| core.query(&query)).await
+    }
+
+    async fn purge_finished_instance(
+        &self,
+        instance_id: &InstanceId,
+        finished_by: Timestamp,
+    ) -> Result<bool, StoreError> {
+        match self
+            .write(WriteOp::PurgeFinished(instance_id.clone(), finished_by))
+            .await?
+        {
+            Outcome::Purged(removed) => Ok(removed),
+            _ => Err(Outcome::unexpected()),
+        }
     }
 
     async fn purge_instance(&self, instance_id: &InstanceId) -> Result<bool, StoreError> {

@@ -54,9 +54,13 @@ async fn sweep(inner: &Inner, keep_for: Duration) -> Result<usize, StoreError> {
     loop {
         let page = inner.store.query_instances(&query).await?;
         for r in &page.instances {
-            if r.status.is_terminal()
-                && r.last_updated_at <= cutoff
-                && inner.store.purge_instance(&r.instance_id).await?
+            // Checked again by the store as it purges: the instance may have been started
+            // again under the same id since the query.
+            if r.last_updated_at <= cutoff
+                && inner
+                    .store
+                    .purge_finished_instance(&r.instance_id, cutoff)
+                    .await?
             {
                 purged += 1;
             }
