@@ -150,8 +150,9 @@ pub struct ActivityContext {
     pub name: String,
     /// The action sequence number in the orchestration.
     pub seq: u64,
-    /// 1 for the first call; 2, 3, … for the retries of a `call_with_retry`. (A task that
-    /// runs again after a crash or a rewind keeps its number: activities are at least once.)
+    /// 1 for the first call; 2, 3, … for the retries of a `call_with_retry`. A task that
+    /// runs again after a crash keeps its number (activities are at least once); one run
+    /// again by a rewind counts as 1.
     pub attempt: u32,
     /// Fires when the activity should stop early.
     pub cancellation: Cancellation,
