@@ -531,8 +531,10 @@ async fn accept_loop(
                 Err(e) => {
                     // Out of file descriptors and the like: wait a moment, go on.
                     tracing::warn!(error = %e, "accepting an HTTP connection failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_millis(50)) => continue,
+                        _ = &mut stop => break,
+                    }
                 }
             },
             _ = &mut stop => break,

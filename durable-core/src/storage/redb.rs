@@ -312,7 +312,12 @@ impl RedbStore {
     /// in-memory lease table) on the calling thread: handing it to the blocking pool and
     /// back costs more than the read itself.
     fn inline<T>(&self, f: impl FnOnce(&Core) -> Result<T, Fatal>) -> Result<T, StoreError> {
-        f(&self.inner.core).map_err(StoreError::from)
+        // A panic in the storage engine becomes an error, as it would on the blocking pool,
+        // rather than unwinding through the caller's dispatcher.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&self.inner.core))) {
+            Ok(r) => r.map_err(StoreError::from),
+            Err(_) => Err(StoreError::Backend("store read panicked".into())),
+        }
     }
 
     async fn blocking<T: Send + 'static>(
