@@ -159,6 +159,22 @@ pub struct ActivityContext {
 }
 
 impl ActivityContext {
+    pub(crate) fn new(
+        instance_id: InstanceId,
+        name: String,
+        seq: u64,
+        attempt: u32,
+        cancellation: Cancellation,
+    ) -> Self {
+        Self {
+            instance_id,
+            name,
+            seq,
+            attempt,
+            cancellation,
+        }
+    }
+
     /// A context for calling an activity directly (in unit tests): attempt 1, never
     /// cancelled.
     pub fn for_test(instance_id: &str) -> Self {

@@ -112,12 +112,13 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
         )),
         Some(f) => {
             let (cancel, cancellation) = Cancellation::new();
-            let mut ctx = ActivityContext::for_test(task.instance_id.as_str());
-            ctx.instance_id = task.instance_id.clone();
-            ctx.name.clone_from(&task.name);
-            ctx.seq = task.seq;
-            ctx.attempt = task.attempt;
-            ctx.cancellation = cancellation;
+            let ctx = ActivityContext::new(
+                task.instance_id.clone(),
+                task.name.clone(),
+                task.seq,
+                task.attempt,
+                cancellation,
+            );
             // A panic is caught and reported, not fatal (this already runs on its own task).
             // The lease is renewed while the activity runs, however long it takes.
             let work = CatchPanic(f(ctx, task.input.clone()));
