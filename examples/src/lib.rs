@@ -3,7 +3,7 @@
 //!
 //! Each module holds one pattern: [`chaining`], [`fan_out`], [`monitor`],
 //! [`approval`] (human interaction) and [`aggregator`] (entities), plus [`bank`]
-//! (critical sections).
+//! (critical sections). [`workloads`] holds the benchmarks' shared code.
 
 pub mod aggregator;
 pub mod approval;
@@ -11,6 +11,7 @@ pub mod bank;
 pub mod chaining;
 pub mod fan_out;
 pub mod monitor;
+pub mod workloads;
 
 use durable_core::WorkerBuilder;
 

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use durable_core::prelude::*;
 use durable_core::storage::RedbDurability;
 use durable_core::{InstanceQuery, RedbStore, Registry};
+use examples::workloads::{hello_sequence5, hello_step};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -48,25 +49,6 @@ static RELAXED: AtomicBool = AtomicBool::new(false);
 // ---------------------------------------------------------------------------------------
 // The workloads' code.
 // ---------------------------------------------------------------------------------------
-
-/// A no-op step: the string goes through unchanged.
-#[activity]
-async fn hello_step(text: String) -> Result<String, ActivityError> {
-    Ok(text)
-}
-
-/// `HelloSequence5`: five chained steps, each taking the previous output.
-#[orchestrator]
-async fn hello_sequence5(
-    ctx: OrchestrationContext,
-    name: String,
-) -> Result<String, OrchestrationError> {
-    let mut text = name;
-    for _ in 0..5 {
-        text = ctx.call(hello_step, text).await?;
-    }
-    Ok(text)
-}
 
 /// A no-op activity on numbers.
 #[activity]

@@ -1,0 +1,32 @@
+//! Benchmark workloads shared by the `bench` and `pg_bench` binaries.
+
+use durable_core::prelude::*;
+
+/// A no-op step: the string goes through unchanged.
+///
+/// # Examples
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(examples::workloads::hello_step::run("hi".into()).await.unwrap(), "hi");
+/// # }
+/// ```
+#[activity]
+pub async fn hello_step(text: String) -> Result<String, ActivityError> {
+    Ok(text)
+}
+
+/// `HelloSequence5`: five chained [`hello_step`]s, each taking the previous output (the
+/// W1/W2 workload of the benchmarks).
+#[orchestrator]
+pub async fn hello_sequence5(
+    ctx: OrchestrationContext,
+    name: String,
+) -> Result<String, OrchestrationError> {
+    let mut text = name;
+    for _ in 0..5 {
+        text = ctx.call(hello_step, text).await?;
+    }
+    Ok(text)
+}
