@@ -310,19 +310,17 @@ mod redb_file {
     }
 }
 
-/// The real engine on a file-backed `RedbStore`: a fan-out, then a re-open.
-mod engine_on_redb {
+/// The fan-out the engine tests run on real stores.
+mod workload {
     use durable_core::prelude::*;
 
-    use super::*;
-
     #[activity]
-    async fn square(i: u64) -> Result<u64, ActivityError> {
+    pub(crate) async fn square(i: u64) -> Result<u64, ActivityError> {
         Ok(i * i)
     }
 
     #[orchestrator]
-    async fn sum_squares(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationError> {
+    pub(crate) async fn sum_squares(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationError> {
         let results = ctx.when_all((0..n).map(|i| ctx.call(square, i))).await;
         let mut sum = 0;
         for r in results {
@@ -330,6 +328,14 @@ mod engine_on_redb {
         }
         Ok(sum)
     }
+}
+
+/// The real engine on a file-backed `RedbStore`: a fan-out, then a re-open.
+mod engine_on_redb {
+    use durable_core::prelude::*;
+
+    use super::workload::{square, sum_squares};
+    use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn fan_out_completes_and_survives_reopen() {
@@ -739,22 +745,8 @@ mod postgres {
     mod engine {
         use durable_core::prelude::*;
 
+        use super::super::workload::{square, sum_squares};
         use super::*;
-
-        #[activity]
-        async fn square(i: u64) -> Result<u64, ActivityError> {
-            Ok(i * i)
-        }
-
-        #[orchestrator]
-        async fn sum_squares(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationError> {
-            let results = ctx.when_all((0..n).map(|i| ctx.call(square, i))).await;
-            let mut sum = 0;
-            for r in results {
-                sum += r?;
-            }
-            Ok(sum)
-        }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn two_workers_share_a_fan_out() {
