@@ -204,6 +204,11 @@ impl Client {
         &self.store
     }
 
+    /// The clock this client stamps requests with.
+    pub(crate) fn clock(&self) -> Arc<dyn Clock> {
+        Arc::clone(&self.clock)
+    }
+
     /// The payload limits this client enforces (those of its worker).
     pub fn limits(&self) -> &Limits {
         &self.limits

@@ -441,6 +441,22 @@ impl Event {
         }
     }
 
+    /// For results delivered to the orchestration — an activity's or sub-orchestration's
+    /// completion or failure, a timer firing, an entity's answer or lock grant — the sequence
+    /// number of the action they answer.
+    pub fn result_seq(&self) -> Option<u64> {
+        match self {
+            Event::TaskCompleted { seq, .. }
+            | Event::TaskFailed { seq, .. }
+            | Event::TimerFired { seq, .. }
+            | Event::SubOrchestrationCompleted { seq, .. }
+            | Event::SubOrchestrationFailed { seq, .. }
+            | Event::EntityResponded { seq, .. }
+            | Event::EntityLockGranted { seq, .. } => Some(*seq),
+            _ => None,
+        }
+    }
+
     /// `true` for events delivered to the orchestration as messages.
     pub fn is_message(&self) -> bool {
         matches!(

@@ -174,6 +174,20 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(ms))
     }
 
+    /// `self - d`, saturating at the epoch.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::Timestamp;
+    /// let t = Timestamp::from_unix_millis(5_000);
+    /// assert_eq!(t.saturating_sub(Duration::from_secs(2)), Timestamp::from_unix_millis(3_000));
+    /// assert_eq!(t.saturating_sub(Duration::from_secs(9)), Timestamp::EPOCH);
+    /// ```
+    pub fn saturating_sub(self, d: Duration) -> Timestamp {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Timestamp(self.0.saturating_sub(ms))
+    }
+
     /// Formats as RFC 3339 / ISO 8601 in UTC with millisecond precision
     /// (`2024-05-01T12:00:00.000Z`), the shape Durable Functions' HTTP API uses.
     #[allow(clippy::many_single_char_names, clippy::cast_possible_wrap)]

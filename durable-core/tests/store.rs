@@ -320,7 +320,10 @@ mod workload {
     }
 
     #[orchestrator]
-    pub(crate) async fn sum_squares(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationError> {
+    pub(crate) async fn sum_squares(
+        ctx: OrchestrationContext,
+        n: u64,
+    ) -> Result<u64, OrchestrationError> {
         let results = ctx.when_all((0..n).map(|i| ctx.call(square, i))).await;
         let mut sum = 0;
         for r in results {

@@ -513,13 +513,10 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 
 /// Accepts connections until `stop` fires, serving each as HTTP/1.1 with a header-read
 /// timeout; then lets in-flight requests finish.
-#[allow(
-    clippy::disallowed_methods,
-    reason = "backing off a failing accept() is wall-clock IO pacing, not engine time"
-)]
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: Router,
+    clock: Arc<dyn crate::clock::Clock>,
     mut stop: oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -531,8 +528,9 @@ async fn accept_loop(
                 Err(e) => {
                     // Out of file descriptors and the like: wait a moment, go on.
                     tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                    let retry = clock.now() + std::time::Duration::from_millis(50);
                     tokio::select! {
-                        () = tokio::time::sleep(std::time::Duration::from_millis(50)) => continue,
+                        () = clock.sleep_until(retry) => continue,
                         _ = &mut stop => break,
                     }
                 }
@@ -597,9 +595,10 @@ pub async fn serve(
     let local_addr = listener
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
+    let clock = client.clock();
     let app = router(client, options);
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(accept_loop(listener, app, rx));
+    let task = tokio::spawn(accept_loop(listener, app, clock, rx));
     Ok(HttpServer {
         local_addr,
         shutdown: Some(tx),

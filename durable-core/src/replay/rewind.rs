@@ -119,19 +119,19 @@ pub(crate) fn plan(history: &[HistoryEvent]) -> Result<RewindPlan, String> {
             | Event::EntityCalled { seq, .. } => {
                 open.insert(*seq, &e.event);
             }
-            Event::TaskFailed { seq, .. } | Event::SubOrchestrationFailed { seq, .. }
-                if undone.contains(seq) => {}
-            Event::TaskCompleted { seq, .. }
-            | Event::TaskFailed { seq, .. }
-            | Event::TimerFired { seq, .. }
-            | Event::SubOrchestrationCompleted { seq, .. }
-            | Event::SubOrchestrationFailed { seq, .. }
-            | Event::EntityResponded { seq, .. } => {
-                open.remove(seq);
-            }
             Event::EntityLockRequested { .. } => locked += 1,
             Event::EntityUnlockSent { .. } => locked = locked.saturating_sub(1),
-            _ => {}
+            result => {
+                if let Some(seq) = result.result_seq() {
+                    let undone_failure = matches!(
+                        result,
+                        Event::TaskFailed { .. } | Event::SubOrchestrationFailed { .. }
+                    ) && undone.contains(&seq);
+                    if !undone_failure {
+                        open.remove(&seq);
+                    }
+                }
+            }
         }
     }
     if locked > 0 {

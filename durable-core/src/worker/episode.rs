@@ -329,8 +329,15 @@ async fn try_episode(
                 Ok(r) => rewind = Some((r, request.id)),
                 Err(why) => {
                     tracing::warn!(instance = %id, "rewind request declined: {why}");
-                    return decline_rewind(inner, &instance, lock, &messages, request.id, handed)
-                        .await;
+                    return drop_late_messages(
+                        inner,
+                        &instance,
+                        lock,
+                        &messages,
+                        Some(request.id),
+                        handed,
+                    )
+                    .await;
                 }
             }
         }
@@ -443,7 +450,15 @@ async fn try_episode(
                 // The code does not replay the rewound history (it changed since the
                 // failure, say): the instance stays as it failed.
                 tracing::warn!(instance = %id, "rewind request declined: {e}");
-                return decline_rewind(inner, &instance, lock, &messages, request, handed).await;
+                return drop_late_messages(
+                    inner,
+                    &instance,
+                    lock,
+                    &messages,
+                    Some(request),
+                    handed,
+                )
+                .await;
             }
             return Err(Stuck::Error(e.to_string()));
         }
@@ -457,7 +472,7 @@ async fn try_episode(
         consumed.push(*request);
     }
     for m in messages {
-        if rewind.is_some() && is_result(&m.event) {
+        if rewind.is_some() && m.event.result_seq().is_some() {
             // A result queued for the failed run: the rewind re-drives that work, and its
             // fresh result is the one that counts.
             consumed.push(m.id);
@@ -612,19 +627,6 @@ async fn prepare_rewind(
     }))
 }
 
-/// Declines a rewind request: the instance stays as it failed, and its parent (if it is
-/// waiting for this instance again because it was rewound itself) hears the failure again.
-async fn decline_rewind(
-    inner: &Inner,
-    instance: &crate::storage::InstanceRecord,
-    lock: crate::storage::LockToken,
-    messages: &[Message],
-    request: crate::storage::MessageId,
-    handed: &mut Vec<HandedOff>,
-) -> Result<(), Stuck> {
-    drop_late_messages(inner, instance, lock, messages, Some(request), handed).await
-}
-
 /// Consumes and drops messages to a finished instance (releasing entity locks granted to
 /// it), keeping its record as it is. A declined rewind `request` is consumed too, and the
 /// failure is reported again to a parent, which may be waiting for it after its own rewind
@@ -707,20 +709,6 @@ fn apply_rewind(
         );
     }
     commit.messages.extend(r.child_messages);
-}
-
-/// Results of the orchestration's own work (as opposed to events from outside).
-fn is_result(event: &Event) -> bool {
-    matches!(
-        event,
-        Event::TaskCompleted { .. }
-            | Event::TaskFailed { .. }
-            | Event::TimerFired { .. }
-            | Event::SubOrchestrationCompleted { .. }
-            | Event::SubOrchestrationFailed { .. }
-            | Event::EntityResponded { .. }
-            | Event::EntityLockGranted { .. }
-    )
 }
 
 /// Entities whose locks this history holds: granted and not released since.

@@ -8,7 +8,6 @@ use std::time::Duration;
 use super::Inner;
 use crate::error::StoreError;
 use crate::history::RuntimeStatus;
-use crate::ids::Timestamp;
 use crate::storage::InstanceQuery;
 
 /// Sweeps now, then every quarter of `keep_for` (between 1 s and 1 h), until shutdown.
@@ -36,10 +35,7 @@ pub(crate) async fn run(inner: Arc<Inner>, keep_for: Duration) {
 /// `keep_for` ago. Returns how many it purged.
 async fn sweep(inner: &Inner, keep_for: Duration) -> Result<usize, StoreError> {
     let now = inner.clock.now();
-    let cutoff = Timestamp::from_unix_millis(
-        now.as_unix_millis()
-            .saturating_sub(u64::try_from(keep_for.as_millis()).unwrap_or(u64::MAX)),
-    );
+    let cutoff = now.saturating_sub(keep_for);
     // An instance finishes after it is created, so only those created before the cutoff
     // can qualify; the index narrows the scan to them.
     let mut query = InstanceQuery::new()
