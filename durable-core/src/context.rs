@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{
     FailureDetails, OrchestrationError, PayloadDecodeError, TaskError, decode, encode,
 };
-use crate::history::{Payload, SourceLocation};
+use crate::history::{CarriedEvent, Payload, SourceLocation};
 use crate::ids::{InstanceId, Timestamp};
 use crate::registry::{Activity, BoxFuture, Orchestrator};
 use crate::retry::RetryPolicy;
@@ -272,7 +272,7 @@ impl State {
     }
 
     /// Buffered (never consumed) events in arrival order, for continue-as-new.
-    pub(crate) fn take_unconsumed_events(&mut self) -> Vec<(String, Payload)> {
+    pub(crate) fn take_unconsumed_events(&mut self) -> Vec<CarriedEvent> {
         let mut all: Vec<(u64, String, Payload)> = Vec::new();
         for (name, q) in self.buffered.drain() {
             for (arrival, data) in q {
@@ -285,7 +285,9 @@ impl State {
             }
         }
         all.sort_by_key(|(a, _, _)| *a);
-        all.into_iter().map(|(_, n, d)| (n, d)).collect()
+        all.into_iter()
+            .map(|(_, name, input)| CarriedEvent { name, input })
+            .collect()
     }
 
     /// `true` if the code is awaiting at least one durable future. Stops at the first one

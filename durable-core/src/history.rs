@@ -50,6 +50,15 @@ pub struct ParentRef {
     pub seq: u64,
 }
 
+/// An external event carried from one execution to the next by continue-as-new.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedEvent {
+    /// Event name, as raised.
+    pub name: String,
+    /// JSON data.
+    pub input: Payload,
+}
+
 /// The lifecycle status of an orchestration instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -144,6 +153,12 @@ pub enum Event {
         /// Set when the start was scheduled for later.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         scheduled_start: Option<Timestamp>,
+        /// External events that continue-as-new carried over from the previous execution,
+        /// in arrival order. Only the start *message* holds them: they are delivered right
+        /// after the start, ahead of anything still in the inbox, and history records them
+        /// as `EventRaised` events (never here).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        carried: Vec<CarriedEvent>,
     },
     /// An episode began; its timestamp is `ctx.now()` for the code run in it.
     OrchestratorStarted,

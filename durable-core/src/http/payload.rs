@@ -377,6 +377,7 @@ mod tests {
                     input: "\"Tokyo\"".into(),
                     parent: None,
                     scheduled_start: None,
+                    carried: Vec::new(),
                 },
             ),
             at(1_000, Event::OrchestratorStarted),

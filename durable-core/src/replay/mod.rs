@@ -37,7 +37,7 @@ use crate::context::{
     Action, ActionDetail, ActionKind, Limits, OrchestrationContext, SlotResult, State, lock,
 };
 use crate::error::FailureDetails;
-use crate::history::{Event, HistoryEvent, ParentRef, Payload, RuntimeStatus};
+use crate::history::{CarriedEvent, Event, HistoryEvent, ParentRef, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 use crate::registry::{BoxFuture, OrchestratorFn};
 
@@ -138,7 +138,7 @@ pub enum Outcome {
         /// Version of the next execution.
         version: Option<String>,
         /// Unprocessed external events carried into the next execution, in arrival order.
-        carried: Vec<(String, Payload)>,
+        carried: Vec<CarriedEvent>,
     },
 }
 
@@ -445,17 +445,31 @@ impl Replayer {
 
     /// Handles one new message (appended to history unless it is a duplicate or stale).
     /// Returns `false` if the message was ignored.
-    pub fn handle_message(&mut self, event: Event) -> bool {
+    pub fn handle_message(&mut self, mut event: Event) -> bool {
         if self.error.is_some() {
             return false;
         }
         self.stats.messages += 1;
         if let Some(Outcome::ContinuedAsNew { carried, .. }) = &mut self.outcome {
             if let Event::EventRaised { name, input } = event {
-                carried.push((name, input));
+                carried.push(CarriedEvent { name, input });
             }
             return false;
         }
+        // Events carried over by continue-as-new arrived before anything still in the
+        // inbox: they are delivered right after the start, and recorded as raised events.
+        let carried = match &mut event {
+            Event::ExecutionStarted { carried, .. } => std::mem::take(carried),
+            _ => Vec::new(),
+        };
+        let handled = self.handle_one(event);
+        for CarriedEvent { name, input } in carried {
+            self.handle_message(Event::EventRaised { name, input });
+        }
+        handled
+    }
+
+    fn handle_one(&mut self, event: Event) -> bool {
         if self.outcome.is_some() {
             tracing::debug!(instance = %self.instance_id, kind = event.kind(), "message after completion ignored");
             return false;
@@ -719,7 +733,7 @@ impl Replayer {
             if let Some(Outcome::ContinuedAsNew { carried, .. }) = &mut self.outcome {
                 for e in self.deferred.drain(..) {
                     if let Event::EventRaised { name, input } = e {
-                        carried.push((name, input));
+                        carried.push(CarriedEvent { name, input });
                     }
                 }
             }

@@ -214,6 +214,7 @@ mod tests {
             input: "null".into(),
             parent: None,
             scheduled_start: None,
+            carried: Vec::new(),
         }
     }
 

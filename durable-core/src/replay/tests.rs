@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::{Command, EpisodeResult, Outcome, ReplayError, Replayer};
 use crate::context::{Either, Limits, OrchestrationContext, select};
 use crate::error::{ActivityError, FailureDetails, OrchestrationError, TaskError};
-use crate::history::{self, Event, HistoryEvent, ParentRef, RuntimeStatus};
+use crate::history::{self, CarriedEvent, Event, HistoryEvent, ParentRef, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 use crate::registry::{Activity, ActivityContext, Orchestrator, OrchestratorFn, Registry};
 
@@ -146,6 +146,7 @@ fn start_with(input: &str, version: Option<&str>, parent: Option<ParentRef>) -> 
         input: input.to_owned(),
         parent,
         scheduled_start: None,
+        carried: Vec::new(),
     }
 }
 
@@ -1262,9 +1263,9 @@ fn continue_as_new_carries_unprocessed_events_in_arrival_order() {
             input: "7".to_owned(),
             version: None,
             carried: vec![
-                ("other".to_owned(), "\"a\"".to_owned()),
-                ("inc".to_owned(), "3".to_owned()),
-                ("other".to_owned(), "\"b\"".to_owned()),
+                carried("other", "\"a\""),
+                carried("inc", "3"),
+                carried("other", "\"b\""),
             ],
         })
     );
@@ -1310,16 +1311,72 @@ fn continue_as_new_carries_claimed_but_unconsumed_events_in_arrival_order() {
             raised("inc", "1"),
         ],
     );
-    let Some(Outcome::ContinuedAsNew { input, carried, .. }) = ep.outcome else {
+    let Some(Outcome::ContinuedAsNew {
+        input,
+        carried: next,
+        ..
+    }) = ep.outcome
+    else {
         panic!("expected continue-as-new, got {:?}", ep.outcome);
     };
     assert_eq!(input, "1");
+    assert_eq!(next, [carried("cancel", "\"c\""), carried("other", "1")]);
+}
+
+fn carried(name: &str, input: &str) -> CarriedEvent {
+    CarriedEvent {
+        name: name.to_owned(),
+        input: input.to_owned(),
+    }
+}
+
+/// The next execution's start message holds the carried events: they are delivered right
+/// after the start, ahead of events that were already waiting in the inbox, and history
+/// records them as raised events.
+#[test]
+fn carried_events_come_before_events_waiting_in_the_inbox() {
+    let mut sim = Sim::new::<Counter>();
+    let Event::ExecutionStarted { name, input, .. } = start("5") else {
+        unreachable!()
+    };
+    let start = Event::ExecutionStarted {
+        name,
+        version: None,
+        input,
+        parent: None,
+        scheduled_start: None,
+        carried: vec![carried("inc", "1"), carried("inc", "2")],
+    };
+    // "inc 3" arrived while the previous execution was continuing: it is in the inbox.
+    let (accepted, ep) = sim.episode(at(0), &[start, raised("inc", "3")]);
     assert_eq!(
-        carried,
+        accepted,
+        [true, false],
+        "inc 3 is carried again, not recorded"
+    );
+    let ep = ep.expect("episode");
+    let Some(Outcome::ContinuedAsNew {
+        input,
+        carried: next,
+        ..
+    }) = ep.outcome
+    else {
+        panic!("expected continue-as-new, got {:?}", ep.outcome);
+    };
+    assert_eq!(input, "6", "the first carried event is consumed first");
+    assert_eq!(next, [carried("inc", "2"), carried("inc", "3")]);
+    assert_eq!(
+        kinds(&ep.new_events),
         [
-            ("cancel".to_owned(), "\"c\"".to_owned()),
-            ("other".to_owned(), "1".to_owned())
+            "OrchestratorStarted",
+            "ExecutionStarted",
+            "EventRaised",
+            "ContinuedAsNew"
         ]
+    );
+    assert!(
+        matches!(&ep.new_events[1].event, Event::ExecutionStarted { carried, .. } if carried.is_empty()),
+        "history records the carried events as raised events only"
     );
 }
 

@@ -689,6 +689,7 @@ pub async fn continue_as_new(store: Arc<dyn Store>) {
             input: "2".into(),
             parent: None,
             scheduled_start: None,
+            carried: Vec::new(),
         },
         None,
         now,

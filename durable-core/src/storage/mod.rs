@@ -127,6 +127,7 @@ impl NewInstance {
                 input: self.input.clone(),
                 parent: self.parent.clone(),
                 scheduled_start: self.scheduled_start,
+                carried: Vec::new(),
             },
             None,
             self.scheduled_start.unwrap_or(self.created_at),

@@ -773,22 +773,20 @@ fn build_commit(
             version,
             carried,
         }) => {
-            let mut messages = vec![Message::new(
+            // One message: the carried events must reach the next execution ahead of
+            // events still in the inbox (they arrived earlier), whatever the store's order.
+            let messages = vec![Message::new(
                 Event::ExecutionStarted {
                     name: instance.name.clone(),
                     version: version.clone(),
                     input: input.clone(),
                     parent: instance.parent.clone(),
                     scheduled_start: None,
+                    carried,
                 },
                 None,
                 now,
             )];
-            messages.extend(
-                carried.into_iter().map(|(name, input)| {
-                    Message::new(Event::EventRaised { name, input }, None, now)
-                }),
-            );
             commit.next_execution = Some(NextExecution {
                 input,
                 version,
