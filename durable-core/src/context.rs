@@ -950,6 +950,32 @@ impl OrchestrationContext {
 
     /// Awaits the first of several futures; returns its index and output. The others are
     /// dropped (their timers stay in history; event waiters release their claims).
+    ///
+    /// When several are ready in the same step, the first in history order wins (each
+    /// message is delivered on its own), so the choice is the same on every replay.
+    ///
+    /// # Errors
+    /// [`TaskError::EmptySet`] at once when `futures` is empty: with nothing to wait for,
+    /// there is no first. The error can be caught like any other.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn first_reply(ctx: OrchestrationContext, names: Vec<String>) -> Result<String, OrchestrationError> {
+    ///     let waits = names.iter().map(|n| ctx.wait_for_event::<String>(n));
+    ///     match ctx.when_any(waits).await {
+    ///         Ok((i, reply)) => Ok(format!("{} said {}", names[i], reply?)),
+    ///         Err(TaskError::EmptySet) => Ok("nobody to ask".to_owned()),
+    ///         Err(e) => Err(e.into()),
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// # Determinism
+    /// Records nothing itself; the futures record what they schedule.
     pub fn when_any<F: Future>(&self, futures: impl IntoIterator<Item = F>) -> WhenAny<F> {
         when_any(futures)
     }
@@ -1530,13 +1556,17 @@ impl<F: Future> Future for WhenAll<F> {
 pub fn when_any<F: Future>(futures: impl IntoIterator<Item = F>) -> WhenAny<F> {
     WhenAny {
         children: Children::new(futures),
+        done: false,
     }
 }
 
-/// Future of [`when_any`]: `(index, output)` of the first future to complete.
+/// Future of [`when_any`]: `(index, output)` of the first future to complete, or
+/// [`TaskError::EmptySet`] when there was none to wait for.
 #[must_use = "futures do nothing unless awaited"]
 pub struct WhenAny<F: Future> {
     children: Children<F>,
+    /// The winner was returned (or the set was empty): polled again, it stays pending.
+    done: bool,
 }
 
 impl<F: Future> fmt::Debug for WhenAny<F> {
@@ -1548,10 +1578,14 @@ impl<F: Future> fmt::Debug for WhenAny<F> {
 impl<F: Future> Unpin for WhenAny<F> {}
 
 impl<F: Future> Future for WhenAny<F> {
-    type Output = (usize, F::Output);
+    type Output = Result<(usize, F::Output), TaskError>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.children.futures.is_empty() {
+        if self.done {
             return Poll::Pending;
+        }
+        if self.children.futures.is_empty() {
+            self.done = true;
+            return Poll::Ready(Err(TaskError::EmptySet));
         }
         let mut winner = None;
         self.children.poll_ready(cx, |i, out| {
@@ -1562,7 +1596,8 @@ impl<F: Future> Future for WhenAny<F> {
             Some(w) => {
                 // Drop the losers now so event waiters release their claims.
                 self.children.futures.clear();
-                Poll::Ready(w)
+                self.done = true;
+                Poll::Ready(Ok(w))
             }
             None => Poll::Pending,
         }

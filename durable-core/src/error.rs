@@ -203,6 +203,10 @@ pub enum TaskError {
     /// The result did not deserialize into the type the code expects.
     #[error("{0}")]
     Decode(PayloadDecodeError),
+    /// `when_any` was given no futures: with nothing to wait for there is no first to
+    /// finish, so it fails at once instead of waiting forever.
+    #[error("when_any was given no tasks: there is nothing to wait for")]
+    EmptySet,
 }
 
 impl TaskError {

@@ -209,8 +209,9 @@ pub use client::{
 };
 pub use clock::{Clock, SystemClock};
 pub use context::{
-    CriticalSection, Either, Limits, OrchestrationContext, SubOrchestrationOptions, select,
-    when_all, when_any,
+    ContinueAsNew, CriticalSection, Either, EventFuture, Limits, LockFuture, OrchestrationContext,
+    Select, SubOrchestrationOptions, TaskFuture, TimerFuture, WhenAll, WhenAny, select, when_all,
+    when_any,
 };
 pub use entity::{Entity, EntityContext, EntityId};
 pub use error::{

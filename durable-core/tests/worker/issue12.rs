@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use durable_core::prelude::*;
-use durable_core::{RedbStore, Store};
+use durable_core::{RedbStore, Store, TaskFuture};
 
 // ---------------------------------------------------------------- event order across generations
 
@@ -87,4 +87,132 @@ async fn continue_as_new_keeps_arrival_order_on_postgres() {
         .expect("connect to PostgreSQL");
     order_holds_for(Arc::new(store.clone()), 10_000, 10).await;
     store.drop_task_hub().await.unwrap();
+}
+
+// ---------------------------------------------------------------- combinators: empty, single, duplicates
+
+#[activity]
+async fn double(n: u64) -> Result<u64, ActivityError> {
+    Ok(n * 2)
+}
+
+/// Catches `when_any` over nothing and reports it.
+#[orchestrator]
+async fn any_of_nothing(
+    ctx: OrchestrationContext,
+    catch: bool,
+) -> Result<String, OrchestrationError> {
+    let none: Vec<TaskFuture<u64>> = Vec::new();
+    match ctx.when_any(none).await {
+        Ok((i, _)) => Ok(format!("won by {i}")),
+        Err(e @ TaskError::EmptySet) if catch => Ok(format!("caught: {e}")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_any_over_nothing_fails_at_once_and_can_be_caught() {
+    let env = super::support::start(|b| b.register(any_of_nothing));
+    let caught = env.client.start(any_of_nothing, true).await.unwrap();
+    assert_eq!(
+        caught.wait().await.unwrap(),
+        "caught: when_any was given no tasks: there is nothing to wait for"
+    );
+    let failed = env.client.start(any_of_nothing, false).await.unwrap();
+    let err = failed.wait().await.unwrap_err();
+    let ClientError::Failed(f) = err else {
+        panic!("expected a failure, got {err:?}");
+    };
+    assert!(
+        f.message.contains("when_any was given no tasks"),
+        "failure says the set is empty: {f}"
+    );
+    assert_eq!(
+        failed.status().await.unwrap().status,
+        RuntimeStatus::Failed,
+        "failed, not left pending"
+    );
+}
+
+/// Every combinator over nothing, one, and duplicates of one operation.
+#[orchestrator]
+async fn combinator_shapes(
+    ctx: OrchestrationContext,
+    _input: (),
+) -> Result<Vec<String>, OrchestrationError> {
+    let mut out = Vec::new();
+    let none: Vec<TaskFuture<u64>> = Vec::new();
+    out.push(format!("all of none: {:?}", ctx.when_all(none).await));
+    let (i, v) = ctx.when_any([ctx.call(double, 1)]).await?;
+    out.push(format!("any of one: {i} {}", v?));
+    let all: Vec<u64> = ctx
+        .when_all([ctx.call(double, 2)])
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    out.push(format!("all of one: {all:?}"));
+    // The same activity with the same input twice: two tasks, two results.
+    let all: Vec<u64> = ctx
+        .when_all([ctx.call(double, 3), ctx.call(double, 3)])
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    out.push(format!("all of the same twice: {all:?}"));
+    // Two waits for one event name: the first waiter gets the first event.
+    let (i, v) = ctx
+        .when_any([
+            ctx.wait_for_event::<String>("x"),
+            ctx.wait_for_event::<String>("x"),
+        ])
+        .await?;
+    out.push(format!("any of the same event twice: {i} {}", v?));
+    let both: Vec<String> = ctx
+        .when_all([
+            ctx.wait_for_event::<String>("y"),
+            ctx.wait_for_event::<String>("y"),
+        ])
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    out.push(format!("all of the same event twice: {both:?}"));
+    let picked = match select(
+        ctx.wait_for_event::<String>("z"),
+        ctx.wait_for_event::<String>("z"),
+    )
+    .await
+    {
+        Either::Left(v) => format!("left {}", v?),
+        Either::Right(v) => format!("right {}", v?),
+    };
+    out.push(format!("select of the same event twice: {picked}"));
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn combinators_over_none_one_and_duplicates() {
+    let env = super::support::start(|b| b.register(combinator_shapes).register(double));
+    let run = env.client.start(combinator_shapes, ()).await.unwrap();
+    for (name, data) in [
+        ("x", "x1"),
+        ("x", "x2"),
+        ("y", "y1"),
+        ("y", "y2"),
+        ("z", "z1"),
+    ] {
+        run.raise(name, &data).await.unwrap();
+    }
+    assert_eq!(
+        run.wait().await.unwrap(),
+        [
+            "all of none: []",
+            "any of one: 0 2",
+            "all of one: [4]",
+            "all of the same twice: [6, 6]",
+            "any of the same event twice: 0 x1",
+            r#"all of the same event twice: ["y1", "y2"]"#,
+            "select of the same event twice: left z1",
+        ]
+    );
+    let h = run.history().await.unwrap();
+    assert_eq!(super::support::count(&h, "TaskScheduled"), 4);
 }

@@ -25,7 +25,7 @@ async fn sum_squares(ctx: OrchestrationContext, n: u64) -> Result<u64, Orchestra
 /// Which activity finished first: an order-dependent result, on purpose.
 #[orchestrator]
 async fn first_done(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationError> {
-    let (_, first) = ctx.when_any((1..=n).map(|i| ctx.call(square, i))).await;
+    let (_, first) = ctx.when_any((1..=n).map(|i| ctx.call(square, i))).await?;
     Ok(first?)
 }
 
