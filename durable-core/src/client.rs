@@ -347,8 +347,12 @@ impl Client {
 
     /// Raises an external event on an instance (buffered if nobody waits yet).
     ///
+    /// Event names match case-insensitively: an orchestration waiting for `"Approval"`
+    /// receives an event raised as `"approval"`.
+    ///
     /// # Errors
-    /// `InstanceNotFound`, `InstanceNotRunning` (finished), `PayloadTooLarge`.
+    /// `InvalidEventName` (empty), `InstanceNotFound`, `InstanceNotRunning` (finished),
+    /// `PayloadTooLarge`.
     pub async fn raise_event<T: Serialize + ?Sized>(
         &self,
         instance_id: &InstanceId,
@@ -366,6 +370,12 @@ impl Client {
         name: &str,
         data: String,
     ) -> Result<(), ClientError> {
+        if name.is_empty() {
+            return Err(ClientError::InvalidEventName {
+                name: String::new(),
+                reason: "an event needs a name; no orchestration can wait for an empty one",
+            });
+        }
         self.check_size(&data)?;
         self.send(
             instance_id,

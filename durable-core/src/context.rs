@@ -160,12 +160,34 @@ struct Slot {
     abandoned: bool,
 }
 
+/// An external event on its way to the code: buffered, or handed to a waiter.
+#[derive(Debug)]
+struct Delivered {
+    /// Arrival number: the order events reached the instance.
+    arrival: u64,
+    /// The name as raised (kept for continue-as-new, which carries events over).
+    name: String,
+    data: Payload,
+}
+
 #[derive(Debug)]
 struct Waiter {
-    name: String,
-    /// The delivered event: (arrival number, data).
-    result: Option<(u64, Payload)>,
+    /// The event name as matched ([`event_key`]).
+    key: String,
+    /// The delivered event.
+    result: Option<Delivered>,
     waker: Option<Waker>,
+}
+
+/// The form in which event names are matched: case-insensitively, as Durable Functions and
+/// the Durable Task SDKs do. Each character is lowercased by Unicode's own mapping, which is
+/// the same on every machine (no locale is consulted).
+pub(crate) fn event_key(name: &str) -> String {
+    if name.is_ascii() {
+        name.to_ascii_lowercase()
+    } else {
+        name.chars().flat_map(char::to_lowercase).collect()
+    }
 }
 
 /// Mutable state shared by the context, its futures and the replay executor.
@@ -179,8 +201,8 @@ pub(crate) struct State {
     pub(crate) next_seq: u64,
     pub(crate) emitted: Vec<Action>,
     slots: HashMap<u64, Slot>,
-    /// Buffered events by name: (arrival number, data).
-    buffered: HashMap<String, VecDeque<(u64, Payload)>>,
+    /// Buffered events by [`event_key`], in arrival order.
+    buffered: HashMap<String, VecDeque<Delivered>>,
     arrivals: u64,
     waiters: HashMap<String, VecDeque<u64>>,
     waiter_slots: HashMap<u64, Waiter>,
@@ -246,18 +268,19 @@ impl State {
     /// Delivers an external event: to the oldest waiter of that name, else to the buffer.
     pub(crate) fn raise(&mut self, name: &str, data: Payload) {
         self.arrivals += 1;
-        let arrival = self.arrivals;
-        self.route_event(name, arrival, data);
-    }
-
-    fn route_event(&mut self, name: &str, arrival: u64, data: Payload) {
-        if let Some(queue) = self.waiters.get_mut(name) {
+        let delivered = Delivered {
+            arrival: self.arrivals,
+            name: name.to_owned(),
+            data,
+        };
+        let key = event_key(name);
+        if let Some(queue) = self.waiters.get_mut(&key) {
             if let Some(id) = queue.pop_front() {
                 if queue.is_empty() {
-                    self.waiters.remove(name);
+                    self.waiters.remove(&key);
                 }
                 if let Some(w) = self.waiter_slots.get_mut(&id) {
-                    w.result = Some((arrival, data));
+                    w.result = Some(delivered);
                     if let Some(wk) = w.waker.take() {
                         wk.wake();
                     }
@@ -265,28 +288,23 @@ impl State {
                 }
             }
         }
-        self.buffered
-            .entry(name.to_owned())
-            .or_default()
-            .push_back((arrival, data));
+        self.buffered.entry(key).or_default().push_back(delivered);
     }
 
     /// Buffered (never consumed) events in arrival order, for continue-as-new.
     pub(crate) fn take_unconsumed_events(&mut self) -> Vec<CarriedEvent> {
-        let mut all: Vec<(u64, String, Payload)> = Vec::new();
-        for (name, q) in self.buffered.drain() {
-            for (arrival, data) in q {
-                all.push((arrival, name.clone(), data));
-            }
-        }
-        for w in self.waiter_slots.values_mut() {
-            if let Some((arrival, data)) = w.result.take() {
-                all.push((arrival, w.name.clone(), data));
-            }
-        }
-        all.sort_by_key(|(a, _, _)| *a);
+        let mut all: Vec<Delivered> = self.buffered.drain().flat_map(|(_, q)| q).collect();
+        all.extend(
+            self.waiter_slots
+                .values_mut()
+                .filter_map(|w| w.result.take()),
+        );
+        all.sort_by_key(|d| d.arrival);
         all.into_iter()
-            .map(|(_, name, input)| CarriedEvent { name, input })
+            .map(|d| CarriedEvent {
+                name: d.name,
+                input: d.data,
+            })
             .collect()
     }
 
@@ -698,18 +716,42 @@ impl OrchestrationContext {
         let mut s = lock(&self.shared);
         s.next_waiter += 1;
         let id = s.next_waiter;
+        if name.is_empty() {
+            // Nothing can ever be raised under an empty name: fail now rather than wait
+            // forever. The future never completes; the failure ends the execution.
+            s.failure.get_or_insert_with(|| {
+                FailureDetails::new(
+                    "InvalidEventName",
+                    "wait_for_event was given an empty event name; no event can be raised \
+                     under it, so the wait could never end",
+                )
+                .non_retriable()
+            });
+            drop(s);
+            return EventFuture {
+                shared: Arc::clone(&self.shared),
+                id,
+                done: true,
+                _t: PhantomData,
+            };
+        }
+        let key = event_key(name);
+        let buffered = s.buffered.get_mut(&key).and_then(VecDeque::pop_front);
+        if s.buffered.get(&key).is_some_and(VecDeque::is_empty) {
+            s.buffered.remove(&key);
+        }
         let mut waiter = Waiter {
-            name: name.to_owned(),
+            key,
             result: None,
             waker: None,
         };
-        let buffered = s.buffered.get_mut(name).and_then(VecDeque::pop_front);
-        if s.buffered.get(name).is_some_and(VecDeque::is_empty) {
-            s.buffered.remove(name);
-        }
         match buffered {
             Some(delivered) => waiter.result = Some(delivered),
-            None => s.waiters.entry(name.to_owned()).or_default().push_back(id),
+            None => s
+                .waiters
+                .entry(waiter.key.clone())
+                .or_default()
+                .push_back(id),
         }
         s.waiter_slots.insert(id, waiter);
         drop(s);
@@ -754,6 +796,11 @@ impl OrchestrationContext {
         data: &T,
     ) -> Result<(), OrchestrationError> {
         let location = Location::caller();
+        if name.is_empty() {
+            return Err(OrchestrationError::non_retriable(
+                "raise_event was given an empty event name; name the event",
+            ));
+        }
         let payload = encode(data).map_err(OrchestrationError::from)?;
         let mut s = lock(&self.shared);
         s.check_payload("event", &payload)
@@ -1283,11 +1330,11 @@ impl<T: DeserializeOwned> Future for EventFuture<T> {
         let Some(w) = s.waiter_slots.get_mut(&id) else {
             return Poll::Pending;
         };
-        if let Some((_, data)) = w.result.take() {
+        if let Some(delivered) = w.result.take() {
             s.waiter_slots.remove(&id);
             drop(s);
             self.done = true;
-            return Poll::Ready(decode::<T>(&data).map_err(TaskError::Decode));
+            return Poll::Ready(decode::<T>(&delivered.data).map_err(TaskError::Decode));
         }
         w.waker = Some(cx.waker().clone());
         Poll::Pending
@@ -1305,8 +1352,8 @@ impl<T> Drop for EventFuture<T> {
                 // Delivered but never consumed: hand it to the next waiter or the buffer,
                 // ahead of anything that arrived later.
                 Some(delivered) => {
-                    let name = w.name;
-                    if let Some(next) = s.waiters.get_mut(&name).and_then(VecDeque::pop_front) {
+                    let key = w.key;
+                    if let Some(next) = s.waiters.get_mut(&key).and_then(VecDeque::pop_front) {
                         if let Some(nw) = s.waiter_slots.get_mut(&next) {
                             nw.result = Some(delivered);
                             if let Some(wk) = nw.waker.take() {
@@ -1314,14 +1361,14 @@ impl<T> Drop for EventFuture<T> {
                             }
                         }
                     } else {
-                        s.buffered.entry(name).or_default().push_front(delivered);
+                        s.buffered.entry(key).or_default().push_front(delivered);
                     }
                 }
                 None => {
-                    if let Some(q) = s.waiters.get_mut(&w.name) {
+                    if let Some(q) = s.waiters.get_mut(&w.key) {
                         q.retain(|x| *x != self.id);
                         if q.is_empty() {
-                            s.waiters.remove(&w.name);
+                            s.waiters.remove(&w.key);
                         }
                     }
                 }

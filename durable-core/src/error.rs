@@ -289,6 +289,15 @@ pub enum ClientError {
     /// The instance id breaks the id rules.
     #[error(transparent)]
     InvalidInstanceId(#[from] InvalidInstanceId),
+    /// An event name that cannot be raised (an empty one: no orchestration could wait for
+    /// it).
+    #[error("invalid event name {name:?}: {reason}")]
+    InvalidEventName {
+        /// The rejected name.
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
     /// A payload did not serialize or deserialize.
     #[error(transparent)]
     PayloadDecode(#[from] PayloadDecodeError),

@@ -110,6 +110,7 @@ impl From<ClientError> for ApiError {
             ClientError::UnknownOrchestrator(_) => (StatusCode::BAD_REQUEST, "UnknownOrchestrator"),
             ClientError::InvalidInstanceId(_) => (StatusCode::BAD_REQUEST, "InvalidInstanceId"),
             ClientError::PayloadDecode(_) => (StatusCode::BAD_REQUEST, "InvalidPayload"),
+            ClientError::InvalidEventName { .. } => (StatusCode::BAD_REQUEST, "InvalidEventName"),
             ClientError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge")
             }

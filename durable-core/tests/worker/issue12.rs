@@ -216,3 +216,114 @@ async fn combinators_over_none_one_and_duplicates() {
     let h = run.history().await.unwrap();
     assert_eq!(super::support::count(&h, "TaskScheduled"), 4);
 }
+
+// ---------------------------------------------------------------- event names
+
+/// Waits under one spelling for events raised under others: live, buffered, carried over by
+/// continue-as-new, and with a timeout.
+#[orchestrator]
+async fn spelled(
+    ctx: OrchestrationContext,
+    mut got: Vec<String>,
+) -> Result<Vec<String>, OrchestrationError> {
+    if got.is_empty() {
+        // "CARRIED" is raised before these waits and not consumed in this generation:
+        // continue-as-new carries it over to the next.
+        got.push(ctx.wait_for_event("Approval").await?);
+        got.push(ctx.wait_for_event("Ärger").await?);
+        return ctx.continue_as_new(got).await;
+    }
+    got.push(ctx.wait_for_event("carried").await?);
+    got.push(
+        ctx.wait_for_event_timeout("Ping", Duration::from_secs(3600))
+            .await?,
+    );
+    got.push(ctx.wait_for_event("title").await?);
+    Ok(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_names_match_case_insensitively() {
+    let env = super::support::start(|b| b.register(spelled));
+    let run = env.client.start(spelled, Vec::new()).await.unwrap();
+    run.raise("CARRIED", "carried over").await.unwrap();
+    run.raise("äRGER", "buffered").await.unwrap();
+    super::support::wait_for_events(&env.store, run.id(), "EventRaised", 2).await;
+    run.raise("APPROVAL", "live").await.unwrap();
+    run.raise("pInG", "before the timeout").await.unwrap();
+    // Not locale-dependent: "TITLE" lowercases to "title" everywhere (no Turkish dotless i).
+    run.raise("TITLE", "title").await.unwrap();
+    assert_eq!(
+        run.wait().await.unwrap(),
+        [
+            "live",
+            "buffered",
+            "carried over",
+            "before the timeout",
+            "title"
+        ]
+    );
+    let h = run.history().await.unwrap();
+    let names: Vec<&str> = h
+        .iter()
+        .filter_map(|e| match &e.event {
+            durable_core::Event::EventRaised { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        names,
+        ["CARRIED", "pInG", "TITLE"],
+        "history keeps names as raised"
+    );
+}
+
+/// Waits for an event with no name.
+#[orchestrator]
+async fn waits_for_nameless(
+    ctx: OrchestrationContext,
+    _input: (),
+) -> Result<String, OrchestrationError> {
+    Ok(ctx.wait_for_event::<String>("").await?)
+}
+
+/// Sends an event with no name to another instance.
+#[orchestrator]
+async fn sends_nameless(
+    ctx: OrchestrationContext,
+    to: InstanceId,
+) -> Result<String, OrchestrationError> {
+    match ctx.raise_event(&to, "", &1) {
+        Ok(()) => Ok("sent".to_owned()),
+        Err(e) => Ok(format!("refused: {e}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_event_names_are_refused() {
+    let env = super::support::start(|b| b.register(waits_for_nameless).register(sends_nameless));
+    let run = env.client.start(waits_for_nameless, ()).await.unwrap();
+    let err = run.raise("", "x").await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::InvalidEventName { .. }),
+        "typed error at raise: {err:?}"
+    );
+    assert!(err.to_string().contains("needs a name"), "{err}");
+    let ClientError::Failed(f) = run.wait().await.unwrap_err() else {
+        panic!("the orchestration waiting for an empty name fails");
+    };
+    assert_eq!(f.error_type, "InvalidEventName");
+    assert!(f.message.contains("empty event name"), "{f}");
+    let sent = env
+        .client
+        .start(sends_nameless, run.id().clone())
+        .await
+        .unwrap();
+    let out = sent.wait().await.unwrap();
+    assert!(
+        out.starts_with("refused: ") && out.contains("empty event name"),
+        "{out}"
+    );
+    let h = sent.history().await.unwrap();
+    assert_eq!(super::support::count(&h, "EventSent"), 0);
+}
