@@ -18,7 +18,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{
-    FailureDetails, OrchestrationError, PayloadDecodeError, TaskError, decode, encode,
+    FailureDetails, OrchestrationError, PayloadDecodeError, TaskError, TaskFailure, TaskKind,
+    decode, encode,
 };
 use crate::history::{CarriedEvent, Payload, SourceLocation};
 use crate::ids::{InstanceId, Timestamp};
@@ -465,7 +466,7 @@ impl OrchestrationContext {
         let location = Location::caller();
         match encode(&input) {
             Ok(payload) => self.schedule_activity_raw(A::NAME, payload, 1, location),
-            Err(e) => TaskFuture::failed(TaskError::Decode(e), &self.shared),
+            Err(e) => TaskFuture::failed(TaskError::Decode(e)),
         }
     }
 
@@ -512,7 +513,7 @@ impl OrchestrationContext {
         let location = Location::caller();
         match encode(&input) {
             Ok(payload) => self.schedule_sub_raw(O::NAME, payload, None, None, location),
-            Err(e) => TaskFuture::failed(TaskError::Decode(e), &self.shared),
+            Err(e) => TaskFuture::failed(TaskError::Decode(e)),
         }
     }
 
@@ -570,7 +571,7 @@ impl OrchestrationContext {
             match attempt_fn(self, attempt).await {
                 Ok(v) => return Ok(v),
                 Err(TaskError::Failed(f)) => {
-                    let Some(delay) = policy.next_delay(attempt, &f) else {
+                    let Some(delay) = policy.next_delay(attempt, &f.details) else {
                         return Err(TaskError::Failed(f));
                     };
                     if let Some(total) = policy.total_timeout {
@@ -594,7 +595,7 @@ impl OrchestrationContext {
         attempt: u32,
         location: &'static Location<'static>,
     ) -> TaskFuture<T> {
-        self.emit_slot(location, |s| {
+        self.emit_slot(location, TaskKind::Activity, name, |s| {
             s.check_payload("activity input", &payload)?;
             Ok(ActionDetail::Activity {
                 name: name.to_owned(),
@@ -612,7 +613,7 @@ impl OrchestrationContext {
         version: Option<String>,
         location: &'static Location<'static>,
     ) -> TaskFuture<T> {
-        self.emit_slot(location, |s| {
+        self.emit_slot(location, TaskKind::SubOrchestration, name, |s| {
             s.check_payload("sub-orchestration input", &payload)?;
             if s.critical_section.is_some() {
                 return Err(lock_violation(
@@ -639,25 +640,44 @@ impl OrchestrationContext {
         })
     }
 
+    /// Records the action `make` describes and returns the future of its result; `kind`
+    /// and `name` say which task it is in a failure.
     fn emit_slot<T>(
         &self,
         location: &'static Location<'static>,
+        kind: TaskKind,
+        name: &str,
         make: impl FnOnce(&State) -> Result<ActionDetail, FailureDetails>,
     ) -> TaskFuture<T> {
+        let mut task = TaskFailure {
+            kind,
+            name: name.to_owned(),
+            task: None,
+            instance_id: None,
+            details: FailureDetails::new("", ""),
+        };
         let mut s = lock(&self.shared);
         let detail = match make(&s) {
             Ok(d) => d,
             Err(f) => {
                 drop(s);
-                return TaskFuture::failed(TaskError::Failed(f), &self.shared);
+                task.details = f;
+                return TaskFuture::failed(TaskError::Failed(Box::new(task)));
             }
         };
         let seq = match s.next_action_seq() {
             Ok(seq) => seq,
             Err(f) => {
                 drop(s);
-                return TaskFuture::failed(TaskError::Failed(f), &self.shared);
+                task.details = f;
+                return TaskFuture::failed(TaskError::Failed(Box::new(task)));
             }
+        };
+        task.task = Some(seq);
+        task.instance_id = match &detail {
+            ActionDetail::SubOrchestration { instance_id, .. } => Some(instance_id.clone()),
+            ActionDetail::EntityCall { entity, .. } => Some(entity.clone()),
+            _ => None,
         };
         s.slots.insert(seq, Slot::default());
         s.emitted.push(Action {
@@ -667,11 +687,14 @@ impl OrchestrationContext {
         });
         drop(s);
         TaskFuture {
-            inner: TaskInner::Slot(SlotFuture {
-                shared: Arc::clone(&self.shared),
-                seq,
-                done: false,
-            }),
+            inner: TaskInner::Slot(
+                SlotFuture {
+                    shared: Arc::clone(&self.shared),
+                    seq,
+                    done: false,
+                },
+                Box::new(task),
+            ),
             _t: PhantomData,
         }
     }
@@ -701,7 +724,9 @@ impl OrchestrationContext {
         location: &'static Location<'static>,
     ) -> TimerFuture {
         TimerFuture {
-            inner: self.emit_slot(location, |_| Ok(ActionDetail::Timer { fire_at })),
+            inner: self.emit_slot(location, TaskKind::Timer, "", |_| {
+                Ok(ActionDetail::Timer { fire_at })
+            }),
         }
     }
 
@@ -915,7 +940,7 @@ impl OrchestrationContext {
     ) -> TaskFuture<T> {
         match encode(input) {
             Ok(p) => self.call_entity_raw(entity, operation, p),
-            Err(e) => TaskFuture::failed(TaskError::Decode(e), &self.shared),
+            Err(e) => TaskFuture::failed(TaskError::Decode(e)),
         }
     }
 
@@ -934,7 +959,7 @@ impl OrchestrationContext {
     ) -> TaskFuture<T> {
         let location = Location::caller();
         let target = entity.instance_id();
-        self.emit_slot(location, |s| {
+        self.emit_slot(location, TaskKind::EntityOperation, operation, |s| {
             s.check_payload("entity operation input", &input)?;
             if let Some(locked) = &s.critical_section {
                 if !locked.contains(&target) {
@@ -969,7 +994,9 @@ impl OrchestrationContext {
         ids.sort();
         ids.dedup();
         let requested = ids.clone();
-        let inner = self.emit_slot(location, move |s| {
+        let names: Vec<&str> = requested.iter().map(InstanceId::as_str).collect();
+        let names = names.join(", ");
+        let inner = self.emit_slot(location, TaskKind::EntityLock, &names, move |s| {
             if s.critical_section.is_some() {
                 return Err(lock_violation(
                     "critical sections cannot be nested".to_owned(),
@@ -1223,7 +1250,8 @@ impl Drop for SlotFuture {
 
 #[derive(Debug)]
 enum TaskInner {
-    Slot(SlotFuture),
+    /// Waiting for the result; the task named in a failure.
+    Slot(SlotFuture, Box<TaskFailure>),
     Failed(Option<TaskError>),
 }
 
@@ -1236,7 +1264,7 @@ pub struct TaskFuture<T> {
 }
 
 impl<T> TaskFuture<T> {
-    fn failed(err: TaskError, _shared: &Shared) -> Self {
+    fn failed(err: TaskError) -> Self {
         Self {
             inner: TaskInner::Failed(Some(err)),
             _t: PhantomData,
@@ -1256,9 +1284,12 @@ impl<T> TaskFuture<T> {
                 Some(e) => Poll::Ready(Err(e)),
                 None => Poll::Pending,
             },
-            TaskInner::Slot(f) => match Pin::new(f).poll(cx) {
+            TaskInner::Slot(f, task) => match Pin::new(f).poll(cx) {
                 Poll::Ready(SlotResult::Ok(p)) => Poll::Ready(Ok(p)),
-                Poll::Ready(SlotResult::Err(e)) => Poll::Ready(Err(TaskError::Failed(e))),
+                Poll::Ready(SlotResult::Err(details)) => {
+                    task.details = details;
+                    Poll::Ready(Err(TaskError::Failed(task.clone())))
+                }
                 Poll::Ready(SlotResult::Fired) => Poll::Ready(Ok("null".to_owned())),
                 Poll::Pending => Poll::Pending,
             },

@@ -6,7 +6,13 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// What is recorded in history when an activity, sub-orchestration or orchestration fails:
-/// the error's type, its message, its cause chain and whether retrying could help.
+/// the error's type, its message, its cause chain, whether retrying could help, and the
+/// failure it wraps, if any.
+///
+/// A failure caused by a failed task — an orchestration that returned a failed activity's
+/// error with `?` — names the task in its message and keeps the task's own failure as its
+/// [`inner`](Self::inner) failure (Durable Functions' `InnerFailure`), so nothing of the
+/// original error is lost however deep the nesting.
 ///
 /// # Examples
 ///
@@ -31,6 +37,9 @@ pub struct FailureDetails {
     /// `true` when the failure must not be retried by a retry policy.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub non_retriable: bool,
+    /// The failure this one wraps: for a failed task, the task's own failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inner: Option<Box<FailureDetails>>,
 }
 
 impl FailureDetails {
@@ -41,15 +50,27 @@ impl FailureDetails {
             message: message.into(),
             causes: Vec::new(),
             non_retriable: false,
+            inner: None,
         }
     }
 
-    /// Captures an error's type name, message and `source()` chain.
+    /// Captures an error's type name, message and `source()` chain. A [`TaskError`] in
+    /// the chain (a user error that wraps a failed task) becomes the [`inner`](Self::inner)
+    /// failure, so the task's own failure stays reachable.
+    ///
+    /// Errors passed by value through `?` or [`ToFailure`] are recognised themselves too:
+    /// a [`TaskError`] gives its task's failure, a `FailureDetails` is kept as it is.
     pub fn from_error<E: std::error::Error + ?Sized>(err: &E) -> Self {
         let mut causes = Vec::new();
+        let mut inner = None;
         let mut source = err.source();
         while let Some(s) = source {
             causes.push(s.to_string());
+            if inner.is_none() {
+                inner = s
+                    .downcast_ref::<TaskError>()
+                    .map(|t| Box::new(t.to_failure()));
+            }
             source = s.source();
         }
         Self {
@@ -57,13 +78,54 @@ impl FailureDetails {
             message: err.to_string(),
             causes,
             non_retriable: false,
+            inner,
         }
+    }
+
+    /// [`from_error`](Self::from_error) for an error known by its type, which can be
+    /// recognised: a task's failure or failure details keep their structure.
+    fn from_typed_error<E: std::error::Error + 'static>(err: &E) -> Self {
+        let any: &(dyn std::error::Error + 'static) = err;
+        if let Some(t) = any.downcast_ref::<TaskError>() {
+            return t.to_failure();
+        }
+        if let Some(f) = any.downcast_ref::<FailureDetails>() {
+            return f.clone();
+        }
+        Self::from_error(err)
     }
 
     /// Marks the failure as not retriable.
     pub fn non_retriable(mut self) -> Self {
         self.non_retriable = true;
         self
+    }
+
+    /// Wraps `inner`: this failure was caused by it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::FailureDetails;
+    ///
+    /// let cause = FailureDetails::new("CardDeclined", "card declined");
+    /// let f = FailureDetails::new("PaymentFailed", "payment failed").with_inner(cause.clone());
+    /// assert_eq!(f.inner.as_deref(), Some(&cause));
+    /// assert_eq!(f.innermost(), &cause);
+    /// ```
+    pub fn with_inner(mut self, inner: FailureDetails) -> Self {
+        self.inner = Some(Box::new(inner));
+        self
+    }
+
+    /// The deepest failure in the [`inner`](Self::inner) chain (this one if it wraps none):
+    /// the error that started it all.
+    pub fn innermost(&self) -> &FailureDetails {
+        let mut f = self;
+        while let Some(i) = f.inner.as_deref() {
+            f = i;
+        }
+        f
     }
 
     pub(crate) fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
@@ -103,9 +165,9 @@ pub trait ToFailure {
     fn to_failure(&self) -> FailureDetails;
 }
 
-impl<E: std::error::Error> ToFailure for E {
+impl<E: std::error::Error + 'static> ToFailure for E {
     fn to_failure(&self) -> FailureDetails {
-        FailureDetails::from_error(self)
+        FailureDetails::from_typed_error(self)
     }
 }
 
@@ -137,9 +199,9 @@ macro_rules! user_error {
             }
         }
 
-        impl<E: std::error::Error> From<E> for $name {
+        impl<E: std::error::Error + 'static> From<E> for $name {
             fn from(err: E) -> Self {
-                Self(FailureDetails::from_error(&err))
+                Self(FailureDetails::from_typed_error(&err))
             }
         }
 
@@ -191,12 +253,40 @@ user_error! {
 }
 
 /// Why a durable task awaited in an orchestration did not produce a value.
+///
+/// Returned from an orchestration with `?`, it becomes the instance's failure: for a
+/// failed task, one that names the task (`activity 'charge' (task 3) failed: card
+/// declined`) and keeps the task's own failure as its inner failure.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::prelude::*;
+///
+/// #[activity]
+/// async fn charge(cents: u64) -> Result<String, ActivityError> {
+///     Err(ActivityError::non_retriable(format!("card declined for {cents}")))
+/// }
+///
+/// #[orchestrator]
+/// async fn checkout(ctx: OrchestrationContext, cents: u64) -> Result<String, OrchestrationError> {
+///     match ctx.call(charge, cents).await {
+///         Ok(receipt) => Ok(receipt),
+///         // The activity's own failure, and which task it was.
+///         Err(TaskError::Failed(t)) if t.details.non_retriable => {
+///             Ok(format!("{} failed: {}", t.name, t.details.message))
+///         }
+///         Err(e) => Err(e.into()),
+///     }
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TaskError {
-    /// The activity or sub-orchestration failed; its details were recorded in history.
-    #[error("task failed: {0}")]
-    Failed(FailureDetails),
+    /// The activity, sub-orchestration or entity operation failed; its failure was
+    /// recorded in history.
+    #[error("{0}")]
+    Failed(Box<TaskFailure>),
     /// A wait with a timeout (such as `wait_for_event_timeout`) timed out.
     #[error("timed out")]
     Timeout,
@@ -210,17 +300,118 @@ pub enum TaskError {
 }
 
 impl TaskError {
-    /// The failure details, if the task failed.
+    /// The task's own failure details, if the task failed.
     pub fn failure(&self) -> Option<&FailureDetails> {
         match self {
-            TaskError::Failed(f) => Some(f),
+            TaskError::Failed(t) => Some(&t.details),
             _ => None,
+        }
+    }
+
+    /// The failure recorded when an orchestration ends with this error: a failed task's
+    /// failure names the task and wraps the task's own failure.
+    pub fn to_failure(&self) -> FailureDetails {
+        match self {
+            TaskError::Failed(t) => t.to_failure(),
+            TaskError::Timeout => FailureDetails::new("Timeout", self.to_string()),
+            TaskError::Decode(e) => FailureDetails::new("PayloadDecodeError", e.to_string()),
+            TaskError::EmptySet => {
+                FailureDetails::new("EmptySet", self.to_string()).non_retriable()
+            }
         }
     }
 
     /// `true` for [`TaskError::Timeout`].
     pub fn is_timeout(&self) -> bool {
         matches!(self, TaskError::Timeout)
+    }
+}
+
+/// What kind of durable task failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TaskKind {
+    /// An activity.
+    Activity,
+    /// A sub-orchestration.
+    SubOrchestration,
+    /// An entity operation called from an orchestration.
+    EntityOperation,
+    /// A durable timer (fails only when it cannot be scheduled).
+    Timer,
+    /// A critical section's lock request.
+    EntityLock,
+}
+
+impl TaskKind {
+    /// How the kind reads in a message: `"activity"`, `"sub-orchestration"`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Activity => "activity",
+            TaskKind::SubOrchestration => "sub-orchestration",
+            TaskKind::EntityOperation => "entity operation",
+            TaskKind::Timer => "timer",
+            TaskKind::EntityLock => "entity lock",
+        }
+    }
+}
+
+/// A durable task that failed: which task it was, and its own failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskFailure {
+    /// What kind of task.
+    pub kind: TaskKind,
+    /// The activity, orchestrator or operation name.
+    pub name: String,
+    /// The task's sequence number in the orchestration (`None` when it failed before it
+    /// could be scheduled: an oversized input, say).
+    pub task: Option<u64>,
+    /// The sub-orchestration's instance id, or the called entity's.
+    pub instance_id: Option<crate::ids::InstanceId>,
+    /// The task's own failure, as recorded in history.
+    pub details: FailureDetails,
+}
+
+impl TaskFailure {
+    /// The failure recorded when an orchestration ends with this one: type `TaskFailed`, a
+    /// message that names the task, the task's own failure as the inner failure, and its
+    /// non-retriable flag.
+    pub fn to_failure(&self) -> FailureDetails {
+        FailureDetails {
+            error_type: "TaskFailed".to_owned(),
+            message: self.to_string(),
+            causes: Vec::new(),
+            non_retriable: self.details.non_retriable,
+            inner: Some(Box::new(self.details.clone())),
+        }
+    }
+}
+
+impl fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind.as_str())?;
+        if !self.name.is_empty() {
+            write!(f, " '{}'", self.name)?;
+        }
+        let mut about = Vec::new();
+        match (&self.instance_id, self.kind) {
+            (Some(id), TaskKind::EntityOperation) => write!(f, " on '{id}'")?,
+            (Some(id), _) => about.push(format!("instance '{id}'")),
+            (None, _) => {}
+        }
+        if let Some(seq) = self.task {
+            about.push(format!("task {seq}"));
+        }
+        if !about.is_empty() {
+            write!(f, " ({})", about.join(", "))?;
+        }
+        let verb = if self.task.is_some() {
+            "failed"
+        } else {
+            "could not be scheduled"
+        };
+        write!(f, " {verb}: {}", self.details.message)
     }
 }
 

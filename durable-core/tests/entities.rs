@@ -143,7 +143,7 @@ async fn counting(
     counter.add(10).await?;
     ctx.signal_entity::<Counter>(&key).add(5);
     let failed = match counter.add_then_fail(1000).await {
-        Err(TaskError::Failed(f)) => f.message,
+        Err(TaskError::Failed(f)) => f.details.message,
         other => format!("unexpected {other:?}"),
     };
     let unknown = ctx
@@ -402,15 +402,15 @@ async fn bad_section(
     let section = ctx.lock(std::slice::from_ref(&a)).await?;
     let mut errors = Vec::new();
     match ctx.entity::<Account>("q").balance().await {
-        Err(TaskError::Failed(f)) => errors.push(f.error_type),
+        Err(TaskError::Failed(f)) => errors.push(f.details.error_type),
         other => errors.push(format!("{other:?}")),
     }
     match ctx.lock(&[a]).await {
-        Err(TaskError::Failed(f)) => errors.push(f.message),
+        Err(TaskError::Failed(f)) => errors.push(f.details.message),
         other => errors.push(format!("{other:?}")),
     }
     match ctx.call_sub_orchestrator(echo, 1).await {
-        Err(TaskError::Failed(f)) => errors.push(f.message),
+        Err(TaskError::Failed(f)) => errors.push(f.details.message),
         other => errors.push(format!("{other:?}")),
     }
     drop(section);

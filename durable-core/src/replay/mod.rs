@@ -1057,13 +1057,7 @@ impl Replayer {
                 }),
                 Outcome::Terminated(reason) => Some(Event::SubOrchestrationFailed {
                     seq: parent.seq,
-                    failure: FailureDetails::new(
-                        "Terminated",
-                        format!(
-                            "sub-orchestration {} was terminated: {reason}",
-                            self.instance_id
-                        ),
-                    ),
+                    failure: FailureDetails::new("Terminated", format!("terminated: {reason}")),
                 }),
                 Outcome::ContinuedAsNew { .. } => None,
             };

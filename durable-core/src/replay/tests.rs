@@ -348,8 +348,13 @@ fn failed_activity_surfaces_as_task_error_and_fails_the_orchestration() {
     let Some(Outcome::Failed(f)) = ep.outcome else {
         panic!("expected a failure, got {:?}", ep.outcome);
     };
-    assert_eq!(f.error_type, std::any::type_name::<TaskError>());
-    assert_eq!(f.message, "task failed: Timeout: upstream timed out");
+    // The failure names the task and keeps the activity's own failure inside.
+    assert_eq!(f.error_type, "TaskFailed");
+    assert_eq!(
+        f.message,
+        "activity 'add_one' (task 0) failed: upstream timed out"
+    );
+    assert_eq!(f.inner.as_deref(), Some(&failure));
     assert_eq!(
         ep.new_events.last().map(|e| &e.event),
         Some(&Event::ExecutionCompleted {
@@ -1587,7 +1592,7 @@ fn sub_orchestration_gets_a_derived_id_and_its_failure_propagates() {
     assert_eq!(
         ep2.outcome,
         Some(completed(
-            "\"child failed: OrchestrationError: out of stock\""
+            "\"child failed: sub-orchestration 'failing_child' (instance 'inst-1:0', task 0) failed: out of stock\""
         ))
     );
 }
@@ -1648,10 +1653,7 @@ fn terminated_sub_orchestration_notifies_its_parent() {
             parent: parent_ref(),
             event: Event::SubOrchestrationFailed {
                 seq: 3,
-                failure: FailureDetails::new(
-                    "Terminated",
-                    "sub-orchestration inst-1 was terminated: operator"
-                ),
+                failure: FailureDetails::new("Terminated", "terminated: operator"),
             },
         }]
     );

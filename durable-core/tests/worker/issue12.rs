@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use durable_core::prelude::*;
-use durable_core::{RedbStore, Store, TaskFuture};
+use durable_core::{RedbStore, Store, SubOrchestrationOptions, TaskFuture};
 
 // ---------------------------------------------------------------- event order across generations
 
@@ -326,4 +326,167 @@ async fn empty_event_names_are_refused() {
     );
     let h = sent.history().await.unwrap();
     assert_eq!(super::support::count(&h, "EventSent"), 0);
+}
+
+// ---------------------------------------------------------------- failures name the failed task
+
+#[derive(Debug, thiserror::Error)]
+#[error("card declined")]
+struct CardDeclined {
+    #[source]
+    cause: std::io::Error,
+}
+
+#[activity]
+async fn charge(_cents: u64) -> Result<String, CardDeclined> {
+    Err(CardDeclined {
+        cause: std::io::Error::other("issuer said no"),
+    })
+}
+
+#[activity]
+async fn refuse(_cents: u64) -> Result<String, ActivityError> {
+    Err(ActivityError::non_retriable("fraud suspected"))
+}
+
+/// Propagates a failed activity with `?`.
+#[orchestrator]
+async fn pay(ctx: OrchestrationContext, cents: u64) -> Result<String, OrchestrationError> {
+    ctx.call(echo_cents, cents).await?;
+    if cents > 100 {
+        return Ok(ctx.call(refuse, cents).await?);
+    }
+    Ok(ctx.call(charge, cents).await?)
+}
+
+#[activity]
+async fn echo_cents(cents: u64) -> Result<u64, ActivityError> {
+    Ok(cents)
+}
+
+/// Catches the failure and reports what it learnt about the task.
+#[orchestrator]
+async fn pay_and_catch(
+    ctx: OrchestrationContext,
+    cents: u64,
+) -> Result<String, OrchestrationError> {
+    match ctx.call(charge, cents).await {
+        Ok(r) => Ok(r),
+        Err(TaskError::Failed(t)) => Ok(format!(
+            "{:?} {} #{:?}: {} [{}] causes={:?}",
+            t.kind, t.name, t.task, t.details.message, t.details.error_type, t.details.causes
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A parent whose child fails through its activity.
+#[orchestrator]
+async fn checkout(ctx: OrchestrationContext, cents: u64) -> Result<String, OrchestrationError> {
+    let opts = SubOrchestrationOptions::new().instance_id(InstanceId::new("pay-child").unwrap());
+    Ok(ctx.call_sub_orchestrator_with(pay, cents, opts).await?)
+}
+
+/// A user error that wraps a failed task.
+#[derive(Debug, thiserror::Error)]
+enum OrderError {
+    #[error("payment step failed")]
+    Payment(#[from] TaskError),
+}
+
+#[orchestrator]
+async fn order(ctx: OrchestrationContext, cents: u64) -> Result<String, OrderError> {
+    Ok(ctx.call(charge, cents).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_name_the_failed_task_and_keep_its_own_failure() {
+    let env = super::support::start(|b| {
+        b.register(pay)
+            .register(pay_and_catch)
+            .register(checkout)
+            .register(order)
+            .register(charge)
+            .register(refuse)
+            .register(echo_cents)
+    });
+    let c = &env.client;
+
+    // Propagated with `?`: the instance's failure names the task, the activity's own failure
+    // (its type, message and causes) is the inner failure.
+    let run = c.start(pay, 5).await.unwrap();
+    let ClientError::Failed(f) = run.wait().await.unwrap_err() else {
+        panic!("pay fails");
+    };
+    assert_eq!(f.error_type, "TaskFailed");
+    assert_eq!(
+        f.message,
+        "activity 'charge' (task 1) failed: card declined"
+    );
+    let inner = f.inner.as_deref().expect("the activity's own failure");
+    assert!(
+        inner.error_type.ends_with("CardDeclined"),
+        "{}",
+        inner.error_type
+    );
+    assert_eq!(inner.message, "card declined");
+    assert_eq!(inner.causes, ["issuer said no"]);
+    assert!(!f.non_retriable);
+    // The record the status shows is the same.
+    let record = run.status().await.unwrap();
+    assert_eq!(record.failure.as_ref(), Some(&f));
+
+    // The non-retriable flag is kept on both levels.
+    let run = c.start(pay, 500).await.unwrap();
+    let ClientError::Failed(f) = run.wait().await.unwrap_err() else {
+        panic!("pay fails");
+    };
+    assert_eq!(
+        f.message,
+        "activity 'refuse' (task 1) failed: fraud suspected"
+    );
+    assert!(f.non_retriable);
+    assert!(f.inner.as_ref().is_some_and(|i| i.non_retriable));
+
+    // Caught in the orchestration: which task, and its own failure.
+    let run = c.start(pay_and_catch, 5).await.unwrap();
+    let out = run.wait().await.unwrap();
+    assert!(
+        out.starts_with("Activity charge #Some(0): card declined [")
+            && out.ends_with("CardDeclined] causes=[\"issuer said no\"]"),
+        "{out}"
+    );
+
+    // Through a sub-orchestration: each level names its task, down to the activity's error.
+    let run = c.start(checkout, 5).await.unwrap();
+    let ClientError::Failed(f) = run.wait().await.unwrap_err() else {
+        panic!("checkout fails");
+    };
+    assert_eq!(
+        f.message,
+        "sub-orchestration 'pay' (instance 'pay-child', task 0) failed: \
+         activity 'charge' (task 1) failed: card declined"
+    );
+    let child = f.inner.as_deref().expect("the child's failure");
+    assert_eq!(
+        child.message,
+        "activity 'charge' (task 1) failed: card declined"
+    );
+    assert_eq!(f.innermost().message, "card declined");
+    assert_eq!(f.innermost().causes, ["issuer said no"]);
+
+    // A user error that wraps the task's error keeps it reachable as the inner failure.
+    let run = c.start(order, 5).await.unwrap();
+    let ClientError::Failed(f) = run.wait().await.unwrap_err() else {
+        panic!("order fails");
+    };
+    assert!(f.error_type.ends_with("OrderError"), "{}", f.error_type);
+    assert_eq!(f.message, "payment step failed");
+    assert_eq!(
+        f.causes[0],
+        "activity 'charge' (task 0) failed: card declined"
+    );
+    let task = f.inner.as_deref().expect("the task's failure");
+    assert_eq!(task.error_type, "TaskFailed");
+    assert_eq!(f.innermost().message, "card declined");
 }

@@ -249,7 +249,7 @@ async fn child(_ctx: OrchestrationContext, x: i64) -> Result<i64, OrchestrationE
 async fn parent(ctx: OrchestrationContext, x: i64) -> Result<String, OrchestrationError> {
     match ctx.call_sub_orchestrator(child, x).await {
         Ok(v) => Ok(format!("child said {v}")),
-        Err(TaskError::Failed(f)) => Ok(format!("child failed: {}", f.message)),
+        Err(TaskError::Failed(f)) => Ok(format!("child failed: {}", f.details.message)),
         Err(e) => Err(e.into()),
     }
 }
@@ -695,7 +695,7 @@ async fn calls_explode(
     _input: (),
 ) -> Result<String, OrchestrationError> {
     match ctx.call(explode, ()).await {
-        Err(TaskError::Failed(f)) => Ok(format!("{}|{}", f.error_type, f.message)),
+        Err(TaskError::Failed(f)) => Ok(format!("{}|{}", f.details.error_type, f.details.message)),
         other => Ok(format!("unexpected {other:?}")),
     }
 }
