@@ -1259,7 +1259,9 @@ impl<T: DeserializeOwned> Future for EventFuture<T> {
             s.waiter_slots.remove(&id);
             drop(s);
             self.done = true;
-            return Poll::Ready(decode::<T>(&data).map_err(TaskError::Decode));
+            return Poll::Ready(
+                crate::payload::decode_external::<T>(&data).map_err(TaskError::Decode),
+            );
         }
         w.waker = Some(cx.waker().clone());
         Poll::Pending

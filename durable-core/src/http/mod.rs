@@ -104,6 +104,7 @@
 //! # Ok(()) }
 //! ```
 
+mod conn;
 mod handlers;
 mod payload;
 mod util;
@@ -144,6 +145,7 @@ const CHECK_STATUS_RETRY_AFTER: &str = "10";
 ///     .bearer_token("s3cret")
 ///     .max_body_bytes(64 * 1024);
 /// assert_eq!(options.base_url.as_deref(), Some("https://jobs.example.com"));
+/// assert!(!options.code_in_links);
 /// // The token never shows in logs:
 /// assert!(!format!("{options:?}").contains("s3cret"));
 /// ```
@@ -161,6 +163,18 @@ pub struct HttpOptions {
     /// Largest request body accepted, in bytes; larger ones get 413. Default: the client's
     /// payload limit ([`crate::Limits::max_payload_bytes`]).
     pub max_body_bytes: Option<usize>,
+    /// With a [`bearer_token`](Self::bearer_token), put `code=<token>` into the management
+    /// links this API hands out — the check-status URLs (`statusQueryGetUri`,
+    /// `sendEventPostUri`, …) and the `Location` headers — as Durable Functions does with
+    /// its system key, so a client that only follows links (Logic Apps polling `Location`,
+    /// a browser) is authorized without setting a header. Default: off.
+    ///
+    /// The trade-off: the token then travels in URLs, and URLs are written to places
+    /// headers are not — access logs of this server and of every proxy on the way, browser
+    /// history, `Referer` headers, monitoring tools, copied links. Anyone who sees a link
+    /// holds the full credential of this API, for every instance. Turn it on only when
+    /// link-following clients need it, and prefer a token used for nothing else.
+    pub code_in_links: bool,
 }
 
 impl fmt::Debug for HttpOptions {
@@ -172,6 +186,7 @@ impl fmt::Debug for HttpOptions {
                 &self.bearer_token.as_ref().map(|_| "<redacted>"),
             )
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("code_in_links", &self.code_in_links)
             .finish()
     }
 }
@@ -199,6 +214,23 @@ impl HttpOptions {
         self.max_body_bytes = Some(n);
         self
     }
+
+    /// Puts `code=<token>` into the management links (see
+    /// [`code_in_links`](Self::code_in_links) for the trade-off).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::http::HttpOptions;
+    ///
+    /// // Logic Apps polls the `Location` of a 202 without adding headers.
+    /// let options = HttpOptions::new().bearer_token("s3cret").code_in_links(true);
+    /// assert!(options.code_in_links);
+    /// ```
+    pub fn code_in_links(mut self, on: bool) -> Self {
+        self.code_in_links = on;
+        self
+    }
 }
 
 #[derive(Clone)]
@@ -219,6 +251,14 @@ impl AppState {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => base_url_from_headers(headers),
         }
+    }
+
+    /// The `code` to put into management links, when [`HttpOptions::code_in_links`] asks.
+    fn link_code(&self) -> Option<&str> {
+        self.options
+            .bearer_token
+            .as_deref()
+            .filter(|t| self.options.code_in_links && !t.is_empty())
     }
 }
 
@@ -270,8 +310,9 @@ pub fn router(client: Client, options: HttpOptions) -> Router {
             &format!("{p}/instances/{{instance_id}}"),
             get(handlers::status).delete(handlers::purge),
         )
+        // raiseEvent (matched case-insensitively).
         .route(
-            &format!("{p}/instances/{{instance_id}}/raiseEvent/{{event_name}}"),
+            &format!("{p}/instances/{{instance_id}}/{{operation}}/{{event_name}}"),
             post(handlers::raise_event),
         )
         // terminate, suspend, resume, rewind, restart (matched case-insensitively).
@@ -397,8 +438,41 @@ impl CheckStatus {
     /// Appends `returnInternalServerErrorOnFailure=true` to the status URL, so polling
     /// clients get a 500 when the instance fails.
     pub fn return_internal_server_error_on_failure(mut self) -> Self {
-        self.status_query_get_uri
-            .push_str("?returnInternalServerErrorOnFailure=true");
+        util::push_query(
+            &mut self.status_query_get_uri,
+            "returnInternalServerErrorOnFailure",
+            "true",
+        );
+        self
+    }
+
+    /// Appends `code=<code>` to every URL, as Durable Functions does with its system key,
+    /// so that clients which only follow links are authorized (see
+    /// [`HttpOptions::code_in_links`] for what that costs).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::InstanceId;
+    /// use durable_core::http::CheckStatus;
+    ///
+    /// let id = InstanceId::new("abc").unwrap();
+    /// let urls = CheckStatus::new(&id, "http://localhost:7071").with_code("k+1");
+    /// assert!(urls.status_query_get_uri.ends_with("/instances/abc?code=k%2B1"));
+    /// assert!(urls.terminate_post_uri.ends_with("/terminate?reason={text}&code=k%2B1"));
+    /// ```
+    pub fn with_code(mut self, code: &str) -> Self {
+        for url in [
+            &mut self.status_query_get_uri,
+            &mut self.send_event_post_uri,
+            &mut self.terminate_post_uri,
+            &mut self.purge_history_delete_uri,
+            &mut self.restart_post_uri,
+            &mut self.suspend_post_uri,
+            &mut self.resume_post_uri,
+        ] {
+            util::push_query(url, "code", code);
+        }
         self
     }
 }
@@ -541,7 +615,7 @@ async fn accept_loop(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(TokioIo::new(conn::JsonErrors::new(stream)), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
