@@ -12,10 +12,13 @@
 //! | `GET /instances` (`createdTimeFrom`, `createdTimeTo`, `runtimeStatus`, `instanceIdPrefix`, `showInput`, `top`; `x-ms-continuation-token` header both ways) | 200 JSON array | 400 |
 //! | `DELETE /instances/{id}` | 200 `{"instancesDeleted": n}` | 404, 412 (still running) |
 //! | `DELETE /instances` (`createdTimeFrom` required, `createdTimeTo`, `runtimeStatus`) | 200 `{"instancesDeleted": n}` | 400, 404 (nothing matched) |
-//! | `POST /instances/{id}/raiseEvent/{event}` (body: JSON data) | 202 | 400, 404, 410 (finished) |
+//! | `POST /instances/{id}/raiseEvent/{event}` (body: JSON data; `raiseEvent` in any casing) | 202 | 400, 404, 410 (finished) |
 //! | `POST /instances/{id}/terminate`, `/suspend`, `/resume` (`reason`) | 202 | 404, 410 |
 //! | `POST /instances/{id}/restart` (`restartWithNewInstanceId`, default true) | 202 + check-status payload of the new run | 400 (unknown id), 409 |
 //! | `POST /instances/{id}/rewind` (`reason`) | 202; the failed instance resumes at its point of failure ([`crate::Client::rewind`]) | 400 (not failed, or not rewindable), 404, 410 (completed or terminated) |
+//! | `POST /entities/{name}/{key}?op=..` (body: JSON input; `DELETE` sends `delete`) | 202 | 400, 404 (unknown entity name) |
+//! | `GET /entities/{name}/{key}` | 200 with the state | 404 |
+//! | `GET /entities[/{name}]` (`fetchState`, `lastOperationTimeFrom`, `lastOperationTimeTo`, `top`; continuation header) | 200 JSON array | 400 |
 //!
 //! Choices where Durable Functions is ambiguous or has no equivalent:
 //! - A Failed instance answers 200 with `runtimeStatus: "Failed"` and the failure details
@@ -23,18 +26,47 @@
 //!   `returnInternalServerErrorOnFailure=true`.
 //! - `showInput` defaults to true, as in Durable Functions. The check-status payload does
 //!   not carry `rewindPostUri` (Durable Functions does not emit it either).
-//! - Every error answers with a JSON body `{"error": "<Code>", "message": "<text>"}`.
-//!   Malformed input (bad JSON, bad instance ids, unparsable query values, an unknown
-//!   orchestrator name) is a 400, never a 500; bodies over the payload limit are a 413.
+//! - Every error answers with a JSON body `{"error": "<Code>", "message": "<text>",
+//!   "Message": "<text>", "ExceptionMessage": "<text>"}`: the last two are the keys of
+//!   ASP.NET's error bodies that Durable Functions clients read (the Python client's
+//!   `start_new` raises `ExceptionMessage` on a 400). Malformed input (bad JSON, bad
+//!   instance ids, unparsable query values, an unknown orchestrator name) is a 400, never
+//!   a 500; bodies over the payload limit are a 413. With [`serve`], requests hyper
+//!   refuses before routing carry the same body: 400 `MalformedRequest` (a malformed
+//!   request line or header), 414 `UriTooLong` (a URI over 65,534 bytes), 431
+//!   `RequestHeadersTooLarge` (over 100 header fields, or a request head over hyper's
+//!   read buffer). A header-read timeout closes the connection without an answer.
+//! - Inputs, event data and entity operation inputs may come double-encoded, as Durable
+//!   Functions clients send them: the body is a JSON string holding the JSON of the value
+//!   (`"[\"Tokyo\"]"`, `"5"`). A body that is a JSON string holding a JSON string
+//!   (`"\"World\""`) is taken as that inner string here. Everything else is stored as
+//!   sent and decoded when its type is known — at start (orchestration input, checked
+//!   against the registry), when the orchestration receives an event, when the entity
+//!   runs the operation — by one rule: the payload is decoded as the expected type; only
+//!   if that fails and it is a JSON string whose content decodes as that type, the
+//!   content is used. A payload that decodes as it is is never reinterpreted, so typed
+//!   callers are unaffected; statuses and histories show payloads as they were sent.
 //! - Query parameter names are matched case-insensitively and booleans accept any casing
-//!   (`True`, `true`, `TRUE`). The `taskHub`, `connection` and `code` parameters real
-//!   clients send are accepted (`code` doubles as the bearer token, see below).
+//!   (`True`, `true`, `TRUE`); so are the operation segments (`raiseEvent`, `terminate`,
+//!   `suspend`, `resume`, `rewind`, `restart`), while `orchestrators`, `instances` and
+//!   `entities` must be written as shown. The `taskHub`, `connection` and `code`
+//!   parameters real clients send are accepted (`code` doubles as the bearer token, see
+//!   below).
 //! - `raiseEvent` accepts any `Content-Type` as long as the body is JSON (curl's default
 //!   form content type included); an empty body raises the event with `null`.
 //! - A terminate, suspend or resume reason comes from the `reason` query parameter or,
 //!   failing that, from the body (a JSON string such as `"\"reason\""` or plain text).
 //! - Status timestamps (`createdTime`, `lastUpdatedTime`) have second precision
-//!   (`2024-01-01T00:00:00Z`); history timestamps keep milliseconds.
+//!   (`2024-01-01T00:00:00Z`); history and entity times have .NET's seven fractional
+//!   digits (`2024-01-01T00:00:00.1230000Z`; this engine records milliseconds).
+//! - `historyEvents` follows Durable Functions' shaping: episode markers dropped, each
+//!   scheduling event merged into its completion (`FunctionName`, `ScheduledTime`),
+//!   `Input` only with `showInput` and `Result` only with `showHistoryOutput` (both as
+//!   JSON values), failures as `FailureDetails` with `PascalCase` keys. Entity traffic
+//!   appears as Durable Functions records it: `EventSent` for an operation call or signal
+//!   (`Name` = operation), a lock request (`lock`) and a lock release (`release`);
+//!   `EventRaised` for an operation's answer and a lock grant; `InstanceId` is the
+//!   entity's (`@name@key`).
 //! - The `x-ms-continuation-token` response header is always present; it is empty on the
 //!   last page. Tokens are opaque (hex) and must be sent back unchanged.
 //! - Non-Durable-Functions extra: `lastError` in a status shows why a running instance is
@@ -42,8 +74,11 @@
 //!
 //! When [`HttpOptions::bearer_token`] is set, every request needs `Authorization: Bearer
 //! <token>` (or `?code=<token>`, which Durable Functions clients send); otherwise the
-//! answer is 401. [`serve`] binds loopback addresses freely and refuses any other address
-//! without a token.
+//! answer is 401. [`HttpOptions::code_in_links`] (off by default) also puts `code=<token>`
+//! into the management links and `Location` headers, as Durable Functions does, so
+//! clients that only follow links (Logic Apps) work — at the price of the token showing
+//! up in URLs and logs. [`serve`] binds loopback addresses freely and refuses any other
+//! address without a token.
 //!
 //! # Examples
 //!
@@ -266,7 +301,9 @@ impl AppState {
 ///
 /// Merge it into an application (`app.merge(router(..))`) or serve it alone with
 /// [`serve`]. Unmatched paths answer 404 and unsupported methods 405, both with a JSON
-/// error body.
+/// error body. Requests that hyper refuses before routing (malformed, URI or headers too
+/// large) get the JSON error body only under [`serve`], which wraps each connection for
+/// that; another server answers those as it does.
 ///
 /// # Examples
 ///
