@@ -496,8 +496,10 @@ impl Registry {
         self.activities.contains_key(name)
     }
 
-    /// Checks that `input` deserializes as the named orchestrator's input type.
-    /// `Ok(false)` means the name is unknown.
+    /// Checks that `input` deserializes as the named orchestrator's input type, as the
+    /// orchestration will decode it: directly, or — when that fails and `input` is a JSON
+    /// string — from the string's content (the double encoding Durable Functions clients
+    /// send). `Ok(false)` means the name is unknown.
     pub fn check_orchestrator_input(
         &self,
         name: &str,
