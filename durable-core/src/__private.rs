@@ -34,12 +34,13 @@ pub trait EntityState: serde::Serialize + serde::de::DeserializeOwned + Send + '
 
 impl<T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static> EntityState for T {}
 
-/// Decodes an entity operation's input.
+/// Decodes an entity operation's input (accepting the double-encoded form Durable
+/// Functions clients send, see `crate::payload`).
 pub fn decode_input<T: serde::de::DeserializeOwned>(
     operation: &str,
     input: &str,
 ) -> Result<T, FailureDetails> {
-    crate::error::decode(input).map_err(|e| {
+    crate::payload::decode_external(input).map_err(|e| {
         let mut f = FailureDetails::from_error(&e).non_retriable();
         f.message = format!("input of operation `{operation}`: {}", f.message);
         f

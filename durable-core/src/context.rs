@@ -1365,7 +1365,9 @@ impl<T: DeserializeOwned> Future for EventFuture<T> {
             s.waiter_slots.remove(&id);
             drop(s);
             self.done = true;
-            return Poll::Ready(decode::<T>(&delivered.data).map_err(TaskError::Decode));
+            return Poll::Ready(
+                crate::payload::decode_external::<T>(&delivered.data).map_err(TaskError::Decode),
+            );
         }
         w.waker = Some(cx.waker().clone());
         Poll::Pending

@@ -63,6 +63,7 @@ pub mod history;
 pub mod http;
 pub mod ids;
 pub mod logging;
+mod payload;
 pub mod registry;
 pub mod replay;
 pub mod retry;

@@ -440,15 +440,16 @@ impl Registry {
     pub fn add_orchestrator<O: Orchestrator>(&mut self) {
         let run: Arc<OrchestratorFn> = Arc::new(|ctx, input: Payload| {
             Box::pin(async move {
-                let input: O::Input =
-                    decode(&input).map_err(|e| FailureDetails::from_error(&e).non_retriable())?;
+                let input: O::Input = crate::payload::decode_external(&input)
+                    .map_err(|e| FailureDetails::from_error(&e).non_retriable())?;
                 match O::run(ctx, input).await {
                     Ok(out) => encode(&out).map_err(|e| FailureDetails::from_error(&e)),
                     Err(e) => Err(e.to_failure()),
                 }
             })
         });
-        let check_input: Arc<InputCheckFn> = Arc::new(|text| decode::<O::Input>(text).map(drop));
+        let check_input: Arc<InputCheckFn> =
+            Arc::new(|text| crate::payload::decode_external::<O::Input>(text).map(drop));
         let entry = OrchestratorEntry { run, check_input };
         if self
             .orchestrators
@@ -495,8 +496,10 @@ impl Registry {
         self.activities.contains_key(name)
     }
 
-    /// Checks that `input` deserializes as the named orchestrator's input type.
-    /// `Ok(false)` means the name is unknown.
+    /// Checks that `input` deserializes as the named orchestrator's input type, as the
+    /// orchestration will decode it: directly, or — when that fails and `input` is a JSON
+    /// string — from the string's content (the double encoding Durable Functions clients
+    /// send). `Ok(false)` means the name is unknown.
     pub fn check_orchestrator_input(
         &self,
         name: &str,

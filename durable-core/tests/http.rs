@@ -76,7 +76,8 @@ impl Reply {
     fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(|v| v.to_str().unwrap())
     }
-    /// Error answers carry `{"error": code, "message": text}`.
+    /// Error answers carry `{"error": code, "message": text}`, plus the message as
+    /// `Message` and `ExceptionMessage` (what Durable Functions clients read).
     fn assert_error(&self, status: StatusCode, code: &str) {
         assert_eq!(self.status, status, "body: {}", self.text);
         assert!(
@@ -89,6 +90,8 @@ impl Reply {
         let body = self.json();
         assert_eq!(body["error"], code, "{body}");
         assert!(!body["message"].as_str().unwrap().is_empty());
+        assert_eq!(body["Message"], body["message"], "{body}");
+        assert_eq!(body["ExceptionMessage"], body["message"], "{body}");
     }
 }
 
@@ -969,6 +972,10 @@ impl Counter {
     fn add(&mut self, amount: i64) {
         self.value += amount;
     }
+
+    fn get(&self) -> i64 {
+        self.value
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1074,4 +1081,418 @@ async fn dot_instance_ids_get_urls_clients_do_not_collapse() {
         .await
         .assert_error(StatusCode::NOT_FOUND, "InstanceNotFound");
     api.shutdown().await;
+}
+
+// ------------------------------------------------------------------------------ issue 12
+
+/// The unmodified Durable Functions clients, DF-shaped history, links with `code=`, and
+/// errors raised before routing.
+mod issue12 {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[orchestrator]
+    async fn total(
+        _ctx: OrchestrationContext,
+        numbers: Vec<i64>,
+    ) -> Result<i64, OrchestrationError> {
+        Ok(numbers.iter().sum())
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Verdict {
+        approved: bool,
+        by: String,
+    }
+
+    #[orchestrator]
+    async fn review(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+        let v: Verdict = ctx.wait_for_event("verdict").await?;
+        Ok(format!("approved={} by {}", v.approved, v.by))
+    }
+
+    /// Locks, calls and signals `Counter` entities.
+    #[orchestrator]
+    async fn tally(ctx: OrchestrationContext, amount: i64) -> Result<i64, OrchestrationError> {
+        let section = ctx.lock(&[EntityId::of::<Counter>("tally")?]).await?;
+        ctx.entity::<Counter>("tally").add(amount).await?;
+        let value = ctx.entity::<Counter>("tally").get().await?;
+        section.release();
+        ctx.signal_entity::<Counter>("other").add(1);
+        Ok(value)
+    }
+
+    async fn start(options: HttpOptions) -> Api {
+        start_api_with(options, |b| {
+            b.register(total).register(review).register(tally)
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn error_bodies_carry_message_and_exception_message() {
+        let api = start(HttpOptions::new()).await;
+        // The Python client's start_new raises body["ExceptionMessage"] on a 400.
+        let r = api
+            .post("/orchestrators/no_such_orchestrator", "\"1\"")
+            .await;
+        r.assert_error(StatusCode::BAD_REQUEST, "UnknownOrchestrator");
+        assert!(
+            r.json()["ExceptionMessage"]
+                .as_str()
+                .unwrap()
+                .contains("no_such_orchestrator")
+        );
+        api.get("/nowhere")
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "NotFound");
+        api.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn double_encoded_starts_events_and_signals_decode_as_the_typed_input() {
+        let api = start(HttpOptions::new()).await;
+        // What the Python client sends for start_new("total", None, [1, 2, 3]).
+        let id = api.start("total", r#""[1, 2, 3]""#).await;
+        assert_eq!(api.wait_status(&id, "Completed").await.json()["output"], 6);
+        // ... for the string "World": the string, not "\"World\"".
+        let id = api.start("hello", r#""\"World\"""#).await;
+        assert_eq!(
+            api.wait_status(&id, "Completed").await.json()["output"],
+            "Hello World!"
+        );
+        // Still refused when neither the body nor its content is the input type.
+        api.post("/orchestrators/total", r#""[\"a\"]""#)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "InvalidPayload");
+        api.post("/orchestrators/total", r#""{\"a\": 1}""#)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "InvalidPayload");
+
+        // Events: decoded when the orchestration receives them.
+        let id = api.start("review", "").await;
+        let r = api
+            .post(
+                &format!("/instances/{id}/raiseEvent/verdict"),
+                r#""{\"approved\": true, \"by\": \"ada\"}""#,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+        assert_eq!(
+            api.wait_status(&id, "Completed").await.json()["output"],
+            "approved=true by ada"
+        );
+        let id = api.start("approval", "").await;
+        api.post(
+            &format!("/instances/{id}/raiseEvent/approve"),
+            r#""\"yes\"""#,
+        )
+        .await;
+        assert_eq!(
+            api.wait_status(&id, "Completed").await.json()["output"],
+            "yes"
+        );
+
+        // Entity signals with inputs: "5", then a string holding the string "2".
+        for body in [r#""5""#, r#""\"2\"""#] {
+            let r = api.post("/entities/Counter/py?op=add", body).await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+        }
+        let state = api
+            .poll("/entities/counter/py", "state 7", |r| {
+                r.status == StatusCode::OK && r.json()["value"] == 7
+            })
+            .await;
+        assert_eq!(state.json(), json!({ "value": 7 }));
+        api.shutdown().await;
+    }
+
+    /// `2024-01-01T00:00:00.1230000Z`: .NET's round-trip format.
+    fn has_seven_fraction_digits(time: &str) -> bool {
+        let Some((_, fraction)) = time.split_once('.') else {
+            return false;
+        };
+        fraction.len() == 8
+            && fraction.ends_with('Z')
+            && fraction[..7].bytes().all(|b| b.is_ascii_digit())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn history_shows_entity_traffic_as_durable_functions_event_types() {
+        let api = start(HttpOptions::new()).await;
+        let id = api.start("tally", "5").await;
+        let done = api.wait_status(&id, "Completed").await;
+        assert_eq!(done.json()["output"], 5);
+        let created = done.json()["createdTime"].as_str().unwrap().to_owned();
+        assert!(
+            !created.contains('.'),
+            "status times have second precision: {created}"
+        );
+
+        let r = api
+            .get(&format!(
+                "/instances/{id}?showHistory=true&showHistoryOutput=true"
+            ))
+            .await;
+        let events = r.json()["historyEvents"].as_array().unwrap().clone();
+        let summary: Vec<String> = events
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {} {}",
+                    e["EventType"].as_str().unwrap(),
+                    e["Name"].as_str().unwrap_or("-"),
+                    e["InstanceId"].as_str().unwrap_or("-")
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                "ExecutionStarted - -",
+                "EventSent lock @counter@tally",
+                "EventRaised lock @counter@tally",
+                "EventSent add @counter@tally",
+                "EventRaised add @counter@tally",
+                "EventSent get @counter@tally",
+                "EventRaised get @counter@tally",
+                "EventSent release @counter@tally",
+                "EventSent add @counter@other",
+                "ExecutionCompleted - -",
+            ],
+            "{events:#?}"
+        );
+        // Payloads as JSON values: the call's input and the entity's answer.
+        assert_eq!(events[3]["Input"], 5);
+        assert_eq!(events[6]["Input"], 5);
+        assert_eq!(events[9]["Result"], 5);
+        for e in &events {
+            let t = e["Timestamp"].as_str().unwrap();
+            assert!(has_seven_fraction_digits(t), "{t}");
+        }
+        // Without showInput / showHistoryOutput: no payloads at all.
+        let r = api
+            .get(&format!("/instances/{id}?showHistory=true&showInput=false"))
+            .await;
+        for e in r.json()["historyEvents"].as_array().unwrap() {
+            assert!(e.get("Input").is_none() && e.get("Result").is_none(), "{e}");
+        }
+        api.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raise_event_is_matched_case_insensitively() {
+        let api = start(HttpOptions::new()).await;
+        let first = api.start("approval", "").await;
+        let second = api.start("approval", "").await;
+        for (id, op) in [(&first, "RaiseEvent"), (&second, "raiseevent")] {
+            let r = api
+                .post(
+                    &format!("/instances/{id}/{op}/approve"),
+                    &format!("\"{op}\""),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{op}: {}", r.text);
+            assert_eq!(api.wait_status(id, "Completed").await.json()["output"], op);
+        }
+        api.post(&format!("/instances/{first}/raiseEvents/approve"), "1")
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "NotFound");
+        api.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn management_links_carry_the_code_only_when_asked() {
+        const TOKEN: &str = "s3 cr+t";
+        const CODE: &str = "code=s3%20cr%2Bt";
+        let auth = [("authorization", "Bearer s3 cr+t")];
+        let api = start(HttpOptions::new().bearer_token(TOKEN).code_in_links(true)).await;
+        let r = api
+            .send(Method::POST, "/orchestrators/nap", &auth, Some("1"))
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+        let body = r.json();
+        for key in [
+            "statusQueryGetUri",
+            "sendEventPostUri",
+            "terminatePostUri",
+            "purgeHistoryDeleteUri",
+            "restartPostUri",
+            "suspendPostUri",
+            "resumePostUri",
+        ] {
+            let url = body[key].as_str().unwrap();
+            assert_eq!(url.matches(CODE).count(), 1, "{key}: {url}");
+        }
+        let location = r.header("location").unwrap().to_owned();
+        assert_eq!(location, body["statusQueryGetUri"]);
+
+        // Logic Apps-style polling: follow Location with no header at all.
+        let r = api.get(&location).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+        assert_eq!(r.header("location"), Some(location.as_str()));
+        // A status read with the header gets a Location that works without it.
+        let id = body["id"].as_str().unwrap();
+        let r = api
+            .send(Method::GET, &format!("/instances/{id}"), &auth, None)
+            .await;
+        assert!(r.header("location").unwrap().ends_with(&format!("?{CODE}")));
+        let terminate = body["terminatePostUri"]
+            .as_str()
+            .unwrap()
+            .replace("{text}", "enough");
+        let r = api.send(Method::POST, &terminate, &[], None).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+        api.shutdown().await;
+
+        // Off by default: the token never shows in a link.
+        let api = start(HttpOptions::new().bearer_token(TOKEN)).await;
+        let r = api
+            .send(Method::POST, "/orchestrators/nap", &auth, Some("1"))
+            .await;
+        assert!(!r.text.contains("code="), "{}", r.text);
+        assert!(!r.header("location").unwrap().contains("code="));
+        api.shutdown().await;
+    }
+
+    /// Sends raw bytes on a fresh connection and reads until the server closes it.
+    async fn raw(api: &Api, request: &[u8]) -> String {
+        let addr = api.base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(GUARD, stream.read_to_end(&mut out))
+            .await
+            .expect("the server closes the connection")
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The status code and JSON body of the last answer in `text`.
+    fn last_answer(text: &str) -> (u16, Value) {
+        let start = text.rfind("HTTP/1.1 ").expect("an answer");
+        let answer = &text[start..];
+        let status = answer[9..12].parse().unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains("content-type: application/json"),
+            "no JSON body: {head}"
+        );
+        (status, serde_json::from_str(body).expect("JSON body"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn errors_raised_before_routing_carry_the_json_error_body() {
+        let api = start(HttpOptions::new()).await;
+        let long_uri = format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000));
+        let mut many_headers = "GET / HTTP/1.1\r\nhost: x\r\n".to_owned();
+        for i in 0..150 {
+            many_headers.push_str("x-h");
+            many_headers.push_str(&i.to_string());
+            many_headers.push_str(": 1\r\n");
+        }
+        many_headers.push_str("\r\n");
+        for (request, status, code) in [
+            (
+                "NOT HTTP AT ALL\r\n\r\n".to_owned(),
+                400,
+                "MalformedRequest",
+            ),
+            (
+                "GET / HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n".to_owned(),
+                400,
+                "MalformedRequest",
+            ),
+            (long_uri, 414, "UriTooLong"),
+            (many_headers, 431, "RequestHeadersTooLarge"),
+        ] {
+            let text = raw(&api, request.as_bytes()).await;
+            let (got, body) = last_answer(&text);
+            assert_eq!(got, status, "{text}");
+            assert_eq!(body["error"], code, "{body}");
+            assert_eq!(body["ExceptionMessage"], body["message"], "{body}");
+        }
+        // A good request, then garbage on the same connection: two JSON answers.
+        let text = raw(
+            &api,
+            format!("GET {PREFIX}/instances/nope HTTP/1.1\r\nhost: x\r\n\r\nGARBAGE\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 2, "{text}");
+        assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+        let (status, body) = last_answer(&text);
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("MalformedRequest"))
+        );
+        api.shutdown().await;
+    }
+
+    #[activity]
+    async fn decline(_cents: u64) -> Result<(), ActivityError> {
+        Err(ActivityError::non_retriable("card declined"))
+    }
+
+    #[orchestrator]
+    async fn charge_card(ctx: OrchestrationContext, cents: u64) -> Result<(), OrchestrationError> {
+        Ok(ctx.call(decline, cents).await?)
+    }
+
+    /// A failure caused by a failed task names it; the task's own failure is the nested
+    /// `innerFailure` in the status output and `InnerFailure` in history.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failure_details_name_the_task_and_nest_its_own_failure() {
+        let api = start_api_with(HttpOptions::new(), |b| {
+            b.register(decline).register(charge_card)
+        })
+        .await;
+        let id = api.start("charge_card", "5").await;
+        api.wait_status(&id, "Failed").await;
+        let r = api.get(&format!("/instances/{id}?showHistory=true")).await;
+        let body = r.json();
+        let output = &body["output"];
+        assert_eq!(output["errorType"], "TaskFailed", "{output}");
+        assert_eq!(
+            output["errorMessage"],
+            "activity 'decline' (task 0) failed: card declined"
+        );
+        assert_eq!(output["isNonRetriable"], true);
+        assert_eq!(
+            output["innerFailure"]["errorType"], "ActivityError",
+            "{output}"
+        );
+        assert_eq!(output["innerFailure"]["errorMessage"], "card declined");
+        let events = body["historyEvents"].as_array().unwrap();
+        let completed = events
+            .iter()
+            .find(|e| e["EventType"] == "ExecutionCompleted")
+            .expect("ExecutionCompleted in history");
+        assert_eq!(
+            completed["FailureDetails"]["InnerFailure"]["ErrorMessage"], "card declined",
+            "{completed}"
+        );
+        api.shutdown().await;
+    }
+
+    /// An empty event name is refused with 400; names match in any casing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn event_names_are_case_insensitive_and_never_empty() {
+        let api = start(HttpOptions::new()).await;
+        let id = api.start("approval", "").await;
+        api.wait_status(&id, "Running").await;
+        let r = api
+            .post(&format!("/instances/{id}/raiseEvent/"), "\"x\"")
+            .await;
+        r.assert_error(StatusCode::BAD_REQUEST, "InvalidEventName");
+        let r = api
+            .post(&format!("/instances/{id}/raiseEvent/APPROVE"), "\"yes\"")
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+        assert_eq!(
+            api.wait_status(&id, "Completed").await.json()["output"],
+            "yes"
+        );
+        api.shutdown().await;
+    }
 }

@@ -9,10 +9,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::payload::{Show, StatusPayload};
+use super::payload::{Show, StatusPayload, dtf_timestamp};
 use super::util::{
     ApiError, Query, decode_token, encode_path_segment, encode_token, json_body, json_response,
-    read_body,
+    push_query, read_body,
 };
 use super::{AppState, CheckStatus, PREFIX};
 use crate::client::StartOptions;
@@ -131,12 +131,14 @@ async fn after_start(
     let fail_500 = query.bool("returnInternalServerErrorOnFailure", false)?;
     let base = state.base_url(headers);
     let check_status = || {
-        let c = CheckStatus::new(id, &base);
+        let mut c = CheckStatus::new(id, &base);
         if fail_500 {
-            c.return_internal_server_error_on_failure()
-        } else {
-            c
+            c = c.return_internal_server_error_on_failure();
         }
+        if let Some(code) = state.link_code() {
+            c = c.with_code(code);
+        }
+        c
     };
     let Some(timeout) = wait else {
         return Ok(check_status().into_response());
@@ -192,6 +194,9 @@ pub(super) async fn status(
     if let Some(raw) = raw.filter(|r| !r.is_empty()) {
         location.push('?');
         location.push_str(&raw);
+    }
+    if let Some(code) = state.link_code().filter(|_| query.get("code").is_none()) {
+        push_query(&mut location, "code", code);
     }
     Ok(status_response(
         &record,
@@ -366,17 +371,39 @@ pub(super) async fn purge_by_filter(
 
 // ------------------------------------------------------------------------ raise event
 
-/// `POST /instances/{instanceId}/raiseEvent/{eventName}`.
+/// `POST /instances/{instanceId}/raiseEvent/{eventName}` (`raiseEvent` in any casing,
+/// like the other operation names).
 pub(super) async fn raise_event(
     State(state): State<AppState>,
-    params: Result<Path<(String, String)>, PathRejection>,
+    params: Result<Path<(String, String, String)>, PathRejection>,
     body: Body,
 ) -> ApiResult {
-    let (id, name) = path(params)?;
+    let (id, operation, name) = path(params)?;
+    if !operation.eq_ignore_ascii_case("raiseEvent") {
+        return Err(not_found_error());
+    }
     let id = instance_id(id)?;
     let bytes = read_body(body, state.body_limit()).await?;
     let data = json_body(&bytes)?;
     state.client.raise_event_raw(&id, &name, data).await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// `POST /instances/{instanceId}/raiseEvent/`: an event without a name, which the client
+/// refuses (`InvalidEventName`, 400).
+pub(super) async fn raise_unnamed_event(
+    State(state): State<AppState>,
+    params: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult {
+    let (id, operation) = path(params)?;
+    if !operation.eq_ignore_ascii_case("raiseEvent") {
+        return Err(not_found_error());
+    }
+    let id = instance_id(id)?;
+    state
+        .client
+        .raise_event_raw(&id, "", "null".to_owned())
+        .await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -663,7 +690,7 @@ async fn list_entities_impl(
                 key: e.id.key,
                 name: e.id.name,
             },
-            last_operation_time: e.last_operation_at.to_rfc3339(),
+            last_operation_time: dtf_timestamp(e.last_operation_at),
             state: e.state.and_then(|s| serde_json::from_str(&s).ok()),
         })
         .collect();

@@ -12,10 +12,13 @@
 //! | `GET /instances` (`createdTimeFrom`, `createdTimeTo`, `runtimeStatus`, `instanceIdPrefix`, `showInput`, `top`; `x-ms-continuation-token` header both ways) | 200 JSON array | 400 |
 //! | `DELETE /instances/{id}` | 200 `{"instancesDeleted": n}` | 404, 412 (still running) |
 //! | `DELETE /instances` (`createdTimeFrom` required, `createdTimeTo`, `runtimeStatus`) | 200 `{"instancesDeleted": n}` | 400, 404 (nothing matched) |
-//! | `POST /instances/{id}/raiseEvent/{event}` (body: JSON data) | 202 | 400, 404, 410 (finished) |
+//! | `POST /instances/{id}/raiseEvent/{event}` (body: JSON data; `raiseEvent` in any casing) | 202 | 400, 404, 410 (finished) |
 //! | `POST /instances/{id}/terminate`, `/suspend`, `/resume` (`reason`) | 202 | 404, 410 |
 //! | `POST /instances/{id}/restart` (`restartWithNewInstanceId`, default true) | 202 + check-status payload of the new run | 400 (unknown id), 409 |
 //! | `POST /instances/{id}/rewind` (`reason`) | 202; the failed instance resumes at its point of failure ([`crate::Client::rewind`]) | 400 (not failed, or not rewindable), 404, 410 (completed or terminated) |
+//! | `POST /entities/{name}/{key}?op=..` (body: JSON input; `DELETE` sends `delete`) | 202 | 400, 404 (unknown entity name) |
+//! | `GET /entities/{name}/{key}` | 200 with the state | 404 |
+//! | `GET /entities[/{name}]` (`fetchState`, `lastOperationTimeFrom`, `lastOperationTimeTo`, `top`; continuation header) | 200 JSON array | 400 |
 //!
 //! Choices where Durable Functions is ambiguous or has no equivalent:
 //! - A Failed instance answers 200 with `runtimeStatus: "Failed"` and the failure details
@@ -23,18 +26,47 @@
 //!   `returnInternalServerErrorOnFailure=true`.
 //! - `showInput` defaults to true, as in Durable Functions. The check-status payload does
 //!   not carry `rewindPostUri` (Durable Functions does not emit it either).
-//! - Every error answers with a JSON body `{"error": "<Code>", "message": "<text>"}`.
-//!   Malformed input (bad JSON, bad instance ids, unparsable query values, an unknown
-//!   orchestrator name) is a 400, never a 500; bodies over the payload limit are a 413.
+//! - Every error answers with a JSON body `{"error": "<Code>", "message": "<text>",
+//!   "Message": "<text>", "ExceptionMessage": "<text>"}`: the last two are the keys of
+//!   ASP.NET's error bodies that Durable Functions clients read (the Python client's
+//!   `start_new` raises `ExceptionMessage` on a 400). Malformed input (bad JSON, bad
+//!   instance ids, unparsable query values, an unknown orchestrator name) is a 400, never
+//!   a 500; bodies over the payload limit are a 413. With [`serve`], requests hyper
+//!   refuses before routing carry the same body: 400 `MalformedRequest` (a malformed
+//!   request line or header), 414 `UriTooLong` (a URI over 65,534 bytes), 431
+//!   `RequestHeadersTooLarge` (over 100 header fields, or a request head over hyper's
+//!   read buffer). A header-read timeout closes the connection without an answer.
+//! - Inputs, event data and entity operation inputs may come double-encoded, as Durable
+//!   Functions clients send them: the body is a JSON string holding the JSON of the value
+//!   (`"[\"Tokyo\"]"`, `"5"`). A body that is a JSON string holding a JSON string
+//!   (`"\"World\""`) is taken as that inner string here. Everything else is stored as
+//!   sent and decoded when its type is known — at start (orchestration input, checked
+//!   against the registry), when the orchestration receives an event, when the entity
+//!   runs the operation — by one rule: the payload is decoded as the expected type; only
+//!   if that fails and it is a JSON string whose content decodes as that type, the
+//!   content is used. A payload that decodes as it is is never reinterpreted, so typed
+//!   callers are unaffected; statuses and histories show payloads as they were sent.
 //! - Query parameter names are matched case-insensitively and booleans accept any casing
-//!   (`True`, `true`, `TRUE`). The `taskHub`, `connection` and `code` parameters real
-//!   clients send are accepted (`code` doubles as the bearer token, see below).
+//!   (`True`, `true`, `TRUE`); so are the operation segments (`raiseEvent`, `terminate`,
+//!   `suspend`, `resume`, `rewind`, `restart`), while `orchestrators`, `instances` and
+//!   `entities` must be written as shown. The `taskHub`, `connection` and `code`
+//!   parameters real clients send are accepted (`code` doubles as the bearer token, see
+//!   below).
 //! - `raiseEvent` accepts any `Content-Type` as long as the body is JSON (curl's default
 //!   form content type included); an empty body raises the event with `null`.
 //! - A terminate, suspend or resume reason comes from the `reason` query parameter or,
 //!   failing that, from the body (a JSON string such as `"\"reason\""` or plain text).
 //! - Status timestamps (`createdTime`, `lastUpdatedTime`) have second precision
-//!   (`2024-01-01T00:00:00Z`); history timestamps keep milliseconds.
+//!   (`2024-01-01T00:00:00Z`); history and entity times have .NET's seven fractional
+//!   digits (`2024-01-01T00:00:00.1230000Z`; this engine records milliseconds).
+//! - `historyEvents` follows Durable Functions' shaping: episode markers dropped, each
+//!   scheduling event merged into its completion (`FunctionName`, `ScheduledTime`),
+//!   `Input` only with `showInput` and `Result` only with `showHistoryOutput` (both as
+//!   JSON values), failures as `FailureDetails` with `PascalCase` keys. Entity traffic
+//!   appears as Durable Functions records it: `EventSent` for an operation call or signal
+//!   (`Name` = operation), a lock request (`lock`) and a lock release (`release`);
+//!   `EventRaised` for an operation's answer and a lock grant; `InstanceId` is the
+//!   entity's (`@name@key`).
 //! - The `x-ms-continuation-token` response header is always present; it is empty on the
 //!   last page. Tokens are opaque (hex) and must be sent back unchanged.
 //! - Non-Durable-Functions extra: `lastError` in a status shows why a running instance is
@@ -42,8 +74,11 @@
 //!
 //! When [`HttpOptions::bearer_token`] is set, every request needs `Authorization: Bearer
 //! <token>` (or `?code=<token>`, which Durable Functions clients send); otherwise the
-//! answer is 401. [`serve`] binds loopback addresses freely and refuses any other address
-//! without a token.
+//! answer is 401. [`HttpOptions::code_in_links`] (off by default) also puts `code=<token>`
+//! into the management links and `Location` headers, as Durable Functions does, so
+//! clients that only follow links (Logic Apps) work — at the price of the token showing
+//! up in URLs and logs. [`serve`] binds loopback addresses freely and refuses any other
+//! address without a token.
 //!
 //! # Examples
 //!
@@ -104,6 +139,7 @@
 //! # Ok(()) }
 //! ```
 
+mod conn;
 mod handlers;
 mod payload;
 mod util;
@@ -144,6 +180,7 @@ const CHECK_STATUS_RETRY_AFTER: &str = "10";
 ///     .bearer_token("s3cret")
 ///     .max_body_bytes(64 * 1024);
 /// assert_eq!(options.base_url.as_deref(), Some("https://jobs.example.com"));
+/// assert!(!options.code_in_links);
 /// // The token never shows in logs:
 /// assert!(!format!("{options:?}").contains("s3cret"));
 /// ```
@@ -161,6 +198,18 @@ pub struct HttpOptions {
     /// Largest request body accepted, in bytes; larger ones get 413. Default: the client's
     /// payload limit ([`crate::Limits::max_payload_bytes`]).
     pub max_body_bytes: Option<usize>,
+    /// With a [`bearer_token`](Self::bearer_token), put `code=<token>` into the management
+    /// links this API hands out — the check-status URLs (`statusQueryGetUri`,
+    /// `sendEventPostUri`, …) and the `Location` headers — as Durable Functions does with
+    /// its system key, so a client that only follows links (Logic Apps polling `Location`,
+    /// a browser) is authorized without setting a header. Default: off.
+    ///
+    /// The trade-off: the token then travels in URLs, and URLs are written to places
+    /// headers are not — access logs of this server and of every proxy on the way, browser
+    /// history, `Referer` headers, monitoring tools, copied links. Anyone who sees a link
+    /// holds the full credential of this API, for every instance. Turn it on only when
+    /// link-following clients need it, and prefer a token used for nothing else.
+    pub code_in_links: bool,
 }
 
 impl fmt::Debug for HttpOptions {
@@ -172,6 +221,7 @@ impl fmt::Debug for HttpOptions {
                 &self.bearer_token.as_ref().map(|_| "<redacted>"),
             )
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("code_in_links", &self.code_in_links)
             .finish()
     }
 }
@@ -199,6 +249,23 @@ impl HttpOptions {
         self.max_body_bytes = Some(n);
         self
     }
+
+    /// Puts `code=<token>` into the management links (see
+    /// [`code_in_links`](Self::code_in_links) for the trade-off).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::http::HttpOptions;
+    ///
+    /// // Logic Apps polls the `Location` of a 202 without adding headers.
+    /// let options = HttpOptions::new().bearer_token("s3cret").code_in_links(true);
+    /// assert!(options.code_in_links);
+    /// ```
+    pub fn code_in_links(mut self, on: bool) -> Self {
+        self.code_in_links = on;
+        self
+    }
 }
 
 #[derive(Clone)]
@@ -220,13 +287,23 @@ impl AppState {
             None => base_url_from_headers(headers),
         }
     }
+
+    /// The `code` to put into management links, when [`HttpOptions::code_in_links`] asks.
+    fn link_code(&self) -> Option<&str> {
+        self.options
+            .bearer_token
+            .as_deref()
+            .filter(|t| self.options.code_in_links && !t.is_empty())
+    }
 }
 
 /// The management API as an axum [`Router`], every route under [`PREFIX`].
 ///
 /// Merge it into an application (`app.merge(router(..))`) or serve it alone with
 /// [`serve`]. Unmatched paths answer 404 and unsupported methods 405, both with a JSON
-/// error body.
+/// error body. Requests that hyper refuses before routing (malformed, URI or headers too
+/// large) get the JSON error body only under [`serve`], which wraps each connection for
+/// that; another server answers those as it does.
 ///
 /// # Examples
 ///
@@ -270,9 +347,15 @@ pub fn router(client: Client, options: HttpOptions) -> Router {
             &format!("{p}/instances/{{instance_id}}"),
             get(handlers::status).delete(handlers::purge),
         )
+        // raiseEvent (matched case-insensitively).
         .route(
-            &format!("{p}/instances/{{instance_id}}/raiseEvent/{{event_name}}"),
+            &format!("{p}/instances/{{instance_id}}/{{operation}}/{{event_name}}"),
             post(handlers::raise_event),
+        )
+        // raiseEvent with an empty event name: refused with 400, not an unknown path.
+        .route(
+            &format!("{p}/instances/{{instance_id}}/{{operation}}/"),
+            post(handlers::raise_unnamed_event),
         )
         // terminate, suspend, resume, rewind, restart (matched case-insensitively).
         .route(
@@ -397,8 +480,41 @@ impl CheckStatus {
     /// Appends `returnInternalServerErrorOnFailure=true` to the status URL, so polling
     /// clients get a 500 when the instance fails.
     pub fn return_internal_server_error_on_failure(mut self) -> Self {
-        self.status_query_get_uri
-            .push_str("?returnInternalServerErrorOnFailure=true");
+        util::push_query(
+            &mut self.status_query_get_uri,
+            "returnInternalServerErrorOnFailure",
+            "true",
+        );
+        self
+    }
+
+    /// Appends `code=<code>` to every URL, as Durable Functions does with its system key,
+    /// so that clients which only follow links are authorized (see
+    /// [`HttpOptions::code_in_links`] for what that costs).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::InstanceId;
+    /// use durable_core::http::CheckStatus;
+    ///
+    /// let id = InstanceId::new("abc").unwrap();
+    /// let urls = CheckStatus::new(&id, "http://localhost:7071").with_code("k+1");
+    /// assert!(urls.status_query_get_uri.ends_with("/instances/abc?code=k%2B1"));
+    /// assert!(urls.terminate_post_uri.ends_with("/terminate?reason={text}&code=k%2B1"));
+    /// ```
+    pub fn with_code(mut self, code: &str) -> Self {
+        for url in [
+            &mut self.status_query_get_uri,
+            &mut self.send_event_post_uri,
+            &mut self.terminate_post_uri,
+            &mut self.purge_history_delete_uri,
+            &mut self.restart_post_uri,
+            &mut self.suspend_post_uri,
+            &mut self.resume_post_uri,
+        ] {
+            util::push_query(url, "code", code);
+        }
         self
     }
 }
@@ -541,7 +657,7 @@ async fn accept_loop(
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(TokioIo::new(conn::JsonErrors::new(stream)), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::error::FailureDetails;
 use crate::history::{Event, HistoryEvent, RuntimeStatus};
-use crate::ids::Timestamp;
+use crate::ids::{InstanceId, Timestamp};
 use crate::storage::InstanceRecord;
 
 /// What a status answer includes.
@@ -49,7 +49,7 @@ impl StatusPayload {
                 record.output.as_deref().map_or(Value::Null, json_or_string)
             }
             RuntimeStatus::Failed => match &record.failure {
-                Some(f) => failure_camel(f),
+                Some(f) => failure_json(f, &CAMEL_CASE),
                 None => record.output.as_deref().map_or(Value::Null, json_or_string),
             },
             _ => Value::Null,
@@ -79,11 +79,21 @@ impl StatusPayload {
     }
 }
 
-/// Durable Functions' `"s"` format plus `Z`: `2024-01-01T00:00:00Z`.
+/// Durable Functions' `"s"` format plus `Z`: `2024-01-01T00:00:00Z` (status times).
 fn seconds_precision(t: Timestamp) -> String {
     let full = t.to_rfc3339();
     match full.split_once('.') {
         Some((whole, _)) => format!("{whole}Z"),
+        None => full,
+    }
+}
+
+/// .NET's round-trip format, seven fractional digits: `2024-01-01T00:00:00.1230000Z`
+/// (history and entity times; this engine records milliseconds).
+pub(super) fn dtf_timestamp(t: Timestamp) -> String {
+    let full = t.to_rfc3339();
+    match full.strip_suffix('Z') {
+        Some(millis) => format!("{millis}0000Z"),
         None => full,
     }
 }
@@ -98,25 +108,44 @@ pub(super) fn json_or_string(payload: &str) -> Value {
     serde_json::from_str(trimmed).unwrap_or_else(|_| Value::String(payload.to_owned()))
 }
 
-fn failure_camel(f: &FailureDetails) -> Value {
-    let mut m = Map::new();
-    m.insert("errorType".into(), Value::String(f.error_type.clone()));
-    m.insert("errorMessage".into(), Value::String(f.message.clone()));
-    if !f.causes.is_empty() {
-        m.insert("causes".into(), f.causes.clone().into());
-    }
-    m.insert("isNonRetriable".into(), Value::Bool(f.non_retriable));
-    Value::Object(m)
+/// The key names of a rendered [`FailureDetails`]: camelCase in a status's `output`,
+/// `PascalCase` (Durable Task's `FailureDetails`) inside history events.
+struct FailureKeys {
+    error_type: &'static str,
+    error_message: &'static str,
+    causes: &'static str,
+    is_non_retriable: &'static str,
+    inner_failure: &'static str,
 }
 
-fn failure_pascal(f: &FailureDetails) -> Value {
+const CAMEL_CASE: FailureKeys = FailureKeys {
+    error_type: "errorType",
+    error_message: "errorMessage",
+    causes: "causes",
+    is_non_retriable: "isNonRetriable",
+    inner_failure: "innerFailure",
+};
+
+const PASCAL_CASE: FailureKeys = FailureKeys {
+    error_type: "ErrorType",
+    error_message: "ErrorMessage",
+    causes: "Causes",
+    is_non_retriable: "IsNonRetriable",
+    inner_failure: "InnerFailure",
+};
+
+/// A failure as a JSON object with `keys`; nested failures use the same keys.
+fn failure_json(f: &FailureDetails, keys: &FailureKeys) -> Value {
     let mut m = Map::new();
-    m.insert("ErrorType".into(), Value::String(f.error_type.clone()));
-    m.insert("ErrorMessage".into(), Value::String(f.message.clone()));
+    m.insert(keys.error_type.into(), Value::String(f.error_type.clone()));
+    m.insert(keys.error_message.into(), Value::String(f.message.clone()));
     if !f.causes.is_empty() {
-        m.insert("Causes".into(), f.causes.clone().into());
+        m.insert(keys.causes.into(), f.causes.clone().into());
     }
-    m.insert("IsNonRetriable".into(), Value::Bool(f.non_retriable));
+    m.insert(keys.is_non_retriable.into(), Value::Bool(f.non_retriable));
+    if let Some(inner) = &f.inner {
+        m.insert(keys.inner_failure.into(), failure_json(inner, keys));
+    }
     Value::Object(m)
 }
 
@@ -154,6 +183,36 @@ pub(super) struct HistoryItem {
     other: Map<String, Value>,
 }
 
+/// The `Name` of the entity messages that take or release a critical section's locks.
+const LOCK: &str = "lock";
+const RELEASE: &str = "release";
+
+/// Shapes a history as Durable Functions' `historyEvents` (`DurableClient.ConvertFrom`):
+///
+/// - episode markers and custom-status changes are dropped;
+/// - each `TaskScheduled` / `SubOrchestrationInstanceCreated` is merged into its
+///   completion or failure (`FunctionName`, `ScheduledTime`, `Input`);
+/// - entity traffic appears as Durable Functions records it: requests the orchestration
+///   sends (operation calls and signals, lock requests, lock releases) as `EventSent`, and
+///   what comes back (operation results, lock grants) as `EventRaised`, each with the
+///   entity's instance id (`@name@key`) in `InstanceId` and the operation (or `lock` /
+///   `release`) in `Name`;
+/// - `Input` only with `showInput`, `Result` only with `showHistoryOutput`, both as JSON
+///   values; failures as `FailureDetails` with `PascalCase` keys; times with seven
+///   fractional digits.
+pub(super) fn shape_history(history: &[HistoryEvent], show: Show) -> Vec<HistoryItem> {
+    let mut shaper = Shaper {
+        show,
+        items: Vec::with_capacity(history.len()),
+        scheduled: HashMap::new(),
+        entity_requests: HashMap::new(),
+    };
+    for e in history {
+        shaper.add(e);
+    }
+    shaper.items.into_iter().flatten().collect()
+}
+
 /// What a completion takes over from its scheduling event.
 struct Scheduled {
     slot: usize,
@@ -163,128 +222,143 @@ struct Scheduled {
     instance_id: Option<String>,
 }
 
-/// Shapes a history as Durable Functions' `historyEvents` (`DurableClient.ConvertFrom`):
-/// episode markers dropped; each `TaskScheduled` / `SubOrchestrationInstanceCreated`
-/// merged into its completion or failure (`FunctionName`, `ScheduledTime`, `Input`);
-/// `Result` only with `showHistoryOutput`; `Input` only with `showInput`.
-#[allow(
-    unreachable_patterns,
-    reason = "Event may grow variants (entities); they render generically"
-)]
-#[allow(clippy::too_many_lines, reason = "one arm per event kind reads best")]
-pub(super) fn shape_history(history: &[HistoryEvent], show: Show) -> Vec<HistoryItem> {
-    let mut slots: Vec<Option<HistoryItem>> = Vec::with_capacity(history.len());
-    let mut scheduled: HashMap<(bool, u64), Scheduled> = HashMap::new();
-    let input = |payload: &str| show.input.then(|| json_or_string(payload));
-    let result = |payload: &str| show.history_output.then(|| json_or_string(payload));
-    for e in history {
-        let mut item = HistoryItem {
-            event_type: dtf_kind(&e.event),
-            timestamp: e.timestamp.to_rfc3339(),
+struct Shaper {
+    show: Show,
+    /// The output; a scheduling event's slot is emptied when its completion takes it over.
+    items: Vec<Option<HistoryItem>>,
+    /// Open `TaskScheduled` (`false`) and `SubOrchestrationCreated` (`true`) by sequence.
+    scheduled: HashMap<(bool, u64), Scheduled>,
+    /// Open entity calls and lock requests by sequence: the entity that answers, and the
+    /// `Name` of the answer.
+    entity_requests: HashMap<u64, (String, String)>,
+}
+
+impl Shaper {
+    fn input(&self, payload: &str) -> Option<Value> {
+        self.show.input.then(|| json_or_string(payload))
+    }
+
+    fn result(&self, payload: &str) -> Option<Value> {
+        self.show.history_output.then(|| json_or_string(payload))
+    }
+
+    /// Takes over the scheduling event of a completion, removing it from the output.
+    fn merge(&mut self, item: &mut HistoryItem, sub: bool, seq: u64) {
+        if let Some(s) = self.scheduled.remove(&(sub, seq)) {
+            self.items[s.slot] = None;
+            item.function_name = Some(s.name);
+            item.scheduled_time = Some(dtf_timestamp(s.at));
+            item.input = self.input(&s.input);
+            item.instance_id = s.instance_id;
+        }
+    }
+
+    #[allow(
+        unreachable_patterns,
+        reason = "Event may grow variants; they render generically"
+    )]
+    #[allow(clippy::too_many_lines, reason = "one arm per event kind reads best")]
+    fn add(&mut self, e: &HistoryEvent) {
+        let new = |event_type: &'static str| HistoryItem {
+            event_type,
+            timestamp: dtf_timestamp(e.timestamp),
             ..HistoryItem::default()
         };
-        let next_slot = slots.len();
-        // Takes over the scheduling event of a completion, removing it from the output.
-        let mut merge = |item: &mut HistoryItem, sub: bool, seq: u64| {
-            if let Some(s) = scheduled.remove(&(sub, seq)) {
-                slots[s.slot] = None;
-                item.function_name = Some(s.name);
-                item.scheduled_time = Some(s.at.to_rfc3339());
-                item.input = input(&s.input);
-                item.instance_id = s.instance_id;
-            }
+        // An entity message: `EventSent` to or `EventRaised` from `entity`.
+        let entity_message = |event_type, entity: String, name: String| HistoryItem {
+            name: Some(name),
+            instance_id: Some(entity),
+            ..new(event_type)
         };
+        let mut item = new(dtf_kind(&e.event));
         match &e.event {
-            Event::OrchestratorStarted | Event::CustomStatusSet { .. } => continue,
+            Event::OrchestratorStarted | Event::CustomStatusSet { .. } => return,
             Event::ExecutionStarted {
                 name,
-                input: i,
+                input,
                 scheduled_start,
                 ..
             } => {
                 item.function_name = Some(name.clone());
-                item.input = input(i);
-                item.scheduled_start_time = scheduled_start.map(Timestamp::to_rfc3339);
+                item.input = self.input(input);
+                item.scheduled_start_time = scheduled_start.map(dtf_timestamp);
             }
             Event::TaskScheduled {
-                seq,
-                name,
-                input: i,
-                ..
+                seq, name, input, ..
             } => {
-                scheduled.insert(
+                self.scheduled.insert(
                     (false, *seq),
                     Scheduled {
-                        slot: next_slot,
+                        slot: self.items.len(),
                         name: name.clone(),
-                        input: i.clone(),
+                        input: input.clone(),
                         at: e.timestamp,
                         instance_id: None,
                     },
                 );
                 item.name = Some(name.clone());
-                item.input = input(i);
+                item.input = self.input(input);
             }
             Event::SubOrchestrationCreated {
                 seq,
                 name,
                 instance_id,
-                input: i,
+                input,
                 ..
             } => {
-                scheduled.insert(
+                self.scheduled.insert(
                     (true, *seq),
                     Scheduled {
-                        slot: next_slot,
+                        slot: self.items.len(),
                         name: name.clone(),
-                        input: i.clone(),
+                        input: input.clone(),
                         at: e.timestamp,
                         instance_id: Some(instance_id.to_string()),
                     },
                 );
                 item.name = Some(name.clone());
                 item.instance_id = Some(instance_id.to_string());
-                item.input = input(i);
+                item.input = self.input(input);
             }
-            Event::TaskCompleted { seq, result: r } => {
-                merge(&mut item, false, *seq);
-                item.result = result(r);
+            Event::TaskCompleted { seq, result } => {
+                self.merge(&mut item, false, *seq);
+                item.result = self.result(result);
             }
-            Event::SubOrchestrationCompleted { seq, result: r } => {
-                merge(&mut item, true, *seq);
-                item.result = result(r);
+            Event::SubOrchestrationCompleted { seq, result } => {
+                self.merge(&mut item, true, *seq);
+                item.result = self.result(result);
             }
             Event::TaskFailed { seq, failure } => {
-                merge(&mut item, false, *seq);
+                self.merge(&mut item, false, *seq);
                 set_failure(&mut item, failure);
             }
             Event::SubOrchestrationFailed { seq, failure } => {
-                merge(&mut item, true, *seq);
+                self.merge(&mut item, true, *seq);
                 set_failure(&mut item, failure);
             }
             Event::TimerCreated { fire_at, .. } | Event::TimerFired { fire_at, .. } => {
-                item.fire_at = Some(fire_at.to_rfc3339());
+                item.fire_at = Some(dtf_timestamp(*fire_at));
             }
-            Event::EventRaised { name, input: i } => {
+            Event::EventRaised { name, input } => {
                 item.name = Some(name.clone());
-                item.input = input(i);
+                item.input = self.input(input);
             }
             Event::EventSent {
                 instance_id,
                 name,
-                input: i,
+                input,
                 ..
             } => {
                 item.name = Some(name.clone());
                 item.instance_id = Some(instance_id.to_string());
-                item.input = input(i);
+                item.input = self.input(input);
             }
-            Event::ContinuedAsNew { input: i, .. } => {
+            Event::ContinuedAsNew { input, .. } => {
                 item.orchestration_status = Some(RuntimeStatus::ContinuedAsNew.as_str());
-                item.result = result(i);
+                item.result = self.result(input);
             }
             Event::ExecutionTerminated { reason } => {
-                item.input = show.input.then(|| Value::String(reason.clone()));
+                item.input = self.show.input.then(|| Value::String(reason.clone()));
             }
             Event::ExecutionSuspended { reason }
             | Event::ExecutionResumed { reason }
@@ -297,26 +371,111 @@ pub(super) fn shape_history(history: &[HistoryEvent], show: Show) -> Vec<History
                 failure,
             } => {
                 item.orchestration_status = Some(status.as_str());
-                if show.history_output {
+                if self.show.history_output {
                     item.result = match (output, failure) {
                         (Some(o), _) => Some(json_or_string(o)),
                         (None, Some(f)) => Some(Value::String(f.message.clone())),
                         (None, None) => Some(Value::Null),
                     };
                 }
-                item.failure_details = failure.as_ref().map(failure_pascal);
+                item.failure_details = failure.as_ref().map(|f| failure_json(f, &PASCAL_CASE));
             }
-            other => item.other = generic_fields(other, show),
+            // Entity traffic of an orchestration.
+            Event::EntityCalled {
+                seq,
+                entity,
+                operation,
+                input,
+                ..
+            } => {
+                self.entity_requests
+                    .insert(*seq, (entity.to_string(), operation.clone()));
+                item = entity_message("EventSent", entity.to_string(), operation.clone());
+                item.input = self.input(input);
+            }
+            Event::EntitySignaled {
+                entity,
+                operation,
+                input,
+                ..
+            } => {
+                item = entity_message("EventSent", entity.to_string(), operation.clone());
+                item.input = self.input(input);
+            }
+            Event::EntityLockRequested { seq, entities, .. } => {
+                // The request travels through the entities in lock order; the last grants.
+                let (Some(first), Some(last)) = (entities.first(), entities.last()) else {
+                    return;
+                };
+                self.entity_requests
+                    .insert(*seq, (last.to_string(), LOCK.to_owned()));
+                item = entity_message("EventSent", first.to_string(), LOCK.to_owned());
+                item.input = self.show.input.then(|| instance_ids(entities));
+            }
+            Event::EntityUnlockSent { entities, .. } => {
+                for entity in entities {
+                    let release = entity_message("EventSent", entity.to_string(), RELEASE.into());
+                    self.items.push(Some(release));
+                }
+                return;
+            }
+            Event::EntityResponded {
+                seq,
+                result,
+                failure,
+            } => {
+                let (entity, name) = self.entity_requests.remove(seq).unzip();
+                item = new("EventRaised");
+                item.name = name;
+                item.instance_id = entity;
+                item.input = result.as_deref().and_then(|r| self.input(r));
+                item.failure_details = failure.as_ref().map(|f| failure_json(f, &PASCAL_CASE));
+            }
+            Event::EntityLockGranted { seq, entities } => {
+                let entity = self
+                    .entity_requests
+                    .remove(seq)
+                    .map(|(entity, _)| entity)
+                    .or_else(|| entities.last().map(InstanceId::to_string));
+                item = new("EventRaised");
+                item.name = Some(LOCK.to_owned());
+                item.instance_id = entity;
+            }
+            // An entity's own inbox (not kept in history today; shaped for completeness).
+            Event::EntityOperation {
+                operation,
+                input,
+                sender,
+                reply_to,
+            } => {
+                item = new("EventRaised");
+                item.name = Some(operation.clone());
+                item.instance_id = sender
+                    .as_ref()
+                    .or(reply_to.as_ref().map(|r| &r.instance_id))
+                    .map(InstanceId::to_string);
+                item.input = self.input(input);
+            }
+            Event::EntityLockRequest { owner, .. } => {
+                item = entity_message("EventRaised", owner.instance_id.to_string(), LOCK.into());
+            }
+            Event::EntityUnlock { owner } => {
+                item = entity_message("EventRaised", owner.to_string(), RELEASE.into());
+            }
+            other => item.other = generic_fields(other, self.show),
         }
-        slots.push(Some(item));
+        self.items.push(Some(item));
     }
-    slots.into_iter().flatten().collect()
+}
+
+fn instance_ids(ids: &[InstanceId]) -> Value {
+    Value::Array(ids.iter().map(|id| Value::String(id.to_string())).collect())
 }
 
 fn set_failure(item: &mut HistoryItem, failure: &FailureDetails) {
     item.reason = Some(failure.message.clone());
     item.details = Some(failure.to_string());
-    item.failure_details = Some(failure_pascal(failure));
+    item.failure_details = Some(failure_json(failure, &PASCAL_CASE));
 }
 
 /// The Durable Task Framework's `EventType` names, where they differ from ours.
@@ -330,16 +489,56 @@ fn dtf_kind(event: &Event) -> &'static str {
     }
 }
 
-/// Fields of an event without a dedicated shape: its serde fields in `PascalCase`.
+/// Fields of an event without a dedicated shape: its serde fields with `PascalCase` keys
+/// at every depth, payloads as JSON values (`input` as `Input` with `showInput`, `result`
+/// and `output` as `Result` with `showHistoryOutput`), a `failure` as `FailureDetails`.
 fn generic_fields(event: &Event, show: Show) -> Map<String, Value> {
     let Ok(Value::Object(fields)) = serde_json::to_value(event) else {
         return Map::new();
     };
-    fields
-        .into_iter()
-        .filter(|(k, _)| k != "eventType" && k != "location" && (show.input || k != "input"))
-        .map(|(k, v)| (pascal_case(&k), v))
-        .collect()
+    let payload = |v: Value| match v {
+        Value::String(s) => json_or_string(&s),
+        other => other,
+    };
+    let mut out = Map::new();
+    for (k, v) in fields {
+        match k.as_str() {
+            // The kind is `EventType`; sequence numbers are Durable Task's `EventId`, which
+            // Durable Functions removes; payloads are shown only when asked for.
+            "eventType" | "location" | "seq" | "input" | "result" | "output" => {
+                let key = match k.as_str() {
+                    "input" if show.input => "Input",
+                    "result" | "output" if show.history_output => "Result",
+                    _ => continue,
+                };
+                out.insert(key.into(), payload(v));
+            }
+            "failure" => {
+                let rendered = match serde_json::from_value::<FailureDetails>(v.clone()) {
+                    Ok(f) => failure_json(&f, &PASCAL_CASE),
+                    Err(_) => pascal_keys(v),
+                };
+                out.insert("FailureDetails".into(), rendered);
+            }
+            _ => {
+                out.insert(pascal_case(&k), pascal_keys(v));
+            }
+        }
+    }
+    out
+}
+
+/// `v` with every object key in `PascalCase`.
+fn pascal_keys(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (pascal_case(&k), pascal_keys(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(pascal_keys).collect()),
+        other => other,
+    }
 }
 
 fn pascal_case(snake: &str) -> String {
@@ -357,7 +556,7 @@ fn pascal_case(snake: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::InstanceId;
+    use crate::history::ParentRef;
 
     fn at(ms: u64, event: Event) -> HistoryEvent {
         HistoryEvent {
@@ -464,8 +663,8 @@ mod tests {
         assert_eq!(v[1]["FunctionName"], "greet");
         assert_eq!(v[1]["Result"], "Hello Tokyo!");
         assert_eq!(v[1]["Input"], "Tokyo");
-        assert_eq!(v[1]["ScheduledTime"], "1970-01-01T00:00:01.000Z");
-        assert_eq!(v[1]["Timestamp"], "1970-01-01T00:00:02.000Z");
+        assert_eq!(v[1]["ScheduledTime"], "1970-01-01T00:00:01.0000000Z");
+        assert_eq!(v[1]["Timestamp"], "1970-01-01T00:00:02.0000000Z");
         assert_eq!(v[2]["Name"], "pending");
         assert_eq!(v[3]["FunctionName"], "child");
         assert_eq!(v[3]["InstanceId"], "kid");
@@ -481,12 +680,259 @@ mod tests {
             input: false,
             history_output: false,
         };
-        let v = serde_json::to_value(shape_history(&sample(), show)).unwrap();
+        let mut history = sample();
+        history.extend(entity_sample());
+        let v = serde_json::to_value(shape_history(&history, show)).unwrap();
         for e in v.as_array().unwrap() {
             assert!(e.get("Result").is_none(), "{e}");
             assert!(e.get("Input").is_none(), "{e}");
             assert!(e.get("EventId").is_none() && e.get("IsPlayed").is_none());
         }
+    }
+
+    fn entity(name: &str, key: &str) -> InstanceId {
+        crate::entity::EntityId::new(name, key)
+            .unwrap()
+            .instance_id()
+    }
+
+    /// An orchestration that calls, signals and locks entities.
+    fn entity_sample() -> Vec<HistoryEvent> {
+        let counter = entity("counter", "k1");
+        let (a, b) = (entity("account", "a"), entity("account", "b"));
+        let mut failure = FailureDetails::new("InsufficientFunds", "balance too low");
+        failure.causes = vec!["account `a` has 3".into()];
+        let failure = failure.non_retriable();
+        vec![
+            at(
+                10_001,
+                Event::EntityCalled {
+                    seq: 0,
+                    entity: counter.clone(),
+                    operation: "add".into(),
+                    input: "5".into(),
+                    location: None,
+                },
+            ),
+            at(
+                10_002,
+                Event::EntitySignaled {
+                    seq: 1,
+                    entity: counter.clone(),
+                    operation: "reset".into(),
+                    input: "null".into(),
+                    location: None,
+                },
+            ),
+            at(
+                10_003,
+                Event::EntityResponded {
+                    seq: 0,
+                    result: Some("{\"value\":5}".into()),
+                    failure: None,
+                },
+            ),
+            at(
+                10_004,
+                Event::EntityLockRequested {
+                    seq: 2,
+                    entities: vec![a.clone(), b.clone()],
+                    location: None,
+                },
+            ),
+            at(
+                10_005,
+                Event::EntityLockGranted {
+                    seq: 2,
+                    entities: vec![a.clone(), b.clone()],
+                },
+            ),
+            at(
+                10_006,
+                Event::EntityCalled {
+                    seq: 3,
+                    entity: a.clone(),
+                    operation: "withdraw".into(),
+                    input: "30".into(),
+                    location: None,
+                },
+            ),
+            at(
+                10_007,
+                Event::EntityResponded {
+                    seq: 3,
+                    result: None,
+                    failure: Some(failure),
+                },
+            ),
+            at(
+                10_008,
+                Event::EntityUnlockSent {
+                    seq: 4,
+                    entities: vec![a, b],
+                    location: None,
+                },
+            ),
+        ]
+    }
+
+    /// Every object key at every depth, with the path to it.
+    fn keys(v: &Value, path: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    out.push(format!("{path}/{k}"));
+                    // Payloads are user data: their keys are not ours to shape.
+                    if k != "Input" && k != "Result" {
+                        keys(v, &format!("{path}/{k}"), out);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    keys(v, &format!("{path}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn entity_traffic_is_event_sent_and_event_raised_with_the_entity_id() {
+        let show = Show {
+            input: true,
+            history_output: true,
+        };
+        let v = serde_json::to_value(shape_history(&entity_sample(), show)).unwrap();
+        let summary: Vec<(String, String, String)> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let text = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+                (text("EventType"), text("Name"), text("InstanceId"))
+            })
+            .collect();
+        let row = |t: &str, n: &str, i: &str| (t.to_owned(), n.to_owned(), i.to_owned());
+        assert_eq!(
+            summary,
+            [
+                row("EventSent", "add", "@counter@k1"),
+                row("EventSent", "reset", "@counter@k1"),
+                row("EventRaised", "add", "@counter@k1"),
+                row("EventSent", "lock", "@account@a"),
+                row("EventRaised", "lock", "@account@b"),
+                row("EventSent", "withdraw", "@account@a"),
+                row("EventRaised", "withdraw", "@account@a"),
+                row("EventSent", "release", "@account@a"),
+                row("EventSent", "release", "@account@b"),
+            ]
+        );
+        // Payloads are JSON values, not JSON text.
+        assert_eq!(v[0]["Input"], 5);
+        assert_eq!(v[1]["Input"], Value::Null);
+        assert_eq!(v[2]["Input"], serde_json::json!({"value": 5}));
+        assert_eq!(
+            v[3]["Input"],
+            serde_json::json!(["@account@a", "@account@b"])
+        );
+        // A failed operation: Durable Task's FailureDetails, PascalCase all the way down.
+        assert_eq!(
+            v[6]["FailureDetails"],
+            serde_json::json!({
+                "ErrorType": "InsufficientFunds",
+                "ErrorMessage": "balance too low",
+                "Causes": ["account `a` has 3"],
+                "IsNonRetriable": true,
+            })
+        );
+        assert_eq!(v[6].get("Input"), None);
+        let mut all = Vec::new();
+        keys(&v, "", &mut all);
+        for k in &all {
+            let last = k.rsplit('/').next().unwrap();
+            let numeric = last.chars().all(|c| c.is_ascii_digit());
+            assert!(
+                numeric
+                    || (last.starts_with(|c: char| c.is_ascii_uppercase()) && !last.contains('_')),
+                "key {k} is not PascalCase"
+            );
+        }
+        assert_eq!(v[0]["Timestamp"], "1970-01-01T00:00:10.0010000Z");
+    }
+
+    #[test]
+    fn an_entity_inbox_renders_as_events_raised_from_the_senders() {
+        let owner = ParentRef {
+            instance_id: InstanceId::new("orch-1").unwrap(),
+            execution: 0,
+            seq: 2,
+        };
+        let history = [
+            at(
+                1,
+                Event::EntityOperation {
+                    operation: "add".into(),
+                    input: "\"7\"".into(),
+                    sender: Some(owner.instance_id.clone()),
+                    reply_to: Some(owner.clone()),
+                },
+            ),
+            at(
+                2,
+                Event::EntityLockRequest {
+                    owner: owner.clone(),
+                    entities: vec![entity("account", "a")],
+                    position: 0,
+                },
+            ),
+            at(
+                3,
+                Event::EntityUnlock {
+                    owner: owner.instance_id.clone(),
+                },
+            ),
+        ];
+        let show = Show {
+            input: true,
+            history_output: false,
+        };
+        let v = serde_json::to_value(shape_history(&history, show)).unwrap();
+        for (e, name) in v.as_array().unwrap().iter().zip(["add", "lock", "release"]) {
+            assert_eq!(e["EventType"], "EventRaised", "{e}");
+            assert_eq!(e["Name"], name, "{e}");
+            assert_eq!(e["InstanceId"], "orch-1", "{e}");
+        }
+        assert_eq!(v[0]["Input"], "7");
+    }
+
+    #[test]
+    fn events_without_a_dedicated_shape_get_pascal_case_keys_and_json_payloads() {
+        let mut failure = FailureDetails::new("Boom", "it broke");
+        failure.causes = vec!["deeper".into()];
+        let event = Event::EntityResponded {
+            seq: 7,
+            result: Some("[1,2]".into()),
+            failure: Some(failure),
+        };
+        let all = Show {
+            input: true,
+            history_output: true,
+        };
+        let fields = generic_fields(&event, all);
+        assert_eq!(fields.get("Seq"), None);
+        assert_eq!(fields["Result"], serde_json::json!([1, 2]));
+        assert_eq!(fields["FailureDetails"]["ErrorType"], "Boom");
+        assert_eq!(fields["FailureDetails"]["Causes"][0], "deeper");
+        let none = Show {
+            input: false,
+            history_output: false,
+        };
+        assert_eq!(generic_fields(&event, none).get("Result"), None);
+        assert_eq!(
+            pascal_keys(serde_json::json!({"a_b": [{"c_d": 1}]})),
+            serde_json::json!({"AB": [{"CD": 1}]})
+        );
     }
 
     #[test]
@@ -496,6 +942,10 @@ mod tests {
         assert_eq!(
             seconds_precision(Timestamp::from_unix_millis(1_234)),
             "1970-01-01T00:00:01Z"
+        );
+        assert_eq!(
+            dtf_timestamp(Timestamp::from_unix_millis(1_234)),
+            "1970-01-01T00:00:01.2340000Z"
         );
         assert_eq!(pascal_case("fire_at"), "FireAt");
     }

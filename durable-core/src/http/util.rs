@@ -35,7 +35,7 @@ pub(super) fn json_response<T: Serialize + ?Sized>(status: StatusCode, body: &T)
     }
 }
 
-/// An error answer: a status code and a JSON body `{"error": code, "message": text}`.
+/// An error answer: a status code and a JSON body (see [`error_body`]).
 #[derive(Debug)]
 pub(super) struct ApiError {
     status: StatusCode,
@@ -68,27 +68,37 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            error: &'a str,
-            message: &'a str,
-        }
-        let body = Body {
-            error: self.code,
-            message: &self.message,
-        };
-        match serde_json::to_vec(&body) {
-            Ok(bytes) => {
-                let mut response = (self.status, bytes).into_response();
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json; charset=utf-8"),
-                );
-                response
-            }
-            Err(_) => self.status.into_response(),
-        }
+        let mut response = (self.status, error_body(self.code, &self.message)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        response
     }
+}
+
+/// The JSON body of every error answer: `{"error": code, "message": text, "Message": text,
+/// "ExceptionMessage": text}`. `Message` and `ExceptionMessage` are the keys of ASP.NET's
+/// error bodies, which Durable Functions clients read (the Python client's `start_new`
+/// raises `body["ExceptionMessage"]` on a 400).
+pub(super) fn error_body(code: &str, message: &str) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        error: &'a str,
+        message: &'a str,
+        #[serde(rename = "Message")]
+        message_pascal: &'a str,
+        #[serde(rename = "ExceptionMessage")]
+        exception_message: &'a str,
+    }
+    let body = Body {
+        error: code,
+        message,
+        message_pascal: message,
+        exception_message: message,
+    };
+    // A struct of strings always serializes.
+    serde_json::to_vec(&body).unwrap_or_default()
 }
 
 impl From<ClientError> for ApiError {
@@ -326,6 +336,14 @@ pub(super) fn encode_path_segment(text: &str) -> String {
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
+/// Appends `name=value` (the value percent-encoded) to a URL's query string.
+pub(super) fn push_query(url: &mut String, name: &str, value: &str) {
+    url.push(if url.contains('?') { '&' } else { '?' });
+    url.push_str(name);
+    url.push('=');
+    url.push_str(&encode_path_segment(value));
+}
+
 /// Encodes a store continuation token (which may hold any characters of an instance id)
 /// as a header-safe hex string.
 pub(super) fn encode_token(token: &str) -> String {
@@ -386,6 +404,11 @@ pub(super) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiErro
 
 /// The body as JSON text: empty (or whitespace) is `null`; anything else must be valid
 /// JSON, else 400.
+///
+/// A body that is a JSON string holding another JSON string — how Durable Functions
+/// clients send a string, `"\"World\""` for `"World"` — is taken as the inner string.
+/// Other double-encoded bodies (`"[1, 2]"`, `"5"`) are kept as they are and decoded when
+/// their type is known (`crate::payload::decode_external`).
 pub(super) fn json_body(bytes: &[u8]) -> Result<String, ApiError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| {
@@ -400,6 +423,14 @@ pub(super) fn json_body(bytes: &[u8]) -> Result<String, ApiError> {
     }
     serde_json::from_str::<serde::de::IgnoredAny>(text)
         .map_err(|e| ApiError::bad_request("InvalidJson", format!("Invalid JSON content: {e}")))?;
+    if text.starts_with('"') {
+        if let Ok(inner) = serde_json::from_str::<String>(text) {
+            let inner = inner.trim();
+            if inner.starts_with('"') && serde_json::from_str::<String>(inner).is_ok() {
+                return Ok(inner.to_owned());
+            }
+        }
+    }
     Ok(text.to_owned())
 }
 
@@ -536,6 +567,13 @@ mod tests {
     fn json_bodies() {
         assert_eq!(json_body(b"  ").unwrap(), "null");
         assert_eq!(json_body(b" \"x\" ").unwrap(), "\"x\"");
+        // What Durable Functions clients send for the string "World", and for [1, 2].
+        assert_eq!(json_body(br#""\"World\"""#).unwrap(), r#""World""#);
+        assert_eq!(json_body(br#""[1, 2]""#).unwrap(), r#""[1, 2]""#);
+        assert_eq!(
+            json_body(br#""\"a\" and \"b\"""#).unwrap(),
+            r#""\"a\" and \"b\"""#
+        );
         assert!(json_body(b"{oops").is_err());
         assert!(json_body(&[0xff]).is_err());
     }
