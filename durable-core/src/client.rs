@@ -479,27 +479,12 @@ impl Client {
     /// ```
     pub async fn rewind(&self, instance_id: &InstanceId, reason: &str) -> Result<(), ClientError> {
         let (record, history) = self.status_with_history(instance_id).await?;
-        let cannot = |reason: String| ClientError::CannotRewind {
-            instance: instance_id.to_string(),
-            reason,
-        };
-        if record.status != RuntimeStatus::Failed {
-            return Err(cannot(format!(
-                "it is {}; only a Failed instance can be rewound",
-                record.status.as_str()
-            )));
-        }
-        let plan = crate::replay::rewind::plan(&history).map_err(cannot)?;
-        for (seq, child) in &plan.children {
-            if !plan.seqs.contains(seq) {
-                continue;
-            }
-            let action =
-                crate::worker::rewind::child_action(&*self.store, &record, *seq, child, true)
-                    .await?;
-            if let crate::worker::rewind::ChildAction::KeepFailure(why) = action {
-                return Err(cannot(why));
-            }
+        if let Err(reason) = crate::worker::rewind::prepare(&*self.store, &record, &history).await?
+        {
+            return Err(ClientError::CannotRewind {
+                instance: instance_id.to_string(),
+                reason,
+            });
         }
         self.send(
             instance_id,

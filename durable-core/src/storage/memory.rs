@@ -368,7 +368,7 @@ impl Store for MemoryStore {
             r.failure = commit.failure;
             r.custom_status = commit.custom_status;
             r.last_updated_at = commit.now;
-            r.last_error = None;
+            r.last_error = commit.last_error;
             if let Some(next) = &commit.next_execution {
                 inst.history.clear();
                 r.execution += 1;

@@ -314,6 +314,9 @@ pub struct EpisodeCommit {
     /// in the same transaction. A task whose lease is no longer held is left alone (whoever
     /// holds it reports the result, which the orchestration then ignores as a duplicate).
     pub completed_activities: Vec<(u64, LockToken)>,
+    /// Shown in the instance's status as [`InstanceRecord::last_error`] (`None` clears it):
+    /// why a request to the instance was declined.
+    pub last_error: Option<String>,
 }
 
 impl EpisodeCommit {
@@ -339,6 +342,7 @@ impl EpisodeCommit {
             new_instances: Vec::new(),
             next_execution: None,
             completed_activities: Vec::new(),
+            last_error: None,
         }
     }
 }

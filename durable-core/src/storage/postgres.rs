@@ -721,7 +721,7 @@ impl PostgresStore {
         record.failure.clone_from(&c.failure);
         record.custom_status.clone_from(&c.custom_status);
         record.last_updated_at = c.now;
-        record.last_error = None;
+        record.last_error.clone_from(&c.last_error);
         let mut events = Vec::new();
         if let Some(next) = &c.next_execution {
             record.execution += 1;

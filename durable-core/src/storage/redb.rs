@@ -875,7 +875,7 @@ impl<'t> Tables<'t> {
         record.failure = commit.failure;
         record.custom_status = commit.custom_status;
         record.last_updated_at = commit.now;
-        record.last_error = None;
+        record.last_error = commit.last_error;
         if let Some(next) = &commit.next_execution {
             self.history
                 .retain_in((key.as_str(), 0u64)..=(key.as_str(), u64::MAX), |_, _| {

@@ -1,5 +1,6 @@
 //! The engine end to end: worker + client + in-memory store + manual clock.
 
+mod issue12_control;
 mod rewind;
 mod support;
 

@@ -393,6 +393,12 @@ async fn a_worker_of_another_version_declines_a_rewind_once() {
     let r = env2.client.status(&id).await.unwrap();
     assert_eq!(r.status, RuntimeStatus::Failed);
     assert_eq!(r.failure.unwrap().message, "bug");
+    // Issue 12: not dropped without a trace — the status says why.
+    let why = r.last_error.unwrap_or_default();
+    assert!(
+        why.starts_with("rewind declined: instance version"),
+        "{why}"
+    );
     let h = env2.client.status_with_history(&id).await.unwrap().1;
     assert!(rewinds(&h).is_empty());
 }
