@@ -502,36 +502,31 @@ impl Client {
         Ok(())
     }
 
-    /// Deletes a finished instance, its history and its finished sub-orchestrations.
+    /// Deletes a finished instance with its history, and its finished sub-orchestrations
+    /// recursively. A running descendant is left alone, and so is everything under it (a
+    /// running orchestration may still need its finished children, to rewind say); so is
+    /// an instance that took a child's id over since.
     ///
     /// # Errors
     /// `InstanceNotFound`; `InstanceStillRunning` if it has not finished.
     pub async fn purge(&self, instance_id: &InstanceId) -> Result<PurgeResult, ClientError> {
+        let root = self.status(instance_id).await?;
+        if !root.status.is_terminal() {
+            return Err(ClientError::InstanceStillRunning(instance_id.to_string()));
+        }
         let mut deleted = 0;
-        let mut stack = vec![instance_id.clone()];
-        let mut first = true;
-        while let Some(id) = stack.pop() {
-            let Some(r) = self.store.read_instance(&id).await? else {
-                if first {
-                    return Err(ClientError::InstanceNotFound(id.to_string()));
-                }
-                continue;
-            };
-            if !r.status.is_terminal() {
-                if first {
-                    return Err(ClientError::InstanceStillRunning(id.to_string()));
-                }
-                continue;
-            }
-            first = false;
-            for e in self.store.read_history(&id).await? {
-                if let Event::SubOrchestrationCreated { instance_id, .. } = e.event {
-                    stack.push(instance_id);
-                }
-            }
+        let mut finished = vec![root];
+        while let Some(r) = finished.pop() {
+            let history = self.store.read_history(&r.instance_id).await?;
+            let children = crate::worker::cascade::children(&*self.store, &r, &history).await?;
+            finished.extend(children.into_iter().filter(|c| c.status.is_terminal()));
             // Only if still finished: it may have been started again under the same id.
             let any_time = Timestamp::from_unix_millis(u64::MAX);
-            if self.store.purge_finished_instance(&id, any_time).await? {
+            if self
+                .store
+                .purge_finished_instance(&r.instance_id, any_time)
+                .await?
+            {
                 deleted += 1;
             }
         }

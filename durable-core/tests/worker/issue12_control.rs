@@ -100,3 +100,21 @@ async fn terminate_reaches_descendants_under_a_completed_child() {
 async fn terminate_reaches_descendants_under_a_failed_child() {
     terminate_through_a_finished_child(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_leaves_an_instance_that_took_a_childs_id_over() {
+    let env = start(|b| b.register(crate::child).register(crate::parent));
+    let run = env.client.start(crate::parent, 1).await.unwrap();
+    run.wait().await.unwrap();
+    // The finished child's id is reused by an unrelated instance.
+    let child_id = id(format!("{}:0", run.id()));
+    let opts = StartOptions::new().instance_id(child_id.clone());
+    let other = env.client.start_with(crate::child, 21, opts).await.unwrap();
+    assert_eq!(other.wait().await.unwrap(), 42);
+    assert_eq!(env.client.purge(run.id()).await.unwrap().deleted, 1);
+    assert_eq!(
+        other.wait().await.unwrap(),
+        42,
+        "the unrelated instance stays"
+    );
+}
