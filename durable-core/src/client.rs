@@ -377,7 +377,13 @@ impl Client {
         .await
     }
 
-    /// Terminates a running instance and, recursively, its running sub-orchestrations.
+    /// Terminates a running instance and every running descendant: its running
+    /// sub-orchestrations and, recursively, theirs, also under sub-orchestrations that
+    /// finished while their own children still run. A terminate that is accepted while the
+    /// instance runs and arrives after it finished still reaches its running descendants.
+    ///
+    /// # Errors
+    /// `InstanceNotFound`; `InstanceNotRunning` (finished).
     pub async fn terminate(
         &self,
         instance_id: &InstanceId,
@@ -392,7 +398,43 @@ impl Client {
         .await
     }
 
-    /// Suspends a running instance: messages are kept but not delivered until resumed.
+    /// Suspends a running (or pending) instance: messages are kept but not delivered until
+    /// it is resumed.
+    ///
+    /// The request is checked against the instance's state with the requests already
+    /// accepted for it, in the same atomic step as it is queued: a second suspend is
+    /// refused even before a worker applied the first.
+    ///
+    /// # Errors
+    /// `InstanceNotFound`; `InstanceNotRunning` (finished); `InvalidState` when it is
+    /// suspended already (HTTP 400).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<bool, OrchestrationError> {
+    ///     Ok(ctx.wait_for_event("approved").await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(approval).start()?;
+    /// let run = approval::start(&worker.client(), ()).await?;
+    /// run.suspend("maintenance").await?;
+    /// assert!(matches!(
+    ///     run.suspend("again").await,
+    ///     Err(ClientError::InvalidState { operation: "suspend", .. })
+    /// ));
+    /// run.resume("done").await?;
+    /// assert!(matches!(
+    ///     run.resume("again").await,
+    ///     Err(ClientError::InvalidState { operation: "resume", .. })
+    /// ));
+    /// # Ok(()) }
+    /// ```
     pub async fn suspend(&self, instance_id: &InstanceId, reason: &str) -> Result<(), ClientError> {
         self.send(
             instance_id,
@@ -403,7 +445,12 @@ impl Client {
         .await
     }
 
-    /// Resumes a suspended instance.
+    /// Resumes a suspended instance (one that a suspend already accepted for it will have
+    /// suspended counts; see [`suspend`](Self::suspend)).
+    ///
+    /// # Errors
+    /// `InstanceNotFound`; `InstanceNotRunning` (finished); `InvalidState` when it is not
+    /// suspended (HTTP 400: "cannot resume instance `…` in the Running state").
     pub async fn resume(&self, instance_id: &InstanceId, reason: &str) -> Result<(), ClientError> {
         self.send(
             instance_id,
@@ -771,17 +818,17 @@ impl<O: DeserializeOwned> InstanceHandle<O> {
         self.client.raise_event(&self.instance_id, name, data).await
     }
 
-    /// Terminates this instance.
+    /// Terminates this instance and its running descendants; see [`Client::terminate`].
     pub async fn terminate(&self, reason: &str) -> Result<(), ClientError> {
         self.client.terminate(&self.instance_id, reason).await
     }
 
-    /// Suspends this instance.
+    /// Suspends this instance; see [`Client::suspend`] for the errors.
     pub async fn suspend(&self, reason: &str) -> Result<(), ClientError> {
         self.client.suspend(&self.instance_id, reason).await
     }
 
-    /// Resumes this instance.
+    /// Resumes this instance; see [`Client::resume`] for the errors.
     pub async fn resume(&self, reason: &str) -> Result<(), ClientError> {
         self.client.resume(&self.instance_id, reason).await
     }

@@ -9,26 +9,14 @@
 use std::collections::HashSet;
 
 use crate::error::StoreError;
-use crate::history::{Event, HistoryEvent};
+use crate::history::HistoryEvent;
 use crate::ids::InstanceId;
+use crate::storage::replace::sub_orchestrations;
 use crate::storage::{InstanceRecord, Store};
 
 /// Upper bound on the instances one walk reads, so a corrupt or cyclic tree cannot keep a
 /// worker busy forever.
 const MAX_WALK: usize = 100_000;
-
-/// The sub-orchestrations a history started: `(seq, instance id)`, in action order.
-pub(crate) fn sub_orchestrations(history: &[HistoryEvent]) -> Vec<(u64, InstanceId)> {
-    history
-        .iter()
-        .filter_map(|e| match &e.event {
-            Event::SubOrchestrationCreated {
-                seq, instance_id, ..
-            } => Some((*seq, instance_id.clone())),
-            _ => None,
-        })
-        .collect()
-}
 
 /// `true` if `child` is the sub-orchestration that action `seq` of `parent`'s current
 /// execution started (and not an unrelated instance that took the id over since).

@@ -401,7 +401,7 @@ async fn try_episode(
             ));
         }
         let history = inner.store.read_history(&id).await.map_err(Stuck::Store)?;
-        for entity in held_locks(&history) {
+        for entity in crate::storage::replace::held_locks(&history) {
             commit.messages.push((
                 entity,
                 Message::new(Event::EntityUnlock { owner: id.clone() }, None, now),
@@ -813,19 +813,6 @@ async fn terminate_cascade(
             "terminate arrived after the instance finished; terminating its running descendants");
     }
     Ok(terminate_messages(targets, &reason, now).collect())
-}
-
-/// Entities whose locks this history holds: granted and not released since.
-fn held_locks(history: &[crate::history::HistoryEvent]) -> Vec<InstanceId> {
-    let mut held: Vec<InstanceId> = Vec::new();
-    for e in history {
-        match &e.event {
-            Event::EntityLockGranted { entities, .. } => held.extend(entities.iter().cloned()),
-            Event::EntityUnlockSent { entities, .. } => held.retain(|h| !entities.contains(h)),
-            _ => {}
-        }
-    }
-    held
 }
 
 /// Locks granted to an execution that has ended (or moved on with continue-as-new) are
