@@ -13,7 +13,7 @@
 //! | `DELETE /instances/{id}` | 200 `{"instancesDeleted": n}` | 404, 412 (still running) |
 //! | `DELETE /instances` (`createdTimeFrom` required, `createdTimeTo`, `runtimeStatus`) | 200 `{"instancesDeleted": n}` | 400, 404 (nothing matched) |
 //! | `POST /instances/{id}/raiseEvent/{event}` (body: JSON data) | 202 | 400, 404, 410 (finished) |
-//! | `POST /instances/{id}/terminate`, `/suspend`, `/resume` (`reason`) | 202 | 404, 410 |
+//! | `POST /instances/{id}/terminate`, `/suspend`, `/resume` (`reason`) | 202 | 400 (suspend of a suspended instance, resume of one that is not suspended), 404, 410 |
 //! | `POST /instances/{id}/restart` (`restartWithNewInstanceId`, default true) | 202 + check-status payload of the new run | 400 (unknown id), 409 |
 //! | `POST /instances/{id}/rewind` (`reason`) | 202; the failed instance resumes at its point of failure ([`crate::Client::rewind`]) | 400 (not failed, or not rewindable), 404, 410 (completed or terminated) |
 //!
