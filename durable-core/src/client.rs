@@ -543,7 +543,17 @@ impl Client {
         .await
     }
 
+    /// Sends an orchestration request (raise, terminate, suspend, resume, rewind). An
+    /// entity's instance would take it and ignore it, so it is refused here.
     async fn send(&self, instance_id: &InstanceId, event: Event) -> Result<(), ClientError> {
+        if instance_id.as_str().starts_with('@') {
+            return Err(crate::error::InvalidInstanceId {
+                id: instance_id.to_string(),
+                reason: "`@` ids name entities, which take entity operations \
+                         (`Client::entity`, `signal_entity_raw`), not orchestration requests",
+            }
+            .into());
+        }
         let msg = Message::new(event, None, self.clock.now());
         self.store.send_message(instance_id, msg).await?;
         Ok(())

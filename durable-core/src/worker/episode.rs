@@ -658,9 +658,11 @@ async fn drop_late_messages(
         .collect();
     release_unwanted_locks(id, messages, &mut commit, now);
     let status = instance.status.as_str();
+    let mut terminated = false;
     for m in messages {
         match &m.event {
-            Event::ExecutionTerminated { reason } => {
+            Event::ExecutionTerminated { reason } if !terminated => {
+                terminated = true;
                 let history = inner.store.read_history(id).await.map_err(Stuck::Store)?;
                 let targets =
                     super::cascade::running_descendants(&*inner.store, instance, &history)
@@ -675,7 +677,8 @@ async fn drop_late_messages(
             Event::EventRaised { name, .. } => {
                 tracing::warn!(instance = %id, status, event = %name, "event raised after the instance finished dropped");
             }
-            Event::ExecutionSuspended { .. }
+            Event::ExecutionTerminated { .. }
+            | Event::ExecutionSuspended { .. }
             | Event::ExecutionResumed { .. }
             | Event::ExecutionRewound { .. } => {
                 tracing::warn!(instance = %id, status, kind = m.event.kind(), "request that arrived after the instance finished dropped");

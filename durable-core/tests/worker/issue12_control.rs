@@ -304,3 +304,21 @@ async fn suspend_and_resume_in_the_wrong_state_are_typed_errors() {
     env.clock.advance(std::time::Duration::from_secs(60));
     wait_status(&env.store, pending.id(), RuntimeStatus::Suspended).await;
 }
+
+// ------------------------------------------------------------- accepted, then dropped
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestration_requests_to_an_entity_are_refused_not_dropped() {
+    let env = start(|b| b.register(TrLocked::entity()));
+    let entity = EntityId::of::<TrLocked>("k").unwrap();
+    env.client.entity::<TrLocked>("k").bump().await.unwrap();
+    let id = entity.instance_id();
+    wait_until(&env.store, &id, "the entity", |r, _| r.output.is_some()).await;
+    let refused = |r: Result<(), ClientError>| {
+        assert!(matches!(r, Err(ClientError::InvalidInstanceId(_))), "{r:?}");
+    };
+    refused(env.client.raise_event(&id, "go", &1).await);
+    refused(env.client.terminate(&id, "x").await);
+    refused(env.client.suspend(&id, "x").await);
+    refused(env.client.resume(&id, "x").await);
+}
