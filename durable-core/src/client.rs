@@ -387,7 +387,13 @@ impl Client {
         .await
     }
 
-    /// Terminates a running instance and, recursively, its running sub-orchestrations.
+    /// Terminates a running instance and every running descendant: its running
+    /// sub-orchestrations and, recursively, theirs, also under sub-orchestrations that
+    /// finished while their own children still run. A terminate that is accepted while the
+    /// instance runs and arrives after it finished still reaches its running descendants.
+    ///
+    /// # Errors
+    /// `InstanceNotFound`; `InstanceNotRunning` (finished).
     pub async fn terminate(
         &self,
         instance_id: &InstanceId,
@@ -402,7 +408,43 @@ impl Client {
         .await
     }
 
-    /// Suspends a running instance: messages are kept but not delivered until resumed.
+    /// Suspends a running (or pending) instance: messages are kept but not delivered until
+    /// it is resumed.
+    ///
+    /// The request is checked against the instance's state with the requests already
+    /// accepted for it, in the same atomic step as it is queued: a second suspend is
+    /// refused even before a worker applied the first.
+    ///
+    /// # Errors
+    /// `InstanceNotFound`; `InstanceNotRunning` (finished); `InvalidState` when it is
+    /// suspended already (HTTP 400).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<bool, OrchestrationError> {
+    ///     Ok(ctx.wait_for_event("approved").await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(approval).start()?;
+    /// let run = approval::start(&worker.client(), ()).await?;
+    /// run.suspend("maintenance").await?;
+    /// assert!(matches!(
+    ///     run.suspend("again").await,
+    ///     Err(ClientError::InvalidState { operation: "suspend", .. })
+    /// ));
+    /// run.resume("done").await?;
+    /// assert!(matches!(
+    ///     run.resume("again").await,
+    ///     Err(ClientError::InvalidState { operation: "resume", .. })
+    /// ));
+    /// # Ok(()) }
+    /// ```
     pub async fn suspend(&self, instance_id: &InstanceId, reason: &str) -> Result<(), ClientError> {
         self.send(
             instance_id,
@@ -413,7 +455,12 @@ impl Client {
         .await
     }
 
-    /// Resumes a suspended instance.
+    /// Resumes a suspended instance (one that a suspend already accepted for it will have
+    /// suspended counts; see [`suspend`](Self::suspend)).
+    ///
+    /// # Errors
+    /// `InstanceNotFound`; `InstanceNotRunning` (finished); `InvalidState` when it is not
+    /// suspended (HTTP 400: "cannot resume instance `…` in the Running state").
     pub async fn resume(&self, instance_id: &InstanceId, reason: &str) -> Result<(), ClientError> {
         self.send(
             instance_id,
@@ -489,27 +536,12 @@ impl Client {
     /// ```
     pub async fn rewind(&self, instance_id: &InstanceId, reason: &str) -> Result<(), ClientError> {
         let (record, history) = self.status_with_history(instance_id).await?;
-        let cannot = |reason: String| ClientError::CannotRewind {
-            instance: instance_id.to_string(),
-            reason,
-        };
-        if record.status != RuntimeStatus::Failed {
-            return Err(cannot(format!(
-                "it is {}; only a Failed instance can be rewound",
-                record.status.as_str()
-            )));
-        }
-        let plan = crate::replay::rewind::plan(&history).map_err(cannot)?;
-        for (seq, child) in &plan.children {
-            if !plan.seqs.contains(seq) {
-                continue;
-            }
-            let action =
-                crate::worker::rewind::child_action(&*self.store, &record, *seq, child, true)
-                    .await?;
-            if let crate::worker::rewind::ChildAction::KeepFailure(why) = action {
-                return Err(cannot(why));
-            }
+        if let Err(reason) = crate::worker::rewind::prepare(&*self.store, &record, &history).await?
+        {
+            return Err(ClientError::CannotRewind {
+                instance: instance_id.to_string(),
+                reason,
+            });
         }
         self.send(
             instance_id,
@@ -521,42 +553,47 @@ impl Client {
         .await
     }
 
+    /// Sends an orchestration request (raise, terminate, suspend, resume, rewind). An
+    /// entity's instance would take it and ignore it, so it is refused here.
     async fn send(&self, instance_id: &InstanceId, event: Event) -> Result<(), ClientError> {
+        if instance_id.as_str().starts_with('@') {
+            return Err(crate::error::InvalidInstanceId {
+                id: instance_id.to_string(),
+                reason: "`@` ids name entities, which take entity operations \
+                         (`Client::entity`, `signal_entity_raw`), not orchestration requests",
+            }
+            .into());
+        }
         let msg = Message::new(event, None, self.clock.now());
         self.store.send_message(instance_id, msg).await?;
         Ok(())
     }
 
-    /// Deletes a finished instance, its history and its finished sub-orchestrations.
+    /// Deletes a finished instance with its history, and its finished sub-orchestrations
+    /// recursively. A running descendant is left alone, and so is everything under it (a
+    /// running orchestration may still need its finished children, to rewind say); so is
+    /// an instance that took a child's id over since.
     ///
     /// # Errors
     /// `InstanceNotFound`; `InstanceStillRunning` if it has not finished.
     pub async fn purge(&self, instance_id: &InstanceId) -> Result<PurgeResult, ClientError> {
+        let root = self.status(instance_id).await?;
+        if !root.status.is_terminal() {
+            return Err(ClientError::InstanceStillRunning(instance_id.to_string()));
+        }
         let mut deleted = 0;
-        let mut stack = vec![instance_id.clone()];
-        let mut first = true;
-        while let Some(id) = stack.pop() {
-            let Some(r) = self.store.read_instance(&id).await? else {
-                if first {
-                    return Err(ClientError::InstanceNotFound(id.to_string()));
-                }
-                continue;
-            };
-            if !r.status.is_terminal() {
-                if first {
-                    return Err(ClientError::InstanceStillRunning(id.to_string()));
-                }
-                continue;
-            }
-            first = false;
-            for e in self.store.read_history(&id).await? {
-                if let Event::SubOrchestrationCreated { instance_id, .. } = e.event {
-                    stack.push(instance_id);
-                }
-            }
+        let mut finished = vec![root];
+        while let Some(r) = finished.pop() {
+            let history = self.store.read_history(&r.instance_id).await?;
+            let children = crate::worker::cascade::children(&*self.store, &r, &history).await?;
+            finished.extend(children.into_iter().filter(|c| c.status.is_terminal()));
             // Only if still finished: it may have been started again under the same id.
             let any_time = Timestamp::from_unix_millis(u64::MAX);
-            if self.store.purge_finished_instance(&id, any_time).await? {
+            if self
+                .store
+                .purge_finished_instance(&r.instance_id, any_time)
+                .await?
+            {
                 deleted += 1;
             }
         }
@@ -801,17 +838,17 @@ impl<O: DeserializeOwned> InstanceHandle<O> {
         self.client.raise_event(&self.instance_id, name, data).await
     }
 
-    /// Terminates this instance.
+    /// Terminates this instance and its running descendants; see [`Client::terminate`].
     pub async fn terminate(&self, reason: &str) -> Result<(), ClientError> {
         self.client.terminate(&self.instance_id, reason).await
     }
 
-    /// Suspends this instance.
+    /// Suspends this instance; see [`Client::suspend`] for the errors.
     pub async fn suspend(&self, reason: &str) -> Result<(), ClientError> {
         self.client.suspend(&self.instance_id, reason).await
     }
 
-    /// Resumes this instance.
+    /// Resumes this instance; see [`Client::resume`] for the errors.
     pub async fn resume(&self, reason: &str) -> Result<(), ClientError> {
         self.client.resume(&self.instance_id, reason).await
     }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::history::RuntimeStatus;
 use serde::{Deserialize, Serialize};
 
 /// What is recorded in history when an activity, sub-orchestration or orchestration fails:
@@ -450,6 +451,18 @@ pub enum StoreError {
     /// The instance exists and its id may not be reused.
     #[error("instance `{0}` already exists")]
     InstanceAlreadyExists(String),
+    /// The request does not apply to the instance's state: suspend of a suspended
+    /// instance, resume of one that is not suspended (see
+    /// [`crate::storage::check_control`]).
+    #[error("cannot {operation} instance `{instance}` in the {} state", status.as_str())]
+    InvalidState {
+        /// The instance.
+        instance: String,
+        /// Its state, with the requests already accepted for it applied.
+        status: RuntimeStatus,
+        /// `suspend` or `resume`.
+        operation: &'static str,
+    },
     /// A lease expired and another worker took the work over; this commit was discarded.
     #[error("lost the lock on `{0}`; the episode was discarded")]
     LockLost(String),
@@ -471,6 +484,18 @@ pub enum ClientError {
     /// An instance with this id exists and the id-reuse policy forbids replacing it.
     #[error("instance `{0}` already exists")]
     InstanceAlreadyExists(String),
+    /// The request does not apply to the instance's state: suspend of a suspended
+    /// instance, resume of one that is not suspended. Requests already accepted count: a
+    /// resume right after a suspend is taken even before a worker applied the suspend.
+    #[error("cannot {operation} instance `{instance}` in the {} state", status.as_str())]
+    InvalidState {
+        /// The instance.
+        instance: String,
+        /// Its state, with the requests already accepted for it applied.
+        status: RuntimeStatus,
+        /// `suspend` or `resume`.
+        operation: &'static str,
+    },
     /// The operation needs a finished instance (purge) and this one is still running.
     #[error("instance `{0}` is still running")]
     InstanceStillRunning(String),
@@ -529,6 +554,15 @@ impl From<StoreError> for ClientError {
             StoreError::InstanceNotFound(id) => ClientError::InstanceNotFound(id),
             StoreError::InstanceNotRunning(id) => ClientError::InstanceNotRunning(id),
             StoreError::InstanceAlreadyExists(id) => ClientError::InstanceAlreadyExists(id),
+            StoreError::InvalidState {
+                instance,
+                status,
+                operation,
+            } => ClientError::InvalidState {
+                instance,
+                status,
+                operation,
+            },
             other => ClientError::Store(other),
         }
     }

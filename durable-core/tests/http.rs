@@ -1496,3 +1496,51 @@ mod issue12 {
         api.shutdown().await;
     }
 }
+
+#[activity]
+async fn declined(_amount: u32) -> Result<u32, ActivityError> {
+    Err(ActivityError::new("card declined"))
+}
+
+#[orchestrator]
+async fn pay_in_section(ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {
+    let _section = ctx.lock(&[EntityId::of::<Counter>("till")?]).await?;
+    Ok(ctx.call(declined, 5).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_requests_that_cannot_apply_are_400_not_202() {
+    let api = start_api_with(HttpOptions::new(), |b| {
+        b.register(declined).register(pay_in_section)
+    })
+    .await;
+    let id = api.start("approval", "").await;
+    api.wait_status(&id, "Running").await;
+    let r = api.post(&format!("/instances/{id}/resume"), "").await;
+    r.assert_error(StatusCode::BAD_REQUEST, "InvalidState");
+    assert_eq!(
+        r.json()["message"],
+        format!("cannot resume instance `{id}` in the Running state")
+    );
+    let r = api.post(&format!("/instances/{id}/suspend"), "").await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    api.post(&format!("/instances/{id}/suspend"), "")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidState");
+
+    // A failure inside a critical section cannot be rewound: refused, not accepted and
+    // then dropped.
+    let id = api.start("pay_in_section", "").await;
+    api.wait_status(&id, "Failed").await;
+    let r = api.post(&format!("/instances/{id}/rewind"), "").await;
+    r.assert_error(StatusCode::BAD_REQUEST, "CannotRewind");
+    assert!(
+        r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("critical section"),
+        "{}",
+        r.text
+    );
+    api.shutdown().await;
+}

@@ -823,3 +823,30 @@ impl Store for HarnessStore {
         self.inner().signals()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use durable_core::storage::conformance;
+    use durable_core::{MemoryStore, Store};
+
+    use super::{CrashPlan, HarnessStore, Shared};
+    use crate::clock::ManualClock;
+
+    /// The harness store is a `Store` like any other: it passes the conformance suite.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn passes_the_store_conformance_suite() {
+        conformance::run_all(|| {
+            let shared = Shared::new(
+                MemoryStore::new(),
+                ManualClock::default(),
+                None,
+                CrashPlan::Never,
+            );
+            let epoch = shared.epoch();
+            Arc::new(HarnessStore::new(Arc::new(shared), epoch)) as Arc<dyn Store>
+        })
+        .await;
+    }
+}

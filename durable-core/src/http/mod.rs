@@ -12,8 +12,8 @@
 //! | `GET /instances` (`createdTimeFrom`, `createdTimeTo`, `runtimeStatus`, `instanceIdPrefix`, `showInput`, `top`; `x-ms-continuation-token` header both ways) | 200 JSON array | 400 |
 //! | `DELETE /instances/{id}` | 200 `{"instancesDeleted": n}` | 404, 412 (still running) |
 //! | `DELETE /instances` (`createdTimeFrom` required, `createdTimeTo`, `runtimeStatus`) | 200 `{"instancesDeleted": n}` | 400, 404 (nothing matched) |
-//! | `POST /instances/{id}/raiseEvent/{event}` (body: JSON data; `raiseEvent` in any casing) | 202 | 400, 404, 410 (finished) |
-//! | `POST /instances/{id}/terminate`, `/suspend`, `/resume` (`reason`) | 202 | 404, 410 |
+//! | `POST /instances/{id}/raiseEvent/{event}` (body: JSON data; `raiseEvent` in any casing; event names match case-insensitively) | 202 | 400 (empty event name), 404, 410 (finished) |
+//! | `POST /instances/{id}/terminate`, `/suspend`, `/resume` (`reason`) | 202 | 400 (suspend of a suspended instance, resume of one that is not suspended), 404, 410 |
 //! | `POST /instances/{id}/restart` (`restartWithNewInstanceId`, default true) | 202 + check-status payload of the new run | 400 (unknown id), 409 |
 //! | `POST /instances/{id}/rewind` (`reason`) | 202; the failed instance resumes at its point of failure ([`crate::Client::rewind`]) | 400 (not failed, or not rewindable), 404, 410 (completed or terminated) |
 //! | `POST /entities/{name}/{key}?op=..` (body: JSON input; `DELETE` sends `delete`) | 202 | 400, 404 (unknown entity name) |

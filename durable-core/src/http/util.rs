@@ -129,6 +129,7 @@ impl From<ClientError> for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "OrchestrationTerminated")
             }
             ClientError::CannotRewind { .. } => (StatusCode::BAD_REQUEST, "CannotRewind"),
+            ClientError::InvalidState { .. } => (StatusCode::BAD_REQUEST, "InvalidState"),
             ClientError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "StoreError"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "ClientError"),
         };

@@ -61,6 +61,10 @@ pub(crate) struct RewindPlan {
     pub children: Vec<(u64, InstanceId)>,
 }
 
+/// Why an execution that failed inside a critical section cannot be rewound.
+const IN_SECTION: &str = "it failed inside a critical section (its entity locks were \
+    released when it failed, so the section cannot resume where it stopped); restart it instead";
+
 /// What rewinding a failed execution with this history undoes and re-drives, or why it
 /// cannot be rewound.
 ///
@@ -100,6 +104,18 @@ pub(crate) fn plan(history: &[HistoryEvent]) -> Result<RewindPlan, String> {
         .iter()
         .rposition(|e| e.event.action_seq().is_some())
         .unwrap_or(0);
+    // A section released as the code's last action, in the step that failed, was left
+    // because of the failure: a guard dropped by `?`, or released on the way out. Its
+    // locks are gone, so the section cannot be resumed where it failed.
+    let failing_step = view[..end]
+        .iter()
+        .rposition(|e| matches!(e.event, Event::OrchestratorStarted))
+        .unwrap_or(0);
+    if last_action > failing_step
+        && matches!(view[last_action].event, Event::EntityUnlockSent { .. })
+    {
+        return Err(IN_SECTION.to_owned());
+    }
     let undone: Vec<u64> = view[last_action..end]
         .iter()
         .filter_map(|e| match e.event {
@@ -135,11 +151,7 @@ pub(crate) fn plan(history: &[HistoryEvent]) -> Result<RewindPlan, String> {
         }
     }
     if locked > 0 {
-        return Err(
-            "it failed inside a critical section (its entity locks were released when \
-                    it failed); restart it instead"
-                .to_owned(),
-        );
+        return Err(IN_SECTION.to_owned());
     }
     let mut plan = RewindPlan {
         seqs: undone,
@@ -334,5 +346,67 @@ mod tests {
             completion(),
         ]);
         assert!(plan(&in_section).unwrap_err().contains("critical section"));
+    }
+
+    fn lock_requested(seq: u64) -> Event {
+        Event::EntityLockRequested {
+            seq,
+            entities: vec![],
+            location: None,
+        }
+    }
+
+    fn unlocked(seq: u64) -> Event {
+        Event::EntityUnlockSent {
+            seq,
+            entities: vec![],
+            location: None,
+        }
+    }
+
+    #[test]
+    fn refuses_a_failure_that_ended_a_critical_section() {
+        // Issue 12: the section's guard is dropped by `?` when the activity fails, so the
+        // release is recorded after the failure, in the failing step.
+        let history = h(vec![
+            started(),
+            Event::OrchestratorStarted,
+            lock_requested(0),
+            Event::OrchestratorStarted,
+            Event::EntityLockGranted {
+                seq: 0,
+                entities: vec![],
+            },
+            scheduled(1),
+            Event::OrchestratorStarted,
+            failed(1),
+            unlocked(2),
+            completion(),
+        ]);
+        assert!(plan(&history).unwrap_err().contains("critical section"));
+    }
+
+    #[test]
+    fn a_section_left_before_the_failing_step_does_not_block_a_rewind() {
+        // The section ends, the code waits for an event, and fails in a later step.
+        let history = h(vec![
+            started(),
+            Event::OrchestratorStarted,
+            lock_requested(0),
+            Event::OrchestratorStarted,
+            Event::EntityLockGranted {
+                seq: 0,
+                entities: vec![],
+            },
+            unlocked(1),
+            Event::OrchestratorStarted,
+            Event::EventRaised {
+                name: "go".into(),
+                input: "1".into(),
+            },
+            completion(),
+        ]);
+        let p = plan(&history).unwrap();
+        assert!(p.seqs.is_empty() && p.activities.is_empty());
     }
 }

@@ -32,6 +32,9 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         id_reuse_replace_finished,
         id_reuse_reject_existing,
         id_reuse_dedupe_running,
+        id_reuse_terminate_running,
+        suspend_and_resume_follow_the_state,
+        commit_records_last_error,
         commit_applies_everything,
         sub_orchestration_refused_when_child_running,
         sub_orchestration_with_parents_id_is_refused,
@@ -444,6 +447,314 @@ pub async fn id_reuse_dedupe_running(store: Arc<dyn Store>) {
         (2, RuntimeStatus::Pending, "2")
     );
     assert_eq!(r.failure, None);
+}
+
+fn sub_created(index: u64, now: Timestamp, seq: u64, child: &str) -> HistoryEvent {
+    ev(
+        index,
+        now,
+        Event::SubOrchestrationCreated {
+            seq,
+            name: "Child".into(),
+            instance_id: id(child),
+            input: "null".into(),
+            version: None,
+            location: None,
+        },
+    )
+}
+
+/// A commit of `item` that records it started `children` (seq, id), creating them.
+fn starting_children(
+    item: &OrchestrationWorkItem,
+    now: Timestamp,
+    children: &[(u64, &str)],
+) -> EpisodeCommit {
+    let mut c = commit_for(item, RuntimeStatus::Running, now);
+    let parent = item.instance.instance_id.as_str();
+    let mut next = item.history_len;
+    c.new_events.push(ev(next, now, Event::OrchestratorStarted));
+    for (seq, child) in children {
+        next += 1;
+        c.new_events.push(sub_created(next, now, *seq, child));
+        let mut new = new_instance(child, "Child", "null", now);
+        new.parent = Some(ParentRef {
+            instance_id: id(parent),
+            execution: item.instance.execution,
+            seq: *seq,
+        });
+        c.new_instances.push((*seq, new));
+    }
+    c
+}
+
+/// `TerminateRunning` replaces a running instance in one step: the replaced execution's
+/// tree is terminated (running children, and running descendants under finished ones), its
+/// entity locks are released, its parent is told, and the new execution starts clean.
+#[allow(clippy::too_many_lines, reason = "one scenario, asserted step by step")]
+pub async fn id_reuse_terminate_running(store: Arc<dyn Store>) {
+    create(&store, new_instance("gp", "Grandparent", "null", T0)).await;
+    create(&store, new_instance("ent", "Entity", "null", T0)).await;
+    create(&store, new_instance("other", "Other", "null", T0)).await;
+    let mut parent = new_instance("p", "Parent", "1", T0);
+    parent.parent = Some(ParentRef {
+        instance_id: id("gp"),
+        execution: 1,
+        seq: 5,
+    });
+    create(&store, parent).await;
+    for i in fetch_all(&store, T0).await {
+        let status = RuntimeStatus::Running;
+        if i.instance.instance_id == id("p") {
+            // p starts two children, holds a lock on `ent`, and claims `other` (an
+            // instance it did not create) as a child.
+            let mut c = starting_children(&i, at(1), &[(0, "p:0"), (1, "p:1")]);
+            let mut next = c.new_events.last().map_or(0, |e| e.index + 1);
+            c.new_events.push(sub_created(next, at(1), 2, "other"));
+            next += 1;
+            c.new_events.push(ev(
+                next,
+                at(1),
+                Event::EntityLockGranted {
+                    seq: 3,
+                    entities: vec![id("ent")],
+                },
+            ));
+            commit(&store, c).await;
+        } else {
+            commit(&store, commit_for(&i, status, at(1))).await;
+        }
+    }
+    // p:0 starts a grandchild and completes; p:1 stays pending; the grandchild runs, leased
+    // by a worker in the middle of an episode.
+    let c0 = fetch_one(&store, "p:0", at(2)).await;
+    let mut done = starting_children(&c0, at(2), &[(0, "p:0:0")]);
+    done.status = RuntimeStatus::Completed;
+    done.output = Some("\"done\"".into());
+    commit(&store, done).await;
+    let leased = fetch_all(&store, at(3)).await;
+    let leased_ids: Vec<&str> = leased
+        .iter()
+        .map(|i| i.instance.instance_id.as_str())
+        .collect();
+    assert_eq!(leased_ids, ["p:0:0", "p:1"]);
+    store
+        .send_message(&id("p"), raised("old", at(3)))
+        .await
+        .expect("send to p");
+
+    let mut again = new_instance("p", "Parent", "2", at(10));
+    again.reuse = IdReusePolicy::TerminateRunning;
+    let created = store.create_instance(again).await;
+    assert!(
+        matches!(created, Ok(CreateResult::Created)),
+        "TerminateRunning replaces a running instance, got {created:?}"
+    );
+    let p = record(&store, "p").await;
+    assert_eq!(
+        (p.execution, p.status, p.input.as_str(), p.parent.as_ref()),
+        (2, RuntimeStatus::Pending, "2", None),
+        "the new execution"
+    );
+    assert!(history(&store, "p").await.is_empty(), "a fresh history");
+
+    for gone in ["p:1", "p:0:0"] {
+        let r = record(&store, gone).await;
+        assert_eq!(r.status, RuntimeStatus::Terminated, "`{gone}` terminated");
+        let h = history(&store, gone).await;
+        let n = h.len();
+        assert!(
+            n >= 2
+                && matches!(h[n - 2].event, Event::ExecutionTerminated { .. })
+                && matches!(
+                    h[n - 1].event,
+                    Event::ExecutionCompleted {
+                        status: RuntimeStatus::Terminated,
+                        ..
+                    }
+                ),
+            "`{gone}` history records the termination: {h:?}"
+        );
+        assert_eq!(h[n - 1].index, n as u64 - 1);
+    }
+    assert_eq!(
+        record(&store, "p:0").await.status,
+        RuntimeStatus::Completed,
+        "a finished child keeps its outcome"
+    );
+    assert_eq!(
+        record(&store, "other").await.status,
+        RuntimeStatus::Running,
+        "an instance that is not p's child is left alone"
+    );
+    for item in &leased {
+        let lost = store
+            .commit_episode(commit_for(item, RuntimeStatus::Running, at(11)))
+            .await;
+        assert_eq!(
+            lost,
+            Err(StoreError::LockLost(item.instance.instance_id.to_string())),
+            "the lease on a terminated descendant is gone"
+        );
+    }
+
+    let items = fetch_all(&store, at(20)).await;
+    let got: Vec<(String, Vec<String>)> = items
+        .iter()
+        .map(|i| (i.instance.instance_id.to_string(), labels(&i.messages)))
+        .collect();
+    let want = |id: &str, l: &[&str]| {
+        (
+            id.to_owned(),
+            l.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        got,
+        [
+            want("ent", &["EntityUnlock"]),
+            want("gp", &["SubOrchestrationFailed"]),
+            want("p", &["ExecutionStarted"]),
+        ],
+        "the lock is released, the parent told, and the new inbox holds only the start"
+    );
+    match &items[1].messages[0] {
+        Message {
+            event: Event::SubOrchestrationFailed { seq: 5, failure },
+            execution: Some(1),
+            ..
+        } => assert_eq!(failure.error_type, "Terminated"),
+        other => panic!("expected the parent's SubOrchestrationFailed, got {other:?}"),
+    }
+    match &items[0].messages[0].event {
+        Event::EntityUnlock { owner } => assert_eq!(owner, &id("p")),
+        other => panic!("expected EntityUnlock, got {other:?}"),
+    }
+
+    // A finished instance is replaced as with the default policy.
+    for i in &items {
+        let status = if i.instance.instance_id == id("p") {
+            RuntimeStatus::Completed
+        } else {
+            RuntimeStatus::Running
+        };
+        commit(&store, commit_for(i, status, at(21))).await;
+    }
+    let mut third = new_instance("p", "Parent", "3", at(30));
+    third.reuse = IdReusePolicy::TerminateRunning;
+    create(&store, third).await;
+    let p = record(&store, "p").await;
+    assert_eq!((p.execution, p.status), (3, RuntimeStatus::Pending));
+}
+
+/// Suspend and resume are checked against the state with the requests already queued:
+/// no second suspend, no resume of an instance that is not suspended; a refused request
+/// enqueues nothing.
+pub async fn suspend_and_resume_follow_the_state(store: Arc<dyn Store>) {
+    let suspend = || {
+        Message::new(
+            Event::ExecutionSuspended {
+                reason: String::new(),
+            },
+            None,
+            T0,
+        )
+    };
+    let resume = || {
+        Message::new(
+            Event::ExecutionResumed {
+                reason: String::new(),
+            },
+            None,
+            T0,
+        )
+    };
+    let invalid = |status, operation| {
+        Err(StoreError::InvalidState {
+            instance: "a".into(),
+            status,
+            operation,
+        })
+    };
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    let a = id("a");
+    assert_eq!(
+        store.send_message(&a, resume()).await,
+        invalid(RuntimeStatus::Pending, "resume")
+    );
+    store.send_message(&a, suspend()).await.expect("suspend");
+    assert_eq!(
+        store.send_message(&a, suspend()).await,
+        invalid(RuntimeStatus::Suspended, "suspend"),
+        "a suspend is queued"
+    );
+    store.send_message(&a, resume()).await.expect("resume");
+    assert_eq!(
+        store.send_message(&a, resume()).await,
+        invalid(RuntimeStatus::Pending, "resume"),
+        "a resume is queued"
+    );
+    store
+        .send_message(&a, suspend())
+        .await
+        .expect("suspend again");
+    let item = fetch_one(&store, "a", T0).await;
+    assert_eq!(
+        labels(&item.messages),
+        [
+            "ExecutionStarted",
+            "ExecutionSuspended",
+            "ExecutionResumed",
+            "ExecutionSuspended"
+        ],
+        "only the accepted requests were queued"
+    );
+    commit(&store, commit_for(&item, RuntimeStatus::Suspended, at(1))).await;
+    assert_eq!(
+        store.send_message(&a, suspend()).await,
+        invalid(RuntimeStatus::Suspended, "suspend")
+    );
+    store.send_message(&a, resume()).await.expect("resume");
+    assert_eq!(
+        store.send_message(&a, resume()).await,
+        invalid(RuntimeStatus::Running, "resume")
+    );
+    let item = fetch_one(&store, "a", at(2)).await;
+    commit(&store, commit_for(&item, RuntimeStatus::Running, at(2))).await;
+    assert_eq!(
+        store.send_message(&a, resume()).await,
+        invalid(RuntimeStatus::Running, "resume")
+    );
+    store
+        .send_message(&a, raised("x", at(3)))
+        .await
+        .expect("send");
+    finish(&store, "a", at(3), RuntimeStatus::Completed).await;
+    assert_eq!(
+        store.send_message(&a, suspend()).await,
+        Err(StoreError::InstanceNotRunning("a".into())),
+        "a finished instance is not running, whatever the request"
+    );
+}
+
+/// A commit's `last_error` is shown in the record; the next commit without one clears it.
+pub async fn commit_records_last_error(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    let item = fetch_one(&store, "a", T0).await;
+    let mut c = commit_for(&item, RuntimeStatus::Running, at(1));
+    c.last_error = Some("declined: because".into());
+    commit(&store, c).await;
+    assert_eq!(
+        record(&store, "a").await.last_error.as_deref(),
+        Some("declined: because")
+    );
+    store
+        .send_message(&id("a"), raised("x", at(1)))
+        .await
+        .expect("send");
+    let item = fetch_one(&store, "a", at(1)).await;
+    commit(&store, commit_for(&item, RuntimeStatus::Running, at(2))).await;
+    assert_eq!(record(&store, "a").await.last_error, None);
 }
 
 /// One commit appends history, consumes messages, enqueues activities, timers and messages,

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::replace::{self, Reuse, Teardown};
 use super::{
-    ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, IdReusePolicy, InstancePage,
-    InstanceQuery, InstanceRecord, LockToken, Message, MessageId, NewInstance,
-    OrchestrationWorkItem, Store, StoreSignals, WorkKind,
+    ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, InstancePage, InstanceQuery,
+    InstanceRecord, LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem, Store,
+    StoreSignals, WorkKind,
 };
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, RuntimeStatus};
@@ -139,16 +140,18 @@ impl Data {
     fn create(&mut self, new: NewInstance) -> Result<CreateResult, StoreError> {
         let key = new.instance_id.as_str().to_owned();
         let mut execution = 1;
+        let mut teardown = None;
         if let Some(existing) = self.instances.get(&key) {
-            let finished = existing.record.status.is_terminal();
-            match (new.reuse, finished) {
-                (IdReusePolicy::DedupeRunning, false) => {
-                    return Ok(CreateResult::Existing(existing.record.clone()));
+            match replace::decide(new.reuse, existing.record.status.is_terminal()) {
+                Reuse::Existing => return Ok(CreateResult::Existing(existing.record.clone())),
+                Reuse::Reject => return Err(StoreError::InstanceAlreadyExists(key)),
+                Reuse::Replace => {}
+                Reuse::TerminateAndReplace => {
+                    let inbox = existing.inbox.values().map(|m| &m.event);
+                    let t =
+                        Teardown::new(&existing.record, &existing.history, inbox, new.created_at);
+                    teardown = Some(t);
                 }
-                (IdReusePolicy::RejectExisting, _) | (_, false) => {
-                    return Err(StoreError::InstanceAlreadyExists(key));
-                }
-                _ => {}
             }
             execution = existing.record.execution + 1;
             self.remove_instance(&key);
@@ -181,7 +184,41 @@ impl Data {
             },
         );
         self.enqueue(&key, start);
+        let messages = teardown.map(|t| self.tear_down(t)).unwrap_or_default();
+        for (target, m) in messages {
+            self.enqueue(target.as_str(), m);
+        }
         Ok(CreateResult::Created)
+    }
+
+    /// Terminates the running descendants of an execution being replaced; returns the
+    /// messages to send once the new instance exists.
+    fn tear_down(&mut self, mut t: Teardown) -> Vec<(InstanceId, Message)> {
+        while let Some((id, parent)) = t.next() {
+            let Some(inst) = self.instances.get(id.as_str()) else {
+                continue;
+            };
+            if !Teardown::belongs(&parent, Some(&inst.record)) {
+                continue;
+            }
+            let inbox = inst.inbox.values().map(|m| &m.event);
+            let Some((record, events)) = t.visit(inst.record.clone(), &inst.history, inbox) else {
+                continue;
+            };
+            let key = id.as_str().to_owned();
+            let inst = self
+                .instances
+                .get_mut(&key)
+                .expect("read in this same step");
+            inst.record = record;
+            inst.history.extend(events);
+            inst.inbox.clear();
+            if let Some((_, until)) = inst.lock.take() {
+                self.orch_leases.remove(&(until, key.clone()));
+            }
+            self.refresh_ready(&key);
+        }
+        t.messages
     }
 
     fn remove_instance(&mut self, key: &str) -> bool {
@@ -268,6 +305,8 @@ impl Store for MemoryStore {
             if !super::accepts_message(inst.record.status, &message.event) {
                 return Err(StoreError::InstanceNotRunning(instance_id.to_string()));
             }
+            let queued = inst.inbox.values().map(|m| &m.event);
+            super::check_control(instance_id, inst.record.status, queued, &message.event)?;
             d.enqueue(instance_id.as_str(), message);
         }
         self.inner.signals.orchestration_work();
@@ -368,7 +407,7 @@ impl Store for MemoryStore {
             r.failure = commit.failure;
             r.custom_status = commit.custom_status;
             r.last_updated_at = commit.now;
-            r.last_error = None;
+            r.last_error = commit.last_error;
             if let Some(next) = &commit.next_execution {
                 inst.history.clear();
                 r.execution += 1;

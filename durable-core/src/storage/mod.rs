@@ -12,6 +12,7 @@ mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod redb;
+pub(crate) mod replace;
 
 use std::time::Duration;
 
@@ -74,6 +75,16 @@ pub enum IdReusePolicy {
     /// Replace a finished instance; return the existing one if it is still running
     /// (deduplicated start).
     DedupeRunning,
+    /// Replace a finished instance; terminate a running one and start the new one in its
+    /// place, in one atomic step (Durable Task's `TERMINATE` policy).
+    ///
+    /// The replaced execution ends as a terminate ends it, without running its code: it and
+    /// every running descendant (also under finished sub-orchestrations) are `Terminated`,
+    /// the entity locks they hold are released, and a parent waiting for the replaced
+    /// instance gets a `Terminated` failure. The new instance starts with the next execution
+    /// number, an empty history and an empty inbox; results that were still on their way
+    /// to the old execution carry its execution number and are dropped.
+    TerminateRunning,
 }
 
 /// A new instance to create.
@@ -205,6 +216,80 @@ pub fn accepts_message(status: RuntimeStatus, event: &Event) -> bool {
         || (status == RuntimeStatus::Failed && matches!(event, Event::ExecutionRewound { .. }))
 }
 
+/// `true` for the requests whose acceptance depends on the instance's suspended state
+/// (suspend and resume); a store checks them with [`check_control`].
+pub fn is_control_request(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::ExecutionSuspended { .. } | Event::ExecutionResumed { .. }
+    )
+}
+
+/// Checks a suspend or resume request against the instance's state: its stored `status`,
+/// then the suspend and resume requests already `queued` for it (accepted, not yet applied
+/// by a worker), in inbox order. A suspended instance cannot be suspended again, and only
+/// a suspended one can be resumed; a pending instance can be suspended (it starts
+/// suspended). Other events pass. Every store's [`Store::send_message`] makes this check
+/// in the same atomic step as the enqueue, after [`accepts_message`], so two clients racing
+/// to suspend get one success and one error.
+///
+/// # Errors
+/// [`StoreError::InvalidState`] naming the state the request met.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::history::{Event, RuntimeStatus};
+/// use durable_core::storage::check_control;
+/// use durable_core::{InstanceId, StoreError};
+///
+/// let id = InstanceId::new("a").unwrap();
+/// let suspend = Event::ExecutionSuspended { reason: String::new() };
+/// let resume = Event::ExecutionResumed { reason: String::new() };
+/// assert!(check_control(&id, RuntimeStatus::Running, [], &suspend).is_ok());
+/// // A suspend is already queued: a resume applies, a second suspend does not.
+/// assert!(check_control(&id, RuntimeStatus::Running, [&suspend], &resume).is_ok());
+/// let err = check_control(&id, RuntimeStatus::Running, [&suspend], &suspend).unwrap_err();
+/// assert_eq!(err.to_string(), "cannot suspend instance `a` in the Suspended state");
+/// assert!(matches!(
+///     check_control(&id, RuntimeStatus::Running, [], &resume),
+///     Err(StoreError::InvalidState { status: RuntimeStatus::Running, .. })
+/// ));
+/// ```
+pub fn check_control<'a>(
+    instance: &InstanceId,
+    status: RuntimeStatus,
+    queued: impl IntoIterator<Item = &'a Event>,
+    event: &Event,
+) -> Result<(), StoreError> {
+    let operation = match event {
+        Event::ExecutionSuspended { .. } => "suspend",
+        Event::ExecutionResumed { .. } => "resume",
+        _ => return Ok(()),
+    };
+    let mut suspended = status == RuntimeStatus::Suspended;
+    for e in queued {
+        match e {
+            Event::ExecutionSuspended { .. } => suspended = true,
+            Event::ExecutionResumed { .. } => suspended = false,
+            _ => {}
+        }
+    }
+    if suspended == (operation == "resume") {
+        return Ok(());
+    }
+    let status = match (suspended, status) {
+        (true, _) => RuntimeStatus::Suspended,
+        (false, RuntimeStatus::Suspended) => RuntimeStatus::Running,
+        (false, other) => other,
+    };
+    Err(StoreError::InvalidState {
+        instance: instance.to_string(),
+        status,
+        operation,
+    })
+}
+
 /// A lease on a work item; commits with a stale token are refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LockToken(pub u64);
@@ -315,6 +400,9 @@ pub struct EpisodeCommit {
     /// in the same transaction. A task whose lease is no longer held is left alone (whoever
     /// holds it reports the result, which the orchestration then ignores as a duplicate).
     pub completed_activities: Vec<(u64, LockToken)>,
+    /// Shown in the instance's status as [`InstanceRecord::last_error`] (`None` clears it):
+    /// why a request to the instance was declined.
+    pub last_error: Option<String>,
 }
 
 impl EpisodeCommit {
@@ -340,6 +428,7 @@ impl EpisodeCommit {
             new_instances: Vec::new(),
             next_execution: None,
             completed_activities: Vec::new(),
+            last_error: None,
         }
     }
 }
@@ -502,9 +591,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// policy.
     async fn create_instance(&self, new: NewInstance) -> Result<CreateResult, StoreError>;
 
-    /// Enqueues a message for an instance. Fails with `InstanceNotFound`, or with
+    /// Enqueues a message for an instance. Fails with `InstanceNotFound`; with
     /// `InstanceNotRunning` when the instance is finished and the message is not one a
-    /// finished instance takes ([`accepts_message`]: a rewind request to a failed one).
+    /// finished instance takes ([`accepts_message`]: a rewind request to a failed one); with
+    /// `InvalidState` for a suspend or resume that does not apply ([`check_control`],
+    /// checked against the requests already queued in the same atomic step).
     async fn send_message(
         &self,
         instance_id: &InstanceId,

@@ -19,10 +19,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Config, NoTls, Notification};
 
+use super::replace::{self, Reuse, Teardown};
 use super::{
-    ActivityWorkItem, CreateResult, EpisodeCommit, IdReusePolicy, InstancePage, InstanceQuery,
-    InstanceRecord, LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem, Store,
-    StoreSignals, WorkKind,
+    ActivityWorkItem, CreateResult, EpisodeCommit, InstancePage, InstanceQuery, InstanceRecord,
+    LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem, Store, StoreSignals,
+    WorkKind,
 };
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, RuntimeStatus};
@@ -560,16 +561,19 @@ impl PostgresStore {
                 None => None,
             };
             let mut execution = 1;
+            let mut teardown = None;
             if let Some(existing) = &existing {
-                let finished = existing.status.is_terminal();
-                match (new.reuse, finished) {
-                    (IdReusePolicy::DedupeRunning, false) => {
-                        return Ok(Ok(CreateResult::Existing(existing.clone())));
-                    }
-                    (IdReusePolicy::RejectExisting, _) | (_, false) => {
+                match replace::decide(new.reuse, existing.status.is_terminal()) {
+                    Reuse::Existing => return Ok(Ok(CreateResult::Existing(existing.clone()))),
+                    Reuse::Reject => {
                         return Ok(Err(StoreError::InstanceAlreadyExists(key.to_owned())));
                     }
-                    _ => {}
+                    Reuse::Replace => {}
+                    Reuse::TerminateAndReplace => {
+                        let history = self.history_in(tx, key).await?;
+                        let inbox = self.inbox_in(tx, key).await?;
+                        teardown = Some(Teardown::new(existing, &history, &inbox, new.created_at));
+                    }
                 }
                 execution = existing.execution + 1;
             }
@@ -615,11 +619,84 @@ impl PostgresStore {
             }
             batch.push(key, &new.start_message())?;
             batch.touch(key);
+            if let Some(t) = teardown {
+                self.tear_down(tx, t, batch).await?;
+            }
             return Ok(Ok(CreateResult::Created));
         }
         Err(Error::Other(format!(
             "instance `{key}` kept appearing and disappearing while being created"
         )))
+    }
+
+    async fn history_in(&self, tx: &Transaction<'_>, key: &str) -> R<Vec<HistoryEvent>> {
+        let st = tx.prepare_cached(&self.inner.sql.read_history).await?;
+        let mut out = Vec::new();
+        for row in tx.query(&st, &[&key]).await? {
+            out.push(decode(row.try_get(0)?)?);
+        }
+        Ok(out)
+    }
+
+    async fn inbox_in(&self, tx: &Transaction<'_>, key: &str) -> R<Vec<Event>> {
+        let st = tx.prepare_cached(&self.inner.sql.read_inbox).await?;
+        let mut out = Vec::new();
+        for row in tx.query(&st, &[&key]).await? {
+            out.push(decode::<Message>(row.try_get(0)?)?.event);
+        }
+        Ok(out)
+    }
+
+    /// Terminates the running descendants of an execution being replaced inside `tx`, and
+    /// queues the teardown's messages to `batch` (to instances that exist).
+    async fn tear_down(&self, tx: &Transaction<'_>, mut t: Teardown, batch: &mut Enqueue) -> R<()> {
+        let sql = &self.inner.sql;
+        while let Some((id, parent)) = t.next() {
+            let key = id.as_str();
+            let select = tx.prepare_cached(&sql.select_for_update).await?;
+            let record = match tx.query_opt(&select, &[&key]).await? {
+                Some(row) => Some(decode::<InstanceRecord>(row.try_get(0)?)?),
+                None => None,
+            };
+            if !Teardown::belongs(&parent, record.as_ref()) {
+                continue;
+            }
+            let Some(record) = record else { continue };
+            let history = self.history_in(tx, key).await?;
+            let inbox = self.inbox_in(tx, key).await?;
+            let Some((record, events)) = t.visit(record, &history, &inbox) else {
+                continue;
+            };
+            let events = events
+                .iter()
+                .map(serde_json::to_string)
+                .collect::<Result<Vec<_>, _>>()?;
+            let json = serde_json::to_string(&record)?;
+            let status = record.status.as_str();
+            let (append, del_inbox, update) = tokio::try_join!(
+                tx.prepare_cached(&sql.append_history),
+                tx.prepare_cached(&sql.delete_inbox),
+                tx.prepare_cached(&sql.update_record),
+            )?;
+            tx.execute(&append, &[&key, &events]).await?;
+            tx.execute(&del_inbox, &[&key]).await?;
+            // Clears the lease (a worker mid-episode loses its commit) and `ready_at`.
+            tx.execute(&update, &[&key, &status, &json]).await?;
+        }
+        let targets: Vec<&str> = t.messages.iter().map(|(id, _)| id.as_str()).collect();
+        let st = tx.prepare_cached(&sql.existing_ids).await?;
+        let existing: HashSet<String> = tx
+            .query(&st, &[&targets])
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
+        for (target, m) in &t.messages {
+            if existing.contains(target.as_str()) {
+                batch.push(target.as_str(), m)?;
+            }
+        }
+        Ok(())
     }
 
     async fn create_tx(&self, tx: &Transaction<'_>, new: &NewInstance) -> R<CreateResult> {
@@ -639,10 +716,19 @@ impl PostgresStore {
         let Some(row) = tx.query_opt(&select, &[&key]).await? else {
             return Err(Error::Op(StoreError::InstanceNotFound(key.to_owned())));
         };
-        let accepted = RuntimeStatus::parse(row.try_get(0)?)
-            .is_none_or(|s| super::accepts_message(s, &message.event));
+        let status = RuntimeStatus::parse(row.try_get(0)?);
+        let accepted = status.is_none_or(|s| super::accepts_message(s, &message.event));
         if !accepted {
             return Err(Error::Op(StoreError::InstanceNotRunning(key.to_owned())));
+        }
+        if let (Some(status), true) = (status, super::is_control_request(&message.event)) {
+            // Under the row lock taken above, as every commit to this instance takes it.
+            let read = tx.prepare_cached(&self.inner.sql.read_inbox).await?;
+            let mut queued = Vec::new();
+            for row in tx.query(&read, &[&key]).await? {
+                queued.push(decode::<Message>(row.try_get(0)?)?.event);
+            }
+            super::check_control(id, status, &queued, &message.event).map_err(Error::Op)?;
         }
         let mut batch = Enqueue::default();
         batch.push(key, message)?;
@@ -721,7 +807,7 @@ impl PostgresStore {
         record.failure.clone_from(&c.failure);
         record.custom_status.clone_from(&c.custom_status);
         record.last_updated_at = c.now;
-        record.last_error = None;
+        record.last_error.clone_from(&c.last_error);
         let mut events = Vec::new();
         if let Some(next) = &c.next_execution {
             record.execution += 1;
@@ -1375,6 +1461,8 @@ struct Sql {
     next_wake: String,
     read_record: String,
     read_history: String,
+    read_inbox: String,
+    existing_ids: String,
     query: String,
 }
 
@@ -1510,6 +1598,9 @@ impl Sql {
                                  (SELECT MIN(visible_at) FROM {s}.activities)"),
             read_record: s("SELECT record FROM {s}.instances WHERE id = $1"),
             read_history: s("SELECT event FROM {s}.history WHERE instance_id = $1 ORDER BY idx"),
+            read_inbox: s("SELECT message FROM {s}.inbox WHERE instance_id = $1
+                ORDER BY visible_at, seq"),
+            existing_ids: s("SELECT id FROM {s}.instances WHERE id = ANY($1)"),
             query: s("SELECT record, id FROM {s}.instances
                 WHERE ($1::text IS NULL OR id > $1)
                   AND ($2::text IS NULL OR (id >= $2 AND starts_with(id, $2)))

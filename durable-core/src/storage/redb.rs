@@ -16,10 +16,11 @@ use redb::{
 };
 use tokio::sync::oneshot;
 
+use super::replace::{self, Reuse, Teardown};
 use super::{
-    ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, IdReusePolicy, InstancePage,
-    InstanceQuery, InstanceRecord, LockToken, Message, MessageId, NewInstance,
-    OrchestrationWorkItem, Store, StoreSignals, WorkKind,
+    ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, InstancePage, InstanceQuery,
+    InstanceRecord, LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem, Store,
+    StoreSignals, WorkKind,
 };
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, RuntimeStatus};
@@ -766,16 +767,17 @@ impl<'t> Tables<'t> {
     ) -> R<Result<CreateResult, StoreError>> {
         let key = new.instance_id.as_str().to_owned();
         let mut execution = 1;
+        let mut teardown = None;
         if let Some(existing) = read_record(&self.instances, &key)? {
-            let finished = existing.status.is_terminal();
-            match (new.reuse, finished) {
-                (IdReusePolicy::DedupeRunning, false) => {
-                    return Ok(Ok(CreateResult::Existing(existing)));
+            match replace::decide(new.reuse, existing.status.is_terminal()) {
+                Reuse::Existing => return Ok(Ok(CreateResult::Existing(existing))),
+                Reuse::Reject => return Ok(Err(StoreError::InstanceAlreadyExists(key))),
+                Reuse::Replace => {}
+                Reuse::TerminateAndReplace => {
+                    let history = self.history_of(&key)?;
+                    let inbox = self.inbox_events(&key)?;
+                    teardown = Some(Teardown::new(&existing, &history, &inbox, new.created_at));
                 }
-                (IdReusePolicy::RejectExisting, _) | (_, false) => {
-                    return Ok(Err(StoreError::InstanceAlreadyExists(key)));
-                }
-                _ => {}
             }
             execution = existing.execution + 1;
             self.remove_instance(leases, &key)?;
@@ -799,7 +801,58 @@ impl<'t> Tables<'t> {
         };
         self.put_record(&record)?;
         self.enqueue(leases, &key, start)?;
+        if let Some(t) = teardown {
+            for (target, m) in self.tear_down(leases, t)? {
+                self.enqueue(leases, target.as_str(), m)?;
+            }
+        }
         Ok(Ok(CreateResult::Created))
+    }
+
+    fn history_of(&self, id: &str) -> R<Vec<HistoryEvent>> {
+        self.history
+            .range((id, 0u64)..=(id, u64::MAX))?
+            .map(|e| decode(e?.1.value()))
+            .collect()
+    }
+
+    fn inbox_events(&self, id: &str) -> R<Vec<Event>> {
+        self.inbox
+            .range((id, 0u64, 0u64)..=(id, u64::MAX, u64::MAX))?
+            .map(|e| {
+                let (k, v) = e?;
+                inbox_message(k.value(), v.value()).map(|m| m.event)
+            })
+            .collect()
+    }
+
+    /// Terminates the running descendants of an execution being replaced; returns the
+    /// messages to send once the new instance exists.
+    fn tear_down(&mut self, leases: &mut Leases, mut t: Teardown) -> R<Vec<(InstanceId, Message)>> {
+        while let Some((id, parent)) = t.next() {
+            let key = id.as_str();
+            let record = read_record(&self.instances, key)?;
+            if !Teardown::belongs(&parent, record.as_ref()) {
+                continue;
+            }
+            let Some(record) = record else { continue };
+            let history = self.history_of(key)?;
+            let inbox = self.inbox_events(key)?;
+            let Some((record, events)) = t.visit(record, &history, &inbox) else {
+                continue;
+            };
+            for e in &events {
+                let bytes = serde_json::to_vec(e)?;
+                self.history.insert((key, e.index), bytes.as_slice())?;
+            }
+            self.put_record(&record)?;
+            let before = inbox_first(&self.inbox, key)?;
+            self.fix_ready(key, before, None)?;
+            self.inbox
+                .retain_in((key, 0u64, 0u64)..=(key, u64::MAX, u64::MAX), |_, _| false)?;
+            leases.unlock(key);
+        }
+        Ok(t.messages)
     }
 
     fn send(
@@ -813,7 +866,21 @@ impl<'t> Tables<'t> {
             Some(r) if !super::accepts_message(r.status, &message.event) => {
                 Ok(Err(StoreError::InstanceNotRunning(id.to_string())))
             }
-            Some(_) => {
+            Some(r) => {
+                if super::is_control_request(&message.event) {
+                    let key = id.as_str();
+                    let queued = self
+                        .inbox
+                        .range((key, 0u64, 0u64)..=(key, u64::MAX, u64::MAX))?
+                        .map(|e| {
+                            let (k, v) = e?;
+                            inbox_message(k.value(), v.value()).map(|m| m.event)
+                        })
+                        .collect::<R<Vec<Event>>>()?;
+                    if let Err(e) = super::check_control(id, r.status, &queued, &message.event) {
+                        return Ok(Err(e));
+                    }
+                }
                 self.enqueue(leases, id.as_str(), message)?;
                 Ok(Ok(()))
             }
@@ -875,7 +942,7 @@ impl<'t> Tables<'t> {
         record.failure = commit.failure;
         record.custom_status = commit.custom_status;
         record.last_updated_at = commit.now;
-        record.last_error = None;
+        record.last_error = commit.last_error;
         if let Some(next) = &commit.next_execution {
             self.history
                 .retain_in((key.as_str(), 0u64)..=(key.as_str(), u64::MAX), |_, _| {

@@ -12,7 +12,7 @@ use super::{Inner, VersionMatch, VersionMismatchAction};
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, ParentRef, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
-use crate::replay::rewind::{self, RewindPlan};
+use crate::replay::rewind::RewindPlan;
 use crate::replay::{Command, EpisodeResult, Outcome, Replayer};
 use crate::storage::{
     EpisodeCommit, IdReusePolicy, Message, NewInstance, NextExecution, OrchestrationWorkItem,
@@ -328,13 +328,12 @@ async fn try_episode(
             match prepare_rewind(inner, &instance, &request).await? {
                 Ok(r) => rewind = Some((r, request.id)),
                 Err(why) => {
-                    tracing::warn!(instance = %id, "rewind request declined: {why}");
                     return drop_late_messages(
                         inner,
                         &instance,
                         lock,
                         &messages,
-                        Some(request.id),
+                        Some((request.id, why)),
                         handed,
                     )
                     .await;
@@ -402,7 +401,7 @@ async fn try_episode(
             ));
         }
         let history = inner.store.read_history(&id).await.map_err(Stuck::Store)?;
-        for entity in held_locks(&history) {
+        for entity in crate::storage::replace::held_locks(&history) {
             commit.messages.push((
                 entity,
                 Message::new(Event::EntityUnlock { owner: id.clone() }, None, now),
@@ -449,13 +448,15 @@ async fn try_episode(
             if let Some((_, request)) = rewind {
                 // The code does not replay the rewound history (it changed since the
                 // failure, say): the instance stays as it failed.
-                tracing::warn!(instance = %id, "rewind request declined: {e}");
                 return drop_late_messages(
                     inner,
                     &instance,
                     lock,
                     &messages,
-                    Some(request),
+                    Some((
+                        request,
+                        format!("its code no longer replays the failed history: {e}"),
+                    )),
                     handed,
                 )
                 .await;
@@ -468,6 +469,7 @@ async fn try_episode(
     replayer.begin_episode(now);
     let mut consumed = Vec::with_capacity(messages.len());
     let mut stale = Vec::new();
+    let mut late_terminate = None;
     if let Some((_, request)) = &rewind {
         consumed.push(*request);
     }
@@ -495,7 +497,15 @@ async fn try_episode(
             stale.push(m);
             continue;
         }
-        replayer.handle_message(m.event);
+        let terminate = match &m.event {
+            Event::ExecutionTerminated { reason } => Some(reason.clone()),
+            _ => None,
+        };
+        if !replayer.handle_message(m.event) && terminate.is_some() {
+            // The execution finished earlier in this episode: the terminate still reaches
+            // the descendants it left running.
+            late_terminate = late_terminate.or(terminate);
+        }
     }
     // Results handed off in memory come after the inbox (they completed after it was read).
     for h in handed.iter() {
@@ -513,7 +523,9 @@ async fn try_episode(
         .finish_episode()
         .map_err(|e| Stuck::Error(e.to_string()))?;
     let finished = result.outcome.is_some();
+    let cascade = terminate_cascade(inner, &instance, &result, late_terminate, now).await?;
     let mut commit = build_commit(&instance, lock, now, consumed, result);
+    commit.messages.extend(cascade);
     if let Some((r, _)) = rewind {
         apply_rewind(&mut commit, &instance, r, now);
     }
@@ -574,20 +586,20 @@ async fn prepare_rewind(
         )));
     }
     let history = inner.store.read_history(id).await.map_err(Stuck::Store)?;
-    let mut plan = match rewind::plan(&history) {
-        Ok(p) => p,
-        Err(why) => return Ok(Err(why)),
-    };
+    let super::rewind::Prepared { plan, children } =
+        match super::rewind::prepare(&*inner.store, instance, &history)
+            .await
+            .map_err(Stuck::Store)?
+        {
+            Ok(p) => p,
+            Err(why) => return Ok(Err(why)),
+        };
     let now = inner.clock.now();
     let mut child_messages = Vec::new();
-    for (seq, child) in std::mem::take(&mut plan.children) {
-        let undone = plan.seqs.contains(&seq);
-        let action = super::rewind::child_action(&*inner.store, instance, seq, &child, undone)
-            .await
-            .map_err(Stuck::Store)?;
+    for (_, child, action) in children {
         match action {
             ChildAction::Rewind => child_messages.push((
-                child.clone(),
+                child,
                 Message::new(
                     Event::ExecutionRewound {
                         reason: reason.clone(),
@@ -601,14 +613,8 @@ async fn prepare_rewind(
                 id.clone(),
                 Message::new(event, Some(instance.execution), now),
             )),
-            ChildAction::Wait => {}
-            ChildAction::KeepFailure(why) => {
-                tracing::warn!(instance = %id, seq, "a sub-orchestration's failure stays: {why}");
-                plan.seqs.retain(|s| *s != seq);
-                continue;
-            }
+            ChildAction::Wait | ChildAction::KeepFailure(_) => {}
         }
-        plan.children.push((seq, child));
     }
     let marker = crate::history::HistoryEvent {
         index: history.len() as u64,
@@ -628,34 +634,78 @@ async fn prepare_rewind(
 }
 
 /// Consumes and drops messages to a finished instance (releasing entity locks granted to
-/// it), keeping its record as it is. A declined rewind `request` is consumed too, and the
-/// failure is reported again to a parent, which may be waiting for it after its own rewind
-/// (a parent that is not waiting ignores it).
+/// it), keeping its record as it is. What a client asked for is not dropped without a
+/// trace: a terminate still reaches the instance's running descendants (it may have
+/// finished without waiting for them), other requests are logged. A rewind request the
+/// worker declines (`declined`: the request and why) is consumed too, the reason shown as
+/// the instance's `last_error`, and the failure is reported again to a parent, which may
+/// be waiting for it after its own rewind (a parent that is not waiting ignores it).
 async fn drop_late_messages(
     inner: &Inner,
     instance: &crate::storage::InstanceRecord,
     lock: crate::storage::LockToken,
     messages: &[Message],
-    request: Option<crate::storage::MessageId>,
+    declined: Option<(crate::storage::MessageId, String)>,
     handed: &mut Vec<HandedOff>,
 ) -> Result<(), Stuck> {
     let id = &instance.instance_id;
     let now = inner.clock.now();
     let mut commit = EpisodeCommit::new(id.clone(), lock, instance.status, now);
-    commit.consumed = messages.iter().map(|m| m.id).chain(request).collect();
+    commit.consumed = messages
+        .iter()
+        .map(|m| m.id)
+        .chain(declined.as_ref().map(|(request, _)| *request))
+        .collect();
     release_unwanted_locks(id, messages, &mut commit, now);
-    if let (Some(_), Some(parent), Some(failure)) = (request, &instance.parent, &instance.failure) {
-        commit.messages.push((
-            parent.instance_id.clone(),
-            Message::new(
-                Event::SubOrchestrationFailed {
-                    seq: parent.seq,
-                    failure: failure.clone(),
-                },
-                Some(parent.execution),
-                now,
-            ),
-        ));
+    let status = instance.status.as_str();
+    let mut terminated = false;
+    for m in messages {
+        match &m.event {
+            Event::ExecutionTerminated { reason } if !terminated => {
+                terminated = true;
+                let history = inner.store.read_history(id).await.map_err(Stuck::Store)?;
+                let targets =
+                    super::cascade::running_descendants(&*inner.store, instance, &history)
+                        .await
+                        .map_err(Stuck::Store)?;
+                tracing::warn!(instance = %id, status, descendants = targets.len(),
+                    "terminate arrived after the instance finished; terminating its running descendants");
+                commit
+                    .messages
+                    .extend(terminate_messages(targets, reason, now));
+            }
+            Event::EventRaised { name, .. } => {
+                tracing::warn!(instance = %id, status, event = %name, "event raised after the instance finished dropped");
+            }
+            Event::ExecutionTerminated { .. }
+            | Event::ExecutionSuspended { .. }
+            | Event::ExecutionResumed { .. }
+            | Event::ExecutionRewound { .. } => {
+                tracing::warn!(instance = %id, status, kind = m.event.kind(), "request that arrived after the instance finished dropped");
+            }
+            e => {
+                tracing::debug!(instance = %id, status, kind = e.kind(), "late message to a finished instance dropped");
+            }
+        }
+    }
+    if let Some((_, why)) = &declined {
+        tracing::warn!(instance = %id, "rewind request declined: {why}");
+        commit.last_error = Some(format!("rewind declined: {why}"));
+        if let (Some(parent), Some(failure)) = (&instance.parent, &instance.failure) {
+            commit.messages.push((
+                parent.instance_id.clone(),
+                Message::new(
+                    Event::SubOrchestrationFailed {
+                        seq: parent.seq,
+                        failure: failure.clone(),
+                    },
+                    Some(parent.execution),
+                    now,
+                ),
+            ));
+        }
+    } else {
+        commit.last_error.clone_from(&instance.last_error);
     }
     commit.output.clone_from(&instance.output);
     commit.failure.clone_from(&instance.failure);
@@ -669,6 +719,19 @@ async fn drop_late_messages(
         .map_err(Stuck::Store)?;
     handed.clear();
     Ok(())
+}
+
+fn terminate_messages(
+    targets: Vec<InstanceId>,
+    reason: &str,
+    now: Timestamp,
+) -> impl Iterator<Item = (InstanceId, Message)> + '_ {
+    targets.into_iter().map(move |t| {
+        let event = Event::ExecutionTerminated {
+            reason: reason.to_owned(),
+        };
+        (t, Message::new(event, None, now))
+    })
 }
 
 /// Adds the rewind's marker and re-driven work to the episode's commit.
@@ -711,17 +774,48 @@ fn apply_rewind(
     commit.messages.extend(r.child_messages);
 }
 
-/// Entities whose locks this history holds: granted and not released since.
-fn held_locks(history: &[crate::history::HistoryEvent]) -> Vec<InstanceId> {
-    let mut held: Vec<InstanceId> = Vec::new();
-    for e in history {
-        match &e.event {
-            Event::EntityLockGranted { entities, .. } => held.extend(entities.iter().cloned()),
-            Event::EntityUnlockSent { entities, .. } => held.retain(|h| !entities.contains(h)),
-            _ => {}
-        }
+/// When the episode terminated the execution, or a terminate arrived after it finished in
+/// this episode (`late_terminate`): terminate messages to the running descendants the
+/// replay core does not reach (it terminates the children a terminated execution still
+/// waits for; those under finished children are found from the stored histories).
+async fn terminate_cascade(
+    inner: &Inner,
+    instance: &crate::storage::InstanceRecord,
+    result: &EpisodeResult,
+    late_terminate: Option<String>,
+    now: Timestamp,
+) -> Result<Vec<(InstanceId, Message)>, Stuck> {
+    let reason = match &result.outcome {
+        Some(Outcome::Terminated(reason)) => reason.clone(),
+        Some(Outcome::Completed(_) | Outcome::Failed(_)) => match late_terminate {
+            Some(reason) => reason,
+            None => return Ok(Vec::new()),
+        },
+        _ => return Ok(Vec::new()),
+    };
+    let id = &instance.instance_id;
+    let mut history = inner.store.read_history(id).await.map_err(Stuck::Store)?;
+    history.extend(result.new_events.iter().cloned());
+    let reached: std::collections::HashSet<&InstanceId> = result
+        .commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::TerminateChild { instance_id, .. } => Some(instance_id),
+            _ => None,
+        })
+        .collect();
+    let targets: Vec<InstanceId> =
+        super::cascade::running_descendants(&*inner.store, instance, &history)
+            .await
+            .map_err(Stuck::Store)?
+            .into_iter()
+            .filter(|t| !reached.contains(t))
+            .collect();
+    if !matches!(result.outcome, Some(Outcome::Terminated(_))) {
+        tracing::warn!(instance = %id, descendants = targets.len(),
+            "terminate arrived after the instance finished; terminating its running descendants");
     }
-    held
+    Ok(terminate_messages(targets, &reason, now).collect())
 }
 
 /// Locks granted to an execution that has ended (or moved on with continue-as-new) are

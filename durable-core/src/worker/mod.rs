@@ -4,6 +4,7 @@
 //! This is the only module that spawns, awaits the store or sleeps (through [`Clock`]).
 
 mod activity;
+pub(crate) mod cascade;
 mod entity;
 mod episode;
 mod handoff;

@@ -5,10 +5,49 @@
 //! which refuses up front what the worker could not do.
 
 use crate::error::{FailureDetails, StoreError};
-use crate::history::{Event, RuntimeStatus};
+use crate::history::{Event, HistoryEvent, RuntimeStatus};
 use crate::ids::InstanceId;
-use crate::replay::rewind;
+use crate::replay::rewind::{self, RewindPlan};
 use crate::storage::{InstanceRecord, Store};
+
+/// A rewind the stored state allows: what to undo and re-drive, and what to do about each
+/// sub-orchestration the failed execution has no result for.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) plan: RewindPlan,
+    pub(crate) children: Vec<(u64, InstanceId, ChildAction)>,
+}
+
+/// Decides whether `record` (with its current `history`) can be rewound, and how.
+///
+/// The one decision behind both [`crate::Client::rewind`], which refuses up front what
+/// cannot be done, and the worker, which decides again as it applies the request (the
+/// state may have changed in between). `Ok(Err(why))` when it cannot be rewound.
+pub(crate) async fn prepare(
+    store: &dyn Store,
+    record: &InstanceRecord,
+    history: &[HistoryEvent],
+) -> Result<Result<Prepared, String>, StoreError> {
+    if record.status != RuntimeStatus::Failed {
+        return Ok(Err(format!(
+            "it is {}; only a Failed instance can be rewound",
+            record.status.as_str()
+        )));
+    }
+    let plan = match rewind::plan(history) {
+        Ok(p) => p,
+        Err(why) => return Ok(Err(why)),
+    };
+    let mut children = Vec::with_capacity(plan.children.len());
+    for (seq, child) in &plan.children {
+        let undone = plan.seqs.contains(seq);
+        match child_action(store, record, *seq, child, undone).await? {
+            ChildAction::KeepFailure(why) => return Ok(Err(why)),
+            action => children.push((*seq, child.clone(), action)),
+        }
+    }
+    Ok(Ok(Prepared { plan, children }))
+}
 
 /// What a rewind does about one sub-orchestration the failed execution started and has no
 /// result for.
@@ -27,7 +66,7 @@ pub(crate) enum ChildAction {
 
 /// Decides what to do about child `child` of `parent` (created by action `seq` of
 /// execution `execution`). `undone`: the rewind undoes the child's recorded failure.
-pub(crate) async fn child_action(
+async fn child_action(
     store: &dyn Store,
     parent: &InstanceRecord,
     seq: u64,

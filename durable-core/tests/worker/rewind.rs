@@ -393,6 +393,12 @@ async fn a_worker_of_another_version_declines_a_rewind_once() {
     let r = env2.client.status(&id).await.unwrap();
     assert_eq!(r.status, RuntimeStatus::Failed);
     assert_eq!(r.failure.unwrap().message, "bug");
+    // Issue 12: not dropped without a trace — the status says why.
+    let why = r.last_error.unwrap_or_default();
+    assert!(
+        why.starts_with("rewind declined: instance version"),
+        "{why}"
+    );
     let h = env2.client.status_with_history(&id).await.unwrap().1;
     assert!(rewinds(&h).is_empty());
 }
@@ -584,4 +590,50 @@ async fn a_childs_failure_queued_for_the_failed_parent_does_not_defeat_its_rewin
     assert_eq!(r.output.as_deref(), Some("11"));
     let c = wait_status(&env.store, &child_id, RuntimeStatus::Completed).await;
     assert_eq!(c.output.as_deref(), Some("10"));
+}
+
+// ------------------------------------------------------------- issue 12: critical sections
+
+#[durable_core::entity]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct RwAccount {
+    balance: i64,
+}
+
+#[durable_core::entity]
+impl RwAccount {
+    fn deposit(&mut self, n: i64) {
+        self.balance += n;
+    }
+}
+
+#[activity]
+async fn rw_charge(_amount: u32) -> Result<u32, ActivityError> {
+    Err(ActivityError::new("card declined"))
+}
+
+#[orchestrator]
+async fn rw_in_section(ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {
+    let _section = ctx.lock(&[EntityId::of::<RwAccount>("a")?]).await?;
+    // The failure drops the section's guard on its way out.
+    Ok(ctx.call(rw_charge, 1).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue12_a_failure_inside_a_critical_section_is_refused_up_front() {
+    let env = start(|b| {
+        b.register(rw_charge)
+            .register(rw_in_section)
+            .register(RwAccount::entity())
+    });
+    let run = rw_in_section::start(&env.client, ()).await.unwrap();
+    assert!(matches!(run.wait().await, Err(ClientError::Failed(_))));
+    let err = run.rewind("retry").await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::CannotRewind { reason, .. } if reason.contains("critical section")),
+        "{err}"
+    );
+    let (r, h) = env.client.status_with_history(run.id()).await.unwrap();
+    assert_eq!(r.status, RuntimeStatus::Failed);
+    assert!(rewinds(&h).is_empty());
 }

@@ -3,6 +3,7 @@
 
 mod crash;
 mod inspect;
+mod issue12_control;
 mod mocks;
 mod replay;
 mod sim;
