@@ -490,3 +490,53 @@ async fn failures_name_the_failed_task_and_keep_its_own_failure() {
     assert_eq!(task.error_type, "TaskFailed");
     assert_eq!(f.innermost().message, "card declined");
 }
+
+// ---------------------------------------------------------------- replay of a failure inside a section
+
+#[entity]
+#[derive(Default, Serialize, Deserialize)]
+struct Till {
+    cents: u64,
+}
+
+#[entity]
+impl Till {
+    fn add(&mut self, cents: u64) {
+        self.cents += cents;
+    }
+}
+
+/// Fails with `?` while its critical section is held: the guard is dropped as the code
+/// returns, so the release is recorded in the same step as the failure.
+#[orchestrator]
+async fn fail_in_section(
+    ctx: OrchestrationContext,
+    cents: u64,
+) -> Result<String, OrchestrationError> {
+    let _section = ctx.lock(&[EntityId::of::<Till>("main")?]).await?;
+    ctx.entity::<Till>("main").add(cents).await?;
+    Ok(ctx.call(charge, cents).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_that_releases_a_section_replays_cleanly() {
+    let env = super::support::start(|b| {
+        b.register(fail_in_section)
+            .register(charge)
+            .register(Till::entity())
+    });
+    let run = env.client.start(fail_in_section, 5).await.unwrap();
+    assert!(matches!(run.wait().await, Err(ClientError::Failed(_))));
+    let history = run.history().await.unwrap();
+    assert_eq!(super::support::count(&history, "EntityUnlockSent"), 1);
+    let mut registry = durable_core::Registry::new();
+    registry.register(fail_in_section);
+    registry.register(charge);
+    durable_core::replay::replay_history(&registry, "fail_in_section", run.id(), &history)
+        .unwrap_or_else(|e| {
+            panic!(
+                "the recorded history replays: {e}\n{}",
+                durable_core::history::pretty(&history)
+            )
+        });
+}
