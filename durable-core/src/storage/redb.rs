@@ -717,8 +717,10 @@ impl Leases {
         let Some(lease) = self.activity.get_mut(&id).filter(|l| l.token == lock.0) else {
             return false;
         };
-        lease.until = until;
-        // The old expiry entry is skipped when it comes up (the lease outlives it).
+        let old = std::mem::replace(&mut lease.until, until);
+        // The old expiry goes, so the next wake-up is the lease's real expiry (a lease held
+        // for long, renewed many times, would otherwise wake the dispatcher at each old one).
+        self.activity_expiry.remove(&(old, id));
         self.activity_expiry.insert((until, id));
         true
     }
