@@ -197,13 +197,16 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
             task: item.id,
             lock: item.lock,
             message,
-            _lease: lease,
+            lease,
         };
         if inner.handoffs().push(task.instance_id.clone(), result) {
             inner.handoff_ready.notify_one();
         }
         return;
     }
+    // Released first: the write ends the lease (renewing it meanwhile would race the write,
+    // and could keep a lease the store lost the result of).
+    drop(lease);
     if let Err(e) = inner
         .store
         .complete_activity(item.id, item.lock, message)
@@ -211,7 +214,6 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
     {
         tracing::warn!(error = %e, "activity result not recorded; the task will run again");
     }
-    drop(lease);
 }
 
 /// Fires the activity's cancellation when the worker starts shutting down or the lease is

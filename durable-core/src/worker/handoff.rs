@@ -34,7 +34,7 @@ pub(crate) struct HandedOff {
     pub(crate) message: Message,
     /// The activity lease, renewed for as long as the result is held: dropping the result
     /// (committed, written through or discarded) releases it.
-    pub(crate) _lease: LeaseGuard,
+    pub(crate) lease: LeaseGuard,
 }
 
 /// Results waiting for their orchestrations, and which instances run an episode here.
@@ -142,11 +142,16 @@ impl Handoffs {
 /// hand-off.
 pub(crate) async fn write_through(inner: &Inner, results: Vec<HandedOff>) {
     for r in results {
-        if let Err(e) = inner
-            .store
-            .complete_activity(r.task, r.lock, r.message)
-            .await
-        {
+        // The lease stays renewed while the result waits its turn, and is released before
+        // the write that ends it.
+        let HandedOff {
+            task,
+            lock,
+            message,
+            lease,
+        } = r;
+        drop(lease);
+        if let Err(e) = inner.store.complete_activity(task, lock, message).await {
             tracing::warn!(error = %e, "activity result not recorded; the task will run again");
         }
     }
