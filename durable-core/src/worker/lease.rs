@@ -15,7 +15,7 @@
 //! result that an episode has already taken is committed by it, and the new owner's is then
 //! ignored as a duplicate: either way one result is recorded.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -163,6 +163,7 @@ impl ActivityLeases {
         lost: &[u64],
         next: Timestamp,
     ) -> Vec<(u64, InstanceId)> {
+        let lost: HashSet<u64> = lost.iter().copied().collect();
         let mut state = self.state();
         let mut dropped = Vec::new();
         for &(id, lock) in batch {
