@@ -393,6 +393,12 @@ fn three_workers_one_killed() {
             runs[1] + runs[2] > 0,
             "the surviving workers did the rest of the work"
         );
+        // A healthy worker's finished activity keeps its lease until its result is committed
+        // (issue 12): only what the killed worker had started may run again.
+        assert_eq!(
+            other_reruns, 0,
+            "activities run again that the killed worker never started"
+        );
         drop(workers);
         store.drop_task_hub().await.unwrap();
     });

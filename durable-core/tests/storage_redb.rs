@@ -47,9 +47,11 @@
 //! redb file and the version record of a fresh file (unit tests in `src/storage/redb.rs`);
 //! re-opening keeps data, a garbage file, a missing directory, a second open in the same
 //! process (`tests/store.rs`); damaged and truncated small files never panic (unit test
-//! `damaged_files_never_panic`). Here: a file held open by another *process* is refused, and
+//! `damaged_files_never_panic`). Here: a file held open by another *process* is refused;
 //! the crash test's own (larger, multi-level) file, truncated at seeded points, gives an
-//! error or a working store — never a panic.
+//! error or a working store — never a panic; and (`mod issue12`) `open` creates a store only
+//! where there is no file, refuses an empty file, a non-redb file and an empty redb database
+//! untouched, and discards what a crashed creation left under `<name>.creating`.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -1425,4 +1427,192 @@ fn file_held_by_another_process_is_refused() {
     assert!(child.wait().expect("reap the hold child").success());
     // Released with the other process: opens again.
     drop(RedbStore::open(&path).expect("opens once the other process has exited"));
+}
+
+// ------------------------------------------------------------------ what `open` creates and refuses
+
+/// Issue 12, item 14: `RedbStore::open` creates a store only where there is no file, and
+/// refuses, untouched, any file that is not a durable store; a creation that crashed leaves
+/// only `<name>.creating`, which the next open discards.
+mod issue12 {
+    use super::*;
+
+    fn creating(path: &Path) -> PathBuf {
+        path.with_file_name(format!(
+            "{}.creating",
+            path.file_name().unwrap().to_string_lossy()
+        ))
+    }
+
+    fn start(id: &str) -> durable_core::storage::NewInstance {
+        durable_core::storage::NewInstance::new(
+            InstanceId::new(id).unwrap(),
+            "Job",
+            "null".into(),
+            durable_core::Timestamp::EPOCH,
+        )
+    }
+
+    fn instance_count(store: &RedbStore) -> usize {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(store.query_instances(&InstanceQuery::new()))
+            .unwrap()
+            .instances
+            .len()
+    }
+
+    fn add_instance(store: &RedbStore, id: &str) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(store.create_instance(start(id))).unwrap();
+    }
+
+    /// Refused with a `Backend` error naming the path; the file is left byte for byte.
+    fn assert_refused(path: &Path, expect: &str) {
+        let before = std::fs::read(path).unwrap();
+        assert_refused_keeping(path, expect);
+        assert!(
+            std::fs::read(path).unwrap() == before,
+            "the file is untouched"
+        );
+    }
+
+    /// Refused with a `Backend` error naming the path, and nothing created beside it.
+    fn assert_refused_keeping(path: &Path, expect: &str) {
+        let err = RedbStore::open(path).expect_err("refused");
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+        assert!(
+            msg.contains(&path.display().to_string()),
+            "names the file: {msg}"
+        );
+        assert!(msg.contains(expect), "says why ({expect}): {msg}");
+        assert!(!creating(path).exists(), "nothing is created beside it");
+    }
+
+    #[test]
+    fn an_empty_file_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        File::create(&path).unwrap();
+        assert_refused(&path, "empty (0 bytes)");
+        // Refused again: nothing changed by the first attempt.
+        assert_refused(&path, "delete it to create a new store");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_redb_database_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, "these are my notes, not a database\n".repeat(200)).unwrap();
+        assert_refused(&path, "cannot open");
+    }
+
+    #[test]
+    fn an_empty_redb_database_is_not_taken_for_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.redb");
+        drop(redb::Database::create(&path).unwrap());
+        // redb marks a database it opens for writing, so the bytes may change; what is in
+        // it may not: still a redb database without tables.
+        assert_refused_keeping(&path, "empty redb database, not a durable store");
+        let db = redb::Database::open(&path).unwrap();
+        let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+        assert_eq!(
+            txn.list_tables().unwrap().count(),
+            0,
+            "no table was created"
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_created_and_then_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = RedbStore::open(&path).expect("created");
+        assert!(path.exists());
+        assert!(!creating(&path).exists(), "the creation name is gone");
+        add_instance(&store, "kept");
+        drop(store);
+        let store = RedbStore::open(&path).expect("re-opened");
+        assert_eq!(instance_count(&store), 1, "the data is still there");
+    }
+
+    /// Whatever a crashed creation left under the creation name — nothing written yet, a
+    /// half-written header, a database not yet initialised, a complete store that was never
+    /// moved into place — the next open discards it and creates an empty store at the path.
+    #[test]
+    fn leftovers_of_a_crashed_creation_are_discarded() {
+        type Make = Box<dyn Fn(&Path)>;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let leftover = creating(&path);
+        let leftovers: Vec<(&str, Make)> = vec![
+            (
+                "an empty file",
+                Box::new(|p| drop(File::create(p).unwrap())),
+            ),
+            (
+                "a torn header",
+                Box::new(|p| std::fs::write(p, [0x72, 0x65, 0x64, 0x62, 0x1A]).unwrap()),
+            ),
+            (
+                "an uninitialised redb database",
+                Box::new(|p| drop(redb::Database::create(p).unwrap())),
+            ),
+            (
+                "a complete store with data",
+                Box::new(|p| {
+                    let full = p.with_file_name("full.redb");
+                    let store = RedbStore::open(&full).unwrap();
+                    add_instance(&store, "stale");
+                    drop(store);
+                    std::fs::rename(&full, p).unwrap();
+                }),
+            ),
+        ];
+        for (what, make) in leftovers {
+            make(&leftover);
+            let store = RedbStore::open(&path)
+                .unwrap_or_else(|e| panic!("creates the store over {what}: {e}"));
+            assert_eq!(instance_count(&store), 0, "{what}: a new, empty store");
+            assert!(!leftover.exists(), "{what}: the leftover is gone");
+            drop(store);
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+
+    /// A creation under way in another process (it holds the creation file open) is not
+    /// trampled: the open is refused until it is done.
+    #[test]
+    fn a_creation_under_way_elsewhere_is_not_trampled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let other = redb::Database::create(creating(&path)).unwrap();
+        let err = RedbStore::open(&path).expect_err("refused while the other creation runs");
+        assert!(err.to_string().contains("creating it right now"), "{err}");
+        assert!(!path.exists(), "nothing is put at the path");
+        drop(other);
+        drop(RedbStore::open(&path).expect("created once the other is gone"));
+    }
+
+    /// A crash after the new store was linked into place but before its creation name was
+    /// removed leaves two names of one store: opening it keeps the data and drops the
+    /// second name.
+    #[cfg(unix)]
+    #[test]
+    fn a_second_name_left_by_a_crash_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = RedbStore::open(&path).unwrap();
+        add_instance(&store, "kept");
+        drop(store);
+        std::fs::hard_link(&path, creating(&path)).unwrap();
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(instance_count(&store), 1);
+        assert!(!creating(&path).exists());
+    }
 }

@@ -82,6 +82,7 @@ macro_rules! conformance_tests {
             complete_activity_enqueues_result,
             abandon_activity_delays_task,
             renew_activity_lock_extends_the_lease,
+            renew_activity_locks_extends_those_held,
             abandon_episode_delays_messages,
             next_wake_time,
             send_message_errors,
@@ -375,6 +376,466 @@ mod engine_on_redb {
             .filter(|e| e.event.kind() == "TaskCompleted")
             .count();
         assert_eq!(completed, 200);
+    }
+}
+
+/// Issue 12, item 13: a finished activity whose result waits in the worker's memory for its
+/// orchestration's next episode keeps its lease until the result is committed, so it is never
+/// taken over and run again while the worker is healthy — on every store that supports the
+/// hand-off. Deterministic: a manual clock, and a store wrapper that holds the hand-off
+/// (the lease of the instance, or the commit of the episode) while the clock moves past
+/// several activity leases.
+mod handoff_lease {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use durable_core::history::HistoryEvent;
+    use durable_core::prelude::*;
+    use durable_core::storage::{
+        ActivityWorkItem, CreateResult, EpisodeCommit, InstancePage, LockToken, Message,
+        NewInstance, OrchestrationWorkItem, StoreSignals, WorkKind,
+    };
+    use durable_core::worker::WorkerOptions;
+    use durable_core::{Clock as _, Event, InstanceQuery, InstanceRecord, StoreError};
+    use durable_testing::ManualClock;
+    use tokio::sync::watch;
+
+    use super::*;
+
+    /// Executions per (instance, action seq), over every test in this binary.
+    pub(crate) static RUNS: Mutex<BTreeMap<(String, u64), usize>> = Mutex::new(BTreeMap::new());
+
+    pub(crate) fn runs_of(instance: &InstanceId) -> Vec<usize> {
+        RUNS.lock()
+            .unwrap()
+            .iter()
+            .filter(|((i, _), _)| i == instance.as_str())
+            .map(|(_, n)| *n)
+            .collect()
+    }
+
+    #[activity]
+    pub(crate) async fn counted(ctx: ActivityContext, i: u64) -> Result<u64, ActivityError> {
+        *RUNS
+            .lock()
+            .unwrap()
+            .entry((ctx.instance_id.as_str().to_owned(), ctx.seq))
+            .or_default() += 1;
+        Ok(i * 10)
+    }
+
+    #[orchestrator]
+    pub(crate) async fn fan(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationError> {
+        let results = ctx.when_all((0..n).map(|i| ctx.call(counted, i))).await;
+        let mut sum = 0;
+        for r in results {
+            sum += r?;
+        }
+        Ok(sum)
+    }
+
+    /// Where the wrapper holds a result on its way to being committed.
+    #[derive(Debug, Clone, Copy)]
+    pub(crate) enum Hold {
+        /// Leasing the instance for the episode that would take the results: they wait in
+        /// memory, not yet taken by any episode.
+        Lease,
+        /// Committing an episode that consumed results from memory.
+        Commit,
+    }
+
+    /// A store that holds the hand-off at `hold` until opened, and counts refused renewals.
+    #[derive(Debug)]
+    struct Gated {
+        inner: Arc<dyn Store>,
+        hold: Hold,
+        open: watch::Sender<bool>,
+        /// Calls waiting at the gate.
+        waiting: watch::Sender<usize>,
+        /// Lease renewals answered `LockLost`.
+        lost: watch::Sender<usize>,
+    }
+
+    impl Gated {
+        fn new(inner: Arc<dyn Store>, hold: Hold) -> Self {
+            Self {
+                inner,
+                hold,
+                open: watch::channel(false).0,
+                waiting: watch::channel(0).0,
+                lost: watch::channel(0).0,
+            }
+        }
+
+        async fn pass(&self) {
+            let mut open = self.open.subscribe();
+            if *open.borrow_and_update() {
+                return;
+            }
+            self.waiting.send_modify(|n| *n += 1);
+            let _ = open.wait_for(|o| *o).await;
+            self.waiting.send_modify(|n| *n -= 1);
+        }
+    }
+
+    #[async_trait]
+    impl Store for Gated {
+        async fn create_instance(&self, new: NewInstance) -> Result<CreateResult, StoreError> {
+            self.inner.create_instance(new).await
+        }
+        async fn send_message(&self, id: &InstanceId, m: Message) -> Result<(), StoreError> {
+            self.inner.send_message(id, m).await
+        }
+        async fn fetch_orchestration_work(
+            &self,
+            now: Timestamp,
+            lock_for: Duration,
+        ) -> Result<Option<OrchestrationWorkItem>, StoreError> {
+            self.inner.fetch_orchestration_work(now, lock_for).await
+        }
+        async fn fetch_orchestration_batch(
+            &self,
+            now: Timestamp,
+            lock_for: Duration,
+            max: usize,
+        ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
+            self.inner
+                .fetch_orchestration_batch(now, lock_for, max)
+                .await
+        }
+        async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError> {
+            if matches!(self.hold, Hold::Commit) && !commit.completed_activities.is_empty() {
+                self.pass().await;
+            }
+            self.inner.commit_episode(commit).await
+        }
+        fn supports_activity_handoff(&self) -> bool {
+            self.inner.supports_activity_handoff()
+        }
+        async fn fetch_instances_work(
+            &self,
+            ids: &[InstanceId],
+            now: Timestamp,
+            lock_for: Duration,
+        ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
+            if matches!(self.hold, Hold::Lease) {
+                self.pass().await;
+            }
+            self.inner.fetch_instances_work(ids, now, lock_for).await
+        }
+        async fn abandon_episode(
+            &self,
+            id: &InstanceId,
+            lock: LockToken,
+            retry_at: Timestamp,
+            error: Option<String>,
+        ) -> Result<(), StoreError> {
+            self.inner.abandon_episode(id, lock, retry_at, error).await
+        }
+        fn activity_lease(&self, requested: Duration) -> Duration {
+            self.inner.activity_lease(requested)
+        }
+        async fn fetch_activity_work(
+            &self,
+            now: Timestamp,
+            lock_for: Duration,
+            max: usize,
+        ) -> Result<Vec<ActivityWorkItem>, StoreError> {
+            self.inner.fetch_activity_work(now, lock_for, max).await
+        }
+        async fn complete_activity(
+            &self,
+            id: u64,
+            lock: LockToken,
+            result: Message,
+        ) -> Result<(), StoreError> {
+            self.inner.complete_activity(id, lock, result).await
+        }
+        async fn abandon_activity(
+            &self,
+            id: u64,
+            lock: LockToken,
+            retry_at: Timestamp,
+        ) -> Result<(), StoreError> {
+            self.inner.abandon_activity(id, lock, retry_at).await
+        }
+        async fn renew_activity_lock(
+            &self,
+            id: u64,
+            lock: LockToken,
+            until: Timestamp,
+        ) -> Result<(), StoreError> {
+            let r = self.inner.renew_activity_lock(id, lock, until).await;
+            if matches!(r, Err(StoreError::LockLost(_))) {
+                self.lost.send_modify(|n| *n += 1);
+            }
+            r
+        }
+        async fn renew_activity_locks(
+            &self,
+            leases: &[(u64, LockToken)],
+            until: Timestamp,
+        ) -> Result<Vec<u64>, StoreError> {
+            let lost = self.inner.renew_activity_locks(leases, until).await?;
+            self.lost.send_modify(|n| *n += lost.len());
+            Ok(lost)
+        }
+        async fn next_wake_time(&self) -> Result<Option<Timestamp>, StoreError> {
+            self.inner.next_wake_time().await
+        }
+        async fn next_wake_time_for(
+            &self,
+            kind: WorkKind,
+        ) -> Result<Option<Timestamp>, StoreError> {
+            self.inner.next_wake_time_for(kind).await
+        }
+        async fn read_instance(
+            &self,
+            id: &InstanceId,
+        ) -> Result<Option<InstanceRecord>, StoreError> {
+            self.inner.read_instance(id).await
+        }
+        async fn read_history(&self, id: &InstanceId) -> Result<Vec<HistoryEvent>, StoreError> {
+            self.inner.read_history(id).await
+        }
+        async fn query_instances(&self, q: &InstanceQuery) -> Result<InstancePage, StoreError> {
+            self.inner.query_instances(q).await
+        }
+        async fn purge_instance(&self, id: &InstanceId) -> Result<bool, StoreError> {
+            self.inner.purge_instance(id).await
+        }
+        async fn purge_finished_instance(
+            &self,
+            id: &InstanceId,
+            finished_by: Timestamp,
+        ) -> Result<bool, StoreError> {
+            self.inner.purge_finished_instance(id, finished_by).await
+        }
+        fn signals(&self) -> &StoreSignals {
+            self.inner.signals()
+        }
+    }
+
+    /// Fan-out width.
+    pub(crate) const N: u64 = 6;
+    /// The activity lease.
+    pub(crate) const LEASE: Duration = Duration::from_secs(10);
+
+    /// Waits (yielding; bounded by a guard against hangs, not a timing assertion) until
+    /// `done` holds.
+    async fn eventually<F: Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
+        let check = async {
+            while !done().await {
+                tokio::task::yield_now().await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), check)
+            .await
+            .is_err()
+        {
+            panic!("gave up waiting for {what}");
+        }
+    }
+
+    /// A worker on `store` behind a gate, on a manual clock; `lease_from_worker` says whether
+    /// the lease is the worker's `activity_lock` (otherwise the store grants its own).
+    fn start(
+        store: &Arc<dyn Store>,
+        hold: Hold,
+        clock: &ManualClock,
+        lease_from_worker: bool,
+    ) -> (Worker, Arc<Gated>) {
+        let gated = Arc::new(Gated::new(Arc::clone(store), hold));
+        let mut options = WorkerOptions::default();
+        if lease_from_worker {
+            options.activity_lock = LEASE;
+        }
+        options.orchestration_lock = Duration::from_secs(24 * 3600);
+        let worker = Worker::builder()
+            .options(options)
+            .store_arc(Arc::clone(&gated) as Arc<dyn Store>)
+            .clock(clock.as_clock())
+            .register(counted)
+            .register(fan)
+            .start()
+            .unwrap();
+        (worker, gated)
+    }
+
+    /// Moves the clock on by half a lease and waits until every leased task's lease reaches
+    /// past the next such step: the renewals the worker owes have happened.
+    async fn step(store: &Arc<dyn Store>, clock: &ManualClock) {
+        clock.advance(LEASE / 2);
+        let floor = clock.now() + LEASE / 2;
+        eventually(
+            "the held results' leases to be renewed (a result waiting in memory must keep \
+             its task leased)",
+            || async {
+                store
+                    .next_wake_time_for(WorkKind::Activity)
+                    .await
+                    .unwrap()
+                    .is_some_and(|t| t > floor)
+            },
+        )
+        .await;
+    }
+
+    /// Starts a fan-out and waits until every activity ran and the hand-off is held.
+    async fn fan_out_held(worker: &Worker, gated: &Gated) -> InstanceHandle<u64> {
+        let run = fan::start(&worker.client(), N).await.unwrap();
+        let id = run.id().clone();
+        eventually("every activity to run and the hand-off to be held", || {
+            let runs = runs_of(&id);
+            let waiting = *gated.waiting.borrow();
+            async move { runs.len() == N as usize && waiting > 0 }
+        })
+        .await;
+        run
+    }
+
+    /// The results wait (at `hold`) for four half-leases — two full leases — and no activity
+    /// runs again: each ran once, and the output and history are those of one run each.
+    pub(crate) async fn held_results_keep_their_leases(
+        store: Arc<dyn Store>,
+        hold: Hold,
+        lease_from_worker: bool,
+    ) {
+        let clock = ManualClock::default();
+        let (worker, gated) = start(&store, hold, &clock, lease_from_worker);
+        let run = fan_out_held(&worker, &gated).await;
+        for _ in 0..4 {
+            step(&store, &clock).await;
+        }
+        assert_eq!(
+            runs_of(run.id()),
+            vec![1; N as usize],
+            "nothing ran again yet"
+        );
+        gated.open.send_replace(true);
+        let sum = tokio::time::timeout(Duration::from_secs(30), run.wait())
+            .await
+            .expect("the fan-out finishes")
+            .unwrap();
+        assert_eq!(sum, (0..N).map(|i| i * 10).sum::<u64>());
+        assert_eq!(
+            runs_of(run.id()),
+            vec![1; N as usize],
+            "every activity ran exactly once"
+        );
+        let history = run.history().await.unwrap();
+        let completed = history
+            .iter()
+            .filter(|e| e.event.kind() == "TaskCompleted")
+            .count();
+        assert_eq!(completed, N as usize);
+        worker.shutdown().await;
+    }
+
+    /// A lease that is lost anyway while the result waits (as if the worker had been cut
+    /// off from the store for longer than a lease): the waiting result is withdrawn and the
+    /// new owner's result is the one that counts, as for a running activity.
+    pub(crate) async fn a_lost_lease_lets_the_new_owner_s_result_count(store: Arc<dyn Store>) {
+        let clock = ManualClock::default();
+        let (worker, gated) = start(&store, Hold::Lease, &clock, true);
+        let run = fan_out_held(&worker, &gated).await;
+        step(&store, &clock).await;
+        assert_eq!(worker.waiting_activity_results(), N as usize);
+        // "Another worker" takes every task over, at a time when the leases look expired.
+        let later = clock.now() + LEASE * 3;
+        let stolen = store
+            .fetch_activity_work(later, LEASE * 1000, 100)
+            .await
+            .unwrap();
+        assert_eq!(stolen.len(), N as usize);
+        clock.advance(LEASE / 2);
+        eventually("the renewals to be refused", || {
+            let lost = *gated.lost.borrow();
+            async move { lost >= N as usize }
+        })
+        .await;
+        eventually("the waiting results to be withdrawn", || async {
+            worker.waiting_activity_results() == 0
+        })
+        .await;
+        gated.open.send_replace(true);
+        let now = clock.now();
+        for w in &stolen {
+            let done = Event::TaskCompleted {
+                seq: w.task.seq,
+                result: (1000 + w.task.seq).to_string(),
+            };
+            store
+                .complete_activity(
+                    w.id,
+                    w.lock,
+                    Message::new(done, Some(w.task.execution), now),
+                )
+                .await
+                .unwrap();
+        }
+        let sum = tokio::time::timeout(Duration::from_secs(30), run.wait())
+            .await
+            .expect("the fan-out finishes")
+            .unwrap();
+        let seqs = stolen.iter().map(|w| w.task.seq);
+        assert_eq!(
+            sum,
+            seqs.map(|s| 1000 + s).sum::<u64>(),
+            "the new owner's results"
+        );
+        assert_eq!(runs_of(run.id()), vec![1; N as usize]);
+        worker.shutdown().await;
+    }
+
+    /// One `#[tokio::test]` per case for a store maker (`async` when it may skip).
+    macro_rules! cases {
+        ($make:expr) => {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn results_held_for_an_episode_keep_their_leases() {
+                let fixture = $make;
+                super::held_results_keep_their_leases(
+                    Arc::clone(&fixture.store),
+                    super::Hold::Lease,
+                    true,
+                )
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn results_held_in_a_slow_commit_keep_their_leases() {
+                let fixture = $make;
+                super::held_results_keep_their_leases(
+                    Arc::clone(&fixture.store),
+                    super::Hold::Commit,
+                    true,
+                )
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_lost_lease_lets_the_new_owner_s_result_count() {
+                let fixture = $make;
+                super::a_lost_lease_lets_the_new_owner_s_result_count(Arc::clone(&fixture.store))
+                    .await;
+            }
+        };
+    }
+
+    mod memory {
+        use super::super::*;
+        cases!(memory());
+    }
+
+    mod redb_in_memory {
+        use super::super::*;
+        cases!(redb_in_memory());
+    }
+
+    mod redb_file {
+        use super::super::*;
+        cases!(redb_file());
     }
 }
 
@@ -747,12 +1208,117 @@ mod postgres {
         b.drop_task_hub().await.unwrap();
     }
 
+    /// Issue 12, item 13: the deterministic hand-off cases of `handoff_lease` on Postgres,
+    /// with the lease granted by the worker (`WorkerOptions::activity_lock`) or by the store
+    /// (`PostgresOptions::activity_lease`, the worker keeping its default of 5 minutes: it
+    /// must renew at half the store's lease, not its own).
+    mod handoff_lease {
+        use super::super::handoff_lease::{self as cases, Hold, LEASE};
+        use super::*;
+
+        async fn store(lease_from_store: bool) -> Option<PostgresStore> {
+            let url = url()?;
+            let mut options = PostgresOptions::new(fresh_hub());
+            if lease_from_store {
+                options = options.activity_lease(LEASE);
+            }
+            Some(connect_with(&url, options).await)
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn results_held_for_an_episode_keep_the_store_s_lease() {
+            let Some(pg) = store(true).await else { return };
+            cases::held_results_keep_their_leases(Arc::new(pg.clone()), Hold::Lease, false).await;
+            pg.drop_task_hub().await.unwrap();
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn results_held_in_a_slow_commit_keep_their_leases() {
+            let Some(pg) = store(false).await else { return };
+            cases::held_results_keep_their_leases(Arc::new(pg.clone()), Hold::Commit, true).await;
+            pg.drop_task_hub().await.unwrap();
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_lost_lease_lets_the_new_owner_s_result_count() {
+            let Some(pg) = store(false).await else { return };
+            cases::a_lost_lease_lets_the_new_owner_s_result_count(Arc::new(pg.clone())).await;
+            pg.drop_task_hub().await.unwrap();
+        }
+    }
+
     /// The real engine: two workers on two stores of one hub run a fan-out together.
     mod engine {
         use durable_core::prelude::*;
 
+        use durable_core::worker::WorkerOptions;
+
+        use super::super::handoff_lease::{counted, fan, runs_of};
         use super::super::workload::{square, sum_squares};
         use super::*;
+
+        /// Issue 12, item 13, the way it was found: three workers on one hub, a short (1 s)
+        /// activity lease and a loaded fan-out — 20 instances of 200 activities each, on
+        /// workers that run one episode at a time without a cache — so results wait in memory
+        /// for their orchestrations' next episodes, often longer than a lease. Each activity
+        /// runs exactly once (before the fix about a quarter ran again on other, healthy
+        /// workers; with per-result renewals instead of batched ones, a few still did).
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_loaded_fan_out_on_three_workers_runs_each_activity_once() {
+            const WORKERS: usize = 3;
+            const INSTANCES: usize = 20;
+            const WIDTH: u64 = 200;
+            let Some(url) = url() else { return };
+            let hub = fresh_hub();
+            let mut workers = Vec::new();
+            for _ in 0..WORKERS {
+                let store = connect(&url, &hub).await;
+                let mut options = WorkerOptions::default();
+                options.activity_lock = Duration::from_secs(1);
+                workers.push(
+                    Worker::builder()
+                        .options(options)
+                        // One episode at a time, each replaying its whole history: results
+                        // queue up in memory for their episodes.
+                        .concurrency(1, 64)
+                        .cache_capacity(0)
+                        .register(counted)
+                        .register(fan)
+                        .store(store)
+                        .start()
+                        .unwrap(),
+                );
+            }
+            let client = workers[0].client();
+            let mut runs = Vec::new();
+            for _ in 0..INSTANCES {
+                runs.push(fan::start(&client, WIDTH).await.unwrap());
+            }
+            let want = (0..WIDTH).map(|i| i * 10).sum::<u64>();
+            for run in &runs {
+                let sum = tokio::time::timeout(Duration::from_secs(300), run.wait())
+                    .await
+                    .expect("the fan-out finishes")
+                    .unwrap();
+                assert_eq!(sum, want);
+            }
+            let mut again = 0;
+            for run in &runs {
+                again += runs_of(run.id()).iter().filter(|n| **n > 1).count();
+                assert_eq!(runs_of(run.id()).len(), WIDTH as usize);
+            }
+            assert_eq!(
+                again,
+                0,
+                "{again} of {} finished activities ran again",
+                INSTANCES * WIDTH as usize
+            );
+            for w in workers {
+                w.shutdown().await;
+            }
+            let store = connect(&url, &hub).await;
+            store.drop_task_hub().await.unwrap();
+        }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn two_workers_share_a_fan_out() {

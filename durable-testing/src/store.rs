@@ -624,6 +624,10 @@ impl Store for HarnessStore {
         r
     }
 
+    fn activity_lease(&self, requested: Duration) -> Duration {
+        self.inner().activity_lease(requested)
+    }
+
     async fn fetch_activity_work(
         &self,
         now: Timestamp,

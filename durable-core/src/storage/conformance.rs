@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::{
     ActivityTask, CreateResult, EpisodeCommit, IdReusePolicy, InstanceQuery, LockToken, Message,
-    NewInstance, NextExecution, OrchestrationWorkItem, Store,
+    NewInstance, NextExecution, OrchestrationWorkItem, Store, WorkKind,
 };
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, ParentRef, RuntimeStatus};
@@ -45,6 +45,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         complete_activity_enqueues_result,
         abandon_activity_delays_task,
         renew_activity_lock_extends_the_lease,
+        renew_activity_locks_extends_those_held,
         abandon_episode_delays_messages,
         next_wake_time,
         send_message_errors,
@@ -1313,6 +1314,14 @@ pub async fn renew_activity_lock_extends_the_lease(store: Arc<dyn Store>) {
         .renew_activity_lock(task_id, lock, at(30_000))
         .await
         .expect("renew");
+    assert_eq!(
+        store
+            .next_wake_time_for(WorkKind::Activity)
+            .await
+            .expect("wake time"),
+        Some(at(30_000)),
+        "the renewed lease's expiry is the next activity wake-up, not the old one"
+    );
     assert!(
         store
             .fetch_activity_work(at(20_000), lease, 10)
@@ -1334,6 +1343,83 @@ pub async fn renew_activity_lock_extends_the_lease(store: Arc<dyn Store>) {
         .complete_activity(taken[0].id, taken[0].lock, raised("x", at(30_000)))
         .await
         .expect("the new holder completes");
+}
+
+/// [`Store::renew_activity_locks`] extends the leases still held, in one call, and reports
+/// the others: taken over by another worker, gone with their result, or never held.
+pub async fn renew_activity_locks_extends_those_held(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    episode(&store, "a", T0, RuntimeStatus::Running, |c| {
+        c.activities = (0..4).map(|i| task("a", i, "work", "1")).collect();
+    })
+    .await;
+    let lease = Duration::from_secs(10);
+    let work = store
+        .fetch_activity_work(T0, lease, 10)
+        .await
+        .expect("fetch");
+    assert_eq!(work.len(), 4);
+    let held = |i: usize| (work[i].id, work[i].lock);
+    let lost = store
+        .renew_activity_locks(&[held(0), held(2)], at(20_000))
+        .await
+        .expect("renew");
+    assert!(lost.is_empty(), "held leases are renewed: {lost:?}");
+    // Task 1 is done (its result written); task 3 has lapsed and another worker took it;
+    // task 2 is renewed with a wrong token below.
+    store
+        .complete_activity(work[1].id, work[1].lock, raised("x", T0))
+        .await
+        .expect("complete");
+    let taken = store
+        .fetch_activity_work(at(10_000), lease, 10)
+        .await
+        .expect("fetch");
+    let taken: Vec<_> = taken.into_iter().filter(|w| w.id == work[3].id).collect();
+    assert_eq!(taken.len(), 1, "task 3 is taken over once its lease lapsed");
+    assert!(
+        store
+            .fetch_activity_work(at(10_000), lease, 10)
+            .await
+            .expect("fetch")
+            .is_empty(),
+        "tasks 0 and 2 were renewed: not taken at their first expiry"
+    );
+    let wrong = (work[2].id, LockToken(work[2].lock.0.wrapping_add(1)));
+    let mut lost = store
+        .renew_activity_locks(&[held(0), held(1), wrong, held(3)], at(40_000))
+        .await
+        .expect("renew");
+    lost.sort_unstable();
+    let mut want = vec![work[1].id, work[2].id, work[3].id];
+    want.sort_unstable();
+    assert_eq!(
+        lost, want,
+        "the leases not held are reported, the held one is not"
+    );
+    assert!(
+        store
+            .renew_activity_locks(&[], at(40_000))
+            .await
+            .expect("renew nothing")
+            .is_empty()
+    );
+    let later = store
+        .fetch_activity_work(at(30_000), lease, 10)
+        .await
+        .expect("fetch");
+    assert!(
+        later.iter().all(|w| w.id != work[0].id),
+        "task 0's lease was extended to 40 s: not taken at 30 s"
+    );
+    let expired = store
+        .fetch_activity_work(at(40_000), lease, 10)
+        .await
+        .expect("fetch");
+    assert!(
+        expired.iter().any(|w| w.id == work[0].id),
+        "taken once the extended lease lapsed"
+    );
 }
 
 pub async fn abandon_activity_delays_task(store: Arc<dyn Store>) {

@@ -635,8 +635,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// [`fetch_instances_work`](Store::fetch_instances_work), so a worker may hand an activity
     /// result to its orchestration in memory and have it committed with the episode that
     /// consumes it (one durable write per step instead of two; a crash before that commit
-    /// runs the activity again). The default is `false`: results go through
-    /// [`complete_activity`](Store::complete_activity).
+    /// runs the activity again). The worker keeps renewing the task's lease
+    /// ([`renew_activity_lock`](Store::renew_activity_lock)) until that commit, so a healthy
+    /// worker's finished activity is never taken over and run again. The default is `false`:
+    /// results go through [`complete_activity`](Store::complete_activity).
     fn supports_activity_handoff(&self) -> bool {
         false
     }
@@ -665,6 +667,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         error: Option<String>,
     ) -> Result<(), StoreError>;
 
+    /// The lease this store grants on an activity task when a worker asks for `requested`
+    /// ([`fetch_activity_work`](Store::fetch_activity_work)'s `lock_for`). A store configured
+    /// with a lease of its own (such as `PostgresOptions::activity_lease`) answers that one,
+    /// so the worker renews before it lapses. The default grants what is asked.
+    fn activity_lease(&self, requested: Duration) -> Duration {
+        requested
+    }
+
     /// Leases up to `max` activity tasks visible at `now`.
     async fn fetch_activity_work(
         &self,
@@ -689,16 +699,47 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         retry_at: Timestamp,
     ) -> Result<(), StoreError>;
 
-    /// Extends the lease on a running activity task to `until`, so a long activity is not
-    /// taken over (and run again) while it is still running. The worker renews at half the
-    /// lease period. `LockLost` when the lease is no longer held (it expired and another
-    /// worker took the task, or the task is gone).
+    /// Extends the lease on an activity task to `until`, so it is not taken over (and run
+    /// again) while it is still running, nor while its result waits in the worker's memory
+    /// to be committed with its orchestration's next episode
+    /// ([`supports_activity_handoff`](Store::supports_activity_handoff)). The worker renews
+    /// at half the lease period ([`activity_lease`](Store::activity_lease)), in batches
+    /// ([`renew_activity_locks`](Store::renew_activity_locks)). `LockLost` when
+    /// the lease is no longer held (it expired and another worker took the task, or the task
+    /// is gone).
     async fn renew_activity_lock(
         &self,
         id: u64,
         lock: LockToken,
         until: Timestamp,
     ) -> Result<(), StoreError>;
+
+    /// Extends several activity leases to `until` at once, as
+    /// [`renew_activity_lock`](Store::renew_activity_lock) does one: the worker renews all
+    /// the leases it holds that are due in one call per round, so a worker holding thousands
+    /// (results waiting for their episodes under load) costs one call, not thousands.
+    /// Returns the ids of the tasks whose lease is no longer held; the others are extended.
+    /// The default renews one lease at a time.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] when the store could not do it (nothing is known of which
+    /// leases were extended; the worker tries again shortly).
+    async fn renew_activity_locks(
+        &self,
+        leases: &[(u64, LockToken)],
+        until: Timestamp,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut lost = Vec::new();
+        for &(id, lock) in leases {
+            match self.renew_activity_lock(id, lock, until).await {
+                Ok(()) => {}
+                Err(StoreError::LockLost(_)) => lost.push(id),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(lost)
+    }
 
     /// The earliest future time at which work becomes visible (a timer, a delayed message,
     /// an expiring lease), for dispatchers to sleep until.

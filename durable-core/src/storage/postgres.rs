@@ -163,7 +163,8 @@ pub struct PostgresOptions {
     /// Lease on an instance during an episode; `None` (the default) uses the worker's
     /// `WorkerOptions::orchestration_lock`.
     pub orchestration_lease: Option<Duration>,
-    /// Lease on an activity task while it runs; `None` (the default) uses the worker's
+    /// Lease on an activity task, renewed by the worker every half lease while the activity
+    /// runs and until its result is committed; `None` (the default) uses the worker's
     /// `WorkerOptions::activity_lock`.
     pub activity_lease: Option<Duration>,
     /// How often idle workers look for work even without a notification: the safety net
@@ -1253,13 +1254,17 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    fn activity_lease(&self, requested: Duration) -> Duration {
+        self.inner.options.activity_lease.unwrap_or(requested)
+    }
+
     async fn fetch_activity_work(
         &self,
         now: Timestamp,
         lock_for: Duration,
         max: usize,
     ) -> Result<Vec<ActivityWorkItem>, StoreError> {
-        let lock_for = self.inner.options.activity_lease.unwrap_or(lock_for);
+        let lock_for = self.activity_lease(lock_for);
         self.fetch_activities(now, lock_for, max)
             .await
             .map_err(|e| self.err("fetching activity work", e))
@@ -1320,6 +1325,41 @@ impl Store for PostgresStore {
             return Err(StoreError::LockLost(format!("activity task {id}")));
         }
         Ok(())
+    }
+
+    async fn renew_activity_locks(
+        &self,
+        leases: &[(u64, LockToken)],
+        until: Timestamp,
+    ) -> Result<Vec<u64>, StoreError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = leases.iter().map(|(id, _)| to_i64(*id)).collect();
+        let tokens: Vec<i64> = leases.iter().map(|(_, lock)| to_i64(lock.0)).collect();
+        // One statement; the rows are locked in id order (as commits lock theirs), so it
+        // never deadlocks with a commit removing some of them.
+        let rows = async {
+            let conn = self.lease_conn().await?;
+            let st = conn
+                .prepare_cached(&self.inner.sql.renew_activities)
+                .await?;
+            Ok::<_, Error>(conn.query(&st, &[&ids, &tokens, &ts(until)]).await?)
+        }
+        .await
+        .map_err(|e| self.err("renewing activity leases", e))?;
+        let mut renewed = HashSet::with_capacity(rows.len());
+        for row in rows {
+            let id: i64 = row
+                .try_get(0)
+                .map_err(|e| self.err("renewing activity leases", e.into()))?;
+            renewed.insert(to_u64(id));
+        }
+        Ok(leases
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !renewed.contains(id))
+            .collect())
     }
 
     async fn abandon_activity(
@@ -1458,6 +1498,7 @@ struct Sql {
     complete_activity: String,
     release_activity: String,
     renew_activity: String,
+    renew_activities: String,
     next_wake: String,
     read_record: String,
     read_history: String,
@@ -1568,10 +1609,14 @@ impl Sql {
                 FROM unnest($1::text[], $3::text[]) WITH ORDINALITY AS t(instance_id, task, ord)
                 ORDER BY t.ord",
             ),
-            // Removes tasks whose results an episode consumed from memory, if still leased.
-            complete_handed_off: s("DELETE FROM {s}.activities a
-                USING unnest($1::bigint[], $2::bigint[]) AS t(id, token)
-                WHERE a.id = t.id AND a.lock_token = t.token"),
+            // Removes tasks whose results an episode consumed from memory, if still leased;
+            // the rows are locked in id order, as lease renewals lock them.
+            complete_handed_off: s("WITH held AS (
+                    SELECT a.id FROM {s}.activities a
+                    JOIN unnest($1::bigint[], $2::bigint[]) AS t(id, token)
+                      ON a.id = t.id AND a.lock_token = t.token
+                    ORDER BY a.id FOR UPDATE OF a)
+                DELETE FROM {s}.activities a USING held WHERE a.id = held.id"),
             // Removes the leased task and, if its instance is still running, enqueues the
             // result: one statement. Answers (tasks removed, results enqueued).
             complete_activity: s(&format!(
@@ -1594,6 +1639,14 @@ impl Sql {
             ),
             renew_activity: s("UPDATE {s}.activities SET visible_at = $3
                 WHERE id = $1 AND lock_token = $2 RETURNING 1"),
+            // Answers the ids whose lease was held (and is now extended).
+            renew_activities: s("WITH held AS (
+                    SELECT a.id FROM {s}.activities a
+                    JOIN unnest($1::bigint[], $2::bigint[]) AS t(id, token)
+                      ON a.id = t.id AND a.lock_token = t.token
+                    ORDER BY a.id FOR UPDATE OF a)
+                UPDATE {s}.activities a SET visible_at = $3
+                FROM held WHERE a.id = held.id RETURNING a.id"),
             next_wake: s("SELECT (SELECT MIN(due_at) FROM {s}.instances),
                                  (SELECT MIN(visible_at) FROM {s}.activities)"),
             read_record: s("SELECT record FROM {s}.instances WHERE id = $1"),

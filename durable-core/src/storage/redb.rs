@@ -100,19 +100,133 @@ impl RedbStoreBuilder {
         self
     }
 
-    /// Opens the store in the file at `path`, creating the file if it does not exist.
+    /// Opens the store in the file at `path`, creating it if there is no file there.
+    ///
+    /// A file that exists must be a durable store: it is opened as it is and never
+    /// initialised, emptied or replaced. An empty (0-byte) file, a file that is not a redb
+    /// database, and a redb database without this store's format record are refused, and left
+    /// untouched, so a wrong path never silently starts an empty store over what is there.
+    ///
+    /// When there is no file at `path`, the store is created beside it as
+    /// `<file name>.creating` (a name this store reserves), initialised and made durable there,
+    /// and only then moved to `path` with a hard link that never replaces an existing file (or
+    /// a rename where the file system has no hard links); the directory is synced after. So the
+    /// file at `path` is always a complete store: a crash during creation leaves, at most, the
+    /// `.creating` file, and the next `open` of `path` discards it and creates the store
+    /// afresh (it never held anything: the store is used only once it is at `path`). A crash
+    /// between the link and the removal of the `.creating` name leaves a second name of the
+    /// finished store, which the next `open` removes. If another process creates the store at
+    /// `path` at the same moment, its store is opened.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Backend`] when the file cannot be opened or created, is already open
-    /// (by another process or another store in this one), is not a redb file, is corrupt, or
-    /// holds another format version of the store.
+    /// [`StoreError::Backend`], naming the path and what to do, when the file is empty, is not
+    /// a redb file, is corrupt, holds another format version of the store or is a redb
+    /// database of something else; when it is already open (by another process or another
+    /// store in this one) or being created by another process; when it cannot be opened or
+    /// created (a missing directory, permissions).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::RedbStore;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("app.redb");
+    /// drop(RedbStore::builder().open(&path)?); // created
+    /// drop(RedbStore::builder().open(&path)?); // opened again
+    ///
+    /// // An empty file is not a store: refused, and left as it is.
+    /// let empty = dir.path().join("empty.redb");
+    /// std::fs::write(&empty, b"")?;
+    /// let err = RedbStore::builder().open(&empty).unwrap_err();
+    /// assert!(err.to_string().contains("empty"));
+    /// assert_eq!(std::fs::metadata(&empty)?.len(), 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(self, path: impl AsRef<Path>) -> Result<RedbStore, StoreError> {
         let path = path.as_ref();
         let shown = path.display().to_string();
+        let creating = creation_path(path, &shown)?;
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() && meta.len() == 0 => {
+                return Err(StoreError::Backend(format!(
+                    "cannot open {shown}: the file is empty (0 bytes), so it is not a durable \
+                     store (a store is created under another name and moved into place only \
+                     once it is complete, so an empty file is never one); delete it to create \
+                     a new store there, or check the path"
+                )));
+            }
+            Ok(_) => forget_finished_creation(path, &creating),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.create_file(path, &creating, &shown)?;
+            }
+            Err(e) => return Err(StoreError::Backend(format!("cannot open {shown}: {e}"))),
+        }
         let builder = self.redb_builder();
-        let db = guard_panic(&shown, || builder.create(path)).map_err(|e| open_error(&shown, e))?;
-        RedbStore::start(db, self.durability, &shown)
+        let db = guard_panic(&shown, || builder.open(path)).map_err(|e| open_error(&shown, e))?;
+        RedbStore::start(db, self.durability, &shown, Origin::Existing)
+    }
+
+    /// Creates a complete, empty store at `creating` and moves it to `path` (see
+    /// [`open`](Self::open)).
+    fn create_file(&self, path: &Path, creating: &Path, shown: &str) -> Result<(), StoreError> {
+        let temp = creating.display().to_string();
+        let fail = |e: std::io::Error| StoreError::Backend(format!("cannot create {shown}: {e}"));
+        let busy = || {
+            StoreError::Backend(format!(
+                "cannot create {shown}: another process (or store) is creating it right now \
+                 ({temp} is open); try again once it is done"
+            ))
+        };
+        if creating.exists() {
+            // Left by a creation that did not finish. Taking redb's lock on it tells a
+            // creation still under way (refused) from a crashed one (discarded).
+            match guard_panic(&temp, || self.redb_builder().create(creating)) {
+                Err(OpenError::Db(
+                    DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch,
+                )) => return Err(busy()),
+                Ok(db) => drop(db),
+                Err(_) => {}
+            }
+            std::fs::remove_file(creating).map_err(fail)?;
+        }
+        // Exclusively ours from here: a creation racing this one fails here or at the link.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(creating)
+        {
+            Ok(file) => drop(file),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(busy()),
+            Err(e) => return Err(fail(e)),
+        }
+        let built = guard_panic(&temp, || self.redb_builder().create(creating))
+            .map_err(|e| open_error(&temp, e))
+            .and_then(|db| {
+                catch_unwind(AssertUnwindSafe(|| init(&db, Origin::Created)))
+                    .unwrap_or_else(|_| Err(Fatal("redb panicked while creating it".into())))
+                    .map_err(|e| StoreError::Backend(format!("cannot create {temp}: {}", e.0)))
+            });
+        if let Err(e) = built {
+            let _ = std::fs::remove_file(creating);
+            return Err(e);
+        }
+        // The database is closed (and its initialising commit durable): move it into place.
+        match std::fs::hard_link(creating, path) {
+            Ok(()) => std::fs::remove_file(creating).map_err(fail)?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Created by someone else meanwhile: that one is opened.
+                let _ = std::fs::remove_file(creating);
+                return Ok(());
+            }
+            Err(_) if !path.exists() => std::fs::rename(creating, path).map_err(fail)?,
+            Err(e) => {
+                let _ = std::fs::remove_file(creating);
+                return Err(fail(e));
+            }
+        }
+        sync_dir(path).map_err(fail)
     }
 
     /// Opens a fresh store in memory (redb's `InMemoryBackend`): same code and semantics as
@@ -123,7 +237,7 @@ impl RedbStoreBuilder {
             builder.create_with_backend(redb::backends::InMemoryBackend::new())
         })
         .map_err(|e| open_error("in-memory store", e))?;
-        RedbStore::start(db, self.durability, "in-memory store")
+        RedbStore::start(db, self.durability, "in-memory store", Origin::Created)
     }
 
     fn redb_builder(&self) -> redb::Builder {
@@ -132,6 +246,62 @@ impl RedbStoreBuilder {
             builder.set_cache_size(bytes);
         }
         builder
+    }
+}
+
+/// Whether the database being started was just created by this store or was already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Just created (a new file under its `.creating` name, or in memory): initialised now.
+    Created,
+    /// An existing file: it must already be a durable store.
+    Existing,
+}
+
+/// `<file name>.creating` beside `path`: where a new store is built before it is moved to
+/// `path`.
+fn creation_path(path: &Path, shown: &str) -> Result<std::path::PathBuf, StoreError> {
+    let Some(name) = path.file_name() else {
+        return Err(StoreError::Backend(format!(
+            "cannot open {shown}: the path does not name a file"
+        )));
+    };
+    let mut temp = name.to_os_string();
+    temp.push(".creating");
+    Ok(path.with_file_name(temp))
+}
+
+/// Removes `creating` when it is a second name of the store at `path`: what a crash between
+/// moving a new store into place and removing its creation name leaves.
+fn forget_finished_creation(path: &Path, creating: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        if let (Ok(a), Ok(b)) = (std::fs::metadata(path), std::fs::metadata(creating)) {
+            if a.dev() == b.dev() && a.ino() == b.ino() {
+                let _ = std::fs::remove_file(creating);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, creating);
+}
+
+/// Makes the new directory entry of `path` durable (on Unix; elsewhere the file system's own
+/// ordering is relied upon).
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(())
     }
 }
 
@@ -244,7 +414,10 @@ pub struct RedbStore {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the store in the file at `path`, with durable commits.
+    /// Opens the store in the file at `path`, or creates it when there is no file there,
+    /// with durable commits. An existing file that is not a durable store (an empty file
+    /// among them) is refused and left as it is; a new store appears at `path` only once it
+    /// is complete. See [`RedbStoreBuilder::open`] for the rules.
     ///
     /// # Errors
     ///
@@ -263,8 +436,13 @@ impl RedbStore {
         RedbStoreBuilder::default()
     }
 
-    fn start(db: Database, durability: RedbDurability, what: &str) -> Result<Self, StoreError> {
-        let (next_id, available) = catch_unwind(AssertUnwindSafe(|| init(&db)))
+    fn start(
+        db: Database,
+        durability: RedbDurability,
+        what: &str,
+        origin: Origin,
+    ) -> Result<Self, StoreError> {
+        let (next_id, available) = catch_unwind(AssertUnwindSafe(|| init(&db, origin)))
             .unwrap_or_else(|_| {
                 Err(Fatal(
                     "redb panicked while reading the file (corrupt file?)".into(),
@@ -337,9 +515,10 @@ fn writer_gone() -> StoreError {
     StoreError::Backend("the store's writer thread has stopped".into())
 }
 
-/// Checks or writes the format version and creates the tables; returns the id counter and
-/// the keys of the queued activity tasks (none is leased after a start).
-fn init(db: &Database) -> Result<(u64, BTreeSet<(u64, u64)>), Fatal> {
+/// Checks the format version (or, in a database just created, writes it) and creates the
+/// tables; returns the id counter and the keys of the queued activity tasks (none is leased
+/// after a start).
+fn init(db: &Database, origin: Origin) -> Result<(u64, BTreeSet<(u64, u64)>), Fatal> {
     let txn = db.begin_write()?;
     let existing: Vec<String> = txn
         .list_tables()?
@@ -355,12 +534,22 @@ fn init(db: &Database) -> Result<(u64, BTreeSet<(u64, u64)>), Fatal> {
                     "the file holds store format version {v}; this build of durable reads version {FORMAT_VERSION}"
                 )));
             }
-            None if existing.is_empty() => {
+            None if existing.is_empty() && origin == Origin::Created => {
                 meta.insert(FORMAT_VERSION_KEY, FORMAT_VERSION)?;
+            }
+            None if existing.is_empty() => {
+                return Err(Fatal(
+                    "the file is an empty redb database, not a durable store (a store is moved \
+                     into place only once it holds its format version record); delete it to \
+                     create a new store there, or check the path"
+                        .into(),
+                ));
             }
             None => {
                 return Err(Fatal(
-                    "the file is a redb database but not a durable store (it has no format version record)".into(),
+                    "the file is a redb database but not a durable store (it has no format \
+                     version record); check the path"
+                        .into(),
                 ));
             }
         }
@@ -529,8 +718,10 @@ impl Leases {
         let Some(lease) = self.activity.get_mut(&id).filter(|l| l.token == lock.0) else {
             return false;
         };
-        lease.until = until;
-        // The old expiry entry is skipped when it comes up (the lease outlives it).
+        let old = std::mem::replace(&mut lease.until, until);
+        // The old expiry goes, so the next wake-up is the lease's real expiry (a lease held
+        // for long, renewed many times, would otherwise wake the dispatcher at each old one).
+        self.activity_expiry.remove(&(old, id));
         self.activity_expiry.insert((until, id));
         true
     }

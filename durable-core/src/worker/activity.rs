@@ -4,7 +4,7 @@
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::Inner;
+use super::lease::LeaseGuard;
 use crate::error::FailureDetails;
 use crate::history::Event;
 use crate::registry::{ActivityContext, Cancellation};
@@ -35,12 +36,20 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
         let now = inner.clock.now();
         match inner
             .store
-            .fetch_activity_work(now, inner.options.activity_lock, 1 + extra)
+            .fetch_activity_work(now, inner.activity_lease, 1 + extra)
             .await
         {
             Ok(items) if !items.is_empty() => {
+                // Held (and renewed) from here: a task waiting for its slot keeps its lease.
+                let leased: Vec<_> = items
+                    .into_iter()
+                    .map(|item| {
+                        let lease = inner.activity_leases.hold(&item, now, inner.activity_lease);
+                        (item, lease)
+                    })
+                    .collect();
                 let mut first = Some(first);
-                for item in items {
+                for (item, lease) in leased {
                     let permit = match first.take() {
                         Some(p) => p,
                         None => match Arc::clone(&inner.activity_slots).try_acquire_owned() {
@@ -55,7 +64,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                     let span = tracing::info_span!("activity", name = %item.task.name, instance = %item.task.instance_id, seq = item.task.seq);
                     running.spawn(
                         async move {
-                            run_activity(&inner, item).await;
+                            run_activity(&inner, item, lease).await;
                             drop(permit);
                         }
                         .instrument(span),
@@ -96,7 +105,10 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
     while running.join_next().await.is_some() {}
 }
 
-async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
+/// Runs one leased activity and reports its result: handed to its orchestration in memory
+/// (the result then carries `lease`, renewed until the result is committed) or written to
+/// the store.
+async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGuard) {
     if inner.aborted.load(Ordering::SeqCst) {
         // Leased just as the worker was aborted: a crashed worker starts nothing.
         return;
@@ -122,14 +134,13 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
             // A panic is caught and reported, not fatal (this already runs on its own task).
             // The lease is renewed while the activity runs, however long it takes.
             let work = CatchPanic(f(ctx, task.input.clone()));
-            let lease_lost = AtomicBool::new(false);
             let outcome = tokio::select! {
                 r = work => r,
-                () = keep_leased(inner, &item, &cancel, &lease_lost) => {
-                    unreachable!("renewal never ends")
+                () = cancel_when_told(inner, &mut lease, &cancel) => {
+                    unreachable!("never completes")
                 }
             };
-            if lease_lost.load(Ordering::SeqCst) {
+            if lease.is_lost() {
                 // Another worker took the task over; its result is the one that counts (this
                 // one may be no more than the reaction to the cancellation).
                 tracing::warn!("activity lease lost while it ran; its result is dropped");
@@ -179,17 +190,23 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
     };
     let message = Message::new(event, Some(task.execution), inner.clock.now());
     if inner.store.supports_activity_handoff() && !inner.is_shutting_down() {
-        // Straight to the orchestration; committed with the episode that consumes it.
+        // Straight to the orchestration; committed with the episode that consumes it. The
+        // result carries the lease: renewed for as long as the result waits, whatever the
+        // wait for an episode, so no other worker runs the task again meanwhile.
         let result = super::handoff::HandedOff {
             task: item.id,
             lock: item.lock,
             message,
+            lease,
         };
         if inner.handoffs().push(task.instance_id.clone(), result) {
             inner.handoff_ready.notify_one();
         }
         return;
     }
+    // Released first: the write ends the lease (renewing it meanwhile would race the write,
+    // and could keep a lease the store lost the result of).
+    drop(lease);
     if let Err(e) = inner
         .store
         .complete_activity(item.id, item.lock, message)
@@ -199,20 +216,11 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem) {
     }
 }
 
-/// Renews the activity's lease every half lease period, for as long as it is polled, and
-/// fires the activity's cancellation when the worker starts shutting down or the lease is
+/// Fires the activity's cancellation when the worker starts shutting down or the lease is
 /// lost (the worker was cut off from the store for longer than a lease and another worker
-/// took the task over; `lease_lost` is set and the activity's result is then dropped, the
-/// new owner's counts).
-async fn keep_leased(
-    inner: &Inner,
-    item: &ActivityWorkItem,
-    cancel: &watch::Sender<bool>,
-    lease_lost: &AtomicBool,
-) {
-    let period = inner.options.activity_lock;
-    let every = (period / 2).max(Duration::from_millis(1));
-    let mut next = inner.clock.now() + every;
+/// took the task over: the activity's result is then dropped, the new owner's counts).
+/// Never completes.
+async fn cancel_when_told(inner: &Inner, lease: &mut LeaseGuard, cancel: &watch::Sender<bool>) {
     let mut shutdown = inner.shutdown.clone();
     let mut told = *shutdown.borrow();
     if told {
@@ -220,33 +228,14 @@ async fn keep_leased(
     }
     loop {
         tokio::select! {
-            () = inner.clock.sleep_until(next) => {}
+            () = lease.lost() => {
+                cancel.send_replace(true);
+                std::future::pending::<()>().await;
+            }
             changed = shutdown.changed(), if !told => {
                 if changed.is_err() || *shutdown.borrow() {
                     told = true;
                     cancel.send_replace(true);
-                }
-                continue;
-            }
-        }
-        next = next + every;
-        if inner.aborted.load(Ordering::SeqCst) {
-            // A crashed worker renews nothing: its leases expire and others take over.
-            std::future::pending::<()>().await;
-        }
-        let until = inner.clock.now() + period;
-        match inner
-            .store
-            .renew_activity_lock(item.id, item.lock, until)
-            .await
-        {
-            Ok(()) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "activity lease not renewed; it may run again elsewhere");
-                if matches!(e, crate::error::StoreError::LockLost(_)) {
-                    lease_lost.store(true, Ordering::SeqCst);
-                    cancel.send_replace(true);
-                    std::future::pending::<()>().await;
                 }
             }
         }

@@ -5,15 +5,21 @@
 //!
 //! Safety: until that commit the task stays queued and leased in the store, so a crash before
 //! it runs the activity again (activities are at-least-once) and nothing acknowledged is lost.
-//! Results that cannot be delivered this way — the instance is locked by someone else, its
-//! episode failed, the worker is shutting down — are written with
-//! [`Store::complete_activity`](crate::storage::Store::complete_activity) as before.
+//! Each [`HandedOff`] carries the task's lease, which the worker renews ([`lease`]) for as
+//! long as the result is held — waiting for an episode slot, or inside an episode waiting
+//! for its commit — so a result that waits longer than a lease is not taken over and run
+//! again by another worker. Results that cannot be delivered this way — the
+//! instance is locked by someone else, its episode failed, the worker is shutting down — are
+//! written with [`Store::complete_activity`](crate::storage::Store::complete_activity) as
+//! before.
 //!
 //! [`EpisodeCommit::completed_activities`]: crate::storage::EpisodeCommit::completed_activities
+//! [`lease`]: super::lease
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::Inner;
+use super::lease::LeaseGuard;
 use crate::ids::InstanceId;
 use crate::storage::{LockToken, Message};
 
@@ -26,6 +32,9 @@ pub(crate) struct HandedOff {
     pub(crate) lock: LockToken,
     /// The `TaskCompleted` / `TaskFailed` message.
     pub(crate) message: Message,
+    /// The activity lease, renewed for as long as the result is held: dropping the result
+    /// (committed, written through or discarded) releases it.
+    pub(crate) lease: LeaseGuard,
 }
 
 /// Results waiting for their orchestrations, and which instances run an episode here.
@@ -99,6 +108,23 @@ impl Handoffs {
         (wake, Vec::new())
     }
 
+    /// How many results wait for an episode.
+    pub(crate) fn waiting(&self) -> usize {
+        self.pending.values().map(Vec::len).sum()
+    }
+
+    /// Takes the result of activity task `task` back if it is still waiting for an episode
+    /// of `id` (not if an episode has it).
+    pub(crate) fn withdraw(&mut self, id: &InstanceId, task: u64) -> Option<HandedOff> {
+        let waiting = self.pending.get_mut(id)?;
+        let at = waiting.iter().position(|h| h.task == task)?;
+        let result = waiting.remove(at);
+        if waiting.is_empty() {
+            self.pending.remove(id);
+        }
+        Some(result)
+    }
+
     /// Takes the results waiting for `id`.
     pub(crate) fn take(&mut self, id: &InstanceId) -> Vec<HandedOff> {
         self.pending.remove(id).unwrap_or_default()
@@ -116,11 +142,16 @@ impl Handoffs {
 /// hand-off.
 pub(crate) async fn write_through(inner: &Inner, results: Vec<HandedOff>) {
     for r in results {
-        if let Err(e) = inner
-            .store
-            .complete_activity(r.task, r.lock, r.message)
-            .await
-        {
+        // The lease stays renewed while the result waits its turn, and is released before
+        // the write that ends it.
+        let HandedOff {
+            task,
+            lock,
+            message,
+            lease,
+        } = r;
+        drop(lease);
+        if let Err(e) = inner.store.complete_activity(task, lock, message).await {
             tracing::warn!(error = %e, "activity result not recorded; the task will run again");
         }
     }

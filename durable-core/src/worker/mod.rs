@@ -8,6 +8,7 @@ pub(crate) mod cascade;
 mod entity;
 mod episode;
 mod handoff;
+mod lease;
 mod retention;
 pub(crate) mod rewind;
 
@@ -66,7 +67,10 @@ pub struct WorkerOptions {
     pub cache_capacity: usize,
     /// Lease on an instance during an episode. Default 60 s.
     pub orchestration_lock: Duration,
-    /// Lease on an activity task while it runs. Default 5 min.
+    /// Lease on an activity task, renewed every half lease while the activity runs and,
+    /// when its result is handed to its orchestration in memory, until that result is
+    /// committed. A store may grant a lease of its own instead
+    /// ([`Store::activity_lease`]). Default 5 min.
     pub activity_lock: Duration,
     /// Payload and action limits.
     pub limits: Limits,
@@ -263,6 +267,7 @@ impl WorkerBuilder {
             self.options.limits.clone(),
             self.options.version.clone(),
         );
+        let activity_lease = store.activity_lease(self.options.activity_lock);
         let inner = Arc::new(Inner {
             orch_slots: Arc::new(Semaphore::new(self.options.max_concurrent_orchestrations)),
             activity_slots: Arc::new(Semaphore::new(self.options.max_concurrent_activities)),
@@ -274,6 +279,8 @@ impl WorkerBuilder {
             stuck: Mutex::new(HashMap::new()),
             handoff: Mutex::new(handoff::Handoffs::default()),
             handoff_ready: Notify::new(),
+            activity_lease,
+            activity_leases: Arc::new(lease::ActivityLeases::default()),
             shutdown: shutdown_rx,
             aborted: std::sync::atomic::AtomicBool::new(false),
         });
@@ -284,10 +291,12 @@ impl WorkerBuilder {
         if let Some(keep_for) = inner.options.retention {
             tasks.push(tokio::spawn(retention::run(Arc::clone(&inner), keep_for)));
         }
+        let lease_keeper = Some(tokio::spawn(lease::keep(Arc::clone(&inner))));
         Ok(Worker {
             inner,
             client,
             tasks,
+            lease_keeper,
             shutdown: shutdown_tx,
         })
     }
@@ -304,6 +313,10 @@ pub(crate) struct Inner {
     pub(crate) handoff: Mutex<handoff::Handoffs>,
     /// Woken when an instance has handed-off results to deliver.
     pub(crate) handoff_ready: Notify,
+    /// The lease the store grants on activity tasks.
+    pub(crate) activity_lease: Duration,
+    /// The activity leases held, renewed by the lease keeper.
+    pub(crate) activity_leases: Arc<lease::ActivityLeases>,
     pub(crate) orch_slots: Arc<Semaphore>,
     pub(crate) activity_slots: Arc<Semaphore>,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -332,6 +345,8 @@ pub struct Worker {
     inner: Arc<Inner>,
     client: Client,
     tasks: Vec<JoinHandle<()>>,
+    /// Renews activity leases until the last result is written at shutdown.
+    lease_keeper: Option<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -376,6 +391,27 @@ impl Worker {
             .and_then(|c| c.peek(instance_id).map(Replayer::stats))
     }
 
+    /// Activity results that finished in this worker and wait in memory for an episode of
+    /// their orchestration to take them (see [`Store::supports_activity_handoff`]); their
+    /// tasks stay leased, and the leases renewed, until the results are committed. For tests
+    /// and monitoring.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).start()?;
+    /// assert_eq!(worker.waiting_activity_results(), 0);
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn waiting_activity_results(&self) -> usize {
+        self.inner.handoffs().waiting()
+    }
+
     /// Stops taking new work, waits for in-flight episodes and activities to finish, then
     /// stops the dispatchers.
     pub async fn shutdown(mut self) {
@@ -387,9 +423,15 @@ impl Worker {
         let act = self.inner.options.max_concurrent_activities as u32;
         let _ = self.inner.orch_slots.acquire_many(orch).await;
         let _ = self.inner.activity_slots.acquire_many(act).await;
-        // Results still held in memory are written through, so none runs again.
+        // Results still held in memory are written through, so none runs again (their
+        // leases are renewed until then).
         let rest = self.inner.handoffs().take_all();
         handoff::write_through(&self.inner, rest).await;
+        if let Some(keeper) = self.lease_keeper.take() {
+            keeper.abort();
+            // Gone (with its hold on the store) when this returns.
+            let _ = keeper.await;
+        }
     }
 
     /// Stops everything at once without waiting or releasing leases — as if the process
@@ -401,13 +443,16 @@ impl Worker {
         for t in self.tasks.drain(..) {
             t.abort();
         }
+        if let Some(keeper) = self.lease_keeper.take() {
+            keeper.abort();
+        }
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(&self.lease_keeper) {
             t.abort();
         }
     }
