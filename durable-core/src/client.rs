@@ -205,6 +205,7 @@ impl Client {
     }
 
     /// The clock this client stamps requests with.
+    #[cfg(feature = "http")]
     pub(crate) fn clock(&self) -> Arc<dyn Clock> {
         Arc::clone(&self.clock)
     }
