@@ -192,6 +192,26 @@ impl Message {
             execution,
         }
     }
+
+    /// The `SubOrchestrationFailed` that tells `parent` its child failed with `failure`,
+    /// addressed to the parent's execution, with the instance to send it to.
+    pub(crate) fn child_failed(
+        parent: &ParentRef,
+        failure: FailureDetails,
+        now: Timestamp,
+    ) -> (InstanceId, Message) {
+        (
+            parent.instance_id.clone(),
+            Message::new(
+                Event::SubOrchestrationFailed {
+                    seq: parent.seq,
+                    failure,
+                },
+                Some(parent.execution),
+                now,
+            ),
+        )
+    }
 }
 
 /// Whether an instance in `status` takes `event` as a message: a running one takes any; a

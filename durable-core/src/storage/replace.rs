@@ -115,24 +115,9 @@ impl Teardown {
         };
         t.release(root, history, inbox);
         if let Some(parent) = &root.parent {
-            let failure = FailureDetails::new(
-                "Terminated",
-                format!(
-                    "sub-orchestration {} was terminated: {REPLACED}",
-                    root.instance_id
-                ),
-            );
-            t.messages.push((
-                parent.instance_id.clone(),
-                Message::new(
-                    Event::SubOrchestrationFailed {
-                        seq: parent.seq,
-                        failure,
-                    },
-                    Some(parent.execution),
-                    now,
-                ),
-            ));
+            // As a terminated execution tells its parent (see the replay core).
+            let failure = FailureDetails::new("Terminated", format!("terminated: {REPLACED}"));
+            t.messages.push(Message::child_failed(parent, failure, now));
         }
         t.push_children(root, history);
         t

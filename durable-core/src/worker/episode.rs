@@ -388,17 +388,9 @@ async fn try_episode(
         // No code runs, so do by hand what a failing execution does: tell the parent, and
         // release the entity locks it holds or is being granted.
         if let Some(parent) = &instance.parent {
-            commit.messages.push((
-                parent.instance_id.clone(),
-                Message::new(
-                    Event::SubOrchestrationFailed {
-                        seq: parent.seq,
-                        failure,
-                    },
-                    Some(parent.execution),
-                    now,
-                ),
-            ));
+            commit
+                .messages
+                .push(Message::child_failed(parent, failure, now));
         }
         let history = inner.store.read_history(&id).await.map_err(Stuck::Store)?;
         for entity in crate::storage::replace::held_locks(&history) {
@@ -692,17 +684,9 @@ async fn drop_late_messages(
         tracing::warn!(instance = %id, "rewind request declined: {why}");
         commit.last_error = Some(format!("rewind declined: {why}"));
         if let (Some(parent), Some(failure)) = (&instance.parent, &instance.failure) {
-            commit.messages.push((
-                parent.instance_id.clone(),
-                Message::new(
-                    Event::SubOrchestrationFailed {
-                        seq: parent.seq,
-                        failure: failure.clone(),
-                    },
-                    Some(parent.execution),
-                    now,
-                ),
-            ));
+            commit
+                .messages
+                .push(Message::child_failed(parent, failure.clone(), now));
         }
     } else {
         commit.last_error.clone_from(&instance.last_error);
