@@ -581,3 +581,77 @@ async fn a_lock_that_lost_a_race_is_released_when_granted_later() {
     quitter.raise("finish", &()).await.unwrap();
     assert_eq!(quitter.wait().await.unwrap(), "timed out");
 }
+
+// REVIEW (issue 12): a lock request still travelling when its execution is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_replaced_execution_keeps_mutual_exclusion() {
+    use durable_core::{IdReusePolicy, StartOptions};
+    let store = MemoryStore::new();
+    let worker = Worker::builder()
+        .store(store.clone())
+        .register(Account::entity())
+        .register(hold_lock)
+        .start()
+        .unwrap();
+    let client = worker.client();
+    let requested = |id: InstanceId| {
+        let client = client.clone();
+        async move {
+            let (r, h) = client.status_with_history(&id).await.ok()?;
+            (r.execution == 2 || h.iter().any(|e| e.event.kind() == "EntityLockRequested"))
+                .then_some(())
+        }
+    };
+    // H holds the lock on `x`; O (execution 1) queues behind it.
+    let h = hold_lock::start(&client, "x".into()).await.unwrap();
+    eventually(&store, || async { locked_by(&client, "x").await }).await;
+    let o_id = InstanceId::new("o").unwrap();
+    let opts = || StartOptions::new().instance_id(o_id.clone());
+    hold_lock::start_with(&client, "x".into(), opts())
+        .await
+        .unwrap();
+    eventually(&store, || async {
+        let h = client.status_with_history(&o_id).await.ok()?.1;
+        h.iter()
+            .any(|e| e.event.kind() == "EntityLockRequested")
+            .then_some(())
+    })
+    .await;
+    // O is replaced while its request waits: execution 2 asks for the same lock.
+    let o = hold_lock::start_with(
+        &client,
+        "x".into(),
+        opts().reuse(IdReusePolicy::TerminateRunning),
+    )
+    .await
+    .unwrap();
+    eventually(&store, || async {
+        let (r, h) = client.status_with_history(&o_id).await.ok()?;
+        (r.execution == 2 && h.iter().any(|e| e.event.kind() == "EntityLockRequested"))
+            .then_some(())
+    })
+    .await;
+    let _ = requested;
+    h.raise("release", &()).await.unwrap();
+    h.wait().await.unwrap();
+    // O (execution 2) gets the lock and sits in its critical section...
+    eventually(&store, || async {
+        let h = client.status_with_history(&o_id).await.ok()?.1;
+        h.iter()
+            .any(|e| e.event.kind() == "EntityLockGranted")
+            .then_some(())
+    })
+    .await;
+    // ...so a third orchestration must not get `x` until O leaves it.
+    let t = hold_lock::start(&client, "x".into()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // review probe only
+    let t_hist = client.status_with_history(t.id()).await.unwrap().1;
+    let o_status = o.status().await.unwrap().status;
+    assert!(
+        !(o_status == RuntimeStatus::Running
+            && t_hist.iter().any(|e| e.event.kind() == "EntityLockGranted")),
+        "mutual exclusion broken: `{}` was granted `x` while `o` (execution 2) is still inside its critical section; locked_by = {:?}",
+        t.id(),
+        locked_by(&client, "x").await
+    );
+}

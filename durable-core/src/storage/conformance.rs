@@ -544,12 +544,18 @@ pub async fn id_reuse_terminate_running(store: Arc<dyn Store>) {
         .await
         .expect("send to p");
 
+    let mut finished = store.signals().finished.subscribe();
+    finished.borrow_and_update();
     let mut again = new_instance("p", "Parent", "2", at(10));
     again.reuse = IdReusePolicy::TerminateRunning;
     let created = store.create_instance(again).await;
     assert!(
         matches!(created, Ok(CreateResult::Created)),
         "TerminateRunning replaces a running instance, got {created:?}"
+    );
+    assert!(
+        finished.has_changed().unwrap_or(false),
+        "instances were terminated: `finished` must wake whoever waits for them"
     );
     let p = record(&store, "p").await;
     assert_eq!(

@@ -9,9 +9,9 @@ use async_trait::async_trait;
 
 use super::replace::{self, Reuse, Teardown};
 use super::{
-    ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, InstancePage, InstanceQuery,
-    InstanceRecord, LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem, Store,
-    StoreSignals, WorkKind,
+    ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, IdReusePolicy, InstancePage,
+    InstanceQuery, InstanceRecord, LockToken, Message, MessageId, NewInstance,
+    OrchestrationWorkItem, Store, StoreSignals, WorkKind,
 };
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, RuntimeStatus};
@@ -287,8 +287,14 @@ impl Data {
 #[async_trait]
 impl Store for MemoryStore {
     async fn create_instance(&self, new: NewInstance) -> Result<CreateResult, StoreError> {
+        // Replacing a running instance terminates it (and its tree) in place: whoever waits
+        // for those to finish must wake.
+        let replaces = new.reuse == IdReusePolicy::TerminateRunning;
         let r = self.data().create(new)?;
         self.inner.signals.orchestration_work();
+        if replaces {
+            self.inner.signals.instance_finished();
+        }
         Ok(r)
     }
 

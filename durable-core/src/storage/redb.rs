@@ -18,9 +18,9 @@ use tokio::sync::oneshot;
 
 use super::replace::{self, Reuse, Teardown};
 use super::{
-    ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, InstancePage, InstanceQuery,
-    InstanceRecord, LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem, Store,
-    StoreSignals, WorkKind,
+    ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, IdReusePolicy, InstancePage,
+    InstanceQuery, InstanceRecord, LockToken, Message, MessageId, NewInstance,
+    OrchestrationWorkItem, Store, StoreSignals, WorkKind,
 };
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, RuntimeStatus};
@@ -1437,9 +1437,20 @@ fn apply(
         ..Wake::default()
     };
     Ok(match op {
-        WriteOp::Create(new) => t
-            .create(leases, new)?
-            .map(|r| (Outcome::Created(Box::new(r)), orchestration)),
+        WriteOp::Create(new) => {
+            // Replacing a running instance terminates it (and its tree) in place: whoever
+            // waits for those to finish must wake.
+            let finished = new.reuse == IdReusePolicy::TerminateRunning;
+            t.create(leases, new)?.map(|r| {
+                (
+                    Outcome::Created(Box::new(r)),
+                    Wake {
+                        finished,
+                        ..orchestration
+                    },
+                )
+            })
+        }
         WriteOp::Send(id, message) => t
             .send(leases, &id, message)?
             .map(|()| (Outcome::Done, orchestration)),

@@ -4,6 +4,7 @@
 
 use durable_core::prelude::*;
 use durable_core::{Clock, IdReusePolicy, StartOptions};
+use std::future::Future as _;
 
 use crate::support::*;
 
@@ -321,4 +322,132 @@ async fn orchestration_requests_to_an_entity_are_refused_not_dropped() {
     refused(env.client.terminate(&id, "x").await);
     refused(env.client.suspend(&id, "x").await);
     refused(env.client.resume(&id, "x").await);
+}
+
+// REVIEW: a parent's terminate reaches an unrelated instance that took its child's id over.
+#[orchestrator]
+async fn rv_parent(ctx: OrchestrationContext, _input: ()) -> Result<(), OrchestrationError> {
+    let opts =
+        durable_core::SubOrchestrationOptions::new().instance_id(InstanceId::new("rv-c").unwrap());
+    ctx.call_sub_orchestrator_with(ct_leaf, (), opts).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_parent_terminate_spares_the_instance_that_replaced_its_child() {
+    let env = start(|b| b.register(ct_leaf).register(rv_parent));
+    let parent = rv_parent::start(&env.client, ()).await.unwrap();
+    let child = id("rv-c".into());
+    wait_status(&env.store, &child, RuntimeStatus::Running).await;
+    let Env {
+        worker,
+        client,
+        clock,
+        store,
+    } = env;
+    worker.shutdown().await;
+    // While no worker runs: the parent is terminated, and the child's id is taken over by
+    // an unrelated top-level instance (TerminateRunning tears the old child down).
+    parent.terminate("stop").await.unwrap();
+    let opts = StartOptions::new()
+        .instance_id(child.clone())
+        .reuse(IdReusePolicy::TerminateRunning);
+    ct_leaf::start_with(&client, (), opts).await.unwrap();
+    let r = client.status(&child).await.unwrap();
+    assert_eq!((r.execution, r.parent.is_none()), (2, true));
+    let env = start_on(store, clock, |b| b.register(ct_leaf).register(rv_parent));
+    wait_done(&env.store, parent.id()).await;
+    // Anything the parent sent `rv-c` is queued ahead of this probe.
+    let _ = env.client.raise_event(&child, "probe", &()).await;
+    let (r, h) = wait_until(&env.store, &child, "the probe or an end", |r, h| {
+        r.status.is_terminal() || h.iter().any(|e| e.event.kind() == "EventRaised")
+    })
+    .await;
+    assert_eq!(
+        r.status,
+        RuntimeStatus::Running,
+        "the new `rv-c` is not the parent's child, yet it was terminated:\n{}",
+        durable_core::history::pretty(&h)
+    );
+}
+
+#[orchestrator]
+async fn rv_forever(ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {
+    ctx.call_sub_orchestrator(ct_leaf, ()).await?;
+    Ok(1)
+}
+
+#[orchestrator]
+async fn rv_seven(_ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {
+    Ok(7)
+}
+
+// REVIEW: a handle on the replaced execution reports the new execution's result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_handle_on_a_replaced_execution_does_not_see_the_new_one() {
+    let env = start(|b| b.register(ct_leaf).register(rv_forever).register(rv_seven));
+    let w = id("rv-w".into());
+    let opts = || StartOptions::new().instance_id(w.clone());
+    let old = rv_forever::start_with(&env.client, (), opts())
+        .await
+        .unwrap();
+    wait_for_events(&env.store, &w, "SubOrchestrationCreated", 1).await;
+    rv_seven::start_with(
+        &env.client,
+        (),
+        opts().reuse(IdReusePolicy::TerminateRunning),
+    )
+    .await
+    .unwrap();
+    let got = old.wait().await;
+    assert!(
+        matches!(got, Err(ClientError::Terminated { .. })),
+        "the old execution was terminated, but its handle says {got:?}"
+    );
+}
+
+// REVIEW: memory/redb do not bump `finished` when the teardown terminates descendants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_waiters_on_torn_down_descendants_wake() {
+    let env = start(|b| b.register(ct_leaf).register(rv_forever));
+    let w = id("rv-x".into());
+    let opts = || StartOptions::new().instance_id(w.clone());
+    rv_forever::start_with(&env.client, (), opts())
+        .await
+        .unwrap();
+    let h = wait_for_events(&env.store, &w, "SubOrchestrationCreated", 1).await;
+    let child = h
+        .iter()
+        .find_map(|e| match &e.event {
+            durable_core::history::Event::SubOrchestrationCreated { instance_id, .. } => {
+                Some(instance_id.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    wait_status(&env.store, &child, RuntimeStatus::Running).await;
+    let mut waiter = Box::pin(env.client.wait_for_completion(&child));
+    // Polled once: it has read the status (Running) and now waits for a signal.
+    std::future::poll_fn(|cx| {
+        assert!(waiter.as_mut().poll(cx).is_pending());
+        std::task::Poll::Ready(())
+    })
+    .await;
+    // The replacement waits forever too: nothing else finishes.
+    ct_leaf::start_with(
+        &env.client,
+        (),
+        opts().reuse(IdReusePolicy::TerminateRunning),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        env.client.status(&child).await.unwrap().status,
+        RuntimeStatus::Terminated
+    );
+    let woke = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await;
+    assert!(
+        woke.is_ok(),
+        "wait_for_completion on the terminated child never returned"
+    );
 }
