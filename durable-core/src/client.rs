@@ -238,8 +238,13 @@ impl Client {
         if options.version.is_none() {
             options.version = O::VERSION.map(str::to_owned);
         }
-        let id = self.start_raw(O::NAME, &payload, options).await?;
-        Ok(self.handle(id))
+        let run = self.create(O::NAME, &payload, options).await?;
+        Ok(InstanceHandle {
+            client: self.clone(),
+            instance_id: run.instance_id,
+            run: Some(run.created_at),
+            _o: PhantomData,
+        })
     }
 
     /// Starts an orchestration by name with a JSON input (for HTTP and other untyped
@@ -254,6 +259,17 @@ impl Client {
         input: &str,
         options: StartOptions,
     ) -> Result<InstanceId, ClientError> {
+        Ok(self.create(name, input, options).await?.instance_id)
+    }
+
+    /// Creates the instance [`start_raw`](Self::start_raw) describes; returns the record
+    /// of the run it started (or, deduplicated, of the running one).
+    async fn create(
+        &self,
+        name: &str,
+        input: &str,
+        options: StartOptions,
+    ) -> Result<InstanceRecord, ClientError> {
         self.check_size(input)?;
         if let Some(reg) = &self.registry {
             if !reg.check_orchestrator_input(name, input)? {
@@ -268,7 +284,7 @@ impl Client {
         new.reuse = options.reuse;
         new.version = options.version.or_else(|| self.version.clone());
         match self.store.create_instance(new).await? {
-            CreateResult::Created | CreateResult::Existing(_) => Ok(id),
+            CreateResult::Created(r) | CreateResult::Existing(r) => Ok(r),
         }
     }
 
@@ -297,10 +313,14 @@ impl Client {
     }
 
     /// A typed handle to an existing instance.
+    ///
+    /// The handle follows whatever runs under the id; one returned by a start follows the
+    /// run it started (see [`InstanceHandle::wait`]).
     pub fn handle<O>(&self, instance_id: InstanceId) -> InstanceHandle<O> {
         InstanceHandle {
             client: self.clone(),
             instance_id,
+            run: None,
             _o: PhantomData,
         }
     }
@@ -332,9 +352,23 @@ impl Client {
         &self,
         instance_id: &InstanceId,
     ) -> Result<InstanceRecord, ClientError> {
+        self.wait_for_run(instance_id, None).await
+    }
+
+    /// [`wait_for_completion`](Self::wait_for_completion) of the run created at `run` (its
+    /// record's `created_at`; continue-as-new keeps it): `Replaced` once another start
+    /// has taken the id over.
+    async fn wait_for_run(
+        &self,
+        instance_id: &InstanceId,
+        run: Option<Timestamp>,
+    ) -> Result<InstanceRecord, ClientError> {
         let mut changes = self.store.signals().finished.subscribe();
         loop {
             let r = self.status(instance_id).await?;
+            if run.is_some_and(|t| t != r.created_at) {
+                return Err(ClientError::Replaced(instance_id.to_string()));
+            }
             if r.status.is_terminal() {
                 return Ok(r);
             }
@@ -780,6 +814,8 @@ impl Client {
 pub struct InstanceHandle<O> {
     client: Client,
     instance_id: InstanceId,
+    /// The creation time of the run this handle follows (`None`: whatever runs).
+    run: Option<Timestamp>,
     _o: PhantomData<fn() -> O>,
 }
 
@@ -788,6 +824,7 @@ impl<O> Clone for InstanceHandle<O> {
         Self {
             client: self.client.clone(),
             instance_id: self.instance_id.clone(),
+            run: self.run,
             _o: PhantomData,
         }
     }
@@ -809,11 +846,20 @@ impl<O: DeserializeOwned> InstanceHandle<O> {
 
     /// Waits for the instance to finish and returns its typed output.
     ///
+    /// A handle returned by a start follows the run it started, through continue-as-new;
+    /// if another start takes the id over first (an id-reuse policy that replaces), the
+    /// run's result is gone and `wait` answers [`ClientError::Replaced`] rather than the
+    /// new run's result.
+    ///
     /// # Errors
-    /// [`ClientError::Failed`] with the failure details, [`ClientError::Terminated`], or
-    /// [`ClientError::PayloadDecode`] if the output is not an `O`.
+    /// [`ClientError::Failed`] with the failure details, [`ClientError::Terminated`],
+    /// [`ClientError::Replaced`], or [`ClientError::PayloadDecode`] if the output is not an
+    /// `O`.
     pub async fn wait(&self) -> Result<O, ClientError> {
-        let r = self.client.wait_for_completion(&self.instance_id).await?;
+        let r = self
+            .client
+            .wait_for_run(&self.instance_id, self.run)
+            .await?;
         output_of(r)
     }
 

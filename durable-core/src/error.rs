@@ -496,6 +496,10 @@ pub enum ClientError {
         /// `suspend` or `resume`.
         operation: &'static str,
     },
+    /// The run a handle followed was replaced by another start under the same id before
+    /// its result was read (see [`crate::InstanceHandle::wait`]).
+    #[error("instance `{0}` was replaced by a new start under the same id")]
+    Replaced(String),
     /// The operation needs a finished instance (purge) and this one is still running.
     #[error("instance `{0}` is still running")]
     InstanceStillRunning(String),

@@ -111,6 +111,7 @@ impl From<ClientError> for ApiError {
         let (status, code) = match e {
             ClientError::InstanceNotFound(_) => (StatusCode::NOT_FOUND, "InstanceNotFound"),
             ClientError::InstanceNotRunning(_) => (StatusCode::GONE, "InstanceNotRunning"),
+            ClientError::Replaced(_) => (StatusCode::GONE, "InstanceReplaced"),
             ClientError::InstanceAlreadyExists(_) => {
                 (StatusCode::CONFLICT, "InstanceAlreadyExists")
             }

@@ -123,7 +123,7 @@ async fn create(store: &Arc<dyn Store>, new: NewInstance) {
     let what = new.instance_id.to_string();
     let r = store.create_instance(new).await;
     assert!(
-        matches!(r, Ok(CreateResult::Created)),
+        matches!(r, Ok(CreateResult::Created(_))),
         "create_instance(`{what}`) should create it, got {r:?}"
     );
 }
@@ -392,6 +392,29 @@ pub async fn id_reuse_replace_finished(store: Arc<dyn Store>) {
         (r.execution, r.status, r.input.as_str()),
         (2, RuntimeStatus::Running, "2")
     );
+
+    // Created answers with the record it wrote. A replacement created at the very time of
+    // the run it replaces (a clock that did not move) still gets a later creation time:
+    // the creation time tells the runs of one id apart.
+    create(&store, new_instance("b", "Job", "1", at(3000))).await;
+    finish(&store, "b", at(3000), RuntimeStatus::Completed).await;
+    let same_tick = store
+        .create_instance(new_instance("b", "Job", "2", at(3000)))
+        .await;
+    let Ok(CreateResult::Created(created)) = same_tick else {
+        panic!("a finished instance is replaced, got {same_tick:?}");
+    };
+    let r = record(&store, "b").await;
+    assert_eq!(
+        created, r,
+        "the record Created answers with is the one stored"
+    );
+    assert_eq!(r.execution, 2);
+    assert!(
+        r.created_at > at(3000),
+        "the replacement's creation time is later than the replaced run's: {}",
+        r.created_at
+    );
 }
 
 /// `RejectExisting` rejects whenever the id exists.
@@ -440,7 +463,7 @@ pub async fn id_reuse_dedupe_running(store: Arc<dyn Store>) {
     assert_eq!(record(&store, "a").await.status, RuntimeStatus::Failed);
     assert!(matches!(
         store.create_instance(dup).await,
-        Ok(CreateResult::Created)
+        Ok(CreateResult::Created(_))
     ));
     let r = record(&store, "a").await;
     assert_eq!(
@@ -550,7 +573,7 @@ pub async fn id_reuse_terminate_running(store: Arc<dyn Store>) {
     again.reuse = IdReusePolicy::TerminateRunning;
     let created = store.create_instance(again).await;
     assert!(
-        matches!(created, Ok(CreateResult::Created)),
+        matches!(created, Ok(CreateResult::Created(_))),
         "TerminateRunning replaces a running instance, got {created:?}"
     );
     assert!(

@@ -139,8 +139,8 @@ impl Data {
 
     fn create(&mut self, new: NewInstance) -> Result<CreateResult, StoreError> {
         let key = new.instance_id.as_str().to_owned();
-        let mut execution = 1;
         let mut teardown = None;
+        let mut previous = None;
         if let Some(existing) = self.instances.get(&key) {
             match replace::decide(new.reuse, existing.record.status.is_terminal()) {
                 Reuse::Existing => return Ok(CreateResult::Existing(existing.record.clone())),
@@ -153,26 +153,12 @@ impl Data {
                     teardown = Some(t);
                 }
             }
-            execution = existing.record.execution + 1;
+            previous = Some(existing.record.clone());
             self.remove_instance(&key);
         }
         let start = new.start_message();
-        let record = InstanceRecord {
-            instance_id: new.instance_id,
-            name: new.name,
-            version: new.version,
-            execution,
-            status: RuntimeStatus::Pending,
-            input: new.input,
-            output: None,
-            failure: None,
-            custom_status: None,
-            created_at: new.created_at,
-            last_updated_at: new.created_at,
-            scheduled_start: new.scheduled_start,
-            parent: new.parent,
-            last_error: None,
-        };
+        let record = new.record(previous.as_ref());
+        let created = record.clone();
         self.instances.insert(
             key.clone(),
             Inst {
@@ -188,7 +174,7 @@ impl Data {
         for (target, m) in messages {
             self.enqueue(target.as_str(), m);
         }
-        Ok(CreateResult::Created)
+        Ok(CreateResult::Created(created))
     }
 
     /// Terminates the running descendants of an execution being replaced; returns the

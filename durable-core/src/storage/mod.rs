@@ -129,6 +129,33 @@ impl NewInstance {
         }
     }
 
+    /// The record of the new instance, replacing `previous` (the instance that had the id)
+    /// if any: its execution number follows the previous one's, and its creation time is
+    /// later than the previous one's even if the clock says otherwise, so the creation time
+    /// tells one run of an id from the next (continue-as-new keeps it).
+    pub(crate) fn record(&self, previous: Option<&InstanceRecord>) -> InstanceRecord {
+        let created_at = match previous {
+            Some(p) if p.created_at >= self.created_at => p.created_at + Duration::from_millis(1),
+            _ => self.created_at,
+        };
+        InstanceRecord {
+            instance_id: self.instance_id.clone(),
+            name: self.name.clone(),
+            version: self.version.clone(),
+            execution: previous.map_or(1, |p| p.execution + 1),
+            status: RuntimeStatus::Pending,
+            input: self.input.clone(),
+            output: None,
+            failure: None,
+            custom_status: None,
+            created_at,
+            last_updated_at: created_at,
+            scheduled_start: self.scheduled_start,
+            parent: self.parent.clone(),
+            last_error: None,
+        }
+    }
+
     /// The `ExecutionStarted` message that begins this instance.
     pub fn start_message(&self) -> Message {
         Message::new(
@@ -154,8 +181,8 @@ impl NewInstance {
 )]
 #[non_exhaustive]
 pub enum CreateResult {
-    /// A new instance (or a replacement of a finished one) was created.
-    Created,
+    /// A new instance (or a replacement of a finished one) was created: its record.
+    Created(InstanceRecord),
     /// The id belongs to a running instance and the policy deduplicates: nothing changed.
     Existing(InstanceRecord),
 }

@@ -561,7 +561,6 @@ impl PostgresStore {
                 Some(row) => Some(decode::<InstanceRecord>(row.try_get(0)?)?),
                 None => None,
             };
-            let mut execution = 1;
             let mut teardown = None;
             if let Some(existing) = &existing {
                 match replace::decide(new.reuse, existing.status.is_terminal()) {
@@ -576,24 +575,8 @@ impl PostgresStore {
                         teardown = Some(Teardown::new(existing, &history, &inbox, new.created_at));
                     }
                 }
-                execution = existing.execution + 1;
             }
-            let record = InstanceRecord {
-                instance_id: new.instance_id.clone(),
-                name: new.name.clone(),
-                version: new.version.clone(),
-                execution,
-                status: RuntimeStatus::Pending,
-                input: new.input.clone(),
-                output: None,
-                failure: None,
-                custom_status: None,
-                created_at: new.created_at,
-                last_updated_at: new.created_at,
-                scheduled_start: new.scheduled_start,
-                parent: new.parent.clone(),
-                last_error: None,
-            };
+            let record = new.record(existing.as_ref());
             let json = serde_json::to_string(&record)?;
             let status = record.status.as_str();
             let created = ts(record.created_at);
@@ -623,7 +606,7 @@ impl PostgresStore {
             if let Some(t) = teardown {
                 self.tear_down(tx, t, batch).await?;
             }
-            return Ok(Ok(CreateResult::Created));
+            return Ok(Ok(CreateResult::Created(record)));
         }
         Err(Error::Other(format!(
             "instance `{key}` kept appearing and disappearing while being created"

@@ -957,39 +957,23 @@ impl<'t> Tables<'t> {
         new: NewInstance,
     ) -> R<Result<CreateResult, StoreError>> {
         let key = new.instance_id.as_str().to_owned();
-        let mut execution = 1;
         let mut teardown = None;
-        if let Some(existing) = read_record(&self.instances, &key)? {
+        let existing = read_record(&self.instances, &key)?;
+        if let Some(existing) = &existing {
             match replace::decide(new.reuse, existing.status.is_terminal()) {
-                Reuse::Existing => return Ok(Ok(CreateResult::Existing(existing))),
+                Reuse::Existing => return Ok(Ok(CreateResult::Existing(existing.clone()))),
                 Reuse::Reject => return Ok(Err(StoreError::InstanceAlreadyExists(key))),
                 Reuse::Replace => {}
                 Reuse::TerminateAndReplace => {
                     let history = self.history_of(&key)?;
                     let inbox = self.inbox_events(&key)?;
-                    teardown = Some(Teardown::new(&existing, &history, &inbox, new.created_at));
+                    teardown = Some(Teardown::new(existing, &history, &inbox, new.created_at));
                 }
             }
-            execution = existing.execution + 1;
             self.remove_instance(leases, &key)?;
         }
         let start = new.start_message();
-        let record = InstanceRecord {
-            instance_id: new.instance_id,
-            name: new.name,
-            version: new.version,
-            execution,
-            status: RuntimeStatus::Pending,
-            input: new.input,
-            output: None,
-            failure: None,
-            custom_status: None,
-            created_at: new.created_at,
-            last_updated_at: new.created_at,
-            scheduled_start: new.scheduled_start,
-            parent: new.parent,
-            last_error: None,
-        };
+        let record = new.record(existing.as_ref());
         self.put_record(&record)?;
         self.enqueue(leases, &key, start)?;
         if let Some(t) = teardown {
@@ -997,7 +981,7 @@ impl<'t> Tables<'t> {
                 self.enqueue(leases, target.as_str(), m)?;
             }
         }
-        Ok(Ok(CreateResult::Created))
+        Ok(Ok(CreateResult::Created(record)))
     }
 
     fn history_of(&self, id: &str) -> R<Vec<HistoryEvent>> {

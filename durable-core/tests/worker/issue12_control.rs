@@ -401,9 +401,12 @@ async fn review_handle_on_a_replaced_execution_does_not_see_the_new_one() {
     .unwrap();
     let got = old.wait().await;
     assert!(
-        matches!(got, Err(ClientError::Terminated { .. })),
-        "the old execution was terminated, but its handle says {got:?}"
+        matches!(got, Err(ClientError::Replaced(_))),
+        "the old run was replaced, but its handle says {got:?}"
     );
+    // A handle on the id (not on one run) follows the new run.
+    let any: InstanceHandle<u32> = env.client.handle(w.clone());
+    assert_eq!(any.wait().await.unwrap(), 7);
 }
 
 // REVIEW: memory/redb do not bump `finished` when the teardown terminates descendants.
