@@ -439,8 +439,10 @@ impl EntityRecord {
         out: &mut BatchOutput,
     ) {
         match event {
-            Event::EntityUnlock { owner }
-                if self.lock.as_ref().is_some_and(|l| l.instance_id == owner) =>
+            Event::EntityUnlock { owner, execution }
+                if self.lock.as_ref().is_some_and(|l| {
+                    l.instance_id == owner && execution.is_none_or(|e| e == l.execution)
+                }) =>
             {
                 self.lock = None;
                 // Deferred messages run now, in arrival order, until a new lock holds.
@@ -565,14 +567,22 @@ impl EntityRecord {
         }
     }
 
-    /// Operations and lock requests from anyone but the lock holder wait.
+    /// Operations and lock requests from anyone but the lock holder — the orchestration
+    /// *execution* that holds it — wait.
     fn must_wait(&self, event: &Event) -> bool {
         let Some(lock) = &self.lock else {
             return false;
         };
+        let holder = |id: &InstanceId, execution: u32| {
+            *id == lock.instance_id && execution == lock.execution
+        };
         match event {
+            // A call names its execution; a signal only its instance.
+            Event::EntityOperation {
+                reply_to: Some(r), ..
+            } => !holder(&r.instance_id, r.execution),
             Event::EntityOperation { sender, .. } => sender.as_ref() != Some(&lock.instance_id),
-            Event::EntityLockRequest { owner, .. } => owner.instance_id != lock.instance_id,
+            Event::EntityLockRequest { owner, .. } => !holder(&owner.instance_id, owner.execution),
             _ => false,
         }
     }

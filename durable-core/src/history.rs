@@ -392,6 +392,10 @@ pub enum Event {
     EntityUnlock {
         /// The orchestration that held the lock.
         owner: InstanceId,
+        /// The owner's execution that held it; `None` releases the lock whichever execution
+        /// of `owner` holds it (an instance torn down as a whole).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        execution: Option<u32>,
     },
     /// The execution finished.
     ExecutionCompleted {
@@ -595,7 +599,7 @@ pub fn pretty(history: &[HistoryEvent]) -> String {
             Event::EntityLockRequest {
                 owner, position, ..
             } => format!("for {} at {position}", owner.instance_id),
-            Event::EntityUnlock { owner } => format!("by {owner}"),
+            Event::EntityUnlock { owner, .. } => format!("by {owner}"),
             Event::OrchestratorStarted => String::new(),
         };
         let _ = writeln!(

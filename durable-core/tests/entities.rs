@@ -582,76 +582,63 @@ async fn a_lock_that_lost_a_race_is_released_when_granted_later() {
     assert_eq!(quitter.wait().await.unwrap(), "timed out");
 }
 
-// REVIEW (issue 12): a lock request still travelling when its execution is replaced.
+/// Issue 12: a lock request still travelling when its execution is replaced. The entity
+/// tells executions of one instance apart: the stale grant to the replaced execution is
+/// handed back without releasing the lock the new execution holds, so a third
+/// orchestration waits until the new execution leaves its section.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_replaced_execution_keeps_mutual_exclusion() {
+async fn a_replaced_execution_never_breaks_mutual_exclusion() {
     use durable_core::{IdReusePolicy, StartOptions};
-    let store = MemoryStore::new();
-    let worker = Worker::builder()
-        .store(store.clone())
+    let env = durable_testing::TestEnv::builder()
         .register(Account::entity())
         .register(hold_lock)
         .start()
         .unwrap();
-    let client = worker.client();
-    let requested = |id: InstanceId| {
-        let client = client.clone();
-        async move {
-            let (r, h) = client.status_with_history(&id).await.ok()?;
-            (r.execution == 2 || h.iter().any(|e| e.event.kind() == "EntityLockRequested"))
-                .then_some(())
-        }
-    };
-    // H holds the lock on `x`; O (execution 1) queues behind it.
-    let h = hold_lock::start(&client, "x".into()).await.unwrap();
-    eventually(&store, || async { locked_by(&client, "x").await }).await;
+    let client = env.client().clone();
+    let granted =
+        |h: &[durable_core::HistoryEvent]| h.iter().any(|e| e.event.kind() == "EntityLockGranted");
+    // H holds `x`; O (execution 1) queues behind it; O is replaced and execution 2 queues.
+    let h = env.start(hold_lock, "x".to_owned()).await.unwrap();
+    env.run_until_idle().await;
     let o_id = InstanceId::new("o").unwrap();
     let opts = || StartOptions::new().instance_id(o_id.clone());
-    hold_lock::start_with(&client, "x".into(), opts())
+    env.start_with(hold_lock, "x".to_owned(), opts())
         .await
         .unwrap();
-    eventually(&store, || async {
-        let h = client.status_with_history(&o_id).await.ok()?.1;
-        h.iter()
-            .any(|e| e.event.kind() == "EntityLockRequested")
-            .then_some(())
-    })
-    .await;
-    // O is replaced while its request waits: execution 2 asks for the same lock.
-    let o = hold_lock::start_with(
-        &client,
-        "x".into(),
-        opts().reuse(IdReusePolicy::TerminateRunning),
-    )
-    .await
-    .unwrap();
-    eventually(&store, || async {
-        let (r, h) = client.status_with_history(&o_id).await.ok()?;
-        (r.execution == 2 && h.iter().any(|e| e.event.kind() == "EntityLockRequested"))
-            .then_some(())
-    })
-    .await;
-    let _ = requested;
-    h.raise("release", &()).await.unwrap();
-    h.wait().await.unwrap();
-    // O (execution 2) gets the lock and sits in its critical section...
-    eventually(&store, || async {
-        let h = client.status_with_history(&o_id).await.ok()?.1;
-        h.iter()
-            .any(|e| e.event.kind() == "EntityLockGranted")
-            .then_some(())
-    })
-    .await;
-    // ...so a third orchestration must not get `x` until O leaves it.
-    let t = hold_lock::start(&client, "x".into()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await; // review probe only
-    let t_hist = client.status_with_history(t.id()).await.unwrap().1;
-    let o_status = o.status().await.unwrap().status;
+    env.run_until_idle().await;
+    let o = env
+        .start_with(
+            hold_lock,
+            "x".to_owned(),
+            opts().reuse(IdReusePolicy::TerminateRunning),
+        )
+        .await
+        .unwrap();
+    env.run_until_idle().await;
+    assert_eq!(client.status(&o_id).await.unwrap().execution, 2);
+    // H leaves: the lock goes to O's execution 1 (gone), which hands it back, then to
+    // execution 2, which stays inside its section.
+    env.raise(h.id(), "release", &()).await.unwrap();
+    env.run_until_idle().await;
+    let (r, o_history) = client.status_with_history(&o_id).await.unwrap();
+    assert_eq!(r.status, RuntimeStatus::Running);
+    assert!(granted(&o_history), "execution 2 holds the lock");
+    assert_eq!(locked_by(&client, "x").await.as_ref(), Some(&o_id));
+    // A third orchestration waits while O is inside.
+    let t = env.start(hold_lock, "x".to_owned()).await.unwrap();
+    env.run_until_idle().await;
+    let t_history = client.status_with_history(t.id()).await.unwrap().1;
     assert!(
-        !(o_status == RuntimeStatus::Running
-            && t_hist.iter().any(|e| e.event.kind() == "EntityLockGranted")),
-        "mutual exclusion broken: `{}` was granted `x` while `o` (execution 2) is still inside its critical section; locked_by = {:?}",
-        t.id(),
-        locked_by(&client, "x").await
+        !granted(&t_history),
+        "`{}` was granted `x` while `o` (execution 2) is inside its critical section",
+        t.id()
     );
+    assert_eq!(locked_by(&client, "x").await.as_ref(), Some(&o_id));
+    // O leaves; T gets the lock.
+    env.raise(o.id(), "release", &()).await.unwrap();
+    env.run_until_idle().await;
+    assert!(granted(
+        &client.status_with_history(t.id()).await.unwrap().1
+    ));
+    assert_eq!(locked_by(&client, "x").await.as_ref(), Some(t.id()));
 }

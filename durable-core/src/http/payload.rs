@@ -459,7 +459,7 @@ impl Shaper {
             Event::EntityLockRequest { owner, .. } => {
                 item = entity_message("EventRaised", owner.instance_id.to_string(), LOCK.into());
             }
-            Event::EntityUnlock { owner } => {
+            Event::EntityUnlock { owner, .. } => {
                 item = entity_message("EventRaised", owner.to_string(), RELEASE.into());
             }
             other => item.other = generic_fields(other, self.show),
@@ -890,6 +890,7 @@ mod tests {
                 3,
                 Event::EntityUnlock {
                     owner: owner.instance_id.clone(),
+                    execution: Some(owner.execution),
                 },
             ),
         ];

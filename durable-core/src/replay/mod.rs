@@ -973,6 +973,7 @@ impl Replayer {
             entity,
             Event::EntityUnlock {
                 owner: self.instance_id.clone(),
+                execution: Some(self.execution),
             },
         )
     }

@@ -657,7 +657,7 @@ pub async fn id_reuse_terminate_running(store: Arc<dyn Store>) {
         other => panic!("expected the parent's SubOrchestrationFailed, got {other:?}"),
     }
     match &items[0].messages[0].event {
-        Event::EntityUnlock { owner } => assert_eq!(owner, &id("p")),
+        Event::EntityUnlock { owner, .. } => assert_eq!(owner, &id("p")),
         other => panic!("expected EntityUnlock, got {other:?}"),
     }
 

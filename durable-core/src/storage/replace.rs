@@ -212,8 +212,11 @@ impl Teardown {
         entities.sort();
         entities.dedup();
         for entity in entities {
+            // Whichever execution of the replaced instance holds it: none of them runs on,
+            // and the new execution asks for no lock before this release is delivered.
             let unlock = Event::EntityUnlock {
                 owner: owner.instance_id.clone(),
+                execution: None,
             };
             self.messages
                 .push((entity, Message::new(unlock, None, self.now)));

@@ -394,10 +394,13 @@ async fn try_episode(
         }
         let history = inner.store.read_history(&id).await.map_err(Stuck::Store)?;
         for entity in crate::storage::replace::held_locks(&history) {
-            commit.messages.push((
-                entity,
-                Message::new(Event::EntityUnlock { owner: id.clone() }, None, now),
-            ));
+            let unlock = Event::EntityUnlock {
+                owner: id.clone(),
+                execution: Some(instance.execution),
+            };
+            commit
+                .messages
+                .push((entity, Message::new(unlock, None, now)));
         }
         release_unwanted_locks(&id, &messages, &mut commit, now);
         commit.completed_activities = handed.iter().map(|h| (h.task, h.lock)).collect();
@@ -812,11 +815,16 @@ fn release_unwanted_locks(
 ) {
     for m in messages {
         if let Event::EntityLockGranted { entities, .. } = &m.event {
+            // Released for the execution it was granted to, never for a later one of the
+            // same instance that may hold it by now.
             for e in entities {
-                commit.messages.push((
-                    e.clone(),
-                    Message::new(Event::EntityUnlock { owner: id.clone() }, None, now),
-                ));
+                let unlock = Event::EntityUnlock {
+                    owner: id.clone(),
+                    execution: m.execution,
+                };
+                commit
+                    .messages
+                    .push((e.clone(), Message::new(unlock, None, now)));
             }
         }
     }
