@@ -438,6 +438,7 @@ impl Client {
             instance_id,
             Event::ExecutionTerminated {
                 reason: reason.to_owned(),
+                child_of: None,
             },
         )
         .await

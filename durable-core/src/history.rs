@@ -270,6 +270,11 @@ pub enum Event {
         /// Why.
         #[serde(default)]
         reason: String,
+        /// Set when a parent's terminate cascades to its sub-orchestration: the child it
+        /// means. An instance that is not that child (it took the id over since) ignores
+        /// the message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        child_of: Option<ParentRef>,
     },
     /// The instance was suspended.
     ExecutionSuspended {
@@ -548,7 +553,7 @@ pub fn pretty(history: &[HistoryEvent]) -> String {
                 ..
             } => format!("#{seq} {name} to {instance_id}"),
             Event::ContinuedAsNew { input, .. } => input.clone(),
-            Event::ExecutionTerminated { reason }
+            Event::ExecutionTerminated { reason, .. }
             | Event::ExecutionSuspended { reason }
             | Event::ExecutionResumed { reason } => reason.clone(),
             Event::ExecutionRewound { reason, seqs } => format!("{reason} (undone: {seqs:?})"),

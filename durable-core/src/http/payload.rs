@@ -357,7 +357,7 @@ impl Shaper {
                 item.orchestration_status = Some(RuntimeStatus::ContinuedAsNew.as_str());
                 item.result = self.result(input);
             }
-            Event::ExecutionTerminated { reason } => {
+            Event::ExecutionTerminated { reason, .. } => {
                 item.input = self.show.input.then(|| Value::String(reason.clone()));
             }
             Event::ExecutionSuspended { reason }

@@ -116,6 +116,9 @@ pub enum Command {
     TerminateChild {
         /// The child.
         instance_id: InstanceId,
+        /// The child's parent reference (this execution and the action that started it):
+        /// an instance that took the id over since is not terminated.
+        child_of: ParentRef,
         /// Why.
         reason: String,
     },
@@ -646,7 +649,7 @@ impl Replayer {
                     }
                 }
             }
-            Event::ExecutionTerminated { reason } => {
+            Event::ExecutionTerminated { reason, .. } => {
                 self.future = None;
                 self.set_outcome(Outcome::Terminated(reason));
             }
@@ -1043,9 +1046,10 @@ impl Replayer {
                 })
                 .collect();
             children.sort_unstable_by_key(|(seq, _)| *seq);
-            for (_, instance_id) in children {
+            for (seq, instance_id) in children {
                 self.commands.push(Command::TerminateChild {
                     instance_id,
+                    child_of: self.reply_to(seq),
                     reason: reason.clone(),
                 });
             }

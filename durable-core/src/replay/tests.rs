@@ -1518,6 +1518,7 @@ fn terminate_ends_the_execution_and_cascades_to_open_children() {
         at(2),
         &[Event::ExecutionTerminated {
             reason: "stop".to_owned(),
+            child_of: None,
         }],
     );
     assert_eq!(ep3.outcome, Some(Outcome::Terminated("stop".to_owned())));
@@ -1540,6 +1541,11 @@ fn terminate_ends_the_execution_and_cascades_to_open_children() {
     // Only the children still running are terminated (the finished one is not), in order.
     let terminate = |seq: u64| Command::TerminateChild {
         instance_id: InstanceId::new(format!("{INSTANCE}:{seq}")).expect("valid child id"),
+        child_of: ParentRef {
+            instance_id: InstanceId::new(INSTANCE).unwrap(),
+            execution: 1,
+            seq,
+        },
         reason: "stop".to_owned(),
     };
     assert_eq!(ep3.commands, [terminate(1), terminate(3)]);
@@ -1645,6 +1651,7 @@ fn terminated_sub_orchestration_notifies_its_parent() {
         at(1),
         &[Event::ExecutionTerminated {
             reason: "operator".to_owned(),
+            child_of: None,
         }],
     );
     assert_eq!(

@@ -164,6 +164,7 @@ impl Teardown {
                 timestamp: now,
                 event: Event::ExecutionTerminated {
                     reason: REPLACED.to_owned(),
+                    child_of: None,
                 },
             },
             HistoryEvent {

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 
 use crate::error::StoreError;
-use crate::history::HistoryEvent;
+use crate::history::{Event, HistoryEvent};
 use crate::ids::InstanceId;
 use crate::storage::replace::sub_orchestrations;
 use crate::storage::{InstanceRecord, Store};
@@ -17,6 +17,17 @@ use crate::storage::{InstanceRecord, Store};
 /// Upper bound on the instances one walk reads, so a corrupt or cyclic tree cannot keep a
 /// worker busy forever.
 const MAX_WALK: usize = 100_000;
+
+/// `true` unless `event` is a parent's terminate meant for another instance than `record`
+/// (a child whose id `record` took over since): such a terminate is dropped.
+pub(crate) fn is_meant_for(event: &Event, record: &InstanceRecord) -> bool {
+    match event {
+        Event::ExecutionTerminated {
+            child_of: Some(p), ..
+        } => record.parent.as_ref() == Some(p),
+        _ => true,
+    }
+}
 
 /// `true` if `child` is the sub-orchestration that action `seq` of `parent`'s current
 /// execution started (and not an unrelated instance that took the id over since).
@@ -52,7 +63,7 @@ pub(crate) async fn running_descendants(
     store: &dyn Store,
     root: &InstanceRecord,
     history: &[HistoryEvent],
-) -> Result<Vec<InstanceId>, StoreError> {
+) -> Result<Vec<InstanceRecord>, StoreError> {
     let mut running = Vec::new();
     let mut seen: HashSet<InstanceId> = HashSet::from([root.instance_id.clone()]);
     let mut finished = vec![(root.clone(), history.to_vec())];
@@ -69,7 +80,7 @@ pub(crate) async fn running_descendants(
                 let h = store.read_history(&child.instance_id).await?;
                 finished.push((child, h));
             } else {
-                running.push(child.instance_id);
+                running.push(child);
             }
         }
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use super::cascade::is_meant_for;
 use super::handoff::HandedOff;
 use super::rewind::ChildAction;
 use super::{Inner, VersionMatch, VersionMismatchAction};
@@ -357,7 +358,7 @@ async fn try_episode(
             matches!(
                 m.event,
                 Event::ExecutionStarted { .. } | Event::ExecutionTerminated { .. }
-            )
+            ) && is_meant_for(&m.event, &instance)
         });
     if not_started {
         // Wait for the scheduled start, or (when the start itself is held back, e.g. by a
@@ -492,8 +493,12 @@ async fn try_episode(
             stale.push(m);
             continue;
         }
+        if !is_meant_for(&m.event, &instance) {
+            tracing::debug!(instance = %id, "a parent's terminate for an earlier instance under this id dropped");
+            continue;
+        }
         let terminate = match &m.event {
-            Event::ExecutionTerminated { reason } => Some(reason.clone()),
+            Event::ExecutionTerminated { reason, .. } => Some(reason.clone()),
             _ => None,
         };
         if !replayer.handle_message(m.event) && terminate.is_some() {
@@ -656,7 +661,9 @@ async fn drop_late_messages(
     let mut terminated = false;
     for m in messages {
         match &m.event {
-            Event::ExecutionTerminated { reason } if !terminated => {
+            Event::ExecutionTerminated { reason, .. }
+                if !terminated && is_meant_for(&m.event, instance) =>
+            {
                 terminated = true;
                 let history = inner.store.read_history(id).await.map_err(Stuck::Store)?;
                 let targets =
@@ -708,16 +715,18 @@ async fn drop_late_messages(
     Ok(())
 }
 
+/// Terminates the running descendants a cascade found, each addressed as the child it is.
 fn terminate_messages(
-    targets: Vec<InstanceId>,
+    targets: Vec<crate::storage::InstanceRecord>,
     reason: &str,
     now: Timestamp,
 ) -> impl Iterator<Item = (InstanceId, Message)> + '_ {
     targets.into_iter().map(move |t| {
         let event = Event::ExecutionTerminated {
             reason: reason.to_owned(),
+            child_of: t.parent,
         };
-        (t, Message::new(event, None, now))
+        (t.instance_id, Message::new(event, None, now))
     })
 }
 
@@ -791,12 +800,12 @@ async fn terminate_cascade(
             _ => None,
         })
         .collect();
-    let targets: Vec<InstanceId> =
+    let targets: Vec<crate::storage::InstanceRecord> =
         super::cascade::running_descendants(&*inner.store, instance, &history)
             .await
             .map_err(Stuck::Store)?
             .into_iter()
-            .filter(|t| !reached.contains(t))
+            .filter(|t| !reached.contains(&t.instance_id))
             .collect();
     if !matches!(result.outcome, Some(Outcome::Terminated(_))) {
         tracing::warn!(instance = %id, descendants = targets.len(),
@@ -956,10 +965,18 @@ fn apply_command(
         }
         Command::TerminateChild {
             instance_id,
+            child_of,
             reason,
         } => commit.messages.push((
             instance_id,
-            Message::new(Event::ExecutionTerminated { reason }, None, now),
+            Message::new(
+                Event::ExecutionTerminated {
+                    reason,
+                    child_of: Some(child_of),
+                },
+                None,
+                now,
+            ),
         )),
     }
 }

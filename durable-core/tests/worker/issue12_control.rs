@@ -324,7 +324,8 @@ async fn orchestration_requests_to_an_entity_are_refused_not_dropped() {
     refused(env.client.resume(&id, "x").await);
 }
 
-// REVIEW: a parent's terminate reaches an unrelated instance that took its child's id over.
+/// A parent's terminate is addressed to its child: an unrelated instance that took the
+/// child's id over is not terminated.
 #[orchestrator]
 async fn rv_parent(ctx: OrchestrationContext, _input: ()) -> Result<(), OrchestrationError> {
     let opts =
@@ -334,7 +335,7 @@ async fn rv_parent(ctx: OrchestrationContext, _input: ()) -> Result<(), Orchestr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_parent_terminate_spares_the_instance_that_replaced_its_child() {
+async fn a_parents_terminate_spares_the_instance_that_took_its_childs_id() {
     let env = start(|b| b.register(ct_leaf).register(rv_parent));
     let parent = rv_parent::start(&env.client, ()).await.unwrap();
     let child = id("rv-c".into());
@@ -382,9 +383,10 @@ async fn rv_seven(_ctx: OrchestrationContext, _input: ()) -> Result<u32, Orchest
     Ok(7)
 }
 
-// REVIEW: a handle on the replaced execution reports the new execution's result.
+/// A handle follows the run it started: once another start replaced it, `wait` says so
+/// instead of returning the new run's result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_handle_on_a_replaced_execution_does_not_see_the_new_one() {
+async fn a_handle_on_a_replaced_run_says_it_was_replaced() {
     let env = start(|b| b.register(ct_leaf).register(rv_forever).register(rv_seven));
     let w = id("rv-w".into());
     let opts = || StartOptions::new().instance_id(w.clone());
@@ -409,9 +411,9 @@ async fn review_handle_on_a_replaced_execution_does_not_see_the_new_one() {
     assert_eq!(any.wait().await.unwrap(), 7);
 }
 
-// REVIEW: memory/redb do not bump `finished` when the teardown terminates descendants.
+/// Whoever waits for an instance that a replacement tears down is woken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_waiters_on_torn_down_descendants_wake() {
+async fn waiters_on_torn_down_descendants_wake() {
     let env = start(|b| b.register(ct_leaf).register(rv_forever));
     let w = id("rv-x".into());
     let opts = || StartOptions::new().instance_id(w.clone());
