@@ -45,6 +45,9 @@ pub(crate) fn decide(policy: IdReusePolicy, finished: bool) -> Reuse {
     }
 }
 
+/// Most instances one teardown visits (it runs inside one store transaction).
+const MAX_TEARDOWN: usize = 10_000;
+
 /// The reason recorded for executions that a start under the same id replaced.
 pub(crate) const REPLACED: &str =
     "replaced by a new start under the same instance id (id-reuse policy TerminateRunning)";
@@ -126,6 +129,15 @@ impl Teardown {
     /// The next instance to read: its id and the parent reference it must carry.
     pub(crate) fn next(&mut self) -> Option<(InstanceId, ParentRef)> {
         while let Some((id, parent)) = self.pending.pop() {
+            if self.seen.len() >= MAX_TEARDOWN {
+                // The walk runs inside the store's write transaction: a huge tree must not
+                // stall every other writer. What is left keeps running; its results reach
+                // an execution that no longer exists and are dropped.
+                tracing::warn!(root = %parent.instance_id, left = self.pending.len() + 1,
+                    "replacing an instance: teardown stopped after {MAX_TEARDOWN} instances");
+                self.pending.clear();
+                return None;
+            }
             if self.seen.insert(id.clone()) {
                 return Some((id, parent));
             }
