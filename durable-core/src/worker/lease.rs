@@ -30,7 +30,7 @@ use crate::storage::{ActivityWorkItem, LockToken};
 #[derive(Debug, Default)]
 pub(crate) struct ActivityLeases {
     state: Mutex<State>,
-    /// Woken when a lease is added (it may be due before the keeper's next round).
+    /// Woken when a lease is added that is due before the keeper's next round.
     added: Notify,
 }
 
@@ -104,7 +104,7 @@ impl ActivityLeases {
     ) -> LeaseGuard {
         let due = leased_at + half(period);
         let (lost, lost_rx) = watch::channel(false);
-        {
+        let earliest = {
             let mut state = self.state();
             state.due.insert((due, item.id));
             let old = state.held.insert(
@@ -123,8 +123,13 @@ impl ActivityLeases {
                 }
                 old.lost.send_replace(true);
             }
+            state.due.first() == Some(&(due, item.id))
+        };
+        // The keeper sleeps until the earliest renewal due (or for the first lease): only a
+        // lease due before that needs to wake it.
+        if earliest {
+            self.added.notify_one();
         }
-        self.added.notify_one();
         LeaseGuard {
             leases: Arc::clone(self),
             id: item.id,
