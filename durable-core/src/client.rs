@@ -373,8 +373,8 @@ impl Client {
                 return Ok(r);
             }
             if changes.changed().await.is_err() {
-                return Err(ClientError::Store(crate::error::StoreError::Backend(
-                    "store closed".to_owned(),
+                return Err(ClientError::Store(crate::error::StoreError::backend(
+                    "store closed",
                 )));
             }
         }

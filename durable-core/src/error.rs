@@ -2,6 +2,7 @@
 //! the client and the store report.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::history::RuntimeStatus;
 use serde::{Deserialize, Serialize};
@@ -55,22 +56,38 @@ impl FailureDetails {
         }
     }
 
-    /// Captures an error's type name, message and `source()` chain. A [`TaskError`] in
-    /// the chain (a user error that wraps a failed task) becomes the [`inner`](Self::inner)
-    /// failure, so the task's own failure stays reachable.
+    /// Captures an error's type name, message and `source()` chain. A failed task in the
+    /// chain (a user error that wraps a [`TaskError`]), or recorded failure details (an
+    /// [`ActivityError`] boxed on its way), becomes the [`inner`](Self::inner) failure, so
+    /// the task's own failure stays reachable with its structure; the chain's text stops
+    /// there, since the inner failure holds the rest.
     ///
     /// Errors passed by value through `?` or [`ToFailure`] are recognised themselves too:
     /// a [`TaskError`] gives its task's failure, a `FailureDetails` is kept as it is.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::FailureDetails;
+    ///
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("could not ship the order")]
+    /// struct ShipError(#[source] std::io::Error);
+    ///
+    /// let err = ShipError(std::io::Error::other("carrier offline"));
+    /// let details = FailureDetails::from_error(&err);
+    /// assert_eq!(details.message, "could not ship the order");
+    /// assert_eq!(details.causes, ["carrier offline"]);
+    /// ```
     pub fn from_error<E: std::error::Error + ?Sized>(err: &E) -> Self {
         let mut causes = Vec::new();
         let mut inner = None;
         let mut source = err.source();
         while let Some(s) = source {
             causes.push(s.to_string());
-            if inner.is_none() {
-                inner = s
-                    .downcast_ref::<TaskError>()
-                    .map(|t| Box::new(t.to_failure()));
+            if let Some(recorded) = Self::recorded(s) {
+                inner = Some(Box::new(recorded));
+                break;
             }
             source = s.source();
         }
@@ -86,14 +103,19 @@ impl FailureDetails {
     /// [`from_error`](Self::from_error) for an error known by its type, which can be
     /// recognised: a task's failure or failure details keep their structure.
     fn from_typed_error<E: std::error::Error + 'static>(err: &E) -> Self {
-        let any: &(dyn std::error::Error + 'static) = err;
-        if let Some(t) = any.downcast_ref::<TaskError>() {
-            return t.to_failure();
+        Self::recorded(err).unwrap_or_else(|| Self::from_error(err))
+    }
+
+    /// The failure an error already stands for: a failed task's (naming the task and
+    /// wrapping its own failure), or failure details themselves.
+    fn recorded(err: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        if let Some(t) = err.downcast_ref::<TaskError>() {
+            return Some(TaskError::to_failure(t));
         }
-        if let Some(f) = any.downcast_ref::<FailureDetails>() {
-            return f.clone();
+        if let Some(t) = err.downcast_ref::<TaskFailure>() {
+            return Some(TaskFailure::to_failure(t));
         }
-        Self::from_error(err)
+        err.downcast_ref::<FailureDetails>().cloned()
     }
 
     /// Marks the failure as not retriable.
@@ -151,7 +173,17 @@ impl fmt::Display for FailureDetails {
     }
 }
 
-impl std::error::Error for FailureDetails {}
+/// The [`inner`](FailureDetails::inner) failure is the error's
+/// [`source`](std::error::Error::source), so error-chain reporters (`anyhow`'s `{:#}`, a
+/// `Box<dyn Error>` walked with `source()`) show the task's own failure under the one that
+/// wraps it.
+impl std::error::Error for FailureDetails {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .as_deref()
+            .map(|i| i as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// Converts an error returned by user code into [`FailureDetails`].
 ///
@@ -215,6 +247,36 @@ macro_rules! user_error {
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        /// `?` into `Box<dyn Error + Send + Sync>`: the box holds the [`FailureDetails`]
+        /// (same text; its inner failure is its `source()`).
+        impl From<$name> for Box<dyn std::error::Error + Send + Sync> {
+            fn from(err: $name) -> Self {
+                Box::new(err.0)
+            }
+        }
+
+        /// `?` into `Box<dyn Error>`: the box holds the [`FailureDetails`].
+        impl From<$name> for Box<dyn std::error::Error> {
+            fn from(err: $name) -> Self {
+                Box::new(err.0)
+            }
+        }
+
+        /// `?` into `anyhow::Error` (feature `anyhow`): the error holds the
+        /// [`FailureDetails`], and its inner failures form the chain.
+        #[cfg(feature = "anyhow")]
+        impl From<$name> for anyhow::Error {
+            fn from(err: $name) -> Self {
+                anyhow::Error::new(err.0)
+            }
+        }
+
+        impl From<$name> for FailureDetails {
+            fn from(err: $name) -> Self {
+                err.0
             }
         }
     };
@@ -285,8 +347,9 @@ user_error! {
 #[non_exhaustive]
 pub enum TaskError {
     /// The activity, sub-orchestration or entity operation failed; its failure was
-    /// recorded in history.
-    #[error("{0}")]
+    /// recorded in history. The error's [`source`](std::error::Error::source) is the
+    /// task's own [`FailureDetails`].
+    #[error(transparent)]
     Failed(Box<TaskFailure>),
     /// A wait with a timeout (such as `wait_for_event_timeout`) timed out.
     #[error("timed out")]
@@ -313,7 +376,7 @@ impl TaskError {
     /// failure names the task and wraps the task's own failure.
     pub fn to_failure(&self) -> FailureDetails {
         match self {
-            TaskError::Failed(t) => t.to_failure(),
+            TaskError::Failed(t) => TaskFailure::to_failure(t),
             TaskError::Timeout => FailureDetails::new("Timeout", self.to_string()),
             TaskError::Decode(e) => FailureDetails::new("PayloadDecodeError", e.to_string()),
             TaskError::EmptySet => {
@@ -386,6 +449,14 @@ impl TaskFailure {
             non_retriable: self.details.non_retriable,
             inner: Some(Box::new(self.details.clone())),
         }
+    }
+}
+
+/// The task's own failure ([`details`](TaskFailure::details)) is the error's
+/// [`source`](std::error::Error::source).
+impl std::error::Error for TaskFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.details)
     }
 }
 
@@ -466,9 +537,143 @@ pub enum StoreError {
     /// A lease expired and another worker took the work over; this commit was discarded.
     #[error("lost the lock on `{0}`; the episode was discarded")]
     LockLost(String),
-    /// The store could not do its work (IO, corruption, connection).
-    #[error("storage failure: {0}")]
-    Backend(String),
+    /// The store could not do its work (IO, corruption, connection). The [`BackendError`]
+    /// says what failed and keeps the driver's or the OS's error as its
+    /// [`source`](std::error::Error::source), so it can be inspected.
+    #[error(transparent)]
+    Backend(BackendError),
+}
+
+impl StoreError {
+    /// A [`StoreError::Backend`] with a message and no underlying error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::StoreError;
+    ///
+    /// let err = StoreError::backend("the store is closed");
+    /// assert_eq!(err.to_string(), "storage failure: the store is closed");
+    /// ```
+    pub fn backend(message: impl Into<String>) -> Self {
+        StoreError::Backend(BackendError::new(message))
+    }
+
+    /// A [`StoreError::Backend`] caused by `source` (an IO or database driver error), which
+    /// stays reachable through [`std::error::Error::source`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    /// use durable_core::StoreError;
+    ///
+    /// let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+    /// let err = StoreError::backend_with("cannot open app.redb: denied", io);
+    /// let source = err.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+    /// assert_eq!(source.map(std::io::Error::kind), Some(std::io::ErrorKind::PermissionDenied));
+    /// ```
+    pub fn backend_with(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError::Backend(BackendError::new(message).with_source(source))
+    }
+}
+
+/// The store's own failure behind a [`StoreError::Backend`]: what failed, in words, and the
+/// error that caused it (a `tokio_postgres::Error`, a `redb` error, a `std::io::Error`), when
+/// there is one.
+///
+/// The message is complete on its own (it includes the cause's text), so printing the error
+/// is enough to see what happened; [`source`](std::error::Error::source) hands out the cause
+/// itself for code that inspects it (`downcast_ref::<std::io::Error>()`, a PostgreSQL SQLSTATE).
+///
+/// Clones share the cause. Two backend errors are equal when their messages are: causes
+/// from drivers and the OS have no equality of their own.
+///
+/// # Examples
+///
+/// ```
+/// use std::error::Error as _;
+/// use durable_core::error::BackendError;
+///
+/// let err = BackendError::new("cannot create the pool: refused")
+///     .with_source(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+/// assert_eq!(err.message(), "cannot create the pool: refused");
+/// assert!(err.source().unwrap().is::<std::io::Error>());
+/// ```
+#[derive(Clone)]
+pub struct BackendError {
+    message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl BackendError {
+    /// An error with a message and no cause.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the error that caused this one.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// Attaches a shared cause (one that several errors report, such as a failed batch
+    /// commit).
+    pub fn with_shared_source(mut self, source: Arc<dyn std::error::Error + Send + Sync>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// What failed.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Debug for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("BackendError");
+        d.field("message", &self.message);
+        if let Some(s) = &self.source {
+            d.field("source", s);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "storage failure: {}", self.message)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl PartialEq for BackendError {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+    }
+}
+
+impl Eq for BackendError {}
+
+impl From<BackendError> for StoreError {
+    fn from(e: BackendError) -> Self {
+        StoreError::Backend(e)
+    }
 }
 
 /// An error from a [`crate::Client`] operation.
@@ -529,9 +734,10 @@ pub enum ClientError {
         /// The configured limit.
         limit: usize,
     },
-    /// The orchestration failed; these are its failure details.
+    /// The orchestration failed; these are its failure details (also the error's
+    /// [`source`](std::error::Error::source), so chain reporters reach the inner failures).
     #[error("orchestration failed: {0}")]
-    Failed(FailureDetails),
+    Failed(#[source] FailureDetails),
     /// The orchestration was terminated.
     #[error("orchestration was terminated: {reason}")]
     Terminated {

@@ -216,8 +216,8 @@ pub use context::{
 };
 pub use entity::{Entity, EntityContext, EntityId};
 pub use error::{
-    ActivityError, BuildError, ClientError, FailureDetails, InvalidInstanceId, OrchestrationError,
-    PayloadDecodeError, StoreError, TaskError, ToFailure,
+    ActivityError, BackendError, BuildError, ClientError, FailureDetails, InvalidInstanceId,
+    OrchestrationError, PayloadDecodeError, StoreError, TaskError, ToFailure,
 };
 pub use history::{Event, HistoryEvent, RuntimeStatus};
 pub use ids::{InstanceId, Timestamp};

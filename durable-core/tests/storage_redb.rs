@@ -1357,8 +1357,8 @@ fn truncated_copies_never_panic(dir: &Path, seed: u64) {
         let path: PathBuf = dir.join(format!("truncated-{i}.redb"));
         std::fs::write(&path, &bytes[..cut]).expect("write a truncated copy");
         let outcome = match RedbStore::open(&path) {
-            Err(StoreError::Backend(msg)) => {
-                assert!(!msg.is_empty());
+            Err(StoreError::Backend(e)) => {
+                assert!(!e.message().is_empty());
                 "error"
             }
             Err(other) => panic!("truncated at {cut}: unexpected error {other:?}"),
@@ -1416,6 +1416,13 @@ fn file_held_by_another_process_is_refused() {
     let err = RedbStore::open(&path).expect_err("a file open in another process is refused");
     let msg = err.to_string();
     assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    // redb's own error stays reachable under the message.
+    let source =
+        std::error::Error::source(&err).and_then(|s| s.downcast_ref::<redb::DatabaseError>());
+    assert!(
+        matches!(source, Some(redb::DatabaseError::DatabaseAlreadyOpen)),
+        "{err:?}"
+    );
     assert!(
         msg.contains("already open") && msg.contains("store.redb"),
         "{msg}"

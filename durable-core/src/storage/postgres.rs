@@ -25,7 +25,7 @@ use super::{
     LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem, Store, StoreSignals,
     WorkKind,
 };
-use crate::error::{FailureDetails, StoreError};
+use crate::error::{BackendError, FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 
@@ -367,10 +367,10 @@ impl PostgresStore {
         let hub = options.task_hub.clone();
         validate_hub(&hub)?;
         let mut config: Config = url.parse().map_err(|e| {
-            StoreError::Backend(format!(
-                "invalid PostgreSQL connection string: {}",
-                describe(&e)
-            ))
+            StoreError::backend_with(
+                format!("invalid PostgreSQL connection string: {}", describe(&e)),
+                e,
+            )
         })?;
         if config.get_application_name().is_none() {
             config.application_name("durable");
@@ -413,10 +413,13 @@ impl PostgresStore {
         let origin = format!("{:032x}", uuid::Uuid::new_v4().as_u128());
         let signals = Arc::new(StoreSignals::default());
         let (client, notifications) = listen(&config, &channel).await.map_err(|e| {
-            StoreError::Backend(format!(
-                "task hub `{hub}`: cannot open the notification connection: {}",
-                describe(&e)
-            ))
+            StoreError::backend_with(
+                format!(
+                    "task hub `{hub}`: cannot open the notification connection: {}",
+                    describe(&e)
+                ),
+                e,
+            )
         })?;
         let listener = tokio::spawn(
             Listener {
@@ -489,15 +492,25 @@ impl PostgresStore {
     fn err(&self, what: &str, e: Error) -> StoreError {
         match e {
             Error::Op(e) => e,
-            Error::Db(e) => StoreError::Backend(format!(
-                "PostgreSQL store, task hub `{}`: {what}: {}",
-                self.inner.hub,
-                describe(&e)
-            )),
-            Error::Other(msg) => StoreError::Backend(format!(
-                "PostgreSQL store, task hub `{}`: {what}: {msg}",
-                self.inner.hub
-            )),
+            Error::Db(e) => StoreError::backend_with(
+                format!(
+                    "PostgreSQL store, task hub `{}`: {what}: {}",
+                    self.inner.hub,
+                    describe(&e)
+                ),
+                e,
+            ),
+            Error::Other(msg, source) => {
+                let e = BackendError::new(format!(
+                    "PostgreSQL store, task hub `{}`: {what}: {msg}",
+                    self.inner.hub
+                ));
+                match source {
+                    Some(s) => e.with_shared_source(Arc::from(s)),
+                    None => e,
+                }
+                .into()
+            }
         }
     }
 
@@ -608,9 +621,10 @@ impl PostgresStore {
             }
             return Ok(Ok(CreateResult::Created(record)));
         }
-        Err(Error::Other(format!(
-            "instance `{key}` kept appearing and disappearing while being created"
-        )))
+        Err(Error::Other(
+            format!("instance `{key}` kept appearing and disappearing while being created"),
+            None,
+        ))
     }
 
     async fn history_in(&self, tx: &Transaction<'_>, key: &str) -> R<Vec<HistoryEvent>> {
@@ -1704,29 +1718,30 @@ impl Enqueue {
 /// Checks or creates the task hub's schema, under an advisory lock so concurrent starts
 /// do not race.
 async fn migrate(pool: &Pool, hub: &str, schema: &str) -> Result<(), StoreError> {
-    let fail = |what: &str, e: &tokio_postgres::Error| {
-        let mut msg = format!("task hub `{hub}`: {what}: {}", describe(e));
+    let fail = |what: &str, e: tokio_postgres::Error| {
+        let mut msg = format!("task hub `{hub}`: {what}: {}", describe(&e));
         if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
             msg.push_str(PRIVILEGES_HINT);
         }
-        StoreError::Backend(msg)
+        StoreError::backend_with(msg, e)
     };
     let mut conn = pool.get().await.map_err(|e| match e {
-        PoolError::Backend(e) => fail("cannot connect to PostgreSQL", &e),
-        other => StoreError::Backend(format!(
-            "task hub `{hub}`: cannot connect to PostgreSQL: {other}"
-        )),
+        PoolError::Backend(e) => fail("cannot connect to PostgreSQL", e),
+        other => StoreError::backend_with(
+            format!("task hub `{hub}`: cannot connect to PostgreSQL: {other}"),
+            other,
+        ),
     })?;
     let tx = conn
         .transaction()
         .await
-        .map_err(|e| fail("cannot begin a transaction", &e))?;
+        .map_err(|e| fail("cannot begin a transaction", e))?;
     tx.execute(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
         &[&MIGRATION_LOCK, &hub],
     )
     .await
-    .map_err(|e| fail("cannot take the migration lock", &e))?;
+    .map_err(|e| fail("cannot take the migration lock", e))?;
     let exists: bool = tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
@@ -1734,11 +1749,11 @@ async fn migrate(pool: &Pool, hub: &str, schema: &str) -> Result<(), StoreError>
         )
         .await
         .and_then(|r| r.try_get(0))
-        .map_err(|e| fail("cannot look for the schema", &e))?;
+        .map_err(|e| fail("cannot look for the schema", e))?;
     if !exists {
         tx.batch_execute(&format!("CREATE SCHEMA {schema}"))
             .await
-            .map_err(|e| fail("cannot create the schema", &e))?;
+            .map_err(|e| fail("cannot create the schema", e))?;
     }
     let versioned: bool = tx
         .query_one(
@@ -1747,7 +1762,7 @@ async fn migrate(pool: &Pool, hub: &str, schema: &str) -> Result<(), StoreError>
         )
         .await
         .and_then(|r| r.try_get(0))
-        .map_err(|e| fail("cannot read the schema version", &e))?;
+        .map_err(|e| fail("cannot read the schema version", e))?;
     let current: i32 = if versioned {
         tx.query_one(
             &format!("SELECT COALESCE(MAX(version), 0) FROM {schema}.schema_version"),
@@ -1755,7 +1770,7 @@ async fn migrate(pool: &Pool, hub: &str, schema: &str) -> Result<(), StoreError>
         )
         .await
         .and_then(|r| r.try_get(0))
-        .map_err(|e| fail("cannot read the schema version", &e))?
+        .map_err(|e| fail("cannot read the schema version", e))?
     } else {
         let relations: i64 = tx
             .query_one(
@@ -1765,9 +1780,9 @@ async fn migrate(pool: &Pool, hub: &str, schema: &str) -> Result<(), StoreError>
             )
             .await
             .and_then(|r| r.try_get(0))
-            .map_err(|e| fail("cannot inspect the schema", &e))?;
+            .map_err(|e| fail("cannot inspect the schema", e))?;
         if relations > 0 {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::backend(format!(
                 "task hub `{hub}`: the schema `{hub}` exists but is not a durable task hub (it has \
                  no schema_version table); choose another task hub name"
             )));
@@ -1775,7 +1790,7 @@ async fn migrate(pool: &Pool, hub: &str, schema: &str) -> Result<(), StoreError>
         0
     };
     if current > SCHEMA_VERSION {
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::backend(format!(
             "task hub `{hub}` has schema version {current}, but this build of durable knows \
              versions up to {SCHEMA_VERSION}: upgrade durable, or use another task hub"
         )));
@@ -1785,17 +1800,17 @@ async fn migrate(pool: &Pool, hub: &str, schema: &str) -> Result<(), StoreError>
             MIGRATIONS[usize::try_from(version - 1).unwrap_or_default()].replace("{s}", schema);
         tx.batch_execute(&ddl)
             .await
-            .map_err(|e| fail(&format!("cannot migrate to schema version {version}"), &e))?;
+            .map_err(|e| fail(&format!("cannot migrate to schema version {version}"), e))?;
         tx.execute(
             &format!("INSERT INTO {schema}.schema_version (version) VALUES ($1)"),
             &[&version],
         )
         .await
-        .map_err(|e| fail("cannot record the schema version", &e))?;
+        .map_err(|e| fail("cannot record the schema version", e))?;
     }
     tx.commit()
         .await
-        .map_err(|e| fail("cannot commit the schema", &e))
+        .map_err(|e| fail("cannot commit the schema", e))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2018,8 +2033,12 @@ impl Listener {
 enum Error {
     Op(StoreError),
     Db(tokio_postgres::Error),
-    Other(String),
+    /// What failed, and the error behind it when there is one.
+    Other(String, Option<Source>),
 }
+
+/// The cause kept in a [`StoreError::Backend`].
+type Source = Box<dyn std::error::Error + Send + Sync>;
 
 type R<T> = Result<T, Error>;
 
@@ -2031,7 +2050,10 @@ impl From<tokio_postgres::Error> for Error {
 
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Self {
-        Error::Other(format!("a stored value does not encode or decode: {e}"))
+        Error::Other(
+            format!("a stored value does not encode or decode: {e}"),
+            Some(Box::new(e)),
+        )
     }
 }
 
@@ -2151,11 +2173,17 @@ fn from_ts(v: i64) -> Timestamp {
 async fn get(pool: &Pool) -> R<Object> {
     pool.get().await.map_err(|e| match e {
         PoolError::Backend(e) => Error::Db(e),
-        PoolError::Timeout(_) => Error::Other(format!(
-            "no database connection became free in time (pool of {}): {e}",
-            pool.status().max_size
-        )),
-        other => Error::Other(format!("cannot get a database connection: {other}")),
+        PoolError::Timeout(_) => Error::Other(
+            format!(
+                "no database connection became free in time (pool of {}): {e}",
+                pool.status().max_size
+            ),
+            Some(Box::new(e)),
+        ),
+        other => Error::Other(
+            format!("cannot get a database connection: {other}"),
+            Some(Box::new(other)),
+        ),
     })
 }
 
@@ -2170,7 +2198,7 @@ fn build_pool(
         .create_timeout(Some(options.connect_timeout))
         .wait_timeout(Some(Duration::from_secs(120)))
         .build()
-        .map_err(|e| StoreError::Backend(format!("cannot create the connection pool: {e}")))
+        .map_err(|e| StoreError::backend_with(format!("cannot create the connection pool: {e}"), e))
 }
 
 fn quote_ident(name: &str) -> String {
@@ -2186,7 +2214,7 @@ fn validate_hub(hub: &str) -> Result<(), StoreError> {
     if valid {
         Ok(())
     } else {
-        Err(StoreError::Backend(format!(
+        Err(StoreError::backend(format!(
             "invalid task hub name `{hub}`: use 1 to {MAX_HUB_LEN} ASCII letters, digits and `_`, \
              not starting with a digit or `pg_`"
         )))
@@ -2241,5 +2269,24 @@ mod tests {
         eprintln!("{msg}");
         assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
         assert!(msg.contains("cannot connect to PostgreSQL"), "{msg}");
+        // The driver's error, and the OS error under it, stay reachable.
+        let driver = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<tokio_postgres::Error>())
+            .expect("the tokio-postgres error is the source");
+        let mut chain = std::error::Error::source(driver);
+        let mut refused = false;
+        while let Some(e) = chain {
+            refused |= e
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
+            chain = e.source();
+        }
+        assert!(refused, "the connection refusal is in the chain: {err:?}");
+        // A client error carries it on.
+        let client = crate::ClientError::from(err);
+        assert!(
+            std::error::Error::source(&client).is_some_and(|s| s.is::<tokio_postgres::Error>()),
+            "{client:?}"
+        );
     }
 }

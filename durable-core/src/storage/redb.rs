@@ -22,7 +22,7 @@ use super::{
     InstanceQuery, InstanceRecord, LockToken, Message, MessageId, NewInstance,
     OrchestrationWorkItem, Store, StoreSignals, WorkKind,
 };
-use crate::error::{FailureDetails, StoreError};
+use crate::error::{BackendError, FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 
@@ -150,7 +150,7 @@ impl RedbStoreBuilder {
         let creating = creation_path(path, &shown)?;
         match std::fs::metadata(path) {
             Ok(meta) if meta.is_file() && meta.len() == 0 => {
-                return Err(StoreError::Backend(format!(
+                return Err(StoreError::backend(format!(
                     "cannot open {shown}: the file is empty (0 bytes), so it is not a durable \
                      store (a store is created under another name and moved into place only \
                      once it is complete, so an empty file is never one); delete it to create \
@@ -161,7 +161,12 @@ impl RedbStoreBuilder {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.create_file(path, &creating, &shown)?;
             }
-            Err(e) => return Err(StoreError::Backend(format!("cannot open {shown}: {e}"))),
+            Err(e) => {
+                return Err(StoreError::backend_with(
+                    format!("cannot open {shown}: {e}"),
+                    e,
+                ));
+            }
         }
         let builder = self.redb_builder();
         let db = guard_panic(&shown, || builder.open(path)).map_err(|e| open_error(&shown, e))?;
@@ -172,9 +177,10 @@ impl RedbStoreBuilder {
     /// [`open`](Self::open)).
     fn create_file(&self, path: &Path, creating: &Path, shown: &str) -> Result<(), StoreError> {
         let temp = creating.display().to_string();
-        let fail = |e: std::io::Error| StoreError::Backend(format!("cannot create {shown}: {e}"));
+        let fail =
+            |e: std::io::Error| StoreError::backend_with(format!("cannot create {shown}: {e}"), e);
         let busy = || {
-            StoreError::Backend(format!(
+            StoreError::backend(format!(
                 "cannot create {shown}: another process (or store) is creating it right now \
                  ({temp} is open); try again once it is done"
             ))
@@ -205,8 +211,8 @@ impl RedbStoreBuilder {
             .map_err(|e| open_error(&temp, e))
             .and_then(|db| {
                 catch_unwind(AssertUnwindSafe(|| init(&db, Origin::Created)))
-                    .unwrap_or_else(|_| Err(Fatal("redb panicked while creating it".into())))
-                    .map_err(|e| StoreError::Backend(format!("cannot create {temp}: {}", e.0)))
+                    .unwrap_or_else(|_| Err(Fatal::new("redb panicked while creating it")))
+                    .map_err(|e| e.into_store_error(&format!("cannot create {temp}")))
             });
         if let Err(e) = built {
             let _ = std::fs::remove_file(creating);
@@ -262,7 +268,7 @@ enum Origin {
 /// `path`.
 fn creation_path(path: &Path, shown: &str) -> Result<std::path::PathBuf, StoreError> {
     let Some(name) = path.file_name() else {
-        return Err(StoreError::Backend(format!(
+        return Err(StoreError::backend(format!(
             "cannot open {shown}: the path does not name a file"
         )));
     };
@@ -325,24 +331,28 @@ enum OpenError {
 }
 
 fn open_error(what: &str, e: OpenError) -> StoreError {
-    StoreError::Backend(match e {
-        OpenError::Panic(msg) => msg,
-        OpenError::Db(DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch) => {
-            format!(
-                "cannot open {what}: the database is already open (by another process or another store)"
-            )
-        }
-        OpenError::Db(DatabaseError::UpgradeRequired(v)) => {
+    let db = match e {
+        OpenError::Panic(msg) => return StoreError::backend(msg),
+        OpenError::Db(db) => db,
+    };
+    let message = match &db {
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => format!(
+            "cannot open {what}: the database is already open (by another process or another store)"
+        ),
+        DatabaseError::UpgradeRequired(v) => {
             format!("cannot open {what}: redb file format {v} needs a manual upgrade")
         }
-        OpenError::Db(DatabaseError::Storage(redb::StorageError::Io(io))) => {
-            format!("cannot open {what}: {io}")
-        }
-        OpenError::Db(DatabaseError::Storage(redb::StorageError::Corrupted(msg))) => {
+        DatabaseError::Storage(redb::StorageError::Io(io)) => format!("cannot open {what}: {io}"),
+        DatabaseError::Storage(redb::StorageError::Corrupted(msg)) => {
             format!("cannot open {what}: the file is corrupt: {msg}")
         }
-        OpenError::Db(other) => format!("cannot open {what}: {other}"),
-    })
+        other => format!("cannot open {what}: {other}"),
+    };
+    match db {
+        // The OS error itself, so callers can tell "permission denied" from "not found".
+        DatabaseError::Storage(redb::StorageError::Io(io)) => StoreError::backend_with(message, io),
+        db => StoreError::backend_with(message, db),
+    }
 }
 
 /// A durable [`Store`] on [redb](https://docs.rs/redb): one file, or redb's in-memory backend.
@@ -444,11 +454,11 @@ impl RedbStore {
     ) -> Result<Self, StoreError> {
         let (next_id, available) = catch_unwind(AssertUnwindSafe(|| init(&db, origin)))
             .unwrap_or_else(|_| {
-                Err(Fatal(
-                    "redb panicked while reading the file (corrupt file?)".into(),
+                Err(Fatal::new(
+                    "redb panicked while reading the file (corrupt file?)",
                 ))
             })
-            .map_err(|e| StoreError::Backend(format!("cannot open {what}: {}", e.0)))?;
+            .map_err(|e| e.into_store_error(&format!("cannot open {what}")))?;
         let core = Arc::new(Core {
             db,
             leases: Mutex::new(Leases {
@@ -465,7 +475,7 @@ impl RedbStore {
             .name("durable-redb-writer".into())
             .spawn(move || writer_loop(&writer_core, &rx))
             .map_err(|e| {
-                StoreError::Backend(format!("cannot start the store's writer thread: {e}"))
+                StoreError::backend_with(format!("cannot start the store's writer thread: {e}"), e)
             })?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -495,7 +505,7 @@ impl RedbStore {
         // rather than unwinding through the caller's dispatcher.
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&self.inner.core))) {
             Ok(r) => r.map_err(StoreError::from),
-            Err(_) => Err(StoreError::Backend("store read panicked".into())),
+            Err(_) => Err(StoreError::backend("store read panicked")),
         }
     }
 
@@ -506,13 +516,16 @@ impl RedbStore {
         let core = Arc::clone(&self.inner.core);
         match tokio::task::spawn_blocking(move || f(&core)).await {
             Ok(r) => r.map_err(StoreError::from),
-            Err(e) => Err(StoreError::Backend(format!("store read failed: {e}"))),
+            Err(e) => Err(StoreError::backend_with(
+                format!("store read failed: {e}"),
+                e,
+            )),
         }
     }
 }
 
 fn writer_gone() -> StoreError {
-    StoreError::Backend("the store's writer thread has stopped".into())
+    StoreError::backend("the store's writer thread has stopped")
 }
 
 /// Checks the format version (or, in a database just created, writes it) and creates the
@@ -530,7 +543,7 @@ fn init(db: &Database, origin: Origin) -> Result<(u64, BTreeSet<(u64, u64)>), Fa
         match version {
             Some(FORMAT_VERSION) => {}
             Some(v) => {
-                return Err(Fatal(format!(
+                return Err(Fatal::new(format!(
                     "the file holds store format version {v}; this build of durable reads version {FORMAT_VERSION}"
                 )));
             }
@@ -538,18 +551,16 @@ fn init(db: &Database, origin: Origin) -> Result<(u64, BTreeSet<(u64, u64)>), Fa
                 meta.insert(FORMAT_VERSION_KEY, FORMAT_VERSION)?;
             }
             None if existing.is_empty() => {
-                return Err(Fatal(
+                return Err(Fatal::new(
                     "the file is an empty redb database, not a durable store (a store is moved \
                      into place only once it holds its format version record); delete it to \
-                     create a new store there, or check the path"
-                        .into(),
+                     create a new store there, or check the path",
                 ));
             }
             None => {
-                return Err(Fatal(
+                return Err(Fatal::new(
                     "the file is a redb database but not a durable store (it has no format \
-                     version record); check the path"
-                        .into(),
+                     version record); check the path",
                 ));
             }
         }
@@ -772,13 +783,48 @@ impl Leases {
 
 /// A storage failure: aborts the whole batch (or read) it happens in.
 #[derive(Debug)]
-struct Fatal(String);
+struct Fatal {
+    message: String,
+    /// The redb, IO or decoding error behind it, shared by every request of a failed batch.
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Fatal {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    fn caused_by(message: String, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            message,
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The store error for it, its message prefixed with `context`.
+    fn into_store_error(self, context: &str) -> StoreError {
+        self.backend(format!("{context}: {}", self.message))
+    }
+
+    /// A backend error with `message` and this failure's cause.
+    fn backend(&self, message: String) -> StoreError {
+        let e = BackendError::new(message);
+        match &self.source {
+            Some(s) => e.with_shared_source(Arc::clone(s)),
+            None => e,
+        }
+        .into()
+    }
+}
 
 macro_rules! fatal_from {
     ($($t:ty),*) => {$(
         impl From<$t> for Fatal {
             fn from(e: $t) -> Self {
-                Fatal(format!("redb: {e}"))
+                Fatal::caused_by(format!("redb: {e}"), e)
             }
         }
     )*};
@@ -793,13 +839,13 @@ fatal_from!(
 
 impl From<serde_json::Error> for Fatal {
     fn from(e: serde_json::Error) -> Self {
-        Fatal(format!("a stored value does not decode: {e}"))
+        Fatal::caused_by(format!("a stored value does not decode: {e}"), e)
     }
 }
 
 impl From<Fatal> for StoreError {
     fn from(e: Fatal) -> Self {
-        StoreError::Backend(e.0)
+        e.backend(e.message.clone())
     }
 }
 
@@ -1277,8 +1323,8 @@ enum Outcome {
 
 impl Outcome {
     fn unexpected() -> StoreError {
-        StoreError::Backend(
-            "internal error: the store's writer answered with the wrong kind of result".into(),
+        StoreError::backend(
+            "internal error: the store's writer answered with the wrong kind of result",
         )
     }
 }
@@ -1368,16 +1414,16 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
     }));
     let failure = match ran {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.0),
-        Err(_) => {
-            Some("internal error: the store's writer panicked; the batch was discarded".to_owned())
-        }
+        Ok(Err(e)) => Some(e),
+        Err(_) => Some(Fatal::new(
+            "internal error: the store's writer panicked; the batch was discarded",
+        )),
     };
     core.leases().finish_batch(failure.is_none());
-    if let Some(msg) = failure {
-        tracing::error!(error = %msg, "store commit failed");
+    if let Some(fatal) = failure {
+        tracing::error!(error = %fatal.message, "store commit failed");
         for (reply, _) in replies {
-            let _ = reply.send(Err(StoreError::Backend(msg.clone())));
+            let _ = reply.send(Err(fatal.backend(fatal.message.clone())));
         }
         return;
     }
@@ -1530,7 +1576,7 @@ impl Core {
         let mut items = Vec::with_capacity(chosen.len());
         for id in chosen {
             let Some(item) = lease_instance(&txn, &mut leases, &id, now, lock_for)? else {
-                return Err(Fatal(format!(
+                return Err(Fatal::new(format!(
                     "the ready index names instance `{id}`, which has no record"
                 )));
             };
@@ -2078,7 +2124,7 @@ mod tests {
             let opened = RedbStore::open(&path);
             eprintln!("damage {i}: {:?}", opened.as_ref().map(|_| "opened"));
             match opened {
-                Err(StoreError::Backend(msg)) => assert!(!msg.is_empty()),
+                Err(StoreError::Backend(e)) => assert!(!e.message().is_empty()),
                 Err(other) => panic!("damage {i}: unexpected error {other:?}"),
                 Ok(store) => {
                     // Whatever redb makes of it, every call answers.
