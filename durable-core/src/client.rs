@@ -380,6 +380,90 @@ impl Client {
         }
     }
 
+    /// Waits until `predicate` holds for the instance's status record, and returns that
+    /// record; for tools and tests that wait for a custom status, a step or a state.
+    ///
+    /// The predicate is checked at once and then after every change the store signals
+    /// (every commit and control message), never by polling; `timeout` is wall-clock time.
+    /// A predicate that holds for a record is not guaranteed to be shown every
+    /// intermediate record: changes may be coalesced between two checks.
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`] when the predicate did not hold within `timeout`;
+    /// `InstanceNotFound` for an unknown id (or one purged while waiting); store errors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<bool, OrchestrationError> {
+    ///     ctx.set_custom_status("waiting for approval")?;
+    ///     Ok(ctx.wait_for_event("approved").await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(approval).start()?;
+    /// let client = worker.client();
+    /// let run = approval::start(&client, ()).await?;
+    /// let record = client
+    ///     .wait_until(run.id(), |r| r.custom_status.is_some(), Duration::from_secs(30))
+    ///     .await?;
+    /// assert_eq!(record.custom_status::<String>()?.as_deref(), Some("waiting for approval"));
+    /// run.raise("approved", &true).await?;
+    /// let done = run.wait_until(|r| r.status.is_terminal(), Duration::from_secs(30)).await?;
+    /// assert_eq!(done.output::<bool>()?, Some(true));
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_until(
+        &self,
+        instance_id: &InstanceId,
+        predicate: impl FnMut(&InstanceRecord) -> bool,
+        timeout: Duration,
+    ) -> Result<InstanceRecord, ClientError> {
+        self.wait_until_in_run(instance_id, None, predicate, timeout)
+            .await
+    }
+
+    /// [`wait_until`](Self::wait_until) for the run created at `run` (`Replaced` once
+    /// another start has taken the id over).
+    async fn wait_until_in_run(
+        &self,
+        instance_id: &InstanceId,
+        run: Option<Timestamp>,
+        mut predicate: impl FnMut(&InstanceRecord) -> bool,
+        timeout: Duration,
+    ) -> Result<InstanceRecord, ClientError> {
+        let wait = async {
+            let mut changes = self.store.signals().changed.subscribe();
+            loop {
+                let r = self.status(instance_id).await?;
+                if run.is_some_and(|t| t != r.created_at) {
+                    return Err(ClientError::Replaced(instance_id.to_string()));
+                }
+                if predicate(&r) {
+                    return Ok(r);
+                }
+                if changes.changed().await.is_err() {
+                    return Err(ClientError::Store(crate::error::StoreError::backend(
+                        "store closed",
+                    )));
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout {
+                instance: instance_id.to_string(),
+                after: timeout,
+            }),
+        }
+    }
+
     /// Raises an external event on an instance (buffered if nobody waits yet).
     ///
     /// Event names match case-insensitively: an orchestration waiting for `"Approval"`
@@ -875,6 +959,23 @@ impl<O: DeserializeOwned> InstanceHandle<O> {
     /// The current status record.
     pub async fn status(&self) -> Result<InstanceRecord, ClientError> {
         self.client.status(&self.instance_id).await
+    }
+
+    /// Waits until `predicate` holds for this instance's status record and returns that
+    /// record; see [`Client::wait_until`]. A handle returned by a start follows its run:
+    /// [`ClientError::Replaced`] once another start has taken the id over.
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`] when the predicate did not hold within `timeout` (wall-clock
+    /// time); `InstanceNotFound`, `Replaced`, store errors.
+    pub async fn wait_until(
+        &self,
+        predicate: impl FnMut(&InstanceRecord) -> bool,
+        timeout: Duration,
+    ) -> Result<InstanceRecord, ClientError> {
+        self.client
+            .wait_until_in_run(&self.instance_id, self.run, predicate, timeout)
+            .await
     }
 
     /// Raises an event on this instance.

@@ -433,7 +433,8 @@ impl OrchestrationContext {
     }
 
     /// Sets the custom status visible to clients (serialized as JSON; limit 16 KiB by
-    /// default). `None`-like values can be set with `&()`.
+    /// default). [`clear_custom_status`](Self::clear_custom_status) removes it (setting
+    /// `&()` would store the JSON value `null`).
     ///
     /// # Determinism
     /// Records `CustomStatusSet` in history when the value changes.
@@ -452,6 +453,30 @@ impl OrchestrationContext {
         }
         s.custom_status = Some(payload);
         Ok(())
+    }
+
+    /// Removes the custom status: clients see none (`custom_status` is `None`; the HTTP
+    /// status shows `customStatus: null`).
+    ///
+    /// # Determinism
+    /// Records `CustomStatusSet { status: None }` in history when a status was set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn import(ctx: OrchestrationContext, files: u32) -> Result<u32, OrchestrationError> {
+    ///     for i in 0..files {
+    ///         ctx.set_custom_status(&format!("file {i} of {files}"))?;
+    ///     }
+    ///     ctx.clear_custom_status(); // done: no progress to show
+    ///     Ok(files)
+    /// }
+    /// ```
+    pub fn clear_custom_status(&self) {
+        lock(&self.shared).custom_status = None;
     }
 
     /// Schedules an activity and returns a future for its typed output.

@@ -371,7 +371,7 @@ pub(crate) fn runner<E: Entity>() -> Arc<EntityFn> {
 }
 
 /// Catches a panic raised while polling the inner future.
-struct CatchUnwind<F>(F);
+pub(crate) struct CatchUnwind<F>(pub(crate) F);
 
 impl<F: Future + Unpin> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;

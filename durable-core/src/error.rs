@@ -756,6 +756,14 @@ pub enum ClientError {
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
+    /// A wait with a timeout ([`crate::Client::wait_until`]) ran out of time.
+    #[error("instance `{instance}`: the awaited condition did not hold within {after:?}")]
+    Timeout {
+        /// The instance.
+        instance: String,
+        /// How long it waited.
+        after: std::time::Duration,
+    },
 }
 
 impl From<StoreError> for ClientError {
@@ -793,6 +801,50 @@ pub enum BuildError {
         /// The name registered twice.
         name: String,
     },
+    /// `start()` was called outside a Tokio runtime: the worker's dispatchers run on the
+    /// runtime it is started on.
+    #[error(
+        "no Tokio runtime: start the worker from async code running on a Tokio runtime \
+         (`#[tokio::main]`, `#[tokio::test]`, or inside `Runtime::block_on`)"
+    )]
+    NoRuntime,
+}
+
+/// Why a running [`crate::Worker`] stopped working on its own: one of its dispatchers
+/// panicked or returned while the worker was not shutting down (see
+/// [`crate::Worker::closed`] and [`crate::Worker::run_until`]).
+///
+/// The worker does not restart a dead dispatcher: whatever killed it would most likely kill
+/// it again. Shut the worker down and let the process supervisor restart it; work leased
+/// by the dead dispatcher is taken up again when its lease expires.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// A dispatcher panicked.
+    #[error("the worker's {dispatcher} panicked: {message}")]
+    DispatcherPanicked {
+        /// Which dispatcher: `orchestration dispatcher`, `activity dispatcher`, `lease
+        /// keeper` or `retention sweeper`.
+        dispatcher: &'static str,
+        /// The panic's message.
+        message: String,
+    },
+    /// A dispatcher returned although the worker was not shutting down.
+    #[error("the worker's {dispatcher} stopped while the worker was running")]
+    DispatcherStopped {
+        /// Which dispatcher (see [`WorkerError::DispatcherPanicked`]).
+        dispatcher: &'static str,
+    },
+}
+
+impl WorkerError {
+    /// The dispatcher that died.
+    pub fn dispatcher(&self) -> &'static str {
+        match self {
+            WorkerError::DispatcherPanicked { dispatcher, .. }
+            | WorkerError::DispatcherStopped { dispatcher } => dispatcher,
+        }
+    }
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, PayloadDecodeError> {

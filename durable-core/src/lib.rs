@@ -92,11 +92,12 @@ pub mod worker;
 /// }
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// // The body is plain Rust, testable without the runtime:
-/// assert_eq!(greet::run("Ada".into()).await.unwrap(), "Hello Ada!");
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // The body is plain Rust, testable without the runtime; `?` works in tests returning
+/// // `Box<dyn Error>` (or `anyhow::Result` with the `anyhow` feature):
+/// assert_eq!(greet::run("Ada".into()).await?, "Hello Ada!");
 /// assert_eq!(<greet as Activity>::NAME, "greet");
-/// # }
+/// # Ok(()) }
 /// ```
 pub use durable_macros::activity;
 
@@ -217,7 +218,7 @@ pub use context::{
 pub use entity::{Entity, EntityContext, EntityId};
 pub use error::{
     ActivityError, BackendError, BuildError, ClientError, FailureDetails, InvalidInstanceId,
-    OrchestrationError, PayloadDecodeError, StoreError, TaskError, ToFailure,
+    OrchestrationError, PayloadDecodeError, StoreError, TaskError, ToFailure, WorkerError,
 };
 pub use history::{Event, HistoryEvent, RuntimeStatus};
 pub use ids::{InstanceId, Timestamp};

@@ -1544,3 +1544,50 @@ async fn issue12_requests_that_cannot_apply_are_400_not_202() {
     );
     api.shutdown().await;
 }
+
+// ------------------------------------------------------------------ issue 13: custom status
+
+#[orchestrator]
+async fn progress(ctx: OrchestrationContext, _input: ()) -> Result<(), OrchestrationError> {
+    ctx.set_custom_status(&json!({"step": 1}))?;
+    let _: () = ctx.wait_for_event("next").await?;
+    ctx.clear_custom_status();
+    let _: () = ctx.wait_for_event("next").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleared_custom_status_is_null_in_the_status() {
+    let api = start_api_with(HttpOptions::new(), |b| b.register(progress)).await;
+    let id = api.start("progress", "").await;
+    let path = format!("/instances/{id}");
+    let r = api
+        .poll(&path, "a custom status", |r| {
+            !r.json()["customStatus"].is_null()
+        })
+        .await;
+    assert_eq!(r.json()["customStatus"], json!({"step": 1}));
+    let r = api
+        .post(&format!("/instances/{id}/raiseEvent/next"), "")
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let r = api
+        .poll(&path, "the status cleared", |r| {
+            r.json()["customStatus"].is_null()
+        })
+        .await;
+    assert_eq!(r.json()["runtimeStatus"], "Running");
+    let record = api
+        .worker
+        .as_ref()
+        .unwrap()
+        .client()
+        .status(&InstanceId::new(&id).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        record.custom_status, None,
+        "no status, not the JSON text `null`"
+    );
+    api.shutdown().await;
+}

@@ -581,8 +581,30 @@ pub enum ServeError {
 }
 
 /// A running management API server started by [`serve`]. Dropping it shuts the server
-/// down gracefully.
+/// down gracefully, so a server that is started and not kept is a warning (`#[must_use]`):
+///
+/// ```compile_fail
+/// # #![deny(unused_must_use)]
+/// # use durable_core::{http::{self, HttpOptions}, prelude::*};
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let worker = Worker::builder().store(MemoryStore::new()).start()?;
+/// http::serve(worker.client(), http::DEFAULT_ADDR, HttpOptions::new()).await?; // warning: unused `HttpServer`
+/// # Ok(()) }
+/// ```
+///
+/// ```no_run
+/// # #![deny(unused_must_use)]
+/// # use durable_core::{http::{self, HttpOptions}, prelude::*};
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let worker = Worker::builder().store(MemoryStore::new()).start()?;
+/// let server = http::serve(worker.client(), http::DEFAULT_ADDR, HttpOptions::new()).await?;
+/// server.wait().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
+#[must_use = "the server shuts down when dropped: keep it, and end it with `shutdown()` or `wait()`"]
 pub struct HttpServer {
     local_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,

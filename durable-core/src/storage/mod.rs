@@ -17,10 +17,11 @@ pub(crate) mod replace;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
-use crate::error::{FailureDetails, StoreError};
+use crate::error::{FailureDetails, PayloadDecodeError, StoreError};
 use crate::history::{Event, HistoryEvent, ParentRef, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 
@@ -61,6 +62,66 @@ pub struct InstanceRecord {
     pub parent: Option<ParentRef>,
     /// Why the instance is stuck (non-determinism, unknown orchestrator, version mismatch).
     pub last_error: Option<String>,
+}
+
+impl InstanceRecord {
+    /// The input of the current execution, decoded as `T` (with the rule orchestrations
+    /// decode inputs by: a JSON string holding a `T`, as Durable Functions clients send,
+    /// is accepted too).
+    ///
+    /// # Errors
+    /// [`PayloadDecodeError`] when the input is not a `T`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn double(_ctx: OrchestrationContext, x: i64) -> Result<i64, OrchestrationError> {
+    ///     Ok(x * 2)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(double).start()?;
+    /// let run = double::start(&worker.client(), 21).await?;
+    /// run.wait().await?;
+    /// let record = run.status().await?;
+    /// assert_eq!(record.input::<i64>()?, 21);
+    /// assert_eq!(record.output::<i64>()?, Some(42));
+    /// assert_eq!(record.custom_status::<String>()?, None);
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn input<T: DeserializeOwned>(&self) -> Result<T, PayloadDecodeError> {
+        crate::payload::decode_external(&self.input)
+    }
+
+    /// The output decoded as `T`: `Some` once the instance completed, `None` before and
+    /// when it failed or was terminated (a terminated instance's `output` field holds the
+    /// reason; a failed one's [`failure`](Self::failure) field the failure).
+    ///
+    /// # Errors
+    /// [`PayloadDecodeError`] when the output is not a `T`.
+    pub fn output<T: DeserializeOwned>(&self) -> Result<Option<T>, PayloadDecodeError> {
+        match (&self.output, self.status) {
+            (Some(out), RuntimeStatus::Completed) => crate::error::decode(out).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The custom status decoded as `T`; `None` when none is set (never set, or cleared
+    /// with `OrchestrationContext::clear_custom_status`).
+    ///
+    /// # Errors
+    /// [`PayloadDecodeError`] when the custom status is not a `T`.
+    pub fn custom_status<T: DeserializeOwned>(&self) -> Result<Option<T>, PayloadDecodeError> {
+        self.custom_status
+            .as_deref()
+            .map(crate::error::decode)
+            .transpose()
+    }
 }
 
 /// What to do when an instance id is already taken.

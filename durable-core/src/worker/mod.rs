@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use crate::client::Client;
 use crate::clock::{Clock, SystemClock};
 use crate::context::Limits;
-use crate::error::BuildError;
+use crate::error::{BuildError, WorkerError};
 use crate::ids::InstanceId;
 use crate::registry::{
     Activity, ActivityRegistration, Orchestrator, OrchestratorRegistration, Registration, Registry,
@@ -135,7 +135,21 @@ pub struct WorkerBuilder {
     store: Option<Arc<dyn Store>>,
     registry: Registry,
     clock: Option<Arc<dyn Clock>>,
+    /// The base options ([`options`](WorkerBuilder::options)).
     options: WorkerOptions,
+    /// The option setters called so far, applied over the base at `start()` in the order
+    /// they were called: a later `options(..)` replaces the base, never a setter's value.
+    setters: OptionSetters,
+}
+
+/// The option setters a [`WorkerBuilder`] was given.
+#[derive(Default)]
+struct OptionSetters(Vec<Box<dyn FnOnce(&mut WorkerOptions) + Send>>);
+
+impl std::fmt::Debug for OptionSetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} option setter(s)", self.0.len())
+    }
 }
 
 impl WorkerBuilder {
@@ -185,42 +199,111 @@ impl WorkerBuilder {
         self
     }
 
-    /// Replaces all options.
+    /// Uses `options` as the base for every option.
+    ///
+    /// The individual setters ([`cache_capacity`](Self::cache_capacity),
+    /// [`concurrency`](Self::concurrency), [`activity_lock`](Self::activity_lock), …) win over
+    /// it whatever the order they are called in: `options(..)` replaces the base, and the
+    /// setters are applied on top of it at [`start`](Self::start). Called twice, the second
+    /// base replaces the first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    /// use durable_core::WorkerOptions;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut tuned = WorkerOptions::default();
+    /// tuned.max_concurrent_activities = 8;
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .cache_capacity(0) // kept: setters win over `options`
+    ///     .options(tuned)
+    ///     .start()?;
+    /// assert_eq!(worker.options().cache_capacity, 0);
+    /// assert_eq!(worker.options().max_concurrent_activities, 8);
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn options(mut self, options: WorkerOptions) -> Self {
         self.options = options;
         self
     }
 
-    /// Sets the live-orchestration cache size (0 disables caching: every episode replays).
-    pub fn cache_capacity(mut self, n: usize) -> Self {
-        self.options.cache_capacity = n;
+    /// Records a setter, applied over the base options at `start()`.
+    fn set(mut self, setter: impl FnOnce(&mut WorkerOptions) + Send + 'static) -> Self {
+        self.setters.0.push(Box::new(setter));
         self
     }
 
-    /// Sets concurrency limits.
-    pub fn concurrency(mut self, orchestrations: usize, activities: usize) -> Self {
-        self.options.max_concurrent_orchestrations = orchestrations.max(1);
-        self.options.max_concurrent_activities = activities.max(1);
-        self
+    /// Sets the live-orchestration cache size (0 disables caching: every episode replays).
+    pub fn cache_capacity(self, n: usize) -> Self {
+        self.set(move |o| o.cache_capacity = n)
+    }
+
+    /// Sets concurrency limits (each at least 1).
+    pub fn concurrency(self, orchestrations: usize, activities: usize) -> Self {
+        self.max_concurrent_orchestrations(orchestrations)
+            .max_concurrent_activities(activities)
+    }
+
+    /// Sets how many episodes run at once (at least 1; default 32).
+    pub fn max_concurrent_orchestrations(self, n: usize) -> Self {
+        self.set(move |o| o.max_concurrent_orchestrations = n.max(1))
+    }
+
+    /// Sets how many activities run at once (at least 1; default 64).
+    pub fn max_concurrent_activities(self, n: usize) -> Self {
+        self.set(move |o| o.max_concurrent_activities = n.max(1))
+    }
+
+    /// Sets the lease on an instance during an episode (default 60 s).
+    pub fn orchestration_lock(self, lease: Duration) -> Self {
+        self.set(move |o| o.orchestration_lock = lease)
+    }
+
+    /// Sets the lease on an activity task (default 5 min; see
+    /// [`WorkerOptions::activity_lock`]).
+    pub fn activity_lock(self, lease: Duration) -> Self {
+        self.set(move |o| o.activity_lock = lease)
     }
 
     /// Sets payload and action limits.
-    pub fn limits(mut self, limits: Limits) -> Self {
-        self.options.limits = limits;
-        self
+    pub fn limits(self, limits: Limits) -> Self {
+        self.set(move |o| o.limits = limits)
     }
 
     /// Sets the worker's version and how it treats other versions.
     pub fn version(
-        mut self,
+        self,
         version: impl Into<String>,
         matching: VersionMatch,
         on_mismatch: VersionMismatchAction,
     ) -> Self {
-        self.options.version = Some(version.into());
-        self.options.version_match = matching;
-        self.options.on_version_mismatch = on_mismatch;
-        self
+        let version = version.into();
+        self.set(move |o| o.version = Some(version))
+            .version_match(matching)
+            .on_version_mismatch(on_mismatch)
+    }
+
+    /// Sets which instance versions this worker runs (default [`VersionMatch::Any`]).
+    pub fn version_match(self, matching: VersionMatch) -> Self {
+        self.set(move |o| o.version_match = matching)
+    }
+
+    /// Sets what happens to instances of a version this worker may not run (default
+    /// [`VersionMismatchAction::LeavePending`]).
+    pub fn on_version_mismatch(self, action: VersionMismatchAction) -> Self {
+        self.set(move |o| o.on_version_mismatch = action)
+    }
+
+    /// Sets the longest back-off before a stuck episode (non-determinism, unknown name) is
+    /// retried (default 60 s).
+    pub fn max_stuck_backoff(self, backoff: Duration) -> Self {
+        self.set(move |o| o.max_stuck_backoff = backoff)
     }
 
     /// Purges orchestrations `keep_for` after they finished (completed, failed or
@@ -243,38 +326,46 @@ impl WorkerBuilder {
     /// # worker.shutdown().await;
     /// # Ok(()) }
     /// ```
-    pub fn retention(mut self, keep_for: Duration) -> Self {
-        self.options.retention = Some(keep_for);
-        self
+    pub fn retention(self, keep_for: Duration) -> Self {
+        self.set(move |o| o.retention = Some(keep_for))
     }
 
-    /// Starts the dispatchers on the current tokio runtime.
+    /// Starts the dispatchers on the current Tokio runtime.
+    ///
+    /// Keep the returned [`Worker`]: dropping it stops the dispatchers.
     ///
     /// # Errors
     /// [`BuildError::MissingStore`] without a store; [`BuildError::DuplicateName`] when two
-    /// registrations share a name.
+    /// registrations share a name; [`BuildError::NoRuntime`] outside a Tokio runtime.
     pub fn start(self) -> Result<Worker, BuildError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let store = self.store.ok_or(BuildError::MissingStore)?;
         self.registry.validate()?;
+        let mut options = self.options;
+        for setter in self.setters.0 {
+            setter(&mut options);
+        }
+        options.max_concurrent_orchestrations = options.max_concurrent_orchestrations.max(1);
+        options.max_concurrent_activities = options.max_concurrent_activities.max(1);
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let registry = Arc::new(self.registry);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let cache = NonZeroUsize::new(self.options.cache_capacity).map(lru::LruCache::new);
+        let cache = NonZeroUsize::new(options.cache_capacity).map(lru::LruCache::new);
         let client = Client::from_parts(
             Arc::clone(&store),
             Some(Arc::clone(&registry)),
             Arc::clone(&clock),
-            self.options.limits.clone(),
-            self.options.version.clone(),
+            options.limits.clone(),
+            options.version.clone(),
         );
-        let activity_lease = store.activity_lease(self.options.activity_lock);
+        let activity_lease = store.activity_lease(options.activity_lock);
         let inner = Arc::new(Inner {
-            orch_slots: Arc::new(Semaphore::new(self.options.max_concurrent_orchestrations)),
-            activity_slots: Arc::new(Semaphore::new(self.options.max_concurrent_activities)),
+            orch_slots: Arc::new(Semaphore::new(options.max_concurrent_orchestrations)),
+            activity_slots: Arc::new(Semaphore::new(options.max_concurrent_activities)),
             store,
             registry,
             clock,
-            options: self.options,
+            options,
             cache: Mutex::new(cache),
             stuck: Mutex::new(HashMap::new()),
             handoff: Mutex::new(handoff::Handoffs::default()),
@@ -283,15 +374,36 @@ impl WorkerBuilder {
             activity_leases: Arc::new(lease::ActivityLeases::default()),
             shutdown: shutdown_rx,
             aborted: std::sync::atomic::AtomicBool::new(false),
+            died: watch::channel(None).0,
         });
         let mut tasks = vec![
-            tokio::spawn(episode::dispatch(Arc::clone(&inner))),
-            tokio::spawn(activity::dispatch(Arc::clone(&inner))),
+            supervise(
+                &runtime,
+                &inner,
+                "orchestration dispatcher",
+                episode::dispatch(Arc::clone(&inner)),
+            ),
+            supervise(
+                &runtime,
+                &inner,
+                "activity dispatcher",
+                activity::dispatch(Arc::clone(&inner)),
+            ),
         ];
         if let Some(keep_for) = inner.options.retention {
-            tasks.push(tokio::spawn(retention::run(Arc::clone(&inner), keep_for)));
+            tasks.push(supervise(
+                &runtime,
+                &inner,
+                "retention sweeper",
+                retention::run(Arc::clone(&inner), keep_for),
+            ));
         }
-        let lease_keeper = Some(tokio::spawn(lease::keep(Arc::clone(&inner))));
+        let lease_keeper = Some(supervise(
+            &runtime,
+            &inner,
+            "lease keeper",
+            lease::keep(Arc::clone(&inner)),
+        ));
         Ok(Worker {
             inner,
             client,
@@ -300,6 +412,38 @@ impl WorkerBuilder {
             shutdown: shutdown_tx,
         })
     }
+}
+
+/// Spawns one of the worker's long-running tasks on `runtime`, recording in
+/// [`Inner::died`] a panic or a return while the worker is not shutting down.
+fn supervise(
+    runtime: &tokio::runtime::Handle,
+    inner: &Arc<Inner>,
+    dispatcher: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    let inner = Arc::clone(inner);
+    runtime.spawn(async move {
+        let outcome = crate::entity::CatchUnwind(Box::pin(task)).await;
+        let stopping = inner.is_shutting_down()
+            || inner.aborted.load(std::sync::atomic::Ordering::SeqCst);
+        let error = match outcome {
+            Err(panic) => WorkerError::DispatcherPanicked {
+                dispatcher,
+                message: crate::error::FailureDetails::from_panic(panic.as_ref()).message,
+            },
+            Ok(()) if stopping => return,
+            Ok(()) => WorkerError::DispatcherStopped { dispatcher },
+        };
+        tracing::error!(error = %error, "worker dispatcher died; the worker no longer does that work");
+        inner.died.send_if_modified(|died| {
+            let first = died.is_none();
+            if first {
+                *died = Some(error);
+            }
+            first
+        });
+    })
 }
 
 pub(crate) struct Inner {
@@ -323,6 +467,8 @@ pub(crate) struct Inner {
     /// Set by [`Worker::abort`]: nothing of this worker may touch the store any more (its
     /// aborted tasks may still be polled once before they are dropped).
     pub(crate) aborted: std::sync::atomic::AtomicBool,
+    /// The first dispatcher that died (panicked, or returned while not shutting down).
+    pub(crate) died: watch::Sender<Option<WorkerError>>,
 }
 
 impl Inner {
@@ -340,7 +486,31 @@ impl Inner {
 /// A running worker: dispatchers for orchestration episodes, activities and timers.
 ///
 /// Dropping a worker aborts its dispatchers; call [`Worker::shutdown`] to let in-flight
-/// work finish first.
+/// work finish first, or hand the rest of the program's life to
+/// [`Worker::run_until`], which also reports a dispatcher that died.
+///
+/// A worker that is started and not kept stops at once, so an unused `Worker` is a
+/// warning (`#[must_use]`):
+///
+/// ```compile_fail
+/// # #![deny(unused_must_use)]
+/// # use durable_core::prelude::*;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// Worker::builder().store(MemoryStore::new()).start()?; // warning: unused `Worker`
+/// # Ok(()) }
+/// ```
+///
+/// ```
+/// # #![deny(unused_must_use)]
+/// # use durable_core::prelude::*;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let worker = Worker::builder().store(MemoryStore::new()).start()?;
+/// # worker.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[must_use = "a worker stops its dispatchers when dropped: keep it, and end it with `shutdown()` or `run_until(..)`"]
 pub struct Worker {
     inner: Arc<Inner>,
     client: Client,
@@ -369,6 +539,88 @@ impl Worker {
     /// unknown orchestrator is rejected at once).
     pub fn client(&self) -> Client {
         self.client.clone()
+    }
+
+    /// The options the worker runs with: the builder's base options with its setters
+    /// applied.
+    pub fn options(&self) -> &WorkerOptions {
+        &self.inner.options
+    }
+
+    /// Resolves when the worker stops working on its own: one of its dispatchers (the
+    /// orchestration or activity dispatcher, the lease keeper, the retention sweeper)
+    /// panicked or returned while the worker was not shutting down. Pending for as long as
+    /// all of them run. The worker does not restart a dead dispatcher; shut it down (see
+    /// [`WorkerError`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).start()?;
+    /// tokio::select! {
+    ///     died = worker.closed() => eprintln!("worker died: {died}"),
+    ///     () = tokio::task::yield_now() => {} // the application's own work
+    /// }
+    /// worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn closed(&self) -> WorkerError {
+        let mut died = self.inner.died.subscribe();
+        loop {
+            if let Some(e) = died.borrow_and_update().clone() {
+                return e;
+            }
+            if died.changed().await.is_err() {
+                // The sender lives in `inner`, which this worker holds: not reached.
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Runs until `shutdown` completes (a Ctrl-C future, a cancellation token, a channel),
+    /// then shuts down gracefully ([`shutdown`](Self::shutdown)) and returns `Ok(())`.
+    ///
+    /// If a dispatcher dies first (see [`closed`](Self::closed)), the rest of the worker is
+    /// shut down gracefully too and the error says what died, so a process supervisor can
+    /// restart the process instead of running on with a worker that no longer works.
+    ///
+    /// # Errors
+    /// [`WorkerError`] when a dispatcher panicked or stopped on its own.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).start()?;
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// # stop.send(()).unwrap();
+    /// // In a server: `worker.run_until(tokio::signal::ctrl_c()).await?`.
+    /// worker.run_until(stopped).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = impl Sized>,
+    ) -> Result<(), WorkerError> {
+        let died = tokio::select! {
+            _ = shutdown => None,
+            e = self.closed() => Some(e),
+        };
+        let inner = Arc::clone(&self.inner);
+        self.shutdown().await;
+        // A dispatcher that died while the rest shut down is reported as well.
+        match died.or_else(|| inner.died.borrow().clone()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Number of live orchestrations in the cache.
