@@ -587,7 +587,8 @@ impl StoreError {
 ///
 /// The message is complete on its own (it includes the cause's text), so printing the error
 /// is enough to see what happened; [`source`](std::error::Error::source) hands out the cause
-/// itself for code that inspects it (`downcast_ref::<std::io::Error>()`, a PostgreSQL SQLSTATE).
+/// itself for code that inspects it (`downcast_ref::<std::io::Error>()`, a database error
+/// code).
 ///
 /// Clones share the cause. Two backend errors are equal when their messages are: causes
 /// from drivers and the OS have no equality of their own.

@@ -2285,7 +2285,9 @@ mod tests {
         // A client error carries it on.
         let client = crate::ClientError::from(err);
         assert!(
-            std::error::Error::source(&client).is_some_and(|s| s.is::<tokio_postgres::Error>()),
+            std::error::Error::source(&client)
+                .unwrap()
+                .is::<tokio_postgres::Error>(),
             "{client:?}"
         );
     }

@@ -142,9 +142,12 @@ pub struct WorkerBuilder {
     setters: OptionSetters,
 }
 
+/// One option setter of a [`WorkerBuilder`].
+type OptionSetter = Box<dyn FnOnce(&mut WorkerOptions) + Send>;
+
 /// The option setters a [`WorkerBuilder`] was given.
 #[derive(Default)]
-struct OptionSetters(Vec<Box<dyn FnOnce(&mut WorkerOptions) + Send>>);
+struct OptionSetters(Vec<OptionSetter>);
 
 impl std::fmt::Debug for OptionSetters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -35,14 +35,14 @@ fn a_store_io_failure_keeps_the_os_error_as_its_source() {
     // Clones share the cause and compare equal (backend errors are equal by message).
     let clone = err.clone();
     assert_eq!(clone, err);
-    assert!(clone.source().is_some_and(|s| s.is::<std::io::Error>()));
+    assert!(clone.source().unwrap().is::<std::io::Error>());
     assert_ne!(err, StoreError::backend("another failure"));
 
     // A client error carries it on.
     let client = ClientError::from(err);
     assert!(matches!(client, ClientError::Store(StoreError::Backend(_))));
     assert!(
-        client.source().is_some_and(|s| s.is::<std::io::Error>()),
+        client.source().unwrap().is::<std::io::Error>(),
         "{client:?}"
     );
 }
@@ -168,15 +168,33 @@ async fn a_user_error_wrapping_a_task_keeps_it_as_the_inner_failure_once() {
     );
 }
 
+async fn charge_twice() -> Result<u64, Box<dyn StdError + Send + Sync>> {
+    Ok(decline::run(1).await? + decline::run(2).await?)
+}
+
+fn plan() -> Result<(), OrchestrationError> {
+    Err(OrchestrationError::new("no route"))
+}
+
+fn plan_boxed() -> Result<(), Box<dyn StdError>> {
+    plan()?;
+    Ok(())
+}
+
+async fn charge() -> anyhow::Result<u64> {
+    Ok(decline::run(3).await?)
+}
+
+async fn charge_explicitly() -> anyhow::Result<u64> {
+    Ok(decline::run(4).await.map_err(FailureDetails::from)?)
+}
+
 // The README tests activity bodies directly; `?` works in tests returning `Box<dyn Error>`.
 #[tokio::test]
 async fn activity_bodies_use_question_mark_in_tests_returning_box_dyn_error()
 -> Result<(), Box<dyn StdError>> {
     assert_eq!(welcome::run("Ada".into()).await?, "Hello Ada!");
 
-    async fn charge_twice() -> Result<u64, Box<dyn StdError + Send + Sync>> {
-        Ok(decline::run(1).await? + decline::run(2).await?)
-    }
     let err = charge_twice().await.unwrap_err();
     assert_eq!(err.to_string(), "ActivityError: card declined for 1");
     let details = err
@@ -184,13 +202,6 @@ async fn activity_bodies_use_question_mark_in_tests_returning_box_dyn_error()
         .expect("the box holds the failure details");
     assert!(details.non_retriable);
 
-    fn plan() -> Result<(), OrchestrationError> {
-        Err(OrchestrationError::new("no route"))
-    }
-    fn plan_boxed() -> Result<(), Box<dyn StdError>> {
-        plan()?;
-        Ok(())
-    }
     assert_eq!(
         plan_boxed().unwrap_err().to_string(),
         "OrchestrationError: no route"
@@ -202,9 +213,6 @@ async fn activity_bodies_use_question_mark_in_tests_returning_box_dyn_error()
 async fn activity_bodies_use_question_mark_into_anyhow() -> anyhow::Result<()> {
     assert_eq!(welcome::run("Ada".into()).await?, "Hello Ada!");
 
-    async fn charge() -> anyhow::Result<u64> {
-        Ok(decline::run(3).await?)
-    }
     let err = charge().await.unwrap_err();
     let details = err
         .downcast_ref::<FailureDetails>()
@@ -212,9 +220,6 @@ async fn activity_bodies_use_question_mark_into_anyhow() -> anyhow::Result<()> {
     assert_eq!(details.message, "card declined for 3");
 
     // Without the `anyhow` feature, the details are the error to convert through.
-    async fn charge_explicitly() -> anyhow::Result<u64> {
-        Ok(decline::run(4).await.map_err(FailureDetails::from)?)
-    }
     assert_eq!(
         charge_explicitly().await.unwrap_err().to_string(),
         "ActivityError: card declined for 4"
