@@ -213,7 +213,6 @@ impl WorkerBuilder {
     /// # Examples
     ///
     /// ```
-    /// use std::time::Duration;
     /// use durable_core::prelude::*;
     /// use durable_core::WorkerOptions;
     ///
@@ -559,7 +558,6 @@ impl Worker {
     /// # Examples
     ///
     /// ```
-    /// use std::time::Duration;
     /// use durable_core::prelude::*;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
