@@ -67,6 +67,7 @@ mod payload;
 pub mod registry;
 pub mod replay;
 pub mod retry;
+pub mod state;
 pub mod storage;
 pub mod worker;
 
@@ -226,6 +227,7 @@ pub use registry::{
     Registry,
 };
 pub use retry::RetryPolicy;
+pub use state::{State, StateType, States};
 pub use storage::{IdReusePolicy, InstanceQuery, InstanceRecord, MemoryStore, RedbStore, Store};
 #[cfg(feature = "postgres")]
 pub use storage::{PostgresOptions, PostgresStore};
@@ -237,7 +239,7 @@ pub mod prelude {
         Activity, ActivityContext, ActivityError, Client, ClientError, Either, EntityContext,
         EntityId, FailureDetails, IdReusePolicy, InstanceHandle, InstanceId, MemoryStore,
         OrchestrationContext, OrchestrationError, Orchestrator, RetryPolicy, RuntimeStatus,
-        StartOptions, TaskError, Timestamp, Worker, activity, entity, orchestrator, select,
+        StartOptions, State, TaskError, Timestamp, Worker, activity, entity, orchestrator, select,
         when_all, when_any,
     };
     pub use serde::{Deserialize, Serialize};

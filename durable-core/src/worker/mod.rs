@@ -136,6 +136,7 @@ pub struct WorkerBuilder {
     registry: Registry,
     clock: Option<Arc<dyn Clock>>,
     options: WorkerOptions,
+    states: crate::state::StateSet,
 }
 
 impl WorkerBuilder {
@@ -170,6 +171,51 @@ impl WorkerBuilder {
     /// Registers an entity type (`#[entity]` types can also use `.register(Type::entity())`).
     pub fn entity<E: crate::entity::Entity>(mut self) -> Self {
         self.registry.add_entity::<E>();
+        self
+    }
+
+    /// Shares `value` with every activity that takes a [`State<T>`](crate::State) parameter
+    /// of its type (a connection pool, an HTTP client, configuration): each run gets a clone,
+    /// so keep `T` cheap to clone. One value per type: a second value of the same type makes
+    /// [`start`](Self::start) fail with [`BuildError::DuplicateState`] (wrap each in a type of
+    /// its own). Orchestrations never see state.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[derive(Clone)]
+    /// struct Greeting(String);
+    ///
+    /// #[activity]
+    /// async fn greet(State(greeting): State<Greeting>, name: String) -> Result<String, ActivityError> {
+    ///     Ok(format!("{} {name}!", greeting.0))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Without the state, the worker does not start:
+    /// let err = Worker::builder().store(MemoryStore::new()).register(greet).start().unwrap_err();
+    /// assert!(matches!(err, durable_core::BuildError::MissingState { .. }));
+    ///
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .state(Greeting("Hello".into()))
+    ///     .register(greet)
+    ///     .start()?;
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
+        self
+    }
+
+    /// Shares every value of `states` with the activities, as [`state`](Self::state) does
+    /// one at a time.
+    pub fn states(mut self, states: crate::States) -> Self {
+        self.states.extend(&states);
         self
     }
 
@@ -252,10 +298,13 @@ impl WorkerBuilder {
     ///
     /// # Errors
     /// [`BuildError::MissingStore`] without a store; [`BuildError::DuplicateName`] when two
-    /// registrations share a name.
+    /// registrations share a name; [`BuildError::MissingState`] when an activity takes a
+    /// state type the builder was not given; [`BuildError::DuplicateState`] when one type was
+    /// given twice.
     pub fn start(self) -> Result<Worker, BuildError> {
         let store = self.store.ok_or(BuildError::MissingStore)?;
         self.registry.validate()?;
+        let states = self.states.finish(&self.registry)?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let registry = Arc::new(self.registry);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -273,6 +322,7 @@ impl WorkerBuilder {
             activity_slots: Arc::new(Semaphore::new(self.options.max_concurrent_activities)),
             store,
             registry,
+            states,
             clock,
             options: self.options,
             cache: Mutex::new(cache),
@@ -305,6 +355,8 @@ impl WorkerBuilder {
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) registry: Arc<Registry>,
+    /// Handed to every activity run (see [`crate::State`]).
+    pub(crate) states: crate::States,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) options: WorkerOptions,
     pub(crate) cache: Mutex<Option<lru::LruCache<InstanceId, Replayer>>>,

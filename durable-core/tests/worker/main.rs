@@ -2,6 +2,7 @@
 
 mod issue12;
 mod issue12_control;
+mod issue13_state;
 mod rewind;
 mod support;
 
