@@ -127,8 +127,8 @@ pub trait Orchestrator: Send + Sync + 'static {
 
 /// What an activity can learn about the call it serves.
 ///
-/// Take it as the first parameter of an `#[activity]` function to read the calling
-/// instance, the attempt number under the caller's retry policy, and whether the activity
+/// Take it as a parameter of an `#[activity]` function (usually the first) to read the
+/// calling instance, the attempt number under the caller's retry policy, and whether the activity
 /// should stop early.
 ///
 /// # Examples

@@ -337,4 +337,86 @@ mod tests {
         let allowed = expand(Kind::Orchestrator, quote!(allow_nondeterminism), body);
         assert!(!allowed.contains("compile_error"), "{allowed}");
     }
+
+    #[test]
+    fn state_parameters_are_listed_and_the_body_keeps_them_in_order() {
+        let out = expand(
+            Kind::Activity,
+            quote!(),
+            quote!(
+                async fn charge(
+                    State(pool): State<Pool>,
+                    ctx: ActivityContext,
+                    n: u32,
+                    cfg: State<Config>,
+                ) -> Result<u32, ActivityError> {
+                    Ok(n)
+                }
+            ),
+        );
+        assert!(!out.contains("compile_error"), "{out}");
+        assert!(
+            out.contains(
+                "const STATES : & 'static [:: durable_core :: StateType] = & [:: durable_core :: StateType :: of :: < Pool > () , :: durable_core :: StateType :: of :: < Config > ()]"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "async fn run (State (pool) : State < Pool > , ctx : ActivityContext , n : u32 , cfg : State < Config > ,)"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("type Input = u32"), "{out}");
+    }
+
+    #[test]
+    fn orchestrators_refuse_state_and_keep_the_item() {
+        let out = expand(
+            Kind::Orchestrator,
+            quote!(),
+            quote!(
+                async fn flow(
+                    ctx: OrchestrationContext,
+                    State(pool): State<Pool>,
+                ) -> Result<u32, OrchestrationError> {
+                    Ok(1)
+                }
+            ),
+        );
+        assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        assert!(out.contains("orchestrations cannot take state"), "{out}");
+        assert!(out.contains("async fn flow"), "{out}");
+    }
+
+    #[test]
+    fn a_result_alias_is_resolved_by_the_type_system() {
+        let out = expand(
+            Kind::Activity,
+            quote!(),
+            quote!(
+                async fn double(n: u32) -> R<u32> {
+                    Ok(n * 2)
+                }
+            ),
+        );
+        assert!(!out.contains("compile_error"), "{out}");
+        assert!(
+            out.contains(
+                "type Output = < R < u32 > as :: durable_core :: __private :: IntoResult > :: Output"
+            ),
+            "{out}"
+        );
+        // Well-known non-`Result` types are still refused by name.
+        let out = expand(
+            Kind::Activity,
+            quote!(),
+            quote!(
+                async fn double(n: u32) -> Vec<u32> {
+                    vec![n]
+                }
+            ),
+        );
+        assert!(out.contains("must return `Result<T, E>`"), "{out}");
+    }
 }
