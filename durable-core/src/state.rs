@@ -79,7 +79,7 @@ use crate::registry::{Activity, ActivityContext, Registry};
 /// assert_eq!(*ledger.0.lock().unwrap(), [250]);
 ///
 /// // In a unit test, the body takes the state as ordinary arguments:
-/// let receipt = charge::run(State(Ledger::default()), State(Currency("USD")), 5).await?;
+/// let receipt = charge::run(State(Ledger::default()), State(Currency("USD")), 5).await.unwrap();
 /// assert_eq!(receipt, "5 USD");
 /// # worker.shutdown().await;
 /// # Ok(()) }
@@ -117,7 +117,7 @@ impl<T> DerefMut for State<T> {
 /// use durable_core::StateType;
 ///
 /// let t = StateType::of::<String>();
-/// assert_eq!(t.type_name(), "alloc::string::String");
+/// assert!(t.type_name().ends_with("String"));
 /// assert_eq!(t, StateType::of::<String>());
 /// assert_ne!(t, StateType::of::<u32>());
 /// ```
@@ -378,8 +378,8 @@ mod tests {
         assert_eq!(set.states.get::<u64>(), Some(&8));
         assert_eq!(set.states.len(), 3);
         assert_eq!(
-            set.finish(&Registry::new()),
-            Err(BuildError::DuplicateState {
+            set.finish(&Registry::new()).err(),
+            Some(BuildError::DuplicateState {
                 type_name: std::any::type_name::<Pool>()
             })
         );

@@ -24,7 +24,10 @@ pub(crate) enum Param {
     Context,
     /// `State(pool): State<PgPool>` (activities only): the state type, `PgPool`, and the
     /// whole parameter type, `State<PgPool>`, as written.
-    State { inner: Type, written: Type },
+    State {
+        inner: Box<Type>,
+        written: Box<Type>,
+    },
     /// The one deserialized input.
     Input,
 }
@@ -32,10 +35,10 @@ pub(crate) enum Param {
 /// The function's return type.
 pub(crate) enum Returns {
     /// Written `Result<T, E>`.
-    Result { output: Type, error: Type },
+    Result { output: Box<Type>, error: Box<Type> },
     /// Anything else that may be a `Result` (an alias such as `R<T>` or `io::Result<T>`):
     /// the output and error types are left to the type system (`__private::IntoResult`).
-    Alias(Type),
+    Alias(Box<Type>),
 }
 
 fn last_segment_is(ty: &Type, name: &str) -> bool {
@@ -49,7 +52,7 @@ fn last_segment_is(ty: &Type, name: &str) -> bool {
 /// How a parameter relates to `State`.
 enum StateUse {
     /// `State<T>`.
-    Typed(Type),
+    Typed(Box<Type>),
     /// `State(x): State` (no type given).
     Untyped,
     /// `State<A, B>`, `State<'a>`, ….
@@ -82,7 +85,9 @@ fn state_use_of(ty: &Type, named_state_pattern: bool) -> Option<StateUse> {
         PathArguments::AngleBracketed(args) => {
             let mut types = args.args.iter();
             match (types.next(), types.next()) {
-                (Some(GenericArgument::Type(t)), None) => Some(StateUse::Typed(t.clone())),
+                (Some(GenericArgument::Type(t)), None) => {
+                    Some(StateUse::Typed(Box::new(t.clone())))
+                }
                 _ => Some(StateUse::Malformed),
             }
         }
@@ -158,29 +163,7 @@ pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<
         ok = false;
     }
 
-    let returns = match &sig.output {
-        ReturnType::Type(_, ty) => returns(ty),
-        ReturnType::Default => None,
-    };
-    let Some(returns) = returns else {
-        let msg = match kind {
-            Kind::Activity => format!(
-                "{attr} functions must return `Result<T, E>`, e.g. `Result<Receipt, ActivityError>`"
-            ),
-            Kind::Orchestrator | Kind::Entity => {
-                format!(
-                    "{attr} functions must return `Result<T, E>`, e.g. `Result<Receipt, OrchestrationError>`"
-                )
-            }
-        };
-        match &sig.output {
-            ReturnType::Type(_, ty) => errors.push(ty, msg),
-            ReturnType::Default => {
-                errors.push_error(syn::Error::new(sig.paren_token.span.close(), msg));
-            }
-        }
-        return None;
-    };
+    let returns = return_type(kind, sig, errors)?;
     if !ok {
         return None;
     }
@@ -198,6 +181,34 @@ pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<
         docs,
         item,
     })
+}
+
+/// Reads the return type, reporting one that cannot be a `Result`.
+fn return_type(kind: Kind, sig: &syn::Signature, errors: &mut Errors) -> Option<Returns> {
+    let attr = kind.attr();
+    let returns = match &sig.output {
+        ReturnType::Type(_, ty) => returns(ty),
+        ReturnType::Default => None,
+    };
+    if returns.is_none() {
+        let msg = match kind {
+            Kind::Activity => format!(
+                "{attr} functions must return `Result<T, E>`, e.g. `Result<Receipt, ActivityError>`"
+            ),
+            Kind::Orchestrator | Kind::Entity => {
+                format!(
+                    "{attr} functions must return `Result<T, E>`, e.g. `Result<Receipt, OrchestrationError>`"
+                )
+            }
+        };
+        match &sig.output {
+            ReturnType::Type(_, ty) => errors.push(ty, msg),
+            ReturnType::Default => {
+                errors.push_error(syn::Error::new(sig.paren_token.span.close(), msg));
+            }
+        }
+    }
+    returns
 }
 
 /// Sorts the parameters: the context, state (activities) and inputs, keeping their order.
@@ -259,7 +270,7 @@ fn classify_params(
                 ),
                 (StateUse::Typed(inner), Kind::Activity) => params.push(Param::State {
                     inner,
-                    written: (*pt.ty).clone(),
+                    written: pt.ty.clone(),
                 }),
                 (StateUse::Untyped, Kind::Activity) => errors.push(
                     &pt.ty,
@@ -306,12 +317,15 @@ fn returns(ty: &Type) -> Option<Returns> {
             let seg = p.path.segments.last()?;
             if seg.ident == "Result" {
                 if let Some((output, error)) = result_parts(seg) {
-                    return Some(Returns::Result { output, error });
+                    return Some(Returns::Result {
+                        output: Box::new(output),
+                        error: Box::new(error),
+                    });
                 }
             } else if NOT_RESULTS.iter().any(|n| seg.ident == n) {
                 return None;
             }
-            Some(Returns::Alias(ty.clone()))
+            Some(Returns::Alias(Box::new(ty.clone())))
         }
         _ => None,
     }

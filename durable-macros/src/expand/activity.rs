@@ -105,6 +105,7 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
             #vis async fn run(#params) #sig_output #body
         }
 
+        #[allow(clippy::type_complexity)]
         const _: () = {
             #checks
 

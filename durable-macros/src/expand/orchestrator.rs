@@ -57,11 +57,12 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
     );
     // The client proxies. Spanned like the output type (which they name), `crate` path
     // included, so that an alias that is not a `Result` is reported once, at the return type.
-    // With user spans the dead-code lint would see them: unused proxies are fine.
+    // With user spans the lints see them as the user's code: unused proxies are fine, and
+    // the projected output type is not the user's to simplify.
     let pkrate = super::respanned(&krate, result_span(f));
     let proxies = quote::quote_spanned! {result_span(f)=>
         #[doc = #start_doc]
-        #[allow(dead_code)]
+        #[allow(dead_code, clippy::type_complexity)]
         #vis async fn start(
             client: &#pkrate::Client,
             input: #input_ty,
@@ -71,7 +72,7 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
 
         /// Starts a new instance with options: instance id, scheduled start, id-reuse
         /// policy, version.
-        #[allow(dead_code)]
+        #[allow(dead_code, clippy::type_complexity)]
         #vis async fn start_with(
             client: &#pkrate::Client,
             input: #input_ty,
@@ -81,7 +82,7 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
         }
 
         /// A typed handle to an existing instance of this orchestrator.
-        #[allow(dead_code)]
+        #[allow(dead_code, clippy::type_complexity)]
         #vis fn handle(client: &#pkrate::Client, instance_id: #pkrate::InstanceId) -> #pkrate::InstanceHandle<#output> {
             client.handle(instance_id)
         }
@@ -104,6 +105,7 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
             #proxies
         }
 
+        #[allow(clippy::type_complexity)]
         const _: () = {
             #checks
 
