@@ -78,3 +78,75 @@ pub fn unknown_operation(entity: &str, operation: &str, known: &[&str]) -> Failu
     )
     .non_retriable()
 }
+
+/// The return type of an `#[activity]` or `#[orchestrator]` function, written as
+/// `Result<T, E>` or through an alias (`type R<T> = Result<T, ActivityError>`): the macros
+/// read the output and error types from here rather than from the tokens.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a `Result`",
+    label = "expected `Result<T, E>` or an alias of it",
+    note = "`#[activity]` and `#[orchestrator]` functions return `Result<T, E>`, e.g. `Result<Receipt, ActivityError>`, or an alias such as `type R<T> = Result<T, ActivityError>`"
+)]
+pub trait IntoResult {
+    /// `T`.
+    type Output;
+    /// `E`.
+    type Error;
+    /// The value as a `Result`.
+    fn into_result(self) -> Result<Self::Output, Self::Error>;
+}
+
+impl<T, E> IntoResult for Result<T, E> {
+    type Output = T;
+    type Error = E;
+    fn into_result(self) -> Self {
+        self
+    }
+}
+
+/// An activity parameter of type `durable_core::State<T>`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not `durable_core::State<T>`",
+    note = "`#[activity]` parameters of a type named `State<..>` receive the worker's shared state: use `durable_core::State<T>` (in the prelude), or rename your own type"
+)]
+pub trait StateParam {
+    /// `T`.
+    type Value;
+    /// The parameter from the worker's value.
+    fn from_state(state: crate::State<Self::Value>) -> Self;
+}
+
+impl<T> StateParam for crate::State<T> {
+    type Value = T;
+    fn from_state(state: Self) -> Self {
+        state
+    }
+}
+
+/// What a state value must be: shared across the worker's tasks and cloned for each run.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be shared state",
+    label = "a state value must be `Clone + Send + Sync + 'static`",
+    note = "each activity run gets a clone of the worker's value: wrap it in an `Arc` (and a `Mutex` if it needs `&mut`)"
+)]
+pub trait StateValue: Clone + Send + Sync + 'static {}
+
+impl<T: Clone + Send + Sync + 'static> StateValue for T {}
+
+/// The worker's value of type `T`, for a `State<T>` parameter of `activity`.
+///
+/// # Panics
+///
+/// When the context holds no `T`: the registry checks every state type before it runs an
+/// activity (and the worker at start), so this is reached only by calling `Activity::run`
+/// by hand with a context that lacks it.
+pub fn state<T: StateValue>(ctx: &crate::ActivityContext, activity: &str) -> crate::State<T> {
+    match ctx.state::<T>() {
+        Some(value) => crate::State(value.clone()),
+        None => panic!(
+            "activity `{activity}` takes `State<{}>`, which its context lacks: give it with \
+             `Worker::builder().state(..)`, or `ActivityContext::with_state(..)` in a test",
+            std::any::type_name::<T>()
+        ),
+    }
+}

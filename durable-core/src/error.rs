@@ -809,6 +809,26 @@ pub enum BuildError {
          (`#[tokio::main]`, `#[tokio::test]`, or inside `Runtime::block_on`)"
     )]
     NoRuntime,
+    /// An activity takes a [`State<T>`](crate::State) the builder was not given.
+    #[error(
+        "activity `{activity}` takes `State<{type_name}>`, but the builder was given no `{type_name}`: \
+         add it with `.state(value)`"
+    )]
+    MissingState {
+        /// The activity's durable name.
+        activity: String,
+        /// The missing type, as [`std::any::type_name`] spells it.
+        type_name: &'static str,
+    },
+    /// Two state values of one type were given: a worker holds one value per type.
+    #[error(
+        "two state values of type `{type_name}` were given; a worker holds one value per type: \
+         wrap each in a type of its own (`struct ReportsDb(PgPool);`)"
+    )]
+    DuplicateState {
+        /// The type given twice.
+        type_name: &'static str,
+    },
 }
 
 /// Why a running [`crate::Worker`] stopped working on its own: one of its dispatchers

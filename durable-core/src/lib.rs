@@ -67,6 +67,7 @@ mod payload;
 pub mod registry;
 pub mod replay;
 pub mod retry;
+pub mod state;
 pub mod storage;
 pub mod worker;
 
@@ -76,11 +77,38 @@ pub mod worker;
 /// `#[activity] async fn name(input: I) -> Result<O, E>` generates a typed marker `name`
 /// (a unit struct implementing [`Activity`]) that orchestrations call with
 /// `ctx.call(name, input)` and workers register with `.register(name)`. The body stays
-/// callable directly: `name::run(input).await`. An [`ActivityContext`] may come first.
-/// `E` is any `std::error::Error` or [`ActivityError`]; its type, message and cause chain
-/// are recorded. `#[activity(name = "charge_v2")]` sets the durable name.
+/// callable directly: `name::run(input).await`. `E` is any `std::error::Error` or
+/// [`ActivityError`]; its type, message and cause chain are recorded. The return type may
+/// also be an alias of `Result` (`type R<T> = Result<T, ActivityError>;` … `-> R<Receipt>`).
+/// `#[activity(name = "charge_v2")]` sets the durable name.
+///
+/// Besides its one input, the function may take an [`ActivityContext`] and any number of
+/// [`State<T>`] parameters of different types — the worker's shared values (a connection
+/// pool, an HTTP client, configuration) given with
+/// [`WorkerBuilder::state`](WorkerBuilder::state) — in any order. The worker checks at
+/// start that it holds every state type its activities take. Orchestrations never see
+/// state: they call the marker with the input only. The direct call takes the state values
+/// by hand, in declaration order: `charge::run(State(pool), order)`.
 ///
 /// # Examples
+///
+/// ```
+/// use durable_core::prelude::*;
+///
+/// #[derive(Clone)]
+/// struct Greeting(&'static str);
+///
+/// /// Greets someone, in the worker's configured words.
+/// #[activity]
+/// async fn welcome(State(greeting): State<Greeting>, name: String) -> Result<String, ActivityError> {
+///     Ok(format!("{} {name}!", greeting.0))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(welcome::run(State(Greeting("Hej")), "Ada".into()).await.unwrap(), "Hej Ada!");
+/// # }
+/// ```
 ///
 /// ```
 /// use durable_core::prelude::*;
@@ -227,6 +255,7 @@ pub use registry::{
     Registry,
 };
 pub use retry::RetryPolicy;
+pub use state::{State, StateType, States};
 pub use storage::{IdReusePolicy, InstanceQuery, InstanceRecord, MemoryStore, RedbStore, Store};
 #[cfg(feature = "postgres")]
 pub use storage::{PostgresOptions, PostgresStore};
@@ -238,7 +267,7 @@ pub mod prelude {
         Activity, ActivityContext, ActivityError, Client, ClientError, Either, EntityContext,
         EntityId, FailureDetails, IdReusePolicy, InstanceHandle, InstanceId, MemoryStore,
         OrchestrationContext, OrchestrationError, Orchestrator, RetryPolicy, RuntimeStatus,
-        StartOptions, TaskError, Timestamp, Worker, activity, entity, orchestrator, select,
+        StartOptions, State, TaskError, Timestamp, Worker, activity, entity, orchestrator, select,
         when_all, when_any,
     };
     pub use serde::{Deserialize, Serialize};

@@ -1,7 +1,7 @@
 //! The traits the macros implement ([`Activity`], [`Orchestrator`]) and the registry that
 //! maps durable names to code.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +14,7 @@ use crate::context::OrchestrationContext;
 use crate::error::{BuildError, FailureDetails, PayloadDecodeError, ToFailure, decode, encode};
 use crate::history::Payload;
 use crate::ids::InstanceId;
+use crate::state::{StateType, States};
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -44,11 +45,20 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an activity",
-    note = "put `#[activity]` on an `async fn` to define one"
+    note = "put `#[activity]` on an `async fn` to define one",
+    note = "an activity is named by its marker, the function's name (`ctx.call(charge, order)`); \
+            if a local variable has that name, or the marker is not in scope, the call gets the variable \
+            (here a `{Self}`): rename the variable or import the activity"
 )]
 pub trait Activity: Send + Sync + 'static {
     /// The durable name recorded in history.
     const NAME: &'static str;
+    /// The types of the [`State`](crate::State) values the activity takes from its worker.
+    /// [`WorkerBuilder::start`](crate::WorkerBuilder::start) fails with
+    /// [`BuildError::MissingState`] when one was not given. `#[activity]` fills it from the
+    /// function's `State<T>` parameters; an activity written by hand lists what it reads
+    /// with [`ActivityContext::state`]. Default: none.
+    const STATES: &'static [StateType] = &[];
     /// Input type (serialized as JSON).
     type Input: Serialize + DeserializeOwned + Send + 'static;
     /// Output type (serialized as JSON).
@@ -90,7 +100,10 @@ pub trait Activity: Send + Sync + 'static {
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an orchestrator",
-    note = "put `#[orchestrator]` on an `async fn` to define one"
+    note = "put `#[orchestrator]` on an `async fn` to define one",
+    note = "an orchestrator is named by its marker, the function's name; if a local variable has that \
+            name, or the marker is not in scope, the call gets the variable (here a `{Self}`): rename the \
+            variable or import the orchestrator"
 )]
 pub trait Orchestrator: Send + Sync + 'static {
     /// The durable name recorded in history.
@@ -114,8 +127,8 @@ pub trait Orchestrator: Send + Sync + 'static {
 
 /// What an activity can learn about the call it serves.
 ///
-/// Take it as the first parameter of an `#[activity]` function to read the calling
-/// instance, the attempt number under the caller's retry policy, and whether the activity
+/// Take it as a parameter of an `#[activity]` function (usually the first) to read the
+/// calling instance, the attempt number under the caller's retry policy, and whether the activity
 /// should stop early.
 ///
 /// # Examples
@@ -156,6 +169,8 @@ pub struct ActivityContext {
     pub attempt: u32,
     /// Fires when the activity should stop early.
     pub cancellation: Cancellation,
+    /// The worker's state values (see [`ActivityContext::state`]).
+    pub(crate) states: States,
 }
 
 impl ActivityContext {
@@ -172,6 +187,7 @@ impl ActivityContext {
             seq,
             attempt,
             cancellation,
+            states: States::default(),
         }
     }
 
@@ -184,6 +200,7 @@ impl ActivityContext {
             seq: 0,
             attempt: 1,
             cancellation: Cancellation::never(),
+            states: States::default(),
         }
     }
 
@@ -316,6 +333,8 @@ pub struct Registry {
     activities: HashMap<String, Arc<ActivityFn>>,
     orchestrators: HashMap<String, OrchestratorEntry>,
     entities: HashMap<String, Arc<crate::entity::EntityFn>>,
+    /// The state types each activity takes (activities taking none are absent).
+    states: BTreeMap<String, Vec<StateType>>,
     duplicates: Vec<(&'static str, String)>,
 }
 
@@ -344,12 +363,25 @@ impl Registry {
         Self::default()
     }
 
-    /// Registers an activity under `A::NAME`.
+    /// Registers an activity under `A::NAME`, with the state types it takes
+    /// ([`Activity::STATES`]).
     pub fn add_activity<A: Activity>(&mut self, activity: A) {
         let activity = Arc::new(activity);
-        let f: Arc<ActivityFn> = Arc::new(move |ctx, input: Payload| {
+        let f: Arc<ActivityFn> = Arc::new(move |ctx: ActivityContext, input: Payload| {
             let activity = Arc::clone(&activity);
             Box::pin(async move {
+                if let Some(missing) = ctx.missing_state::<A>() {
+                    // `start()` checks this; only a registry changed behind its back gets here.
+                    return Err(FailureDetails::new(
+                        "MissingState",
+                        format!(
+                            "activity `{}` takes `State<{}>`, which this worker was not given",
+                            A::NAME,
+                            missing.type_name()
+                        ),
+                    )
+                    .non_retriable());
+                }
                 let input: A::Input =
                     decode(&input).map_err(|e| FailureDetails::from_error(&e).non_retriable())?;
                 match activity.run(ctx, input).await {
@@ -359,9 +391,11 @@ impl Registry {
             })
         });
         self.insert_activity(A::NAME, f);
+        self.set_activity_states(A::NAME, A::STATES.iter().copied());
     }
 
-    /// Registers an activity from a closure over raw JSON payloads (used by mocks).
+    /// Registers an activity from a closure over raw JSON payloads (used by mocks). It takes
+    /// no state unless [`set_activity_states`](Self::set_activity_states) says otherwise.
     pub fn add_activity_raw(
         &mut self,
         name: &str,
@@ -371,9 +405,13 @@ impl Registry {
         + 'static,
     ) {
         self.insert_activity(name, Arc::new(f));
+        self.states.remove(name);
     }
 
-    /// Replaces (or adds) the activity registered under `name`.
+    /// Replaces (or adds) the activity registered under `name`. The state types recorded for
+    /// `name` stay (the replacement usually wraps the handler it replaces, see
+    /// [`activity_handler`](Self::activity_handler)); a replacement that needs none, such as
+    /// a mock, says so with [`set_activity_states`](Self::set_activity_states).
     pub fn replace_activity_raw(
         &mut self,
         name: &str,
@@ -428,6 +466,54 @@ impl Registry {
     /// ```
     pub fn activity_handler(&self, name: &str) -> Option<ActivityHandler> {
         self.activities.get(name).cloned()
+    }
+
+    /// The types of the [`State`](crate::State) values the activity registered under `name`
+    /// takes (empty for an unknown name).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::{Registry, StateType};
+    ///
+    /// #[derive(Clone)]
+    /// struct Config;
+    ///
+    /// #[activity]
+    /// async fn configured(State(_cfg): State<Config>, _x: ()) -> Result<(), ActivityError> { Ok(()) }
+    ///
+    /// let mut registry = Registry::new();
+    /// registry.register(configured);
+    /// assert_eq!(registry.activity_states("configured"), [StateType::of::<Config>()]);
+    /// // A replacement that needs no state (a stub) says so:
+    /// registry.replace_activity_raw("configured", |_, input| Box::pin(async move { Ok(input) }));
+    /// registry.set_activity_states("configured", []);
+    /// assert!(registry.activity_states("configured").is_empty());
+    /// ```
+    pub fn activity_states(&self, name: &str) -> &[StateType] {
+        self.states.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// Sets the state types the activity registered under `name` takes; the worker checks
+    /// at start that it holds a value of each.
+    pub fn set_activity_states(&mut self, name: &str, states: impl IntoIterator<Item = StateType>) {
+        let states: Vec<StateType> = states.into_iter().collect();
+        if states.is_empty() {
+            self.states.remove(name);
+        } else {
+            self.states.insert(name.to_owned(), states);
+        }
+    }
+
+    /// The first registered activity (by name) taking a state type `states` lacks.
+    pub(crate) fn missing_state(&self, states: &States) -> Option<(String, StateType)> {
+        self.states.iter().find_map(|(name, types)| {
+            types
+                .iter()
+                .find(|t| !states.contains(t))
+                .map(|t| (name.clone(), *t))
+        })
     }
 
     fn insert_activity(&mut self, name: &str, f: Arc<ActivityFn>) {

@@ -11,10 +11,34 @@ use crate::errors::Errors;
 pub(crate) struct Function {
     pub(crate) item: ItemFn,
     pub(crate) docs: Vec<Attribute>,
+    /// Every parameter, in declaration order.
+    pub(crate) params: Vec<Param>,
     pub(crate) context: Option<PatType>,
     pub(crate) input: Option<PatType>,
-    pub(crate) output: Type,
-    pub(crate) error: Type,
+    pub(crate) returns: Returns,
+}
+
+/// What one parameter of the function is.
+pub(crate) enum Param {
+    /// `ctx: ActivityContext` / `ctx: OrchestrationContext`.
+    Context,
+    /// `State(pool): State<PgPool>` (activities only): the state type, `PgPool`, and the
+    /// whole parameter type, `State<PgPool>`, as written.
+    State {
+        inner: Box<Type>,
+        written: Box<Type>,
+    },
+    /// The one deserialized input.
+    Input,
+}
+
+/// The function's return type.
+pub(crate) enum Returns {
+    /// Written `Result<T, E>`.
+    Result { output: Box<Type>, error: Box<Type> },
+    /// Anything else that may be a `Result` (an alias such as `R<T>` or `io::Result<T>`):
+    /// the output and error types are left to the type system (`__private::IntoResult`).
+    Alias(Box<Type>),
 }
 
 fn last_segment_is(ty: &Type, name: &str) -> bool {
@@ -22,6 +46,54 @@ fn last_segment_is(ty: &Type, name: &str) -> bool {
         Type::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == name),
         Type::Reference(r) => last_segment_is(&r.elem, name),
         _ => false,
+    }
+}
+
+/// How a parameter relates to `State`.
+enum StateUse {
+    /// `State<T>`.
+    Typed(Box<Type>),
+    /// `State(x): State` (no type given).
+    Untyped,
+    /// `State<A, B>`, `State<'a>`, ….
+    Malformed,
+    /// `&State<T>`.
+    Reference,
+}
+
+fn state_use(pt: &PatType) -> Option<StateUse> {
+    let named_state_pattern = match &*pt.pat {
+        syn::Pat::TupleStruct(t) => t.path.segments.last().is_some_and(|s| s.ident == "State"),
+        _ => false,
+    };
+    let ty = match &*pt.ty {
+        Type::Reference(r) if last_segment_is(&r.elem, "State") => {
+            return state_use_of(&r.elem, named_state_pattern).map(|_| StateUse::Reference);
+        }
+        ty => ty,
+    };
+    state_use_of(ty, named_state_pattern)
+}
+
+fn state_use_of(ty: &Type, named_state_pattern: bool) -> Option<StateUse> {
+    let Type::Path(p) = ty else { return None };
+    let seg = p.path.segments.last()?;
+    if seg.ident != "State" {
+        return None;
+    }
+    match &seg.arguments {
+        PathArguments::AngleBracketed(args) => {
+            let mut types = args.args.iter();
+            match (types.next(), types.next()) {
+                (Some(GenericArgument::Type(t)), None) => {
+                    Some(StateUse::Typed(Box::new(t.clone())))
+                }
+                _ => Some(StateUse::Malformed),
+            }
+        }
+        // A type of the user's own named `State`, unless the pattern says otherwise.
+        PathArguments::None if named_state_pattern => Some(StateUse::Untyped),
+        PathArguments::None | PathArguments::Parenthesized(_) => None,
     }
 }
 
@@ -60,7 +132,7 @@ pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<
         ok = false;
     }
 
-    let (context, mut inputs) = classify_params(kind, sig, errors, &mut ok);
+    let (params, context, mut inputs) = classify_params(kind, sig, errors, &mut ok);
     if kind == Kind::Orchestrator && context.is_none() && ok {
         let target = sig
             .inputs
@@ -76,20 +148,49 @@ pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<
         ok = false;
     }
     if inputs.len() > 1 {
+        let hint = match kind {
+            Kind::Activity => {
+                "; bundle several values into a struct or a tuple, or take shared resources as `State<T>` parameters"
+            }
+            Kind::Orchestrator | Kind::Entity => "; bundle several values into a struct or a tuple",
+        };
         for extra in &inputs[1..] {
             errors.push(
                 extra,
-                format!("{attr} functions take at most one input; bundle several values into a struct or a tuple"),
+                format!("{attr} functions take at most one input{hint}"),
             );
         }
         ok = false;
     }
 
-    let result = match &sig.output {
-        ReturnType::Type(_, ty) => result_parts(ty),
+    let returns = return_type(kind, sig, errors)?;
+    if !ok {
+        return None;
+    }
+    let docs = item
+        .attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .cloned()
+        .collect();
+    Some(Function {
+        params,
+        context,
+        input: inputs.pop(),
+        returns,
+        docs,
+        item,
+    })
+}
+
+/// Reads the return type, reporting one that cannot be a `Result`.
+fn return_type(kind: Kind, sig: &syn::Signature, errors: &mut Errors) -> Option<Returns> {
+    let attr = kind.attr();
+    let returns = match &sig.output {
+        ReturnType::Type(_, ty) => returns(ty),
         ReturnType::Default => None,
     };
-    let Some((output, error)) = result else {
+    if returns.is_none() {
         let msg = match kind {
             Kind::Activity => format!(
                 "{attr} functions must return `Result<T, E>`, e.g. `Result<Receipt, ActivityError>`"
@@ -106,83 +207,132 @@ pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<
                 errors.push_error(syn::Error::new(sig.paren_token.span.close(), msg));
             }
         }
-        return None;
-    };
-    if !ok {
-        return None;
     }
-    let docs = item
-        .attrs
-        .iter()
-        .filter(|a| a.path().is_ident("doc"))
-        .cloned()
-        .collect();
-    Some(Function {
-        context,
-        input: inputs.pop(),
-        output,
-        error,
-        docs,
-        item,
-    })
+    returns
 }
 
-/// Splits the parameters into the optional leading context and the inputs.
+/// Sorts the parameters: the context, state (activities) and inputs, keeping their order.
 fn classify_params(
     kind: Kind,
     sig: &syn::Signature,
     errors: &mut Errors,
     ok: &mut bool,
-) -> (Option<PatType>, Vec<PatType>) {
+) -> (Vec<Param>, Option<PatType>, Vec<PatType>) {
     let attr = kind.attr();
-    let (ctx_name, ctx_example) = match kind {
-        Kind::Activity => ("ActivityContext", "ctx: ActivityContext"),
-        Kind::Orchestrator | Kind::Entity => ("OrchestrationContext", "ctx: OrchestrationContext"),
+    let ctx_name = match kind {
+        Kind::Activity => "ActivityContext",
+        Kind::Orchestrator | Kind::Entity => "OrchestrationContext",
     };
+    let mut params = Vec::new();
     let mut context = None;
     let mut inputs: Vec<PatType> = Vec::new();
     for (i, arg) in sig.inputs.iter().enumerate() {
-        match arg {
+        let pt = match arg {
             FnArg::Receiver(r) => {
                 errors.push(
                     r,
                     format!("{attr} must be on a free function, not a method taking `self`"),
                 );
                 *ok = false;
+                continue;
             }
-            FnArg::Typed(pt) => {
-                if last_segment_is(&pt.ty, ctx_name) {
-                    if i == 0 {
-                        context = Some(pt.clone());
-                    } else {
-                        errors.push(
-                            pt,
-                            format!("the `{ctx_name}` parameter must come first: `async fn {}({ctx_example}, ..)`", sig.ident),
-                        );
-                        *ok = false;
-                    }
-                } else if let Type::Reference(_) = *pt.ty {
-                    errors.push(
-                        &pt.ty,
-                        format!("{attr} inputs are deserialized values and cannot be references; take the input by value"),
-                    );
-                    *ok = false;
-                } else {
-                    inputs.push(pt.clone());
-                }
+            FnArg::Typed(pt) => pt,
+        };
+        if last_segment_is(&pt.ty, ctx_name) {
+            if kind != Kind::Activity && i != 0 {
+                errors.push(
+                    pt,
+                    format!(
+                        "the `{ctx_name}` parameter must come first: `async fn {}(ctx: {ctx_name}, ..)`",
+                        sig.ident
+                    ),
+                );
+                *ok = false;
+            } else if context.is_some() {
+                errors.push(
+                    pt,
+                    format!("{attr} functions take at most one `{ctx_name}`"),
+                );
+                *ok = false;
+            } else {
+                context = Some(pt.clone());
+                params.push(Param::Context);
             }
+            continue;
+        }
+        if let Some(state) = state_use(pt) {
+            *ok &= matches!(state, StateUse::Typed(_)) && kind == Kind::Activity;
+            match (state, kind) {
+                (_, Kind::Orchestrator | Kind::Entity) => errors.push(
+                    pt,
+                    "orchestrations cannot take state: their code is replayed from history, so it must not \
+                     depend on values from outside it; call an activity that takes `State<T>` instead",
+                ),
+                (StateUse::Typed(inner), Kind::Activity) => params.push(Param::State {
+                    inner,
+                    written: pt.ty.clone(),
+                }),
+                (StateUse::Untyped, Kind::Activity) => errors.push(
+                    &pt.ty,
+                    "`State` needs the type of the state value: `State(pool): State<PgPool>`",
+                ),
+                (StateUse::Malformed, Kind::Activity) => errors.push(
+                    &pt.ty,
+                    "`State` takes exactly one type, the state value's: `State(pool): State<PgPool>`",
+                ),
+                (StateUse::Reference, Kind::Activity) => errors.push(
+                    &pt.ty,
+                    "take `State<T>` by value (`State(pool): State<PgPool>`); each run gets its own clone",
+                ),
+            }
+            continue;
+        }
+        if let Type::Reference(_) = *pt.ty {
+            errors.push(
+                &pt.ty,
+                format!("{attr} inputs are deserialized values and cannot be references; take the input by value"),
+            );
+            *ok = false;
+        } else {
+            inputs.push(pt.clone());
+            params.push(Param::Input);
         }
     }
-    (context, inputs)
+    (params, context, inputs)
 }
 
-/// Splits `Result<T, E>` (any path ending in `Result` with two type arguments).
-fn result_parts(ty: &Type) -> Option<(Type, Type)> {
-    let Type::Path(p) = ty else { return None };
-    let seg = p.path.segments.last()?;
-    if seg.ident != "Result" {
-        return None;
+/// Types a return type surely is not a `Result` alias of.
+const NOT_RESULTS: &[&str] = &[
+    "String", "str", "Vec", "Option", "Box", "bool", "char", "u8", "u16", "u32", "u64", "u128",
+    "usize", "i8", "i16", "i32", "i64", "i128", "isize", "f32", "f64", "HashMap", "BTreeMap",
+    "HashSet", "BTreeSet",
+];
+
+/// Reads the return type: `Result<T, E>` split, or a path that may be an alias of it.
+fn returns(ty: &Type) -> Option<Returns> {
+    match ty {
+        Type::Paren(p) => returns(&p.elem),
+        Type::Group(g) => returns(&g.elem),
+        Type::Path(p) if p.qself.is_none() => {
+            let seg = p.path.segments.last()?;
+            if seg.ident == "Result" {
+                if let Some((output, error)) = result_parts(seg) {
+                    return Some(Returns::Result {
+                        output: Box::new(output),
+                        error: Box::new(error),
+                    });
+                }
+            } else if NOT_RESULTS.iter().any(|n| seg.ident == n) {
+                return None;
+            }
+            Some(Returns::Alias(Box::new(ty.clone())))
+        }
+        _ => None,
     }
+}
+
+/// Splits `Result<T, E>` (a last path segment with two type arguments).
+fn result_parts(seg: &syn::PathSegment) -> Option<(Type, Type)> {
     let PathArguments::AngleBracketed(args) = &seg.arguments else {
         return None;
     };

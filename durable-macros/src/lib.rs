@@ -11,7 +11,7 @@ mod lint;
 use proc_macro::TokenStream;
 
 /// Turns `async fn name(input: I) -> Result<O, E>` (optionally taking an
-/// `ActivityContext` first) into a typed activity marker named `name`.
+/// `ActivityContext` and `State<T>` parameters) into a typed activity marker named `name`.
 ///
 /// See `durable_core::activity` for the full documentation.
 #[proc_macro_attribute]

@@ -14,7 +14,7 @@ use durable_core::registry::{ActivityRegistration, OrchestratorRegistration};
 use durable_core::{
     Activity, BuildError, Client, ClientError, InstanceHandle, InstanceId, InstanceQuery,
     InstanceRecord, MemoryStore, Orchestrator, Registration, Registry, RuntimeStatus, StartOptions,
-    Store, StoreError, Timestamp, Worker, WorkerOptions,
+    States, Store, StoreError, Timestamp, Worker, WorkerOptions,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -68,6 +68,9 @@ const MAX_WAIT_STEPS: usize = 100_000;
 pub struct TestEnvBuilder {
     registry: Registry,
     mocks: Vec<(String, MockSpec)>,
+    states: States,
+    /// State types given twice.
+    states_twice: Vec<&'static str>,
     options: WorkerOptions,
     clock: Option<ManualClock>,
     store: Option<MemoryStore>,
@@ -85,6 +88,7 @@ impl fmt::Debug for TestEnvBuilder {
                 "mocks",
                 &self.mocks.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
+            .field("states", &self.states)
             .field("options", &self.options)
             .field("auto_advance", &self.auto_advance)
             .field("sim", &self.sim)
@@ -98,6 +102,8 @@ impl Default for TestEnvBuilder {
         Self {
             registry: Registry::new(),
             mocks: Vec::new(),
+            states: States::new(),
+            states_twice: Vec::new(),
             options: WorkerOptions::default(),
             clock: None,
             store: None,
@@ -180,9 +186,68 @@ impl TestEnvBuilder {
         self.register(OrchestratorRegistration(orchestrator))
     }
 
+    /// Shares `value` with the activities that take a `State<T>` of its type, as
+    /// [`WorkerBuilder::state`](durable_core::WorkerBuilder::state) does: the real thing or a
+    /// test double of the same type. One value per type; a registered activity whose state
+    /// is missing makes [`start`](Self::start) fail with [`BuildError::MissingState`] — unless
+    /// it is mocked on this builder (a mock replaces the activity, so it needs no state).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// /// Where sent mail goes: an SMTP client in production, a list in this test.
+    /// #[derive(Clone, Default)]
+    /// struct Outbox(Arc<Mutex<Vec<String>>>);
+    ///
+    /// #[activity]
+    /// async fn send(State(outbox): State<Outbox>, to: String) -> Result<(), ActivityError> {
+    ///     outbox.0.lock().unwrap().push(to);
+    ///     Ok(())
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn welcome(ctx: OrchestrationContext, to: String) -> Result<(), OrchestrationError> {
+    ///     Ok(ctx.call(send, to).await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let outbox = Outbox::default();
+    /// let env = TestEnv::builder()
+    ///     .state(outbox.clone())
+    ///     .register(send)
+    ///     .register(welcome)
+    ///     .start()
+    ///     .unwrap();
+    /// let run = env.start(welcome, "ada@example.com".into()).await.unwrap();
+    /// env.wait(&run).await.unwrap();
+    /// assert_eq!(*outbox.0.lock().unwrap(), ["ada@example.com"]);
+    ///
+    /// // Mocked, the activity needs no state:
+    /// let env = TestEnv::builder()
+    ///     .register(send)
+    ///     .register(welcome)
+    ///     .mock(send, |_to: String| Ok(()))
+    ///     .start()
+    ///     .unwrap();
+    /// # let _ = env;
+    /// # }
+    /// ```
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        if self.states.get::<T>().is_some() {
+            self.states_twice.push(std::any::type_name::<T>());
+        }
+        self.states.insert(value);
+        self
+    }
+
     /// Replaces activity `A` by a closure on its typed input, returning its typed output or
-    /// its error. The activity need not be registered. See [`TestEnv::mock`] to change a
-    /// mock while the env runs.
+    /// its error. The activity need not be registered, and takes no state when mocked. See
+    /// [`TestEnv::mock`] to change a mock while the env runs.
     ///
     /// # Examples
     ///
@@ -433,7 +498,10 @@ impl TestEnvBuilder {
     ///
     /// # Errors
     ///
-    /// [`BuildError::DuplicateName`] when two registrations share a name.
+    /// [`BuildError::DuplicateName`] when two registrations share a name;
+    /// [`BuildError::MissingState`] when a registered activity that is not mocked takes a
+    /// state type the builder was not given; [`BuildError::DuplicateState`] when one type was
+    /// given twice.
     ///
     /// # Examples
     ///
@@ -445,6 +513,9 @@ impl TestEnvBuilder {
     /// # }
     /// ```
     pub fn start(self) -> Result<TestEnv, BuildError> {
+        if let Some(type_name) = self.states_twice.first() {
+            return Err(BuildError::DuplicateState { type_name });
+        }
         let clock = self.clock.unwrap_or_default();
         let store = self.store.unwrap_or_default();
         let shared = Arc::new(Shared::new(store, clock, self.sim, self.crash_plan));
@@ -460,9 +531,20 @@ impl TestEnvBuilder {
         for name in &switched {
             let real = registry.activity_handler(name);
             let board = switchboard(Arc::clone(&shared), real);
+            // Keeps the real activity's state types: the switchboard runs it when unmocked.
             registry.replace_activity_raw(name, move |ctx, input| board(ctx, input));
         }
-        let worker = start_worker(&shared, &registry, &self.options, shared.epoch())?;
+        for name in lock(&shared.mocks).keys() {
+            // Mocked from the start: the mock replaces the activity and needs no state.
+            registry.set_activity_states(name, []);
+        }
+        let worker = start_worker(
+            &shared,
+            &registry,
+            &self.states,
+            &self.options,
+            shared.epoch(),
+        )?;
         let client = worker.client();
         let inner = Arc::new(EnvInner {
             shared: Arc::clone(&shared),
@@ -470,6 +552,7 @@ impl TestEnvBuilder {
             client,
             registry,
             switched,
+            states: self.states,
             options: self.options,
             idle_timeout: self.idle_timeout,
             next_id: AtomicU64::new(1),
@@ -489,12 +572,14 @@ impl TestEnvBuilder {
 fn start_worker(
     shared: &Arc<Shared>,
     registry: &Registry,
+    states: &States,
     options: &WorkerOptions,
     epoch: u64,
 ) -> Result<Worker, BuildError> {
     Worker::builder()
         .store_arc(Arc::new(HarnessStore::new(Arc::clone(shared), epoch)))
         .registry(registry.clone())
+        .states(states.clone())
         .clock(shared.clock.as_clock())
         .options(options.clone())
         .start()
@@ -569,6 +654,7 @@ struct EnvInner {
     client: Client,
     registry: Registry,
     switched: BTreeSet<String>,
+    states: States,
     options: WorkerOptions,
     idle_timeout: Duration,
     next_id: AtomicU64,
@@ -584,8 +670,14 @@ impl EnvInner {
             if let Some(old) = old {
                 old.abort();
             }
-            let worker = start_worker(&self.shared, &self.registry, &self.options, epoch)
-                .expect("the registry was validated when the env started");
+            let worker = start_worker(
+                &self.shared,
+                &self.registry,
+                &self.states,
+                &self.options,
+                epoch,
+            )
+            .expect("the registry and state were validated when the env started");
             *lock(&self.worker) = Some(worker);
             if let Some(t) = resume_at {
                 // A restarted process finds the crashed one's leases expired only later.
@@ -1449,13 +1541,22 @@ impl TestEnv {
     ///
     /// # Panics
     ///
-    /// As [`mock`](Self::mock).
+    /// As [`mock`](Self::mock); and when `A` takes a `State<T>` the env was not given
+    /// ([`TestEnvBuilder::state`]): the real activity could not run.
     ///
     /// # Examples
     ///
     /// See [`mock`](Self::mock).
     pub fn unmock<A: Activity>(&self, activity: A) {
         let _ = activity;
+        if let Some(missing) = A::STATES.iter().find(|t| !self.inner.states.contains(t)) {
+            panic!(
+                "activity `{}` takes `State<{}>`, which this env was not given, so the real \
+                 activity cannot run: give it with `TestEnv::builder().state(..)`",
+                A::NAME,
+                missing.type_name()
+            );
+        }
         self.set_mock(A::NAME, None);
     }
 

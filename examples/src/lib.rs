@@ -3,7 +3,8 @@
 //!
 //! Each module holds one pattern: [`chaining`], [`fan_out`], [`monitor`],
 //! [`approval`] (human interaction) and [`aggregator`] (entities), plus [`bank`]
-//! (critical sections). [`workloads`] holds the benchmarks' shared code.
+//! (critical sections) and [`status`] (an activity with shared state: an HTTP client).
+//! [`workloads`] holds the benchmarks' shared code.
 
 pub mod aggregator;
 pub mod approval;
@@ -11,11 +12,13 @@ pub mod bank;
 pub mod chaining;
 pub mod fan_out;
 pub mod monitor;
+pub mod status;
 pub mod workloads;
 
 use durable_core::WorkerBuilder;
 
-/// Registers every pattern's orchestrators and activities.
+/// Registers every pattern's orchestrators and activities. The worker must also be given
+/// the state [`status::fetch_status`] takes (see [`shared_state`]).
 pub fn register_all(builder: WorkerBuilder) -> WorkerBuilder {
     builder
         .register(chaining::greet)
@@ -30,4 +33,13 @@ pub fn register_all(builder: WorkerBuilder) -> WorkerBuilder {
         .register(aggregator::report_readings)
         .register(bank::Account::entity())
         .register(bank::transfer)
+        .register(status::fetch_status)
+        .register(status::audit)
+}
+
+/// Gives the worker the state its activities take: an HTTP client and a `User-Agent`.
+pub fn shared_state(builder: WorkerBuilder, user_agent: &str) -> WorkerBuilder {
+    builder
+        .state(status::http_client())
+        .state(status::UserAgent(user_agent.to_owned()))
 }

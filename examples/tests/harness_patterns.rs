@@ -10,6 +10,7 @@ use examples::approval::{APPROVAL_EVENT, ApprovalRequest, Decision, approval_flo
 use examples::chaining::{greet, hello_sequence};
 use examples::fan_out::{count_words, word_count};
 use examples::monitor::{Check, MonitorInput, check_job, job_monitor};
+use examples::status::{AuditRequest, StatusQuery, audit, fetch_status};
 
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -371,4 +372,31 @@ async fn transfers_conserve_money_across_crashes() {
         report.runs.iter().filter(|r| r.crashes == 1).count() * 10 >= report.runs.len() * 9,
         "{report}"
     );
+}
+
+// ---------------------------------------------------------------- shared state (issue 13)
+
+/// The stateful HTTP activity, mocked by its typed input: no HTTP client, no server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_with_the_stateful_activity_mocked() {
+    let env = TestEnv::builder()
+        .register(audit)
+        .mock(fetch_status, |q: StatusQuery| {
+            Ok((q.instance_id != "gone").then(|| format!("Completed via {}", q.api)))
+        })
+        .start()
+        .unwrap();
+    let req = AuditRequest {
+        api: "http://api".into(),
+        instance_ids: vec!["a".into(), "gone".into()],
+    };
+    let run = env.start(audit, req).await.unwrap();
+    assert_eq!(
+        env.wait(&run).await.unwrap(),
+        [
+            ("a".to_owned(), Some("Completed via http://api".to_owned())),
+            ("gone".to_owned(), None),
+        ]
+    );
+    assert_eq!(env.calls(fetch_status).len(), 2);
 }

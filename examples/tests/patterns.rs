@@ -9,17 +9,19 @@ use examples::approval::{APPROVAL_EVENT, ApprovalRequest, Decision, approval_flo
 use examples::chaining::hello_sequence;
 use examples::fan_out::word_count;
 use examples::monitor::{MonitorInput, job_monitor};
+use examples::status::{AuditRequest, audit};
 
 fn env() -> (Worker, Client, ManualClock, MemoryStore) {
     let clock = ManualClock::default();
     let store = MemoryStore::new();
-    let worker = examples::register_all(
+    let builder = examples::register_all(
         Worker::builder()
             .store(store.clone())
             .clock(clock.as_clock()),
-    )
-    .start()
-    .unwrap();
+    );
+    let worker = examples::shared_state(builder, "patterns-test")
+        .start()
+        .unwrap();
     let client = worker.client();
     (worker, client, clock, store)
 }
@@ -168,4 +170,64 @@ async fn transfers_conserve_money() {
             .balance;
     }
     assert_eq!(total, 300);
+}
+
+/// Issue 13: an activity with shared state (the worker's HTTP client and `User-Agent`) calls
+/// the management API served on the same store, over real HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_reads_statuses_over_http_with_the_workers_client() {
+    use durable_core::http::{self, HttpOptions};
+
+    let (worker, client, _c, _s) = env();
+    let server = http::serve(
+        client.clone(),
+        ([127, 0, 0, 1], 0).into(),
+        HttpOptions::new(),
+    )
+    .await
+    .unwrap();
+    let done = hello_sequence::start(&client, vec!["A".into()])
+        .await
+        .unwrap();
+    done.wait().await.unwrap();
+    let req = AuditRequest {
+        api: format!("{}{}", server.url(), http::PREFIX),
+        instance_ids: vec![done.id().to_string(), "no-such-instance".into()],
+    };
+    let run = audit::start(&client, req).await.unwrap();
+    assert_eq!(
+        run.wait().await.unwrap(),
+        [
+            (done.id().to_string(), Some("Completed".to_owned())),
+            ("no-such-instance".to_owned(), None),
+        ]
+    );
+    let h = run.history().await.unwrap();
+    assert_eq!(
+        h.iter()
+            .filter(|e| e.event.kind() == "TaskCompleted")
+            .count(),
+        2
+    );
+    server.shutdown().await.unwrap();
+    worker.shutdown().await;
+}
+
+/// Without the HTTP client, the worker does not start: the error names the activity and
+/// the type.
+#[tokio::test]
+async fn the_worker_refuses_to_start_without_the_activities_state() {
+    let err = examples::register_all(Worker::builder().store(MemoryStore::new()))
+        .start()
+        .unwrap_err();
+    match err {
+        durable_core::BuildError::MissingState {
+            activity,
+            type_name,
+        } => {
+            assert_eq!(activity, "fetch_status");
+            assert!(type_name.contains("hyper_util"), "{type_name}");
+        }
+        other => panic!("{other:?}"),
+    }
 }

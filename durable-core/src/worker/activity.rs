@@ -130,7 +130,8 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
                 task.seq,
                 task.attempt,
                 cancellation,
-            );
+            )
+            .with_states(&inner.states);
             // A panic is caught and reported, not fatal (this already runs on its own task).
             // The lease is renewed while the activity runs, however long it takes.
             let work = CatchPanic(f(ctx, task.input.clone()));

@@ -140,6 +140,7 @@ pub struct WorkerBuilder {
     /// The option setters called so far, applied over the base at `start()` in the order
     /// they were called: a later `options(..)` replaces the base, never a setter's value.
     setters: OptionSetters,
+    states: crate::state::StateSet,
 }
 
 /// One option setter of a [`WorkerBuilder`].
@@ -187,6 +188,51 @@ impl WorkerBuilder {
     /// Registers an entity type (`#[entity]` types can also use `.register(Type::entity())`).
     pub fn entity<E: crate::entity::Entity>(mut self) -> Self {
         self.registry.add_entity::<E>();
+        self
+    }
+
+    /// Shares `value` with every activity that takes a [`State<T>`](crate::State) parameter
+    /// of its type (a connection pool, an HTTP client, configuration): each run gets a clone,
+    /// so keep `T` cheap to clone. One value per type: a second value of the same type makes
+    /// [`start`](Self::start) fail with [`BuildError::DuplicateState`] (wrap each in a type of
+    /// its own). Orchestrations never see state.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[derive(Clone)]
+    /// struct Greeting(String);
+    ///
+    /// #[activity]
+    /// async fn greet(State(greeting): State<Greeting>, name: String) -> Result<String, ActivityError> {
+    ///     Ok(format!("{} {name}!", greeting.0))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Without the state, the worker does not start:
+    /// let err = Worker::builder().store(MemoryStore::new()).register(greet).start().unwrap_err();
+    /// assert!(matches!(err, durable_core::BuildError::MissingState { .. }));
+    ///
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .state(Greeting("Hello".into()))
+    ///     .register(greet)
+    ///     .start()?;
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(value);
+        self
+    }
+
+    /// Shares every value of `states` with the activities, as [`state`](Self::state) does
+    /// one at a time.
+    pub fn states(mut self, states: crate::States) -> Self {
+        self.states.extend(&states);
         self
     }
 
@@ -338,7 +384,9 @@ impl WorkerBuilder {
     ///
     /// # Errors
     /// [`BuildError::MissingStore`] without a store; [`BuildError::DuplicateName`] when two
-    /// registrations share a name; [`BuildError::NoRuntime`] outside a Tokio runtime.
+    /// registrations share a name; [`BuildError::MissingState`] when an activity takes a
+    /// state type the builder was not given; [`BuildError::DuplicateState`] when one type was
+    /// given twice; [`BuildError::NoRuntime`] outside a Tokio runtime.
     pub fn start(self) -> Result<Worker, BuildError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let store = self.store.ok_or(BuildError::MissingStore)?;
@@ -349,6 +397,7 @@ impl WorkerBuilder {
         }
         options.max_concurrent_orchestrations = options.max_concurrent_orchestrations.max(1);
         options.max_concurrent_activities = options.max_concurrent_activities.max(1);
+        let states = self.states.finish(&self.registry)?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let registry = Arc::new(self.registry);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -366,6 +415,7 @@ impl WorkerBuilder {
             activity_slots: Arc::new(Semaphore::new(options.max_concurrent_activities)),
             store,
             registry,
+            states,
             clock,
             options,
             cache: Mutex::new(cache),
@@ -451,6 +501,8 @@ fn supervise(
 pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) registry: Arc<Registry>,
+    /// Handed to every activity run (see [`crate::State`]).
+    pub(crate) states: crate::States,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) options: WorkerOptions,
     pub(crate) cache: Mutex<Option<lru::LruCache<InstanceId, Replayer>>>,

@@ -3,6 +3,7 @@
 mod issue12;
 mod issue12_control;
 mod issue13_errors;
+mod issue13_state;
 mod issue13_worker;
 mod rewind;
 mod support;

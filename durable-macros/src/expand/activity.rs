@@ -3,25 +3,36 @@
 // Input:
 //     /// Charges a card.
 //     #[activity]
-//     pub async fn charge(order: Order) -> Result<Receipt, PayError> { .. }
+//     pub async fn charge(State(pool): State<PgPool>, order: Order) -> Result<Receipt, PayError> { .. }
 //
 // Output:
 //     /// Charges a card.
 //     pub struct charge;                       // the typed marker: `ctx.call(charge, order)`
 //     impl charge {
-//         pub async fn run(order: Order) -> Result<Receipt, PayError> { .. }   // the body, callable in tests
+//         // the body, callable in tests with the state passed by hand: `charge::run(State(pool), order)`
+//         pub async fn run(State(pool): State<PgPool>, order: Order) -> Result<Receipt, PayError> { .. }
 //     }
 //     const _: () = {
-//         impl ::durable_core::Activity for charge { NAME = "charge", Input = Order, Output = Receipt, Error = PayError, .. }
+//         // checks at the user's spans: payload types, error type
+//         impl ::durable_core::Activity for charge {
+//             NAME = "charge", STATES = [PgPool], Input = Order, Output = Receipt, Error = PayError,
+//             fn run(&self, ctx, input) { charge::run(__private::state::<PgPool>(&ctx, ..), input) }
+//         }
 //         impl ::durable_core::Registration for charge { .. }
 //     };
+//
+// With `-> R<T>` (an alias), `Output` and `Error` are `<R<T> as IntoResult>::Output` / `::Error`.
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
 
-use super::{body_attrs, durable_name, input_type, krate, marker_attrs, type_checks};
+use super::{
+    body_attrs, durable_name, input_type, into_result, krate, marker_attrs, result_items,
+    result_span, result_types, type_checks,
+};
 use crate::args::Args;
-use crate::ast::Function;
+use crate::ast::{Function, Param};
 
 pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
     let krate = krate(args);
@@ -31,23 +42,55 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
     let attrs = body_attrs(f);
     let name = durable_name(args, f);
     let input_ty = input_type(f);
-    let output = &f.output;
-    let error = &f.error;
+    let (output, error) = result_types(&krate, f);
     let body = &f.item.block;
     let sig_output = &f.item.sig.output;
-    let params: Vec<_> = f.context.iter().chain(f.input.iter()).collect();
-    let ctx_arg = format_ident!("__durable_ctx", span = proc_macro2::Span::mixed_site());
-    let input_arg = format_ident!("__durable_input", span = proc_macro2::Span::mixed_site());
+    let params = &f.item.sig.inputs;
+    let mixed = proc_macro2::Span::mixed_site();
+    let ctx_arg = format_ident!("__durable_ctx", span = mixed);
+    let input_arg = format_ident!("__durable_input", span = mixed);
+    let mut take_states = Vec::new();
+    let mut state_types = Vec::new();
     let call_args: Vec<TokenStream> = f
-        .context
+        .params
         .iter()
-        .map(|_| quote!(#ctx_arg))
-        .chain(f.input.iter().map(|_| quote!(#input_arg)))
+        .map(|p| match p {
+            Param::Context => quote!(#ctx_arg),
+            Param::Input => quote!(#input_arg),
+            Param::State { inner, written } => {
+                let arg = format_ident!("__durable_state_{}", take_states.len(), span = mixed);
+                // Spanned at the parameter's type: a `State` that is not ours, or a value
+                // that cannot be shared, is reported there.
+                let krate = super::respanned(&krate, written.span());
+                take_states.push(quote_spanned! {written.span()=>
+                    let #arg = <#written as #krate::__private::StateParam>::from_state(
+                        #krate::__private::state::<#inner>(&#ctx_arg, <Self as #krate::Activity>::NAME),
+                    );
+                });
+                state_types.push(quote!(#krate::StateType::of::<#inner>()));
+                quote!(#arg)
+            }
+        })
         .collect();
-    let ignore_ctx = f.context.is_none().then(|| quote!(let _ = #ctx_arg;));
+    let states = (!state_types.is_empty())
+        .then(|| quote!(const STATES: &'static [#krate::StateType] = &[#(#state_types),*];));
+    let ignore_ctx = f.context.is_none().then(|| quote!(let _ = &#ctx_arg;));
     let ignore_input = f.input.is_none().then(|| quote!(let _ = #input_arg;));
+    let call = into_result(&krate, f, quote!(#ident::run(#(#call_args),*)));
+    let result_items = result_items(f, &output, &error);
+    let returns = quote::quote_spanned! {result_span(f)=>
+        impl ::core::future::Future<Output = ::core::result::Result<Self::Output, Self::Error>> + ::core::marker::Send
+    };
     let marker = marker_attrs();
-    let checks = type_checks(&krate, error, &input_ty, output);
+    let checks = type_checks(&krate, f, &input_ty);
+    let run_doc = if state_types.is_empty() {
+        quote!(#[doc = " Runs the activity body directly, without the durable runtime (for unit tests)."])
+    } else {
+        quote! {
+            #[doc = " Runs the activity body directly, without the durable runtime (for unit tests): pass"]
+            #[doc = " each `State<T>` value by hand, in declaration order."]
+        }
+    };
     quote! {
         #(#docs)*
         #marker
@@ -56,29 +99,31 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
         impl #ident {
             #(#docs)*
             ///
-            /// Runs the activity body directly, without the durable runtime (for unit tests).
+            #run_doc
             #(#attrs)*
             #[allow(clippy::unused_async)]
-            #vis async fn run(#(#params),*) #sig_output #body
+            #vis async fn run(#params) #sig_output #body
         }
 
+        #[allow(clippy::type_complexity)]
         const _: () = {
             #checks
 
             impl #krate::Activity for #ident {
                 const NAME: &'static str = #name;
+                #states
                 type Input = #input_ty;
-                type Output = #output;
-                type Error = #error;
+                #result_items
 
                 fn run(
                     &self,
                     #ctx_arg: #krate::ActivityContext,
                     #input_arg: Self::Input,
-                ) -> impl ::core::future::Future<Output = ::core::result::Result<Self::Output, Self::Error>> + ::core::marker::Send {
+                ) -> #returns {
+                    #(#take_states)*
                     #ignore_ctx
                     #ignore_input
-                    #ident::run(#(#call_args),*)
+                    #call
                 }
             }
 

@@ -9,7 +9,7 @@ use quote::quote;
 use syn::{LitStr, Type};
 
 use crate::args::{self, Args, Kind};
-use crate::ast::{self, Function};
+use crate::ast::{self, Function, Returns};
 use crate::errors::Errors;
 
 /// The path generated code uses for `durable_core` (overridable with `crate = ..`).
@@ -23,6 +23,63 @@ pub(crate) fn input_type(f: &Function) -> Type {
     f.input
         .as_ref()
         .map_or_else(|| syn::parse_quote!(()), |p| (*p.ty).clone())
+}
+
+/// Where problems with the return type are reported: at an alias's first token (every
+/// generated use of the alias carries this one span, so that a non-`Result` is reported
+/// once), at the call site otherwise.
+pub(crate) fn result_span(f: &Function) -> proc_macro2::Span {
+    use syn::spanned::Spanned;
+    match &f.returns {
+        Returns::Result { .. } => proc_macro2::Span::call_site(),
+        Returns::Alias(ty) => ty.span(),
+    }
+}
+
+/// `tokens`, all carrying `span` (so that rustc can join them with the user's tokens).
+pub(crate) fn respanned(tokens: &impl quote::ToTokens, span: proc_macro2::Span) -> TokenStream {
+    fn walk(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+        tokens
+            .into_iter()
+            .map(|mut t| {
+                if let proc_macro2::TokenTree::Group(g) = &t {
+                    let mut group = proc_macro2::Group::new(g.delimiter(), walk(g.stream(), span));
+                    group.set_span(span);
+                    t = proc_macro2::TokenTree::Group(group);
+                } else {
+                    t.set_span(span);
+                }
+                t
+            })
+            .collect()
+    }
+    walk(tokens.to_token_stream(), span)
+}
+
+/// The output and error types: as written in `Result<T, E>`, or projected from an alias
+/// through `IntoResult` so the type system resolves them.
+pub(crate) fn result_types(krate: &TokenStream, f: &Function) -> (TokenStream, TokenStream) {
+    use quote::quote_spanned;
+    match &f.returns {
+        Returns::Result { output, error } => (quote!(#output), quote!(#error)),
+        Returns::Alias(ty) => {
+            let span = result_span(f);
+            let ty = respanned(ty, span);
+            (
+                quote_spanned!(span=> <#ty as #krate::__private::IntoResult>::Output),
+                quote_spanned!(span=> <#ty as #krate::__private::IntoResult>::Error),
+            )
+        }
+    }
+}
+
+/// `type Output = ..; type Error = ..;`, spanned at the return type when it is an alias, so
+/// that a non-`Result` is reported there.
+pub(crate) fn result_items(f: &Function, output: &TokenStream, error: &TokenStream) -> TokenStream {
+    quote::quote_spanned! {result_span(f)=>
+        type Output = #output;
+        type Error = #error;
+    }
 }
 
 pub(crate) fn durable_name(args: &Args, f: &Function) -> LitStr {
@@ -108,25 +165,27 @@ pub(crate) fn run_entity(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// Compile-time checks, reported at the user's types: the error converts into failure
-/// details, input and output are JSON payloads.
-pub(crate) fn type_checks(
-    krate: &TokenStream,
-    error: &Type,
-    input: &Type,
-    output: &Type,
-) -> TokenStream {
+/// details, input and output are JSON payloads. (A `Result` alias is checked by the
+/// `IntoResult` projections themselves, at the return type.)
+pub(crate) fn type_checks(krate: &TokenStream, f: &Function, input: &Type) -> TokenStream {
     use quote::quote_spanned;
     use syn::spanned::Spanned;
-    let payload = |ty: &Type| {
-        quote_spanned! {ty.span()=>
+    let payload = |span: proc_macro2::Span, ty: &TokenStream| {
+        quote_spanned! {span=>
             const _: fn() = || {
                 fn __durable_assert_payload<T: #krate::__private::Payload>() {}
                 __durable_assert_payload::<#ty>();
             };
         }
     };
-    let (input_check, output_check) = (payload(input), payload(output));
-    let error_check = quote_spanned! {error.span()=>
+    let input_check = payload(input.span(), &quote!(#input));
+    let (output, error) = result_types(krate, f);
+    let (output_span, error_span) = match &f.returns {
+        Returns::Result { output, error } => (output.span(), error.span()),
+        Returns::Alias(_) => (result_span(f), result_span(f)),
+    };
+    let output_check = payload(output_span, &output);
+    let error_check = quote_spanned! {error_span=>
         const _: fn() = || {
             fn __durable_assert_failure<E: #krate::ToFailure>() {}
             __durable_assert_failure::<#error>();
@@ -136,6 +195,21 @@ pub(crate) fn type_checks(
         #error_check
         #input_check
         #output_check
+    }
+}
+
+/// The body's result as the trait's `Result<Output, Error>`: itself when written `Result`,
+/// converted through `IntoResult` when an alias (which reports a non-`Result` at the return
+/// type, once).
+pub(crate) fn into_result(krate: &TokenStream, f: &Function, call: TokenStream) -> TokenStream {
+    use quote::quote_spanned;
+    match &f.returns {
+        Returns::Result { .. } => call,
+        Returns::Alias(ty) => {
+            let span = result_span(f);
+            let ty = respanned(ty, span);
+            quote_spanned!(span=> async move { <#ty as #krate::__private::IntoResult>::into_result(#call.await) })
+        }
     }
 }
 
@@ -262,5 +336,87 @@ mod tests {
         assert!(out.contains("ctx.new_guid()"), "{out}");
         let allowed = expand(Kind::Orchestrator, quote!(allow_nondeterminism), body);
         assert!(!allowed.contains("compile_error"), "{allowed}");
+    }
+
+    #[test]
+    fn state_parameters_are_listed_and_the_body_keeps_them_in_order() {
+        let out = expand(
+            Kind::Activity,
+            quote!(),
+            quote!(
+                async fn charge(
+                    State(pool): State<Pool>,
+                    ctx: ActivityContext,
+                    n: u32,
+                    cfg: State<Config>,
+                ) -> Result<u32, ActivityError> {
+                    Ok(n)
+                }
+            ),
+        );
+        assert!(!out.contains("compile_error"), "{out}");
+        assert!(
+            out.contains(
+                "const STATES : & 'static [:: durable_core :: StateType] = & [:: durable_core :: StateType :: of :: < Pool > () , :: durable_core :: StateType :: of :: < Config > ()]"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "async fn run (State (pool) : State < Pool > , ctx : ActivityContext , n : u32 , cfg : State < Config > ,)"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("type Input = u32"), "{out}");
+    }
+
+    #[test]
+    fn orchestrators_refuse_state_and_keep_the_item() {
+        let out = expand(
+            Kind::Orchestrator,
+            quote!(),
+            quote!(
+                async fn flow(
+                    ctx: OrchestrationContext,
+                    State(pool): State<Pool>,
+                ) -> Result<u32, OrchestrationError> {
+                    Ok(1)
+                }
+            ),
+        );
+        assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        assert!(out.contains("orchestrations cannot take state"), "{out}");
+        assert!(out.contains("async fn flow"), "{out}");
+    }
+
+    #[test]
+    fn a_result_alias_is_resolved_by_the_type_system() {
+        let out = expand(
+            Kind::Activity,
+            quote!(),
+            quote!(
+                async fn double(n: u32) -> R<u32> {
+                    Ok(n * 2)
+                }
+            ),
+        );
+        assert!(!out.contains("compile_error"), "{out}");
+        assert!(
+            out.contains(
+                "type Output = < R < u32 > as :: durable_core :: __private :: IntoResult > :: Output"
+            ),
+            "{out}"
+        );
+        // Well-known non-`Result` types are still refused by name.
+        let out = expand(
+            Kind::Activity,
+            quote!(),
+            quote!(
+                async fn double(n: u32) -> Vec<u32> {
+                    vec![n]
+                }
+            ),
+        );
+        assert!(out.contains("must return `Result<T, E>`"), "{out}");
     }
 }

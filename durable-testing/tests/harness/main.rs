@@ -4,6 +4,7 @@
 mod crash;
 mod inspect;
 mod issue12_control;
+mod issue13_state;
 mod mocks;
 mod replay;
 mod sim;

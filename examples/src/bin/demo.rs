@@ -23,6 +23,7 @@ use examples::bank::{Account, Transfer, transfer};
 use examples::chaining::hello_sequence;
 use examples::fan_out::word_count;
 use examples::monitor::{MonitorInput, job_monitor};
+use examples::status::{AuditRequest, audit};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -32,7 +33,9 @@ async fn main() -> Result<(), BoxError> {
     let path = "durable-demo.redb";
     let store = RedbStore::open(path)?;
     println!("store: {path} (redb, fsync on every commit)");
-    let worker = examples::register_all(Worker::builder().store(store)).start()?;
+    let builder = examples::register_all(Worker::builder().store(store));
+    // The activities' shared state: an HTTP client and its `User-Agent` (see `status`).
+    let worker = examples::shared_state(builder, "durable-demo").start()?;
     match args.first().map(String::as_str) {
         None => run_patterns(worker).await,
         Some("serve") => {
@@ -247,6 +250,27 @@ async fn run_patterns(worker: Worker) -> Result<(), BoxError> {
         total += b;
     }
     println!("   total {total} (money is conserved)");
+
+    println!("== shared state: an activity calls the management API with the worker's HTTP client");
+    let server = http::serve(
+        worker.client(),
+        ([127, 0, 0, 1], 0).into(),
+        HttpOptions::new(),
+    )
+    .await?;
+    let req = AuditRequest {
+        api: format!("{}{}", server.url(), http::PREFIX),
+        instance_ids: vec![
+            "demo-chaining".into(),
+            "demo-approval".into(),
+            "demo-nonexistent".into(),
+        ],
+    };
+    let run = audit::start(&client, req).await?;
+    for (id, status) in run.wait().await? {
+        println!("   {id}: {}", status.as_deref().unwrap_or("(unknown)"));
+    }
+    server.shutdown().await?;
 
     worker.shutdown().await;
     println!("all patterns completed");
