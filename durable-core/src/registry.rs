@@ -156,6 +156,8 @@ pub struct ActivityContext {
     pub attempt: u32,
     /// Fires when the activity should stop early.
     pub cancellation: Cancellation,
+    /// Heartbeats of this run and the last details of the previous one.
+    pub(crate) heartbeat: crate::heartbeat::Heartbeat,
 }
 
 impl ActivityContext {
@@ -165,6 +167,7 @@ impl ActivityContext {
         seq: u64,
         attempt: u32,
         cancellation: Cancellation,
+        heartbeat: crate::heartbeat::Heartbeat,
     ) -> Self {
         Self {
             instance_id,
@@ -172,6 +175,7 @@ impl ActivityContext {
             seq,
             attempt,
             cancellation,
+            heartbeat,
         }
     }
 
@@ -184,6 +188,7 @@ impl ActivityContext {
             seq: 0,
             attempt: 1,
             cancellation: Cancellation::never(),
+            heartbeat: crate::heartbeat::Heartbeat::default(),
         }
     }
 

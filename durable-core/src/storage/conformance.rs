@@ -98,14 +98,7 @@ fn ev(index: u64, timestamp: Timestamp, event: Event) -> HistoryEvent {
 }
 
 fn task(instance: &str, seq: u64, name: &str, input: &str) -> ActivityTask {
-    ActivityTask {
-        attempt: 1,
-        instance_id: id(instance),
-        execution: 1,
-        seq,
-        name: name.to_owned(),
-        input: input.to_owned(),
-    }
+    ActivityTask::new(id(instance), 1, seq, name, input.to_owned())
 }
 
 /// A short label per message: the event name for raised events, else the event kind.
@@ -809,6 +802,8 @@ pub async fn commit_applies_everything(store: Arc<dyn Store>) {
                 name: "charge".into(),
                 input: "5".into(),
                 location: None,
+                timeout: None,
+                heartbeat_timeout: None,
             },
         ),
         ev(
