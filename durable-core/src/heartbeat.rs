@@ -15,7 +15,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
+use crate::clock::Clock;
 use crate::history::Payload;
+use crate::ids::Timestamp;
 use crate::registry::ActivityContext;
 
 /// The activity's side of its heartbeats (inside [`ActivityContext`]).
@@ -31,6 +33,8 @@ pub(crate) struct Heartbeat {
 #[derive(Debug)]
 struct Shared {
     beats: Mutex<Beats>,
+    /// The worker's clock: a heartbeat is timed when the activity calls it.
+    clock: Arc<dyn Clock>,
     /// Bumped on every heartbeat, so the worker's monitor wakes.
     signal: watch::Sender<u64>,
     /// Largest details accepted (the worker's payload limit).
@@ -39,6 +43,8 @@ struct Shared {
 
 #[derive(Debug, Default)]
 struct Beats {
+    /// When the activity last called `heartbeat`.
+    last_at: Option<Timestamp>,
     /// The latest details not yet written to the store.
     pending: Option<Payload>,
     /// The latest details of this run, written or not.
@@ -56,10 +62,15 @@ pub(crate) struct HeartbeatMonitor {
 impl Heartbeat {
     /// A heartbeat handle for a run that starts with `previous` details, and the monitor
     /// the worker watches it with.
-    pub(crate) fn new(previous: Option<Payload>, max_bytes: usize) -> (Self, HeartbeatMonitor) {
+    pub(crate) fn new(
+        previous: Option<Payload>,
+        max_bytes: usize,
+        clock: Arc<dyn Clock>,
+    ) -> (Self, HeartbeatMonitor) {
         let (signal, rx) = watch::channel(0);
         let shared = Arc::new(Shared {
             beats: Mutex::new(Beats::default()),
+            clock,
             signal,
             max_bytes,
         });
@@ -90,6 +101,11 @@ impl HeartbeatMonitor {
         if self.signal.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+
+    /// When the activity last called `heartbeat` (`None` before its first heartbeat).
+    pub(crate) fn last_beat(&self) -> Option<Timestamp> {
+        self.shared.beats().last_at
     }
 
     /// `true` when details wait to be written.
@@ -177,10 +193,14 @@ impl ActivityContext {
                 None
             }
         };
-        if let Some(d) = details {
+        let now = shared.clock.now();
+        {
             let mut beats = shared.beats();
-            beats.latest = Some(d.clone());
-            beats.pending = Some(d);
+            beats.last_at = Some(now);
+            if let Some(d) = details {
+                beats.latest = Some(d.clone());
+                beats.pending = Some(d);
+            }
         }
         shared.signal.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -228,10 +248,11 @@ impl ActivityContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::SystemClock;
 
     #[tokio::test]
     async fn heartbeats_wake_the_monitor_and_keep_the_latest_details() {
-        let (hb, mut monitor) = Heartbeat::new(Some("1".into()), 100);
+        let (hb, mut monitor) = Heartbeat::new(Some("1".into()), 100, Arc::new(SystemClock));
         let mut ctx = ActivityContext::for_test("i");
         ctx.heartbeat = hb;
         assert_eq!(ctx.last_heartbeat::<u32>(), Some(1));

@@ -83,6 +83,9 @@ macro_rules! conformance_tests {
             abandon_activity_delays_task,
             renew_activity_lock_extends_the_lease,
             renew_activity_locks_extends_those_held,
+            activity_task_fields_round_trip,
+            heartbeat_timeout_caps_the_lease,
+            heartbeat_details_survive_the_lease,
             abandon_episode_delays_messages,
             next_wake_time,
             send_message_errors,
@@ -965,9 +968,56 @@ mod postgres {
         let msg = err.to_string();
         eprintln!("{msg}");
         assert!(
-            msg.contains("schema version 99") && msg.contains("up to 1"),
+            msg.contains("schema version 99") && msg.contains("up to 2"),
             "{msg}"
         );
+    }
+
+    /// A hub of schema version 1 (before heartbeats) is migrated in place on connect: a task
+    /// queued under version 1 is fetched as it was and can record heartbeat details.
+    #[tokio::test]
+    async fn a_version_1_hub_is_migrated_with_its_queued_tasks() {
+        let Some(url) = url() else { return };
+        let hub = fresh_hub();
+        drop(connect(&url, &hub).await);
+        // Back to version 1, with a task queued by a version-1 build.
+        sql(
+            &url,
+            &format!(
+                "ALTER TABLE \"{hub}\".activities DROP COLUMN heartbeat, DROP COLUMN heartbeat_timeout;
+                 DELETE FROM \"{hub}\".schema_version WHERE version = 2;
+                 INSERT INTO \"{hub}\".activities (id, instance_id, visible_at, task)
+                 VALUES (1, 'a', 0, '{{\"instance_id\":\"a\",\"execution\":1,\"seq\":0,\"name\":\"old\",\"input\":\"7\"}}')"
+            ),
+        )
+        .await;
+        let store = connect(&url, &hub).await;
+        let work = store
+            .fetch_activity_work(T0, Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(work.len(), 1);
+        let task = &work[0].task;
+        assert_eq!((task.name.as_str(), task.input.as_str()), ("old", "7"));
+        assert_eq!(
+            (task.attempt, task.heartbeat_timeout, &task.heartbeat),
+            (1, None, &None)
+        );
+        store
+            .record_activity_heartbeat(
+                work[0].id,
+                work[0].lock,
+                "3".into(),
+                T0 + Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
+        let again = store
+            .fetch_activity_work(T0 + Duration::from_secs(1), Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(again[0].task.heartbeat.as_deref(), Some("3"));
+        store.drop_task_hub().await.unwrap();
     }
 
     /// A schema that exists but is not a task hub is not touched.
@@ -1015,7 +1065,8 @@ mod postgres {
             )
             .await
             .unwrap();
-        assert_eq!(rows.len(), 1, "one migration recorded");
+        let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(versions, [1, 2], "each migration recorded once");
         stores[0].drop_task_hub().await.unwrap();
     }
 

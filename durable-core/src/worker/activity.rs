@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::Inner;
@@ -130,7 +130,8 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
         )),
         Some(f) => {
             let (cancel, cancellation) = Cancellation::new();
-            let (beats, monitor) = Heartbeat::new(task.heartbeat.clone(), limit);
+            let (beats, monitor) =
+                Heartbeat::new(task.heartbeat.clone(), limit, Arc::clone(&inner.clock));
             let ctx = ActivityContext::new(
                 task.instance_id.clone(),
                 task.name.clone(),
@@ -173,7 +174,7 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
                 f.error_type == CallOptions::TIMEOUT
                     || f.error_type == CallOptions::HEARTBEAT_TIMEOUT
             });
-            if result.is_err() && !timed_out && *cancel.borrow() && inner.is_shutting_down() {
+            if result.is_err() && !timed_out && cancel.is_cancelled() && inner.is_shutting_down() {
                 // Stopped for the shutdown: not a failure of the task. It goes back to the
                 // queue and runs again (here after a restart, or on another worker), with
                 // the details it heartbeated last.
@@ -300,15 +301,11 @@ impl Watch<'_> {
     /// and writes heartbeat details as they come, throttled. Completes — after firing the
     /// cancellation — only when the run exceeds its start-to-close timeout or goes longer
     /// than its heartbeat timeout without a heartbeat, with the failure to record.
-    async fn run(
-        &mut self,
-        lease: &mut LeaseGuard,
-        cancel: &watch::Sender<bool>,
-    ) -> FailureDetails {
+    async fn run(&mut self, lease: &mut LeaseGuard, cancel: &CancellationToken) -> FailureDetails {
         let mut shutdown = self.inner.shutdown.clone();
         let mut told = *shutdown.borrow();
         if told {
-            cancel.send_replace(true);
+            cancel.cancel();
         }
         let task = &self.item.task;
         let deadline = task.timeout.map(|t| (self.started + t, t));
@@ -325,17 +322,17 @@ impl Watch<'_> {
             let beat_deadline = task.heartbeat_timeout.map(|h| last_beat + h);
             tokio::select! {
                 () = lease.lost() => {
-                    cancel.send_replace(true);
+                    cancel.cancel();
                     std::future::pending::<()>().await;
                 }
                 changed = shutdown.changed(), if !told => {
                     if changed.is_err() || *shutdown.borrow() {
                         told = true;
-                        cancel.send_replace(true);
+                        cancel.cancel();
                     }
                 }
                 () = self.monitor.beat() => {
-                    last_beat = clock.now();
+                    last_beat = self.monitor.last_beat().unwrap_or(last_beat).max(last_beat);
                     if write_at.is_none() && self.monitor.has_pending() {
                         let earliest = self.last_write.map(|t| t + self.write_interval());
                         write_at = Some(earliest.map_or(last_beat, |t| t.max(last_beat)));
@@ -361,7 +358,7 @@ impl Watch<'_> {
                 }
             }
         };
-        cancel.send_replace(true);
+        cancel.cancel();
         failure
     }
 }
