@@ -685,7 +685,7 @@ impl OrchestrationContext {
     ///
     /// #[orchestrator]
     /// async fn checkout(ctx: OrchestrationContext, order: u64) -> Result<String, OrchestrationError> {
-    ///     let id = InstanceId::new(format!("audit-{order}")).map_err(OrchestrationError::non_retriable)?;
+    ///     let id = InstanceId::new(format!("audit-{order}"))?;
     ///     let started = ctx.start_orchestration(audit, order, StartOptions::new().instance_id(id))?;
     ///     Ok(format!("audit runs as {started}"))
     /// }

@@ -271,6 +271,10 @@ impl Watch<'_> {
 
     /// Writes the details heartbeated since the last write, if any (extending the lease).
     async fn flush(&mut self) {
+        if self.inner.aborted.load(Ordering::SeqCst) {
+            // A crashed worker writes nothing.
+            return;
+        }
         let Some(details) = self.monitor.take_pending() else {
             return;
         };
