@@ -73,6 +73,32 @@ pub(crate) struct Rerun {
     pub heartbeat: Option<Payload>,
 }
 
+impl Rerun {
+    /// The rerun of the activity `scheduled` records, resuming from `heartbeat`.
+    fn of(seq: u64, scheduled: &Event, heartbeat: Option<&Payload>) -> Option<Self> {
+        let Event::TaskScheduled {
+            name,
+            input,
+            timeout,
+            heartbeat_timeout,
+            ..
+        } = scheduled
+        else {
+            return None;
+        };
+        Some(Self {
+            seq,
+            name: name.clone(),
+            input: input.clone(),
+            timeouts: Timeouts {
+                timeout: *timeout,
+                heartbeat_timeout: *heartbeat_timeout,
+            },
+            heartbeat: heartbeat.cloned(),
+        })
+    }
+}
+
 /// Why an execution that failed inside a critical section cannot be rewound.
 const IN_SECTION: &str = "it failed inside a critical section (its entity locks were \
     released when it failed, so the section cannot resume where it stopped); restart it instead";
@@ -177,23 +203,9 @@ pub(crate) fn plan(history: &[HistoryEvent]) -> Result<RewindPlan, String> {
     };
     for (seq, event) in open {
         match event {
-            Event::TaskScheduled {
-                name,
-                input,
-                timeout,
-                heartbeat_timeout,
-                ..
-            } => {
-                plan.activities.push(Rerun {
-                    seq,
-                    name: name.clone(),
-                    input: input.clone(),
-                    timeouts: Timeouts {
-                        timeout: *timeout,
-                        heartbeat_timeout: *heartbeat_timeout,
-                    },
-                    heartbeat: heartbeats.get(&seq).map(|h| (*h).clone()),
-                });
+            Event::TaskScheduled { .. } => {
+                plan.activities
+                    .extend(Rerun::of(seq, event, heartbeats.get(&seq).copied()));
             }
             Event::TimerCreated { fire_at, .. } => plan.timers.push((seq, *fire_at)),
             Event::SubOrchestrationCreated { instance_id, .. } => {
@@ -292,6 +304,46 @@ mod tests {
         let rerun: Vec<u64> = p.activities.iter().map(|a| a.seq).collect();
         assert_eq!(rerun, vec![1, 2]);
         assert!(p.timers.is_empty() && p.children.is_empty());
+    }
+
+    #[test]
+    fn a_rerun_keeps_its_timeouts_and_resumes_from_the_undone_failures_heartbeat() {
+        let mut timed = scheduled(0);
+        if let Event::TaskScheduled {
+            timeout,
+            heartbeat_timeout,
+            ..
+        } = &mut timed
+        {
+            *timeout = Some(std::time::Duration::from_secs(30));
+            *heartbeat_timeout = Some(std::time::Duration::from_secs(5));
+        }
+        let mut beat = failed(0);
+        if let Event::TaskFailed { heartbeat, .. } = &mut beat {
+            *heartbeat = Some("17".into());
+        }
+        let history = h(vec![
+            started(),
+            Event::OrchestratorStarted,
+            timed,
+            Event::OrchestratorStarted,
+            beat,
+            completion(),
+        ]);
+        let p = plan(&history).unwrap();
+        assert_eq!(
+            p.activities,
+            [Rerun {
+                seq: 0,
+                name: "a0".into(),
+                input: "null".into(),
+                timeouts: Timeouts {
+                    timeout: Some(std::time::Duration::from_secs(30)),
+                    heartbeat_timeout: Some(std::time::Duration::from_secs(5)),
+                },
+                heartbeat: Some("17".into()),
+            }]
+        );
     }
 
     #[test]

@@ -138,12 +138,12 @@ CREATE TABLE {s}.activities (
 CREATE INDEX activities_visible ON {s}.activities (visible_at, id);
 CREATE INDEX activities_instance ON {s}.activities (instance_id);
 "#,
-    r#"
+    r"
 -- The latest heartbeat details a run recorded (JSON), replacing those in `task`.
 ALTER TABLE {s}.activities ADD COLUMN heartbeat TEXT;
 -- The task's heartbeat timeout (ms): it is leased for no longer than this.
 ALTER TABLE {s}.activities ADD COLUMN heartbeat_timeout BIGINT;
-"#,
+",
 ];
 
 /// Options of a [`PostgresStore`].

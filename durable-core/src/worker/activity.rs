@@ -18,8 +18,9 @@ use crate::context::CallOptions;
 use crate::error::{FailureDetails, StoreError};
 use crate::heartbeat::{Heartbeat, HeartbeatMonitor};
 use crate::history::Event;
+use crate::history::Payload;
 use crate::ids::Timestamp;
-use crate::registry::{ActivityContext, Cancellation};
+use crate::registry::{ActivityContext, ActivityFn, Cancellation};
 use crate::storage::{ActivityWorkItem, Message, WorkKind};
 
 pub(crate) async fn dispatch(inner: Arc<Inner>) {
@@ -118,103 +119,28 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
         return;
     }
     let task = &item.task;
-    let limit = inner.options.limits.max_payload_bytes;
-    let mut heartbeat = None;
-    let result = match inner.registry.activity(&task.name) {
-        None => Err(FailureDetails::new(
-            "UnknownActivity",
-            format!(
-                "no activity named `{}` is registered on this worker",
-                task.name
-            ),
-        )),
-        Some(f) => {
-            let (cancel, cancellation) = Cancellation::new();
-            let (beats, monitor) =
-                Heartbeat::new(task.heartbeat.clone(), limit, Arc::clone(&inner.clock));
-            let ctx = ActivityContext::new(
-                task.instance_id.clone(),
-                task.name.clone(),
-                task.seq,
-                task.attempt,
-                cancellation,
-                beats,
-            );
-            let mut watch = Watch {
-                inner,
-                item: &item,
-                monitor,
-                started: inner.clock.now(),
-                last_write: None,
-            };
-            // A panic is caught and reported, not fatal (this already runs on its own task).
-            // The lease is renewed while the activity runs, however long it takes.
-            let work = CatchPanic(f(ctx, task.input.clone()));
-            let outcome = tokio::select! {
-                r = work => Ok(r),
-                // The activity's future is dropped here: it timed out.
-                timed_out = watch.run(&mut lease, &cancel) => Err(timed_out),
-            };
-            if lease.is_lost() {
-                // Another worker took the task over; its result is the one that counts (this
-                // one may be no more than the reaction to the cancellation).
-                tracing::warn!("activity lease lost while it ran; its result is dropped");
-                return;
-            }
-            let result = match outcome {
-                Ok(Ok(r)) => r,
-                Ok(Err(panic)) => {
-                    let mut f = FailureDetails::from_panic(panic.as_ref());
-                    f.message = format!("activity `{}` panicked: {}", task.name, f.message);
-                    Err(f)
-                }
-                Err(timed_out) => Err(timed_out),
-            };
-            let timed_out = result.as_ref().is_err_and(|f| {
-                f.error_type == CallOptions::TIMEOUT
-                    || f.error_type == CallOptions::HEARTBEAT_TIMEOUT
-            });
-            if result.is_err() && !timed_out && cancel.is_cancelled() && inner.is_shutting_down() {
-                // Stopped for the shutdown: not a failure of the task. It goes back to the
-                // queue and runs again (here after a restart, or on another worker), with
-                // the details it heartbeated last.
-                watch.flush().await;
-                let now = inner.clock.now();
-                if let Err(e) = inner.store.abandon_activity(item.id, item.lock, now).await {
-                    tracing::warn!(error = %e, "cancelled activity not put back; it runs again when its lease expires");
-                }
-                return;
-            }
-            if result.is_err() {
-                // The next attempt resumes from them.
-                heartbeat = watch.monitor.last_details();
-            }
-            result
-        }
-    };
-    let event = match result {
-        Ok(out) if out.len() > limit => Event::TaskFailed {
-            seq: task.seq,
-            failure: FailureDetails::new(
-                "PayloadTooLarge",
+    let (result, heartbeat) = match inner.registry.activity(&task.name) {
+        None => (
+            Err(FailureDetails::new(
+                "UnknownActivity",
                 format!(
-                    "activity output of {} bytes exceeds the limit of {limit} bytes",
-                    out.len()
+                    "no activity named `{}` is registered on this worker",
+                    task.name
                 ),
-            )
-            .non_retriable(),
-            heartbeat: None,
-        },
-        Ok(out) => Event::TaskCompleted {
-            seq: task.seq,
-            result: out,
-        },
-        Err(failure) => Event::TaskFailed {
-            seq: task.seq,
-            failure,
-            heartbeat,
+            )),
+            None,
+        ),
+        Some(f) => match execute(inner, &item, &*f, &mut lease).await {
+            Some(ran) => ran,
+            None => return,
         },
     };
+    let event = result_event(
+        task.seq,
+        result,
+        heartbeat,
+        inner.options.limits.max_payload_bytes,
+    );
     let message = Message::new(event, Some(task.execution), inner.clock.now());
     if inner.store.supports_activity_handoff() && !inner.is_shutting_down() {
         // Straight to the orchestration; committed with the episode that consumes it. The
@@ -240,6 +166,107 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
         .await
     {
         tracing::warn!(error = %e, "activity result not recorded; the task will run again");
+    }
+}
+
+/// Runs the registered activity `f` on `item` under its timeouts. Returns its result and,
+/// for a failure, the last heartbeat details (for the next attempt) — or `None` when there
+/// is nothing to report: the lease was lost (the new owner's result counts), or the run
+/// stopped for a shutdown and the task went back to the queue.
+async fn execute(
+    inner: &Inner,
+    item: &ActivityWorkItem,
+    f: &ActivityFn,
+    lease: &mut LeaseGuard,
+) -> Option<(Result<Payload, FailureDetails>, Option<Payload>)> {
+    let task = &item.task;
+    let (cancel, cancellation) = Cancellation::new();
+    let limit = inner.options.limits.max_payload_bytes;
+    let (beats, monitor) = Heartbeat::new(task.heartbeat.clone(), limit, Arc::clone(&inner.clock));
+    let ctx = ActivityContext::new(
+        task.instance_id.clone(),
+        task.name.clone(),
+        task.seq,
+        task.attempt,
+        cancellation,
+        beats,
+    );
+    let mut watch = Watch {
+        inner,
+        item,
+        monitor,
+        started: inner.clock.now(),
+        last_write: None,
+    };
+    // A panic is caught and reported, not fatal (this already runs on its own task).
+    // The lease is renewed while the activity runs, however long it takes.
+    let work = CatchPanic(f(ctx, task.input.clone()));
+    let outcome = tokio::select! {
+        r = work => Ok(r),
+        // The activity's future is dropped here: it timed out.
+        timed_out = watch.run(lease, &cancel) => Err(timed_out),
+    };
+    if lease.is_lost() {
+        // Another worker took the task over; its result is the one that counts (this one
+        // may be no more than the reaction to the cancellation).
+        tracing::warn!("activity lease lost while it ran; its result is dropped");
+        return None;
+    }
+    let result = match outcome {
+        Ok(Ok(r)) => r,
+        Ok(Err(panic)) => {
+            let mut f = FailureDetails::from_panic(panic.as_ref());
+            f.message = format!("activity `{}` panicked: {}", task.name, f.message);
+            Err(f)
+        }
+        Err(timed_out) => return Some((Err(timed_out), watch.monitor.last_details())),
+    };
+    if result.is_err() && cancel.is_cancelled() && inner.is_shutting_down() {
+        // Stopped for the shutdown: not a failure of the task. It goes back to the queue and
+        // runs again (here after a restart, or on another worker), with the details it
+        // heartbeated last.
+        watch.flush().await;
+        let now = inner.clock.now();
+        if let Err(e) = inner.store.abandon_activity(item.id, item.lock, now).await {
+            tracing::warn!(error = %e, "cancelled activity not put back; it runs again when its lease expires");
+        }
+        return None;
+    }
+    // A failure carries the details to the next attempt, which resumes from them.
+    let heartbeat = if result.is_err() {
+        watch.monitor.last_details()
+    } else {
+        None
+    };
+    Some((result, heartbeat))
+}
+
+/// The message that reports an activity's result to its orchestration.
+fn result_event(
+    seq: u64,
+    result: Result<Payload, FailureDetails>,
+    heartbeat: Option<Payload>,
+    limit: usize,
+) -> Event {
+    match result {
+        Ok(out) if out.len() > limit => Event::TaskFailed {
+            seq,
+            failure: FailureDetails::new(
+                "PayloadTooLarge",
+                format!(
+                    "activity output of {} bytes exceeds the limit of {limit} bytes",
+                    out.len()
+                ),
+            )
+            .non_retriable(),
+            heartbeat: None,
+        },
+        Ok(out) => Event::TaskCompleted { seq, result: out },
+        Err(failure) => Event::TaskFailed {
+            seq,
+            failure,
+            heartbeat,
+        },
     }
 }
 

@@ -320,6 +320,34 @@ mod tests {
     }
 
     #[test]
+    fn each_lease_is_renewed_on_its_own_period() {
+        let leases = Arc::new(ActivityLeases::default());
+        let t0 = Timestamp::from_unix_millis(1_000_000);
+        let long = Duration::from_secs(300);
+        let short = Duration::from_secs(20);
+        let _a = leases.hold(&item(1, 11), t0, long);
+        let _b = leases.hold(&item(2, 22), t0, short);
+        // The short lease is due first (10 s), within a quarter of its period (5 s) at 5 s.
+        assert_eq!(leases.next_due(), Some(t0 + Duration::from_secs(10)));
+        assert!(leases.due_at(t0 + Duration::from_secs(4), long).is_empty());
+        assert_eq!(
+            leases.due_at(t0 + Duration::from_secs(5), long),
+            [(short, vec![(2, LockToken(22))])]
+        );
+        let lost = leases.renewed(&[(2, LockToken(22))], &[], t0 + Duration::from_secs(15));
+        assert!(lost.is_empty());
+        // At 150 s both are due, each in the batch of its period.
+        let due = leases.due_at(t0 + Duration::from_secs(150), long);
+        assert_eq!(
+            due,
+            [
+                (short, vec![(2, LockToken(22))]),
+                (long, vec![(1, LockToken(11))])
+            ]
+        );
+    }
+
+    #[test]
     fn a_task_leased_again_replaces_its_old_lease() {
         let leases = Arc::new(ActivityLeases::default());
         let t0 = Timestamp::from_unix_millis(1_000_000);
