@@ -1371,6 +1371,82 @@ mod postgres {
             store.drop_task_hub().await.unwrap();
         }
 
+        static RESUMED: std::sync::Mutex<Vec<Option<u32>>> = std::sync::Mutex::new(Vec::new());
+        static BEAT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+        /// The first run heartbeats 5 (once allowed to) and hangs; a later run answers with
+        /// what it resumed from.
+        #[activity]
+        async fn resumable(ctx: ActivityContext, _x: ()) -> Result<u32, ActivityError> {
+            let last = ctx.last_heartbeat::<u32>();
+            RESUMED.lock().unwrap().push(last);
+            if let Some(done) = last {
+                return Ok(done);
+            }
+            BEAT.acquire().await.unwrap().forget();
+            ctx.heartbeat(5u32);
+            std::future::pending().await
+        }
+
+        #[orchestrator]
+        async fn resume_job(ctx: OrchestrationContext, _x: ()) -> Result<u32, OrchestrationError> {
+            let options = CallOptions::new().heartbeat_timeout(Duration::from_secs(60));
+            Ok(ctx.call_with(resumable, (), options).await?)
+        }
+
+        /// A worker dies in the middle of an activity that heartbeated: another worker on the
+        /// hub takes the task over a heartbeat timeout after the written heartbeat (its
+        /// lease), not after the 5-minute activity lease, and resumes from the details.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_dead_workers_task_is_taken_over_after_its_heartbeat_timeout_with_its_details() {
+            use durable_core::Clock as _;
+            use durable_core::storage::WorkKind;
+            let Some(url) = url() else { return };
+            let hub = fresh_hub();
+            let clock = durable_testing::ManualClock::default();
+            let t0 = clock.now();
+            let worker = |store: PostgresStore| {
+                Worker::builder()
+                    .register(resumable)
+                    .register(resume_job)
+                    .store(store)
+                    .clock(clock.as_clock())
+                    .start()
+                    .unwrap()
+            };
+            let store = connect(&url, &hub).await;
+            let first = worker(store.clone());
+            let run = resume_job::start(&first.client(), ()).await.unwrap();
+            let guard = async {
+                while RESUMED.lock().unwrap().is_empty() {
+                    tokio::task::yield_now().await;
+                }
+                clock.advance(Duration::from_secs(1));
+                BEAT.add_permits(1);
+                // Written: the lease moves with it, to a heartbeat timeout after it.
+                let written = t0 + Duration::from_secs(61);
+                while store.next_wake_time_for(WorkKind::Activity).await.unwrap() != Some(written) {
+                    tokio::task::yield_now().await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(60), guard)
+                .await
+                .expect("the heartbeat is written");
+            first.abort();
+            let second = worker(connect(&url, &hub).await);
+            clock.set(t0 + Duration::from_secs(61));
+            let out = tokio::time::timeout(Duration::from_secs(60), run.wait())
+                .await
+                .expect("taken over")
+                .unwrap();
+            assert_eq!(out, 5);
+            assert_eq!(*RESUMED.lock().unwrap(), [None, Some(5)]);
+            let history = run.history().await.unwrap();
+            assert!(history.iter().all(|e| e.event.kind() != "TaskFailed"));
+            second.shutdown().await;
+            store.drop_task_hub().await.unwrap();
+        }
+
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn two_workers_share_a_fan_out() {
             let Some(url) = url() else { return };
