@@ -743,6 +743,12 @@ mod handoff_lease {
         let clock = ManualClock::default();
         let (worker, gated) = start(&store, Hold::Lease, &clock, true);
         let run = fan_out_held(&worker, &gated).await;
+        // Every result reaches the hand-off (an activity counts its run before it returns).
+        eventually("every result to wait for its episode", || {
+            let waiting = worker.waiting_activity_results();
+            async move { waiting == N as usize }
+        })
+        .await;
         step(&store, &clock).await;
         assert_eq!(worker.waiting_activity_results(), N as usize);
         // "Another worker" takes every task over, at a time when the leases look expired.
