@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::client::StartOptions;
 use crate::error::{
     FailureDetails, OrchestrationError, PayloadDecodeError, TaskError, TaskFailure, TaskKind,
     decode, encode,
@@ -54,6 +55,7 @@ pub(crate) enum ActionKind {
     Activity { name: String },
     Timer,
     SubOrchestration { name: String },
+    StartOrchestration { name: String },
     SendEvent { name: String },
     EntityCall { operation: String },
     EntitySignal { operation: String },
@@ -67,6 +69,9 @@ impl fmt::Display for ActionKind {
             ActionKind::Activity { name } => write!(f, "activity `{name}`"),
             ActionKind::Timer => f.write_str("a timer"),
             ActionKind::SubOrchestration { name } => write!(f, "sub-orchestration `{name}`"),
+            ActionKind::StartOrchestration { name } => {
+                write!(f, "starting orchestration `{name}`")
+            }
             ActionKind::SendEvent { name } => write!(f, "sending event `{name}`"),
             ActionKind::EntityCall { operation } => write!(f, "entity call `{operation}`"),
             ActionKind::EntitySignal { operation } => write!(f, "entity signal `{operation}`"),
@@ -91,6 +96,10 @@ pub(crate) enum ActionDetail {
         input: Payload,
         /// 1-based attempt under a retry policy.
         attempt: u32,
+        /// Timeouts the worker enforces on each run.
+        timeouts: Timeouts,
+        /// Heartbeat details carried from the previous attempt's failure.
+        heartbeat: Option<Payload>,
     },
     Timer {
         fire_at: Timestamp,
@@ -100,6 +109,14 @@ pub(crate) enum ActionDetail {
         instance_id: InstanceId,
         input: Payload,
         version: Option<String>,
+    },
+    StartOrchestration {
+        name: String,
+        instance_id: InstanceId,
+        input: Payload,
+        version: Option<String>,
+        scheduled_start: Option<Timestamp>,
+        reuse: crate::storage::IdReusePolicy,
     },
     SendEvent {
         instance_id: InstanceId,
@@ -132,6 +149,9 @@ impl ActionDetail {
             ActionDetail::SubOrchestration { name, .. } => {
                 ActionKind::SubOrchestration { name: name.clone() }
             }
+            ActionDetail::StartOrchestration { name, .. } => {
+                ActionKind::StartOrchestration { name: name.clone() }
+            }
             ActionDetail::SendEvent { name, .. } => ActionKind::SendEvent { name: name.clone() },
             ActionDetail::EntityCall { operation, .. } => ActionKind::EntityCall {
                 operation: operation.clone(),
@@ -145,11 +165,19 @@ impl ActionDetail {
     }
 }
 
+/// The timeouts a worker enforces on each run of an activity task (see [`CallOptions`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Timeouts {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) heartbeat_timeout: Option<Duration>,
+}
+
 /// The result delivered to a slot.
 #[derive(Debug, Clone)]
 pub(crate) enum SlotResult {
     Ok(Payload),
-    Err(FailureDetails),
+    /// A failure, with the failed activity's last heartbeat details.
+    Err(FailureDetails, Option<Payload>),
     Fired,
 }
 
@@ -482,52 +510,111 @@ impl OrchestrationContext {
     /// Schedules an activity and returns a future for its typed output.
     ///
     /// # Determinism
-    /// Records `TaskScheduled` (with this call's source location) when created, and
-    /// `TaskCompleted` / `TaskFailed` when the result arrives. On replay the recorded result
-    /// is returned without running the activity again.
+    /// Records `TaskScheduled` (with this call's source location) when created — whether or
+    /// not the future is ever awaited — and `TaskCompleted` / `TaskFailed` when the result
+    /// arrives. On replay the recorded result is returned without running the activity again.
     #[track_caller]
     pub fn call<A: Activity>(&self, activity: A, input: A::Input) -> TaskFuture<A::Output> {
         let _ = activity;
         let location = Location::caller();
         match encode(&input) {
-            Ok(payload) => self.schedule_activity_raw(A::NAME, payload, 1, location),
+            Ok(payload) => {
+                self.schedule_activity_raw(A::NAME, payload, 1, Timeouts::default(), None, location)
+            }
             Err(e) => TaskFuture::failed(TaskError::Decode(e)),
         }
     }
 
-    /// Schedules an activity with a durable retry policy: each retry is a durable timer
-    /// followed by a new schedule, so retries survive restarts.
+    /// Schedules an activity with [`CallOptions`]: a durable retry policy, a start-to-close
+    /// timeout per run and a heartbeat timeout. Returns the same typed future as
+    /// [`call`](Self::call).
+    ///
+    /// A run that outlives its timeout (or stops heartbeating for longer than its heartbeat
+    /// timeout) is cancelled by the worker running it and fails with error type
+    /// [`TIMEOUT`](CallOptions::TIMEOUT) (or
+    /// [`HEARTBEAT_TIMEOUT`](CallOptions::HEARTBEAT_TIMEOUT)); that failure is retriable, so
+    /// the retry policy applies to it like to any other.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    ///
+    /// #[activity]
+    /// async fn charge(order: u64) -> Result<String, ActivityError> {
+    ///     Ok(format!("receipt-{order}"))
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn checkout(ctx: OrchestrationContext, order: u64) -> Result<String, OrchestrationError> {
+    ///     let options = CallOptions::new()
+    ///         .timeout(Duration::from_secs(30))
+    ///         .retry(RetryPolicy::new(3, Duration::from_secs(5)));
+    ///     Ok(ctx.call_with(charge, order, options).await?)
+    /// }
+    /// # let _ = checkout;
+    /// ```
     ///
     /// # Determinism
-    /// Records one `TaskScheduled` per attempt and one `TimerCreated` per back-off.
+    /// Records the first attempt's `TaskScheduled` (with its timeouts) when created, whether
+    /// or not the future is awaited. Under a retry policy each further attempt records a
+    /// `TimerCreated` for its back-off and a `TaskScheduled`, as the awaited future runs: a
+    /// future dropped after its first attempt makes no more.
+    #[track_caller]
+    pub fn call_with<A: Activity>(
+        &self,
+        activity: A,
+        input: A::Input,
+        options: CallOptions,
+    ) -> TaskFuture<A::Output> {
+        let _ = activity;
+        let location = Location::caller();
+        let payload = match encode(&input) {
+            Ok(p) => p,
+            Err(e) => return TaskFuture::failed(TaskError::Decode(e)),
+        };
+        let timeouts = options.timeouts();
+        let first =
+            self.schedule_activity_raw(A::NAME, payload.clone(), 1, timeouts, None, location);
+        match options.retry {
+            None => first,
+            Some(policy) => self.retrying(first, policy, location, move |ctx, attempt, beat| {
+                ctx.schedule_activity_raw(
+                    A::NAME,
+                    payload.clone(),
+                    attempt,
+                    timeouts,
+                    beat,
+                    location,
+                )
+            }),
+        }
+    }
+
+    /// Schedules an activity with a durable retry policy: each retry is a durable timer
+    /// followed by a new schedule, so retries survive restarts. Shorthand for
+    /// [`call_with`](Self::call_with) and `CallOptions::new().retry(policy)`.
+    ///
+    /// # Determinism
+    /// Records the first `TaskScheduled` when created, whether or not the future is awaited;
+    /// then one `TimerCreated` per back-off and one `TaskScheduled` per further attempt.
     #[track_caller]
     pub fn call_with_retry<A: Activity>(
         &self,
         activity: A,
         input: A::Input,
         policy: RetryPolicy,
-    ) -> BoxFuture<'static, Result<A::Output, TaskError>> {
-        let _ = activity;
-        let location = Location::caller();
-        let ctx = self.clone();
-        let payload = encode(&input);
-        Box::pin(async move {
-            let payload = payload.map_err(TaskError::Decode)?;
-            let raw = ctx
-                .retry_loop(&policy, location, |ctx, attempt| {
-                    ctx.schedule_activity_raw::<()>(A::NAME, payload.clone(), attempt, location)
-                        .into_raw()
-                })
-                .await?;
-            decode::<A::Output>(&raw).map_err(TaskError::Decode)
-        })
+    ) -> TaskFuture<A::Output> {
+        self.call_with(activity, input, CallOptions::new().retry(policy))
     }
 
     /// Starts a sub-orchestration (instance id derived from this instance's id) and returns
     /// a future for its typed output.
     ///
     /// # Determinism
-    /// Records `SubOrchestrationCreated`, then `SubOrchestrationCompleted` / `Failed`.
+    /// Records `SubOrchestrationCreated` when created (whether or not the future is
+    /// awaited), then `SubOrchestrationCompleted` / `Failed`.
     #[track_caller]
     pub fn call_sub_orchestrator<O: Orchestrator>(
         &self,
@@ -544,72 +631,190 @@ impl OrchestrationContext {
 
     /// Starts a sub-orchestration with options: explicit instance id, version, retry policy.
     ///
+    /// The child is created with this episode whether or not the future is awaited, so a
+    /// child with an explicit id can be started and left to run (its result is then
+    /// ignored); it is still this instance's child, terminated with it. To start an
+    /// instance that is no child at all, use [`start_orchestration`](Self::start_orchestration).
+    ///
     /// # Determinism
-    /// As [`call_sub_orchestrator`](Self::call_sub_orchestrator), once per attempt.
+    /// As [`call_sub_orchestrator`](Self::call_sub_orchestrator) for the first attempt;
+    /// under a retry policy each further attempt records a `TimerCreated` for its back-off
+    /// and a `SubOrchestrationCreated`, as the awaited future runs.
     #[track_caller]
     pub fn call_sub_orchestrator_with<O: Orchestrator>(
         &self,
         orchestrator: O,
         input: O::Input,
         options: SubOrchestrationOptions,
-    ) -> BoxFuture<'static, Result<O::Output, TaskError>> {
+    ) -> TaskFuture<O::Output> {
         let _ = orchestrator;
         let location = Location::caller();
-        let ctx = self.clone();
-        let payload = encode(&input);
-        Box::pin(async move {
-            let payload = payload.map_err(TaskError::Decode)?;
-            let SubOrchestrationOptions {
-                instance_id,
-                version,
-                retry,
-            } = options;
-            let policy = retry.unwrap_or_else(|| RetryPolicy::new(1, Duration::ZERO));
-            let raw = ctx
-                .retry_loop(&policy, location, |ctx, _attempt| {
-                    ctx.schedule_sub_raw::<()>(
-                        O::NAME,
-                        payload.clone(),
-                        instance_id.clone(),
-                        version.clone(),
-                        location,
-                    )
-                    .into_raw()
-                })
-                .await?;
-            decode::<O::Output>(&raw).map_err(TaskError::Decode)
-        })
+        let payload = match encode(&input) {
+            Ok(p) => p,
+            Err(e) => return TaskFuture::failed(TaskError::Decode(e)),
+        };
+        let SubOrchestrationOptions {
+            instance_id,
+            version,
+            retry,
+        } = options;
+        let first = self.schedule_sub_raw(
+            O::NAME,
+            payload.clone(),
+            instance_id.clone(),
+            version.clone(),
+            location,
+        );
+        match retry {
+            None => first,
+            Some(policy) => self.retrying(first, policy, location, move |ctx, _attempt, _| {
+                ctx.schedule_sub_raw(
+                    O::NAME,
+                    payload.clone(),
+                    instance_id.clone(),
+                    version.clone(),
+                    location,
+                )
+            }),
+        }
     }
 
-    async fn retry_loop<F>(
+    /// Starts an independent orchestration instance and returns its id: not a child, so
+    /// this instance neither waits for it nor hears of its end, and terminating or purging
+    /// this instance leaves it alone. Use it to hand work off (start a long-running
+    /// monitor, say) or to start a singleton under an explicit id.
+    ///
+    /// `options` are the client's [`StartOptions`]: the instance id (default: a UUID derived
+    /// from this instance's id and the action's position, the same on every replay), a
+    /// scheduled start, the id-reuse policy and the version (default: `O::VERSION`, else this
+    /// instance's version). The instance is created atomically with this episode's commit,
+    /// exactly once however often the code replays. A start refused by the id-reuse policy
+    /// (the id belongs to a running instance under the default policy) is recorded in this
+    /// instance's history as a `SubOrchestrationFailed` for the action and otherwise
+    /// ignored; use [`IdReusePolicy::DedupeRunning`](crate::IdReusePolicy::DedupeRunning)
+    /// to make "start unless running" a no-op.
+    ///
+    /// # Errors
+    /// A non-retriable [`OrchestrationError`] when the input does not serialize or is too
+    /// large, when the id is this instance's own, or when the action limit is reached.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn audit(_ctx: OrchestrationContext, order: u64) -> Result<u64, OrchestrationError> {
+    ///     Ok(order)
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn checkout(ctx: OrchestrationContext, order: u64) -> Result<String, OrchestrationError> {
+    ///     let id = InstanceId::new(format!("audit-{order}"))?;
+    ///     let started = ctx.start_orchestration(audit, order, StartOptions::new().instance_id(id))?;
+    ///     Ok(format!("audit runs as {started}"))
+    /// }
+    /// # let _ = checkout;
+    /// ```
+    ///
+    /// # Determinism
+    /// Records `OrchestrationCreated` (with the instance id) when called.
+    #[track_caller]
+    pub fn start_orchestration<O: Orchestrator>(
         &self,
-        policy: &RetryPolicy,
+        orchestrator: O,
+        input: O::Input,
+        options: StartOptions,
+    ) -> Result<InstanceId, OrchestrationError> {
+        let _ = orchestrator;
+        let location = Location::caller();
+        let payload = encode(&input).map_err(OrchestrationError::from)?;
+        let mut s = lock(&self.shared);
+        s.check_payload("orchestration input", &payload)
+            .map_err(|f| OrchestrationError::non_retriable(f.message))?;
+        if options.instance_id.as_ref() == Some(&s.instance_id) {
+            return Err(OrchestrationError::non_retriable(format!(
+                "an orchestration cannot start another instance under its own id `{}`",
+                s.instance_id
+            )));
+        }
+        let seq = s
+            .next_action_seq()
+            .map_err(|f| OrchestrationError::non_retriable(f.message))?;
+        let instance_id = options.instance_id.unwrap_or_else(|| {
+            let name = format!("{}:{}:{seq}", s.instance_id, s.execution);
+            InstanceId::from_trusted(
+                uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, name.as_bytes())
+                    .simple()
+                    .to_string(),
+            )
+        });
+        let version = options
+            .version
+            .or_else(|| O::VERSION.map(str::to_owned))
+            .or_else(|| s.version.clone());
+        s.emitted.push(Action {
+            seq,
+            location: SourceLocation::from_caller(location),
+            detail: ActionDetail::StartOrchestration {
+                name: O::NAME.to_owned(),
+                instance_id: instance_id.clone(),
+                input: payload,
+                version,
+                scheduled_start: options.scheduled_start,
+                reuse: options.reuse,
+            },
+        });
+        Ok(instance_id)
+    }
+
+    /// Wraps the future of a first attempt in the durable retry loop of `policy`: each
+    /// failure the policy retries waits on a durable timer, then `next` schedules the next
+    /// attempt (given its number and the failed attempt's last heartbeat details).
+    fn retrying<T>(
+        &self,
+        first: TaskFuture<T>,
+        policy: RetryPolicy,
         location: &'static Location<'static>,
-        mut attempt_fn: F,
-    ) -> Result<Payload, TaskError>
-    where
-        F: FnMut(&OrchestrationContext, u32) -> RawTask,
-    {
+        mut next: impl FnMut(&OrchestrationContext, u32, Option<Payload>) -> TaskFuture<()>
+        + Send
+        + 'static,
+    ) -> TaskFuture<T> {
+        if matches!(first.inner, TaskInner::Failed(_)) {
+            // Not even scheduled (too large, action limit): nothing to retry.
+            return first;
+        }
+        let ctx = self.clone();
+        // Measured from the first attempt's scheduling, which happens now.
         let started = self.now();
-        let mut attempt = 1u32;
-        loop {
-            match attempt_fn(self, attempt).await {
-                Ok(v) => return Ok(v),
-                Err(TaskError::Failed(f)) => {
-                    let Some(delay) = policy.next_delay(attempt, &f.details) else {
-                        return Err(TaskError::Failed(f));
-                    };
-                    if let Some(total) = policy.total_timeout {
-                        let elapsed = self.now().saturating_duration_since(started);
-                        if elapsed + delay > total {
+        let mut task = first.into_raw();
+        let retry = async move {
+            let mut attempt = 1u32;
+            loop {
+                match (&mut task).await {
+                    Ok(v) => return Ok(v),
+                    Err(TaskError::Failed(f)) => {
+                        let Some(delay) = policy.next_delay(attempt, &f.details) else {
                             return Err(TaskError::Failed(f));
+                        };
+                        if let Some(total) = policy.total_timeout {
+                            let elapsed = ctx.now().saturating_duration_since(started);
+                            if elapsed + delay > total {
+                                return Err(TaskError::Failed(f));
+                            }
                         }
+                        let heartbeat = task.take_heartbeat();
+                        ctx.timer_at_located(ctx.now() + delay, location).await;
+                        attempt += 1;
+                        task = next(&ctx, attempt, heartbeat).into_raw();
                     }
-                    self.timer_at_located(self.now() + delay, location).await;
-                    attempt += 1;
+                    Err(other) => return Err(other),
                 }
-                Err(other) => return Err(other),
             }
+        };
+        TaskFuture {
+            inner: TaskInner::Retrying(Retrying(Box::pin(retry))),
+            _t: PhantomData,
         }
     }
 
@@ -618,6 +823,8 @@ impl OrchestrationContext {
         name: &str,
         payload: Payload,
         attempt: u32,
+        timeouts: Timeouts,
+        heartbeat: Option<Payload>,
         location: &'static Location<'static>,
     ) -> TaskFuture<T> {
         self.emit_slot(location, TaskKind::Activity, name, |s| {
@@ -626,6 +833,8 @@ impl OrchestrationContext {
                 name: name.to_owned(),
                 input: payload,
                 attempt,
+                timeouts,
+                heartbeat,
             })
         })
     }
@@ -719,6 +928,7 @@ impl OrchestrationContext {
                     done: false,
                 },
                 Box::new(task),
+                None,
             ),
             _t: PhantomData,
         }
@@ -1190,6 +1400,93 @@ impl Drop for CriticalSection {
     }
 }
 
+/// Options of an activity call, for [`OrchestrationContext::call_with`]: a durable retry
+/// policy and the timeouts the worker running the activity enforces on each run.
+///
+/// - [`timeout`](Self::timeout) (start-to-close): how long one run may take, measured by
+///   the worker running it from the moment it starts the activity. At the deadline the
+///   activity's [`Cancellation`](crate::registry::Cancellation) fires, its future is dropped,
+///   and the attempt fails with error type [`TIMEOUT`](Self::TIMEOUT) (retriable: the retry
+///   policy applies). It is not a durable timer: time spent waiting in the queue does not
+///   count, and nothing is recorded in history unless the run times out. A run cut short by
+///   a crash is not an attempt that failed: the task is leased again once the crashed
+///   worker's lease lapses and runs again — same attempt number, a full timeout of its own.
+/// - [`heartbeat_timeout`](Self::heartbeat_timeout): how long a run may go without calling
+///   [`ActivityContext::heartbeat`](crate::ActivityContext::heartbeat) (counted from its
+///   start, then from each heartbeat). A run that goes silent for longer is stuck: the worker
+///   cancels it and the attempt fails with error type
+///   [`HEARTBEAT_TIMEOUT`](Self::HEARTBEAT_TIMEOUT) (retriable). The task's lease is also
+///   held for no longer than the heartbeat timeout (renewed while the worker is alive), so a
+///   task whose worker died is taken over after a heartbeat timeout rather than after the
+///   worker's full activity lease.
+///
+/// Zero durations mean no timeout. The retry policy's attempts each get the same timeouts,
+/// and each attempt can read the last heartbeat details of the one before
+/// ([`ActivityContext::last_heartbeat`](crate::ActivityContext::last_heartbeat)).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use durable_core::prelude::*;
+///
+/// let options = CallOptions::new()
+///     .retry(RetryPolicy::new(5, Duration::from_secs(10)))
+///     .timeout(Duration::from_secs(600))
+///     .heartbeat_timeout(Duration::from_secs(30));
+/// assert_eq!(options.timeout, Some(Duration::from_secs(600)));
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// Durable retry policy for failed attempts (default: no retries).
+    pub retry: Option<RetryPolicy>,
+    /// Start-to-close timeout of each run (default: none).
+    pub timeout: Option<Duration>,
+    /// Longest a run may go without a heartbeat (default: none).
+    pub heartbeat_timeout: Option<Duration>,
+}
+
+impl CallOptions {
+    /// The `error_type` of the failure recorded when a run exceeds its
+    /// [`timeout`](Self::timeout).
+    pub const TIMEOUT: &'static str = "Timeout";
+    /// The `error_type` of the failure recorded when a run exceeds its
+    /// [`heartbeat_timeout`](Self::heartbeat_timeout) without a heartbeat.
+    pub const HEARTBEAT_TIMEOUT: &'static str = "HeartbeatTimeout";
+
+    /// No retries, no timeouts: what [`OrchestrationContext::call`] does.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Retries failed attempts under `policy`.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// Fails a run that takes longer than `timeout` (start-to-close, per run).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Fails a run that goes longer than `timeout` without a heartbeat, and lets another
+    /// worker take the task over that soon when its worker dies.
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.heartbeat_timeout = Some(timeout);
+        self
+    }
+
+    pub(crate) fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            timeout: self.timeout.filter(|d| !d.is_zero()),
+            heartbeat_timeout: self.heartbeat_timeout.filter(|d| !d.is_zero()),
+        }
+    }
+}
+
 /// Options for [`OrchestrationContext::call_sub_orchestrator_with`].
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -1275,12 +1572,28 @@ impl Drop for SlotFuture {
 
 #[derive(Debug)]
 enum TaskInner {
-    /// Waiting for the result; the task named in a failure.
-    Slot(SlotFuture, Box<TaskFailure>),
+    /// Waiting for the result; the task named in a failure; the heartbeat details of a
+    /// failed activity, once it failed.
+    Slot(SlotFuture, Box<TaskFailure>, Option<Payload>),
     Failed(Option<TaskError>),
+    /// A retry loop over attempts (its first attempt scheduled when it was created).
+    Retrying(Retrying),
+}
+
+/// The retry loop of [`OrchestrationContext::call_with`] and friends.
+struct Retrying(BoxFuture<'static, Result<Payload, TaskError>>);
+
+impl fmt::Debug for Retrying {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Retrying")
+    }
 }
 
 /// The future of an activity or sub-orchestration result, decoded as `T`.
+///
+/// The action is scheduled when the future is created: awaiting it only waits for the
+/// result. Dropping it without awaiting leaves the activity or child running; its result is
+/// then ignored (and a retry policy makes no further attempts).
 #[must_use = "futures do nothing unless awaited; the action is scheduled either way"]
 #[derive(Debug)]
 pub struct TaskFuture<T> {
@@ -1309,15 +1622,17 @@ impl<T> TaskFuture<T> {
                 Some(e) => Poll::Ready(Err(e)),
                 None => Poll::Pending,
             },
-            TaskInner::Slot(f, task) => match Pin::new(f).poll(cx) {
+            TaskInner::Slot(f, task, heartbeat) => match Pin::new(f).poll(cx) {
                 Poll::Ready(SlotResult::Ok(p)) => Poll::Ready(Ok(p)),
-                Poll::Ready(SlotResult::Err(details)) => {
+                Poll::Ready(SlotResult::Err(details, beat)) => {
                     task.details = details;
+                    *heartbeat = beat;
                     Poll::Ready(Err(TaskError::Failed(task.clone())))
                 }
                 Poll::Ready(SlotResult::Fired) => Poll::Ready(Ok("null".to_owned())),
                 Poll::Pending => Poll::Pending,
             },
+            TaskInner::Retrying(r) => r.0.as_mut().poll(cx),
         }
     }
 }
@@ -1333,6 +1648,16 @@ impl<T: DeserializeOwned> Future for TaskFuture<T> {
 /// A task future yielding the undecoded JSON payload.
 #[derive(Debug)]
 pub(crate) struct RawTask(TaskFuture<()>);
+
+impl RawTask {
+    /// The last heartbeat details of the failed activity this future answered with.
+    fn take_heartbeat(&mut self) -> Option<Payload> {
+        match &mut self.0.inner {
+            TaskInner::Slot(_, _, heartbeat) => heartbeat.take(),
+            _ => None,
+        }
+    }
+}
 
 impl Future for RawTask {
     type Output = Result<Payload, TaskError>;

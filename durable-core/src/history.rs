@@ -4,6 +4,8 @@
 //! History is plain serde data; [`to_json`] and [`from_json`] export and import it (for
 //! instance to replay a production history against new code in a test).
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::FailureDetails;
@@ -173,6 +175,12 @@ pub enum Event {
         /// Where the code scheduled it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         location: Option<SourceLocation>,
+        /// Start-to-close timeout of each run (`CallOptions::timeout`), in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "millis")]
+        timeout: Option<Duration>,
+        /// Heartbeat timeout (`CallOptions::heartbeat_timeout`), in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "millis")]
+        heartbeat_timeout: Option<Duration>,
     },
     /// An activity returned a value.
     TaskCompleted {
@@ -187,6 +195,10 @@ pub enum Event {
         seq: u64,
         /// What went wrong.
         failure: FailureDetails,
+        /// The last heartbeat details the failed run recorded (JSON), handed to the next
+        /// attempt of a retry policy (`ActivityContext::last_heartbeat`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        heartbeat: Option<Payload>,
     },
     /// A durable timer was created.
     TimerCreated {
@@ -219,6 +231,29 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         version: Option<String>,
         /// Where the code created it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        location: Option<SourceLocation>,
+    },
+    /// The code started an independent orchestration instance
+    /// (`OrchestrationContext::start_orchestration`): not a child, nothing waits for it, and
+    /// it outlives its starter. A refused start (the id is taken) comes back as a
+    /// `SubOrchestrationFailed` with this sequence number, recorded and otherwise ignored.
+    OrchestrationCreated {
+        /// Action sequence number.
+        seq: u64,
+        /// Orchestrator name.
+        name: String,
+        /// The new instance's id.
+        instance_id: InstanceId,
+        /// JSON input.
+        input: Payload,
+        /// Version given to the new instance.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
+        /// Set when the start was scheduled for later.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheduled_start: Option<Timestamp>,
+        /// Where the code started it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         location: Option<SourceLocation>,
     },
@@ -427,6 +462,7 @@ impl Event {
             Event::TimerCreated { .. } => "TimerCreated",
             Event::TimerFired { .. } => "TimerFired",
             Event::SubOrchestrationCreated { .. } => "SubOrchestrationCreated",
+            Event::OrchestrationCreated { .. } => "OrchestrationCreated",
             Event::SubOrchestrationCompleted { .. } => "SubOrchestrationCompleted",
             Event::SubOrchestrationFailed { .. } => "SubOrchestrationFailed",
             Event::EventRaised { .. } => "EventRaised",
@@ -456,6 +492,7 @@ impl Event {
             Event::TaskScheduled { seq, .. }
             | Event::TimerCreated { seq, .. }
             | Event::SubOrchestrationCreated { seq, .. }
+            | Event::OrchestrationCreated { seq, .. }
             | Event::EventSent { seq, .. }
             | Event::EntityCalled { seq, .. }
             | Event::EntitySignaled { seq, .. }
@@ -501,6 +538,28 @@ impl Event {
     }
 }
 
+/// Serde for an optional [`Duration`] as whole milliseconds (history and task JSON).
+pub(crate) mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[allow(
+        clippy::ref_option,
+        reason = "serde's `with` passes the field by reference"
+    )]
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
 /// Exports a history as pretty JSON.
 ///
 /// # Examples
@@ -534,10 +593,16 @@ pub fn pretty(history: &[HistoryEvent]) -> String {
                 seq, name, input, ..
             } => format!("#{seq} {name}({input})"),
             Event::TaskCompleted { seq, result } => format!("#{seq} -> {result}"),
-            Event::TaskFailed { seq, failure } => format!("#{seq} !! {failure}"),
+            Event::TaskFailed { seq, failure, .. } => format!("#{seq} !! {failure}"),
             Event::TimerCreated { seq, fire_at, .. } => format!("#{seq} at {fire_at}"),
             Event::TimerFired { seq, .. } => format!("#{seq}"),
             Event::SubOrchestrationCreated {
+                seq,
+                name,
+                instance_id,
+                ..
+            }
+            | Event::OrchestrationCreated {
                 seq,
                 name,
                 instance_id,

@@ -58,6 +58,7 @@ pub mod clock;
 pub mod context;
 pub mod entity;
 pub mod error;
+mod heartbeat;
 pub mod history;
 #[cfg(feature = "http")]
 pub mod http;
@@ -239,9 +240,9 @@ pub use client::{
 };
 pub use clock::{Clock, SystemClock};
 pub use context::{
-    ContinueAsNew, CriticalSection, Either, EventFuture, Limits, LockFuture, OrchestrationContext,
-    Select, SubOrchestrationOptions, TaskFuture, TimerFuture, WhenAll, WhenAny, select, when_all,
-    when_any,
+    CallOptions, ContinueAsNew, CriticalSection, Either, EventFuture, Limits, LockFuture,
+    OrchestrationContext, Select, SubOrchestrationOptions, TaskFuture, TimerFuture, WhenAll,
+    WhenAny, select, when_all, when_any,
 };
 pub use entity::{Entity, EntityContext, EntityId};
 pub use error::{
@@ -264,11 +265,11 @@ pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, Wor
 /// Everything orchestration, activity and worker code usually needs.
 pub mod prelude {
     pub use crate::{
-        Activity, ActivityContext, ActivityError, Client, ClientError, Either, EntityContext,
-        EntityId, FailureDetails, IdReusePolicy, InstanceHandle, InstanceId, MemoryStore,
-        OrchestrationContext, OrchestrationError, Orchestrator, RetryPolicy, RuntimeStatus,
-        StartOptions, State, TaskError, Timestamp, Worker, activity, entity, orchestrator, select,
-        when_all, when_any,
+        Activity, ActivityContext, ActivityError, CallOptions, Client, ClientError, Either,
+        EntityContext, EntityId, FailureDetails, IdReusePolicy, InstanceHandle, InstanceId,
+        MemoryStore, OrchestrationContext, OrchestrationError, Orchestrator, RetryPolicy,
+        RuntimeStatus, StartOptions, State, TaskError, Timestamp, Worker, activity, entity,
+        orchestrator, select, when_all, when_any,
     };
     pub use serde::{Deserialize, Serialize};
 }

@@ -171,6 +171,8 @@ pub struct ActivityContext {
     pub cancellation: Cancellation,
     /// The worker's state values (see [`ActivityContext::state`]).
     pub(crate) states: States,
+    /// Heartbeats of this run and the last details of the previous one.
+    pub(crate) heartbeat: crate::heartbeat::Heartbeat,
 }
 
 impl ActivityContext {
@@ -180,6 +182,7 @@ impl ActivityContext {
         seq: u64,
         attempt: u32,
         cancellation: Cancellation,
+        heartbeat: crate::heartbeat::Heartbeat,
     ) -> Self {
         Self {
             instance_id,
@@ -188,6 +191,7 @@ impl ActivityContext {
             attempt,
             cancellation,
             states: States::default(),
+            heartbeat,
         }
     }
 
@@ -201,6 +205,7 @@ impl ActivityContext {
             attempt: 1,
             cancellation: Cancellation::never(),
             states: States::default(),
+            heartbeat: crate::heartbeat::Heartbeat::default(),
         }
     }
 
@@ -210,47 +215,78 @@ impl ActivityContext {
     }
 }
 
-/// Tells a running activity to stop early: the worker is shutting down, or the activity's
+/// Tells a running activity to stop early: the worker is shutting down, the run exceeded
+/// its timeout or heartbeat timeout ([`CallOptions`](crate::CallOptions)), or the activity's
 /// lease was lost (another worker took the task over after this one was cut off from the
 /// store). A failure returned after a shutdown's cancellation is not recorded: the task is
-/// put back and runs again; a result returned anyway is recorded as usual.
+/// put back and runs again; a result returned anyway is recorded as usual. At a timeout the
+/// worker does not wait: it records the timeout and drops the activity's future, so only
+/// work the activity handed elsewhere (a spawned task, a blocking thread) sees the
+/// cancellation there.
+///
+/// It is a tokio-util [`CancellationToken`](tokio_util::sync::CancellationToken) underneath:
+/// [`token`](Self::token) hands one to libraries that take it, and a token converts into a
+/// `Cancellation` (to cancel an activity in a unit test, say).
 ///
 /// # Examples
 ///
 /// ```
-/// # use durable_core::registry::Cancellation;
+/// use durable_core::registry::Cancellation;
+/// use tokio_util::sync::CancellationToken;
+///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// let c = Cancellation::never();
 /// assert!(!c.is_cancelled());
+///
+/// // Cancelling from a test: build the activity's cancellation from a token you hold.
+/// let stop = CancellationToken::new();
+/// let c = Cancellation::from(stop.clone());
+/// let spawned = c.token(); // e.g. for a task the activity spawns
+/// stop.cancel();
+/// assert!(c.is_cancelled() && spawned.is_cancelled());
+/// c.cancelled().await;
 /// // In an activity: `tokio::select! { r = work() => r, () = ctx.cancellation.cancelled() => ... }`
 /// # }
 /// ```
 #[derive(Debug, Clone)]
-pub struct Cancellation(tokio::sync::watch::Receiver<bool>);
+pub struct Cancellation(tokio_util::sync::CancellationToken);
 
 impl Cancellation {
     /// A cancellation that never fires.
     pub fn never() -> Self {
-        Self(tokio::sync::watch::channel(false).1)
+        Self(tokio_util::sync::CancellationToken::new())
     }
 
-    pub(crate) fn new() -> (tokio::sync::watch::Sender<bool>, Self) {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        (tx, Self(rx))
+    /// The worker's handle (to fire it) and the activity's.
+    pub(crate) fn new() -> (tokio_util::sync::CancellationToken, Self) {
+        let token = tokio_util::sync::CancellationToken::new();
+        (token.clone(), Self(token))
     }
 
     /// `true` once cancelled.
     pub fn is_cancelled(&self) -> bool {
-        *self.0.borrow()
+        self.0.is_cancelled()
     }
 
     /// Completes when cancelled (never, if it never is).
     pub async fn cancelled(&self) {
-        let mut rx = self.0.clone();
-        if rx.wait_for(|c| *c).await.is_err() {
-            std::future::pending::<()>().await;
-        }
+        self.0.cancelled().await;
+    }
+
+    /// A [`CancellationToken`](tokio_util::sync::CancellationToken) cancelled with this
+    /// cancellation, for code that takes one (a spawned task, a client library). It is a
+    /// child token: cancelling it stops only what holds it, never the activity's own
+    /// cancellation.
+    pub fn token(&self) -> tokio_util::sync::CancellationToken {
+        self.0.child_token()
+    }
+}
+
+impl From<tokio_util::sync::CancellationToken> for Cancellation {
+    /// A cancellation that fires when `token` is cancelled.
+    fn from(token: tokio_util::sync::CancellationToken) -> Self {
+        Self(token)
     }
 }
 

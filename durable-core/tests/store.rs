@@ -83,6 +83,9 @@ macro_rules! conformance_tests {
             abandon_activity_delays_task,
             renew_activity_lock_extends_the_lease,
             renew_activity_locks_extends_those_held,
+            activity_task_fields_round_trip,
+            heartbeat_timeout_caps_the_lease,
+            heartbeat_details_survive_the_lease,
             abandon_episode_delays_messages,
             next_wake_time,
             send_message_errors,
@@ -740,6 +743,12 @@ mod handoff_lease {
         let clock = ManualClock::default();
         let (worker, gated) = start(&store, Hold::Lease, &clock, true);
         let run = fan_out_held(&worker, &gated).await;
+        // Every result reaches the hand-off (an activity counts its run before it returns).
+        eventually("every result to wait for its episode", || {
+            let waiting = worker.waiting_activity_results();
+            async move { waiting == N as usize }
+        })
+        .await;
         step(&store, &clock).await;
         assert_eq!(worker.waiting_activity_results(), N as usize);
         // "Another worker" takes every task over, at a time when the leases look expired.
@@ -965,9 +974,56 @@ mod postgres {
         let msg = err.to_string();
         eprintln!("{msg}");
         assert!(
-            msg.contains("schema version 99") && msg.contains("up to 1"),
+            msg.contains("schema version 99") && msg.contains("up to 2"),
             "{msg}"
         );
+    }
+
+    /// A hub of schema version 1 (before heartbeats) is migrated in place on connect: a task
+    /// queued under version 1 is fetched as it was and can record heartbeat details.
+    #[tokio::test]
+    async fn a_version_1_hub_is_migrated_with_its_queued_tasks() {
+        let Some(url) = url() else { return };
+        let hub = fresh_hub();
+        drop(connect(&url, &hub).await);
+        // Back to version 1, with a task queued by a version-1 build.
+        sql(
+            &url,
+            &format!(
+                "ALTER TABLE \"{hub}\".activities DROP COLUMN heartbeat, DROP COLUMN heartbeat_timeout;
+                 DELETE FROM \"{hub}\".schema_version WHERE version = 2;
+                 INSERT INTO \"{hub}\".activities (id, instance_id, visible_at, task)
+                 VALUES (1, 'a', 0, '{{\"instance_id\":\"a\",\"execution\":1,\"seq\":0,\"name\":\"old\",\"input\":\"7\"}}')"
+            ),
+        )
+        .await;
+        let store = connect(&url, &hub).await;
+        let work = store
+            .fetch_activity_work(T0, Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(work.len(), 1);
+        let task = &work[0].task;
+        assert_eq!((task.name.as_str(), task.input.as_str()), ("old", "7"));
+        assert_eq!(
+            (task.attempt, task.heartbeat_timeout, &task.heartbeat),
+            (1, None, &None)
+        );
+        store
+            .record_activity_heartbeat(
+                work[0].id,
+                work[0].lock,
+                "3".into(),
+                T0 + Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
+        let again = store
+            .fetch_activity_work(T0 + Duration::from_secs(1), Duration::from_secs(60), 10)
+            .await
+            .unwrap();
+        assert_eq!(again[0].task.heartbeat.as_deref(), Some("3"));
+        store.drop_task_hub().await.unwrap();
     }
 
     /// A schema that exists but is not a task hub is not touched.
@@ -1015,7 +1071,8 @@ mod postgres {
             )
             .await
             .unwrap();
-        assert_eq!(rows.len(), 1, "one migration recorded");
+        let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+        assert_eq!(versions, [1, 2], "each migration recorded once");
         stores[0].drop_task_hub().await.unwrap();
     }
 
@@ -1317,6 +1374,82 @@ mod postgres {
                 w.shutdown().await;
             }
             let store = connect(&url, &hub).await;
+            store.drop_task_hub().await.unwrap();
+        }
+
+        static RESUMED: std::sync::Mutex<Vec<Option<u32>>> = std::sync::Mutex::new(Vec::new());
+        static BEAT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+
+        /// The first run heartbeats 5 (once allowed to) and hangs; a later run answers with
+        /// what it resumed from.
+        #[activity]
+        async fn resumable(ctx: ActivityContext, _x: ()) -> Result<u32, ActivityError> {
+            let last = ctx.last_heartbeat::<u32>();
+            RESUMED.lock().unwrap().push(last);
+            if let Some(done) = last {
+                return Ok(done);
+            }
+            BEAT.acquire().await.unwrap().forget();
+            ctx.heartbeat(5u32);
+            std::future::pending().await
+        }
+
+        #[orchestrator]
+        async fn resume_job(ctx: OrchestrationContext, _x: ()) -> Result<u32, OrchestrationError> {
+            let options = CallOptions::new().heartbeat_timeout(Duration::from_secs(60));
+            Ok(ctx.call_with(resumable, (), options).await?)
+        }
+
+        /// A worker dies in the middle of an activity that heartbeated: another worker on the
+        /// hub takes the task over a heartbeat timeout after the written heartbeat (its
+        /// lease), not after the 5-minute activity lease, and resumes from the details.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_dead_workers_task_is_taken_over_after_its_heartbeat_timeout_with_its_details() {
+            use durable_core::Clock as _;
+            use durable_core::storage::WorkKind;
+            let Some(url) = url() else { return };
+            let hub = fresh_hub();
+            let clock = durable_testing::ManualClock::default();
+            let t0 = clock.now();
+            let worker = |store: PostgresStore| {
+                Worker::builder()
+                    .register(resumable)
+                    .register(resume_job)
+                    .store(store)
+                    .clock(clock.as_clock())
+                    .start()
+                    .unwrap()
+            };
+            let store = connect(&url, &hub).await;
+            let first = worker(store.clone());
+            let run = resume_job::start(&first.client(), ()).await.unwrap();
+            let guard = async {
+                while RESUMED.lock().unwrap().is_empty() {
+                    tokio::task::yield_now().await;
+                }
+                clock.advance(Duration::from_secs(1));
+                BEAT.add_permits(1);
+                // Written: the lease moves with it, to a heartbeat timeout after it.
+                let written = t0 + Duration::from_secs(61);
+                while store.next_wake_time_for(WorkKind::Activity).await.unwrap() != Some(written) {
+                    tokio::task::yield_now().await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(60), guard)
+                .await
+                .expect("the heartbeat is written");
+            first.abort();
+            let second = worker(connect(&url, &hub).await);
+            clock.set(t0 + Duration::from_secs(61));
+            let out = tokio::time::timeout(Duration::from_secs(60), run.wait())
+                .await
+                .expect("taken over")
+                .unwrap();
+            assert_eq!(out, 5);
+            assert_eq!(*RESUMED.lock().unwrap(), [None, Some(5)]);
+            let history = run.history().await.unwrap();
+            assert!(history.iter().all(|e| e.event.kind() != "TaskFailed"));
+            second.shutdown().await;
             store.drop_task_hub().await.unwrap();
         }
 

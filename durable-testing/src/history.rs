@@ -239,7 +239,9 @@ impl History {
         self.events
             .iter()
             .filter_map(|e| match &e.event {
-                Event::TaskFailed { seq, failure } if seqs.contains(seq) => Some(failure.clone()),
+                Event::TaskFailed { seq, failure, .. } if seqs.contains(seq) => {
+                    Some(failure.clone())
+                }
                 _ => None,
             })
             .collect()

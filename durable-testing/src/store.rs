@@ -657,7 +657,7 @@ impl Store for HarnessStore {
                 st.activity_leases.insert(
                     item.id,
                     ActivityLease {
-                        until: now + lock_for,
+                        until: now + item.task.lease_for(lock_for),
                         key,
                         instance: item.task.instance_id.clone(),
                         attempt,
@@ -746,6 +746,31 @@ impl Store for HarnessStore {
             return halt().await;
         }
         let r = self.inner().renew_activity_lock(id, lock, until).await;
+        if r.is_ok() {
+            let Some(mut st) = self.live() else {
+                return halt().await;
+            };
+            if let Some(l) = st.activity_leases.get_mut(&id) {
+                l.until = until;
+            }
+        }
+        r
+    }
+
+    async fn record_activity_heartbeat(
+        &self,
+        id: u64,
+        lock: LockToken,
+        details: String,
+        until: Timestamp,
+    ) -> Result<(), StoreError> {
+        if self.live().is_none() {
+            return halt().await;
+        }
+        let r = self
+            .inner()
+            .record_activity_heartbeat(id, lock, details, until)
+            .await;
         if r.is_ok() {
             let Some(mut st) = self.live() else {
                 return halt().await;

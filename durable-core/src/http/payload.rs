@@ -328,7 +328,7 @@ impl Shaper {
                 self.merge(&mut item, true, *seq);
                 item.result = self.result(result);
             }
-            Event::TaskFailed { seq, failure } => {
+            Event::TaskFailed { seq, failure, .. } => {
                 self.merge(&mut item, false, *seq);
                 set_failure(&mut item, failure);
             }
@@ -587,6 +587,8 @@ mod tests {
                     name: "greet".into(),
                     input: "\"Tokyo\"".into(),
                     location: None,
+                    timeout: None,
+                    heartbeat_timeout: None,
                 },
             ),
             at(
@@ -615,6 +617,8 @@ mod tests {
                     name: "pending".into(),
                     input: "null".into(),
                     location: None,
+                    timeout: None,
+                    heartbeat_timeout: None,
                 },
             ),
             at(

@@ -50,6 +50,7 @@ fn loc_text(event: &Event) -> String {
         Event::TaskScheduled { location, .. }
         | Event::TimerCreated { location, .. }
         | Event::SubOrchestrationCreated { location, .. }
+        | Event::OrchestrationCreated { location, .. }
         | Event::EventSent { location, .. } => location.as_ref(),
         _ => None,
     };

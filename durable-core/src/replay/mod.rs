@@ -68,6 +68,12 @@ pub enum Command {
         input: Payload,
         /// 1-based attempt under the caller's retry policy.
         attempt: u32,
+        /// Start-to-close timeout of each run.
+        timeout: Option<std::time::Duration>,
+        /// Longest a run may go without a heartbeat.
+        heartbeat_timeout: Option<std::time::Duration>,
+        /// Heartbeat details of the previous attempt, for the activity to resume from.
+        heartbeat: Option<Payload>,
     },
     /// Enqueue a `TimerFired` message for this instance, visible at `fire_at`.
     CreateTimer {
@@ -88,6 +94,23 @@ pub enum Command {
         input: Payload,
         /// Child version.
         version: Option<String>,
+    },
+    /// Create an independent instance (no parent).
+    StartOrchestration {
+        /// Action sequence number (a refusal is reported back under it).
+        seq: u64,
+        /// Orchestrator name.
+        name: String,
+        /// The new instance's id.
+        instance_id: InstanceId,
+        /// JSON input.
+        input: Payload,
+        /// Its version.
+        version: Option<String>,
+        /// Start no earlier than this.
+        scheduled_start: Option<Timestamp>,
+        /// What to do if the id is taken.
+        reuse: crate::storage::IdReusePolicy,
     },
     /// Deliver an `EventRaised` to another instance.
     SendEvent {
@@ -192,6 +215,8 @@ enum Open {
     Activity,
     Timer,
     Sub(InstanceId),
+    /// An independent instance started: only a refusal of the start answers it.
+    Started,
     EntityCall,
     EntityLock(Vec<InstanceId>),
 }
@@ -562,8 +587,10 @@ impl Replayer {
                 (*seq, |o| matches!(o, Open::Activity))
             }
             Event::TimerFired { seq, .. } => (*seq, |o| matches!(o, Open::Timer)),
-            Event::SubOrchestrationCompleted { seq, .. }
-            | Event::SubOrchestrationFailed { seq, .. } => (*seq, |o| matches!(o, Open::Sub(_))),
+            Event::SubOrchestrationCompleted { seq, .. } => (*seq, |o| matches!(o, Open::Sub(_))),
+            Event::SubOrchestrationFailed { seq, .. } => {
+                (*seq, |o| matches!(o, Open::Sub(_) | Open::Started))
+            }
             Event::EntityResponded { seq, .. } => (*seq, |o| matches!(o, Open::EntityCall)),
             Event::EntityLockGranted { seq, .. } => (*seq, |o| matches!(o, Open::EntityLock(_))),
             Event::ExecutionStarted { .. } => return !self.started,
@@ -609,8 +636,15 @@ impl Replayer {
             | Event::SubOrchestrationCompleted { seq, result } => {
                 lock(&self.shared).complete(seq, SlotResult::Ok(result));
             }
-            Event::TaskFailed { seq, failure } | Event::SubOrchestrationFailed { seq, failure } => {
-                lock(&self.shared).complete(seq, SlotResult::Err(failure));
+            Event::TaskFailed {
+                seq,
+                failure,
+                heartbeat,
+            } => {
+                lock(&self.shared).complete(seq, SlotResult::Err(failure, heartbeat));
+            }
+            Event::SubOrchestrationFailed { seq, failure } => {
+                lock(&self.shared).complete(seq, SlotResult::Err(failure, None));
             }
             Event::TimerFired { seq, .. } => {
                 lock(&self.shared).complete(seq, SlotResult::Fired);
@@ -633,7 +667,7 @@ impl Replayer {
                 failure,
             } => {
                 let r = match failure {
-                    Some(f) => SlotResult::Err(f),
+                    Some(f) => SlotResult::Err(f, None),
                     None => SlotResult::Ok(result.unwrap_or_else(|| "null".to_owned())),
                 };
                 lock(&self.shared).complete(seq, r);
@@ -785,6 +819,8 @@ impl Replayer {
                 name,
                 input,
                 attempt,
+                timeouts,
+                heartbeat,
             } => {
                 self.open.insert(seq, Open::Activity);
                 (
@@ -793,12 +829,17 @@ impl Replayer {
                         name: name.clone(),
                         input: input.clone(),
                         location,
+                        timeout: timeouts.timeout,
+                        heartbeat_timeout: timeouts.heartbeat_timeout,
                     },
                     Command::ScheduleActivity {
                         seq,
                         name,
                         input,
                         attempt,
+                        timeout: timeouts.timeout,
+                        heartbeat_timeout: timeouts.heartbeat_timeout,
+                        heartbeat,
                     },
                 )
             }
@@ -835,6 +876,36 @@ impl Replayer {
                         instance_id,
                         input,
                         version,
+                    },
+                )
+            }
+            ActionDetail::StartOrchestration {
+                name,
+                instance_id,
+                input,
+                version,
+                scheduled_start,
+                reuse,
+            } => {
+                self.open.insert(seq, Open::Started);
+                (
+                    Event::OrchestrationCreated {
+                        seq,
+                        name: name.clone(),
+                        instance_id: instance_id.clone(),
+                        input: input.clone(),
+                        version: version.clone(),
+                        scheduled_start,
+                        location,
+                    },
+                    Command::StartOrchestration {
+                        seq,
+                        name,
+                        instance_id,
+                        input,
+                        version,
+                        scheduled_start,
+                        reuse,
                     },
                 )
             }
@@ -1098,6 +1169,9 @@ impl Replayer {
             } => {
                 self.open.insert(*seq, Open::Sub(instance_id.clone()));
             }
+            Event::OrchestrationCreated { seq, .. } => {
+                self.open.insert(*seq, Open::Started);
+            }
             Event::EntityCalled { seq, .. } => {
                 self.open.insert(*seq, Open::EntityCall);
             }
@@ -1115,6 +1189,9 @@ fn recorded_kind(event: &Event) -> ActionKind {
         Event::TaskScheduled { name, .. } => ActionKind::Activity { name: name.clone() },
         Event::SubOrchestrationCreated { name, .. } => {
             ActionKind::SubOrchestration { name: name.clone() }
+        }
+        Event::OrchestrationCreated { name, .. } => {
+            ActionKind::StartOrchestration { name: name.clone() }
         }
         Event::EventSent { name, .. } => ActionKind::SendEvent { name: name.clone() },
         Event::EntityCalled { operation, .. } => ActionKind::EntityCall {

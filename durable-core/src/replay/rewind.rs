@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::context::Timeouts;
 use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 
@@ -52,13 +53,50 @@ pub(crate) fn skipped_positions(history: &[HistoryEvent]) -> HashSet<usize> {
 pub(crate) struct RewindPlan {
     /// Actions whose failures the rewind undoes (recorded in the marker).
     pub seqs: Vec<u64>,
-    /// Activities to run again: (seq, name, input).
-    pub activities: Vec<(u64, String, Payload)>,
+    /// Activities to run again.
+    pub activities: Vec<Rerun>,
     /// Timers to re-arm: (seq, due time).
     pub timers: Vec<(u64, Timestamp)>,
     /// Sub-orchestrations with no result (failed, or whose result reached the failed parent
     /// and was dropped): (seq, child id).
     pub children: Vec<(u64, InstanceId)>,
+}
+
+/// An activity a rewind runs again, as it was scheduled.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Rerun {
+    pub seq: u64,
+    pub name: String,
+    pub input: Payload,
+    pub timeouts: Timeouts,
+    /// The last heartbeat details of the failure the rewind undoes, to resume from.
+    pub heartbeat: Option<Payload>,
+}
+
+impl Rerun {
+    /// The rerun of the activity `scheduled` records, resuming from `heartbeat`.
+    fn of(seq: u64, scheduled: &Event, heartbeat: Option<&Payload>) -> Option<Self> {
+        let Event::TaskScheduled {
+            name,
+            input,
+            timeout,
+            heartbeat_timeout,
+            ..
+        } = scheduled
+        else {
+            return None;
+        };
+        Some(Self {
+            seq,
+            name: name.clone(),
+            input: input.clone(),
+            timeouts: Timeouts {
+                timeout: *timeout,
+                heartbeat_timeout: *heartbeat_timeout,
+            },
+            heartbeat: heartbeat.cloned(),
+        })
+    }
 }
 
 /// Why an execution that failed inside a critical section cannot be rewound.
@@ -126,6 +164,7 @@ pub(crate) fn plan(history: &[HistoryEvent]) -> Result<RewindPlan, String> {
 
     // Actions without a result, once the undone failures no longer count.
     let mut open: BTreeMap<u64, &Event> = BTreeMap::new();
+    let mut heartbeats: HashMap<u64, &Payload> = HashMap::new();
     let mut locked = 0usize;
     for e in &view[..end] {
         match &e.event {
@@ -145,6 +184,11 @@ pub(crate) fn plan(history: &[HistoryEvent]) -> Result<RewindPlan, String> {
                     ) && undone.contains(&seq);
                     if !undone_failure {
                         open.remove(&seq);
+                    } else if let Event::TaskFailed {
+                        heartbeat: Some(h), ..
+                    } = result
+                    {
+                        heartbeats.insert(seq, h);
                     }
                 }
             }
@@ -159,8 +203,9 @@ pub(crate) fn plan(history: &[HistoryEvent]) -> Result<RewindPlan, String> {
     };
     for (seq, event) in open {
         match event {
-            Event::TaskScheduled { name, input, .. } => {
-                plan.activities.push((seq, name.clone(), input.clone()));
+            Event::TaskScheduled { .. } => {
+                plan.activities
+                    .extend(Rerun::of(seq, event, heartbeats.get(&seq).copied()));
             }
             Event::TimerCreated { fire_at, .. } => plan.timers.push((seq, *fire_at)),
             Event::SubOrchestrationCreated { instance_id, .. } => {
@@ -201,6 +246,8 @@ mod tests {
             name: format!("a{seq}"),
             input: "null".into(),
             location: None,
+            timeout: None,
+            heartbeat_timeout: None,
         }
     }
 
@@ -208,6 +255,7 @@ mod tests {
         Event::TaskFailed {
             seq,
             failure: FailureDetails::new("E", "boom"),
+            heartbeat: None,
         }
     }
 
@@ -253,9 +301,49 @@ mod tests {
         ]);
         let p = plan(&history).unwrap();
         assert_eq!(p.seqs, vec![1]);
-        let rerun: Vec<u64> = p.activities.iter().map(|a| a.0).collect();
+        let rerun: Vec<u64> = p.activities.iter().map(|a| a.seq).collect();
         assert_eq!(rerun, vec![1, 2]);
         assert!(p.timers.is_empty() && p.children.is_empty());
+    }
+
+    #[test]
+    fn a_rerun_keeps_its_timeouts_and_resumes_from_the_undone_failures_heartbeat() {
+        let mut timed = scheduled(0);
+        if let Event::TaskScheduled {
+            timeout,
+            heartbeat_timeout,
+            ..
+        } = &mut timed
+        {
+            *timeout = Some(std::time::Duration::from_secs(30));
+            *heartbeat_timeout = Some(std::time::Duration::from_secs(5));
+        }
+        let mut beat = failed(0);
+        if let Event::TaskFailed { heartbeat, .. } = &mut beat {
+            *heartbeat = Some("17".into());
+        }
+        let history = h(vec![
+            started(),
+            Event::OrchestratorStarted,
+            timed,
+            Event::OrchestratorStarted,
+            beat,
+            completion(),
+        ]);
+        let p = plan(&history).unwrap();
+        assert_eq!(
+            p.activities,
+            [Rerun {
+                seq: 0,
+                name: "a0".into(),
+                input: "null".into(),
+                timeouts: Timeouts {
+                    timeout: Some(std::time::Duration::from_secs(30)),
+                    heartbeat_timeout: Some(std::time::Duration::from_secs(5)),
+                },
+                heartbeat: Some("17".into()),
+            }]
+        );
     }
 
     #[test]
@@ -302,7 +390,7 @@ mod tests {
         ]);
         let p = plan(&history).unwrap();
         assert_eq!(p.seqs, vec![1]);
-        let rerun: Vec<u64> = p.activities.iter().map(|a| a.0).collect();
+        let rerun: Vec<u64> = p.activities.iter().map(|a| a.seq).collect();
         assert_eq!(rerun, vec![1, 2]);
     }
 
@@ -326,7 +414,7 @@ mod tests {
         ]);
         let p = plan(&history).unwrap();
         assert_eq!(p.seqs, vec![0]);
-        let rerun: Vec<u64> = p.activities.iter().map(|a| a.0).collect();
+        let rerun: Vec<u64> = p.activities.iter().map(|a| a.seq).collect();
         assert_eq!(rerun, vec![0]);
     }
 

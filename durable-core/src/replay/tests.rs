@@ -182,6 +182,9 @@ fn schedule(seq: u64, name: &str, input: &str) -> Command {
         name: name.to_owned(),
         input: input.to_owned(),
         attempt: 1,
+        timeout: None,
+        heartbeat_timeout: None,
+        heartbeat: None,
     }
 }
 
@@ -294,6 +297,7 @@ fn chaining_schedules_each_step_with_the_previous_output() {
             name,
             input,
             location: Some(loc),
+            ..
         } => {
             assert_eq!((name.as_str(), input.as_str()), ("add_one", "5"));
             assert_eq!(loc.file, file!());
@@ -343,6 +347,7 @@ fn failed_activity_surfaces_as_task_error_and_fails_the_orchestration() {
         &[Event::TaskFailed {
             seq: 0,
             failure: failure.clone(),
+            heartbeat: None,
         }],
     );
     let Some(Outcome::Failed(f)) = ep.outcome else {
@@ -1186,6 +1191,7 @@ fn duplicate_and_unknown_completions_are_ignored() {
             Event::TaskFailed {
                 seq: 0,
                 failure: FailureDetails::new("Late", "redelivered failure"),
+                heartbeat: None,
             },
             start("7"),
         ],

@@ -46,6 +46,9 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         abandon_activity_delays_task,
         renew_activity_lock_extends_the_lease,
         renew_activity_locks_extends_those_held,
+        activity_task_fields_round_trip,
+        heartbeat_timeout_caps_the_lease,
+        heartbeat_details_survive_the_lease,
         abandon_episode_delays_messages,
         next_wake_time,
         send_message_errors,
@@ -98,14 +101,7 @@ fn ev(index: u64, timestamp: Timestamp, event: Event) -> HistoryEvent {
 }
 
 fn task(instance: &str, seq: u64, name: &str, input: &str) -> ActivityTask {
-    ActivityTask {
-        attempt: 1,
-        instance_id: id(instance),
-        execution: 1,
-        seq,
-        name: name.to_owned(),
-        input: input.to_owned(),
-    }
+    ActivityTask::new(id(instance), 1, seq, name, input.to_owned())
 }
 
 /// A short label per message: the event name for raised events, else the event kind.
@@ -809,6 +805,8 @@ pub async fn commit_applies_everything(store: Arc<dyn Store>) {
                 name: "charge".into(),
                 input: "5".into(),
                 location: None,
+                timeout: None,
+                heartbeat_timeout: None,
             },
         ),
         ev(
@@ -1372,6 +1370,181 @@ pub async fn renew_activity_lock_extends_the_lease(store: Arc<dyn Store>) {
         .complete_activity(taken[0].id, taken[0].lock, raised("x", at(30_000)))
         .await
         .expect("the new holder completes");
+}
+
+/// Every field of an activity task comes back at fetch as it was enqueued: attempt,
+/// timeouts, heartbeat details carried from a previous attempt.
+pub async fn activity_task_fields_round_trip(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    let mut full = task("a", 3, "export", "{\"rows\":10}");
+    full.attempt = 4;
+    full.timeout = Some(Duration::from_millis(90_500));
+    full.heartbeat_timeout = Some(Duration::from_secs(3_600));
+    full.heartbeat = Some("{\"done\":7}".into());
+    let plain = task("a", 4, "plain", "null");
+    let sent = vec![full, plain];
+    let enqueued = sent.clone();
+    episode(&store, "a", T0, RuntimeStatus::Running, |c| {
+        c.activities = enqueued;
+    })
+    .await;
+    let mut got: Vec<ActivityTask> = store
+        .fetch_activity_work(T0, LONG, 10)
+        .await
+        .expect("fetch")
+        .into_iter()
+        .map(|w| w.task)
+        .collect();
+    got.sort_by_key(|t| t.seq);
+    assert_eq!(got, sent, "tasks come back with every field");
+}
+
+/// A task with a heartbeat timeout shorter than the lease asked for is leased only that
+/// long ([`ActivityTask::lease_for`]), so another worker takes it over that soon after its
+/// worker stops renewing.
+pub async fn heartbeat_timeout_caps_the_lease(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    let mut beating = task("a", 0, "beating", "null");
+    beating.heartbeat_timeout = Some(Duration::from_secs(30));
+    let mut patient = task("a", 1, "patient", "null");
+    patient.heartbeat_timeout = Some(Duration::from_secs(3_600));
+    episode(&store, "a", T0, RuntimeStatus::Running, |c| {
+        c.activities = vec![beating, patient];
+    })
+    .await;
+    let lease = Duration::from_secs(300);
+    let work = store
+        .fetch_activity_work(T0, lease, 10)
+        .await
+        .expect("fetch");
+    assert_eq!(work.len(), 2);
+    assert_eq!(
+        store
+            .next_wake_time_for(WorkKind::Activity)
+            .await
+            .expect("wake time"),
+        Some(at(30_000)),
+        "the lease of the task with a 30 s heartbeat timeout ends after 30 s"
+    );
+    assert!(
+        store
+            .fetch_activity_work(at(29_999), lease, 10)
+            .await
+            .expect("fetch")
+            .is_empty(),
+        "held until then"
+    );
+    let taken = store
+        .fetch_activity_work(at(30_000), lease, 10)
+        .await
+        .expect("fetch");
+    let names: Vec<&str> = taken.iter().map(|w| w.task.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["beating"],
+        "taken over after its heartbeat timeout; the other keeps the store's lease (shorter than its heartbeat timeout)"
+    );
+    assert!(
+        store
+            .fetch_activity_work(at(299_999), lease, 10)
+            .await
+            .expect("fetch")
+            .iter()
+            .all(|w| w.task.name != "patient"),
+        "the other is held for the store's lease"
+    );
+    let patient = store
+        .fetch_activity_work(at(300_000), lease, 10)
+        .await
+        .expect("fetch");
+    assert_eq!(patient.len(), 1);
+    assert_eq!(patient[0].task.name, "patient");
+}
+
+/// [`Store::record_activity_heartbeat`] keeps a task's latest heartbeat details with the
+/// task and extends its lease: the run that takes the task over next (after the lease
+/// lapsed, or after an abandon) finds them. A stale lease records nothing.
+pub async fn heartbeat_details_survive_the_lease(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    let mut carried = task("a", 0, "export", "null");
+    carried.heartbeat = Some("\"from the last attempt\"".into());
+    episode(&store, "a", T0, RuntimeStatus::Running, |c| {
+        c.activities = vec![carried, task("a", 1, "other", "null")];
+    })
+    .await;
+    let lease = Duration::from_secs(10);
+    let work = store
+        .fetch_activity_work(T0, lease, 1)
+        .await
+        .expect("fetch");
+    let first = &work[0];
+    assert_eq!(
+        first.task.heartbeat.as_deref(),
+        Some("\"from the last attempt\"")
+    );
+    let wrong = LockToken(first.lock.0.wrapping_add(1));
+    assert!(matches!(
+        store
+            .record_activity_heartbeat(first.id, wrong, "0".into(), at(20_000))
+            .await,
+        Err(StoreError::LockLost(_))
+    ));
+    store
+        .record_activity_heartbeat(first.id, first.lock, "1".into(), at(5_000))
+        .await
+        .expect("record");
+    store
+        .record_activity_heartbeat(first.id, first.lock, "{\"row\":2}".into(), at(20_000))
+        .await
+        .expect("record again");
+    let meanwhile = store
+        .fetch_activity_work(at(15_000), lease, 10)
+        .await
+        .expect("fetch");
+    assert!(
+        meanwhile.iter().all(|w| w.id != first.id),
+        "the heartbeat extended the lease past its old expiry"
+    );
+    let other = meanwhile
+        .iter()
+        .find(|w| w.task.name == "other")
+        .expect("the other task");
+    assert_eq!(other.task.heartbeat, None);
+    let taken = store
+        .fetch_activity_work(at(20_000), lease, 10)
+        .await
+        .expect("fetch");
+    let again = taken
+        .iter()
+        .find(|w| w.id == first.id)
+        .expect("taken over once the extended lease lapsed");
+    assert_eq!(
+        again.task.heartbeat.as_deref(),
+        Some("{\"row\":2}"),
+        "the latest details come with the task"
+    );
+    assert!(matches!(
+        store
+            .record_activity_heartbeat(first.id, first.lock, "3".into(), at(25_000))
+            .await,
+        Err(StoreError::LockLost(_))
+    ));
+    // Details recorded before an abandon come back with the task too.
+    store
+        .record_activity_heartbeat(other.id, other.lock, "\"half\"".into(), at(30_000))
+        .await
+        .expect("record");
+    store
+        .abandon_activity(other.id, other.lock, at(21_000))
+        .await
+        .expect("abandon");
+    let back = store
+        .fetch_activity_work(at(21_000), lease, 10)
+        .await
+        .expect("fetch");
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].task.heartbeat.as_deref(), Some("\"half\""));
+    assert_eq!(back[0].task.name, "other");
 }
 
 /// [`Store::renew_activity_locks`] extends the leases still held, in one call, and reports

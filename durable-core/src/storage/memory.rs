@@ -14,7 +14,7 @@ use super::{
     OrchestrationWorkItem, Store, StoreSignals, WorkKind,
 };
 use crate::error::{FailureDetails, StoreError};
-use crate::history::{Event, HistoryEvent, RuntimeStatus};
+use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 
 /// An in-memory store: for tests, the test harness and trying things out.
@@ -509,7 +509,7 @@ impl Store for MemoryStore {
             }
             let ((_, id), task) = entry.remove_entry();
             let token = d.next();
-            let until = now + lock_for;
+            let until = now + task.lease_for(lock_for);
             d.activity_leases.insert(id, (task.clone(), until, token));
             d.activity_lease_expiry.insert((until, id));
             out.push(ActivityWorkItem {
@@ -561,6 +561,25 @@ impl Store for MemoryStore {
         let Some(lease) = d.activity_leases.get_mut(&id).filter(|l| l.2 == lock.0) else {
             return Err(StoreError::LockLost(format!("activity task {id}")));
         };
+        let old = std::mem::replace(&mut lease.1, until);
+        d.activity_lease_expiry.remove(&(old, id));
+        d.activity_lease_expiry.insert((until, id));
+        Ok(())
+    }
+
+    async fn record_activity_heartbeat(
+        &self,
+        id: u64,
+        lock: LockToken,
+        details: Payload,
+        until: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut guard = self.data();
+        let d = &mut *guard;
+        let Some(lease) = d.activity_leases.get_mut(&id).filter(|l| l.2 == lock.0) else {
+            return Err(StoreError::LockLost(format!("activity task {id}")));
+        };
+        lease.0.heartbeat = Some(details);
         let old = std::mem::replace(&mut lease.1, until);
         d.activity_lease_expiry.remove(&(old, id));
         d.activity_lease_expiry.insert((until, id));

@@ -434,6 +434,75 @@ pub struct ActivityTask {
     /// recorded).
     #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
     pub attempt: u32,
+    /// Start-to-close timeout of each run, enforced by the worker running it
+    /// (`CallOptions::timeout`; milliseconds in JSON).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::history::millis"
+    )]
+    pub timeout: Option<Duration>,
+    /// Longest a run may go without a heartbeat (`CallOptions::heartbeat_timeout`;
+    /// milliseconds in JSON). A store leases the task for no longer than this
+    /// ([`lease_for`](Self::lease_for)).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::history::millis"
+    )]
+    pub heartbeat_timeout: Option<Duration>,
+    /// The last heartbeat details (JSON): carried from the previous attempt's failure when
+    /// the task is scheduled, replaced by those a run records
+    /// ([`Store::record_activity_heartbeat`]). A fetched task carries the latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<Payload>,
+}
+
+impl ActivityTask {
+    /// A first attempt of activity `name` with `input`, scheduled by action `seq` of
+    /// `instance_id`'s execution `execution`, without timeouts or heartbeat details.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::InstanceId;
+    /// use durable_core::storage::ActivityTask;
+    ///
+    /// let mut task = ActivityTask::new(InstanceId::new("order-7").unwrap(), 1, 0, "charge", "42".into());
+    /// task.heartbeat_timeout = Some(Duration::from_secs(30));
+    /// assert_eq!(task.lease_for(Duration::from_secs(300)), Duration::from_secs(30));
+    /// ```
+    pub fn new(
+        instance_id: InstanceId,
+        execution: u32,
+        seq: u64,
+        name: impl Into<String>,
+        input: Payload,
+    ) -> Self {
+        Self {
+            instance_id,
+            execution,
+            seq,
+            name: name.into(),
+            input,
+            attempt: 1,
+            timeout: None,
+            heartbeat_timeout: None,
+            heartbeat: None,
+        }
+    }
+
+    /// The lease on this task when `granted` is the store's activity lease: no longer than
+    /// its heartbeat timeout, so a task whose worker died (and stopped renewing) is taken
+    /// over a heartbeat timeout later. Every store leases tasks for this long, and the
+    /// worker renews them at half of it.
+    pub fn lease_for(&self, granted: Duration) -> Duration {
+        match self.heartbeat_timeout {
+            Some(h) if !h.is_zero() => granted.min(h),
+            _ => granted,
+        }
+    }
 }
 
 fn first_attempt() -> u32 {
@@ -783,7 +852,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         requested
     }
 
-    /// Leases up to `max` activity tasks visible at `now`.
+    /// Leases up to `max` activity tasks visible at `now`, each until `now` plus
+    /// [`ActivityTask::lease_for`]`(lock_for)` (shorter for a task with a heartbeat timeout).
+    /// A task carries its latest heartbeat details ([`ActivityTask::heartbeat`]).
     async fn fetch_activity_work(
         &self,
         now: Timestamp,
@@ -847,6 +918,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
             }
         }
         Ok(lost)
+    }
+
+    /// Records the latest heartbeat details (JSON) of a leased activity task, replacing
+    /// earlier ones, and extends its lease to `until`, in one atomic step. The details
+    /// survive the lease: a run that takes the task over after this one (its worker died, or
+    /// shut down and put the task back) finds them in [`ActivityTask::heartbeat`]. `LockLost`
+    /// when the lease is no longer held. The worker calls it at most once per half heartbeat
+    /// timeout per running activity (details are throttled, not written per heartbeat).
+    ///
+    /// The default only extends the lease (as [`renew_activity_lock`](Store::renew_activity_lock)
+    /// does) and keeps no details; the conformance suite checks that a store keeps them.
+    async fn record_activity_heartbeat(
+        &self,
+        id: u64,
+        lock: LockToken,
+        details: Payload,
+        until: Timestamp,
+    ) -> Result<(), StoreError> {
+        let _ = details;
+        self.renew_activity_lock(id, lock, until).await
     }
 
     /// The earliest future time at which work becomes visible (a timer, a delayed message,

@@ -21,16 +21,16 @@ use tokio_postgres::{AsyncMessage, Config, NoTls, Notification};
 
 use super::replace::{self, Reuse, Teardown};
 use super::{
-    ActivityWorkItem, CreateResult, EpisodeCommit, InstancePage, InstanceQuery, InstanceRecord,
-    LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem, Store, StoreSignals,
-    WorkKind,
+    ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, InstancePage, InstanceQuery,
+    InstanceRecord, LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem, Store,
+    StoreSignals, WorkKind,
 };
 use crate::error::{BackendError, FailureDetails, StoreError};
-use crate::history::{Event, HistoryEvent, RuntimeStatus};
+use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 
 /// The schema version this build creates and understands.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 /// First key of the advisory lock that serialises migrations (the second is the hub's hash).
 const MIGRATION_LOCK: i32 = 0x6475_7261; // "dura"
 /// How often a transaction that Postgres aborted (deadlock, serialisation) is retried.
@@ -85,7 +85,8 @@ const PRIVILEGES_HINT: &str = " (to create a task hub, the database user needs t
 
 /// The migrations, in order: entry `n` brings the schema from version `n` to `n + 1`.
 /// `{s}` is the quoted schema (the task hub).
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE {s}.schema_version (
     version INT NOT NULL PRIMARY KEY,
     installed_at TIMESTAMPTZ NOT NULL DEFAULT now()
@@ -136,7 +137,14 @@ CREATE TABLE {s}.activities (
 );
 CREATE INDEX activities_visible ON {s}.activities (visible_at, id);
 CREATE INDEX activities_instance ON {s}.activities (instance_id);
-"#];
+"#,
+    r"
+-- The latest heartbeat details a run recorded (JSON), replacing those in `task`.
+ALTER TABLE {s}.activities ADD COLUMN heartbeat TEXT;
+-- The task's heartbeat timeout (ms): it is leased for no longer than this.
+ALTER TABLE {s}.activities ADD COLUMN heartbeat_timeout BIGINT;
+",
+];
 
 /// Options of a [`PostgresStore`].
 ///
@@ -255,7 +263,7 @@ impl PostgresOptions {
 /// | `instances` | one row per instance: the [`InstanceRecord`], its earliest message time (`ready_at`), its lease (`lock_token`, `locked_until`) and `due_at`, when a worker may take it |
 /// | `history` | the current execution's [`HistoryEvent`]s by `(instance_id, idx)` |
 /// | `inbox` | [`Message`]s by `(instance_id, seq)`, read in `(visible_at, seq)` order |
-/// | `activities` | activity tasks; `visible_at` is when one may be taken (while leased: the lease expiry) |
+/// | `activities` | activity tasks; `visible_at` is when one may be taken (while leased: the lease expiry); a leased task's latest heartbeat details (`heartbeat`), and its heartbeat timeout, which caps its lease |
 ///
 /// # Leases and fencing
 ///
@@ -839,9 +847,15 @@ impl PostgresStore {
         let activities = !c.activities.is_empty();
         let mut task_owners = Vec::with_capacity(c.activities.len());
         let mut tasks = Vec::with_capacity(c.activities.len());
+        let mut heartbeat_timeouts: Vec<Option<i64>> = Vec::with_capacity(c.activities.len());
         for t in &c.activities {
             task_owners.push(t.instance_id.as_str());
             tasks.push(serde_json::to_string(t)?);
+            heartbeat_timeouts.push(
+                t.heartbeat_timeout
+                    .filter(|d| !d.is_zero())
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            );
         }
         let now = ts(c.now);
 
@@ -902,8 +916,11 @@ impl PostgresStore {
             },
             async {
                 if activities {
-                    tx.execute(&enqueue_tasks, &[&task_owners, &now, &tasks])
-                        .await
+                    tx.execute(
+                        &enqueue_tasks,
+                        &[&task_owners, &now, &tasks, &heartbeat_timeouts],
+                    )
+                    .await
                 } else {
                     Ok(0)
                 }
@@ -1089,9 +1106,13 @@ impl PostgresStore {
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
+            let mut task: ActivityTask = decode(row.try_get(1)?)?;
+            if let Some(heartbeat) = row.try_get::<_, Option<String>>(3)? {
+                task.heartbeat = Some(heartbeat);
+            }
             out.push(ActivityWorkItem {
                 id: to_u64(row.try_get(0)?),
-                task: decode(row.try_get(1)?)?,
+                task,
                 lock: LockToken(to_u64(row.try_get(2)?)),
             });
         }
@@ -1359,6 +1380,28 @@ impl Store for PostgresStore {
             .collect())
     }
 
+    async fn record_activity_heartbeat(
+        &self,
+        id: u64,
+        lock: LockToken,
+        details: Payload,
+        until: Timestamp,
+    ) -> Result<(), StoreError> {
+        // A durable write (unlike a lease renewal): the details must survive this worker.
+        let rows = self
+            .write_one(
+                "recording activity heartbeat details",
+                &self.inner.sql.record_heartbeat,
+                &[&to_i64(id), &to_i64(lock.0), &ts(until), &details],
+                Wake::default(),
+            )
+            .await?;
+        if rows.is_empty() {
+            return Err(StoreError::LockLost(format!("activity task {id}")));
+        }
+        Ok(())
+    }
+
     async fn abandon_activity(
         &self,
         id: u64,
@@ -1495,6 +1538,7 @@ struct Sql {
     complete_activity: String,
     release_activity: String,
     renew_activity: String,
+    record_heartbeat: String,
     renew_activities: String,
     next_wake: String,
     read_record: String,
@@ -1547,16 +1591,18 @@ impl Sql {
                 {}",
                 work_item.replace("$1", "$2")
             )),
-            // Lease up to $3 due tasks: while leased, a task is due again at its expiry.
+            // Lease up to $3 due tasks: while leased, a task is due again at its expiry (no
+            // later than its heartbeat timeout after $1).
             fetch_activities: s("WITH cand AS (
                     SELECT id, visible_at FROM {s}.activities WHERE visible_at <= $1
                     ORDER BY visible_at, id LIMIT $3 FOR UPDATE SKIP LOCKED),
                 leased AS (
                     UPDATE {s}.activities a
-                    SET lock_token = $4, visible_at = $2
+                    SET lock_token = $4,
+                        visible_at = LEAST($2, $1 + COALESCE(a.heartbeat_timeout, $2 - $1))
                     FROM cand WHERE a.id = cand.id
-                    RETURNING a.id, a.task, a.lock_token, cand.visible_at AS was)
-                SELECT id, task, lock_token FROM leased ORDER BY was, id"),
+                    RETURNING a.id, a.task, a.lock_token, a.heartbeat, cand.visible_at AS was)
+                SELECT id, task, lock_token, heartbeat FROM leased ORDER BY was, id"),
             lock_rows: s("SELECT id, lock_token, CASE WHEN id = $2 THEN record END
                 FROM {s}.instances WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
             select_for_update: s("SELECT record FROM {s}.instances WHERE id = $1 FOR UPDATE"),
@@ -1601,9 +1647,10 @@ impl Sql {
             delay_inbox: s("UPDATE {s}.inbox SET visible_at = $2
                 WHERE instance_id = $1 AND visible_at < $2"),
             enqueue_activities: s(
-                "INSERT INTO {s}.activities (id, instance_id, visible_at, task)
-                SELECT nextval('{s}.ids'), t.instance_id, $2, t.task
-                FROM unnest($1::text[], $3::text[]) WITH ORDINALITY AS t(instance_id, task, ord)
+                "INSERT INTO {s}.activities (id, instance_id, visible_at, task, heartbeat_timeout)
+                SELECT nextval('{s}.ids'), t.instance_id, $2, t.task, t.heartbeat_timeout
+                FROM unnest($1::text[], $3::text[], $4::bigint[])
+                     WITH ORDINALITY AS t(instance_id, task, heartbeat_timeout, ord)
                 ORDER BY t.ord",
             ),
             // Removes tasks whose results an episode consumed from memory, if still leased;
@@ -1635,6 +1682,8 @@ impl Sql {
                 WHERE id = $1 AND lock_token = $2 RETURNING 1",
             ),
             renew_activity: s("UPDATE {s}.activities SET visible_at = $3
+                WHERE id = $1 AND lock_token = $2 RETURNING 1"),
+            record_heartbeat: s("UPDATE {s}.activities SET visible_at = $3, heartbeat = $4
                 WHERE id = $1 AND lock_token = $2 RETURNING 1"),
             // Answers the ids whose lease was held (and is now extended).
             renew_activities: s("WITH held AS (

@@ -23,7 +23,7 @@ use super::{
     OrchestrationWorkItem, Store, StoreSignals, WorkKind,
 };
 use crate::error::{BackendError, FailureDetails, StoreError};
-use crate::history::{Event, HistoryEvent, RuntimeStatus};
+use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 
 /// Names and small counters: the format version and the id counter.
@@ -1263,6 +1263,35 @@ impl<'t> Tables<'t> {
         Ok(Ok(()))
     }
 
+    /// Stores the task's latest heartbeat details and extends its lease.
+    fn record_heartbeat(
+        &mut self,
+        leases: &mut Leases,
+        id: u64,
+        lock: LockToken,
+        details: Payload,
+        until: Timestamp,
+    ) -> R<Result<(), StoreError>> {
+        let lost = || Ok(Err(StoreError::LockLost(format!("activity task {id}"))));
+        let held = leases
+            .activity
+            .get(&id)
+            .filter(|l| l.token == lock.0 && !leases.releasing_activity.contains(&id));
+        let Some(key) = held.map(|l| (ts(l.visible_at), id)) else {
+            return lost();
+        };
+        let bytes = self.activities.get(key)?.map(|v| v.value().to_vec());
+        let Some(bytes) = bytes else {
+            return lost();
+        };
+        let mut task: ActivityTask = decode(&bytes)?;
+        task.heartbeat = Some(details);
+        let bytes = serde_json::to_vec(&task)?;
+        self.activities.insert(key, bytes.as_slice())?;
+        leases.renew_activity(id, lock, until);
+        Ok(Ok(()))
+    }
+
     fn abandon_activity(
         &mut self,
         leases: &mut Leases,
@@ -1308,6 +1337,12 @@ enum WriteOp {
         id: u64,
         lock: LockToken,
         retry_at: Timestamp,
+    },
+    Heartbeat {
+        id: u64,
+        lock: LockToken,
+        details: Payload,
+        until: Timestamp,
     },
     Purge(InstanceId),
     /// Purge if finished by the time given.
@@ -1520,6 +1555,14 @@ fn apply(
                 )
             })
         }
+        WriteOp::Heartbeat {
+            id,
+            lock,
+            details,
+            until,
+        } => t
+            .record_heartbeat(leases, id, lock, details, until)?
+            .map(|()| (Outcome::Done, Wake::default())),
         WriteOp::PurgeFinished(id, finished_by) => {
             let qualifies = read_record(&t.instances, id.as_str())?
                 .is_some_and(|r| r.status.is_terminal() && r.last_updated_at <= finished_by);
@@ -1639,7 +1682,7 @@ impl Core {
             let task: ActivityTask = decode(value.value())?;
             let (vis, id) = key;
             let token = leases.token();
-            let until = now + lock_for;
+            let until = now + task.lease_for(lock_for);
             leases.activity.insert(
                 id,
                 ActivityLease {
@@ -1901,6 +1944,23 @@ impl Store for RedbStore {
             .map(drop)
     }
 
+    async fn record_activity_heartbeat(
+        &self,
+        id: u64,
+        lock: LockToken,
+        details: Payload,
+        until: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.write(WriteOp::Heartbeat {
+            id,
+            lock,
+            details,
+            until,
+        })
+        .await
+        .map(drop)
+    }
+
     async fn next_wake_time(&self) -> Result<Option<Timestamp>, StoreError> {
         self.blocking(|core| core.next_wake_time(None)).await
     }
@@ -1989,14 +2049,8 @@ mod tests {
         let mut c = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Running, t0);
         c.consumed = item.messages.iter().map(|m| m.id).collect();
         for seq in 0..2 {
-            c.activities.push(ActivityTask {
-                instance_id: id.clone(),
-                execution: 1,
-                seq,
-                name: "work".into(),
-                input: "null".into(),
-                attempt: 1,
-            });
+            c.activities
+                .push(ActivityTask::new(id.clone(), 1, seq, "work", "null".into()));
         }
         store.commit_episode(c).await.unwrap();
         let tasks = store.fetch_activity_work(t0, lock_for, 10).await.unwrap();

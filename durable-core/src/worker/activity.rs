@@ -8,15 +8,19 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::Inner;
 use super::lease::LeaseGuard;
-use crate::error::FailureDetails;
+use crate::context::CallOptions;
+use crate::error::{FailureDetails, StoreError};
+use crate::heartbeat::{Heartbeat, HeartbeatMonitor};
 use crate::history::Event;
-use crate::registry::{ActivityContext, Cancellation};
+use crate::history::Payload;
+use crate::ids::Timestamp;
+use crate::registry::{ActivityContext, ActivityFn, Cancellation};
 use crate::storage::{ActivityWorkItem, Message, WorkKind};
 
 pub(crate) async fn dispatch(inner: Arc<Inner>) {
@@ -44,7 +48,8 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                 let leased: Vec<_> = items
                     .into_iter()
                     .map(|item| {
-                        let lease = inner.activity_leases.hold(&item, now, inner.activity_lease);
+                        let period = item.task.lease_for(inner.activity_lease);
+                        let lease = inner.activity_leases.hold(&item, now, period);
                         (item, lease)
                     })
                     .collect();
@@ -114,81 +119,28 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
         return;
     }
     let task = &item.task;
-    let result = match inner.registry.activity(&task.name) {
-        None => Err(FailureDetails::new(
-            "UnknownActivity",
-            format!(
-                "no activity named `{}` is registered on this worker",
-                task.name
-            ),
-        )),
-        Some(f) => {
-            let (cancel, cancellation) = Cancellation::new();
-            let ctx = ActivityContext::new(
-                task.instance_id.clone(),
-                task.name.clone(),
-                task.seq,
-                task.attempt,
-                cancellation,
-            )
-            .with_states(&inner.states);
-            // A panic is caught and reported, not fatal (this already runs on its own task).
-            // The lease is renewed while the activity runs, however long it takes.
-            let work = CatchPanic(f(ctx, task.input.clone()));
-            let outcome = tokio::select! {
-                r = work => r,
-                () = cancel_when_told(inner, &mut lease, &cancel) => {
-                    unreachable!("never completes")
-                }
-            };
-            if lease.is_lost() {
-                // Another worker took the task over; its result is the one that counts (this
-                // one may be no more than the reaction to the cancellation).
-                tracing::warn!("activity lease lost while it ran; its result is dropped");
-                return;
-            }
-            let result = match outcome {
-                Ok(r) => r,
-                Err(panic) => {
-                    let mut f = FailureDetails::from_panic(panic.as_ref());
-                    f.message = format!("activity `{}` panicked: {}", task.name, f.message);
-                    Err(f)
-                }
-            };
-            if result.is_err() && *cancel.borrow() && inner.is_shutting_down() {
-                // Stopped for the shutdown: not a failure of the task. It goes back to the
-                // queue and runs again (here after a restart, or on another worker).
-                let now = inner.clock.now();
-                if let Err(e) = inner.store.abandon_activity(item.id, item.lock, now).await {
-                    tracing::warn!(error = %e, "cancelled activity not put back; it runs again when its lease expires");
-                }
-                return;
-            }
-            result
-        }
-    };
-    let limit = inner.options.limits.max_payload_bytes;
-    let event = match result {
-        Ok(out) if out.len() > limit => Event::TaskFailed {
-            seq: task.seq,
-            failure: FailureDetails::new(
-                "PayloadTooLarge",
+    let (result, heartbeat) = match inner.registry.activity(&task.name) {
+        None => (
+            Err(FailureDetails::new(
+                "UnknownActivity",
                 format!(
-                    "activity output of {} bytes exceeds the limit of {limit} bytes",
-                    out.len()
+                    "no activity named `{}` is registered on this worker",
+                    task.name
                 ),
-            )
-            .non_retriable(),
-        },
-        Ok(out) => Event::TaskCompleted {
-            seq: task.seq,
-            result: out,
-        },
-        Err(failure) => Event::TaskFailed {
-            seq: task.seq,
-            failure,
+            )),
+            None,
+        ),
+        Some(f) => match execute(inner, &item, &*f, &mut lease).await {
+            Some(ran) => ran,
+            None => return,
         },
     };
+    let event = result_event(
+        task.seq,
+        result,
+        heartbeat,
+        inner.options.limits.max_payload_bytes,
+    );
     let message = Message::new(event, Some(task.execution), inner.clock.now());
     if inner.store.supports_activity_handoff() && !inner.is_shutting_down() {
         // Straight to the orchestration; committed with the episode that consumes it. The
@@ -217,29 +169,229 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
     }
 }
 
-/// Fires the activity's cancellation when the worker starts shutting down or the lease is
-/// lost (the worker was cut off from the store for longer than a lease and another worker
-/// took the task over: the activity's result is then dropped, the new owner's counts).
-/// Never completes.
-async fn cancel_when_told(inner: &Inner, lease: &mut LeaseGuard, cancel: &watch::Sender<bool>) {
-    let mut shutdown = inner.shutdown.clone();
-    let mut told = *shutdown.borrow();
-    if told {
-        cancel.send_replace(true);
+/// Runs the registered activity `f` on `item` under its timeouts. Returns its result and,
+/// for a failure, the last heartbeat details (for the next attempt) — or `None` when there
+/// is nothing to report: the lease was lost (the new owner's result counts), or the run
+/// stopped for a shutdown and the task went back to the queue.
+async fn execute(
+    inner: &Inner,
+    item: &ActivityWorkItem,
+    f: &ActivityFn,
+    lease: &mut LeaseGuard,
+) -> Option<(Result<Payload, FailureDetails>, Option<Payload>)> {
+    let task = &item.task;
+    let (cancel, cancellation) = Cancellation::new();
+    let limit = inner.options.limits.max_payload_bytes;
+    let (beats, monitor) = Heartbeat::new(task.heartbeat.clone(), limit, Arc::clone(&inner.clock));
+    let ctx = ActivityContext::new(
+        task.instance_id.clone(),
+        task.name.clone(),
+        task.seq,
+        task.attempt,
+        cancellation,
+        beats,
+    )
+    .with_states(&inner.states);
+    let mut watch = Watch {
+        inner,
+        item,
+        monitor,
+        started: inner.clock.now(),
+        last_write: None,
+    };
+    // A panic is caught and reported, not fatal (this already runs on its own task).
+    // The lease is renewed while the activity runs, however long it takes.
+    let work = CatchPanic(f(ctx, task.input.clone()));
+    let outcome = tokio::select! {
+        r = work => Ok(r),
+        // The activity's future is dropped here: it timed out.
+        timed_out = watch.run(lease, &cancel) => Err(timed_out),
+    };
+    if lease.is_lost() {
+        // Another worker took the task over; its result is the one that counts (this one
+        // may be no more than the reaction to the cancellation).
+        tracing::warn!("activity lease lost while it ran; its result is dropped");
+        return None;
     }
-    loop {
-        tokio::select! {
-            () = lease.lost() => {
-                cancel.send_replace(true);
-                std::future::pending::<()>().await;
+    let result = match outcome {
+        Ok(Ok(r)) => r,
+        Ok(Err(panic)) => {
+            let mut f = FailureDetails::from_panic(panic.as_ref());
+            f.message = format!("activity `{}` panicked: {}", task.name, f.message);
+            Err(f)
+        }
+        Err(timed_out) => return Some((Err(timed_out), watch.monitor.last_details())),
+    };
+    if result.is_err() && cancel.is_cancelled() && inner.is_shutting_down() {
+        // Stopped for the shutdown: not a failure of the task. It goes back to the queue and
+        // runs again (here after a restart, or on another worker), with the details it
+        // heartbeated last.
+        watch.flush().await;
+        let now = inner.clock.now();
+        if let Err(e) = inner.store.abandon_activity(item.id, item.lock, now).await {
+            tracing::warn!(error = %e, "cancelled activity not put back; it runs again when its lease expires");
+        }
+        return None;
+    }
+    // A failure carries the details to the next attempt, which resumes from them.
+    let heartbeat = if result.is_err() {
+        watch.monitor.last_details()
+    } else {
+        None
+    };
+    Some((result, heartbeat))
+}
+
+/// The message that reports an activity's result to its orchestration.
+fn result_event(
+    seq: u64,
+    result: Result<Payload, FailureDetails>,
+    heartbeat: Option<Payload>,
+    limit: usize,
+) -> Event {
+    match result {
+        Ok(out) if out.len() > limit => Event::TaskFailed {
+            seq,
+            failure: FailureDetails::new(
+                "PayloadTooLarge",
+                format!(
+                    "activity output of {} bytes exceeds the limit of {limit} bytes",
+                    out.len()
+                ),
+            )
+            .non_retriable(),
+            heartbeat: None,
+        },
+        Ok(out) => Event::TaskCompleted { seq, result: out },
+        Err(failure) => Event::TaskFailed {
+            seq,
+            failure,
+            heartbeat,
+        },
+    }
+}
+
+/// Most time between writes of a running activity's heartbeat details.
+const MAX_HEARTBEAT_WRITE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Watches one run of an activity: its timeouts, its heartbeats (writing their details,
+/// throttled), the worker's shutdown and the task's lease.
+struct Watch<'a> {
+    inner: &'a Inner,
+    item: &'a ActivityWorkItem,
+    monitor: HeartbeatMonitor,
+    /// When the run started: its start-to-close timeout counts from here.
+    started: Timestamp,
+    /// When heartbeat details were last written.
+    last_write: Option<Timestamp>,
+}
+
+impl Watch<'_> {
+    /// The task's lease period (the store's activity lease, or its heartbeat timeout).
+    fn period(&self) -> Duration {
+        self.item.task.lease_for(self.inner.activity_lease)
+    }
+
+    /// Least time between two writes of heartbeat details.
+    fn write_interval(&self) -> Duration {
+        (self.period() / 2).min(MAX_HEARTBEAT_WRITE_INTERVAL)
+    }
+
+    /// Writes the details heartbeated since the last write, if any (extending the lease).
+    async fn flush(&mut self) {
+        if self.inner.aborted.load(Ordering::SeqCst) {
+            // A crashed worker writes nothing.
+            return;
+        }
+        let Some(details) = self.monitor.take_pending() else {
+            return;
+        };
+        let now = self.inner.clock.now();
+        self.last_write = Some(now);
+        let until = now + self.period();
+        match self
+            .inner
+            .store
+            .record_activity_heartbeat(self.item.id, self.item.lock, details.clone(), until)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::LockLost(_)) => {
+                // The lease keeper learns of it too, and cancels the run.
+                tracing::debug!("heartbeat details not written: the activity's lease is lost");
             }
-            changed = shutdown.changed(), if !told => {
-                if changed.is_err() || *shutdown.borrow() {
-                    told = true;
-                    cancel.send_replace(true);
-                }
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat details not written; retrying with the next write");
+                self.monitor.restore_pending(details);
             }
         }
+    }
+
+    /// Fires the run's cancellation when the worker starts shutting down or the lease is
+    /// lost (the worker was cut off from the store for longer than a lease and another
+    /// worker took the task over: the run's result is then dropped, the new owner's counts),
+    /// and writes heartbeat details as they come, throttled. Completes — after firing the
+    /// cancellation — only when the run exceeds its start-to-close timeout or goes longer
+    /// than its heartbeat timeout without a heartbeat, with the failure to record.
+    async fn run(&mut self, lease: &mut LeaseGuard, cancel: &CancellationToken) -> FailureDetails {
+        let mut shutdown = self.inner.shutdown.clone();
+        let mut told = *shutdown.borrow();
+        if told {
+            cancel.cancel();
+        }
+        let task = &self.item.task;
+        let deadline = task.timeout.map(|t| (self.started + t, t));
+        let mut last_beat = self.started;
+        let mut write_at: Option<Timestamp> = None;
+        let clock = &self.inner.clock;
+        let sleep = |at: Option<Timestamp>| async move {
+            match at {
+                Some(t) => clock.sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let failure = loop {
+            let beat_deadline = task.heartbeat_timeout.map(|h| last_beat + h);
+            tokio::select! {
+                () = lease.lost() => {
+                    cancel.cancel();
+                    std::future::pending::<()>().await;
+                }
+                changed = shutdown.changed(), if !told => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        told = true;
+                        cancel.cancel();
+                    }
+                }
+                () = self.monitor.beat() => {
+                    last_beat = self.monitor.last_beat().unwrap_or(last_beat).max(last_beat);
+                    if write_at.is_none() && self.monitor.has_pending() {
+                        let earliest = self.last_write.map(|t| t + self.write_interval());
+                        write_at = Some(earliest.map_or(last_beat, |t| t.max(last_beat)));
+                    }
+                }
+                () = sleep(write_at) => {
+                    write_at = None;
+                    self.flush().await;
+                }
+                () = sleep(deadline.map(|(at, _)| at)) => {
+                    let (_, t) = deadline.unwrap_or_default();
+                    break FailureDetails::new(
+                        CallOptions::TIMEOUT,
+                        format!("activity `{}` timed out: its run exceeded the start-to-close timeout of {t:?}", task.name),
+                    );
+                }
+                () = sleep(beat_deadline) => {
+                    let h = task.heartbeat_timeout.unwrap_or_default();
+                    break FailureDetails::new(
+                        CallOptions::HEARTBEAT_TIMEOUT,
+                        format!("activity `{}` timed out: no heartbeat for {h:?} (its heartbeat timeout)", task.name),
+                    );
+                }
+            }
+        };
+        cancel.cancel();
+        failure
     }
 }
 

@@ -744,17 +744,20 @@ fn apply_rewind(
         // nothing is waiting for the unfinished work.
         return;
     }
-    for (seq, name, input) in r.plan.activities {
+    for a in r.plan.activities {
         apply_command(
             commit,
             id,
             instance.execution,
             now,
             Command::ScheduleActivity {
-                seq,
-                name,
-                input,
+                seq: a.seq,
+                name: a.name,
+                input: a.input,
                 attempt: 1,
+                timeout: a.timeouts.timeout,
+                heartbeat_timeout: a.timeouts.heartbeat_timeout,
+                heartbeat: a.heartbeat,
             },
         );
     }
@@ -910,15 +913,17 @@ fn apply_command(
             name,
             input,
             attempt,
+            timeout,
+            heartbeat_timeout,
+            heartbeat,
         } => {
-            commit.activities.push(crate::storage::ActivityTask {
-                instance_id: id.clone(),
-                execution,
-                seq,
-                name,
-                input,
-                attempt,
-            });
+            let mut task =
+                crate::storage::ActivityTask::new(id.clone(), execution, seq, name, input);
+            task.attempt = attempt;
+            task.timeout = timeout;
+            task.heartbeat_timeout = heartbeat_timeout;
+            task.heartbeat = heartbeat;
+            commit.activities.push(task);
         }
         Command::CreateTimer { seq, fire_at } => commit.messages.push((
             id.clone(),
@@ -940,6 +945,22 @@ fn apply_command(
                 seq,
             });
             commit.new_instances.push((seq, child));
+        }
+        Command::StartOrchestration {
+            seq,
+            name,
+            instance_id,
+            input,
+            version,
+            scheduled_start,
+            reuse,
+        } => {
+            // No parent: nothing reports back to this instance, and cascades do not reach it.
+            let mut new = NewInstance::new(instance_id, name, input, now);
+            new.version = version;
+            new.scheduled_start = scheduled_start;
+            new.reuse = reuse;
+            commit.new_instances.push((seq, new));
         }
         Command::SendEvent {
             instance_id,

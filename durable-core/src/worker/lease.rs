@@ -6,9 +6,12 @@
 //! is written through. However long a result waits for an episode slot or a slow commit, its
 //! task is not taken over and run again by another worker.
 //!
-//! Each round renews every lease due within the next quarter lease in one
-//! [`Store::renew_activity_locks`](crate::storage::Store::renew_activity_locks) call, so the
-//! cost is one store call per round however many results wait, not one per result. A lease
+//! Each lease has its own period: the store's activity lease, or the task's heartbeat timeout
+//! when that is shorter ([`ActivityTask::lease_for`](crate::storage::ActivityTask::lease_for)).
+//! Each round renews every lease due within the next quarter of its period, in one
+//! [`Store::renew_activity_locks`](crate::storage::Store::renew_activity_locks) call per
+//! period (nearly always one), so the cost is one store call per round however many results
+//! wait, not one per result. A lease
 //! the store reports lost (this worker was cut off for longer than a lease and another worker
 //! took the task over) is dropped: its running activity is cancelled and its result dropped,
 //! and a result still waiting for an episode is withdrawn; the new owner's result counts. A
@@ -46,6 +49,8 @@ struct Held {
     lock: LockToken,
     instance: InstanceId,
     due: Timestamp,
+    /// The lease period: each renewal extends the lease this far.
+    period: Duration,
     /// Set when the store reports the lease lost.
     lost: watch::Sender<bool>,
 }
@@ -113,6 +118,7 @@ impl ActivityLeases {
                     lock: item.lock,
                     instance: item.task.instance_id.clone(),
                     due,
+                    period,
                     lost,
                 },
             );
@@ -149,15 +155,25 @@ impl ActivityLeases {
         self.state().due.first().map(|(t, _)| *t)
     }
 
-    /// The leases due by `horizon`.
-    fn due_by(&self, horizon: Timestamp) -> Vec<(u64, LockToken)> {
+    /// The leases to renew at `now`, by period: each due within a quarter of its period
+    /// (`longest` is the longest period any lease has).
+    fn due_at(&self, now: Timestamp, longest: Duration) -> Vec<(Duration, Vec<(u64, LockToken)>)> {
         let state = self.state();
-        state
-            .due
-            .iter()
-            .take_while(|(t, _)| *t <= horizon)
-            .filter_map(|(_, id)| state.held.get(id).map(|h| (*id, h.lock)))
-            .collect()
+        let mut by_period: Vec<(Duration, Vec<(u64, LockToken)>)> = Vec::new();
+        let horizon = now + quarter(longest);
+        for (t, id) in state.due.iter().take_while(|(t, _)| *t <= horizon) {
+            let Some(h) = state.held.get(id) else {
+                continue;
+            };
+            if *t > now + quarter(h.period) {
+                continue;
+            }
+            match by_period.iter_mut().find(|(p, _)| *p == h.period) {
+                Some((_, batch)) => batch.push((*id, h.lock)),
+                None => by_period.push((h.period, vec![(*id, h.lock)])),
+            }
+        }
+        by_period
     }
 
     /// Records a round: `lost` leases are dropped (their holders told) and returned with
@@ -196,12 +212,15 @@ fn half(period: Duration) -> Duration {
     (period / 2).max(Duration::from_millis(1))
 }
 
+fn quarter(period: Duration) -> Duration {
+    period / 4
+}
+
 /// Renews the worker's activity leases until it is stopped (after the worker's last results
 /// are written at shutdown) or aborted.
 pub(crate) async fn keep(inner: Arc<Inner>) {
     let leases = Arc::clone(&inner.activity_leases);
-    let period = inner.activity_lease;
-    let every = half(period);
+    let longest = inner.activity_lease;
     loop {
         if inner.aborted.load(Ordering::SeqCst) {
             // A crashed worker renews nothing: its leases expire and others take over.
@@ -223,29 +242,37 @@ pub(crate) async fn keep(inner: Arc<Inner>) {
             }
             Some(_) => {}
         }
-        let batch = leases.due_by(now + every / 2);
-        let until = now + period;
-        match inner.store.renew_activity_locks(&batch, until).await {
-            Ok(lost) => {
-                for (id, instance) in leases.renewed(&batch, &lost, now + every) {
-                    let withdrawn = inner.handoffs().withdraw(&instance, id);
-                    if withdrawn.is_some() {
-                        tracing::warn!(%instance, task = id, "activity lease lost while its result waited for its orchestration; the result is dropped, the new owner's counts");
-                    } else {
-                        // A running activity is cancelled (and says so). Otherwise an episode
-                        // has the result: mostly one that committed it just now (the task is
-                        // gone); if not, another worker runs the activity again and its result
-                        // is ignored as a duplicate of this one, which that episode commits.
-                        tracing::debug!(%instance, task = id, "activity lease lost while the activity ran or an episode had its result");
-                    }
+        for (period, batch) in leases.due_at(now, longest) {
+            renew(&inner, &batch, now, period).await;
+        }
+    }
+}
+
+/// Renews one batch of leases of one period.
+async fn renew(inner: &Inner, batch: &[(u64, LockToken)], now: Timestamp, period: Duration) {
+    let leases = &inner.activity_leases;
+    let every = half(period);
+    let until = now + period;
+    match inner.store.renew_activity_locks(batch, until).await {
+        Ok(lost) => {
+            for (id, instance) in leases.renewed(batch, &lost, now + every) {
+                let withdrawn = inner.handoffs().withdraw(&instance, id);
+                if withdrawn.is_some() {
+                    tracing::warn!(%instance, task = id, "activity lease lost while its result waited for its orchestration; the result is dropped, the new owner's counts");
+                } else {
+                    // A running activity is cancelled (and says so). Otherwise an episode
+                    // has the result: mostly one that committed it just now (the task is
+                    // gone); if not, another worker runs the activity again and its result
+                    // is ignored as a duplicate of this one, which that episode commits.
+                    tracing::debug!(%instance, task = id, "activity lease lost while the activity ran or an episode had its result");
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, leases = batch.len(), "activity leases not renewed; retrying");
-                // Retried soon: each lease still has at least a quarter period to run.
-                let retry = inner.clock.now() + (every / 4).max(Duration::from_millis(1));
-                inner.clock.sleep_until(retry).await;
-            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, leases = batch.len(), "activity leases not renewed; retrying");
+            // Retried soon: each lease still has at least a quarter period to run.
+            let retry = inner.clock.now() + (every / 4).max(Duration::from_millis(1));
+            inner.clock.sleep_until(retry).await;
         }
     }
 }
@@ -258,14 +285,7 @@ mod tests {
     fn item(id: u64, lock: u64) -> ActivityWorkItem {
         ActivityWorkItem {
             id,
-            task: ActivityTask {
-                instance_id: InstanceId::new("i").unwrap(),
-                execution: 1,
-                seq: id,
-                name: "a".into(),
-                input: "null".into(),
-                attempt: 1,
-            },
+            task: ActivityTask::new(InstanceId::new("i").unwrap(), 1, id, "a", "null".into()),
             lock: LockToken(lock),
         }
     }
@@ -280,7 +300,9 @@ mod tests {
         let c = leases.hold(&item(3, 33), t0 + Duration::from_secs(4), period);
         assert_eq!(leases.next_due(), Some(t0 + Duration::from_secs(5)));
         // Due within a quarter period of t0 + 5 s: the first two, not the third (due at 9 s).
-        let batch = leases.due_by(t0 + Duration::from_millis(7_500));
+        let due = leases.due_at(t0 + Duration::from_secs(5), period);
+        assert_eq!(due.len(), 1);
+        let batch = due[0].1.clone();
         assert_eq!(batch, vec![(1, LockToken(11)), (2, LockToken(22))]);
         let next = t0 + Duration::from_secs(10);
         let lost = leases.renewed(&batch, &[2], next);
@@ -298,6 +320,34 @@ mod tests {
     }
 
     #[test]
+    fn each_lease_is_renewed_on_its_own_period() {
+        let leases = Arc::new(ActivityLeases::default());
+        let t0 = Timestamp::from_unix_millis(1_000_000);
+        let long = Duration::from_secs(300);
+        let short = Duration::from_secs(20);
+        let _a = leases.hold(&item(1, 11), t0, long);
+        let _b = leases.hold(&item(2, 22), t0, short);
+        // The short lease is due first (10 s), within a quarter of its period (5 s) at 5 s.
+        assert_eq!(leases.next_due(), Some(t0 + Duration::from_secs(10)));
+        assert!(leases.due_at(t0 + Duration::from_secs(4), long).is_empty());
+        assert_eq!(
+            leases.due_at(t0 + Duration::from_secs(5), long),
+            [(short, vec![(2, LockToken(22))])]
+        );
+        let lost = leases.renewed(&[(2, LockToken(22))], &[], t0 + Duration::from_secs(15));
+        assert!(lost.is_empty());
+        // At 150 s both are due, each in the batch of its period.
+        let due = leases.due_at(t0 + Duration::from_secs(150), long);
+        assert_eq!(
+            due,
+            [
+                (short, vec![(2, LockToken(22))]),
+                (long, vec![(1, LockToken(11))])
+            ]
+        );
+    }
+
+    #[test]
     fn a_task_leased_again_replaces_its_old_lease() {
         let leases = Arc::new(ActivityLeases::default());
         let t0 = Timestamp::from_unix_millis(1_000_000);
@@ -307,7 +357,10 @@ mod tests {
         assert!(old.is_lost());
         drop(old);
         assert_eq!(leases.len(), 1, "the old guard leaves the new lease alone");
-        assert_eq!(leases.due_by(t0 + period * 2), vec![(1, LockToken(12))]);
+        assert_eq!(
+            leases.due_at(t0 + period * 2, period),
+            vec![(period, vec![(1, LockToken(12))])]
+        );
         drop(new);
         assert_eq!(leases.len(), 0);
     }

@@ -1,5 +1,6 @@
 //! The engine end to end: worker + client + in-memory store + manual clock.
 
+mod calls;
 mod issue12;
 mod issue12_control;
 mod issue13_errors;

@@ -334,6 +334,7 @@ async fn a_failure_handled_in_the_failing_episode_is_not_undone() {
         let failed = Event::TaskFailed {
             seq: w.task.seq,
             failure: durable_core::error::FailureDetails::new("E", "boom"),
+            heartbeat: None,
         };
         let m = Message::new(failed, Some(w.task.execution), clock.now());
         store.complete_activity(w.id, w.lock, m).await.unwrap();

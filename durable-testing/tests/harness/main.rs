@@ -1,6 +1,7 @@
 //! The harness on the real engine: virtual time, mocks and the call log, inspection, replay
 //! checks, crash injection and seeded simulation.
 
+mod calls;
 mod crash;
 mod inspect;
 mod issue12_control;
