@@ -696,7 +696,10 @@ impl OrchestrationContext {
     ///
     /// # Errors
     /// A non-retriable [`OrchestrationError`] when the input does not serialize or is too
-    /// large, when the id is this instance's own, or when the action limit is reached.
+    /// large, when the id is this instance's own, when the options ask for
+    /// [`IdReusePolicy::TerminateRunning`](crate::IdReusePolicy::TerminateRunning) (the
+    /// replaced tree could hold this very orchestration), or when the action limit is
+    /// reached.
     ///
     /// # Examples
     ///
@@ -732,6 +735,16 @@ impl OrchestrationContext {
         let mut s = lock(&self.shared);
         s.check_payload("orchestration input", &payload)
             .map_err(|f| OrchestrationError::non_retriable(f.message))?;
+        if options.reuse == crate::storage::IdReusePolicy::TerminateRunning {
+            // Replacing a running instance tears its whole tree down in the same commit as
+            // this episode, and that tree may hold this very orchestration (an ancestor's
+            // id): a replacement is a client's (or an activity's) to ask for.
+            return Err(OrchestrationError::non_retriable(
+                "start_orchestration cannot use IdReusePolicy::TerminateRunning: replacing a \
+                 running instance could tear down this orchestration's own ancestors; start \
+                 it from a client (or an activity that holds one), or use DedupeRunning",
+            ));
+        }
         if options.instance_id.as_ref() == Some(&s.instance_id) {
             return Err(OrchestrationError::non_retriable(format!(
                 "an orchestration cannot start another instance under its own id `{}`",
@@ -1416,9 +1429,11 @@ impl Drop for CriticalSection {
 ///   start, then from each heartbeat). A run that goes silent for longer is stuck: the worker
 ///   cancels it and the attempt fails with error type
 ///   [`HEARTBEAT_TIMEOUT`](Self::HEARTBEAT_TIMEOUT) (retriable). The task's lease is also
-///   held for no longer than the heartbeat timeout (renewed while the worker is alive), so a
-///   task whose worker died is taken over after a heartbeat timeout rather than after the
-///   worker's full activity lease.
+///   held for no longer than the heartbeat timeout, renewed only while the run heartbeats:
+///   a task whose worker died — or whose run blocks its thread, so it cannot time itself
+///   out — is taken over by another worker after a heartbeat timeout or a little more,
+///   rather than after the worker's full activity lease. Timeouts are checked when the run
+///   yields; a run that never yields is dealt with by that takeover.
 ///
 /// Zero durations mean no timeout. The retry policy's attempts each get the same timeouts,
 /// and each attempt can read the last heartbeat details of the one before
@@ -1473,11 +1488,19 @@ impl CallOptions {
     }
 
     /// Fails a run that goes longer than `timeout` without a heartbeat, and lets another
-    /// worker take the task over that soon when its worker dies.
+    /// worker take the task over that soon when its worker dies. At least one second (a
+    /// shorter one is raised to it: the task's lease is this long, renewed at half of it).
     pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
-        self.heartbeat_timeout = Some(timeout);
+        self.heartbeat_timeout = Some(if timeout.is_zero() {
+            timeout
+        } else {
+            timeout.max(Self::MIN_HEARTBEAT_TIMEOUT)
+        });
         self
     }
+
+    /// The shortest heartbeat timeout (see [`heartbeat_timeout`](Self::heartbeat_timeout)).
+    pub const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
 
     pub(crate) fn timeouts(&self) -> Timeouts {
         Timeouts {

@@ -10,6 +10,7 @@
 //! them with [`ActivityContext::last_heartbeat`] and resumes where the last one stopped.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -49,6 +50,25 @@ struct Beats {
     pending: Option<Payload>,
     /// The latest details of this run, written or not.
     latest: Option<Payload>,
+}
+
+/// Whether a run with a heartbeat timeout still heartbeats, as the lease keeper sees it: a
+/// run that blocks its thread cannot time itself out, so the keeper stops renewing its
+/// lease and another worker takes the task over.
+#[derive(Debug, Clone)]
+pub(crate) struct Liveness {
+    shared: Arc<Shared>,
+    started: Timestamp,
+    timeout: Duration,
+}
+
+impl Liveness {
+    /// When the run counts as gone: its heartbeat timeout after its last heartbeat (or its
+    /// start), plus a quarter of it, so a run that can still time itself out does so first.
+    pub(crate) fn stale_at(&self) -> Timestamp {
+        let last = self.shared.beats().last_at.unwrap_or(self.started);
+        last.max(self.started) + self.timeout + self.timeout / 4
+    }
 }
 
 /// The worker's side: sees heartbeats and takes the details to write.
@@ -103,6 +123,16 @@ impl HeartbeatMonitor {
         }
     }
 
+    /// The run's liveness for the lease keeper: it started at `started` and must heartbeat
+    /// at least every `timeout`.
+    pub(crate) fn liveness(&self, started: Timestamp, timeout: Duration) -> Liveness {
+        Liveness {
+            shared: Arc::clone(&self.shared),
+            started,
+            timeout,
+        }
+    }
+
     /// When the activity last called `heartbeat` (`None` before its first heartbeat).
     pub(crate) fn last_beat(&self) -> Option<Timestamp> {
         self.shared.beats().last_at
@@ -145,8 +175,10 @@ impl ActivityContext {
     ///
     /// Cheap: nothing is written per call. The worker writes the latest details with the
     /// task at most once per half heartbeat timeout (once per 30 s without one, or sooner
-    /// when the task's lease is shorter), when the run fails, and before a shutdown puts the
-    /// task back; details of a run that crashes are as recent as the last of those writes.
+    /// when the task's lease is shorter) — the first such interval after the run starts, so
+    /// a short run that heartbeats costs no write — when the run fails, and before a
+    /// shutdown puts the task back; details of a run that crashes are as recent as the last
+    /// of those writes.
     /// Details that do not serialize, or exceed the worker's payload limit, are dropped with
     /// a warning (the call still counts as a heartbeat).
     ///

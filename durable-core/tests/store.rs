@@ -1379,6 +1379,7 @@ mod postgres {
 
         static RESUMED: std::sync::Mutex<Vec<Option<u32>>> = std::sync::Mutex::new(Vec::new());
         static BEAT: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+        static BEATEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
         /// The first run heartbeats 5 (once allowed to) and hangs; a later run answers with
         /// what it resumed from.
@@ -1391,6 +1392,7 @@ mod postgres {
             }
             BEAT.acquire().await.unwrap().forget();
             ctx.heartbeat(5u32);
+            BEATEN.store(true, std::sync::atomic::Ordering::SeqCst);
             std::future::pending().await
         }
 
@@ -1429,8 +1431,13 @@ mod postgres {
                 }
                 clock.advance(Duration::from_secs(1));
                 BEAT.add_permits(1);
-                // Written: the lease moves with it, to a heartbeat timeout after it.
-                let written = t0 + Duration::from_secs(61);
+                while !BEATEN.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::task::yield_now().await;
+                }
+                // Written half a lease after the run started (the throttle): the lease
+                // moves with it, to a heartbeat timeout after the write.
+                clock.set(t0 + Duration::from_secs(30));
+                let written = t0 + Duration::from_secs(90);
                 while store.next_wake_time_for(WorkKind::Activity).await.unwrap() != Some(written) {
                     tokio::task::yield_now().await;
                 }
@@ -1440,7 +1447,7 @@ mod postgres {
                 .expect("the heartbeat is written");
             first.abort();
             let second = worker(connect(&url, &hub).await);
-            clock.set(t0 + Duration::from_secs(61));
+            clock.set(t0 + Duration::from_secs(90));
             let out = tokio::time::timeout(Duration::from_secs(60), run.wait())
                 .await
                 .expect("taken over")

@@ -128,7 +128,9 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
                     task.name
                 ),
             )),
-            None,
+            // The next attempt (perhaps on a worker that knows the activity) resumes from
+            // the details it was carrying.
+            task.heartbeat.clone(),
         ),
         Some(f) => match execute(inner, &item, &*f, &mut lease).await {
             Some(ran) => ran,
@@ -192,11 +194,15 @@ async fn execute(
         beats,
     )
     .with_states(&inner.states);
+    let started = inner.clock.now();
+    if let Some(h) = task.heartbeat_timeout {
+        lease.watch(monitor.liveness(started, h));
+    }
     let mut watch = Watch {
         inner,
         item,
         monitor,
-        started: inner.clock.now(),
+        started,
         last_write: None,
     };
     // A panic is caught and reported, not fatal (this already runs on its own task).
@@ -353,6 +359,8 @@ impl Watch<'_> {
         let failure = loop {
             let beat_deadline = task.heartbeat_timeout.map(|h| last_beat + h);
             tokio::select! {
+                // In this order: a heartbeat that came in before a deadline must count.
+                biased;
                 () = lease.lost() => {
                     cancel.cancel();
                     std::future::pending::<()>().await;
@@ -366,13 +374,18 @@ impl Watch<'_> {
                 () = self.monitor.beat() => {
                     last_beat = self.monitor.last_beat().unwrap_or(last_beat).max(last_beat);
                     if write_at.is_none() && self.monitor.has_pending() {
-                        let earliest = self.last_write.map(|t| t + self.write_interval());
-                        write_at = Some(earliest.map_or(last_beat, |t| t.max(last_beat)));
+                        // Throttled: a run that heartbeats and soon ends costs no write.
+                        let earliest = self.last_write.unwrap_or(self.started) + self.write_interval();
+                        write_at = Some(earliest.max(last_beat));
                     }
                 }
                 () = sleep(write_at) => {
                     write_at = None;
                     self.flush().await;
+                    if self.monitor.has_pending() {
+                        // The write failed: try again a write interval later.
+                        write_at = Some(clock.now() + self.write_interval());
+                    }
                 }
                 () = sleep(deadline.map(|(at, _)| at)) => {
                     let (_, t) = deadline.unwrap_or_default();
@@ -382,7 +395,13 @@ impl Watch<'_> {
                     );
                 }
                 () = sleep(beat_deadline) => {
+                    // A heartbeat may have come in while this timer was due.
+                    let latest = self.monitor.last_beat().unwrap_or(last_beat).max(last_beat);
                     let h = task.heartbeat_timeout.unwrap_or_default();
+                    if latest + h > clock.now() {
+                        last_beat = latest;
+                        continue;
+                    }
                     break FailureDetails::new(
                         CallOptions::HEARTBEAT_TIMEOUT,
                         format!("activity `{}` timed out: no heartbeat for {h:?} (its heartbeat timeout)", task.name),

@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
 use super::Inner;
+use crate::heartbeat::Liveness;
 use crate::ids::{InstanceId, Timestamp};
 use crate::storage::{ActivityWorkItem, LockToken};
 
@@ -53,6 +54,9 @@ struct Held {
     period: Duration,
     /// Set when the store reports the lease lost.
     lost: watch::Sender<bool>,
+    /// For a run with a heartbeat timeout: whether it still heartbeats. A silent run's
+    /// lease is no longer renewed.
+    liveness: Option<Liveness>,
 }
 
 /// A lease held for as long as this guard lives; dropping it stops the renewals.
@@ -74,6 +78,16 @@ impl LeaseGuard {
     pub(crate) async fn lost(&mut self) {
         if self.lost.wait_for(|lost| *lost).await.is_err() {
             std::future::pending::<()>().await;
+        }
+    }
+
+    /// Renews the lease only while the run heartbeats within its timeout: a run that goes
+    /// silent — even one blocking its thread, which cannot time itself out — loses its lease,
+    /// and another worker takes the task over.
+    pub(crate) fn watch(&self, liveness: Liveness) {
+        let mut state = self.leases.state();
+        if let Some(h) = state.held.get_mut(&self.id).filter(|h| h.lock == self.lock) {
+            h.liveness = Some(liveness);
         }
     }
 }
@@ -120,6 +134,7 @@ impl ActivityLeases {
                     due,
                     period,
                     lost,
+                    liveness: None,
                 },
             );
             if let Some(old) = old {
@@ -157,9 +172,21 @@ impl ActivityLeases {
 
     /// The leases to renew at `now`, by period: each due within a quarter of its period
     /// (`longest` is the longest period any lease has).
-    fn due_at(&self, now: Timestamp, longest: Duration) -> Vec<(Duration, Vec<(u64, LockToken)>)> {
-        let state = self.state();
+    ///
+    /// Leases of runs that stopped heartbeating are not renewed: they are given up (their
+    /// holders told, as for a lost lease) and returned with their instances.
+    #[allow(clippy::type_complexity, reason = "a private step of the keeper")]
+    fn due_at(
+        &self,
+        now: Timestamp,
+        longest: Duration,
+    ) -> (
+        Vec<(Duration, Vec<(u64, LockToken)>)>,
+        Vec<(u64, InstanceId)>,
+    ) {
+        let mut state = self.state();
         let mut by_period: Vec<(Duration, Vec<(u64, LockToken)>)> = Vec::new();
+        let mut silent = Vec::new();
         let horizon = now + quarter(longest);
         for (t, id) in state.due.iter().take_while(|(t, _)| *t <= horizon) {
             let Some(h) = state.held.get(id) else {
@@ -168,12 +195,24 @@ impl ActivityLeases {
             if *t > now + quarter(h.period) {
                 continue;
             }
+            if h.liveness.as_ref().is_some_and(|l| l.stale_at() <= now) {
+                silent.push((*t, *id));
+                continue;
+            }
             match by_period.iter_mut().find(|(p, _)| *p == h.period) {
                 Some((_, batch)) => batch.push((*id, h.lock)),
                 None => by_period.push((h.period, vec![(*id, h.lock)])),
             }
         }
-        by_period
+        let mut given_up = Vec::new();
+        for (t, id) in silent {
+            state.due.remove(&(t, id));
+            if let Some(h) = state.held.remove(&id) {
+                h.lost.send_replace(true);
+                given_up.push((id, h.instance));
+            }
+        }
+        (by_period, given_up)
     }
 
     /// Records a round: `lost` leases are dropped (their holders told) and returned with
@@ -242,7 +281,11 @@ pub(crate) async fn keep(inner: Arc<Inner>) {
             }
             Some(_) => {}
         }
-        for (period, batch) in leases.due_at(now, longest) {
+        let (due, silent) = leases.due_at(now, longest);
+        for (id, instance) in silent {
+            tracing::warn!(%instance, task = id, "activity stopped heartbeating (it may block its thread); its lease is given up so another worker can take the task over");
+        }
+        for (period, batch) in due {
             renew(&inner, &batch, now, period).await;
         }
     }
@@ -300,7 +343,7 @@ mod tests {
         let c = leases.hold(&item(3, 33), t0 + Duration::from_secs(4), period);
         assert_eq!(leases.next_due(), Some(t0 + Duration::from_secs(5)));
         // Due within a quarter period of t0 + 5 s: the first two, not the third (due at 9 s).
-        let due = leases.due_at(t0 + Duration::from_secs(5), period);
+        let due = leases.due_at(t0 + Duration::from_secs(5), period).0;
         assert_eq!(due.len(), 1);
         let batch = due[0].1.clone();
         assert_eq!(batch, vec![(1, LockToken(11)), (2, LockToken(22))]);
@@ -329,15 +372,20 @@ mod tests {
         let _b = leases.hold(&item(2, 22), t0, short);
         // The short lease is due first (10 s), within a quarter of its period (5 s) at 5 s.
         assert_eq!(leases.next_due(), Some(t0 + Duration::from_secs(10)));
-        assert!(leases.due_at(t0 + Duration::from_secs(4), long).is_empty());
+        assert!(
+            leases
+                .due_at(t0 + Duration::from_secs(4), long)
+                .0
+                .is_empty()
+        );
         assert_eq!(
-            leases.due_at(t0 + Duration::from_secs(5), long),
+            leases.due_at(t0 + Duration::from_secs(5), long).0,
             [(short, vec![(2, LockToken(22))])]
         );
         let lost = leases.renewed(&[(2, LockToken(22))], &[], t0 + Duration::from_secs(15));
         assert!(lost.is_empty());
         // At 150 s both are due, each in the batch of its period.
-        let due = leases.due_at(t0 + Duration::from_secs(150), long);
+        let due = leases.due_at(t0 + Duration::from_secs(150), long).0;
         assert_eq!(
             due,
             [
@@ -358,10 +406,36 @@ mod tests {
         drop(old);
         assert_eq!(leases.len(), 1, "the old guard leaves the new lease alone");
         assert_eq!(
-            leases.due_at(t0 + period * 2, period),
+            leases.due_at(t0 + period * 2, period).0,
             vec![(period, vec![(1, LockToken(12))])]
         );
         drop(new);
         assert_eq!(leases.len(), 0);
+    }
+
+    /// A run with a heartbeat timeout that stops heartbeating (it may block its thread, so
+    /// it cannot time itself out) loses its lease: the keeper stops renewing it and tells
+    /// its holder, so another worker can take the task over.
+    #[test]
+    fn a_silent_run_with_a_heartbeat_timeout_gives_its_lease_up() {
+        let leases = Arc::new(ActivityLeases::default());
+        let t0 = Timestamp::from_unix_millis(1_000_000);
+        let h = Duration::from_secs(8);
+        let guard = leases.hold(&item(1, 11), t0, h);
+        let (_beats, monitor) =
+            crate::heartbeat::Heartbeat::new(None, 1 << 20, Arc::new(crate::clock::SystemClock));
+        guard.watch(monitor.liveness(t0, h));
+        // Due at 4 s and still within its heartbeat timeout: renewed.
+        let (due, silent) = leases.due_at(t0 + Duration::from_secs(4), h);
+        assert_eq!(due, [(h, vec![(1, LockToken(11))])]);
+        assert!(silent.is_empty());
+        leases.renewed(&[(1, LockToken(11))], &[], t0 + Duration::from_secs(8));
+        // No heartbeat for 8 s + a quarter: given up, not renewed.
+        let (due, silent) = leases.due_at(t0 + Duration::from_secs(10), h);
+        assert!(due.is_empty());
+        assert_eq!(silent.len(), 1);
+        assert!(guard.is_lost());
+        assert_eq!(leases.len(), 0);
+        assert_eq!(leases.next_due(), None);
     }
 }

@@ -499,11 +499,18 @@ async fn after_a_crash_the_next_worker_resumes_from_the_written_heartbeat() {
     let id = run.id().clone();
     until("the first run", || CRASH_RUNS.lock().unwrap().len() == 1).await;
     activity_wake_is(&env.store, t0 + Duration::from_secs(60)).await;
-    // 41 at 5 s: written at once (the lease moves to 65 s with it) ...
+    // 41 at 5 s: not written yet (the first write waits half a lease from the start, so
+    // a short run that heartbeats costs no write) ...
     env.clock.advance(Duration::from_secs(5));
     CRASH_GATE.add_permits(1);
-    activity_wake_is(&env.store, t0 + Duration::from_secs(65)).await;
-    // ... 42 a second later: held back by the throttle (at most one write per 30 s).
+    until("the first heartbeat", || {
+        CRASH_BEATS.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // ... written at 30 s, the lease moving to 90 s with it ...
+    env.clock.advance(Duration::from_secs(25));
+    activity_wake_is(&env.store, t0 + Duration::from_secs(90)).await;
+    // ... and 42 a second later is held back by the throttle (one write per 30 s).
     env.clock.advance(SECOND);
     CRASH_GATE.add_permits(1);
     until("the second heartbeat", || {
@@ -517,7 +524,7 @@ async fn after_a_crash_the_next_worker_resumes_from_the_written_heartbeat() {
         b.register(survives_crash).register(crash_job)
     });
     // Its lease lapses a heartbeat timeout after the last write, not 5 minutes later.
-    env2.clock.set(t0 + Duration::from_secs(65));
+    env2.clock.set(t0 + Duration::from_secs(90));
     let out = crash_job::handle(&env2.client, id.clone())
         .wait()
         .await
@@ -566,15 +573,14 @@ async fn stop_job(ctx: OrchestrationContext, _input: ()) -> Result<u32, Orchestr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_writes_the_latest_heartbeat_before_putting_the_task_back() {
     let env = start(|b| b.register(stops_on_shutdown).register(stop_job));
-    let t0 = env.clock.now();
+    env.clock.now();
     let run = stop_job::start(&env.client, ()).await.unwrap();
     let id = run.id().clone();
     until("the first run", || STOP_RUNS.lock().unwrap().len() == 1).await;
-    // 1 at 1 s: written at once (its lease moves to 301 s with it) ...
+    // 1 at 1 s and 2 right after: both held back by the throttle (the first write waits
+    // half a lease from the start).
     env.clock.advance(SECOND);
     STOP_GATE.add_permits(1);
-    activity_wake_is(&env.store, t0 + Duration::from_secs(301)).await;
-    // ... 2 right after: held back by the throttle.
     STOP_GATE.add_permits(1);
     until("the second heartbeat", || {
         STOP_BEATS.load(Ordering::SeqCst) == 2
@@ -593,4 +599,155 @@ async fn a_shutdown_writes_the_latest_heartbeat_before_putting_the_task_back() {
     assert_eq!(*STOP_RUNS.lock().unwrap(), [None, Some(2)]);
     let h = env2.store.read_history(&id).await.unwrap();
     assert_eq!(count(&h, "TaskFailed"), 0);
+}
+
+// ------------------------------------------------------------------ review: issue 13
+
+#[orchestrator]
+async fn replacement(_ctx: OrchestrationContext, _x: ()) -> Result<u32, OrchestrationError> {
+    Ok(9)
+}
+
+/// Tries to replace its own parent, terminate-and-replace.
+#[orchestrator]
+async fn minion(ctx: OrchestrationContext, boss_id: String) -> Result<String, OrchestrationError> {
+    let options = StartOptions::new()
+        .instance_id(InstanceId::new(boss_id)?)
+        .reuse(IdReusePolicy::TerminateRunning);
+    match ctx.start_orchestration(replacement, (), options) {
+        Ok(id) => Ok(format!("started {id}")),
+        Err(e) => Ok(format!("refused: {e}")),
+    }
+}
+
+#[orchestrator]
+async fn boss(ctx: OrchestrationContext, _x: ()) -> Result<String, OrchestrationError> {
+    let me = ctx.instance_id().to_string();
+    Ok(ctx.call_sub_orchestrator(minion, me).await?)
+}
+
+/// An orchestration cannot terminate-and-replace another instance: the replaced tree could
+/// hold the orchestration itself (here, its parent), which is in the middle of its commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_orchestration_refuses_to_terminate_and_replace() {
+    let env = start(|b| b.register(replacement).register(minion).register(boss));
+    let opts = StartOptions::new().instance_id(InstanceId::new("the-boss").unwrap());
+    let run = env.client.start_with(boss, (), opts).await.unwrap();
+    let out = run.wait().await.unwrap();
+    assert!(
+        out.starts_with("refused: ") && out.contains("TerminateRunning"),
+        "{out}"
+    );
+    let h = run.history().await.unwrap();
+    assert_eq!(count(&h, "ExecutionCompleted"), 1);
+}
+
+static RACE_CLOCK: std::sync::OnceLock<durable_testing::ManualClock> = std::sync::OnceLock::new();
+
+/// Heartbeats 6 s in, then works 5 s more before it yields: its last heartbeat is 5 s old
+/// when the worker looks, well within the 10 s heartbeat timeout, while the deadline set
+/// before the heartbeat (10 s) has passed.
+#[activity]
+async fn chunked(ctx: ActivityContext, _x: u32) -> Result<u32, ActivityError> {
+    let clock = RACE_CLOCK.get().expect("set by the test");
+    clock.advance(Duration::from_secs(6));
+    ctx.heartbeat(1u32);
+    clock.advance(Duration::from_secs(5));
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    Ok(1)
+}
+
+#[orchestrator]
+async fn chunked_job(ctx: OrchestrationContext, x: u32) -> Result<u32, OrchestrationError> {
+    let options = CallOptions::new().heartbeat_timeout(Duration::from_secs(10));
+    Ok(ctx.call_with(chunked, x, options).await?)
+}
+
+/// A heartbeat that came in before the old deadline fired always counts (the watch used to
+/// pick between the two at random).
+#[tokio::test(flavor = "current_thread")]
+async fn a_heartbeat_within_the_timeout_never_times_out() {
+    let clock = durable_testing::ManualClock::default();
+    RACE_CLOCK.set(clock.clone()).ok();
+    let env = start_on(MemoryStore::new(), clock, |b| {
+        b.register(chunked)
+            .register(chunked_job)
+            .max_concurrent_activities(1)
+    });
+    for i in 0..16 {
+        let run = chunked_job::start(&env.client, i).await.unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(20), run.wait())
+            .await
+            .expect("finishes");
+        assert_eq!(out.unwrap(), 1, "run {i} timed out 5 s after a heartbeat");
+    }
+}
+
+static BLOCKED_RUNS: AtomicU32 = AtomicU32::new(0);
+static BLOCKED_RELEASE: AtomicBool = AtomicBool::new(false);
+
+/// Stuck in blocking code (a sync driver call, a deadlock): never heartbeats, never yields.
+#[activity]
+async fn stuck(_x: ()) -> Result<u32, ActivityError> {
+    BLOCKED_RUNS.fetch_add(1, Ordering::SeqCst);
+    while !BLOCKED_RELEASE.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    Ok(1)
+}
+
+#[orchestrator]
+async fn stuck_job(ctx: OrchestrationContext, _x: ()) -> Result<u32, OrchestrationError> {
+    let options = CallOptions::new().heartbeat_timeout(Duration::from_secs(60));
+    Ok(ctx.call_with(stuck, (), options).await?)
+}
+
+/// A run that blocks its thread cannot time itself out; its lease is given up once it has
+/// gone silent past its heartbeat timeout, so another worker can take the task over. With a
+/// 60 s heartbeat timeout the lease (60 s) is renewed at 30 s and 60 s, given up at 90 s
+/// (silent since the start, 75 s ago), and lapses at 120 s at the latest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_silent_blocked_run_loses_its_task_to_another_worker() {
+    let env = start(|b| b.register(stuck).register(stuck_job));
+    let t0 = env.clock.now();
+    stuck_job::start(&env.client, ()).await.unwrap();
+    until("the stuck run starts", || {
+        BLOCKED_RUNS.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    let step = Duration::from_secs(10);
+    // Until 110 s the lease is always renewed ahead of the clock.
+    while env.clock.now() < t0 + Duration::from_secs(110) {
+        env.clock.advance(step);
+        let now = env.clock.now();
+        let renewed = tokio::time::timeout(Duration::from_secs(20), async {
+            while env
+                .store
+                .next_wake_time_for(WorkKind::Activity)
+                .await
+                .unwrap()
+                .is_none_or(|t| t <= now)
+            {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(
+            renewed.is_ok(),
+            "the lease is renewed while within the timeout"
+        );
+    }
+    // At 130 s the lease has lapsed: the task is taken over (here by this worker's own
+    // dispatcher, which has free slots: a second run starts).
+    env.clock.advance(step * 2);
+    let check = async {
+        while BLOCKED_RUNS.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+    };
+    let taken = tokio::time::timeout(Duration::from_secs(20), check).await;
+    BLOCKED_RELEASE.store(true, Ordering::SeqCst);
+    assert!(taken.is_ok(), "the silent run's task is taken over");
 }
