@@ -78,6 +78,22 @@ impl MemoryStore {
 }
 
 impl Data {
+    /// Extends the lease `lock` holds on activity task `id` to `until`; the leased task.
+    fn extend_activity_lease(
+        &mut self,
+        id: u64,
+        lock: LockToken,
+        until: Timestamp,
+    ) -> Result<&mut ActivityTask, StoreError> {
+        let Some(lease) = self.activity_leases.get_mut(&id).filter(|l| l.2 == lock.0) else {
+            return Err(StoreError::LockLost(format!("activity task {id}")));
+        };
+        let old = std::mem::replace(&mut lease.1, until);
+        self.activity_lease_expiry.remove(&(old, id));
+        self.activity_lease_expiry.insert((until, id));
+        Ok(&mut lease.0)
+    }
+
     fn next(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
@@ -556,15 +572,7 @@ impl Store for MemoryStore {
         lock: LockToken,
         until: Timestamp,
     ) -> Result<(), StoreError> {
-        let mut guard = self.data();
-        let d = &mut *guard;
-        let Some(lease) = d.activity_leases.get_mut(&id).filter(|l| l.2 == lock.0) else {
-            return Err(StoreError::LockLost(format!("activity task {id}")));
-        };
-        let old = std::mem::replace(&mut lease.1, until);
-        d.activity_lease_expiry.remove(&(old, id));
-        d.activity_lease_expiry.insert((until, id));
-        Ok(())
+        self.data().extend_activity_lease(id, lock, until).map(drop)
     }
 
     async fn record_activity_heartbeat(
@@ -574,15 +582,8 @@ impl Store for MemoryStore {
         details: Payload,
         until: Timestamp,
     ) -> Result<(), StoreError> {
-        let mut guard = self.data();
-        let d = &mut *guard;
-        let Some(lease) = d.activity_leases.get_mut(&id).filter(|l| l.2 == lock.0) else {
-            return Err(StoreError::LockLost(format!("activity task {id}")));
-        };
-        lease.0.heartbeat = Some(details);
-        let old = std::mem::replace(&mut lease.1, until);
-        d.activity_lease_expiry.remove(&(old, id));
-        d.activity_lease_expiry.insert((until, id));
+        let mut d = self.data();
+        d.extend_activity_lease(id, lock, until)?.heartbeat = Some(details);
         Ok(())
     }
 
