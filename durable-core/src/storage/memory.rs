@@ -200,7 +200,7 @@ impl Data {
             let Some(inst) = self.instances.get(id.as_str()) else {
                 continue;
             };
-            if !Teardown::belongs(&parent, Some(&inst.record)) {
+            if !inst.record.is_child_of(&parent) {
                 continue;
             }
             let inbox = inst.inbox.values().map(|m| &m.event);

@@ -65,6 +65,22 @@ pub struct InstanceRecord {
 }
 
 impl InstanceRecord {
+    /// `true` if this instance is the sub-orchestration `parent` names (and not an instance
+    /// that took the id over since, nor a top-level one).
+    pub fn is_child_of(&self, parent: &ParentRef) -> bool {
+        self.parent.as_ref() == Some(parent)
+    }
+
+    /// How a sub-orchestration that action `seq` of this instance's current execution
+    /// started names its parent.
+    pub(crate) fn child_ref(&self, seq: u64) -> ParentRef {
+        ParentRef {
+            instance_id: self.instance_id.clone(),
+            execution: self.execution,
+            seq,
+        }
+    }
+
     /// The input of the current execution, decoded as `T` (with the rule orchestrations
     /// decode inputs by: a JSON string holding a `T`, as Durable Functions clients send,
     /// is accepted too).

@@ -664,7 +664,7 @@ impl PostgresStore {
                 Some(row) => Some(decode::<InstanceRecord>(row.try_get(0)?)?),
                 None => None,
             };
-            if !Teardown::belongs(&parent, record.as_ref()) {
+            if !record.as_ref().is_some_and(|r| r.is_child_of(&parent)) {
                 continue;
             }
             let Some(record) = record else { continue };

@@ -1053,7 +1053,7 @@ impl<'t> Tables<'t> {
         while let Some((id, parent)) = t.next() {
             let key = id.as_str();
             let record = read_record(&self.instances, key)?;
-            if !Teardown::belongs(&parent, record.as_ref()) {
+            if !record.as_ref().is_some_and(|r| r.is_child_of(&parent)) {
                 continue;
             }
             let Some(record) = record else { continue };

@@ -84,7 +84,7 @@ pub(crate) fn held_locks(history: &[HistoryEvent]) -> Vec<InstanceId> {
 /// let mut t = Teardown::new(&old_record, &old_history, old_inbox_events, now);
 /// while let Some((id, parent)) = t.next() {
 ///     let record = read(id);
-///     if t.belongs(&parent, record.as_ref()) {
+///     if record.is_some_and(|r| r.is_child_of(&parent)) {
 ///         if let Some((terminated, events)) = t.visit(record, &history(id), inbox_events(id)) {
 ///             write the record, append the events, clear the inbox, drop the lease
 ///         }
@@ -145,13 +145,8 @@ impl Teardown {
         None
     }
 
-    /// `true` if `record` (read for an id [`next`](Self::next) gave) is the child it was
-    /// created as, and not gone or an instance that took the id over since.
-    pub(crate) fn belongs(parent: &ParentRef, record: Option<&InstanceRecord>) -> bool {
-        record.is_some_and(|r| r.parent.as_ref() == Some(parent))
-    }
-
-    /// Visits a descendant that [`belongs`](Self::belongs): its children are visited next.
+    /// Visits a descendant that [`next`](Self::next) gave and that still is the child it was
+    /// created as ([`InstanceRecord::is_child_of`]): its children are visited next.
     /// A running one is terminated: the answer is its new record and the events to append
     /// to its history; the store also clears its inbox (entity locks granted in it are
     /// released here) and drops any lease on it, so a worker in the middle of an episode
@@ -200,12 +195,7 @@ impl Teardown {
 
     fn push_children(&mut self, parent: &InstanceRecord, history: &[HistoryEvent]) {
         for (seq, id) in sub_orchestrations(history) {
-            let expected = ParentRef {
-                instance_id: parent.instance_id.clone(),
-                execution: parent.execution,
-                seq,
-            };
-            self.pending.push((id, expected));
+            self.pending.push((id, parent.child_ref(seq)));
         }
     }
 

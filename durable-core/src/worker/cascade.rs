@@ -24,17 +24,9 @@ pub(crate) fn is_meant_for(event: &Event, record: &InstanceRecord) -> bool {
     match event {
         Event::ExecutionTerminated {
             child_of: Some(p), ..
-        } => record.parent.as_ref() == Some(p),
+        } => record.is_child_of(p),
         _ => true,
     }
-}
-
-/// `true` if `child` is the sub-orchestration that action `seq` of `parent`'s current
-/// execution started (and not an unrelated instance that took the id over since).
-pub(crate) fn is_child_of(child: &InstanceRecord, parent: &InstanceRecord, seq: u64) -> bool {
-    child.parent.as_ref().is_some_and(|p| {
-        p.instance_id == parent.instance_id && p.execution == parent.execution && p.seq == seq
-    })
 }
 
 /// The children of `parent` (whose current history is `history`) that still exist and are
@@ -47,7 +39,7 @@ pub(crate) async fn children(
     let mut out = Vec::new();
     for (seq, id) in sub_orchestrations(history) {
         if let Some(r) = store.read_instance(&id).await? {
-            if is_child_of(&r, parent, seq) {
+            if r.is_child_of(&parent.child_ref(seq)) {
                 out.push(r);
             }
         }

@@ -80,11 +80,9 @@ async fn child_action(
         })
     };
     let record = store.read_instance(child).await?;
-    let ours = record.as_ref().is_some_and(|r| {
-        r.parent.as_ref().is_some_and(|p| {
-            p.instance_id == parent.instance_id && p.execution == parent.execution && p.seq == seq
-        })
-    });
+    let ours = record
+        .as_ref()
+        .is_some_and(|r| r.is_child_of(&parent.child_ref(seq)));
     let record = match record {
         Some(r) if ours => r,
         Some(_) => {
