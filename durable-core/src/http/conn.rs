@@ -13,8 +13,9 @@
 //!
 //! hyper writes that answer only between requests (it reads the next request head after
 //! the previous answer went out), so it is always the whole of one write; the router's
-//! own error answers always have a body. The wrapper does not advertise vectored writes,
-//! so hyper hands it each flush as one buffer.
+//! own error answers always have a body. Vectored writes pass through as the socket
+//! takes them (a response's head and body are not copied together); a write of one
+//! buffer — which is how hyper's head-only answer arrives — is the one that is checked.
 
 use std::io;
 use std::pin::Pin;
@@ -86,6 +87,26 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for JsonErrors<T> {
             return Poll::Ready(Ok(buf.len()));
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // hyper's own error answers are a head alone: one slice, checked as above. Anything
+        // else (a head and a body) goes through without being copied together.
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (filled.next(), filled.next()) {
+            return self.poll_write(cx, only);
+        }
+        let this = &mut *self;
+        ready!(this.poll_pending(cx))?;
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
