@@ -5,7 +5,7 @@
 //! The worker keeps one value per type ([`WorkerBuilder::state`](crate::WorkerBuilder::state));
 //! `#[activity]` records the types an activity takes ([`Activity::STATES`]), and
 //! [`WorkerBuilder::start`](crate::WorkerBuilder::start) refuses to start when one is missing
-//! ([`BuildError::MissingState`](crate::BuildError::MissingState)). At run time each `State<T>`
+//! ([`crate::BuildError::MissingState`]). At run time each `State<T>`
 //! parameter receives a clone of the worker's `T` — keep `T` cheap to clone (`Arc` inside, as
 //! pools and clients are).
 //!
