@@ -192,15 +192,7 @@ async fn terminate_running_replaces_the_instance_and_its_tree() {
         .unwrap();
     acquire(&TR_STARTED).await;
     let h = wait_for_events(&env.store, &job, "SubOrchestrationCreated", 1).await;
-    let child = h
-        .iter()
-        .find_map(|e| match &e.event {
-            durable_core::history::Event::SubOrchestrationCreated { instance_id, .. } => {
-                Some(instance_id.clone())
-            }
-            _ => None,
-        })
-        .unwrap();
+    let child = first_child(&h);
     wait_status(&env.store, &child, RuntimeStatus::Running).await;
 
     // The default policy refuses a running instance.
@@ -421,15 +413,7 @@ async fn waiters_on_torn_down_descendants_wake() {
         .await
         .unwrap();
     let h = wait_for_events(&env.store, &w, "SubOrchestrationCreated", 1).await;
-    let child = h
-        .iter()
-        .find_map(|e| match &e.event {
-            durable_core::history::Event::SubOrchestrationCreated { instance_id, .. } => {
-                Some(instance_id.clone())
-            }
-            _ => None,
-        })
-        .unwrap();
+    let child = first_child(&h);
     wait_status(&env.store, &child, RuntimeStatus::Running).await;
     let mut waiter = Box::pin(env.client.wait_for_completion(&child));
     // Polled once: it has read the status (Running) and now waits for a signal.

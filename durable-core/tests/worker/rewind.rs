@@ -213,16 +213,7 @@ async fn rewinding_a_parent_rewinds_its_failed_child() {
     });
     let run = rw_parent::start(&env.client, 4).await.unwrap();
     wait_status(&env.store, run.id(), RuntimeStatus::Failed).await;
-    let child_id = run
-        .history()
-        .await
-        .unwrap()
-        .iter()
-        .find_map(|e| match &e.event {
-            Event::SubOrchestrationCreated { instance_id, .. } => Some(instance_id.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let child_id = first_child(&run.history().await.unwrap());
     assert_eq!(
         env.client.status(&child_id).await.unwrap().status,
         RuntimeStatus::Failed
@@ -558,13 +549,7 @@ async fn a_childs_failure_queued_for_the_failed_parent_does_not_defeat_its_rewin
     let run = qb_orch::start(&env.client, ()).await.unwrap();
     let id = run.id().clone();
     let h = wait_for_events(&env.store, &id, "ExecutionCompleted", 1).await;
-    let child_id = h
-        .iter()
-        .find_map(|e| match &e.event {
-            Event::SubOrchestrationCreated { instance_id, .. } => Some(instance_id.clone()),
-            _ => None,
-        })
-        .unwrap();
+    let child_id = first_child(&h);
     wait_for_events(&env.store, &child_id, "TaskScheduled", 1).await;
     // Hold the failed parent's lease, so the child's failure waits in its inbox (as when no
     // worker has got to it yet).

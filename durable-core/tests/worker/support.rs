@@ -135,3 +135,14 @@ pub fn timers(history: &[HistoryEvent]) -> Vec<Timestamp> {
 pub fn store_arc(store: &MemoryStore) -> Arc<dyn Store> {
     Arc::new(store.clone())
 }
+
+/// The instance id of the first sub-orchestration a history started.
+pub fn first_child(history: &[HistoryEvent]) -> InstanceId {
+    history
+        .iter()
+        .find_map(|e| match &e.event {
+            Event::SubOrchestrationCreated { instance_id, .. } => Some(instance_id.clone()),
+            _ => None,
+        })
+        .expect("a SubOrchestrationCreated in history")
+}
