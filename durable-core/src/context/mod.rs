@@ -902,35 +902,38 @@ impl OrchestrationContext {
         name: &str,
         make: impl FnOnce(&State) -> Result<ActionDetail, FailureDetails>,
     ) -> TaskFuture<T> {
-        let mut task = TaskFailure {
-            kind,
-            name: name.to_owned(),
-            task: None,
-            instance_id: None,
-            details: FailureDetails::new("", ""),
+        let unscheduled = |details| {
+            TaskFuture::failed(TaskError::Failed(Box::new(TaskFailure {
+                kind,
+                name: name.to_owned(),
+                task: None,
+                instance_id: None,
+                details,
+            })))
         };
         let mut s = lock(&self.shared);
         let detail = match make(&s) {
             Ok(d) => d,
             Err(f) => {
                 drop(s);
-                task.details = f;
-                return TaskFuture::failed(TaskError::Failed(Box::new(task)));
+                return unscheduled(f);
             }
         };
         let seq = match s.next_action_seq() {
             Ok(seq) => seq,
             Err(f) => {
                 drop(s);
-                task.details = f;
-                return TaskFuture::failed(TaskError::Failed(Box::new(task)));
+                return unscheduled(f);
             }
         };
-        task.task = Some(seq);
-        task.instance_id = match &detail {
-            ActionDetail::SubOrchestration { instance_id, .. } => Some(instance_id.clone()),
-            ActionDetail::EntityCall { entity, .. } => Some(entity.clone()),
-            _ => None,
+        let task = TaskIdent {
+            kind,
+            name: name.to_owned(),
+            instance_id: match &detail {
+                ActionDetail::SubOrchestration { instance_id, .. } => Some(instance_id.clone()),
+                ActionDetail::EntityCall { entity, .. } => Some(entity.clone()),
+                _ => None,
+            },
         };
         s.slots.insert(seq, Slot::default());
         s.emitted.push(Action {
@@ -946,7 +949,7 @@ impl OrchestrationContext {
                     seq,
                     done: false,
                 },
-                Box::new(task),
+                task,
                 None,
             ),
             _t: PhantomData,
@@ -1468,11 +1471,20 @@ impl Drop for SlotFuture {
     }
 }
 
+/// Which task a slot's future waits for, to name it in a failure (built into a
+/// [`TaskFailure`] only when it fails).
+#[derive(Debug)]
+struct TaskIdent {
+    kind: TaskKind,
+    name: String,
+    instance_id: Option<InstanceId>,
+}
+
 #[derive(Debug)]
 enum TaskInner {
     /// Waiting for the result; the task named in a failure; the heartbeat details of a
     /// failed activity, once it failed.
-    Slot(SlotFuture, Box<TaskFailure>, Option<Payload>),
+    Slot(SlotFuture, TaskIdent, Option<Payload>),
     Failed(Option<TaskError>),
     /// A retry loop over attempts (its first attempt scheduled when it was created).
     Retrying(Retrying),
@@ -1520,12 +1532,17 @@ impl<T> TaskFuture<T> {
                 Some(e) => Poll::Ready(Err(e)),
                 None => Poll::Pending,
             },
-            TaskInner::Slot(f, task, heartbeat) => match Pin::new(f).poll(cx) {
+            TaskInner::Slot(f, task, heartbeat) => match Pin::new(&mut *f).poll(cx) {
                 Poll::Ready(SlotResult::Ok(p)) => Poll::Ready(Ok(p)),
                 Poll::Ready(SlotResult::Err(details, beat)) => {
-                    task.details = details;
                     *heartbeat = beat;
-                    Poll::Ready(Err(TaskError::Failed(task.clone())))
+                    Poll::Ready(Err(TaskError::Failed(Box::new(TaskFailure {
+                        kind: task.kind,
+                        name: std::mem::take(&mut task.name),
+                        task: Some(f.seq),
+                        instance_id: task.instance_id.take(),
+                        details,
+                    }))))
                 }
                 Poll::Ready(SlotResult::Fired) => Poll::Ready(Ok("null".to_owned())),
                 Poll::Pending => Poll::Pending,
