@@ -326,7 +326,21 @@ async fn aggregator_counts_each_signal_exactly_once_across_crashes() {
             (average, s.count, s.sum, s.max)
         })
         .await;
-    assert!(report.runs.iter().all(|r| r.crashes == 1), "{report}");
+    // The client's signals and the orchestration's reach the entity concurrently, so how
+    // they batch into commits varies: the last crash point may lie past a run's last commit.
+    assert!(crashed_wherever_reached(&report), "{report}");
+    assert!(
+        report.runs.iter().filter(|r| r.crashes == 1).count() * 5 >= report.runs.len() * 4,
+        "{report}"
+    );
+}
+
+/// Every run crashed, unless its crash point lay past the commits it made.
+fn crashed_wherever_reached(report: &durable_testing::CrashReport) -> bool {
+    report
+        .runs
+        .iter()
+        .all(|r| r.crashes == 1 || r.crash_after.is_some_and(|n| n > r.commits))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,13 +375,7 @@ async fn transfers_conserve_money_across_crashes() {
         .await;
     // Three transfers run concurrently, so how work batches into commits varies between runs:
     // a crash point near the end of the crash-free run may lie past a crashed run's last commit.
-    assert!(
-        report
-            .runs
-            .iter()
-            .all(|r| r.crashes == 1 || r.crash_after.is_some_and(|n| n > r.commits)),
-        "{report}"
-    );
+    assert!(crashed_wherever_reached(&report), "{report}");
     assert!(
         report.runs.iter().filter(|r| r.crashes == 1).count() * 10 >= report.runs.len() * 9,
         "{report}"
