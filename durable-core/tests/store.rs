@@ -88,6 +88,7 @@ macro_rules! conformance_tests {
             heartbeat_details_survive_the_lease,
             abandon_episode_delays_messages,
             next_wake_time,
+            queue_depths,
             send_message_errors,
             query_filters,
             query_paging,

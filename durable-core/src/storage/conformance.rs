@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::{
     ActivityTask, CreateResult, EpisodeCommit, IdReusePolicy, InstanceQuery, LockToken, Message,
-    NewInstance, NextExecution, OrchestrationWorkItem, Store, WorkKind,
+    NewInstance, NextExecution, OrchestrationWorkItem, QueueDepths, Store, WorkKind,
 };
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, ParentRef, RuntimeStatus};
@@ -51,6 +51,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         heartbeat_details_survive_the_lease,
         abandon_episode_delays_messages,
         next_wake_time,
+        queue_depths,
         send_message_errors,
         query_filters,
         query_paging,
@@ -1761,6 +1762,121 @@ pub async fn next_wake_time(store: Arc<dyn Store>) {
         store.next_wake_time().await.expect("next_wake_time"),
         Some(at(30_000)),
         "the timer"
+    );
+}
+
+fn timer(seq: u64, fire_at: Timestamp) -> Message {
+    Message::new(Event::TimerFired { seq, fire_at }, Some(1), fire_at)
+}
+
+/// The depths at `now`, as (ready orchestrations, ready activities, timers due).
+async fn depths(store: &Arc<dyn Store>, now: Timestamp) -> (u64, u64, u64) {
+    let QueueDepths {
+        ready_orchestrations,
+        ready_activities,
+        timers_due,
+    } = store
+        .queue_depths(now)
+        .await
+        .expect("queue_depths")
+        .expect("the store reports queue depths (`Store::queue_depths` answered `None`)");
+    (ready_orchestrations, ready_activities, timers_due)
+}
+
+/// `queue_depths` counts what waits at the time asked about: instances with visible messages
+/// and no lease, activity tasks visible and not leased, and the due timers in the inboxes of
+/// those instances. Leased work is not counted until its lease expires; consumed messages
+/// are gone.
+pub async fn queue_depths(store: Arc<dyn Store>) {
+    assert_eq!(depths(&store, T0).await, (0, 0, 0), "an empty store");
+    for name in ["a", "b", "c"] {
+        create(&store, new_instance(name, "Job", "null", T0)).await;
+    }
+    let mut later = new_instance("later", "Job", "null", T0);
+    later.scheduled_start = Some(at(60_000));
+    create(&store, later).await;
+    assert_eq!(
+        depths(&store, T0).await,
+        (3, 0, 0),
+        "three started instances; the scheduled one is not visible yet"
+    );
+    assert_eq!(depths(&store, at(60_000)).await, (4, 0, 0));
+
+    // `a` runs an episode: three activities, a timer of its own firing at 1 s, and a due
+    // timer sent to `b`.
+    episode(&store, "a", T0, RuntimeStatus::Running, |c| {
+        c.activities = vec![
+            task("a", 0, "one", "1"),
+            task("a", 1, "two", "2"),
+            task("a", 2, "three", "3"),
+        ];
+        c.messages = vec![(id("a"), timer(3, at(1_000))), (id("b"), timer(0, T0))];
+    })
+    .await;
+    assert_eq!(
+        depths(&store, T0).await,
+        (2, 3, 1),
+        "`b` and `c` wait, `b` with its due timer; `a`'s timer is not due"
+    );
+    assert_eq!(
+        depths(&store, at(1_000)).await,
+        (3, 3, 2),
+        "`a`'s timer is due at 1 s"
+    );
+
+    // A leased task does not wait, until its lease expires.
+    let leased = store
+        .fetch_activity_work(T0, Duration::from_secs(10), 1)
+        .await
+        .expect("fetch_activity_work");
+    assert_eq!(leased.len(), 1);
+    assert_eq!(depths(&store, T0).await, (2, 2, 1), "one task leased");
+    assert_eq!(
+        depths(&store, at(10_000)).await,
+        (3, 3, 2),
+        "the task's lease expired at 10 s"
+    );
+
+    // A leased instance does not wait (nor do its timers), until its lease expires.
+    let b = store
+        .fetch_orchestration_work(T0, Duration::from_secs(5))
+        .await
+        .expect("fetch_orchestration_work")
+        .expect("work at T0");
+    assert_eq!(b.instance.instance_id.as_str(), "b", "`b` and `c` are ready, `b` first");
+    assert_eq!(
+        labels(&b.messages),
+        ["ExecutionStarted", "TimerFired"],
+        "the due timer is delivered with the lease"
+    );
+    assert_eq!(depths(&store, T0).await, (1, 2, 0), "only `c` waits");
+    assert_eq!(depths(&store, at(4_999)).await, (2, 2, 1), "`c` and `a`");
+    assert_eq!(
+        depths(&store, at(20_000)).await,
+        (3, 3, 2),
+        "`b`'s lease expired at 5 s, the task's at 10 s"
+    );
+
+    // Episodes that consume every message leave nothing waiting.
+    let items = fetch_all(&store, at(20_000)).await;
+    assert_eq!(items.len(), 3, "`a`, `b` and `c`");
+    assert_eq!(
+        depths(&store, at(20_000)).await,
+        (0, 3, 0),
+        "every instance is leased"
+    );
+    for item in &items {
+        commit(&store, commit_for(item, RuntimeStatus::Running, at(20_000))).await;
+    }
+    assert_eq!(
+        depths(&store, at(20_000)).await,
+        (0, 3, 0),
+        "the timers were consumed; the inboxes are empty"
+    );
+    assert_eq!(
+        depths(&store, at(60_000)).await,
+        (1, 3, 0),
+        "`later` starts at 60 s"
     );
 }
 

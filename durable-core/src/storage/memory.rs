@@ -11,7 +11,7 @@ use super::replace::{self, Reuse, Teardown};
 use super::{
     ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, IdReusePolicy, InstancePage,
     InstanceQuery, InstanceRecord, LockToken, Message, MessageId, NewInstance,
-    OrchestrationWorkItem, Store, StoreSignals, WorkKind,
+    OrchestrationWorkItem, QueueDepths, Store, StoreSignals, WorkKind,
 };
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
@@ -276,6 +276,52 @@ impl Data {
             messages,
             lock: LockToken(token),
         })
+    }
+
+    /// Counts the work waiting at `now` ([`QueueDepths`]).
+    fn queue_depths(&self, now: Timestamp) -> QueueDepths {
+        let upper = MessageId {
+            visible_at: now,
+            seq: u64::MAX,
+        };
+        // Unlocked instances with messages are in `ready`; a locked one whose lease expired
+        // waits again too (it is released at the next fetch).
+        let unlocked = self.ready.iter().take_while(|(t, _)| *t <= now);
+        let expired = self
+            .orch_leases
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .filter(|(t, id)| {
+                self.instances
+                    .get(id)
+                    .is_some_and(|i| i.lock.is_some_and(|(_, until)| until == *t))
+            });
+        let mut depths = QueueDepths::default();
+        for (_, id) in unlocked.chain(expired) {
+            let Some(inst) = self.instances.get(id) else {
+                continue;
+            };
+            let mut visible = inst.inbox.range(..=upper).peekable();
+            if visible.peek().is_none() {
+                continue;
+            }
+            depths.ready_orchestrations += 1;
+            depths.timers_due += visible
+                .filter(|(_, m)| matches!(m.event, Event::TimerFired { .. }))
+                .count() as u64;
+        }
+        let queued = self.activities.range(..=(now, u64::MAX)).count();
+        let expired = self
+            .activity_lease_expiry
+            .range(..=(now, u64::MAX))
+            .filter(|(t, id)| {
+                self.activity_leases
+                    .get(id)
+                    .is_some_and(|(_, until, _)| until == t)
+            })
+            .count();
+        depths.ready_activities = (queued + expired) as u64;
+        depths
     }
 
     fn check_lock(&self, id: &InstanceId, lock: LockToken) -> Result<(), StoreError> {
@@ -628,6 +674,10 @@ impl Store for MemoryStore {
             ],
         };
         Ok(candidates.into_iter().flatten().min())
+    }
+
+    async fn queue_depths(&self, now: Timestamp) -> Result<Option<QueueDepths>, StoreError> {
+        Ok(Some(self.data().queue_depths(now)))
     }
 
     async fn read_instance(

@@ -9,6 +9,7 @@
 #[doc(hidden)]
 pub mod conformance;
 mod memory;
+mod metrics;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod redb;
@@ -626,6 +627,52 @@ impl EpisodeCommit {
     }
 }
 
+/// How much work waits in a store at one moment: what [`Store::queue_depths`] answers and
+/// what the worker's queue gauges show (feature `metrics`).
+///
+/// Work that a worker holds a lease on is not waiting and is not counted; work whose lease
+/// expired is waiting again and is.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::{MemoryStore, Store, Timestamp};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = MemoryStore::new();
+/// let now = Timestamp::from_unix_millis(1_700_000_000_000);
+/// let depths = store.queue_depths(now).await?.expect("the memory store counts its queues");
+/// assert_eq!(depths.ready_orchestrations, 0);
+/// assert_eq!(depths.ready_activities, 0);
+/// assert_eq!(depths.timers_due, 0);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct QueueDepths {
+    /// Instances a worker could lease for an episode: with at least one message visible at
+    /// the time asked about, and no lease held on them.
+    pub ready_orchestrations: u64,
+    /// Activity tasks a worker could lease: visible at the time asked about and not leased.
+    pub ready_activities: u64,
+    /// Durable timers that are due (their `TimerFired` message is visible) and wait in the
+    /// inbox of an instance counted in [`ready_orchestrations`](Self::ready_orchestrations):
+    /// fired, not yet delivered. Near 0 in a worker that keeps up.
+    pub timers_due: u64,
+}
+
+impl QueueDepths {
+    /// Counts, as [`Store::queue_depths`] answers them.
+    pub fn new(ready_orchestrations: u64, ready_activities: u64, timers_due: u64) -> Self {
+        Self {
+            ready_orchestrations,
+            ready_activities,
+            timers_due,
+        }
+    }
+}
+
 /// Filters for [`Store::query_instances`].
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
@@ -965,6 +1012,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn next_wake_time_for(&self, kind: WorkKind) -> Result<Option<Timestamp>, StoreError> {
         let _ = kind;
         self.next_wake_time().await
+    }
+
+    /// How much work waits at `now` ([`QueueDepths`]): instances ready for an episode,
+    /// activity tasks ready to run, and due timers not yet delivered. `None` when the store
+    /// cannot tell (the default; the conformance suite's `queue_depths` case expects counts).
+    /// The built-in stores answer from their ready indexes, so the cost grows with the work
+    /// waiting, not with the store's size. A worker built with the `metrics` feature asks
+    /// periodically for its queue gauges
+    /// ([`WorkerOptions::queue_depth_interval`](crate::WorkerOptions)).
+    async fn queue_depths(&self, now: Timestamp) -> Result<Option<QueueDepths>, StoreError> {
+        let _ = now;
+        Ok(None)
     }
 
     /// Reads an instance record.

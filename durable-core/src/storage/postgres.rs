@@ -19,11 +19,12 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Config, NoTls, Notification};
 
+use super::metrics::CommitTimer;
 use super::replace::{self, Reuse, Teardown};
 use super::{
     ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, InstancePage, InstanceQuery,
-    InstanceRecord, LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem, Store,
-    StoreSignals, WorkKind,
+    InstanceRecord, LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem,
+    QueueDepths, Store, StoreSignals, WorkKind,
 };
 use crate::error::{BackendError, FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
@@ -1133,6 +1134,14 @@ impl PostgresStore {
         Ok(candidates.into_iter().flatten().min().map(from_ts))
     }
 
+    async fn count_queues(&self, now: Timestamp) -> R<QueueDepths> {
+        let conn = self.conn().await?;
+        let st = conn.prepare_cached(&self.inner.sql.queue_depths).await?;
+        let row = conn.query_one(&st, &[&ts(now)]).await?;
+        let count = |i: usize| row.try_get::<_, i64>(i).map(to_u64);
+        Ok(QueueDepths::new(count(0)?, count(1)?, count(2)?))
+    }
+
     async fn read_record(&self, id: &InstanceId) -> R<Option<InstanceRecord>> {
         let conn = self.conn().await?;
         let st = conn.prepare_cached(&self.inner.sql.read_record).await?;
@@ -1228,8 +1237,10 @@ impl Store for PostgresStore {
     }
 
     async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError> {
+        let timer = CommitTimer::start();
         let activity =
             retry_tx!(self, "committing an episode", tx => self.commit_tx(&tx, &commit))?;
+        timer.record_single("postgres");
         self.signal(Wake {
             orchestration: true,
             activity,
@@ -1296,6 +1307,7 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         let message = serde_json::to_string(&result)
             .map_err(|e| self.err("completing an activity", e.into()))?;
+        let timer = CommitTimer::start();
         let rows = self
             .write_one(
                 "completing an activity",
@@ -1318,6 +1330,7 @@ impl Store for PostgresStore {
         if taken == 0 {
             return Err(StoreError::LockLost(format!("activity task {id}")));
         }
+        timer.record_single("postgres");
         self.signal(Wake::ORCHESTRATION);
         Ok(())
     }
@@ -1439,6 +1452,13 @@ impl Store for PostgresStore {
             .map_err(|e| self.err("reading the next wake time", e))
     }
 
+    async fn queue_depths(&self, now: Timestamp) -> Result<Option<QueueDepths>, StoreError> {
+        self.count_queues(now)
+            .await
+            .map(Some)
+            .map_err(|e| self.err("counting the queues", e))
+    }
+
     async fn read_instance(
         &self,
         instance_id: &InstanceId,
@@ -1541,6 +1561,7 @@ struct Sql {
     record_heartbeat: String,
     renew_activities: String,
     next_wake: String,
+    queue_depths: String,
     read_record: String,
     read_history: String,
     read_inbox: String,
@@ -1695,6 +1716,16 @@ impl Sql {
                 FROM held WHERE a.id = held.id RETURNING a.id"),
             next_wake: s("SELECT (SELECT MIN(due_at) FROM {s}.instances),
                                  (SELECT MIN(visible_at) FROM {s}.activities)"),
+            // Over the indexes: due instances (`instances_due`), their visible messages
+            // (`inbox_visible`), visible tasks (`activities_visible`); a leased instance or
+            // task is due again only at its lease's expiry.
+            queue_depths: s("SELECT
+                (SELECT count(*) FROM {s}.instances WHERE due_at <= $1),
+                (SELECT count(*) FROM {s}.activities WHERE visible_at <= $1),
+                (SELECT count(*) FROM {s}.instances i
+                 JOIN {s}.inbox m ON m.instance_id = i.id AND m.visible_at <= $1
+                 WHERE i.due_at <= $1
+                   AND m.message::json -> 'event' ->> 'eventType' = 'TimerFired')"),
             read_record: s("SELECT record FROM {s}.instances WHERE id = $1"),
             read_history: s("SELECT event FROM {s}.history WHERE instance_id = $1 ORDER BY idx"),
             read_inbox: s("SELECT message FROM {s}.inbox WHERE instance_id = $1

@@ -16,11 +16,12 @@ use redb::{
 };
 use tokio::sync::oneshot;
 
+use super::metrics::CommitTimer;
 use super::replace::{self, Reuse, Teardown};
 use super::{
     ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, IdReusePolicy, InstancePage,
     InstanceQuery, InstanceRecord, LockToken, Message, MessageId, NewInstance,
-    OrchestrationWorkItem, Store, StoreSignals, WorkKind,
+    OrchestrationWorkItem, QueueDepths, Store, StoreSignals, WorkKind,
 };
 use crate::error::{BackendError, FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
@@ -885,6 +886,23 @@ fn inbox_first(
     Ok(first.map(|(k, _)| k.value().1))
 }
 
+/// `true` if a stored inbox message is a `TimerFired`; reads the event's tag only, not the
+/// whole message.
+fn is_timer(bytes: &[u8]) -> R<bool> {
+    #[derive(serde::Deserialize)]
+    struct Stored<'a> {
+        #[serde(borrow)]
+        event: Tagged<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Tagged<'a> {
+        #[serde(rename = "eventType", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    let stored: Stored<'_> = serde_json::from_slice(bytes)?;
+    Ok(stored.event.kind == "TimerFired")
+}
+
 /// Decodes an inbox row, taking the id from the key.
 fn inbox_message(key: (&str, u64, u64), value: &[u8]) -> R<Message> {
     let mut m: Message = decode(value)?;
@@ -1413,7 +1431,9 @@ fn writer_loop(core: &Core, rx: &mpsc::Receiver<Request>) {
 /// fetches can run during the fsync and still never see a lease released by a commit that is
 /// not yet visible.
 fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
-    let mut replies = Vec::with_capacity(batch.len());
+    let items = batch.len();
+    let timer = CommitTimer::start();
+    let mut replies = Vec::with_capacity(items);
     let ran = catch_unwind(AssertUnwindSafe(|| -> R<()> {
         let mut txn = core.db.begin_write()?;
         if !durable {
@@ -1462,6 +1482,7 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
         }
         return;
     }
+    timer.record("redb", items);
     // One round of signals for the whole batch, once it is durable, then the replies.
     let mut wake = Wake::default();
     let results: Vec<_> = replies
@@ -1740,6 +1761,56 @@ impl Core {
         Ok(candidates.into_iter().flatten().min())
     }
 
+    /// Counts the work waiting at `now` ([`QueueDepths`]): the unlocked rows of the ready
+    /// index due by `now` and their due timer messages, and the unleased activity tasks.
+    fn queue_depths(&self, now: Timestamp) -> R<QueueDepths> {
+        // The leases are copied out so the scan below does not hold up fetches and the
+        // writer; the locked instances are few (one per episode in flight).
+        let (locked, ready_activities) = {
+            let leases = self.leases();
+            let locked: HashSet<String> = leases
+                .orch
+                .iter()
+                .filter(|(_, (_, until))| *until > now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            let queued = leases.available.range(..=(ts(now), u64::MAX)).count();
+            let expired = leases
+                .activity_expiry
+                .range(..=(now, u64::MAX))
+                .filter(|(_, id)| {
+                    !leases.releasing_activity.contains(id)
+                        && leases.activity.get(id).is_some_and(|l| l.until <= now)
+                })
+                .count();
+            (locked, (queued + expired) as u64)
+        };
+        let txn = self.db.begin_read()?;
+        let ready = txn.open_table(READY)?;
+        let inbox = txn.open_table(INBOX)?;
+        let mut depths = QueueDepths {
+            ready_activities,
+            ..QueueDepths::default()
+        };
+        for entry in ready.iter()? {
+            let (k, _) = entry?;
+            let (vis, id) = k.value();
+            if vis > ts(now) {
+                break;
+            }
+            if locked.contains(id) {
+                continue;
+            }
+            depths.ready_orchestrations += 1;
+            for message in inbox.range((id, 0u64, 0u64)..=(id, ts(now), u64::MAX))? {
+                if is_timer(message?.1.value())? {
+                    depths.timers_due += 1;
+                }
+            }
+        }
+        Ok(depths)
+    }
+
     fn read_instance(&self, id: &str) -> R<Option<InstanceRecord>> {
         let txn = self.db.begin_read()?;
         read_record(&txn.open_table(INSTANCES)?, id)
@@ -1968,6 +2039,12 @@ impl Store for RedbStore {
     async fn next_wake_time_for(&self, kind: WorkKind) -> Result<Option<Timestamp>, StoreError> {
         self.blocking(move |core| core.next_wake_time(Some(kind)))
             .await
+    }
+
+    async fn queue_depths(&self, now: Timestamp) -> Result<Option<QueueDepths>, StoreError> {
+        self.blocking(move |core| core.queue_depths(now))
+            .await
+            .map(Some)
     }
 
     async fn read_instance(
