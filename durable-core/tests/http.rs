@@ -1591,3 +1591,115 @@ async fn a_cleared_custom_status_is_null_in_the_status() {
     );
     api.shutdown().await;
 }
+
+// ------------------------------------------------------------------------------ tracing
+
+mod traced {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+    use tracing_subscriber::registry::LookupSpan;
+
+    use super::*;
+
+    /// The fields of one `http_request` span, and whether its `request answered` event came.
+    #[derive(Debug, Default, Clone)]
+    struct Seen {
+        fields: BTreeMap<String, String>,
+        answered: bool,
+    }
+
+    impl Visit for Seen {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.fields
+                .insert(field.name().to_owned(), format!("{value:?}"));
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.fields.insert(field.name().to_owned(), value.to_owned());
+        }
+    }
+
+    /// Records every `http_request` span as it is created and recorded into. The position
+    /// of its entry in the list is kept in the span's extensions.
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<Seen>>>);
+
+    struct Slot(usize);
+
+    impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Capture {
+        fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, cx: Context<'_, S>) {
+            if attrs.metadata().name() != "http_request" {
+                return;
+            }
+            let mut seen = Seen::default();
+            attrs.record(&mut seen);
+            let mut all = self.0.lock().unwrap();
+            all.push(seen);
+            let span = cx.span(id).expect("a new span is known");
+            span.extensions_mut().insert(Slot(all.len() - 1));
+        }
+        fn on_record(&self, id: &Id, values: &Record<'_>, cx: Context<'_, S>) {
+            let Some(span) = cx.span(id) else { return };
+            if let Some(Slot(i)) = span.extensions().get::<Slot>() {
+                values.record(&mut self.0.lock().unwrap()[*i]);
+            }
+        }
+        fn on_event(&self, event: &tracing::Event<'_>, cx: Context<'_, S>) {
+            let mut message = Seen::default();
+            event.record(&mut message);
+            if message.fields.get("message").map(String::as_str) != Some("request answered") {
+                return;
+            }
+            let Some(span) = cx.event_span(event) else { return };
+            if let Some(Slot(i)) = span.extensions().get::<Slot>() {
+                self.0.lock().unwrap()[*i].answered = true;
+            }
+        }
+    }
+
+    /// Each API request gets a DEBUG span with its method, path (without the query, where
+    /// the `code` key goes), status and latency, and a `request answered` event in it;
+    /// a request the token check refuses too.
+    // One thread: the subscriber set with `set_default` is the server's too.
+    #[tokio::test(flavor = "current_thread")]
+    async fn requests_are_traced_with_method_path_status_and_latency() {
+        let capture = Capture::default();
+        let _guard = tracing::subscriber::set_default(
+            tracing_subscriber::registry().with(capture.clone()),
+        );
+        let api = start_api(HttpOptions::new().bearer_token("s3cret")).await;
+        let r = api.get("/instances/nope?code=s3cret").await;
+        r.assert_error(StatusCode::NOT_FOUND, "InstanceNotFound");
+        let r = api.get("/instances").await;
+        r.assert_error(StatusCode::UNAUTHORIZED, "Unauthorized");
+        api.shutdown().await;
+
+        let seen = capture.0.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "one span per request: {seen:?}");
+        let summary: Vec<(&str, &str, &str, bool)> = seen
+            .iter()
+            .map(|s| {
+                let field = |name: &str| s.fields.get(name).map_or("", String::as_str);
+                (field("method"), field("path"), field("status"), s.answered)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("GET", "/runtime/webhooks/durabletask/instances/nope", "404", true),
+                ("GET", "/runtime/webhooks/durabletask/instances", "401", true),
+            ]
+        );
+        for s in &seen {
+            let latency: f64 = s.fields["latency_ms"].parse().expect("latency in ms");
+            assert!(latency >= 0.0, "{s:?}");
+            assert!(
+                s.fields.values().all(|v| !v.contains("s3cret")),
+                "the query's key is never recorded: {s:?}"
+            );
+        }
+    }
+}

@@ -155,6 +155,7 @@ use axum::{Router, middleware};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tower_http::trace::TraceLayer;
 
 use crate::client::Client;
 use crate::ids::InstanceId;
@@ -305,6 +306,10 @@ impl AppState {
 /// large) get the JSON error body only under [`serve`], which wraps each connection for
 /// that; another server answers those as it does.
 ///
+/// Every request is traced (tower-http's `TraceLayer`): a DEBUG span `http_request`
+/// (target `durable_core::http`) with `method` and `path` (not the query, which may hold
+/// the `code` key), then `status` and `latency_ms`, and a DEBUG event `request answered`.
+///
 /// # Examples
 ///
 /// ```no_run
@@ -378,13 +383,44 @@ pub fn router(client: Client, options: HttpOptions) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state);
-    match token {
+    let app = match token {
         Some(token) => app.layer(middleware::from_fn_with_state(
             Arc::<str>::from(token),
             util::require_token,
         )),
         None => app,
-    }
+    };
+    // Outermost, so refused requests are traced too.
+    app.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(request_span)
+            .on_request(())
+            .on_response(record_response)
+            .on_body_chunk(())
+            .on_eos(())
+            .on_failure(()),
+    )
+}
+
+/// The DEBUG span `http_request` of one API request: its method and path (never the query,
+/// which may hold the `code` key); its status and latency are recorded once it is answered.
+fn request_span(request: &axum::extract::Request) -> tracing::Span {
+    tracing::debug_span!(
+        "http_request",
+        method = %request.method(),
+        path = request.uri().path(),
+        status = tracing::field::Empty,
+        latency_ms = tracing::field::Empty,
+    )
+}
+
+/// Records the answer in the request's span, with a DEBUG event `request answered`.
+fn record_response(response: &Response, latency: std::time::Duration, span: &tracing::Span) {
+    let status = response.status().as_u16();
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    span.record("status", status);
+    span.record("latency_ms", latency_ms);
+    tracing::debug!(parent: span, status, latency_ms, "request answered");
 }
 
 /// `http://` + the request's `Host` header (`http://localhost` without one): the base URL
