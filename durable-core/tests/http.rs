@@ -1618,7 +1618,8 @@ mod traced {
                 .insert(field.name().to_owned(), format!("{value:?}"));
         }
         fn record_str(&mut self, field: &Field, value: &str) {
-            self.fields.insert(field.name().to_owned(), value.to_owned());
+            self.fields
+                .insert(field.name().to_owned(), value.to_owned());
         }
     }
 
@@ -1653,7 +1654,9 @@ mod traced {
             if message.fields.get("message").map(String::as_str) != Some("request answered") {
                 return;
             }
-            let Some(span) = cx.event_span(event) else { return };
+            let Some(span) = cx.event_span(event) else {
+                return;
+            };
             if let Some(Slot(i)) = span.extensions().get::<Slot>() {
                 self.0.lock().unwrap()[*i].answered = true;
             }
@@ -1667,9 +1670,8 @@ mod traced {
     #[tokio::test(flavor = "current_thread")]
     async fn requests_are_traced_with_method_path_status_and_latency() {
         let capture = Capture::default();
-        let _guard = tracing::subscriber::set_default(
-            tracing_subscriber::registry().with(capture.clone()),
-        );
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
         let api = start_api(HttpOptions::new().bearer_token("s3cret")).await;
         let r = api.get("/instances/nope?code=s3cret").await;
         r.assert_error(StatusCode::NOT_FOUND, "InstanceNotFound");
@@ -1689,8 +1691,18 @@ mod traced {
         assert_eq!(
             summary,
             [
-                ("GET", "/runtime/webhooks/durabletask/instances/nope", "404", true),
-                ("GET", "/runtime/webhooks/durabletask/instances", "401", true),
+                (
+                    "GET",
+                    "/runtime/webhooks/durabletask/instances/nope",
+                    "404",
+                    true
+                ),
+                (
+                    "GET",
+                    "/runtime/webhooks/durabletask/instances",
+                    "401",
+                    true
+                ),
             ]
         );
         for s in &seen {

@@ -1843,7 +1843,11 @@ pub async fn queue_depths(store: Arc<dyn Store>) {
         .await
         .expect("fetch_orchestration_work")
         .expect("work at T0");
-    assert_eq!(b.instance.instance_id.as_str(), "b", "`b` and `c` are ready, `b` first");
+    assert_eq!(
+        b.instance.instance_id.as_str(),
+        "b",
+        "`b` and `c` are ready, `b` first"
+    );
     assert_eq!(
         labels(&b.messages),
         ["ExecutionStarted", "TimerFired"],

@@ -23,8 +23,8 @@ use super::metrics::CommitTimer;
 use super::replace::{self, Reuse, Teardown};
 use super::{
     ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, InstancePage, InstanceQuery,
-    InstanceRecord, LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem,
-    QueueDepths, Store, StoreSignals, WorkKind,
+    InstanceRecord, LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem, QueueDepths,
+    Store, StoreSignals, WorkKind,
 };
 use crate::error::{BackendError, FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};

@@ -9,6 +9,8 @@ mod entity;
 mod episode;
 mod handoff;
 mod lease;
+#[cfg(feature = "metrics")]
+mod queue_depth;
 mod retention;
 pub(crate) mod rewind;
 
@@ -85,6 +87,12 @@ pub struct WorkerOptions {
     /// Purge orchestrations this long after they finished (completed, failed or
     /// terminated), history included. Default `None`: keep everything.
     pub retention: Option<Duration>,
+    /// How often the worker reads the store's queue depths into the queue gauges
+    /// (`durable_queue_ready_orchestrations`, `durable_queue_ready_activities`,
+    /// `durable_queue_timers_due`), on the worker's clock; at least 100 ms. `None`: never.
+    /// Default 5 s.
+    #[cfg(feature = "metrics")]
+    pub queue_depth_interval: Option<Duration>,
 }
 
 impl Default for WorkerOptions {
@@ -101,6 +109,8 @@ impl Default for WorkerOptions {
             on_version_mismatch: VersionMismatchAction::LeavePending,
             max_stuck_backoff: Duration::from_secs(60),
             retention: None,
+            #[cfg(feature = "metrics")]
+            queue_depth_interval: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -378,6 +388,31 @@ impl WorkerBuilder {
         self.set(move |o| o.retention = Some(keep_for))
     }
 
+    /// Sets how often the worker reads the store's queue depths into the queue gauges
+    /// ([`WorkerOptions::queue_depth_interval`]; default 5 s, `None` turns them off). With
+    /// several workers on one store, one reading is enough: turn it off on the others.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .queue_depth_interval(Some(Duration::from_secs(15)))
+    ///     .start()?;
+    /// assert_eq!(worker.options().queue_depth_interval, Some(Duration::from_secs(15)));
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn queue_depth_interval(self, every: Option<Duration>) -> Self {
+        self.set(move |o| o.queue_depth_interval = every)
+    }
+
     /// Starts the dispatchers on the current Tokio runtime.
     ///
     /// Keep the returned [`Worker`]: dropping it stops the dispatchers.
@@ -448,6 +483,15 @@ impl WorkerBuilder {
                 &inner,
                 "retention sweeper",
                 retention::run(Arc::clone(&inner), keep_for),
+            ));
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(every) = inner.options.queue_depth_interval {
+            tasks.push(supervise(
+                &runtime,
+                &inner,
+                "queue gauges",
+                queue_depth::run(Arc::clone(&inner), every),
             ));
         }
         let lease_keeper = Some(supervise(
@@ -602,7 +646,8 @@ impl Worker {
     }
 
     /// Resolves when the worker stops working on its own: one of its dispatchers (the
-    /// orchestration or activity dispatcher, the lease keeper, the retention sweeper)
+    /// orchestration or activity dispatcher, the lease keeper, the retention sweeper, the queue
+    /// gauges)
     /// panicked or returned while the worker was not shutting down. Pending for as long as
     /// all of them run. The worker does not restart a dead dispatcher; shut it down (see
     /// [`WorkerError`]).
