@@ -4,7 +4,8 @@
 //! Each module holds one pattern: [`chaining`], [`fan_out`], [`monitor`],
 //! [`approval`] (human interaction) and [`aggregator`] (entities), plus [`bank`]
 //! (critical sections) and [`status`] (an activity with shared state: an HTTP client).
-//! [`workloads`] holds the benchmarks' shared code.
+//! [`workloads`] holds the benchmarks' shared code; [`observe`] the binaries' logging and
+//! metrics set-up.
 
 pub mod aggregator;
 pub mod approval;
@@ -12,6 +13,7 @@ pub mod bank;
 pub mod chaining;
 pub mod fan_out;
 pub mod monitor;
+pub mod observe;
 pub mod status;
 pub mod workloads;
 

@@ -417,7 +417,8 @@ fn request_span(request: &axum::extract::Request) -> tracing::Span {
 /// Records the answer in the request's span, with a DEBUG event `request answered`.
 fn record_response(response: &Response, latency: std::time::Duration, span: &tracing::Span) {
     let status = response.status().as_u16();
-    let latency_ms = latency.as_secs_f64() * 1000.0;
+    // Milliseconds to the microsecond.
+    let latency_ms = (latency.as_secs_f64() * 1e6).round() / 1e3;
     span.record("status", status);
     span.record("latency_ms", latency_ms);
     tracing::debug!(parent: span, status, latency_ms, "request answered");

@@ -20,7 +20,8 @@
 //! | R | cold replay of a 10,000-event history (replay alone, and read from the store + replay): events/s |
 //! | M | peak RSS (`VmHWM`) of a fresh process holding 100,000 instances waiting on an external event |
 //!
-//! Figures, never asserts: a missed target is reported, not failed.
+//! Figures, never asserts: a missed target is reported, not failed. Runs with no `tracing`
+//! subscriber unless `RUST_LOG` is set (then as the demo: stderr, `ReplaySafe`).
 #![allow(
     clippy::disallowed_methods,
     reason = "a benchmark measures wall time and waits on the wall clock"
@@ -874,6 +875,10 @@ struct Ours {
 }
 
 fn main() -> Result<(), BoxError> {
+    // Figures are taken with no subscriber unless logs are asked for.
+    if std::env::var_os("RUST_LOG").is_some() {
+        examples::observe::init_tracing();
+    }
     let args = parse_args()?;
     RELAXED.store(args.relaxed, Ordering::Relaxed);
     let rt = tokio::runtime::Builder::new_multi_thread()

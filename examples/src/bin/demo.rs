@@ -11,6 +11,12 @@
 //! `cargo run -p examples --bin demo -- serve [--port 7071]` instead serves the Durable
 //! Functions-compatible HTTP API on 127.0.0.1 with every pattern registered, and prints curl
 //! lines to try.
+//!
+//! Watching it: `RUST_LOG=info` prints the engine's lifecycle events to stderr
+//! (`RUST_LOG=durable_core::http=debug` one span per API request; default: errors only).
+//! `serve --metrics` (or `DURABLE_METRICS=1`) also serves the engine's metrics for
+//! Prometheus at `/metrics` on the same port; without `serve`, `DURABLE_METRICS=1` prints
+//! them at the end.
 
 use std::time::Duration;
 
@@ -23,50 +29,115 @@ use examples::bank::{Account, Transfer, transfer};
 use examples::chaining::hello_sequence;
 use examples::fan_out::word_count;
 use examples::monitor::{MonitorInput, job_monitor};
+use examples::observe;
 use examples::status::{AuditRequest, audit};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+const USAGE: &str = "usage: demo [serve [--port N] [--metrics]]";
+
+/// What the command line asks for.
+enum Command {
+    /// Run the patterns once.
+    Patterns,
+    /// Serve the HTTP API on `port`, with `/metrics` if `metrics`.
+    Serve { port: u16, metrics: bool },
+}
+
+fn parse_args(args: &[String]) -> Result<Command, BoxError> {
+    let Some((command, rest)) = args.split_first() else {
+        return Ok(Command::Patterns);
+    };
+    if command != "serve" {
+        return Err(format!("unknown command `{command}`; {USAGE}").into());
+    }
+    let (mut port, mut metrics) = (7071, false);
+    let mut rest = rest.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--port" => port = rest.next().ok_or("--port needs a number")?.parse::<u16>()?,
+            "--metrics" => metrics = true,
+            other => return Err(format!("unknown argument `{other}`; {USAGE}").into()),
+        }
+    }
+    Ok(Command::Serve { port, metrics })
+}
+
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    examples::observe::init_tracing();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = parse_args(&args)?;
+    let wants_metrics = matches!(command, Command::Serve { metrics: true, .. });
+    // Installed before the worker starts, so its first queue reading is recorded.
+    let metrics = if observe::metrics_requested(wants_metrics) {
+        Some(observe::install_prometheus()?)
+    } else {
+        None
+    };
     let path = "durable-demo.redb";
     let store = RedbStore::open(path)?;
     println!("store: {path} (redb, fsync on every commit)");
     let builder = examples::register_all(Worker::builder().store(store));
     // The activities' shared state: an HTTP client and its `User-Agent` (see `status`).
     let worker = examples::shared_state(builder, "durable-demo").start()?;
-    match args.first().map(String::as_str) {
-        None => run_patterns(worker).await,
-        Some("serve") => {
-            let port = match args.get(1).map(String::as_str) {
-                Some("--port") => args.get(2).ok_or("--port needs a number")?.parse::<u16>()?,
-                Some(other) => {
-                    return Err(format!(
-                        "unknown argument `{other}`; usage: demo [serve [--port N]]"
-                    )
-                    .into());
-                }
-                None => 7071,
-            };
-            serve(worker, port).await
+    match command {
+        Command::Patterns => {
+            run_patterns(worker).await?;
+            if let Some(handle) = metrics {
+                println!("== metrics (Prometheus text format)");
+                print!("{}", observe::render(&handle));
+            }
+            Ok(())
         }
-        Some(other) => {
-            Err(format!("unknown command `{other}`; usage: demo [serve [--port N]]").into())
-        }
+        Command::Serve { port, .. } => serve(worker, port, metrics).await,
     }
 }
 
-/// Serves the HTTP API until Ctrl-C.
-async fn serve(worker: Worker, port: u16) -> Result<(), BoxError> {
-    let server = http::serve(
-        worker.client(),
-        ([127, 0, 0, 1], port).into(),
-        HttpOptions::new(),
-    )
-    .await?;
-    let base = format!("{}{}", server.url(), http::PREFIX);
+/// The demo's HTTP server: the management API alone (`http::serve`), or merged with
+/// `/metrics` into one axum app.
+enum Server {
+    Api(http::HttpServer),
+    WithMetrics(
+        tokio::task::JoinHandle<std::io::Result<()>>,
+        tokio::sync::oneshot::Sender<()>,
+    ),
+}
+
+/// Serves the HTTP API (and `/metrics` when `metrics` is given) until Ctrl-C.
+async fn serve(
+    worker: Worker,
+    port: u16,
+    metrics: Option<PrometheusHandle>,
+) -> Result<(), BoxError> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (url, server) = match metrics {
+        None => {
+            let server = http::serve(worker.client(), addr, HttpOptions::new()).await?;
+            (server.url(), Server::Api(server))
+        }
+        Some(handle) => {
+            let app = http::router(worker.client(), HttpOptions::new())
+                .merge(observe::metrics_routes(handle));
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let url = format!("http://{}", listener.local_addr()?);
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+            });
+            (url, Server::WithMetrics(task, stop))
+        }
+    };
+    let base = format!("{url}{}", http::PREFIX);
     println!("serving the management API at {base}");
+    if matches!(server, Server::WithMetrics(..)) {
+        println!("metrics for Prometheus at {url}/metrics");
+    }
     println!("try:");
     println!(
         "  curl -i -X POST {base}/orchestrators/hello_sequence -H 'content-type: application/json' -d '[\"Tokyo\",\"Lima\"]'"
@@ -82,7 +153,13 @@ async fn serve(worker: Worker, port: u16) -> Result<(), BoxError> {
     println!("  curl -s {base}/entities/stats/sensor-1");
     println!("  curl -s '{base}/instances?runtimeStatus=Running'");
     tokio::signal::ctrl_c().await?;
-    server.shutdown().await?;
+    match server {
+        Server::Api(server) => server.shutdown().await?,
+        Server::WithMetrics(task, stop) => {
+            let _ = stop.send(());
+            task.await??;
+        }
+    }
     worker.shutdown().await;
     Ok(())
 }

@@ -11,7 +11,8 @@
 //! The URL defaults to `DURABLE_TEST_POSTGRES_URL`, then to the local test database. Each run
 //! uses a fresh task hub, dropped afterwards. The workers are this binary run again with
 //! `--worker`; all instances are created before the workers start, and the clock runs from
-//! the workers' start to the last completion.
+//! the workers' start to the last completion. No `tracing` subscriber unless `RUST_LOG` is
+//! set (then as the demo: stderr, `ReplaySafe`).
 #![allow(
     clippy::disallowed_methods,
     reason = "a benchmark measures wall time and polls for completion"
@@ -70,6 +71,10 @@ fn parse_args(args: &[String]) -> Result<Args, BoxError> {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    // Figures are taken with no subscriber unless logs are asked for.
+    if std::env::var_os("RUST_LOG").is_some() {
+        examples::observe::init_tracing();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--worker") {
         let hub = args.get(1).ok_or("--worker needs a task hub")?;
