@@ -43,6 +43,7 @@ impl CommitTimer {
     }
 
     /// Records a commit of `store` that is not a group commit (one operation).
+    #[cfg(feature = "postgres")]
     pub(crate) fn record_single(self, store: &'static str) {
         #[cfg(feature = "metrics")]
         metrics::histogram!("durable_store_commit_seconds", "store" => store)
