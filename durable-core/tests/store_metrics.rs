@@ -178,8 +178,8 @@ async fn redb_group_commits_are_timed_and_sized() {
     seen.read();
     let sizes = seen.histogram("durable_store_commit_batch_size{store=redb}");
     assert_eq!(
-        sizes.iter().sum::<f64>(),
-        64.0,
+        sizes.iter().map(|s| *s as u64).sum::<u64>(),
+        64,
         "every write is in one commit: {sizes:?}"
     );
     assert!(sizes.iter().all(|s| (1.0..=64.0).contains(s)), "{sizes:?}");
@@ -205,7 +205,8 @@ where
     out
 }
 
-/// PostgreSQL's episode and activity commits are timed (when a test database is set).
+/// The Postgres store's episode and activity commits are timed (when a test database is
+/// set).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_commits_are_timed() {
     let Some(url) = std::env::var("DURABLE_TEST_POSTGRES_URL")
@@ -359,7 +360,7 @@ impl Store for Untaken {
 
 /// Reads the recorder until the three queue gauges show `want`.
 async fn gauges_reach(seen: &mut Seen, want: (f64, f64, f64)) {
-    let wait = async {
+    let settled = async {
         loop {
             seen.read();
             if seen.gauges() == (Some(want.0), Some(want.1), Some(want.2)) {
@@ -368,9 +369,8 @@ async fn gauges_reach(seen: &mut Seen, want: (f64, f64, f64)) {
             tokio::task::yield_now().await;
         }
     };
-    if tokio::time::timeout(GUARD, wait).await.is_err() {
-        panic!("the queue gauges never showed {want:?}: {seen:?}");
-    }
+    let settled = tokio::time::timeout(GUARD, settled).await.is_ok();
+    assert!(settled, "the queue gauges never showed {want:?}: {seen:?}");
 }
 
 /// The worker's queue gauges show the store's depths at start and again every interval on
