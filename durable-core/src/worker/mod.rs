@@ -646,11 +646,10 @@ impl Worker {
     }
 
     /// Resolves when the worker stops working on its own: one of its dispatchers (the
-    /// orchestration or activity dispatcher, the lease keeper, the retention sweeper, the queue
-    /// gauges)
-    /// panicked or returned while the worker was not shutting down. Pending for as long as
-    /// all of them run. The worker does not restart a dead dispatcher; shut it down (see
-    /// [`WorkerError`]).
+    /// orchestration or activity dispatcher, the lease keeper, the retention sweeper, the
+    /// queue gauges) panicked or returned while the worker was not shutting down. Pending for
+    /// as long as all of them run. The worker does not restart a dead dispatcher; shut it
+    /// down (see [`WorkerError`]).
     ///
     /// # Examples
     ///
