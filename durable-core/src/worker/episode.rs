@@ -441,10 +441,10 @@ async fn try_episode(
             .await
             .map_err(Stuck::Store)?;
         handed.clear();
-        let orchestrator = inner
-            .registry
-            .orchestrator(&instance.name)
-            .map_or_else(|| Label::Owned(instance.name.clone()), |e| Label::Static(e.name));
+        let orchestrator = inner.registry.orchestrator(&instance.name).map_or_else(
+            || Label::Owned(instance.name.clone()),
+            |e| Label::Static(e.name),
+        );
         lifecycle::failed_unrun(&instance, &orchestrator, &failure);
         return Ok(());
     }

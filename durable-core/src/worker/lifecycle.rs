@@ -64,17 +64,41 @@ pub(crate) struct Episode {
 #[derive(Debug)]
 enum Item {
     Started,
-    Suspended { reason: String },
-    Resumed { reason: String },
-    TimerCreated { seq: u64, fire_at: Timestamp },
-    TimerFired { seq: u64 },
-    EventDelivered { name: String },
-    EventSent { target: InstanceId, name: String },
+    Suspended {
+        reason: String,
+    },
+    Resumed {
+        reason: String,
+    },
+    TimerCreated {
+        seq: u64,
+        fire_at: Timestamp,
+    },
+    TimerFired {
+        seq: u64,
+    },
+    EventDelivered {
+        name: String,
+    },
+    EventSent {
+        target: InstanceId,
+        name: String,
+    },
     Completed,
-    Failed { failure: Option<FailureDetails> },
-    Terminated { reason: String },
+    Failed {
+        failure: Option<FailureDetails>,
+    },
+    Terminated {
+        reason: String,
+    },
     ContinuedAsNew,
-    Rewound { reason: String, undone: usize, activities: usize, timers: usize, children: usize },
+    Rewound {
+        reason: String,
+        undone: usize,
+        activities: usize,
+        timers: usize,
+        children: usize,
+    },
 }
 
 impl Episode {
@@ -129,9 +153,9 @@ impl Episode {
                     fire_at: *fire_at,
                 }),
                 Event::TimerFired { seq, .. } if debug => Some(Item::TimerFired { seq: *seq }),
-                Event::EventRaised { name, .. } if debug => Some(Item::EventDelivered {
-                    name: name.clone(),
-                }),
+                Event::EventRaised { name, .. } if debug => {
+                    Some(Item::EventDelivered { name: name.clone() })
+                }
                 Event::EventSent {
                     instance_id, name, ..
                 } if debug => Some(Item::EventSent {
@@ -167,9 +191,7 @@ impl Episode {
 
     /// Emits the events and metrics of the committed episode of `instance` (at `now`).
     pub(crate) fn emit(self, instance: &InstanceRecord, orchestrator: &Label, now: Timestamp) {
-        let duration = self
-            .started_at
-            .map(|t| now.saturating_duration_since(t));
+        let duration = self.started_at.map(|t| now.saturating_duration_since(t));
         if self.started {
             meters::instance_started(orchestrator);
         }
@@ -222,7 +244,12 @@ fn emit_item(instance: &InstanceRecord, item: Item, duration_ms: Option<u64>) {
             "instance terminated"
         ),
         Item::ContinuedAsNew => {
-            instance_event!(Level::INFO, instance, duration_ms, "instance continued as new");
+            instance_event!(
+                Level::INFO,
+                instance,
+                duration_ms,
+                "instance continued as new"
+            );
         }
         Item::Suspended { reason } => instance_event!(
             Level::INFO,
@@ -353,7 +380,11 @@ fn emit_notices(instance: &InstanceRecord, notices: Vec<Notice>) {
 
 /// An instance failed without running (its version may not run here and the worker fails
 /// such instances).
-pub(crate) fn failed_unrun(instance: &InstanceRecord, orchestrator: &Label, failure: &FailureDetails) {
+pub(crate) fn failed_unrun(
+    instance: &InstanceRecord,
+    orchestrator: &Label,
+    failure: &FailureDetails,
+) {
     meters::instance_finished(orchestrator, "failed", None);
     instance_event!(
         Level::INFO,

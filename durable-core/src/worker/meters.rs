@@ -94,10 +94,7 @@ pub(crate) fn describe() {
             Unit::Seconds,
             "Time from an execution's start to its end"
         );
-        describe_counter!(
-            "durable_episodes_total",
-            "Orchestration episodes committed"
-        );
+        describe_counter!("durable_episodes_total", "Orchestration episodes committed");
         describe_histogram!(
             "durable_episode_duration_seconds",
             Unit::Seconds,
