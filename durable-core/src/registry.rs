@@ -474,7 +474,7 @@ impl Registry {
     /// assert_eq!(registry.activity_names(), ["a", "b"]);
     /// ```
     pub fn activity_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.activities.keys().map(|k| k.to_string()).collect();
+        let mut names: Vec<String> = self.activities.keys().map(ToString::to_string).collect();
         names.sort_unstable();
         names
     }

@@ -120,9 +120,12 @@ impl Capture {
                 seen.changed().await.unwrap();
             }
         };
-        if tokio::time::timeout(GUARD, wait).await.is_err() {
-            panic!("gave up waiting for {what}; captured: {:#?}", self.events());
-        }
+        let done = tokio::time::timeout(GUARD, wait).await.is_ok();
+        assert!(
+            done,
+            "gave up waiting for {what}; captured: {:#?}",
+            self.events()
+        );
     }
 }
 
@@ -141,12 +144,12 @@ impl Metrics {
         )
     }
 
-    /// A counter's count, a gauge's value or a histogram's number of samples, for the
+    /// A counter's count, a gauge's (whole) value or a histogram's number of samples, for the
     /// series with exactly these labels (0 when there is none).
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         let mut want = labels.to_vec();
         want.sort_unstable();
-        let mut total = 0.0;
+        let mut total = 0;
         for (key, value) in &self.0 {
             let mut have: Vec<(&str, &str)> = key.labels().map(|l| (l.key(), l.value())).collect();
             have.sort_unstable();
@@ -154,9 +157,9 @@ impl Metrics {
                 continue;
             }
             total += match value {
-                DebugValue::Counter(n) => *n as f64,
-                DebugValue::Gauge(g) => g.into_inner(),
-                DebugValue::Histogram(h) => h.len() as f64,
+                DebugValue::Counter(n) => *n,
+                DebugValue::Gauge(g) => g.into_inner().round() as u64,
+                DebugValue::Histogram(h) => h.len() as u64,
             };
         }
         total
@@ -488,64 +491,64 @@ fn check_metrics(snapshotter: &Snapshotter) {
     let m = Metrics::take(snapshotter);
     let count = |name, labels: &[(&str, &str)]| m.get(name, labels);
     let started = "durable_instances_started_total";
-    assert_eq!(count(started, &[("orchestrator", "main_flow")]), 1.0);
-    assert_eq!(count(started, &[("orchestrator", "failing")]), 1.0);
-    assert_eq!(count(started, &[("orchestrator", "waiter")]), 1.0);
-    assert_eq!(count(started, &[("orchestrator", "looper")]), 2.0);
+    assert_eq!(count(started, &[("orchestrator", "main_flow")]), 1);
+    assert_eq!(count(started, &[("orchestrator", "failing")]), 1);
+    assert_eq!(count(started, &[("orchestrator", "waiter")]), 1);
+    assert_eq!(count(started, &[("orchestrator", "looper")]), 2);
 
     let finished = "durable_instances_finished_total";
     let ended = |o, s| count(finished, &[("orchestrator", o), ("status", s)]);
-    assert_eq!(ended("main_flow", "completed"), 1.0);
-    assert_eq!(ended("failing", "failed"), 1.0);
-    assert_eq!(ended("waiter", "terminated"), 1.0);
-    assert_eq!(ended("looper", "continued_as_new"), 1.0);
-    assert_eq!(ended("looper", "completed"), 1.0);
+    assert_eq!(ended("main_flow", "completed"), 1);
+    assert_eq!(ended("failing", "failed"), 1);
+    assert_eq!(ended("waiter", "terminated"), 1);
+    assert_eq!(ended("looper", "continued_as_new"), 1);
+    assert_eq!(ended("looper", "completed"), 1);
     let durations = "durable_instance_duration_seconds";
     assert_eq!(
         count(
             durations,
             &[("orchestrator", "main_flow"), ("status", "completed")]
         ),
-        1.0
+        1
     );
 
     let runs = "durable_activities_total";
     let ran = |a, o| count(runs, &[("activity", a), ("outcome", o)]);
-    assert_eq!(ran("flaky", "failed"), 1.0);
-    assert_eq!(ran("flaky", "completed"), 1.0);
-    assert_eq!(ran("broken", "failed"), 1.0);
+    assert_eq!(ran("flaky", "failed"), 1);
+    assert_eq!(ran("flaky", "completed"), 1);
+    assert_eq!(ran("broken", "failed"), 1);
     assert_eq!(
         count(
             "durable_activity_duration_seconds",
             &[("activity", "flaky"), ("outcome", "completed")]
         ),
-        1.0
+        1
     );
     assert_eq!(
         count("durable_activity_retries_total", &[("activity", "flaky")]),
-        1.0
+        1
     );
     assert_eq!(
         count("durable_activity_retries_total", &[("activity", "broken")]),
-        0.0
+        0
     );
     assert_eq!(
         count(
             "durable_entity_operations_total",
             &[("entity", "tally"), ("outcome", "completed")]
         ),
-        1.0
+        1
     );
     // Episodes batch differently from run to run; each orchestrator has some, each timed.
     for o in ["main_flow", "failing", "waiter", "looper"] {
         let episodes = count("durable_episodes_total", &[("orchestrator", o)]);
-        assert!(episodes >= 1.0, "{o}: {episodes} episodes");
+        assert!(episodes >= 1, "{o}: {episodes} episodes");
         assert_eq!(
             count("durable_episode_duration_seconds", &[("orchestrator", o)]),
             episodes
         );
     }
-    assert_eq!(count("durable_stuck_episodes_total", &[]), 0.0);
+    assert_eq!(count("durable_stuck_episodes_total", &[]), 0);
 }
 
 #[tokio::test]
@@ -680,8 +683,8 @@ async fn nondeterminism_is_an_error_once_then_debug_on_each_retry_and_after_a_re
     worker.shutdown().await;
     let m = Metrics::take(&snapshotter);
     let stuck_episodes = m.get("durable_stuck_episodes_total", &[]);
-    assert!(stuck_episodes >= 4.0, "{stuck_episodes} stuck episodes");
-    assert_eq!(m.get("durable_stuck_instances", &[]), 1.0);
+    assert!(stuck_episodes >= 4, "{stuck_episodes} stuck episodes");
+    assert_eq!(m.get("durable_stuck_instances", &[]), 1);
 
     // Another worker with the same code: the diagnostic is the one already reported.
     let worker = drift_worker(&path, true);
