@@ -1224,8 +1224,13 @@ impl Replayer {
             return Err(self.mismatch_different(ev, &action));
         }
         match &ev.event {
-            Event::TaskScheduled { seq, name, .. } => {
-                self.open.insert(*seq, Open::Activity(name.clone()));
+            Event::TaskScheduled { seq, .. } => {
+                // The kinds match: the name the comparison copied is the recorded one.
+                let name = match now_kind {
+                    ActionKind::Activity { name } => name,
+                    _ => String::new(),
+                };
+                self.open.insert(*seq, Open::Activity(name));
             }
             Event::TimerCreated { seq, .. } => {
                 self.open.insert(*seq, Open::Timer);
