@@ -503,7 +503,9 @@ impl Client {
                 input: data,
             },
         )
-        .await
+        .await?;
+        crate::worker::lifecycle::event_raised(instance_id, name);
+        Ok(())
     }
 
     /// Terminates a running instance and every running descendant: its running

@@ -403,6 +403,20 @@ pub(crate) struct BatchOutput {
     pub(crate) messages: Vec<(InstanceId, Message)>,
     pub(crate) new_instances: Vec<(u64, NewInstance)>,
     pub(crate) operations: u64,
+    /// Whether to keep each operation run in `ran` (for the worker's events and metrics).
+    pub(crate) record: bool,
+    /// The operations run, when `record` is set.
+    pub(crate) ran: Vec<RanOperation>,
+}
+
+/// One entity operation run in a batch, as the worker reports it.
+#[derive(Debug)]
+pub(crate) struct RanOperation {
+    pub(crate) operation: String,
+    /// It failed (its state change was rolled back).
+    pub(crate) failed: bool,
+    /// A one-way signal (no reply).
+    pub(crate) signal: bool,
 }
 
 impl BatchOutput {
@@ -546,6 +560,13 @@ impl EntityRecord {
                     .new_instances
                     .push((u64::MAX, NewInstance::new(instance_id, name, input, now))),
             }
+        }
+        if out.record {
+            out.ran.push(RanOperation {
+                operation,
+                failed: outcome.result.is_err(),
+                signal: reply_to.is_none(),
+            });
         }
         if let Some(reply) = reply_to {
             let (result, failure) = match outcome.result {

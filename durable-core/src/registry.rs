@@ -366,7 +366,7 @@ type InputCheckFn = dyn Fn(&str) -> Result<(), PayloadDecodeError> + Send + Sync
 /// Name → code for activities and orchestrators.
 #[derive(Default, Clone)]
 pub struct Registry {
-    activities: HashMap<String, Arc<ActivityFn>>,
+    activities: HashMap<Arc<str>, Arc<ActivityFn>>,
     orchestrators: HashMap<String, OrchestratorEntry>,
     entities: HashMap<String, Arc<crate::entity::EntityFn>>,
     /// The state types each activity takes (activities taking none are absent).
@@ -376,6 +376,8 @@ pub struct Registry {
 
 #[derive(Clone)]
 pub(crate) struct OrchestratorEntry {
+    /// The orchestrator's `NAME` (a metrics label without copying).
+    pub(crate) name: &'static str,
     pub(crate) run: Arc<OrchestratorFn>,
     pub(crate) check_input: Arc<InputCheckFn>,
 }
@@ -456,7 +458,7 @@ impl Registry {
         + Sync
         + 'static,
     ) {
-        self.activities.insert(name.to_owned(), Arc::new(f));
+        self.activities.insert(Arc::from(name), Arc::new(f));
     }
 
     /// The names of the registered activities, sorted.
@@ -472,7 +474,7 @@ impl Registry {
     /// assert_eq!(registry.activity_names(), ["a", "b"]);
     /// ```
     pub fn activity_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.activities.keys().cloned().collect();
+        let mut names: Vec<String> = self.activities.keys().map(ToString::to_string).collect();
         names.sort_unstable();
         names
     }
@@ -553,7 +555,7 @@ impl Registry {
     }
 
     fn insert_activity(&mut self, name: &str, f: Arc<ActivityFn>) {
-        if self.activities.insert(name.to_owned(), f).is_some() {
+        if self.activities.insert(Arc::from(name), f).is_some() {
             self.duplicates.push(("activity", name.to_owned()));
         }
     }
@@ -572,7 +574,11 @@ impl Registry {
         });
         let check_input: Arc<InputCheckFn> =
             Arc::new(|text| crate::payload::decode_external::<O::Input>(text).map(drop));
-        let entry = OrchestratorEntry { run, check_input };
+        let entry = OrchestratorEntry {
+            name: O::NAME,
+            run,
+            check_input,
+        };
         if self
             .orchestrators
             .insert(O::NAME.to_owned(), entry)
@@ -637,8 +643,9 @@ impl Registry {
         self.orchestrators.get(name)
     }
 
-    pub(crate) fn activity(&self, name: &str) -> Option<Arc<ActivityFn>> {
-        self.activities.get(name).cloned()
+    /// The activity registered under `name`, with the registry's copy of the name.
+    pub(crate) fn activity(&self, name: &str) -> Option<(&Arc<str>, &Arc<ActivityFn>)> {
+        self.activities.get_key_value(name)
     }
 
     pub(crate) fn validate(&self) -> Result<(), BuildError> {

@@ -252,6 +252,10 @@ pub(crate) struct State {
     pub(crate) critical_section: Option<Vec<InstanceId>>,
     /// The execution number (grows with continue-as-new), for derived child ids.
     pub(crate) execution: u32,
+    /// Notices for the worker, collected only while not replaying (see [`Notice`]).
+    ///
+    /// [`Notice`]: crate::replay::Notice
+    pub(crate) notices: Vec<crate::replay::Notice>,
 }
 
 impl State {
@@ -278,6 +282,7 @@ impl State {
             slot_polls: 0,
             critical_section: None,
             execution: 1,
+            notices: Vec::new(),
         }
     }
 
@@ -813,15 +818,15 @@ impl OrchestrationContext {
                 match (&mut task).await {
                     Ok(v) => return Ok(v),
                     Err(TaskError::Failed(f)) => {
-                        let Some(delay) = policy.next_delay(attempt, &f.details) else {
+                        let delay = policy.next_delay(attempt, &f.details).filter(|delay| {
+                            policy.total_timeout.is_none_or(|total| {
+                                ctx.now().saturating_duration_since(started) + *delay <= total
+                            })
+                        });
+                        ctx.notice_retry(&f, attempt, delay);
+                        let Some(delay) = delay else {
                             return Err(TaskError::Failed(f));
                         };
-                        if let Some(total) = policy.total_timeout {
-                            let elapsed = ctx.now().saturating_duration_since(started);
-                            if elapsed + delay > total {
-                                return Err(TaskError::Failed(f));
-                            }
-                        }
                         let heartbeat = task.take_heartbeat();
                         ctx.timer_at_located(ctx.now() + delay, location).await;
                         attempt += 1;
@@ -835,6 +840,22 @@ impl OrchestrationContext {
             inner: TaskInner::Retrying(Retrying(Box::pin(retry))),
             _t: PhantomData,
         }
+    }
+
+    /// Tells the worker what the retry loop decided about a failed attempt (only when the
+    /// failure is new, not while replaying it).
+    fn notice_retry(&self, f: &TaskFailure, attempt: u32, delay: Option<Duration>) {
+        let mut s = lock(&self.shared);
+        if s.replaying {
+            return;
+        }
+        s.notices.push(crate::replay::Notice::Retry {
+            seq: f.task.unwrap_or(u64::MAX),
+            kind: f.kind,
+            name: f.name.clone(),
+            attempt,
+            delay,
+        });
     }
 
     pub(crate) fn schedule_activity_raw<T>(

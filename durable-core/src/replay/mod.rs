@@ -180,6 +180,38 @@ impl Outcome {
     }
 }
 
+/// Something the code did while running the new part of an episode (never while replaying
+/// history) that the worker reports once the episode is committed. Plain data: the worker
+/// turns notices into log events and metrics; the replayer only collects them.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Notice {
+    /// An activity's failure was recorded (`TaskFailed`) for the action `seq`.
+    ActivityFailed {
+        /// Sequence number of the `TaskScheduled`.
+        seq: u64,
+        /// Activity name.
+        name: String,
+        /// What went wrong.
+        failure: FailureDetails,
+    },
+    /// A retry policy looked at the failure of the task `seq`: `delay` is the back-off
+    /// before the next attempt, or `None` when the policy gave up (attempts exhausted,
+    /// non-retriable failure, total timeout).
+    Retry {
+        /// Sequence number of the failed attempt's action.
+        seq: u64,
+        /// The kind of task (activity or sub-orchestration).
+        kind: crate::error::TaskKind,
+        /// Activity or orchestrator name.
+        name: String,
+        /// 1-based number of the attempt that failed.
+        attempt: u32,
+        /// Back-off before the next attempt; `None` if there is none.
+        delay: Option<std::time::Duration>,
+    },
+}
+
 /// The result of one episode.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -194,6 +226,10 @@ pub struct EpisodeResult {
     pub custom_status: Option<Payload>,
     /// `true` while the instance is suspended.
     pub suspended: bool,
+    /// When the current execution started (its `ExecutionStarted` event), if it has.
+    pub started_at: Option<Timestamp>,
+    /// What the code did in this episode that is reported once committed, in order.
+    pub notices: Vec<Notice>,
 }
 
 /// Counters of the executor's work, for tests and benchmarks.
@@ -212,7 +248,8 @@ pub struct ReplayStats {
 
 #[derive(Debug, Clone)]
 enum Open {
-    Activity,
+    /// An activity, by name (reported when it fails).
+    Activity(String),
     Timer,
     Sub(InstanceId),
     /// An independent instance started: only a refusal of the start answers it.
@@ -273,6 +310,10 @@ pub struct Replayer {
     error: Option<ReplayError>,
     stats: ReplayStats,
     started: bool,
+    /// When the execution started (its `ExecutionStarted`).
+    started_at: Option<Timestamp>,
+    /// Notices of this episode (the code's own, from the context, join them at the end).
+    notices: Vec<Notice>,
 }
 
 impl fmt::Debug for Replayer {
@@ -326,6 +367,8 @@ impl Replayer {
             error: None,
             stats: ReplayStats::default(),
             started: false,
+            started_at: None,
+            notices: Vec::new(),
         }
     }
 
@@ -381,6 +424,9 @@ impl Replayer {
                 // Undone by a later rewind: the code runs on as if it never happened.
                 after_rewind |= matches!(ev.event, Event::ExecutionRewound { .. });
                 continue;
+            }
+            if matches!(ev.event, Event::ExecutionStarted { .. }) {
+                self.started_at.get_or_insert(ev.timestamp);
             }
             // The final poll's custom status is recorded after the outcome is known.
             let is_end = matches!(
@@ -506,9 +552,25 @@ impl Replayer {
             tracing::debug!(instance = %self.instance_id, kind = event.kind(), "message after completion ignored");
             return false;
         }
+        // A failed activity is reported by name, which only its open action knows.
+        let failed = match &event {
+            Event::TaskFailed { seq, failure, .. } => match self.open.get(seq) {
+                Some(Open::Activity(name)) => Some(Notice::ActivityFailed {
+                    seq: *seq,
+                    name: name.clone(),
+                    failure: failure.clone(),
+                }),
+                _ => None,
+            },
+            _ => None,
+        };
         if !self.accept(&event) {
             tracing::debug!(instance = %self.instance_id, kind = event.kind(), "duplicate or unknown completion ignored");
             return false;
+        }
+        self.notices.extend(failed);
+        if matches!(event, Event::ExecutionStarted { .. }) {
+            self.started_at = Some(self.now);
         }
         self.top.in_executor.store(true, Ordering::SeqCst);
         self.append(event.clone());
@@ -549,12 +611,16 @@ impl Replayer {
             let outcome = outcome.clone();
             self.record_outcome(&outcome);
         }
+        let mut notices = std::mem::take(&mut self.notices);
+        notices.append(&mut lock(&self.shared).notices);
         Ok(EpisodeResult {
             new_events: std::mem::take(&mut self.new_events),
             commands: std::mem::take(&mut self.commands),
             outcome: self.outcome.clone(),
             custom_status: self.recorded_custom_status.clone(),
             suspended: self.suspended,
+            started_at: self.started_at,
+            notices,
         })
     }
 
@@ -584,7 +650,7 @@ impl Replayer {
     fn accept(&mut self, event: &Event) -> bool {
         let (seq, ok): (u64, fn(&Open) -> bool) = match event {
             Event::TaskCompleted { seq, .. } | Event::TaskFailed { seq, .. } => {
-                (*seq, |o| matches!(o, Open::Activity))
+                (*seq, |o| matches!(o, Open::Activity(_)))
             }
             Event::TimerFired { seq, .. } => (*seq, |o| matches!(o, Open::Timer)),
             Event::SubOrchestrationCompleted { seq, .. } => (*seq, |o| matches!(o, Open::Sub(_))),
@@ -822,7 +888,7 @@ impl Replayer {
                 timeouts,
                 heartbeat,
             } => {
-                self.open.insert(seq, Open::Activity);
+                self.open.insert(seq, Open::Activity(name.clone()));
                 (
                     Event::TaskScheduled {
                         seq,
@@ -1159,7 +1225,12 @@ impl Replayer {
         }
         match &ev.event {
             Event::TaskScheduled { seq, .. } => {
-                self.open.insert(*seq, Open::Activity);
+                // The kinds match: the name the comparison copied is the recorded one.
+                let name = match now_kind {
+                    ActionKind::Activity { name } => name,
+                    _ => String::new(),
+                };
+                self.open.insert(*seq, Open::Activity(name));
             }
             Event::TimerCreated { seq, .. } => {
                 self.open.insert(*seq, Open::Timer);

@@ -1890,3 +1890,114 @@ fn undecodable_input_fails_naming_the_expected_type() {
         ]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Notices: what the code did in the new part of an episode, never again on replay
+// ---------------------------------------------------------------------------------------------
+
+struct Persistent;
+
+impl Orchestrator for Persistent {
+    const NAME: &'static str = "persistent";
+    type Input = i64;
+    type Output = i64;
+    type Error = OrchestrationError;
+
+    async fn run(ctx: OrchestrationContext, x: i64) -> Result<i64, OrchestrationError> {
+        let policy = crate::retry::RetryPolicy::new(2, Duration::from_secs(3));
+        Ok(ctx.call_with_retry(Charge, x, policy).await?)
+    }
+}
+
+fn task_failed(seq: u64, message: &str) -> Event {
+    Event::TaskFailed {
+        seq,
+        failure: FailureDetails::new("ActivityError", message),
+        heartbeat: None,
+    }
+}
+
+#[test]
+fn notices_report_failures_and_retry_decisions_once() {
+    use super::Notice;
+    use crate::error::TaskKind;
+
+    // Sim checks every episode against a cold replayer: replaying the history that holds
+    // the earlier failures adds no notices of its own.
+    let mut sim = Sim::new::<Persistent>();
+    let ep1 = sim.step(at(0), &[start("5")]);
+    assert_eq!(ep1.notices, []);
+    assert_eq!(ep1.started_at, Some(at(0)));
+
+    let ep2 = sim.step(at(1), &[task_failed(0, "declined")]);
+    assert_eq!(
+        ep2.notices,
+        [
+            Notice::ActivityFailed {
+                seq: 0,
+                name: "charge".to_owned(),
+                failure: FailureDetails::new("ActivityError", "declined"),
+            },
+            Notice::Retry {
+                seq: 0,
+                kind: TaskKind::Activity,
+                name: "charge".to_owned(),
+                attempt: 1,
+                delay: Some(Duration::from_secs(3)),
+            },
+        ]
+    );
+    assert_eq!(ep2.started_at, Some(at(0)));
+
+    let ep3 = sim.step(at(4), &[fired(1, at(4))]);
+    assert_eq!(ep3.notices, []);
+
+    let ep4 = sim.step(at(5), &[task_failed(2, "declined again")]);
+    assert_eq!(
+        ep4.notices,
+        [
+            Notice::ActivityFailed {
+                seq: 2,
+                name: "charge".to_owned(),
+                failure: FailureDetails::new("ActivityError", "declined again"),
+            },
+            Notice::Retry {
+                seq: 2,
+                kind: TaskKind::Activity,
+                name: "charge".to_owned(),
+                attempt: 2,
+                delay: None,
+            },
+        ]
+    );
+    assert!(matches!(ep4.outcome, Some(Outcome::Failed(_))));
+
+    // The whole history replayed, with no new message: nothing to report.
+    let (mut cold, replayed) = replay::<Persistent>(&sim.history);
+    replayed.expect("the history replays");
+    let (_, result) = run_episode(&mut cold, at(6), &[]);
+    let result = result.expect("an episode after the end");
+    assert_eq!(result.notices, []);
+    assert_eq!(result.started_at, Some(at(0)));
+}
+
+#[test]
+fn a_failure_without_a_retry_policy_is_noticed_without_a_retry_decision() {
+    use super::Notice;
+
+    let mut sim = Sim::new::<Chain>();
+    sim.step(at(0), &[start("5")]);
+    let ep2 = sim.step(at(1), &[task_failed(0, "broken")]);
+    assert_eq!(
+        ep2.notices,
+        [Notice::ActivityFailed {
+            seq: 0,
+            name: "add_one".to_owned(),
+            failure: FailureDetails::new("ActivityError", "broken"),
+        }]
+    );
+    // A duplicate of the failure (delivered twice) is not a second failure.
+    let (accepted, result) = sim.episode(at(2), &[task_failed(0, "broken")]);
+    assert_eq!(accepted, [false]);
+    assert_eq!(result.expect("the episode runs").notices, []);
+}

@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::Inner;
 use super::lease::LeaseGuard;
+use super::meters::{self, Stopwatch};
 use crate::context::CallOptions;
 use crate::error::{FailureDetails, StoreError};
 use crate::heartbeat::{Heartbeat, HeartbeatMonitor};
@@ -132,7 +133,7 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
             // the details it was carrying.
             task.heartbeat.clone(),
         ),
-        Some(f) => match execute(inner, &item, &*f, &mut lease).await {
+        Some((name, f)) => match execute(inner, &item, name, &**f, &mut lease).await {
             Some(ran) => ran,
             None => return,
         },
@@ -178,10 +179,13 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
 async fn execute(
     inner: &Inner,
     item: &ActivityWorkItem,
+    name: &Arc<str>,
     f: &ActivityFn,
     lease: &mut LeaseGuard,
 ) -> Option<(Result<Payload, FailureDetails>, Option<Payload>)> {
     let task = &item.task;
+    let timing = Stopwatch::start();
+    let ran = |outcome| meters::activity_ran(name, outcome, &timing);
     let (cancel, cancellation) = Cancellation::new();
     let limit = inner.options.limits.max_payload_bytes;
     let (beats, monitor) = Heartbeat::new(task.heartbeat.clone(), limit, Arc::clone(&inner.clock));
@@ -216,9 +220,11 @@ async fn execute(
     if lease.is_lost() {
         // Another worker took the task over; its result is the one that counts (this one
         // may be no more than the reaction to the cancellation).
-        tracing::warn!("activity lease lost while it ran; its result is dropped");
+        ran("lease_lost");
+        super::lifecycle::lease_lost("activity", &task.instance_id, Some(task.seq));
         return None;
     }
+    let panicked = matches!(outcome, Ok(Err(_)));
     let result = match outcome {
         Ok(Ok(r)) => r,
         Ok(Err(panic)) => {
@@ -226,7 +232,10 @@ async fn execute(
             f.message = format!("activity `{}` panicked: {}", task.name, f.message);
             Err(f)
         }
-        Err(timed_out) => return Some((Err(timed_out), watch.monitor.last_details())),
+        Err(timed_out) => {
+            ran("timed_out");
+            return Some((Err(timed_out), watch.monitor.last_details()));
+        }
     };
     if result.is_err() && cancel.is_cancelled() && inner.is_shutting_down() {
         // Stopped for the shutdown: not a failure of the task. It goes back to the queue and
@@ -237,8 +246,14 @@ async fn execute(
         if let Err(e) = inner.store.abandon_activity(item.id, item.lock, now).await {
             tracing::warn!(error = %e, "cancelled activity not put back; it runs again when its lease expires");
         }
+        ran("cancelled");
         return None;
     }
+    ran(match (&result, panicked) {
+        (Ok(_), _) => "completed",
+        (Err(_), true) => "panicked",
+        (Err(_), false) => "failed",
+    });
     // A failure carries the details to the next attempt, which resumes from them.
     let heartbeat = if result.is_err() {
         watch.monitor.last_details()

@@ -33,7 +33,10 @@ pub(crate) async fn run_batch(
             .map_err(|e| Stuck::Error(format!("entity record of {id} is corrupt: {e}")))?,
         None => EntityRecord::default(),
     };
-    let mut out = BatchOutput::default();
+    let mut out = BatchOutput {
+        record: super::lifecycle::entity_operations_wanted(),
+        ..BatchOutput::default()
+    };
     let consumed = messages.iter().map(|m| m.id).collect();
     for m in messages {
         if matches!(m.event, Event::ExecutionStarted { .. }) {
@@ -58,5 +61,7 @@ pub(crate) async fn run_batch(
         .store
         .commit_episode(commit)
         .await
-        .map_err(Stuck::Store)
+        .map_err(Stuck::Store)?;
+    super::lifecycle::entity_operations(&instance.instance_id, &id.name, out.ran);
+    Ok(())
 }

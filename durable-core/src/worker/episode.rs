@@ -8,13 +8,15 @@ use tracing::Instrument;
 
 use super::cascade::is_meant_for;
 use super::handoff::HandedOff;
+use super::lifecycle;
+use super::meters::{self, Label, Stopwatch};
 use super::rewind::ChildAction;
 use super::{Inner, VersionMatch, VersionMismatchAction};
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, ParentRef, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 use crate::replay::rewind::RewindPlan;
-use crate::replay::{Command, EpisodeResult, Outcome, Replayer};
+use crate::replay::{Command, EpisodeResult, Outcome, ReplayError, Replayer};
 use crate::storage::{
     EpisodeCommit, IdReusePolicy, Message, NewInstance, NextExecution, OrchestrationWorkItem,
     WorkKind,
@@ -189,6 +191,9 @@ fn lock_cache<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Why an episode could not run; the instance is left as it is and retried later.
 pub(crate) enum Stuck {
     Error(String),
+    /// The code does not replay its history (non-determinism) or awaits something that is
+    /// not durable.
+    Replay(ReplayError),
     Store(StoreError),
 }
 
@@ -201,6 +206,8 @@ async fn run_episode(
     let inner = &*inner;
     let id = item.instance.instance_id.clone();
     let lock = item.lock;
+    // The diagnostic the instance was last held back with (`None` unless it is stuck).
+    let reported = item.instance.last_error.clone();
     let mut permit = Some(permit);
     let result = try_episode(inner, item, &mut handed, &mut permit).await;
     drop(permit);
@@ -215,10 +222,13 @@ async fn run_episode(
     }
     match result {
         Ok(()) => {
-            lock_cache(&inner.stuck).remove(&id);
+            let mut stuck = lock_cache(&inner.stuck);
+            if stuck.remove(&id).is_some() {
+                meters::unstuck(stuck.len());
+            }
         }
         Err(Stuck::Store(StoreError::LockLost(_))) => {
-            tracing::warn!(instance = %id, "lease lost; episode discarded");
+            lifecycle::lease_lost("episode", &id, None);
             evict(inner, &id);
         }
         Err(Stuck::Store(e)) => {
@@ -230,26 +240,45 @@ async fn run_episode(
                 .abandon_episode(&id, lock, retry_at, Some(e.to_string()))
                 .await;
         }
-        Err(Stuck::Error(msg)) => {
-            evict(inner, &id);
-            let attempts = {
-                let mut stuck = lock_cache(&inner.stuck);
-                let n = stuck.entry(id.clone()).or_insert(0);
-                *n += 1;
-                *n
-            };
-            let backoff = Duration::from_millis(250u64.saturating_mul(1u64 << attempts.min(16)))
-                .min(inner.options.max_stuck_backoff);
-            tracing::error!(instance = %id, attempts, retry_in = ?backoff, "{msg}");
-            let retry_at = inner.clock.now() + backoff;
-            if let Err(e) = inner
-                .store
-                .abandon_episode(&id, lock, retry_at, Some(msg))
-                .await
-            {
-                tracing::warn!(instance = %id, error = %e, "could not abandon episode");
-            }
+        Err(Stuck::Error(msg)) => hold_stuck(inner, &id, lock, msg, false, reported).await,
+        Err(Stuck::Replay(e)) => {
+            let nondeterminism = matches!(e, ReplayError::Nondeterminism { .. });
+            hold_stuck(inner, &id, lock, e.to_string(), nondeterminism, reported).await;
         }
+    }
+}
+
+/// Leaves a stuck instance as it is, to be retried after a back-off that grows with each
+/// attempt. Reported as an error when it becomes stuck or its diagnostic changes (the
+/// diagnostic is kept as the instance's `last_error`, so a restart does not report it
+/// again), at debug level on every retry after that.
+async fn hold_stuck(
+    inner: &Inner,
+    id: &InstanceId,
+    lock: crate::storage::LockToken,
+    msg: String,
+    nondeterminism: bool,
+    reported: Option<String>,
+) {
+    evict(inner, id);
+    let (attempts, held) = {
+        let mut stuck = lock_cache(&inner.stuck);
+        let n = stuck.entry(id.clone()).or_insert(0);
+        *n += 1;
+        (*n, stuck.len())
+    };
+    let backoff = Duration::from_millis(250u64.saturating_mul(1u64 << attempts.min(16)))
+        .min(inner.options.max_stuck_backoff);
+    meters::stuck_episode(held);
+    let first = reported.as_deref() != Some(msg.as_str());
+    lifecycle::stuck(id, nondeterminism, &msg, attempts, backoff, first);
+    let retry_at = inner.clock.now() + backoff;
+    if let Err(e) = inner
+        .store
+        .abandon_episode(id, lock, retry_at, Some(msg))
+        .await
+    {
+        tracing::warn!(instance = %id, error = %e, "could not abandon episode");
     }
 }
 
@@ -312,6 +341,7 @@ async fn try_episode(
     } = item;
     let id = instance.instance_id.clone();
     let now = inner.clock.now();
+    let watch = Stopwatch::start();
 
     // The start of an execution is always delivered first.
     messages.sort_by_key(|m| !matches!(m.event, Event::ExecutionStarted { .. }));
@@ -391,7 +421,7 @@ async fn try_episode(
         if let Some(parent) = &instance.parent {
             commit
                 .messages
-                .push(Message::child_failed(parent, failure, now));
+                .push(Message::child_failed(parent, failure.clone(), now));
         }
         let history = inner.store.read_history(&id).await.map_err(Stuck::Store)?;
         for entity in crate::storage::replace::held_locks(&history) {
@@ -411,6 +441,11 @@ async fn try_episode(
             .await
             .map_err(Stuck::Store)?;
         handed.clear();
+        let orchestrator = inner.registry.orchestrator(&instance.name).map_or_else(
+            || Label::Owned(instance.name.clone()),
+            |e| Label::Static(e.name),
+        );
+        lifecycle::failed_unrun(&instance, &orchestrator, &failure);
         return Ok(());
     }
 
@@ -464,7 +499,7 @@ async fn try_episode(
                 )
                 .await;
             }
-            return Err(Stuck::Error(e.to_string()));
+            return Err(Stuck::Replay(e));
         }
         r
     };
@@ -526,14 +561,22 @@ async fn try_episode(
         }
         replayer.handle_message(h.message.event.clone());
     }
-    let result = replayer
-        .finish_episode()
-        .map_err(|e| Stuck::Error(e.to_string()))?;
+    let mut result = replayer.finish_episode().map_err(Stuck::Replay)?;
     let finished = result.outcome.is_some();
     let cascade = terminate_cascade(inner, &instance, &result, late_terminate, now).await?;
+    let mut report = lifecycle::Episode::observe(&mut result);
     let mut commit = build_commit(&instance, lock, now, consumed, result);
     commit.messages.extend(cascade);
     if let Some((r, _)) = rewind {
+        if let Event::ExecutionRewound { reason, seqs } = &r.marker.event {
+            report.rewound(
+                reason,
+                seqs.len(),
+                r.plan.activities.len(),
+                r.plan.timers.len(),
+                r.plan.children.len(),
+            );
+        }
         apply_rewind(&mut commit, &instance, r, now);
     }
     release_unwanted_locks(&id, &stale, &mut commit, now);
@@ -548,6 +591,9 @@ async fn try_episode(
         .await
         .map_err(Stuck::Store)?;
     handed.clear();
+    let orchestrator = Label::Static(entry.name);
+    report.emit(&instance, &orchestrator, now);
+    meters::episode(&orchestrator, &watch);
     if !finished {
         if let Some(c) = lock_cache(&inner.cache).as_mut() {
             c.put(id, replayer);
@@ -631,8 +677,6 @@ async fn prepare_rewind(
             seqs: plan.seqs.clone(),
         },
     };
-    tracing::info!(instance = %id, undone = ?plan.seqs, activities = plan.activities.len(),
-        timers = plan.timers.len(), children = plan.children.len(), "rewinding");
     Ok(Ok(Rewind {
         marker,
         plan,

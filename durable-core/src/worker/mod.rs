@@ -9,6 +9,8 @@ mod entity;
 mod episode;
 mod handoff;
 mod lease;
+pub(crate) mod lifecycle;
+mod meters;
 #[cfg(feature = "metrics")]
 mod queue_depth;
 mod retention;
@@ -445,6 +447,7 @@ impl WorkerBuilder {
             options.version.clone(),
         );
         let activity_lease = store.activity_lease(options.activity_lock);
+        meters::describe();
         let inner = Arc::new(Inner {
             orch_slots: Arc::new(Semaphore::new(options.max_concurrent_orchestrations)),
             activity_slots: Arc::new(Semaphore::new(options.max_concurrent_activities)),
