@@ -461,13 +461,7 @@ async fn try_episode(
         .and_then(|c| c.pop(&id))
         .filter(|r| r.execution() == instance.execution && r.history_len() == history_len)
         .filter(|_| rewind.is_none());
-    #[cfg(feature = "metrics")]
-    metrics::counter!(if cached.is_some() {
-        "durable_cache_hits_total"
-    } else {
-        "durable_cache_misses_total"
-    })
-    .increment(1);
+    super::meters::cache_lookup(cached.is_some());
     let mut replayer = if let Some(r) = cached {
         r
     } else {

@@ -125,6 +125,36 @@ pub(crate) fn describe() {
             "durable_stuck_episodes_total",
             "Episodes that could not run (non-determinism, unknown name, ...)"
         );
+        describe_counter!(
+            "durable_cache_hits_total",
+            "Episodes that found their orchestration in the replay cache"
+        );
+        describe_counter!(
+            "durable_cache_misses_total",
+            "Episodes that read and replayed the history"
+        );
+        describe_histogram!(
+            "durable_store_commit_seconds",
+            Unit::Seconds,
+            "Latency of each durable store commit"
+        );
+        describe_histogram!(
+            "durable_store_commit_batch_size",
+            Unit::Count,
+            "Operations per group commit"
+        );
+        describe_gauge!(
+            "durable_queue_ready_orchestrations",
+            "Instances ready for an episode and not leased"
+        );
+        describe_gauge!(
+            "durable_queue_ready_activities",
+            "Activity tasks ready to run and not leased"
+        );
+        describe_gauge!(
+            "durable_queue_timers_due",
+            "Due timers not yet delivered to their instance"
+        );
     }
 }
 
@@ -224,4 +254,19 @@ pub(crate) fn unstuck(held: usize) {
     metrics::gauge!("durable_stuck_instances").set(held as f64);
     #[cfg(not(feature = "metrics"))]
     let _ = held;
+}
+
+/// An episode looked its orchestration up in the replay cache (a miss reads and replays the
+/// history).
+#[inline]
+pub(crate) fn cache_lookup(hit: bool) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(if hit {
+        "durable_cache_hits_total"
+    } else {
+        "durable_cache_misses_total"
+    })
+    .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = hit;
 }
