@@ -64,12 +64,15 @@ pub mod history;
 pub mod http;
 pub mod ids;
 pub mod logging;
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
 mod payload;
 pub mod registry;
 pub mod replay;
 pub mod retry;
 pub mod state;
 pub mod storage;
+pub mod trace_context;
 pub mod worker;
 
 /// Defines an activity from an `async fn`: a unit of real work (IO, side effects), run at
@@ -257,6 +260,7 @@ pub use registry::{
 };
 pub use retry::RetryPolicy;
 pub use state::{State, StateType, States};
+pub use trace_context::TraceContext;
 pub use storage::{IdReusePolicy, InstanceQuery, InstanceRecord, MemoryStore, RedbStore, Store};
 #[cfg(feature = "postgres")]
 pub use storage::{PostgresOptions, PostgresStore};

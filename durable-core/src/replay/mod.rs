@@ -40,6 +40,7 @@ use crate::error::FailureDetails;
 use crate::history::{CarriedEvent, Event, HistoryEvent, ParentRef, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 use crate::registry::{BoxFuture, OrchestratorFn};
+use crate::trace_context::TraceContext;
 
 pub use check::replay_history;
 pub use mismatch::ReplayError;
@@ -273,6 +274,11 @@ pub struct Replayer {
     error: Option<ReplayError>,
     stats: ReplayStats,
     started: bool,
+    /// When the execution started and the trace context it started with (data from its
+    /// `ExecutionStarted`, for the worker's spans).
+    start: Option<(Timestamp, Option<TraceContext>)>,
+    /// Rewinds recorded in this execution's history.
+    rewinds: u32,
 }
 
 impl fmt::Debug for Replayer {
@@ -326,6 +332,8 @@ impl Replayer {
             error: None,
             stats: ReplayStats::default(),
             started: false,
+            start: None,
+            rewinds: 0,
         }
     }
 
@@ -349,6 +357,19 @@ impl Replayer {
     /// `true` once the execution has ended.
     pub fn is_finished(&self) -> bool {
         self.outcome.is_some()
+    }
+
+    /// When the execution started (its `ExecutionStarted` was delivered) and the trace
+    /// context stored with it; `None` before.
+    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+    pub(crate) fn start(&self) -> Option<(Timestamp, Option<&TraceContext>)> {
+        self.start.as_ref().map(|(at, tc)| (*at, tc.as_ref()))
+    }
+
+    /// How many times this execution was rewound (`ExecutionRewound` markers seen).
+    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+    pub(crate) fn rewinds(&self) -> u32 {
+        self.rewinds
     }
 
     /// Replays recorded history, re-running the code and matching every action it emits
@@ -377,6 +398,9 @@ impl Replayer {
         for (pos, ev) in history.iter().enumerate() {
             self.history_len += 1;
             self.stats.events_replayed += 1;
+            if matches!(ev.event, Event::ExecutionRewound { .. }) {
+                self.rewinds += 1;
+            }
             if rewound.contains(&pos) {
                 // Undone by a later rewind: the code runs on as if it never happened.
                 after_rewind |= matches!(ev.event, Event::ExecutionRewound { .. });
@@ -621,9 +645,11 @@ impl Replayer {
                 input,
                 parent,
                 version,
+                trace_context,
                 ..
             } => {
                 self.started = true;
+                self.start = Some((self.now, trace_context));
                 self.parent = parent;
                 lock(&self.shared).version = version;
                 let ctx = OrchestrationContext {
@@ -940,6 +966,7 @@ impl Replayer {
                         input: input.clone(),
                         sender: Some(self.instance_id.clone()),
                         reply_to: Some(self.reply_to(seq)),
+                        trace_context: None,
                     },
                 );
                 (
@@ -965,6 +992,7 @@ impl Replayer {
                         input: input.clone(),
                         sender: Some(self.instance_id.clone()),
                         reply_to: None,
+                        trace_context: None,
                     },
                 );
                 (

@@ -1029,6 +1029,7 @@ pub async fn continue_as_new(store: Arc<dyn Store>) {
             parent: None,
             scheduled_start: None,
             carried: Vec::new(),
+            trace_context: None,
         },
         None,
         now,

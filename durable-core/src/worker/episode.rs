@@ -405,12 +405,20 @@ async fn try_episode(
         }
         release_unwanted_locks(&id, &messages, &mut commit, now);
         commit.completed_activities = handed.iter().map(|h| (h.task, h.lock)).collect();
+        #[cfg(feature = "opentelemetry")]
+        let trace = commit.failure.as_ref().and_then(|f| {
+            crate::otel::ExecutionTrace::failed_unrun(&instance, &history, &messages, f)
+        });
         inner
             .store
             .commit_episode(commit)
             .await
             .map_err(Stuck::Store)?;
         handed.clear();
+        #[cfg(feature = "opentelemetry")]
+        if let Some(trace) = trace {
+            trace.finish(&inner.tracer, inner.clock.now());
+        }
         return Ok(());
     }
 
@@ -523,6 +531,8 @@ async fn try_episode(
         .finish_episode()
         .map_err(|e| Stuck::Error(e.to_string()))?;
     let finished = result.outcome.is_some();
+    #[cfg(feature = "opentelemetry")]
+    let trace = crate::otel::ExecutionTrace::new(&instance, &replayer, &result);
     let cascade = terminate_cascade(inner, &instance, &result, late_terminate, now).await?;
     let mut commit = build_commit(&instance, lock, now, consumed, result);
     commit.messages.extend(cascade);
@@ -531,6 +541,10 @@ async fn try_episode(
     }
     release_unwanted_locks(&id, &stale, &mut commit, now);
     commit.completed_activities = handed.iter().map(|h| (h.task, h.lock)).collect();
+    #[cfg(feature = "opentelemetry")]
+    if let Some(trace) = &trace {
+        trace.stamp(&mut commit);
+    }
     // The slot bounds episodes computing at once; waiting for the group commit is not
     // computing, and letting the next episode start fills the next batch. The instance
     // stays leased until the commit is done, so nothing else runs it meanwhile.
@@ -541,6 +555,11 @@ async fn try_episode(
         .await
         .map_err(Stuck::Store)?;
     handed.clear();
+    // Emitted once the end is durable: a crash before this commit re-runs the episode.
+    #[cfg(feature = "opentelemetry")]
+    if let Some(trace) = trace {
+        trace.finish(&inner.tracer, inner.clock.now());
+    }
     if !finished {
         if let Some(c) = lock_cache(&inner.cache).as_mut() {
             c.put(id, replayer);
@@ -881,6 +900,8 @@ fn build_commit(
                     parent: instance.parent.clone(),
                     scheduled_start: None,
                     carried,
+                    // Set by the execution's trace (feature "opentelemetry").
+                    trace_context: None,
                 },
                 None,
                 now,
