@@ -14,11 +14,11 @@ use crate::error::{ClientError, decode, encode};
 use crate::history::{Event, HistoryEvent, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 use crate::registry::{Orchestrator, Registry};
-use crate::trace_context::TraceContext;
 use crate::storage::{
     CreateResult, IdReusePolicy, InstancePage, InstanceQuery, InstanceRecord, Message, NewInstance,
     Store,
 };
+use crate::trace_context::TraceContext;
 
 /// Options for starting an instance.
 ///

@@ -537,7 +537,8 @@ impl EntityRecord {
         // The parent of what the operation sends: its own span with the `opentelemetry`
         // feature, else nothing.
         #[cfg(feature = "opentelemetry")]
-        let sent_trace = crate::otel::adopt_entity_operation(&span, id, &operation, trace_context.as_ref());
+        let sent_trace =
+            crate::otel::adopt_entity_operation(&span, id, &operation, trace_context.as_ref());
         #[cfg(not(feature = "opentelemetry"))]
         let sent_trace: Option<crate::trace_context::TraceContext> = {
             let _ = trace_context;

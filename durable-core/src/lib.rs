@@ -260,10 +260,10 @@ pub use registry::{
 };
 pub use retry::RetryPolicy;
 pub use state::{State, StateType, States};
-pub use trace_context::TraceContext;
 pub use storage::{IdReusePolicy, InstanceQuery, InstanceRecord, MemoryStore, RedbStore, Store};
 #[cfg(feature = "postgres")]
 pub use storage::{PostgresOptions, PostgresStore};
+pub use trace_context::TraceContext;
 pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, WorkerOptions};
 
 /// Everything orchestration, activity and worker code usually needs.

@@ -4,7 +4,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::global::{BoxedSpan, BoxedTracer};
-use opentelemetry::trace::{Span as _, SpanBuilder, SpanId, Status, TraceId, Tracer, TracerProvider};
+use opentelemetry::trace::{
+    Span as _, SpanBuilder, SpanId, Status, TraceId, Tracer, TracerProvider,
+};
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use uuid::Uuid;
 
@@ -35,7 +37,8 @@ impl WorkerTracer {
     fn build(&self, builder: SpanBuilder, parent: &Context) -> BoxedSpan {
         match &self.0 {
             Some(tracer) => tracer.build_with_context(builder, parent),
-            None => opentelemetry::global::tracer_with_scope(scope()).build_with_context(builder, parent),
+            None => opentelemetry::global::tracer_with_scope(scope())
+                .build_with_context(builder, parent),
         }
     }
 }
@@ -87,9 +90,7 @@ impl ExecutionTrace {
         replayer: &Replayer,
         result: &EpisodeResult,
     ) -> Option<Self> {
-        let (started_at, stored) = replayer
-            .start()
-            .unwrap_or((instance.created_at, None));
+        let (started_at, stored) = replayer.start().unwrap_or((instance.created_at, None));
         let ending = result.outcome.as_ref().map(|o| Ending {
             status: o.status(),
             failure: match o {
@@ -213,7 +214,10 @@ impl ExecutionTrace {
                 new.trace_context = own();
             }
         }
-        let next = commit.next_execution.iter_mut().flat_map(|n| &mut n.messages);
+        let next = commit
+            .next_execution
+            .iter_mut()
+            .flat_map(|n| &mut n.messages);
         let sent = commit.messages.iter_mut().map(|(_, m)| m);
         for m in next.chain(sent) {
             if let Event::ExecutionStarted { trace_context, .. }
@@ -290,7 +294,13 @@ mod tests {
         r
     }
 
-    fn derive(id: &str, created: u64, execution: u32, stored: Option<&TraceContext>, rewinds: u32) -> ExecutionTrace {
+    fn derive(
+        id: &str,
+        created: u64,
+        execution: u32,
+        stored: Option<&TraceContext>,
+        rewinds: u32,
+    ) -> ExecutionTrace {
         ExecutionTrace::derive(
             &record(id, created, execution),
             Timestamp::EPOCH,
@@ -307,7 +317,11 @@ mod tests {
         assert_eq!(a.own, derive("a", 5, 1, None, 0).own, "deterministic");
         assert!(a.parent.is_none());
         assert!(a.own.is_sampled());
-        for other in [derive("b", 5, 1, None, 0), derive("a", 6, 1, None, 0), derive("a", 5, 2, None, 0)] {
+        for other in [
+            derive("b", 5, 1, None, 0),
+            derive("a", 6, 1, None, 0),
+            derive("a", 5, 2, None, 0),
+        ] {
             assert_ne!(other.own.trace_id(), a.own.trace_id());
             assert_ne!(other.own.span_id(), a.own.span_id());
         }
@@ -319,7 +333,10 @@ mod tests {
         let child = derive("a", 5, 1, Some(&caller), 0);
         assert_eq!(child.own.trace_id(), caller.trace_id());
         assert_eq!(child.own.span_id(), a.own.span_id());
-        assert!(!child.own.is_sampled(), "the caller's sampling decision is kept");
+        assert!(
+            !child.own.is_sampled(),
+            "the caller's sampling decision is kept"
+        );
         assert_eq!(child.own.tracestate(), Some("k=v"));
         assert_eq!(child.parent.as_ref(), Some(&caller));
     }
@@ -364,9 +381,18 @@ mod tests {
         };
         commit.messages.push((id, Message::new(raised, None, now)));
         trace.stamp(&mut commit);
-        assert_eq!(commit.activities[0].trace_context.as_ref(), Some(&trace.own));
-        assert_eq!(commit.new_instances[0].1.trace_context.as_ref(), Some(&trace.own));
-        assert_eq!(commit.new_instances[1].1.trace_context, None, "entity instance");
+        assert_eq!(
+            commit.activities[0].trace_context.as_ref(),
+            Some(&trace.own)
+        );
+        assert_eq!(
+            commit.new_instances[0].1.trace_context.as_ref(),
+            Some(&trace.own)
+        );
+        assert_eq!(
+            commit.new_instances[1].1.trace_context, None,
+            "entity instance"
+        );
         assert!(matches!(&commit.messages[0].1.event,
             Event::EntityOperation { trace_context: Some(tc), .. } if *tc == trace.own));
     }

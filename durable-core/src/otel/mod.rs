@@ -72,10 +72,10 @@ mod execution;
 
 use std::cell::Cell;
 
+use opentelemetry::Context;
 use opentelemetry::trace::{
     SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
 };
-use opentelemetry::Context;
 use tracing::Metadata;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::{self, Filter};
