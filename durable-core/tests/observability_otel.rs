@@ -202,13 +202,23 @@ fn render(spans: &[SpanData]) -> String {
 /// Every span is in `trace`, and no span id is exported twice.
 fn assert_one_trace(spans: &[SpanData], trace: TraceId) {
     for s in spans {
-        assert_eq!(s.span_context.trace_id(), trace, "{} is in another trace", s.name);
+        assert_eq!(
+            s.span_context.trace_id(),
+            trace,
+            "{} is in another trace",
+            s.name
+        );
     }
     let mut ids: Vec<SpanId> = spans.iter().map(|s| s.span_context.span_id()).collect();
     ids.sort_unstable_by_key(|id| id.to_bytes());
     let before = ids.len();
     ids.dedup();
-    assert_eq!(ids.len(), before, "a span id was exported twice:\n{}", render(spans));
+    assert_eq!(
+        ids.len(),
+        before,
+        "a span id was exported twice:\n{}",
+        render(spans)
+    );
 }
 
 /// The span named `name` (exactly one).
@@ -241,7 +251,9 @@ async fn a_flow_is_one_trace_under_the_client_span() {
     let request = tracing::info_span!("request");
     let run = async {
         client.entity::<Tally>("t").add(100).await.unwrap();
-        trip::start(&client, Plan { x: 1, pause: false }).await.unwrap()
+        trip::start(&client, Plan { x: 1, pause: false })
+            .await
+            .unwrap()
     }
     .instrument(request.clone())
     .await;
@@ -257,8 +269,14 @@ async fn a_flow_is_one_trace_under_the_client_span() {
     // Execution spans: from the execution's start to its end, with its attributes.
     let trip_span = only(&spans, "orchestration:trip");
     assert!(trip_span.start_time <= trip_span.end_time);
-    assert_eq!(attr(trip_span, "durable.instance_id").as_deref(), Some(run.id().as_str()));
-    assert_eq!(attr(trip_span, "durable.orchestrator").as_deref(), Some("trip"));
+    assert_eq!(
+        attr(trip_span, "durable.instance_id").as_deref(),
+        Some(run.id().as_str())
+    );
+    assert_eq!(
+        attr(trip_span, "durable.orchestrator").as_deref(),
+        Some("trip")
+    );
     for activity in spans.iter().filter(|s| s.name == "activity:step") {
         assert!(activity.start_time <= activity.end_time);
         assert_eq!(attr(activity, "durable.activity").as_deref(), Some("step"));
@@ -300,7 +318,10 @@ async fn failures_set_the_error_status_and_an_untraced_start_gets_its_own_trace(
         .unwrap();
     let client = worker.client();
     let run = fragile::start(&client, 7).await.unwrap();
-    assert_eq!(wait_done(&client, run.id()).await.status, RuntimeStatus::Failed);
+    assert_eq!(
+        wait_done(&client, run.id()).await.status,
+        RuntimeStatus::Failed
+    );
     worker.shutdown().await;
 
     let spans = traces.spans();
@@ -312,7 +333,10 @@ async fn failures_set_the_error_status_and_an_untraced_start_gets_its_own_trace(
     assert!(tree.contains("gave up"), "{tree}");
     assert_eq!(
         tree.lines().skip(1).collect::<Vec<_>>(),
-        ["  activity:flaky", "  activity:flaky !ActivityError: flaked"],
+        [
+            "  activity:flaky",
+            "  activity:flaky !ActivityError: flaked"
+        ],
         "{tree}"
     );
     let root = only(&spans, "orchestration:fragile");
@@ -357,7 +381,9 @@ async fn a_crash_and_restart_in_the_middle_duplicates_nothing() {
     let id = async {
         let client = first.client();
         client.entity::<Tally>("t").add(100).await.unwrap();
-        let run = trip::start(&client, Plan { x: 1, pause: true }).await.unwrap();
+        let run = trip::start(&client, Plan { x: 1, pause: true })
+            .await
+            .unwrap();
         run.id().clone()
     }
     .instrument(request.clone())
@@ -367,7 +393,12 @@ async fn a_crash_and_restart_in_the_middle_duplicates_nothing() {
     tokio::time::timeout(GUARD, async {
         loop {
             let history = store.read_history(&id).await.unwrap();
-            if history.iter().filter(|e| e.event.kind() == "TaskCompleted").count() == 2 {
+            if history
+                .iter()
+                .filter(|e| e.event.kind() == "TaskCompleted")
+                .count()
+                == 2
+            {
                 break;
             }
             changes.changed().await.unwrap();
@@ -393,7 +424,10 @@ async fn a_crash_and_restart_in_the_middle_duplicates_nothing() {
         .unwrap();
     let client = second.client();
     client.raise_event(&id, "go", &()).await.unwrap();
-    assert_eq!(wait_done(&client, &id).await.status, RuntimeStatus::Completed);
+    assert_eq!(
+        wait_done(&client, &id).await.status,
+        RuntimeStatus::Completed
+    );
     second.shutdown().await;
     drop(request);
 
@@ -445,7 +479,10 @@ async fn an_http_start_joins_the_traceparent_of_the_request() {
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let client = worker.client();
     let id = InstanceId::new("from-http").unwrap();
-    assert_eq!(wait_done(&client, &id).await.status, RuntimeStatus::Completed);
+    assert_eq!(
+        wait_done(&client, &id).await.status,
+        RuntimeStatus::Completed
+    );
     server.shutdown().await.unwrap();
     worker.shutdown().await;
 
@@ -455,7 +492,10 @@ async fn an_http_start_joins_the_traceparent_of_the_request() {
         "orchestration:leg [execution=1 status=Completed]\n  activity:step\n    lookup\n"
     );
     let execution = only(&spans, "orchestration:leg");
-    assert_eq!(execution.parent_span_id, SpanId::from_hex(caller_span).unwrap());
+    assert_eq!(
+        execution.parent_span_id,
+        SpanId::from_hex(caller_span).unwrap()
+    );
     assert!(execution.parent_span_is_remote);
     assert_one_trace(&spans, TraceId::from_hex(caller_trace).unwrap());
     assert_eq!(

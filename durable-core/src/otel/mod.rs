@@ -137,10 +137,10 @@ impl opentelemetry_sdk::trace::IdGenerator for IdGenerator {
 fn with_planned_ids<T>(trace: TraceId, span: SpanId, build: impl FnOnce() -> T) -> T {
     PLANNED_TRACE.set(Some(trace));
     PLANNED_SPAN.set(Some(span));
-    let built = build();
+    let result = build();
     PLANNED_TRACE.set(None);
     PLANNED_SPAN.set(None);
-    built
+    result
 }
 
 /// A per-layer filter for the `tracing-opentelemetry` layer: keeps out what does not

@@ -1415,10 +1415,6 @@ fn trace_context(trace_id: &str, tracestate: Option<&str>) -> TraceContext {
 /// start message and in its history, on the start of a sub-orchestration, on an entity
 /// operation sent in a commit, on the next execution after continue-as-new.
 pub async fn trace_contexts_round_trip(store: Arc<dyn Store>) {
-    let started = |m: &Message| match &m.event {
-        Event::ExecutionStarted { trace_context, .. } => trace_context.clone(),
-        other => panic!("expected ExecutionStarted, got {}", other.kind()),
-    };
     let client = trace_context(
         "4bf92f3577b34da6a3ce929d0e0e4736",
         Some("congo=t61rcWkgMzE"),
@@ -1428,7 +1424,7 @@ pub async fn trace_contexts_round_trip(store: Arc<dyn Store>) {
     create(&store, new).await;
     let item = fetch_one(&store, "a", T0).await;
     assert_eq!(
-        started(&item.messages[0]),
+        started_trace(&item.messages[0]),
         Some(client.clone()),
         "start message"
     );
@@ -1480,32 +1476,6 @@ pub async fn trace_contexts_round_trip(store: Arc<dyn Store>) {
         }
         commit(&store, commit_for(&item, item.instance.status, T0)).await;
     }
-    // Continue as new: the next execution's start keeps its context.
-    store
-        .send_message(&id("a"), raised("again", T0))
-        .await
-        .expect("send_message");
-    let item = fetch_one(&store, "a", T0).await;
-    let mut c = commit_for(&item, RuntimeStatus::Running, T0);
-    c.new_events = vec![
-        ev(2, T0, Event::OrchestratorStarted),
-        ev(
-            3,
-            T0,
-            Event::ContinuedAsNew {
-                input: "2".into(),
-                version: None,
-            },
-        ),
-    ];
-    let mut next = NewInstance::new(id("a"), "Parent", "2".into(), T0);
-    next.trace_context = Some(execution.clone());
-    c.next_execution = Some(NextExecution {
-        input: "2".into(),
-        version: None,
-        messages: vec![next.start_message()],
-    });
-    commit(&store, c).await;
     let want = |instance: &str, kind: &'static str| {
         seen.get(&(instance.to_owned(), kind)).cloned().flatten()
     };
@@ -1519,12 +1489,54 @@ pub async fn trace_contexts_round_trip(store: Arc<dyn Store>) {
         Some(execution.clone()),
         "entity operation"
     );
-    let next = fetch_one(&store, "a", T0).await;
     assert_eq!(
-        started(&next.messages[0]),
+        continue_with_trace(&store, "a", &execution).await,
         Some(execution),
         "continue-as-new start"
     );
+}
+
+/// The trace context of an `ExecutionStarted` message.
+fn started_trace(m: &Message) -> Option<TraceContext> {
+    match &m.event {
+        Event::ExecutionStarted { trace_context, .. } => trace_context.clone(),
+        other => panic!("expected ExecutionStarted, got {}", other.kind()),
+    }
+}
+
+/// Continues running instance `instance` as new with `trace` on the next execution's
+/// start, and returns the trace context that start comes back with.
+async fn continue_with_trace(
+    store: &Arc<dyn Store>,
+    instance: &str,
+    trace: &TraceContext,
+) -> Option<TraceContext> {
+    store
+        .send_message(&id(instance), raised("again", T0))
+        .await
+        .expect("send_message");
+    let item = fetch_one(store, instance, T0).await;
+    let mut c = commit_for(&item, RuntimeStatus::Running, T0);
+    c.new_events = vec![
+        ev(item.history_len, T0, Event::OrchestratorStarted),
+        ev(
+            item.history_len + 1,
+            T0,
+            Event::ContinuedAsNew {
+                input: "2".into(),
+                version: None,
+            },
+        ),
+    ];
+    let mut next = NewInstance::new(id(instance), "Loop", "2".into(), T0);
+    next.trace_context = Some(trace.clone());
+    c.next_execution = Some(NextExecution {
+        input: "2".into(),
+        version: None,
+        messages: vec![next.start_message()],
+    });
+    commit(store, c).await;
+    started_trace(&fetch_one(store, instance, T0).await.messages[0])
 }
 
 /// A task with a heartbeat timeout shorter than the lease asked for is leased only that
