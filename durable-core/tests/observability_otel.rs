@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use durable_core::otel::{ExportFilter, IdGenerator};
 use durable_core::prelude::*;
-use durable_core::{InstanceRecord, RedbStore, Store, WorkerBuilder};
+use durable_core::{
+    InstanceRecord, RedbStore, Store, VersionMatch, VersionMismatchAction, WorkerBuilder,
+};
 use opentelemetry::trace::{SpanId, Status, TraceId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing::Instrument as _;
@@ -348,6 +350,114 @@ async fn failures_set_the_error_status_and_an_untraced_start_gets_its_own_trace(
         .map(|s| attr(s, "durable.attempt"))
         .collect();
     assert!(attempts.contains(&Some("1".into())) && attempts.contains(&Some("2".into())));
+}
+
+/// A rewound execution ends twice: its second span is a child of the first (the failed
+/// run), and the work the rewind re-runs nests under the second.
+#[tokio::test]
+async fn a_rewound_execution_continues_under_its_failed_run() {
+    #[derive(Clone, Default)]
+    struct Calls(Arc<AtomicU32>);
+
+    #[activity]
+    async fn charge(State(calls): State<Calls>, x: i64) -> Result<i64, ActivityError> {
+        if calls.0.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err(ActivityError::new("service down"));
+        }
+        Ok(x)
+    }
+
+    #[orchestrator]
+    async fn checkout(ctx: OrchestrationContext, x: i64) -> Result<i64, OrchestrationError> {
+        Ok(ctx.call(charge, x).await?)
+    }
+
+    let traces = Traces::install();
+    let worker = Worker::builder()
+        .store(MemoryStore::new())
+        .state(Calls::default())
+        .register(charge)
+        .register(checkout)
+        .tracer_provider(traces.provider.clone())
+        .start()
+        .unwrap();
+    let client = worker.client();
+    let run = checkout::start(&client, 3).await.unwrap();
+    assert_eq!(
+        wait_done(&client, run.id()).await.status,
+        RuntimeStatus::Failed
+    );
+    run.rewind("the service is back").await.unwrap();
+    client
+        .wait_until(run.id(), |r| r.status == RuntimeStatus::Completed, GUARD)
+        .await
+        .unwrap();
+    worker.shutdown().await;
+
+    let spans = traces.spans();
+    let tree = render(&spans);
+    let lines: Vec<&str> = tree.lines().collect();
+    assert_eq!(lines.len(), 4, "{tree}");
+    assert!(
+        lines[0].starts_with("orchestration:checkout [execution=1 status=Failed] !"),
+        "{tree}"
+    );
+    assert_eq!(
+        lines[1..],
+        [
+            "  activity:charge !ActivityError: service down",
+            "  orchestration:checkout [execution=1 status=Completed]",
+            "    activity:charge",
+        ],
+        "{tree}"
+    );
+    let rewound = spans
+        .iter()
+        .find(|s| attr(s, "durable.status").as_deref() == Some("Completed"))
+        .unwrap();
+    assert_eq!(attr(rewound, "durable.rewinds").as_deref(), Some("1"));
+    assert_one_trace(&spans, rewound.span_context.trace_id());
+}
+
+/// An execution the worker fails without running it (its version may not run here) has a
+/// failed span too.
+#[tokio::test]
+async fn an_execution_failed_for_its_version_has_a_span() {
+    #[orchestrator]
+    async fn pinned(_ctx: OrchestrationContext, x: i64) -> Result<i64, OrchestrationError> {
+        Ok(x)
+    }
+
+    let traces = Traces::install();
+    let worker = Worker::builder()
+        .store(MemoryStore::new())
+        .register(pinned)
+        .version("2", VersionMatch::Strict, VersionMismatchAction::Fail)
+        .tracer_provider(traces.provider.clone())
+        .start()
+        .unwrap();
+    let client = worker.client();
+    let request = tracing::info_span!("request");
+    let run = pinned::start_with(&client, 1, StartOptions::new().version("1"))
+        .instrument(request.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_done(&client, run.id()).await.status,
+        RuntimeStatus::Failed
+    );
+    worker.shutdown().await;
+    drop(request);
+
+    let spans = traces.spans();
+    let tree = render(&spans);
+    assert!(
+        tree.starts_with(
+            "request\n  orchestration:pinned [execution=1 status=Failed] !VersionMismatch"
+        ),
+        "{tree}"
+    );
+    assert_eq!(tree.lines().count(), 2, "{tree}");
 }
 
 /// Opens the redb file, waiting (by yielding, never sleeping) for an aborted worker's

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::history::{Event, HistoryEvent, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
-use crate::replay::{EpisodeResult, Outcome, Replayer};
+use crate::replay::Replayer;
 use crate::storage::{EpisodeCommit, InstanceRecord, Message};
 use crate::trace_context::TraceContext;
 
@@ -84,21 +84,33 @@ pub(crate) struct ExecutionTrace {
 }
 
 impl ExecutionTrace {
-    /// The trace of the execution `replayer` runs, after an episode that gave `result`.
-    pub(crate) fn new(
+    /// Gives the work `commit` (an episode of the execution `replayer` runs) starts this
+    /// execution's span as parent (see [`stamp`](Self::stamp)); returns the trace when the
+    /// commit ends the execution, for [`finish`](Self::finish) once it is durable. An
+    /// episode that starts nothing and ends nothing costs nothing.
+    pub(crate) fn stamp_episode(
         instance: &InstanceRecord,
         replayer: &Replayer,
-        result: &EpisodeResult,
+        commit: &mut EpisodeCommit,
     ) -> Option<Self> {
+        let ends = commit.status.is_terminal() || commit.status == RuntimeStatus::ContinuedAsNew;
+        let starts_work = !commit.activities.is_empty()
+            || !commit.new_instances.is_empty()
+            || commit
+                .messages
+                .iter()
+                .any(|(_, m)| matches!(m.event, Event::EntityOperation { .. }));
+        if !ends && !starts_work {
+            return None;
+        }
         let (started_at, stored) = replayer.start().unwrap_or((instance.created_at, None));
-        let ending = result.outcome.as_ref().map(|o| Ending {
-            status: o.status(),
-            failure: match o {
-                Outcome::Failed(f) => Some(f.to_string()),
-                _ => None,
-            },
+        let ending = ends.then(|| Ending {
+            status: commit.status,
+            failure: commit.failure.as_ref().map(ToString::to_string),
         });
-        Self::derive(instance, started_at, stored, replayer.rewinds(), ending)
+        let trace = Self::derive(instance, started_at, stored, replayer.rewinds(), ending)?;
+        trace.stamp(commit);
+        trace.ending.is_some().then_some(trace)
     }
 
     /// The trace of an execution the worker fails without running its code (its version

@@ -531,8 +531,6 @@ async fn try_episode(
         .finish_episode()
         .map_err(|e| Stuck::Error(e.to_string()))?;
     let finished = result.outcome.is_some();
-    #[cfg(feature = "opentelemetry")]
-    let trace = crate::otel::ExecutionTrace::new(&instance, &replayer, &result);
     let cascade = terminate_cascade(inner, &instance, &result, late_terminate, now).await?;
     let mut commit = build_commit(&instance, lock, now, consumed, result);
     commit.messages.extend(cascade);
@@ -542,9 +540,7 @@ async fn try_episode(
     release_unwanted_locks(&id, &stale, &mut commit, now);
     commit.completed_activities = handed.iter().map(|h| (h.task, h.lock)).collect();
     #[cfg(feature = "opentelemetry")]
-    if let Some(trace) = &trace {
-        trace.stamp(&mut commit);
-    }
+    let trace = crate::otel::ExecutionTrace::stamp_episode(&instance, &replayer, &mut commit);
     // The slot bounds episodes computing at once; waiting for the group commit is not
     // computing, and letting the next episode start fills the next batch. The instance
     // stays leased until the commit is done, so nothing else runs it meanwhile.
