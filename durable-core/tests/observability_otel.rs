@@ -352,6 +352,68 @@ async fn failures_set_the_error_status_and_an_untraced_start_gets_its_own_trace(
     assert!(attempts.contains(&Some("1".into())) && attempts.contains(&Some("2".into())));
 }
 
+/// Without a `tracing` span, a start joins the OpenTelemetry context current while it runs
+/// (code instrumented with OpenTelemetry's API directly); `StartOptions::trace_context`
+/// wins over both.
+#[tokio::test]
+async fn a_start_joins_the_current_opentelemetry_context_unless_told_otherwise() {
+    use opentelemetry::context::FutureExt as _;
+    use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceFlags, TraceState};
+
+    let traces = Traces::install();
+    let worker = register(Worker::builder().store(MemoryStore::new()))
+        .tracer_provider(traces.provider.clone())
+        .start()
+        .unwrap();
+    let client = worker.client();
+    let current = SpanContext::new(
+        TraceId::from_hex("5b8efff798038103d269b633813fc60c").unwrap(),
+        SpanId::from_hex("eee19b7ec3c1b174").unwrap(),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    let cx = opentelemetry::Context::new().with_remote_span_context(current.clone());
+    let joined = leg::start(&client, (1, false))
+        .with_context(cx.clone())
+        .await
+        .unwrap();
+    let explicit = durable_core::TraceContext::parse(
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        None,
+    )
+    .unwrap();
+    let options = StartOptions::new().trace_context(explicit.clone());
+    let told = leg::start_with(&client, (2, false), options)
+        .with_context(cx)
+        .await
+        .unwrap();
+    for run in [&joined, &told] {
+        wait_done(&client, run.id()).await;
+    }
+    worker.shutdown().await;
+
+    let spans = traces.spans();
+    let execution = |id: &InstanceId| {
+        spans
+            .iter()
+            .find(|s| {
+                s.name.starts_with("orchestration:")
+                    && attr(s, "durable.instance_id").as_deref() == Some(id.as_str())
+            })
+            .unwrap_or_else(|| panic!("no span of {id}:\n{}", render(&spans)))
+    };
+    let joined = execution(joined.id());
+    assert_eq!(joined.span_context.trace_id(), current.trace_id());
+    assert_eq!(joined.parent_span_id, current.span_id());
+    let told = execution(told.id());
+    assert_eq!(
+        told.span_context.trace_id().to_string(),
+        explicit.trace_id()
+    );
+    assert_eq!(told.parent_span_id.to_string(), explicit.span_id());
+}
+
 /// A rewound execution ends twice: its second span is a child of the first (the failed
 /// run), and the work the rewind re-runs nests under the second.
 #[tokio::test]
