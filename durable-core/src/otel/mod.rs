@@ -77,7 +77,7 @@ use opentelemetry::trace::{
     SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
 };
 use tracing::Metadata;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_opentelemetry::{OpenTelemetrySpanExt, SetParentError};
 use tracing_subscriber::layer::{self, Filter};
 
 use crate::entity::EntityId;
@@ -237,13 +237,10 @@ pub(crate) fn parent_context(tc: &TraceContext) -> Context {
 /// `activity:<name>`, child of the execution that scheduled it. The span must not have been
 /// entered yet.
 pub(crate) fn adopt_activity(span: &tracing::Span, task: &ActivityTask) {
-    if span.is_disabled() {
+    if span.is_disabled() || !set_parent(span, task.trace_context.as_ref()) {
         return;
     }
     span.record("otel.name", format!("activity:{}", task.name).as_str());
-    if let Some(parent) = &task.trace_context {
-        let _ = span.set_parent(parent_context(parent));
-    }
     span.set_attribute("durable.instance_id", task.instance_id.to_string());
     span.set_attribute("durable.execution", i64::from(task.execution));
     span.set_attribute("durable.activity", task.name.clone());
@@ -259,20 +256,27 @@ pub(crate) fn adopt_entity_operation(
     operation: &str,
     parent: Option<&TraceContext>,
 ) -> Option<TraceContext> {
-    if span.is_disabled() {
+    if span.is_disabled() || !set_parent(span, parent) {
         return parent.cloned();
     }
     span.record(
         "otel.name",
         format!("entity:{}:{operation}", entity.name).as_str(),
     );
-    if let Some(parent) = parent {
-        let _ = span.set_parent(parent_context(parent));
-    }
     span.set_attribute("durable.entity", entity.to_string());
     span.set_attribute("durable.operation", operation.to_owned());
     let own = span.context();
     from_span_context(own.span().span_context()).or_else(|| parent.cloned())
+}
+
+/// Makes `parent` (if any) the OpenTelemetry parent of `span`; `false` when no
+/// `tracing-opentelemetry` layer sees the span (nothing more to do for it).
+fn set_parent(span: &tracing::Span, parent: Option<&TraceContext>) -> bool {
+    let cx = parent.map_or_else(Context::new, parent_context);
+    !matches!(
+        span.set_parent(cx),
+        Err(SetParentError::LayerNotFound | SetParentError::SpanDisabled)
+    )
 }
 
 /// Sets the error status of a run's span when it failed.
