@@ -120,8 +120,13 @@ impl TraceContext {
                     && s.bytes().all(|b| (0x20..=0x7e).contains(&b))
             })
             .map(str::to_owned);
+        let traceparent = if version == "00" {
+            tp.to_owned()
+        } else {
+            format!("00-{}", &tp[3..55])
+        };
         Some(Self {
-            traceparent: format!("00-{}", &tp[3..55]),
+            traceparent,
             tracestate,
         })
     }
@@ -135,20 +140,19 @@ impl TraceContext {
         sampled: bool,
         tracestate: Option<String>,
     ) -> Option<Self> {
-        use std::fmt::Write;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
         let mut tp = String::with_capacity(55);
         tp.push_str("00-");
-        for b in trace_id {
-            let _ = write!(tp, "{b:02x}");
-        }
+        push_hex(&mut tp, &trace_id);
         tp.push('-');
-        for b in span_id {
-            let _ = write!(tp, "{b:02x}");
-        }
+        push_hex(&mut tp, &span_id);
         tp.push_str(if sampled { "-01" } else { "-00" });
-        let mut tc = Self::parse(&tp, None)?;
-        tc.tracestate = tracestate;
-        Some(tc)
+        Some(Self {
+            traceparent: tp,
+            tracestate,
+        })
     }
 
     /// The `traceparent` value (version 00).
@@ -192,6 +196,15 @@ impl TraceContext {
 impl fmt::Display for TraceContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.traceparent)
+    }
+}
+
+/// Appends `bytes` as lower-case hex.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
     }
 }
 

@@ -55,11 +55,29 @@ const ID_NAMESPACE: Uuid = Uuid::from_u128(0x8f3c_2a71_5d0e_4b6a_9c1f_7e24_d5b0_
 /// Set once the worker has warned that the provider ignores planned span ids.
 static WARNED_IDS: AtomicBool = AtomicBool::new(false);
 
-/// How an execution ended, for its span.
+/// What the span of an execution that ended needs.
+#[derive(Debug)]
+struct Ended {
+    /// The parent of the execution span: the stored context, or for a rewound execution
+    /// the span of its run before the rewind.
+    parent: Option<TraceContext>,
+    trace_id: TraceId,
+    span_id: SpanId,
+    started_at: Timestamp,
+    instance_id: InstanceId,
+    name: String,
+    execution: u32,
+    version: Option<String>,
+    rewinds: u32,
+    status: RuntimeStatus,
+    /// The failure, for a failed execution.
+    failure: Option<String>,
+}
+
+/// How an execution ended.
 #[derive(Debug)]
 struct Ending {
     status: RuntimeStatus,
-    /// The failure, for a failed execution.
     failure: Option<String>,
 }
 
@@ -67,20 +85,26 @@ struct Ending {
 /// id) and, when the episode at hand ends it, what its span needs.
 #[derive(Debug)]
 pub(crate) struct ExecutionTrace {
-    /// The parent of the execution span: the stored context, or for a rewound execution
-    /// the span of its run before the rewind.
-    parent: Option<TraceContext>,
-    trace_id: TraceId,
-    span_id: SpanId,
     /// The execution span, as the work it starts names its parent.
     own: TraceContext,
-    started_at: Timestamp,
-    instance_id: InstanceId,
-    name: String,
-    execution: u32,
-    version: Option<String>,
-    rewinds: u32,
-    ending: Option<Ending>,
+    ended: Option<Ended>,
+}
+
+/// The name-based id of run `rewinds` of the execution `key` names: its span id is the
+/// second half; run 0's is also the trace id of an execution started without a trace.
+fn run_hash(key: &mut String, rewinds: u32) -> [u8; 16] {
+    use std::fmt::Write;
+    let len = key.len();
+    let _ = write!(key, "{rewinds}");
+    let id = *Uuid::new_v5(&ID_NAMESPACE, key.as_bytes()).as_bytes();
+    key.truncate(len);
+    id
+}
+
+fn span_id_of(hash: [u8; 16]) -> SpanId {
+    let mut bytes = [0; 8];
+    bytes.copy_from_slice(&hash[8..]);
+    SpanId::from_bytes(bytes)
 }
 
 impl ExecutionTrace {
@@ -110,7 +134,7 @@ impl ExecutionTrace {
         });
         let trace = Self::derive(instance, started_at, stored, replayer.rewinds(), ending)?;
         trace.stamp(commit);
-        trace.ending.is_some().then_some(trace)
+        trace.ended.is_some().then_some(trace)
     }
 
     /// The trace of an execution the worker fails without running its code (its version
@@ -157,57 +181,54 @@ impl ExecutionTrace {
         rewinds: u32,
         ending: Option<Ending>,
     ) -> Option<Self> {
+        use std::fmt::Write;
         // One run of an id is told from another by its creation time (purge and recreate
         // restarts execution numbers).
-        let key = format!(
-            "{}\n{}\n{}",
+        let mut key = String::with_capacity(64);
+        let _ = write!(
+            key,
+            "{}\n{}\n{}\n",
             instance.instance_id,
             instance.created_at.as_unix_millis(),
             instance.execution
         );
-        let span_of = |rewinds: u32| {
-            let id = Uuid::new_v5(&ID_NAMESPACE, format!("span\n{key}\n{rewinds}").as_bytes());
-            let mut bytes = [0; 8];
-            bytes.copy_from_slice(&id.as_bytes()[..8]);
-            SpanId::from_bytes(bytes)
-        };
+        let hash = run_hash(&mut key, rewinds);
         let trace_id = match stored {
             Some(tc) => TraceId::from_hex(tc.trace_id()).ok()?,
-            None => TraceId::from_bytes(
-                *Uuid::new_v5(&ID_NAMESPACE, format!("trace\n{key}").as_bytes()).as_bytes(),
-            ),
+            None if rewinds == 0 => TraceId::from_bytes(hash),
+            None => TraceId::from_bytes(run_hash(&mut key, 0)),
         };
+        let span_id = span_id_of(hash);
         let sampled = stored.is_none_or(TraceContext::is_sampled);
-        let tracestate = stored.and_then(TraceContext::tracestate).map(str::to_owned);
-        let span_id = span_of(rewinds);
+        let tracestate = || stored.and_then(TraceContext::tracestate).map(str::to_owned);
         let own = TraceContext::from_ids(
             trace_id.to_bytes(),
             span_id.to_bytes(),
             sampled,
-            tracestate.clone(),
+            tracestate(),
         )?;
-        let parent = match rewinds.checked_sub(1) {
-            None => stored.cloned(),
-            Some(before) => TraceContext::from_ids(
-                trace_id.to_bytes(),
-                span_of(before).to_bytes(),
-                sampled,
-                tracestate,
-            ),
-        };
-        Some(Self {
-            parent,
+        let ended = ending.map(|ending| Ended {
+            parent: match rewinds.checked_sub(1) {
+                None => stored.cloned(),
+                Some(before) => TraceContext::from_ids(
+                    trace_id.to_bytes(),
+                    span_id_of(run_hash(&mut key, before)).to_bytes(),
+                    sampled,
+                    tracestate(),
+                ),
+            },
             trace_id,
             span_id,
-            own,
             started_at,
             instance_id: instance.instance_id.clone(),
             name: instance.name.clone(),
             execution: instance.execution,
             version: instance.version.clone(),
             rewinds,
-            ending,
-        })
+            status: ending.status,
+            failure: ending.failure,
+        });
+        Some(Self { own, ended })
     }
 
     /// Gives the work `commit` starts this execution's span as parent: activity tasks,
@@ -245,43 +266,43 @@ impl ExecutionTrace {
     /// Emits the execution span if the committed episode ended the execution, ending at
     /// `end`.
     pub(crate) fn finish(self, tracer: &WorkerTracer, end: Timestamp) {
-        let Some(ending) = self.ending else {
+        let Some(ended) = self.ended else {
             return;
         };
         let mut attributes = vec![
-            KeyValue::new("durable.instance_id", self.instance_id.to_string()),
-            KeyValue::new("durable.orchestrator", self.name.clone()),
-            KeyValue::new("durable.execution", i64::from(self.execution)),
-            KeyValue::new("durable.status", ending.status.as_str()),
+            KeyValue::new("durable.instance_id", ended.instance_id.to_string()),
+            KeyValue::new("durable.orchestrator", ended.name.clone()),
+            KeyValue::new("durable.execution", i64::from(ended.execution)),
+            KeyValue::new("durable.status", ended.status.as_str()),
         ];
-        if let Some(v) = &self.version {
-            attributes.push(KeyValue::new("durable.version", v.clone()));
+        if let Some(v) = ended.version {
+            attributes.push(KeyValue::new("durable.version", v));
         }
-        if self.rewinds > 0 {
-            attributes.push(KeyValue::new("durable.rewinds", i64::from(self.rewinds)));
+        if ended.rewinds > 0 {
+            attributes.push(KeyValue::new("durable.rewinds", i64::from(ended.rewinds)));
         }
-        let builder = SpanBuilder::from_name(format!("orchestration:{}", self.name))
-            .with_start_time(self.started_at.to_system_time())
+        let builder = SpanBuilder::from_name(format!("orchestration:{}", ended.name))
+            .with_start_time(ended.started_at.to_system_time())
             .with_attributes(attributes);
-        let parent = self
+        let parent = ended
             .parent
             .as_ref()
             .map_or_else(Context::new, super::parent_context);
-        let mut span = super::with_planned_ids(self.trace_id, self.span_id, || {
+        let mut span = super::with_planned_ids(ended.trace_id, ended.span_id, || {
             tracer.build(builder, &parent)
         });
         if span.is_recording()
-            && span.span_context().span_id() != self.span_id
+            && span.span_context().span_id() != ended.span_id
             && !WARNED_IDS.swap(true, Ordering::Relaxed)
         {
             tracing::warn!(
                 "the tracer provider ignores durable's execution span ids: activity and sub-orchestration spans will not nest under their execution; build it with `.with_id_generator(durable_core::otel::IdGenerator::default())`"
             );
         }
-        if let Some(message) = ending.failure {
+        if let Some(message) = ended.failure {
             span.set_status(Status::error(message));
         }
-        span.end_with_timestamp(end.max(self.started_at).to_system_time());
+        span.end_with_timestamp(end.max(ended.started_at).to_system_time());
     }
 }
 
@@ -306,6 +327,7 @@ mod tests {
         r
     }
 
+    /// The trace of an execution that ends (so its span's parent is known).
     fn derive(
         id: &str,
         created: u64,
@@ -313,21 +335,29 @@ mod tests {
         stored: Option<&TraceContext>,
         rewinds: u32,
     ) -> ExecutionTrace {
+        let ending = super::Ending {
+            status: RuntimeStatus::Completed,
+            failure: None,
+        };
         ExecutionTrace::derive(
             &record(id, created, execution),
             Timestamp::EPOCH,
             stored,
             rewinds,
-            None,
+            Some(ending),
         )
         .unwrap()
+    }
+
+    fn parent(trace: &ExecutionTrace) -> Option<&TraceContext> {
+        trace.ended.as_ref().and_then(|e| e.parent.as_ref())
     }
 
     #[test]
     fn ids_are_derived_from_the_run_and_the_stored_parent() {
         let a = derive("a", 5, 1, None, 0);
         assert_eq!(a.own, derive("a", 5, 1, None, 0).own, "deterministic");
-        assert!(a.parent.is_none());
+        assert!(parent(&a).is_none());
         assert!(a.own.is_sampled());
         for other in [
             derive("b", 5, 1, None, 0),
@@ -350,7 +380,7 @@ mod tests {
             "the caller's sampling decision is kept"
         );
         assert_eq!(child.own.tracestate(), Some("k=v"));
-        assert_eq!(child.parent.as_ref(), Some(&caller));
+        assert_eq!(parent(&child), Some(&caller));
     }
 
     #[test]
@@ -359,7 +389,7 @@ mod tests {
         let second = derive("a", 5, 1, None, 1);
         assert_eq!(second.own.trace_id(), first.own.trace_id());
         assert_ne!(second.own.span_id(), first.own.span_id());
-        assert_eq!(second.parent.as_ref(), Some(&first.own));
+        assert_eq!(parent(&second), Some(&first.own));
     }
 
     #[test]
