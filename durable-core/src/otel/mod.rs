@@ -14,9 +14,10 @@
 //!   commit; its parent is the stored context (a continued-as-new execution's is the
 //!   previous execution's span). Attributes: `durable.instance_id`, `durable.orchestrator`,
 //!   `durable.execution`, `durable.version`, `durable.status`; a failure sets the error
-//!   status with its message. Its span id is derived from the instance, so the work it
-//!   starts earlier can already name it as parent; an execution started without a trace
-//!   gets a trace id derived the same way.
+//!   status with its message. Its span id is derived from the instance (id, creation
+//!   time, execution), so the work it starts earlier can already name it as parent; an
+//!   execution started without a trace gets a trace id derived the same way. A rewound
+//!   execution that ends again has a second span, a child of the first.
 //! - **Activity spans.** The worker's `activity` `tracing` span around every run of an
 //!   activity (each attempt) is parented to its execution span, as `activity:<name>`; spans
 //!   the activity creates nest under it. A failed run sets the error status.
@@ -64,9 +65,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Without a provider or layer, tracing costs a derived id per episode and a trace context
-//! stored with each task and start; without the feature none of this is compiled (trace
-//! contexts given with `StartOptions` are still stored).
+//! Spans are at most once: an execution span is lost if its worker dies between the commit
+//! and the export, and an activity or entity operation that ran in a worker that died
+//! before its result was committed runs (and has a span) again.
+//!
+//! Without a provider or layer, tracing costs one name-based hash per episode that starts
+//! work and a trace context stored with each task, start and entity operation; without the
+//! feature none of this is compiled (contexts given with `StartOptions` are still stored).
 
 mod execution;
 
