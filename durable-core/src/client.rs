@@ -18,6 +18,7 @@ use crate::storage::{
     CreateResult, IdReusePolicy, InstancePage, InstanceQuery, InstanceRecord, Message, NewInstance,
     Store,
 };
+use crate::trace_context::TraceContext;
 
 /// Options for starting an instance.
 ///
@@ -42,6 +43,8 @@ pub struct StartOptions {
     pub reuse: IdReusePolicy,
     /// Version to stamp (default: the worker's version).
     pub version: Option<String>,
+    /// The trace the instance joins (see [`trace_context`](Self::trace_context)).
+    pub trace_context: Option<TraceContext>,
 }
 
 impl StartOptions {
@@ -68,6 +71,44 @@ impl StartOptions {
     pub fn version(mut self, v: impl Into<String>) -> Self {
         self.version = Some(v.into());
         self
+    }
+    /// Makes the instance part of this distributed trace: its execution span (with the
+    /// `opentelemetry` feature, on whichever worker runs it) becomes a child of the span
+    /// `context` names. Without this option a start joins the trace of the current `tracing`
+    /// span when the `opentelemetry` feature is on and that span has an OpenTelemetry
+    /// context (a `tracing-opentelemetry` layer is installed); the HTTP API sets it from the
+    /// request's `traceparent` and `tracestate` headers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::{StartOptions, TraceContext};
+    ///
+    /// // From an incoming message's headers, say:
+    /// let parent = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None);
+    /// let mut opts = StartOptions::new();
+    /// if let Some(parent) = parent {
+    ///     opts = opts.trace_context(parent);
+    /// }
+    /// # assert!(opts.trace_context.is_some());
+    /// ```
+    pub fn trace_context(mut self, context: TraceContext) -> Self {
+        self.trace_context = Some(context);
+        self
+    }
+}
+
+/// The trace context of the caller's current span, for work a client starts or signals:
+/// with the `opentelemetry` feature, that of the current `tracing` span (or, failing that,
+/// the current OpenTelemetry context); without it, none.
+fn current_trace_context() -> Option<TraceContext> {
+    #[cfg(feature = "opentelemetry")]
+    {
+        crate::otel::current()
+    }
+    #[cfg(not(feature = "opentelemetry"))]
+    {
+        None
     }
 }
 
@@ -283,6 +324,7 @@ impl Client {
         new.scheduled_start = options.scheduled_start;
         new.reuse = options.reuse;
         new.version = options.version.or_else(|| self.version.clone());
+        new.trace_context = options.trace_context.or_else(current_trace_context);
         match self.store.create_instance(new).await? {
             CreateResult::Created(r) | CreateResult::Existing(r) => Ok(r),
         }
@@ -795,6 +837,7 @@ impl Client {
                 input,
                 sender: None,
                 reply_to: None,
+                trace_context: current_trace_context(),
             },
             None,
             scheduled.unwrap_or(now).max(now),

@@ -397,6 +397,16 @@ pub(crate) struct EntityRecord {
     pub(crate) queue: VecDeque<Event>,
 }
 
+/// An operation to run, from an `EntityOperation` message.
+struct Operation {
+    name: String,
+    input: Payload,
+    /// Where to send the result, for calls.
+    reply_to: Option<ParentRef>,
+    /// The parent of the operation's span.
+    trace_context: Option<crate::trace_context::TraceContext>,
+}
+
 /// The effects of a batch, for the store commit.
 #[derive(Debug, Default)]
 pub(crate) struct BatchOutput {
@@ -502,34 +512,65 @@ impl EntityRecord {
                 operation,
                 input,
                 reply_to,
+                trace_context,
                 ..
             } => {
-                self.run_operation(id, run, operation, input, reply_to, now, out)
-                    .await;
+                let op = Operation {
+                    name: operation,
+                    input,
+                    reply_to,
+                    trace_context,
+                };
+                self.run_operation(id, run, op, now, out).await;
             }
             _ => {}
         }
     }
 
-    #[allow(clippy::too_many_arguments, reason = "internal step of `handle`")]
     async fn run_operation(
         &mut self,
         id: &EntityId,
         run: &EntityFn,
-        operation: String,
-        input: Payload,
-        reply_to: Option<ParentRef>,
+        op: Operation,
         now: Timestamp,
         out: &mut BatchOutput,
     ) {
-        out.operations += 1;
-        let outcome = run(
-            EntityContext::new(id.clone()),
-            self.state.clone(),
-            operation.clone(),
+        let Operation {
+            name: operation,
             input,
+            reply_to,
+            trace_context,
+        } = op;
+        out.operations += 1;
+        let span = tracing::info_span!(
+            "entity_operation",
+            entity = %id,
+            operation = %operation,
+            otel.name = tracing::field::Empty,
+        );
+        // The parent of what the operation sends: its own span with the `opentelemetry`
+        // feature, else nothing.
+        #[cfg(feature = "opentelemetry")]
+        let sent_trace =
+            crate::otel::adopt_entity_operation(&span, id, &operation, trace_context.as_ref());
+        #[cfg(not(feature = "opentelemetry"))]
+        let sent_trace: Option<crate::trace_context::TraceContext> = {
+            let _ = trace_context;
+            None
+        };
+        let outcome = tracing::Instrument::instrument(
+            run(
+                EntityContext::new(id.clone()),
+                self.state.clone(),
+                operation.clone(),
+                input,
+            ),
+            span.clone(),
         )
         .await;
+        #[cfg(feature = "opentelemetry")]
+        crate::otel::record_failure(&span, outcome.result.as_ref().err());
+        drop(span);
         if let Err(f) = &outcome.result {
             if reply_to.is_none() {
                 tracing::warn!(entity = %id, operation, failure = %f, "signalled entity operation failed; its state change was rolled back");
@@ -549,6 +590,7 @@ impl EntityRecord {
                         input,
                         sender: Some(id.instance_id()),
                         reply_to: None,
+                        trace_context: sent_trace.clone(),
                     },
                     now,
                 ),
@@ -556,9 +598,11 @@ impl EntityRecord {
                     name,
                     instance_id,
                     input,
-                } => out
-                    .new_instances
-                    .push((u64::MAX, NewInstance::new(instance_id, name, input, now))),
+                } => {
+                    let mut new = NewInstance::new(instance_id, name, input, now);
+                    new.trace_context.clone_from(&sent_trace);
+                    out.new_instances.push((u64::MAX, new));
+                }
             }
         }
         if out.record {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::FailureDetails;
 use crate::ids::{InstanceId, Timestamp};
+use crate::trace_context::TraceContext;
 
 /// A JSON-encoded payload (input, output or event data) as stored in history.
 pub type Payload = String;
@@ -161,6 +162,15 @@ pub enum Event {
         /// as `EventRaised` events (never here).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         carried: Vec<CarriedEvent>,
+        /// The trace this execution belongs to: the W3C context of the span that started it
+        /// (a client's request, the parent orchestration's execution, the previous
+        /// execution for continue-as-new). Durable Task's `ParentTraceContext`.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "TraceContext::lenient"
+        )]
+        trace_context: Option<TraceContext>,
     },
     /// An episode began; its timestamp is `ctx.now()` for the code run in it.
     OrchestratorStarted,
@@ -418,6 +428,14 @@ pub enum Event {
         /// Where to send the result, for calls.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to: Option<ParentRef>,
+        /// The W3C context of the span that sent it (the calling execution, the signalling
+        /// client or entity operation): the parent of the operation's span.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "TraceContext::lenient"
+        )]
+        trace_context: Option<TraceContext>,
     },
     /// (Entity inbox) a lock request travelling through the entities in lock order.
     EntityLockRequest {

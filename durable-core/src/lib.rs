@@ -64,12 +64,15 @@ pub mod history;
 pub mod http;
 pub mod ids;
 pub mod logging;
+#[cfg(feature = "opentelemetry")]
+pub mod otel;
 mod payload;
 pub mod registry;
 pub mod replay;
 pub mod retry;
 pub mod state;
 pub mod storage;
+pub mod trace_context;
 pub mod worker;
 
 /// Defines an activity from an `async fn`: a unit of real work (IO, side effects), run at
@@ -260,6 +263,7 @@ pub use state::{State, StateType, States};
 pub use storage::{IdReusePolicy, InstanceQuery, InstanceRecord, MemoryStore, RedbStore, Store};
 #[cfg(feature = "postgres")]
 pub use storage::{PostgresOptions, PostgresStore};
+pub use trace_context::TraceContext;
 pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, WorkerOptions};
 
 /// Everything orchestration, activity and worker code usually needs.

@@ -84,6 +84,7 @@ macro_rules! conformance_tests {
             renew_activity_lock_extends_the_lease,
             renew_activity_locks_extends_those_held,
             activity_task_fields_round_trip,
+            trace_contexts_round_trip,
             heartbeat_timeout_caps_the_lease,
             heartbeat_details_survive_the_lease,
             abandon_episode_delays_messages,

@@ -19,6 +19,7 @@ use crate::client::StartOptions;
 use crate::history::RuntimeStatus;
 use crate::ids::InstanceId;
 use crate::storage::{InstanceQuery, InstanceRecord};
+use crate::trace_context::TraceContext;
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -94,8 +95,24 @@ async fn start_impl(
     if let Some(version) = query.get("version").filter(|v| !v.is_empty()) {
         options = options.version(version);
     }
+    if let Some(parent) = trace_context(headers) {
+        options = options.trace_context(parent);
+    }
     let id = state.client.start_raw(&name, &input, options).await?;
     after_start(state, &id, &query, headers, wait).await
+}
+
+/// The W3C trace context of a request (`traceparent`, and `tracestate` with its values
+/// joined as the spec allows); `None` without a well-formed `traceparent`.
+fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
+    let parent = headers.get("traceparent")?.to_str().ok()?;
+    let states: Vec<&str> = headers
+        .get_all("tracestate")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let state = (!states.is_empty()).then(|| states.join(","));
+    TraceContext::parse(parent, state.as_deref())
 }
 
 /// `timeout` and `pollingInterval` (seconds): wait-for-completion mode when `timeout` is

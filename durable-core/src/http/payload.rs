@@ -447,6 +447,7 @@ impl Shaper {
                 input,
                 sender,
                 reply_to,
+                ..
             } => {
                 item = new("EventRaised");
                 item.name = Some(operation.clone());
@@ -577,6 +578,7 @@ mod tests {
                     parent: None,
                     scheduled_start: None,
                     carried: Vec::new(),
+                    trace_context: None,
                 },
             ),
             at(1_000, Event::OrchestratorStarted),
@@ -880,6 +882,7 @@ mod tests {
                     input: "\"7\"".into(),
                     sender: Some(owner.instance_id.clone()),
                     reply_to: Some(owner.clone()),
+                    trace_context: None,
                 },
             ),
             at(

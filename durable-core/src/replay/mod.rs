@@ -40,6 +40,7 @@ use crate::error::FailureDetails;
 use crate::history::{CarriedEvent, Event, HistoryEvent, ParentRef, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 use crate::registry::{BoxFuture, OrchestratorFn};
+use crate::trace_context::TraceContext;
 
 pub use check::replay_history;
 pub use mismatch::ReplayError;
@@ -310,8 +311,11 @@ pub struct Replayer {
     error: Option<ReplayError>,
     stats: ReplayStats,
     started: bool,
-    /// When the execution started (its `ExecutionStarted`).
-    started_at: Option<Timestamp>,
+    /// When the execution started and the trace context it started with (data from its
+    /// `ExecutionStarted`, for the worker's events and spans).
+    start: Option<(Timestamp, Option<TraceContext>)>,
+    /// Rewinds recorded in this execution's history.
+    rewinds: u32,
     /// Notices of this episode (the code's own, from the context, join them at the end).
     notices: Vec<Notice>,
 }
@@ -367,7 +371,8 @@ impl Replayer {
             error: None,
             stats: ReplayStats::default(),
             started: false,
-            started_at: None,
+            start: None,
+            rewinds: 0,
             notices: Vec::new(),
         }
     }
@@ -392,6 +397,19 @@ impl Replayer {
     /// `true` once the execution has ended.
     pub fn is_finished(&self) -> bool {
         self.outcome.is_some()
+    }
+
+    /// When the execution started (its `ExecutionStarted` was delivered) and the trace
+    /// context stored with it; `None` before.
+    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+    pub(crate) fn start(&self) -> Option<(Timestamp, Option<&TraceContext>)> {
+        self.start.as_ref().map(|(at, tc)| (*at, tc.as_ref()))
+    }
+
+    /// How many times this execution was rewound (`ExecutionRewound` markers seen).
+    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+    pub(crate) fn rewinds(&self) -> u32 {
+        self.rewinds
     }
 
     /// Replays recorded history, re-running the code and matching every action it emits
@@ -420,13 +438,13 @@ impl Replayer {
         for (pos, ev) in history.iter().enumerate() {
             self.history_len += 1;
             self.stats.events_replayed += 1;
+            if matches!(ev.event, Event::ExecutionRewound { .. }) {
+                self.rewinds += 1;
+            }
             if rewound.contains(&pos) {
                 // Undone by a later rewind: the code runs on as if it never happened.
                 after_rewind |= matches!(ev.event, Event::ExecutionRewound { .. });
                 continue;
-            }
-            if matches!(ev.event, Event::ExecutionStarted { .. }) {
-                self.started_at.get_or_insert(ev.timestamp);
             }
             // The final poll's custom status is recorded after the outcome is known.
             let is_end = matches!(
@@ -569,9 +587,6 @@ impl Replayer {
             return false;
         }
         self.notices.extend(failed);
-        if matches!(event, Event::ExecutionStarted { .. }) {
-            self.started_at = Some(self.now);
-        }
         self.top.in_executor.store(true, Ordering::SeqCst);
         self.append(event.clone());
         self.deliver(event);
@@ -619,7 +634,7 @@ impl Replayer {
             outcome: self.outcome.clone(),
             custom_status: self.recorded_custom_status.clone(),
             suspended: self.suspended,
-            started_at: self.started_at,
+            started_at: self.start.as_ref().map(|(at, _)| *at),
             notices,
         })
     }
@@ -687,9 +702,11 @@ impl Replayer {
                 input,
                 parent,
                 version,
+                trace_context,
                 ..
             } => {
                 self.started = true;
+                self.start = Some((self.now, trace_context));
                 self.parent = parent;
                 lock(&self.shared).version = version;
                 let ctx = OrchestrationContext {
@@ -1006,6 +1023,7 @@ impl Replayer {
                         input: input.clone(),
                         sender: Some(self.instance_id.clone()),
                         reply_to: Some(self.reply_to(seq)),
+                        trace_context: None,
                     },
                 );
                 (
@@ -1031,6 +1049,7 @@ impl Replayer {
                         input: input.clone(),
                         sender: Some(self.instance_id.clone()),
                         reply_to: None,
+                        trace_context: None,
                     },
                 );
                 (

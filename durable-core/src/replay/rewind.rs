@@ -275,6 +275,7 @@ mod tests {
             parent: None,
             scheduled_start: None,
             carried: Vec::new(),
+            trace_context: None,
         }
     }
 

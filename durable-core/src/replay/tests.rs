@@ -147,6 +147,7 @@ fn start_with(input: &str, version: Option<&str>, parent: Option<ParentRef>) -> 
         parent,
         scheduled_start: None,
         carried: Vec::new(),
+        trace_context: None,
     }
 }
 
@@ -1357,6 +1358,7 @@ fn carried_events_come_before_events_waiting_in_the_inbox() {
         parent: None,
         scheduled_start: None,
         carried: vec![carried("inc", "1"), carried("inc", "2")],
+        trace_context: None,
     };
     // "inc 3" arrived while the previous execution was continuing: it is in the inbox.
     let (accepted, ep) = sim.episode(at(0), &[start, raised("inc", "3")]);

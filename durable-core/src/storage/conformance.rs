@@ -17,6 +17,7 @@ use super::{
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, ParentRef, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
+use crate::trace_context::TraceContext;
 
 /// Runs every case, each against a fresh store from `make`, printing the case name first.
 pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
@@ -47,6 +48,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         renew_activity_lock_extends_the_lease,
         renew_activity_locks_extends_those_held,
         activity_task_fields_round_trip,
+        trace_contexts_round_trip,
         heartbeat_timeout_caps_the_lease,
         heartbeat_details_survive_the_lease,
         abandon_episode_delays_messages,
@@ -1030,6 +1032,7 @@ pub async fn continue_as_new(store: Arc<dyn Store>) {
             parent: None,
             scheduled_start: None,
             carried: Vec::new(),
+            trace_context: None,
         },
         None,
         now,
@@ -1382,6 +1385,10 @@ pub async fn activity_task_fields_round_trip(store: Arc<dyn Store>) {
     full.timeout = Some(Duration::from_millis(90_500));
     full.heartbeat_timeout = Some(Duration::from_secs(3_600));
     full.heartbeat = Some("{\"done\":7}".into());
+    full.trace_context = Some(trace_context(
+        "0af7651916cd43dd8448eb211c80319c",
+        Some("k=v"),
+    ));
     let plain = task("a", 4, "plain", "null");
     let sent = vec![full, plain];
     let enqueued = sent.clone();
@@ -1398,6 +1405,139 @@ pub async fn activity_task_fields_round_trip(store: Arc<dyn Store>) {
         .collect();
     got.sort_by_key(|t| t.seq);
     assert_eq!(got, sent, "tasks come back with every field");
+}
+
+fn trace_context(trace_id: &str, tracestate: Option<&str>) -> TraceContext {
+    TraceContext::parse(&format!("00-{trace_id}-b7ad6b7169203331-01"), tracestate)
+        .expect("a well-formed traceparent")
+}
+
+/// The W3C trace contexts the engine stores come back unchanged: on a created instance's
+/// start message and in its history, on the start of a sub-orchestration, on an entity
+/// operation sent in a commit, on the next execution after continue-as-new.
+pub async fn trace_contexts_round_trip(store: Arc<dyn Store>) {
+    let client = trace_context(
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+        Some("congo=t61rcWkgMzE"),
+    );
+    let mut new = new_instance("a", "Parent", "null", T0);
+    new.trace_context = Some(client.clone());
+    create(&store, new).await;
+    let item = fetch_one(&store, "a", T0).await;
+    assert_eq!(
+        started_trace(&item.messages[0]),
+        Some(client.clone()),
+        "start message"
+    );
+
+    let execution = trace_context("11111111111111111111111111111111", None);
+    let mut c = commit_for(&item, RuntimeStatus::Running, T0);
+    c.new_events = vec![
+        ev(0, T0, Event::OrchestratorStarted),
+        ev(1, T0, item.messages[0].event.clone()),
+    ];
+    let mut child = new_instance("a-child", "Child", "null", T0);
+    child.trace_context = Some(execution.clone());
+    child.parent = Some(ParentRef {
+        instance_id: id("a"),
+        execution: 1,
+        seq: 0,
+    });
+    c.new_instances.push((0, child));
+    let op = Event::EntityOperation {
+        operation: "add".into(),
+        input: "1".into(),
+        sender: Some(id("a")),
+        reply_to: None,
+        trace_context: Some(execution.clone()),
+    };
+    let entity = InstanceId::new_system("@counter@k").expect("entity id");
+    c.new_instances.push((
+        u64::MAX,
+        NewInstance::new(entity.clone(), "counter", "null".into(), T0),
+    ));
+    c.messages
+        .push((entity.clone(), Message::new(op, None, T0)));
+    commit(&store, c).await;
+    match &history(&store, "a").await[1].event {
+        Event::ExecutionStarted { trace_context, .. } => {
+            assert_eq!(trace_context.as_ref(), Some(&client), "history");
+        }
+        other => panic!("expected ExecutionStarted in history, got {}", other.kind()),
+    }
+    let mut seen = std::collections::HashMap::new();
+    for item in fetch_all(&store, T0).await {
+        for m in &item.messages {
+            let tc = match &m.event {
+                Event::ExecutionStarted { trace_context, .. }
+                | Event::EntityOperation { trace_context, .. } => trace_context.clone(),
+                _ => continue,
+            };
+            seen.insert((item.instance.instance_id.to_string(), m.event.kind()), tc);
+        }
+        commit(&store, commit_for(&item, item.instance.status, T0)).await;
+    }
+    let want = |instance: &str, kind: &'static str| {
+        seen.get(&(instance.to_owned(), kind)).cloned().flatten()
+    };
+    assert_eq!(
+        want("a-child", "ExecutionStarted"),
+        Some(execution.clone()),
+        "sub-orchestration start"
+    );
+    assert_eq!(
+        want("@counter@k", "EntityOperation"),
+        Some(execution.clone()),
+        "entity operation"
+    );
+    assert_eq!(
+        continue_with_trace(&store, "a", &execution).await,
+        Some(execution),
+        "continue-as-new start"
+    );
+}
+
+/// The trace context of an `ExecutionStarted` message.
+fn started_trace(m: &Message) -> Option<TraceContext> {
+    match &m.event {
+        Event::ExecutionStarted { trace_context, .. } => trace_context.clone(),
+        other => panic!("expected ExecutionStarted, got {}", other.kind()),
+    }
+}
+
+/// Continues running instance `instance` as new with `trace` on the next execution's
+/// start, and returns the trace context that start comes back with.
+async fn continue_with_trace(
+    store: &Arc<dyn Store>,
+    instance: &str,
+    trace: &TraceContext,
+) -> Option<TraceContext> {
+    store
+        .send_message(&id(instance), raised("again", T0))
+        .await
+        .expect("send_message");
+    let item = fetch_one(store, instance, T0).await;
+    let mut c = commit_for(&item, RuntimeStatus::Running, T0);
+    c.new_events = vec![
+        ev(item.history_len, T0, Event::OrchestratorStarted),
+        ev(
+            item.history_len + 1,
+            T0,
+            Event::ContinuedAsNew {
+                input: "2".into(),
+                version: None,
+            },
+        ),
+    ];
+    let mut next = NewInstance::new(id(instance), "Loop", "2".into(), T0);
+    next.trace_context = Some(trace.clone());
+    c.next_execution = Some(NextExecution {
+        input: "2".into(),
+        version: None,
+        messages: vec![next.start_message()],
+    });
+    commit(store, c).await;
+    started_trace(&fetch_one(store, instance, T0).await.messages[0])
 }
 
 /// A task with a heartbeat timeout shorter than the lease asked for is leased only that

@@ -25,6 +25,7 @@ use tokio::sync::{Notify, watch};
 use crate::error::{FailureDetails, PayloadDecodeError, StoreError};
 use crate::history::{Event, HistoryEvent, ParentRef, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
+use crate::trace_context::TraceContext;
 
 pub use self::redb::{RedbDurability, RedbStore, RedbStoreBuilder};
 pub use memory::MemoryStore;
@@ -185,6 +186,8 @@ pub struct NewInstance {
     pub created_at: Timestamp,
     /// What to do if the id exists.
     pub reuse: IdReusePolicy,
+    /// The trace the instance belongs to (stored on its `ExecutionStarted`).
+    pub trace_context: Option<TraceContext>,
 }
 
 impl NewInstance {
@@ -204,6 +207,7 @@ impl NewInstance {
             parent: None,
             created_at,
             reuse: IdReusePolicy::default(),
+            trace_context: None,
         }
     }
 
@@ -244,6 +248,7 @@ impl NewInstance {
                 parent: self.parent.clone(),
                 scheduled_start: self.scheduled_start,
                 carried: Vec::new(),
+                trace_context: self.trace_context.clone(),
             },
             None,
             self.scheduled_start.unwrap_or(self.created_at),
@@ -473,6 +478,13 @@ pub struct ActivityTask {
     /// ([`Store::record_activity_heartbeat`]). A fetched task carries the latest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<Payload>,
+    /// The W3C context of the execution that scheduled it: the parent of each run's span.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "TraceContext::lenient"
+    )]
+    pub trace_context: Option<TraceContext>,
 }
 
 impl ActivityTask {
@@ -507,6 +519,7 @@ impl ActivityTask {
             timeout: None,
             heartbeat_timeout: None,
             heartbeat: None,
+            trace_context: None,
         }
     }
 

@@ -67,7 +67,9 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                         },
                     };
                     let inner = Arc::clone(&inner);
-                    let span = tracing::info_span!("activity", name = %item.task.name, instance = %item.task.instance_id, seq = item.task.seq);
+                    let span = tracing::info_span!("activity", name = %item.task.name, instance = %item.task.instance_id, seq = item.task.seq, otel.name = tracing::field::Empty);
+                    #[cfg(feature = "opentelemetry")]
+                    crate::otel::adopt_activity(&span, &item.task);
                     running.spawn(
                         async move {
                             run_activity(&inner, item, lease).await;
@@ -138,6 +140,8 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
             None => return,
         },
     };
+    #[cfg(feature = "opentelemetry")]
+    crate::otel::record_failure(&tracing::Span::current(), result.as_ref().err());
     let event = result_event(
         task.seq,
         result,

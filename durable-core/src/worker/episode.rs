@@ -435,6 +435,10 @@ async fn try_episode(
         }
         release_unwanted_locks(&id, &messages, &mut commit, now);
         commit.completed_activities = handed.iter().map(|h| (h.task, h.lock)).collect();
+        #[cfg(feature = "opentelemetry")]
+        let trace = commit.failure.as_ref().and_then(|f| {
+            crate::otel::ExecutionTrace::failed_unrun(&instance, &history, &messages, f)
+        });
         inner
             .store
             .commit_episode(commit)
@@ -446,6 +450,10 @@ async fn try_episode(
             |e| Label::Static(e.name),
         );
         lifecycle::failed_unrun(&instance, &orchestrator, &failure);
+        #[cfg(feature = "opentelemetry")]
+        if let Some(trace) = trace {
+            trace.finish(&inner.tracer, inner.clock.now());
+        }
         return Ok(());
     }
 
@@ -575,6 +583,8 @@ async fn try_episode(
     }
     release_unwanted_locks(&id, &stale, &mut commit, now);
     commit.completed_activities = handed.iter().map(|h| (h.task, h.lock)).collect();
+    #[cfg(feature = "opentelemetry")]
+    let trace = crate::otel::ExecutionTrace::stamp_episode(&instance, &replayer, &mut commit);
     // The slot bounds episodes computing at once; waiting for the group commit is not
     // computing, and letting the next episode start fills the next batch. The instance
     // stays leased until the commit is done, so nothing else runs it meanwhile.
@@ -588,6 +598,11 @@ async fn try_episode(
     let orchestrator = Label::Static(entry.name);
     report.emit(&instance, &orchestrator, now);
     meters::episode(&orchestrator, &watch);
+    // Emitted once the end is durable: a crash before this commit re-runs the episode.
+    #[cfg(feature = "opentelemetry")]
+    if let Some(trace) = trace {
+        trace.finish(&inner.tracer, inner.clock.now());
+    }
     if !finished {
         if let Some(c) = lock_cache(&inner.cache).as_mut() {
             c.put(id, replayer);
@@ -926,6 +941,8 @@ fn build_commit(
                     parent: instance.parent.clone(),
                     scheduled_start: None,
                     carried,
+                    // Set by the execution's trace (feature "opentelemetry").
+                    trace_context: None,
                 },
                 None,
                 now,

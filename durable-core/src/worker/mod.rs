@@ -153,6 +153,8 @@ pub struct WorkerBuilder {
     /// they were called: a later `options(..)` replaces the base, never a setter's value.
     setters: OptionSetters,
     states: crate::state::StateSet,
+    #[cfg(feature = "opentelemetry")]
+    tracer: crate::otel::WorkerTracer,
 }
 
 /// One option setter of a [`WorkerBuilder`].
@@ -245,6 +247,40 @@ impl WorkerBuilder {
     /// one at a time.
     pub fn states(mut self, states: crate::States) -> Self {
         self.states.extend(&states);
+        self
+    }
+
+    /// Builds execution spans with `provider` (see [`crate::otel`]; feature
+    /// `opentelemetry`). Without it they go to OpenTelemetry's global tracer provider.
+    /// Give the provider that the `tracing-opentelemetry` layer's tracer comes from, built
+    /// with [`otel::IdGenerator`](crate::otel::IdGenerator).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use opentelemetry_sdk::trace::SdkTracerProvider;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let provider = SdkTracerProvider::builder()
+    ///     .with_id_generator(durable_core::otel::IdGenerator::default())
+    ///     .build();
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .tracer_provider(provider.clone())
+    ///     .start()?;
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "opentelemetry")]
+    pub fn tracer_provider<P>(mut self, provider: P) -> Self
+    where
+        P: opentelemetry::trace::TracerProvider,
+        P::Tracer: Send + Sync + 'static,
+        <P::Tracer as opentelemetry::trace::Tracer>::Span: Send + Sync + 'static,
+    {
+        self.tracer = crate::otel::WorkerTracer::from_provider(&provider);
         self
     }
 
@@ -465,6 +501,8 @@ impl WorkerBuilder {
             shutdown: shutdown_rx,
             aborted: std::sync::atomic::AtomicBool::new(false),
             died: watch::channel(None).0,
+            #[cfg(feature = "opentelemetry")]
+            tracer: self.tracer,
         });
         let mut tasks = vec![
             supervise(
@@ -570,6 +608,9 @@ pub(crate) struct Inner {
     pub(crate) aborted: std::sync::atomic::AtomicBool,
     /// The first dispatcher that died (panicked, or returned while not shutting down).
     pub(crate) died: watch::Sender<Option<WorkerError>>,
+    /// Builds execution spans.
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) tracer: crate::otel::WorkerTracer,
 }
 
 impl Inner {
