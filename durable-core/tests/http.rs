@@ -1715,3 +1715,63 @@ mod traced {
         }
     }
 }
+
+/// With no OpenTelemetry layer in place, a start's `traceparent` and `tracestate` headers are
+/// stored with the instance as they came; a malformed `traceparent` is ignored, not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_stores_the_callers_trace_context() {
+    use durable_core::history::Event;
+    let api = start_api(HttpOptions::new()).await;
+    let started_with = |id: String| {
+        let store = api.store.clone();
+        async move {
+            let history = store
+                .read_history(&InstanceId::new(id).unwrap())
+                .await
+                .unwrap();
+            history
+                .into_iter()
+                .find_map(|e| match e.event {
+                    Event::ExecutionStarted { trace_context, .. } => Some(trace_context),
+                    _ => None,
+                })
+                .expect("an ExecutionStarted")
+        }
+    };
+    let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let traced = api
+        .send(
+            Method::POST,
+            "/orchestrators/hello/traced",
+            &[
+                ("content-type", "application/json"),
+                ("traceparent", parent),
+                ("tracestate", "vendor=opaque"),
+            ],
+            Some("\"Ada\""),
+        )
+        .await;
+    assert_eq!(traced.status, StatusCode::ACCEPTED, "{}", traced.text);
+    let malformed = api
+        .send(
+            Method::POST,
+            "/orchestrators/hello/untraced",
+            &[
+                ("content-type", "application/json"),
+                ("traceparent", "00-not-a-trace-01<script>"),
+            ],
+            Some("\"Ada\""),
+        )
+        .await;
+    assert_eq!(malformed.status, StatusCode::ACCEPTED, "{}", malformed.text);
+    api.wait_status("traced", "Completed").await;
+    api.wait_status("untraced", "Completed").await;
+
+    let stored = started_with("traced".into())
+        .await
+        .expect("a stored context");
+    assert_eq!(stored.traceparent(), parent);
+    assert_eq!(stored.tracestate(), Some("vendor=opaque"));
+    assert_eq!(started_with("untraced".into()).await, None);
+    api.shutdown().await;
+}

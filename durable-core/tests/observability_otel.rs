@@ -659,16 +659,20 @@ async fn an_http_start_joins_the_traceparent_of_the_request() {
     worker.shutdown().await;
 
     let spans = traces.spans();
+    // The request's span is the server span of the caller's call; the instance it started
+    // is its child.
     assert_eq!(
         render(&spans),
-        "orchestration:leg [execution=1 status=Completed]\n  activity:step\n    lookup\n"
+        "http_request\n  orchestration:leg [execution=1 status=Completed]\n    activity:step\n      lookup\n"
     );
-    let execution = only(&spans, "orchestration:leg");
+    let request = only(&spans, "http_request");
     assert_eq!(
-        execution.parent_span_id,
+        request.parent_span_id,
         SpanId::from_hex(caller_span).unwrap()
     );
-    assert!(execution.parent_span_is_remote);
+    assert!(request.parent_span_is_remote);
+    let execution = only(&spans, "orchestration:leg");
+    assert_eq!(execution.parent_span_id, request.span_context.span_id());
     assert_one_trace(&spans, TraceId::from_hex(caller_trace).unwrap());
     assert_eq!(
         execution.span_context.trace_state().header(),

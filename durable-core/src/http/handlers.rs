@@ -95,8 +95,16 @@ async fn start_impl(
     if let Some(version) = query.get("version").filter(|v| !v.is_empty()) {
         options = options.version(version);
     }
-    if let Some(parent) = trace_context(headers) {
-        options = options.trace_context(parent);
+    if let Some(caller) = trace_context(headers) {
+        // With OpenTelemetry in place the request's span is the caller's child, and the
+        // start stores that span; otherwise the caller's context is stored as it came.
+        #[cfg(feature = "opentelemetry")]
+        let joined = crate::otel::current().is_some_and(|c| c.trace_id() == caller.trace_id());
+        #[cfg(not(feature = "opentelemetry"))]
+        let joined = false;
+        if !joined {
+            options = options.trace_context(caller);
+        }
     }
     let id = state.client.start_raw(&name, &input, options).await?;
     after_start(state, &id, &query, headers, wait).await
@@ -104,7 +112,7 @@ async fn start_impl(
 
 /// The W3C trace context of a request (`traceparent`, and `tracestate` with its values
 /// joined as the spec allows); `None` without a well-formed `traceparent`.
-fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
+pub(crate) fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
     let parent = headers.get("traceparent")?.to_str().ok()?;
     let states: Vec<&str> = headers
         .get_all("tracestate")

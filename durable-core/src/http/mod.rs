@@ -405,13 +405,18 @@ pub fn router(client: Client, options: HttpOptions) -> Router {
 /// The DEBUG span `http_request` of one API request: its method and path (never the query,
 /// which may hold the `code` key); its status and latency are recorded once it is answered.
 fn request_span(request: &axum::extract::Request) -> tracing::Span {
-    tracing::debug_span!(
+    let span = tracing::debug_span!(
         "http_request",
         method = %request.method(),
         path = request.uri().path(),
         status = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
-    )
+    );
+    #[cfg(feature = "opentelemetry")]
+    if let Some(caller) = handlers::trace_context(request.headers()) {
+        crate::otel::adopt_request(&span, &caller);
+    }
+    span
 }
 
 /// Records the answer in the request's span, with a DEBUG event `request answered`.

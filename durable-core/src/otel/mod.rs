@@ -276,6 +276,15 @@ pub(crate) fn adopt_entity_operation(
 
 /// Makes `parent` (if any) the OpenTelemetry parent of `span`; `false` when no
 /// `tracing-opentelemetry` layer sees the span (nothing more to do for it).
+/// Makes the management API's `http_request` span a child of the caller's span (the
+/// request's `traceparent`), as an HTTP server span is; a start made while it is current
+/// stores it as the new instance's parent.
+pub(crate) fn adopt_request(span: &tracing::Span, caller: &TraceContext) {
+    if !span.is_disabled() {
+        set_parent(span, Some(caller));
+    }
+}
+
 fn set_parent(span: &tracing::Span, parent: Option<&TraceContext>) -> bool {
     let cx = parent.map_or_else(Context::new, parent_context);
     !matches!(
