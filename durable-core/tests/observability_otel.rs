@@ -680,3 +680,42 @@ async fn an_http_start_joins_the_traceparent_of_the_request() {
         "the caller's tracestate is passed along"
     );
 }
+
+/// Three steps, each decided inside a span of the orchestration's own code.
+#[orchestrator]
+async fn decider(ctx: OrchestrationContext, n: i64) -> Result<i64, OrchestrationError> {
+    let mut x = 0;
+    for i in 0..n {
+        tracing::info_span!("decide", i).in_scope(|| ());
+        x = ctx.call(step, x + i).await?;
+    }
+    Ok(x)
+}
+
+/// Spans that orchestration code opens are exported once, when the code first runs, not
+/// again each time it replays (here every episode replays: no cache).
+#[tokio::test]
+async fn spans_of_orchestration_code_are_not_exported_again_on_replay() {
+    let traces = Traces::install();
+    let worker = register(Worker::builder().store(MemoryStore::new()))
+        .register(decider)
+        .cache_capacity(0)
+        .tracer_provider(traces.provider.clone())
+        .start()
+        .unwrap();
+    let client = worker.client();
+    let id = client.start(decider, 3).await.unwrap();
+    assert_eq!(
+        wait_done(&client, id.id()).await.status,
+        RuntimeStatus::Completed
+    );
+    worker.shutdown().await;
+
+    let spans = traces.spans();
+    let decided = spans.iter().filter(|s| s.name == "decide").count();
+    assert_eq!(decided, 3, "one per step:\n{}", render(&spans));
+    assert_eq!(
+        spans.iter().filter(|s| s.name == "activity:step").count(),
+        3
+    );
+}

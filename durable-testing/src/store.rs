@@ -21,7 +21,7 @@ use durable_core::history::HistoryEvent;
 use durable_core::registry::ActivityHandler;
 use durable_core::storage::{
     ActivityWorkItem, CreateResult, EpisodeCommit, InstancePage, LockToken, Message, NewInstance,
-    OrchestrationWorkItem, StoreSignals, WorkKind,
+    OrchestrationWorkItem, QueueDepths, StoreSignals, WorkKind,
 };
 use durable_core::{
     ActivityContext, Clock, InstanceId, InstanceQuery, InstanceRecord, MemoryStore, Store,
@@ -807,6 +807,13 @@ impl Store for HarnessStore {
             return halt().await;
         }
         self.inner().next_wake_time().await
+    }
+
+    async fn queue_depths(&self, now: Timestamp) -> Result<Option<QueueDepths>, StoreError> {
+        if self.live().is_none() {
+            return halt().await;
+        }
+        self.inner().queue_depths(now).await
     }
 
     async fn next_wake_time_for(&self, kind: WorkKind) -> Result<Option<Timestamp>, StoreError> {

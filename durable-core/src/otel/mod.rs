@@ -150,9 +150,9 @@ fn with_planned_ids<T>(trace: TraceId, span: SpanId, build: impl FnOnce() -> T) 
 
 /// A per-layer filter for the `tracing-opentelemetry` layer: keeps out what does not
 /// belong in a trace — the worker's per-episode `episode` span (log context for one turn of
-/// an orchestration; its execution has a span of its own) and events emitted by
-/// orchestration code while it replays history (as [`ReplaySafe`](crate::logging::ReplaySafe)
-/// does for logs).
+/// an orchestration; its execution has a span of its own) and the events and spans
+/// orchestration code emits while it replays history (as
+/// [`ReplaySafe`](crate::logging::ReplaySafe) does for logs), so each is exported once.
 ///
 /// # Examples
 ///
@@ -180,8 +180,10 @@ impl ExportFilter {
 
 impl<S> Filter<S> for ExportFilter {
     fn enabled(&self, meta: &Metadata<'_>, _cx: &layer::Context<'_, S>) -> bool {
-        if meta.is_event() {
-            return !crate::replay::is_replaying_on_this_thread();
+        // Orchestration code replaying history re-creates the events and spans it made the
+        // first time: only the first time is exported.
+        if crate::replay::is_replaying_on_this_thread() {
+            return false;
         }
         !Self::is_episode_span(meta)
     }

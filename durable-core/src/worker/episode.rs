@@ -230,6 +230,11 @@ async fn run_episode(
         Err(Stuck::Store(StoreError::LockLost(_))) => {
             lifecycle::lease_lost("episode", &id, None);
             evict(inner, &id);
+            // Another worker owns the instance now: it is no longer this worker's to hold.
+            let mut stuck = lock_cache(&inner.stuck);
+            if stuck.remove(&id).is_some() {
+                meters::unstuck(stuck.len());
+            }
         }
         Err(Stuck::Store(e)) => {
             tracing::error!(instance = %id, error = %e, "episode commit failed");
@@ -445,10 +450,11 @@ async fn try_episode(
             .await
             .map_err(Stuck::Store)?;
         handed.clear();
-        let orchestrator = inner.registry.orchestrator(&instance.name).map_or_else(
-            || Label::Owned(instance.name.clone()),
-            |e| Label::Static(e.name),
-        );
+        // A name no worker registered stays out of the labels (any client can stamp one).
+        let orchestrator = inner
+            .registry
+            .orchestrator(&instance.name)
+            .map_or(Label::Static("unknown"), |e| Label::Static(e.name));
         lifecycle::failed_unrun(&instance, &orchestrator, &failure);
         #[cfg(feature = "opentelemetry")]
         if let Some(trace) = trace {

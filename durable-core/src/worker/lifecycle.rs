@@ -179,13 +179,17 @@ impl Episode {
         children: usize,
     ) {
         if tracing::enabled!(target: TARGET, Level::INFO) {
-            self.items.push(Item::Rewound {
-                reason: reason.to_owned(),
-                undone,
-                activities,
-                timers,
-                children,
-            });
+            // Ahead of what the re-run did in the same episode (it may end again).
+            self.items.insert(
+                0,
+                Item::Rewound {
+                    reason: reason.to_owned(),
+                    undone,
+                    activities,
+                    timers,
+                    children,
+                },
+            );
         }
     }
 
@@ -437,7 +441,7 @@ pub(crate) fn stuck(
 /// This worker lost the lease on work it held: the work is discarded, and another worker
 /// takes it over (or has already).
 pub(crate) fn lease_lost(work: &'static str, id: &InstanceId, seq: Option<u64>) {
-    tracing::warn!(
+    tracing::debug!(
         target: TARGET,
         instance_id = id.as_str(),
         work,

@@ -270,3 +270,16 @@ pub(crate) fn cache_lookup(hit: bool) {
     #[cfg(not(feature = "metrics"))]
     let _ = hit;
 }
+
+/// The worker stopped: the gauges it set no longer describe anything it holds or reads.
+pub(crate) fn worker_stopped() {
+    #[cfg(feature = "metrics")]
+    for gauge in [
+        "durable_stuck_instances",
+        "durable_queue_ready_orchestrations",
+        "durable_queue_ready_activities",
+        "durable_queue_timers_due",
+    ] {
+        metrics::gauge!(gauge).set(0.0);
+    }
+}

@@ -825,6 +825,7 @@ impl Worker {
             // Gone (with its hold on the store) when this returns.
             let _ = keeper.await;
         }
+        meters::worker_stopped();
     }
 
     /// Stops everything at once without waiting or releasing leases — as if the process
