@@ -680,11 +680,14 @@ async fn nondeterminism_is_an_error_once_then_debug_on_each_retry_and_after_a_re
             count_of(e, "instance still stuck") >= 3
         })
         .await;
-    worker.shutdown().await;
     let m = Metrics::take(&snapshotter);
     let stuck_episodes = m.get("durable_stuck_episodes_total", &[]);
     assert!(stuck_episodes >= 4, "{stuck_episodes} stuck episodes");
     assert_eq!(m.get("durable_stuck_instances", &[]), 1);
+    worker.shutdown().await;
+    // A stopped worker holds nothing stuck any more.
+    let m = Metrics::take(&snapshotter);
+    assert_eq!(m.get("durable_stuck_instances", &[]), 0);
 
     // Another worker with the same code: the diagnostic is the one already reported.
     let worker = drift_worker(&path, true);
