@@ -281,6 +281,7 @@ pub(crate) fn adopt_entity_operation(
 /// Makes the management API's `http_request` span a child of the caller's span (the
 /// request's `traceparent`), as an HTTP server span is; a start made while it is current
 /// stores it as the new instance's parent.
+#[cfg(feature = "http")]
 pub(crate) fn adopt_request(span: &tracing::Span, caller: &TraceContext) {
     if !span.is_disabled() {
         set_parent(span, Some(caller));
