@@ -910,8 +910,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         Ok(Vec::new())
     }
 
-    /// Releases a lease without changes; the messages become visible again at `retry_at`.
-    /// `error` is shown in the instance's status.
+    /// Releases a lease without changes and holds the instance back until `retry_at`: no
+    /// fetch takes it earlier, not even for messages that arrive meanwhile, and
+    /// [`next_wake_time`](Store::next_wake_time) and [`queue_depths`](Store::queue_depths)
+    /// count it from then. Its messages keep their own visibility, so they are delivered in
+    /// the order they always had (a message that arrives during the hold comes after those
+    /// that arrived before it). The hold ends with the instance's next commit (a later
+    /// abandon replaces it). `error` is shown in the instance's status.
     async fn abandon_episode(
         &self,
         instance_id: &InstanceId,
