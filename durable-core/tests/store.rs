@@ -89,6 +89,7 @@ macro_rules! conformance_tests {
             heartbeat_details_survive_the_lease,
             abandon_episode_delays_messages,
             abandon_episode_keeps_arrival_order,
+            a_terminate_ends_the_hold,
             next_wake_time,
             queue_depths,
             send_message_errors,

@@ -53,6 +53,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         heartbeat_details_survive_the_lease,
         abandon_episode_delays_messages,
         abandon_episode_keeps_arrival_order,
+        a_terminate_ends_the_hold,
         next_wake_time,
         queue_depths,
         send_message_errors,
@@ -1945,6 +1946,59 @@ pub async fn abandon_episode_keeps_arrival_order(store: Arc<dyn Store>) {
     );
     let last = fetch_one(&store, "a", at(9_000)).await;
     assert_eq!(names(&last.messages), ["timer2"], "the later timer keeps its time");
+}
+
+/// A terminate ends an instance's hold ([`super::ends_hold`]): sent by a client or by
+/// another instance's commit (a parent's), it is taken at once, after the messages that
+/// arrived before it.
+pub async fn a_terminate_ends_the_hold(store: Arc<dyn Store>) {
+    fn terminate(reason: &str, now: Timestamp) -> Message {
+        let reason = reason.to_owned();
+        let event = Event::ExecutionTerminated {
+            reason,
+            child_of: None,
+        };
+        Message::new(event, None, now)
+    }
+    for name in ["a", "b", "parent"] {
+        create(&store, new_instance(name, "Job", "null", T0)).await;
+    }
+    for name in ["a", "b"] {
+        store
+            .send_message(&id(name), raised("x1", T0))
+            .await
+            .expect("send_message");
+    }
+    let mut items = fetch_all(&store, T0).await;
+    let parent = items.pop().expect("`parent` is fetched last (by id)");
+    for item in &items {
+        store
+            .abandon_episode(&item.instance.instance_id, item.lock, at(60_000), None)
+            .await
+            .expect("abandon_episode");
+    }
+    assert!(fetch(&store, at(1_000)).await.is_none(), "`a` and `b` are held");
+
+    store
+        .send_message(&id("a"), terminate("client", at(1_000)))
+        .await
+        .expect("send_message");
+    let a = fetch_one(&store, "a", at(1_000)).await;
+    assert_eq!(
+        labels(&a.messages),
+        ["ExecutionStarted", "x1", "ExecutionTerminated"],
+        "a client's terminate ends the hold"
+    );
+
+    let mut c = commit_for(&parent, RuntimeStatus::Running, at(2_000));
+    c.messages = vec![(id("b"), terminate("parent", at(2_000)))];
+    commit(&store, c).await;
+    let b = fetch_one(&store, "b", at(2_000)).await;
+    assert_eq!(
+        labels(&b.messages),
+        ["ExecutionStarted", "x1", "ExecutionTerminated"],
+        "a terminate from a commit ends the hold"
+    );
 }
 
 /// `next_wake_time` is the earliest time work becomes visible (or a lease expires).

@@ -63,7 +63,8 @@ struct Inst {
     lock: Option<(u64, Timestamp)>,
     ready_key: Option<Timestamp>,
     /// Set by [`Store::abandon_episode`]: not taken before this (its messages keep their
-    /// own times, so they keep their order). Cleared by the next commit.
+    /// own times, so they keep their order). Cleared by the next commit, or a terminate
+    /// ([`super::ends_hold`]).
     not_before: Option<Timestamp>,
 }
 
@@ -125,6 +126,9 @@ impl Data {
         let Some(inst) = self.instances.get_mut(id) else {
             return false;
         };
+        if super::ends_hold(&message.event) {
+            inst.not_before = None;
+        }
         inst.inbox.insert(message.id, message);
         self.refresh_ready(id);
         true

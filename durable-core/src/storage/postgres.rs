@@ -146,8 +146,9 @@ ALTER TABLE {s}.activities ADD COLUMN heartbeat TEXT;
 ALTER TABLE {s}.activities ADD COLUMN heartbeat_timeout BIGINT;
 ",
     r"
--- The hold an abandoned episode left (ms; NULL: none), cleared by the next commit: the
--- instance is not taken before it, while its messages keep their own times (and order).
+-- The hold an abandoned episode left (ms; NULL: none), cleared by the next commit or a
+-- terminate: the instance is not taken before it, while its messages keep their own times
+-- (and order).
 ALTER TABLE {s}.instances ADD COLUMN not_before BIGINT;
 -- `due_at` honours the hold (a generated column's expression cannot be altered before
 -- PostgreSQL 17: it is dropped, with its index, and added again).
@@ -275,7 +276,7 @@ impl PostgresOptions {
 ///
 /// | table | holds |
 /// | --- | --- |
-/// | `instances` | one row per instance: the [`InstanceRecord`], its earliest message time (`ready_at`), its lease (`lock_token`, `locked_until`), the hold an abandoned episode left (`not_before`, until the next commit) and `due_at`, when a worker may take it |
+/// | `instances` | one row per instance: the [`InstanceRecord`], its earliest message time (`ready_at`), its lease (`lock_token`, `locked_until`), the hold an abandoned episode left (`not_before`, until the next commit or a terminate) and `due_at`, when a worker may take it |
 /// | `history` | the current execution's [`HistoryEvent`]s by `(instance_id, idx)` |
 /// | `inbox` | [`Message`]s by `(instance_id, seq)`, read in `(visible_at, seq)` order |
 /// | `activities` | activity tasks; `visible_at` is when one may be taken (while leased: the lease expiry); a leased task's latest heartbeat details (`heartbeat`), and its heartbeat timeout, which caps its lease |
@@ -884,7 +885,7 @@ impl PostgresStore {
             .iter()
             .map(|(_, lock)| to_i64(lock.0))
             .collect();
-        let (handed, consume, history, update, enqueue_tasks, enqueue, ready) = tokio::try_join!(
+        let (handed, consume, history, update, enqueue_tasks, enqueue, ready, release) = tokio::try_join!(
             tx.prepare_cached(&sql.complete_handed_off),
             tx.prepare_cached(&sql.consume),
             tx.prepare_cached(if c.next_execution.is_some() {
@@ -896,6 +897,7 @@ impl PostgresStore {
             tx.prepare_cached(&sql.enqueue_activities),
             tx.prepare_cached(&sql.enqueue),
             tx.prepare_cached(&sql.refresh_ready),
+            tx.prepare_cached(&sql.release_holds),
         )?;
         // The own row's `ready_at` is set by `update_record`; others' by `refresh_ready`.
         batch.touched.remove(key);
@@ -954,6 +956,13 @@ impl PostgresStore {
                     Ok(0)
                 } else {
                     tx.execute(&ready, &[&touched]).await
+                }
+            },
+            async {
+                if batch.released.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&release, &[&batch.released]).await
                 }
             },
         )?;
@@ -1564,6 +1573,7 @@ struct Sql {
     enqueue: String,
     refresh_ready: String,
     hold_record: String,
+    release_holds: String,
     enqueue_activities: String,
     complete_activity: String,
     release_activity: String,
@@ -1659,6 +1669,9 @@ impl Sql {
                 SET status = $2, record = $3, lock_token = NULL, locked_until = NULL,
                     not_before = $4
                 WHERE id = $1"),
+            // Ends the holds of the instances in $1 (a terminate arrived: `ends_hold`).
+            release_holds: s("UPDATE {s}.instances SET not_before = NULL
+                WHERE id = ANY($1) AND not_before IS NOT NULL"),
             delete_instance: s("DELETE FROM {s}.instances WHERE id = $1"),
             delete_history: s("DELETE FROM {s}.history WHERE instance_id = $1"),
             delete_inbox: s("DELETE FROM {s}.inbox WHERE instance_id = $1"),
@@ -1760,13 +1773,14 @@ impl Sql {
 }
 
 /// Messages to enqueue in one statement at the end of a transaction, plus the instances
-/// whose `ready_at` must be recomputed.
+/// whose `ready_at` must be recomputed and those whose hold a terminate ends.
 #[derive(Default)]
 struct Enqueue {
     ids: Vec<String>,
     visible_at: Vec<i64>,
     messages: Vec<String>,
     touched: BTreeSet<String>,
+    released: Vec<String>,
 }
 
 impl Enqueue {
@@ -1775,6 +1789,9 @@ impl Enqueue {
         self.visible_at.push(ts(message.id.visible_at));
         self.messages.push(serde_json::to_string(message)?);
         self.touch(id);
+        if super::ends_hold(&message.event) {
+            self.released.push(id.to_owned());
+        }
         Ok(())
     }
 
@@ -1784,12 +1801,20 @@ impl Enqueue {
 
     async fn flush(self, store: &PostgresStore, tx: &Transaction<'_>) -> R<()> {
         let sql = &store.inner.sql;
-        let (enqueue, ready) = tokio::try_join!(
+        let (enqueue, ready, release) = tokio::try_join!(
             tx.prepare_cached(&sql.enqueue),
             tx.prepare_cached(&sql.refresh_ready),
+            tx.prepare_cached(&sql.release_holds),
         )?;
         let touched: Vec<String> = self.touched.into_iter().collect();
         tokio::try_join!(
+            async {
+                if self.released.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&release, &[&self.released]).await
+                }
+            },
             async {
                 if self.ids.is_empty() {
                     Ok(0)

@@ -377,7 +377,7 @@ fn open_error(what: &str, e: OpenError) -> StoreError {
 /// | `history` | (instance id, index) | [`HistoryEvent`] |
 /// | `inbox` | (instance id, visible at, seq) | [`Message`] |
 /// | `ready` | (when it may be taken, instance id) | — one row per instance with messages: its earliest visibility, or the end of its hold if later |
-/// | `holds` | instance id | not before — an instance held back by an abandoned episode, until its next commit |
+/// | `holds` | instance id | not before — an instance held back by an abandoned episode, until its next commit or a terminate |
 /// | `activities` | (visible at, task id) | [`ActivityTask`] |
 /// | `activity_owners` | (instance id, task id) | visible at — finds an instance's tasks |
 ///
@@ -985,12 +985,16 @@ impl<'t> Tables<'t> {
             return Ok(false);
         }
         let first = inbox_first(&self.inbox, id)?;
-        let hold = self.hold(id)?;
+        let mut hold = self.hold(id)?;
+        let before = first.map(|f| f.max(hold));
+        if hold > 0 && super::ends_hold(&message.event) {
+            self.holds.remove(id)?;
+            hold = 0;
+        }
         let vis = ts(message.id.visible_at);
         let bytes = serde_json::to_vec(&message)?;
         self.inbox
             .insert((id, vis, message.id.seq), bytes.as_slice())?;
-        let before = first.map(|f| f.max(hold));
         let after = Some(first.map_or(vis, |f| f.min(vis)).max(hold));
         self.fix_ready(id, before, after)?;
         Ok(true)
