@@ -1939,13 +1939,21 @@ pub async fn abandon_episode_keeps_arrival_order(store: Arc<dyn Store>) {
     assert!(fetch(&store, at(5_999)).await.is_none());
     let after = fetch_one(&store, "a", at(6_000)).await;
     assert_eq!(names(&after.messages), ["x3"]);
-    commit(&store, commit_for(&after, RuntimeStatus::Running, at(6_000))).await;
+    commit(
+        &store,
+        commit_for(&after, RuntimeStatus::Running, at(6_000)),
+    )
+    .await;
     assert_eq!(
         store.next_wake_time().await.expect("next_wake_time"),
         Some(at(9_000))
     );
     let last = fetch_one(&store, "a", at(9_000)).await;
-    assert_eq!(names(&last.messages), ["timer2"], "the later timer keeps its time");
+    assert_eq!(
+        names(&last.messages),
+        ["timer2"],
+        "the later timer keeps its time"
+    );
 }
 
 /// A terminate ends an instance's hold ([`super::ends_hold`]): sent by a client or by
@@ -1977,7 +1985,10 @@ pub async fn a_terminate_ends_the_hold(store: Arc<dyn Store>) {
             .await
             .expect("abandon_episode");
     }
-    assert!(fetch(&store, at(1_000)).await.is_none(), "`a` and `b` are held");
+    assert!(
+        fetch(&store, at(1_000)).await.is_none(),
+        "`a` and `b` are held"
+    );
 
     store
         .send_message(&id("a"), terminate("client", at(1_000)))

@@ -114,7 +114,9 @@ impl Data {
         }
         if inst.lock.is_none() {
             if let Some((first, _)) = inst.inbox.first_key_value() {
-                let at = inst.not_before.map_or(first.visible_at, |t| t.max(first.visible_at));
+                let at = inst
+                    .not_before
+                    .map_or(first.visible_at, |t| t.max(first.visible_at));
                 inst.ready_key = Some(at);
                 self.ready.insert((at, id.to_owned()));
             }
