@@ -2235,6 +2235,53 @@ mod tests {
         );
     }
 
+    /// A file written before instance holds (it has no `holds` table) opens, and an
+    /// abandoned episode then holds its instance back without moving its messages.
+    #[tokio::test]
+    async fn a_file_without_the_holds_table_opens_and_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let t0 = Timestamp::from_unix_millis(1_000_000);
+        let id = InstanceId::new("i").unwrap();
+        {
+            let store = RedbStore::open(&path).unwrap();
+            let new = NewInstance::new(id.clone(), "Job", "null".into(), t0);
+            store.create_instance(new).await.unwrap();
+        }
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            assert!(txn.delete_table(HOLDS).unwrap(), "a store has the table");
+            txn.commit().unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        let lock_for = Duration::from_secs(60);
+        let item = store
+            .fetch_orchestration_work(t0, lock_for)
+            .await
+            .unwrap()
+            .expect("the instance is ready");
+        let retry_at = t0 + Duration::from_secs(5);
+        store
+            .abandon_episode(&id, item.lock, retry_at, None)
+            .await
+            .unwrap();
+        let held = t0 + Duration::from_millis(4_999);
+        assert!(
+            store
+                .fetch_orchestration_work(held, lock_for)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let again = store
+            .fetch_orchestration_work(retry_at, lock_for)
+            .await
+            .unwrap()
+            .expect("ready at retry_at");
+        assert_eq!(again.messages, item.messages, "the messages did not move");
+    }
+
     type Damage = Box<dyn Fn(&mut Vec<u8>)>;
 
     /// Damaged files give errors (or, where redb does not notice, a working store), never a
