@@ -88,6 +88,8 @@ macro_rules! conformance_tests {
             heartbeat_timeout_caps_the_lease,
             heartbeat_details_survive_the_lease,
             abandon_episode_delays_messages,
+            abandon_episode_keeps_arrival_order,
+            a_terminate_ends_the_hold,
             next_wake_time,
             queue_depths,
             send_message_errors,
@@ -976,9 +978,71 @@ mod postgres {
         let msg = err.to_string();
         eprintln!("{msg}");
         assert!(
-            msg.contains("schema version 99") && msg.contains("up to 2"),
+            msg.contains("schema version 99") && msg.contains("up to 3"),
             "{msg}"
         );
+    }
+
+    /// Takes a hub back to schema version 2: no instance holds, `due_at` as version 2
+    /// computed it.
+    async fn to_version_2(url: &str, hub: &str) {
+        sql(
+            url,
+            &format!(
+                "ALTER TABLE \"{hub}\".instances DROP COLUMN due_at, DROP COLUMN not_before;
+                 ALTER TABLE \"{hub}\".instances ADD COLUMN due_at BIGINT GENERATED ALWAYS AS (
+                     CASE WHEN lock_token IS NULL THEN ready_at
+                          WHEN ready_at IS NULL THEN NULL
+                          ELSE GREATEST(locked_until, ready_at) END) STORED;
+                 CREATE INDEX instances_due ON \"{hub}\".instances (due_at, id);
+                 DELETE FROM \"{hub}\".schema_version WHERE version = 3;"
+            ),
+        )
+        .await;
+    }
+
+    /// A hub of schema version 2 (before instance holds) is migrated in place on connect:
+    /// an instance waiting under version 2 is still due, and an abandoned episode then holds
+    /// it back without moving its messages.
+    #[tokio::test]
+    async fn a_version_2_hub_is_migrated_with_its_waiting_instances() {
+        let Some(url) = url() else { return };
+        let hub = fresh_hub();
+        let a = InstanceId::new("a").unwrap();
+        {
+            let store = connect(&url, &hub).await;
+            let new = NewInstance::new(a.clone(), "Job", "null".into(), T0);
+            store.create_instance(new).await.unwrap();
+        }
+        to_version_2(&url, &hub).await;
+        let store = connect(&url, &hub).await;
+        let item = store
+            .fetch_orchestration_work(T0, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .expect("the instance created under version 2 is due");
+        let retry_at = T0 + Duration::from_secs(5);
+        store
+            .abandon_episode(&a, item.lock, retry_at, None)
+            .await
+            .unwrap();
+        let held = T0 + Duration::from_millis(4_999);
+        assert!(
+            store
+                .fetch_orchestration_work(held, Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_none(),
+            "held until retry_at"
+        );
+        assert_eq!(store.next_wake_time().await.unwrap(), Some(retry_at));
+        let again = store
+            .fetch_orchestration_work(retry_at, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .expect("due at retry_at");
+        assert_eq!(again.messages, item.messages, "the messages did not move");
+        store.drop_task_hub().await.unwrap();
     }
 
     /// A hub of schema version 1 (before heartbeats) is migrated in place on connect: a task
@@ -989,6 +1053,7 @@ mod postgres {
         let hub = fresh_hub();
         drop(connect(&url, &hub).await);
         // Back to version 1, with a task queued by a version-1 build.
+        to_version_2(&url, &hub).await;
         sql(
             &url,
             &format!(
@@ -1074,7 +1139,7 @@ mod postgres {
             .await
             .unwrap();
         let versions: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-        assert_eq!(versions, [1, 2], "each migration recorded once");
+        assert_eq!(versions, [1, 2, 3], "each migration recorded once");
         stores[0].drop_task_hub().await.unwrap();
     }
 

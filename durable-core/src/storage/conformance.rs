@@ -52,6 +52,8 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         heartbeat_timeout_caps_the_lease,
         heartbeat_details_survive_the_lease,
         abandon_episode_delays_messages,
+        abandon_episode_keeps_arrival_order,
+        a_terminate_ends_the_hold,
         next_wake_time,
         queue_depths,
         send_message_errors,
@@ -1800,7 +1802,7 @@ pub async fn abandon_activity_delays_task(store: Arc<dyn Store>) {
     assert_eq!(again[0].task, task("a", 0, "one", "1"));
 }
 
-/// Abandoning an episode delays its messages to `retry_at` and records the error.
+/// Abandoning an episode holds the instance back until `retry_at` and records the error.
 pub async fn abandon_episode_delays_messages(store: Arc<dyn Store>) {
     create(&store, new_instance("a", "Job", "null", T0)).await;
     store
@@ -1831,10 +1833,9 @@ pub async fn abandon_episode_delays_messages(store: Arc<dyn Store>) {
 
     let again = fetch_one(&store, "a", at(5_000)).await;
     assert_eq!(labels(&again.messages), ["ExecutionStarted"]);
-    assert_eq!(again.messages[0].id.visible_at, at(5_000));
     assert_eq!(
-        again.messages[0].id.seq, item.messages[0].id.seq,
-        "arrival order is kept"
+        again.messages[0].id, item.messages[0].id,
+        "the message keeps its own id (visibility and arrival)"
     );
     commit(
         &store,
@@ -1851,6 +1852,163 @@ pub async fn abandon_episode_delays_messages(store: Arc<dyn Store>) {
         labels(&later.messages),
         ["later"],
         "later messages keep their own time"
+    );
+}
+
+/// Abandoning an episode holds the *instance* back, not its messages: a message that
+/// arrives during the hold (visible at once) waits for `retry_at` too and is delivered after
+/// the ones that arrived before it, and timers keep their own times. A commit ends the hold.
+pub async fn abandon_episode_keeps_arrival_order(store: Arc<dyn Store>) {
+    /// Raised events by name, timers by their seq.
+    fn names(messages: &[Message]) -> Vec<String> {
+        messages
+            .iter()
+            .map(|m| match &m.event {
+                Event::TimerFired { seq, .. } => format!("timer{seq}"),
+                _ => labels(std::slice::from_ref(m)).remove(0),
+            })
+            .collect()
+    }
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    let a = id("a");
+    let send = |m: Message| {
+        let store = Arc::clone(&store);
+        let a = a.clone();
+        async move { store.send_message(&a, m).await.expect("send_message") }
+    };
+    send(raised("x1", T0)).await;
+    // Timers due during the hold (3 s) and after it (9 s).
+    send(timer(1, at(3_000))).await;
+    send(timer(2, at(9_000))).await;
+    let item = fetch_one(&store, "a", T0).await;
+    assert_eq!(names(&item.messages), ["ExecutionStarted", "x1"]);
+    store
+        .abandon_episode(&a, item.lock, at(5_000), Some("held".into()))
+        .await
+        .expect("abandon_episode");
+    // Arrives during the hold, visible at once.
+    send(raised("x2", at(1_000))).await;
+
+    assert!(
+        fetch(&store, at(1_000)).await.is_none(),
+        "a message that arrives during the hold does not end it"
+    );
+    assert!(
+        fetch(&store, at(4_999)).await.is_none(),
+        "the instance is held until retry_at, with its due timer"
+    );
+    assert_eq!(
+        depths(&store, at(4_999)).await,
+        (0, 0, 0),
+        "a held instance is not ready, nor are its due timers"
+    );
+    assert_eq!(depths(&store, at(5_000)).await, (1, 0, 1));
+    for kind in [None, Some(WorkKind::Orchestration)] {
+        let wake = match kind {
+            None => store.next_wake_time().await,
+            Some(k) => store.next_wake_time_for(k).await,
+        };
+        assert_eq!(
+            wake.expect("next_wake_time"),
+            Some(at(5_000)),
+            "a held instance wakes its dispatcher at retry_at ({kind:?})"
+        );
+    }
+
+    let again = fetch_one(&store, "a", at(5_000)).await;
+    assert_eq!(
+        names(&again.messages),
+        ["ExecutionStarted", "x1", "x2", "timer1"],
+        "arrival order is kept across the hold; the later timer is not due"
+    );
+    assert_eq!(
+        &again.messages[..2],
+        &item.messages[..],
+        "messages keep their ids (visibility and arrival)"
+    );
+    assert_eq!(again.messages[2].id.visible_at, at(1_000));
+    assert_eq!(again.messages[3].id.visible_at, at(3_000));
+    commit(
+        &store,
+        commit_for(&again, RuntimeStatus::Running, at(5_000)),
+    )
+    .await;
+
+    // The commit ended the hold: new work is taken when it is visible.
+    send(raised("x3", at(6_000))).await;
+    assert!(fetch(&store, at(5_999)).await.is_none());
+    let after = fetch_one(&store, "a", at(6_000)).await;
+    assert_eq!(names(&after.messages), ["x3"]);
+    commit(
+        &store,
+        commit_for(&after, RuntimeStatus::Running, at(6_000)),
+    )
+    .await;
+    assert_eq!(
+        store.next_wake_time().await.expect("next_wake_time"),
+        Some(at(9_000))
+    );
+    let last = fetch_one(&store, "a", at(9_000)).await;
+    assert_eq!(
+        names(&last.messages),
+        ["timer2"],
+        "the later timer keeps its time"
+    );
+}
+
+/// A terminate ends an instance's hold ([`super::ends_hold`]): sent by a client or by
+/// another instance's commit (a parent's), it is taken at once, after the messages that
+/// arrived before it.
+pub async fn a_terminate_ends_the_hold(store: Arc<dyn Store>) {
+    fn terminate(reason: &str, now: Timestamp) -> Message {
+        let reason = reason.to_owned();
+        let event = Event::ExecutionTerminated {
+            reason,
+            child_of: None,
+        };
+        Message::new(event, None, now)
+    }
+    for name in ["a", "b", "parent"] {
+        create(&store, new_instance(name, "Job", "null", T0)).await;
+    }
+    for name in ["a", "b"] {
+        store
+            .send_message(&id(name), raised("x1", T0))
+            .await
+            .expect("send_message");
+    }
+    let mut items = fetch_all(&store, T0).await;
+    let parent = items.pop().expect("`parent` is fetched last (by id)");
+    for item in &items {
+        store
+            .abandon_episode(&item.instance.instance_id, item.lock, at(60_000), None)
+            .await
+            .expect("abandon_episode");
+    }
+    assert!(
+        fetch(&store, at(1_000)).await.is_none(),
+        "`a` and `b` are held"
+    );
+
+    store
+        .send_message(&id("a"), terminate("client", at(1_000)))
+        .await
+        .expect("send_message");
+    let a = fetch_one(&store, "a", at(1_000)).await;
+    assert_eq!(
+        labels(&a.messages),
+        ["ExecutionStarted", "x1", "ExecutionTerminated"],
+        "a client's terminate ends the hold"
+    );
+
+    let mut c = commit_for(&parent, RuntimeStatus::Running, at(2_000));
+    c.messages = vec![(id("b"), terminate("parent", at(2_000)))];
+    commit(&store, c).await;
+    let b = fetch_one(&store, "b", at(2_000)).await;
+    assert_eq!(
+        labels(&b.messages),
+        ["ExecutionStarted", "x1", "ExecutionTerminated"],
+        "a terminate from a commit ends the hold"
     );
 }
 

@@ -44,7 +44,8 @@ struct Shared {
 #[derive(Debug, Default)]
 struct Data {
     instances: BTreeMap<String, Inst>,
-    /// Unlocked instances with messages, keyed by their earliest visibility.
+    /// Unlocked instances with messages, keyed by when they may be taken: their earliest
+    /// visibility, or the end of their hold if later.
     ready: BTreeSet<(Timestamp, String)>,
     /// Locked instances by lease expiry.
     orch_leases: BTreeSet<(Timestamp, String)>,
@@ -61,6 +62,10 @@ struct Inst {
     inbox: BTreeMap<MessageId, Message>,
     lock: Option<(u64, Timestamp)>,
     ready_key: Option<Timestamp>,
+    /// Set by [`Store::abandon_episode`]: not taken before this (its messages keep their
+    /// own times, so they keep their order). Cleared by the next commit, or a terminate
+    /// ([`super::ends_hold`]).
+    not_before: Option<Timestamp>,
 }
 
 impl MemoryStore {
@@ -109,8 +114,11 @@ impl Data {
         }
         if inst.lock.is_none() {
             if let Some((first, _)) = inst.inbox.first_key_value() {
-                inst.ready_key = Some(first.visible_at);
-                self.ready.insert((first.visible_at, id.to_owned()));
+                let at = inst
+                    .not_before
+                    .map_or(first.visible_at, |t| t.max(first.visible_at));
+                inst.ready_key = Some(at);
+                self.ready.insert((at, id.to_owned()));
             }
         }
     }
@@ -120,6 +128,9 @@ impl Data {
         let Some(inst) = self.instances.get_mut(id) else {
             return false;
         };
+        if super::ends_hold(&message.event) {
+            inst.not_before = None;
+        }
         inst.inbox.insert(message.id, message);
         self.refresh_ready(id);
         true
@@ -183,6 +194,7 @@ impl Data {
                 inbox: BTreeMap::new(),
                 lock: None,
                 ready_key: None,
+                not_before: None,
             },
         );
         self.enqueue(&key, start);
@@ -472,6 +484,7 @@ impl Store for MemoryStore {
                 r.failure = None;
             }
             let (_, until) = inst.lock.take().expect("lock checked above");
+            inst.not_before = None;
             d.orch_leases.remove(&(until, key.clone()));
             if let Some(next) = commit.next_execution {
                 for m in next.messages {
@@ -538,14 +551,8 @@ impl Store for MemoryStore {
                 .expect("lock check proved the instance exists");
             let (_, until) = inst.lock.take().expect("lock checked above");
             inst.record.last_error = error;
-            // Delay the messages by re-keying them to retry_at.
-            let msgs: Vec<Message> = std::mem::take(&mut inst.inbox).into_values().collect();
-            for mut m in msgs {
-                if m.id.visible_at < retry_at {
-                    m.id.visible_at = retry_at;
-                }
-                inst.inbox.insert(m.id, m);
-            }
+            // Hold the instance, not its messages: they keep their times and their order.
+            inst.not_before = Some(retry_at);
             d.orch_leases.remove(&(until, key.clone()));
             d.refresh_ready(&key);
         }

@@ -346,6 +346,26 @@ pub fn accepts_message(status: RuntimeStatus, event: &Event) -> bool {
         || (status == RuntimeStatus::Failed && matches!(event, Event::ExecutionRewound { .. }))
 }
 
+/// `true` for the messages that end an instance's hold ([`Store::abandon_episode`]) when
+/// they arrive: a terminate, which applies at once even to an instance waiting for its
+/// scheduled start or held back after a failed episode. Every other message waits for the
+/// hold to end. Every store's enqueue (sent, or from a commit) follows this.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::history::Event;
+/// use durable_core::storage::ends_hold;
+///
+/// let terminate = Event::ExecutionTerminated { reason: "stop".into(), child_of: None };
+/// assert!(ends_hold(&terminate));
+/// let raised = Event::EventRaised { name: "x".into(), input: "1".into() };
+/// assert!(!ends_hold(&raised));
+/// ```
+pub fn ends_hold(event: &Event) -> bool {
+    matches!(event, Event::ExecutionTerminated { .. })
+}
+
 /// `true` for the requests whose acceptance depends on the instance's suspended state
 /// (suspend and resume); a store checks them with [`check_control`].
 pub fn is_control_request(event: &Event) -> bool {
@@ -910,8 +930,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         Ok(Vec::new())
     }
 
-    /// Releases a lease without changes; the messages become visible again at `retry_at`.
-    /// `error` is shown in the instance's status.
+    /// Releases a lease without changes and holds the instance back until `retry_at`: no
+    /// fetch takes it earlier, not even for messages that arrive meanwhile, and
+    /// [`next_wake_time`](Store::next_wake_time) and [`queue_depths`](Store::queue_depths)
+    /// count it from then. Its messages keep their own visibility, so they are delivered in
+    /// the order they always had (a message that arrives during the hold comes after those
+    /// that arrived before it). The hold ends with the instance's next commit (a later
+    /// abandon replaces it), or when a terminate arrives ([`ends_hold`]). `error` is shown
+    /// in the instance's status.
     async fn abandon_episode(
         &self,
         instance_id: &InstanceId,

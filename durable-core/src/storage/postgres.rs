@@ -31,7 +31,7 @@ use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 
 /// The schema version this build creates and understands.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 /// First key of the advisory lock that serialises migrations (the second is the hub's hash).
 const MIGRATION_LOCK: i32 = 0x6475_7261; // "dura"
 /// How often a transaction that Postgres aborted (deadlock, serialisation) is retried.
@@ -144,6 +144,21 @@ CREATE INDEX activities_instance ON {s}.activities (instance_id);
 ALTER TABLE {s}.activities ADD COLUMN heartbeat TEXT;
 -- The task's heartbeat timeout (ms): it is leased for no longer than this.
 ALTER TABLE {s}.activities ADD COLUMN heartbeat_timeout BIGINT;
+",
+    r"
+-- The hold an abandoned episode left (ms; NULL: none), cleared by the next commit or a
+-- terminate: the instance is not taken before it, while its messages keep their own times
+-- (and order).
+ALTER TABLE {s}.instances ADD COLUMN not_before BIGINT;
+-- `due_at` honours the hold (a generated column's expression cannot be altered before
+-- PostgreSQL 17: it is dropped, with its index, and added again).
+ALTER TABLE {s}.instances DROP COLUMN due_at;
+ALTER TABLE {s}.instances ADD COLUMN due_at BIGINT GENERATED ALWAYS AS (
+    CASE WHEN ready_at IS NULL THEN NULL
+         WHEN lock_token IS NULL THEN GREATEST(ready_at, not_before)
+         ELSE GREATEST(locked_until, ready_at, not_before) END
+) STORED;
+CREATE INDEX instances_due ON {s}.instances (due_at, id);
 ",
 ];
 
@@ -261,7 +276,7 @@ impl PostgresOptions {
 ///
 /// | table | holds |
 /// | --- | --- |
-/// | `instances` | one row per instance: the [`InstanceRecord`], its earliest message time (`ready_at`), its lease (`lock_token`, `locked_until`) and `due_at`, when a worker may take it |
+/// | `instances` | one row per instance: the [`InstanceRecord`], its earliest message time (`ready_at`), its lease (`lock_token`, `locked_until`), the hold an abandoned episode left (`not_before`, until the next commit or a terminate) and `due_at`, when a worker may take it |
 /// | `history` | the current execution's [`HistoryEvent`]s by `(instance_id, idx)` |
 /// | `inbox` | [`Message`]s by `(instance_id, seq)`, read in `(visible_at, seq)` order |
 /// | `activities` | activity tasks; `visible_at` is when one may be taken (while leased: the lease expiry); a leased task's latest heartbeat details (`heartbeat`), and its heartbeat timeout, which caps its lease |
@@ -870,7 +885,7 @@ impl PostgresStore {
             .iter()
             .map(|(_, lock)| to_i64(lock.0))
             .collect();
-        let (handed, consume, history, update, enqueue_tasks, enqueue, ready) = tokio::try_join!(
+        let (handed, consume, history, update, enqueue_tasks, enqueue, ready, release) = tokio::try_join!(
             tx.prepare_cached(&sql.complete_handed_off),
             tx.prepare_cached(&sql.consume),
             tx.prepare_cached(if c.next_execution.is_some() {
@@ -882,6 +897,7 @@ impl PostgresStore {
             tx.prepare_cached(&sql.enqueue_activities),
             tx.prepare_cached(&sql.enqueue),
             tx.prepare_cached(&sql.refresh_ready),
+            tx.prepare_cached(&sql.release_holds),
         )?;
         // The own row's `ready_at` is set by `update_record`; others' by `refresh_ready`.
         batch.touched.remove(key);
@@ -942,6 +958,13 @@ impl PostgresStore {
                     tx.execute(&ready, &[&touched]).await
                 }
             },
+            async {
+                if batch.released.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&release, &[&batch.released]).await
+                }
+            },
         )?;
         self.notify(
             tx,
@@ -980,14 +1003,10 @@ impl PostgresStore {
         record.last_error = error.map(str::to_owned);
         let json = serde_json::to_string(&record)?;
         let status = record.status.as_str();
-        let retry = ts(retry_at);
-        let (delay, update) = tokio::try_join!(
-            tx.prepare_cached(&sql.delay_inbox),
-            tx.prepare_cached(&sql.update_record),
-        )?;
-        tokio::try_join!(async { tx.execute(&delay, &[&key, &retry]).await }, async {
-            tx.execute(&update, &[&key, &status, &json]).await
-        },)?;
+        // Hold the instance, not its messages: they keep their times and their order.
+        let hold = tx.prepare_cached(&sql.hold_record).await?;
+        tx.execute(&hold, &[&key, &status, &json, &ts(retry_at)])
+            .await?;
         self.notify(tx, Wake::ORCHESTRATION).await
     }
 
@@ -1553,7 +1572,8 @@ struct Sql {
     consume: String,
     enqueue: String,
     refresh_ready: String,
-    delay_inbox: String,
+    hold_record: String,
+    release_holds: String,
     enqueue_activities: String,
     complete_activity: String,
     release_activity: String,
@@ -1634,14 +1654,24 @@ impl Sql {
             ),
             replace_instance: s("UPDATE {s}.instances
                 SET name = $2, status = $3, created_at = $4, record = $5,
-                    ready_at = NULL, lock_token = NULL, locked_until = NULL
+                    ready_at = NULL, lock_token = NULL, locked_until = NULL, not_before = NULL
                 WHERE id = $1"),
-            // Ends the lease; run after the inbox changes, whose first time it records.
+            // Ends the lease and the hold; run after the inbox changes, whose first time it
+            // records.
             update_record: s("UPDATE {s}.instances
                 SET status = $2, record = $3, lock_token = NULL, locked_until = NULL,
+                    not_before = NULL,
                     ready_at = (SELECT MIN(m.visible_at) FROM {s}.inbox m
                                 WHERE m.instance_id = $1)
                 WHERE id = $1"),
+            // Ends the lease and holds the instance until $4 (its inbox is unchanged).
+            hold_record: s("UPDATE {s}.instances
+                SET status = $2, record = $3, lock_token = NULL, locked_until = NULL,
+                    not_before = $4
+                WHERE id = $1"),
+            // Ends the holds of the instances in $1 (a terminate arrived: `ends_hold`).
+            release_holds: s("UPDATE {s}.instances SET not_before = NULL
+                WHERE id = ANY($1) AND not_before IS NOT NULL"),
             delete_instance: s("DELETE FROM {s}.instances WHERE id = $1"),
             delete_history: s("DELETE FROM {s}.history WHERE instance_id = $1"),
             delete_inbox: s("DELETE FROM {s}.inbox WHERE instance_id = $1"),
@@ -1665,8 +1695,6 @@ impl Sql {
                                     WHERE m.instance_id = u.id) AS first
                       FROM unnest($1::text[]) AS u(id)) x
                 WHERE i.id = x.id AND i.ready_at IS DISTINCT FROM x.first"),
-            delay_inbox: s("UPDATE {s}.inbox SET visible_at = $2
-                WHERE instance_id = $1 AND visible_at < $2"),
             enqueue_activities: s(
                 "INSERT INTO {s}.activities (id, instance_id, visible_at, task, heartbeat_timeout)
                 SELECT nextval('{s}.ids'), t.instance_id, $2, t.task, t.heartbeat_timeout
@@ -1745,13 +1773,14 @@ impl Sql {
 }
 
 /// Messages to enqueue in one statement at the end of a transaction, plus the instances
-/// whose `ready_at` must be recomputed.
+/// whose `ready_at` must be recomputed and those whose hold a terminate ends.
 #[derive(Default)]
 struct Enqueue {
     ids: Vec<String>,
     visible_at: Vec<i64>,
     messages: Vec<String>,
     touched: BTreeSet<String>,
+    released: Vec<String>,
 }
 
 impl Enqueue {
@@ -1760,6 +1789,9 @@ impl Enqueue {
         self.visible_at.push(ts(message.id.visible_at));
         self.messages.push(serde_json::to_string(message)?);
         self.touch(id);
+        if super::ends_hold(&message.event) {
+            self.released.push(id.to_owned());
+        }
         Ok(())
     }
 
@@ -1769,12 +1801,20 @@ impl Enqueue {
 
     async fn flush(self, store: &PostgresStore, tx: &Transaction<'_>) -> R<()> {
         let sql = &store.inner.sql;
-        let (enqueue, ready) = tokio::try_join!(
+        let (enqueue, ready, release) = tokio::try_join!(
             tx.prepare_cached(&sql.enqueue),
             tx.prepare_cached(&sql.refresh_ready),
+            tx.prepare_cached(&sql.release_holds),
         )?;
         let touched: Vec<String> = self.touched.into_iter().collect();
         tokio::try_join!(
+            async {
+                if self.released.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&release, &[&self.released]).await
+                }
+            },
             async {
                 if self.ids.is_empty() {
                     Ok(0)

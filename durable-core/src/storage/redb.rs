@@ -35,8 +35,11 @@ const INSTANCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("instan
 const HISTORY: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("history");
 /// Inboxes: (instance, visible at, seq), so an instance's messages come in delivery order.
 const INBOX: TableDefinition<'_, (&str, u64, u64), &[u8]> = TableDefinition::new("inbox");
-/// One row per instance with messages, keyed by its earliest visibility.
+/// One row per instance with messages, keyed by when it may be taken: its earliest
+/// visibility, or the end of its hold (`HOLDS`) if later.
 const READY: TableDefinition<'_, (u64, &str), ()> = TableDefinition::new("ready");
+/// Instances held back by [`Store::abandon_episode`]: instance id → not before (ms).
+const HOLDS: TableDefinition<'_, &str, u64> = TableDefinition::new("holds");
 /// Activity queue: (visible at, task id).
 const ACTIVITIES: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("activities");
 /// An instance's queued tasks: (instance, task id) -> visible at. Used by purge and replace.
@@ -373,7 +376,8 @@ fn open_error(what: &str, e: OpenError) -> StoreError {
 /// | `instances` | instance id | [`InstanceRecord`] |
 /// | `history` | (instance id, index) | [`HistoryEvent`] |
 /// | `inbox` | (instance id, visible at, seq) | [`Message`] |
-/// | `ready` | (earliest visible at, instance id) | — one row per instance with messages |
+/// | `ready` | (when it may be taken, instance id) | — one row per instance with messages: its earliest visibility, or the end of its hold if later |
+/// | `holds` | instance id | not before — an instance held back by an abandoned episode, until its next commit or a terminate |
 /// | `activities` | (visible at, task id) | [`ActivityTask`] |
 /// | `activity_owners` | (instance id, task id) | visible at — finds an instance's tasks |
 ///
@@ -920,6 +924,7 @@ struct Tables<'t> {
     history: Table<'t, (&'static str, u64), &'static [u8]>,
     inbox: Table<'t, (&'static str, u64, u64), &'static [u8]>,
     ready: Table<'t, (u64, &'static str), ()>,
+    holds: Table<'t, &'static str, u64>,
     activities: Table<'t, (u64, u64), &'static [u8]>,
     owners: Table<'t, (&'static str, u64), u64>,
 }
@@ -932,6 +937,7 @@ impl<'t> Tables<'t> {
             history: txn.open_table(HISTORY)?,
             inbox: txn.open_table(INBOX)?,
             ready: txn.open_table(READY)?,
+            holds: txn.open_table(HOLDS)?,
             activities: txn.open_table(ACTIVITIES)?,
             owners: txn.open_table(ACTIVITY_OWNERS)?,
         })
@@ -944,7 +950,22 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    /// Keeps `ready` equal to (first inbox visibility, id) after the inbox of `id` changed.
+    /// When `id` may be taken, as `ready` keys it: its first inbox visibility, or the end of
+    /// its hold if later; `None` when its inbox is empty.
+    fn ready_at(&self, id: &str) -> R<Option<u64>> {
+        match inbox_first(&self.inbox, id)? {
+            Some(first) => Ok(Some(first.max(self.hold(id)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// The end of the hold on `id` (0: none).
+    fn hold(&self, id: &str) -> R<u64> {
+        Ok(self.holds.get(id)?.map_or(0, |v| v.value()))
+    }
+
+    /// Keeps `ready` equal to ([`ready_at`](Self::ready_at), id) after the inbox or the hold
+    /// of `id` changed.
     fn fix_ready(&mut self, id: &str, before: Option<u64>, after: Option<u64>) -> R<()> {
         if before != after {
             if let Some(b) = before {
@@ -963,12 +984,18 @@ impl<'t> Tables<'t> {
         if self.instances.get(id)?.is_none() {
             return Ok(false);
         }
-        let before = inbox_first(&self.inbox, id)?;
+        let first = inbox_first(&self.inbox, id)?;
+        let mut hold = self.hold(id)?;
+        let before = first.map(|f| f.max(hold));
+        if hold > 0 && super::ends_hold(&message.event) {
+            self.holds.remove(id)?;
+            hold = 0;
+        }
         let vis = ts(message.id.visible_at);
         let bytes = serde_json::to_vec(&message)?;
         self.inbox
             .insert((id, vis, message.id.seq), bytes.as_slice())?;
-        let after = Some(before.map_or(vis, |b| b.min(vis)));
+        let after = Some(first.map_or(vis, |f| f.min(vis)).max(hold));
         self.fix_ready(id, before, after)?;
         Ok(true)
     }
@@ -994,8 +1021,9 @@ impl<'t> Tables<'t> {
         if self.instances.remove(id)?.is_none() {
             return Ok(false);
         }
-        let before = inbox_first(&self.inbox, id)?;
+        let before = self.ready_at(id)?;
         self.fix_ready(id, before, None)?;
+        self.holds.remove(id)?;
         self.inbox
             .retain_in((id, 0u64, 0u64)..=(id, u64::MAX, u64::MAX), |_, _| false)?;
         self.history
@@ -1085,8 +1113,9 @@ impl<'t> Tables<'t> {
                 self.history.insert((key, e.index), bytes.as_slice())?;
             }
             self.put_record(&record)?;
-            let before = inbox_first(&self.inbox, key)?;
+            let before = self.ready_at(key)?;
             self.fix_ready(key, before, None)?;
+            self.holds.remove(key)?;
             self.inbox
                 .retain_in((key, 0u64, 0u64)..=(key, u64::MAX, u64::MAX), |_, _| false)?;
             leases.unlock(key);
@@ -1169,12 +1198,14 @@ impl<'t> Tables<'t> {
                 ));
             }
         }
-        let before = inbox_first(&self.inbox, &key)?;
+        let before = self.ready_at(&key)?;
         for id in &commit.consumed {
             self.inbox
                 .remove((key.as_str(), ts(id.visible_at), id.seq))?;
         }
-        let after = inbox_first(&self.inbox, &key)?;
+        // A commit ends the hold an abandoned episode left.
+        self.holds.remove(key.as_str())?;
+        let after = self.ready_at(&key)?;
         self.fix_ready(&key, before, after)?;
         record.status = commit.status;
         record.output = commit.output;
@@ -1241,22 +1272,10 @@ impl<'t> Tables<'t> {
         record.last_error = error;
         self.put_record(&record)?;
         leases.unlock(key);
-        // Delay the messages by re-keying them to retry_at.
-        let retry = ts(retry_at);
-        let before = inbox_first(&self.inbox, key)?;
-        let early: Vec<(u64, u64, Vec<u8>)> = self
-            .inbox
-            .range((key, 0u64, 0u64)..(key, retry, 0u64))?
-            .map(|e| e.map(|(k, v)| (k.value().1, k.value().2, v.value().to_vec())))
-            .collect::<Result<_, _>>()?;
-        for (vis, seq, bytes) in early {
-            self.inbox.remove((key, vis, seq))?;
-            let mut m = inbox_message((key, vis, seq), &bytes)?;
-            m.id.visible_at = retry_at;
-            let bytes = serde_json::to_vec(&m)?;
-            self.inbox.insert((key, retry, seq), bytes.as_slice())?;
-        }
-        let after = inbox_first(&self.inbox, key)?;
+        // Hold the instance, not its messages: they keep their times and their order.
+        let before = self.ready_at(key)?;
+        self.holds.insert(key, ts(retry_at))?;
+        let after = self.ready_at(key)?;
         self.fix_ready(key, before, after)?;
         Ok(Ok(()))
     }
@@ -2214,6 +2233,53 @@ mod tests {
             meta.get(FORMAT_VERSION_KEY).unwrap().map(|v| v.value()),
             Some(FORMAT_VERSION)
         );
+    }
+
+    /// A file written before instance holds (it has no `holds` table) opens, and an
+    /// abandoned episode then holds its instance back without moving its messages.
+    #[tokio::test]
+    async fn a_file_without_the_holds_table_opens_and_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let t0 = Timestamp::from_unix_millis(1_000_000);
+        let id = InstanceId::new("i").unwrap();
+        {
+            let store = RedbStore::open(&path).unwrap();
+            let new = NewInstance::new(id.clone(), "Job", "null".into(), t0);
+            store.create_instance(new).await.unwrap();
+        }
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            assert!(txn.delete_table(HOLDS).unwrap(), "a store has the table");
+            txn.commit().unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        let lock_for = Duration::from_secs(60);
+        let item = store
+            .fetch_orchestration_work(t0, lock_for)
+            .await
+            .unwrap()
+            .expect("the instance is ready");
+        let retry_at = t0 + Duration::from_secs(5);
+        store
+            .abandon_episode(&id, item.lock, retry_at, None)
+            .await
+            .unwrap();
+        let held = t0 + Duration::from_millis(4_999);
+        assert!(
+            store
+                .fetch_orchestration_work(held, lock_for)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let again = store
+            .fetch_orchestration_work(retry_at, lock_for)
+            .await
+            .unwrap()
+            .expect("ready at retry_at");
+        assert_eq!(again.messages, item.messages, "the messages did not move");
     }
 
     type Damage = Box<dyn Fn(&mut Vec<u8>)>;

@@ -202,6 +202,57 @@ async fn events_go_to_waiters_oldest_first_even_when_raised_before_the_wait() {
     assert_eq!(run.wait().await.unwrap(), (10, 20));
 }
 
+/// An event raised after a worker found the instance not yet started and put it back comes
+/// after the events raised before it, even when no worker sees it before the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_raised_while_the_start_is_awaited_keeps_its_place() {
+    let env = start(|b| b.register(two_waiters));
+    let starts_at = env.clock.now() + HOUR;
+    let opts = StartOptions::new().scheduled_start(starts_at);
+    let run = env.client.start_with(two_waiters, (), opts).await.unwrap();
+    let mut changes = env.store.signals().changed.subscribe();
+    run.raise("x", &1).await.unwrap();
+    // A worker takes the instance for the event, finds it not started and puts it back
+    // until the start.
+    let put_back = async {
+        while env.store.next_wake_time().await.unwrap() != Some(starts_at) {
+            changes.changed().await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), put_back)
+        .await
+        .expect("the worker puts the instance back until its start");
+    let (store, clock) = (env.store.clone(), env.clock.clone());
+    env.worker.shutdown().await;
+    run.raise("x", &2).await.unwrap();
+    clock.advance(HOUR);
+    let _env = start_on(store, clock, |b| b.register(two_waiters));
+    assert_eq!(run.wait().await.unwrap(), (1, 2));
+}
+
+/// A terminate does not wait for the scheduled start, also when a worker already put the
+/// instance back until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminate_does_not_wait_for_the_scheduled_start() {
+    let env = start(|b| b.register(two_waiters));
+    let starts_at = env.clock.now() + HOUR;
+    let opts = StartOptions::new().scheduled_start(starts_at);
+    let run = env.client.start_with(two_waiters, (), opts).await.unwrap();
+    let mut changes = env.store.signals().changed.subscribe();
+    run.raise("x", &1).await.unwrap();
+    let put_back = async {
+        while env.store.next_wake_time().await.unwrap() != Some(starts_at) {
+            changes.changed().await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), put_back)
+        .await
+        .expect("the worker puts the instance back until its start");
+    run.terminate("stop").await.unwrap();
+    wait_status(&env.store, run.id(), RuntimeStatus::Terminated).await;
+    assert!(env.clock.now() < starts_at, "terminated before the start");
+}
+
 #[orchestrator]
 async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
     match ctx
