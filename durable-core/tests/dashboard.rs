@@ -633,3 +633,43 @@ async fn entities_are_listed_shown_and_signalled() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_instances_are_marked_with_their_reason() {
+    let d = start(HttpOptions::new()).await;
+    // A client without the worker's registry can start a name the worker does not know.
+    let bare = durable_core::Client::new(std::sync::Arc::new(d.store.clone()));
+    bare.start_raw(
+        "ghost",
+        "null",
+        StartOptions::new().instance_id(InstanceId::new("stuck-1").unwrap()),
+    )
+    .await
+    .unwrap();
+    d.start_named("approval", "fine-1", "\"x\"").await;
+    let client = d.worker.client();
+    d.until("the ghost is stuck", || async {
+        client
+            .status(&InstanceId::new("stuck-1").unwrap())
+            .await
+            .is_ok_and(|r| r.last_error.is_some())
+    })
+    .await;
+    let list = d.get("/dashboard/").await;
+    let row = |id: &str| {
+        let at = list
+            .text
+            .find(&format!("data-instance-id=\"{id}\""))
+            .unwrap();
+        let tag_start = list.text[..at].rfind("<tr").unwrap();
+        let end = at + list.text[at..].find("</tr>").unwrap();
+        list.text[tag_start..end].to_owned()
+    };
+    let stuck = row("stuck-1");
+    assert!(stuck.contains("class=\"stuck\""), "{stuck}");
+    assert!(stuck.contains("class=\"stuck-reason\""), "{stuck}");
+    assert!(stuck.contains("ghost"), "{stuck}");
+    assert!(!row("fine-1").contains("stuck"));
+    let page = d.get("/dashboard/instances/stuck-1").await;
+    assert!(page.text.contains("id=\"failure\""), "{}", page.text);
+}

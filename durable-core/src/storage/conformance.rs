@@ -2145,6 +2145,7 @@ pub async fn query_filters(store: Arc<dyn Store>) {
 
 /// `count_instances` counts per status what the filters match, paging ignored.
 pub async fn count_instances(store: Arc<dyn Store>) {
+    use RuntimeStatus::{Completed, Failed, Pending};
     create(&store, new_instance("order-2", "Order", "null", at(1000))).await;
     finish(&store, "order-2", at(1000), RuntimeStatus::Completed).await;
     create(&store, new_instance("order-4", "Order", "null", at(1500))).await;
@@ -2156,7 +2157,6 @@ pub async fn count_instances(store: Arc<dyn Store>) {
         let store = Arc::clone(&store);
         async move { store.count_instances(&q).await.expect("count_instances") }
     };
-    use RuntimeStatus::{Completed, Failed, Pending};
     assert_eq!(
         count(InstanceQuery::new()).await,
         vec![(Pending, 3), (Completed, 1), (Failed, 1)]
