@@ -322,6 +322,10 @@ async fn list_filters_counts_and_pages() {
     assert!(next.contains("prefix=page-"), "{next}");
     let second = d.get(&next).await;
     assert_eq!(rows(&second.text), 10, "{}", second.text);
+    // Newest first: the last started lead, the first started close the second page.
+    let pos = |text: &str, id: &str| text.find(&format!("data-instance-id=\"{id}\"")).unwrap();
+    assert!(pos(&first.text, "page-59") < pos(&first.text, "page-10"));
+    assert!(second.text.contains("data-instance-id=\"page-00\""));
     assert!(!second.text.contains("id=\"next-page\""));
 }
 

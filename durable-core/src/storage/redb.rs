@@ -1837,6 +1837,30 @@ impl Core {
             (None, Some(p)) => Bound::Included(p.as_str()),
             (None, None) => Bound::Unbounded,
         };
+        if query.newest_first {
+            let start = query
+                .id_prefix
+                .as_deref()
+                .map_or(Bound::Unbounded, Bound::Included);
+            let mut candidates = Vec::new();
+            for entry in table.range::<&str>((start, Bound::Unbounded))? {
+                let (k, v) = entry?;
+                if let Some(p) = &query.id_prefix {
+                    if !k.value().starts_with(p.as_str()) {
+                        break;
+                    }
+                }
+                let record: InstanceRecord = decode(v.value())?;
+                if query.matches(&record) {
+                    candidates.push(record);
+                }
+            }
+            let (instances, continuation) = super::newest_first_page(query, candidates, |r| r);
+            return Ok(InstancePage {
+                instances,
+                continuation,
+            });
+        }
         let mut instances = Vec::new();
         let mut last = None;
         let mut more = false;

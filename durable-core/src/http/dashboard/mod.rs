@@ -367,6 +367,7 @@ async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> PageRes
             &base
                 .clone()
                 .statuses(filters.statuses.iter().copied())
+                .newest_first()
                 .page_size(PAGE_SIZE)
                 .continuation(token),
         )
