@@ -806,10 +806,6 @@ pub fn newest_first_page<T>(
     mut candidates: Vec<T>,
     record: impl Fn(&T) -> &InstanceRecord,
 ) -> (Vec<T>, Option<String>) {
-    let key = |t: &T| {
-        let r = record(t);
-        (r.created_at, r.instance_id.as_str().to_owned())
-    };
     if let Some((at, id)) = query
         .continuation
         .as_deref()
@@ -821,7 +817,10 @@ pub fn newest_first_page<T>(
         });
     }
     let page = query.effective_page_size();
-    let newest = |a: &T, b: &T| key(b).cmp(&key(a));
+    let newest = |a: &T, b: &T| {
+        let (a, b) = (record(a), record(b));
+        (b.created_at, b.instance_id.as_str()).cmp(&(a.created_at, a.instance_id.as_str()))
+    };
     let more = candidates.len() > page;
     if more {
         candidates.select_nth_unstable_by(page, newest);
