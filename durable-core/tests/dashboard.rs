@@ -351,10 +351,17 @@ async fn instance_page_shows_fields_timeline_and_history() {
         "data-kind=\"activity\"",
         "data-name=\"greet\"",
         "data-attempt=\"1\"",
-        "data-action=\"raise-event\"",
+        "data-action=\"restart\"",
         "data-action=\"purge\"",
     ] {
         assert!(r.text.contains(needle), "{needle} missing: {}", r.text);
+    }
+    // Only the actions a completed instance allows are offered.
+    for absent in ["raise-event", "terminate", "suspend", "resume", "rewind"] {
+        assert!(
+            !r.text.contains(&format!("data-action=\"{absent}\"")),
+            "{absent} offered"
+        );
     }
     let missing = d.get("/dashboard/instances/nope").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);

@@ -1880,7 +1880,6 @@ impl Core {
 
     /// Newest first: sorts the matching (created, id) pairs, then reads one page of records.
     fn query_newest(
-        &self,
         table: &impl ReadableTable<&'static str, &'static [u8]>,
         query: &InstanceQuery,
     ) -> R<InstancePage> {
@@ -1938,7 +1937,7 @@ impl Core {
             (None, None) => Bound::Unbounded,
         };
         if query.newest_first {
-            return self.query_newest(&table, query);
+            return Self::query_newest(&table, query);
         }
         let mut instances = Vec::new();
         let mut last = None;

@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! cargo run --release -p examples --bin dash_bench -- [--count N] [--store memory|redb]
+//! DURABLE_BENCH_POSTGRES_URL=postgres://… cargo run --release -p examples --features postgres \
+//!     --bin dash_bench -- --store postgres
 //! ```
 //!
 //! Fills the store through the client (instances stay Pending: no worker runs them; 100 of
@@ -27,7 +29,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut count = 100_000usize;
-    let mut stores = vec!["memory", "redb"];
+    let mut stores = vec!["memory", "redb", "postgres"];
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -43,6 +45,10 @@ async fn main() -> Result<(), BoxError> {
         let dir = tempfile::tempdir()?;
         let store: Arc<dyn Store> = match kind {
             "memory" => Arc::new(MemoryStore::new()),
+            "postgres" => {
+                postgres(count).await?;
+                continue;
+            }
             _ => Arc::new(
                 RedbStore::builder()
                     .durability(RedbDurability::Relaxed)
@@ -51,6 +57,28 @@ async fn main() -> Result<(), BoxError> {
         };
         run(kind, store, count).await?;
     }
+    Ok(())
+}
+
+/// The figures on a fresh task hub on `DURABLE_BENCH_POSTGRES_URL` (dropped afterwards),
+/// when set and built with `postgres`.
+#[cfg(feature = "postgres")]
+async fn postgres(count: usize) -> Result<(), BoxError> {
+    use durable_core::{PostgresOptions, PostgresStore};
+    let Ok(url) = std::env::var("DURABLE_BENCH_POSTGRES_URL") else {
+        eprintln!("postgres: skipped (DURABLE_BENCH_POSTGRES_URL not set)");
+        return Ok(());
+    };
+    let hub = format!("dash_{}", &InstanceId::random().as_str()[..12]);
+    let store = PostgresStore::connect(&url, PostgresOptions::new(&hub)).await?;
+    let result = run("postgres", Arc::new(store.clone()), count).await;
+    store.drop_task_hub().await?;
+    result
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres(_count: usize) -> Result<(), BoxError> {
+    eprintln!("postgres: skipped (build with `--features postgres`)");
     Ok(())
 }
 

@@ -172,7 +172,9 @@ pub(super) fn instance_page(
             }
             dt { "Children" }
             dd #children {
-                @for (child, name) in children(history) {
+                @let kids = children(history);
+                @if kids.is_empty() { "—" }
+                @for (child, name) in kids {
                     a href=(instance_url(&child)) title=(name) { (child) } " "
                 }
             }
@@ -196,17 +198,29 @@ pub(super) fn instance_page(
         h2 { "Timeline" }
         div #timeline { (timeline::svg(bars, now)) }
         h2 { "Actions" }
+        // The actions the instance's status allows (the server checks again on confirm).
+        @let running = !r.status.is_terminal();
         div.actions {
-            (action_form("raise-event", "Raise event", id, html! {
-                input name="event" placeholder="event name" required;
-                textarea name="data" placeholder="JSON data (empty: null)" {}
-            }))
-            (action_form("terminate", "Terminate", id, reason_field()))
-            (action_form("suspend", "Suspend", id, reason_field()))
-            (action_form("resume", "Resume", id, reason_field()))
-            (action_form("rewind", "Rewind", id, reason_field()))
-            (action_form("restart", "Restart", id, html! {}))
-            (action_form("purge", "Purge", id, html! {}))
+            @if running {
+                (action_form("raise-event", "Raise event", id, html! {
+                    input name="event" placeholder="event name" required;
+                    textarea name="data" placeholder="JSON data (empty: null)" {}
+                }))
+                (action_form("terminate", "Terminate", id, reason_field()))
+            }
+            @if matches!(r.status, RuntimeStatus::Pending | RuntimeStatus::Running) {
+                (action_form("suspend", "Suspend", id, reason_field()))
+            }
+            @if r.status == RuntimeStatus::Suspended {
+                (action_form("resume", "Resume", id, reason_field()))
+            }
+            @if r.status == RuntimeStatus::Failed {
+                (action_form("rewind", "Rewind", id, reason_field()))
+            }
+            @if !running {
+                (action_form("restart", "Restart", id, html! {}))
+                (action_form("purge", "Purge", id, html! {}))
+            }
         }
         h2 { "History" }
         details open { summary { (history.len()) " events (JSON)" } pre #history-json { (history_json) } }

@@ -70,7 +70,8 @@ pub(super) fn bars(history: &[HistoryEvent]) -> Vec<Bar> {
                 None
             }
             Event::TimerCreated { seq, fire_at, .. } => {
-                start("timer", *seq, format!("until {}", fire_at.to_rfc3339()));
+                let wait = fire_at.as_unix_millis().saturating_sub(at);
+                start("timer", *seq, format!("timer {}", duration_text(wait)));
                 None
             }
             Event::SubOrchestrationCreated { seq, name, .. } => {
@@ -142,12 +143,14 @@ pub(super) fn duration_text(ms: u64) -> String {
         format!("{ms} ms")
     } else if ms < 60_000 {
         format!("{:.3} s", ms as f64 / 1_000.0)
-    } else {
+    } else if ms < 3_600_000 {
         format!("{} min {} s", ms / 60_000, (ms % 60_000) / 1_000)
+    } else {
+        format!("{} h {} min", ms / 3_600_000, (ms % 3_600_000) / 60_000)
     }
 }
 
-const WIDTH: u64 = 960;
+const WIDTH: u64 = 1160;
 const LABEL: u64 = 260;
 const ROW: u64 = 22;
 
@@ -179,7 +182,7 @@ pub(super) fn svg(bars: &[Bar], now: Timestamp) -> Markup {
             @for (row, bar) in bars.iter().enumerate() {
                 @let y = row as u64 * ROW + 4;
                 @let x0 = x(bar.start);
-                @let x1 = x(bar.end.unwrap_or(now)).max(x0 + 2.0);
+                @let x1 = x(bar.end.unwrap_or(now)).max(x0 + 4.0);
                 @let outcome = match &bar.outcome {
                     Outcome::Completed => "completed",
                     Outcome::Failed(_) => "failed",
@@ -298,5 +301,6 @@ mod tests {
         assert_eq!(svg.matches("data-kind=\"activity\"").count(), 3);
         assert!(svg.contains("data-attempt=\"2\""));
         assert!(svg.contains("activity charge (attempt 2) — 500 ms — completed"));
+        assert_eq!(duration_text(2 * 3_600_000 + 60_000), "2 h 1 min");
     }
 }
