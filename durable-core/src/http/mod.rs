@@ -72,6 +72,26 @@
 //! - Non-Durable-Functions extra: `lastError` in a status shows why a running instance is
 //!   stuck (non-determinism, unknown orchestrator on this worker), when it is.
 //!
+//! # Dashboard
+//!
+//! [`router`] also serves a web dashboard under `/dashboard/` ([`DASHBOARD`]): the instances
+//! newest first with filters (status, orchestrator name, id prefix, created-time range),
+//! per-status counts, paging and auto-refresh; one instance with its fields, failure or
+//! stuck reason, parent and children, its history as an SVG timeline (activities, timers,
+//! sub-orchestrations, entity calls with durations and retry attempts; events as points)
+//! and as raw JSON; the actions raise event, terminate, suspend, resume, rewind, restart
+//! and purge, each behind a confirmation page and through the same code path and rules
+//! as the endpoints above; entities with their state and a signal form. Pages are
+//! server-rendered (maud) with one small script and stylesheet embedded in the binary, so
+//! it works offline. Every response carries `Content-Security-Policy: default-src 'none';
+//! script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self';
+//! frame-ancestors 'none'; base-uri 'none'` and `X-Content-Type-Options: nosniff`. With a
+//! bearer token, open `/dashboard/?code=<token>` once: the token is kept in an `HttpOnly`,
+//! `SameSite=Strict` cookie (path `/dashboard`) and dropped from the URL; without it the
+//! pages answer 401 with a sign-in form. Every POST must be same-origin (`Origin` matching
+//! `Host`, or `Sec-Fetch-Site: same-origin`). The links are absolute (`/dashboard/…`), so
+//! mount the router at the root.
+//!
 //! When [`HttpOptions::bearer_token`] is set, every request needs `Authorization: Bearer
 //! <token>` (or `?code=<token>`, which Durable Functions clients send); otherwise the
 //! answer is 401. [`HttpOptions::code_in_links`] (off by default) also puts `code=<token>`
@@ -316,6 +336,9 @@ impl AppState {
 /// error body. Requests that hyper refuses before routing (malformed, URI or headers too
 /// large) get the JSON error body only under [`serve`], which wraps each connection for
 /// that; another server answers those as it does.
+///
+/// The [dashboard](self#dashboard) is served under `/dashboard/` with its own
+/// authentication (the same token, also accepted from a cookie) and security headers.
 ///
 /// Every request is traced (tower-http's `TraceLayer`): a DEBUG span `http_request`
 /// (target `durable_core::http`) with `method` and `path` (not the query, which may hold
