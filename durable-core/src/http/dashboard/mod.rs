@@ -12,6 +12,7 @@ mod timeline;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -428,6 +429,12 @@ fn with_flash(mut url: String, ok: bool, msg: &str) -> String {
     url
 }
 
+/// A path's parameters; a malformed path (bad percent-encoding) is a 400 page.
+fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, PageError> {
+    p.map(|Path(v)| v)
+        .map_err(|e| PageError(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
 fn read_id(id: &str) -> Result<InstanceId, PageError> {
     InstanceId::new_system(id.to_owned())
         .map_err(|e| PageError(StatusCode::NOT_FOUND, e.to_string()))
@@ -436,11 +443,11 @@ fn read_id(id: &str) -> Result<InstanceId, PageError> {
 /// `GET /dashboard/instances/{id}`.
 async fn instance(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> PageResult {
     let query = Query::parse(raw.as_deref())?;
-    let id = read_id(&id)?;
+    let id = read_id(&path(id)?)?;
     let (record, history) = state
         .client
         .status_with_history(&id)
@@ -484,9 +491,10 @@ fn action_of(name: &str, form: &Query) -> Result<Option<Action>, PageError> {
 /// confirmation page; with it, the action, then 303 back with the result.
 async fn instance_action(
     State(state): State<AppState>,
-    Path((id, name)): Path<(String, String)>,
+    params: Result<Path<(String, String)>, PathRejection>,
     body: Body,
 ) -> PageResult {
+    let (id, name) = path(params)?;
     let bytes = read_body(body, state.body_limit()).await?;
     let form = Query::parse(Some(&String::from_utf8_lossy(&bytes)))?;
     let back = instance_url(&id);
@@ -582,9 +590,10 @@ async fn entities(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Pag
 /// `GET /dashboard/entities/{name}/{key}`.
 async fn entity(
     State(state): State<AppState>,
-    Path((name, key)): Path<(String, String)>,
+    params: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> PageResult {
+    let (name, key) = path(params)?;
     let query = Query::parse(raw.as_deref())?;
     let id = known_entity_id(&state.client, &name, &key)?;
     let state_json = state
@@ -602,9 +611,10 @@ async fn entity(
 /// `POST /dashboard/entities/{name}/{key}/actions/signal`: confirmation, then the signal.
 async fn signal(
     State(state): State<AppState>,
-    Path((name, key)): Path<(String, String)>,
+    params: Result<Path<(String, String)>, PathRejection>,
     body: Body,
 ) -> PageResult {
+    let (name, key) = path(params)?;
     let bytes = read_body(body, state.body_limit()).await?;
     let form = Query::parse(Some(&String::from_utf8_lossy(&bytes)))?;
     let id = known_entity_id(&state.client, &name, &key)?;
