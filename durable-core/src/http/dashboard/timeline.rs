@@ -303,4 +303,84 @@ mod tests {
         assert!(svg.contains("activity charge (attempt 2) — 500 ms — completed"));
         assert_eq!(duration_text(2 * 3_600_000 + 60_000), "2 h 1 min");
     }
+
+    #[test]
+    fn timers_sub_orchestrations_and_entity_calls_are_bars() {
+        let child = crate::ids::InstanceId::new("child-1").unwrap();
+        let counter = crate::ids::InstanceId::new_system("@counter@a").unwrap();
+        let history = vec![
+            at(
+                0,
+                0,
+                Event::TimerCreated {
+                    seq: 0,
+                    fire_at: Timestamp::from_unix_millis(3_600_000),
+                    location: None,
+                },
+            ),
+            at(
+                1,
+                3_600_000,
+                Event::TimerFired {
+                    seq: 0,
+                    fire_at: Timestamp::from_unix_millis(3_600_000),
+                },
+            ),
+            at(
+                2,
+                3_600_000,
+                Event::SubOrchestrationCreated {
+                    seq: 1,
+                    name: "child".into(),
+                    instance_id: child,
+                    input: "null".into(),
+                    version: None,
+                    location: None,
+                },
+            ),
+            at(
+                3,
+                3_600_000,
+                Event::EntityCalled {
+                    seq: 2,
+                    entity: counter,
+                    operation: "add".into(),
+                    input: "1".into(),
+                    location: None,
+                },
+            ),
+            at(
+                4,
+                3_600_100,
+                Event::EntityResponded {
+                    seq: 2,
+                    result: Some("null".into()),
+                    failure: None,
+                },
+            ),
+            at(
+                5,
+                3_601_000,
+                Event::SubOrchestrationFailed {
+                    seq: 1,
+                    failure: FailureDetails::new("E", "child broke"),
+                },
+            ),
+        ];
+        let bars = bars(&history);
+        let summary: Vec<_> = bars
+            .iter()
+            .map(|b| (b.kind, b.name.as_str(), b.seq, b.end))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("timer", "timer 1 h 0 min", 0, Some(3_600_000)),
+                ("suborchestration", "child", 1, Some(3_601_000)),
+                ("entity", "@counter@a.add", 2, Some(3_600_100)),
+            ]
+        );
+        assert_eq!(bars[1].outcome, Outcome::Failed("child broke".into()));
+        assert_eq!(bars[2].outcome, Outcome::Completed);
+    }
 }
