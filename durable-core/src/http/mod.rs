@@ -72,6 +72,26 @@
 //! - Non-Durable-Functions extra: `lastError` in a status shows why a running instance is
 //!   stuck (non-determinism, unknown orchestrator on this worker), when it is.
 //!
+//! # Dashboard
+//!
+//! [`router`] also serves a web dashboard under `/dashboard/` ([`DASHBOARD`]): the instances
+//! newest first with filters (status, orchestrator name, id prefix, created-time range),
+//! per-status counts, paging and auto-refresh; one instance with its fields, failure or
+//! stuck reason, parent and children, its history as an SVG timeline (activities, timers,
+//! sub-orchestrations, entity calls with durations and retry attempts; events as points)
+//! and as raw JSON; the actions raise event, terminate, suspend, resume, rewind, restart
+//! and purge, each behind a confirmation page and through the same code path and rules
+//! as the endpoints above; entities with their state and a signal form. Pages are
+//! server-rendered (maud) with one small script and stylesheet embedded in the binary, so
+//! it works offline. Every response carries `Content-Security-Policy: default-src 'none';
+//! script-src 'self'; style-src 'self'; img-src 'self'; form-action 'self';
+//! frame-ancestors 'none'; base-uri 'none'` and `X-Content-Type-Options: nosniff`. With a
+//! bearer token, open `/dashboard/?code=<token>` once: the token is kept in an `HttpOnly`,
+//! `SameSite=Strict` cookie (path `/dashboard`) and dropped from the URL; without it the
+//! pages answer 401 with a sign-in form. Every POST must be same-origin (`Origin` matching
+//! `Host`, or `Sec-Fetch-Site: same-origin`). The links are absolute (`/dashboard/…`), so
+//! mount the router at the root.
+//!
 //! When [`HttpOptions::bearer_token`] is set, every request needs `Authorization: Bearer
 //! <token>` (or `?code=<token>`, which Durable Functions clients send); otherwise the
 //! answer is 401. [`HttpOptions::code_in_links`] (off by default) also puts `code=<token>`
@@ -140,6 +160,7 @@
 //! ```
 
 mod conn;
+mod dashboard;
 mod handlers;
 mod payload;
 mod util;
@@ -162,6 +183,16 @@ use crate::ids::InstanceId;
 
 /// The path prefix every management endpoint lives under (Functions v2+).
 pub const PREFIX: &str = "/runtime/webhooks/durabletask";
+
+/// The path of the dashboard's start page ([`router`] serves the dashboard under
+/// `/dashboard`): open `http://<host>:<port>/dashboard/` in a browser.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(durable_core::http::DASHBOARD, "/dashboard/");
+/// ```
+pub const DASHBOARD: &str = "/dashboard/";
 
 /// `127.0.0.1:7071`, the address the Azure Functions host uses locally.
 pub const DEFAULT_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7071));
@@ -306,6 +337,9 @@ impl AppState {
 /// large) get the JSON error body only under [`serve`], which wraps each connection for
 /// that; another server answers those as it does.
 ///
+/// The [dashboard](self#dashboard) is served under `/dashboard/` with its own
+/// authentication (the same token, also accepted from a cookie) and security headers.
+///
 /// Every request is traced (tower-http's `TraceLayer`): a DEBUG span `http_request`
 /// (target `durable_core::http`) with `method` and `path` (not the query, which may hold
 /// the `code` key), then `status` and `latency_ms`, and a DEBUG event `request answered`.
@@ -330,6 +364,7 @@ pub fn router(client: Client, options: HttpOptions) -> Router {
         client,
         options: Arc::new(options),
     };
+    let dashboard = dashboard::routes(state.clone());
     let p = PREFIX;
     let app = Router::new()
         .route(
@@ -390,6 +425,8 @@ pub fn router(client: Client, options: HttpOptions) -> Router {
         )),
         None => app,
     };
+    // The dashboard has its own auth (cookie, login page), so it joins after the API's.
+    let app = app.merge(dashboard);
     // Outermost, so refused requests are traced too.
     app.layer(
         TraceLayer::new_for_http()

@@ -59,6 +59,8 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         send_message_errors,
         query_filters,
         query_paging,
+        query_newest_first,
+        count_instances,
         purge_removes_everything,
         purge_finished_only_purges_what_has_finished,
         signals,
@@ -2298,6 +2300,88 @@ pub async fn query_filters(store: Arc<dyn Store>) {
         assert_eq!(got, want, "query {q:?}");
         assert_eq!(cont, None, "one page for {q:?}");
     }
+}
+
+/// `newest_first`: pages by creation time, newest first (ties by id, descending), with
+/// the filters applied and every instance once.
+pub async fn query_newest_first(store: Arc<dyn Store>) {
+    create(&store, new_instance("b", "Order", "null", at(1000))).await;
+    create(&store, new_instance("a", "Order", "null", at(3000))).await;
+    create(&store, new_instance("d", "Order", "null", at(2000))).await;
+    create(&store, new_instance("c", "Order", "null", at(2000))).await;
+    create(&store, new_instance("e", "Ship", "null", at(4000))).await;
+    let mut seen = Vec::new();
+    let mut q = InstanceQuery::new()
+        .name("Order")
+        .newest_first()
+        .page_size(2);
+    for _ in 0..4 {
+        let (ids, next) = query_ids(&store, &q).await;
+        assert!(ids.len() <= 2, "{ids:?}");
+        seen.extend(ids);
+        match next {
+            Some(token) => q = q.continuation(Some(token)),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        vec!["a", "d", "c", "b"],
+        "newest first, ties by id descending"
+    );
+    let (ids, next) = query_ids(&store, &InstanceQuery::new().newest_first()).await;
+    assert_eq!(ids, vec!["e", "a", "d", "c", "b"]);
+    assert_eq!(next, None);
+    let (ids, _) = query_ids(
+        &store,
+        &InstanceQuery::new()
+            .newest_first()
+            .created_between(Some(at(2000)), Some(at(3000))),
+    )
+    .await;
+    assert_eq!(ids, vec!["a", "d", "c"]);
+}
+
+/// `count_instances` counts per status what the filters match, paging ignored.
+pub async fn count_instances(store: Arc<dyn Store>) {
+    use RuntimeStatus::{Completed, Failed, Pending};
+    create(&store, new_instance("order-2", "Order", "null", at(1000))).await;
+    finish(&store, "order-2", at(1000), RuntimeStatus::Completed).await;
+    create(&store, new_instance("order-4", "Order", "null", at(1500))).await;
+    finish(&store, "order-4", at(1500), RuntimeStatus::Failed).await;
+    create(&store, new_instance("order-1", "Order", "null", T0)).await;
+    create(&store, new_instance("ship-1", "Ship", "null", at(2000))).await;
+    create(&store, new_instance("order-3", "Order", "null", at(3000))).await;
+    let count = |q: InstanceQuery| {
+        let store = Arc::clone(&store);
+        async move { store.count_instances(&q).await.expect("count_instances") }
+    };
+    assert_eq!(
+        count(InstanceQuery::new()).await,
+        vec![(Pending, 3), (Completed, 1), (Failed, 1)]
+    );
+    assert_eq!(
+        count(InstanceQuery::new().page_size(1)).await,
+        vec![(Pending, 3), (Completed, 1), (Failed, 1)],
+        "paging is ignored"
+    );
+    assert_eq!(
+        count(InstanceQuery::new().statuses([Completed, Failed])).await,
+        vec![(Completed, 1), (Failed, 1)]
+    );
+    assert_eq!(
+        count(InstanceQuery::new().name("Ship")).await,
+        vec![(Pending, 1)]
+    );
+    assert_eq!(
+        count(InstanceQuery::new().id_prefix("order-")).await,
+        vec![(Pending, 2), (Completed, 1), (Failed, 1)]
+    );
+    assert_eq!(
+        count(InstanceQuery::new().created_between(Some(at(1000)), Some(at(2000)))).await,
+        vec![(Pending, 1), (Completed, 1), (Failed, 1)]
+    );
+    assert_eq!(count(InstanceQuery::new().id_prefix("zzz")).await, vec![]);
 }
 
 /// Paging by continuation token: every instance once, in id order, and `None` at the end.

@@ -727,6 +727,10 @@ pub struct InstanceQuery {
     /// Include entity instances (`@name@key`); off by default so orchestration queries
     /// list only orchestrations.
     pub include_entities: bool,
+    /// Order pages by creation time, newest first (ties by id, descending) instead of by
+    /// id. The continuation tokens of the two orders differ; send back the one this order
+    /// returned.
+    pub newest_first: bool,
 }
 
 impl InstanceQuery {
@@ -765,6 +769,20 @@ impl InstanceQuery {
         self.continuation = token;
         self
     }
+    /// Newest first (by creation time) instead of by id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::InstanceQuery;
+    ///
+    /// let q = InstanceQuery::new().newest_first().page_size(50);
+    /// assert!(q.newest_first);
+    /// ```
+    pub fn newest_first(mut self) -> Self {
+        self.newest_first = true;
+        self
+    }
 
     /// `true` if `r` passes the filters (paging aside).
     pub fn matches(&self, r: &InstanceRecord) -> bool {
@@ -786,6 +804,101 @@ impl InstanceQuery {
         } else {
             self.page_size.min(10_000)
         }
+    }
+}
+
+/// The continuation token of a newest-first page ending at `r`: `<created ms>:<id>`.
+pub fn newest_first_token(r: &InstanceRecord) -> String {
+    format!("{}:{}", r.created_at.as_unix_millis(), r.instance_id)
+}
+
+/// Parses [`newest_first_token`]'s output.
+pub fn parse_newest_first_token(token: &str) -> Option<(Timestamp, &str)> {
+    let (ms, id) = token.split_once(':')?;
+    Some((Timestamp::from_unix_millis(ms.parse().ok()?), id))
+}
+
+/// One newest-first page out of `candidates` (records that already pass
+/// [`InstanceQuery::matches`]), for stores that scan: those older than the continuation,
+/// newest first, at most one page, and the token of the next page.
+pub fn newest_first_page<T>(
+    query: &InstanceQuery,
+    mut candidates: Vec<T>,
+    record: impl Fn(&T) -> &InstanceRecord,
+) -> (Vec<T>, Option<String>) {
+    if let Some((at, id)) = query
+        .continuation
+        .as_deref()
+        .and_then(parse_newest_first_token)
+    {
+        candidates.retain(|c| {
+            let r = record(c);
+            (r.created_at, r.instance_id.as_str()) < (at, id)
+        });
+    }
+    let page = query.effective_page_size();
+    let newest = |a: &T, b: &T| {
+        let (a, b) = (record(a), record(b));
+        (b.created_at, b.instance_id.as_str()).cmp(&(a.created_at, a.instance_id.as_str()))
+    };
+    let more = candidates.len() > page;
+    if more {
+        candidates.select_nth_unstable_by(page, newest);
+        candidates.truncate(page);
+    }
+    candidates.sort_unstable_by(newest);
+    let next = if more {
+        candidates.last().map(|c| newest_first_token(record(c)))
+    } else {
+        None
+    };
+    (candidates, next)
+}
+
+/// A per-status tally, for [`Store::count_instances`] implementations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusCounts([u64; 7]);
+
+impl StatusCounts {
+    const ORDER: [RuntimeStatus; 7] = [
+        RuntimeStatus::Pending,
+        RuntimeStatus::Running,
+        RuntimeStatus::Suspended,
+        RuntimeStatus::Completed,
+        RuntimeStatus::Failed,
+        RuntimeStatus::Terminated,
+        RuntimeStatus::ContinuedAsNew,
+    ];
+
+    /// Adds `n` instances of `status`.
+    pub fn add(&mut self, status: RuntimeStatus, n: u64) {
+        if let Some(i) = Self::ORDER.iter().position(|s| *s == status) {
+            self.0[i] += n;
+        }
+    }
+
+    /// The non-zero counts, in [`RuntimeStatus`] declaration order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::RuntimeStatus;
+    /// use durable_core::storage::StatusCounts;
+    ///
+    /// let mut counts = StatusCounts::default();
+    /// counts.add(RuntimeStatus::Failed, 2);
+    /// counts.add(RuntimeStatus::Running, 1);
+    /// assert_eq!(
+    ///     counts.into_vec(),
+    ///     vec![(RuntimeStatus::Running, 1), (RuntimeStatus::Failed, 2)]
+    /// );
+    /// ```
+    pub fn into_vec(self) -> Vec<(RuntimeStatus, u64)> {
+        Self::ORDER
+            .into_iter()
+            .zip(self.0)
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 }
 
@@ -1077,6 +1190,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Lists instances matching a query, ordered by id, one page at a time.
     async fn query_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError>;
+
+    /// How many instances match `query` (its paging ignored), per status: one entry per
+    /// status with at least one instance, in [`RuntimeStatus`] declaration order.
+    ///
+    /// The default pages through [`query_instances`](Self::query_instances); stores that can
+    /// count without reading every record (an SQL `GROUP BY`, an in-memory map) override it.
+    async fn count_instances(
+        &self,
+        query: &InstanceQuery,
+    ) -> Result<Vec<(RuntimeStatus, u64)>, StoreError> {
+        let mut q = query.clone().page_size(10_000).continuation(None);
+        let mut counts = StatusCounts::default();
+        loop {
+            let page = self.query_instances(&q).await?;
+            for r in &page.instances {
+                counts.add(r.status, 1);
+            }
+            match page.continuation {
+                Some(c) => q = q.continuation(Some(c)),
+                None => return Ok(counts.into_vec()),
+            }
+        }
+    }
 
     /// Removes every trace of an instance. Returns `false` if it did not exist.
     async fn purge_instance(&self, instance_id: &InstanceId) -> Result<bool, StoreError>;
