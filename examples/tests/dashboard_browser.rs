@@ -1,0 +1,796 @@
+//! The dashboard in a real browser: headless Chromium driven through chromedriver
+//! (WebDriver, with `fantoccini`) against the management API's server, in-process, with the
+//! examples' orchestrations and entities registered and instances in known states.
+//!
+//! Needs `/usr/bin/chromedriver` and `/usr/bin/chromium` (Debian's `chromium-driver` and
+//! `chromium`; `.ci/run` installs them) or the paths in `DURABLE_CHROMEDRIVER` and
+//! `DURABLE_CHROMIUM`. Without them every test prints that it was skipped and why, and passes.
+//!
+//! `DURABLE_SCREENSHOTS=docs` also writes the README's screenshots (1280x900):
+//! `docs/dashboard-list.png`, `docs/dashboard-instance.png` and `docs/dashboard-entities.png`.
+//!
+//! No sleeps: every wait is a bounded guard around a check of the page (a WebDriver wait for an
+//! element, or reloading the page until it shows a state the engine reaches on its own).
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use durable_core::http::{self, HttpOptions, HttpServer};
+use durable_core::prelude::*;
+use durable_core::{ClientError, MemoryStore};
+use examples::aggregator::{Stats, report_readings};
+use examples::approval::{ApprovalRequest, approval_flow};
+use examples::bank::{Transfer, transfer};
+use examples::chaining::hello_sequence;
+use examples::fan_out::word_count;
+use examples::monitor::{MonitorInput, job_monitor};
+use fantoccini::elements::Element;
+use fantoccini::error::CmdError;
+use fantoccini::wd::Capabilities;
+use fantoccini::{Client as Browser, ClientBuilder, Locator};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type TestResult = Result<(), BoxError>;
+
+/// Longest any one wait may take: the driver's start, a page, an instance reaching a state
+/// (a hang guard only, never a timing assertion).
+const GUARD: Duration = Duration::from_secs(60);
+
+/// The README's screenshots' window size.
+const WINDOW: (u32, u32) = (1280, 900);
+
+/// An instance id made of markup, quotes and non-ASCII text (ids may hold anything but
+/// `/`, `\`, `#`, `?` and control characters): if the page did not escape it, the `img` would
+/// run its handler and the `script` element would appear in the DOM.
+const HOSTILE_ID: &str = "x\"><img src=x onerror=alert(1)>'<script>alert(2)<b>é ✓ 𝄞";
+
+/// A payload that changes the title and opens an alert if it ever runs.
+const HOSTILE_SCRIPT: &str = "<script>document.title='pwned';alert(3)</script>";
+
+// ----- the browser ------------------------------------------------------------------------
+
+/// chromedriver, killed when the test ends however it ends.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// chromedriver's and Chromium's paths, or why the tests cannot run.
+fn browser_tools() -> Result<(PathBuf, PathBuf), String> {
+    let find = |var: &str, default: &str, package: &str| {
+        let path = std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from);
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "no {} (install Debian's `{package}` or set {var})",
+                path.display()
+            ))
+        }
+    };
+    Ok((
+        find(
+            "DURABLE_CHROMEDRIVER",
+            "/usr/bin/chromedriver",
+            "chromium-driver",
+        )?,
+        find("DURABLE_CHROMIUM", "/usr/bin/chromium", "chromium")?,
+    ))
+}
+
+/// A port nobody listens on right now (the OS's pick, released for chromedriver to take).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binds a free port");
+    listener.local_addr().expect("a local address").port()
+}
+
+/// Starts chromedriver on a free port and opens a headless Chromium session with a
+/// 1280x900 window; `None` (after saying why) when chromedriver or Chromium is missing.
+async fn open_browser(test: &str) -> Option<(Driver, Browser)> {
+    let (chromedriver, chromium) = match browser_tools() {
+        Ok(tools) => tools,
+        Err(why) => {
+            eprintln!("skipped {test}: {why}");
+            return None;
+        }
+    };
+    let port = free_port();
+    let mut child = Command::new(&chromedriver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("chromedriver starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let driver = Driver(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(GUARD)
+            .expect("chromedriver says it started");
+        if line.contains("started successfully") {
+            break;
+        }
+    }
+    let mut caps = Capabilities::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": chromium,
+            "args": [
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                format!("--window-size={},{}", WINDOW.0, WINDOW.1),
+            ],
+        }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let browser = ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("a Chromium session through chromedriver");
+    // The window's outer size; the screenshots show its viewport.
+    browser
+        .set_window_size(WINDOW.0, WINDOW.1)
+        .await
+        .expect("window size");
+    Some((driver, browser))
+}
+
+/// Runs `body` with the browser, then ends the session (so Chromium exits) even when the
+/// body failed or panicked, and reports the body's outcome.
+async fn with_browser<F, Fut>(test: &str, body: F)
+where
+    F: FnOnce(Browser) -> Fut,
+    Fut: Future<Output = TestResult> + Send + 'static,
+{
+    let Some((driver, browser)) = open_browser(test).await else {
+        return;
+    };
+    let outcome = tokio::spawn(body(browser.clone())).await;
+    let _ = browser.close().await;
+    drop(driver);
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{test}: {e}"),
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+// ----- the server and its instances ---------------------------------------------------------
+
+/// The engine with every example registered, serving the management API (and with it the
+/// dashboard) on a free loopback port.
+struct App {
+    worker: Worker,
+    server: HttpServer,
+}
+
+impl App {
+    async fn start() -> App {
+        let builder = examples::register_all(Worker::builder().store(MemoryStore::new()));
+        let worker = examples::shared_state(builder, "durable-dashboard-test")
+            .start()
+            .expect("worker starts");
+        let server = http::serve(
+            worker.client(),
+            ([127, 0, 0, 1], 0).into(),
+            HttpOptions::new(),
+        )
+        .await
+        .expect("serves");
+        App { worker, server }
+    }
+
+    fn client(&self) -> Client {
+        self.worker.client()
+    }
+
+    /// The URL of a dashboard page (`path` starts after `/dashboard`).
+    fn page(&self, path: &str) -> String {
+        format!("{}/dashboard{path}", self.server.url())
+    }
+
+    async fn stop(self) {
+        let _ = self.server.shutdown().await;
+        self.worker.shutdown().await;
+    }
+}
+
+fn id(s: &str) -> InstanceId {
+    InstanceId::new(s).expect("a valid instance id")
+}
+
+fn with_id(s: &str) -> StartOptions {
+    StartOptions::new().instance_id(id(s))
+}
+
+/// Known states: five finished runs (chaining, fan-out, a monitor with timers, an aggregator
+/// and a transfer, which also leave three entities) and two approvals waiting for their
+/// `approval` event.
+async fn seed(client: &Client) -> TestResult {
+    let cities = vec!["Tokyo".to_owned(), "Lima".to_owned(), "Oslo".to_owned()];
+    hello_sequence::start_with(client, cities, with_id("greet-cities"))
+        .await?
+        .wait()
+        .await?;
+    let docs = (1..=6).map(|i| "lorem ipsum ".repeat(i)).collect();
+    word_count::start_with(client, docs, with_id("count-words"))
+        .await?
+        .wait()
+        .await?;
+    let monitor = MonitorInput {
+        done_on: 3,
+        interval_ms: 100,
+        deadline_ms: 10_000,
+    };
+    job_monitor::start_with(client, monitor, with_id("watch-job"))
+        .await?
+        .wait()
+        .await?;
+    report_readings::start_with(client, vec![3, 9, 4], with_id("report-sensor"))
+        .await?
+        .wait()
+        .await?;
+    let t = Transfer {
+        from: "alice".into(),
+        to: "bob".into(),
+        amount: 30,
+    };
+    transfer::start_with(client, t, with_id("pay-bob"))
+        .await?
+        .wait()
+        .await?;
+    for po in ["po-7", "po-8"] {
+        let req = ApprovalRequest {
+            item: format!("purchase order {po}"),
+            timeout_hours: 72,
+        };
+        approval_flow::start_with(client, req, with_id(po)).await?;
+    }
+    Ok(())
+}
+
+// ----- page helpers -------------------------------------------------------------------------
+
+/// The element `css` once the page has it (bounded by [`GUARD`]); the error names the
+/// element and the page.
+async fn wait_for(browser: &Browser, css: &str) -> Result<Element, BoxError> {
+    match browser
+        .wait()
+        .at_most(GUARD)
+        .for_element(Locator::Css(css))
+        .await
+    {
+        Ok(element) => Ok(element),
+        Err(CmdError::WaitTimeout) => Err(format!(
+            "no `{css}` on {} within {GUARD:?}:\n{}",
+            browser.current_url().await?,
+            browser.source().await?
+        )
+        .into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn text_of(browser: &Browser, css: &str) -> Result<String, BoxError> {
+    Ok(wait_for(browser, css)
+        .await?
+        .text()
+        .await?
+        .trim()
+        .to_owned())
+}
+
+/// Reloads the page until `check` holds for it (the page is server-rendered: a state the
+/// engine reaches shows after a reload). Bounded by [`GUARD`]; `what` names the state.
+async fn reload_until<F, Fut>(browser: &Browser, what: &str, mut check: F) -> TestResult
+where
+    F: FnMut(Browser) -> Fut,
+    Fut: Future<Output = Result<bool, CmdError>>,
+{
+    let polled = tokio::time::timeout(GUARD, async {
+        loop {
+            if check(browser.clone()).await? {
+                return Ok::<(), CmdError>(());
+            }
+            browser.refresh().await?;
+        }
+    })
+    .await;
+    match polled {
+        Ok(done) => Ok(done?),
+        Err(_) => Err(format!(
+            "the page did not show {what} within {GUARD:?}; at {}:\n{}",
+            browser.current_url().await?,
+            browser.find(Locator::Css("body")).await?.text().await?
+        )
+        .into()),
+    }
+}
+
+/// Whether the element `css` exists and its text is `expected`.
+async fn shows(browser: &Browser, css: &str, expected: &str) -> Result<bool, CmdError> {
+    match browser.find(Locator::Css(css)).await {
+        Ok(e) => Ok(e.text().await?.trim() == expected),
+        Err(e) if e.is_no_such_element() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The ids of the instance rows on the list page, top to bottom.
+async fn listed_ids(browser: &Browser) -> Result<Vec<String>, BoxError> {
+    wait_for(browser, "table#instances").await?;
+    let mut ids = Vec::new();
+    for row in browser
+        .find_all(Locator::Css("table#instances tr[data-instance-id]"))
+        .await?
+    {
+        ids.push(row.attr("data-instance-id").await?.unwrap_or_default());
+    }
+    Ok(ids)
+}
+
+/// The row of instance `id` on the list page (found by attribute value, so any id works).
+async fn row_of(browser: &Browser, id: &str) -> Result<Element, BoxError> {
+    for row in browser
+        .find_all(Locator::Css("table#instances tr[data-instance-id]"))
+        .await?
+    {
+        if row.attr("data-instance-id").await?.as_deref() == Some(id) {
+            return Ok(row);
+        }
+    }
+    Err(format!("no row for {id:?}").into())
+}
+
+/// Fills the action form `action` on the current page with `fields`, submits it, checks
+/// the confirmation page restates it, confirms, and returns the `#flash` that follows.
+async fn act(
+    browser: &Browser,
+    action: &str,
+    fields: &[(&str, &str)],
+) -> Result<Element, BoxError> {
+    let form_css = format!("form.action[data-action=\"{action}\"]");
+    let form = wait_for(browser, &form_css).await?;
+    for (name, value) in fields {
+        let field = form
+            .find(Locator::Css(&format!("[name=\"{name}\"]")))
+            .await?;
+        field.clear().await?;
+        field.send_keys(value).await?;
+    }
+    form.find(Locator::Css("button, input[type=submit]"))
+        .await?
+        .click()
+        .await?;
+    let confirm = wait_for(browser, "form#confirm").await?;
+    wait_for(browser, "a#confirm-no").await?;
+    let restated = browser.find(Locator::Css("body")).await?.text().await?;
+    let verb = action.replace('-', " ");
+    assert!(
+        restated.to_lowercase().contains(&verb),
+        "the confirmation restates the action `{action}`:\n{restated}"
+    );
+    confirm
+        .find(Locator::Css("button#confirm-yes"))
+        .await?
+        .click()
+        .await?;
+    Ok(wait_for(browser, "#flash").await?)
+}
+
+async fn assert_flash_ok(flash: &Element) -> TestResult {
+    let class = flash.attr("class").await?.unwrap_or_default();
+    let text = flash.text().await?;
+    assert!(
+        class.split_whitespace().any(|c| c == "ok"),
+        "the action succeeded (#flash class {class:?}): {text}"
+    );
+    assert!(!text.trim().is_empty(), "#flash says what happened");
+    Ok(())
+}
+
+/// Writes a screenshot of the current page to `docs/<name>.png` when
+/// `DURABLE_SCREENSHOTS=docs`.
+async fn screenshot(browser: &Browser, name: &str) -> TestResult {
+    if std::env::var("DURABLE_SCREENSHOTS").as_deref() != Ok("docs") {
+        return Ok(());
+    }
+    let png = browser.screenshot().await?;
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+    std::fs::create_dir_all(&docs)?;
+    std::fs::write(docs.join(format!("{name}.png")), png)?;
+    Ok(())
+}
+
+// ----- the tests ----------------------------------------------------------------------------
+
+/// The issue's flow: open the list, filter by status, open an instance and see its timeline,
+/// raise the event it waits for and watch it complete, terminate another and purge it; then
+/// the entities page and a signal. Also writes the screenshots when asked to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operate_instances_from_the_dashboard() {
+    if browser_tools().is_err() {
+        // Say why before the engine starts (open_browser repeats it).
+        let _ = open_browser("operate_instances_from_the_dashboard").await;
+        return;
+    }
+    let app = App::start().await;
+    seed(&app.client()).await.expect("seeded");
+    let (client, list, entities) = (app.client(), app.page("/"), app.page("/entities"));
+    let po7 = app.page("/instances/po-7");
+    let po8 = app.page("/instances/po-8");
+    let monitor = app.page("/instances/watch-job");
+    with_browser(
+        "operate_instances_from_the_dashboard",
+        move |b| async move {
+            // The list: every instance, newest first, counted per status.
+            b.goto(&list).await?;
+            let ids = listed_ids(&b).await?;
+            for expected in [
+                "greet-cities",
+                "count-words",
+                "watch-job",
+                "report-sensor",
+                "pay-bob",
+                "po-7",
+                "po-8",
+            ] {
+                assert!(
+                    ids.iter().any(|i| i == expected),
+                    "{expected} listed: {ids:?}"
+                );
+            }
+            let pos = |id: &str| ids.iter().position(|i| i == id).unwrap();
+            assert!(pos("po-8") < pos("greet-cities"), "newest first: {ids:?}");
+            assert_eq!(
+                text_of(&b, "#counts [data-status=\"Running\"] .count").await?,
+                "2"
+            );
+            assert_eq!(
+                text_of(&b, "#counts [data-status=\"Completed\"] .count").await?,
+                "5"
+            );
+            let po7_row = row_of(&b, "po-7").await?;
+            assert_eq!(
+                po7_row
+                    .find(Locator::Css("td.status"))
+                    .await?
+                    .text()
+                    .await?
+                    .trim(),
+                "Running"
+            );
+            assert_eq!(
+                po7_row
+                    .find(Locator::Css("td.name"))
+                    .await?
+                    .text()
+                    .await?
+                    .trim(),
+                "approval_flow"
+            );
+            screenshot(&b, "dashboard-list").await?;
+
+            // Filter by status: only the two running approvals remain.
+            let filters = wait_for(&b, "form#filters").await?;
+            filters
+                .find(Locator::Css("select[name=status]"))
+                .await?
+                .select_by_value("Running")
+                .await?;
+            filters
+                .find(Locator::Css("button#apply"))
+                .await?
+                .click()
+                .await?;
+            reload_until(&b, "the list filtered to Running", |b| async move {
+                Ok(b.current_url()
+                    .await?
+                    .query()
+                    .unwrap_or("")
+                    .contains("status=Running"))
+            })
+            .await?;
+            let mut running = listed_ids(&b).await?;
+            running.sort();
+            assert_eq!(running, ["po-7", "po-8"]);
+            for cell in b
+                .find_all(Locator::Css("table#instances td.status"))
+                .await?
+            {
+                assert_eq!(cell.text().await?.trim(), "Running");
+            }
+
+            // Open po-7 from the list: its status, name and timeline.
+            row_of(&b, "po-7")
+                .await?
+                .find(Locator::Css("a.instance-link"))
+                .await?
+                .click()
+                .await?;
+            assert_eq!(text_of(&b, "#name").await?, "approval_flow");
+            assert_eq!(text_of(&b, "#status").await?, "Running");
+            // The `notify` activity runs on its own; its bar shows once it is done.
+            reload_until(&b, "the notify activity's bar", |b| async move {
+                Ok(!b
+                    .find_all(Locator::Css(
+                        "#timeline svg [data-kind=\"activity\"][data-name=\"notify\"]",
+                    ))
+                    .await?
+                    .is_empty())
+            })
+            .await?;
+            let bar = b
+                .find(Locator::Css(
+                    "#timeline svg [data-kind=\"activity\"][data-name=\"notify\"]",
+                ))
+                .await?;
+            assert!(bar.attr("data-seq").await?.is_some(), "a bar has data-seq");
+            assert_eq!(bar.attr("data-attempt").await?.as_deref(), Some("1"));
+            let title = bar.find(Locator::Css("title")).await?.html(true).await?;
+            assert!(
+                title.contains("notify"),
+                "the bar's title names it: {title}"
+            );
+            assert!(
+                wait_for(&b, "pre#history-json")
+                    .await?
+                    .html(true)
+                    .await?
+                    .contains("notify"),
+                "the raw history names the activity"
+            );
+
+            // Raise the event it waits for, and watch it complete.
+            let flash = act(
+                &b,
+                "raise-event",
+                &[
+                    ("event", "approval"),
+                    ("data", r#"{"approved":true,"by":"ada"}"#),
+                ],
+            )
+            .await?;
+            assert_flash_ok(&flash).await?;
+            assert!(
+                b.current_url().await?.as_str().starts_with(&po7),
+                "back on po-7"
+            );
+            reload_until(&b, "po-7 Completed", |b| async move {
+                shows(&b, "#status", "Completed").await
+            })
+            .await?;
+            let output = text_of(&b, "pre#output").await?;
+            assert!(
+                output.contains("purchase order po-7 approved by ada"),
+                "{output}"
+            );
+            assert_eq!(
+                client.status(&id("po-7")).await?.status,
+                RuntimeStatus::Completed,
+                "the page shows what the store holds"
+            );
+
+            // Terminate po-8, then purge it: gone from the list and the store.
+            b.goto(&po8).await?;
+            let flash = act(&b, "terminate", &[("reason", "no longer needed")]).await?;
+            assert_flash_ok(&flash).await?;
+            reload_until(&b, "po-8 Terminated", |b| async move {
+                shows(&b, "#status", "Terminated").await
+            })
+            .await?;
+            let flash = act(&b, "purge", &[]).await?;
+            assert_flash_ok(&flash).await?;
+            let ids = listed_ids(&b).await?;
+            assert!(!ids.iter().any(|i| i == "po-8"), "po-8 purged: {ids:?}");
+            assert!(
+                ids.iter().any(|i| i == "po-7"),
+                "the list after purge: {ids:?}"
+            );
+            assert!(matches!(
+                client.status(&id("po-8")).await,
+                Err(ClientError::InstanceNotFound(_))
+            ));
+
+            // An instance with timers and retried polls, for the eye.
+            b.goto(&monitor).await?;
+            wait_for(&b, "#timeline svg [data-kind=\"timer\"]").await?;
+            screenshot(&b, "dashboard-instance").await?;
+
+            // Entities: the aggregator's stats and the two accounts; signal one.
+            b.goto(&entities).await?;
+            wait_for(&b, "table#entities").await?;
+            for entity in ["@stats@sensor-1", "@account@alice", "@account@bob"] {
+                let css = format!("table#entities tr[data-entity-id=\"{entity}\"]");
+                wait_for(&b, &css).await?;
+            }
+            screenshot(&b, "dashboard-entities").await?;
+            b.find(Locator::Css(
+                "table#entities tr[data-entity-id=\"@stats@sensor-1\"] a.entity-link",
+            ))
+            .await?
+            .click()
+            .await?;
+            let state: serde_json::Value = serde_json::from_str(&text_of(&b, "pre#state").await?)?;
+            assert_eq!(state["count"], 3, "{state}");
+            let flash = act(&b, "signal", &[("operation", "record"), ("input", "50")]).await?;
+            assert_flash_ok(&flash).await?;
+            reload_until(&b, "the signalled reading counted", |b| async move {
+                let state = b.find(Locator::Css("pre#state")).await?.text().await?;
+                let state: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+                Ok(state["count"] == 4 && state["max"] == 50)
+            })
+            .await?;
+            let stats = client
+                .read_entity::<Stats>("sensor-1")
+                .await?
+                .expect("state");
+            assert_eq!((stats.count, stats.max), (4, Some(50)));
+            Ok(())
+        },
+    )
+    .await;
+    app.stop().await;
+}
+
+/// Hostile instance ids, payloads and form input show as text: no element is injected,
+/// nothing runs (the title stays, no alert opens).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_ids_and_payloads_show_as_text() {
+    if browser_tools().is_err() {
+        let _ = open_browser("hostile_ids_and_payloads_show_as_text").await;
+        return;
+    }
+    let app = App::start().await;
+    let client = app.client();
+    let names = vec![
+        HOSTILE_SCRIPT.to_owned(),
+        "\"quoted' & ☃ <b>bold</b>".to_owned(),
+    ];
+    hello_sequence::start_with(&client, names, with_id(HOSTILE_ID))
+        .await
+        .expect("starts")
+        .wait()
+        .await
+        .expect("completes");
+    let waiting = format!("{HOSTILE_ID} waiting");
+    let req = ApprovalRequest {
+        item: HOSTILE_SCRIPT.into(),
+        timeout_hours: 72,
+    };
+    approval_flow::start_with(&client, req, with_id(&waiting))
+        .await
+        .expect("starts");
+    let list = app.page("/");
+    with_browser(
+        "hostile_ids_and_payloads_show_as_text",
+        move |b| async move {
+            b.goto(&list).await?;
+            let ids = listed_ids(&b).await?;
+            assert!(
+                ids.iter().any(|i| i == HOSTILE_ID),
+                "listed verbatim: {ids:?}"
+            );
+            let title = b.title().await?;
+            assert!(!title.contains("pwned"));
+            assert_inert(&b, &title).await?;
+            let row = row_of(&b, HOSTILE_ID).await?;
+            let link = row.find(Locator::Css("a.instance-link")).await?;
+            assert!(
+                link.text().await?.contains(HOSTILE_ID),
+                "the link shows the id as text"
+            );
+
+            // Its page: the id, the input and the output are text, nothing more.
+            link.click().await?;
+            assert_eq!(text_of(&b, "#status").await?, "Completed");
+            let page_title = b.title().await?;
+            for css in ["pre#input", "pre#output"] {
+                let pre = wait_for(&b, css).await?;
+                let text = pre.text().await?;
+                assert!(
+                    text.contains(HOSTILE_SCRIPT),
+                    "{css} shows the script as text: {text}"
+                );
+                assert!(text.contains("<b>bold</b>"), "{css}: {text}");
+                assert!(
+                    pre.find_all(Locator::Css("*")).await?.is_empty(),
+                    "no element inside {css}: {}",
+                    pre.html(true).await?
+                );
+            }
+            assert!(
+                b.find(Locator::Css("body"))
+                    .await?
+                    .text()
+                    .await?
+                    .contains(HOSTILE_ID),
+                "the id is shown verbatim"
+            );
+            assert_inert(&b, &page_title).await?;
+
+            // A hostile event name and payload through the form, the confirmation and the flash.
+            b.goto(&list).await?;
+            row_of(&b, &waiting)
+                .await?
+                .find(Locator::Css("a.instance-link"))
+                .await?
+                .click()
+                .await?;
+            wait_for(&b, "#status").await?;
+            let page_title = b.title().await?;
+            let flash = act(
+                &b,
+                "raise-event",
+                &[
+                    ("event", HOSTILE_SCRIPT),
+                    ("data", "\"<img src=x onerror=alert(4)>\""),
+                ],
+            )
+            .await?;
+            assert_flash_ok(&flash).await?;
+            assert!(
+                flash
+                    .find_all(Locator::Css("script, img"))
+                    .await?
+                    .is_empty(),
+                "no markup from the input in the flash: {}",
+                flash.html(true).await?
+            );
+            assert!(
+                b.current_url()
+                    .await?
+                    .as_str()
+                    .contains("/dashboard/instances/")
+            );
+            assert_inert(&b, &page_title).await?;
+            Ok(())
+        },
+    )
+    .await;
+    app.stop().await;
+}
+
+/// Nothing the test's strings carry ran or was parsed into elements: the title is
+/// `title`, no alert is open, the only scripts are the dashboard's own file and there is no
+/// `img` from the hostile strings.
+async fn assert_inert(b: &Browser, title: &str) -> TestResult {
+    assert_eq!(b.title().await?, title, "no script changed the title");
+    match b.get_alert_text().await {
+        Err(e) if e.is_no_such_alert() => {}
+        Ok(text) => panic!("an alert opened: {text:?}"),
+        Err(e) => return Err(e.into()),
+    }
+    for script in b.find_all(Locator::Css("script")).await? {
+        let src = script.attr("src").await?.unwrap_or_default();
+        assert!(
+            src.ends_with("/dashboard/app.js"),
+            "only the dashboard's own script: {}",
+            script.html(false).await?
+        );
+    }
+    assert!(
+        b.find_all(Locator::Css("img[src=x]")).await?.is_empty(),
+        "no injected img"
+    );
+    Ok(())
+}
