@@ -350,15 +350,11 @@ pub(super) async fn purge(
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let id = any_instance_id(path(id)?)?;
-    let result = state.client.purge(&id).await?;
-    if result.deleted == 0 {
-        // Purged by someone else between the check and the delete.
-        return Err(crate::error::ClientError::InstanceNotFound(id.to_string()).into());
-    }
+    let deleted = purge_one(&state.client, &id).await?;
     Ok(json_response(
         StatusCode::OK,
         &Purged {
-            instances_deleted: result.deleted,
+            instances_deleted: deleted,
         },
     ))
 }
@@ -410,7 +406,7 @@ pub(super) async fn raise_event(
     let id = instance_id(id)?;
     let bytes = read_body(body, state.body_limit()).await?;
     let data = json_body(&bytes)?;
-    state.client.raise_event_raw(&id, &name, data).await?;
+    perform(&state.client, &id, Action::RaiseEvent { name, data }).await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -453,14 +449,19 @@ pub(super) async fn operation(
     let id = instance_id(id)?;
     let query = Query::parse(raw.as_deref())?;
     let bytes = read_body(body, state.body_limit()).await?;
-    let client = &state.client;
-    match op.as_str() {
-        "terminate" => client.terminate(&id, &reason(&query, &bytes)).await?,
-        "suspend" => client.suspend(&id, &reason(&query, &bytes)).await?,
-        "resume" => client.resume(&id, &reason(&query, &bytes)).await?,
-        "rewind" => return rewind(state, &id, &reason(&query, &bytes)).await,
-        _ => return restart(state, &id, &query, &headers).await,
-    }
+    let action = match op.as_str() {
+        "terminate" => Action::Terminate(reason(&query, &bytes)),
+        "suspend" => Action::Suspend(reason(&query, &bytes)),
+        "resume" => Action::Resume(reason(&query, &bytes)),
+        "rewind" => Action::Rewind(reason(&query, &bytes)),
+        _ => {
+            let new_id = query.bool("restartWithNewInstanceId", true)?;
+            let wait = wait_options(&query)?;
+            let started = restart(&state.client, &id, new_id).await?;
+            return after_start(&state, &started, &query, &headers, wait).await;
+        }
+    };
+    perform(&state.client, &id, action).await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
 
@@ -480,16 +481,75 @@ fn reason(query: &Query, body: &[u8]) -> String {
     }
 }
 
-/// Rewind: 202 once the request is durable; 404 for an unknown instance, 410 for a
-/// completed or terminated one, 400 for one that has not failed or cannot be rewound (as
-/// Durable Functions answers a non-rewindable instance).
-async fn rewind(state: AppState, id: &InstanceId, reason: &str) -> ApiResult {
-    let record = state.client.status(id).await?;
+/// An operation on one instance, as the management API and the dashboard perform it.
+#[derive(Debug, Clone)]
+pub(super) enum Action {
+    /// Raise the event `name` with JSON `data`.
+    RaiseEvent { name: String, data: String },
+    /// Terminate with a reason.
+    Terminate(String),
+    /// Suspend with a reason.
+    Suspend(String),
+    /// Resume with a reason.
+    Resume(String),
+    /// Rewind a failed instance, with a reason.
+    Rewind(String),
+    /// Start the orchestration again with the same input (under a new id when asked).
+    Restart { new_id: bool },
+    /// Delete a finished instance and its history.
+    Purge,
+}
+
+/// What [`perform`] did.
+#[derive(Debug, Clone)]
+pub(super) enum Done {
+    /// The request is durable (raise, terminate, suspend, resume, rewind).
+    Accepted,
+    /// A restart started this instance.
+    Started(InstanceId),
+    /// This many instances were deleted.
+    Purged(usize),
+}
+
+/// Performs `action` on instance `id` through the [`Client`](crate::Client), with the
+/// management API's rules and error mapping: the one code path of the API's handlers and
+/// the dashboard's confirmed actions.
+///
+/// Rewind answers 404 for an unknown instance, 410 for a completed or terminated one, 400
+/// for one that has not failed or cannot be rewound (as Durable Functions answers a
+/// non-rewindable instance). Restart answers 400 for an unknown id and 409 when the id is
+/// taken by a running instance. Purge answers 404 when nothing was deleted.
+pub(super) async fn perform(
+    client: &crate::Client,
+    id: &InstanceId,
+    action: Action,
+) -> Result<Done, ApiError> {
+    match action {
+        Action::RaiseEvent { name, data } => client.raise_event_raw(id, &name, data).await?,
+        Action::Terminate(reason) => client.terminate(id, &reason).await?,
+        Action::Suspend(reason) => client.suspend(id, &reason).await?,
+        Action::Resume(reason) => client.resume(id, &reason).await?,
+        Action::Rewind(reason) => rewind(client, id, &reason).await?,
+        Action::Restart { new_id } => return restart(client, id, new_id).await.map(Done::Started),
+        Action::Purge => return purge_one(client, id).await.map(Done::Purged),
+    }
+    Ok(Done::Accepted)
+}
+
+/// Purges one finished instance; 404 when nothing was deleted.
+async fn purge_one(client: &crate::Client, id: &InstanceId) -> Result<usize, ApiError> {
+    let result = client.purge(id).await?;
+    if result.deleted == 0 {
+        // Purged by someone else between the check and the delete.
+        return Err(crate::error::ClientError::InstanceNotFound(id.to_string()).into());
+    }
+    Ok(result.deleted)
+}
+
+async fn rewind(client: &crate::Client, id: &InstanceId, reason: &str) -> Result<(), ApiError> {
+    let record = client.status(id).await?;
     match record.status {
-        RuntimeStatus::Failed => {
-            state.client.rewind(id, reason).await?;
-            Ok(StatusCode::ACCEPTED.into_response())
-        }
+        RuntimeStatus::Failed => Ok(client.rewind(id, reason).await?),
         RuntimeStatus::Completed | RuntimeStatus::Terminated => Err(ApiError::new(
             StatusCode::GONE,
             "InstanceNotRunning",
@@ -510,31 +570,23 @@ async fn rewind(state: AppState, id: &InstanceId, reason: &str) -> ApiResult {
 }
 
 async fn restart(
-    state: AppState,
+    client: &crate::Client,
     id: &InstanceId,
-    query: &Query,
-    headers: &HeaderMap,
-) -> ApiResult {
-    let new_id = query.bool("restartWithNewInstanceId", true)?;
-    let wait = wait_options(query)?;
-    let started = match state.client.restart(id, new_id).await {
-        Ok(id) => id,
-        Err(crate::error::ClientError::InstanceNotFound(_)) => {
-            return Err(ApiError::bad_request(
-                "InstanceNotFound",
-                "InstanceId does not match a valid orchestration instance.",
-            ));
-        }
-        Err(crate::error::ClientError::InstanceAlreadyExists(_)) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "InstanceAlreadyExists",
-                "A non-terminal instance with this instance ID already exists.",
-            ));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    after_start(&state, &started, query, headers, wait).await
+    new_id: bool,
+) -> Result<InstanceId, ApiError> {
+    match client.restart(id, new_id).await {
+        Ok(id) => Ok(id),
+        Err(crate::error::ClientError::InstanceNotFound(_)) => Err(ApiError::bad_request(
+            "InstanceNotFound",
+            "InstanceId does not match a valid orchestration instance.",
+        )),
+        Err(crate::error::ClientError::InstanceAlreadyExists(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "InstanceAlreadyExists",
+            "A non-terminal instance with this instance ID already exists.",
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 // -------------------------------------------------------------------------- fallbacks
@@ -565,9 +617,19 @@ pub(super) async fn method_not_allowed() -> ApiError {
 
 /// The entity id of a path; `$` stands for the empty key.
 fn entity_id(state: &AppState, name: &str, key: &str) -> Result<crate::entity::EntityId, ApiError> {
+    known_entity_id(&state.client, name, key)
+}
+
+/// The entity id `@name@key` (`$` stands for the empty key); 404 when the name is not
+/// registered (where the client can tell).
+pub(super) fn known_entity_id(
+    client: &crate::Client,
+    name: &str,
+    key: &str,
+) -> Result<crate::entity::EntityId, ApiError> {
     let key = if key == "$" { "" } else { key };
     let id = crate::entity::EntityId::new(name, key)?;
-    if state.client.knows_entity(&id.name) == Some(false) {
+    if client.knows_entity(&id.name) == Some(false) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "UnknownEntity",

@@ -140,6 +140,7 @@
 //! ```
 
 mod conn;
+mod dashboard;
 mod handlers;
 mod payload;
 mod util;
@@ -330,6 +331,7 @@ pub fn router(client: Client, options: HttpOptions) -> Router {
         client,
         options: Arc::new(options),
     };
+    let dashboard = dashboard::routes(state.clone());
     let p = PREFIX;
     let app = Router::new()
         .route(
@@ -390,6 +392,8 @@ pub fn router(client: Client, options: HttpOptions) -> Router {
         )),
         None => app,
     };
+    // The dashboard has its own auth (cookie, login page), so it joins after the API's.
+    let app = app.merge(dashboard);
     // Outermost, so refused requests are traced too.
     app.layer(
         TraceLayer::new_for_http()

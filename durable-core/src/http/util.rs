@@ -52,6 +52,16 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status of the answer.
+    pub(super) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The human-readable message.
+    pub(super) fn message(&self) -> &str {
+        &self.message
+    }
+
     pub(super) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
@@ -171,6 +181,11 @@ impl Query {
     /// The first value of `name`.
     pub(super) fn get(&self, name: &str) -> Option<&str> {
         self.all(name).next()
+    }
+
+    /// Every pair, in order.
+    pub(super) fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
 
     /// Every value of `name`.
@@ -475,7 +490,8 @@ pub(super) async fn require_token(
     response
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares without an early exit, so timing tells nothing about a token.
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
