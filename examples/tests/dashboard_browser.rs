@@ -146,12 +146,26 @@ async fn open_browser(test: &str) -> Option<(Driver, Browser)> {
         .connect(&format!("http://127.0.0.1:{port}"))
         .await
         .expect("a Chromium session through chromedriver");
-    // The window's outer size; the screenshots show its viewport.
-    browser
-        .set_window_size(WINDOW.0, WINDOW.1)
-        .await
-        .expect("window size");
+    size_viewport(&browser).await.expect("window size");
     Some((driver, browser))
+}
+
+/// Sizes the window so that its viewport (what a screenshot shows) is [`WINDOW`].
+async fn size_viewport(browser: &Browser) -> TestResult {
+    browser.set_window_size(WINDOW.0, WINDOW.1).await?;
+    let inner = browser
+        .execute("return [window.innerWidth, window.innerHeight];", vec![])
+        .await?;
+    let inner = |i: usize| inner[i].as_u64().map_or(0, |v| v as u32);
+    let (w, h) = (inner(0), inner(1));
+    if (w, h) != WINDOW && w > 0 && h > 0 {
+        let outer = (
+            WINDOW.0 + WINDOW.0.saturating_sub(w),
+            WINDOW.1 + WINDOW.1.saturating_sub(h),
+        );
+        browser.set_window_size(outer.0, outer.1).await?;
+    }
+    Ok(())
 }
 
 /// Runs `body` with the browser, then ends the session (so Chromium exits) even when the
@@ -384,9 +398,9 @@ async fn act(
     let confirm = wait_for(browser, "form#confirm").await?;
     wait_for(browser, "a#confirm-no").await?;
     let restated = browser.find(Locator::Css("body")).await?.text().await?;
-    let verb = action.replace('-', " ");
+    let restated_lower = restated.to_lowercase();
     assert!(
-        restated.to_lowercase().contains(&verb),
+        restated_lower.contains(action) || restated_lower.contains(&action.replace('-', " ")),
         "the confirmation restates the action `{action}`:\n{restated}"
     );
     confirm
@@ -614,6 +628,16 @@ async fn operate_instances_from_the_dashboard() {
             // An instance with timers and retried polls, for the eye.
             b.goto(&monitor).await?;
             wait_for(&b, "#timeline svg [data-kind=\"timer\"]").await?;
+            let checks = "#timeline svg [data-kind=\"activity\"][data-name=\"check_job\"]";
+            let checks = b.find_all(Locator::Css(checks)).await?;
+            assert_eq!(checks.len(), 3, "one bar per check");
+            // The timeline sits below input, output and custom status: show it with its
+            // heading at the top of the picture.
+            b.execute(
+                "document.getElementById('timeline').previousElementSibling.scrollIntoView();",
+                vec![],
+            )
+            .await?;
             screenshot(&b, "dashboard-instance").await?;
 
             // Entities: the aggregator's stats and the two accounts; signal one.
