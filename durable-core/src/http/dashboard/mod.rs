@@ -21,8 +21,8 @@ use axum::routing::{get, post};
 use super::AppState;
 use super::handlers::{Action, Done, known_entity_id, perform};
 use super::util::{
-    ApiError, Query, constant_time_eq, decode_token, encode_path_segment, encode_token,
-    json_body, push_query, read_body,
+    ApiError, Query, constant_time_eq, decode_token, encode_path_segment, encode_token, json_body,
+    push_query, read_body,
 };
 use crate::history::RuntimeStatus;
 use crate::ids::{InstanceId, Timestamp};
@@ -111,7 +111,10 @@ async fn security_headers(mut response: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     response
@@ -192,7 +195,11 @@ fn unauthorized(why: &str) -> Response {
 
 /// `Sec-Fetch-Site: same-origin`, or an `Origin` whose host and port are the `Host`.
 fn same_origin(headers: &HeaderMap) -> bool {
-    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
     if text(header::HeaderName::from_static("sec-fetch-site"))
         .is_some_and(|s| s.eq_ignore_ascii_case("same-origin"))
     {
@@ -237,7 +244,10 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 }
 
 async fn not_found() -> PageError {
-    PageError(StatusCode::NOT_FOUND, "there is no such dashboard page".into())
+    PageError(
+        StatusCode::NOT_FOUND,
+        "there is no such dashboard page".into(),
+    )
 }
 
 /// The list page's filters, as parsed from its query string.
@@ -256,7 +266,10 @@ impl Filters {
         let mut statuses = Vec::new();
         for s in query.all("status").filter(|s| !s.is_empty()) {
             let status = RuntimeStatus::parse(s).ok_or_else(|| {
-                PageError(StatusCode::BAD_REQUEST, format!("unknown runtime status {s:?}"))
+                PageError(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown runtime status {s:?}"),
+                )
             })?;
             if !statuses.contains(&status) {
                 statuses.push(status);
@@ -275,10 +288,8 @@ impl Filters {
 
     /// The store query, statuses aside.
     fn query(&self) -> Result<InstanceQuery, PageError> {
-        let mut q = InstanceQuery::new().created_between(
-            local_time("from", &self.from)?,
-            local_time("to", &self.to)?,
-        );
+        let mut q = InstanceQuery::new()
+            .created_between(local_time("from", &self.from)?, local_time("to", &self.to)?);
         if !self.name.is_empty() {
             q = q.name(self.name.clone());
         }
@@ -342,7 +353,10 @@ async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> PageRes
     let base = filters.query()?;
     let token = match query.get("page").filter(|t| !t.is_empty()) {
         Some(t) => Some(decode_token(t).ok_or_else(|| {
-            PageError(StatusCode::BAD_REQUEST, "the page token is not valid".into())
+            PageError(
+                StatusCode::BAD_REQUEST,
+                "the page token is not valid".into(),
+            )
         })?),
         None => None,
     };
@@ -421,7 +435,8 @@ fn with_flash(mut url: String, ok: bool, msg: &str) -> String {
 }
 
 fn read_id(id: &str) -> Result<InstanceId, PageError> {
-    InstanceId::new_system(id.to_owned()).map_err(|e| PageError(StatusCode::NOT_FOUND, e.to_string()))
+    InstanceId::new_system(id.to_owned())
+        .map_err(|e| PageError(StatusCode::NOT_FOUND, e.to_string()))
 }
 
 /// `GET /dashboard/instances/{id}`.
@@ -483,15 +498,17 @@ async fn instance_action(
     let back = instance_url(&id);
     let action = match action_of(&name, &form) {
         Ok(Some(a)) => a,
-        Ok(None) => return Err(PageError(StatusCode::NOT_FOUND, format!("unknown action {name:?}"))),
+        Ok(None) => {
+            return Err(PageError(
+                StatusCode::NOT_FOUND,
+                format!("unknown action {name:?}"),
+            ));
+        }
         // Bad input (e.g. event data that is not JSON): say so where the user came from.
         Err(PageError(_, why)) => return Ok(see_other(&with_flash(back, false, &why))),
     };
     if form.get("confirm") != Some("yes") {
-        let fields: Vec<(&str, &str)> = form
-            .pairs()
-            .filter(|(n, _)| *n != "confirm")
-            .collect();
+        let fields: Vec<(&str, &str)> = form.pairs().filter(|(n, _)| *n != "confirm").collect();
         return Ok(html(
             StatusCode::OK,
             &pages::confirm_page(&name, &format!("instance {id}"), &back, &fields),
@@ -505,13 +522,19 @@ async fn instance_action(
         Action::Purge => InstanceId::new_system(id.clone())
             .map_err(ApiError::from)
             .map(|_| ()),
-        _ => InstanceId::new(id.clone()).map_err(ApiError::from).map(|_| ()),
+        _ => InstanceId::new(id.clone())
+            .map_err(ApiError::from)
+            .map(|_| ()),
     };
     if let Err(e) = result {
         return Ok(see_other(&with_flash(back, false, e.message())));
     }
     Ok(match perform(&state.client, &target, action).await {
-        Ok(Done::Accepted) => see_other(&with_flash(back, true, &format!("{name}: done for instance {id}"))),
+        Ok(Done::Accepted) => see_other(&with_flash(
+            back,
+            true,
+            &format!("{name}: done for instance {id}"),
+        )),
         Ok(Done::Started(new)) => see_other(&with_flash(
             instance_url(new.as_str()),
             true,
@@ -522,7 +545,11 @@ async fn instance_action(
             true,
             &format!("purged instance {id} ({n} deleted)"),
         )),
-        Err(e) => see_other(&with_flash(back, false, &format!("{name} refused: {}", e.message()))),
+        Err(e) => see_other(&with_flash(
+            back,
+            false,
+            &format!("{name} refused: {}", e.message()),
+        )),
     })
 }
 
@@ -532,7 +559,10 @@ async fn entities(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Pag
     let name = query.get("name").unwrap_or("").trim().to_owned();
     let token = match query.get("page").filter(|t| !t.is_empty()) {
         Some(t) => Some(decode_token(t).ok_or_else(|| {
-            PageError(StatusCode::BAD_REQUEST, "the page token is not valid".into())
+            PageError(
+                StatusCode::BAD_REQUEST,
+                "the page token is not valid".into(),
+            )
         })?),
         None => None,
     };
@@ -542,7 +572,11 @@ async fn entities(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Pag
     if !name.is_empty() {
         q = q.name(name.clone());
     }
-    let page = state.client.list_entities(&q).await.map_err(ApiError::from)?;
+    let page = state
+        .client
+        .list_entities(&q)
+        .await
+        .map_err(ApiError::from)?;
     let next = page.continuation.as_deref().map(|c| {
         let mut url = format!("{MOUNT}/entities");
         if !name.is_empty() {
@@ -610,7 +644,11 @@ async fn signal(
         Err(e) => Err(e),
     };
     Ok(see_other(&match result {
-        Ok(()) => with_flash(back, true, &format!("signalled {operation:?} to entity {id}")),
+        Ok(()) => with_flash(
+            back,
+            true,
+            &format!("signalled {operation:?} to entity {id}"),
+        ),
         Err(e) => with_flash(back, false, &format!("signal refused: {}", e.message())),
     }))
 }

@@ -214,7 +214,12 @@ pub(super) fn instance_page(
     layout(&format!("Instance {id}"), flash, body)
 }
 
-pub(super) fn confirm_page(action: &str, target: &str, back: &str, fields: &[(&str, &str)]) -> Markup {
+pub(super) fn confirm_page(
+    action: &str,
+    target: &str,
+    back: &str,
+    fields: &[(&str, &str)],
+) -> Markup {
     let body = html! {
         h1 { "Confirm " (action) }
         p.restated { "Really " strong { (action) } " " (target) "?" }
@@ -233,7 +238,11 @@ pub(super) fn confirm_page(action: &str, target: &str, back: &str, fields: &[(&s
 }
 
 pub(super) fn entity_url(id: &EntityId) -> String {
-    let key = if id.key.is_empty() { "$" } else { id.key.as_str() };
+    let key = if id.key.is_empty() {
+        "$"
+    } else {
+        id.key.as_str()
+    };
     format!(
         "{MOUNT}/entities/{}/{}",
         encode_path_segment(&id.name),
@@ -268,7 +277,11 @@ pub(super) fn entities_page(name: &str, entities: &[EntityMetadata], next: Optio
     layout("Entities", None, body)
 }
 
-pub(super) fn entity_page(id: &EntityId, state: Option<&str>, flash: Option<&(bool, String)>) -> Markup {
+pub(super) fn entity_page(
+    id: &EntityId,
+    state: Option<&str>,
+    flash: Option<&(bool, String)>,
+) -> Markup {
     let body = html! {
         h1 { "Entity " code { (id.to_string()) } }
         h2 { "State" }
@@ -285,20 +298,28 @@ pub(super) fn entity_page(id: &EntityId, state: Option<&str>, flash: Option<&(bo
 }
 
 pub(super) fn error_page(title: &str, message: &str) -> Markup {
-    layout(title, None, html! {
-        h1 { (title) }
-        p #error-message { (message) }
-        p { a href={ (MOUNT) "/" } { "Back to the instances" } }
-    })
+    layout(
+        title,
+        None,
+        html! {
+            h1 { (title) }
+            p #error-message { (message) }
+            p { a href={ (MOUNT) "/" } { "Back to the instances" } }
+        },
+    )
 }
 
 pub(super) fn login_page(why: &str) -> Markup {
-    layout("Sign in", None, html! {
-        h1 { "Sign in" }
-        p #error-message { (why) }
-        form #login method="get" {
-            label { "Token " input name="code" type="password" autocomplete="current-password" required; }
-            button type="submit" { "Sign in" }
-        }
-    })
+    layout(
+        "Sign in",
+        None,
+        html! {
+            h1 { "Sign in" }
+            p #error-message { (why) }
+            form #login method="get" {
+                label { "Token " input name="code" type="password" autocomplete="current-password" required; }
+                button type="submit" { "Sign in" }
+            }
+        },
+    )
 }

@@ -99,11 +99,9 @@ pub(super) fn bars(history: &[HistoryEvent]) -> Vec<Bar> {
                 None
             }
             Event::TaskCompleted { seq, .. } => Some(("activity", *seq, Outcome::Completed)),
-            Event::TaskFailed { seq, failure, .. } => Some((
-                "activity",
-                *seq,
-                Outcome::Failed(failure.message.clone()),
-            )),
+            Event::TaskFailed { seq, failure, .. } => {
+                Some(("activity", *seq, Outcome::Failed(failure.message.clone())))
+            }
             Event::TimerFired { seq, .. } => Some(("timer", *seq, Outcome::Completed)),
             Event::SubOrchestrationCompleted { seq, .. } => {
                 Some(("suborchestration", *seq, Outcome::Completed))
@@ -260,20 +258,32 @@ mod tests {
     fn retries_are_attempts_and_completions_close_bars() {
         let history = vec![
             at(0, 1_000, scheduled(0, "charge")),
-            at(1, 1_500, Event::TaskFailed {
-                seq: 0,
-                failure: FailureDetails::new("E", "card declined"),
-                heartbeat: None,
-            }),
+            at(
+                1,
+                1_500,
+                Event::TaskFailed {
+                    seq: 0,
+                    failure: FailureDetails::new("E", "card declined"),
+                    heartbeat: None,
+                },
+            ),
             at(2, 1_500, scheduled(2, "charge")),
-            at(3, 2_000, Event::TaskCompleted {
-                seq: 2,
-                result: "1".into(),
-            }),
-            at(4, 2_100, Event::EventRaised {
-                name: "approve".into(),
-                input: "null".into(),
-            }),
+            at(
+                3,
+                2_000,
+                Event::TaskCompleted {
+                    seq: 2,
+                    result: "1".into(),
+                },
+            ),
+            at(
+                4,
+                2_100,
+                Event::EventRaised {
+                    name: "approve".into(),
+                    input: "null".into(),
+                },
+            ),
             at(5, 2_200, scheduled(3, "ship")),
         ];
         let bars = bars(&history);
