@@ -1,5 +1,5 @@
 //! The dashboard in a real browser: headless Chromium driven through chromedriver
-//! (WebDriver, with `fantoccini`) against the management API's server, in-process, with the
+//! (`WebDriver`, with `fantoccini`) against the management API's server, in-process, with the
 //! examples' orchestrations and entities registered and instances in known states.
 //!
 //! Needs `/usr/bin/chromedriver` and `/usr/bin/chromium` (Debian's `chromium-driver` and
@@ -9,7 +9,7 @@
 //! `DURABLE_SCREENSHOTS=docs` also writes the README's screenshots (1280x900):
 //! `docs/dashboard-list.png`, `docs/dashboard-instance.png` and `docs/dashboard-entities.png`.
 //!
-//! No sleeps: every wait is a bounded guard around a check of the page (a WebDriver wait for an
+//! No sleeps: every wait is a bounded guard around a check of the page (a `WebDriver` wait for an
 //! element, or reloading the page until it shows a state the engine reaches on its own).
 
 use std::future::Future;
@@ -217,14 +217,24 @@ impl App {
         self.worker.client()
     }
 
-    /// The URL of a dashboard page (`path` starts after `/dashboard`).
-    fn page(&self, path: &str) -> String {
-        format!("{}/dashboard{path}", self.server.url())
+    fn pages(&self) -> Pages {
+        Pages(format!("{}/dashboard", self.server.url()))
     }
 
     async fn stop(self) {
         let _ = self.server.shutdown().await;
         self.worker.shutdown().await;
+    }
+}
+
+/// The dashboard's root URL.
+#[derive(Clone)]
+struct Pages(String);
+
+impl Pages {
+    /// The URL of a dashboard page (`path` starts after `/dashboard`).
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.0)
     }
 }
 
@@ -397,6 +407,7 @@ async fn act(
         .await?;
     let confirm = wait_for(browser, "form#confirm").await?;
     wait_for(browser, "a#confirm-no").await?;
+    assert_inert(browser, &browser.title().await?).await?;
     let restated = browser.find(Locator::Css("body")).await?.text().await?;
     let restated_lower = restated.to_lowercase();
     assert!(
@@ -408,7 +419,7 @@ async fn act(
         .await?
         .click()
         .await?;
-    Ok(wait_for(browser, "#flash").await?)
+    wait_for(browser, "#flash").await
 }
 
 async fn assert_flash_ok(flash: &Element) -> TestResult {
@@ -439,7 +450,8 @@ async fn screenshot(browser: &Browser, name: &str) -> TestResult {
 
 /// The issue's flow: open the list, filter by status, open an instance and see its timeline,
 /// raise the event it waits for and watch it complete, terminate another and purge it; then
-/// the entities page and a signal. Also writes the screenshots when asked to.
+/// a timeline with timers, the entities page and a signal. Also writes the screenshots when
+/// asked to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operate_instances_from_the_dashboard() {
     if browser_tools().is_err() {
@@ -449,231 +461,223 @@ async fn operate_instances_from_the_dashboard() {
     }
     let app = App::start().await;
     seed(&app.client()).await.expect("seeded");
-    let (client, list, entities) = (app.client(), app.page("/"), app.page("/entities"));
-    let po7 = app.page("/instances/po-7");
-    let po8 = app.page("/instances/po-8");
-    let monitor = app.page("/instances/watch-job");
+    let (client, pages) = (app.client(), app.pages());
     with_browser(
         "operate_instances_from_the_dashboard",
         move |b| async move {
-            // The list: every instance, newest first, counted per status.
-            b.goto(&list).await?;
-            let ids = listed_ids(&b).await?;
-            for expected in [
-                "greet-cities",
-                "count-words",
-                "watch-job",
-                "report-sensor",
-                "pay-bob",
-                "po-7",
-                "po-8",
-            ] {
-                assert!(
-                    ids.iter().any(|i| i == expected),
-                    "{expected} listed: {ids:?}"
-                );
-            }
-            let pos = |id: &str| ids.iter().position(|i| i == id).unwrap();
-            assert!(pos("po-8") < pos("greet-cities"), "newest first: {ids:?}");
-            assert_eq!(
-                text_of(&b, "#counts [data-status=\"Running\"] .count").await?,
-                "2"
-            );
-            assert_eq!(
-                text_of(&b, "#counts [data-status=\"Completed\"] .count").await?,
-                "5"
-            );
-            let po7_row = row_of(&b, "po-7").await?;
-            assert_eq!(
-                po7_row
-                    .find(Locator::Css("td.status"))
-                    .await?
-                    .text()
-                    .await?
-                    .trim(),
-                "Running"
-            );
-            assert_eq!(
-                po7_row
-                    .find(Locator::Css("td.name"))
-                    .await?
-                    .text()
-                    .await?
-                    .trim(),
-                "approval_flow"
-            );
-            screenshot(&b, "dashboard-list").await?;
-
-            // Filter by status: only the two running approvals remain.
-            let filters = wait_for(&b, "form#filters").await?;
-            filters
-                .find(Locator::Css("select[name=status]"))
-                .await?
-                .select_by_value("Running")
-                .await?;
-            filters
-                .find(Locator::Css("button#apply"))
-                .await?
-                .click()
-                .await?;
-            reload_until(&b, "the list filtered to Running", |b| async move {
-                Ok(b.current_url()
-                    .await?
-                    .query()
-                    .unwrap_or("")
-                    .contains("status=Running"))
-            })
-            .await?;
-            let mut running = listed_ids(&b).await?;
-            running.sort();
-            assert_eq!(running, ["po-7", "po-8"]);
-            for cell in b
-                .find_all(Locator::Css("table#instances td.status"))
-                .await?
-            {
-                assert_eq!(cell.text().await?.trim(), "Running");
-            }
-
-            // Open po-7 from the list: its status, name and timeline.
-            row_of(&b, "po-7")
-                .await?
-                .find(Locator::Css("a.instance-link"))
-                .await?
-                .click()
-                .await?;
-            assert_eq!(text_of(&b, "#name").await?, "approval_flow");
-            assert_eq!(text_of(&b, "#status").await?, "Running");
-            // The `notify` activity runs on its own; its bar shows once it is done.
-            reload_until(&b, "the notify activity's bar", |b| async move {
-                Ok(!b
-                    .find_all(Locator::Css(
-                        "#timeline svg [data-kind=\"activity\"][data-name=\"notify\"]",
-                    ))
-                    .await?
-                    .is_empty())
-            })
-            .await?;
-            let bar = b
-                .find(Locator::Css(
-                    "#timeline svg [data-kind=\"activity\"][data-name=\"notify\"]",
-                ))
-                .await?;
-            assert!(bar.attr("data-seq").await?.is_some(), "a bar has data-seq");
-            assert_eq!(bar.attr("data-attempt").await?.as_deref(), Some("1"));
-            let title = bar.find(Locator::Css("title")).await?.html(true).await?;
-            assert!(
-                title.contains("notify"),
-                "the bar's title names it: {title}"
-            );
-            assert!(
-                wait_for(&b, "pre#history-json")
-                    .await?
-                    .html(true)
-                    .await?
-                    .contains("notify"),
-                "the raw history names the activity"
-            );
-
-            // Raise the event it waits for, and watch it complete.
-            let flash = act(
-                &b,
-                "raise-event",
-                &[
-                    ("event", "approval"),
-                    ("data", r#"{"approved":true,"by":"ada"}"#),
-                ],
-            )
-            .await?;
-            assert_flash_ok(&flash).await?;
-            assert!(
-                b.current_url().await?.as_str().starts_with(&po7),
-                "back on po-7"
-            );
-            reload_until(&b, "po-7 Completed", |b| async move {
-                shows(&b, "#status", "Completed").await
-            })
-            .await?;
-            let output = text_of(&b, "pre#output").await?;
-            assert!(
-                output.contains("purchase order po-7 approved by ada"),
-                "{output}"
-            );
-            assert_eq!(
-                client.status(&id("po-7")).await?.status,
-                RuntimeStatus::Completed,
-                "the page shows what the store holds"
-            );
-
-            // Terminate po-8, then purge it: gone from the list and the store.
-            b.goto(&po8).await?;
-            let flash = act(&b, "terminate", &[("reason", "no longer needed")]).await?;
-            assert_flash_ok(&flash).await?;
-            reload_until(&b, "po-8 Terminated", |b| async move {
-                shows(&b, "#status", "Terminated").await
-            })
-            .await?;
-            let flash = act(&b, "purge", &[]).await?;
-            assert_flash_ok(&flash).await?;
-            let ids = listed_ids(&b).await?;
-            assert!(!ids.iter().any(|i| i == "po-8"), "po-8 purged: {ids:?}");
-            assert!(
-                ids.iter().any(|i| i == "po-7"),
-                "the list after purge: {ids:?}"
-            );
-            assert!(matches!(
-                client.status(&id("po-8")).await,
-                Err(ClientError::InstanceNotFound(_))
-            ));
-
-            // An instance with timers and retried polls, for the eye.
-            b.goto(&monitor).await?;
-            wait_for(&b, "#timeline svg [data-kind=\"timer\"]").await?;
-            let checks = "#timeline svg [data-kind=\"activity\"][data-name=\"check_job\"]";
-            let checks = b.find_all(Locator::Css(checks)).await?;
-            assert_eq!(checks.len(), 3, "one bar per check");
-            // The timeline sits below input, output and custom status: show it with its
-            // heading at the top of the picture.
-            b.execute(
-                "document.getElementById('timeline').previousElementSibling.scrollIntoView();",
-                vec![],
-            )
-            .await?;
-            screenshot(&b, "dashboard-instance").await?;
-
-            // Entities: the aggregator's stats and the two accounts; signal one.
-            b.goto(&entities).await?;
-            wait_for(&b, "table#entities").await?;
-            for entity in ["@stats@sensor-1", "@account@alice", "@account@bob"] {
-                let css = format!("table#entities tr[data-entity-id=\"{entity}\"]");
-                wait_for(&b, &css).await?;
-            }
-            screenshot(&b, "dashboard-entities").await?;
-            b.find(Locator::Css(
-                "table#entities tr[data-entity-id=\"@stats@sensor-1\"] a.entity-link",
-            ))
-            .await?
-            .click()
-            .await?;
-            let state: serde_json::Value = serde_json::from_str(&text_of(&b, "pre#state").await?)?;
-            assert_eq!(state["count"], 3, "{state}");
-            let flash = act(&b, "signal", &[("operation", "record"), ("input", "50")]).await?;
-            assert_flash_ok(&flash).await?;
-            reload_until(&b, "the signalled reading counted", |b| async move {
-                let state = b.find(Locator::Css("pre#state")).await?.text().await?;
-                let state: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
-                Ok(state["count"] == 4 && state["max"] == 50)
-            })
-            .await?;
-            let stats = client
-                .read_entity::<Stats>("sensor-1")
-                .await?
-                .expect("state");
-            assert_eq!((stats.count, stats.max), (4, Some(50)));
-            Ok(())
+            list_and_filter(&b, &pages).await?;
+            raise_the_awaited_event(&b, &pages, &client).await?;
+            terminate_and_purge(&b, &pages, &client).await?;
+            timeline_with_timers(&b, &pages).await?;
+            entities_and_signal(&b, &pages, &client).await
         },
     )
     .await;
     app.stop().await;
+}
+
+/// The list: every instance, newest first, counted per status; then filtered to `Running`,
+/// and po-7 opened from it.
+async fn list_and_filter(b: &Browser, pages: &Pages) -> TestResult {
+    b.goto(&pages.at("/")).await?;
+    let ids = listed_ids(b).await?;
+    let seeded = [
+        "greet-cities",
+        "count-words",
+        "watch-job",
+        "report-sensor",
+        "pay-bob",
+        "po-7",
+        "po-8",
+    ];
+    for expected in seeded {
+        assert!(
+            ids.iter().any(|i| i == expected),
+            "{expected} listed: {ids:?}"
+        );
+    }
+    let pos = |id: &str| ids.iter().position(|i| i == id);
+    assert!(pos("po-8") < pos("greet-cities"), "newest first: {ids:?}");
+    let count = |status: &str| format!("#counts [data-status=\"{status}\"] .count");
+    assert_eq!(text_of(b, &count("Running")).await?, "2");
+    assert_eq!(text_of(b, &count("Completed")).await?, "5");
+    let row = row_of(b, "po-7").await?;
+    let row = &row;
+    let cell = |css| async move { row.find(Locator::Css(css)).await?.text().await };
+    assert_eq!(cell("td.status").await?.trim(), "Running");
+    assert_eq!(cell("td.name").await?.trim(), "approval_flow");
+    screenshot(b, "dashboard-list").await?;
+
+    // Filter by status: only the two running approvals remain.
+    let filters = wait_for(b, "form#filters").await?;
+    filters
+        .find(Locator::Css("select[name=status]"))
+        .await?
+        .select_by_value("Running")
+        .await?;
+    filters
+        .find(Locator::Css("button#apply"))
+        .await?
+        .click()
+        .await?;
+    reload_until(b, "the list filtered to Running", |b| async move {
+        let url = b.current_url().await?;
+        Ok(url.query().unwrap_or("").contains("status=Running"))
+    })
+    .await?;
+    let mut running = listed_ids(b).await?;
+    running.sort();
+    assert_eq!(running, ["po-7", "po-8"]);
+    for cell in b
+        .find_all(Locator::Css("table#instances td.status"))
+        .await?
+    {
+        assert_eq!(cell.text().await?.trim(), "Running");
+    }
+    row_of(b, "po-7")
+        .await?
+        .find(Locator::Css("a.instance-link"))
+        .await?
+        .click()
+        .await?;
+    Ok(())
+}
+
+/// On po-7's page: its status, name and timeline; raise the event it waits for and watch it
+/// complete.
+async fn raise_the_awaited_event(b: &Browser, pages: &Pages, client: &Client) -> TestResult {
+    assert_eq!(text_of(b, "#name").await?, "approval_flow");
+    assert_eq!(text_of(b, "#status").await?, "Running");
+    // The `notify` activity runs on its own; its bar shows once it is done.
+    let notify = "#timeline svg [data-kind=\"activity\"][data-name=\"notify\"]";
+    reload_until(b, "the notify activity's bar", |b| async move {
+        Ok(!b.find_all(Locator::Css(notify)).await?.is_empty())
+    })
+    .await?;
+    let bar = b.find(Locator::Css(notify)).await?;
+    assert!(bar.attr("data-seq").await?.is_some(), "a bar has data-seq");
+    assert_eq!(bar.attr("data-attempt").await?.as_deref(), Some("1"));
+    let title = bar.find(Locator::Css("title")).await?.html(true).await?;
+    assert!(
+        title.contains("notify"),
+        "the bar's title names it: {title}"
+    );
+    let history = wait_for(b, "pre#history-json").await?.html(true).await?;
+    assert!(
+        history.contains("notify"),
+        "the raw history names the activity"
+    );
+
+    let decision = r#"{"approved":true,"by":"ada"}"#;
+    let flash = act(
+        b,
+        "raise-event",
+        &[("event", "approval"), ("data", decision)],
+    )
+    .await?;
+    assert_flash_ok(&flash).await?;
+    let url = b.current_url().await?;
+    assert!(
+        url.as_str().starts_with(&pages.at("/instances/po-7")),
+        "back on po-7: {url}"
+    );
+    reload_until(b, "po-7 Completed", |b| async move {
+        shows(&b, "#status", "Completed").await
+    })
+    .await?;
+    let output = text_of(b, "pre#output").await?;
+    assert!(
+        output.contains("purchase order po-7 approved by ada"),
+        "{output}"
+    );
+    let record = client.status(&id("po-7")).await?;
+    assert_eq!(
+        record.status,
+        RuntimeStatus::Completed,
+        "as the store has it"
+    );
+    Ok(())
+}
+
+/// Terminate po-8, then purge it: gone from the list and the store.
+async fn terminate_and_purge(b: &Browser, pages: &Pages, client: &Client) -> TestResult {
+    b.goto(&pages.at("/instances/po-8")).await?;
+    let flash = act(b, "terminate", &[("reason", "no longer needed")]).await?;
+    assert_flash_ok(&flash).await?;
+    reload_until(b, "po-8 Terminated", |b| async move {
+        shows(&b, "#status", "Terminated").await
+    })
+    .await?;
+    let flash = act(b, "purge", &[]).await?;
+    assert_flash_ok(&flash).await?;
+    let ids = listed_ids(b).await?;
+    assert!(!ids.iter().any(|i| i == "po-8"), "po-8 purged: {ids:?}");
+    assert!(
+        ids.iter().any(|i| i == "po-7"),
+        "the list after purge: {ids:?}"
+    );
+    assert!(matches!(
+        client.status(&id("po-8")).await,
+        Err(ClientError::InstanceNotFound(_))
+    ));
+    Ok(())
+}
+
+/// The monitor's timeline: a bar per check and the timers between them.
+async fn timeline_with_timers(b: &Browser, pages: &Pages) -> TestResult {
+    b.goto(&pages.at("/instances/watch-job")).await?;
+    wait_for(b, "#timeline svg [data-kind=\"timer\"]").await?;
+    let checks = "#timeline svg [data-kind=\"activity\"][data-name=\"check_job\"]";
+    assert_eq!(
+        b.find_all(Locator::Css(checks)).await?.len(),
+        3,
+        "a bar per check"
+    );
+    assert_eq!(
+        b.find_all(Locator::Css("#timeline svg [data-kind=\"timer\"]"))
+            .await?
+            .len(),
+        2,
+        "a bar per timer"
+    );
+    // The timeline sits below input, output and custom status: show it with its heading at
+    // the top of the picture.
+    b.execute(
+        "document.getElementById('timeline').previousElementSibling.scrollIntoView();",
+        vec![],
+    )
+    .await?;
+    screenshot(b, "dashboard-instance").await
+}
+
+/// Entities: the aggregator's stats and the two accounts; signal the stats a reading.
+async fn entities_and_signal(b: &Browser, pages: &Pages, client: &Client) -> TestResult {
+    b.goto(&pages.at("/entities")).await?;
+    wait_for(b, "table#entities").await?;
+    for entity in ["@stats@sensor-1", "@account@alice", "@account@bob"] {
+        wait_for(
+            b,
+            &format!("table#entities tr[data-entity-id=\"{entity}\"]"),
+        )
+        .await?;
+    }
+    screenshot(b, "dashboard-entities").await?;
+    let link = "table#entities tr[data-entity-id=\"@stats@sensor-1\"] a.entity-link";
+    b.find(Locator::Css(link)).await?.click().await?;
+    let shown: serde_json::Value = serde_json::from_str(&text_of(b, "pre#state").await?)?;
+    assert_eq!(shown["count"], 3, "{shown}");
+    let flash = act(b, "signal", &[("operation", "record"), ("input", "50")]).await?;
+    assert_flash_ok(&flash).await?;
+    reload_until(b, "the signalled reading counted", |b| async move {
+        let text = b.find(Locator::Css("pre#state")).await?.text().await?;
+        let now: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        Ok(now["count"] == 4 && now["max"] == 50)
+    })
+    .await?;
+    let stored = client.read_entity::<Stats>("sensor-1").await?;
+    let stored = stored.expect("a state");
+    assert_eq!((stored.count, stored.max), (4, Some(50)));
+    Ok(())
 }
 
 /// Hostile instance ids, payloads and form input show as text: no element is injected,
@@ -686,112 +690,113 @@ async fn hostile_ids_and_payloads_show_as_text() {
     }
     let app = App::start().await;
     let client = app.client();
-    let names = vec![
-        HOSTILE_SCRIPT.to_owned(),
-        "\"quoted' & ☃ <b>bold</b>".to_owned(),
-    ];
+    let names = vec![HOSTILE_SCRIPT.to_owned(), HOSTILE_TEXT.to_owned()];
     hello_sequence::start_with(&client, names, with_id(HOSTILE_ID))
         .await
         .expect("starts")
         .wait()
         .await
         .expect("completes");
-    let waiting = format!("{HOSTILE_ID} waiting");
     let req = ApprovalRequest {
         item: HOSTILE_SCRIPT.into(),
         timeout_hours: 72,
     };
-    approval_flow::start_with(&client, req, with_id(&waiting))
+    approval_flow::start_with(&client, req, with_id(&hostile_waiting()))
         .await
         .expect("starts");
-    let list = app.page("/");
+    let pages = app.pages();
     with_browser(
         "hostile_ids_and_payloads_show_as_text",
         move |b| async move {
-            b.goto(&list).await?;
-            let ids = listed_ids(&b).await?;
-            assert!(
-                ids.iter().any(|i| i == HOSTILE_ID),
-                "listed verbatim: {ids:?}"
-            );
-            let title = b.title().await?;
-            assert!(!title.contains("pwned"));
-            assert_inert(&b, &title).await?;
-            let row = row_of(&b, HOSTILE_ID).await?;
-            let link = row.find(Locator::Css("a.instance-link")).await?;
-            assert!(
-                link.text().await?.contains(HOSTILE_ID),
-                "the link shows the id as text"
-            );
-
-            // Its page: the id, the input and the output are text, nothing more.
-            link.click().await?;
-            assert_eq!(text_of(&b, "#status").await?, "Completed");
-            let page_title = b.title().await?;
-            for css in ["pre#input", "pre#output"] {
-                let pre = wait_for(&b, css).await?;
-                let text = pre.text().await?;
-                assert!(
-                    text.contains(HOSTILE_SCRIPT),
-                    "{css} shows the script as text: {text}"
-                );
-                assert!(text.contains("<b>bold</b>"), "{css}: {text}");
-                assert!(
-                    pre.find_all(Locator::Css("*")).await?.is_empty(),
-                    "no element inside {css}: {}",
-                    pre.html(true).await?
-                );
-            }
-            assert!(
-                b.find(Locator::Css("body"))
-                    .await?
-                    .text()
-                    .await?
-                    .contains(HOSTILE_ID),
-                "the id is shown verbatim"
-            );
-            assert_inert(&b, &page_title).await?;
-
-            // A hostile event name and payload through the form, the confirmation and the flash.
-            b.goto(&list).await?;
-            row_of(&b, &waiting)
-                .await?
-                .find(Locator::Css("a.instance-link"))
-                .await?
-                .click()
-                .await?;
-            wait_for(&b, "#status").await?;
-            let page_title = b.title().await?;
-            let flash = act(
-                &b,
-                "raise-event",
-                &[
-                    ("event", HOSTILE_SCRIPT),
-                    ("data", "\"<img src=x onerror=alert(4)>\""),
-                ],
-            )
-            .await?;
-            assert_flash_ok(&flash).await?;
-            assert!(
-                flash
-                    .find_all(Locator::Css("script, img"))
-                    .await?
-                    .is_empty(),
-                "no markup from the input in the flash: {}",
-                flash.html(true).await?
-            );
-            assert!(
-                b.current_url()
-                    .await?
-                    .as_str()
-                    .contains("/dashboard/instances/")
-            );
-            assert_inert(&b, &page_title).await?;
-            Ok(())
+            hostile_id_and_payloads(&b, &pages).await?;
+            hostile_form_input(&b, &pages).await
         },
     )
     .await;
     app.stop().await;
+}
+
+/// Markup-like text in a payload.
+const HOSTILE_TEXT: &str = "\"quoted' & ☃ <b>bold</b>";
+
+/// A running instance with a hostile id, for the forms.
+fn hostile_waiting() -> String {
+    format!("{HOSTILE_ID} waiting")
+}
+
+/// The hostile id in the list and on its page, the hostile input and output on the page.
+async fn hostile_id_and_payloads(b: &Browser, pages: &Pages) -> TestResult {
+    b.goto(&pages.at("/")).await?;
+    let ids = listed_ids(b).await?;
+    assert!(
+        ids.iter().any(|i| i == HOSTILE_ID),
+        "listed verbatim: {ids:?}"
+    );
+    let title = b.title().await?;
+    assert_inert(b, &title).await?;
+    let row = row_of(b, HOSTILE_ID).await?;
+    let link = row.find(Locator::Css("a.instance-link")).await?;
+    let shown = link.text().await?;
+    assert!(
+        shown.contains(HOSTILE_ID),
+        "the link shows the id as text: {shown}"
+    );
+
+    // Its page: the id, the input and the output are text, nothing more.
+    link.click().await?;
+    assert_eq!(text_of(b, "#status").await?, "Completed");
+    let title = b.title().await?;
+    for css in ["pre#input", "pre#output"] {
+        let pre = wait_for(b, css).await?;
+        let text = pre.text().await?;
+        assert!(
+            text.contains(HOSTILE_SCRIPT),
+            "{css} shows the script as text: {text}"
+        );
+        assert!(text.contains("<b>bold</b>"), "{css}: {text}");
+        let inside = pre.find_all(Locator::Css("*")).await?;
+        assert!(
+            inside.is_empty(),
+            "no element inside {css}: {}",
+            pre.html(true).await?
+        );
+    }
+    let body = b.find(Locator::Css("body")).await?.text().await?;
+    assert!(body.contains(HOSTILE_ID), "the id is shown verbatim");
+    assert_inert(b, &title).await
+}
+
+/// A hostile event name and payload through the form, the confirmation and the flash.
+async fn hostile_form_input(b: &Browser, pages: &Pages) -> TestResult {
+    b.goto(&pages.at("/")).await?;
+    row_of(b, &hostile_waiting())
+        .await?
+        .find(Locator::Css("a.instance-link"))
+        .await?
+        .click()
+        .await?;
+    wait_for(b, "#status").await?;
+    let title = b.title().await?;
+    let data = "\"<img src=x onerror=alert(4)>\"";
+    let flash = act(
+        b,
+        "raise-event",
+        &[("event", HOSTILE_SCRIPT), ("data", data)],
+    )
+    .await?;
+    assert_flash_ok(&flash).await?;
+    let markup = flash.find_all(Locator::Css("script, img")).await?;
+    assert!(
+        markup.is_empty(),
+        "no markup in the flash: {}",
+        flash.html(true).await?
+    );
+    let url = b.current_url().await?;
+    assert!(
+        url.as_str().contains("/dashboard/instances/"),
+        "on the instance: {url}"
+    );
+    assert_inert(b, &title).await
 }
 
 /// Nothing the test's strings carry ran or was parsed into elements: the title is
