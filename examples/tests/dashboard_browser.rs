@@ -13,7 +13,7 @@
 //! element, or reloading the page until it shows a state the engine reaches on its own).
 
 use std::future::Future;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -93,16 +93,25 @@ fn free_port() -> u16 {
     listener.local_addr().expect("a local address").port()
 }
 
-/// Starts chromedriver on a free port and opens a headless Chromium session with a
-/// 1280x900 window; `None` (after saying why) when chromedriver or Chromium is missing.
-async fn open_browser(test: &str) -> Option<(Driver, Browser)> {
-    let (chromedriver, chromium) = match browser_tools() {
-        Ok(tools) => tools,
+/// chromedriver's and Chromium's paths; `None`, after saying that `test` is skipped and
+/// why, when one is missing.
+fn tools_or_skip(test: &str) -> Option<(PathBuf, PathBuf)> {
+    match browser_tools() {
+        Ok(tools) => Some(tools),
         Err(why) => {
-            eprintln!("skipped {test}: {why}");
-            return None;
+            // Straight to stderr, past the test harness's capture.
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped {test}: {why}; .ci/run installs both"
+            );
+            None
         }
-    };
+    }
+}
+
+/// Starts chromedriver on a free port and opens a headless Chromium session whose viewport
+/// is [`WINDOW`].
+async fn open_browser((chromedriver, chromium): (PathBuf, PathBuf)) -> (Driver, Browser) {
     let port = free_port();
     let mut child = Command::new(&chromedriver)
         .arg(format!("--port={port}"))
@@ -147,7 +156,7 @@ async fn open_browser(test: &str) -> Option<(Driver, Browser)> {
         .await
         .expect("a Chromium session through chromedriver");
     size_viewport(&browser).await.expect("window size");
-    Some((driver, browser))
+    (driver, browser)
 }
 
 /// Sizes the window so that its viewport (what a screenshot shows) is [`WINDOW`].
@@ -170,14 +179,12 @@ async fn size_viewport(browser: &Browser) -> TestResult {
 
 /// Runs `body` with the browser, then ends the session (so Chromium exits) even when the
 /// body failed or panicked, and reports the body's outcome.
-async fn with_browser<F, Fut>(test: &str, body: F)
+async fn with_browser<F, Fut>(test: &str, tools: (PathBuf, PathBuf), body: F)
 where
     F: FnOnce(Browser) -> Fut,
     Fut: Future<Output = TestResult> + Send + 'static,
 {
-    let Some((driver, browser)) = open_browser(test).await else {
-        return;
-    };
+    let (driver, browser) = open_browser(tools).await;
     let outcome = tokio::spawn(body(browser.clone())).await;
     let _ = browser.close().await;
     drop(driver);
@@ -454,24 +461,20 @@ async fn screenshot(browser: &Browser, name: &str) -> TestResult {
 /// asked to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operate_instances_from_the_dashboard() {
-    if browser_tools().is_err() {
-        // Say why before the engine starts (open_browser repeats it).
-        let _ = open_browser("operate_instances_from_the_dashboard").await;
+    let test = "operate_instances_from_the_dashboard";
+    let Some(tools) = tools_or_skip(test) else {
         return;
-    }
+    };
     let app = App::start().await;
     seed(&app.client()).await.expect("seeded");
     let (client, pages) = (app.client(), app.pages());
-    with_browser(
-        "operate_instances_from_the_dashboard",
-        move |b| async move {
-            list_and_filter(&b, &pages).await?;
-            raise_the_awaited_event(&b, &pages, &client).await?;
-            terminate_and_purge(&b, &pages, &client).await?;
-            timeline_with_timers(&b, &pages).await?;
-            entities_and_signal(&b, &pages, &client).await
-        },
-    )
+    with_browser(test, tools, move |b| async move {
+        list_and_filter(&b, &pages).await?;
+        raise_the_awaited_event(&b, &pages, &client).await?;
+        terminate_and_purge(&b, &pages, &client).await?;
+        timeline_with_timers(&b, &pages).await?;
+        entities_and_signal(&b, &pages, &client).await
+    })
     .await;
     app.stop().await;
 }
@@ -684,10 +687,10 @@ async fn entities_and_signal(b: &Browser, pages: &Pages, client: &Client) -> Tes
 /// nothing runs (the title stays, no alert opens).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_ids_and_payloads_show_as_text() {
-    if browser_tools().is_err() {
-        let _ = open_browser("hostile_ids_and_payloads_show_as_text").await;
+    let test = "hostile_ids_and_payloads_show_as_text";
+    let Some(tools) = tools_or_skip(test) else {
         return;
-    }
+    };
     let app = App::start().await;
     let client = app.client();
     let names = vec![HOSTILE_SCRIPT.to_owned(), HOSTILE_TEXT.to_owned()];
@@ -705,13 +708,10 @@ async fn hostile_ids_and_payloads_show_as_text() {
         .await
         .expect("starts");
     let pages = app.pages();
-    with_browser(
-        "hostile_ids_and_payloads_show_as_text",
-        move |b| async move {
-            hostile_id_and_payloads(&b, &pages).await?;
-            hostile_form_input(&b, &pages).await
-        },
-    )
+    with_browser(test, tools, move |b| async move {
+        hostile_id_and_payloads(&b, &pages).await?;
+        hostile_form_input(&b, &pages).await
+    })
     .await;
     app.stop().await;
 }
