@@ -795,6 +795,30 @@ impl Client {
         Ok(total)
     }
 
+    /// How many instances match `query` (paging ignored), per status: one entry per status
+    /// with at least one instance, in [`RuntimeStatus`] declaration order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::{InstanceQuery, RuntimeStatus};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = Client::new(std::sync::Arc::new(MemoryStore::new()));
+    /// client.start_raw("nightly", "null", Default::default()).await?;
+    /// let counts = client.count_instances(&InstanceQuery::new().name("nightly")).await?;
+    /// assert_eq!(counts, vec![(RuntimeStatus::Pending, 1)]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn count_instances(
+        &self,
+        query: &InstanceQuery,
+    ) -> Result<Vec<(RuntimeStatus, u64)>, ClientError> {
+        Ok(self.store.count_instances(query).await?)
+    }
+
     /// Lists instances, one page at a time.
     pub async fn query(&self, query: &InstanceQuery) -> Result<InstancePage, ClientError> {
         Ok(self.store.query_instances(query).await?)

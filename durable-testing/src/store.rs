@@ -24,8 +24,8 @@ use durable_core::storage::{
     OrchestrationWorkItem, QueueDepths, StoreSignals, WorkKind,
 };
 use durable_core::{
-    ActivityContext, Clock, InstanceId, InstanceQuery, InstanceRecord, MemoryStore, Store,
-    StoreError, Timestamp,
+    ActivityContext, Clock, InstanceId, InstanceQuery, InstanceRecord, MemoryStore, RuntimeStatus,
+    Store, StoreError, Timestamp,
 };
 use tokio::sync::{Notify, watch};
 
@@ -807,6 +807,16 @@ impl Store for HarnessStore {
             return halt().await;
         }
         self.inner().next_wake_time().await
+    }
+
+    async fn count_instances(
+        &self,
+        query: &InstanceQuery,
+    ) -> Result<Vec<(RuntimeStatus, u64)>, StoreError> {
+        if self.live().is_none() {
+            return halt().await;
+        }
+        self.inner().count_instances(query).await
     }
 
     async fn queue_depths(&self, now: Timestamp) -> Result<Option<QueueDepths>, StoreError> {

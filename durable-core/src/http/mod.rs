@@ -164,6 +164,16 @@ use crate::ids::InstanceId;
 /// The path prefix every management endpoint lives under (Functions v2+).
 pub const PREFIX: &str = "/runtime/webhooks/durabletask";
 
+/// The path of the dashboard's start page ([`router`] serves the dashboard under
+/// `/dashboard`): open `http://<host>:<port>/dashboard/` in a browser.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(durable_core::http::DASHBOARD, "/dashboard/");
+/// ```
+pub const DASHBOARD: &str = "/dashboard/";
+
 /// `127.0.0.1:7071`, the address the Azure Functions host uses locally.
 pub const DEFAULT_ADDR: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7071));
 

@@ -57,6 +57,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         send_message_errors,
         query_filters,
         query_paging,
+        count_instances,
         purge_removes_everything,
         purge_finished_only_purges_what_has_finished,
         signals,
@@ -2140,6 +2141,48 @@ pub async fn query_filters(store: Arc<dyn Store>) {
         assert_eq!(got, want, "query {q:?}");
         assert_eq!(cont, None, "one page for {q:?}");
     }
+}
+
+/// `count_instances` counts per status what the filters match, paging ignored.
+pub async fn count_instances(store: Arc<dyn Store>) {
+    create(&store, new_instance("order-2", "Order", "null", at(1000))).await;
+    finish(&store, "order-2", at(1000), RuntimeStatus::Completed).await;
+    create(&store, new_instance("order-4", "Order", "null", at(1500))).await;
+    finish(&store, "order-4", at(1500), RuntimeStatus::Failed).await;
+    create(&store, new_instance("order-1", "Order", "null", T0)).await;
+    create(&store, new_instance("ship-1", "Ship", "null", at(2000))).await;
+    create(&store, new_instance("order-3", "Order", "null", at(3000))).await;
+    let count = |q: InstanceQuery| {
+        let store = Arc::clone(&store);
+        async move { store.count_instances(&q).await.expect("count_instances") }
+    };
+    use RuntimeStatus::{Completed, Failed, Pending};
+    assert_eq!(
+        count(InstanceQuery::new()).await,
+        vec![(Pending, 3), (Completed, 1), (Failed, 1)]
+    );
+    assert_eq!(
+        count(InstanceQuery::new().page_size(1)).await,
+        vec![(Pending, 3), (Completed, 1), (Failed, 1)],
+        "paging is ignored"
+    );
+    assert_eq!(
+        count(InstanceQuery::new().statuses([Completed, Failed])).await,
+        vec![(Completed, 1), (Failed, 1)]
+    );
+    assert_eq!(
+        count(InstanceQuery::new().name("Ship")).await,
+        vec![(Pending, 1)]
+    );
+    assert_eq!(
+        count(InstanceQuery::new().id_prefix("order-")).await,
+        vec![(Pending, 2), (Completed, 1), (Failed, 1)]
+    );
+    assert_eq!(
+        count(InstanceQuery::new().created_between(Some(at(1000)), Some(at(2000)))).await,
+        vec![(Pending, 1), (Completed, 1), (Failed, 1)]
+    );
+    assert_eq!(count(InstanceQuery::new().id_prefix("zzz")).await, vec![]);
 }
 
 /// Paging by continuation token: every instance once, in id order, and `None` at the end.

@@ -703,6 +703,31 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
+    async fn count_instances(
+        &self,
+        query: &InstanceQuery,
+    ) -> Result<Vec<(RuntimeStatus, u64)>, StoreError> {
+        let d = self.data();
+        let start = query
+            .id_prefix
+            .as_ref()
+            .map_or(Bound::Unbounded, |p| Bound::Included(p.clone()));
+        let mut counts = super::StatusCounts::default();
+        for (key, inst) in d.instances.range((start, Bound::Unbounded)) {
+            if query
+                .id_prefix
+                .as_ref()
+                .is_some_and(|p| !key.starts_with(p.as_str()))
+            {
+                break;
+            }
+            if query.matches(&inst.record) {
+                counts.add(inst.record.status, 1);
+            }
+        }
+        Ok(counts.into_vec())
+    }
+
     async fn query_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError> {
         let d = self.data();
         let page = query.effective_page_size();

@@ -769,6 +769,53 @@ impl InstanceQuery {
     }
 }
 
+/// A per-status tally, for [`Store::count_instances`] implementations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusCounts([u64; 7]);
+
+impl StatusCounts {
+    const ORDER: [RuntimeStatus; 7] = [
+        RuntimeStatus::Pending,
+        RuntimeStatus::Running,
+        RuntimeStatus::Suspended,
+        RuntimeStatus::Completed,
+        RuntimeStatus::Failed,
+        RuntimeStatus::Terminated,
+        RuntimeStatus::ContinuedAsNew,
+    ];
+
+    /// Adds `n` instances of `status`.
+    pub fn add(&mut self, status: RuntimeStatus, n: u64) {
+        if let Some(i) = Self::ORDER.iter().position(|s| *s == status) {
+            self.0[i] += n;
+        }
+    }
+
+    /// The non-zero counts, in [`RuntimeStatus`] declaration order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::RuntimeStatus;
+    /// use durable_core::storage::StatusCounts;
+    ///
+    /// let mut counts = StatusCounts::default();
+    /// counts.add(RuntimeStatus::Failed, 2);
+    /// counts.add(RuntimeStatus::Running, 1);
+    /// assert_eq!(
+    ///     counts.into_vec(),
+    ///     vec![(RuntimeStatus::Running, 1), (RuntimeStatus::Failed, 2)]
+    /// );
+    /// ```
+    pub fn into_vec(self) -> Vec<(RuntimeStatus, u64)> {
+        Self::ORDER
+            .into_iter()
+            .zip(self.0)
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
 /// One page of query results.
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
@@ -1051,6 +1098,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Lists instances matching a query, ordered by id, one page at a time.
     async fn query_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError>;
+
+    /// How many instances match `query` (its paging ignored), per status: one entry per
+    /// status with at least one instance, in [`RuntimeStatus`] declaration order.
+    ///
+    /// The default pages through [`query_instances`](Self::query_instances); stores that can
+    /// count without reading every record (an SQL `GROUP BY`, an in-memory map) override it.
+    async fn count_instances(
+        &self,
+        query: &InstanceQuery,
+    ) -> Result<Vec<(RuntimeStatus, u64)>, StoreError> {
+        let mut q = query.clone().page_size(10_000).continuation(None);
+        let mut counts = StatusCounts::default();
+        loop {
+            let page = self.query_instances(&q).await?;
+            for r in &page.instances {
+                counts.add(r.status, 1);
+            }
+            match page.continuation {
+                Some(c) => q = q.continuation(Some(c)),
+                None => return Ok(counts.into_vec()),
+            }
+        }
+    }
 
     /// Removes every trace of an instance. Returns `false` if it did not exist.
     async fn purge_instance(&self, instance_id: &InstanceId) -> Result<bool, StoreError>;

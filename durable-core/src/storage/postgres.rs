@@ -24,7 +24,7 @@ use super::replace::{self, Reuse, Teardown};
 use super::{
     ActivityTask, ActivityWorkItem, CreateResult, EpisodeCommit, InstancePage, InstanceQuery,
     InstanceRecord, LockToken, Message, MessageId, NewInstance, OrchestrationWorkItem, QueueDepths,
-    Store, StoreSignals, WorkKind,
+    StatusCounts, Store, StoreSignals, WorkKind,
 };
 use crate::error::{BackendError, FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
@@ -1207,6 +1207,38 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    async fn count(&self, query: &InstanceQuery) -> R<Vec<(RuntimeStatus, u64)>> {
+        let conn = self.conn().await?;
+        let st = conn.prepare_cached(&self.inner.sql.count).await?;
+        let statuses: Vec<&str> = query.statuses.iter().map(|s| s.as_str()).collect();
+        let from = query.created_from.map(ts);
+        let to = query.created_to.map(ts);
+        let rows = conn
+            .query(
+                &st,
+                &[
+                    &query.id_prefix,
+                    &statuses,
+                    &query.name,
+                    &from,
+                    &to,
+                    &query.include_entities,
+                ],
+            )
+            .await?;
+        let mut counts = StatusCounts::default();
+        for row in &rows {
+            let status: String = row.try_get(0)?;
+            let n: i64 = row.try_get(1)?;
+            if let Some(status) = RuntimeStatus::parse(&status) {
+                counts.add(status, u64::try_from(n).unwrap_or(0));
+            }
+        }
+        Ok(counts.into_vec())
+    }
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn create_instance(&self, new: NewInstance) -> Result<CreateResult, StoreError> {
@@ -1483,6 +1515,15 @@ impl Store for PostgresStore {
             .map_err(|e| self.err("querying instances", e))
     }
 
+    async fn count_instances(
+        &self,
+        query: &InstanceQuery,
+    ) -> Result<Vec<(RuntimeStatus, u64)>, StoreError> {
+        self.count(query)
+            .await
+            .map_err(|e| self.err("counting instances", e))
+    }
+
     async fn purge_finished_instance(
         &self,
         instance_id: &InstanceId,
@@ -1567,6 +1608,7 @@ struct Sql {
     read_inbox: String,
     existing_ids: String,
     query: String,
+    count: String,
 }
 
 impl Sql {
@@ -1740,6 +1782,14 @@ impl Sql {
                   AND ($6::bigint IS NULL OR created_at <= $6)
                   AND ($7 OR left(id, 1) <> '@')
                 ORDER BY id LIMIT $8"),
+            count: s("SELECT status, count(*) FROM {s}.instances
+                WHERE ($1::text IS NULL OR (id >= $1 AND starts_with(id, $1)))
+                  AND (cardinality($2::text[]) = 0 OR status = ANY($2))
+                  AND ($3::text IS NULL OR name = $3)
+                  AND ($4::bigint IS NULL OR created_at >= $4)
+                  AND ($5::bigint IS NULL OR created_at <= $5)
+                  AND ($6 OR left(id, 1) <> '@')
+                GROUP BY status"),
         }
     }
 }

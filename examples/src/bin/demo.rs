@@ -9,8 +9,8 @@
 //! demo midway and run it again, and it picks the unfinished instances up where they were.
 //!
 //! `cargo run -p examples --bin demo -- serve [--port 7071]` instead serves the Durable
-//! Functions-compatible HTTP API on 127.0.0.1 with every pattern registered, and prints curl
-//! lines to try.
+//! Functions-compatible HTTP API and the dashboard on 127.0.0.1 with every pattern
+//! registered, and prints the dashboard's URL and curl lines to try.
 //!
 //! Watching it: `RUST_LOG=info` prints the engine's lifecycle events to stderr
 //! (`RUST_LOG=durable_core::http=debug` one span per API request; default: errors only).
@@ -134,6 +134,7 @@ async fn serve(
         }
     };
     let base = format!("{url}{}", http::PREFIX);
+    println!("dashboard: {url}{}", http::DASHBOARD);
     println!("serving the management API at {base}");
     if matches!(server, Server::WithMetrics(..)) {
         println!("metrics for Prometheus at {url}/metrics");

@@ -395,27 +395,20 @@ async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> PageRes
     ))
 }
 
-/// The number of instances per status among those `base` matches (statuses ignored), by
-/// paging through the client's query.
+/// The number of instances per status among those `base` matches (statuses ignored), every
+/// status listed.
 async fn count_by_status(
     client: &crate::Client,
     base: &InstanceQuery,
-) -> Result<Vec<(RuntimeStatus, usize)>, PageError> {
-    let mut counts: Vec<(RuntimeStatus, usize)> = pages::STATUSES.iter().map(|s| (*s, 0)).collect();
-    let mut q = base.clone().page_size(10_000);
-    loop {
-        let page = client.query(&q).await.map_err(ApiError::from)?;
-        for r in &page.instances {
-            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == r.status) {
-                c.1 += 1;
-            }
-        }
-        match page.continuation {
-            Some(c) => q = q.continuation(Some(c)),
-            None => break,
-        }
-    }
-    Ok(counts)
+) -> Result<Vec<(RuntimeStatus, u64)>, PageError> {
+    let found = client.count_instances(base).await.map_err(ApiError::from)?;
+    Ok(pages::STATUSES
+        .iter()
+        .map(|s| {
+            let n = found.iter().find(|(f, _)| f == s).map_or(0, |(_, n)| *n);
+            (*s, n)
+        })
+        .collect())
 }
 
 /// A result message carried in the URL after an action (`flash=ok|error`, `msg`).

@@ -68,7 +68,7 @@ pub(super) struct ListView<'a> {
     pub(super) from: &'a str,
     pub(super) to: &'a str,
     pub(super) refresh: bool,
-    pub(super) counts: &'a [(RuntimeStatus, usize)],
+    pub(super) counts: &'a [(RuntimeStatus, u64)],
     pub(super) instances: &'a [InstanceRecord],
     pub(super) next: Option<&'a str>,
     pub(super) flash: Option<&'a (bool, String)>,
