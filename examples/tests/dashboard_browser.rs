@@ -206,17 +206,17 @@ struct App {
 
 impl App {
     async fn start() -> App {
+        App::start_with(HttpOptions::new()).await
+    }
+
+    async fn start_with(options: HttpOptions) -> App {
         let builder = examples::register_all(Worker::builder().store(MemoryStore::new()));
         let worker = examples::shared_state(builder, "durable-dashboard-test")
             .start()
             .expect("worker starts");
-        let server = http::serve(
-            worker.client(),
-            ([127, 0, 0, 1], 0).into(),
-            HttpOptions::new(),
-        )
-        .await
-        .expect("serves");
+        let server = http::serve(worker.client(), ([127, 0, 0, 1], 0).into(), options)
+            .await
+            .expect("serves");
         App { worker, server }
     }
 
@@ -797,6 +797,113 @@ async fn hostile_form_input(b: &Browser, pages: &Pages) -> TestResult {
         "on the instance: {url}"
     );
     assert_inert(b, &title).await
+}
+
+/// The token this test's server wants.
+const TOKEN: &str = "s3cret-token";
+
+/// With a token configured: the login form sets the `durable_token` cookie (`HttpOnly`,
+/// `SameSite=Strict`) and leads back without the token in the URL; the browser's form posts
+/// pass the same-origin rule; the list's auto-refresh (app.js, under the page's CSP) shows a
+/// change the test did not reload for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_login_actions_and_auto_refresh() {
+    let test = "token_login_actions_and_auto_refresh";
+    let Some(tools) = tools_or_skip(test) else {
+        return;
+    };
+    let app = App::start_with(HttpOptions::new().bearer_token(TOKEN)).await;
+    let client = app.client();
+    for po in ["po-9", "po-10"] {
+        let req = ApprovalRequest {
+            item: po.into(),
+            timeout_hours: 72,
+        };
+        approval_flow::start_with(&client, req, with_id(po))
+            .await
+            .expect("starts");
+    }
+    let pages = app.pages();
+    with_browser(test, tools, move |b| async move {
+        // Signed out: the login page; the token through its form.
+        b.goto(&pages.at("/")).await?;
+        let login = wait_for(&b, "form#login").await?;
+        assert!(
+            b.find_all(Locator::Css("table#instances"))
+                .await?
+                .is_empty()
+        );
+        login
+            .find(Locator::Css("input[name=code]"))
+            .await?
+            .send_keys(TOKEN)
+            .await?;
+        login.find(Locator::Css("button")).await?.click().await?;
+        wait_for(&b, "table#instances").await?;
+        let url = b.current_url().await?;
+        assert!(
+            !url.as_str().contains(TOKEN),
+            "the token left the URL: {url}"
+        );
+        let cookie = b.get_named_cookie("durable_token").await?;
+        assert_eq!(cookie.http_only(), Some(true), "{cookie:?}");
+        assert_eq!(
+            format!("{:?}", cookie.same_site()),
+            "Some(Strict)",
+            "{cookie:?}"
+        );
+
+        // A form post from the page passes (cookie and same origin).
+        b.goto(&pages.at("/instances/po-10")).await?;
+        let flash = act(&b, "terminate", &[("reason", "from the browser")]).await?;
+        assert_flash_ok(&flash).await?;
+
+        // Auto-refresh: po-9 completes without the test reloading the list.
+        b.goto(&pages.at("/")).await?;
+        wait_for(&b, "input#auto-refresh").await?.click().await?;
+        reload_free_wait(
+            &b,
+            "the refresh=1 list",
+            "//input[@id='auto-refresh' and @checked]",
+        )
+        .await?;
+        assert!(
+            b.current_url()
+                .await?
+                .query()
+                .unwrap_or("")
+                .contains("refresh=1")
+        );
+        let decision = serde_json::json!({"approved": true, "by": "grace"});
+        client
+            .raise_event(&id("po-9"), "approval", &decision)
+            .await?;
+        client.wait_for_completion(&id("po-9")).await?;
+        let completed = "//tr[@data-instance-id='po-9']/td[contains(concat(' ', @class, ' '), \
+                         ' status ')][normalize-space()='Completed']";
+        reload_free_wait(&b, "po-9 Completed after an automatic reload", completed).await
+    })
+    .await;
+    app.stop().await;
+}
+
+/// Waits, without reloading, until the page has an element matching `xpath` (bounded by
+/// [`GUARD`]; a `WebDriver` wait).
+async fn reload_free_wait(b: &Browser, what: &str, xpath: &str) -> TestResult {
+    match b
+        .wait()
+        .at_most(GUARD)
+        .for_element(Locator::XPath(xpath))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(CmdError::WaitTimeout) => Err(format!(
+            "the page did not show {what} within {GUARD:?}: {}",
+            b.current_url().await?
+        )
+        .into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Nothing the test's strings carry ran or was parsed into elements: the title is
