@@ -54,10 +54,10 @@ const HOSTILE_SCRIPT: &str = "<script>document.title='pwned';alert(3)</script>";
 
 // ----- the browser ------------------------------------------------------------------------
 
-/// chromedriver, killed when the test ends however it ends.
-struct Driver(Child);
+/// A child process (chromedriver, the demo), killed when the test ends however it ends.
+struct Process(Child);
 
-impl Drop for Driver {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -111,7 +111,7 @@ fn tools_or_skip(test: &str) -> Option<(PathBuf, PathBuf)> {
 
 /// Starts chromedriver on a free port and opens a headless Chromium session whose viewport
 /// is [`WINDOW`].
-async fn open_browser((chromedriver, chromium): (PathBuf, PathBuf)) -> (Driver, Browser) {
+async fn open_browser((chromedriver, chromium): (PathBuf, PathBuf)) -> (Process, Browser) {
     let port = free_port();
     let mut child = Command::new(&chromedriver)
         .arg(format!("--port={port}"))
@@ -120,7 +120,7 @@ async fn open_browser((chromedriver, chromium): (PathBuf, PathBuf)) -> (Driver, 
         .spawn()
         .expect("chromedriver starts");
     let stdout = child.stdout.take().expect("piped stdout");
-    let driver = Driver(child);
+    let driver = Process(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -797,6 +797,52 @@ async fn hostile_form_input(b: &Browser, pages: &Pages) -> TestResult {
         "on the instance: {url}"
     );
     assert_inert(b, &title).await
+}
+
+/// `demo serve` prints the dashboard's URL, and that URL opens the dashboard; its nav leads
+/// to the entities page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_url_demo_serve_prints_opens_the_dashboard() {
+    let test = "the_url_demo_serve_prints_opens_the_dashboard";
+    let Some(tools) = tools_or_skip(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_demo"))
+        .args(["serve", "--port", "0"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("demo starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let demo = Process(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let url = loop {
+        let line = rx
+            .recv_timeout(GUARD)
+            .expect("demo prints the dashboard's URL");
+        if let Some(url) = line.strip_prefix("dashboard: ") {
+            break url.trim().to_owned();
+        }
+    };
+    with_browser(test, tools, move |b| async move {
+        b.goto(&url).await?;
+        wait_for(&b, "table#instances").await?;
+        wait_for(&b, "form#filters").await?;
+        wait_for(&b, "nav a#nav-entities").await?.click().await?;
+        wait_for(&b, "table#entities").await?;
+        wait_for(&b, "nav a#nav-instances").await?.click().await?;
+        wait_for(&b, "table#instances").await?;
+        Ok(())
+    })
+    .await;
+    drop(demo);
 }
 
 /// The token this test's server wants.
