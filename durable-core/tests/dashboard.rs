@@ -322,6 +322,10 @@ async fn list_filters_counts_and_pages() {
     assert!(next.contains("prefix=page-"), "{next}");
     let second = d.get(&next).await;
     assert_eq!(rows(&second.text), 10, "{}", second.text);
+    // Newest first: the last started lead, the first started close the second page.
+    let pos = |text: &str, id: &str| text.find(&format!("data-instance-id=\"{id}\"")).unwrap();
+    assert!(pos(&first.text, "page-59") < pos(&first.text, "page-10"));
+    assert!(second.text.contains("data-instance-id=\"page-00\""));
     assert!(!second.text.contains("id=\"next-page\""));
 }
 
@@ -632,4 +636,44 @@ async fn entities_are_listed_shown_and_signalled() {
         d.get("/dashboard/entities/nosuchentity/k").await.status,
         StatusCode::NOT_FOUND
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_instances_are_marked_with_their_reason() {
+    let d = start(HttpOptions::new()).await;
+    // A client without the worker's registry can start a name the worker does not know.
+    let bare = durable_core::Client::new(std::sync::Arc::new(d.store.clone()));
+    bare.start_raw(
+        "ghost",
+        "null",
+        StartOptions::new().instance_id(InstanceId::new("stuck-1").unwrap()),
+    )
+    .await
+    .unwrap();
+    d.start_named("approval", "fine-1", "\"x\"").await;
+    let client = d.worker.client();
+    d.until("the ghost is stuck", || async {
+        client
+            .status(&InstanceId::new("stuck-1").unwrap())
+            .await
+            .is_ok_and(|r| r.last_error.is_some())
+    })
+    .await;
+    let list = d.get("/dashboard/").await;
+    let row = |id: &str| {
+        let at = list
+            .text
+            .find(&format!("data-instance-id=\"{id}\""))
+            .unwrap();
+        let tag_start = list.text[..at].rfind("<tr").unwrap();
+        let end = at + list.text[at..].find("</tr>").unwrap();
+        list.text[tag_start..end].to_owned()
+    };
+    let stuck = row("stuck-1");
+    assert!(stuck.contains("class=\"stuck\""), "{stuck}");
+    assert!(stuck.contains("class=\"stuck-reason\""), "{stuck}");
+    assert!(stuck.contains("ghost"), "{stuck}");
+    assert!(!row("fine-1").contains("stuck"));
+    let page = d.get("/dashboard/instances/stuck-1").await;
+    assert!(page.text.contains("id=\"failure\""), "{}", page.text);
 }

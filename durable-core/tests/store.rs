@@ -93,6 +93,7 @@ macro_rules! conformance_tests {
             send_message_errors,
             query_filters,
             query_paging,
+            query_newest_first,
             count_instances,
             purge_removes_everything,
             purge_finished_only_purges_what_has_finished,

@@ -57,6 +57,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         send_message_errors,
         query_filters,
         query_paging,
+        query_newest_first,
         count_instances,
         purge_removes_everything,
         purge_finished_only_purges_what_has_finished,
@@ -2143,8 +2144,49 @@ pub async fn query_filters(store: Arc<dyn Store>) {
     }
 }
 
+/// `newest_first`: pages by creation time, newest first (ties by id, descending), with
+/// the filters applied and every instance once.
+pub async fn query_newest_first(store: Arc<dyn Store>) {
+    create(&store, new_instance("b", "Order", "null", at(1000))).await;
+    create(&store, new_instance("a", "Order", "null", at(3000))).await;
+    create(&store, new_instance("d", "Order", "null", at(2000))).await;
+    create(&store, new_instance("c", "Order", "null", at(2000))).await;
+    create(&store, new_instance("e", "Ship", "null", at(4000))).await;
+    let mut seen = Vec::new();
+    let mut q = InstanceQuery::new()
+        .name("Order")
+        .newest_first()
+        .page_size(2);
+    for _ in 0..4 {
+        let (ids, next) = query_ids(&store, &q).await;
+        assert!(ids.len() <= 2, "{ids:?}");
+        seen.extend(ids);
+        match next {
+            Some(token) => q = q.continuation(Some(token)),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen,
+        vec!["a", "d", "c", "b"],
+        "newest first, ties by id descending"
+    );
+    let (ids, next) = query_ids(&store, &InstanceQuery::new().newest_first()).await;
+    assert_eq!(ids, vec!["e", "a", "d", "c", "b"]);
+    assert_eq!(next, None);
+    let (ids, _) = query_ids(
+        &store,
+        &InstanceQuery::new()
+            .newest_first()
+            .created_between(Some(at(2000)), Some(at(3000))),
+    )
+    .await;
+    assert_eq!(ids, vec!["a", "d", "c"]);
+}
+
 /// `count_instances` counts per status what the filters match, paging ignored.
 pub async fn count_instances(store: Arc<dyn Store>) {
+    use RuntimeStatus::{Completed, Failed, Pending};
     create(&store, new_instance("order-2", "Order", "null", at(1000))).await;
     finish(&store, "order-2", at(1000), RuntimeStatus::Completed).await;
     create(&store, new_instance("order-4", "Order", "null", at(1500))).await;
@@ -2156,7 +2198,6 @@ pub async fn count_instances(store: Arc<dyn Store>) {
         let store = Arc::clone(&store);
         async move { store.count_instances(&q).await.expect("count_instances") }
     };
-    use RuntimeStatus::{Completed, Failed, Pending};
     assert_eq!(
         count(InstanceQuery::new()).await,
         vec![(Pending, 3), (Completed, 1), (Failed, 1)]

@@ -730,6 +730,29 @@ impl Store for MemoryStore {
 
     async fn query_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError> {
         let d = self.data();
+        if query.newest_first {
+            let start = query
+                .id_prefix
+                .as_ref()
+                .map_or(Bound::Unbounded, |p| Bound::Included(p.clone()));
+            let candidates: Vec<&InstanceRecord> = d
+                .instances
+                .range((start, Bound::Unbounded))
+                .take_while(|(key, _)| {
+                    query
+                        .id_prefix
+                        .as_ref()
+                        .is_none_or(|p| key.starts_with(p.as_str()))
+                })
+                .map(|(_, inst)| &inst.record)
+                .filter(|r| query.matches(r))
+                .collect();
+            let (page, continuation) = super::newest_first_page(query, candidates, |r| r);
+            return Ok(InstancePage {
+                instances: page.into_iter().cloned().collect(),
+                continuation,
+            });
+        }
         let page = query.effective_page_size();
         let start = match (&query.continuation, &query.id_prefix) {
             (Some(c), _) => Bound::Excluded(c.clone()),

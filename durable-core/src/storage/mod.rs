@@ -707,6 +707,10 @@ pub struct InstanceQuery {
     /// Include entity instances (`@name@key`); off by default so orchestration queries
     /// list only orchestrations.
     pub include_entities: bool,
+    /// Order pages by creation time, newest first (ties by id, descending) instead of by
+    /// id. The continuation tokens of the two orders differ; send back the one this order
+    /// returned.
+    pub newest_first: bool,
 }
 
 impl InstanceQuery {
@@ -745,6 +749,20 @@ impl InstanceQuery {
         self.continuation = token;
         self
     }
+    /// Newest first (by creation time) instead of by id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::InstanceQuery;
+    ///
+    /// let q = InstanceQuery::new().newest_first().page_size(50);
+    /// assert!(q.newest_first);
+    /// ```
+    pub fn newest_first(mut self) -> Self {
+        self.newest_first = true;
+        self
+    }
 
     /// `true` if `r` passes the filters (paging aside).
     pub fn matches(&self, r: &InstanceRecord) -> bool {
@@ -767,6 +785,54 @@ impl InstanceQuery {
             self.page_size.min(10_000)
         }
     }
+}
+
+/// The continuation token of a newest-first page ending at `r`: `<created ms>:<id>`.
+pub fn newest_first_token(r: &InstanceRecord) -> String {
+    format!("{}:{}", r.created_at.as_unix_millis(), r.instance_id)
+}
+
+/// Parses [`newest_first_token`]'s output.
+pub fn parse_newest_first_token(token: &str) -> Option<(Timestamp, &str)> {
+    let (ms, id) = token.split_once(':')?;
+    Some((Timestamp::from_unix_millis(ms.parse().ok()?), id))
+}
+
+/// One newest-first page out of `candidates` (records that already pass
+/// [`InstanceQuery::matches`]), for stores that scan: those older than the continuation,
+/// newest first, at most one page, and the token of the next page.
+pub fn newest_first_page<T>(
+    query: &InstanceQuery,
+    mut candidates: Vec<T>,
+    record: impl Fn(&T) -> &InstanceRecord,
+) -> (Vec<T>, Option<String>) {
+    if let Some((at, id)) = query
+        .continuation
+        .as_deref()
+        .and_then(parse_newest_first_token)
+    {
+        candidates.retain(|c| {
+            let r = record(c);
+            (r.created_at, r.instance_id.as_str()) < (at, id)
+        });
+    }
+    let page = query.effective_page_size();
+    let newest = |a: &T, b: &T| {
+        let (a, b) = (record(a), record(b));
+        (b.created_at, b.instance_id.as_str()).cmp(&(a.created_at, a.instance_id.as_str()))
+    };
+    let more = candidates.len() > page;
+    if more {
+        candidates.select_nth_unstable_by(page, newest);
+        candidates.truncate(page);
+    }
+    candidates.sort_unstable_by(newest);
+    let next = if more {
+        candidates.last().map(|c| newest_first_token(record(c)))
+    } else {
+        None
+    };
+    (candidates, next)
 }
 
 /// A per-status tally, for [`Store::count_instances`] implementations.

@@ -1162,7 +1162,56 @@ impl PostgresStore {
         Ok(out)
     }
 
+    async fn query_newest(&self, query: &InstanceQuery) -> R<InstancePage> {
+        let conn = self.conn().await?;
+        let st = conn.prepare_cached(&self.inner.sql.query_newest).await?;
+        let page = query.effective_page_size();
+        let after = query
+            .continuation
+            .as_deref()
+            .and_then(super::parse_newest_first_token);
+        let after_at = after.map(|(t, _)| ts(t));
+        let after_id = after.map(|(_, id)| id.to_owned());
+        let statuses: Vec<&str> = query.statuses.iter().map(|s| s.as_str()).collect();
+        let from = query.created_from.map(ts);
+        let to = query.created_to.map(ts);
+        let limit = i64::try_from(page + 1).unwrap_or(i64::MAX);
+        let rows = conn
+            .query(
+                &st,
+                &[
+                    &after_at,
+                    &after_id,
+                    &query.id_prefix,
+                    &statuses,
+                    &query.name,
+                    &from,
+                    &to,
+                    &query.include_entities,
+                    &limit,
+                ],
+            )
+            .await?;
+        let more = rows.len() > page;
+        let mut instances = Vec::with_capacity(rows.len().min(page));
+        for row in rows.iter().take(page) {
+            instances.push(decode::<InstanceRecord>(row.try_get(0)?)?);
+        }
+        let continuation = if more {
+            instances.last().map(super::newest_first_token)
+        } else {
+            None
+        };
+        Ok(InstancePage {
+            instances,
+            continuation,
+        })
+    }
+
     async fn query(&self, query: &InstanceQuery) -> R<InstancePage> {
+        if query.newest_first {
+            return self.query_newest(query).await;
+        }
         let conn = self.conn().await?;
         let st = conn.prepare_cached(&self.inner.sql.query).await?;
         let page = query.effective_page_size();
@@ -1609,6 +1658,7 @@ struct Sql {
     existing_ids: String,
     query: String,
     count: String,
+    query_newest: String,
 }
 
 impl Sql {
@@ -1782,6 +1832,15 @@ impl Sql {
                   AND ($6::bigint IS NULL OR created_at <= $6)
                   AND ($7 OR left(id, 1) <> '@')
                 ORDER BY id LIMIT $8"),
+            query_newest: s("SELECT record, id FROM {s}.instances
+                WHERE ($1::bigint IS NULL OR (created_at, id) < ($1, $2::text))
+                  AND ($3::text IS NULL OR (id >= $3 AND starts_with(id, $3)))
+                  AND (cardinality($4::text[]) = 0 OR status = ANY($4))
+                  AND ($5::text IS NULL OR name = $5)
+                  AND ($6::bigint IS NULL OR created_at >= $6)
+                  AND ($7::bigint IS NULL OR created_at <= $7)
+                  AND ($8 OR left(id, 1) <> '@')
+                ORDER BY created_at DESC, id DESC LIMIT $9"),
             count: s("SELECT status, count(*) FROM {s}.instances
                 WHERE ($1::text IS NULL OR (id >= $1 AND starts_with(id, $1)))
                   AND (cardinality($2::text[]) = 0 OR status = ANY($2))

@@ -856,6 +856,29 @@ fn ts(t: Timestamp) -> u64 {
     t.as_unix_millis()
 }
 
+/// The fields of a stored [`InstanceRecord`] that queries filter and sort on: decoding only
+/// these skips allocating the payloads.
+#[derive(serde::Deserialize)]
+struct RecordHead {
+    name: String,
+    status: RuntimeStatus,
+    created_at: Timestamp,
+}
+
+impl RecordHead {
+    /// [`InstanceQuery::matches`] on the head and the key.
+    fn matches(&self, id: &str, q: &InstanceQuery) -> bool {
+        (q.include_entities || !id.starts_with('@'))
+            && (q.statuses.is_empty() || q.statuses.contains(&self.status))
+            && q.name.as_ref().is_none_or(|n| *n == self.name)
+            && q.created_from.is_none_or(|t| self.created_at >= t)
+            && q.created_to.is_none_or(|t| self.created_at <= t)
+            && q.id_prefix
+                .as_ref()
+                .is_none_or(|p| id.starts_with(p.as_str()))
+    }
+}
+
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> R<T> {
     Ok(serde_json::from_slice(bytes)?)
 }
@@ -1827,6 +1850,83 @@ impl Core {
         Ok(out)
     }
 
+    /// Every instance `query` matches (paging aside), as (created, id), decoding only the
+    /// fields filters read.
+    fn scan_heads(
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        query: &InstanceQuery,
+        mut each: impl FnMut(&str, &RecordHead),
+    ) -> R<()> {
+        use std::ops::Bound;
+        let start = query
+            .id_prefix
+            .as_deref()
+            .map_or(Bound::Unbounded, Bound::Included);
+        for entry in table.range::<&str>((start, Bound::Unbounded))? {
+            let (k, v) = entry?;
+            let key = k.value();
+            if let Some(p) = &query.id_prefix {
+                if !key.starts_with(p.as_str()) {
+                    break;
+                }
+            }
+            let head: RecordHead = decode(v.value())?;
+            if head.matches(key, query) {
+                each(key, &head);
+            }
+        }
+        Ok(())
+    }
+
+    /// Newest first: sorts the matching (created, id) pairs, then reads one page of records.
+    fn query_newest(
+        &self,
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        query: &InstanceQuery,
+    ) -> R<InstancePage> {
+        let after = query
+            .continuation
+            .as_deref()
+            .and_then(super::parse_newest_first_token);
+        let mut keys: Vec<(Timestamp, String)> = Vec::new();
+        Self::scan_heads(table, query, |key, head| {
+            if after.is_none_or(|(at, id)| (head.created_at, key) < (at, id)) {
+                keys.push((head.created_at, key.to_owned()));
+            }
+        })?;
+        let page = query.effective_page_size();
+        let newest = |a: &(Timestamp, String), b: &(Timestamp, String)| b.cmp(a);
+        let more = keys.len() > page;
+        if more {
+            keys.select_nth_unstable_by(page, newest);
+            keys.truncate(page);
+        }
+        keys.sort_unstable_by(newest);
+        let mut instances = Vec::with_capacity(keys.len());
+        for (_, key) in &keys {
+            if let Some(v) = table.get(key.as_str())? {
+                instances.push(decode::<InstanceRecord>(v.value())?);
+            }
+        }
+        let continuation = if more {
+            instances.last().map(super::newest_first_token)
+        } else {
+            None
+        };
+        Ok(InstancePage {
+            instances,
+            continuation,
+        })
+    }
+
+    fn count(&self, query: &InstanceQuery) -> R<Vec<(RuntimeStatus, u64)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(INSTANCES)?;
+        let mut counts = super::StatusCounts::default();
+        Self::scan_heads(&table, query, |_, head| counts.add(head.status, 1))?;
+        Ok(counts.into_vec())
+    }
+
     fn query(&self, query: &InstanceQuery) -> R<InstancePage> {
         use std::ops::Bound;
         let txn = self.db.begin_read()?;
@@ -1837,6 +1937,9 @@ impl Core {
             (None, Some(p)) => Bound::Included(p.as_str()),
             (None, None) => Bound::Unbounded,
         };
+        if query.newest_first {
+            return self.query_newest(&table, query);
+        }
         let mut instances = Vec::new();
         let mut last = None;
         let mut more = false;
@@ -2066,6 +2169,14 @@ impl Store for RedbStore {
     async fn query_instances(&self, query: &InstanceQuery) -> Result<InstancePage, StoreError> {
         let query = query.clone();
         self.blocking(move |core| core.query(&query)).await
+    }
+
+    async fn count_instances(
+        &self,
+        query: &InstanceQuery,
+    ) -> Result<Vec<(RuntimeStatus, u64)>, StoreError> {
+        let query = query.clone();
+        self.blocking(move |core| core.count(&query)).await
     }
 
     async fn purge_finished_instance(

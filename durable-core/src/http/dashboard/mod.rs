@@ -367,6 +367,7 @@ async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> PageRes
             &base
                 .clone()
                 .statuses(filters.statuses.iter().copied())
+                .newest_first()
                 .page_size(PAGE_SIZE)
                 .continuation(token),
         )
@@ -507,21 +508,15 @@ async fn instance_action(
             &pages::confirm_page(&name, &format!("instance {id}"), &back, &fields),
         ));
     }
-    let target = match InstanceId::new_system(id.clone()) {
+    // As in the API: changes need an orchestration id; purges may name an entity's.
+    let target = match &action {
+        Action::Purge => InstanceId::new_system(id.clone()),
+        _ => InstanceId::new(id.clone()),
+    };
+    let target = match target {
         Ok(t) => t,
         Err(e) => return Ok(see_other(&with_flash(back, false, &e.to_string()))),
     };
-    let result = match &action {
-        Action::Purge => InstanceId::new_system(id.clone())
-            .map_err(ApiError::from)
-            .map(|_| ()),
-        _ => InstanceId::new(id.clone())
-            .map_err(ApiError::from)
-            .map(|_| ()),
-    };
-    if let Err(e) = result {
-        return Ok(see_other(&with_flash(back, false, e.message())));
-    }
     Ok(match perform(&state.client, &target, action).await {
         Ok(Done::Accepted) => see_other(&with_flash(
             back,

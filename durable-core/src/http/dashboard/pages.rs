@@ -285,7 +285,7 @@ pub(super) fn entity_page(
     let body = html! {
         h1 { "Entity " code { (id.to_string()) } }
         h2 { "State" }
-        pre #state { (state.map(pretty).unwrap_or_else(|| "(no state)".to_owned())) }
+        pre #state { (state.map_or_else(|| "(no state)".to_owned(), pretty)) }
         h2 { "Signal an operation" }
         form.action method="post" data-action="signal" action={ (entity_url(id)) "/actions/signal" } {
             input name="operation" placeholder="operation" required;
