@@ -643,13 +643,6 @@ async fn timeline_with_timers(b: &Browser, pages: &Pages) -> TestResult {
         2,
         "a bar per timer"
     );
-    // The timeline sits below input, output and custom status: show it with its heading at
-    // the top of the picture.
-    b.execute(
-        "document.getElementById('timeline').previousElementSibling.scrollIntoView();",
-        vec![],
-    )
-    .await?;
     screenshot(b, "dashboard-instance").await
 }
 
