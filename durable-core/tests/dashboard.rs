@@ -292,6 +292,15 @@ async fn list_filters_counts_and_pages() {
     let prefixed = d.get("/dashboard/?prefix=done-1").await;
     assert_eq!(rows(&prefixed.text), 1);
     assert_eq!(count(&prefixed.text, "Completed"), 1);
+    // Each count links to the list narrowed to its status, keeping the other filters.
+    assert!(all.text.contains("href=\"/dashboard/?status=Running\""));
+    assert!(
+        prefixed
+            .text
+            .contains("href=\"/dashboard/?status=Completed&amp;prefix=done-1\""),
+        "{}",
+        prefixed.text
+    );
     assert_eq!(
         rows(&d.get("/dashboard/?from=2999-01-01T00:00").await.text),
         0

@@ -74,6 +74,25 @@ pub(super) struct ListView<'a> {
     pub(super) flash: Option<&'a (bool, String)>,
 }
 
+/// The list with the same filters, narrowed to one status (a count's link).
+fn status_link(v: &ListView<'_>, status: RuntimeStatus) -> String {
+    let mut url = format!("{MOUNT}/?status={}", status.as_str());
+    for (name, value) in [
+        ("name", v.name),
+        ("prefix", v.prefix),
+        ("from", v.from),
+        ("to", v.to),
+    ] {
+        if !value.is_empty() {
+            crate::http::util::push_query(&mut url, name, value);
+        }
+    }
+    if v.refresh {
+        url.push_str("&refresh=1");
+    }
+    url
+}
+
 pub(super) fn list_page(v: &ListView<'_>) -> Markup {
     let body = html! {
         h1 { "Instances" }
@@ -95,7 +114,11 @@ pub(super) fn list_page(v: &ListView<'_>) -> Markup {
         }
         ul #counts {
             @for (s, n) in v.counts {
-                li data-status=(s.as_str()) { span.label { (s.as_str()) } " " span.count { (n) } }
+                li data-status=(s.as_str()) {
+                    a href=(status_link(v, *s)) title="show only these" {
+                        span.label { (s.as_str()) } " " span.count { (n) }
+                    }
+                }
             }
         }
         table #instances {
