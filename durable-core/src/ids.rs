@@ -208,6 +208,10 @@ impl Timestamp {
         let (date, time) = text.split_once(['T', 't', ' '])?;
         let mut dp = date.splitn(3, '-');
         let y: i64 = dp.next()?.parse().ok()?;
+        // Four-digit years only (RFC 3339): the arithmetic below cannot overflow.
+        if !(0..=9999).contains(&y) {
+            return None;
+        }
         let mo: u32 = dp.next()?.parse().ok()?;
         let d: u32 = dp.next()?.parse().ok()?;
         if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) {
@@ -330,6 +334,9 @@ mod tests {
             "2024-01-01T00:00:00+02:60",
             "2024-01-01T00:00:00.12xZ",
             "2024-01-01T-1:00:00Z",
+            "99999999999999-01-01T00:00:00Z",
+            "10000-01-01T00:00:00Z",
+            "-1-01-01T00:00:00Z",
         ] {
             assert_eq!(Timestamp::parse_rfc3339(bad), None, "{bad}");
         }

@@ -311,7 +311,12 @@ async fn list_filters_counts_and_pages() {
     );
 
     // Bad input is a 400 page, not a 500.
-    for bad in ["?status=Sleeping", "?from=yesterday", "?page=zz"] {
+    for bad in [
+        "?status=Sleeping",
+        "?from=yesterday",
+        "?from=99999999999999-01-01T00:00",
+        "?page=zz",
+    ] {
         let r = d.get(&format!("/dashboard/{bad}")).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text);
         assert!(r.header("content-type").starts_with("text/html"));
@@ -510,6 +515,88 @@ async fn cross_site_posts_are_refused() {
         )
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
+}
+
+/// Without a token only requests addressed to a loopback name are answered: a page that
+/// points a name of its own at 127.0.0.1 (DNS rebinding) can neither read nor act, even
+/// with a same-origin POST. The stylesheet stays public.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_only_loopback_names_are_answered() {
+    let d = start(HttpOptions::new()).await;
+    d.start_named("approval", "x1", "\"x\"").await;
+    for host in [
+        "evil.example:7071",
+        "evil.example",
+        "10.0.0.7:7071",
+        "127.0.0.1.evil.example",
+    ] {
+        let r = d
+            .send(Method::GET, "/dashboard/", &[("host", host)], "")
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{host}");
+        assert!(r.text.contains("bearer token"), "{}", r.text);
+        let origin = format!("http://{host}");
+        let r = d
+            .send(
+                Method::POST,
+                "/dashboard/instances/x1/actions/terminate",
+                &[
+                    ("host", host),
+                    ("origin", origin.as_str()),
+                    ("sec-fetch-site", "same-origin"),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                ],
+                &form(&[("reason", "r"), ("confirm", "yes")]),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{host}");
+    }
+    assert_ne!(d.status("x1").await, Some(RuntimeStatus::Terminated));
+    for host in [
+        "localhost:7071",
+        "127.0.0.1",
+        "127.0.0.2:80",
+        "[::1]:7071",
+        "LOCALHOST",
+    ] {
+        let r = d
+            .send(Method::GET, "/dashboard/", &[("host", host)], "")
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{host}");
+    }
+    let css = d
+        .send(
+            Method::GET,
+            "/dashboard/app.css",
+            &[("host", "evil.example")],
+            "",
+        )
+        .await;
+    assert_eq!(css.status, StatusCode::OK);
+}
+
+/// The host of `HttpOptions::base_url` is this machine's name too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_base_url_host_is_answered_without_a_token() {
+    let d = start(HttpOptions::new().base_url("https://jobs.example.com:8443/")).await;
+    let r = d
+        .send(
+            Method::GET,
+            "/dashboard/",
+            &[("host", "jobs.example.com")],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = d
+        .send(
+            Method::GET,
+            "/dashboard/",
+            &[("host", "other.example.com")],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -678,6 +678,10 @@ async fn malformed_input_is_400_with_a_json_body_never_500() {
     api.get("/instances?createdTimeFrom=yesterday")
         .await
         .assert_error(StatusCode::BAD_REQUEST, "InvalidQueryParameter");
+    // A year the arithmetic cannot hold (it overflowed, a panic in debug builds).
+    api.get("/instances?createdTimeFrom=99999999999999-01-01T00:00:00Z")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "InvalidQueryParameter");
     api.get("/instances?runtimeStatus=Sleeping")
         .await
         .assert_error(StatusCode::BAD_REQUEST, "InvalidQueryParameter");

@@ -356,7 +356,7 @@ const HEX: &[u8; 16] = b"0123456789ABCDEF";
 /// Appends `name=value` (the value percent-encoded) to a URL's query string.
 pub(super) fn push_query(url: &mut String, name: &str, value: &str) {
     url.push(if url.contains('?') { '&' } else { '?' });
-    url.push_str(name);
+    url.push_str(&encode_path_segment(name));
     url.push('=');
     url.push_str(&encode_path_segment(value));
 }

@@ -126,6 +126,11 @@ async fn security_headers(mut response: Response) -> Response {
 /// Token check (cookie, bearer header or `?code=`, which sets the cookie) and, for POSTs,
 /// the same-origin check.
 async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if path == format!("{MOUNT}/app.css") || path == format!("{MOUNT}/app.js") {
+        // Static and public: the sign-in page needs its stylesheet.
+        return next.run(request).await;
+    }
     if let Some(token) = state.options.bearer_token.as_deref() {
         let query = Query::parse(request.uri().query()).unwrap_or_default();
         if let Some(code) = query.get("code") {
@@ -152,6 +157,18 @@ async fn guard(State(state): State<AppState>, request: Request, next: Next) -> R
         if !authorized(request.headers(), token) {
             return unauthorized("this dashboard requires the API's bearer token");
         }
+    } else if !addressed_to_this_machine(request.headers(), state.options.base_url.as_deref()) {
+        // Without a token only the loopback names reach the dashboard, so a page elsewhere
+        // cannot read or drive it by pointing a name of its own at 127.0.0.1 (DNS
+        // rebinding).
+        return PageError(
+            StatusCode::FORBIDDEN,
+            "without a bearer token the dashboard answers only requests addressed to this machine \
+             (localhost, 127.0.0.1 or [::1], or the host of HttpOptions::base_url); set \
+             HttpOptions::bearer_token to serve it under another name"
+                .into(),
+        )
+        .into_response();
     }
     if request.method() == Method::POST && !same_origin(request.headers()) {
         return PageError(
@@ -192,6 +209,33 @@ fn unauthorized(why: &str) -> Response {
     r.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     r
+}
+
+/// Whether the request's `Host` names this machine by a loopback name or address, or is the
+/// host of the configured `base_url` (a request without `Host` is HTTP/1.0 from a local tool).
+fn addressed_to_this_machine(headers: &HeaderMap, base_url: Option<&str>) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return headers.get(header::HOST).is_none();
+    };
+    let name = host_name(host.trim()).to_ascii_lowercase();
+    let loopback = name == "localhost"
+        || name == "::1"
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    loopback
+        || base_url
+            .and_then(|b| b.split_once("://"))
+            .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+            .is_some_and(|authority| host_name(authority).eq_ignore_ascii_case(&name))
+}
+
+/// The host of a `host[:port]` authority, without the brackets of an IPv6 literal.
+fn host_name(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.split(':').next().unwrap_or(authority)
 }
 
 /// `Sec-Fetch-Site: same-origin`, or an `Origin` whose host and port are the `Host`.
