@@ -4,7 +4,8 @@
 //! `TaskCompleted`/`TaskFailed` (activities), `TimerCreated` → `TimerFired`,
 //! `SubOrchestrationCreated` → `SubOrchestrationCompleted`/`Failed`, `EntityCalled` →
 //! `EntityResponded`; `EventRaised` is a point. A retried call shows as one bar per attempt,
-//! numbered from 1 (an attempt follows a failure of the same kind and name).
+//! numbered from 1 (an attempt follows a failure of the same kind and name scheduled from the
+//! same place in the code); an action a rewind re-runs gets a new attempt bar from the rewind.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -48,11 +49,41 @@ pub(super) struct Bar {
 pub(super) fn bars(history: &[HistoryEvent]) -> Vec<Bar> {
     let mut bars: Vec<Bar> = Vec::new();
     let mut open: HashMap<(&'static str, u64), usize> = HashMap::new();
-    let mut failures: HashMap<(&'static str, String), u32> = HashMap::new();
+    // Failures in a row of one call: kind, name and the call's place in the code (a retry
+    // policy schedules every attempt from the same place).
+    let mut failures: HashMap<(&'static str, String, Option<String>), u32> = HashMap::new();
+    // Each bar's attempt key, for the rewind that re-runs it.
+    let mut keys: Vec<(&'static str, String, Option<String>)> = Vec::new();
     for e in history {
         let at = e.timestamp.as_unix_millis();
-        let mut start = |kind: &'static str, seq: u64, name: String| {
-            let attempt = failures.get(&(kind, name.clone())).copied().unwrap_or(0) + 1;
+        if let Event::ExecutionRewound { seqs, .. } = &e.event {
+            // The rewound actions run again under their numbers, with no new scheduling
+            // event: each gets a new attempt bar from the rewind on.
+            for seq in seqs {
+                let Some(i) = bars.iter().rposition(|b| {
+                    b.seq == *seq && matches!(b.kind, "activity" | "suborchestration")
+                }) else {
+                    continue;
+                };
+                let previous = bars[i].clone();
+                open.insert((previous.kind, *seq), bars.len());
+                keys.push(keys[i].clone());
+                bars.push(Bar {
+                    attempt: previous.attempt + 1,
+                    start: at,
+                    end: None,
+                    outcome: Outcome::Pending,
+                    ..previous
+                });
+            }
+            continue;
+        }
+        let location =
+            |l: &Option<crate::history::SourceLocation>| l.as_ref().map(ToString::to_string);
+        let mut start = |kind: &'static str, seq: u64, name: String, place: Option<String>| {
+            let key = (kind, name.clone(), place);
+            let attempt = failures.get(&key).copied().unwrap_or(0) + 1;
+            keys.push(key);
             open.insert((kind, seq), bars.len());
             bars.push(Bar {
                 kind,
@@ -65,17 +96,32 @@ pub(super) fn bars(history: &[HistoryEvent]) -> Vec<Bar> {
             });
         };
         let close = match &e.event {
-            Event::TaskScheduled { seq, name, .. } => {
-                start("activity", *seq, name.clone());
+            Event::TaskScheduled {
+                seq,
+                name,
+                location: place,
+                ..
+            } => {
+                start("activity", *seq, name.clone(), location(place));
                 None
             }
             Event::TimerCreated { seq, fire_at, .. } => {
                 let wait = fire_at.as_unix_millis().saturating_sub(at);
-                start("timer", *seq, format!("timer {}", duration_text(wait)));
+                start(
+                    "timer",
+                    *seq,
+                    format!("timer {}", duration_text(wait)),
+                    None,
+                );
                 None
             }
-            Event::SubOrchestrationCreated { seq, name, .. } => {
-                start("suborchestration", *seq, name.clone());
+            Event::SubOrchestrationCreated {
+                seq,
+                name,
+                location: place,
+                ..
+            } => {
+                start("suborchestration", *seq, name.clone(), location(place));
                 None
             }
             Event::EntityCalled {
@@ -84,10 +130,11 @@ pub(super) fn bars(history: &[HistoryEvent]) -> Vec<Bar> {
                 operation,
                 ..
             } => {
-                start("entity", *seq, format!("{entity}.{operation}"));
+                start("entity", *seq, format!("{entity}.{operation}"), None);
                 None
             }
             Event::EventRaised { name, .. } => {
+                keys.push(("event", name.clone(), None));
                 bars.push(Bar {
                     kind: "event",
                     name: name.clone(),
@@ -122,9 +169,10 @@ pub(super) fn bars(history: &[HistoryEvent]) -> Vec<Bar> {
             _ => None,
         };
         if let Some((kind, seq, outcome)) = close {
-            if let Some(bar) = open.remove(&(kind, seq)).and_then(|i| bars.get_mut(i)) {
+            if let Some(i) = open.remove(&(kind, seq)) {
+                let bar = &mut bars[i];
                 bar.end = Some(at);
-                let key = (kind, bar.name.clone());
+                let key = keys[i].clone();
                 if matches!(outcome, Outcome::Failed(_)) {
                     *failures.entry(key).or_insert(0) += 1;
                 } else {
@@ -255,6 +303,82 @@ mod tests {
             timeout: None,
             heartbeat_timeout: None,
         }
+    }
+
+    fn failed(seq: u64, message: &str) -> Event {
+        Event::TaskFailed {
+            seq,
+            failure: FailureDetails::new("E", message),
+            heartbeat: None,
+        }
+    }
+
+    fn scheduled_at(seq: u64, name: &str, line: u32) -> Event {
+        let Event::TaskScheduled {
+            seq, name, input, ..
+        } = scheduled(seq, name)
+        else {
+            unreachable!()
+        };
+        Event::TaskScheduled {
+            seq,
+            name,
+            input,
+            location: Some(crate::history::SourceLocation {
+                file: "src/flow.rs".into(),
+                line,
+                column: 9,
+            }),
+            timeout: None,
+            heartbeat_timeout: None,
+        }
+    }
+
+    #[test]
+    fn a_rewound_action_gets_a_new_attempt_that_its_result_closes() {
+        let history = vec![
+            at(0, 1_000, scheduled(0, "charge")),
+            at(1, 1_500, failed(0, "down")),
+            at(
+                2,
+                9_000,
+                Event::ExecutionRewound {
+                    reason: "fixed".into(),
+                    seqs: vec![0],
+                },
+            ),
+            at(
+                3,
+                9_400,
+                Event::TaskCompleted {
+                    seq: 0,
+                    result: "1".into(),
+                },
+            ),
+        ];
+        let b = bars(&history);
+        assert_eq!(b.len(), 2, "{b:?}");
+        assert_eq!(b[0].outcome, Outcome::Failed("down".into()));
+        assert_eq!((b[1].seq, b[1].attempt), (0, 2));
+        assert_eq!((b[1].start, b[1].end), (9_000, Some(9_400)));
+        assert_eq!(b[1].outcome, Outcome::Completed);
+    }
+
+    #[test]
+    fn a_failed_call_does_not_make_a_call_from_elsewhere_a_retry() {
+        let history = vec![
+            at(0, 1_000, scheduled_at(0, "charge", 10)),
+            at(1, 1_500, failed(0, "declined")),
+            // Another call of the same activity, from another line: a first attempt.
+            at(2, 1_600, scheduled_at(1, "charge", 20)),
+            // The retry of the first call, from its own line: attempt 2.
+            at(3, 1_700, scheduled_at(2, "charge", 10)),
+        ];
+        let b = bars(&history);
+        assert_eq!(
+            b.iter().map(|b| b.attempt).collect::<Vec<_>>(),
+            vec![1, 1, 2]
+        );
     }
 
     #[test]
