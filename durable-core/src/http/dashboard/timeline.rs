@@ -49,33 +49,13 @@ pub(super) struct Bar {
 pub(super) fn bars(history: &[HistoryEvent]) -> Vec<Bar> {
     let mut bars: Vec<Bar> = Vec::new();
     let mut open: HashMap<(&'static str, u64), usize> = HashMap::new();
-    // Failures in a row of one call: kind, name and the call's place in the code (a retry
-    // policy schedules every attempt from the same place).
-    let mut failures: HashMap<(&'static str, String, Option<String>), u32> = HashMap::new();
+    let mut failures: HashMap<AttemptKey, u32> = HashMap::new();
     // Each bar's attempt key, for the rewind that re-runs it.
-    let mut keys: Vec<(&'static str, String, Option<String>)> = Vec::new();
+    let mut keys: Vec<AttemptKey> = Vec::new();
     for e in history {
         let at = e.timestamp.as_unix_millis();
         if let Event::ExecutionRewound { seqs, .. } = &e.event {
-            // The rewound actions run again under their numbers, with no new scheduling
-            // event: each gets a new attempt bar from the rewind on.
-            for seq in seqs {
-                let Some(i) = bars.iter().rposition(|b| {
-                    b.seq == *seq && matches!(b.kind, "activity" | "suborchestration")
-                }) else {
-                    continue;
-                };
-                let previous = bars[i].clone();
-                open.insert((previous.kind, *seq), bars.len());
-                keys.push(keys[i].clone());
-                bars.push(Bar {
-                    attempt: previous.attempt + 1,
-                    start: at,
-                    end: None,
-                    outcome: Outcome::Pending,
-                    ..previous
-                });
-            }
+            reopen_rewound(seqs, at, &mut bars, &mut keys, &mut open);
             continue;
         }
         let location =
@@ -146,27 +126,7 @@ pub(super) fn bars(history: &[HistoryEvent]) -> Vec<Bar> {
                 });
                 None
             }
-            Event::TaskCompleted { seq, .. } => Some(("activity", *seq, Outcome::Completed)),
-            Event::TaskFailed { seq, failure, .. } => {
-                Some(("activity", *seq, Outcome::Failed(failure.message.clone())))
-            }
-            Event::TimerFired { seq, .. } => Some(("timer", *seq, Outcome::Completed)),
-            Event::SubOrchestrationCompleted { seq, .. } => {
-                Some(("suborchestration", *seq, Outcome::Completed))
-            }
-            Event::SubOrchestrationFailed { seq, failure } => Some((
-                "suborchestration",
-                *seq,
-                Outcome::Failed(failure.message.clone()),
-            )),
-            Event::EntityResponded { seq, failure, .. } => Some((
-                "entity",
-                *seq,
-                failure
-                    .as_ref()
-                    .map_or(Outcome::Completed, |f| Outcome::Failed(f.message.clone())),
-            )),
-            _ => None,
+            other => completion(other),
         };
         if let Some((kind, seq, outcome)) = close {
             if let Some(i) = open.remove(&(kind, seq)) {
@@ -184,6 +144,66 @@ pub(super) fn bars(history: &[HistoryEvent]) -> Vec<Bar> {
     }
     bars
 }
+
+/// The bar a completion closes (kind and sequence number), and how it ended.
+fn completion(event: &Event) -> Option<(&'static str, u64, Outcome)> {
+    match event {
+        Event::TaskCompleted { seq, .. } => Some(("activity", *seq, Outcome::Completed)),
+        Event::TaskFailed { seq, failure, .. } => {
+            Some(("activity", *seq, Outcome::Failed(failure.message.clone())))
+        }
+        Event::TimerFired { seq, .. } => Some(("timer", *seq, Outcome::Completed)),
+        Event::SubOrchestrationCompleted { seq, .. } => {
+            Some(("suborchestration", *seq, Outcome::Completed))
+        }
+        Event::SubOrchestrationFailed { seq, failure } => Some((
+            "suborchestration",
+            *seq,
+            Outcome::Failed(failure.message.clone()),
+        )),
+        Event::EntityResponded { seq, failure, .. } => Some((
+            "entity",
+            *seq,
+            failure
+                .as_ref()
+                .map_or(Outcome::Completed, |f| Outcome::Failed(f.message.clone())),
+        )),
+        _ => None,
+    }
+}
+
+/// The actions a rewind re-runs run again under their numbers, with no new scheduling event:
+/// each gets a new attempt bar from the rewind (`at`) on.
+fn reopen_rewound(
+    seqs: &[u64],
+    at: u64,
+    bars: &mut Vec<Bar>,
+    keys: &mut Vec<AttemptKey>,
+    open: &mut HashMap<(&'static str, u64), usize>,
+) {
+    for seq in seqs {
+        let Some(i) = bars
+            .iter()
+            .rposition(|b| b.seq == *seq && matches!(b.kind, "activity" | "suborchestration"))
+        else {
+            continue;
+        };
+        let previous = bars[i].clone();
+        open.insert((previous.kind, *seq), bars.len());
+        keys.push(keys[i].clone());
+        bars.push(Bar {
+            attempt: previous.attempt + 1,
+            start: at,
+            end: None,
+            outcome: Outcome::Pending,
+            ..previous
+        });
+    }
+}
+
+/// Failures in a row of one call: kind, name and the call's place in the code (a retry
+/// policy schedules every attempt from the same place).
+type AttemptKey = (&'static str, String, Option<String>);
 
 /// `1.234 s`, `120 ms`, `2 min 3 s`.
 pub(super) fn duration_text(ms: u64) -> String {
