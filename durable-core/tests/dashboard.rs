@@ -38,6 +38,16 @@ async fn approval(ctx: OrchestrationContext, _input: String) -> Result<String, O
     Ok(answer)
 }
 
+#[activity]
+async fn decline(_order: u32) -> Result<(), ActivityError> {
+    Err(ActivityError::new("card <declined>"))
+}
+
+#[orchestrator]
+async fn pay(ctx: OrchestrationContext, order: u32) -> Result<(), OrchestrationError> {
+    Ok(ctx.call(decline, order).await?)
+}
+
 #[entity]
 #[derive(Default, Serialize, Deserialize)]
 struct Counter {
@@ -79,6 +89,8 @@ async fn start(options: HttpOptions) -> Dash {
         .register(greet)
         .register(hello)
         .register(approval)
+        .register(decline)
+        .register(pay)
         .register(Counter::entity())
         .start()
         .expect("worker starts");
@@ -341,6 +353,31 @@ async fn list_filters_counts_and_pages() {
     assert!(pos(&first.text, "page-59") < pos(&first.text, "page-10"));
     assert!(second.text.contains("data-instance-id=\"page-00\""));
     assert!(!second.text.contains("id=\"next-page\""));
+}
+
+/// A failure from a task shows the task's own failure under it (escaped), the failed bar,
+/// and rewind among the actions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_instance_shows_its_failure_chain() {
+    let d = start(HttpOptions::new()).await;
+    d.start_named("pay", "p1", "7").await;
+    d.until("p1 fails", || async {
+        d.status("p1").await == Some(RuntimeStatus::Failed)
+    })
+    .await;
+    let r = d.get("/dashboard/instances/p1").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    for needle in [
+        "id=\"failure\"",
+        "TaskFailed",
+        "inner: ",
+        "card &lt;declined&gt;",
+        "data-name=\"decline\"",
+        "data-action=\"rewind\"",
+    ] {
+        assert!(r.text.contains(needle), "{needle} missing: {}", r.text);
+    }
+    assert!(!r.text.contains("<declined>"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -208,6 +208,11 @@ pub(super) fn instance_page(
                 @if let Some(f) = &r.failure {
                     p { strong { (f.error_type) } ": " (f.message) }
                     @for c in &f.causes { p.cause { "caused by: " (c) } }
+                    // The failed task's own failure, down the chain.
+                    @for i in std::iter::successors(f.inner.as_deref(), |i| i.inner.as_deref()) {
+                        p.cause { "inner: " strong { (i.error_type) } ": " (i.message) }
+                        @for c in &i.causes { p.cause { "caused by: " (c) } }
+                    }
                 }
                 @if let Some(e) = &r.last_error {
                     p.stuck-reason { "Stuck: " }
