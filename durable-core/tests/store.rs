@@ -986,12 +986,13 @@ mod postgres {
     }
 
     /// Takes a hub back to schema version 2: no instance holds, `due_at` as version 2
-    /// computed it.
+    /// computed it, no creation-time index.
     async fn to_version_2(url: &str, hub: &str) {
         sql(
             url,
             &format!(
-                "ALTER TABLE \"{hub}\".instances DROP COLUMN due_at, DROP COLUMN not_before;
+                "DROP INDEX \"{hub}\".instances_created;
+                 ALTER TABLE \"{hub}\".instances DROP COLUMN due_at, DROP COLUMN not_before;
                  ALTER TABLE \"{hub}\".instances ADD COLUMN due_at BIGINT GENERATED ALWAYS AS (
                      CASE WHEN lock_token IS NULL THEN ready_at
                           WHEN ready_at IS NULL THEN NULL
@@ -1018,6 +1019,12 @@ mod postgres {
         }
         to_version_2(&url, &hub).await;
         let store = connect(&url, &hub).await;
+        // The migration made the newest-first index (an error here if it is missing).
+        sql(
+            &url,
+            &format!("SELECT '\"{hub}\".instances_created'::regclass"),
+        )
+        .await;
         let item = store
             .fetch_orchestration_work(T0, Duration::from_secs(60))
             .await
