@@ -104,19 +104,28 @@ impl RuntimeStatus {
         }
     }
 
+    /// Every status, in lifecycle order.
+    ///
+    /// ```
+    /// use durable_core::RuntimeStatus;
+    /// assert_eq!(RuntimeStatus::ALL.len(), 7);
+    /// assert_eq!(RuntimeStatus::ALL[0], RuntimeStatus::Pending);
+    /// ```
+    pub const ALL: [RuntimeStatus; 7] = [
+        RuntimeStatus::Pending,
+        RuntimeStatus::Running,
+        RuntimeStatus::Suspended,
+        RuntimeStatus::Completed,
+        RuntimeStatus::Failed,
+        RuntimeStatus::Terminated,
+        RuntimeStatus::ContinuedAsNew,
+    ];
+
     /// Parses a Durable Functions status name, case-insensitively.
     pub fn parse(text: &str) -> Option<Self> {
-        [
-            RuntimeStatus::Pending,
-            RuntimeStatus::Running,
-            RuntimeStatus::Suspended,
-            RuntimeStatus::Completed,
-            RuntimeStatus::Failed,
-            RuntimeStatus::Terminated,
-            RuntimeStatus::ContinuedAsNew,
-        ]
-        .into_iter()
-        .find(|s| s.as_str().eq_ignore_ascii_case(text))
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str().eq_ignore_ascii_case(text))
     }
 }
 

@@ -860,15 +860,7 @@ pub fn newest_first_page<T>(
 pub struct StatusCounts([u64; 7]);
 
 impl StatusCounts {
-    const ORDER: [RuntimeStatus; 7] = [
-        RuntimeStatus::Pending,
-        RuntimeStatus::Running,
-        RuntimeStatus::Suspended,
-        RuntimeStatus::Completed,
-        RuntimeStatus::Failed,
-        RuntimeStatus::Terminated,
-        RuntimeStatus::ContinuedAsNew,
-    ];
+    const ORDER: [RuntimeStatus; 7] = RuntimeStatus::ALL;
 
     /// Adds `n` instances of `status`.
     pub fn add(&mut self, status: RuntimeStatus, n: u64) {

@@ -1696,7 +1696,7 @@ impl Sql {
             FROM picked p
             LEFT JOIN {s}.inbox m ON m.instance_id = p.id AND m.visible_at <= $1
             ORDER BY p.id, m.visible_at, m.seq";
-        let terminal = ALL_STATUSES
+        let terminal = RuntimeStatus::ALL
             .into_iter()
             .filter(|s| s.is_terminal())
             .map(|s| format!("'{}'", s.as_str()))
@@ -2366,17 +2366,6 @@ fn work_items(rows: &[tokio_postgres::Row]) -> R<Vec<OrchestrationWorkItem>> {
 fn decode<T: serde::de::DeserializeOwned>(json: &str) -> R<T> {
     Ok(serde_json::from_str(json)?)
 }
-
-/// Every status, to match the `status` column's text.
-const ALL_STATUSES: [RuntimeStatus; 7] = [
-    RuntimeStatus::Pending,
-    RuntimeStatus::Running,
-    RuntimeStatus::Suspended,
-    RuntimeStatus::Completed,
-    RuntimeStatus::Failed,
-    RuntimeStatus::Terminated,
-    RuntimeStatus::ContinuedAsNew,
-];
 
 /// A fresh lease token: 63 random bits. Not from a sequence, because leases are written with
 /// asynchronous commit: after a database crash a sequence could hand out a token again, a

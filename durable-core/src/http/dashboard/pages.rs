@@ -11,15 +11,7 @@ use crate::ids::Timestamp;
 use crate::storage::InstanceRecord;
 
 /// Every runtime status, in the order the counts show them.
-pub(super) const STATUSES: [RuntimeStatus; 7] = [
-    RuntimeStatus::Pending,
-    RuntimeStatus::Running,
-    RuntimeStatus::Suspended,
-    RuntimeStatus::Completed,
-    RuntimeStatus::Failed,
-    RuntimeStatus::Terminated,
-    RuntimeStatus::ContinuedAsNew,
-];
+pub(super) const STATUSES: [RuntimeStatus; 7] = RuntimeStatus::ALL;
 
 fn layout(title: &str, flash: Option<&(bool, String)>, body: Markup) -> Markup {
     html! {
