@@ -396,15 +396,7 @@ async fn list(State(state): State<AppState>, RawQuery(raw): RawQuery) -> PageRes
     let query = Query::parse(raw.as_deref())?;
     let filters = Filters::parse(&query)?;
     let base = filters.query()?;
-    let token = match query.get("page").filter(|t| !t.is_empty()) {
-        Some(t) => Some(decode_token(t).ok_or_else(|| {
-            PageError(
-                StatusCode::BAD_REQUEST,
-                "the page token is not valid".into(),
-            )
-        })?),
-        None => None,
-    };
+    let token = page_token(&query)?;
     let counts = count_by_status(&state.client, &base).await?;
     let page = state
         .client
@@ -593,19 +585,27 @@ async fn instance_action(
     })
 }
 
+/// The `page` query parameter: a continuation token from a "next page" link.
+fn page_token(query: &Query) -> Result<Option<String>, PageError> {
+    query
+        .get("page")
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            decode_token(t).ok_or_else(|| {
+                PageError(
+                    StatusCode::BAD_REQUEST,
+                    "the page token is not valid".into(),
+                )
+            })
+        })
+        .transpose()
+}
+
 /// `GET /dashboard/entities`.
 async fn entities(State(state): State<AppState>, RawQuery(raw): RawQuery) -> PageResult {
     let query = Query::parse(raw.as_deref())?;
     let name = query.get("name").unwrap_or("").trim().to_owned();
-    let token = match query.get("page").filter(|t| !t.is_empty()) {
-        Some(t) => Some(decode_token(t).ok_or_else(|| {
-            PageError(
-                StatusCode::BAD_REQUEST,
-                "the page token is not valid".into(),
-            )
-        })?),
-        None => None,
-    };
+    let token = page_token(&query)?;
     let mut q = crate::client::EntityQuery::new()
         .page_size(PAGE_SIZE)
         .continuation(token);
