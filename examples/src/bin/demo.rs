@@ -20,9 +20,9 @@
 
 use std::time::Duration;
 
-use durable_core::RedbStore;
 use durable_core::http::{self, HttpOptions};
 use durable_core::prelude::*;
+use durable_core::{InstanceQuery, RedbStore};
 use examples::aggregator::{Stats, report_readings};
 use examples::approval::{APPROVAL_EVENT, ApprovalRequest, Decision, approval_flow};
 use examples::bank::{Account, Transfer, transfer};
@@ -133,6 +133,7 @@ async fn serve(
             (url, Server::WithMetrics(task, stop))
         }
     };
+    seed(&worker.client()).await?;
     let base = format!("{url}{}", http::PREFIX);
     println!("dashboard: {url}{}", http::DASHBOARD);
     println!("serving the management API at {base}");
@@ -162,6 +163,41 @@ async fn serve(
         }
     }
     worker.shutdown().await;
+    Ok(())
+}
+
+/// On an empty store, starts a few instances so the dashboard has something to show and to
+/// operate: a chain that completes, an approval that waits for its event (raise it from the
+/// instance's page), a monitor on a durable timer, and an entity.
+async fn seed(client: &Client) -> Result<(), BoxError> {
+    let counts = client.count_instances(&InstanceQuery::new()).await?;
+    if counts.iter().any(|(_, n)| *n > 0) {
+        return Ok(());
+    }
+    let id = |id: &str| StartOptions::new().instance_id(InstanceId::new(id).expect("valid id"));
+    hello_sequence::start_with(
+        client,
+        vec!["Tokyo".into(), "Lima".into()],
+        id("greet-cities"),
+    )
+    .await?;
+    let request = ApprovalRequest {
+        item: "purchase order 7".into(),
+        timeout_hours: 72,
+    };
+    approval_flow::start_with(client, request, id("po-7")).await?;
+    let input = MonitorInput {
+        done_on: 3,
+        interval_ms: 2_000,
+        deadline_ms: 60_000,
+    };
+    job_monitor::start_with(client, input, id("watch-job")).await?;
+    client.entity::<Stats>("sensor-1").record(42).await?;
+    println!(
+        "seeded: greet-cities (a chain), po-7 (waits for its `{APPROVAL_EVENT}` event: raise it \
+         from its page, e.g. {{\"approved\":true,\"by\":\"ada\"}}), watch-job (a monitor), \
+         entity stats/sensor-1"
+    );
     Ok(())
 }
 
