@@ -8,6 +8,21 @@
 //! Without the feature [`CommitTimer`] is a unit struct and recording is a no-op, so call
 //! sites need no `cfg`.
 
+/// Describes the store metrics to the installed recorder.
+#[cfg(feature = "metrics")]
+pub(crate) fn describe() {
+    metrics::describe_histogram!(
+        "durable_store_commit_seconds",
+        metrics::Unit::Seconds,
+        "Latency of each durable store commit"
+    );
+    metrics::describe_histogram!(
+        "durable_store_commit_batch_size",
+        metrics::Unit::Count,
+        "Operations per group commit"
+    );
+}
+
 /// Times one durable commit, from its start until [`record`](Self::record).
 #[derive(Debug)]
 pub(crate) struct CommitTimer {

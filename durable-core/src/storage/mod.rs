@@ -9,7 +9,7 @@
 #[doc(hidden)]
 pub mod conformance;
 mod memory;
-mod metrics;
+pub(crate) mod metrics;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod redb;

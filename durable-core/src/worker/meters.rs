@@ -133,28 +133,8 @@ pub(crate) fn describe() {
             "durable_cache_misses_total",
             "Episodes that read and replayed the history"
         );
-        describe_histogram!(
-            "durable_store_commit_seconds",
-            Unit::Seconds,
-            "Latency of each durable store commit"
-        );
-        describe_histogram!(
-            "durable_store_commit_batch_size",
-            Unit::Count,
-            "Operations per group commit"
-        );
-        describe_gauge!(
-            "durable_queue_ready_orchestrations",
-            "Instances ready for an episode and not leased"
-        );
-        describe_gauge!(
-            "durable_queue_ready_activities",
-            "Activity tasks ready to run and not leased"
-        );
-        describe_gauge!(
-            "durable_queue_timers_due",
-            "Due timers not yet delivered to their instance"
-        );
+        crate::storage::metrics::describe();
+        super::queue_depth::describe();
     }
 }
 
@@ -274,12 +254,8 @@ pub(crate) fn cache_lookup(hit: bool) {
 /// The worker stopped: the gauges it set no longer describe anything it holds or reads.
 pub(crate) fn worker_stopped() {
     #[cfg(feature = "metrics")]
-    for gauge in [
-        "durable_stuck_instances",
-        "durable_queue_ready_orchestrations",
-        "durable_queue_ready_activities",
-        "durable_queue_timers_due",
-    ] {
-        metrics::gauge!(gauge).set(0.0);
+    {
+        metrics::gauge!("durable_stuck_instances").set(0.0);
+        super::queue_depth::reset();
     }
 }

@@ -46,6 +46,27 @@ pub(crate) async fn run(inner: Arc<Inner>, every: Duration) {
     }
 }
 
+/// Describes the queue gauges to the installed recorder.
+pub(crate) fn describe() {
+    metrics::describe_gauge!(
+        "durable_queue_ready_orchestrations",
+        "Instances ready for an episode and not leased"
+    );
+    metrics::describe_gauge!(
+        "durable_queue_ready_activities",
+        "Activity tasks ready to run and not leased"
+    );
+    metrics::describe_gauge!(
+        "durable_queue_timers_due",
+        "Due timers not yet delivered to their instance"
+    );
+}
+
+/// Zeroes the queue gauges (the worker that read them stopped).
+pub(crate) fn reset() {
+    record(QueueDepths::default());
+}
+
 /// Sets the queue gauges.
 fn record(depths: QueueDepths) {
     metrics::gauge!("durable_queue_ready_orchestrations").set(depths.ready_orchestrations as f64);
