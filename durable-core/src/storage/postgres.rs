@@ -1193,9 +1193,7 @@ impl PostgresStore {
             .and_then(super::parse_newest_first_token);
         let after_at = after.map(|(t, _)| ts(t));
         let after_id = after.map(|(_, id)| id.to_owned());
-        let statuses: Vec<&str> = query.statuses.iter().map(|s| s.as_str()).collect();
-        let from = query.created_from.map(ts);
-        let to = query.created_to.map(ts);
+        let (statuses, from, to) = filter_params(query);
         let limit = i64::try_from(page + 1).unwrap_or(i64::MAX);
         let rows = conn
             .query(
@@ -1236,9 +1234,7 @@ impl PostgresStore {
         let conn = self.conn().await?;
         let st = conn.prepare_cached(&self.inner.sql.query).await?;
         let page = query.effective_page_size();
-        let statuses: Vec<&str> = query.statuses.iter().map(|s| s.as_str()).collect();
-        let from = query.created_from.map(ts);
-        let to = query.created_to.map(ts);
+        let (statuses, from, to) = filter_params(query);
         let limit = i64::try_from(page + 1).unwrap_or(i64::MAX);
         let rows = conn
             .query(
@@ -1281,9 +1277,7 @@ impl PostgresStore {
     async fn count(&self, query: &InstanceQuery) -> R<Vec<(RuntimeStatus, u64)>> {
         let conn = self.conn().await?;
         let st = conn.prepare_cached(&self.inner.sql.count).await?;
-        let statuses: Vec<&str> = query.statuses.iter().map(|s| s.as_str()).collect();
-        let from = query.created_from.map(ts);
-        let to = query.created_to.map(ts);
+        let (statuses, from, to) = filter_params(query);
         let rows = conn
             .query(
                 &st,
@@ -2361,6 +2355,17 @@ fn work_items(rows: &[tokio_postgres::Row]) -> R<Vec<OrchestrationWorkItem>> {
         }
     }
     Ok(out)
+}
+
+/// The values every instance query binds for its filters: the statuses (as the `status`
+/// column holds them) and the created-time bounds (ms).
+fn filter_params(query: &InstanceQuery) -> (Vec<&'static str>, Option<i64>, Option<i64>) {
+    let statuses = query.statuses.iter().map(|s| s.as_str()).collect();
+    (
+        statuses,
+        query.created_from.map(ts),
+        query.created_to.map(ts),
+    )
 }
 
 fn decode<T: serde::de::DeserializeOwned>(json: &str) -> R<T> {
