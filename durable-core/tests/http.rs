@@ -1388,8 +1388,11 @@ mod issue12 {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn errors_raised_before_routing_carry_the_json_error_body() {
         let api = start(HttpOptions::new()).await;
-        let long_uri = format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000));
-        let mut many_headers = "GET / HTTP/1.1\r\nhost: x\r\n".to_owned();
+        let long_uri = format!(
+            "GET /{} HTTP/1.1\r\nhost: localhost\r\n\r\n",
+            "a".repeat(70_000)
+        );
+        let mut many_headers = "GET / HTTP/1.1\r\nhost: localhost\r\n".to_owned();
         for i in 0..150 {
             many_headers.push_str("x-h");
             many_headers.push_str(&i.to_string());
@@ -1403,7 +1406,7 @@ mod issue12 {
                 "MalformedRequest",
             ),
             (
-                "GET / HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n".to_owned(),
+                "GET / HTTP/1.1\r\nhost: localhost\r\nno colon here\r\n\r\n".to_owned(),
                 400,
                 "MalformedRequest",
             ),
@@ -1419,8 +1422,10 @@ mod issue12 {
         // A good request, then garbage on the same connection: two JSON answers.
         let text = raw(
             &api,
-            format!("GET {PREFIX}/instances/nope HTTP/1.1\r\nhost: x\r\n\r\nGARBAGE\r\n\r\n")
-                .as_bytes(),
+            format!(
+                "GET {PREFIX}/instances/nope HTTP/1.1\r\nhost: localhost\r\n\r\nGARBAGE\r\n\r\n"
+            )
+            .as_bytes(),
         )
         .await;
         assert_eq!(text.matches("HTTP/1.1 ").count(), 2, "{text}");
@@ -1777,5 +1782,59 @@ async fn a_start_stores_the_callers_trace_context() {
     assert_eq!(stored.traceparent(), parent);
     assert_eq!(stored.tracestate(), Some("vendor=opaque"));
     assert_eq!(started_with("untraced".into()).await, None);
+    api.shutdown().await;
+}
+
+/// Without a token the API answers only requests addressed to this machine (DNS rebinding:
+/// a page elsewhere pointing a name of its own at 127.0.0.1 can neither read nor act); with
+/// a token, any name (behind a proxy, say) is answered once the token is shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_only_requests_to_this_machine_are_answered() {
+    let api = start_api(HttpOptions::new()).await;
+    let id = api.start("hello", "\"Ada\"").await;
+    for host in ["evil.example:7071", "127.0.0.1.evil.example", "10.0.0.7"] {
+        api.send(
+            Method::GET,
+            &format!("/instances/{id}"),
+            &[("host", host)],
+            None,
+        )
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "HostNotAllowed");
+        api.send(
+            Method::POST,
+            &format!("/instances/{id}/terminate"),
+            &[("host", host)],
+            None,
+        )
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "HostNotAllowed");
+    }
+    for host in ["localhost:7071", "127.0.0.1", "[::1]:7071"] {
+        let r = api
+            .send(
+                Method::GET,
+                &format!("/instances/{id}"),
+                &[("host", host)],
+                None,
+            )
+            .await;
+        assert!(r.status.is_success(), "{host}: {}", r.text);
+    }
+    api.shutdown().await;
+
+    let api = start_api(HttpOptions::new().bearer_token("s3cret")).await;
+    let r = api
+        .send(
+            Method::GET,
+            "/instances",
+            &[
+                ("host", "jobs.example.com"),
+                ("authorization", "Bearer s3cret"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     api.shutdown().await;
 }

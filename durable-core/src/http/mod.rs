@@ -360,6 +360,7 @@ impl AppState {
 /// ```
 pub fn router(client: Client, options: HttpOptions) -> Router {
     let token = options.bearer_token.clone();
+    let state_base_url = options.base_url.as_deref().map(Arc::<str>::from);
     let state = AppState {
         client,
         options: Arc::new(options),
@@ -423,7 +424,10 @@ pub fn router(client: Client, options: HttpOptions) -> Router {
             Arc::<str>::from(token),
             util::require_token,
         )),
-        None => app,
+        None => app.layer(middleware::from_fn_with_state(
+            state_base_url,
+            util::require_local_host,
+        )),
     };
     // The dashboard has its own auth (cookie, login page), so it joins after the API's.
     let app = app.merge(dashboard);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -457,16 +457,7 @@ pub(super) async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let from_header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| rest.trim().to_owned())
-        });
+    let from_header = bearer(request.headers()).map(str::to_owned);
     let from_query = || {
         Query::parse(request.uri().query())
             .ok()
@@ -488,6 +479,68 @@ pub(super) async fn require_token(
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let (scheme, token) = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim()
+        .split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Without a bearer token, the API and the dashboard answer only requests addressed to this
+/// machine (a loopback name, or the host of `HttpOptions::base_url`): a web page elsewhere
+/// cannot reach them by pointing a name of its own at 127.0.0.1 (DNS rebinding).
+pub(super) async fn require_local_host(
+    State(base_url): State<Option<Arc<str>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if addressed_to_this_machine(request.headers(), base_url.as_deref()) {
+        return next.run(request).await;
+    }
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "HostNotAllowed",
+        "without a bearer token only requests addressed to this machine are answered \
+         (localhost, 127.0.0.1 or [::1], or the host of HttpOptions::base_url); set \
+         HttpOptions::bearer_token to serve under another name",
+    )
+    .into_response()
+}
+
+/// Whether the request's `Host` names this machine by a loopback name or address, or is the
+/// host of `base_url` (a request without `Host` is HTTP/1.0 from a local tool).
+pub(super) fn addressed_to_this_machine(headers: &HeaderMap, base_url: Option<&str>) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = host_name(host.trim()).to_ascii_lowercase();
+    let loopback = name == "localhost"
+        || name == "::1"
+        || name
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    loopback
+        || base_url
+            .and_then(|b| b.split_once("://"))
+            .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+            .is_some_and(|authority| host_name(authority).eq_ignore_ascii_case(&name))
+}
+
+/// The host of a `host[:port]` authority, without the brackets of an IPv6 literal.
+fn host_name(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.split(':').next().unwrap_or(authority)
 }
 
 /// Compares without an early exit, so timing tells nothing about a token.

@@ -22,8 +22,8 @@ use axum::routing::{get, post};
 use super::AppState;
 use super::handlers::{Action, Done, known_entity_id, perform};
 use super::util::{
-    ApiError, Query, constant_time_eq, decode_token, encode_path_segment, encode_token, json_body,
-    push_query, read_body,
+    ApiError, Query, addressed_to_this_machine, bearer, constant_time_eq, decode_token,
+    encode_path_segment, encode_token, json_body, push_query, read_body,
 };
 use crate::history::RuntimeStatus;
 use crate::ids::{InstanceId, Timestamp};
@@ -184,12 +184,7 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
     if token.is_empty() {
         return false;
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .is_some_and(|(_, t)| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
+    let bearer = bearer(headers).is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
     let cookie = || {
         headers
             .get_all(header::COOKIE)
@@ -209,33 +204,6 @@ fn unauthorized(why: &str) -> Response {
     r.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     r
-}
-
-/// Whether the request's `Host` names this machine by a loopback name or address, or is the
-/// host of the configured `base_url` (a request without `Host` is HTTP/1.0 from a local tool).
-fn addressed_to_this_machine(headers: &HeaderMap, base_url: Option<&str>) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
-        return headers.get(header::HOST).is_none();
-    };
-    let name = host_name(host.trim()).to_ascii_lowercase();
-    let loopback = name == "localhost"
-        || name == "::1"
-        || name
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    loopback
-        || base_url
-            .and_then(|b| b.split_once("://"))
-            .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
-            .is_some_and(|authority| host_name(authority).eq_ignore_ascii_case(&name))
-}
-
-/// The host of a `host[:port]` authority, without the brackets of an IPv6 literal.
-fn host_name(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    authority.split(':').next().unwrap_or(authority)
 }
 
 /// `Sec-Fetch-Site: same-origin`, or an `Origin` whose host and port are the `Host`.
