@@ -208,6 +208,20 @@ pub struct Client {
     clock: Arc<dyn Clock>,
     limits: Limits,
     version: Option<String>,
+    /// The worker this client came from ([`Worker::client`](crate::Worker::client)), which
+    /// runs the first episode of the instances it starts (see [`FirstEpisode`]).
+    first_episode: Option<std::sync::Weak<dyn FirstEpisode>>,
+}
+
+/// Runs the first episode of a new instance in the starting process, so that its creation
+/// and that episode make one durable write ([`Store::create_started`]).
+pub(crate) trait FirstEpisode: Send + Sync {
+    /// Creates `new` with its first episode; `Ok(None)` when it did not (the worker is busy
+    /// or cannot run it, the store declined): the caller creates it the ordinary way.
+    fn create_started<'a>(
+        &'a self,
+        new: &'a NewInstance,
+    ) -> crate::registry::BoxFuture<'a, Result<Option<InstanceRecord>, crate::StoreError>>;
 }
 
 impl std::fmt::Debug for Client {
@@ -237,7 +251,14 @@ impl Client {
             clock,
             limits,
             version,
+            first_episode: None,
         }
+    }
+
+    /// This client, with `worker` running the first episode of the instances it starts.
+    pub(crate) fn with_first_episode(mut self, worker: std::sync::Weak<dyn FirstEpisode>) -> Self {
+        self.first_episode = Some(worker);
+        self
     }
 
     /// The store this client talks to.
@@ -325,6 +346,15 @@ impl Client {
         new.reuse = options.reuse;
         new.version = options.version.or_else(|| self.version.clone());
         new.trace_context = options.trace_context.or_else(current_trace_context);
+        if let Some(worker) = self
+            .first_episode
+            .as_ref()
+            .and_then(std::sync::Weak::upgrade)
+        {
+            if let Some(record) = worker.create_started(&new).await? {
+                return Ok(record);
+            }
+        }
         match self.store.create_instance(new).await? {
             CreateResult::Created(r) | CreateResult::Existing(r) => Ok(r),
         }

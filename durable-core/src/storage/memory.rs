@@ -336,6 +336,95 @@ impl Data {
         depths
     }
 
+    /// Applies an episode whose lease was checked; `true` when it enqueued activity work.
+    fn commit(&mut self, commit: EpisodeCommit) -> bool {
+        let mut activity_work = false;
+        let key = commit.instance_id.as_str().to_owned();
+        for &(task, lock) in &commit.completed_activities {
+            if self
+                .activity_leases
+                .get(&task)
+                .is_some_and(|(_, _, token)| *token == lock.0)
+            {
+                if let Some((_, until, _)) = self.activity_leases.remove(&task) {
+                    self.activity_lease_expiry.remove(&(until, task));
+                }
+            }
+        }
+        // Sub-orchestrations first: a refused child becomes a failure message to us.
+        let mut refusals = Vec::new();
+        let execution = self.instances[&key].record.execution;
+        for (seq, child) in commit.new_instances {
+            let child_id = child.instance_id.clone();
+            // Replacing the parent itself would drop the lock held by this commit.
+            let refused = if child_id == commit.instance_id {
+                Some("a sub-orchestration cannot take its parent's id".to_owned())
+            } else {
+                self.create(child).err().map(|e| e.to_string())
+            };
+            if let Some(reason) = refused {
+                refusals.push(Message::new(
+                    Event::SubOrchestrationFailed {
+                        seq,
+                        failure: FailureDetails::new(
+                            "SubOrchestrationNotCreated",
+                            format!("could not create sub-orchestration `{child_id}`: {reason}"),
+                        ),
+                    },
+                    Some(execution),
+                    commit.now,
+                ));
+            }
+        }
+        let inst = self
+            .instances
+            .get_mut(&key)
+            .expect("lock check proved the instance exists");
+        for id in &commit.consumed {
+            inst.inbox.remove(id);
+        }
+        inst.history.extend(commit.new_events);
+        let r = &mut inst.record;
+        r.status = commit.status;
+        r.output = commit.output;
+        r.failure = commit.failure;
+        r.custom_status = commit.custom_status;
+        r.last_updated_at = commit.now;
+        r.last_error = commit.last_error;
+        if let Some(next) = &commit.next_execution {
+            inst.history.clear();
+            r.execution += 1;
+            r.input.clone_from(&next.input);
+            r.version.clone_from(&next.version);
+            r.status = RuntimeStatus::ContinuedAsNew;
+            r.output = None;
+            r.failure = None;
+        }
+        let (_, until) = inst.lock.take().expect("lock checked above");
+        inst.not_before = None;
+        self.orch_leases.remove(&(until, key.clone()));
+        if let Some(next) = commit.next_execution {
+            for m in next.messages {
+                self.enqueue(&key, m);
+            }
+        }
+        for m in refusals {
+            self.enqueue(&key, m);
+        }
+        for task in commit.activities {
+            let id = self.next();
+            self.activities.insert((commit.now, id), task);
+            activity_work = true;
+        }
+        for (target, m) in commit.messages {
+            if !self.enqueue(target.as_str(), m) {
+                tracing::debug!(target = %target, "message to unknown instance dropped");
+            }
+        }
+        self.refresh_ready(&key);
+        activity_work
+    }
+
     fn check_lock(&self, id: &InstanceId, lock: LockToken) -> Result<(), StoreError> {
         match self.instances.get(id.as_str()) {
             Some(inst) if inst.lock.is_some_and(|(t, _)| t == lock.0) => Ok(()),
@@ -416,96 +505,12 @@ impl Store for MemoryStore {
     }
 
     async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError> {
-        let mut activity_work = false;
         let finished = commit.status.is_terminal();
-        {
+        let activity_work = {
             let mut d = self.data();
             d.check_lock(&commit.instance_id, commit.lock)?;
-            let key = commit.instance_id.as_str().to_owned();
-            for &(task, lock) in &commit.completed_activities {
-                if d.activity_leases
-                    .get(&task)
-                    .is_some_and(|(_, _, token)| *token == lock.0)
-                {
-                    if let Some((_, until, _)) = d.activity_leases.remove(&task) {
-                        d.activity_lease_expiry.remove(&(until, task));
-                    }
-                }
-            }
-            // Sub-orchestrations first: a refused child becomes a failure message to us.
-            let mut refusals = Vec::new();
-            let execution = d.instances[&key].record.execution;
-            for (seq, child) in commit.new_instances {
-                let child_id = child.instance_id.clone();
-                // Replacing the parent itself would drop the lock held by this commit.
-                let refused = if child_id == commit.instance_id {
-                    Some("a sub-orchestration cannot take its parent's id".to_owned())
-                } else {
-                    d.create(child).err().map(|e| e.to_string())
-                };
-                if let Some(reason) = refused {
-                    refusals.push(Message::new(
-                        Event::SubOrchestrationFailed {
-                            seq,
-                            failure: FailureDetails::new(
-                                "SubOrchestrationNotCreated",
-                                format!(
-                                    "could not create sub-orchestration `{child_id}`: {reason}"
-                                ),
-                            ),
-                        },
-                        Some(execution),
-                        commit.now,
-                    ));
-                }
-            }
-            let inst = d
-                .instances
-                .get_mut(&key)
-                .expect("lock check proved the instance exists");
-            for id in &commit.consumed {
-                inst.inbox.remove(id);
-            }
-            inst.history.extend(commit.new_events);
-            let r = &mut inst.record;
-            r.status = commit.status;
-            r.output = commit.output;
-            r.failure = commit.failure;
-            r.custom_status = commit.custom_status;
-            r.last_updated_at = commit.now;
-            r.last_error = commit.last_error;
-            if let Some(next) = &commit.next_execution {
-                inst.history.clear();
-                r.execution += 1;
-                r.input.clone_from(&next.input);
-                r.version.clone_from(&next.version);
-                r.status = RuntimeStatus::ContinuedAsNew;
-                r.output = None;
-                r.failure = None;
-            }
-            let (_, until) = inst.lock.take().expect("lock checked above");
-            inst.not_before = None;
-            d.orch_leases.remove(&(until, key.clone()));
-            if let Some(next) = commit.next_execution {
-                for m in next.messages {
-                    d.enqueue(&key, m);
-                }
-            }
-            for m in refusals {
-                d.enqueue(&key, m);
-            }
-            for task in commit.activities {
-                let id = d.next();
-                d.activities.insert((commit.now, id), task);
-                activity_work = true;
-            }
-            for (target, m) in commit.messages {
-                if !d.enqueue(target.as_str(), m) {
-                    tracing::debug!(target = %target, "message to unknown instance dropped");
-                }
-            }
-            d.refresh_ready(&key);
-        }
+            d.commit(commit)
+        };
         if activity_work {
             self.inner.signals.activity_work();
         }
@@ -514,6 +519,45 @@ impl Store for MemoryStore {
             self.inner.signals.instance_finished();
         }
         Ok(())
+    }
+
+    async fn create_started(
+        &self,
+        new: NewInstance,
+        mut first: EpisodeCommit,
+    ) -> Result<Option<InstanceRecord>, StoreError> {
+        let finished = first.status.is_terminal();
+        let (record, activity_work) = {
+            let mut d = self.data();
+            if d.instances.contains_key(new.instance_id.as_str()) {
+                return Ok(None);
+            }
+            let CreateResult::Created(record) = d.create(new)? else {
+                return Ok(None);
+            };
+            let key = record.instance_id.as_str().to_owned();
+            let inst = d
+                .instances
+                .get_mut(&key)
+                .expect("the instance was just created");
+            first.consumed = inst.inbox.keys().copied().collect();
+            // Leased for the commit below, which releases it: never visible unleased.
+            inst.lock = Some((0, first.now));
+            d.orch_leases.insert((first.now, key));
+            (record, d.commit(first))
+        };
+        if activity_work {
+            self.inner.signals.activity_work();
+        }
+        self.inner.signals.orchestration_work();
+        self.inner
+            .signals
+            .changed
+            .send_modify(|v| *v = v.wrapping_add(1));
+        if finished {
+            self.inner.signals.instance_finished();
+        }
+        Ok(Some(record))
     }
 
     fn supports_activity_handoff(&self) -> bool {

@@ -1009,6 +1009,26 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Applies an episode atomically. Fails with `LockLost` if the lease is no longer held.
     async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError>;
 
+    /// Creates a brand-new instance together with its first episode, in one durable write:
+    /// as [`create_instance`](Store::create_instance) followed by a lease and a
+    /// [`commit_episode`](Store::commit_episode) of `first`, which consumed the instance's
+    /// `ExecutionStarted` (the store fills in `first.consumed` and `first.lock`). A worker
+    /// that shares the process with the starting client runs the first episode before the
+    /// instance is stored, saving a commit per start.
+    ///
+    /// All or nothing: `Ok(None)` when nothing was written — the id is taken (whatever the
+    /// reuse policy), the instance is leased, or the store does not support it (the
+    /// default) — and the caller then creates the instance the ordinary way. `Some` holds
+    /// the created record, as `create_instance` returns it.
+    async fn create_started(
+        &self,
+        new: NewInstance,
+        first: EpisodeCommit,
+    ) -> Result<Option<InstanceRecord>, StoreError> {
+        let _ = (new, first);
+        Ok(None)
+    }
+
     /// `true` if the store honours [`EpisodeCommit::completed_activities`] and
     /// [`fetch_instances_work`](Store::fetch_instances_work), so a worker may hand an activity
     /// result to its orchestration in memory and have it committed with the episode that

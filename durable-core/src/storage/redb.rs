@@ -1184,10 +1184,55 @@ impl<'t> Tables<'t> {
         leases: &mut Leases,
         commit: EpisodeCommit,
     ) -> R<Result<bool, StoreError>> {
-        let key = commit.instance_id.as_str().to_owned();
-        if !leases.holds(&key, commit.lock) {
-            return Ok(Err(StoreError::LockLost(key)));
+        if !leases.holds(commit.instance_id.as_str(), commit.lock) {
+            return Ok(Err(StoreError::LockLost(commit.instance_id.to_string())));
         }
+        self.apply_commit(leases, commit)
+    }
+
+    /// Creates a brand-new instance and applies its first episode (see
+    /// [`Store::create_started`]); `None`, with nothing written, when the id is taken or
+    /// leased. The instance is never visible unleased in between: both happen in this
+    /// transaction, so no lease is taken.
+    fn create_started(
+        &mut self,
+        leases: &mut Leases,
+        new: NewInstance,
+        mut first: EpisodeCommit,
+    ) -> R<Result<Option<(InstanceRecord, bool)>, StoreError>> {
+        let key = new.instance_id.as_str().to_owned();
+        if leases.orch.contains_key(&key) || self.instances.get(key.as_str())?.is_some() {
+            return Ok(Ok(None));
+        }
+        let record = match self.create(leases, new)? {
+            Ok(CreateResult::Created(r)) => r,
+            Ok(CreateResult::Existing(_)) => return Ok(Ok(None)),
+            Err(e) => return Ok(Err(e)),
+        };
+        first.consumed = Vec::new();
+        for entry in self
+            .inbox
+            .range((key.as_str(), 0u64, 0u64)..=(key.as_str(), u64::MAX, u64::MAX))?
+        {
+            let (k, _) = entry?;
+            let (_, vis, seq) = k.value();
+            first.consumed.push(MessageId {
+                visible_at: Timestamp::from_unix_millis(vis),
+                seq,
+            });
+        }
+        Ok(self
+            .apply_commit(leases, first)?
+            .map(|activity| Some((record, activity))))
+    }
+
+    /// [`commit`](Self::commit) once the lease is checked.
+    fn apply_commit(
+        &mut self,
+        leases: &mut Leases,
+        commit: EpisodeCommit,
+    ) -> R<Result<bool, StoreError>> {
+        let key = commit.instance_id.as_str().to_owned();
         let Some(mut record) = read_record(&self.instances, &key)? else {
             return Ok(Err(StoreError::LockLost(key)));
         };
@@ -1382,6 +1427,7 @@ enum WriteOp {
     Create(NewInstance),
     Send(InstanceId, Message),
     Commit(Box<EpisodeCommit>),
+    CreateStarted(Box<(NewInstance, EpisodeCommit)>),
     AbandonEpisode {
         instance_id: InstanceId,
         lock: LockToken,
@@ -1413,6 +1459,8 @@ enum WriteOp {
 enum Outcome {
     Done,
     Created(Box<CreateResult>),
+    /// [`WriteOp::CreateStarted`]: the record, or `None` when nothing was written.
+    CreatedStarted(Option<Box<InstanceRecord>>),
     Purged(bool),
 }
 
@@ -1548,6 +1596,7 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
     } else if wake.changed {
         core.signals.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
+    // The replies last: whoever a write returns to finds its signals sent.
     for (reply, result) in results {
         let _ = reply.send(result.map(|(outcome, _)| outcome));
     }
@@ -1555,6 +1604,7 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
 
 /// Applies one operation. The inner error is the operation's own (nothing was written); the
 /// outer one is a storage failure that aborts the batch.
+#[allow(clippy::too_many_lines, reason = "one arm per operation")]
 fn apply(
     t: &mut Tables<'_>,
     leases: &mut Leases,
@@ -1595,6 +1645,23 @@ fn apply(
                     },
                 )
             })
+        }
+        WriteOp::CreateStarted(started) => {
+            let (new, first) = *started;
+            let finished = first.status.is_terminal();
+            t.create_started(leases, new, first)?
+                .map(|created| match created {
+                    None => (Outcome::CreatedStarted(None), Wake::default()),
+                    Some((record, activity)) => (
+                        Outcome::CreatedStarted(Some(Box::new(record))),
+                        Wake {
+                            orchestration: true,
+                            activity,
+                            changed: true,
+                            finished,
+                        },
+                    ),
+                })
         }
         WriteOp::AbandonEpisode {
             instance_id,
@@ -2058,6 +2125,20 @@ impl Store for RedbStore {
         self.write(WriteOp::Commit(Box::new(commit)))
             .await
             .map(drop)
+    }
+
+    async fn create_started(
+        &self,
+        new: NewInstance,
+        first: EpisodeCommit,
+    ) -> Result<Option<InstanceRecord>, StoreError> {
+        match self
+            .write(WriteOp::CreateStarted(Box::new((new, first))))
+            .await?
+        {
+            Outcome::CreatedStarted(created) => Ok(created.map(|r| *r)),
+            _ => Err(Outcome::unexpected()),
+        }
     }
 
     fn supports_activity_handoff(&self) -> bool {

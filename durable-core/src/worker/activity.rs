@@ -36,15 +36,18 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
         let Ok(first) = Arc::clone(&inner.activity_slots).acquire_owned().await else {
             break;
         };
-        let extra = inner.activity_slots.available_permits();
+        let wanted = 1 + inner.activity_slots.available_permits();
         let notified = inner.store.signals().activity.notified();
         let now = inner.clock.now();
         match inner
             .store
-            .fetch_activity_work(now, inner.activity_lease, 1 + extra)
+            .fetch_activity_work(now, inner.activity_lease, wanted)
             .await
         {
-            Ok(items) if !items.is_empty() => {
+            Ok(items) => {
+                // Fewer than asked for: nothing else is due now, so wait for new work
+                // rather than fetch again at once (and the runs just spawned start first).
+                let drained = items.len() < wanted;
                 // Held (and renewed) from here: a task waiting for its slot keeps its lease.
                 let leased: Vec<_> = items
                     .into_iter()
@@ -78,25 +81,25 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                         .instrument(span),
                     );
                 }
-            }
-            Ok(_) => {
                 drop(first);
-                let next = inner
-                    .store
-                    .next_wake_time_for(WorkKind::Activity)
-                    .await
-                    .ok()
-                    .flatten();
-                let sleep = async {
-                    match next {
-                        Some(t) => inner.clock.sleep_until(t).await,
-                        None => std::future::pending().await,
+                if drained {
+                    let next = inner
+                        .store
+                        .next_wake_time_for(WorkKind::Activity)
+                        .await
+                        .ok()
+                        .flatten();
+                    let sleep = async {
+                        match next {
+                            Some(t) => inner.clock.sleep_until(t).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        () = notified => {}
+                        () = sleep => {}
+                        _ = shutdown.changed() => {}
                     }
-                };
-                tokio::select! {
-                    () = notified => {}
-                    () = sleep => {}
-                    _ = shutdown.changed() => {}
                 }
             }
             Err(e) => {

@@ -59,9 +59,12 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
         if store_first {
             started += start_handed_off(&inner, &mut running, &mut permits).await;
         }
+        // A slot left over: both sources gave less than asked for, so wait for new work
+        // rather than fetch again at once (and the episodes just spawned start first).
+        let drained = !permits.is_empty();
         drop(permits);
         match fetched {
-            Ok(n) if n + started > 0 => {}
+            Ok(n) if n + started > 0 && !drained => {}
             Ok(_) => {
                 let next = inner
                     .store
@@ -209,7 +212,7 @@ async fn run_episode(
     // The diagnostic the instance was last held back with (`None` unless it is stuck).
     let reported = item.instance.last_error.clone();
     let mut permit = Some(permit);
-    let result = try_episode(inner, item, &mut handed, &mut permit).await;
+    let result = try_episode(inner, item, &mut handed, &mut permit, None).await;
     drop(permit);
     // Results the episode did not commit (it failed, or took a path that does not deliver
     // them) are written to the store; so are those that arrived meanwhile if it failed
@@ -337,6 +340,7 @@ async fn try_episode(
     item: OrchestrationWorkItem,
     handed: &mut Vec<HandedOff>,
     permit: &mut Option<Permit>,
+    first: Option<&mut First>,
 ) -> Result<(), Stuck> {
     let OrchestrationWorkItem {
         instance,
@@ -479,7 +483,11 @@ async fn try_episode(
     let mut replayer = if let Some(r) = cached {
         r
     } else {
-        let mut history = inner.store.read_history(&id).await.map_err(Stuck::Store)?;
+        let mut history = if first.is_some() {
+            Vec::new()
+        } else {
+            inner.store.read_history(&id).await.map_err(Stuck::Store)?
+        };
         if let Some((r, _)) = &rewind {
             history.push(r.marker.clone());
         }
@@ -595,11 +603,30 @@ async fn try_episode(
     // computing, and letting the next episode start fills the next batch. The instance
     // stays leased until the commit is done, so nothing else runs it meanwhile.
     drop(permit.take());
-    inner
-        .store
-        .commit_episode(commit)
-        .await
-        .map_err(Stuck::Store)?;
+    if let Some(first) = first {
+        let Some(new) = first.new.take() else {
+            return Err(Stuck::Error(
+                "internal error: a first episode ran twice".to_owned(),
+            ));
+        };
+        first.attempted = true;
+        first.created = inner
+            .store
+            .create_started(new, commit)
+            .await
+            .map_err(Stuck::Store)?;
+        if first.created.is_none() {
+            // Nothing was written: the instance is created the ordinary way, and its first
+            // episode runs again then.
+            return Ok(());
+        }
+    } else {
+        inner
+            .store
+            .commit_episode(commit)
+            .await
+            .map_err(Stuck::Store)?;
+    }
     handed.clear();
     let orchestrator = Label::Static(entry.name);
     report.emit(&instance, &orchestrator, now);
@@ -615,6 +642,88 @@ async fn try_episode(
         }
     }
     Ok(())
+}
+
+/// A first episode run by the starting client's worker ([`FirstEpisode`]): the instance to
+/// create with it, and what the store did.
+struct First {
+    new: Option<NewInstance>,
+    /// The store was asked (its error is then the start's error).
+    attempted: bool,
+    created: Option<crate::storage::InstanceRecord>,
+}
+
+impl crate::client::FirstEpisode for Inner {
+    fn create_started<'a>(
+        &'a self,
+        new: &'a NewInstance,
+    ) -> crate::registry::BoxFuture<'a, Result<Option<crate::storage::InstanceRecord>, StoreError>>
+    {
+        Box::pin(run_first(self, new))
+    }
+}
+
+/// Runs the first episode of `new` here and creates the instance with it in one write, when
+/// this worker can run it now: an orchestrator it knows, of a version it runs, to start at
+/// once, with a free episode slot. `Ok(None)` otherwise, or when the store declines (the id
+/// is taken, or the store cannot): the client then creates the instance the ordinary way.
+async fn run_first(
+    inner: &Inner,
+    new: &NewInstance,
+) -> Result<Option<crate::storage::InstanceRecord>, StoreError> {
+    if new.scheduled_start.is_some()
+        || new.parent.is_some()
+        || new.instance_id.as_str().starts_with('@')
+        || inner.is_shutting_down()
+        || inner.registry.orchestrator(&new.name).is_none()
+        || !version_allowed(inner, new.version.as_deref())
+    {
+        return Ok(None);
+    }
+    let Ok(permit) = Arc::clone(&inner.orch_slots).try_acquire_owned() else {
+        return Ok(None);
+    };
+    let id = &new.instance_id;
+    // Results for the instance wait for this episode's end, as for any episode.
+    if !inner.handoffs().begin_first(id) {
+        return Ok(None);
+    }
+    let item = OrchestrationWorkItem {
+        instance: new.record(None),
+        history_len: 0,
+        messages: vec![new.start_message()],
+        lock: super::handoff::FIRST_EPISODE,
+    };
+    let mut first = First {
+        new: Some(new.clone()),
+        attempted: false,
+        created: None,
+    };
+    let span = tracing::info_span!("episode", instance = %new.instance_id, name = %new.name);
+    let ran = try_episode(
+        inner,
+        item,
+        &mut Vec::new(),
+        &mut Some(permit),
+        Some(&mut first),
+    )
+    .instrument(span)
+    .await;
+    // Results that arrived meanwhile (for the new instance, or for one that held the id)
+    // are queued for the next episode.
+    let (wake, _) = inner
+        .handoffs()
+        .end(id, super::handoff::FIRST_EPISODE, true);
+    if wake {
+        inner.handoff_ready.notify_one();
+    }
+    match ran {
+        Ok(()) => Ok(first.created),
+        Err(Stuck::Store(e)) if first.attempted => Err(e),
+        // The code could not run here (it does not replay, say): the ordinary path holds
+        // the instance back and reports why.
+        Err(_) => Ok(None),
+    }
 }
 
 /// A rewind ready to apply: the marker to append and what to re-drive.

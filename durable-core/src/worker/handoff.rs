@@ -23,6 +23,11 @@ use super::lease::LeaseGuard;
 use crate::ids::InstanceId;
 use crate::storage::{LockToken, Message};
 
+/// The lease token a first episode run by the starting client's worker holds in
+/// [`Handoffs`]: the instance is not stored yet, so no store lease exists; stores never
+/// hand out this token.
+pub(crate) const FIRST_EPISODE: LockToken = LockToken(u64::MAX);
+
 /// One activity result held in memory.
 #[derive(Debug)]
 pub(crate) struct HandedOff {
@@ -86,6 +91,17 @@ impl Handoffs {
     pub(crate) fn begin(&mut self, id: &InstanceId, lock: LockToken) -> Vec<HandedOff> {
         self.running.insert(id.clone(), lock.0);
         self.pending.remove(id).unwrap_or_default()
+    }
+
+    /// A first episode ([`FIRST_EPISODE`]) starts on the new instance `id`, so that results
+    /// for it wait until that episode ends; `false` when an episode runs on `id` already
+    /// (the id is taken: no first episode runs).
+    pub(crate) fn begin_first(&mut self, id: &InstanceId) -> bool {
+        if self.running.contains_key(id) {
+            return false;
+        }
+        self.running.insert(id.clone(), FIRST_EPISODE.0);
+        true
     }
 
     /// The episode on `id` under `lock` ended. When it succeeded, results that arrived

@@ -504,6 +504,9 @@ impl WorkerBuilder {
             #[cfg(feature = "opentelemetry")]
             tracer: self.tracer,
         });
+        let first_episode: std::sync::Weak<dyn crate::client::FirstEpisode> =
+            Arc::downgrade(&inner) as std::sync::Weak<Inner>;
+        let client = client.with_first_episode(first_episode);
         let mut tasks = vec![
             supervise(
                 &runtime,
