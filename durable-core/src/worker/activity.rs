@@ -73,11 +73,12 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                     let span = tracing::info_span!("activity", name = %item.task.name, instance = %item.task.instance_id, seq = item.task.seq, otel.name = tracing::field::Empty);
                     #[cfg(feature = "opentelemetry")]
                     crate::otel::adopt_activity(&span, &item.task);
+                    // Boxed, as episodes are (see `episode::spawn_episode`).
                     running.spawn(
-                        async move {
+                        Box::pin(async move {
                             run_activity(&inner, item, lease).await;
                             drop(permit);
-                        }
+                        })
                         .instrument(span),
                     );
                 }

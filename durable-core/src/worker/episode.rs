@@ -184,7 +184,9 @@ fn spawn_episode(
         .begin(&item.instance.instance_id, item.lock);
     let inner = Arc::clone(inner);
     let span = tracing::info_span!("episode", instance = %item.instance.instance_id, name = %item.instance.name);
-    running.spawn(run_episode(inner, item, handed, permit).instrument(span));
+    // Boxed: the episode's state machine is kilobytes, and a task moves its future several
+    // times (into the task cell, out of it when done); a box moves once.
+    running.spawn(Box::pin(run_episode(inner, item, handed, permit)).instrument(span));
 }
 
 fn lock_cache<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
