@@ -33,11 +33,16 @@ use crate::trace_context::TraceContext;
 
 /// Decodes one stored [`HistoryEvent`] (JSON), in one pass when its tag comes first.
 pub(crate) fn from_slice(bytes: &[u8]) -> serde_json::Result<HistoryEvent> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    match de.deserialize_map(RowVisitor) {
-        Ok(Some(event)) if de.end().is_ok() => Ok(event),
-        _ => serde_json::from_slice(bytes),
-    }
+    one_pass(bytes).map_or_else(|| serde_json::from_slice(bytes), Ok)
+}
+
+/// The one-pass decoding; `None` when the row needs the derived one. The row's UTF-8 is
+/// checked once, as a whole, rather than string by string.
+fn one_pass(bytes: &[u8]) -> Option<HistoryEvent> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let event = de.deserialize_map(RowVisitor).ok()??;
+    de.end().ok().map(|()| event)
 }
 
 /// Visits a row: `index` and `timestamp` (anywhere), the tag before any field of the event,
@@ -466,13 +471,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    /// Decodes through the one-pass path only (`None` where [`from_slice`] falls back).
-    fn one_pass(bytes: &[u8]) -> Option<HistoryEvent> {
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let event = de.deserialize_map(RowVisitor).ok()??;
-        de.end().ok().map(|()| event)
-    }
 
     /// A number per variant: fails to compile when a variant is added, so that it gets a
     /// sample in [`samples`] below.
