@@ -12,6 +12,9 @@ use crate::error::FailureDetails;
 use crate::ids::{InstanceId, Timestamp};
 use crate::trace_context::TraceContext;
 
+mod stored;
+pub(crate) use stored::from_slice as from_stored_json;
+
 /// A JSON-encoded payload (input, output or event data) as stored in history.
 pub type Payload = String;
 

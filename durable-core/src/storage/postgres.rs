@@ -657,7 +657,7 @@ impl PostgresStore {
         let st = tx.prepare_cached(&self.inner.sql.read_history).await?;
         let mut out = Vec::new();
         for row in tx.query(&st, &[&key]).await? {
-            out.push(decode(row.try_get(0)?)?);
+            out.push(decode_event(row.try_get(0)?)?);
         }
         Ok(out)
     }
@@ -1178,7 +1178,7 @@ impl PostgresStore {
         let rows = conn.query(&st, &[&id.as_str()]).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            out.push(decode(row.try_get(0)?)?);
+            out.push(decode_event(row.try_get(0)?)?);
         }
         Ok(out)
     }
@@ -2370,6 +2370,12 @@ fn filter_params(query: &InstanceQuery) -> (Vec<&'static str>, Option<i64>, Opti
 
 fn decode<T: serde::de::DeserializeOwned>(json: &str) -> R<T> {
     Ok(serde_json::from_str(json)?)
+}
+
+/// Decodes a history row (TEXT, as `serde_json` wrote it, so its tag comes first) in one
+/// pass: see [`crate::history::from_stored_json`].
+fn decode_event(json: &str) -> R<HistoryEvent> {
+    Ok(crate::history::from_stored_json(json.as_bytes())?)
 }
 
 /// A fresh lease token: 63 random bits. Not from a sequence, because leases are written with

@@ -19,6 +19,8 @@
 //! | W4 | 100 orchestrations each on a 1 s durable timer, started 10 ms apart: completion overshoot (also all at once) |
 //! | R | cold replay of a 10,000-event history (replay alone, and read from the store + replay): events/s |
 //! | M | peak RSS (`VmHWM`) of a fresh process holding 100,000 instances waiting on an external event |
+//! | M1M | the same with 1,000,000 instances, and their start rate (full mode or `--only M1M`; minutes) |
+//! | floor | a bare redb commit of one small record; W1–W4 also print their durable commits per orchestration and latency ÷ (commits × floor) |
 //!
 //! Figures, never asserts: a missed target is reported, not failed. Runs with no `tracing`
 //! subscriber unless `RUST_LOG` is set (then as the demo: stderr, `ReplaySafe`).
@@ -30,6 +32,8 @@
 #[cfg(feature = "duroxide")]
 #[path = "bench/duroxide.rs"]
 mod duroxide;
+#[path = "bench/floor.rs"]
+mod floor;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -148,7 +152,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--memory-child" => out.memory_child = Some(value()?.parse()?),
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--quick] [--only W1,W2,W3,W4,R,M,DUROXIDE] [--out FILE] [--relaxed]\n\
+                    "usage: bench [--quick] [--only FLOOR,W1,W2,W3,W4,R,M,M1M,DUROXIDE] [--out FILE] [--relaxed]\n\
                      Runs the durable benchmarks on the redb store (fsync commits) in a temp dir.\n\
                      --relaxed commits without fsync, to show the CPU-bound ceiling (not durable)."
                 );
@@ -174,6 +178,8 @@ struct Sizes {
     r_steps: u64,
     r_runs: usize,
     m_instances: usize,
+    /// M1M's instances; run in full mode or when asked for by name.
+    m1m_instances: usize,
 }
 
 impl Sizes {
@@ -191,6 +197,7 @@ impl Sizes {
                 r_steps: 333,
                 r_runs: 5,
                 m_instances: 10_000,
+                m1m_instances: 1_000_000,
             }
         } else {
             Self {
@@ -205,6 +212,7 @@ impl Sizes {
                 r_steps: 3333,
                 r_runs: 20,
                 m_instances: 100_000,
+                m1m_instances: 1_000_000,
             }
         }
     }
@@ -407,6 +415,8 @@ fn ms(d: Duration) -> f64 {
 struct Env {
     worker: Worker,
     client: Client,
+    /// The worker's store, for its commit counter.
+    store: RedbStore,
     _dir: tempfile::TempDir,
 }
 
@@ -422,13 +432,14 @@ impl Env {
             .durability(durability)
             .open(dir.path().join("bench.redb"))?;
         let worker = Worker::builder()
-            .store(store)
+            .store(store.clone())
             .registry(registry())
             .start()?;
         let client = worker.client();
         Ok(Self {
             worker,
             client,
+            store,
             _dir: dir,
         })
     }
@@ -442,7 +453,8 @@ impl Env {
 // The workloads.
 // ---------------------------------------------------------------------------------------
 
-async fn w1(sizes: Sizes) -> Result<Vec<f64>, BoxError> {
+/// W1's latencies (ms) and the commits the measured runs made.
+async fn w1(sizes: Sizes) -> Result<(Vec<f64>, u64), BoxError> {
     let env = Env::new()?;
     for _ in 0..5 {
         hello_sequence5::start(&env.client, "warm-up".into())
@@ -451,6 +463,7 @@ async fn w1(sizes: Sizes) -> Result<Vec<f64>, BoxError> {
             .await?;
     }
     let mut samples = Vec::with_capacity(sizes.w1_samples);
+    let commits = env.store.commits();
     for i in 0..sizes.w1_samples {
         let t = Instant::now();
         let out = hello_sequence5::start(&env.client, format!("world-{i}"))
@@ -460,13 +473,16 @@ async fn w1(sizes: Sizes) -> Result<Vec<f64>, BoxError> {
         samples.push(ms(t.elapsed()));
         debug_assert_eq!(out, format!("world-{i}"));
     }
+    let commits = env.store.commits() - commits;
     env.close().await;
-    Ok(samples)
+    Ok((samples, commits))
 }
 
-/// Starts `n` `HelloSequence5` at once and waits for all; returns the wall time.
-async fn w2_run(n: usize) -> Result<Duration, BoxError> {
+/// Starts `n` `HelloSequence5` at once and waits for all; returns the wall time and the
+/// commits made.
+async fn w2_run(n: usize) -> Result<(Duration, u64), BoxError> {
     let env = Env::new()?;
+    let commits = env.store.commits();
     let t = Instant::now();
     let mut starts = tokio::task::JoinSet::new();
     for i in 0..n {
@@ -481,26 +497,31 @@ async fn w2_run(n: usize) -> Result<Duration, BoxError> {
         h.wait().await?;
     }
     let took = t.elapsed();
+    let commits = env.store.commits() - commits;
     env.close().await;
-    Ok(took)
+    Ok((took, commits))
 }
 
-async fn w3_run(n: u64) -> Result<Duration, BoxError> {
+/// One fan-out of `n`: wall time and commits made.
+async fn w3_run(n: u64) -> Result<(Duration, u64), BoxError> {
     let env = Env::new()?;
+    let commits = env.store.commits();
     let t = Instant::now();
     let sum = fan_out_sum::start(&env.client, n).await?.wait().await?;
     let took = t.elapsed();
+    let commits = env.store.commits() - commits;
     if sum != n * (n.saturating_sub(1)) / 2 {
         return Err(format!("W3: wrong sum {sum}").into());
     }
     env.close().await;
-    Ok(took)
+    Ok((took, commits))
 }
 
 /// Starts `n` one-second sleepers `spacing` apart; returns each completion's overshoot
-/// (observed completion − timer due time) in ms.
-async fn w4_run(n: usize, spacing: Duration) -> Result<Vec<f64>, BoxError> {
+/// (observed completion − timer due time) in ms, and the commits made.
+async fn w4_run(n: usize, spacing: Duration) -> Result<(Vec<f64>, u64), BoxError> {
     let env = Env::new()?;
+    let commits = env.store.commits();
     let mut waits = tokio::task::JoinSet::new();
     for _ in 0..n {
         let handle = sleeper::start(&env.client, 1000).await?;
@@ -523,8 +544,9 @@ async fn w4_run(n: usize, spacing: Duration) -> Result<Vec<f64>, BoxError> {
     while let Some(r) = waits.join_next().await {
         out.push(r??);
     }
+    let commits = env.store.commits() - commits;
     env.close().await;
-    Ok(out)
+    Ok((out, commits))
 }
 
 /// Builds a history by running `chain` with `steps` steps; returns (instance, history).
@@ -585,25 +607,28 @@ async fn r(sizes: Sizes, table: &mut Table) -> Result<(), BoxError> {
             "events/s",
             &rates,
         )
+        .target(Target::AtLeast(1_500_000.0))
         .note("history read from redb, then replayed"),
     );
     env.close().await;
     Ok(())
 }
 
-fn peak_rss_kb() -> Option<u64> {
+fn rss_kb(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// M's child: `n` instances waiting on an event; prints `M <n> <peak kB> <secs>`.
+/// M's child: `n` instances waiting on an event; prints
+/// `M <waiting> <peak kB> <secs until all wait> <secs of the start calls>`.
 async fn memory_child(n: usize) -> Result<(), BoxError> {
     let env = Env::new()?;
     let t = Instant::now();
     let chunk = 1000;
+    let report_every = (n / 10).max(chunk);
     let mut started = 0;
     while started < n {
         let mut set = tokio::task::JoinSet::new();
@@ -615,87 +640,88 @@ async fn memory_child(n: usize) -> Result<(), BoxError> {
             r??;
         }
         started = (started + chunk).min(n);
-        if started % 10_000 == 0 || started == n {
-            progress(&format!("M: {started}/{n} started"));
+        if started % report_every == 0 || started == n {
+            progress(&format!(
+                "M: {started}/{n} started after {:.1} s; RSS {} MB",
+                t.elapsed().as_secs_f64(),
+                rss_kb("VmRSS:").unwrap_or(0) / 1024
+            ));
         }
     }
-    // Wait until every instance has run its first episode (none is Pending).
-    loop {
-        let page = env
-            .client
-            .query(
-                &InstanceQuery::new()
-                    .statuses([RuntimeStatus::Pending])
-                    .page_size(1),
-            )
-            .await?;
-        if page.instances.is_empty() {
-            break;
-        }
+    let start_calls = t.elapsed().as_secs_f64();
+    // Wait until every instance has run its first episode (none is Pending). Counting reads
+    // each record's head only; no list of instances is held.
+    let pending = InstanceQuery::new().statuses([RuntimeStatus::Pending]);
+    while count(&env.client, &pending).await? > 0 {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let running = count_running(&env.client).await?;
     let secs = t.elapsed().as_secs_f64();
-    let hwm = peak_rss_kb().unwrap_or(0);
+    let running = count(
+        &env.client,
+        &InstanceQuery::new().statuses([RuntimeStatus::Running]),
+    )
+    .await?;
+    let hwm = rss_kb("VmHWM:").unwrap_or(0);
     progress(&format!(
         "M: {running} instances waiting after {secs:.1} s; peak RSS {} MB",
         hwm / 1024
     ));
-    println!("M {running} {hwm} {secs}");
+    println!("M {running} {hwm} {secs} {start_calls}");
     // Exit without an orderly shutdown: the figure is taken.
     std::process::exit(0);
 }
 
-async fn count_running(client: &Client) -> Result<usize, BoxError> {
-    let mut count = 0;
-    let mut continuation = None;
-    loop {
-        let page = client
-            .query(
-                &InstanceQuery::new()
-                    .statuses([RuntimeStatus::Running])
-                    .page_size(10_000)
-                    .continuation(continuation),
-            )
-            .await?;
-        count += page.instances.len();
-        match page.continuation {
-            Some(c) => continuation = Some(c),
-            None => return Ok(count),
-        }
-    }
+/// How many instances `query` matches.
+async fn count(client: &Client, query: &InstanceQuery) -> Result<u64, BoxError> {
+    let counts = client.count_instances(query).await?;
+    Ok(counts.iter().map(|(_, n)| n).sum())
 }
 
-fn m(sizes: Sizes, table: &mut Table) -> Result<(), BoxError> {
+/// Runs M's child with `instances` waiters and pushes its rows under `workload`.
+fn m(workload: &str, instances: usize, target_mb: f64, table: &mut Table) -> Result<(), BoxError> {
     progress(&format!(
-        "M: {} waiting instances in a child process",
-        sizes.m_instances
+        "{workload}: {instances} waiting instances in a child process"
     ));
     let out = std::process::Command::new(std::env::current_exe()?)
-        .args(["--memory-child", &sizes.m_instances.to_string()])
+        .args(["--memory-child", &instances.to_string()])
         .args(RELAXED.load(Ordering::Relaxed).then_some("--relaxed"))
         .stderr(std::process::Stdio::inherit())
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let Some(line) = stdout.lines().find(|l| l.starts_with("M ")) else {
-        return Err(format!("M: the child failed ({}): {stdout}", out.status).into());
+        return Err(format!("{workload}: the child failed ({}): {stdout}", out.status).into());
     };
     let parts: Vec<&str> = line.split_whitespace().collect();
-    let (Some(running), Some(kb), Some(secs)) = (parts.get(1), parts.get(2), parts.get(3)) else {
-        return Err(format!("M: unexpected child output `{line}`").into());
+    let (Some(running), Some(kb), Some(secs), Some(start_calls)) =
+        (parts.get(1), parts.get(2), parts.get(3), parts.get(4))
+    else {
+        return Err(format!("{workload}: unexpected child output `{line}`").into());
     };
     let mb = kb.parse::<f64>()? / 1024.0;
     let secs: f64 = secs.parse()?;
+    let start_calls: f64 = start_calls.parse()?;
     table.push(
         Row::times(
-            "M",
+            workload,
             &format!("peak RSS, {running} instances waiting"),
             "MB",
             &[mb],
         )
-        .target(Target::AtMost(300.0))
+        .target(Target::AtMost(target_mb))
         .note(format!(
             "VmHWM of a fresh process; all waiting after {secs:.1} s"
+        )),
+    );
+    table.push(
+        Row::rates(
+            workload,
+            &format!("start rate, {instances} instances"),
+            "inst/s",
+            &[instances as f64 / secs],
+        )
+        .note(format!(
+            "started and waiting (first episode committed); the start calls alone: {:.0} inst/s",
+            instances as f64 / start_calls
         )),
     );
     Ok(())
@@ -706,9 +732,14 @@ fn m(sizes: Sizes, table: &mut Table) -> Result<(), BoxError> {
 // ---------------------------------------------------------------------------------------
 
 fn wanted(args: &Args, name: &str) -> bool {
+    args.only.is_none() || named(args, name)
+}
+
+/// `true` if `--only` names `name`.
+fn named(args: &Args, name: &str) -> bool {
     args.only
         .as_ref()
-        .is_none_or(|o| o.iter().any(|x| x == name))
+        .is_some_and(|o| o.iter().any(|x| x == name))
 }
 
 #[allow(clippy::too_many_lines, reason = "the workloads in order")]
@@ -726,24 +757,52 @@ async fn run(args: Args) -> Result<(), BoxError> {
         if args.quick { "quick" } else { "full" }
     ));
 
+    // The store's floor, in the same run, for the commit rows of W1–W4.
+    let mut floor_ms = None;
+    if ["W1", "W2", "W3", "W4", "FLOOR"]
+        .iter()
+        .any(|w| wanted(&args, w))
+    {
+        progress(&format!(
+            "floor: {} bare redb commits",
+            floor::FLOOR_SAMPLES
+        ));
+        let samples = floor::measure()?;
+        let row = floor::row(&samples);
+        floor_ms = Some(row.median);
+        table.push(row);
+    }
+
     if wanted(&args, "W1") {
         progress(&format!(
             "W1: {} sequential HelloSequence5",
             sizes.w1_samples
         ));
-        let samples = w1(sizes).await?;
+        let (samples, commits) = w1(sizes).await?;
         let row =
             Row::times("W1", "HelloSequence5 latency", "ms", &samples).target(Target::AtMost(2.0));
         ours.w1 = Some(row.median);
+        let per = commits as f64 / samples.len() as f64;
+        let latency = Some((row.median, per));
         table.push(row);
+        table.push(floor::commits_row(
+            "W1",
+            "p50",
+            commits,
+            samples.len(),
+            latency,
+            floor_ms,
+        ));
     }
 
     if wanted(&args, "W2") {
         let n = sizes.w2_instances;
         let mut orch = Vec::new();
         let mut acts = Vec::new();
+        let mut runs = Vec::new();
         for i in 0..sizes.w2_runs {
-            let took = w2_run(n).await?;
+            let (took, commits) = w2_run(n).await?;
+            runs.push((ms(took), commits));
             progress(&format!(
                 "W2 run {}/{}: {n} orchestrations in {:.3} s",
                 i + 1,
@@ -768,6 +827,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             "act/s",
             &acts,
         ));
+        table.push(median_commits_row("W2", &runs, n, floor_ms));
     }
 
     if wanted(&args, "W3") {
@@ -776,8 +836,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
             (sizes.w3_big, sizes.w3_big_runs, 400.0),
         ] {
             let mut times = Vec::new();
+            let mut commit_runs = Vec::new();
             for i in 0..runs {
-                let took = w3_run(n).await?;
+                let (took, commits) = w3_run(n).await?;
+                commit_runs.push((ms(took), commits));
                 progress(&format!(
                     "W3 run {}/{runs}: fan-out of {n} in {:.3} s",
                     i + 1,
@@ -789,6 +851,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 .target(Target::AtMost(target));
             ours.w3.push((n, row.median));
             table.push(row);
+            table.push(median_commits_row("W3", &commit_runs, 1, floor_ms));
         }
     }
 
@@ -798,7 +861,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             "W4: {n} one-second timers, {} ms apart",
             sizes.w4_spacing.as_millis()
         ));
-        let over = w4_run(n, sizes.w4_spacing).await?;
+        let (over, commits) = w4_run(n, sizes.w4_spacing).await?;
         table.push(
             Row::times(
                 "W4",
@@ -811,8 +874,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
             )
             .target(Target::AtMost(2.0)),
         );
+        table.push(floor::commits_row("W4", "", commits, n, None, floor_ms));
         progress(&format!("W4: {n} one-second timers, all at once"));
-        let over = w4_run(n, Duration::ZERO).await?;
+        let (over, _) = w4_run(n, Duration::ZERO).await?;
         table.push(
             Row::times(
                 "W4",
@@ -829,7 +893,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
     }
 
     if wanted(&args, "M") {
-        m(sizes, &mut table)?;
+        m("M", sizes.m_instances, 300.0, &mut table)?;
+    }
+
+    // Minutes long: in full mode, or when asked for by name.
+    if (!args.quick && wanted(&args, "M1M")) || named(&args, "M1M") {
+        m("M1M", sizes.m1m_instances, 500.0, &mut table)?;
     }
 
     #[cfg(feature = "duroxide")]
@@ -856,6 +925,30 @@ async fn run(args: Args) -> Result<(), BoxError> {
         display(&args.out)
     ));
     Ok(())
+}
+
+/// The commit row of a workload run several times: the run with the median wall time, its
+/// commits and its wall time ÷ (commits × floor).
+fn median_commits_row(
+    workload: &str,
+    runs: &[(f64, u64)],
+    orchestrations: usize,
+    floor_ms: Option<f64>,
+) -> Row {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (wall, commits) = sorted
+        .get(sorted.len().saturating_sub(1) / 2)
+        .copied()
+        .unwrap_or((f64::NAN, 0));
+    floor::commits_row(
+        workload,
+        "wall time",
+        commits,
+        orchestrations,
+        Some((wall, commits as f64)),
+        floor_ms,
+    )
 }
 
 fn display(p: &Path) -> String {
