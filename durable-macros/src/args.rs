@@ -140,10 +140,7 @@ pub(crate) fn parse(
             }
             "local" => {
                 if let Some(v) = &arg.value {
-                    errors.push(
-                        v,
-                        "`local` takes no value; write `#[activity(local)]`",
-                    );
+                    errors.push(v, "`local` takes no value; write `#[activity(local)]`");
                 }
                 args.local = true;
             }

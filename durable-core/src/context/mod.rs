@@ -686,10 +686,25 @@ impl OrchestrationContext {
         };
         let timeouts = options.timeouts();
         let Some(policy) = options.retry else {
-            return self.schedule_activity_raw(A::NAME, payload, 1, timeouts, None, local, location);
+            return self.schedule_activity_raw(
+                A::NAME,
+                payload,
+                1,
+                timeouts,
+                None,
+                local,
+                location,
+            );
         };
-        let first =
-            self.schedule_activity_raw(A::NAME, payload.clone(), 1, timeouts, None, local, location);
+        let first = self.schedule_activity_raw(
+            A::NAME,
+            payload.clone(),
+            1,
+            timeouts,
+            None,
+            local,
+            location,
+        );
         self.retrying(first, policy, location, move |ctx, attempt, beat| {
             ctx.schedule_activity_raw(
                 A::NAME,
@@ -958,7 +973,10 @@ impl OrchestrationContext {
         });
     }
 
-    #[allow(clippy::too_many_arguments, reason = "one per field of the scheduled action")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one per field of the scheduled action"
+    )]
     pub(crate) fn schedule_activity_raw<T>(
         &self,
         name: &str,

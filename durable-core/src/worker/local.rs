@@ -96,7 +96,11 @@ type Run<'a> = Pin<Box<dyn Future<Output = Option<Event>> + Send + 'a>>;
 /// Runs `tasks` at once on this task (as `join!` would), each result in its place; a run
 /// not finished at `deadline` is dropped (cancelled) and reported as `None`, like a task
 /// that did not run.
-async fn run_all(inner: &Inner, tasks: &[Option<ActivityTask>], deadline: Timestamp) -> Vec<Option<Event>> {
+async fn run_all(
+    inner: &Inner,
+    tasks: &[Option<ActivityTask>],
+    deadline: Timestamp,
+) -> Vec<Option<Event>> {
     let mut runs: Vec<Option<Run<'_>>> = tasks
         .iter()
         .map(|t| t.as_ref().map(|t| Box::pin(run_one(inner, t)) as Run<'_>))

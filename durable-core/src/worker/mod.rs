@@ -9,8 +9,8 @@ mod entity;
 mod episode;
 mod handoff;
 mod lease;
-mod local;
 pub(crate) mod lifecycle;
+mod local;
 mod meters;
 #[cfg(feature = "metrics")]
 mod queue_depth;

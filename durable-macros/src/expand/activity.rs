@@ -74,7 +74,11 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
         .collect();
     let states = (!state_types.is_empty())
         .then(|| quote!(const STATES: &'static [#krate::StateType] = &[#(#state_types),*];));
-    let local = args.local.then(|| quote!(const LOCAL: bool = true;));
+    let local = args.local.then(|| {
+        quote!(
+            const LOCAL: bool = true;
+        )
+    });
     let ignore_ctx = f.context.is_none().then(|| quote!(let _ = &#ctx_arg;));
     let ignore_input = f.input.is_none().then(|| quote!(let _ = #input_arg;));
     let call = into_result(&krate, f, quote!(#ident::run(#(#call_args),*)));
