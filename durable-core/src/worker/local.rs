@@ -122,6 +122,8 @@ async fn run_all(
         }
     });
     tokio::select! {
+        // A run that finished as the budget ran out counts.
+        biased;
         () = all => {}
         () = inner.clock.sleep_until(deadline) => {
             tracing::debug!("local activities past the episode's budget become activity tasks");
@@ -141,7 +143,6 @@ async fn run_one(inner: &Inner, task: &ActivityTask) -> Option<Event> {
         .await?;
     #[cfg(feature = "opentelemetry")]
     crate::otel::record_failure(&span, result.as_ref().err());
-    let _ = &span;
     Some(result_event(
         task.seq,
         result,
