@@ -569,7 +569,7 @@ async fn try_episode(
         }
         replayer.handle_message(h.message.event.clone());
     }
-    super::local::run(inner, &mut replayer, &id, instance.execution).await;
+    super::local::run(inner, &mut replayer, &instance).await;
     let mut result = replayer.finish_episode().map_err(Stuck::Replay)?;
     let finished = result.outcome.is_some();
     let cascade = terminate_cascade(inner, &instance, &result, late_terminate, now).await?;

@@ -16,16 +16,19 @@ use tracing::Instrument;
 use super::Inner;
 use super::activity::{Holder, execute, result_event};
 use crate::history::Event;
-use crate::ids::{InstanceId, Timestamp};
+use crate::ids::Timestamp;
 use crate::replay::{Command, Replayer};
-use crate::storage::ActivityTask;
+use crate::storage::{ActivityTask, InstanceRecord};
 
 /// Runs the local activities the episode schedules — concurrently when several are
 /// pending — and delivers their results, until the code schedules no more, then fires the
 /// timers already due (zero back-offs of local retries) and goes on. Leaves what it does
 /// not run as ordinary activity tasks of the episode.
-pub(crate) async fn run(inner: &Inner, replayer: &mut Replayer, id: &InstanceId, execution: u32) {
+pub(crate) async fn run(inner: &Inner, replayer: &mut Replayer, instance: &InstanceRecord) {
     let deadline = inner.clock.now() + inner.local_activity_budget();
+    // Computed once, when the first step runs: the execution's span is their parent.
+    #[cfg(feature = "opentelemetry")]
+    let mut trace = None;
     let mut ran = false;
     loop {
         let commands = replayer.take_local_activities();
@@ -50,10 +53,20 @@ pub(crate) async fn run(inner: &Inner, replayer: &mut Replayer, id: &InstanceId,
             return;
         }
         ran = true;
-        let tasks: Vec<Option<ActivityTask>> = commands
+        #[allow(unused_mut, reason = "stamped with feature \"opentelemetry\"")]
+        let mut tasks: Vec<Option<ActivityTask>> = commands
             .iter()
-            .map(|c| to_task(inner, id, execution, c))
+            .map(|c| to_task(inner, instance, c))
             .collect();
+        #[cfg(feature = "opentelemetry")]
+        {
+            let context = trace.get_or_insert_with(|| {
+                crate::otel::ExecutionTrace::work_context(instance, replayer)
+            });
+            for task in tasks.iter_mut().flatten() {
+                task.trace_context.clone_from(context);
+            }
+        }
         let results = run_all(inner, &tasks, deadline).await;
         for (command, result) in commands.into_iter().zip(results) {
             match result {
@@ -68,7 +81,7 @@ pub(crate) async fn run(inner: &Inner, replayer: &mut Replayer, id: &InstanceId,
 
 /// The task a local command runs as, or `None` when this worker cannot run it (the
 /// activity is not registered here: another worker may know it).
-fn to_task(inner: &Inner, id: &InstanceId, execution: u32, c: &Command) -> Option<ActivityTask> {
+fn to_task(inner: &Inner, instance: &InstanceRecord, c: &Command) -> Option<ActivityTask> {
     let Command::ScheduleActivity {
         seq,
         name,
@@ -83,7 +96,13 @@ fn to_task(inner: &Inner, id: &InstanceId, execution: u32, c: &Command) -> Optio
         return None;
     };
     inner.registry.activity(name)?;
-    let mut task = ActivityTask::new(id.clone(), execution, *seq, name.clone(), input.clone());
+    let mut task = ActivityTask::new(
+        instance.instance_id.clone(),
+        instance.execution,
+        *seq,
+        name.clone(),
+        input.clone(),
+    );
     task.attempt = *attempt;
     task.timeout = *timeout;
     task.heartbeat_timeout = *heartbeat_timeout;
