@@ -21,19 +21,22 @@ use crate::replay::{Command, Replayer};
 use crate::storage::{ActivityTask, InstanceRecord};
 
 /// Runs the local activities the episode schedules — concurrently when several are
-/// pending — and delivers their results, until the code schedules no more, then fires the
-/// timers already due (zero back-offs of local retries) and goes on. Leaves what it does
-/// not run as ordinary activity tasks of the episode.
+/// pending — and delivers their results, until the code schedules no more. Timers already
+/// due right after a round of local runs (zero back-offs of local retries) fire within the
+/// episode too, so the next attempt runs at once; only then, so code that loops on
+/// zero-length sleeps still ends its episode. Leaves what it does not run as ordinary
+/// activity tasks of the episode.
 pub(crate) async fn run(inner: &Inner, replayer: &mut Replayer, instance: &InstanceRecord) {
     let deadline = inner.clock.now() + inner.local_activity_budget();
     // Computed once, when the first step runs: the execution's span is their parent.
     #[cfg(feature = "opentelemetry")]
     let mut trace = None;
+    // Whether the last round ran local activities.
     let mut ran = false;
     loop {
         let commands = replayer.take_local_activities();
         if commands.is_empty() {
-            let due = if ran {
+            let due = if std::mem::take(&mut ran) {
                 replayer.take_due_timers()
             } else {
                 Vec::new()
@@ -52,7 +55,6 @@ pub(crate) async fn run(inner: &Inner, replayer: &mut Replayer, instance: &Insta
             }
             return;
         }
-        ran = true;
         #[allow(unused_mut, reason = "stamped with feature \"opentelemetry\"")]
         let mut tasks: Vec<Option<ActivityTask>> = commands
             .iter()
@@ -67,6 +69,7 @@ pub(crate) async fn run(inner: &Inner, replayer: &mut Replayer, instance: &Insta
                 task.trace_context.clone_from(context);
             }
         }
+        ran = tasks.iter().any(Option::is_some);
         let results = run_all(inner, &tasks, deadline).await;
         for (command, result) in commands.into_iter().zip(results) {
             match result {

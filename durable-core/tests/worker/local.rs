@@ -676,3 +676,36 @@ async fn a_local_activity_not_registered_here_becomes_an_ordinary_task() {
     assert_eq!(ELSEWHERE_CALLS.load(Ordering::SeqCst), 1);
     worker2.shutdown().await;
 }
+
+// ------------------------------------------------------------------ zero-length sleeps
+
+#[activity(local)]
+async fn tick(n: u32) -> Result<u32, ActivityError> {
+    Ok(n + 1)
+}
+
+/// A local step, then zero-length sleeps: only the first fires within the episode (right
+/// after a local run); the rest are ordinary timers, each an episode of its own.
+#[orchestrator]
+async fn naps(ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> {
+    let n = ctx.call(tick, n).await?;
+    for _ in 0..3 {
+        ctx.sleep(Duration::ZERO).await;
+    }
+    Ok(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_length_sleeps_after_a_local_step_still_end_the_episode() {
+    let env = start(|b| b.register(tick).register(naps));
+    let run = env.client.start(naps, 1).await.unwrap();
+    assert_eq!(wait("the run", run.wait()).await.unwrap(), 2);
+    let h = run.history().await.unwrap();
+    assert_eq!(count(&h, "TimerFired"), 3);
+    assert_eq!(
+        count(&h, "OrchestratorStarted"),
+        3,
+        "{}",
+        durable_core::history::pretty(&h)
+    );
+}
