@@ -820,6 +820,18 @@ pub enum BuildError {
         /// The missing type, as [`std::any::type_name`] spells it.
         type_name: &'static str,
     },
+    /// The local activity budget is not shorter than the orchestration lease: an episode
+    /// running local activities could outlive its lease.
+    #[error(
+        "local activity budget of {budget:?} is not shorter than the orchestration lease of {lease:?}: \
+         lower `local_activity_budget` or raise `orchestration_lock`"
+    )]
+    LocalActivityBudget {
+        /// The configured budget.
+        budget: std::time::Duration,
+        /// The orchestration lease.
+        lease: std::time::Duration,
+    },
     /// Two state values of one type were given: a worker holds one value per type.
     #[error(
         "two state values of type `{type_name}` were given; a worker holds one value per type: \

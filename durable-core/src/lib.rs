@@ -86,6 +86,14 @@ pub mod worker;
 /// also be an alias of `Result` (`type R<T> = Result<T, ActivityError>;` … `-> R<Receipt>`).
 /// `#[activity(name = "charge_v2")]` sets the durable name.
 ///
+/// `#[activity(local)]` makes it a *local* activity: wherever it is called with
+/// `ctx.call` / `ctx.call_with`, the worker runs it during the orchestration's episode and
+/// records its result with that episode's commit, so a chain of local steps costs one
+/// durable commit instead of one per step (see
+/// [`OrchestrationContext::call_local`]). The at-least-once window grows to the episode: a
+/// crash before the episode commits runs the local steps again, so keep them short and
+/// idempotent.
+///
 /// Besides its one input, the function may take an [`ActivityContext`] and any number of
 /// [`State<T>`] parameters of different types — the worker's shared values (a connection
 /// pool, an HTTP client, configuration) given with
@@ -130,6 +138,26 @@ pub mod worker;
 /// assert_eq!(greet::run("Ada".into()).await?, "Hello Ada!");
 /// assert_eq!(<greet as Activity>::NAME, "greet");
 /// # Ok(()) }
+/// ```
+///
+/// A local activity:
+///
+/// ```
+/// use durable_core::prelude::*;
+///
+/// /// Validates an address: quick and idempotent, so it runs inside the episode.
+/// #[activity(local)]
+/// async fn validate(address: String) -> Result<String, ActivityError> {
+///     Ok(address.trim().to_owned())
+/// }
+///
+/// #[orchestrator]
+/// async fn ship(ctx: OrchestrationContext, address: String) -> Result<String, OrchestrationError> {
+///     // Runs in the worker during this episode; recorded as TaskScheduled/TaskCompleted.
+///     Ok(ctx.call(validate, address).await?)
+/// }
+/// # let _ = ship;
+/// assert!(<validate as Activity>::LOCAL);
 /// ```
 pub use durable_macros::activity;
 

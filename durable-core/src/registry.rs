@@ -59,6 +59,29 @@ pub trait Activity: Send + Sync + 'static {
     /// function's `State<T>` parameters; an activity written by hand lists what it reads
     /// with [`ActivityContext::state`]. Default: none.
     const STATES: &'static [StateType] = &[];
+    /// `true` for a local activity (`#[activity(local)]`): wherever it is called with
+    /// [`call`](crate::OrchestrationContext::call) or
+    /// [`call_with`](crate::OrchestrationContext::call_with), it runs inside the worker
+    /// during the orchestration's episode and its result is committed with that episode, as
+    /// with [`call_local`](crate::OrchestrationContext::call_local). Default: `false`.
+    ///
+    /// A crash before the episode's commit runs the activity again in the next episode
+    /// (at-least-once, as for every activity), so keep local activities short and
+    /// idempotent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[activity(local)]
+    /// async fn normalize(email: String) -> Result<String, ActivityError> {
+    ///     Ok(email.trim().to_lowercase())
+    /// }
+    ///
+    /// assert!(<normalize as Activity>::LOCAL);
+    /// ```
+    const LOCAL: bool = false;
     /// Input type (serialized as JSON).
     type Input: Serialize + DeserializeOwned + Send + 'static;
     /// Output type (serialized as JSON).

@@ -719,3 +719,40 @@ async fn spans_of_orchestration_code_are_not_exported_again_on_replay() {
         3
     );
 }
+
+/// Local activities run inside the episode, and their spans still sit under the
+/// execution's span, one per run.
+#[tokio::test]
+async fn local_activity_runs_are_spans_under_their_execution() {
+    #[orchestrator]
+    async fn locally(ctx: OrchestrationContext, x: i64) -> Result<i64, OrchestrationError> {
+        let a = ctx.call_local(step, x).await?;
+        Ok(ctx.call_local(step, a).await?)
+    }
+
+    let traces = Traces::install();
+    let worker = Worker::builder()
+        .store(MemoryStore::new())
+        .register(step)
+        .register(locally)
+        .tracer_provider(traces.provider.clone())
+        .start()
+        .unwrap();
+    let client = worker.client();
+    let run = locally::start(&client, 1).await.unwrap();
+    let record = wait_done(&client, run.id()).await;
+    assert_eq!(record.status, RuntimeStatus::Completed);
+    worker.shutdown().await;
+
+    let spans = traces.spans();
+    assert_eq!(
+        render(&spans),
+        "orchestration:locally [execution=1 status=Completed]\n  activity:step\n    lookup\n  activity:step\n    lookup\n"
+    );
+    assert_one_trace(
+        &spans,
+        only(&spans, "orchestration:locally")
+            .span_context
+            .trace_id(),
+    );
+}

@@ -1,4 +1,5 @@
 //! Parsing of macro arguments: `#[activity(name = "..")]`,
+//! `#[activity(name = "..", local)]`,
 //! `#[orchestrator(name = "..", version = "..", allow_nondeterminism)]`.
 
 use proc_macro2::Span;
@@ -25,7 +26,8 @@ impl Kind {
 
     fn valid(self) -> &'static [&'static str] {
         match self {
-            Kind::Activity | Kind::Entity => &["name", "crate"],
+            Kind::Activity => &["name", "local", "crate"],
+            Kind::Entity => &["name", "crate"],
             Kind::Orchestrator => &["name", "version", "allow_nondeterminism", "crate"],
         }
     }
@@ -61,6 +63,8 @@ pub(crate) struct Args {
     pub(crate) name: Option<LitStr>,
     pub(crate) version: Option<LitStr>,
     pub(crate) allow_nondeterminism: bool,
+    /// `#[activity(local)]`: the activity runs inside the worker during the episode.
+    pub(crate) local: bool,
     pub(crate) krate: Option<Path>,
 }
 
@@ -133,6 +137,12 @@ pub(crate) fn parse(
                     errors.push(v, "`allow_nondeterminism` takes no value; write `#[orchestrator(allow_nondeterminism)]`");
                 }
                 args.allow_nondeterminism = true;
+            }
+            "local" => {
+                if let Some(v) = &arg.value {
+                    errors.push(v, "`local` takes no value; write `#[activity(local)]`");
+                }
+                args.local = true;
             }
             "crate" => match &arg.value {
                 Some(syn::Expr::Path(p)) => args.krate = Some(p.path.clone()),

@@ -30,3 +30,18 @@ pub async fn hello_sequence5(
     }
     Ok(text)
 }
+
+/// `HelloSequence5` with local steps: the five [`hello_step`]s run inside the episode
+/// ([`OrchestrationContext::call_local`]), so the whole sequence commits once (the
+/// W1-local/W2-local workload of the benchmarks).
+#[orchestrator]
+pub async fn hello_sequence5_local(
+    ctx: OrchestrationContext,
+    name: String,
+) -> Result<String, OrchestrationError> {
+    let mut text = name;
+    for _ in 0..5 {
+        text = ctx.call_local(hello_step, text).await?;
+    }
+    Ok(text)
+}

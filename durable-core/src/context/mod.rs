@@ -106,6 +106,8 @@ pub(crate) enum ActionDetail {
         timeouts: Timeouts,
         /// Heartbeat details carried from the previous attempt's failure.
         heartbeat: Option<Payload>,
+        /// Run inside the worker during the episode (a local activity).
+        local: bool,
     },
     Timer {
         fire_at: Timestamp,
@@ -524,16 +526,102 @@ impl OrchestrationContext {
     /// Records `TaskScheduled` (with this call's source location) when created — whether or
     /// not the future is ever awaited — and `TaskCompleted` / `TaskFailed` when the result
     /// arrives. On replay the recorded result is returned without running the activity again.
+    ///
+    /// An activity marked `#[activity(local)]` runs as [`call_local`](Self::call_local)
+    /// describes.
     #[track_caller]
     pub fn call<A: Activity>(&self, activity: A, input: A::Input) -> TaskFuture<A::Output> {
         let _ = activity;
-        let location = Location::caller();
-        match encode(&input) {
-            Ok(payload) => {
-                self.schedule_activity_raw(A::NAME, payload, 1, Timeouts::default(), None, location)
-            }
-            Err(e) => TaskFuture::failed(TaskError::Decode(e)),
-        }
+        self.call_activity::<A>(input, CallOptions::new(), A::LOCAL, Location::caller())
+    }
+
+    /// Runs an activity *locally*: the worker runs it inside this orchestration's episode,
+    /// as soon as the code awaits nothing else, and records its result with the episode's
+    /// own commit. A chain of local steps therefore costs one durable commit instead of one
+    /// (or two) per step. Typed like [`call`](Self::call); the activity must be registered
+    /// on the worker that runs the episode — where it is not, or once the episode has spent
+    /// [`WorkerOptions::local_activity_budget`](crate::WorkerOptions::local_activity_budget)
+    /// on local steps, the call becomes an ordinary activity task in the store.
+    ///
+    /// Use it for short steps (validation, a lookup, a quick API call); long work belongs
+    /// in ordinary activities, which free the orchestration while they run.
+    ///
+    /// **At-least-once window:** the result is durable only when the episode commits. A
+    /// crash (or a lost lease) before that runs the step again in the next episode, along
+    /// with every other local step of the lost episode. Make local steps idempotent, as
+    /// every activity should be.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[activity]
+    /// async fn add_one(n: u64) -> Result<u64, ActivityError> {
+    ///     Ok(n + 1)
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn count(ctx: OrchestrationContext, n: u64) -> Result<u64, OrchestrationError> {
+    ///     // Three steps, one durable commit.
+    ///     let mut n = n;
+    ///     for _ in 0..3 {
+    ///         n = ctx.call_local(add_one, n).await?;
+    ///     }
+    ///     Ok(n)
+    /// }
+    /// # let _ = count;
+    /// ```
+    ///
+    /// # Determinism
+    /// As [`call`](Self::call): `TaskScheduled` when created, `TaskCompleted` /
+    /// `TaskFailed` when the result arrives — here within the same episode. History does
+    /// not record that the run was local, so replay returns the recorded result without
+    /// running the activity again, and a call site may switch between local and not.
+    #[track_caller]
+    pub fn call_local<A: Activity>(&self, activity: A, input: A::Input) -> TaskFuture<A::Output> {
+        let _ = activity;
+        self.call_activity::<A>(input, CallOptions::new(), true, Location::caller())
+    }
+
+    /// [`call_local`](Self::call_local) with [`CallOptions`]. A retry policy retries
+    /// locally too: each back-off is a durable timer (as for
+    /// [`call_with`](Self::call_with)) and the next attempt runs inside the episode the
+    /// timer wakes (within the same episode when the back-off is already due). A timeout
+    /// cancels the local run like an ordinary one.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    ///
+    /// #[activity]
+    /// async fn lookup(key: String) -> Result<String, ActivityError> {
+    ///     Ok(key.to_uppercase())
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn flow(ctx: OrchestrationContext, key: String) -> Result<String, OrchestrationError> {
+    ///     let options = CallOptions::new()
+    ///         .timeout(Duration::from_secs(2))
+    ///         .retry(RetryPolicy::new(3, Duration::from_millis(100)));
+    ///     Ok(ctx.call_local_with(lookup, key, options).await?)
+    /// }
+    /// # let _ = flow;
+    /// ```
+    ///
+    /// # Determinism
+    /// As [`call_with`](Self::call_with).
+    #[track_caller]
+    pub fn call_local_with<A: Activity>(
+        &self,
+        activity: A,
+        input: A::Input,
+        options: CallOptions,
+    ) -> TaskFuture<A::Output> {
+        let _ = activity;
+        self.call_activity::<A>(input, options, true, Location::caller())
     }
 
     /// Schedules an activity with [`CallOptions`]: a durable retry policy, a start-to-close
@@ -580,27 +668,54 @@ impl OrchestrationContext {
         options: CallOptions,
     ) -> TaskFuture<A::Output> {
         let _ = activity;
-        let location = Location::caller();
+        self.call_activity::<A>(input, options, A::LOCAL, Location::caller())
+    }
+
+    /// Schedules the first attempt of an activity call and, under a retry policy, wraps it
+    /// in the durable retry loop; `local` marks every attempt to run inside the episode.
+    fn call_activity<A: Activity>(
+        &self,
+        input: A::Input,
+        options: CallOptions,
+        local: bool,
+        location: &'static Location<'static>,
+    ) -> TaskFuture<A::Output> {
         let payload = match encode(&input) {
             Ok(p) => p,
             Err(e) => return TaskFuture::failed(TaskError::Decode(e)),
         };
         let timeouts = options.timeouts();
-        let first =
-            self.schedule_activity_raw(A::NAME, payload.clone(), 1, timeouts, None, location);
-        match options.retry {
-            None => first,
-            Some(policy) => self.retrying(first, policy, location, move |ctx, attempt, beat| {
-                ctx.schedule_activity_raw(
-                    A::NAME,
-                    payload.clone(),
-                    attempt,
-                    timeouts,
-                    beat,
-                    location,
-                )
-            }),
-        }
+        let Some(policy) = options.retry else {
+            return self.schedule_activity_raw(
+                A::NAME,
+                payload,
+                1,
+                timeouts,
+                None,
+                local,
+                location,
+            );
+        };
+        let first = self.schedule_activity_raw(
+            A::NAME,
+            payload.clone(),
+            1,
+            timeouts,
+            None,
+            local,
+            location,
+        );
+        self.retrying(first, policy, location, move |ctx, attempt, beat| {
+            ctx.schedule_activity_raw(
+                A::NAME,
+                payload.clone(),
+                attempt,
+                timeouts,
+                beat,
+                local,
+                location,
+            )
+        })
     }
 
     /// Schedules an activity with a durable retry policy: each retry is a durable timer
@@ -858,6 +973,10 @@ impl OrchestrationContext {
         });
     }
 
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one per field of the scheduled action"
+    )]
     pub(crate) fn schedule_activity_raw<T>(
         &self,
         name: &str,
@@ -865,6 +984,7 @@ impl OrchestrationContext {
         attempt: u32,
         timeouts: Timeouts,
         heartbeat: Option<Payload>,
+        local: bool,
         location: &'static Location<'static>,
     ) -> TaskFuture<T> {
         self.emit_slot(location, TaskKind::Activity, name, |s| {
@@ -875,6 +995,7 @@ impl OrchestrationContext {
                 attempt,
                 timeouts,
                 heartbeat,
+                local,
             })
         })
     }

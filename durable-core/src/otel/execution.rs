@@ -137,6 +137,16 @@ impl ExecutionTrace {
         trace.ended.is_some().then_some(trace)
     }
 
+    /// The context the execution's span gives the work it starts: the parent of the local
+    /// activities an episode runs, as [`stamp`](Self::stamp) is for the tasks it enqueues.
+    pub(crate) fn work_context(
+        instance: &InstanceRecord,
+        replayer: &Replayer,
+    ) -> Option<TraceContext> {
+        let (started_at, stored) = replayer.start().unwrap_or((instance.created_at, None));
+        Self::derive(instance, started_at, stored, replayer.rewinds(), None).map(|t| t.own)
+    }
+
     /// The trace of an execution the worker fails without running its code (its version
     /// may not run here): its start is read from its `history`, or from the start message
     /// among `messages` when it never ran.

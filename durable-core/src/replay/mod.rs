@@ -75,6 +75,10 @@ pub enum Command {
         heartbeat_timeout: Option<std::time::Duration>,
         /// Heartbeat details of the previous attempt, for the activity to resume from.
         heartbeat: Option<Payload>,
+        /// A local activity: the worker may run it inside the episode and deliver its
+        /// result before the episode ends (see [`Replayer::take_local_activities`]); a
+        /// command still here when the episode ends is an ordinary activity task.
+        local: bool,
     },
     /// Enqueue a `TimerFired` message for this instance, visible at `fire_at`.
     CreateTimer {
@@ -594,6 +598,52 @@ impl Replayer {
         true
     }
 
+    /// Takes the local activities scheduled so far in this episode out of its commands, in
+    /// the order they were scheduled. The worker runs them and delivers each result with
+    /// [`handle_message`](Self::handle_message) before [`finish_episode`](Self::finish_episode);
+    /// one it does not run it puts back with [`schedule_as_task`](Self::schedule_as_task).
+    /// Their `TaskScheduled` events stay recorded.
+    pub(crate) fn take_local_activities(&mut self) -> Vec<Command> {
+        if !self
+            .commands
+            .iter()
+            .any(|c| matches!(c, Command::ScheduleActivity { local: true, .. }))
+        {
+            return Vec::new();
+        }
+        let (local, rest) = std::mem::take(&mut self.commands)
+            .into_iter()
+            .partition(|c| matches!(c, Command::ScheduleActivity { local: true, .. }));
+        self.commands = rest;
+        local
+    }
+
+    /// Puts back a command taken by [`take_local_activities`](Self::take_local_activities)
+    /// as an ordinary activity task, enqueued with the episode's commit.
+    pub(crate) fn schedule_as_task(&mut self, mut command: Command) {
+        if let Command::ScheduleActivity { local, .. } = &mut command {
+            *local = false;
+        }
+        self.commands.push(command);
+    }
+
+    /// Takes the timers of this episode already due at the episode's time out of its
+    /// commands, so the worker can fire them within the episode (with `TimerFired`
+    /// messages) instead of committing them: a local activity's retry whose back-off is
+    /// zero goes on at once.
+    pub(crate) fn take_due_timers(&mut self) -> Vec<(u64, Timestamp)> {
+        let now = self.now;
+        let mut due = Vec::new();
+        self.commands.retain(|c| match c {
+            Command::CreateTimer { seq, fire_at } if *fire_at <= now => {
+                due.push((*seq, *fire_at));
+                false
+            }
+            _ => true,
+        });
+        due
+    }
+
     /// Ends the episode: checks that the code is waiting on something durable and returns
     /// what to commit. The replayer can be kept for the next episode.
     ///
@@ -904,6 +954,7 @@ impl Replayer {
                 attempt,
                 timeouts,
                 heartbeat,
+                local,
             } => {
                 self.open.insert(seq, Open::Activity(name.clone()));
                 (
@@ -923,6 +974,7 @@ impl Replayer {
                         timeout: timeouts.timeout,
                         heartbeat_timeout: timeouts.heartbeat_timeout,
                         heartbeat,
+                        local,
                     },
                 )
             }

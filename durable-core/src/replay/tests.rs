@@ -186,6 +186,7 @@ fn schedule(seq: u64, name: &str, input: &str) -> Command {
         timeout: None,
         heartbeat_timeout: None,
         heartbeat: None,
+        local: false,
     }
 }
 
@@ -2002,4 +2003,104 @@ fn a_failure_without_a_retry_policy_is_noticed_without_a_retry_decision() {
     let (accepted, result) = sim.episode(at(2), &[task_failed(0, "broken")]);
     assert_eq!(accepted, [false]);
     assert_eq!(result.expect("the episode runs").notices, []);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local activities: results delivered within the episode that schedules them
+// ---------------------------------------------------------------------------------------------
+
+struct LocalChain;
+
+impl Orchestrator for LocalChain {
+    const NAME: &'static str = "local_chain";
+    type Input = i64;
+    type Output = i64;
+    type Error = OrchestrationError;
+
+    async fn run(ctx: OrchestrationContext, x: i64) -> Result<i64, OrchestrationError> {
+        let a = ctx.call_local(AddOne, x).await?;
+        // Both scheduled now (a task is scheduled when created), awaited one after the other.
+        let b = ctx.call_local(Double, a);
+        let c = ctx.call(AddOne, a);
+        Ok(b.await? + c.await?)
+    }
+}
+
+#[test]
+fn local_results_arrive_in_the_episode_and_replay_like_any_result() {
+    let mut r = replayer::<LocalChain>(Limits::default());
+    r.begin_episode(at(0));
+    r.handle_message(start("5"));
+    let first = r.take_local_activities();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(matches!(
+        &first[0],
+        Command::ScheduleActivity {
+            seq: 0,
+            local: true,
+            ..
+        }
+    ));
+    assert!(r.take_local_activities().is_empty(), "taken once");
+    assert!(r.handle_message(done(0, "6")));
+    // Both run at once: the local one is taken, the ordinary one stays a command.
+    let second = r.take_local_activities();
+    assert!(
+        matches!(&second[..], [Command::ScheduleActivity { seq: 1, name, local: true, .. }] if name == "double")
+    );
+    assert!(r.handle_message(done(1, "12")));
+    assert!(r.take_local_activities().is_empty());
+    let ep = r.finish_episode().expect("episode");
+    assert!(
+        matches!(
+            &ep.commands[..],
+            [Command::ScheduleActivity {
+                seq: 2,
+                local: false,
+                ..
+            }]
+        ),
+        "{:?}",
+        ep.commands
+    );
+    assert_eq!(
+        kinds(&ep.new_events),
+        [
+            "OrchestratorStarted",
+            "ExecutionStarted",
+            "TaskScheduled",
+            "TaskCompleted",
+            "TaskScheduled",
+            "TaskScheduled",
+            "TaskCompleted",
+        ]
+    );
+    // A cold replay of that history runs nothing: it waits for the ordinary activity.
+    let (mut cold, replayed) = replay::<LocalChain>(&ep.new_events);
+    replayed.expect("replays");
+    let (_, next) = run_episode(&mut cold, at(1), &[done(2, "7")]);
+    assert_eq!(next.expect("episode").outcome, Some(completed("19")));
+}
+
+#[test]
+fn a_local_command_put_back_becomes_an_ordinary_task() {
+    let mut r = replayer::<LocalChain>(Limits::default());
+    r.begin_episode(at(0));
+    r.handle_message(start("5"));
+    for c in r.take_local_activities() {
+        r.schedule_as_task(c);
+    }
+    let ep = r.finish_episode().expect("episode");
+    assert!(
+        matches!(
+            &ep.commands[..],
+            [Command::ScheduleActivity {
+                seq: 0,
+                local: false,
+                ..
+            }]
+        ),
+        "{:?}",
+        ep.commands
+    );
 }

@@ -22,7 +22,7 @@ use crate::history::Event;
 use crate::history::Payload;
 use crate::ids::Timestamp;
 use crate::registry::{ActivityContext, ActivityFn, Cancellation};
-use crate::storage::{ActivityWorkItem, Message, WorkKind};
+use crate::storage::{ActivityTask, ActivityWorkItem, Message, WorkKind};
 
 pub(crate) async fn dispatch(inner: Arc<Inner>) {
     let mut running = JoinSet::new();
@@ -139,7 +139,18 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
             // the details it was carrying.
             task.heartbeat.clone(),
         ),
-        Some((name, f)) => match execute(inner, &item, name, &**f, &mut lease).await {
+        Some((name, f)) => match execute(
+            inner,
+            task,
+            name,
+            &**f,
+            Holder::Leased {
+                item: &item,
+                lease: &mut lease,
+            },
+        )
+        .await
+        {
             Some(ran) => ran,
             None => return,
         },
@@ -180,18 +191,34 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
     }
 }
 
-/// Runs the registered activity `f` on `item` under its timeouts. Returns its result and,
+/// Who holds the task a run executes.
+pub(crate) enum Holder<'a> {
+    /// A task leased from the store: its lease is renewed while it runs, heartbeat details
+    /// are written to it, and a run stopped for a shutdown puts it back in the queue.
+    Leased {
+        item: &'a ActivityWorkItem,
+        lease: &'a mut LeaseGuard,
+    },
+    /// A local activity run inside its orchestration's episode, under the episode's lease:
+    /// heartbeat details stay in memory (a failure carries them to the next attempt).
+    Local,
+}
+
+/// Runs the registered activity `f` on `task` under its timeouts. Returns its result and,
 /// for a failure, the last heartbeat details (for the next attempt) — or `None` when there
 /// is nothing to report: the lease was lost (the new owner's result counts), or the run
-/// stopped for a shutdown and the task went back to the queue.
-async fn execute(
+/// stopped for a shutdown (a leased task went back to the queue).
+pub(crate) async fn execute(
     inner: &Inner,
-    item: &ActivityWorkItem,
+    task: &ActivityTask,
     name: &Arc<str>,
     f: &ActivityFn,
-    lease: &mut LeaseGuard,
+    holder: Holder<'_>,
 ) -> Option<(Result<Payload, FailureDetails>, Option<Payload>)> {
-    let task = &item.task;
+    let (item, mut lease) = match holder {
+        Holder::Leased { item, lease } => (Some(item), Some(lease)),
+        Holder::Local => (None, None),
+    };
     let timing = Stopwatch::start();
     let ran = |outcome| meters::activity_ran(name, outcome, &timing);
     let (cancel, cancellation) = Cancellation::new();
@@ -207,11 +234,12 @@ async fn execute(
     )
     .with_states(&inner.states);
     let started = inner.clock.now();
-    if let Some(h) = task.heartbeat_timeout {
+    if let (Some(h), Some(lease)) = (task.heartbeat_timeout, lease.as_deref()) {
         lease.watch(monitor.liveness(started, h));
     }
     let mut watch = Watch {
         inner,
+        task,
         item,
         monitor,
         started,
@@ -223,9 +251,9 @@ async fn execute(
     let outcome = tokio::select! {
         r = work => Ok(r),
         // The activity's future is dropped here: it timed out.
-        timed_out = watch.run(lease, &cancel) => Err(timed_out),
+        timed_out = watch.run(lease.as_deref_mut(), &cancel) => Err(timed_out),
     };
-    if lease.is_lost() {
+    if lease.as_deref().is_some_and(LeaseGuard::is_lost) {
         // Another worker took the task over; its result is the one that counts (this one
         // may be no more than the reaction to the cancellation).
         ran("lease_lost");
@@ -248,11 +276,13 @@ async fn execute(
     if result.is_err() && cancel.is_cancelled() && inner.is_shutting_down() {
         // Stopped for the shutdown: not a failure of the task. It goes back to the queue and
         // runs again (here after a restart, or on another worker), with the details it
-        // heartbeated last.
-        watch.flush().await;
-        let now = inner.clock.now();
-        if let Err(e) = inner.store.abandon_activity(item.id, item.lock, now).await {
-            tracing::warn!(error = %e, "cancelled activity not put back; it runs again when its lease expires");
+        // heartbeated last. (A local run is not recorded: the episode enqueues it as a task.)
+        if let Some(item) = item {
+            watch.flush().await;
+            let now = inner.clock.now();
+            if let Err(e) = inner.store.abandon_activity(item.id, item.lock, now).await {
+                tracing::warn!(error = %e, "cancelled activity not put back; it runs again when its lease expires");
+            }
         }
         ran("cancelled");
         return None;
@@ -272,7 +302,7 @@ async fn execute(
 }
 
 /// The message that reports an activity's result to its orchestration.
-fn result_event(
+pub(crate) fn result_event(
     seq: u64,
     result: Result<Payload, FailureDetails>,
     heartbeat: Option<Payload>,
@@ -307,7 +337,9 @@ const MAX_HEARTBEAT_WRITE_INTERVAL: Duration = Duration::from_secs(30);
 /// throttled), the worker's shutdown and the task's lease.
 struct Watch<'a> {
     inner: &'a Inner,
-    item: &'a ActivityWorkItem,
+    task: &'a ActivityTask,
+    /// The leased task heartbeat details are written to; `None` for a local run.
+    item: Option<&'a ActivityWorkItem>,
     monitor: HeartbeatMonitor,
     /// When the run started: its start-to-close timeout counts from here.
     started: Timestamp,
@@ -318,7 +350,7 @@ struct Watch<'a> {
 impl Watch<'_> {
     /// The task's lease period (the store's activity lease, or its heartbeat timeout).
     fn period(&self) -> Duration {
-        self.item.task.lease_for(self.inner.activity_lease)
+        self.task.lease_for(self.inner.activity_lease)
     }
 
     /// Least time between two writes of heartbeat details.
@@ -332,6 +364,10 @@ impl Watch<'_> {
             // A crashed worker writes nothing.
             return;
         }
+        let Some(item) = self.item else {
+            // A local run: the details stay in memory.
+            return;
+        };
         let Some(details) = self.monitor.take_pending() else {
             return;
         };
@@ -341,7 +377,7 @@ impl Watch<'_> {
         match self
             .inner
             .store
-            .record_activity_heartbeat(self.item.id, self.item.lock, details.clone(), until)
+            .record_activity_heartbeat(item.id, item.lock, details.clone(), until)
             .await
         {
             Ok(()) => {}
@@ -362,13 +398,18 @@ impl Watch<'_> {
     /// and writes heartbeat details as they come, throttled. Completes — after firing the
     /// cancellation — only when the run exceeds its start-to-close timeout or goes longer
     /// than its heartbeat timeout without a heartbeat, with the failure to record.
-    async fn run(&mut self, lease: &mut LeaseGuard, cancel: &CancellationToken) -> FailureDetails {
+    async fn run(
+        &mut self,
+        mut lease: Option<&mut LeaseGuard>,
+        cancel: &CancellationToken,
+    ) -> FailureDetails {
         let mut shutdown = self.inner.shutdown.clone();
         let mut told = *shutdown.borrow();
         if told {
             cancel.cancel();
         }
-        let task = &self.item.task;
+        let task = self.task;
+        let writes = self.item.is_some();
         let deadline = task.timeout.map(|t| (self.started + t, t));
         let mut last_beat = self.started;
         let mut write_at: Option<Timestamp> = None;
@@ -384,7 +425,7 @@ impl Watch<'_> {
             tokio::select! {
                 // In this order: a heartbeat that came in before a deadline must count.
                 biased;
-                () = lease.lost() => {
+                () = lost(&mut lease) => {
                     cancel.cancel();
                     std::future::pending::<()>().await;
                 }
@@ -396,7 +437,7 @@ impl Watch<'_> {
                 }
                 () = self.monitor.beat() => {
                     last_beat = self.monitor.last_beat().unwrap_or(last_beat).max(last_beat);
-                    if write_at.is_none() && self.monitor.has_pending() {
+                    if writes && write_at.is_none() && self.monitor.has_pending() {
                         // Throttled: a run that heartbeats and soon ends costs no write.
                         let earliest = self.last_write.unwrap_or(self.started) + self.write_interval();
                         write_at = Some(earliest.max(last_beat));
@@ -434,6 +475,14 @@ impl Watch<'_> {
         };
         cancel.cancel();
         failure
+    }
+}
+
+/// Completes when the lease is lost; never without one (a local run).
+async fn lost(lease: &mut Option<&mut LeaseGuard>) {
+    match lease {
+        Some(l) => l.lost().await,
+        None => std::future::pending().await,
     }
 }
 

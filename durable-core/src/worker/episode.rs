@@ -579,6 +579,7 @@ async fn try_episode(
         }
         replayer.handle_message(h.message.event.clone());
     }
+    super::local::run(inner, &mut replayer, &instance).await;
     let mut result = replayer.finish_episode().map_err(Stuck::Replay)?;
     let finished = result.outcome.is_some();
     let cascade = terminate_cascade(inner, &instance, &result, late_terminate, now).await?;
@@ -935,6 +936,7 @@ fn apply_rewind(
                 timeout: a.timeouts.timeout,
                 heartbeat_timeout: a.timeouts.heartbeat_timeout,
                 heartbeat: a.heartbeat,
+                local: false,
             },
         );
     }
@@ -1095,6 +1097,7 @@ fn apply_command(
             timeout,
             heartbeat_timeout,
             heartbeat,
+            local: _,
         } => {
             let mut task =
                 crate::storage::ActivityTask::new(id.clone(), execution, seq, name, input);

@@ -10,6 +10,7 @@ mod episode;
 mod handoff;
 mod lease;
 pub(crate) mod lifecycle;
+mod local;
 mod meters;
 #[cfg(feature = "metrics")]
 mod queue_depth;
@@ -59,6 +60,9 @@ pub enum VersionMismatchAction {
     Fail,
 }
 
+/// The default [`WorkerOptions::local_activity_budget`] (capped at half the lease).
+const DEFAULT_LOCAL_ACTIVITY_BUDGET: Duration = Duration::from_secs(5);
+
 /// Tuning knobs of a [`Worker`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -76,6 +80,15 @@ pub struct WorkerOptions {
     /// committed. A store may grant a lease of its own instead
     /// ([`Store::activity_lease`]). Default 5 min.
     pub activity_lock: Duration,
+    /// Longest time one episode spends running local activities
+    /// ([`OrchestrationContext::call_local`](crate::OrchestrationContext::call_local),
+    /// `#[activity(local)]`) before it enqueues the remaining ones as ordinary activity
+    /// tasks and commits. A local step still running at the budget's end is stopped and
+    /// enqueued too (it runs again as a task: at-least-once). Must be shorter than
+    /// [`orchestration_lock`](Self::orchestration_lock), which the episode holds
+    /// meanwhile. `None` (the default): 5 s, or half the orchestration lease when that is
+    /// shorter.
+    pub local_activity_budget: Option<Duration>,
     /// Payload and action limits.
     pub limits: Limits,
     /// Version stamped on new instances started through this worker's client.
@@ -105,6 +118,7 @@ impl Default for WorkerOptions {
             cache_capacity: 10_000,
             orchestration_lock: Duration::from_secs(60),
             activity_lock: Duration::from_secs(300),
+            local_activity_budget: None,
             limits: Limits::default(),
             version: None,
             version_match: VersionMatch::Any,
@@ -367,6 +381,39 @@ impl WorkerBuilder {
         self.set(move |o| o.activity_lock = lease)
     }
 
+    /// Sets the time budget of local activities per episode (default 5 s, or half the
+    /// orchestration lease when that is shorter; see
+    /// [`WorkerOptions::local_activity_budget`]). [`start`](Self::start) fails with
+    /// [`BuildError::LocalActivityBudget`] unless it is shorter than the orchestration
+    /// lease.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .local_activity_budget(Duration::from_secs(2))
+    ///     .start()?;
+    /// assert_eq!(worker.options().local_activity_budget, Some(Duration::from_secs(2)));
+    /// # worker.shutdown().await;
+    ///
+    /// let too_long = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .orchestration_lock(Duration::from_secs(10))
+    ///     .local_activity_budget(Duration::from_secs(10))
+    ///     .start();
+    /// assert!(matches!(too_long, Err(durable_core::BuildError::LocalActivityBudget { .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn local_activity_budget(self, budget: Duration) -> Self {
+        self.set(move |o| o.local_activity_budget = Some(budget))
+    }
+
     /// Sets payload and action limits.
     pub fn limits(self, limits: Limits) -> Self {
         self.set(move |o| o.limits = limits)
@@ -456,7 +503,8 @@ impl WorkerBuilder {
     /// Keep the returned [`Worker`]: dropping it stops the dispatchers.
     ///
     /// # Errors
-    /// [`BuildError::MissingStore`] without a store; [`BuildError::DuplicateName`] when two
+    /// [`BuildError::LocalActivityBudget`] when the local activity budget is not shorter
+    /// than the orchestration lease; [`BuildError::MissingStore`] without a store; [`BuildError::DuplicateName`] when two
     /// registrations share a name; [`BuildError::MissingState`] when an activity takes a
     /// state type the builder was not given; [`BuildError::DuplicateState`] when one type was
     /// given twice; [`BuildError::NoRuntime`] outside a Tokio runtime.
@@ -470,6 +518,14 @@ impl WorkerBuilder {
         }
         options.max_concurrent_orchestrations = options.max_concurrent_orchestrations.max(1);
         options.max_concurrent_activities = options.max_concurrent_activities.max(1);
+        if let Some(budget) = options.local_activity_budget {
+            if budget >= options.orchestration_lock {
+                return Err(BuildError::LocalActivityBudget {
+                    budget,
+                    lease: options.orchestration_lock,
+                });
+            }
+        }
         let states = self.states.finish(&self.registry)?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let registry = Arc::new(self.registry);
@@ -619,6 +675,13 @@ pub(crate) struct Inner {
 impl Inner {
     pub(crate) fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    /// The time one episode may spend on local activities.
+    pub(crate) fn local_activity_budget(&self) -> Duration {
+        self.options.local_activity_budget.unwrap_or_else(|| {
+            DEFAULT_LOCAL_ACTIVITY_BUDGET.min(self.options.orchestration_lock / 2)
+        })
     }
 
     pub(crate) fn handoffs(&self) -> std::sync::MutexGuard<'_, handoff::Handoffs> {

@@ -7,6 +7,7 @@ mod issue12_control;
 mod issue13_errors;
 mod issue13_state;
 mod issue13_worker;
+mod local;
 mod rewind;
 mod support;
 

@@ -15,7 +15,7 @@
 //     const _: () = {
 //         // checks at the user's spans: payload types, error type
 //         impl ::durable_core::Activity for charge {
-//             NAME = "charge", STATES = [PgPool], Input = Order, Output = Receipt, Error = PayError,
+//             NAME = "charge", STATES = [PgPool], LOCAL = true (with `#[activity(local)]`), Input = Order, Output = Receipt, Error = PayError,
 //             fn run(&self, ctx, input) { charge::run(__private::state::<PgPool>(&ctx, ..), input) }
 //         }
 //         impl ::durable_core::Registration for charge { .. }
@@ -74,6 +74,11 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
         .collect();
     let states = (!state_types.is_empty())
         .then(|| quote!(const STATES: &'static [#krate::StateType] = &[#(#state_types),*];));
+    let local = args.local.then(|| {
+        quote!(
+            const LOCAL: bool = true;
+        )
+    });
     let ignore_ctx = f.context.is_none().then(|| quote!(let _ = &#ctx_arg;));
     let ignore_input = f.input.is_none().then(|| quote!(let _ = #input_arg;));
     let call = into_result(&krate, f, quote!(#ident::run(#(#call_args),*)));
@@ -112,6 +117,7 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
             impl #krate::Activity for #ident {
                 const NAME: &'static str = #name;
                 #states
+                #local
                 type Input = #input_ty;
                 #result_items
 

@@ -274,6 +274,41 @@ mod tests {
     }
 
     #[test]
+    fn local_activity_sets_the_local_constant() {
+        let local = expand(
+            Kind::Activity,
+            quote!(local),
+            quote!(
+                async fn step(n: u32) -> Result<u32, ActivityError> {
+                    Ok(n)
+                }
+            ),
+        );
+        assert!(local.contains("const LOCAL : bool = true ;"), "{local}");
+        assert!(!local.contains("compile_error"), "{local}");
+        let plain = expand(
+            Kind::Activity,
+            quote!(),
+            quote!(
+                async fn step(n: u32) -> Result<u32, ActivityError> {
+                    Ok(n)
+                }
+            ),
+        );
+        assert!(!plain.contains("LOCAL"), "{plain}");
+        let valued = expand(
+            Kind::Activity,
+            quote!(local = true),
+            quote!(
+                async fn step(n: u32) -> Result<u32, ActivityError> {
+                    Ok(n)
+                }
+            ),
+        );
+        assert!(valued.contains("`local` takes no value"), "{valued}");
+    }
+
+    #[test]
     fn orchestrator_expands_proxies_and_honours_name_version_and_crate() {
         let out = expand(
             Kind::Orchestrator,

@@ -6,6 +6,7 @@ mod crash;
 mod inspect;
 mod issue12_control;
 mod issue13_state;
+mod local;
 mod mocks;
 mod replay;
 mod sim;

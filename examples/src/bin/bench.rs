@@ -15,6 +15,7 @@
 //! | --- | --- |
 //! | W1 | one `HelloSequence5` (5 chained no-op activities, string in/out), 50 times in sequence: start → observed completion |
 //! | W2 | 1,000 `HelloSequence5` started at once: orchestrations/s and activities/s until all complete |
+//! | W1-local, W2-local | W1 and W2 with local steps (`ctx.call_local`; see `bench/local.rs`) |
 //! | W3 | one orchestration fanning out 10,000 (and 1,000) no-op activities and summing them: wall time |
 //! | W4 | 100 orchestrations each on a 1 s durable timer, started 10 ms apart: completion overshoot (also all at once) |
 //! | R | cold replay of a 10,000-event history (replay alone, and read from the store + replay): events/s |
@@ -34,6 +35,8 @@
 mod duroxide;
 #[path = "bench/floor.rs"]
 mod floor;
+#[path = "bench/local.rs"]
+mod local;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -106,6 +109,7 @@ fn registry() -> Registry {
     r.register(chain);
     r.register(sleeper);
     r.register(waiter);
+    local::register(&mut r);
     r
 }
 
@@ -152,7 +156,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--memory-child" => out.memory_child = Some(value()?.parse()?),
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--quick] [--only FLOOR,W1,W2,W3,W4,R,M,M1M,DUROXIDE] [--out FILE] [--relaxed]\n\
+                    "usage: bench [--quick] [--only FLOOR,W1,W1-local,W2,W2-local,W3,W4,R,M,M1M,DUROXIDE] [--out FILE] [--relaxed]\n\
                      Runs the durable benchmarks on the redb store (fsync commits) in a temp dir.\n\
                      --relaxed commits without fsync, to show the CPU-bound ceiling (not durable)."
                 );
@@ -829,6 +833,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
         ));
         table.push(median_commits_row("W2", &runs, n, floor_ms));
     }
+
+    local::run(&args, sizes, &mut table).await?;
 
     if wanted(&args, "W3") {
         for (n, runs, target) in [
