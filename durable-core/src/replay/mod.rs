@@ -598,17 +598,20 @@ impl Replayer {
         true
     }
 
+    /// `true` if the episode scheduled local activities it has not run yet.
+    pub(crate) fn has_local_activities(&self) -> bool {
+        self.commands
+            .iter()
+            .any(|c| matches!(c, Command::ScheduleActivity { local: true, .. }))
+    }
+
     /// Takes the local activities scheduled so far in this episode out of its commands, in
     /// the order they were scheduled. The worker runs them and delivers each result with
     /// [`handle_message`](Self::handle_message) before [`finish_episode`](Self::finish_episode);
     /// one it does not run it puts back with [`schedule_as_task`](Self::schedule_as_task).
     /// Their `TaskScheduled` events stay recorded.
     pub(crate) fn take_local_activities(&mut self) -> Vec<Command> {
-        if !self
-            .commands
-            .iter()
-            .any(|c| matches!(c, Command::ScheduleActivity { local: true, .. }))
-        {
+        if !self.has_local_activities() {
             return Vec::new();
         }
         let (local, rest) = std::mem::take(&mut self.commands)

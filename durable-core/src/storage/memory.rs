@@ -564,6 +564,10 @@ impl Store for MemoryStore {
         true
     }
 
+    fn supports_create_started(&self) -> bool {
+        true
+    }
+
     async fn fetch_instances_work(
         &self,
         instance_ids: &[InstanceId],

@@ -1029,6 +1029,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         Ok(None)
     }
 
+    /// `true` if the store implements [`create_started`](Store::create_started); a worker
+    /// only runs a first episode at the start (its local activities among it) when it is.
+    /// The default is `false`.
+    fn supports_create_started(&self) -> bool {
+        false
+    }
+
     /// `true` if the store honours [`EpisodeCommit::completed_activities`] and
     /// [`fetch_instances_work`](Store::fetch_instances_work), so a worker may hand an activity
     /// result to its orchestration in memory and have it committed with the episode that

@@ -2199,6 +2199,10 @@ impl Store for RedbStore {
         true
     }
 
+    fn supports_create_started(&self) -> bool {
+        true
+    }
+
     async fn fetch_instances_work(
         &self,
         instance_ids: &[InstanceId],

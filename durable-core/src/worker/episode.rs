@@ -579,6 +579,12 @@ async fn try_episode(
         }
         replayer.handle_message(h.message.event.clone());
     }
+    if first.is_some() && replayer.has_local_activities() {
+        // Local steps run in the worker, not in the starting client's call: `start`
+        // returns once the instance is stored, and runs no user code. Nothing is written
+        // here; the instance is created the ordinary way.
+        return Ok(());
+    }
     super::local::run(inner, &mut replayer, &instance).await;
     let mut result = replayer.finish_episode().map_err(Stuck::Replay)?;
     let finished = result.outcome.is_some();
@@ -667,14 +673,17 @@ impl crate::client::FirstEpisode for Inner {
 }
 
 /// Runs the first episode of `new` here and creates the instance with it in one write, when
-/// this worker can run it now: an orchestrator it knows, of a version it runs, to start at
-/// once, with a free episode slot. `Ok(None)` otherwise, or when the store declines (the id
-/// is taken, or the store cannot): the client then creates the instance the ordinary way.
+/// this worker can run it now: a store that can, an orchestrator it knows, of a version it
+/// runs, to start at once, under an id not taken, with a free episode slot. `Ok(None)`
+/// otherwise, or when the store declines (the id was taken meanwhile): the client then
+/// creates the instance the ordinary way, and the episode runs again there (its local
+/// activities too: at least once).
 async fn run_first(
     inner: &Inner,
     new: &NewInstance,
 ) -> Result<Option<crate::storage::InstanceRecord>, StoreError> {
-    if new.scheduled_start.is_some()
+    if !inner.store.supports_create_started()
+        || new.scheduled_start.is_some()
         || new.parent.is_some()
         || new.instance_id.as_str().starts_with('@')
         || inner.is_shutting_down()
@@ -687,6 +696,11 @@ async fn run_first(
         return Ok(None);
     };
     let id = &new.instance_id;
+    // A taken id goes the ordinary way (a deduplicated start runs nothing, not even local
+    // activities); the store checks again when it writes.
+    if inner.store.read_instance(id).await?.is_some() {
+        return Ok(None);
+    }
     // Results for the instance wait for this episode's end, as for any episode.
     if !inner.handoffs().begin_first(id) {
         return Ok(None);
