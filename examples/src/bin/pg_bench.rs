@@ -111,16 +111,21 @@ async fn main() -> Result<(), BoxError> {
         "PostgreSQL, {cores} cores, load average {load} before the run; HelloSequence5 \
          (5 chained no-op steps, string in and out)"
     );
-    let w1 = percentile(&mut in_process_w1(&args.url, args.samples).await?, 0.5);
+    // W1 samples alternate between durable, DBOS and a bare commit, so all three see the
+    // same disk and the same competition for the cores.
+    let mut w1 = W1::new(&args).await?;
+    let (ours_w1, theirs_w1, floor) = w1.run(args.samples).await?;
+    w1.close().await?;
     let w2 = args.instances as f64
         / in_process_w2(&args.url, args.instances)
             .await?
             .as_secs_f64();
-    let theirs = if args.dbos {
-        dbos_figures(&args).await?
-    } else {
-        None
-    };
+    let theirs_w2 = dbos_w2(&args).await?;
+    println!(
+        "commit floor (p50 of one INSERT of a small row, autocommit, synchronous_commit on): \
+         {floor:.2} ms; W1 is 7 durable commits (the start, 6 episodes) = {:.2} ms",
+        7.0 * floor
+    );
     println!(
         "{:<44} | {:>9} | {:>9} | {:>12}",
         "workload (1 worker, in process)", "durable", "DBOS", "durable/DBOS"
@@ -134,14 +139,14 @@ async fn main() -> Result<(), BoxError> {
     };
     row(
         &format!("W1 p50 ms ({} sequential)", args.samples),
-        w1,
-        theirs.map(|(w1, _)| w1),
+        ours_w1,
+        theirs_w1,
         |ours, theirs| theirs / ours,
     );
     row(
         &format!("W2 orch/s ({} at once)", args.instances),
         w2,
-        theirs.map(|(_, w2)| w2),
+        theirs_w2,
         |ours, theirs| ours / theirs,
     );
     if args.workers.is_empty() {
@@ -212,29 +217,86 @@ impl InProcess {
     }
 }
 
-/// W1 with one worker in this process: each sample's latency in ms.
-async fn in_process_w1(url: &str, samples: usize) -> Result<Vec<f64>, BoxError> {
-    let env = InProcess::new(url).await?;
-    for i in 0..5 {
-        hello_sequence5::start(&env.client, format!("warm-up-{i}"))
-            .await?
-            .wait()
+/// W1 with one worker in this process, DBOS (when built with it) and the commit floor.
+struct W1 {
+    ours: InProcess,
+    #[cfg(feature = "dbos")]
+    theirs: Option<dbos::Env>,
+    floor: tokio_postgres::Client,
+    floor_connection: tokio::task::JoinHandle<()>,
+}
+
+impl W1 {
+    async fn new(args: &Args) -> Result<Self, BoxError> {
+        let ours = InProcess::new(&args.url).await?;
+        #[cfg(feature = "dbos")]
+        let theirs = if args.dbos {
+            Some(dbos::Env::new(&args.url).await?)
+        } else {
+            None
+        };
+        let (floor, connection) = tokio_postgres::connect(&args.url, tokio_postgres::NoTls).await?;
+        let floor_connection = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let hub = ours.store.task_hub();
+        floor
+            .batch_execute(&format!(
+                "CREATE TABLE \"{hub}\".floor (id BIGSERIAL PRIMARY KEY, note TEXT NOT NULL)"
+            ))
             .await?;
+        Ok(Self {
+            ours,
+            #[cfg(feature = "dbos")]
+            theirs,
+            floor,
+            floor_connection,
+        })
     }
-    let mut out = Vec::with_capacity(samples);
-    for i in 0..samples {
-        let t = Instant::now();
-        let result = hello_sequence5::start(&env.client, format!("world-{i}"))
-            .await?
-            .wait()
+
+    /// p50s in ms: durable's W1, DBOS's W1 (if built with it), the commit floor. Five warm-up
+    /// rounds first.
+    async fn run(&mut self, samples: usize) -> Result<(f64, Option<f64>, f64), BoxError> {
+        let insert = self
+            .floor
+            .prepare(&format!(
+                "INSERT INTO \"{}\".floor (note) VALUES ($1)",
+                self.ours.store.task_hub()
+            ))
             .await?;
-        out.push(t.elapsed().as_secs_f64() * 1000.0);
-        if result != format!("world-{i}") {
-            return Err(format!("W1: wrong result {result:?}").into());
+        let (mut ours, mut theirs, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..samples + 5 {
+            let t = Instant::now();
+            let result = hello_sequence5::start(&self.ours.client, format!("world-{i}"))
+                .await?
+                .wait()
+                .await?;
+            ours.push(t.elapsed().as_secs_f64() * 1000.0);
+            if result != format!("world-{i}") {
+                return Err(format!("W1: wrong result {result:?}").into());
+            }
+            #[cfg(feature = "dbos")]
+            if let Some(env) = &self.theirs {
+                theirs.push(env.w1_once(&format!("world-{i}")).await?);
+            }
+            let t = Instant::now();
+            self.floor.execute(&insert, &[&format!("row-{i}")]).await?;
+            floor.push(t.elapsed().as_secs_f64() * 1000.0);
         }
+        let p50 = |v: &mut Vec<f64>| percentile(&mut v[5..], 0.5);
+        let theirs = (theirs.len() > 5).then(|| p50(&mut theirs));
+        Ok((p50(&mut ours), theirs, p50(&mut floor)))
     }
-    env.close().await?;
-    Ok(out)
+
+    async fn close(self) -> Result<(), BoxError> {
+        #[cfg(feature = "dbos")]
+        if let Some(env) = self.theirs {
+            env.close().await?;
+        }
+        drop(self.floor);
+        let _ = self.floor_connection.await;
+        self.ours.close().await
+    }
 }
 
 /// W2 with one worker in this process: `n` started at once (16 starters), first start to
@@ -268,18 +330,20 @@ async fn in_process_w2(url: &str, n: usize) -> Result<Duration, BoxError> {
     Ok(took)
 }
 
-/// DBOS's W1 p50 (ms) and W2 (workflows/s), or `None` when built without DBOS.
+/// DBOS's W2 (workflows/s), or `None` when built without DBOS or told not to run it.
 #[cfg(feature = "dbos")]
-async fn dbos_figures(args: &Args) -> Result<Option<(f64, f64)>, BoxError> {
+async fn dbos_w2(args: &Args) -> Result<Option<f64>, BoxError> {
+    if !args.dbos {
+        return Ok(None);
+    }
     let env = dbos::Env::new(&args.url).await?;
-    let w1 = percentile(&mut env.w1(args.samples).await?, 0.5);
     let w2 = args.instances as f64 / env.w2(args.instances).await?.as_secs_f64();
     env.close().await?;
-    Ok(Some((w1, w2)))
+    Ok(Some(w2))
 }
 
 #[cfg(not(feature = "dbos"))]
-async fn dbos_figures(_: &Args) -> Result<Option<(f64, f64)>, BoxError> {
+async fn dbos_w2(_: &Args) -> Result<Option<f64>, BoxError> {
     Ok(None)
 }
 
