@@ -1327,7 +1327,7 @@ impl Store for PostgresStore {
             // Commit batches in this task until this episode's is done (no hand-off to
             // another task on the way); then the slot passes on (`Leader`'s drop), also
             // when this task is cancelled.
-            let leader = Leader(self.clone());
+            let leader = Leader::new(self);
             while let Some(batch) = self.next_batch() {
                 self.run_batch(batch).await;
                 if let Ok(result) = answer.try_recv() {
@@ -2171,27 +2171,44 @@ struct Commits {
 }
 
 /// One of the [`MAX_BATCHES`] slots for committing batches; dropped, it passes to a new
-/// task if commits are still queued.
-struct Leader(PostgresStore);
+/// task if commits are still queued (unless it belongs to such a task that never ran: the
+/// runtime is shutting down).
+struct Leader {
+    store: PostgresStore,
+    pass_on: bool,
+}
+
+impl Leader {
+    fn new(store: &PostgresStore) -> Self {
+        Self {
+            store: store.clone(),
+            pass_on: true,
+        }
+    }
+}
 
 impl Drop for Leader {
     fn drop(&mut self) {
-        let store = &self.0;
+        let store = &self.store;
         let mut q = lock(&store.inner.commits);
-        if q.queue.is_empty() {
+        if q.queue.is_empty() || !self.pass_on {
             q.leaders -= 1;
             return;
         }
         drop(q);
+        let mut next = Leader {
+            store: store.clone(),
+            pass_on: false,
+        };
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(store.clone().lead_commits(Leader(store.clone())));
-        } else {
-            // No runtime to commit them on (it is shutting down): the queued commits'
-            // callers get an error when their replies are dropped.
-            let mut q = lock(&store.inner.commits);
-            q.queue.clear();
-            q.leaders -= 1;
+            rt.spawn(async move {
+                next.pass_on = true;
+                let store = next.store.clone();
+                store.lead_commits(next).await;
+            });
         }
+        // Without a runtime (it is shutting down), `next` is dropped here and frees the slot:
+        // the queued commits' callers are gone with the runtime.
     }
 }
 

@@ -1,4 +1,4 @@
-//! W1 and W2 on DBOS's Rust SDK (`dbos`), on the same PostgreSQL as ours, in its own schema
+//! W1 and W2 on DBOS's Rust SDK (`dbos`), on the same Postgres as ours, in its own schema
 //! (`dbos_pg_bench`, dropped before and after). Built only with `--features dbos`.
 //!
 //! The workflow is ours: five sequential no-op steps, the string going through each. The
