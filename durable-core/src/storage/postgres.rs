@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
+    GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+    Transaction,
 };
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -811,7 +812,9 @@ impl PostgresStore {
             }
         }
         writes.add(c, record, &refusals, &locked.existing)?;
-        writes.run(self, tx).await
+        let wake = writes.run(self, tx, false).await?;
+        self.notify(tx, wake).await?;
+        Ok(wake)
     }
 
     /// Applies episodes without sub-orchestrations (each instance at most once) inside one
@@ -849,8 +852,64 @@ impl PostgresStore {
         if writes.record_ids.is_empty() {
             return Ok((out, Wake::default()));
         }
-        let wake = writes.run(self, tx).await?;
+        let wake = writes.run(self, tx, false).await?;
+        self.notify(tx, wake).await?;
         Ok((out, wake))
+    }
+
+    /// [`commit_batch_tx`](Self::commit_batch_tx) in two round trips: `BEGIN` pipelined
+    /// with the lock statement, the writes pipelined with `COMMIT` (a failed statement
+    /// aborts the transaction, and `COMMIT` then rolls it back). Not with
+    /// [`PostgresOptions::notify_in_transaction`].
+    async fn commit_batch_pipelined(
+        &self,
+        commits: &[EpisodeCommit],
+    ) -> R<(Vec<Result<(), StoreError>>, Wake)> {
+        let sql = &self.inner.sql;
+        let mut ids = BTreeSet::new();
+        for c in commits {
+            ids.extend(commit_ids(c));
+        }
+        let ids: Vec<&str> = ids.into_iter().collect();
+        let owners: Vec<&str> = commits.iter().map(|c| c.instance_id.as_str()).collect();
+        let conn = self.conn().await?;
+        let lock_rows = conn.prepare_cached(&sql.lock_rows).await?;
+        let open = OpenTx(Some(conn));
+        let conn = open.conn()?;
+        let lock_params: [&(dyn ToSql + Sync); 2] = [&ids, &owners];
+        let result = async {
+            let ((), rows) = tokio::try_join!(
+                conn.batch_execute("BEGIN"),
+                conn.query(&lock_rows, &lock_params),
+            )?;
+            let mut locked = Locked::read(&rows)?;
+            let mut writes = Writes::default();
+            let mut out = Vec::with_capacity(commits.len());
+            for c in commits {
+                match locked.lease(c) {
+                    Ok(record) => {
+                        writes.add(c, record, &[], &locked.existing)?;
+                        out.push(Ok(()));
+                    }
+                    Err(Error::Op(e)) => out.push(Err(e)),
+                    Err(e) => return Err(e),
+                }
+            }
+            if writes.record_ids.is_empty() {
+                conn.batch_execute("COMMIT").await?;
+                return Ok((out, Wake::default()));
+            }
+            let wake = writes.run(self, conn, true).await?;
+            Ok((out, wake))
+        }
+        .await;
+        if result.is_err() {
+            // Awaited, so the row locks are gone before the caller goes on. (After a
+            // pipelined `COMMIT` there is no transaction left: a warning, no harm.)
+            let _ = conn.batch_execute("ROLLBACK").await;
+        }
+        open.close();
+        result
     }
 
     /// Commits `commits` (episodes without sub-orchestrations) in one transaction, retried
@@ -859,7 +918,22 @@ impl PostgresStore {
     /// whom to wake.
     async fn commit_batch(&self, commits: &[EpisodeCommit]) -> (Vec<Result<(), StoreError>>, Wake) {
         let timer = CommitTimer::start();
-        match retry_tx!(self, "committing episodes", tx => self.commit_batch_tx(&tx, commits)) {
+        let batch = if self.inner.options.notify_in_transaction {
+            retry_tx!(self, "committing episodes", tx => self.commit_batch_tx(&tx, commits))
+        } else {
+            let mut attempt = 0u32;
+            loop {
+                attempt += 1;
+                match self.commit_batch_pipelined(commits).await {
+                    Err(Error::Db(e)) if attempt < MAX_ATTEMPTS && retryable(&e) => {
+                        tracing::debug!(error = %e, attempt, "transaction aborted by PostgreSQL; retrying");
+                        pause(Duration::from_millis(u64::from(attempt) * 5)).await;
+                    }
+                    other => break other.map_err(|e| self.err("committing episodes", e)),
+                }
+            }
+        };
+        match batch {
             Ok(out) => {
                 timer.record("postgres", commits.len());
                 out
@@ -2030,14 +2104,20 @@ impl Writes {
         Ok(())
     }
 
-    /// Runs the writes in `tx`, pipelined (one round trip); returns whom to wake: the
+    /// Runs the writes in `tx`, pipelined (one round trip), and `COMMIT` after them if
+    /// `commit`; returns whom to wake: the
     /// dispatchers only if there is new work (messages, activity tasks, or messages that
     /// arrived during an episode), and whoever waits for a change to an instance.
     #[allow(
         clippy::too_many_lines,
         reason = "one pipelined statement per kind of write, in order"
     )]
-    async fn run(mut self, store: &PostgresStore, tx: &Transaction<'_>) -> R<Wake> {
+    async fn run<C: GenericClient>(
+        mut self,
+        store: &PostgresStore,
+        tx: &C,
+        commit: bool,
+    ) -> R<Wake> {
         let sql = &store.inner.sql;
         let (handed, consume, reset, history, update, enqueue_tasks, enqueue, ready, release) = tokio::try_join!(
             tx.prepare_cached(&sql.complete_handed_off),
@@ -2064,7 +2144,7 @@ impl Writes {
         // Pipelined, one round trip: a statement is sent on its future's first poll and
         // `try_join!` polls first in this order, so the server runs them in this order
         // (the records after the inbox changes, whose first time they record).
-        let (_, _, _, _, _, _, still_ready, _, _) = tokio::try_join!(
+        let (_, _, _, _, _, _, still_ready, _, _, ()) = tokio::try_join!(
             async {
                 if self.handed_ids.is_empty() {
                     Ok(0)
@@ -2146,14 +2226,46 @@ impl Writes {
                     tx.execute(&release, &[&b.released]).await
                 }
             },
+            async {
+                if commit {
+                    tx.batch_execute("COMMIT").await
+                } else {
+                    Ok(())
+                }
+            },
         )?;
         let wake = Wake {
             orchestration: messages || still_ready > 0,
             activity: activities,
             changed: true,
         };
-        store.notify(tx, wake).await?;
         Ok(wake)
+    }
+}
+
+/// A pooled connection that may be inside a transaction: unless [`close`](Self::close)d
+/// (the transaction ended), dropping it (a cancelled commit) takes the connection out of
+/// the pool and closes it, so Postgres rolls the transaction back.
+struct OpenTx(Option<Object>);
+
+impl OpenTx {
+    fn conn(&self) -> R<&Object> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| Error::Other("the connection is gone".to_owned(), None))
+    }
+
+    /// The transaction ended: the connection goes back to the pool.
+    fn close(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for OpenTx {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(Object::take(conn));
+        }
     }
 }
 
