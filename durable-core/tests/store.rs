@@ -78,6 +78,7 @@ macro_rules! conformance_tests {
             continue_as_new,
             message_order,
             lease_excludes_and_expires,
+            concurrent_commits_keep_their_own_outcomes,
             activity_lease_expiry_requeues,
             complete_activity_enqueues_result,
             abandon_activity_delays_task,

@@ -42,6 +42,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         continue_as_new,
         message_order,
         lease_excludes_and_expires,
+        concurrent_commits_keep_their_own_outcomes,
         activity_lease_expiry_requeues,
         complete_activity_enqueues_result,
         abandon_activity_delays_task,
@@ -1099,6 +1100,63 @@ pub async fn message_order(store: Arc<dyn Store>) {
     create(&store, y).await;
     fetch_one(&store, "y", at(10)).await;
     fetch_one(&store, "x", at(10)).await;
+}
+
+/// Episodes of several instances committed at once (a store may commit them in one
+/// transaction): each is applied, except the one whose lease was taken over, which fails
+/// with `LockLost` and changes nothing.
+pub async fn concurrent_commits_keep_their_own_outcomes(store: Arc<dyn Store>) {
+    let lease = Duration::from_secs(30);
+    create(&store, new_instance("b", "Job", "null", T0)).await;
+    let stale = store
+        .fetch_orchestration_work(T0, lease)
+        .await
+        .expect("fetch")
+        .expect("work for b");
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    create(&store, new_instance("c", "Job", "null", T0)).await;
+    let now = at(30_000);
+    let mut leased = std::collections::HashMap::new();
+    for _ in 0..3 {
+        let item = store
+            .fetch_orchestration_work(now, lease)
+            .await
+            .expect("fetch")
+            .expect("three instances due");
+        leased.insert(item.instance.instance_id.to_string(), item);
+    }
+    let done = |item: &OrchestrationWorkItem, output: &str| {
+        let mut c = commit_for(item, RuntimeStatus::Completed, at(30_001));
+        c.new_events = vec![ev(0, at(30_001), Event::OrchestratorStarted)];
+        c.output = Some(output.into());
+        c
+    };
+    let (ra, rb, rc) = tokio::join!(
+        store.commit_episode(done(&leased["a"], "\"a\"")),
+        store.commit_episode(done(&stale, "\"stale\"")),
+        store.commit_episode(done(&leased["c"], "\"c\"")),
+    );
+    assert!(ra.is_ok() && rc.is_ok(), "a: {ra:?}, c: {rc:?}");
+    assert!(
+        matches!(rb, Err(StoreError::LockLost(_))),
+        "the stale commit must fail, got {rb:?}"
+    );
+    for (instance, output) in [("a", "\"a\""), ("c", "\"c\"")] {
+        let rec = record(&store, instance).await;
+        assert_eq!(
+            (rec.status, rec.output.as_deref()),
+            (RuntimeStatus::Completed, Some(output))
+        );
+        assert_eq!(history(&store, instance).await.len(), 1);
+    }
+    assert!(
+        history(&store, "b").await.is_empty(),
+        "the stale commit changed nothing"
+    );
+    assert_eq!(record(&store, "b").await.status, RuntimeStatus::Pending);
+    // The new lease on b still commits.
+    commit(&store, done(&leased["b"], "\"b\"")).await;
+    assert_eq!(record(&store, "b").await.output.as_deref(), Some("\"b\""));
 }
 
 /// A locked instance is not fetched again until its lease expires; a stale token's commit

@@ -1,7 +1,7 @@
 //! [`PostgresStore`]: the [`Store`] for many worker processes on many machines, on
 //! Postgres (feature `postgres`).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::error::Error as _;
 use std::fmt;
 use std::sync::Arc;
@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
+    GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+    Transaction,
 };
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -343,6 +344,8 @@ struct Inner {
     options: PostgresOptions,
     signals: Arc<StoreSignals>,
     notifier: Arc<Notifier>,
+    /// Episode commits waiting to be committed together.
+    commits: std::sync::Mutex<Commits>,
     listener: JoinHandle<()>,
     notifier_task: JoinHandle<()>,
 }
@@ -476,6 +479,7 @@ impl PostgresStore {
                 options,
                 signals,
                 notifier,
+                commits: std::sync::Mutex::default(),
                 listener,
                 notifier_task,
             }),
@@ -702,7 +706,8 @@ impl PostgresStore {
                 tx.prepare_cached(&sql.delete_inbox),
                 tx.prepare_cached(&sql.update_record),
             )?;
-            tx.execute(&append, &[&key, &events]).await?;
+            let owners = vec![key; events.len()];
+            tx.execute(&append, &[&owners, &events]).await?;
             tx.execute(&del_inbox, &[&key]).await?;
             // Clears the lease (a worker mid-episode loses its commit) and `ready_at`.
             tx.execute(&update, &[&key, &status, &json]).await?;
@@ -760,52 +765,33 @@ impl PostgresStore {
         self.notify(tx, Wake::ORCHESTRATION).await
     }
 
-    /// Applies an episode inside `tx`; returns whether activity tasks were enqueued.
-    #[allow(
-        clippy::too_many_lines,
-        reason = "one atomic commit, step by step like the other stores"
-    )]
-    async fn commit_tx(&self, tx: &Transaction<'_>, c: &EpisodeCommit) -> R<bool> {
+    /// Applies an episode with sub-orchestrations to create inside `tx`; returns whom to
+    /// wake. (Episodes without go through [`commit_batch_tx`].)
+    ///
+    /// [`commit_batch_tx`]: Self::commit_batch_tx
+    async fn commit_tx(&self, tx: &Transaction<'_>, c: &EpisodeCommit) -> R<Wake> {
         let sql = &self.inner.sql;
         let key = c.instance_id.as_str();
         // Lock every row this commit touches, in id order, so concurrent commits never
         // deadlock; then check the lease under that lock.
-        let mut ids: BTreeSet<&str> = BTreeSet::new();
-        ids.insert(key);
-        ids.extend(c.messages.iter().map(|(t, _)| t.as_str()));
-        ids.extend(c.new_instances.iter().map(|(_, n)| n.instance_id.as_str()));
-        let ids: Vec<&str> = ids.into_iter().collect();
+        let ids: Vec<&str> = commit_ids(c).into_iter().collect();
         let lock_rows = tx.prepare_cached(&sql.lock_rows).await?;
-        let rows = tx.query(&lock_rows, &[&ids, &key]).await?;
-        let mut existing: HashSet<String> = HashSet::with_capacity(rows.len());
-        let mut own = None;
-        for row in rows {
-            let id: String = row.try_get(0)?;
-            if id == key {
-                let token: Option<i64> = row.try_get(1)?;
-                let record: Option<String> = row.try_get(2)?;
-                own = Some((token, record));
-            }
-            existing.insert(id);
-        }
-        let record = match own {
-            Some((Some(token), Some(record))) if token == to_i64(c.lock.0) => record,
-            _ => return Err(Error::Op(StoreError::LockLost(key.to_owned()))),
-        };
-        let mut record: InstanceRecord = decode(&record)?;
+        let rows = tx.query(&lock_rows, &[&ids, &vec![key]]).await?;
+        let mut locked = Locked::read(&rows)?;
+        let record = locked.lease(c)?;
         let execution = record.execution;
 
         // Sub-orchestrations first: a refused child becomes a failure message to us.
-        let mut batch = Enqueue::default();
+        let mut writes = Writes::default();
         let mut refusals = Vec::new();
         for (seq, child) in &c.new_instances {
             let child_id = &child.instance_id;
             let refused = if *child_id == c.instance_id {
                 Some("a sub-orchestration cannot take its parent's id".to_owned())
             } else {
-                match self.create_in(tx, child, &mut batch).await? {
+                match self.create_in(tx, child, &mut writes.batch).await? {
                     Ok(_) => {
-                        existing.insert(child_id.as_str().to_owned());
+                        locked.existing.insert(child_id.as_str().to_owned());
                         None
                     }
                     Err(e) => Some(e.to_string()),
@@ -825,159 +811,194 @@ impl PostgresStore {
                 ));
             }
         }
+        writes.add(c, record, &refusals, &locked.existing)?;
+        let wake = writes.run(self, tx, false).await?;
+        self.notify(tx, wake).await?;
+        Ok(wake)
+    }
 
-        record.status = c.status;
-        record.output.clone_from(&c.output);
-        record.failure.clone_from(&c.failure);
-        record.custom_status.clone_from(&c.custom_status);
-        record.last_updated_at = c.now;
-        record.last_error.clone_from(&c.last_error);
-        let mut events = Vec::new();
-        if let Some(next) = &c.next_execution {
-            record.execution += 1;
-            record.input.clone_from(&next.input);
-            record.version.clone_from(&next.version);
-            record.status = RuntimeStatus::ContinuedAsNew;
-            record.output = None;
-            record.failure = None;
-            for m in &next.messages {
-                batch.push(key, m)?;
+    /// Applies episodes without sub-orchestrations (each instance at most once) inside one
+    /// transaction: one statement locks every row they touch (in id order), then one
+    /// statement per kind of write covers them all, pipelined. Answers each episode's
+    /// outcome (whether it enqueued activity tasks, or `LockLost`: that episode changes
+    /// nothing, the others commit).
+    async fn commit_batch_tx(
+        &self,
+        tx: &Transaction<'_>,
+        commits: &[EpisodeCommit],
+    ) -> R<(Vec<Result<(), StoreError>>, Wake)> {
+        let sql = &self.inner.sql;
+        let mut ids = BTreeSet::new();
+        for c in commits {
+            ids.extend(commit_ids(c));
+        }
+        let ids: Vec<&str> = ids.into_iter().collect();
+        let owners: Vec<&str> = commits.iter().map(|c| c.instance_id.as_str()).collect();
+        let lock_rows = tx.prepare_cached(&sql.lock_rows).await?;
+        let rows = tx.query(&lock_rows, &[&ids, &owners]).await?;
+        let mut locked = Locked::read(&rows)?;
+        let mut writes = Writes::default();
+        let mut out = Vec::with_capacity(commits.len());
+        for c in commits {
+            match locked.lease(c) {
+                Ok(record) => {
+                    writes.add(c, record, &[], &locked.existing)?;
+                    out.push(Ok(()));
+                }
+                Err(Error::Op(e)) => out.push(Err(e)),
+                Err(e) => return Err(e),
             }
-        } else {
-            for e in &c.new_events {
-                events.push(serde_json::to_string(e)?);
-            }
         }
-        for m in &refusals {
-            batch.push(key, m)?;
+        if writes.record_ids.is_empty() {
+            return Ok((out, Wake::default()));
         }
-        for (target, m) in &c.messages {
-            if existing.contains(target.as_str()) {
-                batch.push(target.as_str(), m)?;
-            } else {
-                tracing::debug!(target = %target, "message to unknown instance dropped");
-            }
-        }
-        batch.touch(key);
-        let record_json = serde_json::to_string(&record)?;
-        let status = record.status.as_str();
-        let consumed: Vec<i64> = c.consumed.iter().map(|m| to_i64(m.seq)).collect();
-        let activities = !c.activities.is_empty();
-        let mut task_owners = Vec::with_capacity(c.activities.len());
-        let mut tasks = Vec::with_capacity(c.activities.len());
-        let mut heartbeat_timeouts: Vec<Option<i64>> = Vec::with_capacity(c.activities.len());
-        for t in &c.activities {
-            task_owners.push(t.instance_id.as_str());
-            tasks.push(serde_json::to_string(t)?);
-            heartbeat_timeouts.push(
-                t.heartbeat_timeout
-                    .filter(|d| !d.is_zero())
-                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-            );
-        }
-        let now = ts(c.now);
+        let wake = writes.run(self, tx, false).await?;
+        self.notify(tx, wake).await?;
+        Ok((out, wake))
+    }
 
-        let handed_ids: Vec<i64> = c
-            .completed_activities
-            .iter()
-            .map(|(id, _)| to_i64(*id))
-            .collect();
-        let handed_tokens: Vec<i64> = c
-            .completed_activities
-            .iter()
-            .map(|(_, lock)| to_i64(lock.0))
-            .collect();
-        let (handed, consume, history, update, enqueue_tasks, enqueue, ready, release) = tokio::try_join!(
-            tx.prepare_cached(&sql.complete_handed_off),
-            tx.prepare_cached(&sql.consume),
-            tx.prepare_cached(if c.next_execution.is_some() {
-                &sql.delete_history
-            } else {
-                &sql.append_history
-            }),
-            tx.prepare_cached(&sql.update_record),
-            tx.prepare_cached(&sql.enqueue_activities),
-            tx.prepare_cached(&sql.enqueue),
-            tx.prepare_cached(&sql.refresh_ready),
-            tx.prepare_cached(&sql.release_holds),
-        )?;
-        // The own row's `ready_at` is set by `update_record`; others' by `refresh_ready`.
-        batch.touched.remove(key);
-        let touched: Vec<String> = std::mem::take(&mut batch.touched).into_iter().collect();
-        let history_params: Vec<&(dyn ToSql + Sync)> = if c.next_execution.is_some() {
-            vec![&key]
+    /// [`commit_batch_tx`](Self::commit_batch_tx) in two round trips: `BEGIN` pipelined
+    /// with the lock statement, the writes pipelined with `COMMIT` (a failed statement
+    /// aborts the transaction, and `COMMIT` then rolls it back). Not with
+    /// [`PostgresOptions::notify_in_transaction`].
+    async fn commit_batch_pipelined(
+        &self,
+        commits: &[EpisodeCommit],
+    ) -> R<(Vec<Result<(), StoreError>>, Wake)> {
+        let sql = &self.inner.sql;
+        let mut ids = BTreeSet::new();
+        for c in commits {
+            ids.extend(commit_ids(c));
+        }
+        let ids: Vec<&str> = ids.into_iter().collect();
+        let owners: Vec<&str> = commits.iter().map(|c| c.instance_id.as_str()).collect();
+        let conn = self.conn().await?;
+        let lock_rows = conn.prepare_cached(&sql.lock_rows).await?;
+        let open = OpenTx(Some(conn));
+        let conn = open.conn()?;
+        let lock_params: [&(dyn ToSql + Sync); 2] = [&ids, &owners];
+        let result = async {
+            let ((), rows) = tokio::try_join!(
+                conn.batch_execute("BEGIN"),
+                conn.query(&lock_rows, &lock_params),
+            )?;
+            let mut locked = Locked::read(&rows)?;
+            let mut writes = Writes::default();
+            let mut out = Vec::with_capacity(commits.len());
+            for c in commits {
+                match locked.lease(c) {
+                    Ok(record) => {
+                        writes.add(c, record, &[], &locked.existing)?;
+                        out.push(Ok(()));
+                    }
+                    Err(Error::Op(e)) => out.push(Err(e)),
+                    Err(e) => return Err(e),
+                }
+            }
+            if writes.record_ids.is_empty() {
+                conn.batch_execute("COMMIT").await?;
+                return Ok((out, Wake::default()));
+            }
+            let wake = writes.run(self, conn, true).await?;
+            Ok((out, wake))
+        }
+        .await;
+        if result.is_err() {
+            // Awaited, so the row locks are gone before the caller goes on. (After a
+            // pipelined `COMMIT` there is no transaction left: a warning, no harm.)
+            let _ = conn.batch_execute("ROLLBACK").await;
+        }
+        open.close();
+        result
+    }
+
+    /// Commits `commits` (episodes without sub-orchestrations) in one transaction, retried
+    /// when Postgres aborts it; if it fails otherwise, each episode is committed on its
+    /// own, so one episode's failure is not the others'. Answers each episode's outcome and
+    /// whom to wake.
+    async fn commit_batch(&self, commits: &[EpisodeCommit]) -> (Vec<Result<(), StoreError>>, Wake) {
+        let timer = CommitTimer::start();
+        let batch = if self.inner.options.notify_in_transaction {
+            retry_tx!(self, "committing episodes", tx => self.commit_batch_tx(&tx, commits))
         } else {
-            vec![&key, &events]
+            let mut attempt = 0u32;
+            loop {
+                attempt += 1;
+                match self.commit_batch_pipelined(commits).await {
+                    Err(Error::Db(e)) if attempt < MAX_ATTEMPTS && retryable(&e) => {
+                        tracing::debug!(error = %e, attempt, "transaction aborted by PostgreSQL; retrying");
+                        pause(Duration::from_millis(u64::from(attempt) * 5)).await;
+                    }
+                    other => break other.map_err(|e| self.err("committing episodes", e)),
+                }
+            }
         };
-        // Pipelined, one round trip: a statement is sent on its future's first poll and
-        // `try_join!` polls first in this order, so the server runs them in this order.
-        tokio::try_join!(
-            async {
-                if handed_ids.is_empty() {
-                    Ok(0)
-                } else {
-                    tx.execute(&handed, &[&handed_ids, &handed_tokens]).await
+        match batch {
+            Ok(out) => {
+                timer.record("postgres", commits.len());
+                out
+            }
+            Err(e) if commits.len() == 1 => (vec![Err(e)], Wake::default()),
+            Err(e) => {
+                tracing::debug!(error = %e, n = commits.len(), "a batch of episode commits failed; committing them one by one");
+                let mut out = Vec::with_capacity(commits.len());
+                let mut wake = Wake::default();
+                for c in commits {
+                    let one = retry_tx!(self, "committing an episode", tx => {
+                        self.commit_batch_tx(&tx, std::slice::from_ref(c))
+                    });
+                    out.push(match one {
+                        Ok((mut r, w)) => {
+                            wake = wake.or(w);
+                            r.pop().unwrap_or(Ok(()))
+                        }
+                        Err(e) => Err(e),
+                    });
                 }
-            },
-            async {
-                if consumed.is_empty() {
-                    Ok(0)
-                } else {
-                    tx.execute(&consume, &[&key, &consumed]).await
-                }
-            },
-            async {
-                if c.next_execution.is_none() && events.is_empty() {
-                    Ok(0)
-                } else {
-                    tx.execute(&history, &history_params).await
-                }
-            },
-            async {
-                if activities {
-                    tx.execute(
-                        &enqueue_tasks,
-                        &[&task_owners, &now, &tasks, &heartbeat_timeouts],
-                    )
-                    .await
-                } else {
-                    Ok(0)
-                }
-            },
-            async {
-                if batch.ids.is_empty() {
-                    Ok(0)
-                } else {
-                    tx.execute(&enqueue, &[&batch.ids, &batch.visible_at, &batch.messages])
-                        .await
-                }
-            },
-            async { tx.execute(&update, &[&key, &status, &record_json]).await },
-            async {
-                if touched.is_empty() {
-                    Ok(0)
-                } else {
-                    tx.execute(&ready, &[&touched]).await
-                }
-            },
-            async {
-                if batch.released.is_empty() {
-                    Ok(0)
-                } else {
-                    tx.execute(&release, &[&batch.released]).await
-                }
-            },
-        )?;
-        self.notify(
-            tx,
-            Wake {
-                orchestration: true,
-                activity: activities,
-                changed: false,
-            },
-        )
-        .await?;
-        Ok(activities)
+                (out, wake)
+            }
+        }
+    }
+
+    /// The next batch of queued episode commits (each instance at most once: a later
+    /// commit to the same instance, after a lease it lost, say, waits for the next batch);
+    /// `None` if none are queued.
+    fn next_batch(&self) -> Option<Vec<PendingCommit>> {
+        let mut q = lock(&self.inner.commits);
+        if q.queue.is_empty() {
+            return None;
+        }
+        let mut seen = HashSet::new();
+        let mut batch = Vec::new();
+        let mut rest = std::collections::VecDeque::new();
+        while let Some(p) = q.queue.pop_front() {
+            if batch.len() < MAX_BATCH && seen.insert(p.commit.instance_id.clone()) {
+                batch.push(p);
+            } else {
+                rest.push_back(p);
+            }
+        }
+        q.queue = rest;
+        Some(batch)
+    }
+
+    /// Commits a batch and answers each of its episodes.
+    async fn run_batch(&self, batch: Vec<PendingCommit>) {
+        let (commits, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|p| (p.commit, p.reply)).unzip();
+        let (results, wake) = self.commit_batch(&commits).await;
+        for (result, reply) in results.into_iter().zip(replies) {
+            let _ = reply.send(result);
+        }
+        self.signal(wake);
+    }
+
+    /// Runs batches until none are queued, holding `leader`'s slot.
+    async fn lead_commits(self, leader: Leader) {
+        while let Some(batch) = self.next_batch() {
+            self.run_batch(batch).await;
+        }
+        drop(leader);
     }
 
     async fn abandon_tx(
@@ -991,7 +1012,7 @@ impl PostgresStore {
         let sql = &self.inner.sql;
         let key = id.as_str();
         let lock_rows = tx.prepare_cached(&sql.lock_rows).await?;
-        let rows = tx.query(&lock_rows, &[&vec![key], &key]).await?;
+        let rows = tx.query(&lock_rows, &[&vec![key], &vec![key]]).await?;
         let record = match rows.first() {
             Some(row) if row.try_get::<_, Option<i64>>(1)? == Some(to_i64(lock.0)) => {
                 row.try_get::<_, Option<String>>(2)?
@@ -1076,18 +1097,25 @@ impl PostgresStore {
         Ok(n > 0)
     }
 
-    async fn fetch_orchestration(
+    async fn fetch_orchestrations(
         &self,
         now: Timestamp,
         lock_for: Duration,
-    ) -> R<Option<OrchestrationWorkItem>> {
+        max: usize,
+    ) -> R<Vec<OrchestrationWorkItem>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
         let conn = self.lease_conn().await?;
         let st = conn
-            .prepare_cached(&self.inner.sql.fetch_orchestration)
+            .prepare_cached(&self.inner.sql.fetch_orchestrations)
             .await?;
         let until = ts(now + lock_for);
-        let rows = conn.query(&st, &[&ts(now), &until, &new_token()]).await?;
-        Ok(work_items(&rows)?.into_iter().next())
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let rows = conn
+            .query(&st, &[&ts(now), &until, &new_token(), &limit])
+            .await?;
+        work_items(&rows)
     }
 
     async fn fetch_instances(
@@ -1327,22 +1355,69 @@ impl Store for PostgresStore {
         lock_for: Duration,
     ) -> Result<Option<OrchestrationWorkItem>, StoreError> {
         let lock_for = self.inner.options.orchestration_lease.unwrap_or(lock_for);
-        self.fetch_orchestration(now, lock_for)
+        self.fetch_orchestrations(now, lock_for, 1)
+            .await
+            .map(|items| items.into_iter().next())
+            .map_err(|e| self.err("fetching orchestration work", e))
+    }
+
+    async fn fetch_orchestration_batch(
+        &self,
+        now: Timestamp,
+        lock_for: Duration,
+        max: usize,
+    ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
+        let lock_for = self.inner.options.orchestration_lease.unwrap_or(lock_for);
+        self.fetch_orchestrations(now, lock_for, max)
             .await
             .map_err(|e| self.err("fetching orchestration work", e))
     }
 
     async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError> {
-        let timer = CommitTimer::start();
-        let activity =
-            retry_tx!(self, "committing an episode", tx => self.commit_tx(&tx, &commit))?;
-        timer.record_single("postgres");
-        self.signal(Wake {
-            orchestration: true,
-            activity,
-            changed: false,
-        });
-        Ok(())
+        if !commit.new_instances.is_empty() {
+            let timer = CommitTimer::start();
+            let wake =
+                retry_tx!(self, "committing an episode", tx => self.commit_tx(&tx, &commit))?;
+            timer.record_single("postgres");
+            self.signal(wake);
+            return Ok(());
+        }
+        // Group commit: the episodes committed meanwhile share one transaction (one WAL
+        // flush). The batch runs on its own task, so a caller that goes away does not
+        // strand the others.
+        let (reply, answer) = oneshot::channel();
+        let lead = {
+            let mut q = lock(&self.inner.commits);
+            q.queue.push_back(PendingCommit { commit, reply });
+            if q.leaders < MAX_BATCHES {
+                q.leaders += 1;
+                true
+            } else {
+                false
+            }
+        };
+        let mut answer = answer;
+        if lead {
+            // Commit batches in this task until this episode's is done (no hand-off to
+            // another task on the way); then the slot passes on (`Leader`'s drop), also
+            // when this task is cancelled.
+            let leader = Leader::new(self);
+            while let Some(batch) = self.next_batch() {
+                self.run_batch(batch).await;
+                if let Ok(result) = answer.try_recv() {
+                    drop(leader);
+                    return result;
+                }
+            }
+            drop(leader);
+        }
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::backend(format!(
+                "PostgreSQL store, task hub `{}`: committing an episode: the commit task ended",
+                self.inner.hub
+            ))),
+        }
     }
 
     fn supports_activity_handoff(&self) -> bool {
@@ -1640,7 +1715,7 @@ impl Store for PostgresStore {
 
 /// Every statement, with the schema filled in (prepared and cached per connection).
 struct Sql {
-    fetch_orchestration: String,
+    fetch_orchestrations: String,
     fetch_instances: String,
     complete_handed_off: String,
     fetch_activities: String,
@@ -1650,8 +1725,10 @@ struct Sql {
     insert_instance: String,
     replace_instance: String,
     update_record: String,
+    update_records: String,
     delete_instance: String,
     delete_history: String,
+    delete_histories: String,
     delete_inbox: String,
     delete_activities: String,
     append_history: String,
@@ -1697,13 +1774,13 @@ impl Sql {
             .collect::<Vec<_>>()
             .join(", ");
         Self {
-            // Lease the first due instance and read it with its visible messages, in one
-            // statement.
-            fetch_orchestration: s(&format!(
+            // Lease the first $4 due instances and read them with their visible messages,
+            // in one statement.
+            fetch_orchestrations: s(&format!(
                 "WITH picked AS (
                     UPDATE {{s}}.instances SET lock_token = $3, locked_until = $2
-                    WHERE id = (SELECT id FROM {{s}}.instances WHERE due_at <= $1
-                                ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                    WHERE id IN (SELECT id FROM {{s}}.instances WHERE due_at <= $1
+                                 ORDER BY due_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
                     RETURNING id, record, lock_token)
                 {work_item}"
             )),
@@ -1732,8 +1809,11 @@ impl Sql {
                     FROM cand WHERE a.id = cand.id
                     RETURNING a.id, a.task, a.lock_token, a.heartbeat, cand.visible_at AS was)
                 SELECT id, task, lock_token, heartbeat FROM leased ORDER BY was, id"),
-            lock_rows: s("SELECT id, lock_token, CASE WHEN id = $2 THEN record END
-                FROM {s}.instances WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
+            // Locks the rows in $1 in id order; answers the records of those in $2.
+            lock_rows: s(
+                "SELECT id, lock_token, CASE WHEN id = ANY($2) THEN record END
+                FROM {s}.instances WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            ),
             select_for_update: s("SELECT record FROM {s}.instances WHERE id = $1 FOR UPDATE"),
             select_status: s("SELECT status FROM {s}.instances WHERE id = $1 FOR UPDATE"),
             insert_instance: s(
@@ -1752,6 +1832,16 @@ impl Sql {
                     ready_at = (SELECT MIN(m.visible_at) FROM {s}.inbox m
                                 WHERE m.instance_id = $1)
                 WHERE id = $1"),
+            // Applies episodes: records, statuses, ends of leases and holds; run after the
+            // inbox changes, whose first times they record.
+            update_records: s("UPDATE {s}.instances i
+                SET status = t.status, record = t.record, lock_token = NULL,
+                    locked_until = NULL, not_before = NULL,
+                    ready_at = (SELECT MIN(m.visible_at) FROM {s}.inbox m
+                                WHERE m.instance_id = i.id)
+                FROM unnest($1::text[], $2::text[], $3::text[]) AS t(id, status, record)
+                WHERE i.id = t.id
+                RETURNING i.ready_at IS NOT NULL"),
             // Ends the lease and holds the instance until $4 (its inbox is unchanged).
             hold_record: s("UPDATE {s}.instances
                 SET status = $2, record = $3, lock_token = NULL, locked_until = NULL,
@@ -1762,14 +1852,20 @@ impl Sql {
                 WHERE id = ANY($1) AND not_before IS NOT NULL"),
             delete_instance: s("DELETE FROM {s}.instances WHERE id = $1"),
             delete_history: s("DELETE FROM {s}.history WHERE instance_id = $1"),
+            delete_histories: s("DELETE FROM {s}.history WHERE instance_id = ANY($1)"),
             delete_inbox: s("DELETE FROM {s}.inbox WHERE instance_id = $1"),
             delete_activities: s("DELETE FROM {s}.activities WHERE instance_id = $1"),
+            // Appends events ($2) to the histories of instances ($1), in array order.
             append_history: s("INSERT INTO {s}.history (instance_id, idx, event)
-                SELECT $1, n.start + t.ord - 1, t.event
-                FROM unnest($2::text[]) WITH ORDINALITY AS t(event, ord),
-                     (SELECT COALESCE(MAX(idx) + 1, 0) AS start FROM {s}.history
-                      WHERE instance_id = $1) n"),
-            consume: s("DELETE FROM {s}.inbox WHERE instance_id = $1 AND seq = ANY($2)"),
+                SELECT t.id,
+                       COALESCE((SELECT MAX(h.idx) + 1 FROM {s}.history h
+                                 WHERE h.instance_id = t.id), 0)
+                         + row_number() OVER (PARTITION BY t.id ORDER BY t.ord) - 1,
+                       t.event
+                FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(id, event, ord)"),
+            consume: s("DELETE FROM {s}.inbox m
+                USING unnest($1::text[], $2::bigint[]) AS t(id, seq)
+                WHERE m.instance_id = t.id AND m.seq = t.seq"),
             // Seqs follow the order of the arrays (nextval runs after the sort).
             enqueue: s(
                 "INSERT INTO {s}.inbox (instance_id, seq, visible_at, message)
@@ -1785,9 +1881,9 @@ impl Sql {
                 WHERE i.id = x.id AND i.ready_at IS DISTINCT FROM x.first"),
             enqueue_activities: s(
                 "INSERT INTO {s}.activities (id, instance_id, visible_at, task, heartbeat_timeout)
-                SELECT nextval('{s}.ids'), t.instance_id, $2, t.task, t.heartbeat_timeout
-                FROM unnest($1::text[], $3::text[], $4::bigint[])
-                     WITH ORDINALITY AS t(instance_id, task, heartbeat_timeout, ord)
+                SELECT nextval('{s}.ids'), t.instance_id, t.visible_at, t.task, t.heartbeat_timeout
+                FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[])
+                     WITH ORDINALITY AS t(instance_id, visible_at, task, heartbeat_timeout, ord)
                 ORDER BY t.ord",
             ),
             // Removes tasks whose results an episode consumed from memory, if still leased;
@@ -1875,6 +1971,367 @@ impl Sql {
                 GROUP BY status"),
         }
     }
+}
+
+/// Every instance row an episode commit touches: its own, its messages' targets and its
+/// new sub-orchestrations.
+fn commit_ids(c: &EpisodeCommit) -> BTreeSet<&str> {
+    let mut ids = BTreeSet::new();
+    ids.insert(c.instance_id.as_str());
+    ids.extend(c.messages.iter().map(|(t, _)| t.as_str()));
+    ids.extend(c.new_instances.iter().map(|(_, n)| n.instance_id.as_str()));
+    ids
+}
+
+/// The rows `lock_rows` locked: which exist, and the committing instances' leases and
+/// records.
+struct Locked {
+    own: HashMap<String, (Option<i64>, String)>,
+    existing: HashSet<String>,
+}
+
+impl Locked {
+    fn read(rows: &[tokio_postgres::Row]) -> R<Self> {
+        let mut own = HashMap::new();
+        let mut existing = HashSet::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            if let Some(record) = row.try_get::<_, Option<String>>(2)? {
+                own.insert(id.clone(), (row.try_get(1)?, record));
+            }
+            existing.insert(id);
+        }
+        Ok(Self { own, existing })
+    }
+
+    /// `c`'s instance record, if `c` still holds its lease; `LockLost` if not.
+    fn lease(&mut self, c: &EpisodeCommit) -> R<InstanceRecord> {
+        let key = c.instance_id.as_str();
+        match self.own.remove(key) {
+            Some((Some(token), record)) if token == to_i64(c.lock.0) => decode(&record),
+            _ => Err(Error::Op(StoreError::LockLost(key.to_owned()))),
+        }
+    }
+}
+
+/// The writes of one or more episode commits, as one statement per kind.
+#[derive(Default)]
+struct Writes {
+    handed_ids: Vec<i64>,
+    handed_tokens: Vec<i64>,
+    consumed_ids: Vec<String>,
+    consumed_seqs: Vec<i64>,
+    history_ids: Vec<String>,
+    history_events: Vec<String>,
+    /// Instances continuing as new: their history is removed.
+    reset_history: Vec<String>,
+    task_owners: Vec<String>,
+    task_visible_at: Vec<i64>,
+    tasks: Vec<String>,
+    heartbeat_timeouts: Vec<Option<i64>>,
+    record_ids: Vec<String>,
+    record_statuses: Vec<&'static str>,
+    records: Vec<String>,
+    /// Messages, and the instances whose `ready_at` and holds they change.
+    batch: Enqueue,
+}
+
+impl Writes {
+    /// Adds episode `c`, applied to its instance's `record` (read under the lease), with
+    /// `refusals` (messages to itself) and the messages to instances in `existing`.
+    fn add(
+        &mut self,
+        c: &EpisodeCommit,
+        mut record: InstanceRecord,
+        refusals: &[Message],
+        existing: &HashSet<String>,
+    ) -> R<()> {
+        let key = c.instance_id.as_str();
+        record.status = c.status;
+        record.output.clone_from(&c.output);
+        record.failure.clone_from(&c.failure);
+        record.custom_status.clone_from(&c.custom_status);
+        record.last_updated_at = c.now;
+        record.last_error.clone_from(&c.last_error);
+        if let Some(next) = &c.next_execution {
+            record.execution += 1;
+            record.input.clone_from(&next.input);
+            record.version.clone_from(&next.version);
+            record.status = RuntimeStatus::ContinuedAsNew;
+            record.output = None;
+            record.failure = None;
+            for m in &next.messages {
+                self.batch.push(key, m)?;
+            }
+            self.reset_history.push(key.to_owned());
+        } else {
+            for e in &c.new_events {
+                self.history_ids.push(key.to_owned());
+                self.history_events.push(serde_json::to_string(e)?);
+            }
+        }
+        for m in refusals {
+            self.batch.push(key, m)?;
+        }
+        for (target, m) in &c.messages {
+            if existing.contains(target.as_str()) {
+                self.batch.push(target.as_str(), m)?;
+            } else {
+                tracing::debug!(target = %target, "message to unknown instance dropped");
+            }
+        }
+        for m in &c.consumed {
+            self.consumed_ids.push(key.to_owned());
+            self.consumed_seqs.push(to_i64(m.seq));
+        }
+        for t in &c.activities {
+            self.task_owners.push(t.instance_id.as_str().to_owned());
+            self.task_visible_at.push(ts(c.now));
+            self.tasks.push(serde_json::to_string(t)?);
+            self.heartbeat_timeouts.push(
+                t.heartbeat_timeout
+                    .filter(|d| !d.is_zero())
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            );
+        }
+        for (id, lock) in &c.completed_activities {
+            self.handed_ids.push(to_i64(*id));
+            self.handed_tokens.push(to_i64(lock.0));
+        }
+        self.records.push(serde_json::to_string(&record)?);
+        self.record_statuses.push(record.status.as_str());
+        self.record_ids.push(key.to_owned());
+        Ok(())
+    }
+
+    /// Runs the writes in `tx`, pipelined (one round trip), and `COMMIT` after them if
+    /// `commit`; returns whom to wake: the
+    /// dispatchers only if there is new work (messages, activity tasks, or messages that
+    /// arrived during an episode), and whoever waits for a change to an instance.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one pipelined statement per kind of write, in order"
+    )]
+    async fn run<C: GenericClient>(
+        mut self,
+        store: &PostgresStore,
+        tx: &C,
+        commit: bool,
+    ) -> R<Wake> {
+        let sql = &store.inner.sql;
+        let (handed, consume, reset, history, update, enqueue_tasks, enqueue, ready, release) = tokio::try_join!(
+            tx.prepare_cached(&sql.complete_handed_off),
+            tx.prepare_cached(&sql.consume),
+            tx.prepare_cached(&sql.delete_histories),
+            tx.prepare_cached(&sql.append_history),
+            tx.prepare_cached(&sql.update_records),
+            tx.prepare_cached(&sql.enqueue_activities),
+            tx.prepare_cached(&sql.enqueue),
+            tx.prepare_cached(&sql.refresh_ready),
+            tx.prepare_cached(&sql.release_holds),
+        )?;
+        // The committing rows' `ready_at` is set by `update_records`; others' by
+        // `refresh_ready`.
+        for id in &self.record_ids {
+            self.batch.touched.remove(id);
+        }
+        let touched: Vec<String> = std::mem::take(&mut self.batch.touched)
+            .into_iter()
+            .collect();
+        let activities = !self.tasks.is_empty();
+        let messages = !self.batch.ids.is_empty();
+        let b = &self.batch;
+        // Pipelined, one round trip: a statement is sent on its future's first poll and
+        // `try_join!` polls first in this order, so the server runs them in this order
+        // (the records after the inbox changes, whose first time they record).
+        let (_, _, _, _, _, _, still_ready, _, _, ()) = tokio::try_join!(
+            async {
+                if self.handed_ids.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&handed, &[&self.handed_ids, &self.handed_tokens])
+                        .await
+                }
+            },
+            async {
+                if self.consumed_ids.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&consume, &[&self.consumed_ids, &self.consumed_seqs])
+                        .await
+                }
+            },
+            async {
+                if self.reset_history.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&reset, &[&self.reset_history]).await
+                }
+            },
+            async {
+                if self.history_ids.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&history, &[&self.history_ids, &self.history_events])
+                        .await
+                }
+            },
+            async {
+                if activities {
+                    tx.execute(
+                        &enqueue_tasks,
+                        &[
+                            &self.task_owners,
+                            &self.task_visible_at,
+                            &self.tasks,
+                            &self.heartbeat_timeouts,
+                        ],
+                    )
+                    .await
+                } else {
+                    Ok(0)
+                }
+            },
+            async {
+                if b.ids.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&enqueue, &[&b.ids, &b.visible_at, &b.messages])
+                        .await
+                }
+            },
+            async {
+                let rows = tx
+                    .query(
+                        &update,
+                        &[&self.record_ids, &self.record_statuses, &self.records],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .filter(|r| r.try_get::<_, bool>(0).unwrap_or(true))
+                    .count() as u64)
+            },
+            async {
+                if touched.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&ready, &[&touched]).await
+                }
+            },
+            async {
+                if b.released.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&release, &[&b.released]).await
+                }
+            },
+            async {
+                if commit {
+                    tx.batch_execute("COMMIT").await
+                } else {
+                    Ok(())
+                }
+            },
+        )?;
+        let wake = Wake {
+            orchestration: messages || still_ready > 0,
+            activity: activities,
+            changed: true,
+        };
+        Ok(wake)
+    }
+}
+
+/// A pooled connection that may be inside a transaction: unless [`close`](Self::close)d
+/// (the transaction ended), dropping it (a cancelled commit) takes the connection out of
+/// the pool and closes it, so Postgres rolls the transaction back.
+struct OpenTx(Option<Object>);
+
+impl OpenTx {
+    fn conn(&self) -> R<&Object> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| Error::Other("the connection is gone".to_owned(), None))
+    }
+
+    /// The transaction ended: the connection goes back to the pool.
+    fn close(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for OpenTx {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(Object::take(conn));
+        }
+    }
+}
+
+/// An episode commit waiting for its batch, and where its outcome goes.
+struct PendingCommit {
+    commit: EpisodeCommit,
+    reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The episode commits waiting for a batch, and how many tasks are committing batches.
+#[derive(Default)]
+struct Commits {
+    queue: std::collections::VecDeque<PendingCommit>,
+    leaders: usize,
+}
+
+/// One of the [`MAX_BATCHES`] slots for committing batches; dropped, it passes to a new
+/// task if commits are still queued (unless it belongs to such a task that never ran: the
+/// runtime is shutting down).
+struct Leader {
+    store: PostgresStore,
+    pass_on: bool,
+}
+
+impl Leader {
+    fn new(store: &PostgresStore) -> Self {
+        Self {
+            store: store.clone(),
+            pass_on: true,
+        }
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        let store = &self.store;
+        let mut q = lock(&store.inner.commits);
+        if q.queue.is_empty() || !self.pass_on {
+            q.leaders -= 1;
+            return;
+        }
+        drop(q);
+        let mut next = Leader {
+            store: store.clone(),
+            pass_on: false,
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                next.pass_on = true;
+                let store = next.store.clone();
+                store.lead_commits(next).await;
+            });
+        }
+        // Without a runtime (it is shutting down), `next` is dropped here and frees the slot:
+        // the queued commits' callers are gone with the runtime.
+    }
+}
+
+/// The most episodes in one commit transaction.
+const MAX_BATCH: usize = 128;
+/// The most commit transactions of batched episodes at once (each on its own connection;
+/// Postgres flushes the WAL of concurrent commits together).
+const MAX_BATCHES: usize = 4;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Messages to enqueue in one statement at the end of a transaction, plus the instances
@@ -2069,6 +2526,14 @@ impl Wake {
             kinds.push('c');
         }
         kinds
+    }
+
+    fn or(self, other: Wake) -> Wake {
+        Wake {
+            orchestration: self.orchestration || other.orchestration,
+            activity: self.activity || other.activity,
+            changed: self.changed || other.changed,
+        }
     }
 
     fn bits(self) -> u8 {

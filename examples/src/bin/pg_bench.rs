@@ -1,22 +1,35 @@
-//! W2 on the `PostgresStore` with 1, 2 and 4 worker processes: 1,000 `HelloSequence5`
-//! orchestrations (5 chained no-op activities, string in and out) are started at once, then
-//! the workers run them; prints orchestrations/s, activities/s and the scaling over the
-//! first worker count (one, by default).
+//! Postgres benchmarks on the `PostgresStore`, durable side by side with DBOS (feature
+//! `dbos`), then W2 with 1, 2 and 4 worker processes.
+//!
+//! - W1: one `HelloSequence5` (5 chained no-op activities, string in and out) at a time, 50
+//!   times (after 5 to warm up), start → observed completion; p50. One worker in this process.
+//!   Its samples alternate with DBOS's and with a bare commit (one small `INSERT`, the
+//!   floor), so all see the same disk and the same competition for the cores.
+//! - W2: 1,000 `HelloSequence5` started at once (16 starters) with one worker in this process,
+//!   first start → last completion; orchestrations/s.
+//! - W2 with N worker processes: all instances are created first, then the worker processes
+//!   (this binary run again with `--worker`) run them; the clock runs from the workers' start
+//!   to the last completion. Prints orchestrations/s, activities/s and the scaling over the
+//!   first worker count.
 //!
 //! ```text
 //! cargo run --release -p examples --features postgres --bin pg_bench -- \
-//!     [--url postgres://postgres@127.0.0.1:5432/test] [--instances 1000] [--workers 1,2,4] [--runs 1]
+//!     [--url postgres://postgres@127.0.0.1:5432/test] [--instances 1000] [--samples 50] \
+//!     [--workers 1,2,4|none] [--runs 1] [--no-dbos]
 //! ```
 //!
-//! The URL defaults to `DURABLE_TEST_POSTGRES_URL`, then to the local test database. Each run
-//! uses a fresh task hub, dropped afterwards. The workers are this binary run again with
-//! `--worker`; all instances are created before the workers start, and the clock runs from
-//! the workers' start to the last completion. No `tracing` subscriber unless `RUST_LOG` is
-//! set (then as the demo: stderr, `ReplaySafe`).
+//! With `--features dbos`, W1 and W2 also run on DBOS's Rust SDK on the same database (its own
+//! schema), and the table shows both. The URL defaults to `DURABLE_TEST_POSTGRES_URL`, then to
+//! the local test database. Each run uses a fresh task hub, dropped afterwards. No `tracing`
+//! subscriber unless `RUST_LOG` is set (then as the demo: stderr, `ReplaySafe`).
 #![allow(
     clippy::disallowed_methods,
     reason = "a benchmark measures wall time and polls for completion"
 )]
+
+#[cfg(feature = "dbos")]
+#[path = "pg_bench/dbos.rs"]
+mod dbos;
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -32,8 +45,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 struct Args {
     url: String,
     instances: usize,
+    samples: usize,
     workers: Vec<usize>,
     runs: usize,
+    dbos: bool,
 }
 
 fn parse_args(args: &[String]) -> Result<Args, BoxError> {
@@ -41,8 +56,10 @@ fn parse_args(args: &[String]) -> Result<Args, BoxError> {
         url: std::env::var("DURABLE_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned()),
         instances: 1000,
+        samples: 50,
         workers: vec![1, 2, 4],
         runs: 1,
+        dbos: cfg!(feature = "dbos"),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -51,16 +68,20 @@ fn parse_args(args: &[String]) -> Result<Args, BoxError> {
             "--url" => out.url.clone_from(value()?),
             "--instances" => out.instances = value()?.parse()?,
             "--runs" => out.runs = value()?.parse::<usize>()?.max(1),
+            "--samples" => out.samples = value()?.parse::<usize>()?.max(1),
+            "--no-dbos" => out.dbos = false,
             "--workers" => {
-                out.workers = value()?
-                    .split(',')
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()?;
+                let list = value()?;
+                out.workers = if list == "none" {
+                    Vec::new()
+                } else {
+                    list.split(',').map(str::parse).collect::<Result<_, _>>()?
+                };
             }
             other => {
                 return Err(format!(
                     "unknown argument `{other}`; usage: pg_bench [--url URL] [--instances N] \
-                     [--workers 1,2,4] [--runs N]"
+                     [--samples N] [--workers 1,2,4|none] [--runs N] [--no-dbos]"
                 )
                 .into());
             }
@@ -89,8 +110,52 @@ async fn main() -> Result<(), BoxError> {
         .and_then(|l| l.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "?".to_owned());
     println!(
-        "W2 on PostgreSQL: {} × HelloSequence5 (5 chained no-op activities), {cores} cores, \
-         load average {load} before the run",
+        "PostgreSQL, {cores} cores, load average {load} before the run; HelloSequence5 \
+         (5 chained no-op steps, string in and out)"
+    );
+    // W1 samples alternate between durable, DBOS and a bare commit, so all three see the
+    // same disk and the same competition for the cores.
+    let mut w1 = W1::new(&args).await?;
+    let (ours_w1, theirs_w1, floor) = w1.run(args.samples).await?;
+    w1.close().await?;
+    let w2 = args.instances as f64
+        / in_process_w2(&args.url, args.instances)
+            .await?
+            .as_secs_f64();
+    let theirs_w2 = dbos_w2(&args).await?;
+    println!(
+        "commit floor (p50 of one INSERT of a small row, autocommit, synchronous_commit on): \
+         {floor:.2} ms; W1 is 7 durable commits (the start, 6 episodes) = {:.2} ms",
+        7.0 * floor
+    );
+    println!(
+        "{:<44} | {:>9} | {:>9} | {:>12}",
+        "workload (1 worker, in process)", "durable", "DBOS", "durable/DBOS"
+    );
+    let row = |name: &str, ours: f64, theirs: Option<f64>, better: fn(f64, f64) -> f64| {
+        let (t, ratio) = match theirs {
+            Some(t) => (format!("{t:.2}"), format!("{:.2}×", better(ours, t))),
+            None => ("–".to_owned(), "–".to_owned()),
+        };
+        println!("{name:<44} | {ours:>9.2} | {t:>9} | {ratio:>12}");
+    };
+    row(
+        &format!("W1 p50 ms ({} sequential)", args.samples),
+        ours_w1,
+        theirs_w1,
+        |ours, theirs| theirs / ours,
+    );
+    row(
+        &format!("W2 orch/s ({} at once)", args.instances),
+        w2,
+        theirs_w2,
+        |ours, theirs| ours / theirs,
+    );
+    if args.workers.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "W2 with worker processes: {} instances created first, then the workers run them",
         args.instances
     );
     println!(
@@ -114,6 +179,175 @@ async fn main() -> Result<(), BoxError> {
         );
     }
     Ok(())
+}
+
+/// The `q` quantile of `samples` (sorted in place).
+fn percentile(samples: &mut [f64], q: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+    samples.get(i).copied().unwrap_or(f64::NAN)
+}
+
+/// A fresh task hub with one worker and a client in this process.
+struct InProcess {
+    store: PostgresStore,
+    worker: Worker,
+    client: Client,
+}
+
+impl InProcess {
+    async fn new(url: &str) -> Result<Self, BoxError> {
+        let hub = format!("bench_{}", &InstanceId::random().as_str()[..12]);
+        let store = PostgresStore::connect(url, PostgresOptions::new(&hub)).await?;
+        let worker = Worker::builder()
+            .store(store.clone())
+            .register(hello_step)
+            .register(hello_sequence5)
+            .start()?;
+        let client = Client::new(Arc::new(store.clone()));
+        Ok(Self {
+            store,
+            worker,
+            client,
+        })
+    }
+
+    async fn close(self) -> Result<(), BoxError> {
+        self.worker.shutdown().await;
+        self.store.drop_task_hub().await?;
+        Ok(())
+    }
+}
+
+/// W1 with one worker in this process, DBOS (when built with it) and the commit floor.
+struct W1 {
+    ours: InProcess,
+    #[cfg(feature = "dbos")]
+    theirs: Option<dbos::Env>,
+    floor: tokio_postgres::Client,
+    floor_connection: tokio::task::JoinHandle<()>,
+}
+
+impl W1 {
+    async fn new(args: &Args) -> Result<Self, BoxError> {
+        let ours = InProcess::new(&args.url).await?;
+        #[cfg(feature = "dbos")]
+        let theirs = if args.dbos {
+            Some(dbos::Env::new(&args.url).await?)
+        } else {
+            None
+        };
+        let (floor, connection) = tokio_postgres::connect(&args.url, tokio_postgres::NoTls).await?;
+        let floor_connection = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let hub = ours.store.task_hub();
+        floor
+            .batch_execute(&format!(
+                "CREATE TABLE \"{hub}\".floor (id BIGSERIAL PRIMARY KEY, note TEXT NOT NULL)"
+            ))
+            .await?;
+        Ok(Self {
+            ours,
+            #[cfg(feature = "dbos")]
+            theirs,
+            floor,
+            floor_connection,
+        })
+    }
+
+    /// p50s in ms: durable's W1, DBOS's W1 (if built with it), the commit floor. Five warm-up
+    /// rounds first.
+    async fn run(&mut self, samples: usize) -> Result<(f64, Option<f64>, f64), BoxError> {
+        let insert = self
+            .floor
+            .prepare(&format!(
+                "INSERT INTO \"{}\".floor (note) VALUES ($1)",
+                self.ours.store.task_hub()
+            ))
+            .await?;
+        let (mut ours, mut theirs, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..samples + 5 {
+            let t = Instant::now();
+            let result = hello_sequence5::start(&self.ours.client, format!("world-{i}"))
+                .await?
+                .wait()
+                .await?;
+            ours.push(t.elapsed().as_secs_f64() * 1000.0);
+            if result != format!("world-{i}") {
+                return Err(format!("W1: wrong result {result:?}").into());
+            }
+            #[cfg(feature = "dbos")]
+            if let Some(env) = &self.theirs {
+                theirs.push(env.w1_once(&format!("world-{i}")).await?);
+            }
+            let t = Instant::now();
+            self.floor.execute(&insert, &[&format!("row-{i}")]).await?;
+            floor.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let p50 = |v: &mut Vec<f64>| percentile(&mut v[5..], 0.5);
+        let theirs = (theirs.len() > 5).then(|| p50(&mut theirs));
+        Ok((p50(&mut ours), theirs, p50(&mut floor)))
+    }
+
+    async fn close(self) -> Result<(), BoxError> {
+        #[cfg(feature = "dbos")]
+        if let Some(env) = self.theirs {
+            env.close().await?;
+        }
+        drop(self.floor);
+        let _ = self.floor_connection.await;
+        self.ours.close().await
+    }
+}
+
+/// W2 with one worker in this process: `n` started at once (16 starters), first start to
+/// last completion.
+async fn in_process_w2(url: &str, n: usize) -> Result<Duration, BoxError> {
+    let env = InProcess::new(url).await?;
+    let t = Instant::now();
+    let mut starts = tokio::task::JoinSet::new();
+    let per = n.div_ceil(16);
+    for chunk in 0..16 {
+        let client = env.client.clone();
+        starts.spawn(async move {
+            let mut handles = Vec::with_capacity(per);
+            for i in chunk * per..((chunk + 1) * per).min(n) {
+                handles.push((i, hello_sequence5::start(&client, format!("w2-{i}")).await?));
+            }
+            for (i, h) in handles {
+                let result = h.wait().await?;
+                if result != format!("w2-{i}") {
+                    return Err(format!("W2: wrong result {result:?}").into());
+                }
+            }
+            Ok::<(), BoxError>(())
+        });
+    }
+    while let Some(r) = starts.join_next().await {
+        r??;
+    }
+    let took = t.elapsed();
+    env.close().await?;
+    Ok(took)
+}
+
+/// DBOS's W2 (workflows/s), or `None` when built without DBOS or told not to run it.
+#[cfg(feature = "dbos")]
+async fn dbos_w2(args: &Args) -> Result<Option<f64>, BoxError> {
+    if !args.dbos {
+        return Ok(None);
+    }
+    let env = dbos::Env::new(&args.url).await?;
+    let w2 = args.instances as f64 / env.w2(args.instances).await?.as_secs_f64();
+    env.close().await?;
+    Ok(Some(w2))
+}
+
+#[cfg(not(feature = "dbos"))]
+#[allow(clippy::unused_async, reason = "the same signature as with DBOS")]
+async fn dbos_w2(_: &Args) -> Result<Option<f64>, BoxError> {
+    Ok(None)
 }
 
 /// One measurement: `workers` processes run `instances` orchestrations; returns orch/s.
