@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use durable_core::prelude::*;
 use durable_core::{InstanceQuery, PostgresOptions, PostgresStore, Store};
-use examples::workloads::{hello_sequence5, hello_step};
+use examples::workloads::{hello_sequence5, hello_sequence5_local, hello_step};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -116,10 +116,14 @@ async fn main() -> Result<(), BoxError> {
     // W1 samples alternate between durable, DBOS and a bare commit, so all three see the
     // same disk and the same competition for the cores.
     let mut w1 = W1::new(&args).await?;
-    let (ours_w1, theirs_w1, floor) = w1.run(args.samples).await?;
+    let (ours_w1, ours_w1_local, theirs_w1, floor) = w1.run(args.samples).await?;
     w1.close().await?;
     let w2 = args.instances as f64
-        / in_process_w2(&args.url, args.instances)
+        / in_process_w2(&args.url, args.instances, false)
+            .await?
+            .as_secs_f64();
+    let w2_local = args.instances as f64
+        / in_process_w2(&args.url, args.instances, true)
             .await?
             .as_secs_f64();
     let theirs_w2 = dbos_w2(&args).await?;
@@ -146,10 +150,26 @@ async fn main() -> Result<(), BoxError> {
         |ours, theirs| theirs / ours,
     );
     row(
+        &format!("W1-local p50 ms ({} sequential)", args.samples),
+        ours_w1_local,
+        theirs_w1,
+        |ours, theirs| theirs / ours,
+    );
+    row(
         &format!("W2 orch/s ({} at once)", args.instances),
         w2,
         theirs_w2,
         |ours, theirs| ours / theirs,
+    );
+    row(
+        &format!("W2-local orch/s ({} at once)", args.instances),
+        w2_local,
+        theirs_w2,
+        |ours, theirs| ours / theirs,
+    );
+    println!(
+        "(-local: the five steps are local activities, run in the episode like DBOS's steps run \
+         in its workflow; DBOS runs the same workflow in both rows)"
     );
     if args.workers.is_empty() {
         return Ok(());
@@ -203,6 +223,7 @@ impl InProcess {
             .store(store.clone())
             .register(hello_step)
             .register(hello_sequence5)
+            .register(hello_sequence5_local)
             .start()?;
         let client = Client::new(Arc::new(store.clone()));
         Ok(Self {
@@ -256,9 +277,9 @@ impl W1 {
         })
     }
 
-    /// p50s in ms: durable's W1, DBOS's W1 (if built with it), the commit floor. Five warm-up
-    /// rounds first.
-    async fn run(&mut self, samples: usize) -> Result<(f64, Option<f64>, f64), BoxError> {
+    /// p50s in ms: durable's W1, durable's W1-local, DBOS's W1 (if built with it), the
+    /// commit floor. Five warm-up rounds first.
+    async fn run(&mut self, samples: usize) -> Result<(f64, f64, Option<f64>, f64), BoxError> {
         let insert = self
             .floor
             .prepare(&format!(
@@ -266,7 +287,8 @@ impl W1 {
                 self.ours.store.task_hub()
             ))
             .await?;
-        let (mut ours, mut theirs, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ours, mut ours_local, mut theirs, mut floor) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for i in 0..samples + 5 {
             let t = Instant::now();
             let result = hello_sequence5::start(&self.ours.client, format!("world-{i}"))
@@ -276,6 +298,15 @@ impl W1 {
             ours.push(t.elapsed().as_secs_f64() * 1000.0);
             if result != format!("world-{i}") {
                 return Err(format!("W1: wrong result {result:?}").into());
+            }
+            let t = Instant::now();
+            let result = hello_sequence5_local::start(&self.ours.client, format!("local-{i}"))
+                .await?
+                .wait()
+                .await?;
+            ours_local.push(t.elapsed().as_secs_f64() * 1000.0);
+            if result != format!("local-{i}") {
+                return Err(format!("W1-local: wrong result {result:?}").into());
             }
             #[cfg(feature = "dbos")]
             if let Some(env) = &self.theirs {
@@ -287,7 +318,12 @@ impl W1 {
         }
         let p50 = |v: &mut Vec<f64>| percentile(&mut v[5..], 0.5);
         let theirs = (theirs.len() > 5).then(|| p50(&mut theirs));
-        Ok((p50(&mut ours), theirs, p50(&mut floor)))
+        Ok((
+            p50(&mut ours),
+            p50(&mut ours_local),
+            theirs,
+            p50(&mut floor),
+        ))
     }
 
     async fn close(self) -> Result<(), BoxError> {
@@ -302,8 +338,8 @@ impl W1 {
 }
 
 /// W2 with one worker in this process: `n` started at once (16 starters), first start to
-/// last completion.
-async fn in_process_w2(url: &str, n: usize) -> Result<Duration, BoxError> {
+/// last completion; with `local`, W2-local (the steps are local activities).
+async fn in_process_w2(url: &str, n: usize, local: bool) -> Result<Duration, BoxError> {
     let env = InProcess::new(url).await?;
     let t = Instant::now();
     let mut starts = tokio::task::JoinSet::new();
@@ -313,7 +349,13 @@ async fn in_process_w2(url: &str, n: usize) -> Result<Duration, BoxError> {
         starts.spawn(async move {
             let mut handles = Vec::with_capacity(per);
             for i in chunk * per..((chunk + 1) * per).min(n) {
-                handles.push((i, hello_sequence5::start(&client, format!("w2-{i}")).await?));
+                let input = format!("w2-{i}");
+                let handle = if local {
+                    hello_sequence5_local::start(&client, input).await?
+                } else {
+                    hello_sequence5::start(&client, input).await?
+                };
+                handles.push((i, handle));
             }
             for (i, h) in handles {
                 let result = h.wait().await?;
