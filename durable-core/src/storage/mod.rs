@@ -989,21 +989,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Leases up to `max` instances with messages visible at `now`, as
     /// [`fetch_orchestration_work`](Store::fetch_orchestration_work) does one, so a dispatcher
-    /// with several free slots fetches once. The default fetches one.
+    /// with several free slots fetches once. Fewer than `max` means no other instance was
+    /// ready: the worker then waits for a signal or the next wake time. The default calls
+    /// `fetch_orchestration_work` until it has `max` or finds none.
     async fn fetch_orchestration_batch(
         &self,
         now: Timestamp,
         lock_for: Duration,
         max: usize,
     ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
-        if max == 0 {
-            return Ok(Vec::new());
+        let mut items = Vec::new();
+        while items.len() < max {
+            match self.fetch_orchestration_work(now, lock_for).await? {
+                Some(item) => items.push(item),
+                None => break,
+            }
         }
-        Ok(self
-            .fetch_orchestration_work(now, lock_for)
-            .await?
-            .into_iter()
-            .collect())
+        Ok(items)
     }
 
     /// Applies an episode atomically. Fails with `LockLost` if the lease is no longer held.

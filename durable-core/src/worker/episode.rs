@@ -618,6 +618,10 @@ async fn try_episode(
                 "internal error: a first episode ran twice".to_owned(),
             ));
         };
+        if inner.is_shutting_down() || inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
+            // A stopped worker writes nothing: the instance is created the ordinary way.
+            return Ok(());
+        }
         first.attempted = true;
         first.created = inner
             .store
@@ -674,7 +678,7 @@ impl crate::client::FirstEpisode for Inner {
 
 /// Runs the first episode of `new` here and creates the instance with it in one write, when
 /// this worker can run it now: a store that can, an orchestrator it knows, of a version it
-/// runs, to start at once, under an id not taken, with a free episode slot. `Ok(None)`
+/// runs, to start at once, under an id not taken. `Ok(None)`
 /// otherwise, or when the store declines (the id was taken meanwhile): the client then
 /// creates the instance the ordinary way, and the episode runs again there (its local
 /// activities too: at least once).
@@ -692,19 +696,23 @@ async fn run_first(
     {
         return Ok(None);
     }
-    let Ok(permit) = Arc::clone(&inner.orch_slots).try_acquire_owned() else {
-        return Ok(None);
-    };
+    // A free episode slot if there is one; without one it runs all the same (in the
+    // caller's task: the dispatcher takes every free slot while it fetches, and the start
+    // should not depend on that moment).
+    let mut permit = Arc::clone(&inner.orch_slots).try_acquire_owned().ok();
     let id = &new.instance_id;
     // A taken id goes the ordinary way (a deduplicated start runs nothing, not even local
     // activities); the store checks again when it writes.
     if inner.store.read_instance(id).await?.is_some() {
         return Ok(None);
     }
-    // Results for the instance wait for this episode's end, as for any episode.
+    // Results for the instance wait for this episode's end, as for any episode; the guard
+    // ends it however this call ends (a caller that drops `start` mid-write included: the
+    // write may land, and its results must not wait for an end that never comes).
     if !inner.handoffs().begin_first(id) {
         return Ok(None);
     }
+    let _end = EndFirst { inner, id };
     let item = OrchestrationWorkItem {
         instance: new.record(None),
         history_len: 0,
@@ -717,29 +725,35 @@ async fn run_first(
         created: None,
     };
     let span = tracing::info_span!("episode", instance = %new.instance_id, name = %new.name);
-    let ran = try_episode(
-        inner,
-        item,
-        &mut Vec::new(),
-        &mut Some(permit),
-        Some(&mut first),
-    )
-    .instrument(span)
-    .await;
-    // Results that arrived meanwhile (for the new instance, or for one that held the id)
-    // are queued for the next episode.
-    let (wake, _) = inner
-        .handoffs()
-        .end(id, super::handoff::FIRST_EPISODE, true);
-    if wake {
-        inner.handoff_ready.notify_one();
-    }
+    let ran = try_episode(inner, item, &mut Vec::new(), &mut permit, Some(&mut first))
+        .instrument(span)
+        .await;
     match ran {
         Ok(()) => Ok(first.created),
         Err(Stuck::Store(e)) if first.attempted => Err(e),
         // The code could not run here (it does not replay, say): the ordinary path holds
         // the instance back and reports why.
         Err(_) => Ok(None),
+    }
+}
+
+/// Ends a first episode in [`Handoffs`](super::handoff::Handoffs) when dropped: results
+/// that arrived meanwhile (for the new instance, or for one that held the id) are queued
+/// for the next episode.
+struct EndFirst<'a> {
+    inner: &'a Inner,
+    id: &'a InstanceId,
+}
+
+impl Drop for EndFirst<'_> {
+    fn drop(&mut self) {
+        let (wake, _) = self
+            .inner
+            .handoffs()
+            .end(self.id, super::handoff::FIRST_EPISODE, true);
+        if wake {
+            self.inner.handoff_ready.notify_one();
+        }
     }
 }
 

@@ -200,3 +200,47 @@ async fn a_client_without_a_worker_creates_a_pending_instance() {
     assert_eq!(done.output.as_deref(), Some("2"));
     worker.shutdown().await;
 }
+
+/// A caller that drops `start` while the creation is being written (a timeout, an HTTP
+/// client that went away) does not strand the instance: if the write landed, the results
+/// of the activities it scheduled still reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_dropped_during_its_write_leaves_a_working_instance() {
+    let store: Arc<dyn Store> = Arc::new(RedbStore::in_memory().expect("redb"));
+    let clock = ManualClock::default();
+    let worker = worker_on(&store, &clock);
+    let client = worker.client();
+    let id = InstanceId::new("dropped-start").unwrap();
+    let start = two_steps::start_with(&client, 1, StartOptions::new().instance_id(id.clone()));
+    let mut start = Box::pin(start);
+    let mut fused = false;
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut start => {
+                r.unwrap();
+                break;
+            }
+            () = tokio::task::yield_now() => {}
+        }
+        // Still pending: once the write has landed, give up on the call.
+        if !store.read_history(&id).await.unwrap().is_empty() {
+            fused = true;
+            break;
+        }
+    }
+    drop(start);
+    let done = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        client.wait_for_completion(&id),
+    )
+    .await
+    .expect("the instance finishes (fused first episode ended)")
+    .unwrap();
+    assert_eq!(
+        done.output.as_deref(),
+        Some("3"),
+        "dropped mid-write: {fused}"
+    );
+    worker.shutdown().await;
+}

@@ -91,6 +91,7 @@ fn parse_args(args: &[String]) -> Result<Args, BoxError> {
 }
 
 #[tokio::main]
+#[allow(clippy::too_many_lines, reason = "the report, workload by workload")]
 async fn main() -> Result<(), BoxError> {
     // Figures are taken with no subscriber unless logs are asked for.
     if std::env::var_os("RUST_LOG").is_some() {
