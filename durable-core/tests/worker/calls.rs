@@ -1,14 +1,15 @@
 //! Durable calls: scheduling when created (fire-and-forget), independent instances started
 //! from an orchestration, and activity timeouts and heartbeats on the manual clock.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use durable_core::history::Event;
 use durable_core::prelude::*;
 use durable_core::storage::WorkKind;
 use durable_core::{CallOptions, Clock, Store, SubOrchestrationOptions};
+use durable_testing::ManualClock;
 use tokio::sync::Semaphore;
 
 use super::support::*;
@@ -493,7 +494,24 @@ async fn crash_job(ctx: OrchestrationContext, _input: ()) -> Result<u32, Orchest
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_crash_the_next_worker_resumes_from_the_written_heartbeat() {
-    let env = start(|b| b.register(survives_crash).register(crash_job));
+    // The first worker writes through a counting store, so the test can wait for the
+    // heartbeat write itself (the lease keeper renews the same lease at the same instant).
+    let memory = MemoryStore::new();
+    let counting = super::local::Counting::new(Arc::new(memory.clone()));
+    let clock = ManualClock::default();
+    let worker = Worker::builder()
+        .store_arc(counting.clone())
+        .clock(clock.as_clock())
+        .register(survives_crash)
+        .register(crash_job)
+        .start()
+        .unwrap();
+    let env = Env {
+        client: worker.client(),
+        worker,
+        clock,
+        store: memory,
+    };
     let t0 = env.clock.now();
     let run = crash_job::start(&env.client, ()).await.unwrap();
     let id = run.id().clone();
@@ -510,6 +528,7 @@ async fn after_a_crash_the_next_worker_resumes_from_the_written_heartbeat() {
     // ... written at 30 s, the lease moving to 90 s with it ...
     env.clock.advance(Duration::from_secs(25));
     activity_wake_is(&env.store, t0 + Duration::from_secs(90)).await;
+    until("the heartbeat write", || counting.heartbeats() == 1).await;
     // ... and 42 a second later is held back by the throttle (one write per 30 s).
     env.clock.advance(SECOND);
     CRASH_GATE.add_permits(1);
@@ -523,8 +542,9 @@ async fn after_a_crash_the_next_worker_resumes_from_the_written_heartbeat() {
     let env2 = start_on(store, clock, |b| {
         b.register(survives_crash).register(crash_job)
     });
-    // Its lease lapses a heartbeat timeout after the last write, not 5 minutes later.
-    env2.clock.set(t0 + Duration::from_secs(90));
+    // Its lease lapses a heartbeat timeout after the last write (or the lease keeper's
+    // renewal of that instant, which may run a moment later), not 5 minutes later.
+    env2.clock.set(t0 + Duration::from_secs(91));
     let out = crash_job::handle(&env2.client, id.clone())
         .wait()
         .await

@@ -25,21 +25,28 @@ const GUARD: Duration = Duration::from_secs(20);
 /// Forwards to a store and counts episode commits, the activity tasks they enqueue and
 /// activity completions written to the store.
 #[derive(Debug)]
-struct Counting {
+pub(crate) struct Counting {
     inner: Arc<dyn Store>,
     episodes: AtomicUsize,
     tasks_enqueued: AtomicUsize,
     completions: AtomicUsize,
+    heartbeats: AtomicUsize,
 }
 
 impl Counting {
-    fn new(inner: Arc<dyn Store>) -> Arc<Self> {
+    pub(crate) fn new(inner: Arc<dyn Store>) -> Arc<Self> {
         Arc::new(Self {
             inner,
             episodes: AtomicUsize::new(0),
             tasks_enqueued: AtomicUsize::new(0),
             completions: AtomicUsize::new(0),
+            heartbeats: AtomicUsize::new(0),
         })
+    }
+
+    /// Heartbeat details written (`record_activity_heartbeat` calls that succeeded).
+    pub(crate) fn heartbeats(&self) -> usize {
+        self.heartbeats.load(Ordering::SeqCst)
     }
 
     fn episodes(&self) -> usize {
@@ -155,7 +162,9 @@ impl Store for Counting {
     ) -> Result<(), StoreError> {
         self.inner
             .record_activity_heartbeat(id, lock, details, until)
-            .await
+            .await?;
+        self.heartbeats.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
     async fn next_wake_time(&self) -> Result<Option<Timestamp>, StoreError> {
         self.inner.next_wake_time().await
