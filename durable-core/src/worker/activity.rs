@@ -84,23 +84,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                 }
                 drop(first);
                 if drained {
-                    let next = inner
-                        .store
-                        .next_wake_time_for(WorkKind::Activity)
-                        .await
-                        .ok()
-                        .flatten();
-                    let sleep = async {
-                        match next {
-                            Some(t) => inner.clock.sleep_until(t).await,
-                            None => std::future::pending().await,
-                        }
-                    };
-                    tokio::select! {
-                        () = notified => {}
-                        () = sleep => {}
-                        _ = shutdown.changed() => {}
-                    }
+                    super::idle(&inner, WorkKind::Activity, notified, &mut shutdown).await;
                 }
             }
             Err(e) => {

@@ -66,24 +66,13 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
         match fetched {
             Ok(n) if n + started > 0 && !drained => {}
             Ok(_) => {
-                let next = inner
-                    .store
-                    .next_wake_time_for(WorkKind::Orchestration)
-                    .await
-                    .ok()
-                    .flatten();
-                let sleep = async {
-                    match next {
-                        Some(t) => inner.clock.sleep_until(t).await,
-                        None => std::future::pending().await,
+                let woken = async {
+                    tokio::select! {
+                        () = notified => {}
+                        () = handed_off => {}
                     }
                 };
-                tokio::select! {
-                    () = notified => {}
-                    () = handed_off => {}
-                    () = sleep => {}
-                    _ = shutdown.changed() => {}
-                }
+                super::idle(&inner, WorkKind::Orchestration, woken, &mut shutdown).await;
             }
             Err(e) => {
                 tracing::error!(error = %e, "fetching orchestration work failed");

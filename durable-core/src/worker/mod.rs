@@ -610,6 +610,28 @@ impl WorkerBuilder {
     }
 }
 
+/// What a dispatcher does with nothing to do: waits until `woken` (its store signal) fires,
+/// the store's next due time for `kind` work comes, or the worker shuts down.
+async fn idle(
+    inner: &Inner,
+    kind: crate::storage::WorkKind,
+    woken: impl Future<Output = ()>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let next = inner.store.next_wake_time_for(kind).await.ok().flatten();
+    let sleep = async {
+        match next {
+            Some(t) => inner.clock.sleep_until(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = woken => {}
+        () = sleep => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
 /// Spawns one of the worker's long-running tasks on `runtime`, recording in
 /// [`Inner::died`] a panic or a return while the worker is not shutting down.
 fn supervise(
