@@ -667,10 +667,10 @@ impl crate::client::FirstEpisode for Inner {
 
 /// Runs the first episode of `new` here and creates the instance with it in one write, when
 /// this worker can run it now: a store that can, an orchestrator it knows, of a version it
-/// runs, to start at once, under an id not taken. `Ok(None)`
-/// otherwise, or when the store declines (the id was taken meanwhile): the client then
-/// creates the instance the ordinary way, and the episode runs again there (its local
-/// activities too: at least once).
+/// runs, to start at once. `Ok(None)` otherwise, when the episode would run local
+/// activities, or when the store declines (the id is taken): the client then creates the
+/// instance the ordinary way (reuse policies apply there), and the episode runs again when
+/// a worker takes it.
 async fn run_first(
     inner: &Inner,
     new: &NewInstance,
@@ -690,11 +690,9 @@ async fn run_first(
     // should not depend on that moment).
     let mut permit = Arc::clone(&inner.orch_slots).try_acquire_owned().ok();
     let id = &new.instance_id;
-    // A taken id goes the ordinary way (a deduplicated start runs nothing, not even local
-    // activities); the store checks again when it writes.
-    if inner.store.read_instance(id).await?.is_some() {
-        return Ok(None);
-    }
+    // A taken id is left to the store, which declines it in the same write (no read first:
+    // the episode runs only orchestration code, never an activity, so running it for a
+    // start that is then deduplicated or refused has no effect beyond its log lines).
     // Results for the instance wait for this episode's end, as for any episode; the guard
     // ends it however this call ends (a caller that drops `start` mid-write included: the
     // write may land, and its results must not wait for an end that never comes).
