@@ -310,3 +310,8 @@ pub mod prelude {
         orchestrator, select, when_all, when_any,
     };
 }
+
+/// The README's Rust examples, compiled and run as doctests of this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
