@@ -51,7 +51,7 @@ impl Clock for SystemClock {
                     return;
                 }
                 if remaining > precise::MARGIN {
-                    tokio::time::sleep(remaining - precise::MARGIN).await;
+                    tokio::time::sleep(remaining.saturating_sub(precise::MARGIN)).await;
                 } else {
                     match precise::sleep(std::time::Instant::now() + remaining) {
                         Some(sleep) => sleep.await,
