@@ -322,10 +322,12 @@ pub(crate) fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "the episode pipeline reads top to bottom"
-)]
+/// One episode: the instance's messages (and the results handed off for it in memory) go
+/// to its code, which runs from its cached or replayed state; what the code schedules as
+/// local activities runs here; the outcome is committed in one write (with the instance's
+/// creation, for a first episode). An instance that cannot run here and now is set aside
+/// instead: late messages to a finished instance dropped, a scheduled start waited for, a
+/// version it does not run failed or left pending.
 async fn try_episode(
     inner: &Inner,
     item: OrchestrationWorkItem,
@@ -346,118 +348,26 @@ async fn try_episode(
     // The start of an execution is always delivered first.
     messages.sort_by_key(|m| !matches!(m.event, Event::ExecutionStarted { .. }));
 
-    let mut rewind = None;
-    if instance.status == RuntimeStatus::Failed {
-        if let Some(pos) = messages
-            .iter()
-            .position(|m| matches!(m.event, Event::ExecutionRewound { .. }))
-        {
-            // The request is consumed once applied or declined (a worker of the wrong
-            // version that leaves work pending leaves it in the inbox); the messages around
-            // it are delivered (rewound) or dropped (declined) like any others.
-            let request = messages.remove(pos);
-            match prepare_rewind(inner, &instance, &request).await? {
-                Ok(r) => rewind = Some((r, request.id)),
-                Err(why) => {
-                    return drop_late_messages(
-                        inner,
-                        &instance,
-                        lock,
-                        &messages,
-                        Some((request.id, why)),
-                        handed,
-                    )
-                    .await;
-                }
-            }
+    let rewind = match take_rewind(inner, &instance, &mut messages).await? {
+        Ok(rewind) => rewind,
+        Err(declined) => {
+            return drop_late_messages(inner, &instance, lock, &messages, Some(declined), handed)
+                .await;
         }
-    }
-
+    };
     if instance.status.is_terminal() && rewind.is_none() {
         // Late messages to a finished instance are consumed and dropped.
         return drop_late_messages(inner, &instance, lock, &messages, None, handed).await;
     }
-
     if id.as_str().starts_with('@') {
         return super::entity::run_batch(inner, instance, messages, lock, now).await;
     }
-
-    // Messages that arrive before a scheduled start wait for it (a terminate does not).
-    let not_started = history_len == 0
-        && !messages.iter().any(|m| {
-            matches!(
-                m.event,
-                Event::ExecutionStarted { .. } | Event::ExecutionTerminated { .. }
-            ) && is_meant_for(&m.event, &instance)
-        });
-    if not_started {
-        // Wait for the scheduled start, or (when the start itself is held back, e.g. by a
-        // version mismatch) retry a second later, keeping the reason visible.
-        let start = instance
-            .scheduled_start
-            .unwrap_or(now + Duration::from_secs(1))
-            .max(now + Duration::from_millis(1));
-        return inner
-            .store
-            .abandon_episode(&id, lock, start, instance.last_error.clone())
-            .await
-            .map_err(Stuck::Store);
+    if waits_for_its_start(&instance, history_len, &messages) {
+        return hold_until_start(inner, &instance, lock, now).await;
     }
-
     if !version_allowed(inner, instance.version.as_deref()) {
-        let msg = format!(
-            "instance version {:?} does not match this worker's version {:?} ({:?})",
-            instance.version, inner.options.version, inner.options.version_match
-        );
-        if inner.options.on_version_mismatch == VersionMismatchAction::LeavePending {
-            return Err(Stuck::Error(msg));
-        }
-        let failure = FailureDetails::new("VersionMismatch", msg).non_retriable();
-        let mut commit = EpisodeCommit::new(id.clone(), lock, RuntimeStatus::Failed, now);
-        commit.consumed = messages.iter().map(|m| m.id).collect();
-        commit.failure = Some(failure.clone());
-        // No code runs, so do by hand what a failing execution does: tell the parent, and
-        // release the entity locks it holds or is being granted.
-        if let Some(parent) = &instance.parent {
-            commit
-                .messages
-                .push(Message::child_failed(parent, failure.clone(), now));
-        }
-        let history = inner.store.read_history(&id).await.map_err(Stuck::Store)?;
-        for entity in crate::storage::replace::held_locks(&history) {
-            let unlock = Event::EntityUnlock {
-                owner: id.clone(),
-                execution: Some(instance.execution),
-            };
-            commit
-                .messages
-                .push((entity, Message::new(unlock, None, now)));
-        }
-        release_unwanted_locks(&id, &messages, &mut commit, now);
-        commit.completed_activities = handed.iter().map(|h| (h.task, h.lock)).collect();
-        #[cfg(feature = "opentelemetry")]
-        let trace = commit.failure.as_ref().and_then(|f| {
-            crate::otel::ExecutionTrace::failed_unrun(&instance, &history, &messages, f)
-        });
-        inner
-            .store
-            .commit_episode(commit)
-            .await
-            .map_err(Stuck::Store)?;
-        handed.clear();
-        // A name no worker registered stays out of the labels (any client can stamp one).
-        let orchestrator = inner
-            .registry
-            .orchestrator(&instance.name)
-            .map_or(Label::Static("unknown"), |e| Label::Static(e.name));
-        lifecycle::failed_unrun(&instance, &orchestrator, &failure);
-        #[cfg(feature = "opentelemetry")]
-        if let Some(trace) = trace {
-            trace.finish(&inner.tracer, inner.clock.now());
-        }
-        return Ok(());
+        return fail_version_mismatch(inner, &instance, lock, &messages, handed, now).await;
     }
-
     let Some(entry) = inner.registry.orchestrator(&instance.name) else {
         return Err(Stuck::Error(format!(
             "no orchestrator named `{}` is registered on this worker; the instance stays pending until a worker that knows it picks it up",
@@ -465,110 +375,32 @@ async fn try_episode(
         )));
     };
 
-    let cached = lock_cache(&inner.cache)
-        .as_mut()
-        .and_then(|c| c.pop(&id))
-        .filter(|r| r.execution() == instance.execution && r.history_len() == history_len)
-        .filter(|_| rewind.is_none());
-    super::meters::cache_lookup(cached.is_some());
-    let mut replayer = if let Some(r) = cached {
-        r
-    } else {
-        let mut history = if first.is_some() {
-            Vec::new()
-        } else {
-            inner.store.read_history(&id).await.map_err(Stuck::Store)?
-        };
-        if let Some((r, _)) = &rewind {
-            history.push(r.marker.clone());
-        }
-        let mut r = Replayer::new(
-            id.clone(),
-            instance.execution,
-            &instance.name,
-            Arc::clone(&entry.run),
-            inner.options.limits.clone(),
-        );
-        if let Err(e) = r.handle_history(&history) {
-            if let Some((_, request)) = rewind {
+    let fresh = first.is_some();
+    let mut replayer =
+        match load_replayer(inner, &instance, history_len, entry, rewind.as_ref(), fresh).await? {
+            Ok(r) => r,
+            Err(e) => {
+                let Some((_, request)) = rewind else {
+                    return Err(Stuck::Replay(e));
+                };
                 // The code does not replay the rewound history (it changed since the
                 // failure, say): the instance stays as it failed.
+                let why = format!("its code no longer replays the failed history: {e}");
                 return drop_late_messages(
                     inner,
                     &instance,
                     lock,
                     &messages,
-                    Some((
-                        request,
-                        format!("its code no longer replays the failed history: {e}"),
-                    )),
+                    Some((request, why)),
                     handed,
                 )
                 .await;
             }
-            return Err(Stuck::Replay(e));
-        }
-        r
-    };
+        };
 
     replayer.begin_episode(now);
-    let mut consumed = Vec::with_capacity(messages.len());
-    let mut stale = Vec::new();
-    let mut late_terminate = None;
-    if let Some((_, request)) = &rewind {
-        consumed.push(*request);
-    }
-    for m in messages {
-        if rewind.is_some() && m.event.result_seq().is_some() {
-            // A result queued for the failed run: the rewind re-drives that work, and its
-            // fresh result is the one that counts.
-            consumed.push(m.id);
-            stale.push(m);
-            continue;
-        }
-        if matches!(m.event, Event::ExecutionRewound { .. }) {
-            // Only a failed execution can be rewound; this one is not failed.
-            tracing::debug!(instance = %id, "rewind request for an instance that has not failed dropped");
-            consumed.push(m.id);
-            continue;
-        }
-        if replayer.defers_to_next_execution(&m.event) {
-            // Left in the inbox: it applies to the execution that starts next.
-            continue;
-        }
-        consumed.push(m.id);
-        if m.execution.is_some_and(|e| e != instance.execution) {
-            tracing::debug!(instance = %id, kind = m.event.kind(), "message for an earlier execution dropped");
-            stale.push(m);
-            continue;
-        }
-        if !is_meant_for(&m.event, &instance) {
-            tracing::debug!(instance = %id, "a parent's terminate for an earlier instance under this id dropped");
-            continue;
-        }
-        let terminate = match &m.event {
-            Event::ExecutionTerminated { reason, .. } => Some(reason.clone()),
-            _ => None,
-        };
-        if !replayer.handle_message(m.event) && terminate.is_some() {
-            // The execution finished earlier in this episode: the terminate still reaches
-            // the descendants it left running.
-            late_terminate = late_terminate.or(terminate);
-        }
-    }
-    // Results handed off in memory come after the inbox (they completed after it was read).
-    for h in handed.iter() {
-        if rewind.is_some() {
-            // Results of the failed run, like those in the inbox above.
-            continue;
-        }
-        if h.message.execution.is_some_and(|e| e != instance.execution) {
-            tracing::debug!(instance = %id, "result for an earlier execution dropped");
-            continue;
-        }
-        replayer.handle_message(h.message.event.clone());
-    }
-    if first.is_some() && replayer.has_local_activities() {
+    let delivered = deliver(&mut replayer, &instance, messages, handed, rewind.as_ref());
+    if fresh && replayer.has_local_activities() {
         // Local steps run in the worker, not in the starting client's call: `start`
         // returns once the instance is stored, and runs no user code. Nothing is written
         // here; the instance is created the ordinary way.
@@ -577,23 +409,16 @@ async fn try_episode(
     super::local::run(inner, &mut replayer, &instance, now).await;
     let mut result = replayer.finish_episode().map_err(Stuck::Replay)?;
     let finished = result.outcome.is_some();
-    let cascade = terminate_cascade(inner, &instance, &result, late_terminate, now).await?;
+    let cascade =
+        terminate_cascade(inner, &instance, &result, delivered.late_terminate, now).await?;
     let mut report = lifecycle::Episode::observe(&mut result);
-    let mut commit = build_commit(&instance, lock, now, consumed, result);
+    let mut commit = build_commit(&instance, lock, now, delivered.consumed, result);
     commit.messages.extend(cascade);
     if let Some((r, _)) = rewind {
-        if let Event::ExecutionRewound { reason, seqs } = &r.marker.event {
-            report.rewound(
-                reason,
-                seqs.len(),
-                r.plan.activities.len(),
-                r.plan.timers.len(),
-                r.plan.children.len(),
-            );
-        }
+        report_rewind(&mut report, &r);
         apply_rewind(&mut commit, &instance, r, now);
     }
-    release_unwanted_locks(&id, &stale, &mut commit, now);
+    release_unwanted_locks(&id, &delivered.stale, &mut commit, now);
     commit.completed_activities = handed.iter().map(|h| (h.task, h.lock)).collect();
     #[cfg(feature = "opentelemetry")]
     let trace = crate::otel::ExecutionTrace::stamp_episode(&instance, &replayer, &mut commit);
@@ -601,33 +426,8 @@ async fn try_episode(
     // computing, and letting the next episode start fills the next batch. The instance
     // stays leased until the commit is done, so nothing else runs it meanwhile.
     drop(permit.take());
-    if let Some(first) = first {
-        let Some(new) = first.new.take() else {
-            return Err(Stuck::Error(
-                "internal error: a first episode ran twice".to_owned(),
-            ));
-        };
-        if inner.is_shutting_down() || inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
-            // A stopped worker writes nothing: the instance is created the ordinary way.
-            return Ok(());
-        }
-        first.attempted = true;
-        first.created = inner
-            .store
-            .create_started(new, commit)
-            .await
-            .map_err(Stuck::Store)?;
-        if first.created.is_none() {
-            // Nothing was written: the instance is created the ordinary way, and its first
-            // episode runs again then.
-            return Ok(());
-        }
-    } else {
-        inner
-            .store
-            .commit_episode(commit)
-            .await
-            .map_err(Stuck::Store)?;
+    if !write(inner, commit, first).await? {
+        return Ok(());
     }
     handed.clear();
     let orchestrator = Label::Static(entry.name);
@@ -644,6 +444,307 @@ async fn try_episode(
         }
     }
     Ok(())
+}
+
+/// Adds the rewind's lifecycle event to the episode's report.
+fn report_rewind(report: &mut lifecycle::Episode, r: &Rewind) {
+    if let Event::ExecutionRewound { reason, seqs } = &r.marker.event {
+        report.rewound(
+            reason,
+            seqs.len(),
+            r.plan.activities.len(),
+            r.plan.timers.len(),
+            r.plan.children.len(),
+        );
+    }
+}
+
+/// A rewind request to apply, and the id of the message that carried it.
+type RewindRequest = (Rewind, crate::storage::MessageId);
+
+/// Takes a rewind request out of a failed instance's messages: `Ok(Some(..))` to apply,
+/// `Ok(None)` when there is none, `Err((request, why))` when this worker declines it. The
+/// request is consumed once applied or declined (a worker of the wrong version that leaves
+/// work pending leaves it in the inbox); the messages around it are delivered (rewound) or
+/// dropped (declined) like any others.
+async fn take_rewind(
+    inner: &Inner,
+    instance: &crate::storage::InstanceRecord,
+    messages: &mut Vec<Message>,
+) -> Result<Result<Option<RewindRequest>, (crate::storage::MessageId, String)>, Stuck> {
+    if instance.status != RuntimeStatus::Failed {
+        return Ok(Ok(None));
+    }
+    let Some(pos) = messages
+        .iter()
+        .position(|m| matches!(m.event, Event::ExecutionRewound { .. }))
+    else {
+        return Ok(Ok(None));
+    };
+    let request = messages.remove(pos);
+    Ok(match prepare_rewind(inner, instance, &request).await? {
+        Ok(r) => Ok(Some((r, request.id))),
+        Err(why) => Err((request.id, why)),
+    })
+}
+
+/// Whether the instance has not started and none of `messages` starts (or terminates) it:
+/// messages that arrive before a scheduled start wait for it (a terminate does not).
+fn waits_for_its_start(
+    instance: &crate::storage::InstanceRecord,
+    history_len: u64,
+    messages: &[Message],
+) -> bool {
+    history_len == 0
+        && !messages.iter().any(|m| {
+            matches!(
+                m.event,
+                Event::ExecutionStarted { .. } | Event::ExecutionTerminated { .. }
+            ) && is_meant_for(&m.event, instance)
+        })
+}
+
+/// Sets a not yet started instance aside until its scheduled start or, when the start
+/// itself is held back (by a version mismatch, say), for a second, keeping the reason
+/// visible.
+async fn hold_until_start(
+    inner: &Inner,
+    instance: &crate::storage::InstanceRecord,
+    lock: crate::storage::LockToken,
+    now: Timestamp,
+) -> Result<(), Stuck> {
+    let start = instance
+        .scheduled_start
+        .unwrap_or(now + Duration::from_secs(1))
+        .max(now + Duration::from_millis(1));
+    inner
+        .store
+        .abandon_episode(
+            &instance.instance_id,
+            lock,
+            start,
+            instance.last_error.clone(),
+        )
+        .await
+        .map_err(Stuck::Store)
+}
+
+/// An instance of a version this worker does not run: left pending for a worker that does
+/// (`VersionMismatchAction::LeavePending`), or failed without running any code — which
+/// then does by hand what a failing execution does: tell the parent, and release the
+/// entity locks it holds or is being granted.
+async fn fail_version_mismatch(
+    inner: &Inner,
+    instance: &crate::storage::InstanceRecord,
+    lock: crate::storage::LockToken,
+    messages: &[Message],
+    handed: &mut Vec<HandedOff>,
+    now: Timestamp,
+) -> Result<(), Stuck> {
+    let id = &instance.instance_id;
+    let msg = format!(
+        "instance version {:?} does not match this worker's version {:?} ({:?})",
+        instance.version, inner.options.version, inner.options.version_match
+    );
+    if inner.options.on_version_mismatch == VersionMismatchAction::LeavePending {
+        return Err(Stuck::Error(msg));
+    }
+    let failure = FailureDetails::new("VersionMismatch", msg).non_retriable();
+    let mut commit = EpisodeCommit::new(id.clone(), lock, RuntimeStatus::Failed, now);
+    commit.consumed = messages.iter().map(|m| m.id).collect();
+    commit.failure = Some(failure.clone());
+    if let Some(parent) = &instance.parent {
+        commit
+            .messages
+            .push(Message::child_failed(parent, failure.clone(), now));
+    }
+    let history = inner.store.read_history(id).await.map_err(Stuck::Store)?;
+    for entity in crate::storage::replace::held_locks(&history) {
+        let unlock = Event::EntityUnlock {
+            owner: id.clone(),
+            execution: Some(instance.execution),
+        };
+        commit
+            .messages
+            .push((entity, Message::new(unlock, None, now)));
+    }
+    release_unwanted_locks(id, messages, &mut commit, now);
+    commit.completed_activities = handed.iter().map(|h| (h.task, h.lock)).collect();
+    #[cfg(feature = "opentelemetry")]
+    let trace = commit
+        .failure
+        .as_ref()
+        .and_then(|f| crate::otel::ExecutionTrace::failed_unrun(instance, &history, messages, f));
+    inner
+        .store
+        .commit_episode(commit)
+        .await
+        .map_err(Stuck::Store)?;
+    handed.clear();
+    // A name no worker registered stays out of the labels (any client can stamp one).
+    let orchestrator = inner
+        .registry
+        .orchestrator(&instance.name)
+        .map_or(Label::Static("unknown"), |e| Label::Static(e.name));
+    lifecycle::failed_unrun(instance, &orchestrator, &failure);
+    #[cfg(feature = "opentelemetry")]
+    if let Some(trace) = trace {
+        trace.finish(&inner.tracer, inner.clock.now());
+    }
+    Ok(())
+}
+
+/// The instance's replayer at the end of its history: from the cache when it holds this
+/// execution at this length (never for a rewind), else replayed from the stored history
+/// (none for a `fresh` first episode) with the rewind's marker appended. `Ok(Err(..))`
+/// when the code does not replay that history.
+async fn load_replayer(
+    inner: &Inner,
+    instance: &crate::storage::InstanceRecord,
+    history_len: u64,
+    entry: &crate::registry::OrchestratorEntry,
+    rewind: Option<&RewindRequest>,
+    fresh: bool,
+) -> Result<Result<Replayer, ReplayError>, Stuck> {
+    let id = &instance.instance_id;
+    let cached = lock_cache(&inner.cache)
+        .as_mut()
+        .and_then(|c| c.pop(id))
+        .filter(|r| r.execution() == instance.execution && r.history_len() == history_len)
+        .filter(|_| rewind.is_none());
+    super::meters::cache_lookup(cached.is_some());
+    if let Some(r) = cached {
+        return Ok(Ok(r));
+    }
+    let mut history = if fresh {
+        Vec::new()
+    } else {
+        inner.store.read_history(id).await.map_err(Stuck::Store)?
+    };
+    if let Some((r, _)) = rewind {
+        history.push(r.marker.clone());
+    }
+    let mut r = Replayer::new(
+        id.clone(),
+        instance.execution,
+        &instance.name,
+        Arc::clone(&entry.run),
+        inner.options.limits.clone(),
+    );
+    Ok(r.handle_history(&history).map(|()| r))
+}
+
+/// What [`deliver`] consumed and set aside.
+struct Delivered {
+    /// The messages the commit removes from the inbox.
+    consumed: Vec<crate::storage::MessageId>,
+    /// Results for an earlier execution or the failed run of a rewind: their entity locks
+    /// are released.
+    stale: Vec<Message>,
+    /// A terminate that arrived after the execution finished in this episode: it still
+    /// reaches the descendants left running.
+    late_terminate: Option<String>,
+}
+
+/// Delivers the inbox, then the results handed off in memory (they completed after the
+/// inbox was read), to the replayer; messages for the next execution stay in the inbox.
+fn deliver(
+    replayer: &mut Replayer,
+    instance: &crate::storage::InstanceRecord,
+    messages: Vec<Message>,
+    handed: &[HandedOff],
+    rewind: Option<&RewindRequest>,
+) -> Delivered {
+    let id = &instance.instance_id;
+    let mut out = Delivered {
+        consumed: Vec::with_capacity(messages.len() + 1),
+        stale: Vec::new(),
+        late_terminate: None,
+    };
+    if let Some((_, request)) = rewind {
+        out.consumed.push(*request);
+    }
+    for m in messages {
+        if rewind.is_some() && m.event.result_seq().is_some() {
+            // A result queued for the failed run: the rewind re-drives that work, and its
+            // fresh result is the one that counts.
+            out.consumed.push(m.id);
+            out.stale.push(m);
+            continue;
+        }
+        if matches!(m.event, Event::ExecutionRewound { .. }) {
+            // Only a failed execution can be rewound; this one is not failed.
+            tracing::debug!(instance = %id, "rewind request for an instance that has not failed dropped");
+            out.consumed.push(m.id);
+            continue;
+        }
+        if replayer.defers_to_next_execution(&m.event) {
+            // Left in the inbox: it applies to the execution that starts next.
+            continue;
+        }
+        out.consumed.push(m.id);
+        if m.execution.is_some_and(|e| e != instance.execution) {
+            tracing::debug!(instance = %id, kind = m.event.kind(), "message for an earlier execution dropped");
+            out.stale.push(m);
+            continue;
+        }
+        if !is_meant_for(&m.event, instance) {
+            tracing::debug!(instance = %id, "a parent's terminate for an earlier instance under this id dropped");
+            continue;
+        }
+        let terminate = match &m.event {
+            Event::ExecutionTerminated { reason, .. } => Some(reason.clone()),
+            _ => None,
+        };
+        if !replayer.handle_message(m.event) && terminate.is_some() {
+            out.late_terminate = out.late_terminate.take().or(terminate);
+        }
+    }
+    if rewind.is_some() {
+        // Results of the failed run, like those in the inbox above.
+        return out;
+    }
+    for h in handed {
+        if h.message.execution.is_some_and(|e| e != instance.execution) {
+            tracing::debug!(instance = %id, "result for an earlier execution dropped");
+            continue;
+        }
+        replayer.handle_message(h.message.event.clone());
+    }
+    out
+}
+
+/// Writes the episode's commit — with the instance's creation for a first episode.
+/// `Ok(false)` when nothing was written: a first episode of a stopped worker, or one the
+/// store declined (the id is taken); the instance is then created the ordinary way.
+async fn write(
+    inner: &Inner,
+    commit: EpisodeCommit,
+    first: Option<&mut First>,
+) -> Result<bool, Stuck> {
+    let Some(first) = first else {
+        inner
+            .store
+            .commit_episode(commit)
+            .await
+            .map_err(Stuck::Store)?;
+        return Ok(true);
+    };
+    let Some(new) = first.new.take() else {
+        return Err(Stuck::Error(
+            "internal error: a first episode ran twice".to_owned(),
+        ));
+    };
+    if inner.is_shutting_down() || inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(false);
+    }
+    first.attempted = true;
+    first.created = inner
+        .store
+        .create_started(new, commit)
+        .await
+        .map_err(Stuck::Store)?;
+    Ok(first.created.is_some())
 }
 
 /// A first episode run by the starting client's worker ([`FirstEpisode`]): the instance to
