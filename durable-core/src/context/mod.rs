@@ -541,34 +541,30 @@ impl OrchestrationContext {
     ///
     /// ```
     /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::time::Duration;
     /// use durable_core::prelude::*;
     /// use durable_core::WorkerOptions;
     /// use durable_testing::TestEnv;
     ///
     /// static STARTS_LOGGED: AtomicUsize = AtomicUsize::new(0);
     ///
-    /// #[activity]
-    /// async fn add_one(n: u32) -> Result<u32, ActivityError> {
-    ///     Ok(n + 1)
-    /// }
-    ///
     /// #[orchestrator]
-    /// async fn two_steps(ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> {
+    /// async fn nightly(ctx: OrchestrationContext, _input: ()) -> Result<(), OrchestrationError> {
     ///     if !ctx.is_replaying() {
     ///         STARTS_LOGGED.fetch_add(1, Ordering::SeqCst); // stands for a log line
     ///     }
-    ///     let n = ctx.call(add_one, n).await?;
-    ///     Ok(ctx.call(add_one, n).await?)
+    ///     ctx.sleep(Duration::from_secs(3600)).await;
+    ///     Ok(())
     /// }
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let mut options = WorkerOptions::default();
     /// options.cache_capacity = 0; // every episode replays the code from the start
-    /// let env = TestEnv::builder().options(options).register(add_one).register(two_steps).start()?;
-    /// let run = env.start(two_steps, 1).await?;
-    /// assert_eq!(env.wait(&run).await?, 3);
-    /// assert_eq!(STARTS_LOGGED.load(Ordering::SeqCst), 1); // three episodes, logged once
+    /// let env = TestEnv::builder().options(options).register(nightly).start()?;
+    /// let run = env.start(nightly, ()).await?;
+    /// env.wait(&run).await?; // two episodes: the start, then the timer
+    /// assert_eq!(STARTS_LOGGED.load(Ordering::SeqCst), 1);
     /// # Ok(()) }
     /// ```
     pub fn is_replaying(&self) -> bool {
@@ -1942,7 +1938,6 @@ impl OrchestrationContext {
     /// #[entity]
     /// impl Account {
     ///     fn deposit(&mut self, amount: i64) { self.balance += amount; }
-    ///     fn balance(&self) -> i64 { self.balance }
     /// }
     ///
     /// #[orchestrator]

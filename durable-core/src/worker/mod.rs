@@ -266,11 +266,10 @@ impl WorkerBuilder {
     /// #[entity]
     /// #[derive(Default, Serialize, Deserialize)]
     /// struct Counter { value: i64 }
-    ///
-    /// #[entity]
-    /// impl Counter {
-    ///     fn add(&mut self, amount: i64) { self.value += amount; }
-    /// }
+    /// # #[entity]
+    /// # impl Counter {
+    /// #     fn add(&mut self, amount: i64) { self.value += amount; }
+    /// # }
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -437,7 +436,6 @@ impl WorkerBuilder {
     ///
     /// #[derive(Clone)]
     /// struct Greeting(&'static str);
-    ///
     /// #[derive(Clone)]
     /// struct Punctuation(char);
     ///
