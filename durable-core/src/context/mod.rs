@@ -677,6 +677,14 @@ impl OrchestrationContext {
     ///     ctx.clear_custom_status(); // done: no progress to show
     ///     Ok(files)
     /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = durable_testing::TestEnv::builder().register(import).start()?;
+    /// let run = env.start(import, 3).await?;
+    /// assert_eq!(env.wait(&run).await?, 3);
+    /// assert_eq!(env.custom_status::<String>(run.id()).await?, None);
+    /// # Ok(()) }
     /// ```
     pub fn clear_custom_status(&self) {
         lock(&self.shared).custom_status = None;
@@ -758,7 +766,12 @@ impl OrchestrationContext {
     ///     }
     ///     Ok(n)
     /// }
-    /// # let _ = count;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = durable_testing::TestEnv::builder().register(add_one).register(count).start()?;
+    /// let run = env.start(count, 1).await?;
+    /// assert_eq!(env.wait(&run).await?, 4);
+    /// # Ok(()) }
     /// ```
     ///
     /// # Determinism
@@ -796,7 +809,12 @@ impl OrchestrationContext {
     ///         .retry(RetryPolicy::new(3, Duration::from_millis(100)));
     ///     Ok(ctx.call_local_with(lookup, key, options).await?)
     /// }
-    /// # let _ = flow;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = durable_testing::TestEnv::builder().register(lookup).register(flow).start()?;
+    /// let run = env.start(flow, "sku-7".to_owned()).await?;
+    /// assert_eq!(env.wait(&run).await?, "SKU-7");
+    /// # Ok(()) }
     /// ```
     ///
     /// # Determinism
@@ -840,7 +858,12 @@ impl OrchestrationContext {
     ///         .retry(RetryPolicy::new(3, Duration::from_secs(5)));
     ///     Ok(ctx.call_with(charge, order, options).await?)
     /// }
-    /// # let _ = checkout;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = durable_testing::TestEnv::builder().register(charge).register(checkout).start()?;
+    /// let run = env.start(checkout, 7).await?;
+    /// assert_eq!(env.wait(&run).await?, "receipt-7");
+    /// # Ok(()) }
     /// ```
     ///
     /// # Determinism
@@ -1118,7 +1141,14 @@ impl OrchestrationContext {
     ///     let started = ctx.start_orchestration(audit, order, StartOptions::new().instance_id(id))?;
     ///     Ok(format!("audit runs as {started}"))
     /// }
-    /// # let _ = checkout;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = durable_testing::TestEnv::builder().register(audit).register(checkout).start()?;
+    /// let run = env.start(checkout, 7).await?;
+    /// assert_eq!(env.wait(&run).await?, "audit runs as audit-7");
+    /// let audit_run = env.client().handle::<u64>(InstanceId::new("audit-7")?);
+    /// assert_eq!(env.wait(&audit_run).await?, 7); // on its own, not a child
+    /// # Ok(()) }
     /// ```
     ///
     /// # Determinism
@@ -1744,7 +1774,12 @@ impl OrchestrationContext {
     ///     counter.add(1).await?;
     ///     Ok(counter.get().await?)
     /// }
-    /// # let _ = bump;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = durable_testing::TestEnv::builder().register(Counter::entity()).register(bump).start()?;
+    /// let run = env.start(bump, "page-views".to_owned()).await?;
+    /// assert_eq!(env.wait(&run).await?, 1);
+    /// # Ok(()) }
     /// ```
     pub fn entity<E: crate::entity::Entity>(&self, key: &str) -> E::CallProxy {
         E::CallProxy::from(crate::entity::CallTarget {
@@ -2050,6 +2085,16 @@ impl OrchestrationContext {
     ///         Err(e) => Err(e.into()),
     ///     }
     /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = durable_testing::TestEnv::builder().register(first_reply).start()?;
+    /// let run = env.start(first_reply, vec!["ada".into(), "grace".into()]).await?;
+    /// env.raise(run.id(), "grace", "yes").await?;
+    /// assert_eq!(env.wait(&run).await?, "grace said yes");
+    /// let nobody = env.start(first_reply, vec![]).await?;
+    /// assert_eq!(env.wait(&nobody).await?, "nobody to ask");
+    /// # Ok(()) }
     /// ```
     ///
     /// # Determinism
