@@ -234,6 +234,29 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// A client on a store, without a registry (names are not checked at start).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn greet(_ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    ///     Ok(format!("Hello {name}"))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new(); // in production, a store that other processes share
+    /// let worker = Worker::builder().store(store.clone()).register(greet).start()?;
+    /// // A process that only starts work (a web front end, say) needs just the store:
+    /// let client = Client::new(Arc::new(store));
+    /// let run = client.start(greet, "Ada".into()).await?;
+    /// assert_eq!(run.wait().await?, "Hello Ada");
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self::from_parts(store, None, Arc::new(SystemClock), Limits::default(), None)
     }
@@ -262,6 +285,28 @@ impl Client {
     }
 
     /// The store this client talks to.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn greet(_ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    ///     Ok(format!("Hello {name}"))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(greet).start()?;
+    /// let client = worker.client();
+    /// let run = client.start(greet, "Ada".into()).await?;
+    /// run.wait().await?;
+    /// let record = client.store().read_instance(run.id()).await?.expect("the instance exists");
+    /// assert_eq!(record.name, "greet");
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
@@ -273,11 +318,59 @@ impl Client {
     }
 
     /// The payload limits this client enforces (those of its worker).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::Limits;
+    ///
+    /// #[orchestrator]
+    /// async fn upload(_ctx: OrchestrationContext, data: String) -> Result<usize, OrchestrationError> {
+    ///     Ok(data.len())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut limits = Limits::default();
+    /// limits.max_payload_bytes = 1024;
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(upload).limits(limits).start()?;
+    /// let client = worker.client();
+    /// assert_eq!(client.limits().max_payload_bytes, 1024);
+    /// let too_big = client.start(upload, "x".repeat(2000)).await;
+    /// assert!(matches!(too_big, Err(ClientError::PayloadTooLarge { limit: 1024, .. })));
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
     /// Starts an orchestration with a random instance id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[activity]
+    /// async fn greet(name: String) -> Result<String, ActivityError> {
+    ///     Ok(format!("Hello {name}"))
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn welcome(ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    ///     Ok(ctx.call(greet, name).await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(greet).register(welcome).start()?;
+    /// let run = worker.client().start(welcome, "Ada".into()).await?;
+    /// assert_eq!(run.wait().await?, "Hello Ada");
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn start<O: Orchestrator>(
         &self,
         orchestrator: O,
@@ -288,6 +381,28 @@ impl Client {
     }
 
     /// Starts an orchestration with options.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn report(_ctx: OrchestrationContext, day: String) -> Result<String, OrchestrationError> {
+    ///     Ok(format!("report for {day}"))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(report).start()?;
+    /// let id = InstanceId::new("report-2024-01-01")?; // one instance per day
+    /// let options = StartOptions::new().instance_id(id.clone());
+    /// let run = worker.client().start_with(report, "2024-01-01".into(), options).await?;
+    /// assert_eq!(run.id(), &id);
+    /// assert_eq!(run.wait().await?, "report for 2024-01-01");
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn start_with<O: Orchestrator>(
         &self,
         orchestrator: O,
@@ -315,6 +430,30 @@ impl Client {
     /// # Errors
     /// `UnknownOrchestrator` or `PayloadDecode` when this client knows the registry;
     /// `InstanceAlreadyExists` per the reuse policy; `PayloadTooLarge`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn greet(_ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    ///     Ok(format!("Hello {name}"))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(greet).start()?;
+    /// let client = worker.client();
+    /// let id = client.start_raw("greet", r#""Ada""#, StartOptions::new()).await?;
+    /// let record = client.wait_for_completion(&id).await?;
+    /// assert_eq!(record.output::<String>()?.as_deref(), Some("Hello Ada"));
+    /// // This client knows the worker's registry: unknown names fail at start.
+    /// let unknown = client.start_raw("nope", "null", StartOptions::new()).await;
+    /// assert!(matches!(unknown, Err(ClientError::UnknownOrchestrator(_))));
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn start_raw(
         &self,
         name: &str,
@@ -368,6 +507,29 @@ impl Client {
     /// # Errors
     /// `InstanceNotFound`; `InstanceAlreadyExists` when restarting a running instance under
     /// its own id; the errors of [`start_raw`](Self::start_raw).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn greet(_ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    ///     Ok(format!("Hello {name}"))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(greet).start()?;
+    /// let client = worker.client();
+    /// let first = client.start(greet, "Ada".into()).await?;
+    /// first.wait().await?;
+    /// let again = client.restart(first.id(), true).await?; // same input, a new id
+    /// assert_ne!(&again, first.id());
+    /// assert_eq!(client.handle::<String>(again).wait().await?, "Hello Ada");
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn restart(
         &self,
         instance_id: &InstanceId,
@@ -388,6 +550,31 @@ impl Client {
     ///
     /// The handle follows whatever runs under the id; one returned by a start follows the
     /// run it started (see [`InstanceHandle::wait`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<bool, OrchestrationError> {
+    ///     Ok(ctx.wait_for_event("approved").await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(approval).start()?;
+    /// let client = worker.client();
+    /// let id = InstanceId::new("approval-17")?;
+    /// client.start_with(approval, (), StartOptions::new().instance_id(id)).await?;
+    ///
+    /// // Later, knowing only the id (from a URL, say):
+    /// let run = client.handle::<bool>(InstanceId::new("approval-17")?);
+    /// run.raise("approved", &true).await?;
+    /// assert!(run.wait().await?);
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn handle<O>(&self, instance_id: InstanceId) -> InstanceHandle<O> {
         InstanceHandle {
             client: self.clone(),
@@ -401,6 +588,31 @@ impl Client {
     ///
     /// # Errors
     /// `InstanceNotFound` for an unknown id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn greet(_ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    ///     Ok(format!("Hello {name}"))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(greet).start()?;
+    /// let client = worker.client();
+    /// let run = client.start(greet, "Ada".into()).await?;
+    /// run.wait().await?;
+    /// let record = client.status(run.id()).await?;
+    /// assert_eq!(record.status, RuntimeStatus::Completed);
+    /// assert_eq!(record.input::<String>()?, "Ada");
+    /// let unknown = client.status(&InstanceId::new("nobody")?).await;
+    /// assert!(matches!(unknown, Err(ClientError::InstanceNotFound(_))));
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn status(&self, instance_id: &InstanceId) -> Result<InstanceRecord, ClientError> {
         self.store
             .read_instance(instance_id)
@@ -409,6 +621,36 @@ impl Client {
     }
 
     /// The instance's status and the history of its current execution.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[activity]
+    /// async fn greet(name: String) -> Result<String, ActivityError> {
+    ///     Ok(format!("Hello {name}"))
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn welcome(ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    ///     Ok(ctx.call(greet, name).await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(greet).register(welcome).start()?;
+    /// let client = worker.client();
+    /// let run = client.start(welcome, "Ada".into()).await?;
+    /// run.wait().await?;
+    /// let (record, history) = client.status_with_history(run.id()).await?;
+    /// assert_eq!(record.status, RuntimeStatus::Completed);
+    /// let kinds: Vec<&str> = history.iter().map(|e| e.event.kind()).collect();
+    /// assert!(kinds.contains(&"TaskScheduled") && kinds.contains(&"TaskCompleted"));
+    /// assert_eq!(kinds.last(), Some(&"ExecutionCompleted"));
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn status_with_history(
         &self,
         instance_id: &InstanceId,
@@ -420,6 +662,31 @@ impl Client {
 
     /// Waits until the instance is completed, failed or terminated, and returns its record.
     /// Woken by the store on every change; no polling.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn reserve(_ctx: OrchestrationContext, seats: u32) -> Result<u32, OrchestrationError> {
+    ///     if seats > 4 {
+    ///         return Err(OrchestrationError::new("at most 4 seats per booking"));
+    ///     }
+    ///     Ok(seats)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(reserve).start()?;
+    /// let client = worker.client();
+    /// let run = client.start(reserve, 9).await?;
+    /// let record = client.wait_for_completion(run.id()).await?; // the record, failed or not
+    /// assert_eq!(record.status, RuntimeStatus::Failed);
+    /// assert_eq!(record.failure.map(|f| f.message).as_deref(), Some("at most 4 seats per booking"));
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn wait_for_completion(
         &self,
         instance_id: &InstanceId,
@@ -544,6 +811,28 @@ impl Client {
     /// # Errors
     /// `InvalidEventName` (empty), `InstanceNotFound`, `InstanceNotRunning` (finished),
     /// `PayloadTooLarge`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+    ///     let approver: String = ctx.wait_for_event("Approved").await?;
+    ///     Ok(format!("approved by {approver}"))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(approval).start()?;
+    /// let client = worker.client();
+    /// let run = client.start(approval, ()).await?;
+    /// client.raise_event(run.id(), "approved", "Grace").await?; // names match case-insensitively
+    /// assert_eq!(run.wait().await?, "approved by Grace");
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn raise_event<T: Serialize + ?Sized>(
         &self,
         instance_id: &InstanceId,
@@ -555,6 +844,28 @@ impl Client {
     }
 
     /// Raises an event with a JSON payload.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {
+    ///     Ok(ctx.wait_for_event("amount").await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(approval).start()?;
+    /// let client = worker.client();
+    /// let run = client.start(approval, ()).await?;
+    /// // The data is JSON already, as an HTTP handler would receive it.
+    /// client.raise_event_raw(run.id(), "amount", "250".to_owned()).await?;
+    /// assert_eq!(run.wait().await?, 250);
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn raise_event_raw(
         &self,
         instance_id: &InstanceId,
@@ -587,6 +898,28 @@ impl Client {
     ///
     /// # Errors
     /// `InstanceNotFound`; `InstanceNotRunning` (finished).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<bool, OrchestrationError> {
+    ///     Ok(ctx.wait_for_event("approved").await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(approval).start()?;
+    /// let client = worker.client();
+    /// let run = client.start(approval, ()).await?;
+    /// client.terminate(run.id(), "request withdrawn").await?;
+    /// assert!(matches!(run.wait().await, Err(ClientError::Terminated { reason }) if reason == "request withdrawn"));
+    /// assert_eq!(client.status(run.id()).await?.status, RuntimeStatus::Terminated);
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn terminate(
         &self,
         instance_id: &InstanceId,
@@ -655,6 +988,32 @@ impl Client {
     /// # Errors
     /// `InstanceNotFound`; `InstanceNotRunning` (finished); `InvalidState` when it is not
     /// suspended (HTTP 400: "cannot resume instance `…` in the Running state").
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator]
+    /// async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<bool, OrchestrationError> {
+    ///     Ok(ctx.wait_for_event("approved").await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(approval).start()?;
+    /// let client = env.client();
+    /// let run = env.start(approval, ()).await?;
+    /// client.suspend(run.id(), "audit").await?;
+    /// client.raise_event(run.id(), "approved", &true).await?; // kept, not delivered
+    /// env.run_until_idle().await;
+    /// env.assert_status(run.id(), RuntimeStatus::Suspended).await;
+    ///
+    /// client.resume(run.id(), "audit done").await?;
+    /// assert!(env.wait(&run).await?); // the kept event arrives
+    /// # Ok(()) }
+    /// ```
     pub async fn resume(&self, instance_id: &InstanceId, reason: &str) -> Result<(), ClientError> {
         self.send(
             instance_id,
@@ -770,6 +1129,28 @@ impl Client {
     ///
     /// # Errors
     /// `InstanceNotFound`; `InstanceStillRunning` if it has not finished.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn greet(_ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    ///     Ok(format!("Hello {name}"))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(greet).start()?;
+    /// let client = worker.client();
+    /// let run = client.start(greet, "Ada".into()).await?;
+    /// run.wait().await?;
+    /// assert_eq!(client.purge(run.id()).await?.deleted, 1);
+    /// assert!(matches!(client.status(run.id()).await, Err(ClientError::InstanceNotFound(_))));
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn purge(&self, instance_id: &InstanceId) -> Result<PurgeResult, ClientError> {
         let root = self.status(instance_id).await?;
         if !root.status.is_terminal() {
@@ -795,6 +1176,31 @@ impl Client {
     }
 
     /// Deletes every finished instance matching the query (paging through all of them).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::InstanceQuery;
+    ///
+    /// #[orchestrator]
+    /// async fn greet(_ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    ///     Ok(format!("Hello {name}"))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(greet).start()?;
+    /// let client = worker.client();
+    /// for name in ["Ada", "Grace", "Linus"] {
+    ///     client.start(greet, name.into()).await?.wait().await?;
+    /// }
+    /// let purged = client.purge_by_filter(InstanceQuery::new().name("greet")).await?;
+    /// assert_eq!(purged.deleted, 3);
+    /// assert!(client.query(&InstanceQuery::new()).await?.instances.is_empty());
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn purge_by_filter(&self, query: InstanceQuery) -> Result<PurgeResult, ClientError> {
         let mut query = query;
         if query.statuses.is_empty() {
@@ -850,12 +1256,67 @@ impl Client {
     }
 
     /// Lists instances, one page at a time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::InstanceQuery;
+    ///
+    /// #[orchestrator]
+    /// async fn greet(_ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    ///     Ok(format!("Hello {name}"))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(greet).start()?;
+    /// let client = worker.client();
+    /// for name in ["Ada", "Grace", "Linus"] {
+    ///     client.start(greet, name.into()).await?.wait().await?;
+    /// }
+    /// let query = InstanceQuery::new().statuses([RuntimeStatus::Completed]).page_size(2);
+    /// let first = client.query(&query).await?;
+    /// assert_eq!(first.instances.len(), 2);
+    /// let rest = client.query(&query.continuation(first.continuation)).await?;
+    /// assert_eq!(rest.instances.len(), 1);
+    /// assert_eq!(rest.continuation, None);
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn query(&self, query: &InstanceQuery) -> Result<InstancePage, ClientError> {
         Ok(self.store.query_instances(query).await?)
     }
 
     /// A typed proxy for entity `E` with `key`: one async method per operation that signals
     /// it (acknowledged once durable), plus `state()` and `delete()`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Cart { items: Vec<String> }
+    ///
+    /// #[entity]
+    /// impl Cart {
+    ///     fn add(&mut self, item: String) { self.items.push(item); }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(Cart::entity()).start()?;
+    /// let cart = env.client().entity::<Cart>("user-7");
+    /// cart.add("book".into()).await?; // durably queued: the entity applies it in order
+    /// cart.add("lamp".into()).await?;
+    /// env.run_until_idle().await;
+    /// assert_eq!(cart.state().await?.map(|c| c.items), Some(vec!["book".into(), "lamp".into()]));
+    /// # Ok(()) }
+    /// ```
     pub fn entity<E: Entity>(&self, key: &str) -> E::ClientProxy {
         E::ClientProxy::from(ClientTarget {
             client: self.clone(),
@@ -872,6 +1333,33 @@ impl Client {
     ///
     /// # Errors
     /// `InvalidInstanceId` for a bad key, `PayloadTooLarge`, store errors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Counter { value: i64 }
+    ///
+    /// #[entity]
+    /// impl Counter {
+    ///     fn add(&mut self, amount: i64) { self.value += amount; }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(Counter::entity()).start()?;
+    /// let client = env.client();
+    /// let id = EntityId::new("counter", "page-views")?;
+    /// client.signal_entity_raw(&id, "add", "5".to_owned(), None).await?;
+    /// env.run_until_idle().await;
+    /// assert_eq!(client.read_entity::<Counter>("page-views").await?.map(|c| c.value), Some(5));
+    /// # Ok(()) }
+    /// ```
     pub async fn signal_entity_raw(
         &self,
         entity: &EntityId,
@@ -902,11 +1390,66 @@ impl Client {
 
     /// Whether this client's registry knows entity type `name`; `None` when the client has
     /// no registry (it was not obtained from a worker).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use durable_core::prelude::*;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Counter { value: i64 }
+    ///
+    /// #[entity]
+    /// impl Counter {
+    ///     fn add(&mut self, amount: i64) { self.value += amount; }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let worker = Worker::builder().store(store.clone()).register(Counter::entity()).start()?;
+    /// assert_eq!(worker.client().knows_entity("counter"), Some(true));
+    /// assert_eq!(worker.client().knows_entity("cart"), Some(false));
+    /// assert_eq!(Client::new(Arc::new(store)).knows_entity("counter"), None); // no registry
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn knows_entity(&self, name: &str) -> Option<bool> {
         self.registry.as_ref().map(|r| r.has_entity(name))
     }
 
     /// Reads an entity's state as JSON; `None` if it has none (never created or deleted).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Counter { value: i64 }
+    ///
+    /// #[entity]
+    /// impl Counter {
+    ///     fn add(&mut self, amount: i64) { self.value += amount; }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(Counter::entity()).start()?;
+    /// let client = env.client();
+    /// client.entity::<Counter>("page-views").add(5).await?;
+    /// env.run_until_idle().await;
+    /// let id = EntityId::new("counter", "page-views")?;
+    /// assert_eq!(client.read_entity_raw(&id).await?.as_deref(), Some(r#"{"value":5}"#));
+    /// assert_eq!(client.read_entity_raw(&EntityId::new("counter", "never")?).await?, None);
+    /// # Ok(()) }
+    /// ```
     pub async fn read_entity_raw(&self, entity: &EntityId) -> Result<Option<String>, ClientError> {
         let Some(r) = self.store.read_instance(&entity.instance_id()).await? else {
             return Ok(None);
@@ -916,6 +1459,34 @@ impl Client {
 
     /// Reads and decodes an entity's state (a snapshot, not linearized with in-flight
     /// operations).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Counter { value: i64 }
+    ///
+    /// #[entity]
+    /// impl Counter {
+    ///     fn add(&mut self, amount: i64) { self.value += amount; }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(Counter::entity()).start()?;
+    /// let client = env.client();
+    /// client.entity::<Counter>("page-views").add(5).await?;
+    /// env.run_until_idle().await;
+    /// let counter: Option<Counter> = client.read_entity("page-views").await?;
+    /// assert_eq!(counter.map(|c| c.value), Some(5));
+    /// assert!(client.read_entity::<Counter>("never-used").await?.is_none());
+    /// # Ok(()) }
+    /// ```
     pub async fn read_entity<E: Entity>(&self, key: &str) -> Result<Option<E>, ClientError> {
         let id = EntityId::of::<E>(key)?;
         match self.read_entity_raw(&id).await? {
@@ -925,6 +1496,39 @@ impl Client {
     }
 
     /// Lists entities, one page at a time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::EntityQuery;
+    /// use durable_testing::TestEnv;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Counter { value: i64 }
+    ///
+    /// #[entity]
+    /// impl Counter {
+    ///     fn add(&mut self, amount: i64) { self.value += amount; }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(Counter::entity()).start()?;
+    /// let client = env.client();
+    /// for page in ["home", "about"] {
+    ///     client.entity::<Counter>(page).add(1).await?;
+    /// }
+    /// env.run_until_idle().await;
+    /// let listed = client.list_entities(&EntityQuery::new().name("counter").with_state()).await?;
+    /// let mut keys: Vec<&str> = listed.entities.iter().map(|e| e.id.key.as_str()).collect();
+    /// keys.sort();
+    /// assert_eq!(keys, ["about", "home"]);
+    /// assert_eq!(listed.entities[0].state.as_deref(), Some(r#"{"value":1}"#));
+    /// # Ok(()) }
+    /// ```
     pub async fn list_entities(&self, query: &EntityQuery) -> Result<EntityPage, ClientError> {
         let prefix = match &query.name {
             Some(n) => format!(
@@ -1024,6 +1628,28 @@ impl<O> std::fmt::Debug for InstanceHandle<O> {
 
 impl<O: DeserializeOwned> InstanceHandle<O> {
     /// The instance id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn report(_ctx: OrchestrationContext, _input: ()) -> Result<(), OrchestrationError> {
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(report).start()?;
+    /// let client = worker.client();
+    /// let run = client.start(report, ()).await?; // a random id
+    /// let same = client.handle::<()>(run.id().clone()); // keep the id to find it again
+    /// same.wait().await?;
+    /// assert_eq!(client.status(run.id()).await?.status, RuntimeStatus::Completed);
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn id(&self) -> &InstanceId {
         &self.instance_id
     }
@@ -1039,6 +1665,27 @@ impl<O: DeserializeOwned> InstanceHandle<O> {
     /// [`ClientError::Failed`] with the failure details, [`ClientError::Terminated`],
     /// [`ClientError::Replaced`], or [`ClientError::PayloadDecode`] if the output is not an
     /// `O`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn divide(_ctx: OrchestrationContext, (a, b): (u32, u32)) -> Result<u32, OrchestrationError> {
+    ///     a.checked_div(b).ok_or_else(|| OrchestrationError::new("division by zero"))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(divide).start()?;
+    /// let client = worker.client();
+    /// assert_eq!(client.start(divide, (84, 2)).await?.wait().await?, 42);
+    /// let failed = client.start(divide, (1, 0)).await?.wait().await;
+    /// assert!(matches!(failed, Err(ClientError::Failed(details)) if details.message == "division by zero"));
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn wait(&self) -> Result<O, ClientError> {
         let r = self
             .client
@@ -1048,6 +1695,29 @@ impl<O: DeserializeOwned> InstanceHandle<O> {
     }
 
     /// [`wait`](Self::wait) with a wall-clock timeout; `Ok(None)` on timeout.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<bool, OrchestrationError> {
+    ///     Ok(ctx.wait_for_event("approved").await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(approval).start()?;
+    /// let run = worker.client().start(approval, ()).await?;
+    /// // Nobody approved yet: give up waiting (the instance keeps running).
+    /// assert_eq!(run.wait_timeout(Duration::from_millis(10)).await?, None);
+    /// run.raise("approved", &true).await?;
+    /// assert_eq!(run.wait_timeout(Duration::from_secs(30)).await?, Some(true));
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn wait_timeout(&self, timeout: Duration) -> Result<Option<O>, ClientError> {
         match tokio::time::timeout(timeout, self.wait()).await {
             Ok(r) => r.map(Some),
@@ -1056,6 +1726,30 @@ impl<O: DeserializeOwned> InstanceHandle<O> {
     }
 
     /// The current status record.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator]
+    /// async fn approval(ctx: OrchestrationContext, _amount: u32) -> Result<bool, OrchestrationError> {
+    ///     ctx.set_custom_status("waiting for a manager")?;
+    ///     Ok(ctx.wait_for_event("approved").await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(approval).start()?;
+    /// let run = env.start(approval, 500).await?;
+    /// env.run_until_idle().await;
+    /// let record = run.status().await?;
+    /// assert_eq!(record.status, RuntimeStatus::Running);
+    /// assert_eq!(record.input::<u32>()?, 500);
+    /// assert_eq!(record.custom_status::<String>()?.as_deref(), Some("waiting for a manager"));
+    /// # Ok(()) }
+    /// ```
     pub async fn status(&self) -> Result<InstanceRecord, ClientError> {
         self.client.status(&self.instance_id).await
     }
@@ -1067,6 +1761,34 @@ impl<O: DeserializeOwned> InstanceHandle<O> {
     /// # Errors
     /// [`ClientError::Timeout`] when the predicate did not hold within `timeout` (wall-clock
     /// time); `InstanceNotFound`, `Replaced`, store errors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn import(ctx: OrchestrationContext, files: u32) -> Result<u32, OrchestrationError> {
+    ///     ctx.set_custom_status(&files)?; // files left
+    ///     ctx.wait_for_event::<()>("go").await?;
+    ///     Ok(files)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(import).start()?;
+    /// let run = worker.client().start(import, 3).await?;
+    /// let ready = run
+    ///     .wait_until(|r| r.custom_status.is_some(), Duration::from_secs(30))
+    ///     .await?;
+    /// assert_eq!(ready.custom_status::<u32>()?, Some(3));
+    /// assert_eq!(ready.status, RuntimeStatus::Running);
+    /// # run.raise("go", &()).await?;
+    /// # run.wait().await?;
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn wait_until(
         &self,
         predicate: impl FnMut(&InstanceRecord) -> bool,
@@ -1078,6 +1800,27 @@ impl<O: DeserializeOwned> InstanceHandle<O> {
     }
 
     /// Raises an event on this instance.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+    ///     let approver: String = ctx.wait_for_event("approved").await?;
+    ///     Ok(format!("approved by {approver}"))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(approval).start()?;
+    /// let run = worker.client().start(approval, ()).await?;
+    /// run.raise("approved", "Grace").await?;
+    /// assert_eq!(run.wait().await?, "approved by Grace");
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn raise<T: Serialize + ?Sized>(
         &self,
         name: &str,
@@ -1087,26 +1830,158 @@ impl<O: DeserializeOwned> InstanceHandle<O> {
     }
 
     /// Terminates this instance and its running descendants; see [`Client::terminate`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[orchestrator]
+    /// async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<bool, OrchestrationError> {
+    ///     Ok(ctx.wait_for_event("approved").await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(approval).start()?;
+    /// let run = worker.client().start(approval, ()).await?;
+    /// run.terminate("request withdrawn").await?;
+    /// assert!(matches!(run.wait().await, Err(ClientError::Terminated { reason }) if reason == "request withdrawn"));
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn terminate(&self, reason: &str) -> Result<(), ClientError> {
         self.client.terminate(&self.instance_id, reason).await
     }
 
     /// Suspends this instance; see [`Client::suspend`] for the errors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator]
+    /// async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<bool, OrchestrationError> {
+    ///     Ok(ctx.wait_for_event("approved").await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(approval).start()?;
+    /// let run = env.start(approval, ()).await?;
+    /// env.run_until_idle().await;
+    /// run.suspend("fraud check").await?;
+    /// run.raise("approved", &true).await?; // kept until resumed
+    /// env.run_until_idle().await;
+    /// assert_eq!(run.status().await?.status, RuntimeStatus::Suspended);
+    /// # run.resume("cleared").await?;
+    /// # assert!(env.wait(&run).await?);
+    /// # Ok(()) }
+    /// ```
     pub async fn suspend(&self, reason: &str) -> Result<(), ClientError> {
         self.client.suspend(&self.instance_id, reason).await
     }
 
     /// Resumes this instance; see [`Client::resume`] for the errors.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator]
+    /// async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<bool, OrchestrationError> {
+    ///     Ok(ctx.wait_for_event("approved").await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(approval).start()?;
+    /// let run = env.start(approval, ()).await?;
+    /// run.suspend("fraud check").await?;
+    /// run.raise("approved", &true).await?;
+    /// env.run_until_idle().await;
+    /// run.resume("cleared").await?;
+    /// assert!(env.wait(&run).await?); // the event kept while suspended is delivered
+    /// assert!(matches!(run.resume("again").await, Err(ClientError::InstanceNotRunning(_))));
+    /// # Ok(()) }
+    /// ```
     pub async fn resume(&self, reason: &str) -> Result<(), ClientError> {
         self.client.resume(&self.instance_id, reason).await
     }
 
     /// Rewinds this instance after a failure; see [`Client::rewind`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// static INVENTORY_UP: AtomicBool = AtomicBool::new(false);
+    ///
+    /// #[activity]
+    /// async fn reserve(sku: String) -> Result<String, ActivityError> {
+    ///     if !INVENTORY_UP.load(Ordering::SeqCst) {
+    ///         return Err(ActivityError::non_retriable("inventory service down"));
+    ///     }
+    ///     Ok(format!("reserved {sku}"))
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn order(ctx: OrchestrationContext, sku: String) -> Result<String, OrchestrationError> {
+    ///     Ok(ctx.call(reserve, sku).await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(reserve).register(order).start()?;
+    /// let run = env.start(order, "lamp".to_owned()).await?;
+    /// assert!(env.wait(&run).await.is_err());
+    ///
+    /// INVENTORY_UP.store(true, Ordering::SeqCst); // the cause is fixed
+    /// run.rewind("inventory is back").await?;
+    /// assert_eq!(env.wait(&run).await?, "reserved lamp"); // re-ran only the failed step
+    /// assert_eq!(env.call_count(reserve), 2);
+    /// # Ok(()) }
+    /// ```
     pub async fn rewind(&self, reason: &str) -> Result<(), ClientError> {
         self.client.rewind(&self.instance_id, reason).await
     }
 
     /// The history of the current execution.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[activity]
+    /// async fn greet(name: String) -> Result<String, ActivityError> {
+    ///     Ok(format!("Hello {name}"))
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn welcome(ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    ///     Ok(ctx.call(greet, name).await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(greet).register(welcome).start()?;
+    /// let run = worker.client().start(welcome, "Ada".into()).await?;
+    /// run.wait().await?;
+    /// let kinds: Vec<&str> = run.history().await?.iter().map(|e| e.event.kind()).collect();
+    /// assert!(kinds.contains(&"ExecutionStarted"));
+    /// assert_eq!(kinds.iter().filter(|k| **k == "TaskCompleted").count(), 1);
+    /// assert_eq!(kinds.last(), Some(&"ExecutionCompleted"));
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub async fn history(&self) -> Result<Vec<HistoryEvent>, ClientError> {
         Ok(self.client.status_with_history(&self.instance_id).await?.1)
     }

@@ -140,6 +140,31 @@ impl EntityContext {
     }
 
     /// A context for calling entity methods directly in unit tests.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Inbox { unread: u32 }
+    ///
+    /// #[entity]
+    /// impl Inbox {
+    ///     fn read_all(&mut self, ctx: &EntityContext) -> String {
+    ///         self.unread = 0;
+    ///         format!("{} is empty", ctx.id().key)
+    ///     }
+    /// }
+    ///
+    /// // The operation is a plain method: test it without a worker.
+    /// let ctx = EntityContext::for_test("inbox", "ada");
+    /// let mut inbox = Inbox { unread: 3 };
+    /// assert_eq!(inbox.read_all(&ctx), "ada is empty");
+    /// assert_eq!(inbox.unread, 0);
+    /// ```
     pub fn for_test(name: &str, key: &str) -> Self {
         Self::new(EntityId {
             name: name.to_lowercase(),
@@ -148,11 +173,80 @@ impl EntityContext {
     }
 
     /// This entity's id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Greeter { greeted: Vec<String> }
+    ///
+    /// #[entity]
+    /// impl Greeter {
+    ///     fn greet(&mut self, ctx: &EntityContext, name: String) {
+    ///         // The key tells entities of one type apart: here, the language.
+    ///         let hello = if ctx.id().key == "fr" { "Bonjour" } else { "Hello" };
+    ///         self.greeted.push(format!("{hello} {name}"));
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(Greeter::entity()).start()?;
+    /// env.client().entity::<Greeter>("fr").greet("Ada".into()).await?;
+    /// env.run_until_idle().await;
+    /// let fr = env.client().read_entity::<Greeter>("fr").await?;
+    /// assert_eq!(fr.map(|g| g.greeted), Some(vec!["Bonjour Ada".to_owned()]));
+    /// # Ok(()) }
+    /// ```
     pub fn id(&self) -> &EntityId {
         &self.id
     }
 
     /// Typed one-way signals to another entity, sent if this operation succeeds.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Counter { value: i64 }
+    ///
+    /// #[entity]
+    /// impl Counter {
+    ///     fn add(&mut self, amount: i64) { self.value += amount; }
+    /// }
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Cart { items: u32 }
+    ///
+    /// #[entity]
+    /// impl Cart {
+    ///     fn add_item(&mut self, ctx: &EntityContext) {
+    ///         self.items += 1;
+    ///         ctx.signal_entity::<Counter>("items-sold").add(1); // sent once this succeeds
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(Counter::entity()).register(Cart::entity()).start()?;
+    /// env.client().entity::<Cart>("ada").add_item().await?;
+    /// env.client().entity::<Cart>("grace").add_item().await?;
+    /// env.run_until_idle().await;
+    /// let sold = env.client().read_entity::<Counter>("items-sold").await?;
+    /// assert_eq!(sold.map(|c| c.value), Some(2));
+    /// # Ok(()) }
+    /// ```
     pub fn signal_entity<E: Entity>(&self, key: &str) -> E::SignalProxy {
         let target = EntityId {
             name: E::NAME.to_lowercase(),
@@ -165,6 +259,46 @@ impl EntityContext {
     }
 
     /// Starts an orchestration (with a fresh id) if this operation succeeds; returns its id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[orchestrator]
+    /// async fn restock(_ctx: OrchestrationContext, sku: String) -> Result<String, OrchestrationError> {
+    ///     Ok(format!("ordered more {sku}"))
+    /// }
+    ///
+    /// #[entity]
+    /// #[derive(Serialize, Deserialize)]
+    /// struct Stock { count: u32, restock_run: Option<InstanceId> }
+    ///
+    /// #[entity]
+    /// impl Stock {
+    ///     fn initial() -> Self { Stock { count: 1, restock_run: None } }
+    ///     fn take(&mut self, ctx: &EntityContext) -> Result<(), FailureDetails> {
+    ///         self.count = self.count.saturating_sub(1);
+    ///         if self.count == 0 {
+    ///             let sku = ctx.id().key.clone();
+    ///             self.restock_run = Some(ctx.start_orchestration::<restock>(&sku)?);
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(restock).register(Stock::entity()).start()?;
+    /// env.client().entity::<Stock>("lamp").take().await?;
+    /// env.run_until_idle().await;
+    /// let stock = env.client().read_entity::<Stock>("lamp").await?.expect("the entity has state");
+    /// let run = env.client().handle::<String>(stock.restock_run.expect("a restock started"));
+    /// assert_eq!(env.wait(&run).await?, "ordered more lamp");
+    /// # Ok(()) }
+    /// ```
     pub fn start_orchestration<O: crate::Orchestrator>(
         &self,
         input: &O::Input,
@@ -180,6 +314,38 @@ impl EntityContext {
     }
 
     /// Deletes this entity's state when the operation completes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Session { pages: u32 }
+    ///
+    /// #[entity]
+    /// impl Session {
+    ///     fn visit(&mut self) { self.pages += 1; }
+    ///     fn log_out(&mut self, ctx: &EntityContext) {
+    ///         ctx.delete_state(); // once this operation completes
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(Session::entity()).start()?;
+    /// let session = env.client().entity::<Session>("ada");
+    /// session.visit().await?;
+    /// env.run_until_idle().await;
+    /// assert_eq!(session.state().await?.map(|s| s.pages), Some(1));
+    /// session.log_out().await?;
+    /// env.run_until_idle().await;
+    /// assert!(session.state().await?.is_none());
+    /// # Ok(()) }
+    /// ```
     pub fn delete_state(&self) {
         self.deleted.store(true, Ordering::SeqCst);
     }

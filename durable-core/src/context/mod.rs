@@ -425,16 +425,79 @@ impl fmt::Debug for OrchestrationContext {
 
 impl OrchestrationContext {
     /// The id of the running instance.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator]
+    /// async fn report(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+    ///     Ok(format!("report {}", ctx.instance_id()))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(report).start()?;
+    /// let id = InstanceId::new("nightly-2024-01-01")?;
+    /// let run = env.start_with(report, (), StartOptions::new().instance_id(id)).await?;
+    /// assert_eq!(env.wait(&run).await?, "report nightly-2024-01-01");
+    /// # Ok(()) }
+    /// ```
     pub fn instance_id(&self) -> InstanceId {
         lock(&self.shared).instance_id.clone()
     }
 
     /// The orchestrator's durable name.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator(name = "checkout_v2")]
+    /// async fn checkout(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+    ///     Ok(ctx.name())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(checkout).start()?;
+    /// let run = env.start(checkout, ()).await?;
+    /// assert_eq!(env.wait(&run).await?, "checkout_v2"); // the durable name, not the fn name
+    /// # Ok(()) }
+    /// ```
     pub fn name(&self) -> String {
         lock(&self.shared).name.clone()
     }
 
     /// The version stamped on this instance at start (or at continue-as-new).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator(version = "2")]
+    /// async fn checkout(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+    ///     match ctx.version().as_deref() {
+    ///         Some("1") | None => Ok("old flow".into()),
+    ///         Some(_) => Ok("new flow".into()),
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(checkout).start()?;
+    /// let new = env.start(checkout, ()).await?; // stamped with the orchestrator's version
+    /// let old = env.start_with(checkout, (), StartOptions::new().version("1")).await?;
+    /// assert_eq!(env.wait(&new).await?, "new flow");
+    /// assert_eq!(env.wait(&old).await?, "old flow");
+    /// # Ok(()) }
+    /// ```
     pub fn version(&self) -> Option<String> {
         lock(&self.shared).version.clone()
     }
@@ -443,6 +506,27 @@ impl OrchestrationContext {
     ///
     /// # Determinism
     /// Reads the time recorded in history; replays see the same value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator]
+    /// async fn deadline(ctx: OrchestrationContext, days: u64) -> Result<Timestamp, OrchestrationError> {
+    ///     Ok(ctx.now() + Duration::from_secs(days * 86_400))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(deadline).start()?;
+    /// let started = env.now();
+    /// let run = env.start(deadline, 2).await?;
+    /// assert_eq!(env.wait(&run).await?, started + Duration::from_secs(2 * 86_400));
+    /// # Ok(()) }
+    /// ```
     pub fn now(&self) -> Timestamp {
         lock(&self.shared).now
     }
@@ -452,6 +536,37 @@ impl OrchestrationContext {
     /// # Determinism
     /// Use it only to skip side effects such as logging; never to change what the code
     /// schedules.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    /// use durable_core::WorkerOptions;
+    /// use durable_testing::TestEnv;
+    ///
+    /// static STARTS_LOGGED: AtomicUsize = AtomicUsize::new(0);
+    ///
+    /// #[orchestrator]
+    /// async fn nightly(ctx: OrchestrationContext, _input: ()) -> Result<(), OrchestrationError> {
+    ///     if !ctx.is_replaying() {
+    ///         STARTS_LOGGED.fetch_add(1, Ordering::SeqCst); // stands for a log line
+    ///     }
+    ///     ctx.sleep(Duration::from_secs(3600)).await;
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut options = WorkerOptions::default();
+    /// options.cache_capacity = 0; // every episode replays the code from the start
+    /// let env = TestEnv::builder().options(options).register(nightly).start()?;
+    /// let run = env.start(nightly, ()).await?;
+    /// env.wait(&run).await?; // two episodes: the start, then the timer
+    /// assert_eq!(STARTS_LOGGED.load(Ordering::SeqCst), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn is_replaying(&self) -> bool {
         lock(&self.shared).replaying
     }
@@ -461,6 +576,31 @@ impl OrchestrationContext {
     ///
     /// # Determinism
     /// Records nothing; derives the value from replay-stable inputs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator]
+    /// async fn order_keys(ctx: OrchestrationContext, _input: ()) -> Result<Vec<String>, OrchestrationError> {
+    ///     let first = ctx.new_guid().to_string();
+    ///     ctx.sleep(Duration::from_secs(60)).await; // a replay derives `first` again, unchanged
+    ///     let second = ctx.new_guid().to_string();
+    ///     Ok(vec![first, second])
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(order_keys).start()?;
+    /// let run = env.start(order_keys, ()).await?;
+    /// let keys = env.wait(&run).await?;
+    /// assert_ne!(keys[0], keys[1]);
+    /// assert_eq!(keys[0].len(), 36); // a hyphenated UUID
+    /// # Ok(()) }
+    /// ```
     pub fn new_guid(&self) -> uuid::Uuid {
         let mut s = lock(&self.shared);
         s.guid_counter += 1;
@@ -479,6 +619,28 @@ impl OrchestrationContext {
     ///
     /// # Determinism
     /// Records `CustomStatusSet` in history when the value changes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator]
+    /// async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<bool, OrchestrationError> {
+    ///     ctx.set_custom_status("waiting for a manager")?;
+    ///     Ok(ctx.wait_for_event("approved").await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(approval).start()?;
+    /// let run = env.start(approval, ()).await?;
+    /// env.run_until_idle().await;
+    /// let status = run.status().await?.custom_status::<String>()?;
+    /// assert_eq!(status.as_deref(), Some("waiting for a manager"));
+    /// # Ok(()) }
+    /// ```
     pub fn set_custom_status<T: Serialize + ?Sized>(
         &self,
         status: &T,
@@ -515,6 +677,14 @@ impl OrchestrationContext {
     ///     ctx.clear_custom_status(); // done: no progress to show
     ///     Ok(files)
     /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = durable_testing::TestEnv::builder().register(import).start()?;
+    /// let run = env.start(import, 3).await?;
+    /// assert_eq!(env.wait(&run).await?, 3);
+    /// assert_eq!(env.custom_status::<String>(run.id()).await?, None);
+    /// # Ok(()) }
     /// ```
     pub fn clear_custom_status(&self) {
         lock(&self.shared).custom_status = None;
@@ -529,6 +699,32 @@ impl OrchestrationContext {
     ///
     /// An activity marked `#[activity(local)]` runs as [`call_local`](Self::call_local)
     /// describes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[activity]
+    /// async fn charge(cents: u64) -> Result<String, ActivityError> {
+    ///     Ok(format!("receipt for {cents} cents"))
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn checkout(ctx: OrchestrationContext, cents: u64) -> Result<String, OrchestrationError> {
+    ///     let receipt = ctx.call(charge, cents).await?;
+    ///     Ok(receipt)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(charge).register(checkout).start()?;
+    /// let run = env.start(checkout, 250).await?;
+    /// assert_eq!(env.wait(&run).await?, "receipt for 250 cents");
+    /// assert_eq!(env.calls(charge), [250]);
+    /// # Ok(()) }
+    /// ```
     #[track_caller]
     pub fn call<A: Activity>(&self, activity: A, input: A::Input) -> TaskFuture<A::Output> {
         let _ = activity;
@@ -570,7 +766,12 @@ impl OrchestrationContext {
     ///     }
     ///     Ok(n)
     /// }
-    /// # let _ = count;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = durable_testing::TestEnv::builder().register(add_one).register(count).start()?;
+    /// let run = env.start(count, 1).await?;
+    /// assert_eq!(env.wait(&run).await?, 4);
+    /// # Ok(()) }
     /// ```
     ///
     /// # Determinism
@@ -608,7 +809,12 @@ impl OrchestrationContext {
     ///         .retry(RetryPolicy::new(3, Duration::from_millis(100)));
     ///     Ok(ctx.call_local_with(lookup, key, options).await?)
     /// }
-    /// # let _ = flow;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = durable_testing::TestEnv::builder().register(lookup).register(flow).start()?;
+    /// let run = env.start(flow, "sku-7".to_owned()).await?;
+    /// assert_eq!(env.wait(&run).await?, "SKU-7");
+    /// # Ok(()) }
     /// ```
     ///
     /// # Determinism
@@ -652,7 +858,12 @@ impl OrchestrationContext {
     ///         .retry(RetryPolicy::new(3, Duration::from_secs(5)));
     ///     Ok(ctx.call_with(charge, order, options).await?)
     /// }
-    /// # let _ = checkout;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = durable_testing::TestEnv::builder().register(charge).register(checkout).start()?;
+    /// let run = env.start(checkout, 7).await?;
+    /// assert_eq!(env.wait(&run).await?, "receipt-7");
+    /// # Ok(()) }
     /// ```
     ///
     /// # Determinism
@@ -725,6 +936,39 @@ impl OrchestrationContext {
     /// # Determinism
     /// Records the first `TaskScheduled` when created, whether or not the future is awaited;
     /// then one `TimerCreated` per back-off and one `TaskScheduled` per further attempt.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// static ATTEMPTS: AtomicU32 = AtomicU32::new(0);
+    ///
+    /// #[activity]
+    /// async fn fetch_rate(currency: String) -> Result<f64, ActivityError> {
+    ///     if ATTEMPTS.fetch_add(1, Ordering::SeqCst) < 2 {
+    ///         return Err(ActivityError::new("rate service busy")); // fails twice
+    ///     }
+    ///     Ok(if currency == "EUR" { 1.1 } else { 1.0 })
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn convert(ctx: OrchestrationContext, currency: String) -> Result<f64, OrchestrationError> {
+    ///     let policy = RetryPolicy::new(5, Duration::from_secs(10));
+    ///     Ok(ctx.call_with_retry(fetch_rate, currency, policy).await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(fetch_rate).register(convert).start()?;
+    /// let run = env.start(convert, "EUR".to_owned()).await?;
+    /// assert_eq!(env.wait(&run).await?, 1.1); // the back-off timers ran on virtual time
+    /// assert_eq!(env.call_count(fetch_rate), 3);
+    /// # Ok(()) }
+    /// ```
     #[track_caller]
     pub fn call_with_retry<A: Activity>(
         &self,
@@ -741,6 +985,31 @@ impl OrchestrationContext {
     /// # Determinism
     /// Records `SubOrchestrationCreated` when created (whether or not the future is
     /// awaited), then `SubOrchestrationCompleted` / `Failed`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator]
+    /// async fn pack(_ctx: OrchestrationContext, items: Vec<String>) -> Result<usize, OrchestrationError> {
+    ///     Ok(items.len())
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn fulfil(ctx: OrchestrationContext, items: Vec<String>) -> Result<String, OrchestrationError> {
+    ///     let boxes = ctx.call_sub_orchestrator(pack, items).await?;
+    ///     Ok(format!("{boxes} boxes shipped"))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(pack).register(fulfil).start()?;
+    /// let run = env.start(fulfil, vec!["book".into(), "lamp".into()]).await?;
+    /// assert_eq!(env.wait(&run).await?, "2 boxes shipped");
+    /// # Ok(()) }
+    /// ```
     #[track_caller]
     pub fn call_sub_orchestrator<O: Orchestrator>(
         &self,
@@ -766,6 +1035,35 @@ impl OrchestrationContext {
     /// As [`call_sub_orchestrator`](Self::call_sub_orchestrator) for the first attempt;
     /// under a retry policy each further attempt records a `TimerCreated` for its back-off
     /// and a `SubOrchestrationCreated`, as the awaited future runs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::SubOrchestrationOptions;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator]
+    /// async fn invoice(_ctx: OrchestrationContext, order: u64) -> Result<String, OrchestrationError> {
+    ///     Ok(format!("INV-{order}"))
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn checkout(ctx: OrchestrationContext, order: u64) -> Result<String, OrchestrationError> {
+    ///     let id = InstanceId::new(format!("invoice-{order}"))?;
+    ///     let options = SubOrchestrationOptions::new().instance_id(id);
+    ///     Ok(ctx.call_sub_orchestrator_with(invoice, order, options).await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(invoice).register(checkout).start()?;
+    /// let run = env.start(checkout, 7).await?;
+    /// assert_eq!(env.wait(&run).await?, "INV-7");
+    /// let child = env.status(&InstanceId::new("invoice-7")?).await?;
+    /// assert_eq!(child.status, RuntimeStatus::Completed);
+    /// # Ok(()) }
+    /// ```
     #[track_caller]
     pub fn call_sub_orchestrator_with<O: Orchestrator>(
         &self,
@@ -843,7 +1141,14 @@ impl OrchestrationContext {
     ///     let started = ctx.start_orchestration(audit, order, StartOptions::new().instance_id(id))?;
     ///     Ok(format!("audit runs as {started}"))
     /// }
-    /// # let _ = checkout;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = durable_testing::TestEnv::builder().register(audit).register(checkout).start()?;
+    /// let run = env.start(checkout, 7).await?;
+    /// assert_eq!(env.wait(&run).await?, "audit runs as audit-7");
+    /// let audit_run = env.client().handle::<u64>(InstanceId::new("audit-7")?);
+    /// assert_eq!(env.wait(&audit_run).await?, 7); // on its own, not a child
+    /// # Ok(()) }
     /// ```
     ///
     /// # Determinism
@@ -1102,6 +1407,30 @@ impl OrchestrationContext {
     ///
     /// # Determinism
     /// Records `TimerCreated` with the absolute fire time, then `TimerFired`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator]
+    /// async fn reminder(ctx: OrchestrationContext, minutes: u64) -> Result<String, OrchestrationError> {
+    ///     ctx.sleep(Duration::from_secs(minutes * 60)).await;
+    ///     Ok("time to stretch".into())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(reminder).start()?;
+    /// let run = env.start(reminder, 30).await?;
+    /// env.advance(Duration::from_secs(29 * 60)).await;
+    /// env.assert_status(run.id(), RuntimeStatus::Running).await;
+    /// env.advance(Duration::from_secs(60)).await;
+    /// assert_eq!(env.output(&run).await?, "time to stretch");
+    /// # Ok(()) }
+    /// ```
     #[track_caller]
     pub fn sleep(&self, duration: Duration) -> TimerFuture {
         let at = self.now() + duration;
@@ -1112,6 +1441,28 @@ impl OrchestrationContext {
     ///
     /// # Determinism
     /// Records `TimerCreated`, then `TimerFired`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator]
+    /// async fn launch(ctx: OrchestrationContext, at: Timestamp) -> Result<Timestamp, OrchestrationError> {
+    ///     ctx.timer_at(at).await;
+    ///     Ok(ctx.now())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(launch).start()?;
+    /// let noon = env.now() + Duration::from_secs(12 * 3600);
+    /// let run = env.start(launch, noon).await?;
+    /// assert_eq!(env.wait(&run).await?, noon);
+    /// # Ok(()) }
+    /// ```
     #[track_caller]
     pub fn timer_at(&self, fire_at: Timestamp) -> TimerFuture {
         self.timer_at_located(fire_at, Location::caller())
@@ -1136,6 +1487,27 @@ impl OrchestrationContext {
     ///
     /// # Determinism
     /// Records nothing when created; the delivered `EventRaised` is in history.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator]
+    /// async fn approval(ctx: OrchestrationContext, amount: u64) -> Result<String, OrchestrationError> {
+    ///     let approver: String = ctx.wait_for_event("approved").await?;
+    ///     Ok(format!("{amount} approved by {approver}"))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(approval).start()?;
+    /// let run = env.start(approval, 900).await?;
+    /// env.raise(run.id(), "approved", "Grace").await?;
+    /// assert_eq!(env.wait(&run).await?, "900 approved by Grace");
+    /// # Ok(()) }
+    /// ```
     pub fn wait_for_event<T: DeserializeOwned>(&self, name: &str) -> EventFuture<T> {
         let mut s = lock(&self.shared);
         s.next_waiter += 1;
@@ -1192,6 +1564,32 @@ impl OrchestrationContext {
     ///
     /// # Determinism
     /// Records a `TimerCreated` for the timeout.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator]
+    /// async fn approval(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+    ///     let day = Duration::from_secs(86_400);
+    ///     match ctx.wait_for_event_timeout::<String>("approved", day).await {
+    ///         Ok(approver) => Ok(format!("approved by {approver}")),
+    ///         Err(TaskError::Timeout) => Ok("escalated".into()),
+    ///         Err(e) => Err(e.into()),
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(approval).start()?;
+    /// let run = env.start(approval, ()).await?;
+    /// env.advance(Duration::from_secs(86_400)).await; // nobody answered
+    /// assert_eq!(env.output(&run).await?, "escalated");
+    /// # Ok(()) }
+    /// ```
     #[track_caller]
     pub fn wait_for_event_timeout<T: DeserializeOwned + Send + 'static>(
         &self,
@@ -1212,6 +1610,33 @@ impl OrchestrationContext {
     ///
     /// # Determinism
     /// Records `EventSent`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator]
+    /// async fn shipment(ctx: OrchestrationContext, _input: ()) -> Result<String, OrchestrationError> {
+    ///     Ok(ctx.wait_for_event("paid").await?)
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn payment(ctx: OrchestrationContext, target: InstanceId) -> Result<(), OrchestrationError> {
+    ///     ctx.raise_event(&target, "paid", "receipt-17")?;
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(shipment).register(payment).start()?;
+    /// let waiting = env.start(shipment, ()).await?;
+    /// let paying = env.start(payment, waiting.id().clone()).await?;
+    /// env.wait(&paying).await?;
+    /// assert_eq!(env.wait(&waiting).await?, "receipt-17");
+    /// # Ok(()) }
+    /// ```
     #[track_caller]
     pub fn raise_event<T: Serialize + ?Sized>(
         &self,
@@ -1251,11 +1676,59 @@ impl OrchestrationContext {
     ///
     /// # Determinism
     /// Records `ContinuedAsNew`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator]
+    /// async fn countdown(ctx: OrchestrationContext, n: u32) -> Result<String, OrchestrationError> {
+    ///     if n == 0 {
+    ///         return Ok("liftoff".into());
+    ///     }
+    ///     // A fresh history per step: an eternal loop's history stays small.
+    ///     ctx.continue_as_new(n - 1).await
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(countdown).start()?;
+    /// let run = env.start(countdown, 3).await?;
+    /// assert_eq!(env.wait(&run).await?, "liftoff");
+    /// assert_eq!(run.status().await?.execution, 4); // the first run and three continuations
+    /// # Ok(()) }
+    /// ```
     pub fn continue_as_new<T, I: Serialize>(&self, input: I) -> ContinueAsNew<T> {
         self.continue_as_new_versioned(input, None)
     }
 
     /// [`continue_as_new`](Self::continue_as_new) with a new version for the next execution.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[orchestrator]
+    /// async fn monitor(ctx: OrchestrationContext, checks: u32) -> Result<String, OrchestrationError> {
+    ///     if ctx.version().as_deref() == Some("2") {
+    ///         return Ok(format!("v2 after {checks} checks"));
+    ///     }
+    ///     // Upgrade the eternal loop at its next iteration.
+    ///     ctx.continue_as_new_versioned(checks + 1, Some("2".into())).await
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(monitor).start()?;
+    /// let run = env.start_with(monitor, 0, StartOptions::new().version("1")).await?;
+    /// assert_eq!(env.wait(&run).await?, "v2 after 1 checks");
+    /// assert_eq!(run.status().await?.version.as_deref(), Some("2"));
+    /// # Ok(()) }
+    /// ```
     pub fn continue_as_new_versioned<T, I: Serialize>(
         &self,
         input: I,
@@ -1301,7 +1774,12 @@ impl OrchestrationContext {
     ///     counter.add(1).await?;
     ///     Ok(counter.get().await?)
     /// }
-    /// # let _ = bump;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = durable_testing::TestEnv::builder().register(Counter::entity()).register(bump).start()?;
+    /// let run = env.start(bump, "page-views".to_owned()).await?;
+    /// assert_eq!(env.wait(&run).await?, 1);
+    /// # Ok(()) }
     /// ```
     pub fn entity<E: crate::entity::Entity>(&self, key: &str) -> E::CallProxy {
         E::CallProxy::from(crate::entity::CallTarget {
@@ -1317,6 +1795,40 @@ impl OrchestrationContext {
     ///
     /// # Determinism
     /// Each signal records `EntitySignaled`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Counter { value: i64 }
+    ///
+    /// #[entity]
+    /// impl Counter {
+    ///     fn add(&mut self, amount: i64) { self.value += amount; }
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn track(ctx: OrchestrationContext, page: String) -> Result<(), OrchestrationError> {
+    ///     ctx.signal_entity::<Counter>(&page).add(1); // fire and forget
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(Counter::entity()).register(track).start()?;
+    /// for _ in 0..3 {
+    ///     env.start(track, "home".to_owned()).await?;
+    /// }
+    /// env.run_until_idle().await;
+    /// let views = env.client().read_entity::<Counter>("home").await?;
+    /// assert_eq!(views.map(|c| c.value), Some(3));
+    /// # Ok(()) }
+    /// ```
     pub fn signal_entity<E: crate::entity::Entity>(&self, key: &str) -> E::SignalProxy {
         E::SignalProxy::from(crate::entity::SignalTarget {
             sink: Arc::new(self.clone()),
@@ -1331,6 +1843,37 @@ impl OrchestrationContext {
     ///
     /// # Determinism
     /// Records `EntityCalled`, then `EntityResponded`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Counter { value: i64 }
+    ///
+    /// #[entity]
+    /// impl Counter {
+    ///     fn add(&mut self, amount: i64) -> i64 { self.value += amount; self.value }
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn bump(ctx: OrchestrationContext, key: String) -> Result<i64, OrchestrationError> {
+    ///     // What `ctx.entity::<Counter>(&key).add(10)` does, by name.
+    ///     let counter = EntityId::new("counter", &key)?;
+    ///     Ok(ctx.call_entity::<i64, _>(&counter, "add", &10).await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(Counter::entity()).register(bump).start()?;
+    /// let run = env.start(bump, "visits".to_owned()).await?;
+    /// assert_eq!(env.wait(&run).await?, 10);
+    /// # Ok(()) }
+    /// ```
     #[track_caller]
     pub fn call_entity<T, I: Serialize + ?Sized>(
         &self,
@@ -1350,6 +1893,37 @@ impl OrchestrationContext {
     ///
     /// # Determinism
     /// Records `EntityCalled`, then `EntityResponded`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Counter { value: i64 }
+    ///
+    /// #[entity]
+    /// impl Counter {
+    ///     fn add(&mut self, amount: i64) -> i64 { self.value += amount; self.value }
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn bump(ctx: OrchestrationContext, key: String) -> Result<i64, OrchestrationError> {
+    ///     let counter = EntityId::new("counter", &key)?;
+    ///     let input = "5".to_owned(); // already JSON
+    ///     Ok(ctx.call_entity_raw::<i64>(&counter, "add", input).await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(Counter::entity()).register(bump).start()?;
+    /// let run = env.start(bump, "visits".to_owned()).await?;
+    /// assert_eq!(env.wait(&run).await?, 5);
+    /// # Ok(()) }
+    /// ```
     #[track_caller]
     pub fn call_entity_raw<T>(
         &self,
@@ -1384,6 +1958,42 @@ impl OrchestrationContext {
     /// # Determinism
     /// Records `EntityLockRequested`, then `EntityLockGranted`; the release records
     /// `EntityUnlockSent`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Account { balance: i64 }
+    ///
+    /// #[entity]
+    /// impl Account {
+    ///     fn deposit(&mut self, amount: i64) { self.balance += amount; }
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn transfer(ctx: OrchestrationContext, amount: i64) -> Result<(), OrchestrationError> {
+    ///     let (from, to) = (EntityId::of::<Account>("alice")?, EntityId::of::<Account>("bob")?);
+    ///     let section = ctx.lock(&[from, to]).await?; // nobody else touches either meanwhile
+    ///     ctx.entity::<Account>("alice").deposit(-amount).await?;
+    ///     ctx.entity::<Account>("bob").deposit(amount).await?;
+    ///     section.release();
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(Account::entity()).register(transfer).start()?;
+    /// let run = env.start(transfer, 30).await?;
+    /// env.wait(&run).await?;
+    /// let bob = env.client().read_entity::<Account>("bob").await?;
+    /// assert_eq!(bob.map(|a| a.balance), Some(30));
+    /// # Ok(()) }
+    /// ```
     #[track_caller]
     pub fn lock(&self, entities: &[crate::entity::EntityId]) -> LockFuture {
         let location = Location::caller();
@@ -1418,6 +2028,35 @@ impl OrchestrationContext {
 
     /// Awaits all futures, in any completion order; outputs come back in input order.
     /// Each completion costs O(1), so fan-outs of many thousands stay linear.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// #[activity]
+    /// async fn word_count(text: String) -> Result<usize, ActivityError> {
+    ///     Ok(text.split_whitespace().count())
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn total_words(ctx: OrchestrationContext, pages: Vec<String>) -> Result<usize, OrchestrationError> {
+    ///     let counts = pages.into_iter().map(|p| ctx.call(word_count, p)); // all scheduled at once
+    ///     let mut total = 0;
+    ///     for count in ctx.when_all(counts).await {
+    ///         total += count?;
+    ///     }
+    ///     Ok(total)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = TestEnv::builder().register(word_count).register(total_words).start()?;
+    /// let run = env.start(total_words, vec!["a b c".into(), "d e".into()]).await?;
+    /// assert_eq!(env.wait(&run).await?, 5);
+    /// # Ok(()) }
+    /// ```
     pub fn when_all<F: Future>(&self, futures: impl IntoIterator<Item = F>) -> WhenAll<F> {
         when_all(futures)
     }
@@ -1446,6 +2085,16 @@ impl OrchestrationContext {
     ///         Err(e) => Err(e.into()),
     ///     }
     /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let env = durable_testing::TestEnv::builder().register(first_reply).start()?;
+    /// let run = env.start(first_reply, vec!["ada".into(), "grace".into()]).await?;
+    /// env.raise(run.id(), "grace", "yes").await?;
+    /// assert_eq!(env.wait(&run).await?, "grace said yes");
+    /// let nobody = env.start(first_reply, vec![]).await?;
+    /// assert_eq!(env.wait(&nobody).await?, "nobody to ask");
+    /// # Ok(()) }
     /// ```
     ///
     /// # Determinism

@@ -76,7 +76,7 @@ pub enum Command {
         /// Heartbeat details of the previous attempt, for the activity to resume from.
         heartbeat: Option<Payload>,
         /// A local activity: the worker may run it inside the episode and deliver its
-        /// result before the episode ends (see [`Replayer::take_local_activities`]); a
+        /// result before the episode ends (see `Replayer::take_local_activities`); a
         /// command still here when the episode ends is an ordinary activity task.
         local: bool,
     },

@@ -188,34 +188,200 @@ impl std::fmt::Debug for OptionSetters {
 
 impl WorkerBuilder {
     /// The store to run on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::RedbStore;
+    ///
+    /// #[orchestrator]
+    /// async fn greet(_ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    ///     Ok(format!("Hello {name}"))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("durable.redb");
+    /// // A file that survives restarts (`MemoryStore::new()` for tests).
+    /// let worker = Worker::builder().store(RedbStore::open(&path)?).register(greet).start()?;
+    /// let run = worker.client().start(greet, "Ada".into()).await?;
+    /// assert_eq!(run.wait().await?, "Hello Ada");
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn store(mut self, store: impl Store) -> Self {
         self.store = Some(Arc::new(store));
         self
     }
 
     /// The store to run on, shared.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use durable_core::prelude::*;
+    /// use durable_core::Store;
+    ///
+    /// #[orchestrator]
+    /// async fn greet(_ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    ///     Ok(format!("Hello {name}"))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store: Arc<dyn Store> = Arc::new(MemoryStore::new()); // chosen at run time, say
+    /// let worker = Worker::builder().store_arc(Arc::clone(&store)).register(greet).start()?;
+    /// let run = worker.client().start(greet, "Ada".into()).await?;
+    /// run.wait().await?;
+    /// assert!(store.read_instance(run.id()).await?.is_some()); // the same store
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn store_arc(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
         self
     }
 
     /// Registers anything the macros generate (activity or orchestrator markers).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[activity]
+    /// async fn price(item: String) -> Result<u32, ActivityError> {
+    ///     Ok(if item == "lamp" { 40 } else { 10 })
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn quote(ctx: OrchestrationContext, item: String) -> Result<u32, OrchestrationError> {
+    ///     Ok(ctx.call(price, item).await?)
+    /// }
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Counter { value: i64 }
+    /// # #[entity]
+    /// # impl Counter {
+    /// #     fn add(&mut self, amount: i64) { self.value += amount; }
+    /// # }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .register(price) // an #[activity]
+    ///     .register(quote) // an #[orchestrator]
+    ///     .register(Counter::entity()) // an #[entity]
+    ///     .start()?;
+    /// let run = worker.client().start(quote, "lamp".into()).await?;
+    /// assert_eq!(run.wait().await?, 40);
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn register(mut self, r: impl Registration) -> Self {
         self.registry.register(r);
         self
     }
 
     /// Registers an activity implemented by hand.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[derive(Clone, Copy)]
+    /// struct Shout;
+    /// impl Activity for Shout {
+    ///     const NAME: &'static str = "shout";
+    ///     type Input = String;
+    ///     type Output = String;
+    ///     type Error = ActivityError;
+    ///     async fn run(&self, _ctx: ActivityContext, text: String) -> Result<String, ActivityError> {
+    ///         Ok(text.to_uppercase())
+    ///     }
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn announce(ctx: OrchestrationContext, text: String) -> Result<String, OrchestrationError> {
+    ///     Ok(ctx.call(Shout, text).await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).activity(Shout).register(announce).start()?;
+    /// let run = worker.client().start(announce, "doors open".into()).await?;
+    /// assert_eq!(run.wait().await?, "DOORS OPEN");
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn activity<A: Activity>(self, activity: A) -> Self {
         self.register(ActivityRegistration(activity))
     }
 
     /// Registers an orchestrator implemented by hand.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// #[derive(Clone, Copy)]
+    /// struct Double;
+    /// impl Orchestrator for Double {
+    ///     const NAME: &'static str = "double";
+    ///     type Input = i64;
+    ///     type Output = i64;
+    ///     type Error = OrchestrationError;
+    ///     async fn run(_ctx: OrchestrationContext, x: i64) -> Result<i64, OrchestrationError> {
+    ///         Ok(x * 2)
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).orchestrator(Double).start()?;
+    /// let run = worker.client().start(Double, 21).await?;
+    /// assert_eq!(run.wait().await?, 42);
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn orchestrator<O: Orchestrator>(self, orchestrator: O) -> Self {
         self.register(OrchestratorRegistration(orchestrator))
     }
 
     /// Registers an entity type (`#[entity]` types can also use `.register(Type::entity())`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[entity]
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Counter { value: i64 }
+    ///
+    /// #[entity]
+    /// impl Counter {
+    ///     fn add(&mut self, amount: i64) { self.value += amount; }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).entity::<Counter>().start()?;
+    /// let client = worker.client();
+    /// assert_eq!(client.knows_entity("counter"), Some(true));
+    /// client.entity::<Counter>("page-views").add(1).await?;
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn entity<E: crate::entity::Entity>(mut self) -> Self {
         self.registry.add_entity::<E>();
         self
@@ -261,6 +427,44 @@ impl WorkerBuilder {
 
     /// Shares every value of `states` with the activities, as [`state`](Self::state) does
     /// one at a time.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::States;
+    ///
+    /// #[derive(Clone)]
+    /// struct Greeting(&'static str);
+    /// #[derive(Clone)]
+    /// struct Punctuation(char);
+    ///
+    /// #[activity]
+    /// async fn greet(State(g): State<Greeting>, State(p): State<Punctuation>, name: String) -> Result<String, ActivityError> {
+    ///     Ok(format!("{} {name}{}", g.0, p.0))
+    /// }
+    ///
+    /// #[orchestrator]
+    /// async fn welcome(ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    ///     Ok(ctx.call(greet, name).await?)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut shared = States::new(); // built once, shared by several workers
+    /// shared.insert(Greeting("Hello"));
+    /// shared.insert(Punctuation('!'));
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .states(shared)
+    ///     .register(greet)
+    ///     .register(welcome)
+    ///     .start()?;
+    /// let run = worker.client().start(welcome, "Ada".into()).await?;
+    /// assert_eq!(run.wait().await?, "Hello Ada!");
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn states(mut self, states: crate::States) -> Self {
         self.states.extend(&states);
         self
@@ -301,12 +505,66 @@ impl WorkerBuilder {
     }
 
     /// Uses a complete registry (replacing registrations made so far).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::Registry;
+    ///
+    /// #[orchestrator]
+    /// async fn greet(_ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    ///     Ok(format!("Hello {name}"))
+    /// }
+    ///
+    /// /// Everything this service runs, in one place (shared by its workers and its tests).
+    /// fn registry() -> Registry {
+    ///     let mut registry = Registry::new();
+    ///     registry.register(greet);
+    ///     registry
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).registry(registry()).start()?;
+    /// let run = worker.client().start(greet, "Ada".into()).await?;
+    /// assert_eq!(run.wait().await?, "Hello Ada");
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = registry;
         self
     }
 
     /// The clock (default: [`SystemClock`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    /// use durable_core::Clock;
+    /// use durable_testing::ManualClock;
+    ///
+    /// #[orchestrator]
+    /// async fn reminder(ctx: OrchestrationContext, _input: ()) -> Result<Timestamp, OrchestrationError> {
+    ///     ctx.sleep(Duration::from_secs(3600)).await;
+    ///     Ok(ctx.now())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let clock = ManualClock::default(); // time moves only when told to
+    /// let t0 = clock.now();
+    /// let worker = Worker::builder().store(MemoryStore::new()).clock(clock.as_clock()).register(reminder).start()?;
+    /// let run = worker.client().start(reminder, ()).await?;
+    /// run.wait_until(|r| r.status == RuntimeStatus::Running, Duration::from_secs(30)).await?;
+    /// clock.advance(Duration::from_secs(3600)); // an hour passes at once
+    /// assert_eq!(run.wait().await?, t0 + Duration::from_secs(3600));
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
@@ -352,33 +610,135 @@ impl WorkerBuilder {
     }
 
     /// Sets the live-orchestration cache size (0 disables caching: every episode replays).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .cache_capacity(1_000) // a smaller memory footprint: more replays
+    ///     .start()?;
+    /// assert_eq!(worker.options().cache_capacity, 1_000);
+    /// assert_eq!(worker.cached_instances(), 0);
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn cache_capacity(self, n: usize) -> Self {
         self.set(move |o| o.cache_capacity = n)
     }
 
     /// Sets concurrency limits (each at least 1).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .concurrency(8, 0) // 8 episodes at once; activities: at least 1
+    ///     .start()?;
+    /// assert_eq!(worker.options().max_concurrent_orchestrations, 8);
+    /// assert_eq!(worker.options().max_concurrent_activities, 1);
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn concurrency(self, orchestrations: usize, activities: usize) -> Self {
         self.max_concurrent_orchestrations(orchestrations)
             .max_concurrent_activities(activities)
     }
 
     /// Sets how many episodes run at once (at least 1; default 32).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .max_concurrent_orchestrations(4)
+    ///     .start()?;
+    /// assert_eq!(worker.options().max_concurrent_orchestrations, 4);
+    /// assert_eq!(worker.options().max_concurrent_activities, 64); // untouched: the default
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn max_concurrent_orchestrations(self, n: usize) -> Self {
         self.set(move |o| o.max_concurrent_orchestrations = n.max(1))
     }
 
     /// Sets how many activities run at once (at least 1; default 64).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // A rate-limited downstream API: at most 2 calls at a time from this worker.
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .max_concurrent_activities(2)
+    ///     .start()?;
+    /// assert_eq!(worker.options().max_concurrent_activities, 2);
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn max_concurrent_activities(self, n: usize) -> Self {
         self.set(move |o| o.max_concurrent_activities = n.max(1))
     }
 
     /// Sets the lease on an instance during an episode (default 60 s).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .orchestration_lock(Duration::from_secs(20)) // a crashed worker's episode moves on sooner
+    ///     .start()?;
+    /// assert_eq!(worker.options().orchestration_lock, Duration::from_secs(20));
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn orchestration_lock(self, lease: Duration) -> Self {
         self.set(move |o| o.orchestration_lock = lease)
     }
 
     /// Sets the lease on an activity task (default 5 min; see
     /// [`WorkerOptions::activity_lock`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .activity_lock(Duration::from_secs(60)) // re-run a lost worker's activities after a minute
+    ///     .start()?;
+    /// assert_eq!(worker.options().activity_lock, Duration::from_secs(60));
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn activity_lock(self, lease: Duration) -> Self {
         self.set(move |o| o.activity_lock = lease)
     }
@@ -417,11 +777,61 @@ impl WorkerBuilder {
     }
 
     /// Sets payload and action limits.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::Limits;
+    ///
+    /// #[orchestrator]
+    /// async fn echo(_ctx: OrchestrationContext, text: String) -> Result<String, OrchestrationError> {
+    ///     Ok(text)
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut limits = Limits::default();
+    /// limits.max_payload_bytes = 64 * 1024;
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(echo).limits(limits).start()?;
+    /// let big = worker.client().start(echo, "x".repeat(100_000)).await;
+    /// assert!(matches!(big, Err(ClientError::PayloadTooLarge { limit: 65_536, .. })));
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn limits(self, limits: Limits) -> Self {
         self.set(move |o| o.limits = limits)
     }
 
     /// Sets the worker's version and how it treats other versions.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::{VersionMatch, VersionMismatchAction};
+    ///
+    /// #[orchestrator]
+    /// async fn checkout(_ctx: OrchestrationContext, _input: ()) -> Result<(), OrchestrationError> {
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .register(checkout)
+    ///     .version("2", VersionMatch::Strict, VersionMismatchAction::Fail)
+    ///     .start()?;
+    /// let client = worker.client();
+    /// let current = client.start(checkout, ()).await?; // stamped "2"
+    /// current.wait().await?;
+    /// assert_eq!(current.status().await?.version.as_deref(), Some("2"));
+    /// let old = client.start_with(checkout, (), StartOptions::new().version("1")).await?;
+    /// assert!(matches!(old.wait().await, Err(ClientError::Failed(_)))); // not this worker's version
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn version(
         self,
         version: impl Into<String>,
@@ -435,18 +845,70 @@ impl WorkerBuilder {
     }
 
     /// Sets which instance versions this worker runs (default [`VersionMatch::Any`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::VersionMatch;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // During a rolling upgrade, the new workers also take the older versions' instances.
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .version_match(VersionMatch::CurrentOrOlder)
+    ///     .start()?;
+    /// assert_eq!(worker.options().version_match, VersionMatch::CurrentOrOlder);
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn version_match(self, matching: VersionMatch) -> Self {
         self.set(move |o| o.version_match = matching)
     }
 
     /// Sets what happens to instances of a version this worker may not run (default
     /// [`VersionMismatchAction::LeavePending`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::VersionMismatchAction;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .on_version_mismatch(VersionMismatchAction::Fail) // instead of leaving them pending
+    ///     .start()?;
+    /// assert_eq!(worker.options().on_version_mismatch, VersionMismatchAction::Fail);
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn on_version_mismatch(self, action: VersionMismatchAction) -> Self {
         self.set(move |o| o.on_version_mismatch = action)
     }
 
     /// Sets the longest back-off before a stuck episode (non-determinism, unknown name) is
     /// retried (default 60 s).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .max_stuck_backoff(Duration::from_secs(10)) // retry a stuck episode at least every 10 s
+    ///     .start()?;
+    /// assert_eq!(worker.options().max_stuck_backoff, Duration::from_secs(10));
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
     pub fn max_stuck_backoff(self, backoff: Duration) -> Self {
         self.set(move |o| o.max_stuck_backoff = backoff)
     }
@@ -510,6 +972,30 @@ impl WorkerBuilder {
     /// registrations share a name; [`BuildError::MissingState`] when an activity takes a
     /// state type the builder was not given; [`BuildError::DuplicateState`] when one type was
     /// given twice; [`BuildError::NoRuntime`] outside a Tokio runtime.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::BuildError;
+    ///
+    /// #[orchestrator]
+    /// async fn greet(_ctx: OrchestrationContext, name: String) -> Result<String, OrchestrationError> {
+    ///     Ok(format!("Hello {name}"))
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder().store(MemoryStore::new()).register(greet).start()?;
+    /// let run = worker.client().start(greet, "Ada".into()).await?;
+    /// assert_eq!(run.wait().await?, "Hello Ada");
+    /// worker.shutdown().await;
+    ///
+    /// // Mistakes are caught at start:
+    /// let no_store = Worker::builder().register(greet).start();
+    /// assert!(matches!(no_store, Err(BuildError::MissingStore)));
+    /// # Ok(()) }
+    /// ```
     pub fn start(self) -> Result<Worker, BuildError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let store = self.store.ok_or(BuildError::MissingStore)?;
