@@ -817,6 +817,96 @@ impl PostgresStore {
         Ok(wake)
     }
 
+    /// Inserts `record`, a brand-new instance, leased under `first`'s token, for `first` to
+    /// be committed in the same transaction ([`Store::create_started`]); `false`, with
+    /// nothing written, when the id is taken.
+    async fn insert_started<C: GenericClient>(
+        &self,
+        tx: &C,
+        record: &InstanceRecord,
+        first: &EpisodeCommit,
+    ) -> R<bool> {
+        let st = tx.prepare_cached(&self.inner.sql.insert_started).await?;
+        let json = serde_json::to_string(record)?;
+        let status = record.status.as_str();
+        let params: [&(dyn ToSql + Sync); 7] = [
+            &record.instance_id.as_str(),
+            &record.name,
+            &status,
+            &ts(record.created_at),
+            &json,
+            &to_i64(first.lock.0),
+            &ts(first.now),
+        ];
+        Ok(tx.execute(&st, &params).await? > 0)
+    }
+
+    /// [`Store::create_started`] in one transaction of any shape (sub-orchestrations,
+    /// [`PostgresOptions::notify_in_transaction`]): `None` when the id is taken.
+    async fn create_started_tx(
+        &self,
+        tx: &Transaction<'_>,
+        record: &InstanceRecord,
+        first: &EpisodeCommit,
+    ) -> R<Option<Wake>> {
+        if !self.insert_started(tx, record, first).await? {
+            return Ok(None);
+        }
+        self.commit_tx(tx, first).await.map(Some)
+    }
+
+    /// [`Store::create_started`] for a first episode without sub-orchestrations, in two
+    /// round trips as [`commit_batch_pipelined`](Self::commit_batch_pipelined): `BEGIN`,
+    /// the insert and the lock statement pipelined, then the writes with `COMMIT` (or a
+    /// `ROLLBACK` when the id is taken: `None`). Not with
+    /// [`PostgresOptions::notify_in_transaction`].
+    async fn create_started_pipelined(
+        &self,
+        record: &InstanceRecord,
+        first: &EpisodeCommit,
+    ) -> R<Option<Wake>> {
+        let sql = &self.inner.sql;
+        let ids: Vec<&str> = commit_ids(first).into_iter().collect();
+        let owners = vec![first.instance_id.as_str()];
+        let json = serde_json::to_string(record)?;
+        let status = record.status.as_str();
+        let key = record.instance_id.as_str();
+        let (created, token, until) = (ts(record.created_at), to_i64(first.lock.0), ts(first.now));
+        let conn = self.conn().await?;
+        let (insert, lock_rows) = tokio::try_join!(
+            conn.prepare_cached(&sql.insert_started),
+            conn.prepare_cached(&sql.lock_rows),
+        )?;
+        let open = OpenTx(Some(conn));
+        let conn = open.conn()?;
+        let insert_params: [&(dyn ToSql + Sync); 7] =
+            [&key, &record.name, &status, &created, &json, &token, &until];
+        let lock_params: [&(dyn ToSql + Sync); 2] = [&ids, &owners];
+        let result = async {
+            let ((), inserted, rows) = tokio::try_join!(
+                conn.batch_execute("BEGIN"),
+                conn.execute(&insert, &insert_params),
+                conn.query(&lock_rows, &lock_params),
+            )?;
+            if inserted == 0 {
+                conn.batch_execute("ROLLBACK").await?;
+                return Ok(None);
+            }
+            let mut locked = Locked::read(&rows)?;
+            let own = locked.lease(first)?;
+            let mut writes = Writes::default();
+            writes.add(first, own, &[], &locked.existing)?;
+            writes.run(self, conn, true).await.map(Some)
+        }
+        .await;
+        if result.is_err() {
+            // Awaited, so the row locks are gone before the caller goes on.
+            let _ = conn.batch_execute("ROLLBACK").await;
+        }
+        open.close();
+        result
+    }
+
     /// Applies episodes without sub-orchestrations (each instance at most once) inside one
     /// transaction: one statement locks every row they touch (in id order), then one
     /// statement per kind of write covers them all, pipelined. Answers each episode's
@@ -1420,6 +1510,45 @@ impl Store for PostgresStore {
         }
     }
 
+    async fn create_started(
+        &self,
+        new: NewInstance,
+        mut first: EpisodeCommit,
+    ) -> Result<Option<InstanceRecord>, StoreError> {
+        // The start message is never stored: it is consumed in the same transaction. The
+        // instance is leased under a fresh token inside it, released by the commit.
+        first.consumed = Vec::new();
+        first.lock = LockToken(to_u64(new_token()));
+        let record = new.record(None);
+        let timer = CommitTimer::start();
+        let what = "creating an instance with its first episode";
+        let wake = if first.new_instances.is_empty() && !self.inner.options.notify_in_transaction {
+            let mut attempt = 0u32;
+            loop {
+                attempt += 1;
+                match self.create_started_pipelined(&record, &first).await {
+                    Err(Error::Db(e)) if attempt < MAX_ATTEMPTS && retryable(&e) => {
+                        tracing::debug!(error = %e, attempt, "transaction aborted by PostgreSQL; retrying");
+                        pause(Duration::from_millis(u64::from(attempt) * 5)).await;
+                    }
+                    other => break other.map_err(|e| self.err(what, e)),
+                }
+            }
+        } else {
+            retry_tx!(self, what, tx => self.create_started_tx(&tx, &record, &first))
+        }?;
+        let Some(wake) = wake else {
+            return Ok(None);
+        };
+        timer.record_single("postgres");
+        self.signal(wake);
+        Ok(Some(record))
+    }
+
+    fn supports_create_started(&self) -> bool {
+        true
+    }
+
     fn supports_activity_handoff(&self) -> bool {
         true
     }
@@ -1723,6 +1852,7 @@ struct Sql {
     select_for_update: String,
     select_status: String,
     insert_instance: String,
+    insert_started: String,
     replace_instance: String,
     update_record: String,
     update_records: String,
@@ -1820,6 +1950,11 @@ impl Sql {
                 "INSERT INTO {s}.instances (id, name, status, created_at, record)
                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
             ),
+            // A brand-new instance leased (token $6, until $7) for its first episode's commit
+            // in the same transaction; nothing when the id is taken.
+            insert_started: s("INSERT INTO {s}.instances
+                    (id, name, status, created_at, record, lock_token, locked_until)
+                VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"),
             replace_instance: s("UPDATE {s}.instances
                 SET name = $2, status = $3, created_at = $4, record = $5,
                     ready_at = NULL, lock_token = NULL, locked_until = NULL, not_before = NULL
