@@ -31,6 +31,36 @@ use crate::error::{BackendError, FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 
+/// TEMPORARY (round-trip counting for issue 16): round trips per kind of call.
+#[doc(hidden)]
+pub mod rt {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    /// The kinds counted.
+    pub const NAMES: [&str; 12] = [
+        "commit",
+        "create_started",
+        "create",
+        "notify",
+        "fetch_orch",
+        "fetch_inst",
+        "fetch_act",
+        "wake",
+        "read_record",
+        "read_history",
+        "renew",
+        "write_one",
+    ];
+    static COUNTS: [AtomicU64; 12] = [const { AtomicU64::new(0) }; 12];
+    /// Adds `n` round trips of kind `i`.
+    pub fn add(i: usize, n: u64) {
+        COUNTS[i].fetch_add(n, Ordering::Relaxed);
+    }
+    /// The counts so far.
+    pub fn snapshot() -> [u64; 12] {
+        std::array::from_fn(|i| COUNTS[i].load(Ordering::Relaxed))
+    }
+}
+
 /// The schema version this build creates and understands.
 const SCHEMA_VERSION: i32 = 3;
 /// First key of the advisory lock that serialises migrations (the second is the hub's hash).
@@ -865,6 +895,7 @@ impl PostgresStore {
         record: &InstanceRecord,
         first: &EpisodeCommit,
     ) -> R<Option<Wake>> {
+        rt::add(1, 2);
         let sql = &self.inner.sql;
         let ids: Vec<&str> = commit_ids(first).into_iter().collect();
         let owners = vec![first.instance_id.as_str()];
@@ -955,6 +986,7 @@ impl PostgresStore {
         &self,
         commits: &[EpisodeCommit],
     ) -> R<(Vec<Result<(), StoreError>>, Wake)> {
+        rt::add(0, 2);
         let sql = &self.inner.sql;
         let mut ids = BTreeSet::new();
         for c in commits {
@@ -1132,6 +1164,7 @@ impl PostgresStore {
         params: &[&(dyn ToSql + Sync)],
         wake: Wake,
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        rt::add(11, 1);
         if self.inner.options.notify_in_transaction {
             return retry_tx!(self, what, tx => async {
                 let st = tx.prepare_cached(sql).await?;
@@ -1193,6 +1226,7 @@ impl PostgresStore {
         lock_for: Duration,
         max: usize,
     ) -> R<Vec<OrchestrationWorkItem>> {
+        rt::add(4, 1);
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -1214,6 +1248,7 @@ impl PostgresStore {
         now: Timestamp,
         lock_for: Duration,
     ) -> R<Vec<OrchestrationWorkItem>> {
+        rt::add(5, 1);
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -1233,6 +1268,7 @@ impl PostgresStore {
         lock_for: Duration,
         max: usize,
     ) -> R<Vec<ActivityWorkItem>> {
+        rt::add(6, 1);
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -1260,6 +1296,7 @@ impl PostgresStore {
     }
 
     async fn wake_time(&self, kind: Option<WorkKind>) -> R<Option<Timestamp>> {
+        rt::add(7, 1);
         let conn = self.lease_conn().await?;
         let st = conn.prepare_cached(&self.inner.sql.next_wake).await?;
         let row = conn.query_one(&st, &[]).await?;
@@ -1282,6 +1319,7 @@ impl PostgresStore {
     }
 
     async fn read_record(&self, id: &InstanceId) -> R<Option<InstanceRecord>> {
+        rt::add(8, 1);
         let conn = self.conn().await?;
         let st = conn.prepare_cached(&self.inner.sql.read_record).await?;
         match conn.query_opt(&st, &[&id.as_str()]).await? {
@@ -1291,6 +1329,7 @@ impl PostgresStore {
     }
 
     async fn read_events(&self, id: &InstanceId) -> R<Vec<HistoryEvent>> {
+        rt::add(9, 1);
         let conn = self.conn().await?;
         let st = conn.prepare_cached(&self.inner.sql.read_history).await?;
         let rows = conn.query(&st, &[&id.as_str()]).await?;
@@ -1424,6 +1463,8 @@ impl PostgresStore {
 #[async_trait]
 impl Store for PostgresStore {
     async fn create_instance(&self, new: NewInstance) -> Result<CreateResult, StoreError> {
+        // BEGIN, select, insert, enqueue + ready (pipelined), COMMIT.
+        rt::add(2, 5);
         let r = retry_tx!(self, "creating an instance", tx => self.create_tx(&tx, &new))?;
         self.signal(Wake::ORCHESTRATION);
         Ok(r)
@@ -1666,6 +1707,7 @@ impl Store for PostgresStore {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
+        rt::add(10, 1);
         let ids: Vec<i64> = leases.iter().map(|(id, _)| to_i64(*id)).collect();
         let tokens: Vec<i64> = leases.iter().map(|(_, lock)| to_i64(lock.0)).collect();
         // One statement; the rows are locked in id order (as commits lock theirs), so it
@@ -2712,6 +2754,7 @@ impl Notifier {
                 continue;
             }
             let sql = format!("{prefix}{}'; COMMIT", Wake::from_bits(bits).kinds());
+            rt::add(3, 1);
             let sent = match pool.get().await {
                 Ok(conn) => conn.batch_execute(&sql).await.map_err(|e| describe(&e)),
                 Err(e) => Err(e.to_string()),
