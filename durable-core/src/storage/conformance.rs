@@ -69,6 +69,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         create_started_applies_the_first_episode,
         create_started_declines_a_taken_id,
         create_started_with_children,
+        next_wake_time_for_after_fetch,
     );
 }
 
@@ -3013,4 +3014,75 @@ pub async fn create_started_with_children(store: Arc<dyn Store>) {
     assert_eq!(items[1].history_len, 4);
     let busy = record(&store, "busy").await;
     assert_eq!((busy.input.as_str(), busy.parent), ("\"orig\"", None));
+}
+
+/// `next_wake_time_for` right after a fetch (what an idle dispatcher asks) reflects that
+/// fetch's leases and every write made since.
+pub async fn next_wake_time_for_after_fetch(store: Arc<dyn Store>) {
+    let mut later = new_instance("later", "Job", "null", T0);
+    later.scheduled_start = Some(at(60_000));
+    create(&store, later).await;
+    create(&store, new_instance("now", "Job", "null", T0)).await;
+    let item = store
+        .fetch_orchestration_work(T0, Duration::from_secs(300))
+        .await
+        .expect("fetch")
+        .expect("work for `now`");
+    let orchestrations = |store: Arc<dyn Store>| async move {
+        store
+            .next_wake_time_for(WorkKind::Orchestration)
+            .await
+            .expect("next_wake_time_for")
+    };
+    let activities = |store: Arc<dyn Store>| async move {
+        store
+            .next_wake_time_for(WorkKind::Activity)
+            .await
+            .expect("next_wake_time_for")
+    };
+    assert_eq!(orchestrations(Arc::clone(&store)).await, Some(at(60_000)));
+    assert!(
+        store
+            .fetch_activity_work(T0, LONG, 4)
+            .await
+            .expect("fetch_activity_work")
+            .is_empty()
+    );
+    assert_eq!(activities(Arc::clone(&store)).await, None);
+
+    // Fetches, then a write: the write's timer and task count.
+    assert!(fetch(&store, T0).await.is_none());
+    assert!(
+        store
+            .fetch_activity_work(T0, LONG, 4)
+            .await
+            .expect("fetch_activity_work")
+            .is_empty()
+    );
+    let mut c = commit_for(&item, RuntimeStatus::Running, T0);
+    c.messages = vec![(
+        id("now"),
+        Message::new(
+            Event::TimerFired {
+                seq: 0,
+                fire_at: at(30_000),
+            },
+            Some(1),
+            at(30_000),
+        ),
+    )];
+    c.activities = vec![task("now", 1, "charge", "5")];
+    commit(&store, c).await;
+    assert_eq!(
+        orchestrations(Arc::clone(&store)).await,
+        Some(at(30_000)),
+        "the timer committed after the fetch"
+    );
+    assert_eq!(
+        activities(Arc::clone(&store)).await,
+        Some(T0),
+        "the task committed after the fetch"
+    );
+    // Asked twice, the same answer.
+    assert_eq!(orchestrations(Arc::clone(&store)).await, Some(at(30_000)));
 }

@@ -12,7 +12,7 @@ use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
     Transaction,
 };
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -376,6 +376,12 @@ struct Inner {
     notifier: Arc<Notifier>,
     /// Episode commits waiting to be committed together.
     commits: std::sync::Mutex<Commits>,
+    /// Bumped by every write of this store (see [`signal`](PostgresStore::signal)).
+    writes: AtomicU64,
+    /// The next wake times (orchestrations, activities) read in the same round trip as the
+    /// last fetch of that kind, with the [`writes`](Self::writes) count they were read at:
+    /// the dispatcher that goes idle right after its fetch needs no query of its own.
+    wake_hints: std::sync::Mutex<[Option<(u64, Option<i64>)>; 2]>,
     listener: JoinHandle<()>,
     notifier_task: JoinHandle<()>,
 }
@@ -510,6 +516,8 @@ impl PostgresStore {
                 signals,
                 notifier,
                 commits: std::sync::Mutex::default(),
+                writes: AtomicU64::new(0),
+                wake_hints: std::sync::Mutex::default(),
                 listener,
                 notifier_task,
             }),
@@ -586,6 +594,8 @@ impl PostgresStore {
     /// Sends the signals for `wake` in this process, and (unless the write's transaction
     /// did) has the notifier tell the other processes.
     fn signal(&self, wake: Wake) {
+        // Wake times read before this write may be stale.
+        self.inner.writes.fetch_add(1, Ordering::AcqRel);
         if !self.inner.options.notify_in_transaction {
             self.inner.notifier.post(wake);
         }
@@ -596,10 +606,10 @@ impl PostgresStore {
         if wake.orchestration {
             s.orchestration_work();
         }
-        if wake.orchestration || wake.changed {
-            // Whether an instance finished is not tracked per write here: waiters for
-            // completion look again after any change.
+        if wake.finished {
             s.instance_finished();
+        } else if wake.changed {
+            s.changed.send_modify(|v| *v = v.wrapping_add(1));
         }
     }
 
@@ -765,7 +775,7 @@ impl PostgresStore {
             .await?
             .map_err(Error::Op)?;
         batch.flush(self, tx).await?;
-        self.notify(tx, Wake::ORCHESTRATION).await?;
+        self.notify(tx, Wake::CREATED).await?;
         Ok(created)
     }
 
@@ -842,7 +852,9 @@ impl PostgresStore {
             }
         }
         writes.add(c, record, &refusals, &locked.existing)?;
-        let wake = writes.run(self, tx, false).await?;
+        let mut wake = writes.run(self, tx, false).await?;
+        // A child may replace (and terminate) an instance.
+        wake.finished = true;
         self.notify(tx, wake).await?;
         Ok(wake)
     }
@@ -1094,6 +1106,13 @@ impl PostgresStore {
         let mut batch = Vec::new();
         let mut rest = std::collections::VecDeque::new();
         while let Some(p) = q.queue.pop_front() {
+            if p.reply.is_closed() {
+                // Its caller is gone (an aborted worker's episode, say): not written. Writing
+                // it would be safe too (the commit checks the lease in its transaction, so
+                // it applies only if no one took the instance over), but a worker that was
+                // stopped writes nothing more; the lease expires and the episode runs again.
+                continue;
+            }
             if batch.len() < MAX_BATCH && seen.insert(p.commit.instance_id.clone()) {
                 batch.push(p);
             } else {
@@ -1101,7 +1120,7 @@ impl PostgresStore {
             }
         }
         q.queue = rest;
-        Some(batch)
+        (!batch.is_empty()).then_some(batch)
     }
 
     /// Commits a batch and answers each of its episodes.
@@ -1208,14 +1227,7 @@ impl PostgresStore {
             async { tx.execute(&del_instance, &[&key]).await },
         )?;
         if n > 0 {
-            self.notify(
-                tx,
-                Wake {
-                    changed: true,
-                    ..Wake::default()
-                },
-            )
-            .await?;
+            self.notify(tx, Wake::PURGED).await?;
         }
         Ok(n > 0)
     }
@@ -1231,14 +1243,19 @@ impl PostgresStore {
             return Ok(Vec::new());
         }
         let conn = self.lease_conn().await?;
-        let st = conn
-            .prepare_cached(&self.inner.sql.fetch_orchestrations)
-            .await?;
+        let sql = &self.inner.sql;
+        let (st, wake) = tokio::try_join!(
+            conn.prepare_cached(&sql.fetch_orchestrations),
+            conn.prepare_cached(&sql.next_wake),
+        )?;
         let until = ts(now + lock_for);
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let rows = conn
-            .query(&st, &[&ts(now), &until, &new_token(), &limit])
-            .await?;
+        let writes = self.inner.writes.load(Ordering::Acquire);
+        let params: [&(dyn ToSql + Sync); 4] = [&ts(now), &until, &new_token(), &limit];
+        // The next wake time in the same round trip, after the lease is taken (its own
+        // implicit transaction, run in order).
+        let (rows, next) = tokio::try_join!(conn.query(&st, &params), conn.query_one(&wake, &[]))?;
+        self.hint(0, writes, next.try_get(0)?);
         work_items(&rows)
     }
 
@@ -1253,12 +1270,17 @@ impl PostgresStore {
             return Ok(Vec::new());
         }
         let conn = self.lease_conn().await?;
-        let st = conn.prepare_cached(&self.inner.sql.fetch_instances).await?;
+        let sql = &self.inner.sql;
+        let (st, wake) = tokio::try_join!(
+            conn.prepare_cached(&sql.fetch_instances),
+            conn.prepare_cached(&sql.next_wake),
+        )?;
         let until = ts(now + lock_for);
         let ids: Vec<&str> = ids.iter().map(InstanceId::as_str).collect();
-        let rows = conn
-            .query(&st, &[&ids, &ts(now), &until, &new_token()])
-            .await?;
+        let writes = self.inner.writes.load(Ordering::Acquire);
+        let params: [&(dyn ToSql + Sync); 4] = [&ids, &ts(now), &until, &new_token()];
+        let (rows, next) = tokio::try_join!(conn.query(&st, &params), conn.query_one(&wake, &[]))?;
+        self.hint(0, writes, next.try_get(0)?);
         work_items(&rows)
     }
 
@@ -1273,13 +1295,17 @@ impl PostgresStore {
             return Ok(Vec::new());
         }
         let conn = self.lease_conn().await?;
-        let st = conn
-            .prepare_cached(&self.inner.sql.fetch_activities)
-            .await?;
+        let sql = &self.inner.sql;
+        let (st, wake) = tokio::try_join!(
+            conn.prepare_cached(&sql.fetch_activities),
+            conn.prepare_cached(&sql.next_wake),
+        )?;
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let rows = conn
-            .query(&st, &[&ts(now), &ts(now + lock_for), &limit, &new_token()])
-            .await?;
+        let writes = self.inner.writes.load(Ordering::Acquire);
+        let params: [&(dyn ToSql + Sync); 4] =
+            [&ts(now), &ts(now + lock_for), &limit, &new_token()];
+        let (rows, next) = tokio::try_join!(conn.query(&st, &params), conn.query_one(&wake, &[]))?;
+        self.hint(1, writes, next.try_get(1)?);
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let mut task: ActivityTask = decode(row.try_get(1)?)?;
@@ -1295,7 +1321,31 @@ impl PostgresStore {
         Ok(out)
     }
 
+    /// Lease expiries moved (renewals): wake times read before are stale.
+    fn moved_leases(&self) {
+        self.inner.writes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Keeps `next` (read when `writes` writes had been made) as the next wake time of kind
+    /// `slot` (0: orchestrations, 1: activities).
+    fn hint(&self, slot: usize, writes: u64, next: Option<i64>) {
+        lock(&self.inner.wake_hints)[slot] = Some((writes, next));
+    }
+
+    /// The wake time of `kind` read with the last fetch, if no write was made since.
+    fn take_hint(&self, kind: WorkKind) -> Option<Option<Timestamp>> {
+        let slot = match kind {
+            WorkKind::Orchestration => 0,
+            WorkKind::Activity => 1,
+        };
+        let (writes, next) = lock(&self.inner.wake_hints)[slot].take()?;
+        (writes == self.inner.writes.load(Ordering::Acquire)).then(|| next.map(from_ts))
+    }
+
     async fn wake_time(&self, kind: Option<WorkKind>) -> R<Option<Timestamp>> {
+        if let Some(next) = kind.and_then(|k| self.take_hint(k)) {
+            return Ok(next);
+        }
         rt::add(7, 1);
         let conn = self.lease_conn().await?;
         let st = conn.prepare_cached(&self.inner.sql.next_wake).await?;
@@ -1466,7 +1516,7 @@ impl Store for PostgresStore {
         // BEGIN, select, insert, enqueue + ready (pipelined), COMMIT.
         rt::add(2, 5);
         let r = retry_tx!(self, "creating an instance", tx => self.create_tx(&tx, &new))?;
-        self.signal(Wake::ORCHESTRATION);
+        self.signal(Wake::CREATED);
         Ok(r)
     }
 
@@ -1514,8 +1564,7 @@ impl Store for PostgresStore {
             return Ok(());
         }
         // Group commit: the episodes committed meanwhile share one transaction (one WAL
-        // flush). The batch runs on its own task, so a caller that goes away does not
-        // strand the others.
+        // flush).
         let (reply, answer) = oneshot::channel();
         let lead = {
             let mut q = lock(&self.inner.commits);
@@ -1529,18 +1578,27 @@ impl Store for PostgresStore {
         };
         let mut answer = answer;
         if lead {
-            // Commit batches in this task until this episode's is done (no hand-off to
-            // another task on the way); then the slot passes on (`Leader`'s drop), also
-            // when this task is cancelled.
-            let leader = Leader::new(self);
+            // Commit batches until this episode's is done; then the slot passes on
+            // (`Leader`'s drop). Each batch runs on its own task, which holds the slot while
+            // it runs: a batch carries other episodes' commits, and this caller going away
+            // (its worker aborted, its future dropped) must not cancel it.
+            let mut leader = Leader::new(self);
             while let Some(batch) = self.next_batch() {
-                self.run_batch(batch).await;
+                let store = self.clone();
+                let task = tokio::spawn(async move {
+                    store.run_batch(batch).await;
+                    leader
+                });
+                match task.await {
+                    Ok(back) => leader = back,
+                    // It panicked: its `Leader` was dropped with it (the slot passed on).
+                    Err(_) => break,
+                }
                 if let Ok(result) = answer.try_recv() {
                     drop(leader);
                     return result;
                 }
             }
-            drop(leader);
         }
         match answer.await {
             Ok(result) => result,
@@ -1693,6 +1751,7 @@ impl Store for PostgresStore {
         }
         .await
         .map_err(|e| self.err("renewing an activity lease", e))?;
+        self.moved_leases();
         if rows.is_empty() {
             return Err(StoreError::LockLost(format!("activity task {id}")));
         }
@@ -1721,6 +1780,7 @@ impl Store for PostgresStore {
         }
         .await
         .map_err(|e| self.err("renewing activity leases", e))?;
+        self.moved_leases();
         let mut renewed = HashSet::with_capacity(rows.len());
         for row in rows {
             let id: i64 = row
@@ -1751,6 +1811,7 @@ impl Store for PostgresStore {
                 Wake::default(),
             )
             .await?;
+        self.moved_leases();
         if rows.is_empty() {
             return Err(StoreError::LockLost(format!("activity task {id}")));
         }
@@ -1856,10 +1917,7 @@ impl Store for PostgresStore {
             }
         })?;
         if removed {
-            self.signal(Wake {
-                changed: true,
-                ..Wake::default()
-            });
+            self.signal(Wake::PURGED);
         }
         Ok(removed)
     }
@@ -1868,10 +1926,7 @@ impl Store for PostgresStore {
         let removed =
             retry_tx!(self, "purging an instance", tx => self.purge_tx(&tx, instance_id))?;
         if removed {
-            self.signal(Wake {
-                changed: true,
-                ..Wake::default()
-            });
+            self.signal(Wake::PURGED);
         }
         Ok(removed)
     }
@@ -2211,6 +2266,8 @@ struct Writes {
     records: Vec<String>,
     /// Messages, and the instances whose `ready_at` and holds they change.
     batch: Enqueue,
+    /// An episode ends its instance.
+    finished: bool,
 }
 
 impl Writes {
@@ -2224,6 +2281,7 @@ impl Writes {
         existing: &HashSet<String>,
     ) -> R<()> {
         let key = c.instance_id.as_str();
+        self.finished |= c.status.is_terminal();
         record.status = c.status;
         record.output.clone_from(&c.output);
         record.failure.clone_from(&c.failure);
@@ -2415,6 +2473,7 @@ impl Writes {
             orchestration: messages || still_ready > 0,
             activity: activities,
             changed: true,
+            finished: self.finished,
         };
         Ok(wake)
     }
@@ -2680,7 +2739,12 @@ async fn migrate(pool: &Pool, hub: &str, schema: &str) -> Result<(), StoreError>
 struct Wake {
     orchestration: bool,
     activity: bool,
+    /// Some instance changed.
     changed: bool,
+    /// Some instance may have finished (or been purged, or replaced): completion waiters
+    /// look again. Not set by steps that finish nothing, so a waiter does not read its
+    /// instance after every step.
+    finished: bool,
 }
 
 impl Wake {
@@ -2688,9 +2752,28 @@ impl Wake {
         orchestration: true,
         activity: false,
         changed: false,
+        finished: false,
     };
 
-    /// The notification payload's kinds: `o`, `a`, `c`.
+    /// A creation (which may replace, and terminate, an instance).
+    const CREATED: Wake = Wake {
+        orchestration: true,
+        activity: false,
+        changed: false,
+        finished: true,
+    };
+
+    /// A purge.
+    const PURGED: Wake = Wake {
+        orchestration: false,
+        activity: false,
+        changed: true,
+        finished: true,
+    };
+
+    /// The notification payload's kinds: `o` (orchestration work), `a` (activity work),
+    /// `c` (an instance may have finished: what every change was before `u`), `u` (an
+    /// instance changed, none finished; a listener that does not know `u` ignores it).
     fn kinds(self) -> String {
         let mut kinds = String::new();
         if self.orchestration {
@@ -2699,8 +2782,10 @@ impl Wake {
         if self.activity {
             kinds.push('a');
         }
-        if self.changed {
+        if self.finished {
             kinds.push('c');
+        } else if self.changed {
+            kinds.push('u');
         }
         kinds
     }
@@ -2710,11 +2795,15 @@ impl Wake {
             orchestration: self.orchestration || other.orchestration,
             activity: self.activity || other.activity,
             changed: self.changed || other.changed,
+            finished: self.finished || other.finished,
         }
     }
 
     fn bits(self) -> u8 {
-        u8::from(self.orchestration) | u8::from(self.activity) << 1 | u8::from(self.changed) << 2
+        u8::from(self.orchestration)
+            | u8::from(self.activity) << 1
+            | u8::from(self.changed) << 2
+            | u8::from(self.finished) << 3
     }
 
     fn from_bits(bits: u8) -> Self {
@@ -2722,6 +2811,7 @@ impl Wake {
             orchestration: bits & 1 != 0,
             activity: bits & 2 != 0,
             changed: bits & 4 != 0,
+            finished: bits & 8 != 0,
         }
     }
 }
@@ -2865,6 +2955,9 @@ impl Listener {
                 }
                 'a' => self.signals.activity_work(),
                 'c' => self.signals.instance_finished(),
+                'u' => {
+                    self.signals.changed.send_modify(|v| *v = v.wrapping_add(1));
+                }
                 _ => {}
             }
         }
@@ -3098,6 +3191,135 @@ fn validate_hub(hub: &str) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The test database, if `DURABLE_TEST_POSTGRES_URL` names one.
+    fn test_url() -> Option<String> {
+        std::env::var("DURABLE_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+    }
+
+    const T0: Timestamp = Timestamp::from_unix_millis(1_700_000_000_000);
+
+    fn first_commit(item: &OrchestrationWorkItem) -> EpisodeCommit {
+        let mut c = EpisodeCommit::new(
+            item.instance.instance_id.clone(),
+            item.lock,
+            RuntimeStatus::Running,
+            T0,
+        );
+        c.consumed = item.messages.iter().map(|m| m.id).collect();
+        c.new_events.push(HistoryEvent {
+            index: 0,
+            timestamp: T0,
+            event: Event::OrchestratorStarted,
+        });
+        c
+    }
+
+    /// A batch's leader whose caller goes away mid-batch (its worker aborted) does not
+    /// cancel the batch: the other episodes in it are committed and answered. A queued
+    /// commit whose caller is gone before its batch starts is not written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_leader_does_not_cancel_its_batch() {
+        let Some(url) = test_url() else { return };
+        let hub = format!("durable_test_{}", &InstanceId::random().as_str()[..16]);
+        let store = PostgresStore::connect(&url, PostgresOptions::new(&hub))
+            .await
+            .expect("connect");
+        for name in ["a", "b", "c", "d"] {
+            let id = InstanceId::new(name).expect("id");
+            store
+                .create_instance(NewInstance::new(id, "X", "null".into(), T0))
+                .await
+                .expect("create");
+        }
+        let mut items = store
+            .fetch_orchestration_batch(T0, Duration::from_secs(3600), 4)
+            .await
+            .expect("fetch");
+        items.sort_by(|x, y| x.instance.instance_id.cmp(&y.instance.instance_id));
+        let [a, b, c, d] = &items[..] else {
+            panic!("four instances leased: {items:?}")
+        };
+        // Another connection holds a's row, so the batch waits in its lock statement.
+        let (holder, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
+        let driver = tokio::spawn(connection);
+        holder
+            .batch_execute(&format!(
+                "BEGIN; SELECT 1 FROM \"{hub}\".instances WHERE id = 'a' FOR UPDATE"
+            ))
+            .await
+            .expect("lock a");
+        // b's commit is queued, as by another episode while a's caller took the lead.
+        let (reply, b_answer) = oneshot::channel();
+        lock(&store.inner.commits).queue.push_back(PendingCommit {
+            commit: first_commit(b),
+            reply,
+        });
+        let leader = tokio::spawn({
+            let store = store.clone();
+            let commit = first_commit(a);
+            async move { store.commit_episode(commit).await }
+        });
+        // Until the batch (b and a) waits for a's row.
+        let waiting = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE '%\"{hub}\".instances%'"
+        );
+        let mut polls = 0;
+        loop {
+            let row = holder
+                .query_one(&waiting, &[])
+                .await
+                .expect("pg_stat_activity");
+            if row.get::<_, i64>(0) > 0 {
+                break;
+            }
+            polls += 1;
+            assert!(polls < 2000, "the batch never reached the database");
+            pause(Duration::from_millis(5)).await;
+        }
+        leader.abort();
+        assert!(leader.await.expect_err("aborted").is_cancelled());
+        holder.batch_execute("ROLLBACK").await.expect("release a");
+        assert_eq!(
+            b_answer.await.expect("b is answered"),
+            Ok(()),
+            "b's commit went through"
+        );
+        for id in ["a", "b"] {
+            let history = store
+                .read_history(&InstanceId::new(id).expect("id"))
+                .await
+                .expect("history");
+            assert_eq!(history.len(), 1, "{id}'s episode was committed");
+        }
+
+        // c's caller is gone before its batch: nothing of it is written.
+        let (reply, gone) = oneshot::channel();
+        drop(gone);
+        lock(&store.inner.commits).queue.push_back(PendingCommit {
+            commit: first_commit(c),
+            reply,
+        });
+        store
+            .commit_episode(first_commit(d))
+            .await
+            .expect("commit d");
+        let c_history = store
+            .read_history(&InstanceId::new("c").expect("id"))
+            .await
+            .expect("history");
+        assert!(c_history.is_empty(), "c was not written: {c_history:?}");
+        assert!(
+            lock(&store.inner.commits).queue.is_empty(),
+            "c is no longer queued"
+        );
+        drop(holder);
+        let _ = driver.await;
+        store.drop_task_hub().await.expect("drop the hub");
+    }
 
     #[test]
     fn hub_names() {
