@@ -966,7 +966,7 @@ mod postgres {
         sql(url, &format!("DROP SCHEMA IF EXISTS \"{hub}\" CASCADE")).await;
     }
 
-    /// A start through a worker's own client is one transaction on PostgreSQL: the store
+    /// A start through a worker's own client is one transaction in `PostgresStore`: it
     /// takes first episodes, and one that cannot be applied (here: its lease is not the
     /// instance's) leaves nothing behind, not even the instance.
     #[tokio::test]

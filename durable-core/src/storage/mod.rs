@@ -30,9 +30,6 @@ use crate::trace_context::TraceContext;
 pub use self::redb::{RedbDurability, RedbStore, RedbStoreBuilder};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
-#[doc(hidden)]
-pub use postgres::rt as postgres_rt;
-#[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
 
 /// What a store knows about one instance.

@@ -31,36 +31,6 @@ use crate::error::{BackendError, FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 
-/// TEMPORARY (round-trip counting for issue 16): round trips per kind of call.
-#[doc(hidden)]
-pub mod rt {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    /// The kinds counted.
-    pub const NAMES: [&str; 12] = [
-        "commit",
-        "create_started",
-        "create",
-        "notify",
-        "fetch_orch",
-        "fetch_inst",
-        "fetch_act",
-        "wake",
-        "read_record",
-        "read_history",
-        "renew",
-        "write_one",
-    ];
-    static COUNTS: [AtomicU64; 12] = [const { AtomicU64::new(0) }; 12];
-    /// Adds `n` round trips of kind `i`.
-    pub fn add(i: usize, n: u64) {
-        COUNTS[i].fetch_add(n, Ordering::Relaxed);
-    }
-    /// The counts so far.
-    pub fn snapshot() -> [u64; 12] {
-        std::array::from_fn(|i| COUNTS[i].load(Ordering::Relaxed))
-    }
-}
-
 /// The schema version this build creates and understands.
 const SCHEMA_VERSION: i32 = 3;
 /// First key of the advisory lock that serialises migrations (the second is the hub's hash).
@@ -194,6 +164,14 @@ CREATE INDEX instances_due ON {s}.instances (due_at, id);
 CREATE INDEX instances_created ON {s}.instances (created_at, id);
 ",
 ];
+
+/// A next wake time (ms, `None`: nothing to wake for) read with a fetch, and the store's
+/// write count then.
+#[derive(Clone, Copy)]
+struct WakeHint {
+    writes: u64,
+    next: Option<i64>,
+}
 
 /// Options of a [`PostgresStore`].
 ///
@@ -381,7 +359,7 @@ struct Inner {
     /// The next wake times (orchestrations, activities) read in the same round trip as the
     /// last fetch of that kind, with the [`writes`](Self::writes) count they were read at:
     /// the dispatcher that goes idle right after its fetch needs no query of its own.
-    wake_hints: std::sync::Mutex<[Option<(u64, Option<i64>)>; 2]>,
+    wake_hints: std::sync::Mutex<[Option<WakeHint>; 2]>,
     listener: JoinHandle<()>,
     notifier_task: JoinHandle<()>,
 }
@@ -907,7 +885,6 @@ impl PostgresStore {
         record: &InstanceRecord,
         first: &EpisodeCommit,
     ) -> R<Option<Wake>> {
-        rt::add(1, 2);
         let sql = &self.inner.sql;
         let ids: Vec<&str> = commit_ids(first).into_iter().collect();
         let owners = vec![first.instance_id.as_str()];
@@ -998,7 +975,6 @@ impl PostgresStore {
         &self,
         commits: &[EpisodeCommit],
     ) -> R<(Vec<Result<(), StoreError>>, Wake)> {
-        rt::add(0, 2);
         let sql = &self.inner.sql;
         let mut ids = BTreeSet::new();
         for c in commits {
@@ -1183,7 +1159,6 @@ impl PostgresStore {
         params: &[&(dyn ToSql + Sync)],
         wake: Wake,
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        rt::add(11, 1);
         if self.inner.options.notify_in_transaction {
             return retry_tx!(self, what, tx => async {
                 let st = tx.prepare_cached(sql).await?;
@@ -1238,7 +1213,6 @@ impl PostgresStore {
         lock_for: Duration,
         max: usize,
     ) -> R<Vec<OrchestrationWorkItem>> {
-        rt::add(4, 1);
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -1265,7 +1239,6 @@ impl PostgresStore {
         now: Timestamp,
         lock_for: Duration,
     ) -> R<Vec<OrchestrationWorkItem>> {
-        rt::add(5, 1);
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -1290,7 +1263,6 @@ impl PostgresStore {
         lock_for: Duration,
         max: usize,
     ) -> R<Vec<ActivityWorkItem>> {
-        rt::add(6, 1);
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -1329,24 +1301,23 @@ impl PostgresStore {
     /// Keeps `next` (read when `writes` writes had been made) as the next wake time of kind
     /// `slot` (0: orchestrations, 1: activities).
     fn hint(&self, slot: usize, writes: u64, next: Option<i64>) {
-        lock(&self.inner.wake_hints)[slot] = Some((writes, next));
+        lock(&self.inner.wake_hints)[slot] = Some(WakeHint { writes, next });
     }
 
     /// The wake time of `kind` read with the last fetch, if no write was made since.
-    fn take_hint(&self, kind: WorkKind) -> Option<Option<Timestamp>> {
+    fn take_hint(&self, kind: WorkKind) -> Option<WakeHint> {
         let slot = match kind {
             WorkKind::Orchestration => 0,
             WorkKind::Activity => 1,
         };
-        let (writes, next) = lock(&self.inner.wake_hints)[slot].take()?;
-        (writes == self.inner.writes.load(Ordering::Acquire)).then(|| next.map(from_ts))
+        let hint = lock(&self.inner.wake_hints)[slot].take()?;
+        (hint.writes == self.inner.writes.load(Ordering::Acquire)).then_some(hint)
     }
 
     async fn wake_time(&self, kind: Option<WorkKind>) -> R<Option<Timestamp>> {
-        if let Some(next) = kind.and_then(|k| self.take_hint(k)) {
-            return Ok(next);
+        if let Some(hint) = kind.and_then(|k| self.take_hint(k)) {
+            return Ok(hint.next.map(from_ts));
         }
-        rt::add(7, 1);
         let conn = self.lease_conn().await?;
         let st = conn.prepare_cached(&self.inner.sql.next_wake).await?;
         let row = conn.query_one(&st, &[]).await?;
@@ -1369,7 +1340,6 @@ impl PostgresStore {
     }
 
     async fn read_record(&self, id: &InstanceId) -> R<Option<InstanceRecord>> {
-        rt::add(8, 1);
         let conn = self.conn().await?;
         let st = conn.prepare_cached(&self.inner.sql.read_record).await?;
         match conn.query_opt(&st, &[&id.as_str()]).await? {
@@ -1379,7 +1349,6 @@ impl PostgresStore {
     }
 
     async fn read_events(&self, id: &InstanceId) -> R<Vec<HistoryEvent>> {
-        rt::add(9, 1);
         let conn = self.conn().await?;
         let st = conn.prepare_cached(&self.inner.sql.read_history).await?;
         let rows = conn.query(&st, &[&id.as_str()]).await?;
@@ -1513,8 +1482,6 @@ impl PostgresStore {
 #[async_trait]
 impl Store for PostgresStore {
     async fn create_instance(&self, new: NewInstance) -> Result<CreateResult, StoreError> {
-        // BEGIN, select, insert, enqueue + ready (pipelined), COMMIT.
-        rt::add(2, 5);
         let r = retry_tx!(self, "creating an instance", tx => self.create_tx(&tx, &new))?;
         self.signal(Wake::CREATED);
         Ok(r)
@@ -1766,7 +1733,6 @@ impl Store for PostgresStore {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
-        rt::add(10, 1);
         let ids: Vec<i64> = leases.iter().map(|(id, _)| to_i64(*id)).collect();
         let tokens: Vec<i64> = leases.iter().map(|(_, lock)| to_i64(lock.0)).collect();
         // One statement; the rows are locked in id order (as commits lock theirs), so it
@@ -2844,7 +2810,6 @@ impl Notifier {
                 continue;
             }
             let sql = format!("{prefix}{}'; COMMIT", Wake::from_bits(bits).kinds());
-            rt::add(3, 1);
             let sent = match pool.get().await {
                 Ok(conn) => conn.batch_execute(&sql).await.map_err(|e| describe(&e)),
                 Err(e) => Err(e.to_string()),

@@ -614,7 +614,7 @@ impl WorkerBuilder {
 /// the store's next due time for `kind` work comes, or the worker shuts down.
 ///
 /// Work due already at `fetched_at`, when the dispatcher's fetch came back short, is work
-/// another transaction holds (a store that skips locked rows, as PostgreSQL's does): rather
+/// another transaction holds (a store that skips locked rows, as `PostgresStore` does): rather
 /// than fetch again at once, and again until that transaction ends, the dispatcher waits
 /// for a signal or [`SKIPPED_WORK_PAUSE`].
 async fn idle(

@@ -293,23 +293,13 @@ impl W1 {
             .await?;
         let (mut ours, mut ours_local, mut theirs, mut floor) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut rts = [0u64; 12];
         for i in 0..samples + 5 {
-            let before = durable_core::storage::postgres_rt::snapshot();
             let t = Instant::now();
             let result = hello_sequence5::start(&self.ours.client, format!("world-{i}"))
                 .await?
                 .wait()
                 .await?;
             ours.push(t.elapsed().as_secs_f64() * 1000.0);
-            // Let the dispatchers go idle before counting ends.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if i >= 5 {
-                let after = durable_core::storage::postgres_rt::snapshot();
-                for k in 0..12 {
-                    rts[k] += after[k] - before[k];
-                }
-            }
             if result != format!("world-{i}") {
                 return Err(format!("W1: wrong result {result:?}").into());
             }
@@ -330,17 +320,6 @@ impl W1 {
             self.floor.execute(&insert, &[&format!("row-{i}")]).await?;
             floor.push(t.elapsed().as_secs_f64() * 1000.0);
         }
-        let per: Vec<String> = durable_core::storage::postgres_rt::NAMES
-            .iter()
-            .zip(rts)
-            .filter(|(_, n)| *n > 0)
-            .map(|(name, n)| format!("{name} {:.2}", n as f64 / samples as f64))
-            .collect();
-        println!(
-            "W1 round trips per orchestration: {:.2} ({})",
-            rts.iter().sum::<u64>() as f64 / samples as f64,
-            per.join(", ")
-        );
         let p50 = |v: &mut Vec<f64>| percentile(&mut v[5..], 0.5);
         let theirs = (theirs.len() > 5).then(|| p50(&mut theirs));
         Ok((
