@@ -106,6 +106,7 @@ macro_rules! conformance_tests {
             create_started_declines_a_taken_id,
             create_started_with_children,
             next_wake_time_for_after_fetch,
+            a_step_does_not_bump_finished,
         );
     };
     (cases $make:path; $($case:ident),* $(,)?) => {$(

@@ -70,6 +70,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         create_started_declines_a_taken_id,
         create_started_with_children,
         next_wake_time_for_after_fetch,
+        a_step_does_not_bump_finished,
     );
 }
 
@@ -3085,4 +3086,44 @@ pub async fn next_wake_time_for_after_fetch(store: Arc<dyn Store>) {
     );
     // Asked twice, the same answer.
     assert_eq!(orchestrations(Arc::clone(&store)).await, Some(at(30_000)));
+}
+
+/// A step that finishes nothing bumps `changed` but not `finished`: completion waiters do
+/// not read their instance again after every step of every instance.
+pub async fn a_step_does_not_bump_finished(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    let sig = store.signals();
+    let mut changed = sig.changed.subscribe();
+    let mut finished = sig.finished.subscribe();
+    episode(&store, "a", T0, RuntimeStatus::Running, |c| {
+        c.activities = vec![task("a", 0, "one", "1")];
+        c.custom_status = Some("\"step\"".into());
+    })
+    .await;
+    assert!(
+        changed.has_changed().expect("watch open"),
+        "a step bumps `changed`"
+    );
+    assert!(
+        !finished.has_changed().expect("watch open"),
+        "a step does not bump `finished`"
+    );
+    changed.borrow_and_update();
+    let work = store
+        .fetch_activity_work(T0, LONG, 1)
+        .await
+        .expect("fetch_activity_work");
+    store
+        .complete_activity(work[0].id, work[0].lock, raised("done", T0))
+        .await
+        .expect("complete_activity");
+    assert!(
+        !finished.has_changed().expect("watch open"),
+        "an activity result does not bump `finished`"
+    );
+    finish(&store, "a", T0, RuntimeStatus::Completed).await;
+    assert!(
+        finished.has_changed().expect("watch open"),
+        "the finishing step bumps `finished`"
+    );
 }

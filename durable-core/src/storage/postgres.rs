@@ -1104,10 +1104,11 @@ impl PostgresStore {
         let (commits, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.commit, p.reply)).unzip();
         let (results, wake) = self.commit_batch(&commits).await;
+        // Signalled first: a caller that sees its commit done finds its signals sent.
+        self.signal(wake);
         for (result, reply) in results.into_iter().zip(replies) {
             let _ = reply.send(result);
         }
-        self.signal(wake);
     }
 
     /// Runs batches until none are queued, holding `leader`'s slot.
@@ -3234,6 +3235,11 @@ mod tests {
         );
         let mut polls = 0;
         loop {
+            // Inside the holder's transaction the activity view is a snapshot: drop it.
+            holder
+                .batch_execute("SELECT pg_stat_clear_snapshot()")
+                .await
+                .expect("clear the stats snapshot");
             let row = holder
                 .query_one(&waiting, &[])
                 .await
