@@ -3094,7 +3094,7 @@ pub async fn a_step_does_not_bump_finished(store: Arc<dyn Store>) {
     create(&store, new_instance("a", "Job", "null", T0)).await;
     let sig = store.signals();
     let mut changed = sig.changed.subscribe();
-    let mut finished = sig.finished.subscribe();
+    let finished = sig.finished.subscribe();
     episode(&store, "a", T0, RuntimeStatus::Running, |c| {
         c.activities = vec![task("a", 0, "one", "1")];
         c.custom_status = Some("\"step\"".into());
