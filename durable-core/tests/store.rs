@@ -102,6 +102,11 @@ macro_rules! conformance_tests {
             purge_finished_only_purges_what_has_finished,
             signals,
             concurrent_writes,
+            create_started_applies_the_first_episode,
+            create_started_declines_a_taken_id,
+            create_started_with_children,
+            next_wake_time_for_after_fetch,
+            a_step_does_not_bump_finished,
         );
     };
     (cases $make:path; $($case:ident),* $(,)?) => {$(
@@ -963,6 +968,53 @@ mod postgres {
 
     async fn drop_hub(url: &str, hub: &str) {
         sql(url, &format!("DROP SCHEMA IF EXISTS \"{hub}\" CASCADE")).await;
+    }
+
+    /// A start through a worker's own client is one transaction in `PostgresStore`: it
+    /// takes first episodes, and one that cannot be applied (here: its lease is not the
+    /// instance's) leaves nothing behind, not even the instance.
+    #[tokio::test]
+    async fn create_started_is_all_or_nothing() {
+        let Some(url) = url() else { return };
+        let hub = fresh_hub();
+        let pg = connect(&url, &hub).await;
+        assert!(pg.supports_create_started());
+        for notify_in_transaction in [false, true] {
+            let pg = if notify_in_transaction {
+                connect_with(&url, PostgresOptions::new(&hub).notify_in_transaction(true)).await
+            } else {
+                pg.clone()
+            };
+            let new = NewInstance::new(InstanceId::new("x").unwrap(), "X", "null".into(), T0);
+            // A commit for another instance: its lease check fails inside the transaction.
+            let mut first = EpisodeCommit::new(
+                InstanceId::new("y").unwrap(),
+                durable_core::storage::LockToken(1),
+                RuntimeStatus::Running,
+                T0,
+            );
+            first.messages.push((
+                InstanceId::new("x").unwrap(),
+                Message::new(
+                    Event::EventRaised {
+                        name: "e".into(),
+                        input: "null".into(),
+                    },
+                    None,
+                    T0,
+                ),
+            ));
+            let err = pg.create_started(new, first).await.unwrap_err();
+            assert!(matches!(err, StoreError::LockLost(_)), "{err:?}");
+            assert_eq!(
+                pg.read_instance(&InstanceId::new("x").unwrap())
+                    .await
+                    .unwrap(),
+                None,
+                "nothing of a failed create_started is written"
+            );
+        }
+        pg.drop_task_hub().await.unwrap();
     }
 
     /// A hub written by a newer build (a higher schema version) is refused, clearly.

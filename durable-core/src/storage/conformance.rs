@@ -66,6 +66,11 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         purge_finished_only_purges_what_has_finished,
         signals,
         concurrent_writes,
+        create_started_applies_the_first_episode,
+        create_started_declines_a_taken_id,
+        create_started_with_children,
+        next_wake_time_for_after_fetch,
+        a_step_does_not_bump_finished,
     );
 }
 
@@ -2725,4 +2730,400 @@ pub async fn concurrent_writes(store: Arc<dyn Store>) {
         .await
         .expect("query");
     assert_eq!(done.instances.len(), 64);
+}
+
+// ---------------------------------------------------------------------------------------
+// create_started
+
+/// A first episode of `new` at `now` (as a worker runs it before the instance is stored):
+/// it records the start, schedules `charge`, arms a timer for `fire_at` and pings `o`.
+fn first_episode(new: &NewInstance, now: Timestamp, fire_at: Timestamp) -> EpisodeCommit {
+    let key = new.instance_id.as_str();
+    // The lock and the consumed ids are the store's to fill in.
+    let mut c = EpisodeCommit::new(
+        new.instance_id.clone(),
+        LockToken(u64::MAX),
+        RuntimeStatus::Running,
+        now,
+    );
+    c.consumed = vec![new.start_message().id];
+    c.new_events = vec![
+        ev(0, now, Event::OrchestratorStarted),
+        ev(1, now, new.start_message().event),
+        ev(
+            2,
+            now,
+            Event::TaskScheduled {
+                seq: 0,
+                name: "charge".into(),
+                input: "5".into(),
+                location: None,
+                timeout: None,
+                heartbeat_timeout: None,
+            },
+        ),
+        ev(
+            3,
+            now,
+            Event::TimerCreated {
+                seq: 1,
+                fire_at,
+                location: None,
+            },
+        ),
+    ];
+    c.custom_status = Some("\"first\"".into());
+    c.activities = vec![task(key, 0, "charge", "5")];
+    c.messages = vec![
+        (
+            new.instance_id.clone(),
+            Message::new(Event::TimerFired { seq: 1, fire_at }, Some(1), fire_at),
+        ),
+        (id("o"), raised("ping", now)),
+    ];
+    c
+}
+
+/// A store without `create_started` writes nothing for it and answers `None`.
+async fn declines_everything(store: &Arc<dyn Store>) {
+    let new = new_instance("s", "Starter", "null", T0);
+    let first = first_episode(&new, at(5), at(10_000));
+    assert_eq!(store.create_started(new, first).await, Ok(None));
+    assert_eq!(
+        store.read_instance(&id("s")).await.expect("read_instance"),
+        None,
+        "a store without create_started creates nothing"
+    );
+}
+
+/// `create_started` creates the instance and applies its first episode in one step: the
+/// record is the created one, the history is the episode's, its start message is consumed,
+/// its activity, timer and messages are enqueued, and the instance is not left leased.
+/// (Skipped by stores that do not support it.)
+pub async fn create_started_applies_the_first_episode(store: Arc<dyn Store>) {
+    if !store.supports_create_started() {
+        declines_everything(&store).await;
+        return;
+    }
+    create(&store, new_instance("o", "Other", "null", T0)).await;
+    let o = fetch_one(&store, "o", T0).await;
+    let mut done = commit_for(&o, RuntimeStatus::Running, T0);
+    done.new_events = vec![ev(0, T0, Event::OrchestratorStarted)];
+    commit(&store, done).await;
+
+    let new = new_instance("s", "Starter", "\"in\"", T0);
+    let now = at(5);
+    let fire_at = at(10_000);
+    let first = first_episode(&new, now, fire_at);
+    let events = first.new_events.clone();
+    let created = store
+        .create_started(new, first)
+        .await
+        .expect("create_started")
+        .expect("a new id is created");
+    assert_eq!(created.instance_id.as_str(), "s");
+    assert_eq!(
+        (created.status, created.execution, created.created_at),
+        (RuntimeStatus::Pending, 1, T0),
+        "the answer is the created record, as create_instance returns it"
+    );
+
+    let r = record(&store, "s").await;
+    assert_eq!(r.status, RuntimeStatus::Running);
+    assert_eq!(r.custom_status.as_deref(), Some("\"first\""));
+    assert_eq!((r.input.as_str(), r.name.as_str()), ("\"in\"", "Starter"));
+    assert_eq!((r.created_at, r.last_updated_at), (T0, now));
+    assert_eq!(
+        history(&store, "s").await,
+        events,
+        "history is the episode's"
+    );
+
+    let items = fetch_all(&store, now).await;
+    let ids: Vec<&str> = items
+        .iter()
+        .map(|i| i.instance.instance_id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["o"],
+        "the start was consumed; the timer is not due yet"
+    );
+    assert_eq!(labels(&items[0].messages), ["ping"]);
+
+    let tasks = store
+        .fetch_activity_work(now, LONG, 10)
+        .await
+        .expect("fetch_activity_work");
+    assert_eq!(tasks.len(), 1, "the first episode's activity was enqueued");
+    assert_eq!(tasks[0].task, task("s", 0, "charge", "5"));
+
+    let timer = fetch_one(&store, "s", fire_at).await;
+    assert_eq!(timer.history_len, 4);
+    assert_eq!(labels(&timer.messages), ["TimerFired"]);
+    assert_eq!(timer.instance.status, RuntimeStatus::Running);
+}
+
+/// `create_started` writes nothing for an id that is taken, whatever the reuse policy and
+/// whether the instance is running, leased or finished.
+pub async fn create_started_declines_a_taken_id(store: Arc<dyn Store>) {
+    if !store.supports_create_started() {
+        return;
+    }
+    create(&store, new_instance("o", "Other", "null", T0)).await;
+    create(&store, new_instance("t", "Taken", "\"orig\"", T0)).await;
+    let o = fetch_one(&store, "o", T0).await;
+    let mut done = commit_for(&o, RuntimeStatus::Running, T0);
+    done.new_events = vec![ev(0, T0, Event::OrchestratorStarted)];
+    commit(&store, done).await;
+
+    let attempt = |reuse: IdReusePolicy, now: Timestamp| {
+        let mut new = new_instance("t", "Taken", "\"new\"", now);
+        new.reuse = reuse;
+        let first = first_episode(&new, now, at(10_000));
+        (new, first)
+    };
+    // Pending, not leased.
+    for reuse in [
+        IdReusePolicy::ReplaceFinished,
+        IdReusePolicy::DedupeRunning,
+        IdReusePolicy::TerminateRunning,
+    ] {
+        let (new, first) = attempt(reuse, at(1));
+        assert_eq!(
+            store.create_started(new, first).await,
+            Ok(None),
+            "a taken id is declined ({reuse:?})"
+        );
+    }
+    // Leased.
+    let item = fetch_one(&store, "t", at(2)).await;
+    let (new, first) = attempt(IdReusePolicy::TerminateRunning, at(2));
+    assert_eq!(store.create_started(new, first).await, Ok(None));
+    assert_eq!(
+        labels(&item.messages),
+        ["ExecutionStarted"],
+        "the original start is still there"
+    );
+    // The lease still holds: its commit goes through.
+    let mut end = commit_for(&item, RuntimeStatus::Completed, at(3));
+    end.new_events = vec![
+        ev(0, at(3), Event::OrchestratorStarted),
+        ev(
+            1,
+            at(3),
+            Event::ExecutionCompleted {
+                status: RuntimeStatus::Completed,
+                output: Some("\"done\"".into()),
+                failure: None,
+            },
+        ),
+    ];
+    end.output = Some("\"done\"".into());
+    commit(&store, end).await;
+    // Finished.
+    let (new, first) = attempt(IdReusePolicy::ReplaceFinished, at(4));
+    assert_eq!(store.create_started(new, first).await, Ok(None));
+
+    let r = record(&store, "t").await;
+    assert_eq!(
+        (r.status, r.execution, r.input.as_str()),
+        (RuntimeStatus::Completed, 1, "\"orig\""),
+        "the taken instance is untouched"
+    );
+    let kinds: Vec<&str> = history(&store, "t")
+        .await
+        .iter()
+        .map(|e| e.event.kind())
+        .collect();
+    assert_eq!(kinds, ["OrchestratorStarted", "ExecutionCompleted"]);
+    assert!(
+        store
+            .fetch_activity_work(at(5), LONG, 10)
+            .await
+            .expect("fetch_activity_work")
+            .is_empty(),
+        "no declined episode enqueued an activity"
+    );
+    assert!(
+        fetch(&store, at(5)).await.is_none(),
+        "no declined episode sent a message"
+    );
+    assert!(
+        fetch(&store, at(10_000)).await.is_none(),
+        "no declined episode armed a timer"
+    );
+}
+
+/// A first episode may start sub-orchestrations: they are created with it, and a child id
+/// taken by a running instance comes back to the new instance as `SubOrchestrationFailed`.
+pub async fn create_started_with_children(store: Arc<dyn Store>) {
+    if !store.supports_create_started() {
+        return;
+    }
+    create(&store, new_instance("busy", "Child", "\"orig\"", T0)).await;
+    let busy = fetch_one(&store, "busy", T0).await;
+    let mut done = commit_for(&busy, RuntimeStatus::Running, T0);
+    done.new_events = vec![ev(0, T0, Event::OrchestratorStarted)];
+    commit(&store, done).await;
+
+    let new = new_instance("p", "Parent", "null", T0);
+    let now = at(5);
+    let mut first = EpisodeCommit::new(id("p"), LockToken(u64::MAX), RuntimeStatus::Running, now);
+    first.new_events = vec![
+        ev(0, now, Event::OrchestratorStarted),
+        ev(1, now, new.start_message().event),
+        sub_created(2, now, 0, "kid"),
+        sub_created(3, now, 1, "busy"),
+    ];
+    for (seq, child) in [(0, "kid"), (1, "busy")] {
+        let mut c = new_instance(child, "Child", "null", now);
+        c.parent = Some(ParentRef {
+            instance_id: id("p"),
+            execution: 1,
+            seq,
+        });
+        first.new_instances.push((seq, c));
+    }
+    let events = first.new_events.clone();
+    assert!(
+        store
+            .create_started(new, first)
+            .await
+            .expect("create_started")
+            .is_some(),
+        "a new id is created"
+    );
+    assert_eq!(history(&store, "p").await, events);
+    let kid = record(&store, "kid").await;
+    assert_eq!(
+        kid.parent.as_ref().map(|p| (p.instance_id.as_str(), p.seq)),
+        Some(("p", 0))
+    );
+    let items = fetch_all(&store, now).await;
+    let ids: Vec<&str> = items
+        .iter()
+        .map(|i| i.instance.instance_id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["kid", "p"],
+        "the child starts; the parent hears of the refusal"
+    );
+    assert_eq!(labels(&items[0].messages), ["ExecutionStarted"]);
+    assert_eq!(labels(&items[1].messages), ["SubOrchestrationFailed"]);
+    assert_eq!(items[1].history_len, 4);
+    let busy = record(&store, "busy").await;
+    assert_eq!((busy.input.as_str(), busy.parent), ("\"orig\"", None));
+}
+
+/// `next_wake_time_for` right after a fetch (what an idle dispatcher asks) reflects that
+/// fetch's leases and every write made since.
+pub async fn next_wake_time_for_after_fetch(store: Arc<dyn Store>) {
+    let mut later = new_instance("later", "Job", "null", T0);
+    later.scheduled_start = Some(at(60_000));
+    create(&store, later).await;
+    create(&store, new_instance("now", "Job", "null", T0)).await;
+    let item = store
+        .fetch_orchestration_work(T0, Duration::from_secs(300))
+        .await
+        .expect("fetch")
+        .expect("work for `now`");
+    let orchestrations = |store: Arc<dyn Store>| async move {
+        store
+            .next_wake_time_for(WorkKind::Orchestration)
+            .await
+            .expect("next_wake_time_for")
+    };
+    let activities = |store: Arc<dyn Store>| async move {
+        store
+            .next_wake_time_for(WorkKind::Activity)
+            .await
+            .expect("next_wake_time_for")
+    };
+    assert_eq!(orchestrations(Arc::clone(&store)).await, Some(at(60_000)));
+    assert!(
+        store
+            .fetch_activity_work(T0, LONG, 4)
+            .await
+            .expect("fetch_activity_work")
+            .is_empty()
+    );
+    assert_eq!(activities(Arc::clone(&store)).await, None);
+
+    // Fetches, then a write: the write's timer and task count.
+    assert!(fetch(&store, T0).await.is_none());
+    assert!(
+        store
+            .fetch_activity_work(T0, LONG, 4)
+            .await
+            .expect("fetch_activity_work")
+            .is_empty()
+    );
+    let mut c = commit_for(&item, RuntimeStatus::Running, T0);
+    c.messages = vec![(
+        id("now"),
+        Message::new(
+            Event::TimerFired {
+                seq: 0,
+                fire_at: at(30_000),
+            },
+            Some(1),
+            at(30_000),
+        ),
+    )];
+    c.activities = vec![task("now", 1, "charge", "5")];
+    commit(&store, c).await;
+    assert_eq!(
+        orchestrations(Arc::clone(&store)).await,
+        Some(at(30_000)),
+        "the timer committed after the fetch"
+    );
+    assert_eq!(
+        activities(Arc::clone(&store)).await,
+        Some(T0),
+        "the task committed after the fetch"
+    );
+    // Asked twice, the same answer.
+    assert_eq!(orchestrations(Arc::clone(&store)).await, Some(at(30_000)));
+}
+
+/// A step that finishes nothing bumps `changed` but not `finished`: completion waiters do
+/// not read their instance again after every step of every instance.
+pub async fn a_step_does_not_bump_finished(store: Arc<dyn Store>) {
+    create(&store, new_instance("a", "Job", "null", T0)).await;
+    let sig = store.signals();
+    let mut changed = sig.changed.subscribe();
+    let finished = sig.finished.subscribe();
+    episode(&store, "a", T0, RuntimeStatus::Running, |c| {
+        c.activities = vec![task("a", 0, "one", "1")];
+        c.custom_status = Some("\"step\"".into());
+    })
+    .await;
+    assert!(
+        changed.has_changed().expect("watch open"),
+        "a step bumps `changed`"
+    );
+    assert!(
+        !finished.has_changed().expect("watch open"),
+        "a step does not bump `finished`"
+    );
+    changed.borrow_and_update();
+    let work = store
+        .fetch_activity_work(T0, LONG, 1)
+        .await
+        .expect("fetch_activity_work");
+    store
+        .complete_activity(work[0].id, work[0].lock, raised("done", T0))
+        .await
+        .expect("complete_activity");
+    assert!(
+        !finished.has_changed().expect("watch open"),
+        "an activity result does not bump `finished`"
+    );
+    finish(&store, "a", T0, RuntimeStatus::Completed).await;
+    assert!(
+        finished.has_changed().expect("watch open"),
+        "the finishing step bumps `finished`"
+    );
 }

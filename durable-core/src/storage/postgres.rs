@@ -12,7 +12,7 @@ use deadpool_postgres::{
     GenericClient, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
     Transaction,
 };
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -164,6 +164,14 @@ CREATE INDEX instances_due ON {s}.instances (due_at, id);
 CREATE INDEX instances_created ON {s}.instances (created_at, id);
 ",
 ];
+
+/// A next wake time (ms, `None`: nothing to wake for) read with a fetch, and the store's
+/// write count then.
+#[derive(Clone, Copy)]
+struct WakeHint {
+    writes: u64,
+    next: Option<i64>,
+}
 
 /// Options of a [`PostgresStore`].
 ///
@@ -346,6 +354,12 @@ struct Inner {
     notifier: Arc<Notifier>,
     /// Episode commits waiting to be committed together.
     commits: std::sync::Mutex<Commits>,
+    /// Bumped by every write of this store (see [`signal`](PostgresStore::signal)).
+    writes: AtomicU64,
+    /// The next wake times (orchestrations, activities) read in the same round trip as the
+    /// last fetch of that kind, with the [`writes`](Self::writes) count they were read at:
+    /// the dispatcher that goes idle right after its fetch needs no query of its own.
+    wake_hints: std::sync::Mutex<[Option<WakeHint>; 2]>,
     listener: JoinHandle<()>,
     notifier_task: JoinHandle<()>,
 }
@@ -480,6 +494,8 @@ impl PostgresStore {
                 signals,
                 notifier,
                 commits: std::sync::Mutex::default(),
+                writes: AtomicU64::new(0),
+                wake_hints: std::sync::Mutex::default(),
                 listener,
                 notifier_task,
             }),
@@ -556,6 +572,8 @@ impl PostgresStore {
     /// Sends the signals for `wake` in this process, and (unless the write's transaction
     /// did) has the notifier tell the other processes.
     fn signal(&self, wake: Wake) {
+        // Wake times read before this write may be stale.
+        self.inner.writes.fetch_add(1, Ordering::AcqRel);
         if !self.inner.options.notify_in_transaction {
             self.inner.notifier.post(wake);
         }
@@ -566,10 +584,10 @@ impl PostgresStore {
         if wake.orchestration {
             s.orchestration_work();
         }
-        if wake.orchestration || wake.changed {
-            // Whether an instance finished is not tracked per write here: waiters for
-            // completion look again after any change.
+        if wake.finished {
             s.instance_finished();
+        } else if wake.changed {
+            s.changed.send_modify(|v| *v = v.wrapping_add(1));
         }
     }
 
@@ -735,7 +753,7 @@ impl PostgresStore {
             .await?
             .map_err(Error::Op)?;
         batch.flush(self, tx).await?;
-        self.notify(tx, Wake::ORCHESTRATION).await?;
+        self.notify(tx, Wake::CREATED).await?;
         Ok(created)
     }
 
@@ -812,9 +830,101 @@ impl PostgresStore {
             }
         }
         writes.add(c, record, &refusals, &locked.existing)?;
-        let wake = writes.run(self, tx, false).await?;
+        let mut wake = writes.run(self, tx, false).await?;
+        // A child may replace (and terminate) an instance.
+        wake.finished = true;
         self.notify(tx, wake).await?;
         Ok(wake)
+    }
+
+    /// Inserts `record`, a brand-new instance, leased under `first`'s token, for `first` to
+    /// be committed in the same transaction ([`Store::create_started`]); `false`, with
+    /// nothing written, when the id is taken.
+    async fn insert_started<C: GenericClient>(
+        &self,
+        tx: &C,
+        record: &InstanceRecord,
+        first: &EpisodeCommit,
+    ) -> R<bool> {
+        let st = tx.prepare_cached(&self.inner.sql.insert_started).await?;
+        let json = serde_json::to_string(record)?;
+        let status = record.status.as_str();
+        let params: [&(dyn ToSql + Sync); 7] = [
+            &record.instance_id.as_str(),
+            &record.name,
+            &status,
+            &ts(record.created_at),
+            &json,
+            &to_i64(first.lock.0),
+            &ts(first.now),
+        ];
+        Ok(tx.execute(&st, &params).await? > 0)
+    }
+
+    /// [`Store::create_started`] in one transaction of any shape (sub-orchestrations,
+    /// [`PostgresOptions::notify_in_transaction`]): `None` when the id is taken.
+    async fn create_started_tx(
+        &self,
+        tx: &Transaction<'_>,
+        record: &InstanceRecord,
+        first: &EpisodeCommit,
+    ) -> R<Option<Wake>> {
+        if !self.insert_started(tx, record, first).await? {
+            return Ok(None);
+        }
+        self.commit_tx(tx, first).await.map(Some)
+    }
+
+    /// [`Store::create_started`] for a first episode without sub-orchestrations, in two
+    /// round trips as [`commit_batch_pipelined`](Self::commit_batch_pipelined): `BEGIN`,
+    /// the insert and the lock statement pipelined, then the writes with `COMMIT` (or a
+    /// `ROLLBACK` when the id is taken: `None`). Not with
+    /// [`PostgresOptions::notify_in_transaction`].
+    async fn create_started_pipelined(
+        &self,
+        record: &InstanceRecord,
+        first: &EpisodeCommit,
+    ) -> R<Option<Wake>> {
+        let sql = &self.inner.sql;
+        let ids: Vec<&str> = commit_ids(first).into_iter().collect();
+        let owners = vec![first.instance_id.as_str()];
+        let json = serde_json::to_string(record)?;
+        let status = record.status.as_str();
+        let key = record.instance_id.as_str();
+        let (created, token, until) = (ts(record.created_at), to_i64(first.lock.0), ts(first.now));
+        let conn = self.conn().await?;
+        let (insert, lock_rows) = tokio::try_join!(
+            conn.prepare_cached(&sql.insert_started),
+            conn.prepare_cached(&sql.lock_rows),
+        )?;
+        let open = OpenTx(Some(conn));
+        let conn = open.conn()?;
+        let insert_params: [&(dyn ToSql + Sync); 7] =
+            [&key, &record.name, &status, &created, &json, &token, &until];
+        let lock_params: [&(dyn ToSql + Sync); 2] = [&ids, &owners];
+        let result = async {
+            let ((), inserted, rows) = tokio::try_join!(
+                conn.batch_execute("BEGIN"),
+                conn.execute(&insert, &insert_params),
+                conn.query(&lock_rows, &lock_params),
+            )?;
+            if inserted == 0 {
+                conn.batch_execute("ROLLBACK").await?;
+                return Ok(None);
+            }
+            let mut locked = Locked::read(&rows)?;
+            let own = locked.lease(first)?;
+            let mut writes = Writes::default();
+            writes.add(first, own, &[], &locked.existing)?;
+            writes.run(self, conn, true).await.map(Some)
+        }
+        .await;
+        if result.is_err() {
+            // Awaited, so the row locks are gone before the caller goes on.
+            let _ = conn.batch_execute("ROLLBACK").await;
+        }
+        open.close();
+        result
     }
 
     /// Applies episodes without sub-orchestrations (each instance at most once) inside one
@@ -972,6 +1082,13 @@ impl PostgresStore {
         let mut batch = Vec::new();
         let mut rest = std::collections::VecDeque::new();
         while let Some(p) = q.queue.pop_front() {
+            if p.reply.is_closed() {
+                // Its caller is gone (an aborted worker's episode, say): not written. Writing
+                // it would be safe too (the commit checks the lease in its transaction, so
+                // it applies only if no one took the instance over), but a worker that was
+                // stopped writes nothing more; the lease expires and the episode runs again.
+                continue;
+            }
             if batch.len() < MAX_BATCH && seen.insert(p.commit.instance_id.clone()) {
                 batch.push(p);
             } else {
@@ -979,7 +1096,7 @@ impl PostgresStore {
             }
         }
         q.queue = rest;
-        Some(batch)
+        (!batch.is_empty()).then_some(batch)
     }
 
     /// Commits a batch and answers each of its episodes.
@@ -987,10 +1104,11 @@ impl PostgresStore {
         let (commits, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.commit, p.reply)).unzip();
         let (results, wake) = self.commit_batch(&commits).await;
+        // Signalled first: a caller that sees its commit done finds its signals sent.
+        self.signal(wake);
         for (result, reply) in results.into_iter().zip(replies) {
             let _ = reply.send(result);
         }
-        self.signal(wake);
     }
 
     /// Runs batches until none are queued, holding `leader`'s slot.
@@ -1085,14 +1203,7 @@ impl PostgresStore {
             async { tx.execute(&del_instance, &[&key]).await },
         )?;
         if n > 0 {
-            self.notify(
-                tx,
-                Wake {
-                    changed: true,
-                    ..Wake::default()
-                },
-            )
-            .await?;
+            self.notify(tx, Wake::PURGED).await?;
         }
         Ok(n > 0)
     }
@@ -1107,14 +1218,19 @@ impl PostgresStore {
             return Ok(Vec::new());
         }
         let conn = self.lease_conn().await?;
-        let st = conn
-            .prepare_cached(&self.inner.sql.fetch_orchestrations)
-            .await?;
+        let sql = &self.inner.sql;
+        let (st, wake) = tokio::try_join!(
+            conn.prepare_cached(&sql.fetch_orchestrations),
+            conn.prepare_cached(&sql.next_wake),
+        )?;
         let until = ts(now + lock_for);
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let rows = conn
-            .query(&st, &[&ts(now), &until, &new_token(), &limit])
-            .await?;
+        let writes = self.inner.writes.load(Ordering::Acquire);
+        let params: [&(dyn ToSql + Sync); 4] = [&ts(now), &until, &new_token(), &limit];
+        // The next wake time in the same round trip, after the lease is taken (its own
+        // implicit transaction, run in order).
+        let (rows, next) = tokio::try_join!(conn.query(&st, &params), conn.query_one(&wake, &[]))?;
+        self.hint(0, writes, next.try_get(0)?);
         work_items(&rows)
     }
 
@@ -1128,12 +1244,17 @@ impl PostgresStore {
             return Ok(Vec::new());
         }
         let conn = self.lease_conn().await?;
-        let st = conn.prepare_cached(&self.inner.sql.fetch_instances).await?;
+        let sql = &self.inner.sql;
+        let (st, wake) = tokio::try_join!(
+            conn.prepare_cached(&sql.fetch_instances),
+            conn.prepare_cached(&sql.next_wake),
+        )?;
         let until = ts(now + lock_for);
         let ids: Vec<&str> = ids.iter().map(InstanceId::as_str).collect();
-        let rows = conn
-            .query(&st, &[&ids, &ts(now), &until, &new_token()])
-            .await?;
+        let writes = self.inner.writes.load(Ordering::Acquire);
+        let params: [&(dyn ToSql + Sync); 4] = [&ids, &ts(now), &until, &new_token()];
+        let (rows, next) = tokio::try_join!(conn.query(&st, &params), conn.query_one(&wake, &[]))?;
+        self.hint(0, writes, next.try_get(0)?);
         work_items(&rows)
     }
 
@@ -1147,13 +1268,17 @@ impl PostgresStore {
             return Ok(Vec::new());
         }
         let conn = self.lease_conn().await?;
-        let st = conn
-            .prepare_cached(&self.inner.sql.fetch_activities)
-            .await?;
+        let sql = &self.inner.sql;
+        let (st, wake) = tokio::try_join!(
+            conn.prepare_cached(&sql.fetch_activities),
+            conn.prepare_cached(&sql.next_wake),
+        )?;
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let rows = conn
-            .query(&st, &[&ts(now), &ts(now + lock_for), &limit, &new_token()])
-            .await?;
+        let writes = self.inner.writes.load(Ordering::Acquire);
+        let params: [&(dyn ToSql + Sync); 4] =
+            [&ts(now), &ts(now + lock_for), &limit, &new_token()];
+        let (rows, next) = tokio::try_join!(conn.query(&st, &params), conn.query_one(&wake, &[]))?;
+        self.hint(1, writes, next.try_get(1)?);
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let mut task: ActivityTask = decode(row.try_get(1)?)?;
@@ -1169,7 +1294,31 @@ impl PostgresStore {
         Ok(out)
     }
 
+    /// Lease expiries moved (renewals): wake times read before are stale.
+    fn moved_leases(&self) {
+        self.inner.writes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Keeps `next` (read when `writes` writes had been made) as the next wake time of kind
+    /// `slot` (0: orchestrations, 1: activities).
+    fn hint(&self, slot: usize, writes: u64, next: Option<i64>) {
+        lock(&self.inner.wake_hints)[slot] = Some(WakeHint { writes, next });
+    }
+
+    /// The wake time of `kind` read with the last fetch, if no write was made since.
+    fn take_hint(&self, kind: WorkKind) -> Option<WakeHint> {
+        let slot = match kind {
+            WorkKind::Orchestration => 0,
+            WorkKind::Activity => 1,
+        };
+        let hint = lock(&self.inner.wake_hints)[slot].take()?;
+        (hint.writes == self.inner.writes.load(Ordering::Acquire)).then_some(hint)
+    }
+
     async fn wake_time(&self, kind: Option<WorkKind>) -> R<Option<Timestamp>> {
+        if let Some(hint) = kind.and_then(|k| self.take_hint(k)) {
+            return Ok(hint.next.map(from_ts));
+        }
         let conn = self.lease_conn().await?;
         let st = conn.prepare_cached(&self.inner.sql.next_wake).await?;
         let row = conn.query_one(&st, &[]).await?;
@@ -1335,7 +1484,7 @@ impl PostgresStore {
 impl Store for PostgresStore {
     async fn create_instance(&self, new: NewInstance) -> Result<CreateResult, StoreError> {
         let r = retry_tx!(self, "creating an instance", tx => self.create_tx(&tx, &new))?;
-        self.signal(Wake::ORCHESTRATION);
+        self.signal(Wake::CREATED);
         Ok(r)
     }
 
@@ -1383,8 +1532,7 @@ impl Store for PostgresStore {
             return Ok(());
         }
         // Group commit: the episodes committed meanwhile share one transaction (one WAL
-        // flush). The batch runs on its own task, so a caller that goes away does not
-        // strand the others.
+        // flush).
         let (reply, answer) = oneshot::channel();
         let lead = {
             let mut q = lock(&self.inner.commits);
@@ -1398,18 +1546,27 @@ impl Store for PostgresStore {
         };
         let mut answer = answer;
         if lead {
-            // Commit batches in this task until this episode's is done (no hand-off to
-            // another task on the way); then the slot passes on (`Leader`'s drop), also
-            // when this task is cancelled.
-            let leader = Leader::new(self);
+            // Commit batches until this episode's is done; then the slot passes on
+            // (`Leader`'s drop). Each batch runs on its own task, which holds the slot while
+            // it runs: a batch carries other episodes' commits, and this caller going away
+            // (its worker aborted, its future dropped) must not cancel it.
+            let mut leader = Leader::new(self);
             while let Some(batch) = self.next_batch() {
-                self.run_batch(batch).await;
+                let store = self.clone();
+                let task = tokio::spawn(async move {
+                    store.run_batch(batch).await;
+                    leader
+                });
+                match task.await {
+                    Ok(back) => leader = back,
+                    // It panicked: its `Leader` was dropped with it (the slot passed on).
+                    Err(_) => break,
+                }
                 if let Ok(result) = answer.try_recv() {
                     drop(leader);
                     return result;
                 }
             }
-            drop(leader);
         }
         match answer.await {
             Ok(result) => result,
@@ -1418,6 +1575,45 @@ impl Store for PostgresStore {
                 self.inner.hub
             ))),
         }
+    }
+
+    async fn create_started(
+        &self,
+        new: NewInstance,
+        mut first: EpisodeCommit,
+    ) -> Result<Option<InstanceRecord>, StoreError> {
+        // The start message is never stored: it is consumed in the same transaction. The
+        // instance is leased under a fresh token inside it, released by the commit.
+        first.consumed = Vec::new();
+        first.lock = LockToken(to_u64(new_token()));
+        let record = new.record(None);
+        let timer = CommitTimer::start();
+        let what = "creating an instance with its first episode";
+        let wake = if first.new_instances.is_empty() && !self.inner.options.notify_in_transaction {
+            let mut attempt = 0u32;
+            loop {
+                attempt += 1;
+                match self.create_started_pipelined(&record, &first).await {
+                    Err(Error::Db(e)) if attempt < MAX_ATTEMPTS && retryable(&e) => {
+                        tracing::debug!(error = %e, attempt, "transaction aborted by PostgreSQL; retrying");
+                        pause(Duration::from_millis(u64::from(attempt) * 5)).await;
+                    }
+                    other => break other.map_err(|e| self.err(what, e)),
+                }
+            }
+        } else {
+            retry_tx!(self, what, tx => self.create_started_tx(&tx, &record, &first))
+        }?;
+        let Some(wake) = wake else {
+            return Ok(None);
+        };
+        timer.record_single("postgres");
+        self.signal(wake);
+        Ok(Some(record))
+    }
+
+    fn supports_create_started(&self) -> bool {
+        true
     }
 
     fn supports_activity_handoff(&self) -> bool {
@@ -1527,6 +1723,7 @@ impl Store for PostgresStore {
         }
         .await
         .map_err(|e| self.err("renewing an activity lease", e))?;
+        self.moved_leases();
         if rows.is_empty() {
             return Err(StoreError::LockLost(format!("activity task {id}")));
         }
@@ -1554,6 +1751,7 @@ impl Store for PostgresStore {
         }
         .await
         .map_err(|e| self.err("renewing activity leases", e))?;
+        self.moved_leases();
         let mut renewed = HashSet::with_capacity(rows.len());
         for row in rows {
             let id: i64 = row
@@ -1584,6 +1782,7 @@ impl Store for PostgresStore {
                 Wake::default(),
             )
             .await?;
+        self.moved_leases();
         if rows.is_empty() {
             return Err(StoreError::LockLost(format!("activity task {id}")));
         }
@@ -1689,10 +1888,7 @@ impl Store for PostgresStore {
             }
         })?;
         if removed {
-            self.signal(Wake {
-                changed: true,
-                ..Wake::default()
-            });
+            self.signal(Wake::PURGED);
         }
         Ok(removed)
     }
@@ -1701,10 +1897,7 @@ impl Store for PostgresStore {
         let removed =
             retry_tx!(self, "purging an instance", tx => self.purge_tx(&tx, instance_id))?;
         if removed {
-            self.signal(Wake {
-                changed: true,
-                ..Wake::default()
-            });
+            self.signal(Wake::PURGED);
         }
         Ok(removed)
     }
@@ -1727,6 +1920,7 @@ struct Sql {
     select_for_update: String,
     select_status: String,
     insert_instance: String,
+    insert_started: String,
     replace_instance: String,
     update_record: String,
     update_records: String,
@@ -1824,6 +2018,11 @@ impl Sql {
                 "INSERT INTO {s}.instances (id, name, status, created_at, record)
                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
             ),
+            // A brand-new instance leased (token $6, until $7) for its first episode's commit
+            // in the same transaction; nothing when the id is taken.
+            insert_started: s("INSERT INTO {s}.instances
+                    (id, name, status, created_at, record, lock_token, locked_until)
+                VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"),
             replace_instance: s("UPDATE {s}.instances
                 SET name = $2, status = $3, created_at = $4, record = $5,
                     ready_at = NULL, lock_token = NULL, locked_until = NULL, not_before = NULL
@@ -2038,6 +2237,8 @@ struct Writes {
     records: Vec<String>,
     /// Messages, and the instances whose `ready_at` and holds they change.
     batch: Enqueue,
+    /// An episode ends its instance.
+    finished: bool,
 }
 
 impl Writes {
@@ -2051,6 +2252,7 @@ impl Writes {
         existing: &HashSet<String>,
     ) -> R<()> {
         let key = c.instance_id.as_str();
+        self.finished |= c.status.is_terminal();
         record.status = c.status;
         record.output.clone_from(&c.output);
         record.failure.clone_from(&c.failure);
@@ -2242,6 +2444,7 @@ impl Writes {
             orchestration: messages || still_ready > 0,
             activity: activities,
             changed: true,
+            finished: self.finished,
         };
         Ok(wake)
     }
@@ -2507,7 +2710,12 @@ async fn migrate(pool: &Pool, hub: &str, schema: &str) -> Result<(), StoreError>
 struct Wake {
     orchestration: bool,
     activity: bool,
+    /// Some instance changed.
     changed: bool,
+    /// Some instance may have finished (or been purged, or replaced): completion waiters
+    /// look again. Not set by steps that finish nothing, so a waiter does not read its
+    /// instance after every step.
+    finished: bool,
 }
 
 impl Wake {
@@ -2515,9 +2723,28 @@ impl Wake {
         orchestration: true,
         activity: false,
         changed: false,
+        finished: false,
     };
 
-    /// The notification payload's kinds: `o`, `a`, `c`.
+    /// A creation (which may replace, and terminate, an instance).
+    const CREATED: Wake = Wake {
+        orchestration: true,
+        activity: false,
+        changed: false,
+        finished: true,
+    };
+
+    /// A purge.
+    const PURGED: Wake = Wake {
+        orchestration: false,
+        activity: false,
+        changed: true,
+        finished: true,
+    };
+
+    /// The notification payload's kinds: `o` (orchestration work), `a` (activity work),
+    /// `c` (an instance may have finished: what every change was before `u`), `u` (an
+    /// instance changed, none finished; a listener that does not know `u` ignores it).
     fn kinds(self) -> String {
         let mut kinds = String::new();
         if self.orchestration {
@@ -2526,8 +2753,10 @@ impl Wake {
         if self.activity {
             kinds.push('a');
         }
-        if self.changed {
+        if self.finished {
             kinds.push('c');
+        } else if self.changed {
+            kinds.push('u');
         }
         kinds
     }
@@ -2537,11 +2766,15 @@ impl Wake {
             orchestration: self.orchestration || other.orchestration,
             activity: self.activity || other.activity,
             changed: self.changed || other.changed,
+            finished: self.finished || other.finished,
         }
     }
 
     fn bits(self) -> u8 {
-        u8::from(self.orchestration) | u8::from(self.activity) << 1 | u8::from(self.changed) << 2
+        u8::from(self.orchestration)
+            | u8::from(self.activity) << 1
+            | u8::from(self.changed) << 2
+            | u8::from(self.finished) << 3
     }
 
     fn from_bits(bits: u8) -> Self {
@@ -2549,6 +2782,7 @@ impl Wake {
             orchestration: bits & 1 != 0,
             activity: bits & 2 != 0,
             changed: bits & 4 != 0,
+            finished: bits & 8 != 0,
         }
     }
 }
@@ -2691,6 +2925,9 @@ impl Listener {
                 }
                 'a' => self.signals.activity_work(),
                 'c' => self.signals.instance_finished(),
+                'u' => {
+                    self.signals.changed.send_modify(|v| *v = v.wrapping_add(1));
+                }
                 _ => {}
             }
         }
@@ -2924,6 +3161,140 @@ fn validate_hub(hub: &str) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The test database, if `DURABLE_TEST_POSTGRES_URL` names one.
+    fn test_url() -> Option<String> {
+        std::env::var("DURABLE_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+    }
+
+    const T0: Timestamp = Timestamp::from_unix_millis(1_700_000_000_000);
+
+    fn first_commit(item: &OrchestrationWorkItem) -> EpisodeCommit {
+        let mut c = EpisodeCommit::new(
+            item.instance.instance_id.clone(),
+            item.lock,
+            RuntimeStatus::Running,
+            T0,
+        );
+        c.consumed = item.messages.iter().map(|m| m.id).collect();
+        c.new_events.push(HistoryEvent {
+            index: 0,
+            timestamp: T0,
+            event: Event::OrchestratorStarted,
+        });
+        c
+    }
+
+    /// A batch's leader whose caller goes away mid-batch (its worker aborted) does not
+    /// cancel the batch: the other episodes in it are committed and answered. A queued
+    /// commit whose caller is gone before its batch starts is not written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_leader_does_not_cancel_its_batch() {
+        let Some(url) = test_url() else { return };
+        let hub = format!("durable_test_{}", &InstanceId::random().as_str()[..16]);
+        let store = PostgresStore::connect(&url, PostgresOptions::new(&hub))
+            .await
+            .expect("connect");
+        for name in ["a", "b", "c", "d"] {
+            let id = InstanceId::new(name).expect("id");
+            store
+                .create_instance(NewInstance::new(id, "X", "null".into(), T0))
+                .await
+                .expect("create");
+        }
+        let mut items = store
+            .fetch_orchestration_batch(T0, Duration::from_secs(3600), 4)
+            .await
+            .expect("fetch");
+        items.sort_by(|x, y| x.instance.instance_id.cmp(&y.instance.instance_id));
+        let [a, b, c, d] = &items[..] else {
+            panic!("four instances leased: {items:?}")
+        };
+        // Another connection holds a's row, so the batch waits in its lock statement.
+        let (holder, connection) = tokio_postgres::connect(&url, NoTls).await.expect("connect");
+        let driver = tokio::spawn(connection);
+        holder
+            .batch_execute(&format!(
+                "BEGIN; SELECT 1 FROM \"{hub}\".instances WHERE id = 'a' FOR UPDATE"
+            ))
+            .await
+            .expect("lock a");
+        // b's commit is queued, as by another episode while a's caller took the lead.
+        let (reply, b_answer) = oneshot::channel();
+        lock(&store.inner.commits).queue.push_back(PendingCommit {
+            commit: first_commit(b),
+            reply,
+        });
+        let leader = tokio::spawn({
+            let store = store.clone();
+            let commit = first_commit(a);
+            async move { store.commit_episode(commit).await }
+        });
+        // Until the batch (b and a) waits for a's row.
+        let waiting = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE '%\"{hub}\".instances%'"
+        );
+        let mut polls = 0;
+        loop {
+            // Inside the holder's transaction the activity view is a snapshot: drop it.
+            holder
+                .batch_execute("SELECT pg_stat_clear_snapshot()")
+                .await
+                .expect("clear the stats snapshot");
+            let row = holder
+                .query_one(&waiting, &[])
+                .await
+                .expect("pg_stat_activity");
+            if row.get::<_, i64>(0) > 0 {
+                break;
+            }
+            polls += 1;
+            assert!(polls < 2000, "the batch never reached the database");
+            pause(Duration::from_millis(5)).await;
+        }
+        leader.abort();
+        assert!(leader.await.expect_err("aborted").is_cancelled());
+        holder.batch_execute("ROLLBACK").await.expect("release a");
+        assert_eq!(
+            b_answer.await.expect("b is answered"),
+            Ok(()),
+            "b's commit went through"
+        );
+        for id in ["a", "b"] {
+            let history = store
+                .read_history(&InstanceId::new(id).expect("id"))
+                .await
+                .expect("history");
+            assert_eq!(history.len(), 1, "{id}'s episode was committed");
+        }
+
+        // c's caller is gone before its batch: nothing of it is written.
+        let (reply, gone) = oneshot::channel();
+        drop(gone);
+        lock(&store.inner.commits).queue.push_back(PendingCommit {
+            commit: first_commit(c),
+            reply,
+        });
+        store
+            .commit_episode(first_commit(d))
+            .await
+            .expect("commit d");
+        let c_history = store
+            .read_history(&InstanceId::new("c").expect("id"))
+            .await
+            .expect("history");
+        assert!(c_history.is_empty(), "c was not written: {c_history:?}");
+        assert!(
+            lock(&store.inner.commits).queue.is_empty(),
+            "c is no longer queued"
+        );
+        drop(holder);
+        let _ = driver.await;
+        store.drop_task_hub().await.expect("drop the hub");
+    }
 
     #[test]
     fn hub_names() {

@@ -84,7 +84,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                 }
                 drop(first);
                 if drained {
-                    super::idle(&inner, WorkKind::Activity, notified, &mut shutdown).await;
+                    super::idle(&inner, WorkKind::Activity, now, notified, &mut shutdown).await;
                 }
             }
             Err(e) => {

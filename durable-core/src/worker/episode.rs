@@ -47,6 +47,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
         let notified = signals.orchestration.notified();
         let handed_off = inner.handoff_ready.notified();
         store_first = !store_first;
+        let fetched_at = inner.clock.now();
         let mut started = 0;
         if !store_first {
             started += start_handed_off(&inner, &mut running, &mut permits).await;
@@ -72,7 +73,14 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                         () = handed_off => {}
                     }
                 };
-                super::idle(&inner, WorkKind::Orchestration, woken, &mut shutdown).await;
+                super::idle(
+                    &inner,
+                    WorkKind::Orchestration,
+                    fetched_at,
+                    woken,
+                    &mut shutdown,
+                )
+                .await;
             }
             Err(e) => {
                 tracing::error!(error = %e, "fetching orchestration work failed");

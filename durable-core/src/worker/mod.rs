@@ -1103,13 +1103,31 @@ impl WorkerBuilder {
 
 /// What a dispatcher does with nothing to do: waits until `woken` (its store signal) fires,
 /// the store's next due time for `kind` work comes, or the worker shuts down.
+///
+/// Work due already at `fetched_at`, when the dispatcher's fetch came back short, is work
+/// another transaction holds (a store that skips locked rows, as `PostgresStore` does): rather
+/// than fetch again at once, and again until that transaction ends, the dispatcher waits
+/// for a signal or [`SKIPPED_WORK_PAUSE`].
 async fn idle(
     inner: &Inner,
     kind: crate::storage::WorkKind,
+    fetched_at: crate::ids::Timestamp,
     woken: impl Future<Output = ()>,
     shutdown: &mut watch::Receiver<bool>,
 ) {
-    let next = inner.store.next_wake_time_for(kind).await.ok().flatten();
+    let next = inner
+        .store
+        .next_wake_time_for(kind)
+        .await
+        .ok()
+        .flatten()
+        .map(|t| {
+            if t <= fetched_at {
+                inner.clock.now() + SKIPPED_WORK_PAUSE
+            } else {
+                t
+            }
+        });
     let sleep = async {
         match next {
             Some(t) => inner.clock.sleep_until(t).await,
@@ -1122,6 +1140,10 @@ async fn idle(
         _ = shutdown.changed() => {}
     }
 }
+
+/// How long a dispatcher waits (unless signalled) before fetching again when work that was
+/// due was not fetched: another transaction held it.
+const SKIPPED_WORK_PAUSE: Duration = Duration::from_millis(5);
 
 /// Spawns one of the worker's long-running tasks on `runtime`, recording in
 /// [`Inner::died`] a panic or a return while the worker is not shutting down.

@@ -2,7 +2,8 @@
 //! `dbos`), then W2 with 1, 2 and 4 worker processes.
 //!
 //! - W1: one `HelloSequence5` (5 chained no-op activities, string in and out) at a time, 50
-//!   times (after 5 to warm up), start → observed completion; p50. One worker in this process.
+//!   times (after 5 to warm up), start → observed completion; p50. One worker in this process,
+//!   started through its own client (the first episode is written with the creation).
 //!   Its samples alternate with DBOS's and with a bare commit (one small `INSERT`, the
 //!   floor), so all see the same disk and the same competition for the cores.
 //! - W2: 1,000 `HelloSequence5` started at once (16 starters) with one worker in this process,
@@ -226,7 +227,9 @@ impl InProcess {
             .register(hello_sequence5)
             .register(hello_sequence5_local)
             .start()?;
-        let client = Client::new(Arc::new(store.clone()));
+        // The worker's own client: a start runs the first episode here and writes it with
+        // the creation (one transaction).
+        let client = worker.client();
         Ok(Self {
             store,
             worker,
