@@ -57,12 +57,58 @@ fn kinds(history: &[durable_core::HistoryEvent]) -> Vec<&'static str> {
     history.iter().map(|e| e.event.kind()).collect()
 }
 
-/// The stores that run first episodes with the creation.
-fn stores() -> Vec<(&'static str, Arc<dyn Store>)> {
-    vec![
-        ("memory", Arc::new(MemoryStore::new())),
-        ("redb", Arc::new(RedbStore::in_memory().expect("redb"))),
-    ]
+/// A store under test; a PostgreSQL task hub is dropped with it.
+struct Subject {
+    what: &'static str,
+    store: Arc<dyn Store>,
+    pg: Option<durable_core::PostgresStore>,
+}
+
+impl Drop for Subject {
+    fn drop(&mut self) {
+        if let Some(pg) = self.pg.take() {
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current()
+                    .block_on(pg.drop_task_hub())
+                    .expect("drop the task hub");
+            });
+        }
+    }
+}
+
+/// The stores that run first episodes with the creation: memory, redb, and PostgreSQL on a
+/// fresh task hub when `DURABLE_TEST_POSTGRES_URL` is set (`.ci/run` sets it).
+async fn stores() -> Vec<Subject> {
+    let mut out = vec![
+        Subject {
+            what: "memory",
+            store: Arc::new(MemoryStore::new()),
+            pg: None,
+        },
+        Subject {
+            what: "redb",
+            store: Arc::new(RedbStore::in_memory().expect("redb")),
+            pg: None,
+        },
+    ];
+    match std::env::var("DURABLE_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => {
+            let hub = format!("durable_test_{}", &InstanceId::random().as_str()[..16]);
+            let pg =
+                durable_core::PostgresStore::connect(&url, durable_core::PostgresOptions::new(hub))
+                    .await
+                    .expect("connect to PostgreSQL");
+            out.push(Subject {
+                what: "postgres",
+                store: Arc::new(pg.clone()),
+                pg: Some(pg),
+            });
+        }
+        _ => {
+            eprintln!("first episodes on PostgreSQL skipped: DURABLE_TEST_POSTGRES_URL is not set")
+        }
+    }
+    out
 }
 
 fn worker_on(store: &Arc<dyn Store>, clock: &ManualClock) -> Worker {
@@ -80,7 +126,8 @@ fn worker_on(store: &Arc<dyn Store>, clock: &ManualClock) -> Worker {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_commits_the_first_episode_with_the_creation() {
-    for (what, store) in stores() {
+    for subject in stores().await {
+        let (what, store) = (subject.what, Arc::clone(&subject.store));
         let clock = ManualClock::default();
         let worker = worker_on(&store, &clock);
         let client = worker.client();
@@ -122,7 +169,8 @@ async fn a_start_commits_the_first_episode_with_the_creation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_orchestration_that_ends_in_its_first_episode_is_finished_when_start_returns() {
-    for (what, store) in stores() {
+    for subject in stores().await {
+        let (what, store) = (subject.what, Arc::clone(&subject.store));
         let clock = ManualClock::default();
         let worker = worker_on(&store, &clock);
         let client = worker.client();
@@ -136,7 +184,8 @@ async fn an_orchestration_that_ends_in_its_first_episode_is_finished_when_start_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_id_follows_the_reuse_policy() {
-    for (what, store) in stores() {
+    for subject in stores().await {
+        let (what, store) = (subject.what, Arc::clone(&subject.store));
         let clock = ManualClock::default();
         let worker = worker_on(&store, &clock);
         let client = worker.client();
