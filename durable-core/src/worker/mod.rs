@@ -107,6 +107,7 @@ pub struct WorkerOptions {
     /// `durable_queue_timers_due`), on the worker's clock; at least 100 ms. `None`: never.
     /// Default 5 s.
     #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub queue_depth_interval: Option<Duration>,
 }
 
@@ -288,6 +289,7 @@ impl WorkerBuilder {
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
     pub fn tracer_provider<P>(mut self, provider: P) -> Self
     where
         P: opentelemetry::trace::TracerProvider,
@@ -494,6 +496,7 @@ impl WorkerBuilder {
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn queue_depth_interval(self, every: Option<Duration>) -> Self {
         self.set(move |o| o.queue_depth_interval = every)
     }
