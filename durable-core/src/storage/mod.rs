@@ -1,5 +1,5 @@
 //! Storage: the [`Store`] trait every backend implements, the in-memory store, the redb
-//! store (feature `redb`, default) and the PostgreSQL store (feature `postgres`).
+//! store (feature `redb`, on by default) and the `PostgreSQL` store (feature `postgres`).
 //!
 //! A store keeps, per instance, a record (status, input, output, custom status), an
 //! append-only history and an inbox of messages; plus a queue of activity tasks. The
