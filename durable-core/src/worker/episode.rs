@@ -347,28 +347,27 @@ async fn try_episode(
     messages.sort_by_key(|m| !matches!(m.event, Event::ExecutionStarted { .. }));
 
     let mut rewind = None;
-    if instance.status == RuntimeStatus::Failed {
-        if let Some(pos) = messages
+    if instance.status == RuntimeStatus::Failed
+        && let Some(pos) = messages
             .iter()
             .position(|m| matches!(m.event, Event::ExecutionRewound { .. }))
-        {
-            // The request is consumed once applied or declined (a worker of the wrong
-            // version that leaves work pending leaves it in the inbox); the messages around
-            // it are delivered (rewound) or dropped (declined) like any others.
-            let request = messages.remove(pos);
-            match prepare_rewind(inner, &instance, &request).await? {
-                Ok(r) => rewind = Some((r, request.id)),
-                Err(why) => {
-                    return drop_late_messages(
-                        inner,
-                        &instance,
-                        lock,
-                        &messages,
-                        Some((request.id, why)),
-                        handed,
-                    )
-                    .await;
-                }
+    {
+        // The request is consumed once applied or declined (a worker of the wrong
+        // version that leaves work pending leaves it in the inbox); the messages around
+        // it are delivered (rewound) or dropped (declined) like any others.
+        let request = messages.remove(pos);
+        match prepare_rewind(inner, &instance, &request).await? {
+            Ok(r) => rewind = Some((r, request.id)),
+            Err(why) => {
+                return drop_late_messages(
+                    inner,
+                    &instance,
+                    lock,
+                    &messages,
+                    Some((request.id, why)),
+                    handed,
+                )
+                .await;
             }
         }
     }
@@ -638,10 +637,8 @@ async fn try_episode(
     if let Some(trace) = trace {
         trace.finish(&inner.tracer, inner.clock.now());
     }
-    if !finished {
-        if let Some(c) = lock_cache(&inner.cache).as_mut() {
-            c.put(id, replayer);
-        }
+    if !finished && let Some(c) = lock_cache(&inner.cache).as_mut() {
+        c.put(id, replayer);
     }
     Ok(())
 }

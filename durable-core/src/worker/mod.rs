@@ -521,13 +521,13 @@ impl WorkerBuilder {
         }
         options.max_concurrent_orchestrations = options.max_concurrent_orchestrations.max(1);
         options.max_concurrent_activities = options.max_concurrent_activities.max(1);
-        if let Some(budget) = options.local_activity_budget {
-            if budget >= options.orchestration_lock {
-                return Err(BuildError::LocalActivityBudget {
-                    budget,
-                    lease: options.orchestration_lock,
-                });
-            }
+        if let Some(budget) = options.local_activity_budget
+            && budget >= options.orchestration_lock
+        {
+            return Err(BuildError::LocalActivityBudget {
+                budget,
+                lease: options.orchestration_lock,
+            });
         }
         let states = self.states.finish(&self.registry)?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
