@@ -236,6 +236,7 @@ pub use durable_macros::orchestrator;
 ///
 /// ```
 /// use durable_core::prelude::*;
+/// use serde::{Deserialize, Serialize};
 ///
 /// #[entity]
 /// #[derive(Default, Serialize, Deserialize)]
@@ -302,6 +303,11 @@ pub use trace_context::TraceContext;
 pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, WorkerOptions};
 
 /// Everything orchestration, activity and worker code usually needs.
+///
+/// Inputs, outputs and entity states are serde types: derive them with serde's own
+/// macros (`serde = { version = "1", features = ["derive"] }` in your `Cargo.toml`,
+/// `use serde::{Deserialize, Serialize};`). The prelude does not re-export them, since
+/// serde's derives only work from a crate that depends on serde directly.
 pub mod prelude {
     pub use crate::{
         Activity, ActivityContext, ActivityError, CallOptions, Client, ClientError, Either,
@@ -310,5 +316,9 @@ pub mod prelude {
         RuntimeStatus, StartOptions, State, TaskError, Timestamp, Worker, activity, entity,
         orchestrator, select, when_all, when_any,
     };
-    pub use serde::{Deserialize, Serialize};
 }
+
+/// The README's Rust examples, compiled and run as doctests of this crate.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

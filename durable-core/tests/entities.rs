@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use durable_core::prelude::*;
 use durable_core::{EntityQuery, Store};
+use serde::{Deserialize, Serialize};
 
 #[entity]
 #[derive(Default, Serialize, Deserialize, Debug, PartialEq)]

@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 const PREFIX: &str = "/runtime/webhooks/durabletask";
@@ -1837,4 +1838,203 @@ async fn without_a_token_only_requests_to_this_machine_are_answered() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     api.shutdown().await;
+}
+
+// ------------------------------------------------------------ inside an application
+
+/// One request to a full URL with hyper's client.
+async fn request(method: Method, uri: &str, body: Option<&str>) -> Reply {
+    let http: HttpClient<HttpConnector, Full<Bytes>> =
+        HttpClient::builder(TokioExecutor::new()).build_http();
+    let mut builder = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        builder = builder.header("content-type", "application/json");
+    }
+    let body = Full::new(Bytes::from(body.unwrap_or("").to_owned()));
+    let response = http
+        .request(builder.body(body).unwrap())
+        .await
+        .expect("HTTP request");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        text: String::from_utf8(bytes.to_vec()).unwrap(),
+    }
+}
+
+/// Serves `app` with axum on a loopback port until the returned sender is used.
+async fn serve_app(app: axum::Router) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (base, stop)
+}
+
+fn api_worker() -> Worker {
+    Worker::builder()
+        .store(MemoryStore::new())
+        .register(greet)
+        .register(hello)
+        .start()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_merges_into_an_application_with_its_own_fallback_and_layers() {
+    use axum::routing::get;
+    let worker = api_worker();
+    let app = axum::Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .fallback(|| async { (StatusCode::IM_A_TEAPOT, "the application's own fallback") })
+        // Merged into a router that has a fallback already (axum panics when both do).
+        .merge(http::router(worker.client(), HttpOptions::new()))
+        .layer(axum::middleware::from_fn(
+            |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                let mut response = next.run(request).await;
+                response
+                    .headers_mut()
+                    .insert("x-app", axum::http::HeaderValue::from_static("yes"));
+                response
+            },
+        ));
+    let (base, stop) = serve_app(app).await;
+
+    let r = request(Method::GET, &format!("{base}/health"), None).await;
+    assert_eq!((r.status, r.text.as_str()), (StatusCode::OK, "ok"));
+    assert_eq!(r.header("x-app"), Some("yes"));
+    // Outside the API's prefix, the application's fallback answers.
+    let r = request(Method::GET, &format!("{base}/no/such/page"), None).await;
+    assert_eq!(r.status, StatusCode::IM_A_TEAPOT);
+    assert_eq!(r.text, "the application's own fallback");
+    // The API works, under the application's layer.
+    let r = request(
+        Method::POST,
+        &format!("{base}{PREFIX}/orchestrators/hello?timeout=20"),
+        Some("\"app\""),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json(), "Hello app!");
+    assert_eq!(r.header("x-app"), Some("yes"));
+    // Unknown paths and methods under the prefix are still the API's JSON errors.
+    request(Method::GET, &format!("{base}{PREFIX}/nothing/here"), None)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "NotFound");
+    request(Method::GET, &format!("{base}{PREFIX}"), None)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "NotFound");
+    request(Method::PUT, &format!("{base}{PREFIX}/instances/x"), None)
+        .await
+        .assert_error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed");
+    // The dashboard comes along.
+    let r = request(Method::GET, &format!("{base}/dashboard/"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    stop.send(()).unwrap();
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_under_a_path_the_links_point_into_the_nest() {
+    let worker = api_worker();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let options = HttpOptions::new().base_url(format!("{base}/ops"));
+    let app = axum::Router::new().nest("/ops", http::router(worker.client(), options));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    let r = request(
+        Method::POST,
+        &format!("{base}/ops{PREFIX}/orchestrators/hello"),
+        Some("\"nest\""),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let location = r.header("location").unwrap().to_owned();
+    assert!(
+        location.starts_with(&format!("{base}/ops{PREFIX}/instances/")),
+        "{location}"
+    );
+    let status = r.json()["statusQueryGetUri"].as_str().unwrap().to_owned();
+    assert_eq!(status.split('?').next(), Some(location.as_str()));
+    // The link answers.
+    let r = request(Method::GET, &location, None).await;
+    assert!(
+        r.status == StatusCode::OK || r.status == StatusCode::ACCEPTED,
+        "{}",
+        r.text
+    );
+    stop.send(()).unwrap();
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_uses_a_bound_listener_and_stops_when_told() {
+    let worker = api_worker();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(http::serve_with(
+        worker.client(),
+        listener,
+        HttpOptions::new(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let r = request(
+        Method::POST,
+        &format!("{base}{PREFIX}/orchestrators/hello?timeout=20"),
+        Some("\"listener\""),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json(), "Hello listener!");
+    // Served alone, every unknown path is a JSON 404.
+    request(Method::GET, &format!("{base}/elsewhere"), None)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "NotFound");
+    stop.send(()).unwrap();
+    tokio::time::timeout(GUARD, server)
+        .await
+        .expect("stops when told")
+        .unwrap()
+        .expect("ends cleanly");
+    // Stopped: the port no longer answers.
+    let http: HttpClient<HttpConnector, Full<Bytes>> =
+        HttpClient::builder(TokioExecutor::new()).build_http();
+    let gone = http
+        .request(
+            Request::builder()
+                .uri(format!("{base}/elsewhere"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert!(gone.is_err(), "still answering after shutdown");
+
+    // A listener on every interface needs a token, as with `serve`.
+    let open = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let err = http::serve_with(worker.client(), open, HttpOptions::new(), async {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ServeError::InsecureBind(_)), "{err}");
+    worker.shutdown().await;
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use durable_core::RedbStore;
 use durable_core::prelude::*;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 

@@ -21,6 +21,7 @@ use durable_core::{
 };
 use opentelemetry::trace::{SpanId, Status, TraceId, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 use tracing_subscriber::prelude::*;
 

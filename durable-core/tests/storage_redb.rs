@@ -66,6 +66,7 @@ use durable_core::history::{Event, HistoryEvent};
 use durable_core::prelude::*;
 use durable_core::storage::RedbDurability;
 use durable_core::{InstanceQuery, RedbStore, Store, StoreError};
+use serde::{Deserialize, Serialize};
 
 const CRASH_TEST: &str = "crash_safety_under_repeated_sigkill";
 const HOLD_TEST: &str = "file_held_by_another_process_is_refused";

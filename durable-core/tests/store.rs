@@ -546,6 +546,9 @@ mod handoff_lease {
         fn activity_lease(&self, requested: Duration) -> Duration {
             self.inner.activity_lease(requested)
         }
+        fn orchestration_lease(&self, requested: Duration) -> Duration {
+            self.inner.orchestration_lease(requested)
+        }
         async fn fetch_activity_work(
             &self,
             now: Timestamp,

@@ -28,6 +28,7 @@
 //! ```
 //! use std::time::Duration;
 //! use durable_core::prelude::*;
+//! use serde::{Deserialize, Serialize};
 //! use durable_testing::TestEnv;
 //!
 //! #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -627,6 +627,9 @@ impl Store for HarnessStore {
     fn activity_lease(&self, requested: Duration) -> Duration {
         self.inner().activity_lease(requested)
     }
+    fn orchestration_lease(&self, requested: Duration) -> Duration {
+        self.inner().orchestration_lease(requested)
+    }
 
     async fn fetch_activity_work(
         &self,

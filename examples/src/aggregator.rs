@@ -1,6 +1,7 @@
 //! Pattern 6, aggregator: a durable entity that collects values from many sources.
 
 use durable_core::prelude::*;
+use serde::{Deserialize, Serialize};
 
 /// Running statistics of a stream of readings.
 #[entity]

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use durable_core::prelude::*;
+use serde::{Deserialize, Serialize};
 
 /// Sends a notification (here: returns the text it would send).
 #[activity]

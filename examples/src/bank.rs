@@ -1,6 +1,7 @@
 //! Critical sections: transfers between account entities that lock both accounts.
 
 use durable_core::prelude::*;
+use serde::{Deserialize, Serialize};
 
 /// A bank account.
 #[entity]

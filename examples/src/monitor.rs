@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use durable_core::prelude::*;
+use serde::{Deserialize, Serialize};
 
 /// Input of [`check_job`].
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -26,6 +26,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use durable_core::prelude::*;
+use serde::{Deserialize, Serialize};
 
 /// The HTTP client activities share (hyper's pooled client).
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;

@@ -1283,6 +1283,7 @@ impl OrchestrationContext {
     /// # Examples
     /// ```
     /// use durable_core::prelude::*;
+    /// use serde::{Deserialize, Serialize};
     ///
     /// #[entity]
     /// #[derive(Default, Serialize, Deserialize)]

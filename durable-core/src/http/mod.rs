@@ -171,7 +171,7 @@ use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Router, middleware};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -331,11 +331,22 @@ impl AppState {
 
 /// The management API as an axum [`Router`], every route under [`PREFIX`].
 ///
-/// Merge it into an application (`app.merge(router(..))`) or serve it alone with
-/// [`serve`]. Unmatched paths answer 404 and unsupported methods 405, both with a JSON
-/// error body. Requests that hyper refuses before routing (malformed, URI or headers too
-/// large) get the JSON error body only under [`serve`], which wraps each connection for
-/// that; another server answers those as it does.
+/// Merge it into an application (`app.merge(router(..))`; the application may have routes,
+/// layers and a fallback of its own), or serve it alone with [`serve`] or [`serve_with`].
+/// Unmatched paths under [`PREFIX`] answer 404 and unsupported methods 405, both with a
+/// JSON error body; other paths are the application's (under [`serve`], a JSON 404).
+/// Requests that hyper refuses before routing (malformed, URI or headers too large) get
+/// the JSON error body only under [`serve`] and [`serve_with`], which wrap each connection
+/// for that; another server answers those as it does.
+///
+/// Nested under a path (`app.nest("/ops", router(..))`), set [`HttpOptions::base_url`] to
+/// the public URL including that path, so the management links in responses point into
+/// the nest; the dashboard expects to be at the root (`/dashboard/`), so merge rather than
+/// nest when it is wanted.
+///
+/// Layers go on the returned router like on any other: `router(..).layer(..)` with tower or
+/// tower-http layers (CORS, timeouts, compression, request ids) wraps the API and the
+/// dashboard, or put them on the application after merging to wrap everything.
 ///
 /// The [dashboard](self#dashboard) is served under `/dashboard/` with its own
 /// authentication (the same token, also accepted from a cookie) and security headers.
@@ -356,6 +367,32 @@ impl AppState {
 /// let app = http::router(worker.client(), HttpOptions::new().bearer_token("s3cret"));
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:7071").await?;
 /// axum::serve(listener, app).await?;
+/// # Ok(()) }
+/// ```
+///
+/// Merged into an application with routes, a fallback and a layer of its own:
+///
+/// ```
+/// use axum::{Router, http::StatusCode, middleware, routing::get};
+/// use durable_core::http::{self, HttpOptions};
+/// use durable_core::prelude::*;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let worker = Worker::builder().store(MemoryStore::new()).start()?;
+/// let app: Router = Router::new()
+///     .route("/health", get(|| async { "ok" }))
+///     .fallback(|| async { (StatusCode::NOT_FOUND, "no such page") })
+///     .merge(http::router(worker.client(), HttpOptions::new()))
+///     // A layer on the whole application (any tower layer fits here).
+///     .layer(middleware::from_fn(
+///         |request: axum::extract::Request, next: middleware::Next| async move {
+///             let mut response = next.run(request).await;
+///             response.headers_mut().insert("x-served-by", "my-app".parse().unwrap());
+///             response
+///         },
+///     ));
+/// # drop(app);
 /// # Ok(()) }
 /// ```
 pub fn router(client: Client, options: HttpOptions) -> Router {
@@ -416,7 +453,10 @@ pub fn router(client: Client, options: HttpOptions) -> Router {
                 .post(handlers::signal_entity)
                 .delete(handlers::delete_entity),
         )
-        .fallback(handlers::not_found)
+        // Unknown paths under the prefix: a route, not the router's fallback, so the
+        // router merges into an application that has a fallback of its own.
+        .route(p, any(handlers::not_found))
+        .route(&format!("{p}/{{*rest}}"), any(handlers::not_found))
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state);
     let app = match token {
@@ -643,7 +683,7 @@ pub fn check_status_response(instance_id: &InstanceId, base_url: &str) -> Respon
     CheckStatus::new(instance_id, base_url).into_response()
 }
 
-/// Why [`serve`] did not start.
+/// Why [`serve`] or [`serve_with`] did not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
@@ -738,9 +778,10 @@ async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: Router,
     clock: Arc<dyn crate::clock::Clock>,
-    mut stop: oneshot::Receiver<()>,
+    stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
+    let mut stop = std::pin::pin!(stop);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let stream = tokio::select! {
@@ -752,11 +793,11 @@ async fn accept_loop(
                     let retry = clock.now() + std::time::Duration::from_millis(50);
                     tokio::select! {
                         () = clock.sleep_until(retry) => continue,
-                        _ = &mut stop => break,
+                        () = &mut stop => break,
                     }
                 }
             },
-            _ = &mut stop => break,
+            () = &mut stop => break,
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let connection = hyper::server::conn::http1::Builder::new()
@@ -817,12 +858,75 @@ pub async fn serve(
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
     let clock = client.clock();
-    let app = router(client, options);
+    let app = standalone(router(client, options));
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(accept_loop(listener, app, clock, rx));
+    let stop = async move {
+        let _ = rx.await;
+    };
+    let task = tokio::spawn(accept_loop(listener, app, clock, stop));
     Ok(HttpServer {
         local_addr,
         shutdown: Some(tx),
         task,
     })
+}
+
+/// The API served alone: every path it does not know is a JSON 404.
+fn standalone(app: Router) -> Router {
+    app.fallback(handlers::not_found)
+}
+
+/// Serves [`router`] on a listener the caller bound (a port chosen by a test, a socket
+/// handed over by systemd, a listener shared with other set-up) until `shutdown` completes,
+/// then lets in-flight requests finish and returns: the management API as one task of an
+/// application that decides when to stop.
+///
+/// Like [`serve`], a listener on a non-loopback address is refused with
+/// [`ServeError::InsecureBind`] unless [`HttpOptions::bearer_token`] is set, and requests
+/// that hyper refuses before routing get a JSON error body.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::http::{self, HttpOptions};
+/// use durable_core::prelude::*;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let worker = Worker::builder().store(MemoryStore::new()).start()?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let server = tokio::spawn(http::serve_with(
+///     worker.client(),
+///     listener,
+///     HttpOptions::new(),
+///     async move {
+///         let _ = stopped.await;
+///     },
+/// ));
+/// // … later, e.g. on Ctrl-C (`tokio::signal::ctrl_c()` as the shutdown future):
+/// stop.send(()).ok();
+/// server.await??;
+/// worker.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub async fn serve_with(
+    client: Client,
+    listener: tokio::net::TcpListener,
+    options: HttpOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    let has_token = options.bearer_token.as_ref().is_some_and(|t| !t.is_empty());
+    if !addr.ip().is_loopback() && !has_token {
+        return Err(ServeError::InsecureBind(addr));
+    }
+    let clock = client.clock();
+    let app = standalone(router(client, options));
+    accept_loop(listener, app, clock, shutdown)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
 }

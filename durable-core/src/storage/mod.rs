@@ -1085,6 +1085,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         error: Option<String>,
     ) -> Result<(), StoreError>;
 
+    /// The lease this store grants on an instance when a worker asks for `requested`
+    /// ([`fetch_orchestration_batch`](Store::fetch_orchestration_batch)'s and
+    /// [`fetch_instances_work`](Store::fetch_instances_work)'s `lock_for`). A store configured
+    /// with a lease of its own (such as `PostgresOptions::orchestration_lease`) answers that
+    /// one, so an episode that runs local activities stops them well before the lease
+    /// lapses. The default grants what is asked.
+    fn orchestration_lease(&self, requested: Duration) -> Duration {
+        requested
+    }
+
     /// The lease this store grants on an activity task when a worker asks for `requested`
     /// ([`fetch_activity_work`](Store::fetch_activity_work)'s `lock_for`). A store configured
     /// with a lease of its own (such as `PostgresOptions::activity_lease`) answers that one,

@@ -1354,7 +1354,7 @@ impl Store for PostgresStore {
         now: Timestamp,
         lock_for: Duration,
     ) -> Result<Option<OrchestrationWorkItem>, StoreError> {
-        let lock_for = self.inner.options.orchestration_lease.unwrap_or(lock_for);
+        let lock_for = self.orchestration_lease(lock_for);
         self.fetch_orchestrations(now, lock_for, 1)
             .await
             .map(|items| items.into_iter().next())
@@ -1367,7 +1367,7 @@ impl Store for PostgresStore {
         lock_for: Duration,
         max: usize,
     ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
-        let lock_for = self.inner.options.orchestration_lease.unwrap_or(lock_for);
+        let lock_for = self.orchestration_lease(lock_for);
         self.fetch_orchestrations(now, lock_for, max)
             .await
             .map_err(|e| self.err("fetching orchestration work", e))
@@ -1430,7 +1430,7 @@ impl Store for PostgresStore {
         now: Timestamp,
         lock_for: Duration,
     ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
-        let lock_for = self.inner.options.orchestration_lease.unwrap_or(lock_for);
+        let lock_for = self.orchestration_lease(lock_for);
         self.fetch_instances(instance_ids, now, lock_for)
             .await
             .map_err(|e| self.err("leasing instances", e))
@@ -1456,6 +1456,10 @@ impl Store for PostgresStore {
 
     fn activity_lease(&self, requested: Duration) -> Duration {
         self.inner.options.activity_lease.unwrap_or(requested)
+    }
+
+    fn orchestration_lease(&self, requested: Duration) -> Duration {
+        self.inner.options.orchestration_lease.unwrap_or(requested)
     }
 
     async fn fetch_activity_work(

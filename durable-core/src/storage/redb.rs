@@ -417,8 +417,9 @@ fn open_error(what: &str, e: OpenError) -> StoreError {
 /// applies them in **one** transaction with one fsync (group commit); each caller is
 /// answered once that transaction is durable. An operation that fails its own checks
 /// (a lost lease, an id taken) changes nothing and fails alone; a storage error fails the
-/// whole batch. Reads and fetches, which are blocking redb calls, run on tokio's blocking
-/// pool (`spawn_blocking`).
+/// whole batch. Longer reads (histories, queries, scans), which are blocking redb calls,
+/// run on tokio's blocking pool (`spawn_blocking`); short ones (a lease fetch, one
+/// instance's record) run on the calling thread, where the hop would cost more than the read.
 ///
 /// The writer holds the lease mutex while it applies a batch, not while the batch is made
 /// durable; the leases a batch releases stay held (and shield their instances and tasks from
@@ -2311,8 +2312,9 @@ impl Store for RedbStore {
         &self,
         instance_id: &InstanceId,
     ) -> Result<Option<InstanceRecord>, StoreError> {
-        let id = instance_id.as_str().to_owned();
-        self.blocking(move |core| core.read_instance(&id)).await
+        // One key in one read transaction, as short as a lease fetch: read inline (a
+        // client waiting for a completion reads this right after the commit's signal).
+        self.inline(|core| core.read_instance(instance_id.as_str()))
     }
 
     async fn read_history(

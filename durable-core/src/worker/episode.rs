@@ -573,7 +573,7 @@ async fn try_episode(
         // here; the instance is created the ordinary way.
         return Ok(());
     }
-    super::local::run(inner, &mut replayer, &instance).await;
+    super::local::run(inner, &mut replayer, &instance, now).await;
     let mut result = replayer.finish_episode().map_err(Stuck::Replay)?;
     let finished = result.outcome.is_some();
     let cascade = terminate_cascade(inner, &instance, &result, late_terminate, now).await?;

@@ -26,8 +26,19 @@ use crate::storage::{ActivityTask, InstanceRecord};
 /// episode too, so the next attempt runs at once; only then, so code that loops on
 /// zero-length sleeps still ends its episode. Leaves what it does not run as ordinary
 /// activity tasks of the episode.
-pub(crate) async fn run(inner: &Inner, replayer: &mut Replayer, instance: &InstanceRecord) {
-    let deadline = inner.clock.now() + inner.local_activity_budget();
+///
+/// `leased_at` is when the episode's lease began: local runs end half a lease after it
+/// whatever the budget, so a long replay or a short lease granted by the store (see
+/// [`Store::orchestration_lease`](crate::storage::Store::orchestration_lease)) cannot let the
+/// lease lapse while steps run, and another worker run them again meanwhile.
+pub(crate) async fn run(
+    inner: &Inner,
+    replayer: &mut Replayer,
+    instance: &InstanceRecord,
+    leased_at: Timestamp,
+) {
+    let deadline = (inner.clock.now() + inner.local_activity_budget())
+        .min(leased_at + inner.orchestration_lease / 2);
     // Computed once, when the first step runs: the execution's span is their parent.
     #[cfg(feature = "opentelemetry")]
     let mut trace = None;

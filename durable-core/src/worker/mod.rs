@@ -84,10 +84,12 @@ pub struct WorkerOptions {
     /// ([`OrchestrationContext::call_local`](crate::OrchestrationContext::call_local),
     /// `#[activity(local)]`) before it enqueues the remaining ones as ordinary activity
     /// tasks and commits. A local step still running at the budget's end is stopped and
-    /// enqueued too (it runs again as a task: at-least-once). Must be shorter than
-    /// [`orchestration_lock`](Self::orchestration_lock), which the episode holds
-    /// meanwhile. `None` (the default): 5 s, or half the orchestration lease when that is
-    /// shorter.
+    /// enqueued too (it runs again as a task: at-least-once). Must be shorter than the
+    /// orchestration lease the store grants ([`orchestration_lock`](Self::orchestration_lock),
+    /// or the store's own: [`Store::orchestration_lease`]), which the episode holds
+    /// meanwhile; whatever the budget, local runs stop half a lease after the episode
+    /// started, so its commit still finds the lease held. `None` (the default): 5 s, or
+    /// half the lease when that is shorter.
     pub local_activity_budget: Option<Duration>,
     /// Payload and action limits.
     pub limits: Limits,
@@ -521,12 +523,14 @@ impl WorkerBuilder {
         }
         options.max_concurrent_orchestrations = options.max_concurrent_orchestrations.max(1);
         options.max_concurrent_activities = options.max_concurrent_activities.max(1);
+        // The lease the store grants, which may be its own rather than the one asked for.
+        let orchestration_lease = store.orchestration_lease(options.orchestration_lock);
         if let Some(budget) = options.local_activity_budget
-            && budget >= options.orchestration_lock
+            && budget >= orchestration_lease
         {
             return Err(BuildError::LocalActivityBudget {
                 budget,
-                lease: options.orchestration_lock,
+                lease: orchestration_lease,
             });
         }
         let states = self.states.finish(&self.registry)?;
@@ -556,6 +560,7 @@ impl WorkerBuilder {
             handoff: Mutex::new(handoff::Handoffs::default()),
             handoff_ready: Notify::new(),
             activity_lease,
+            orchestration_lease,
             activity_leases: Arc::new(lease::ActivityLeases::default()),
             shutdown: shutdown_rx,
             aborted: std::sync::atomic::AtomicBool::new(false),
@@ -682,6 +687,9 @@ pub(crate) struct Inner {
     pub(crate) handoff_ready: Notify,
     /// The lease the store grants on activity tasks.
     pub(crate) activity_lease: Duration,
+    /// The lease the store grants on an instance for an episode
+    /// ([`Store::orchestration_lease`]).
+    pub(crate) orchestration_lease: Duration,
     /// The activity leases held, renewed by the lease keeper.
     pub(crate) activity_leases: Arc<lease::ActivityLeases>,
     pub(crate) orch_slots: Arc<Semaphore>,
@@ -704,9 +712,9 @@ impl Inner {
 
     /// The time one episode may spend on local activities.
     pub(crate) fn local_activity_budget(&self) -> Duration {
-        self.options.local_activity_budget.unwrap_or_else(|| {
-            DEFAULT_LOCAL_ACTIVITY_BUDGET.min(self.options.orchestration_lock / 2)
-        })
+        self.options
+            .local_activity_budget
+            .unwrap_or_else(|| DEFAULT_LOCAL_ACTIVITY_BUDGET.min(self.orchestration_lease / 2))
     }
 
     pub(crate) fn handoffs(&self) -> std::sync::MutexGuard<'_, handoff::Handoffs> {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use durable_core::prelude::*;
 use durable_core::{RedbStore, Store, SubOrchestrationOptions, TaskFuture};
+use serde::{Deserialize, Serialize};
 
 // ---------------------------------------------------------------- event order across generations
 

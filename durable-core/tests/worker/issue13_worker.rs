@@ -14,6 +14,7 @@ use durable_core::{
     BuildError, InstanceQuery, InstanceRecord, Limits, Store, StoreError, VersionMatch,
     VersionMismatchAction, WorkerError, WorkerOptions,
 };
+use serde::{Deserialize, Serialize};
 
 use super::support::*;
 

@@ -2,7 +2,7 @@
 //! committed with it. Commits are counted by a wrapper around the store.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,6 +31,9 @@ pub(crate) struct Counting {
     tasks_enqueued: AtomicUsize,
     completions: AtomicUsize,
     heartbeats: AtomicUsize,
+    /// A lease of the store's own on instances, in ms (0: the one asked for), as
+    /// `PostgresOptions::orchestration_lease` grants.
+    own_lease_ms: AtomicU64,
 }
 
 impl Counting {
@@ -41,7 +44,14 @@ impl Counting {
             tasks_enqueued: AtomicUsize::new(0),
             completions: AtomicUsize::new(0),
             heartbeats: AtomicUsize::new(0),
+            own_lease_ms: AtomicU64::new(0),
         })
+    }
+
+    /// Grants `lease` on instances whatever a worker asks for.
+    fn grant_lease(&self, lease: Duration) {
+        self.own_lease_ms
+            .store(lease.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Heartbeat details written (`record_activity_heartbeat` calls that succeeded).
@@ -112,6 +122,12 @@ impl Store for Counting {
     }
     fn activity_lease(&self, requested: Duration) -> Duration {
         self.inner.activity_lease(requested)
+    }
+    fn orchestration_lease(&self, requested: Duration) -> Duration {
+        match self.own_lease_ms.load(Ordering::SeqCst) {
+            0 => self.inner.orchestration_lease(requested),
+            ms => Duration::from_millis(ms),
+        }
     }
     async fn fetch_activity_work(
         &self,
@@ -444,6 +460,62 @@ async fn a_budget_not_shorter_than_the_lease_is_refused() {
         .start()
         .expect("a short lease alone is fine");
     worker.shutdown().await;
+}
+
+static LEASED_CALLS: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
+
+/// Takes three seconds of the worker's (manual) clock.
+#[activity]
+async fn three_seconds(State(clock): State<TestClock>, i: usize) -> Result<usize, ActivityError> {
+    LEASED_CALLS[i].fetch_add(1, Ordering::SeqCst);
+    clock.0.advance(Duration::from_secs(3));
+    Ok(i)
+}
+
+#[orchestrator]
+async fn two_slow_steps(
+    ctx: OrchestrationContext,
+    _input: (),
+) -> Result<usize, OrchestrationError> {
+    let a = ctx.call_local(three_seconds, 0).await?;
+    let b = ctx.call_local(three_seconds, 1).await?;
+    Ok(a + b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_follows_the_lease_the_store_grants() {
+    // The worker asks for 60 s; the store grants 4 s of its own, so the default budget is
+    // 2 s (half of it), not 5 s: the first 3-second step uses it up and the second runs as
+    // an ordinary task rather than locally while the lease runs out.
+    let store = Counting::new(Arc::new(MemoryStore::new()));
+    store.grant_lease(Duration::from_secs(4));
+    let clock = ManualClock::default();
+    let worker = counted_worker(&store, &clock, |b| {
+        b.register(three_seconds)
+            .register(two_slow_steps)
+            .state(TestClock(clock.clone()))
+    });
+    let run = worker.client().start(two_slow_steps, ()).await.unwrap();
+    assert_eq!(wait("the run", run.wait()).await.unwrap(), 1);
+    for (i, calls) in LEASED_CALLS.iter().enumerate() {
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "step {i} ran once");
+    }
+    assert_eq!(store.tasks_enqueued(), 1, "the second step became a task");
+    worker.shutdown().await;
+
+    // An explicit budget is checked against the granted lease, not the one asked for.
+    let err = Worker::builder()
+        .store_arc(Arc::clone(&store) as Arc<dyn Store>)
+        .local_activity_budget(Duration::from_secs(10))
+        .start()
+        .expect_err("a budget longer than the granted lease is refused");
+    assert!(
+        matches!(
+            err,
+            durable_core::BuildError::LocalActivityBudget { lease, .. } if lease == Duration::from_secs(4)
+        ),
+        "{err}"
+    );
 }
 
 // ------------------------------------------------------------------ replay after a restart

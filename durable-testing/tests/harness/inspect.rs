@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use durable_core::prelude::*;
 use durable_testing::TestEnv;
+use serde::{Deserialize, Serialize};
 
 const HOUR: Duration = Duration::from_secs(3600);
 

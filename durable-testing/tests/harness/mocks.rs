@@ -4,6 +4,7 @@ use std::fmt;
 
 use durable_core::prelude::*;
 use durable_testing::{Script, TestEnv};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Order {

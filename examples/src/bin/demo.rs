@@ -35,7 +35,16 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-const USAGE: &str = "usage: demo [serve [--port N] [--metrics]]";
+const USAGE: &str = "\
+usage: demo [serve [--port N] [--metrics]]
+
+  (no command)      run the six patterns once on durable-demo.redb and print what happens
+  serve             serve the HTTP management API and the dashboard on 127.0.0.1
+    --port N        the port (default 7071)
+    --metrics       also serve Prometheus metrics at /metrics
+  -h, --help        print this help
+
+environment: RUST_LOG=info prints lifecycle events; DURABLE_METRICS=1 turns metrics on";
 
 /// What the command line asks for.
 enum Command {
@@ -43,32 +52,72 @@ enum Command {
     Patterns,
     /// Serve the HTTP API on `port`, with `/metrics` if `metrics`.
     Serve { port: u16, metrics: bool },
+    /// Print the usage.
+    Help,
 }
 
-fn parse_args(args: &[String]) -> Result<Command, BoxError> {
+/// Parses the arguments (after the program name) before anything is opened or started.
+fn parse_args(args: &[String]) -> Result<Command, String> {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        return Ok(Command::Help);
+    }
     let Some((command, rest)) = args.split_first() else {
         return Ok(Command::Patterns);
     };
     if command != "serve" {
-        return Err(format!("unknown command `{command}`; {USAGE}").into());
+        return Err(format!(
+            "unknown command `{command}` (the only command is `serve`)"
+        ));
     }
     let (mut port, mut metrics) = (7071, false);
     let mut rest = rest.iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
-            "--port" => port = rest.next().ok_or("--port needs a number")?.parse::<u16>()?,
+            "--port" => {
+                let value = rest.next().ok_or("`--port` needs a port number")?;
+                port = value
+                    .parse::<u16>()
+                    .map_err(|_| format!("`--port {value}`: not a port number (0–65535)"))?;
+            }
             "--metrics" => metrics = true,
-            other => return Err(format!("unknown argument `{other}`; {USAGE}").into()),
+            other => return Err(format!("unknown argument `{other}` to `serve`")),
         }
     }
     Ok(Command::Serve { port, metrics })
 }
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
-    examples::observe::init_tracing();
+fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = parse_args(&args)?;
+    let command = match parse_args(&args) {
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Ok(command) => command,
+        Err(e) => {
+            let first = USAGE.lines().next().unwrap_or_default();
+            eprintln!("demo: {e}\n{first}  (demo --help for more)");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("demo: cannot start the Tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), BoxError> {
+    examples::observe::init_tracing();
     let wants_metrics = matches!(command, Command::Serve { metrics: true, .. });
     // Installed before the worker starts, so its first queue reading is recorded.
     let metrics = if observe::metrics_requested(wants_metrics) {
@@ -92,6 +141,7 @@ async fn main() -> Result<(), BoxError> {
             Ok(())
         }
         Command::Serve { port, .. } => serve(worker, port, metrics).await,
+        Command::Help => Ok(()),
     }
 }
 

@@ -1,4 +1,5 @@
 use durable_core::prelude::*;
+use serde::{Deserialize, Serialize};
 
 #[derive(Default, Serialize, Deserialize)]
 struct Counter {

@@ -1,4 +1,5 @@
 use durable_core::prelude::*;
+use serde::{Deserialize, Serialize};
 
 /// A cart.
 #[entity(name = "ShoppingCart")]
