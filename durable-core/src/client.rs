@@ -489,10 +489,9 @@ impl Client {
             .first_episode
             .as_ref()
             .and_then(std::sync::Weak::upgrade)
+            && let Some(record) = worker.create_started(&new).await?
         {
-            if let Some(record) = worker.create_started(&new).await? {
-                return Ok(record);
-            }
+            return Ok(record);
         }
         match self.store.create_instance(new).await? {
             CreateResult::Created(r) | CreateResult::Existing(r) => Ok(r),

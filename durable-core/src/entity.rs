@@ -737,10 +737,10 @@ impl EntityRecord {
         #[cfg(feature = "opentelemetry")]
         crate::otel::record_failure(&span, outcome.result.as_ref().err());
         drop(span);
-        if let Err(f) = &outcome.result {
-            if reply_to.is_none() {
-                tracing::warn!(entity = %id, operation, failure = %f, "signalled entity operation failed; its state change was rolled back");
-            }
+        if let Err(f) = &outcome.result
+            && reply_to.is_none()
+        {
+            tracing::warn!(entity = %id, operation, failure = %f, "signalled entity operation failed; its state change was rolled back");
         }
         self.state = outcome.state;
         for effect in outcome.effects {

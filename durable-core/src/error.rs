@@ -268,6 +268,7 @@ macro_rules! user_error {
         /// `?` into `anyhow::Error` (feature `anyhow`): the error holds the
         /// [`FailureDetails`], and its inner failures form the chain.
         #[cfg(feature = "anyhow")]
+        #[cfg_attr(docsrs, doc(cfg(feature = "anyhow")))]
         impl From<$name> for anyhow::Error {
             fn from(err: $name) -> Self {
                 anyhow::Error::new(err.0)

@@ -12,7 +12,10 @@ use crate::error::FailureDetails;
 use crate::ids::{InstanceId, Timestamp};
 use crate::trace_context::TraceContext;
 
+// How the persistent stores read stored history rows back.
+#[cfg(any(feature = "redb", feature = "postgres"))]
 mod stored;
+#[cfg(any(feature = "redb", feature = "postgres"))]
 pub(crate) use stored::from_slice as from_stored_json;
 
 /// A JSON-encoded payload (input, output or event data) as stored in history.

@@ -49,6 +49,7 @@
 //! # Ok(()) }
 //! ```
 #![doc(test(attr(deny(warnings))))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(clippy::disallowed_methods)]
 
 #[doc(hidden)]
@@ -61,10 +62,12 @@ pub mod error;
 mod heartbeat;
 pub mod history;
 #[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 pub mod ids;
 pub mod logging;
 #[cfg(feature = "opentelemetry")]
+#[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
 pub mod otel;
 mod payload;
 pub mod registry;
@@ -289,8 +292,12 @@ pub use registry::{
 };
 pub use retry::RetryPolicy;
 pub use state::{State, StateType, States};
-pub use storage::{IdReusePolicy, InstanceQuery, InstanceRecord, MemoryStore, RedbStore, Store};
+#[cfg(feature = "redb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
+pub use storage::RedbStore;
+pub use storage::{IdReusePolicy, InstanceQuery, InstanceRecord, MemoryStore, Store};
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use storage::{PostgresOptions, PostgresStore};
 pub use trace_context::TraceContext;
 pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, WorkerOptions};

@@ -98,10 +98,10 @@ impl RetryPolicy {
         if attempt >= self.max_attempts || failure.non_retriable {
             return None;
         }
-        if let Some(p) = &self.predicate {
-            if !p(failure) {
-                return None;
-            }
+        if let Some(p) = &self.predicate
+            && !p(failure)
+        {
+            return None;
         }
         let factor = self
             .backoff_coefficient

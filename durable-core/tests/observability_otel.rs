@@ -162,11 +162,11 @@ fn attr(span: &SpanData, key: &str) -> Option<String> {
 fn render(spans: &[SpanData]) -> String {
     fn line(span: &SpanData) -> String {
         let mut s = span.name.to_string();
-        if let Some(execution) = attr(span, "durable.execution") {
-            if span.name.starts_with("orchestration:") {
-                let status = attr(span, "durable.status").unwrap_or_default();
-                s = format!("{s} [execution={execution} status={status}]");
-            }
+        if let Some(execution) = attr(span, "durable.execution")
+            && span.name.starts_with("orchestration:")
+        {
+            let status = attr(span, "durable.status").unwrap_or_default();
+            s = format!("{s} [execution={execution} status={status}]");
         }
         if let Status::Error { description } = &span.status {
             s = format!("{s} !{description}");

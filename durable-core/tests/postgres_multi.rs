@@ -347,10 +347,10 @@ fn three_workers_one_killed() {
                         "`{id}`: result of {seq} recorded twice: {history:#?}"
                     );
                 }
-                if let Event::SubOrchestrationCreated { instance_id, .. } = &e.event {
-                    if children.insert(instance_id.clone()) {
-                        instances.push(instance_id.clone());
-                    }
+                if let Event::SubOrchestrationCreated { instance_id, .. } = &e.event
+                    && children.insert(instance_id.clone())
+                {
+                    instances.push(instance_id.clone());
                 }
                 if matches!(e.event, Event::ExecutionCompleted { .. }) {
                     completions += 1;

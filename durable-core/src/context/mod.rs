@@ -316,18 +316,18 @@ impl State {
             data,
         };
         let key = event_key(name);
-        if let Some(queue) = self.waiters.get_mut(&key) {
-            if let Some(id) = queue.pop_front() {
-                if queue.is_empty() {
-                    self.waiters.remove(&key);
+        if let Some(queue) = self.waiters.get_mut(&key)
+            && let Some(id) = queue.pop_front()
+        {
+            if queue.is_empty() {
+                self.waiters.remove(&key);
+            }
+            if let Some(w) = self.waiter_slots.get_mut(&id) {
+                w.result = Some(delivered);
+                if let Some(wk) = w.waker.take() {
+                    wk.wake();
                 }
-                if let Some(w) = self.waiter_slots.get_mut(&id) {
-                    w.result = Some(delivered);
-                    if let Some(wk) = w.waker.take() {
-                        wk.wake();
-                    }
-                    return;
-                }
+                return;
             }
         }
         self.buffered.entry(key).or_default().push_back(delivered);
@@ -1935,13 +1935,12 @@ impl OrchestrationContext {
         let target = entity.instance_id();
         self.emit_slot(location, TaskKind::EntityOperation, operation, |s| {
             s.check_payload("entity operation input", &input)?;
-            if let Some(locked) = &s.critical_section {
-                if !locked.contains(&target) {
+            if let Some(locked) = &s.critical_section
+                && !locked.contains(&target) {
                     return Err(lock_violation(format!(
                         "entity `{target}` is not locked by the current critical section; lock it too or call it outside the section"
                     )));
                 }
-            }
             Ok(ActionDetail::EntityCall {
                 entity: target,
                 operation: operation.to_owned(),

@@ -129,17 +129,17 @@ pub(crate) fn trace_context(headers: &HeaderMap) -> Option<TraceContext> {
 fn wait_options(query: &Query) -> Result<Option<Duration>, ApiError> {
     let timeout = query.seconds("timeout")?;
     let interval = query.seconds("pollingInterval")?;
-    if let (Some(t), Some(i)) = (timeout, interval) {
-        if i > t {
-            return Err(ApiError::bad_request(
-                "InvalidQueryParameter",
-                format!(
-                    "Total timeout {} should be bigger than retry timeout {}",
-                    t.as_secs_f64(),
-                    i.as_secs_f64()
-                ),
-            ));
-        }
+    if let (Some(t), Some(i)) = (timeout, interval)
+        && i > t
+    {
+        return Err(ApiError::bad_request(
+            "InvalidQueryParameter",
+            format!(
+                "Total timeout {} should be bigger than retry timeout {}",
+                t.as_secs_f64(),
+                i.as_secs_f64()
+            ),
+        ));
     }
     Ok(timeout)
 }

@@ -375,7 +375,7 @@ pub(super) fn encode_token(token: &str) -> String {
 /// Decodes [`encode_token`]'s output.
 pub(super) fn decode_token(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / 2);
@@ -440,12 +440,12 @@ pub(super) fn json_body(bytes: &[u8]) -> Result<String, ApiError> {
     }
     serde_json::from_str::<serde::de::IgnoredAny>(text)
         .map_err(|e| ApiError::bad_request("InvalidJson", format!("Invalid JSON content: {e}")))?;
-    if text.starts_with('"') {
-        if let Ok(inner) = serde_json::from_str::<String>(text) {
-            let inner = inner.trim();
-            if inner.starts_with('"') && serde_json::from_str::<String>(inner).is_ok() {
-                return Ok(inner.to_owned());
-            }
+    if text.starts_with('"')
+        && let Ok(inner) = serde_json::from_str::<String>(text)
+    {
+        let inner = inner.trim();
+        if inner.starts_with('"') && serde_json::from_str::<String>(inner).is_ok() {
+            return Ok(inner.to_owned());
         }
     }
     Ok(text.to_owned())

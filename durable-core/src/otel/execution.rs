@@ -265,10 +265,9 @@ impl ExecutionTrace {
         for m in next.chain(sent) {
             if let Event::ExecutionStarted { trace_context, .. }
             | Event::EntityOperation { trace_context, .. } = &mut m.event
+                && trace_context.is_none()
             {
-                if trace_context.is_none() {
-                    *trace_context = own();
-                }
+                *trace_context = own();
             }
         }
     }

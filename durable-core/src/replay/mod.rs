@@ -1,12 +1,16 @@
 //! The replay executor: a pure state machine that runs orchestration code against history.
 //!
+//! Public here: [`replay_history`] (replay a recorded history against the current code, in
+//! a test), [`ReplayError`], [`ReplayStats`] and [`is_replaying_on_this_thread`]. The
+//! executor itself (`Replayer`, its commands and episode results) is internal to the worker.
+//!
 //! **Owns:** the orchestration future and its own waker, the shared context state, matching
 //! of the actions the code emits against the actions recorded in history, suspension and
 //! termination, and the list of commands an episode produces.
 //!
 //! **Never does:** IO, tokio, storage, reading the clock or randomness. Time comes in through
-//! [`Replayer::begin_episode`]; history and messages come in through `handle_*`; the worker
-//! turns the returned [`EpisodeResult`] into one atomic store commit.
+//! `Replayer::begin_episode`; history and messages come in through `handle_*`; the worker
+//! turns the returned `EpisodeResult` into one atomic store commit.
 //!
 //! # Protocol
 //! ```text
@@ -58,7 +62,7 @@ pub fn is_replaying_on_this_thread() -> bool {
 /// What the worker must do as a result of an episode.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
-pub enum Command {
+pub(crate) enum Command {
     /// Enqueue an activity task.
     ScheduleActivity {
         /// Action sequence number.
@@ -155,7 +159,7 @@ pub enum Command {
 /// How an execution ended.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Returned `Ok`.
     Completed(Payload),
     /// Returned `Err`, panicked or broke a limit.
@@ -175,7 +179,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The runtime status this outcome leaves the instance in.
-    pub fn status(&self) -> RuntimeStatus {
+    pub(crate) fn status(&self) -> RuntimeStatus {
         match self {
             Outcome::Completed(_) => RuntimeStatus::Completed,
             Outcome::Failed(_) => RuntimeStatus::Failed,
@@ -190,7 +194,7 @@ impl Outcome {
 /// turns notices into log events and metrics; the replayer only collects them.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
-pub enum Notice {
+pub(crate) enum Notice {
     /// An activity's failure was recorded (`TaskFailed`) for the action `seq`.
     ActivityFailed {
         /// Sequence number of the `TaskScheduled`.
@@ -220,21 +224,21 @@ pub enum Notice {
 /// The result of one episode.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
-pub struct EpisodeResult {
+pub(crate) struct EpisodeResult {
     /// Events to append to history, in order.
-    pub new_events: Vec<HistoryEvent>,
+    pub(crate) new_events: Vec<HistoryEvent>,
     /// Work to enqueue.
-    pub commands: Vec<Command>,
+    pub(crate) commands: Vec<Command>,
     /// `Some` when the execution ended.
-    pub outcome: Option<Outcome>,
+    pub(crate) outcome: Option<Outcome>,
     /// The current custom status.
-    pub custom_status: Option<Payload>,
+    pub(crate) custom_status: Option<Payload>,
     /// `true` while the instance is suspended.
-    pub suspended: bool,
+    pub(crate) suspended: bool,
     /// When the current execution started (its `ExecutionStarted` event), if it has.
-    pub started_at: Option<Timestamp>,
+    pub(crate) started_at: Option<Timestamp>,
     /// What the code did in this episode that is reported once committed, in order.
-    pub notices: Vec<Notice>,
+    pub(crate) notices: Vec<Notice>,
 }
 
 /// Counters of the executor's work, for tests and benchmarks.
@@ -288,7 +292,7 @@ impl Wake for TopWaker {
 const MAX_SPINS: u32 = 10_000;
 
 /// Runs one orchestration execution; see the [module docs](self).
-pub struct Replayer {
+pub(crate) struct Replayer {
     shared: Arc<Mutex<State>>,
     top: Arc<TopWaker>,
     waker: Waker,
@@ -382,24 +386,24 @@ impl Replayer {
     }
 
     /// Number of history events this replayer has seen (replayed plus new).
-    pub fn history_len(&self) -> u64 {
+    pub(crate) fn history_len(&self) -> u64 {
         self.history_len
     }
 
     /// The execution number this replayer runs.
-    pub fn execution(&self) -> u32 {
+    pub(crate) fn execution(&self) -> u32 {
         self.execution
     }
 
     /// Work counters.
-    pub fn stats(&self) -> ReplayStats {
+    pub(crate) fn stats(&self) -> ReplayStats {
         let mut s = self.stats;
         s.task_polls = lock(&self.shared).slot_polls;
         s
     }
 
     /// `true` once the execution has ended.
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.outcome.is_some()
     }
 
@@ -421,7 +425,7 @@ impl Replayer {
     ///
     /// # Errors
     /// [`ReplayError::Nondeterminism`] when code and history disagree. The error is sticky.
-    pub fn handle_history(&mut self, history: &[HistoryEvent]) -> Result<(), ReplayError> {
+    pub(crate) fn handle_history(&mut self, history: &[HistoryEvent]) -> Result<(), ReplayError> {
         self.check_error()?;
         self.top.in_executor.store(true, Ordering::SeqCst);
         self.set_replaying(true);
@@ -516,7 +520,7 @@ impl Replayer {
     }
 
     /// Starts a new episode at `now` (never earlier than the previous episode's time).
-    pub fn begin_episode(&mut self, now: Timestamp) {
+    pub(crate) fn begin_episode(&mut self, now: Timestamp) {
         self.now = self.now.max(now);
         lock(&self.shared).now = self.now;
         self.set_replaying(false);
@@ -533,7 +537,7 @@ impl Replayer {
     /// `true` when this execution continued as new and `event` must be kept for the next
     /// execution rather than consumed: terminate, suspend and resume apply to the instance,
     /// not to one execution.
-    pub fn defers_to_next_execution(&self, event: &Event) -> bool {
+    pub(crate) fn defers_to_next_execution(&self, event: &Event) -> bool {
         matches!(self.outcome, Some(Outcome::ContinuedAsNew { .. }))
             && matches!(
                 event,
@@ -545,7 +549,7 @@ impl Replayer {
 
     /// Handles one new message (appended to history unless it is a duplicate or stale).
     /// Returns `false` if the message was ignored.
-    pub fn handle_message(&mut self, mut event: Event) -> bool {
+    pub(crate) fn handle_message(&mut self, mut event: Event) -> bool {
         if self.error.is_some() {
             return false;
         }
@@ -653,7 +657,7 @@ impl Replayer {
     /// # Errors
     /// The sticky replay error, or [`ReplayError::ForeignAwait`] when the code is blocked
     /// on a future that no durable event can complete.
-    pub fn finish_episode(&mut self) -> Result<EpisodeResult, ReplayError> {
+    pub(crate) fn finish_episode(&mut self) -> Result<EpisodeResult, ReplayError> {
         self.check_error()?;
         if self.outcome.is_none() && self.future.is_some() {
             let foreign = self.top.foreign.swap(false, Ordering::SeqCst);

@@ -1,4 +1,5 @@
-//! The store conformance suite: every [`Store`] implementation must pass it.
+//! The store conformance suite (feature `conformance`): every [`Store`] implementation must
+//! pass it. Enable the feature in the dev-dependencies of the crate that implements a store.
 //!
 //! Each case is a `pub async fn` taking a fresh, empty store and panicking with a message
 //! that names what went wrong. Run them one test per case (the way `tests/store.rs` does, so
@@ -1832,6 +1833,8 @@ pub async fn renew_activity_locks_extends_those_held(store: Arc<dyn Store>) {
     );
 }
 
+/// Abandoning an activity task holds it back until `retry_at`, which becomes the store's
+/// next wake time; then the same task is fetched again.
 pub async fn abandon_activity_delays_task(store: Arc<dyn Store>) {
     create(&store, new_instance("a", "Job", "null", T0)).await;
     episode(&store, "a", T0, RuntimeStatus::Running, |c| {

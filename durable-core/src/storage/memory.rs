@@ -112,14 +112,14 @@ impl Data {
         if let Some(old) = inst.ready_key.take() {
             self.ready.remove(&(old, id.to_owned()));
         }
-        if inst.lock.is_none() {
-            if let Some((first, _)) = inst.inbox.first_key_value() {
-                let at = inst
-                    .not_before
-                    .map_or(first.visible_at, |t| t.max(first.visible_at));
-                inst.ready_key = Some(at);
-                self.ready.insert((at, id.to_owned()));
-            }
+        if inst.lock.is_none()
+            && let Some((first, _)) = inst.inbox.first_key_value()
+        {
+            let at = inst
+                .not_before
+                .map_or(first.visible_at, |t| t.max(first.visible_at));
+            inst.ready_key = Some(at);
+            self.ready.insert((at, id.to_owned()));
         }
     }
 
@@ -142,11 +142,11 @@ impl Data {
                 break;
             }
             self.orch_leases.pop_first();
-            if let Some(inst) = self.instances.get_mut(&id) {
-                if inst.lock.is_some_and(|(_, until)| until <= now) {
-                    inst.lock = None;
-                    self.refresh_ready(&id);
-                }
+            if let Some(inst) = self.instances.get_mut(&id)
+                && inst.lock.is_some_and(|(_, until)| until <= now)
+            {
+                inst.lock = None;
+                self.refresh_ready(&id);
             }
         }
         while let Some((t, id)) = self.activity_lease_expiry.first().copied() {
@@ -154,12 +154,12 @@ impl Data {
                 break;
             }
             self.activity_lease_expiry.pop_first();
-            if let Some((task, until, _)) = self.activity_leases.get(&id) {
-                if *until <= now {
-                    let task = task.clone();
-                    self.activity_leases.remove(&id);
-                    self.activities.insert((now, id), task);
-                }
+            if let Some((task, until, _)) = self.activity_leases.get(&id)
+                && *until <= now
+            {
+                let task = task.clone();
+                self.activity_leases.remove(&id);
+                self.activities.insert((now, id), task);
             }
         }
     }
@@ -345,10 +345,9 @@ impl Data {
                 .activity_leases
                 .get(&task)
                 .is_some_and(|(_, _, token)| *token == lock.0)
+                && let Some((_, until, _)) = self.activity_leases.remove(&task)
             {
-                if let Some((_, until, _)) = self.activity_leases.remove(&task) {
-                    self.activity_lease_expiry.remove(&(until, task));
-                }
+                self.activity_lease_expiry.remove(&(until, task));
             }
         }
         // Sub-orchestrations first: a refused child becomes a failure message to us.
@@ -818,10 +817,10 @@ impl Store for MemoryStore {
         let mut last = None;
         let mut more = false;
         for (key, inst) in d.instances.range((start, Bound::Unbounded)) {
-            if let Some(p) = &query.id_prefix {
-                if !key.starts_with(p.as_str()) {
-                    break;
-                }
+            if let Some(p) = &query.id_prefix
+                && !key.starts_with(p.as_str())
+            {
+                break;
             }
             if !query.matches(&inst.record) {
                 continue;

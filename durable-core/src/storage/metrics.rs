@@ -5,7 +5,7 @@
 //! | `durable_store_commit_seconds` | histogram | `store` |
 //! | `durable_store_commit_batch_size` | histogram | `store` |
 //!
-//! Without the feature [`CommitTimer`] is a unit struct and recording is a no-op, so call
+//! Without the feature `CommitTimer` is a unit struct and recording is a no-op, so call
 //! sites need no `cfg`.
 
 /// Describes the store metrics to the installed recorder.
@@ -24,12 +24,14 @@ pub(crate) fn describe() {
 }
 
 /// Times one durable commit, from its start until [`record`](Self::record).
+#[cfg(any(feature = "redb", feature = "postgres"))]
 #[derive(Debug)]
 pub(crate) struct CommitTimer {
     #[cfg(feature = "metrics")]
     started: std::time::Instant,
 }
 
+#[cfg(any(feature = "redb", feature = "postgres"))]
 impl CommitTimer {
     /// Starts timing.
     #[allow(

@@ -1,17 +1,19 @@
-//! Storage: the [`Store`] trait every backend implements, the in-memory store and the redb
-//! store.
+//! Storage: the [`Store`] trait every backend implements, the in-memory store, the redb
+//! store (feature `redb`, on by default) and the `PostgreSQL` store (feature `postgres`).
 //!
 //! A store keeps, per instance, a record (status, input, output, custom status), an
 //! append-only history and an inbox of messages; plus a queue of activity tasks. The
 //! operations are few, atomic and batch-friendly: an episode's whole effect is one
 //! [`Store::commit_episode`]. Stores know nothing about replay.
 
-#[doc(hidden)]
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 mod memory;
 pub(crate) mod metrics;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "redb")]
 mod redb;
 pub(crate) mod replace;
 
@@ -27,9 +29,12 @@ use crate::history::{Event, HistoryEvent, ParentRef, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 use crate::trace_context::TraceContext;
 
+#[cfg(feature = "redb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
 pub use self::redb::{RedbDurability, RedbStore, RedbStoreBuilder};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{PostgresOptions, PostgresStore};
 
 /// What a store knows about one instance.

@@ -306,10 +306,11 @@ fn forget_finished_creation(path: &Path, creating: &Path) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt as _;
-        if let (Ok(a), Ok(b)) = (std::fs::metadata(path), std::fs::metadata(creating)) {
-            if a.dev() == b.dev() && a.ino() == b.ino() {
-                let _ = std::fs::remove_file(creating);
-            }
+        if let (Ok(a), Ok(b)) = (std::fs::metadata(path), std::fs::metadata(creating))
+            && a.dev() == b.dev()
+            && a.ino() == b.ino()
+        {
+            let _ = std::fs::remove_file(creating);
         }
     }
     #[cfg(not(unix))]
@@ -737,10 +738,9 @@ impl Leases {
             self.activity_expiry.pop_first();
             if self.activity.get(&id).is_some_and(|l| l.until <= now)
                 && !self.releasing_activity.contains(&id)
+                && let Some(lease) = self.activity.remove(&id)
             {
-                if let Some(lease) = self.activity.remove(&id) {
-                    self.available.insert((ts(lease.visible_at), id));
-                }
+                self.available.insert((ts(lease.visible_at), id));
             }
         }
     }
@@ -819,10 +819,10 @@ impl Leases {
             }
         }
         for (id, token) in orch {
-            if self.orch.get(&id).is_some_and(|(t, _)| *t == token) {
-                if let Some((_, until)) = self.orch.remove(&id) {
-                    self.orch_expiry.remove(&(until, id));
-                }
+            if self.orch.get(&id).is_some_and(|(t, _)| *t == token)
+                && let Some((_, until)) = self.orch.remove(&id)
+            {
+                self.orch_expiry.remove(&(until, id));
             }
         }
         for id in activities {
@@ -1568,7 +1568,7 @@ fn writer_loop(core: &Core, rx: &mpsc::Receiver<Request>) {
         batches = batches.wrapping_add(1);
         let durable = match core.durability {
             RedbDurability::Immediate => true,
-            RedbDurability::Relaxed => batches % RELAXED_SYNC_EVERY == 0,
+            RedbDurability::Relaxed => batches.is_multiple_of(RELAXED_SYNC_EVERY),
         };
         run_batch(core, batch, durable);
     }
@@ -2006,10 +2006,10 @@ impl Core {
         for entry in table.range::<&str>((start, Bound::Unbounded))? {
             let (k, v) = entry?;
             let key = k.value();
-            if let Some(p) = &query.id_prefix {
-                if !key.starts_with(p.as_str()) {
-                    break;
-                }
+            if let Some(p) = &query.id_prefix
+                && !key.starts_with(p.as_str())
+            {
+                break;
             }
             let head: RecordHead = decode(v.value())?;
             if head.matches(key, query) {
@@ -2086,10 +2086,10 @@ impl Core {
         for entry in table.range::<&str>((start, Bound::Unbounded))? {
             let (k, v) = entry?;
             let key = k.value();
-            if let Some(p) = &query.id_prefix {
-                if !key.starts_with(p.as_str()) {
-                    break;
-                }
+            if let Some(p) = &query.id_prefix
+                && !key.starts_with(p.as_str())
+            {
+                break;
             }
             let record: InstanceRecord = decode(v.value())?;
             if !query.matches(&record) {

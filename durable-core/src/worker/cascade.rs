@@ -38,10 +38,10 @@ pub(crate) async fn children(
 ) -> Result<Vec<InstanceRecord>, StoreError> {
     let mut out = Vec::new();
     for (seq, id) in sub_orchestrations(history) {
-        if let Some(r) = store.read_instance(&id).await? {
-            if r.is_child_of(&parent.child_ref(seq)) {
-                out.push(r);
-            }
+        if let Some(r) = store.read_instance(&id).await?
+            && r.is_child_of(&parent.child_ref(seq))
+        {
+            out.push(r);
         }
     }
     Ok(out)

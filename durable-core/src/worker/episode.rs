@@ -446,10 +446,8 @@ async fn try_episode(
     if let Some(trace) = trace {
         trace.finish(&inner.tracer, inner.clock.now());
     }
-    if !finished {
-        if let Some(c) = lock_cache(&inner.cache).as_mut() {
-            c.put(id, replayer);
-        }
+    if !finished && let Some(c) = lock_cache(&inner.cache).as_mut() {
+        c.put(id, replayer);
     }
     Ok(())
 }

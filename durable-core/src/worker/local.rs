@@ -141,11 +141,11 @@ async fn run_all(
     let mut results: Vec<Option<Event>> = vec![None; tasks.len()];
     let all = std::future::poll_fn(|cx| {
         for (run, result) in runs.iter_mut().zip(results.iter_mut()) {
-            if let Some(f) = run {
-                if let Poll::Ready(r) = f.as_mut().poll(cx) {
-                    *result = r;
-                    *run = None;
-                }
+            if let Some(f) = run
+                && let Poll::Ready(r) = f.as_mut().poll(cx)
+            {
+                *result = r;
+                *run = None;
             }
         }
         if runs.iter().all(Option::is_none) {

@@ -109,6 +109,7 @@ pub struct WorkerOptions {
     /// `durable_queue_timers_due`), on the worker's clock; at least 100 ms. `None`: never.
     /// Default 5 s.
     #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub queue_depth_interval: Option<Duration>,
 }
 
@@ -494,6 +495,7 @@ impl WorkerBuilder {
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "opentelemetry")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "opentelemetry")))]
     pub fn tracer_provider<P>(mut self, provider: P) -> Self
     where
         P: opentelemetry::trace::TracerProvider,
@@ -958,6 +960,7 @@ impl WorkerBuilder {
     /// # Ok(()) }
     /// ```
     #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn queue_depth_interval(self, every: Option<Duration>) -> Self {
         self.set(move |o| o.queue_depth_interval = every)
     }
@@ -1008,13 +1011,13 @@ impl WorkerBuilder {
         options.max_concurrent_activities = options.max_concurrent_activities.max(1);
         // The lease the store grants, which may be its own rather than the one asked for.
         let orchestration_lease = store.orchestration_lease(options.orchestration_lock);
-        if let Some(budget) = options.local_activity_budget {
-            if budget >= orchestration_lease {
-                return Err(BuildError::LocalActivityBudget {
-                    budget,
-                    lease: orchestration_lease,
-                });
-            }
+        if let Some(budget) = options.local_activity_budget
+            && budget >= orchestration_lease
+        {
+            return Err(BuildError::LocalActivityBudget {
+                budget,
+                lease: orchestration_lease,
+            });
         }
         let states = self.states.finish(&self.registry)?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));

@@ -57,7 +57,7 @@ fn kinds(history: &[durable_core::HistoryEvent]) -> Vec<&'static str> {
     history.iter().map(|e| e.event.kind()).collect()
 }
 
-/// A store under test; a PostgreSQL task hub is dropped with it.
+/// A store under test; a `PostgresStore` task hub is dropped with it.
 struct Subject {
     what: &'static str,
     store: Arc<dyn Store>,
@@ -76,7 +76,7 @@ impl Drop for Subject {
     }
 }
 
-/// The stores that run first episodes with the creation: memory, redb, and PostgreSQL on a
+/// The stores that run first episodes with the creation: memory, redb, and `PostgresStore` on a
 /// fresh task hub when `DURABLE_TEST_POSTGRES_URL` is set (`.ci/run` sets it).
 async fn stores() -> Vec<Subject> {
     let mut out = vec![
@@ -105,7 +105,7 @@ async fn stores() -> Vec<Subject> {
             });
         }
         _ => {
-            eprintln!("first episodes on PostgreSQL skipped: DURABLE_TEST_POSTGRES_URL is not set")
+            eprintln!("first episodes on PostgreSQL skipped: DURABLE_TEST_POSTGRES_URL is not set");
         }
     }
     out

@@ -103,10 +103,10 @@ pub(crate) fn run(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenStre
         return quote!(#item #err);
     };
     let function = ast::function(kind, parsed, &mut errors);
-    if let (Some(f), Kind::Orchestrator) = (&function, kind) {
-        if !args.allow_nondeterminism {
-            crate::lint::check(&f.item.block, &mut errors);
-        }
+    if let (Some(f), Kind::Orchestrator) = (&function, kind)
+        && !args.allow_nondeterminism
+    {
+        crate::lint::check(&f.item.block, &mut errors);
     }
     if let Err(e) = errors.finish() {
         let err = e.into_compile_error();

@@ -128,18 +128,18 @@ pub(super) fn bars(history: &[HistoryEvent]) -> Vec<Bar> {
             }
             other => completion(other),
         };
-        if let Some((kind, seq, outcome)) = close {
-            if let Some(i) = open.remove(&(kind, seq)) {
-                let bar = &mut bars[i];
-                bar.end = Some(at);
-                let key = keys[i].clone();
-                if matches!(outcome, Outcome::Failed(_)) {
-                    *failures.entry(key).or_insert(0) += 1;
-                } else {
-                    failures.remove(&key);
-                }
-                bar.outcome = outcome;
+        if let Some((kind, seq, outcome)) = close
+            && let Some(i) = open.remove(&(kind, seq))
+        {
+            let bar = &mut bars[i];
+            bar.end = Some(at);
+            let key = keys[i].clone();
+            if matches!(outcome, Outcome::Failed(_)) {
+                *failures.entry(key).or_insert(0) += 1;
+            } else {
+                failures.remove(&key);
             }
+            bar.outcome = outcome;
         }
     }
     bars
