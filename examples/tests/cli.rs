@@ -56,3 +56,59 @@ fn demo_help_and_bad_arguments() {
         );
     }
 }
+
+/// Checks `--help` and a set of bad argument lists for one of the command lines.
+fn check_cli(bin: &str, name: &str, bad: &[(&[&str], &str)]) {
+    let (out, dir) = run(bin, &["--help"]);
+    assert!(out.status.success(), "{name} --help: {out:?}");
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with(&format!("usage: {name}")), "{stdout}");
+    assert_eq!(
+        files(&dir),
+        Vec::<String>::new(),
+        "{name} --help wrote nothing"
+    );
+    for (args, names) in bad {
+        let (out, dir) = run(bin, args);
+        assert_eq!(out.status.code(), Some(2), "{name} {args:?}: {out:?}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.starts_with(&format!("{name}: ")),
+            "{args:?}: {stderr}"
+        );
+        assert!(stderr.contains(names), "{args:?}: {stderr}");
+        assert_eq!(
+            files(&dir),
+            Vec::<String>::new(),
+            "{name} {args:?} wrote nothing"
+        );
+    }
+}
+
+#[test]
+fn bench_help_and_bad_arguments() {
+    check_cli(
+        env!("CARGO_BIN_EXE_bench"),
+        "bench",
+        &[
+            (&["--only", "W1,W9"], "`W9`"),
+            (&["--out"], "`--out`"),
+            (&["--fast"], "`--fast`"),
+        ],
+    );
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn pg_bench_help_and_bad_arguments() {
+    check_cli(
+        env!("CARGO_BIN_EXE_pg_bench"),
+        "pg_bench",
+        &[
+            (&["--instances", "many"], "`--instances many`"),
+            (&["--workers", "1,x"], "`--workers x`"),
+            (&["--samples", "0"], "`--samples 0`"),
+            (&["--nope"], "`--nope`"),
+        ],
+    );
+}

@@ -128,7 +128,25 @@ struct Args {
     memory_child: Option<usize>,
 }
 
-fn parse_args() -> Result<Args, BoxError> {
+/// The workloads `--only` may name.
+const WORKLOADS: [&str; 11] = [
+    "FLOOR", "W1", "W1-LOCAL", "W2", "W2-LOCAL", "W3", "W4", "R", "M", "M1M", "DUROXIDE",
+];
+
+const USAGE: &str = "\
+usage: bench [--quick] [--only FLOOR,W1,W1-local,W2,W2-local,W3,W4,R,M,M1M,DUROXIDE] [--out FILE] [--relaxed]
+
+Runs the durable benchmarks on the redb store (fsync commits) in a temp dir and writes the
+table to stdout and FILE (default bench-results.md).
+  --quick      smoke mode: seconds, smaller counts
+  --only LIST  only these workloads (comma-separated, any case)
+  --out FILE   where the table goes
+  --relaxed    commits without fsync, to show the CPU-bound ceiling (not durable)
+  -h, --help   print this help";
+
+/// Parses the arguments (after the program name); `Ok(None)` for `--help`. Nothing is opened
+/// or started before this returns.
+fn parse_args(args: &[String]) -> Result<Option<Args>, String> {
     let mut out = Args {
         quick: false,
         only: None,
@@ -136,36 +154,40 @@ fn parse_args() -> Result<Args, BoxError> {
         relaxed: false,
         memory_child: None,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let mut value = || it.next().ok_or_else(|| format!("`{flag}` needs a value"));
         match flag.as_str() {
             "--quick" => out.quick = true,
             "--full" => out.quick = false,
             "--only" => {
-                out.only = Some(
-                    value()?
-                        .split(',')
-                        .map(|s| s.trim().to_ascii_uppercase())
-                        .collect(),
-                );
+                let list = value()?;
+                let names: Vec<String> = list
+                    .split(',')
+                    .map(|s| s.trim().to_ascii_uppercase())
+                    .collect();
+                if let Some(bad) = names.iter().find(|n| !WORKLOADS.contains(&n.as_str())) {
+                    return Err(format!(
+                        "`--only {list}`: no workload `{bad}` (one of {})",
+                        WORKLOADS.join(", ")
+                    ));
+                }
+                out.only = Some(names);
             }
             "--out" => out.out = PathBuf::from(value()?),
             "--relaxed" => out.relaxed = true,
-            "--memory-child" => out.memory_child = Some(value()?.parse()?),
-            "-h" | "--help" => {
-                println!(
-                    "usage: bench [--quick] [--only FLOOR,W1,W1-local,W2,W2-local,W3,W4,R,M,M1M,DUROXIDE] [--out FILE] [--relaxed]\n\
-                     Runs the durable benchmarks on the redb store (fsync commits) in a temp dir.\n\
-                     --relaxed commits without fsync, to show the CPU-bound ceiling (not durable)."
+            "--memory-child" => {
+                let n = value()?;
+                out.memory_child = Some(
+                    n.parse()
+                        .map_err(|_| format!("`--memory-child {n}`: not a count"))?,
                 );
-                std::process::exit(0);
             }
-            other => return Err(format!("unknown argument `{other}` (try --help)").into()),
+            "-h" | "--help" => return Ok(None),
+            other => return Err(format!("unknown argument `{other}`")),
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// Counts per mode.
@@ -973,15 +995,35 @@ struct Ours {
     w3: Vec<(u64, f64)>,
 }
 
-fn main() -> Result<(), BoxError> {
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse_args(&args) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("{USAGE}");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let first = USAGE.lines().next().unwrap_or_default();
+            eprintln!("bench: {e}\n{first}  (bench --help for more)");
+            return std::process::ExitCode::from(2);
+        }
+    };
     // Figures are taken with no subscriber unless logs are asked for.
     if std::env::var_os("RUST_LOG").is_some() {
         examples::observe::init_tracing();
     }
-    let args = parse_args()?;
     RELAXED.store(args.relaxed, Ordering::Relaxed);
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    rt.block_on(run(args))
+        .build()
+        .map_err(BoxError::from)
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

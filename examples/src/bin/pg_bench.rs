@@ -52,7 +52,31 @@ struct Args {
     dbos: bool,
 }
 
-fn parse_args(args: &[String]) -> Result<Args, BoxError> {
+const USAGE: &str = "\
+usage: pg_bench [--url URL] [--instances N] [--samples N] [--workers 1,2,4|none] [--runs N] [--no-dbos]
+
+Runs W1, W1-local, W2 and W2-local on PostgreSQL (beside DBOS with feature `dbos`), then W2
+with worker processes.
+  --url URL         the database (default: $DURABLE_TEST_POSTGRES_URL or postgres://postgres@127.0.0.1:5432/test)
+  --instances N     orchestrations per W2 run (default 1000)
+  --samples N       W1 samples (default 50)
+  --workers LIST    worker-process counts for the multi-process W2 (default 1,2,4; none to skip)
+  --runs N          runs per multi-process W2 (default 1)
+  --no-dbos         leave DBOS out even when built with it
+  -h, --help        print this help";
+
+/// Parses `value` as a positive count for `flag`.
+fn count(flag: &str, value: &str) -> Result<usize, String> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`{flag} {value}`: not a positive count"))
+}
+
+/// Parses the arguments (after the program name); `Ok(None)` for `--help`. Nothing is
+/// connected to before this returns.
+fn parse_args(args: &[String]) -> Result<Option<Args>, String> {
     let mut out = Args {
         url: std::env::var("DURABLE_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned()),
@@ -64,47 +88,75 @@ fn parse_args(args: &[String]) -> Result<Args, BoxError> {
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let mut value = || it.next().ok_or_else(|| format!("`{flag}` needs a value"));
         match flag.as_str() {
             "--url" => out.url.clone_from(value()?),
-            "--instances" => out.instances = value()?.parse()?,
-            "--runs" => out.runs = value()?.parse::<usize>()?.max(1),
-            "--samples" => out.samples = value()?.parse::<usize>()?.max(1),
+            "--instances" => out.instances = count(flag, value()?)?,
+            "--runs" => out.runs = count(flag, value()?)?,
+            "--samples" => out.samples = count(flag, value()?)?,
             "--no-dbos" => out.dbos = false,
             "--workers" => {
                 let list = value()?;
                 out.workers = if list == "none" {
                     Vec::new()
                 } else {
-                    list.split(',').map(str::parse).collect::<Result<_, _>>()?
+                    list.split(',')
+                        .map(|n| count(flag, n))
+                        .collect::<Result<_, _>>()?
                 };
             }
-            other => {
-                return Err(format!(
-                    "unknown argument `{other}`; usage: pg_bench [--url URL] [--instances N] \
-                     [--samples N] [--workers 1,2,4|none] [--runs N] [--no-dbos]"
-                )
-                .into());
-            }
+            "-h" | "--help" => return Ok(None),
+            other => return Err(format!("unknown argument `{other}`")),
         }
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
-#[tokio::main]
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `--worker HUB URL`: a worker process started by the multi-process W2.
+    let parsed = if args.first().map(String::as_str) == Some("--worker") {
+        Ok(None)
+    } else {
+        parse_args(&args)
+    };
+    let parsed = match parsed {
+        Ok(None) if args.first().map(String::as_str) != Some("--worker") => {
+            println!("{USAGE}");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Ok(parsed) => parsed,
+        Err(e) => {
+            let first = USAGE.lines().next().unwrap_or_default();
+            eprintln!("pg_bench: {e}\n{first}  (pg_bench --help for more)");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(BoxError::from)
+        .and_then(|rt| rt.block_on(main_async(args, parsed)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pg_bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[allow(clippy::too_many_lines, reason = "the report, workload by workload")]
-async fn main() -> Result<(), BoxError> {
+async fn main_async(raw: Vec<String>, parsed: Option<Args>) -> Result<(), BoxError> {
     // Figures are taken with no subscriber unless logs are asked for.
     if std::env::var_os("RUST_LOG").is_some() {
         examples::observe::init_tracing();
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--worker") {
-        let hub = args.get(1).ok_or("--worker needs a task hub")?;
-        let url = args.get(2).ok_or("--worker needs a URL")?;
+    let Some(args) = parsed else {
+        let hub = raw.get(1).ok_or("--worker needs a task hub")?;
+        let url = raw.get(2).ok_or("--worker needs a URL")?;
         return worker(hub, url).await;
-    }
-    let args = parse_args(&args)?;
+    };
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     // Other work on the machine competes with the database and the workers: say how much.
     let load = std::fs::read_to_string("/proc/loadavg")
