@@ -39,12 +39,15 @@ fn server() -> Option<(String, String)> {
     match (std::env::var(URL_ENV), std::env::var(CA_ENV)) {
         (Ok(url), Ok(ca)) if !url.is_empty() && !ca.is_empty() => Some((url, ca)),
         _ => {
-            // Straight to stderr, past the test harness's capture.
-            let _ = writeln!(
-                std::io::stderr(),
-                "PostgreSQL TLS tests skipped: {URL_ENV} and {CA_ENV} are not both set \
-                 (`eval \"$(.ci/pg-tls-cluster)\"` makes a local server and sets them)"
-            );
+            static SKIPPED: std::sync::Once = std::sync::Once::new();
+            SKIPPED.call_once(|| {
+                // Straight to stderr, past the test harness's capture.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "PostgreSQL TLS tests skipped: {URL_ENV} and {CA_ENV} are not both set \
+                     (`eval \"$(.ci/pg-tls-cluster)\"` makes a local server and sets them)"
+                );
+            });
             None
         }
     }

@@ -281,9 +281,18 @@ impl PostgresOptions {
 /// permissions, a task hub of an unknown schema version) is a [`StoreError::Backend`] whose
 /// message says what failed.
 ///
+/// # Connecting
+///
+/// | constructor | connections | TLS |
+/// | --- | --- | --- |
+/// | [`connect`](Self::connect) | from a URL | none; with the feature `postgres-rustls`, rustls for `sslmode=require` (the platform's trusted roots) |
+/// | [`from_config`](Self::from_config) | from a `tokio_postgres::Config` | any `MakeTlsConnect` connector (rustls with a private CA, native-tls, …) |
+/// | [`from_pool`](Self::from_pool) | the application's `deadpool_postgres::Pool` (e.g. IAM or Entra tokens per connection); no notification listener: other processes' work is found on the fallback poll | the pool's |
+/// | [`from_pool_with_listener`](Self::from_pool_with_listener) | the same, and a listening connection of its own | the pool's; the listener's connector |
+///
 /// # Schema
 ///
-/// The task hub is a schema, created and migrated by [`connect`](Self::connect) (under an
+/// The task hub is a schema, created and migrated when the store is made (under an
 /// advisory lock, so any number of processes may start at once); its `schema_version` table
 /// records the version, and a version newer than this build knows is refused. Values are
 /// JSON text; times are milliseconds since the Unix epoch.
