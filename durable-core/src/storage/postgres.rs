@@ -3090,7 +3090,16 @@ impl Notifier {
             }
             let sql = format!("{prefix}{}'; COMMIT", Wake::from_bits(bits).kinds());
             let sent = match pool.get().await {
-                Ok(conn) => conn.batch_execute(&sql).await.map_err(|e| describe(&e)),
+                Ok(conn) => {
+                    let sent = conn.batch_execute(&sql).await;
+                    if sent.is_err() {
+                        // A statement that failed after the batch's `BEGIN` leaves its
+                        // transaction open (aborted): end it before the connection goes back
+                        // to the pool (a user's pool, with `from_pool`).
+                        let _ = conn.batch_execute("ROLLBACK").await;
+                    }
+                    sent.map_err(|e| describe(&e))
+                }
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = sent {
