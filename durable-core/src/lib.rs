@@ -279,6 +279,11 @@ pub use context::{
     OrchestrationContext, Select, SubOrchestrationOptions, TaskFuture, TimerFuture, WhenAll,
     WhenAny, select, when_all, when_any,
 };
+/// `deadpool-postgres` (0.14), whose [`Pool`](deadpool_postgres::Pool)
+/// [`PostgresStore::from_pool`] takes (feature `postgres`).
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use deadpool_postgres;
 pub use entity::{Entity, EntityContext, EntityId};
 pub use error::{
     ActivityError, BackendError, BuildError, ClientError, FailureDetails, InvalidInstanceId,
@@ -291,6 +296,11 @@ pub use registry::{
     Registry,
 };
 pub use retry::RetryPolicy;
+/// `rustls` (0.23, with its `ring` provider), to build the TLS configuration of a
+/// [`tokio_postgres_rustls::MakeRustlsConnect`] (feature `postgres-rustls`).
+#[cfg(feature = "postgres-rustls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres-rustls")))]
+pub use rustls;
 pub use state::{State, StateType, States};
 #[cfg(feature = "redb")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
@@ -299,6 +309,16 @@ pub use storage::{IdReusePolicy, InstanceQuery, InstanceRecord, MemoryStore, Sto
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use storage::{PostgresOptions, PostgresStore};
+/// `tokio-postgres` (0.7), whose [`Config`](tokio_postgres::Config) and TLS connectors
+/// [`PostgresStore::from_config`] takes (feature `postgres`).
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use tokio_postgres;
+/// `tokio-postgres-rustls` (0.14): a rustls connector for [`PostgresStore::from_config`]
+/// (feature `postgres-rustls`).
+#[cfg(feature = "postgres-rustls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres-rustls")))]
+pub use tokio_postgres_rustls;
 pub use trace_context::TraceContext;
 pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, WorkerOptions};
 

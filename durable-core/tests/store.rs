@@ -946,9 +946,44 @@ mod postgres {
         })
     }
 
+    /// A pool built by the user, as `PostgresStore::from_pool` takes it.
+    fn user_pool(url: &str, size: usize) -> durable_core::deadpool_postgres::Pool {
+        use durable_core::deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+        let config: tokio_postgres::Config = url.parse().expect("the test URL");
+        let manager = Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        Pool::builder(manager)
+            .max_size(size)
+            .build()
+            .expect("a pool")
+    }
+
+    /// Like [`fixture`], on a pool of the user's (`from_pool`): leases are taken on its
+    /// connections in transactions of their own, and nothing listens for notifications.
+    pub(super) async fn fixture_from_pool() -> Option<PgFixture> {
+        let url = url()?;
+        let pg = PostgresStore::from_pool(user_pool(&url, 8), PostgresOptions::new(fresh_hub()))
+            .await
+            .unwrap_or_else(|e| panic!("from_pool on {url}: {e}"));
+        Some(PgFixture {
+            store: Arc::new(pg.clone()),
+            pg,
+        })
+    }
+
     mod conformance_cases {
         use super::*;
         conformance_tests!(async fixture);
+    }
+
+    mod conformance_cases_from_pool {
+        use super::*;
+        conformance_tests!(async fixture_from_pool);
     }
 
     mod conformance_cases_notify_in_transaction {
@@ -1260,6 +1295,111 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn fencing_and_wakeups_across_stores() {
         fencing_and_wakeups(false).await;
+    }
+
+    /// `from_pool`: leases are taken and renewed on the user's connections, whose session
+    /// state stays as it was (`synchronous_commit` is set for the lease transactions alone),
+    /// and every connection goes back to the pool outside a transaction, after a failed
+    /// lease statement too. `from_pool_with_listener` hears another store's writes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn from_pool_leaves_sessions_alone_and_listens_when_asked() {
+        let Some(url) = url() else { return };
+        let hub = fresh_hub();
+        // One connection: every statement runs on it.
+        let pool = user_pool(&url, 1);
+        let a = PostgresStore::from_pool(pool.clone(), PostgresOptions::new(&hub))
+            .await
+            .unwrap();
+        let id = InstanceId::new("job").unwrap();
+        a.create_instance(NewInstance::new(id.clone(), "Job", "1".into(), T0))
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(30);
+        let item = a
+            .fetch_orchestration_work(T0, lease)
+            .await
+            .unwrap()
+            .expect("the instance is leased");
+        assert!(
+            a.fetch_orchestration_work(T0, lease)
+                .await
+                .unwrap()
+                .is_none(),
+            "the lease holds"
+        );
+        let mut commit = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Completed, T0);
+        commit.consumed = item.messages.iter().map(|m| m.id).collect();
+        commit.output = Some("\"done\"".into());
+        a.commit_episode(commit).await.unwrap();
+        assert_eq!(
+            a.read_instance(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .output
+                .as_deref(),
+            Some("\"done\"")
+        );
+        // The session as the user made it: no `synchronous_commit` of its own, and outside
+        // any transaction (one begun earlier would have `now()` before this statement, a
+        // simple query: its own implicit transaction; an aborted one would fail it).
+        let check = || async {
+            let conn = pool.get().await.unwrap();
+            let rows = conn
+                .simple_query(
+                    "SELECT current_setting('synchronous_commit'), \
+                     now() = statement_timestamp()",
+                )
+                .await
+                .unwrap();
+            let row = rows
+                .iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+                    _ => None,
+                })
+                .expect("a row");
+            (row.get(0).map(str::to_owned), row.get(1).map(str::to_owned))
+        };
+        let untouched = (Some("on".to_owned()), Some("t".to_owned()));
+        assert_eq!(check().await, untouched);
+        // A lease statement (prepared on that connection) that fails inside its transaction:
+        // its table is gone.
+        assert!(
+            a.fetch_activity_work(T0, lease, 1)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        sql(&url, &format!("DROP TABLE \"{hub}\".activities")).await;
+        // (The error reported is the failed statement's, or that of the next one in the
+        // aborted transaction.)
+        let err = a.fetch_activity_work(T0, lease, 1).await.unwrap_err();
+        assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+        assert_eq!(check().await, untouched);
+        sql(&url, &format!("DROP SCHEMA \"{hub}\" CASCADE")).await;
+
+        // With a listener: another store's write wakes this one.
+        let hub = fresh_hub();
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        let b = PostgresStore::from_pool_with_listener(
+            user_pool(&url, 8),
+            config,
+            tokio_postgres::NoTls,
+            PostgresOptions::new(&hub).fallback_poll(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+        let other = connect(&url, &hub).await;
+        let woken = b.signals().orchestration.notified();
+        other
+            .create_instance(NewInstance::new(id.clone(), "Job", "1".into(), T0))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), woken)
+            .await
+            .expect("a create in another store wakes the listening one");
+        b.drop_task_hub().await.unwrap();
     }
 
     /// The same with each `NOTIFY` sent inside its write's transaction.

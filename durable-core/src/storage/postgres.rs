@@ -4,6 +4,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::error::Error as _;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +19,9 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{AsyncMessage, Config, NoTls, Notification};
+use tokio_postgres::{AsyncMessage, Config, NoTls, Notification, Socket};
 
 use super::metrics::CommitTimer;
 use super::replace::{self, Reuse, Teardown};
@@ -278,9 +281,18 @@ impl PostgresOptions {
 /// permissions, a task hub of an unknown schema version) is a [`StoreError::Backend`] whose
 /// message says what failed.
 ///
+/// # Connecting
+///
+/// | constructor | connections | TLS |
+/// | --- | --- | --- |
+/// | [`connect`](Self::connect) | from a URL | none; with the feature `postgres-rustls`, rustls for `sslmode=require` (the platform's trusted roots) |
+/// | [`from_config`](Self::from_config) | from a `tokio_postgres::Config` | any `MakeTlsConnect` connector (rustls with a private CA, native-tls, …) |
+/// | [`from_pool`](Self::from_pool) | the application's `deadpool_postgres::Pool` (e.g. IAM or Entra tokens per connection); no notification listener: other processes' work is found on the fallback poll | the pool's |
+/// | [`from_pool_with_listener`](Self::from_pool_with_listener) | the same, and a listening connection of its own | the pool's; the listener's connector |
+///
 /// # Schema
 ///
-/// The task hub is a schema, created and migrated by [`connect`](Self::connect) (under an
+/// The task hub is a schema, created and migrated when the store is made (under an
 /// advisory lock, so any number of processes may start at once); its `schema_version` table
 /// records the version, and a version newer than this build knows is refused. Values are
 /// JSON text; times are milliseconds since the Unix epoch.
@@ -343,7 +355,12 @@ pub struct PostgresStore {
 
 struct Inner {
     pool: Pool,
+    /// Connections for leases: their sessions commit asynchronously; or, on a user's pool,
+    /// that pool (`lease_local`).
     lease_pool: Pool,
+    /// Lease statements set `synchronous_commit` off in a transaction of their own (see
+    /// [`PostgresStore::leasing`]), as the lease pool's connections are the user's.
+    lease_local: bool,
     sql: Sql,
     hub: String,
     channel: String,
@@ -387,13 +404,20 @@ impl PostgresStore {
     /// URL or a `host=… user=… dbname=…` string), creates or migrates the task hub's schema,
     /// and starts listening for other processes' notifications.
     ///
-    /// The connection uses no TLS; run it over a trusted network (or a TLS tunnel).
+    /// Without the feature `postgres-rustls` the connections use no TLS (`sslmode=require`
+    /// fails): run them over a trusted network, or give a TLS connector to
+    /// [`from_config`](Self::from_config). With it, a URL with `sslmode=require` connects
+    /// over TLS (rustls), verifying the server's certificate against the platform's trusted
+    /// roots (or, when the platform has none, the Mozilla roots of `webpki-roots`); other
+    /// URLs (`sslmode=prefer`, the default, and `disable`) connect without TLS as before. For
+    /// a private CA, build the connector yourself and use [`from_config`](Self::from_config).
     ///
     /// # Errors
     ///
     /// [`StoreError::Backend`] when the URL is invalid, the server cannot be reached or
-    /// refuses the login, the user may not create the schema, the schema exists but is not a
-    /// task hub, or it holds a schema version newer than this build knows.
+    /// refuses the login (or the TLS handshake), the user may not create the schema, the
+    /// schema exists but is not a task hub, or it holds a schema version newer than this
+    /// build knows.
     ///
     /// # Examples
     ///
@@ -407,23 +431,90 @@ impl PostgresStore {
     /// # Ok(()) }
     /// ```
     pub async fn connect(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
-        let hub = options.task_hub.clone();
-        validate_hub(&hub)?;
-        let mut config: Config = url.parse().map_err(|e| {
+        let config: Config = url.parse().map_err(|e| {
             StoreError::backend_with(
                 format!("invalid PostgreSQL connection string: {}", describe(&e)),
                 e,
             )
         })?;
-        if config.get_application_name().is_none() {
-            config.application_name("durable");
+        #[cfg(feature = "postgres-rustls")]
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Self::from_config(config, tls::platform_connector()?, options).await;
         }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(options.connect_timeout);
-        }
+        Self::from_config(config, NoTls, options).await
+    }
+
+    /// Connects with `config` through the TLS connector `tls` (any
+    /// [`MakeTlsConnect`](tokio_postgres::tls::MakeTlsConnect), e.g. `NoTls`,
+    /// `tokio_postgres_rustls::MakeRustlsConnect` or `postgres_native_tls::MakeTlsConnector`),
+    /// creates or migrates the task hub's schema, and starts listening for other processes'
+    /// notifications on a connection of its own (reopened with `config` and `tls` when it is
+    /// lost).
+    ///
+    /// Like [`connect`](Self::connect), it opens a pool of
+    /// [`pool_size`](PostgresOptions::pool_size) connections, a few more for taking leases
+    /// (whose sessions commit asynchronously) and one for notifications. An
+    /// `application_name` (`durable`) and a connect timeout
+    /// ([`PostgresOptions::connect_timeout`]) are set when `config` has none.
+    ///
+    /// `config` and `tls` are of `tokio-postgres` 0.7, re-exported as
+    /// [`durable_core::tokio_postgres`](crate::tokio_postgres) (depend on the same version,
+    /// or use the re-export). With the feature `postgres-rustls`, rustls and its connector
+    /// are re-exported as [`durable_core::rustls`](crate::rustls) and
+    /// [`durable_core::tokio_postgres_rustls`](crate::tokio_postgres_rustls).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    ///
+    /// # Examples
+    ///
+    /// A server whose certificate is signed by a private CA, over rustls (feature
+    /// `postgres-rustls`):
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "postgres-rustls")]
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use durable_core::rustls::{self, pki_types::{CertificateDer, pem::PemObject}};
+    /// use durable_core::tokio_postgres::Config;
+    /// use durable_core::tokio_postgres_rustls::MakeRustlsConnect;
+    /// use durable_core::{PostgresOptions, PostgresStore};
+    ///
+    /// let mut roots = rustls::RootCertStore::empty();
+    /// for cert in CertificateDer::pem_file_iter("/etc/durable/db-ca.pem")? {
+    ///     roots.add(cert?)?;
+    /// }
+    /// // The process's default crypto provider: ring, when no other is enabled.
+    /// let tls = rustls::ClientConfig::builder()
+    ///     .with_root_certificates(roots)
+    ///     .with_no_client_auth();
+    /// let config: Config = "postgres://durable@db.internal/app?sslmode=require".parse()?;
+    /// let store =
+    ///     PostgresStore::from_config(config, MakeRustlsConnect::new(tls), PostgresOptions::new("orders"))
+    ///         .await?;
+    /// # drop(store);
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "postgres-rustls"))]
+    /// # fn main() {}
+    /// ```
+    #[allow(clippy::similar_names, reason = "config and lease_config")]
+    pub async fn from_config<T>(
+        mut config: Config,
+        tls: T,
+        options: PostgresOptions,
+    ) -> Result<Self, StoreError>
+    where
+        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+        T::Stream: Send + Sync,
+        T::TlsConnect: Send + Sync,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        validate_hub(&options.task_hub)?;
+        set_defaults(&mut config, &options);
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -441,7 +532,7 @@ impl PostgresStore {
         let lease_pool = build_pool(
             Manager::from_config(
                 lease_config,
-                NoTls,
+                tls.clone(),
                 ManagerConfig {
                     recycling_method: RecyclingMethod::Fast,
                 },
@@ -449,30 +540,164 @@ impl PostgresStore {
             LEASE_POOL_SIZE,
             &options,
         )?;
+        Self::start(
+            pool,
+            lease_pool,
+            false,
+            Some(listen_connector(config, tls)),
+            options,
+        )
+        .await
+    }
+
+    /// A store on a connection pool the application built (say, with a custom
+    /// [`Manager`](deadpool_postgres::Manager) or hook that fetches a short-lived IAM or
+    /// Entra token per connection): creates or migrates the task hub's schema through it.
+    ///
+    /// Everything runs on `pool` (of `deadpool-postgres` 0.14, re-exported as
+    /// [`durable_core::deadpool_postgres`](crate::deadpool_postgres));
+    /// [`PostgresOptions::pool_size`] does not apply, and the pool should hold at least a
+    /// few connections (episode commits, fetches and notifications use one each at a time).
+    /// Its connections' session state is left as it is: taking or renewing a lease runs in
+    /// a transaction of its own that turns `synchronous_commit` off for that transaction
+    /// alone (`SET LOCAL`, in the same round trip), and each notification likewise.
+    ///
+    /// **No notifications are received**: a pooled connection cannot `LISTEN` (the pool's
+    /// connection task drops what arrives). Writes of this store still wake its own
+    /// workers at once, but work written by other processes is found on the next
+    /// [`fallback_poll`](PostgresOptions::fallback_poll) (default 5 s), and timers as
+    /// usual. Lower `fallback_poll`, or give a connection to listen on with
+    /// [`from_pool_with_listener`](Self::from_pool_with_listener).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] when the task hub's name is invalid, no connection can be
+    /// had from `pool`, or the schema cannot be created or migrated (as
+    /// [`connect`](Self::connect)).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use durable_core::deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+    /// use durable_core::tokio_postgres::{Config, NoTls};
+    /// use durable_core::{PostgresOptions, PostgresStore};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config: Config = "postgres://durable@db.internal/app".parse()?;
+    /// let manager = Manager::from_config(
+    ///     config,
+    ///     NoTls,
+    ///     ManagerConfig { recycling_method: RecyclingMethod::Fast },
+    /// );
+    /// let pool = Pool::builder(manager).max_size(16).build()?;
+    /// let store = PostgresStore::from_pool(
+    ///     pool,
+    ///     PostgresOptions::new("orders").fallback_poll(Duration::from_millis(500)),
+    /// )
+    /// .await?;
+    /// # drop(store);
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_pool(pool: Pool, options: PostgresOptions) -> Result<Self, StoreError> {
+        validate_hub(&options.task_hub)?;
+        Self::start(pool.clone(), pool, true, None, options).await
+    }
+
+    /// Like [`from_pool`](Self::from_pool), and listens for other processes' notifications
+    /// on a connection of its own opened with `listen_config` and `tls` (and reopened with
+    /// them when it is lost), so their work is picked up at once rather than on the
+    /// fallback poll.
+    ///
+    /// `listen_config` is used as it is each time (an `application_name` and connect
+    /// timeout are added when it has none): a password that expires (an IAM token) must
+    /// stay valid for reconnections, or the listener keeps retrying while the fallback poll
+    /// carries on.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_pool`](Self::from_pool), and when the listening connection cannot be
+    /// opened.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use durable_core::deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+    /// use durable_core::tokio_postgres::{Config, NoTls};
+    /// use durable_core::{PostgresOptions, PostgresStore};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config: Config = "postgres://durable@db.internal/app".parse()?;
+    /// let manager = Manager::from_config(
+    ///     config.clone(),
+    ///     NoTls,
+    ///     ManagerConfig { recycling_method: RecyclingMethod::Fast },
+    /// );
+    /// let pool = Pool::builder(manager).max_size(16).build()?;
+    /// let store =
+    ///     PostgresStore::from_pool_with_listener(pool, config, NoTls, PostgresOptions::new("orders"))
+    ///         .await?;
+    /// # drop(store);
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_pool_with_listener<T>(
+        pool: Pool,
+        mut listen_config: Config,
+        tls: T,
+        options: PostgresOptions,
+    ) -> Result<Self, StoreError>
+    where
+        T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+        T::Stream: Send + Sync,
+        T::TlsConnect: Send + Sync,
+        <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+    {
+        validate_hub(&options.task_hub)?;
+        set_defaults(&mut listen_config, &options);
+        let connector = listen_connector(listen_config, tls);
+        Self::start(pool.clone(), pool, true, Some(connector), options).await
+    }
+
+    /// Migrates the task hub through `pool`, starts the listener (with `listen`; without,
+    /// only the fallback poll) and the notifier. `lease_local`: leases are taken on the
+    /// main pool's connections (see [`leasing`](Self::leasing)).
+    async fn start(
+        pool: Pool,
+        lease_pool: Pool,
+        lease_local: bool,
+        listen: Option<ListenConnector>,
+        options: PostgresOptions,
+    ) -> Result<Self, StoreError> {
+        let hub = options.task_hub.clone();
         let schema = quote_ident(&hub);
         migrate(&pool, &hub, &schema).await?;
 
         let channel = format!("durable_{hub}");
         let origin = format!("{:032x}", uuid::Uuid::new_v4().as_u128());
         let signals = Arc::new(StoreSignals::default());
-        let (client, notifications) = listen(&config, &channel).await.map_err(|e| {
-            StoreError::backend_with(
-                format!(
-                    "task hub `{hub}`: cannot open the notification connection: {}",
-                    describe(&e)
-                ),
-                e,
-            )
-        })?;
+        let first = match &listen {
+            Some(connect) => Some(connect(channel.clone()).await.map_err(|e| {
+                StoreError::backend_with(
+                    format!(
+                        "task hub `{hub}`: cannot open the notification connection: {}",
+                        describe(&e)
+                    ),
+                    e,
+                )
+            })?),
+            None => None,
+        };
         let listener = tokio::spawn(
             Listener {
-                config,
+                connect: listen,
                 channel: channel.clone(),
                 origin: origin.clone(),
                 signals: Arc::clone(&signals),
                 poll: options.fallback_poll,
             }
-            .run(client, notifications),
+            .run(first),
         );
         let notifier = Arc::new(Notifier::default());
         let notifier_task = tokio::spawn(Arc::clone(&notifier).run(
@@ -486,6 +711,7 @@ impl PostgresStore {
             inner: Arc::new(Inner {
                 pool,
                 lease_pool,
+                lease_local,
                 sql: Sql::new(&schema),
                 hub,
                 channel,
@@ -564,9 +790,35 @@ impl PostgresStore {
         get(&self.inner.pool).await
     }
 
-    /// A connection with asynchronous commit, for taking leases.
+    /// A connection for taking and renewing leases: one of the lease pool's (whose sessions
+    /// commit asynchronously), or, on a user's pool, one of its own (see
+    /// [`leasing`](Self::leasing)).
     async fn lease_conn(&self) -> R<Object> {
         get(&self.inner.lease_pool).await
+    }
+
+    /// Runs `work`, statements on `conn` (a [`lease_conn`](Self::lease_conn)) that are all
+    /// sent on its first poll, so they commit asynchronously: on a lease pool's connection
+    /// the session already does; on a user's pool (`lease_local`) they run in one
+    /// transaction that sets `synchronous_commit` off for itself alone (`SET LOCAL`), its
+    /// `BEGIN` and `COMMIT` pipelined with the statements in the same round trip. The
+    /// `COMMIT` is queued before `work` can fail or be dropped, so the connection goes back
+    /// to the pool outside any transaction (a failed statement's transaction is rolled
+    /// back by it).
+    async fn leasing<T>(&self, conn: &Object, work: impl Future<Output = R<T>>) -> R<T> {
+        if !self.inner.lease_local {
+            return work.await;
+        }
+        let ((), out, ()) = tokio::try_join!(
+            async {
+                conn.batch_execute("BEGIN; SET LOCAL synchronous_commit TO OFF")
+                    .await
+                    .map_err(Error::from)
+            },
+            work,
+            async { conn.batch_execute("COMMIT").await.map_err(Error::from) },
+        )?;
+        Ok(out)
     }
 
     /// Sends the signals for `wake` in this process, and (unless the write's transaction
@@ -1229,7 +1481,14 @@ impl PostgresStore {
         let params: [&(dyn ToSql + Sync); 4] = [&ts(now), &until, &new_token(), &limit];
         // The next wake time in the same round trip, after the lease is taken (its own
         // implicit transaction, run in order).
-        let (rows, next) = tokio::try_join!(conn.query(&st, &params), conn.query_one(&wake, &[]))?;
+        let (rows, next) = self
+            .leasing(&conn, async {
+                Ok(tokio::try_join!(
+                    conn.query(&st, &params),
+                    conn.query_one(&wake, &[])
+                )?)
+            })
+            .await?;
         self.hint(0, writes, next.try_get(0)?);
         work_items(&rows)
     }
@@ -1253,7 +1512,14 @@ impl PostgresStore {
         let ids: Vec<&str> = ids.iter().map(InstanceId::as_str).collect();
         let writes = self.inner.writes.load(Ordering::Acquire);
         let params: [&(dyn ToSql + Sync); 4] = [&ids, &ts(now), &until, &new_token()];
-        let (rows, next) = tokio::try_join!(conn.query(&st, &params), conn.query_one(&wake, &[]))?;
+        let (rows, next) = self
+            .leasing(&conn, async {
+                Ok(tokio::try_join!(
+                    conn.query(&st, &params),
+                    conn.query_one(&wake, &[])
+                )?)
+            })
+            .await?;
         self.hint(0, writes, next.try_get(0)?);
         work_items(&rows)
     }
@@ -1277,7 +1543,14 @@ impl PostgresStore {
         let writes = self.inner.writes.load(Ordering::Acquire);
         let params: [&(dyn ToSql + Sync); 4] =
             [&ts(now), &ts(now + lock_for), &limit, &new_token()];
-        let (rows, next) = tokio::try_join!(conn.query(&st, &params), conn.query_one(&wake, &[]))?;
+        let (rows, next) = self
+            .leasing(&conn, async {
+                Ok(tokio::try_join!(
+                    conn.query(&st, &params),
+                    conn.query_one(&wake, &[])
+                )?)
+            })
+            .await?;
         self.hint(1, writes, next.try_get(1)?);
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -1716,10 +1989,9 @@ impl Store for PostgresStore {
         let rows = async {
             let conn = self.lease_conn().await?;
             let st = conn.prepare_cached(&self.inner.sql.renew_activity).await?;
-            Ok::<_, Error>(
-                conn.query(&st, &[&to_i64(id), &to_i64(lock.0), &ts(until)])
-                    .await?,
-            )
+            let params: [&(dyn ToSql + Sync); 3] = [&to_i64(id), &to_i64(lock.0), &ts(until)];
+            self.leasing(&conn, async { Ok(conn.query(&st, &params).await?) })
+                .await
         }
         .await
         .map_err(|e| self.err("renewing an activity lease", e))?;
@@ -1747,7 +2019,9 @@ impl Store for PostgresStore {
             let st = conn
                 .prepare_cached(&self.inner.sql.renew_activities)
                 .await?;
-            Ok::<_, Error>(conn.query(&st, &[&ids, &tokens, &ts(until)]).await?)
+            let params: [&(dyn ToSql + Sync); 3] = [&ids, &tokens, &ts(until)];
+            self.leasing(&conn, async { Ok(conn.query(&st, &params).await?) })
+                .await
         }
         .await
         .map_err(|e| self.err("renewing activity leases", e))?;
@@ -2816,7 +3090,16 @@ impl Notifier {
             }
             let sql = format!("{prefix}{}'; COMMIT", Wake::from_bits(bits).kinds());
             let sent = match pool.get().await {
-                Ok(conn) => conn.batch_execute(&sql).await.map_err(|e| describe(&e)),
+                Ok(conn) => {
+                    let sent = conn.batch_execute(&sql).await;
+                    if sent.is_err() {
+                        // A statement that failed after the batch's `BEGIN` leaves its
+                        // transaction open (aborted): end it before the connection goes back
+                        // to the pool (a user's pool, with `from_pool`).
+                        let _ = conn.batch_execute("ROLLBACK").await;
+                    }
+                    sent.map_err(|e| describe(&e))
+                }
                 Err(e) => Err(e.to_string()),
             };
             if let Err(e) = sent {
@@ -2827,19 +3110,60 @@ impl Notifier {
     }
 }
 
+/// A listening connection: its client (kept open) and the notifications it receives.
+type Listening = (
+    tokio_postgres::Client,
+    mpsc::UnboundedReceiver<Notification>,
+);
+
+/// Opens a connection `LISTEN`ing on the channel it is given, with the `Config` and TLS
+/// connector it was made with (so `PostgresStore` needs no TLS type parameter).
+type ListenConnector = Arc<
+    dyn Fn(String) -> Pin<Box<dyn Future<Output = Result<Listening, tokio_postgres::Error>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A [`ListenConnector`] opening connections with `config` through `tls`.
+fn listen_connector<T>(config: Config, tls: T) -> ListenConnector
+where
+    T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
+    T::Stream: Send + Sync,
+    T::TlsConnect: Send + Sync,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    Arc::new(move |channel: String| {
+        let config = config.clone();
+        let tls = tls.clone();
+        Box::pin(async move { listen(&config, tls, &channel).await })
+    })
+}
+
+/// The `application_name` (`durable`) and connect timeout of `options`, unless `config`
+/// has its own.
+fn set_defaults(config: &mut Config, options: &PostgresOptions) {
+    if config.get_application_name().is_none() {
+        config.application_name("durable");
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(options.connect_timeout);
+    }
+}
+
 /// Opens a connection that `LISTEN`s on `channel`; notifications arrive on the receiver,
 /// which closes when the connection is lost.
-async fn listen(
+async fn listen<T>(
     config: &Config,
+    tls: T,
     channel: &str,
-) -> Result<
-    (
-        tokio_postgres::Client,
-        mpsc::UnboundedReceiver<Notification>,
-    ),
-    tokio_postgres::Error,
-> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+) -> Result<Listening, tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let (client, mut connection) = config.connect(tls).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
@@ -2866,7 +3190,9 @@ async fn listen(
 
 /// The background task turning notifications into [`StoreSignals`].
 struct Listener {
-    config: Config,
+    /// Opens the listening connection; `None`: there is none (a user's pool), only the
+    /// fallback poll.
+    connect: Option<ListenConnector>,
     channel: String,
     origin: String,
     signals: Arc<StoreSignals>,
@@ -2874,13 +3200,15 @@ struct Listener {
 }
 
 impl Listener {
-    async fn run(
-        self,
-        client: tokio_postgres::Client,
-        notifications: mpsc::UnboundedReceiver<Notification>,
-    ) {
-        let mut client = Some(client);
-        let mut notifications = notifications;
+    /// `first`: the listening connection opened at start (`None` without a connector).
+    async fn run(self, first: Option<Listening>) {
+        // Without a listening connection, a receiver that never yields (its sender lives as
+        // long as this task).
+        let (_never_sends, idle) = mpsc::unbounded_channel();
+        let (mut client, mut notifications) = match first {
+            Some((client, rx)) => (Some(client), rx),
+            None => (None, idle),
+        };
         let mut tick = tokio::time::interval(self.poll.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -2889,9 +3217,9 @@ impl Listener {
                 n = notifications.recv() => {
                     if let Some(n) = n {
                         self.handle(&n);
-                    } else {
+                    } else if let Some(connect) = &self.connect {
                         drop(client.take());
-                        let (c, rx) = self.reconnect().await;
+                        let (c, rx) = self.reconnect(connect).await;
                         client = Some(c);
                         notifications = rx;
                         // Notifications may have been missed meanwhile: look at everything.
@@ -2933,15 +3261,10 @@ impl Listener {
         }
     }
 
-    async fn reconnect(
-        &self,
-    ) -> (
-        tokio_postgres::Client,
-        mpsc::UnboundedReceiver<Notification>,
-    ) {
+    async fn reconnect(&self, connect: &ListenConnector) -> Listening {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match listen(&self.config, &self.channel).await {
+            match connect(self.channel.clone()).await {
                 Ok(pair) => return pair,
                 Err(e) => {
                     tracing::warn!(error = %describe(&e), retry_in = ?backoff, "cannot reconnect the PostgreSQL notification listener");
@@ -3155,6 +3478,46 @@ fn validate_hub(hub: &str) -> Result<(), StoreError> {
             "invalid task hub name `{hub}`: use 1 to {MAX_HUB_LEN} ASCII letters, digits and `_`, \
              not starting with a digit or `pg_`"
         )))
+    }
+}
+
+/// The TLS connector of [`PostgresStore::connect`] for `sslmode=require` (feature
+/// `postgres-rustls`).
+#[cfg(feature = "postgres-rustls")]
+mod tls {
+    use std::sync::Arc;
+
+    use tokio_postgres_rustls::MakeRustlsConnect;
+
+    use crate::error::StoreError;
+
+    /// rustls with the `ring` provider (set here, so a process-wide default provider is not
+    /// needed, nor disturbed), trusting the platform's roots, or the Mozilla roots of
+    /// `webpki-roots` when the platform has none.
+    pub(super) fn platform_connector() -> Result<MakeRustlsConnect, StoreError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        for e in &native.errors {
+            tracing::debug!(error = %e, "while loading the platform's trusted certificates");
+        }
+        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+        if added == 0 {
+            tracing::debug!(
+                "no trusted certificates on this platform: using the Mozilla roots of webpki-roots"
+            );
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+        // rustls 0.23.48 deprecates the ring provider for its lack of post-quantum key
+        // exchange; aws-lc-rs has it but needs a heavier C build. Ring still negotiates
+        // X25519 and the NIST curves with every PostgreSQL server.
+        #[allow(deprecated, reason = "ring: no C toolchain beyond a C compiler")]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StoreError::backend_with(format!("cannot set up TLS: {e}"), e))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(MakeRustlsConnect::new(config))
     }
 }
 
