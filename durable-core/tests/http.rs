@@ -143,29 +143,7 @@ impl Api {
         } else {
             format!("{}{PREFIX}{path}", self.base)
         };
-        let mut request = Request::builder().method(method).uri(uri);
-        for (k, v) in headers {
-            request = request.header(*k, *v);
-        }
-        let body = Full::new(Bytes::from(body.unwrap_or("").to_owned()));
-        let response = self
-            .http
-            .request(request.body(body).unwrap())
-            .await
-            .expect("HTTP request");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("HTTP body")
-            .to_bytes();
-        Reply {
-            status,
-            headers,
-            text: String::from_utf8(bytes.to_vec()).unwrap(),
-        }
+        send_with(&self.http, method, &uri, headers, body).await
     }
 
     async fn get(&self, path: &str) -> Reply {
@@ -1721,21 +1699,30 @@ async fn without_a_token_only_requests_to_this_machine_are_answered() {
 // ------------------------------------------------------------ inside an application
 
 /// One request to a full URL with hyper's client.
-async fn request(method: Method, uri: &str, body: Option<&str>) -> Reply {
-    let http: HttpClient<HttpConnector, Full<Bytes>> =
-        HttpClient::builder(TokioExecutor::new()).build_http();
-    let mut builder = Request::builder().method(method).uri(uri);
-    if body.is_some() {
-        builder = builder.header("content-type", "application/json");
+async fn send_with(
+    http: &HttpClient<HttpConnector, Full<Bytes>>,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
     }
     let body = Full::new(Bytes::from(body.unwrap_or("").to_owned()));
     let response = http
-        .request(builder.body(body).unwrap())
+        .request(request.body(body).unwrap())
         .await
         .expect("HTTP request");
     let status = response.status();
     let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("HTTP body")
+        .to_bytes();
     Reply {
         status,
         headers,
@@ -1743,10 +1730,22 @@ async fn request(method: Method, uri: &str, body: Option<&str>) -> Reply {
     }
 }
 
-/// Serves `app` with axum on a loopback port until the returned sender is used.
-async fn serve_app(app: axum::Router) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+/// One request to a full URL, with a JSON body when there is one.
+async fn request(method: Method, uri: &str, body: Option<&str>) -> Reply {
+    let http = HttpClient::builder(TokioExecutor::new()).build_http();
+    let headers: &[(&str, &str)] = if body.is_some() {
+        &[("content-type", "application/json")]
+    } else {
+        &[]
+    };
+    send_with(&http, method, uri, headers, body).await
+}
+
+/// Serves `app` with axum on `listener` until the returned sender is used.
+fn serve_on(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) -> tokio::sync::oneshot::Sender<()> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         axum::serve(listener, app)
@@ -1756,7 +1755,14 @@ async fn serve_app(app: axum::Router) -> (String, tokio::sync::oneshot::Sender<(
             .await
             .unwrap();
     });
-    (base, stop)
+    stop
+}
+
+/// Serves `app` with axum on a loopback port until the returned sender is used.
+async fn serve_app(app: axum::Router) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    (base, serve_on(listener, app))
 }
 
 fn api_worker() -> Worker {
@@ -1829,15 +1835,7 @@ async fn nested_under_a_path_the_links_point_into_the_nest() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let options = HttpOptions::new().base_url(format!("{base}/ops"));
     let app = axum::Router::new().nest("/ops", http::router(worker.client(), options));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-    });
+    let stop = serve_on(listener, app);
     let r = request(
         Method::POST,
         &format!("{base}/ops{PREFIX}/orchestrators/hello"),
