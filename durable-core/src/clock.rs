@@ -22,6 +22,9 @@ pub trait Clock: Send + Sync + Debug + 'static {
 /// after its deadline (tokio's 1 ms timer wheel alone ends it up to ~2 ms late), never
 /// before it.
 ///
+/// It reads and waits for the real time, so it does not follow tokio's paused time
+/// (`start_paused` tests): give such tests a virtual clock (`durable_testing::ManualClock`).
+///
 /// # Examples
 ///
 /// ```
@@ -126,7 +129,11 @@ mod precise {
             }
             if !due.is_empty() {
                 drop(table);
-                due.into_iter().for_each(Waker::wake);
+                for waker in due {
+                    // A waker that panics (none of tokio's do) must not end the thread
+                    // every other sleep relies on.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake()));
+                }
                 table = self::table();
                 continue;
             }
@@ -167,9 +174,14 @@ mod precise {
             }
             let mut table = table();
             if let Some(waker) = this.key.and_then(|k| table.sleeps.get_mut(&k)) {
-                if !waker.will_wake(cx.waker()) {
-                    waker.clone_from(cx.waker());
+                if waker.will_wake(cx.waker()) {
+                    return Poll::Pending;
                 }
+                // The old waker is dropped after the lock is released: dropping one may run
+                // foreign code.
+                let old = std::mem::replace(waker, cx.waker().clone());
+                drop(table);
+                drop(old);
                 return Poll::Pending;
             }
             // Not registered yet (or woken by something else after its entry fired).
@@ -189,7 +201,9 @@ mod precise {
     impl Sleep {
         fn deregister(&mut self) {
             if let Some(key) = self.key.take() {
-                table().sleeps.remove(&key);
+                // Dropped after the lock is released (a waker's drop may run foreign code).
+                let waker = table().sleeps.remove(&key);
+                drop(waker);
             }
         }
     }

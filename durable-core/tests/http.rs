@@ -1815,9 +1815,11 @@ async fn the_router_merges_into_an_application_with_its_own_fallback_and_layers(
     request(Method::GET, &format!("{base}{PREFIX}/nothing/here"), None)
         .await
         .assert_error(StatusCode::NOT_FOUND, "NotFound");
-    request(Method::GET, &format!("{base}{PREFIX}"), None)
-        .await
-        .assert_error(StatusCode::NOT_FOUND, "NotFound");
+    for bare in [PREFIX.to_owned(), format!("{PREFIX}/")] {
+        request(Method::GET, &format!("{base}{bare}"), None)
+            .await
+            .assert_error(StatusCode::NOT_FOUND, "NotFound");
+    }
     request(Method::PUT, &format!("{base}{PREFIX}/instances/x"), None)
         .await
         .assert_error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed");

@@ -456,6 +456,7 @@ pub fn router(client: Client, options: HttpOptions) -> Router {
         // Unknown paths under the prefix: a route, not the router's fallback, so the
         // router merges into an application that has a fallback of its own.
         .route(p, any(handlers::not_found))
+        .route(&format!("{p}/"), any(handlers::not_found))
         .route(&format!("{p}/{{*rest}}"), any(handlers::not_found))
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .with_state(state);

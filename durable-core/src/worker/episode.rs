@@ -115,7 +115,7 @@ async fn fetch_from_store(
         let Some(permit) = permits.pop() else {
             break;
         };
-        spawn_episode(inner, running, item, permit);
+        spawn_episode(inner, running, item, permit, now);
     }
     Ok(n)
 }
@@ -153,7 +153,7 @@ async fn start_handed_off(
         let Some(permit) = permits.pop() else {
             break;
         };
-        spawn_episode(inner, running, item, permit);
+        spawn_episode(inner, running, item, permit, now);
     }
     let unleased: Vec<_> = {
         let mut h = inner.handoffs();
@@ -175,6 +175,7 @@ fn spawn_episode(
     running: &mut JoinSet<()>,
     item: OrchestrationWorkItem,
     permit: tokio::sync::OwnedSemaphorePermit,
+    leased_at: Timestamp,
 ) {
     let handed = inner
         .handoffs()
@@ -183,7 +184,7 @@ fn spawn_episode(
     let span = tracing::info_span!("episode", instance = %item.instance.instance_id, name = %item.instance.name);
     // Boxed: the episode's state machine is kilobytes, and a task moves its future several
     // times (into the task cell, out of it when done); a box moves once.
-    running.spawn(Box::pin(run_episode(inner, item, handed, permit)).instrument(span));
+    running.spawn(Box::pin(run_episode(inner, item, handed, permit, leased_at)).instrument(span));
 }
 
 fn lock_cache<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -204,6 +205,7 @@ async fn run_episode(
     item: OrchestrationWorkItem,
     mut handed: Vec<HandedOff>,
     permit: Permit,
+    leased_at: Timestamp,
 ) {
     let inner = &*inner;
     let id = item.instance.instance_id.clone();
@@ -211,7 +213,7 @@ async fn run_episode(
     // The diagnostic the instance was last held back with (`None` unless it is stuck).
     let reported = item.instance.last_error.clone();
     let mut permit = Some(permit);
-    let result = try_episode(inner, item, &mut handed, &mut permit, None).await;
+    let result = try_episode(inner, item, leased_at, &mut handed, &mut permit, None).await;
     drop(permit);
     // Results the episode did not commit (it failed, or took a path that does not deliver
     // them) are written to the store; so are those that arrived meanwhile if it failed
@@ -339,6 +341,7 @@ pub(crate) fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
 async fn try_episode(
     inner: &Inner,
     item: OrchestrationWorkItem,
+    leased_at: Timestamp,
     handed: &mut Vec<HandedOff>,
     permit: &mut Option<Permit>,
     first: Option<&mut First>,
@@ -414,7 +417,7 @@ async fn try_episode(
         // here; the instance is created the ordinary way.
         return Ok(());
     }
-    super::local::run(inner, &mut replayer, &instance, now).await;
+    super::local::run(inner, &mut replayer, &instance, leased_at).await;
     let mut result = replayer.finish_episode().map_err(Stuck::Replay)?;
     let finished = result.outcome.is_some();
     let cascade =
@@ -819,9 +822,17 @@ async fn run_first(
         created: None,
     };
     let span = tracing::info_span!("episode", instance = %new.instance_id, name = %new.name);
-    let ran = try_episode(inner, item, &mut Vec::new(), &mut permit, Some(&mut first))
-        .instrument(span)
-        .await;
+    let now = inner.clock.now();
+    let ran = try_episode(
+        inner,
+        item,
+        now,
+        &mut Vec::new(),
+        &mut permit,
+        Some(&mut first),
+    )
+    .instrument(span)
+    .await;
     match ran {
         Ok(()) => Ok(first.created),
         Err(Stuck::Store(e)) if first.attempted => Err(e),

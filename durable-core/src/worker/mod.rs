@@ -1118,21 +1118,16 @@ async fn idle(
     woken: impl Future<Output = ()>,
     shutdown: &mut watch::Receiver<bool>,
 ) {
-    let next = inner
-        .store
-        .next_wake_time_for(kind)
-        .await
-        .ok()
-        .flatten()
-        .map(|t| {
-            if t <= fetched_at {
-                inner.clock.now() + SKIPPED_WORK_PAUSE
-            } else {
-                t
-            }
-        });
+    let next = inner.store.next_wake_time_for(kind).await.ok().flatten();
     let sleep = async {
         match next {
+            // Held by another transaction: wait for it in real time, whatever the worker's
+            // clock (a virtual clock would not move for it).
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "a pause for another database transaction, not a durable time"
+            )]
+            Some(t) if t <= fetched_at => tokio::time::sleep(SKIPPED_WORK_PAUSE).await,
             Some(t) => inner.clock.sleep_until(t).await,
             None => std::future::pending().await,
         }
