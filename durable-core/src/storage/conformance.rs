@@ -808,30 +808,8 @@ pub async fn commit_applies_everything(store: Arc<dyn Store>) {
     let now = at(1000);
     let fire_at = at(10_000);
     let mut c = commit_for(&item, RuntimeStatus::Running, now);
-    c.new_events = vec![
-        ev(0, now, Event::OrchestratorStarted),
-        ev(1, now, item.messages[0].event.clone()),
-        ev(
-            2,
-            now,
-            Event::TaskScheduled {
-                seq: 0,
-                name: "charge".into(),
-                input: "5".into(),
-                location: None,
-                timeout: None,
-                heartbeat_timeout: None,
-            },
-        ),
-        ev(
-            3,
-            now,
-            Event::TimerCreated {
-                seq: 1,
-                fire_at,
-                location: None,
-            },
-        ),
+    c.new_events = first_steps(now, item.messages[0].event.clone(), fire_at);
+    c.new_events.extend([
         ev(
             4,
             now,
@@ -855,7 +833,7 @@ pub async fn commit_applies_everything(store: Arc<dyn Store>) {
                 location: None,
             },
         ),
-    ];
+    ]);
     c.custom_status = Some("\"busy\"".into());
     c.activities = vec![task("p", 0, "charge", "5")];
     c.messages = vec![
@@ -2738,21 +2716,12 @@ pub async fn concurrent_writes(store: Arc<dyn Store>) {
 // ---------------------------------------------------------------------------------------
 // create_started
 
-/// A first episode of `new` at `now` (as a worker runs it before the instance is stored):
-/// it records the start, schedules `charge`, arms a timer for `fire_at` and pings `o`.
-fn first_episode(new: &NewInstance, now: Timestamp, fire_at: Timestamp) -> EpisodeCommit {
-    let key = new.instance_id.as_str();
-    // The lock and the consumed ids are the store's to fill in.
-    let mut c = EpisodeCommit::new(
-        new.instance_id.clone(),
-        LockToken(u64::MAX),
-        RuntimeStatus::Running,
-        now,
-    );
-    c.consumed = vec![new.start_message().id];
-    c.new_events = vec![
+/// The first steps of an episode at `now`: it starts (`start`, the `ExecutionStarted`),
+/// schedules activity `charge` (seq 0, input `5`) and creates a timer for `fire_at` (seq 1).
+fn first_steps(now: Timestamp, start: Event, fire_at: Timestamp) -> Vec<HistoryEvent> {
+    vec![
         ev(0, now, Event::OrchestratorStarted),
-        ev(1, now, new.start_message().event),
+        ev(1, now, start),
         ev(
             2,
             now,
@@ -2774,7 +2743,22 @@ fn first_episode(new: &NewInstance, now: Timestamp, fire_at: Timestamp) -> Episo
                 location: None,
             },
         ),
-    ];
+    ]
+}
+
+/// A first episode of `new` at `now` (as a worker runs it before the instance is stored):
+/// it records the start, schedules `charge`, arms a timer for `fire_at` and pings `o`.
+fn first_episode(new: &NewInstance, now: Timestamp, fire_at: Timestamp) -> EpisodeCommit {
+    let key = new.instance_id.as_str();
+    // The lock and the consumed ids are the store's to fill in.
+    let mut c = EpisodeCommit::new(
+        new.instance_id.clone(),
+        LockToken(u64::MAX),
+        RuntimeStatus::Running,
+        now,
+    );
+    c.consumed = vec![new.start_message().id];
+    c.new_events = first_steps(now, new.start_message().event, fire_at);
     c.custom_status = Some("\"first\"".into());
     c.activities = vec![task(key, 0, "charge", "5")];
     c.messages = vec![
