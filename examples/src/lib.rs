@@ -11,6 +11,7 @@ pub mod aggregator;
 pub mod approval;
 pub mod bank;
 pub mod chaining;
+pub mod cli;
 pub mod fan_out;
 pub mod monitor;
 pub mod observe;

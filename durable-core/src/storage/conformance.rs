@@ -158,6 +158,14 @@ async fn fetch_one(store: &Arc<dyn Store>, want: &str, now: Timestamp) -> Orches
     item
 }
 
+/// The instance ids of fetched work items, in order.
+fn ids_of(items: &[OrchestrationWorkItem]) -> Vec<&str> {
+    items
+        .iter()
+        .map(|i| i.instance.instance_id.as_str())
+        .collect()
+}
+
 /// Fetches every instance with work at `now` (leasing them all), sorted by id.
 async fn fetch_all(store: &Arc<dyn Store>, now: Timestamp) -> Vec<OrchestrationWorkItem> {
     let mut out = Vec::new();
@@ -567,10 +575,7 @@ pub async fn id_reuse_terminate_running(store: Arc<dyn Store>) {
     done.output = Some("\"done\"".into());
     commit(&store, done).await;
     let leased = fetch_all(&store, at(3)).await;
-    let leased_ids: Vec<&str> = leased
-        .iter()
-        .map(|i| i.instance.instance_id.as_str())
-        .collect();
+    let leased_ids = ids_of(&leased);
     assert_eq!(leased_ids, ["p:0:0", "p:1"]);
     store
         .send_message(&id("p"), raised("old", at(3)))
@@ -887,10 +892,7 @@ pub async fn commit_applies_everything(store: Arc<dyn Store>) {
     );
 
     let items = fetch_all(&store, now).await;
-    let ids: Vec<&str> = items
-        .iter()
-        .map(|i| i.instance.instance_id.as_str())
-        .collect();
+    let ids = ids_of(&items);
     assert_eq!(
         ids,
         ["c", "o"],
@@ -940,10 +942,7 @@ pub async fn sub_orchestration_refused_when_child_running(store: Arc<dyn Store>)
     commit(&store, c).await;
 
     let items = fetch_all(&store, at(5)).await;
-    let ids: Vec<&str> = items
-        .iter()
-        .map(|i| i.instance.instance_id.as_str())
-        .collect();
+    let ids = ids_of(&items);
     assert_eq!(ids, ["c", "p"]);
     assert_eq!(
         labels(&items[0].messages),
@@ -2827,10 +2826,7 @@ pub async fn create_started_applies_the_first_episode(store: Arc<dyn Store>) {
     );
 
     let items = fetch_all(&store, now).await;
-    let ids: Vec<&str> = items
-        .iter()
-        .map(|i| i.instance.instance_id.as_str())
-        .collect();
+    let ids = ids_of(&items);
     assert_eq!(
         ids,
         ["o"],
@@ -2988,10 +2984,7 @@ pub async fn create_started_with_children(store: Arc<dyn Store>) {
         Some(("p", 0))
     );
     let items = fetch_all(&store, now).await;
-    let ids: Vec<&str> = items
-        .iter()
-        .map(|i| i.instance.instance_id.as_str())
-        .collect();
+    let ids = ids_of(&items);
     assert_eq!(
         ids,
         ["kid", "p"],

@@ -1003,27 +1003,12 @@ fn main() -> std::process::ExitCode {
             println!("{USAGE}");
             return std::process::ExitCode::SUCCESS;
         }
-        Err(e) => {
-            let first = USAGE.lines().next().unwrap_or_default();
-            eprintln!("bench: {e}\n{first}  (bench --help for more)");
-            return std::process::ExitCode::from(2);
-        }
+        Err(e) => return examples::cli::usage_error("bench", USAGE, &e),
     };
     // Figures are taken with no subscriber unless logs are asked for.
     if std::env::var_os("RUST_LOG").is_some() {
         examples::observe::init_tracing();
     }
     RELAXED.store(args.relaxed, Ordering::Relaxed);
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(BoxError::from)
-        .and_then(|rt| rt.block_on(run(args)));
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    examples::cli::run("bench", run(args))
 }

@@ -94,26 +94,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::SUCCESS;
         }
         Ok(command) => command,
-        Err(e) => {
-            let first = USAGE.lines().next().unwrap_or_default();
-            eprintln!("demo: {e}\n{first}  (demo --help for more)");
-            return std::process::ExitCode::from(2);
-        }
+        Err(e) => return examples::cli::usage_error("demo", USAGE, &e),
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("demo: cannot start the Tokio runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(command)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("demo: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    examples::cli::run("demo", run(command))
 }
 
 async fn run(command: Command) -> Result<(), BoxError> {

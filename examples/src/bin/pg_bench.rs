@@ -126,24 +126,9 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::SUCCESS;
         }
         Ok(parsed) => parsed,
-        Err(e) => {
-            let first = USAGE.lines().next().unwrap_or_default();
-            eprintln!("pg_bench: {e}\n{first}  (pg_bench --help for more)");
-            return std::process::ExitCode::from(2);
-        }
+        Err(e) => return examples::cli::usage_error("pg_bench", USAGE, &e),
     };
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(BoxError::from)
-        .and_then(|rt| rt.block_on(main_async(args, parsed)));
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pg_bench: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    examples::cli::run("pg_bench", main_async(args, parsed))
 }
 
 #[allow(clippy::too_many_lines, reason = "the report, workload by workload")]
