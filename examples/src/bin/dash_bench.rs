@@ -77,7 +77,10 @@ async fn postgres(count: usize) -> Result<(), BoxError> {
 }
 
 #[cfg(not(feature = "postgres"))]
-#[allow(clippy::unused_async, reason = "the same signature as with the feature")]
+#[allow(
+    clippy::unused_async,
+    reason = "the same signature as with the feature"
+)]
 async fn postgres(_count: usize) -> Result<(), BoxError> {
     eprintln!("postgres: skipped (build with `--features postgres`)");
     Ok(())
