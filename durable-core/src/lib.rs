@@ -76,6 +76,7 @@ pub mod retry;
 pub mod state;
 pub mod storage;
 pub mod trace_context;
+pub mod transaction;
 pub mod worker;
 
 /// Defines an activity from an `async fn`: a unit of real work (IO, side effects), run at
@@ -320,6 +321,14 @@ pub use tokio_postgres;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres-rustls")))]
 pub use tokio_postgres_rustls;
 pub use trace_context::TraceContext;
+/// `redb` (4), whose [`TableDefinition`](redb::TableDefinition)s name the application's
+/// tables in a [`RedbTransaction`] (feature `redb`).
+#[cfg(feature = "redb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
+pub use redb;
+#[cfg(feature = "redb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
+pub use transaction::{RedbReadTransaction, RedbTransaction};
 pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, WorkerOptions};
 
 /// Everything orchestration, activity and worker code usually needs.
@@ -336,6 +345,8 @@ pub mod prelude {
         RuntimeStatus, StartOptions, State, TaskError, Timestamp, Worker, activity, entity,
         orchestrator, select, when_all, when_any,
     };
+    #[cfg(feature = "redb")]
+    pub use crate::RedbTransaction;
 }
 
 /// The README's Rust examples, compiled and run as doctests of this crate.

@@ -16,6 +16,9 @@ pub(crate) struct Function {
     pub(crate) context: Option<PatType>,
     pub(crate) input: Option<PatType>,
     pub(crate) returns: Returns,
+    /// A transactional activity (`#[activity(transactional)]` or a transaction parameter):
+    /// a synchronous function run in its store's transaction.
+    pub(crate) transactional: bool,
 }
 
 /// What one parameter of the function is.
@@ -30,6 +33,13 @@ pub(crate) enum Param {
     },
     /// The one deserialized input.
     Input,
+    /// `tx: &RedbTransaction<'_>` (transactional activities only).
+    Transaction,
+}
+
+/// `true` for a parameter that asks for the store's transaction: `&RedbTransaction<..>`.
+fn is_transaction(pt: &PatType) -> bool {
+    matches!(&*pt.ty, Type::Reference(r) if last_segment_is(&r.elem, "RedbTransaction"))
 }
 
 /// The function's return type.
@@ -98,11 +108,42 @@ fn state_use_of(ty: &Type, named_state_pattern: bool) -> Option<StateUse> {
 }
 
 /// Builds the model, reporting every problem with the signature.
-pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<Function> {
+pub(crate) fn function(
+    kind: Kind,
+    item: ItemFn,
+    transactional_kw: Option<&syn::Ident>,
+    errors: &mut Errors,
+) -> Option<Function> {
     let attr = kind.attr();
     let sig = &item.sig;
     let mut ok = true;
-    if sig.asyncness.is_none() {
+    let tx_param = kind == Kind::Activity
+        && sig
+            .inputs
+            .iter()
+            .any(|a| matches!(a, FnArg::Typed(pt) if is_transaction(pt)));
+    let transactional = transactional_kw.is_some() || tx_param;
+    if let (Some(kw), false) = (transactional_kw, tx_param) {
+        errors.push(
+            kw,
+            format!(
+                "`#[activity(transactional)]` functions take the store's transaction: add a \
+                 `tx: &RedbTransaction<'_>` parameter, `fn {}(tx: &RedbTransaction<'_>, input: T)`",
+                sig.ident
+            ),
+        );
+        ok = false;
+    }
+    if transactional {
+        if let Some(a) = &sig.asyncness {
+            errors.push(
+                a,
+                "transactional activities are synchronous: they run inside the store's write \
+                 transaction, where nothing may be awaited; remove `async`",
+            );
+            ok = false;
+        }
+    } else if sig.asyncness.is_none() {
         errors.push(
             sig.fn_token,
             format!(
@@ -132,7 +173,7 @@ pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<
         ok = false;
     }
 
-    let (params, context, mut inputs) = classify_params(kind, sig, errors, &mut ok);
+    let (params, context, mut inputs) = classify_params(kind, sig, transactional, errors, &mut ok);
     if kind == Kind::Orchestrator && context.is_none() && ok {
         let target = sig
             .inputs
@@ -180,6 +221,7 @@ pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<
         returns,
         docs,
         item,
+        transactional,
     })
 }
 
@@ -215,6 +257,7 @@ fn return_type(kind: Kind, sig: &syn::Signature, errors: &mut Errors) -> Option<
 fn classify_params(
     kind: Kind,
     sig: &syn::Signature,
+    transactional: bool,
     errors: &mut Errors,
     ok: &mut bool,
 ) -> (Vec<Param>, Option<PatType>, Vec<PatType>) {
@@ -238,6 +281,33 @@ fn classify_params(
             }
             FnArg::Typed(pt) => pt,
         };
+        if kind == Kind::Activity && is_transaction(pt) {
+            if params.iter().any(|p| matches!(p, Param::Transaction)) {
+                errors.push(pt, format!("{attr} functions take at most one transaction"));
+                *ok = false;
+            } else {
+                params.push(Param::Transaction);
+            }
+            continue;
+        }
+        if transactional && last_segment_is(&pt.ty, ctx_name) {
+            errors.push(
+                pt,
+                "transactional activities take no `ActivityContext`: their body runs inside the \
+                 store's write transaction, without timeouts, heartbeats or cancellation; remove it",
+            );
+            *ok = false;
+            continue;
+        }
+        if transactional && state_use(pt).is_some() {
+            errors.push(
+                pt,
+                "transactional activities cannot take `State<T>`: their body runs on the store's \
+                 writer thread and reads what it needs from the transaction; remove it",
+            );
+            *ok = false;
+            continue;
+        }
         if last_segment_is(&pt.ty, ctx_name) {
             if kind != Kind::Activity && i != 0 {
                 errors.push(

@@ -15,6 +15,8 @@ mod meters;
 #[cfg(feature = "metrics")]
 mod queue_depth;
 mod retention;
+#[cfg(feature = "redb")]
+mod transactional;
 pub(crate) mod rewind;
 
 use std::collections::HashMap;

@@ -35,6 +35,9 @@ use crate::args::Args;
 use crate::ast::{Function, Param};
 
 pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
+    if f.transactional {
+        return expand_transactional(args, f);
+    }
     let krate = krate(args);
     let vis = &f.item.vis;
     let ident = &f.item.sig.ident;
@@ -56,7 +59,7 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
         .iter()
         .map(|p| match p {
             Param::Context => quote!(#ctx_arg),
-            Param::Input => quote!(#input_arg),
+            Param::Input | Param::Transaction => quote!(#input_arg),
             Param::State { inner, written } => {
                 let arg = format_ident!("__durable_state_{}", take_states.len(), span = mixed);
                 // Spanned at the parameter's type: a `State` that is not ours, or a value
@@ -136,6 +139,119 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
             impl #krate::Registration for #ident {
                 fn register_into(self, registry: &mut #krate::Registry) {
                     registry.add_activity(self);
+                }
+            }
+        };
+    }
+}
+
+// Input:
+//     #[activity(transactional)]
+//     pub fn transfer(tx: &RedbTransaction<'_>, t: Transfer) -> Result<Receipt, BankError> { .. }
+//
+// Output:
+//     pub struct transfer;
+//     impl transfer {
+//         pub fn run(tx: &RedbTransaction<'_>, t: Transfer) -> Result<Receipt, BankError> { .. }
+//     }
+//     const _: () = {
+//         impl ::durable_core::Activity for transfer {
+//             NAME = "transfer", Input = Transfer, Output = Receipt, Error = ActivityError,
+//             // only reached outside a store transaction: a clear non-retriable failure
+//             fn run(&self, ctx, input) { ready(Err(__private::transactional_outside_store("transfer"))) }
+//         }
+//         impl ::durable_core::transaction::RedbActivity for transfer {
+//             fn run_in(&self, tx, input) { transfer::run(tx, input).map_err(to_failure) }
+//         }
+//         impl ::durable_core::Registration for transfer { .. registry.add_redb_activity(self) }
+//     };
+fn expand_transactional(args: &Args, f: &Function) -> TokenStream {
+    let krate = krate(args);
+    let vis = &f.item.vis;
+    let ident = &f.item.sig.ident;
+    let docs = &f.docs;
+    let attrs = body_attrs(f);
+    let name = durable_name(args, f);
+    let input_ty = input_type(f);
+    let (output, _) = result_types(&krate, f);
+    let body = &f.item.block;
+    let sig_output = &f.item.sig.output;
+    let params = &f.item.sig.inputs;
+    let mixed = proc_macro2::Span::mixed_site();
+    let tx_arg = format_ident!("__durable_tx", span = mixed);
+    let input_arg = format_ident!("__durable_input", span = mixed);
+    let call_args: Vec<TokenStream> = f
+        .params
+        .iter()
+        .map(|p| match p {
+            Param::Transaction => quote!(#tx_arg),
+            Param::Input | Param::Context | Param::State { .. } => quote!(#input_arg),
+        })
+        .collect();
+    let ignore_input = f.input.is_none().then(|| quote!(let _ = #input_arg;));
+    let call = quote!(#ident::run(#(#call_args),*));
+    let call = match &f.returns {
+        crate::ast::Returns::Result { .. } => call,
+        crate::ast::Returns::Alias(ty) => {
+            let span = result_span(f);
+            let ty = super::respanned(ty, span);
+            quote_spanned!(span=> <#ty as #krate::__private::IntoResult>::into_result(#call))
+        }
+    };
+    let marker = marker_attrs();
+    let checks = type_checks(&krate, f, &input_ty);
+    let output_item = quote_spanned! {result_span(f)=> type Output = #output; };
+    quote! {
+        #(#docs)*
+        #marker
+        #vis struct #ident;
+
+        impl #ident {
+            #(#docs)*
+            ///
+            #[doc = " Runs the activity body directly, without the durable runtime (for unit tests)."]
+            #(#attrs)*
+            #vis fn run(#params) #sig_output #body
+        }
+
+        #[allow(clippy::type_complexity)]
+        const _: () = {
+            #checks
+
+            impl #krate::Activity for #ident {
+                const NAME: &'static str = #name;
+                type Input = #input_ty;
+                #output_item
+                type Error = #krate::ActivityError;
+
+                fn run(
+                    &self,
+                    _: #krate::ActivityContext,
+                    _: Self::Input,
+                ) -> impl ::core::future::Future<Output = ::core::result::Result<Self::Output, Self::Error>> + ::core::marker::Send {
+                    ::core::future::ready(::core::result::Result::Err(
+                        #krate::__private::transactional_outside_store(#name),
+                    ))
+                }
+            }
+
+            impl #krate::transaction::RedbActivity for #ident {
+                fn run_in(
+                    &self,
+                    #tx_arg: &#krate::RedbTransaction<'_>,
+                    #input_arg: Self::Input,
+                ) -> ::core::result::Result<Self::Output, #krate::FailureDetails> {
+                    #ignore_input
+                    match #call {
+                        ::core::result::Result::Ok(v) => ::core::result::Result::Ok(v),
+                        ::core::result::Result::Err(e) => ::core::result::Result::Err(#krate::__private::to_failure(&e)),
+                    }
+                }
+            }
+
+            impl #krate::Registration for #ident {
+                fn register_into(self, registry: &mut #krate::Registry) {
+                    registry.add_redb_activity(self);
                 }
             }
         };
