@@ -27,7 +27,7 @@
 //! use durable_core::redb::{ReadableTable, TableDefinition};
 //! use durable_core::{RedbStore, RedbTransaction};
 //!
-//! const BALANCES: TableDefinition<&str, i64> = TableDefinition::new("balances");
+//! const BALANCES: TableDefinition<'_, &str, i64> = TableDefinition::new("balances");
 //!
 //! #[activity(transactional)]
 //! fn deposit(tx: &RedbTransaction<'_>, cents: i64) -> Result<i64, ActivityError> {
@@ -260,7 +260,7 @@ mod redb_tx {
     /// use durable_core::RedbTransaction;
     /// use durable_core::redb::TableDefinition;
     ///
-    /// const ORDERS: TableDefinition<u64, &str> = TableDefinition::new("orders");
+    /// const ORDERS: TableDefinition<'_, u64, &str> = TableDefinition::new("orders");
     ///
     /// #[activity(transactional)]
     /// fn record_order(tx: &RedbTransaction<'_>, id: u64) -> Result<(), ActivityError> {

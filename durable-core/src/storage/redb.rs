@@ -514,7 +514,7 @@ impl RedbStore {
     /// use durable_core::redb::{ReadableTable, TableDefinition};
     /// use durable_core::{ActivityError, RedbStore};
     ///
-    /// const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
+    /// const SETTINGS: TableDefinition<'_, &str, &str> = TableDefinition::new("settings");
     ///
     /// let store = RedbStore::in_memory().unwrap();
     /// // A table no transaction created yet reads as `None`.
@@ -553,7 +553,7 @@ impl RedbStore {
     /// use durable_core::redb::{ReadableTable, TableDefinition};
     /// use durable_core::{ActivityError, RedbStore};
     ///
-    /// const ACCOUNTS: TableDefinition<&str, i64> = TableDefinition::new("accounts");
+    /// const ACCOUNTS: TableDefinition<'_, &str, i64> = TableDefinition::new("accounts");
     ///
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
     /// let store = RedbStore::in_memory().unwrap();
