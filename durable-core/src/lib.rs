@@ -292,6 +292,11 @@ pub use error::{
 };
 pub use history::{Event, HistoryEvent, RuntimeStatus};
 pub use ids::{InstanceId, Timestamp};
+/// `redb` (4), whose [`TableDefinition`](redb::TableDefinition)s name the application's
+/// tables in a [`RedbTransaction`] (feature `redb`).
+#[cfg(feature = "redb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
+pub use redb;
 pub use registry::{
     Activity, ActivityContext, Cancellation, EntityRegistration, Orchestrator, Registration,
     Registry,
@@ -321,11 +326,6 @@ pub use tokio_postgres;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres-rustls")))]
 pub use tokio_postgres_rustls;
 pub use trace_context::TraceContext;
-/// `redb` (4), whose [`TableDefinition`](redb::TableDefinition)s name the application's
-/// tables in a [`RedbTransaction`] (feature `redb`).
-#[cfg(feature = "redb")]
-#[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
-pub use redb;
 #[cfg(feature = "redb")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
 pub use transaction::{RedbReadTransaction, RedbTransaction};
@@ -338,6 +338,8 @@ pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, Wor
 /// `use serde::{Deserialize, Serialize};`). The prelude does not re-export them, since
 /// serde's derives only work from a crate that depends on serde directly.
 pub mod prelude {
+    #[cfg(feature = "redb")]
+    pub use crate::RedbTransaction;
     pub use crate::{
         Activity, ActivityContext, ActivityError, CallOptions, Client, ClientError, Either,
         EntityContext, EntityId, FailureDetails, IdReusePolicy, InstanceHandle, InstanceId,
@@ -345,8 +347,6 @@ pub mod prelude {
         RuntimeStatus, StartOptions, State, TaskError, Timestamp, Worker, activity, entity,
         orchestrator, select, when_all, when_any,
     };
-    #[cfg(feature = "redb")]
-    pub use crate::RedbTransaction;
 }
 
 /// The README's Rust examples, compiled and run as doctests of this crate.

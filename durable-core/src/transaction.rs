@@ -132,7 +132,6 @@ impl TransactionalRun {
     pub fn activity(&self) -> &str {
         &self.activity
     }
-
 }
 
 impl fmt::Debug for TransactionalRun {
@@ -334,7 +333,8 @@ mod redb_tx {
 
     impl std::fmt::Debug for RedbReadTransaction<'_> {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("RedbReadTransaction").finish_non_exhaustive()
+            f.debug_struct("RedbReadTransaction")
+                .finish_non_exhaustive()
         }
     }
 

@@ -41,7 +41,10 @@ fn transfer(tx: &RedbTransaction<'_>, m: Move) -> Result<i64, ActivityError> {
 }
 
 #[orchestrator]
-async fn pay(ctx: OrchestrationContext, m: Move) -> Result<Result<i64, String>, OrchestrationError> {
+async fn pay(
+    ctx: OrchestrationContext,
+    m: Move,
+) -> Result<Result<i64, String>, OrchestrationError> {
     Ok(ctx.call(transfer, m).await.map_err(|e| e.to_string()))
 }
 
@@ -89,7 +92,10 @@ async fn pay_locally(ctx: OrchestrationContext, m: Move) -> Result<String, Orche
 }
 
 #[orchestrator]
-async fn pay_with_retries(ctx: OrchestrationContext, m: Move) -> Result<String, OrchestrationError> {
+async fn pay_with_retries(
+    ctx: OrchestrationContext,
+    m: Move,
+) -> Result<String, OrchestrationError> {
     let options = CallOptions::new().retry(RetryPolicy::new(5, Duration::ZERO));
     match ctx.call_with(transfer, m, options).await {
         Ok(_) => Ok("ran".to_owned()),
@@ -220,7 +226,11 @@ async fn a_retry_runs_the_body_again_on_what_the_failed_attempt_left_untouched()
     let run = retried::start(&worker.client(), ()).await.unwrap();
     assert_eq!(run.wait().await.unwrap(), 2);
     assert_eq!(FLAKY_RUNS.load(Ordering::SeqCst), 2, "two attempts");
-    assert_eq!(rows(&store), ["attempt-2"], "the failed attempt's row rolled back");
+    assert_eq!(
+        rows(&store),
+        ["attempt-2"],
+        "the failed attempt's row rolled back"
+    );
     let history = store.read_history(run.id()).await.unwrap();
     let failures: Vec<String> = history
         .iter()
@@ -230,7 +240,10 @@ async fn a_retry_runs_the_body_again_on_what_the_failed_attempt_left_untouched()
         })
         .collect();
     assert_eq!(failures.len(), 1, "{:?}", kinds(&history));
-    assert!(failures[0].contains("the first attempt fails"), "{failures:?}");
+    assert!(
+        failures[0].contains("the first attempt fails"),
+        "{failures:?}"
+    );
     assert_eq!(count(&history, "TaskCompleted"), 1);
     worker.shutdown().await;
 }
@@ -248,7 +261,9 @@ async fn a_panicking_body_fails_the_task_with_details_and_writes_nothing() {
     assert!(rows(&store).is_empty(), "{:?}", rows(&store));
     // The store's writer survived: the next transactional activity commits.
     seed(&store, &[("alice", 5)]).await;
-    let run = pay::start(&worker.client(), alice_pays_bob(5)).await.unwrap();
+    let run = pay::start(&worker.client(), alice_pays_bob(5))
+        .await
+        .unwrap();
     assert_eq!(run.wait().await.unwrap(), Ok(0));
     worker.shutdown().await;
 }
@@ -262,7 +277,10 @@ async fn a_local_call_is_refused_with_a_clear_failure() {
         .await
         .unwrap();
     let out = run.wait().await.unwrap();
-    assert!(out.contains("activity `transfer` is transactional"), "{out}");
+    assert!(
+        out.contains("activity `transfer` is transactional"),
+        "{out}"
+    );
     assert_eq!(balances(&store), [("alice".to_owned(), 100)]);
     worker.shutdown().await;
 }
@@ -298,7 +316,9 @@ async fn a_store_without_transactions_fails_the_task_once_naming_store_and_activ
 fn the_body_is_callable_directly_in_unit_tests() {
     // `transfer::run` takes the transaction the store would give: here `write_app`'s.
     let store = RedbStore::in_memory().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let out = rt.block_on(store.write_app(|tx| -> Result<i64, ActivityError> {
         tx.open_table(ACCOUNTS)?.insert("alice", 50)?;
         transfer::run(tx, alice_pays_bob(20))

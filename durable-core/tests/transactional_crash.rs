@@ -110,7 +110,10 @@ async fn notify(id: u64) -> Result<String, ActivityError> {
 }
 
 #[orchestrator]
-async fn transfer_flow(ctx: OrchestrationContext, t: Transfer) -> Result<Outcome, OrchestrationError> {
+async fn transfer_flow(
+    ctx: OrchestrationContext,
+    t: Transfer,
+) -> Result<Outcome, OrchestrationError> {
     let result = if t.at_least_once {
         ctx.call(move_money_at_least_once, t.clone()).await
     } else {
@@ -156,7 +159,7 @@ fn plan(seed: u64) -> Vec<Transfer> {
                 id,
                 from,
                 to,
-                amount: rng.range(1, 400) as i64,
+                amount: rng.range(1, 400).cast_signed(),
                 at_least_once,
             }
         })
@@ -175,7 +178,8 @@ fn child_main(dir: &Path, seed: u64) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let store = RedbStore::open(dir.join("bank.redb")).expect("the store re-opens after a kill");
+        let store =
+            RedbStore::open(dir.join("bank.redb")).expect("the store re-opens after a kill");
         store
             .write_app(|tx| -> Result<(), ActivityError> {
                 let mut accounts = tx.open_table(ACCOUNTS)?;
@@ -323,7 +327,8 @@ fn transfers_apply_exactly_once_under_repeated_sigkill() {
     }
     let progress: Vec<String> = (0..KILLS)
         .filter_map(|round| {
-            let text = std::fs::read_to_string(dir.path().join(format!("child-{round:02}.out"))).ok()?;
+            let text =
+                std::fs::read_to_string(dir.path().join(format!("child-{round:02}.out"))).ok()?;
             let (_, after) = text.split_once("applied at open: ")?;
             Some(after.lines().next()?.to_owned())
         })
@@ -338,7 +343,9 @@ fn transfers_apply_exactly_once_under_repeated_sigkill() {
 
 fn verify(dir: &Path, plan: &[Transfer]) {
     let store = RedbStore::open(dir.join("bank.redb")).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let (balances, applied) = store
         .read_app(|tx| -> Result<_, ActivityError> {
             let mut balances = BTreeMap::new();
@@ -381,7 +388,12 @@ fn verify(dir: &Path, plan: &[Transfer]) {
             }
             Err(why) => {
                 assert!(why.contains("cannot pay"), "{id}: {why}");
-                assert_eq!(applied.get(&t.id), None, "refused transfer {} applied", t.id);
+                assert_eq!(
+                    applied.get(&t.id),
+                    None,
+                    "refused transfer {} applied",
+                    t.id
+                );
                 refused += 1;
             }
         }

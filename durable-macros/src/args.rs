@@ -156,26 +156,11 @@ pub(crate) fn parse(
                 }
                 args.transactional = Some(arg.key.clone());
             }
-            "crate" => match &arg.value {
-                Some(syn::Expr::Path(p)) => args.krate = Some(p.path.clone()),
-                Some(syn::Expr::Lit(syn::ExprLit {
-                    lit: syn::Lit::Str(s),
-                    ..
-                })) => match s.parse::<Path>() {
-                    Ok(p) => args.krate = Some(p),
-                    Err(_) => {
-                        errors.push(s, "`crate` must name a path, e.g. `crate = durable_core`");
-                    }
-                },
-                Some(other) => errors.push(
-                    other,
-                    "`crate` must name a path, e.g. `crate = durable_core`",
-                ),
-                None => errors.push(
-                    &arg.key,
-                    "`crate` needs a value, e.g. `crate = durable_core`",
-                ),
-            },
+            "crate" => {
+                if let Some(path) = crate_path(&arg, errors) {
+                    args.krate = Some(path);
+                }
+            }
             _ => unreachable!("checked against the valid list"),
         }
     }
@@ -187,6 +172,35 @@ pub(crate) fn parse(
         );
     }
     args
+}
+
+/// The path of `crate = path` (or `crate = "path"`), reporting anything else.
+fn crate_path(arg: &Arg, errors: &mut crate::errors::Errors) -> Option<Path> {
+    const EXPECTED: &str = "`crate` must name a path, e.g. `crate = durable_core`";
+    match &arg.value {
+        Some(syn::Expr::Path(p)) => Some(p.path.clone()),
+        Some(syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(s),
+            ..
+        })) => {
+            let parsed = s.parse::<Path>().ok();
+            if parsed.is_none() {
+                errors.push(s, EXPECTED);
+            }
+            parsed
+        }
+        Some(other) => {
+            errors.push(other, EXPECTED);
+            None
+        }
+        None => {
+            errors.push(
+                &arg.key,
+                "`crate` needs a value, e.g. `crate = durable_core`",
+            );
+            None
+        }
+    }
 }
 
 fn string_value(arg: &Arg) -> syn::Result<LitStr> {

@@ -107,16 +107,17 @@ fn state_use_of(ty: &Type, named_state_pattern: bool) -> Option<StateUse> {
     }
 }
 
-/// Builds the model, reporting every problem with the signature.
-pub(crate) fn function(
+/// Checks `async`: required, except on a transactional activity (declared by
+/// `transactional_kw` or by a transaction parameter), which must be synchronous. Returns
+/// whether the function is a transactional activity.
+fn check_async(
     kind: Kind,
-    item: ItemFn,
+    sig: &syn::Signature,
     transactional_kw: Option<&syn::Ident>,
     errors: &mut Errors,
-) -> Option<Function> {
+    ok: &mut bool,
+) -> bool {
     let attr = kind.attr();
-    let sig = &item.sig;
-    let mut ok = true;
     let tx_param = kind == Kind::Activity
         && sig
             .inputs
@@ -132,7 +133,7 @@ pub(crate) fn function(
                 sig.ident
             ),
         );
-        ok = false;
+        *ok = false;
     }
     if transactional {
         if let Some(a) = &sig.asyncness {
@@ -141,7 +142,7 @@ pub(crate) fn function(
                 "transactional activities are synchronous: they run inside the store's write \
                  transaction, where nothing may be awaited; remove `async`",
             );
-            ok = false;
+            *ok = false;
         }
     } else if sig.asyncness.is_none() {
         errors.push(
@@ -151,8 +152,22 @@ pub(crate) fn function(
                 sig.ident
             ),
         );
-        ok = false;
+        *ok = false;
     }
+    transactional
+}
+
+/// Builds the model, reporting every problem with the signature.
+pub(crate) fn function(
+    kind: Kind,
+    item: ItemFn,
+    transactional_kw: Option<&syn::Ident>,
+    errors: &mut Errors,
+) -> Option<Function> {
+    let attr = kind.attr();
+    let sig = &item.sig;
+    let mut ok = true;
+    let transactional = check_async(kind, sig, transactional_kw, errors, &mut ok);
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         errors.push(
             &sig.generics,
@@ -253,6 +268,46 @@ fn return_type(kind: Kind, sig: &syn::Signature, errors: &mut Errors) -> Option<
     returns
 }
 
+/// Takes a parameter that only a transactional activity has, or that it must not have (its
+/// body runs in the store's transaction: no context, no state). `true` when handled.
+fn transaction_param(
+    pt: &PatType,
+    transactional: bool,
+    params: &mut Vec<Param>,
+    errors: &mut Errors,
+    ok: &mut bool,
+) -> bool {
+    if is_transaction(pt) {
+        if params.iter().any(|p| matches!(p, Param::Transaction)) {
+            errors.push(pt, "#[activity] functions take at most one transaction");
+            *ok = false;
+        } else {
+            params.push(Param::Transaction);
+        }
+        return true;
+    }
+    if !transactional {
+        return false;
+    }
+    if last_segment_is(&pt.ty, "ActivityContext") {
+        errors.push(
+            pt,
+            "transactional activities take no `ActivityContext`: their body runs inside the \
+             store's write transaction, without timeouts, heartbeats or cancellation; remove it",
+        );
+    } else if state_use(pt).is_some() {
+        errors.push(
+            pt,
+            "transactional activities cannot take `State<T>`: their body runs on the store's \
+             writer thread and reads what it needs from the transaction; remove it",
+        );
+    } else {
+        return false;
+    }
+    *ok = false;
+    true
+}
+
 /// Sorts the parameters: the context, state (activities) and inputs, keeping their order.
 fn classify_params(
     kind: Kind,
@@ -281,31 +336,7 @@ fn classify_params(
             }
             FnArg::Typed(pt) => pt,
         };
-        if kind == Kind::Activity && is_transaction(pt) {
-            if params.iter().any(|p| matches!(p, Param::Transaction)) {
-                errors.push(pt, format!("{attr} functions take at most one transaction"));
-                *ok = false;
-            } else {
-                params.push(Param::Transaction);
-            }
-            continue;
-        }
-        if transactional && last_segment_is(&pt.ty, ctx_name) {
-            errors.push(
-                pt,
-                "transactional activities take no `ActivityContext`: their body runs inside the \
-                 store's write transaction, without timeouts, heartbeats or cancellation; remove it",
-            );
-            *ok = false;
-            continue;
-        }
-        if transactional && state_use(pt).is_some() {
-            errors.push(
-                pt,
-                "transactional activities cannot take `State<T>`: their body runs on the store's \
-                 writer thread and reads what it needs from the transaction; remove it",
-            );
-            *ok = false;
+        if kind == Kind::Activity && transaction_param(pt, transactional, &mut params, errors, ok) {
             continue;
         }
         if last_segment_is(&pt.ty, ctx_name) {

@@ -579,23 +579,19 @@ impl RedbStore {
         E: From<StoreError> + Send + 'static,
     {
         let body: AppWrite = Box::new(move |tx| {
-            match catch_unwind(AssertUnwindSafe(|| f(tx))) {
-                Ok(r) => {
-                    let commit = r.is_ok();
-                    (Box::new(r), commit)
-                }
-                Err(_) => {
-                    let e = StoreError::backend("the application's write panicked; rolled back");
-                    (Box::new(Err::<T, E>(e.into())), false)
-                }
-            }
+            let r = catch_unwind(AssertUnwindSafe(|| f(tx))).unwrap_or_else(|_| {
+                let e = StoreError::backend("the application's write panicked; rolled back");
+                Err(e.into())
+            });
+            let commit = r.is_ok();
+            (Box::new(r), commit)
         });
-        match self.write(WriteOp::AppWrite(body)).await? {
-            Outcome::App(answer) => match answer.downcast::<Result<T, E>>() {
-                Ok(r) => *r,
-                Err(_) => Err(Outcome::unexpected().into()),
-            },
-            _ => Err(Outcome::unexpected().into()),
+        let Outcome::App(answer) = self.write(WriteOp::AppWrite(body)).await? else {
+            return Err(Outcome::unexpected().into());
+        };
+        match answer.downcast::<Result<T, E>>() {
+            Ok(r) => *r,
+            Err(_) => Err(Outcome::unexpected().into()),
         }
     }
 

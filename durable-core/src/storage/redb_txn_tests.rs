@@ -88,7 +88,11 @@ fn rows(store: &RedbStore) -> Vec<String> {
 
 /// The kinds of the messages waiting for instance `a`.
 async fn inbox(store: &RedbStore) -> Vec<String> {
-    match store.fetch_orchestration_work(at(60_000), LEASE).await.unwrap() {
+    match store
+        .fetch_orchestration_work(at(60_000), LEASE)
+        .await
+        .unwrap()
+    {
         Some(item) => item
             .messages
             .iter()
@@ -126,7 +130,9 @@ async fn a_failing_body_is_rolled_back_and_its_failure_recorded() {
         .complete_activity_in_transaction(
             task.id,
             task.lock,
-            run("failed", || Err(FailureDetails::new("Nope", "insufficient funds"))),
+            run("failed", || {
+                Err(FailureDetails::new("Nope", "insufficient funds"))
+            }),
         )
         .await
         .unwrap();
@@ -183,7 +189,10 @@ async fn a_panicking_body_is_rolled_back_and_recorded_as_a_failure() {
 async fn a_worker_whose_lease_was_taken_over_writes_nothing() {
     let (store, stale) = leased_task().await;
     // The lease expires and another worker takes the task.
-    let mut again = store.fetch_activity_work(at(10_000), LEASE, 1).await.unwrap();
+    let mut again = store
+        .fetch_activity_work(at(10_000), LEASE, 1)
+        .await
+        .unwrap();
     let fresh = again.remove(0);
     assert_eq!(fresh.id, stale.id);
     let r = store

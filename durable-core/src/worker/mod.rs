@@ -15,9 +15,9 @@ mod meters;
 #[cfg(feature = "metrics")]
 mod queue_depth;
 mod retention;
+pub(crate) mod rewind;
 #[cfg(feature = "redb")]
 mod transactional;
-pub(crate) mod rewind;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
