@@ -75,6 +75,8 @@ impl PostgresStore {
     /// Inserts `record`, a brand-new instance, leased under `first`'s token, for `first` to
     /// be committed in the same transaction ([`Store::create_started`]); `false`, with
     /// nothing written, when the id is taken.
+    ///
+    /// [`Store::create_started`]: crate::storage::Store::create_started
     async fn insert_started<C: GenericClient>(
         &self,
         tx: &C,
@@ -98,6 +100,9 @@ impl PostgresStore {
 
     /// [`Store::create_started`] in one transaction of any shape (sub-orchestrations,
     /// [`PostgresOptions::notify_in_transaction`]): `None` when the id is taken.
+    ///
+    /// [`Store::create_started`]: crate::storage::Store::create_started
+    /// [`PostgresOptions::notify_in_transaction`]: super::PostgresOptions::notify_in_transaction
     pub(super) async fn create_started_tx(
         &self,
         tx: &Transaction<'_>,
@@ -115,6 +120,9 @@ impl PostgresStore {
     /// the insert and the lock statement pipelined, then the writes with `COMMIT` (or a
     /// `ROLLBACK` when the id is taken: `None`). Not with
     /// [`PostgresOptions::notify_in_transaction`].
+    ///
+    /// [`Store::create_started`]: crate::storage::Store::create_started
+    /// [`PostgresOptions::notify_in_transaction`]: super::PostgresOptions::notify_in_transaction
     pub(super) async fn create_started_pipelined(
         &self,
         record: &InstanceRecord,
@@ -206,6 +214,8 @@ impl PostgresStore {
     /// with the lock statement, the writes pipelined with `COMMIT` (a failed statement
     /// aborts the transaction, and `COMMIT` then rolls it back). Not with
     /// [`PostgresOptions::notify_in_transaction`].
+    ///
+    /// [`PostgresOptions::notify_in_transaction`]: super::PostgresOptions::notify_in_transaction
     async fn commit_batch_pipelined(
         &self,
         commits: &[EpisodeCommit],

@@ -42,6 +42,8 @@ impl PostgresStore {
 
     /// With [`PostgresOptions::notify_in_transaction`], queues the `NOTIFY` for `wake` in
     /// `tx` (delivered if `tx` commits).
+    ///
+    /// [`PostgresOptions::notify_in_transaction`]: super::PostgresOptions::notify_in_transaction
     pub(super) async fn notify(&self, tx: &Transaction<'_>, wake: Wake) -> R<()> {
         if !self.inner.options.notify_in_transaction {
             return Ok(());

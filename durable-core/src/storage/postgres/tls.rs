@@ -1,5 +1,7 @@
 //! The TLS connector of [`PostgresStore::connect`] for `sslmode=require` (feature
 //! `postgres-rustls`).
+//!
+//! [`PostgresStore::connect`]: super::PostgresStore::connect
 
 use std::sync::Arc;
 

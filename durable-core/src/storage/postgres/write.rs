@@ -238,6 +238,8 @@ impl PostgresStore {
 
     /// Runs one statement that is a whole write: in autocommit, or, with
     /// [`PostgresOptions::notify_in_transaction`], in a transaction with its `NOTIFY`.
+    ///
+    /// [`PostgresOptions::notify_in_transaction`]: super::PostgresOptions::notify_in_transaction
     pub(super) async fn write_one(
         &self,
         what: &str,
