@@ -14,10 +14,6 @@ use crate::ids::Timestamp;
 /// How often a transaction that Postgres aborted (deadlock, serialisation) is retried.
 pub(super) const MAX_ATTEMPTS: u32 = 8;
 
-pub(super) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// An internal failure: the operation's own error (the transaction is rolled back), a
 /// database error, or anything else.
 pub(super) enum Error {
@@ -138,4 +134,8 @@ pub(super) async fn get(pool: &Pool) -> R<Object> {
             Some(Box::new(other)),
         ),
     })
+}
+
+pub(super) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
