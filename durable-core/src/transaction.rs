@@ -52,10 +52,11 @@
 //!     .start()?;
 //! let run = pay_in::start(&worker.client(), 250).await?;
 //! assert_eq!(run.wait().await?, 250);
-//! let balance = store.read_app(|tx| -> Result<i64, ActivityError> {
-//!     Ok(tx.open_table(BALANCES)?.get("alice")?.map_or(0, |v| v.value()))
+//! let balance = store.read_app(|tx| -> Result<Option<i64>, ActivityError> {
+//!     let Some(balances) = tx.open_table(BALANCES)? else { return Ok(None) };
+//!     Ok(balances.get("alice")?.map(|v| v.value()))
 //! })?;
-//! assert_eq!(balance, 250);
+//! assert_eq!(balance, Some(250));
 //! # worker.shutdown().await;
 //! # Ok(()) }
 //! ```

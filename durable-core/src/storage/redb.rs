@@ -511,7 +511,7 @@ impl RedbStore {
     /// # Examples
     ///
     /// ```
-    /// use durable_core::redb::{ReadableTable, TableDefinition};
+    /// use durable_core::redb::TableDefinition;
     /// use durable_core::{ActivityError, RedbStore};
     ///
     /// const SETTINGS: TableDefinition<'_, &str, &str> = TableDefinition::new("settings");
@@ -550,7 +550,7 @@ impl RedbStore {
     /// # Examples
     ///
     /// ```
-    /// use durable_core::redb::{ReadableTable, TableDefinition};
+    /// use durable_core::redb::TableDefinition;
     /// use durable_core::{ActivityError, RedbStore};
     ///
     /// const ACCOUNTS: TableDefinition<'_, &str, i64> = TableDefinition::new("accounts");
