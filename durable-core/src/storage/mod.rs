@@ -1131,8 +1131,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// The default answers [`StoreError::Unsupported`] without running the body; the worker
     /// then fails the task with a non-retriable error naming the store and the activity.
-    /// [`RedbStore`](crate::RedbStore) runs [`TransactionKind::Redb`](crate::transaction::TransactionKind::Redb)
-    /// runs.
+    /// [`RedbStore`] runs the redb kind
+    /// ([`crate::transaction::TransactionKind::Redb`]).
     async fn complete_activity_in_transaction(
         &self,
         id: u64,
