@@ -115,6 +115,7 @@ pub(crate) enum Body {
 pub struct TransactionalRun {
     pub(crate) activity: Arc<str>,
     pub(crate) body: Body,
+    #[cfg_attr(not(feature = "redb"), allow(dead_code, reason = "no store runs it"))]
     pub(crate) finish: Box<dyn FnOnce(Result<Payload, FailureDetails>) -> Message + Send>,
 }
 
@@ -153,6 +154,10 @@ pub(crate) struct TxActivities {
 
 impl TxActivities {
     /// Forgets the transactional activity named `name`, if any.
+    #[cfg_attr(
+        not(feature = "redb"),
+        allow(clippy::unused_self, reason = "nothing to forget")
+    )]
     pub(crate) fn forget(&mut self, name: &str) {
         #[cfg(feature = "redb")]
         self.redb.remove(name);
@@ -222,6 +227,10 @@ pub(crate) fn outside_store(activity: &str) -> FailureDetails {
 }
 
 /// The failure a body's panic is recorded as.
+#[cfg_attr(
+    not(feature = "redb"),
+    allow(dead_code, reason = "no store runs a body")
+)]
 pub(crate) fn panic_failure(activity: &str, panic: &(dyn std::any::Any + Send)) -> FailureDetails {
     let mut f = FailureDetails::from_panic(panic);
     f.message = format!("activity `{activity}` panicked: {}", f.message);
