@@ -91,18 +91,6 @@ async fn pay_locally(ctx: OrchestrationContext, m: Move) -> Result<String, Orche
     }
 }
 
-#[orchestrator]
-async fn pay_with_retries(
-    ctx: OrchestrationContext,
-    m: Move,
-) -> Result<String, OrchestrationError> {
-    let options = CallOptions::new().retry(RetryPolicy::new(5, Duration::ZERO));
-    match ctx.call_with(transfer, m, options).await {
-        Ok(_) => Ok("ran".to_owned()),
-        Err(e) => Ok(e.to_string()),
-    }
-}
-
 fn worker_on(store: &RedbStore) -> Worker {
     Worker::builder()
         .store(store.clone())
@@ -286,29 +274,36 @@ async fn a_local_call_is_refused_with_a_clear_failure() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_without_transactions_fails_the_task_once_naming_store_and_activity() {
+async fn the_memory_store_runs_them_on_an_in_memory_database() {
     let store = MemoryStore::new();
+    store
+        .write_app(|tx| -> Result<(), ActivityError> {
+            tx.open_table(ACCOUNTS)?.insert("alice", 100)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
     let worker = Worker::builder()
         .store(store.clone())
         .clock(ManualClock::default().as_clock())
         .register(transfer)
-        .register(pay_with_retries)
+        .register(pay)
         .start()
         .unwrap();
-    let run = pay_with_retries::start(&worker.client(), alice_pays_bob(1))
-        .await
+    let ok = pay::start(&worker.client(), alice_pays_bob(60)).await.unwrap();
+    assert_eq!(ok.wait().await.unwrap(), Ok(40));
+    let refused = pay::start(&worker.client(), alice_pays_bob(60)).await.unwrap();
+    assert!(refused.wait().await.unwrap().is_err());
+    let balances = store
+        .read_app(|tx| -> Result<Vec<i64>, ActivityError> {
+            let t = tx.open_table(ACCOUNTS)?.expect("the table exists");
+            Ok(vec![
+                t.get("alice")?.map_or(0, |v| v.value()),
+                t.get("bob")?.map_or(0, |v| v.value()),
+            ])
+        })
         .unwrap();
-    let out = run.wait().await.unwrap();
-    assert!(out.contains("activity `transfer` cannot run"), "{out}");
-    assert!(out.contains("MemoryStore"), "{out}");
-    assert!(out.contains("redb transaction"), "{out}");
-    let history = store.read_history(run.id()).await.unwrap();
-    assert_eq!(
-        count(&history, "TaskScheduled"),
-        1,
-        "not retried: {:?}",
-        kinds(&history)
-    );
+    assert_eq!(balances, [40, 60], "the refused transfer's debit rolled back");
     worker.shutdown().await;
 }
 

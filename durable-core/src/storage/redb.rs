@@ -531,9 +531,11 @@ impl RedbStore {
         f: impl FnOnce(&RedbReadTransaction<'_>) -> Result<T, E>,
     ) -> Result<T, E>
     where
-        E: From<redb::TransactionError>,
+        E: From<StoreError>,
     {
-        let txn = self.inner.core.db.begin_read()?;
+        let txn = self.inner.core.db.begin_read().map_err(|e| {
+            StoreError::backend_with(format!("cannot read the application's tables: {e}"), e)
+        })?;
         f(&RedbReadTransaction::new(&txn))
     }
 

@@ -73,7 +73,7 @@ fn run(key: &'static str, outcome: fn() -> Result<Payload, FailureDetails>) -> T
 
 fn rows(store: &RedbStore) -> Vec<String> {
     store
-        .read_app(|tx| -> Result<Vec<String>, redb::Error> {
+        .read_app(|tx| -> Result<Vec<String>, crate::ActivityError> {
             let Some(t) = tx.open_table(ROWS)? else {
                 return Ok(Vec::new());
             };
