@@ -158,11 +158,14 @@ impl TxActivities {
         not(feature = "redb"),
         allow(clippy::unused_self, reason = "nothing to forget")
     )]
-    pub(crate) fn forget(&mut self, name: &str) {
+    pub(crate) fn forget(&mut self, name: &str) -> bool {
         #[cfg(feature = "redb")]
-        self.redb.remove(name);
+        return self.redb.remove(name).is_some();
         #[cfg(not(feature = "redb"))]
-        let _ = name;
+        {
+            let _ = name;
+            false
+        }
     }
 
     /// The registered body named `name`, with the registry's copy of the name.
@@ -211,6 +214,34 @@ impl crate::Registry {
             Box::pin(async move { Err(outside_store(name)) })
         });
         self.transactional.redb.insert(Arc::from(name), f);
+    }
+}
+
+impl crate::Registry {
+    /// Makes the transactional activity registered under `name` an ordinary one again: its
+    /// runs then go to its ordinary handler (see
+    /// [`replace_activity_raw`](Self::replace_activity_raw)), not to the store. For test
+    /// harnesses that mock it. `false` when `name` is not a transactional activity.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::{RedbTransaction, Registry};
+    ///
+    /// #[activity(transactional)]
+    /// fn noop(_tx: &RedbTransaction<'_>) -> Result<(), ActivityError> {
+    ///     Ok(())
+    /// }
+    ///
+    /// let mut registry = Registry::new();
+    /// registry.register(noop);
+    /// assert!(registry.forget_transactional("noop"));
+    /// assert!(!registry.forget_transactional("noop"));
+    /// assert!(registry.has_activity("noop"));
+    /// ```
+    pub fn forget_transactional(&mut self, name: &str) -> bool {
+        self.transactional.forget(name)
     }
 }
 
