@@ -290,9 +290,13 @@ async fn the_memory_store_runs_them_on_an_in_memory_database() {
         .register(pay)
         .start()
         .unwrap();
-    let ok = pay::start(&worker.client(), alice_pays_bob(60)).await.unwrap();
+    let ok = pay::start(&worker.client(), alice_pays_bob(60))
+        .await
+        .unwrap();
     assert_eq!(ok.wait().await.unwrap(), Ok(40));
-    let refused = pay::start(&worker.client(), alice_pays_bob(60)).await.unwrap();
+    let refused = pay::start(&worker.client(), alice_pays_bob(60))
+        .await
+        .unwrap();
     assert!(refused.wait().await.unwrap().is_err());
     let balances = store
         .read_app(|tx| -> Result<Vec<i64>, ActivityError> {
@@ -303,7 +307,11 @@ async fn the_memory_store_runs_them_on_an_in_memory_database() {
             ])
         })
         .unwrap();
-    assert_eq!(balances, [40, 60], "the refused transfer's debit rolled back");
+    assert_eq!(
+        balances,
+        [40, 60],
+        "the refused transfer's debit rolled back"
+    );
     worker.shutdown().await;
 }
 

@@ -19,11 +19,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use durable_core::history::HistoryEvent;
 use durable_core::registry::ActivityHandler;
-use durable_core::transaction::TransactionalRun;
 use durable_core::storage::{
     ActivityWorkItem, CreateResult, EpisodeCommit, InstancePage, LockToken, Message, NewInstance,
     OrchestrationWorkItem, QueueDepths, StoreSignals, WorkKind,
 };
+use durable_core::transaction::TransactionalRun;
 use durable_core::{
     ActivityContext, Clock, InstanceId, InstanceQuery, InstanceRecord, MemoryStore, RuntimeStatus,
     Store, StoreError, Timestamp,

@@ -160,10 +160,9 @@ impl MemoryStore {
         let txn = db
             .begin_write()
             .map_err(|e| backend("cannot begin a transaction", e))?;
-        let r = catch_unwind(AssertUnwindSafe(|| f(&RedbTransaction::new(&txn))))
-            .unwrap_or_else(|_| {
-                Err(StoreError::backend("the application's write panicked; rolled back").into())
-            });
+        let r = catch_unwind(AssertUnwindSafe(|| f(&RedbTransaction::new(&txn)))).unwrap_or_else(
+            |_| Err(StoreError::backend("the application's write panicked; rolled back").into()),
+        );
         if r.is_ok() {
             txn.commit().map_err(|e| backend("cannot commit", e))?;
         } else {

@@ -15,7 +15,10 @@ fn bump(_tx: &RedbTransaction<'_>, n: u32) -> Result<u32, ActivityError> {
 }
 
 #[orchestrator]
-async fn bump_with_retries(ctx: OrchestrationContext, n: u32) -> Result<String, OrchestrationError> {
+async fn bump_with_retries(
+    ctx: OrchestrationContext,
+    n: u32,
+) -> Result<String, OrchestrationError> {
     let options = CallOptions::new().retry(RetryPolicy::new(5, Duration::ZERO));
     match ctx.call_with(bump, n, options).await {
         Ok(n) => Ok(format!("ran: {n}")),

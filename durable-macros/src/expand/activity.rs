@@ -210,6 +210,8 @@ fn expand_transactional(args: &Args, f: &Function) -> TokenStream {
             #(#docs)*
             ///
             #[doc = " Runs the activity body directly, without the durable runtime (for unit tests)."]
+            // The `Result` is the activity's contract, even for a body that never fails.
+            #[allow(clippy::unnecessary_wraps)]
             #(#attrs)*
             #vis fn run(#params) #sig_output #body
         }

@@ -106,7 +106,7 @@ async fn a_mocked_transactional_activity_runs_the_mock_and_writes_nothing() {
         .register(move_money)
         .register(notify)
         .register(transfers)
-        .mock(move_money, |(id, ..)| Ok(i64::from(id) * -1))
+        .mock(move_money, |(id, ..)| Ok(-i64::from(id)))
         .start()
         .unwrap();
     let run = env.start(transfers, 2).await.unwrap();
