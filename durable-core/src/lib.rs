@@ -326,6 +326,9 @@ pub use tokio_postgres;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres-rustls")))]
 pub use tokio_postgres_rustls;
 pub use trace_context::TraceContext;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use transaction::PgTransaction;
 #[cfg(feature = "redb")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
 pub use transaction::{RedbReadTransaction, RedbTransaction};

@@ -68,6 +68,8 @@ use crate::error::FailureDetails;
 use crate::history::Payload;
 use crate::storage::Message;
 
+#[cfg(feature = "postgres")]
+pub use self::pg_tx::{PgTransaction, PostgresActivity};
 #[cfg(feature = "redb")]
 pub use self::redb_tx::{RedbActivity, RedbReadTransaction, RedbTransaction};
 
@@ -76,14 +78,17 @@ pub use self::redb_tx::{RedbActivity, RedbReadTransaction, RedbTransaction};
 #[non_exhaustive]
 pub enum TransactionKind {
     /// A write transaction on the application's tables in a [`RedbStore`](crate::RedbStore)'s
-    /// database ([`RedbTransaction`]).
+    /// database (`RedbTransaction`).
     Redb,
+    /// A transaction on the task hub's PostgreSQL database (`PgTransaction`).
+    Postgres,
 }
 
 impl fmt::Display for TransactionKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TransactionKind::Redb => f.write_str("a redb transaction (RedbStore)"),
+            TransactionKind::Postgres => f.write_str("a PostgreSQL transaction (PostgresStore)"),
         }
     }
 }
@@ -94,12 +99,23 @@ impl fmt::Display for TransactionKind {
 pub(crate) type RedbBody =
     Box<dyn FnOnce(&RedbTransaction<'_>) -> Result<Payload, FailureDetails> + Send>;
 
+/// The body of a PostgreSQL transactional run.
+#[cfg(feature = "postgres")]
+pub(crate) type PgBody = Box<
+    dyn for<'t> FnOnce(
+            &'t PgTransaction<'t>,
+        ) -> crate::registry::BoxFuture<'t, Result<Payload, FailureDetails>>
+        + Send,
+>;
+
 /// What a transactional run's body needs from its store.
 pub(crate) enum Body {
     #[cfg(feature = "redb")]
     Redb(RedbBody),
+    #[cfg(feature = "postgres")]
+    Postgres(PgBody),
     /// No transaction kind is compiled in (no store feature that offers one).
-    #[cfg(not(feature = "redb"))]
+    #[cfg(not(any(feature = "redb", feature = "postgres")))]
     #[allow(dead_code, reason = "uninhabited without a store feature")]
     None(std::convert::Infallible),
 }
@@ -115,7 +131,10 @@ pub(crate) enum Body {
 pub struct TransactionalRun {
     pub(crate) activity: Arc<str>,
     pub(crate) body: Body,
-    #[cfg_attr(not(feature = "redb"), allow(dead_code, reason = "no store runs it"))]
+    #[cfg_attr(
+        not(any(feature = "redb", feature = "postgres")),
+        allow(dead_code, reason = "no store runs it")
+    )]
     pub(crate) finish: Box<dyn FnOnce(Result<Payload, FailureDetails>) -> Message + Send>,
 }
 
@@ -125,7 +144,9 @@ impl TransactionalRun {
         match self.body {
             #[cfg(feature = "redb")]
             Body::Redb(_) => TransactionKind::Redb,
-            #[cfg(not(feature = "redb"))]
+            #[cfg(feature = "postgres")]
+            Body::Postgres(_) => TransactionKind::Postgres,
+            #[cfg(not(any(feature = "redb", feature = "postgres")))]
             Body::None(never) => match never {},
         }
     }
@@ -150,6 +171,8 @@ impl fmt::Debug for TransactionalRun {
 pub(crate) struct TxActivities {
     #[cfg(feature = "redb")]
     pub(crate) redb: std::collections::HashMap<Arc<str>, Arc<RedbActivityFn>>,
+    #[cfg(feature = "postgres")]
+    pub(crate) postgres: std::collections::HashMap<Arc<str>, Arc<PgActivityFn>>,
 }
 
 impl TxActivities {
@@ -159,13 +182,23 @@ impl TxActivities {
         allow(clippy::unused_self, reason = "nothing to forget")
     )]
     pub(crate) fn forget(&mut self, name: &str) -> bool {
+        let mut forgot = false;
         #[cfg(feature = "redb")]
-        return self.redb.remove(name).is_some();
-        #[cfg(not(feature = "redb"))]
         {
-            let _ = name;
-            false
+            forgot |= self.redb.remove(name).is_some();
         }
+        #[cfg(feature = "postgres")]
+        {
+            forgot |= self.postgres.remove(name).is_some();
+        }
+        let _ = name;
+        forgot
+    }
+
+    /// The registered PostgreSQL body named `name`, with the registry's copy of the name.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn postgres(&self, name: &str) -> Option<(&Arc<str>, &Arc<PgActivityFn>)> {
+        self.postgres.get_key_value(name)
     }
 
     /// The registered body named `name`, with the registry's copy of the name.
@@ -242,6 +275,55 @@ impl crate::Registry {
     /// ```
     pub fn forget_transactional(&mut self, name: &str) -> bool {
         self.transactional.forget(name)
+    }
+}
+
+/// A registered PostgreSQL transactional activity with its types erased.
+#[cfg(feature = "postgres")]
+pub(crate) type PgActivityFn = dyn for<'t> Fn(
+        &'t PgTransaction<'t>,
+        Payload,
+    ) -> crate::registry::BoxFuture<'t, Result<Payload, FailureDetails>>
+    + Send
+    + Sync;
+
+#[cfg(feature = "postgres")]
+impl crate::Registry {
+    /// Registers a PostgreSQL transactional activity under `A::NAME` (what
+    /// `.register(marker)` does for an `#[activity(transactional)]` function taking
+    /// `tx: &PgTransaction<'_>`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::{PgTransaction, Registry};
+    ///
+    /// #[activity(transactional)]
+    /// async fn noop(_tx: &PgTransaction<'_>, x: u32) -> Result<u32, ActivityError> {
+    ///     Ok(x)
+    /// }
+    ///
+    /// let mut registry = Registry::new();
+    /// registry.add_postgres_activity(noop);
+    /// assert!(registry.has_activity("noop"));
+    /// ```
+    pub fn add_postgres_activity<A: PostgresActivity>(&mut self, activity: A) {
+        let name = A::NAME;
+        let activity = Arc::new(activity);
+        let f: Arc<PgActivityFn> = Arc::new(move |tx: &PgTransaction<'_>, input: Payload| {
+            let activity = Arc::clone(&activity);
+            Box::pin(async move {
+                let input: A::Input = crate::error::decode(&input)
+                    .map_err(|e| FailureDetails::from_error(&e).non_retriable())?;
+                let out = activity.run_in(tx, input).await?;
+                crate::error::encode(&out).map_err(|e| FailureDetails::from_error(&e))
+            })
+        });
+        self.add_activity_raw(name, move |_ctx, _input| {
+            Box::pin(async move { Err(outside_store(name)) })
+        });
+        self.transactional.postgres.insert(Arc::from(name), f);
     }
 }
 
@@ -417,5 +499,94 @@ mod redb_tx {
             tx: &RedbTransaction<'_>,
             input: Self::Input,
         ) -> Result<Self::Output, FailureDetails>;
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod pg_tx {
+    use crate::error::FailureDetails;
+    use crate::registry::{Activity, BoxFuture};
+
+    /// The transaction a PostgreSQL transactional activity receives: a
+    /// [`tokio_postgres::Transaction`] on the task hub's database. Its statements commit with
+    /// the task's completion, under the task's lease (the task's row is locked first, so a
+    /// worker that lost the lease writes nothing), or roll back with its failure.
+    ///
+    /// The application's tables are its own: create them in any schema of the database
+    /// (the task hub's schema belongs to the store). Do not commit or roll back yourself.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::PgTransaction;
+    ///
+    /// #[activity(transactional)]
+    /// async fn record_order(tx: &PgTransaction<'_>, id: i64) -> Result<(), ActivityError> {
+    ///     tx.execute("INSERT INTO orders (id, state) VALUES ($1, 'placed')", &[&id])
+    ///         .await?;
+    ///     Ok(())
+    /// }
+    /// # let _ = record_order;
+    /// ```
+    pub type PgTransaction<'a> = tokio_postgres::Transaction<'a>;
+
+    /// An activity whose body runs in a PostgreSQL transaction on the task hub's database,
+    /// committed with the task's completion (see the [module docs](super)).
+    ///
+    /// `#[activity(transactional)]` implements it (and [`Activity`]) for an `async fn`
+    /// taking `tx: &PgTransaction<'_>`. The body holds one of the store's pooled
+    /// connections and its row lock on the task while it runs: keep it short.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::PgTransaction;
+    /// use durable_core::transaction::PostgresActivity;
+    ///
+    /// #[activity(transactional)]
+    /// async fn noop(_tx: &PgTransaction<'_>, x: u32) -> Result<u32, ActivityError> {
+    ///     Ok(x)
+    /// }
+    ///
+    /// fn assert_postgres_activity<A: PostgresActivity>(_: A) {}
+    /// assert_postgres_activity(noop);
+    /// ```
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not a PostgreSQL transactional activity",
+        note = "write `#[activity(transactional)] async fn name(tx: &PgTransaction<'_>, input: T) -> Result<O, E>`"
+    )]
+    pub trait PostgresActivity: Activity {
+        /// Runs the body in `tx`. An `Err` rolls the body's statements back.
+        fn run_in<'t>(
+            &'t self,
+            tx: &'t PgTransaction<'t>,
+            input: Self::Input,
+        ) -> BoxFuture<'t, Result<Self::Output, FailureDetails>>;
+    }
+}
+
+/// A future that turns a panic of the one it polls into an error (a body's panic is a
+/// failure of the task, not of the worker or the store).
+#[cfg(feature = "postgres")]
+pub(crate) struct CatchPanic<F>(pub(crate) F);
+
+#[cfg(feature = "postgres")]
+impl<F: Future + Unpin> Future for CatchPanic<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::pin::Pin::new(inner).poll(cx)
+        })) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
     }
 }

@@ -17,8 +17,10 @@ pub(crate) struct Function {
     pub(crate) input: Option<PatType>,
     pub(crate) returns: Returns,
     /// A transactional activity (`#[activity(transactional)]` or a transaction parameter):
-    /// a synchronous function run in its store's transaction.
+    /// a function run in its store's transaction.
     pub(crate) transactional: bool,
+    /// A transactional activity on PostgreSQL (`tx: &PgTransaction<'_>`): `async`.
+    pub(crate) postgres: bool,
 }
 
 /// What one parameter of the function is.
@@ -37,9 +39,16 @@ pub(crate) enum Param {
     Transaction,
 }
 
-/// `true` for a parameter that asks for the store's transaction: `&RedbTransaction<..>`.
+/// `true` for a parameter that asks for the store's transaction: `&RedbTransaction<..>` or
+/// `&PgTransaction<..>`.
 fn is_transaction(pt: &PatType) -> bool {
-    matches!(&*pt.ty, Type::Reference(r) if last_segment_is(&r.elem, "RedbTransaction"))
+    is_pg_transaction(pt)
+        || matches!(&*pt.ty, Type::Reference(r) if last_segment_is(&r.elem, "RedbTransaction"))
+}
+
+/// `true` for `&PgTransaction<..>`: a PostgreSQL transactional activity, which is `async`.
+fn is_pg_transaction(pt: &PatType) -> bool {
+    matches!(&*pt.ty, Type::Reference(r) if last_segment_is(&r.elem, "PgTransaction"))
 }
 
 /// The function's return type.
@@ -124,18 +133,35 @@ fn check_async(
             .iter()
             .any(|a| matches!(a, FnArg::Typed(pt) if is_transaction(pt)));
     let transactional = transactional_kw.is_some() || tx_param;
+    let postgres = kind == Kind::Activity
+        && sig
+            .inputs
+            .iter()
+            .any(|a| matches!(a, FnArg::Typed(pt) if is_pg_transaction(pt)));
     if let (Some(kw), false) = (transactional_kw, tx_param) {
         errors.push(
             kw,
             format!(
                 "`#[activity(transactional)]` functions take the store's transaction: add a \
-                 `tx: &RedbTransaction<'_>` parameter, `fn {}(tx: &RedbTransaction<'_>, input: T)`",
+                 `tx: &RedbTransaction<'_>` parameter, `fn {0}(tx: &RedbTransaction<'_>, input: T)` \
+                 (or, on PostgreSQL, `async fn {0}(tx: &PgTransaction<'_>, input: T)`)",
                 sig.ident
             ),
         );
         *ok = false;
     }
-    if transactional {
+    if postgres {
+        if sig.asyncness.is_none() {
+            errors.push(
+                sig.fn_token,
+                format!(
+                    "PostgreSQL transactional activities are `async`: write `async fn {}(tx: &PgTransaction<'_>, ..)`",
+                    sig.ident
+                ),
+            );
+            *ok = false;
+        }
+    } else if transactional {
         if let Some(a) = &sig.asyncness {
             errors.push(
                 a,
@@ -168,6 +194,11 @@ pub(crate) fn function(
     let sig = &item.sig;
     let mut ok = true;
     let transactional = check_async(kind, sig, transactional_kw, errors, &mut ok);
+    let postgres = transactional
+        && sig
+            .inputs
+            .iter()
+            .any(|a| matches!(a, FnArg::Typed(pt) if is_pg_transaction(pt)));
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         errors.push(
             &sig.generics,
@@ -237,6 +268,7 @@ pub(crate) fn function(
         docs,
         item,
         transactional,
+        postgres,
     })
 }
 

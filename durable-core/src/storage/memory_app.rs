@@ -61,7 +61,15 @@ impl MemoryStore {
             body,
             finish,
         } = run;
-        let Body::Redb(body) = body;
+        #[allow(
+            irrefutable_let_patterns,
+            reason = "refutable with the postgres feature"
+        )]
+        let Body::Redb(body) = body else {
+            return Err(StoreError::Unsupported(format!(
+                "MemoryStore cannot run this kind of transaction for activity `{activity}`"
+            )));
+        };
         let txn = db
             .begin_write()
             .map_err(|e| backend("cannot begin a transaction", e))?;

@@ -1867,7 +1867,16 @@ fn run_app_head(core: &Core, durable: bool, head: Option<Request>) -> R<(WriteTr
                 body,
                 finish,
             } = run;
-            let Body::Redb(body) = body;
+            #[allow(
+                irrefutable_let_patterns,
+                reason = "refutable with the postgres feature"
+            )]
+            let Body::Redb(body) = body else {
+                let unsupported = StoreError::Unsupported(format!(
+                    "RedbStore cannot run this kind of transaction for activity `{activity}`"
+                ));
+                return Ok((txn, Head::Answer(reply, Err(unsupported))));
+            };
             let result = catch_unwind(AssertUnwindSafe(|| body(&RedbTransaction::new(&txn))))
                 .unwrap_or_else(|panic| Err(panic_failure(&activity, panic.as_ref())));
             let failed = match result {

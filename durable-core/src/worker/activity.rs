@@ -112,7 +112,15 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
     #[cfg(feature = "redb")]
     if let Some((name, f)) = inner.registry.transactional.redb(&item.task.name) {
         let (name, f) = (Arc::clone(name), Arc::clone(f));
-        super::transactional::run_redb(inner, item, lease, name, f).await;
+        let f = super::transactional::Registered::Redb(f);
+        super::transactional::run(inner, item, lease, name, f).await;
+        return;
+    }
+    #[cfg(feature = "postgres")]
+    if let Some((name, f)) = inner.registry.transactional.postgres(&item.task.name) {
+        let (name, f) = (Arc::clone(name), Arc::clone(f));
+        let f = super::transactional::Registered::Postgres(f);
+        super::transactional::run(inner, item, lease, name, f).await;
         return;
     }
     let task = &item.task;

@@ -16,7 +16,7 @@ mod meters;
 mod queue_depth;
 mod retention;
 pub(crate) mod rewind;
-#[cfg(feature = "redb")]
+#[cfg(any(feature = "redb", feature = "postgres"))]
 mod transactional;
 
 use std::collections::HashMap;

@@ -14,45 +14,81 @@ use super::meters::{self, Stopwatch};
 use crate::error::{FailureDetails, StoreError};
 use crate::history::Payload;
 use crate::storage::{ActivityWorkItem, Message};
-use crate::transaction::{Body, RedbActivityFn, TransactionalRun, panic_failure};
+#[cfg(feature = "postgres")]
+use crate::transaction::PgActivityFn;
+#[cfg(feature = "redb")]
+use crate::transaction::RedbActivityFn;
+use crate::transaction::{Body, TransactionalRun, panic_failure};
 
 const COMPLETED: u8 = 1;
 const FAILED: u8 = 2;
 const PANICKED: u8 = 3;
 
-/// Runs a leased task of the redb transactional activity `f` through the store.
-pub(super) async fn run_redb(
+/// A registered transactional activity, by the kind of transaction it runs in.
+pub(super) enum Registered {
+    #[cfg(feature = "redb")]
+    Redb(Arc<RedbActivityFn>),
+    #[cfg(feature = "postgres")]
+    Postgres(Arc<PgActivityFn>),
+}
+
+/// Sorts a body's run into its result, recording the outcome for the metrics.
+fn settle(
+    ran: Result<Result<Payload, FailureDetails>, Box<dyn std::any::Any + Send>>,
+    name: &str,
+    limit: usize,
+    outcome: &AtomicU8,
+) -> Result<Payload, FailureDetails> {
+    let (result, kind) = match ran {
+        Ok(Ok(out)) if out.len() > limit => (Err(too_large(out.len(), limit)), FAILED),
+        Ok(Ok(out)) => (Ok(out), COMPLETED),
+        Ok(Err(failure)) => (Err(failure), FAILED),
+        Err(panic) => (Err(panic_failure(name, panic.as_ref())), PANICKED),
+    };
+    outcome.store(kind, Ordering::Relaxed);
+    result
+}
+
+/// Runs a leased task of the transactional activity `f` through the store.
+pub(super) async fn run(
     inner: &Inner,
     item: ActivityWorkItem,
     lease: LeaseGuard,
     name: Arc<str>,
-    f: Arc<RedbActivityFn>,
+    f: Registered,
 ) {
     let task = &item.task;
     let timing = Stopwatch::start();
     let limit = inner.options.limits.max_payload_bytes;
     let outcome = Arc::new(AtomicU8::new(0));
+    let input = task.input.clone();
     let body = {
-        let input = task.input.clone();
         let name = Arc::clone(&name);
         let outcome = Arc::clone(&outcome);
-        Box::new(move |tx: &crate::transaction::RedbTransaction<'_>| {
-            let ran = catch_unwind(AssertUnwindSafe(|| f(tx, input)));
-            let (result, kind) = match ran {
-                Ok(Ok(out)) if out.len() > limit => (Err(too_large(out.len(), limit)), FAILED),
-                Ok(Ok(out)) => (Ok(out), COMPLETED),
-                Ok(Err(failure)) => (Err(failure), FAILED),
-                Err(panic) => (Err(panic_failure(&name, panic.as_ref())), PANICKED),
-            };
-            outcome.store(kind, Ordering::Relaxed);
-            result
-        })
+        match f {
+            #[cfg(feature = "redb")]
+            Registered::Redb(f) => Body::Redb(Box::new(
+                move |tx: &crate::transaction::RedbTransaction<'_>| {
+                    let ran = catch_unwind(AssertUnwindSafe(|| f(tx, input)));
+                    settle(ran, &name, limit, &outcome)
+                },
+            )),
+            #[cfg(feature = "postgres")]
+            Registered::Postgres(f) => Body::Postgres(Box::new(
+                move |tx: &crate::transaction::PgTransaction<'_>| {
+                    Box::pin(async move {
+                        let ran = crate::transaction::CatchPanic(f(tx, input)).await;
+                        settle(ran, &name, limit, &outcome)
+                    })
+                },
+            )),
+        }
     };
     let (seq, execution) = (task.seq, task.execution);
     let now = inner.clock.now();
     let run = TransactionalRun {
         activity: Arc::clone(&name),
-        body: Body::Redb(body),
+        body,
         finish: Box::new(move |result: Result<Payload, FailureDetails>| {
             Message::new(result_event(seq, result, None, limit), Some(execution), now)
         }),

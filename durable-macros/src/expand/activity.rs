@@ -189,7 +189,11 @@ fn expand_transactional(args: &Args, f: &Function) -> TokenStream {
         })
         .collect();
     let ignore_input = f.input.is_none().then(|| quote!(let _ = #input_arg;));
-    let call = quote!(#ident::run(#(#call_args),*));
+    let call = if f.postgres {
+        quote!(#ident::run(#(#call_args),*).await)
+    } else {
+        quote!(#ident::run(#(#call_args),*))
+    };
     let call = match &f.returns {
         crate::ast::Returns::Result { .. } => call,
         crate::ast::Returns::Alias(ty) => {
@@ -198,6 +202,54 @@ fn expand_transactional(args: &Args, f: &Function) -> TokenStream {
             quote_spanned!(span=> <#ty as #krate::__private::IntoResult>::into_result(#call))
         }
     };
+    let settle = quote! {
+        match #call {
+            ::core::result::Result::Ok(v) => ::core::result::Result::Ok(v),
+            ::core::result::Result::Err(e) => ::core::result::Result::Err(#krate::__private::to_failure(&e)),
+        }
+    };
+    let store_impl = if f.postgres {
+        quote! {
+            impl #krate::transaction::PostgresActivity for #ident {
+                fn run_in<'__durable_t>(
+                    &'__durable_t self,
+                    #tx_arg: &'__durable_t #krate::PgTransaction<'__durable_t>,
+                    #input_arg: Self::Input,
+                ) -> #krate::__private::BoxFuture<'__durable_t, ::core::result::Result<Self::Output, #krate::FailureDetails>> {
+                    ::std::boxed::Box::pin(async move {
+                        #ignore_input
+                        #settle
+                    })
+                }
+            }
+
+            impl #krate::Registration for #ident {
+                fn register_into(self, registry: &mut #krate::Registry) {
+                    registry.add_postgres_activity(self);
+                }
+            }
+        }
+    } else {
+        quote! {
+            impl #krate::transaction::RedbActivity for #ident {
+                fn run_in(
+                    &self,
+                    #tx_arg: &#krate::RedbTransaction<'_>,
+                    #input_arg: Self::Input,
+                ) -> ::core::result::Result<Self::Output, #krate::FailureDetails> {
+                    #ignore_input
+                    #settle
+                }
+            }
+
+            impl #krate::Registration for #ident {
+                fn register_into(self, registry: &mut #krate::Registry) {
+                    registry.add_redb_activity(self);
+                }
+            }
+        }
+    };
+    let asyncness = &f.item.sig.asyncness;
     let marker = marker_attrs();
     let checks = type_checks(&krate, f, &input_ty);
     let output_item = quote_spanned! {result_span(f)=> type Output = #output; };
@@ -213,7 +265,7 @@ fn expand_transactional(args: &Args, f: &Function) -> TokenStream {
             // The `Result` is the activity's contract, even for a body that never fails.
             #[allow(clippy::unnecessary_wraps)]
             #(#attrs)*
-            #vis fn run(#params) #sig_output #body
+            #vis #asyncness fn run(#params) #sig_output #body
         }
 
         #[allow(clippy::type_complexity)]
@@ -237,25 +289,7 @@ fn expand_transactional(args: &Args, f: &Function) -> TokenStream {
                 }
             }
 
-            impl #krate::transaction::RedbActivity for #ident {
-                fn run_in(
-                    &self,
-                    #tx_arg: &#krate::RedbTransaction<'_>,
-                    #input_arg: Self::Input,
-                ) -> ::core::result::Result<Self::Output, #krate::FailureDetails> {
-                    #ignore_input
-                    match #call {
-                        ::core::result::Result::Ok(v) => ::core::result::Result::Ok(v),
-                        ::core::result::Result::Err(e) => ::core::result::Result::Err(#krate::__private::to_failure(&e)),
-                    }
-                }
-            }
-
-            impl #krate::Registration for #ident {
-                fn register_into(self, registry: &mut #krate::Registry) {
-                    registry.add_redb_activity(self);
-                }
-            }
+            #store_impl
         };
     }
 }
