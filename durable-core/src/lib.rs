@@ -341,6 +341,8 @@ pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, Wor
 /// `use serde::{Deserialize, Serialize};`). The prelude does not re-export them, since
 /// serde's derives only work from a crate that depends on serde directly.
 pub mod prelude {
+    #[cfg(feature = "postgres")]
+    pub use crate::PgTransaction;
     #[cfg(feature = "redb")]
     pub use crate::RedbTransaction;
     pub use crate::{
