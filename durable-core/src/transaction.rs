@@ -80,7 +80,7 @@ pub enum TransactionKind {
     /// A write transaction on the application's tables in a [`RedbStore`](crate::RedbStore)'s
     /// database (`RedbTransaction`).
     Redb,
-    /// A transaction on the task hub's PostgreSQL database (`PgTransaction`).
+    /// A transaction on the task hub's `PostgreSQL` database (`PgTransaction`).
     Postgres,
 }
 
@@ -99,7 +99,7 @@ impl fmt::Display for TransactionKind {
 pub(crate) type RedbBody =
     Box<dyn FnOnce(&RedbTransaction<'_>) -> Result<Payload, FailureDetails> + Send>;
 
-/// The body of a PostgreSQL transactional run.
+/// The body of a `PostgreSQL` transactional run.
 #[cfg(feature = "postgres")]
 pub(crate) type PgBody = Box<
     dyn for<'t> FnOnce(
@@ -195,7 +195,7 @@ impl TxActivities {
         forgot
     }
 
-    /// The registered PostgreSQL body named `name`, with the registry's copy of the name.
+    /// The registered `PostgreSQL` body named `name`, with the registry's copy of the name.
     #[cfg(feature = "postgres")]
     pub(crate) fn postgres(&self, name: &str) -> Option<(&Arc<str>, &Arc<PgActivityFn>)> {
         self.postgres.get_key_value(name)
@@ -278,7 +278,7 @@ impl crate::Registry {
     }
 }
 
-/// A registered PostgreSQL transactional activity with its types erased.
+/// A registered `PostgreSQL` transactional activity with its types erased.
 #[cfg(feature = "postgres")]
 pub(crate) type PgActivityFn = dyn for<'t> Fn(
         &'t PgTransaction<'t>,
@@ -289,7 +289,7 @@ pub(crate) type PgActivityFn = dyn for<'t> Fn(
 
 #[cfg(feature = "postgres")]
 impl crate::Registry {
-    /// Registers a PostgreSQL transactional activity under `A::NAME` (what
+    /// Registers a `PostgreSQL` transactional activity under `A::NAME` (what
     /// `.register(marker)` does for an `#[activity(transactional)]` function taking
     /// `tx: &PgTransaction<'_>`).
     ///
@@ -507,7 +507,7 @@ mod pg_tx {
     use crate::error::FailureDetails;
     use crate::registry::{Activity, BoxFuture};
 
-    /// The transaction a PostgreSQL transactional activity receives: a
+    /// The transaction a `PostgreSQL` transactional activity receives: a
     /// [`tokio_postgres::Transaction`] on the task hub's database. Its statements commit with
     /// the task's completion, under the task's lease (the task's row is locked first, so a
     /// worker that lost the lease writes nothing), or roll back with its failure.
@@ -531,7 +531,7 @@ mod pg_tx {
     /// ```
     pub type PgTransaction<'a> = tokio_postgres::Transaction<'a>;
 
-    /// An activity whose body runs in a PostgreSQL transaction on the task hub's database,
+    /// An activity whose body runs in a `PostgreSQL` transaction on the task hub's database,
     /// committed with the task's completion (see the [module docs](super)).
     ///
     /// `#[activity(transactional)]` implements it (and [`Activity`]) for an `async fn`

@@ -17,7 +17,7 @@
 //!   in and out (so totals are conserved), and none is negative;
 //! - each history holds one result of `move_money`.
 //!
-//! The same workload runs on PostgreSQL (`pg_transfers_apply_exactly_once_under_repeated_sigkill`,
+//! The same workload runs on `PostgreSQL` (`pg_transfers_apply_exactly_once_under_repeated_sigkill`,
 //! when `DURABLE_TEST_POSTGRES_URL` names a database): the activity's statements run in the
 //! `PgTransaction` it receives, on tables of a fresh task hub's name.
 //!
@@ -59,9 +59,9 @@ const TRANSFERS: u64 = 240;
 const KILLS: u32 = 10;
 /// A child is killed this long after it was spawned (uniform, seeded).
 const KILL_AFTER_MS: (u64, u64) = (20, 400);
-/// The PostgreSQL children's leases (they outlive a kill there, unlike redb's).
+/// The `PostgreSQL` children's leases (they outlive a kill there, unlike redb's).
 const PG_LEASE: Duration = Duration::from_secs(1);
-/// A PostgreSQL child is killed this long after it was spawned (it connects first).
+/// A `PostgreSQL` child is killed this long after it was spawned (it connects first).
 const PG_KILL_AFTER_MS: (u64, u64) = (100, 600);
 /// Turns a hung final run into a failure with the child's output (not a timing assertion).
 const FINAL_GUARD: Duration = Duration::from_secs(60);
@@ -74,7 +74,7 @@ struct Transfer {
     amount: i64,
     /// The negative control: through an ordinary activity.
     at_least_once: bool,
-    /// On PostgreSQL: the prefix of the application's tables (`<prefix>_accounts`, ...).
+    /// On `PostgreSQL`: the prefix of the application's tables (`<prefix>_accounts`, ...).
     pg: Option<String>,
 }
 
@@ -100,7 +100,7 @@ async fn move_money_at_least_once(
     store.write_app(move |tx| apply(tx, &t)).await
 }
 
-/// The PostgreSQL twin of `move_money`.
+/// The `PostgreSQL` twin of `move_money`.
 #[activity(transactional)]
 async fn move_money_pg(tx: &PgTransaction<'_>, t: Transfer) -> Result<i64, ActivityError> {
     let p = t.pg.as_deref().unwrap_or_default();
@@ -296,7 +296,7 @@ async fn start_and_wait(worker: &Worker, plan: Vec<Transfer>) {
     }
 }
 
-/// The PostgreSQL child: the same workload on task hub `hub`, tables `<hub>_*`.
+/// The `PostgreSQL` child: the same workload on task hub `hub`, tables `<hub>_*`.
 fn pg_child_main(url: &str, hub: &str, seed: u64) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -440,8 +440,8 @@ fn kill_rounds(
     }
     let progress: Vec<String> = (0..KILLS)
         .filter_map(|round| {
-            let text = std::fs::read_to_string(dir.join(format!("child-{round:02}.out"))).ok()?;
-            let (_, after) = text.split_once("applied at open: ")?;
+            let out = std::fs::read_to_string(dir.join(format!("child-{round:02}.out"))).ok()?;
+            let (_, after) = out.split_once("applied at open: ")?;
             Some(after.lines().next()?.to_owned())
         })
         .collect();

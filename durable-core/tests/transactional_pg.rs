@@ -1,4 +1,4 @@
-//! PostgreSQL transactional activities through the worker (issue 18): the statements commit
+//! `PostgreSQL` transactional activities through the worker (issue 18): the statements commit
 //! with the result, roll back with a failure or a panic, and a retry runs the body again.
 //! Runs when `DURABLE_TEST_POSTGRES_URL` names a database (each test on a fresh task hub).
 

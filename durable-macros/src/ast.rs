@@ -19,7 +19,7 @@ pub(crate) struct Function {
     /// A transactional activity (`#[activity(transactional)]` or a transaction parameter):
     /// a function run in its store's transaction.
     pub(crate) transactional: bool,
-    /// A transactional activity on PostgreSQL (`tx: &PgTransaction<'_>`): `async`.
+    /// A transactional activity on `PostgreSQL` (`tx: &PgTransaction<'_>`): `async`.
     pub(crate) postgres: bool,
 }
 
@@ -46,7 +46,7 @@ fn is_transaction(pt: &PatType) -> bool {
         || matches!(&*pt.ty, Type::Reference(r) if last_segment_is(&r.elem, "RedbTransaction"))
 }
 
-/// `true` for `&PgTransaction<..>`: a PostgreSQL transactional activity, which is `async`.
+/// `true` for `&PgTransaction<..>`: a `PostgreSQL` transactional activity, which is `async`.
 fn is_pg_transaction(pt: &PatType) -> bool {
     matches!(&*pt.ty, Type::Reference(r) if last_segment_is(&r.elem, "PgTransaction"))
 }

@@ -208,47 +208,13 @@ fn expand_transactional(args: &Args, f: &Function) -> TokenStream {
             ::core::result::Result::Err(e) => ::core::result::Result::Err(#krate::__private::to_failure(&e)),
         }
     };
-    let store_impl = if f.postgres {
-        quote! {
-            impl #krate::transaction::PostgresActivity for #ident {
-                fn run_in<'__durable_t>(
-                    &'__durable_t self,
-                    #tx_arg: &'__durable_t #krate::PgTransaction<'__durable_t>,
-                    #input_arg: Self::Input,
-                ) -> #krate::__private::BoxFuture<'__durable_t, ::core::result::Result<Self::Output, #krate::FailureDetails>> {
-                    ::std::boxed::Box::pin(async move {
-                        #ignore_input
-                        #settle
-                    })
-                }
-            }
-
-            impl #krate::Registration for #ident {
-                fn register_into(self, registry: &mut #krate::Registry) {
-                    registry.add_postgres_activity(self);
-                }
-            }
-        }
-    } else {
-        quote! {
-            impl #krate::transaction::RedbActivity for #ident {
-                fn run_in(
-                    &self,
-                    #tx_arg: &#krate::RedbTransaction<'_>,
-                    #input_arg: Self::Input,
-                ) -> ::core::result::Result<Self::Output, #krate::FailureDetails> {
-                    #ignore_input
-                    #settle
-                }
-            }
-
-            impl #krate::Registration for #ident {
-                fn register_into(self, registry: &mut #krate::Registry) {
-                    registry.add_redb_activity(self);
-                }
-            }
-        }
-    };
+    let store_impl = store_impl(
+        &krate,
+        f,
+        &quote!(#tx_arg),
+        &quote!(#input_arg),
+        &quote!(#ignore_input #settle),
+    );
     let asyncness = &f.item.sig.asyncness;
     let marker = marker_attrs();
     let checks = type_checks(&krate, f, &input_ty);
@@ -291,5 +257,56 @@ fn expand_transactional(args: &Args, f: &Function) -> TokenStream {
 
             #store_impl
         };
+    }
+}
+
+/// The store-specific half of a transactional activity: `RedbActivity` (synchronous) or
+/// `PostgresActivity` (`async`), and the registration that puts it in the registry.
+fn store_impl(
+    krate: &TokenStream,
+    f: &Function,
+    tx_arg: &TokenStream,
+    input_arg: &TokenStream,
+    body: &TokenStream,
+) -> TokenStream {
+    let ident = &f.item.sig.ident;
+    if f.postgres {
+        quote! {
+            impl #krate::transaction::PostgresActivity for #ident {
+                fn run_in<'__durable_t>(
+                    &'__durable_t self,
+                    #tx_arg: &'__durable_t #krate::PgTransaction<'__durable_t>,
+                    #input_arg: Self::Input,
+                ) -> #krate::__private::BoxFuture<'__durable_t, ::core::result::Result<Self::Output, #krate::FailureDetails>> {
+                    ::std::boxed::Box::pin(async move {
+                        #body
+                    })
+                }
+            }
+
+            impl #krate::Registration for #ident {
+                fn register_into(self, registry: &mut #krate::Registry) {
+                    registry.add_postgres_activity(self);
+                }
+            }
+        }
+    } else {
+        quote! {
+            impl #krate::transaction::RedbActivity for #ident {
+                fn run_in(
+                    &self,
+                    #tx_arg: &#krate::RedbTransaction<'_>,
+                    #input_arg: Self::Input,
+                ) -> ::core::result::Result<Self::Output, #krate::FailureDetails> {
+                    #body
+                }
+            }
+
+            impl #krate::Registration for #ident {
+                fn register_into(self, registry: &mut #krate::Registry) {
+                    registry.add_redb_activity(self);
+                }
+            }
+        }
     }
 }
