@@ -15,10 +15,23 @@
 //! - the process dies before the commit: nothing is written and the task runs again.
 //!
 //! With the redb store ([`RedbStore`](crate::RedbStore)) the body is a synchronous function
-//! taking a [`RedbTransaction`]; it runs on the store's writer thread, as the first
-//! operation of a group commit. The application reads its tables with
-//! [`RedbStore::read_app`](crate::RedbStore::read_app) and writes outside activities (setup,
-//! migrations) with [`RedbStore::write_app`](crate::RedbStore::write_app).
+//! taking a `RedbTransaction`; it runs on the store's writer thread, as the first
+//! operation of a group commit (a failed body's writes can only be undone by aborting the
+//! transaction, so each run starts one; the writes queued behind it join it). The
+//! application reads its tables with [`RedbStore::read_app`](crate::RedbStore::read_app)
+//! and writes outside activities (setup, migrations) with
+//! [`RedbStore::write_app`](crate::RedbStore::write_app). [`MemoryStore`](crate::MemoryStore)
+//! runs the same activities on a redb database in memory (`MemoryStore::read_app`), so the
+//! test harness runs them too.
+//!
+//! With the `PostgreSQL` store (feature `postgres`) the body is an `async fn` taking a
+//! `PgTransaction` (a `tokio_postgres::Transaction` on the task hub's database): the store
+//! locks the task's row under its lease, runs the body after a savepoint, and completes the
+//! task in the same transaction. The application's tables are its own, in the same
+//! database.
+//!
+//! A store that cannot run the kind of transaction an activity asks for fails its task with
+//! a non-retriable error naming the store and the activity.
 //!
 //! # Examples
 //!
@@ -182,6 +195,10 @@ impl TxActivities {
         allow(clippy::unused_self, reason = "nothing to forget")
     )]
     pub(crate) fn forget(&mut self, name: &str) -> bool {
+        #[cfg_attr(
+            not(any(feature = "redb", feature = "postgres")),
+            allow(unused_mut, reason = "nothing to forget")
+        )]
         let mut forgot = false;
         #[cfg(feature = "redb")]
         {

@@ -3,6 +3,7 @@
 //! [`crate::transaction`]). Such a task never takes the in-memory hand-off path: its result
 //! is committed with its writes.
 
+#[cfg(feature = "redb")]
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};

@@ -165,6 +165,9 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
 //         }
 //         impl ::durable_core::Registration for transfer { .. registry.add_redb_activity(self) }
 //     };
+//
+// With `tx: &PgTransaction<'_>` the function is `async`, `run` stays `async`, and the store
+// half is `PostgresActivity` (`run_in` returns a boxed future) with `add_postgres_activity`.
 fn expand_transactional(args: &Args, f: &Function) -> TokenStream {
     let krate = krate(args);
     let vis = &f.item.vis;
