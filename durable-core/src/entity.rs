@@ -7,7 +7,9 @@
 //! deadlock.
 //!
 //! The batch logic here (`EntityRecord::handle`) is pure apart from awaiting the user's
-//! operation futures; the worker feeds it messages and commits what it returns.
+//! operation futures; the worker feeds it messages and commits what it returns. The
+//! orchestration side — `ctx.entity::<E>(key)`, `ctx.signal_entity::<E>(key)` and the
+//! [`CallTarget`] they wrap — is in the `orchestration` submodule.
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -1,10 +1,10 @@
 //! The activity side of the function kinds: the [`Activity`] trait the `#[activity]` macro
 //! implements, what one run gets ([`ActivityContext`], [`Cancellation`]), and [`BoxFuture`].
 //!
-//! A leaf under the context and the registry: the orchestration side ([`Orchestrator`]) lives
-//! with the context its code takes (`context::orchestrator`), and the registry, which maps
-//! names to both kinds, builds on the two. Everything here is public as
-//! `durable_core::registry::*` (and at the crate root).
+//! It sits below the context, the entities and the registry, and imports none of them: the
+//! orchestration side ([`Orchestrator`]) lives with the context its code takes
+//! (`context::orchestrator`), and the registry, which maps names to both kinds, builds on the
+//! two. Everything here is public as `durable_core::registry::*` (and at the crate root).
 //!
 //! [`Orchestrator`]: crate::Orchestrator
 

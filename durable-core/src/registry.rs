@@ -1,10 +1,11 @@
 //! The registry that maps durable names to code, and the traits the macros implement
 //! ([`Activity`], [`Orchestrator`], with [`Entity`](crate::entity::Entity) in `entity`).
 //!
-//! The registry sits above the function kinds it stores: [`Activity`] and its
-//! [`ActivityContext`] come from a leaf module, [`Orchestrator`] from `context` (it takes the
-//! [`OrchestrationContext`](crate::OrchestrationContext)), entities from `entity`; none of them imports the registry.
-//! They are re-exported here, their public home.
+//! The registry sits above the function kinds it stores, and none of them imports it:
+//! [`Activity`] and its [`ActivityContext`] are defined in a module below the context,
+//! [`Orchestrator`] in `context` (the trait and the
+//! [`OrchestrationContext`](crate::OrchestrationContext) name each other), entities in
+//! `entity`. The first two are re-exported here, their public home.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

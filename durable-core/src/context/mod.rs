@@ -3,6 +3,13 @@
 //! Every method that creates a durable action is `#[track_caller]`; the caller's source
 //! location is recorded in history so a non-determinism error can point at both the recorded
 //! and the current line.
+//!
+//! This module imports neither `registry` nor `entity`, which both build on it: the
+//! [`Orchestrator`](crate::Orchestrator) trait lives here (`orchestrator`), since it and the
+//! context name each other; activities come from the leaf `function` module; entities are
+//! addressed by their [`EntityId`], and the typed entity proxies (`ctx.entity::<E>(key)`,
+//! `ctx.signal_entity::<E>(key)`) are methods defined in `crate::entity`, next to the
+//! [`Entity`](crate::Entity) trait they need.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -231,7 +238,7 @@ pub(crate) fn event_key(name: &str) -> String {
 
 /// Something the code did while running the new part of an episode (never while replaying
 /// history) that the worker reports once the episode is committed. Plain data: the worker
-/// turns notices into log events and metrics; the replayer only collects them.
+/// turns notices into log events and metrics; the context and the replayer only collect them.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub(crate) enum Notice {
@@ -251,13 +258,13 @@ pub(crate) enum Notice {
         /// Sequence number of the failed attempt's action.
         seq: u64,
         /// The kind of task (activity or sub-orchestration).
-        kind: crate::error::TaskKind,
+        kind: TaskKind,
         /// Activity or orchestrator name.
         name: String,
         /// 1-based number of the attempt that failed.
         attempt: u32,
         /// Back-off before the next attempt; `None` if there is none.
-        delay: Option<std::time::Duration>,
+        delay: Option<Duration>,
     },
 }
 
@@ -1780,6 +1787,10 @@ impl OrchestrationContext {
         ContinueAsNew { _t: PhantomData }
     }
 
+    // `entity` and `signal_entity`, the typed entity proxies, are defined in `crate::entity`
+    // (module `orchestration`): they need the `Entity` trait, and `entity` builds on this
+    // module, never the reverse.
+
     /// Calls an entity operation, serializing `input` (used by the generated proxies).
     ///
     /// # Determinism
@@ -2056,8 +2067,7 @@ fn lock_violation(message: String) -> FailureDetails {
     FailureDetails::new("LockViolation", message).non_retriable()
 }
 
-// `entity` and `signal_entity`, the typed entity proxies, are in `crate::entity`: that module
-// builds on this one, never the reverse.
+// What `impl SignalSink for OrchestrationContext` (in `crate::entity`) records.
 impl OrchestrationContext {
     /// Records a one-way signal of `operation(input)` to `entity` (`EntitySignaled`): what
     /// the typed signal proxies send through [`SignalSink`](crate::entity::SignalSink).

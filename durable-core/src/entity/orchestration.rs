@@ -1,10 +1,11 @@
-//! The orchestration side of entities: the typed proxies `ctx.entity::<E>(key)` and
-//! `ctx.signal_entity::<E>(key)` hand out, and the [`CallTarget`] they wrap.
+//! The orchestration side of entities: `ctx.entity::<E>(key)` and
+//! `ctx.signal_entity::<E>(key)`, the typed proxies they hand out, and the [`CallTarget`] a
+//! call proxy wraps.
 //!
-//! They are methods of [`OrchestrationContext`] defined here, next to the [`Entity`] trait
-//! they are generic over, so that `context` need not import `entity` (this module builds on
-//! `context`, never the reverse). Calls and locks by [`EntityId`] (`call_entity`, `lock`) stay
-//! in `context`: they need only the id.
+//! These two are methods of [`OrchestrationContext`] defined here, with the [`Entity`] trait
+//! they are generic over, so that `context` needs nothing from `entity`: `entity` builds on
+//! `context`, never the reverse. What takes only an [`EntityId`] (`call_entity`, `lock`)
+//! stays in `context`.
 
 use std::sync::Arc;
 
