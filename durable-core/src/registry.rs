@@ -5,7 +5,7 @@
 //! [`Activity`] and its [`ActivityContext`] are defined in a module below the context,
 //! [`Orchestrator`] in `context` (the trait and the
 //! [`OrchestrationContext`](crate::OrchestrationContext) name each other), entities in
-//! `entity`. The first two are re-exported here, their public home.
+//! `entity`. The activity and orchestrator items are re-exported here, their public home.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
