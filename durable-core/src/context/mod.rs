@@ -5,10 +5,10 @@
 //! and the current line.
 //!
 //! This module imports neither `registry` nor `entity`, which both build on it: the
-//! [`Orchestrator`](crate::Orchestrator) trait lives here (`orchestrator`), since it and the
-//! context name each other; activities come from the leaf `function` module; entities are
-//! addressed by their [`EntityId`], and the typed entity proxies (`ctx.entity::<E>(key)`,
-//! `ctx.signal_entity::<E>(key)`) are methods defined in `crate::entity`, next to the
+//! [`Orchestrator`] trait lives here (`orchestrator`), since it and the context name each
+//! other; activities come from the `function` module below; entities are addressed by their
+//! [`EntityId`], and the typed entity proxies (`ctx.entity::<E>(key)`,
+//! `ctx.signal_entity::<E>(key)`) are methods defined in `crate::entity`, with the
 //! [`Entity`](crate::Entity) trait they need.
 
 use std::collections::{HashMap, VecDeque};
