@@ -59,6 +59,7 @@ pub mod clock;
 pub mod context;
 pub mod entity;
 pub mod error;
+mod function;
 mod heartbeat;
 pub mod history;
 #[cfg(feature = "http")]

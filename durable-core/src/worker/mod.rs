@@ -1019,7 +1019,7 @@ impl WorkerBuilder {
                 lease: orchestration_lease,
             });
         }
-        let states = self.states.finish(&self.registry)?;
+        let states = self.states.finish(|s| self.registry.missing_state(s))?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let registry = Arc::new(self.registry);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
