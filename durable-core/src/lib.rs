@@ -64,6 +64,9 @@ pub mod history;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
+#[cfg(feature = "http-calls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+pub mod http_call;
 pub mod ids;
 pub mod logging;
 #[cfg(feature = "opentelemetry")]
@@ -279,6 +282,9 @@ pub use context::{
     OrchestrationContext, Select, SubOrchestrationOptions, TaskFuture, TimerFuture, WhenAll,
     WhenAny, select, when_all, when_any,
 };
+#[cfg(feature = "http-calls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+pub use context::CallHttpFuture;
 /// `deadpool-postgres` (0.14), whose [`Pool`](deadpool_postgres::Pool)
 /// [`PostgresStore::from_pool`] takes (feature `postgres`).
 #[cfg(feature = "postgres")]
@@ -295,6 +301,11 @@ pub use registry::{
     Activity, ActivityContext, Cancellation, EntityRegistration, Orchestrator, Registration,
     Registry,
 };
+/// `reqwest` (0.13), whose [`Client`](reqwest::Client)
+/// [`WorkerBuilder::http_client`] takes (feature `http-calls`).
+#[cfg(feature = "http-calls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+pub use reqwest;
 pub use retry::RetryPolicy;
 /// `rustls` (0.23, with its `ring` provider), to build the TLS configuration of a
 /// [`tokio_postgres_rustls::MakeRustlsConnect`] (feature `postgres-rustls`).
@@ -336,6 +347,9 @@ pub mod prelude {
         RuntimeStatus, StartOptions, State, TaskError, Timestamp, Worker, activity, entity,
         orchestrator, select, when_all, when_any,
     };
+    #[cfg(feature = "http-calls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+    pub use crate::http_call::{DurableHttpRequest, DurableHttpResponse};
 }
 
 /// The README's Rust examples, compiled and run as doctests of this crate.

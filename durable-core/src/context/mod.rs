@@ -28,9 +28,14 @@ use crate::registry::{Activity, BoxFuture, Orchestrator};
 use crate::retry::RetryPolicy;
 
 mod combinators;
+#[cfg(feature = "http-calls")]
+mod http_call;
 mod options;
 
 pub use combinators::{Either, Select, WhenAll, WhenAny, select, when_all, when_any};
+#[cfg(feature = "http-calls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+pub use http_call::CallHttpFuture;
 pub use options::{CallOptions, SubOrchestrationOptions};
 
 /// Limits enforced on orchestrations, with clear errors when exceeded.

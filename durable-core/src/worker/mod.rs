@@ -172,6 +172,9 @@ pub struct WorkerBuilder {
     states: crate::state::StateSet,
     #[cfg(feature = "opentelemetry")]
     tracer: crate::otel::WorkerTracer,
+    /// Token sources and client of the built-in HTTP activity.
+    #[cfg(feature = "http-calls")]
+    http: crate::http_call::HttpCallConfig,
 }
 
 /// One option setter of a [`WorkerBuilder`].
@@ -965,6 +968,70 @@ impl WorkerBuilder {
         self.set(move |o| o.queue_depth_interval = every)
     }
 
+    /// Registers `source` under `name` for durable HTTP calls
+    /// ([`OrchestrationContext::call_http`](crate::OrchestrationContext::call_http)): a
+    /// request naming it in [`token_source`](crate::http_call::DurableHttpRequest::token_source)
+    /// or [`secret_header`](crate::http_call::DurableHttpRequest::secret_header) gets its
+    /// value when this worker sends it. History and the activity queue hold the name only.
+    /// A second source under one name replaces the first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .http_token_source("billing", || async {
+    ///         // Fetch or refresh a token here (a cached OAuth client, a vault lookup).
+    ///         Ok::<_, ActivityError>("eyJhbGciOi...".to_owned())
+    ///     })
+    ///     .start()?;
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "http-calls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+    pub fn http_token_source(
+        mut self,
+        name: impl Into<String>,
+        source: impl crate::http_call::HttpTokenSource,
+    ) -> Self {
+        self.http
+            .sources
+            .insert(name.into(), std::sync::Arc::new(source));
+        self
+    }
+
+    /// The HTTP client durable HTTP calls go through (proxies, extra root certificates,
+    /// connection pool settings). By default the worker builds one on first use: HTTP/1,
+    /// rustls trusting the platform's roots, redirects followed. Per-request timeouts and
+    /// body limits come from each [`DurableHttpRequest`](crate::http_call::DurableHttpRequest)
+    /// either way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = durable_core::reqwest::Client::builder()
+    ///     .redirect(durable_core::reqwest::redirect::Policy::none())
+    ///     .build()?;
+    /// let worker = Worker::builder().store(MemoryStore::new()).http_client(client).start()?;
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "http-calls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http.client = Some(client);
+        self
+    }
+
     /// Starts the dispatchers on the current Tokio runtime.
     ///
     /// Keep the returned [`Worker`]: dropping it stops the dispatchers.
@@ -999,7 +1066,13 @@ impl WorkerBuilder {
     /// assert!(matches!(no_store, Err(BuildError::MissingStore)));
     /// # Ok(()) }
     /// ```
-    pub fn start(self) -> Result<Worker, BuildError> {
+    #[cfg_attr(
+        not(feature = "http-calls"),
+        allow(unused_mut, reason = "the HTTP activity is registered here")
+    )]
+    pub fn start(mut self) -> Result<Worker, BuildError> {
+        #[cfg(feature = "http-calls")]
+        std::mem::take(&mut self.http).register_builtin(&mut self.registry);
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let store = self.store.ok_or(BuildError::MissingStore)?;
         self.registry.validate()?;
