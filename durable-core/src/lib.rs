@@ -277,14 +277,14 @@ pub use client::{
     Client, EntityMetadata, EntityPage, EntityQuery, InstanceHandle, PurgeResult, StartOptions,
 };
 pub use clock::{Clock, SystemClock};
+#[cfg(feature = "http-calls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+pub use context::CallHttpFuture;
 pub use context::{
     CallOptions, ContinueAsNew, CriticalSection, Either, EventFuture, Limits, LockFuture,
     OrchestrationContext, Select, SubOrchestrationOptions, TaskFuture, TimerFuture, WhenAll,
     WhenAny, select, when_all, when_any,
 };
-#[cfg(feature = "http-calls")]
-#[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
-pub use context::CallHttpFuture;
 /// `deadpool-postgres` (0.14), whose [`Pool`](deadpool_postgres::Pool)
 /// [`PostgresStore::from_pool`] takes (feature `postgres`).
 #[cfg(feature = "postgres")]
@@ -340,6 +340,9 @@ pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, Wor
 /// `use serde::{Deserialize, Serialize};`). The prelude does not re-export them, since
 /// serde's derives only work from a crate that depends on serde directly.
 pub mod prelude {
+    #[cfg(feature = "http-calls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+    pub use crate::http_call::{DurableHttpRequest, DurableHttpResponse};
     pub use crate::{
         Activity, ActivityContext, ActivityError, CallOptions, Client, ClientError, Either,
         EntityContext, EntityId, FailureDetails, IdReusePolicy, InstanceHandle, InstanceId,
@@ -347,9 +350,6 @@ pub mod prelude {
         RuntimeStatus, StartOptions, State, TaskError, Timestamp, Worker, activity, entity,
         orchestrator, select, when_all, when_any,
     };
-    #[cfg(feature = "http-calls")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
-    pub use crate::http_call::{DurableHttpRequest, DurableHttpResponse};
 }
 
 /// The README's Rust examples, compiled and run as doctests of this crate.

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use super::{OrchestrationContext, RawTask, Timeouts};
 use crate::error::{FailureDetails, TaskError, TaskFailure, TaskKind, decode, encode};
-use crate::http_call::{DurableHttpRequest, DurableHttpResponse, HTTP_ACTIVITY_NAME, SendSpec, duration_ms};
+use crate::http_call::{
+    DurableHttpRequest, DurableHttpResponse, HTTP_ACTIVITY_NAME, SendSpec, duration_ms,
+};
 use crate::ids::Timestamp;
 use crate::registry::BoxFuture;
 
@@ -188,8 +190,12 @@ fn poll_spec(spec: &SendSpec, next: String) -> SendSpec {
     poll.method = "GET".to_owned();
     poll.uri = next;
     poll.body = Vec::new();
-    poll.headers
-        .retain(|name, _| !matches!(name.as_str(), "content-type" | "content-length" | "content-encoding"));
+    poll.headers.retain(|name, _| {
+        !matches!(
+            name.as_str(),
+            "content-type" | "content-length" | "content-encoding"
+        )
+    });
     poll
 }
 
@@ -254,7 +260,11 @@ fn parse_http_date(text: &str) -> Option<Timestamp> {
         return None;
     }
     // Days since 1970-01-01 of a proleptic Gregorian date (March-based year).
-    let (y, mo) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
     let era = y / 400;
     let yoe = y - era * 400;
     let doy = (153 * mo + 2) / 5 + day - 1;
@@ -274,7 +284,10 @@ mod tests {
         assert_eq!(t.as_unix_millis(), 784_111_777_000);
         let t = parse_http_date("Thu, 29 Feb 2024 00:00:00 GMT").unwrap();
         assert_eq!(t.to_rfc3339(), "2024-02-29T00:00:00Z");
-        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(Timestamp::EPOCH));
+        assert_eq!(
+            parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(Timestamp::EPOCH)
+        );
         for bad in [
             "Sunday, 06-Nov-94 08:49:37 GMT",
             "Sun Nov  6 08:49:37 1994",
@@ -291,9 +304,11 @@ mod tests {
         let now = parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
         let r = DurableHttpResponse::new(202).with_header("Retry-After", "120");
         assert_eq!(retry_after(&r, now), Some(Duration::from_secs(120)));
-        let r = DurableHttpResponse::new(202).with_header("Retry-After", "Sun, 06 Nov 1994 08:50:07 GMT");
+        let r = DurableHttpResponse::new(202)
+            .with_header("Retry-After", "Sun, 06 Nov 1994 08:50:07 GMT");
         assert_eq!(retry_after(&r, now), Some(Duration::from_secs(30)));
-        let r = DurableHttpResponse::new(202).with_header("Retry-After", "Sun, 06 Nov 1994 08:00:00 GMT");
+        let r = DurableHttpResponse::new(202)
+            .with_header("Retry-After", "Sun, 06 Nov 1994 08:00:00 GMT");
         assert_eq!(retry_after(&r, now), Some(Duration::ZERO));
         let r = DurableHttpResponse::new(202).with_header("Retry-After", "soon");
         assert_eq!(retry_after(&r, now), None);
@@ -303,8 +318,14 @@ mod tests {
     #[test]
     fn locations_resolve_against_the_answering_uri() {
         let base = "http://127.0.0.1:8080/api/jobs?x=1";
-        assert_eq!(resolve(base, "/status/7").as_deref(), Some("http://127.0.0.1:8080/status/7"));
-        assert_eq!(resolve(base, "7/status").as_deref(), Some("http://127.0.0.1:8080/api/7/status"));
+        assert_eq!(
+            resolve(base, "/status/7").as_deref(),
+            Some("http://127.0.0.1:8080/status/7")
+        );
+        assert_eq!(
+            resolve(base, "7/status").as_deref(),
+            Some("http://127.0.0.1:8080/api/7/status")
+        );
         assert_eq!(
             resolve(base, "https://other.example/op/1").as_deref(),
             Some("https://other.example/op/1")
@@ -321,7 +342,10 @@ mod tests {
             .secret_header("x-key", "k")
             .send;
         let poll = poll_spec(&spec, "http://h/jobs/1".to_owned());
-        assert_eq!((poll.method.as_str(), poll.uri.as_str()), ("GET", "http://h/jobs/1"));
+        assert_eq!(
+            (poll.method.as_str(), poll.uri.as_str()),
+            ("GET", "http://h/jobs/1")
+        );
         assert!(poll.body.is_empty());
         assert_eq!(poll.headers.keys().collect::<Vec<_>>(), ["x-tag"]);
         assert_eq!(poll.secret_headers, spec.secret_headers);

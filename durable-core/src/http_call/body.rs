@@ -11,7 +11,10 @@ enum Repr<'a> {
     Binary { base64: String },
 }
 
-#[allow(clippy::ptr_arg, reason = "serde's `with` passes the field as it is declared")]
+#[allow(
+    clippy::ptr_arg,
+    reason = "serde's `with` passes the field as it is declared"
+)]
 pub(crate) fn serialize<S: Serializer>(body: &Vec<u8>, s: S) -> Result<S::Ok, S::Error> {
     match std::str::from_utf8(body) {
         Ok(text) => Repr::Text(text.into()).serialize(s),
@@ -25,7 +28,9 @@ pub(crate) fn serialize<S: Serializer>(body: &Vec<u8>, s: S) -> Result<S::Ok, S:
 pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
     match Repr::deserialize(d)? {
         Repr::Text(text) => Ok(text.into_owned().into_bytes()),
-        Repr::Binary { base64 } => decode(&base64).ok_or_else(|| D::Error::custom("invalid base64 body")),
+        Repr::Binary { base64 } => {
+            decode(&base64).ok_or_else(|| D::Error::custom("invalid base64 body"))
+        }
     }
 }
 

@@ -52,7 +52,6 @@ use crate::retry::RetryPolicy;
 mod body;
 pub(crate) mod send;
 
-
 /// The durable name of the built-in activity that sends durable HTTP requests (the name
 /// Durable Functions gives it, so tools reading history see the familiar name).
 pub const HTTP_ACTIVITY_NAME: &str = "BuiltIn::HttpActivity";
