@@ -711,3 +711,69 @@ async fn a_crash_mid_poll_resumes_polling_after_a_restart_on_the_redb_file() {
     );
     second.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_total_timeout_ends_a_poll_that_never_finishes() {
+    let seen = Seen::default();
+    let base = serve(job_server(&seen, usize::MAX, None)).await;
+    let env = env();
+    let mut plan = Plan::new("POST", format!("{base}/jobs"));
+    plan.body = Some("make the report".into());
+    plan.poll_secs = Some(25);
+    plan.total_secs = Some(60);
+    let run = env.start(http_flow, plan).await.unwrap();
+    let out = env.wait(&run).await.unwrap();
+    let (task, error_type, message, non_retriable) = out.failure.expect("a failure");
+    assert_eq!(
+        (task.as_str(), error_type.as_str()),
+        (HTTP_ACTIVITY_NAME, "HttpTimeout")
+    );
+    assert!(message.contains("total timeout of 60s"), "{message}");
+    assert!(non_retriable);
+    // Polls at 25 s and 50 s; the next would be at 75 s, past the deadline: the call
+    // waits until the deadline and fails there.
+    assert_eq!(seen.len(), 3);
+    assert_eq!(out.elapsed_ms, 60_000);
+    let history = env.store().read_history(run.id()).await.unwrap();
+    assert_eq!(
+        (http_tasks(&history), count(&history, "TimerCreated")),
+        (3, 3)
+    );
+    // Each request's timeout was capped by what was left of the total.
+    let timeouts: Vec<u64> = history
+        .iter()
+        .filter_map(|e| match &e.event {
+            durable_core::Event::TaskScheduled { input, .. } => {
+                let v: serde_json::Value = serde_json::from_str(input).unwrap();
+                v["timeoutMs"].as_u64()
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(timeouts, [60_000, 35_000, 10_000]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_request_fails_without_retries() {
+    let env = env();
+    for (method, uri, expected) in [
+        ("GET", "not a uri", "is not an absolute URI"),
+        (
+            "GET",
+            "ftp://127.0.0.1/file",
+            "scheme `ftp` is not supported",
+        ),
+        ("BAD METHOD", "http://127.0.0.1/", "is not an HTTP method"),
+    ] {
+        let mut plan = Plan::new(method, uri.to_owned());
+        plan.retry_attempts = Some(4);
+        let run = env.start(http_flow, plan).await.unwrap();
+        let out = env.wait(&run).await.unwrap();
+        let (_, error_type, message, non_retriable) = out.failure.expect("a failure");
+        assert_eq!(error_type, "HttpInvalidRequest");
+        assert!(message.contains(expected), "{message}");
+        assert!(non_retriable);
+        let history = env.store().read_history(run.id()).await.unwrap();
+        assert_eq!(http_tasks(&history), 1, "{uri}: not retried");
+    }
+}
