@@ -187,7 +187,7 @@ impl OrchestrationContext {
 /// secrets, no body.
 fn poll_spec(spec: &SendSpec, next: String) -> SendSpec {
     let mut poll = spec.clone();
-    poll.method = "GET".to_owned();
+    "GET".clone_into(&mut poll.method);
     poll.uri = next;
     poll.body = Vec::new();
     poll.headers.retain(|name, _| {
@@ -283,7 +283,7 @@ mod tests {
         let t = parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
         assert_eq!(t.as_unix_millis(), 784_111_777_000);
         let t = parse_http_date("Thu, 29 Feb 2024 00:00:00 GMT").unwrap();
-        assert_eq!(t.to_rfc3339(), "2024-02-29T00:00:00Z");
+        assert_eq!(t.to_rfc3339(), "2024-02-29T00:00:00.000Z");
         assert_eq!(
             parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"),
             Some(Timestamp::EPOCH)

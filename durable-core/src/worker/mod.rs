@@ -1032,6 +1032,13 @@ impl WorkerBuilder {
         self
     }
 
+    /// Adds the engine's own activities to the registry, then checks it.
+    fn finish_registry(&mut self) -> Result<(), BuildError> {
+        #[cfg(feature = "http-calls")]
+        std::mem::take(&mut self.http).register_builtin(&mut self.registry);
+        self.registry.validate()
+    }
+
     /// Starts the dispatchers on the current Tokio runtime.
     ///
     /// Keep the returned [`Worker`]: dropping it stops the dispatchers.
@@ -1066,16 +1073,10 @@ impl WorkerBuilder {
     /// assert!(matches!(no_store, Err(BuildError::MissingStore)));
     /// # Ok(()) }
     /// ```
-    #[cfg_attr(
-        not(feature = "http-calls"),
-        allow(unused_mut, reason = "the HTTP activity is registered here")
-    )]
     pub fn start(mut self) -> Result<Worker, BuildError> {
-        #[cfg(feature = "http-calls")]
-        std::mem::take(&mut self.http).register_builtin(&mut self.registry);
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
-        let store = self.store.ok_or(BuildError::MissingStore)?;
-        self.registry.validate()?;
+        let store = self.store.take().ok_or(BuildError::MissingStore)?;
+        self.finish_registry()?;
         let mut options = self.options;
         for setter in self.setters.0 {
             setter(&mut options);
