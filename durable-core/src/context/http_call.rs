@@ -21,6 +21,20 @@ use crate::registry::BoxFuture;
 ///
 /// The first request is scheduled when the future is created; awaiting it drives the
 /// retries and polls. Dropping it stops them (a request already scheduled still runs).
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::prelude::*;
+/// use durable_core::CallHttpFuture;
+///
+/// #[orchestrator]
+/// async fn ping(ctx: OrchestrationContext, uri: String) -> Result<u16, OrchestrationError> {
+///     let call: CallHttpFuture = ctx.call_http(DurableHttpRequest::get(uri));
+///     Ok(call.await?.status)
+/// }
+/// # let _ = ping;
+/// ```
 #[must_use = "futures do nothing unless awaited; the first request is scheduled either way"]
 pub struct CallHttpFuture(BoxFuture<'static, Result<DurableHttpResponse, TaskError>>);
 

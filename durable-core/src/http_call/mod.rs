@@ -34,7 +34,61 @@
 //! the per-request [`timeout`](DurableHttpRequest::timeout) bounds the whole exchange,
 //! a body that never ends included.
 //!
+//! # Examples
+//!
+//! An endpoint that accepts a job, then reports it pending once before it is done; the
+//! orchestration sees only the final answer. [`durable_testing`]'s `TestEnv` runs the
+//! request for real and the poll wait on its virtual clock.
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::http::{StatusCode, header};
+//! use axum::routing::{get, post};
+//! use durable_core::prelude::*;
+//! use durable_testing::TestEnv;
+//!
+//! #[orchestrator]
+//! async fn report(ctx: OrchestrationContext, base: String) -> Result<String, OrchestrationError> {
+//!     let request = DurableHttpRequest::post(format!("{base}/reports"))
+//!         .json(&serde_json::json!({ "month": "2024-05" }))
+//!         .poll_interval(Duration::from_secs(60));
+//!     let response = ctx.call_http(request).await?;
+//!     Ok(format!("{} {}", response.status, response.text()))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let polls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+//! let app = axum::Router::new()
+//!     .route("/reports", post(|| async { (StatusCode::ACCEPTED, [(header::LOCATION, "/reports/1")]) }))
+//!     .route("/reports/1", get(move || async move {
+//!         match polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+//!             0 => (
+//!                 StatusCode::ACCEPTED,
+//!                 [(header::LOCATION, "/reports/1"), (header::RETRY_AFTER, "30")],
+//!                 String::new(),
+//!             ),
+//!             _ => (
+//!                 StatusCode::OK,
+//!                 [(header::CONTENT_TYPE, "text/csv"), (header::CACHE_CONTROL, "no-store")],
+//!                 "total,42".to_owned(),
+//!             ),
+//!         }
+//!     }));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let base = format!("http://{}", listener.local_addr()?);
+//! tokio::spawn(async move { axum::serve(listener, app).await });
+//!
+//! let env = TestEnv::builder().register(report).start()?;
+//! let run = env.start(report, base).await?;
+//! assert_eq!(env.wait(&run).await?, "200 total,42");
+//! // Two waits: the 60 s poll interval, then the `Retry-After: 30` of the first poll.
+//! assert_eq!(env.history(run.id()).await.timers().len(), 2);
+//! # Ok(()) }
+//! ```
+//!
 //! [`OrchestrationContext::call_http`]: crate::OrchestrationContext::call_http
+//! [`durable_testing`]: https://docs.rs/durable-testing
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -54,20 +108,108 @@ pub(crate) mod send;
 
 /// The durable name of the built-in activity that sends durable HTTP requests (the name
 /// Durable Functions gives it, so tools reading history see the familiar name).
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::{Event, HistoryEvent};
+/// use durable_core::http_call::HTTP_ACTIVITY_NAME;
+///
+/// /// The HTTP requests an instance made, as its history records them.
+/// fn http_requests(history: &[HistoryEvent]) -> usize {
+///     history
+///         .iter()
+///         .filter(|e| matches!(&e.event, Event::TaskScheduled { name, .. } if name == HTTP_ACTIVITY_NAME))
+///         .count()
+/// }
+/// assert_eq!(http_requests(&[]), 0);
+/// ```
 pub const HTTP_ACTIVITY_NAME: &str = "BuiltIn::HttpActivity";
 
 /// The default per-request [`timeout`](DurableHttpRequest::timeout): 100 seconds.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::http_call::{DEFAULT_REQUEST_TIMEOUT, DurableHttpRequest};
+///
+/// // A slow endpoint: three times the default.
+/// let request = DurableHttpRequest::get("http://localhost/slow").timeout(DEFAULT_REQUEST_TIMEOUT * 3);
+/// # let _ = request;
+/// ```
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(100);
 
 /// The default [`poll_interval`](DurableHttpRequest::poll_interval) of a 202 without
 /// `Retry-After`: 30 seconds.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::http_call::{DEFAULT_POLL_INTERVAL, DurableHttpRequest};
+///
+/// let request = DurableHttpRequest::post("http://localhost/jobs").poll_interval(DEFAULT_POLL_INTERVAL / 3);
+/// # let _ = request;
+/// ```
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The default [`max_response_bytes`](DurableHttpRequest::max_response_bytes): 1 MiB.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::http_call::{DEFAULT_MAX_RESPONSE_BYTES, DurableHttpRequest};
+///
+/// let request = DurableHttpRequest::get("http://localhost/export")
+///     .max_response_bytes(4 * DEFAULT_MAX_RESPONSE_BYTES);
+/// # let _ = request;
+/// ```
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 1 << 20;
+
+/// A [`reqwest::ClientBuilder`] set up as the worker's default HTTP client is: TLS through
+/// rustls with the `ring` provider, trusting the platform's roots (or the Mozilla roots of
+/// `webpki-roots` when the platform has none), HTTP/1. Refine it and hand the client to
+/// [`WorkerBuilder::http_client`](crate::WorkerBuilder::http_client).
+///
+/// durable builds reqwest without a TLS provider of its own (no aws-lc C build), so a
+/// plain `reqwest::Client::builder().build()` panics unless the application installs a
+/// rustls `CryptoProvider` or enables reqwest's `rustls` feature itself; start from this
+/// builder instead.
+///
+/// # Errors
+/// When the TLS configuration cannot be built (no usable protocol version).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let client = durable_core::http_call::client_builder()?
+///     .connect_timeout(Duration::from_secs(3))
+///     .redirect(durable_core::reqwest::redirect::Policy::none())
+///     .build()?;
+/// # let _ = client;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn client_builder() -> Result<reqwest::ClientBuilder, rustls::Error> {
+    send::client_builder()
+}
 
 /// The statuses a [`retry`](DurableHttpRequest::retry) policy retries unless
 /// [`retry_on_status`](DurableHttpRequest::retry_on_status) says otherwise.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use durable_core::prelude::*;
+/// use durable_core::http_call::{DEFAULT_RETRY_STATUSES, DurableHttpRequest};
+///
+/// // The defaults, and 409 Conflict too.
+/// let request = DurableHttpRequest::new("PUT", "http://localhost/items/7")
+///     .retry(RetryPolicy::new(3, Duration::from_secs(1)))
+///     .retry_on_status(DEFAULT_RETRY_STATUSES.into_iter().chain([409]));
+/// # let _ = request;
+/// ```
 pub const DEFAULT_RETRY_STATUSES: [u16; 6] = [408, 429, 500, 502, 503, 504];
 
 /// What the built-in activity sends: the part of a [`DurableHttpRequest`] recorded in
@@ -358,6 +500,35 @@ impl DurableHttpRequest {
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
         self
+    }
+
+    /// A [`reqwest::ClientBuilder`] set up as the worker's default HTTP client is: TLS through
+    /// rustls with the `ring` provider, trusting the platform's roots (or the Mozilla roots of
+    /// `webpki-roots` when the platform has none), HTTP/1. Refine it and hand the client to
+    /// [`WorkerBuilder::http_client`](crate::WorkerBuilder::http_client).
+    ///
+    /// durable builds reqwest without a TLS provider of its own (no aws-lc C build), so a
+    /// plain `reqwest::Client::builder().build()` panics unless the application installs a
+    /// rustls `CryptoProvider` or enables reqwest's `rustls` feature itself; start from this
+    /// builder instead.
+    ///
+    /// # Errors
+    /// When the TLS configuration cannot be built (no usable protocol version).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let client = durable_core::http_call::client_builder()?
+    ///     .connect_timeout(Duration::from_secs(3))
+    ///     .redirect(durable_core::reqwest::redirect::Policy::none())
+    ///     .build()?;
+    /// # let _ = client;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn client_builder() -> Result<reqwest::ClientBuilder, rustls::Error> {
+        send::client_builder()
     }
 
     /// The statuses a [`retry`](Self::retry) policy retries (replacing

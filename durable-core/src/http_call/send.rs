@@ -218,10 +218,18 @@ fn transport(e: &reqwest::Error, what: &str) -> SendFailure {
     SendFailure(details)
 }
 
-/// The client used when the worker was given none: HTTP/1, rustls with the `ring` provider
-/// (set here, so no process-wide provider is needed or disturbed), trusting the platform's
-/// roots, or the Mozilla roots of `webpki-roots` when the platform has none.
+/// The client used when the worker was given none (see [`super::client_builder`]).
 fn default_client() -> Result<reqwest::Client, String> {
+    client_builder()
+        .map_err(|e| format!("cannot set up TLS for durable HTTP calls: {e}"))?
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client for durable HTTP calls: {e}"))
+}
+
+/// HTTP/1, rustls with the `ring` provider (set here, so no process-wide provider is needed
+/// or disturbed), trusting the platform's roots, or the Mozilla roots of `webpki-roots` when
+/// the platform has none.
+pub(super) fn client_builder() -> Result<reqwest::ClientBuilder, rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {
@@ -236,14 +244,11 @@ fn default_client() -> Result<reqwest::Client, String> {
     #[allow(deprecated, reason = "ring: no C toolchain beyond a C compiler")]
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("cannot set up TLS for durable HTTP calls: {e}"))?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    reqwest::Client::builder()
+    Ok(reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
-        .user_agent(concat!("durable/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client for durable HTTP calls: {e}"))
+        .user_agent(concat!("durable/", env!("CARGO_PKG_VERSION"))))
 }

@@ -1006,10 +1006,11 @@ impl WorkerBuilder {
     }
 
     /// The HTTP client durable HTTP calls go through (proxies, extra root certificates,
-    /// connection pool settings). By default the worker builds one on first use: HTTP/1,
-    /// rustls trusting the platform's roots, redirects followed. Per-request timeouts and
-    /// body limits come from each [`DurableHttpRequest`](crate::http_call::DurableHttpRequest)
-    /// either way.
+    /// connection pool settings). By default the worker builds one on first use from
+    /// [`http_call::client_builder`](crate::http_call::client_builder): HTTP/1, rustls
+    /// trusting the platform's roots, redirects followed. Start from that builder (see its
+    /// note on TLS providers). Per-request timeouts and body limits come from each
+    /// [`DurableHttpRequest`](crate::http_call::DurableHttpRequest) either way.
     ///
     /// # Examples
     ///
@@ -1018,7 +1019,7 @@ impl WorkerBuilder {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let client = durable_core::reqwest::Client::builder()
+    /// let client = durable_core::http_call::client_builder()?
     ///     .redirect(durable_core::reqwest::redirect::Policy::none())
     ///     .build()?;
     /// let worker = Worker::builder().store(MemoryStore::new()).http_client(client).start()?;
