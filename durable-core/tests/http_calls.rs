@@ -777,3 +777,61 @@ async fn an_invalid_request_fails_without_retries() {
         assert_eq!(http_tasks(&history), 1, "{uri}: not retried");
     }
 }
+
+/// The PostgreSQL store runs the same polls (and a restart between them) when
+/// `DURABLE_TEST_POSTGRES_URL` names a database; skipped otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_survive_a_worker_restart_on_postgres() {
+    use durable_core::{PostgresOptions, PostgresStore};
+    let Some(url) = std::env::var("DURABLE_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("skipped: DURABLE_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let hub = format!("durable_http_{}", &InstanceId::random().as_str()[..12]);
+    let connect = || async {
+        PostgresStore::connect(&url, PostgresOptions::new(hub.clone()))
+            .await
+            .unwrap()
+    };
+    let seen = Seen::default();
+    let base = serve(job_server(&seen, 2, None)).await;
+    let clock = ManualClock::default();
+    let start_worker = |store: PostgresStore| {
+        Worker::builder()
+            .store(store)
+            .clock(clock.as_clock())
+            .register(http_flow)
+            .start()
+            .unwrap()
+    };
+    let mut plan = Plan::new("POST", format!("{base}/jobs"));
+    plan.body = Some("make the report".into());
+    plan.poll_secs = Some(10);
+    let first = start_worker(connect().await);
+    let client = first.client();
+    let id = http_flow::start(&client, plan).await.unwrap().id().clone();
+    wait_for(&client, &id, "TimerCreated", 1).await;
+    clock.advance(Duration::from_secs(10));
+    wait_for(&client, &id, "TimerCreated", 2).await;
+    drop(client);
+    first.abort();
+
+    let store = connect().await;
+    let second = start_worker(store.clone());
+    let client = second.client();
+    clock.advance(Duration::from_secs(10));
+    wait_for(&client, &id, "TimerCreated", 3).await;
+    clock.advance(Duration::from_secs(10));
+    let record = tokio::time::timeout(Duration::from_secs(30), client.wait_for_completion(&id))
+        .await
+        .expect("finishes")
+        .unwrap();
+    let out: Outcome = record.output().unwrap().unwrap();
+    assert_eq!(out.response.unwrap().text(), "report ready");
+    assert_eq!(seen.len(), 4, "the POST and three polls, none repeated");
+    second.shutdown().await;
+    store.drop_task_hub().await.unwrap();
+}
