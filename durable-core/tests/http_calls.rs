@@ -778,7 +778,7 @@ async fn an_invalid_request_fails_without_retries() {
     }
 }
 
-/// The PostgreSQL store runs the same polls (and a restart between them) when
+/// The `PostgresStore` runs the same polls (and a restart between them) when
 /// `DURABLE_TEST_POSTGRES_URL` names a database; skipped otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_survive_a_worker_restart_on_postgres() {
