@@ -835,3 +835,40 @@ async fn polls_survive_a_worker_restart_on_postgres() {
     second.shutdown().await;
     store.drop_task_hub().await.unwrap();
 }
+
+#[orchestrator]
+async fn unserializable_body(
+    ctx: OrchestrationContext,
+    uri: String,
+) -> Result<(String, bool), OrchestrationError> {
+    // JSON object keys must be strings: this map cannot be serialized.
+    let body: BTreeMap<(u8, u8), &str> = [((1, 2), "x")].into();
+    match ctx
+        .call_http(DurableHttpRequest::post(uri).json(&body))
+        .await
+    {
+        Ok(r) => Ok((format!("sent, {}", r.status), false)),
+        Err(TaskError::Failed(f)) => Ok((f.details.message.clone(), f.details.non_retriable)),
+        Err(e) => Err(OrchestrationError::new(e.to_string())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_body_that_cannot_be_serialized_fails_before_sending() {
+    let env = TestEnv::builder()
+        .register(unserializable_body)
+        .start()
+        .unwrap();
+    let run = env
+        .start(unserializable_body, "http://127.0.0.1:9/".to_owned())
+        .await
+        .unwrap();
+    let (message, non_retriable) = env.wait(&run).await.unwrap();
+    assert!(
+        message.starts_with("POST http://127.0.0.1:9/: the JSON body cannot be serialized"),
+        "{message}"
+    );
+    assert!(non_retriable);
+    let history = env.store().read_history(run.id()).await.unwrap();
+    assert_eq!(http_tasks(&history), 0, "nothing scheduled");
+}

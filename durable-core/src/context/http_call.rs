@@ -102,6 +102,13 @@ impl OrchestrationContext {
     #[track_caller]
     pub fn call_http(&self, request: DurableHttpRequest) -> CallHttpFuture {
         let location = Location::caller();
+        if let Some(why) = &request.invalid_body {
+            let failure = unsent(
+                &request,
+                FailureDetails::new("HttpInvalidRequest", why.clone()).non_retriable(),
+            );
+            return CallHttpFuture(Box::pin(std::future::ready(Err(failure))));
+        }
         let ctx = self.clone();
         let started = self.now();
         let deadline = request.total_timeout.map(|t| started + t);
@@ -215,19 +222,30 @@ fn poll_spec(spec: &SendSpec, next: String) -> SendSpec {
 
 fn total_timeout(request: &DurableHttpRequest, uri: &str) -> TaskError {
     let total = request.total_timeout.unwrap_or_default();
+    unsent(
+        request,
+        FailureDetails::new(
+            "HttpTimeout",
+            format!(
+                "still 202 Accepted (polling {uri}) when the total timeout of {total:?} ran out"
+            ),
+        )
+        .non_retriable(),
+    )
+}
+
+/// A failure of the call itself (no request of its own to blame), naming the request.
+fn unsent(request: &DurableHttpRequest, mut details: FailureDetails) -> TaskError {
+    details.message = format!(
+        "{} {}: {}",
+        request.send.method, request.send.uri, details.message
+    );
     TaskError::Failed(Box::new(TaskFailure {
         kind: TaskKind::Activity,
         name: HTTP_ACTIVITY_NAME.to_owned(),
         task: None,
         instance_id: None,
-        details: FailureDetails::new(
-            "HttpTimeout",
-            format!(
-                "{} {}: still 202 Accepted (polling {uri}) when the total timeout of {total:?} ran out",
-                request.send.method, request.send.uri
-            ),
-        )
-        .non_retriable(),
+        details,
     }))
 }
 

@@ -268,6 +268,8 @@ pub struct DurableHttpRequest {
     pub(crate) async_polling: bool,
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) retry_statuses: Vec<u16>,
+    /// Why [`json`](Self::json) could not serialize its value: the call fails with it.
+    pub(crate) invalid_body: Option<String>,
 }
 
 impl fmt::Debug for DurableHttpRequest {
@@ -323,6 +325,7 @@ impl DurableHttpRequest {
             async_polling: true,
             retry: None,
             retry_statuses: DEFAULT_RETRY_STATUSES.to_vec(),
+            invalid_body: None,
         }
     }
 
@@ -385,13 +388,14 @@ impl DurableHttpRequest {
     /// ```
     pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
         self.send.body = body.into();
+        self.invalid_body = None;
         self
     }
 
     /// Sets a JSON body and `content-type: application/json`.
     ///
-    /// A value that cannot be serialized (a map with non-string keys, say) leaves an empty
-    /// body; serialize it yourself with [`body`](Self::body) to see the error.
+    /// A value that cannot be serialized (a map with non-string keys, say) makes the call
+    /// fail before anything is sent (error type `HttpInvalidRequest`, non-retriable).
     ///
     /// # Examples
     ///
@@ -402,7 +406,16 @@ impl DurableHttpRequest {
     /// assert_eq!(request.body_bytes(), b"[1,2,3]");
     /// ```
     pub fn json<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
-        self.send.body = serde_json::to_vec(value).unwrap_or_default();
+        match serde_json::to_vec(value) {
+            Ok(body) => {
+                self.send.body = body;
+                self.invalid_body = None;
+            }
+            Err(e) => {
+                self.send.body = Vec::new();
+                self.invalid_body = Some(format!("the JSON body cannot be serialized: {e}"));
+            }
+        }
         self.header("content-type", "application/json")
     }
 
