@@ -288,6 +288,7 @@ impl fmt::Debug for DurableHttpRequest {
             .field("retry", &self.retry)
             .field("retry_statuses", &self.retry_statuses)
             .field("max_response_bytes", &self.send.max_response_bytes)
+            .field("invalid_body", &self.invalid_body)
             .finish()
     }
 }
