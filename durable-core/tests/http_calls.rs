@@ -872,3 +872,24 @@ async fn a_json_body_that_cannot_be_serialized_fails_before_sending() {
     let history = env.store().read_history(run.id()).await.unwrap();
     assert_eq!(http_tasks(&history), 0, "nothing scheduled");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_length_past_the_limit_fails_at_once_but_not_for_head() {
+    let big = || async { vec![b'x'; 3 << 20] };
+    let base = serve(axum::Router::new().route("/big", get(big).head(big))).await;
+    let env = env();
+    let run = env
+        .start(http_flow, Plan::new("GET", format!("{base}/big")))
+        .await
+        .unwrap();
+    let out = env.wait(&run).await.unwrap();
+    assert_eq!(out.failure.expect("a failure").1, "HttpResponseTooLarge");
+    let run = env
+        .start(http_flow, Plan::new("HEAD", format!("{base}/big")))
+        .await
+        .unwrap();
+    let response = env.wait(&run).await.unwrap().response.expect("a response");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-length"), Some("3145728"));
+    assert!(response.body.is_empty());
+}
