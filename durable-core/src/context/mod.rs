@@ -34,10 +34,15 @@ use crate::ids::{EntityId, InstanceId, Timestamp};
 use crate::retry::RetryPolicy;
 
 mod combinators;
+#[cfg(feature = "http-calls")]
+mod http_call;
 pub(crate) mod options;
 pub(crate) mod orchestrator;
 
 pub use combinators::{Either, Select, WhenAll, WhenAny, select, when_all, when_any};
+#[cfg(feature = "http-calls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+pub use http_call::CallHttpFuture;
 use options::StartOptions;
 pub use options::{CallOptions, SubOrchestrationOptions};
 use orchestrator::Orchestrator;
