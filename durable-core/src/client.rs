@@ -9,94 +9,17 @@ use serde::de::DeserializeOwned;
 
 use crate::clock::{Clock, SystemClock};
 use crate::context::Limits;
+pub use crate::context::options::StartOptions;
+use crate::context::orchestrator::Orchestrator;
 use crate::entity::{ClientTarget, Entity, EntityId};
 use crate::error::{ClientError, decode, encode};
 use crate::history::{Event, HistoryEvent, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
-use crate::registry::{Orchestrator, Registry};
+use crate::registry::Registry;
 use crate::storage::{
-    CreateResult, IdReusePolicy, InstancePage, InstanceQuery, InstanceRecord, Message, NewInstance,
-    Store,
+    CreateResult, InstancePage, InstanceQuery, InstanceRecord, Message, NewInstance, Store,
 };
 use crate::trace_context::TraceContext;
-
-/// Options for starting an instance.
-///
-/// # Examples
-///
-/// ```
-/// use durable_core::{IdReusePolicy, InstanceId, StartOptions};
-///
-/// let opts = StartOptions::new()
-///     .instance_id(InstanceId::new("nightly-report").unwrap())
-///     .reuse(IdReusePolicy::DedupeRunning);
-/// # let _ = opts;
-/// ```
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct StartOptions {
-    /// Explicit instance id (default: a random one).
-    pub instance_id: Option<InstanceId>,
-    /// Do not start before this time.
-    pub scheduled_start: Option<Timestamp>,
-    /// What to do if the id is taken.
-    pub reuse: IdReusePolicy,
-    /// Version to stamp (default: the worker's version).
-    pub version: Option<String>,
-    /// The trace the instance joins (see [`trace_context`](Self::trace_context)).
-    pub trace_context: Option<TraceContext>,
-}
-
-impl StartOptions {
-    /// Defaults: random id, start now, replace finished instances.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Uses this instance id.
-    pub fn instance_id(mut self, id: InstanceId) -> Self {
-        self.instance_id = Some(id);
-        self
-    }
-    /// Starts no earlier than `at`.
-    pub fn scheduled_start(mut self, at: Timestamp) -> Self {
-        self.scheduled_start = Some(at);
-        self
-    }
-    /// Sets the id-reuse policy.
-    pub fn reuse(mut self, policy: IdReusePolicy) -> Self {
-        self.reuse = policy;
-        self
-    }
-    /// Stamps this version.
-    pub fn version(mut self, v: impl Into<String>) -> Self {
-        self.version = Some(v.into());
-        self
-    }
-    /// Makes the instance part of this distributed trace: its execution span (with the
-    /// `opentelemetry` feature, on whichever worker runs it) becomes a child of the span
-    /// `context` names. Without this option a start joins the trace of the current `tracing`
-    /// span when the `opentelemetry` feature is on and that span has an OpenTelemetry
-    /// context (a `tracing-opentelemetry` layer is installed); the HTTP API sets it from the
-    /// request's `traceparent` and `tracestate` headers.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use durable_core::{StartOptions, TraceContext};
-    ///
-    /// // From an incoming message's headers, say:
-    /// let parent = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None);
-    /// let mut opts = StartOptions::new();
-    /// if let Some(parent) = parent {
-    ///     opts = opts.trace_context(parent);
-    /// }
-    /// # assert!(opts.trace_context.is_some());
-    /// ```
-    pub fn trace_context(mut self, context: TraceContext) -> Self {
-        self.trace_context = Some(context);
-        self
-    }
-}
 
 /// The trace context of the caller's current span, for work a client starts or signals:
 /// with the `opentelemetry` feature, that of the current `tracing` span (or, failing that,
@@ -221,7 +144,7 @@ pub(crate) trait FirstEpisode: Send + Sync {
     fn create_started<'a>(
         &'a self,
         new: &'a NewInstance,
-    ) -> crate::registry::BoxFuture<'a, Result<Option<InstanceRecord>, crate::StoreError>>;
+    ) -> crate::function::BoxFuture<'a, Result<Option<InstanceRecord>, crate::StoreError>>;
 }
 
 impl std::fmt::Debug for Client {

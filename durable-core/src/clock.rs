@@ -5,8 +5,8 @@
 
 use std::fmt::Debug;
 
+use crate::function::BoxFuture;
 use crate::ids::Timestamp;
-use crate::registry::BoxFuture;
 
 /// A source of time that the worker sleeps on.
 pub trait Clock: Send + Sync + Debug + 'static {

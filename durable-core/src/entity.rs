@@ -7,7 +7,9 @@
 //! deadlock.
 //!
 //! The batch logic here (`EntityRecord::handle`) is pure apart from awaiting the user's
-//! operation futures; the worker feeds it messages and commits what it returns.
+//! operation futures; the worker feeds it messages and commits what it returns. The
+//! orchestration side — `ctx.entity::<E>(key)`, `ctx.signal_entity::<E>(key)` and the
+//! [`CallTarget`] they wrap — is in the `orchestration` submodule.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -21,80 +23,23 @@ use std::task::{Context, Poll};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::context::orchestrator::Orchestrator;
 use crate::error::{FailureDetails, InvalidInstanceId, decode, encode};
+use crate::function::BoxFuture;
 use crate::history::{Event, ParentRef, Payload};
+pub use crate::ids::EntityId;
 use crate::ids::{InstanceId, Timestamp};
-use crate::registry::BoxFuture;
 use crate::storage::{IdReusePolicy, Message, NewInstance};
 
-/// The address of one entity: its type name and a key.
-///
-/// Names are case-insensitive (stored lower-case). The backing instance id is
-/// `@name@key`, which must follow the instance-id rules (at most 100 characters, no `/`,
-/// `\`, `#`, `?` or control characters).
-///
-/// # Examples
-///
-/// ```
-/// use durable_core::EntityId;
-///
-/// let id = EntityId::new("Counter", "page-views").unwrap();
-/// assert_eq!(id.instance_id().as_str(), "@counter@page-views");
-/// assert_eq!(EntityId::from_instance_id(&id.instance_id()), Some(id));
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct EntityId {
-    /// Entity type name (lower-case).
-    pub name: String,
-    /// Entity key.
-    pub key: String,
-}
+mod orchestration;
 
+pub use orchestration::CallTarget;
+
+// `EntityId` itself is in `ids`; naming one by its entity type needs the `Entity` trait.
 impl EntityId {
-    /// An entity id; fails if the resulting instance id breaks the id rules.
-    pub fn new(name: &str, key: &str) -> Result<Self, InvalidInstanceId> {
-        let id = Self {
-            name: name.to_lowercase(),
-            key: key.to_owned(),
-        };
-        if id.name.is_empty() || id.name.contains('@') {
-            return Err(InvalidInstanceId {
-                id: format!("@{}@{key}", id.name),
-                reason: "an entity name must be non-empty and must not contain `@`",
-            });
-        }
-        InstanceId::new_system(id.instance_string())?;
-        Ok(id)
-    }
-
     /// The id of entity type `E` with `key`.
     pub fn of<E: Entity>(key: &str) -> Result<Self, InvalidInstanceId> {
         Self::new(E::NAME, key)
-    }
-
-    fn instance_string(&self) -> String {
-        format!("@{}@{}", self.name, self.key)
-    }
-
-    /// The backing instance id, `@name@key`.
-    pub fn instance_id(&self) -> InstanceId {
-        InstanceId::from_trusted(self.instance_string())
-    }
-
-    /// Parses an `@name@key` instance id.
-    pub fn from_instance_id(id: &InstanceId) -> Option<Self> {
-        let rest = id.as_str().strip_prefix('@')?;
-        let (name, key) = rest.split_once('@')?;
-        Some(Self {
-            name: name.to_owned(),
-            key: key.to_owned(),
-        })
-    }
-}
-
-impl fmt::Display for EntityId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "@{}@{}", self.name, self.key)
     }
 }
 
@@ -299,7 +244,7 @@ impl EntityContext {
     /// assert_eq!(env.wait(&run).await?, "ordered more lamp");
     /// # Ok(()) }
     /// ```
-    pub fn start_orchestration<O: crate::Orchestrator>(
+    pub fn start_orchestration<O: Orchestrator>(
         &self,
         input: &O::Input,
     ) -> Result<InstanceId, FailureDetails> {
@@ -416,20 +361,11 @@ impl SignalTarget {
     }
 }
 
-/// The target of a generated orchestration call proxy.
-#[derive(Debug, Clone)]
-pub struct CallTarget {
-    /// The calling orchestration.
-    pub ctx: crate::OrchestrationContext,
-    /// The entity called.
-    pub entity: EntityId,
-}
-
 /// The target of a generated client proxy.
 #[derive(Debug, Clone)]
 pub struct ClientTarget {
     /// The client.
-    pub client: crate::Client,
+    pub client: crate::client::Client,
     /// The entity.
     pub entity: EntityId,
     /// Deliver signals no earlier than this.

@@ -17,9 +17,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::clock::Clock;
+use crate::function::ActivityContext;
 use crate::history::Payload;
 use crate::ids::Timestamp;
-use crate::registry::ActivityContext;
 
 /// The activity's side of its heartbeats (inside [`ActivityContext`]).
 #[derive(Debug, Clone, Default)]

@@ -1,4 +1,4 @@
-//! Identifiers and time: [`InstanceId`] and [`Timestamp`].
+//! Identifiers and time: [`InstanceId`], [`EntityId`] and [`Timestamp`].
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -112,6 +112,72 @@ impl TryFrom<String> for InstanceId {
     type Error = InvalidInstanceId;
     fn try_from(value: String) -> Result<Self, Self::Error> {
         Self::new(value)
+    }
+}
+
+/// The address of one entity: its type name and a key.
+///
+/// Names are case-insensitive (stored lower-case). The backing instance id is
+/// `@name@key`, which must follow the instance-id rules (at most 100 characters, no `/`,
+/// `\`, `#`, `?` or control characters).
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::EntityId;
+///
+/// let id = EntityId::new("Counter", "page-views").unwrap();
+/// assert_eq!(id.instance_id().as_str(), "@counter@page-views");
+/// assert_eq!(EntityId::from_instance_id(&id.instance_id()), Some(id));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EntityId {
+    /// Entity type name (lower-case).
+    pub name: String,
+    /// Entity key.
+    pub key: String,
+}
+
+impl EntityId {
+    /// An entity id; fails if the resulting instance id breaks the id rules.
+    pub fn new(name: &str, key: &str) -> Result<Self, InvalidInstanceId> {
+        let id = Self {
+            name: name.to_lowercase(),
+            key: key.to_owned(),
+        };
+        if id.name.is_empty() || id.name.contains('@') {
+            return Err(InvalidInstanceId {
+                id: format!("@{}@{key}", id.name),
+                reason: "an entity name must be non-empty and must not contain `@`",
+            });
+        }
+        InstanceId::new_system(id.instance_string())?;
+        Ok(id)
+    }
+
+    fn instance_string(&self) -> String {
+        format!("@{}@{}", self.name, self.key)
+    }
+
+    /// The backing instance id, `@name@key`.
+    pub fn instance_id(&self) -> InstanceId {
+        InstanceId::from_trusted(self.instance_string())
+    }
+
+    /// Parses an `@name@key` instance id.
+    pub fn from_instance_id(id: &InstanceId) -> Option<Self> {
+        let rest = id.as_str().strip_prefix('@')?;
+        let (name, key) = rest.split_once('@')?;
+        Some(Self {
+            name: name.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for EntityId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "@{}@{}", self.name, self.key)
     }
 }
 

@@ -59,11 +59,15 @@ pub mod clock;
 pub mod context;
 pub mod entity;
 pub mod error;
+mod function;
 mod heartbeat;
 pub mod history;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
+#[cfg(feature = "http-calls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+pub mod http_call;
 pub mod ids;
 pub mod logging;
 #[cfg(feature = "opentelemetry")]
@@ -275,6 +279,9 @@ pub use client::{
     Client, EntityMetadata, EntityPage, EntityQuery, InstanceHandle, PurgeResult, StartOptions,
 };
 pub use clock::{Clock, SystemClock};
+#[cfg(feature = "http-calls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+pub use context::CallHttpFuture;
 pub use context::{
     CallOptions, ContinueAsNew, CriticalSection, Either, EventFuture, Limits, LockFuture,
     OrchestrationContext, Select, SubOrchestrationOptions, TaskFuture, TimerFuture, WhenAll,
@@ -301,6 +308,11 @@ pub use registry::{
     Activity, ActivityContext, Cancellation, EntityRegistration, Orchestrator, Registration,
     Registry,
 };
+/// `reqwest` (0.13), whose [`Client`](reqwest::Client)
+/// [`WorkerBuilder::http_client`] takes (feature `http-calls`).
+#[cfg(feature = "http-calls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+pub use reqwest;
 pub use retry::RetryPolicy;
 /// `rustls` (0.23, with its `ring` provider), to build the TLS configuration of a
 /// [`tokio_postgres_rustls::MakeRustlsConnect`] (feature `postgres-rustls`).
@@ -345,6 +357,9 @@ pub mod prelude {
     pub use crate::PgTransaction;
     #[cfg(feature = "redb")]
     pub use crate::RedbTransaction;
+    #[cfg(feature = "http-calls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+    pub use crate::http_call::{DurableHttpRequest, DurableHttpResponse};
     pub use crate::{
         Activity, ActivityContext, ActivityError, CallOptions, Client, ClientError, Either,
         EntityContext, EntityId, FailureDetails, IdReusePolicy, InstanceHandle, InstanceId,

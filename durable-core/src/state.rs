@@ -21,7 +21,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use crate::error::BuildError;
-use crate::registry::{Activity, ActivityContext, Registry};
+use crate::function::{Activity, ActivityContext};
 
 /// A value shared by the worker with its activities: take it as a parameter of an
 /// `#[activity]` function, usually destructured (`State(pool): State<PgPool>`).
@@ -337,12 +337,16 @@ impl StateSet {
     }
 
     /// The state, once checked: no type given twice, and every type a registered activity
-    /// takes is there.
-    pub(crate) fn finish(self, registry: &Registry) -> Result<States, BuildError> {
+    /// takes is there (`missing` names an activity taking a type the given states lack:
+    /// [`Registry::missing_state`](crate::Registry)).
+    pub(crate) fn finish(
+        self,
+        missing: impl FnOnce(&States) -> Option<(String, StateType)>,
+    ) -> Result<States, BuildError> {
         if let Some(type_name) = self.twice.first() {
             return Err(BuildError::DuplicateState { type_name });
         }
-        if let Some((activity, ty)) = registry.missing_state(&self.states) {
+        if let Some((activity, ty)) = missing(&self.states) {
             return Err(BuildError::MissingState {
                 activity,
                 type_name: ty.type_name(),
@@ -378,7 +382,7 @@ mod tests {
         assert_eq!(set.states.get::<u64>(), Some(&8));
         assert_eq!(set.states.len(), 3);
         assert_eq!(
-            set.finish(&Registry::new()).err(),
+            set.finish(|_| None).err(),
             Some(BuildError::DuplicateState {
                 type_name: std::any::type_name::<Pool>()
             })

@@ -1713,6 +1713,21 @@ mod postgres {
                 while store.next_wake_time_for(WorkKind::Activity).await.unwrap() != Some(written) {
                     tokio::task::yield_now().await;
                 }
+                // The lease renewal at t0 + 30 s moves the lease to the same instant, so the
+                // wake time alone does not show the details were written: wait for them
+                // (the write is asynchronous; a worker killed before it loses them).
+                let (sql, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                let driver = tokio::spawn(connection);
+                let beats = format!(
+                    "SELECT count(*) FROM \"{hub}\".activities WHERE heartbeat IS NOT NULL"
+                );
+                while sql.query_one(&beats, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+                    tokio::task::yield_now().await;
+                }
+                drop(sql);
+                let _ = driver.await;
             };
             tokio::time::timeout(Duration::from_secs(60), guard)
                 .await

@@ -14,7 +14,7 @@ use durable_core::registry::{ActivityRegistration, OrchestratorRegistration};
 use durable_core::{
     Activity, BuildError, Client, ClientError, InstanceHandle, InstanceId, InstanceQuery,
     InstanceRecord, MemoryStore, Orchestrator, Registration, Registry, RuntimeStatus, StartOptions,
-    States, Store, StoreError, Timestamp, Worker, WorkerOptions,
+    States, Store, StoreError, Timestamp, Worker, WorkerBuilder, WorkerOptions,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -27,6 +27,9 @@ use crate::sim::{SimConfig, SimStats};
 use crate::store::{CrashPlan, HarnessStore, Shared, lock};
 
 type MockSpec = Box<dyn FnOnce(&Arc<Shared>) -> ActivityHandler + Send>;
+
+/// A change to the worker builder, applied to every worker the env starts (restarts too).
+type WorkerHook = Arc<dyn Fn(WorkerBuilder) -> WorkerBuilder + Send + Sync>;
 
 /// Longest wall-clock time the harness waits for the engine to go idle before it reports a
 /// hang (a guard against bugs, never a timing assertion).
@@ -78,6 +81,7 @@ pub struct TestEnvBuilder {
     sim: Option<SimConfig>,
     crash_plan: CrashPlan,
     idle_timeout: Duration,
+    worker_hooks: Vec<WorkerHook>,
 }
 
 impl fmt::Debug for TestEnvBuilder {
@@ -111,6 +115,7 @@ impl Default for TestEnvBuilder {
             sim: None,
             crash_plan: CrashPlan::Never,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            worker_hooks: Vec::new(),
         }
     }
 }
@@ -184,6 +189,45 @@ impl TestEnvBuilder {
     /// ```
     pub fn orchestrator<O: Orchestrator>(self, orchestrator: O) -> Self {
         self.register(OrchestratorRegistration(orchestrator))
+    }
+
+    /// Registers an HTTP token source on the worker (feature `http-calls`), as
+    /// [`WorkerBuilder::http_token_source`] does: durable HTTP calls
+    /// ([`call_http`](durable_core::OrchestrationContext::call_http)) run for real in the
+    /// harness — the request goes out, its poll waits and retry back-offs run on the
+    /// virtual clock, and time never moves while a request is in flight.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_testing::TestEnv;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let env = TestEnv::builder()
+    ///     .http_token_source("api", || async { Ok::<_, ActivityError>("test-token".to_owned()) })
+    ///     .start()
+    ///     .unwrap();
+    /// # let _ = env;
+    /// # }
+    /// ```
+    #[cfg(feature = "http-calls")]
+    pub fn http_token_source(
+        mut self,
+        name: impl Into<String>,
+        source: impl durable_core::http_call::HttpTokenSource,
+    ) -> Self {
+        let name = name.into();
+        let source: Arc<dyn durable_core::http_call::HttpTokenSource> = Arc::new(source);
+        self.worker_hooks.push(Arc::new(move |b: WorkerBuilder| {
+            let source = Arc::clone(&source);
+            b.http_token_source(name.clone(), move || {
+                let source = Arc::clone(&source);
+                async move { source.token().await }
+            })
+        }));
+        self
     }
 
     /// Shares `value` with the activities that take a `State<T>` of its type, as
@@ -545,6 +589,7 @@ impl TestEnvBuilder {
             &registry,
             &self.states,
             &self.options,
+            &self.worker_hooks,
             shared.epoch(),
         )?;
         let client = worker.client();
@@ -556,6 +601,7 @@ impl TestEnvBuilder {
             switched,
             states: self.states,
             options: self.options,
+            worker_hooks: self.worker_hooks,
             idle_timeout: self.idle_timeout,
             next_id: AtomicU64::new(1),
             restart: tokio::sync::Mutex::new(()),
@@ -576,15 +622,16 @@ fn start_worker(
     registry: &Registry,
     states: &States,
     options: &WorkerOptions,
+    hooks: &[WorkerHook],
     epoch: u64,
 ) -> Result<Worker, BuildError> {
-    Worker::builder()
+    let builder = Worker::builder()
         .store_arc(Arc::new(HarnessStore::new(Arc::clone(shared), epoch)))
         .registry(registry.clone())
         .states(states.clone())
         .clock(shared.clock.as_clock())
-        .options(options.clone())
-        .start()
+        .options(options.clone());
+    hooks.iter().fold(builder, |b, hook| hook(b)).start()
 }
 
 /// Restarts the worker after each simulated crash.
@@ -658,6 +705,7 @@ struct EnvInner {
     switched: BTreeSet<String>,
     states: States,
     options: WorkerOptions,
+    worker_hooks: Vec<WorkerHook>,
     idle_timeout: Duration,
     next_id: AtomicU64,
     restart: tokio::sync::Mutex<()>,
@@ -677,6 +725,7 @@ impl EnvInner {
                 &self.registry,
                 &self.states,
                 &self.options,
+                &self.worker_hooks,
                 epoch,
             )
             .expect("the registry and state were validated when the env started");

@@ -3,6 +3,13 @@
 //! Every method that creates a durable action is `#[track_caller]`; the caller's source
 //! location is recorded in history so a non-determinism error can point at both the recorded
 //! and the current line.
+//!
+//! This module imports neither `registry` nor `entity`, which both build on it: the
+//! [`Orchestrator`] trait lives here (`orchestrator`), since it and the context name each
+//! other; activities come from the `function` module below; entities are addressed by their
+//! [`EntityId`], and the typed entity proxies (`ctx.entity::<E>(key)`,
+//! `ctx.signal_entity::<E>(key)`) are methods defined in `crate::entity`, with the
+//! [`Entity`](crate::Entity) trait they need.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -17,21 +24,28 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::client::StartOptions;
 use crate::error::{
     FailureDetails, OrchestrationError, PayloadDecodeError, TaskError, TaskFailure, TaskKind,
     decode, encode,
 };
+use crate::function::{Activity, BoxFuture};
 use crate::history::{CarriedEvent, Payload, SourceLocation};
-use crate::ids::{InstanceId, Timestamp};
-use crate::registry::{Activity, BoxFuture, Orchestrator};
+use crate::ids::{EntityId, InstanceId, Timestamp};
 use crate::retry::RetryPolicy;
 
 mod combinators;
-mod options;
+#[cfg(feature = "http-calls")]
+mod http_call;
+pub(crate) mod options;
+pub(crate) mod orchestrator;
 
 pub use combinators::{Either, Select, WhenAll, WhenAny, select, when_all, when_any};
+#[cfg(feature = "http-calls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+pub use http_call::CallHttpFuture;
+use options::StartOptions;
 pub use options::{CallOptions, SubOrchestrationOptions};
+use orchestrator::Orchestrator;
 
 /// Limits enforced on orchestrations, with clear errors when exceeded.
 #[derive(Debug, Clone)]
@@ -227,6 +241,38 @@ pub(crate) fn event_key(name: &str) -> String {
     }
 }
 
+/// Something the code did while running the new part of an episode (never while replaying
+/// history) that the worker reports once the episode is committed. Plain data: the worker
+/// turns notices into log events and metrics; the context and the replayer only collect them.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub(crate) enum Notice {
+    /// An activity's failure was recorded (`TaskFailed`) for the action `seq`.
+    ActivityFailed {
+        /// Sequence number of the `TaskScheduled`.
+        seq: u64,
+        /// Activity name.
+        name: String,
+        /// What went wrong.
+        failure: FailureDetails,
+    },
+    /// A retry policy looked at the failure of the task `seq`: `delay` is the back-off
+    /// before the next attempt, or `None` when the policy gave up (attempts exhausted,
+    /// non-retriable failure, total timeout).
+    Retry {
+        /// Sequence number of the failed attempt's action.
+        seq: u64,
+        /// The kind of task (activity or sub-orchestration).
+        kind: TaskKind,
+        /// Activity or orchestrator name.
+        name: String,
+        /// 1-based number of the attempt that failed.
+        attempt: u32,
+        /// Back-off before the next attempt; `None` if there is none.
+        delay: Option<Duration>,
+    },
+}
+
 /// Mutable state shared by the context, its futures and the replay executor.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -255,9 +301,7 @@ pub(crate) struct State {
     /// The execution number (grows with continue-as-new), for derived child ids.
     pub(crate) execution: u32,
     /// Notices for the worker, collected only while not replaying (see [`Notice`]).
-    ///
-    /// [`Notice`]: crate::replay::Notice
-    pub(crate) notices: Vec<crate::replay::Notice>,
+    pub(crate) notices: Vec<Notice>,
 }
 
 impl State {
@@ -1269,7 +1313,7 @@ impl OrchestrationContext {
         if s.replaying {
             return;
         }
-        s.notices.push(crate::replay::Notice::Retry {
+        s.notices.push(Notice::Retry {
             seq: f.task.unwrap_or(u64::MAX),
             kind: f.kind,
             name: f.name.clone(),
@@ -1748,96 +1792,9 @@ impl OrchestrationContext {
         ContinueAsNew { _t: PhantomData }
     }
 
-    /// A typed proxy for calling operations of entity `E` with `key` (request/response).
-    ///
-    /// # Determinism
-    /// Each call records `EntityCalled`, then `EntityResponded`.
-    ///
-    /// # Examples
-    /// ```
-    /// use durable_core::prelude::*;
-    /// use serde::{Deserialize, Serialize};
-    ///
-    /// #[entity]
-    /// #[derive(Default, Serialize, Deserialize)]
-    /// struct Counter { value: i64 }
-    ///
-    /// #[entity]
-    /// impl Counter {
-    ///     fn add(&mut self, amount: i64) { self.value += amount; }
-    ///     fn get(&self) -> i64 { self.value }
-    /// }
-    ///
-    /// #[orchestrator]
-    /// async fn bump(ctx: OrchestrationContext, key: String) -> Result<i64, OrchestrationError> {
-    ///     let counter = ctx.entity::<Counter>(&key);
-    ///     counter.add(1).await?;
-    ///     Ok(counter.get().await?)
-    /// }
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let env = durable_testing::TestEnv::builder().register(Counter::entity()).register(bump).start()?;
-    /// let run = env.start(bump, "page-views".to_owned()).await?;
-    /// assert_eq!(env.wait(&run).await?, 1);
-    /// # Ok(()) }
-    /// ```
-    pub fn entity<E: crate::entity::Entity>(&self, key: &str) -> E::CallProxy {
-        E::CallProxy::from(crate::entity::CallTarget {
-            ctx: self.clone(),
-            entity: crate::entity::EntityId {
-                name: E::NAME.to_lowercase(),
-                key: key.to_owned(),
-            },
-        })
-    }
-
-    /// A typed proxy for signalling entity `E` with `key` (one-way, no result).
-    ///
-    /// # Determinism
-    /// Each signal records `EntitySignaled`.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use durable_core::prelude::*;
-    /// use durable_testing::TestEnv;
-    /// use serde::{Deserialize, Serialize};
-    ///
-    /// #[entity]
-    /// #[derive(Default, Serialize, Deserialize)]
-    /// struct Counter { value: i64 }
-    ///
-    /// #[entity]
-    /// impl Counter {
-    ///     fn add(&mut self, amount: i64) { self.value += amount; }
-    /// }
-    ///
-    /// #[orchestrator]
-    /// async fn track(ctx: OrchestrationContext, page: String) -> Result<(), OrchestrationError> {
-    ///     ctx.signal_entity::<Counter>(&page).add(1); // fire and forget
-    ///     Ok(())
-    /// }
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let env = TestEnv::builder().register(Counter::entity()).register(track).start()?;
-    /// for _ in 0..3 {
-    ///     env.start(track, "home".to_owned()).await?;
-    /// }
-    /// env.run_until_idle().await;
-    /// let views = env.client().read_entity::<Counter>("home").await?;
-    /// assert_eq!(views.map(|c| c.value), Some(3));
-    /// # Ok(()) }
-    /// ```
-    pub fn signal_entity<E: crate::entity::Entity>(&self, key: &str) -> E::SignalProxy {
-        E::SignalProxy::from(crate::entity::SignalTarget {
-            sink: Arc::new(self.clone()),
-            entity: crate::entity::EntityId {
-                name: E::NAME.to_lowercase(),
-                key: key.to_owned(),
-            },
-        })
-    }
+    // `entity` and `signal_entity`, the typed entity proxies, are defined in `crate::entity`
+    // (module `orchestration`): they need the `Entity` trait, and `entity` builds on this
+    // module, never the reverse.
 
     /// Calls an entity operation, serializing `input` (used by the generated proxies).
     ///
@@ -1877,7 +1834,7 @@ impl OrchestrationContext {
     #[track_caller]
     pub fn call_entity<T, I: Serialize + ?Sized>(
         &self,
-        entity: &crate::entity::EntityId,
+        entity: &EntityId,
         operation: &str,
         input: &I,
     ) -> TaskFuture<T> {
@@ -1927,7 +1884,7 @@ impl OrchestrationContext {
     #[track_caller]
     pub fn call_entity_raw<T>(
         &self,
-        entity: &crate::entity::EntityId,
+        entity: &EntityId,
         operation: &str,
         input: Payload,
     ) -> TaskFuture<T> {
@@ -1994,12 +1951,9 @@ impl OrchestrationContext {
     /// # Ok(()) }
     /// ```
     #[track_caller]
-    pub fn lock(&self, entities: &[crate::entity::EntityId]) -> LockFuture {
+    pub fn lock(&self, entities: &[EntityId]) -> LockFuture {
         let location = Location::caller();
-        let mut ids: Vec<InstanceId> = entities
-            .iter()
-            .map(crate::entity::EntityId::instance_id)
-            .collect();
+        let mut ids: Vec<InstanceId> = entities.iter().map(EntityId::instance_id).collect();
         ids.sort();
         ids.dedup();
         let requested = ids.clone();
@@ -2118,9 +2072,12 @@ fn lock_violation(message: String) -> FailureDetails {
     FailureDetails::new("LockViolation", message).non_retriable()
 }
 
-impl crate::entity::SignalSink for OrchestrationContext {
+// What `impl SignalSink for OrchestrationContext` (in `crate::entity`) records.
+impl OrchestrationContext {
+    /// Records a one-way signal of `operation(input)` to `entity` (`EntitySignaled`): what
+    /// the typed signal proxies send through [`SignalSink`](crate::entity::SignalSink).
     #[track_caller]
-    fn send_signal(&self, entity: &crate::entity::EntityId, operation: &str, input: Payload) {
+    pub(crate) fn send_entity_signal(&self, entity: &EntityId, operation: &str, input: Payload) {
         let location = Location::caller();
         let mut s = lock(&self.shared);
         if let Err(f) = s.check_payload("entity signal input", &input) {

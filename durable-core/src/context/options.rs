@@ -1,11 +1,15 @@
 //! Options for durable calls from an orchestration: [`CallOptions`] for activities,
-//! [`SubOrchestrationOptions`] for sub-orchestrations.
+//! [`SubOrchestrationOptions`] for sub-orchestrations; and [`StartOptions`], for starting an
+//! instance, which the client and `ctx.start_orchestration` share (public as
+//! `durable_core::client::StartOptions`).
 
 use std::time::Duration;
 
 use super::Timeouts;
-use crate::ids::InstanceId;
+use crate::ids::{InstanceId, Timestamp};
 use crate::retry::RetryPolicy;
+use crate::storage::IdReusePolicy;
+use crate::trace_context::TraceContext;
 
 /// Options of an activity call, for [`OrchestrationContext::call_with`](super::OrchestrationContext::call_with): a durable retry
 /// policy and the timeouts the worker running the activity enforces on each run.
@@ -134,6 +138,84 @@ impl SubOrchestrationOptions {
     /// Sets a retry policy.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
+        self
+    }
+}
+
+/// Options for starting an instance.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::{IdReusePolicy, InstanceId, StartOptions};
+///
+/// let opts = StartOptions::new()
+///     .instance_id(InstanceId::new("nightly-report").unwrap())
+///     .reuse(IdReusePolicy::DedupeRunning);
+/// # let _ = opts;
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct StartOptions {
+    /// Explicit instance id (default: a random one).
+    pub instance_id: Option<InstanceId>,
+    /// Do not start before this time.
+    pub scheduled_start: Option<Timestamp>,
+    /// What to do if the id is taken.
+    pub reuse: IdReusePolicy,
+    /// Version to stamp (default: the worker's version).
+    pub version: Option<String>,
+    /// The trace the instance joins (see [`trace_context`](Self::trace_context)).
+    pub trace_context: Option<TraceContext>,
+}
+
+impl StartOptions {
+    /// Defaults: random id, start now, replace finished instances.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Uses this instance id.
+    pub fn instance_id(mut self, id: InstanceId) -> Self {
+        self.instance_id = Some(id);
+        self
+    }
+    /// Starts no earlier than `at`.
+    pub fn scheduled_start(mut self, at: Timestamp) -> Self {
+        self.scheduled_start = Some(at);
+        self
+    }
+    /// Sets the id-reuse policy.
+    pub fn reuse(mut self, policy: IdReusePolicy) -> Self {
+        self.reuse = policy;
+        self
+    }
+    /// Stamps this version.
+    pub fn version(mut self, v: impl Into<String>) -> Self {
+        self.version = Some(v.into());
+        self
+    }
+    /// Makes the instance part of this distributed trace: its execution span (with the
+    /// `opentelemetry` feature, on whichever worker runs it) becomes a child of the span
+    /// `context` names. Without this option a start joins the trace of the current `tracing`
+    /// span when the `opentelemetry` feature is on and that span has an OpenTelemetry
+    /// context (a `tracing-opentelemetry` layer is installed); the HTTP API sets it from the
+    /// request's `traceparent` and `tracestate` headers.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::{StartOptions, TraceContext};
+    ///
+    /// // From an incoming message's headers, say:
+    /// let parent = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None);
+    /// let mut opts = StartOptions::new();
+    /// if let Some(parent) = parent {
+    ///     opts = opts.trace_context(parent);
+    /// }
+    /// # assert!(opts.trace_context.is_some());
+    /// ```
+    pub fn trace_context(mut self, context: TraceContext) -> Self {
+        self.trace_context = Some(context);
         self
     }
 }

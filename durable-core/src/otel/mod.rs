@@ -85,8 +85,8 @@ use tracing::Metadata;
 use tracing_opentelemetry::{OpenTelemetrySpanExt, SetParentError};
 use tracing_subscriber::layer::{self, Filter};
 
-use crate::entity::EntityId;
 use crate::error::FailureDetails;
+use crate::ids::EntityId;
 use crate::storage::ActivityTask;
 use crate::trace_context::TraceContext;
 

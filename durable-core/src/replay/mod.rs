@@ -37,13 +37,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
+pub(crate) use crate::context::Notice;
+use crate::context::orchestrator::OrchestratorFn;
 use crate::context::{
     Action, ActionDetail, ActionKind, Limits, OrchestrationContext, SlotResult, State, lock,
 };
 use crate::error::FailureDetails;
+use crate::function::BoxFuture;
 use crate::history::{CarriedEvent, Event, HistoryEvent, ParentRef, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
-use crate::registry::{BoxFuture, OrchestratorFn};
 use crate::trace_context::TraceContext;
 
 pub use check::replay_history;
@@ -140,7 +142,7 @@ pub(crate) enum Command {
     /// Deliver a message to an entity, creating the entity if it does not exist.
     SendEntityMessage {
         /// The entity.
-        entity: crate::entity::EntityId,
+        entity: crate::ids::EntityId,
         /// `EntityOperation`, `EntityLockRequest` or `EntityUnlock`.
         event: Event,
     },
@@ -187,38 +189,6 @@ impl Outcome {
             Outcome::ContinuedAsNew { .. } => RuntimeStatus::ContinuedAsNew,
         }
     }
-}
-
-/// Something the code did while running the new part of an episode (never while replaying
-/// history) that the worker reports once the episode is committed. Plain data: the worker
-/// turns notices into log events and metrics; the replayer only collects them.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub(crate) enum Notice {
-    /// An activity's failure was recorded (`TaskFailed`) for the action `seq`.
-    ActivityFailed {
-        /// Sequence number of the `TaskScheduled`.
-        seq: u64,
-        /// Activity name.
-        name: String,
-        /// What went wrong.
-        failure: FailureDetails,
-    },
-    /// A retry policy looked at the failure of the task `seq`: `delay` is the back-off
-    /// before the next attempt, or `None` when the policy gave up (attempts exhausted,
-    /// non-retriable failure, total timeout).
-    Retry {
-        /// Sequence number of the failed attempt's action.
-        seq: u64,
-        /// The kind of task (activity or sub-orchestration).
-        kind: crate::error::TaskKind,
-        /// Activity or orchestrator name.
-        name: String,
-        /// 1-based number of the attempt that failed.
-        attempt: u32,
-        /// Back-off before the next attempt; `None` if there is none.
-        delay: Option<std::time::Duration>,
-    },
 }
 
 /// The result of one episode.
@@ -1177,8 +1147,8 @@ impl Replayer {
     }
 
     fn entity_command(entity: &InstanceId, event: Event) -> Command {
-        let entity = crate::entity::EntityId::from_instance_id(entity).unwrap_or_else(|| {
-            crate::entity::EntityId {
+        let entity = crate::ids::EntityId::from_instance_id(entity).unwrap_or_else(|| {
+            crate::ids::EntityId {
                 name: String::new(),
                 key: entity.to_string(),
             }

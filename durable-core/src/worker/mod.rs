@@ -174,6 +174,9 @@ pub struct WorkerBuilder {
     states: crate::state::StateSet,
     #[cfg(feature = "opentelemetry")]
     tracer: crate::otel::WorkerTracer,
+    /// Token sources and client of the built-in HTTP activity.
+    #[cfg(feature = "http-calls")]
+    http: crate::http_call::HttpCallConfig,
 }
 
 /// One option setter of a [`WorkerBuilder`].
@@ -967,6 +970,86 @@ impl WorkerBuilder {
         self.set(move |o| o.queue_depth_interval = every)
     }
 
+    /// Registers `source` under `name` for durable HTTP calls
+    /// ([`OrchestrationContext::call_http`](crate::OrchestrationContext::call_http)): a
+    /// request naming it in [`token_source`](crate::http_call::DurableHttpRequest::token_source)
+    /// or [`secret_header`](crate::http_call::DurableHttpRequest::secret_header) gets its
+    /// value when this worker sends it. History and the activity queue hold the name only.
+    /// A second source under one name replaces the first.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .http_token_source("billing", || async {
+    ///         // Fetch or refresh a token here (a cached OAuth client, a vault lookup).
+    ///         Ok::<_, ActivityError>("eyJhbGciOi...".to_owned())
+    ///     })
+    ///     .start()?;
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "http-calls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+    pub fn http_token_source(
+        mut self,
+        name: impl Into<String>,
+        source: impl crate::http_call::HttpTokenSource,
+    ) -> Self {
+        self.http
+            .sources
+            .insert(name.into(), std::sync::Arc::new(source));
+        self
+    }
+
+    /// The HTTP client durable HTTP calls go through (proxies, extra root certificates,
+    /// connection pool settings). By default the worker builds one on first use from
+    /// [`http_call::client_builder`](crate::http_call::client_builder): HTTP/1, rustls
+    /// trusting the platform's roots, redirects followed. Start from that builder (see its
+    /// note on TLS providers). Per-request timeouts and body limits come from each
+    /// [`DurableHttpRequest`](crate::http_call::DurableHttpRequest) either way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = durable_core::http_call::client_builder()?
+    ///     .redirect(durable_core::reqwest::redirect::Policy::none())
+    ///     .build()?;
+    /// let worker = Worker::builder().store(MemoryStore::new()).http_client(client).start()?;
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "http-calls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http.client = Some(client);
+        self
+    }
+
+    /// Adds the engine's own activities to the registry, then checks it.
+    fn finish_registry(&mut self) -> Result<(), BuildError> {
+        // The built-in HTTP activity, unless an activity of that name is already there (a
+        // test double, say).
+        #[cfg(feature = "http-calls")]
+        if !self
+            .registry
+            .has_activity(crate::http_call::HTTP_ACTIVITY_NAME)
+        {
+            let activity = std::mem::take(&mut self.http).into_activity();
+            self.registry.add_activity(activity);
+        }
+        self.registry.validate()
+    }
+
     /// Starts the dispatchers on the current Tokio runtime.
     ///
     /// Keep the returned [`Worker`]: dropping it stops the dispatchers.
@@ -1001,10 +1084,10 @@ impl WorkerBuilder {
     /// assert!(matches!(no_store, Err(BuildError::MissingStore)));
     /// # Ok(()) }
     /// ```
-    pub fn start(self) -> Result<Worker, BuildError> {
+    pub fn start(mut self) -> Result<Worker, BuildError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
-        let store = self.store.ok_or(BuildError::MissingStore)?;
-        self.registry.validate()?;
+        let store = self.store.take().ok_or(BuildError::MissingStore)?;
+        self.finish_registry()?;
         let mut options = self.options;
         for setter in self.setters.0 {
             setter(&mut options);
@@ -1021,7 +1104,7 @@ impl WorkerBuilder {
                 lease: orchestration_lease,
             });
         }
-        let states = self.states.finish(&self.registry)?;
+        let states = self.states.finish(|s| self.registry.missing_state(s))?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let registry = Arc::new(self.registry);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -1,0 +1,385 @@
+//! [`OrchestrationContext::call_http`]: the orchestration side of a durable HTTP call — one
+//! `BuiltIn::HttpActivity` task per request, retries and 202 polls on durable timers.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::Location;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use super::{OrchestrationContext, RawTask, Timeouts};
+use crate::error::{FailureDetails, TaskError, TaskFailure, TaskKind, decode, encode};
+use crate::function::BoxFuture;
+use crate::http_call::{
+    DurableHttpRequest, DurableHttpResponse, HTTP_ACTIVITY_NAME, SendSpec, duration_ms,
+};
+use crate::ids::Timestamp;
+
+/// The future of [`OrchestrationContext::call_http`]: the final response, or the failure
+/// of the call.
+///
+/// The first request is scheduled when the future is created; awaiting it drives the
+/// retries and polls. Dropping it stops them (a request already scheduled still runs).
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::prelude::*;
+/// use durable_core::CallHttpFuture;
+///
+/// #[orchestrator]
+/// async fn ping(ctx: OrchestrationContext, uri: String) -> Result<u16, OrchestrationError> {
+///     let call: CallHttpFuture = ctx.call_http(DurableHttpRequest::get(uri));
+///     Ok(call.await?.status)
+/// }
+/// # let _ = ping;
+/// ```
+#[must_use = "futures do nothing unless awaited; the first request is scheduled either way"]
+pub struct CallHttpFuture(BoxFuture<'static, Result<DurableHttpResponse, TaskError>>);
+
+impl fmt::Debug for CallHttpFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CallHttpFuture")
+    }
+}
+
+impl Future for CallHttpFuture {
+    type Output = Result<DurableHttpResponse, TaskError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl OrchestrationContext {
+    /// Makes an HTTP request durably and returns the recorded response.
+    ///
+    /// The request runs in the built-in activity `BuiltIn::HttpActivity`, which every
+    /// worker built with feature `http-calls` registers; the request (secrets by source
+    /// name only) and the response are recorded, and replay returns the recorded response.
+    /// A `202 Accepted` with `Location` is polled on durable timers until another status
+    /// comes back (see [`DurableHttpRequest::async_polling`]). Any status is a response;
+    /// the call fails only on a transport error, a timeout, an oversized body, an unknown
+    /// token source, or a status its [`retry`](DurableHttpRequest::retry) policy gave up on
+    /// (see [`crate::http_call`]).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    /// use durable_core::http_call::DurableHttpRequest;
+    ///
+    /// #[orchestrator]
+    /// async fn export(ctx: OrchestrationContext, account: String) -> Result<String, OrchestrationError> {
+    ///     // 202 + Location answers are polled until the export is ready.
+    ///     let request = DurableHttpRequest::post(format!("https://reports.example.com/{account}/export"))
+    ///         .token_source("reports")
+    ///         .total_timeout(Duration::from_secs(3600));
+    ///     let response = ctx.call_http(request).await?;
+    ///     if !response.is_success() {
+    ///         return Err(OrchestrationError::new(format!("export failed: {}", response.status)));
+    ///     }
+    ///     Ok(response.text().into_owned())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let worker = Worker::builder()
+    ///     .store(MemoryStore::new())
+    ///     .http_token_source("reports", || async { Ok::<_, ActivityError>("token".to_owned()) })
+    ///     .register(export)
+    ///     .start()?;
+    /// let run = export::start(&worker.client(), "acme".to_owned()).await?;
+    /// println!("{}", run.wait().await?);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Determinism
+    /// Records one `TaskScheduled` of `BuiltIn::HttpActivity` per request (the first when
+    /// the future is created) and its `TaskCompleted` / `TaskFailed`; one `TimerCreated` /
+    /// `TimerFired` per poll wait and per retry back-off.
+    #[track_caller]
+    pub fn call_http(&self, request: DurableHttpRequest) -> CallHttpFuture {
+        let location = Location::caller();
+        if let Some(why) = &request.invalid_body {
+            let failure = unsent(
+                &request,
+                FailureDetails::new("HttpInvalidRequest", why.clone()).non_retriable(),
+            );
+            return CallHttpFuture(Box::pin(std::future::ready(Err(failure))));
+        }
+        let ctx = self.clone();
+        let started = self.now();
+        let deadline = request.total_timeout.map(|t| started + t);
+        let mut spec = request.send.clone();
+        if request.retry.is_some() {
+            spec.fail_on_status.clone_from(&request.retry_statuses);
+        }
+        let mut task = ctx.schedule_http(&spec, 1, deadline, location);
+        CallHttpFuture(Box::pin(async move {
+            let mut attempt = 1u32;
+            loop {
+                match (&mut task).await {
+                    Ok(payload) => {
+                        let response: DurableHttpResponse =
+                            decode(&payload).map_err(TaskError::Decode)?;
+                        if response.status != 202 || !request.async_polling {
+                            return Ok(response);
+                        }
+                        let Some(next) = response
+                            .header("location")
+                            .and_then(|l| resolve(&spec.uri, l))
+                        else {
+                            // Nothing (usable) to poll: the 202 is the answer.
+                            return Ok(response);
+                        };
+                        let now = ctx.now();
+                        let wait = retry_after(&response, now).unwrap_or(request.poll_interval);
+                        let at = match deadline {
+                            Some(d) if now + wait >= d => {
+                                ctx.timer_at_located(d, location).await;
+                                return Err(total_timeout(&request, &spec.uri));
+                            }
+                            _ => now + wait,
+                        };
+                        ctx.timer_at_located(at, location).await;
+                        spec = poll_spec(&spec, next);
+                        attempt = 1;
+                        task = ctx.schedule_http(&spec, attempt, deadline, location);
+                    }
+                    Err(TaskError::Failed(f)) => {
+                        let Some(policy) = &request.retry else {
+                            return Err(TaskError::Failed(f));
+                        };
+                        let now = ctx.now();
+                        let delay = policy.next_delay(attempt, &f.details).filter(|delay| {
+                            let within_policy = policy.total_timeout.is_none_or(|total| {
+                                now.saturating_duration_since(started) + *delay <= total
+                            });
+                            within_policy && deadline.is_none_or(|d| now + *delay < d)
+                        });
+                        ctx.notice_retry(&f, attempt, delay);
+                        let Some(delay) = delay else {
+                            return Err(TaskError::Failed(f));
+                        };
+                        ctx.timer_at_located(now + delay, location).await;
+                        attempt += 1;
+                        task = ctx.schedule_http(&spec, attempt, deadline, location);
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+        }))
+    }
+
+    /// Schedules one request: attempt `attempt`, its timeout capped by what is left before
+    /// `deadline`.
+    fn schedule_http(
+        &self,
+        spec: &SendSpec,
+        attempt: u32,
+        deadline: Option<Timestamp>,
+        location: &'static Location<'static>,
+    ) -> RawTask {
+        let mut spec = spec.clone();
+        if let Some(d) = deadline {
+            let left = duration_ms(d.saturating_duration_since(self.now())).max(1);
+            spec.timeout_ms = spec.timeout_ms.min(left);
+        }
+        let payload = match encode(&spec) {
+            Ok(p) => p,
+            Err(e) => return super::TaskFuture::<()>::failed(TaskError::Decode(e)).into_raw(),
+        };
+        self.schedule_activity_raw::<()>(
+            HTTP_ACTIVITY_NAME,
+            payload,
+            attempt,
+            Timeouts::default(),
+            None,
+            false,
+            location,
+        )
+        .into_raw()
+    }
+}
+
+/// The `GET` that polls `next`: the original headers (less those describing a body) and
+/// secrets, no body.
+fn poll_spec(spec: &SendSpec, next: String) -> SendSpec {
+    let mut poll = spec.clone();
+    "GET".clone_into(&mut poll.method);
+    poll.uri = next;
+    poll.body = Vec::new();
+    poll.headers.retain(|name, _| {
+        !matches!(
+            name.as_str(),
+            "content-type" | "content-length" | "content-encoding"
+        )
+    });
+    poll
+}
+
+fn total_timeout(request: &DurableHttpRequest, uri: &str) -> TaskError {
+    let total = request.total_timeout.unwrap_or_default();
+    unsent(
+        request,
+        FailureDetails::new(
+            "HttpTimeout",
+            format!(
+                "still 202 Accepted (polling {uri}) when the total timeout of {total:?} ran out"
+            ),
+        )
+        .non_retriable(),
+    )
+}
+
+/// A failure of the call itself (no request of its own to blame), naming the request.
+fn unsent(request: &DurableHttpRequest, mut details: FailureDetails) -> TaskError {
+    details.message = format!(
+        "{} {}: {}",
+        request.send.method, request.send.uri, details.message
+    );
+    TaskError::Failed(Box::new(TaskFailure {
+        kind: TaskKind::Activity,
+        name: HTTP_ACTIVITY_NAME.to_owned(),
+        task: None,
+        instance_id: None,
+        details,
+    }))
+}
+
+/// `location` resolved against the URI that answered with it.
+fn resolve(base: &str, location: &str) -> Option<String> {
+    let base = reqwest::Url::parse(base).ok()?;
+    let next = base.join(location.trim()).ok()?;
+    matches!(next.scheme(), "http" | "https").then(|| next.into())
+}
+
+/// The wait a `Retry-After` asks for: delay-seconds, or an HTTP date relative to `now` (a
+/// date in the past asks for none).
+fn retry_after(response: &DurableHttpResponse, now: Timestamp) -> Option<Duration> {
+    let value = response.header("retry-after")?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = parse_http_date(value)?;
+    Some(at.saturating_duration_since(now))
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form HTTP requires senders to use.
+fn parse_http_date(text: &str) -> Option<Timestamp> {
+    let (_weekday, rest) = text.split_once(", ")?;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    let [day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let day: u64 = day.parse().ok()?;
+    let month = 1 + [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == month)? as u64;
+    let year: u64 = year.parse().ok()?;
+    let hms: Vec<u64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [h, m, s] = hms.as_slice() else {
+        return None;
+    };
+    if !(1..=31).contains(&day) || year < 1970 || *h > 23 || *m > 59 || *s > 60 {
+        return None;
+    }
+    // Days since 1970-01-01 of a proleptic Gregorian date (March-based year).
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    let secs = days * 86_400 + h * 3600 + m * 60 + s;
+    Some(Timestamp::from_unix_millis(secs.checked_mul(1000)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates_parse_to_their_instant() {
+        let t = parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(t.as_unix_millis(), 784_111_777_000);
+        let t = parse_http_date("Thu, 29 Feb 2024 00:00:00 GMT").unwrap();
+        assert_eq!(t.to_rfc3339(), "2024-02-29T00:00:00.000Z");
+        assert_eq!(
+            parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(Timestamp::EPOCH)
+        );
+        for bad in [
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "Sun, 06 Nov 1994 08:49:37 PST",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        let now = parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        let r = DurableHttpResponse::new(202).with_header("Retry-After", "120");
+        assert_eq!(retry_after(&r, now), Some(Duration::from_secs(120)));
+        let r = DurableHttpResponse::new(202)
+            .with_header("Retry-After", "Sun, 06 Nov 1994 08:50:07 GMT");
+        assert_eq!(retry_after(&r, now), Some(Duration::from_secs(30)));
+        let r = DurableHttpResponse::new(202)
+            .with_header("Retry-After", "Sun, 06 Nov 1994 08:00:00 GMT");
+        assert_eq!(retry_after(&r, now), Some(Duration::ZERO));
+        let r = DurableHttpResponse::new(202).with_header("Retry-After", "soon");
+        assert_eq!(retry_after(&r, now), None);
+        assert_eq!(retry_after(&DurableHttpResponse::new(202), now), None);
+    }
+
+    #[test]
+    fn locations_resolve_against_the_answering_uri() {
+        let base = "http://127.0.0.1:8080/api/jobs?x=1";
+        assert_eq!(
+            resolve(base, "/status/7").as_deref(),
+            Some("http://127.0.0.1:8080/status/7")
+        );
+        assert_eq!(
+            resolve(base, "7/status").as_deref(),
+            Some("http://127.0.0.1:8080/api/7/status")
+        );
+        assert_eq!(
+            resolve(base, "https://other.example/op/1").as_deref(),
+            Some("https://other.example/op/1")
+        );
+        assert_eq!(resolve(base, "ftp://other.example/op/1"), None);
+        assert_eq!(resolve("not a uri", "/x"), None);
+    }
+
+    #[test]
+    fn polls_are_gets_without_the_body() {
+        let spec = DurableHttpRequest::post("http://h/jobs")
+            .json(&[1])
+            .header("x-tag", "t")
+            .secret_header("x-key", "k")
+            .send;
+        let poll = poll_spec(&spec, "http://h/jobs/1".to_owned());
+        assert_eq!(
+            (poll.method.as_str(), poll.uri.as_str()),
+            ("GET", "http://h/jobs/1")
+        );
+        assert!(poll.body.is_empty());
+        assert_eq!(poll.headers.keys().collect::<Vec<_>>(), ["x-tag"]);
+        assert_eq!(poll.secret_headers, spec.secret_headers);
+    }
+}
