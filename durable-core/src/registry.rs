@@ -97,7 +97,7 @@ pub struct Registry {
     /// The state types each activity takes (activities taking none are absent).
     states: BTreeMap<String, Vec<StateType>>,
     /// Transactional activities (also in `activities`, whose entry refuses to run them).
-    pub(crate) transactional: crate::transaction::TxActivities,
+    pub(crate) transactional: crate::storage::app::TxActivities,
     duplicates: Vec<(&'static str, String)>,
 }
 

@@ -649,7 +649,7 @@ impl Store for MemoryStore {
         &self,
         id: u64,
         lock: LockToken,
-        run: crate::transaction::TransactionalRun,
+        run: crate::storage::app::TransactionalRun,
     ) -> Result<(), StoreError> {
         self.complete_in_transaction(id, lock, run)?;
         self.inner.signals.orchestration_work();

@@ -10,7 +10,7 @@ use redb::{Database, ReadableDatabase};
 use super::MemoryStore;
 use crate::error::StoreError;
 use crate::storage::LockToken;
-use crate::transaction::{
+use crate::storage::app::{
     Body, RedbReadTransaction, RedbTransaction, TransactionalRun, panic_failure,
 };
 

@@ -6,6 +6,7 @@
 //! operations are few, atomic and batch-friendly: an episode's whole effect is one
 //! [`Store::commit_episode`]. Stores know nothing about replay.
 
+pub(crate) mod app;
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
@@ -24,11 +25,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
+use self::app::TransactionalRun;
 use crate::error::{FailureDetails, PayloadDecodeError, StoreError};
 use crate::history::{Event, HistoryEvent, ParentRef, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 use crate::trace_context::TraceContext;
-use crate::transaction::TransactionalRun;
 
 #[cfg(feature = "redb")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redb")))]

@@ -17,6 +17,7 @@ use redb::{
 };
 use tokio::sync::oneshot;
 
+use super::app::{Body, RedbReadTransaction, RedbTransaction, TransactionalRun, panic_failure};
 use super::metrics::CommitTimer;
 use super::replace::{self, Reuse, Teardown};
 use super::{
@@ -27,9 +28,6 @@ use super::{
 use crate::error::{BackendError, FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
-use crate::transaction::{
-    Body, RedbReadTransaction, RedbTransaction, TransactionalRun, panic_failure,
-};
 
 /// Names and small counters: the format version and the id counter.
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");

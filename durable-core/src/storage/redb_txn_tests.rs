@@ -10,8 +10,8 @@ use super::RedbStore;
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
+use crate::storage::app::{Body, RedbTransaction, TransactionalRun};
 use crate::storage::{ActivityTask, ActivityWorkItem, EpisodeCommit, Message, NewInstance, Store};
-use crate::transaction::{Body, RedbTransaction, TransactionalRun};
 
 const ROWS: TableDefinition<'_, &str, u64> = TableDefinition::new("rows");
 const LEASE: Duration = Duration::from_secs(10);

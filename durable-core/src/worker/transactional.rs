@@ -14,12 +14,12 @@ use super::lease::LeaseGuard;
 use super::meters::{self, Stopwatch};
 use crate::error::{FailureDetails, StoreError};
 use crate::history::Payload;
-use crate::storage::{ActivityWorkItem, Message};
 #[cfg(feature = "postgres")]
-use crate::transaction::PgActivityFn;
+use crate::storage::app::PgActivityFn;
 #[cfg(feature = "redb")]
-use crate::transaction::RedbActivityFn;
-use crate::transaction::{Body, TransactionalRun, panic_failure};
+use crate::storage::app::RedbActivityFn;
+use crate::storage::app::{Body, TransactionalRun, panic_failure};
+use crate::storage::{ActivityWorkItem, Message};
 
 const COMPLETED: u8 = 1;
 const FAILED: u8 = 2;
@@ -69,16 +69,16 @@ pub(super) async fn run(
         match f {
             #[cfg(feature = "redb")]
             Registered::Redb(f) => Body::Redb(Box::new(
-                move |tx: &crate::transaction::RedbTransaction<'_>| {
+                move |tx: &crate::storage::app::RedbTransaction<'_>| {
                     let ran = catch_unwind(AssertUnwindSafe(|| f(tx, input)));
                     settle(ran, &name, limit, &outcome)
                 },
             )),
             #[cfg(feature = "postgres")]
             Registered::Postgres(f) => Body::Postgres(Box::new(
-                move |tx: &crate::transaction::PgTransaction<'_>| {
+                move |tx: &crate::storage::app::PgTransaction<'_>| {
                     Box::pin(async move {
-                        let ran = crate::transaction::CatchPanic(f(tx, input)).await;
+                        let ran = crate::storage::app::CatchPanic(f(tx, input)).await;
                         settle(ran, &name, limit, &outcome)
                     })
                 },

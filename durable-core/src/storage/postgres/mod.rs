@@ -601,7 +601,7 @@ impl Store for PostgresStore {
         &self,
         id: u64,
         lock: LockToken,
-        run: crate::transaction::TransactionalRun,
+        run: crate::storage::app::TransactionalRun,
     ) -> Result<(), StoreError> {
         self.complete_in_transaction(id, lock, run).await
     }

@@ -6,8 +6,8 @@ use super::notify::Wake;
 use super::util::{R, to_i64, ts};
 use crate::error::StoreError;
 use crate::storage::LockToken;
+use crate::storage::app::{Body, CatchPanic, TransactionalRun, panic_failure};
 use crate::storage::metrics::CommitTimer;
-use crate::transaction::{Body, CatchPanic, TransactionalRun, panic_failure};
 
 /// Where a failed body's statements are rolled back to.
 const SAVEPOINT: &str = "durable_activity_body";
@@ -102,10 +102,10 @@ mod tests {
     use crate::error::{FailureDetails, StoreError};
     use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
     use crate::ids::{InstanceId, Timestamp};
+    use crate::storage::app::{Body, TransactionalRun};
     use crate::storage::{
         ActivityTask, ActivityWorkItem, EpisodeCommit, Message, NewInstance, Store,
     };
-    use crate::transaction::{Body, TransactionalRun};
 
     const LEASE: Duration = Duration::from_secs(10);
 
