@@ -194,6 +194,17 @@ mod tests {
             .collect()
     }
 
+    /// Drops the test's table and task hub.
+    async fn clean_up(store: PostgresStore, url: &str, table: &str) {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("DROP TABLE {table}"))
+            .await
+            .unwrap();
+        store.drop_task_hub().await.unwrap();
+    }
+
     async fn results(store: &PostgresStore, now: Timestamp) -> Vec<Event> {
         match store.fetch_orchestration_work(now, LEASE).await.unwrap() {
             Some(item) => item.messages.into_iter().map(|m| m.event).collect(),
@@ -216,6 +227,7 @@ mod tests {
             matches!(events.as_slice(), [Event::TaskCompleted { .. }]),
             "{events:?}"
         );
+        clean_up(store, &url, &table).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,6 +245,7 @@ mod tests {
             panic!("one failure expected: {events:?}");
         };
         assert_eq!(failure.message, "insufficient funds");
+        clean_up(store, &url, &table).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,5 +274,6 @@ mod tests {
         assert_eq!(rows(&url, &table).await, ["fresh"]);
         let events = results(&store, at(10_001)).await;
         assert_eq!(events.len(), 1, "one result: {events:?}");
+        clean_up(store, &url, &table).await;
     }
 }
