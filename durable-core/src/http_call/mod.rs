@@ -104,7 +104,10 @@ use crate::function::BoxFuture;
 use crate::retry::RetryPolicy;
 
 mod body;
+mod record;
 pub(crate) mod send;
+
+pub use record::HttpRequestRecord;
 
 /// The durable name of the built-in activity that sends durable HTTP requests (the name
 /// Durable Functions gives it, so tools reading history see the familiar name).
