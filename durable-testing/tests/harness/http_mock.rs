@@ -354,3 +354,36 @@ async fn requests_pass_through_to_the_network_and_real_ones_are_listed_too() {
     assert!(!sent[0].mocked);
     assert_eq!(sent[0].request.uri(), format!("{base}/real"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mocks_and_pass_through_survive_worker_crashes() {
+    let base = tiny_server("done").await;
+    let poll = format!("{base}/jobs/1");
+    let location = poll.clone();
+    // Stateless: a re-run after a crash gets the same answer.
+    let env = TestEnv::builder()
+        .register(http_flow)
+        .mock_http(move |request| match request.method() {
+            "POST" => MockHttp::accepted(&location),
+            _ => MockHttp::pass_through(),
+        })
+        .http_token_source("api", || async {
+            Ok::<_, ActivityError>("t0ken".to_owned())
+        })
+        .http_token_source("partner", || async {
+            Ok::<_, ActivityError>("k3y".to_owned())
+        })
+        .crash_after_commits([2, 4])
+        .start()
+        .unwrap();
+    let run = env
+        .start(http_flow, Plan::new("POST", format!("{API}/jobs")))
+        .await
+        .unwrap();
+    let out = env.wait(&run).await.unwrap();
+    assert_eq!(out.answer, Ok((200, "done".to_owned())));
+    assert_eq!(env.crashes(), 2);
+    let sent = env.http_requests();
+    assert_eq!(sent.last().map(|c| c.request.uri()), Some(poll.as_str()));
+    assert!(sent.len() >= 2, "{sent:?}");
+}
