@@ -38,7 +38,9 @@
 //!
 //! An endpoint that accepts a job, then reports it pending once before it is done; the
 //! orchestration sees only the final answer. [`durable_testing`]'s `TestEnv` runs the
-//! request for real and the poll wait on its virtual clock.
+//! request for real and the poll wait on its virtual clock. (It can also answer requests
+//! without a server — `TestEnvBuilder::mock_http`, `HttpScript` — and lists every request
+//! sent, each an [`HttpRequestRecord`].)
 //!
 //! ```
 //! use std::time::Duration;
@@ -104,7 +106,10 @@ use crate::function::BoxFuture;
 use crate::retry::RetryPolicy;
 
 mod body;
+mod record;
 pub(crate) mod send;
+
+pub use record::HttpRequestRecord;
 
 /// The durable name of the built-in activity that sends durable HTTP requests (the name
 /// Durable Functions gives it, so tools reading history see the familiar name).

@@ -21,6 +21,34 @@ impl ToFailure for SendFailure {
     }
 }
 
+impl SendFailure {
+    pub(super) fn into_details(self) -> FailureDetails {
+        self.0
+    }
+}
+
+/// The failure of an attempt whose body passed `limit` bytes.
+pub(super) fn too_large(what: &str, limit: u64) -> SendFailure {
+    non_retriable(
+        "HttpResponseTooLarge",
+        format!(
+            "{what}: the response body exceeds the limit of {limit} bytes \
+             (`DurableHttpRequest::max_response_bytes`)"
+        ),
+    )
+}
+
+/// The failure of an attempt answered with a status its retry policy retries.
+pub(super) fn retriable_status(what: &str, status: u16, body: &[u8]) -> SendFailure {
+    let status = reqwest::StatusCode::from_u16(status)
+        .map_or_else(|_| status.to_string(), |s| s.to_string());
+    let excerpt: String = String::from_utf8_lossy(body).chars().take(200).collect();
+    retriable(
+        "HttpRetriableStatus",
+        format!("{what} answered {status}: {excerpt}"),
+    )
+}
+
 fn retriable(error_type: &str, message: String) -> SendFailure {
     SendFailure(FailureDetails::new(error_type, message))
 }
@@ -119,15 +147,7 @@ impl HttpActivity {
             .map_err(|e| transport(&e, what))?;
         let status = response.status();
         let limit = spec.max_response_bytes;
-        let too_large = || {
-            non_retriable(
-                "HttpResponseTooLarge",
-                format!(
-                    "{what}: the response body exceeds the limit of {limit} bytes \
-                     (`DurableHttpRequest::max_response_bytes`)"
-                ),
-            )
-        };
+        let too_large = || too_large(what, limit);
         if !bodiless && response.content_length().is_some_and(|n| n > limit) {
             return Err(too_large());
         }
@@ -151,11 +171,7 @@ impl HttpActivity {
             body.extend_from_slice(&chunk);
         }
         if spec.fail_on_status.contains(&status.as_u16()) {
-            let excerpt: String = String::from_utf8_lossy(&body).chars().take(200).collect();
-            return Err(retriable(
-                "HttpRetriableStatus",
-                format!("{what} answered {status}: {excerpt}"),
-            ));
+            return Err(retriable_status(what, status.as_u16(), &body));
         }
         Ok(DurableHttpResponse {
             status: status.as_u16(),

@@ -1033,6 +1033,48 @@ impl WorkerBuilder {
         self
     }
 
+    /// The built-in HTTP activity (`BuiltIn::HttpActivity`) as [`start`](Self::start)
+    /// would register it now — with the token sources and client given so far — as a
+    /// type-erased handler.
+    ///
+    /// `start` keeps an activity already registered under
+    /// [`HTTP_ACTIVITY_NAME`](crate::http_call::HTTP_ACTIVITY_NAME) instead of adding the
+    /// built-in one; a test harness or middleware registering its own (to record requests,
+    /// or answer some without the network) forwards the rest to this handler.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use durable_core::prelude::*;
+    /// use durable_core::Registry;
+    /// use durable_core::http_call::HTTP_ACTIVITY_NAME;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let builder = Worker::builder().store(MemoryStore::new());
+    /// // Counts the requests, then sends them as the built-in activity does.
+    /// let real = builder.http_activity();
+    /// let sent = Arc::new(AtomicUsize::new(0));
+    /// let counter = Arc::clone(&sent);
+    /// let mut registry = Registry::new();
+    /// registry.add_activity_raw(HTTP_ACTIVITY_NAME, move |ctx, input| {
+    ///     counter.fetch_add(1, Ordering::SeqCst);
+    ///     real(ctx, input)
+    /// });
+    /// let worker = builder.registry(registry).start()?;
+    /// # assert_eq!(sent.load(Ordering::SeqCst), 0);
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "http-calls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+    #[must_use]
+    pub fn http_activity(&self) -> crate::registry::ActivityHandler {
+        crate::registry::handler_of(self.http.clone().into_activity())
+    }
+
     /// Adds the engine's own activities to the registry, then checks it.
     fn finish_registry(&mut self) -> Result<(), BuildError> {
         // The built-in HTTP activity, unless an activity of that name is already there (a
