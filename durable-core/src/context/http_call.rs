@@ -12,7 +12,8 @@ use super::{OrchestrationContext, RawTask, Timeouts};
 use crate::error::{FailureDetails, TaskError, TaskFailure, TaskKind, decode, encode};
 use crate::function::BoxFuture;
 use crate::http_call::{
-    DurableHttpRequest, DurableHttpResponse, HTTP_ACTIVITY_NAME, SendSpec, duration_ms,
+    DurableHttpRequest, DurableHttpResponse, HTTP_ACTIVITY_NAME, MAX_POLL_INTERVAL,
+    MIN_POLL_INTERVAL, SendSpec, duration_ms,
 };
 use crate::ids::Timestamp;
 
@@ -119,6 +120,8 @@ impl OrchestrationContext {
         let mut task = ctx.schedule_http(&spec, 1, deadline, location);
         CallHttpFuture(Box::pin(async move {
             let mut attempt = 1u32;
+            // Whether `spec` is a poll (rather than the first request).
+            let mut polling = false;
             loop {
                 match (&mut task).await {
                     Ok(payload) => {
@@ -127,15 +130,23 @@ impl OrchestrationContext {
                         if response.status != 202 || !request.async_polling {
                             return Ok(response);
                         }
-                        let Some(next) = response
-                            .header("location")
-                            .and_then(|l| resolve(&spec.uri, l))
-                        else {
+                        // Relative to where redirects led, when they did.
+                        let answered = response.uri.as_deref().unwrap_or(&spec.uri);
+                        let next = match response.header("location") {
+                            Some(l) => resolve(answered, l),
+                            // A poll answering 202 alone: the operation is still running
+                            // at the `Location` being polled.
+                            None if polling => Some(spec.uri.clone()),
+                            None => None,
+                        };
+                        let Some(next) = next else {
                             // Nothing (usable) to poll: the 202 is the answer.
                             return Ok(response);
                         };
                         let now = ctx.now();
-                        let wait = retry_after(&response, now).unwrap_or(request.poll_interval);
+                        let wait = retry_after(&response, now)
+                            .unwrap_or(request.poll_interval)
+                            .clamp(MIN_POLL_INTERVAL, MAX_POLL_INTERVAL);
                         let at = match deadline {
                             Some(d) if now + wait >= d => {
                                 ctx.timer_at_located(d, location).await;
@@ -144,7 +155,8 @@ impl OrchestrationContext {
                             _ => now + wait,
                         };
                         ctx.timer_at_located(at, location).await;
-                        spec = poll_spec(&spec, next);
+                        spec = poll_spec(&spec, &request, next);
+                        polling = true;
                         attempt = 1;
                         task = ctx.schedule_http(&spec, attempt, deadline, location);
                     }
@@ -204,10 +216,15 @@ impl OrchestrationContext {
     }
 }
 
-/// The `GET` that polls `next`: the original headers (less those describing a body) and
-/// secrets, no body.
-fn poll_spec(spec: &SendSpec, next: String) -> SendSpec {
+/// The `GET` that polls `next`: the original headers (less those describing a body), no
+/// body, and the secrets when `next` is on the original request's origin (or the request
+/// allows other origins, and `next` is not `http` after an `https` request).
+fn poll_spec(spec: &SendSpec, request: &DurableHttpRequest, next: String) -> SendSpec {
     let mut poll = spec.clone();
+    if !secrets_may_go_to(request, &next) {
+        poll.token_source = None;
+        poll.secret_headers.clear();
+    }
     "GET".clone_into(&mut poll.method);
     poll.uri = next;
     poll.body = Vec::new();
@@ -218,6 +235,21 @@ fn poll_spec(spec: &SendSpec, next: String) -> SendSpec {
         )
     });
     poll
+}
+
+/// Whether the secrets of `request` may be sent to `uri`.
+fn secrets_may_go_to(request: &DurableHttpRequest, uri: &str) -> bool {
+    let (Ok(original), Ok(target)) = (
+        reqwest::Url::parse(&request.send.uri),
+        reqwest::Url::parse(uri),
+    ) else {
+        return false;
+    };
+    if original.origin() == target.origin() {
+        return true;
+    }
+    let downgrade = original.scheme() == "https" && target.scheme() != "https";
+    request.secrets_to_other_origins && !downgrade
 }
 
 fn total_timeout(request: &DurableHttpRequest, uri: &str) -> TaskError {
@@ -368,12 +400,12 @@ mod tests {
 
     #[test]
     fn polls_are_gets_without_the_body() {
-        let spec = DurableHttpRequest::post("http://h/jobs")
+        let request = DurableHttpRequest::post("http://h/jobs")
             .json(&[1])
             .header("x-tag", "t")
-            .secret_header("x-key", "k")
-            .send;
-        let poll = poll_spec(&spec, "http://h/jobs/1".to_owned());
+            .secret_header("x-key", "k");
+        let spec = request.send.clone();
+        let poll = poll_spec(&spec, &request, "http://h/jobs/1".to_owned());
         assert_eq!(
             (poll.method.as_str(), poll.uri.as_str()),
             ("GET", "http://h/jobs/1")
@@ -381,5 +413,24 @@ mod tests {
         assert!(poll.body.is_empty());
         assert_eq!(poll.headers.keys().collect::<Vec<_>>(), ["x-tag"]);
         assert_eq!(poll.secret_headers, spec.secret_headers);
+    }
+
+    #[test]
+    fn secrets_go_to_other_origins_only_when_allowed_and_never_downgraded() {
+        let request = DurableHttpRequest::post("https://api.example/jobs").token_source("t");
+        assert!(secrets_may_go_to(&request, "https://api.example:443/jobs/1"));
+        assert!(!secrets_may_go_to(&request, "https://status.example/jobs/1"));
+        assert!(!secrets_may_go_to(&request, "http://api.example/jobs/1"));
+        assert!(!secrets_may_go_to(&request, "https://api.example:8443/jobs/1"));
+        let open = request.secrets_to_other_origins(true);
+        assert!(secrets_may_go_to(&open, "https://status.example/jobs/1"));
+        assert!(!secrets_may_go_to(&open, "http://status.example/jobs/1"));
+        assert!(!secrets_may_go_to(&open, "http://api.example/jobs/1"));
+
+        let spec = open.send.clone();
+        let poll = poll_spec(&spec, &open, "http://status.example/1".to_owned());
+        assert_eq!(poll.token_source, None);
+        let poll = poll_spec(&spec, &open, "https://status.example/1".to_owned());
+        assert_eq!(poll.token_source.as_deref(), Some("t"));
     }
 }

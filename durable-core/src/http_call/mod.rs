@@ -152,7 +152,13 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(100);
 /// ```
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The default [`max_response_bytes`](DurableHttpRequest::max_response_bytes): 1 MiB.
+/// The default [`max_response_bytes`](DurableHttpRequest::max_response_bytes): 512 KiB.
+///
+/// Half the worker's default payload limit ([`Limits`](crate::Limits), 1 MiB), because the
+/// response is recorded as JSON: a text body grows with JSON escaping (a `"` or `\` takes 2
+/// bytes, a control character 6) and a binary body is recorded as base64 (4 bytes for 3).
+/// Whatever this limit says, a response whose recorded form passes the worker's
+/// `max_payload_bytes` fails with `HttpResponseTooLarge`.
 ///
 /// # Examples
 ///
@@ -163,7 +169,33 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 ///     .max_response_bytes(4 * DEFAULT_MAX_RESPONSE_BYTES);
 /// # let _ = request;
 /// ```
-pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 1 << 20;
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 512 << 10;
+
+/// The shortest wait between polls of a `202 Accepted`: 1 second. A shorter `Retry-After`
+/// (`0` included) or [`poll_interval`](DurableHttpRequest::poll_interval) waits this long.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::http_call::{MAX_POLL_INTERVAL, MIN_POLL_INTERVAL};
+///
+/// assert!(MIN_POLL_INTERVAL < MAX_POLL_INTERVAL);
+/// ```
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest wait between polls of a `202 Accepted`: 1 hour. A longer `Retry-After` (a
+/// date years away, say) or [`poll_interval`](DurableHttpRequest::poll_interval) waits
+/// this long, so a hostile or broken endpoint cannot park an instance for good.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use durable_core::http_call::MAX_POLL_INTERVAL;
+///
+/// assert_eq!(MAX_POLL_INTERVAL, Duration::from_secs(3600));
+/// ```
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// A [`reqwest::ClientBuilder`] set up as the worker's default HTTP client is: TLS through
 /// rustls with the `ring` provider, trusting the platform's roots (or the Mozilla roots of
@@ -230,11 +262,21 @@ pub(crate) struct SendSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) secret_headers: BTreeMap<String, String>,
     /// Bounds the whole exchange (token, connect, headers and body), in milliseconds.
+    #[serde(default = "default_timeout_ms")]
     pub(crate) timeout_ms: u64,
+    #[serde(default = "default_max_response_bytes")]
     pub(crate) max_response_bytes: u64,
     /// Statuses that fail the attempt (set only under a retry policy).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) fail_on_status: Vec<u16>,
+}
+
+fn default_timeout_ms() -> u64 {
+    duration_ms(DEFAULT_REQUEST_TIMEOUT)
+}
+
+fn default_max_response_bytes() -> u64 {
+    DEFAULT_MAX_RESPONSE_BYTES
 }
 
 /// An HTTP request made durably by
@@ -266,6 +308,8 @@ pub struct DurableHttpRequest {
     pub(crate) total_timeout: Option<Duration>,
     pub(crate) poll_interval: Duration,
     pub(crate) async_polling: bool,
+    /// Whether polls on another origin get the secrets (never over http after https).
+    pub(crate) secrets_to_other_origins: bool,
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) retry_statuses: Vec<u16>,
     /// Why [`json`](Self::json) could not serialize its value: the call fails with it.
@@ -285,6 +329,7 @@ impl fmt::Debug for DurableHttpRequest {
             .field("total_timeout", &self.total_timeout)
             .field("poll_interval", &self.poll_interval)
             .field("async_polling", &self.async_polling)
+            .field("secrets_to_other_origins", &self.secrets_to_other_origins)
             .field("retry", &self.retry)
             .field("retry_statuses", &self.retry_statuses)
             .field("max_response_bytes", &self.send.max_response_bytes)
@@ -324,6 +369,7 @@ impl DurableHttpRequest {
             total_timeout: None,
             poll_interval: DEFAULT_POLL_INTERVAL,
             async_polling: true,
+            secrets_to_other_origins: false,
             retry: None,
             retry_statuses: DEFAULT_RETRY_STATUSES.to_vec(),
             invalid_body: None,
@@ -460,7 +506,14 @@ impl DurableHttpRequest {
     }
 
     /// How long to wait between polls of a 202 that has no (readable) `Retry-After`.
-    /// Default [`DEFAULT_POLL_INTERVAL`] (30 s).
+    /// Default [`DEFAULT_POLL_INTERVAL`] (30 s). This wait and `Retry-After` are both held
+    /// between [`MIN_POLL_INTERVAL`] (1 s) and [`MAX_POLL_INTERVAL`] (1 h).
+    ///
+    /// Each poll adds about four events to the instance's history (its timer's
+    /// `TimerCreated` and `TimerFired`, the request's `TaskScheduled` and `TaskCompleted`),
+    /// so an operation polled for days keeps growing it: set a
+    /// [`total_timeout`](Self::total_timeout) for operations that may never finish. A few
+    /// hundred polls need no continue-as-new.
     ///
     /// # Examples
     ///
@@ -493,6 +546,29 @@ impl DurableHttpRequest {
         self
     }
 
+    /// `true` sends the [`token_source`](Self::token_source) and
+    /// [`secret_header`](Self::secret_header)s with polls of a `Location` on another
+    /// origin (scheme, host and port) than this request's, for APIs whose operations
+    /// report their status elsewhere. Default `false`: such a poll goes without them.
+    /// Either way, secrets are never sent over `http` when this request is `https`, and
+    /// never follow a redirect to another origin.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::http_call::DurableHttpRequest;
+    ///
+    /// // The API answers 202 with a Location on https://status.example.com.
+    /// let request = DurableHttpRequest::post("https://api.example.com/exports")
+    ///     .token_source("example")
+    ///     .secrets_to_other_origins(true);
+    /// # let _ = request;
+    /// ```
+    pub fn secrets_to_other_origins(mut self, on: bool) -> Self {
+        self.secrets_to_other_origins = on;
+        self
+    }
+
     /// Retries failed attempts under `policy`, each back-off a durable timer: transport
     /// errors, per-request timeouts, token-source errors and the statuses of
     /// [`retry_on_status`](Self::retry_on_status) (default [`DEFAULT_RETRY_STATUSES`]).
@@ -514,35 +590,6 @@ impl DurableHttpRequest {
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
         self
-    }
-
-    /// A [`reqwest::ClientBuilder`] set up as the worker's default HTTP client is: TLS through
-    /// rustls with the `ring` provider, trusting the platform's roots (or the Mozilla roots of
-    /// `webpki-roots` when the platform has none), HTTP/1. Refine it and hand the client to
-    /// [`WorkerBuilder::http_client`](crate::WorkerBuilder::http_client).
-    ///
-    /// durable builds reqwest without a TLS provider of its own (no aws-lc C build), so a
-    /// plain `reqwest::Client::builder().build()` panics unless the application installs a
-    /// rustls `CryptoProvider` or enables reqwest's `rustls` feature itself; start from this
-    /// builder instead.
-    ///
-    /// # Errors
-    /// When the TLS configuration cannot be built (no usable protocol version).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    ///
-    /// let client = durable_core::http_call::client_builder()?
-    ///     .connect_timeout(Duration::from_secs(3))
-    ///     .redirect(durable_core::reqwest::redirect::Policy::none())
-    ///     .build()?;
-    /// # let _ = client;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn client_builder() -> Result<reqwest::ClientBuilder, rustls::Error> {
-        send::client_builder()
     }
 
     /// The statuses a [`retry`](Self::retry) policy retries (replacing
@@ -568,9 +615,13 @@ impl DurableHttpRequest {
 
     /// The largest response body accepted, in bytes. A larger one fails the call
     /// (error type `HttpResponseTooLarge`, non-retriable) as soon as the limit is passed,
-    /// without reading the rest. Default [`DEFAULT_MAX_RESPONSE_BYTES`] (1 MiB). Keep it
-    /// within the worker's payload limit ([`Limits`](crate::Limits)), since the response
-    /// is recorded.
+    /// without reading the rest. Default [`DEFAULT_MAX_RESPONSE_BYTES`] (512 KiB).
+    ///
+    /// The response is recorded, so it must also fit the worker's payload limit
+    /// ([`Limits::max_payload_bytes`](crate::Limits::max_payload_bytes), 1 MiB by default)
+    /// once encoded: JSON escaping grows a text body (up to 6 bytes for a control
+    /// character) and base64 a binary one (by a third), and the headers count too. A
+    /// response past it fails the same way (`HttpResponseTooLarge`, naming both limits).
     ///
     /// # Examples
     ///
@@ -715,6 +766,11 @@ pub struct DurableHttpResponse {
     /// The body.
     #[serde(default, with = "body", skip_serializing_if = "Vec::is_empty")]
     pub body: Vec<u8>,
+    /// The URI that gave this response: the request's, or where its redirects led. A
+    /// relative `Location` is resolved against it. `None` in responses built by hand (and
+    /// recorded before durable recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
 }
 
 impl DurableHttpResponse {
@@ -732,6 +788,7 @@ impl DurableHttpResponse {
             status,
             headers: BTreeMap::new(),
             body: Vec::new(),
+            uri: None,
         }
     }
 
@@ -880,10 +937,23 @@ where
 
 /// The HTTP settings a worker gives its built-in HTTP activity: token sources by name and
 /// the client options.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct HttpCallConfig {
     pub(crate) sources: BTreeMap<String, Arc<dyn HttpTokenSource>>,
     pub(crate) client: Option<reqwest::Client>,
+    /// The worker's [`Limits::max_payload_bytes`](crate::Limits::max_payload_bytes): the
+    /// largest recorded response.
+    pub(crate) max_payload_bytes: usize,
+}
+
+impl Default for HttpCallConfig {
+    fn default() -> Self {
+        Self {
+            sources: BTreeMap::new(),
+            client: None,
+            max_payload_bytes: crate::Limits::default().max_payload_bytes,
+        }
+    }
 }
 
 impl fmt::Debug for HttpCallConfig {
@@ -892,6 +962,7 @@ impl fmt::Debug for HttpCallConfig {
         f.debug_struct("HttpCallConfig")
             .field("token_sources", &self.sources.keys().collect::<Vec<_>>())
             .field("client", &self.client)
+            .field("max_payload_bytes", &self.max_payload_bytes)
             .finish()
     }
 }

@@ -5,11 +5,17 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName,
+    HeaderValue, LOCATION,
+};
 
 use super::{DurableHttpResponse, HTTP_ACTIVITY_NAME, HttpCallConfig, SendSpec};
 use crate::error::{FailureDetails, ToFailure};
 use crate::function::{Activity, ActivityContext};
+
+/// The most redirects one request follows (as browsers and reqwest's default do).
+const MAX_REDIRECTS: u32 = 10;
 
 /// The failure of one attempt, recorded as it is.
 #[derive(Debug)]
@@ -79,9 +85,9 @@ impl HttpActivity {
     async fn send(&self, spec: SendSpec, what: &str) -> Result<DurableHttpResponse, SendFailure> {
         let client = self.client()?;
         let invalid = |m: String| non_retriable("HttpInvalidRequest", format!("{what}: {m}"));
-        let method = reqwest::Method::from_bytes(spec.method.as_bytes())
+        let mut method = reqwest::Method::from_bytes(spec.method.as_bytes())
             .map_err(|_| invalid(format!("`{}` is not an HTTP method", spec.method)))?;
-        let url = reqwest::Url::parse(&spec.uri)
+        let mut url = reqwest::Url::parse(&spec.uri)
             .map_err(|e| invalid(format!("`{}` is not an absolute URI: {e}", spec.uri)))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(invalid(format!(
@@ -97,38 +103,93 @@ impl HttpActivity {
                 .map_err(|_| invalid(format!("the value of header `{name}` is not valid")))?;
             headers.insert(name, value);
         }
+        // The secrets, sent only while the request stays on the origin it was made to.
+        let mut secrets: Vec<(HeaderName, HeaderValue)> = Vec::new();
         if let Some(source) = &spec.token_source {
             let token = self.secret(source, what).await?;
             let value = secret_value(&format!("Bearer {token}"), "authorization", source, what)?;
-            headers.insert(AUTHORIZATION, value);
+            secrets.push((AUTHORIZATION, value));
         }
         for (header, source) in &spec.secret_headers {
             let name = HeaderName::from_bytes(header.as_bytes())
                 .map_err(|_| invalid(format!("`{header}` is not a header name")))?;
             let secret = self.secret(source, what).await?;
-            headers.insert(name, secret_value(&secret, header, source, what)?);
+            let value = secret_value(&secret, header, source, what)?;
+            secrets.push((name, value));
         }
+        let origin = url.origin();
+        let mut body = spec.body;
+        // Once a redirect leaves the origin, secrets stay off for the rest of the chain (a
+        // redirect back must not let another host pick the path they are sent to).
+        let mut same_origin = true;
+        let mut redirects = 0;
+        let mut response = loop {
+            let mut sent = headers.clone();
+            same_origin &= url.origin() == origin;
+            if same_origin {
+                for (name, value) in &secrets {
+                    sent.insert(name.clone(), value.clone());
+                }
+            }
+            let response = client
+                .request(method.clone(), url.clone())
+                .headers(sent)
+                .body(body.clone())
+                .send()
+                .await
+                .map_err(|e| transport(&e, what))?;
+            let status = response.status().as_u16();
+            let next = match status {
+                301 | 302 | 303 | 307 | 308 => response
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|l| l.to_str().ok())
+                    .and_then(|l| url.join(l.trim()).ok())
+                    .filter(|next| matches!(next.scheme(), "http" | "https")),
+                _ => None,
+            };
+            let Some(next) = next else {
+                break response;
+            };
+            if redirects == MAX_REDIRECTS {
+                return Err(non_retriable(
+                    "HttpTooManyRedirects",
+                    format!("{what}: more than {MAX_REDIRECTS} redirects (the last to {next})"),
+                ));
+            }
+            redirects += 1;
+            // 303 always, and 301/302 of a POST (as browsers do), become a GET without the
+            // body; 307 and 308 keep both.
+            let to_get = (status == 303 && method != reqwest::Method::HEAD)
+                || (matches!(status, 301 | 302) && method == reqwest::Method::POST);
+            if to_get {
+                method = reqwest::Method::GET;
+                body = Vec::new();
+                for name in [CONTENT_TYPE, CONTENT_LENGTH, CONTENT_ENCODING] {
+                    headers.remove(name);
+                }
+            }
+            url = next;
+        };
         // A HEAD response declares the length of a body it does not carry.
         let bodiless = method == reqwest::Method::HEAD;
-        let mut response = client
-            .request(method, url)
-            .headers(headers)
-            .body(spec.body)
-            .send()
-            .await
-            .map_err(|e| transport(&e, what))?;
         let status = response.status();
         let limit = spec.max_response_bytes;
+        let payload_limit = self.config.max_payload_bytes as u64;
+        // Recorded bodies are never smaller than the bytes read (JSON escaping and base64
+        // only grow them), so reading stops at the smaller of the two limits.
+        let read_limit = limit.min(payload_limit);
         let too_large = || {
             non_retriable(
                 "HttpResponseTooLarge",
                 format!(
-                    "{what}: the response body exceeds the limit of {limit} bytes \
-                     (`DurableHttpRequest::max_response_bytes`)"
+                    "{what}: the response body exceeds the limit of {read_limit} bytes \
+                     (`DurableHttpRequest::max_response_bytes` is {limit}, the worker's \
+                     `Limits::max_payload_bytes` is {payload_limit})"
                 ),
             )
         };
-        if !bodiless && response.content_length().is_some_and(|n| n > limit) {
+        if !bodiless && response.content_length().is_some_and(|n| n > read_limit) {
             return Err(too_large());
         }
         let mut recorded: BTreeMap<String, String> = BTreeMap::new();
@@ -145,7 +206,7 @@ impl HttpActivity {
         let mut body = Vec::new();
         // Chunk by chunk, so a body past the limit is never held whole.
         while let Some(chunk) = response.chunk().await.map_err(|e| transport(&e, what))? {
-            if (body.len() + chunk.len()) as u64 > limit {
+            if (body.len() + chunk.len()) as u64 > read_limit {
                 return Err(too_large());
             }
             body.extend_from_slice(&chunk);
@@ -157,11 +218,28 @@ impl HttpActivity {
                 format!("{what} answered {status}: {excerpt}"),
             ));
         }
-        Ok(DurableHttpResponse {
+        let response = DurableHttpResponse {
             status: status.as_u16(),
             headers: recorded,
             body,
-        })
+            uri: Some(url.into()),
+        };
+        // The response is recorded as the task's output: check its recorded size here, so
+        // the failure names both limits instead of the worker's bare `PayloadTooLarge`.
+        let recorded_len = crate::error::encode(&response).map_or(0, |p| p.len());
+        if recorded_len > self.config.max_payload_bytes {
+            return Err(non_retriable(
+                "HttpResponseTooLarge",
+                format!(
+                    "{what}: the response (a body of {} bytes) takes {recorded_len} bytes once \
+                     recorded (JSON escaping, base64 for binary bodies), over the worker's \
+                     `Limits::max_payload_bytes` of {payload_limit} \
+                     (`DurableHttpRequest::max_response_bytes` is {limit})",
+                    response.body.len()
+                ),
+            ));
+        }
+        Ok(response)
     }
 }
 
@@ -250,7 +328,10 @@ pub(super) fn client_builder() -> Result<reqwest::ClientBuilder, rustls::Error> 
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Redirects are followed by the activity itself, which drops secrets when the origin
+    // changes; reqwest would carry custom secret headers to any host.
     Ok(reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .tls_backend_preconfigured(tls)
         .user_agent(concat!("durable/", env!("CARGO_PKG_VERSION"))))
 }
