@@ -59,10 +59,37 @@ impl OrchestrationContext {
     /// worker built with feature `http-calls` registers; the request (secrets by source
     /// name only) and the response are recorded, and replay returns the recorded response.
     /// A `202 Accepted` with `Location` is polled on durable timers until another status
-    /// comes back (see [`DurableHttpRequest::async_polling`]). Any status is a response;
-    /// the call fails only on a transport error, a timeout, an oversized body, an unknown
-    /// token source, or a status its [`retry`](DurableHttpRequest::retry) policy gave up on
-    /// (see [`crate::http_call`]).
+    /// comes back (see [`DurableHttpRequest::async_polling`]). Any status is a response.
+    ///
+    /// The first request is sent at least once: a worker that crashes after sending it but
+    /// before recording the response sends it again, so make it idempotent (or
+    /// deduplicated by the endpoint) when that matters. Polls are `GET`s.
+    ///
+    /// # Errors
+    /// [`TaskError::Failed`] naming `BuiltIn::HttpActivity`, with error type:
+    /// - `HttpTransportError` (refused connection, DNS, reset; retriable) and
+    ///   `HttpTimeout` (the per-request [`timeout`](DurableHttpRequest::timeout),
+    ///   retriable; or the [`total_timeout`](DurableHttpRequest::total_timeout),
+    ///   non-retriable);
+    /// - `HttpRetriableStatus`: a status the [`retry`](DurableHttpRequest::retry) policy
+    ///   retried until it gave up;
+    /// - `HttpResponseTooLarge` (non-retriable): a body past
+    ///   [`max_response_bytes`](DurableHttpRequest::max_response_bytes), or a response
+    ///   whose recorded form passes the worker's
+    ///   [`Limits::max_payload_bytes`](crate::Limits::max_payload_bytes);
+    /// - `HttpInvalidRequest` (non-retriable): a method, URI, header or JSON body that
+    ///   cannot be sent, or a secret not valid in its header;
+    /// - `HttpUnknownTokenSource` (non-retriable) and `HttpTokenSourceFailed` (retriable
+    ///   unless the source's error is non-retriable): a
+    ///   [`token_source`](DurableHttpRequest::token_source) or
+    ///   [`secret_header`](DurableHttpRequest::secret_header) source that is not registered
+    ///   or failed;
+    /// - `HttpTooManyRedirects` (non-retriable): more than 10 redirects;
+    /// - `HttpClientUnavailable` (non-retriable): the default HTTP client cannot be built;
+    /// - `HttpCancelled` (retriable): the worker shut down mid-request.
+    ///
+    /// Without a retry policy, a retriable failure fails the call as well. Other
+    /// [`TaskError`]s are those of any activity (see [`crate::http_call`]).
     ///
     /// # Examples
     ///
@@ -99,7 +126,8 @@ impl OrchestrationContext {
     /// # Determinism
     /// Records one `TaskScheduled` of `BuiltIn::HttpActivity` per request (the first when
     /// the future is created) and its `TaskCompleted` / `TaskFailed`; one `TimerCreated` /
-    /// `TimerFired` per poll wait and per retry back-off.
+    /// `TimerFired` per poll wait and per retry back-off: about four events per poll. The
+    /// `Location` URLs polled are recorded (as the polls' URIs), like the request's.
     #[track_caller]
     pub fn call_http(&self, request: DurableHttpRequest) -> CallHttpFuture {
         let location = Location::caller();
@@ -418,10 +446,19 @@ mod tests {
     #[test]
     fn secrets_go_to_other_origins_only_when_allowed_and_never_downgraded() {
         let request = DurableHttpRequest::post("https://api.example/jobs").token_source("t");
-        assert!(secrets_may_go_to(&request, "https://api.example:443/jobs/1"));
-        assert!(!secrets_may_go_to(&request, "https://status.example/jobs/1"));
+        assert!(secrets_may_go_to(
+            &request,
+            "https://api.example:443/jobs/1"
+        ));
+        assert!(!secrets_may_go_to(
+            &request,
+            "https://status.example/jobs/1"
+        ));
         assert!(!secrets_may_go_to(&request, "http://api.example/jobs/1"));
-        assert!(!secrets_may_go_to(&request, "https://api.example:8443/jobs/1"));
+        assert!(!secrets_may_go_to(
+            &request,
+            "https://api.example:8443/jobs/1"
+        ));
         let open = request.secrets_to_other_origins(true);
         assert!(secrets_may_go_to(&open, "https://status.example/jobs/1"));
         assert!(!secrets_may_go_to(&open, "http://status.example/jobs/1"));

@@ -6,13 +6,21 @@
 //! in Durable Functions. The request goes into history as that task's input and the
 //! response as its output; replay returns the recorded response without sending anything.
 //!
+//! The first request is sent **at least once**: a worker that crashes after sending it and
+//! before recording the response sends it again when the task is retried.
+//!
 //! **Long-running operations.** A `202 Accepted` with a `Location` header is followed
 //! automatically (unless [`DurableHttpRequest::async_polling`] turns it off): the
 //! orchestration waits on a durable timer — the response's `Retry-After` (seconds or an
-//! HTTP date), else [`DurableHttpRequest::poll_interval`] — then schedules a `GET` of the
-//! `Location` (absolute, or relative to the URI that answered), until a response other than
-//! 202 arrives. Every poll and every wait is in the instance's own history, so a worker that
-//! crashes mid-poll resumes polling where it was after a restart.
+//! HTTP date), else [`DurableHttpRequest::poll_interval`], held between
+//! [`MIN_POLL_INTERVAL`] (1 s) and [`MAX_POLL_INTERVAL`] (1 h) — then schedules a `GET` of
+//! the `Location` (absolute, or relative to the URI that answered, after any redirects),
+//! until a response other than 202 arrives. A poll answering 202 without a `Location`
+//! is polled again at the same URI. Every poll and every wait is in the instance's own
+//! history (about four events per poll, the `Location` URLs included), so a worker that
+//! crashes mid-poll resumes polling where it was after a restart. Set a
+//! [`total_timeout`](DurableHttpRequest::total_timeout) for operations that may never
+//! end; a few hundred polls need no continue-as-new.
 //!
 //! **Statuses are answers, not failures.** Any status, 4xx and 5xx included, comes back as a
 //! [`DurableHttpResponse`]. Only a [`retry`](DurableHttpRequest::retry) policy changes that:
@@ -29,10 +37,34 @@
 //! ([`WorkerBuilder::http_token_source`](crate::WorkerBuilder::http_token_source)); the
 //! worker asks it for the value when it sends the request.
 //!
+//! **Secrets stay on the request's origin.** Redirects (301, 302, 303, 307, 308; at most
+//! 10) are followed by the built-in activity, not by the HTTP client: 303, and 301/302 of a
+//! `POST`, become a `GET` without the body; 307 and 308 keep the method and body. Once a
+//! redirect leaves the origin (scheme, host and port) of the request, the token and secret
+//! headers are no longer sent. A 202 poll gets them only when its `Location` is on the
+//! origin of the first request, unless
+//! [`secrets_to_other_origins`](DurableHttpRequest::secrets_to_other_origins) allows other
+//! origins; never over `http` when the request was `https`. A client given to
+//! [`WorkerBuilder::http_client`](crate::WorkerBuilder::http_client) must not follow
+//! redirects itself, or durable cannot keep secrets from other hosts.
+//!
 //! **Hostile endpoints.** Response bodies are read as a stream and the call fails
-//! (non-retriable) as soon as one passes [`max_response_bytes`](DurableHttpRequest::max_response_bytes);
+//! (non-retriable) as soon as one passes [`max_response_bytes`](DurableHttpRequest::max_response_bytes)
+//! (or the worker's payload limit, since the response is recorded);
 //! the per-request [`timeout`](DurableHttpRequest::timeout) bounds the whole exchange,
 //! a body that never ends included.
+//!
+//! **Coming from Durable Functions.**
+//!
+//! | Durable Functions | durable |
+//! |---|---|
+//! | `CallHttpAsync(DurableHttpRequest)` | [`OrchestrationContext::call_http`] |
+//! | `DurableHttpRequest.Timeout` | [`total_timeout`](DurableHttpRequest::total_timeout) (and [`timeout`](DurableHttpRequest::timeout) per request) |
+//! | `AsynchronousPatternEnabled` (`asynchronousPatternEnabled`) | [`async_polling`](DurableHttpRequest::async_polling) |
+//! | `HttpRetryOptions` | [`retry`](DurableHttpRequest::retry) + [`retry_on_status`](DurableHttpRequest::retry_on_status) |
+//! | `TokenSource` (`ManagedIdentityTokenSource`) | [`token_source`](DurableHttpRequest::token_source), a name of an [`HttpTokenSource`] on the worker |
+//! | `DurableHttpResponse` | [`DurableHttpResponse`] |
+//! | `BuiltIn::HttpActivity` | [`HTTP_ACTIVITY_NAME`] (the same name) |
 //!
 //! # Examples
 //!
@@ -971,5 +1003,29 @@ impl HttpCallConfig {
     /// The built-in HTTP activity, sending with these settings.
     pub(crate) fn into_activity(self) -> send::HttpActivity {
         send::HttpActivity::new(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_specs_without_the_later_fields_read_with_the_defaults() {
+        // A task input as recorded by an older version: method and URI only.
+        let spec: SendSpec =
+            serde_json::from_str(r#"{"method":"GET","uri":"http://h/x"}"#).unwrap();
+        assert_eq!(spec, DurableHttpRequest::get("http://h/x").send);
+        assert_eq!(spec.timeout_ms, 100_000);
+        assert_eq!(spec.max_response_bytes, DEFAULT_MAX_RESPONSE_BYTES);
+    }
+
+    #[test]
+    fn responses_recorded_without_a_uri_read_as_none() {
+        let response: DurableHttpResponse =
+            serde_json::from_str(r#"{"status":200,"headers":{},"body":"ok"}"#).unwrap();
+        assert_eq!(response, DurableHttpResponse::new(200).with_body("ok"));
+        let json = serde_json::to_string(&DurableHttpResponse::new(204)).unwrap();
+        assert_eq!(json, r#"{"status":204,"headers":{}}"#);
     }
 }
