@@ -1259,3 +1259,43 @@ async fn a_poll_answering_202_without_location_is_polled_again() {
     );
     assert_eq!(out.elapsed_ms, 15_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_on_429_or_503_is_a_floor_for_the_retry_back_off() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = Arc::clone(&hits);
+    let base = serve(axum::Router::new().route(
+        "/",
+        get(move || {
+            let n = h.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match n {
+                    0 => (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        [(header::RETRY_AFTER, "120")],
+                        "slow down",
+                    ),
+                    // Shorter than the policy's 5 s: the policy's back-off wins.
+                    1 => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(header::RETRY_AFTER, "1")],
+                        "busy",
+                    ),
+                    _ => (StatusCode::OK, [(header::RETRY_AFTER, "0")], "served"),
+                }
+            }
+        }),
+    ))
+    .await;
+    let env = env();
+    let mut plan = Plan::new("GET", format!("{base}/"));
+    plan.retry_attempts = Some(5);
+    let run = env.start(http_flow, plan).await.unwrap();
+    let out = env.wait(&run).await.unwrap();
+    assert_eq!(out.response.expect("a response").text(), "served");
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        out.elapsed_ms, 125_000,
+        "Retry-After 120 s, then the policy's 5 s"
+    );
+}

@@ -13,7 +13,7 @@ use crate::error::{FailureDetails, TaskError, TaskFailure, TaskKind, decode, enc
 use crate::function::BoxFuture;
 use crate::http_call::{
     DurableHttpRequest, DurableHttpResponse, HTTP_ACTIVITY_NAME, MAX_POLL_INTERVAL,
-    MIN_POLL_INTERVAL, SendSpec, duration_ms,
+    MIN_POLL_INTERVAL, SendSpec, duration_ms, send,
 };
 use crate::ids::Timestamp;
 
@@ -193,7 +193,9 @@ impl OrchestrationContext {
                             return Err(TaskError::Failed(f));
                         };
                         let now = ctx.now();
-                        let delay = policy.next_delay(attempt, &f.details).filter(|delay| {
+                        let floor = retry_after_floor(&f.details, now);
+                        let delay = policy.next_delay(attempt, &f.details);
+                        let delay = delay.map(|d| d.max(floor)).filter(|delay| {
                             let within_policy = policy.total_timeout.is_none_or(|total| {
                                 now.saturating_duration_since(started) + *delay <= total
                             });
@@ -325,6 +327,20 @@ fn retry_after(response: &DurableHttpResponse, now: Timestamp) -> Option<Duratio
     }
     let at = parse_http_date(value)?;
     Some(at.saturating_duration_since(now))
+}
+
+/// The `Retry-After` of a 429 or 503 that failed an attempt (see
+/// [`send::RETRY_AFTER_FAILURE`]), at most [`MAX_POLL_INTERVAL`]; zero without one.
+fn retry_after_floor(failure: &FailureDetails, now: Timestamp) -> Duration {
+    let Some(inner) = failure.inner.as_deref().filter(|i| {
+        failure.error_type == "HttpRetriableStatus" && i.error_type == send::RETRY_AFTER_FAILURE
+    }) else {
+        return Duration::ZERO;
+    };
+    let response = DurableHttpResponse::new(503).with_header("retry-after", inner.message.clone());
+    retry_after(&response, now)
+        .unwrap_or_default()
+        .min(MAX_POLL_INTERVAL)
 }
 
 /// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form HTTP requires senders to use.

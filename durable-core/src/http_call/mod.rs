@@ -604,6 +604,8 @@ impl DurableHttpRequest {
     /// Retries failed attempts under `policy`, each back-off a durable timer: transport
     /// errors, per-request timeouts, token-source errors and the statuses of
     /// [`retry_on_status`](Self::retry_on_status) (default [`DEFAULT_RETRY_STATUSES`]).
+    /// A 429 or 503 with a `Retry-After` waits at least that long (at most
+    /// [`MAX_POLL_INTERVAL`]) before the next attempt, whatever the policy's back-off.
     /// When the policy gives up, the call fails with the last attempt's failure. Without a
     /// policy every status is returned as a response and a transport error fails the call
     /// at once.

@@ -17,6 +17,10 @@ use crate::function::{Activity, ActivityContext};
 /// The most redirects one request follows (as browsers and reqwest's default do).
 const MAX_REDIRECTS: u32 = 10;
 
+/// The error type of the inner failure of an `HttpRetriableStatus` that carries the
+/// response's `Retry-After` (as its message).
+pub(crate) const RETRY_AFTER_FAILURE: &str = "HttpRetryAfter";
+
 /// The failure of one attempt, recorded as it is.
 #[derive(Debug)]
 pub(crate) struct SendFailure(FailureDetails);
@@ -213,10 +217,16 @@ impl HttpActivity {
         }
         if spec.fail_on_status.contains(&status.as_u16()) {
             let excerpt: String = String::from_utf8_lossy(&body).chars().take(200).collect();
-            return Err(retriable(
+            let mut failure = FailureDetails::new(
                 "HttpRetriableStatus",
                 format!("{what} answered {status}: {excerpt}"),
-            ));
+            );
+            // The wait a 429 or 503 asks for, a floor for the retry's back-off.
+            if let (429 | 503, Some(after)) = (status.as_u16(), recorded.get("retry-after")) {
+                failure =
+                    failure.with_inner(FailureDetails::new(RETRY_AFTER_FAILURE, after.clone()));
+            }
+            return Err(SendFailure(failure));
         }
         let response = DurableHttpResponse {
             status: status.as_u16(),
