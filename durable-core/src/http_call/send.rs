@@ -39,6 +39,15 @@ fn non_retriable(error_type: &str, message: String) -> SendFailure {
     SendFailure(FailureDetails::new(error_type, message).non_retriable())
 }
 
+/// A request ready to send: its secrets apart, sent only on its origin.
+struct Outgoing {
+    method: reqwest::Method,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    body: Vec<u8>,
+    secrets: Vec<(HeaderName, HeaderValue)>,
+}
+
 /// The built-in activity: the worker's token sources and HTTP client.
 pub(crate) struct HttpActivity {
     config: HttpCallConfig,
@@ -86,12 +95,12 @@ impl HttpActivity {
         })
     }
 
-    async fn send(&self, spec: SendSpec, what: &str) -> Result<DurableHttpResponse, SendFailure> {
-        let client = self.client()?;
+    /// The request `spec` describes, its secrets fetched.
+    async fn prepare(&self, spec: SendSpec, what: &str) -> Result<Outgoing, SendFailure> {
         let invalid = |m: String| non_retriable("HttpInvalidRequest", format!("{what}: {m}"));
-        let mut method = reqwest::Method::from_bytes(spec.method.as_bytes())
+        let method = reqwest::Method::from_bytes(spec.method.as_bytes())
             .map_err(|_| invalid(format!("`{}` is not an HTTP method", spec.method)))?;
-        let mut url = reqwest::Url::parse(&spec.uri)
+        let url = reqwest::Url::parse(&spec.uri)
             .map_err(|e| invalid(format!("`{}` is not an absolute URI: {e}", spec.uri)))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(invalid(format!(
@@ -107,7 +116,6 @@ impl HttpActivity {
                 .map_err(|_| invalid(format!("the value of header `{name}` is not valid")))?;
             headers.insert(name, value);
         }
-        // The secrets, sent only while the request stays on the origin it was made to.
         let mut secrets: Vec<(HeaderName, HeaderValue)> = Vec::new();
         if let Some(source) = &spec.token_source {
             let token = self.secret(source, what).await?;
@@ -121,13 +129,36 @@ impl HttpActivity {
             let value = secret_value(&secret, header, source, what)?;
             secrets.push((name, value));
         }
+        Ok(Outgoing {
+            method,
+            url,
+            headers,
+            body: spec.body,
+            secrets,
+        })
+    }
+
+    /// Sends `out`, following redirects; the final response, with the URL and method that
+    /// got it.
+    async fn exchange(
+        client: &reqwest::Client,
+        out: Outgoing,
+        what: &str,
+    ) -> Result<(reqwest::Response, reqwest::Url, reqwest::Method), SendFailure> {
+        let Outgoing {
+            mut method,
+            mut url,
+            mut headers,
+            mut body,
+            secrets,
+        } = out;
         let origin = url.origin();
-        let mut body = spec.body;
-        // Once a redirect leaves the origin, secrets stay off for the rest of the chain (a
-        // redirect back must not let another host pick the path they are sent to).
+        // The secrets go only while the request stays on its origin. Once a redirect leaves
+        // it, they stay off for the rest of the chain (a redirect back must not let another
+        // host pick the path they are sent to).
         let mut same_origin = true;
         let mut redirects = 0;
-        let mut response = loop {
+        loop {
             let mut sent = headers.clone();
             same_origin &= url.origin() == origin;
             if same_origin {
@@ -153,7 +184,7 @@ impl HttpActivity {
                 _ => None,
             };
             let Some(next) = next else {
-                break response;
+                return Ok((response, url, method));
             };
             if redirects == MAX_REDIRECTS {
                 return Err(non_retriable(
@@ -174,11 +205,18 @@ impl HttpActivity {
                 }
             }
             url = next;
-        };
+        }
+    }
+
+    async fn send(&self, spec: SendSpec, what: &str) -> Result<DurableHttpResponse, SendFailure> {
+        let client = self.client()?;
+        let limit = spec.max_response_bytes;
+        let fail_on_status = spec.fail_on_status.clone();
+        let out = self.prepare(spec, what).await?;
+        let (mut response, url, method) = Self::exchange(client, out, what).await?;
         // A HEAD response declares the length of a body it does not carry.
         let bodiless = method == reqwest::Method::HEAD;
         let status = response.status();
-        let limit = spec.max_response_bytes;
         let payload_limit = self.config.max_payload_bytes as u64;
         // Recorded bodies are never smaller than the bytes read (JSON escaping and base64
         // only grow them), so reading stops at the smaller of the two limits.
@@ -215,7 +253,7 @@ impl HttpActivity {
             }
             body.extend_from_slice(&chunk);
         }
-        if spec.fail_on_status.contains(&status.as_u16()) {
+        if fail_on_status.contains(&status.as_u16()) {
             let excerpt: String = String::from_utf8_lossy(&body).chars().take(200).collect();
             let mut failure = FailureDetails::new(
                 "HttpRetriableStatus",

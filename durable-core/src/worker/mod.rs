@@ -1038,8 +1038,23 @@ impl WorkerBuilder {
         self
     }
 
+    /// The base options with the setters applied (taken from the builder).
+    fn resolved_options(&mut self) -> WorkerOptions {
+        let mut options = std::mem::take(&mut self.options);
+        for setter in std::mem::take(&mut self.setters.0) {
+            setter(&mut options);
+        }
+        options
+    }
+
     /// Adds the engine's own activities to the registry, then checks it.
-    fn finish_registry(&mut self) -> Result<(), BuildError> {
+    fn finish_registry(&mut self, options: &WorkerOptions) -> Result<(), BuildError> {
+        #[cfg(feature = "http-calls")]
+        {
+            self.http.max_payload_bytes = options.limits.max_payload_bytes;
+        }
+        #[cfg(not(feature = "http-calls"))]
+        let _ = options;
         // The built-in HTTP activity, unless an activity of that name is already there (a
         // test double, say).
         #[cfg(feature = "http-calls")]
@@ -1090,15 +1105,8 @@ impl WorkerBuilder {
     pub fn start(mut self) -> Result<Worker, BuildError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let store = self.store.take().ok_or(BuildError::MissingStore)?;
-        let mut options = std::mem::take(&mut self.options);
-        for setter in std::mem::take(&mut self.setters.0) {
-            setter(&mut options);
-        }
-        #[cfg(feature = "http-calls")]
-        {
-            self.http.max_payload_bytes = options.limits.max_payload_bytes;
-        }
-        self.finish_registry()?;
+        let mut options = self.resolved_options();
+        self.finish_registry(&options)?;
         options.max_concurrent_orchestrations = options.max_concurrent_orchestrations.max(1);
         options.max_concurrent_activities = options.max_concurrent_activities.max(1);
         // The lease the store grants, which may be its own rather than the one asked for.
