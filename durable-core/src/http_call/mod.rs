@@ -231,8 +231,13 @@ pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// A [`reqwest::ClientBuilder`] set up as the worker's default HTTP client is: TLS through
 /// rustls with the `ring` provider, trusting the platform's roots (or the Mozilla roots of
-/// `webpki-roots` when the platform has none), HTTP/1. Refine it and hand the client to
-/// [`WorkerBuilder::http_client`](crate::WorkerBuilder::http_client).
+/// `webpki-roots` when the platform has none), HTTP/1, redirects not followed. Refine it
+/// and hand the client to [`WorkerBuilder::http_client`](crate::WorkerBuilder::http_client).
+///
+/// Leave redirects off (do not call `.redirect(..)` with a following policy): the
+/// built-in activity follows them itself and drops the token and secret headers when a
+/// redirect leaves the request's origin. A client that follows redirects sends secret
+/// headers such as `x-api-key` to any host a redirect names.
 ///
 /// durable builds reqwest without a TLS provider of its own (no aws-lc C build), so a
 /// plain `reqwest::Client::builder().build()` panics unless the application installs a
@@ -249,7 +254,7 @@ pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(3600);
 ///
 /// let client = durable_core::http_call::client_builder()?
 ///     .connect_timeout(Duration::from_secs(3))
-///     .redirect(durable_core::reqwest::redirect::Policy::none())
+///     .pool_max_idle_per_host(4)
 ///     .build()?;
 /// # let _ = client;
 /// # Ok::<(), Box<dyn std::error::Error>>(())

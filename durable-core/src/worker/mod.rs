@@ -1025,7 +1025,7 @@ impl WorkerBuilder {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = durable_core::http_call::client_builder()?
-    ///     .redirect(durable_core::reqwest::redirect::Policy::none())
+    ///     .connect_timeout(std::time::Duration::from_secs(3))
     ///     .build()?;
     /// let worker = Worker::builder().store(MemoryStore::new()).http_client(client).start()?;
     /// # worker.shutdown().await;
