@@ -265,13 +265,16 @@ impl HttpRequestRecord {
         let what = format!("{} {}", self.0.method, self.0.uri);
         let limit = self.0.max_response_bytes;
         if response.body.len() as u64 > limit {
-            return Err(super::send::too_large(&what, limit).into_details());
+            return Err(super::send::too_large(&what, limit, None).into_details());
         }
         if self.fails_on(response.status) {
-            return Err(
-                super::send::retriable_status(&what, response.status, &response.body)
-                    .into_details(),
-            );
+            return Err(super::send::retriable_status(
+                &what,
+                response.status,
+                &response.body,
+                response.header("retry-after"),
+            )
+            .into_details());
         }
         Ok(response)
     }

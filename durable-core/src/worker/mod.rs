@@ -1008,9 +1008,14 @@ impl WorkerBuilder {
     /// The HTTP client durable HTTP calls go through (proxies, extra root certificates,
     /// connection pool settings). By default the worker builds one on first use from
     /// [`http_call::client_builder`](crate::http_call::client_builder): HTTP/1, rustls
-    /// trusting the platform's roots, redirects followed. Start from that builder (see its
-    /// note on TLS providers). Per-request timeouts and body limits come from each
-    /// [`DurableHttpRequest`](crate::http_call::DurableHttpRequest) either way.
+    /// trusting the platform's roots, redirects not followed by the client. Start from that
+    /// builder (see its note on TLS providers). Per-request timeouts and body limits come
+    /// from each [`DurableHttpRequest`](crate::http_call::DurableHttpRequest) either way.
+    ///
+    /// **Keep redirects off in the client** (`client_builder` does):
+    /// durable follows them itself (at most 10), dropping the bearer token and secret
+    /// headers when a redirect leaves the request's origin. A client that follows redirects
+    /// on its own hands secret headers to whatever host a redirect names.
     ///
     /// # Examples
     ///
@@ -1020,7 +1025,7 @@ impl WorkerBuilder {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = durable_core::http_call::client_builder()?
-    ///     .redirect(durable_core::reqwest::redirect::Policy::none())
+    ///     .connect_timeout(std::time::Duration::from_secs(3))
     ///     .build()?;
     /// let worker = Worker::builder().store(MemoryStore::new()).http_client(client).start()?;
     /// # worker.shutdown().await;
@@ -1075,6 +1080,15 @@ impl WorkerBuilder {
         crate::registry::handler_of(self.http.clone().into_activity())
     }
 
+    /// The base options with the setters applied (taken from the builder).
+    fn resolved_options(&mut self) -> WorkerOptions {
+        let mut options = std::mem::take(&mut self.options);
+        for setter in std::mem::take(&mut self.setters.0) {
+            setter(&mut options);
+        }
+        options
+    }
+
     /// Adds the engine's own activities to the registry, then checks it.
     fn finish_registry(&mut self) -> Result<(), BuildError> {
         // The built-in HTTP activity, unless an activity of that name is already there (a
@@ -1127,11 +1141,8 @@ impl WorkerBuilder {
     pub fn start(mut self) -> Result<Worker, BuildError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let store = self.store.take().ok_or(BuildError::MissingStore)?;
+        let mut options = self.resolved_options();
         self.finish_registry()?;
-        let mut options = self.options;
-        for setter in self.setters.0 {
-            setter(&mut options);
-        }
         options.max_concurrent_orchestrations = options.max_concurrent_orchestrations.max(1);
         options.max_concurrent_activities = options.max_concurrent_activities.max(1);
         // The lease the store grants, which may be its own rather than the one asked for.
