@@ -150,3 +150,14 @@ pub fn state<T: StateValue>(ctx: &crate::ActivityContext, activity: &str) -> cra
         ),
     }
 }
+
+/// The error of a transactional activity's `Activity::run`: it runs only in its store's
+/// transaction (see `crate::transaction`).
+pub fn transactional_outside_store(activity: &str) -> crate::ActivityError {
+    crate::ActivityError::non_retriable(crate::transaction::outside_store(activity).message)
+}
+
+/// Records a transactional body's error as the failure it is.
+pub fn to_failure<E: ToFailure>(e: &E) -> FailureDetails {
+    e.to_failure()
+}

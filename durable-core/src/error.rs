@@ -543,6 +543,11 @@ pub enum StoreError {
     /// [`source`](std::error::Error::source), so it can be inspected.
     #[error(transparent)]
     Backend(BackendError),
+    /// The store does not support the operation asked for (a transactional activity's kind
+    /// of transaction, see [`crate::transaction`]); the message names the store and the
+    /// operation.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl StoreError {

@@ -80,6 +80,7 @@ pub mod retry;
 pub mod state;
 pub mod storage;
 pub mod trace_context;
+pub mod transaction;
 pub mod worker;
 
 /// Defines an activity from an `async fn`: a unit of real work (IO, side effects), run at
@@ -298,6 +299,11 @@ pub use error::{
 };
 pub use history::{Event, HistoryEvent, RuntimeStatus};
 pub use ids::{InstanceId, Timestamp};
+/// `redb` (4), whose [`TableDefinition`](redb::TableDefinition)s name the application's
+/// tables in a [`RedbTransaction`] (feature `redb`).
+#[cfg(feature = "redb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
+pub use redb;
 pub use registry::{
     Activity, ActivityContext, Cancellation, EntityRegistration, Orchestrator, Registration,
     Registry,
@@ -332,6 +338,12 @@ pub use tokio_postgres;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres-rustls")))]
 pub use tokio_postgres_rustls;
 pub use trace_context::TraceContext;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use transaction::PgTransaction;
+#[cfg(feature = "redb")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redb")))]
+pub use transaction::{RedbReadTransaction, RedbTransaction};
 pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, WorkerOptions};
 
 /// Everything orchestration, activity and worker code usually needs.
@@ -341,6 +353,10 @@ pub use worker::{VersionMatch, VersionMismatchAction, Worker, WorkerBuilder, Wor
 /// `use serde::{Deserialize, Serialize};`). The prelude does not re-export them, since
 /// serde's derives only work from a crate that depends on serde directly.
 pub mod prelude {
+    #[cfg(feature = "postgres")]
+    pub use crate::PgTransaction;
+    #[cfg(feature = "redb")]
+    pub use crate::RedbTransaction;
     #[cfg(feature = "http-calls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
     pub use crate::http_call::{DurableHttpRequest, DurableHttpResponse};

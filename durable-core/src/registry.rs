@@ -96,6 +96,8 @@ pub struct Registry {
     entities: HashMap<String, Arc<crate::entity::EntityFn>>,
     /// The state types each activity takes (activities taking none are absent).
     states: BTreeMap<String, Vec<StateType>>,
+    /// Transactional activities (also in `activities`, whose entry refuses to run them).
+    pub(crate) transactional: crate::storage::app::TxActivities,
     duplicates: Vec<(&'static str, String)>,
 }
 
@@ -285,6 +287,8 @@ impl Registry {
     }
 
     fn insert_activity(&mut self, name: &str, f: Arc<ActivityFn>) {
+        // A later registration (a mock among them) replaces a transactional one.
+        self.transactional.forget(name);
         if self.activities.insert(Arc::from(name), f).is_some() {
             self.duplicates.push(("activity", name.to_owned()));
         }

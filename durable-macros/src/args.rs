@@ -1,5 +1,5 @@
 //! Parsing of macro arguments: `#[activity(name = "..")]`,
-//! `#[activity(name = "..", local)]`,
+//! `#[activity(name = "..", local)]`, `#[activity(transactional)]`,
 //! `#[orchestrator(name = "..", version = "..", allow_nondeterminism)]`.
 
 use proc_macro2::Span;
@@ -26,7 +26,7 @@ impl Kind {
 
     fn valid(self) -> &'static [&'static str] {
         match self {
-            Kind::Activity => &["name", "local", "crate"],
+            Kind::Activity => &["name", "local", "transactional", "crate"],
             Kind::Entity => &["name", "crate"],
             Kind::Orchestrator => &["name", "version", "allow_nondeterminism", "crate"],
         }
@@ -65,6 +65,9 @@ pub(crate) struct Args {
     pub(crate) allow_nondeterminism: bool,
     /// `#[activity(local)]`: the activity runs inside the worker during the episode.
     pub(crate) local: bool,
+    /// `#[activity(transactional)]`, kept for its span: the activity runs in its store's
+    /// transaction.
+    pub(crate) transactional: Option<Ident>,
     pub(crate) krate: Option<Path>,
 }
 
@@ -144,30 +147,60 @@ pub(crate) fn parse(
                 }
                 args.local = true;
             }
-            "crate" => match &arg.value {
-                Some(syn::Expr::Path(p)) => args.krate = Some(p.path.clone()),
-                Some(syn::Expr::Lit(syn::ExprLit {
-                    lit: syn::Lit::Str(s),
-                    ..
-                })) => match s.parse::<Path>() {
-                    Ok(p) => args.krate = Some(p),
-                    Err(_) => {
-                        errors.push(s, "`crate` must name a path, e.g. `crate = durable_core`");
-                    }
-                },
-                Some(other) => errors.push(
-                    other,
-                    "`crate` must name a path, e.g. `crate = durable_core`",
-                ),
-                None => errors.push(
-                    &arg.key,
-                    "`crate` needs a value, e.g. `crate = durable_core`",
-                ),
-            },
+            "transactional" => {
+                if let Some(v) = &arg.value {
+                    errors.push(
+                        v,
+                        "`transactional` takes no value; write `#[activity(transactional)]`",
+                    );
+                }
+                args.transactional = Some(arg.key.clone());
+            }
+            "crate" => {
+                if let Some(path) = crate_path(&arg, errors) {
+                    args.krate = Some(path);
+                }
+            }
             _ => unreachable!("checked against the valid list"),
         }
     }
+    if let (true, Some(kw)) = (args.local, &args.transactional) {
+        errors.push(
+            kw,
+            "an activity cannot be both `local` and `transactional`: a transactional activity runs \
+             in its store's transaction, committed with its task; remove one of them",
+        );
+    }
     args
+}
+
+/// The path of `crate = path` (or `crate = "path"`), reporting anything else.
+fn crate_path(arg: &Arg, errors: &mut crate::errors::Errors) -> Option<Path> {
+    const EXPECTED: &str = "`crate` must name a path, e.g. `crate = durable_core`";
+    match &arg.value {
+        Some(syn::Expr::Path(p)) => Some(p.path.clone()),
+        Some(syn::Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(s),
+            ..
+        })) => {
+            let parsed = s.parse::<Path>().ok();
+            if parsed.is_none() {
+                errors.push(s, EXPECTED);
+            }
+            parsed
+        }
+        Some(other) => {
+            errors.push(other, EXPECTED);
+            None
+        }
+        None => {
+            errors.push(
+                &arg.key,
+                "`crate` needs a value, e.g. `crate = durable_core`",
+            );
+            None
+        }
+    }
 }
 
 fn string_value(arg: &Arg) -> syn::Result<LitStr> {

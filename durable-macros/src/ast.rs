@@ -16,6 +16,11 @@ pub(crate) struct Function {
     pub(crate) context: Option<PatType>,
     pub(crate) input: Option<PatType>,
     pub(crate) returns: Returns,
+    /// A transactional activity (`#[activity(transactional)]` or a transaction parameter):
+    /// a function run in its store's transaction.
+    pub(crate) transactional: bool,
+    /// A transactional activity on `PostgreSQL` (`tx: &PgTransaction<'_>`): `async`.
+    pub(crate) postgres: bool,
 }
 
 /// What one parameter of the function is.
@@ -30,6 +35,20 @@ pub(crate) enum Param {
     },
     /// The one deserialized input.
     Input,
+    /// `tx: &RedbTransaction<'_>` (transactional activities only).
+    Transaction,
+}
+
+/// `true` for a parameter that asks for the store's transaction: `&RedbTransaction<..>` or
+/// `&PgTransaction<..>`.
+fn is_transaction(pt: &PatType) -> bool {
+    is_pg_transaction(pt)
+        || matches!(&*pt.ty, Type::Reference(r) if last_segment_is(&r.elem, "RedbTransaction"))
+}
+
+/// `true` for `&PgTransaction<..>`: a `PostgreSQL` transactional activity, which is `async`.
+fn is_pg_transaction(pt: &PatType) -> bool {
+    matches!(&*pt.ty, Type::Reference(r) if last_segment_is(&r.elem, "PgTransaction"))
 }
 
 /// The function's return type.
@@ -97,12 +116,61 @@ fn state_use_of(ty: &Type, named_state_pattern: bool) -> Option<StateUse> {
     }
 }
 
-/// Builds the model, reporting every problem with the signature.
-pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<Function> {
+/// Checks `async`: required, except on a transactional activity (declared by
+/// `transactional_kw` or by a transaction parameter), which must be synchronous. Returns
+/// whether the function is a transactional activity.
+fn check_async(
+    kind: Kind,
+    sig: &syn::Signature,
+    transactional_kw: Option<&syn::Ident>,
+    errors: &mut Errors,
+    ok: &mut bool,
+) -> bool {
     let attr = kind.attr();
-    let sig = &item.sig;
-    let mut ok = true;
-    if sig.asyncness.is_none() {
+    let tx_param = kind == Kind::Activity
+        && sig
+            .inputs
+            .iter()
+            .any(|a| matches!(a, FnArg::Typed(pt) if is_transaction(pt)));
+    let transactional = transactional_kw.is_some() || tx_param;
+    let postgres = kind == Kind::Activity
+        && sig
+            .inputs
+            .iter()
+            .any(|a| matches!(a, FnArg::Typed(pt) if is_pg_transaction(pt)));
+    if let (Some(kw), false) = (transactional_kw, tx_param) {
+        errors.push(
+            kw,
+            format!(
+                "`#[activity(transactional)]` functions take the store's transaction: add a \
+                 `tx: &RedbTransaction<'_>` parameter, `fn {0}(tx: &RedbTransaction<'_>, input: T)` \
+                 (or, on PostgreSQL, `async fn {0}(tx: &PgTransaction<'_>, input: T)`)",
+                sig.ident
+            ),
+        );
+        *ok = false;
+    }
+    if postgres {
+        if sig.asyncness.is_none() {
+            errors.push(
+                sig.fn_token,
+                format!(
+                    "PostgreSQL transactional activities are `async`: write `async fn {}(tx: &PgTransaction<'_>, ..)`",
+                    sig.ident
+                ),
+            );
+            *ok = false;
+        }
+    } else if transactional {
+        if let Some(a) = &sig.asyncness {
+            errors.push(
+                a,
+                "transactional activities are synchronous: they run inside the store's write \
+                 transaction, where nothing may be awaited; remove `async`",
+            );
+            *ok = false;
+        }
+    } else if sig.asyncness.is_none() {
         errors.push(
             sig.fn_token,
             format!(
@@ -110,8 +178,27 @@ pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<
                 sig.ident
             ),
         );
-        ok = false;
+        *ok = false;
     }
+    transactional
+}
+
+/// Builds the model, reporting every problem with the signature.
+pub(crate) fn function(
+    kind: Kind,
+    item: ItemFn,
+    transactional_kw: Option<&syn::Ident>,
+    errors: &mut Errors,
+) -> Option<Function> {
+    let attr = kind.attr();
+    let sig = &item.sig;
+    let mut ok = true;
+    let transactional = check_async(kind, sig, transactional_kw, errors, &mut ok);
+    let postgres = transactional
+        && sig
+            .inputs
+            .iter()
+            .any(|a| matches!(a, FnArg::Typed(pt) if is_pg_transaction(pt)));
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
         errors.push(
             &sig.generics,
@@ -132,7 +219,7 @@ pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<
         ok = false;
     }
 
-    let (params, context, mut inputs) = classify_params(kind, sig, errors, &mut ok);
+    let (params, context, mut inputs) = classify_params(kind, sig, transactional, errors, &mut ok);
     if kind == Kind::Orchestrator && context.is_none() && ok {
         let target = sig
             .inputs
@@ -180,6 +267,8 @@ pub(crate) fn function(kind: Kind, item: ItemFn, errors: &mut Errors) -> Option<
         returns,
         docs,
         item,
+        transactional,
+        postgres,
     })
 }
 
@@ -211,10 +300,51 @@ fn return_type(kind: Kind, sig: &syn::Signature, errors: &mut Errors) -> Option<
     returns
 }
 
+/// Takes a parameter that only a transactional activity has, or that it must not have (its
+/// body runs in the store's transaction: no context, no state). `true` when handled.
+fn transaction_param(
+    pt: &PatType,
+    transactional: bool,
+    params: &mut Vec<Param>,
+    errors: &mut Errors,
+    ok: &mut bool,
+) -> bool {
+    if is_transaction(pt) {
+        if params.iter().any(|p| matches!(p, Param::Transaction)) {
+            errors.push(pt, "#[activity] functions take at most one transaction");
+            *ok = false;
+        } else {
+            params.push(Param::Transaction);
+        }
+        return true;
+    }
+    if !transactional {
+        return false;
+    }
+    if last_segment_is(&pt.ty, "ActivityContext") {
+        errors.push(
+            pt,
+            "transactional activities take no `ActivityContext`: their body runs inside the \
+             store's write transaction, without timeouts, heartbeats or cancellation; remove it",
+        );
+    } else if state_use(pt).is_some() {
+        errors.push(
+            pt,
+            "transactional activities cannot take `State<T>`: their body runs on the store's \
+             writer thread and reads what it needs from the transaction; remove it",
+        );
+    } else {
+        return false;
+    }
+    *ok = false;
+    true
+}
+
 /// Sorts the parameters: the context, state (activities) and inputs, keeping their order.
 fn classify_params(
     kind: Kind,
     sig: &syn::Signature,
+    transactional: bool,
     errors: &mut Errors,
     ok: &mut bool,
 ) -> (Vec<Param>, Option<PatType>, Vec<PatType>) {
@@ -238,6 +368,9 @@ fn classify_params(
             }
             FnArg::Typed(pt) => pt,
         };
+        if kind == Kind::Activity && transaction_param(pt, transactional, &mut params, errors, ok) {
+            continue;
+        }
         if last_segment_is(&pt.ty, ctx_name) {
             if kind != Kind::Activity && i != 0 {
                 errors.push(

@@ -657,8 +657,10 @@ impl TestEnvBuilder {
             registry.replace_activity_raw(name, move |ctx, input| board(ctx, input));
         }
         for name in lock(&shared.mocks).keys() {
-            // Mocked from the start: the mock replaces the activity and needs no state.
+            // Mocked from the start: the mock replaces the activity and needs no state (nor,
+            // for a transactional activity, the store's transaction).
             registry.set_activity_states(name, []);
+            registry.forget_transactional(name);
         }
         let worker = start_worker(
             &shared,

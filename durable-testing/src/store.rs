@@ -23,6 +23,7 @@ use durable_core::storage::{
     ActivityWorkItem, CreateResult, EpisodeCommit, InstancePage, LockToken, Message, NewInstance,
     OrchestrationWorkItem, QueueDepths, StoreSignals, WorkKind,
 };
+use durable_core::transaction::TransactionalRun;
 use durable_core::{
     ActivityContext, Clock, InstanceId, InstanceQuery, InstanceRecord, MemoryStore, RuntimeStatus,
     Store, StoreError, Timestamp,
@@ -730,6 +731,48 @@ impl Store for HarnessStore {
             return halt().await;
         }
         let r = self.inner().complete_activity(id, lock, result).await;
+        let crashed = {
+            let Some(mut st) = self.live() else {
+                return halt().await;
+            };
+            st.activity_leases.remove(&id);
+            r.is_ok() && self.shared.after_commit(&mut st)
+        };
+        self.shared.bump();
+        if crashed {
+            return halt().await;
+        }
+        r
+    }
+
+    async fn complete_activity_in_transaction(
+        &self,
+        id: u64,
+        lock: LockToken,
+        run: TransactionalRun,
+    ) -> Result<(), StoreError> {
+        {
+            let Some(mut st) = self.live() else {
+                return halt().await;
+            };
+            let lost = st
+                .activity_leases
+                .get(&id)
+                .is_some_and(|l| st.lost.contains(&l.key));
+            if lost {
+                // Nothing reaches the store, the body's writes neither; the task runs again.
+                st.activity_leases.remove(&id);
+                drop(st);
+                self.shared.bump();
+                return Ok(());
+            }
+        }
+        // Never held back under simulation: the body's writes commit with the result, so
+        // the store applies both at once.
+        let r = self
+            .inner()
+            .complete_activity_in_transaction(id, lock, run)
+            .await;
         let crashed = {
             let Some(mut st) = self.live() else {
                 return halt().await;

@@ -17,6 +17,10 @@ use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 
+#[cfg(feature = "redb")]
+#[path = "memory_app.rs"]
+mod app;
+
 /// An in-memory store: for tests, the test harness and trying things out.
 ///
 /// Clones share the same data, so a "crashed" worker can be replaced by a new one on the
@@ -39,6 +43,9 @@ pub struct MemoryStore {
 struct Shared {
     data: Mutex<Data>,
     signals: StoreSignals,
+    /// The application's tables, for transactional activities (feature `redb`).
+    #[cfg(feature = "redb")]
+    app: app::AppDb,
 }
 
 #[derive(Debug, Default)]
@@ -635,6 +642,18 @@ impl Store for MemoryStore {
             });
         }
         Ok(out)
+    }
+
+    #[cfg(feature = "redb")]
+    async fn complete_activity_in_transaction(
+        &self,
+        id: u64,
+        lock: LockToken,
+        run: crate::storage::app::TransactionalRun,
+    ) -> Result<(), StoreError> {
+        self.complete_in_transaction(id, lock, run)?;
+        self.inner.signals.orchestration_work();
+        Ok(())
     }
 
     async fn complete_activity(

@@ -6,6 +6,7 @@
 //! operations are few, atomic and batch-friendly: an episode's whole effect is one
 //! [`Store::commit_episode`]. Stores know nothing about replay.
 
+pub(crate) mod app;
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
@@ -24,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
+use self::app::TransactionalRun;
 use crate::error::{FailureDetails, PayloadDecodeError, StoreError};
 use crate::history::{Event, HistoryEvent, ParentRef, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
@@ -1120,6 +1122,32 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         lock: LockToken,
         result: Message,
     ) -> Result<(), StoreError>;
+
+    /// Runs a transactional activity's body in a transaction on the application's data and
+    /// commits its writes together with the task's completion — as
+    /// [`complete_activity`](Store::complete_activity) with the result the body returns —
+    /// under the same lease check: with `LockLost` nothing is written (and the body need not
+    /// run). A body that fails (or panics) has its writes rolled back; the task is then
+    /// completed with the failure. See [`crate::transaction`].
+    ///
+    /// The default answers [`StoreError::Unsupported`] without running the body; the worker
+    /// then fails the task with a non-retriable error naming the store and the activity.
+    /// [`RedbStore`] runs the redb kind
+    /// ([`crate::transaction::TransactionKind::Redb`]).
+    async fn complete_activity_in_transaction(
+        &self,
+        id: u64,
+        lock: LockToken,
+        run: TransactionalRun,
+    ) -> Result<(), StoreError> {
+        let _ = (id, lock);
+        Err(StoreError::Unsupported(format!(
+            "store `{}` cannot run {} for activity `{}`",
+            std::any::type_name::<Self>(),
+            run.kind(),
+            run.activity()
+        )))
+    }
 
     /// Returns a leased activity task to the queue, visible again at `retry_at`.
     async fn abandon_activity(

@@ -17,6 +17,7 @@ use redb::{
 };
 use tokio::sync::oneshot;
 
+use super::app::{Body, RedbReadTransaction, RedbTransaction, TransactionalRun, panic_failure};
 use super::metrics::CommitTimer;
 use super::replace::{self, Reuse, Teardown};
 use super::{
@@ -496,6 +497,104 @@ impl RedbStore {
         self.inner.core.commits.load(Ordering::Relaxed)
     }
 
+    /// Reads the application's tables (those transactional activities and
+    /// [`write_app`](Self::write_app) write) in a read transaction: a consistent snapshot of
+    /// every commit so far, taken without waiting for the writer. Runs `f` on the calling
+    /// thread; keep it short in async code (or call it from `spawn_blocking`).
+    ///
+    /// # Errors
+    ///
+    /// `f`'s error, or the failure to begin the read transaction (as `E`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::redb::TableDefinition;
+    /// use durable_core::{ActivityError, RedbStore};
+    ///
+    /// const SETTINGS: TableDefinition<'_, &str, &str> = TableDefinition::new("settings");
+    ///
+    /// let store = RedbStore::in_memory().unwrap();
+    /// // A table no transaction created yet reads as `None`.
+    /// let theme = store
+    ///     .read_app(|tx| -> Result<Option<String>, ActivityError> {
+    ///         let Some(t) = tx.open_table(SETTINGS)? else { return Ok(None) };
+    ///         Ok(t.get("theme")?.map(|v| v.value().to_owned()))
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(theme, None);
+    /// ```
+    pub fn read_app<T, E>(
+        &self,
+        f: impl FnOnce(&RedbReadTransaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let txn = self.inner.core.db.begin_read().map_err(|e| {
+            StoreError::backend_with(format!("cannot read the application's tables: {e}"), e)
+        })?;
+        f(&RedbReadTransaction::new(&txn))
+    }
+
+    /// Writes the application's tables outside any activity (setup, migrations, seeding):
+    /// `f` runs on the store's writer thread in a write transaction of its own, committed
+    /// (durably, as every commit of the store) when it returns `Ok` and rolled back when it
+    /// returns `Err` or panics. Returns once the commit is done.
+    ///
+    /// # Errors
+    ///
+    /// `f`'s error, or the store's failure (as `E`); a panic in `f` is a
+    /// [`StoreError::Backend`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::redb::TableDefinition;
+    /// use durable_core::{ActivityError, RedbStore};
+    ///
+    /// const ACCOUNTS: TableDefinition<'_, &str, i64> = TableDefinition::new("accounts");
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let store = RedbStore::in_memory().unwrap();
+    /// store
+    ///     .write_app(|tx| -> Result<(), ActivityError> {
+    ///         tx.open_table(ACCOUNTS)?.insert("alice", 100)?;
+    ///         Ok(())
+    ///     })
+    ///     .await
+    ///     .unwrap();
+    /// let alice = store.read_app(|tx| -> Result<Option<i64>, ActivityError> {
+    ///     Ok(tx.open_table(ACCOUNTS)?.and_then(|t| t.get("alice").ok()?.map(|v| v.value())))
+    /// });
+    /// assert_eq!(alice.unwrap(), Some(100));
+    /// # });
+    /// ```
+    pub async fn write_app<T, E>(
+        &self,
+        f: impl FnOnce(&RedbTransaction<'_>) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let body: AppWrite = Box::new(move |tx| {
+            let r = catch_unwind(AssertUnwindSafe(|| f(tx))).unwrap_or_else(|_| {
+                let e = StoreError::backend("the application's write panicked; rolled back");
+                Err(e.into())
+            });
+            let commit = r.is_ok();
+            (Box::new(r), commit)
+        });
+        let Outcome::App(answer) = self.write(WriteOp::AppWrite(body)).await? else {
+            return Err(Outcome::unexpected().into());
+        };
+        match answer.downcast::<Result<T, E>>() {
+            Ok(r) => *r,
+            Err(_) => Err(Outcome::unexpected().into()),
+        }
+    }
+
     fn start(
         db: Database,
         durability: RedbDurability,
@@ -787,6 +886,13 @@ impl Leases {
         self.activity_expiry.remove(&(old, id));
         self.activity_expiry.insert((until, id));
         true
+    }
+
+    /// `true` if `lock` holds activity task `id` (and the batch being applied has not
+    /// released it).
+    fn holds_activity(&self, id: u64, lock: LockToken) -> bool {
+        !self.releasing_activity.contains(&id)
+            && self.activity.get(&id).is_some_and(|l| l.token == lock.0)
     }
 
     fn take_activity(&mut self, id: u64, lock: LockToken) -> Option<ActivityLease> {
@@ -1513,6 +1619,29 @@ enum WriteOp {
     Purge(InstanceId),
     /// Purge if finished by the time given.
     PurgeFinished(InstanceId, Timestamp),
+    /// A transactional activity's run: its body and the task's completion in one
+    /// transaction, which it starts (see [`run_app_head`]).
+    Transactional {
+        id: u64,
+        lock: LockToken,
+        run: TransactionalRun,
+    },
+    /// [`RedbStore::write_app`], in a transaction of its own.
+    AppWrite(AppWrite),
+}
+
+/// The body of a [`RedbStore::write_app`]: its answer (a boxed `Result<T, E>`) and whether
+/// to commit.
+type AppWrite = Box<dyn FnOnce(&RedbTransaction<'_>) -> (AppAnswer, bool) + Send>;
+type AppAnswer = Box<dyn std::any::Any + Send>;
+
+impl WriteOp {
+    /// `true` for the operations that run the application's code in the transaction: each
+    /// starts a transaction of its own, since a failed body's writes can only be undone by
+    /// aborting the transaction (redb savepoints cannot be taken once a transaction wrote).
+    fn runs_app_code(&self) -> bool {
+        matches!(self, WriteOp::Transactional { .. } | WriteOp::AppWrite(_))
+    }
 }
 
 /// What a write returned.
@@ -1522,6 +1651,8 @@ enum Outcome {
     /// [`WriteOp::CreateStarted`]: the record, or `None` when nothing was written.
     CreatedStarted(Option<Box<InstanceRecord>>),
     Purged(bool),
+    /// [`WriteOp::AppWrite`]: the body's answer.
+    App(AppAnswer),
 }
 
 impl Outcome {
@@ -1570,7 +1701,16 @@ fn writer_loop(core: &Core, rx: &mpsc::Receiver<Request>) {
             RedbDurability::Immediate => true,
             RedbDurability::Relaxed => batches.is_multiple_of(RELAXED_SYNC_EVERY),
         };
-        run_batch(core, batch, durable);
+        // A run of application code starts a transaction of its own (see
+        // `WriteOp::runs_app_code`); the operations after it join that transaction.
+        let mut rest = batch.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut part = vec![rest.next().expect("peeked")];
+            while let Some(next) = rest.next_if(|r| !r.op.runs_app_code()) {
+                part.push(next);
+            }
+            run_batch(core, part, durable);
+        }
     }
 }
 
@@ -1585,15 +1725,22 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
     let timer = CommitTimer::start();
     let mut replies = Vec::with_capacity(items);
     let ran = catch_unwind(AssertUnwindSafe(|| -> R<()> {
-        let mut txn = core.db.begin_write()?;
-        if !durable {
-            txn.set_durability(redb::Durability::None)?;
-        }
+        let mut batch = batch.into_iter().peekable();
+        let head = batch.next_if(|r| r.op.runs_app_code());
+        let (txn, head) = run_app_head(core, durable, head)?;
+        let head = match head {
+            Head::None => None,
+            Head::Apply(request) => Some(request),
+            Head::Answer(reply, answer) => {
+                replies.push((reply, Some(answer)));
+                None
+            }
+        };
         let mut fatal = None;
         {
             let mut tables = Tables::open(&txn)?;
             let mut leases = core.leases();
-            for Request { op, reply } in batch {
+            for Request { op, reply } in head.into_iter().chain(batch) {
                 if fatal.is_some() {
                     replies.push((reply, None));
                     continue;
@@ -1660,6 +1807,112 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
     // The replies last: whoever a write returns to finds its signals sent.
     for (reply, result) in results {
         let _ = reply.send(result.map(|(outcome, _)| outcome));
+    }
+}
+
+fn begin(core: &Core, durable: bool) -> R<WriteTransaction> {
+    let mut txn = core.db.begin_write()?;
+    if !durable {
+        txn.set_durability(redb::Durability::None)?;
+    }
+    Ok(txn)
+}
+
+/// What is left to do for the head of a batch once [`run_app_head`] ran it.
+enum Head {
+    /// Nothing: the batch holds no application code.
+    None,
+    /// An operation for the batch loop to apply first.
+    Apply(Request),
+    /// The head's answer, sent with the others once the batch is committed.
+    Answer(Reply, Result<(Outcome, Wake), StoreError>),
+}
+
+type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
+
+/// Starts the batch's transaction and, when the batch starts with a run of application code,
+/// runs it first. Returns the transaction the rest of the batch joins and what is left to do
+/// for the head.
+///
+/// A transactional activity's body runs on the application's tables only; if it succeeds,
+/// the task's completion is applied in the same transaction. If the body fails, or the lease
+/// was lost meanwhile, the transaction is aborted (the only way to undo the body's writes)
+/// and a fresh one is started: the task is then completed with the failure as an ordinary
+/// operation of the batch, or the caller is told the lease is lost.
+fn run_app_head(core: &Core, durable: bool, head: Option<Request>) -> R<(WriteTransaction, Head)> {
+    let txn = begin(core, durable)?;
+    let Some(Request { op, reply }) = head else {
+        return Ok((txn, Head::None));
+    };
+    let lost = |id: u64| Err(StoreError::LockLost(format!("activity task {id}")));
+    match op {
+        WriteOp::AppWrite(body) => {
+            let (answer, commit) = body(&RedbTransaction::new(&txn));
+            let answer = Ok((Outcome::App(answer), Wake::default()));
+            if commit {
+                return Ok((txn, Head::Answer(reply, answer)));
+            }
+            txn.abort()?;
+            Ok((begin(core, durable)?, Head::Answer(reply, answer)))
+        }
+        WriteOp::Transactional { id, lock, run } => {
+            if !core.leases().holds_activity(id, lock) {
+                // Fenced out: the body does not run, nothing is written.
+                return Ok((txn, Head::Answer(reply, lost(id))));
+            }
+            let TransactionalRun {
+                activity,
+                body,
+                finish,
+            } = run;
+            #[allow(
+                irrefutable_let_patterns,
+                reason = "refutable with the postgres feature"
+            )]
+            let Body::Redb(body) = body else {
+                let unsupported = StoreError::Unsupported(format!(
+                    "RedbStore cannot run this kind of transaction for activity `{activity}`"
+                ));
+                return Ok((txn, Head::Answer(reply, Err(unsupported))));
+            };
+            let result = catch_unwind(AssertUnwindSafe(|| body(&RedbTransaction::new(&txn))))
+                .unwrap_or_else(|panic| Err(panic_failure(&activity, panic.as_ref())));
+            let failed = match result {
+                Ok(out) => {
+                    let message = finish(Ok(out));
+                    let completed = {
+                        let mut tables = Tables::open(&txn)?;
+                        let mut leases = core.leases();
+                        tables.complete_activity(&mut leases, id, lock, message)?
+                    };
+                    if completed.is_ok() {
+                        let wake = Wake {
+                            orchestration: true,
+                            ..Wake::default()
+                        };
+                        return Ok((txn, Head::Answer(reply, Ok((Outcome::Done, wake)))));
+                    }
+                    // Lost while the body ran: its writes go with the transaction.
+                    None
+                }
+                Err(failure) => Some(finish(Err(failure))),
+            };
+            txn.abort()?;
+            let txn = begin(core, durable)?;
+            let head = match failed {
+                Some(message) => Head::Apply(Request {
+                    op: WriteOp::CompleteActivity {
+                        id,
+                        lock,
+                        result: message,
+                    },
+                    reply,
+                }),
+                None => Head::Answer(reply, lost(id)),
+            };
+            Ok((txn, head))
+        }
+        op => Ok((txn, Head::Apply(Request { op, reply }))),
     }
 }
 
@@ -1766,6 +2019,12 @@ fn apply(
                     ..Wake::default()
                 },
             ))
+        }
+        WriteOp::Transactional { .. } | WriteOp::AppWrite(_) => {
+            // Run by `run_app_head` at the start of a transaction, never here.
+            return Err(Fatal::new(
+                "internal error: application code reached the store's batch loop",
+            ));
         }
         WriteOp::Purge(id) => {
             let removed = t.remove_instance(leases, id.as_str())?;
@@ -2265,6 +2524,17 @@ impl Store for RedbStore {
         }
     }
 
+    async fn complete_activity_in_transaction(
+        &self,
+        id: u64,
+        lock: LockToken,
+        run: TransactionalRun,
+    ) -> Result<(), StoreError> {
+        self.write(WriteOp::Transactional { id, lock, run })
+            .await
+            .map(drop)
+    }
+
     async fn abandon_activity(
         &self,
         id: u64,
@@ -2593,3 +2863,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "redb_txn_tests.rs"]
+mod txn_tests;

@@ -109,6 +109,20 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
         // Leased just as the worker was aborted: a crashed worker starts nothing.
         return;
     }
+    #[cfg(feature = "redb")]
+    if let Some((name, f)) = inner.registry.transactional.redb(&item.task.name) {
+        let (name, f) = (Arc::clone(name), Arc::clone(f));
+        let f = super::transactional::Registered::Redb(f);
+        super::transactional::run(inner, item, lease, name, f).await;
+        return;
+    }
+    #[cfg(feature = "postgres")]
+    if let Some((name, f)) = inner.registry.transactional.postgres(&item.task.name) {
+        let (name, f) = (Arc::clone(name), Arc::clone(f));
+        let f = super::transactional::Registered::Postgres(f);
+        super::transactional::run(inner, item, lease, name, f).await;
+        return;
+    }
     let task = &item.task;
     let (result, heartbeat) = match inner.registry.activity(&task.name) {
         None => (

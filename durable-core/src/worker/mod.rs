@@ -16,6 +16,8 @@ mod meters;
 mod queue_depth;
 mod retention;
 pub(crate) mod rewind;
+#[cfg(any(feature = "redb", feature = "postgres"))]
+mod transactional;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;

@@ -10,6 +10,7 @@ mod issue13_worker;
 mod local;
 mod rewind;
 mod support;
+mod transactional;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;

@@ -35,6 +35,9 @@ use crate::args::Args;
 use crate::ast::{Function, Param};
 
 pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
+    if f.transactional {
+        return expand_transactional(args, f);
+    }
     let krate = krate(args);
     let vis = &f.item.vis;
     let ident = &f.item.sig.ident;
@@ -56,7 +59,7 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
         .iter()
         .map(|p| match p {
             Param::Context => quote!(#ctx_arg),
-            Param::Input => quote!(#input_arg),
+            Param::Input | Param::Transaction => quote!(#input_arg),
             Param::State { inner, written } => {
                 let arg = format_ident!("__durable_state_{}", take_states.len(), span = mixed);
                 // Spanned at the parameter's type: a `State` that is not ours, or a value
@@ -139,5 +142,174 @@ pub(crate) fn expand(args: &Args, f: &Function) -> TokenStream {
                 }
             }
         };
+    }
+}
+
+// Input:
+//     #[activity(transactional)]
+//     pub fn transfer(tx: &RedbTransaction<'_>, t: Transfer) -> Result<Receipt, BankError> { .. }
+//
+// Output:
+//     pub struct transfer;
+//     impl transfer {
+//         pub fn run(tx: &RedbTransaction<'_>, t: Transfer) -> Result<Receipt, BankError> { .. }
+//     }
+//     const _: () = {
+//         impl ::durable_core::Activity for transfer {
+//             NAME = "transfer", Input = Transfer, Output = Receipt, Error = ActivityError,
+//             // only reached outside a store transaction: a clear non-retriable failure
+//             fn run(&self, ctx, input) { ready(Err(__private::transactional_outside_store("transfer"))) }
+//         }
+//         impl ::durable_core::transaction::RedbActivity for transfer {
+//             fn run_in(&self, tx, input) { transfer::run(tx, input).map_err(to_failure) }
+//         }
+//         impl ::durable_core::Registration for transfer { .. registry.add_redb_activity(self) }
+//     };
+//
+// With `tx: &PgTransaction<'_>` the function is `async`, `run` stays `async`, and the store
+// half is `PostgresActivity` (`run_in` returns a boxed future) with `add_postgres_activity`.
+fn expand_transactional(args: &Args, f: &Function) -> TokenStream {
+    let krate = krate(args);
+    let vis = &f.item.vis;
+    let ident = &f.item.sig.ident;
+    let docs = &f.docs;
+    let attrs = body_attrs(f);
+    let name = durable_name(args, f);
+    let input_ty = input_type(f);
+    let (output, _) = result_types(&krate, f);
+    let body = &f.item.block;
+    let sig_output = &f.item.sig.output;
+    let params = &f.item.sig.inputs;
+    let mixed = proc_macro2::Span::mixed_site();
+    let tx_arg = format_ident!("__durable_tx", span = mixed);
+    let input_arg = format_ident!("__durable_input", span = mixed);
+    let call_args: Vec<TokenStream> = f
+        .params
+        .iter()
+        .map(|p| match p {
+            Param::Transaction => quote!(#tx_arg),
+            Param::Input | Param::Context | Param::State { .. } => quote!(#input_arg),
+        })
+        .collect();
+    let ignore_input = f.input.is_none().then(|| quote!(let _ = #input_arg;));
+    let call = if f.postgres {
+        quote!(#ident::run(#(#call_args),*).await)
+    } else {
+        quote!(#ident::run(#(#call_args),*))
+    };
+    let call = match &f.returns {
+        crate::ast::Returns::Result { .. } => call,
+        crate::ast::Returns::Alias(ty) => {
+            let span = result_span(f);
+            let ty = super::respanned(ty, span);
+            quote_spanned!(span=> <#ty as #krate::__private::IntoResult>::into_result(#call))
+        }
+    };
+    let settle = quote! {
+        match #call {
+            ::core::result::Result::Ok(v) => ::core::result::Result::Ok(v),
+            ::core::result::Result::Err(e) => ::core::result::Result::Err(#krate::__private::to_failure(&e)),
+        }
+    };
+    let store_impl = store_impl(
+        &krate,
+        f,
+        &quote!(#tx_arg),
+        &quote!(#input_arg),
+        &quote!(#ignore_input #settle),
+    );
+    let asyncness = &f.item.sig.asyncness;
+    let marker = marker_attrs();
+    let checks = type_checks(&krate, f, &input_ty);
+    let output_item = quote_spanned! {result_span(f)=> type Output = #output; };
+    quote! {
+        #(#docs)*
+        #marker
+        #vis struct #ident;
+
+        impl #ident {
+            #(#docs)*
+            ///
+            #[doc = " Runs the activity body directly, without the durable runtime (for unit tests)."]
+            // The `Result` is the activity's contract, even for a body that never fails.
+            #[allow(clippy::unnecessary_wraps)]
+            #(#attrs)*
+            #vis #asyncness fn run(#params) #sig_output #body
+        }
+
+        #[allow(clippy::type_complexity)]
+        const _: () = {
+            #checks
+
+            impl #krate::Activity for #ident {
+                const NAME: &'static str = #name;
+                type Input = #input_ty;
+                #output_item
+                type Error = #krate::ActivityError;
+
+                fn run(
+                    &self,
+                    _: #krate::ActivityContext,
+                    _: Self::Input,
+                ) -> impl ::core::future::Future<Output = ::core::result::Result<Self::Output, Self::Error>> + ::core::marker::Send {
+                    ::core::future::ready(::core::result::Result::Err(
+                        #krate::__private::transactional_outside_store(#name),
+                    ))
+                }
+            }
+
+            #store_impl
+        };
+    }
+}
+
+/// The store-specific half of a transactional activity: `RedbActivity` (synchronous) or
+/// `PostgresActivity` (`async`), and the registration that puts it in the registry.
+fn store_impl(
+    krate: &TokenStream,
+    f: &Function,
+    tx_arg: &TokenStream,
+    input_arg: &TokenStream,
+    body: &TokenStream,
+) -> TokenStream {
+    let ident = &f.item.sig.ident;
+    if f.postgres {
+        quote! {
+            impl #krate::transaction::PostgresActivity for #ident {
+                fn run_in<'__durable_t>(
+                    &'__durable_t self,
+                    #tx_arg: &'__durable_t #krate::PgTransaction<'__durable_t>,
+                    #input_arg: Self::Input,
+                ) -> #krate::__private::BoxFuture<'__durable_t, ::core::result::Result<Self::Output, #krate::FailureDetails>> {
+                    ::std::boxed::Box::pin(async move {
+                        #body
+                    })
+                }
+            }
+
+            impl #krate::Registration for #ident {
+                fn register_into(self, registry: &mut #krate::Registry) {
+                    registry.add_postgres_activity(self);
+                }
+            }
+        }
+    } else {
+        quote! {
+            impl #krate::transaction::RedbActivity for #ident {
+                fn run_in(
+                    &self,
+                    #tx_arg: &#krate::RedbTransaction<'_>,
+                    #input_arg: Self::Input,
+                ) -> ::core::result::Result<Self::Output, #krate::FailureDetails> {
+                    #body
+                }
+            }
+
+            impl #krate::Registration for #ident {
+                fn register_into(self, registry: &mut #krate::Registry) {
+                    registry.add_redb_activity(self);
+                }
+            }
+        }
     }
 }

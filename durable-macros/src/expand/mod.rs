@@ -102,7 +102,7 @@ pub(crate) fn run(kind: Kind, attr: TokenStream, item: TokenStream) -> TokenStre
         let err = errors.finish().unwrap_err().into_compile_error();
         return quote!(#item #err);
     };
-    let function = ast::function(kind, parsed, &mut errors);
+    let function = ast::function(kind, parsed, args.transactional.as_ref(), &mut errors);
     if let (Some(f), Kind::Orchestrator) = (&function, kind)
         && !args.allow_nondeterminism
     {

@@ -13,6 +13,7 @@ mod mocks;
 mod replay;
 mod sim;
 mod time;
+mod transactional;
 
 /// Runs `fut` on its own task and returns its panic message (`None` if it did not panic).
 pub async fn panic_message<F>(fut: F) -> Option<String>

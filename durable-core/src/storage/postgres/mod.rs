@@ -80,6 +80,7 @@ mod sql;
 mod tests;
 #[cfg(feature = "postgres-rustls")]
 mod tls;
+mod transactional;
 mod util;
 mod write;
 
@@ -594,6 +595,15 @@ impl Store for PostgresStore {
         timer.record_single("postgres");
         self.signal(Wake::ORCHESTRATION);
         Ok(())
+    }
+
+    async fn complete_activity_in_transaction(
+        &self,
+        id: u64,
+        lock: LockToken,
+        run: crate::storage::app::TransactionalRun,
+    ) -> Result<(), StoreError> {
+        self.complete_in_transaction(id, lock, run).await
     }
 
     async fn renew_activity_lock(

@@ -29,6 +29,8 @@ pub(super) struct Sql {
     pub(super) release_holds: String,
     pub(super) enqueue_activities: String,
     pub(super) complete_activity: String,
+    /// Locks a leased activity task's row if `lock` still holds it (transactional runs).
+    pub(super) lock_activity: String,
     pub(super) release_activity: String,
     pub(super) renew_activity: String,
     pub(super) record_heartbeat: String,
@@ -205,6 +207,9 @@ impl Sql {
                     RETURNING 1)
                 SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM queued)"
             )),
+            lock_activity: s(
+                "SELECT 1 FROM {s}.activities WHERE id = $1 AND lock_token = $2 FOR UPDATE",
+            ),
             release_activity: s(
                 "UPDATE {s}.activities SET visible_at = $3, lock_token = NULL
                 WHERE id = $1 AND lock_token = $2 RETURNING 1",

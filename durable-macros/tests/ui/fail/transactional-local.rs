@@ -1,0 +1,8 @@
+use durable_core::prelude::*;
+
+#[activity(local, transactional)]
+fn transfer(_tx: &RedbTransaction<'_>, n: u64) -> Result<u64, ActivityError> {
+    Ok(n)
+}
+
+fn main() {}
