@@ -296,6 +296,20 @@ async fn start_and_wait(worker: &Worker, plan: Vec<Transfer>) {
     }
 }
 
+/// Creates the application's tables `<hub>_*` and seeds the accounts (idempotent).
+async fn pg_tables(client: &tokio_postgres::Client, hub: &str) {
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {hub}_accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+             CREATE TABLE IF NOT EXISTS {hub}_applied (id bigint PRIMARY KEY, times int NOT NULL);
+             INSERT INTO {hub}_accounts SELECT g, {OPENING} FROM generate_series(0, {}) g
+             ON CONFLICT DO NOTHING;",
+            ACCOUNT_COUNT - 1
+        ))
+        .await
+        .expect("seed the accounts");
+}
+
 /// The `PostgreSQL` child: the same workload on task hub `hub`, tables `<hub>_*`.
 fn pg_child_main(url: &str, hub: &str, seed: u64) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -311,17 +325,8 @@ fn pg_child_main(url: &str, hub: &str, seed: u64) {
             .await
             .expect("connect");
         tokio::spawn(connection);
-        // Idempotent: a restart finds the tables and the accounts.
-        client
-            .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {hub}_accounts (id int PRIMARY KEY, balance bigint NOT NULL);
-                 CREATE TABLE IF NOT EXISTS {hub}_applied (id bigint PRIMARY KEY, times int NOT NULL);
-                 INSERT INTO {hub}_accounts SELECT g, {OPENING} FROM generate_series(0, {}) g
-                 ON CONFLICT DO NOTHING;",
-                ACCOUNT_COUNT - 1
-            ))
-            .await
-            .expect("seed the accounts");
+        // The parent made the tables before the first child; idempotent all the same.
+        pg_tables(&client, hub).await;
         let applied: i64 = client
             .query_one(&format!("SELECT count(*) FROM {hub}_applied"), &[])
             .await
@@ -502,10 +507,35 @@ fn pg_transfers_apply_exactly_once_under_repeated_sigkill() {
         pg_child_main(&url, &hub, seed);
         return;
     }
-    let hub = format!("durable_txn_crash_{}", seed % 1_000_000_007);
+    // The process id keeps two runs of one seed apart.
+    let hub = format!(
+        "durable_txn_crash_{}_{}",
+        seed % 1_000_000_007,
+        std::process::id()
+    );
     println!(
         "PostgreSQL transactional crash test: seed {seed} ({ENV_SEED}={seed} reproduces it), hub {hub}"
     );
+    // The task hub and the tables exist before the first child: a killed child's session
+    // may still be running its statements when the next child starts, and two concurrent
+    // `CREATE TABLE IF NOT EXISTS` of one table can fail on the type's unique index.
+    let setup = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    setup.block_on(async {
+        PostgresStore::connect(&url, PostgresOptions::new(&hub))
+            .await
+            .expect("create the task hub");
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let driver = tokio::spawn(connection);
+        pg_tables(&client, &hub).await;
+        drop(client);
+        let _ = driver.await;
+    });
+    drop(setup);
     let dir = tempfile::tempdir().expect("temp dir");
     let envs = [
         (ENV_PG_HUB, hub.clone()),

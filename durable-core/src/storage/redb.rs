@@ -1723,16 +1723,20 @@ fn writer_loop(core: &Core, rx: &mpsc::Receiver<Request>) {
 fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
     let items = batch.len();
     let timer = CommitTimer::start();
-    let mut replies = Vec::with_capacity(items);
+    // Every caller's reply is kept here from the start, so a failure anywhere in the batch
+    // (opening the tables, a storage error in application code) answers every one of them
+    // with that failure rather than dropping their replies.
+    let (ops, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|r| (r.op, r.reply)).unzip();
+    let mut answers: Vec<Option<Result<(Outcome, Wake), StoreError>>> = Vec::with_capacity(items);
     let ran = catch_unwind(AssertUnwindSafe(|| -> R<()> {
-        let mut batch = batch.into_iter().peekable();
-        let head = batch.next_if(|r| r.op.runs_app_code());
+        let mut ops = ops.into_iter().peekable();
+        let head = ops.next_if(WriteOp::runs_app_code);
         let (txn, head) = run_app_head(core, durable, head)?;
         let head = match head {
             Head::None => None,
-            Head::Apply(request) => Some(request),
-            Head::Answer(reply, answer) => {
-                replies.push((reply, Some(answer)));
+            Head::Apply(op) => Some(op),
+            Head::Answer(answer) => {
+                answers.push(Some(answer));
                 None
             }
         };
@@ -1740,16 +1744,16 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
         {
             let mut tables = Tables::open(&txn)?;
             let mut leases = core.leases();
-            for Request { op, reply } in head.into_iter().chain(batch) {
+            for op in head.into_iter().chain(ops) {
                 if fatal.is_some() {
-                    replies.push((reply, None));
+                    answers.push(None);
                     continue;
                 }
                 match apply(&mut tables, &mut leases, op) {
-                    Ok(r) => replies.push((reply, Some(r))),
+                    Ok(r) => answers.push(Some(r)),
                     Err(e) => {
                         fatal = Some(e);
-                        replies.push((reply, None));
+                        answers.push(None);
                     }
                 }
             }
@@ -1775,7 +1779,7 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
     core.leases().finish_batch(failure.is_none());
     if let Some(fatal) = failure {
         tracing::error!(error = %fatal.message, "store commit failed");
-        for (reply, _) in replies {
+        for reply in replies {
             let _ = reply.send(Err(fatal.backend(fatal.message.clone())));
         }
         return;
@@ -1783,8 +1787,10 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
     timer.record("redb", items);
     // One round of signals for the whole batch, once it is durable, then the replies.
     let mut wake = Wake::default();
+    answers.resize_with(items, || None);
     let results: Vec<_> = replies
         .into_iter()
+        .zip(answers)
         .map(|(reply, result)| {
             let result = result.unwrap_or_else(|| Err(Outcome::unexpected()));
             if let Ok((_, w)) = &result {
@@ -1823,12 +1829,10 @@ enum Head {
     /// Nothing: the batch holds no application code.
     None,
     /// An operation for the batch loop to apply first.
-    Apply(Request),
+    Apply(WriteOp),
     /// The head's answer, sent with the others once the batch is committed.
-    Answer(Reply, Result<(Outcome, Wake), StoreError>),
+    Answer(Result<(Outcome, Wake), StoreError>),
 }
-
-type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
 
 /// Starts the batch's transaction and, when the batch starts with a run of application code,
 /// runs it first. Returns the transaction the rest of the batch joins and what is left to do
@@ -1839,9 +1843,9 @@ type Reply = oneshot::Sender<Result<Outcome, StoreError>>;
 /// was lost meanwhile, the transaction is aborted (the only way to undo the body's writes)
 /// and a fresh one is started: the task is then completed with the failure as an ordinary
 /// operation of the batch, or the caller is told the lease is lost.
-fn run_app_head(core: &Core, durable: bool, head: Option<Request>) -> R<(WriteTransaction, Head)> {
+fn run_app_head(core: &Core, durable: bool, head: Option<WriteOp>) -> R<(WriteTransaction, Head)> {
     let txn = begin(core, durable)?;
-    let Some(Request { op, reply }) = head else {
+    let Some(op) = head else {
         return Ok((txn, Head::None));
     };
     let lost = |id: u64| Err(StoreError::LockLost(format!("activity task {id}")));
@@ -1850,15 +1854,15 @@ fn run_app_head(core: &Core, durable: bool, head: Option<Request>) -> R<(WriteTr
             let (answer, commit) = body(&RedbTransaction::new(&txn));
             let answer = Ok((Outcome::App(answer), Wake::default()));
             if commit {
-                return Ok((txn, Head::Answer(reply, answer)));
+                return Ok((txn, Head::Answer(answer)));
             }
             txn.abort()?;
-            Ok((begin(core, durable)?, Head::Answer(reply, answer)))
+            Ok((begin(core, durable)?, Head::Answer(answer)))
         }
         WriteOp::Transactional { id, lock, run } => {
             if !core.leases().holds_activity(id, lock) {
                 // Fenced out: the body does not run, nothing is written.
-                return Ok((txn, Head::Answer(reply, lost(id))));
+                return Ok((txn, Head::Answer(lost(id))));
             }
             let TransactionalRun {
                 activity,
@@ -1873,7 +1877,7 @@ fn run_app_head(core: &Core, durable: bool, head: Option<Request>) -> R<(WriteTr
                 let unsupported = StoreError::Unsupported(format!(
                     "RedbStore cannot run this kind of transaction for activity `{activity}`"
                 ));
-                return Ok((txn, Head::Answer(reply, Err(unsupported))));
+                return Ok((txn, Head::Answer(Err(unsupported))));
             };
             let result = catch_unwind(AssertUnwindSafe(|| body(&RedbTransaction::new(&txn))))
                 .unwrap_or_else(|panic| Err(panic_failure(&activity, panic.as_ref())));
@@ -1890,7 +1894,7 @@ fn run_app_head(core: &Core, durable: bool, head: Option<Request>) -> R<(WriteTr
                             orchestration: true,
                             ..Wake::default()
                         };
-                        return Ok((txn, Head::Answer(reply, Ok((Outcome::Done, wake)))));
+                        return Ok((txn, Head::Answer(Ok((Outcome::Done, wake)))));
                     }
                     // Lost while the body ran: its writes go with the transaction.
                     None
@@ -1900,19 +1904,16 @@ fn run_app_head(core: &Core, durable: bool, head: Option<Request>) -> R<(WriteTr
             txn.abort()?;
             let txn = begin(core, durable)?;
             let head = match failed {
-                Some(message) => Head::Apply(Request {
-                    op: WriteOp::CompleteActivity {
-                        id,
-                        lock,
-                        result: message,
-                    },
-                    reply,
+                Some(message) => Head::Apply(WriteOp::CompleteActivity {
+                    id,
+                    lock,
+                    result: message,
                 }),
-                None => Head::Answer(reply, lost(id)),
+                None => Head::Answer(lost(id)),
             };
             Ok((txn, head))
         }
-        op => Ok((txn, Head::Apply(Request { op, reply }))),
+        op => Ok((txn, Head::Apply(op))),
     }
 }
 
