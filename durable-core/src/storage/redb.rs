@@ -678,8 +678,8 @@ struct Leases {
     next_id: u64,
     /// Lease tokens (in memory only: leases do not survive a restart).
     next_token: u64,
-    /// Locked instances: token and expiry.
-    orch: HashMap<String, (u64, Timestamp)>,
+    /// Locked instances.
+    orch: HashMap<String, OrchLease>,
     orch_expiry: BTreeSet<(Timestamp, String)>,
     /// Leased activity tasks.
     activity: HashMap<u64, ActivityLease>,
@@ -695,6 +695,25 @@ struct Leases {
     /// Changes to `available` made by the batch being committed, applied once it is durable:
     /// `true` adds the key, `false` removes it.
     available_changes: Vec<((u64, u64), bool)>,
+}
+
+/// A locked instance.
+#[derive(Debug, Clone)]
+struct OrchLease {
+    token: u64,
+    until: Timestamp,
+    /// The record and history length read when the lease was taken, so the episode's commit
+    /// need not read and decode them again. Only the lease holder changes either while the
+    /// lease is held; every other write to the instance releases the lease ([`Leases::unlock`]
+    /// drops this copy first), so it is current whenever [`Leases::holds`] is `true`.
+    seen: Option<Box<Seen>>,
+}
+
+/// What [`lease_instance`] read of a locked instance.
+#[derive(Debug, Clone)]
+struct Seen {
+    record: InstanceRecord,
+    history_len: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -725,7 +744,7 @@ impl Leases {
                 break;
             }
             self.orch_expiry.pop_first();
-            if self.orch.get(&id).is_some_and(|(_, until)| *until <= now)
+            if self.orch.get(&id).is_some_and(|l| l.until <= now)
                 && !self.releasing_orch.contains_key(&id)
             {
                 self.orch.remove(&id);
@@ -745,23 +764,34 @@ impl Leases {
         }
     }
 
-    fn lock(&mut self, id: &str, until: Timestamp) -> u64 {
+    fn lock(&mut self, id: &str, until: Timestamp, seen: Option<Box<Seen>>) -> u64 {
         let token = self.token();
-        self.orch.insert(id.to_owned(), (token, until));
+        self.orch
+            .insert(id.to_owned(), OrchLease { token, until, seen });
         self.orch_expiry.insert((until, id.to_owned()));
         token
+    }
+
+    /// The record and history length seen when `id` was locked, if it still is (see
+    /// [`OrchLease::seen`]); taken out, as the commit that asks for them releases the lock.
+    fn take_seen(&mut self, id: &str) -> Option<Box<Seen>> {
+        if self.releasing_orch.contains_key(id) {
+            return None;
+        }
+        self.orch.get_mut(id).and_then(|l| l.seen.take())
     }
 
     /// `true` if `lock` holds `id` (and the batch being applied has not released it).
     fn holds(&self, id: &str, lock: LockToken) -> bool {
         !self.releasing_orch.contains_key(id)
-            && self.orch.get(id).is_some_and(|(t, _)| *t == lock.0)
+            && self.orch.get(id).is_some_and(|l| l.token == lock.0)
     }
 
     /// Releases the lock on `id` once the batch being applied is durable.
     fn unlock(&mut self, id: &str) {
-        if let Some((token, _)) = self.orch.get(id) {
-            self.releasing_orch.insert(id.to_owned(), *token);
+        if let Some(lease) = self.orch.get_mut(id) {
+            lease.seen = None;
+            self.releasing_orch.insert(id.to_owned(), lease.token);
         }
     }
 
@@ -819,10 +849,10 @@ impl Leases {
             }
         }
         for (id, token) in orch {
-            if self.orch.get(&id).is_some_and(|(t, _)| *t == token)
-                && let Some((_, until)) = self.orch.remove(&id)
+            if self.orch.get(&id).is_some_and(|l| l.token == token)
+                && let Some(lease) = self.orch.remove(&id)
             {
-                self.orch_expiry.remove(&(until, id));
+                self.orch_expiry.remove(&(lease.until, id));
             }
         }
         for id in activities {
@@ -1247,7 +1277,8 @@ impl<'t> Tables<'t> {
         if !leases.holds(commit.instance_id.as_str(), commit.lock) {
             return Ok(Err(StoreError::LockLost(commit.instance_id.to_string())));
         }
-        self.apply_commit(leases, commit)
+        let seen = leases.take_seen(commit.instance_id.as_str());
+        self.apply_commit(leases, commit, seen)
     }
 
     /// Creates a brand-new instance and applies its first episode (see
@@ -1281,20 +1312,37 @@ impl<'t> Tables<'t> {
                 seq,
             });
         }
+        // A new instance: no history yet.
+        let seen = Box::new(Seen {
+            record: record.clone(),
+            history_len: 0,
+        });
         Ok(self
-            .apply_commit(leases, first)?
+            .apply_commit(leases, first, Some(seen))?
             .map(|activity| Some((record, activity))))
     }
 
-    /// [`commit`](Self::commit) once the lease is checked.
+    /// [`commit`](Self::commit) once the lease is checked. `seen` is the instance's current
+    /// record and history length when the caller has them (read otherwise).
     fn apply_commit(
         &mut self,
         leases: &mut Leases,
         commit: EpisodeCommit,
+        seen: Option<Box<Seen>>,
     ) -> R<Result<bool, StoreError>> {
         let key = commit.instance_id.as_str().to_owned();
-        let Some(mut record) = read_record(&self.instances, &key)? else {
-            return Ok(Err(StoreError::LockLost(key)));
+        let (mut record, known_len) = match seen {
+            Some(seen) => {
+                let Seen {
+                    record,
+                    history_len,
+                } = *seen;
+                (record, Some(history_len))
+            }
+            None => match read_record(&self.instances, &key)? {
+                Some(record) => (record, None),
+                None => return Ok(Err(StoreError::LockLost(key))),
+            },
         };
         for &(task, lock) in &commit.completed_activities {
             if let Some(lease) = leases.take_activity(task, lock) {
@@ -1353,7 +1401,10 @@ impl<'t> Tables<'t> {
             record.output = None;
             record.failure = None;
         } else {
-            let start = history_len(&self.history, &key)?;
+            let start = match known_len {
+                Some(len) => len,
+                None => history_len(&self.history, &key)?,
+            };
             for (i, event) in commit.new_events.iter().enumerate() {
                 let bytes = serde_json::to_vec(event)?;
                 self.history
@@ -1941,7 +1992,7 @@ impl Core {
             let locked: HashSet<String> = leases
                 .orch
                 .iter()
-                .filter(|(_, (_, until))| *until > now)
+                .filter(|(_, l)| l.until > now)
                 .map(|(id, _)| id.clone())
                 .collect();
             let queued = leases.available.range(..=(ts(now), u64::MAX)).count();
@@ -2127,7 +2178,11 @@ fn lease_instance(
         let (k, v) = entry?;
         messages.push(inbox_message(k.value(), v.value())?);
     }
-    let token = leases.lock(id, now + lock_for);
+    let seen = Box::new(Seen {
+        record: instance.clone(),
+        history_len,
+    });
+    let token = leases.lock(id, now + lock_for, Some(seen));
     Ok(Some(OrchestrationWorkItem {
         instance,
         history_len,
@@ -2373,6 +2428,107 @@ mod tests {
         let txn = db.begin_write().unwrap();
         txn.open_table(META).unwrap().insert(key, value).unwrap();
         txn.commit().unwrap();
+    }
+
+    /// A commit takes the record and history length its lease read (not read again): after
+    /// an abandoned episode, an expired lease taken over by another worker, and a refused
+    /// stale commit, every commit still appends at the history's end and keeps the fields it
+    /// does not set.
+    #[tokio::test]
+    async fn commits_after_leases_see_the_current_record_and_history() {
+        let store = RedbStore::in_memory().unwrap();
+        let t0 = Timestamp::from_unix_millis(1_000_000);
+        let lock_for = Duration::from_secs(60);
+        let id = InstanceId::new("i").unwrap();
+        let ids = std::slice::from_ref(&id);
+        let started = |index: u64, at: Timestamp| HistoryEvent {
+            index,
+            timestamp: at,
+            event: Event::OrchestratorStarted,
+        };
+        store
+            .create_instance(NewInstance::new(id.clone(), "Job", "\"in\"".into(), t0))
+            .await
+            .unwrap();
+
+        // Episode 1: two events, a custom status.
+        let item = store
+            .fetch_orchestration_work(t0, lock_for)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(item.history_len, 0);
+        let mut c = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Running, t0);
+        c.consumed = item.messages.iter().map(|m| m.id).collect();
+        c.new_events = vec![started(0, t0), started(1, t0)];
+        c.custom_status = Some("\"one\"".into());
+        store.commit_episode(c).await.unwrap();
+
+        // Episode 2 is abandoned; its retry holds the instance until t1.
+        let item = store
+            .fetch_instances_work(ids, t0, lock_for)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(item.history_len, 2);
+        let t1 = t0 + Duration::from_secs(1);
+        store
+            .abandon_episode(&id, item.lock, t1, Some("boom".into()))
+            .await
+            .unwrap();
+
+        // Episode 3's lease expires and another worker takes the instance over.
+        let stale = store
+            .fetch_instances_work(ids, t1, lock_for)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        let t2 = t1 + lock_for + Duration::from_secs(1);
+        let item = store
+            .fetch_instances_work(ids, t2, lock_for)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(item.instance.last_error.as_deref(), Some("boom"));
+        let mut c = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Running, t2);
+        c.new_events = vec![started(2, t2)];
+        c.custom_status = Some("\"three\"".into());
+        store.commit_episode(c).await.unwrap();
+        // The stale lease's commit is refused and changes nothing.
+        let mut c = EpisodeCommit::new(id.clone(), stale.lock, RuntimeStatus::Completed, t2);
+        c.new_events = vec![started(2, t2)];
+        assert!(matches!(
+            store.commit_episode(c).await,
+            Err(StoreError::LockLost(_))
+        ));
+
+        // Episode 4 completes.
+        let item = store
+            .fetch_instances_work(ids, t2, lock_for)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(item.history_len, 3);
+        assert_eq!(item.instance.custom_status.as_deref(), Some("\"three\""));
+        let mut c = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Completed, t2);
+        c.new_events = vec![started(3, t2)];
+        c.output = Some("7".into());
+        store.commit_episode(c).await.unwrap();
+
+        let history = store.read_history(&id).await.unwrap();
+        let indexes: Vec<u64> = history.iter().map(|e| e.index).collect();
+        assert_eq!(indexes, [0, 1, 2, 3]);
+        let r = store.read_instance(&id).await.unwrap().unwrap();
+        assert_eq!(r.status, RuntimeStatus::Completed);
+        assert_eq!((r.input.as_str(), r.name.as_str()), ("\"in\"", "Job"));
+        assert_eq!(r.output.as_deref(), Some("7"));
+        assert_eq!(r.custom_status, None, "episode 4 set no custom status");
+        assert_eq!((r.created_at, r.last_updated_at), (t0, t2));
+        assert_eq!(r.last_error, None);
     }
 
     /// An activity result handed off in memory is committed with the episode that consumes
