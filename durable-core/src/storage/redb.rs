@@ -695,7 +695,20 @@ struct Leases {
     /// Changes to `available` made by the batch being committed, applied once it is durable:
     /// `true` adds the key, `false` removes it.
     available_changes: Vec<((u64, u64), bool)>,
+    /// The committed record and history length of unlocked instances whose last commit
+    /// handed activity tasks out, so leasing them again when a result comes back (see
+    /// [`EpisodeCommit::completed_activities`]) need not read and decode them. An entry is
+    /// taken by the next lease of its instance and dropped by any other write to the
+    /// instance's record or history ([`Tables::put_record`], [`Tables::remove_instance`]).
+    committed: HashMap<String, Box<Seen>>,
+    /// Changes to `committed` made by the batch being committed, applied in order once it is
+    /// durable (`None` drops the entry).
+    committed_changes: Vec<(String, Option<Box<Seen>>)>,
 }
+
+/// At most this many [`Leases::committed`] entries are kept (one per instance waiting for a
+/// handed-out activity); past it, leases read the record as before.
+const MAX_COMMITTED_SEEN: usize = 1 << 16;
 
 /// A locked instance.
 #[derive(Debug, Clone)]
@@ -838,8 +851,19 @@ impl Leases {
         let orch = std::mem::take(&mut self.releasing_orch);
         let activities = std::mem::take(&mut self.releasing_activity);
         let available = std::mem::take(&mut self.available_changes);
+        let seen = std::mem::take(&mut self.committed_changes);
         if !committed {
             return;
+        }
+        for (id, change) in seen {
+            match change {
+                Some(s) if self.committed.len() < MAX_COMMITTED_SEEN => {
+                    self.committed.insert(id, s);
+                }
+                _ => {
+                    self.committed.remove(&id);
+                }
+            }
         }
         for (key, add) in available {
             if add {
@@ -1059,7 +1083,11 @@ impl<'t> Tables<'t> {
         })
     }
 
-    fn put_record(&mut self, r: &InstanceRecord) -> R<()> {
+    /// Writes an instance's record; drops what [`Leases::committed`] knows of it.
+    fn put_record(&mut self, leases: &mut Leases, r: &InstanceRecord) -> R<()> {
+        leases
+            .committed_changes
+            .push((r.instance_id.as_str().to_owned(), None));
         let bytes = serde_json::to_vec(r)?;
         self.instances
             .insert(r.instance_id.as_str(), bytes.as_slice())?;
@@ -1137,6 +1165,7 @@ impl<'t> Tables<'t> {
         if self.instances.remove(id)?.is_none() {
             return Ok(false);
         }
+        leases.committed_changes.push((id.to_owned(), None));
         let before = self.ready_at(id)?;
         self.fix_ready(id, before, None)?;
         self.holds.remove(id)?;
@@ -1182,7 +1211,7 @@ impl<'t> Tables<'t> {
         }
         let start = new.start_message();
         let record = new.record(existing.as_ref());
-        self.put_record(&record)?;
+        self.put_record(leases, &record)?;
         self.enqueue(leases, &key, start)?;
         if let Some(t) = teardown {
             for (target, m) in self.tear_down(leases, t)? {
@@ -1225,7 +1254,7 @@ impl<'t> Tables<'t> {
                 let bytes = serde_json::to_vec(e)?;
                 self.history.insert((key, e.index), bytes.as_slice())?;
             }
-            self.put_record(&record)?;
+            self.put_record(leases, &record)?;
             let before = self.ready_at(key)?;
             self.fix_ready(key, before, None)?;
             self.holds.remove(key)?;
@@ -1389,11 +1418,13 @@ impl<'t> Tables<'t> {
         record.custom_status = commit.custom_status;
         record.last_updated_at = commit.now;
         record.last_error = commit.last_error;
+        let history_len_now;
         if let Some(next) = &commit.next_execution {
             self.history
                 .retain_in((key.as_str(), 0u64)..=(key.as_str(), u64::MAX), |_, _| {
                     false
                 })?;
+            history_len_now = 0;
             record.execution += 1;
             record.input.clone_from(&next.input);
             record.version.clone_from(&next.version);
@@ -1410,9 +1441,20 @@ impl<'t> Tables<'t> {
                 self.history
                     .insert((key.as_str(), start + i as u64), bytes.as_slice())?;
             }
+            history_len_now = start + commit.new_events.len() as u64;
         }
-        self.put_record(&record)?;
+        self.put_record(leases, &record)?;
         leases.unlock(&key);
+        if !commit.activities.is_empty() && !record.status.is_terminal() {
+            // The worker leases the instance again when a result comes back.
+            leases.committed_changes.push((
+                key.clone(),
+                Some(Box::new(Seen {
+                    record,
+                    history_len: history_len_now,
+                })),
+            ));
+        }
         if let Some(next) = commit.next_execution {
             for m in next.messages {
                 self.enqueue(leases, &key, m)?;
@@ -1449,7 +1491,7 @@ impl<'t> Tables<'t> {
             return Ok(Err(StoreError::LockLost(key.to_owned())));
         };
         record.last_error = error;
-        self.put_record(&record)?;
+        self.put_record(leases, &record)?;
         leases.unlock(key);
         // Hold the instance, not its messages: they keep their times and their order.
         let before = self.ready_at(key)?;
@@ -2168,10 +2210,15 @@ fn lease_instance(
     now: Timestamp,
     lock_for: Duration,
 ) -> R<Option<OrchestrationWorkItem>> {
-    let Some(instance) = read_record(&txn.open_table(INSTANCES)?, id)? else {
-        return Ok(None);
+    let (instance, history_len) = match leases.committed.remove(id) {
+        Some(seen) => (seen.record, seen.history_len),
+        None => {
+            let Some(instance) = read_record(&txn.open_table(INSTANCES)?, id)? else {
+                return Ok(None);
+            };
+            (instance, history_len(&txn.open_table(HISTORY)?, id)?)
+        }
     };
-    let history_len = history_len(&txn.open_table(HISTORY)?, id)?;
     let inbox = txn.open_table(INBOX)?;
     let mut messages = Vec::new();
     for entry in inbox.range((id, 0u64, 0u64)..=(id, ts(now), u64::MAX))? {
@@ -2529,6 +2576,89 @@ mod tests {
         assert_eq!(r.custom_status, None, "episode 4 set no custom status");
         assert_eq!((r.created_at, r.last_updated_at), (t0, t2));
         assert_eq!(r.last_error, None);
+    }
+
+    /// A commit that hands out an activity keeps the committed record for the lease that
+    /// comes with its result; any other write to the instance in between drops it: a
+    /// purged instance cannot be leased, a replaced one is leased as the new execution.
+    #[tokio::test]
+    async fn a_handed_out_commit_keeps_its_record_until_the_instance_changes() {
+        let store = RedbStore::in_memory().unwrap();
+        let t0 = Timestamp::from_unix_millis(1_000_000);
+        let lock_for = Duration::from_secs(60);
+        let kept = |id: &InstanceId| {
+            store
+                .inline(|core| Ok(core.leases().committed.contains_key(id.as_str())))
+                .unwrap()
+        };
+        // Three instances, each with an episode that hands an activity out.
+        let mut ids = Vec::new();
+        for name in ["a", "b", "c"] {
+            let id = InstanceId::new(name).unwrap();
+            store
+                .create_instance(NewInstance::new(id.clone(), "Job", "\"in\"".into(), t0))
+                .await
+                .unwrap();
+            let item = store
+                .fetch_instances_work(std::slice::from_ref(&id), t0, lock_for)
+                .await
+                .unwrap()
+                .pop()
+                .unwrap();
+            let mut c = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Running, t0);
+            c.consumed = item.messages.iter().map(|m| m.id).collect();
+            c.new_events = vec![HistoryEvent {
+                index: 0,
+                timestamp: t0,
+                event: Event::OrchestratorStarted,
+            }];
+            c.custom_status = Some(format!("\"{name}\""));
+            c.activities
+                .push(ActivityTask::new(id.clone(), 1, 0, "work", "null".into()));
+            store.commit_episode(c).await.unwrap();
+            assert!(kept(&id), "{name}: the commit's record is kept");
+            ids.push(id);
+        }
+        let [a, b, c] = &ids[..] else { unreachable!() };
+
+        // a: leased with the kept record, which the lease takes.
+        let item = store
+            .fetch_instances_work(std::slice::from_ref(a), t0, lock_for)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert!(!kept(a));
+        assert_eq!(item.history_len, 1);
+        assert_eq!(item.instance.custom_status.as_deref(), Some("\"a\""));
+        assert_eq!(item.instance.status, RuntimeStatus::Running);
+
+        // b: purged while its activity runs: nothing to lease.
+        assert!(store.purge_instance(b).await.unwrap());
+        assert!(!kept(b));
+        assert!(
+            store
+                .fetch_instances_work(std::slice::from_ref(b), t0, lock_for)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // c: replaced while its activity runs: the lease sees the new execution.
+        let mut again = NewInstance::new(c.clone(), "Job", "\"new\"".into(), t0);
+        again.reuse = IdReusePolicy::TerminateRunning;
+        store.create_instance(again).await.unwrap();
+        assert!(!kept(c));
+        let item = store
+            .fetch_instances_work(std::slice::from_ref(c), t0, lock_for)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(item.history_len, 0);
+        assert_eq!(item.instance.input, "\"new\"");
+        assert_eq!(item.instance.execution, 2);
+        assert_eq!(item.instance.custom_status, None);
     }
 
     /// An activity result handed off in memory is committed with the episode that consumes
