@@ -1324,23 +1324,12 @@ impl<'t> Tables<'t> {
         if leases.orch.contains_key(&key) || self.instances.get(key.as_str())?.is_some() {
             return Ok(Ok(None));
         }
-        let record = match self.create(leases, new)? {
-            Ok(CreateResult::Created(r)) => r,
-            Ok(CreateResult::Existing(_)) => return Ok(Ok(None)),
-            Err(e) => return Ok(Err(e)),
-        };
+        // A brand-new id: the record as `create` writes it, without the start message,
+        // which the first episode consumes in this same transaction (enqueuing it, with its
+        // ready row, only to remove both would be four B-tree writes for nothing).
+        let record = new.record(None);
+        self.put_record(leases, &record)?;
         first.consumed = Vec::new();
-        for entry in self
-            .inbox
-            .range((key.as_str(), 0u64, 0u64)..=(key.as_str(), u64::MAX, u64::MAX))?
-        {
-            let (k, _) = entry?;
-            let (_, vis, seq) = k.value();
-            first.consumed.push(MessageId {
-                visible_at: Timestamp::from_unix_millis(vis),
-                seq,
-            });
-        }
         // A new instance: no history yet.
         let seen = Box::new(Seen {
             record: record.clone(),
