@@ -1392,15 +1392,25 @@ impl<'t> Tables<'t> {
                 ));
             }
         }
-        let before = self.ready_at(&key)?;
-        for id in &commit.consumed {
-            self.inbox
-                .remove((key.as_str(), ts(id.visible_at), id.seq))?;
+        if commit.consumed.is_empty() {
+            // Nothing leaves the inbox (results handed off in memory): the ready row moves
+            // only if the commit ends a hold an abandoned episode left.
+            let hold = self.holds.remove(key.as_str())?.map(|h| h.value());
+            if let Some(hold) = hold {
+                let first = inbox_first(&self.inbox, &key)?;
+                self.fix_ready(&key, first.map(|f| f.max(hold)), first)?;
+            }
+        } else {
+            let before = self.ready_at(&key)?;
+            for id in &commit.consumed {
+                self.inbox
+                    .remove((key.as_str(), ts(id.visible_at), id.seq))?;
+            }
+            // A commit ends the hold an abandoned episode left.
+            self.holds.remove(key.as_str())?;
+            let after = self.ready_at(&key)?;
+            self.fix_ready(&key, before, after)?;
         }
-        // A commit ends the hold an abandoned episode left.
-        self.holds.remove(key.as_str())?;
-        let after = self.ready_at(&key)?;
-        self.fix_ready(&key, before, after)?;
         record.status = commit.status;
         record.output = commit.output;
         record.failure = commit.failure;
@@ -2469,7 +2479,7 @@ mod tests {
     /// A commit takes the record and history length its lease read (not read again): after
     /// an abandoned episode, an expired lease taken over by another worker, and a refused
     /// stale commit, every commit still appends at the history's end and keeps the fields it
-    /// does not set.
+    /// does not set; a commit that consumes nothing still ends the hold on its messages.
     #[tokio::test]
     async fn commits_after_leases_see_the_current_record_and_history() {
         let store = RedbStore::in_memory().unwrap();
@@ -2514,6 +2524,23 @@ mod tests {
             .await
             .unwrap();
 
+        // An event arrives during the hold: it is ready at t1, not before.
+        let raised = Event::EventRaised {
+            name: "go".into(),
+            input: "null".into(),
+        };
+        store
+            .send_message(&id, Message::new(raised, None, t0))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .fetch_orchestration_work(t0, lock_for)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
         // Episode 3's lease expires and another worker takes the instance over.
         let stale = store
             .fetch_instances_work(ids, t1, lock_for)
@@ -2533,6 +2560,18 @@ mod tests {
         c.new_events = vec![started(2, t2)];
         c.custom_status = Some("\"three\"".into());
         store.commit_episode(c).await.unwrap();
+        // The commit consumed nothing but ended the hold: the event is ready from t0 again.
+        let item = store
+            .fetch_orchestration_work(t0, lock_for)
+            .await
+            .unwrap()
+            .expect("the event is ready once the hold is over");
+        assert_eq!(item.messages.len(), 1);
+        let mut c = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Running, t2);
+        c.consumed = vec![item.messages[0].id];
+        c.new_events = vec![started(3, t2)];
+        c.custom_status = Some("\"three\"".into());
+        store.commit_episode(c).await.unwrap();
         // The stale lease's commit is refused and changes nothing.
         let mut c = EpisodeCommit::new(id.clone(), stale.lock, RuntimeStatus::Completed, t2);
         c.new_events = vec![started(2, t2)];
@@ -2548,16 +2587,24 @@ mod tests {
             .unwrap()
             .pop()
             .unwrap();
-        assert_eq!(item.history_len, 3);
+        assert_eq!(item.history_len, 4);
         assert_eq!(item.instance.custom_status.as_deref(), Some("\"three\""));
         let mut c = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Completed, t2);
-        c.new_events = vec![started(3, t2)];
+        c.new_events = vec![started(4, t2)];
         c.output = Some("7".into());
         store.commit_episode(c).await.unwrap();
 
         let history = store.read_history(&id).await.unwrap();
         let indexes: Vec<u64> = history.iter().map(|e| e.index).collect();
-        assert_eq!(indexes, [0, 1, 2, 3]);
+        assert_eq!(indexes, [0, 1, 2, 3, 4]);
+        assert!(
+            store
+                .fetch_orchestration_work(t2 + lock_for * 10, lock_for)
+                .await
+                .unwrap()
+                .is_none(),
+            "no ready row is left behind"
+        );
         let r = store.read_instance(&id).await.unwrap().unwrap();
         assert_eq!(r.status, RuntimeStatus::Completed);
         assert_eq!((r.input.as_str(), r.name.as_str()), ("\"in\"", "Job"));
