@@ -147,6 +147,9 @@ pub struct ActivityContext {
     pub(crate) states: States,
     /// Heartbeats of this run and the last details of the previous one.
     pub(crate) heartbeat: crate::heartbeat::Heartbeat,
+    /// The worker's payload limit (`Limits::max_payload_bytes`): the largest output it
+    /// records. Unbounded outside a worker.
+    pub(crate) max_payload_bytes: usize,
 }
 
 impl ActivityContext {
@@ -166,6 +169,7 @@ impl ActivityContext {
             cancellation,
             states: States::default(),
             heartbeat,
+            max_payload_bytes: usize::MAX,
         }
     }
 
@@ -180,6 +184,7 @@ impl ActivityContext {
             cancellation: Cancellation::never(),
             states: States::default(),
             heartbeat: crate::heartbeat::Heartbeat::default(),
+            max_payload_bytes: usize::MAX,
         }
     }
 

@@ -120,6 +120,35 @@ impl fmt::Debug for Registry {
     }
 }
 
+/// The type-erased handler running `activity`: decodes the input, checks the states it
+/// takes, runs it and encodes its output or failure.
+pub(crate) fn handler_of<A: Activity>(activity: A) -> ActivityHandler {
+    let activity = Arc::new(activity);
+    Arc::new(move |ctx: ActivityContext, input: Payload| {
+        let activity = Arc::clone(&activity);
+        Box::pin(async move {
+            if let Some(missing) = ctx.missing_state::<A>() {
+                // `start()` checks this; only a registry changed behind its back gets here.
+                return Err(FailureDetails::new(
+                    "MissingState",
+                    format!(
+                        "activity `{}` takes `State<{}>`, which this worker was not given",
+                        A::NAME,
+                        missing.type_name()
+                    ),
+                )
+                .non_retriable());
+            }
+            let input: A::Input =
+                decode(&input).map_err(|e| FailureDetails::from_error(&e).non_retriable())?;
+            match activity.run(ctx, input).await {
+                Ok(out) => encode(&out).map_err(|e| FailureDetails::from_error(&e)),
+                Err(e) => Err(e.to_failure()),
+            }
+        })
+    })
+}
+
 impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
@@ -129,31 +158,7 @@ impl Registry {
     /// Registers an activity under `A::NAME`, with the state types it takes
     /// ([`Activity::STATES`]).
     pub fn add_activity<A: Activity>(&mut self, activity: A) {
-        let activity = Arc::new(activity);
-        let f: Arc<ActivityFn> = Arc::new(move |ctx: ActivityContext, input: Payload| {
-            let activity = Arc::clone(&activity);
-            Box::pin(async move {
-                if let Some(missing) = ctx.missing_state::<A>() {
-                    // `start()` checks this; only a registry changed behind its back gets here.
-                    return Err(FailureDetails::new(
-                        "MissingState",
-                        format!(
-                            "activity `{}` takes `State<{}>`, which this worker was not given",
-                            A::NAME,
-                            missing.type_name()
-                        ),
-                    )
-                    .non_retriable());
-                }
-                let input: A::Input =
-                    decode(&input).map_err(|e| FailureDetails::from_error(&e).non_retriable())?;
-                match activity.run(ctx, input).await {
-                    Ok(out) => encode(&out).map_err(|e| FailureDetails::from_error(&e)),
-                    Err(e) => Err(e.to_failure()),
-                }
-            })
-        });
-        self.insert_activity(A::NAME, f);
+        self.insert_activity(A::NAME, handler_of(activity));
         self.set_activity_states(A::NAME, A::STATES.iter().copied());
     }
 

@@ -30,6 +30,8 @@ struct Plan {
     total_secs: Option<u64>,
     token_source: Option<String>,
     secret_header: Option<(String, String)>,
+    max_response_bytes: Option<u64>,
+    secrets_to_other_origins: bool,
 }
 
 impl Plan {
@@ -69,6 +71,12 @@ impl Plan {
         }
         if let Some((header, source)) = &self.secret_header {
             r = r.secret_header(header, source.clone());
+        }
+        if let Some(n) = self.max_response_bytes {
+            r = r.max_response_bytes(n);
+        }
+        if self.secrets_to_other_origins {
+            r = r.secrets_to_other_origins(true);
         }
         r
     }
@@ -482,7 +490,7 @@ async fn an_endless_huge_body_fails_at_the_size_limit_without_reading_it_all() {
     let out = env.wait(&run).await.unwrap();
     let (_, error_type, message, non_retriable) = out.failure.expect("a failure");
     assert_eq!(error_type, "HttpResponseTooLarge");
-    assert!(message.contains("limit of 1048576 bytes"), "{message}");
+    assert!(message.contains("limit of 524288 bytes"), "{message}");
     assert!(non_retriable);
     // The client stopped reading at the limit: what was written is the limit plus what
     // socket buffers hold, far from endless.
@@ -892,4 +900,402 @@ async fn a_declared_length_past_the_limit_fails_at_once_but_not_for_head() {
     assert_eq!(response.status, 200);
     assert_eq!(response.header("content-length"), Some("3145728"));
     assert!(response.body.is_empty());
+}
+
+/// A server at "localhost" (another origin than 127.0.0.1) that records what reaches it and
+/// answers 200 "other host".
+async fn other_host(seen: &Seen) -> String {
+    let s = seen.clone();
+    let app = axum::Router::new().fallback(
+        move |method: Method, uri: axum::http::Uri, headers: HeaderMap| {
+            let s = s.clone();
+            async move {
+                s.record(&method, uri.path(), &headers);
+                "other host"
+            }
+        },
+    );
+    serve(app).await.replace("127.0.0.1", "localhost")
+}
+
+fn with_secrets(mut plan: Plan) -> Plan {
+    plan.token_source = Some("api".into());
+    plan.secret_header = Some(("x-api-key".into(), "api".into()));
+    plan
+}
+
+/// Answers `status` with `Location: target`.
+fn redirect_to(status: StatusCode, target: String) -> axum::routing::MethodRouter {
+    axum::routing::any(move || {
+        let target = target.clone();
+        async move { (status, [(header::LOCATION, target)]) }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_to_another_origin_carry_no_secrets_but_same_origin_ones_do() {
+    let seen = Seen::default();
+    let other = other_host(&seen).await;
+    let here = Seen::default();
+    let h = here.clone();
+    let base = serve(
+        axum::Router::new()
+            .route(
+                "/away",
+                redirect_to(StatusCode::FOUND, format!("{other}/landing")),
+            )
+            .route(
+                "/stay",
+                redirect_to(StatusCode::MOVED_PERMANENTLY, "/landing".into()),
+            )
+            .route(
+                "/landing",
+                get(move |method: Method, headers: HeaderMap| {
+                    let h = h.clone();
+                    async move {
+                        h.record(&method, "/landing", &headers);
+                        "landed"
+                    }
+                }),
+            ),
+    )
+    .await;
+    let env = env();
+    let run = env
+        .start(
+            http_flow,
+            with_secrets(Plan::new("GET", format!("{base}/away"))),
+        )
+        .await
+        .unwrap();
+    let response = env.wait(&run).await.unwrap().response.expect("a response");
+    assert_eq!(
+        (response.status, response.text().as_ref()),
+        (200, "other host")
+    );
+    assert_eq!(
+        response.uri,
+        Some(format!("{other}/landing")),
+        "the final URI is recorded"
+    );
+    assert_eq!(seen.methods(), ["GET /landing"]);
+    assert_eq!(
+        seen.header(0, "x-api-key"),
+        None,
+        "secret header left the origin"
+    );
+    assert_eq!(
+        seen.header(0, "authorization"),
+        None,
+        "token left the origin"
+    );
+
+    let run = env
+        .start(
+            http_flow,
+            with_secrets(Plan::new("GET", format!("{base}/stay"))),
+        )
+        .await
+        .unwrap();
+    let response = env.wait(&run).await.unwrap().response.expect("a response");
+    assert_eq!(response.text(), "landed");
+    assert_eq!(here.header(0, "x-api-key").as_deref(), Some("t0ken"));
+    assert_eq!(
+        here.header(0, "authorization").as_deref(),
+        Some("Bearer t0ken")
+    );
+    // One task each: redirects are followed inside the activity.
+    let history = env.store().read_history(run.id()).await.unwrap();
+    assert_eq!(http_tasks(&history), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_keep_or_drop_the_method_and_body_by_status_and_are_bounded() {
+    let echo =
+        axum::routing::any(
+            |method: Method, body: String| async move { format!("{method} [{body}]") },
+        );
+    let base = serve(
+        axum::Router::new()
+            .route(
+                "/307",
+                redirect_to(StatusCode::TEMPORARY_REDIRECT, "/echo".into()),
+            )
+            .route(
+                "/308",
+                redirect_to(StatusCode::PERMANENT_REDIRECT, "echo".into()),
+            )
+            .route("/303", redirect_to(StatusCode::SEE_OTHER, "/echo".into()))
+            .route("/302", redirect_to(StatusCode::FOUND, "/echo".into()))
+            .route("/loop", redirect_to(StatusCode::FOUND, "/loop".into()))
+            .route("/echo", echo),
+    )
+    .await;
+    let env = env();
+    for (method, path, expected) in [
+        ("POST", "/307", "POST [make the report]"),
+        ("PUT", "/308", "PUT [make the report]"),
+        ("PUT", "/303", "GET []"),
+        ("POST", "/302", "GET []"),
+        ("PUT", "/302", "PUT [make the report]"),
+    ] {
+        let mut plan = Plan::new(method, format!("{base}{path}"));
+        plan.body = Some("make the report".into());
+        let run = env.start(http_flow, plan).await.unwrap();
+        let response = env.wait(&run).await.unwrap().response.expect("a response");
+        assert_eq!(response.text(), expected, "{method} {path}");
+        assert_eq!(response.uri, Some(format!("{base}/echo")));
+    }
+    let run = env
+        .start(http_flow, Plan::new("GET", format!("{base}/loop")))
+        .await
+        .unwrap();
+    let (_, error_type, message, non_retriable) =
+        env.wait(&run).await.unwrap().failure.expect("a failure");
+    assert_eq!(error_type, "HttpTooManyRedirects");
+    assert!(message.contains("more than 10 redirects"), "{message}");
+    assert!(non_retriable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_202_location_on_another_origin_is_polled_without_secrets_unless_allowed() {
+    let seen = Seen::default();
+    let other = other_host(&seen).await;
+    let target = format!("{other}/status");
+    let base = serve(axum::Router::new().route(
+        "/jobs",
+        post(move || {
+            let t = target.clone();
+            async move { (StatusCode::ACCEPTED, [(header::LOCATION, t)]) }
+        }),
+    ))
+    .await;
+    let env = env();
+    let mut plan = with_secrets(Plan::new("POST", format!("{base}/jobs")));
+    plan.poll_secs = Some(1);
+    let run = env.start(http_flow, plan.clone()).await.unwrap();
+    let response = env.wait(&run).await.unwrap().response.expect("a response");
+    assert_eq!(response.text(), "other host");
+    assert_eq!(seen.header(0, "authorization"), None);
+    assert_eq!(seen.header(0, "x-api-key"), None);
+    // The poll's recorded spec names no secret either.
+    let history = env.store().read_history(run.id()).await.unwrap();
+    let polls: Vec<serde_json::Value> = history
+        .iter()
+        .filter_map(|e| match &e.event {
+            durable_core::Event::TaskScheduled { input, .. } => serde_json::from_str(input).ok(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(polls.len(), 2);
+    assert_eq!(polls[0]["tokenSource"], "api");
+    assert_eq!(polls[1]["uri"], format!("{other}/status"));
+    assert!(polls[1].get("tokenSource").is_none(), "{}", polls[1]);
+    assert!(polls[1].get("secretHeaders").is_none(), "{}", polls[1]);
+
+    plan.secrets_to_other_origins = true;
+    let run = env.start(http_flow, plan).await.unwrap();
+    env.wait(&run).await.unwrap().response.expect("a response");
+    assert_eq!(
+        seen.header(1, "authorization").as_deref(),
+        Some("Bearer t0ken")
+    );
+    assert_eq!(seen.header(1, "x-api-key").as_deref(), Some("t0ken"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_whose_recorded_form_passes_the_payload_limit_fails_naming_both_limits() {
+    let base = serve(
+        axum::Router::new()
+            .route("/bin", get(|| async { vec![0xff_u8; 900_000] }))
+            .route("/quotes", get(|| async { "\"".repeat(600_000) }))
+            .route("/small-bin", get(|| async { vec![0xff_u8; 600_000] })),
+    )
+    .await;
+    let env = env();
+    for path in ["/bin", "/quotes"] {
+        let mut plan = Plan::new("GET", format!("{base}{path}"));
+        plan.max_response_bytes = Some(1 << 20);
+        let run = env.start(http_flow, plan).await.unwrap();
+        let (task, error_type, message, non_retriable) =
+            env.wait(&run).await.unwrap().failure.expect("a failure");
+        assert_eq!(
+            (task.as_str(), error_type.as_str()),
+            (HTTP_ACTIVITY_NAME, "HttpResponseTooLarge"),
+            "{path}: {message}"
+        );
+        assert!(
+            message.contains("`Limits::max_payload_bytes` of 1048576"),
+            "{message}"
+        );
+        assert!(
+            message.contains("`DurableHttpRequest::max_response_bytes` is 1048576"),
+            "{message}"
+        );
+        assert!(non_retriable);
+    }
+    // 600 000 bytes of binary: over the 512 KiB default limit, within the payload limit
+    // (800 000 bytes of base64) once the request allows it.
+    let run = env
+        .start(http_flow, Plan::new("GET", format!("{base}/small-bin")))
+        .await
+        .unwrap();
+    let (_, error_type, message, _) = env.wait(&run).await.unwrap().failure.expect("a failure");
+    assert_eq!(error_type, "HttpResponseTooLarge");
+    assert!(message.contains("limit of 524288 bytes"), "{message}");
+    let mut plan = Plan::new("GET", format!("{base}/small-bin"));
+    plan.max_response_bytes = Some(1 << 20);
+    let run = env.start(http_flow, plan).await.unwrap();
+    let response = env.wait(&run).await.unwrap().response.expect("a response");
+    assert_eq!(response.body.len(), 600_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smaller_worker_payload_limit_bounds_the_body_read() {
+    let base =
+        serve(axum::Router::new().route("/text", get(|| async { "x".repeat(100_000) }))).await;
+    let mut options = durable_core::WorkerOptions::default();
+    options.limits.max_payload_bytes = 64 << 10;
+    let env = TestEnv::builder()
+        .register(http_flow)
+        .options(options)
+        .start()
+        .unwrap();
+    let run = env
+        .start(http_flow, Plan::new("GET", format!("{base}/text")))
+        .await
+        .unwrap();
+    let (_, error_type, message, _) = env.wait(&run).await.unwrap().failure.expect("a failure");
+    assert_eq!(error_type, "HttpResponseTooLarge");
+    assert!(message.contains("limit of 65536 bytes"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_location_after_a_redirect_resolves_against_the_final_uri() {
+    let app = axum::Router::new()
+        .route("/start", redirect_to(StatusCode::FOUND, "/v2/start".into()))
+        .route(
+            "/v2/start",
+            get(|| async { (StatusCode::ACCEPTED, [(header::LOCATION, "status")]) }),
+        )
+        .route("/v2/status", get(|| async { "right" }))
+        .route("/status", get(|| async { "wrong" }));
+    let base = serve(app).await;
+    let env = env();
+    let mut plan = Plan::new("GET", format!("{base}/start"));
+    plan.poll_secs = Some(1);
+    let run = env.start(http_flow, plan).await.unwrap();
+    let response = env.wait(&run).await.unwrap().response.expect("a response");
+    assert_eq!(response.text(), "right");
+    assert_eq!(response.uri, Some(format!("{base}/v2/status")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_waits_are_held_between_one_second_and_one_hour() {
+    // Retry-After: 0 on every 202: the polls still wait a second each.
+    let seen = Seen::default();
+    let base = serve(job_server(&seen, 3, Some("0"))).await;
+    let env = env();
+    let mut plan = Plan::new("POST", format!("{base}/jobs"));
+    plan.body = Some("make the report".into());
+    let run = env.start(http_flow, plan.clone()).await.unwrap();
+    let out = env.wait(&run).await.unwrap();
+    assert_eq!(out.response.unwrap().status, 200);
+    assert_eq!(seen.len(), 5);
+    assert_eq!(out.elapsed_ms, 4_000, "four waits of MIN_POLL_INTERVAL");
+
+    // A Retry-After three thousand years away: the poll comes an hour later.
+    let seen = Seen::default();
+    let base = serve(job_server(&seen, 1, Some("99999999999"))).await;
+    plan.uri = format!("{base}/jobs");
+    let run = env.start(http_flow, plan).await.unwrap();
+    let out = env.wait(&run).await.unwrap();
+    assert_eq!(out.response.unwrap().status, 200);
+    assert_eq!(seen.len(), 3);
+    assert_eq!(
+        out.elapsed_ms,
+        2 * 3_600_000,
+        "two waits of MAX_POLL_INTERVAL"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_answering_202_without_location_is_polled_again() {
+    let seen = Seen::default();
+    let s = seen.clone();
+    let polls = Arc::new(AtomicUsize::new(0));
+    let base = serve(
+        axum::Router::new()
+            .route(
+                "/jobs",
+                post(|| async { (StatusCode::ACCEPTED, [(header::LOCATION, "/jobs/1")]) }),
+            )
+            .route(
+                "/jobs/1",
+                get(move |method: Method, headers: HeaderMap| {
+                    let (s, polls) = (s.clone(), Arc::clone(&polls));
+                    async move {
+                        s.record(&method, "/jobs/1", &headers);
+                        if polls.fetch_add(1, Ordering::SeqCst) < 2 {
+                            (StatusCode::ACCEPTED, "pending")
+                        } else {
+                            (StatusCode::OK, "done")
+                        }
+                    }
+                }),
+            ),
+    )
+    .await;
+    let env = env();
+    let mut plan = Plan::new("POST", format!("{base}/jobs"));
+    plan.poll_secs = Some(5);
+    let run = env.start(http_flow, plan).await.unwrap();
+    let out = env.wait(&run).await.unwrap();
+    let response = out.response.expect("a response");
+    assert_eq!((response.status, response.text().as_ref()), (200, "done"));
+    assert_eq!(
+        seen.methods(),
+        ["GET /jobs/1", "GET /jobs/1", "GET /jobs/1"]
+    );
+    assert_eq!(out.elapsed_ms, 15_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_on_429_or_503_is_a_floor_for_the_retry_back_off() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = Arc::clone(&hits);
+    let base = serve(axum::Router::new().route(
+        "/",
+        get(move || {
+            let n = h.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match n {
+                    0 => (
+                        StatusCode::TOO_MANY_REQUESTS,
+                        [(header::RETRY_AFTER, "120")],
+                        "slow down",
+                    ),
+                    // Shorter than the policy's 5 s: the policy's back-off wins.
+                    1 => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(header::RETRY_AFTER, "1")],
+                        "busy",
+                    ),
+                    _ => (StatusCode::OK, [(header::RETRY_AFTER, "0")], "served"),
+                }
+            }
+        }),
+    ))
+    .await;
+    let env = env();
+    let mut plan = Plan::new("GET", format!("{base}/"));
+    plan.retry_attempts = Some(5);
+    let run = env.start(http_flow, plan).await.unwrap();
+    let out = env.wait(&run).await.unwrap();
+    assert_eq!(out.response.expect("a response").text(), "served");
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        out.elapsed_ms, 125_000,
+        "Retry-After 120 s, then the policy's 5 s"
+    );
 }

@@ -21,6 +21,8 @@ use serde::de::DeserializeOwned;
 
 use crate::clock::ManualClock;
 use crate::history::History;
+#[cfg(feature = "http-calls")]
+use crate::http::{HttpCall, HttpScript, MockHttp};
 use crate::mock::{ActivityCall, Script, switchboard, typed_mock};
 use crate::replay_check::{ReplayCheckError, export_history, replay_check};
 use crate::sim::{SimConfig, SimStats};
@@ -351,6 +353,71 @@ impl TestEnvBuilder {
         self
     }
 
+    /// Answers durable HTTP calls ([`call_http`](durable_core::OrchestrationContext::call_http),
+    /// feature `http-calls`) with `f` instead of the network: `f` sees each request — the
+    /// first, every 202 poll and every retry — as history records it, and returns a
+    /// response, a failure, or [`MockHttp::pass_through`] to send it for real. Poll waits
+    /// and retry back-offs run on the virtual clock; token sources are not asked for
+    /// mocked requests. Every request is listed by [`TestEnv::http_requests`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    /// use durable_core::http_call::DurableHttpResponse;
+    /// use durable_testing::{MockHttp, TestEnv};
+    ///
+    /// #[orchestrator]
+    /// async fn rate(ctx: OrchestrationContext, currency: String) -> Result<String, OrchestrationError> {
+    ///     let request = DurableHttpRequest::get(format!("https://fx.example.com/{currency}"))
+    ///         .retry(RetryPolicy::new(3, Duration::from_secs(10)));
+    ///     Ok(ctx.call_http(request).await?.text().into_owned())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let env = TestEnv::builder()
+    ///     .register(rate)
+    ///     .mock_http(|request| match request.uri().rsplit('/').next() {
+    ///         Some("EUR") => DurableHttpResponse::new(200).with_body("1.08").into(),
+    ///         _ => MockHttp::status(404),
+    ///     })
+    ///     .start()
+    ///     .unwrap();
+    /// let run = env.start(rate, "EUR".into()).await.unwrap();
+    /// assert_eq!(env.wait(&run).await.unwrap(), "1.08");
+    /// # }
+    /// ```
+    #[cfg(feature = "http-calls")]
+    pub fn mock_http<F>(mut self, f: F) -> Self
+    where
+        F: FnMut(&durable_core::http_call::HttpRequestRecord) -> MockHttp + Send + 'static,
+    {
+        self.mocks.push((
+            durable_core::http_call::HTTP_ACTIVITY_NAME.to_owned(),
+            Box::new(move |shared| crate::http::mock_handler(shared, Box::new(f))),
+        ));
+        self
+    }
+
+    /// Answers durable HTTP calls from an [`HttpScript`] instead of the network, as
+    /// [`mock_http`](Self::mock_http) does with a closure.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_testing::{HttpScript, MockHttp, TestEnv};
+    ///
+    /// let builder = TestEnv::builder()
+    ///     .http_script(HttpScript::new().on("DELETE", "https://api.example.com/carts/9", MockHttp::status(204)));
+    /// # let _ = builder;
+    /// ```
+    #[cfg(feature = "http-calls")]
+    pub fn http_script(self, script: HttpScript) -> Self {
+        self.mock_http(script.into_fn())
+    }
+
     /// Worker options (concurrency, lease durations, limits, version). The harness keeps the
     /// engine's defaults otherwise.
     ///
@@ -572,6 +639,17 @@ impl TestEnvBuilder {
                 switched.insert(name);
             }
         }
+        #[cfg(feature = "http-calls")]
+        {
+            // Durable HTTP requests go through the switchboard too (recorded, mockable);
+            // unmocked, they reach the worker's built-in activity.
+            let name = durable_core::http_call::HTTP_ACTIVITY_NAME;
+            if !registry.has_activity(name) {
+                let real = crate::http::real_handler(&shared);
+                registry.add_activity_raw(name, move |ctx, input| real(ctx, input));
+            }
+            switched.insert(name.to_owned());
+        }
         for name in &switched {
             let real = registry.activity_handler(name);
             let board = switchboard(Arc::clone(&shared), real);
@@ -629,7 +707,10 @@ fn start_worker(
         .states(states.clone())
         .clock(shared.clock.as_clock())
         .options(options.clone());
-    hooks.iter().fold(builder, |b, hook| hook(b)).start()
+    let builder = hooks.iter().fold(builder, |b, hook| hook(b));
+    #[cfg(feature = "http-calls")]
+    shared.http_builtin.set(builder.http_activity());
+    builder.start()
 }
 
 /// Restarts the worker after each simulated crash.
@@ -1658,6 +1739,23 @@ impl TestEnv {
             .iter()
             .filter(|c| c.name == A::NAME)
             .count()
+    }
+
+    /// Every durable HTTP request sent so far (feature `http-calls`), in order: one per
+    /// `BuiltIn::HttpActivity` execution — first requests, 202 polls and retries — mocked
+    /// or real, secrets by source name only.
+    ///
+    /// # Examples
+    ///
+    /// See [`HttpCall`].
+    #[cfg(feature = "http-calls")]
+    pub fn http_requests(&self) -> Vec<HttpCall> {
+        self.inner
+            .shared
+            .calls()
+            .iter()
+            .filter_map(HttpCall::from_call)
+            .collect()
     }
 
     /// Every activity execution so far, in order.

@@ -8,7 +8,9 @@
 //!
 //! - **Mocks**: replace an activity by a closure on its typed input
 //!   ([`TestEnv::mock`]) or a [`Script`] (fail N times then succeed, never complete); every
-//!   execution, real or mocked, is recorded ([`TestEnv::calls`]).
+//!   execution, real or mocked, is recorded ([`TestEnv::calls`]). Durable HTTP calls
+//!   (feature `http-calls`) are answered by a closure or an [`HttpScript`] instead of the
+//!   network ([`TestEnvBuilder::mock_http`]), and listed by [`TestEnv::http_requests`].
 //! - **Virtual time**: [`TestEnv::advance`], [`TestEnv::advance_to_next_timer`],
 //!   [`TestEnv::run_until_idle`], [`TestEnv::wait`], and tokio-style
 //!   [auto-advance](TestEnvBuilder::auto_advance).
@@ -77,6 +79,8 @@ mod clock;
 mod crash;
 mod env;
 mod history;
+#[cfg(feature = "http-calls")]
+mod http;
 mod mock;
 mod replay_check;
 mod sim;
@@ -86,6 +90,8 @@ pub use clock::ManualClock;
 pub use crash::{CrashReport, CrashRun, CrashTest};
 pub use env::{TestEnv, TestEnvBuilder};
 pub use history::History;
+#[cfg(feature = "http-calls")]
+pub use http::{HttpCall, HttpScript, MockHttp};
 pub use mock::{ActivityCall, Script};
 pub use replay_check::{ReplayCheckError, export_history, replay_check, replay_check_history};
 pub use sim::{SimConfig, SimReport, SimRun, SimStats, Simulation};

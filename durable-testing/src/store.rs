@@ -156,6 +156,9 @@ pub(crate) struct Shared {
     pub(crate) clock: ManualClock,
     pub(crate) sim: Option<SimConfig>,
     pub(crate) mocks: Mutex<HashMap<String, ActivityHandler>>,
+    /// The running worker's built-in HTTP activity, for requests not mocked.
+    #[cfg(feature = "http-calls")]
+    pub(crate) http_builtin: crate::http::BuiltIn,
     calls: Mutex<Calls>,
     state: Mutex<State>,
     version: watch::Sender<u64>,
@@ -185,6 +188,8 @@ impl Shared {
             clock,
             sim,
             mocks: Mutex::new(HashMap::new()),
+            #[cfg(feature = "http-calls")]
+            http_builtin: crate::http::BuiltIn::default(),
             calls: Mutex::new(Calls::default()),
             state: Mutex::new(State {
                 crash_plan,

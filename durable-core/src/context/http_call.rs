@@ -12,7 +12,8 @@ use super::{OrchestrationContext, RawTask, Timeouts};
 use crate::error::{FailureDetails, TaskError, TaskFailure, TaskKind, decode, encode};
 use crate::function::BoxFuture;
 use crate::http_call::{
-    DurableHttpRequest, DurableHttpResponse, HTTP_ACTIVITY_NAME, SendSpec, duration_ms,
+    DurableHttpRequest, DurableHttpResponse, HTTP_ACTIVITY_NAME, MAX_POLL_INTERVAL,
+    MIN_POLL_INTERVAL, SendSpec, duration_ms, send,
 };
 use crate::ids::Timestamp;
 
@@ -58,10 +59,37 @@ impl OrchestrationContext {
     /// worker built with feature `http-calls` registers; the request (secrets by source
     /// name only) and the response are recorded, and replay returns the recorded response.
     /// A `202 Accepted` with `Location` is polled on durable timers until another status
-    /// comes back (see [`DurableHttpRequest::async_polling`]). Any status is a response;
-    /// the call fails only on a transport error, a timeout, an oversized body, an unknown
-    /// token source, or a status its [`retry`](DurableHttpRequest::retry) policy gave up on
-    /// (see [`crate::http_call`]).
+    /// comes back (see [`DurableHttpRequest::async_polling`]). Any status is a response.
+    ///
+    /// The first request is sent at least once: a worker that crashes after sending it but
+    /// before recording the response sends it again, so make it idempotent (or
+    /// deduplicated by the endpoint) when that matters. Polls are `GET`s.
+    ///
+    /// # Errors
+    /// [`TaskError::Failed`] naming `BuiltIn::HttpActivity`, with error type:
+    /// - `HttpTransportError` (refused connection, DNS, reset; retriable) and
+    ///   `HttpTimeout` (the per-request [`timeout`](DurableHttpRequest::timeout),
+    ///   retriable; or the [`total_timeout`](DurableHttpRequest::total_timeout),
+    ///   non-retriable);
+    /// - `HttpRetriableStatus`: a status the [`retry`](DurableHttpRequest::retry) policy
+    ///   retried until it gave up;
+    /// - `HttpResponseTooLarge` (non-retriable): a body past
+    ///   [`max_response_bytes`](DurableHttpRequest::max_response_bytes), or a response
+    ///   whose recorded form passes the worker's
+    ///   [`Limits::max_payload_bytes`](crate::Limits::max_payload_bytes);
+    /// - `HttpInvalidRequest` (non-retriable): a method, URI, header or JSON body that
+    ///   cannot be sent, or a secret not valid in its header;
+    /// - `HttpUnknownTokenSource` (non-retriable) and `HttpTokenSourceFailed` (retriable
+    ///   unless the source's error is non-retriable): a
+    ///   [`token_source`](DurableHttpRequest::token_source) or
+    ///   [`secret_header`](DurableHttpRequest::secret_header) source that is not registered
+    ///   or failed;
+    /// - `HttpTooManyRedirects` (non-retriable): more than 10 redirects;
+    /// - `HttpClientUnavailable` (non-retriable): the default HTTP client cannot be built;
+    /// - `HttpCancelled` (retriable): the worker shut down mid-request.
+    ///
+    /// Without a retry policy, a retriable failure fails the call as well. Other
+    /// [`TaskError`]s are those of any activity (see [`crate::http_call`]).
     ///
     /// # Examples
     ///
@@ -98,7 +126,8 @@ impl OrchestrationContext {
     /// # Determinism
     /// Records one `TaskScheduled` of `BuiltIn::HttpActivity` per request (the first when
     /// the future is created) and its `TaskCompleted` / `TaskFailed`; one `TimerCreated` /
-    /// `TimerFired` per poll wait and per retry back-off.
+    /// `TimerFired` per poll wait and per retry back-off: about four events per poll. The
+    /// `Location` URLs polled are recorded (as the polls' URIs), like the request's.
     #[track_caller]
     pub fn call_http(&self, request: DurableHttpRequest) -> CallHttpFuture {
         let location = Location::caller();
@@ -119,6 +148,8 @@ impl OrchestrationContext {
         let mut task = ctx.schedule_http(&spec, 1, deadline, location);
         CallHttpFuture(Box::pin(async move {
             let mut attempt = 1u32;
+            // Whether `spec` is a poll (rather than the first request).
+            let mut polling = false;
             loop {
                 match (&mut task).await {
                     Ok(payload) => {
@@ -127,15 +158,23 @@ impl OrchestrationContext {
                         if response.status != 202 || !request.async_polling {
                             return Ok(response);
                         }
-                        let Some(next) = response
-                            .header("location")
-                            .and_then(|l| resolve(&spec.uri, l))
-                        else {
+                        // Relative to where redirects led, when they did.
+                        let answered = response.uri.as_deref().unwrap_or(&spec.uri);
+                        let next = match response.header("location") {
+                            Some(l) => resolve(answered, l),
+                            // A poll answering 202 alone: the operation is still running
+                            // at the `Location` being polled.
+                            None if polling => Some(spec.uri.clone()),
+                            None => None,
+                        };
+                        let Some(next) = next else {
                             // Nothing (usable) to poll: the 202 is the answer.
                             return Ok(response);
                         };
                         let now = ctx.now();
-                        let wait = retry_after(&response, now).unwrap_or(request.poll_interval);
+                        let wait = retry_after(&response, now)
+                            .unwrap_or(request.poll_interval)
+                            .clamp(MIN_POLL_INTERVAL, MAX_POLL_INTERVAL);
                         let at = match deadline {
                             Some(d) if now + wait >= d => {
                                 ctx.timer_at_located(d, location).await;
@@ -144,7 +183,8 @@ impl OrchestrationContext {
                             _ => now + wait,
                         };
                         ctx.timer_at_located(at, location).await;
-                        spec = poll_spec(&spec, next);
+                        spec = poll_spec(&spec, &request, next);
+                        polling = true;
                         attempt = 1;
                         task = ctx.schedule_http(&spec, attempt, deadline, location);
                     }
@@ -153,7 +193,9 @@ impl OrchestrationContext {
                             return Err(TaskError::Failed(f));
                         };
                         let now = ctx.now();
-                        let delay = policy.next_delay(attempt, &f.details).filter(|delay| {
+                        let floor = retry_after_floor(&f.details, now);
+                        let delay = policy.next_delay(attempt, &f.details);
+                        let delay = delay.map(|d| d.max(floor)).filter(|delay| {
                             let within_policy = policy.total_timeout.is_none_or(|total| {
                                 now.saturating_duration_since(started) + *delay <= total
                             });
@@ -204,10 +246,15 @@ impl OrchestrationContext {
     }
 }
 
-/// The `GET` that polls `next`: the original headers (less those describing a body) and
-/// secrets, no body.
-fn poll_spec(spec: &SendSpec, next: String) -> SendSpec {
+/// The `GET` that polls `next`: the original headers (less those describing a body), no
+/// body, and the secrets when `next` is on the original request's origin (or the request
+/// allows other origins, and `next` is not `http` after an `https` request).
+fn poll_spec(spec: &SendSpec, request: &DurableHttpRequest, next: String) -> SendSpec {
     let mut poll = spec.clone();
+    if !secrets_may_go_to(request, &next) {
+        poll.token_source = None;
+        poll.secret_headers.clear();
+    }
     "GET".clone_into(&mut poll.method);
     poll.uri = next;
     poll.body = Vec::new();
@@ -218,6 +265,21 @@ fn poll_spec(spec: &SendSpec, next: String) -> SendSpec {
         )
     });
     poll
+}
+
+/// Whether the secrets of `request` may be sent to `uri`.
+fn secrets_may_go_to(request: &DurableHttpRequest, uri: &str) -> bool {
+    let (Ok(original), Ok(target)) = (
+        reqwest::Url::parse(&request.send.uri),
+        reqwest::Url::parse(uri),
+    ) else {
+        return false;
+    };
+    if original.origin() == target.origin() {
+        return true;
+    }
+    let downgrade = original.scheme() == "https" && target.scheme() != "https";
+    request.secrets_to_other_origins && !downgrade
 }
 
 fn total_timeout(request: &DurableHttpRequest, uri: &str) -> TaskError {
@@ -265,6 +327,20 @@ fn retry_after(response: &DurableHttpResponse, now: Timestamp) -> Option<Duratio
     }
     let at = parse_http_date(value)?;
     Some(at.saturating_duration_since(now))
+}
+
+/// The `Retry-After` of a 429 or 503 that failed an attempt (see
+/// [`send::RETRY_AFTER_FAILURE`]), at most [`MAX_POLL_INTERVAL`]; zero without one.
+fn retry_after_floor(failure: &FailureDetails, now: Timestamp) -> Duration {
+    let Some(inner) = failure.inner.as_deref().filter(|i| {
+        failure.error_type == "HttpRetriableStatus" && i.error_type == send::RETRY_AFTER_FAILURE
+    }) else {
+        return Duration::ZERO;
+    };
+    let response = DurableHttpResponse::new(503).with_header("retry-after", inner.message.clone());
+    retry_after(&response, now)
+        .unwrap_or_default()
+        .min(MAX_POLL_INTERVAL)
 }
 
 /// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form HTTP requires senders to use.
@@ -368,12 +444,12 @@ mod tests {
 
     #[test]
     fn polls_are_gets_without_the_body() {
-        let spec = DurableHttpRequest::post("http://h/jobs")
+        let request = DurableHttpRequest::post("http://h/jobs")
             .json(&[1])
             .header("x-tag", "t")
-            .secret_header("x-key", "k")
-            .send;
-        let poll = poll_spec(&spec, "http://h/jobs/1".to_owned());
+            .secret_header("x-key", "k");
+        let spec = request.send.clone();
+        let poll = poll_spec(&spec, &request, "http://h/jobs/1".to_owned());
         assert_eq!(
             (poll.method.as_str(), poll.uri.as_str()),
             ("GET", "http://h/jobs/1")
@@ -381,5 +457,33 @@ mod tests {
         assert!(poll.body.is_empty());
         assert_eq!(poll.headers.keys().collect::<Vec<_>>(), ["x-tag"]);
         assert_eq!(poll.secret_headers, spec.secret_headers);
+    }
+
+    #[test]
+    fn secrets_go_to_other_origins_only_when_allowed_and_never_downgraded() {
+        let request = DurableHttpRequest::post("https://api.example/jobs").token_source("t");
+        assert!(secrets_may_go_to(
+            &request,
+            "https://api.example:443/jobs/1"
+        ));
+        assert!(!secrets_may_go_to(
+            &request,
+            "https://status.example/jobs/1"
+        ));
+        assert!(!secrets_may_go_to(&request, "http://api.example/jobs/1"));
+        assert!(!secrets_may_go_to(
+            &request,
+            "https://api.example:8443/jobs/1"
+        ));
+        let open = request.secrets_to_other_origins(true);
+        assert!(secrets_may_go_to(&open, "https://status.example/jobs/1"));
+        assert!(!secrets_may_go_to(&open, "http://status.example/jobs/1"));
+        assert!(!secrets_may_go_to(&open, "http://api.example/jobs/1"));
+
+        let spec = open.send.clone();
+        let poll = poll_spec(&spec, &open, "http://status.example/1".to_owned());
+        assert_eq!(poll.token_source, None);
+        let poll = poll_spec(&spec, &open, "https://status.example/1".to_owned());
+        assert_eq!(poll.token_source.as_deref(), Some("t"));
     }
 }

@@ -6,13 +6,21 @@
 //! in Durable Functions. The request goes into history as that task's input and the
 //! response as its output; replay returns the recorded response without sending anything.
 //!
+//! The first request is sent **at least once**: a worker that crashes after sending it and
+//! before recording the response sends it again when the task is retried.
+//!
 //! **Long-running operations.** A `202 Accepted` with a `Location` header is followed
 //! automatically (unless [`DurableHttpRequest::async_polling`] turns it off): the
 //! orchestration waits on a durable timer — the response's `Retry-After` (seconds or an
-//! HTTP date), else [`DurableHttpRequest::poll_interval`] — then schedules a `GET` of the
-//! `Location` (absolute, or relative to the URI that answered), until a response other than
-//! 202 arrives. Every poll and every wait is in the instance's own history, so a worker that
-//! crashes mid-poll resumes polling where it was after a restart.
+//! HTTP date), else [`DurableHttpRequest::poll_interval`], held between
+//! [`MIN_POLL_INTERVAL`] (1 s) and [`MAX_POLL_INTERVAL`] (1 h) — then schedules a `GET` of
+//! the `Location` (absolute, or relative to the URI that answered, after any redirects),
+//! until a response other than 202 arrives. A poll answering 202 without a `Location`
+//! is polled again at the same URI. Every poll and every wait is in the instance's own
+//! history (about four events per poll, the `Location` URLs included), so a worker that
+//! crashes mid-poll resumes polling where it was after a restart. Set a
+//! [`total_timeout`](DurableHttpRequest::total_timeout) for operations that may never
+//! end; a few hundred polls need no continue-as-new.
 //!
 //! **Statuses are answers, not failures.** Any status, 4xx and 5xx included, comes back as a
 //! [`DurableHttpResponse`]. Only a [`retry`](DurableHttpRequest::retry) policy changes that:
@@ -29,16 +37,42 @@
 //! ([`WorkerBuilder::http_token_source`](crate::WorkerBuilder::http_token_source)); the
 //! worker asks it for the value when it sends the request.
 //!
+//! **Secrets stay on the request's origin.** Redirects (301, 302, 303, 307, 308; at most
+//! 10) are followed by the built-in activity, not by the HTTP client: 303, and 301/302 of a
+//! `POST`, become a `GET` without the body; 307 and 308 keep the method and body. Once a
+//! redirect leaves the origin (scheme, host and port) of the request, the token and secret
+//! headers are no longer sent. A 202 poll gets them only when its `Location` is on the
+//! origin of the first request, unless
+//! [`secrets_to_other_origins`](DurableHttpRequest::secrets_to_other_origins) allows other
+//! origins; never over `http` when the request was `https`. A client given to
+//! [`WorkerBuilder::http_client`](crate::WorkerBuilder::http_client) must not follow
+//! redirects itself, or durable cannot keep secrets from other hosts.
+//!
 //! **Hostile endpoints.** Response bodies are read as a stream and the call fails
-//! (non-retriable) as soon as one passes [`max_response_bytes`](DurableHttpRequest::max_response_bytes);
+//! (non-retriable) as soon as one passes [`max_response_bytes`](DurableHttpRequest::max_response_bytes)
+//! (or the worker's payload limit, since the response is recorded);
 //! the per-request [`timeout`](DurableHttpRequest::timeout) bounds the whole exchange,
 //! a body that never ends included.
+//!
+//! **Coming from Durable Functions.**
+//!
+//! | Durable Functions | durable |
+//! |---|---|
+//! | `CallHttpAsync(DurableHttpRequest)` | [`OrchestrationContext::call_http`] |
+//! | `DurableHttpRequest.Timeout` | [`total_timeout`](DurableHttpRequest::total_timeout) (and [`timeout`](DurableHttpRequest::timeout) per request) |
+//! | `AsynchronousPatternEnabled` (`asynchronousPatternEnabled`) | [`async_polling`](DurableHttpRequest::async_polling) |
+//! | `HttpRetryOptions` | [`retry`](DurableHttpRequest::retry) + [`retry_on_status`](DurableHttpRequest::retry_on_status) |
+//! | `TokenSource` (`ManagedIdentityTokenSource`) | [`token_source`](DurableHttpRequest::token_source), a name of an [`HttpTokenSource`] on the worker |
+//! | `DurableHttpResponse` | [`DurableHttpResponse`] |
+//! | `BuiltIn::HttpActivity` | [`HTTP_ACTIVITY_NAME`] (the same name) |
 //!
 //! # Examples
 //!
 //! An endpoint that accepts a job, then reports it pending once before it is done; the
 //! orchestration sees only the final answer. [`durable_testing`]'s `TestEnv` runs the
-//! request for real and the poll wait on its virtual clock.
+//! request for real and the poll wait on its virtual clock. (It can also answer requests
+//! without a server — `TestEnvBuilder::mock_http`, `HttpScript` — and lists every request
+//! sent, each an [`HttpRequestRecord`].)
 //!
 //! ```
 //! use std::time::Duration;
@@ -104,7 +138,10 @@ use crate::function::BoxFuture;
 use crate::retry::RetryPolicy;
 
 mod body;
+mod record;
 pub(crate) mod send;
+
+pub use record::HttpRequestRecord;
 
 /// The durable name of the built-in activity that sends durable HTTP requests (the name
 /// Durable Functions gives it, so tools reading history see the familiar name).
@@ -152,7 +189,13 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(100);
 /// ```
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The default [`max_response_bytes`](DurableHttpRequest::max_response_bytes): 1 MiB.
+/// The default [`max_response_bytes`](DurableHttpRequest::max_response_bytes): 512 KiB.
+///
+/// Half the worker's default payload limit ([`Limits`](crate::Limits), 1 MiB), because the
+/// response is recorded as JSON: a text body grows with JSON escaping (a `"` or `\` takes 2
+/// bytes, a control character 6) and a binary body is recorded as base64 (4 bytes for 3).
+/// Whatever this limit says, a response whose recorded form passes the worker's
+/// `max_payload_bytes` fails with `HttpResponseTooLarge`.
 ///
 /// # Examples
 ///
@@ -163,12 +206,43 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(30);
 ///     .max_response_bytes(4 * DEFAULT_MAX_RESPONSE_BYTES);
 /// # let _ = request;
 /// ```
-pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 1 << 20;
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 512 << 10;
+
+/// The shortest wait between polls of a `202 Accepted`: 1 second. A shorter `Retry-After`
+/// (`0` included) or [`poll_interval`](DurableHttpRequest::poll_interval) waits this long.
+///
+/// # Examples
+///
+/// ```
+/// use durable_core::http_call::{MAX_POLL_INTERVAL, MIN_POLL_INTERVAL};
+///
+/// assert!(MIN_POLL_INTERVAL < MAX_POLL_INTERVAL);
+/// ```
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The longest wait between polls of a `202 Accepted`: 1 hour. A longer `Retry-After` (a
+/// date years away, say) or [`poll_interval`](DurableHttpRequest::poll_interval) waits
+/// this long, so a hostile or broken endpoint cannot park an instance for good.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use durable_core::http_call::MAX_POLL_INTERVAL;
+///
+/// assert_eq!(MAX_POLL_INTERVAL, Duration::from_secs(3600));
+/// ```
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// A [`reqwest::ClientBuilder`] set up as the worker's default HTTP client is: TLS through
 /// rustls with the `ring` provider, trusting the platform's roots (or the Mozilla roots of
-/// `webpki-roots` when the platform has none), HTTP/1. Refine it and hand the client to
-/// [`WorkerBuilder::http_client`](crate::WorkerBuilder::http_client).
+/// `webpki-roots` when the platform has none), HTTP/1, redirects not followed. Refine it
+/// and hand the client to [`WorkerBuilder::http_client`](crate::WorkerBuilder::http_client).
+///
+/// Leave redirects off (do not call `.redirect(..)` with a following policy): the
+/// built-in activity follows them itself and drops the token and secret headers when a
+/// redirect leaves the request's origin. A client that follows redirects sends secret
+/// headers such as `x-api-key` to any host a redirect names.
 ///
 /// durable builds reqwest without a TLS provider of its own (no aws-lc C build), so a
 /// plain `reqwest::Client::builder().build()` panics unless the application installs a
@@ -185,7 +259,7 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 1 << 20;
 ///
 /// let client = durable_core::http_call::client_builder()?
 ///     .connect_timeout(Duration::from_secs(3))
-///     .redirect(durable_core::reqwest::redirect::Policy::none())
+///     .pool_max_idle_per_host(4)
 ///     .build()?;
 /// # let _ = client;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -230,11 +304,21 @@ pub(crate) struct SendSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) secret_headers: BTreeMap<String, String>,
     /// Bounds the whole exchange (token, connect, headers and body), in milliseconds.
+    #[serde(default = "default_timeout_ms")]
     pub(crate) timeout_ms: u64,
+    #[serde(default = "default_max_response_bytes")]
     pub(crate) max_response_bytes: u64,
     /// Statuses that fail the attempt (set only under a retry policy).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) fail_on_status: Vec<u16>,
+}
+
+fn default_timeout_ms() -> u64 {
+    duration_ms(DEFAULT_REQUEST_TIMEOUT)
+}
+
+fn default_max_response_bytes() -> u64 {
+    DEFAULT_MAX_RESPONSE_BYTES
 }
 
 /// An HTTP request made durably by
@@ -266,6 +350,8 @@ pub struct DurableHttpRequest {
     pub(crate) total_timeout: Option<Duration>,
     pub(crate) poll_interval: Duration,
     pub(crate) async_polling: bool,
+    /// Whether polls on another origin get the secrets (never over http after https).
+    pub(crate) secrets_to_other_origins: bool,
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) retry_statuses: Vec<u16>,
     /// Why [`json`](Self::json) could not serialize its value: the call fails with it.
@@ -285,6 +371,7 @@ impl fmt::Debug for DurableHttpRequest {
             .field("total_timeout", &self.total_timeout)
             .field("poll_interval", &self.poll_interval)
             .field("async_polling", &self.async_polling)
+            .field("secrets_to_other_origins", &self.secrets_to_other_origins)
             .field("retry", &self.retry)
             .field("retry_statuses", &self.retry_statuses)
             .field("max_response_bytes", &self.send.max_response_bytes)
@@ -324,6 +411,7 @@ impl DurableHttpRequest {
             total_timeout: None,
             poll_interval: DEFAULT_POLL_INTERVAL,
             async_polling: true,
+            secrets_to_other_origins: false,
             retry: None,
             retry_statuses: DEFAULT_RETRY_STATUSES.to_vec(),
             invalid_body: None,
@@ -460,7 +548,14 @@ impl DurableHttpRequest {
     }
 
     /// How long to wait between polls of a 202 that has no (readable) `Retry-After`.
-    /// Default [`DEFAULT_POLL_INTERVAL`] (30 s).
+    /// Default [`DEFAULT_POLL_INTERVAL`] (30 s). This wait and `Retry-After` are both held
+    /// between [`MIN_POLL_INTERVAL`] (1 s) and [`MAX_POLL_INTERVAL`] (1 h).
+    ///
+    /// Each poll adds about four events to the instance's history (its timer's
+    /// `TimerCreated` and `TimerFired`, the request's `TaskScheduled` and `TaskCompleted`),
+    /// so an operation polled for days keeps growing it: set a
+    /// [`total_timeout`](Self::total_timeout) for operations that may never finish. A few
+    /// hundred polls need no continue-as-new.
     ///
     /// # Examples
     ///
@@ -493,9 +588,34 @@ impl DurableHttpRequest {
         self
     }
 
+    /// `true` sends the [`token_source`](Self::token_source) and
+    /// [`secret_header`](Self::secret_header)s with polls of a `Location` on another
+    /// origin (scheme, host and port) than this request's, for APIs whose operations
+    /// report their status elsewhere. Default `false`: such a poll goes without them.
+    /// Either way, secrets are never sent over `http` when this request is `https`, and
+    /// never follow a redirect to another origin.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::http_call::DurableHttpRequest;
+    ///
+    /// // The API answers 202 with a Location on https://status.example.com.
+    /// let request = DurableHttpRequest::post("https://api.example.com/exports")
+    ///     .token_source("example")
+    ///     .secrets_to_other_origins(true);
+    /// # let _ = request;
+    /// ```
+    pub fn secrets_to_other_origins(mut self, on: bool) -> Self {
+        self.secrets_to_other_origins = on;
+        self
+    }
+
     /// Retries failed attempts under `policy`, each back-off a durable timer: transport
     /// errors, per-request timeouts, token-source errors and the statuses of
     /// [`retry_on_status`](Self::retry_on_status) (default [`DEFAULT_RETRY_STATUSES`]).
+    /// A 429 or 503 with a `Retry-After` waits at least that long (at most
+    /// [`MAX_POLL_INTERVAL`]) before the next attempt, whatever the policy's back-off.
     /// When the policy gives up, the call fails with the last attempt's failure. Without a
     /// policy every status is returned as a response and a transport error fails the call
     /// at once.
@@ -514,35 +634,6 @@ impl DurableHttpRequest {
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
         self
-    }
-
-    /// A [`reqwest::ClientBuilder`] set up as the worker's default HTTP client is: TLS through
-    /// rustls with the `ring` provider, trusting the platform's roots (or the Mozilla roots of
-    /// `webpki-roots` when the platform has none), HTTP/1. Refine it and hand the client to
-    /// [`WorkerBuilder::http_client`](crate::WorkerBuilder::http_client).
-    ///
-    /// durable builds reqwest without a TLS provider of its own (no aws-lc C build), so a
-    /// plain `reqwest::Client::builder().build()` panics unless the application installs a
-    /// rustls `CryptoProvider` or enables reqwest's `rustls` feature itself; start from this
-    /// builder instead.
-    ///
-    /// # Errors
-    /// When the TLS configuration cannot be built (no usable protocol version).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    ///
-    /// let client = durable_core::http_call::client_builder()?
-    ///     .connect_timeout(Duration::from_secs(3))
-    ///     .redirect(durable_core::reqwest::redirect::Policy::none())
-    ///     .build()?;
-    /// # let _ = client;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn client_builder() -> Result<reqwest::ClientBuilder, rustls::Error> {
-        send::client_builder()
     }
 
     /// The statuses a [`retry`](Self::retry) policy retries (replacing
@@ -568,9 +659,13 @@ impl DurableHttpRequest {
 
     /// The largest response body accepted, in bytes. A larger one fails the call
     /// (error type `HttpResponseTooLarge`, non-retriable) as soon as the limit is passed,
-    /// without reading the rest. Default [`DEFAULT_MAX_RESPONSE_BYTES`] (1 MiB). Keep it
-    /// within the worker's payload limit ([`Limits`](crate::Limits)), since the response
-    /// is recorded.
+    /// without reading the rest. Default [`DEFAULT_MAX_RESPONSE_BYTES`] (512 KiB).
+    ///
+    /// The response is recorded, so it must also fit the worker's payload limit
+    /// ([`Limits::max_payload_bytes`](crate::Limits::max_payload_bytes), 1 MiB by default)
+    /// once encoded: JSON escaping grows a text body (up to 6 bytes for a control
+    /// character) and base64 a binary one (by a third), and the headers count too. A
+    /// response past it fails the same way (`HttpResponseTooLarge`, naming both limits).
     ///
     /// # Examples
     ///
@@ -715,6 +810,11 @@ pub struct DurableHttpResponse {
     /// The body.
     #[serde(default, with = "body", skip_serializing_if = "Vec::is_empty")]
     pub body: Vec<u8>,
+    /// The URI that gave this response: the request's, or where its redirects led. A
+    /// relative `Location` is resolved against it. `None` in responses built by hand (and
+    /// recorded before durable recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
 }
 
 impl DurableHttpResponse {
@@ -732,6 +832,7 @@ impl DurableHttpResponse {
             status,
             headers: BTreeMap::new(),
             body: Vec::new(),
+            uri: None,
         }
     }
 
@@ -900,5 +1001,29 @@ impl HttpCallConfig {
     /// The built-in HTTP activity, sending with these settings.
     pub(crate) fn into_activity(self) -> send::HttpActivity {
         send::HttpActivity::new(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_specs_without_the_later_fields_read_with_the_defaults() {
+        // A task input as recorded by an older version: method and URI only.
+        let spec: SendSpec =
+            serde_json::from_str(r#"{"method":"GET","uri":"http://h/x"}"#).unwrap();
+        assert_eq!(spec, DurableHttpRequest::get("http://h/x").send);
+        assert_eq!(spec.timeout_ms, 100_000);
+        assert_eq!(spec.max_response_bytes, DEFAULT_MAX_RESPONSE_BYTES);
+    }
+
+    #[test]
+    fn responses_recorded_without_a_uri_read_as_none() {
+        let response: DurableHttpResponse =
+            serde_json::from_str(r#"{"status":200,"headers":{},"body":"ok"}"#).unwrap();
+        assert_eq!(response, DurableHttpResponse::new(200).with_body("ok"));
+        let json = serde_json::to_string(&DurableHttpResponse::new(204)).unwrap();
+        assert_eq!(json, r#"{"status":204,"headers":{}}"#);
     }
 }

@@ -208,7 +208,7 @@ pub(crate) async fn execute(
     let (cancel, cancellation) = Cancellation::new();
     let limit = inner.options.limits.max_payload_bytes;
     let (beats, monitor) = Heartbeat::new(task.heartbeat.clone(), limit, Arc::clone(&inner.clock));
-    let ctx = ActivityContext::new(
+    let mut ctx = ActivityContext::new(
         task.instance_id.clone(),
         task.name.clone(),
         task.seq,
@@ -217,6 +217,7 @@ pub(crate) async fn execute(
         beats,
     )
     .with_states(&inner.states);
+    ctx.max_payload_bytes = limit;
     let started = inner.clock.now();
     if let (Some(h), Some(lease)) = (task.heartbeat_timeout, lease.as_deref()) {
         lease.watch(monitor.liveness(started, h));

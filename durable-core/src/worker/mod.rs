@@ -1008,9 +1008,14 @@ impl WorkerBuilder {
     /// The HTTP client durable HTTP calls go through (proxies, extra root certificates,
     /// connection pool settings). By default the worker builds one on first use from
     /// [`http_call::client_builder`](crate::http_call::client_builder): HTTP/1, rustls
-    /// trusting the platform's roots, redirects followed. Start from that builder (see its
-    /// note on TLS providers). Per-request timeouts and body limits come from each
-    /// [`DurableHttpRequest`](crate::http_call::DurableHttpRequest) either way.
+    /// trusting the platform's roots, redirects not followed by the client. Start from that
+    /// builder (see its note on TLS providers). Per-request timeouts and body limits come
+    /// from each [`DurableHttpRequest`](crate::http_call::DurableHttpRequest) either way.
+    ///
+    /// **Keep redirects off in the client** (`client_builder` does):
+    /// durable follows them itself (at most 10), dropping the bearer token and secret
+    /// headers when a redirect leaves the request's origin. A client that follows redirects
+    /// on its own hands secret headers to whatever host a redirect names.
     ///
     /// # Examples
     ///
@@ -1020,7 +1025,7 @@ impl WorkerBuilder {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = durable_core::http_call::client_builder()?
-    ///     .redirect(durable_core::reqwest::redirect::Policy::none())
+    ///     .connect_timeout(std::time::Duration::from_secs(3))
     ///     .build()?;
     /// let worker = Worker::builder().store(MemoryStore::new()).http_client(client).start()?;
     /// # worker.shutdown().await;
@@ -1031,6 +1036,57 @@ impl WorkerBuilder {
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.http.client = Some(client);
         self
+    }
+
+    /// The built-in HTTP activity (`BuiltIn::HttpActivity`) as [`start`](Self::start)
+    /// would register it now — with the token sources and client given so far — as a
+    /// type-erased handler.
+    ///
+    /// `start` keeps an activity already registered under
+    /// [`HTTP_ACTIVITY_NAME`](crate::http_call::HTTP_ACTIVITY_NAME) instead of adding the
+    /// built-in one; a test harness or middleware registering its own (to record requests,
+    /// or answer some without the network) forwards the rest to this handler.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use durable_core::prelude::*;
+    /// use durable_core::Registry;
+    /// use durable_core::http_call::HTTP_ACTIVITY_NAME;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let builder = Worker::builder().store(MemoryStore::new());
+    /// // Counts the requests, then sends them as the built-in activity does.
+    /// let real = builder.http_activity();
+    /// let sent = Arc::new(AtomicUsize::new(0));
+    /// let counter = Arc::clone(&sent);
+    /// let mut registry = Registry::new();
+    /// registry.add_activity_raw(HTTP_ACTIVITY_NAME, move |ctx, input| {
+    ///     counter.fetch_add(1, Ordering::SeqCst);
+    ///     real(ctx, input)
+    /// });
+    /// let worker = builder.registry(registry).start()?;
+    /// # assert_eq!(sent.load(Ordering::SeqCst), 0);
+    /// # worker.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "http-calls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "http-calls")))]
+    #[must_use]
+    pub fn http_activity(&self) -> crate::registry::ActivityHandler {
+        crate::registry::handler_of(self.http.clone().into_activity())
+    }
+
+    /// The base options with the setters applied (taken from the builder).
+    fn resolved_options(&mut self) -> WorkerOptions {
+        let mut options = std::mem::take(&mut self.options);
+        for setter in std::mem::take(&mut self.setters.0) {
+            setter(&mut options);
+        }
+        options
     }
 
     /// Adds the engine's own activities to the registry, then checks it.
@@ -1085,11 +1141,8 @@ impl WorkerBuilder {
     pub fn start(mut self) -> Result<Worker, BuildError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let store = self.store.take().ok_or(BuildError::MissingStore)?;
+        let mut options = self.resolved_options();
         self.finish_registry()?;
-        let mut options = self.options;
-        for setter in self.setters.0 {
-            setter(&mut options);
-        }
         options.max_concurrent_orchestrations = options.max_concurrent_orchestrations.max(1);
         options.max_concurrent_activities = options.max_concurrent_activities.max(1);
         // The lease the store grants, which may be its own rather than the one asked for.

@@ -3,6 +3,8 @@
 
 mod calls;
 mod crash;
+#[cfg(feature = "http-calls")]
+mod http_mock;
 mod inspect;
 mod issue12_control;
 mod issue13_state;
