@@ -1349,18 +1349,12 @@ impl<'t> Tables<'t> {
         seen: Option<Box<Seen>>,
     ) -> R<Result<bool, StoreError>> {
         let key = commit.instance_id.as_str().to_owned();
-        let (mut record, known_len) = match seen {
-            Some(seen) => {
-                let Seen {
-                    record,
-                    history_len,
-                } = *seen;
-                (record, Some(history_len))
-            }
-            None => match read_record(&self.instances, &key)? {
-                Some(record) => (record, None),
-                None => return Ok(Err(StoreError::LockLost(key))),
-            },
+        let (mut record, known_len) = if let Some(seen) = seen {
+            (seen.record, Some(seen.history_len))
+        } else if let Some(record) = read_record(&self.instances, &key)? {
+            (record, None)
+        } else {
+            return Ok(Err(StoreError::LockLost(key)));
         };
         for &(task, lock) in &commit.completed_activities {
             if let Some(lease) = leases.take_activity(task, lock) {
@@ -1392,25 +1386,7 @@ impl<'t> Tables<'t> {
                 ));
             }
         }
-        if commit.consumed.is_empty() {
-            // Nothing leaves the inbox (results handed off in memory): the ready row moves
-            // only if the commit ends a hold an abandoned episode left.
-            let hold = self.holds.remove(key.as_str())?.map(|h| h.value());
-            if let Some(hold) = hold {
-                let first = inbox_first(&self.inbox, &key)?;
-                self.fix_ready(&key, first.map(|f| f.max(hold)), first)?;
-            }
-        } else {
-            let before = self.ready_at(&key)?;
-            for id in &commit.consumed {
-                self.inbox
-                    .remove((key.as_str(), ts(id.visible_at), id.seq))?;
-            }
-            // A commit ends the hold an abandoned episode left.
-            self.holds.remove(key.as_str())?;
-            let after = self.ready_at(&key)?;
-            self.fix_ready(&key, before, after)?;
-        }
+        self.consume(&key, &commit.consumed)?;
         record.status = commit.status;
         record.output = commit.output;
         record.failure = commit.failure;
@@ -1472,6 +1448,28 @@ impl<'t> Tables<'t> {
             }
         }
         Ok(Ok(activity_work))
+    }
+
+    /// Removes the messages an episode consumed from `key`'s inbox and ends the hold an
+    /// abandoned episode left, keeping its ready row current.
+    fn consume(&mut self, key: &str, consumed: &[MessageId]) -> R<()> {
+        if consumed.is_empty() {
+            // Nothing leaves the inbox (results handed off in memory): the ready row moves
+            // only if the commit ends a hold.
+            let hold = self.holds.remove(key)?.map(|h| h.value());
+            if let Some(hold) = hold {
+                let first = inbox_first(&self.inbox, key)?;
+                self.fix_ready(key, first.map(|f| f.max(hold)), first)?;
+            }
+            return Ok(());
+        }
+        let before = self.ready_at(key)?;
+        for id in consumed {
+            self.inbox.remove((key, ts(id.visible_at), id.seq))?;
+        }
+        self.holds.remove(key)?;
+        let after = self.ready_at(key)?;
+        self.fix_ready(key, before, after)
     }
 
     fn abandon_episode(
@@ -2209,14 +2207,13 @@ fn lease_instance(
     now: Timestamp,
     lock_for: Duration,
 ) -> R<Option<OrchestrationWorkItem>> {
-    let (instance, history_len) = match leases.committed.remove(id) {
-        Some(seen) => (seen.record, seen.history_len),
-        None => {
-            let Some(instance) = read_record(&txn.open_table(INSTANCES)?, id)? else {
-                return Ok(None);
-            };
-            (instance, history_len(&txn.open_table(HISTORY)?, id)?)
-        }
+    let (instance, history_len) = if let Some(seen) = leases.committed.remove(id) {
+        (seen.record, seen.history_len)
+    } else {
+        let Some(instance) = read_record(&txn.open_table(INSTANCES)?, id)? else {
+            return Ok(None);
+        };
+        (instance, history_len(&txn.open_table(HISTORY)?, id)?)
     };
     let inbox = txn.open_table(INBOX)?;
     let mut messages = Vec::new();
@@ -2481,6 +2478,7 @@ mod tests {
     /// stale commit, every commit still appends at the history's end and keeps the fields it
     /// does not set; a commit that consumes nothing still ends the hold on its messages.
     #[tokio::test]
+    #[allow(clippy::too_many_lines, reason = "one instance's episodes, in order")]
     async fn commits_after_leases_see_the_current_record_and_history() {
         let store = RedbStore::in_memory().unwrap();
         let t0 = Timestamp::from_unix_millis(1_000_000);
