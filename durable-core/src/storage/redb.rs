@@ -777,8 +777,8 @@ struct Leases {
     next_id: u64,
     /// Lease tokens (in memory only: leases do not survive a restart).
     next_token: u64,
-    /// Locked instances: token and expiry.
-    orch: HashMap<String, (u64, Timestamp)>,
+    /// Locked instances.
+    orch: HashMap<String, OrchLease>,
     orch_expiry: BTreeSet<(Timestamp, String)>,
     /// Leased activity tasks.
     activity: HashMap<u64, ActivityLease>,
@@ -794,6 +794,38 @@ struct Leases {
     /// Changes to `available` made by the batch being committed, applied once it is durable:
     /// `true` adds the key, `false` removes it.
     available_changes: Vec<((u64, u64), bool)>,
+    /// The committed record and history length of unlocked instances whose last commit
+    /// handed activity tasks out, so leasing them again when a result comes back (see
+    /// [`EpisodeCommit::completed_activities`]) need not read and decode them. An entry is
+    /// taken by the next lease of its instance and dropped by any other write to the
+    /// instance's record or history ([`Tables::put_record`], [`Tables::remove_instance`]).
+    committed: HashMap<String, Box<Seen>>,
+    /// Changes to `committed` made by the batch being committed, applied in order once it is
+    /// durable (`None` drops the entry).
+    committed_changes: Vec<(String, Option<Box<Seen>>)>,
+}
+
+/// At most this many [`Leases::committed`] entries are kept (one per instance waiting for a
+/// handed-out activity); past it, leases read the record as before.
+const MAX_COMMITTED_SEEN: usize = 1 << 16;
+
+/// A locked instance.
+#[derive(Debug, Clone)]
+struct OrchLease {
+    token: u64,
+    until: Timestamp,
+    /// The record and history length read when the lease was taken, so the episode's commit
+    /// need not read and decode them again. Only the lease holder changes either while the
+    /// lease is held; every other write to the instance releases the lease ([`Leases::unlock`]
+    /// drops this copy first), so it is current whenever [`Leases::holds`] is `true`.
+    seen: Option<Box<Seen>>,
+}
+
+/// What [`lease_instance`] read of a locked instance.
+#[derive(Debug, Clone)]
+struct Seen {
+    record: InstanceRecord,
+    history_len: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -824,7 +856,7 @@ impl Leases {
                 break;
             }
             self.orch_expiry.pop_first();
-            if self.orch.get(&id).is_some_and(|(_, until)| *until <= now)
+            if self.orch.get(&id).is_some_and(|l| l.until <= now)
                 && !self.releasing_orch.contains_key(&id)
             {
                 self.orch.remove(&id);
@@ -844,23 +876,34 @@ impl Leases {
         }
     }
 
-    fn lock(&mut self, id: &str, until: Timestamp) -> u64 {
+    fn lock(&mut self, id: &str, until: Timestamp, seen: Option<Box<Seen>>) -> u64 {
         let token = self.token();
-        self.orch.insert(id.to_owned(), (token, until));
+        self.orch
+            .insert(id.to_owned(), OrchLease { token, until, seen });
         self.orch_expiry.insert((until, id.to_owned()));
         token
+    }
+
+    /// The record and history length seen when `id` was locked, if it still is (see
+    /// [`OrchLease::seen`]); taken out, as the commit that asks for them releases the lock.
+    fn take_seen(&mut self, id: &str) -> Option<Box<Seen>> {
+        if self.releasing_orch.contains_key(id) {
+            return None;
+        }
+        self.orch.get_mut(id).and_then(|l| l.seen.take())
     }
 
     /// `true` if `lock` holds `id` (and the batch being applied has not released it).
     fn holds(&self, id: &str, lock: LockToken) -> bool {
         !self.releasing_orch.contains_key(id)
-            && self.orch.get(id).is_some_and(|(t, _)| *t == lock.0)
+            && self.orch.get(id).is_some_and(|l| l.token == lock.0)
     }
 
     /// Releases the lock on `id` once the batch being applied is durable.
     fn unlock(&mut self, id: &str) {
-        if let Some((token, _)) = self.orch.get(id) {
-            self.releasing_orch.insert(id.to_owned(), *token);
+        if let Some(lease) = self.orch.get_mut(id) {
+            lease.seen = None;
+            self.releasing_orch.insert(id.to_owned(), lease.token);
         }
     }
 
@@ -914,8 +957,19 @@ impl Leases {
         let orch = std::mem::take(&mut self.releasing_orch);
         let activities = std::mem::take(&mut self.releasing_activity);
         let available = std::mem::take(&mut self.available_changes);
+        let seen = std::mem::take(&mut self.committed_changes);
         if !committed {
             return;
+        }
+        for (id, change) in seen {
+            match change {
+                Some(s) if self.committed.len() < MAX_COMMITTED_SEEN => {
+                    self.committed.insert(id, s);
+                }
+                _ => {
+                    self.committed.remove(&id);
+                }
+            }
         }
         for (key, add) in available {
             if add {
@@ -925,10 +979,10 @@ impl Leases {
             }
         }
         for (id, token) in orch {
-            if self.orch.get(&id).is_some_and(|(t, _)| *t == token)
-                && let Some((_, until)) = self.orch.remove(&id)
+            if self.orch.get(&id).is_some_and(|l| l.token == token)
+                && let Some(lease) = self.orch.remove(&id)
             {
-                self.orch_expiry.remove(&(until, id));
+                self.orch_expiry.remove(&(lease.until, id));
             }
         }
         for id in activities {
@@ -1135,7 +1189,11 @@ impl<'t> Tables<'t> {
         })
     }
 
-    fn put_record(&mut self, r: &InstanceRecord) -> R<()> {
+    /// Writes an instance's record; drops what [`Leases::committed`] knows of it.
+    fn put_record(&mut self, leases: &mut Leases, r: &InstanceRecord) -> R<()> {
+        leases
+            .committed_changes
+            .push((r.instance_id.as_str().to_owned(), None));
         let bytes = serde_json::to_vec(r)?;
         self.instances
             .insert(r.instance_id.as_str(), bytes.as_slice())?;
@@ -1213,6 +1271,7 @@ impl<'t> Tables<'t> {
         if self.instances.remove(id)?.is_none() {
             return Ok(false);
         }
+        leases.committed_changes.push((id.to_owned(), None));
         let before = self.ready_at(id)?;
         self.fix_ready(id, before, None)?;
         self.holds.remove(id)?;
@@ -1258,7 +1317,7 @@ impl<'t> Tables<'t> {
         }
         let start = new.start_message();
         let record = new.record(existing.as_ref());
-        self.put_record(&record)?;
+        self.put_record(leases, &record)?;
         self.enqueue(leases, &key, start)?;
         if let Some(t) = teardown {
             for (target, m) in self.tear_down(leases, t)? {
@@ -1301,7 +1360,7 @@ impl<'t> Tables<'t> {
                 let bytes = serde_json::to_vec(e)?;
                 self.history.insert((key, e.index), bytes.as_slice())?;
             }
-            self.put_record(&record)?;
+            self.put_record(leases, &record)?;
             let before = self.ready_at(key)?;
             self.fix_ready(key, before, None)?;
             self.holds.remove(key)?;
@@ -1353,7 +1412,8 @@ impl<'t> Tables<'t> {
         if !leases.holds(commit.instance_id.as_str(), commit.lock) {
             return Ok(Err(StoreError::LockLost(commit.instance_id.to_string())));
         }
-        self.apply_commit(leases, commit)
+        let seen = leases.take_seen(commit.instance_id.as_str());
+        self.apply_commit(leases, commit, seen)
     }
 
     /// Creates a brand-new instance and applies its first episode (see
@@ -1370,36 +1430,36 @@ impl<'t> Tables<'t> {
         if leases.orch.contains_key(&key) || self.instances.get(key.as_str())?.is_some() {
             return Ok(Ok(None));
         }
-        let record = match self.create(leases, new)? {
-            Ok(CreateResult::Created(r)) => r,
-            Ok(CreateResult::Existing(_)) => return Ok(Ok(None)),
-            Err(e) => return Ok(Err(e)),
-        };
+        // A brand-new id: the record as `create` writes it, without the start message,
+        // which the first episode consumes in this same transaction (enqueuing it, with its
+        // ready row, only to remove both would be four B-tree writes for nothing).
+        let record = new.record(None);
+        self.put_record(leases, &record)?;
         first.consumed = Vec::new();
-        for entry in self
-            .inbox
-            .range((key.as_str(), 0u64, 0u64)..=(key.as_str(), u64::MAX, u64::MAX))?
-        {
-            let (k, _) = entry?;
-            let (_, vis, seq) = k.value();
-            first.consumed.push(MessageId {
-                visible_at: Timestamp::from_unix_millis(vis),
-                seq,
-            });
-        }
+        // A new instance: no history yet.
+        let seen = Box::new(Seen {
+            record: record.clone(),
+            history_len: 0,
+        });
         Ok(self
-            .apply_commit(leases, first)?
+            .apply_commit(leases, first, Some(seen))?
             .map(|activity| Some((record, activity))))
     }
 
-    /// [`commit`](Self::commit) once the lease is checked.
+    /// [`commit`](Self::commit) once the lease is checked. `seen` is the instance's current
+    /// record and history length when the caller has them (read otherwise).
     fn apply_commit(
         &mut self,
         leases: &mut Leases,
         commit: EpisodeCommit,
+        seen: Option<Box<Seen>>,
     ) -> R<Result<bool, StoreError>> {
         let key = commit.instance_id.as_str().to_owned();
-        let Some(mut record) = read_record(&self.instances, &key)? else {
+        let (mut record, known_len) = if let Some(seen) = seen {
+            (seen.record, Some(seen.history_len))
+        } else if let Some(record) = read_record(&self.instances, &key)? {
+            (record, None)
+        } else {
             return Ok(Err(StoreError::LockLost(key)));
         };
         for &(task, lock) in &commit.completed_activities {
@@ -1432,26 +1492,20 @@ impl<'t> Tables<'t> {
                 ));
             }
         }
-        let before = self.ready_at(&key)?;
-        for id in &commit.consumed {
-            self.inbox
-                .remove((key.as_str(), ts(id.visible_at), id.seq))?;
-        }
-        // A commit ends the hold an abandoned episode left.
-        self.holds.remove(key.as_str())?;
-        let after = self.ready_at(&key)?;
-        self.fix_ready(&key, before, after)?;
+        self.consume(&key, &commit.consumed)?;
         record.status = commit.status;
         record.output = commit.output;
         record.failure = commit.failure;
         record.custom_status = commit.custom_status;
         record.last_updated_at = commit.now;
         record.last_error = commit.last_error;
+        let history_len_now;
         if let Some(next) = &commit.next_execution {
             self.history
                 .retain_in((key.as_str(), 0u64)..=(key.as_str(), u64::MAX), |_, _| {
                     false
                 })?;
+            history_len_now = 0;
             record.execution += 1;
             record.input.clone_from(&next.input);
             record.version.clone_from(&next.version);
@@ -1459,15 +1513,29 @@ impl<'t> Tables<'t> {
             record.output = None;
             record.failure = None;
         } else {
-            let start = history_len(&self.history, &key)?;
+            let start = match known_len {
+                Some(len) => len,
+                None => history_len(&self.history, &key)?,
+            };
             for (i, event) in commit.new_events.iter().enumerate() {
                 let bytes = serde_json::to_vec(event)?;
                 self.history
                     .insert((key.as_str(), start + i as u64), bytes.as_slice())?;
             }
+            history_len_now = start + commit.new_events.len() as u64;
         }
-        self.put_record(&record)?;
+        self.put_record(leases, &record)?;
         leases.unlock(&key);
+        if !commit.activities.is_empty() && !record.status.is_terminal() {
+            // The worker leases the instance again when a result comes back.
+            leases.committed_changes.push((
+                key.clone(),
+                Some(Box::new(Seen {
+                    record,
+                    history_len: history_len_now,
+                })),
+            ));
+        }
         if let Some(next) = commit.next_execution {
             for m in next.messages {
                 self.enqueue(leases, &key, m)?;
@@ -1488,6 +1556,28 @@ impl<'t> Tables<'t> {
         Ok(Ok(activity_work))
     }
 
+    /// Removes the messages an episode consumed from `key`'s inbox and ends the hold an
+    /// abandoned episode left, keeping its ready row current.
+    fn consume(&mut self, key: &str, consumed: &[MessageId]) -> R<()> {
+        if consumed.is_empty() {
+            // Nothing leaves the inbox (results handed off in memory): the ready row moves
+            // only if the commit ends a hold.
+            let hold = self.holds.remove(key)?.map(|h| h.value());
+            if let Some(hold) = hold {
+                let first = inbox_first(&self.inbox, key)?;
+                self.fix_ready(key, first.map(|f| f.max(hold)), first)?;
+            }
+            return Ok(());
+        }
+        let before = self.ready_at(key)?;
+        for id in consumed {
+            self.inbox.remove((key, ts(id.visible_at), id.seq))?;
+        }
+        self.holds.remove(key)?;
+        let after = self.ready_at(key)?;
+        self.fix_ready(key, before, after)
+    }
+
     fn abandon_episode(
         &mut self,
         leases: &mut Leases,
@@ -1504,7 +1594,7 @@ impl<'t> Tables<'t> {
             return Ok(Err(StoreError::LockLost(key.to_owned())));
         };
         record.last_error = error;
-        self.put_record(&record)?;
+        self.put_record(leases, &record)?;
         leases.unlock(key);
         // Hold the instance, not its messages: they keep their times and their order.
         let before = self.ready_at(key)?;
@@ -2201,7 +2291,7 @@ impl Core {
             let locked: HashSet<String> = leases
                 .orch
                 .iter()
-                .filter(|(_, (_, until))| *until > now)
+                .filter(|(_, l)| l.until > now)
                 .map(|(id, _)| id.clone())
                 .collect();
             let queued = leases.available.range(..=(ts(now), u64::MAX)).count();
@@ -2377,17 +2467,25 @@ fn lease_instance(
     now: Timestamp,
     lock_for: Duration,
 ) -> R<Option<OrchestrationWorkItem>> {
-    let Some(instance) = read_record(&txn.open_table(INSTANCES)?, id)? else {
-        return Ok(None);
+    let (instance, history_len) = if let Some(seen) = leases.committed.remove(id) {
+        (seen.record, seen.history_len)
+    } else {
+        let Some(instance) = read_record(&txn.open_table(INSTANCES)?, id)? else {
+            return Ok(None);
+        };
+        (instance, history_len(&txn.open_table(HISTORY)?, id)?)
     };
-    let history_len = history_len(&txn.open_table(HISTORY)?, id)?;
     let inbox = txn.open_table(INBOX)?;
     let mut messages = Vec::new();
     for entry in inbox.range((id, 0u64, 0u64)..=(id, ts(now), u64::MAX))? {
         let (k, v) = entry?;
         messages.push(inbox_message(k.value(), v.value())?);
     }
-    let token = leases.lock(id, now + lock_for);
+    let seen = Box::new(Seen {
+        record: instance.clone(),
+        history_len,
+    });
+    let token = leases.lock(id, now + lock_for, Some(seen));
     Ok(Some(OrchestrationWorkItem {
         instance,
         history_len,
@@ -2644,6 +2742,228 @@ mod tests {
         let txn = db.begin_write().unwrap();
         txn.open_table(META).unwrap().insert(key, value).unwrap();
         txn.commit().unwrap();
+    }
+
+    /// A commit takes the record and history length its lease read (not read again): after
+    /// an abandoned episode, an expired lease taken over by another worker, and a refused
+    /// stale commit, every commit still appends at the history's end and keeps the fields it
+    /// does not set; a commit that consumes nothing still ends the hold on its messages.
+    #[tokio::test]
+    #[allow(clippy::too_many_lines, reason = "one instance's episodes, in order")]
+    async fn commits_after_leases_see_the_current_record_and_history() {
+        let store = RedbStore::in_memory().unwrap();
+        let t0 = Timestamp::from_unix_millis(1_000_000);
+        let lock_for = Duration::from_secs(60);
+        let id = InstanceId::new("i").unwrap();
+        let ids = std::slice::from_ref(&id);
+        let started = |index: u64, at: Timestamp| HistoryEvent {
+            index,
+            timestamp: at,
+            event: Event::OrchestratorStarted,
+        };
+        store
+            .create_instance(NewInstance::new(id.clone(), "Job", "\"in\"".into(), t0))
+            .await
+            .unwrap();
+
+        // Episode 1: two events, a custom status.
+        let item = store
+            .fetch_orchestration_work(t0, lock_for)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(item.history_len, 0);
+        let mut c = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Running, t0);
+        c.consumed = item.messages.iter().map(|m| m.id).collect();
+        c.new_events = vec![started(0, t0), started(1, t0)];
+        c.custom_status = Some("\"one\"".into());
+        store.commit_episode(c).await.unwrap();
+
+        // Episode 2 is abandoned; its retry holds the instance until t1.
+        let item = store
+            .fetch_instances_work(ids, t0, lock_for)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(item.history_len, 2);
+        let t1 = t0 + Duration::from_secs(1);
+        store
+            .abandon_episode(&id, item.lock, t1, Some("boom".into()))
+            .await
+            .unwrap();
+
+        // An event arrives during the hold: it is ready at t1, not before.
+        let raised = Event::EventRaised {
+            name: "go".into(),
+            input: "null".into(),
+        };
+        store
+            .send_message(&id, Message::new(raised, None, t0))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .fetch_orchestration_work(t0, lock_for)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // Episode 3's lease expires and another worker takes the instance over.
+        let stale = store
+            .fetch_instances_work(ids, t1, lock_for)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        let t2 = t1 + lock_for + Duration::from_secs(1);
+        let item = store
+            .fetch_instances_work(ids, t2, lock_for)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(item.instance.last_error.as_deref(), Some("boom"));
+        let mut c = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Running, t2);
+        c.new_events = vec![started(2, t2)];
+        c.custom_status = Some("\"three\"".into());
+        store.commit_episode(c).await.unwrap();
+        // The commit consumed nothing but ended the hold: the event is ready from t0 again.
+        let item = store
+            .fetch_orchestration_work(t0, lock_for)
+            .await
+            .unwrap()
+            .expect("the event is ready once the hold is over");
+        assert_eq!(item.messages.len(), 1);
+        let mut c = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Running, t2);
+        c.consumed = vec![item.messages[0].id];
+        c.new_events = vec![started(3, t2)];
+        c.custom_status = Some("\"three\"".into());
+        store.commit_episode(c).await.unwrap();
+        // The stale lease's commit is refused and changes nothing.
+        let mut c = EpisodeCommit::new(id.clone(), stale.lock, RuntimeStatus::Completed, t2);
+        c.new_events = vec![started(2, t2)];
+        assert!(matches!(
+            store.commit_episode(c).await,
+            Err(StoreError::LockLost(_))
+        ));
+
+        // Episode 4 completes.
+        let item = store
+            .fetch_instances_work(ids, t2, lock_for)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(item.history_len, 4);
+        assert_eq!(item.instance.custom_status.as_deref(), Some("\"three\""));
+        let mut c = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Completed, t2);
+        c.new_events = vec![started(4, t2)];
+        c.output = Some("7".into());
+        store.commit_episode(c).await.unwrap();
+
+        let history = store.read_history(&id).await.unwrap();
+        let indexes: Vec<u64> = history.iter().map(|e| e.index).collect();
+        assert_eq!(indexes, [0, 1, 2, 3, 4]);
+        assert!(
+            store
+                .fetch_orchestration_work(t2 + lock_for * 10, lock_for)
+                .await
+                .unwrap()
+                .is_none(),
+            "no ready row is left behind"
+        );
+        let r = store.read_instance(&id).await.unwrap().unwrap();
+        assert_eq!(r.status, RuntimeStatus::Completed);
+        assert_eq!((r.input.as_str(), r.name.as_str()), ("\"in\"", "Job"));
+        assert_eq!(r.output.as_deref(), Some("7"));
+        assert_eq!(r.custom_status, None, "episode 4 set no custom status");
+        assert_eq!((r.created_at, r.last_updated_at), (t0, t2));
+        assert_eq!(r.last_error, None);
+    }
+
+    /// A commit that hands out an activity keeps the committed record for the lease that
+    /// comes with its result; any other write to the instance in between drops it: a
+    /// purged instance cannot be leased, a replaced one is leased as the new execution.
+    #[tokio::test]
+    async fn a_handed_out_commit_keeps_its_record_until_the_instance_changes() {
+        let store = RedbStore::in_memory().unwrap();
+        let t0 = Timestamp::from_unix_millis(1_000_000);
+        let lock_for = Duration::from_secs(60);
+        let kept = |id: &InstanceId| {
+            store
+                .inline(|core| Ok(core.leases().committed.contains_key(id.as_str())))
+                .unwrap()
+        };
+        // Three instances, each with an episode that hands an activity out.
+        let mut ids = Vec::new();
+        for name in ["a", "b", "c"] {
+            let id = InstanceId::new(name).unwrap();
+            store
+                .create_instance(NewInstance::new(id.clone(), "Job", "\"in\"".into(), t0))
+                .await
+                .unwrap();
+            let item = store
+                .fetch_instances_work(std::slice::from_ref(&id), t0, lock_for)
+                .await
+                .unwrap()
+                .pop()
+                .unwrap();
+            let mut c = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Running, t0);
+            c.consumed = item.messages.iter().map(|m| m.id).collect();
+            c.new_events = vec![HistoryEvent {
+                index: 0,
+                timestamp: t0,
+                event: Event::OrchestratorStarted,
+            }];
+            c.custom_status = Some(format!("\"{name}\""));
+            c.activities
+                .push(ActivityTask::new(id.clone(), 1, 0, "work", "null".into()));
+            store.commit_episode(c).await.unwrap();
+            assert!(kept(&id), "{name}: the commit's record is kept");
+            ids.push(id);
+        }
+        let [a, b, c] = &ids[..] else { unreachable!() };
+
+        // a: leased with the kept record, which the lease takes.
+        let item = store
+            .fetch_instances_work(std::slice::from_ref(a), t0, lock_for)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert!(!kept(a));
+        assert_eq!(item.history_len, 1);
+        assert_eq!(item.instance.custom_status.as_deref(), Some("\"a\""));
+        assert_eq!(item.instance.status, RuntimeStatus::Running);
+
+        // b: purged while its activity runs: nothing to lease.
+        assert!(store.purge_instance(b).await.unwrap());
+        assert!(!kept(b));
+        assert!(
+            store
+                .fetch_instances_work(std::slice::from_ref(b), t0, lock_for)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // c: replaced while its activity runs: the lease sees the new execution.
+        let mut again = NewInstance::new(c.clone(), "Job", "\"new\"".into(), t0);
+        again.reuse = IdReusePolicy::TerminateRunning;
+        store.create_instance(again).await.unwrap();
+        assert!(!kept(c));
+        let item = store
+            .fetch_instances_work(std::slice::from_ref(c), t0, lock_for)
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(item.history_len, 0);
+        assert_eq!(item.instance.input, "\"new\"");
+        assert_eq!(item.instance.execution, 2);
+        assert_eq!(item.instance.custom_status, None);
     }
 
     /// An activity result handed off in memory is committed with the episode that consumes
