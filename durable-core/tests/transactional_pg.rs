@@ -53,8 +53,11 @@ static SWALLOW_RUNS: AtomicU32 = AtomicU32::new(0);
 #[activity(transactional)]
 async fn swallow(tx: &PgTransaction<'_>, table: String) -> Result<u32, ActivityError> {
     SWALLOW_RUNS.fetch_add(1, Ordering::SeqCst);
-    tx.execute(&format!("INSERT INTO {table} (k) VALUES ('swallowed')"), &[])
-        .await?;
+    tx.execute(
+        &format!("INSERT INTO {table} (k) VALUES ('swallowed')"),
+        &[],
+    )
+    .await?;
     let _ = tx.execute("SELECT * FROM no_such_table_at_all", &[]).await;
     Ok(1)
 }
@@ -65,7 +68,10 @@ static HANGING: [Notify; 2] = [Notify::const_new(), Notify::const_new()];
 
 /// Inserts a row, then never returns.
 #[activity(transactional)]
-async fn hang(tx: &PgTransaction<'_>, (table, timeout): (String, bool)) -> Result<(), ActivityError> {
+async fn hang(
+    tx: &PgTransaction<'_>,
+    (table, timeout): (String, bool),
+) -> Result<(), ActivityError> {
     tx.execute(&format!("INSERT INTO {table} (k) VALUES ('hung')"), &[])
         .await?;
     HANGING[usize::from(timeout)].notify_one();
@@ -105,7 +111,9 @@ async fn call_hang(
     } else {
         CallOptions::new()
     };
-    Ok(outcome(ctx.call_with(hang, (table, timeout), options).await))
+    Ok(outcome(
+        ctx.call_with(hang, (table, timeout), options).await,
+    ))
 }
 
 #[orchestrator]
@@ -242,7 +250,8 @@ async fn a_body_that_left_its_transaction_aborted_fails_once_not_retriably() {
     let (error_type, message, non_retriable) = run.wait().await.unwrap().unwrap_err();
     assert_eq!(error_type, "TransactionAborted");
     assert!(
-        message.starts_with("the body left its transaction aborted: current transaction is aborted"),
+        message
+            .starts_with("the body left its transaction aborted: current transaction is aborted"),
         "{message}"
     );
     assert!(non_retriable);
@@ -276,7 +285,10 @@ async fn a_body_that_never_returns_times_out_and_is_rolled_back() {
     pg.clock.advance(Duration::from_secs(2));
     let (error_type, message, _) = run.wait().await.unwrap().unwrap_err();
     assert_eq!(error_type, CallOptions::TIMEOUT);
-    assert!(message.contains("start-to-close timeout of 1s"), "{message}");
+    assert!(
+        message.contains("start-to-close timeout of 1s"),
+        "{message}"
+    );
     assert!(pg.rows().await.is_empty(), "its insert was rolled back");
     // The task's row is no longer locked: the purge goes through.
     assert_eq!(client.purge(run.id()).await.unwrap().deleted, 1);

@@ -57,8 +57,71 @@ fn settle(
 fn timed_out(name: &str, t: std::time::Duration) -> FailureDetails {
     FailureDetails::new(
         crate::CallOptions::TIMEOUT,
-        format!("activity `{name}` timed out: its run exceeded the start-to-close timeout of {t:?}"),
+        format!(
+            "activity `{name}` timed out: its run exceeded the start-to-close timeout of {t:?}"
+        ),
     )
+}
+
+/// The body the store runs: `f` bound to the task's input, its outcome sorted into
+/// `outcome` for the metrics (and recorded on the run's span).
+fn body(
+    inner: &Inner,
+    task: &crate::storage::ActivityTask,
+    name: Arc<str>,
+    f: Registered,
+    outcome: Arc<AtomicU8>,
+) -> Body {
+    let limit = inner.options.limits.max_payload_bytes;
+    let input = task.input.clone();
+    #[cfg(feature = "opentelemetry")]
+    let span = tracing::Span::current();
+    match f {
+        #[cfg(feature = "redb")]
+        Registered::Redb(f) => Body::Redb(Box::new(
+            move |tx: &crate::storage::app::RedbTransaction<'_>| {
+                let ran = catch_unwind(AssertUnwindSafe(|| f(tx, input)));
+                let result = settle(ran, &name, limit, &outcome);
+                #[cfg(feature = "opentelemetry")]
+                crate::otel::record_failure(&span, result.as_ref().err());
+                result
+            },
+        )),
+        #[cfg(feature = "postgres")]
+        Registered::Postgres(f) => {
+            // The body runs under the task's start-to-close timeout, counted from here.
+            let clock = Arc::clone(&inner.clock);
+            let deadline = task
+                .timeout
+                .filter(|t| !t.is_zero())
+                .map(|t| (clock.now() + t, t));
+            Body::Postgres(Box::new(
+                move |tx: &crate::storage::app::PgTransaction<'_>| {
+                    Box::pin(async move {
+                        let work = crate::storage::app::CatchPanic(f(tx, input));
+                        let expired = async {
+                            match deadline {
+                                Some((at, _)) => clock.sleep_until(at).await,
+                                None => std::future::pending().await,
+                            }
+                        };
+                        let result = tokio::select! {
+                            ran = work => settle(ran, &name, limit, &outcome),
+                            // The body's future is dropped; the store rolls its
+                            // statements back to the savepoint.
+                            () = expired => {
+                                outcome.store(TIMED_OUT, Ordering::Relaxed);
+                                Err(timed_out(&name, deadline.unwrap_or_default().1))
+                            }
+                        };
+                        #[cfg(feature = "opentelemetry")]
+                        crate::otel::record_failure(&span, result.as_ref().err());
+                        result
+                    })
+                },
+            ))
+        }
+    }
 }
 
 /// Runs a leased task of the transactional activity `f` through the store.
@@ -73,59 +136,7 @@ pub(super) async fn run(
     let timing = Stopwatch::start();
     let limit = inner.options.limits.max_payload_bytes;
     let outcome = Arc::new(AtomicU8::new(0));
-    let input = task.input.clone();
-    #[cfg(feature = "opentelemetry")]
-    let span = tracing::Span::current();
-    let body = {
-        let name = Arc::clone(&name);
-        let outcome = Arc::clone(&outcome);
-        match f {
-            #[cfg(feature = "redb")]
-            Registered::Redb(f) => Body::Redb(Box::new(
-                move |tx: &crate::storage::app::RedbTransaction<'_>| {
-                    let ran = catch_unwind(AssertUnwindSafe(|| f(tx, input)));
-                    let result = settle(ran, &name, limit, &outcome);
-                    #[cfg(feature = "opentelemetry")]
-                    crate::otel::record_failure(&span, result.as_ref().err());
-                    result
-                },
-            )),
-            #[cfg(feature = "postgres")]
-            Registered::Postgres(f) => {
-                // The body runs under the task's start-to-close timeout, counted from here.
-                let clock = Arc::clone(&inner.clock);
-                let deadline = task
-                    .timeout
-                    .filter(|t| !t.is_zero())
-                    .map(|t| (clock.now() + t, t));
-                Body::Postgres(Box::new(
-                    move |tx: &crate::storage::app::PgTransaction<'_>| {
-                        Box::pin(async move {
-                            let work = crate::storage::app::CatchPanic(f(tx, input));
-                            let expired = async {
-                                match deadline {
-                                    Some((at, _)) => clock.sleep_until(at).await,
-                                    None => std::future::pending().await,
-                                }
-                            };
-                            let result = tokio::select! {
-                                ran = work => settle(ran, &name, limit, &outcome),
-                                // The body's future is dropped; the store rolls its
-                                // statements back to the savepoint.
-                                () = expired => {
-                                    outcome.store(TIMED_OUT, Ordering::Relaxed);
-                                    Err(timed_out(&name, deadline.unwrap_or_default().1))
-                                }
-                            };
-                            #[cfg(feature = "opentelemetry")]
-                            crate::otel::record_failure(&span, result.as_ref().err());
-                            result
-                        })
-                    },
-                ))
-            }
-        }
-    };
+    let body = body(inner, task, Arc::clone(&name), f, Arc::clone(&outcome));
     let (seq, execution) = (task.seq, task.execution);
     let now = inner.clock.now();
     let run = TransactionalRun {
