@@ -1132,7 +1132,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// The default answers [`StoreError::Unsupported`] without running the body; the worker
     /// then fails the task with a non-retriable error naming the store and the activity.
-    /// [`RedbStore`] and [`MemoryStore`](crate::MemoryStore) (on its in-memory redb
+    /// [`RedbStore`] and [`MemoryStore`] (on its in-memory redb
     /// database) run the redb kind ([`crate::transaction::TransactionKind::Redb`]);
     /// `PostgresStore` (feature `postgres`) runs the `PostgreSQL` kind
     /// ([`crate::transaction::TransactionKind::Postgres`]).
