@@ -102,8 +102,31 @@ impl FailureDetails {
 
     /// [`from_error`](Self::from_error) for an error known by its type, which can be
     /// recognised: a task's failure or failure details keep their structure.
+    ///
+    /// A `PostgreSQL` error reports the database's own message and SQLSTATE code (its
+    /// `Display` is only "db error").
     fn from_typed_error<E: std::error::Error + 'static>(err: &E) -> Self {
-        Self::recorded(err).unwrap_or_else(|| Self::from_error(err))
+        let details = Self::recorded(err).unwrap_or_else(|| Self::from_error(err));
+        #[cfg(feature = "postgres")]
+        let details = details.with_db_error(err);
+        details
+    }
+
+    /// Adds a `PostgreSQL` error's database message and SQLSTATE code to the message.
+    #[cfg(feature = "postgres")]
+    fn with_db_error(mut self, err: &(dyn std::error::Error + 'static)) -> Self {
+        if let Some(db) = err
+            .downcast_ref::<tokio_postgres::Error>()
+            .and_then(tokio_postgres::Error::as_db_error)
+        {
+            self.message = format!(
+                "{}: {} (SQLSTATE {})",
+                self.message,
+                db.message(),
+                db.code().code()
+            );
+        }
+        self
     }
 
     /// The failure an error already stands for: a failed task's (naming the task and

@@ -33,6 +33,29 @@
 //! A store that cannot run the kind of transaction an activity asks for fails its task with
 //! a non-retriable error naming the store and the activity.
 //!
+//! # What a body must know
+//!
+//! - Its writes commit even when the instance has already finished or been terminated:
+//!   the result is then dropped, as for any activity that completes after a terminate.
+//! - It must not call [`RedbStore::write_app`](crate::RedbStore::write_app) (or another
+//!   write) on the same store: it runs inside that store's write, which would wait for
+//!   itself (a deadlock). On [`MemoryStore`](crate::MemoryStore) it runs under the store's
+//!   data lock: every other call to the store waits for it.
+//! - On `PostgreSQL` it must not end the transaction itself (no `COMMIT` or `ROLLBACK`
+//!   statement) nor change session state with a session-level `SET`: the connection goes
+//!   back to the store's pool. Use `SET LOCAL`, which ends with the transaction.
+//! - On `PostgreSQL` an SQL error it ignores (`let _ = tx.execute(..).await;`) aborts the
+//!   transaction: nothing it wrote can commit, so even if it then returns `Ok` its task
+//!   fails, not retriably, with error type `TransactionAborted`. An SQL error it passes on
+//!   with `?` is recorded with the database's message and SQLSTATE code.
+//! - A `PostgreSQL` body runs under its call's start-to-close timeout
+//!   ([`CallOptions::timeout`](crate::CallOptions::timeout)): at the deadline its statements
+//!   are rolled back and the attempt fails with error type
+//!   [`CallOptions::TIMEOUT`](crate::CallOptions::TIMEOUT). A worker shutting down stops it
+//!   too: its statements are rolled back, nothing is recorded, and the task runs again once
+//!   its lease lapses. It gets no heartbeats. A redb body runs synchronously on the store's
+//!   writer thread: no timeout, heartbeat or shutdown stops it.
+//!
 //! # Examples
 //!
 //! ```
@@ -227,8 +250,9 @@ mod redb_tx {
     /// The body runs on the store's writer thread while the store's single write
     /// transaction is open: every other commit of the store waits for it. Keep it short
     /// and free of IO other than the transaction's own (no network calls, no sleeps). It
-    /// has no [`ActivityContext`](crate::ActivityContext): timeouts, heartbeats and
-    /// cancellation do not apply to it.
+    /// has no [`ActivityContext`](crate::ActivityContext) and is synchronous: neither
+    /// [`CallOptions::timeout`](crate::CallOptions::timeout) nor a heartbeat timeout applies
+    /// to it, it cannot heartbeat, and a worker's shutdown waits for it to end.
     ///
     /// # Examples
     ///
@@ -270,7 +294,18 @@ mod pg_tx {
     ///
     /// `#[activity(transactional)]` implements it (and [`Activity`]) for an `async fn`
     /// taking `tx: &PgTransaction<'_>`. The body holds one of the store's pooled
-    /// connections and its row lock on the task while it runs: keep it short.
+    /// connections and its row lock on the task while it runs (a purge of its instance
+    /// waits for it): keep it short.
+    ///
+    /// It runs under its call's start-to-close timeout
+    /// ([`CallOptions::timeout`](crate::CallOptions::timeout)): at the deadline its future
+    /// is dropped, its statements are rolled back to the savepoint taken before it, and the
+    /// attempt fails with error type [`CallOptions::TIMEOUT`](crate::CallOptions::TIMEOUT).
+    /// The worker's shutdown stops it as well (rolled back, nothing recorded: the task runs
+    /// again after its lease). It has no [`ActivityContext`](crate::ActivityContext): no
+    /// heartbeats, no heartbeat timeout, no cancellation token. The timeout is checked only
+    /// when the body yields; a statement already running on the server finishes (or is
+    /// cancelled by the server's own `statement_timeout`) before the rollback runs.
     ///
     /// # Examples
     ///

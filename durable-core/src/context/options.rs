@@ -33,6 +33,13 @@ use crate::trace_context::TraceContext;
 ///   rather than after the worker's full activity lease. Timeouts are checked when the run
 ///   yields; a run that never yields is dealt with by that takeover.
 ///
+/// For a transactional activity (`#[activity(transactional)]`, see [`crate::transaction`]):
+/// a `PostgreSQL` body runs under the start-to-close timeout — at the deadline its future is
+/// dropped, its statements are rolled back and the attempt fails with error type
+/// [`TIMEOUT`](Self::TIMEOUT) — but gets no heartbeats (it has no `ActivityContext`), so a
+/// heartbeat timeout does not apply to it. A redb body runs synchronously on the store's
+/// writer thread: neither timeout applies to it.
+///
 /// Zero durations mean no timeout. The retry policy's attempts each get the same timeouts,
 /// and each attempt can read the last heartbeat details of the one before
 /// ([`ActivityContext::last_heartbeat`](crate::ActivityContext::last_heartbeat)).

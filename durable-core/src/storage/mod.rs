@@ -1132,8 +1132,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// The default answers [`StoreError::Unsupported`] without running the body; the worker
     /// then fails the task with a non-retriable error naming the store and the activity.
-    /// [`RedbStore`] runs the redb kind
-    /// ([`crate::transaction::TransactionKind::Redb`]).
+    /// [`RedbStore`] and [`MemoryStore`] (on its in-memory redb
+    /// database) run the redb kind ([`crate::transaction::TransactionKind::Redb`]);
+    /// `PostgresStore` (feature `postgres`) runs the `PostgreSQL` kind
+    /// ([`crate::transaction::TransactionKind::Postgres`]).
+    ///
+    /// A third-party store cannot execute a [`TransactionalRun`]: its body is reachable only
+    /// from this crate. A store that wraps another (a decorator) can forward the run to the
+    /// store it wraps; any other store keeps the default.
     async fn complete_activity_in_transaction(
         &self,
         id: u64,

@@ -4,13 +4,17 @@
 use super::PostgresStore;
 use super::notify::Wake;
 use super::util::{R, to_i64, ts};
-use crate::error::StoreError;
+use crate::error::{FailureDetails, StoreError};
 use crate::storage::LockToken;
 use crate::storage::app::{Body, CatchPanic, TransactionalRun, panic_failure};
 use crate::storage::metrics::CommitTimer;
 
 /// Where a failed body's statements are rolled back to.
 const SAVEPOINT: &str = "durable_activity_body";
+
+/// The type of the failure recorded for a body that returned `Ok` but left its transaction
+/// aborted (it ignored an SQL error): nothing it wrote can commit.
+pub(crate) const ABORTED: &str = "TransactionAborted";
 
 impl PostgresStore {
     /// Runs `run`'s body in a transaction that first locks the task's row under `lock` (a
@@ -55,7 +59,20 @@ impl PostgresStore {
                 .await
                 .unwrap_or_else(|panic| Err(panic_failure(&activity, panic.as_ref())));
             let message = match ran {
-                Ok(out) => finish(Ok(out)),
+                // A body that swallowed an SQL error leaves its transaction aborted: the
+                // release fails, and the task completes with a failure rather than failing
+                // to commit (and running again) forever.
+                Ok(out) => match tx
+                    .batch_execute(&format!("RELEASE SAVEPOINT {SAVEPOINT}"))
+                    .await
+                {
+                    Ok(()) => finish(Ok(out)),
+                    Err(e) => {
+                        tx.batch_execute(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"))
+                            .await?;
+                        finish(Err(left_aborted(&e)))
+                    }
+                },
                 Err(failure) => {
                     tx.batch_execute(&format!("ROLLBACK TO SAVEPOINT {SAVEPOINT}"))
                         .await?;
@@ -89,6 +106,18 @@ impl PostgresStore {
             Err(e) => Err(self.err(what, e)),
         }
     }
+}
+
+/// The failure of a body that returned `Ok` from an aborted transaction.
+fn left_aborted(e: &tokio_postgres::Error) -> FailureDetails {
+    let cause = e
+        .as_db_error()
+        .map_or_else(|| e.to_string(), |db| db.message().to_owned());
+    FailureDetails::new(
+        ABORTED,
+        format!("the body left its transaction aborted: {cause}"),
+    )
+    .non_retriable()
 }
 
 #[cfg(test)]
