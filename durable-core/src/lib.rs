@@ -79,6 +79,8 @@ pub mod replay;
 pub mod retry;
 pub mod state;
 pub mod storage;
+#[cfg(any(feature = "postgres-rustls", feature = "http-calls"))]
+mod tls;
 pub mod trace_context;
 pub mod transaction;
 pub mod worker;

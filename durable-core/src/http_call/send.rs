@@ -386,27 +386,11 @@ fn default_client() -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot build the HTTP client for durable HTTP calls: {e}"))
 }
 
-/// HTTP/1, rustls with the `ring` provider (set here, so no process-wide provider is needed
-/// or disturbed), trusting the platform's roots, or the Mozilla roots of `webpki-roots` when
-/// the platform has none.
+/// HTTP/1 over the shared rustls configuration (`crate::tls`: the `ring` provider, set
+/// here so no process-wide provider is needed or disturbed; the platform's roots, or the
+/// Mozilla roots of `webpki-roots` when the platform has none).
 pub(super) fn client_builder() -> Result<reqwest::ClientBuilder, rustls::Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        tracing::debug!(error = %e, "while loading the platform's trusted certificates");
-    }
-    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-    if added == 0 {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    }
-    // rustls deprecates `ring` for its lack of post-quantum key exchange; aws-lc-rs has it
-    // but needs a heavier C build. Ring negotiates X25519 and the NIST curves.
-    #[allow(deprecated, reason = "ring: no C toolchain beyond a C compiler")]
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut tls = crate::tls::client_config()?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Redirects are followed by the activity itself, which drops secrets when the origin
     // changes; reqwest would carry custom secret headers to any host.
