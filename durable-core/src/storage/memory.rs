@@ -130,6 +130,39 @@ impl Data {
         }
     }
 
+    /// The leased activity task `id`, if `lock` still holds it: the task and its lease's end.
+    pub(super) fn held_activity(
+        &self,
+        id: u64,
+        lock: LockToken,
+    ) -> Result<(ActivityTask, Timestamp), StoreError> {
+        match self.activity_leases.get(&id) {
+            Some((task, until, token)) if *token == lock.0 => Ok((task.clone(), *until)),
+            _ => Err(StoreError::LockLost(format!("activity task {id}"))),
+        }
+    }
+
+    /// Removes the leased task `id` (its lease ending at `until`) and enqueues its result to
+    /// its instance, unless that has finished.
+    pub(super) fn complete_held_activity(
+        &mut self,
+        id: u64,
+        until: Timestamp,
+        task: &ActivityTask,
+        result: Message,
+    ) {
+        self.activity_leases.remove(&id);
+        self.activity_lease_expiry.remove(&(until, id));
+        let key = task.instance_id.as_str();
+        let running = self
+            .instances
+            .get(key)
+            .is_some_and(|i| !i.record.status.is_terminal());
+        if running {
+            self.enqueue(key, result);
+        }
+    }
+
     fn enqueue(&mut self, id: &str, mut message: Message) -> bool {
         message.id.seq = self.next();
         let Some(inst) = self.instances.get_mut(id) else {
@@ -664,22 +697,8 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         {
             let mut d = self.data();
-            let Some((task, until, token)) = d.activity_leases.get(&id).cloned() else {
-                return Err(StoreError::LockLost(format!("activity task {id}")));
-            };
-            if token != lock.0 {
-                return Err(StoreError::LockLost(format!("activity task {id}")));
-            }
-            d.activity_leases.remove(&id);
-            d.activity_lease_expiry.remove(&(until, id));
-            let key = task.instance_id.as_str();
-            let running = d
-                .instances
-                .get(key)
-                .is_some_and(|i| !i.record.status.is_terminal());
-            if running {
-                d.enqueue(key, result);
-            }
+            let (task, until) = d.held_activity(id, lock)?;
+            d.complete_held_activity(id, until, &task, result);
         }
         self.inner.signals.orchestration_work();
         Ok(())

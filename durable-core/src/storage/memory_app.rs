@@ -49,13 +49,7 @@ impl MemoryStore {
     ) -> Result<(), StoreError> {
         let db = self.app_db()?;
         let mut d = self.data();
-        let lost = || StoreError::LockLost(format!("activity task {id}"));
-        let Some((task, until, token)) = d.activity_leases.get(&id).cloned() else {
-            return Err(lost());
-        };
-        if token != lock.0 {
-            return Err(lost());
-        }
+        let (task, until) = d.held_activity(id, lock)?;
         let TransactionalRun {
             activity,
             body,
@@ -85,16 +79,7 @@ impl MemoryStore {
                 finish(Err(failure))
             }
         };
-        d.activity_leases.remove(&id);
-        d.activity_lease_expiry.remove(&(until, id));
-        let key = task.instance_id.as_str();
-        let running = d
-            .instances
-            .get(key)
-            .is_some_and(|i| !i.record.status.is_terminal());
-        if running {
-            d.enqueue(key, message);
-        }
+        d.complete_held_activity(id, until, &task, message);
         Ok(())
     }
 
