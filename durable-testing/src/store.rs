@@ -540,6 +540,27 @@ impl HarnessStore {
     }
 
     /// Locks the books, unless this handle's worker has crashed.
+    /// Whether the completion of activity task `id` is lost by the simulation: it never
+    /// reaches the store (for a transactional activity, the body's writes neither), the
+    /// lease expires and the task runs again. A halted harness (a crash) never answers.
+    async fn result_lost(&self, id: u64) -> bool {
+        {
+            let Some(mut st) = self.live() else {
+                return halt().await;
+            };
+            let lost = st
+                .activity_leases
+                .get(&id)
+                .is_some_and(|l| st.lost.contains(&l.key));
+            if !lost {
+                return false;
+            }
+            st.activity_leases.remove(&id);
+        }
+        self.shared.bump();
+        true
+    }
+
     fn live(&self) -> Option<MutexGuard<'_, State>> {
         let st = self.shared.state();
         (st.epoch == self.epoch).then_some(st)
@@ -684,21 +705,8 @@ impl Store for HarnessStore {
         lock: LockToken,
         result: Message,
     ) -> Result<(), StoreError> {
-        {
-            let Some(mut st) = self.live() else {
-                return halt().await;
-            };
-            let lost = st
-                .activity_leases
-                .get(&id)
-                .is_some_and(|l| st.lost.contains(&l.key));
-            if lost {
-                // The result never reaches the store; the lease expires and the task runs again.
-                st.activity_leases.remove(&id);
-                drop(st);
-                self.shared.bump();
-                return Ok(());
-            }
+        if self.result_lost(id).await {
+            return Ok(());
         }
         if let Some(sim) = &self.shared.sim {
             let Some(mut st) = self.live() else {
@@ -751,21 +759,8 @@ impl Store for HarnessStore {
         lock: LockToken,
         run: TransactionalRun,
     ) -> Result<(), StoreError> {
-        {
-            let Some(mut st) = self.live() else {
-                return halt().await;
-            };
-            let lost = st
-                .activity_leases
-                .get(&id)
-                .is_some_and(|l| st.lost.contains(&l.key));
-            if lost {
-                // Nothing reaches the store, the body's writes neither; the task runs again.
-                st.activity_leases.remove(&id);
-                drop(st);
-                self.shared.bump();
-                return Ok(());
-            }
+        if self.result_lost(id).await {
+            return Ok(());
         }
         // Never held back under simulation: the body's writes commit with the result, so
         // the store applies both at once.
