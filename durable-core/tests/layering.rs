@@ -2,8 +2,8 @@
 //! three import one another in one direction only.
 //!
 //! The graph is read from the sources: an edge `a -> b` for every `crate::b` path (or
-//! `crate::Name`, through the crate root's `pub use b::Name`) in the code of top-level
-//! module `a`, comments and `#[cfg(test)]` code left out.
+//! `crate::Name`, through the crate root's `pub use b::Name`; grouped `crate::{b::X, …}`
+//! imports too) in the code of top-level module `a`, comments and `#[cfg(test)] mod`s left out.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -42,6 +42,13 @@ fn root_names(lib: &str) -> BTreeMap<String, String> {
     names
 }
 
+/// The identifier `text` starts with.
+fn ident(text: &str) -> String {
+    text.chars()
+        .take_while(|c| c.is_alphanumeric() || *c == '_')
+        .collect()
+}
+
 fn graph() -> Graph {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let roots = root_names(&fs::read_to_string(src.join("lib.rs")).unwrap());
@@ -61,26 +68,39 @@ fn graph() -> Graph {
         if from == "lib" || rel.ends_with("tests.rs") {
             continue;
         }
+        let mut add = |name: String| {
+            let to = if modules.contains(&name) {
+                name
+            } else {
+                roots.get(&name).cloned().unwrap_or(name)
+            };
+            if to != from && modules.contains(&to) {
+                graph.entry(from.to_owned()).or_default().insert(to);
+            }
+        };
+        let mut test_attribute = false;
+        // Inside a grouped `use crate::{ … }` spread over lines: each line names a module.
+        let mut in_group = false;
         for line in fs::read_to_string(file).unwrap().lines() {
             let code = line.trim_start();
-            if code.starts_with("#[cfg(test)]") {
-                break; // the unit tests, at the end of the file
-            }
             if code.starts_with("//") {
                 continue;
             }
+            if test_attribute && code.starts_with("mod ") {
+                break; // the unit tests, at the end of the file
+            }
+            test_attribute = code.starts_with("#[cfg(test)]");
+            if in_group {
+                in_group = !code.starts_with("};");
+                add(ident(code));
+                continue;
+            }
             for path in code.split("crate::").skip(1) {
-                let name: String = path
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                let to = if modules.contains(&name) {
-                    name
-                } else {
-                    roots.get(&name).cloned().unwrap_or(name)
-                };
-                if to != from && modules.contains(&to) {
-                    graph.entry(from.to_owned()).or_default().insert(to);
+                match path.strip_prefix('{') {
+                    // `crate::{a::X, b::Y}` on one line, or opening a group over lines.
+                    Some(group) if group.trim().is_empty() => in_group = true,
+                    Some(group) => group.split(',').for_each(|item| add(ident(item.trim()))),
+                    None => add(ident(path)),
                 }
             }
         }
