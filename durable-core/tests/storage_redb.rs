@@ -53,12 +53,16 @@
 //! where there is no file, refuses an empty file, a non-redb file and an empty redb database
 //! untouched, and discards what a crashed creation left under `<name>.creating`.
 
+#[path = "support/kill.rs"]
+mod kill;
+
+use kill::{Rng, RoundEnd, spawn_self, tail, wait_or_kill};
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -98,28 +102,6 @@ const KILL_AFTER_MS: (u64, u64) = (40, 1500);
 const FINAL_GUARD: Duration = Duration::from_secs(120);
 
 // ------------------------------------------------------------------ deterministic helpers
-
-/// `SplitMix64`: small, seeded, good enough to pick delays and sizes.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
 
 /// The activity `step` computes this; the parent computes expected outputs with it.
 fn mix(x: u64) -> u64 {
@@ -817,66 +799,6 @@ impl Driver {
 
 // ------------------------------------------------------------------ the parent
 
-#[derive(Debug)]
-enum RoundEnd {
-    Killed,
-    Exited(ExitStatus),
-}
-
-fn spawn_self(test: &str, envs: &[(&str, String)], log: &Path) -> Child {
-    let out = File::create(log).expect("child log file");
-    let err = out.try_clone().expect("child log file");
-    let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
-    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .env("RUST_BACKTRACE", "1")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("spawn the child")
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(60)..].join("\n")
-}
-
-/// Waits up to `limit` for the child to exit; kills it (SIGKILL) if it has not.
-#[allow(
-    clippy::disallowed_methods,
-    reason = "the parent times its kills in real time"
-)]
-fn wait_or_kill(child: &mut Child, limit: Duration) -> RoundEnd {
-    let until = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("poll the child") {
-            return RoundEnd::Exited(status);
-        }
-        let now = Instant::now();
-        if now >= until {
-            child.kill().expect("SIGKILL the child");
-            child.wait().expect("reap the child");
-            return RoundEnd::Killed;
-        }
-        std::thread::sleep((until - now).min(Duration::from_millis(2)));
-    }
-}
-
-#[allow(
-    clippy::disallowed_methods,
-    reason = "a seed from the clock when none is given"
-)]
-fn seed() -> u64 {
-    env_u64(ENV_SEED).unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-    })
-}
-
 fn kills() -> u32 {
     match std::env::var(ENV_SOAK).ok().as_deref() {
         None | Some("" | "0") => KILLS,
@@ -892,7 +814,7 @@ fn crash_safety_under_repeated_sigkill() {
         child_main(Path::new(&dir));
         return;
     }
-    let seed = seed();
+    let seed = kill::seed(ENV_SEED);
     let kills = kills();
     let waves = kills;
     println!(

@@ -27,10 +27,12 @@
 //! between its commit and its result's applies a transfer twice, and the checks fail
 //! (when a kill lands in that window).
 
+#[path = "support/kill.rs"]
+mod kill;
+
+use kill::{Rng, RoundEnd, spawn_self, tail, wait_or_kill};
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use durable_core::history::Event;
@@ -187,29 +189,11 @@ async fn transfer_flow(
     })
 }
 
-/// `SplitMix64`: small and seeded.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
 /// The transfers, from the seed: amounts up to 400 against balances of 1000, so some are
 /// refused as balances drift.
 fn plan(seed: u64, pg: Option<&str>) -> Vec<Transfer> {
     let at_least_once = std::env::var_os(ENV_NEGATIVE).is_some();
-    let mut rng = Rng(seed ^ 0x5EED);
+    let mut rng = Rng::new(seed ^ 0x5EED);
     (0..TRANSFERS)
         .map(|id| {
             let from = rng.range(0, u64::from(ACCOUNT_COUNT) - 1) as u32;
@@ -350,62 +334,6 @@ fn pg_child_main(url: &str, hub: &str, seed: u64) {
     });
 }
 
-#[derive(Debug)]
-enum RoundEnd {
-    Killed,
-    Exited(ExitStatus),
-}
-
-fn spawn_self(test: &str, envs: &[(&str, String)], log: &Path) -> Child {
-    let out = File::create(log).expect("child log file");
-    let err = out.try_clone().expect("child log file");
-    let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
-    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("spawn the child")
-}
-
-/// Waits up to `limit` for the child to exit; kills it (SIGKILL) if it has not.
-#[allow(
-    clippy::disallowed_methods,
-    reason = "the parent times its kills in real time"
-)]
-fn wait_or_kill(child: &mut Child, limit: Duration) -> RoundEnd {
-    let until = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("poll the child") {
-            return RoundEnd::Exited(status);
-        }
-        let now = Instant::now();
-        if now >= until {
-            child.kill().expect("SIGKILL the child");
-            child.wait().expect("reap the child");
-            return RoundEnd::Killed;
-        }
-        std::thread::sleep((until - now).min(Duration::from_millis(2)));
-    }
-}
-
-#[allow(
-    clippy::disallowed_methods,
-    reason = "a seed from the clock when none is given"
-)]
-fn seed() -> u64 {
-    std::env::var(ENV_SEED)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-}
-
 /// Spawns, kills and restarts children of `test`, then lets a last one finish.
 #[allow(clippy::disallowed_methods, reason = "the parent reports wall time")]
 fn kill_rounds(
@@ -415,7 +343,7 @@ fn kill_rounds(
     seed: u64,
     kill_after_ms: (u64, u64),
 ) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let t0 = Instant::now();
     let mut delays = Vec::new();
     for round in 0..KILLS {
@@ -428,20 +356,14 @@ fn kill_rounds(
                 println!("round {round}: the workload finished before the kill");
                 break;
             }
-            RoundEnd::Exited(s) => panic!(
-                "child of round {round} failed ({s}):\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            ),
+            RoundEnd::Exited(s) => panic!("child of round {round} failed ({s}):\n{}", tail(&log)),
         }
     }
     let log = dir.join("child-final.out");
     let mut child = spawn_self(test, envs, &log);
     match wait_or_kill(&mut child, FINAL_GUARD) {
         RoundEnd::Exited(s) if s.success() => {}
-        other => panic!(
-            "final child did not finish ({other:?}):\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        ),
+        other => panic!("final child did not finish ({other:?}):\n{}", tail(&log)),
     }
     let progress: Vec<String> = (0..KILLS)
         .filter_map(|round| {
@@ -459,7 +381,7 @@ fn kill_rounds(
 
 #[test]
 fn transfers_apply_exactly_once_under_repeated_sigkill() {
-    let seed = seed();
+    let seed = kill::seed(ENV_SEED);
     if let Some(dir) = std::env::var_os(ENV_CHILD) {
         child_main(Path::new(&dir), seed);
         return;
@@ -498,7 +420,7 @@ fn transfers_apply_exactly_once_under_repeated_sigkill() {
 
 #[test]
 fn pg_transfers_apply_exactly_once_under_repeated_sigkill() {
-    let seed = seed();
+    let seed = kill::seed(ENV_SEED);
     let Some(url) = std::env::var(ENV_PG_URL).ok().filter(|u| !u.is_empty()) else {
         println!("skipped: {ENV_PG_URL} is not set");
         return;
