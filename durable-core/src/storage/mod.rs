@@ -1300,3 +1300,39 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The store's wake-up signals.
     fn signals(&self) -> &StoreSignals;
 }
+
+/// Test support for store-level tests of activity completions: creates instance `a`, runs
+/// its first episode (scheduling activity task `act`, seq 0) and leases that task once, all
+/// at `now`, for `lease`.
+#[cfg(all(test, any(feature = "redb", feature = "postgres")))]
+pub(crate) async fn lease_one_activity_task(
+    store: &dyn Store,
+    now: Timestamp,
+    lease: Duration,
+) -> ActivityWorkItem {
+    use crate::history::{Event, HistoryEvent};
+    let id = InstanceId::new("a").expect("a valid id");
+    store
+        .create_instance(NewInstance::new(id.clone(), "Job", "null".into(), now))
+        .await
+        .expect("create");
+    let item = store
+        .fetch_orchestration_work(now, lease)
+        .await
+        .expect("fetch")
+        .expect("the new instance");
+    let mut c = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Running, now);
+    c.consumed = item.messages.iter().map(|m| m.id).collect();
+    c.new_events.push(HistoryEvent {
+        index: item.history_len,
+        timestamp: now,
+        event: Event::OrchestratorStarted,
+    });
+    c.activities = vec![ActivityTask::new(id, 1, 0, "act", "7".to_owned())];
+    store.commit_episode(c).await.expect("commit");
+    let mut tasks = store
+        .fetch_activity_work(now, lease, 1)
+        .await
+        .expect("fetch the task");
+    tasks.remove(0)
+}

@@ -8,7 +8,7 @@ use redb::{ReadableTable, TableDefinition};
 
 use super::RedbStore;
 use crate::error::{FailureDetails, StoreError};
-use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
+use crate::history::{Event, Payload, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 use crate::storage::app::{Body, RedbTransaction, TransactionalRun};
 use crate::storage::{ActivityTask, ActivityWorkItem, EpisodeCommit, Message, NewInstance, Store};
@@ -23,27 +23,8 @@ fn at(ms: u64) -> Timestamp {
 /// A store with instance `a` waiting for the result of activity task 0, `act`, leased once.
 async fn leased_task() -> (RedbStore, ActivityWorkItem) {
     let store = RedbStore::in_memory().unwrap();
-    let id = InstanceId::new("a").unwrap();
-    store
-        .create_instance(NewInstance::new(id.clone(), "Job", "null".into(), at(0)))
-        .await
-        .unwrap();
-    let item = store
-        .fetch_orchestration_work(at(0), LEASE)
-        .await
-        .unwrap()
-        .unwrap();
-    let mut c = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Running, at(0));
-    c.consumed = item.messages.iter().map(|m| m.id).collect();
-    c.new_events.push(HistoryEvent {
-        index: item.history_len,
-        timestamp: at(0),
-        event: Event::OrchestratorStarted,
-    });
-    c.activities = vec![ActivityTask::new(id, 1, 0, "act", "7".to_owned())];
-    store.commit_episode(c).await.unwrap();
-    let mut tasks = store.fetch_activity_work(at(0), LEASE, 1).await.unwrap();
-    (store, tasks.remove(0))
+    let task = crate::storage::lease_one_activity_task(&store, at(0), LEASE).await;
+    (store, task)
 }
 
 /// A run that inserts `key` and then ends as `outcome` says.

@@ -129,12 +129,10 @@ mod tests {
 
     use super::super::{PostgresOptions, PostgresStore};
     use crate::error::{FailureDetails, StoreError};
-    use crate::history::{Event, HistoryEvent, Payload, RuntimeStatus};
+    use crate::history::{Event, Payload};
     use crate::ids::{InstanceId, Timestamp};
     use crate::storage::app::{Body, TransactionalRun};
-    use crate::storage::{
-        ActivityTask, ActivityWorkItem, EpisodeCommit, Message, NewInstance, Store,
-    };
+    use crate::storage::{ActivityWorkItem, Message, Store};
 
     const LEASE: Duration = Duration::from_secs(10);
 
@@ -158,27 +156,8 @@ mod tests {
             .batch_execute(&format!("CREATE TABLE {table} (k text PRIMARY KEY)"))
             .await
             .unwrap();
-        let id = InstanceId::new("a").unwrap();
-        store
-            .create_instance(NewInstance::new(id.clone(), "Job", "null".into(), at(0)))
-            .await
-            .unwrap();
-        let item = store
-            .fetch_orchestration_work(at(0), LEASE)
-            .await
-            .unwrap()
-            .unwrap();
-        let mut c = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Running, at(0));
-        c.consumed = item.messages.iter().map(|m| m.id).collect();
-        c.new_events.push(HistoryEvent {
-            index: item.history_len,
-            timestamp: at(0),
-            event: Event::OrchestratorStarted,
-        });
-        c.activities = vec![ActivityTask::new(id, 1, 0, "act", "7".to_owned())];
-        store.commit_episode(c).await.unwrap();
-        let mut tasks = store.fetch_activity_work(at(0), LEASE, 1).await.unwrap();
-        Some((store, url, table, tasks.remove(0)))
+        let task = crate::storage::lease_one_activity_task(&store, at(0), LEASE).await;
+        Some((store, url, table, task))
     }
 
     /// A run that inserts `key` into `table`, then ends as `fail` says.
