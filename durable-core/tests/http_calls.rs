@@ -632,6 +632,24 @@ async fn wait_for(client: &Client, id: &InstanceId, kind: &str, n: usize) {
         .unwrap_or_else(|_| panic!("gave up waiting for {n} {kind}"));
 }
 
+/// The job the restart tests poll: a POST answered 202, polled every 10 s.
+fn poll_plan(base: &str) -> Plan {
+    let mut plan = Plan::new("POST", format!("{base}/jobs"));
+    plan.body = Some("make the report".into());
+    plan.poll_secs = Some(10);
+    plan
+}
+
+/// A worker of the restart tests on `store`, on the shared virtual `clock`.
+fn poll_worker(store: impl durable_core::storage::Store, clock: &ManualClock) -> Worker {
+    Worker::builder()
+        .store(store)
+        .clock(clock.as_clock())
+        .register(http_flow)
+        .start()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_poll_resumes_polling_after_a_restart_on_the_redb_file() {
     let seen = Seen::default();
@@ -639,17 +657,8 @@ async fn a_crash_mid_poll_resumes_polling_after_a_restart_on_the_redb_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("poll.redb");
     let clock = ManualClock::default();
-    let start_worker = |store: RedbStore| {
-        Worker::builder()
-            .store(store)
-            .clock(clock.as_clock())
-            .register(http_flow)
-            .start()
-            .unwrap()
-    };
-    let mut plan = Plan::new("POST", format!("{base}/jobs"));
-    plan.body = Some("make the report".into());
-    plan.poll_secs = Some(10);
+    let start_worker = |store: RedbStore| poll_worker(store, &clock);
+    let plan = poll_plan(&base);
 
     // The first worker runs on a runtime of its own, so that it can die with it.
     let doomed = tokio::runtime::Builder::new_multi_thread()
@@ -807,17 +816,8 @@ async fn polls_survive_a_worker_restart_on_postgres() {
     let seen = Seen::default();
     let base = serve(job_server(&seen, 2, None)).await;
     let clock = ManualClock::default();
-    let start_worker = |store: PostgresStore| {
-        Worker::builder()
-            .store(store)
-            .clock(clock.as_clock())
-            .register(http_flow)
-            .start()
-            .unwrap()
-    };
-    let mut plan = Plan::new("POST", format!("{base}/jobs"));
-    plan.body = Some("make the report".into());
-    plan.poll_secs = Some(10);
+    let start_worker = |store: PostgresStore| poll_worker(store, &clock);
+    let plan = poll_plan(&base);
     let first = start_worker(connect().await);
     let client = first.client();
     let id = http_flow::start(&client, plan).await.unwrap().id().clone();
