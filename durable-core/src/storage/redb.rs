@@ -51,7 +51,14 @@ const ACTIVITY_OWNERS: TableDefinition<'_, (&str, u64), u64> =
 /// The on-disk format this build reads and writes.
 const FORMAT_VERSION: u64 = 1;
 const FORMAT_VERSION_KEY: &str = "format_version";
+/// An upper bound of the message seqs and activity task ids handed out so far: the counter
+/// starts from it after a restart. Written only when the counter reaches it, [`ID_BLOCK`]
+/// ahead each time, so most commits leave `meta` alone (every table a transaction writes adds
+/// to its commit). Files written by earlier builds hold the exact counter, which is a bound
+/// too.
 const NEXT_ID_KEY: &str = "next_id";
+/// How far ahead of the counter [`NEXT_ID_KEY`] is moved when the counter reaches it.
+const ID_BLOCK: u64 = 1 << 20;
 /// The most operations one group commit applies.
 const MAX_BATCH: usize = 1024;
 /// With [`RedbDurability::Relaxed`], every this many batches one is committed durably.
@@ -612,6 +619,7 @@ impl RedbStore {
             db,
             leases: Mutex::new(Leases {
                 next_id,
+                id_bound: next_id,
                 available,
                 ..Leases::default()
             }),
@@ -773,8 +781,11 @@ impl Core {
 /// In-memory lease state, plus the id counter (persisted with every batch).
 #[derive(Debug, Clone, Default)]
 struct Leases {
-    /// Next message seq / activity id (persisted in `meta`).
+    /// The last message seq / activity id handed out.
     next_id: u64,
+    /// The bound on `next_id` that `meta` holds ([`NEXT_ID_KEY`]) as of the last committed
+    /// batch: a batch whose ids pass it writes a new one.
+    id_bound: u64,
     /// Lease tokens (in memory only: leases do not survive a restart).
     next_token: u64,
     /// Locked instances.
@@ -1818,6 +1829,8 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
     // with that failure rather than dropping their replies.
     let (ops, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|r| (r.op, r.reply)).unzip();
     let mut answers: Vec<Option<Result<(Outcome, Wake), StoreError>>> = Vec::with_capacity(items);
+    // The id bound this batch writes to `meta`, if its ids reached the last one.
+    let mut new_bound = None;
     let ran = catch_unwind(AssertUnwindSafe(|| -> R<()> {
         let mut ops = ops.into_iter().peekable();
         let head = ops.next_if(WriteOp::runs_app_code);
@@ -1847,9 +1860,11 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
                     }
                 }
             }
-            if fatal.is_none() {
-                let next_id = leases.next_id;
-                tables.meta.insert(NEXT_ID_KEY, next_id)?;
+            if fatal.is_none() && leases.next_id >= leases.id_bound {
+                new_bound = Some(leases.next_id.saturating_add(ID_BLOCK));
+                tables
+                    .meta
+                    .insert(NEXT_ID_KEY, new_bound.expect("just set"))?;
             }
         }
         if let Some(e) = fatal {
@@ -1866,7 +1881,15 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
             "internal error: the store's writer panicked; the batch was discarded",
         )),
     };
-    core.leases().finish_batch(failure.is_none());
+    {
+        let mut leases = core.leases();
+        leases.finish_batch(failure.is_none());
+        if failure.is_none()
+            && let Some(bound) = new_bound
+        {
+            leases.id_bound = bound;
+        }
+    }
     if let Some(fatal) = failure {
         tracing::error!(error = %fatal.message, "store commit failed");
         for reply in replies {
@@ -2742,6 +2765,61 @@ mod tests {
         let txn = db.begin_write().unwrap();
         txn.open_table(META).unwrap().insert(key, value).unwrap();
         txn.commit().unwrap();
+    }
+
+    fn meta_next_id(store: &RedbStore) -> u64 {
+        let txn = store.inner.core.db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        meta.get(NEXT_ID_KEY).unwrap().unwrap().value()
+    }
+
+    /// The id counter is persisted as a bound, a block ahead, so commits whose ids stay
+    /// under it leave `meta` alone; after a restart, ids start above every id used before.
+    #[tokio::test]
+    async fn ids_are_reserved_in_blocks_and_never_reused_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ids.redb");
+        let t0 = Timestamp::from_unix_millis(1_000_000);
+        let lease = Duration::from_secs(60);
+        let (task, bound) = {
+            let store = RedbStore::open(&path).unwrap();
+            let task = crate::storage::lease_one_activity_task(&store, t0, lease).await;
+            let bound = meta_next_id(&store);
+            assert!(
+                bound > task.id && bound >= ID_BLOCK,
+                "bound {bound}, task {}",
+                task.id
+            );
+            // More ids (the result's message), under the bound: `meta` is not written.
+            let result = Message::new(
+                Event::TaskCompleted {
+                    seq: 0,
+                    result: "1".into(),
+                },
+                Some(1),
+                t0,
+            );
+            store
+                .complete_activity(task.id, task.lock, result)
+                .await
+                .unwrap();
+            assert!(store.inner.core.leases().next_id > task.id);
+            assert_eq!(meta_next_id(&store), bound);
+            (task, bound)
+        };
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(store.inner.core.leases().next_id, bound);
+        store
+            .create_instance(NewInstance::new(
+                InstanceId::new("b").unwrap(),
+                "Job",
+                "null".into(),
+                t0,
+            ))
+            .await
+            .unwrap();
+        let next = store.inner.core.leases().next_id;
+        assert!(next > bound && next > task.id);
     }
 
     /// A commit takes the record and history length its lease read (not read again): after

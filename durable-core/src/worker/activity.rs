@@ -74,13 +74,16 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                     #[cfg(feature = "opentelemetry")]
                     crate::otel::adopt_activity(&span, &item.task);
                     // Boxed, as episodes are (see `episode::spawn_episode`).
-                    running.spawn(
-                        Box::pin(async move {
-                            run_activity(&inner, item, lease).await;
-                            drop(permit);
-                        })
-                        .instrument(span),
-                    );
+                    running.spawn(async move {
+                        let ready = Box::pin(run_activity(&inner, item, lease))
+                            .instrument(span)
+                            .await;
+                        drop(permit);
+                        // The result made its orchestration ready: run its episode here.
+                        if let Some(id) = ready {
+                            super::episode::run_ready_here(&inner, id).await;
+                        }
+                    });
                 }
                 drop(first);
                 if drained {
@@ -103,25 +106,30 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
 
 /// Runs one leased activity and reports its result: handed to its orchestration in memory
 /// (the result then carries `lease`, renewed until the result is committed) or written to
-/// the store.
-async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGuard) {
+/// the store. Returns the orchestration when the hand-off queued it for an episode (the
+/// caller runs it, see [`run_ready_here`](super::episode::run_ready_here)).
+async fn run_activity(
+    inner: &Inner,
+    item: ActivityWorkItem,
+    mut lease: LeaseGuard,
+) -> Option<crate::ids::InstanceId> {
     if inner.aborted.load(Ordering::SeqCst) {
         // Leased just as the worker was aborted: a crashed worker starts nothing.
-        return;
+        return None;
     }
     #[cfg(feature = "redb")]
     if let Some((name, f)) = inner.registry.transactional.redb(&item.task.name) {
         let (name, f) = (Arc::clone(name), Arc::clone(f));
         let f = super::transactional::Registered::Redb(f);
         super::transactional::run(inner, item, lease, name, f).await;
-        return;
+        return None;
     }
     #[cfg(feature = "postgres")]
     if let Some((name, f)) = inner.registry.transactional.postgres(&item.task.name) {
         let (name, f) = (Arc::clone(name), Arc::clone(f));
         let f = super::transactional::Registered::Postgres(f);
         super::transactional::run(inner, item, lease, name, f).await;
-        return;
+        return None;
     }
     let task = &item.task;
     let (result, heartbeat) = match inner.registry.activity(&task.name) {
@@ -150,7 +158,7 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
         .await
         {
             Some(ran) => ran,
-            None => return,
+            None => return None,
         },
     };
     #[cfg(feature = "opentelemetry")]
@@ -172,10 +180,8 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
             message,
             lease,
         };
-        if inner.handoffs().push(task.instance_id.clone(), result) {
-            inner.handoff_ready.notify_one();
-        }
-        return;
+        let queued = inner.handoffs().push(task.instance_id.clone(), result);
+        return queued.then(|| task.instance_id.clone());
     }
     // Released first: the write ends the lease (renewing it meanwhile would race the write,
     // and could keep a lease the store lost the result of).
@@ -187,6 +193,7 @@ async fn run_activity(inner: &Inner, item: ActivityWorkItem, mut lease: LeaseGua
     {
         tracing::warn!(error = %e, "activity result not recorded; the task will run again");
     }
+    None
 }
 
 /// Who holds the task a run executes.

@@ -181,10 +181,80 @@ fn spawn_episode(
         .handoffs()
         .begin(&item.instance.instance_id, item.lock);
     let inner = Arc::clone(inner);
-    let span = tracing::info_span!("episode", instance = %item.instance.instance_id, name = %item.instance.name);
+    let id = item.instance.instance_id.clone();
+    let span = episode_span(&item);
     // Boxed: the episode's state machine is kilobytes, and a task moves its future several
     // times (into the task cell, out of it when done); a box moves once.
-    running.spawn(Box::pin(run_episode(inner, item, handed, permit, leased_at)).instrument(span));
+    let episode = Box::pin(run_episode(
+        Arc::clone(&inner),
+        item,
+        handed,
+        permit,
+        leased_at,
+    ));
+    running.spawn(async move {
+        if episode.instrument(span).await {
+            run_ready_here(&inner, id).await;
+        }
+    });
+}
+
+fn episode_span(item: &OrchestrationWorkItem) -> tracing::Span {
+    tracing::info_span!("episode", instance = %item.instance.instance_id, name = %item.instance.name)
+}
+
+/// Runs the next episodes of `id` on the calling task while results wait for it — it was
+/// just queued by its previous episode's end or by an activity that handed its result off
+/// here — as long as an orchestration slot is free; otherwise the dispatcher is woken to
+/// start it. A chain of steps (one activity result after another) so skips a hop through
+/// the dispatcher per step.
+pub(crate) async fn run_ready_here(inner: &Arc<Inner>, mut id: InstanceId) {
+    loop {
+        if inner.is_shutting_down() {
+            // The shutdown writes queued results through.
+            return;
+        }
+        let Ok(permit) = Arc::clone(&inner.orch_slots).try_acquire_owned() else {
+            inner.handoff_ready.notify_one();
+            return;
+        };
+        if !inner.handoffs().claim(&id) {
+            // The dispatcher (or another task) has it.
+            return;
+        }
+        let now = inner.clock.now();
+        let leased = match inner
+            .store
+            .fetch_instances_work(
+                std::slice::from_ref(&id),
+                now,
+                inner.options.orchestration_lock,
+            )
+            .await
+        {
+            Ok(items) => items.into_iter().next(),
+            Err(e) => {
+                tracing::warn!(error = %e, "leasing an instance failed");
+                None
+            }
+        };
+        let Some(item) = leased else {
+            let unleased = inner.handoffs().unclaim(&id);
+            super::handoff::write_through(inner, unleased).await;
+            return;
+        };
+        let handed = inner
+            .handoffs()
+            .begin(&item.instance.instance_id, item.lock);
+        let span = episode_span(&item);
+        id = item.instance.instance_id.clone();
+        let again = Box::pin(run_episode(Arc::clone(inner), item, handed, permit, now))
+            .instrument(span)
+            .await;
+        if !again {
+            return;
+        }
+    }
 }
 
 fn lock_cache<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -200,13 +270,15 @@ pub(crate) enum Stuck {
     Store(StoreError),
 }
 
+/// Runs one episode and settles its results; `true` when results for the instance are
+/// queued again (for [`run_ready_here`]).
 async fn run_episode(
     inner: Arc<Inner>,
     item: OrchestrationWorkItem,
     mut handed: Vec<HandedOff>,
     permit: Permit,
     leased_at: Timestamp,
-) {
+) -> bool {
     let inner = &*inner;
     let id = item.instance.instance_id.clone();
     let lock = item.lock;
@@ -218,12 +290,9 @@ async fn run_episode(
     // Results the episode did not commit (it failed, or took a path that does not deliver
     // them) are written to the store; so are those that arrived meanwhile if it failed
     // (a stuck instance keeps its back-off), otherwise they are queued for the next episode.
-    let (wake, late) = inner.handoffs().end(&id, lock, result.is_ok());
+    let (queued, late) = inner.handoffs().end(&id, lock, result.is_ok());
     handed.extend(late);
     super::handoff::write_through(inner, handed).await;
-    if wake {
-        inner.handoff_ready.notify_one();
-    }
     match result {
         Ok(()) => {
             let mut stuck = lock_cache(&inner.stuck);
@@ -255,6 +324,7 @@ async fn run_episode(
             hold_stuck(inner, &id, lock, e.to_string(), nondeterminism, reported).await;
         }
     }
+    queued
 }
 
 /// Leaves a stuck instance as it is, to be retried after a back-off that grows with each

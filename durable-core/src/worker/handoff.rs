@@ -28,6 +28,11 @@ use crate::storage::{LockToken, Message};
 /// hand out this token.
 pub(crate) const FIRST_EPISODE: LockToken = LockToken(u64::MAX);
 
+/// The token [`Handoffs`] holds for an instance claimed to run its next episode on the
+/// claiming task ([`Handoffs::claim`]) while its lease is being taken; stores never hand out
+/// this token either.
+const CLAIMED: u64 = u64::MAX - 1;
+
 /// One activity result held in memory.
 #[derive(Debug)]
 pub(crate) struct HandedOff {
@@ -79,12 +84,38 @@ impl Handoffs {
             let Some(id) = self.ready.pop_front() else {
                 break;
             };
-            self.queued.remove(&id);
+            // Not queued any more: claimed by a task that runs its episode itself.
+            if !self.queued.remove(&id) {
+                continue;
+            }
             if !self.running.contains_key(&id) && self.pending.contains_key(&id) {
                 out.push(id);
             }
         }
         out
+    }
+
+    /// Claims `id`, queued with results to deliver, for the calling task to lease and run its
+    /// episode itself instead of the dispatcher; `false` if it is not queued (the dispatcher
+    /// took it, or another task claimed it). Results for it wait as for a running episode
+    /// until [`begin`](Self::begin) takes them or [`unclaim`](Self::unclaim) gives them up.
+    pub(crate) fn claim(&mut self, id: &InstanceId) -> bool {
+        if self.running.contains_key(id) || !self.queued.remove(id) {
+            return false;
+        }
+        // Its entry in `ready` stays behind and is skipped (`next_ready`).
+        self.running.insert(id.clone(), CLAIMED);
+        true
+    }
+
+    /// The claimed `id` could not be leased: its results are returned, to be written to the
+    /// store instead (someone else holds the instance).
+    pub(crate) fn unclaim(&mut self, id: &InstanceId) -> Vec<HandedOff> {
+        if self.running.get(id) == Some(&CLAIMED) {
+            self.running.remove(id);
+            return self.take(id);
+        }
+        Vec::new()
     }
 
     /// An episode starts on `id` under `lock`: it takes the results waiting for it.
@@ -105,7 +136,7 @@ impl Handoffs {
     }
 
     /// The episode on `id` under `lock` ended. When it succeeded, results that arrived
-    /// meanwhile are queued (`true`: wake the dispatcher); when it failed they are returned,
+    /// meanwhile are queued (`true`: run it or wake the dispatcher); when it failed they are returned,
     /// to be written to the store instead (so a stuck instance keeps its retry back-off).
     pub(crate) fn end(
         &mut self,
@@ -170,5 +201,87 @@ pub(crate) async fn write_through(inner: &Inner, results: Vec<HandedOff>) {
         if let Err(e) = inner.store.complete_activity(task, lock, message).await {
             tracing::warn!(error = %e, "activity result not recorded; the task will run again");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::history::Event;
+    use crate::ids::Timestamp;
+    use crate::storage::{ActivityTask, ActivityWorkItem};
+    use crate::worker::lease::ActivityLeases;
+
+    fn result(leases: &Arc<ActivityLeases>, instance: &InstanceId, task: u64) -> HandedOff {
+        let item = ActivityWorkItem {
+            id: task,
+            task: ActivityTask::new(instance.clone(), 1, task, "a", "null".into()),
+            lock: LockToken(task),
+        };
+        let t0 = Timestamp::from_unix_millis(1_000_000);
+        HandedOff {
+            task,
+            lock: item.lock,
+            message: Message::new(
+                Event::TaskCompleted {
+                    seq: task,
+                    result: "null".into(),
+                },
+                Some(1),
+                t0,
+            ),
+            lease: leases.hold(&item, t0, Duration::from_secs(30)),
+        }
+    }
+
+    #[test]
+    fn a_claimed_instance_is_skipped_by_the_dispatcher_and_keeps_its_results() {
+        let leases = Arc::new(ActivityLeases::default());
+        let (a, b) = (InstanceId::new("a").unwrap(), InstanceId::new("b").unwrap());
+        let mut h = Handoffs::default();
+        assert!(h.push(a.clone(), result(&leases, &a, 1)));
+        assert!(h.push(b.clone(), result(&leases, &b, 2)));
+        assert!(h.claim(&a));
+        // Claimed once only, and the dispatcher no longer sees it.
+        assert!(!h.claim(&a));
+        assert_eq!(h.next_ready(10), vec![b.clone()]);
+        // A result arriving while the claimer leases the instance waits for its episode.
+        assert!(!h.push(a.clone(), result(&leases, &a, 3)));
+        let taken: Vec<u64> = h.begin(&a, LockToken(7)).iter().map(|r| r.task).collect();
+        assert_eq!(taken, vec![1, 3]);
+        // Only b's result is left waiting (for the dispatcher's episode).
+        assert_eq!(h.waiting(), 1);
+        // The episode ends with a new result queued: claimable again.
+        assert!(!h.push(a.clone(), result(&leases, &a, 4)));
+        let (queued, late) = h.end(&a, LockToken(7), true);
+        assert!(queued && late.is_empty());
+        assert!(h.claim(&a));
+        assert!(h.next_ready(10).is_empty());
+        // Queued again after a claimed episode: the dispatcher gets it once, not once per
+        // entry the claims left behind.
+        h.begin(&a, LockToken(8));
+        assert!(!h.push(a.clone(), result(&leases, &a, 6)));
+        assert!(h.end(&a, LockToken(8), true).0);
+        assert_eq!(h.next_ready(10), vec![a]);
+    }
+
+    #[test]
+    fn an_unclaimed_instance_gives_its_results_back() {
+        let leases = Arc::new(ActivityLeases::default());
+        let a = InstanceId::new("a").unwrap();
+        let mut h = Handoffs::default();
+        assert!(h.push(a.clone(), result(&leases, &a, 1)));
+        assert!(h.claim(&a));
+        assert!(!h.push(a.clone(), result(&leases, &a, 2)));
+        let back: Vec<u64> = h.unclaim(&a).iter().map(|r| r.task).collect();
+        assert_eq!(back, vec![1, 2]);
+        assert_eq!(h.waiting(), 0);
+        // Not claimed any more: a new result queues it for the dispatcher again.
+        assert!(h.unclaim(&a).is_empty());
+        assert!(h.push(a.clone(), result(&leases, &a, 5)));
+        assert_eq!(h.next_ready(10), vec![a]);
     }
 }
