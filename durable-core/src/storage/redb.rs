@@ -408,7 +408,7 @@ fn open_error(what: &str, e: OpenError) -> StoreError {
 /// The instance table is ordered by id, which is what queries page by. Which tasks belong to
 /// which instance (what purge and replace remove) is indexed in memory, rebuilt from
 /// `activities` when the file is opened: keeping it in a table cost every commit that
-/// schedules or finishes a task one more table written (about 25 µs of a durable commit).
+/// schedules or finishes a task one more table written, which lengthens a durable commit.
 ///
 /// The file records its format version in `meta`: this build writes version 2, and migrates a
 /// version-1 file (which had an `activity_owners` table) when it opens it.
@@ -705,7 +705,7 @@ fn init(db: &Database, origin: Origin) -> Result<Leases, Fatal> {
             }
             Some(v) => {
                 return Err(Fatal::new(format!(
-                    "the file holds store format version {v}; this build of durable reads version {FORMAT_VERSION}"
+                    "the file holds store format version {v}; this build of durable reads version {FORMAT_VERSION} (and migrates version 1)"
                 )));
             }
             None if existing.is_empty() && origin == Origin::Created => {
