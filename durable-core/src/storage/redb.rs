@@ -1,6 +1,6 @@
 //! [`RedbStore`]: the embedded, durable [`Store`] on redb, in one file or in memory.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -44,12 +44,16 @@ const READY: TableDefinition<'_, (u64, &str), ()> = TableDefinition::new("ready"
 const HOLDS: TableDefinition<'_, &str, u64> = TableDefinition::new("holds");
 /// Activity queue: (visible at, task id).
 const ACTIVITIES: TableDefinition<'_, (u64, u64), &[u8]> = TableDefinition::new("activities");
-/// An instance's queued tasks: (instance, task id) -> visible at. Used by purge and replace.
-const ACTIVITY_OWNERS: TableDefinition<'_, (&str, u64), u64> =
+/// Format version 1 only: an instance's queued tasks, (instance, task id) -> visible at.
+/// Version 2 indexes them in memory ([`ActivityOwners`]); opening a version-1 file deletes
+/// this table (see [`init`]).
+const V1_ACTIVITY_OWNERS: TableDefinition<'_, (&str, u64), u64> =
     TableDefinition::new("activity_owners");
 
-/// The on-disk format this build reads and writes.
-const FORMAT_VERSION: u64 = 1;
+/// The on-disk format this build reads and writes. Version 1 had an `activity_owners` table;
+/// a version-1 file is migrated to version 2 when opened, after which older builds refuse it
+/// (they would trust an owners table no longer kept).
+const FORMAT_VERSION: u64 = 2;
 const FORMAT_VERSION_KEY: &str = "format_version";
 /// An upper bound of the message seqs and activity task ids handed out so far: the counter
 /// starts from it after a restart. Written only when the counter reaches it, [`ID_BLOCK`]
@@ -407,9 +411,14 @@ fn open_error(what: &str, e: OpenError) -> StoreError {
 /// | `ready` | (when it may be taken, instance id) | — one row per instance with messages: its earliest visibility, or the end of its hold if later |
 /// | `holds` | instance id | not before — an instance held back by an abandoned episode, until its next commit or a terminate |
 /// | `activities` | (visible at, task id) | [`ActivityTask`] |
-/// | `activity_owners` | (instance id, task id) | visible at — finds an instance's tasks |
 ///
-/// The instance table is ordered by id, which is what queries page by.
+/// The instance table is ordered by id, which is what queries page by. Which tasks belong to
+/// which instance (what purge and replace remove) is indexed in memory, rebuilt from
+/// `activities` when the file is opened: keeping it in a table cost every commit that
+/// schedules or finishes a task one more table written, which lengthens a durable commit.
+///
+/// The file records its format version in `meta`: this build writes version 2, and migrates a
+/// version-1 file (which had an `activity_owners` table) when it opens it.
 ///
 /// # Leases
 ///
@@ -608,7 +617,7 @@ impl RedbStore {
         what: &str,
         origin: Origin,
     ) -> Result<Self, StoreError> {
-        let (next_id, available) = catch_unwind(AssertUnwindSafe(|| init(&db, origin)))
+        let leases = catch_unwind(AssertUnwindSafe(|| init(&db, origin)))
             .unwrap_or_else(|_| {
                 Err(Fatal::new(
                     "redb panicked while reading the file (corrupt file?)",
@@ -617,12 +626,7 @@ impl RedbStore {
             .map_err(|e| e.into_store_error(&format!("cannot open {what}")))?;
         let core = Arc::new(Core {
             db,
-            leases: Mutex::new(Leases {
-                next_id,
-                id_bound: next_id,
-                available,
-                ..Leases::default()
-            }),
+            leases: Mutex::new(leases),
             signals: StoreSignals::default(),
             durability,
             commits: AtomicU64::new(0),
@@ -686,10 +690,11 @@ fn writer_gone() -> StoreError {
     StoreError::backend("the store's writer thread has stopped")
 }
 
-/// Checks the format version (or, in a database just created, writes it) and creates the
-/// tables; returns the id counter and the keys of the queued activity tasks (none is leased
-/// after a start).
-fn init(db: &Database, origin: Origin) -> Result<(u64, BTreeSet<(u64, u64)>), Fatal> {
+/// Checks the format version (or, in a database just created, writes it), migrates a
+/// version-1 file, and creates the tables; returns the lease state to start with: the id
+/// counter, the keys of the queued activity tasks (none is leased after a start) and their
+/// owners.
+fn init(db: &Database, origin: Origin) -> Result<Leases, Fatal> {
     let txn = db.begin_write()?;
     let existing: Vec<String> = txn
         .list_tables()?
@@ -700,9 +705,14 @@ fn init(db: &Database, origin: Origin) -> Result<(u64, BTreeSet<(u64, u64)>), Fa
         let version = meta.get(FORMAT_VERSION_KEY)?.map(|v| v.value());
         match version {
             Some(FORMAT_VERSION) => {}
+            Some(1) => {
+                // Version 1 kept the owners index in a table; it is rebuilt below instead.
+                txn.delete_table(V1_ACTIVITY_OWNERS)?;
+                meta.insert(FORMAT_VERSION_KEY, FORMAT_VERSION)?;
+            }
             Some(v) => {
                 return Err(Fatal::new(format!(
-                    "the file holds store format version {v}; this build of durable reads version {FORMAT_VERSION}"
+                    "the file holds store format version {v}; this build of durable reads version {FORMAT_VERSION} (and migrates version 1)"
                 )));
             }
             None if existing.is_empty() && origin == Origin::Created => {
@@ -725,14 +735,31 @@ fn init(db: &Database, origin: Origin) -> Result<(u64, BTreeSet<(u64, u64)>), Fa
         meta.get(NEXT_ID_KEY)?.map_or(0, |v| v.value())
     };
     let mut available = BTreeSet::new();
+    let mut owners = ActivityOwners::default();
     {
         let tables = Tables::open(&txn)?;
         for entry in tables.activities.iter()? {
-            available.insert(entry?.0.value());
+            let (key, value) = entry?;
+            let (visible_at, task) = key.value();
+            let owner: TaskOwner = decode(value.value())?;
+            available.insert((visible_at, task));
+            owners.tasks.insert((owner.instance_id, task), visible_at);
         }
     }
     txn.commit()?;
-    Ok((next_id, available))
+    Ok(Leases {
+        next_id,
+        id_bound: next_id,
+        available,
+        owners,
+        ..Leases::default()
+    })
+}
+
+/// The part of an [`ActivityTask`] that [`init`] reads to index the task by its instance.
+#[derive(serde::Deserialize)]
+struct TaskOwner {
+    instance_id: String,
 }
 
 #[derive(Debug)]
@@ -778,7 +805,8 @@ impl Core {
     }
 }
 
-/// In-memory lease state, plus the id counter (persisted with every batch).
+/// In-memory lease state, plus the id counter (its bound persisted, see [`NEXT_ID_KEY`]) and
+/// the index of the queued activity tasks by instance.
 #[derive(Debug, Clone, Default)]
 struct Leases {
     /// The last message seq / activity id handed out.
@@ -814,6 +842,71 @@ struct Leases {
     /// Changes to `committed` made by the batch being committed, applied in order once it is
     /// durable (`None` drops the entry).
     committed_changes: Vec<(String, Option<Box<Seen>>)>,
+    /// Every queued activity task (leased or not) by instance.
+    owners: ActivityOwners,
+}
+
+/// The queued activity tasks of each instance, leased or not, so purge and replace find
+/// them ([`Tables::remove_instance`]) without a table in the file (format version 2).
+/// Rebuilt from `activities` when the store opens ([`init`]).
+///
+/// Only queued tasks have entries: an instance with none costs nothing.
+///
+/// A batch changes the index in place, so a later operation of the batch sees an earlier
+/// one's change (a task scheduled, then its instance purged). Each change logs the value the
+/// entry had before it; [`finish_batch`](Self::finish_batch) forgets the log once the batch
+/// is committed, or restores those values in reverse order when the batch failed, which puts
+/// back exactly the index the batch started from.
+#[derive(Debug, Clone, Default)]
+struct ActivityOwners {
+    /// (instance id, task id) → visible at: the task's key in `activities` is
+    /// (visible at, task id).
+    tasks: BTreeMap<(String, u64), u64>,
+    /// The previous value of each entry the batch being applied changed, oldest first.
+    undo: Vec<((String, u64), Option<u64>)>,
+}
+
+impl ActivityOwners {
+    /// Records that task `task` of `instance` is queued at `visible_at`.
+    fn insert(&mut self, instance: &str, task: u64, visible_at: u64) {
+        let key = (instance.to_owned(), task);
+        let before = self.tasks.insert(key.clone(), visible_at);
+        self.undo.push((key, before));
+    }
+
+    /// Records that task `task` of `instance` left the queue.
+    fn remove(&mut self, instance: &str, task: u64) {
+        let key = (instance.to_owned(), task);
+        let before = self.tasks.remove(&key);
+        self.undo.push((key, before));
+    }
+
+    /// Removes `instance`'s tasks; returns their keys in `activities`.
+    fn take(&mut self, instance: &str) -> Vec<(u64, u64)> {
+        let keys: Vec<(u64, u64)> = self
+            .tasks
+            .range((instance.to_owned(), 0)..=(instance.to_owned(), u64::MAX))
+            .map(|(&(_, task), &visible_at)| (visible_at, task))
+            .collect();
+        for &(_, task) in &keys {
+            self.remove(instance, task);
+        }
+        keys
+    }
+
+    /// Ends a batch: keeps its changes if it was committed, undoes them if it failed.
+    fn finish_batch(&mut self, committed: bool) {
+        let undo = std::mem::take(&mut self.undo);
+        if committed {
+            return;
+        }
+        for (key, before) in undo.into_iter().rev() {
+            match before {
+                Some(visible_at) => self.tasks.insert(key, visible_at),
+                None => self.tasks.remove(&key),
+            };
+        }
+    }
 }
 
 /// At most this many [`Leases::committed`] entries are kept (one per instance waiting for a
@@ -969,6 +1062,7 @@ impl Leases {
         let activities = std::mem::take(&mut self.releasing_activity);
         let available = std::mem::take(&mut self.available_changes);
         let seen = std::mem::take(&mut self.committed_changes);
+        self.owners.finish_batch(committed);
         if !committed {
             return;
         }
@@ -1183,7 +1277,6 @@ struct Tables<'t> {
     ready: Table<'t, (u64, &'static str), ()>,
     holds: Table<'t, &'static str, u64>,
     activities: Table<'t, (u64, u64), &'static [u8]>,
-    owners: Table<'t, (&'static str, u64), u64>,
 }
 
 impl<'t> Tables<'t> {
@@ -1196,7 +1289,6 @@ impl<'t> Tables<'t> {
             ready: txn.open_table(READY)?,
             holds: txn.open_table(HOLDS)?,
             activities: txn.open_table(ACTIVITIES)?,
-            owners: txn.open_table(ACTIVITY_OWNERS)?,
         })
     }
 
@@ -1270,8 +1362,7 @@ impl<'t> Tables<'t> {
         let id = leases.next_id();
         let bytes = serde_json::to_vec(task)?;
         self.activities.insert((ts(now), id), bytes.as_slice())?;
-        self.owners
-            .insert((task.instance_id.as_str(), id), ts(now))?;
+        leases.owners.insert(task.instance_id.as_str(), id, ts(now));
         leases.available_changes.push(((ts(now), id), true));
         Ok(())
     }
@@ -1290,13 +1381,7 @@ impl<'t> Tables<'t> {
             .retain_in((id, 0u64, 0u64)..=(id, u64::MAX, u64::MAX), |_, _| false)?;
         self.history
             .retain_in((id, 0u64)..=(id, u64::MAX), |_, _| false)?;
-        let tasks: Vec<(u64, u64)> = self
-            .owners
-            .range((id, 0u64)..=(id, u64::MAX))?
-            .map(|e| e.map(|(k, v)| (k.value().1, v.value())))
-            .collect::<Result<_, _>>()?;
-        for (task, vis) in tasks {
-            self.owners.remove((id, task))?;
+        for (vis, task) in leases.owners.take(id) {
             self.activities.remove((vis, task))?;
             leases.release_activity(task);
             leases.available_changes.push(((vis, task), false));
@@ -1476,7 +1561,7 @@ impl<'t> Tables<'t> {
         for &(task, lock) in &commit.completed_activities {
             if let Some(lease) = leases.take_activity(task, lock) {
                 self.activities.remove((ts(lease.visible_at), task))?;
-                self.owners.remove((lease.instance_id.as_str(), task))?;
+                leases.owners.remove(&lease.instance_id, task);
             }
         }
         let execution = record.execution;
@@ -1626,7 +1711,7 @@ impl<'t> Tables<'t> {
             return Ok(Err(StoreError::LockLost(format!("activity task {id}"))));
         };
         self.activities.remove((ts(lease.visible_at), id))?;
-        self.owners.remove((lease.instance_id.as_str(), id))?;
+        leases.owners.remove(&lease.instance_id, id);
         let running = read_record(&self.instances, &lease.instance_id)?
             .is_some_and(|r| !r.status.is_terminal());
         if running {
@@ -1681,9 +1766,10 @@ impl<'t> Tables<'t> {
         if let Some(bytes) = bytes {
             self.activities
                 .insert((ts(retry_at), id), bytes.as_slice())?;
-            self.owners
-                .insert((lease.instance_id.as_str(), id), ts(retry_at))?;
+            leases.owners.insert(&lease.instance_id, id, ts(retry_at));
             leases.available_changes.push(((ts(retry_at), id), true));
+        } else {
+            leases.owners.remove(&lease.instance_id, id);
         }
         Ok(Ok(()))
     }
@@ -3121,7 +3207,7 @@ mod tests {
         let msg = err.to_string();
         assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
         assert!(
-            msg.contains("format version 99") && msg.contains("version 1"),
+            msg.contains("format version 99") && msg.contains("version 2"),
             "{msg}"
         );
     }
@@ -3266,3 +3352,7 @@ mod tests {
 #[cfg(test)]
 #[path = "redb_txn_tests.rs"]
 mod txn_tests;
+
+#[cfg(test)]
+#[path = "redb_owners_tests.rs"]
+mod owners_tests;

@@ -806,7 +806,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         ));
         let (samples, commits) = w1(sizes).await?;
         let row =
-            Row::times("W1", "HelloSequence5 latency", "ms", &samples).target(Target::AtMost(2.0));
+            Row::times("W1", "HelloSequence5 latency", "ms", &samples).target(Target::AtMost(1.5));
         ours.w1 = Some(row.median);
         let per = commits as f64 / samples.len() as f64;
         let latency = Some((row.median, per));
@@ -844,7 +844,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             "orch/s",
             &orch,
         )
-        .target(Target::AtLeast(5000.0));
+        .target(Target::AtLeast(6000.0));
         ours.w2 = Some(row.median);
         table.push(row);
         table.push(Row::rates(
@@ -900,7 +900,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 "ms",
                 &over,
             )
-            .target(Target::AtMost(2.0)),
+            .target(Target::AtMost(1.0)),
         );
         table.push(floor::commits_row("W4", "", commits, n, None, floor_ms));
         progress(&format!("W4: {n} one-second timers, all at once"));
