@@ -10,7 +10,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableHandle};
 use tokio::sync::oneshot;
 
 use super::{
-    ACTIVITIES, FORMAT_VERSION, FORMAT_VERSION_KEY, META, Outcome, RedbStore, Request,
+    ACTIVITIES, FORMAT_VERSION, FORMAT_VERSION_KEY, META, NEXT_ID_KEY, Outcome, RedbStore, Request,
     V1_ACTIVITY_OWNERS, WriteOp, decode, run_batch, ts,
 };
 use crate::error::StoreError;
@@ -289,4 +289,88 @@ fn make_version_1(path: &Path) {
         }
     }
     txn.commit().unwrap();
+}
+
+fn meta_bound(store: &RedbStore) -> u64 {
+    let txn = store.inner.core.db.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    meta.get(NEXT_ID_KEY).unwrap().unwrap().value()
+}
+
+/// REVIEW: a batch whose ids pass the bound and that then fails writes no bound; the next
+/// committed batch writes one above every id handed out, and a restart starts above them.
+#[tokio::test]
+async fn review_a_failed_batch_past_the_bound_never_lets_ids_be_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let store = RedbStore::open(&path).unwrap();
+    start_with_tasks(&store, "s", 1).await;
+    let task = store
+        .fetch_activity_work(T0, LEASE, 10)
+        .await
+        .unwrap()
+        .remove(0);
+    // The counter just under the bound the file holds: the next ids pass it.
+    let bound_before = meta_bound(&store);
+    {
+        let mut l = store.inner.core.leases();
+        assert_eq!(l.id_bound, bound_before);
+        l.next_id = bound_before - 1;
+    }
+    let key = (ts(T0), task.id);
+    let write_task = |bytes: &[u8]| {
+        let txn = store.inner.core.db.begin_write().unwrap();
+        txn.open_table(ACTIVITIES)
+            .unwrap()
+            .insert(key, bytes)
+            .unwrap();
+        txn.commit().unwrap();
+    };
+    let original = {
+        let txn = store.inner.core.db.begin_read().unwrap();
+        let table = txn.open_table(ACTIVITIES).unwrap();
+        table.get(key).unwrap().unwrap().value().to_vec()
+    };
+    write_task(b"not json");
+    let create = WriteOp::Create(NewInstance::new(
+        InstanceId::new("n").unwrap(),
+        "Job",
+        "null".into(),
+        T0,
+    ));
+    let heartbeat = WriteOp::Heartbeat {
+        id: task.id,
+        lock: task.lock,
+        details: "null".into(),
+        until: T0 + LEASE,
+    };
+    let answers = one_batch(&store, vec![create, heartbeat]);
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Err(StoreError::Backend(_))))
+    );
+    write_task(&original);
+    assert_eq!(
+        meta_bound(&store),
+        bound_before,
+        "a failed batch writes no bound"
+    );
+    let used = store.inner.core.leases().next_id;
+    store
+        .create_instance(NewInstance::new(
+            InstanceId::new("m").unwrap(),
+            "Job",
+            "null".into(),
+            T0,
+        ))
+        .await
+        .unwrap();
+    let next = store.inner.core.leases().next_id;
+    assert!(next > used);
+    let bound = meta_bound(&store);
+    assert!(bound >= next, "bound {bound}, counter {next}");
+    drop(store);
+    let store = RedbStore::open(&path).unwrap();
+    assert!(store.inner.core.leases().next_id >= next);
 }
