@@ -284,4 +284,40 @@ mod tests {
         assert!(h.push(a.clone(), result(&leases, &a, 5)));
         assert_eq!(h.next_ready(10), vec![a]);
     }
+
+    /// REVIEW: a claim refused because an episode already runs on the instance (the
+    /// dispatcher leased it from the store between the push and the claim) must not leave
+    /// the instance marked queued: the running episode's end must queue the results that
+    /// arrived meanwhile (and so get them run or the dispatcher woken).
+    #[test]
+    fn review_a_claim_refused_for_a_running_instance_lets_its_end_queue_it() {
+        let leases = Arc::new(ActivityLeases::default());
+        let a = InstanceId::new("a").unwrap();
+        let mut h = Handoffs::default();
+        // An activity hands its result off: queued, its task will claim it.
+        assert!(h.push(a.clone(), result(&leases, &a, 1)));
+        // The dispatcher leases `a` from the store first (it had inbox messages).
+        assert_eq!(h.begin(&a, LockToken(7)).len(), 1);
+        // The activity's task tries to chain: refused, an episode runs.
+        assert!(!h.claim(&a));
+        // A second result arrives during that episode.
+        assert!(!h.push(a.clone(), result(&leases, &a, 2)));
+        // The episode ends: the second result must be queued (run or dispatcher woken).
+        let (queued, late) = h.end(&a, LockToken(7), true);
+        assert!(late.is_empty());
+        assert!(queued, "result 2 waits with nobody told to run it");
+    }
+
+    /// REVIEW: the same with a first episode run by a starting client's worker.
+    #[test]
+    fn review_a_claim_refused_during_a_first_episode_lets_its_end_queue_it() {
+        let leases = Arc::new(ActivityLeases::default());
+        let a = InstanceId::new("a").unwrap();
+        let mut h = Handoffs::default();
+        assert!(h.push(a.clone(), result(&leases, &a, 1)));
+        assert!(h.begin_first(&a));
+        assert!(!h.claim(&a));
+        let (queued, _) = h.end(&a, FIRST_EPISODE, true);
+        assert!(queued, "result 1 waits with nobody told to run it");
+    }
 }
