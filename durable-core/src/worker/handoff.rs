@@ -100,7 +100,12 @@ impl Handoffs {
     /// took it, or another task claimed it). Results for it wait as for a running episode
     /// until [`begin`](Self::begin) takes them or [`unclaim`](Self::unclaim) gives them up.
     pub(crate) fn claim(&mut self, id: &InstanceId) -> bool {
-        if self.running.contains_key(id) || !self.queued.remove(id) {
+        if !self.queued.remove(id) {
+            return false;
+        }
+        if self.running.contains_key(id) || !self.pending.contains_key(id) {
+            // As `next_ready` does: an episode runs on it (its end queues the results that
+            // arrive meanwhile), or nothing is left to deliver.
             return false;
         }
         // Its entry in `ready` stays behind and is skipped (`next_ready`).
