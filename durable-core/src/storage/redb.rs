@@ -1946,7 +1946,7 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
                     }
                 }
             }
-            if fatal.is_none() && leases.next_id >= leases.id_bound {
+            if fatal.is_none() && leases.next_id > leases.id_bound {
                 new_bound = Some(leases.next_id.saturating_add(ID_BLOCK));
                 tables
                     .meta

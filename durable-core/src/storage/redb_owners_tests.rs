@@ -300,7 +300,7 @@ fn meta_bound(store: &RedbStore) -> u64 {
 /// REVIEW: a batch whose ids pass the bound and that then fails writes no bound; the next
 /// committed batch writes one above every id handed out, and a restart starts above them.
 #[tokio::test]
-async fn review_a_failed_batch_past_the_bound_never_lets_ids_be_reused() {
+async fn a_failed_batch_past_the_bound_never_lets_ids_be_reused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
     let store = RedbStore::open(&path).unwrap();

@@ -73,7 +73,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                     let span = tracing::info_span!("activity", name = %item.task.name, instance = %item.task.instance_id, seq = item.task.seq, otel.name = tracing::field::Empty);
                     #[cfg(feature = "opentelemetry")]
                     crate::otel::adopt_activity(&span, &item.task);
-                    // Boxed, as episodes are (see `episode::spawn_episode`).
+                    // The run is boxed, as episodes are (see `episode::spawn_episode`).
                     running.spawn(async move {
                         let ready = Box::pin(run_activity(&inner, item, lease))
                             .instrument(span)

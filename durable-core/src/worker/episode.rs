@@ -210,8 +210,8 @@ fn episode_span(item: &OrchestrationWorkItem) -> tracing::Span {
 /// the dispatcher per step.
 pub(crate) async fn run_ready_here(inner: &Arc<Inner>, mut id: InstanceId) {
     loop {
-        if inner.is_shutting_down() {
-            // The shutdown writes queued results through.
+        if inner.is_shutting_down() || inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
+            // A shutdown writes queued results through; an aborted worker starts nothing.
             return;
         }
         let Ok(permit) = Arc::clone(&inner.orch_slots).try_acquire_owned() else {
@@ -222,6 +222,12 @@ pub(crate) async fn run_ready_here(inner: &Arc<Inner>, mut id: InstanceId) {
             // The dispatcher (or another task) has it.
             return;
         }
+        // Until the episode begins or the claim is given up: a task dropped meanwhile (an
+        // aborted worker, a panicking store) leaves the results queued for the dispatcher.
+        let claim = Claim {
+            inner,
+            id: Some(&id),
+        };
         let now = inner.clock.now();
         let leased = match inner
             .store
@@ -234,10 +240,11 @@ pub(crate) async fn run_ready_here(inner: &Arc<Inner>, mut id: InstanceId) {
         {
             Ok(items) => items.into_iter().next(),
             Err(e) => {
-                tracing::warn!(error = %e, "leasing an instance failed");
+                tracing::warn!(instance = %id, error = %e, "leasing an instance failed");
                 None
             }
         };
+        claim.settled();
         let Some(item) = leased else {
             let unleased = inner.handoffs().unclaim(&id);
             super::handoff::write_through(inner, unleased).await;
@@ -253,6 +260,30 @@ pub(crate) async fn run_ready_here(inner: &Arc<Inner>, mut id: InstanceId) {
             .await;
         if !again {
             return;
+        }
+    }
+}
+
+/// A claim of [`run_ready_here`] while it leases the instance; dropped unsettled, it puts
+/// the instance back in the dispatcher's queue.
+struct Claim<'a> {
+    inner: &'a Inner,
+    id: Option<&'a InstanceId>,
+}
+
+impl Claim<'_> {
+    /// The lease was answered: the caller begins the episode or gives the claim up.
+    fn settled(mut self) {
+        self.id = None;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id
+            && self.inner.handoffs().requeue_claimed(id)
+        {
+            self.inner.handoff_ready.notify_one();
         }
     }
 }

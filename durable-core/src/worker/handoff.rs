@@ -123,6 +123,16 @@ impl Handoffs {
         Vec::new()
     }
 
+    /// A claim of `id` was abandoned before its episode began (the claiming task was
+    /// dropped): its results are queued for the dispatcher again (`true`: wake it).
+    pub(crate) fn requeue_claimed(&mut self, id: &InstanceId) -> bool {
+        if self.running.get(id) != Some(&CLAIMED) {
+            return false;
+        }
+        self.running.remove(id);
+        self.pending.contains_key(id) && self.enqueue(id.clone())
+    }
+
     /// An episode starts on `id` under `lock`: it takes the results waiting for it.
     pub(crate) fn begin(&mut self, id: &InstanceId, lock: LockToken) -> Vec<HandedOff> {
         self.running.insert(id.clone(), lock.0);
@@ -274,6 +284,24 @@ mod tests {
     }
 
     #[test]
+    fn an_abandoned_claim_queues_the_instance_for_the_dispatcher_again() {
+        let leases = Arc::new(ActivityLeases::default());
+        let a = InstanceId::new("a").unwrap();
+        let mut h = Handoffs::default();
+        assert!(h.push(a.clone(), result(&leases, &a, 1)));
+        assert!(h.claim(&a));
+        assert!(!h.push(a.clone(), result(&leases, &a, 2)));
+        assert!(h.next_ready(10).is_empty());
+        // The claiming task was dropped while it leased the instance.
+        assert!(h.requeue_claimed(&a));
+        assert_eq!(h.next_ready(10), vec![a.clone()]);
+        let taken: Vec<u64> = h.begin(&a, LockToken(9)).iter().map(|r| r.task).collect();
+        assert_eq!(taken, vec![1, 2]);
+        // Only a claim is given back: a running episode is left alone.
+        assert!(!h.requeue_claimed(&a));
+    }
+
+    #[test]
     fn an_unclaimed_instance_gives_its_results_back() {
         let leases = Arc::new(ActivityLeases::default());
         let a = InstanceId::new("a").unwrap();
@@ -295,7 +323,7 @@ mod tests {
     /// the instance marked queued: the running episode's end must queue the results that
     /// arrived meanwhile (and so get them run or the dispatcher woken).
     #[test]
-    fn review_a_claim_refused_for_a_running_instance_lets_its_end_queue_it() {
+    fn a_claim_refused_for_a_running_instance_lets_its_end_queue_it() {
         let leases = Arc::new(ActivityLeases::default());
         let a = InstanceId::new("a").unwrap();
         let mut h = Handoffs::default();
@@ -315,7 +343,7 @@ mod tests {
 
     /// REVIEW: the same with a first episode run by a starting client's worker.
     #[test]
-    fn review_a_claim_refused_during_a_first_episode_lets_its_end_queue_it() {
+    fn a_claim_refused_during_a_first_episode_lets_its_end_queue_it() {
         let leases = Arc::new(ActivityLeases::default());
         let a = InstanceId::new("a").unwrap();
         let mut h = Handoffs::default();
