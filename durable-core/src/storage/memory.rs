@@ -603,6 +603,10 @@ impl Store for MemoryStore {
         true
     }
 
+    fn leases_in_process(&self) -> bool {
+        true
+    }
+
     fn supports_create_started(&self) -> bool {
         true
     }

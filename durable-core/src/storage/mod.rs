@@ -1045,6 +1045,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         false
     }
 
+    /// `true` if leasing an instance is an in-process operation (no round trip to a server),
+    /// so a worker may lease an instance on its own as soon as an activity result for it
+    /// arrives, rather than leave it to the dispatcher, which leases every instance waiting
+    /// at that moment in one call. The default is `false`, right for a store behind a
+    /// network: one lease per instance would cost a round trip each.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::prelude::*;
+    /// use durable_core::storage::Store;
+    ///
+    /// assert!(MemoryStore::new().leases_in_process());
+    /// ```
+    fn leases_in_process(&self) -> bool {
+        false
+    }
+
     /// `true` if the store honours [`EpisodeCommit::completed_activities`] and
     /// [`fetch_instances_work`](Store::fetch_instances_work), so a worker may hand an activity
     /// result to its orchestration in memory and have it committed with the episode that

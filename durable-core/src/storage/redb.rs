@@ -2667,6 +2667,10 @@ impl Store for RedbStore {
         true
     }
 
+    fn leases_in_process(&self) -> bool {
+        true
+    }
+
     fn supports_create_started(&self) -> bool {
         true
     }

@@ -205,10 +205,17 @@ fn episode_span(item: &OrchestrationWorkItem) -> tracing::Span {
 
 /// Runs the next episodes of `id` on the calling task while results wait for it — it was
 /// just queued by its previous episode's end or by an activity that handed its result off
-/// here — as long as an orchestration slot is free; otherwise the dispatcher is woken to
-/// start it. A chain of steps (one activity result after another) so skips a hop through
-/// the dispatcher per step.
+/// here — as long as the store leases in process, an orchestration slot is free and no
+/// other instance waits for the dispatcher; otherwise the dispatcher is woken to start it
+/// (with the others, in one lease). A chain of steps (one activity result after another)
+/// so skips a hop through the dispatcher per step.
 pub(crate) async fn run_ready_here(inner: &Arc<Inner>, mut id: InstanceId) {
+    if !inner.store.leases_in_process() {
+        // A lease per instance would cost a round trip each (PostgreSQL): the dispatcher
+        // leases the waiting instances together.
+        inner.handoff_ready.notify_one();
+        return;
+    }
     loop {
         if inner.is_shutting_down() || inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
             // A shutdown writes queued results through; an aborted worker starts nothing.
@@ -219,7 +226,8 @@ pub(crate) async fn run_ready_here(inner: &Arc<Inner>, mut id: InstanceId) {
             return;
         };
         if !inner.handoffs().claim(&id) {
-            // The dispatcher (or another task) has it.
+            // Another task has it, or the dispatcher takes it with the others waiting.
+            inner.handoff_ready.notify_one();
             return;
         }
         // Until the episode begins or the claim is given up: a task dropped meanwhile (an

@@ -99,8 +99,11 @@ impl Handoffs {
     /// episode itself instead of the dispatcher; `false` if it is not queued (the dispatcher
     /// took it, or another task claimed it). Results for it wait as for a running episode
     /// until [`begin`](Self::begin) takes them or [`unclaim`](Self::unclaim) gives them up.
+    /// Refused too while other instances wait: the dispatcher leases those together with
+    /// `id` in one store call (a round trip each, on a database), which a chain of
+    /// single-instance leases would undo under load.
     pub(crate) fn claim(&mut self, id: &InstanceId) -> bool {
-        if !self.queued.remove(id) {
+        if self.queued.len() > 1 || !self.queued.remove(id) {
             return false;
         }
         if self.running.contains_key(id) || !self.pending.contains_key(id) {
@@ -259,18 +262,26 @@ mod tests {
         let mut h = Handoffs::default();
         assert!(h.push(a.clone(), result(&leases, &a, 1)));
         assert!(h.push(b.clone(), result(&leases, &b, 2)));
-        assert!(h.claim(&a));
-        // Claimed once only, and the dispatcher no longer sees it.
+        // Two wait: the dispatcher leases them together, so neither is claimed.
         assert!(!h.claim(&a));
+        assert_eq!(h.next_ready(1), vec![a.clone()]);
+        let taken: Vec<u64> = h.begin(&a, LockToken(6)).iter().map(|r| r.task).collect();
+        assert_eq!(taken, vec![1]);
+        assert!(!h.end(&a, LockToken(6), true).0);
         assert_eq!(h.next_ready(10), vec![b.clone()]);
+        // Alone in the queue, a is claimed (once only), and the dispatcher no longer sees it.
+        assert!(h.push(a.clone(), result(&leases, &a, 3)));
+        assert!(h.claim(&a));
+        assert!(!h.claim(&a));
+        assert!(h.next_ready(10).is_empty());
         // A result arriving while the claimer leases the instance waits for its episode.
-        assert!(!h.push(a.clone(), result(&leases, &a, 3)));
+        assert!(!h.push(a.clone(), result(&leases, &a, 4)));
         let taken: Vec<u64> = h.begin(&a, LockToken(7)).iter().map(|r| r.task).collect();
-        assert_eq!(taken, vec![1, 3]);
+        assert_eq!(taken, vec![3, 4]);
         // Only b's result is left waiting (for the dispatcher's episode).
         assert_eq!(h.waiting(), 1);
         // The episode ends with a new result queued: claimable again.
-        assert!(!h.push(a.clone(), result(&leases, &a, 4)));
+        assert!(!h.push(a.clone(), result(&leases, &a, 5)));
         let (queued, late) = h.end(&a, LockToken(7), true);
         assert!(queued && late.is_empty());
         assert!(h.claim(&a));
