@@ -2857,7 +2857,8 @@ mod tests {
         txn.commit().unwrap();
     }
 
-    fn meta_next_id(store: &RedbStore) -> u64 {
+    /// The id bound `meta` holds.
+    pub(super) fn meta_next_id(store: &RedbStore) -> u64 {
         let txn = store.inner.core.db.begin_read().unwrap();
         let meta = txn.open_table(META).unwrap();
         meta.get(NEXT_ID_KEY).unwrap().unwrap().value()

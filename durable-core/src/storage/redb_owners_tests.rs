@@ -10,7 +10,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableHandle};
 use tokio::sync::oneshot;
 
 use super::{
-    ACTIVITIES, FORMAT_VERSION, FORMAT_VERSION_KEY, META, NEXT_ID_KEY, Outcome, RedbStore, Request,
+    ACTIVITIES, FORMAT_VERSION, FORMAT_VERSION_KEY, META, Outcome, RedbStore, Request,
     V1_ACTIVITY_OWNERS, WriteOp, decode, run_batch, ts,
 };
 use crate::error::StoreError;
@@ -199,20 +199,7 @@ async fn a_failed_batch_leaves_the_index_as_it_was() {
     // Spoil s's task, so a heartbeat fails to decode it: a storage failure, which fails the
     // whole batch.
     let key = (ts(T0), task.id);
-    let write_task = |bytes: &[u8]| {
-        let txn = store.inner.core.db.begin_write().unwrap();
-        txn.open_table(ACTIVITIES)
-            .unwrap()
-            .insert(key, bytes)
-            .unwrap();
-        txn.commit().unwrap();
-    };
-    let original = {
-        let txn = store.inner.core.db.begin_read().unwrap();
-        let table = txn.open_table(ACTIVITIES).unwrap();
-        table.get(key).unwrap().unwrap().value().to_vec()
-    };
-    write_task(b"not json");
+    let original = write_task(&store, key, b"not json");
     let heartbeat = WriteOp::Heartbeat {
         id: task.id,
         lock: task.lock,
@@ -225,7 +212,7 @@ async fn a_failed_batch_leaves_the_index_as_it_was() {
             .iter()
             .all(|a| matches!(a, Err(StoreError::Backend(_))))
     );
-    write_task(&original);
+    write_task(&store, key, &original);
 
     assert_eq!(queued_owners(&store), ["p", "s"], "nothing was purged");
     assert!(store.purge_instance(&purged).await.unwrap());
@@ -291,13 +278,23 @@ fn make_version_1(path: &Path) {
     txn.commit().unwrap();
 }
 
-fn meta_bound(store: &RedbStore) -> u64 {
-    let txn = store.inner.core.db.begin_read().unwrap();
-    let meta = txn.open_table(META).unwrap();
-    meta.get(NEXT_ID_KEY).unwrap().unwrap().value()
+/// Replaces the stored JSON of the task at `key` in `activities` (to make a batch fail on
+/// it, or to restore it); returns what was there.
+fn write_task(store: &RedbStore, key: (u64, u64), bytes: &[u8]) -> Vec<u8> {
+    let txn = store.inner.core.db.begin_write().unwrap();
+    let before = txn
+        .open_table(ACTIVITIES)
+        .unwrap()
+        .insert(key, bytes)
+        .unwrap()
+        .unwrap()
+        .value()
+        .to_vec();
+    txn.commit().unwrap();
+    before
 }
 
-/// REVIEW: a batch whose ids pass the bound and that then fails writes no bound; the next
+/// A batch whose ids pass the bound and that then fails writes no bound; the next
 /// committed batch writes one above every id handed out, and a restart starts above them.
 #[tokio::test]
 async fn a_failed_batch_past_the_bound_never_lets_ids_be_reused() {
@@ -311,27 +308,14 @@ async fn a_failed_batch_past_the_bound_never_lets_ids_be_reused() {
         .unwrap()
         .remove(0);
     // The counter just under the bound the file holds: the next ids pass it.
-    let bound_before = meta_bound(&store);
+    let bound_before = super::tests::meta_next_id(&store);
     {
         let mut l = store.inner.core.leases();
         assert_eq!(l.id_bound, bound_before);
         l.next_id = bound_before - 1;
     }
     let key = (ts(T0), task.id);
-    let write_task = |bytes: &[u8]| {
-        let txn = store.inner.core.db.begin_write().unwrap();
-        txn.open_table(ACTIVITIES)
-            .unwrap()
-            .insert(key, bytes)
-            .unwrap();
-        txn.commit().unwrap();
-    };
-    let original = {
-        let txn = store.inner.core.db.begin_read().unwrap();
-        let table = txn.open_table(ACTIVITIES).unwrap();
-        table.get(key).unwrap().unwrap().value().to_vec()
-    };
-    write_task(b"not json");
+    let original = write_task(&store, key, b"not json");
     let create = WriteOp::Create(NewInstance::new(
         InstanceId::new("n").unwrap(),
         "Job",
@@ -350,9 +334,9 @@ async fn a_failed_batch_past_the_bound_never_lets_ids_be_reused() {
             .iter()
             .all(|a| matches!(a, Err(StoreError::Backend(_))))
     );
-    write_task(&original);
+    write_task(&store, key, &original);
     assert_eq!(
-        meta_bound(&store),
+        super::tests::meta_next_id(&store),
         bound_before,
         "a failed batch writes no bound"
     );
@@ -368,7 +352,7 @@ async fn a_failed_batch_past_the_bound_never_lets_ids_be_reused() {
         .unwrap();
     let next = store.inner.core.leases().next_id;
     assert!(next > used);
-    let bound = meta_bound(&store);
+    let bound = super::tests::meta_next_id(&store);
     assert!(bound >= next, "bound {bound}, counter {next}");
     drop(store);
     let store = RedbStore::open(&path).unwrap();

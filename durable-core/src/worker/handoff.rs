@@ -329,7 +329,7 @@ mod tests {
         assert_eq!(h.next_ready(10), vec![a]);
     }
 
-    /// REVIEW: a claim refused because an episode already runs on the instance (the
+    /// A claim refused because an episode already runs on the instance (the
     /// dispatcher leased it from the store between the push and the claim) must not leave
     /// the instance marked queued: the running episode's end must queue the results that
     /// arrived meanwhile (and so get them run or the dispatcher woken).
@@ -352,7 +352,7 @@ mod tests {
         assert!(queued, "result 2 waits with nobody told to run it");
     }
 
-    /// REVIEW: the same with a first episode run by a starting client's worker.
+    /// The same with a first episode run by a starting client's worker.
     #[test]
     fn a_claim_refused_during_a_first_episode_lets_its_end_queue_it() {
         let leases = Arc::new(ActivityLeases::default());
