@@ -1277,6 +1277,17 @@ struct Tables<'t> {
     ready: Table<'t, (u64, &'static str), ()>,
     holds: Table<'t, &'static str, u64>,
     activities: Table<'t, (u64, u64), &'static [u8]>,
+    /// One buffer for every value the batch encodes (see [`json`]).
+    buf: Vec<u8>,
+}
+
+/// `value` as JSON in `buf` (cleared first): a batch encodes its records, events and tasks
+/// into one buffer instead of allocating (and growing) a vector for each on the writer
+/// thread.
+fn json<'b, T: serde::Serialize + ?Sized>(buf: &'b mut Vec<u8>, value: &T) -> R<&'b [u8]> {
+    buf.clear();
+    serde_json::to_writer(&mut *buf, value)?;
+    Ok(buf)
 }
 
 impl<'t> Tables<'t> {
@@ -1289,6 +1300,7 @@ impl<'t> Tables<'t> {
             ready: txn.open_table(READY)?,
             holds: txn.open_table(HOLDS)?,
             activities: txn.open_table(ACTIVITIES)?,
+            buf: Vec::with_capacity(1024),
         })
     }
 
@@ -1297,9 +1309,8 @@ impl<'t> Tables<'t> {
         leases
             .committed_changes
             .push((r.instance_id.as_str().to_owned(), None));
-        let bytes = serde_json::to_vec(r)?;
-        self.instances
-            .insert(r.instance_id.as_str(), bytes.as_slice())?;
+        let bytes = json(&mut self.buf, r)?;
+        self.instances.insert(r.instance_id.as_str(), bytes)?;
         Ok(())
     }
 
@@ -1345,9 +1356,8 @@ impl<'t> Tables<'t> {
             hold = 0;
         }
         let vis = ts(message.id.visible_at);
-        let bytes = serde_json::to_vec(&message)?;
-        self.inbox
-            .insert((id, vis, message.id.seq), bytes.as_slice())?;
+        let bytes = json(&mut self.buf, &message)?;
+        self.inbox.insert((id, vis, message.id.seq), bytes)?;
         let after = Some(first.map_or(vis, |f| f.min(vis)).max(hold));
         self.fix_ready(id, before, after)?;
         Ok(true)
@@ -1360,8 +1370,8 @@ impl<'t> Tables<'t> {
         task: &ActivityTask,
     ) -> R<()> {
         let id = leases.next_id();
-        let bytes = serde_json::to_vec(task)?;
-        self.activities.insert((ts(now), id), bytes.as_slice())?;
+        let bytes = json(&mut self.buf, task)?;
+        self.activities.insert((ts(now), id), bytes)?;
         leases.owners.insert(task.instance_id.as_str(), id, ts(now));
         leases.available_changes.push(((ts(now), id), true));
         Ok(())
@@ -1453,8 +1463,8 @@ impl<'t> Tables<'t> {
                 continue;
             };
             for e in &events {
-                let bytes = serde_json::to_vec(e)?;
-                self.history.insert((key, e.index), bytes.as_slice())?;
+                let bytes = json(&mut self.buf, e)?;
+                self.history.insert((key, e.index), bytes)?;
             }
             self.put_record(leases, &record)?;
             let before = self.ready_at(key)?;
@@ -1614,9 +1624,9 @@ impl<'t> Tables<'t> {
                 None => history_len(&self.history, &key)?,
             };
             for (i, event) in commit.new_events.iter().enumerate() {
-                let bytes = serde_json::to_vec(event)?;
+                let bytes = json(&mut self.buf, event)?;
                 self.history
-                    .insert((key.as_str(), start + i as u64), bytes.as_slice())?;
+                    .insert((key.as_str(), start + i as u64), bytes)?;
             }
             history_len_now = start + commit.new_events.len() as u64;
         }
@@ -1743,8 +1753,8 @@ impl<'t> Tables<'t> {
         };
         let mut task: ActivityTask = decode(&bytes)?;
         task.heartbeat = Some(details);
-        let bytes = serde_json::to_vec(&task)?;
-        self.activities.insert(key, bytes.as_slice())?;
+        let bytes = json(&mut self.buf, &task)?;
+        self.activities.insert(key, bytes)?;
         leases.renew_activity(id, lock, until);
         Ok(Ok(()))
     }
