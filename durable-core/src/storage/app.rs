@@ -8,6 +8,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::error::FailureDetails;
+#[cfg(feature = "redb")]
+use crate::error::StoreError;
 use crate::history::Payload;
 use crate::storage::Message;
 
@@ -81,7 +83,7 @@ pub struct TransactionalRun {
         not(any(feature = "redb", feature = "postgres")),
         allow(dead_code, reason = "no store runs it")
     )]
-    pub(crate) finish: Box<dyn FnOnce(Result<Payload, FailureDetails>) -> Message + Send>,
+    pub(crate) finish: Finish,
 }
 
 impl TransactionalRun {
@@ -168,6 +170,49 @@ pub(crate) type RedbActivityFn =
 pub(crate) type PgActivityFn = dyn for<'t> Fn(&'t PgTransaction<'t>, Payload) -> BoxFuture<'t, Result<Payload, FailureDetails>>
     + Send
     + Sync;
+
+/// How a run's outcome becomes the message its task's completion enqueues.
+pub(crate) type Finish = Box<dyn FnOnce(Result<Payload, FailureDetails>) -> Message + Send>;
+
+/// A redb run taken apart: the activity's name, its body, and its [`Finish`].
+#[cfg(feature = "redb")]
+pub(crate) type RedbRun = (Arc<str>, RedbBody, Finish);
+
+#[cfg(feature = "redb")]
+impl TransactionalRun {
+    /// The run's redb body, or `Unsupported` naming `store` when it needs another kind of
+    /// transaction.
+    pub(crate) fn into_redb(self, store: &str) -> Result<RedbRun, StoreError> {
+        let Self {
+            activity,
+            body,
+            finish,
+        } = self;
+        #[allow(
+            irrefutable_let_patterns,
+            reason = "refutable with the postgres feature"
+        )]
+        let Body::Redb(body) = body else {
+            return Err(StoreError::Unsupported(format!(
+                "{store} cannot run this kind of transaction for activity `{activity}`"
+            )));
+        };
+        Ok((activity, body, finish))
+    }
+}
+
+/// Runs a redb body in `txn`; a panic becomes the activity's failure.
+#[cfg(feature = "redb")]
+pub(crate) fn run_redb_body(
+    activity: &str,
+    body: RedbBody,
+    txn: &redb::WriteTransaction,
+) -> Result<Payload, FailureDetails> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        body(&RedbTransaction::new(txn))
+    }))
+    .unwrap_or_else(|panic| Err(panic_failure(activity, panic.as_ref())))
+}
 
 /// The failure a body's panic is recorded as.
 #[cfg_attr(

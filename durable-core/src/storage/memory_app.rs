@@ -10,9 +10,7 @@ use redb::{Database, ReadableDatabase};
 use super::MemoryStore;
 use crate::error::StoreError;
 use crate::storage::LockToken;
-use crate::storage::app::{
-    Body, RedbReadTransaction, RedbTransaction, TransactionalRun, panic_failure,
-};
+use crate::storage::app::{RedbReadTransaction, RedbTransaction, TransactionalRun, run_redb_body};
 
 /// The database, created on first use.
 #[derive(Debug, Default)]
@@ -50,26 +48,11 @@ impl MemoryStore {
         let db = self.app_db()?;
         let mut d = self.data();
         let (task, until) = d.held_activity(id, lock)?;
-        let TransactionalRun {
-            activity,
-            body,
-            finish,
-        } = run;
-        #[allow(
-            irrefutable_let_patterns,
-            reason = "refutable with the postgres feature"
-        )]
-        let Body::Redb(body) = body else {
-            return Err(StoreError::Unsupported(format!(
-                "MemoryStore cannot run this kind of transaction for activity `{activity}`"
-            )));
-        };
+        let (activity, body, finish) = run.into_redb("MemoryStore")?;
         let txn = db
             .begin_write()
             .map_err(|e| backend("cannot begin a transaction", e))?;
-        let result = catch_unwind(AssertUnwindSafe(|| body(&RedbTransaction::new(&txn))))
-            .unwrap_or_else(|panic| Err(panic_failure(&activity, panic.as_ref())));
-        let message = match result {
+        let message = match run_redb_body(&activity, body, &txn) {
             Ok(out) => {
                 txn.commit().map_err(|e| backend("cannot commit", e))?;
                 finish(Ok(out))

@@ -17,7 +17,7 @@ use redb::{
 };
 use tokio::sync::oneshot;
 
-use super::app::{Body, RedbReadTransaction, RedbTransaction, TransactionalRun, panic_failure};
+use super::app::{RedbReadTransaction, RedbTransaction, TransactionalRun, run_redb_body};
 use super::metrics::CommitTimer;
 use super::replace::{self, Reuse, Teardown};
 use super::{
@@ -2073,24 +2073,11 @@ fn run_app_head(core: &Core, durable: bool, head: Option<WriteOp>) -> R<(WriteTr
                 // Fenced out: the body does not run, nothing is written.
                 return Ok((txn, Head::Answer(lost(id))));
             }
-            let TransactionalRun {
-                activity,
-                body,
-                finish,
-            } = run;
-            #[allow(
-                irrefutable_let_patterns,
-                reason = "refutable with the postgres feature"
-            )]
-            let Body::Redb(body) = body else {
-                let unsupported = StoreError::Unsupported(format!(
-                    "RedbStore cannot run this kind of transaction for activity `{activity}`"
-                ));
-                return Ok((txn, Head::Answer(Err(unsupported))));
+            let (activity, body, finish) = match run.into_redb("RedbStore") {
+                Ok(parts) => parts,
+                Err(unsupported) => return Ok((txn, Head::Answer(Err(unsupported)))),
             };
-            let result = catch_unwind(AssertUnwindSafe(|| body(&RedbTransaction::new(&txn))))
-                .unwrap_or_else(|panic| Err(panic_failure(&activity, panic.as_ref())));
-            let failed = match result {
+            let failed = match run_redb_body(&activity, body, &txn) {
                 Ok(out) => {
                     let message = finish(Ok(out));
                     let completed = {

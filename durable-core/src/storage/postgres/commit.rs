@@ -181,27 +181,10 @@ impl PostgresStore {
         commits: &[EpisodeCommit],
     ) -> R<(Vec<Result<(), StoreError>>, Wake)> {
         let sql = &self.inner.sql;
-        let mut ids = BTreeSet::new();
-        for c in commits {
-            ids.extend(commit_ids(c));
-        }
-        let ids: Vec<&str> = ids.into_iter().collect();
-        let owners: Vec<&str> = commits.iter().map(|c| c.instance_id.as_str()).collect();
+        let (ids, owners) = lock_params(commits);
         let lock_rows = tx.prepare_cached(&sql.lock_rows).await?;
         let rows = tx.query(&lock_rows, &[&ids, &owners]).await?;
-        let mut locked = Locked::read(&rows)?;
-        let mut writes = Writes::default();
-        let mut out = Vec::with_capacity(commits.len());
-        for c in commits {
-            match locked.lease(c) {
-                Ok(record) => {
-                    writes.add(c, record, &[], &locked.existing)?;
-                    out.push(Ok(()));
-                }
-                Err(Error::Op(e)) => out.push(Err(e)),
-                Err(e) => return Err(e),
-            }
-        }
+        let (out, writes) = plan_batch(commits, &rows)?;
         if writes.record_ids.is_empty() {
             return Ok((out, Wake::default()));
         }
@@ -221,12 +204,7 @@ impl PostgresStore {
         commits: &[EpisodeCommit],
     ) -> R<(Vec<Result<(), StoreError>>, Wake)> {
         let sql = &self.inner.sql;
-        let mut ids = BTreeSet::new();
-        for c in commits {
-            ids.extend(commit_ids(c));
-        }
-        let ids: Vec<&str> = ids.into_iter().collect();
-        let owners: Vec<&str> = commits.iter().map(|c| c.instance_id.as_str()).collect();
+        let (ids, owners) = lock_params(commits);
         let conn = self.conn().await?;
         let lock_rows = conn.prepare_cached(&sql.lock_rows).await?;
         let open = OpenTx(Some(conn));
@@ -237,19 +215,7 @@ impl PostgresStore {
                 conn.batch_execute("BEGIN"),
                 conn.query(&lock_rows, &lock_params),
             )?;
-            let mut locked = Locked::read(&rows)?;
-            let mut writes = Writes::default();
-            let mut out = Vec::with_capacity(commits.len());
-            for c in commits {
-                match locked.lease(c) {
-                    Ok(record) => {
-                        writes.add(c, record, &[], &locked.existing)?;
-                        out.push(Ok(()));
-                    }
-                    Err(Error::Op(e)) => out.push(Err(e)),
-                    Err(e) => return Err(e),
-                }
-            }
+            let (out, writes) = plan_batch(commits, &rows)?;
             if writes.record_ids.is_empty() {
                 conn.batch_execute("COMMIT").await?;
                 return Ok((out, Wake::default()));
@@ -367,6 +333,39 @@ impl PostgresStore {
 
 /// Every instance row an episode commit touches: its own, its messages' targets and its
 /// new sub-orchestrations.
+/// The lock statement's parameters for a batch: every instance its commits touch, in id
+/// order (rows are locked in that order), and the commits' own instances.
+fn lock_params(commits: &[EpisodeCommit]) -> (Vec<&str>, Vec<&str>) {
+    let mut ids = BTreeSet::new();
+    for c in commits {
+        ids.extend(commit_ids(c));
+    }
+    let owners = commits.iter().map(|c| c.instance_id.as_str()).collect();
+    (ids.into_iter().collect(), owners)
+}
+
+/// Takes each commit's lease from the locked `rows` and adds its writes: each commit's
+/// outcome (`LockLost`: that episode changes nothing, the others commit), and the writes.
+fn plan_batch(
+    commits: &[EpisodeCommit],
+    rows: &[tokio_postgres::Row],
+) -> R<(Vec<Result<(), StoreError>>, Writes)> {
+    let mut locked = Locked::read(rows)?;
+    let mut writes = Writes::default();
+    let mut out = Vec::with_capacity(commits.len());
+    for c in commits {
+        match locked.lease(c) {
+            Ok(record) => {
+                writes.add(c, record, &[], &locked.existing)?;
+                out.push(Ok(()));
+            }
+            Err(Error::Op(e)) => out.push(Err(e)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((out, writes))
+}
+
 fn commit_ids(c: &EpisodeCommit) -> BTreeSet<&str> {
     let mut ids = BTreeSet::new();
     ids.insert(c.instance_id.as_str());

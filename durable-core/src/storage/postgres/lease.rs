@@ -55,6 +55,34 @@ impl PostgresStore {
         Ok(out)
     }
 
+    /// Runs the lease statement `text` with `params` on a lease connection and returns its
+    /// rows, reading the next wake time in the same round trip (after the lease is taken: its
+    /// own implicit transaction, run in order); that time is kept as the hint of kind `slot`
+    /// (0: orchestrations, 1: activities).
+    async fn lease_rows(
+        &self,
+        text: &str,
+        params: &[&(dyn ToSql + Sync)],
+        slot: usize,
+    ) -> R<Vec<tokio_postgres::Row>> {
+        let conn = self.lease_conn().await?;
+        let (st, wake) = tokio::try_join!(
+            conn.prepare_cached(text),
+            conn.prepare_cached(&self.inner.sql.next_wake),
+        )?;
+        let writes = self.inner.writes.load(Ordering::Acquire);
+        let (rows, next) = self
+            .leasing(&conn, async {
+                Ok(tokio::try_join!(
+                    conn.query(&st, params),
+                    conn.query_one(&wake, &[])
+                )?)
+            })
+            .await?;
+        self.hint(slot, writes, next.try_get(slot)?);
+        Ok(rows)
+    }
+
     pub(super) async fn fetch_orchestrations(
         &self,
         now: Timestamp,
@@ -64,27 +92,12 @@ impl PostgresStore {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let conn = self.lease_conn().await?;
-        let sql = &self.inner.sql;
-        let (st, wake) = tokio::try_join!(
-            conn.prepare_cached(&sql.fetch_orchestrations),
-            conn.prepare_cached(&sql.next_wake),
-        )?;
         let until = ts(now + lock_for);
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let writes = self.inner.writes.load(Ordering::Acquire);
         let params: [&(dyn ToSql + Sync); 4] = [&ts(now), &until, &new_token(), &limit];
-        // The next wake time in the same round trip, after the lease is taken (its own
-        // implicit transaction, run in order).
-        let (rows, next) = self
-            .leasing(&conn, async {
-                Ok(tokio::try_join!(
-                    conn.query(&st, &params),
-                    conn.query_one(&wake, &[])
-                )?)
-            })
+        let rows = self
+            .lease_rows(&self.inner.sql.fetch_orchestrations, &params, 0)
             .await?;
-        self.hint(0, writes, next.try_get(0)?);
         work_items(&rows)
     }
 
@@ -97,25 +110,12 @@ impl PostgresStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let conn = self.lease_conn().await?;
-        let sql = &self.inner.sql;
-        let (st, wake) = tokio::try_join!(
-            conn.prepare_cached(&sql.fetch_instances),
-            conn.prepare_cached(&sql.next_wake),
-        )?;
         let until = ts(now + lock_for);
         let ids: Vec<&str> = ids.iter().map(InstanceId::as_str).collect();
-        let writes = self.inner.writes.load(Ordering::Acquire);
         let params: [&(dyn ToSql + Sync); 4] = [&ids, &ts(now), &until, &new_token()];
-        let (rows, next) = self
-            .leasing(&conn, async {
-                Ok(tokio::try_join!(
-                    conn.query(&st, &params),
-                    conn.query_one(&wake, &[])
-                )?)
-            })
+        let rows = self
+            .lease_rows(&self.inner.sql.fetch_instances, &params, 0)
             .await?;
-        self.hint(0, writes, next.try_get(0)?);
         work_items(&rows)
     }
 
@@ -128,25 +128,12 @@ impl PostgresStore {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let conn = self.lease_conn().await?;
-        let sql = &self.inner.sql;
-        let (st, wake) = tokio::try_join!(
-            conn.prepare_cached(&sql.fetch_activities),
-            conn.prepare_cached(&sql.next_wake),
-        )?;
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let writes = self.inner.writes.load(Ordering::Acquire);
         let params: [&(dyn ToSql + Sync); 4] =
             [&ts(now), &ts(now + lock_for), &limit, &new_token()];
-        let (rows, next) = self
-            .leasing(&conn, async {
-                Ok(tokio::try_join!(
-                    conn.query(&st, &params),
-                    conn.query_one(&wake, &[])
-                )?)
-            })
+        let rows = self
+            .lease_rows(&self.inner.sql.fetch_activities, &params, 1)
             .await?;
-        self.hint(1, writes, next.try_get(1)?);
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let mut task: ActivityTask = decode(row.try_get(1)?)?;
