@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use durable_core::http_call::{DurableHttpRequest, DurableHttpResponse};
 use durable_core::prelude::*;
-use durable_testing::{HttpScript, MockHttp, TestEnv};
+use durable_testing::{HttpScript, MockHttp, TestEnv, TestEnvBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -59,6 +59,23 @@ impl Plan {
 struct Outcome {
     answer: Result<(u16, String), (String, String)>,
     elapsed: Duration,
+}
+
+/// The token sources the plans name (`api`, `partner`).
+fn with_tokens(builder: TestEnvBuilder) -> TestEnvBuilder {
+    builder
+        .http_token_source("api", || async {
+            Ok::<_, ActivityError>("t0ken".to_owned())
+        })
+        .http_token_source("partner", || async {
+            Ok::<_, ActivityError>("k3y".to_owned())
+        })
+}
+
+/// Runs `plan` through `http_flow` on `env` to its end.
+async fn outcome(env: &TestEnv, plan: Plan) -> Outcome {
+    let run = env.start(http_flow, plan).await.unwrap();
+    env.wait(&run).await.unwrap()
 }
 
 #[orchestrator]
@@ -178,12 +195,10 @@ async fn a_mocked_503_is_retried_under_the_policy_on_durable_timers() {
         .mock_http(|_| MockHttp::status(503))
         .start()
         .unwrap();
-    let run = busy
-        .start(http_flow, Plan::new("GET", format!("{API}/rates")))
-        .await
-        .unwrap();
     assert_eq!(
-        busy.wait(&run).await.unwrap().answer,
+        outcome(&busy, Plan::new("GET", format!("{API}/rates")))
+            .await
+            .answer,
         Ok((503, String::new()))
     );
     assert_eq!(busy.http_requests().len(), 1);
@@ -302,51 +317,33 @@ async fn requests_pass_through_to_the_network_and_real_ones_are_listed_too() {
     let script = HttpScript::new()
         .on("GET", format!("{API}/mocked"), MockHttp::status(204))
         .otherwise(MockHttp::pass_through());
-    let env = TestEnv::builder()
+    let env = with_tokens(TestEnv::builder())
         .register(http_flow)
         .http_script(script)
-        .http_token_source("api", || async {
-            Ok::<_, ActivityError>("t0ken".to_owned())
-        })
-        .http_token_source("partner", || async {
-            Ok::<_, ActivityError>("k3y".to_owned())
-        })
         .start()
         .unwrap();
-    let run = env
-        .start(http_flow, Plan::new("GET", format!("{base}/real")))
-        .await
-        .unwrap();
     assert_eq!(
-        env.wait(&run).await.unwrap().answer,
+        outcome(&env, Plan::new("GET", format!("{base}/real")))
+            .await
+            .answer,
         Ok((200, "from the network".to_owned()))
     );
-    let run = env
-        .start(http_flow, Plan::new("GET", format!("{API}/mocked")))
-        .await
-        .unwrap();
     assert_eq!(
-        env.wait(&run).await.unwrap().answer,
+        outcome(&env, Plan::new("GET", format!("{API}/mocked")))
+            .await
+            .answer,
         Ok((204, String::new()))
     );
 
     // No mock: the built-in activity sends it, and the harness still lists it.
-    let plain = TestEnv::builder()
+    let plain = with_tokens(TestEnv::builder())
         .register(http_flow)
-        .http_token_source("api", || async {
-            Ok::<_, ActivityError>("t0ken".to_owned())
-        })
-        .http_token_source("partner", || async {
-            Ok::<_, ActivityError>("k3y".to_owned())
-        })
         .start()
         .unwrap();
-    let run = plain
-        .start(http_flow, Plan::new("GET", format!("{base}/real")))
-        .await
-        .unwrap();
     assert_eq!(
-        plain.wait(&run).await.unwrap().answer,
+        outcome(&plain, Plan::new("GET", format!("{base}/real")))
+            .await
+            .answer,
         Ok((200, "from the network".to_owned()))
     );
     let sent = plain.http_requests();
@@ -361,26 +358,16 @@ async fn mocks_and_pass_through_survive_worker_crashes() {
     let poll = format!("{base}/jobs/1");
     let location = poll.clone();
     // Stateless: a re-run after a crash gets the same answer.
-    let env = TestEnv::builder()
+    let env = with_tokens(TestEnv::builder())
         .register(http_flow)
         .mock_http(move |request| match request.method() {
             "POST" => MockHttp::accepted(&location),
             _ => MockHttp::pass_through(),
         })
-        .http_token_source("api", || async {
-            Ok::<_, ActivityError>("t0ken".to_owned())
-        })
-        .http_token_source("partner", || async {
-            Ok::<_, ActivityError>("k3y".to_owned())
-        })
         .crash_after_commits([2, 4])
         .start()
         .unwrap();
-    let run = env
-        .start(http_flow, Plan::new("POST", format!("{API}/jobs")))
-        .await
-        .unwrap();
-    let out = env.wait(&run).await.unwrap();
+    let out = outcome(&env, Plan::new("POST", format!("{API}/jobs"))).await;
     assert_eq!(out.answer, Ok((200, "done".to_owned())));
     assert_eq!(env.crashes(), 2);
     let sent = env.http_requests();
