@@ -105,6 +105,7 @@ macro_rules! conformance_tests {
             create_started_applies_the_first_episode,
             create_started_declines_a_taken_id,
             create_started_with_children,
+            create_leased_leases_the_new_instance,
             next_wake_time_for_after_fetch,
             a_step_does_not_bump_finished,
         );

@@ -70,6 +70,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         create_started_applies_the_first_episode,
         create_started_declines_a_taken_id,
         create_started_with_children,
+        create_leased_leases_the_new_instance,
         next_wake_time_for_after_fetch,
         a_step_does_not_bump_finished,
     );
@@ -2936,6 +2937,97 @@ pub async fn create_started_declines_a_taken_id(store: Arc<dyn Store>) {
         fetch(&store, at(10_000)).await.is_none(),
         "no declined episode armed a timer"
     );
+}
+
+/// `create_leased` stores a brand-new instance with its start message, leased to the
+/// caller: no fetch takes it while the lease holds, the lease's commit consumes the start,
+/// a taken id is declined with nothing written whatever the reuse policy, and once a lease
+/// runs out (its worker stopped) a fetch takes the instance with its start, and the old
+/// lease's commit is refused. (A store that does not support it writes nothing.)
+pub async fn create_leased_leases_the_new_instance(store: Arc<dyn Store>) {
+    let lease = Duration::from_secs(60);
+    let Some(item) = store
+        .create_leased(new_instance("l", "Leased", "\"in\"", T0), at(1), lease)
+        .await
+        .expect("create_leased")
+    else {
+        assert_eq!(
+            store.read_instance(&id("l")).await.expect("read_instance"),
+            None,
+            "a store without create_leased creates nothing"
+        );
+        return;
+    };
+    assert_eq!(item.instance.instance_id.as_str(), "l");
+    assert_eq!(
+        (
+            item.instance.status,
+            item.instance.execution,
+            item.history_len
+        ),
+        (RuntimeStatus::Pending, 1, 0)
+    );
+    assert_eq!(labels(&item.messages), ["ExecutionStarted"]);
+    let r = record(&store, "l").await;
+    assert_eq!(
+        (r.status, r.input.as_str(), r.created_at),
+        (RuntimeStatus::Pending, "\"in\"", T0),
+        "stored as create_instance stores it"
+    );
+    assert!(
+        fetch(&store, at(2)).await.is_none(),
+        "leased: no fetch takes it"
+    );
+    for reuse in [
+        IdReusePolicy::ReplaceFinished,
+        IdReusePolicy::DedupeRunning,
+        IdReusePolicy::TerminateRunning,
+    ] {
+        let mut again = new_instance("l", "Leased", "\"other\"", at(2));
+        again.reuse = reuse;
+        assert_eq!(
+            store
+                .create_leased(again, at(2), lease)
+                .await
+                .map(|i| i.is_some()),
+            Ok(false),
+            "a taken id is declined ({reuse:?})"
+        );
+    }
+    // The lease's commit consumes the start.
+    let mut first = commit_for(&item, RuntimeStatus::Running, at(3));
+    first.new_events = vec![ev(0, at(3), Event::OrchestratorStarted)];
+    commit(&store, first).await;
+    assert!(
+        fetch(&store, at(100_000)).await.is_none(),
+        "the start was consumed"
+    );
+    let r = record(&store, "l").await;
+    assert_eq!(
+        (r.status, r.input.as_str()),
+        (RuntimeStatus::Running, "\"in\"")
+    );
+
+    // A worker that never runs the episode: the lease runs out, and any fetch takes it.
+    let stale = store
+        .create_leased(new_instance("x", "Leased", "null", at(10)), at(10), lease)
+        .await
+        .expect("create_leased")
+        .expect("a new id is created");
+    let expired = at(10) + lease + Duration::from_millis(1);
+    let taken = fetch_one(&store, "x", expired).await;
+    assert_eq!(labels(&taken.messages), ["ExecutionStarted"]);
+    assert!(
+        matches!(
+            store
+                .commit_episode(commit_for(&stale, RuntimeStatus::Running, expired))
+                .await,
+            Err(StoreError::LockLost(_))
+        ),
+        "the lost lease's commit is refused"
+    );
+    commit(&store, commit_for(&taken, RuntimeStatus::Running, expired)).await;
+    assert!(fetch(&store, at(1_000_000)).await.is_none());
 }
 
 /// A first episode may start sub-orchestrations: they are created with it, and a child id

@@ -599,6 +599,29 @@ impl Store for MemoryStore {
         Ok(Some(record))
     }
 
+    async fn create_leased(
+        &self,
+        new: NewInstance,
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> Result<Option<OrchestrationWorkItem>, StoreError> {
+        let item = {
+            let mut d = self.data();
+            if d.instances.contains_key(new.instance_id.as_str()) {
+                return Ok(None);
+            }
+            let CreateResult::Created(record) = d.create(new)? else {
+                return Ok(None);
+            };
+            d.lease(record.instance_id.as_str(), now, lock_for)
+        };
+        self.inner
+            .signals
+            .changed
+            .send_modify(|v| *v = v.wrapping_add(1));
+        Ok(item)
+    }
+
     fn supports_activity_handoff(&self) -> bool {
         true
     }

@@ -1038,6 +1038,49 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         Ok(None)
     }
 
+    /// Creates a brand-new instance leased to the caller, in one durable write: as
+    /// [`create_instance`](Store::create_instance) (its `ExecutionStarted` stored in the
+    /// inbox) followed by a lease of it until `now + lock_for`, so that no other worker
+    /// takes it meanwhile. Returns the lease's work item, as a fetch would. A worker that
+    /// shares the process with the starting client uses it for a start whose first episode
+    /// runs local activities: the start returns once the instance is stored, and this
+    /// worker runs the episode at once, without a fetch. If it never does (it stopped),
+    /// the lease runs out and any worker takes the instance.
+    ///
+    /// `Ok(None)` when nothing was written — the id is taken (whatever the reuse policy) or
+    /// the store does not support it (the default) — and the caller then creates the
+    /// instance the ordinary way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use durable_core::prelude::*;
+    /// use durable_core::storage::{NewInstance, Store};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let now = Timestamp::from_unix_millis(1_000);
+    /// let new = NewInstance::new(InstanceId::new("order-1")?, "Checkout", "null".into(), now);
+    /// let item = store.create_leased(new.clone(), now, Duration::from_secs(30)).await?;
+    /// let item = item.expect("a new id");
+    /// assert_eq!(item.messages.len(), 1); // its ExecutionStarted
+    /// // Leased: no fetch takes it, and the id is taken for a second call.
+    /// assert!(store.fetch_orchestration_work(now, Duration::from_secs(30)).await?.is_none());
+    /// assert!(store.create_leased(new, now, Duration::from_secs(30)).await?.is_none());
+    /// # Ok(()) }
+    /// ```
+    async fn create_leased(
+        &self,
+        new: NewInstance,
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> Result<Option<OrchestrationWorkItem>, StoreError> {
+        let _ = (new, now, lock_for);
+        Ok(None)
+    }
+
     /// `true` if the store implements [`create_started`](Store::create_started); a worker
     /// only runs a first episode at the start (its local activities among it) when it is.
     /// The default is `false`.

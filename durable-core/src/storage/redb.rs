@@ -827,6 +827,9 @@ struct Leases {
     releasing_orch: HashMap<String, u64>,
     /// Activity leases released by the batch being committed, likewise kept until then.
     releasing_activity: HashSet<u64>,
+    /// Instance locks taken by the batch being committed (with their tokens), dropped again
+    /// if it fails.
+    acquiring_orch: Vec<(String, u64)>,
     /// Keys of the queued activity tasks that are not leased, so a fetch never walks over
     /// leased ones (which stay in the table until their result is committed).
     available: BTreeSet<(u64, u64)>,
@@ -1062,8 +1065,16 @@ impl Leases {
         let activities = std::mem::take(&mut self.releasing_activity);
         let available = std::mem::take(&mut self.available_changes);
         let seen = std::mem::take(&mut self.committed_changes);
+        let acquired = std::mem::take(&mut self.acquiring_orch);
         self.owners.finish_batch(committed);
         if !committed {
+            for (id, token) in acquired {
+                if self.orch.get(&id).is_some_and(|l| l.token == token)
+                    && let Some(lease) = self.orch.remove(&id)
+                {
+                    self.orch_expiry.remove(&(lease.until, id));
+                }
+            }
             return;
         }
         for (id, change) in seen {
@@ -1552,6 +1563,47 @@ impl<'t> Tables<'t> {
             .map(|activity| Some((record, activity))))
     }
 
+    /// Creates a brand-new instance leased to the caller until `until` (see
+    /// [`Store::create_leased`]); `None`, with nothing written, when the id is taken or
+    /// leased. The lock is taken in memory as the batch is applied and dropped again if the
+    /// batch fails ([`Leases::finish_batch`]).
+    fn create_leased(
+        &mut self,
+        leases: &mut Leases,
+        new: NewInstance,
+        until: Timestamp,
+    ) -> R<Result<Option<OrchestrationWorkItem>, StoreError>> {
+        let key = new.instance_id.as_str().to_owned();
+        if leases.orch.contains_key(&key) || self.instances.get(key.as_str())?.is_some() {
+            return Ok(Ok(None));
+        }
+        let instance = match self.create(leases, new)? {
+            Ok(CreateResult::Created(record)) => record,
+            Ok(CreateResult::Existing(_)) => return Ok(Ok(None)),
+            Err(e) => return Ok(Err(e)),
+        };
+        let messages = self
+            .inbox
+            .range((key.as_str(), 0u64, 0u64)..=(key.as_str(), u64::MAX, u64::MAX))?
+            .map(|e| {
+                let (k, v) = e?;
+                inbox_message(k.value(), v.value())
+            })
+            .collect::<R<Vec<Message>>>()?;
+        let seen = Box::new(Seen {
+            record: instance.clone(),
+            history_len: 0,
+        });
+        let token = leases.lock(&key, until, Some(seen));
+        leases.acquiring_orch.push((key, token));
+        Ok(Ok(Some(OrchestrationWorkItem {
+            instance,
+            history_len: 0,
+            messages,
+            lock: LockToken(token),
+        })))
+    }
+
     /// [`commit`](Self::commit) once the lease is checked. `seen` is the instance's current
     /// record and history length when the caller has them (read otherwise).
     fn apply_commit(
@@ -1791,6 +1843,10 @@ enum WriteOp {
     Send(InstanceId, Message),
     Commit(Box<EpisodeCommit>),
     CreateStarted(Box<(NewInstance, EpisodeCommit)>),
+    CreateLeased {
+        new: NewInstance,
+        until: Timestamp,
+    },
     AbandonEpisode {
         instance_id: InstanceId,
         lock: LockToken,
@@ -1847,6 +1903,8 @@ enum Outcome {
     Created(Box<CreateResult>),
     /// [`WriteOp::CreateStarted`]: the record, or `None` when nothing was written.
     CreatedStarted(Option<Box<InstanceRecord>>),
+    /// [`WriteOp::CreateLeased`]: the lease's work item, or `None` when nothing was written.
+    CreatedLeased(Option<Box<OrchestrationWorkItem>>),
     Purged(bool),
     /// [`WriteOp::AppWrite`]: the body's answer.
     App(AppAnswer),
@@ -2173,6 +2231,19 @@ fn apply(
                         },
                     ),
                 })
+        }
+        WriteOp::CreateLeased { new, until } => {
+            t.create_leased(leases, new, until)?.map(|item| match item {
+                None => (Outcome::CreatedLeased(None), Wake::default()),
+                // Leased to the caller: no worker needs waking.
+                Some(item) => (
+                    Outcome::CreatedLeased(Some(Box::new(item))),
+                    Wake {
+                        changed: true,
+                        ..Wake::default()
+                    },
+                ),
+            })
         }
         WriteOp::AbandonEpisode {
             instance_id,
@@ -2656,6 +2727,19 @@ impl Store for RedbStore {
             .await?
         {
             Outcome::CreatedStarted(created) => Ok(created.map(|r| *r)),
+            _ => Err(Outcome::unexpected()),
+        }
+    }
+
+    async fn create_leased(
+        &self,
+        new: NewInstance,
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> Result<Option<OrchestrationWorkItem>, StoreError> {
+        let until = now + lock_for;
+        match self.write(WriteOp::CreateLeased { new, until }).await? {
+            Outcome::CreatedLeased(item) => Ok(item.map(|i| *i)),
             _ => Err(Outcome::unexpected()),
         }
     }

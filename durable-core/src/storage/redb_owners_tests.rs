@@ -219,6 +219,43 @@ async fn a_failed_batch_leaves_the_index_as_it_was() {
     assert_eq!(queued_owners(&store), ["s"]);
 }
 
+/// A leased create in a batch that fails takes no lease: the id stays free, and a later
+/// leased create of it succeeds.
+#[tokio::test]
+async fn a_failed_batch_drops_the_lease_of_a_leased_create() {
+    let store = RedbStore::in_memory().unwrap();
+    let spoiled = start_with_tasks(&store, "s", 1).await;
+    let tasks = store.fetch_activity_work(T0, LEASE, 10).await.unwrap();
+    let task = tasks
+        .iter()
+        .find(|t| t.task.instance_id == spoiled)
+        .unwrap();
+    let key = (ts(T0), task.id);
+    let original = write_task(&store, key, b"not json");
+    let new = NewInstance::new(InstanceId::new("n").unwrap(), "N", "null".into(), T0);
+    let create = WriteOp::CreateLeased {
+        new: new.clone(),
+        until: T0 + LEASE,
+    };
+    let heartbeat = WriteOp::Heartbeat {
+        id: task.id,
+        lock: task.lock,
+        details: "null".into(),
+        until: T0 + LEASE,
+    };
+    let answers = one_batch(&store, vec![create, heartbeat]);
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Err(StoreError::Backend(_))))
+    );
+    write_task(&store, key, &original);
+
+    assert_eq!(store.read_instance(&new.instance_id).await.unwrap(), None);
+    let item = store.create_leased(new, T0, LEASE).await.unwrap();
+    assert!(item.is_some(), "no lease was left behind on the id");
+}
+
 /// A version-1 file, which kept the index in an `activity_owners` table, opens: the table
 /// is deleted, the version becomes 2, and its queued tasks still go with their instance.
 #[tokio::test]

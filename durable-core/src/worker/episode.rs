@@ -36,7 +36,17 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
         if inner.is_shutting_down() {
             break;
         }
-        let Ok(first) = Arc::clone(&inner.orch_slots).acquire_owned().await else {
+        // A shutdown while every slot is taken ends the wait (see `release_created`).
+        let first = tokio::select! {
+            permit = Arc::clone(&inner.orch_slots).acquire_owned() => permit,
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                continue;
+            }
+        };
+        let Ok(first) = first else {
             break;
         };
         let mut permits = vec![first];
@@ -48,7 +58,8 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
         let handed_off = inner.handoff_ready.notified();
         store_first = !store_first;
         let fetched_at = inner.clock.now();
-        let mut started = 0;
+        // Instances this worker created leased go first: their lease is running.
+        let mut started = start_created(&inner, &mut running, &mut permits);
         if !store_first {
             started += start_handed_off(&inner, &mut running, &mut permits).await;
         }
@@ -94,7 +105,25 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
             }
         }
     }
+    release_created(&inner).await;
     while running.join_next().await.is_some() {}
+}
+
+/// Gives back the leases of instances this worker created leased whose episodes it never
+/// started (it is stopping), so that another worker takes them now rather than once the
+/// leases run out.
+async fn release_created(inner: &Inner) {
+    let items: Vec<_> = lock_cache(&inner.created).drain(..).collect();
+    if inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    for item in items {
+        let id = &item.instance.instance_id;
+        let now = inner.clock.now();
+        if let Err(e) = inner.store.abandon_episode(id, item.lock, now, None).await {
+            tracing::warn!(instance = %id, error = %e, "giving back the lease of a new instance failed");
+        }
+    }
 }
 
 type Permit = tokio::sync::OwnedSemaphorePermit;
@@ -453,7 +482,7 @@ async fn try_episode(
     leased_at: Timestamp,
     handed: &mut Vec<HandedOff>,
     permit: &mut Option<Permit>,
-    first: Option<&mut First>,
+    mut first: Option<&mut First>,
 ) -> Result<(), Stuck> {
     let OrchestrationWorkItem {
         instance,
@@ -520,10 +549,15 @@ async fn try_episode(
 
     replayer.begin_episode(now);
     let delivered = deliver(&mut replayer, &instance, messages, handed, rewind.as_ref());
-    if fresh && replayer.has_local_activities() {
+    if let Some(first) = first
+        .as_deref_mut()
+        .filter(|_| replayer.has_local_activities())
+    {
         // Local steps run in the worker, not in the starting client's call: `start`
         // returns once the instance is stored, and runs no user code. Nothing is written
-        // here; the instance is created the ordinary way.
+        // here: the instance is created leased to this worker, which runs the episode
+        // again at once (`run_first`), or the ordinary way.
+        first.locals = true;
         return Ok(());
     }
     super::local::run(inner, &mut replayer, &instance, leased_at).await;
@@ -869,6 +903,8 @@ async fn write(
 /// create with it, and what the store did.
 struct First {
     new: Option<NewInstance>,
+    /// The episode runs local activities: it was not written.
+    locals: bool,
     /// The store was asked (its error is then the start's error).
     attempted: bool,
     created: Option<crate::storage::InstanceRecord>,
@@ -918,7 +954,7 @@ async fn run_first(
     if !inner.handoffs().begin_first(id) {
         return Ok(None);
     }
-    let _end = EndFirst { inner, id };
+    let end = EndFirst { inner, id };
     let item = OrchestrationWorkItem {
         instance: new.record(None),
         history_len: 0,
@@ -927,6 +963,7 @@ async fn run_first(
     };
     let mut first = First {
         new: Some(new.clone()),
+        locals: false,
         attempted: false,
         created: None,
     };
@@ -942,13 +979,64 @@ async fn run_first(
     )
     .instrument(span)
     .await;
+    drop(end);
     match ran {
+        Ok(()) if first.locals => start_leased(inner, new).await,
         Ok(()) => Ok(first.created),
         Err(Stuck::Store(e)) if first.attempted => Err(e),
         // The code could not run here (it does not replay, say): the ordinary path holds
         // the instance back and reports why.
         Err(_) => Ok(None),
     }
+}
+
+/// Creates `new` leased to this worker ([`Store::create_leased`]) and queues its first
+/// episode, which runs local activities, for the dispatcher: the start returns once the
+/// instance is stored, and the episode starts without a fetch (whose lease and wake-up
+/// are round trips to a networked store). `Ok(None)` when the store declines
+/// (the id is taken, or it does not support it): the instance is then created the
+/// ordinary way.
+async fn start_leased(
+    inner: &Inner,
+    new: &NewInstance,
+) -> Result<Option<crate::storage::InstanceRecord>, StoreError> {
+    if inner.is_shutting_down() || inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(None);
+    }
+    let Some(item) = inner
+        .store
+        .create_leased(
+            new.clone(),
+            inner.clock.now(),
+            inner.options.orchestration_lock,
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let record = item.instance.clone();
+    lock_cache(&inner.created).push_back(item);
+    inner.handoff_ready.notify_one();
+    Ok(Some(record))
+}
+
+/// Spawns the episodes of the instances this worker created leased ([`start_leased`]), one
+/// per permit, oldest first; returns how many started.
+fn start_created(
+    inner: &Arc<Inner>,
+    running: &mut JoinSet<()>,
+    permits: &mut Vec<Permit>,
+) -> usize {
+    let mut started = 0;
+    while !permits.is_empty() {
+        let Some(item) = lock_cache(&inner.created).pop_front() else {
+            break;
+        };
+        let permit = permits.pop().expect("checked above");
+        spawn_episode(inner, running, item, permit, inner.clock.now());
+        started += 1;
+    }
+    started
 }
 
 /// Ends a first episode in [`Handoffs`](super::handoff::Handoffs) when dropped: results

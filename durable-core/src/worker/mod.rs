@@ -1183,6 +1183,7 @@ impl WorkerBuilder {
             stuck: Mutex::new(HashMap::new()),
             handoff: Mutex::new(handoff::Handoffs::default()),
             handoff_ready: Notify::new(),
+            created: Mutex::new(std::collections::VecDeque::new()),
             activity_lease,
             orchestration_lease,
             activity_leases: Arc::new(lease::ActivityLeases::default()),
@@ -1324,8 +1325,12 @@ pub(crate) struct Inner {
     pub(crate) stuck: Mutex<HashMap<InstanceId, u32>>,
     /// Activity results handed to orchestrations in memory.
     pub(crate) handoff: Mutex<handoff::Handoffs>,
-    /// Woken when an instance has handed-off results to deliver.
+    /// Woken when an instance has handed-off results to deliver, or when one is queued in
+    /// `created`.
     pub(crate) handoff_ready: Notify,
+    /// Instances this worker created leased to itself at their start, their first episodes
+    /// (which run local activities) waiting for the dispatcher.
+    pub(crate) created: Mutex<std::collections::VecDeque<crate::storage::OrchestrationWorkItem>>,
     /// The lease the store grants on activity tasks.
     pub(crate) activity_lease: Duration,
     /// The lease the store grants on an instance for an episode

@@ -22,12 +22,15 @@ const GUARD: Duration = Duration::from_secs(20);
 
 // ------------------------------------------------------------------ a store that counts
 
-/// Forwards to a store and counts episode commits, the activity tasks they enqueue and
-/// activity completions written to the store.
+/// Forwards to a store and counts episode commits, the activity tasks they enqueue,
+/// activity completions written to the store, instances created leased and the work items
+/// fetches answered.
 #[derive(Debug)]
 pub(crate) struct Counting {
     inner: Arc<dyn Store>,
     episodes: AtomicUsize,
+    created_leased: AtomicUsize,
+    fetched: AtomicUsize,
     tasks_enqueued: AtomicUsize,
     completions: AtomicUsize,
     heartbeats: AtomicUsize,
@@ -41,6 +44,8 @@ impl Counting {
         Arc::new(Self {
             inner,
             episodes: AtomicUsize::new(0),
+            created_leased: AtomicUsize::new(0),
+            fetched: AtomicUsize::new(0),
             tasks_enqueued: AtomicUsize::new(0),
             completions: AtomicUsize::new(0),
             heartbeats: AtomicUsize::new(0),
@@ -66,6 +71,14 @@ impl Counting {
     fn tasks_enqueued(&self) -> usize {
         self.tasks_enqueued.load(Ordering::SeqCst)
     }
+
+    /// Counts the work items of a fetch's answer.
+    fn fetched<T>(&self, items: Result<Vec<T>, StoreError>) -> Result<Vec<T>, StoreError> {
+        if let Ok(items) = &items {
+            self.fetched.fetch_add(items.len(), Ordering::SeqCst);
+        }
+        items
+    }
 }
 
 #[async_trait]
@@ -81,7 +94,9 @@ impl Store for Counting {
         now: Timestamp,
         lock_for: Duration,
     ) -> Result<Option<OrchestrationWorkItem>, StoreError> {
-        self.inner.fetch_orchestration_work(now, lock_for).await
+        let item = self.inner.fetch_orchestration_work(now, lock_for).await;
+        self.fetched(item.map(Vec::from_iter))
+            .map(|items| items.into_iter().next())
     }
     async fn fetch_orchestration_batch(
         &self,
@@ -89,9 +104,33 @@ impl Store for Counting {
         lock_for: Duration,
         max: usize,
     ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
-        self.inner
-            .fetch_orchestration_batch(now, lock_for, max)
-            .await
+        self.fetched(
+            self.inner
+                .fetch_orchestration_batch(now, lock_for, max)
+                .await,
+        )
+    }
+    async fn create_leased(
+        &self,
+        new: NewInstance,
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> Result<Option<OrchestrationWorkItem>, StoreError> {
+        let item = self.inner.create_leased(new, now, lock_for).await?;
+        if item.is_some() {
+            self.created_leased.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(item)
+    }
+    async fn create_started(
+        &self,
+        new: NewInstance,
+        first: EpisodeCommit,
+    ) -> Result<Option<InstanceRecord>, StoreError> {
+        self.inner.create_started(new, first).await
+    }
+    fn supports_create_started(&self) -> bool {
+        self.inner.supports_create_started()
     }
     async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError> {
         // Counted before the commit: a waiter may see its effect before it returns.
@@ -109,7 +148,7 @@ impl Store for Counting {
         now: Timestamp,
         lock_for: Duration,
     ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
-        self.inner.fetch_instances_work(ids, now, lock_for).await
+        self.fetched(self.inner.fetch_instances_work(ids, now, lock_for).await)
     }
     async fn abandon_episode(
         &self,
@@ -286,6 +325,205 @@ async fn five_local_steps_cost_one_episode_commit_on_redb() {
         assert_eq!(calls.load(Ordering::SeqCst), 1, "step {i} ran once");
     }
     worker.shutdown().await;
+}
+
+// ------------------------------------------------------------------ created leased
+
+static LEASED_STEPS: AtomicUsize = AtomicUsize::new(0);
+
+#[activity(local)]
+async fn leased_step(n: u32) -> Result<u32, ActivityError> {
+    LEASED_STEPS.fetch_add(1, Ordering::SeqCst);
+    Ok(n + 1)
+}
+
+#[orchestrator]
+async fn two_leased_steps(ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> {
+    let n = ctx.call(leased_step, n).await?;
+    Ok(ctx.call(leased_step, n).await?)
+}
+
+/// A start whose first episode runs local steps creates the instance leased to the
+/// starting worker, which runs the episode without fetching it (on a networked store a
+/// fetch is a round trip and a wake-up), on each store that supports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_with_local_steps_runs_its_episode_without_a_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores: [Arc<dyn Store>; 2] = [
+        Arc::new(durable_core::MemoryStore::new()),
+        Arc::new(RedbStore::open(dir.path().join("hub.redb")).unwrap()),
+    ];
+    for inner in stores {
+        let store = Counting::new(inner);
+        let clock = ManualClock::default();
+        let worker = counted_worker(&store, &clock, |b| {
+            b.register(leased_step).register(two_leased_steps)
+        });
+        let before = LEASED_STEPS.load(Ordering::SeqCst);
+        let run = two_leased_steps::start(&worker.client(), 40).await.unwrap();
+        assert_eq!(wait("the run", run.wait()).await.unwrap(), 42);
+        assert_eq!(
+            LEASED_STEPS.load(Ordering::SeqCst) - before,
+            2,
+            "each step ran once"
+        );
+        assert_eq!(store.created_leased.load(Ordering::SeqCst), 1);
+        assert_eq!(store.fetched.load(Ordering::SeqCst), 0, "no fetch took it");
+        assert_eq!(store.episodes(), 1, "one episode commit after the start");
+        let h = run.history().await.unwrap();
+        assert_eq!(count(&h, "OrchestratorStarted"), 1);
+        assert_eq!(count(&h, "TaskCompleted"), 2);
+        worker.shutdown().await;
+    }
+}
+
+static SLOT_HOLDS: AtomicUsize = AtomicUsize::new(0);
+static SLOT_RELEASE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// The first run holds the worker's only orchestration slot until released.
+#[activity(local)]
+async fn holds_the_slot(_input: ()) -> Result<u32, ActivityError> {
+    if SLOT_HOLDS.fetch_add(1, Ordering::SeqCst) == 0 {
+        SLOT_RELEASE.notified().await;
+    }
+    Ok(0)
+}
+
+#[orchestrator]
+async fn occupies(ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {
+    Ok(ctx.call(holds_the_slot, ()).await?)
+}
+
+static WAITING_STEPS: AtomicUsize = AtomicUsize::new(0);
+
+#[activity(local)]
+async fn waiting_step(n: u32) -> Result<u32, ActivityError> {
+    WAITING_STEPS.fetch_add(1, Ordering::SeqCst);
+    Ok(n * 3)
+}
+
+#[orchestrator]
+async fn waits_for_a_slot(ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> {
+    Ok(ctx.call(waiting_step, n).await?)
+}
+
+/// An instance created leased by a worker that stops before running its episode is not
+/// lost: its lease runs out, and another worker takes it with its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_start_whose_worker_stops_is_taken_once_its_lease_runs_out() {
+    let env = start(|b| {
+        b.max_concurrent_orchestrations(1)
+            .register(holds_the_slot)
+            .register(occupies)
+            .register(waiting_step)
+            .register(waits_for_a_slot)
+    });
+    env.client.start(occupies, ()).await.unwrap();
+    wait("the slot to be taken", async {
+        while SLOT_HOLDS.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let run = env.client.start(waits_for_a_slot, 7).await.unwrap();
+    let id = run.id().clone();
+    let (store, clock) = (env.store.clone(), env.clock.clone());
+    env.worker.abort();
+    assert_eq!(WAITING_STEPS.load(Ordering::SeqCst), 0, "never ran there");
+    let r = store.read_instance(&id).await.unwrap().unwrap();
+    assert_eq!(r.status, RuntimeStatus::Pending, "stored at the start");
+    let env2 = start_on(store, clock, |b| {
+        b.register(holds_the_slot)
+            .register(occupies)
+            .register(waiting_step)
+            .register(waits_for_a_slot)
+    });
+    assert!(
+        env2.store
+            .fetch_orchestration_work(env2.clock.as_clock().now(), GUARD)
+            .await
+            .unwrap()
+            .is_none(),
+        "still leased to the stopped worker"
+    );
+    env2.clock.advance(Duration::from_secs(120)); // past the lease
+    let out = waits_for_a_slot::handle(&env2.client, id)
+        .wait()
+        .await
+        .unwrap();
+    assert_eq!(out, 21);
+    assert_eq!(WAITING_STEPS.load(Ordering::SeqCst), 1);
+    SLOT_RELEASE.notify_one();
+}
+
+static SHUTDOWN_HOLDS: AtomicUsize = AtomicUsize::new(0);
+static SHUTDOWN_RELEASE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// The first run holds the worker's only orchestration slot until released.
+#[activity(local)]
+async fn holds_through_shutdown(_input: ()) -> Result<u32, ActivityError> {
+    if SHUTDOWN_HOLDS.fetch_add(1, Ordering::SeqCst) == 0 {
+        SHUTDOWN_RELEASE.notified().await;
+    }
+    Ok(0)
+}
+
+#[orchestrator]
+async fn occupies_through_shutdown(
+    ctx: OrchestrationContext,
+    _input: (),
+) -> Result<u32, OrchestrationError> {
+    Ok(ctx.call(holds_through_shutdown, ()).await?)
+}
+
+/// A worker shut down before it started the episode of an instance it created leased gives
+/// the lease back: another worker takes the instance at once, not when the lease runs out
+/// (the clock never moves here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_gives_back_the_leases_of_starts_it_did_not_run() {
+    let configure = |b: WorkerBuilder| {
+        b.max_concurrent_orchestrations(1)
+            .register(holds_through_shutdown)
+            .register(occupies_through_shutdown)
+            .register(leased_step)
+            .register(two_leased_steps)
+    };
+    let env = start(configure);
+    env.client
+        .start(occupies_through_shutdown, ())
+        .await
+        .unwrap();
+    wait("the slot to be taken", async {
+        while SHUTDOWN_HOLDS.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let run = env.client.start(two_leased_steps, 10).await.unwrap();
+    let (store, clock) = (env.store.clone(), env.clock.clone());
+    let now = clock.as_clock().now();
+    let depths = store.queue_depths(now).await.unwrap().unwrap();
+    assert_eq!(depths.ready_orchestrations, 0, "leased to the worker");
+    let shutdown = tokio::spawn(env.worker.shutdown());
+    wait("the lease to be given back", async {
+        while store
+            .queue_depths(now)
+            .await
+            .unwrap()
+            .unwrap()
+            .ready_orchestrations
+            == 0
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    SHUTDOWN_RELEASE.notify_one();
+    wait("the shutdown", shutdown).await.unwrap();
+    let env2 = start_on(store, clock, configure);
+    let out = two_leased_steps::handle(&env2.client, run.id().clone());
+    assert_eq!(wait("the run", out.wait()).await.unwrap(), 12);
+    env2.worker.shutdown().await;
 }
 
 // ------------------------------------------------------------------ retries run locally

@@ -507,6 +507,27 @@ impl Store for PostgresStore {
         true
     }
 
+    async fn create_leased(
+        &self,
+        new: NewInstance,
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> Result<Option<OrchestrationWorkItem>, StoreError> {
+        let lock_for = self.orchestration_lease(lock_for);
+        let item = self
+            .create_leased_row(&new, now, lock_for)
+            .await
+            .map_err(|e| self.err("creating a leased instance", e))?;
+        if item.is_some() {
+            // Leased to the caller: no worker needs waking, only watchers of changes.
+            self.signal(Wake {
+                changed: true,
+                ..Wake::default()
+            });
+        }
+        Ok(item)
+    }
+
     fn supports_activity_handoff(&self) -> bool {
         true
     }

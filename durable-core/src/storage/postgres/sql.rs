@@ -13,6 +13,7 @@ pub(super) struct Sql {
     pub(super) select_status: String,
     pub(super) insert_instance: String,
     pub(super) insert_started: String,
+    pub(super) insert_leased: String,
     pub(super) replace_instance: String,
     pub(super) update_record: String,
     pub(super) update_records: String,
@@ -117,6 +118,17 @@ impl Sql {
             insert_started: s("INSERT INTO {s}.instances
                     (id, name, status, created_at, record, lock_token, locked_until)
                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"),
+            // A brand-new instance leased (token $6, until $7) with its start message ($9,
+            // visible at $8) in the inbox, in one statement; answers the message's seq, or
+            // nothing when the id is taken.
+            insert_leased: s("WITH created AS (
+                    INSERT INTO {s}.instances
+                        (id, name, status, created_at, record, lock_token, locked_until, ready_at)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING
+                    RETURNING id)
+                INSERT INTO {s}.inbox (instance_id, seq, visible_at, message)
+                SELECT id, nextval('{s}.ids'), $8, $9 FROM created
+                RETURNING seq"),
             replace_instance: s("UPDATE {s}.instances
                 SET name = $2, status = $3, created_at = $4, record = $5,
                     ready_at = NULL, lock_token = NULL, locked_until = NULL, not_before = NULL

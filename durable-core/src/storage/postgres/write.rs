@@ -10,12 +10,16 @@ use tokio_postgres::types::ToSql;
 
 use super::PostgresStore;
 use super::notify::Wake;
-use super::util::{Error, MAX_ATTEMPTS, R, decode, decode_event, pause, retryable, to_i64, ts};
+use super::util::{
+    Error, MAX_ATTEMPTS, R, decode, decode_event, new_token, pause, retryable, to_i64, to_u64, ts,
+};
 use crate::error::StoreError;
 use crate::history::{Event, HistoryEvent, RuntimeStatus};
 use crate::ids::{InstanceId, Timestamp};
 use crate::storage::replace::{self, Reuse, Teardown};
-use crate::storage::{CreateResult, InstanceRecord, LockToken, Message, NewInstance};
+use crate::storage::{
+    CreateResult, InstanceRecord, LockToken, Message, NewInstance, OrchestrationWorkItem,
+};
 
 impl PostgresStore {
     /// Creates (or replaces) an instance inside `tx`; its start message goes to `batch`.
@@ -155,6 +159,51 @@ impl PostgresStore {
             }
         }
         Ok(())
+    }
+
+    /// [`Store::create_leased`]: one statement, so one round trip and one WAL flush.
+    ///
+    /// [`Store::create_leased`]: crate::storage::Store::create_leased
+    pub(super) async fn create_leased_row(
+        &self,
+        new: &NewInstance,
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> R<Option<OrchestrationWorkItem>> {
+        let record = new.record(None);
+        let mut start = new.start_message();
+        let json = serde_json::to_string(&record)?;
+        let message = serde_json::to_string(&start)?;
+        let status = record.status.as_str();
+        let token = new_token();
+        let (created, until, visible) = (
+            ts(record.created_at),
+            ts(now + lock_for),
+            ts(start.id.visible_at),
+        );
+        let conn = self.conn().await?;
+        let st = conn.prepare_cached(&self.inner.sql.insert_leased).await?;
+        let params: [&(dyn ToSql + Sync); 9] = [
+            &new.instance_id.as_str(),
+            &record.name,
+            &status,
+            &created,
+            &json,
+            &token,
+            &until,
+            &visible,
+            &message,
+        ];
+        let Some(row) = conn.query_opt(&st, &params).await? else {
+            return Ok(None);
+        };
+        start.id.seq = to_u64(row.try_get(0)?);
+        Ok(Some(OrchestrationWorkItem {
+            instance: record,
+            history_len: 0,
+            messages: vec![start],
+            lock: LockToken(to_u64(token)),
+        }))
     }
 
     pub(super) async fn create_tx(
