@@ -2994,19 +2994,37 @@ pub async fn create_leased_leases_the_new_instance(store: Arc<dyn Store>) {
             "a taken id is declined ({reuse:?})"
         );
     }
-    // The lease's commit consumes the start.
+    // An event raised meanwhile waits; the lease's commit consumes only the start.
+    store
+        .send_message(&id("l"), raised("early", at(2)))
+        .await
+        .expect("send_message");
+    assert!(fetch(&store, at(2)).await.is_none(), "still leased");
     let mut first = commit_for(&item, RuntimeStatus::Running, at(3));
     first.new_events = vec![ev(0, at(3), Event::OrchestratorStarted)];
     commit(&store, first).await;
-    assert!(
-        fetch(&store, at(100_000)).await.is_none(),
-        "the start was consumed"
-    );
+    let next = fetch_one(&store, "l", at(4)).await;
+    assert_eq!(labels(&next.messages), ["early"], "the start was consumed");
+    commit(&store, commit_for(&next, RuntimeStatus::Running, at(4))).await;
     let r = record(&store, "l").await;
     assert_eq!(
         (r.status, r.input.as_str()),
         (RuntimeStatus::Running, "\"in\"")
     );
+
+    // A lease given back (`abandon_episode`) lets any fetch take the instance at once.
+    let back = store
+        .create_leased(new_instance("b", "Leased", "null", at(5)), at(5), lease)
+        .await
+        .expect("create_leased")
+        .expect("a new id is created");
+    store
+        .abandon_episode(&id("b"), back.lock, at(5), None)
+        .await
+        .expect("abandon_episode");
+    let taken = fetch_one(&store, "b", at(5)).await;
+    assert_eq!(labels(&taken.messages), ["ExecutionStarted"]);
+    commit(&store, commit_for(&taken, RuntimeStatus::Running, at(5))).await;
 
     // A worker that never runs the episode: the lease runs out, and any fetch takes it.
     let stale = store

@@ -613,7 +613,13 @@ impl Store for MemoryStore {
             let CreateResult::Created(record) = d.create(new)? else {
                 return Ok(None);
             };
-            d.lease(record.instance_id.as_str(), now, lock_for)
+            let key = record.instance_id.as_str();
+            // With its start whatever `now` (a fetch would show only what is visible).
+            let start: Vec<Message> = d.instances[key].inbox.values().cloned().collect();
+            d.lease(key, now, lock_for).map(|mut item| {
+                item.messages = start;
+                item
+            })
         };
         self.inner
             .signals

@@ -1041,11 +1041,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Creates a brand-new instance leased to the caller, in one durable write: as
     /// [`create_instance`](Store::create_instance) (its `ExecutionStarted` stored in the
     /// inbox) followed by a lease of it until `now + lock_for`, so that no other worker
-    /// takes it meanwhile. Returns the lease's work item, as a fetch would. A worker that
+    /// takes it meanwhile. Returns the lease's work item, its `ExecutionStarted` the one
+    /// message. A worker that
     /// shares the process with the starting client uses it for a start whose first episode
-    /// runs local activities: the start returns once the instance is stored, and this
-    /// worker runs the episode at once, without a fetch. If it never does (it stopped),
-    /// the lease runs out and any worker takes the instance.
+    /// runs local activities (on a store that also supports
+    /// [`create_started`](Store::create_started)): the start returns once the instance is
+    /// stored, and this worker runs the episode at once, without a fetch. If it stops
+    /// first, it gives the lease back ([`abandon_episode`](Store::abandon_episode)); after a
+    /// crash the lease runs out, and any worker takes the instance.
     ///
     /// `Ok(None)` when nothing was written — the id is taken (whatever the reuse policy) or
     /// the store does not support it (the default) — and the caller then creates the

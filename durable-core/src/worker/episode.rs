@@ -36,8 +36,9 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
         if inner.is_shutting_down() {
             break;
         }
-        // A shutdown while every slot is taken ends the wait (see `release_created`).
+        // A shutdown ends the wait for a slot (see `release_created`).
         let first = tokio::select! {
+            biased;
             permit = Arc::clone(&inner.orch_slots).acquire_owned() => permit,
             changed = shutdown.changed() => {
                 if changed.is_err() {
@@ -58,7 +59,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
         let handed_off = inner.handoff_ready.notified();
         store_first = !store_first;
         let fetched_at = inner.clock.now();
-        // Instances this worker created leased go first: their lease is running.
+        // Instances created leased go first: their leases are running.
         let mut started = start_created(&inner, &mut running, &mut permits);
         if !store_first {
             started += start_handed_off(&inner, &mut running, &mut permits).await;
@@ -111,17 +112,30 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
 
 /// Gives back the leases of instances this worker created leased whose episodes it never
 /// started (it is stopping), so that another worker takes them now rather than once the
-/// leases run out.
+/// leases run out; any queued after this are given back by whoever queues them.
 async fn release_created(inner: &Inner) {
-    let items: Vec<_> = lock_cache(&inner.created).drain(..).collect();
+    let items: Vec<_> = {
+        let mut created = lock_cache(&inner.created);
+        created.closed = true;
+        created.items.drain(..).collect()
+    };
+    for (item, _) in items {
+        give_back(inner, &item).await;
+    }
+}
+
+/// Ends the lease of an instance created leased without running its episode: any worker
+/// may take it at once.
+async fn give_back(inner: &Inner, item: &OrchestrationWorkItem) {
     if inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
         return;
     }
-    for item in items {
-        let id = &item.instance.instance_id;
-        let now = inner.clock.now();
-        if let Err(e) = inner.store.abandon_episode(id, item.lock, now, None).await {
-            tracing::warn!(instance = %id, error = %e, "giving back the lease of a new instance failed");
+    let id = &item.instance.instance_id;
+    let now = inner.clock.now();
+    match inner.store.abandon_episode(id, item.lock, now, None).await {
+        Ok(()) | Err(StoreError::LockLost(_)) => {}
+        Err(e) => {
+            tracing::warn!(instance = %id, error = %e, "giving back the lease of a new instance failed; it is taken once the lease runs out");
         }
     }
 }
@@ -992,10 +1006,9 @@ async fn run_first(
 
 /// Creates `new` leased to this worker ([`Store::create_leased`]) and queues its first
 /// episode, which runs local activities, for the dispatcher: the start returns once the
-/// instance is stored, and the episode starts without a fetch (whose lease and wake-up
-/// are round trips to a networked store). `Ok(None)` when the store declines
-/// (the id is taken, or it does not support it): the instance is then created the
-/// ordinary way.
+/// instance is stored, and the episode starts without a fetch (whose lease and wake-up are
+/// round trips to a networked store). `Ok(None)` when the store declines (the id is taken,
+/// or it does not support it): the instance is then created the ordinary way.
 async fn start_leased(
     inner: &Inner,
     new: &NewInstance,
@@ -1003,25 +1016,36 @@ async fn start_leased(
     if inner.is_shutting_down() || inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(None);
     }
+    let leased_at = inner.clock.now();
     let Some(item) = inner
         .store
-        .create_leased(
-            new.clone(),
-            inner.clock.now(),
-            inner.options.orchestration_lock,
-        )
+        .create_leased(new.clone(), leased_at, inner.options.orchestration_lock)
         .await?
     else {
         return Ok(None);
     };
     let record = item.instance.clone();
-    lock_cache(&inner.created).push_back(item);
-    inner.handoff_ready.notify_one();
+    let refused = {
+        let mut created = lock_cache(&inner.created);
+        if created.closed {
+            Some(item)
+        } else {
+            created.items.push_back((item, leased_at));
+            None
+        }
+    };
+    match refused {
+        None => inner.handoff_ready.notify_one(),
+        // The dispatcher stopped meanwhile.
+        Some(item) => give_back(inner, &item).await,
+    }
     Ok(Some(record))
 }
 
 /// Spawns the episodes of the instances this worker created leased ([`start_leased`]), one
-/// per permit, oldest first; returns how many started.
+/// per permit, oldest first; returns how many started. One that waited half its lease for
+/// a slot is given back instead (its lease could end while its local steps run), for any
+/// worker to take.
 fn start_created(
     inner: &Arc<Inner>,
     running: &mut JoinSet<()>,
@@ -1029,11 +1053,16 @@ fn start_created(
 ) -> usize {
     let mut started = 0;
     while !permits.is_empty() {
-        let Some(item) = lock_cache(&inner.created).pop_front() else {
+        let Some((item, leased_at)) = lock_cache(&inner.created).items.pop_front() else {
             break;
         };
+        if inner.clock.now() >= leased_at + inner.orchestration_lease / 2 {
+            let inner = Arc::clone(inner);
+            running.spawn(async move { give_back(&inner, &item).await });
+            continue;
+        }
         let permit = permits.pop().expect("checked above");
-        spawn_episode(inner, running, item, permit, inner.clock.now());
+        spawn_episode(inner, running, item, permit, leased_at);
         started += 1;
     }
     started

@@ -1183,7 +1183,7 @@ impl WorkerBuilder {
             stuck: Mutex::new(HashMap::new()),
             handoff: Mutex::new(handoff::Handoffs::default()),
             handoff_ready: Notify::new(),
-            created: Mutex::new(std::collections::VecDeque::new()),
+            created: Mutex::new(Created::default()),
             activity_lease,
             orchestration_lease,
             activity_leases: Arc::new(lease::ActivityLeases::default()),
@@ -1330,7 +1330,7 @@ pub(crate) struct Inner {
     pub(crate) handoff_ready: Notify,
     /// Instances this worker created leased to itself at their start, their first episodes
     /// (which run local activities) waiting for the dispatcher.
-    pub(crate) created: Mutex<std::collections::VecDeque<crate::storage::OrchestrationWorkItem>>,
+    pub(crate) created: Mutex<Created>,
     /// The lease the store grants on activity tasks.
     pub(crate) activity_lease: Duration,
     /// The lease the store grants on an instance for an episode
@@ -1349,6 +1349,17 @@ pub(crate) struct Inner {
     /// Builds execution spans.
     #[cfg(feature = "opentelemetry")]
     pub(crate) tracer: crate::otel::WorkerTracer,
+}
+
+/// Instances a worker created leased to itself at their start (`episode::start_leased`),
+/// waiting for its dispatcher to spawn their first episodes.
+#[derive(Default)]
+pub(crate) struct Created {
+    /// Each with the time its lease began.
+    pub(crate) items:
+        std::collections::VecDeque<(crate::storage::OrchestrationWorkItem, crate::ids::Timestamp)>,
+    /// The dispatcher stopped: whoever creates one now gives its lease back.
+    pub(crate) closed: bool,
 }
 
 impl Inner {

@@ -380,12 +380,11 @@ async fn a_start_with_local_steps_runs_its_episode_without_a_fetch() {
 static SLOT_HOLDS: AtomicUsize = AtomicUsize::new(0);
 static SLOT_RELEASE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
-/// The first run holds the worker's only orchestration slot until released.
+/// Holds the worker's only orchestration slot until released.
 #[activity(local)]
 async fn holds_the_slot(_input: ()) -> Result<u32, ActivityError> {
-    if SLOT_HOLDS.fetch_add(1, Ordering::SeqCst) == 0 {
-        SLOT_RELEASE.notified().await;
-    }
+    SLOT_HOLDS.fetch_add(1, Ordering::SeqCst);
+    SLOT_RELEASE.notified().await;
     Ok(0)
 }
 
@@ -407,53 +406,50 @@ async fn waits_for_a_slot(ctx: OrchestrationContext, n: u32) -> Result<u32, Orch
     Ok(ctx.call(waiting_step, n).await?)
 }
 
-/// An instance created leased by a worker that stops before running its episode is not
-/// lost: its lease runs out, and another worker takes it with its start.
+/// A start that finds every orchestration slot taken is still created leased: it waits for
+/// a slot in this worker (no other takes it meanwhile) and runs without a fetch once the
+/// slot frees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leased_start_whose_worker_stops_is_taken_once_its_lease_runs_out() {
-    let env = start(|b| {
+async fn a_start_with_every_slot_taken_waits_leased_for_one() {
+    let store = Counting::new(Arc::new(durable_core::MemoryStore::new()));
+    let clock = ManualClock::default();
+    let worker = counted_worker(&store, &clock, |b| {
         b.max_concurrent_orchestrations(1)
             .register(holds_the_slot)
             .register(occupies)
             .register(waiting_step)
             .register(waits_for_a_slot)
     });
-    env.client.start(occupies, ()).await.unwrap();
+    let client = worker.client();
+    let first = client.start(occupies, ()).await.unwrap();
     wait("the slot to be taken", async {
         while SLOT_HOLDS.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
         }
     })
     .await;
-    let run = env.client.start(waits_for_a_slot, 7).await.unwrap();
-    let id = run.id().clone();
-    let (store, clock) = (env.store.clone(), env.clock.clone());
-    env.worker.abort();
-    assert_eq!(WAITING_STEPS.load(Ordering::SeqCst), 0, "never ran there");
-    let r = store.read_instance(&id).await.unwrap().unwrap();
-    assert_eq!(r.status, RuntimeStatus::Pending, "stored at the start");
-    let env2 = start_on(store, clock, |b| {
-        b.register(holds_the_slot)
-            .register(occupies)
-            .register(waiting_step)
-            .register(waits_for_a_slot)
-    });
-    assert!(
-        env2.store
-            .fetch_orchestration_work(env2.clock.as_clock().now(), GUARD)
-            .await
-            .unwrap()
-            .is_none(),
-        "still leased to the stopped worker"
-    );
-    env2.clock.advance(Duration::from_secs(120)); // past the lease
-    let out = waits_for_a_slot::handle(&env2.client, id)
-        .wait()
+    let run = client.start(waits_for_a_slot, 7).await.unwrap();
+    assert_eq!(store.created_leased.load(Ordering::SeqCst), 2);
+    let depths = store
+        .queue_depths(clock.as_clock().now())
         .await
+        .unwrap()
         .unwrap();
-    assert_eq!(out, 21);
-    assert_eq!(WAITING_STEPS.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        depths.ready_orchestrations, 0,
+        "leased: no other worker takes it"
+    );
+    assert_eq!(WAITING_STEPS.load(Ordering::SeqCst), 0);
     SLOT_RELEASE.notify_one();
+    assert_eq!(wait("the first run", first.wait()).await.unwrap(), 0);
+    assert_eq!(wait("the second run", run.wait()).await.unwrap(), 21);
+    assert_eq!(WAITING_STEPS.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        store.fetched.load(Ordering::SeqCst),
+        0,
+        "neither was fetched"
+    );
+    worker.shutdown().await;
 }
 
 static SHUTDOWN_HOLDS: AtomicUsize = AtomicUsize::new(0);
@@ -476,17 +472,30 @@ async fn occupies_through_shutdown(
     Ok(ctx.call(holds_through_shutdown, ()).await?)
 }
 
-/// A worker shut down before it started the episode of an instance it created leased gives
-/// the lease back: another worker takes the instance at once, not when the lease runs out
-/// (the clock never moves here).
+static GIVEN_BACK_STEPS: AtomicUsize = AtomicUsize::new(0);
+
+#[activity(local)]
+async fn given_back_step(n: u32) -> Result<u32, ActivityError> {
+    GIVEN_BACK_STEPS.fetch_add(1, Ordering::SeqCst);
+    Ok(n + 100)
+}
+
+#[orchestrator]
+async fn given_back(ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> {
+    Ok(ctx.call(given_back_step, n).await?)
+}
+
+/// A worker that shuts down before it started the episode of an instance it created leased
+/// gives the lease back: another worker takes the instance at once, not when the lease runs
+/// out (the clock never moves here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_gives_back_the_leases_of_starts_it_did_not_run() {
     let configure = |b: WorkerBuilder| {
         b.max_concurrent_orchestrations(1)
             .register(holds_through_shutdown)
             .register(occupies_through_shutdown)
-            .register(leased_step)
-            .register(two_leased_steps)
+            .register(given_back_step)
+            .register(given_back)
     };
     let env = start(configure);
     env.client
@@ -499,30 +508,36 @@ async fn a_shutdown_gives_back_the_leases_of_starts_it_did_not_run() {
         }
     })
     .await;
-    let run = env.client.start(two_leased_steps, 10).await.unwrap();
+    let run = env.client.start(given_back, 1).await.unwrap();
     let (store, clock) = (env.store.clone(), env.clock.clone());
     let now = clock.as_clock().now();
-    let depths = store.queue_depths(now).await.unwrap().unwrap();
-    assert_eq!(depths.ready_orchestrations, 0, "leased to the worker");
-    let shutdown = tokio::spawn(env.worker.shutdown());
-    wait("the lease to be given back", async {
-        while store
+    let ready = || async {
+        store
             .queue_depths(now)
             .await
             .unwrap()
             .unwrap()
             .ready_orchestrations
-            == 0
-        {
+    };
+    assert_eq!(ready().await, 0, "leased to the worker");
+    let shutdown = tokio::spawn(env.worker.shutdown());
+    wait("the lease to be given back", async {
+        while ready().await == 0 {
             tokio::task::yield_now().await;
         }
     })
     .await;
     SHUTDOWN_RELEASE.notify_one();
     wait("the shutdown", shutdown).await.unwrap();
-    let env2 = start_on(store, clock, configure);
-    let out = two_leased_steps::handle(&env2.client, run.id().clone());
-    assert_eq!(wait("the run", out.wait()).await.unwrap(), 12);
+    assert_eq!(
+        GIVEN_BACK_STEPS.load(Ordering::SeqCst),
+        0,
+        "never ran there"
+    );
+    let env2 = start_on(store.clone(), clock, configure);
+    let out = given_back::handle(&env2.client, run.id().clone());
+    assert_eq!(wait("the run", out.wait()).await.unwrap(), 101);
+    assert_eq!(GIVEN_BACK_STEPS.load(Ordering::SeqCst), 1);
     env2.worker.shutdown().await;
 }
 

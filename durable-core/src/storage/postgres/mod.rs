@@ -514,16 +514,14 @@ impl Store for PostgresStore {
         lock_for: Duration,
     ) -> Result<Option<OrchestrationWorkItem>, StoreError> {
         let lock_for = self.orchestration_lease(lock_for);
-        let item = self
-            .create_leased_row(&new, now, lock_for)
-            .await
-            .map_err(|e| self.err("creating a leased instance", e))?;
+        // Leased to the caller: no worker needs waking, only watchers of changes.
+        let wake = Wake {
+            changed: true,
+            ..Wake::default()
+        };
+        let item = self.create_leased_row(&new, now, lock_for, wake).await?;
         if item.is_some() {
-            // Leased to the caller: no worker needs waking, only watchers of changes.
-            self.signal(Wake {
-                changed: true,
-                ..Wake::default()
-            });
+            self.signal(wake);
         }
         Ok(item)
     }

@@ -161,7 +161,9 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// [`Store::create_leased`]: one statement, so one round trip and one WAL flush.
+    /// [`Store::create_leased`]: one statement ([`write_one`](Self::write_one): retried,
+    /// and with its `NOTIFY` under `notify_in_transaction`), so one round trip and one WAL
+    /// flush.
     ///
     /// [`Store::create_leased`]: crate::storage::Store::create_leased
     pub(super) async fn create_leased_row(
@@ -169,11 +171,14 @@ impl PostgresStore {
         new: &NewInstance,
         now: Timestamp,
         lock_for: Duration,
-    ) -> R<Option<OrchestrationWorkItem>> {
+        wake: Wake,
+    ) -> Result<Option<OrchestrationWorkItem>, StoreError> {
+        let what = "creating a leased instance";
         let record = new.record(None);
         let mut start = new.start_message();
-        let json = serde_json::to_string(&record)?;
-        let message = serde_json::to_string(&start)?;
+        let encode = |e: serde_json::Error| self.err(what, e.into());
+        let json = serde_json::to_string(&record).map_err(encode)?;
+        let message = serde_json::to_string(&start).map_err(encode)?;
         let status = record.status.as_str();
         let token = new_token();
         let (created, until, visible) = (
@@ -181,8 +186,6 @@ impl PostgresStore {
             ts(now + lock_for),
             ts(start.id.visible_at),
         );
-        let conn = self.conn().await?;
-        let st = conn.prepare_cached(&self.inner.sql.insert_leased).await?;
         let params: [&(dyn ToSql + Sync); 9] = [
             &new.instance_id.as_str(),
             &record.name,
@@ -194,10 +197,13 @@ impl PostgresStore {
             &visible,
             &message,
         ];
-        let Some(row) = conn.query_opt(&st, &params).await? else {
+        let rows = self
+            .write_one(what, &self.inner.sql.insert_leased, &params, wake)
+            .await?;
+        let Some(row) = rows.first() else {
             return Ok(None);
         };
-        start.id.seq = to_u64(row.try_get(0)?);
+        start.id.seq = to_u64(row.try_get(0).map_err(|e| self.err(what, e.into()))?);
         Ok(Some(OrchestrationWorkItem {
             instance: record,
             history_len: 0,
