@@ -995,7 +995,11 @@ async fn run_first(
     .await;
     drop(end);
     match ran {
-        Ok(()) if first.locals => start_leased(inner, new).await,
+        // Where leasing is in process, the dispatcher's fetch costs next to nothing (and
+        // leases many instances at once).
+        Ok(()) if first.locals && !inner.store.leases_in_process() => {
+            start_leased(inner, new).await
+        }
         Ok(()) => Ok(first.created),
         Err(Stuck::Store(e)) if first.attempted => Err(e),
         // The code could not run here (it does not replay, say): the ordinary path holds
@@ -1007,8 +1011,9 @@ async fn run_first(
 /// Creates `new` leased to this worker ([`Store::create_leased`]) and queues its first
 /// episode, which runs local activities, for the dispatcher: the start returns once the
 /// instance is stored, and the episode starts without a fetch (whose lease and wake-up are
-/// round trips to a networked store). `Ok(None)` when the store declines (the id is taken,
-/// or it does not support it): the instance is then created the ordinary way.
+/// round trips to a store that does not lease in process). `Ok(None)` when the store
+/// declines (the id is taken, or it does not support it): the instance is then created the
+/// ordinary way.
 async fn start_leased(
     inner: &Inner,
     new: &NewInstance,

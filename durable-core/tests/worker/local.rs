@@ -344,8 +344,9 @@ async fn two_leased_steps(ctx: OrchestrationContext, n: u32) -> Result<u32, Orch
 }
 
 /// A start whose first episode runs local steps creates the instance leased to the
-/// starting worker, which runs the episode without fetching it (on a networked store a
-/// fetch is a round trip and a wake-up), on each store that supports it.
+/// starting worker, which runs the episode without fetching it, on a store that does not
+/// lease in process (where a fetch is a round trip and a wake-up): here the memory and redb
+/// stores behind `Counting`, which does not say it leases in process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_with_local_steps_runs_its_episode_without_a_fetch() {
     let dir = tempfile::tempdir().unwrap();
@@ -490,6 +491,8 @@ async fn given_back(ctx: OrchestrationContext, n: u32) -> Result<u32, Orchestrat
 /// out (the clock never moves here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_gives_back_the_leases_of_starts_it_did_not_run() {
+    let store = Counting::new(Arc::new(durable_core::MemoryStore::new()));
+    let clock = ManualClock::default();
     let configure = |b: WorkerBuilder| {
         b.max_concurrent_orchestrations(1)
             .register(holds_through_shutdown)
@@ -497,19 +500,17 @@ async fn a_shutdown_gives_back_the_leases_of_starts_it_did_not_run() {
             .register(given_back_step)
             .register(given_back)
     };
-    let env = start(configure);
-    env.client
-        .start(occupies_through_shutdown, ())
-        .await
-        .unwrap();
+    let worker = counted_worker(&store, &clock, configure);
+    let client = worker.client();
+    client.start(occupies_through_shutdown, ()).await.unwrap();
     wait("the slot to be taken", async {
         while SHUTDOWN_HOLDS.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
         }
     })
     .await;
-    let run = env.client.start(given_back, 1).await.unwrap();
-    let (store, clock) = (env.store.clone(), env.clock.clone());
+    let run = client.start(given_back, 1).await.unwrap();
+    assert_eq!(store.created_leased.load(Ordering::SeqCst), 2);
     let now = clock.as_clock().now();
     let ready = || async {
         store
@@ -520,7 +521,7 @@ async fn a_shutdown_gives_back_the_leases_of_starts_it_did_not_run() {
             .ready_orchestrations
     };
     assert_eq!(ready().await, 0, "leased to the worker");
-    let shutdown = tokio::spawn(env.worker.shutdown());
+    let shutdown = tokio::spawn(worker.shutdown());
     wait("the lease to be given back", async {
         while ready().await == 0 {
             tokio::task::yield_now().await;
@@ -534,11 +535,11 @@ async fn a_shutdown_gives_back_the_leases_of_starts_it_did_not_run() {
         0,
         "never ran there"
     );
-    let env2 = start_on(store.clone(), clock, configure);
-    let out = given_back::handle(&env2.client, run.id().clone());
+    let worker = counted_worker(&store, &clock, configure);
+    let out = given_back::handle(&worker.client(), run.id().clone());
     assert_eq!(wait("the run", out.wait()).await.unwrap(), 101);
     assert_eq!(GIVEN_BACK_STEPS.load(Ordering::SeqCst), 1);
-    env2.worker.shutdown().await;
+    worker.shutdown().await;
 }
 
 // ------------------------------------------------------------------ retries run locally
