@@ -71,6 +71,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         create_started_declines_a_taken_id,
         create_started_with_children,
         create_leased_leases_the_new_instance,
+        a_step_that_only_appends_events_is_the_last_update,
         next_wake_time_for_after_fetch,
         a_step_does_not_bump_finished,
     );
@@ -3046,6 +3047,65 @@ pub async fn create_leased_leases_the_new_instance(store: Arc<dyn Store>) {
     );
     commit(&store, commit_for(&taken, RuntimeStatus::Running, expired)).await;
     assert!(fetch(&store, at(1_000_000)).await.is_none());
+}
+
+/// An episode that only appends events (its status and custom status as they were: a step
+/// of a sequence) is the instance's last update, for every read — one instance, a page by
+/// id, a page newest first, the record a lease hands out — as for any other episode.
+pub async fn a_step_that_only_appends_events_is_the_last_update(store: Arc<dyn Store>) {
+    create(&store, new_instance("u", "Steps", "null", T0)).await;
+    let item = fetch_one(&store, "u", T0).await;
+    let mut first = commit_for(&item, RuntimeStatus::Running, at(1));
+    first.new_events = vec![ev(0, at(1), Event::OrchestratorStarted)];
+    first.custom_status = Some("\"c\"".into());
+    commit(&store, first).await;
+
+    store
+        .send_message(&id("u"), raised("go", at(2)))
+        .await
+        .expect("send_message");
+    let item = fetch_one(&store, "u", at(2)).await;
+    let mut step = commit_for(&item, RuntimeStatus::Running, at(3));
+    step.new_events = vec![
+        ev(1, at(3), Event::OrchestratorStarted),
+        ev(
+            2,
+            at(3),
+            Event::EventRaised {
+                name: "go".into(),
+                input: "null".into(),
+            },
+        ),
+    ];
+    step.custom_status = Some("\"c\"".into());
+    commit(&store, step).await;
+
+    let r = record(&store, "u").await;
+    assert_eq!(
+        (r.status, r.custom_status.as_deref(), r.last_updated_at),
+        (RuntimeStatus::Running, Some("\"c\""), at(3))
+    );
+    for newest_first in [false, true] {
+        let mut q = InstanceQuery::new();
+        q.newest_first = newest_first;
+        let page = store.query_instances(&q).await.expect("query_instances");
+        assert_eq!(
+            page.instances[0].last_updated_at,
+            at(3),
+            "newest first: {newest_first}"
+        );
+    }
+    store
+        .send_message(&id("u"), raised("again", at(4)))
+        .await
+        .expect("send_message");
+    let item = fetch_one(&store, "u", at(4)).await;
+    assert_eq!(
+        item.instance.last_updated_at,
+        at(3),
+        "the leased record agrees"
+    );
+    commit(&store, commit_for(&item, RuntimeStatus::Running, at(4))).await;
 }
 
 /// A first episode may start sub-orchestrations: they are created with it, and a child id

@@ -1042,13 +1042,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// [`create_instance`](Store::create_instance) (its `ExecutionStarted` stored in the
     /// inbox) followed by a lease of it until `now + lock_for`, so that no other worker
     /// takes it meanwhile. Returns the lease's work item, its `ExecutionStarted` the one
-    /// message. A worker that
-    /// shares the process with the starting client uses it for a start whose first episode
-    /// runs local activities (on a store that also supports
-    /// [`create_started`](Store::create_started)): the start returns once the instance is
-    /// stored, and this worker runs the episode at once, without a fetch. If it stops
-    /// first, it gives the lease back ([`abandon_episode`](Store::abandon_episode)); after a
-    /// crash the lease runs out, and any worker takes the instance.
+    /// message. A worker that shares the process with the starting client uses it for a
+    /// start whose first episode runs local activities, on a store that also supports
+    /// [`create_started`](Store::create_started) and does not
+    /// [lease in process](Store::leases_in_process) (where a fetch is a round trip): the
+    /// start returns once the instance is stored, and this worker runs the episode at once,
+    /// without a fetch. If it stops first, it gives the lease back
+    /// ([`abandon_episode`](Store::abandon_episode)); after a crash the lease runs out, and
+    /// any worker takes the instance.
     ///
     /// `Ok(None)` when nothing was written — the id is taken (whatever the reuse policy) or
     /// the store does not support it (the default) — and the caller then creates the
@@ -1095,7 +1096,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// so a worker may lease an instance on its own as soon as an activity result for it
     /// arrives, rather than leave it to the dispatcher, which leases every instance waiting
     /// at that moment in one call. The default is `false`, right for a store behind a
-    /// network: one lease per instance would cost a round trip each.
+    /// network: one lease per instance would cost a round trip each. Such a store's new
+    /// instances are fetched by the dispatcher too, not created leased to the starting
+    /// worker ([`create_leased`](Store::create_leased)): its fetch costs next to nothing.
     ///
     /// # Examples
     ///

@@ -1224,11 +1224,11 @@ fn read_record(
 }
 
 /// Applies an episode's outcome (status, output, failure, custom status, last error, time)
-/// to `record`; `false` when the episode only appends events and changes nothing else (a
-/// step of a sequence: a result in, the next call out). The record is then left as it is,
-/// unwritten — its last event carries the commit's time, which readers take as the last
-/// update ([`last_update_applied`]) — so the commit writes one table fewer, which shortens
-/// its fsync.
+/// to `record`; `false` when the episode only appends events and changes nothing else but
+/// the time (a step of a sequence: a result in, the next call out). The stored record is
+/// then left as it is — its last event carries the commit's time, which readers take as
+/// the last update ([`last_update_applied`]) — so the commit writes one table fewer, which
+/// shortens its fsync.
 fn take_outcome(record: &mut InstanceRecord, commit: &mut EpisodeCommit) -> bool {
     let unchanged = commit.next_execution.is_none()
         && !commit.status.is_terminal()
@@ -1241,6 +1241,8 @@ fn take_outcome(record: &mut InstanceRecord, commit: &mut EpisodeCommit) -> bool
         && record.failure == commit.failure
         && record.custom_status == commit.custom_status
         && record.last_error == commit.last_error;
+    // Set either way: the record the next lease hands out (`Seen`) shows it.
+    record.last_updated_at = commit.now;
     if unchanged {
         return false;
     }
@@ -1248,7 +1250,6 @@ fn take_outcome(record: &mut InstanceRecord, commit: &mut EpisodeCommit) -> bool
     record.output = commit.output.take();
     record.failure = commit.failure.take();
     record.custom_status = commit.custom_status.take();
-    record.last_updated_at = commit.now;
     record.last_error = commit.last_error.take();
     true
 }
@@ -1482,7 +1483,10 @@ impl<'t> Tables<'t> {
         let existing = read_record(&self.instances, &key)?;
         if let Some(existing) = &existing {
             match replace::decide(new.reuse, existing.status.is_terminal()) {
-                Reuse::Existing => return Ok(Ok(CreateResult::Existing(existing.clone()))),
+                Reuse::Existing => {
+                    let existing = last_update_applied(&self.history, existing.clone())?;
+                    return Ok(Ok(CreateResult::Existing(existing)));
+                }
                 Reuse::Reject => return Ok(Err(StoreError::InstanceAlreadyExists(key))),
                 Reuse::Replace => {}
                 Reuse::TerminateAndReplace => {
@@ -2715,7 +2719,11 @@ fn lease_instance(
         let Some(instance) = read_record(&txn.open_table(INSTANCES)?, id)? else {
             return Ok(None);
         };
-        (instance, history_len(&txn.open_table(HISTORY)?, id)?)
+        let history = txn.open_table(HISTORY)?;
+        (
+            last_update_applied(&history, instance)?,
+            history_len(&history, id)?,
+        )
     };
     let inbox = txn.open_table(INBOX)?;
     let mut messages = Vec::new();

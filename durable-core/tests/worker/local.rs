@@ -31,6 +31,9 @@ pub(crate) struct Counting {
     episodes: AtomicUsize,
     created_leased: AtomicUsize,
     fetched: AtomicUsize,
+    /// Says it leases in process when set (as the memory and redb stores do); otherwise it
+    /// does not, as a store behind a network.
+    in_process: std::sync::atomic::AtomicBool,
     tasks_enqueued: AtomicUsize,
     completions: AtomicUsize,
     heartbeats: AtomicUsize,
@@ -46,6 +49,7 @@ impl Counting {
             episodes: AtomicUsize::new(0),
             created_leased: AtomicUsize::new(0),
             fetched: AtomicUsize::new(0),
+            in_process: std::sync::atomic::AtomicBool::new(false),
             tasks_enqueued: AtomicUsize::new(0),
             completions: AtomicUsize::new(0),
             heartbeats: AtomicUsize::new(0),
@@ -131,6 +135,9 @@ impl Store for Counting {
     }
     fn supports_create_started(&self) -> bool {
         self.inner.supports_create_started()
+    }
+    fn leases_in_process(&self) -> bool {
+        self.in_process.load(Ordering::SeqCst)
     }
     async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError> {
         // Counted before the commit: a waiter may see its effect before it returns.
@@ -376,6 +383,42 @@ async fn a_start_with_local_steps_runs_its_episode_without_a_fetch() {
         assert_eq!(count(&h, "TaskCompleted"), 2);
         worker.shutdown().await;
     }
+}
+
+static FETCHED_STEPS: AtomicUsize = AtomicUsize::new(0);
+
+#[activity(local)]
+async fn fetched_step(n: u32) -> Result<u32, ActivityError> {
+    FETCHED_STEPS.fetch_add(1, Ordering::SeqCst);
+    Ok(n * 2)
+}
+
+#[orchestrator]
+async fn one_fetched_step(ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> {
+    Ok(ctx.call(fetched_step, n).await?)
+}
+
+/// On a store that leases in process a fetch costs next to nothing (and takes many new
+/// instances at once): a start whose first episode runs local steps creates the instance
+/// the ordinary way, and the dispatcher fetches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_leasing_is_in_process_a_start_with_local_steps_is_fetched() {
+    let store = Counting::new(Arc::new(durable_core::MemoryStore::new()));
+    store.in_process.store(true, Ordering::SeqCst);
+    let clock = ManualClock::default();
+    let worker = counted_worker(&store, &clock, |b| {
+        b.register(fetched_step).register(one_fetched_step)
+    });
+    let run = one_fetched_step::start(&worker.client(), 4).await.unwrap();
+    assert_eq!(wait("the run", run.wait()).await.unwrap(), 8);
+    assert_eq!(FETCHED_STEPS.load(Ordering::SeqCst), 1);
+    assert_eq!(store.created_leased.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        store.fetched.load(Ordering::SeqCst),
+        1,
+        "the dispatcher fetched it"
+    );
+    worker.shutdown().await;
 }
 
 static SLOT_HOLDS: AtomicUsize = AtomicUsize::new(0);
