@@ -183,6 +183,32 @@ async fn a_purge_removes_a_task_scheduled_earlier_in_its_batch() {
     );
 }
 
+/// Runs `ops` in one batch with a heartbeat on a queued task of instance `spoiled` whose
+/// JSON is spoiled meanwhile, so the heartbeat fails to decode it: a storage failure, which
+/// fails the whole batch (asserted). The task is restored afterwards.
+async fn fail_a_batch(store: &RedbStore, spoiled: &InstanceId, mut ops: Vec<WriteOp>) {
+    let tasks = store.fetch_activity_work(T0, LEASE, 10).await.unwrap();
+    let task = tasks
+        .iter()
+        .find(|t| t.task.instance_id == *spoiled)
+        .unwrap();
+    let key = (ts(T0), task.id);
+    let original = write_task(store, key, b"not json");
+    ops.push(WriteOp::Heartbeat {
+        id: task.id,
+        lock: task.lock,
+        details: "null".into(),
+        until: T0 + LEASE,
+    });
+    let answers = one_batch(store, ops);
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Err(StoreError::Backend(_))))
+    );
+    write_task(store, key, &original);
+}
+
 /// A batch that fails leaves the index as it was: a purge in it is undone with the rest,
 /// and the instance's task is still found by the next purge.
 #[tokio::test]
@@ -190,29 +216,7 @@ async fn a_failed_batch_leaves_the_index_as_it_was() {
     let store = RedbStore::in_memory().unwrap();
     let purged = start_with_tasks(&store, "p", 1).await;
     let spoiled = start_with_tasks(&store, "s", 1).await;
-    let tasks = store.fetch_activity_work(T0, LEASE, 10).await.unwrap();
-    let task = tasks
-        .iter()
-        .find(|t| t.task.instance_id == spoiled)
-        .unwrap();
-
-    // Spoil s's task, so a heartbeat fails to decode it: a storage failure, which fails the
-    // whole batch.
-    let key = (ts(T0), task.id);
-    let original = write_task(&store, key, b"not json");
-    let heartbeat = WriteOp::Heartbeat {
-        id: task.id,
-        lock: task.lock,
-        details: "null".into(),
-        until: T0 + LEASE,
-    };
-    let answers = one_batch(&store, vec![WriteOp::Purge(purged.clone()), heartbeat]);
-    assert!(
-        answers
-            .iter()
-            .all(|a| matches!(a, Err(StoreError::Backend(_))))
-    );
-    write_task(&store, key, &original);
+    fail_a_batch(&store, &spoiled, vec![WriteOp::Purge(purged.clone())]).await;
 
     assert_eq!(queued_owners(&store), ["p", "s"], "nothing was purged");
     assert!(store.purge_instance(&purged).await.unwrap());
@@ -225,31 +229,12 @@ async fn a_failed_batch_leaves_the_index_as_it_was() {
 async fn a_failed_batch_drops_the_lease_of_a_leased_create() {
     let store = RedbStore::in_memory().unwrap();
     let spoiled = start_with_tasks(&store, "s", 1).await;
-    let tasks = store.fetch_activity_work(T0, LEASE, 10).await.unwrap();
-    let task = tasks
-        .iter()
-        .find(|t| t.task.instance_id == spoiled)
-        .unwrap();
-    let key = (ts(T0), task.id);
-    let original = write_task(&store, key, b"not json");
     let new = NewInstance::new(InstanceId::new("n").unwrap(), "N", "null".into(), T0);
     let create = WriteOp::CreateLeased {
         new: new.clone(),
         until: T0 + LEASE,
     };
-    let heartbeat = WriteOp::Heartbeat {
-        id: task.id,
-        lock: task.lock,
-        details: "null".into(),
-        until: T0 + LEASE,
-    };
-    let answers = one_batch(&store, vec![create, heartbeat]);
-    assert!(
-        answers
-            .iter()
-            .all(|a| matches!(a, Err(StoreError::Backend(_))))
-    );
-    write_task(&store, key, &original);
+    fail_a_batch(&store, &spoiled, vec![create]).await;
 
     assert_eq!(store.read_instance(&new.instance_id).await.unwrap(), None);
     let item = store.create_leased(new, T0, LEASE).await.unwrap();

@@ -293,3 +293,62 @@ async fn a_start_dropped_during_its_write_leaves_a_working_instance() {
     );
     worker.shutdown().await;
 }
+
+static LOCAL_STEPS: AtomicUsize = AtomicUsize::new(0);
+
+#[activity(local)]
+async fn local_step(x: u32) -> Result<u32, ActivityError> {
+    LOCAL_STEPS.fetch_add(1, Ordering::SeqCst);
+    Ok(x * 10)
+}
+
+#[orchestrator]
+async fn local_then_plain(ctx: OrchestrationContext, x: u32) -> Result<u32, OrchestrationError> {
+    let a = ctx.call(local_step, x).await?;
+    Ok(ctx.call(first_step, a).await?)
+}
+
+/// A start whose first episode runs a local step: `start` runs none of it. On a store that
+/// does not lease in process (`PostgresStore`) the instance is created leased to the
+/// starting worker, which runs the episode without fetching it; on the memory and redb
+/// stores the dispatcher fetches it. Either way each step runs once and the run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_with_a_local_step_runs_once_on_every_store() {
+    for subject in stores().await {
+        let what = subject.what;
+        let store = super::local::Counting::forwarding(Arc::clone(&subject.store));
+        let clock = ManualClock::default();
+        let worker = Worker::builder()
+            .store_arc(Arc::clone(&store) as Arc<dyn Store>)
+            .clock(clock.as_clock())
+            .register(local_step)
+            .register(first_step)
+            .register(local_then_plain)
+            .start()
+            .expect("worker starts");
+        let before = LOCAL_STEPS.load(Ordering::SeqCst);
+        let run = local_then_plain::start(&worker.client(), 4).await.unwrap();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(20), run.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the run did not finish"))
+            .unwrap();
+        assert_eq!(out, 41, "{what}");
+        assert_eq!(LOCAL_STEPS.load(Ordering::SeqCst) - before, 1, "{what}");
+        let leased = !subject.store.leases_in_process();
+        assert_eq!(store.created_leased(), usize::from(leased), "{what}");
+        if leased {
+            assert_eq!(
+                store.fetched_items(),
+                1,
+                "{what}: only the result's episode was fetched"
+            );
+        }
+        let h = run.history().await.unwrap();
+        assert_eq!(
+            kinds(&h).iter().filter(|k| **k == "TaskCompleted").count(),
+            2,
+            "{what}"
+        );
+        worker.shutdown().await;
+    }
+}

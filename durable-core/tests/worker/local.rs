@@ -57,6 +57,24 @@ impl Counting {
         })
     }
 
+    /// Forwards to `inner`, saying it leases in process when `inner` does.
+    pub(crate) fn forwarding(inner: Arc<dyn Store>) -> Arc<Self> {
+        let in_process = inner.leases_in_process();
+        let store = Self::new(inner);
+        store.in_process.store(in_process, Ordering::SeqCst);
+        store
+    }
+
+    /// Instances created leased to a worker ([`Store::create_leased`] calls that did).
+    pub(crate) fn created_leased(&self) -> usize {
+        self.created_leased.load(Ordering::SeqCst)
+    }
+
+    /// Work items fetches answered.
+    pub(crate) fn fetched_items(&self) -> usize {
+        self.fetched.load(Ordering::SeqCst)
+    }
+
     /// Grants `lease` on instances whatever a worker asks for.
     fn grant_lease(&self, lease: Duration) {
         self.own_lease_ms
