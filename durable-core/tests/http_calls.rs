@@ -542,6 +542,39 @@ async fn binary_bodies_round_trip_and_are_recorded_as_base64() {
     assert!(json.contains(r#"\"base64\":\"/wCf\""#), "{json}");
 }
 
+/// A field the server sends on several lines is recorded as one list joined with ", ",
+/// but Set-Cookie lines, whose values hold commas, are joined with a newline, so each
+/// cookie comes back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_headers_are_joined_and_cookies_stay_whole() {
+    let cookies = [
+        "session=abc; Expires=Wed, 21 Oct 2026 07:28:00 GMT; HttpOnly",
+        "theme=dark; Path=/",
+    ];
+    let app = axum::Router::new().route(
+        "/cookies",
+        get(move || async move {
+            let mut headers = axum::http::HeaderMap::new();
+            for c in cookies {
+                headers.append("set-cookie", c.parse().unwrap());
+            }
+            headers.append("x-tag", "a".parse().unwrap());
+            headers.append("x-tag", "b".parse().unwrap());
+            (headers, "ok")
+        }),
+    );
+    let base = serve(app).await;
+    let env = env();
+    let run = env
+        .start(http_flow, Plan::new("GET", format!("{base}/cookies")))
+        .await
+        .unwrap();
+    let response = env.wait(&run).await.unwrap().response.unwrap();
+    let recorded: Vec<&str> = response.headers["set-cookie"].lines().collect();
+    assert_eq!(recorded, cookies);
+    assert_eq!(response.header("x-tag"), Some("a, b"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_reach_the_server_but_never_history_or_the_store_file() {
     const TOKEN: &str = "tok-SECRET-5b1f";

@@ -804,7 +804,10 @@ pub(crate) fn duration_ms(d: Duration) -> u64 {
 pub struct DurableHttpResponse {
     /// The status code.
     pub status: u16,
-    /// The headers by lower-case name.
+    /// The headers by lower-case name. A field sent on several lines is recorded as one
+    /// value, its lines joined with `", "` (a list, RFC 9110 §5.3), except `set-cookie`,
+    /// whose lines are joined with `"\n"` (a cookie's `Expires` holds a comma):
+    /// `headers["set-cookie"].lines()` gives the cookies.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// The body.

@@ -278,10 +278,18 @@ impl HttpActivity {
         let mut recorded: BTreeMap<String, String> = BTreeMap::new();
         for (name, value) in response.headers() {
             let value = String::from_utf8_lossy(value.as_bytes());
+            // Repeated lines join as one list (RFC 9110, 5.3), except `set-cookie`, whose
+            // values hold commas (`Expires=Wed, 21 Oct …`): its lines join with a newline,
+            // which no header value holds.
+            let separator = if name == reqwest::header::SET_COOKIE {
+                "\n"
+            } else {
+                ", "
+            };
             recorded
                 .entry(name.as_str().to_owned())
                 .and_modify(|v| {
-                    v.push_str(", ");
+                    v.push_str(separator);
                     v.push_str(&value);
                 })
                 .or_insert_with(|| value.into_owned());
