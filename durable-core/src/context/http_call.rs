@@ -343,43 +343,14 @@ fn retry_after_floor(failure: &FailureDetails, now: Timestamp) -> Duration {
         .min(MAX_POLL_INTERVAL)
 }
 
-/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form HTTP requires senders to use.
+/// An HTTP date in any of the three forms HTTP allows (RFC 9110, 5.6.7): the IMF-fixdate
+/// senders must use (`Sun, 06 Nov 1994 08:49:37 GMT`) and the obsolete RFC 850
+/// (`Sunday, 06-Nov-94 08:49:37 GMT`) and asctime (`Sun Nov  6 08:49:37 1994`) forms that
+/// recipients should still read.
 fn parse_http_date(text: &str) -> Option<Timestamp> {
-    let (_weekday, rest) = text.split_once(", ")?;
-    let parts: Vec<&str> = rest.split(' ').collect();
-    let [day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    let day: u64 = day.parse().ok()?;
-    let month = 1 + [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| m == month)? as u64;
-    let year: u64 = year.parse().ok()?;
-    let hms: Vec<u64> = time
-        .split(':')
-        .map(|p| p.parse().ok())
-        .collect::<Option<_>>()?;
-    let [h, m, s] = hms.as_slice() else {
-        return None;
-    };
-    if !(1..=31).contains(&day) || year < 1970 || *h > 23 || *m > 59 || *s > 60 {
-        return None;
-    }
-    // Days since 1970-01-01 of a proleptic Gregorian date (March-based year).
-    let (y, mo) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * mo + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = (era * 146_097 + doe).checked_sub(719_468)?;
-    let secs = days * 86_400 + h * 3600 + m * 60 + s;
-    Some(Timestamp::from_unix_millis(secs.checked_mul(1000)?))
+    let at = httpdate::parse_http_date(text).ok()?;
+    let millis = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+    Some(Timestamp::from_unix_millis(u64::try_from(millis).ok()?))
 }
 
 #[cfg(test)]
@@ -396,9 +367,12 @@ mod tests {
             parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"),
             Some(Timestamp::EPOCH)
         );
+        // The obsolete forms recipients still read.
+        for obsolete in ["Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"] {
+            let t = parse_http_date(obsolete).unwrap();
+            assert_eq!(t.as_unix_millis(), 784_111_777_000, "{obsolete}");
+        }
         for bad in [
-            "Sunday, 06-Nov-94 08:49:37 GMT",
-            "Sun Nov  6 08:49:37 1994",
             "Sun, 06 Nov 1994 08:49:37 PST",
             "Sun, 32 Nov 1994 08:49:37 GMT",
             "Sun, 06 Nov 1994 08:49 GMT",
