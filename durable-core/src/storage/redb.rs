@@ -1265,18 +1265,29 @@ struct EventTime {
 /// last update is its last event's time when that is later than the record's.
 fn last_update_applied(
     history: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
-    mut r: InstanceRecord,
+    r: InstanceRecord,
 ) -> R<InstanceRecord> {
-    // A terminal record is always written with its final commit's time.
-    if r.status.is_terminal() {
-        return Ok(r);
-    }
+    Ok(with_history_tail(history, r)?.0)
+}
+
+/// [`last_update_applied`] and the instance's history length ([`history_len`]), from one
+/// read of its last history row.
+fn with_history_tail(
+    history: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    mut r: InstanceRecord,
+) -> R<(InstanceRecord, u64)> {
     let id = r.instance_id.as_str();
-    if let Some(last) = history.range((id, 0u64)..=(id, u64::MAX))?.next_back() {
-        let at = decode::<EventTime>(last?.1.value())?.timestamp;
+    let Some(last) = history.range((id, 0u64)..=(id, u64::MAX))?.next_back() else {
+        return Ok((r, 0));
+    };
+    let (key, value) = last?;
+    let len = key.value().1 + 1;
+    // A terminal record is always written with its final commit's time.
+    if !r.status.is_terminal() {
+        let at = decode::<EventTime>(value.value())?.timestamp;
         r.last_updated_at = r.last_updated_at.max(at);
     }
-    Ok(r)
+    Ok((r, len))
 }
 
 /// An instance's history rows, decoded in one pass each (see
@@ -2719,11 +2730,7 @@ fn lease_instance(
         let Some(instance) = read_record(&txn.open_table(INSTANCES)?, id)? else {
             return Ok(None);
         };
-        let history = txn.open_table(HISTORY)?;
-        (
-            last_update_applied(&history, instance)?,
-            history_len(&history, id)?,
-        )
+        with_history_tail(&txn.open_table(HISTORY)?, instance)?
     };
     let inbox = txn.open_table(INBOX)?;
     let mut messages = Vec::new();

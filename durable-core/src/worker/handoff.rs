@@ -255,6 +255,22 @@ mod tests {
         }
     }
 
+    /// Leases to hold results with, instance `a`, and no hand-offs yet.
+    fn fresh() -> (Arc<ActivityLeases>, InstanceId, Handoffs) {
+        let leases = Arc::new(ActivityLeases::default());
+        (leases, InstanceId::new("a").unwrap(), Handoffs::default())
+    }
+
+    /// [`fresh`], with `a` claimed by the task that handed result 1 off and result 2
+    /// arrived since (it does not queue `a` again).
+    fn claimed_with_two_results() -> (Arc<ActivityLeases>, InstanceId, Handoffs) {
+        let (leases, a, mut h) = fresh();
+        assert!(h.push(a.clone(), result(&leases, &a, 1)));
+        assert!(h.claim(&a));
+        assert!(!h.push(a.clone(), result(&leases, &a, 2)));
+        (leases, a, h)
+    }
+
     #[test]
     fn a_claimed_instance_is_skipped_by_the_dispatcher_and_keeps_its_results() {
         let leases = Arc::new(ActivityLeases::default());
@@ -296,12 +312,7 @@ mod tests {
 
     #[test]
     fn an_abandoned_claim_queues_the_instance_for_the_dispatcher_again() {
-        let leases = Arc::new(ActivityLeases::default());
-        let a = InstanceId::new("a").unwrap();
-        let mut h = Handoffs::default();
-        assert!(h.push(a.clone(), result(&leases, &a, 1)));
-        assert!(h.claim(&a));
-        assert!(!h.push(a.clone(), result(&leases, &a, 2)));
+        let (_leases, a, mut h) = claimed_with_two_results();
         assert!(h.next_ready(10).is_empty());
         // The claiming task was dropped while it leased the instance.
         assert!(h.requeue_claimed(&a));
@@ -314,12 +325,7 @@ mod tests {
 
     #[test]
     fn an_unclaimed_instance_gives_its_results_back() {
-        let leases = Arc::new(ActivityLeases::default());
-        let a = InstanceId::new("a").unwrap();
-        let mut h = Handoffs::default();
-        assert!(h.push(a.clone(), result(&leases, &a, 1)));
-        assert!(h.claim(&a));
-        assert!(!h.push(a.clone(), result(&leases, &a, 2)));
+        let (leases, a, mut h) = claimed_with_two_results();
         let back: Vec<u64> = h.unclaim(&a).iter().map(|r| r.task).collect();
         assert_eq!(back, vec![1, 2]);
         assert_eq!(h.waiting(), 0);
@@ -335,9 +341,7 @@ mod tests {
     /// arrived meanwhile (and so get them run or the dispatcher woken).
     #[test]
     fn a_claim_refused_for_a_running_instance_lets_its_end_queue_it() {
-        let leases = Arc::new(ActivityLeases::default());
-        let a = InstanceId::new("a").unwrap();
-        let mut h = Handoffs::default();
+        let (leases, a, mut h) = fresh();
         // An activity hands its result off: queued, its task will claim it.
         assert!(h.push(a.clone(), result(&leases, &a, 1)));
         // The dispatcher leases `a` from the store first (it had inbox messages).
@@ -355,9 +359,7 @@ mod tests {
     /// The same with a first episode run by a starting client's worker.
     #[test]
     fn a_claim_refused_during_a_first_episode_lets_its_end_queue_it() {
-        let leases = Arc::new(ActivityLeases::default());
-        let a = InstanceId::new("a").unwrap();
-        let mut h = Handoffs::default();
+        let (leases, a, mut h) = fresh();
         assert!(h.push(a.clone(), result(&leases, &a, 1)));
         assert!(h.begin_first(&a));
         assert!(!h.claim(&a));
