@@ -71,6 +71,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         create_started_declines_a_taken_id,
         create_started_with_children,
         create_leased_leases_the_new_instance,
+        commit_episode_eager_leases_one_new_task,
         a_step_that_only_appends_events_is_the_last_update,
         next_wake_time_for_after_fetch,
         a_step_does_not_bump_finished,
@@ -3047,6 +3048,147 @@ pub async fn create_leased_leases_the_new_instance(store: Arc<dyn Store>) {
     );
     commit(&store, commit_for(&taken, RuntimeStatus::Running, expired)).await;
     assert!(fetch(&store, at(1_000_000)).await.is_none());
+}
+
+/// The names of fetched activity tasks, in the order fetched.
+fn task_names(work: &[super::ActivityWorkItem]) -> Vec<&str> {
+    work.iter().map(|w| w.task.name.as_str()).collect()
+}
+
+/// An episode's commit that leases one of its new tasks to the committer
+/// ([`Store::commit_episode_eager`]): no fetch hands that task out while the lease holds,
+/// the other tasks are queued as usual, the holder's result is recorded as a fetched
+/// task's is, and a lease that runs out puts the task back. No task is leased so while
+/// tasks queued earlier are due, nor by a commit whose lease on the instance is gone.
+#[allow(clippy::too_many_lines, reason = "one scenario, asserted step by step")]
+pub async fn commit_episode_eager_leases_one_new_task(store: Arc<dyn Store>) {
+    let lease = Duration::from_secs(60);
+    create(&store, new_instance("e", "Eager", "null", T0)).await;
+    let item = fetch_one(&store, "e", T0).await;
+    let mut c = commit_for(&item, RuntimeStatus::Running, at(1));
+    c.new_events = vec![ev(0, at(1), Event::OrchestratorStarted)];
+    c.activities = vec![task("e", 0, "A", "1"), task("e", 1, "B", "2")];
+    let leased = store
+        .commit_episode_eager(c, 1, lease)
+        .await
+        .expect("commit_episode_eager");
+    if !store.supports_eager_dispatch() {
+        assert!(
+            leased.is_none(),
+            "leased by a store that does not say it can"
+        );
+        let work = store
+            .fetch_activity_work(at(1), lease, 10)
+            .await
+            .expect("fetch_activity_work");
+        assert_eq!(
+            task_names(&work),
+            ["A", "B"],
+            "a store that leases nothing queues every task"
+        );
+        return;
+    }
+    let b = leased.expect("nothing is due: the task is leased");
+    assert_eq!(
+        (b.task.name.as_str(), b.task.seq, b.task.input.as_str()),
+        ("B", 1, "2"),
+        "the task asked for is leased"
+    );
+    let a = store
+        .fetch_activity_work(at(2), lease, 10)
+        .await
+        .expect("fetch_activity_work");
+    assert_eq!(task_names(&a), ["A"], "the leased task is not fetched");
+    assert_ne!(a[0].id, b.id);
+    assert!(
+        store
+            .renew_activity_lock(b.id, b.lock, at(2) + lease)
+            .await
+            .is_ok(),
+        "the committer holds the lease"
+    );
+    let done = Message::new(
+        Event::TaskCompleted {
+            seq: 1,
+            result: "\"b\"".into(),
+        },
+        Some(1),
+        at(3),
+    );
+    store
+        .complete_activity(b.id, b.lock, done)
+        .await
+        .expect("complete_activity");
+    let next = fetch_one(&store, "e", at(3)).await;
+    assert_eq!(labels(&next.messages), ["TaskCompleted"]);
+
+    // `A` is leased (to whoever fetched it), not due: the next task may be leased eagerly.
+    let mut c = commit_for(&next, RuntimeStatus::Running, at(4));
+    c.activities = vec![task("e", 2, "C", "3")];
+    let c_task = store
+        .commit_episode_eager(c, 0, lease)
+        .await
+        .expect("commit_episode_eager")
+        .expect("nothing due is queued: leased");
+    assert_eq!(c_task.task.name, "C");
+    // `A` given back is due: a task scheduled now must not overtake it.
+    store
+        .abandon_activity(a[0].id, a[0].lock, at(5))
+        .await
+        .expect("abandon_activity");
+    store
+        .send_message(&id("e"), raised("go", at(5)))
+        .await
+        .expect("send_message");
+    let item = fetch_one(&store, "e", at(6)).await;
+    let mut c = commit_for(&item, RuntimeStatus::Running, at(6));
+    c.activities = vec![task("e", 3, "D", "4")];
+    assert!(
+        store
+            .commit_episode_eager(c, 0, lease)
+            .await
+            .expect("commit_episode_eager")
+            .is_none(),
+        "an earlier task is due: nothing leased"
+    );
+    let queued = store
+        .fetch_activity_work(at(6), lease, 10)
+        .await
+        .expect("fetch_activity_work");
+    assert_eq!(task_names(&queued), ["A", "D"], "queued in order");
+
+    // A commit whose instance lease is gone leases (and writes) nothing.
+    store
+        .send_message(&id("e"), raised("late", at(7)))
+        .await
+        .expect("send_message");
+    let stale = fetch_one(&store, "e", at(7)).await;
+    let expired = at(7) + LONG + Duration::from_millis(1);
+    let taken = fetch_one(&store, "e", expired).await;
+    let mut c = commit_for(&stale, RuntimeStatus::Running, expired);
+    c.activities = vec![task("e", 4, "E", "5")];
+    assert!(
+        matches!(
+            store.commit_episode_eager(c, 0, lease).await,
+            Err(StoreError::LockLost(_))
+        ),
+        "the lost lease's commit is refused"
+    );
+    commit(&store, commit_for(&taken, RuntimeStatus::Running, expired)).await;
+    // Every lease so far has run out by then: C (never completed) comes back; E never
+    // existed.
+    let back = store
+        .fetch_activity_work(expired, lease, 10)
+        .await
+        .expect("fetch_activity_work");
+    let mut names = task_names(&back);
+    names.sort_unstable();
+    assert_eq!(names, ["A", "C", "D"], "expired leases put the tasks back");
+    assert!(
+        back.iter()
+            .any(|w| w.id == c_task.id && w.lock != c_task.lock),
+        "the eagerly leased task comes back under a new lease"
+    );
 }
 
 /// An episode that only appends events (its status and custom status as they were: a step

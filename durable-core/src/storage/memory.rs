@@ -87,6 +87,28 @@ impl MemoryStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Commits an episode, leasing one of its tasks to the committer with `eager`.
+    fn commit_with(
+        &self,
+        commit: EpisodeCommit,
+        eager: Option<(usize, Duration)>,
+    ) -> Result<Option<ActivityWorkItem>, StoreError> {
+        let finished = commit.status.is_terminal();
+        let (activity_work, leased) = {
+            let mut d = self.data();
+            d.check_lock(&commit.instance_id, commit.lock)?;
+            d.commit(commit, eager)
+        };
+        if activity_work {
+            self.inner.signals.activity_work();
+        }
+        self.inner.signals.orchestration_work();
+        if finished {
+            self.inner.signals.instance_finished();
+        }
+        Ok(leased)
+    }
 }
 
 impl Data {
@@ -376,9 +398,15 @@ impl Data {
         depths
     }
 
-    /// Applies an episode whose lease was checked; `true` when it enqueued activity work.
-    fn commit(&mut self, commit: EpisodeCommit) -> bool {
-        let mut activity_work = false;
+    /// Applies an episode whose lease was checked; `true` when it enqueued activity work
+    /// that is not leased. With `eager` (a task's index, the lease's length) that task is
+    /// leased to the committer instead of queued, unless tasks queued earlier are due
+    /// ([`Store::commit_episode_eager`]).
+    fn commit(
+        &mut self,
+        commit: EpisodeCommit,
+        eager: Option<(usize, Duration)>,
+    ) -> (bool, Option<ActivityWorkItem>) {
         let key = commit.instance_id.as_str().to_owned();
         for &(task, lock) in &commit.completed_activities {
             if self
@@ -450,18 +478,55 @@ impl Data {
         for m in refusals {
             self.enqueue(&key, m);
         }
-        for task in commit.activities {
-            let id = self.next();
-            self.activities.insert((commit.now, id), task);
-            activity_work = true;
-        }
+        let (activity_work, leased) = self.enqueue_tasks(commit.activities, commit.now, eager);
         for (target, m) in commit.messages {
             if !self.enqueue(target.as_str(), m) {
                 tracing::debug!(target = %target, "message to unknown instance dropped");
             }
         }
         self.refresh_ready(&key);
-        activity_work
+        (activity_work, leased)
+    }
+
+    /// Queues an episode's new activity `tasks` at `now`, except the one `eager` names,
+    /// leased to the committer unless tasks queued earlier are due; whether any task was
+    /// queued, and the leased one.
+    fn enqueue_tasks(
+        &mut self,
+        tasks: Vec<ActivityTask>,
+        now: Timestamp,
+        eager: Option<(usize, Duration)>,
+    ) -> (bool, Option<ActivityWorkItem>) {
+        let eager = eager.filter(|&(task, _)| {
+            task < tasks.len()
+                && self
+                    .activities
+                    .first_key_value()
+                    .is_none_or(|((visible_at, _), _)| *visible_at > now)
+        });
+        let (mut queued, mut leased) = (false, None);
+        for (i, task) in tasks.into_iter().enumerate() {
+            let id = self.next();
+            match eager {
+                Some((at, lock_for)) if at == i => {
+                    let token = self.next();
+                    let until = now + task.lease_for(lock_for);
+                    self.activity_leases
+                        .insert(id, (task.clone(), until, token));
+                    self.activity_lease_expiry.insert((until, id));
+                    leased = Some(ActivityWorkItem {
+                        id,
+                        task,
+                        lock: LockToken(token),
+                    });
+                }
+                _ => {
+                    self.activities.insert((now, id), task);
+                    queued = true;
+                }
+            }
+        }
+        (queued, leased)
     }
 
     fn check_lock(&self, id: &InstanceId, lock: LockToken) -> Result<(), StoreError> {
@@ -544,20 +609,20 @@ impl Store for MemoryStore {
     }
 
     async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError> {
-        let finished = commit.status.is_terminal();
-        let activity_work = {
-            let mut d = self.data();
-            d.check_lock(&commit.instance_id, commit.lock)?;
-            d.commit(commit)
-        };
-        if activity_work {
-            self.inner.signals.activity_work();
-        }
-        self.inner.signals.orchestration_work();
-        if finished {
-            self.inner.signals.instance_finished();
-        }
-        Ok(())
+        self.commit_with(commit, None).map(|_| ())
+    }
+
+    fn supports_eager_dispatch(&self) -> bool {
+        true
+    }
+
+    async fn commit_episode_eager(
+        &self,
+        commit: EpisodeCommit,
+        task: usize,
+        lock_for: Duration,
+    ) -> Result<Option<ActivityWorkItem>, StoreError> {
+        self.commit_with(commit, Some((task, lock_for)))
     }
 
     async fn create_started(
@@ -583,7 +648,7 @@ impl Store for MemoryStore {
             // Leased for the commit below, which releases it: never visible unleased.
             inst.lock = Some((0, first.now));
             d.orch_leases.insert((first.now, key));
-            (record, d.commit(first))
+            (record, d.commit(first, None).0)
         };
         if activity_work {
             self.inner.signals.activity_work();

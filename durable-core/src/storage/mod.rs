@@ -1018,6 +1018,62 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Applies an episode atomically. Fails with `LockLost` if the lease is no longer held.
     async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError>;
 
+    /// [`commit_episode`](Store::commit_episode), and in the same write the new activity
+    /// task `commit.activities[task]` is leased to the committing worker (from `commit.now`
+    /// for [`ActivityTask::lease_for`]`(lock_for)`), which runs it at once instead of
+    /// fetching it: eager dispatch, a hand-off and a fetch fewer per step of a chain. The
+    /// other tasks are queued as usual.
+    ///
+    /// `Ok(None)` when the commit went through without the lease: the store does not
+    /// support it (the default, which just commits; see
+    /// [`supports_eager_dispatch`](Store::supports_eager_dispatch)), or tasks queued
+    /// earlier are waiting to run (an eager task must not jump that queue), or `task` is out
+    /// of range.
+    ///
+    /// ```
+    /// # use durable_core::storage::{EpisodeCommit, MemoryStore, NewInstance, Store};
+    /// # use durable_core::history::{Event, Payload, RuntimeStatus};
+    /// # use durable_core::ids::{InstanceId, Timestamp};
+    /// # use durable_core::ActivityTask;
+    /// # use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let id = InstanceId::new("order-1")?;
+    /// let now = Timestamp::from_unix_millis(1_000);
+    /// store.create_instance(NewInstance::new(id.clone(), "Order", Payload::from("null"), now)).await?;
+    /// let item = store.fetch_orchestration_work(now, Duration::from_secs(30)).await?.unwrap();
+    /// let mut commit = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Running, now);
+    /// commit.consumed = item.messages.iter().map(|m| m.id.clone()).collect();
+    /// commit.activities.push(ActivityTask::new(id, 1, 0, "Charge", "null".into()));
+    /// let leased = store.commit_episode_eager(commit, 0, Duration::from_secs(30)).await?;
+    /// assert_eq!(leased.unwrap().task.name, "Charge");
+    /// // Leased to the committer: not handed to anyone who fetches.
+    /// assert!(store.fetch_activity_work(now, Duration::from_secs(30), 10).await?.is_empty());
+    /// # Ok(()) }
+    /// ```
+    async fn commit_episode_eager(
+        &self,
+        commit: EpisodeCommit,
+        task: usize,
+        lock_for: Duration,
+    ) -> Result<Option<ActivityWorkItem>, StoreError> {
+        let _ = (task, lock_for);
+        self.commit_episode(commit).await.map(|()| None)
+    }
+
+    /// `true` if the store implements
+    /// [`commit_episode_eager`](Store::commit_episode_eager); a worker only sets a slot
+    /// aside for a task its commit may lease when it is. The default is `false`.
+    ///
+    /// ```
+    /// use durable_core::storage::{MemoryStore, Store};
+    ///
+    /// assert!(MemoryStore::new().supports_eager_dispatch());
+    /// ```
+    fn supports_eager_dispatch(&self) -> bool {
+        false
+    }
+
     /// Creates a brand-new instance together with its first episode, in one durable write:
     /// as [`create_instance`](Store::create_instance) followed by a lease and a
     /// [`commit_episode`](Store::commit_episode) of `first`, which consumed the instance's

@@ -836,6 +836,9 @@ struct Leases {
     /// Instance locks taken by the batch being committed (with their tokens), dropped again
     /// if it fails.
     acquiring_orch: Vec<(String, u64)>,
+    /// Leases of activity tasks the batch being committed queues leased (eager dispatch),
+    /// dropped again if it fails.
+    acquiring_activity: Vec<u64>,
     /// Keys of the queued activity tasks that are not leased, so a fetch never walks over
     /// leased ones (which stay in the table until their result is committed).
     available: BTreeSet<(u64, u64)>,
@@ -1051,6 +1054,16 @@ impl Leases {
             && self.activity.get(&id).is_some_and(|l| l.token == lock.0)
     }
 
+    /// `true` if queued activity tasks that nobody holds are due at `now` — committed, or
+    /// queued by the batch being applied.
+    fn activities_due(&self, now: u64) -> bool {
+        self.available.range(..=(now, u64::MAX)).next().is_some()
+            || self
+                .available_changes
+                .iter()
+                .any(|&((visible_at, _), add)| add && visible_at <= now)
+    }
+
     fn take_activity(&mut self, id: u64, lock: LockToken) -> Option<ActivityLease> {
         if self.releasing_activity.contains(&id) {
             return None;
@@ -1072,8 +1085,14 @@ impl Leases {
         let available = std::mem::take(&mut self.available_changes);
         let seen = std::mem::take(&mut self.committed_changes);
         let acquired = std::mem::take(&mut self.acquiring_orch);
+        let acquired_tasks = std::mem::take(&mut self.acquiring_activity);
         self.owners.finish_batch(committed);
         if !committed {
+            for id in acquired_tasks {
+                if let Some(lease) = self.activity.remove(&id) {
+                    self.activity_expiry.remove(&(lease.until, id));
+                }
+            }
             for (id, token) in acquired {
                 if self.orch.get(&id).is_some_and(|l| l.token == token)
                     && let Some(lease) = self.orch.remove(&id)
@@ -1461,6 +1480,67 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
+    /// Queues an episode's new activity `tasks` at `now`, except the one `eager` names,
+    /// leased to the committer unless tasks queued earlier are due; whether any task was
+    /// queued (not leased), and the leased one.
+    fn enqueue_tasks(
+        &mut self,
+        leases: &mut Leases,
+        tasks: &[ActivityTask],
+        now: Timestamp,
+        eager: Option<(usize, Duration)>,
+    ) -> R<(bool, Option<ActivityWorkItem>)> {
+        let eager =
+            eager.filter(|&(task, _)| task < tasks.len() && !leases.activities_due(ts(now)));
+        let (mut queued, mut eager_item) = (false, None);
+        for (i, task) in tasks.iter().enumerate() {
+            match eager {
+                Some((at, lock_for)) if at == i => {
+                    let until = now + task.lease_for(lock_for);
+                    let (id, token) = self.enqueue_leased(leases, now, task, until)?;
+                    eager_item = Some(ActivityWorkItem {
+                        id,
+                        task: task.clone(),
+                        lock: LockToken(token),
+                    });
+                }
+                _ => {
+                    self.enqueue_activity(leases, now, task)?;
+                    queued = true;
+                }
+            }
+        }
+        Ok((queued, eager_item))
+    }
+
+    /// Queues `task` leased until `until` (a fresh token; undone if the batch fails, see
+    /// [`Leases::finish_batch`]) instead of available: its id and token.
+    fn enqueue_leased(
+        &mut self,
+        leases: &mut Leases,
+        now: Timestamp,
+        task: &ActivityTask,
+        until: Timestamp,
+    ) -> R<(u64, u64)> {
+        let id = leases.next_id();
+        let bytes = json(&mut self.buf, task)?;
+        self.activities.insert((ts(now), id), bytes)?;
+        leases.owners.insert(task.instance_id.as_str(), id, ts(now));
+        let token = leases.token();
+        leases.activity.insert(
+            id,
+            ActivityLease {
+                visible_at: now,
+                until,
+                token,
+                instance_id: task.instance_id.as_str().to_owned(),
+            },
+        );
+        leases.activity_expiry.insert((until, id));
+        leases.acquiring_activity.push(id);
+        Ok((id, token))
+    }
+
     /// Removes every trace of an instance: record, history, inbox, queued and leased tasks,
     /// its lock.
     fn remove_instance(&mut self, leases: &mut Leases, id: &str) -> R<bool> {
@@ -1596,17 +1676,19 @@ impl<'t> Tables<'t> {
         }
     }
 
-    /// Applies an episode; returns whether activity tasks were enqueued.
+    /// Applies an episode; returns whether activity tasks were queued (not leased), and the
+    /// task leased to the committer with `eager`.
     fn commit(
         &mut self,
         leases: &mut Leases,
         commit: EpisodeCommit,
-    ) -> R<Result<bool, StoreError>> {
+        eager: Option<(usize, Duration)>,
+    ) -> R<Result<(bool, Option<ActivityWorkItem>), StoreError>> {
         if !leases.holds(commit.instance_id.as_str(), commit.lock) {
             return Ok(Err(StoreError::LockLost(commit.instance_id.to_string())));
         }
         let seen = leases.take_seen(commit.instance_id.as_str());
-        self.apply_commit(leases, commit, seen)
+        self.apply_commit(leases, commit, seen, eager)
     }
 
     /// Creates a brand-new instance and applies its first episode (see
@@ -1635,8 +1717,8 @@ impl<'t> Tables<'t> {
             history_len: 0,
         });
         Ok(self
-            .apply_commit(leases, first, Some(seen))?
-            .map(|activity| Some((record, activity))))
+            .apply_commit(leases, first, Some(seen), None)?
+            .map(|(activity, _)| Some((record, activity))))
     }
 
     /// Creates a brand-new instance leased to the caller until `until` (see
@@ -1687,7 +1769,8 @@ impl<'t> Tables<'t> {
         leases: &mut Leases,
         mut commit: EpisodeCommit,
         seen: Option<Box<Seen>>,
-    ) -> R<Result<bool, StoreError>> {
+        eager: Option<(usize, Duration)>,
+    ) -> R<Result<(bool, Option<ActivityWorkItem>), StoreError>> {
         let key = commit.instance_id.as_str().to_owned();
         let (mut record, known_len) = if let Some(seen) = seen {
             (seen.record, Some(seen.history_len))
@@ -1777,16 +1860,14 @@ impl<'t> Tables<'t> {
         for m in refusals {
             self.enqueue(leases, &key, m)?;
         }
-        let activity_work = !commit.activities.is_empty();
-        for task in &commit.activities {
-            self.enqueue_activity(leases, commit.now, task)?;
-        }
+        let (activity_work, eager_item) =
+            self.enqueue_tasks(leases, &commit.activities, commit.now, eager)?;
         for (target, m) in commit.messages {
             if !self.enqueue(leases, target.as_str(), m)? {
                 tracing::debug!(target = %target, "message to unknown instance dropped");
             }
         }
-        Ok(Ok(activity_work))
+        Ok(Ok((activity_work, eager_item)))
     }
 
     /// Removes the messages an episode consumed from `key`'s inbox and ends the hold an
@@ -1916,7 +1997,12 @@ impl<'t> Tables<'t> {
 enum WriteOp {
     Create(NewInstance),
     Send(InstanceId, Message),
-    Commit(Box<EpisodeCommit>),
+    /// An episode's commit; with `eager` (a task's index, the lease's length) that new
+    /// activity task is leased to the committer ([`Store::commit_episode_eager`]).
+    Commit {
+        commit: Box<EpisodeCommit>,
+        eager: Option<(usize, Duration)>,
+    },
     CreateStarted(Box<(NewInstance, EpisodeCommit)>),
     CreateLeased {
         new: NewInstance,
@@ -1980,6 +2066,8 @@ enum Outcome {
     CreatedStarted(Option<Box<InstanceRecord>>),
     /// [`WriteOp::CreateLeased`]: the lease's work item, or `None` when nothing was written.
     CreatedLeased(Option<Box<OrchestrationWorkItem>>),
+    /// [`WriteOp::Commit`] with `eager`: the task leased to the committer, if it was.
+    Committed(Option<Box<ActivityWorkItem>>),
     Purged(bool),
     /// [`WriteOp::AppWrite`]: the body's answer.
     App(AppAnswer),
@@ -2276,11 +2364,11 @@ fn apply(
         WriteOp::Send(id, message) => t
             .send(leases, &id, message)?
             .map(|()| (Outcome::Done, orchestration)),
-        WriteOp::Commit(commit) => {
+        WriteOp::Commit { commit, eager } => {
             let finished = commit.status.is_terminal();
-            t.commit(leases, *commit)?.map(|activity| {
+            t.commit(leases, *commit, eager)?.map(|(activity, leased)| {
                 (
-                    Outcome::Done,
+                    Outcome::Committed(leased.map(Box::new)),
                     Wake {
                         orchestration: true,
                         activity,
@@ -2792,9 +2880,32 @@ impl Store for RedbStore {
     }
 
     async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError> {
-        self.write(WriteOp::Commit(Box::new(commit)))
-            .await
-            .map(drop)
+        self.write(WriteOp::Commit {
+            commit: Box::new(commit),
+            eager: None,
+        })
+        .await
+        .map(drop)
+    }
+
+    fn supports_eager_dispatch(&self) -> bool {
+        true
+    }
+
+    async fn commit_episode_eager(
+        &self,
+        commit: EpisodeCommit,
+        task: usize,
+        lock_for: Duration,
+    ) -> Result<Option<ActivityWorkItem>, StoreError> {
+        let op = WriteOp::Commit {
+            commit: Box::new(commit),
+            eager: Some((task, lock_for)),
+        };
+        match self.write(op).await? {
+            Outcome::Committed(leased) => Ok(leased.map(|item| *item)),
+            _ => Err(Outcome::unexpected()),
+        }
     }
 
     async fn create_started(

@@ -169,9 +169,15 @@ async fn a_purge_removes_a_task_scheduled_earlier_in_its_batch() {
     let commit = scheduling(&id, item.lock, &item.messages, 1);
     let answers = one_batch(
         &store,
-        vec![WriteOp::Commit(Box::new(commit)), WriteOp::Purge(id)],
+        vec![
+            WriteOp::Commit {
+                commit: Box::new(commit),
+                eager: None,
+            },
+            WriteOp::Purge(id),
+        ],
     );
-    assert!(matches!(answers[0], Ok(Outcome::Done)));
+    assert!(matches!(answers[0], Ok(Outcome::Committed(None))));
     assert!(matches!(answers[1], Ok(Outcome::Purged(true))));
     assert_eq!(queued_owners(&store), Vec::<String>::new());
     assert!(
@@ -239,6 +245,67 @@ async fn a_failed_batch_drops_the_lease_of_a_leased_create() {
     assert_eq!(store.read_instance(&new.instance_id).await.unwrap(), None);
     let item = store.create_leased(new, T0, LEASE).await.unwrap();
     assert!(item.is_some(), "no lease was left behind on the id");
+}
+
+/// A task leased to its committer (eager dispatch) in a batch that fails leaves no lease
+/// behind on an id that was never written; the commit, tried again, leases its task.
+#[tokio::test]
+async fn a_failed_batch_drops_an_eager_lease() {
+    let store = RedbStore::in_memory().unwrap();
+    let spoiled = start_with_tasks(&store, "s", 1).await;
+    let id = InstanceId::new("e").unwrap();
+    store
+        .create_instance(NewInstance::new(id.clone(), "Job", "null".into(), T0))
+        .await
+        .unwrap();
+    let item = store
+        .fetch_instances_work(std::slice::from_ref(&id), T0, LEASE)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let commit = || scheduling(&id, item.lock, &item.messages, 1);
+    let eager = WriteOp::Commit {
+        commit: Box::new(commit()),
+        eager: Some((0, LEASE)),
+    };
+    fail_a_batch(&store, &spoiled, vec![eager]).await;
+
+    let owners = |store: &RedbStore| -> Vec<String> {
+        let leases = store.inner.core.leases();
+        let mut v: Vec<String> = leases
+            .activity
+            .values()
+            .map(|l| l.instance_id.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        owners(&store),
+        ["s"],
+        "only the spoiled batch's fetch holds a task"
+    );
+    assert_eq!(queued_owners(&store), ["s"], "nothing was written");
+    let leased = store
+        .commit_episode_eager(commit(), 0, LEASE)
+        .await
+        .unwrap()
+        .expect("the task is leased");
+    assert_eq!(owners(&store), ["e", "s"]);
+    assert_eq!(queued_owners(&store), ["e", "s"]);
+    assert!(
+        store
+            .fetch_activity_work(T0, LEASE, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the leased task is not handed out"
+    );
+    store
+        .renew_activity_lock(leased.id, leased.lock, T0 + LEASE)
+        .await
+        .expect("held by the committer");
 }
 
 /// A version-1 file, which kept the index in an `activity_owners` table, opens: the table

@@ -22,7 +22,7 @@ use crate::history::Event;
 use crate::history::Payload;
 use crate::ids::Timestamp;
 use crate::registry::{ActivityContext, ActivityFn, Cancellation};
-use crate::storage::{ActivityTask, ActivityWorkItem, Message, WorkKind};
+use crate::storage::{ActivityTask, ActivityWorkItem, EpisodeCommit, Message, WorkKind};
 
 pub(crate) async fn dispatch(inner: Arc<Inner>) {
     let mut running = JoinSet::new();
@@ -102,6 +102,107 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
         }
     }
     while running.join_next().await.is_some() {}
+}
+
+/// A new activity task that its episode's commit leased to this worker (eager dispatch,
+/// [`Store::commit_episode_eager`]): run by the task that ran the episode, right after it,
+/// instead of being fetched by the dispatcher. It holds its slot and its lease (renewed
+/// from the commit on).
+///
+/// [`Store::commit_episode_eager`]: crate::storage::Store::commit_episode_eager
+pub(crate) struct Eager {
+    item: ActivityWorkItem,
+    lease: LeaseGuard,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The task of `commit` to lease to this worker with the commit ([`Eager`]) and the slot
+/// to run it in: the first task of an activity registered here, if an activity slot is
+/// free. None for a worker that stops, and for a commit that ends its execution (whose
+/// tasks' results nothing would wait for).
+pub(crate) fn pick_eager(
+    inner: &Inner,
+    commit: &EpisodeCommit,
+) -> Option<(usize, tokio::sync::OwnedSemaphorePermit)> {
+    if commit.activities.is_empty()
+        || !inner.store.supports_eager_dispatch()
+        || commit.status.is_terminal()
+        || commit.next_execution.is_some()
+        || inner.is_shutting_down()
+        || inner.aborted.load(Ordering::SeqCst)
+    {
+        return None;
+    }
+    let task = commit
+        .activities
+        .iter()
+        .position(|t| runs_here(inner, &t.name))?;
+    let permit = Arc::clone(&inner.activity_slots).try_acquire_owned().ok()?;
+    Some((task, permit))
+}
+
+/// `true` if this worker runs activity `name` (a plain or a transactional one).
+fn runs_here(inner: &Inner, name: &str) -> bool {
+    if inner.registry.activity(name).is_some() {
+        return true;
+    }
+    #[cfg(feature = "redb")]
+    if inner.registry.transactional.redb(name).is_some() {
+        return true;
+    }
+    #[cfg(feature = "postgres")]
+    if inner.registry.transactional.postgres(name).is_some() {
+        return true;
+    }
+    false
+}
+
+impl Eager {
+    /// `item`, leased by a commit at `now`, held from here on with `permit`.
+    pub(crate) fn new(
+        inner: &Inner,
+        item: ActivityWorkItem,
+        now: Timestamp,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Self {
+        let period = item.task.lease_for(inner.activity_lease);
+        let lease = inner.activity_leases.hold(&item, now, period);
+        Self {
+            item,
+            lease,
+            permit,
+        }
+    }
+}
+
+/// Runs an [`Eager`] task as the dispatcher runs a fetched one; returns its orchestration
+/// when the hand-off of the result queued it for an episode (the caller runs it). A worker
+/// that began to stop puts the task back instead, and an aborted one leaves it to its lease.
+pub(crate) async fn run_eager(inner: &Inner, eager: Eager) -> Option<crate::ids::InstanceId> {
+    let Eager {
+        item,
+        lease,
+        permit,
+    } = eager;
+    if inner.aborted.load(Ordering::SeqCst) {
+        return None;
+    }
+    if inner.is_shutting_down() {
+        drop(lease);
+        let now = inner.clock.now();
+        if let Err(e) = inner.store.abandon_activity(item.id, item.lock, now).await {
+            tracing::warn!(error = %e, "activity not put back; it runs when its lease expires");
+        }
+        return None;
+    }
+    let span = tracing::info_span!("activity", name = %item.task.name, instance = %item.task.instance_id, seq = item.task.seq, otel.name = tracing::field::Empty);
+    #[cfg(feature = "opentelemetry")]
+    crate::otel::adopt_activity(&span, &item.task);
+    let ready = Box::pin(run_activity(inner, item, lease))
+        .instrument(span)
+        .await;
+    drop(permit);
+    ready
 }
 
 /// Runs one leased activity and reports its result: handed to its orchestration in memory

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use super::activity::Eager;
 use super::cascade::is_meant_for;
 use super::handoff::HandedOff;
 use super::lifecycle;
@@ -236,10 +237,31 @@ fn spawn_episode(
         leased_at,
     ));
     running.spawn(async move {
-        if episode.instrument(span).await {
-            run_ready_here(&inner, id).await;
+        let (again, eager) = episode.instrument(span).await;
+        if let Some(next) = next_here(&inner, id, again, eager).await {
+            run_ready_here(&inner, next).await;
         }
     });
+}
+
+/// What the task that ran an episode of `id` does next: runs the activity task the
+/// episode's commit leased to it, if any, and answers the instance to run an episode of
+/// here — `id` when its results were queued meanwhile (`again`), the eager activity's
+/// orchestration when its result queued it. With both, the dispatcher is woken for `id`
+/// rather than have its results wait for the activity.
+async fn next_here(
+    inner: &Arc<Inner>,
+    id: InstanceId,
+    again: bool,
+    eager: Option<Eager>,
+) -> Option<InstanceId> {
+    let Some(eager) = eager else {
+        return again.then_some(id);
+    };
+    if again {
+        inner.handoff_ready.notify_one();
+    }
+    super::activity::run_eager(inner, eager).await
 }
 
 fn episode_span(item: &OrchestrationWorkItem) -> tracing::Span {
@@ -306,11 +328,12 @@ pub(crate) async fn run_ready_here(inner: &Arc<Inner>, mut id: InstanceId) {
             .begin(&item.instance.instance_id, item.lock);
         let span = episode_span(&item);
         id = item.instance.instance_id.clone();
-        let again = Box::pin(run_episode(Arc::clone(inner), item, handed, permit, now))
+        let (again, eager) = Box::pin(run_episode(Arc::clone(inner), item, handed, permit, now))
             .instrument(span)
             .await;
-        if !again {
-            return;
+        match next_here(inner, id, again, eager).await {
+            Some(next) => id = next,
+            None => return,
         }
     }
 }
@@ -353,21 +376,32 @@ pub(crate) enum Stuck {
 }
 
 /// Runs one episode and settles its results; `true` when results for the instance are
-/// queued again (for [`run_ready_here`]).
+/// queued again (for [`run_ready_here`]), and the activity task its commit leased to this
+/// worker ([`next_here`] runs both).
 async fn run_episode(
     inner: Arc<Inner>,
     item: OrchestrationWorkItem,
     mut handed: Vec<HandedOff>,
     permit: Permit,
     leased_at: Timestamp,
-) -> bool {
+) -> (bool, Option<Eager>) {
     let inner = &*inner;
     let id = item.instance.instance_id.clone();
     let lock = item.lock;
     // The diagnostic the instance was last held back with (`None` unless it is stuck).
     let reported = item.instance.last_error.clone();
     let mut permit = Some(permit);
-    let result = try_episode(inner, item, leased_at, &mut handed, &mut permit, None).await;
+    let mut eager = None;
+    let result = try_episode(
+        inner,
+        item,
+        leased_at,
+        &mut handed,
+        &mut permit,
+        None,
+        &mut eager,
+    )
+    .await;
     drop(permit);
     // Results the episode did not commit (it failed, or took a path that does not deliver
     // them) are written to the store; so are those that arrived meanwhile if it failed
@@ -406,7 +440,7 @@ async fn run_episode(
             hold_stuck(inner, &id, lock, e.to_string(), nondeterminism, reported).await;
         }
     }
-    queued
+    (queued, eager)
 }
 
 /// Leaves a stuck instance as it is, to be retried after a back-off that grows with each
@@ -497,6 +531,7 @@ async fn try_episode(
     handed: &mut Vec<HandedOff>,
     permit: &mut Option<Permit>,
     mut first: Option<&mut First>,
+    eager: &mut Option<Eager>,
 ) -> Result<(), Stuck> {
     let OrchestrationWorkItem {
         instance,
@@ -594,7 +629,7 @@ async fn try_episode(
     // computing, and letting the next episode start fills the next batch. The instance
     // stays leased until the commit is done, so nothing else runs it meanwhile.
     drop(permit.take());
-    if !write(inner, commit, first).await? {
+    if !write(inner, commit, first, eager).await? {
         return Ok(());
     }
     handed.clear();
@@ -883,17 +918,32 @@ fn deliver(
 /// Writes the episode's commit — with the instance's creation for a first episode.
 /// `Ok(false)` when nothing was written: a first episode of a stopped worker, or one the
 /// store declined (the id is taken); the instance is then created the ordinary way.
+///
+/// An ordinary commit leases one of its new activity tasks to this worker when it can
+/// run it now ([`pick_eager`](super::activity::pick_eager)): set in `eager`. A first
+/// episode does not (the starting client's call must not run an activity).
 async fn write(
     inner: &Inner,
     commit: EpisodeCommit,
     first: Option<&mut First>,
+    eager: &mut Option<Eager>,
 ) -> Result<bool, Stuck> {
     let Some(first) = first else {
-        inner
+        let Some((task, permit)) = super::activity::pick_eager(inner, &commit) else {
+            inner
+                .store
+                .commit_episode(commit)
+                .await
+                .map_err(Stuck::Store)?;
+            return Ok(true);
+        };
+        let now = commit.now;
+        let leased = inner
             .store
-            .commit_episode(commit)
+            .commit_episode_eager(commit, task, inner.activity_lease)
             .await
             .map_err(Stuck::Store)?;
+        *eager = leased.map(|item| Eager::new(inner, item, now, permit));
         return Ok(true);
     };
     let Some(new) = first.new.take() else {
@@ -990,6 +1040,7 @@ async fn run_first(
         &mut Vec::new(),
         &mut permit,
         Some(&mut first),
+        &mut None,
     )
     .instrument(span)
     .await;

@@ -35,6 +35,10 @@ pub(crate) struct Counting {
     /// does not, as a store behind a network.
     in_process: std::sync::atomic::AtomicBool,
     tasks_enqueued: AtomicUsize,
+    /// Activity tasks leased by the commits that enqueued them (eager dispatch).
+    eager: AtomicUsize,
+    /// Activity tasks the worker fetched.
+    activities_fetched: AtomicUsize,
     completions: AtomicUsize,
     heartbeats: AtomicUsize,
     /// A lease of the store's own on instances, in ms (0: the one asked for), as
@@ -51,6 +55,8 @@ impl Counting {
             fetched: AtomicUsize::new(0),
             in_process: std::sync::atomic::AtomicBool::new(false),
             tasks_enqueued: AtomicUsize::new(0),
+            eager: AtomicUsize::new(0),
+            activities_fetched: AtomicUsize::new(0),
             completions: AtomicUsize::new(0),
             heartbeats: AtomicUsize::new(0),
             own_lease_ms: AtomicU64::new(0),
@@ -73,6 +79,16 @@ impl Counting {
     /// Work items fetches answered.
     pub(crate) fn fetched_items(&self) -> usize {
         self.fetched.load(Ordering::SeqCst)
+    }
+
+    /// Activity tasks leased to the worker by the commits that enqueued them.
+    pub(crate) fn eager(&self) -> usize {
+        self.eager.load(Ordering::SeqCst)
+    }
+
+    /// Activity tasks fetches answered.
+    pub(crate) fn activities_fetched(&self) -> usize {
+        self.activities_fetched.load(Ordering::SeqCst)
     }
 
     /// Grants `lease` on instances whatever a worker asks for.
@@ -164,6 +180,27 @@ impl Store for Counting {
             .fetch_add(commit.activities.len(), Ordering::SeqCst);
         self.inner.commit_episode(commit).await
     }
+    async fn commit_episode_eager(
+        &self,
+        commit: EpisodeCommit,
+        task: usize,
+        lock_for: Duration,
+    ) -> Result<Option<ActivityWorkItem>, StoreError> {
+        self.episodes.fetch_add(1, Ordering::SeqCst);
+        self.tasks_enqueued
+            .fetch_add(commit.activities.len(), Ordering::SeqCst);
+        let leased = self
+            .inner
+            .commit_episode_eager(commit, task, lock_for)
+            .await?;
+        if leased.is_some() {
+            self.eager.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(leased)
+    }
+    fn supports_eager_dispatch(&self) -> bool {
+        self.inner.supports_eager_dispatch()
+    }
     fn supports_activity_handoff(&self) -> bool {
         self.inner.supports_activity_handoff()
     }
@@ -199,7 +236,10 @@ impl Store for Counting {
         lock_for: Duration,
         max: usize,
     ) -> Result<Vec<ActivityWorkItem>, StoreError> {
-        self.inner.fetch_activity_work(now, lock_for, max).await
+        let items = self.inner.fetch_activity_work(now, lock_for, max).await?;
+        self.activities_fetched
+            .fetch_add(items.len(), Ordering::SeqCst);
+        Ok(items)
     }
     async fn complete_activity(
         &self,

@@ -1,6 +1,7 @@
 //! The engine end to end: worker + client + in-memory store + manual clock.
 
 mod calls;
+mod eager;
 mod first_episode;
 mod issue12;
 mod issue12_control;

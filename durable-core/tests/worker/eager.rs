@@ -1,0 +1,214 @@
+//! Eager dispatch: the commit that schedules an activity leases it to the committing worker,
+//! which runs it at once instead of fetching it. Fetches and eager leases are counted by
+//! the wrapper of `local.rs`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use durable_core::prelude::*;
+use durable_core::{RedbStore, Store, WorkerBuilder};
+use durable_testing::ManualClock;
+
+use super::local::Counting;
+use super::support::count;
+
+/// Longest a test waits for the engine (a guard against hangs, not timing).
+const GUARD: Duration = Duration::from_secs(20);
+
+async fn wait<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(GUARD, f)
+        .await
+        .unwrap_or_else(|_| panic!("gave up waiting for {what}"))
+}
+
+fn worker_on(
+    store: &Arc<Counting>,
+    clock: &ManualClock,
+    configure: impl FnOnce(WorkerBuilder) -> WorkerBuilder,
+) -> Worker {
+    configure(
+        Worker::builder()
+            .store_arc(Arc::clone(store) as Arc<dyn Store>)
+            .clock(clock.as_clock()),
+    )
+    .start()
+    .expect("worker starts")
+}
+
+// ------------------------------------------------------------------ a chain
+
+static LINK_CALLS: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
+
+/// Adds its position to the running text.
+#[activity]
+async fn link(input: (usize, String)) -> Result<String, ActivityError> {
+    let (i, text) = input;
+    LINK_CALLS[i].fetch_add(1, Ordering::SeqCst);
+    Ok(format!("{text}{i}"))
+}
+
+#[orchestrator]
+async fn chain(ctx: OrchestrationContext, start: String) -> Result<String, OrchestrationError> {
+    let mut text = start;
+    for i in 0..5 {
+        text = ctx.call(link, (i, text)).await?;
+    }
+    Ok(text)
+}
+
+/// The first task comes with the start (its commit creates the instance) and is fetched;
+/// each later one is leased by the commit that schedules it and run by the worker at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_next_step_of_a_chain_runs_without_a_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores: [(&str, Arc<dyn Store>); 2] = [
+        ("memory", Arc::new(MemoryStore::new())),
+        (
+            "redb",
+            Arc::new(RedbStore::open(dir.path().join("chain.redb")).unwrap()),
+        ),
+    ];
+    for (name, inner) in stores {
+        for calls in &LINK_CALLS {
+            calls.store(0, Ordering::SeqCst);
+        }
+        let store = Counting::forwarding(inner);
+        let clock = ManualClock::default();
+        let worker = worker_on(&store, &clock, |b| b.register(link).register(chain));
+        let run = chain::start(&worker.client(), "s".into()).await.unwrap();
+        assert_eq!(
+            wait("the run", run.wait()).await.unwrap(),
+            "s01234",
+            "{name}"
+        );
+        let h = run.history().await.unwrap();
+        assert_eq!(count(&h, "TaskScheduled"), 5, "{name}");
+        assert_eq!(count(&h, "TaskCompleted"), 5, "{name}");
+        assert_eq!(
+            store.eager(),
+            4,
+            "{name}: steps 2 to 5 leased by their commits"
+        );
+        assert_eq!(
+            store.activities_fetched(),
+            1,
+            "{name}: only the first fetched"
+        );
+        for (i, calls) in LINK_CALLS.iter().enumerate() {
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "{name}: step {i} ran once");
+        }
+        worker.shutdown().await;
+    }
+}
+
+// ------------------------------------------------------------------ a fan-out
+
+static LEAF_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+#[activity]
+async fn leaf(n: u32) -> Result<u32, ActivityError> {
+    LEAF_CALLS.fetch_add(1, Ordering::SeqCst);
+    Ok(n * 2)
+}
+
+#[orchestrator]
+async fn fan(ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> {
+    let first = ctx.call(leaf, n).await?;
+    let all = ctx
+        .when_all((0..3).map(|i| ctx.call(leaf, first + i)))
+        .await;
+    let mut sum = 0;
+    for r in all {
+        sum += r?;
+    }
+    Ok(sum)
+}
+
+/// A commit that schedules several tasks leases one of them; the others are queued and
+/// fetched as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_leases_one_task_and_queues_the_rest() {
+    let store = Counting::forwarding(Arc::new(MemoryStore::new()));
+    let clock = ManualClock::default();
+    let worker = worker_on(&store, &clock, |b| b.register(leaf).register(fan));
+    let run = fan::start(&worker.client(), 1).await.unwrap();
+    // first = 2; 4 + 6 + 8.
+    assert_eq!(wait("the run", run.wait()).await.unwrap(), 18);
+    assert_eq!(LEAF_CALLS.load(Ordering::SeqCst), 4, "each task ran once");
+    assert_eq!(store.eager(), 1, "one of the three fanned-out tasks");
+    assert_eq!(
+        store.activities_fetched(),
+        3,
+        "the first and two fanned-out tasks"
+    );
+    worker.shutdown().await;
+}
+
+// ------------------------------------------------------------------ a crash
+
+static BEFORE_CALLS: AtomicUsize = AtomicUsize::new(0);
+static BLOCKED_CALLS: AtomicUsize = AtomicUsize::new(0);
+static NEVER: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+#[activity]
+async fn before_block(_input: ()) -> Result<u32, ActivityError> {
+    BEFORE_CALLS.fetch_add(1, Ordering::SeqCst);
+    Ok(1)
+}
+
+/// Its first run never ends (the worker crashes meanwhile).
+#[activity]
+async fn blocks_once(n: u32) -> Result<u32, ActivityError> {
+    if BLOCKED_CALLS.fetch_add(1, Ordering::SeqCst) == 0 {
+        NEVER.notified().await;
+    }
+    Ok(n + 1)
+}
+
+#[orchestrator]
+async fn blocked_chain(ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {
+    let n = ctx.call(before_block, ()).await?;
+    Ok(ctx.call(blocks_once, n).await?)
+}
+
+/// A task leased by its commit is stored like any other: a worker that crashes while it
+/// runs leaves it to its lease, and once that runs out another worker runs it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eager_task_whose_worker_crashed_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let redb: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path().join("crash.redb")).unwrap());
+    let store = Counting::forwarding(redb);
+    let clock = ManualClock::default();
+    let register = |b: WorkerBuilder| {
+        b.register(before_block)
+            .register(blocks_once)
+            .register(blocked_chain)
+    };
+    let worker = worker_on(&store, &clock, register);
+    let run = blocked_chain::start(&worker.client(), ()).await.unwrap();
+    wait("the blocking step", async {
+        while BLOCKED_CALLS.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(store.eager(), 1, "the second step was leased by its commit");
+    worker.abort();
+
+    let worker = worker_on(&store, &clock, register);
+    // Past the dead worker's activity lease.
+    clock.advance(Duration::from_secs(3600));
+    let run = blocked_chain::handle(&worker.client(), run.id().clone());
+    assert_eq!(wait("the run", run.wait()).await.unwrap(), 2);
+    assert_eq!(BEFORE_CALLS.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        BLOCKED_CALLS.load(Ordering::SeqCst),
+        2,
+        "ran again: at least once"
+    );
+    let h = run.history().await.unwrap();
+    assert_eq!(count(&h, "TaskScheduled"), 2);
+    assert_eq!(count(&h, "TaskCompleted"), 2);
+    worker.shutdown().await;
+}
