@@ -658,6 +658,9 @@ impl Store for HarnessStore {
         self.inner().orchestration_lease(requested)
     }
 
+    // Eager dispatch (`commit_episode_eager`) is left at the trait's default (a plain
+    // commit): the harness books every activity lease here, at its fetch, to know when the
+    // simulation is idle, so its workers fetch every task.
     async fn fetch_activity_work(
         &self,
         now: Timestamp,

@@ -3056,10 +3056,11 @@ fn task_names(work: &[super::ActivityWorkItem]) -> Vec<&str> {
 }
 
 /// An episode's commit that leases one of its new tasks to the committer
-/// ([`Store::commit_episode_eager`]): no fetch hands that task out while the lease holds,
-/// the other tasks are queued as usual, the holder's result is recorded as a fetched
-/// task's is, and a lease that runs out puts the task back. No task is leased so while
-/// tasks queued earlier are due, nor by a commit whose lease on the instance is gone.
+/// ([`Store::commit_episode_eager`]): no fetch hands that task out while the lease holds
+/// (counted from the write's time, not the episode's), the other tasks are queued as
+/// usual, the holder's result is recorded as a fetched task's is, and a lease that runs
+/// out puts the task back. No task is leased so while tasks queued earlier are due, nor by
+/// a commit whose lease on the instance is gone.
 #[allow(clippy::too_many_lines, reason = "one scenario, asserted step by step")]
 pub async fn commit_episode_eager_leases_one_new_task(store: Arc<dyn Store>) {
     let lease = Duration::from_secs(60);
@@ -3068,8 +3069,10 @@ pub async fn commit_episode_eager_leases_one_new_task(store: Arc<dyn Store>) {
     let mut c = commit_for(&item, RuntimeStatus::Running, at(1));
     c.new_events = vec![ev(0, at(1), Event::OrchestratorStarted)];
     c.activities = vec![task("e", 0, "A", "1"), task("e", 1, "B", "2")];
+    // The episode began at 1 ms; its commit is written at 1 s.
+    let written = at(1_000);
     let leased = store
-        .commit_episode_eager(c, 1, lease)
+        .commit_episode_eager(c, 1, written, lease)
         .await
         .expect("commit_episode_eager");
     if !store.supports_eager_dispatch() {
@@ -3095,14 +3098,18 @@ pub async fn commit_episode_eager_leases_one_new_task(store: Arc<dyn Store>) {
         "the task asked for is leased"
     );
     let a = store
-        .fetch_activity_work(at(2), lease, 10)
+        .fetch_activity_work(at(1) + lease + Duration::from_millis(1), lease, 10)
         .await
         .expect("fetch_activity_work");
-    assert_eq!(task_names(&a), ["A"], "the leased task is not fetched");
+    assert_eq!(
+        task_names(&a),
+        ["A"],
+        "the leased task is not fetched: its lease counts from the write"
+    );
     assert_ne!(a[0].id, b.id);
     assert!(
         store
-            .renew_activity_lock(b.id, b.lock, at(2) + lease)
+            .renew_activity_lock(b.id, b.lock, written + lease)
             .await
             .is_ok(),
         "the committer holds the lease"
@@ -3126,7 +3133,7 @@ pub async fn commit_episode_eager_leases_one_new_task(store: Arc<dyn Store>) {
     let mut c = commit_for(&next, RuntimeStatus::Running, at(4));
     c.activities = vec![task("e", 2, "C", "3")];
     let c_task = store
-        .commit_episode_eager(c, 0, lease)
+        .commit_episode_eager(c, 0, at(4), lease)
         .await
         .expect("commit_episode_eager")
         .expect("nothing due is queued: leased");
@@ -3145,7 +3152,7 @@ pub async fn commit_episode_eager_leases_one_new_task(store: Arc<dyn Store>) {
     c.activities = vec![task("e", 3, "D", "4")];
     assert!(
         store
-            .commit_episode_eager(c, 0, lease)
+            .commit_episode_eager(c, 0, at(6), lease)
             .await
             .expect("commit_episode_eager")
             .is_none(),
@@ -3169,21 +3176,35 @@ pub async fn commit_episode_eager_leases_one_new_task(store: Arc<dyn Store>) {
     c.activities = vec![task("e", 4, "E", "5")];
     assert!(
         matches!(
-            store.commit_episode_eager(c, 0, lease).await,
+            store.commit_episode_eager(c, 0, expired, lease).await,
             Err(StoreError::LockLost(_))
         ),
         "the lost lease's commit is refused"
     );
-    commit(&store, commit_for(&taken, RuntimeStatus::Running, expired)).await;
-    // Every lease so far has run out by then: C (never completed) comes back; E never
-    // existed.
+    // Every lease so far has run out by then, though no fetch has put the tasks back yet:
+    // they are due, so the new task is queued, not leased.
+    let mut c = commit_for(&taken, RuntimeStatus::Running, expired);
+    c.activities = vec![task("e", 5, "F", "6")];
+    assert!(
+        store
+            .commit_episode_eager(c, 0, expired, lease)
+            .await
+            .expect("commit_episode_eager")
+            .is_none(),
+        "tasks whose leases ran out are due: nothing leased"
+    );
+    // C (never completed) comes back; E never existed.
     let back = store
         .fetch_activity_work(expired, lease, 10)
         .await
         .expect("fetch_activity_work");
     let mut names = task_names(&back);
     names.sort_unstable();
-    assert_eq!(names, ["A", "C", "D"], "expired leases put the tasks back");
+    assert_eq!(
+        names,
+        ["A", "C", "D", "F"],
+        "expired leases put the tasks back"
+    );
     assert!(
         back.iter()
             .any(|w| w.id == c_task.id && w.lock != c_task.lock),

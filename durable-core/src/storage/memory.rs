@@ -88,11 +88,12 @@ impl MemoryStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Commits an episode, leasing one of its tasks to the committer with `eager`.
+    /// Commits an episode, leasing one of its tasks to the committer with `eager` (the
+    /// task's index, the lease's start and length).
     fn commit_with(
         &self,
         commit: EpisodeCommit,
-        eager: Option<(usize, Duration)>,
+        eager: Option<(usize, Timestamp, Duration)>,
     ) -> Result<Option<ActivityWorkItem>, StoreError> {
         let finished = commit.status.is_terminal();
         let (activity_work, leased) = {
@@ -211,6 +212,11 @@ impl Data {
                 self.refresh_ready(&id);
             }
         }
+        self.release_expired_activities(now);
+    }
+
+    /// The activity half of [`release_expired`](Self::release_expired).
+    fn release_expired_activities(&mut self, now: Timestamp) {
         while let Some((t, id)) = self.activity_lease_expiry.first().copied() {
             if t > now {
                 break;
@@ -399,13 +405,13 @@ impl Data {
     }
 
     /// Applies an episode whose lease was checked; `true` when it enqueued activity work
-    /// that is not leased. With `eager` (a task's index, the lease's length) that task is
-    /// leased to the committer instead of queued, unless tasks queued earlier are due
-    /// ([`Store::commit_episode_eager`]).
+    /// that is not leased. With `eager` (a task's index, the lease's start and length) that
+    /// task is leased to the committer instead of queued, unless tasks queued earlier are
+    /// due ([`Store::commit_episode_eager`]).
     fn commit(
         &mut self,
         commit: EpisodeCommit,
-        eager: Option<(usize, Duration)>,
+        eager: Option<(usize, Timestamp, Duration)>,
     ) -> (bool, Option<ActivityWorkItem>) {
         let key = commit.instance_id.as_str().to_owned();
         for &(task, lock) in &commit.completed_activities {
@@ -495,22 +501,26 @@ impl Data {
         &mut self,
         tasks: Vec<ActivityTask>,
         now: Timestamp,
-        eager: Option<(usize, Duration)>,
+        eager: Option<(usize, Timestamp, Duration)>,
     ) -> (bool, Option<ActivityWorkItem>) {
-        let eager = eager.filter(|&(task, _)| {
+        if let Some((_, leased_at, _)) = eager {
+            // Leases run out by then are put back first: their tasks are due too.
+            self.release_expired_activities(leased_at);
+        }
+        let eager = eager.filter(|&(task, leased_at, _)| {
             task < tasks.len()
                 && self
                     .activities
                     .first_key_value()
-                    .is_none_or(|((visible_at, _), _)| *visible_at > now)
+                    .is_none_or(|((visible_at, _), _)| *visible_at > leased_at)
         });
         let (mut queued, mut leased) = (false, None);
         for (i, task) in tasks.into_iter().enumerate() {
             let id = self.next();
             match eager {
-                Some((at, lock_for)) if at == i => {
+                Some((at, leased_at, lock_for)) if at == i => {
                     let token = self.next();
-                    let until = now + task.lease_for(lock_for);
+                    let until = leased_at + task.lease_for(lock_for);
                     self.activity_leases
                         .insert(id, (task.clone(), until, token));
                     self.activity_lease_expiry.insert((until, id));
@@ -620,9 +630,10 @@ impl Store for MemoryStore {
         &self,
         commit: EpisodeCommit,
         task: usize,
+        now: Timestamp,
         lock_for: Duration,
     ) -> Result<Option<ActivityWorkItem>, StoreError> {
-        self.commit_with(commit, Some((task, lock_for)))
+        self.commit_with(commit, Some((task, now, lock_for)))
     }
 
     async fn create_started(

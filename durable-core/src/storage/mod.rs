@@ -1019,22 +1019,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError>;
 
     /// [`commit_episode`](Store::commit_episode), and in the same write the new activity
-    /// task `commit.activities[task]` is leased to the committing worker (from `commit.now`
-    /// for [`ActivityTask::lease_for`]`(lock_for)`), which runs it at once instead of
-    /// fetching it: eager dispatch, a hand-off and a fetch fewer per step of a chain. The
+    /// task `commit.activities[task]` is leased to the committing worker (from `now`, the
+    /// time of the write, for [`ActivityTask::lease_for`]`(lock_for)`, as
+    /// [`fetch_activity_work`](Store::fetch_activity_work) would lease it), which runs it at
+    /// once instead of fetching it: eager dispatch, a fetch fewer per step of a chain. The
     /// other tasks are queued as usual.
     ///
     /// `Ok(None)` when the commit went through without the lease: the store does not
     /// support it (the default, which just commits; see
     /// [`supports_eager_dispatch`](Store::supports_eager_dispatch)), or tasks queued
-    /// earlier are waiting to run (an eager task must not jump that queue), or `task` is out
+    /// earlier are due at `now` (an eager task must not jump that queue), or `task` is out
     /// of range.
     ///
     /// ```
     /// # use durable_core::storage::{EpisodeCommit, MemoryStore, NewInstance, Store};
-    /// # use durable_core::history::{Event, Payload, RuntimeStatus};
+    /// # use durable_core::history::{Payload, RuntimeStatus};
     /// # use durable_core::ids::{InstanceId, Timestamp};
-    /// # use durable_core::ActivityTask;
+    /// # use durable_core::storage::ActivityTask;
     /// # use std::time::Duration;
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let store = MemoryStore::new();
@@ -1045,7 +1046,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// let mut commit = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Running, now);
     /// commit.consumed = item.messages.iter().map(|m| m.id.clone()).collect();
     /// commit.activities.push(ActivityTask::new(id, 1, 0, "Charge", "null".into()));
-    /// let leased = store.commit_episode_eager(commit, 0, Duration::from_secs(30)).await?;
+    /// let leased = store.commit_episode_eager(commit, 0, now, Duration::from_secs(30)).await?;
     /// assert_eq!(leased.unwrap().task.name, "Charge");
     /// // Leased to the committer: not handed to anyone who fetches.
     /// assert!(store.fetch_activity_work(now, Duration::from_secs(30), 10).await?.is_empty());
@@ -1055,9 +1056,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         &self,
         commit: EpisodeCommit,
         task: usize,
+        now: Timestamp,
         lock_for: Duration,
     ) -> Result<Option<ActivityWorkItem>, StoreError> {
-        let _ = (task, lock_for);
+        let _ = (task, now, lock_for);
         self.commit_episode(commit).await.map(|()| None)
     }
 

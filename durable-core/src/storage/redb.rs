@@ -965,7 +965,9 @@ impl Leases {
     }
 
     /// Drops expired leases, except those the batch being committed releases anyway (its
-    /// changes are not visible yet, so the entries must keep shielding them).
+    /// changes are not visible yet, so the entries must keep shielding them) or takes (a
+    /// task leased as it is queued is not in the table until the batch is durable: its
+    /// lease stays, and expires after that).
     fn release_expired(&mut self, now: Timestamp) {
         while let Some((t, id)) = self.orch_expiry.first().cloned() {
             if t > now {
@@ -978,11 +980,21 @@ impl Leases {
                 self.orch.remove(&id);
             }
         }
+        self.release_expired_activities(now);
+    }
+
+    /// The activity half of [`release_expired`](Self::release_expired).
+    fn release_expired_activities(&mut self, now: Timestamp) {
+        let mut kept = Vec::new();
         while let Some((t, id)) = self.activity_expiry.first().copied() {
             if t > now {
                 break;
             }
             self.activity_expiry.pop_first();
+            if self.acquiring_activity.contains(&id) {
+                kept.push((t, id));
+                continue;
+            }
             if self.activity.get(&id).is_some_and(|l| l.until <= now)
                 && !self.releasing_activity.contains(&id)
                 && let Some(lease) = self.activity.remove(&id)
@@ -990,6 +1002,7 @@ impl Leases {
                 self.available.insert((ts(lease.visible_at), id));
             }
         }
+        self.activity_expiry.extend(kept);
     }
 
     fn lock(&mut self, id: &str, until: Timestamp, seen: Option<Box<Seen>>) -> u64 {
@@ -1488,15 +1501,22 @@ impl<'t> Tables<'t> {
         leases: &mut Leases,
         tasks: &[ActivityTask],
         now: Timestamp,
-        eager: Option<(usize, Duration)>,
+        eager: Option<(usize, Timestamp, Duration)>,
     ) -> R<(bool, Option<ActivityWorkItem>)> {
-        let eager =
-            eager.filter(|&(task, _)| task < tasks.len() && !leases.activities_due(ts(now)));
+        // An eager task must not overtake tasks queued before it (those whose leases have
+        // run out included).
+        let eager = eager.filter(|&(task, leased_at, _)| {
+            if task >= tasks.len() {
+                return false;
+            }
+            leases.release_expired_activities(leased_at);
+            !leases.activities_due(ts(leased_at))
+        });
         let (mut queued, mut eager_item) = (false, None);
         for (i, task) in tasks.iter().enumerate() {
             match eager {
-                Some((at, lock_for)) if at == i => {
-                    let until = now + task.lease_for(lock_for);
+                Some((at, leased_at, lock_for)) if at == i => {
+                    let until = leased_at + task.lease_for(lock_for);
                     let (id, token) = self.enqueue_leased(leases, now, task, until)?;
                     eager_item = Some(ActivityWorkItem {
                         id,
@@ -1682,7 +1702,7 @@ impl<'t> Tables<'t> {
         &mut self,
         leases: &mut Leases,
         commit: EpisodeCommit,
-        eager: Option<(usize, Duration)>,
+        eager: Option<(usize, Timestamp, Duration)>,
     ) -> R<Result<(bool, Option<ActivityWorkItem>), StoreError>> {
         if !leases.holds(commit.instance_id.as_str(), commit.lock) {
             return Ok(Err(StoreError::LockLost(commit.instance_id.to_string())));
@@ -1769,7 +1789,7 @@ impl<'t> Tables<'t> {
         leases: &mut Leases,
         mut commit: EpisodeCommit,
         seen: Option<Box<Seen>>,
-        eager: Option<(usize, Duration)>,
+        eager: Option<(usize, Timestamp, Duration)>,
     ) -> R<Result<(bool, Option<ActivityWorkItem>), StoreError>> {
         let key = commit.instance_id.as_str().to_owned();
         let (mut record, known_len) = if let Some(seen) = seen {
@@ -1997,11 +2017,11 @@ impl<'t> Tables<'t> {
 enum WriteOp {
     Create(NewInstance),
     Send(InstanceId, Message),
-    /// An episode's commit; with `eager` (a task's index, the lease's length) that new
-    /// activity task is leased to the committer ([`Store::commit_episode_eager`]).
+    /// An episode's commit; with `eager` (a task's index, the lease's start and length)
+    /// that new activity task is leased to the committer ([`Store::commit_episode_eager`]).
     Commit {
         commit: Box<EpisodeCommit>,
-        eager: Option<(usize, Duration)>,
+        eager: Option<(usize, Timestamp, Duration)>,
     },
     CreateStarted(Box<(NewInstance, EpisodeCommit)>),
     CreateLeased {
@@ -2896,11 +2916,12 @@ impl Store for RedbStore {
         &self,
         commit: EpisodeCommit,
         task: usize,
+        now: Timestamp,
         lock_for: Duration,
     ) -> Result<Option<ActivityWorkItem>, StoreError> {
         let op = WriteOp::Commit {
             commit: Box::new(commit),
-            eager: Some((task, lock_for)),
+            eager: Some((task, now, lock_for)),
         };
         match self.write(op).await? {
             Outcome::Committed(leased) => Ok(leased.map(|item| *item)),

@@ -267,7 +267,7 @@ async fn a_failed_batch_drops_an_eager_lease() {
     let commit = || scheduling(&id, item.lock, &item.messages, 1);
     let eager = WriteOp::Commit {
         commit: Box::new(commit()),
-        eager: Some((0, LEASE)),
+        eager: Some((0, T0, LEASE)),
     };
     fail_a_batch(&store, &spoiled, vec![eager]).await;
 
@@ -288,7 +288,7 @@ async fn a_failed_batch_drops_an_eager_lease() {
     );
     assert_eq!(queued_owners(&store), ["s"], "nothing was written");
     let leased = store
-        .commit_episode_eager(commit(), 0, LEASE)
+        .commit_episode_eager(commit(), 0, T0, LEASE)
         .await
         .unwrap()
         .expect("the task is leased");

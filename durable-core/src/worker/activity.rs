@@ -4,7 +4,7 @@
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,11 +32,16 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
         if inner.is_shutting_down() {
             break;
         }
-        // Wait for at least one free slot, then take as many as are free.
+        // Wait for at least one free slot, then take as many as are free and not promised
+        // to eager tasks.
         let Ok(first) = Arc::clone(&inner.activity_slots).acquire_owned().await else {
             break;
         };
-        let wanted = 1 + inner.activity_slots.available_permits();
+        let promised = inner.eager_reserved.load(Ordering::SeqCst);
+        let wanted = 1 + inner
+            .activity_slots
+            .available_permits()
+            .saturating_sub(promised);
         let notified = inner.store.signals().activity.notified();
         let now = inner.clock.now();
         match inner
@@ -106,24 +111,33 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
 
 /// A new activity task that its episode's commit leased to this worker (eager dispatch,
 /// [`Store::commit_episode_eager`]): run by the task that ran the episode, right after it,
-/// instead of being fetched by the dispatcher. It holds its slot and its lease (renewed
-/// from the commit on).
+/// instead of being fetched by the dispatcher. It holds its lease (renewed from the
+/// commit on) and takes an activity slot to run ([`run_eager`]).
 ///
 /// [`Store::commit_episode_eager`]: crate::storage::Store::commit_episode_eager
 pub(crate) struct Eager {
     item: ActivityWorkItem,
     lease: LeaseGuard,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    promise: Promise,
 }
 
-/// The task of `commit` to lease to this worker with the commit ([`Eager`]) and the slot
-/// to run it in: the first task of an activity registered here, if an activity slot is
-/// free. None for a worker that stops, and for a commit that ends its execution (whose
-/// tasks' results nothing would wait for).
-pub(crate) fn pick_eager(
-    inner: &Inner,
-    commit: &EpisodeCommit,
-) -> Option<(usize, tokio::sync::OwnedSemaphorePermit)> {
+/// An activity slot promised to an eager task ([`Inner::eager_reserved`]) until it takes
+/// one, or its commit leases nothing.
+pub(crate) struct Promise(Arc<AtomicUsize>);
+
+impl Drop for Promise {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The task of `commit` to lease to this worker with the commit ([`Eager`]), with the
+/// activity slot promised to it: the first task of an activity registered here, if more
+/// slots are free now than are promised. (The slot itself is taken after the commit:
+/// holding one through it would keep the dispatcher from fetching while the store may
+/// well decline.) None for a worker that stops, and for a commit that ends its execution
+/// (whose tasks' results nothing would wait for).
+pub(crate) fn pick_eager(inner: &Inner, commit: &EpisodeCommit) -> Option<(usize, Promise)> {
     if commit.activities.is_empty()
         || !inner.store.supports_eager_dispatch()
         || commit.status.is_terminal()
@@ -137,8 +151,14 @@ pub(crate) fn pick_eager(
         .activities
         .iter()
         .position(|t| runs_here(inner, &t.name))?;
-    let permit = Arc::clone(&inner.activity_slots).try_acquire_owned().ok()?;
-    Some((task, permit))
+    let free = inner.activity_slots.available_permits();
+    inner
+        .eager_reserved
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |promised| {
+            (promised < free).then_some(promised + 1)
+        })
+        .ok()?;
+    Some((task, Promise(Arc::clone(&inner.eager_reserved))))
 }
 
 /// `true` if this worker runs activity `name` (a plain or a transactional one).
@@ -158,43 +178,53 @@ fn runs_here(inner: &Inner, name: &str) -> bool {
 }
 
 impl Eager {
-    /// `item`, leased by a commit at `now`, held from here on with `permit`.
+    /// `item`, leased by a commit from `leased_at` (as asked), held from here on with the
+    /// slot promised to it.
     pub(crate) fn new(
         inner: &Inner,
         item: ActivityWorkItem,
-        now: Timestamp,
-        permit: tokio::sync::OwnedSemaphorePermit,
+        leased_at: Timestamp,
+        promise: Promise,
     ) -> Self {
         let period = item.task.lease_for(inner.activity_lease);
-        let lease = inner.activity_leases.hold(&item, now, period);
+        let lease = inner.activity_leases.hold(&item, leased_at, period);
         Self {
             item,
             lease,
-            permit,
+            promise,
         }
     }
 }
 
-/// Runs an [`Eager`] task as the dispatcher runs a fetched one; returns its orchestration
+/// Runs an [`Eager`] task as the dispatcher runs a fetched one, in an activity slot (waited
+/// for, under the renewed lease, when the others are taken); returns its orchestration
 /// when the hand-off of the result queued it for an episode (the caller runs it). A worker
-/// that began to stop puts the task back instead, and an aborted one leaves it to its lease.
+/// that begins to stop first puts the task back instead, and an aborted one leaves it to
+/// its lease.
 pub(crate) async fn run_eager(inner: &Inner, eager: Eager) -> Option<crate::ids::InstanceId> {
     let Eager {
         item,
         lease,
-        permit,
+        promise,
     } = eager;
+    let mut shutdown = inner.shutdown.clone();
+    let permit = tokio::select! {
+        biased;
+        permit = Arc::clone(&inner.activity_slots).acquire_owned() => permit.ok(),
+        _ = shutdown.wait_for(|stop| *stop) => None,
+    };
+    drop(promise);
     if inner.aborted.load(Ordering::SeqCst) {
         return None;
     }
-    if inner.is_shutting_down() {
+    let Some(permit) = permit.filter(|_| !inner.is_shutting_down()) else {
         drop(lease);
         let now = inner.clock.now();
         if let Err(e) = inner.store.abandon_activity(item.id, item.lock, now).await {
             tracing::warn!(error = %e, "activity not put back; it runs when its lease expires");
         }
         return None;
-    }
+    };
     let span = tracing::info_span!("activity", name = %item.task.name, instance = %item.task.instance_id, seq = item.task.seq, otel.name = tracing::field::Empty);
     #[cfg(feature = "opentelemetry")]
     crate::otel::adopt_activity(&span, &item.task);

@@ -929,7 +929,7 @@ async fn write(
     eager: &mut Option<Eager>,
 ) -> Result<bool, Stuck> {
     let Some(first) = first else {
-        let Some((task, permit)) = super::activity::pick_eager(inner, &commit) else {
+        let Some((task, promise)) = super::activity::pick_eager(inner, &commit) else {
             inner
                 .store
                 .commit_episode(commit)
@@ -937,13 +937,14 @@ async fn write(
                 .map_err(Stuck::Store)?;
             return Ok(true);
         };
-        let now = commit.now;
+        // The lease starts now, not when the episode did (its steps may have taken long).
+        let now = inner.clock.now();
         let leased = inner
             .store
-            .commit_episode_eager(commit, task, inner.activity_lease)
+            .commit_episode_eager(commit, task, now, inner.activity_lease)
             .await
             .map_err(Stuck::Store)?;
-        *eager = leased.map(|item| Eager::new(inner, item, now, permit));
+        *eager = leased.map(|item| Eager::new(inner, item, now, promise));
         return Ok(true);
     };
     let Some(new) = first.new.take() else {

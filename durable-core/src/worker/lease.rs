@@ -1,6 +1,8 @@
 //! The activity leases this worker holds, renewed together by one keeper task.
 //!
-//! A lease is held from the fetch of its task until the task's result is settled: while the
+//! A lease is held from the fetch of its task (or from the commit that leased the new task to
+//! this worker: eager dispatch, [`activity::Eager`](super::activity::Eager)) until the
+//! task's result is settled: while the
 //! activity runs, and — when the result is handed to its orchestration in memory
 //! ([`handoff`](super::handoff)) — until the episode that consumes it commits, or the result
 //! is written through. However long a result waits for an episode slot or a slow commit, its

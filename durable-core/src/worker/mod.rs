@@ -1183,6 +1183,7 @@ impl WorkerBuilder {
             stuck: Mutex::new(HashMap::new()),
             handoff: Mutex::new(handoff::Handoffs::default()),
             handoff_ready: Notify::new(),
+            eager_reserved: Arc::default(),
             created: Mutex::new(Created::default()),
             activity_lease,
             orchestration_lease,
@@ -1340,6 +1341,10 @@ pub(crate) struct Inner {
     pub(crate) activity_leases: Arc<lease::ActivityLeases>,
     pub(crate) orch_slots: Arc<Semaphore>,
     pub(crate) activity_slots: Arc<Semaphore>,
+    /// Activity slots promised to tasks leased by their episodes' commits (eager dispatch)
+    /// that have not taken theirs yet: a commit asks for such a lease only while more slots
+    /// are free than promised, and the dispatcher fetches for the rest.
+    pub(crate) eager_reserved: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Set by [`Worker::abort`]: nothing of this worker may touch the store any more (its
     /// aborted tasks may still be polled once before they are dropped).

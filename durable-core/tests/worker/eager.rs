@@ -212,3 +212,131 @@ async fn an_eager_task_whose_worker_crashed_runs_again() {
     assert_eq!(count(&h, "TaskCompleted"), 2);
     worker.shutdown().await;
 }
+
+// ------------------------------------------------------------------ a long run
+
+static QUICK_CALLS: AtomicUsize = AtomicUsize::new(0);
+static LONG_CALLS: AtomicUsize = AtomicUsize::new(0);
+static LONG_RELEASE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+#[activity]
+async fn quick(n: u32) -> Result<u32, ActivityError> {
+    QUICK_CALLS.fetch_add(1, Ordering::SeqCst);
+    Ok(n + 1)
+}
+
+/// Runs until released.
+#[activity]
+async fn long_step(n: u32) -> Result<u32, ActivityError> {
+    LONG_CALLS.fetch_add(1, Ordering::SeqCst);
+    LONG_RELEASE.notified().await;
+    Ok(n * 10)
+}
+
+#[orchestrator]
+async fn quick_then_long(ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> {
+    let n = ctx.call(quick, n).await?;
+    Ok(ctx.call(long_step, n).await?)
+}
+
+/// A task leased by its commit keeps its lease while it runs for longer than a lease:
+/// the worker renews it as it renews fetched tasks, and nobody else takes the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eager_task_keeps_its_lease_while_it_runs_long() {
+    let store = Counting::forwarding(Arc::new(MemoryStore::new()));
+    let clock = ManualClock::default();
+    let worker = worker_on(&store, &clock, |b| {
+        b.register(quick)
+            .register(long_step)
+            .register(quick_then_long)
+    });
+    let lease = store.activity_lease(durable_core::WorkerOptions::default().activity_lock);
+    let run = quick_then_long::start(&worker.client(), 1).await.unwrap();
+    wait("the long step", async {
+        while LONG_CALLS.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(store.eager(), 1, "the long step was leased by its commit");
+    // Four half-leases: two whole leases go by, each half renewed before the next.
+    for round in 1..=4 {
+        clock.advance(lease / 2 + Duration::from_secs(1));
+        wait("a renewal", async {
+            while store.renewals() < round {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+    }
+    LONG_RELEASE.notify_one();
+    assert_eq!(wait("the run", run.wait()).await.unwrap(), 20);
+    assert_eq!(LONG_CALLS.load(Ordering::SeqCst), 1, "ran once");
+    assert_eq!(QUICK_CALLS.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        store.activities_fetched(),
+        1,
+        "only the quick step was fetched"
+    );
+    worker.shutdown().await;
+}
+
+// ------------------------------------------------------------------ a long episode
+
+static AFTER_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Clone)]
+struct Clock(ManualClock);
+
+/// Takes ten seconds of the worker's (manual) clock, inside the episode (within its
+/// budget for local steps).
+#[activity(local)]
+async fn ten_seconds(State(clock): State<Clock>, _input: ()) -> Result<(), ActivityError> {
+    clock.0.advance(Duration::from_secs(10));
+    Ok(())
+}
+
+#[activity]
+async fn after_the_wait(_input: ()) -> Result<u32, ActivityError> {
+    AFTER_CALLS.fetch_add(1, Ordering::SeqCst);
+    Ok(7)
+}
+
+#[orchestrator]
+async fn long_episode(ctx: OrchestrationContext, _input: ()) -> Result<u32, OrchestrationError> {
+    ctx.call(ten_seconds, ()).await?;
+    // Leased for no longer than its heartbeat timeout: shorter than the episode took.
+    let options = CallOptions::new().heartbeat_timeout(Duration::from_secs(5));
+    Ok(ctx.call_with(after_the_wait, (), options).await?)
+}
+
+/// The lease of a task leased by its commit starts when the commit is written, not when
+/// its episode began: an episode whose local step took ten seconds does not hand out a
+/// five-second lease that ran out before it was taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eager_lease_starts_at_the_write() {
+    let store = Counting::forwarding(Arc::new(MemoryStore::new()));
+    let clock = ManualClock::default();
+    let worker = worker_on(&store, &clock, |b| {
+        b.register(ten_seconds)
+            .register(after_the_wait)
+            .register(long_episode)
+            .state(Clock(clock.clone()))
+    });
+    let started = clock.as_clock().now();
+    let run = long_episode::start(&worker.client(), ()).await.unwrap();
+    assert_eq!(wait("the run", run.wait()).await.unwrap(), 7);
+    assert_eq!(AFTER_CALLS.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        store.eager(),
+        1,
+        "the task after the wait was leased by its commit"
+    );
+    let (episode, leased) = store.eager_times()[0];
+    assert_eq!(episode, started, "one episode ran both steps");
+    assert!(
+        leased >= started + Duration::from_secs(10),
+        "leased from the write, after the local step: {leased:?}"
+    );
+    worker.shutdown().await;
+}

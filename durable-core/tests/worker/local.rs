@@ -39,6 +39,10 @@ pub(crate) struct Counting {
     eager: AtomicUsize,
     /// Activity tasks the worker fetched.
     activities_fetched: AtomicUsize,
+    /// Activity lease renewals asked for.
+    renewals: AtomicUsize,
+    /// Of each eager commit: the episode's time (`commit.now`) and the lease's start.
+    eager_times: std::sync::Mutex<Vec<(Timestamp, Timestamp)>>,
     completions: AtomicUsize,
     heartbeats: AtomicUsize,
     /// A lease of the store's own on instances, in ms (0: the one asked for), as
@@ -57,6 +61,8 @@ impl Counting {
             tasks_enqueued: AtomicUsize::new(0),
             eager: AtomicUsize::new(0),
             activities_fetched: AtomicUsize::new(0),
+            renewals: AtomicUsize::new(0),
+            eager_times: std::sync::Mutex::default(),
             completions: AtomicUsize::new(0),
             heartbeats: AtomicUsize::new(0),
             own_lease_ms: AtomicU64::new(0),
@@ -84,6 +90,16 @@ impl Counting {
     /// Activity tasks leased to the worker by the commits that enqueued them.
     pub(crate) fn eager(&self) -> usize {
         self.eager.load(Ordering::SeqCst)
+    }
+
+    /// Of each eager commit: the episode's time and the lease's start.
+    pub(crate) fn eager_times(&self) -> Vec<(Timestamp, Timestamp)> {
+        self.eager_times.lock().unwrap().clone()
+    }
+
+    /// Activity lease renewals asked for (one per lease per call).
+    pub(crate) fn renewals(&self) -> usize {
+        self.renewals.load(Ordering::SeqCst)
     }
 
     /// Activity tasks fetches answered.
@@ -184,14 +200,16 @@ impl Store for Counting {
         &self,
         commit: EpisodeCommit,
         task: usize,
+        now: Timestamp,
         lock_for: Duration,
     ) -> Result<Option<ActivityWorkItem>, StoreError> {
         self.episodes.fetch_add(1, Ordering::SeqCst);
         self.tasks_enqueued
             .fetch_add(commit.activities.len(), Ordering::SeqCst);
+        self.eager_times.lock().unwrap().push((commit.now, now));
         let leased = self
             .inner
-            .commit_episode_eager(commit, task, lock_for)
+            .commit_episode_eager(commit, task, now, lock_for)
             .await?;
         if leased.is_some() {
             self.eager.fetch_add(1, Ordering::SeqCst);
@@ -264,6 +282,7 @@ impl Store for Counting {
         lock: LockToken,
         until: Timestamp,
     ) -> Result<(), StoreError> {
+        self.renewals.fetch_add(1, Ordering::SeqCst);
         self.inner.renew_activity_lock(id, lock, until).await
     }
     async fn renew_activity_locks(
@@ -271,6 +290,7 @@ impl Store for Counting {
         leases: &[(u64, LockToken)],
         until: Timestamp,
     ) -> Result<Vec<u64>, StoreError> {
+        self.renewals.fetch_add(leases.len(), Ordering::SeqCst);
         self.inner.renew_activity_locks(leases, until).await
     }
     async fn record_activity_heartbeat(

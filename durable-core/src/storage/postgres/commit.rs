@@ -10,12 +10,12 @@ use tokio_postgres::types::ToSql;
 
 use super::PostgresStore;
 use super::notify::Wake;
-use super::util::{Error, MAX_ATTEMPTS, R, decode, lock, pause, retryable, to_i64, ts};
+use super::util::{Error, MAX_ATTEMPTS, R, decode, lock, pause, retryable, to_i64, to_u64, ts};
 use super::write::Enqueue;
 use crate::error::{FailureDetails, StoreError};
 use crate::history::{Event, RuntimeStatus};
 use crate::storage::metrics::CommitTimer;
-use crate::storage::{EpisodeCommit, InstanceRecord, Message};
+use crate::storage::{ActivityWorkItem, EpisodeCommit, InstanceRecord, LockToken, Message};
 
 impl PostgresStore {
     /// Applies an episode with sub-orchestrations to create inside `tx`; returns whom to
@@ -64,8 +64,8 @@ impl PostgresStore {
                 ));
             }
         }
-        writes.add(c, record, &refusals, &locked.existing)?;
-        let mut wake = writes.run(self, tx, false).await?;
+        writes.add(c, None, record, &refusals, &locked.existing)?;
+        let (mut wake, _) = writes.run(self, tx, false).await?;
         // A child may replace (and terminate) an instance.
         wake.finished = true;
         self.notify(tx, wake).await?;
@@ -158,8 +158,9 @@ impl PostgresStore {
             let mut locked = Locked::read(&rows)?;
             let own = locked.lease(first)?;
             let mut writes = Writes::default();
-            writes.add(first, own, &[], &locked.existing)?;
-            writes.run(self, conn, true).await.map(Some)
+            writes.add(first, None, own, &[], &locked.existing)?;
+            let (wake, _) = writes.run(self, conn, true).await?;
+            Ok(Some(wake))
         }
         .await;
         if result.is_err() {
@@ -179,18 +180,19 @@ impl PostgresStore {
         &self,
         tx: &Transaction<'_>,
         commits: &[EpisodeCommit],
-    ) -> R<(Vec<Result<(), StoreError>>, Wake)> {
+        asks: &[Option<EagerAsk>],
+    ) -> R<Batched> {
         let sql = &self.inner.sql;
         let (ids, owners) = lock_params(commits);
         let lock_rows = tx.prepare_cached(&sql.lock_rows).await?;
         let rows = tx.query(&lock_rows, &[&ids, &owners]).await?;
-        let (out, writes) = plan_batch(commits, &rows)?;
+        let (out, writes) = plan_batch(commits, asks, &rows)?;
         if writes.record_ids.is_empty() {
-            return Ok((out, Wake::default()));
+            return Ok((out, Wake::default(), Vec::new()));
         }
-        let wake = writes.run(self, tx, false).await?;
+        let (wake, leased) = writes.run(self, tx, false).await?;
         self.notify(tx, wake).await?;
-        Ok((out, wake))
+        Ok((out, wake, leased))
     }
 
     /// [`commit_batch_tx`](Self::commit_batch_tx) in two round trips: `BEGIN` pipelined
@@ -202,7 +204,8 @@ impl PostgresStore {
     async fn commit_batch_pipelined(
         &self,
         commits: &[EpisodeCommit],
-    ) -> R<(Vec<Result<(), StoreError>>, Wake)> {
+        asks: &[Option<EagerAsk>],
+    ) -> R<Batched> {
         let sql = &self.inner.sql;
         let (ids, owners) = lock_params(commits);
         let conn = self.conn().await?;
@@ -215,13 +218,13 @@ impl PostgresStore {
                 conn.batch_execute("BEGIN"),
                 conn.query(&lock_rows, &lock_params),
             )?;
-            let (out, writes) = plan_batch(commits, &rows)?;
+            let (out, writes) = plan_batch(commits, asks, &rows)?;
             if writes.record_ids.is_empty() {
                 conn.batch_execute("COMMIT").await?;
-                return Ok((out, Wake::default()));
+                return Ok((out, Wake::default(), Vec::new()));
             }
-            let wake = writes.run(self, conn, true).await?;
-            Ok((out, wake))
+            let (wake, leased) = writes.run(self, conn, true).await?;
+            Ok((out, wake, leased))
         }
         .await;
         if result.is_err() {
@@ -235,17 +238,22 @@ impl PostgresStore {
 
     /// Commits `commits` (episodes without sub-orchestrations) in one transaction, retried
     /// when Postgres aborts it; if it fails otherwise, each episode is committed on its
-    /// own, so one episode's failure is not the others'. Answers each episode's outcome and
-    /// whom to wake.
-    async fn commit_batch(&self, commits: &[EpisodeCommit]) -> (Vec<Result<(), StoreError>>, Wake) {
+    /// own, so one episode's failure is not the others'. Answers each episode's outcome —
+    /// with the task leased to it when `asks` asked for one ([`EagerAsk`]) — and whom to
+    /// wake.
+    async fn commit_batch(
+        &self,
+        commits: &[EpisodeCommit],
+        asks: &[Option<EagerAsk>],
+    ) -> (Vec<Result<Option<ActivityWorkItem>, StoreError>>, Wake) {
         let timer = CommitTimer::start();
         let batch = if self.inner.options.notify_in_transaction {
-            retry_tx!(self, "committing episodes", tx => self.commit_batch_tx(&tx, commits))
+            retry_tx!(self, "committing episodes", tx => self.commit_batch_tx(&tx, commits, asks))
         } else {
             let mut attempt = 0u32;
             loop {
                 attempt += 1;
-                match self.commit_batch_pipelined(commits).await {
+                match self.commit_batch_pipelined(commits, asks).await {
                     Err(Error::Db(e)) if attempt < MAX_ATTEMPTS && retryable(&e) => {
                         tracing::debug!(error = %e, attempt, "transaction aborted by PostgreSQL; retrying");
                         pause(Duration::from_millis(u64::from(attempt) * 5)).await;
@@ -255,23 +263,24 @@ impl PostgresStore {
             }
         };
         match batch {
-            Ok(out) => {
+            Ok((out, wake, leased)) => {
                 timer.record("postgres", commits.len());
-                out
+                (leased_items(commits, asks, out, &leased), wake)
             }
             Err(e) if commits.len() == 1 => (vec![Err(e)], Wake::default()),
             Err(e) => {
                 tracing::debug!(error = %e, n = commits.len(), "a batch of episode commits failed; committing them one by one");
                 let mut out = Vec::with_capacity(commits.len());
                 let mut wake = Wake::default();
-                for c in commits {
+                for (c, ask) in commits.iter().zip(asks) {
+                    let (c, ask) = (std::slice::from_ref(c), std::slice::from_ref(ask));
                     let one = retry_tx!(self, "committing an episode", tx => {
-                        self.commit_batch_tx(&tx, std::slice::from_ref(c))
+                        self.commit_batch_tx(&tx, c, ask)
                     });
                     out.push(match one {
-                        Ok((mut r, w)) => {
+                        Ok((r, w, leased)) => {
                             wake = wake.or(w);
-                            r.pop().unwrap_or(Ok(()))
+                            leased_items(c, ask, r, &leased).pop().unwrap_or(Ok(None))
                         }
                         Err(e) => Err(e),
                     });
@@ -312,9 +321,15 @@ impl PostgresStore {
 
     /// Commits a batch and answers each of its episodes.
     pub(super) async fn run_batch(&self, batch: Vec<PendingCommit>) {
-        let (commits, replies): (Vec<_>, Vec<_>) =
-            batch.into_iter().map(|p| (p.commit, p.reply)).unzip();
-        let (results, wake) = self.commit_batch(&commits).await;
+        let mut commits = Vec::with_capacity(batch.len());
+        let mut asks = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for p in batch {
+            commits.push(p.commit);
+            asks.push(p.eager);
+            replies.push(p.reply);
+        }
+        let (results, wake) = self.commit_batch(&commits, &asks).await;
         // Signalled first: a caller that sees its commit done finds its signals sent.
         self.signal(wake);
         for (result, reply) in results.into_iter().zip(replies) {
@@ -348,15 +363,16 @@ fn lock_params(commits: &[EpisodeCommit]) -> (Vec<&str>, Vec<&str>) {
 /// outcome (`LockLost`: that episode changes nothing, the others commit), and the writes.
 fn plan_batch(
     commits: &[EpisodeCommit],
+    asks: &[Option<EagerAsk>],
     rows: &[tokio_postgres::Row],
 ) -> R<(Vec<Result<(), StoreError>>, Writes)> {
     let mut locked = Locked::read(rows)?;
     let mut writes = Writes::default();
     let mut out = Vec::with_capacity(commits.len());
-    for c in commits {
+    for (c, ask) in commits.iter().zip(asks) {
         match locked.lease(c) {
             Ok(record) => {
-                writes.add(c, record, &[], &locked.existing)?;
+                writes.add(c, ask.as_ref(), record, &[], &locked.existing)?;
                 out.push(Ok(()));
             }
             Err(Error::Op(e)) => out.push(Err(e)),
@@ -364,6 +380,34 @@ fn plan_batch(
         }
     }
     Ok((out, writes))
+}
+
+/// What a batch answers: each episode's outcome, whom to wake, and the (id, token) of
+/// each task leased to its committer.
+type Batched = (Vec<Result<(), StoreError>>, Wake, Vec<(i64, i64)>);
+
+/// Each episode's outcome with the task its commit leased to it, found by the token its
+/// [`EagerAsk`] chose among the `leased` (id, token) rows.
+fn leased_items(
+    commits: &[EpisodeCommit],
+    asks: &[Option<EagerAsk>],
+    out: Vec<Result<(), StoreError>>,
+    leased: &[(i64, i64)],
+) -> Vec<Result<Option<ActivityWorkItem>, StoreError>> {
+    out.into_iter()
+        .zip(commits.iter().zip(asks))
+        .map(|(r, (c, ask))| {
+            r.map(|()| {
+                let ask = ask.as_ref()?;
+                let &(id, token) = leased.iter().find(|(_, token)| *token == ask.token)?;
+                Some(ActivityWorkItem {
+                    id: to_u64(id),
+                    task: c.activities.get(ask.task)?.clone(),
+                    lock: LockToken(to_u64(token)),
+                })
+            })
+        })
+        .collect()
 }
 
 fn commit_ids(c: &EpisodeCommit) -> BTreeSet<&str> {
@@ -420,6 +464,11 @@ struct Writes {
     task_visible_at: Vec<i64>,
     tasks: Vec<String>,
     heartbeat_timeouts: Vec<Option<i64>>,
+    /// The lease token of a task to lease to its committer ([`EagerAsk`]), and until when.
+    task_tokens: Vec<Option<i64>>,
+    task_leased_until: Vec<Option<i64>>,
+    /// The latest start of those leases: tasks due by then are queued earlier.
+    leased_at: Option<i64>,
     record_ids: Vec<String>,
     record_statuses: Vec<&'static str>,
     records: Vec<String>,
@@ -435,6 +484,7 @@ impl Writes {
     fn add(
         &mut self,
         c: &EpisodeCommit,
+        eager: Option<&EagerAsk>,
         mut record: InstanceRecord,
         refusals: &[Message],
         existing: &HashSet<String>,
@@ -478,7 +528,13 @@ impl Writes {
             self.consumed_ids.push(key.to_owned());
             self.consumed_seqs.push(to_i64(m.seq));
         }
-        for t in &c.activities {
+        for (i, t) in c.activities.iter().enumerate() {
+            let ask = eager.filter(|a| a.task == i);
+            if let Some(a) = ask {
+                self.leased_at = self.leased_at.max(Some(a.now));
+            }
+            self.task_tokens.push(ask.map(|a| a.token));
+            self.task_leased_until.push(ask.map(|a| a.until));
             self.task_owners.push(t.instance_id.as_str().to_owned());
             self.task_visible_at.push(ts(c.now));
             self.tasks.push(serde_json::to_string(t)?);
@@ -499,9 +555,10 @@ impl Writes {
     }
 
     /// Runs the writes in `tx`, pipelined (one round trip), and `COMMIT` after them if
-    /// `commit`; returns whom to wake: the
-    /// dispatchers only if there is new work (messages, activity tasks, or messages that
-    /// arrived during an episode), and whoever waits for a change to an instance.
+    /// `commit`; returns whom to wake — the dispatchers only if there is new work
+    /// (messages, activity tasks not leased to their committers, or messages that arrived
+    /// during an episode), and whoever waits for a change to an instance — and the (id,
+    /// token) of each task leased to its committer.
     #[allow(
         clippy::too_many_lines,
         reason = "one pipelined statement per kind of write, in order"
@@ -511,7 +568,7 @@ impl Writes {
         store: &PostgresStore,
         tx: &C,
         commit: bool,
-    ) -> R<Wake> {
+    ) -> R<(Wake, Vec<(i64, i64)>)> {
         let sql = &store.inner.sql;
         let (handed, consume, reset, history, update, enqueue_tasks, enqueue, ready, release) = tokio::try_join!(
             tx.prepare_cached(&sql.complete_handed_off),
@@ -538,7 +595,7 @@ impl Writes {
         // Pipelined, one round trip: a statement is sent on its future's first poll and
         // `try_join!` polls first in this order, so the server runs them in this order
         // (the records after the inbox changes, whose first time they record).
-        let (_, _, _, _, _, _, still_ready, _, _, ()) = tokio::try_join!(
+        let (_, _, _, _, leased, _, still_ready, _, _, ()) = tokio::try_join!(
             async {
                 if self.handed_ids.is_empty() {
                     Ok(0)
@@ -572,18 +629,25 @@ impl Writes {
             },
             async {
                 if activities {
-                    tx.execute(
-                        &enqueue_tasks,
-                        &[
-                            &self.task_owners,
-                            &self.task_visible_at,
-                            &self.tasks,
-                            &self.heartbeat_timeouts,
-                        ],
-                    )
-                    .await
+                    let rows = tx
+                        .query(
+                            &enqueue_tasks,
+                            &[
+                                &self.task_owners,
+                                &self.task_visible_at,
+                                &self.tasks,
+                                &self.heartbeat_timeouts,
+                                &self.task_tokens,
+                                &self.task_leased_until,
+                                &self.leased_at,
+                            ],
+                        )
+                        .await?;
+                    rows.iter()
+                        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                        .collect::<Result<Vec<(i64, i64)>, tokio_postgres::Error>>()
                 } else {
-                    Ok(0)
+                    Ok(Vec::new())
                 }
             },
             async {
@@ -630,11 +694,11 @@ impl Writes {
         )?;
         let wake = Wake {
             orchestration: messages || still_ready > 0,
-            activity: activities,
+            activity: self.tasks.len() > leased.len(),
             changed: true,
             finished: self.finished,
         };
-        Ok(wake)
+        Ok((wake, leased))
     }
 }
 
@@ -667,7 +731,23 @@ impl Drop for OpenTx {
 /// An episode commit waiting for its batch, and where its outcome goes.
 pub(super) struct PendingCommit {
     pub(super) commit: EpisodeCommit,
-    pub(super) reply: oneshot::Sender<Result<(), StoreError>>,
+    /// The new task to lease to the committer ([`Store::commit_episode_eager`]).
+    ///
+    /// [`Store::commit_episode_eager`]: crate::storage::Store::commit_episode_eager
+    pub(super) eager: Option<EagerAsk>,
+    pub(super) reply: oneshot::Sender<Result<Option<ActivityWorkItem>, StoreError>>,
+}
+
+/// Which new task of an episode its commit leases to the committer: the index of the
+/// task, a fresh lease token, and the lease's start and end (ms). The task is inserted
+/// leased unless tasks queued earlier are due at the start (the enqueue statement checks);
+/// a batch answers the ids of those it leased by their tokens.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct EagerAsk {
+    pub(super) task: usize,
+    pub(super) token: i64,
+    pub(super) now: i64,
+    pub(super) until: i64,
 }
 
 /// The episode commits waiting for a batch, and how many tasks are committing batches.

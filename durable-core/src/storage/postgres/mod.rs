@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_postgres::types::ToSql;
 
-use self::commit::{Commits, Leader, MAX_BATCHES, PendingCommit};
+use self::commit::{Commits, EagerAsk, Leader, MAX_BATCHES, PendingCommit};
 use self::lease::WakeHint;
 use self::notify::{Notifier, Wake};
 use self::schema::{MIGRATION_LOCK, quote_ident};
@@ -308,6 +308,70 @@ impl fmt::Debug for PostgresStore {
 }
 
 impl PostgresStore {
+    /// Commits an episode — in a group with the episodes committed meanwhile (one
+    /// transaction, one WAL flush), unless it creates sub-orchestrations — leasing the task
+    /// `eager` names to the committer; answers that task if it was leased.
+    async fn commit_grouped(
+        &self,
+        commit: EpisodeCommit,
+        eager: Option<EagerAsk>,
+    ) -> Result<Option<ActivityWorkItem>, StoreError> {
+        if !commit.new_instances.is_empty() {
+            let timer = CommitTimer::start();
+            let wake =
+                retry_tx!(self, "committing an episode", tx => self.commit_tx(&tx, &commit))?;
+            timer.record_single("postgres");
+            self.signal(wake);
+            return Ok(None);
+        }
+        let (reply, answer) = oneshot::channel();
+        let lead = {
+            let mut q = lock(&self.inner.commits);
+            q.queue.push_back(PendingCommit {
+                commit,
+                eager,
+                reply,
+            });
+            if q.leaders < MAX_BATCHES {
+                q.leaders += 1;
+                true
+            } else {
+                false
+            }
+        };
+        let mut answer = answer;
+        if lead {
+            // Commit batches until this episode's is done; then the slot passes on
+            // (`Leader`'s drop). Each batch runs on its own task, which holds the slot while
+            // it runs: a batch carries other episodes' commits, and this caller going away
+            // (its worker aborted, its future dropped) must not cancel it.
+            let mut leader = Leader::new(self);
+            while let Some(batch) = self.next_batch() {
+                let store = self.clone();
+                let task = tokio::spawn(async move {
+                    store.run_batch(batch).await;
+                    leader
+                });
+                match task.await {
+                    Ok(back) => leader = back,
+                    // It panicked: its `Leader` was dropped with it (the slot passed on).
+                    Err(_) => break,
+                }
+                if let Ok(result) = answer.try_recv() {
+                    drop(leader);
+                    return result;
+                }
+            }
+        }
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::backend(format!(
+                "PostgreSQL store, task hub `{}`: committing an episode: the commit task ended",
+                self.inner.hub
+            ))),
+        }
+    }
+
     /// The task hub (schema) this store works in.
     pub fn task_hub(&self) -> &str {
         &self.inner.hub
@@ -414,58 +478,31 @@ impl Store for PostgresStore {
     }
 
     async fn commit_episode(&self, commit: EpisodeCommit) -> Result<(), StoreError> {
-        if !commit.new_instances.is_empty() {
-            let timer = CommitTimer::start();
-            let wake =
-                retry_tx!(self, "committing an episode", tx => self.commit_tx(&tx, &commit))?;
-            timer.record_single("postgres");
-            self.signal(wake);
-            return Ok(());
-        }
-        // Group commit: the episodes committed meanwhile share one transaction (one WAL
-        // flush).
-        let (reply, answer) = oneshot::channel();
-        let lead = {
-            let mut q = lock(&self.inner.commits);
-            q.queue.push_back(PendingCommit { commit, reply });
-            if q.leaders < MAX_BATCHES {
-                q.leaders += 1;
-                true
-            } else {
-                false
-            }
+        self.commit_grouped(commit, None).await.map(drop)
+    }
+
+    async fn commit_episode_eager(
+        &self,
+        commit: EpisodeCommit,
+        task: usize,
+        now: Timestamp,
+        lock_for: Duration,
+    ) -> Result<Option<ActivityWorkItem>, StoreError> {
+        let Some(t) = commit.activities.get(task) else {
+            return self.commit_grouped(commit, None).await;
         };
-        let mut answer = answer;
-        if lead {
-            // Commit batches until this episode's is done; then the slot passes on
-            // (`Leader`'s drop). Each batch runs on its own task, which holds the slot while
-            // it runs: a batch carries other episodes' commits, and this caller going away
-            // (its worker aborted, its future dropped) must not cancel it.
-            let mut leader = Leader::new(self);
-            while let Some(batch) = self.next_batch() {
-                let store = self.clone();
-                let task = tokio::spawn(async move {
-                    store.run_batch(batch).await;
-                    leader
-                });
-                match task.await {
-                    Ok(back) => leader = back,
-                    // It panicked: its `Leader` was dropped with it (the slot passed on).
-                    Err(_) => break,
-                }
-                if let Ok(result) = answer.try_recv() {
-                    drop(leader);
-                    return result;
-                }
-            }
-        }
-        match answer.await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::backend(format!(
-                "PostgreSQL store, task hub `{}`: committing an episode: the commit task ended",
-                self.inner.hub
-            ))),
-        }
+        let lock_for = self.activity_lease(lock_for);
+        let ask = EagerAsk {
+            task,
+            token: new_token(),
+            now: ts(now),
+            until: ts(now + t.lease_for(lock_for)),
+        };
+        self.commit_grouped(commit, Some(ask)).await
+    }
+
+    fn supports_eager_dispatch(&self) -> bool {
+        true
     }
 
     async fn create_started(

@@ -188,13 +188,32 @@ impl Sql {
                                     WHERE m.instance_id = u.id) AS first
                       FROM unnest($1::text[]) AS u(id)) x
                 WHERE i.id = x.id AND i.ready_at IS DISTINCT FROM x.first"),
-            enqueue_activities: s(
-                "INSERT INTO {s}.activities (id, instance_id, visible_at, task, heartbeat_timeout)
-                SELECT nextval('{s}.ids'), t.instance_id, t.visible_at, t.task, t.heartbeat_timeout
-                FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[])
-                     WITH ORDINALITY AS t(instance_id, visible_at, task, heartbeat_timeout, ord)
-                ORDER BY t.ord",
-            ),
+            // Tasks with a token in $5 are inserted leased to their committer until $6 —
+            // unless a task queued earlier is due at $7 (a row visible by then, leased by
+            // nobody or no longer, or a task another episode of this batch queued before
+            // it): an eager task must not overtake it. Answers the (id, token) of those
+            // leased.
+            enqueue_activities: s("WITH t AS (
+                    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[],
+                                         $5::bigint[], $6::bigint[])
+                        WITH ORDINALITY AS t(instance_id, visible_at, task, heartbeat_timeout,
+                                             lock_token, leased_until, ord)),
+                ins AS (
+                    INSERT INTO {s}.activities
+                        (id, instance_id, visible_at, task, heartbeat_timeout, lock_token)
+                    SELECT nextval('{s}.ids'), t.instance_id,
+                        CASE WHEN e.leased THEN t.leased_until ELSE t.visible_at END,
+                        t.task, t.heartbeat_timeout,
+                        CASE WHEN e.leased THEN t.lock_token END
+                    FROM t CROSS JOIN LATERAL (SELECT t.lock_token IS NOT NULL
+                        AND NOT EXISTS (SELECT 1 FROM t q
+                                        WHERE q.ord < t.ord AND q.lock_token IS NULL
+                                          AND q.instance_id <> t.instance_id)
+                        AND NOT EXISTS (SELECT 1 FROM {s}.activities a
+                                        WHERE a.visible_at <= $7::bigint)) AS e(leased)
+                    ORDER BY t.ord
+                    RETURNING id, lock_token)
+                SELECT id, lock_token FROM ins WHERE lock_token IS NOT NULL"),
             // Removes tasks whose results an episode consumed from memory, if still leased;
             // the rows are locked in id order, as lease renewals lock them.
             complete_handed_off: s("WITH held AS (

@@ -3,6 +3,7 @@ use tokio_postgres::NoTls;
 use super::schema::{MAX_HUB_LEN, validate_hub};
 use super::*;
 use crate::history::Event;
+use crate::storage::ActivityTask;
 
 /// The test database, if `DURABLE_TEST_POSTGRES_URL` names one.
 fn test_url() -> Option<String> {
@@ -67,6 +68,7 @@ async fn a_dropped_leader_does_not_cancel_its_batch() {
     let (reply, b_answer) = oneshot::channel();
     lock(&store.inner.commits).queue.push_back(PendingCommit {
         commit: first_commit(b),
+        eager: None,
         reply,
     });
     let leader = tokio::spawn({
@@ -100,9 +102,8 @@ async fn a_dropped_leader_does_not_cancel_its_batch() {
     leader.abort();
     assert!(leader.await.expect_err("aborted").is_cancelled());
     holder.batch_execute("ROLLBACK").await.expect("release a");
-    assert_eq!(
-        b_answer.await.expect("b is answered"),
-        Ok(()),
+    assert!(
+        matches!(b_answer.await.expect("b is answered"), Ok(None)),
         "b's commit went through"
     );
     for id in ["a", "b"] {
@@ -118,6 +119,7 @@ async fn a_dropped_leader_does_not_cancel_its_batch() {
     drop(gone);
     lock(&store.inner.commits).queue.push_back(PendingCommit {
         commit: first_commit(c),
+        eager: None,
         reply,
     });
     store
@@ -135,6 +137,81 @@ async fn a_dropped_leader_does_not_cancel_its_batch() {
     );
     drop(holder);
     let _ = driver.await;
+    store.drop_task_hub().await.expect("drop the hub");
+}
+
+/// In one batch of episode commits, a task asked to be leased to its committer is leased
+/// when nothing queued before it is due — and not when another episode of the batch
+/// queued a task before it; each caller is answered its own task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_leases_eager_tasks_in_order() {
+    let Some(url) = test_url() else { return };
+    let hub = format!("durable_test_{}", &InstanceId::random().as_str()[..16]);
+    let store = PostgresStore::connect(&url, PostgresOptions::new(&hub))
+        .await
+        .expect("connect");
+    for name in ["a", "b", "c"] {
+        let id = InstanceId::new(name).expect("id");
+        store
+            .create_instance(NewInstance::new(id, "X", "null".into(), T0))
+            .await
+            .expect("create");
+    }
+    let mut items = store
+        .fetch_orchestration_batch(T0, Duration::from_secs(3600), 3)
+        .await
+        .expect("fetch");
+    items.sort_by(|x, y| x.instance.instance_id.cmp(&y.instance.instance_id));
+    let lease = Duration::from_secs(60);
+    let mut answers = Vec::new();
+    let mut batch = Vec::new();
+    for (item, eager) in items.iter().zip([true, false, true]) {
+        let mut c = first_commit(item);
+        let id = item.instance.instance_id.clone();
+        c.activities.push(ActivityTask::new(
+            id.clone(),
+            1,
+            0,
+            id.as_str(),
+            "null".into(),
+        ));
+        let (reply, answer) = oneshot::channel();
+        answers.push(answer);
+        batch.push(PendingCommit {
+            commit: c,
+            eager: eager.then(|| EagerAsk {
+                task: 0,
+                token: new_token(),
+                now: ts(T0),
+                until: ts(T0 + lease),
+            }),
+            reply,
+        });
+    }
+    store.run_batch(batch).await;
+    let mut leased = Vec::new();
+    for answer in answers {
+        leased.push(answer.await.expect("answered").expect("committed"));
+    }
+    let a = leased[0]
+        .as_ref()
+        .expect("a's task is leased: nothing was due");
+    assert_eq!(a.task.name, "a", "a is answered its own task");
+    assert!(leased[1].is_none(), "b asked for nothing");
+    assert!(
+        leased[2].is_none(),
+        "b's task, queued before c's, is due: c's is queued"
+    );
+    let fetched = store
+        .fetch_activity_work(T0, lease, 10)
+        .await
+        .expect("fetch activities");
+    let names: Vec<&str> = fetched.iter().map(|w| w.task.name.as_str()).collect();
+    assert_eq!(names, ["b", "c"], "a's leased task is not fetched");
+    store
+        .renew_activity_lock(a.id, a.lock, T0 + lease)
+        .await
+        .expect("a holds its task");
     store.drop_task_hub().await.expect("drop the hub");
 }
 
