@@ -238,8 +238,15 @@ fn spawn_episode(
     ));
     running.spawn(async move {
         let (again, eager) = episode.instrument(span).await;
-        if let Some(next) = next_here(&inner, id, again, eager).await {
-            run_ready_here(&inner, next).await;
+        if again || eager.is_some() {
+            // Boxed: what follows the episode is rare enough, and the task's future is
+            // moved as it is spawned.
+            Box::pin(async move {
+                if let Some(next) = next_here(&inner, id, again, eager).await {
+                    run_ready_here(&inner, next).await;
+                }
+            })
+            .await;
         }
     });
 }
@@ -261,7 +268,9 @@ async fn next_here(
     if again {
         inner.handoff_ready.notify_one();
     }
-    super::activity::run_eager(inner, eager).await
+    // Boxed, as episodes and runs are: the callers' futures (every activity task's among
+    // them, through `run_ready_here`) stay small to move.
+    Box::pin(super::activity::run_eager(inner, eager)).await
 }
 
 fn episode_span(item: &OrchestrationWorkItem) -> tracing::Span {
