@@ -21,8 +21,11 @@ use crate::storage::{ActivityTask, EpisodeCommit, IdReusePolicy, Message, NewIns
 const T0: Timestamp = Timestamp::from_unix_millis(1_000_000);
 const LEASE: Duration = Duration::from_secs(60);
 
-/// Starts `name` and commits its first episode, which schedules `tasks` activities at `T0`.
-async fn start_with_tasks(store: &RedbStore, name: &str, tasks: u64) -> InstanceId {
+/// Creates `name` and leases it at `T0`: its id and work item.
+async fn created_and_leased(
+    store: &RedbStore,
+    name: &str,
+) -> (InstanceId, crate::storage::OrchestrationWorkItem) {
     let id = InstanceId::new(name).unwrap();
     store
         .create_instance(NewInstance::new(id.clone(), "Job", "null".into(), T0))
@@ -34,6 +37,12 @@ async fn start_with_tasks(store: &RedbStore, name: &str, tasks: u64) -> Instance
         .unwrap()
         .pop()
         .unwrap();
+    (id, item)
+}
+
+/// Starts `name` and commits its first episode, which schedules `tasks` activities at `T0`.
+async fn start_with_tasks(store: &RedbStore, name: &str, tasks: u64) -> InstanceId {
+    let (id, item) = created_and_leased(store, name).await;
     store
         .commit_episode(scheduling(&id, item.lock, &item.messages, tasks))
         .await
@@ -253,17 +262,7 @@ async fn a_failed_batch_drops_the_lease_of_a_leased_create() {
 async fn a_failed_batch_drops_an_eager_lease() {
     let store = RedbStore::in_memory().unwrap();
     let spoiled = start_with_tasks(&store, "s", 1).await;
-    let id = InstanceId::new("e").unwrap();
-    store
-        .create_instance(NewInstance::new(id.clone(), "Job", "null".into(), T0))
-        .await
-        .unwrap();
-    let item = store
-        .fetch_instances_work(std::slice::from_ref(&id), T0, LEASE)
-        .await
-        .unwrap()
-        .pop()
-        .unwrap();
+    let (id, item) = created_and_leased(&store, "e").await;
     let commit = || scheduling(&id, item.lock, &item.messages, 1);
     let eager = WriteOp::Commit {
         commit: Box::new(commit()),

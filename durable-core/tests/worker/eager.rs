@@ -10,31 +10,8 @@ use durable_core::prelude::*;
 use durable_core::{RedbStore, Store, WorkerBuilder};
 use durable_testing::ManualClock;
 
-use super::local::Counting;
+use super::local::{Counting, counted_worker as worker_on, wait};
 use super::support::count;
-
-/// Longest a test waits for the engine (a guard against hangs, not timing).
-const GUARD: Duration = Duration::from_secs(20);
-
-async fn wait<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(GUARD, f)
-        .await
-        .unwrap_or_else(|_| panic!("gave up waiting for {what}"))
-}
-
-fn worker_on(
-    store: &Arc<Counting>,
-    clock: &ManualClock,
-    configure: impl FnOnce(WorkerBuilder) -> WorkerBuilder,
-) -> Worker {
-    configure(
-        Worker::builder()
-            .store_arc(Arc::clone(store) as Arc<dyn Store>)
-            .clock(clock.as_clock()),
-    )
-    .start()
-    .expect("worker starts")
-}
 
 // ------------------------------------------------------------------ a chain
 

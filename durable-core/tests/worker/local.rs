@@ -340,7 +340,7 @@ impl Store for Counting {
 }
 
 /// A worker on `store` (counted) with a manual clock.
-fn counted_worker(
+pub(crate) fn counted_worker(
     store: &Arc<Counting>,
     clock: &ManualClock,
     configure: impl FnOnce(WorkerBuilder) -> WorkerBuilder,
@@ -354,7 +354,7 @@ fn counted_worker(
     .expect("worker starts")
 }
 
-async fn wait<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+pub(crate) async fn wait<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(GUARD, f)
         .await
         .unwrap_or_else(|_| panic!("gave up waiting for {what}"))

@@ -30,28 +30,36 @@ fn first_commit(item: &OrchestrationWorkItem) -> EpisodeCommit {
     c
 }
 
-/// A batch's leader whose caller goes away mid-batch (its worker aborted) does not
-/// cancel the batch: the other episodes in it are committed and answered. A queued
-/// commit whose caller is gone before its batch starts is not written.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_leader_does_not_cancel_its_batch() {
-    let Some(url) = test_url() else { return };
+/// A fresh hub on `url` with an instance per name, all leased: the store and the work
+/// items, by id.
+async fn hub_with(url: &str, names: &[&str]) -> (PostgresStore, Vec<OrchestrationWorkItem>) {
     let hub = format!("durable_test_{}", &InstanceId::random().as_str()[..16]);
-    let store = PostgresStore::connect(&url, PostgresOptions::new(&hub))
+    let store = PostgresStore::connect(url, PostgresOptions::new(&hub))
         .await
         .expect("connect");
-    for name in ["a", "b", "c", "d"] {
-        let id = InstanceId::new(name).expect("id");
+    for name in names {
+        let id = InstanceId::new(*name).expect("id");
         store
             .create_instance(NewInstance::new(id, "X", "null".into(), T0))
             .await
             .expect("create");
     }
     let mut items = store
-        .fetch_orchestration_batch(T0, Duration::from_secs(3600), 4)
+        .fetch_orchestration_batch(T0, Duration::from_secs(3600), names.len())
         .await
         .expect("fetch");
     items.sort_by(|x, y| x.instance.instance_id.cmp(&y.instance.instance_id));
+    (store, items)
+}
+
+/// A batch's leader whose caller goes away mid-batch (its worker aborted) does not
+/// cancel the batch: the other episodes in it are committed and answered. A queued
+/// commit whose caller is gone before its batch starts is not written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_leader_does_not_cancel_its_batch() {
+    let Some(url) = test_url() else { return };
+    let (store, items) = hub_with(&url, &["a", "b", "c", "d"]).await;
+    let hub = store.inner.hub.clone();
     let [a, b, c, d] = &items[..] else {
         panic!("four instances leased: {items:?}")
     };
@@ -146,22 +154,7 @@ async fn a_dropped_leader_does_not_cancel_its_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_leases_eager_tasks_in_order() {
     let Some(url) = test_url() else { return };
-    let hub = format!("durable_test_{}", &InstanceId::random().as_str()[..16]);
-    let store = PostgresStore::connect(&url, PostgresOptions::new(&hub))
-        .await
-        .expect("connect");
-    for name in ["a", "b", "c"] {
-        let id = InstanceId::new(name).expect("id");
-        store
-            .create_instance(NewInstance::new(id, "X", "null".into(), T0))
-            .await
-            .expect("create");
-    }
-    let mut items = store
-        .fetch_orchestration_batch(T0, Duration::from_secs(3600), 3)
-        .await
-        .expect("fetch");
-    items.sort_by(|x, y| x.instance.instance_id.cmp(&y.instance.instance_id));
+    let (store, items) = hub_with(&url, &["a", "b", "c"]).await;
     let lease = Duration::from_secs(60);
     let mut answers = Vec::new();
     let mut batch = Vec::new();
