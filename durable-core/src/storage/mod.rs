@@ -1029,7 +1029,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// support it (the default, which just commits; see
     /// [`supports_eager_dispatch`](Store::supports_eager_dispatch)), or tasks queued
     /// earlier are due at `now` (an eager task must not jump that queue), or `task` is out
-    /// of range.
+    /// of range, or the store commits this episode another way (`PostgresStore`: one that
+    /// creates sub-orchestrations).
     ///
     /// ```
     /// # use durable_core::storage::{EpisodeCommit, MemoryStore, NewInstance, Store};
