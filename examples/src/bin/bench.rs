@@ -930,8 +930,17 @@ async fn run(args: Args) -> Result<(), BoxError> {
     }
 
     #[cfg(feature = "duroxide")]
-    if wanted(&args, "DUROXIDE") {
-        duroxide::compare(&args, &ours, &mut table).await?;
+    if wanted(&args, "DUROXIDE")
+        && let Err(e) = duroxide::compare(&args, &ours, &mut table).await
+    {
+        // The peer's failure (its SQLite store reports "database is locked" under load,
+        // say) is a figure missing from the comparison, not a failed benchmark.
+        progress(&format!("duroxide: stopped: {e}"));
+        table.push(
+            Row::times("DUROXIDE", "comparison", "ms", &[f64::NAN])
+                .system("duroxide")
+                .note(format!("stopped: {e}")),
+        );
     }
     #[cfg(not(feature = "duroxide"))]
     {
