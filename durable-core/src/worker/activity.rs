@@ -57,8 +57,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                 let leased: Vec<_> = items
                     .into_iter()
                     .map(|item| {
-                        let period = item.task.lease_for(inner.activity_lease);
-                        let lease = inner.activity_leases.hold(&item, now, period);
+                        let lease = hold(&inner, &item, now);
                         (item, lease)
                     })
                     .collect();
@@ -75,9 +74,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
                         },
                     };
                     let inner = Arc::clone(&inner);
-                    let span = tracing::info_span!("activity", name = %item.task.name, instance = %item.task.instance_id, seq = item.task.seq, otel.name = tracing::field::Empty);
-                    #[cfg(feature = "opentelemetry")]
-                    crate::otel::adopt_activity(&span, &item.task);
+                    let span = activity_span(&item.task);
                     // The run is boxed, as episodes are (see `episode::spawn_episode`).
                     running.spawn(async move {
                         let ready = Box::pin(run_activity(&inner, item, lease))
@@ -107,6 +104,21 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
         }
     }
     while running.join_next().await.is_some() {}
+}
+
+/// Holds (and from then on renews) the lease on `item` taken at `leased_at`, for the task's
+/// own period ([`ActivityTask::lease_for`]).
+fn hold(inner: &Inner, item: &ActivityWorkItem, leased_at: Timestamp) -> LeaseGuard {
+    let period = item.task.lease_for(inner.activity_lease);
+    inner.activity_leases.hold(item, leased_at, period)
+}
+
+/// The span of one run of `task`.
+fn activity_span(task: &ActivityTask) -> tracing::Span {
+    let span = tracing::info_span!("activity", name = %task.name, instance = %task.instance_id, seq = task.seq, otel.name = tracing::field::Empty);
+    #[cfg(feature = "opentelemetry")]
+    crate::otel::adopt_activity(&span, task);
+    span
 }
 
 /// A new activity task that its episode's commit leased to this worker (eager dispatch,
@@ -186,8 +198,7 @@ impl Eager {
         leased_at: Timestamp,
         promise: Promise,
     ) -> Self {
-        let period = item.task.lease_for(inner.activity_lease);
-        let lease = inner.activity_leases.hold(&item, leased_at, period);
+        let lease = hold(inner, &item, leased_at);
         Self {
             item,
             lease,
@@ -225,9 +236,7 @@ pub(crate) async fn run_eager(inner: &Inner, eager: Eager) -> Option<crate::ids:
         }
         return None;
     };
-    let span = tracing::info_span!("activity", name = %item.task.name, instance = %item.task.instance_id, seq = item.task.seq, otel.name = tracing::field::Empty);
-    #[cfg(feature = "opentelemetry")]
-    crate::otel::adopt_activity(&span, &item.task);
+    let span = activity_span(&item.task);
     let ready = Box::pin(run_activity(inner, item, lease))
         .instrument(span)
         .await;
