@@ -1499,7 +1499,7 @@ impl<'t> Tables<'t> {
     fn enqueue_tasks(
         &mut self,
         leases: &mut Leases,
-        tasks: &[ActivityTask],
+        tasks: Vec<ActivityTask>,
         now: Timestamp,
         eager: Option<(usize, Timestamp, Duration)>,
     ) -> R<(bool, Option<ActivityWorkItem>)> {
@@ -1513,19 +1513,19 @@ impl<'t> Tables<'t> {
             !leases.activities_due(ts(leased_at))
         });
         let (mut queued, mut eager_item) = (false, None);
-        for (i, task) in tasks.iter().enumerate() {
+        for (i, task) in tasks.into_iter().enumerate() {
             match eager {
                 Some((at, leased_at, lock_for)) if at == i => {
                     let until = leased_at + task.lease_for(lock_for);
-                    let (id, token) = self.enqueue_leased(leases, now, task, until)?;
+                    let (id, token) = self.enqueue_leased(leases, now, &task, until)?;
                     eager_item = Some(ActivityWorkItem {
                         id,
-                        task: task.clone(),
+                        task,
                         lock: LockToken(token),
                     });
                 }
                 _ => {
-                    self.enqueue_activity(leases, now, task)?;
+                    self.enqueue_activity(leases, now, &task)?;
                     queued = true;
                 }
             }
@@ -1881,7 +1881,7 @@ impl<'t> Tables<'t> {
             self.enqueue(leases, &key, m)?;
         }
         let (activity_work, eager_item) =
-            self.enqueue_tasks(leases, &commit.activities, commit.now, eager)?;
+            self.enqueue_tasks(leases, commit.activities, commit.now, eager)?;
         for (target, m) in commit.messages {
             if !self.enqueue(leases, target.as_str(), m)? {
                 tracing::debug!(target = %target, "message to unknown instance dropped");
