@@ -107,6 +107,7 @@ macro_rules! conformance_tests {
             create_started_with_children,
             create_leased_leases_the_new_instance,
             commit_episode_eager_leases_one_new_task,
+            commit_episode_eager_keeps_the_instance_leased,
             a_step_that_only_appends_events_is_the_last_update,
             next_wake_time_for_after_fetch,
             a_step_does_not_bump_finished,

@@ -72,6 +72,7 @@ pub async fn run_all(make: impl Fn() -> Arc<dyn Store>) {
         create_started_with_children,
         create_leased_leases_the_new_instance,
         commit_episode_eager_leases_one_new_task,
+        commit_episode_eager_keeps_the_instance_leased,
         a_step_that_only_appends_events_is_the_last_update,
         next_wake_time_for_after_fetch,
         a_step_does_not_bump_finished,
@@ -3209,6 +3210,177 @@ pub async fn commit_episode_eager_leases_one_new_task(store: Arc<dyn Store>) {
         back.iter()
             .any(|w| w.id == c_task.id && w.lock != c_task.lock),
         "the eagerly leased task comes back under a new lease"
+    );
+}
+
+/// An eager commit asked to keep its instance's lease ([`EpisodeCommit::keep_lease`]) keeps
+/// it when, and only when, it leases its task, in a store that says it keeps leases
+/// ([`Store::keeps_lease_for_eager`]): no fetch hands the instance out, however many of its
+/// messages are due, until the kept lease runs out; the committer's next commit goes
+/// through under the same token and releases it (the messages that arrived meanwhile are
+/// then due). Any other store, or a commit whose task is queued, releases the instance.
+#[allow(clippy::too_many_lines, reason = "one scenario, asserted step by step")]
+pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store>) {
+    let lease = Duration::from_secs(60);
+    let keep_ms = 30_000;
+    let keep = Duration::from_millis(keep_ms);
+    create(&store, new_instance("k", "Keep", "null", T0)).await;
+    let item = fetch_one(&store, "k", T0).await;
+    let mut c = commit_for(&item, RuntimeStatus::Running, at(1));
+    c.new_events = vec![ev(0, at(1), Event::OrchestratorStarted)];
+    c.activities = vec![task("k", 0, "A", "1")];
+    c.custom_status = Some("\"one\"".into());
+    c.keep_lease = Some(keep);
+    let a = store
+        .commit_episode_eager(c, 0, at(2), lease)
+        .await
+        .expect("commit_episode_eager");
+    store
+        .send_message(&id("k"), raised("meanwhile", at(3)))
+        .await
+        .expect("send_message");
+    if !(store.supports_eager_dispatch() && store.keeps_lease_for_eager()) {
+        let next = fetch_one(&store, "k", at(3)).await;
+        assert_eq!(
+            labels(&next.messages),
+            ["meanwhile"],
+            "a store that keeps no lease releases the instance"
+        );
+        return;
+    }
+    let a = a.expect("nothing is due: the task is leased");
+    assert!(
+        store
+            .fetch_orchestration_work(at(3), lease)
+            .await
+            .expect("fetch_orchestration_work")
+            .is_none(),
+        "the kept lease holds the instance back, its event due or not"
+    );
+    assert!(
+        store
+            .fetch_instances_work(&[id("k")], at(2 + keep_ms - 1), lease)
+            .await
+            .expect("fetch_instances_work")
+            .is_empty(),
+        "nor is it leased by name while the kept lease holds"
+    );
+    let record = store
+        .read_instance(&id("k"))
+        .await
+        .expect("read_instance")
+        .expect("the instance exists");
+    assert_eq!(
+        record.custom_status.as_deref(),
+        Some("\"one\""),
+        "the commit that kept the lease is stored all the same"
+    );
+    // The committer's next episode, under the kept lease: the task's result from memory.
+    let mut c = EpisodeCommit::new(id("k"), item.lock, RuntimeStatus::Running, at(4));
+    c.new_events = vec![ev(
+        1,
+        at(4),
+        Event::TaskCompleted {
+            seq: 0,
+            result: "\"a\"".into(),
+        },
+    )];
+    c.completed_activities = vec![(a.id, a.lock)];
+    commit(&store, c).await;
+    let next = fetch_one(&store, "k", at(4)).await;
+    assert_eq!(
+        labels(&next.messages),
+        ["meanwhile"],
+        "released by the next commit: the event that waited is due"
+    );
+    assert_eq!(next.history_len, 2, "both episodes' events are stored");
+    assert!(
+        store
+            .fetch_activity_work(at(2) + lease + Duration::from_millis(1), lease, 10)
+            .await
+            .expect("fetch_activity_work")
+            .is_empty(),
+        "the task was completed by the second commit (none back after its lease)"
+    );
+
+    // A commit whose task is queued (an earlier one is due) releases the instance.
+    let mut c = commit_for(&next, RuntimeStatus::Running, at(5));
+    c.activities = vec![task("k", 1, "B", "2")];
+    commit(&store, c).await;
+    store
+        .send_message(&id("k"), raised("go", at(5)))
+        .await
+        .expect("send_message");
+    let item = fetch_one(&store, "k", at(6)).await;
+    let mut c = commit_for(&item, RuntimeStatus::Running, at(6));
+    c.activities = vec![task("k", 2, "C", "3")];
+    c.keep_lease = Some(keep);
+    assert!(
+        store
+            .commit_episode_eager(c, 0, at(6), lease)
+            .await
+            .expect("commit_episode_eager")
+            .is_none(),
+        "B is due: C is queued"
+    );
+    store
+        .send_message(&id("k"), raised("after", at(7)))
+        .await
+        .expect("send_message");
+    let next = fetch_one(&store, "k", at(7)).await;
+    assert_eq!(
+        labels(&next.messages),
+        ["after"],
+        "no task leased: the instance was released"
+    );
+
+    // A kept lease runs out like any other: the instance is taken, and the committer's
+    // commit under it is refused.
+    let queued = store
+        .fetch_activity_work(at(7), lease, 10)
+        .await
+        .expect("fetch_activity_work");
+    assert_eq!(task_names(&queued), ["B", "C"]);
+    for t in &queued {
+        store
+            .complete_activity(
+                t.id,
+                t.lock,
+                Message::new(
+                    Event::TaskCompleted {
+                        seq: t.task.seq,
+                        result: "null".into(),
+                    },
+                    Some(1),
+                    at(8),
+                ),
+            )
+            .await
+            .expect("complete_activity");
+    }
+    let mut c = commit_for(&next, RuntimeStatus::Running, at(8));
+    c.activities = vec![task("k", 3, "D", "4")];
+    c.keep_lease = Some(keep);
+    let d = store
+        .commit_episode_eager(c, 0, at(8), lease)
+        .await
+        .expect("commit_episode_eager")
+        .expect("nothing is due: D is leased");
+    assert_eq!(d.task.name, "D");
+    assert!(
+        fetch(&store, at(8 + keep_ms - 1)).await.is_none(),
+        "kept: B's and C's results wait"
+    );
+    let taken = fetch_one(&store, "k", at(8) + keep).await;
+    assert_eq!(
+        labels(&taken.messages),
+        ["TaskCompleted", "TaskCompleted"],
+        "once the kept lease runs out, the instance is taken with its messages"
+    );
+    let c = EpisodeCommit::new(id("k"), next.lock, RuntimeStatus::Running, at(8) + keep);
+    assert!(
+        matches!(store.commit_episode(c).await, Err(StoreError::LockLost(_))),
+        "the run-out kept lease no longer commits"
     );
 }
 

@@ -410,7 +410,7 @@ impl Data {
     /// due ([`Store::commit_episode_eager`]).
     fn commit(
         &mut self,
-        commit: EpisodeCommit,
+        mut commit: EpisodeCommit,
         eager: Option<(usize, Timestamp, Duration)>,
     ) -> (bool, Option<ActivityWorkItem>) {
         let key = commit.instance_id.as_str().to_owned();
@@ -427,7 +427,7 @@ impl Data {
         // Sub-orchestrations first: a refused child becomes a failure message to us.
         let mut refusals = Vec::new();
         let execution = self.instances[&key].record.execution;
-        for (seq, child) in commit.new_instances {
+        for (seq, child) in std::mem::take(&mut commit.new_instances) {
             let child_id = child.instance_id.clone();
             // Replacing the parent itself would drop the lock held by this commit.
             let refused = if child_id == commit.instance_id {
@@ -456,22 +456,10 @@ impl Data {
         for id in &commit.consumed {
             inst.inbox.remove(id);
         }
+        inst.record.apply_episode(&commit);
         inst.history.extend(commit.new_events);
-        let r = &mut inst.record;
-        r.status = commit.status;
-        r.output = commit.output;
-        r.failure = commit.failure;
-        r.custom_status = commit.custom_status;
-        r.last_updated_at = commit.now;
-        r.last_error = commit.last_error;
-        if let Some(next) = &commit.next_execution {
+        if commit.next_execution.is_some() {
             inst.history.clear();
-            r.execution += 1;
-            r.input.clone_from(&next.input);
-            r.version.clone_from(&next.version);
-            r.status = RuntimeStatus::ContinuedAsNew;
-            r.output = None;
-            r.failure = None;
         }
         let (_, until) = inst.lock.take().expect("lock checked above");
         inst.not_before = None;
@@ -485,6 +473,15 @@ impl Data {
             self.enqueue(&key, m);
         }
         let (activity_work, leased) = self.enqueue_tasks(commit.activities, commit.now, eager);
+        if let (Some(_), Some(keep), Some((_, leased_at, _))) = (&leased, commit.keep_lease, eager)
+        {
+            // Kept for the episode that takes the task's result.
+            let until = leased_at + keep;
+            self.orch_leases.insert((until, key.clone()));
+            if let Some(inst) = self.instances.get_mut(&key) {
+                inst.lock = Some((commit.lock.0, until));
+            }
+        }
         for (target, m) in commit.messages {
             if !self.enqueue(target.as_str(), m) {
                 tracing::debug!(target = %target, "message to unknown instance dropped");
@@ -623,6 +620,10 @@ impl Store for MemoryStore {
     }
 
     fn supports_eager_dispatch(&self) -> bool {
+        true
+    }
+
+    fn keeps_lease_for_eager(&self) -> bool {
         true
     }
 

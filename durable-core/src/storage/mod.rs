@@ -74,6 +74,26 @@ pub struct InstanceRecord {
 }
 
 impl InstanceRecord {
+    /// The record as the episode `c` leaves it: its status, output, failure, custom status,
+    /// last error and time — and, for a continue-as-new, the next execution's number, input
+    /// and version.
+    pub(crate) fn apply_episode(&mut self, c: &EpisodeCommit) {
+        self.status = c.status;
+        self.output.clone_from(&c.output);
+        self.failure.clone_from(&c.failure);
+        self.custom_status.clone_from(&c.custom_status);
+        self.last_updated_at = c.now;
+        self.last_error.clone_from(&c.last_error);
+        if let Some(next) = &c.next_execution {
+            self.execution += 1;
+            self.input.clone_from(&next.input);
+            self.version.clone_from(&next.version);
+            self.status = RuntimeStatus::ContinuedAsNew;
+            self.output = None;
+            self.failure = None;
+        }
+    }
+
     /// `true` if this instance is the sub-orchestration `parent` names (and not an instance
     /// that took the id over since, nor a top-level one).
     pub fn is_child_of(&self, parent: &ParentRef) -> bool {
@@ -637,6 +657,14 @@ pub struct EpisodeCommit {
     /// Shown in the instance's status as [`InstanceRecord::last_error`] (`None` clears it):
     /// why a request to the instance was declined.
     pub last_error: Option<String>,
+    /// Eager dispatch only ([`Store::commit_episode_eager`]): when the commit leases its new
+    /// task to the committer, the instance stays leased to the committer under `lock`, for
+    /// this long from the write (as [`fetch_instances_work`](Store::fetch_instances_work)
+    /// would lease it), instead of being released — the episode that takes the task's
+    /// result then runs without leasing the instance again. A store that does not keep
+    /// leases ([`Store::keeps_lease_for_eager`]) releases it as usual, and so does a commit
+    /// that leases no task. `None` (the default): released.
+    pub keep_lease: Option<Duration>,
 }
 
 impl EpisodeCommit {
@@ -663,6 +691,7 @@ impl EpisodeCommit {
             next_execution: None,
             completed_activities: Vec::new(),
             last_error: None,
+            keep_lease: None,
         }
     }
 }
@@ -1074,6 +1103,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// assert!(MemoryStore::new().supports_eager_dispatch());
     /// ```
     fn supports_eager_dispatch(&self) -> bool {
+        false
+    }
+
+    /// `true` if [`commit_episode_eager`](Store::commit_episode_eager) honours
+    /// [`EpisodeCommit::keep_lease`]: the instance stays leased to the committer when its
+    /// task is. A worker asks for it only then, and runs the episode that takes the task's
+    /// result under the kept lease; the default is `false`.
+    ///
+    /// ```
+    /// use durable_core::storage::{MemoryStore, Store};
+    ///
+    /// assert!(MemoryStore::new().keeps_lease_for_eager());
+    /// ```
+    fn keeps_lease_for_eager(&self) -> bool {
         false
     }
 

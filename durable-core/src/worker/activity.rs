@@ -131,6 +131,9 @@ pub(crate) struct Eager {
     item: ActivityWorkItem,
     lease: LeaseGuard,
     promise: Promise,
+    /// When the commit kept the instance's lease ([`kept`](super::kept)): until when that
+    /// lease waits for this task's result.
+    hold: Option<Timestamp>,
 }
 
 /// An activity slot promised to an eager task ([`Inner::eager_reserved`]) until it takes
@@ -191,18 +194,21 @@ fn runs_here(inner: &Inner, name: &str) -> bool {
 
 impl Eager {
     /// `item`, leased by a commit from `leased_at` (as asked), held from here on with the
-    /// slot promised to it.
+    /// slot promised to it; with the time until which the instance's kept lease waits for
+    /// its result, if the commit kept it.
     pub(crate) fn new(
         inner: &Inner,
         item: ActivityWorkItem,
         leased_at: Timestamp,
         promise: Promise,
+        kept_until: Option<Timestamp>,
     ) -> Self {
         let lease = hold(inner, &item, leased_at);
         Self {
             item,
             lease,
             promise,
+            hold: kept_until,
         }
     }
 }
@@ -217,7 +223,37 @@ pub(crate) async fn run_eager(inner: &Inner, eager: Eager) -> Option<crate::ids:
         item,
         lease,
         promise,
+        hold,
     } = eager;
+    let Some(hold) = hold else {
+        return run_eager_task(inner, item, lease, promise).await;
+    };
+    // The instance's lease was kept for this result: given back if the run takes longer
+    // than its hold (events for the instance would wait meanwhile), or if the result is
+    // not handed to an episode here.
+    let instance = item.task.instance_id.clone();
+    let mut run = std::pin::pin!(run_eager_task(inner, item, lease, promise));
+    let ready = tokio::select! {
+        biased;
+        ready = &mut run => ready,
+        () = inner.clock.sleep_until(hold) => {
+            let ((), ready) = tokio::join!(super::kept::release(inner, &instance), run);
+            ready
+        }
+    };
+    if ready.is_none() && !inner.handoffs().is_waiting(&instance) {
+        super::kept::release(inner, &instance).await;
+    }
+    ready
+}
+
+/// [`run_eager`] without a kept lease to settle.
+async fn run_eager_task(
+    inner: &Inner,
+    item: ActivityWorkItem,
+    lease: LeaseGuard,
+    promise: Promise,
+) -> Option<crate::ids::InstanceId> {
     let mut shutdown = inner.shutdown.clone();
     let permit = tokio::select! {
         biased;

@@ -108,6 +108,7 @@ pub(crate) async fn dispatch(inner: Arc<Inner>) {
         }
     }
     release_created(&inner).await;
+    super::kept::release_all(&inner).await;
     while running.join_next().await.is_some() {}
 }
 
@@ -125,18 +126,19 @@ async fn release_created(inner: &Inner) {
     }
 }
 
-/// Ends the lease of an instance created leased without running its episode: any worker
-/// may take it at once.
-async fn give_back(inner: &Inner, item: &OrchestrationWorkItem) {
+/// Ends the lease of an instance without running its episode (one created leased, or one
+/// whose lease a commit kept): any worker may take it at once.
+pub(crate) async fn give_back(inner: &Inner, item: &OrchestrationWorkItem) {
     if inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
         return;
     }
     let id = &item.instance.instance_id;
     let now = inner.clock.now();
-    match inner.store.abandon_episode(id, item.lock, now, None).await {
+    let shown = item.instance.last_error.clone();
+    match inner.store.abandon_episode(id, item.lock, now, shown).await {
         Ok(()) | Err(StoreError::LockLost(_)) => {}
         Err(e) => {
-            tracing::warn!(instance = %id, error = %e, "giving back the lease of a new instance failed; it is taken once the lease runs out");
+            tracing::warn!(instance = %id, error = %e, "giving back the lease of an instance failed; it is taken once the lease runs out");
         }
     }
 }
@@ -172,39 +174,46 @@ async fn start_handed_off(
     running: &mut JoinSet<()>,
     permits: &mut Vec<Permit>,
 ) -> usize {
-    let ids = inner.handoffs().next_ready(permits.len());
+    let mut ids = inner.handoffs().next_ready(permits.len());
     if ids.is_empty() {
         return 0;
     }
-    let now = inner.clock.now();
-    let items = match inner
-        .store
-        .fetch_instances_work(&ids, now, inner.options.orchestration_lock)
-        .await
-    {
-        Ok(items) => items,
-        Err(e) => {
-            tracing::warn!(error = %e, "leasing instances failed");
-            Vec::new()
-        }
+    // Those whose leases their commits kept run under them; the others are leased now.
+    let mut items: Vec<(OrchestrationWorkItem, Timestamp)> = {
+        let mut kept = inner.kept();
+        ids.iter().filter_map(|id| kept.take(id)).collect()
     };
+    let now = inner.clock.now();
+    let to_lease: Vec<InstanceId> = ids
+        .iter()
+        .filter(|id| !items.iter().any(|(i, _)| i.instance.instance_id == **id))
+        .cloned()
+        .collect();
+    if !to_lease.is_empty() {
+        match inner
+            .store
+            .fetch_instances_work(&to_lease, now, inner.options.orchestration_lock)
+            .await
+        {
+            Ok(fetched) => items.extend(fetched.into_iter().map(|item| (item, now))),
+            Err(e) => tracing::warn!(error = %e, "leasing instances failed"),
+        }
+    }
     let leased: std::collections::HashSet<InstanceId> = items
         .iter()
-        .map(|i| i.instance.instance_id.clone())
+        .map(|(i, _)| i.instance.instance_id.clone())
         .collect();
+    ids.retain(|id| !leased.contains(id));
     let n = items.len();
-    for item in items {
+    for (item, leased_at) in items {
         let Some(permit) = permits.pop() else {
             break;
         };
-        spawn_episode(inner, running, item, permit, now);
+        spawn_episode(inner, running, item, permit, leased_at);
     }
     let unleased: Vec<_> = {
         let mut h = inner.handoffs();
-        ids.iter()
-            .filter(|id| !leased.contains(*id))
-            .flat_map(|id| h.take(id))
-            .collect()
+        ids.iter().flat_map(|id| h.take(id)).collect()
     };
     if !unleased.is_empty() {
         let inner = Arc::clone(inner);
@@ -279,20 +288,23 @@ fn episode_span(item: &OrchestrationWorkItem) -> tracing::Span {
 
 /// Runs the next episodes of `id` on the calling task while results wait for it — it was
 /// just queued by its previous episode's end or by an activity that handed its result off
-/// here — as long as the store leases in process, an orchestration slot is free and no
-/// other instance waits for the dispatcher; otherwise the dispatcher is woken to start it
-/// (with the others, in one lease). A chain of steps (one activity result after another)
-/// so skips a hop through the dispatcher per step.
+/// here — as long as its lease is at hand (the store leases in process, or the commit that
+/// leased its activity here kept it: [`kept`](super::kept)), an orchestration slot is free
+/// and no other instance waits for the dispatcher; otherwise the dispatcher is woken to
+/// start it (with the others, in one lease). A chain of steps (one activity result after
+/// another) so skips a hop through the dispatcher per step.
 pub(crate) async fn run_ready_here(inner: &Arc<Inner>, mut id: InstanceId) {
-    if !inner.store.leases_in_process() {
-        // A lease per instance would cost a round trip each (PostgreSQL): the dispatcher
-        // leases the waiting instances together.
-        inner.handoff_ready.notify_one();
-        return;
-    }
+    let in_process = inner.store.leases_in_process();
     loop {
         if inner.is_shutting_down() || inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
-            // A shutdown writes queued results through; an aborted worker starts nothing.
+            // A shutdown writes queued results through (and gives kept leases back); an
+            // aborted worker starts nothing.
+            return;
+        }
+        if !in_process && !inner.kept().contains(&id) {
+            // A lease per instance would cost a round trip each (PostgreSQL): the
+            // dispatcher leases the waiting instances together.
+            inner.handoff_ready.notify_one();
             return;
         }
         let Ok(permit) = Arc::clone(&inner.orch_slots).try_acquire_owned() else {
@@ -310,20 +322,30 @@ pub(crate) async fn run_ready_here(inner: &Arc<Inner>, mut id: InstanceId) {
             inner,
             id: Some(&id),
         };
-        let now = inner.clock.now();
-        let leased = match inner
-            .store
-            .fetch_instances_work(
-                std::slice::from_ref(&id),
-                now,
-                inner.options.orchestration_lock,
-            )
-            .await
-        {
-            Ok(items) => items.into_iter().next(),
-            Err(e) => {
-                tracing::warn!(instance = %id, error = %e, "leasing an instance failed");
-                None
+        let kept = inner.kept().take(&id);
+        let (leased, now) = match kept {
+            Some((item, leased_at)) => (Some(item), leased_at),
+            // Given back meanwhile (its hold ran out): the claim, dropped, queues it for
+            // the dispatcher, which leases it.
+            None if !in_process => return,
+            None => {
+                let now = inner.clock.now();
+                let leased = match inner
+                    .store
+                    .fetch_instances_work(
+                        std::slice::from_ref(&id),
+                        now,
+                        inner.options.orchestration_lock,
+                    )
+                    .await
+                {
+                    Ok(items) => items.into_iter().next(),
+                    Err(e) => {
+                        tracing::warn!(instance = %id, error = %e, "leasing an instance failed");
+                        None
+                    }
+                };
+                (leased, now)
             }
         };
         claim.settled();
@@ -638,7 +660,7 @@ async fn try_episode(
     // computing, and letting the next episode start fills the next batch. The instance
     // stays leased until the commit is done, so nothing else runs it meanwhile.
     drop(permit.take());
-    if !write(inner, commit, first, eager).await? {
+    if !write(inner, commit, first, eager, (&instance, history_len)).await? {
         return Ok(());
     }
     handed.clear();
@@ -930,12 +952,16 @@ fn deliver(
 ///
 /// An ordinary commit leases one of its new activity tasks to this worker when it can
 /// run it now ([`pick_eager`](super::activity::pick_eager)): set in `eager`. A first
-/// episode does not (the starting client's call must not run an activity).
+/// episode does not (the starting client's call must not run an activity). Where the
+/// store can, such a commit also keeps the instance leased for the episode that takes the
+/// task's result ([`kept`](super::kept)); `before` is the instance's record and history
+/// length the episode ran from.
 async fn write(
     inner: &Inner,
-    commit: EpisodeCommit,
+    mut commit: EpisodeCommit,
     first: Option<&mut First>,
     eager: &mut Option<Eager>,
+    before: (&crate::storage::InstanceRecord, u64),
 ) -> Result<bool, Stuck> {
     let Some(first) = first else {
         let Some((task, promise)) = super::activity::pick_eager(inner, &commit) else {
@@ -946,6 +972,10 @@ async fn write(
                 .map_err(Stuck::Store)?;
             return Ok(true);
         };
+        let after = inner.store.keeps_lease_for_eager().then(|| {
+            commit.keep_lease = Some(inner.options.orchestration_lock);
+            super::kept::item_after(before.0, before.1, &commit)
+        });
         // The lease starts now, not when the episode did (its steps may have taken long).
         let now = inner.clock.now();
         let leased = inner
@@ -953,7 +983,17 @@ async fn write(
             .commit_episode_eager(commit, task, now, inner.activity_lease)
             .await
             .map_err(Stuck::Store)?;
-        *eager = leased.map(|item| Eager::new(inner, item, now, promise));
+        let Some(item) = leased else {
+            return Ok(true);
+        };
+        // The store kept the instance's lease with the task's (it keeps both or neither).
+        let hold = match after {
+            Some(after) => super::kept::keep(inner, after, now)
+                .await
+                .then(|| super::kept::hold_until(inner, now)),
+            None => None,
+        };
+        *eager = Some(Eager::new(inner, item, now, promise, hold));
         return Ok(true);
     };
     let Some(new) = first.new.take() else {

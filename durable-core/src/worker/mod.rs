@@ -8,6 +8,7 @@ pub(crate) mod cascade;
 mod entity;
 mod episode;
 mod handoff;
+mod kept;
 mod lease;
 pub(crate) mod lifecycle;
 mod local;
@@ -1185,6 +1186,7 @@ impl WorkerBuilder {
             handoff_ready: Notify::new(),
             eager_reserved: Arc::default(),
             created: Mutex::new(Created::default()),
+            kept: Mutex::default(),
             activity_lease,
             orchestration_lease,
             activity_leases: Arc::new(lease::ActivityLeases::default()),
@@ -1332,6 +1334,9 @@ pub(crate) struct Inner {
     /// Instances this worker created leased to itself at their start, their first episodes
     /// (which run local activities) waiting for the dispatcher.
     pub(crate) created: Mutex<Created>,
+    /// Instance leases kept by eager commits, for the episodes that take their tasks'
+    /// results.
+    pub(crate) kept: Mutex<kept::KeptLeases>,
     /// The lease the store grants on activity tasks.
     pub(crate) activity_lease: Duration,
     /// The lease the store grants on an instance for an episode
@@ -1377,6 +1382,12 @@ impl Inner {
         self.options
             .local_activity_budget
             .unwrap_or_else(|| DEFAULT_LOCAL_ACTIVITY_BUDGET.min(self.orchestration_lease / 2))
+    }
+
+    pub(crate) fn kept(&self) -> std::sync::MutexGuard<'_, kept::KeptLeases> {
+        self.kept
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn handoffs(&self) -> std::sync::MutexGuard<'_, handoff::Handoffs> {

@@ -317,3 +317,135 @@ async fn an_eager_lease_starts_at_the_write() {
     );
     worker.shutdown().await;
 }
+
+// ------------------------------------------------------------------ kept instance leases
+
+static HOP_CALLS: [AtomicUsize; 5] = [const { AtomicUsize::new(0) }; 5];
+
+/// Adds its position to the running text.
+#[activity]
+async fn hop(input: (usize, String)) -> Result<String, ActivityError> {
+    let (i, text) = input;
+    HOP_CALLS[i].fetch_add(1, Ordering::SeqCst);
+    Ok(format!("{text}{i}"))
+}
+
+#[orchestrator]
+async fn hops(ctx: OrchestrationContext, start: String) -> Result<String, OrchestrationError> {
+    let mut text = start;
+    for i in 0..5 {
+        text = ctx.call(hop, (i, text)).await?;
+    }
+    Ok(text)
+}
+
+/// On a store that leases over the network (the wrapper says it does not lease in
+/// process), a commit that leases its task to the worker keeps the instance leased too, and
+/// the episode that takes the result runs under that lease: only the episode after the
+/// first (fetched) task leases the instance. Without kept leases, every episode after a
+/// result does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_next_episode_of_a_chain_runs_under_the_kept_lease() {
+    for keep in [true, false] {
+        for calls in &HOP_CALLS {
+            calls.store(0, Ordering::SeqCst);
+        }
+        let store = Counting::new(Arc::new(MemoryStore::new()));
+        if !keep {
+            store.keep_no_leases();
+        }
+        let clock = ManualClock::default();
+        let worker = worker_on(&store, &clock, |b| b.register(hop).register(hops));
+        let run = hops::start(&worker.client(), "s".into()).await.unwrap();
+        assert_eq!(wait("the run", run.wait()).await.unwrap(), "s01234");
+        assert_eq!(store.eager(), 4, "keep {keep}: steps 2 to 5 leased eagerly");
+        assert_eq!(
+            store.fetched_items(),
+            if keep { 1 } else { 5 },
+            "keep {keep}: instances leased for results"
+        );
+        assert_eq!(store.given_back(), 0, "keep {keep}: no lease given back");
+        for (i, calls) in HOP_CALLS.iter().enumerate() {
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                1,
+                "keep {keep}: step {i} ran once"
+            );
+        }
+        let h = run.history().await.unwrap();
+        assert_eq!(count(&h, "TaskCompleted"), 5, "keep {keep}");
+        worker.shutdown().await;
+    }
+}
+
+static HELD_CALLS: AtomicUsize = AtomicUsize::new(0);
+static HELD_RELEASE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+#[activity]
+async fn first_hop(n: u32) -> Result<u32, ActivityError> {
+    Ok(n + 1)
+}
+
+/// Runs until released.
+#[activity]
+async fn held(n: u32) -> Result<u32, ActivityError> {
+    HELD_CALLS.fetch_add(1, Ordering::SeqCst);
+    HELD_RELEASE.notified().await;
+    Ok(n * 10)
+}
+
+/// Waits for a slow task and an event at once; shows the event in its custom status as
+/// soon as it has it.
+#[orchestrator]
+async fn held_and_event(ctx: OrchestrationContext, n: u32) -> Result<u32, OrchestrationError> {
+    let n = ctx.call(first_hop, n).await?;
+    let event = async {
+        let go: u32 = ctx.wait_for_event("go").await?;
+        ctx.set_custom_status("got go")?;
+        Ok::<_, OrchestrationError>(go)
+    };
+    let (result, go) = tokio::join!(ctx.call(held, n), event);
+    Ok(result? + go?)
+}
+
+/// A kept lease holds the instance's other messages back, so it is kept only briefly: an
+/// eager task that runs longer gives it back, and an event raised meanwhile is delivered
+/// while the task still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_lease_is_given_back_while_its_task_runs_long() {
+    let store = Counting::new(Arc::new(MemoryStore::new()));
+    let clock = ManualClock::default();
+    let worker = worker_on(&store, &clock, |b| {
+        b.register(first_hop)
+            .register(held)
+            .register(held_and_event)
+    });
+    let run = held_and_event::start(&worker.client(), 1).await.unwrap();
+    wait("the held step", async {
+        while HELD_CALLS.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(store.eager(), 1, "the held step was leased by its commit");
+    worker
+        .client()
+        .raise_event(run.id(), "go", &3)
+        .await
+        .unwrap();
+    assert_eq!(store.given_back(), 0, "the lease is kept");
+    // Past the kept lease's hold (a tenth of a second).
+    clock.advance(Duration::from_secs(1));
+    run.wait_until(
+        |r| r.custom_status.as_deref() == Some("\"got go\""),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("the event is delivered while the task runs");
+    assert_eq!(store.given_back(), 1, "given back once its hold ran out");
+    assert_eq!(HELD_CALLS.load(Ordering::SeqCst), 1, "the task still runs");
+    HELD_RELEASE.notify_one();
+    assert_eq!(wait("the run", run.wait()).await.unwrap(), 23);
+    assert_eq!(HELD_CALLS.load(Ordering::SeqCst), 1, "ran once");
+    worker.shutdown().await;
+}

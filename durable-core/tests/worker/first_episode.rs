@@ -310,8 +310,10 @@ async fn local_then_plain(ctx: OrchestrationContext, x: u32) -> Result<u32, Orch
 
 /// A start whose first episode runs a local step: `start` runs none of it. On a store that
 /// does not lease in process (`PostgresStore`) the instance is created leased to the
-/// starting worker, which runs the episode without fetching it; on the memory and redb
-/// stores the dispatcher fetches it. Either way each step runs once and the run completes.
+/// starting worker, which runs the episode without fetching it — and that episode's commit,
+/// which leases the plain step to the worker, keeps the instance leased for the episode that
+/// takes its result, so nothing is fetched; on the memory and redb stores the dispatcher
+/// fetches it. Either way each step runs once and the run completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_with_a_local_step_runs_once_on_every_store() {
     for subject in stores().await {
@@ -338,9 +340,14 @@ async fn a_start_with_a_local_step_runs_once_on_every_store() {
         assert_eq!(store.created_leased(), usize::from(leased), "{what}");
         if leased {
             assert_eq!(
-                store.fetched_items(),
+                store.eager(),
                 1,
-                "{what}: only the result's episode was fetched"
+                "{what}: the plain step was leased eagerly"
+            );
+            assert_eq!(
+                store.fetched_items(),
+                0,
+                "{what}: the result's episode ran under the kept lease"
             );
         }
         let h = run.history().await.unwrap();

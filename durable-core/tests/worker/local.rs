@@ -48,6 +48,10 @@ pub(crate) struct Counting {
     /// A lease of the store's own on instances, in ms (0: the one asked for), as
     /// `PostgresOptions::orchestration_lease` grants.
     own_lease_ms: AtomicU64,
+    /// Says it keeps instance leases for eager tasks when set and the inner store does.
+    keeps: std::sync::atomic::AtomicBool,
+    /// Instance leases given back without an episode (`abandon_episode` calls).
+    given_back: AtomicUsize,
 }
 
 impl Counting {
@@ -66,7 +70,19 @@ impl Counting {
             completions: AtomicUsize::new(0),
             heartbeats: AtomicUsize::new(0),
             own_lease_ms: AtomicU64::new(0),
+            keeps: std::sync::atomic::AtomicBool::new(true),
+            given_back: AtomicUsize::new(0),
         })
+    }
+
+    /// Says it keeps no instance lease for eager tasks, whatever the inner store does.
+    pub(crate) fn keep_no_leases(&self) {
+        self.keeps.store(false, Ordering::SeqCst);
+    }
+
+    /// Instance leases given back without an episode.
+    pub(crate) fn given_back(&self) -> usize {
+        self.given_back.load(Ordering::SeqCst)
     }
 
     /// Forwards to `inner`, saying it leases in process when `inner` does.
@@ -219,6 +235,9 @@ impl Store for Counting {
     fn supports_eager_dispatch(&self) -> bool {
         self.inner.supports_eager_dispatch()
     }
+    fn keeps_lease_for_eager(&self) -> bool {
+        self.keeps.load(Ordering::SeqCst) && self.inner.keeps_lease_for_eager()
+    }
     fn supports_activity_handoff(&self) -> bool {
         self.inner.supports_activity_handoff()
     }
@@ -237,6 +256,7 @@ impl Store for Counting {
         retry_at: Timestamp,
         error: Option<String>,
     ) -> Result<(), StoreError> {
+        self.given_back.fetch_add(1, Ordering::SeqCst);
         self.inner.abandon_episode(id, lock, retry_at, error).await
     }
     fn activity_lease(&self, requested: Duration) -> Duration {

@@ -13,7 +13,7 @@ use super::notify::Wake;
 use super::util::{Error, MAX_ATTEMPTS, R, decode, lock, pause, retryable, to_i64, to_u64, ts};
 use super::write::Enqueue;
 use crate::error::{FailureDetails, StoreError};
-use crate::history::{Event, RuntimeStatus};
+use crate::history::Event;
 use crate::storage::metrics::CommitTimer;
 use crate::storage::{ActivityWorkItem, EpisodeCommit, InstanceRecord, LockToken, Message};
 
@@ -472,6 +472,10 @@ struct Writes {
     record_ids: Vec<String>,
     record_statuses: Vec<&'static str>,
     records: Vec<String>,
+    /// Per record: the token of its eager task and the end of the instance lease kept if
+    /// that task is leased ([`EagerAsk::keep_until`]), or NULL.
+    record_eager_tokens: Vec<Option<i64>>,
+    record_keep_until: Vec<Option<i64>>,
     /// Messages, and the instances whose `ready_at` and holds they change.
     batch: Enqueue,
     /// An episode ends its instance.
@@ -491,19 +495,8 @@ impl Writes {
     ) -> R<()> {
         let key = c.instance_id.as_str();
         self.finished |= c.status.is_terminal();
-        record.status = c.status;
-        record.output.clone_from(&c.output);
-        record.failure.clone_from(&c.failure);
-        record.custom_status.clone_from(&c.custom_status);
-        record.last_updated_at = c.now;
-        record.last_error.clone_from(&c.last_error);
+        record.apply_episode(c);
         if let Some(next) = &c.next_execution {
-            record.execution += 1;
-            record.input.clone_from(&next.input);
-            record.version.clone_from(&next.version);
-            record.status = RuntimeStatus::ContinuedAsNew;
-            record.output = None;
-            record.failure = None;
             for m in &next.messages {
                 self.batch.push(key, m)?;
             }
@@ -551,6 +544,9 @@ impl Writes {
         self.records.push(serde_json::to_string(&record)?);
         self.record_statuses.push(record.status.as_str());
         self.record_ids.push(key.to_owned());
+        let keep = eager.filter(|a| a.keep_until.is_some());
+        self.record_eager_tokens.push(keep.map(|a| a.token));
+        self.record_keep_until.push(keep.and_then(|a| a.keep_until));
         Ok(())
     }
 
@@ -662,7 +658,13 @@ impl Writes {
                 let rows = tx
                     .query(
                         &update,
-                        &[&self.record_ids, &self.record_statuses, &self.records],
+                        &[
+                            &self.record_ids,
+                            &self.record_statuses,
+                            &self.records,
+                            &self.record_eager_tokens,
+                            &self.record_keep_until,
+                        ],
                     )
                     .await?;
                 Ok(rows
@@ -741,13 +743,16 @@ pub(super) struct PendingCommit {
 /// Which new task of an episode its commit leases to the committer: the index of the
 /// task, a fresh lease token, and the lease's start and end (ms). The task is inserted
 /// leased unless tasks queued earlier are due at the start (the enqueue statement checks);
-/// a batch answers the ids of those it leased by their tokens.
+/// a batch answers the ids of those it leased by their tokens. With `keep_until`
+/// ([`EpisodeCommit::keep_lease`]), the instance stays leased under the commit's token
+/// until then if the task is leased (the record update checks).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct EagerAsk {
     pub(super) task: usize,
     pub(super) token: i64,
     pub(super) now: i64,
     pub(super) until: i64,
+    pub(super) keep_until: Option<i64>,
 }
 
 /// The episode commits waiting for a batch, and how many tasks are committing batches.

@@ -497,11 +497,18 @@ impl Store for PostgresStore {
             token: new_token(),
             now: ts(now),
             until: ts(now + t.lease_for(lock_for)),
+            keep_until: commit
+                .keep_lease
+                .map(|keep| ts(now + self.orchestration_lease(keep))),
         };
         self.commit_grouped(commit, Some(ask)).await
     }
 
     fn supports_eager_dispatch(&self) -> bool {
+        true
+    }
+
+    fn keeps_lease_for_eager(&self) -> bool {
         true
     }
 

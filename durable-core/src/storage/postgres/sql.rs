@@ -142,15 +142,24 @@ impl Sql {
                                 WHERE m.instance_id = $1)
                 WHERE id = $1"),
             // Applies episodes: records, statuses, ends of leases and holds; run after the
-            // inbox changes, whose first times they record.
+            // inbox changes, whose first times they record, and after the tasks are queued:
+            // an episode whose eager task (token $4) was leased to its committer keeps its
+            // lease until $5 when $5 is set. Answers, per episode, whether the instance is
+            // due (it has messages and no lease).
             update_records: s("UPDATE {s}.instances i
-                SET status = t.status, record = t.record, lock_token = NULL,
-                    locked_until = NULL, not_before = NULL,
+                SET status = t.status, record = t.record,
+                    lock_token = CASE WHEN k.kept THEN i.lock_token END,
+                    locked_until = CASE WHEN k.kept THEN t.keep_until END,
+                    not_before = NULL,
                     ready_at = (SELECT MIN(m.visible_at) FROM {s}.inbox m
                                 WHERE m.instance_id = i.id)
-                FROM unnest($1::text[], $2::text[], $3::text[]) AS t(id, status, record)
+                FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
+                        AS t(id, status, record, eager_token, keep_until)
+                     CROSS JOIN LATERAL (SELECT t.keep_until IS NOT NULL AND EXISTS (
+                        SELECT 1 FROM {s}.activities a
+                        WHERE a.instance_id = t.id AND a.lock_token = t.eager_token)) AS k(kept)
                 WHERE i.id = t.id
-                RETURNING i.ready_at IS NOT NULL"),
+                RETURNING i.ready_at IS NOT NULL AND NOT k.kept"),
             // Ends the lease and holds the instance until $4 (its inbox is unchanged).
             hold_record: s("UPDATE {s}.instances
                 SET status = $2, record = $3, lock_token = NULL, locked_until = NULL,

@@ -177,6 +177,7 @@ async fn a_batch_leases_eager_tasks_in_order() {
                 token: new_token(),
                 now: ts(T0),
                 until: ts(T0 + lease),
+                keep_until: None,
             }),
             reply,
         });
