@@ -3214,16 +3214,27 @@ pub async fn commit_episode_eager_leases_one_new_task(store: Arc<dyn Store>) {
 }
 
 /// An eager commit asked to keep its instance's lease ([`EpisodeCommit::keep_lease`]) keeps
-/// it when, and only when, it leases its task, in a store that says it keeps leases
-/// ([`Store::keeps_lease_for_eager`]): no fetch hands the instance out, however many of its
-/// messages are due, until the kept lease runs out; the committer's next commit goes
-/// through under the same token and releases it (the messages that arrived meanwhile are
-/// then due). Any other store, or a commit whose task is queued, releases the instance.
+/// it if and only if it leases its task, in a store that says it keeps leases
+/// ([`Store::keeps_lease_for_eager`]): no fetch hands the instance out meanwhile, until the
+/// kept lease ends — with the next commit under the same token, with
+/// [`Store::release_kept_lease`], or when it runs out. A commit asked to keep while the
+/// instance has messages due leases no task (they would wait behind the lease). Any other
+/// store releases the instance.
 #[allow(clippy::too_many_lines, reason = "one scenario, asserted step by step")]
 pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store>) {
     let lease = Duration::from_secs(60);
     let keep_ms = 30_000;
     let keep = Duration::from_millis(keep_ms);
+    let result = |seq: u64, at: Timestamp| {
+        Message::new(
+            Event::TaskCompleted {
+                seq,
+                result: "null".into(),
+            },
+            Some(1),
+            at,
+        )
+    };
     create(&store, new_instance("k", "Keep", "null", T0)).await;
     let item = fetch_one(&store, "k", T0).await;
     let mut c = commit_for(&item, RuntimeStatus::Running, at(1));
@@ -3276,6 +3287,8 @@ pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store
         "the commit that kept the lease is stored all the same"
     );
     // The committer's next episode, under the kept lease: the task's result from memory.
+    // It asks to keep the lease again, but the event waits: no task is leased, and the
+    // instance is released.
     let mut c = EpisodeCommit::new(id("k"), item.lock, RuntimeStatus::Running, at(4));
     c.new_events = vec![ev(
         1,
@@ -3286,7 +3299,16 @@ pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store
         },
     )];
     c.completed_activities = vec![(a.id, a.lock)];
-    commit(&store, c).await;
+    c.activities = vec![task("k", 1, "B", "2")];
+    c.keep_lease = Some(keep);
+    assert!(
+        store
+            .commit_episode_eager(c, 0, at(4), lease)
+            .await
+            .expect("commit_episode_eager")
+            .is_none(),
+        "an event is due: no task leased, no lease kept"
+    );
     let next = fetch_one(&store, "k", at(4)).await;
     assert_eq!(
         labels(&next.messages),
@@ -3294,26 +3316,25 @@ pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store
         "released by the next commit: the event that waited is due"
     );
     assert_eq!(next.history_len, 2, "both episodes' events are stored");
-    assert!(
-        store
-            .fetch_activity_work(at(2) + lease + Duration::from_millis(1), lease, 10)
-            .await
-            .expect("fetch_activity_work")
-            .is_empty(),
-        "the task was completed by the second commit (none back after its lease)"
-    );
-
-    // A commit whose task is queued (an earlier one is due) releases the instance.
-    let mut c = commit_for(&next, RuntimeStatus::Running, at(5));
-    c.activities = vec![task("k", 1, "B", "2")];
-    commit(&store, c).await;
-    store
-        .send_message(&id("k"), raised("go", at(5)))
+    let queued = store
+        .fetch_activity_work(at(2) + lease + Duration::from_millis(1), lease, 10)
         .await
-        .expect("send_message");
-    let item = fetch_one(&store, "k", at(6)).await;
-    let mut c = commit_for(&item, RuntimeStatus::Running, at(6));
+        .expect("fetch_activity_work");
+    assert_eq!(
+        task_names(&queued),
+        ["B"],
+        "A was completed by the second commit; B was queued"
+    );
+    store
+        .complete_activity(queued[0].id, queued[0].lock, result(1, at(5)))
+        .await
+        .expect("complete_activity");
+
+    // Kept again, then given back without an episode: the instance is due at once for
+    // the messages that arrived meanwhile; a second give-back changes nothing.
+    let mut c = commit_for(&next, RuntimeStatus::Running, at(6));
     c.activities = vec![task("k", 2, "C", "3")];
+    c.custom_status = Some("\"three\"".into());
     c.keep_lease = Some(keep);
     assert!(
         store
@@ -3321,63 +3342,98 @@ pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store
             .await
             .expect("commit_episode_eager")
             .is_none(),
-        "B is due: C is queued"
+        "B's result is due: C is queued, the instance released"
     );
-    store
-        .send_message(&id("k"), raised("after", at(7)))
-        .await
-        .expect("send_message");
-    let next = fetch_one(&store, "k", at(7)).await;
-    assert_eq!(
-        labels(&next.messages),
-        ["after"],
-        "no task leased: the instance was released"
+    let item = fetch_one(&store, "k", at(7)).await;
+    assert_eq!(labels(&item.messages), ["TaskCompleted"]);
+    let mut c = commit_for(&item, RuntimeStatus::Running, at(7));
+    c.activities = vec![task("k", 3, "D", "4")];
+    c.keep_lease = Some(keep);
+    assert!(
+        store
+            .commit_episode_eager(c, 0, at(7), lease)
+            .await
+            .expect("commit_episode_eager")
+            .is_none(),
+        "C is due (queued earlier): D is queued too"
     );
-
-    // A kept lease runs out like any other: the instance is taken, and the committer's
-    // commit under it is refused.
     let queued = store
         .fetch_activity_work(at(7), lease, 10)
         .await
         .expect("fetch_activity_work");
-    assert_eq!(task_names(&queued), ["B", "C"]);
+    assert_eq!(task_names(&queued), ["C", "D"]);
     for t in &queued {
         store
-            .complete_activity(
-                t.id,
-                t.lock,
-                Message::new(
-                    Event::TaskCompleted {
-                        seq: t.task.seq,
-                        result: "null".into(),
-                    },
-                    Some(1),
-                    at(8),
-                ),
-            )
+            .complete_activity(t.id, t.lock, result(t.task.seq, at(8)))
             .await
             .expect("complete_activity");
     }
-    let mut c = commit_for(&next, RuntimeStatus::Running, at(8));
-    c.activities = vec![task("k", 3, "D", "4")];
+    let item = fetch_one(&store, "k", at(8)).await;
+    let mut c = commit_for(&item, RuntimeStatus::Running, at(8));
+    c.activities = vec![task("k", 4, "E", "5")];
     c.keep_lease = Some(keep);
-    let d = store
+    let e = store
         .commit_episode_eager(c, 0, at(8), lease)
         .await
         .expect("commit_episode_eager")
-        .expect("nothing is due: D is leased");
-    assert_eq!(d.task.name, "D");
-    assert!(
-        fetch(&store, at(8 + keep_ms - 1)).await.is_none(),
-        "kept: B's and C's results wait"
-    );
-    let taken = fetch_one(&store, "k", at(8) + keep).await;
+        .expect("nothing is due: E is leased");
+    assert_eq!(e.task.name, "E");
+    store
+        .send_message(&id("k"), raised("during", at(9)))
+        .await
+        .expect("send_message");
+    assert!(fetch(&store, at(9)).await.is_none(), "kept");
+    store
+        .release_kept_lease(&id("k"), item.lock)
+        .await
+        .expect("release_kept_lease");
+    let taken = fetch_one(&store, "k", at(9)).await;
     assert_eq!(
         labels(&taken.messages),
-        ["TaskCompleted", "TaskCompleted"],
+        ["during"],
+        "given back: the event is due at once"
+    );
+    assert_eq!(
+        taken.instance.custom_status, None,
+        "the record is as the last commit left it"
+    );
+    store
+        .release_kept_lease(&id("k"), item.lock)
+        .await
+        .expect("a lease no longer held is left alone");
+    let c = commit_for(&taken, RuntimeStatus::Running, at(10));
+    commit(&store, c).await;
+
+    // A kept lease runs out like any other: the instance is taken, and the committer's
+    // commit under it is refused.
+    store
+        .complete_activity(e.id, e.lock, result(4, at(10)))
+        .await
+        .expect("complete_activity");
+    let item = fetch_one(&store, "k", at(10)).await;
+    let mut c = commit_for(&item, RuntimeStatus::Running, at(11));
+    c.activities = vec![task("k", 5, "F", "6")];
+    c.keep_lease = Some(keep);
+    let f = store
+        .commit_episode_eager(c, 0, at(11), lease)
+        .await
+        .expect("commit_episode_eager")
+        .expect("nothing is due: F is leased");
+    store
+        .complete_activity(f.id, f.lock, result(5, at(12)))
+        .await
+        .expect("complete_activity");
+    assert!(
+        fetch(&store, at(11 + keep_ms - 1)).await.is_none(),
+        "kept: F's result waits"
+    );
+    let taken = fetch_one(&store, "k", at(11 + keep_ms)).await;
+    assert_eq!(
+        labels(&taken.messages),
+        ["TaskCompleted"],
         "once the kept lease runs out, the instance is taken with its messages"
     );
-    let c = EpisodeCommit::new(id("k"), next.lock, RuntimeStatus::Running, at(8) + keep);
+    let c = EpisodeCommit::new(id("k"), item.lock, RuntimeStatus::Running, at(11 + keep_ms));
     assert!(
         matches!(store.commit_episode(c).await, Err(StoreError::LockLost(_))),
         "the run-out kept lease no longer commits"

@@ -472,6 +472,14 @@ impl Data {
         for m in refusals {
             self.enqueue(&key, m);
         }
+        // A lease kept while messages are due would hold them back: no task is leased then.
+        let eager = eager.filter(|&(_, leased_at, _)| {
+            commit.keep_lease.is_none()
+                || self.instances[&key]
+                    .inbox
+                    .first_key_value()
+                    .is_none_or(|(id, _)| id.visible_at > leased_at)
+        });
         let (activity_work, leased) = self.enqueue_tasks(commit.activities, commit.now, eager);
         if let (Some(_), Some(keep), Some((_, leased_at, _))) = (&leased, commit.keep_lease, eager)
         {
@@ -729,6 +737,29 @@ impl Store for MemoryStore {
             .iter()
             .filter_map(|id| d.lease(id.as_str(), now, lock_for))
             .collect())
+    }
+
+    async fn release_kept_lease(
+        &self,
+        instance_id: &InstanceId,
+        lock: LockToken,
+    ) -> Result<(), StoreError> {
+        {
+            let mut d = self.data();
+            if d.check_lock(instance_id, lock).is_err() {
+                return Ok(());
+            }
+            let key = instance_id.as_str().to_owned();
+            let inst = d
+                .instances
+                .get_mut(&key)
+                .expect("lock check proved the instance exists");
+            let (_, until) = inst.lock.take().expect("lock checked above");
+            d.orch_leases.remove(&(until, key.clone()));
+            d.refresh_ready(&key);
+        }
+        self.inner.signals.orchestration_work();
+        Ok(())
     }
 
     async fn abandon_episode(

@@ -661,9 +661,38 @@ pub struct EpisodeCommit {
     /// task to the committer, the instance stays leased to the committer under `lock`, for
     /// this long from the write (as [`fetch_instances_work`](Store::fetch_instances_work)
     /// would lease it), instead of being released — the episode that takes the task's
-    /// result then runs without leasing the instance again. A store that does not keep
-    /// leases ([`Store::keeps_lease_for_eager`]) releases it as usual, and so does a commit
-    /// that leases no task. `None` (the default): released.
+    /// result then runs without leasing the instance again. The kept lease ends with the
+    /// next commit under `lock` (which may keep it again),
+    /// [`release_kept_lease`](Store::release_kept_lease), or its expiry; meanwhile no
+    /// fetch hands the instance out, so its new messages wait. A store that keeps leases
+    /// ([`Store::keeps_lease_for_eager`]) keeps it if and only if it leases the task, and
+    /// leases no task when the instance has messages due at the write (they would wait
+    /// behind the kept lease); any other store, and a commit that leases no task, releases
+    /// the instance as usual. `None` (the default): released.
+    ///
+    /// ```
+    /// # use durable_core::storage::{ActivityTask, EpisodeCommit, MemoryStore, NewInstance, Store};
+    /// # use durable_core::history::{Payload, RuntimeStatus};
+    /// # use durable_core::ids::{InstanceId, Timestamp};
+    /// # use std::time::Duration;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let id = InstanceId::new("order-1")?;
+    /// let now = Timestamp::from_unix_millis(1_000);
+    /// store.create_instance(NewInstance::new(id.clone(), "Order", Payload::from("null"), now)).await?;
+    /// let item = store.fetch_orchestration_work(now, Duration::from_secs(30)).await?.unwrap();
+    /// let mut commit = EpisodeCommit::new(id.clone(), item.lock, RuntimeStatus::Running, now);
+    /// commit.consumed = item.messages.iter().map(|m| m.id.clone()).collect();
+    /// commit.activities.push(ActivityTask::new(id.clone(), 1, 0, "Charge", "null".into()));
+    /// commit.keep_lease = Some(Duration::from_secs(30));
+    /// let task = store.commit_episode_eager(commit, 0, now, Duration::from_secs(30)).await?;
+    /// assert!(task.is_some());
+    /// // Still leased to the committer: nobody else can lease it by name.
+    /// assert!(store.fetch_instances_work(&[id.clone()], now, Duration::from_secs(30)).await?.is_empty());
+    /// store.release_kept_lease(&id, item.lock).await?;
+    /// assert_eq!(store.fetch_instances_work(&[id], now, Duration::from_secs(30)).await?.len(), 1);
+    /// # Ok(()) }
+    /// ```
     pub keep_lease: Option<Duration>,
 }
 
@@ -1057,9 +1086,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `Ok(None)` when the commit went through without the lease: the store does not
     /// support it (the default, which just commits; see
     /// [`supports_eager_dispatch`](Store::supports_eager_dispatch)), or tasks queued
-    /// earlier are due at `now` (an eager task must not jump that queue), or `task` is out
-    /// of range, or the store commits this episode another way (`PostgresStore`: one that
-    /// creates sub-orchestrations).
+    /// earlier are due at `now` (an eager task must not jump that queue), or the commit
+    /// asks to keep the instance's lease ([`EpisodeCommit::keep_lease`]) while the
+    /// instance has messages due at `now`, or `task` is out of range, or the store commits
+    /// this episode another way (`PostgresStore`: one that creates sub-orchestrations).
     ///
     /// ```
     /// # use durable_core::storage::{EpisodeCommit, MemoryStore, NewInstance, Store};
@@ -1107,9 +1137,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// `true` if [`commit_episode_eager`](Store::commit_episode_eager) honours
-    /// [`EpisodeCommit::keep_lease`]: the instance stays leased to the committer when its
-    /// task is. A worker asks for it only then, and runs the episode that takes the task's
-    /// result under the kept lease; the default is `false`.
+    /// [`EpisodeCommit::keep_lease`]: the instance stays leased to the committer if and only
+    /// if its task is (the worker relies on both or neither), and
+    /// [`release_kept_lease`](Store::release_kept_lease) gives such a lease back. A worker
+    /// asks for it only then, and runs the episode that takes the task's result under the
+    /// kept lease; the default is `false`.
     ///
     /// ```
     /// use durable_core::storage::{MemoryStore, Store};
@@ -1238,6 +1270,27 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<OrchestrationWorkItem>, StoreError> {
         let _ = (instance_ids, now, lock_for);
         Ok(Vec::new())
+    }
+
+    /// Gives back a lease that [`commit_episode_eager`](Store::commit_episode_eager) kept
+    /// ([`EpisodeCommit::keep_lease`]) without an episode: the instance stays as that commit
+    /// left it, and its messages are due at once. A lease no longer held is left alone. As
+    /// a lease taken by a fetch, this need not be durable: lost in a crash, the lease runs
+    /// out. The default gives it back with [`abandon_episode`](Store::abandon_episode)
+    /// (which clears the instance's shown error); a store that keeps leases answers it
+    /// more cheaply.
+    async fn release_kept_lease(
+        &self,
+        instance_id: &InstanceId,
+        lock: LockToken,
+    ) -> Result<(), StoreError> {
+        match self
+            .abandon_episode(instance_id, lock, Timestamp::from_unix_millis(0), None)
+            .await
+        {
+            Err(StoreError::LockLost(_)) => Ok(()),
+            other => other,
+        }
     }
 
     /// Releases a lease without changes and holds the instance back until `retry_at`: no

@@ -131,9 +131,9 @@ pub(crate) struct Eager {
     item: ActivityWorkItem,
     lease: LeaseGuard,
     promise: Promise,
-    /// When the commit kept the instance's lease ([`kept`](super::kept)): until when that
-    /// lease waits for this task's result.
-    hold: Option<Timestamp>,
+    /// When the commit kept the instance's lease ([`kept`](super::kept)): the lease's
+    /// ticket, and until when it waits for this task's result.
+    kept: Option<(u64, Timestamp)>,
 }
 
 /// An activity slot promised to an eager task ([`Inner::eager_reserved`]) until it takes
@@ -194,21 +194,21 @@ fn runs_here(inner: &Inner, name: &str) -> bool {
 
 impl Eager {
     /// `item`, leased by a commit from `leased_at` (as asked), held from here on with the
-    /// slot promised to it; with the time until which the instance's kept lease waits for
-    /// its result, if the commit kept it.
+    /// slot promised to it; with the ticket of the instance's kept lease and the time until
+    /// which it waits for the result, if the commit kept it.
     pub(crate) fn new(
         inner: &Inner,
         item: ActivityWorkItem,
         leased_at: Timestamp,
         promise: Promise,
-        kept_until: Option<Timestamp>,
+        kept: Option<(u64, Timestamp)>,
     ) -> Self {
         let lease = hold(inner, &item, leased_at);
         Self {
             item,
             lease,
             promise,
-            hold: kept_until,
+            kept,
         }
     }
 }
@@ -223,9 +223,9 @@ pub(crate) async fn run_eager(inner: &Inner, eager: Eager) -> Option<crate::ids:
         item,
         lease,
         promise,
-        hold,
+        kept,
     } = eager;
-    let Some(hold) = hold else {
+    let Some((ticket, hold)) = kept else {
         return run_eager_task(inner, item, lease, promise).await;
     };
     // The instance's lease was kept for this result: given back if the run takes longer
@@ -237,12 +237,12 @@ pub(crate) async fn run_eager(inner: &Inner, eager: Eager) -> Option<crate::ids:
         biased;
         ready = &mut run => ready,
         () = inner.clock.sleep_until(hold) => {
-            let ((), ready) = tokio::join!(super::kept::release(inner, &instance), run);
+            let ((), ready) = tokio::join!(super::kept::release(inner, &instance, ticket), run);
             ready
         }
     };
     if ready.is_none() && !inner.handoffs().is_waiting(&instance) {
-        super::kept::release(inner, &instance).await;
+        super::kept::release(inner, &instance, ticket).await;
     }
     ready
 }

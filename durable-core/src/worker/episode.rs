@@ -126,19 +126,18 @@ async fn release_created(inner: &Inner) {
     }
 }
 
-/// Ends the lease of an instance without running its episode (one created leased, or one
-/// whose lease a commit kept): any worker may take it at once.
-pub(crate) async fn give_back(inner: &Inner, item: &OrchestrationWorkItem) {
+/// Ends the lease of an instance created leased without running its episode: any worker
+/// may take it at once.
+async fn give_back(inner: &Inner, item: &OrchestrationWorkItem) {
     if inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
         return;
     }
     let id = &item.instance.instance_id;
     let now = inner.clock.now();
-    let shown = item.instance.last_error.clone();
-    match inner.store.abandon_episode(id, item.lock, now, shown).await {
+    match inner.store.abandon_episode(id, item.lock, now, None).await {
         Ok(()) | Err(StoreError::LockLost(_)) => {}
         Err(e) => {
-            tracing::warn!(instance = %id, error = %e, "giving back the lease of an instance failed; it is taken once the lease runs out");
+            tracing::warn!(instance = %id, error = %e, "giving back the lease of a new instance failed; it is taken once the lease runs out");
         }
     }
 }
@@ -179,10 +178,12 @@ async fn start_handed_off(
         return 0;
     }
     // Those whose leases their commits kept run under them; the others are leased now.
-    let mut items: Vec<(OrchestrationWorkItem, Timestamp)> = {
-        let mut kept = inner.kept();
-        ids.iter().filter_map(|id| kept.take(id)).collect()
-    };
+    let mut items: Vec<(OrchestrationWorkItem, Timestamp)> = Vec::new();
+    for id in &ids {
+        if let Some(kept) = super::kept::take(inner, id).await {
+            items.push(kept);
+        }
+    }
     let now = inner.clock.now();
     let to_lease: Vec<InstanceId> = ids
         .iter()
@@ -322,11 +323,11 @@ pub(crate) async fn run_ready_here(inner: &Arc<Inner>, mut id: InstanceId) {
             inner,
             id: Some(&id),
         };
-        let kept = inner.kept().take(&id);
+        let kept = super::kept::take(inner, &id).await;
         let (leased, now) = match kept {
             Some((item, leased_at)) => (Some(item), leased_at),
-            // Given back meanwhile (its hold ran out): the claim, dropped, queues it for
-            // the dispatcher, which leases it.
+            // Given back meanwhile (its hold ran out, or it waited too long): the claim,
+            // dropped, queues it for the dispatcher, which leases it.
             None if !in_process => return,
             None => {
                 let now = inner.clock.now();
@@ -972,7 +973,14 @@ async fn write(
                 .map_err(Stuck::Store)?;
             return Ok(true);
         };
-        let after = inner.store.keeps_lease_for_eager().then(|| {
+        // Not for a transactional activity: its result is written to the store, not
+        // handed to an episode here.
+        let keep = inner.store.keeps_lease_for_eager()
+            && inner
+                .registry
+                .activity(&commit.activities[task].name)
+                .is_some();
+        let after = keep.then(|| {
             commit.keep_lease = Some(inner.options.orchestration_lock);
             super::kept::item_after(before.0, before.1, &commit)
         });
@@ -987,13 +995,13 @@ async fn write(
             return Ok(true);
         };
         // The store kept the instance's lease with the task's (it keeps both or neither).
-        let hold = match after {
+        let kept = match after {
             Some(after) => super::kept::keep(inner, after, now)
                 .await
-                .then(|| super::kept::hold_until(inner, now)),
+                .map(|ticket| (ticket, super::kept::hold_until(inner, now))),
             None => None,
         };
-        *eager = Some(Eager::new(inner, item, now, promise, hold));
+        *eager = Some(Eager::new(inner, item, now, promise, kept));
         return Ok(true);
     };
     let Some(new) = first.new.take() else {

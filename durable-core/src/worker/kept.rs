@@ -6,36 +6,51 @@
 //! trip per step of a chain on a store that leases over the network (`PostgresStore`).
 //!
 //! A kept lease holds the instance's other messages back (an event raised meanwhile waits
-//! for the lease), so it is kept only briefly: given back once the task has run for
-//! [`hold_for`] without a result, and whenever its result is not handed to an episode
-//! here (written to the store instead, or the worker stopping). A worker that crashes
-//! leaves it to run out, as it leaves the lease of an episode it was running.
+//! for it), so it is kept only briefly:
+//! - the store keeps none while the instance has messages due, so a message that arrives
+//!   during a chain of quick steps waits for one step at most;
+//! - it is given back ([`Store::release_kept_lease`], not a durable write) once the task
+//!   has run for a tenth of a second without a result ([`hold_until`]), when the result is
+//!   not handed to an episode here (written to the store instead, or the worker
+//!   stopping), or when it waited half a lease for a slot ([`take`]);
+//! - it is not asked for a transactional activity, whose result is written to the store.
+//!
+//! A worker that crashes leaves it to run out, as it leaves the lease of an episode it was
+//! running.
+//!
+//! [`Store::release_kept_lease`]: crate::storage::Store::release_kept_lease
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use super::Inner;
+use crate::error::StoreError;
 use crate::ids::{InstanceId, Timestamp};
 use crate::storage::{EpisodeCommit, InstanceRecord, OrchestrationWorkItem};
 
 /// The longest a kept lease waits for its eager task's result before it is given back.
 const HOLD: Duration = Duration::from_millis(100);
 
-/// The instances whose leases this worker's commits kept, each with the work item its next
-/// episode starts from and the time the lease began.
+/// The instances whose leases this worker's commits kept.
 #[derive(Default)]
 pub(crate) struct KeptLeases {
-    items: HashMap<InstanceId, (OrchestrationWorkItem, Timestamp)>,
+    items: HashMap<InstanceId, Kept>,
+    /// Numbers the leases kept, so that a hold that runs out gives back its own lease and
+    /// not one a later commit kept.
+    next_ticket: u64,
     /// The dispatcher stopped: a lease kept from now on is given back at once.
     closed: bool,
 }
 
-impl KeptLeases {
-    /// The kept lease of `id`, for an episode to run under; `None` if none is kept.
-    pub(crate) fn take(&mut self, id: &InstanceId) -> Option<(OrchestrationWorkItem, Timestamp)> {
-        self.items.remove(id)
-    }
+/// A kept lease: the work item the instance's next episode starts from, when the lease
+/// began, and its ticket.
+struct Kept {
+    item: OrchestrationWorkItem,
+    leased_at: Timestamp,
+    ticket: u64,
+}
 
+impl KeptLeases {
     /// `true` if the lease of `id` is kept.
     pub(crate) fn contains(&self, id: &InstanceId) -> bool {
         self.items.contains_key(id)
@@ -43,9 +58,10 @@ impl KeptLeases {
 }
 
 /// The work item the next episode of `instance` starts from under a lease its commit kept:
-/// the record as `commit` leaves it, the history with its events, and no messages (those
-/// that arrive meanwhile wait in the store for the episode after, which the commit's
-/// release of the lease makes due). `history_len` is the length before `commit`.
+/// the record as `commit` leaves it, the history with its events, and no messages (the
+/// store keeps the lease only when none are due; those that arrive meanwhile wait for the
+/// episode after, which the release of the lease makes due). `history_len` is the length
+/// before `commit`.
 pub(crate) fn item_after(
     instance: &InstanceRecord,
     history_len: u64,
@@ -61,44 +77,74 @@ pub(crate) fn item_after(
     }
 }
 
-/// Records the lease kept on `item`'s instance from `leased_at`; when the dispatcher has
-/// stopped, gives it back instead and answers `false`.
-pub(crate) async fn keep(inner: &Inner, item: OrchestrationWorkItem, leased_at: Timestamp) -> bool {
+/// Records the lease kept on `item`'s instance from `leased_at` and answers its ticket;
+/// when the dispatcher has stopped, gives it back instead and answers `None`.
+pub(crate) async fn keep(
+    inner: &Inner,
+    item: OrchestrationWorkItem,
+    leased_at: Timestamp,
+) -> Option<u64> {
     let refused = {
         let mut kept = inner.kept();
         if kept.closed {
             Some(item)
         } else {
-            kept.items
-                .insert(item.instance.instance_id.clone(), (item, leased_at));
-            None
+            kept.next_ticket += 1;
+            let ticket = kept.next_ticket;
+            let id = item.instance.instance_id.clone();
+            kept.items.insert(
+                id,
+                Kept {
+                    item,
+                    leased_at,
+                    ticket,
+                },
+            );
+            return Some(ticket);
         }
     };
-    match refused {
-        None => true,
-        Some(item) => {
-            super::episode::give_back(inner, &item).await;
-            false
-        }
+    if let Some(item) = refused {
+        give_back(inner, &item).await;
     }
+    None
+}
+
+/// Takes the lease kept on `id`, if any, for an episode to run under: its work item and
+/// when the lease began. One kept for half a lease or more (its episode waited that long
+/// for a slot) is given back instead, as [`start_created`] gives back a created one: the
+/// episode leases the instance afresh.
+///
+/// [`start_created`]: super::episode
+pub(crate) async fn take(
+    inner: &Inner,
+    id: &InstanceId,
+) -> Option<(OrchestrationWorkItem, Timestamp)> {
+    let kept = inner.kept().items.remove(id)?;
+    if inner.clock.now() >= kept.leased_at + inner.orchestration_lease / 2 {
+        give_back(inner, &kept.item).await;
+        return None;
+    }
+    Some((kept.item, kept.leased_at))
 }
 
 /// How long a lease kept from `leased_at` waits for its eager task's result.
 pub(crate) fn hold_until(inner: &Inner, leased_at: Timestamp) -> Timestamp {
-    leased_at + hold_for(inner)
+    leased_at + HOLD.min(inner.orchestration_lease / 4)
 }
 
-/// [`HOLD`], or a quarter of the orchestration lease when that is shorter.
-pub(crate) fn hold_for(inner: &Inner) -> Duration {
-    HOLD.min(inner.orchestration_lease / 4)
-}
-
-/// Gives back the lease kept on `id`, if one is: any worker may take the instance at once.
-pub(crate) async fn release(inner: &Inner, id: &InstanceId) {
-    let taken = inner.kept().take(id);
-    if let Some((item, _)) = taken {
+/// Gives back the lease kept under `ticket` on `id`, if it still is: any worker may take
+/// the instance at once.
+pub(crate) async fn release(inner: &Inner, id: &InstanceId, ticket: u64) {
+    let taken = {
+        let mut kept = inner.kept();
+        match kept.items.get(id) {
+            Some(k) if k.ticket == ticket => kept.items.remove(id),
+            _ => None,
+        }
+    };
+    if let Some(k) = taken {
         tracing::debug!(instance = %id, "kept lease given back");
-        super::episode::give_back(inner, &item).await;
+        give_back(inner, &k.item).await;
     }
 }
 
@@ -107,9 +153,26 @@ pub(crate) async fn release_all(inner: &Inner) {
     let items: Vec<_> = {
         let mut kept = inner.kept();
         kept.closed = true;
-        kept.items.drain().map(|(_, (item, _))| item).collect()
+        kept.items.drain().map(|(_, k)| k.item).collect()
     };
     for item in items {
-        super::episode::give_back(inner, &item).await;
+        give_back(inner, &item).await;
+    }
+}
+
+/// Ends a kept lease without an episode ([`Store::release_kept_lease`]); an aborted worker
+/// leaves it to run out.
+///
+/// [`Store::release_kept_lease`]: crate::storage::Store::release_kept_lease
+async fn give_back(inner: &Inner, item: &OrchestrationWorkItem) {
+    if inner.aborted.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let id = &item.instance.instance_id;
+    match inner.store.release_kept_lease(id, item.lock).await {
+        Ok(()) | Err(StoreError::LockLost(_)) => {}
+        Err(e) => {
+            tracing::warn!(instance = %id, error = %e, "giving back a kept lease failed; the instance is taken once the lease runs out");
+        }
     }
 }

@@ -449,3 +449,66 @@ async fn a_kept_lease_is_given_back_while_its_task_runs_long() {
     assert_eq!(HELD_CALLS.load(Ordering::SeqCst), 1, "ran once");
     worker.shutdown().await;
 }
+
+static TICKS: AtomicUsize = AtomicUsize::new(0);
+
+/// A quick step: counts itself.
+#[activity]
+async fn tick(n: u32) -> Result<u32, ActivityError> {
+    TICKS.fetch_add(1, Ordering::SeqCst);
+    Ok(n + 1)
+}
+
+/// Runs quick steps one after another until the event `stop` arrives; answers how many
+/// ran.
+#[orchestrator]
+async fn ticks_until_stopped(
+    ctx: OrchestrationContext,
+    _input: (),
+) -> Result<u32, OrchestrationError> {
+    let stop = ctx.wait_for_event::<u32>("stop");
+    let steps = async {
+        let mut n = 0;
+        loop {
+            n = ctx.call(tick, n).await?;
+        }
+        #[allow(unreachable_code)]
+        Ok::<u32, OrchestrationError>(n)
+    };
+    tokio::select! {
+        biased;
+        stop = stop => { stop?; Ok(0) }
+        n = steps => n,
+    }
+}
+
+/// A kept lease does not hold messages back for longer than a step: the store keeps none
+/// while messages are due, so an event raised during an endless chain of quick steps, each
+/// leased to the worker by the commit before it, is delivered — with the clock standing
+/// still, so no hold runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_reaches_an_endless_chain_of_quick_steps() {
+    let store = Counting::new(Arc::new(MemoryStore::new()));
+    let clock = ManualClock::default();
+    let worker = worker_on(&store, &clock, |b| {
+        b.register(tick).register(ticks_until_stopped)
+    });
+    let run = ticks_until_stopped::start(&worker.client(), ())
+        .await
+        .unwrap();
+    wait("a few steps", async {
+        while TICKS.load(Ordering::SeqCst) < 5 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(store.eager() >= 3, "the steps are leased by their commits");
+    run.raise("stop", &1).await.unwrap();
+    assert_eq!(wait("the run", run.wait()).await.unwrap(), 0);
+    assert_eq!(
+        store.given_back(),
+        0,
+        "no hold ran out: the clock stood still"
+    );
+    worker.shutdown().await;
+}

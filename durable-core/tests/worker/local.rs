@@ -50,7 +50,7 @@ pub(crate) struct Counting {
     own_lease_ms: AtomicU64,
     /// Says it keeps instance leases for eager tasks when set and the inner store does.
     keeps: std::sync::atomic::AtomicBool,
-    /// Instance leases given back without an episode (`abandon_episode` calls).
+    /// Kept instance leases given back (`release_kept_lease` calls).
     given_back: AtomicUsize,
 }
 
@@ -80,7 +80,7 @@ impl Counting {
         self.keeps.store(false, Ordering::SeqCst);
     }
 
-    /// Instance leases given back without an episode.
+    /// Kept instance leases given back without an episode.
     pub(crate) fn given_back(&self) -> usize {
         self.given_back.load(Ordering::SeqCst)
     }
@@ -256,8 +256,11 @@ impl Store for Counting {
         retry_at: Timestamp,
         error: Option<String>,
     ) -> Result<(), StoreError> {
-        self.given_back.fetch_add(1, Ordering::SeqCst);
         self.inner.abandon_episode(id, lock, retry_at, error).await
+    }
+    async fn release_kept_lease(&self, id: &InstanceId, lock: LockToken) -> Result<(), StoreError> {
+        self.given_back.fetch_add(1, Ordering::SeqCst);
+        self.inner.release_kept_lease(id, lock).await
     }
     fn activity_lease(&self, requested: Duration) -> Duration {
         self.inner.activity_lease(requested)

@@ -467,6 +467,8 @@ struct Writes {
     /// The lease token of a task to lease to its committer ([`EagerAsk`]), and until when.
     task_tokens: Vec<Option<i64>>,
     task_leased_until: Vec<Option<i64>>,
+    /// Whether that task's instance is to stay leased with it ([`EagerAsk::keep_until`]).
+    task_keeps: Vec<bool>,
     /// The latest start of those leases: tasks due by then are queued earlier.
     leased_at: Option<i64>,
     record_ids: Vec<String>,
@@ -528,6 +530,8 @@ impl Writes {
             }
             self.task_tokens.push(ask.map(|a| a.token));
             self.task_leased_until.push(ask.map(|a| a.until));
+            self.task_keeps
+                .push(ask.is_some_and(|a| a.keep_until.is_some()));
             self.task_owners.push(t.instance_id.as_str().to_owned());
             self.task_visible_at.push(ts(c.now));
             self.tasks.push(serde_json::to_string(t)?);
@@ -636,6 +640,7 @@ impl Writes {
                                 &self.task_tokens,
                                 &self.task_leased_until,
                                 &self.leased_at,
+                                &self.task_keeps,
                             ],
                         )
                         .await?;

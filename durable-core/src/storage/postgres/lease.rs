@@ -9,7 +9,7 @@ use deadpool_postgres::Object;
 use tokio_postgres::types::ToSql;
 
 use super::PostgresStore;
-use super::util::{Error, R, decode, from_ts, get, lock, new_token, to_u64, ts};
+use super::util::{Error, R, decode, from_ts, get, lock, new_token, to_i64, to_u64, ts};
 use crate::ids::{InstanceId, Timestamp};
 use crate::storage::{
     ActivityTask, ActivityWorkItem, LockToken, Message, MessageId, OrchestrationWorkItem, WorkKind,
@@ -117,6 +117,23 @@ impl PostgresStore {
             .lease_rows(&self.inner.sql.fetch_instances, &params, 0)
             .await?;
         work_items(&rows)
+    }
+
+    /// Ends the lease `lock` holds on `id` (kept by an eager commit) on a lease connection,
+    /// committed asynchronously as leases are taken; wakes the dispatchers when the
+    /// instance has messages.
+    pub(super) async fn release_kept(&self, id: &InstanceId, lock: LockToken) -> R<()> {
+        let conn = self.lease_conn().await?;
+        let st = conn.prepare_cached(&self.inner.sql.release_kept).await?;
+        let key = id.as_str();
+        let token = to_i64(lock.0);
+        let rows = self
+            .leasing(&conn, async { Ok(conn.query(&st, &[&key, &token]).await?) })
+            .await?;
+        if rows.iter().any(|r| r.try_get::<_, bool>(0).unwrap_or(true)) {
+            self.signal(super::notify::Wake::ORCHESTRATION);
+        }
+        Ok(())
     }
 
     pub(super) async fn fetch_activities(

@@ -512,6 +512,16 @@ impl Store for PostgresStore {
         true
     }
 
+    async fn release_kept_lease(
+        &self,
+        instance_id: &InstanceId,
+        lock: LockToken,
+    ) -> Result<(), StoreError> {
+        self.release_kept(instance_id, lock)
+            .await
+            .map_err(|e| self.err("giving back a kept lease", e))
+    }
+
     async fn create_started(
         &self,
         new: NewInstance,

@@ -6,6 +6,7 @@ use crate::history::RuntimeStatus;
 pub(super) struct Sql {
     pub(super) fetch_orchestrations: String,
     pub(super) fetch_instances: String,
+    pub(super) release_kept: String,
     pub(super) complete_handed_off: String,
     pub(super) fetch_activities: String,
     pub(super) lock_rows: String,
@@ -90,6 +91,12 @@ impl Sql {
                 {}",
                 work_item.replace("$1", "$2")
             )),
+            // Ends the lease $2 holds on $1 (kept by an eager commit), changing nothing else;
+            // answers whether the instance has messages.
+            release_kept: s(
+                "UPDATE {s}.instances SET lock_token = NULL, locked_until = NULL
+                WHERE id = $1 AND lock_token = $2 RETURNING ready_at IS NOT NULL",
+            ),
             // Lease up to $3 due tasks: while leased, a task is due again at its expiry (no
             // later than its heartbeat timeout after $1).
             fetch_activities: s("WITH cand AS (
@@ -200,13 +207,14 @@ impl Sql {
             // Tasks with a token in $5 are inserted leased to their committer until $6 —
             // unless a task queued earlier is due at $7 (a row visible by then, leased by
             // nobody or no longer, or a task another episode of this batch queued before
-            // it): an eager task must not overtake it. Answers the (id, token) of those
-            // leased.
+            // it): an eager task must not overtake it; nor when its instance is to stay
+            // leased ($8) and has messages due at $7, which the kept lease would hold back.
+            // Answers the (id, token) of those leased.
             enqueue_activities: s("WITH t AS (
                     SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[],
-                                         $5::bigint[], $6::bigint[])
+                                         $5::bigint[], $6::bigint[], $8::bool[])
                         WITH ORDINALITY AS t(instance_id, visible_at, task, heartbeat_timeout,
-                                             lock_token, leased_until, ord)),
+                                             lock_token, leased_until, keep, ord)),
                 ins AS (
                     INSERT INTO {s}.activities
                         (id, instance_id, visible_at, task, heartbeat_timeout, lock_token)
@@ -219,7 +227,10 @@ impl Sql {
                                         WHERE q.ord < t.ord AND q.lock_token IS NULL
                                           AND q.instance_id <> t.instance_id)
                         AND NOT EXISTS (SELECT 1 FROM {s}.activities a
-                                        WHERE a.visible_at <= $7::bigint)) AS e(leased)
+                                        WHERE a.visible_at <= $7::bigint)
+                        AND NOT (t.keep AND EXISTS (SELECT 1 FROM {s}.inbox m
+                                        WHERE m.instance_id = t.instance_id
+                                          AND m.visible_at <= $7::bigint))) AS e(leased)
                     ORDER BY t.ord
                     RETURNING id, lock_token)
                 SELECT id, lock_token FROM ins WHERE lock_token IS NOT NULL"),
