@@ -3257,6 +3257,13 @@ pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store
             ["meanwhile"],
             "a store that keeps no lease releases the instance"
         );
+        // `release_kept_lease` (its default) gives a lease back all the same.
+        store
+            .release_kept_lease(&id("k"), next.lock)
+            .await
+            .expect("release_kept_lease");
+        let again = fetch_one(&store, "k", at(3)).await;
+        assert_eq!(labels(&again.messages), ["meanwhile"], "given back");
         return;
     }
     let a = a.expect("nothing is due: the task is leased");
@@ -3371,6 +3378,7 @@ pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store
     let item = fetch_one(&store, "k", at(8)).await;
     let mut c = commit_for(&item, RuntimeStatus::Running, at(8));
     c.activities = vec![task("k", 4, "E", "5")];
+    c.custom_status = Some("\"eight\"".into());
     c.keep_lease = Some(keep);
     let e = store
         .commit_episode_eager(c, 0, at(8), lease)
@@ -3394,8 +3402,9 @@ pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store
         "given back: the event is due at once"
     );
     assert_eq!(
-        taken.instance.custom_status, None,
-        "the record is as the last commit left it"
+        taken.instance.custom_status.as_deref(),
+        Some("\"eight\""),
+        "the record is as the commit that kept the lease left it"
     );
     store
         .release_kept_lease(&id("k"), item.lock)

@@ -1087,9 +1087,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// support it (the default, which just commits; see
     /// [`supports_eager_dispatch`](Store::supports_eager_dispatch)), or tasks queued
     /// earlier are due at `now` (an eager task must not jump that queue), or the commit
-    /// asks to keep the instance's lease ([`EpisodeCommit::keep_lease`]) while the
-    /// instance has messages due at `now`, or `task` is out of range, or the store commits
-    /// this episode another way (`PostgresStore`: one that creates sub-orchestrations).
+    /// asks to keep the instance's lease ([`EpisodeCommit::keep_lease`]) of a store that
+    /// keeps leases while the instance has messages due at `now` (`PostgresStore` counts
+    /// those due at the latest `now` of the commits it writes together, the messages they
+    /// send included), or `task` is out of range, or the store commits this episode
+    /// another way (`PostgresStore`: one that creates sub-orchestrations).
     ///
     /// ```
     /// # use durable_core::storage::{EpisodeCommit, MemoryStore, NewInstance, Store};

@@ -241,7 +241,9 @@ pub(crate) async fn run_eager(inner: &Inner, eager: Eager) -> Option<crate::ids:
             ready
         }
     };
-    if ready.is_none() && !inner.handoffs().is_waiting(&instance) {
+    if ready.is_none() {
+        // Not queued by this result (written to the store, or results queued by others
+        // before it): whoever runs the next episode leases the instance afresh.
         super::kept::release(inner, &instance, ticket).await;
     }
     ready

@@ -309,6 +309,12 @@ pub(crate) async fn run_ready_here(inner: &Arc<Inner>, mut id: InstanceId) {
             return;
         }
         let Ok(permit) = Arc::clone(&inner.orch_slots).try_acquire_owned() else {
+            // Every slot is taken: a kept lease would hold the instance's messages back
+            // until one frees, so it is given back, and the dispatcher leases the instance
+            // when it has a slot.
+            if !in_process {
+                super::kept::release_any(inner, &id).await;
+            }
             inner.handoff_ready.notify_one();
             return;
         };

@@ -190,11 +190,6 @@ impl Handoffs {
         Some(result)
     }
 
-    /// `true` if results wait for `id` or an episode of it runs here (or is being started).
-    pub(crate) fn is_waiting(&self, id: &InstanceId) -> bool {
-        self.pending.contains_key(id) || self.running.contains_key(id)
-    }
-
     /// Takes the results waiting for `id`.
     pub(crate) fn take(&mut self, id: &InstanceId) -> Vec<HandedOff> {
         self.pending.remove(id).unwrap_or_default()

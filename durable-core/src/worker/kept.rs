@@ -11,8 +11,10 @@
 //!   during a chain of quick steps waits for one step at most;
 //! - it is given back ([`Store::release_kept_lease`], not a durable write) once the task
 //!   has run for a tenth of a second without a result ([`hold_until`]), when the result is
-//!   not handed to an episode here (written to the store instead, or the worker
-//!   stopping), or when it waited half a lease for a slot ([`take`]);
+//!   not handed to an episode on the task that ran it (written to the store instead,
+//!   queued behind other results, or the worker stopping), and when no episode slot is
+//!   free for it ([`release_any`]); one found kept for half a lease is given back rather
+//!   than run ([`take`]);
 //! - it is not asked for a transactional activity, whose result is written to the store.
 //!
 //! A worker that crashes leaves it to run out, as it leaves the lease of an episode it was
@@ -144,6 +146,14 @@ pub(crate) async fn release(inner: &Inner, id: &InstanceId, ticket: u64) {
     };
     if let Some(k) = taken {
         tracing::debug!(instance = %id, "kept lease given back");
+        give_back(inner, &k.item).await;
+    }
+}
+
+/// Gives back the lease kept on `id`, whichever commit kept it.
+pub(crate) async fn release_any(inner: &Inner, id: &InstanceId) {
+    let taken = inner.kept().items.remove(id);
+    if let Some(k) = taken {
         give_back(inner, &k.item).await;
     }
 }

@@ -594,8 +594,9 @@ impl Writes {
         let b = &self.batch;
         // Pipelined, one round trip: a statement is sent on its future's first poll and
         // `try_join!` polls first in this order, so the server runs them in this order
-        // (the records after the inbox changes, whose first time they record).
-        let (_, _, _, _, leased, _, still_ready, _, _, ()) = tokio::try_join!(
+        // (the tasks after the inbox changes, whose messages decide whether an instance
+        // may stay leased; the records after both).
+        let (_, _, _, _, _, leased, still_ready, _, _, ()) = tokio::try_join!(
             async {
                 if self.handed_ids.is_empty() {
                     Ok(0)
@@ -628,6 +629,14 @@ impl Writes {
                 }
             },
             async {
+                if b.ids.is_empty() {
+                    Ok(0)
+                } else {
+                    tx.execute(&enqueue, &[&b.ids, &b.visible_at, &b.messages])
+                        .await
+                }
+            },
+            async {
                 if activities {
                     let rows = tx
                         .query(
@@ -649,14 +658,6 @@ impl Writes {
                         .collect::<Result<Vec<(i64, i64)>, tokio_postgres::Error>>()
                 } else {
                     Ok(Vec::new())
-                }
-            },
-            async {
-                if b.ids.is_empty() {
-                    Ok(0)
-                } else {
-                    tx.execute(&enqueue, &[&b.ids, &b.visible_at, &b.messages])
-                        .await
                 }
             },
             async {

@@ -120,18 +120,35 @@ impl PostgresStore {
     }
 
     /// Ends the lease `lock` holds on `id` (kept by an eager commit) on a lease connection,
-    /// committed asynchronously as leases are taken; wakes the dispatchers when the
-    /// instance has messages.
-    pub(super) async fn release_kept(&self, id: &InstanceId, lock: LockToken) -> R<()> {
-        let conn = self.lease_conn().await?;
-        let st = conn.prepare_cached(&self.inner.sql.release_kept).await?;
+    /// committed asynchronously as leases are taken — or, with
+    /// [`PostgresOptions::notify_in_transaction`], in a transaction with its `NOTIFY` —
+    /// and wakes the dispatchers when the instance has messages.
+    ///
+    /// [`PostgresOptions::notify_in_transaction`]: super::PostgresOptions::notify_in_transaction
+    pub(super) async fn release_kept(
+        &self,
+        id: &InstanceId,
+        lock: LockToken,
+    ) -> Result<(), crate::error::StoreError> {
+        let sql = &self.inner.sql.release_kept;
         let key = id.as_str();
         let token = to_i64(lock.0);
-        let rows = self
-            .leasing(&conn, async { Ok(conn.query(&st, &[&key, &token]).await?) })
-            .await?;
+        let wake = super::notify::Wake::ORCHESTRATION;
+        let what = "giving back a kept lease";
+        let rows = if self.inner.options.notify_in_transaction {
+            self.write_one(what, sql, &[&key, &token], wake).await?
+        } else {
+            async {
+                let conn = self.lease_conn().await?;
+                let st = conn.prepare_cached(sql).await?;
+                self.leasing(&conn, async { Ok(conn.query(&st, &[&key, &token]).await?) })
+                    .await
+            }
+            .await
+            .map_err(|e| self.err(what, e))?
+        };
         if rows.iter().any(|r| r.try_get::<_, bool>(0).unwrap_or(true)) {
-            self.signal(super::notify::Wake::ORCHESTRATION);
+            self.signal(wake);
         }
         Ok(())
     }

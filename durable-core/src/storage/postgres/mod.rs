@@ -517,9 +517,7 @@ impl Store for PostgresStore {
         instance_id: &InstanceId,
         lock: LockToken,
     ) -> Result<(), StoreError> {
-        self.release_kept(instance_id, lock)
-            .await
-            .map_err(|e| self.err("giving back a kept lease", e))
+        self.release_kept(instance_id, lock).await
     }
 
     async fn create_started(

@@ -209,6 +209,66 @@ async fn a_batch_leases_eager_tasks_in_order() {
     store.drop_task_hub().await.expect("drop the hub");
 }
 
+/// An episode that asks to keep its instance leased gets no task (and keeps no lease) when
+/// another episode of the same batch sends its instance a message that is due: the kept
+/// lease would hold that message back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_from_the_same_batch_keeps_no_lease() {
+    let Some(url) = test_url() else { return };
+    let (store, items) = hub_with(&url, &["x", "y"]).await;
+    let lease = Duration::from_secs(60);
+    let y = items[1].instance.instance_id.clone();
+    let mut answers = Vec::new();
+    let mut batch = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let mut c = first_commit(item);
+        let id = item.instance.instance_id.clone();
+        let eager = if i == 0 {
+            let go = Event::EventRaised {
+                name: "go".to_owned(),
+                input: "null".to_owned(),
+            };
+            c.messages.push((y.clone(), Message::new(go, None, T0)));
+            None
+        } else {
+            c.activities
+                .push(ActivityTask::new(id, 1, 0, "task", "null".into()));
+            Some(EagerAsk {
+                task: 0,
+                token: new_token(),
+                now: ts(T0),
+                until: ts(T0 + lease),
+                keep_until: Some(ts(T0 + lease)),
+            })
+        };
+        let (reply, answer) = oneshot::channel();
+        answers.push(answer);
+        batch.push(PendingCommit {
+            commit: c,
+            eager,
+            reply,
+        });
+    }
+    store.run_batch(batch).await;
+    for answer in answers {
+        assert!(
+            answer
+                .await
+                .expect("answered")
+                .expect("committed")
+                .is_none(),
+            "no task leased"
+        );
+    }
+    let next = store
+        .fetch_instances_work(std::slice::from_ref(&y), T0, lease)
+        .await
+        .expect("fetch y");
+    assert_eq!(next.len(), 1, "y was released");
+    assert_eq!(next[0].messages.len(), 1, "with x's message");
+    store.drop_task_hub().await.expect("drop the hub");
+}
+
 #[test]
 fn hub_names() {
     for ok in ["durable", "Orders_2", "_x", &"h".repeat(MAX_HUB_LEN)] {
