@@ -309,12 +309,11 @@ pub(crate) async fn run_ready_here(inner: &Arc<Inner>, mut id: InstanceId) {
             return;
         }
         let Ok(permit) = Arc::clone(&inner.orch_slots).try_acquire_owned() else {
-            // Every slot is taken: a kept lease would hold the instance's messages back
-            // until one frees, so it is given back, and the dispatcher leases the instance
-            // when it has a slot.
-            if !in_process {
-                super::kept::release_any(inner, &id).await;
-            }
+            // Every slot is taken: the dispatcher runs the episode when one frees, under
+            // the kept lease if there is one (giving it back instead if it waited half a
+            // lease: `kept::take`). Giving it back now would cost a write per step when
+            // the worker is saturated, while the result waits for this worker's slot
+            // all the same.
             inner.handoff_ready.notify_one();
             return;
         };
@@ -980,12 +979,15 @@ async fn write(
             return Ok(true);
         };
         // Not for a transactional activity: its result is written to the store, not
-        // handed to an episode here.
+        // handed to an episode here. Nor while results wait for the dispatcher: a
+        // saturated worker's results wait for slots, and a kept lease would hold the
+        // instance's messages back as long.
         let keep = inner.store.keeps_lease_for_eager()
             && inner
                 .registry
                 .activity(&commit.activities[task].name)
-                .is_some();
+                .is_some()
+            && inner.handoffs().none_waiting();
         let after = keep.then(|| {
             commit.keep_lease = Some(inner.options.orchestration_lock);
             super::kept::item_after(before.0, before.1, &commit)

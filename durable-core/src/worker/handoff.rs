@@ -77,6 +77,11 @@ impl Handoffs {
         true
     }
 
+    /// `true` if no instance waits for the dispatcher to run its episode.
+    pub(crate) fn none_waiting(&self) -> bool {
+        self.queued.is_empty()
+    }
+
     /// Up to `max` instances with results to deliver and no running episode.
     pub(crate) fn next_ready(&mut self, max: usize) -> Vec<InstanceId> {
         let mut out = Vec::new();
