@@ -544,6 +544,18 @@ impl Data {
         (queued, leased)
     }
 
+    /// Ends the lease on `key`, which the caller checked is held; the instance, whose
+    /// ready set entry the caller refreshes.
+    fn end_lease(&mut self, key: &str) -> &mut Inst {
+        let inst = self
+            .instances
+            .get_mut(key)
+            .expect("lock check proved the instance exists");
+        let (_, until) = inst.lock.take().expect("lock checked above");
+        self.orch_leases.remove(&(until, key.to_owned()));
+        inst
+    }
+
     fn check_lock(&self, id: &InstanceId, lock: LockToken) -> Result<(), StoreError> {
         match self.instances.get(id.as_str()) {
             Some(inst) if inst.lock.is_some_and(|(t, _)| t == lock.0) => Ok(()),
@@ -749,14 +761,8 @@ impl Store for MemoryStore {
             if d.check_lock(instance_id, lock).is_err() {
                 return Ok(());
             }
-            let key = instance_id.as_str().to_owned();
-            let inst = d
-                .instances
-                .get_mut(&key)
-                .expect("lock check proved the instance exists");
-            let (_, until) = inst.lock.take().expect("lock checked above");
-            d.orch_leases.remove(&(until, key.clone()));
-            d.refresh_ready(&key);
+            d.end_lease(instance_id.as_str());
+            d.refresh_ready(instance_id.as_str());
         }
         self.inner.signals.orchestration_work();
         Ok(())
@@ -772,17 +778,12 @@ impl Store for MemoryStore {
         {
             let mut d = self.data();
             d.check_lock(instance_id, lock)?;
-            let key = instance_id.as_str().to_owned();
-            let inst = d
-                .instances
-                .get_mut(&key)
-                .expect("lock check proved the instance exists");
-            let (_, until) = inst.lock.take().expect("lock checked above");
+            let key = instance_id.as_str();
+            let inst = d.end_lease(key);
             inst.record.last_error = error;
             // Hold the instance, not its messages: they keep their times and their order.
             inst.not_before = Some(retry_at);
-            d.orch_leases.remove(&(until, key.clone()));
-            d.refresh_ready(&key);
+            d.refresh_ready(key);
         }
         self.inner.signals.orchestration_work();
         Ok(())
