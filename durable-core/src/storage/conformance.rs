@@ -3052,6 +3052,32 @@ pub async fn create_leased_leases_the_new_instance(store: Arc<dyn Store>) {
 }
 
 /// The names of fetched activity tasks, in the order fetched.
+/// [`Store::commit_episode_eager`], which must succeed: the task it leased, if any.
+async fn eager(
+    store: &Arc<dyn Store>,
+    c: EpisodeCommit,
+    task: usize,
+    now: Timestamp,
+    lease: Duration,
+) -> Option<super::ActivityWorkItem> {
+    store
+        .commit_episode_eager(c, task, now, lease)
+        .await
+        .expect("commit_episode_eager")
+}
+
+/// Activity `seq`'s result `result`, at `at`, for execution 1.
+fn task_done(seq: u64, result: &str, at: Timestamp) -> Message {
+    Message::new(
+        Event::TaskCompleted {
+            seq,
+            result: result.into(),
+        },
+        Some(1),
+        at,
+    )
+}
+
 fn task_names(work: &[super::ActivityWorkItem]) -> Vec<&str> {
     work.iter().map(|w| w.task.name.as_str()).collect()
 }
@@ -3072,10 +3098,7 @@ pub async fn commit_episode_eager_leases_one_new_task(store: Arc<dyn Store>) {
     c.activities = vec![task("e", 0, "A", "1"), task("e", 1, "B", "2")];
     // The episode began at 1 ms; its commit is written at 1 s.
     let written = at(1_000);
-    let leased = store
-        .commit_episode_eager(c, 1, written, lease)
-        .await
-        .expect("commit_episode_eager");
+    let leased = eager(&store, c, 1, written, lease).await;
     if !store.supports_eager_dispatch() {
         assert!(
             leased.is_none(),
@@ -3115,14 +3138,7 @@ pub async fn commit_episode_eager_leases_one_new_task(store: Arc<dyn Store>) {
             .is_ok(),
         "the committer holds the lease"
     );
-    let done = Message::new(
-        Event::TaskCompleted {
-            seq: 1,
-            result: "\"b\"".into(),
-        },
-        Some(1),
-        at(3),
-    );
+    let done = task_done(1, "\"b\"", at(3));
     store
         .complete_activity(b.id, b.lock, done)
         .await
@@ -3133,10 +3149,8 @@ pub async fn commit_episode_eager_leases_one_new_task(store: Arc<dyn Store>) {
     // `A` is leased (to whoever fetched it), not due: the next task may be leased eagerly.
     let mut c = commit_for(&next, RuntimeStatus::Running, at(4));
     c.activities = vec![task("e", 2, "C", "3")];
-    let c_task = store
-        .commit_episode_eager(c, 0, at(4), lease)
+    let c_task = eager(&store, c, 0, at(4), lease)
         .await
-        .expect("commit_episode_eager")
         .expect("nothing due is queued: leased");
     assert_eq!(c_task.task.name, "C");
     // `A` given back is due: a task scheduled now must not overtake it.
@@ -3152,11 +3166,7 @@ pub async fn commit_episode_eager_leases_one_new_task(store: Arc<dyn Store>) {
     let mut c = commit_for(&item, RuntimeStatus::Running, at(6));
     c.activities = vec![task("e", 3, "D", "4")];
     assert!(
-        store
-            .commit_episode_eager(c, 0, at(6), lease)
-            .await
-            .expect("commit_episode_eager")
-            .is_none(),
+        eager(&store, c, 0, at(6), lease).await.is_none(),
         "an earlier task is due: nothing leased"
     );
     let queued = store
@@ -3187,11 +3197,7 @@ pub async fn commit_episode_eager_leases_one_new_task(store: Arc<dyn Store>) {
     let mut c = commit_for(&taken, RuntimeStatus::Running, expired);
     c.activities = vec![task("e", 5, "F", "6")];
     assert!(
-        store
-            .commit_episode_eager(c, 0, expired, lease)
-            .await
-            .expect("commit_episode_eager")
-            .is_none(),
+        eager(&store, c, 0, expired, lease).await.is_none(),
         "tasks whose leases ran out are due: nothing leased"
     );
     // C (never completed) comes back; E never existed.
@@ -3225,16 +3231,6 @@ pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store
     let lease = Duration::from_secs(60);
     let keep_ms = 30_000;
     let keep = Duration::from_millis(keep_ms);
-    let result = |seq: u64, at: Timestamp| {
-        Message::new(
-            Event::TaskCompleted {
-                seq,
-                result: "null".into(),
-            },
-            Some(1),
-            at,
-        )
-    };
     create(&store, new_instance("k", "Keep", "null", T0)).await;
     let item = fetch_one(&store, "k", T0).await;
     let mut c = commit_for(&item, RuntimeStatus::Running, at(1));
@@ -3242,10 +3238,7 @@ pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store
     c.activities = vec![task("k", 0, "A", "1")];
     c.custom_status = Some("\"one\"".into());
     c.keep_lease = Some(keep);
-    let a = store
-        .commit_episode_eager(c, 0, at(2), lease)
-        .await
-        .expect("commit_episode_eager");
+    let a = eager(&store, c, 0, at(2), lease).await;
     store
         .send_message(&id("k"), raised("meanwhile", at(3)))
         .await
@@ -3283,13 +3276,8 @@ pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store
             .is_empty(),
         "nor is it leased by name while the kept lease holds"
     );
-    let record = store
-        .read_instance(&id("k"))
-        .await
-        .expect("read_instance")
-        .expect("the instance exists");
     assert_eq!(
-        record.custom_status.as_deref(),
+        record(&store, "k").await.custom_status.as_deref(),
         Some("\"one\""),
         "the commit that kept the lease is stored all the same"
     );
@@ -3309,11 +3297,7 @@ pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store
     c.activities = vec![task("k", 1, "B", "2")];
     c.keep_lease = Some(keep);
     assert!(
-        store
-            .commit_episode_eager(c, 0, at(4), lease)
-            .await
-            .expect("commit_episode_eager")
-            .is_none(),
+        eager(&store, c, 0, at(4), lease).await.is_none(),
         "an event is due: no task leased, no lease kept"
     );
     let next = fetch_one(&store, "k", at(4)).await;
@@ -3333,7 +3317,7 @@ pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store
         "A was completed by the second commit; B was queued"
     );
     store
-        .complete_activity(queued[0].id, queued[0].lock, result(1, at(5)))
+        .complete_activity(queued[0].id, queued[0].lock, task_done(1, "null", at(5)))
         .await
         .expect("complete_activity");
 
@@ -3344,11 +3328,7 @@ pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store
     c.custom_status = Some("\"three\"".into());
     c.keep_lease = Some(keep);
     assert!(
-        store
-            .commit_episode_eager(c, 0, at(6), lease)
-            .await
-            .expect("commit_episode_eager")
-            .is_none(),
+        eager(&store, c, 0, at(6), lease).await.is_none(),
         "B's result is due: C is queued, the instance released"
     );
     let item = fetch_one(&store, "k", at(7)).await;
@@ -3357,11 +3337,7 @@ pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store
     c.activities = vec![task("k", 3, "D", "4")];
     c.keep_lease = Some(keep);
     assert!(
-        store
-            .commit_episode_eager(c, 0, at(7), lease)
-            .await
-            .expect("commit_episode_eager")
-            .is_none(),
+        eager(&store, c, 0, at(7), lease).await.is_none(),
         "C is due (queued earlier): D is queued too"
     );
     let queued = store
@@ -3371,7 +3347,7 @@ pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store
     assert_eq!(task_names(&queued), ["C", "D"]);
     for t in &queued {
         store
-            .complete_activity(t.id, t.lock, result(t.task.seq, at(8)))
+            .complete_activity(t.id, t.lock, task_done(t.task.seq, "null", at(8)))
             .await
             .expect("complete_activity");
     }
@@ -3380,10 +3356,8 @@ pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store
     c.activities = vec![task("k", 4, "E", "5")];
     c.custom_status = Some("\"eight\"".into());
     c.keep_lease = Some(keep);
-    let e = store
-        .commit_episode_eager(c, 0, at(8), lease)
+    let e = eager(&store, c, 0, at(8), lease)
         .await
-        .expect("commit_episode_eager")
         .expect("nothing is due: E is leased");
     assert_eq!(e.task.name, "E");
     store
@@ -3416,20 +3390,18 @@ pub async fn commit_episode_eager_keeps_the_instance_leased(store: Arc<dyn Store
     // A kept lease runs out like any other: the instance is taken, and the committer's
     // commit under it is refused.
     store
-        .complete_activity(e.id, e.lock, result(4, at(10)))
+        .complete_activity(e.id, e.lock, task_done(4, "null", at(10)))
         .await
         .expect("complete_activity");
     let item = fetch_one(&store, "k", at(10)).await;
     let mut c = commit_for(&item, RuntimeStatus::Running, at(11));
     c.activities = vec![task("k", 5, "F", "6")];
     c.keep_lease = Some(keep);
-    let f = store
-        .commit_episode_eager(c, 0, at(11), lease)
+    let f = eager(&store, c, 0, at(11), lease)
         .await
-        .expect("commit_episode_eager")
         .expect("nothing is due: F is leased");
     store
-        .complete_activity(f.id, f.lock, result(5, at(12)))
+        .complete_activity(f.id, f.lock, task_done(5, "null", at(12)))
         .await
         .expect("complete_activity");
     assert!(

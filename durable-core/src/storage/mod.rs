@@ -85,13 +85,19 @@ impl InstanceRecord {
         self.last_updated_at = c.now;
         self.last_error.clone_from(&c.last_error);
         if let Some(next) = &c.next_execution {
-            self.execution += 1;
-            self.input.clone_from(&next.input);
-            self.version.clone_from(&next.version);
-            self.status = RuntimeStatus::ContinuedAsNew;
-            self.output = None;
-            self.failure = None;
+            self.continue_as(next);
         }
+    }
+
+    /// The record as a continue-as-new leaves it: the next execution's number, input and
+    /// version, and no outcome yet.
+    pub(crate) fn continue_as(&mut self, next: &NextExecution) {
+        self.execution += 1;
+        self.input.clone_from(&next.input);
+        self.version.clone_from(&next.version);
+        self.status = RuntimeStatus::ContinuedAsNew;
+        self.output = None;
+        self.failure = None;
     }
 
     /// `true` if this instance is the sub-orchestration `parent` names (and not an instance

@@ -1838,12 +1838,7 @@ impl<'t> Tables<'t> {
                     false
                 })?;
             history_len_now = 0;
-            record.execution += 1;
-            record.input.clone_from(&next.input);
-            record.version.clone_from(&next.version);
-            record.status = RuntimeStatus::ContinuedAsNew;
-            record.output = None;
-            record.failure = None;
+            record.continue_as(next);
         } else {
             let start = match known_len {
                 Some(len) => len,

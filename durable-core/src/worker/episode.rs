@@ -179,17 +179,14 @@ async fn start_handed_off(
     }
     // Those whose leases their commits kept run under them; the others are leased now.
     let mut items: Vec<(OrchestrationWorkItem, Timestamp)> = Vec::new();
+    let mut to_lease = Vec::new();
     for id in &ids {
-        if let Some(kept) = super::kept::take(inner, id).await {
-            items.push(kept);
+        match super::kept::take(inner, id).await {
+            Some(kept) => items.push(kept),
+            None => to_lease.push(id.clone()),
         }
     }
     let now = inner.clock.now();
-    let to_lease: Vec<InstanceId> = ids
-        .iter()
-        .filter(|id| !items.iter().any(|(i, _)| i.instance.instance_id == **id))
-        .cloned()
-        .collect();
     if !to_lease.is_empty() {
         match inner
             .store
