@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -67,6 +67,10 @@ const ID_BLOCK: u64 = 1 << 20;
 const MAX_BATCH: usize = 1024;
 /// With [`RedbDurability::Relaxed`], every this many batches one is committed durably.
 const RELAXED_SYNC_EVERY: u32 = 256;
+/// Callers commit on their own threads (see [`RedbStore::commit_here`]) only while a batch
+/// takes less than this on average: on a slow disk, or under a load whose batches grow, the
+/// writer thread commits and tokio's worker threads are not held up.
+const COMMIT_HERE_BUDGET: Duration = Duration::from_millis(1);
 
 /// How durable each commit of a [`RedbStore`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -438,7 +442,12 @@ fn open_error(what: &str, e: OpenError) -> StoreError {
 /// Every operation that writes is applied inside one redb write transaction by a dedicated
 /// writer thread. The writer takes every operation that is waiting (up to a bound) and
 /// applies them in **one** transaction with one fsync (group commit); each caller is
-/// answered once that transaction is durable. An operation that fails its own checks
+/// answered once that transaction is durable. A write that is the only one under way —
+/// each step of a sequential chain — is committed by its caller instead, on tokio's
+/// multi-thread runtime, as the writer would (one transaction of its own), without the two
+/// thread wake-ups to the writer and back; not while a batch takes 1 ms or more on average
+/// (a slow disk then stalls the writer thread, not tokio's workers), nor for transactional
+/// activities' and [`write_app`](Self::write_app)'s application code. An operation that fails its own checks
 /// (a lost lease, an id taken) changes nothing and fails alone; a storage error fails the
 /// whole batch. Longer reads (histories, queries, scans), which are blocking redb calls,
 /// run on tokio's blocking pool (`spawn_blocking`); short ones (a lease fetch, one
@@ -636,6 +645,13 @@ impl RedbStore {
             signals: StoreSignals::default(),
             durability,
             commits: AtomicU64::new(0),
+            committing: Mutex::new(()),
+            queued: AtomicUsize::new(0),
+            writing: AtomicUsize::new(0),
+            batches: AtomicU32::new(0),
+            commit_nanos: AtomicU64::new(0),
+            #[cfg(test)]
+            commits_here: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel();
         let writer_core = Arc::clone(&core);
@@ -654,15 +670,57 @@ impl RedbStore {
         })
     }
 
+    /// Commits `op`: on the calling thread when the writer is idle (see
+    /// [`commit_here`](Self::commit_here)), otherwise by the writer thread, batched with
+    /// whatever else is waiting.
     async fn write(&self, op: WriteOp) -> Result<Outcome, StoreError> {
+        let core = &self.inner.core;
+        core.writing.fetch_add(1, Ordering::SeqCst);
+        let _done = Writing(&core.writing);
         let (reply, rx) = oneshot::channel();
-        self.inner
-            .tx
-            .as_ref()
-            .ok_or_else(writer_gone)?
-            .send(Request { op, reply })
-            .map_err(|_| writer_gone())?;
+        let request = Request { op, reply };
+        if let Some(request) = self.commit_here(request) {
+            let tx = self.inner.tx.as_ref().ok_or_else(writer_gone)?;
+            core.queued.fetch_add(1, Ordering::SeqCst);
+            if tx.send(request).is_err() {
+                core.queued.fetch_sub(1, Ordering::SeqCst);
+                return Err(writer_gone());
+            }
+        }
         rx.await.map_err(|_| writer_gone())?
+    }
+
+    /// Commits `request` as a batch of one on the calling thread if it is the only write
+    /// under way (nothing queued for the writer, no batch being committed); gives it back
+    /// otherwise.
+    ///
+    /// With nothing to batch it with, the writer thread would commit it alone anyway;
+    /// committing here saves two thread wake-ups (to the writer and back) on each step of a
+    /// sequential chain. Only on tokio's multi-thread runtime (whose other workers keep
+    /// running tasks meanwhile), never for operations that run application code, and only
+    /// while batches are quick on average ([`COMMIT_HERE_BUDGET`]): a slow disk stalls the
+    /// writer thread, not tokio's workers. Concurrent writes go to the writer, whose group
+    /// commit serves them better than callers taking turns.
+    fn commit_here(&self, request: Request) -> Option<Request> {
+        let core = &self.inner.core;
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi_thread
+            || request.op.runs_app_code()
+            || core.writing.load(Ordering::SeqCst) != 1
+            || core.queued.load(Ordering::SeqCst) != 0
+            || !core.commits_here_allowed()
+        {
+            return Some(request);
+        }
+        let Ok(turn) = core.committing.try_lock() else {
+            return Some(request);
+        };
+        run_batch(core, vec![request], core.next_batch_durable());
+        drop(turn);
+        #[cfg(test)]
+        core.commits_here.fetch_add(1, Ordering::Relaxed);
+        None
     }
 
     /// Runs a short read (a lease fetch: one read transaction over a few keys, plus the
@@ -689,6 +747,15 @@ impl RedbStore {
                 e,
             )),
         }
+    }
+}
+
+/// Counts a write as under way until it is answered or dropped.
+struct Writing<'a>(&'a AtomicUsize);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -793,6 +860,58 @@ struct Core {
     durability: RedbDurability,
     /// Write transactions the writer committed (see [`RedbStore::commits`]).
     commits: AtomicU64,
+    /// Held while a batch is applied and made durable, by the writer thread or by a caller
+    /// committing on its own thread: one write transaction at a time, and the leases a
+    /// batch defers ([`Leases::finish_batch`]) are that batch's alone.
+    committing: Mutex<()>,
+    /// Requests sent to the writer thread and not yet taken by it. A caller commits on its
+    /// own thread only when this is zero, so a write never overtakes one sent before it.
+    queued: AtomicUsize,
+    /// Writes begun and not yet answered ([`RedbStore::write`]).
+    writing: AtomicUsize,
+    /// Batches begun, for [`RedbDurability::Relaxed`]'s periodic durable commit.
+    batches: AtomicU32,
+    /// A moving average of how long a batch takes to apply and commit, in nanoseconds
+    /// (weight 1/8 to the newest), against [`COMMIT_HERE_BUDGET`].
+    commit_nanos: AtomicU64,
+    /// Batches committed on callers' threads.
+    #[cfg(test)]
+    commits_here: AtomicU64,
+}
+
+impl Core {
+    /// Whether the next batch is committed durably.
+    fn next_batch_durable(&self) -> bool {
+        match self.durability {
+            RedbDurability::Immediate => true,
+            RedbDurability::Relaxed => {
+                let n = self.batches.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+                n.is_multiple_of(RELAXED_SYNC_EVERY)
+            }
+        }
+    }
+
+    /// Whether batches are quick enough to commit on callers' threads.
+    fn commits_here_allowed(&self) -> bool {
+        self.commit_nanos.load(Ordering::Relaxed) < nanos(COMMIT_HERE_BUDGET)
+    }
+
+    /// Folds how long a batch took into the moving average. Called with the `committing`
+    /// lock held, so updates do not race.
+    fn note_commit_time(&self, took: Duration) {
+        let average = self.commit_nanos.load(Ordering::Relaxed);
+        let took = nanos(took);
+        let next = if took >= average {
+            average + (took - average) / 8
+        } else {
+            average - (average - took) / 8
+        };
+        self.commit_nanos.store(next, Ordering::Relaxed);
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl fmt::Debug for Core {
@@ -2120,8 +2239,13 @@ struct Request {
 }
 
 fn writer_loop(core: &Core, rx: &mpsc::Receiver<Request>) {
-    let mut batches: u32 = 0;
     while let Ok(first) = rx.recv() {
+        // Taken before the batch is gathered, so what arrives while a caller commits on its
+        // own thread joins this batch.
+        let _turn = core
+            .committing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -2129,11 +2253,8 @@ fn writer_loop(core: &Core, rx: &mpsc::Receiver<Request>) {
                 Err(_) => break,
             }
         }
-        batches = batches.wrapping_add(1);
-        let durable = match core.durability {
-            RedbDurability::Immediate => true,
-            RedbDurability::Relaxed => batches.is_multiple_of(RELAXED_SYNC_EVERY),
-        };
+        core.queued.fetch_sub(batch.len(), Ordering::SeqCst);
+        let durable = core.next_batch_durable();
         // A run of application code starts a transaction of its own (see
         // `WriteOp::runs_app_code`); the operations after it join that transaction.
         let mut rest = batch.into_iter().peekable();
@@ -2229,7 +2350,7 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
         }
         return;
     }
-    timer.record("redb", items);
+    core.note_commit_time(timer.record("redb", items));
     // One round of signals for the whole batch, once it is durable, then the replies.
     let mut wake = Wake::default();
     answers.resize_with(items, || None);
@@ -3137,6 +3258,114 @@ impl Store for RedbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn job(name: &str) -> NewInstance {
+        let id = InstanceId::new(name).unwrap();
+        NewInstance::new(id, "Job", "null".into(), Timestamp::EPOCH)
+    }
+
+    /// With the writer idle and commits quick, a task on the multi-thread runtime commits on
+    /// its own thread, one transaction per write; while commits are slow on average, writes
+    /// go to the writer thread (and still commit), until quick ones bring the average back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sequential_writes_commit_on_the_callers_thread_while_commits_are_quick() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path().join("here.redb")).unwrap();
+        let core = Arc::clone(&store.inner.core);
+        let here = || core.commits_here.load(Ordering::Relaxed);
+        let commits = store.commits();
+        // Each write starts from a quick average (an unoptimized build commits slowly).
+        for i in 0..5 {
+            core.commit_nanos.store(0, Ordering::Relaxed);
+            store.create_instance(job(&format!("a-{i}"))).await.unwrap();
+        }
+        assert_eq!(store.commits() - commits, 5);
+        assert_eq!(here(), 5);
+
+        for _ in 0..4 {
+            core.note_commit_time(Duration::from_millis(100));
+        }
+        for i in 0..3 {
+            core.note_commit_time(Duration::from_millis(100));
+            store.create_instance(job(&format!("b-{i}"))).await.unwrap();
+        }
+        assert_eq!(
+            here(),
+            5,
+            "while commits are slow the writer thread commits"
+        );
+        assert_eq!(store.commits() - commits, 8);
+
+        // The average follows quick commits down: 1/8 of the way per batch.
+        let mut quick = 0;
+        while !core.commits_here_allowed() {
+            core.note_commit_time(Duration::ZERO);
+            quick += 1;
+        }
+        assert!((20..60).contains(&quick), "{quick} quick batches");
+        // The writer answers before it lets go of the last batch: wait until it has.
+        drop(core.committing.lock().unwrap());
+        store.create_instance(job("c")).await.unwrap();
+        assert_eq!(here(), 6, "callers commit again");
+        let page = store.query_instances(&InstanceQuery::new()).await.unwrap();
+        assert_eq!(page.instances.len(), 9);
+    }
+
+    /// A current-thread runtime keeps its one thread: every write goes to the writer.
+    #[tokio::test]
+    async fn a_current_thread_runtime_leaves_commits_to_the_writer() {
+        let store = RedbStore::in_memory().unwrap();
+        for i in 0..3 {
+            store.create_instance(job(&format!("c-{i}"))).await.unwrap();
+        }
+        assert_eq!(store.inner.core.commits_here.load(Ordering::Relaxed), 0);
+        assert_eq!(store.commits(), 3);
+    }
+
+    /// Writes that arrive while a batch is being committed queue for the writer thread, which
+    /// commits them together in one transaction once that batch is done; none of them
+    /// commits on its own thread ahead of the queue.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_arriving_during_a_commit_are_committed_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path().join("batch.redb")).unwrap();
+        let core = Arc::clone(&store.inner.core);
+        let before = store.commits();
+        // Another thread holds the turn, as the writer does while it commits a batch.
+        let (locked, is_locked) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let holder = {
+            let core = Arc::clone(&core);
+            std::thread::spawn(move || {
+                let _turn = core.committing.lock().unwrap();
+                locked.send(()).unwrap();
+                released.recv().unwrap();
+            })
+        };
+        is_locked.recv().unwrap();
+        let mut writes = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let store = store.clone();
+            writes.spawn(async move { store.create_instance(job(&format!("q-{i}"))).await });
+        }
+        while core.queued.load(Ordering::SeqCst) < 16 {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        while let Some(r) = writes.join_next().await {
+            r.unwrap().unwrap();
+        }
+        assert_eq!(
+            store.commits() - before,
+            1,
+            "one transaction for the queued writes"
+        );
+        assert_eq!(core.commits_here.load(Ordering::Relaxed), 0);
+        assert_eq!(core.queued.load(Ordering::SeqCst), 0);
+        let page = store.query_instances(&InstanceQuery::new()).await.unwrap();
+        assert_eq!(page.instances.len(), 16);
+    }
 
     fn write_meta(path: &Path, key: &str, value: u64) {
         let db = Database::create(path).unwrap();
