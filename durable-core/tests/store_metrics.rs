@@ -2,8 +2,9 @@
 //! recorder: commit latency and batch size at the stores' commits, the worker's queue gauges
 //! against a known store state, and replay-cache hits and misses.
 //!
-//! The recorder is process-global (the redb store records from its writer thread), so the
-//! tests of this file take turns ([`serial`]) and each reads only what it caused.
+//! The recorder is process-global (the redb store records from its writer thread and from
+//! callers' threads), so the tests of this file take turns ([`serial`]) and each reads only
+//! what it caused.
 #![cfg(feature = "metrics")]
 
 use std::collections::HashMap;

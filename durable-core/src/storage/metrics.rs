@@ -44,6 +44,12 @@ impl CommitTimer {
         }
     }
 
+    /// How long since the timer started.
+    #[cfg(feature = "redb")]
+    pub(crate) fn elapsed(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
     /// Records a commit of `store` that applied `items` operations (its group commit's
     /// batch size) and is durable now; returns how long it took.
     pub(crate) fn record(self, store: &'static str, items: usize) -> std::time::Duration {

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -71,6 +71,8 @@ const RELAXED_SYNC_EVERY: u32 = 256;
 /// takes less than this on average: on a slow disk, or under a load whose batches grow, the
 /// writer thread commits and tokio's worker threads are not held up.
 const COMMIT_HERE_BUDGET: Duration = Duration::from_millis(1);
+/// What a failed batch counts as in the average of [`COMMIT_HERE_BUDGET`], at least.
+const FAILED_COMMIT: Duration = Duration::from_secs(1);
 
 /// How durable each commit of a [`RedbStore`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -106,6 +108,7 @@ pub enum RedbDurability {
 pub struct RedbStoreBuilder {
     durability: RedbDurability,
     cache_size: Option<usize>,
+    writer_only: bool,
 }
 
 impl RedbStoreBuilder {
@@ -117,6 +120,27 @@ impl RedbStoreBuilder {
     /// How durable commits are; see [`RedbDurability`].
     pub fn durability(mut self, durability: RedbDurability) -> Self {
         self.durability = durability;
+        self
+    }
+
+    /// Whether every commit is made by the store's writer thread. By default a write that is
+    /// the only one under way is committed on its caller's thread instead (see [`RedbStore`]:
+    /// *Transactions, blocking and group commit*), which blocks that tokio worker thread for
+    /// the commit — an fsync, rarely more than a millisecond, but a disk's occasional stall
+    /// too. Set this for a runtime whose workers must never wait on the disk (a
+    /// latency-critical server sharing the runtime); sequential chains then take two thread
+    /// wake-ups more per step.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use durable_core::RedbStore;
+    ///
+    /// let store = RedbStore::builder().writer_only(true).in_memory().unwrap();
+    /// # drop(store);
+    /// ```
+    pub fn writer_only(mut self, writer_only: bool) -> Self {
+        self.writer_only = writer_only;
         self
     }
 
@@ -211,7 +235,7 @@ impl RedbStoreBuilder {
         }
         let builder = self.redb_builder();
         let db = guard_panic(&shown, || builder.open(path)).map_err(|e| open_error(&shown, e))?;
-        RedbStore::start(db, self.durability, &shown, Origin::Existing)
+        RedbStore::start(db, &self, &shown, Origin::Existing)
     }
 
     /// Creates a complete, empty store at `creating` and moves it to `path` (see
@@ -284,7 +308,7 @@ impl RedbStoreBuilder {
             builder.create_with_backend(redb::backends::InMemoryBackend::new())
         })
         .map_err(|e| open_error("in-memory store", e))?;
-        RedbStore::start(db, self.durability, "in-memory store", Origin::Created)
+        RedbStore::start(db, &self, "in-memory store", Origin::Created)
     }
 
     fn redb_builder(&self) -> redb::Builder {
@@ -443,11 +467,13 @@ fn open_error(what: &str, e: OpenError) -> StoreError {
 /// writer thread. The writer takes every operation that is waiting (up to a bound) and
 /// applies them in **one** transaction with one fsync (group commit); each caller is
 /// answered once that transaction is durable. A write that is the only one under way —
-/// each step of a sequential chain — is committed by its caller instead, on tokio's
-/// multi-thread runtime, as the writer would (one transaction of its own), without the two
-/// thread wake-ups to the writer and back; not while a batch takes 1 ms or more on average
-/// (a slow disk then stalls the writer thread, not tokio's workers), nor for transactional
-/// activities' and [`write_app`](Self::write_app)'s application code. An operation that fails its own checks
+/// each step of a sequential chain — is committed by its caller instead, on a tokio
+/// multi-thread runtime with two workers or more, as the writer would (one transaction of
+/// its own), without the two thread wake-ups to the writer and back. Not while a batch takes
+/// 1 ms or more on average (a disk that is slow throughout stalls the writer thread, not
+/// tokio's workers), nor for transactional activities' and
+/// [`write_app`](Self::write_app)'s application code, nor on a store built
+/// [`writer_only`](RedbStoreBuilder::writer_only). An operation that fails its own checks
 /// (a lost lease, an id taken) changes nothing and fails alone; a storage error fails the
 /// whole batch. Longer reads (histories, queries, scans), which are blocking redb calls,
 /// run on tokio's blocking pool (`spawn_blocking`); short ones (a lease fetch, one
@@ -628,7 +654,7 @@ impl RedbStore {
 
     fn start(
         db: Database,
-        durability: RedbDurability,
+        options: &RedbStoreBuilder,
         what: &str,
         origin: Origin,
     ) -> Result<Self, StoreError> {
@@ -643,8 +669,10 @@ impl RedbStore {
             db,
             leases: Mutex::new(leases),
             signals: StoreSignals::default(),
-            durability,
+            durability: options.durability,
             commits: AtomicU64::new(0),
+            writer_only: options.writer_only,
+            broken: AtomicBool::new(false),
             committing: Mutex::new(()),
             queued: AtomicUsize::new(0),
             writing: AtomicUsize::new(0),
@@ -696,16 +724,23 @@ impl RedbStore {
     ///
     /// With nothing to batch it with, the writer thread would commit it alone anyway;
     /// committing here saves two thread wake-ups (to the writer and back) on each step of a
-    /// sequential chain. Only on tokio's multi-thread runtime (whose other workers keep
-    /// running tasks meanwhile), never for operations that run application code, and only
-    /// while batches are quick on average ([`COMMIT_HERE_BUDGET`]): a slow disk stalls the
-    /// writer thread, not tokio's workers. Concurrent writes go to the writer, whose group
-    /// commit serves them better than callers taking turns.
+    /// sequential chain. Only on tokio's multi-thread runtime with two workers or more
+    /// (the others keep running tasks meanwhile), never for operations that run
+    /// application code, and only while batches are quick on average
+    /// ([`COMMIT_HERE_BUDGET`]): a disk that is slow throughout stalls the writer thread,
+    /// not tokio's workers (a stall of an otherwise quick disk still lands on the caller's
+    /// thread once). Concurrent writes go to the writer, whose group commit serves them
+    /// better than callers taking turns. A write future polled once and then neither
+    /// finished nor dropped counts as under way, and keeps commits off callers' threads.
     fn commit_here(&self, request: Request) -> Option<Request> {
         let core = &self.inner.core;
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if !multi_thread
+        let on_workers = tokio::runtime::Handle::try_current().is_ok_and(|h| {
+            h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                && h.metrics().num_workers() >= 2
+        });
+        if !on_workers
+            || core.writer_only
+            || core.broken.load(Ordering::SeqCst)
             || request.op.runs_app_code()
             || core.writing.load(Ordering::SeqCst) != 1
             || core.queued.load(Ordering::SeqCst) != 0
@@ -716,10 +751,22 @@ impl RedbStore {
         let Ok(turn) = core.committing.try_lock() else {
             return Some(request);
         };
-        run_batch(core, vec![request], core.next_batch_durable());
+        let mut answers = Vec::with_capacity(1);
+        let durable = core.next_batch_durable();
+        if catch_unwind(AssertUnwindSafe(|| {
+            run_batch(core, vec![request], durable, &mut answers);
+        }))
+        .is_err()
+        {
+            // The caller's reply went with the unwinding batch: it is answered that the
+            // writer has stopped, as is every write after it.
+            tracing::error!("internal error: a commit panicked; the store stops writing");
+            core.broken.store(true, Ordering::SeqCst);
+        }
         drop(turn);
         #[cfg(test)]
         core.commits_here.fetch_add(1, Ordering::Relaxed);
+        answer(answers);
         None
     }
 
@@ -858,8 +905,14 @@ struct Core {
     leases: Mutex<Leases>,
     signals: StoreSignals,
     durability: RedbDurability,
-    /// Write transactions the writer committed (see [`RedbStore::commits`]).
+    /// Write transactions committed (see [`RedbStore::commits`]).
     commits: AtomicU64,
+    /// [`RedbStoreBuilder::writer_only`].
+    writer_only: bool,
+    /// Set when a commit on a caller's thread panicked outside the batch's own panic guard:
+    /// the lease state may be half updated, so the store stops writing, as it does when
+    /// the writer thread dies.
+    broken: AtomicBool,
     /// Held while a batch is applied and made durable, by the writer thread or by a caller
     /// committing on its own thread: one write transaction at a time, and the leases a
     /// batch defers ([`Leases::finish_batch`]) are that batch's alone.
@@ -867,7 +920,7 @@ struct Core {
     /// Requests sent to the writer thread and not yet taken by it. A caller commits on its
     /// own thread only when this is zero, so a write never overtakes one sent before it.
     queued: AtomicUsize,
-    /// Writes begun and not yet answered ([`RedbStore::write`]).
+    /// Writes begun and not yet answered or dropped ([`RedbStore::write`]).
     writing: AtomicUsize,
     /// Batches begun, for [`RedbDurability::Relaxed`]'s periodic durable commit.
     batches: AtomicU32,
@@ -896,8 +949,8 @@ impl Core {
         self.commit_nanos.load(Ordering::Relaxed) < nanos(COMMIT_HERE_BUDGET)
     }
 
-    /// Folds how long a batch took into the moving average. Called with the `committing`
-    /// lock held, so updates do not race.
+    /// Folds how long a batch took into the moving average. Batches call it with the
+    /// `committing` lock held, so their updates do not race.
     fn note_commit_time(&self, took: Duration) {
         let average = self.commit_nanos.load(Ordering::Relaxed);
         let took = nanos(took);
@@ -2127,7 +2180,8 @@ impl<'t> Tables<'t> {
     }
 }
 
-/// One write operation, applied by the writer thread.
+/// One write operation, applied in a batch by the writer thread or alone on its caller's
+/// thread ([`RedbStore::commit_here`]).
 enum WriteOp {
     Create(NewInstance),
     Send(InstanceId, Message),
@@ -2242,10 +2296,12 @@ fn writer_loop(core: &Core, rx: &mpsc::Receiver<Request>) {
     while let Ok(first) = rx.recv() {
         // Taken before the batch is gathered, so what arrives while a caller commits on its
         // own thread joins this batch.
-        let _turn = core
-            .committing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Ok(turn) = core.committing.lock() else {
+            return;
+        };
+        if core.broken.load(Ordering::SeqCst) {
+            return;
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -2257,24 +2313,42 @@ fn writer_loop(core: &Core, rx: &mpsc::Receiver<Request>) {
         let durable = core.next_batch_durable();
         // A run of application code starts a transaction of its own (see
         // `WriteOp::runs_app_code`); the operations after it join that transaction.
+        let mut answers = Vec::with_capacity(batch.len());
         let mut rest = batch.into_iter().peekable();
         while rest.peek().is_some() {
             let mut part = vec![rest.next().expect("peeked")];
             while let Some(next) = rest.next_if(|r| !r.op.runs_app_code()) {
                 part.push(next);
             }
-            run_batch(core, part, durable);
+            run_batch(core, part, durable, &mut answers);
         }
+        // Answered once the turn is given up, so a caller's next write may commit on its
+        // own thread.
+        drop(turn);
+        answer(answers);
     }
 }
 
-/// Applies a batch in one write transaction and answers every caller once it is committed.
+/// A caller's reply and what it is told.
+type Answer = (
+    oneshot::Sender<Result<Outcome, StoreError>>,
+    Result<Outcome, StoreError>,
+);
+
+fn answer(answers: Vec<Answer>) {
+    for (reply, result) in answers {
+        let _ = reply.send(result);
+    }
+}
+
+/// Applies a batch in one write transaction and, once it is committed (or has failed), adds
+/// every caller's answer to `answers`, to be sent when the `committing` turn is given up.
 ///
 /// The lease mutex is held while the operations are applied, not while the transaction is
 /// made durable: lease releases are deferred (see [`Leases::finish_batch`]) until then, so
 /// fetches can run during the fsync and still never see a lease released by a commit that is
 /// not yet visible.
-fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
+fn run_batch(core: &Core, batch: Vec<Request>, durable: bool, answers_out: &mut Vec<Answer>) {
     let items = batch.len();
     let timer = CommitTimer::start();
     // Every caller's reply is kept here from the start, so a failure anywhere in the batch
@@ -2345,15 +2419,28 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
     }
     if let Some(fatal) = failure {
         tracing::error!(error = %fatal.message, "store commit failed");
-        for reply in replies {
-            let _ = reply.send(Err(fatal.backend(fatal.message.clone())));
-        }
+        // A failing disk is no place for callers' threads.
+        core.note_commit_time(timer.elapsed().max(FAILED_COMMIT));
+        answers_out.extend(
+            replies
+                .into_iter()
+                .map(|r| (r, Err(fatal.backend(fatal.message.clone())))),
+        );
         return;
     }
     core.note_commit_time(timer.record("redb", items));
-    // One round of signals for the whole batch, once it is durable, then the replies.
-    let mut wake = Wake::default();
     answers.resize_with(items, || None);
+    signal_and_answer(core, replies, answers, answers_out);
+}
+
+/// Sends one round of signals for a durable batch, then adds each caller's answer.
+fn signal_and_answer(
+    core: &Core,
+    replies: Vec<oneshot::Sender<Result<Outcome, StoreError>>>,
+    answers: Vec<Option<Result<(Outcome, Wake), StoreError>>>,
+    answers_out: &mut Vec<Answer>,
+) {
+    let mut wake = Wake::default();
     let results: Vec<_> = replies
         .into_iter()
         .zip(answers)
@@ -2377,9 +2464,11 @@ fn run_batch(core: &Core, batch: Vec<Request>, durable: bool) {
         core.signals.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
     // The replies last: whoever a write returns to finds its signals sent.
-    for (reply, result) in results {
-        let _ = reply.send(result.map(|(outcome, _)| outcome));
-    }
+    answers_out.extend(
+        results
+            .into_iter()
+            .map(|(r, result)| (r, result.map(|(o, _)| o))),
+    );
 }
 
 fn begin(core: &Core, durable: bool) -> R<WriteTransaction> {
@@ -3303,12 +3392,45 @@ mod tests {
             quick += 1;
         }
         assert!((20..60).contains(&quick), "{quick} quick batches");
-        // The writer answers before it lets go of the last batch: wait until it has.
-        drop(core.committing.lock().unwrap());
+        // The writer answered the last write after giving up its turn.
         store.create_instance(job("c")).await.unwrap();
         assert_eq!(here(), 6, "callers commit again");
         let page = store.query_instances(&InstanceQuery::new()).await.unwrap();
         assert_eq!(page.instances.len(), 9);
+    }
+
+    /// A write commits on its caller's thread only when it is the only one under way, and
+    /// never on a store built `writer_only`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_alongside_another_goes_to_the_writer() {
+        let store = RedbStore::in_memory().unwrap();
+        let core = Arc::clone(&store.inner.core);
+        let here = || core.commits_here.load(Ordering::Relaxed);
+        let quick = || core.commit_nanos.store(0, Ordering::Relaxed);
+        // A request queued for the writer (sent by another caller, not yet taken).
+        quick();
+        core.queued.fetch_add(1, Ordering::SeqCst);
+        store.create_instance(job("queued")).await.unwrap();
+        core.queued.fetch_sub(1, Ordering::SeqCst);
+        assert_eq!(here(), 0, "a write never overtakes one queued before it");
+        // Another write under way (being answered, or not yet sent).
+        quick();
+        core.writing.fetch_add(1, Ordering::SeqCst);
+        store.create_instance(job("alongside")).await.unwrap();
+        core.writing.fetch_sub(1, Ordering::SeqCst);
+        assert_eq!(here(), 0, "concurrent writes go to the group commit");
+        quick();
+        store.create_instance(job("alone")).await.unwrap();
+        assert_eq!(here(), 1);
+        assert_eq!(store.commits(), 3);
+
+        let writer_only = RedbStore::builder().writer_only(true).in_memory().unwrap();
+        writer_only.create_instance(job("w")).await.unwrap();
+        assert_eq!(
+            writer_only.inner.core.commits_here.load(Ordering::Relaxed),
+            0
+        );
+        assert_eq!(writer_only.commits(), 1);
     }
 
     /// A current-thread runtime keeps its one thread: every write goes to the writer.
@@ -3343,18 +3465,22 @@ mod tests {
             })
         };
         is_locked.recv().unwrap();
-        let mut writes = tokio::task::JoinSet::new();
-        for i in 0..16 {
-            let store = store.clone();
-            writes.spawn(async move { store.create_instance(job(&format!("q-{i}"))).await });
-        }
-        while core.queued.load(Ordering::SeqCst) < 16 {
-            tokio::task::yield_now().await;
-        }
+        // Each write sends its request when first polled.
+        let mut writes: Vec<_> = (0..16)
+            .map(|i| Box::pin(store.create_instance(job(&format!("q-{i}")))))
+            .collect();
+        std::future::poll_fn(|cx| {
+            for write in &mut writes {
+                assert!(write.as_mut().poll(cx).is_pending());
+            }
+            std::task::Poll::Ready(())
+        })
+        .await;
+        assert_eq!(core.queued.load(Ordering::SeqCst), 16);
         release.send(()).unwrap();
         holder.join().unwrap();
-        while let Some(r) = writes.join_next().await {
-            r.unwrap().unwrap();
+        for write in writes {
+            write.await.unwrap();
         }
         assert_eq!(
             store.commits() - before,

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use super::{
     ACTIVITIES, FORMAT_VERSION, FORMAT_VERSION_KEY, META, Outcome, RedbStore, Request,
-    V1_ACTIVITY_OWNERS, WriteOp, decode, run_batch, ts,
+    V1_ACTIVITY_OWNERS, WriteOp, answer, decode, run_batch, ts,
 };
 use crate::error::StoreError;
 use crate::history::{Event, RuntimeStatus};
@@ -102,7 +102,9 @@ fn one_batch(store: &RedbStore, ops: Vec<WriteOp>) -> Vec<Result<Outcome, StoreE
             (Request { op, reply }, rx)
         })
         .unzip();
-    run_batch(&store.inner.core, batch, true);
+    let mut sent = Vec::new();
+    run_batch(&store.inner.core, batch, true, &mut sent);
+    answer(sent);
     answers
         .into_iter()
         .map(|mut rx| rx.try_recv().expect("every caller is answered"))
