@@ -123,8 +123,9 @@ impl RedbStoreBuilder {
         self
     }
 
-    /// Whether every commit is made by the store's writer thread. By default a write that is
-    /// the only one under way is committed on its caller's thread instead (see [`RedbStore`]:
+    /// Whether every commit is made by the store's writer thread. By default a step of a
+    /// sequential chain that is the only write under way is committed on its caller's thread
+    /// instead (see [`RedbStore`]:
     /// *Transactions, blocking and group commit*), which blocks that tokio worker thread for
     /// the commit — an fsync, rarely more than a millisecond, but a disk's occasional stall
     /// too. Set this for a runtime whose workers must never wait on the disk (a
@@ -466,14 +467,16 @@ fn open_error(what: &str, e: OpenError) -> StoreError {
 /// Every operation that writes is applied inside one redb write transaction by a dedicated
 /// writer thread. The writer takes every operation that is waiting (up to a bound) and
 /// applies them in **one** transaction with one fsync (group commit); each caller is
-/// answered once that transaction is durable. A write that is the only one under way —
-/// each step of a sequential chain — is committed by its caller instead, on a tokio
-/// multi-thread runtime with two workers or more, as the writer would (one transaction of
-/// its own), without the two thread wake-ups to the writer and back. Not while a batch takes
-/// 1 ms or more on average (a disk that is slow throughout stalls the writer thread, not
-/// tokio's workers), nor for transactional activities' and
-/// [`write_app`](Self::write_app)'s application code, nor on a store built
-/// [`writer_only`](RedbStoreBuilder::writer_only). An operation that fails its own checks
+/// answered once that transaction is durable. A step of a sequential chain — a start that
+/// runs its first episode, an episode that leases its new activity task to its worker or
+/// takes results handed over in memory — that is the only write under way is committed by
+/// its caller instead, on a tokio multi-thread runtime with two workers or more, as the
+/// writer would (one transaction of its own), without the two thread wake-ups to the writer
+/// and back. Not while a batch takes 1 ms or more on average (a disk that is slow
+/// throughout stalls the writer thread, not tokio's workers), nor on a store built
+/// [`writer_only`](RedbStoreBuilder::writer_only). Other writes (clients', episodes woken
+/// by messages and timers, which tend to come many at once, application code) always go
+/// to the writer. An operation that fails its own checks
 /// (a lost lease, an id taken) changes nothing and fails alone; a storage error fails the
 /// whole batch. Longer reads (histories, queries, scans), which are blocking redb calls,
 /// run on tokio's blocking pool (`spawn_blocking`); short ones (a lease fetch, one
@@ -718,15 +721,14 @@ impl RedbStore {
         rx.await.map_err(|_| writer_gone())?
     }
 
-    /// Commits `request` as a batch of one on the calling thread if it is the only write
-    /// under way (nothing queued for the writer, no batch being committed); gives it back
-    /// otherwise.
+    /// Commits `request` as a batch of one on the calling thread if it is a step of a chain
+    /// ([`WriteOp::continues_a_chain`]) and the only write under way (nothing queued for the
+    /// writer, no batch being committed); gives it back otherwise.
     ///
     /// With nothing to batch it with, the writer thread would commit it alone anyway;
     /// committing here saves two thread wake-ups (to the writer and back) on each step of a
     /// sequential chain. Only on tokio's multi-thread runtime with two workers or more
-    /// (the others keep running tasks meanwhile), never for operations that run
-    /// application code, and only while batches are quick on average
+    /// (the others keep running tasks meanwhile), and only while batches are quick on average
     /// ([`COMMIT_HERE_BUDGET`]): a disk that is slow throughout stalls the writer thread,
     /// not tokio's workers (a stall of an otherwise quick disk still lands on the caller's
     /// thread once). Concurrent writes go to the writer, whose group commit serves them
@@ -734,18 +736,18 @@ impl RedbStore {
     /// finished nor dropped counts as under way, and keeps commits off callers' threads.
     fn commit_here(&self, request: Request) -> Option<Request> {
         let core = &self.inner.core;
-        let on_workers = tokio::runtime::Handle::try_current().is_ok_and(|h| {
-            h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-                && h.metrics().num_workers() >= 2
-        });
-        if !on_workers
-            || core.writer_only
-            || core.broken.load(Ordering::SeqCst)
-            || request.op.runs_app_code()
-            || core.writing.load(Ordering::SeqCst) != 1
-            || core.queued.load(Ordering::SeqCst) != 0
-            || !core.commits_here_allowed()
-        {
+        let alone = request.op.continues_a_chain()
+            && !core.writer_only
+            && core.writing.load(Ordering::SeqCst) == 1
+            && core.queued.load(Ordering::SeqCst) == 0
+            && core.commits_here_allowed()
+            && !core.broken.load(Ordering::SeqCst);
+        let on_workers = alone
+            && tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                    && h.metrics().num_workers() >= 2
+            });
+        if !on_workers {
             return Some(request);
         }
         let Ok(turn) = core.committing.try_lock() else {
@@ -2238,6 +2240,22 @@ type AppWrite = Box<dyn FnOnce(&RedbTransaction<'_>) -> (AppAnswer, bool) + Send
 type AppAnswer = Box<dyn std::any::Any + Send>;
 
 impl WriteOp {
+    /// `true` for a step of a sequential chain, which its caller may commit on its own
+    /// thread ([`RedbStore::commit_here`]): a start that runs its first episode, and an
+    /// episode's commit that leases the activity task it scheduled to its worker or takes
+    /// results handed over in memory. Episodes woken by messages and timers, and clients'
+    /// writes, tend to come many at once: they go to the writer's group commit and leave
+    /// tokio's workers free.
+    fn continues_a_chain(&self) -> bool {
+        match self {
+            WriteOp::CreateStarted(_) => true,
+            WriteOp::Commit { commit, eager } => {
+                eager.is_some() || !commit.completed_activities.is_empty()
+            }
+            _ => false,
+        }
+    }
+
     /// `true` for the operations that run the application's code in the transaction: each
     /// starts a transaction of its own, since a failed body's writes can only be undone by
     /// aborting the transaction (redb savepoints cannot be taken once a transaction wrote).
@@ -3353,9 +3371,24 @@ mod tests {
         NewInstance::new(id, "Job", "null".into(), Timestamp::EPOCH)
     }
 
-    /// With the writer idle and commits quick, a task on the multi-thread runtime commits on
-    /// its own thread, one transaction per write; while commits are slow on average, writes
-    /// go to the writer thread (and still commit), until quick ones bring the average back.
+    /// Starts `name` with its first episode in the same write: a step of a chain.
+    async fn start(store: &RedbStore, name: &str) {
+        let new = job(name);
+        let mut first = EpisodeCommit::new(
+            new.instance_id.clone(),
+            LockToken(u64::MAX),
+            RuntimeStatus::Running,
+            Timestamp::EPOCH,
+        );
+        first.consumed = vec![new.start_message().id];
+        let created = store.create_started(new, first).await.unwrap();
+        assert!(created.is_some(), "{name} is started");
+    }
+
+    /// With the writer idle and commits quick, a chain's steps on the multi-thread runtime
+    /// commit on their own thread, one transaction each; while commits are slow on average,
+    /// they go to the writer thread (and still commit), until quick ones bring the average
+    /// back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sequential_writes_commit_on_the_callers_thread_while_commits_are_quick() {
         let dir = tempfile::tempdir().unwrap();
@@ -3366,7 +3399,7 @@ mod tests {
         // Each write starts from a quick average (an unoptimized build commits slowly).
         for i in 0..5 {
             core.commit_nanos.store(0, Ordering::Relaxed);
-            store.create_instance(job(&format!("a-{i}"))).await.unwrap();
+            start(&store, &format!("a-{i}")).await;
         }
         assert_eq!(store.commits() - commits, 5);
         assert_eq!(here(), 5);
@@ -3376,7 +3409,7 @@ mod tests {
         }
         for i in 0..3 {
             core.note_commit_time(Duration::from_millis(100));
-            store.create_instance(job(&format!("b-{i}"))).await.unwrap();
+            start(&store, &format!("b-{i}")).await;
         }
         assert_eq!(
             here(),
@@ -3393,14 +3426,14 @@ mod tests {
         }
         assert!((20..60).contains(&quick), "{quick} quick batches");
         // The writer answered the last write after giving up its turn.
-        store.create_instance(job("c")).await.unwrap();
+        start(&store, "c").await;
         assert_eq!(here(), 6, "callers commit again");
         let page = store.query_instances(&InstanceQuery::new()).await.unwrap();
         assert_eq!(page.instances.len(), 9);
     }
 
-    /// A write commits on its caller's thread only when it is the only one under way, and
-    /// never on a store built `writer_only`.
+    /// A step of a chain commits on its caller's thread only when it is the only write under
+    /// way; other writes never do, nor does anything on a store built `writer_only`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_alongside_another_goes_to_the_writer() {
         let store = RedbStore::in_memory().unwrap();
@@ -3410,22 +3443,29 @@ mod tests {
         // A request queued for the writer (sent by another caller, not yet taken).
         quick();
         core.queued.fetch_add(1, Ordering::SeqCst);
-        store.create_instance(job("queued")).await.unwrap();
+        start(&store, "queued").await;
         core.queued.fetch_sub(1, Ordering::SeqCst);
         assert_eq!(here(), 0, "a write never overtakes one queued before it");
         // Another write under way (being answered, or not yet sent).
         quick();
         core.writing.fetch_add(1, Ordering::SeqCst);
-        store.create_instance(job("alongside")).await.unwrap();
+        start(&store, "alongside").await;
         core.writing.fetch_sub(1, Ordering::SeqCst);
         assert_eq!(here(), 0, "concurrent writes go to the group commit");
         quick();
-        store.create_instance(job("alone")).await.unwrap();
+        store.create_instance(job("client")).await.unwrap();
+        assert_eq!(
+            here(),
+            0,
+            "a write that is not a step of a chain goes to the writer"
+        );
+        quick();
+        start(&store, "alone").await;
         assert_eq!(here(), 1);
-        assert_eq!(store.commits(), 3);
+        assert_eq!(store.commits(), 4);
 
         let writer_only = RedbStore::builder().writer_only(true).in_memory().unwrap();
-        writer_only.create_instance(job("w")).await.unwrap();
+        start(&writer_only, "w").await;
         assert_eq!(
             writer_only.inner.core.commits_here.load(Ordering::Relaxed),
             0
@@ -3433,12 +3473,43 @@ mod tests {
         assert_eq!(writer_only.commits(), 1);
     }
 
+    /// A chain's steps are the start with its first episode and the commits that lease
+    /// their new task to the worker or take results handed over in memory.
+    #[test]
+    fn the_steps_of_a_chain() {
+        let id = InstanceId::new("i").unwrap();
+        let plain = || {
+            EpisodeCommit::new(
+                id.clone(),
+                LockToken(1),
+                RuntimeStatus::Running,
+                Timestamp::EPOCH,
+            )
+        };
+        let commit = |commit: EpisodeCommit, eager| WriteOp::Commit {
+            commit: Box::new(commit),
+            eager,
+        };
+        let mut handed = plain();
+        handed.completed_activities = vec![(7, LockToken(2))];
+        let eager = Some((0, Timestamp::EPOCH, Duration::from_secs(1)));
+        assert!(commit(plain(), eager).continues_a_chain());
+        assert!(commit(handed, None).continues_a_chain());
+        assert!(WriteOp::CreateStarted(Box::new((job("s"), plain()))).continues_a_chain());
+        assert!(
+            !commit(plain(), None).continues_a_chain(),
+            "woken by a message or timer"
+        );
+        assert!(!WriteOp::Create(job("c")).continues_a_chain());
+        assert!(!WriteOp::Purge(id.clone()).continues_a_chain());
+    }
+
     /// A current-thread runtime keeps its one thread: every write goes to the writer.
     #[tokio::test]
     async fn a_current_thread_runtime_leaves_commits_to_the_writer() {
         let store = RedbStore::in_memory().unwrap();
         for i in 0..3 {
-            store.create_instance(job(&format!("c-{i}"))).await.unwrap();
+            start(&store, &format!("c-{i}")).await;
         }
         assert_eq!(store.inner.core.commits_here.load(Ordering::Relaxed), 0);
         assert_eq!(store.commits(), 3);
@@ -3466,9 +3537,8 @@ mod tests {
         };
         is_locked.recv().unwrap();
         // Each write sends its request when first polled.
-        let mut writes: Vec<_> = (0..16)
-            .map(|i| Box::pin(store.create_instance(job(&format!("q-{i}")))))
-            .collect();
+        let names: Vec<_> = (0..16).map(|i| format!("q-{i}")).collect();
+        let mut writes: Vec<_> = names.iter().map(|n| Box::pin(start(&store, n))).collect();
         std::future::poll_fn(|cx| {
             for write in &mut writes {
                 assert!(write.as_mut().poll(cx).is_pending());
@@ -3480,7 +3550,7 @@ mod tests {
         release.send(()).unwrap();
         holder.join().unwrap();
         for write in writes {
-            write.await.unwrap();
+            write.await;
         }
         assert_eq!(
             store.commits() - before,
