@@ -468,21 +468,21 @@ fn open_error(what: &str, e: OpenError) -> StoreError {
 /// writer thread. The writer takes every operation that is waiting (up to a bound) and
 /// applies them in **one** transaction with one fsync (group commit); each caller is
 /// answered once that transaction is durable. A step of a sequential chain — a start that
-/// runs its first episode, an episode that leases its new activity task to its worker or
-/// takes results handed over in memory — that is the only write under way is committed by
+/// runs its first episode, an episode that takes activity results handed over in memory —
+/// that is the only write under way is committed by
 /// its caller instead, on a tokio multi-thread runtime with two workers or more, as the
 /// writer would (one transaction of its own), without the two thread wake-ups to the writer
 /// and back. Not while a batch takes 1 ms or more on average (a disk that is slow
 /// throughout stalls the writer thread, not tokio's workers), nor on a store built
-/// [`writer_only`](RedbStoreBuilder::writer_only). Other writes (clients', episodes woken
-/// by messages and timers, which tend to come many at once, application code) always go
-/// to the writer. An operation that fails its own checks
+/// [`writer_only`](RedbStoreBuilder::writer_only). Other writes (clients' other writes,
+/// episodes woken by messages and timers, which tend to come many at once, application
+/// code) always go to the writer. An operation that fails its own checks
 /// (a lost lease, an id taken) changes nothing and fails alone; a storage error fails the
 /// whole batch. Longer reads (histories, queries, scans), which are blocking redb calls,
 /// run on tokio's blocking pool (`spawn_blocking`); short ones (a lease fetch, one
 /// instance's record) run on the calling thread, where the hop would cost more than the read.
 ///
-/// The writer holds the lease mutex while it applies a batch, not while the batch is made
+/// Whoever commits a batch holds the lease mutex while it applies it, not while it is made
 /// durable; the leases a batch releases stay held (and shield their instances and tasks from
 /// fetches) until the batch is durable, so a fetch never sees a lease released by a commit
 /// that is not yet visible, and fetches are not blocked by the fsync.
@@ -736,39 +736,25 @@ impl RedbStore {
     /// finished nor dropped counts as under way, and keeps commits off callers' threads.
     fn commit_here(&self, request: Request) -> Option<Request> {
         let core = &self.inner.core;
-        let alone = request.op.continues_a_chain()
-            && !core.writer_only
-            && core.writing.load(Ordering::SeqCst) == 1
-            && core.queued.load(Ordering::SeqCst) == 0
-            && core.commits_here_allowed()
-            && !core.broken.load(Ordering::SeqCst);
-        let on_workers = alone
-            && tokio::runtime::Handle::try_current().is_ok_and(|h| {
-                h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-                    && h.metrics().num_workers() >= 2
-            });
-        if !on_workers {
+        if !request.op.continues_a_chain()
+            || core.writer_only
+            || core.writing.load(Ordering::SeqCst) != 1
+            || core.queued.load(Ordering::SeqCst) != 0
+            || !core.commits_here_allowed()
+            || !on_tokio_workers()
+        {
             return Some(request);
         }
         let Ok(turn) = core.committing.try_lock() else {
             return Some(request);
         };
-        let mut answers = Vec::with_capacity(1);
-        let durable = core.next_batch_durable();
-        if catch_unwind(AssertUnwindSafe(|| {
-            run_batch(core, vec![request], durable, &mut answers);
-        }))
-        .is_err()
-        {
-            // The caller's reply went with the unwinding batch: it is answered that the
-            // writer has stopped, as is every write after it.
-            tracing::error!("internal error: a commit panicked; the store stops writing");
-            core.broken.store(true, Ordering::SeqCst);
+        if core.broken.load(Ordering::SeqCst) {
+            return Some(request);
         }
-        drop(turn);
-        #[cfg(test)]
-        core.commits_here.fetch_add(1, Ordering::Relaxed);
-        answer(answers);
+        if commit_batch(core, turn, vec![request]) {
+            #[cfg(test)]
+            core.commits_here.fetch_add(1, Ordering::Relaxed);
+        }
         None
     }
 
@@ -920,7 +906,8 @@ struct Core {
     /// batch defers ([`Leases::finish_batch`]) are that batch's alone.
     committing: Mutex<()>,
     /// Requests sent to the writer thread and not yet taken by it. A caller commits on its
-    /// own thread only when this is zero, so a write never overtakes one sent before it.
+    /// own thread only when this is zero, so a write never overtakes one sent before it
+    /// (`writing == 1` implies it, but for requests whose write futures were dropped).
     queued: AtomicUsize,
     /// Writes begun and not yet answered or dropped ([`RedbStore::write`]).
     writing: AtomicUsize,
@@ -2242,16 +2229,14 @@ type AppAnswer = Box<dyn std::any::Any + Send>;
 impl WriteOp {
     /// `true` for a step of a sequential chain, which its caller may commit on its own
     /// thread ([`RedbStore::commit_here`]): a start that runs its first episode, and an
-    /// episode's commit that leases the activity task it scheduled to its worker or takes
-    /// results handed over in memory. Episodes woken by messages and timers, and clients'
-    /// writes, tend to come many at once: they go to the writer's group commit and leave
-    /// tokio's workers free.
+    /// episode's commit that takes activity results handed over in memory (the worker ran
+    /// the activities right after an earlier step). Episodes woken by messages and timers,
+    /// and other writes, tend to come many at once: they go to the writer's group commit
+    /// and leave tokio's workers free.
     fn continues_a_chain(&self) -> bool {
         match self {
             WriteOp::CreateStarted(_) => true,
-            WriteOp::Commit { commit, eager } => {
-                eager.is_some() || !commit.completed_activities.is_empty()
-            }
+            WriteOp::Commit { commit, .. } => !commit.completed_activities.is_empty(),
             _ => false,
         }
     }
@@ -2310,6 +2295,14 @@ struct Request {
     reply: oneshot::Sender<Result<Outcome, StoreError>>,
 }
 
+/// Whether the caller runs on a tokio multi-thread runtime with two workers or more.
+fn on_tokio_workers() -> bool {
+    tokio::runtime::Handle::try_current().is_ok_and(|h| {
+        h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+            && h.metrics().num_workers() >= 2
+    })
+}
+
 fn writer_loop(core: &Core, rx: &mpsc::Receiver<Request>) {
     while let Ok(first) = rx.recv() {
         // Taken before the batch is gathered, so what arrives while a caller commits on its
@@ -2328,10 +2321,21 @@ fn writer_loop(core: &Core, rx: &mpsc::Receiver<Request>) {
             }
         }
         core.queued.fetch_sub(batch.len(), Ordering::SeqCst);
-        let durable = core.next_batch_durable();
+        commit_batch(core, turn, batch);
+    }
+}
+
+/// Commits `batch` under `turn` (the `committing` lock, held by the writer thread or a
+/// caller committing on its own thread), gives the turn up, then answers every caller — so
+/// a caller's next write may commit on its own thread. Returns `false` if committing
+/// panicked outside the batch's own guard: the store is then marked broken and stops
+/// writing (the callers of the batch are told the writer stopped, as are all after them).
+fn commit_batch(core: &Core, turn: MutexGuard<'_, ()>, batch: Vec<Request>) -> bool {
+    let durable = core.next_batch_durable();
+    let mut answers = Vec::with_capacity(batch.len());
+    let ran = catch_unwind(AssertUnwindSafe(|| {
         // A run of application code starts a transaction of its own (see
         // `WriteOp::runs_app_code`); the operations after it join that transaction.
-        let mut answers = Vec::with_capacity(batch.len());
         let mut rest = batch.into_iter().peekable();
         while rest.peek().is_some() {
             let mut part = vec![rest.next().expect("peeked")];
@@ -2340,11 +2344,14 @@ fn writer_loop(core: &Core, rx: &mpsc::Receiver<Request>) {
             }
             run_batch(core, part, durable, &mut answers);
         }
-        // Answered once the turn is given up, so a caller's next write may commit on its
-        // own thread.
-        drop(turn);
-        answer(answers);
+    }));
+    if ran.is_err() {
+        tracing::error!("internal error: a commit panicked; the store stops writing");
+        core.broken.store(true, Ordering::SeqCst);
     }
+    drop(turn);
+    answer(answers);
+    ran.is_ok()
 }
 
 /// A caller's reply and what it is told.
@@ -3424,7 +3431,7 @@ mod tests {
             core.note_commit_time(Duration::ZERO);
             quick += 1;
         }
-        assert!((20..60).contains(&quick), "{quick} quick batches");
+        assert!((20..200).contains(&quick), "{quick} quick batches");
         // The writer answered the last write after giving up its turn.
         start(&store, "c").await;
         assert_eq!(here(), 6, "callers commit again");
@@ -3473,8 +3480,8 @@ mod tests {
         assert_eq!(writer_only.commits(), 1);
     }
 
-    /// A chain's steps are the start with its first episode and the commits that lease
-    /// their new task to the worker or take results handed over in memory.
+    /// A chain's steps are the start with its first episode and the commits that take
+    /// results handed over in memory.
     #[test]
     fn the_steps_of_a_chain() {
         let id = InstanceId::new("i").unwrap();
@@ -3493,8 +3500,12 @@ mod tests {
         let mut handed = plain();
         handed.completed_activities = vec![(7, LockToken(2))];
         let eager = Some((0, Timestamp::EPOCH, Duration::from_secs(1)));
-        assert!(commit(plain(), eager).continues_a_chain());
+        assert!(commit(handed.clone(), eager).continues_a_chain());
         assert!(commit(handed, None).continues_a_chain());
+        assert!(
+            !commit(plain(), eager).continues_a_chain(),
+            "an episode woken by a timer that leases its new task is not a chain's step"
+        );
         assert!(WriteOp::CreateStarted(Box::new((job("s"), plain()))).continues_a_chain());
         assert!(
             !commit(plain(), None).continues_a_chain(),
@@ -3502,6 +3513,30 @@ mod tests {
         );
         assert!(!WriteOp::Create(job("c")).continues_a_chain());
         assert!(!WriteOp::Purge(id.clone()).continues_a_chain());
+    }
+
+    /// A store whose commit panicked on a caller's thread stops writing: a later write is
+    /// answered with an error (not left waiting), on either path, and the store still drops.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broken_store_answers_writes_with_an_error() {
+        let store = RedbStore::in_memory().unwrap();
+        start(&store, "before").await;
+        store.inner.core.broken.store(true, Ordering::SeqCst);
+        let wait = Duration::from_secs(30);
+        let new = job("after");
+        let mut first = EpisodeCommit::new(
+            new.instance_id.clone(),
+            LockToken(u64::MAX),
+            RuntimeStatus::Running,
+            Timestamp::EPOCH,
+        );
+        first.consumed = vec![new.start_message().id];
+        let chain_step = tokio::time::timeout(wait, store.create_started(new, first)).await;
+        let err = chain_step.expect("answered").unwrap_err();
+        assert!(err.to_string().contains("writer"), "{err}");
+        let other = tokio::time::timeout(wait, store.create_instance(job("other"))).await;
+        assert!(other.expect("answered").is_err());
+        drop(store);
     }
 
     /// A current-thread runtime keeps its one thread: every write goes to the writer.

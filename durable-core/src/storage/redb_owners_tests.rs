@@ -103,7 +103,9 @@ fn one_batch(store: &RedbStore, ops: Vec<WriteOp>) -> Vec<Result<Outcome, StoreE
         })
         .unzip();
     let mut sent = Vec::new();
+    let turn = store.inner.core.committing.lock().unwrap();
     run_batch(&store.inner.core, batch, true, &mut sent);
+    drop(turn);
     answer(sent);
     answers
         .into_iter()
