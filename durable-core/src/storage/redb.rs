@@ -3378,8 +3378,8 @@ mod tests {
         NewInstance::new(id, "Job", "null".into(), Timestamp::EPOCH)
     }
 
-    /// Starts `name` with its first episode in the same write: a step of a chain.
-    async fn start(store: &RedbStore, name: &str) {
+    /// `name`'s start and a first episode for `create_started` (which fills in the lock).
+    fn with_first_episode(name: &str) -> (NewInstance, EpisodeCommit) {
         let new = job(name);
         let mut first = EpisodeCommit::new(
             new.instance_id.clone(),
@@ -3388,6 +3388,12 @@ mod tests {
             Timestamp::EPOCH,
         );
         first.consumed = vec![new.start_message().id];
+        (new, first)
+    }
+
+    /// Starts `name` with its first episode in the same write: a step of a chain.
+    async fn start(store: &RedbStore, name: &str) {
+        let (new, first) = with_first_episode(name);
         let created = store.create_started(new, first).await.unwrap();
         assert!(created.is_some(), "{name} is started");
     }
@@ -3523,14 +3529,7 @@ mod tests {
         start(&store, "before").await;
         store.inner.core.broken.store(true, Ordering::SeqCst);
         let wait = Duration::from_secs(30);
-        let new = job("after");
-        let mut first = EpisodeCommit::new(
-            new.instance_id.clone(),
-            LockToken(u64::MAX),
-            RuntimeStatus::Running,
-            Timestamp::EPOCH,
-        );
-        first.consumed = vec![new.start_message().id];
+        let (new, first) = with_first_episode("after");
         let chain_step = tokio::time::timeout(wait, store.create_started(new, first)).await;
         let err = chain_step.expect("answered").unwrap_err();
         assert!(err.to_string().contains("writer"), "{err}");
