@@ -125,12 +125,11 @@ impl RedbStoreBuilder {
 
     /// Whether every commit is made by the store's writer thread. By default a step of a
     /// sequential chain that is the only write under way is committed on its caller's thread
-    /// instead (see [`RedbStore`]:
-    /// *Transactions, blocking and group commit*), which blocks that tokio worker thread for
-    /// the commit — an fsync, rarely more than a millisecond, but a disk's occasional stall
-    /// too. Set this for a runtime whose workers must never wait on the disk (a
-    /// latency-critical server sharing the runtime); sequential chains then take two thread
-    /// wake-ups more per step.
+    /// instead (see [`RedbStore`], *Transactions, blocking and group commit*), which blocks
+    /// that tokio worker thread for the commit — an fsync, rarely more than a millisecond,
+    /// but a disk's occasional stall too. Set this for a runtime whose workers must never
+    /// wait on the disk (a latency-critical server sharing the runtime); sequential chains
+    /// then take two thread wake-ups more per step.
     ///
     /// # Examples
     ///
@@ -469,18 +468,18 @@ fn open_error(what: &str, e: OpenError) -> StoreError {
 /// applies them in **one** transaction with one fsync (group commit); each caller is
 /// answered once that transaction is durable. A step of a sequential chain — a start that
 /// runs its first episode, an episode that takes activity results handed over in memory —
-/// that is the only write under way is committed by
-/// its caller instead, on a tokio multi-thread runtime with two workers or more, as the
-/// writer would (one transaction of its own), without the two thread wake-ups to the writer
-/// and back. Not while a batch takes 1 ms or more on average (a disk that is slow
-/// throughout stalls the writer thread, not tokio's workers), nor on a store built
+/// that is the only write under way is committed by its caller instead, on a tokio
+/// multi-thread runtime with two workers or more, as the writer would (one transaction of
+/// its own), without the two thread wake-ups to the writer and back. Not while a batch
+/// takes 1 ms or more on average (a disk that is slow throughout stalls the writer thread,
+/// not tokio's workers), nor on a store built
 /// [`writer_only`](RedbStoreBuilder::writer_only). Other writes (clients' other writes,
 /// episodes woken by messages and timers, which tend to come many at once, application
-/// code) always go to the writer. An operation that fails its own checks
-/// (a lost lease, an id taken) changes nothing and fails alone; a storage error fails the
-/// whole batch. Longer reads (histories, queries, scans), which are blocking redb calls,
-/// run on tokio's blocking pool (`spawn_blocking`); short ones (a lease fetch, one
-/// instance's record) run on the calling thread, where the hop would cost more than the read.
+/// code) always go to the writer. An operation that fails its own checks (a lost lease, an
+/// id taken) changes nothing and fails alone; a storage error fails the whole batch. Longer
+/// reads (histories, queries, scans), which are blocking redb calls, run on tokio's
+/// blocking pool (`spawn_blocking`); short ones (a lease fetch, one instance's record) run
+/// on the calling thread, where the hop would cost more than the read.
 ///
 /// Whoever commits a batch holds the lease mutex while it applies it, not while it is made
 /// durable; the leases a batch releases stay held (and shield their instances and tasks from
@@ -701,7 +700,7 @@ impl RedbStore {
         })
     }
 
-    /// Commits `op`: on the calling thread when the writer is idle (see
+    /// Commits `op`: on the calling thread when it is a lone step of a chain (see
     /// [`commit_here`](Self::commit_here)), otherwise by the writer thread, batched with
     /// whatever else is waiting.
     async fn write(&self, op: WriteOp) -> Result<Outcome, StoreError> {
@@ -897,9 +896,9 @@ struct Core {
     commits: AtomicU64,
     /// [`RedbStoreBuilder::writer_only`].
     writer_only: bool,
-    /// Set when a commit on a caller's thread panicked outside the batch's own panic guard:
-    /// the lease state may be half updated, so the store stops writing, as it does when
-    /// the writer thread dies.
+    /// Set when committing a batch panicked outside the batch's own panic guard (on the
+    /// writer thread or a caller's): the lease state may be half updated, so the store
+    /// stops writing.
     broken: AtomicBool,
     /// Held while a batch is applied and made durable, by the writer thread or by a caller
     /// committing on its own thread: one write transaction at a time, and the leases a
@@ -907,7 +906,7 @@ struct Core {
     committing: Mutex<()>,
     /// Requests sent to the writer thread and not yet taken by it. A caller commits on its
     /// own thread only when this is zero, so a write never overtakes one sent before it
-    /// (`writing == 1` implies it, but for requests whose write futures were dropped).
+    /// (`writing == 1` implies it, except for requests whose write futures were dropped).
     queued: AtomicUsize,
     /// Writes begun and not yet answered or dropped ([`RedbStore::write`]).
     writing: AtomicUsize,
