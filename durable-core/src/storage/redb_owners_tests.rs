@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use super::{
     ACTIVITIES, FORMAT_VERSION, FORMAT_VERSION_KEY, META, Outcome, RedbStore, Request,
-    V1_ACTIVITY_OWNERS, WriteOp, answer, decode, run_batch, ts,
+    V1_ACTIVITY_OWNERS, WriteOp, commit_batch, decode, ts,
 };
 use crate::error::StoreError;
 use crate::history::{Event, RuntimeStatus};
@@ -102,11 +102,8 @@ fn one_batch(store: &RedbStore, ops: Vec<WriteOp>) -> Vec<Result<Outcome, StoreE
             (Request { op, reply }, rx)
         })
         .unzip();
-    let mut sent = Vec::new();
     let turn = store.inner.core.committing.lock().unwrap();
-    run_batch(&store.inner.core, batch, true, &mut sent);
-    drop(turn);
-    answer(sent);
+    assert!(commit_batch(&store.inner.core, turn, batch));
     answers
         .into_iter()
         .map(|mut rx| rx.try_recv().expect("every caller is answered"))
